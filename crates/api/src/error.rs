@@ -1,0 +1,183 @@
+//! The error envelope and its codes (API.md §3.3). Daemons build envelopes here; the HTTP status
+//! for a code is decided in exactly one place, [`ErrorCode::http_status`].
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ErrorCode {
+    InvalidParams,
+    DeadlineUnmet,
+    UntrustedArtifact,
+    MissingToken,
+    BadToken,
+    NotFound,
+    MethodNotAllowed,
+    Conflict,
+    ModelDeprecated,
+    AdmissionReject,
+    QueueFullDropLru,
+    Internal,
+    DecodeTimeout,
+    WorkerReset,
+    ModelNotAvailable,
+    PoolUnready,
+    PoolUnavailable,
+    ReplicaExhausted,
+    NodeUnavailable,
+}
+
+impl ErrorCode {
+    /// The HTTP status used when this code is answered before a stream starts. `MODEL_NOT_AVAILABLE`
+    /// is 404 when the model is unknown and 503 when retriable; see [`ErrorEnvelope::http_status`].
+    pub fn http_status(self) -> u16 {
+        use ErrorCode::*;
+        match self {
+            InvalidParams | DeadlineUnmet | UntrustedArtifact => 400,
+            MissingToken | BadToken => 401,
+            NotFound => 404,
+            MethodNotAllowed => 405,
+            Conflict | ModelDeprecated => 409,
+            AdmissionReject | QueueFullDropLru => 429,
+            Internal | DecodeTimeout | WorkerReset => 500,
+            ModelNotAvailable => 404,
+            PoolUnready | PoolUnavailable | ReplicaExhausted | NodeUnavailable => 503,
+        }
+    }
+
+    /// The default `retriable` of the code (§3.3 table).
+    pub fn retriable(self) -> bool {
+        use ErrorCode::*;
+        matches!(self, AdmissionReject | QueueFullDropLru | DecodeTimeout | WorkerReset | PoolUnready | PoolUnavailable | ReplicaExhausted | NodeUnavailable)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        use ErrorCode::*;
+        match self {
+            InvalidParams => "INVALID_PARAMS",
+            DeadlineUnmet => "DEADLINE_UNMET",
+            UntrustedArtifact => "UNTRUSTED_ARTIFACT",
+            MissingToken => "MISSING_TOKEN",
+            BadToken => "BAD_TOKEN",
+            NotFound => "NOT_FOUND",
+            MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            Conflict => "CONFLICT",
+            ModelDeprecated => "MODEL_DEPRECATED",
+            AdmissionReject => "ADMISSION_REJECT",
+            QueueFullDropLru => "QUEUE_FULL_DROP_LRU",
+            Internal => "INTERNAL",
+            DecodeTimeout => "DECODE_TIMEOUT",
+            WorkerReset => "WORKER_RESET",
+            ModelNotAvailable => "MODEL_NOT_AVAILABLE",
+            PoolUnready => "POOL_UNREADY",
+            PoolUnavailable => "POOL_UNAVAILABLE",
+            ReplicaExhausted => "REPLICA_EXHAUSTED",
+            NodeUnavailable => "NODE_UNAVAILABLE",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The error envelope: the body of every error response, and the `data` of `error` frames.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct ErrorEnvelope {
+    pub code: ErrorCode,
+    pub message: String,
+    pub retriable: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_label: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+impl ErrorEnvelope {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            retriable: code.retriable(),
+            retry_after_ms: None,
+            policy_label: None,
+            engine: None,
+            pool_id: None,
+            field: None,
+        }
+    }
+
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { field: Some(field.into()), ..Self::new(ErrorCode::InvalidParams, message) }
+    }
+
+    pub fn with_retriable(mut self, retriable: bool) -> Self {
+        self.retriable = retriable;
+        self
+    }
+
+    pub fn with_retry_after(mut self, ms: u64) -> Self {
+        self.retry_after_ms = Some(ms);
+        self
+    }
+
+    pub fn with_pool(mut self, pool_id: impl Into<String>) -> Self {
+        self.pool_id = Some(pool_id.into());
+        self
+    }
+
+    pub fn with_engine(mut self, engine: impl Into<String>) -> Self {
+        self.engine = Some(engine.into());
+        self
+    }
+
+    /// The HTTP status of this envelope (`MODEL_NOT_AVAILABLE` is 503 when retriable, else 404).
+    pub fn http_status(&self) -> u16 {
+        match self.code {
+            ErrorCode::ModelNotAvailable if self.retriable => 503,
+            c => c.http_status(),
+        }
+    }
+
+    /// `Retry-After` seconds for a response that needs it (§3.3), else `None`.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        let status = self.http_status();
+        let ms = self.retry_after_ms?;
+        (status == 429 || (status == 503 && self.retriable)).then(|| ms.div_ceil(1000).max(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_serialize_as_in_the_spec() {
+        let e = ErrorEnvelope::new(ErrorCode::QueueFullDropLru, "x");
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["code"], "QUEUE_FULL_DROP_LRU");
+        assert_eq!(v["retriable"], true);
+        assert!(v.get("field").is_none());
+        assert_eq!(ErrorCode::QueueFullDropLru.as_str(), "QUEUE_FULL_DROP_LRU");
+    }
+
+    #[test]
+    fn statuses_and_retry_after() {
+        assert_eq!(ErrorEnvelope::new(ErrorCode::ModelNotAvailable, "x").with_retriable(false).http_status(), 404);
+        assert_eq!(ErrorEnvelope::new(ErrorCode::ModelNotAvailable, "x").with_retriable(true).http_status(), 503);
+        let e = ErrorEnvelope::new(ErrorCode::AdmissionReject, "x").with_retry_after(1001);
+        assert_eq!(e.retry_after_secs(), Some(2));
+        let e = ErrorEnvelope::new(ErrorCode::AdmissionReject, "x").with_retry_after(10);
+        assert_eq!(e.retry_after_secs(), Some(1));
+        assert_eq!(ErrorEnvelope::new(ErrorCode::InvalidParams, "x").with_retry_after(10).retry_after_secs(), None);
+    }
+}

@@ -1,0 +1,135 @@
+//! Client stream events (API.md §5): `started`, `token`, `metrics`, `end`, `error`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ErrorEnvelope;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    Eos,
+    Limit,
+    StopWord,
+    Canceled,
+    Deadline,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Started {
+    pub queue_position: u64,
+    pub predicted_start_ms: u64,
+    pub pool_id: String,
+    pub node_id: String,
+    pub engine: String,
+    pub engine_version: Option<String>,
+    pub model: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Token {
+    pub t: String,
+    pub i: u64,
+}
+
+/// An open object: every field optional, unknown keys ignored by clients.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Metrics {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_out: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decode_tokens_per_s: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_cache_usage_ratio: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_position: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub predicted_start_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub human: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct End {
+    pub tokens_in: u64,
+    pub tokens_out: u64,
+    pub ttft_ms: Option<u64>,
+    pub decode_ms: u64,
+    pub decode_time_ms: u64,
+    pub stop_reason: StopReason,
+    pub canceled: bool,
+}
+
+/// One frame of a task's event stream; `name()` is the SSE `event:` field, the payload its `data:`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Started(Started),
+    Token(Token),
+    Metrics(Metrics),
+    End(End),
+    Error(ErrorEnvelope),
+}
+
+impl Event {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::Started(_) => "started",
+            Event::Token(_) => "token",
+            Event::Metrics(_) => "metrics",
+            Event::End(_) => "end",
+            Event::Error(_) => "error",
+        }
+    }
+
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, Event::End(_) | Event::Error(_))
+    }
+
+    /// The one-line JSON `data` of the frame.
+    pub fn data_json(&self) -> String {
+        let r = match self {
+            Event::Started(d) => serde_json::to_string(d),
+            Event::Token(d) => serde_json::to_string(d),
+            Event::Metrics(d) => serde_json::to_string(d),
+            Event::End(d) => serde_json::to_string(d),
+            Event::Error(d) => serde_json::to_string(d),
+        };
+        r.unwrap_or_else(|_| "{}".into())
+    }
+
+    /// Parses a frame from its event name and data, as an SSE client receives it.
+    pub fn parse(name: &str, data: &str) -> Result<Self, String> {
+        let e = |err: serde_json::Error| format!("bad {name} frame: {err}");
+        Ok(match name {
+            "started" => Event::Started(serde_json::from_str(data).map_err(e)?),
+            "token" => Event::Token(serde_json::from_str(data).map_err(e)?),
+            "metrics" => Event::Metrics(serde_json::from_str(data).map_err(e)?),
+            "end" => Event::End(serde_json::from_str(data).map_err(e)?),
+            "error" => Event::Error(serde_json::from_str(data).map_err(e)?),
+            other => return Err(format!("unknown event {other:?}")),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roundtrip_each_event() {
+        let evs = vec![
+            Event::Token(Token { t: "Hi".into(), i: 0 }),
+            Event::End(End { tokens_in: 1, tokens_out: 2, ttft_ms: None, decode_ms: 0, decode_time_ms: 0, stop_reason: StopReason::StopWord, canceled: false }),
+            Event::Metrics(Metrics::default()),
+        ];
+        for ev in evs {
+            let back = Event::parse(ev.name(), &ev.data_json()).unwrap();
+            assert_eq!(back, ev);
+        }
+        assert!(Event::End(End { tokens_in: 0, tokens_out: 0, ttft_ms: None, decode_ms: 0, decode_time_ms: 0, stop_reason: StopReason::Eos, canceled: false })
+            .data_json()
+            .contains("\"ttft_ms\":null"));
+        assert!(Event::parse("bogus", "{}").is_err());
+    }
+}

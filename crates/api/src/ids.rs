@@ -1,0 +1,128 @@
+//! Identifier newtypes. Task, session and command ids are UUIDs; node, pool and model ids match
+//! `^[a-z0-9][a-z0-9._-]{0,63}$` (API.md §1).
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize};
+use uuid::Uuid;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct IdError(pub String);
+
+macro_rules! uuid_id {
+    ($name:ident) => {
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub Uuid);
+
+        impl $name {
+            pub fn new() -> Self {
+                Self(Uuid::new_v4())
+            }
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}", self.0.hyphenated())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = IdError;
+            fn from_str(s: &str) -> Result<Self, IdError> {
+                Uuid::parse_str(s).map(Self).map_err(|_| IdError(format!("{s:?} is not a UUID")))
+            }
+        }
+    };
+}
+
+uuid_id!(TaskId);
+uuid_id!(SessionId);
+uuid_id!(CommandId);
+
+/// Checks the name pattern shared by node, pool and model ids.
+pub fn valid_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 64
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'_' | b'-'))
+}
+
+macro_rules! name_id {
+    ($name:ident, $what:literal) => {
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = IdError;
+            fn from_str(s: &str) -> Result<Self, IdError> {
+                if valid_name(s) {
+                    Ok(Self(s.to_string()))
+                } else {
+                    Err(IdError(format!(concat!("invalid ", $what, " {:?}: must match ^[a-z0-9][a-z0-9._-]{{0,63}}$"), s)))
+                }
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+name_id!(NodeId, "node id");
+name_id!(PoolId, "pool id");
+name_id!(ModelId, "model id");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(input: &str, ok: bool) {
+        assert_eq!(input.parse::<PoolId>().is_ok(), ok, "{input:?}");
+    }
+
+    #[test]
+    fn name_rules() {
+        check("gpu0", true);
+        check("a.b_c-d", true);
+        check("", false);
+        check("Gpu0", false);
+        check("-x", false);
+        check(&"a".repeat(64), true);
+        check(&"a".repeat(65), false);
+        check("a/b", false);
+    }
+
+    #[test]
+    fn uuid_ids_roundtrip() {
+        let t = TaskId::new();
+        assert_eq!(t.to_string().parse::<TaskId>().unwrap(), t);
+        assert!("nope".parse::<TaskId>().is_err());
+    }
+}

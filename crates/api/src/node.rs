@@ -1,0 +1,237 @@
+//! Node protocol (API.md §12): registration, heartbeat and pool status, pool-managerd → orchestratord.
+//! These types ignore unknown fields so that mixed versions keep working.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ErrorEnvelope;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum PoolState {
+    Unloaded,
+    Provisioning,
+    Starting,
+    Ready,
+    Draining,
+    Failed,
+}
+
+impl PoolState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PoolState::Unloaded => "Unloaded",
+            PoolState::Provisioning => "Provisioning",
+            PoolState::Starting => "Starting",
+            PoolState::Ready => "Ready",
+            PoolState::Draining => "Draining",
+            PoolState::Failed => "Failed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeStatus {
+    Online,
+    Offline,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadedModel {
+    pub id: String,
+    #[serde(rename = "ref")]
+    pub model_ref: String,
+    pub digest: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PoolStatus {
+    pub pool_id: String,
+    pub state: PoolState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    pub engine: String,
+    pub engine_version: Option<String>,
+    #[serde(default)]
+    pub engine_built: bool,
+    pub device_mask: String,
+    pub slots_total: u32,
+    pub slots_free: u32,
+    pub ctx_per_slot: u64,
+    #[serde(default)]
+    pub models: Vec<LoadedModel>,
+    #[serde(default)]
+    pub running: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_cache_usage_ratio: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decode_tokens_per_s: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vram_used_bytes: Option<BTreeMap<String, u64>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GpuInfo {
+    pub device_id: String,
+    pub name: String,
+    pub vram_total_bytes: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compute_capability: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Capabilities {
+    pub cpu_cores: u32,
+    pub ram_total_bytes: u64,
+    #[serde(default)]
+    pub gpus: Vec<GpuInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegisterRequest {
+    pub protocol_version: u32,
+    pub node_id: String,
+    pub machine_id: String,
+    pub version: String,
+    pub address: String,
+    pub dispatch_token: String,
+    #[serde(default)]
+    pub capabilities: Capabilities,
+    #[serde(default)]
+    pub pools: Vec<PoolStatus>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CredentialKind {
+    Issued,
+    Static,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegisterResponse {
+    pub node_id: String,
+    pub credential: CredentialKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_token: Option<String>,
+    pub protocol_version: u32,
+    pub next_heartbeat_ms: u64,
+    pub heartbeat_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GpuStatus {
+    pub device_id: String,
+    pub vram_total_bytes: u64,
+    pub vram_free_bytes: u64,
+    pub utilization_pct: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeartbeatRequest {
+    pub seq: u64,
+    pub sent_at_ms: u64,
+    #[serde(default)]
+    pub pools: Vec<PoolStatus>,
+    #[serde(default)]
+    pub gpus: Vec<GpuStatus>,
+    #[serde(default)]
+    pub commands: Vec<CommandStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeartbeatResponse {
+    pub next_heartbeat_ms: u64,
+    #[serde(default)]
+    pub commands: Vec<Command>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CommandKind {
+    LoadModel,
+    Drain,
+    Reload,
+    EvictModel,
+    VerifyModel,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Command {
+    pub command_id: String,
+    pub kind: CommandKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<LoadedModel>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
+    pub correlation_id: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CommandState {
+    Accepted,
+    Running,
+    Completed,
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandStatus {
+    pub command_id: String,
+    pub status: CommandState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorEnvelope>,
+}
+
+/// `GET /v2/nodes` entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeView {
+    pub node_id: String,
+    pub machine_id: String,
+    pub address: String,
+    pub status: NodeStatus,
+    pub version: String,
+    pub registered_at_ms: u64,
+    pub last_heartbeat_ms: u64,
+    pub pools: Vec<String>,
+    pub capabilities: Capabilities,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodesResponse {
+    pub nodes: Vec<NodeView>,
+    pub count: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PoolModelRef {
+    pub id: String,
+    pub digest: Option<String>,
+}
+
+/// `GET /v2/pools` entry at orchestratord (§10).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PoolView {
+    pub pool_id: String,
+    pub node_id: String,
+    pub node_status: NodeStatus,
+    pub state: PoolState,
+    pub engine: String,
+    pub engine_version: Option<String>,
+    pub model: Option<PoolModelRef>,
+    pub ctx_per_slot: u64,
+    pub slots_total: u32,
+    pub slots_free: u32,
+    pub queued: u64,
+    pub running: u64,
+    pub device_mask: String,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PoolsResponse {
+    pub pools: Vec<PoolView>,
+}

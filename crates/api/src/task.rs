@@ -1,0 +1,279 @@
+//! Client task bodies (API.md §4): the submit request, the 202 admission response and the task record.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ErrorEnvelope;
+use crate::events::StopReason;
+use crate::ids::{SessionId, TaskId};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    #[default]
+    Interactive,
+    Batch,
+}
+
+impl Priority {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Interactive => "interactive",
+            Priority::Batch => "batch",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Workload {
+    #[default]
+    Completion,
+    Embedding,
+    Rerank,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Message {
+    pub role: Role,
+    pub content: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PlacementMode {
+    #[default]
+    Auto,
+    Pin,
+    Prefer,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Placement {
+    #[serde(default)]
+    pub mode: PlacementMode,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin_pool_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prefer_pools: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub avoid_pools: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub require_device_mask: Option<String>,
+    #[serde(default = "yes")]
+    pub allow_fallback: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for Placement {
+    fn default() -> Self {
+        Self { mode: PlacementMode::Auto, pin_pool_id: None, prefer_pools: vec![], avoid_pools: vec![], require_device_mask: None, allow_fallback: true }
+    }
+}
+
+/// Sampling parameters shared by the client request and the worker dispatch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Sampling {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_p: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeat_penalty: Option<f64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stop: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grammar: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json_schema: Option<serde_json::Value>,
+}
+
+/// `POST /v2/tasks` body (§4.1). Unknown fields are rejected.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<TaskId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<SessionId>,
+    #[serde(default)]
+    pub workload: Workload,
+    pub model_ref: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub messages: Option<Vec<Message>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ctx: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
+    #[serde(default)]
+    pub priority: Priority,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_p: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeat_penalty: Option<f64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stop: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grammar: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json_schema: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<Placement>,
+}
+
+impl TaskRequest {
+    /// A minimal request for `model_ref` with the given input; every other field at its default.
+    pub fn new(model_ref: impl Into<String>) -> Self {
+        Self {
+            task_id: None,
+            session_id: None,
+            workload: Workload::Completion,
+            model_ref: model_ref.into(),
+            engine: None,
+            prompt: None,
+            messages: None,
+            max_tokens: None,
+            ctx: None,
+            deadline_ms: None,
+            priority: Priority::Interactive,
+            seed: None,
+            temperature: None,
+            top_p: None,
+            top_k: None,
+            min_p: None,
+            repeat_penalty: None,
+            stop: vec![],
+            grammar: None,
+            json_schema: None,
+            placement: None,
+        }
+    }
+
+    pub fn sampling(&self) -> Sampling {
+        Sampling {
+            seed: self.seed,
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            min_p: self.min_p,
+            repeat_penalty: self.repeat_penalty,
+            stop: self.stop.clone(),
+            grammar: self.grammar.clone(),
+            json_schema: self.json_schema.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Streams {
+    pub sse: String,
+    pub sse_verbose: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Preparation {
+    pub steps: Vec<PreparationStep>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PreparationStep {
+    pub id: String,
+    pub kind: String,
+    pub node_id: String,
+    pub description: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimated_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_total: Option<u64>,
+    pub status: String,
+}
+
+/// 202 body of `POST /v2/tasks` (AdmissionResponseV2).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdmissionResponse {
+    pub task_id: TaskId,
+    pub session_id: SessionId,
+    pub queue_position: u64,
+    pub predicted_start_ms: u64,
+    pub backoff_ms: u64,
+    pub streams: Streams,
+    pub preparation: Preparation,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskState {
+    Queued,
+    Running,
+    Completed,
+    Failed,
+    Canceled,
+}
+
+impl TaskState {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, TaskState::Completed | TaskState::Failed | TaskState::Canceled)
+    }
+}
+
+/// `GET /v2/tasks/{id}` body (§4.2). Nullable fields are sent as `null`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    pub task_id: TaskId,
+    pub session_id: SessionId,
+    pub correlation_id: String,
+    pub model: String,
+    pub priority: Priority,
+    pub state: TaskState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_position: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub predicted_start_ms: Option<u64>,
+    pub pool_id: Option<String>,
+    pub node_id: Option<String>,
+    pub engine: Option<String>,
+    pub engine_version: Option<String>,
+    pub created_at_ms: Option<u64>,
+    pub started_at_ms: Option<u64>,
+    pub first_token_at_ms: Option<u64>,
+    pub finished_at_ms: Option<u64>,
+    pub attempts: u32,
+    pub tokens_in: u64,
+    pub tokens_out: u64,
+    pub seed: Option<u64>,
+    pub stop_reason: Option<StopReason>,
+    pub error: Option<ErrorEnvelope>,
+}

@@ -1,0 +1,113 @@
+//! Worker protocol (API.md §13): orchestratord → pool-managerd dispatch and its NDJSON stream.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ErrorCode;
+use crate::events::StopReason;
+use crate::node::PoolStatus;
+use crate::task::{Message, Priority};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DispatchModel {
+    pub id: String,
+    pub digest: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum DispatchInput {
+    Prompt { prompt: String },
+    Messages { messages: Vec<Message> },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DispatchParams {
+    pub max_tokens: u64,
+    pub ctx: u64,
+    #[serde(flatten)]
+    pub sampling: crate::task::Sampling,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DispatchRequest {
+    pub protocol_version: u32,
+    pub attempt: u32,
+    pub task_id: String,
+    pub session_id: String,
+    pub correlation_id: String,
+    pub node_id: String,
+    pub pool_id: String,
+    pub model: DispatchModel,
+    pub engine: String,
+    pub input: DispatchInput,
+    pub params: DispatchParams,
+    pub deadline_remaining_ms: Option<u64>,
+    pub priority: Priority,
+}
+
+/// One NDJSON line of the dispatch stream; `seq` counts lines from 0.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerLine {
+    pub seq: u64,
+    #[serde(flatten)]
+    pub event: WorkerEvent,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum WorkerEvent {
+    Started { engine: String, engine_version: String, model: DispatchModel },
+    Token { i: u64, t: String },
+    Metrics {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tokens_evaluated: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tokens_out: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kv_cache_usage_ratio: Option<f64>,
+    },
+    Keepalive,
+    End { tokens_in: u64, tokens_out: u64, stop_reason: StopReason, seed: Option<u64>, engine_ttft_ms: Option<u64>, engine_decode_ms: u64 },
+    Error {
+        code: ErrorCode,
+        message: String,
+        retriable: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
+    },
+}
+
+impl WorkerEvent {
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, WorkerEvent::End { .. } | WorkerEvent::Error { .. })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerPoolsResponse {
+    pub pools: Vec<PoolStatus>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_lines_are_flat_and_tagged() {
+        let l = WorkerLine { seq: 3, event: WorkerEvent::Token { i: 2, t: "x".into() } };
+        let s = serde_json::to_string(&l).unwrap();
+        assert_eq!(s, r#"{"seq":3,"type":"token","i":2,"t":"x"}"#);
+        let back: WorkerLine = serde_json::from_str(&s).unwrap();
+        assert_eq!(back, l);
+        let k: WorkerLine = serde_json::from_str(r#"{"seq":0,"type":"keepalive","extra":1}"#).unwrap();
+        assert_eq!(k.event, WorkerEvent::Keepalive);
+    }
+
+    #[test]
+    fn input_is_prompt_or_messages() {
+        let p: DispatchInput = serde_json::from_str(r#"{"prompt":"hi"}"#).unwrap();
+        assert_eq!(p, DispatchInput::Prompt { prompt: "hi".into() });
+        let m: DispatchInput = serde_json::from_str(r#"{"messages":[{"role":"user","content":"x"}]}"#).unwrap();
+        assert!(matches!(m, DispatchInput::Messages { .. }));
+    }
+}

@@ -1,0 +1,214 @@
+//! HTTP client for one running `llama-server` (API.md §14.2–14.3). Every call carries the engine's
+//! API key; completions always stream and always cap `n_predict`.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use crate::sse::{CompletionFrame, SseDecoder, SseItem};
+
+/// An engine API key; its `Debug` never prints the secret.
+#[derive(Clone)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    /// 32 random bytes, hex (API.md §14.1).
+    pub fn random() -> Self {
+        let bytes: [u8; 32] = rand::random();
+        Self(hex::encode(bytes))
+    }
+
+    pub fn from_secret(s: String) -> Self {
+        Self(s)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiKey(<redacted>)")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("engine unreachable: {0}")]
+    Connect(String),
+    /// The engine answered with an HTTP error; `status` decides the mapping (§14.3).
+    #[error("engine answered {status}: {message}")]
+    Status { status: u16, message: String },
+    #[error("engine protocol error: {0}")]
+    Protocol(String),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Slot {
+    pub id: i64,
+    #[serde(default)]
+    pub n_ctx: u64,
+    #[serde(default)]
+    pub is_processing: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Props {
+    #[serde(default)]
+    pub total_slots: u32,
+    #[serde(default)]
+    pub build_info: String,
+    #[serde(default)]
+    pub model_alias: String,
+}
+
+/// Body of `POST /completion` (the fields we send).
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct CompletionRequest {
+    pub prompt: String,
+    pub n_predict: u64,
+    pub stream: bool,
+    pub cache_prompt: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_p: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repeat_penalty: Option<f64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stop: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grammar: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub json_schema: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+/// An item of a completion stream: a parsed frame, or a line the engine garbled.
+pub type FrameResult = Result<CompletionFrame, EngineError>;
+
+#[derive(Clone)]
+pub struct EngineClient {
+    base: String,
+    key: ApiKey,
+    /// For short control calls (health, slots, props, templates).
+    control: reqwest::Client,
+    /// For completions: never reuses idle connections (ENGINE.md §8.14: a reused keep-alive
+    /// connection can be closed by the engine before it answers).
+    streaming: reqwest::Client,
+}
+
+impl EngineClient {
+    pub fn new(base_url: impl Into<String>, key: ApiKey) -> Self {
+        let control = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_default();
+        let streaming = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap_or_default();
+        Self { base: base_url.into(), key, control, streaming }
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// `GET /health`: `Ok(true)` when 200, `Ok(false)` while loading (503).
+    pub async fn health(&self) -> Result<bool, EngineError> {
+        let r = self.control.get(self.url("/health")).timeout(Duration::from_secs(2)).send().await.map_err(|e| EngineError::Connect(e.to_string()))?;
+        Ok(r.status().is_success())
+    }
+
+    pub async fn props(&self) -> Result<Props, EngineError> {
+        self.get_json("/props").await
+    }
+
+    pub async fn slots(&self) -> Result<Vec<Slot>, EngineError> {
+        self.get_json("/slots").await
+    }
+
+    /// Number of slots with `is_processing: true`.
+    pub async fn busy_slots(&self) -> Result<usize, EngineError> {
+        Ok(self.slots().await?.iter().filter(|s| s.is_processing).count())
+    }
+
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, EngineError> {
+        let r = self.control.get(self.url(path)).bearer_auth(self.key.expose()).send().await.map_err(|e| EngineError::Connect(e.to_string()))?;
+        check_status(r).await?.json().await.map_err(|e| EngineError::Protocol(format!("{path}: {e}")))
+    }
+
+    /// Renders the model's chat template (`POST /apply-template`) into a prompt.
+    pub async fn apply_template(&self, messages: &[ChatMessage]) -> Result<String, EngineError> {
+        #[derive(Deserialize)]
+        struct Rendered {
+            prompt: String,
+        }
+        let r = self
+            .control
+            .post(self.url("/apply-template"))
+            .bearer_auth(self.key.expose())
+            .json(&serde_json::json!({ "messages": messages }))
+            .send()
+            .await
+            .map_err(|e| EngineError::Connect(e.to_string()))?;
+        let body: Rendered = check_status(r).await?.json().await.map_err(|e| EngineError::Protocol(format!("/apply-template: {e}")))?;
+        Ok(body.prompt)
+    }
+
+    /// Starts a streaming `/completion`. Dropping the returned stream closes the connection, which
+    /// is how the engine learns of a cancel.
+    pub async fn complete(&self, req: &CompletionRequest) -> Result<impl futures::Stream<Item = FrameResult> + Send + 'static, EngineError> {
+        debug_assert!(req.stream && req.n_predict > 0, "engine requests must stream and cap n_predict");
+        let resp = self
+            .streaming
+            .post(self.url("/completion"))
+            .bearer_auth(self.key.expose())
+            .json(req)
+            .send()
+            .await
+            .map_err(|e| EngineError::Connect(e.to_string()))?;
+        let resp = check_status(resp).await?;
+        let mut decoder = SseDecoder::default();
+        let frames = resp.bytes_stream().flat_map(move |chunk| {
+            let items: Vec<FrameResult> = match chunk {
+                Err(e) => vec![Err(EngineError::Connect(e.to_string()))],
+                Ok(bytes) => decoder
+                    .push(&bytes)
+                    .into_iter()
+                    .map(|item| match item {
+                        SseItem::Data(d) => CompletionFrame::parse(&d).map_err(EngineError::Protocol),
+                        SseItem::Garbage(g) => Err(EngineError::Protocol(g)),
+                    })
+                    .collect(),
+            };
+            futures::stream::iter(items)
+        });
+        Ok(frames)
+    }
+}
+
+async fn check_status(r: reqwest::Response) -> Result<reqwest::Response, EngineError> {
+    if r.status().is_success() {
+        return Ok(r);
+    }
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap_or_default();
+    let message = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+        .unwrap_or_else(|| text.chars().take(200).collect());
+    Err(EngineError::Status { status, message })
+}

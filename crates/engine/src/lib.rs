@@ -1,0 +1,14 @@
+//! The llama.cpp engine layer: provisioning `llama-server` (build from source or adopt a binary),
+//! running it as a child process, and talking to it over HTTP. Only pool-managerd and the
+//! `llorch engine` commands use this crate; orchestratord never speaks the engine dialect.
+
+pub mod client;
+pub mod process;
+pub mod provision;
+pub mod sse;
+pub mod version;
+
+pub use client::{ApiKey, ChatMessage, CompletionRequest, EngineClient, EngineError};
+pub use process::{launch, LaunchError, LaunchSpec, RunningEngine};
+pub use provision::{provision, EngineBuild, EngineSource, GpuPolicy, Progress, ProvisionError, ProvisionRequest};
+pub use version::EngineVersion;

@@ -1,0 +1,297 @@
+//! One `llama-server` child process (API.md §14.1–14.2): launch with a fresh API key in its own
+//! process group, log capture to a per-pool file, port discovery from the log, readiness from
+//! `/health`, and an orderly stop (SIGTERM to the group, then SIGKILL after a grace period).
+//!
+//! Invariant: the API key travels to the child through `--api-key-file` (a 0600 file removed as
+//! soon as the engine is up), never on a command line visible in `ps`.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::oneshot;
+
+use crate::client::{ApiKey, EngineClient};
+
+#[derive(Debug, Clone)]
+pub struct LaunchSpec {
+    pub binary: PathBuf,
+    pub model_path: PathBuf,
+    /// `-a`: the catalog model id.
+    pub alias: String,
+    pub ctx_per_slot: u64,
+    pub slots: u32,
+    /// `-t`; `None` lets the engine choose.
+    pub threads: Option<u32>,
+    pub gpu_layers: u32,
+    /// `CUDA_VISIBLE_DEVICES`; empty for CPU pools.
+    pub cuda_visible_devices: String,
+    pub extra_args: Vec<String>,
+    pub log_path: PathBuf,
+    pub start_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("engine binary {0} does not exist")]
+    MissingBinary(PathBuf),
+    #[error("model file {0} does not exist")]
+    MissingModel(PathBuf),
+    #[error("could not spawn {binary}: {reason}")]
+    Spawn { binary: PathBuf, reason: String },
+    #[error("engine exited during startup ({status}); last log lines:\n{tail}")]
+    EarlyExit { status: String, tail: String },
+    #[error("engine did not become healthy within {0:?}")]
+    Timeout(Duration),
+    #[error("engine started with the wrong shape: {0}")]
+    Shape(String),
+}
+
+/// A running, healthy engine. Dropping it kills the process (kill_on_drop); call [`stop`] for an
+/// orderly shutdown.
+pub struct RunningEngine {
+    pub child: Child,
+    pub pid: u32,
+    pub client: EngineClient,
+    pub port: u16,
+    pub build_info: String,
+    pub log_path: PathBuf,
+    pub started_at: Instant,
+}
+
+impl LaunchSpec {
+    /// The argument list of §14.1, without secrets.
+    pub fn args(&self, key_file: &Path) -> Vec<String> {
+        let mut a = vec![
+            "-m".into(),
+            self.model_path.display().to_string(),
+            "-a".into(),
+            self.alias.clone(),
+            "-c".into(),
+            (self.ctx_per_slot * self.slots as u64).to_string(),
+            "--parallel".into(),
+            self.slots.to_string(),
+            "--metrics".into(),
+            "--api-key-file".into(),
+            key_file.display().to_string(),
+            "--host".into(),
+            "127.0.0.1".into(),
+            "--port".into(),
+            "0".into(),
+            "--n-gpu-layers".into(),
+            self.gpu_layers.to_string(),
+            "--no-webui".into(),
+        ];
+        if let Some(t) = self.threads {
+            a.push("-t".into());
+            a.push(t.to_string());
+        }
+        a.extend(self.extra_args.iter().cloned());
+        a
+    }
+}
+
+/// Launches the engine and waits until `/health` answers 200 and its shape is verified.
+pub async fn launch(spec: &LaunchSpec) -> Result<RunningEngine, LaunchError> {
+    if !spec.binary.is_file() {
+        return Err(LaunchError::MissingBinary(spec.binary.clone()));
+    }
+    if !spec.model_path.is_file() {
+        return Err(LaunchError::MissingModel(spec.model_path.clone()));
+    }
+    let key = ApiKey::random();
+    let key_file = write_key_file(&spec.log_path, &key).await.map_err(|e| LaunchError::Spawn { binary: spec.binary.clone(), reason: e.to_string() })?;
+    let result = launch_with_key(spec, key, &key_file).await;
+    let _ = tokio::fs::remove_file(&key_file).await;
+    result
+}
+
+async fn write_key_file(log_path: &Path, key: &ApiKey) -> std::io::Result<PathBuf> {
+    let dir = log_path.parent().unwrap_or(Path::new("."));
+    tokio::fs::create_dir_all(dir).await?;
+    let path = dir.join(format!(".key-{}-{}", std::process::id(), rand::random::<u32>()));
+    let mut opts = tokio::fs::OpenOptions::new();
+    opts.write(true).create_new(true).mode(0o600);
+    let mut f = opts.open(&path).await?;
+    f.write_all(key.expose().as_bytes()).await?;
+    f.flush().await?;
+    Ok(path)
+}
+
+async fn launch_with_key(spec: &LaunchSpec, key: ApiKey, key_file: &Path) -> Result<RunningEngine, LaunchError> {
+    let spawn_err = |reason: String| LaunchError::Spawn { binary: spec.binary.clone(), reason };
+    if let Some(dir) = spec.log_path.parent() {
+        tokio::fs::create_dir_all(dir).await.map_err(|e| spawn_err(e.to_string()))?;
+    }
+    let log = tokio::fs::OpenOptions::new().create(true).append(true).open(&spec.log_path).await.map_err(|e| spawn_err(e.to_string()))?;
+    let mut cmd = Command::new(&spec.binary);
+    cmd.args(spec.args(key_file))
+        .env("CUDA_VISIBLE_DEVICES", &spec.cuda_visible_devices)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().map_err(|e| spawn_err(e.to_string()))?;
+    let pid = child.id().unwrap_or(0);
+    let (port_tx, port_rx) = oneshot::channel();
+    pump_logs(&mut child, log, port_tx);
+
+    let deadline = Instant::now() + spec.start_timeout;
+    let port = tokio::select! {
+        p = port_rx => p.ok(),
+        status = child.wait() => {
+            return Err(early_exit(status, &spec.log_path).await);
+        }
+        _ = tokio::time::sleep_until(deadline.into()) => None,
+    };
+    let Some(port) = port else {
+        return Err(LaunchError::Timeout(spec.start_timeout));
+    };
+    let client = EngineClient::new(format!("http://127.0.0.1:{port}"), key);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(early_exit(Ok(status), &spec.log_path).await);
+        }
+        if client.health().await.unwrap_or(false) {
+            break;
+        }
+        if Instant::now() >= deadline {
+            return Err(LaunchError::Timeout(spec.start_timeout));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let props = client.props().await.map_err(|e| LaunchError::Shape(e.to_string()))?;
+    let slots = client.slots().await.map_err(|e| LaunchError::Shape(e.to_string()))?;
+    if props.total_slots != spec.slots || slots.len() != spec.slots as usize || slots.iter().any(|s| s.n_ctx != spec.ctx_per_slot) {
+        return Err(LaunchError::Shape(format!(
+            "expected {} slots of {} tokens, engine reports total_slots={} n_ctx={:?}",
+            spec.slots,
+            spec.ctx_per_slot,
+            props.total_slots,
+            slots.iter().map(|s| s.n_ctx).collect::<Vec<_>>()
+        )));
+    }
+    Ok(RunningEngine { child, pid, client, port, build_info: props.build_info, log_path: spec.log_path.clone(), started_at: Instant::now() })
+}
+
+/// Copies the child's stdout and stderr to the log file and reports the port from the
+/// `listening on http://127.0.0.1:<port>` line.
+fn pump_logs(child: &mut Child, log: tokio::fs::File, port_tx: oneshot::Sender<u16>) {
+    let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) else { return };
+    let (line_tx, mut line_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    for reader in [Box::new(out) as Box<dyn tokio::io::AsyncRead + Unpin + Send>, Box::new(err)] {
+        let tx = line_tx.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(reader).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    drop(line_tx);
+    tokio::spawn(async move {
+        let mut log = log;
+        let mut port_tx = Some(port_tx);
+        while let Some(line) = line_rx.recv().await {
+            if let Some(tx) = port_tx.take() {
+                match parse_listening_port(&line) {
+                    Some(port) => {
+                        let _ = tx.send(port);
+                    }
+                    None => port_tx = Some(tx),
+                }
+            }
+            let _ = log.write_all(line.as_bytes()).await;
+            let _ = log.write_all(b"\n").await;
+        }
+        let _ = log.flush().await;
+    });
+}
+
+/// Reads the port from `main: server is listening on http://127.0.0.1:36601 - starting …`.
+pub fn parse_listening_port(line: &str) -> Option<u16> {
+    let rest = line.split("listening on http://").nth(1)?;
+    let hostport = rest.split(|c: char| c.is_whitespace() || c == '/').next()?;
+    hostport.rsplit(':').next()?.parse().ok()
+}
+
+async fn early_exit(status: std::io::Result<std::process::ExitStatus>, log_path: &Path) -> LaunchError {
+    // Give the log pump a moment to write the child's last words.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    LaunchError::EarlyExit { status: describe_exit(status), tail: log_tail(log_path, 12) }
+}
+
+pub fn describe_exit(status: std::io::Result<std::process::ExitStatus>) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match status {
+        Ok(s) => match (s.code(), s.signal()) {
+            (Some(c), _) => format!("exit status {c}"),
+            (None, Some(sig)) => format!("killed by signal {sig}"),
+            _ => s.to_string(),
+        },
+        Err(e) => format!("wait failed: {e}"),
+    }
+}
+
+/// The last `n` lines of a log file (empty when unreadable).
+pub fn log_tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+impl RunningEngine {
+    /// SIGTERM to the process group, then SIGKILL after `grace`; returns how it exited.
+    pub async fn stop(mut self, grace: Duration) -> String {
+        use nix::sys::signal::{killpg, Signal};
+        use nix::unistd::Pid;
+        let pgid = Pid::from_raw(self.pid as i32);
+        let _ = killpg(pgid, Signal::SIGTERM);
+        match tokio::time::timeout(grace, self.child.wait()).await {
+            Ok(status) => describe_exit(status),
+            Err(_) => {
+                let _ = killpg(pgid, Signal::SIGKILL);
+                describe_exit(self.child.wait().await)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_from_log_line() {
+        assert_eq!(parse_listening_port("main: server is listening on http://127.0.0.1:36601 - starting the main loop"), Some(36601));
+        assert_eq!(parse_listening_port("llama_server: listening on http://127.0.0.1:8080"), Some(8080));
+        assert_eq!(parse_listening_port("loading model"), None);
+    }
+
+    #[test]
+    fn args_never_contain_the_key() {
+        let spec = LaunchSpec {
+            binary: "/bin/llama-server".into(),
+            model_path: "/m.gguf".into(),
+            alias: "smol".into(),
+            ctx_per_slot: 1024,
+            slots: 2,
+            threads: Some(2),
+            gpu_layers: 0,
+            cuda_visible_devices: String::new(),
+            extra_args: vec![],
+            log_path: "/tmp/x.log".into(),
+            start_timeout: Duration::from_secs(1),
+        };
+        let args = spec.args(Path::new("/tmp/keyfile"));
+        let joined = args.join(" ");
+        assert!(joined.contains("-c 2048 --parallel 2"), "{joined}");
+        assert!(joined.contains("--api-key-file /tmp/keyfile"));
+        assert!(!joined.contains("--api-key "));
+    }
+}
