@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod correlation;
+pub mod errors;
 pub mod logging;
 pub mod secret;
 

@@ -1,0 +1,262 @@
+//! The llama.cpp adapter: runs one dispatched task against its pool's engine and turns the engine's
+//! `/completion` stream into worker protocol events (API.md §13.3, §14.2–14.3).
+//!
+//! Invariants: the engine request always streams and always caps `n_predict`; after a cancel,
+//! disconnect, deadline or idle timeout the engine connection is dropped first and the slot is
+//! confirmed free through `/slots` before the caller releases its permit.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use api::events::StopReason;
+use api::worker::{DispatchInput, DispatchModel, DispatchRequest, WorkerEvent};
+use api::ErrorCode;
+use engine::sse::CompletionFrame;
+use engine::{ChatMessage, CompletionRequest, EngineClient, EngineError};
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::pools::Pool;
+
+pub struct TaskRun {
+    pub pool: Arc<Pool>,
+    pub client: EngineClient,
+    pub engine_version: String,
+    pub req: DispatchRequest,
+    pub tx: mpsc::Sender<WorkerEvent>,
+    pub cancel: CancellationToken,
+    pub lost: CancellationToken,
+    pub idle_timeout: Duration,
+    pub cancel_confirm: Duration,
+}
+
+/// How the engine request ended, before it is reported.
+enum Outcome {
+    Finished(Box<CompletionFrame>),
+    /// Stopped by us; the engine slot must be confirmed free.
+    Stopped(StopReason),
+    Failed { code: ErrorCode, message: String, retriable: bool },
+}
+
+impl TaskRun {
+    /// Runs the task to its terminal event. Returns once the engine slot is free again.
+    pub async fn run(self) {
+        let started = Instant::now();
+        let deadline = self.req.deadline_remaining_ms.map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms));
+        let mut tokens_out = 0u64;
+        let mut ttft: Option<u64> = None;
+        let outcome = self.stream(deadline, &mut tokens_out, &mut ttft, started).await;
+        let (event, needs_confirm) = match outcome {
+            Outcome::Finished(f) => (self.end_from_frame(&f, tokens_out, ttft), false),
+            Outcome::Stopped(reason) => (
+                WorkerEvent::End { tokens_in: self.tokens_evaluated(), tokens_out, stop_reason: reason, seed: self.req.params.sampling.seed, engine_ttft_ms: ttft, engine_decode_ms: 0 },
+                true,
+            ),
+            Outcome::Failed { code, message, retriable } => {
+                // A lost engine frees nothing we could confirm; anything else may still hold the slot.
+                let confirm = !self.lost.is_cancelled();
+                (WorkerEvent::Error { code, message, retriable, retry_after_ms: None }, confirm)
+            }
+        };
+        if needs_confirm {
+            self.confirm_free().await;
+        }
+        self.log_end(&event, tokens_out);
+        let _ = self.tx.send(event).await;
+    }
+
+    async fn stream(&self, deadline: Option<tokio::time::Instant>, tokens_out: &mut u64, ttft: &mut Option<u64>, started: Instant) -> Outcome {
+        let prompt = match &self.req.input {
+            DispatchInput::Prompt { prompt } => prompt.clone(),
+            DispatchInput::Messages { messages } => {
+                let msgs: Vec<ChatMessage> = messages.iter().map(|m| ChatMessage { role: role_str(m.role).into(), content: m.content.clone() }).collect();
+                match self.client.apply_template(&msgs).await {
+                    Ok(p) => p,
+                    Err(e) => return engine_failure(e, false),
+                }
+            }
+        };
+        let s = &self.req.params.sampling;
+        let creq = CompletionRequest {
+            prompt,
+            n_predict: self.req.params.max_tokens.max(1),
+            stream: true,
+            cache_prompt: true,
+            seed: s.seed,
+            temperature: s.temperature,
+            top_p: s.top_p,
+            top_k: s.top_k,
+            min_p: s.min_p,
+            repeat_penalty: s.repeat_penalty,
+            stop: s.stop.clone(),
+            grammar: s.grammar.clone(),
+            json_schema: s.json_schema.clone(),
+        };
+        tracing::info!(event = "engine.request", correlation_id = %self.req.correlation_id, task_id = %self.req.task_id, pool_id = %self.req.pool_id,
+            node_id = %self.req.node_id, attempt = self.req.attempt, "Sent task {} to the engine of pool {}", self.req.task_id, self.req.pool_id);
+        let opened = tokio::select! {
+            r = self.client.complete(&creq) => r,
+            _ = self.cancel.cancelled() => return Outcome::Stopped(StopReason::Canceled),
+            _ = self.lost.cancelled() => return lost(0),
+            _ = self.tx.closed() => return Outcome::Stopped(StopReason::Canceled),
+        };
+        let mut frames = match opened {
+            Ok(f) => Box::pin(f),
+            Err(e) => return engine_failure(e, false),
+        };
+        let started_ev = WorkerEvent::Started {
+            engine: api::ENGINE_LLAMACPP.into(),
+            engine_version: self.engine_version.clone(),
+            model: DispatchModel { id: self.pool.spec.model_id.to_string(), digest: self.pool.spec.model_digest.clone() },
+        };
+        if self.tx.send(started_ev).await.is_err() {
+            return Outcome::Stopped(StopReason::Canceled);
+        }
+        let far = tokio::time::Instant::now() + Duration::from_secs(365 * 24 * 3600);
+        let deadline_at = deadline.unwrap_or(far);
+        loop {
+            let next = tokio::select! {
+                n = tokio::time::timeout(self.idle_timeout, frames.next()) => n,
+                _ = self.cancel.cancelled() => return Outcome::Stopped(StopReason::Canceled),
+                _ = self.lost.cancelled() => return lost(*tokens_out),
+                _ = self.tx.closed() => return Outcome::Stopped(StopReason::Canceled),
+                _ = tokio::time::sleep_until(deadline_at) => return Outcome::Stopped(StopReason::Deadline),
+            };
+            let frame = match next {
+                Err(_) => {
+                    drop(frames);
+                    self.confirm_free().await;
+                    return Outcome::Failed { code: ErrorCode::DecodeTimeout, message: format!("the engine produced nothing for {} ms", self.idle_timeout.as_millis()), retriable: true };
+                }
+                Ok(None) => return broken(*tokens_out, "the engine closed the stream without a final frame".into()),
+                Ok(Some(Err(e))) => return broken(*tokens_out, e.to_string()),
+                Ok(Some(Ok(f))) => f,
+            };
+            if let Some(err) = &frame.error {
+                return broken(*tokens_out, format!("the engine reported an error: {err}"));
+            }
+            self.track(&frame);
+            if !frame.content.is_empty() {
+                if ttft.is_none() {
+                    *ttft = Some(started.elapsed().as_millis() as u64);
+                    tracing::info!(event = "engine.first_token", correlation_id = %self.req.correlation_id, task_id = %self.req.task_id, pool_id = %self.req.pool_id,
+                        node_id = %self.req.node_id, duration_ms = ttft.unwrap_or(0), "First token of task {} after {} ms", self.req.task_id, ttft.unwrap_or(0));
+                }
+                let ev = WorkerEvent::Token { i: *tokens_out, t: frame.content.clone() };
+                *tokens_out += 1;
+                if self.tx.send(ev).await.is_err() {
+                    return Outcome::Stopped(StopReason::Canceled);
+                }
+            }
+            if frame.stop {
+                return Outcome::Finished(Box::new(frame));
+            }
+        }
+    }
+
+    fn tokens_evaluated(&self) -> u64 {
+        let inflight = self.pool.inflight.lock().unwrap_or_else(|e| e.into_inner());
+        inflight.get(&self.req.task_id).map(|i| i.tokens_evaluated).unwrap_or(0)
+    }
+
+    fn track(&self, f: &CompletionFrame) {
+        let mut inflight = self.pool.inflight.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = inflight.get_mut(&self.req.task_id) {
+            if let Some(n) = f.tokens_evaluated {
+                i.tokens_evaluated = n;
+            }
+            if let Some(n) = f.tokens_predicted {
+                i.tokens_out = n;
+            }
+        }
+    }
+
+    fn end_from_frame(&self, f: &CompletionFrame, tokens_seen: u64, ttft: Option<u64>) -> WorkerEvent {
+        let timings = f.timings.clone().unwrap_or_default();
+        if let Some(tps) = timings.predicted_per_second.filter(|v| v.is_finite() && *v > 0.0) {
+            self.pool.record_decode_speed(tps);
+        }
+        let stop_reason = match f.stop_type.as_deref() {
+            Some("eos") => StopReason::Eos,
+            Some("limit") => StopReason::Limit,
+            Some("word") => StopReason::StopWord,
+            _ => StopReason::Canceled,
+        };
+        WorkerEvent::End {
+            tokens_in: f.tokens_evaluated.unwrap_or(0),
+            tokens_out: f.tokens_predicted.unwrap_or(0).max(tokens_seen),
+            stop_reason,
+            seed: f.generation_settings.as_ref().and_then(|g| g.seed).or(self.req.params.sampling.seed),
+            engine_ttft_ms: ttft,
+            engine_decode_ms: timings.predicted_ms.unwrap_or(0.0).max(0.0) as u64,
+        }
+    }
+
+    /// Polls `/slots` until the engine runs no more requests than the other dispatches in flight.
+    async fn confirm_free(&self) {
+        let until = Instant::now() + self.cancel_confirm;
+        loop {
+            let others = {
+                let inflight = self.pool.inflight.lock().unwrap_or_else(|e| e.into_inner());
+                inflight.keys().filter(|k| **k != self.req.task_id).count()
+            };
+            match self.client.busy_slots().await {
+                Ok(busy) if busy <= others => {
+                    tracing::info!(event = "engine.cancel_confirmed", correlation_id = %self.req.correlation_id, task_id = %self.req.task_id,
+                        pool_id = %self.req.pool_id, node_id = %self.req.node_id, "The engine slot of task {} is free again", self.req.task_id);
+                    return;
+                }
+                Err(_) if self.lost.is_cancelled() => return,
+                _ => {}
+            }
+            if Instant::now() >= until {
+                tracing::warn!(event = "engine.cancel_unconfirmed", correlation_id = %self.req.correlation_id, task_id = %self.req.task_id, pool_id = %self.req.pool_id,
+                    "The engine slot of task {} was not confirmed free within {} ms", self.req.task_id, self.cancel_confirm.as_millis());
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn log_end(&self, ev: &WorkerEvent, tokens_out: u64) {
+        match ev {
+            WorkerEvent::End { tokens_in, stop_reason, .. } => tracing::info!(event = "engine.finished", correlation_id = %self.req.correlation_id, task_id = %self.req.task_id,
+                pool_id = %self.req.pool_id, node_id = %self.req.node_id, tokens_in = *tokens_in, tokens_out = tokens_out,
+                "Task {} finished on the engine ({:?}, {} tokens)", self.req.task_id, stop_reason, tokens_out),
+            WorkerEvent::Error { code, message, .. } => tracing::warn!(event = "engine.finished", correlation_id = %self.req.correlation_id, task_id = %self.req.task_id,
+                pool_id = %self.req.pool_id, node_id = %self.req.node_id, code = %code, tokens_out = tokens_out,
+                "Task {} failed on the engine: {message}", self.req.task_id),
+            _ => {}
+        }
+    }
+}
+
+fn role_str(r: api::task::Role) -> &'static str {
+    match r {
+        api::task::Role::System => "system",
+        api::task::Role::User => "user",
+        api::task::Role::Assistant => "assistant",
+    }
+}
+
+/// Maps an engine error by the first-token rule (§14.3).
+fn engine_failure(e: EngineError, after_token: bool) -> Outcome {
+    match e {
+        EngineError::Status { status: 400, message } => Outcome::Failed { code: ErrorCode::InvalidParams, message: format!("the engine refused the request: {message}"), retriable: false },
+        EngineError::Status { status: 503, message } => Outcome::Failed { code: ErrorCode::PoolUnavailable, message: format!("the engine is not ready: {message}"), retriable: true },
+        other => broken(if after_token { 1 } else { 0 }, other.to_string()),
+    }
+}
+
+fn broken(tokens_out: u64, message: String) -> Outcome {
+    if tokens_out > 0 {
+        Outcome::Failed { code: ErrorCode::WorkerReset, message, retriable: true }
+    } else {
+        Outcome::Failed { code: ErrorCode::PoolUnavailable, message, retriable: true }
+    }
+}
+
+fn lost(tokens_out: u64) -> Outcome {
+    broken(tokens_out, "the engine stopped while the task was running".into())
+}

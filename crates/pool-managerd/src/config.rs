@@ -1,0 +1,547 @@
+//! pool-managerd configuration (API.md §17.3): the raw TOML shape, and validation into [`Config`]
+//! that reports every problem at once. Nothing below `main` reads the environment.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use api::{ModelId, NodeId, PoolId};
+use daemon::secret::Secret;
+use engine::{EngineSource, GpuPolicy};
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+pub struct RawConfig {
+    pub node: RawNode,
+    pub server: RawServer,
+    pub orchestrator: RawOrchestrator,
+    pub dispatch: RawDispatch,
+    pub heartbeat: RawHeartbeat,
+    pub shutdown_grace_ms: Option<u64>,
+    pub cache: RawCache,
+    pub engine: RawEngine,
+    pub engines: BTreeMap<String, RawEngineSource>,
+    pub pools: Vec<RawPool>,
+    pub logging: RawLogging,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+pub struct RawNode {
+    pub id: Option<String>,
+    pub machine_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+pub struct RawServer {
+    pub bind: Option<String>,
+    pub advertise_url: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+pub struct RawOrchestrator {
+    pub url: Option<String>,
+    pub registration_token: Option<String>,
+    pub registration_token_file: Option<PathBuf>,
+    pub node_token: Option<String>,
+    pub node_token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+pub struct RawDispatch {
+    pub token: Option<String>,
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+pub struct RawHeartbeat {
+    pub interval_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+pub struct RawCache {
+    pub models_dir: Option<PathBuf>,
+    pub engines_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+pub struct RawEngine {
+    pub start_timeout_ms: Option<u64>,
+    pub stop_grace_ms: Option<u64>,
+    pub cancel_confirm_ms: Option<u64>,
+    pub idle_timeout_ms: Option<u64>,
+    pub max_restarts: Option<u32>,
+    /// `-t` for every engine; unset lets llama-server choose.
+    pub threads: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+pub struct RawEngineSource {
+    pub kind: Option<String>,
+    pub path: Option<PathBuf>,
+    pub sha256: Option<String>,
+    pub source_url: Option<String>,
+    pub source_sha256: Option<String>,
+    pub source_subdir: Option<String>,
+    pub build_number: Option<u64>,
+    pub cmake_flags: Vec<String>,
+    pub git_url: Option<String>,
+    pub git_ref: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+pub struct RawPool {
+    pub id: Option<String>,
+    pub model_ref: Option<String>,
+    pub model_id: Option<String>,
+    pub model_digest: Option<String>,
+    pub ctx: Option<u64>,
+    pub slots: Option<u32>,
+    pub devices: Option<String>,
+    pub gpu_policy: Option<String>,
+    pub engine_source: Option<String>,
+    pub extra_args: Vec<String>,
+    pub provisioning_target: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+pub struct RawLogging {
+    pub level: Option<String>,
+    pub json: Option<bool>,
+}
+
+/// How pool-managerd proves itself to orchestratord at registration.
+#[derive(Debug, Clone)]
+pub enum NodeAuth {
+    Registration(Secret),
+    Static(Secret),
+    /// Open mode: orchestratord has no tokens configured (loopback only).
+    None,
+}
+
+#[derive(Debug, Clone)]
+pub struct EngineTimings {
+    pub start_timeout: Duration,
+    pub stop_grace: Duration,
+    pub cancel_confirm: Duration,
+    pub idle_timeout: Duration,
+    pub max_restarts: u32,
+    pub threads: Option<u32>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PoolSpec {
+    pub id: PoolId,
+    pub model_id: ModelId,
+    pub model_ref: String,
+    pub model_path: PathBuf,
+    pub model_digest: Option<String>,
+    pub ctx_per_slot: u64,
+    pub slots: u32,
+    /// Canonical device mask: `cpu` or ascending comma-separated GPU indices.
+    pub device_mask: String,
+    pub gpu_policy: GpuPolicy,
+    pub engine_source: String,
+    pub extra_args: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub node_id: NodeId,
+    pub machine_id: String,
+    pub bind: SocketAddr,
+    pub advertise_url: String,
+    pub orchestrator_url: String,
+    pub node_auth: NodeAuth,
+    pub dispatch_token: Secret,
+    pub heartbeat_interval: Duration,
+    pub shutdown_grace: Duration,
+    pub models_dir: PathBuf,
+    pub engines_dir: PathBuf,
+    pub engine: EngineTimings,
+    pub engines: BTreeMap<String, EngineSource>,
+    pub pools: Vec<PoolSpec>,
+    pub log_level: String,
+    pub log_json: Option<bool>,
+}
+
+/// Facts about the host that validation needs (injected so tests can fake them).
+#[derive(Debug, Clone, Default)]
+pub struct Host {
+    pub hostname: String,
+    pub machine_id: Option<String>,
+    pub home: PathBuf,
+    /// GPU indices visible on this node.
+    pub gpus: Vec<u32>,
+}
+
+impl Host {
+    pub fn detect() -> Self {
+        let hostname = std::fs::read_to_string("/etc/hostname").map(|s| s.trim().to_lowercase()).unwrap_or_else(|_| "localhost".into());
+        let machine_id = std::fs::read_to_string("/etc/machine-id").ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
+        Self { hostname, machine_id, home, gpus: crate::gpu::visible_indices() }
+    }
+}
+
+/// Flags in §14.1 that `extra_args` must not repeat.
+const RESERVED_FLAGS: &[&str] = &["-m", "--model", "-a", "--alias", "-c", "--ctx-size", "-np", "--parallel", "--metrics", "--api-key", "--api-key-file", "--host", "--port", "-ngl", "--n-gpu-layers", "--gpu-layers"];
+
+pub const DEFAULT_BIND: &str = "127.0.0.1:9200";
+pub const DEFAULT_ORCHESTRATOR_URL: &str = "http://127.0.0.1:8080";
+
+impl RawConfig {
+    pub fn validate(self, host: &Host) -> Result<Config, Vec<String>> {
+        let mut p = Vec::new();
+        let node_raw = self.node.id.clone().unwrap_or_else(|| host.hostname.clone());
+        let node_id = node_raw.parse::<NodeId>().map_err(|e| p.push(format!("node.id: {e}"))).ok();
+        let machine_id = self.node.machine_id.clone().or_else(|| host.machine_id.clone()).unwrap_or_else(|| node_raw.clone());
+        let bind_raw = self.server.bind.clone().unwrap_or_else(|| DEFAULT_BIND.into());
+        let bind = bind_raw.parse::<SocketAddr>().map_err(|e| p.push(format!("server.bind: {bind_raw:?} is not host:port ({e})"))).ok();
+        let advertise_url = match (&self.server.advertise_url, bind) {
+            (Some(u), _) => Some(u.trim_end_matches('/').to_string()),
+            (None, Some(b)) if b.ip().is_unspecified() => {
+                p.push("server.advertise_url: required when server.bind is a wildcard address".into());
+                None
+            }
+            (None, b) => b.map(|b| format!("http://{b}")),
+        };
+        let orchestrator_url = self.orchestrator.url.clone().unwrap_or_else(|| DEFAULT_ORCHESTRATOR_URL.into()).trim_end_matches('/').to_string();
+        if !orchestrator_url.starts_with("http://") && !orchestrator_url.starts_with("https://") {
+            p.push(format!("orchestrator.url: {orchestrator_url:?} must start with http:// or https://"));
+        }
+        let reg = daemon::config::secret_or_file("orchestrator.registration_token", &self.orchestrator.registration_token, &self.orchestrator.registration_token_file, &mut p);
+        let stat = daemon::config::secret_or_file("orchestrator.node_token", &self.orchestrator.node_token, &self.orchestrator.node_token_file, &mut p);
+        let node_auth = match (reg, stat) {
+            (_, Some(s)) => NodeAuth::Static(check_token("orchestrator.node_token", s, &mut p)),
+            (Some(r), None) => NodeAuth::Registration(check_token("orchestrator.registration_token", r, &mut p)),
+            (None, None) => NodeAuth::None,
+        };
+        let dispatch_token = match daemon::config::secret_or_file("dispatch.token", &self.dispatch.token, &self.dispatch.token_file, &mut p) {
+            Some(t) if t.len() < 32 => {
+                p.push("dispatch.token: must be at least 32 characters".into());
+                Secret::new(t)
+            }
+            Some(t) => Secret::new(t),
+            None => Secret::random_hex(32),
+        };
+        let ms = |v: Option<u64>, d: u64| Duration::from_millis(v.unwrap_or(d));
+        let heartbeat_interval = ms(self.heartbeat.interval_ms, 10_000);
+        if heartbeat_interval < Duration::from_millis(100) {
+            p.push("heartbeat.interval_ms: must be at least 100".into());
+        }
+        let cache_root = host.home.join(".cache").join("llama-orch");
+        let models_dir = self.cache.models_dir.clone().unwrap_or_else(|| cache_root.join("models"));
+        let engines_dir = self.cache.engines_dir.clone().unwrap_or_else(|| cache_root.join("engines"));
+        let e = &self.engine;
+        let engine = EngineTimings {
+            start_timeout: ms(e.start_timeout_ms, 120_000),
+            stop_grace: ms(e.stop_grace_ms, 5_000),
+            cancel_confirm: ms(e.cancel_confirm_ms, 10_000),
+            idle_timeout: ms(e.idle_timeout_ms, 60_000),
+            max_restarts: e.max_restarts.unwrap_or(5),
+            threads: e.threads,
+        };
+        let engines = validate_engines(&self.engines, &mut p);
+        let pools = validate_pools(&self.pools, &engines, host, &mut p);
+        if !p.is_empty() {
+            return Err(p);
+        }
+        Ok(Config {
+            node_id: node_id.expect("checked"),
+            machine_id,
+            bind: bind.expect("checked"),
+            advertise_url: advertise_url.expect("checked"),
+            orchestrator_url,
+            node_auth,
+            dispatch_token,
+            heartbeat_interval,
+            shutdown_grace: ms(self.shutdown_grace_ms, 30_000),
+            models_dir,
+            engines_dir,
+            engine,
+            engines,
+            pools,
+            log_level: self.logging.level.clone().unwrap_or_else(|| "info".into()),
+            log_json: self.logging.json,
+        })
+    }
+}
+
+fn check_token(key: &str, t: String, p: &mut Vec<String>) -> Secret {
+    if t.len() < 16 {
+        p.push(format!("{key}: tokens must be at least 16 characters"));
+    }
+    Secret::new(t)
+}
+
+fn validate_engines(raw: &BTreeMap<String, RawEngineSource>, p: &mut Vec<String>) -> BTreeMap<String, EngineSource> {
+    let mut out = BTreeMap::new();
+    for (name, e) in raw {
+        let key = format!("engines.{name}");
+        let source = match e.kind.as_deref().unwrap_or("binary") {
+            "binary" => match &e.path {
+                Some(path) if !path.is_absolute() => {
+                    p.push(format!("{key}.path: must be an absolute path"));
+                    continue;
+                }
+                Some(path) if !path.is_file() => {
+                    p.push(format!("{key}.path: engine binary {} does not exist", path.display()));
+                    continue;
+                }
+                Some(path) => EngineSource::Binary { path: path.clone(), sha256: e.sha256.clone() },
+                None => {
+                    p.push(format!("{key}.path: required for kind = \"binary\""));
+                    continue;
+                }
+            },
+            "source" => match &e.source_url {
+                Some(url) => {
+                    let local = !url.starts_with("https://");
+                    let path = Path::new(url.strip_prefix("file:").unwrap_or(url));
+                    if local && !path.is_file() {
+                        p.push(format!("{key}.source_url: source archive {} does not exist (run scripts/dev-assets.sh)", path.display()));
+                        continue;
+                    }
+                    if e.source_sha256.is_none() {
+                        p.push(format!("{key}.source_sha256: required for kind = \"source\" (pin the archive)"));
+                        continue;
+                    }
+                    EngineSource::Archive { location: url.clone(), subdir: e.source_subdir.clone().unwrap_or_else(|| "llama.cpp".into()), sha256: e.source_sha256.clone() }
+                }
+                None => {
+                    p.push(format!("{key}.source_url: required for kind = \"source\""));
+                    continue;
+                }
+            },
+            "git" => match (&e.git_url, &e.git_ref) {
+                (Some(url), Some(r)) => EngineSource::Git { url: url.clone(), reference: r.clone() },
+                _ => {
+                    p.push(format!("{key}: kind = \"git\" needs git_url and git_ref"));
+                    continue;
+                }
+            },
+            other => {
+                p.push(format!("{key}.kind: {other:?} is not one of binary, source, git"));
+                continue;
+            }
+        };
+        out.insert(name.clone(), source);
+    }
+    out
+}
+
+fn validate_pools(raw: &[RawPool], engines: &BTreeMap<String, EngineSource>, host: &Host, p: &mut Vec<String>) -> Vec<PoolSpec> {
+    let mut out: Vec<PoolSpec> = Vec::new();
+    for (i, rp) in raw.iter().enumerate() {
+        let key = format!("pools[{i}]");
+        let before = p.len();
+        let id = match rp.id.as_deref().map(str::parse::<PoolId>) {
+            Some(Ok(id)) => Some(id),
+            Some(Err(e)) => {
+                p.push(format!("{key}.id: {e}"));
+                None
+            }
+            None => {
+                p.push(format!("{key}.id: required"));
+                None
+            }
+        };
+        if let Some(id) = &id {
+            if out.iter().any(|o| &o.id == id) {
+                p.push(format!("{key}.id: duplicate pool id {id}"));
+            }
+        }
+        let (model_ref, model_path) = match rp.model_ref.as_deref().map(parse_file_ref) {
+            Some(Ok(pair)) => pair,
+            Some(Err(e)) => {
+                p.push(format!("{key}.model_ref: {e}"));
+                (String::new(), PathBuf::new())
+            }
+            None => {
+                p.push(format!("{key}.model_ref: required (this version starts every pool with a model; Unloaded pools come with provisioning)"));
+                (String::new(), PathBuf::new())
+            }
+        };
+        if !model_path.as_os_str().is_empty() && !model_path.is_file() {
+            p.push(format!("{key}.model_ref: model file {} does not exist", model_path.display()));
+        }
+        let model_id = match &rp.model_id {
+            Some(m) => m.parse::<ModelId>().map_err(|e| p.push(format!("{key}.model_id: {e}"))).ok(),
+            None => derive_model_id(&model_path).parse::<ModelId>().ok(),
+        };
+        let slots = rp.slots.unwrap_or(1);
+        if slots == 0 {
+            p.push(format!("{key}.slots: must be at least 1"));
+        }
+        let ctx = rp.ctx.unwrap_or(4096);
+        if ctx < 16 {
+            p.push(format!("{key}.ctx: must be at least 16"));
+        }
+        let policy = match rp.gpu_policy.as_deref().unwrap_or("gpu") {
+            "gpu" => GpuPolicy::Gpu,
+            "cpu" => GpuPolicy::Cpu,
+            "auto" => GpuPolicy::Auto,
+            other => {
+                p.push(format!("{key}.gpu_policy: {other:?} is not one of gpu, cpu, auto"));
+                GpuPolicy::Cpu
+            }
+        };
+        let device_mask = validate_devices(&key, rp.devices.as_deref().unwrap_or("0"), policy, host, p);
+        let engine_source = rp.engine_source.clone().unwrap_or_else(|| "default".into());
+        if !engines.contains_key(&engine_source) {
+            p.push(format!("{key}.engine_source: no engine source named {engine_source:?} under [engines]"));
+        }
+        for a in &rp.extra_args {
+            let flag = a.split('=').next().unwrap_or(a);
+            if RESERVED_FLAGS.contains(&flag) {
+                p.push(format!("{key}.extra_args: {flag} is set by pool-managerd and must not be repeated"));
+            }
+        }
+        if let Some(d) = &rp.model_digest {
+            if !(d.len() == 71 && d.starts_with("sha256:") && d[7..].bytes().all(|b| b.is_ascii_hexdigit())) {
+                p.push(format!("{key}.model_digest: must be sha256:<64 hex>"));
+            }
+        }
+        if p.len() == before {
+            if let (Some(id), Some(model_id)) = (id, model_id) {
+                out.push(PoolSpec {
+                    id,
+                    model_id,
+                    model_ref,
+                    model_path,
+                    model_digest: rp.model_digest.as_ref().map(|d| d.to_lowercase()),
+                    ctx_per_slot: ctx,
+                    slots,
+                    device_mask,
+                    gpu_policy: policy,
+                    engine_source,
+                    extra_args: rp.extra_args.clone(),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Canonicalizes a device mask and checks it against the node's GPUs and the policy.
+fn validate_devices(key: &str, raw: &str, policy: GpuPolicy, host: &Host, p: &mut Vec<String>) -> String {
+    if raw.trim() == "cpu" {
+        if policy == GpuPolicy::Gpu {
+            p.push(format!("{key}.devices: \"cpu\" contradicts gpu_policy = \"gpu\""));
+        }
+        return "cpu".into();
+    }
+    let mut idx: Vec<u32> = Vec::new();
+    for part in raw.split(',') {
+        match part.trim().parse::<u32>() {
+            Ok(i) if !idx.contains(&i) => idx.push(i),
+            Ok(_) => {}
+            Err(_) => {
+                p.push(format!("{key}.devices: {raw:?} is not \"cpu\" or comma-separated GPU indices"));
+                return "cpu".into();
+            }
+        }
+    }
+    idx.sort_unstable();
+    let missing: Vec<u32> = idx.iter().copied().filter(|i| !host.gpus.contains(i)).collect();
+    match policy {
+        GpuPolicy::Gpu if host.gpus.is_empty() => p.push(format!("{key}.gpu_policy: \"gpu\" but this node has no CUDA device; use gpu_policy = \"cpu\" with devices = \"cpu\"")),
+        GpuPolicy::Auto if host.gpus.is_empty() => return "cpu".into(),
+        GpuPolicy::Cpu if host.gpus.is_empty() => p.push(format!("{key}.devices: {raw:?} names GPUs but this node has none; use devices = \"cpu\"")),
+        _ if !missing.is_empty() => p.push(format!("{key}.devices: GPU indices {missing:?} are not present on this node (present: {:?})", host.gpus)),
+        _ => {}
+    }
+    idx.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+}
+
+/// Accepts `file:/abs/path` (and `file:///abs/path`); other schemes need the model fetchers.
+pub fn parse_file_ref(r: &str) -> Result<(String, PathBuf), String> {
+    let Some(rest) = r.strip_prefix("file:") else {
+        return Err(format!("{r:?}: pool-managerd serves local models only (file:/absolute/path.gguf); hf: and https: refs are fetched by the model catalog, which this node does not run yet"));
+    };
+    let path = rest.strip_prefix("//").unwrap_or(rest);
+    if !path.starts_with('/') {
+        return Err(format!("{r:?}: file: refs need an absolute path"));
+    }
+    if path.split('/').any(|s| s == "." || s == "..") {
+        return Err(format!("{r:?}: path segments must not be . or .."));
+    }
+    Ok((format!("file:{path}"), PathBuf::from(path)))
+}
+
+/// The catalog id rule of API.md §9.1: last path segment without `.gguf`, lowercased, other
+/// characters replaced by `-`, at most 64 characters.
+pub fn derive_model_id(path: &Path) -> String {
+    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let stem = name.strip_suffix(".gguf").unwrap_or(&name).to_lowercase();
+    let mut id: String = stem.chars().map(|c| if c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-') { c } else { '-' }).collect();
+    id.truncate(64);
+    id
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host() -> Host {
+        Host { hostname: "alpha".into(), machine_id: Some("m1".into()), home: "/home/x".into(), gpus: vec![] }
+    }
+
+    #[test]
+    fn model_id_rule() {
+        assert_eq!(derive_model_id(Path::new("/m/SmolLM2-135M-Instruct.Q4_1.gguf")), "smollm2-135m-instruct.q4_1");
+    }
+
+    #[test]
+    fn file_refs() {
+        assert_eq!(parse_file_ref("file:///a/b.gguf").unwrap().0, "file:/a/b.gguf");
+        assert!(parse_file_ref("file:rel/b.gguf").is_err());
+        assert!(parse_file_ref("file:/a/../b.gguf").is_err());
+        assert!(parse_file_ref("hf:org/repo/x.gguf").unwrap_err().contains("local models only"));
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let raw: RawConfig = toml::from_str(
+            r#"
+            [server]
+            bind = "nonsense"
+            [[pools]]
+            id = "Bad Id"
+            model_ref = "file:/nonexistent/model.gguf"
+            slots = 0
+            gpu_policy = "gpu"
+            engine_source = "nope"
+            extra_args = ["--port", "1"]
+            "#,
+        )
+        .unwrap();
+        let errs = raw.validate(&host()).unwrap_err();
+        for want in ["server.bind", "pools[0].id", "model file /nonexistent/model.gguf does not exist", "pools[0].slots", "no CUDA device", "engine_source", "--port"] {
+            assert!(errs.iter().any(|e| e.contains(want)), "missing {want:?} in {errs:#?}");
+        }
+    }
+
+    #[test]
+    fn devices_canonical() {
+        let mut p = vec![];
+        let h = Host { gpus: vec![0, 1, 2], ..host() };
+        assert_eq!(validate_devices("k", "2,0", GpuPolicy::Gpu, &h, &mut p), "0,2");
+        assert!(p.is_empty());
+        validate_devices("k", "5", GpuPolicy::Gpu, &h, &mut p);
+        assert_eq!(p.len(), 1);
+        assert_eq!(validate_devices("k", "0", GpuPolicy::Auto, &host(), &mut vec![]), "cpu");
+    }
+}

@@ -1,0 +1,60 @@
+//! pool-managerd: the worker daemon of one GPU machine. It provisions and supervises one
+//! `llama-server` per pool, registers and heartbeats with orchestratord, and serves orchestratord's
+//! dispatches through its llama.cpp adapter. `main` parses flags and config; [`run`] is the daemon.
+
+pub mod adapter;
+pub mod config;
+pub mod gpu;
+pub mod http;
+pub mod pools;
+pub mod registration;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::Config;
+
+/// Runs the daemon until `shutdown` fires, then drains: refuse new dispatches, wait up to
+/// `shutdown_grace` for running ones, deregister, stop the engines.
+pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let tracker = TaskTracker::new();
+    let engines_stop = CancellationToken::new();
+    let mut pools = BTreeMap::new();
+    for spec in &config.pools {
+        let source = config.engines.get(&spec.engine_source).cloned().ok_or_else(|| anyhow::anyhow!("engine source {} missing", spec.engine_source))?;
+        let env = pools::SupervisorEnv { timings: config.engine.clone(), engines_dir: config.engines_dir.clone(), engine_source: source, node_id: config.node_id.to_string() };
+        pools.insert(spec.id.to_string(), pools::spawn(spec.clone(), env, engines_stop.clone(), &tracker));
+    }
+    let closing = CancellationToken::new();
+    let app = Arc::new(http::App { config: config.clone(), pools, tracker: tracker.clone(), closing: closing.clone() });
+    let reg_stop = CancellationToken::new();
+    let reg = tokio::spawn(registration::run(app.clone(), reg_stop.clone()));
+    let server_stop = CancellationToken::new();
+    let server = {
+        let stop = server_stop.clone();
+        let router = http::router(app.clone());
+        tokio::spawn(async move { axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned()).await })
+    };
+    tracing::info!(event = "node.started", node_id = %config.node_id, "pool-managerd {} serving the worker API at {}", config.node_id, config.advertise_url);
+
+    shutdown.cancelled().await;
+    tracing::info!(event = "node.stopping", node_id = %config.node_id, "Shutting down: refusing new dispatches and waiting for running tasks");
+    closing.cancel();
+    let until = Instant::now() + config.shutdown_grace;
+    while app.pools.values().any(|p| !p.inflight.lock().unwrap_or_else(|e| e.into_inner()).is_empty()) && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    reg_stop.cancel();
+    let _ = reg.await;
+    engines_stop.cancel();
+    tracker.close();
+    tracker.wait().await;
+    server_stop.cancel();
+    let _ = server.await;
+    tracing::info!(event = "node.stopped", node_id = %config.node_id, "pool-managerd stopped");
+    Ok(())
+}

@@ -1,0 +1,296 @@
+//! Pools: one supervisor task per pool owns its `llama-server` child (provision → start → Ready,
+//! restart with backoff after a crash, stop on shutdown) and publishes a [`PoolSnapshot`] through a
+//! watch channel. Dispatch handlers read snapshots and take slot permits; they never touch the child.
+//!
+//! Invariants: at most `slots` dispatches hold a permit at once; a permit is released only after the
+//! engine confirmed the slot free (or the engine died); the engine's API key never leaves this node.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use api::node::{LoadedModel, PoolState, PoolStatus};
+use engine::{EngineClient, LaunchSpec, RunningEngine};
+use tokio::sync::{watch, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{EngineTimings, PoolSpec};
+
+/// What the rest of the daemon may know about a pool at one moment.
+#[derive(Clone)]
+pub struct PoolSnapshot {
+    pub state: PoolState,
+    pub client: Option<EngineClient>,
+    pub engine_version: Option<String>,
+    pub engine_built: bool,
+    pub last_error: Option<String>,
+    /// Bumped at every engine start, so work bound to an old engine can tell.
+    pub generation: u64,
+}
+
+/// A dispatch in flight: its cancel trigger and the signal that its slot is free again.
+pub struct Inflight {
+    /// Triggered by a cancel request or a dropped dispatch connection.
+    pub cancel: CancellationToken,
+    /// Triggered when the engine died or is being stopped: the request is lost, not canceled.
+    pub lost: CancellationToken,
+    pub released: watch::Receiver<bool>,
+    pub tokens_evaluated: u64,
+    pub tokens_out: u64,
+}
+
+pub struct Pool {
+    pub spec: PoolSpec,
+    pub snapshot: watch::Receiver<PoolSnapshot>,
+    pub slots: Arc<Semaphore>,
+    pub inflight: Mutex<HashMap<String, Inflight>>,
+    /// EWMA of the engine's decode speed, tokens/s.
+    pub decode_tps: Mutex<Option<f64>>,
+}
+
+impl Pool {
+    pub fn status(&self) -> PoolStatus {
+        let snap = self.snapshot.borrow().clone();
+        let inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+        let used: u64 = inflight.values().map(|i| i.tokens_evaluated + i.tokens_out).sum();
+        let capacity = (self.spec.slots as u64 * self.spec.ctx_per_slot).max(1);
+        PoolStatus {
+            pool_id: self.spec.id.to_string(),
+            state: snap.state,
+            last_error: snap.last_error.clone(),
+            engine: api::ENGINE_LLAMACPP.into(),
+            engine_version: snap.engine_version.clone(),
+            engine_built: snap.engine_built,
+            device_mask: self.spec.device_mask.clone(),
+            slots_total: self.spec.slots,
+            slots_free: self.slots.available_permits() as u32,
+            ctx_per_slot: self.spec.ctx_per_slot,
+            models: vec![LoadedModel { id: self.spec.model_id.to_string(), model_ref: self.spec.model_ref.clone(), digest: self.spec.model_digest.clone() }],
+            running: inflight.keys().cloned().collect(),
+            kv_cache_usage_ratio: Some((used as f64 / capacity as f64).min(1.0)),
+            decode_tokens_per_s: *self.decode_tps.lock().unwrap_or_else(|e| e.into_inner()),
+            vram_used_bytes: None,
+        }
+    }
+
+    pub fn record_decode_speed(&self, tps: f64) {
+        let mut g = self.decode_tps.lock().unwrap_or_else(|e| e.into_inner());
+        *g = Some(match *g {
+            Some(prev) => 0.8 * prev + 0.2 * tps,
+            None => tps,
+        });
+    }
+}
+
+/// Everything a supervisor needs besides its pool.
+#[derive(Clone)]
+pub struct SupervisorEnv {
+    pub timings: EngineTimings,
+    pub engines_dir: std::path::PathBuf,
+    pub engine_source: engine::EngineSource,
+    pub node_id: String,
+}
+
+/// Creates the pool and spawns its supervisor on `tracker`.
+pub fn spawn(spec: PoolSpec, env: SupervisorEnv, shutdown: CancellationToken, tracker: &tokio_util::task::TaskTracker) -> Arc<Pool> {
+    let (tx, rx) = watch::channel(PoolSnapshot { state: PoolState::Provisioning, client: None, engine_version: None, engine_built: false, last_error: None, generation: 0 });
+    let pool = Arc::new(Pool { slots: Arc::new(Semaphore::new(spec.slots as usize)), spec, snapshot: rx, inflight: Mutex::new(HashMap::new()), decode_tps: Mutex::new(None) });
+    let sup = Supervisor { pool: pool.clone(), env, tx, shutdown };
+    tracker.spawn(sup.run());
+    pool
+}
+
+struct Supervisor {
+    pool: Arc<Pool>,
+    env: SupervisorEnv,
+    tx: watch::Sender<PoolSnapshot>,
+    shutdown: CancellationToken,
+}
+
+enum Exit {
+    Shutdown,
+    Crashed(String),
+}
+
+impl Supervisor {
+    fn publish(&self, f: impl FnOnce(&mut PoolSnapshot)) {
+        self.tx.send_modify(f);
+    }
+
+    async fn run(self) {
+        let pool_id = self.pool.spec.id.to_string();
+        let Some(binary) = self.provision().await else { return };
+        let mut failures = 0u32;
+        let mut backoff = Duration::from_secs(1);
+        let mut generation = 0u64;
+        loop {
+            if self.shutdown.is_cancelled() {
+                break;
+            }
+            generation += 1;
+            self.publish(|s| {
+                s.state = PoolState::Starting;
+                s.client = None;
+            });
+            let started = Instant::now();
+            match engine::launch(&self.launch_spec(&binary)).await {
+                Ok(running) => {
+                    failures = 0;
+                    tracing::info!(event = "engine.ready", pool_id = %pool_id, node_id = %self.env.node_id, engine_version = %running.build_info, pid = running.pid,
+                        "Engine for pool {pool_id} is ready on port {} (pid {})", running.port, running.pid);
+                    self.publish(|s| {
+                        s.state = PoolState::Ready;
+                        s.client = Some(running.client.clone());
+                        s.engine_version = Some(running.build_info.clone());
+                        s.generation = generation;
+                        s.last_error = None;
+                    });
+                    match self.watch(running).await {
+                        Exit::Shutdown => break,
+                        Exit::Crashed(why) => {
+                            tracing::warn!(event = "engine.exited", pool_id = %pool_id, node_id = %self.env.node_id, reason = %why, "Engine for pool {pool_id} stopped unexpectedly: {why}; restarting");
+                            self.publish(|s| {
+                                s.state = PoolState::Starting;
+                                s.client = None;
+                                s.last_error = Some(why);
+                            });
+                            if started.elapsed() > Duration::from_secs(300) {
+                                backoff = Duration::from_secs(1);
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    failures += 1;
+                    let why = e.to_string();
+                    tracing::error!(event = "engine.exited", pool_id = %pool_id, node_id = %self.env.node_id, attempt = failures, "Engine for pool {pool_id} failed to start: {why}");
+                    if failures >= self.env.timings.max_restarts.max(1) {
+                        self.publish(|s| {
+                            s.state = PoolState::Failed;
+                            s.last_error = Some(why);
+                        });
+                        return;
+                    }
+                    self.publish(|s| s.last_error = Some(why));
+                }
+            }
+            let jitter = Duration::from_millis(rand::random::<u64>() % 250);
+            tokio::select! {
+                _ = tokio::time::sleep(backoff + jitter) => {}
+                _ = self.shutdown.cancelled() => break,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(60));
+        }
+        self.publish(|s| {
+            s.state = PoolState::Unloaded;
+            s.client = None;
+        });
+    }
+
+    /// Builds or locates the engine binary; on failure the pool is `Failed` with the reason.
+    async fn provision(&self) -> Option<std::path::PathBuf> {
+        let req = engine::ProvisionRequest {
+            source: self.env.engine_source.clone(),
+            gpu: self.pool.spec.gpu_policy,
+            build_number: None,
+            build_commit: None,
+            extra_cmake_flags: vec![],
+            engines_dir: self.env.engines_dir.clone(),
+            jobs: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+        };
+        let pool_id = self.pool.spec.id.to_string();
+        let result = tokio::task::spawn_blocking(move || {
+            engine::provision(&req, &|p| {
+                if let engine::Progress::Step(s) = p {
+                    tracing::info!(event = "engine.provision", pool_id = %pool_id, "{s}");
+                }
+            })
+        })
+        .await;
+        match result {
+            Ok(Ok(build)) => {
+                self.publish(|s| {
+                    s.engine_built = true;
+                    s.engine_version = Some(build.version.to_string());
+                });
+                Some(build.binary)
+            }
+            Ok(Err(e)) => {
+                tracing::error!(event = "engine.provision_failed", pool_id = %self.pool.spec.id, "Engine provisioning for pool {} failed: {e}", self.pool.spec.id);
+                self.publish(|s| {
+                    s.state = PoolState::Failed;
+                    s.last_error = Some(e.to_string());
+                });
+                None
+            }
+            Err(join) => {
+                self.publish(|s| {
+                    s.state = PoolState::Failed;
+                    s.last_error = Some(format!("provisioning task failed: {join}"));
+                });
+                None
+            }
+        }
+    }
+
+    fn launch_spec(&self, binary: &std::path::Path) -> LaunchSpec {
+        let spec = &self.pool.spec;
+        let gpu = spec.device_mask != "cpu";
+        LaunchSpec {
+            binary: binary.to_path_buf(),
+            model_path: spec.model_path.clone(),
+            alias: spec.model_id.to_string(),
+            ctx_per_slot: spec.ctx_per_slot,
+            slots: spec.slots,
+            threads: self.env.timings.threads,
+            gpu_layers: if gpu { 999 } else { 0 },
+            cuda_visible_devices: if gpu { spec.device_mask.clone() } else { String::new() },
+            extra_args: spec.extra_args.clone(),
+            log_path: self.env.engines_dir.join("logs").join(format!("pool-{}.log", spec.id)),
+            start_timeout: self.env.timings.start_timeout,
+        }
+    }
+
+    /// Watches a Ready engine until it dies, fails three health checks, or shutdown.
+    async fn watch(&self, mut running: RunningEngine) -> Exit {
+        let mut failed_checks = 0;
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                status = running.child.wait() => {
+                    let why = format!("{}; last log lines:\n{}", engine::process::describe_exit(status), engine::process::log_tail(&running.log_path, 8));
+                    self.abort_inflight();
+                    return Exit::Crashed(why);
+                }
+                _ = tick.tick() => {
+                    if running.client.health().await.unwrap_or(false) {
+                        failed_checks = 0;
+                    } else {
+                        failed_checks += 1;
+                        if failed_checks >= 3 {
+                            self.abort_inflight();
+                            let how = running.stop(self.env.timings.stop_grace).await;
+                            return Exit::Crashed(format!("3 consecutive failed health checks; stopped ({how})"));
+                        }
+                    }
+                }
+                _ = self.shutdown.cancelled() => {
+                    // Close our own streams first: an open stream keeps llama-server up for ~30 s.
+                    self.abort_inflight();
+                    self.publish(|s| { s.state = PoolState::Draining; s.client = None; });
+                    let how = running.stop(self.env.timings.stop_grace).await;
+                    tracing::info!(event = "engine.exited", pool_id = %self.pool.spec.id, node_id = %self.env.node_id, "Engine for pool {} stopped ({how})", self.pool.spec.id);
+                    return Exit::Shutdown;
+                }
+            }
+        }
+    }
+
+    fn abort_inflight(&self) {
+        let inflight = self.pool.inflight.lock().unwrap_or_else(|e| e.into_inner());
+        for i in inflight.values() {
+            i.lost.cancel();
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! Registration and heartbeat with orchestratord (API.md §12): register (retrying with backoff),
+//! heartbeat the full pool set every interval, register again on 404 or 401, deregister on shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use api::node::{Capabilities, CommandState, CommandStatus, CredentialKind, HeartbeatRequest, HeartbeatResponse, RegisterRequest, RegisterResponse};
+use daemon::secret::Secret;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::NodeAuth;
+use crate::gpu;
+use crate::http::App;
+
+pub struct Session {
+    credential: Option<Secret>,
+    interval: Duration,
+}
+
+enum Beat {
+    Ok,
+    Reregister,
+}
+
+pub async fn run(app: Arc<App>, shutdown: CancellationToken) {
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_default();
+    let mut pending_commands: Vec<CommandStatus> = Vec::new();
+    'outer: loop {
+        let Some(session) = register_with_retry(&app, &http, &shutdown).await else { return };
+        let mut session = session;
+        let mut seq = 0u64;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(session.interval) => {}
+                _ = shutdown.cancelled() => {
+                    deregister(&app, &http, &session).await;
+                    return;
+                }
+            }
+            seq += 1;
+            match heartbeat(&app, &http, &mut session, seq, &mut pending_commands).await {
+                Beat::Ok => {}
+                Beat::Reregister => continue 'outer,
+            }
+        }
+    }
+}
+
+fn register_body(app: &App) -> RegisterRequest {
+    let gpus = gpu::discover();
+    RegisterRequest {
+        protocol_version: api::PROTOCOL_VERSION,
+        node_id: app.config.node_id.to_string(),
+        machine_id: app.config.machine_id.clone(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        address: app.config.advertise_url.clone(),
+        dispatch_token: app.config.dispatch_token.expose().to_string(),
+        capabilities: Capabilities { cpu_cores: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1), ram_total_bytes: ram_total_bytes(), gpus: gpu::infos(&gpus) },
+        pools: app.pools.values().map(|p| p.status()).collect(),
+    }
+}
+
+async fn register_with_retry(app: &App, http: &reqwest::Client, shutdown: &CancellationToken) -> Option<Session> {
+    let mut backoff = Duration::from_secs(1);
+    let url = format!("{}/v2/nodes/register", app.config.orchestrator_url);
+    loop {
+        let mut req = http.post(&url).json(&register_body(app));
+        let presented = match &app.config.node_auth {
+            NodeAuth::Registration(t) | NodeAuth::Static(t) => Some(t.clone()),
+            NodeAuth::None => None,
+        };
+        if let Some(t) = &presented {
+            req = req.bearer_auth(t.expose());
+        }
+        let outcome = match req.send().await {
+            Ok(r) if r.status().is_success() => match r.json::<RegisterResponse>().await {
+                Ok(body) => Ok(body),
+                Err(e) => Err(format!("unreadable registration answer: {e}")),
+            },
+            Ok(r) => {
+                let status = r.status();
+                Err(format!("orchestratord answered {status}: {}", r.text().await.unwrap_or_default().chars().take(300).collect::<String>()))
+            }
+            Err(e) => Err(format!("orchestratord unreachable: {e}")),
+        };
+        match outcome {
+            Ok(body) => {
+                let credential = match body.credential {
+                    CredentialKind::Issued => body.node_token.map(Secret::new),
+                    CredentialKind::Static => presented,
+                };
+                tracing::info!(event = "node.registered", node_id = %app.config.node_id, orchestrator = %app.config.orchestrator_url,
+                    "Registered node {} with orchestratord at {}", app.config.node_id, app.config.orchestrator_url);
+                return Some(Session { credential, interval: Duration::from_millis(body.next_heartbeat_ms.max(100)) });
+            }
+            Err(why) => {
+                tracing::warn!(event = "node.register_failed", node_id = %app.config.node_id, "Registration failed, retrying in {} s: {why}", backoff.as_secs());
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.cancelled() => return None,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+async fn heartbeat(app: &App, http: &reqwest::Client, session: &mut Session, seq: u64, pending: &mut Vec<CommandStatus>) -> Beat {
+    let url = format!("{}/v2/nodes/{}/heartbeat", app.config.orchestrator_url, app.config.node_id);
+    let body = HeartbeatRequest {
+        seq,
+        sent_at_ms: daemon::now_ms(),
+        pools: app.pools.values().map(|p| p.status()).collect(),
+        gpus: gpu::statuses(&gpu::discover()),
+        commands: std::mem::take(pending),
+    };
+    let mut req = http.post(&url).json(&body);
+    if let Some(c) = &session.credential {
+        req = req.bearer_auth(c.expose());
+    }
+    match req.send().await {
+        Ok(r) if r.status().is_success() => {
+            if let Ok(resp) = r.json::<HeartbeatResponse>().await {
+                session.interval = Duration::from_millis(resp.next_heartbeat_ms.max(100));
+                for cmd in resp.commands {
+                    // Pool lifecycle commands arrive with the supervisor work of a later version; say so
+                    // instead of pretending to run them.
+                    tracing::warn!(event = "command.received", node_id = %app.config.node_id, correlation_id = %cmd.correlation_id, command_id = %cmd.command_id,
+                        "Command {:?} is not supported by this node version", cmd.kind);
+                    let err = api::ErrorEnvelope::new(api::ErrorCode::Internal, format!("command {:?} is not supported by pool-managerd {}", cmd.kind, env!("CARGO_PKG_VERSION")));
+                    pending.push(CommandStatus { command_id: cmd.command_id, status: CommandState::Failed, error: Some(err) });
+                }
+            }
+            Beat::Ok
+        }
+        Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND || r.status() == reqwest::StatusCode::UNAUTHORIZED => {
+            tracing::warn!(event = "node.reregister", node_id = %app.config.node_id, "orchestratord answered {} to a heartbeat; registering again", r.status());
+            Beat::Reregister
+        }
+        Ok(r) => {
+            tracing::warn!(event = "node.heartbeat_failed", node_id = %app.config.node_id, "Heartbeat answered {}", r.status());
+            Beat::Ok
+        }
+        Err(e) => {
+            tracing::warn!(event = "node.heartbeat_failed", node_id = %app.config.node_id, "Heartbeat failed: {e}");
+            Beat::Ok
+        }
+    }
+}
+
+async fn deregister(app: &App, http: &reqwest::Client, session: &Session) {
+    let url = format!("{}/v2/nodes/{}", app.config.orchestrator_url, app.config.node_id);
+    let mut req = http.delete(&url).timeout(Duration::from_secs(3));
+    if let Some(c) = &session.credential {
+        req = req.bearer_auth(c.expose());
+    }
+    match req.send().await {
+        Ok(r) if r.status().is_success() => tracing::info!(event = "node.deregistered", node_id = %app.config.node_id, "Deregistered node {}", app.config.node_id),
+        Ok(r) => tracing::warn!(event = "node.deregister_failed", node_id = %app.config.node_id, "Deregistration answered {}", r.status()),
+        Err(e) => tracing::warn!(event = "node.deregister_failed", node_id = %app.config.node_id, "Deregistration failed: {e}"),
+    }
+}
+
+fn ram_total_bytes() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|kb| kb.parse::<u64>().ok()))
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
