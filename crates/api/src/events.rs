@@ -45,9 +45,20 @@ pub struct Metrics {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub predicted_start_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<PlacementInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub human: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
+}
+
+/// Where a task runs after a failover (§5.2).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlacementInfo {
+    pub pool_id: String,
+    pub node_id: String,
+    pub engine_version: Option<String>,
+    pub attempt: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

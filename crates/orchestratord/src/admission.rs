@@ -1,0 +1,188 @@
+//! Admission validation (API.md §3.4, §4.1): a `POST /v2/tasks` body becomes a [`ValidatedTask`] or
+//! a typed `INVALID_PARAMS` envelope naming the first offending field in document order.
+
+use api::task::{Placement, PlacementMode, Priority, Sampling, TaskRequest, Workload};
+use api::worker::DispatchInput;
+use api::{ErrorEnvelope, SessionId, TaskId};
+
+use crate::config::Config;
+
+#[derive(Debug, Clone)]
+pub struct ValidatedTask {
+    pub task_id: TaskId,
+    pub session_id: SessionId,
+    pub model_ref: String,
+    pub input: DispatchInput,
+    pub max_tokens: Option<u64>,
+    pub ctx: Option<u64>,
+    pub deadline_ms: Option<u64>,
+    pub priority: Priority,
+    pub sampling: Sampling,
+    pub placement: Placement,
+}
+
+/// Parses the body strictly; `field` is the dotted path serde stopped at.
+pub fn parse(body: &[u8]) -> Result<TaskRequest, ErrorEnvelope> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize::<_, TaskRequest>(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let msg = inner.to_string();
+        // serde_path_to_error's path already ends at an unknown field's own name.
+        let field = if path == "." { String::new() } else { path };
+        let mut env = ErrorEnvelope::new(api::ErrorCode::InvalidParams, format!("invalid request body: {msg}"));
+        if !field.is_empty() {
+            env.field = Some(field);
+        }
+        env
+    })
+}
+
+pub fn validate(req: TaskRequest, cfg: &Config) -> Result<ValidatedTask, ErrorEnvelope> {
+    let bad = |f: &str, m: &str| Err(ErrorEnvelope::invalid(f, m));
+    if req.workload != Workload::Completion {
+        return bad("workload", "only \"completion\" is supported; embedding and rerank are reserved");
+    }
+    if req.model_ref.trim().is_empty() {
+        return bad("model_ref", "must not be empty");
+    }
+    if let Some(e) = &req.engine {
+        if e != api::ENGINE_LLAMACPP {
+            return bad("engine", "only \"llamacpp\" is supported");
+        }
+    }
+    let input = match (&req.prompt, &req.messages) {
+        (Some(_), Some(_)) => return bad("messages", "give exactly one of prompt and messages"),
+        (None, None) => return bad("prompt", "give exactly one of prompt and messages"),
+        (Some(p), None) if p.is_empty() => return bad("prompt", "must not be empty"),
+        (Some(p), None) => DispatchInput::Prompt { prompt: p.clone() },
+        (None, Some(m)) if m.is_empty() || m.len() > 256 => return bad("messages", "must hold 1 to 256 messages"),
+        (None, Some(m)) => DispatchInput::Messages { messages: m.clone() },
+    };
+    if req.max_tokens == Some(0) {
+        return bad("max_tokens", "must be at least 1");
+    }
+    if req.ctx == Some(0) {
+        return bad("ctx", "must be at least 1");
+    }
+    if let (Some(m), Some(c)) = (req.max_tokens, req.ctx) {
+        if m > c {
+            return bad("max_tokens", "must not exceed ctx");
+        }
+    }
+    if req.deadline_ms == Some(0) {
+        return bad("deadline_ms", "must be greater than 0");
+    }
+    if let Some(s) = req.seed {
+        if s > u32::MAX as u64 {
+            return bad("seed", "must be between 0 and 4294967295");
+        }
+    }
+    check_range("temperature", req.temperature, |v| v >= 0.0)?;
+    check_range("top_p", req.top_p, |v| v > 0.0 && v <= 1.0)?;
+    check_range("min_p", req.min_p, |v| (0.0..=1.0).contains(&v))?;
+    check_range("repeat_penalty", req.repeat_penalty, |v| v > 0.0)?;
+    if req.stop.len() > 8 {
+        return bad("stop", "at most 8 stop strings");
+    }
+    for (i, s) in req.stop.iter().enumerate() {
+        if s.is_empty() || s.len() > 256 {
+            return bad(&format!("stop[{i}]"), "each stop string must be 1 to 256 bytes");
+        }
+    }
+    if req.grammar.is_some() && req.json_schema.is_some() {
+        return bad("json_schema", "grammar and json_schema exclude each other");
+    }
+    if let Some(g) = &req.grammar {
+        if g.len() > cfg.max_grammar_bytes {
+            return bad("grammar", &format!("larger than admission.max_grammar_bytes ({})", cfg.max_grammar_bytes));
+        }
+        if !g.contains("root") || !g.contains("::=") {
+            return bad("grammar", "not a GBNF grammar: it needs a `root ::= …` rule");
+        }
+    }
+    if let Some(s) = &req.json_schema {
+        if !s.is_object() {
+            return bad("json_schema", "must be a JSON object");
+        }
+    }
+    let placement = req.placement.clone().unwrap_or_default();
+    validate_placement(&placement, cfg)?;
+    let sampling = req.sampling();
+    Ok(ValidatedTask {
+        task_id: req.task_id.unwrap_or_default(),
+        session_id: req.session_id.unwrap_or_default(),
+        model_ref: req.model_ref,
+        input,
+        max_tokens: req.max_tokens,
+        ctx: req.ctx,
+        deadline_ms: req.deadline_ms,
+        priority: req.priority,
+        sampling,
+        placement,
+    })
+}
+
+fn check_range(field: &str, v: Option<f64>, ok: impl Fn(f64) -> bool) -> Result<(), ErrorEnvelope> {
+    match v {
+        Some(x) if !x.is_finite() || !ok(x) => Err(ErrorEnvelope::invalid(field, "out of range")),
+        _ => Ok(()),
+    }
+}
+
+fn validate_placement(p: &Placement, cfg: &Config) -> Result<(), ErrorEnvelope> {
+    match p.mode {
+        PlacementMode::Pin if p.pin_pool_id.is_none() => Err(ErrorEnvelope::invalid("placement.pin_pool_id", "required when placement.mode is pin")),
+        PlacementMode::Pin if !cfg.allow_pin => Err(ErrorEnvelope::invalid("placement.mode", "pinning is disabled (placement.allow_pin = false)")),
+        PlacementMode::Auto | PlacementMode::Prefer if p.pin_pool_id.is_some() => Err(ErrorEnvelope::invalid("placement.pin_pool_id", "only allowed when placement.mode is pin")),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> Config {
+        crate::config::RawConfig::default().validate(std::path::Path::new("/tmp")).unwrap()
+    }
+
+    /// Runs a JSON body through parse + validate and checks the offending field (None = valid).
+    fn check(body: &str, field: Option<&str>) {
+        let result = parse(body.as_bytes()).and_then(|r| validate(r, &cfg()));
+        match (result, field) {
+            (Ok(_), None) => {}
+            (Ok(_), Some(f)) => panic!("{body}: expected an error at {f}"),
+            (Err(e), None) => panic!("{body}: unexpected {e:?}"),
+            (Err(e), Some(f)) => {
+                assert_eq!(e.code, api::ErrorCode::InvalidParams, "{body}");
+                assert_eq!(e.field.as_deref().unwrap_or(""), f, "{body}: {e:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn valid_bodies() {
+        check(r#"{"model_ref":"m","prompt":"hi"}"#, None);
+        check(r#"{"model_ref":"m","messages":[{"role":"user","content":"x"}],"temperature":0,"seed":42,"max_tokens":160,"grammar":"root ::= \"a\""}"#, None);
+    }
+
+    #[test]
+    fn invalid_bodies_name_the_field() {
+        check(r#"{"model_ref":"m","prompt":"hi","bogus":1}"#, Some("bogus"));
+        check(r#"{"model_ref":"m","prompt":"hi","placement":{"mode":"pin","x":1}}"#, Some("placement.x"));
+        check(r#"{"model_ref":"m","prompt":"hi","priority":"urgent"}"#, Some("priority"));
+        check(r#"{"model_ref":"m","prompt":5}"#, Some("prompt"));
+        check(r#"{"model_ref":"m"}"#, Some("prompt"));
+        check(r#"{"model_ref":"m","prompt":""}"#, Some("prompt"));
+        check(r#"{"model_ref":"m","prompt":"x","max_tokens":0}"#, Some("max_tokens"));
+        check(r#"{"model_ref":"m","prompt":"x","top_p":0}"#, Some("top_p"));
+        check(r#"{"model_ref":"m","prompt":"x","seed":4294967296}"#, Some("seed"));
+        check(r#"{"model_ref":"m","prompt":"x","stop":[""]}"#, Some("stop[0]"));
+        check(r#"{"model_ref":"m","prompt":"x","workload":"embedding"}"#, Some("workload"));
+        check(r#"{"model_ref":"m","prompt":"x","engine":"vllm"}"#, Some("engine"));
+        check(r#"{"model_ref":"m","prompt":"x","placement":{"mode":"pin"}}"#, Some("placement.pin_pool_id"));
+        check(r#"{"model_ref":"m","messages":[{"role":"robot","content":"x"}]}"#, Some("messages[0].role"));
+        check(r#"not json"#, Some(""));
+    }
+}

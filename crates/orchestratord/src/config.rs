@@ -1,0 +1,396 @@
+//! orchestratord configuration (API.md §17.2): the raw TOML shape and its validation into
+//! [`Config`], reporting every problem at once. Nothing below `main` reads the environment.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use daemon::secret::Secret;
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+pub struct RawConfig {
+    pub server: RawServer,
+    pub auth: RawAuth,
+    pub queue: RawQueue,
+    pub admission: RawAdmission,
+    pub tasks: RawTasks,
+    pub streams: RawStreams,
+    pub sessions: RawSessions,
+    pub placement: RawPlacement,
+    pub nodes: RawNodes,
+    pub worker: RawWorker,
+    pub provisioning: RawProvisioning,
+    pub catalog: RawCatalog,
+    pub state_dir: Option<PathBuf>,
+    pub logging: RawLogging,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+pub struct RawServer {
+    pub bind: Option<String>,
+    pub max_body_bytes: Option<u64>,
+    pub metrics_require_auth: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+pub struct RawAuth {
+    pub client_tokens: Vec<String>,
+    pub client_tokens_file: Option<PathBuf>,
+    pub node_registration_token: Option<String>,
+    pub node_registration_token_file: Option<PathBuf>,
+    pub node_tokens: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+pub struct RawQueue {
+    pub capacity: Option<i64>,
+    pub full_policy: Option<String>,
+    pub interactive_burst: Option<i64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+pub struct RawAdmission {
+    pub default_max_tokens: Option<i64>,
+    pub max_grammar_bytes: Option<i64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+pub struct RawTasks {
+    pub retention_ms: Option<u64>,
+    pub max_retained: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+pub struct RawStreams {
+    pub keepalive_ms: Option<u64>,
+    pub disconnect_grace_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+pub struct RawSessions {
+    pub ttl_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+pub struct RawPlacement {
+    pub session_affinity: Option<bool>,
+    pub allow_pin: Option<bool>,
+    pub dispatch_retries: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+pub struct RawNodes {
+    pub heartbeat_interval_ms: Option<u64>,
+    pub heartbeat_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+pub struct RawWorker {
+    pub connect_timeout_ms: Option<u64>,
+    pub idle_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+pub struct RawProvisioning {
+    pub mode: Option<String>,
+    pub allow_repurpose_idle: Option<bool>,
+    pub vram_headroom: Option<f64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+pub struct RawCatalog {
+    pub db_path: Option<PathBuf>,
+    pub auto_register: Option<bool>,
+    pub allowed_schemes: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+pub struct RawLogging {
+    pub level: Option<String>,
+    pub json: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FullPolicy {
+    Reject,
+    DropLru,
+    ShedLowPriority,
+}
+
+impl FullPolicy {
+    pub fn label(self) -> &'static str {
+        match self {
+            FullPolicy::Reject => "reject",
+            FullPolicy::DropLru => "drop-lru",
+            FullPolicy::ShedLowPriority => "shed-low-priority",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub bind: SocketAddr,
+    pub max_body_bytes: usize,
+    pub metrics_require_auth: bool,
+    pub client_tokens: Vec<Secret>,
+    pub registration_token: Option<Secret>,
+    pub node_tokens: BTreeMap<String, Secret>,
+    pub queue_capacity: usize,
+    pub full_policy: FullPolicy,
+    pub interactive_burst: u32,
+    pub default_max_tokens: u64,
+    pub max_grammar_bytes: usize,
+    pub retention: Duration,
+    pub max_retained: usize,
+    pub keepalive: Duration,
+    pub disconnect_grace: Duration,
+    pub session_ttl: Duration,
+    pub session_affinity: bool,
+    pub allow_pin: bool,
+    pub dispatch_retries: u32,
+    pub heartbeat_interval: Duration,
+    pub heartbeat_timeout: Duration,
+    pub worker_connect_timeout: Duration,
+    pub worker_idle_timeout: Duration,
+    pub state_dir: PathBuf,
+    pub log_level: String,
+    pub log_json: Option<bool>,
+}
+
+impl Config {
+    /// Open mode: no client tokens, so client and node routes need none (loopback only).
+    pub fn open_mode(&self) -> bool {
+        self.client_tokens.is_empty()
+    }
+}
+
+pub const DEFAULT_BIND: &str = "127.0.0.1:8080";
+
+impl RawConfig {
+    pub fn validate(self, home: &std::path::Path) -> Result<Config, Vec<String>> {
+        let mut p = Vec::new();
+        let bind_raw = self.server.bind.clone().unwrap_or_else(|| DEFAULT_BIND.into());
+        let bind = resolve_bind(&bind_raw).map_err(|e| p.push(format!("server.bind: {e}"))).ok();
+        let mut client_tokens: Vec<String> = self.auth.client_tokens.clone();
+        if let Some(f) = &self.auth.client_tokens_file {
+            if !client_tokens.is_empty() {
+                p.push("auth.client_tokens: set either auth.client_tokens or auth.client_tokens_file, not both".into());
+            }
+            match std::fs::read_to_string(f) {
+                Ok(s) => client_tokens = s.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string).collect(),
+                Err(e) => p.push(format!("auth.client_tokens_file: cannot read {}: {e}", f.display())),
+            }
+        }
+        for (i, t) in client_tokens.iter().enumerate() {
+            check_token(&format!("auth.client_tokens[{i}]"), t, &mut p);
+        }
+        let registration = daemon::config::secret_or_file("auth.node_registration_token", &self.auth.node_registration_token, &self.auth.node_registration_token_file, &mut p);
+        if let Some(r) = &registration {
+            check_token("auth.node_registration_token", r, &mut p);
+            if client_tokens.iter().any(|c| c == r) {
+                p.push("auth.node_registration_token: must differ from every client token".into());
+            }
+        }
+        let mut node_tokens = BTreeMap::new();
+        for (node, t) in &self.auth.node_tokens {
+            if !api::ids::valid_name(node) {
+                p.push(format!("auth.node_tokens.{node}: not a valid node id"));
+            }
+            check_token(&format!("auth.node_tokens.{node}"), t, &mut p);
+            node_tokens.insert(node.clone(), Secret::new(t.clone()));
+        }
+        if let Some(b) = bind {
+            if !b.ip().is_loopback() && (client_tokens.is_empty() || (registration.is_none() && node_tokens.is_empty())) {
+                p.push(format!("server.bind: {b} is not a loopback address; set auth.client_tokens and auth.node_registration_token (or auth.node_tokens) first"));
+            }
+        }
+        let capacity = positive("queue.capacity", self.queue.capacity, 64, &mut p);
+        let full_policy = match self.queue.full_policy.as_deref().unwrap_or("reject") {
+            "reject" => FullPolicy::Reject,
+            "drop-lru" => FullPolicy::DropLru,
+            "shed-low-priority" => FullPolicy::ShedLowPriority,
+            other => {
+                p.push(format!("queue.full_policy: {other:?} is not one of reject, drop-lru, shed-low-priority"));
+                FullPolicy::Reject
+            }
+        };
+        let burst = positive("queue.interactive_burst", self.queue.interactive_burst, 4, &mut p);
+        let default_max_tokens = positive("admission.default_max_tokens", self.admission.default_max_tokens, 256, &mut p);
+        let max_grammar = positive("admission.max_grammar_bytes", self.admission.max_grammar_bytes, 262_144, &mut p);
+        let ms = |v: Option<u64>, d: u64| Duration::from_millis(v.unwrap_or(d));
+        let heartbeat_interval = ms(self.nodes.heartbeat_interval_ms, 10_000);
+        let heartbeat_timeout = ms(self.nodes.heartbeat_timeout_ms, 30_000);
+        if heartbeat_interval < Duration::from_millis(500) {
+            p.push("nodes.heartbeat_interval_ms: must be at least 500".into());
+        }
+        if heartbeat_timeout <= heartbeat_interval {
+            p.push(format!("nodes.heartbeat_timeout_ms: must exceed nodes.heartbeat_interval_ms ({} ms)", heartbeat_interval.as_millis()));
+        }
+        let keepalive = ms(self.streams.keepalive_ms, 15_000);
+        if keepalive < Duration::from_millis(100) {
+            p.push("streams.keepalive_ms: must be at least 100".into());
+        }
+        match self.provisioning.mode.as_deref().unwrap_or("off") {
+            "off" => {}
+            "on-demand" => p.push("provisioning.mode: \"on-demand\" needs the model provisioning of a later version; use \"off\"".into()),
+            other => p.push(format!("provisioning.mode: {other:?} is not one of off, on-demand")),
+        }
+        if let Some(h) = self.provisioning.vram_headroom {
+            if !(h >= 1.0) {
+                p.push("provisioning.vram_headroom: must be at least 1.0".into());
+            }
+        }
+        if let Some(schemes) = &self.catalog.allowed_schemes {
+            for s in schemes {
+                if !matches!(s.as_str(), "hf" | "https" | "file") {
+                    p.push(format!("catalog.allowed_schemes: {s:?} is not one of hf, https, file"));
+                }
+            }
+        }
+        let max_body = self.server.max_body_bytes.unwrap_or(4 * 1024 * 1024);
+        if max_body < 1024 {
+            p.push("server.max_body_bytes: must be at least 1024".into());
+        }
+        let level = self.logging.level.clone().unwrap_or_else(|| "info".into());
+        if !matches!(level.as_str(), "error" | "warn" | "info" | "debug" | "trace") {
+            p.push(format!("logging.level: {level:?} is not one of error, warn, info, debug, trace"));
+        }
+        if !p.is_empty() {
+            return Err(p);
+        }
+        Ok(Config {
+            bind: bind.expect("checked"),
+            max_body_bytes: max_body as usize,
+            metrics_require_auth: self.server.metrics_require_auth.unwrap_or(false),
+            client_tokens: client_tokens.into_iter().map(Secret::new).collect(),
+            registration_token: registration.map(Secret::new),
+            node_tokens,
+            queue_capacity: capacity as usize,
+            full_policy,
+            interactive_burst: burst as u32,
+            default_max_tokens,
+            max_grammar_bytes: max_grammar as usize,
+            retention: ms(self.tasks.retention_ms, 300_000),
+            max_retained: self.tasks.max_retained.unwrap_or(10_000) as usize,
+            keepalive,
+            disconnect_grace: ms(self.streams.disconnect_grace_ms, 1_000),
+            session_ttl: ms(self.sessions.ttl_ms, 600_000),
+            session_affinity: self.placement.session_affinity.unwrap_or(true),
+            allow_pin: self.placement.allow_pin.unwrap_or(true),
+            dispatch_retries: self.placement.dispatch_retries.unwrap_or(2),
+            heartbeat_interval,
+            heartbeat_timeout,
+            worker_connect_timeout: ms(self.worker.connect_timeout_ms, 2_000),
+            worker_idle_timeout: ms(self.worker.idle_timeout_ms, 15_000),
+            state_dir: self.state_dir.clone().unwrap_or_else(|| home.join(".local/state/llama-orch")),
+            log_level: level,
+            log_json: self.logging.json,
+        })
+    }
+}
+
+fn positive(key: &str, v: Option<i64>, default: u64, p: &mut Vec<String>) -> u64 {
+    match v {
+        None => default,
+        Some(n) if n >= 1 => n as u64,
+        Some(n) => {
+            p.push(format!("{key}: must be at least 1, got {n}"));
+            default
+        }
+    }
+}
+
+fn check_token(key: &str, t: &str, p: &mut Vec<String>) {
+    if t.len() < 16 {
+        p.push(format!("{key}: tokens must be at least 16 characters"));
+    }
+    if t.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+        p.push(format!("{key}: tokens must not contain spaces or control characters"));
+    }
+}
+
+/// Parses `host:port`, resolving `localhost` to the loopback address.
+fn resolve_bind(raw: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = raw.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    if let Some(port) = raw.strip_prefix("localhost:") {
+        return port.parse::<u16>().map(|p| SocketAddr::from(([127, 0, 0, 1], p))).map_err(|e| format!("{raw:?}: bad port ({e})"));
+    }
+    Err(format!("{raw:?} is not host:port"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(toml_text: &str, expected: &[&str]) {
+        let raw: RawConfig = toml::from_str(toml_text).expect("toml");
+        let result = raw.validate(std::path::Path::new("/home/x"));
+        match (result, expected.is_empty()) {
+            (Ok(_), true) => {}
+            (Ok(_), false) => panic!("expected problems {expected:?}"),
+            (Err(p), true) => panic!("unexpected problems {p:?}"),
+            (Err(p), false) => {
+                assert_eq!(p.len(), expected.len(), "{p:#?}");
+                for want in expected {
+                    assert!(p.iter().any(|l| l.contains(want)), "missing {want:?} in {p:#?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        check("", &[]);
+    }
+
+    #[test]
+    fn every_problem_listed() {
+        check(
+            r#"
+            [server]
+            bind = "0.0.0.0:8080"
+            [queue]
+            capacity = 0
+            full_policy = "yolo"
+            [auth]
+            client_tokens = ["short"]
+            [nodes]
+            heartbeat_interval_ms = 1000
+            heartbeat_timeout_ms = 500
+            "#,
+            &["server.bind", "queue.capacity", "queue.full_policy", "auth.client_tokens[0]", "nodes.heartbeat_timeout_ms"],
+        );
+    }
+
+    #[test]
+    fn non_loopback_with_tokens_is_fine() {
+        check(
+            r#"
+            [server]
+            bind = "0.0.0.0:8080"
+            [auth]
+            client_tokens = ["client-token-0123456789"]
+            node_registration_token = "register-token-0123456789"
+            "#,
+            &[],
+        );
+    }
+}

@@ -1,0 +1,245 @@
+//! The scheduler core: one synchronous state machine that owns nodes, pools, queues and tasks.
+//! It never awaits; it touches the world only through [`Effects`] (dispatch a task, cancel on a
+//! worker, set a timer), so it is unit-tested against a recording fake. The async owner loop that
+//! feeds it messages lives in [`runner`].
+//!
+//! Invariants: a pool never has more tasks holding a slot than `slots_total`; a task's frames are
+//! appended only here, so cancel and token delivery are serialized per task; events from a stale
+//! dispatch attempt are ignored.
+
+pub mod nodes;
+pub mod placement;
+pub mod queue;
+pub mod runner;
+pub mod tasklog;
+pub mod tasks;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use api::events::Event;
+use api::node::{NodeStatus, PoolState, PoolStatus};
+use api::task::Priority;
+use api::worker::DispatchRequest;
+use api::TaskId;
+use daemon::secret::Secret;
+
+use crate::admission::ValidatedTask;
+use crate::config::Config;
+use crate::metrics::Metrics;
+pub use tasklog::TaskLog;
+
+/// Work the core asks the outside world to do.
+pub trait Effects {
+    /// Open a dispatch stream to a worker; its lines come back as [`Core::on_worker`] calls.
+    fn dispatch(&mut self, job: DispatchJob);
+    /// Drop a dispatch connection (cancel, deadline, node lost).
+    fn abort_dispatch(&mut self, task: TaskId);
+    /// Call the worker cancel route; a 204 comes back as [`Core::on_cancel_confirmed`].
+    fn cancel_on_worker(&mut self, job: CancelJob);
+    /// Call back with `timer` after `after`.
+    fn timer(&mut self, after: Duration, timer: Timer);
+}
+
+#[derive(Debug, Clone)]
+pub struct DispatchJob {
+    pub task: TaskId,
+    pub attempt: u32,
+    pub address: String,
+    pub token: Secret,
+    pub body: DispatchRequest,
+}
+
+#[derive(Debug, Clone)]
+pub struct CancelJob {
+    pub task: TaskId,
+    pub pool_id: String,
+    pub address: String,
+    pub token: Secret,
+    pub correlation_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Timer {
+    Deadline(TaskId),
+    DisconnectCheck(TaskId),
+}
+
+pub struct Node {
+    pub machine_id: String,
+    pub address: String,
+    pub version: String,
+    pub dispatch_token: Secret,
+    /// The credential issued at registration (None when the node uses a static token or open mode).
+    pub credential: Option<Secret>,
+    pub status: NodeStatus,
+    pub last_seen: Instant,
+    pub registered_at_ms: u64,
+    pub last_heartbeat_ms: u64,
+    pub seq: u64,
+    pub capabilities: api::node::Capabilities,
+    pub pools: Vec<String>,
+}
+
+pub struct PoolEntry {
+    pub node_id: String,
+    pub status: PoolStatus,
+    /// Tasks holding a slot: dispatched and not yet released.
+    pub holding: BTreeSet<TaskId>,
+    /// Tasks canceled while running whose slot is not yet confirmed free.
+    pub releasing: BTreeSet<TaskId>,
+}
+
+impl PoolEntry {
+    pub fn free_slots(&self) -> u32 {
+        self.status.slots_total.saturating_sub(self.holding.len() as u32)
+    }
+
+    pub fn model_id(&self) -> Option<&str> {
+        self.status.models.first().map(|m| m.id.as_str())
+    }
+}
+
+/// Per-pool measurements for predictions (EWMA, α = 0.2).
+#[derive(Default, Clone, Copy)]
+pub struct PoolStats {
+    pub tokens_out: Option<f64>,
+    pub decode_tps: Option<f64>,
+    pub ttft_ms: Option<f64>,
+}
+
+pub struct TaskEntry {
+    pub v: ValidatedTask,
+    pub correlation_id: String,
+    pub model: String,
+    pub state: api::task::TaskState,
+    pub log: Arc<TaskLog>,
+    pub admitted_at: Instant,
+    pub created_at_ms: u64,
+    pub started_at_ms: Option<u64>,
+    pub first_token_at_ms: Option<u64>,
+    pub finished_at_ms: Option<u64>,
+    pub finished_at: Option<Instant>,
+    pub left_queue_at: Option<Instant>,
+    pub first_token_at: Option<Instant>,
+    pub pool: Option<String>,
+    pub node: Option<String>,
+    pub engine_version: Option<String>,
+    pub attempts: u32,
+    pub tried: Vec<String>,
+    pub tokens_in: u64,
+    pub tokens_out: u64,
+    pub token_frames: u64,
+    pub seed: Option<u64>,
+    pub stop_reason: Option<api::events::StopReason>,
+    pub error: Option<api::ErrorEnvelope>,
+    pub admission_position: u64,
+    pub admission_predicted_ms: u64,
+    pub max_tokens: u64,
+    pub deadline: Option<Instant>,
+}
+
+pub struct Core<E: Effects> {
+    pub cfg: Arc<Config>,
+    pub effects: E,
+    pub metrics: Arc<Metrics>,
+    pub nodes: BTreeMap<String, Node>,
+    pub pools: BTreeMap<String, PoolEntry>,
+    pub stats: HashMap<String, PoolStats>,
+    pub tasks: HashMap<TaskId, TaskEntry>,
+    pub queues: BTreeMap<String, queue::Queue>,
+    /// Terminal tasks in finishing order, for retention.
+    pub finished: VecDeque<TaskId>,
+}
+
+impl<E: Effects> Core<E> {
+    pub fn new(cfg: Arc<Config>, effects: E, metrics: Arc<Metrics>) -> Self {
+        Self {
+            cfg,
+            effects,
+            metrics,
+            nodes: BTreeMap::new(),
+            pools: BTreeMap::new(),
+            stats: HashMap::new(),
+            tasks: HashMap::new(),
+            queues: BTreeMap::new(),
+            finished: VecDeque::new(),
+        }
+    }
+
+    /// Fills free slots: for each model queue, dispatch tasks in order while a candidate pool has
+    /// a free slot. Skipped tasks keep their positions.
+    pub fn pump(&mut self, now: Instant) {
+        let models: Vec<String> = self.queues.keys().cloned().collect();
+        for model in models {
+            let order = self.queues.get(&model).map(|q| q.dispatch_order(self.cfg.interactive_burst)).unwrap_or_default();
+            for id in order {
+                let Some(pool) = self.place(id) else { continue };
+                let prio = self.tasks.get(&id).map(|t| t.v.priority).unwrap_or(Priority::Interactive);
+                if let Some(q) = self.queues.get_mut(&model) {
+                    q.take(id, prio);
+                }
+                self.start_attempt(id, &pool, now);
+            }
+        }
+        self.publish_gauges();
+    }
+
+    /// The pool a queued task should go to now, if any.
+    fn place(&self, id: TaskId) -> Option<String> {
+        let t = self.tasks.get(&id)?;
+        let views = self.pool_views();
+        let (chosen, considered) = placement::choose(&views, &t.model, t.v.ctx, &t.v.placement, None, &t.tried);
+        if chosen.is_some() {
+            self.metrics.set(crate::metrics::PLACEMENT_CANDIDATES, vec![], considered as f64);
+        }
+        chosen.map(str::to_string)
+    }
+
+    pub fn pool_views(&self) -> Vec<placement::PoolView<'_>> {
+        self.pools
+            .iter()
+            .map(|(id, p)| placement::PoolView {
+                pool_id: id,
+                node_id: &p.node_id,
+                node_status: self.nodes.get(&p.node_id).map(|n| n.status).unwrap_or(NodeStatus::Offline),
+                state: p.status.state,
+                model_id: p.model_id(),
+                ctx_per_slot: p.status.ctx_per_slot,
+                device_mask: &p.status.device_mask,
+                free_slots: p.free_slots(),
+                load: p.holding.len(),
+                free_vram: 0,
+            })
+            .collect()
+    }
+
+    /// Ready pool count and Online node count, as gauges.
+    pub fn publish_gauges(&self) {
+        let online = self.nodes.values().filter(|n| n.status == NodeStatus::Online).count();
+        let ready = self
+            .pools
+            .values()
+            .filter(|p| p.status.state == PoolState::Ready && self.nodes.get(&p.node_id).is_some_and(|n| n.status == NodeStatus::Online))
+            .count();
+        self.metrics.set(crate::metrics::NODES_ONLINE, vec![], online as f64);
+        self.metrics.set(crate::metrics::POOLS_READY, vec![], ready as f64);
+        for p in [Priority::Interactive, Priority::Batch] {
+            let n: usize = self.queues.values().map(|q| q.len_of(p)).sum();
+            self.metrics.set(
+                crate::metrics::QUEUE_DEPTH,
+                crate::metrics::labels(&[("engine", api::ENGINE_LLAMACPP), ("engine_version", ""), ("pool_id", ""), ("priority", p.as_str())]),
+                n as f64,
+            );
+        }
+    }
+
+    /// Appends a frame to a task's log.
+    fn emit(&self, id: TaskId, ev: Event) {
+        if let Some(t) = self.tasks.get(&id) {
+            t.log.append(ev);
+        }
+    }
+}
+

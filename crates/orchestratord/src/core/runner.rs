@@ -1,0 +1,186 @@
+//! The core's owner task: receives messages from HTTP handlers, dispatch relays and timers, and
+//! applies them to the synchronous [`Core`] one at a time. [`LiveEffects`] performs the core's
+//! effects with real HTTP calls and timers, each reporting back as a message.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use api::node::{HeartbeatRequest, HeartbeatResponse, NodeView, PoolView, RegisterRequest, RegisterResponse};
+use api::task::{AdmissionResponse, TaskRecord};
+use api::worker::WorkerEvent;
+use api::{ErrorEnvelope, TaskId};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::task::TaskTracker;
+
+use super::nodes::NodeCaller;
+use super::tasks::CancelReason;
+use super::{CancelJob, Core, DispatchJob, Effects, TaskLog, Timer};
+use crate::config::Config;
+use crate::metrics::Metrics;
+
+type Reply<T> = oneshot::Sender<T>;
+
+pub enum Msg {
+    Submit { v: crate::admission::ValidatedTask, correlation_id: String, reply: Reply<Result<(AdmissionResponse, Arc<TaskLog>), ErrorEnvelope>> },
+    Record { id: TaskId, reply: Reply<Option<TaskRecord>> },
+    Cancel { id: TaskId, reason: CancelReason, reply: Reply<bool> },
+    Log { id: TaskId, reply: Reply<Option<Arc<TaskLog>>> },
+    SubscriberGone { id: TaskId },
+    Register { req: RegisterRequest, caller: NodeCaller, reply: Reply<Result<RegisterResponse, ErrorEnvelope>> },
+    Heartbeat { node_id: String, hb: HeartbeatRequest, caller: NodeCaller, reply: Reply<Result<HeartbeatResponse, ErrorEnvelope>> },
+    Deregister { node_id: String, caller: Option<NodeCaller>, reply: Reply<Result<(), ErrorEnvelope>> },
+    Nodes { reply: Reply<Vec<NodeView>> },
+    Pools { reply: Reply<Vec<PoolView>> },
+    HeartbeatAges { reply: Reply<Vec<(String, u64)>> },
+    Worker { id: TaskId, attempt: u32, ev: WorkerEvent },
+    RelayEnded { id: TaskId, attempt: u32, reason: String, answered: Option<ErrorEnvelope> },
+    CancelConfirmed { id: TaskId },
+    Timer(Timer),
+    Tick,
+}
+
+/// A cheap handle for sending messages to the core.
+#[derive(Clone)]
+pub struct CoreHandle {
+    tx: mpsc::UnboundedSender<Msg>,
+}
+
+impl CoreHandle {
+    pub fn send(&self, msg: Msg) {
+        let _ = self.tx.send(msg);
+    }
+
+    /// Sends a request and waits for its reply; `None` if the core is gone (shutting down).
+    pub async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Msg) -> Option<T> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(make(tx)).ok()?;
+        rx.await.ok()
+    }
+}
+
+pub struct LiveEffects {
+    tx: mpsc::UnboundedSender<Msg>,
+    http: reqwest::Client,
+    relays: HashMap<TaskId, tokio::task::AbortHandle>,
+    tracker: TaskTracker,
+    idle_timeout: Duration,
+}
+
+impl Effects for LiveEffects {
+    fn dispatch(&mut self, job: DispatchJob) {
+        let task = job.task;
+        let tx = self.tx.clone();
+        let http = self.http.clone();
+        let idle = self.idle_timeout;
+        let handle = self.tracker.spawn(crate::dispatch::relay(job, http, idle, tx));
+        self.relays.retain(|_, h| !h.is_finished());
+        self.relays.insert(task, handle.abort_handle());
+    }
+
+    fn abort_dispatch(&mut self, task: TaskId) {
+        if let Some(h) = self.relays.remove(&task) {
+            h.abort();
+        }
+    }
+
+    fn cancel_on_worker(&mut self, job: CancelJob) {
+        let tx = self.tx.clone();
+        let http = self.http.clone();
+        self.tracker.spawn(async move {
+            if crate::dispatch::cancel(&http, &job).await {
+                let _ = tx.send(Msg::CancelConfirmed { id: job.task });
+            }
+        });
+    }
+
+    fn timer(&mut self, after: Duration, timer: Timer) {
+        let tx = self.tx.clone();
+        self.tracker.spawn(async move {
+            tokio::time::sleep(after).await;
+            let _ = tx.send(Msg::Timer(timer));
+        });
+    }
+}
+
+/// Spawns the core's owner task and its 1 s tick; returns the handle.
+pub fn spawn(cfg: Arc<Config>, metrics: Arc<Metrics>, tracker: &TaskTracker, shutdown: tokio_util::sync::CancellationToken) -> CoreHandle {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let http = reqwest::Client::builder().connect_timeout(cfg.worker_connect_timeout).pool_idle_timeout(Duration::from_secs(30)).build().unwrap_or_default();
+    let effects = LiveEffects { tx: tx.clone(), http, relays: HashMap::new(), tracker: tracker.clone(), idle_timeout: cfg.worker_idle_timeout };
+    let mut core = Core::new(cfg, effects, metrics);
+    let tick_tx = tx.clone();
+    let tick_stop = shutdown.clone();
+    tracker.spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = every.tick() => { if tick_tx.send(Msg::Tick).is_err() { break; } }
+                _ = tick_stop.cancelled() => break,
+            }
+        }
+    });
+    tracker.spawn(async move {
+        loop {
+            let msg = tokio::select! {
+                m = rx.recv() => match m { Some(m) => m, None => break },
+                _ = shutdown.cancelled() => break,
+            };
+            handle(&mut core, msg, Instant::now());
+        }
+        for h in core.effects.relays.values() {
+            h.abort();
+        }
+    });
+    CoreHandle { tx }
+}
+
+fn handle(core: &mut Core<LiveEffects>, msg: Msg, now: Instant) {
+    match msg {
+        Msg::Submit { v, correlation_id, reply } => {
+            let _ = reply.send(core.submit(v, correlation_id, now));
+        }
+        Msg::Record { id, reply } => {
+            let _ = reply.send(core.record(id));
+        }
+        Msg::Cancel { id, reason, reply } => {
+            let _ = reply.send(core.cancel(id, reason, now));
+        }
+        Msg::Log { id, reply } => {
+            let _ = reply.send(core.log_of(id));
+        }
+        Msg::SubscriberGone { id } => core.on_subscriber_gone(id),
+        Msg::Register { req, caller, reply } => {
+            let _ = reply.send(core.register(req, caller, now));
+        }
+        Msg::Heartbeat { node_id, hb, caller, reply } => {
+            let _ = reply.send(core.heartbeat(&node_id, hb, caller, now));
+        }
+        Msg::Deregister { node_id, caller, reply } => {
+            let authorized = caller.as_ref().is_none_or(|c| core.node_authorized(&node_id, c));
+            let result = if !core.nodes.contains_key(&node_id) {
+                Err(ErrorEnvelope::new(api::ErrorCode::NotFound, format!("node {node_id} is not registered")))
+            } else if !authorized {
+                Err(ErrorEnvelope::new(api::ErrorCode::BadToken, "the credential is not valid for this node"))
+            } else {
+                core.deregister(&node_id, now);
+                Ok(())
+            };
+            let _ = reply.send(result);
+        }
+        Msg::Nodes { reply } => {
+            let _ = reply.send(core.node_views());
+        }
+        Msg::Pools { reply } => {
+            let _ = reply.send(core.pool_list());
+        }
+        Msg::HeartbeatAges { reply } => {
+            let _ = reply.send(core.heartbeat_ages(now));
+        }
+        Msg::Worker { id, attempt, ev } => core.on_worker(id, attempt, ev, now),
+        Msg::RelayEnded { id, attempt, reason, answered } => core.on_relay_ended(id, attempt, reason, answered, now),
+        Msg::CancelConfirmed { id } => core.on_cancel_confirmed(id, now),
+        Msg::Timer(t) => core.on_timer(t, now),
+        Msg::Tick => core.tick(now),
+    }
+}

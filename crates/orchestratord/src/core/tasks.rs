@@ -1,0 +1,647 @@
+//! Task lifecycle in the core: admission, dispatch attempts, worker events, cancel, deadlines,
+//! disconnects and retention (API.md §4–§7).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use api::events::{End, Event, Metrics as MetricsFrame, Started, StopReason, Token};
+use api::node::{NodeStatus, PoolState};
+use api::task::{AdmissionResponse, PlacementMode, Preparation, TaskRecord, TaskState};
+use api::worker::{DispatchModel, DispatchParams, DispatchRequest, WorkerEvent};
+use api::{ErrorCode, ErrorEnvelope, TaskId};
+
+use super::{CancelJob, Core, DispatchJob, Effects, TaskEntry, TaskLog, Timer};
+use crate::admission::ValidatedTask;
+use crate::metrics::{self as m, labels};
+
+/// Why a running task stops early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelReason {
+    Client,
+    Disconnect,
+}
+
+impl CancelReason {
+    fn label(self) -> &'static str {
+        match self {
+            CancelReason::Client => "client",
+            CancelReason::Disconnect => "disconnect",
+        }
+    }
+}
+
+impl<E: Effects> Core<E> {
+    /// Admits a task (API.md §4.1): checks in the spec's order, then queues it and fills slots.
+    pub fn submit(&mut self, v: ValidatedTask, correlation_id: String, now: Instant) -> Result<(AdmissionResponse, Arc<TaskLog>), ErrorEnvelope> {
+        if let Some(t) = self.tasks.get(&v.task_id) {
+            if !t.state.is_terminal() {
+                return Err(ErrorEnvelope::new(ErrorCode::Conflict, format!("task {} is already {}", v.task_id, state_str(t.state))));
+            }
+        }
+        let model = self.resolve_model(&v.model_ref).map_err(|e| self.reject(e))?;
+        self.check_placement(&v, &model).map_err(|e| self.reject(e))?;
+        let queue_len = self.queues.get(&model).map(|q| q.len()).unwrap_or(0);
+        if queue_len >= self.cfg.queue_capacity {
+            let retry = self.retry_after_ms(&model, v.max_tokens.unwrap_or(self.cfg.default_max_tokens));
+            let mut e = ErrorEnvelope::new(ErrorCode::AdmissionReject, format!("the queue for {model} is full ({} tasks)", self.cfg.queue_capacity)).with_retry_after(retry);
+            e.policy_label = Some(self.cfg.full_policy.label().into());
+            self.metrics.inc(m::BACKPRESSURE, labels(&[("engine", api::ENGINE_LLAMACPP), ("policy", self.cfg.full_policy.label())]), 1.0);
+            return Err(self.reject(e));
+        }
+        let max_tokens = v.max_tokens.unwrap_or(self.cfg.default_max_tokens);
+        let (position, predicted) = self.predict(&model, queue_len as u64, max_tokens);
+        if let Some(d) = v.deadline_ms {
+            if predicted > d && self.has_measurements(&model) {
+                return Err(self.reject(ErrorEnvelope::new(ErrorCode::DeadlineUnmet, format!("the predicted start in {predicted} ms is past the deadline of {d} ms"))));
+            }
+        }
+        let id = v.task_id;
+        let log = Arc::new(TaskLog::default());
+        let resp = AdmissionResponse {
+            task_id: id,
+            session_id: v.session_id,
+            queue_position: position,
+            predicted_start_ms: predicted,
+            backoff_ms: 0,
+            streams: api::task::Streams { sse: format!("/v2/tasks/{id}/events"), sse_verbose: format!("/v2/tasks/{id}/events?verbose=true") },
+            preparation: Preparation::default(),
+        };
+        let deadline = v.deadline_ms.map(|d| now + Duration::from_millis(d));
+        if let Some(d) = v.deadline_ms {
+            self.effects.timer(Duration::from_millis(d), Timer::Deadline(id));
+        }
+        tracing::info!(event = "task.admitted", correlation_id = %correlation_id, task_id = %id, session_id = %v.session_id, model = %model,
+            queue_position = position, predicted_start_ms = predicted, "Admitted task {id} for {model} at queue position {position}");
+        let priority = v.priority;
+        self.tasks.insert(
+            id,
+            TaskEntry {
+                v,
+                correlation_id,
+                model: model.clone(),
+                state: TaskState::Queued,
+                log: log.clone(),
+                admitted_at: now,
+                created_at_ms: daemon::now_ms(),
+                started_at_ms: None,
+                first_token_at_ms: None,
+                finished_at_ms: None,
+                finished_at: None,
+                left_queue_at: None,
+                first_token_at: None,
+                pool: None,
+                node: None,
+                engine_version: None,
+                attempts: 0,
+                tried: vec![],
+                tokens_in: 0,
+                tokens_out: 0,
+                token_frames: 0,
+                seed: None,
+                stop_reason: None,
+                error: None,
+                admission_position: position,
+                admission_predicted_ms: predicted,
+                max_tokens,
+                deadline,
+            },
+        );
+        self.metrics.inc(m::TASKS_ENQUEUED, labels(&[("engine", api::ENGINE_LLAMACPP), ("engine_version", ""), ("pool_id", ""), ("replica_id", ""), ("priority", priority.as_str())]), 1.0);
+        self.queues.entry(model).or_default().push(id, priority);
+        self.pump(now);
+        Ok((resp, log))
+    }
+
+    fn reject(&self, e: ErrorEnvelope) -> ErrorEnvelope {
+        self.metrics.inc(m::TASKS_REJECTED, labels(&[("engine", api::ENGINE_LLAMACPP), ("reason", e.code.as_str())]), 1.0);
+        tracing::info!(event = "task.rejected", code = %e.code, "Refused a task: {}", e.message);
+        e
+    }
+
+    /// Resolves `model_ref` to a model id that some pool reports (API.md §6.5).
+    fn resolve_model(&self, model_ref: &str) -> Result<String, ErrorEnvelope> {
+        let known = self.pools.values().flat_map(|p| p.status.models.iter());
+        let found = if model_ref.contains(':') {
+            known.into_iter().find(|m| m.model_ref == model_ref).map(|m| m.id.clone())
+        } else {
+            known.into_iter().find(|m| m.id == model_ref).map(|m| m.id.clone())
+        };
+        let Some(id) = found else {
+            return Err(ErrorEnvelope::new(ErrorCode::ModelNotAvailable, format!("model {model_ref:?} is not known: no node serves it")).with_retriable(false));
+        };
+        let serving = self.pools.values().any(|p| {
+            p.model_id() == Some(id.as_str())
+                && matches!(p.status.state, PoolState::Ready | PoolState::Starting | PoolState::Provisioning)
+                && self.nodes.get(&p.node_id).is_some_and(|n| n.status == NodeStatus::Online)
+        });
+        if !serving {
+            return Err(ErrorEnvelope::new(ErrorCode::ModelNotAvailable, format!("no pool can serve {id} now")).with_retriable(true).with_retry_after(5000));
+        }
+        Ok(id)
+    }
+
+    /// Placement checks that refuse at admission (API.md §7.2).
+    fn check_placement(&self, v: &ValidatedTask, model: &str) -> Result<(), ErrorEnvelope> {
+        let p = &v.placement;
+        for (i, id) in p.prefer_pools.iter().enumerate() {
+            if !self.pools.contains_key(id) {
+                return Err(ErrorEnvelope::invalid(format!("placement.prefer_pools[{i}]"), format!("unknown pool {id}")));
+            }
+        }
+        for (i, id) in p.avoid_pools.iter().enumerate() {
+            if !self.pools.contains_key(id) {
+                return Err(ErrorEnvelope::invalid(format!("placement.avoid_pools[{i}]"), format!("unknown pool {id}")));
+            }
+        }
+        let serving: Vec<_> = self.pools.iter().filter(|(_, e)| e.model_id() == Some(model)).collect();
+        if p.mode == PlacementMode::Pin {
+            let id = p.pin_pool_id.as_deref().unwrap_or_default();
+            let Some(pool) = self.pools.get(id) else {
+                return Err(ErrorEnvelope::invalid("placement.pin_pool_id", format!("unknown pool {id}")));
+            };
+            if pool.model_id() != Some(model) {
+                return Err(ErrorEnvelope::invalid("placement.pin_pool_id", format!("pool {id} does not serve {model}")));
+            }
+            if v.ctx.is_some_and(|c| c > pool.status.ctx_per_slot) {
+                return Err(ErrorEnvelope::invalid("ctx", format!("pool {id} has {} tokens per slot", pool.status.ctx_per_slot)));
+            }
+            if self.nodes.get(&pool.node_id).is_none_or(|n| n.status != NodeStatus::Online) {
+                return Err(ErrorEnvelope::new(ErrorCode::NodeUnavailable, format!("the node of pool {id} is offline")).with_pool(id).with_retry_after(5000));
+            }
+            if pool.status.state != PoolState::Ready {
+                return Err(ErrorEnvelope::new(ErrorCode::PoolUnready, format!("pool {id} is {}", pool.status.state.as_str())).with_pool(id).with_retry_after(5000));
+            }
+        }
+        if let Some(c) = v.ctx {
+            if !serving.is_empty() && serving.iter().all(|(_, e)| e.status.ctx_per_slot < c) {
+                return Err(ErrorEnvelope::invalid("ctx", format!("no pool serving {model} has {c} tokens per slot")));
+            }
+        }
+        let max_tokens = v.max_tokens.unwrap_or(self.cfg.default_max_tokens);
+        let ctx_limit = v.ctx.or_else(|| serving.iter().map(|(_, e)| e.status.ctx_per_slot).max());
+        if let Some(c) = ctx_limit {
+            if max_tokens > c {
+                return Err(ErrorEnvelope::invalid("max_tokens", format!("must not exceed the task's ctx ({c})")));
+            }
+        }
+        Ok(())
+    }
+
+    fn has_measurements(&self, model: &str) -> bool {
+        self.pools.iter().any(|(id, p)| p.model_id() == Some(model) && self.stats.get(id).is_some_and(|s| s.decode_tps.is_some()))
+    }
+
+    /// `(queue_position, predicted_start_ms)` for a task entering `model`'s queue (API.md §6.3).
+    fn predict(&self, model: &str, ahead: u64, max_tokens: u64) -> (u64, u64) {
+        let cands: Vec<(&String, &super::PoolEntry)> =
+            self.pools.iter().filter(|(_, p)| p.model_id() == Some(model) && p.status.state == PoolState::Ready).collect();
+        if ahead == 0 && cands.iter().any(|(_, p)| p.free_slots() > 0) {
+            return (0, 0);
+        }
+        let slots: u64 = cands.iter().map(|(_, p)| p.status.slots_total as u64).sum::<u64>().max(1);
+        let d = self.mean_duration_ms(model, max_tokens);
+        (ahead, (ahead + 1).div_ceil(slots) * d)
+    }
+
+    fn mean_duration_ms(&self, model: &str, max_tokens: u64) -> u64 {
+        let ds: Vec<f64> = self
+            .pools
+            .iter()
+            .filter(|(_, p)| p.model_id() == Some(model))
+            .filter_map(|(id, _)| self.stats.get(id))
+            .filter_map(|s| Some(s.tokens_out? / s.decode_tps?.max(0.001) * 1000.0 + s.ttft_ms.unwrap_or(0.0)))
+            .collect();
+        if ds.is_empty() {
+            1000 + 50 * max_tokens
+        } else {
+            (ds.iter().sum::<f64>() / ds.len() as f64) as u64
+        }
+    }
+
+    fn retry_after_ms(&self, model: &str, max_tokens: u64) -> u64 {
+        let slots: u64 = self.pools.values().filter(|p| p.model_id() == Some(model)).map(|p| p.status.slots_total as u64).sum::<u64>().max(1);
+        (self.mean_duration_ms(model, max_tokens) / slots).max(1000)
+    }
+
+    /// Binds a task to `pool_id` and opens a dispatch attempt.
+    pub(super) fn start_attempt(&mut self, id: TaskId, pool_id: &str, now: Instant) {
+        let Some(pool) = self.pools.get_mut(pool_id) else { return };
+        pool.holding.insert(id);
+        let node_id = pool.node_id.clone();
+        let engine_version = pool.status.engine_version.clone();
+        let digest = pool.status.models.first().and_then(|m| m.digest.clone());
+        let Some(node) = self.nodes.get(&node_id) else { return };
+        let (address, token) = (node.address.clone(), node.dispatch_token.clone());
+        let Some(t) = self.tasks.get_mut(&id) else { return };
+        let first = t.attempts == 0;
+        t.attempts += 1;
+        t.tried.push(pool_id.to_string());
+        t.state = TaskState::Running;
+        t.left_queue_at.get_or_insert(now);
+        t.pool = Some(pool_id.to_string());
+        t.node = Some(node_id.clone());
+        t.engine_version = engine_version.clone();
+        if first {
+            t.started_at_ms = Some(daemon::now_ms());
+            t.log.append(Event::Started(Started {
+                queue_position: t.admission_position,
+                predicted_start_ms: t.admission_predicted_ms,
+                pool_id: pool_id.to_string(),
+                node_id: node_id.clone(),
+                engine: api::ENGINE_LLAMACPP.into(),
+                engine_version: engine_version.clone(),
+                model: t.model.clone(),
+            }));
+        }
+        self.metrics.inc(m::PLACEMENT_DECISIONS, labels(&[("outcome", "assigned"), ("pinned", bool_str(t.v.placement.mode == PlacementMode::Pin)), ("fallback", "false")]), 1.0);
+        tracing::info!(event = "task.placed", correlation_id = %t.correlation_id, task_id = %id, pool_id = %pool_id, node_id = %node_id, attempt = t.attempts,
+            "Dispatched task {id} to pool {pool_id} on node {node_id} (attempt {})", t.attempts);
+        let body = DispatchRequest {
+            protocol_version: api::PROTOCOL_VERSION,
+            attempt: t.attempts,
+            task_id: id.to_string(),
+            session_id: t.v.session_id.to_string(),
+            correlation_id: t.correlation_id.clone(),
+            node_id: node_id.clone(),
+            pool_id: pool_id.to_string(),
+            model: DispatchModel { id: t.model.clone(), digest },
+            engine: api::ENGINE_LLAMACPP.into(),
+            input: t.v.input.clone(),
+            params: DispatchParams { max_tokens: t.max_tokens, ctx: t.v.ctx.unwrap_or(0), sampling: t.v.sampling.clone() },
+            deadline_remaining_ms: t.deadline.map(|d| d.saturating_duration_since(now).as_millis() as u64),
+            priority: t.v.priority,
+        };
+        let attempt = t.attempts;
+        self.effects.dispatch(DispatchJob { task: id, attempt, address, token, body });
+    }
+
+    /// A line from a worker dispatch stream. Lines of stale attempts or finished tasks are dropped.
+    pub fn on_worker(&mut self, id: TaskId, attempt: u32, ev: WorkerEvent, now: Instant) {
+        let Some(t) = self.tasks.get_mut(&id) else { return };
+        if t.attempts != attempt || t.state != TaskState::Running {
+            return;
+        }
+        match ev {
+            WorkerEvent::Started { engine_version, .. } => {
+                t.engine_version = Some(engine_version.clone());
+                let pool = t.pool.clone().unwrap_or_default();
+                let node = t.node.clone().unwrap_or_default();
+                self.metrics.inc(
+                    m::TASKS_STARTED,
+                    labels(&[("engine", api::ENGINE_LLAMACPP), ("engine_version", &engine_version), ("pool_id", &pool), ("replica_id", &node), ("priority", t.v.priority.as_str())]),
+                    1.0,
+                );
+            }
+            WorkerEvent::Token { t: text, .. } => {
+                if text.is_empty() {
+                    return;
+                }
+                if t.first_token_at.is_none() {
+                    t.first_token_at = Some(now);
+                    t.first_token_at_ms = Some(daemon::now_ms());
+                    tracing::info!(event = "task.first_token", correlation_id = %t.correlation_id, task_id = %id, pool_id = %t.pool.as_deref().unwrap_or(""),
+                        duration_ms = now.duration_since(t.admitted_at).as_millis() as u64, "First token of task {id}");
+                }
+                let i = t.token_frames;
+                t.token_frames += 1;
+                t.log.append(Event::Token(Token { t: text, i }));
+            }
+            WorkerEvent::Metrics { tokens_out, kv_cache_usage_ratio, .. } => {
+                if tokens_out.is_some() || kv_cache_usage_ratio.is_some() {
+                    t.log.append(Event::Metrics(MetricsFrame { tokens_out, kv_cache_usage_ratio, ..Default::default() }));
+                }
+            }
+            WorkerEvent::Keepalive => {}
+            WorkerEvent::End { tokens_in, tokens_out, stop_reason, seed, engine_ttft_ms, engine_decode_ms } => {
+                t.tokens_in = tokens_in;
+                t.tokens_out = tokens_out.max(t.token_frames);
+                t.seed = seed;
+                self.observe_finish(id, engine_ttft_ms, engine_decode_ms);
+                let state = if stop_reason == StopReason::Canceled { TaskState::Canceled } else { TaskState::Completed };
+                self.finish_with_end(id, stop_reason, state, now);
+                self.release_slot(id, now);
+            }
+            WorkerEvent::Error { code, message, retriable, retry_after_ms } => {
+                let mut env = ErrorEnvelope::new(code, message).with_retriable(retriable);
+                env.retry_after_ms = retry_after_ms;
+                if let Some(p) = &t.pool {
+                    env.pool_id = Some(p.clone());
+                }
+                env.engine = Some(api::ENGINE_LLAMACPP.into());
+                self.attempt_failed(id, env, now);
+            }
+        }
+    }
+
+    /// The dispatch stream ended without a terminal line, or could not be opened.
+    pub fn on_relay_ended(&mut self, id: TaskId, attempt: u32, reason: String, answered: Option<ErrorEnvelope>, now: Instant) {
+        let Some(t) = self.tasks.get(&id) else { return };
+        if t.attempts != attempt || t.state != TaskState::Running {
+            return;
+        }
+        let env = answered.unwrap_or_else(|| {
+            let code = if t.token_frames > 0 { ErrorCode::WorkerReset } else { ErrorCode::PoolUnavailable };
+            ErrorEnvelope::new(code, reason).with_retriable(true)
+        });
+        self.attempt_failed(id, env, now);
+    }
+
+    /// Retries before the first token on another candidate (bounded); otherwise ends the task.
+    fn attempt_failed(&mut self, id: TaskId, env: ErrorEnvelope, now: Instant) {
+        let Some(t) = self.tasks.get(&id) else { return };
+        let failed_pool = t.pool.clone();
+        let no_tokens = t.token_frames == 0;
+        let pinned = t.v.placement.mode == PlacementMode::Pin;
+        let can_retry = no_tokens && env.retriable && !pinned && t.attempts <= self.cfg.dispatch_retries;
+        tracing::warn!(event = "task.attempt_failed", correlation_id = %t.correlation_id, task_id = %id, pool_id = %failed_pool.as_deref().unwrap_or(""),
+            code = %env.code, attempt = t.attempts, "Attempt {} of task {id} failed: {}", t.attempts, env.message);
+        self.release_slot(id, now);
+        if can_retry {
+            if let Some(pool) = self.place(id) {
+                self.start_attempt(id, &pool, now);
+                if let Some(t) = self.tasks.get(&id) {
+                    let info = api::events::PlacementInfo {
+                        pool_id: pool.clone(),
+                        node_id: t.node.clone().unwrap_or_default(),
+                        engine_version: t.engine_version.clone(),
+                        attempt: t.attempts,
+                    };
+                    self.emit(id, Event::Metrics(MetricsFrame { placement: Some(info), ..Default::default() }));
+                }
+                return;
+            }
+        }
+        let final_env = if no_tokens && env.retriable && env.code != ErrorCode::DecodeTimeout {
+            ErrorEnvelope { code: ErrorCode::PoolUnavailable, message: format!("no pool could run the task: {}", env.message), ..env }
+        } else if !no_tokens && env.code == ErrorCode::PoolUnavailable {
+            ErrorEnvelope { code: ErrorCode::WorkerReset, ..env }
+        } else {
+            env
+        };
+        self.finish_with_error(id, final_env, now);
+    }
+
+    fn observe_finish(&mut self, id: TaskId, engine_ttft_ms: Option<u64>, engine_decode_ms: u64) {
+        let Some(t) = self.tasks.get(&id) else { return };
+        let pool = t.pool.clone().unwrap_or_default();
+        let ev = t.engine_version.clone().unwrap_or_default();
+        let prio = t.v.priority.as_str();
+        let base = labels(&[("engine", api::ENGINE_LLAMACPP), ("engine_version", &ev), ("pool_id", &pool), ("priority", prio)]);
+        if let (Some(first), Some(left), Some(ettft)) = (t.first_token_at, t.left_queue_at, engine_ttft_ms) {
+            let overhead = first.duration_since(left).as_secs_f64() * 1000.0 - ettft as f64;
+            self.metrics.observe(m::OVERHEAD, base.clone(), overhead.max(0.0));
+        }
+        let s = self.stats.entry(pool).or_default();
+        let ewma = |old: Option<f64>, new: f64| Some(old.map_or(new, |o| 0.8 * o + 0.2 * new));
+        s.tokens_out = ewma(s.tokens_out, t.tokens_out as f64);
+        if engine_decode_ms > 0 && t.tokens_out > 0 {
+            s.decode_tps = ewma(s.decode_tps, t.tokens_out as f64 * 1000.0 / engine_decode_ms as f64);
+        }
+        if let Some(e) = engine_ttft_ms {
+            s.ttft_ms = ewma(s.ttft_ms, e as f64);
+        }
+    }
+
+    /// Appends `end` with the task's counts and marks it terminal.
+    fn finish_with_end(&mut self, id: TaskId, reason: StopReason, state: TaskState, now: Instant) {
+        let Some(t) = self.tasks.get_mut(&id) else { return };
+        let ttft = t.first_token_at.map(|f| f.duration_since(t.admitted_at).as_millis() as u64);
+        let decode = t.first_token_at.map(|f| now.duration_since(f).as_millis() as u64).unwrap_or(0);
+        t.state = state;
+        t.stop_reason = Some(reason);
+        t.tokens_out = t.tokens_out.max(t.token_frames);
+        t.log.append(Event::End(End {
+            tokens_in: t.tokens_in,
+            tokens_out: t.tokens_out,
+            ttft_ms: ttft,
+            decode_ms: decode,
+            decode_time_ms: decode,
+            stop_reason: reason,
+            canceled: reason == StopReason::Canceled,
+        }));
+        let pool = t.pool.clone().unwrap_or_default();
+        let node = t.node.clone().unwrap_or_default();
+        let ev = t.engine_version.clone().unwrap_or_default();
+        let prio = t.v.priority.as_str();
+        let series = labels(&[("engine", api::ENGINE_LLAMACPP), ("engine_version", &ev), ("pool_id", &pool), ("replica_id", &node)]);
+        self.metrics.inc(m::TOKENS_IN, series.clone(), t.tokens_in as f64);
+        self.metrics.inc(m::TOKENS_OUT, series, t.tokens_out as f64);
+        let hist = labels(&[("engine", api::ENGINE_LLAMACPP), ("engine_version", &ev), ("pool_id", &pool), ("priority", prio)]);
+        if let Some(ttft) = ttft {
+            self.metrics.observe(m::LATENCY_FIRST_TOKEN, hist.clone(), ttft as f64);
+            self.metrics.observe(m::LATENCY_DECODE, hist, decode as f64);
+        }
+        tracing::info!(event = "task.finished", correlation_id = %t.correlation_id, task_id = %id, pool_id = %pool, node_id = %node, tokens_in = t.tokens_in,
+            tokens_out = t.tokens_out, duration_ms = now.duration_since(t.admitted_at).as_millis() as u64,
+            "Task {id} ended ({reason:?}) with {} tokens", t.tokens_out);
+        self.mark_terminal(id, now);
+    }
+
+    fn finish_with_error(&mut self, id: TaskId, env: ErrorEnvelope, now: Instant) {
+        let Some(t) = self.tasks.get_mut(&id) else { return };
+        t.state = TaskState::Failed;
+        t.error = Some(env.clone());
+        t.log.append(Event::Error(env.clone()));
+        let pool = t.pool.clone().unwrap_or_default();
+        let node = t.node.clone().unwrap_or_default();
+        let ev = t.engine_version.clone().unwrap_or_default();
+        let series = labels(&[("engine", api::ENGINE_LLAMACPP), ("engine_version", &ev), ("pool_id", &pool), ("replica_id", &node)]);
+        self.metrics.inc(m::TOKENS_IN, series.clone(), t.tokens_in as f64);
+        self.metrics.inc(m::TOKENS_OUT, series, t.token_frames as f64);
+        tracing::warn!(event = "task.finished", correlation_id = %t.correlation_id, task_id = %id, pool_id = %pool, code = %env.code,
+            "Task {id} failed: {}", env.message);
+        self.mark_terminal(id, now);
+    }
+
+    fn mark_terminal(&mut self, id: TaskId, now: Instant) {
+        if let Some(t) = self.tasks.get_mut(&id) {
+            t.finished_at = Some(now);
+            t.finished_at_ms = Some(daemon::now_ms());
+        }
+        self.finished.push_back(id);
+    }
+
+    /// Frees the task's slot on its pool (the worker stream ended, or a cancel was confirmed).
+    pub(super) fn release_slot(&mut self, id: TaskId, now: Instant) {
+        let Some(pool) = self.tasks.get(&id).and_then(|t| t.pool.clone()) else { return };
+        if let Some(p) = self.pools.get_mut(&pool) {
+            let held = p.holding.remove(&id);
+            p.releasing.remove(&id);
+            if held {
+                self.pump(now);
+            }
+        }
+    }
+
+    /// `POST /v2/tasks/{id}/cancel` and disconnects (API.md §5.6). Returns false for unknown tasks.
+    pub fn cancel(&mut self, id: TaskId, reason: CancelReason, now: Instant) -> bool {
+        let Some(t) = self.tasks.get(&id) else { return false };
+        match t.state {
+            TaskState::Queued => {
+                let model = t.model.clone();
+                if let Some(q) = self.queues.get_mut(&model) {
+                    q.remove(id);
+                }
+                self.count_cancel(id, reason);
+                self.finish_with_end(id, StopReason::Canceled, TaskState::Canceled, now);
+                self.publish_gauges();
+            }
+            TaskState::Running => {
+                self.count_cancel(id, reason);
+                tracing::info!(event = "task.canceled", correlation_id = %t.correlation_id, task_id = %id, pool_id = %t.pool.as_deref().unwrap_or(""),
+                    reason = reason.label(), "Task {id} canceled ({})", reason.label());
+                self.stop_running(id, StopReason::Canceled, TaskState::Canceled, now);
+            }
+            _ => {}
+        }
+        true
+    }
+
+    fn count_cancel(&self, id: TaskId, reason: CancelReason) {
+        let Some(t) = self.tasks.get(&id) else { return };
+        let pool = t.pool.clone().unwrap_or_default();
+        let node = t.node.clone().unwrap_or_default();
+        let ev = t.engine_version.clone().unwrap_or_default();
+        self.metrics.inc(m::TASKS_CANCELED, labels(&[("engine", api::ENGINE_LLAMACPP), ("engine_version", &ev), ("pool_id", &pool), ("replica_id", &node), ("reason", reason.label())]), 1.0);
+    }
+
+    /// Ends a running task at once and stops its engine work; the slot stays held until the worker
+    /// confirms it free.
+    fn stop_running(&mut self, id: TaskId, reason: StopReason, state: TaskState, now: Instant) {
+        self.finish_with_end(id, reason, state, now);
+        self.effects.abort_dispatch(id);
+        let Some(t) = self.tasks.get(&id) else { return };
+        let Some(pool_id) = t.pool.clone() else { return };
+        let cid = t.correlation_id.clone();
+        let Some(pool) = self.pools.get_mut(&pool_id) else { return };
+        if !pool.holding.contains(&id) {
+            return;
+        }
+        pool.releasing.insert(id);
+        let Some(node) = self.nodes.get(&pool.node_id) else { return };
+        self.effects.cancel_on_worker(CancelJob { task: id, pool_id, address: node.address.clone(), token: node.dispatch_token.clone(), correlation_id: cid });
+    }
+
+    /// The worker answered 204 to a cancel: the slot is free.
+    pub fn on_cancel_confirmed(&mut self, id: TaskId, now: Instant) {
+        self.release_slot(id, now);
+    }
+
+    pub fn on_timer(&mut self, timer: Timer, now: Instant) {
+        match timer {
+            Timer::Deadline(id) => self.on_deadline(id, now),
+            Timer::DisconnectCheck(id) => {
+                let Some(t) = self.tasks.get(&id) else { return };
+                if t.state == TaskState::Running && t.log.subscribers() == 0 && t.log.ever_subscribed() {
+                    self.cancel(id, CancelReason::Disconnect, now);
+                }
+            }
+        }
+    }
+
+    fn on_deadline(&mut self, id: TaskId, now: Instant) {
+        let Some(t) = self.tasks.get(&id) else { return };
+        match t.state {
+            TaskState::Queued => {
+                let model = t.model.clone();
+                if let Some(q) = self.queues.get_mut(&model) {
+                    q.remove(id);
+                }
+                self.finish_with_error(id, ErrorEnvelope::new(ErrorCode::DeadlineUnmet, "the deadline passed while the task was queued").with_retriable(false), now);
+                self.publish_gauges();
+            }
+            TaskState::Running => self.stop_running(id, StopReason::Deadline, TaskState::Completed, now),
+            _ => {}
+        }
+    }
+
+    /// A subscriber left a task's stream; check for a disconnect after the grace period.
+    pub fn on_subscriber_gone(&mut self, id: TaskId) {
+        let grace = self.cfg.disconnect_grace;
+        self.effects.timer(grace, Timer::DisconnectCheck(id));
+    }
+
+    /// Drops finished tasks past retention or beyond `max_retained` (oldest first).
+    pub fn purge(&mut self, now: Instant) {
+        while let Some(id) = self.finished.front().copied() {
+            let expired = self.tasks.get(&id).and_then(|t| t.finished_at).is_none_or(|f| now.duration_since(f) >= self.cfg.retention);
+            if expired || self.finished.len() > self.cfg.max_retained {
+                self.finished.pop_front();
+                if self.tasks.get(&id).is_some_and(|t| t.state.is_terminal()) {
+                    self.tasks.remove(&id);
+                }
+            } else {
+                break;
+            }
+        }
+    }
+
+    pub fn log_of(&self, id: TaskId) -> Option<Arc<TaskLog>> {
+        self.tasks.get(&id).map(|t| t.log.clone())
+    }
+
+    pub fn record(&self, id: TaskId) -> Option<TaskRecord> {
+        let t = self.tasks.get(&id)?;
+        let queued = t.state == TaskState::Queued;
+        let position = if queued { self.queues.get(&t.model).and_then(|q| q.position(id, self.cfg.interactive_burst)).map(|p| p as u64) } else { None };
+        Some(TaskRecord {
+            task_id: id,
+            session_id: t.v.session_id,
+            correlation_id: t.correlation_id.clone(),
+            model: t.model.clone(),
+            priority: t.v.priority,
+            state: t.state,
+            queue_position: position,
+            predicted_start_ms: if queued { Some(t.admission_predicted_ms) } else { None },
+            pool_id: t.pool.clone(),
+            node_id: t.node.clone(),
+            engine: t.pool.as_ref().map(|_| api::ENGINE_LLAMACPP.to_string()),
+            engine_version: t.engine_version.clone(),
+            created_at_ms: Some(t.created_at_ms),
+            started_at_ms: t.started_at_ms,
+            first_token_at_ms: t.first_token_at_ms,
+            finished_at_ms: t.finished_at_ms,
+            attempts: t.attempts,
+            tokens_in: t.tokens_in,
+            tokens_out: t.tokens_out.max(t.token_frames),
+            seed: t.seed,
+            stop_reason: t.stop_reason,
+            error: t.error.clone(),
+        })
+    }
+
+    /// Tasks running on `node_id` when it is lost: before the first token they fail over, after it
+    /// they end with WORKER_RESET (API.md §7.5).
+    pub(super) fn node_lost(&mut self, node_id: &str, now: Instant) {
+        let ids: Vec<TaskId> = self.tasks.iter().filter(|(_, t)| t.state == TaskState::Running && t.node.as_deref() == Some(node_id)).map(|(id, _)| *id).collect();
+        for id in ids {
+            self.effects.abort_dispatch(id);
+            let tokens = self.tasks.get(&id).map(|t| t.token_frames).unwrap_or(0);
+            let code = if tokens > 0 { ErrorCode::WorkerReset } else { ErrorCode::PoolUnavailable };
+            self.attempt_failed(id, ErrorEnvelope::new(code, format!("node {node_id} was lost")).with_retriable(true), now);
+        }
+        for p in self.pools.values_mut().filter(|p| p.node_id == node_id) {
+            p.holding.clear();
+            p.releasing.clear();
+        }
+        self.pump(now);
+    }
+}
+
+fn bool_str(b: bool) -> &'static str {
+    if b {
+        "true"
+    } else {
+        "false"
+    }
+}
+
+fn state_str(s: TaskState) -> &'static str {
+    match s {
+        TaskState::Queued => "queued",
+        TaskState::Running => "running",
+        TaskState::Completed => "completed",
+        TaskState::Failed => "failed",
+        TaskState::Canceled => "canceled",
+    }
+}

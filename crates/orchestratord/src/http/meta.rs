@@ -1,0 +1,85 @@
+//! Health, metrics, version, capabilities and pool views (API.md §10, §16).
+
+use api::node::{NodeStatus, PoolState, PoolsResponse};
+use api::{ErrorCode, ErrorEnvelope};
+use axum::extract::{Path, State};
+use axum::http::HeaderValue;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use daemon::errors::ApiError;
+use serde_json::json;
+
+use super::{unavailable, App};
+use crate::core::runner::Msg;
+use crate::metrics as m;
+
+pub async fn health() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }))
+}
+
+pub async fn version() -> Json<serde_json::Value> {
+    Json(json!({
+        "api_version": api::API_VERSION,
+        "protocol_version": api::PROTOCOL_VERSION,
+        "build_version": env!("CARGO_PKG_VERSION"),
+        "build_commit": option_env!("LLORCH_BUILD_COMMIT").unwrap_or("unknown"),
+        "build_time": option_env!("LLORCH_BUILD_TIME").unwrap_or("unknown"),
+    }))
+}
+
+pub async fn metrics(State(app): State<App>) -> Result<Response, ApiError> {
+    let ages = app.core.ask(|reply| Msg::HeartbeatAges { reply }).await.ok_or_else(unavailable)?;
+    let extra: Vec<_> = ages.iter().map(|(node, age)| (m::NODE_HEARTBEAT_AGE, m::labels(&[("node_id", node)]), *age as f64)).collect();
+    let mut resp = app.metrics.render(&extra).into_response();
+    resp.headers_mut().insert("content-type", HeaderValue::from_static("text/plain; version=0.0.4"));
+    Ok(resp)
+}
+
+pub async fn pools(State(app): State<App>) -> Result<Json<PoolsResponse>, ApiError> {
+    let pools = app.core.ask(|reply| Msg::Pools { reply }).await.ok_or_else(unavailable)?;
+    Ok(Json(PoolsResponse { pools }))
+}
+
+pub async fn pool_health(State(app): State<App>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    let pools = app.core.ask(|reply| Msg::Pools { reply }).await.ok_or_else(unavailable)?;
+    let ages = app.core.ask(|reply| Msg::Nodes { reply }).await.ok_or_else(unavailable)?;
+    let p = pools.into_iter().find(|p| p.pool_id == id).ok_or_else(|| ApiError(ErrorEnvelope::new(ErrorCode::NotFound, format!("no pool {id}"))))?;
+    let online = p.node_status == NodeStatus::Online;
+    let last_hb = ages.iter().find(|n| n.node_id == p.node_id).map(|n| n.last_heartbeat_ms);
+    Ok(Json(json!({
+        "pool_id": p.pool_id,
+        "node_id": p.node_id,
+        "live": online && matches!(p.state, PoolState::Starting | PoolState::Ready | PoolState::Draining),
+        "ready": online && p.state == PoolState::Ready,
+        "draining": p.state == PoolState::Draining,
+        "state": p.state,
+        "last_error": p.last_error,
+        "last_heartbeat_ms": last_hb,
+        "metrics": { "queue_depth": p.queued, "running": p.running, "slots_total": p.slots_total, "slots_free": p.slots_free },
+    })))
+}
+
+pub async fn capabilities(State(app): State<App>) -> Result<Json<serde_json::Value>, ApiError> {
+    let pools = app.core.ask(|reply| Msg::Pools { reply }).await.ok_or_else(unavailable)?;
+    let ready: Vec<_> = pools.iter().filter(|p| p.state == PoolState::Ready && p.node_status == NodeStatus::Online).collect();
+    let engines = if ready.is_empty() {
+        vec![]
+    } else {
+        let mut versions: Vec<String> = ready.iter().filter_map(|p| p.engine_version.clone()).collect();
+        versions.sort();
+        versions.dedup();
+        let mut models: Vec<String> = ready.iter().filter_map(|p| p.model.as_ref().map(|m| m.id.clone())).collect();
+        models.sort();
+        models.dedup();
+        vec![json!({
+            "engine": api::ENGINE_LLAMACPP,
+            "engine_versions": versions,
+            "ctx_max": ready.iter().map(|p| p.ctx_per_slot).max().unwrap_or(0),
+            "slots_total": ready.iter().map(|p| p.slots_total as u64).sum::<u64>(),
+            "models": models,
+            "supported_workloads": ["completion"],
+            "features": { "messages": true, "grammar": true, "json_schema": true, "seed": true, "stop": true },
+        })]
+    };
+    Ok(Json(json!({ "api_version": api::API_VERSION, "protocol_versions": [api::PROTOCOL_VERSION], "engines": engines })))
+}

@@ -1,0 +1,136 @@
+//! Task routes (API.md §4, §5): submit, record, cancel and the SSE event stream.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use api::events::Event;
+use api::{ErrorCode, ErrorEnvelope};
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use daemon::correlation::CorrelationId;
+use daemon::errors::ApiError;
+use serde::Deserialize;
+
+use super::{json_body, task_id, unavailable, App};
+use crate::core::runner::{CoreHandle, Msg};
+use crate::core::tasks::CancelReason;
+use crate::core::TaskLog;
+
+pub async fn submit(State(app): State<App>, Extension(cid): Extension<CorrelationId>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let bytes = json_body(&headers, body, app.cfg.max_body_bytes).await?;
+    let req = crate::admission::parse(&bytes)?;
+    let v = crate::admission::validate(req, &app.cfg)?;
+    let result = app.core.ask(|reply| Msg::Submit { v, correlation_id: cid.0.clone(), reply }).await.ok_or_else(unavailable)?;
+    let (resp, _log) = result?;
+    let location = format!("/v2/tasks/{}", resp.task_id);
+    let mut r = (StatusCode::ACCEPTED, Json(resp)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        r.headers_mut().insert("location", v);
+    }
+    Ok(r)
+}
+
+pub async fn get_task(State(app): State<App>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let id = task_id(&id)?;
+    let rec = app.core.ask(|reply| Msg::Record { id, reply }).await.ok_or_else(unavailable)?;
+    match rec {
+        Some(r) => Ok(Json(r).into_response()),
+        None => Err(ErrorEnvelope::new(ErrorCode::NotFound, format!("no task {id}")).into()),
+    }
+}
+
+pub async fn cancel(State(app): State<App>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    let id = task_id(&id)?;
+    let known = app.core.ask(|reply| Msg::Cancel { id, reason: CancelReason::Client, reply }).await.ok_or_else(unavailable)?;
+    if known {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ErrorEnvelope::new(ErrorCode::NotFound, format!("no task {id}")).into())
+    }
+}
+
+#[derive(Deserialize)]
+pub struct EventsQuery {
+    verbose: Option<String>,
+}
+
+pub async fn events(State(app): State<App>, Path(id): Path<String>, Query(q): Query<EventsQuery>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let id = task_id(&id)?;
+    let _verbose = match q.verbose.as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => return Err(ErrorEnvelope::invalid("verbose", format!("{other:?} is not true or false")).into()),
+    };
+    let from = match headers.get("last-event-id").map(|v| v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok())) {
+        None => 0,
+        Some(Some(n)) => n as usize + 1,
+        Some(None) => return Err(ErrorEnvelope::invalid("Last-Event-ID", "must be a frame id").into()),
+    };
+    let log = app.core.ask(|reply| Msg::Log { id, reply }).await.ok_or_else(unavailable)?;
+    let log = log.ok_or_else(|| ApiError(ErrorEnvelope::new(ErrorCode::NotFound, format!("no task {id}"))))?;
+    let sub = Subscription::new(log, app.core.clone(), id);
+    let stream = futures::stream::unfold((sub, from, false), move |(sub, next, done)| {
+        let keepalive = app.cfg.keepalive;
+        async move {
+            if done {
+                return None;
+            }
+            let mut watch = sub.log.watch();
+            loop {
+                let (frames, closed) = sub.log.read_from(next);
+                if !frames.is_empty() {
+                    let mut chunk = String::new();
+                    for (k, ev) in frames.iter().enumerate() {
+                        chunk.push_str(&frame(next + k, ev));
+                    }
+                    let n = next + frames.len();
+                    let finished = closed && n >= sub.log.len();
+                    return Some((Ok::<_, Infallible>(Bytes::from(chunk)), (sub, n, finished)));
+                }
+                if closed {
+                    return None;
+                }
+                match tokio::time::timeout(keepalive, watch.changed()).await {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(_)) => return None,
+                    Err(_) => return Some((Ok(Bytes::from_static(b": keepalive\n\n")), (sub, next, false))),
+                }
+            }
+        }
+    });
+    let mut resp = Response::new(Body::from_stream(stream));
+    let h = resp.headers_mut();
+    h.insert("content-type", HeaderValue::from_static("text/event-stream"));
+    h.insert("cache-control", HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(resp)
+}
+
+fn frame(id: usize, ev: &Event) -> String {
+    format!("id: {id}\nevent: {}\ndata: {}\n\n", ev.name(), ev.data_json())
+}
+
+/// Counts a subscriber while the response body lives; tells the core when the last one leaves.
+struct Subscription {
+    log: Arc<TaskLog>,
+    core: CoreHandle,
+    id: api::TaskId,
+}
+
+impl Subscription {
+    fn new(log: Arc<TaskLog>, core: CoreHandle, id: api::TaskId) -> Self {
+        log.subscribe();
+        Self { log, core, id }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if self.log.unsubscribe() == 0 {
+            self.core.send(Msg::SubscriberGone { id: self.id });
+        }
+    }
+}

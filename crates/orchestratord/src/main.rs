@@ -1,0 +1,81 @@
+use std::path::PathBuf;
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "orchestratord", version, about = "llama-orch control plane")]
+struct Args {
+    /// TOML config file.
+    #[arg(long, env = "ORCHD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Overrides server.bind.
+    #[arg(long)]
+    bind: Option<String>,
+    /// Overrides logging.level.
+    #[arg(long)]
+    log_level: Option<String>,
+    /// JSON log lines even on a terminal.
+    #[arg(long)]
+    log_json: bool,
+    /// Validate the config and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    let mut raw: orchestratord::config::RawConfig = match daemon::config::load(args.config.as_deref(), "ORCHD", &env) {
+        Ok(r) => r,
+        Err(problems) => return refuse(&problems),
+    };
+    if let Some(b) = args.bind {
+        raw.server.bind = Some(b);
+    }
+    if let Some(l) = args.log_level {
+        raw.logging.level = Some(l);
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
+    let cfg = match raw.validate(&home) {
+        Ok(c) => c,
+        Err(problems) => return refuse(&problems),
+    };
+    if args.check_config {
+        println!("config ok: bind {}", cfg.bind);
+        return std::process::ExitCode::SUCCESS;
+    }
+    daemon::logging::init(&cfg.log_level, if args.log_json { Some(true) } else { cfg.log_json });
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("orchestratord: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(cfg.bind).await.map_err(|e| anyhow::anyhow!("cannot bind {}: {e}", cfg.bind))?;
+        let shutdown = CancellationToken::new();
+        let s = shutdown.clone();
+        tokio::spawn(async move {
+            daemon::shutdown_signal().await;
+            s.cancel();
+        });
+        orchestratord::run(cfg, listener, shutdown).await
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("orchestratord: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn refuse(problems: &[String]) -> std::process::ExitCode {
+    eprintln!("orchestratord: refusing to start, the configuration has {} problem(s):", problems.len());
+    for p in problems {
+        eprintln!("  - {p}");
+    }
+    std::process::ExitCode::from(2)
+}
