@@ -1,6 +1,5 @@
 //! `llorch engine …`: provision a llama-server binary into the engines cache.
 
-use std::io::Write;
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
@@ -76,26 +75,11 @@ fn build(a: BuildArgs) -> anyhow::Result<()> {
         build_number: a.build_number,
         build_commit: None,
         extra_cmake_flags: a.cmake_flags,
-        engines_dir: a.engines_dir.unwrap_or_else(|| crate::cache_dir().join("engines")),
+        engines_dir: a.engines_dir.unwrap_or_else(|| llorch::cache_dir().join("engines")),
         jobs: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
     };
-    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let progress = move |p: Progress| {
-        let mut err = std::io::stderr();
-        match p {
-            Progress::Step(s) => {
-                let _ = writeln!(err, "{}[engine] {s}", if tty { "\r\x1b[2K" } else { "" });
-            }
-            Progress::Build { pct, line } => {
-                if tty {
-                    let short: String = line.chars().take(100).collect();
-                    let _ = write!(err, "\r\x1b[2K[engine] {pct:>3}% {short}");
-                } else if pct % 10 == 0 {
-                    let _ = writeln!(err, "[engine] build {pct}%");
-                }
-            }
-        }
-    };
+    let bar = crate::progress::BuildProgress::new();
+    let progress = |p: Progress| bar.report(p);
     let build = engine::provision(&req, &progress)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&build)?);

@@ -1,8 +1,10 @@
-use std::path::PathBuf;
-
 use clap::{Parser, Subcommand};
 
 mod engine_cmd;
+mod haiku_cmd;
+mod progress;
+mod run_cmd;
+mod up_cmd;
 
 #[derive(Parser)]
 #[command(name = "llorch", version, about = "llama-orch CLI")]
@@ -16,20 +18,31 @@ enum Cmd {
     /// Engine provisioning (build or locate llama-server).
     #[command(subcommand)]
     Engine(engine_cmd::EngineCmd),
+    /// Start orchestratord and one pool-managerd on this machine, stream a first haiku, keep serving.
+    Up(up_cmd::UpArgs),
+    /// Run one task and stream its tokens (Ctrl-C cancels it).
+    Run(run_cmd::RunArgs),
+    /// Run the e2e haiku check against a cluster and write its run folder.
+    Haiku(haiku_cmd::HaikuArgs),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    match cli.cmd {
-        Cmd::Engine(cmd) => engine_cmd::run(cmd),
+    let result = match cli.cmd {
+        Cmd::Engine(cmd) => engine_cmd::run(cmd).map(|_| 0),
+        Cmd::Up(a) => runtime().and_then(|rt| rt.block_on(up_cmd::run(a))).map(|_| 0),
+        Cmd::Run(a) => runtime().and_then(|rt| rt.block_on(run_cmd::run(a))),
+        Cmd::Haiku(a) => runtime().and_then(|rt| rt.block_on(haiku_cmd::run(a))),
+    };
+    match result {
+        Ok(code) => std::process::ExitCode::from(code),
+        Err(e) => {
+            eprintln!("llorch: {e:#}");
+            std::process::ExitCode::from(1)
+        }
     }
 }
 
-/// `~/.cache/llama-orch`, or `$LLORCH_CACHE_DIR`.
-pub fn cache_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("LLORCH_CACHE_DIR") {
-        return PathBuf::from(d);
-    }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
-    home.join(".cache").join("llama-orch")
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Runtime::new()?)
 }

@@ -65,6 +65,7 @@ pub struct LiveEffects {
     relays: HashMap<TaskId, tokio::task::AbortHandle>,
     tracker: TaskTracker,
     idle_timeout: Duration,
+    shutdown: tokio_util::sync::CancellationToken,
 }
 
 impl Effects for LiveEffects {
@@ -96,9 +97,12 @@ impl Effects for LiveEffects {
 
     fn timer(&mut self, after: Duration, timer: Timer) {
         let tx = self.tx.clone();
+        let stop = self.shutdown.clone();
         self.tracker.spawn(async move {
-            tokio::time::sleep(after).await;
-            let _ = tx.send(Msg::Timer(timer));
+            tokio::select! {
+                _ = tokio::time::sleep(after) => { let _ = tx.send(Msg::Timer(timer)); }
+                _ = stop.cancelled() => {}
+            }
         });
     }
 }
@@ -107,7 +111,7 @@ impl Effects for LiveEffects {
 pub fn spawn(cfg: Arc<Config>, metrics: Arc<Metrics>, tracker: &TaskTracker, shutdown: tokio_util::sync::CancellationToken) -> CoreHandle {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let http = reqwest::Client::builder().connect_timeout(cfg.worker_connect_timeout).pool_idle_timeout(Duration::from_secs(30)).build().unwrap_or_default();
-    let effects = LiveEffects { tx: tx.clone(), http, relays: HashMap::new(), tracker: tracker.clone(), idle_timeout: cfg.worker_idle_timeout };
+    let effects = LiveEffects { tx: tx.clone(), http, relays: HashMap::new(), tracker: tracker.clone(), idle_timeout: cfg.worker_idle_timeout, shutdown: shutdown.clone() };
     let mut core = Core::new(cfg, effects, metrics);
     let tick_tx = tx.clone();
     let tick_stop = shutdown.clone();

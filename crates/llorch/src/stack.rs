@@ -1,0 +1,265 @@
+//! A whole llama-orch stack on one machine: orchestratord and one pool-managerd as child processes
+//! on loopback, with JSON logs in files. `llorch up` and the cluster tests both use it.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use tokio::process::{Child, Command};
+
+#[derive(Debug, Clone)]
+pub struct StackSpec {
+    /// Where orchestratord and pool-managerd binaries are.
+    pub bin_dir: PathBuf,
+    /// Configs and logs go here.
+    pub dir: PathBuf,
+    /// 0 picks a free port.
+    pub orchd_port: u16,
+    pub worker_port: u16,
+    pub node_id: String,
+    pub pool_id: String,
+    pub model_path: PathBuf,
+    pub model_id: String,
+    /// Engine source: a llama.cpp source archive and its sha256, or a prebuilt binary.
+    pub engine: EngineChoice,
+    pub engines_dir: PathBuf,
+    pub ctx: u64,
+    pub slots: u32,
+    pub threads: Option<u32>,
+    pub heartbeat_interval_ms: u64,
+    pub heartbeat_timeout_ms: u64,
+    /// Extra TOML appended to orchestratord's config.
+    pub orchd_extra: String,
+}
+
+#[derive(Debug, Clone)]
+pub enum EngineChoice {
+    Source { archive: PathBuf, sha256: String },
+    Binary { path: PathBuf },
+}
+
+impl StackSpec {
+    /// Defaults for one CPU pool serving `model_path`.
+    pub fn new(bin_dir: PathBuf, dir: PathBuf, model_path: PathBuf, engine: EngineChoice, engines_dir: PathBuf) -> Self {
+        Self {
+            bin_dir,
+            dir,
+            orchd_port: 0,
+            worker_port: 0,
+            node_id: "local".into(),
+            pool_id: "cpu0".into(),
+            model_path,
+            model_id: "smollm2-135m-instruct".into(),
+            engine,
+            engines_dir,
+            ctx: 2048,
+            slots: 1,
+            threads: None,
+            heartbeat_interval_ms: 1000,
+            heartbeat_timeout_ms: 5000,
+            orchd_extra: String::new(),
+        }
+    }
+}
+
+pub struct Stack {
+    pub spec: StackSpec,
+    pub orchd: Option<Child>,
+    pub pool_managerd: Option<Child>,
+    pub orchd_url: String,
+    pub worker_url: String,
+    pub orchd_log: PathBuf,
+    pub pm_log: PathBuf,
+    pub pm_config: PathBuf,
+}
+
+/// Finds a daemon binary next to the running executable (or one level up, for test binaries).
+pub fn bin_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    for _ in 0..2 {
+        if dir.join("orchestratord").is_file() && dir.join("pool-managerd").is_file() {
+            return Ok(dir);
+        }
+        dir = dir.parent().map(Path::to_path_buf).unwrap_or_default();
+    }
+    bail!("orchestratord and pool-managerd were not found next to {}; build them first (cargo build --bins)", exe.display())
+}
+
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl Stack {
+    /// Writes both configs and starts orchestratord, then pool-managerd.
+    pub async fn start(mut spec: StackSpec) -> anyhow::Result<Stack> {
+        std::fs::create_dir_all(&spec.dir).with_context(|| format!("cannot create {}", spec.dir.display()))?;
+        if spec.orchd_port == 0 {
+            spec.orchd_port = free_port()?;
+        }
+        if spec.worker_port == 0 {
+            spec.worker_port = free_port()?;
+        }
+        let orchd_url = format!("http://127.0.0.1:{}", spec.orchd_port);
+        let worker_url = format!("http://127.0.0.1:{}", spec.worker_port);
+        let orchd_cfg = spec.dir.join("orchestratord.toml");
+        std::fs::write(
+            &orchd_cfg,
+            format!(
+                "state_dir = {dir:?}\n[server]\nbind = \"127.0.0.1:{port}\"\n[nodes]\nheartbeat_interval_ms = {hi}\nheartbeat_timeout_ms = {ht}\n{extra}\n",
+                dir = spec.dir.join("state"),
+                port = spec.orchd_port,
+                hi = spec.heartbeat_interval_ms,
+                ht = spec.heartbeat_timeout_ms,
+                extra = spec.orchd_extra
+            ),
+        )?;
+        let pm_cfg = spec.dir.join("pool-managerd.toml");
+        std::fs::write(&pm_cfg, pool_managerd_toml(&spec, &orchd_url))?;
+        let orchd_log = spec.dir.join("orchestratord.log");
+        let pm_log = spec.dir.join("pool-managerd.log");
+        let orchd = spawn(&spec.bin_dir.join("orchestratord"), &orchd_cfg, &orchd_log)?;
+        let mut stack = Stack { spec, orchd: Some(orchd), pool_managerd: None, orchd_url, worker_url, orchd_log, pm_log, pm_config: pm_cfg };
+        stack.wait_http(&format!("{}/health", stack.orchd_url), Duration::from_secs(20)).await?;
+        stack.start_pool_managerd()?;
+        Ok(stack)
+    }
+
+    pub fn start_pool_managerd(&mut self) -> anyhow::Result<()> {
+        let child = spawn(&self.spec.bin_dir.join("pool-managerd"), &self.pm_config, &self.pm_log)?;
+        self.pool_managerd = Some(child);
+        Ok(())
+    }
+
+    async fn wait_http(&mut self, url: &str, timeout: Duration) -> anyhow::Result<()> {
+        let until = Instant::now() + timeout;
+        let http = reqwest::Client::new();
+        loop {
+            if http.get(url).send().await.is_ok_and(|r| r.status().is_success()) {
+                return Ok(());
+            }
+            if let Some(c) = self.orchd.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    bail!("orchestratord exited ({status}); see {}", self.orchd_log.display());
+                }
+            }
+            if Instant::now() > until {
+                bail!("{url} did not answer within {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until the pool is Ready at orchestratord, reporting progress lines through `progress`.
+    pub async fn wait_ready(&mut self, timeout: Duration, progress: &mut dyn FnMut(&str)) -> anyhow::Result<()> {
+        let client = client::Client::new(&self.orchd_url, None);
+        let until = Instant::now() + timeout;
+        let mut last = String::new();
+        loop {
+            if let Ok(p) = client.pools().await {
+                if let Some(pool) = p.pools.iter().find(|p| p.pool_id == self.spec.pool_id) {
+                    let state = format!("pool {} is {}", pool.pool_id, pool.state.as_str());
+                    if state != last {
+                        progress(&state);
+                        last = state;
+                    }
+                    match pool.state {
+                        api::node::PoolState::Ready => return Ok(()),
+                        api::node::PoolState::Failed => bail!("pool {} failed: {}", pool.pool_id, pool.last_error.clone().unwrap_or_default()),
+                        _ => {}
+                    }
+                }
+            }
+            if let Some(c) = self.pool_managerd.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    bail!("pool-managerd exited ({status}):\n{}", tail(&self.pm_log, 15));
+                }
+            }
+            if Instant::now() > until {
+                bail!("the pool was not Ready within {timeout:?}; see {}", self.pm_log.display());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Sends SIGTERM to pool-managerd and waits for it to exit.
+    pub async fn stop_pool_managerd(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let Some(mut c) = self.pool_managerd.take() else { bail!("pool-managerd is not running") };
+        terminate(&mut c).await
+    }
+
+    /// Stops both daemons (pool-managerd first, so it can deregister).
+    pub async fn shutdown(&mut self) -> anyhow::Result<()> {
+        if let Some(mut c) = self.pool_managerd.take() {
+            terminate(&mut c).await?;
+        }
+        if let Some(mut c) = self.orchd.take() {
+            terminate(&mut c).await?;
+        }
+        Ok(())
+    }
+
+    pub fn log_files(&self) -> Vec<PathBuf> {
+        vec![self.orchd_log.clone(), self.pm_log.clone()]
+    }
+}
+
+fn pool_managerd_toml(spec: &StackSpec, orchd_url: &str) -> String {
+    let engine = match &spec.engine {
+        EngineChoice::Source { archive, sha256 } => format!("kind = \"source\"\nsource_url = {:?}\nsource_sha256 = {sha256:?}", archive.display().to_string()),
+        EngineChoice::Binary { path } => format!("kind = \"binary\"\npath = {:?}", path.display().to_string()),
+    };
+    let threads = spec.threads.map(|t| format!("threads = {t}\n")).unwrap_or_default();
+    format!(
+        "[node]\nid = {node:?}\n[server]\nbind = \"127.0.0.1:{wport}\"\n[orchestrator]\nurl = {orchd_url:?}\n[heartbeat]\ninterval_ms = {hi}\n\
+         [cache]\nengines_dir = {engines:?}\n[engine]\n{threads}[engines.default]\n{engine}\n\
+         [[pools]]\nid = {pool:?}\nmodel_ref = {mref:?}\nmodel_id = {mid:?}\nctx = {ctx}\nslots = {slots}\ndevices = \"cpu\"\ngpu_policy = \"cpu\"\n",
+        node = spec.node_id,
+        wport = spec.worker_port,
+        hi = spec.heartbeat_interval_ms,
+        engines = spec.engines_dir.display().to_string(),
+        pool = spec.pool_id,
+        mref = format!("file:{}", spec.model_path.display()),
+        mid = spec.model_id,
+        ctx = spec.ctx,
+        slots = spec.slots,
+    )
+}
+
+fn spawn(bin: &Path, config: &Path, log: &Path) -> anyhow::Result<Child> {
+    if !bin.is_file() {
+        bail!("{} does not exist; build it first (cargo build --bins)", bin.display());
+    }
+    let out = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+    let err = out.try_clone()?;
+    Command::new(bin)
+        .arg("--config")
+        .arg(config)
+        .arg("--log-json")
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start {}", bin.display()))
+}
+
+async fn terminate(c: &mut Child) -> anyhow::Result<std::process::ExitStatus> {
+    if let Some(pid) = c.id() {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+    }
+    match tokio::time::timeout(Duration::from_secs(40), c.wait()).await {
+        Ok(s) => Ok(s?),
+        Err(_) => {
+            c.kill().await?;
+            Ok(c.wait().await?)
+        }
+    }
+}
+
+pub fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}

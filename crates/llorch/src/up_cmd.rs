@@ -1,0 +1,121 @@
+//! `llorch up`: the whole stack on this machine with the default small model, a first haiku
+//! streamed to the terminal, then serving until Ctrl-C.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use llorch::haiku::{self, HaikuOptions};
+use llorch::stack::{EngineChoice, Stack, StackSpec};
+
+#[derive(Args)]
+pub struct UpArgs {
+    /// GGUF model to serve (default: the dev model fetched by scripts/dev-assets.sh).
+    #[arg(long, env = "LLORCH_MODEL")]
+    model: Option<PathBuf>,
+    /// Catalog id of the model.
+    #[arg(long, default_value = llorch::dev::MODEL_ID)]
+    model_id: String,
+    /// llama.cpp source archive to build llama-server from.
+    #[arg(long, env = "LLORCH_LLAMA_SOURCE")]
+    llama_source: Option<PathBuf>,
+    #[arg(long, env = "LLORCH_LLAMA_SOURCE_SHA256", default_value = llorch::dev::LLAMA_SOURCE_SHA256)]
+    llama_source_sha256: String,
+    /// orchestratord port.
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// pool-managerd worker API port.
+    #[arg(long, default_value_t = 9200)]
+    worker_port: u16,
+    /// Engine threads (-t); default: llama-server's choice.
+    #[arg(long)]
+    threads: Option<u32>,
+    /// Skip the first haiku.
+    #[arg(long)]
+    no_haiku: bool,
+}
+
+pub async fn run(a: UpArgs) -> anyhow::Result<()> {
+    let model = a.model.unwrap_or_else(llorch::dev::model);
+    let source = a.llama_source.unwrap_or_else(llorch::dev::llama_source);
+    for (what, p) in [("model", &model), ("llama.cpp source archive", &source)] {
+        if !p.is_file() {
+            anyhow::bail!("the {what} {} does not exist; run scripts/dev-assets.sh first (or scripts/up.sh, which does)", p.display());
+        }
+    }
+    let engines_dir = llorch::cache_dir().join("engines");
+    // Build (or find) the engine here, so its progress shows on this terminal.
+    let req = engine::ProvisionRequest {
+        source: engine::EngineSource::Archive { location: source.display().to_string(), subdir: "llama.cpp".into(), sha256: Some(a.llama_source_sha256.clone()) },
+        gpu: engine::GpuPolicy::Cpu,
+        build_number: None,
+        build_commit: None,
+        extra_cmake_flags: vec![],
+        engines_dir: engines_dir.clone(),
+        jobs: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+    };
+    let built = tokio::task::spawn_blocking(move || {
+        let bar = crate::progress::BuildProgress::new();
+        engine::provision(&req, &|p| bar.report(p))
+    })
+    .await??;
+    eprintln!("[up] engine {} at {}", built.version, built.binary.display());
+
+    let dir = llorch::state_dir().join("up");
+    let mut spec = StackSpec::new(llorch::stack::bin_dir()?, dir.clone(), model, EngineChoice::Source { archive: source, sha256: a.llama_source_sha256 }, engines_dir);
+    spec.orchd_port = a.port;
+    spec.worker_port = a.worker_port;
+    spec.model_id = a.model_id.clone();
+    spec.threads = a.threads;
+    spec.heartbeat_interval_ms = 2000;
+    spec.heartbeat_timeout_ms = 10_000;
+    let mut stack = Stack::start(spec).await.context("starting the stack")?;
+    eprintln!("[up] orchestratord at {} (log {}), pool-managerd at {} (log {})", stack.orchd_url, stack.orchd_log.display(), stack.worker_url, stack.pm_log.display());
+    let ready = stack.wait_ready(Duration::from_secs(900), &mut |s| eprintln!("[up] {s}")).await;
+    if let Err(e) = ready {
+        let _ = stack.shutdown().await;
+        return Err(e);
+    }
+    if !a.no_haiku {
+        first_haiku(&stack, &a.model_id, &dir).await;
+    }
+    println!();
+    println!("llama-orch is serving at {}", stack.orchd_url);
+    println!("Try it:");
+    println!(
+        "  curl -s -X POST {url}/v2/tasks -H 'content-type: application/json' \\\n    -d '{{\"model_ref\":\"{m}\",\"messages\":[{{\"role\":\"user\",\"content\":\"Write a haiku about the sea.\"}}],\"max_tokens\":64}}'",
+        url = stack.orchd_url,
+        m = a.model_id
+    );
+    println!("  curl -sN {}/v2/tasks/<task_id>/events", stack.orchd_url);
+    println!("Press Ctrl-C to stop.");
+    wait_for_signal().await;
+    eprintln!("\n[up] stopping pool-managerd and orchestratord");
+    stack.shutdown().await?;
+    eprintln!("[up] stopped");
+    Ok(())
+}
+
+async fn first_haiku(stack: &Stack, model: &str, dir: &std::path::Path) {
+    println!("\nA first haiku, streamed through orchestratord and pool-managerd:\n");
+    let opts = HaikuOptions { base_url: stack.orchd_url.clone(), token: None, model: model.into(), out_dir: dir.to_path_buf(), log_files: stack.log_files(), seed: 42 };
+    let mut print = |t: &str| {
+        print!("{t}");
+        let _ = std::io::stdout().flush();
+    };
+    match haiku::run(&opts, &mut print).await {
+        Ok(r) => println!("\n\n[up] haiku check {} (run folder {})", if r.passed { "passed" } else { "FAILED" }, r.run_dir.display()),
+        Err(e) => println!("\n\n[up] the first haiku failed: {e:#}"),
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut t), Ok(mut i)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else { return };
+    tokio::select! {
+        _ = t.recv() => {}
+        _ = i.recv() => {}
+    }
+}
