@@ -6,8 +6,10 @@ use std::path::Path;
 
 use serde::de::DeserializeOwned;
 
-/// Loads `T` from an optional TOML file plus env overrides. Returns every problem found.
-pub fn load<T: DeserializeOwned>(path: Option<&Path>, env_prefix: &str, env: &[(String, String)]) -> Result<T, Vec<String>> {
+/// Loads `T` from an optional TOML file plus env overrides. On success it also returns the
+/// problems that do not stop deserialization (unknown keys), so the caller can report them together
+/// with its own validation; a type error or unreadable file is returned as `Err` with them.
+pub fn load<T: DeserializeOwned>(path: Option<&Path>, env_prefix: &str, env: &[(String, String)]) -> Result<(T, Vec<String>), Vec<String>> {
     let mut root = match path {
         Some(p) => {
             let text = std::fs::read_to_string(p).map_err(|e| vec![format!("{}: cannot read: {e}", p.display())])?;
@@ -26,8 +28,7 @@ pub fn load<T: DeserializeOwned>(path: Option<&Path>, env_prefix: &str, env: &[(
         problems.push(format!("{key}: unknown key"));
     }
     match result {
-        Ok(v) if problems.is_empty() => Ok(v),
-        Ok(_) => Err(problems),
+        Ok(v) => Ok((v, problems)),
         Err(e) => {
             let path = e.path().to_string();
             problems.push(format!("{}: {}", if path == "." { "(root)".into() } else { path }, e.into_inner()));
@@ -115,7 +116,8 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let f = dir.join("c.toml");
         std::fs::write(&f, "name = \"a\"\n[queue]\ncapacity = 1\n").unwrap();
-        let c: Cfg = load(Some(&f), "X", &env(&[("X__QUEUE__CAPACITY", "128"), ("X__QUEUE__POLICY", "drop-lru"), ("OTHER", "1")])).unwrap();
+        let (c, problems): (Cfg, _) = load(Some(&f), "X", &env(&[("X__QUEUE__CAPACITY", "128"), ("X__QUEUE__POLICY", "drop-lru"), ("OTHER", "1")])).unwrap();
+        assert!(problems.is_empty());
         assert_eq!(c.queue.capacity, 128);
         assert_eq!(c.queue.policy, "drop-lru");
         assert_eq!(c.name, "a");
@@ -127,7 +129,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let f = dir.join("c.toml");
         std::fs::write(&f, "bogus = 1\n[queue]\ncapacty = 1\n").unwrap();
-        let errs = load::<Cfg>(Some(&f), "X", &[]).unwrap_err();
+        let (_, errs) = load::<Cfg>(Some(&f), "X", &[]).unwrap();
         assert_eq!(errs.len(), 2, "{errs:?}");
         assert!(errs.iter().any(|e| e.contains("queue.capacty")));
         let errs = load::<Cfg>(None, "X", &env(&[("X__QUEUE__CAPACITY", "\"many\"")])).unwrap_err();

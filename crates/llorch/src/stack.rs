@@ -31,6 +31,8 @@ pub struct StackSpec {
     pub heartbeat_timeout_ms: u64,
     /// Extra TOML appended to orchestratord's config.
     pub orchd_extra: String,
+    /// Extra TOML appended to pool-managerd's config (after the pools).
+    pub pm_extra: String,
 }
 
 #[derive(Debug, Clone)]
@@ -59,6 +61,7 @@ impl StackSpec {
             heartbeat_interval_ms: 1000,
             heartbeat_timeout_ms: 5000,
             orchd_extra: String::new(),
+            pm_extra: String::new(),
         }
     }
 }
@@ -152,7 +155,7 @@ impl Stack {
     }
 
     /// Waits until the pool is Ready at orchestratord, reporting progress lines through `progress`.
-    pub async fn wait_ready(&mut self, timeout: Duration, progress: &mut dyn FnMut(&str)) -> anyhow::Result<()> {
+    pub async fn wait_ready(&mut self, timeout: Duration, progress: &mut (dyn FnMut(&str) + Send)) -> anyhow::Result<()> {
         let client = client::Client::new(&self.orchd_url, None);
         let until = Instant::now() + timeout;
         let mut last = String::new();
@@ -214,7 +217,7 @@ fn pool_managerd_toml(spec: &StackSpec, orchd_url: &str) -> String {
     format!(
         "[node]\nid = {node:?}\n[server]\nbind = \"127.0.0.1:{wport}\"\n[orchestrator]\nurl = {orchd_url:?}\n[heartbeat]\ninterval_ms = {hi}\n\
          [cache]\nengines_dir = {engines:?}\n[engine]\n{threads}[engines.default]\n{engine}\n\
-         [[pools]]\nid = {pool:?}\nmodel_ref = {mref:?}\nmodel_id = {mid:?}\nctx = {ctx}\nslots = {slots}\ndevices = \"cpu\"\ngpu_policy = \"cpu\"\n",
+         [[pools]]\nid = {pool:?}\nmodel_ref = {mref:?}\nmodel_id = {mid:?}\nctx = {ctx}\nslots = {slots}\ndevices = \"cpu\"\ngpu_policy = \"cpu\"\n{extra}\n",
         node = spec.node_id,
         wport = spec.worker_port,
         hi = spec.heartbeat_interval_ms,
@@ -224,6 +227,7 @@ fn pool_managerd_toml(spec: &StackSpec, orchd_url: &str) -> String {
         mid = spec.model_id,
         ctx = spec.ctx,
         slots = spec.slots,
+        extra = spec.pm_extra,
     )
 }
 

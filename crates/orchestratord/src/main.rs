@@ -26,7 +26,7 @@ struct Args {
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
     let env: Vec<(String, String)> = std::env::vars().collect();
-    let mut raw: orchestratord::config::RawConfig = match daemon::config::load(args.config.as_deref(), "ORCHD", &env) {
+    let (mut raw, unknown): (orchestratord::config::RawConfig, Vec<String>) = match daemon::config::load(args.config.as_deref(), "ORCHD", &env) {
         Ok(r) => r,
         Err(problems) => return refuse(&problems),
     };
@@ -37,9 +37,10 @@ fn main() -> std::process::ExitCode {
         raw.logging.level = Some(l);
     }
     let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
-    let cfg = match raw.validate(&home) {
-        Ok(c) => c,
-        Err(problems) => return refuse(&problems),
+    let cfg = match (raw.validate(&home), unknown.is_empty()) {
+        (Ok(c), true) => c,
+        (Ok(_), false) => return refuse(&unknown),
+        (Err(problems), _) => return refuse(&[unknown, problems].concat()),
     };
     if args.check_config {
         println!("config ok: bind {}", cfg.bind);

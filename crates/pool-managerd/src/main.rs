@@ -26,7 +26,7 @@ struct Args {
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
     let env: Vec<(String, String)> = std::env::vars().collect();
-    let mut raw: pool_managerd::config::RawConfig = match daemon::config::load(args.config.as_deref(), "POOL_MANAGERD", &env) {
+    let (mut raw, unknown): (pool_managerd::config::RawConfig, Vec<String>) = match daemon::config::load(args.config.as_deref(), "POOL_MANAGERD", &env) {
         Ok(r) => r,
         Err(problems) => return refuse(&problems),
     };
@@ -36,9 +36,10 @@ fn main() -> std::process::ExitCode {
     if let Some(l) = args.log_level {
         raw.logging.level = Some(l);
     }
-    let config = match raw.validate(&pool_managerd::config::Host::detect()) {
-        Ok(c) => c,
-        Err(problems) => return refuse(&problems),
+    let config = match (raw.validate(&pool_managerd::config::Host::detect()), unknown.is_empty()) {
+        (Ok(c), true) => c,
+        (Ok(_), false) => return refuse(&unknown),
+        (Err(problems), _) => return refuse(&[unknown, problems].concat()),
     };
     if args.check_config {
         println!("config ok: node {} with {} pool(s)", config.node_id, config.pools.len());

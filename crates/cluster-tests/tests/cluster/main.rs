@@ -1,0 +1,74 @@
+//! End-to-end scenarios against real processes: orchestratord, pool-managerd and a real
+//! `llama-server` with a real GGUF model, all on loopback. A small harness (not libtest) so that a
+//! run without the engine reports "skipped" instead of "passed": with REQUIRE_REAL_LLAMA=1 a missing
+//! engine or model is a failure; without it the real-engine scenarios are skipped, visibly.
+
+mod cancel;
+mod fixtures;
+mod happy;
+mod nodes;
+mod refusals;
+
+use std::future::Future;
+use std::pin::Pin;
+
+type Scenario = fn(fixtures::Assets) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
+
+/// (name, needs the real engine, body)
+fn scenarios() -> Vec<(&'static str, bool, Scenario)> {
+    vec![
+        ("orchestratord_refuses_bad_config_listing_every_problem", false, |a| Box::pin(refusals::bad_orchestratord_config(a))),
+        ("pool_managerd_refuses_missing_model_or_engine", false, |a| Box::pin(refusals::missing_model_or_engine(a))),
+        ("e2e_haiku", true, |a| Box::pin(happy::haiku(a))),
+        ("task_for_unserved_model_gets_typed_error", true, |a| Box::pin(refusals::unserved_model(a))),
+        ("cancel_mid_stream_frees_the_slot", true, |a| Box::pin(cancel::cancel_mid_stream(a))),
+        ("client_disconnect_frees_the_slot", true, |a| Box::pin(cancel::client_disconnect(a))),
+        ("heartbeats_keep_node_online_and_silence_makes_it_offline", true, |a| Box::pin(nodes::heartbeat_and_offline(a))),
+        ("sigterm_deregisters_and_leaves_no_engine", true, |a| Box::pin(nodes::sigterm_deregisters(a))),
+    ]
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let assets = fixtures::Assets::from_env();
+    let (mut passed, mut failed, mut skipped) = (0, 0, 0);
+    for (name, real, body) in scenarios() {
+        if !args.is_empty() && !args.iter().any(|a| name.contains(a.as_str())) {
+            continue;
+        }
+        if real {
+            if let Err(why) = &assets.real {
+                if fixtures::require_real() {
+                    println!("test {name} ... FAILED\n  REQUIRE_REAL_LLAMA=1 but {why}");
+                    failed += 1;
+                } else {
+                    println!("test {name} ... skipped ({why}; set REQUIRE_REAL_LLAMA=1 to make this a failure)");
+                    skipped += 1;
+                }
+                continue;
+            }
+        }
+        let started = std::time::Instant::now();
+        let result = rt.block_on(async { tokio::spawn(body(assets.clone())).await });
+        let secs = started.elapsed().as_secs_f64();
+        match result {
+            Ok(Ok(())) => {
+                println!("test {name} ... ok ({secs:.1}s)");
+                passed += 1;
+            }
+            Ok(Err(e)) => {
+                println!("test {name} ... FAILED ({secs:.1}s)\n  {e:#}");
+                failed += 1;
+            }
+            Err(panic) => {
+                println!("test {name} ... FAILED ({secs:.1}s)\n  panicked: {panic}");
+                failed += 1;
+            }
+        }
+    }
+    println!("\ncluster: {passed} passed, {failed} failed, {skipped} skipped");
+    if failed > 0 {
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,64 @@
+//! Refusals: bad configs stop the daemons before they start; bad tasks get typed errors.
+
+use std::process::Command;
+
+use anyhow::{ensure, Context};
+use api::ErrorCode;
+
+use crate::fixtures::Assets;
+
+fn run(bin: &str, config: &std::path::Path) -> anyhow::Result<(i32, String)> {
+    let exe = llorch::stack::bin_dir()?.join(bin);
+    let out = Command::new(&exe).arg("--config").arg(config).output().with_context(|| format!("running {}", exe.display()))?;
+    Ok((out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).to_string()))
+}
+
+pub async fn bad_orchestratord_config(a: Assets) -> anyhow::Result<()> {
+    let dir = a.out.join("bad-orchd-config");
+    std::fs::create_dir_all(&dir)?;
+    let cfg = dir.join("orchestratord.toml");
+    std::fs::write(
+        &cfg,
+        "[server]\nbind = \"0.0.0.0:8080\"\nsurprise = 1\n[queue]\ncapacity = 0\nfull_policy = \"yolo\"\n[auth]\nclient_tokens = [\"short\"]\n[nodes]\nheartbeat_interval_ms = 1000\nheartbeat_timeout_ms = 500\n",
+    )?;
+    let (code, stderr) = run("orchestratord", &cfg)?;
+    ensure!(code == 2, "exit code {code}, stderr:\n{stderr}");
+    for key in ["server.surprise", "queue.capacity", "queue.full_policy", "auth.client_tokens[0]", "nodes.heartbeat_timeout_ms", "server.bind"] {
+        ensure!(stderr.contains(key), "{key} not reported in:\n{stderr}");
+    }
+    Ok(())
+}
+
+pub async fn missing_model_or_engine(a: Assets) -> anyhow::Result<()> {
+    let dir = a.out.join("bad-pm-config");
+    std::fs::create_dir_all(&dir)?;
+    let cfg = dir.join("pool-managerd.toml");
+    std::fs::write(
+        &cfg,
+        "[engines.default]\nkind = \"binary\"\npath = \"/nonexistent/llama-server\"\n[[pools]]\nid = \"p0\"\nmodel_ref = \"file:/nonexistent/model.gguf\"\ndevices = \"cpu\"\ngpu_policy = \"cpu\"\n",
+    )?;
+    let (code, stderr) = run("pool-managerd", &cfg)?;
+    ensure!(code == 2, "exit code {code}, stderr:\n{stderr}");
+    ensure!(stderr.contains("engine binary /nonexistent/llama-server does not exist"), "engine not reported:\n{stderr}");
+    ensure!(stderr.contains("model file /nonexistent/model.gguf does not exist"), "model not reported:\n{stderr}");
+    Ok(())
+}
+
+pub async fn unserved_model(a: Assets) -> anyhow::Result<()> {
+    let mut stack = a.stack(a.spec("unserved")?).await?;
+    let result = async {
+        let client = client::Client::new(&stack.orchd_url, None);
+        let mut req = api::task::TaskRequest::new("no-such-model");
+        req.prompt = Some("hello".into());
+        let err = client.submit(&req).await.err().context("a task for an unknown model was admitted")?;
+        let client::Error::Api { status, envelope, headers } = err else { anyhow::bail!("not an API error: {err}") };
+        ensure!(status == 404 && envelope.code == ErrorCode::ModelNotAvailable && !envelope.retriable, "got {status} {envelope:?}");
+        ensure!(headers.get("x-correlation-id").is_some(), "no correlation id on the error");
+        let m = client.metrics_text().await?.body;
+        ensure!(m.contains("tasks_rejected_total{engine=\"llamacpp\",reason=\"MODEL_NOT_AVAILABLE\"} 1"), "rejection not counted");
+        Ok(())
+    }
+    .await;
+    stack.shutdown().await?;
+    result
+}

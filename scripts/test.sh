@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# README command two: fetch the dev assets, build llama-server once (cached under
+# ~/.cache/llama-orch/engines), build everything, and run every test against the real engine.
+# REQUIRE_REAL_LLAMA=1 (the default here) turns a missing engine or model into a failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+export REQUIRE_REAL_LLAMA="${REQUIRE_REAL_LLAMA:-1}"
+ensure_rust
+load_dev_assets
+cargo build --bins
+# Builds llama-server on the first run (about 10 minutes on 2 cores), then answers from the cache.
+LLORCH_LLAMA_SERVER="$(target/debug/llorch engine build --gpu-policy cpu)"
+export LLORCH_LLAMA_SERVER
+echo "[test] llama-server: $LLORCH_LLAMA_SERVER" >&2
+cargo test --workspace "$@"
