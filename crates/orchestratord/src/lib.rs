@@ -26,6 +26,10 @@ pub async fn run(cfg: Config, listener: tokio::net::TcpListener, shutdown: Cance
     let app = Arc::new(http::AppState { cfg: cfg.clone(), core, metrics });
     let addr = listener.local_addr()?;
     tracing::info!(event = "orchd.started", "orchestratord listening on http://{addr} ({} mode)", if cfg.open_mode() { "open, loopback-only" } else { "token" });
+    // Frames are small and latency-critical: no Nagle delay on any accepted connection.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, http::router(app)).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await?;
     tracker.close();
     tracker.wait().await;

@@ -37,6 +37,10 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
     let server = {
         let stop = server_stop.clone();
         let router = http::router(app.clone());
+        // Worker lines are small and latency-critical: no Nagle delay.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         tokio::spawn(async move { axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned()).await })
     };
     tracing::info!(event = "node.started", node_id = %config.node_id, "pool-managerd {} serving the worker API at {}", config.node_id, config.advertise_url);
