@@ -7,10 +7,12 @@
 //! appended only here, so cancel and token delivery are serialized per task; events from a stale
 //! dispatch attempt are ignored.
 
+pub mod admit;
 pub mod nodes;
 pub mod placement;
 pub mod queue;
 pub mod runner;
+pub mod sessions;
 pub mod tasklog;
 pub mod tasks;
 
@@ -18,7 +20,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use api::events::Event;
 use api::node::{NodeStatus, PoolState, PoolStatus};
 use api::task::Priority;
 use api::worker::DispatchRequest;
@@ -89,10 +90,15 @@ pub struct PoolEntry {
     pub holding: BTreeSet<TaskId>,
     /// Tasks canceled while running whose slot is not yet confirmed free.
     pub releasing: BTreeSet<TaskId>,
+    /// The worker answered REPLICA_EXHAUSTED: no free slot until its next heartbeat.
+    pub exhausted: bool,
 }
 
 impl PoolEntry {
     pub fn free_slots(&self) -> u32 {
+        if self.exhausted {
+            return 0;
+        }
         self.status.slots_total.saturating_sub(self.holding.len() as u32)
     }
 
@@ -113,6 +119,8 @@ pub struct TaskEntry {
     pub v: ValidatedTask,
     pub correlation_id: String,
     pub model: String,
+    /// `model:<id>` for unpinned tasks, `pool:<id>` for pinned ones.
+    pub queue_key: String,
     pub state: api::task::TaskState,
     pub log: Arc<TaskLog>,
     pub admitted_at: Instant,
@@ -136,6 +144,8 @@ pub struct TaskEntry {
     pub error: Option<api::ErrorEnvelope>,
     pub admission_position: u64,
     pub admission_predicted_ms: u64,
+    /// The queue position last told to the client (202 or a `metrics` frame).
+    pub announced_position: Option<u64>,
     pub max_tokens: u64,
     pub deadline: Option<Instant>,
 }
@@ -151,6 +161,7 @@ pub struct Core<E: Effects> {
     pub queues: BTreeMap<String, queue::Queue>,
     /// Terminal tasks in finishing order, for retention.
     pub finished: VecDeque<TaskId>,
+    pub sessions: HashMap<api::SessionId, sessions::Session>,
 }
 
 impl<E: Effects> Core<E> {
@@ -165,24 +176,27 @@ impl<E: Effects> Core<E> {
             tasks: HashMap::new(),
             queues: BTreeMap::new(),
             finished: VecDeque::new(),
+            sessions: HashMap::new(),
         }
     }
 
     /// Fills free slots: for each model queue, dispatch tasks in order while a candidate pool has
     /// a free slot. Skipped tasks keep their positions.
     pub fn pump(&mut self, now: Instant) {
-        let models: Vec<String> = self.queues.keys().cloned().collect();
-        for model in models {
-            let order = self.queues.get(&model).map(|q| q.dispatch_order(self.cfg.interactive_burst)).unwrap_or_default();
+        let keys: Vec<String> = self.queues.keys().cloned().collect();
+        for key in keys {
+            let order = self.queues.get(&key).map(|q| q.dispatch_order(self.cfg.interactive_burst)).unwrap_or_default();
             for id in order {
                 let Some(pool) = self.place(id) else { continue };
                 let prio = self.tasks.get(&id).map(|t| t.v.priority).unwrap_or(Priority::Interactive);
-                if let Some(q) = self.queues.get_mut(&model) {
+                if let Some(q) = self.queues.get_mut(&key) {
                     q.take(id, prio);
                 }
                 self.start_attempt(id, &pool, now);
             }
         }
+        self.queues.retain(|_, q| !q.is_empty());
+        self.announce_positions();
         self.publish_gauges();
     }
 
@@ -190,7 +204,8 @@ impl<E: Effects> Core<E> {
     fn place(&self, id: TaskId) -> Option<String> {
         let t = self.tasks.get(&id)?;
         let views = self.pool_views();
-        let (chosen, considered) = placement::choose(&views, &t.model, t.v.ctx, &t.v.placement, None, &t.tried);
+        let affinity = if self.cfg.session_affinity { self.affinity(t.v.session_id) } else { None };
+        let (chosen, considered) = placement::choose(&views, &t.model, t.v.ctx, &t.v.placement, affinity.as_deref(), &t.tried);
         if chosen.is_some() {
             self.metrics.set(crate::metrics::PLACEMENT_CANDIDATES, vec![], considered as f64);
         }
@@ -209,7 +224,7 @@ impl<E: Effects> Core<E> {
                 ctx_per_slot: p.status.ctx_per_slot,
                 device_mask: &p.status.device_mask,
                 free_slots: p.free_slots(),
-                load: p.holding.len(),
+                load: p.holding.len() + self.queues.get(&format!("pool:{id}")).map(|q| q.len()).unwrap_or(0),
                 free_vram: 0,
             })
             .collect()
@@ -225,21 +240,26 @@ impl<E: Effects> Core<E> {
             .count();
         self.metrics.set(crate::metrics::NODES_ONLINE, vec![], online as f64);
         self.metrics.set(crate::metrics::POOLS_READY, vec![], ready as f64);
+        self.metrics.remove_gauges(crate::metrics::QUEUE_DEPTH, |_| false);
         for p in [Priority::Interactive, Priority::Batch] {
-            let n: usize = self.queues.values().map(|q| q.len_of(p)).sum();
+            let n: usize = self.queues.iter().filter(|(k, _)| k.starts_with("model:")).map(|(_, q)| q.len_of(p)).sum();
             self.metrics.set(
                 crate::metrics::QUEUE_DEPTH,
                 crate::metrics::labels(&[("engine", api::ENGINE_LLAMACPP), ("engine_version", ""), ("pool_id", ""), ("priority", p.as_str())]),
                 n as f64,
             );
-        }
-    }
-
-    /// Appends a frame to a task's log.
-    fn emit(&self, id: TaskId, ev: Event) {
-        if let Some(t) = self.tasks.get(&id) {
-            t.log.append(ev);
+            for (key, q) in self.queues.iter().filter(|(k, _)| k.starts_with("pool:")) {
+                let pool = &key["pool:".len()..];
+                let ev = self.pools.get(pool).and_then(|e| e.status.engine_version.clone()).unwrap_or_default();
+                self.metrics.set(
+                    crate::metrics::QUEUE_DEPTH,
+                    crate::metrics::labels(&[("engine", api::ENGINE_LLAMACPP), ("engine_version", &ev), ("pool_id", pool), ("priority", p.as_str())]),
+                    q.len_of(p) as f64,
+                );
+            }
         }
     }
 }
 
+#[cfg(test)]
+mod tests;

@@ -112,9 +112,10 @@ impl<E: Effects> Core<E> {
             Some(e) => {
                 e.node_id = node_id.to_string();
                 e.status = status;
+                e.exhausted = false;
             }
             None => {
-                self.pools.insert(id, PoolEntry { node_id: node_id.to_string(), status, holding: Default::default(), releasing: Default::default() });
+                self.pools.insert(id, PoolEntry { node_id: node_id.to_string(), status, holding: Default::default(), releasing: Default::default(), exhausted: false });
             }
         }
     }
@@ -219,6 +220,7 @@ impl<E: Effects> Core<E> {
             self.fail_pinned_to_node(&id, now);
         }
         self.purge(now);
+        self.purge_sessions(now);
         self.publish_gauges();
     }
 
@@ -232,10 +234,7 @@ impl<E: Effects> Core<E> {
             .map(|(id, _)| *id)
             .collect();
         for id in ids {
-            let model = self.tasks.get(&id).map(|t| t.model.clone()).unwrap_or_default();
-            if let Some(q) = self.queues.get_mut(&model) {
-                q.remove(id);
-            }
+            self.dequeue(id);
             if let Some(t) = self.tasks.get_mut(&id) {
                 t.state = TaskState::Failed;
                 let env = ErrorEnvelope::new(ErrorCode::NodeUnavailable, format!("node {node_id} of the pinned pool went offline"));
@@ -269,7 +268,7 @@ impl<E: Effects> Core<E> {
         self.pools
             .iter()
             .map(|(id, p)| {
-                let queued = self.queues.get(p.model_id().unwrap_or("")).map(|q| q.len()).unwrap_or(0) as u64;
+                let queued = self.queued_for_pool(id, p.model_id().unwrap_or("")) as u64;
                 PoolView {
                     pool_id: id.clone(),
                     node_id: p.node_id.clone(),

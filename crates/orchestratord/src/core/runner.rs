@@ -31,6 +31,8 @@ pub enum Msg {
     Heartbeat { node_id: String, hb: HeartbeatRequest, caller: NodeCaller, reply: Reply<Result<HeartbeatResponse, ErrorEnvelope>> },
     Deregister { node_id: String, caller: Option<NodeCaller>, reply: Reply<Result<(), ErrorEnvelope>> },
     Nodes { reply: Reply<Vec<NodeView>> },
+    Session { id: api::SessionId, reply: Reply<Option<super::sessions::SessionView>> },
+    DeleteSession { id: api::SessionId },
     Pools { reply: Reply<Vec<PoolView>> },
     HeartbeatAges { reply: Reply<Vec<(String, u64)>> },
     Worker { id: TaskId, attempt: u32, ev: WorkerEvent },
@@ -175,6 +177,10 @@ fn handle(core: &mut Core<LiveEffects>, msg: Msg, now: Instant) {
         Msg::Nodes { reply } => {
             let _ = reply.send(core.node_views());
         }
+        Msg::Session { id, reply } => {
+            let _ = reply.send(core.session_view(id, now));
+        }
+        Msg::DeleteSession { id } => core.delete_session(id),
         Msg::Pools { reply } => {
             let _ = reply.send(core.pool_list());
         }

@@ -2,15 +2,16 @@
 //! disconnects and retention (API.md §4–§7).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use api::events::{End, Event, Metrics as MetricsFrame, Started, StopReason, Token};
 use api::node::{NodeStatus, PoolState};
-use api::task::{AdmissionResponse, PlacementMode, Preparation, TaskRecord, TaskState};
+use api::task::{PlacementMode, TaskRecord, TaskState};
 use api::worker::{DispatchModel, DispatchParams, DispatchRequest, WorkerEvent};
 use api::{ErrorCode, ErrorEnvelope, TaskId};
 
-use super::{CancelJob, Core, DispatchJob, Effects, TaskEntry, TaskLog, Timer};
+use super::admit::bool_str;
+use super::{placement, CancelJob, Core, DispatchJob, Effects, TaskLog, Timer};
 use crate::admission::ValidatedTask;
 use crate::metrics::{self as m, labels};
 
@@ -31,95 +32,14 @@ impl CancelReason {
 }
 
 impl<E: Effects> Core<E> {
-    /// Admits a task (API.md §4.1): checks in the spec's order, then queues it and fills slots.
-    pub fn submit(&mut self, v: ValidatedTask, correlation_id: String, now: Instant) -> Result<(AdmissionResponse, Arc<TaskLog>), ErrorEnvelope> {
-        if let Some(t) = self.tasks.get(&v.task_id) {
-            if !t.state.is_terminal() {
-                return Err(ErrorEnvelope::new(ErrorCode::Conflict, format!("task {} is already {}", v.task_id, state_str(t.state))));
-            }
-        }
-        let model = self.resolve_model(&v.model_ref).map_err(|e| self.reject(e))?;
-        self.check_placement(&v, &model).map_err(|e| self.reject(e))?;
-        let queue_len = self.queues.get(&model).map(|q| q.len()).unwrap_or(0);
-        if queue_len >= self.cfg.queue_capacity {
-            let retry = self.retry_after_ms(&model, v.max_tokens.unwrap_or(self.cfg.default_max_tokens));
-            let mut e = ErrorEnvelope::new(ErrorCode::AdmissionReject, format!("the queue for {model} is full ({} tasks)", self.cfg.queue_capacity)).with_retry_after(retry);
-            e.policy_label = Some(self.cfg.full_policy.label().into());
-            self.metrics.inc(m::BACKPRESSURE, labels(&[("engine", api::ENGINE_LLAMACPP), ("policy", self.cfg.full_policy.label())]), 1.0);
-            return Err(self.reject(e));
-        }
-        let max_tokens = v.max_tokens.unwrap_or(self.cfg.default_max_tokens);
-        let (position, predicted) = self.predict(&model, queue_len as u64, max_tokens);
-        if let Some(d) = v.deadline_ms {
-            if predicted > d && self.has_measurements(&model) {
-                return Err(self.reject(ErrorEnvelope::new(ErrorCode::DeadlineUnmet, format!("the predicted start in {predicted} ms is past the deadline of {d} ms"))));
-            }
-        }
-        let id = v.task_id;
-        let log = Arc::new(TaskLog::default());
-        let resp = AdmissionResponse {
-            task_id: id,
-            session_id: v.session_id,
-            queue_position: position,
-            predicted_start_ms: predicted,
-            backoff_ms: 0,
-            streams: api::task::Streams { sse: format!("/v2/tasks/{id}/events"), sse_verbose: format!("/v2/tasks/{id}/events?verbose=true") },
-            preparation: Preparation::default(),
-        };
-        let deadline = v.deadline_ms.map(|d| now + Duration::from_millis(d));
-        if let Some(d) = v.deadline_ms {
-            self.effects.timer(Duration::from_millis(d), Timer::Deadline(id));
-        }
-        tracing::info!(event = "task.admitted", correlation_id = %correlation_id, task_id = %id, session_id = %v.session_id, model = %model,
-            queue_position = position, predicted_start_ms = predicted, "Admitted task {id} for {model} at queue position {position}");
-        let priority = v.priority;
-        self.tasks.insert(
-            id,
-            TaskEntry {
-                v,
-                correlation_id,
-                model: model.clone(),
-                state: TaskState::Queued,
-                log: log.clone(),
-                admitted_at: now,
-                created_at_ms: daemon::now_ms(),
-                started_at_ms: None,
-                first_token_at_ms: None,
-                finished_at_ms: None,
-                finished_at: None,
-                left_queue_at: None,
-                first_token_at: None,
-                pool: None,
-                node: None,
-                engine_version: None,
-                attempts: 0,
-                tried: vec![],
-                tokens_in: 0,
-                tokens_out: 0,
-                token_frames: 0,
-                seed: None,
-                stop_reason: None,
-                error: None,
-                admission_position: position,
-                admission_predicted_ms: predicted,
-                max_tokens,
-                deadline,
-            },
-        );
-        self.metrics.inc(m::TASKS_ENQUEUED, labels(&[("engine", api::ENGINE_LLAMACPP), ("engine_version", ""), ("pool_id", ""), ("replica_id", ""), ("priority", priority.as_str())]), 1.0);
-        self.queues.entry(model).or_default().push(id, priority);
-        self.pump(now);
-        Ok((resp, log))
-    }
-
-    fn reject(&self, e: ErrorEnvelope) -> ErrorEnvelope {
+    pub(super) fn reject(&self, e: ErrorEnvelope) -> ErrorEnvelope {
         self.metrics.inc(m::TASKS_REJECTED, labels(&[("engine", api::ENGINE_LLAMACPP), ("reason", e.code.as_str())]), 1.0);
         tracing::info!(event = "task.rejected", code = %e.code, "Refused a task: {}", e.message);
         e
     }
 
     /// Resolves `model_ref` to a model id that some pool reports (API.md §6.5).
-    fn resolve_model(&self, model_ref: &str) -> Result<String, ErrorEnvelope> {
+    pub(super) fn resolve_model(&self, model_ref: &str) -> Result<String, ErrorEnvelope> {
         let known = self.pools.values().flat_map(|p| p.status.models.iter());
         let found = if model_ref.contains(':') {
             known.into_iter().find(|m| m.model_ref == model_ref).map(|m| m.id.clone())
@@ -141,7 +61,7 @@ impl<E: Effects> Core<E> {
     }
 
     /// Placement checks that refuse at admission (API.md §7.2).
-    fn check_placement(&self, v: &ValidatedTask, model: &str) -> Result<(), ErrorEnvelope> {
+    pub(super) fn check_placement(&self, v: &ValidatedTask, model: &str) -> Result<(), ErrorEnvelope> {
         let p = &v.placement;
         for (i, id) in p.prefer_pools.iter().enumerate() {
             if !self.pools.contains_key(id) {
@@ -172,6 +92,14 @@ impl<E: Effects> Core<E> {
                 return Err(ErrorEnvelope::new(ErrorCode::PoolUnready, format!("pool {id} is {}", pool.status.state.as_str())).with_pool(id).with_retry_after(5000));
             }
         }
+        if p.mode == PlacementMode::Prefer && !p.allow_fallback {
+            let ready = p.prefer_pools.iter().filter_map(|id| self.pools.get(id).map(|e| (id, e))).any(|(_, e)| {
+                e.model_id() == Some(model) && e.status.state == PoolState::Ready && self.nodes.get(&e.node_id).is_some_and(|n| n.status == NodeStatus::Online)
+            });
+            if !ready {
+                return Err(ErrorEnvelope::new(ErrorCode::PoolUnready, "none of the preferred pools can serve the task and allow_fallback is false").with_retry_after(5000));
+            }
+        }
         if let Some(c) = v.ctx {
             if !serving.is_empty() && serving.iter().all(|(_, e)| e.status.ctx_per_slot < c) {
                 return Err(ErrorEnvelope::invalid("ctx", format!("no pool serving {model} has {c} tokens per slot")));
@@ -187,12 +115,12 @@ impl<E: Effects> Core<E> {
         Ok(())
     }
 
-    fn has_measurements(&self, model: &str) -> bool {
+    pub(super) fn has_measurements(&self, model: &str) -> bool {
         self.pools.iter().any(|(id, p)| p.model_id() == Some(model) && self.stats.get(id).is_some_and(|s| s.decode_tps.is_some()))
     }
 
     /// `(queue_position, predicted_start_ms)` for a task entering `model`'s queue (API.md §6.3).
-    fn predict(&self, model: &str, ahead: u64, max_tokens: u64) -> (u64, u64) {
+    pub(super) fn predict(&self, model: &str, ahead: u64, max_tokens: u64) -> (u64, u64) {
         let cands: Vec<(&String, &super::PoolEntry)> =
             self.pools.iter().filter(|(_, p)| p.model_id() == Some(model) && p.status.state == PoolState::Ready).collect();
         if ahead == 0 && cands.iter().any(|(_, p)| p.free_slots() > 0) {
@@ -218,7 +146,7 @@ impl<E: Effects> Core<E> {
         }
     }
 
-    fn retry_after_ms(&self, model: &str, max_tokens: u64) -> u64 {
+    pub(super) fn retry_after_ms(&self, model: &str, max_tokens: u64) -> u64 {
         let slots: u64 = self.pools.values().filter(|p| p.model_id() == Some(model)).map(|p| p.status.slots_total as u64).sum::<u64>().max(1);
         (self.mean_duration_ms(model, max_tokens) / slots).max(1000)
     }
@@ -272,6 +200,12 @@ impl<E: Effects> Core<E> {
             priority: t.v.priority,
         };
         let attempt = t.attempts;
+        let session = t.v.session_id;
+        if !first {
+            let info = api::events::PlacementInfo { pool_id: pool_id.to_string(), node_id: node_id.clone(), engine_version, attempt };
+            t.log.append(Event::Metrics(MetricsFrame { placement: Some(info), ..Default::default() }));
+        }
+        self.session_placed(session, pool_id);
         self.effects.dispatch(DispatchJob { task: id, attempt, address, token, body });
     }
 
@@ -316,8 +250,13 @@ impl<E: Effects> Core<E> {
                 t.tokens_in = tokens_in;
                 t.tokens_out = tokens_out.max(t.token_frames);
                 t.seed = seed;
-                self.observe_finish(id, engine_ttft_ms, engine_decode_ms);
                 let state = if stop_reason == StopReason::Canceled { TaskState::Canceled } else { TaskState::Completed };
+                let done = (t.v.session_id, t.pool.clone().unwrap_or_default(), t.node.clone().unwrap_or_default(), t.model.clone(), t.tokens_in, t.tokens_out);
+                self.observe_finish(id, engine_ttft_ms, engine_decode_ms);
+                if state == TaskState::Completed {
+                    let (sid, pool, node, model, tin, tout) = done;
+                    self.session_completed(sid, &pool, &node, &model, tin, tout);
+                }
                 self.finish_with_end(id, stop_reason, state, now);
                 self.release_slot(id, now);
             }
@@ -355,18 +294,23 @@ impl<E: Effects> Core<E> {
         let can_retry = no_tokens && env.retriable && !pinned && t.attempts <= self.cfg.dispatch_retries;
         tracing::warn!(event = "task.attempt_failed", correlation_id = %t.correlation_id, task_id = %id, pool_id = %failed_pool.as_deref().unwrap_or(""),
             code = %env.code, attempt = t.attempts, "Attempt {} of task {id} failed: {}", t.attempts, env.message);
+        if env.code == ErrorCode::ReplicaExhausted {
+            if let Some(p) = failed_pool.as_ref().and_then(|p| self.pools.get_mut(p)) {
+                p.exhausted = true;
+            }
+        }
         self.release_slot(id, now);
         if can_retry {
             if let Some(pool) = self.place(id) {
                 self.start_attempt(id, &pool, now);
-                if let Some(t) = self.tasks.get(&id) {
-                    let info = api::events::PlacementInfo {
-                        pool_id: pool.clone(),
-                        node_id: t.node.clone().unwrap_or_default(),
-                        engine_version: t.engine_version.clone(),
-                        attempt: t.attempts,
-                    };
-                    self.emit(id, Event::Metrics(MetricsFrame { placement: Some(info), ..Default::default() }));
+                return;
+            }
+            if self.has_untried_candidate(id) {
+                // Another pool could run it, just not now: back to the head of its queue.
+                if let Some(t) = self.tasks.get_mut(&id) {
+                    t.state = TaskState::Queued;
+                    let (key, prio) = (t.queue_key.clone(), t.v.priority);
+                    self.queues.entry(key).or_default().push_front(id, prio);
                 }
                 return;
             }
@@ -379,6 +323,12 @@ impl<E: Effects> Core<E> {
             env
         };
         self.finish_with_error(id, final_env, now);
+    }
+
+    /// True when a pool the task has not tried could run it once a slot frees up.
+    fn has_untried_candidate(&self, id: TaskId) -> bool {
+        let Some(t) = self.tasks.get(&id) else { return false };
+        self.pool_views().iter().any(|p| placement::is_candidate(p, &t.model, t.v.ctx, &t.v.placement) && !t.tried.iter().any(|x| x == p.pool_id))
     }
 
     fn observe_finish(&mut self, id: TaskId, engine_ttft_ms: Option<u64>, engine_decode_ms: u64) {
@@ -403,7 +353,7 @@ impl<E: Effects> Core<E> {
     }
 
     /// Appends `end` with the task's counts and marks it terminal.
-    fn finish_with_end(&mut self, id: TaskId, reason: StopReason, state: TaskState, now: Instant) {
+    pub(super) fn finish_with_end(&mut self, id: TaskId, reason: StopReason, state: TaskState, now: Instant) {
         let Some(t) = self.tasks.get_mut(&id) else { return };
         let ttft = t.first_token_at.map(|f| f.duration_since(t.admitted_at).as_millis() as u64);
         let decode = t.first_token_at.map(|f| now.duration_since(f).as_millis() as u64).unwrap_or(0);
@@ -437,7 +387,7 @@ impl<E: Effects> Core<E> {
         self.mark_terminal(id, now);
     }
 
-    fn finish_with_error(&mut self, id: TaskId, env: ErrorEnvelope, now: Instant) {
+    pub(super) fn finish_with_error(&mut self, id: TaskId, env: ErrorEnvelope, now: Instant) {
         let Some(t) = self.tasks.get_mut(&id) else { return };
         t.state = TaskState::Failed;
         t.error = Some(env.clone());
@@ -478,10 +428,7 @@ impl<E: Effects> Core<E> {
         let Some(t) = self.tasks.get(&id) else { return false };
         match t.state {
             TaskState::Queued => {
-                let model = t.model.clone();
-                if let Some(q) = self.queues.get_mut(&model) {
-                    q.remove(id);
-                }
+                self.dequeue(id);
                 self.count_cancel(id, reason);
                 self.finish_with_end(id, StopReason::Canceled, TaskState::Canceled, now);
                 self.publish_gauges();
@@ -543,10 +490,7 @@ impl<E: Effects> Core<E> {
         let Some(t) = self.tasks.get(&id) else { return };
         match t.state {
             TaskState::Queued => {
-                let model = t.model.clone();
-                if let Some(q) = self.queues.get_mut(&model) {
-                    q.remove(id);
-                }
+                self.dequeue(id);
                 self.finish_with_error(id, ErrorEnvelope::new(ErrorCode::DeadlineUnmet, "the deadline passed while the task was queued").with_retriable(false), now);
                 self.publish_gauges();
             }
@@ -583,7 +527,7 @@ impl<E: Effects> Core<E> {
     pub fn record(&self, id: TaskId) -> Option<TaskRecord> {
         let t = self.tasks.get(&id)?;
         let queued = t.state == TaskState::Queued;
-        let position = if queued { self.queues.get(&t.model).and_then(|q| q.position(id, self.cfg.interactive_burst)).map(|p| p as u64) } else { None };
+        let position = if queued { self.queues.get(&t.queue_key).and_then(|q| q.position(id, self.cfg.interactive_burst)).map(|p| p as u64) } else { None };
         Some(TaskRecord {
             task_id: id,
             session_id: t.v.session_id,
@@ -625,23 +569,5 @@ impl<E: Effects> Core<E> {
             p.releasing.clear();
         }
         self.pump(now);
-    }
-}
-
-fn bool_str(b: bool) -> &'static str {
-    if b {
-        "true"
-    } else {
-        "false"
-    }
-}
-
-fn state_str(s: TaskState) -> &'static str {
-    match s {
-        TaskState::Queued => "queued",
-        TaskState::Running => "running",
-        TaskState::Completed => "completed",
-        TaskState::Failed => "failed",
-        TaskState::Canceled => "canceled",
     }
 }

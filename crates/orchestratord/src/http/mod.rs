@@ -36,6 +36,7 @@ pub fn router(app: App) -> Router {
         .route("/v2/tasks/{id}", get(tasks::get_task))
         .route("/v2/tasks/{id}/cancel", post(tasks::cancel))
         .route("/v2/tasks/{id}/events", get(tasks::events))
+        .route("/v2/sessions/{id}", get(tasks::get_session).delete(tasks::delete_session))
         .route("/v2/nodes/register", post(nodes::register))
         .route("/v2/nodes/{id}/heartbeat", post(nodes::heartbeat))
         .route("/v2/nodes/{id}", delete(nodes::deregister))
@@ -74,6 +75,7 @@ fn allowed_methods(path: &str) -> String {
     match segs.as_slice() {
         ["v2", "tasks"] | ["v2", "nodes", "register"] | ["v2", "tasks", _, "cancel"] | ["v2", "nodes", _, "heartbeat"] => "POST",
         ["v2", "nodes", _] => "DELETE",
+        ["v2", "sessions", _] => "GET, DELETE",
         _ => "GET",
     }
     .into()

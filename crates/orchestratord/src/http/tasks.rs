@@ -52,6 +52,20 @@ pub async fn cancel(State(app): State<App>, Path(id): Path<String>) -> Result<St
     }
 }
 
+pub async fn get_session(State(app): State<App>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let not_found = || ApiError(ErrorEnvelope::new(ErrorCode::NotFound, format!("no session {id}")));
+    let sid: api::SessionId = id.parse().map_err(|_| not_found())?;
+    let view = app.core.ask(|reply| Msg::Session { id: sid, reply }).await.ok_or_else(unavailable)?;
+    view.map(|v| Json(v).into_response()).ok_or_else(not_found)
+}
+
+pub async fn delete_session(State(app): State<App>, Path(id): Path<String>) -> StatusCode {
+    if let Ok(sid) = id.parse::<api::SessionId>() {
+        app.core.send(Msg::DeleteSession { id: sid });
+    }
+    StatusCode::NO_CONTENT
+}
+
 #[derive(Deserialize)]
 pub struct EventsQuery {
     verbose: Option<String>,

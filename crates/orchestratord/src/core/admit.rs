@@ -1,0 +1,219 @@
+//! Admission in the core (API.md §4.1, §6): the checks in the spec's order, the full-queue policies
+//! (reject, drop-lru, shed-low-priority), queue membership (one queue per model for unpinned tasks,
+//! one per pool for pinned ones) and the queued tasks' moving position.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use api::events::{Event, Metrics as MetricsFrame};
+use api::task::{AdmissionResponse, PlacementMode, Preparation, Priority, TaskState};
+use api::{ErrorCode, ErrorEnvelope, TaskId};
+
+use super::{Core, Effects, TaskEntry, TaskLog, Timer};
+use crate::admission::ValidatedTask;
+use crate::config::FullPolicy;
+use crate::metrics::{self as m, labels};
+
+/// What a full queue does with a newcomer.
+enum Room {
+    Free,
+    Evict(TaskId, ErrorEnvelope),
+    Refuse(ErrorEnvelope),
+}
+
+impl<E: Effects> Core<E> {
+    /// Admits a task: checks in the spec's order, then queues it and fills slots.
+    pub fn submit(&mut self, v: ValidatedTask, correlation_id: String, now: Instant) -> Result<(AdmissionResponse, Arc<TaskLog>), ErrorEnvelope> {
+        if let Some(t) = self.tasks.get(&v.task_id) {
+            if !t.state.is_terminal() {
+                return Err(ErrorEnvelope::new(ErrorCode::Conflict, format!("task {} is still active", v.task_id)));
+            }
+        }
+        let model = self.resolve_model(&v.model_ref).map_err(|e| self.reject(e))?;
+        self.check_placement(&v, &model).map_err(|e| self.reject(e))?;
+        let key = queue_key(&v, &model);
+        let max_tokens = v.max_tokens.unwrap_or(self.cfg.default_max_tokens);
+        match self.room(&key, v.priority, &model, max_tokens) {
+            Room::Free => {}
+            Room::Refuse(e) => {
+                self.metrics.inc(m::BACKPRESSURE, labels(&[("engine", api::ENGINE_LLAMACPP), ("policy", self.cfg.full_policy.label())]), 1.0);
+                self.metrics.inc(m::PLACEMENT_DECISIONS, labels(&[("outcome", "no_capacity"), ("pinned", bool_str(v.placement.mode == PlacementMode::Pin)), ("fallback", "false")]), 1.0);
+                return Err(self.reject(e));
+            }
+            Room::Evict(victim, env) => {
+                self.metrics.inc(m::BACKPRESSURE, labels(&[("engine", api::ENGINE_LLAMACPP), ("policy", self.cfg.full_policy.label())]), 1.0);
+                self.dequeue(victim);
+                if let Some(t) = self.tasks.get(&victim) {
+                    tracing::info!(event = "task.evicted", correlation_id = %t.correlation_id, task_id = %victim, code = %env.code, "Task {victim} was evicted from its full queue ({})", env.policy_label.as_deref().unwrap_or(""));
+                }
+                self.finish_with_error(victim, env, now);
+            }
+        }
+        let ahead = self.queues.get(&key).map(|q| q.len()).unwrap_or(0) as u64;
+        let (position, predicted) = self.predict(&model, ahead, max_tokens);
+        if let Some(d) = v.deadline_ms {
+            if predicted > d && self.has_measurements(&model) {
+                return Err(self.reject(ErrorEnvelope::new(ErrorCode::DeadlineUnmet, format!("the predicted start in {predicted} ms is past the deadline of {d} ms"))));
+            }
+        }
+        let id = v.task_id;
+        let log = Arc::new(TaskLog::default());
+        let resp = AdmissionResponse {
+            task_id: id,
+            session_id: v.session_id,
+            queue_position: position,
+            predicted_start_ms: predicted,
+            backoff_ms: 0,
+            streams: api::task::Streams { sse: format!("/v2/tasks/{id}/events"), sse_verbose: format!("/v2/tasks/{id}/events?verbose=true") },
+            preparation: Preparation::default(),
+        };
+        if let Some(d) = v.deadline_ms {
+            self.effects.timer(Duration::from_millis(d), Timer::Deadline(id));
+        }
+        tracing::info!(event = "task.admitted", correlation_id = %correlation_id, task_id = %id, session_id = %v.session_id, model = %model,
+            queue_position = position, predicted_start_ms = predicted, "Admitted task {id} for {model} at queue position {position}");
+        self.touch_session(v.session_id, now);
+        let priority = v.priority;
+        let deadline = v.deadline_ms.map(|d| now + Duration::from_millis(d));
+        self.tasks.insert(id, TaskEntry::new(v, correlation_id, model, key.clone(), log.clone(), now, position, predicted, max_tokens, deadline));
+        self.metrics.inc(m::TASKS_ENQUEUED, labels(&[("engine", api::ENGINE_LLAMACPP), ("engine_version", ""), ("pool_id", ""), ("replica_id", ""), ("priority", priority.as_str())]), 1.0);
+        self.queues.entry(key).or_default().push(id, priority);
+        self.pump(now);
+        Ok((resp, log))
+    }
+
+    /// Decides whether a queue has room for a task of class `p` (API.md §6.2).
+    fn room(&self, key: &str, p: Priority, model: &str, max_tokens: u64) -> Room {
+        let Some(q) = self.queues.get(key) else { return Room::Free };
+        if q.len() < self.cfg.queue_capacity {
+            return Room::Free;
+        }
+        let policy = self.cfg.full_policy;
+        let retry = self.retry_after_ms(model, max_tokens);
+        let refuse = |code: ErrorCode, msg: String| {
+            let mut e = ErrorEnvelope::new(code, msg).with_retry_after(retry);
+            e.policy_label = Some(policy.label().into());
+            Room::Refuse(e)
+        };
+        let full = format!("the queue {key} is full ({} tasks)", self.cfg.queue_capacity);
+        match policy {
+            FullPolicy::Reject => refuse(ErrorCode::AdmissionReject, full),
+            FullPolicy::DropLru => match q.oldest_lowest() {
+                Some((victim, class)) if !(class == Priority::Interactive && p == Priority::Batch) => {
+                    let mut e = ErrorEnvelope::new(ErrorCode::QueueFullDropLru, "evicted from a full queue by a newer task (drop-lru)").with_retry_after(retry);
+                    e.policy_label = Some(policy.label().into());
+                    Room::Evict(victim, e)
+                }
+                _ => refuse(ErrorCode::QueueFullDropLru, format!("{full} and nothing is evictable")),
+            },
+            FullPolicy::ShedLowPriority => match (p, q.newest_batch()) {
+                (Priority::Interactive, Some(victim)) => {
+                    let mut e = ErrorEnvelope::new(ErrorCode::AdmissionReject, "shed from a full queue for an interactive task").with_retry_after(retry);
+                    e.policy_label = Some(policy.label().into());
+                    Room::Evict(victim, e)
+                }
+                _ => refuse(ErrorCode::AdmissionReject, full),
+            },
+        }
+    }
+
+    /// Removes a queued task from its queue.
+    pub(super) fn dequeue(&mut self, id: TaskId) {
+        let Some(key) = self.tasks.get(&id).map(|t| t.queue_key.clone()) else { return };
+        if let Some(q) = self.queues.get_mut(&key) {
+            q.remove(id);
+        }
+    }
+
+    /// Tasks queued for a pool: its own queue plus its model's queue.
+    pub(super) fn queued_for_pool(&self, pool_id: &str, model: &str) -> usize {
+        let own = self.queues.get(&format!("pool:{pool_id}")).map(|q| q.len()).unwrap_or(0);
+        own + self.queues.get(&format!("model:{model}")).map(|q| q.len()).unwrap_or(0)
+    }
+
+    /// Sends a `metrics` frame to each queued task whose position moved (API.md §6.3).
+    pub(super) fn announce_positions(&mut self) {
+        let burst = self.cfg.interactive_burst;
+        let mut moved: Vec<(TaskId, u64)> = vec![];
+        for q in self.queues.values() {
+            for (pos, id) in q.dispatch_order(burst).into_iter().enumerate() {
+                if self.tasks.get(&id).is_some_and(|t| t.announced_position != Some(pos as u64)) {
+                    moved.push((id, pos as u64));
+                }
+            }
+        }
+        for (id, pos) in moved {
+            let Some(t) = self.tasks.get(&id) else { continue };
+            let (model, max_tokens) = (t.model.clone(), t.max_tokens);
+            let (_, predicted) = self.predict(&model, pos, max_tokens);
+            if let Some(t) = self.tasks.get_mut(&id) {
+                t.announced_position = Some(pos);
+                t.log.append(Event::Metrics(MetricsFrame { queue_position: Some(pos), predicted_start_ms: Some(predicted), ..Default::default() }));
+            }
+        }
+    }
+}
+
+fn queue_key(v: &ValidatedTask, model: &str) -> String {
+    match (&v.placement.mode, &v.placement.pin_pool_id) {
+        (PlacementMode::Pin, Some(p)) => format!("pool:{p}"),
+        _ => format!("model:{model}"),
+    }
+}
+
+pub(super) fn bool_str(b: bool) -> &'static str {
+    if b {
+        "true"
+    } else {
+        "false"
+    }
+}
+
+impl TaskEntry {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        v: ValidatedTask,
+        correlation_id: String,
+        model: String,
+        queue_key: String,
+        log: Arc<TaskLog>,
+        now: Instant,
+        position: u64,
+        predicted: u64,
+        max_tokens: u64,
+        deadline: Option<Instant>,
+    ) -> Self {
+        Self {
+            v,
+            correlation_id,
+            model,
+            queue_key,
+            state: TaskState::Queued,
+            log,
+            admitted_at: now,
+            created_at_ms: daemon::now_ms(),
+            started_at_ms: None,
+            first_token_at_ms: None,
+            finished_at_ms: None,
+            finished_at: None,
+            left_queue_at: None,
+            first_token_at: None,
+            pool: None,
+            node: None,
+            engine_version: None,
+            attempts: 0,
+            tried: vec![],
+            tokens_in: 0,
+            tokens_out: 0,
+            token_frames: 0,
+            seed: None,
+            stop_reason: None,
+            error: None,
+            admission_position: position,
+            admission_predicted_ms: predicted,
+            announced_position: Some(position),
+            max_tokens,
+            deadline,
+        }
+    }
+}

@@ -1,0 +1,328 @@
+//! The scheduler core against a recording fake of its effects: every admission, queueing,
+//! placement, failover, deadline and cancel rule, without a network or a clock.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use api::events::{Event, StopReason};
+use api::node::{LoadedModel, PoolState, PoolStatus, RegisterRequest};
+use api::task::{Placement, PlacementMode, Priority, TaskRequest, TaskState};
+use api::worker::WorkerEvent;
+use api::{ErrorCode, TaskId};
+
+use super::nodes::NodeCaller;
+use super::*;
+use crate::config::{FullPolicy, RawConfig};
+
+#[derive(Default)]
+struct Recorded {
+    dispatched: Vec<DispatchJob>,
+    aborted: Vec<TaskId>,
+    cancels: Vec<CancelJob>,
+    timers: Vec<(Duration, Timer)>,
+}
+
+impl Effects for Recorded {
+    fn dispatch(&mut self, job: DispatchJob) {
+        self.dispatched.push(job);
+    }
+    fn abort_dispatch(&mut self, task: TaskId) {
+        self.aborted.push(task);
+    }
+    fn cancel_on_worker(&mut self, job: CancelJob) {
+        self.cancels.push(job);
+    }
+    fn timer(&mut self, after: Duration, timer: Timer) {
+        self.timers.push((after, timer));
+    }
+}
+
+fn core_with(edit: impl FnOnce(&mut Config)) -> Core<Recorded> {
+    let mut cfg = RawConfig::default().validate(std::path::Path::new("/tmp")).expect("defaults");
+    edit(&mut cfg);
+    Core::new(Arc::new(cfg), Recorded::default(), Arc::new(crate::metrics::Metrics::default()))
+}
+
+fn pool(id: &str, slots: u32) -> PoolStatus {
+    PoolStatus {
+        pool_id: id.into(),
+        state: PoolState::Ready,
+        last_error: None,
+        engine: "llamacpp".into(),
+        engine_version: Some("b1-test".into()),
+        engine_built: true,
+        device_mask: "cpu".into(),
+        slots_total: slots,
+        slots_free: slots,
+        ctx_per_slot: 1024,
+        models: vec![LoadedModel { id: "m".into(), model_ref: "file:/m.gguf".into(), digest: None }],
+        running: vec![],
+        kv_cache_usage_ratio: None,
+        decode_tokens_per_s: None,
+        vram_used_bytes: None,
+    }
+}
+
+fn register(core: &mut Core<Recorded>, node: &str, pools: Vec<PoolStatus>, now: Instant) {
+    let req = RegisterRequest {
+        protocol_version: 1,
+        node_id: node.into(),
+        machine_id: node.into(),
+        version: "t".into(),
+        address: format!("http://{node}"),
+        dispatch_token: "x".repeat(32),
+        capabilities: Default::default(),
+        pools,
+    };
+    core.register(req, NodeCaller::Open, now).expect("register");
+}
+
+fn task(edit: impl FnOnce(&mut TaskRequest)) -> crate::admission::ValidatedTask {
+    let mut r = TaskRequest::new("m");
+    r.prompt = Some("hi".into());
+    r.max_tokens = Some(16);
+    edit(&mut r);
+    crate::admission::validate(r, &core_with(|_| {}).cfg).expect("valid")
+}
+
+fn submit(core: &mut Core<Recorded>, p: Priority, now: Instant) -> Result<TaskId, api::ErrorEnvelope> {
+    core.submit(task(|r| r.priority = p), "cid".into(), now).map(|(a, _)| a.task_id)
+}
+
+fn dispatched(core: &Core<Recorded>) -> Vec<(TaskId, String)> {
+    core.effects.dispatched.iter().map(|j| (j.task, j.body.pool_id.clone())).collect()
+}
+
+fn finish(core: &mut Core<Recorded>, id: TaskId, now: Instant) {
+    let attempt = core.tasks[&id].attempts;
+    core.on_worker(id, attempt, WorkerEvent::Token { i: 0, t: "x".into() }, now);
+    core.on_worker(id, attempt, WorkerEvent::End { tokens_in: 3, tokens_out: 1, stop_reason: StopReason::Eos, seed: Some(1), engine_ttft_ms: Some(1), engine_decode_ms: 1 }, now);
+}
+
+fn frames(core: &Core<Recorded>, id: TaskId) -> Vec<Event> {
+    core.tasks[&id].log.read_from(0).0
+}
+
+#[test]
+fn dispatch_never_exceeds_slots() {
+    let now = Instant::now();
+    let mut core = core_with(|_| {});
+    register(&mut core, "n1", vec![pool("p1", 2)], now);
+    let ids: Vec<TaskId> = (0..3).map(|_| submit(&mut core, Priority::Interactive, now).expect("admitted")).collect();
+    assert_eq!(dispatched(&core).len(), 2);
+    assert_eq!(core.tasks[&ids[2]].state, TaskState::Queued);
+    finish(&mut core, ids[0], now);
+    assert_eq!(dispatched(&core).len(), 3, "the freed slot goes to the queued task at once");
+    assert_eq!(core.pools["p1"].holding.len(), 2);
+}
+
+#[test]
+fn interactive_first_and_batch_ages() {
+    let now = Instant::now();
+    let mut core = core_with(|c| c.interactive_burst = 2);
+    register(&mut core, "n1", vec![pool("p1", 1)], now);
+    let busy = submit(&mut core, Priority::Interactive, now).expect("first");
+    let b = submit(&mut core, Priority::Batch, now).expect("batch");
+    let is: Vec<TaskId> = (0..3).map(|_| submit(&mut core, Priority::Interactive, now).expect("interactive")).collect();
+    let mut order = vec![];
+    let mut running = busy;
+    for _ in 0..4 {
+        finish(&mut core, running, now);
+        running = core.effects.dispatched.last().expect("dispatch").task;
+        order.push(running);
+    }
+    assert_eq!(order, vec![is[0], is[1], b, is[2]]);
+}
+
+#[test]
+fn reject_policy_answers_429_with_backoff() {
+    let now = Instant::now();
+    let mut core = core_with(|c| c.queue_capacity = 1);
+    register(&mut core, "n1", vec![pool("p1", 1)], now);
+    submit(&mut core, Priority::Interactive, now).expect("runs");
+    submit(&mut core, Priority::Interactive, now).expect("queued");
+    let e = submit(&mut core, Priority::Interactive, now).expect_err("full");
+    assert_eq!((e.code, e.http_status(), e.retriable), (ErrorCode::AdmissionReject, 429, true));
+    assert_eq!(e.policy_label.as_deref(), Some("reject"));
+    assert!(e.retry_after_ms.is_some_and(|ms| ms >= 1000));
+}
+
+#[test]
+fn drop_lru_evicts_the_oldest_lowest_class() {
+    let now = Instant::now();
+    let mut core = core_with(|c| {
+        c.queue_capacity = 2;
+        c.full_policy = FullPolicy::DropLru;
+    });
+    register(&mut core, "n1", vec![pool("p1", 1)], now);
+    submit(&mut core, Priority::Interactive, now).expect("runs");
+    let b1 = submit(&mut core, Priority::Batch, now).expect("queued");
+    let b2 = submit(&mut core, Priority::Batch, now).expect("queued");
+    let i = submit(&mut core, Priority::Interactive, now).expect("evicts b1");
+    assert!(matches!(frames(&core, b1).last(), Some(Event::Error(e)) if e.code == ErrorCode::QueueFullDropLru && e.retriable));
+    assert_eq!(core.tasks[&b2].state, TaskState::Queued);
+    assert_eq!(core.tasks[&i].state, TaskState::Queued);
+    // Now only interactive + one batch: a batch newcomer evicts the batch one; then a batch
+    // newcomer facing only interactive tasks is refused.
+    submit(&mut core, Priority::Batch, now).expect("evicts b2");
+    submit(&mut core, Priority::Interactive, now).expect("evicts the newest batch");
+    let e = submit(&mut core, Priority::Batch, now).expect_err("nothing evictable");
+    assert_eq!(e.code, ErrorCode::QueueFullDropLru);
+}
+
+#[test]
+fn shed_low_priority_sheds_newest_batch() {
+    let now = Instant::now();
+    let mut core = core_with(|c| {
+        c.queue_capacity = 2;
+        c.full_policy = FullPolicy::ShedLowPriority;
+    });
+    register(&mut core, "n1", vec![pool("p1", 1)], now);
+    submit(&mut core, Priority::Interactive, now).expect("runs");
+    let b1 = submit(&mut core, Priority::Batch, now).expect("queued");
+    let b2 = submit(&mut core, Priority::Batch, now).expect("queued");
+    let e = submit(&mut core, Priority::Batch, now).expect_err("batch newcomer");
+    assert_eq!((e.code, e.policy_label.as_deref()), (ErrorCode::AdmissionReject, Some("shed-low-priority")));
+    submit(&mut core, Priority::Interactive, now).expect("sheds b2");
+    assert!(matches!(frames(&core, b2).last(), Some(Event::Error(e)) if e.code == ErrorCode::AdmissionReject));
+    assert_eq!(core.tasks[&b1].state, TaskState::Queued);
+}
+
+#[test]
+fn pin_semantics() {
+    let now = Instant::now();
+    let mut core = core_with(|_| {});
+    let mut starting = pool("p2", 1);
+    starting.state = PoolState::Starting;
+    register(&mut core, "n1", vec![pool("p1", 1), starting], now);
+    let pin = |id: &str| Placement { mode: PlacementMode::Pin, pin_pool_id: Some(id.into()), ..Default::default() };
+    let e = core.submit(task(|r| r.placement = Some(pin("nope"))), "c".into(), now).err().expect("unknown");
+    assert_eq!((e.code, e.field.as_deref()), (ErrorCode::InvalidParams, Some("placement.pin_pool_id")));
+    let e = core.submit(task(|r| r.placement = Some(pin("p2"))), "c".into(), now).err().expect("not ready");
+    assert_eq!((e.code, e.http_status()), (ErrorCode::PoolUnready, 503));
+    // A Ready pin with no free slot queues in the pool's own queue and waits for that pool.
+    let a = core.submit(task(|r| r.placement = Some(pin("p1"))), "c".into(), now).expect("pinned").0.task_id;
+    let b = core.submit(task(|r| r.placement = Some(pin("p1"))), "c".into(), now).expect("pinned").0.task_id;
+    assert_eq!(core.tasks[&b].queue_key, "pool:p1");
+    register(&mut core, "n2", vec![pool("p3", 4)], now);
+    assert!(dispatched(&core).iter().all(|(_, p)| p == "p1"), "pinned tasks never go elsewhere");
+    finish(&mut core, a, now);
+    assert_eq!(dispatched(&core).last(), Some(&(b, "p1".to_string())));
+}
+
+#[test]
+fn failover_before_first_token_and_reset_after() {
+    let now = Instant::now();
+    let mut core = core_with(|_| {});
+    register(&mut core, "n1", vec![pool("a", 1)], now);
+    register(&mut core, "n2", vec![pool("b", 1)], now);
+    let t = submit(&mut core, Priority::Interactive, now).expect("admitted");
+    let first_pool = dispatched(&core)[0].1.clone();
+    core.on_relay_ended(t, 1, "connection refused".into(), None, now);
+    let second = dispatched(&core)[1].clone();
+    assert_eq!(second.0, t);
+    assert_ne!(second.1, first_pool, "retried on the other pool");
+    let fr = frames(&core, t);
+    assert_eq!(fr.iter().filter(|f| matches!(f, Event::Started(_))).count(), 1, "started is not repeated");
+    assert!(fr.iter().any(|f| matches!(f, Event::Metrics(m) if m.placement.as_ref().is_some_and(|p| p.attempt == 2))));
+    core.on_worker(t, 2, WorkerEvent::Token { i: 0, t: "x".into() }, now);
+    core.on_relay_ended(t, 2, "stream broke".into(), None, now);
+    assert!(matches!(frames(&core, t).last(), Some(Event::Error(e)) if e.code == ErrorCode::WorkerReset));
+    assert_eq!(dispatched(&core).len(), 2, "never retried after the first token");
+}
+
+#[test]
+fn exhausted_retries_end_with_pool_unavailable() {
+    let now = Instant::now();
+    let mut core = core_with(|c| c.dispatch_retries = 1);
+    register(&mut core, "n1", vec![pool("a", 1), pool("b", 1), pool("c", 1)], now);
+    let t = submit(&mut core, Priority::Interactive, now).expect("admitted");
+    core.on_relay_ended(t, 1, "refused".into(), None, now);
+    core.on_relay_ended(t, 2, "refused".into(), None, now);
+    assert_eq!(dispatched(&core).len(), 2);
+    assert!(matches!(frames(&core, t).last(), Some(Event::Error(e)) if e.code == ErrorCode::PoolUnavailable));
+}
+
+#[test]
+fn deadlines_while_queued_and_running() {
+    let now = Instant::now();
+    let mut core = core_with(|_| {});
+    register(&mut core, "n1", vec![pool("p1", 1)], now);
+    let running = core.submit(task(|r| r.deadline_ms = Some(5000)), "c".into(), now).expect("runs").0.task_id;
+    let queued = core.submit(task(|r| r.deadline_ms = Some(5000)), "c".into(), now).expect("queued").0.task_id;
+    assert!(core.effects.timers.contains(&(Duration::from_millis(5000), Timer::Deadline(queued))));
+    assert!(core.effects.dispatched[0].body.deadline_remaining_ms.is_some_and(|ms| ms <= 5000));
+    core.on_timer(Timer::Deadline(queued), now);
+    assert!(matches!(frames(&core, queued).last(), Some(Event::Error(e)) if e.code == ErrorCode::DeadlineUnmet && !e.retriable));
+    core.on_worker(running, 1, WorkerEvent::Token { i: 0, t: "x".into() }, now);
+    core.on_timer(Timer::Deadline(running), now);
+    assert!(matches!(frames(&core, running).last(), Some(Event::End(e)) if e.stop_reason == StopReason::Deadline && !e.canceled));
+    assert_eq!(core.effects.aborted, vec![running]);
+    assert_eq!(core.effects.cancels.len(), 1, "the engine request is canceled on the worker");
+}
+
+#[test]
+fn cancel_is_immediate_and_the_slot_waits_for_confirmation() {
+    let now = Instant::now();
+    let mut core = core_with(|_| {});
+    register(&mut core, "n1", vec![pool("p1", 1)], now);
+    let t = submit(&mut core, Priority::Interactive, now).expect("runs");
+    let next = submit(&mut core, Priority::Interactive, now).expect("queued");
+    core.on_worker(t, 1, WorkerEvent::Token { i: 0, t: "a".into() }, now);
+    assert!(core.cancel(t, tasks::CancelReason::Client, now));
+    core.on_worker(t, 1, WorkerEvent::Token { i: 1, t: "late".into() }, now);
+    let fr = frames(&core, t);
+    assert!(matches!(fr.last(), Some(Event::End(e)) if e.canceled && e.stop_reason == StopReason::Canceled));
+    assert_eq!(fr.iter().filter(|f| matches!(f, Event::Token(_))).count(), 1, "no token after the cancel");
+    assert_eq!(core.tasks[&next].state, TaskState::Queued, "the slot is still held until the worker confirms");
+    core.on_cancel_confirmed(t, now);
+    assert_eq!(core.tasks[&next].state, TaskState::Running);
+    // A queued task's cancel ends it alone.
+    let q = submit(&mut core, Priority::Interactive, now).expect("queued");
+    core.cancel(q, tasks::CancelReason::Client, now);
+    assert!(matches!(frames(&core, q).as_slice(), [Event::End(e)] if e.canceled));
+}
+
+#[test]
+fn session_affinity_prefers_the_last_pool_without_waiting() {
+    let now = Instant::now();
+    let mut core = core_with(|_| {});
+    register(&mut core, "n1", vec![pool("a", 1), pool("b", 1)], now);
+    let sid = api::SessionId::new();
+    // Occupy a, so the first session task lands on b.
+    let blocker = submit(&mut core, Priority::Interactive, now).expect("a");
+    let t1 = core.submit(task(|r| r.session_id = Some(sid)), "c".into(), now).expect("b").0.task_id;
+    assert_eq!(core.tasks[&t1].pool.as_deref(), Some("b"));
+    finish(&mut core, t1, now);
+    finish(&mut core, blocker, now);
+    let t2 = core.submit(task(|r| r.session_id = Some(sid)), "c".into(), now).expect("b again").0.task_id;
+    assert_eq!(core.tasks[&t2].pool.as_deref(), Some("b"), "affinity beats the a-before-b tie-break");
+    let view = core.session_view(sid, now).expect("session");
+    assert_eq!((view.turns, view.last_pool_id.as_deref(), view.kv_warmth), (1, Some("b"), true));
+}
+
+#[test]
+fn queued_tasks_see_their_position_move() {
+    let now = Instant::now();
+    let mut core = core_with(|_| {});
+    register(&mut core, "n1", vec![pool("p1", 1)], now);
+    let t0 = submit(&mut core, Priority::Interactive, now).expect("runs");
+    let _t1 = submit(&mut core, Priority::Interactive, now).expect("queued 0");
+    let t2 = submit(&mut core, Priority::Interactive, now).expect("queued 1");
+    finish(&mut core, t0, now);
+    assert!(frames(&core, t2).iter().any(|f| matches!(f, Event::Metrics(m) if m.queue_position == Some(0))));
+}
+
+#[test]
+fn offline_node_fails_over_or_resets() {
+    let now = Instant::now();
+    let mut core = core_with(|_| {});
+    register(&mut core, "n1", vec![pool("a", 2)], now);
+    let quiet = submit(&mut core, Priority::Interactive, now).expect("a");
+    let talking = submit(&mut core, Priority::Interactive, now).expect("a");
+    core.on_worker(talking, 1, WorkerEvent::Token { i: 0, t: "x".into() }, now);
+    register(&mut core, "n2", vec![pool("b", 2)], now + Duration::from_secs(25));
+    core.tick(now + Duration::from_secs(31));
+    assert_eq!(core.tasks[&quiet].pool.as_deref(), Some("b"), "no token yet: failed over");
+    assert!(matches!(frames(&core, talking).last(), Some(Event::Error(e)) if e.code == ErrorCode::WorkerReset));
+}
