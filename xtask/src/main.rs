@@ -3,6 +3,7 @@
 //! and p90 time-to-first-token and tokens/s for both, and the ratios.
 
 mod overhead;
+mod overload;
 
 use clap::{Parser, Subcommand};
 
@@ -24,6 +25,8 @@ enum Cmd {
 enum Bench {
     /// Stack vs llama-server called directly.
     Overhead(overhead::Args),
+    /// Offered load at 0.5×–3× capacity against fake-engine pools.
+    Overload(overload::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -31,5 +34,20 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     match cli.cmd {
         Cmd::Bench(Bench::Overhead(a)) => rt.block_on(overhead::run(a)),
+        Cmd::Bench(Bench::Overload(a)) => rt.block_on(overload::run(a)),
     }
+}
+
+/// `cargo build --release` of the given packages' binaries.
+pub fn build_release(packages: &[&str]) -> anyhow::Result<()> {
+    eprintln!("[bench] building release binaries");
+    let mut cmd = std::process::Command::new("cargo");
+    cmd.args(["build", "--release", "--quiet", "--bins"]);
+    for p in packages {
+        cmd.args(["-p", p]);
+    }
+    if !cmd.status()?.success() {
+        anyhow::bail!("cargo build --release failed");
+    }
+    Ok(())
 }

@@ -1,7 +1,6 @@
 //! Stack overhead benchmark: time to first token and decode speed through orchestratord and
 //! pool-managerd versus a twin llama-server called directly (same binary, model, -c, -np, -t).
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -38,11 +37,7 @@ struct Samples {
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
     let root = std::env::current_dir()?;
-    eprintln!("[bench] building release binaries");
-    let status = Command::new("cargo").args(["build", "--release", "--quiet", "--bins", "-p", "orchestratord", "-p", "pool-managerd"]).status()?;
-    if !status.success() {
-        bail!("cargo build --release failed");
-    }
+    crate::build_release(&["orchestratord", "pool-managerd"])?;
     let model = llorch::dev::model();
     let source = llorch::dev::llama_source();
     if !model.is_file() || !source.is_file() {

@@ -66,10 +66,40 @@ impl StackSpec {
     }
 }
 
+/// One more worker node for multi-node stacks (tests and benchmarks).
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    pub node_id: String,
+    pub engine: EngineChoice,
+    pub pools: Vec<PoolSpec>,
+    /// Environment for pool-managerd (and so for the engines it starts).
+    pub env: Vec<(String, String)>,
+    pub extra_toml: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct PoolSpec {
+    pub id: String,
+    pub model_path: PathBuf,
+    pub model_id: String,
+    pub ctx: u64,
+    pub slots: u32,
+}
+
+pub struct NodeProc {
+    pub node_id: String,
+    pub child: Option<Child>,
+    pub log: PathBuf,
+    pub config: PathBuf,
+    pub worker_url: String,
+}
+
 pub struct Stack {
     pub spec: StackSpec,
     pub orchd: Option<Child>,
     pub pool_managerd: Option<Child>,
+    /// Nodes added with [`Stack::add_node`].
+    pub nodes: Vec<NodeProc>,
     pub orchd_url: String,
     pub worker_url: String,
     pub orchd_log: PathBuf,
@@ -123,10 +153,68 @@ impl Stack {
         let orchd_log = spec.dir.join("orchestratord.log");
         let pm_log = spec.dir.join("pool-managerd.log");
         let orchd = spawn(&spec.bin_dir.join("orchestratord"), &orchd_cfg, &orchd_log)?;
-        let mut stack = Stack { spec, orchd: Some(orchd), pool_managerd: None, orchd_url, worker_url, orchd_log, pm_log, pm_config: pm_cfg };
+        let mut stack = Stack { spec, orchd: Some(orchd), pool_managerd: None, nodes: vec![], orchd_url, worker_url, orchd_log, pm_log, pm_config: pm_cfg };
         stack.wait_http(&format!("{}/health", stack.orchd_url), Duration::from_secs(20)).await?;
-        stack.start_pool_managerd()?;
+        if !stack.spec.pool_id.is_empty() {
+            stack.start_pool_managerd()?;
+        }
         Ok(stack)
+    }
+
+    /// Starts another pool-managerd with its own pools; returns its index in `nodes`.
+    pub fn add_node(&mut self, node: NodeSpec) -> anyhow::Result<usize> {
+        let port = free_port()?;
+        let worker_url = format!("http://127.0.0.1:{port}");
+        let config = self.spec.dir.join(format!("pool-managerd-{}.toml", node.node_id));
+        let log = self.spec.dir.join(format!("pool-managerd-{}.log", node.node_id));
+        let engine = engine_toml(&node.engine);
+        let mut text = format!(
+            "[node]\nid = {id:?}\nmachine_id = {id:?}\n[server]\nbind = \"127.0.0.1:{port}\"\n[orchestrator]\nurl = {url:?}\n[heartbeat]\ninterval_ms = {hi}\n\
+             [cache]\nengines_dir = {engines:?}\n[engine]\nstart_timeout_ms = 60000\n[engines.default]\n{engine}\n",
+            id = node.node_id,
+            url = self.orchd_url,
+            hi = self.spec.heartbeat_interval_ms,
+            engines = self.spec.engines_dir.display().to_string(),
+        );
+        for p in &node.pools {
+            text.push_str(&format!(
+                "[[pools]]\nid = {id:?}\nmodel_ref = {mref:?}\nmodel_id = {mid:?}\nctx = {ctx}\nslots = {slots}\ndevices = \"cpu\"\ngpu_policy = \"cpu\"\n",
+                id = p.id,
+                mref = format!("file:{}", p.model_path.display()),
+                mid = p.model_id,
+                ctx = p.ctx,
+                slots = p.slots
+            ));
+        }
+        text.push_str(&node.extra_toml);
+        std::fs::write(&config, text)?;
+        let mut cmd = command(&self.spec.bin_dir.join("pool-managerd"), &config, &log)?;
+        cmd.envs(node.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let child = cmd.spawn().context("cannot start pool-managerd")?;
+        self.nodes.push(NodeProc { node_id: node.node_id, child: Some(child), log, config, worker_url });
+        Ok(self.nodes.len() - 1)
+    }
+
+    /// Waits until every pool in `pools` is Ready at orchestratord.
+    pub async fn wait_pools_ready(&mut self, pools: &[&str], timeout: Duration) -> anyhow::Result<()> {
+        let client = client::Client::new(&self.orchd_url, None);
+        let until = Instant::now() + timeout;
+        loop {
+            if let Ok(p) = client.pools().await {
+                if pools.iter().all(|id| p.pools.iter().any(|x| x.pool_id == *id && x.state == api::node::PoolState::Ready)) {
+                    return Ok(());
+                }
+            }
+            for n in &mut self.nodes {
+                if let Some(Ok(Some(status))) = n.child.as_mut().map(|c| c.try_wait()) {
+                    bail!("pool-managerd {} exited ({status}):\n{}", n.node_id, tail(&n.log, 15));
+                }
+            }
+            if Instant::now() > until {
+                bail!("pools {pools:?} were not Ready within {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     pub fn start_pool_managerd(&mut self) -> anyhow::Result<()> {
@@ -197,6 +285,11 @@ impl Stack {
         if let Some(mut c) = self.pool_managerd.take() {
             terminate(&mut c).await?;
         }
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                terminate(&mut c).await?;
+            }
+        }
         if let Some(mut c) = self.orchd.take() {
             terminate(&mut c).await?;
         }
@@ -204,15 +297,21 @@ impl Stack {
     }
 
     pub fn log_files(&self) -> Vec<PathBuf> {
-        vec![self.orchd_log.clone(), self.pm_log.clone()]
+        let mut v = vec![self.orchd_log.clone(), self.pm_log.clone()];
+        v.extend(self.nodes.iter().map(|n| n.log.clone()));
+        v
+    }
+}
+
+fn engine_toml(e: &EngineChoice) -> String {
+    match e {
+        EngineChoice::Source { archive, sha256 } => format!("kind = \"source\"\nsource_url = {:?}\nsource_sha256 = {sha256:?}", archive.display().to_string()),
+        EngineChoice::Binary { path } => format!("kind = \"binary\"\npath = {:?}", path.display().to_string()),
     }
 }
 
 fn pool_managerd_toml(spec: &StackSpec, orchd_url: &str) -> String {
-    let engine = match &spec.engine {
-        EngineChoice::Source { archive, sha256 } => format!("kind = \"source\"\nsource_url = {:?}\nsource_sha256 = {sha256:?}", archive.display().to_string()),
-        EngineChoice::Binary { path } => format!("kind = \"binary\"\npath = {:?}", path.display().to_string()),
-    };
+    let engine = engine_toml(&spec.engine);
     let threads = spec.threads.map(|t| format!("threads = {t}\n")).unwrap_or_default();
     format!(
         "[node]\nid = {node:?}\n[server]\nbind = \"127.0.0.1:{wport}\"\n[orchestrator]\nurl = {orchd_url:?}\n[heartbeat]\ninterval_ms = {hi}\n\
@@ -231,22 +330,19 @@ fn pool_managerd_toml(spec: &StackSpec, orchd_url: &str) -> String {
     )
 }
 
-fn spawn(bin: &Path, config: &Path, log: &Path) -> anyhow::Result<Child> {
+fn command(bin: &Path, config: &Path, log: &Path) -> anyhow::Result<Command> {
     if !bin.is_file() {
         bail!("{} does not exist; build it first (cargo build --bins)", bin.display());
     }
     let out = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
     let err = out.try_clone()?;
-    Command::new(bin)
-        .arg("--config")
-        .arg(config)
-        .arg("--log-json")
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("cannot start {}", bin.display()))
+    let mut cmd = Command::new(bin);
+    cmd.arg("--config").arg(config).arg("--log-json").stdin(Stdio::null()).stdout(out).stderr(err).kill_on_drop(true);
+    Ok(cmd)
+}
+
+fn spawn(bin: &Path, config: &Path, log: &Path) -> anyhow::Result<Child> {
+    command(bin, config, log)?.spawn().with_context(|| format!("cannot start {}", bin.display()))
 }
 
 async fn terminate(c: &mut Child) -> anyhow::Result<std::process::ExitStatus> {

@@ -8,6 +8,7 @@ mod fixtures;
 mod happy;
 mod nodes;
 mod refusals;
+mod sched;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -25,6 +26,12 @@ fn scenarios() -> Vec<(&'static str, bool, Scenario)> {
         ("client_disconnect_frees_the_slot", true, |a| Box::pin(cancel::client_disconnect(a))),
         ("heartbeats_keep_node_online_and_silence_makes_it_offline", true, |a| Box::pin(nodes::heartbeat_and_offline(a))),
         ("sigterm_deregisters_and_leaves_no_engine", true, |a| Box::pin(nodes::sigterm_deregisters(a))),
+        ("sched_queue_order_and_aging", true, |a| Box::pin(sched::queue_order_and_aging(a))),
+        ("sched_no_oversubscription", true, |a| Box::pin(sched::no_oversubscription(a))),
+        ("sched_full_queue_429_and_drop_lru", true, |a| Box::pin(sched::full_queue_429_and_drop_lru(a))),
+        ("sched_retry_before_first_token", true, |a| Box::pin(sched::retry_before_first_token(a))),
+        ("sched_deadlines", true, |a| Box::pin(sched::deadlines(a))),
+        ("sched_pin_semantics", true, |a| Box::pin(sched::pin_semantics(a))),
     ]
 }
 

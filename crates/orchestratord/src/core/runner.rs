@@ -112,7 +112,16 @@ impl Effects for LiveEffects {
 /// Spawns the core's owner task and its 1 s tick; returns the handle.
 pub fn spawn(cfg: Arc<Config>, metrics: Arc<Metrics>, tracker: &TaskTracker, shutdown: tokio_util::sync::CancellationToken) -> CoreHandle {
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let http = reqwest::Client::builder().connect_timeout(cfg.worker_connect_timeout).pool_idle_timeout(Duration::from_secs(30)).build().unwrap_or_default();
+    // HTTP/2 to workers: every dispatch stream to a node shares one connection, so thousands of
+    // concurrent streams need a handful of sockets, and dropping a stream resets only that stream.
+    let http = reqwest::Client::builder()
+        .connect_timeout(cfg.worker_connect_timeout)
+        .pool_idle_timeout(Duration::from_secs(30))
+        .http2_prior_knowledge()
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .http2_keep_alive_while_idle(true)
+        .build()
+        .unwrap_or_default();
     let effects = LiveEffects { tx: tx.clone(), http, relays: HashMap::new(), tracker: tracker.clone(), idle_timeout: cfg.worker_idle_timeout, shutdown: shutdown.clone() };
     let mut core = Core::new(cfg, effects, metrics);
     let tick_tx = tx.clone();

@@ -1,0 +1,273 @@
+//! Admission and scheduling under load (API.md §6, §7) across several pool-managerd processes:
+//! the fake engine where many slots, slow tokens or crashes are needed, real engines for pinning.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{ensure, Context};
+use api::events::{Event, StopReason};
+use api::task::{Placement, PlacementMode, Priority, TaskRequest, TaskState};
+use api::{ErrorCode, TaskId};
+use llorch::stack::{EngineChoice, NodeSpec, PoolSpec, Stack};
+
+use crate::fixtures::{wait_for, Assets};
+
+const FAKE_MODEL: &str = "fake-model";
+
+fn fake_engine() -> anyhow::Result<PathBuf> {
+    let p = llorch::stack::bin_dir()?.join("fake-engine");
+    ensure!(p.is_file(), "{} is missing; cargo build --bins", p.display());
+    Ok(p)
+}
+
+/// A stack with no primary node; fake-engine nodes are added by the scenario.
+async fn empty_stack(a: &Assets, name: &str, orchd_extra: &str) -> anyhow::Result<(Stack, PathBuf)> {
+    let mut spec = a.spec(name)?;
+    spec.pool_id = String::new();
+    spec.orchd_extra = orchd_extra.into();
+    let stack = Stack::start(spec).await?;
+    let model = stack.spec.dir.join("fake-model.gguf");
+    std::fs::write(&model, b"not a real model: the fake engine never reads it")?;
+    Ok((stack, model))
+}
+
+fn fake_node(id: &str, model: &std::path::Path, pools: &[(&str, u32)], env: &[(&str, String)]) -> anyhow::Result<NodeSpec> {
+    Ok(NodeSpec {
+        node_id: id.into(),
+        engine: EngineChoice::Binary { path: fake_engine()? },
+        pools: pools.iter().map(|(p, slots)| PoolSpec { id: (*p).into(), model_path: model.to_path_buf(), model_id: FAKE_MODEL.into(), ctx: 512, slots: *slots }).collect(),
+        env: env.iter().map(|(k, v)| ((*k).into(), v.clone())).collect(),
+        extra_toml: String::new(),
+    })
+}
+
+fn fake_task(p: Priority) -> TaskRequest {
+    let mut r = TaskRequest::new(FAKE_MODEL);
+    r.prompt = Some("one two three".into());
+    r.max_tokens = Some(64);
+    r.priority = p;
+    r
+}
+
+async fn wait_done(client: &client::Client, ids: &[TaskId]) -> anyhow::Result<Vec<api::task::TaskRecord>> {
+    wait_for("every task to finish", Duration::from_secs(60), || async {
+        let mut out = vec![];
+        for id in ids {
+            let r = client.task(*id).await.ok()?.body;
+            if !r.state.is_terminal() {
+                return None;
+            }
+            out.push(r);
+        }
+        Some(out)
+    })
+    .await
+}
+
+/// Reads `max_concurrent` from a fake engine's stats file.
+fn max_concurrent(path: &std::path::Path) -> anyhow::Result<u64> {
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).with_context(|| format!("reading {}", path.display()))?)?;
+    v["max_concurrent"].as_u64().context("no max_concurrent")
+}
+
+pub async fn queue_order_and_aging(a: Assets) -> anyhow::Result<()> {
+    let (mut stack, model) = empty_stack(&a, "order", "[queue]\ninteractive_burst = 2\n").await?;
+    let result = async {
+        stack.add_node(fake_node("n1", &model, &[("f1", 1)], &[("FAKE_TOKENS", "4".into()), ("FAKE_TOKEN_DELAY_MS", "40".into())])?)?;
+        stack.wait_pools_ready(&["f1"], Duration::from_secs(30)).await?;
+        let client = client::Client::new(&stack.orchd_url, None);
+        let blocker = client.submit(&fake_task(Priority::Interactive)).await?.body.task_id;
+        let b = client.submit(&fake_task(Priority::Batch)).await?.body.task_id;
+        let mut is = vec![];
+        for _ in 0..3 {
+            is.push(client.submit(&fake_task(Priority::Interactive)).await?.body.task_id);
+        }
+        let mut all = vec![blocker, b];
+        all.extend(&is);
+        let recs = wait_done(&client, &all).await?;
+        let mut by_start: Vec<(u64, TaskId)> = recs.iter().map(|r| (r.started_at_ms.unwrap_or(u64::MAX), r.task_id)).collect();
+        by_start.sort();
+        let order: Vec<TaskId> = by_start.into_iter().map(|(_, id)| id).collect();
+        ensure!(order == vec![blocker, is[0], is[1], b, is[2]], "dispatch order {order:?} (batch {b})");
+        Ok(())
+    }
+    .await;
+    stack.shutdown().await?;
+    result
+}
+
+pub async fn no_oversubscription(a: Assets) -> anyhow::Result<()> {
+    let (mut stack, model) = empty_stack(&a, "oversub", "[queue]\ncapacity = 100\n").await?;
+    let result = async {
+        let s1 = stack.spec.dir.join("stats-n1.json");
+        let s2 = stack.spec.dir.join("stats-n2.json");
+        let slow = ("FAKE_TOKEN_DELAY_MS", "15".to_string());
+        stack.add_node(fake_node("n1", &model, &[("f1", 3)], &[slow.clone(), ("FAKE_STATS_FILE", s1.display().to_string())])?)?;
+        stack.add_node(fake_node("n2", &model, &[("f2", 2)], &[slow, ("FAKE_STATS_FILE", s2.display().to_string())])?)?;
+        stack.wait_pools_ready(&["f1", "f2"], Duration::from_secs(30)).await?;
+        let client = client::Client::new(&stack.orchd_url, None);
+        let submits = (0..30).map(|_| {
+            let c = client.clone();
+            async move { c.submit(&fake_task(Priority::Interactive)).await.map(|x| x.body.task_id) }
+        });
+        let ids: Vec<TaskId> = futures::future::join_all(submits).await.into_iter().collect::<Result<_, _>>()?;
+        let recs = wait_done(&client, &ids).await?;
+        ensure!(recs.iter().all(|r| r.state == TaskState::Completed), "not all completed: {:?}", recs.iter().map(|r| r.state).collect::<Vec<_>>());
+        let per_pool: HashMap<String, usize> = recs.iter().fold(HashMap::new(), |mut m, r| {
+            *m.entry(r.pool_id.clone().unwrap_or_default()).or_default() += 1;
+            m
+        });
+        ensure!(per_pool.len() == 2, "both pools should have worked: {per_pool:?}");
+        let (m1, m2) = (max_concurrent(&s1)?, max_concurrent(&s2)?);
+        ensure!(m1 <= 3 && m2 <= 2, "engines saw {m1} and {m2} concurrent requests for 3 and 2 slots");
+        ensure!(m1 == 3 && m2 == 2, "the load should have filled every slot: {m1}/3, {m2}/2");
+        Ok(())
+    }
+    .await;
+    stack.shutdown().await?;
+    result
+}
+
+pub async fn full_queue_429_and_drop_lru(a: Assets) -> anyhow::Result<()> {
+    let (mut stack, model) = empty_stack(&a, "backpressure", "[queue]\ncapacity = 1\nfull_policy = \"drop-lru\"\n").await?;
+    let result = async {
+        stack.add_node(fake_node("n1", &model, &[("f1", 1)], &[("FAKE_TOKENS", "20".into()), ("FAKE_TOKEN_DELAY_MS", "50".into())])?)?;
+        stack.wait_pools_ready(&["f1"], Duration::from_secs(30)).await?;
+        let client = client::Client::new(&stack.orchd_url, None);
+        let _running = client.submit(&fake_task(Priority::Interactive)).await?.body;
+        let batch = client.submit(&fake_task(Priority::Batch)).await?.body;
+        let mut stream = client.events(&batch.streams.sse).await?;
+        // An interactive newcomer evicts the queued batch task, whose stream ends with the error.
+        let newcomer = client.submit(&fake_task(Priority::Interactive)).await?.body;
+        let mut last = None;
+        while let Some(f) = tokio::time::timeout(Duration::from_secs(10), stream.next()).await?.transpose()? {
+            last = Some(f.event);
+        }
+        ensure!(matches!(&last, Some(Event::Error(e)) if e.code == ErrorCode::QueueFullDropLru && e.retriable), "evicted stream ended with {last:?}");
+        // A batch newcomer facing only interactive tasks is refused with 429 and backoff headers.
+        let err = client.submit(&fake_task(Priority::Batch)).await.err().context("admitted into a full queue")?;
+        let client::Error::Api { status, envelope, headers } = err else { anyhow::bail!("not an API error") };
+        ensure!(status == 429 && envelope.code == ErrorCode::QueueFullDropLru, "{status} {envelope:?}");
+        ensure!(envelope.retriable && envelope.retry_after_ms.is_some() && envelope.policy_label.as_deref() == Some("drop-lru"), "{envelope:?}");
+        let ra: u64 = headers.get("retry-after").context("no Retry-After")?.to_str()?.parse()?;
+        let backoff: u64 = headers.get("x-backoff-ms").context("no X-Backoff-Ms")?.to_str()?.parse()?;
+        ensure!(backoff == envelope.retry_after_ms.unwrap_or(0) && ra == backoff.div_ceil(1000).max(1), "Retry-After {ra}, X-Backoff-Ms {backoff}");
+        let m = client.metrics_text().await?.body;
+        ensure!(m.contains("admission_backpressure_events_total{engine=\"llamacpp\",policy=\"drop-lru\"} 2"), "backpressure events not counted");
+        let _ = newcomer;
+        Ok(())
+    }
+    .await;
+    stack.shutdown().await?;
+    result
+}
+
+pub async fn retry_before_first_token(a: Assets) -> anyhow::Result<()> {
+    let (mut stack, model) = empty_stack(&a, "failover", "").await?;
+    let result = async {
+        // n1's engine dies on its first request before any token; n2 is healthy.
+        stack.add_node(fake_node("n1", &model, &[("f1", 1)], &[("FAKE_CRASH_AFTER_TOKENS", "0".into())])?)?;
+        stack.add_node(fake_node("n2", &model, &[("f2", 1)], &[])?)?;
+        stack.wait_pools_ready(&["f1", "f2"], Duration::from_secs(30)).await?;
+        let client = client::Client::new(&stack.orchd_url, None);
+        let mut req = fake_task(Priority::Interactive);
+        req.placement = Some(Placement { mode: PlacementMode::Prefer, prefer_pools: vec!["f1".into()], ..Default::default() });
+        let adm = client.submit(&req).await?.body;
+        let mut s = client.events(&adm.streams.sse).await?;
+        let mut frames = vec![];
+        while let Some(f) = tokio::time::timeout(Duration::from_secs(20), s.next()).await?.transpose()? {
+            frames.push(f.event);
+        }
+        ensure!(matches!(frames.first(), Some(Event::Started(st)) if st.pool_id == "f1"), "first placement: {:?}", frames.first());
+        ensure!(frames.iter().any(|f| matches!(f, Event::Metrics(m) if m.placement.as_ref().is_some_and(|p| p.pool_id == "f2" && p.attempt == 2))), "no failover frame");
+        ensure!(matches!(frames.last(), Some(Event::End(e)) if !e.canceled && e.tokens_out > 0), "ended with {:?}", frames.last());
+        Ok(())
+    }
+    .await;
+    stack.shutdown().await?;
+    result
+}
+
+pub async fn deadlines(a: Assets) -> anyhow::Result<()> {
+    let (mut stack, model) = empty_stack(&a, "deadlines", "").await?;
+    let result = async {
+        stack.add_node(fake_node("n1", &model, &[("f1", 1)], &[("FAKE_TOKENS", "40".into()), ("FAKE_TOKEN_DELAY_MS", "50".into())])?)?;
+        stack.wait_pools_ready(&["f1"], Duration::from_secs(30)).await?;
+        let client = client::Client::new(&stack.orchd_url, None);
+        // Running at the deadline: end with stop_reason deadline, not canceled.
+        let mut r = fake_task(Priority::Interactive);
+        r.deadline_ms = Some(600);
+        let running = client.submit(&r).await?.body;
+        // Queued behind it past its own deadline: error DEADLINE_UNMET.
+        let mut q = fake_task(Priority::Interactive);
+        q.deadline_ms = Some(300);
+        let queued = client.submit(&q).await?.body;
+        let recs = wait_done(&client, &[running.task_id, queued.task_id]).await?;
+        ensure!(recs[0].stop_reason == Some(StopReason::Deadline) && recs[0].state == TaskState::Completed, "running: {:?} {:?}", recs[0].state, recs[0].stop_reason);
+        ensure!(recs[1].state == TaskState::Failed && recs[1].error.as_ref().is_some_and(|e| e.code == ErrorCode::DeadlineUnmet), "queued: {:?}", recs[1].error);
+        // With measurements in hand, an infeasible deadline is refused at admission.
+        let _busy = client.submit(&fake_task(Priority::Interactive)).await?.body;
+        let _waiting = client.submit(&fake_task(Priority::Interactive)).await?.body;
+        let mut tight = fake_task(Priority::Interactive);
+        tight.deadline_ms = Some(1);
+        let err = client.submit(&tight).await.err().context("an infeasible deadline was admitted")?;
+        ensure!(err.envelope().is_some_and(|e| e.code == ErrorCode::DeadlineUnmet), "{err}");
+        Ok(())
+    }
+    .await;
+    stack.shutdown().await?;
+    result
+}
+
+/// Pinning across two real engines on two pool-managerd processes.
+pub async fn pin_semantics(a: Assets) -> anyhow::Result<()> {
+    let mut spec = a.spec("pin")?;
+    spec.pool_id = "real-a".into();
+    let (engine, model) = a.real.clone().map_err(anyhow::Error::msg)?;
+    let mut stack = Stack::start(spec).await?;
+    let result = async {
+        stack.add_node(NodeSpec {
+            node_id: "second".into(),
+            engine,
+            pools: vec![PoolSpec { id: "real-b".into(), model_path: model, model_id: stack.spec.model_id.clone(), ctx: 1024, slots: 1 }],
+            env: vec![],
+            extra_toml: String::new(),
+        })?;
+        stack.wait_pools_ready(&["real-a", "real-b"], Duration::from_secs(60)).await?;
+        let client = client::Client::new(&stack.orchd_url, None);
+        let pin = |id: &str| Placement { mode: PlacementMode::Pin, pin_pool_id: Some(id.into()), ..Default::default() };
+        let mut req = TaskRequest::new(&stack.spec.model_id);
+        req.prompt = Some("The sky is".into());
+        req.max_tokens = Some(4);
+        for target in ["real-b", "real-a", "real-b"] {
+            req.placement = Some(pin(target));
+            let adm = client.submit(&req).await?.body;
+            let rec = wait_done(&client, &[adm.task_id]).await?.remove(0);
+            ensure!(rec.pool_id.as_deref() == Some(target) && rec.state == TaskState::Completed, "pinned to {target}, ran on {:?} ({:?})", rec.pool_id, rec.state);
+        }
+        req.placement = Some(pin("nope"));
+        let e = client.submit(&req).await.err().context("unknown pin admitted")?;
+        ensure!(e.envelope().is_some_and(|e| e.code == ErrorCode::InvalidParams && e.field.as_deref() == Some("placement.pin_pool_id")), "{e}");
+        // A pool that is still Starting: 503 POOL_UNREADY, never a silent fallback.
+        let dummy = stack.spec.dir.join("loading.gguf");
+        std::fs::write(&dummy, b"fake")?;
+        let mut loading = fake_node("loading", &dummy, &[("slow", 1)], &[("FAKE_LOAD_MS", "600000".into())])?;
+        loading.pools[0].model_id = stack.spec.model_id.clone();
+        stack.add_node(loading)?;
+        wait_for("the loading pool to be registered", Duration::from_secs(30), || async {
+            client.pools().await.ok()?.pools.into_iter().find(|p| p.pool_id == "slow" && p.state == api::node::PoolState::Starting)
+        })
+        .await?;
+        req.placement = Some(pin("slow"));
+        let e = client.submit(&req).await.err().context("a pin to a Starting pool was admitted")?;
+        ensure!(e.envelope().is_some_and(|e| e.code == ErrorCode::PoolUnready), "{e}");
+        if let client::Error::Api { status, .. } = &e {
+            ensure!(*status == 503, "status {status}");
+        }
+        Ok(())
+    }
+    .await;
+    stack.shutdown().await?;
+    result
+}

@@ -1,0 +1,179 @@
+//! Overload benchmark: offered load at 0.5×, 1×, 2× and 3× capacity against fake-engine pools
+//! with many slots; prints goodput, queue wait, rejected share, reply codes and orchestratord's
+//! peak memory. Capacity is measured in the same run (slots ÷ uncontended service time).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use api::events::Event;
+use api::task::TaskRequest;
+use llorch::stack::{EngineChoice, NodeSpec, PoolSpec, Stack};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Seconds of offered load per level.
+    #[arg(long, default_value_t = 8)]
+    seconds: u64,
+    /// Slots per fake pool (two pools on two nodes).
+    #[arg(long, default_value_t = 8)]
+    slots: u32,
+}
+
+const MODEL: &str = "fake-model";
+
+#[derive(Default)]
+struct Level {
+    offered: usize,
+    codes: BTreeMap<u16, usize>,
+    completed: usize,
+    failed: usize,
+    waits_ms: Vec<f64>,
+}
+
+pub async fn run(a: Args) -> anyhow::Result<()> {
+    let root = std::env::current_dir()?;
+    crate::build_release(&["orchestratord", "pool-managerd", "fake-engine"])?;
+    let bin = root.join("target/release");
+    let dir = root.join("target/bench-overload");
+    let _ = std::fs::remove_dir_all(&dir);
+    let model = dir.join("fake-model.gguf");
+    let mut spec = llorch::stack::StackSpec::new(bin.clone(), dir.clone(), model.clone(), EngineChoice::Binary { path: bin.join("fake-engine") }, llorch::cache_dir().join("engines"));
+    spec.pool_id = String::new();
+    spec.heartbeat_interval_ms = 2000;
+    spec.heartbeat_timeout_ms = 20000;
+    spec.orchd_extra = "[queue]\ncapacity = 64\n".into();
+    let mut stack = Stack::start(spec).await?;
+    std::fs::write(&model, b"fake")?;
+    for n in ["n1", "n2"] {
+        stack.add_node(NodeSpec {
+            node_id: n.into(),
+            engine: EngineChoice::Binary { path: bin.join("fake-engine") },
+            pools: vec![PoolSpec { id: format!("{n}-pool"), model_path: model.clone(), model_id: MODEL.into(), ctx: 512, slots: a.slots }],
+            env: vec![("FAKE_TOKENS".into(), "20".into()), ("FAKE_TOKEN_DELAY_MS".into(), "10".into())],
+            extra_toml: String::new(),
+        })?;
+    }
+    stack.wait_pools_ready(&["n1-pool", "n2-pool"], Duration::from_secs(60)).await?;
+    let pid = stack.orchd.as_ref().and_then(|c| c.id()).context("orchestratord pid")?;
+    let client = client::Client::new(&stack.orchd_url, None);
+    let mut service = vec![];
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        one(&client).await?;
+        service.push(t0.elapsed().as_secs_f64());
+    }
+    service.sort_by(f64::total_cmp);
+    let capacity = (2 * a.slots) as f64 / service[2];
+    eprintln!("[bench] service time {:.0} ms, capacity {capacity:.1} tasks/s ({} slots)", service[2] * 1000.0, 2 * a.slots);
+    let mut rows = vec![];
+    for factor in [0.5, 1.0, 2.0, 3.0] {
+        let level = offer(&client, capacity * factor, Duration::from_secs(a.seconds)).await;
+        let rss = vm(pid, "VmHWM:");
+        eprintln!("[bench] {factor}× done");
+        rows.push((factor, level, rss));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    stack.shutdown().await?;
+    println!("\nbench overload: 2 fake pools × {} slots, 20 tokens × 10 ms per task, queue capacity 64, policy reject, {} s per level", a.slots, a.seconds);
+    println!("capacity (measured): {capacity:.1} tasks/s\n");
+    println!("| load | offered/s | goodput/s | goodput ÷ capacity | queue wait p50 (ms) | p99 (ms) | rejected | replies | orchd peak RSS (MiB) |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for (f, l, rss) in rows {
+        let secs = a.seconds as f64;
+        let rejected = l.codes.iter().filter(|(c, _)| **c != 202).map(|(_, n)| n).sum::<usize>() as f64 / l.offered.max(1) as f64;
+        let codes: Vec<String> = l.codes.iter().map(|(c, n)| format!("{c}×{n}")).collect();
+        println!(
+            "| {f}× | {:.1} | {:.1} | {:.2} | {:.0} | {:.0} | {:.1}% | {} | {:.1} |",
+            l.offered as f64 / secs,
+            l.completed as f64 / secs,
+            l.completed as f64 / secs / capacity,
+            pct(&l.waits_ms, 0.5),
+            pct(&l.waits_ms, 0.99),
+            rejected * 100.0,
+            codes.join(" "),
+            rss as f64 / 1024.0
+        );
+    }
+    Ok(())
+}
+
+fn task() -> TaskRequest {
+    let mut r = TaskRequest::new(MODEL);
+    r.prompt = Some("load".into());
+    r.max_tokens = Some(64);
+    r
+}
+
+async fn one(client: &client::Client) -> anyhow::Result<()> {
+    let adm = client.submit(&task()).await?.body;
+    let mut s = client.events(&adm.streams.sse).await?;
+    while let Some(f) = s.next().await {
+        if f?.event.is_terminal() {
+            return Ok(());
+        }
+    }
+    bail!("stream ended early")
+}
+
+/// Offers `rate` tasks per second for `dur`; each task streams to its end.
+async fn offer(client: &client::Client, rate: f64, dur: Duration) -> Level {
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let start = Instant::now();
+    let mut handles = vec![];
+    let mut k = 0u32;
+    while start.elapsed() < dur {
+        let c = client.clone();
+        handles.push(tokio::spawn(async move {
+            let t0 = Instant::now();
+            match c.submit(&task()).await {
+                Ok(adm) => {
+                    let Ok(mut s) = c.events(&adm.body.streams.sse).await else { return (202, None, false) };
+                    let mut wait = None;
+                    while let Some(Ok(f)) = s.next().await {
+                        match f.event {
+                            Event::Started(_) => wait = Some(t0.elapsed().as_secs_f64() * 1000.0),
+                            Event::End(_) => return (202, wait, true),
+                            Event::Error(_) => return (202, wait, false),
+                            _ => {}
+                        }
+                    }
+                    (202, wait, false)
+                }
+                Err(client::Error::Api { status, .. }) => (status, None, false),
+                Err(_) => (0, None, false),
+            }
+        }));
+        k += 1;
+        tokio::time::sleep_until((start + interval * k).into()).await;
+    }
+    let mut level = Level { offered: handles.len(), ..Default::default() };
+    for h in handles {
+        if let Ok((code, wait, ok)) = h.await {
+            *level.codes.entry(code).or_default() += 1;
+            if let Some(w) = wait {
+                level.waits_ms.push(w);
+            }
+            if ok {
+                level.completed += 1;
+            } else if code == 202 {
+                level.failed += 1;
+            }
+        }
+    }
+    level
+}
+
+/// A `/proc/<pid>/status` field in KiB.
+fn vm(pid: u32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
+
+fn pct(v: &[f64], p: f64) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    s.get(((s.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(f64::NAN)
+}
