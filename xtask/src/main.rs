@@ -4,6 +4,7 @@
 
 mod overhead;
 mod overload;
+mod scale;
 
 use clap::{Parser, Subcommand};
 
@@ -27,6 +28,8 @@ enum Bench {
     Overhead(overhead::Args),
     /// Offered load at 0.5×–3× capacity against fake-engine pools.
     Overload(overload::Args),
+    /// 1,000 simulated nodes and 10,000 concurrent streams through one orchestratord.
+    Scale(scale::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -35,6 +38,7 @@ fn main() -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Bench(Bench::Overhead(a)) => rt.block_on(overhead::run(a)),
         Cmd::Bench(Bench::Overload(a)) => rt.block_on(overload::run(a)),
+        Cmd::Bench(Bench::Scale(a)) => rt.block_on(scale::run(a)),
     }
 }
 

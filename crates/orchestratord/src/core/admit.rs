@@ -37,7 +37,6 @@ impl<E: Effects> Core<E> {
             Room::Free => {}
             Room::Refuse(e) => {
                 self.metrics.inc(m::BACKPRESSURE, labels(&[("engine", api::ENGINE_LLAMACPP), ("policy", self.cfg.full_policy.label())]), 1.0);
-                self.metrics.inc(m::PLACEMENT_DECISIONS, labels(&[("outcome", "no_capacity"), ("pinned", bool_str(v.placement.mode == PlacementMode::Pin)), ("fallback", "false")]), 1.0);
                 return Err(self.reject(e));
             }
             Room::Evict(victim, env) => {

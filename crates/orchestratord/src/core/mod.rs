@@ -81,6 +81,8 @@ pub struct Node {
     pub seq: u64,
     pub capabilities: api::node::Capabilities,
     pub pools: Vec<String>,
+    /// GPU state from the latest heartbeat.
+    pub gpus: Vec<api::node::GpuStatus>,
 }
 
 pub struct PoolEntry {
@@ -105,6 +107,14 @@ impl PoolEntry {
     pub fn model_id(&self) -> Option<&str> {
         self.status.models.first().map(|m| m.id.as_str())
     }
+}
+
+/// Free VRAM on the GPUs of a device mask (`cpu` has none).
+fn free_vram(node: &Node, mask: &str) -> u64 {
+    if mask == "cpu" {
+        return 0;
+    }
+    mask.split(',').filter_map(|d| node.gpus.iter().find(|g| g.device_id == d.trim())).map(|g| g.vram_free_bytes).sum()
 }
 
 /// Per-pool measurements for predictions (EWMA, α = 0.2).
@@ -225,22 +235,29 @@ impl<E: Effects> Core<E> {
                 device_mask: &p.status.device_mask,
                 free_slots: p.free_slots(),
                 load: p.holding.len() + self.queues.get(&format!("pool:{id}")).map(|q| q.len()).unwrap_or(0),
-                free_vram: 0,
+                free_vram: self.nodes.get(&p.node_id).map(|n| free_vram(n, &p.status.device_mask)).unwrap_or(0),
             })
             .collect()
     }
 
-    /// Ready pool count and Online node count, as gauges.
-    pub fn publish_gauges(&self) {
+    /// Gauges computed when `/metrics` is scraped: Online nodes, Ready pools, heartbeat ages.
+    pub fn scrape_gauges(&self, now: Instant) -> Vec<(&'static str, Vec<(&'static str, String)>, f64)> {
+        use crate::metrics as m;
         let online = self.nodes.values().filter(|n| n.status == NodeStatus::Online).count();
         let ready = self
             .pools
             .values()
             .filter(|p| p.status.state == PoolState::Ready && self.nodes.get(&p.node_id).is_some_and(|n| n.status == NodeStatus::Online))
             .count();
-        self.metrics.set(crate::metrics::NODES_ONLINE, vec![], online as f64);
-        self.metrics.set(crate::metrics::POOLS_READY, vec![], ready as f64);
-        self.metrics.remove_gauges(crate::metrics::QUEUE_DEPTH, |_| false);
+        let mut out = vec![(m::NODES_ONLINE, vec![], online as f64), (m::POOLS_READY, vec![], ready as f64)];
+        for (id, age) in self.heartbeat_ages(now) {
+            out.push((m::NODE_HEARTBEAT_AGE, m::labels(&[("node_id", &id)]), age as f64));
+        }
+        out
+    }
+
+    /// Queue depth gauges, updated whenever queues change.
+    pub fn publish_gauges(&self) {        self.metrics.remove_gauges(crate::metrics::QUEUE_DEPTH, |_| false);
         for p in [Priority::Interactive, Priority::Batch] {
             let n: usize = self.queues.iter().filter(|(k, _)| k.starts_with("model:")).map(|(_, q)| q.len_of(p)).sum();
             self.metrics.set(

@@ -86,6 +86,7 @@ impl<E: Effects> Core<E> {
                 seq: 0,
                 capabilities: req.capabilities,
                 pools: pool_ids,
+                gpus: vec![],
             },
         );
         tracing::info!(event = "node.registered", node_id = %node_id, "Node {node_id} registered with {} pool(s)", self.nodes.get(node_id.as_str()).map(|n| n.pools.len()).unwrap_or(0));
@@ -149,6 +150,7 @@ impl<E: Effects> Core<E> {
             return Ok(HeartbeatResponse { next_heartbeat_ms: interval, commands: vec![] });
         }
         node.seq = hb.seq;
+        node.gpus = hb.gpus;
         node.last_seen = now;
         node.last_heartbeat_ms = daemon::now_ms();
         if node.status == NodeStatus::Offline {

@@ -50,11 +50,9 @@ pub fn choose<'a>(pools: &[PoolView<'a>], model: &str, ctx: Option<u64>, placeme
         }
     }
     let preferred = |p: &PoolView<'_>| placement.mode == PlacementMode::Prefer && placement.prefer_pools.iter().any(|x| x == p.pool_id);
-    let mut free = free;
-    if placement.mode == PlacementMode::Prefer && !placement.allow_fallback {
-        free.retain(|p| preferred(p));
-    }
-    free.sort_by(|a, b| {
+    let only_preferred = placement.mode == PlacementMode::Prefer && !placement.allow_fallback;
+    // One pass with a total order: O(pools) per decision, no sorting and no allocation.
+    let best = free.into_iter().filter(|p| !only_preferred || preferred(p)).min_by(|a, b| {
         preferred(b)
             .cmp(&preferred(a))
             .then(b.free_slots.cmp(&a.free_slots))
@@ -63,7 +61,7 @@ pub fn choose<'a>(pools: &[PoolView<'a>], model: &str, ctx: Option<u64>, placeme
             .then(a.node_id.cmp(b.node_id))
             .then(a.pool_id.cmp(b.pool_id))
     });
-    (free.first().map(|p| p.pool_id), considered)
+    (best.map(|p| p.pool_id), considered)
 }
 
 #[cfg(test)]

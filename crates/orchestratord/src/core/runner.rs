@@ -34,7 +34,7 @@ pub enum Msg {
     Session { id: api::SessionId, reply: Reply<Option<super::sessions::SessionView>> },
     DeleteSession { id: api::SessionId },
     Pools { reply: Reply<Vec<PoolView>> },
-    HeartbeatAges { reply: Reply<Vec<(String, u64)>> },
+    ScrapeGauges { reply: Reply<Vec<(&'static str, Vec<(&'static str, String)>, f64)>> },
     Worker { id: TaskId, attempt: u32, ev: WorkerEvent },
     RelayEnded { id: TaskId, attempt: u32, reason: String, answered: Option<ErrorEnvelope> },
     CancelConfirmed { id: TaskId },
@@ -193,8 +193,8 @@ fn handle(core: &mut Core<LiveEffects>, msg: Msg, now: Instant) {
         Msg::Pools { reply } => {
             let _ = reply.send(core.pool_list());
         }
-        Msg::HeartbeatAges { reply } => {
-            let _ = reply.send(core.heartbeat_ages(now));
+        Msg::ScrapeGauges { reply } => {
+            let _ = reply.send(core.scrape_gauges(now));
         }
         Msg::Worker { id, attempt, ev } => core.on_worker(id, attempt, ev, now),
         Msg::RelayEnded { id, attempt, reason, answered } => core.on_relay_ended(id, attempt, reason, answered, now),

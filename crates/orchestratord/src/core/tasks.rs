@@ -55,6 +55,7 @@ impl<E: Effects> Core<E> {
                 && self.nodes.get(&p.node_id).is_some_and(|n| n.status == NodeStatus::Online)
         });
         if !serving {
+            self.metrics.inc(m::PLACEMENT_DECISIONS, labels(&[("outcome", "no_capacity"), ("pinned", "false"), ("fallback", "false")]), 1.0);
             return Err(ErrorEnvelope::new(ErrorCode::ModelNotAvailable, format!("no pool can serve {id} now")).with_retriable(true).with_retry_after(5000));
         }
         Ok(id)

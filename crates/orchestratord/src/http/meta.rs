@@ -11,7 +11,6 @@ use serde_json::json;
 
 use super::{unavailable, App};
 use crate::core::runner::Msg;
-use crate::metrics as m;
 
 pub async fn health() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }))
@@ -28,8 +27,7 @@ pub async fn version() -> Json<serde_json::Value> {
 }
 
 pub async fn metrics(State(app): State<App>) -> Result<Response, ApiError> {
-    let ages = app.core.ask(|reply| Msg::HeartbeatAges { reply }).await.ok_or_else(unavailable)?;
-    let extra: Vec<_> = ages.iter().map(|(node, age)| (m::NODE_HEARTBEAT_AGE, m::labels(&[("node_id", node)]), *age as f64)).collect();
+    let extra = app.core.ask(|reply| Msg::ScrapeGauges { reply }).await.ok_or_else(unavailable)?;
     let mut resp = app.metrics.render(&extra).into_response();
     resp.headers_mut().insert("content-type", HeaderValue::from_static("text/plain; version=0.0.4"));
     Ok(resp)

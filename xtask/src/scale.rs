@@ -1,0 +1,272 @@
+//! Scale benchmark: 1,000 simulated nodes heartbeating and 10,000 concurrent streams through one
+//! orchestratord on this machine; prints its CPU share, memory per idle stream, and the scheduling
+//! decision latency of the core (measured in-process, with no I/O, for the same cluster shape).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use api::node::{HeartbeatRequest, LoadedModel, PoolState, PoolStatus, RegisterRequest, RegisterResponse};
+use api::worker::{DispatchModel, WorkerEvent, WorkerLine};
+use axum::body::{Body, Bytes};
+use axum::routing::post;
+use llorch::stack::{EngineChoice, Stack, StackSpec};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long, default_value_t = 1000)]
+    nodes: usize,
+    #[arg(long, default_value_t = 10_000)]
+    streams: usize,
+    /// Seconds each stream stays open (one token every 10 s).
+    #[arg(long, default_value_t = 40)]
+    hold_secs: u64,
+}
+
+const MODEL: &str = "scale-model";
+
+pub async fn run(a: Args) -> anyhow::Result<()> {
+    raise_nofile();
+    decision_latency(a.nodes, a.streams);
+    crate::build_release(&["orchestratord"])?;
+    let root = std::env::current_dir()?;
+    let dir = root.join("target/bench-scale");
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut spec = StackSpec::new(root.join("target/release"), dir.clone(), dir.join("none.gguf"), EngineChoice::Binary { path: "/bin/false".into() }, dir.join("engines"));
+    spec.pool_id = String::new();
+    spec.heartbeat_interval_ms = 10_000;
+    spec.heartbeat_timeout_ms = 30_000;
+    spec.orchd_extra = format!("[queue]\ncapacity = {}\n[logging]\nlevel = \"warn\"\n", a.streams * 2);
+    let mut stack = Stack::start(spec).await?;
+    let pid = stack.orchd.as_ref().and_then(|c| c.id()).context("pid")?;
+    let slots = a.streams.div_ceil(a.nodes) as u32;
+    let port = llorch::stack::free_port()?;
+    let hold = Duration::from_secs(a.hold_secs);
+    for i in 0..a.nodes {
+        let listener = tokio::net::TcpListener::bind((node_ip(i), port)).await.with_context(|| format!("binding {}", node_ip(i)))?;
+        let app = axum::Router::new().route("/v2/pools/{pool}/dispatch", post(move |body: Bytes| dispatch(body, hold)));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+    }
+    let http = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
+    eprintln!("[bench] registering {} nodes with {slots} slots each", a.nodes);
+    let mut creds = vec![];
+    for i in 0..a.nodes {
+        creds.push(register(&http, &stack.orchd_url, i, port, slots).await?);
+    }
+    let beats = Arc::new(AtomicUsize::new(0));
+    for (i, cred) in creds.into_iter().enumerate() {
+        let (http, url, beats) = (http.clone(), stack.orchd_url.clone(), beats.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis((i as u64 * 10_000) / 1000)).await;
+            let mut seq = 0;
+            loop {
+                seq += 1;
+                let hb = HeartbeatRequest { seq, sent_at_ms: 0, pools: vec![pool(i, slots)], gpus: vec![], commands: vec![] };
+                if http.post(format!("{url}/v2/nodes/{}/heartbeat", node_id(i))).bearer_auth(&cred).json(&hb).send().await.is_ok() {
+                    beats.fetch_add(1, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            }
+        });
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle = cpu_share(pid, Duration::from_secs(10)).await;
+    let rss_before = rss_kib(pid);
+    eprintln!("[bench] heartbeats only: {:.1}% of one core; opening {} streams", idle * 100.0, a.streams);
+    let opened = Arc::new(AtomicUsize::new(0));
+    let ended = Arc::new(AtomicUsize::new(0));
+    let client = client::Client::new(&stack.orchd_url, None);
+    let sem = Arc::new(tokio::sync::Semaphore::new(256));
+    let t_open = Instant::now();
+    for _ in 0..a.streams {
+        let mut permit = Some(sem.clone().acquire_owned().await?);
+        let (c, opened, ended) = (client.clone(), opened.clone(), ended.clone());
+        tokio::spawn(async move {
+            let mut req = api::task::TaskRequest::new(MODEL);
+            req.prompt = Some("scale".into());
+            req.max_tokens = Some(8);
+            let Ok(adm) = c.submit(&req).await else { return };
+            let Ok(mut s) = c.events(&adm.body.streams.sse).await else { return };
+            let mut counted = false;
+            while let Some(Ok(f)) = s.next().await {
+                if !counted {
+                    opened.fetch_add(1, Ordering::Relaxed);
+                    counted = true;
+                    // Opening is throttled; holding the stream is not.
+                    permit.take();
+                }
+                if f.event.is_terminal() {
+                    ended.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+            }
+        });
+    }
+    while opened.load(Ordering::Relaxed) < a.streams && t_open.elapsed() < Duration::from_secs(120) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let open_secs = t_open.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_streams = rss_kib(pid);
+    let busy = cpu_share(pid, Duration::from_secs(10)).await;
+    let n_open = opened.load(Ordering::Relaxed);
+    let per_stream = (rss_streams.saturating_sub(rss_before)) as f64 * 1024.0 / n_open.max(1) as f64;
+    let peak = vm_hwm(pid);
+    stack.shutdown().await?;
+    println!("\nbench scale: {} simulated nodes ({slots} slots each) heartbeating every 10 s; {} streams held open ~{} s\n", a.nodes, a.streams, a.hold_secs);
+    println!("| measure | value | target |");
+    println!("|---|---|---|");
+    println!("| heartbeats accepted during the run | {} | |", beats.load(Ordering::Relaxed));
+    println!("| orchestratord CPU, heartbeats only | {:.1}% of one core ({:.1}% of the machine) | |", idle * 100.0, idle * 50.0);
+    println!("| streams opened (started frame received) | {n_open} in {open_secs:.1} s | {} |", a.streams);
+    println!("| orchestratord CPU, streams open | {:.1}% of one core ({:.1}% of the machine) | |", busy * 100.0, busy * 50.0);
+    println!("| orchestratord RSS before / with streams / peak | {:.1} / {:.1} / {:.1} MiB | |", rss_before as f64 / 1024.0, rss_streams as f64 / 1024.0, peak as f64 / 1024.0);
+    println!("| memory per idle stream | {:.1} KB | < 50 KB |", per_stream / 1000.0);
+    Ok(())
+}
+
+fn node_id(i: usize) -> String {
+    format!("sim-{i:04}")
+}
+
+/// Each simulated node listens on its own loopback address, so each gets its own connection.
+fn node_ip(i: usize) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::new(127, 1, (i / 200) as u8, (i % 200 + 1) as u8)
+}
+
+fn pool(i: usize, slots: u32) -> PoolStatus {
+    PoolStatus {
+        pool_id: format!("{}-p", node_id(i)),
+        state: PoolState::Ready,
+        last_error: None,
+        engine: "llamacpp".into(),
+        engine_version: Some("b0-simulated".into()),
+        engine_built: true,
+        device_mask: "cpu".into(),
+        slots_total: slots,
+        slots_free: slots,
+        ctx_per_slot: 1024,
+        models: vec![LoadedModel { id: MODEL.into(), model_ref: "file:/scale.gguf".into(), digest: None }],
+        running: vec![],
+        kv_cache_usage_ratio: None,
+        decode_tokens_per_s: None,
+        vram_used_bytes: None,
+    }
+}
+
+async fn register(http: &reqwest::Client, url: &str, i: usize, port: u16, slots: u32) -> anyhow::Result<String> {
+    let req = RegisterRequest {
+        protocol_version: 1,
+        node_id: node_id(i),
+        machine_id: node_id(i),
+        version: "sim".into(),
+        address: format!("http://{}:{port}", node_ip(i)),
+        dispatch_token: "s".repeat(32),
+        capabilities: Default::default(),
+        pools: vec![pool(i, slots)],
+    };
+    let r: RegisterResponse = http.post(format!("{url}/v2/nodes/register")).json(&req).send().await?.error_for_status()?.json().await?;
+    r.node_token.context("no credential issued")
+}
+
+/// A simulated worker's dispatch: started, then a token every 10 s while the stream is held, then end.
+async fn dispatch(_body: Bytes, hold: Duration) -> axum::response::Response {
+    let tokens = (hold.as_secs() / 10).max(1);
+    let stream = futures::stream::unfold(0u64, move |k| async move {
+        let ev = match k {
+            0 => WorkerEvent::Started { engine: "llamacpp".into(), engine_version: "b0-simulated".into(), model: DispatchModel { id: MODEL.into(), digest: None } },
+            k if k <= tokens => {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                WorkerEvent::Token { i: k - 1, t: "x".into() }
+            }
+            k if k == tokens + 1 => WorkerEvent::End { tokens_in: 1, tokens_out: tokens, stop_reason: api::events::StopReason::Limit, seed: None, engine_ttft_ms: Some(1), engine_decode_ms: 1 },
+            _ => return None,
+        };
+        let mut line = serde_json::to_vec(&WorkerLine { seq: k, event: ev }).unwrap_or_default();
+        line.push(b'\n');
+        Some((Ok::<_, std::convert::Infallible>(Bytes::from(line)), k + 1))
+    });
+    axum::response::Response::new(Body::from_stream(stream))
+}
+
+async fn cpu_share(pid: u32, over: Duration) -> f64 {
+    let t0 = (cpu_ticks(pid), Instant::now());
+    tokio::time::sleep(over).await;
+    let ticks = cpu_ticks(pid).saturating_sub(t0.0) as f64 / 100.0;
+    ticks / t0.1.elapsed().as_secs_f64()
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = s.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0) + f.get(12).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+}
+
+fn status_kib(pid: u32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:")
+}
+
+fn vm_hwm(pid: u32) -> u64 {
+    status_kib(pid, "VmHWM:")
+}
+
+fn raise_nofile() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
+/// The core's decision latency: `submit` (validation done, placement, queueing, dispatch decision)
+/// on a core with `nodes` nodes, measured per task while `streams` tasks pile up running.
+fn decision_latency(nodes: usize, streams: usize) {
+    use orchestratord::core::{CancelJob, Core, DispatchJob, Effects, Timer};
+    struct Discard;
+    impl Effects for Discard {
+        fn dispatch(&mut self, _: DispatchJob) {}
+        fn abort_dispatch(&mut self, _: api::TaskId) {}
+        fn cancel_on_worker(&mut self, _: CancelJob) {}
+        fn timer(&mut self, _: Duration, _: Timer) {}
+    }
+    let Ok(mut cfg) = orchestratord::config::RawConfig::default().validate(std::path::Path::new("/tmp")) else { return };
+    cfg.queue_capacity = streams * 2;
+    let cfg = Arc::new(cfg);
+    let mut core = Core::new(cfg.clone(), Discard, Arc::new(orchestratord::metrics::Metrics::default()));
+    let now = Instant::now();
+    let slots = streams.div_ceil(nodes) as u32;
+    for i in 0..nodes {
+        let req = RegisterRequest {
+            protocol_version: 1,
+            node_id: node_id(i),
+            machine_id: node_id(i),
+            version: "sim".into(),
+            address: format!("http://{}:1", node_ip(i)),
+            dispatch_token: "s".repeat(32),
+            capabilities: Default::default(),
+            pools: vec![pool(i, slots)],
+        };
+        let _ = core.register(req, orchestratord::core::nodes::NodeCaller::Open, now);
+    }
+    let mut lat = Vec::with_capacity(streams);
+    for _ in 0..streams {
+        let mut r = api::task::TaskRequest::new(MODEL);
+        r.prompt = Some("x".into());
+        r.max_tokens = Some(8);
+        let Ok(v) = orchestratord::admission::validate(r, &cfg) else { return };
+        let t0 = Instant::now();
+        let _ = core.submit(v, "c".into(), now);
+        lat.push(t0.elapsed().as_secs_f64() * 1e6);
+    }
+    lat.sort_by(f64::total_cmp);
+    let p = |q: f64| lat[((lat.len() - 1) as f64 * q) as usize];
+    println!("\nscheduling decision latency (core::submit with {nodes} nodes, up to {streams} running): median {:.1} µs, p99 {:.1} µs (target: median < 100 µs)", p(0.5), p(0.99));
+}
