@@ -22,6 +22,9 @@ pub struct Args {
     /// Seconds each stream stays open (one token every 10 s).
     #[arg(long, default_value_t = 40)]
     hold_secs: u64,
+    /// Only the in-process decision latency measurement.
+    #[arg(long)]
+    decisions_only: bool,
 }
 
 const MODEL: &str = "scale-model";
@@ -29,6 +32,9 @@ const MODEL: &str = "scale-model";
 pub async fn run(a: Args) -> anyhow::Result<()> {
     raise_nofile();
     decision_latency(a.nodes, a.streams);
+    if a.decisions_only {
+        return Ok(());
+    }
     crate::build_release(&["orchestratord"])?;
     let root = std::env::current_dir()?;
     let dir = root.join("target/bench-scale");

@@ -274,6 +274,16 @@ impl Stack {
         }
     }
 
+    /// Stops orchestratord (SIGTERM) and starts it again on the same port and config.
+    pub async fn restart_orchestratord(&mut self) -> anyhow::Result<()> {
+        if let Some(mut c) = self.orchd.take() {
+            terminate(&mut c).await?;
+        }
+        let cfg = self.spec.dir.join("orchestratord.toml");
+        self.orchd = Some(spawn(&self.spec.bin_dir.join("orchestratord"), &cfg, &self.orchd_log)?);
+        self.wait_http(&format!("{}/health", self.orchd_url), Duration::from_secs(20)).await
+    }
+
     /// Sends SIGTERM to pool-managerd and waits for it to exit.
     pub async fn stop_pool_managerd(&mut self) -> anyhow::Result<std::process::ExitStatus> {
         let Some(mut c) = self.pool_managerd.take() else { bail!("pool-managerd is not running") };

@@ -100,6 +100,31 @@ pub fn spawn(spec: PoolSpec, env: SupervisorEnv, shutdown: CancellationToken, tr
     pool
 }
 
+/// Engine failures (crashes and failed starts) counted within this window trip the breaker.
+const BREAKER_WINDOW: Duration = Duration::from_secs(300);
+
+/// Stops restarting an engine after `limit` failures within `window`.
+struct Breaker {
+    limit: usize,
+    window: Duration,
+    failures: std::collections::VecDeque<Instant>,
+}
+
+impl Breaker {
+    fn new(limit: usize, window: Duration) -> Self {
+        Self { limit, window, failures: Default::default() }
+    }
+
+    /// Records a failure; returns the reason when the breaker trips.
+    fn trip(&mut self, now: Instant, last: &str) -> Option<String> {
+        self.failures.push_back(now);
+        while self.failures.front().is_some_and(|t| now.duration_since(*t) > self.window) {
+            self.failures.pop_front();
+        }
+        (self.failures.len() >= self.limit).then(|| format!("circuit breaker open: {} engine failures within {} s; last: {last}", self.failures.len(), self.window.as_secs()))
+    }
+}
+
 struct Supervisor {
     pool: Arc<Pool>,
     env: SupervisorEnv,
@@ -120,7 +145,7 @@ impl Supervisor {
     async fn run(self) {
         let pool_id = self.pool.spec.id.to_string();
         let Some(binary) = self.provision().await else { return };
-        let mut failures = 0u32;
+        let mut breaker = Breaker::new(self.env.timings.max_restarts.max(1) as usize, BREAKER_WINDOW);
         let mut backoff = Duration::from_secs(1);
         let mut generation = 0u64;
         loop {
@@ -135,7 +160,6 @@ impl Supervisor {
             let started = Instant::now();
             match engine::launch(&self.launch_spec(&binary)).await {
                 Ok(running) => {
-                    failures = 0;
                     tracing::info!(event = "engine.ready", pool_id = %pool_id, node_id = %self.env.node_id, engine_version = %running.build_info, pid = running.pid,
                         "Engine for pool {pool_id} is ready on port {} (pid {})", running.port, running.pid);
                     self.publish(|s| {
@@ -148,27 +172,28 @@ impl Supervisor {
                     match self.watch(running).await {
                         Exit::Shutdown => break,
                         Exit::Crashed(why) => {
+                            if started.elapsed() > BREAKER_WINDOW {
+                                backoff = Duration::from_secs(1);
+                            }
+                            if let Some(reason) = breaker.trip(Instant::now(), &why) {
+                                tracing::error!(event = "engine.exited", pool_id = %pool_id, node_id = %self.env.node_id, reason = %why, "Engine for pool {pool_id} crashed; {reason}");
+                                self.fail(reason);
+                                return;
+                            }
                             tracing::warn!(event = "engine.exited", pool_id = %pool_id, node_id = %self.env.node_id, reason = %why, "Engine for pool {pool_id} stopped unexpectedly: {why}; restarting");
                             self.publish(|s| {
                                 s.state = PoolState::Starting;
                                 s.client = None;
                                 s.last_error = Some(why);
                             });
-                            if started.elapsed() > Duration::from_secs(300) {
-                                backoff = Duration::from_secs(1);
-                            }
                         }
                     }
                 }
                 Err(e) => {
-                    failures += 1;
                     let why = e.to_string();
-                    tracing::error!(event = "engine.exited", pool_id = %pool_id, node_id = %self.env.node_id, attempt = failures, "Engine for pool {pool_id} failed to start: {why}");
-                    if failures >= self.env.timings.max_restarts.max(1) {
-                        self.publish(|s| {
-                            s.state = PoolState::Failed;
-                            s.last_error = Some(why);
-                        });
+                    tracing::error!(event = "engine.exited", pool_id = %pool_id, node_id = %self.env.node_id, "Engine for pool {pool_id} failed to start: {why}");
+                    if let Some(reason) = breaker.trip(Instant::now(), &why) {
+                        self.fail(reason);
                         return;
                     }
                     self.publish(|s| s.last_error = Some(why));
@@ -184,6 +209,14 @@ impl Supervisor {
         self.publish(|s| {
             s.state = PoolState::Unloaded;
             s.client = None;
+        });
+    }
+
+    fn fail(&self, reason: String) {
+        self.publish(|s| {
+            s.state = PoolState::Failed;
+            s.client = None;
+            s.last_error = Some(reason);
         });
     }
 
@@ -292,5 +325,21 @@ impl Supervisor {
         for i in inflight.values() {
             i.lost.cancel();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn breaker_trips_on_failures_within_the_window() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(3, Duration::from_secs(300));
+        assert!(b.trip(t0, "a").is_none());
+        assert!(b.trip(t0 + Duration::from_secs(10), "b").is_none());
+        // The first failure has left the window: still only two.
+        assert!(b.trip(t0 + Duration::from_secs(305), "c").is_none());
+        assert!(b.trip(t0 + Duration::from_secs(306), "d").unwrap().contains("3 engine failures"));
     }
 }

@@ -9,6 +9,7 @@ mod happy;
 mod nodes;
 mod refusals;
 mod sched;
+mod worker;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -26,6 +27,8 @@ fn scenarios() -> Vec<(&'static str, bool, Scenario)> {
         ("client_disconnect_frees_the_slot", true, |a| Box::pin(cancel::client_disconnect(a))),
         ("heartbeats_keep_node_online_and_silence_makes_it_offline", true, |a| Box::pin(nodes::heartbeat_and_offline(a))),
         ("sigterm_deregisters_and_leaves_no_engine", true, |a| Box::pin(nodes::sigterm_deregisters(a))),
+        ("worker_engine_killed_mid_stream_resets_and_recovers", true, |a| Box::pin(worker::engine_killed_mid_stream(a))),
+        ("worker_orchestratord_restart_reregisters", true, |a| Box::pin(worker::orchestratord_restart_reregisters(a))),
         ("sched_queue_order_and_aging", true, |a| Box::pin(sched::queue_order_and_aging(a))),
         ("sched_no_oversubscription", true, |a| Box::pin(sched::no_oversubscription(a))),
         ("sched_full_queue_429_and_drop_lru", true, |a| Box::pin(sched::full_queue_429_and_drop_lru(a))),

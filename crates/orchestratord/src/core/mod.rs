@@ -94,6 +94,10 @@ pub struct PoolEntry {
     pub releasing: BTreeSet<TaskId>,
     /// The worker answered REPLICA_EXHAUSTED: no free slot until its next heartbeat.
     pub exhausted: bool,
+    /// Facts of the pool's node, refreshed by [`Core::sync_node_facts`] whenever they change, so
+    /// placement never looks nodes up per pool.
+    pub node_online: bool,
+    pub free_vram: u64,
 }
 
 impl PoolEntry {
@@ -223,21 +227,34 @@ impl<E: Effects> Core<E> {
     }
 
     pub fn pool_views(&self) -> Vec<placement::PoolView<'_>> {
+        // Pinned tasks wait in per-pool queues; they count towards that pool's load.
+        let pinned: HashMap<&str, usize> = self.queues.iter().filter_map(|(k, q)| k.strip_prefix("pool:").map(|p| (p, q.len()))).collect();
         self.pools
             .iter()
             .map(|(id, p)| placement::PoolView {
                 pool_id: id,
                 node_id: &p.node_id,
-                node_status: self.nodes.get(&p.node_id).map(|n| n.status).unwrap_or(NodeStatus::Offline),
+                node_status: if p.node_online { NodeStatus::Online } else { NodeStatus::Offline },
                 state: p.status.state,
                 model_id: p.model_id(),
                 ctx_per_slot: p.status.ctx_per_slot,
                 device_mask: &p.status.device_mask,
                 free_slots: p.free_slots(),
-                load: p.holding.len() + self.queues.get(&format!("pool:{id}")).map(|q| q.len()).unwrap_or(0),
-                free_vram: self.nodes.get(&p.node_id).map(|n| free_vram(n, &p.status.device_mask)).unwrap_or(0),
+                load: p.holding.len() + pinned.get(id.as_str()).copied().unwrap_or(0),
+                free_vram: p.free_vram,
             })
             .collect()
+    }
+
+    /// Copies a node's status and free VRAM into its pools (see [`PoolEntry::node_online`]).
+    pub(crate) fn sync_node_facts(&mut self, node_id: &str) {
+        let Some(node) = self.nodes.get(node_id) else { return };
+        for pid in &node.pools {
+            if let Some(p) = self.pools.get_mut(pid) {
+                p.node_online = node.status == NodeStatus::Online;
+                p.free_vram = free_vram(node, &p.status.device_mask);
+            }
+        }
     }
 
     /// Gauges computed when `/metrics` is scraped: Online nodes, Ready pools, heartbeat ages.

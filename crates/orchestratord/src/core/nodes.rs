@@ -89,6 +89,7 @@ impl<E: Effects> Core<E> {
                 gpus: vec![],
             },
         );
+        self.sync_node_facts(node_id.as_str());
         tracing::info!(event = "node.registered", node_id = %node_id, "Node {node_id} registered with {} pool(s)", self.nodes.get(node_id.as_str()).map(|n| n.pools.len()).unwrap_or(0));
         self.pump(now);
         Ok(RegisterResponse {
@@ -116,7 +117,7 @@ impl<E: Effects> Core<E> {
                 e.exhausted = false;
             }
             None => {
-                self.pools.insert(id, PoolEntry { node_id: node_id.to_string(), status, holding: Default::default(), releasing: Default::default(), exhausted: false });
+                self.pools.insert(id, PoolEntry { node_id: node_id.to_string(), status, holding: Default::default(), releasing: Default::default(), exhausted: false, node_online: false, free_vram: 0 });
             }
         }
     }
@@ -163,6 +164,7 @@ impl<E: Effects> Core<E> {
             self.upsert_pool(node_id, p.clone());
             self.reconcile_running(&p.pool_id, &running, now);
         }
+        self.sync_node_facts(node_id);
         self.pump(now);
         Ok(HeartbeatResponse { next_heartbeat_ms: interval, commands: vec![] })
     }
@@ -216,6 +218,7 @@ impl<E: Effects> Core<E> {
             if let Some(n) = self.nodes.get_mut(&id) {
                 n.status = NodeStatus::Offline;
             }
+            self.sync_node_facts(&id);
             self.metrics.inc(m::NODE_OFFLINE, labels(&[("node_id", &id)]), 1.0);
             tracing::warn!(event = "node.offline", node_id = %id, "Node {id} is offline: no heartbeat for {} ms", timeout.as_millis());
             self.node_lost(&id, now);
