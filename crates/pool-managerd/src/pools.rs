@@ -158,7 +158,14 @@ impl Supervisor {
                 s.client = None;
             });
             let started = Instant::now();
-            match engine::launch(&self.launch_spec(&binary)).await {
+            // A shutdown while the engine is still loading must not wait for the start timeout:
+            // dropping the launch kills the half-started child (kill_on_drop).
+            let spec = self.launch_spec(&binary);
+            let launched = tokio::select! {
+                r = engine::launch(&spec) => r,
+                _ = self.shutdown.cancelled() => break,
+            };
+            match launched {
                 Ok(running) => {
                     tracing::info!(event = "engine.ready", pool_id = %pool_id, node_id = %self.env.node_id, engine_version = %running.build_info, pid = running.pid,
                         "Engine for pool {pool_id} is ready on port {} (pid {})", running.port, running.pid);

@@ -166,8 +166,8 @@ pub async fn full_queue_429_and_drop_lru(a: Assets) -> anyhow::Result<()> {
 pub async fn retry_before_first_token(a: Assets) -> anyhow::Result<()> {
     let (mut stack, model) = empty_stack(&a, "failover", "").await?;
     let result = async {
-        // n1's engine dies on its first request before any token; n2 is healthy.
-        stack.add_node(fake_node("n1", &model, &[("f1", 1)], &[("FAKE_CRASH_AFTER_TOKENS", "0".into())])?)?;
+        // n1's engine is slow to produce its first token; it is killed while the task waits.
+        let n1 = stack.add_node(fake_node("n1", &model, &[("f1", 1)], &[("FAKE_TOKEN_DELAY_MS", "20000".into())])?)?;
         stack.add_node(fake_node("n2", &model, &[("f2", 1)], &[])?)?;
         stack.wait_pools_ready(&["f1", "f2"], Duration::from_secs(30)).await?;
         let client = client::Client::new(&stack.orchd_url, None);
@@ -175,12 +175,22 @@ pub async fn retry_before_first_token(a: Assets) -> anyhow::Result<()> {
         req.placement = Some(Placement { mode: PlacementMode::Prefer, prefer_pools: vec!["f1".into()], ..Default::default() });
         let adm = client.submit(&req).await?.body;
         let mut s = client.events(&adm.streams.sse).await?;
-        let mut frames = vec![];
+        let first = tokio::time::timeout(Duration::from_secs(10), s.next()).await?.context("no frame")??;
+        ensure!(matches!(&first.event, Event::Started(st) if st.pool_id == "f1"), "first placement: {:?}", first.event);
+        let log = stack.nodes[n1].log.clone();
+        let pid = wait_for("n1's engine to take the request", Duration::from_secs(10), || async {
+            let lines = crate::fixtures::log_lines(&log);
+            let busy = lines.iter().any(|l| l["event"] == "engine.request");
+            lines.iter().rev().find(|l| l["event"] == "engine.ready").and_then(|l| l["pid"].as_i64()).filter(|_| busy)
+        })
+        .await?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL)?;
+        let mut frames = vec![first.event];
         while let Some(f) = tokio::time::timeout(Duration::from_secs(20), s.next()).await?.transpose()? {
             frames.push(f.event);
         }
-        ensure!(matches!(frames.first(), Some(Event::Started(st)) if st.pool_id == "f1"), "first placement: {:?}", frames.first());
-        ensure!(frames.iter().any(|f| matches!(f, Event::Metrics(m) if m.placement.as_ref().is_some_and(|p| p.pool_id == "f2" && p.attempt == 2))), "no failover frame");
+        ensure!(frames.iter().any(|f| matches!(f, Event::Metrics(m) if m.placement.as_ref().is_some_and(|p| p.pool_id == "f2" && p.attempt == 2))), "no failover frame in {frames:?}");
+        ensure!(frames.iter().filter(|f| matches!(f, Event::Started(_))).count() == 1, "started repeated");
         ensure!(matches!(frames.last(), Some(Event::End(e)) if !e.canceled && e.tokens_out > 0), "ended with {:?}", frames.last());
         Ok(())
     }
@@ -206,7 +216,10 @@ pub async fn deadlines(a: Assets) -> anyhow::Result<()> {
         let recs = wait_done(&client, &[running.task_id, queued.task_id]).await?;
         ensure!(recs[0].stop_reason == Some(StopReason::Deadline) && recs[0].state == TaskState::Completed, "running: {:?} {:?}", recs[0].state, recs[0].stop_reason);
         ensure!(recs[1].state == TaskState::Failed && recs[1].error.as_ref().is_some_and(|e| e.code == ErrorCode::DeadlineUnmet), "queued: {:?}", recs[1].error);
-        // With measurements in hand, an infeasible deadline is refused at admission.
+        // With measurements in hand (one task run to its end), an infeasible deadline is refused at
+        // admission.
+        let done = client.submit(&fake_task(Priority::Interactive)).await?.body.task_id;
+        wait_done(&client, &[done]).await?;
         let _busy = client.submit(&fake_task(Priority::Interactive)).await?.body;
         let _waiting = client.submit(&fake_task(Priority::Interactive)).await?.body;
         let mut tight = fake_task(Priority::Interactive);
