@@ -93,6 +93,29 @@ mod tests {
     }
 
     #[test]
+    fn prefer_avoid_mask_and_fallback() {
+        let pools = [pool("a", "n1", 3, 0), pool("b", "n1", 1, 0)];
+        let prefer = Placement { mode: PlacementMode::Prefer, prefer_pools: vec!["b".into()], ..Default::default() };
+        check(&pools, &prefer, None, Some("b"));
+        let prefer_only = Placement { mode: PlacementMode::Prefer, prefer_pools: vec!["b".into()], allow_fallback: false, ..Default::default() };
+        check(&[pool("a", "n1", 3, 0), pool("b", "n1", 0, 1)], &prefer_only, None, None);
+        let avoid = Placement { avoid_pools: vec!["a".into()], ..Default::default() };
+        check(&pools, &avoid, None, Some("b"));
+        // Avoided pools are used when nothing else is a candidate and fallback is allowed...
+        check(&[pool("a", "n1", 1, 0)], &avoid, None, Some("a"));
+        // ...and never when it is not.
+        check(&[pool("a", "n1", 1, 0)], &Placement { allow_fallback: false, ..avoid.clone() }, None, None);
+        let mut gpu = pool("g", "n1", 1, 0);
+        gpu.device_mask = "0,1";
+        let masked = Placement { require_device_mask: Some("0,1".into()), ..Default::default() };
+        check(&[pool("a", "n1", 5, 0), gpu.clone()], &masked, None, Some("g"));
+        // More free VRAM wins between otherwise equal pools.
+        let mut rich = pool("z", "n9", 1, 0);
+        rich.free_vram = 10;
+        check(&[pool("a", "n1", 1, 0), rich], &Placement::default(), None, Some("z"));
+    }
+
+    #[test]
     fn pin_and_model_filter() {
         let pin = Placement { mode: PlacementMode::Pin, pin_pool_id: Some("b".into()), ..Default::default() };
         check(&[pool("a", "n1", 1, 0), pool("b", "n1", 1, 0)], &pin, None, Some("b"));

@@ -326,3 +326,34 @@ fn offline_node_fails_over_or_resets() {
     assert_eq!(core.tasks[&quiet].pool.as_deref(), Some("b"), "no token yet: failed over");
     assert!(matches!(frames(&core, talking).last(), Some(Event::Error(e)) if e.code == ErrorCode::WorkerReset));
 }
+
+#[test]
+fn predicted_start_uses_measurements() {
+    let now = Instant::now();
+    let mut core = core_with(|_| {});
+    register(&mut core, "n1", vec![pool("p1", 1)], now);
+    // Without measurements: D = 1000 + 50 × max_tokens = 1800 ms for 16 tokens.
+    let t0 = submit(&mut core, Priority::Interactive, now).expect("runs");
+    let (adm, _) = core.submit(task(|_| {}), "c".into(), now).expect("queued");
+    assert_eq!((adm.queue_position, adm.predicted_start_ms), (0, 1800));
+    // One finished task: 1 token decoded in 1 ms engine time (1000 tok/s), 1 ms TTFT.
+    finish(&mut core, t0, now);
+    let stats = core.stats["p1"];
+    assert_eq!((stats.tokens_out, stats.ttft_ms), (Some(1.0), Some(1.0)));
+    let (adm, _) = core.submit(task(|_| {}), "c".into(), now).expect("queued");
+    // ceil((0 + 1) / 1 slot) × (1 token / 1000 tok/s × 1000 + 1 ms) = 2 ms.
+    assert_eq!((adm.queue_position, adm.predicted_start_ms), (0, 2));
+}
+
+#[test]
+fn sessions_expire_and_delete() {
+    let now = Instant::now();
+    let mut core = core_with(|c| c.session_ttl = Duration::from_secs(10));
+    register(&mut core, "n1", vec![pool("p1", 1)], now);
+    let sid = api::SessionId::new();
+    core.submit(task(|r| r.session_id = Some(sid)), "c".into(), now).expect("admitted");
+    assert!(core.session_view(sid, now + Duration::from_secs(9)).is_some_and(|v| v.ttl_ms_remaining == 1000));
+    assert!(core.session_view(sid, now + Duration::from_secs(11)).is_none(), "expired");
+    core.delete_session(sid);
+    assert!(core.session_view(sid, now).is_none());
+}
