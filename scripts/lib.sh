@@ -19,3 +19,15 @@ load_dev_assets() {
   eval "$vars"
   set +a
 }
+
+# A venv with the official openai client (pinned) for the OpenAI-compatibility tests; exports
+# LLORCH_PYTHON. Cached under ~/.cache/llama-orch/venv-openai.
+ensure_openai_client() {
+  local venv="${LLORCH_CACHE_DIR:-$HOME/.cache/llama-orch}/venv-openai"
+  if ! "$venv/bin/python" -c 'import openai, sys; sys.exit(openai.__version__ != "3.57.0")' >/dev/null 2>&1; then
+    echo "[test] installing openai==3.57.0 into $venv" >&2
+    python3 -m venv "$venv" >&2
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "openai==3.57.0" >&2
+  fi
+  export LLORCH_PYTHON="$venv/bin/python"
+}

@@ -7,6 +7,7 @@ mod cancel;
 mod fixtures;
 mod happy;
 mod nodes;
+mod openai;
 mod refusals;
 mod sched;
 mod worker;
@@ -29,6 +30,7 @@ fn scenarios() -> Vec<(&'static str, bool, Scenario)> {
         ("sigterm_deregisters_and_leaves_no_engine", true, |a| Box::pin(nodes::sigterm_deregisters(a))),
         ("worker_engine_killed_mid_stream_resets_and_recovers", true, |a| Box::pin(worker::engine_killed_mid_stream(a))),
         ("worker_orchestratord_restart_reregisters", true, |a| Box::pin(worker::orchestratord_restart_reregisters(a))),
+        ("openai_official_client", true, |a| Box::pin(openai::official_client(a))),
         ("sched_queue_order_and_aging", true, |a| Box::pin(sched::queue_order_and_aging(a))),
         ("sched_no_oversubscription", true, |a| Box::pin(sched::no_oversubscription(a))),
         ("sched_full_queue_429_and_drop_lru", true, |a| Box::pin(sched::full_queue_429_and_drop_lru(a))),

@@ -3,6 +3,7 @@
 
 mod meta;
 mod nodes;
+pub mod openai;
 mod tasks;
 
 use std::sync::Arc;
@@ -45,6 +46,9 @@ pub fn router(app: App) -> Router {
         .route("/v2/pools/{id}/health", get(meta::pool_health))
         .route("/v2/meta/version", get(meta::version))
         .route("/v2/meta/capabilities", get(meta::capabilities))
+        .route("/v1/chat/completions", post(openai::chat))
+        .route("/v1/completions", post(openai::completions))
+        .route("/v1/models", get(openai::models))
         .route("/health", get(meta::health))
         .route("/metrics", get(meta::metrics))
         .fallback(not_found)
@@ -75,6 +79,7 @@ fn allowed_methods(path: &str) -> String {
     match segs.as_slice() {
         ["v2", "tasks"] | ["v2", "nodes", "register"] | ["v2", "tasks", _, "cancel"] | ["v2", "nodes", _, "heartbeat"] => "POST",
         ["v2", "nodes", _] => "DELETE",
+        ["v1", "chat", "completions"] | ["v1", "completions"] => "POST",
         ["v2", "sessions", _] => "GET, DELETE",
         _ => "GET",
     }
@@ -111,10 +116,14 @@ async fn auth(State(app): State<App>, req: Request, next: Next) -> Response {
     let class = classify(req.method(), req.uri().path(), &app.cfg);
     if let RouteClass::Client = class {
         if !app.cfg.open_mode() {
-            match &token {
-                None if header.is_none() => return ApiError(ErrorEnvelope::new(ErrorCode::MissingToken, "this route needs a client token (Authorization: Bearer …)")).into_response(),
-                Some(t) if app.cfg.client_tokens.iter().any(|c| c.matches(t)) => {}
-                _ => return ApiError(ErrorEnvelope::new(ErrorCode::BadToken, "the token is not a valid client token")).into_response(),
+            let refusal = match &token {
+                None if header.is_none() => Some(ErrorEnvelope::new(ErrorCode::MissingToken, "this route needs a client token (Authorization: Bearer …)")),
+                Some(t) if app.cfg.client_tokens.iter().any(|c| c.matches(t)) => None,
+                _ => Some(ErrorEnvelope::new(ErrorCode::BadToken, "the token is not a valid client token")),
+            };
+            if let Some(env) = refusal {
+                // OpenAI clients get OpenAI's error shape, everyone else the v2 envelope.
+                return if req.uri().path().starts_with("/v1/") { openai::error(env) } else { ApiError(env).into_response() };
             }
         }
     }
