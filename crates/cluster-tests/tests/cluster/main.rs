@@ -37,6 +37,7 @@ fn scenarios() -> Vec<(&'static str, bool, Scenario)> {
         ("sched_retry_before_first_token", true, |a| Box::pin(sched::retry_before_first_token(a))),
         ("sched_deadlines", true, |a| Box::pin(sched::deadlines(a))),
         ("sched_pin_semantics", true, |a| Box::pin(sched::pin_semantics(a))),
+        ("sched_sessions_endpoint", true, |a| Box::pin(sched::sessions_endpoint(a))),
     ]
 }
 

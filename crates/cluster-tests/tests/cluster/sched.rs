@@ -284,3 +284,34 @@ pub async fn pin_semantics(a: Assets) -> anyhow::Result<()> {
     stack.shutdown().await?;
     result
 }
+
+/// Sessions over HTTP (API.md §4.3): created by a task, counted on completion, deleted on request.
+pub async fn sessions_endpoint(a: Assets) -> anyhow::Result<()> {
+    let (mut stack, model) = empty_stack(&a, "sessions", "").await?;
+    let result = async {
+        stack.add_node(fake_node("n1", &model, &[("f1", 1)], &[])?)?;
+        stack.wait_pools_ready(&["f1"], Duration::from_secs(30)).await?;
+        let client = client::Client::new(&stack.orchd_url, None);
+        let sid = api::SessionId::new();
+        let mut ids = vec![];
+        for _ in 0..2 {
+            let mut r = fake_task(Priority::Interactive);
+            r.session_id = Some(sid);
+            ids.push(client.submit(&r).await?.body.task_id);
+            wait_done(&client, &ids).await?;
+        }
+        let http = reqwest::Client::new();
+        let url = format!("{}/v2/sessions/{sid}", stack.orchd_url);
+        let v: serde_json::Value = http.get(&url).send().await?.error_for_status()?.json().await?;
+        ensure!(v["turns"] == 2 && v["last_pool_id"] == "f1" && v["kv_warmth"] == true, "session: {v}");
+        ensure!(v["tokens_out_total"].as_u64().is_some_and(|n| n > 0) && v["ttl_ms_remaining"].as_u64().is_some_and(|n| n > 0), "session: {v}");
+        ensure!(v.get("prompt").is_none() && !v.to_string().contains("one two three"), "sessions must not store prompts: {v}");
+        ensure!(http.delete(&url).send().await?.status() == 204, "delete");
+        ensure!(http.get(&url).send().await?.status() == 404, "deleted session still there");
+        ensure!(http.delete(&url).send().await?.status() == 204, "delete of an unknown session is 204 too");
+        Ok(())
+    }
+    .await;
+    stack.shutdown().await?;
+    result
+}
