@@ -104,6 +104,27 @@ impl Client {
         self.json(self.req(reqwest::Method::POST, "/v2/tasks").json(req)).await
     }
 
+    /// `POST /v2/tasks`, retrying refusals that say so (429, and 503 with `retriable`) after the
+    /// server's `Retry-After` (or `retry_after_ms`), at most `attempts` times in all. Only
+    /// admission is retried: nothing has run yet, so a retry cannot duplicate work. The task id is
+    /// fixed before the first attempt so every attempt names the same task.
+    pub async fn submit_with_retry(&self, req: &TaskRequest, attempts: u32) -> Result<Exchange<AdmissionResponse>, Error> {
+        let mut req = req.clone();
+        req.task_id.get_or_insert_with(TaskId::new);
+        let mut tried = 0;
+        loop {
+            tried += 1;
+            match self.submit(&req).await {
+                Err(Error::Api { status, envelope, headers }) if tried < attempts && envelope.retriable && (status == 429 || status == 503) => {
+                    let secs = headers.get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+                    let wait = secs.map(|s| s * 1000).or(envelope.retry_after_ms).unwrap_or(1000).min(60_000);
+                    tokio::time::sleep(Duration::from_millis(wait)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// `GET /v2/tasks/{id}`.
     pub async fn task(&self, id: TaskId) -> Result<Exchange<TaskRecord>, Error> {
         self.json(self.req(reqwest::Method::GET, &format!("/v2/tasks/{id}"))).await
@@ -135,6 +156,31 @@ impl Client {
 
     pub async fn nodes(&self) -> Result<NodesResponse, Error> {
         Ok(self.json(self.req(reqwest::Method::GET, "/v2/nodes")).await?.body)
+    }
+
+    /// `GET /v2/sessions/{id}`.
+    pub async fn session(&self, id: api::SessionId) -> Result<serde_json::Value, Error> {
+        Ok(self.json(self.req(reqwest::Method::GET, &format!("/v2/sessions/{id}"))).await?.body)
+    }
+
+    /// `DELETE /v2/sessions/{id}`.
+    pub async fn delete_session(&self, id: api::SessionId) -> Result<(), Error> {
+        self.send(self.req(reqwest::Method::DELETE, &format!("/v2/sessions/{id}"))).await.map(|_| ())
+    }
+
+    /// `GET /v2/meta/capabilities`.
+    pub async fn capabilities(&self) -> Result<serde_json::Value, Error> {
+        Ok(self.json(self.req(reqwest::Method::GET, "/v2/meta/capabilities")).await?.body)
+    }
+
+    /// `GET /v2/meta/version`.
+    pub async fn version(&self) -> Result<serde_json::Value, Error> {
+        Ok(self.json(self.req(reqwest::Method::GET, "/v2/meta/version")).await?.body)
+    }
+
+    /// `GET /v2/pools/{id}/health`.
+    pub async fn pool_health(&self, id: &str) -> Result<serde_json::Value, Error> {
+        Ok(self.json(self.req(reqwest::Method::GET, &format!("/v2/pools/{id}/health"))).await?.body)
     }
 
     /// `GET /health` (no auth needed).

@@ -2,6 +2,7 @@ use clap::{Parser, Subcommand};
 
 mod engine_cmd;
 mod haiku_cmd;
+mod ops_cmd;
 mod progress;
 mod run_cmd;
 mod up_cmd;
@@ -24,6 +25,23 @@ enum Cmd {
     Run(run_cmd::RunArgs),
     /// Run the e2e haiku check against a cluster and write its run folder.
     Haiku(haiku_cmd::HaikuArgs),
+    /// Task records and cancel.
+    Tasks {
+        #[command(subcommand)]
+        cmd: ops_cmd::TasksCmd,
+        #[command(flatten)]
+        conn: ops_cmd::Conn,
+    },
+    /// Registered worker nodes.
+    Nodes {
+        #[command(flatten)]
+        conn: ops_cmd::Conn,
+    },
+    /// Pools and their state.
+    Pools {
+        #[command(flatten)]
+        conn: ops_cmd::Conn,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -33,6 +51,9 @@ fn main() -> std::process::ExitCode {
         Cmd::Up(a) => runtime().and_then(|rt| rt.block_on(up_cmd::run(a))).map(|_| 0),
         Cmd::Run(a) => runtime().and_then(|rt| rt.block_on(run_cmd::run(a))),
         Cmd::Haiku(a) => runtime().and_then(|rt| rt.block_on(haiku_cmd::run(a))),
+        Cmd::Tasks { cmd, conn } => runtime().and_then(|rt| rt.block_on(ops_cmd::tasks(cmd, conn))),
+        Cmd::Nodes { conn } => runtime().and_then(|rt| rt.block_on(ops_cmd::nodes(conn))),
+        Cmd::Pools { conn } => runtime().and_then(|rt| rt.block_on(ops_cmd::pools(conn))),
     };
     match result {
         Ok(code) => std::process::ExitCode::from(code),

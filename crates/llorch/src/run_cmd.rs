@@ -88,7 +88,7 @@ pub async fn run(a: RunArgs) -> anyhow::Result<u8> {
     }
 }
 
-fn refusal(e: &client::Error) -> u8 {
+pub fn refusal(e: &client::Error) -> u8 {
     eprintln!("[run] {e}");
     match e.envelope() {
         Some(env) if env.code == ErrorCode::InvalidParams => 2,

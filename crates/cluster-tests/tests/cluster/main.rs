@@ -4,6 +4,7 @@
 //! engine or model is a failure; without it the real-engine scenarios are skipped, visibly.
 
 mod cancel;
+mod cli;
 mod fixtures;
 mod happy;
 mod nodes;
@@ -30,6 +31,7 @@ fn scenarios() -> Vec<(&'static str, bool, Scenario)> {
         ("sigterm_deregisters_and_leaves_no_engine", true, |a| Box::pin(nodes::sigterm_deregisters(a))),
         ("worker_engine_killed_mid_stream_resets_and_recovers", true, |a| Box::pin(worker::engine_killed_mid_stream(a))),
         ("worker_orchestratord_restart_reregisters", true, |a| Box::pin(worker::orchestratord_restart_reregisters(a))),
+        ("cli_run_cancel_json_exit_codes", true, |a| Box::pin(cli::cli(a))),
         ("openai_official_client", true, |a| Box::pin(openai::official_client(a))),
         ("sched_queue_order_and_aging", true, |a| Box::pin(sched::queue_order_and_aging(a))),
         ("sched_no_oversubscription", true, |a| Box::pin(sched::no_oversubscription(a))),
@@ -38,6 +40,7 @@ fn scenarios() -> Vec<(&'static str, bool, Scenario)> {
         ("sched_deadlines", true, |a| Box::pin(sched::deadlines(a))),
         ("sched_pin_semantics", true, |a| Box::pin(sched::pin_semantics(a))),
         ("sched_sessions_endpoint", true, |a| Box::pin(sched::sessions_endpoint(a))),
+        ("sdk_retries_admission_after_retry_after", true, |a| Box::pin(sched::sdk_retries_admission(a))),
     ]
 }
 

@@ -315,3 +315,26 @@ pub async fn sessions_endpoint(a: Assets) -> anyhow::Result<()> {
     stack.shutdown().await?;
     result
 }
+
+/// The SDK retries a refused admission after the server's Retry-After, and only admission.
+pub async fn sdk_retries_admission(a: Assets) -> anyhow::Result<()> {
+    let (mut stack, model) = empty_stack(&a, "sdk-retry", "[queue]\ncapacity = 1\n").await?;
+    let result = async {
+        stack.add_node(fake_node("n1", &model, &[("f1", 1)], &[("FAKE_TOKENS", "10".into()), ("FAKE_TOKEN_DELAY_MS", "60".into())])?)?;
+        stack.wait_pools_ready(&["f1"], Duration::from_secs(30)).await?;
+        let client = client::Client::new(&stack.orchd_url, None);
+        client.submit(&fake_task(Priority::Interactive)).await?;
+        client.submit(&fake_task(Priority::Interactive)).await?;
+        let refused = client.submit(&fake_task(Priority::Interactive)).await;
+        ensure!(matches!(&refused, Err(client::Error::Api { status: 429, .. })), "the queue should be full");
+        let t0 = std::time::Instant::now();
+        let adm = client.submit_with_retry(&fake_task(Priority::Interactive), 10).await?.body;
+        ensure!(t0.elapsed() >= Duration::from_millis(900), "admitted after {:?}: the Retry-After was not honoured", t0.elapsed());
+        let rec = wait_done(&client, &[adm.task_id]).await?.remove(0);
+        ensure!(rec.state == TaskState::Completed, "{:?}", rec.state);
+        Ok(())
+    }
+    .await;
+    stack.shutdown().await?;
+    result
+}

@@ -1,0 +1,65 @@
+//! The `llorch` CLI against a live stack: streaming, Ctrl-C cancel, `--json`, exit codes.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{ensure, Context};
+use tokio::io::AsyncReadExt;
+
+use crate::fixtures::{wait_for, Assets};
+
+fn llorch() -> anyhow::Result<tokio::process::Command> {
+    let bin = llorch::stack::bin_dir()?.join("llorch");
+    ensure!(bin.is_file(), "{} is missing", bin.display());
+    Ok(tokio::process::Command::new(bin))
+}
+
+async fn run(args: &[&str], url: &str) -> anyhow::Result<(i32, String, String)> {
+    let out = llorch()?.args(args).env("LLORCH_URL", url).env_remove("LLORCH_TOKEN").output().await?;
+    Ok((out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into()))
+}
+
+pub async fn cli(a: Assets) -> anyhow::Result<()> {
+    let mut stack = a.stack(a.spec("cli")?).await?;
+    let url = stack.orchd_url.clone();
+    let model = stack.spec.model_id.clone();
+    let result = async {
+        let (code, out, err) = run(&["run", &model, "--prompt", "Name a fruit.", "--max-tokens", "8", "--temperature", "0"], &url).await?;
+        ensure!(code == 0 && !out.trim().is_empty(), "run: exit {code}, stdout {out:?}, stderr {err}");
+        let (code, out, _) = run(&["pools", "--json"], &url).await?;
+        let v: serde_json::Value = serde_json::from_str(&out).context("pools --json is not JSON")?;
+        ensure!(code == 0 && v["pools"][0]["pool_id"] == "cpu0", "pools --json: {v}");
+        let (code, out, _) = run(&["nodes"], &url).await?;
+        ensure!(code == 0 && out.contains("local") && out.contains("Online"), "nodes table: {out}");
+        let (code, _, _) = run(&["tasks", "get", "not-a-uuid"], &url).await?;
+        ensure!(code == 2, "a malformed id should exit 2, got {code}");
+        let (code, _, err) = run(&["run", "no-such-model", "--prompt", "x"], &url).await?;
+        ensure!(code == 1 && err.contains("MODEL_NOT_AVAILABLE"), "unknown model: exit {code}, {err}");
+        let (code, _, _) = run(&["run", &model, "--prompt", "x", "--max-tokens", "0"], &url).await?;
+        ensure!(code == 2, "INVALID_PARAMS should exit 2, got {code}");
+        // Ctrl-C while streaming cancels the task.
+        let mut child = llorch()?
+            .args(["run", &model, "--raw", "--prompt", "1, 2, 3, 4, 5, 6, 7, 8,", "--max-tokens", "1500"])
+            .env("LLORCH_URL", &url)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let mut stdout = child.stdout.take().context("stdout")?;
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(20), stdout.read(&mut buf)).await??;
+        ensure!(n > 0, "no tokens before Ctrl-C");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id().context("pid")? as i32), nix::sys::signal::Signal::SIGINT)?;
+        let status = tokio::time::timeout(Duration::from_secs(20), child.wait()).await??;
+        ensure!(status.code() == Some(1), "Ctrl-C should exit 1, got {status}");
+        let client = client::Client::new(&url, None);
+        wait_for("the canceled task to be counted", Duration::from_secs(10), || async {
+            let m = client.metrics_text().await.ok()?.body;
+            m.lines().any(|l| l.starts_with("tasks_canceled_total{") && l.contains("reason=\"client\"") && l.ends_with(" 1")).then_some(())
+        })
+        .await?;
+        Ok(())
+    }
+    .await;
+    stack.shutdown().await?;
+    result
+}

@@ -1,0 +1,113 @@
+//! Operator and user views: `llorch tasks get|cancel`, `llorch nodes`, `llorch pools`. Human tables
+//! by default, `--json` for scripts; exit codes as in API.md §18.
+
+use clap::{Args, Subcommand};
+
+#[derive(Args)]
+pub struct Conn {
+    #[arg(long, env = "LLORCH_URL", default_value = "http://127.0.0.1:8080", global = true)]
+    url: String,
+    #[arg(long, env = "LLORCH_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+pub enum TasksCmd {
+    /// Show a task record.
+    Get { task_id: String },
+    /// Cancel a task.
+    Cancel { task_id: String },
+}
+
+pub async fn tasks(cmd: TasksCmd, c: Conn) -> anyhow::Result<u8> {
+    let client = client::Client::new(&c.url, c.token.clone());
+    let (TasksCmd::Get { task_id } | TasksCmd::Cancel { task_id }) = &cmd;
+    let Ok(id) = task_id.parse::<api::TaskId>() else {
+        eprintln!("llorch: {task_id:?} is not a task id (a UUID)");
+        return Ok(2);
+    };
+    match cmd {
+        TasksCmd::Get { .. } => match client.task(id).await {
+            Ok(r) => {
+                if c.json {
+                    println!("{}", serde_json::to_string_pretty(&r.body)?);
+                } else {
+                    let t = r.body;
+                    println!("task      {}\nstate     {:?}\nmodel     {}\npool      {}\nnode      {}\nengine    {}\ntokens    {} in, {} out\nstop      {}",
+                        t.task_id, t.state, t.model, t.pool_id.unwrap_or_default(), t.node_id.unwrap_or_default(), t.engine_version.unwrap_or_default(),
+                        t.tokens_in, t.tokens_out, t.stop_reason.map(|s| format!("{s:?}")).unwrap_or_default());
+                    if let Some(e) = t.error {
+                        println!("error     {}: {}", e.code, e.message);
+                    }
+                }
+                Ok(0)
+            }
+            Err(e) => Ok(crate::run_cmd::refusal(&e)),
+        },
+        TasksCmd::Cancel { .. } => match client.cancel(id).await {
+            Ok(_) => {
+                eprintln!("canceled {id}");
+                Ok(0)
+            }
+            Err(e) => Ok(crate::run_cmd::refusal(&e)),
+        },
+    }
+}
+
+pub async fn nodes(c: Conn) -> anyhow::Result<u8> {
+    let client = client::Client::new(&c.url, c.token.clone());
+    let n = match client.nodes().await {
+        Ok(n) => n,
+        Err(e) => return Ok(crate::run_cmd::refusal(&e)),
+    };
+    if c.json {
+        println!("{}", serde_json::to_string_pretty(&n)?);
+        return Ok(0);
+    }
+    println!("{:<20} {:<8} {:<28} {:>5} {:>6} {:>10}", "NODE", "STATUS", "ADDRESS", "POOLS", "GPUS", "HEARTBEAT");
+    let now = now_ms();
+    for n in n.nodes {
+        let age = now.saturating_sub(n.last_heartbeat_ms) / 1000;
+        println!("{:<20} {:<8} {:<28} {:>5} {:>6} {:>9}s", n.node_id, format!("{:?}", n.status), n.address, n.pools.len(), n.capabilities.gpus.len(), age);
+    }
+    Ok(0)
+}
+
+pub async fn pools(c: Conn) -> anyhow::Result<u8> {
+    let client = client::Client::new(&c.url, c.token.clone());
+    let p = match client.pools().await {
+        Ok(p) => p,
+        Err(e) => return Ok(crate::run_cmd::refusal(&e)),
+    };
+    if c.json {
+        println!("{}", serde_json::to_string_pretty(&p)?);
+        return Ok(0);
+    }
+    println!("{:<16} {:<16} {:<10} {:<28} {:>9} {:>7} {:>7} {:<8}", "POOL", "NODE", "STATE", "MODEL", "SLOTS", "QUEUED", "RUNNING", "DEVICES");
+    for p in p.pools {
+        let model = p.model.map(|m| m.id).unwrap_or_else(|| "-".into());
+        println!(
+            "{:<16} {:<16} {:<10} {:<28} {:>4}/{:<4} {:>7} {:>7} {:<8}",
+            p.pool_id,
+            p.node_id,
+            p.state.as_str(),
+            model,
+            p.slots_free,
+            p.slots_total,
+            p.queued,
+            p.running,
+            p.device_mask
+        );
+        if let Some(e) = p.last_error {
+            println!("  last error: {}", e.lines().next().unwrap_or(""));
+        }
+    }
+    Ok(0)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
