@@ -62,3 +62,33 @@ pub async fn unserved_model(a: Assets) -> anyhow::Result<()> {
     stack.shutdown().await?;
     result
 }
+
+/// Runs last: every daemon log written by the scenarios above holds no secret. Tokens are 64 hex
+/// characters (engine API keys, node credentials, generated dispatch tokens) or the test's
+/// configured dispatch token; logs may only show 6-hex fingerprints.
+pub async fn logs_hold_no_secrets(a: Assets) -> anyhow::Result<()> {
+    let mut files = vec![];
+    let mut stack = vec![a.out.clone()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "log") {
+                files.push(p);
+            }
+        }
+    }
+    ensure!(files.len() >= 10, "only {} daemon logs found under {}; run the whole suite", files.len(), a.out.display());
+    let mut lines = 0usize;
+    for f in &files {
+        let text = std::fs::read_to_string(f)?;
+        lines += text.lines().count();
+        ensure!(!text.contains(crate::fixtures::TEST_DISPATCH_TOKEN), "{} contains the dispatch token", f.display());
+        for word in text.split(|c: char| !c.is_ascii_hexdigit()) {
+            ensure!(word.len() < 64, "{} contains a 64-hex secret-shaped string {}…", f.display(), &word[..8]);
+        }
+    }
+    println!("  scanned {} log files, {lines} lines", files.len());
+    Ok(())
+}
