@@ -63,6 +63,8 @@ impl TaskRun {
             self.confirm_free().await;
         }
         self.log_end(&event, tokens_out);
+        let counter = if matches!(event, WorkerEvent::End { .. }) { &self.pool.ended } else { &self.pool.failed };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let _ = self.tx.send(event).await;
     }
 

@@ -39,6 +39,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v2/pools", get(pools))
         .layer(axum::middleware::from_fn_with_state(app.clone(), auth))
         .route("/health", get(health))
+        .route("/metrics", get(metrics))
         .fallback(not_found)
         .with_state(app)
         .layer(axum::middleware::from_fn(daemon::correlation::layer))
@@ -63,6 +64,12 @@ async fn not_found() -> ApiError {
 
 async fn health(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION"), "node_id": app.config.node_id.to_string() }))
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    let mut resp = crate::metrics::render(&app).into_response();
+    resp.headers_mut().insert("content-type", axum::http::HeaderValue::from_static("text/plain; version=0.0.4"));
+    resp
 }
 
 async fn pools(State(app): State<Arc<App>>) -> Json<WorkerPoolsResponse> {

@@ -6,6 +6,7 @@ pub mod adapter;
 pub mod config;
 pub mod gpu;
 pub mod http;
+pub mod metrics;
 pub mod pools;
 pub mod registration;
 

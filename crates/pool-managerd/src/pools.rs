@@ -46,6 +46,11 @@ pub struct Pool {
     pub inflight: Mutex<HashMap<String, Inflight>>,
     /// EWMA of the engine's decode speed, tokens/s.
     pub decode_tps: Mutex<Option<f64>>,
+    /// Engine exits that were not asked for (crashes, failed health checks).
+    pub crashes: std::sync::atomic::AtomicU64,
+    /// Dispatches by outcome: finished with `end`, with `error`.
+    pub ended: std::sync::atomic::AtomicU64,
+    pub failed: std::sync::atomic::AtomicU64,
 }
 
 impl Pool {
@@ -94,7 +99,16 @@ pub struct SupervisorEnv {
 /// Creates the pool and spawns its supervisor on `tracker`.
 pub fn spawn(spec: PoolSpec, env: SupervisorEnv, shutdown: CancellationToken, tracker: &tokio_util::task::TaskTracker) -> Arc<Pool> {
     let (tx, rx) = watch::channel(PoolSnapshot { state: PoolState::Provisioning, client: None, engine_version: None, engine_built: false, last_error: None, generation: 0 });
-    let pool = Arc::new(Pool { slots: Arc::new(Semaphore::new(spec.slots as usize)), spec, snapshot: rx, inflight: Mutex::new(HashMap::new()), decode_tps: Mutex::new(None) });
+    let pool = Arc::new(Pool {
+        slots: Arc::new(Semaphore::new(spec.slots as usize)),
+        spec,
+        snapshot: rx,
+        inflight: Mutex::new(HashMap::new()),
+        decode_tps: Mutex::new(None),
+        crashes: Default::default(),
+        ended: Default::default(),
+        failed: Default::default(),
+    });
     let sup = Supervisor { pool: pool.clone(), env, tx, shutdown };
     tracker.spawn(sup.run());
     pool
@@ -179,6 +193,7 @@ impl Supervisor {
                     match self.watch(running).await {
                         Exit::Shutdown => break,
                         Exit::Crashed(why) => {
+                            self.pool.crashes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             if started.elapsed() > BREAKER_WINDOW {
                                 backoff = Duration::from_secs(1);
                             }

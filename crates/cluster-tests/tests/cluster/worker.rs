@@ -45,6 +45,16 @@ pub async fn engine_killed_mid_stream(a: Assets) -> anyhow::Result<()> {
         let adm = client.submit(&req).await?.body;
         let rec = wait_for("the follow-up task", Duration::from_secs(30), || async { client.task(adm.task_id).await.ok().map(|r| r.body).filter(|r| r.state.is_terminal()) }).await?;
         ensure!(rec.state == api::task::TaskState::Completed, "follow-up: {:?}", rec.error);
+        // pool-managerd's own metrics saw the crash.
+        let text = reqwest::get(format!("{}/metrics", stack.worker_url)).await?.text().await?;
+        let series = llorch::haiku::prom::parse(&text).map_err(anyhow::Error::msg)?;
+        let value = |name: &str, extra: Option<(&str, &str)>| {
+            series.iter().filter(|s| s.name == name && s.labels.get("pool_id").map(String::as_str) == Some("cpu0") && extra.is_none_or(|(k, v)| s.labels.get(k).map(String::as_str) == Some(v))).map(|s| s.value).sum::<f64>()
+        };
+        ensure!(llorch::haiku::prom::has_help_and_type(&text), "no HELP/TYPE lines");
+        ensure!(value("engine_crashes_total", None) == 1.0, "engine_crashes_total: {text}");
+        ensure!(value("dispatches_failed_total", None) >= 1.0 && value("dispatches_ended_total", None) >= 1.0, "dispatch counters: {text}");
+        ensure!(value("pool_state", Some(("state", "Ready"))) == 1.0, "pool_state: {text}");
         Ok(())
     }
     .await;
