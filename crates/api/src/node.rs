@@ -235,3 +235,29 @@ pub struct PoolView {
 pub struct PoolsResponse {
     pub pools: Vec<PoolView>,
 }
+
+/// `POST /v2/pools/{id}/drain` body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DrainRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
+}
+
+/// `POST /v2/pools/{id}/reload` body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ReloadRequest {
+    #[serde(default)]
+    pub model_ref: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
+}
+
+/// 202 body of drain and reload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PoolCommandAccepted {
+    pub pool_id: String,
+    pub command_id: String,
+    pub state: PoolState,
+}

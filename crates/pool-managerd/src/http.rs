@@ -30,6 +30,7 @@ pub struct App {
     pub tracker: tokio_util::task::TaskTracker,
     /// Cancelled when the daemon stops accepting dispatches.
     pub closing: CancellationToken,
+    pub book: Arc<crate::commands::CommandBook>,
 }
 
 pub fn router(app: Arc<App>) -> Router {

@@ -3,6 +3,7 @@
 //! dispatches through its llama.cpp adapter. `main` parses flags and config; [`run`] is the daemon.
 
 pub mod adapter;
+pub mod commands;
 pub mod config;
 pub mod gpu;
 pub mod http;
@@ -25,13 +26,20 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
     let tracker = TaskTracker::new();
     let engines_stop = CancellationToken::new();
     let mut pools = BTreeMap::new();
+    let book = Arc::new(commands::CommandBook::default());
     for spec in &config.pools {
         let source = config.engines.get(&spec.engine_source).cloned().ok_or_else(|| anyhow::anyhow!("engine source {} missing", spec.engine_source))?;
-        let env = pools::SupervisorEnv { timings: config.engine.clone(), engines_dir: config.engines_dir.clone(), engine_source: source, node_id: config.node_id.to_string() };
+        let env = pools::SupervisorEnv {
+            timings: config.engine.clone(),
+            engines_dir: config.engines_dir.clone(),
+            engine_source: source,
+            node_id: config.node_id.to_string(),
+            book: book.clone(),
+        };
         pools.insert(spec.id.to_string(), pools::spawn(spec.clone(), env, engines_stop.clone(), &tracker));
     }
     let closing = CancellationToken::new();
-    let app = Arc::new(http::App { config: config.clone(), pools, tracker: tracker.clone(), closing: closing.clone() });
+    let app = Arc::new(http::App { config: config.clone(), pools, tracker: tracker.clone(), closing: closing.clone(), book });
     let reg_stop = CancellationToken::new();
     let reg = tokio::spawn(registration::run(app.clone(), reg_stop.clone()));
     let server_stop = CancellationToken::new();

@@ -14,7 +14,9 @@ use engine::{EngineClient, LaunchSpec, RunningEngine};
 use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use crate::commands::PoolCommand;
 use crate::config::{EngineTimings, PoolSpec};
+use api::node::CommandState;
 
 /// What the rest of the daemon may know about a pool at one moment.
 #[derive(Clone)]
@@ -51,6 +53,8 @@ pub struct Pool {
     /// Dispatches by outcome: finished with `end`, with `error`.
     pub ended: std::sync::atomic::AtomicU64,
     pub failed: std::sync::atomic::AtomicU64,
+    /// Commands for the supervisor (drain, reload).
+    pub commands: tokio::sync::mpsc::UnboundedSender<PoolCommand>,
 }
 
 impl Pool {
@@ -94,12 +98,15 @@ pub struct SupervisorEnv {
     pub engines_dir: std::path::PathBuf,
     pub engine_source: engine::EngineSource,
     pub node_id: String,
+    pub book: Arc<crate::commands::CommandBook>,
 }
 
 /// Creates the pool and spawns its supervisor on `tracker`.
 pub fn spawn(spec: PoolSpec, env: SupervisorEnv, shutdown: CancellationToken, tracker: &tokio_util::task::TaskTracker) -> Arc<Pool> {
     let (tx, rx) = watch::channel(PoolSnapshot { state: PoolState::Provisioning, client: None, engine_version: None, engine_built: false, last_error: None, generation: 0 });
+    let (cmd_tx, cmd_rx) = tokio::sync::mpsc::unbounded_channel();
     let pool = Arc::new(Pool {
+        commands: cmd_tx,
         slots: Arc::new(Semaphore::new(spec.slots as usize)),
         spec,
         snapshot: rx,
@@ -109,9 +116,13 @@ pub fn spawn(spec: PoolSpec, env: SupervisorEnv, shutdown: CancellationToken, tr
         ended: Default::default(),
         failed: Default::default(),
     });
-    let sup = Supervisor { pool: pool.clone(), env, tx, shutdown };
+    let sup = Supervisor { pool: pool.clone(), env, tx, shutdown, cmds: tokio::sync::Mutex::new(cmd_rx) };
     tracker.spawn(sup.run());
     pool
+}
+
+async fn recv(rx: &tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<PoolCommand>>) -> Option<PoolCommand> {
+    rx.lock().await.recv().await
 }
 
 /// Engine failures (crashes and failed starts) counted within this window trip the breaker.
@@ -144,11 +155,17 @@ struct Supervisor {
     env: SupervisorEnv,
     tx: watch::Sender<PoolSnapshot>,
     shutdown: CancellationToken,
+    /// Only this supervisor receives; the async mutex lets `&self` methods await the channel.
+    cmds: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<PoolCommand>>,
 }
 
 enum Exit {
     Shutdown,
     Crashed(String),
+    /// Drained on command: the engine is stopped and the pool waits, Unloaded, for a reload.
+    Drained,
+    /// Restart on command (a reload of the same model).
+    Restart(String),
 }
 
 impl Supervisor {
@@ -162,6 +179,7 @@ impl Supervisor {
         let mut breaker = Breaker::new(self.env.timings.max_restarts.max(1) as usize, BREAKER_WINDOW);
         let mut backoff = Duration::from_secs(1);
         let mut generation = 0u64;
+        let mut reload: Option<String> = None;
         loop {
             if self.shutdown.is_cancelled() {
                 break;
@@ -190,8 +208,22 @@ impl Supervisor {
                         s.generation = generation;
                         s.last_error = None;
                     });
+                    if let Some(id) = reload.take() {
+                        self.env.book.set(&id, CommandState::Completed, None);
+                    }
                     match self.watch(running).await {
                         Exit::Shutdown => break,
+                        Exit::Restart(id) => {
+                            reload = Some(id);
+                            continue;
+                        }
+                        Exit::Drained => match self.wait_for_reload().await {
+                            Some(id) => {
+                                reload = Some(id);
+                                continue;
+                            }
+                            None => break,
+                        },
                         Exit::Crashed(why) => {
                             self.pool.crashes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             if started.elapsed() > BREAKER_WINDOW {
@@ -215,6 +247,9 @@ impl Supervisor {
                     let why = e.to_string();
                     tracing::error!(event = "engine.exited", pool_id = %pool_id, node_id = %self.env.node_id, "Engine for pool {pool_id} failed to start: {why}");
                     if let Some(reason) = breaker.trip(Instant::now(), &why) {
+                        if let Some(id) = reload.take() {
+                            self.env.book.set(&id, CommandState::Failed, Some(api::ErrorEnvelope::new(api::ErrorCode::PoolUnavailable, reason.clone())));
+                        }
                         self.fail(reason);
                         return;
                     }
@@ -330,6 +365,20 @@ impl Supervisor {
                         }
                     }
                 }
+                cmd = recv(&self.cmds) => match cmd {
+                    Some(PoolCommand::Drain { id, deadline }) => {
+                        self.drain(running, &id, deadline).await;
+                        return Exit::Drained;
+                    }
+                    Some(PoolCommand::Reload { id }) => {
+                        self.env.book.set(&id, CommandState::Running, None);
+                        self.abort_inflight();
+                        self.publish(|s| { s.state = PoolState::Starting; s.client = None; });
+                        running.stop(self.env.timings.stop_grace).await;
+                        return Exit::Restart(id);
+                    }
+                    None => {}
+                },
                 _ = self.shutdown.cancelled() => {
                     // Close our own streams first: an open stream keeps llama-server up for ~30 s.
                     self.abort_inflight();
@@ -338,6 +387,42 @@ impl Supervisor {
                     tracing::info!(event = "engine.exited", pool_id = %self.pool.spec.id, node_id = %self.env.node_id, "Engine for pool {} stopped ({how})", self.pool.spec.id);
                     return Exit::Shutdown;
                 }
+            }
+        }
+    }
+
+    /// Refuses new dispatches, lets running ones finish until `deadline` (then they are lost:
+    /// WORKER_RESET at the client), stops the engine and leaves the pool Unloaded.
+    async fn drain(&self, running: RunningEngine, id: &str, deadline: Duration) {
+        self.env.book.set(id, CommandState::Running, None);
+        tracing::info!(event = "command.received", pool_id = %self.pool.spec.id, node_id = %self.env.node_id, command_id = %id,
+            "Draining pool {} (deadline {} ms)", self.pool.spec.id, deadline.as_millis());
+        self.publish(|s| s.state = PoolState::Draining);
+        let until = Instant::now() + deadline;
+        while !self.pool.inflight.lock().unwrap_or_else(|e| e.into_inner()).is_empty() && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.abort_inflight();
+        self.publish(|s| s.client = None);
+        let how = running.stop(self.env.timings.stop_grace).await;
+        self.publish(|s| s.state = PoolState::Unloaded);
+        tracing::info!(event = "command.finished", pool_id = %self.pool.spec.id, node_id = %self.env.node_id, command_id = %id,
+            "Pool {} drained; engine stopped ({how})", self.pool.spec.id);
+        self.env.book.set(id, CommandState::Completed, None);
+    }
+
+    /// While Unloaded: a drain is already done, a reload starts the engine again.
+    async fn wait_for_reload(&self) -> Option<String> {
+        loop {
+            tokio::select! {
+                cmd = recv(&self.cmds) => match cmd? {
+                    PoolCommand::Drain { id, .. } => self.env.book.set(&id, CommandState::Completed, None),
+                    PoolCommand::Reload { id } => {
+                        self.env.book.set(&id, CommandState::Running, None);
+                        return Some(id);
+                    }
+                },
+                _ = self.shutdown.cancelled() => return None,
             }
         }
     }

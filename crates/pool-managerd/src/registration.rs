@@ -112,7 +112,11 @@ async fn heartbeat(app: &App, http: &reqwest::Client, session: &mut Session, seq
         sent_at_ms: daemon::now_ms(),
         pools: app.pools.values().map(|p| p.status()).collect(),
         gpus: gpu::statuses(&gpu::discover()),
-        commands: std::mem::take(pending),
+        commands: {
+            let mut c = std::mem::take(pending);
+            c.extend(app.book.report());
+            c
+        },
     };
     let mut req = http.post(&url).json(&body);
     if let Some(c) = &session.credential {
@@ -123,12 +127,7 @@ async fn heartbeat(app: &App, http: &reqwest::Client, session: &mut Session, seq
             if let Ok(resp) = r.json::<HeartbeatResponse>().await {
                 session.interval = Duration::from_millis(resp.next_heartbeat_ms.max(100));
                 for cmd in resp.commands {
-                    // Pool lifecycle commands arrive with the supervisor work of a later version; say so
-                    // instead of pretending to run them.
-                    tracing::warn!(event = "command.received", node_id = %app.config.node_id, correlation_id = %cmd.correlation_id, command_id = %cmd.command_id,
-                        "Command {:?} is not supported by this node version", cmd.kind);
-                    let err = api::ErrorEnvelope::new(api::ErrorCode::Internal, format!("command {:?} is not supported by pool-managerd {}", cmd.kind, env!("CARGO_PKG_VERSION")));
-                    pending.push(CommandStatus { command_id: cmd.command_id, status: CommandState::Failed, error: Some(err) });
+                    route(app, cmd);
                 }
             }
             Beat::Ok
@@ -145,6 +144,38 @@ async fn heartbeat(app: &App, http: &reqwest::Client, session: &mut Session, seq
             tracing::warn!(event = "node.heartbeat_failed", node_id = %app.config.node_id, "Heartbeat failed: {e}");
             Beat::Ok
         }
+    }
+}
+
+/// Hands a command to its pool's supervisor (once per command id); kinds this node cannot run yet
+/// are reported failed with the reason instead of being pretended.
+fn route(app: &App, cmd: api::node::Command) {
+    use crate::commands::PoolCommand;
+    if !app.book.receive(&cmd.command_id) {
+        return;
+    }
+    tracing::info!(event = "command.received", node_id = %app.config.node_id, correlation_id = %cmd.correlation_id, command_id = %cmd.command_id,
+        pool_id = %cmd.pool_id.as_deref().unwrap_or(""), "Received command {:?}", cmd.kind);
+    let fail = |msg: String| api::ErrorEnvelope::new(api::ErrorCode::InvalidParams, msg);
+    let pool = cmd.pool_id.as_ref().and_then(|p| app.pools.get(p));
+    let routed = match (cmd.kind, pool) {
+        (_, None) if cmd.pool_id.is_some() => Err(api::ErrorEnvelope::new(api::ErrorCode::NotFound, "no such pool on this node")),
+        (api::node::CommandKind::Drain, Some(p)) => {
+            let deadline = std::time::Duration::from_millis(cmd.deadline_ms.unwrap_or(60_000));
+            p.commands.send(PoolCommand::Drain { id: cmd.command_id.clone(), deadline }).map_err(|_| fail("the pool is shutting down".into()))
+        }
+        (api::node::CommandKind::Reload, Some(p)) => {
+            let same = cmd.model.as_ref().is_none_or(|m| m.id == p.spec.model_id.as_str());
+            if same {
+                p.commands.send(PoolCommand::Reload { id: cmd.command_id.clone() }).map_err(|_| fail("the pool is shutting down".into()))
+            } else {
+                Err(fail("reloading a pool to another model needs the model catalog, which this node does not run yet".into()))
+            }
+        }
+        (kind, _) => Err(fail(format!("command {kind:?} is not supported by pool-managerd {}", env!("CARGO_PKG_VERSION")))),
+    };
+    if let Err(e) = routed {
+        app.book.set(&cmd.command_id, CommandState::Failed, Some(e));
     }
 }
 

@@ -41,6 +41,7 @@ fn scenarios() -> Vec<(&'static str, bool, Scenario)> {
         ("sched_pin_semantics", true, |a| Box::pin(sched::pin_semantics(a))),
         ("sched_sessions_endpoint", true, |a| Box::pin(sched::sessions_endpoint(a))),
         ("sdk_retries_admission_after_retry_after", true, |a| Box::pin(sched::sdk_retries_admission(a))),
+        ("worker_drain_and_reload", true, |a| Box::pin(sched::drain_and_reload(a))),
         ("logs_hold_no_secrets", true, |a| Box::pin(refusals::logs_hold_no_secrets(a))),
     ]
 }

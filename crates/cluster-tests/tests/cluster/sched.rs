@@ -338,3 +338,70 @@ pub async fn sdk_retries_admission(a: Assets) -> anyhow::Result<()> {
     stack.shutdown().await?;
     result
 }
+
+async fn post_json(url: &str, body: serde_json::Value) -> anyhow::Result<(u16, serde_json::Value)> {
+    let r = reqwest::Client::new().post(url).json(&body).send().await?;
+    let status = r.status().as_u16();
+    Ok((status, r.json().await.unwrap_or(serde_json::Value::Null)))
+}
+
+async fn pool_state(client: &client::Client, id: &str) -> Option<api::node::PoolState> {
+    client.pools().await.ok()?.pools.into_iter().find(|p| p.pool_id == id).map(|p| p.state)
+}
+
+/// Drain lets running work finish, takes the pool out of service, and reload brings it back; a
+/// drain deadline ends what is still running with WORKER_RESET.
+pub async fn drain_and_reload(a: Assets) -> anyhow::Result<()> {
+    let (mut stack, model) = empty_stack(&a, "drain", "").await?;
+    let result = async {
+        // 60 tokens × 50 ms: each task runs ~3 s, longer than a heartbeat round trip.
+        stack.add_node(fake_node("n1", &model, &[("f1", 1)], &[("FAKE_TOKENS", "60".into()), ("FAKE_TOKEN_DELAY_MS", "50".into())])?)?;
+        stack.wait_pools_ready(&["f1"], Duration::from_secs(30)).await?;
+        let client = client::Client::new(&stack.orchd_url, None);
+        let base = stack.orchd_url.clone();
+        let running = client.submit(&fake_task(Priority::Interactive)).await?.body;
+        let mut s = client.events(&running.streams.sse).await?;
+        let _started = tokio::time::timeout(Duration::from_secs(10), s.next()).await?.context("no frame")??;
+        let (status, body) = post_json(&format!("{base}/v2/pools/f1/drain"), serde_json::json!({ "deadline_ms": 20000 })).await?;
+        ensure!(status == 202 && body["state"] == "Draining" && body["command_id"].is_string(), "drain: {status} {body}");
+        let (again, body2) = post_json(&format!("{base}/v2/pools/f1/drain"), serde_json::json!({})).await?;
+        ensure!(again == 202 && body2["command_id"] == body["command_id"], "a second drain returns the running command: {body2}");
+        let refused = client.submit(&fake_task(Priority::Interactive)).await.err().context("a task was admitted for a draining pool's model")?;
+        ensure!(refused.envelope().is_some_and(|e| e.code == ErrorCode::ModelNotAvailable), "{refused}");
+        let mut last = None;
+        while let Some(f) = tokio::time::timeout(Duration::from_secs(20), s.next()).await?.transpose()? {
+            last = Some(f.event);
+        }
+        ensure!(matches!(&last, Some(Event::End(e)) if !e.canceled), "the running task should finish normally: {last:?}");
+        wait_for("the pool to be Unloaded", Duration::from_secs(20), || async { (pool_state(&client, "f1").await == Some(api::node::PoolState::Unloaded)).then_some(()) }).await?;
+        let (status, body) = post_json(&format!("{base}/v2/pools/f1/reload"), serde_json::json!({ "model_ref": "other-model" })).await?;
+        ensure!(status == 400 && body["code"] == "INVALID_PARAMS", "reload to another model: {status} {body}");
+        let (status, body) = post_json(&format!("{base}/v2/pools/f1/reload"), serde_json::json!({ "model_ref": FAKE_MODEL })).await?;
+        ensure!(status == 202, "reload: {status} {body}");
+        stack.wait_pools_ready(&["f1"], Duration::from_secs(30)).await?;
+        let again = client.submit(&fake_task(Priority::Interactive)).await?.body;
+        ensure!(wait_done(&client, &[again.task_id]).await?[0].state == TaskState::Completed, "task after reload");
+        // A drain deadline cuts off what still runs.
+        let mut long = fake_task(Priority::Interactive);
+        long.max_tokens = Some(64);
+        let cut = client.submit(&long).await?.body;
+        let mut s = client.events(&cut.streams.sse).await?;
+        let _ = tokio::time::timeout(Duration::from_secs(10), s.next()).await?;
+        wait_for("the reload to finish", Duration::from_secs(10), || async {
+            let (status, _) = post_json(&format!("{base}/v2/pools/f1/drain"), serde_json::json!({ "deadline_ms": 200 })).await.ok()?;
+            (status == 202).then_some(())
+        })
+        .await?;
+        let mut last = None;
+        while let Some(f) = tokio::time::timeout(Duration::from_secs(20), s.next()).await?.transpose()? {
+            last = Some(f.event);
+        }
+        ensure!(matches!(&last, Some(Event::Error(e)) if e.code == ErrorCode::WorkerReset), "cut-off task ended with {last:?}");
+        let (status, _) = post_json(&format!("{base}/v2/pools/nope/drain"), serde_json::json!({})).await?;
+        ensure!(status == 404, "drain of an unknown pool: {status}");
+        Ok(())
+    }
+    .await;
+    stack.shutdown().await?;
+    result
+}

@@ -9,6 +9,7 @@
 
 pub mod admit;
 pub mod nodes;
+pub mod ops;
 pub mod placement;
 pub mod queue;
 pub mod runner;
@@ -83,6 +84,8 @@ pub struct Node {
     pub pools: Vec<String>,
     /// GPU state from the latest heartbeat.
     pub gpus: Vec<api::node::GpuStatus>,
+    /// Commands sent in every heartbeat answer until the node reports them (at-least-once).
+    pub commands: Vec<api::node::Command>,
 }
 
 pub struct PoolEntry {
@@ -98,6 +101,10 @@ pub struct PoolEntry {
     /// placement never looks nodes up per pool.
     pub node_online: bool,
     pub free_vram: u64,
+    /// Draining on an operator's request: out of placement until a reload.
+    pub draining: bool,
+    /// The pool operation in progress (drain or reload), by command id.
+    pub op: Option<(String, api::node::CommandKind)>,
 }
 
 impl PoolEntry {
@@ -235,7 +242,7 @@ impl<E: Effects> Core<E> {
                 pool_id: id,
                 node_id: &p.node_id,
                 node_status: if p.node_online { NodeStatus::Online } else { NodeStatus::Offline },
-                state: p.status.state,
+                state: if p.draining && p.status.state == PoolState::Ready { PoolState::Draining } else { p.status.state },
                 model_id: p.model_id(),
                 ctx_per_slot: p.status.ctx_per_slot,
                 device_mask: &p.status.device_mask,

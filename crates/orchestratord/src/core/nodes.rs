@@ -87,6 +87,7 @@ impl<E: Effects> Core<E> {
                 capabilities: req.capabilities,
                 pools: pool_ids,
                 gpus: vec![],
+                commands: vec![],
             },
         );
         self.sync_node_facts(node_id.as_str());
@@ -117,7 +118,7 @@ impl<E: Effects> Core<E> {
                 e.exhausted = false;
             }
             None => {
-                self.pools.insert(id, PoolEntry { node_id: node_id.to_string(), status, holding: Default::default(), releasing: Default::default(), exhausted: false, node_online: false, free_vram: 0 });
+                self.pools.insert(id, PoolEntry { node_id: node_id.to_string(), status, holding: Default::default(), releasing: Default::default(), exhausted: false, node_online: false, free_vram: 0, draining: false, op: None });
             }
         }
     }
@@ -165,8 +166,12 @@ impl<E: Effects> Core<E> {
             self.reconcile_running(&p.pool_id, &running, now);
         }
         self.sync_node_facts(node_id);
+        self.command_statuses(node_id, hb.commands, now);
         self.pump(now);
-        Ok(HeartbeatResponse { next_heartbeat_ms: interval, commands: vec![] })
+        let commands = self.nodes.get(node_id).map(|n| n.commands.clone()).unwrap_or_default();
+        // While a command is open the node checks in every second.
+        let next = if commands.is_empty() && !self.pools.values().any(|p| p.node_id == node_id && p.op.is_some()) { interval } else { 1000 };
+        Ok(HeartbeatResponse { next_heartbeat_ms: next, commands })
     }
 
     /// A canceled task's slot is free once the worker no longer lists it (API.md §7.4).
@@ -278,7 +283,7 @@ impl<E: Effects> Core<E> {
                     pool_id: id.clone(),
                     node_id: p.node_id.clone(),
                     node_status: self.nodes.get(&p.node_id).map(|n| n.status).unwrap_or(NodeStatus::Offline),
-                    state: p.status.state,
+                    state: if p.draining && p.status.state == PoolState::Ready { PoolState::Draining } else { p.status.state },
                     engine: p.status.engine.clone(),
                     engine_version: p.status.engine_version.clone(),
                     model: p.status.models.first().map(|m| api::node::PoolModelRef { id: m.id.clone(), digest: m.digest.clone() }),

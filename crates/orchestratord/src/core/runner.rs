@@ -32,6 +32,8 @@ pub enum Msg {
     Deregister { node_id: String, caller: Option<NodeCaller>, reply: Reply<Result<(), ErrorEnvelope>> },
     Nodes { reply: Reply<Vec<NodeView>> },
     Session { id: api::SessionId, reply: Reply<Option<super::sessions::SessionView>> },
+    Drain { pool_id: String, deadline_ms: u64, correlation_id: String, reply: Reply<Result<api::node::PoolCommandAccepted, ErrorEnvelope>> },
+    Reload { pool_id: String, model_ref: String, correlation_id: String, reply: Reply<Result<api::node::PoolCommandAccepted, ErrorEnvelope>> },
     DeleteSession { id: api::SessionId },
     Pools { reply: Reply<Vec<PoolView>> },
     ScrapeGauges { reply: Reply<Vec<(&'static str, Vec<(&'static str, String)>, f64)>> },
@@ -190,6 +192,12 @@ fn handle(core: &mut Core<LiveEffects>, msg: Msg, now: Instant) {
             let _ = reply.send(core.session_view(id, now));
         }
         Msg::DeleteSession { id } => core.delete_session(id),
+        Msg::Drain { pool_id, deadline_ms, correlation_id, reply } => {
+            let _ = reply.send(core.drain(&pool_id, deadline_ms, correlation_id, now));
+        }
+        Msg::Reload { pool_id, model_ref, correlation_id, reply } => {
+            let _ = reply.send(core.reload(&pool_id, &model_ref, correlation_id));
+        }
         Msg::Pools { reply } => {
             let _ = reply.send(core.pool_list());
         }

@@ -50,7 +50,8 @@ impl<E: Effects> Core<E> {
             return Err(ErrorEnvelope::new(ErrorCode::ModelNotAvailable, format!("model {model_ref:?} is not known: no node serves it")).with_retriable(false));
         };
         let serving = self.pools.values().any(|p| {
-            p.model_id() == Some(id.as_str())
+            !p.draining
+                && p.model_id() == Some(id.as_str())
                 && matches!(p.status.state, PoolState::Ready | PoolState::Starting | PoolState::Provisioning)
                 && self.nodes.get(&p.node_id).is_some_and(|n| n.status == NodeStatus::Online)
         });

@@ -81,3 +81,53 @@ pub async fn capabilities(State(app): State<App>) -> Result<Json<serde_json::Val
     };
     Ok(Json(json!({ "api_version": api::API_VERSION, "protocol_versions": [api::PROTOCOL_VERSION], "engines": engines })))
 }
+
+/// Parses an optional strict JSON body (an empty body means the defaults).
+async fn small_body<T: serde::de::DeserializeOwned + Default>(app: &App, headers: &axum::http::HeaderMap, body: axum::body::Body) -> Result<T, ApiError> {
+    let bytes = axum::body::to_bytes(body, app.cfg.max_body_bytes).await.map_err(|_| ApiError(ErrorEnvelope::new(ErrorCode::InvalidParams, "the body is too large")))?;
+    if bytes.is_empty() {
+        return Ok(T::default());
+    }
+    let ct = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !ct.starts_with("application/json") {
+        return Err(ApiError(ErrorEnvelope::new(ErrorCode::InvalidParams, "the body must be JSON (Content-Type: application/json)")));
+    }
+    let de = &mut serde_json::Deserializer::from_slice(&bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let field = e.path().to_string();
+        let mut env = ErrorEnvelope::new(ErrorCode::InvalidParams, format!("invalid body: {}", e.into_inner()));
+        if field != "." {
+            env.field = Some(field);
+        }
+        ApiError(env)
+    })
+}
+
+pub async fn drain(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    axum::Extension(cid): axum::Extension<daemon::correlation::CorrelationId>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
+    let req: api::node::DrainRequest = small_body(&app, &headers, body).await?;
+    let deadline_ms = req.deadline_ms.unwrap_or(60_000);
+    let r = app.core.ask(|reply| Msg::Drain { pool_id: id, deadline_ms, correlation_id: cid.0.clone(), reply }).await.ok_or_else(unavailable)??;
+    Ok((axum::http::StatusCode::ACCEPTED, Json(r)).into_response())
+}
+
+pub async fn reload(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    axum::Extension(cid): axum::Extension<daemon::correlation::CorrelationId>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
+    let req: api::node::ReloadRequest = small_body(&app, &headers, body).await?;
+    if req.model_ref.is_empty() {
+        return Err(ApiError(ErrorEnvelope::invalid("model_ref", "required")));
+    }
+    let model_ref = req.model_ref;
+    let r = app.core.ask(|reply| Msg::Reload { pool_id: id, model_ref, correlation_id: cid.0.clone(), reply }).await.ok_or_else(unavailable)??;
+    Ok((axum::http::StatusCode::ACCEPTED, Json(r)).into_response())
+}

@@ -44,6 +44,8 @@ pub fn router(app: App) -> Router {
         .route("/v2/nodes", get(nodes::list))
         .route("/v2/pools", get(meta::pools))
         .route("/v2/pools/{id}/health", get(meta::pool_health))
+        .route("/v2/pools/{id}/drain", post(meta::drain))
+        .route("/v2/pools/{id}/reload", post(meta::reload))
         .route("/v2/meta/version", get(meta::version))
         .route("/v2/meta/capabilities", get(meta::capabilities))
         .route("/v1/chat/completions", post(openai::chat))
@@ -80,6 +82,7 @@ fn allowed_methods(path: &str) -> String {
         ["v2", "tasks"] | ["v2", "nodes", "register"] | ["v2", "tasks", _, "cancel"] | ["v2", "nodes", _, "heartbeat"] => "POST",
         ["v2", "nodes", _] => "DELETE",
         ["v1", "chat", "completions"] | ["v1", "completions"] => "POST",
+        ["v2", "pools", _, "drain"] | ["v2", "pools", _, "reload"] => "POST",
         ["v2", "sessions", _] => "GET, DELETE",
         _ => "GET",
     }

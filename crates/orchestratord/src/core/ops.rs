@@ -1,0 +1,116 @@
+//! Pool operations (API.md §10): drain and reload, sent to the node as heartbeat commands and
+//! tracked until the node reports them finished. One operation per pool at a time.
+
+use std::time::Instant;
+
+use api::node::{Command, CommandKind, CommandState, CommandStatus, LoadedModel, NodeStatus, PoolCommandAccepted, PoolState};
+use api::task::TaskState;
+use api::{ErrorCode, ErrorEnvelope, TaskId};
+
+use super::{Core, Effects};
+
+impl<E: Effects> Core<E> {
+    /// `POST /v2/pools/{id}/drain`.
+    pub fn drain(&mut self, pool_id: &str, deadline_ms: u64, correlation_id: String, now: Instant) -> Result<PoolCommandAccepted, ErrorEnvelope> {
+        let node_id = self.ready_node(pool_id)?;
+        let pool = self.pools.get(pool_id).ok_or_else(|| not_found(pool_id))?;
+        match &pool.op {
+            Some((id, CommandKind::Drain)) => return Ok(PoolCommandAccepted { pool_id: pool_id.into(), command_id: id.clone(), state: PoolState::Draining }),
+            Some(_) => return Err(ErrorEnvelope::new(ErrorCode::Conflict, format!("another operation is running on pool {pool_id}"))),
+            None => {}
+        }
+        let command_id = uuid::Uuid::new_v4().to_string();
+        if pool.status.state == PoolState::Unloaded {
+            return Ok(PoolCommandAccepted { pool_id: pool_id.into(), command_id, state: PoolState::Unloaded });
+        }
+        if let Some(p) = self.pools.get_mut(pool_id) {
+            p.draining = true;
+            p.op = Some((command_id.clone(), CommandKind::Drain));
+        }
+        self.fail_pinned(pool_id, now);
+        self.send(&node_id, Command { command_id: command_id.clone(), kind: CommandKind::Drain, pool_id: Some(pool_id.into()), model: None, deadline_ms: Some(deadline_ms), correlation_id });
+        Ok(PoolCommandAccepted { pool_id: pool_id.into(), command_id, state: PoolState::Draining })
+    }
+
+    /// `POST /v2/pools/{id}/reload`: this version reloads a pool's own model (returning a drained
+    /// pool to service, or restarting its engine); another model needs the model catalog.
+    pub fn reload(&mut self, pool_id: &str, model_ref: &str, correlation_id: String) -> Result<PoolCommandAccepted, ErrorEnvelope> {
+        let node_id = self.ready_node(pool_id)?;
+        let pool = self.pools.get(pool_id).ok_or_else(|| not_found(pool_id))?;
+        if pool.op.is_some() {
+            return Err(ErrorEnvelope::new(ErrorCode::Conflict, format!("another operation is running on pool {pool_id}")));
+        }
+        let model = pool.status.models.first().cloned().ok_or_else(|| ErrorEnvelope::invalid("model_ref", "the pool has no model to reload"))?;
+        if model.id != model_ref && model.model_ref != model_ref {
+            return Err(ErrorEnvelope::invalid("model_ref", format!("pool {pool_id} serves {}; reloading to another model needs the model catalog, which this version does not have", model.id)));
+        }
+        let command_id = uuid::Uuid::new_v4().to_string();
+        if let Some(p) = self.pools.get_mut(pool_id) {
+            p.op = Some((command_id.clone(), CommandKind::Reload));
+        }
+        let state = pool_state(self, pool_id);
+        self.send(&node_id, Command { command_id: command_id.clone(), kind: CommandKind::Reload, pool_id: Some(pool_id.into()), model: Some(LoadedModel { ..model }), deadline_ms: None, correlation_id });
+        Ok(PoolCommandAccepted { pool_id: pool_id.into(), command_id, state })
+    }
+
+    fn ready_node(&self, pool_id: &str) -> Result<String, ErrorEnvelope> {
+        let pool = self.pools.get(pool_id).ok_or_else(|| not_found(pool_id))?;
+        match self.nodes.get(&pool.node_id) {
+            Some(n) if n.status == NodeStatus::Online => Ok(pool.node_id.clone()),
+            _ => Err(ErrorEnvelope::new(ErrorCode::NodeUnavailable, format!("the node of pool {pool_id} is offline")).with_pool(pool_id).with_retry_after(5000)),
+        }
+    }
+
+    fn send(&mut self, node_id: &str, cmd: Command) {
+        tracing::info!(event = "command.sent", correlation_id = %cmd.correlation_id, command_id = %cmd.command_id, node_id = %node_id,
+            pool_id = %cmd.pool_id.as_deref().unwrap_or(""), "Sent {:?} for pool {} to node {node_id}", cmd.kind, cmd.pool_id.as_deref().unwrap_or(""));
+        if let Some(n) = self.nodes.get_mut(node_id) {
+            n.commands.push(cmd);
+        }
+    }
+
+    /// Queued tasks pinned to a draining pool end with POOL_UNREADY.
+    fn fail_pinned(&mut self, pool_id: &str, now: Instant) {
+        let key = format!("pool:{pool_id}");
+        let ids: Vec<TaskId> = self.tasks.iter().filter(|(_, t)| t.state == TaskState::Queued && t.queue_key == key).map(|(id, _)| *id).collect();
+        for id in ids {
+            self.dequeue(id);
+            self.finish_with_error(id, ErrorEnvelope::new(ErrorCode::PoolUnready, format!("pool {pool_id} is draining")).with_pool(pool_id), now);
+        }
+    }
+
+    /// Statuses the node reported: an acknowledged command is no longer resent; a finished one
+    /// ends the pool's operation.
+    pub(super) fn command_statuses(&mut self, node_id: &str, statuses: Vec<CommandStatus>, now: Instant) {
+        for st in statuses {
+            if let Some(n) = self.nodes.get_mut(node_id) {
+                n.commands.retain(|c| c.command_id != st.command_id);
+            }
+            if !matches!(st.status, CommandState::Completed | CommandState::Failed) {
+                continue;
+            }
+            let Some((pool_id, kind)) = self.pools.iter().find(|(_, p)| p.op.as_ref().is_some_and(|(id, _)| *id == st.command_id)).map(|(id, p)| (id.clone(), p.op.as_ref().map(|o| o.1))) else { continue };
+            let failed = st.status == CommandState::Failed;
+            tracing::info!(event = "command.finished", command_id = %st.command_id, node_id = %node_id, pool_id = %pool_id,
+                "{kind:?} of pool {pool_id} {}", if failed { "failed" } else { "completed" });
+            if let Some(p) = self.pools.get_mut(&pool_id) {
+                p.op = None;
+                if kind == Some(CommandKind::Reload) && !failed {
+                    p.draining = false;
+                }
+                if let (true, Some(e)) = (failed, st.error) {
+                    p.status.last_error = Some(e.message);
+                }
+            }
+        }
+        self.pump(now);
+    }
+}
+
+fn pool_state<E: Effects>(core: &Core<E>, pool_id: &str) -> PoolState {
+    core.pools.get(pool_id).map(|p| if p.draining && p.status.state == PoolState::Ready { PoolState::Draining } else { p.status.state }).unwrap_or(PoolState::Unloaded)
+}
+
+fn not_found(pool_id: &str) -> ErrorEnvelope {
+    ErrorEnvelope::new(ErrorCode::NotFound, format!("no pool {pool_id}"))
+}
