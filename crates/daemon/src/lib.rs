@@ -5,6 +5,7 @@ pub mod config;
 pub mod correlation;
 pub mod errors;
 pub mod logging;
+pub mod main_loop;
 pub mod secret;
 
 /// Resolves when SIGINT or SIGTERM arrives.

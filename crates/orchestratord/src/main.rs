@@ -1,7 +1,6 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(name = "orchestratord", version, about = "llama-orch control plane")]
@@ -37,46 +36,19 @@ fn main() -> std::process::ExitCode {
         raw.logging.level = Some(l);
     }
     let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
-    let cfg = match (raw.validate(&home), unknown.is_empty()) {
-        (Ok(c), true) => c,
-        (Ok(_), false) => return refuse(&unknown),
-        (Err(problems), _) => return refuse(&[unknown, problems].concat()),
+    let cfg = match daemon::main_loop::validated("orchestratord", unknown, raw.validate(&home)) {
+        Ok(c) => c,
+        Err(code) => return code,
     };
     if args.check_config {
         println!("config ok: bind {}", cfg.bind);
         return std::process::ExitCode::SUCCESS;
     }
     daemon::logging::init(&cfg.log_level, if args.log_json { Some(true) } else { cfg.log_json });
-    let rt = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("orchestratord: cannot start the runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    let result = rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind(cfg.bind).await.map_err(|e| anyhow::anyhow!("cannot bind {}: {e}", cfg.bind))?;
-        let shutdown = CancellationToken::new();
-        let s = shutdown.clone();
-        tokio::spawn(async move {
-            daemon::shutdown_signal().await;
-            s.cancel();
-        });
-        orchestratord::run(cfg, listener, shutdown).await
-    });
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("orchestratord: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    let bind = cfg.bind;
+    daemon::main_loop::serve("orchestratord", bind, |listener, shutdown| async move { orchestratord::run(cfg, listener, shutdown).await.map_err(|e| format!("{e:#}").into()) })
 }
 
 fn refuse(problems: &[String]) -> std::process::ExitCode {
-    eprintln!("orchestratord: refusing to start, the configuration has {} problem(s):", problems.len());
-    for p in problems {
-        eprintln!("  - {p}");
-    }
-    std::process::ExitCode::from(2)
+    daemon::main_loop::refuse("orchestratord", problems)
 }

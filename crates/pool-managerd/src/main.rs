@@ -1,7 +1,6 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(name = "pool-managerd", version, about = "llama-orch worker daemon")]
@@ -36,46 +35,19 @@ fn main() -> std::process::ExitCode {
     if let Some(l) = args.log_level {
         raw.logging.level = Some(l);
     }
-    let config = match (raw.validate(&pool_managerd::config::Host::detect()), unknown.is_empty()) {
-        (Ok(c), true) => c,
-        (Ok(_), false) => return refuse(&unknown),
-        (Err(problems), _) => return refuse(&[unknown, problems].concat()),
+    let config = match daemon::main_loop::validated("pool-managerd", unknown, raw.validate(&pool_managerd::config::Host::detect())) {
+        Ok(c) => c,
+        Err(code) => return code,
     };
     if args.check_config {
         println!("config ok: node {} with {} pool(s)", config.node_id, config.pools.len());
         return std::process::ExitCode::SUCCESS;
     }
     daemon::logging::init(&config.log_level, if args.log_json { Some(true) } else { config.log_json });
-    let rt = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("pool-managerd: cannot start the runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    let result = rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind(config.bind).await.map_err(|e| anyhow::anyhow!("cannot bind {}: {e}", config.bind))?;
-        let shutdown = CancellationToken::new();
-        let s = shutdown.clone();
-        tokio::spawn(async move {
-            daemon::shutdown_signal().await;
-            s.cancel();
-        });
-        pool_managerd::run(config, listener, shutdown).await
-    });
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("pool-managerd: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    let bind = config.bind;
+    daemon::main_loop::serve("pool-managerd", bind, |listener, shutdown| async move { pool_managerd::run(config, listener, shutdown).await.map_err(|e| format!("{e:#}").into()) })
 }
 
 fn refuse(problems: &[String]) -> std::process::ExitCode {
-    eprintln!("pool-managerd: refusing to start, the configuration has {} problem(s):", problems.len());
-    for p in problems {
-        eprintln!("  - {p}");
-    }
-    std::process::ExitCode::from(2)
+    daemon::main_loop::refuse("pool-managerd", problems)
 }

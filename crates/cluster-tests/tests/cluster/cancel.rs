@@ -55,13 +55,7 @@ pub async fn cancel_mid_stream(a: Assets) -> anyhow::Result<()> {
         let model = stack.spec.model_id.clone();
         let adm = client.submit(&fixtures::long_request(&model)).await?.body;
         let mut s = client.events(&adm.streams.sse).await?;
-        let mut tokens = 0;
-        while tokens < 5 {
-            let f = tokio::time::timeout(Duration::from_secs(30), s.next()).await?.context("stream closed early")??;
-            if matches!(f.event, Event::Token(_)) {
-                tokens += 1;
-            }
-        }
+        fixtures::read_tokens(&mut s, 5).await?;
         ensure!(client.cancel(adm.task_id).await? == 204, "cancel did not answer 204");
         let mut after_end = 0;
         let mut end = None;
@@ -95,13 +89,7 @@ pub async fn client_disconnect(a: Assets) -> anyhow::Result<()> {
         let adm = client.submit(&fixtures::long_request(&model)).await?.body;
         {
             let mut s = client.events(&adm.streams.sse).await?;
-            let mut tokens = 0;
-            while tokens < 3 {
-                let f = tokio::time::timeout(Duration::from_secs(30), s.next()).await?.context("stream closed early")??;
-                if matches!(f.event, Event::Token(_)) {
-                    tokens += 1;
-                }
-            }
+            fixtures::read_tokens(&mut s, 3).await?;
             // Dropping the stream closes the connection: the client went away.
         }
         let rec = wait_for("the task to be canceled after the disconnect grace", Duration::from_secs(15), || async {

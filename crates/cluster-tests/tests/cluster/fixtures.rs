@@ -110,3 +110,15 @@ pub fn dispatch_token(stack: &Stack) -> anyhow::Result<String> {
 }
 
 pub const TEST_DISPATCH_TOKEN: &str = "test-dispatch-token-0123456789abcdef0123456789";
+
+/// Reads frames until `n` token frames have arrived (the stream must not end first).
+pub async fn read_tokens(stream: &mut client::EventStream, n: usize) -> anyhow::Result<()> {
+    let mut tokens = 0;
+    while tokens < n {
+        let f = tokio::time::timeout(Duration::from_secs(30), stream.next()).await?.context("stream closed early")??;
+        if matches!(f.event, api::events::Event::Token(_)) {
+            tokens += 1;
+        }
+    }
+    Ok(())
+}

@@ -22,13 +22,7 @@ pub async fn engine_killed_mid_stream(a: Assets) -> anyhow::Result<()> {
         let model = stack.spec.model_id.clone();
         let adm = client.submit(&fixtures::long_request(&model)).await?.body;
         let mut s = client.events(&adm.streams.sse).await?;
-        let mut tokens = 0;
-        while tokens < 3 {
-            let f = tokio::time::timeout(Duration::from_secs(30), s.next()).await?.context("stream closed early")??;
-            if matches!(f.event, Event::Token(_)) {
-                tokens += 1;
-            }
-        }
+        fixtures::read_tokens(&mut s, 3).await?;
         let pid = *engine_pids(&stack.pm_log).last().context("no engine pid")?;
         kill(Pid::from_raw(pid as i32), Signal::SIGKILL)?;
         let mut last = None;

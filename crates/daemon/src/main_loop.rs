@@ -1,0 +1,59 @@
+//! What both daemons' `main` does once the config is valid: a runtime, the listener, the
+//! SIGINT/SIGTERM shutdown token, and exit codes (2 for a refused config, 1 for a failure).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use tokio_util::sync::CancellationToken;
+
+/// Prints every configuration problem and returns exit status 2.
+pub fn refuse(daemon: &str, problems: &[String]) -> ExitCode {
+    eprintln!("{daemon}: refusing to start, the configuration has {} problem(s):", problems.len());
+    for p in problems {
+        eprintln!("  - {p}");
+    }
+    ExitCode::from(2)
+}
+
+/// Merges unknown-key problems with validation problems: any problem refuses the start.
+pub fn validated<T>(daemon: &str, unknown: Vec<String>, result: Result<T, Vec<String>>) -> Result<T, ExitCode> {
+    match (result, unknown.is_empty()) {
+        (Ok(c), true) => Ok(c),
+        (Ok(_), false) => Err(refuse(daemon, &unknown)),
+        (Err(problems), _) => Err(refuse(daemon, &[unknown, problems].concat())),
+    }
+}
+
+/// Binds `bind`, then runs `serve(listener, shutdown)` until it returns; SIGINT or SIGTERM
+/// cancel `shutdown`.
+pub fn serve<F, Fut>(daemon: &str, bind: SocketAddr, serve: F) -> ExitCode
+where
+    F: FnOnce(tokio::net::TcpListener, CancellationToken) -> Fut,
+    Fut: Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>,
+{
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{daemon}: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(bind).await.map_err(|e| format!("cannot bind {bind}: {e}"))?;
+        let shutdown = CancellationToken::new();
+        let s = shutdown.clone();
+        tokio::spawn(async move {
+            crate::shutdown_signal().await;
+            s.cancel();
+        });
+        serve(listener, shutdown).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{daemon}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
