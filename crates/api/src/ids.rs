@@ -95,6 +95,16 @@ macro_rules! name_id {
     };
 }
 
+/// The catalog id rule of API.md §9.1: the last path segment without `.gguf`, lowercased, other
+/// characters replaced by `-`, at most 64 characters.
+pub fn model_id_from_path(path: &str) -> String {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    let stem = name.strip_suffix(".gguf").unwrap_or(name).to_lowercase();
+    let mut id: String = stem.chars().map(|c| if c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-') { c } else { '-' }).collect();
+    id.truncate(64);
+    id
+}
+
 name_id!(NodeId, "node id");
 name_id!(PoolId, "pool id");
 name_id!(ModelId, "model id");

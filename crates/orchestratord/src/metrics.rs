@@ -18,6 +18,7 @@ pub const OVERHEAD: &str = "orchestrator_overhead_ms";
 pub const BACKPRESSURE: &str = "admission_backpressure_events_total";
 pub const PLACEMENT_DECISIONS: &str = "placement_decisions_total";
 pub const PLACEMENT_CANDIDATES: &str = "placement_candidates_considered";
+pub const POOL_RELOADS: &str = "pool_reloads_total";
 pub const NODES_ONLINE: &str = "orchd_nodes_online";
 pub const POOLS_READY: &str = "orchd_pools_ready";
 pub const NODE_REGISTRATIONS: &str = "orchd_node_registrations_total";
@@ -44,6 +45,7 @@ const HELP: &[(&str, &str, &str)] = &[
     (BACKPRESSURE, "counter", "429 answers and queue evictions."),
     (PLACEMENT_DECISIONS, "counter", "Placement decisions by outcome."),
     (PLACEMENT_CANDIDATES, "gauge", "Candidates considered in the latest placement decision."),
+    (POOL_RELOADS, "counter", "Pool reloads by outcome (success, rolled_back, failed)."),
     (NODES_ONLINE, "gauge", "Online worker nodes."),
     (POOLS_READY, "gauge", "Ready pools on Online nodes."),
     (NODE_REGISTRATIONS, "counter", "Node registrations by outcome."),

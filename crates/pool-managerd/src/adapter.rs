@@ -23,6 +23,8 @@ pub struct TaskRun {
     pub pool: Arc<Pool>,
     pub client: EngineClient,
     pub engine_version: String,
+    /// The model of the engine this task runs on.
+    pub model: crate::pools::ModelInfo,
     pub req: DispatchRequest,
     pub tx: mpsc::Sender<WorkerEvent>,
     pub cancel: CancellationToken,
@@ -110,7 +112,7 @@ impl TaskRun {
         let started_ev = WorkerEvent::Started {
             engine: api::ENGINE_LLAMACPP.into(),
             engine_version: self.engine_version.clone(),
-            model: DispatchModel { id: self.pool.spec.model_id.to_string(), digest: self.pool.spec.model_digest.clone() },
+            model: DispatchModel { id: self.model.id.clone(), digest: self.model.digest.clone() },
         };
         if self.tx.send(started_ev).await.is_err() {
             return Outcome::Stopped(StopReason::Canceled);

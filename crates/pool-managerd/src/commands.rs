@@ -14,8 +14,8 @@ use api::ErrorEnvelope;
 pub enum PoolCommand {
     /// No new dispatches; running ones get until `deadline`, then the engine stops (Unloaded).
     Drain { id: String, deadline: Duration },
-    /// Start (or restart) the pool's engine with its model.
-    Reload { id: String },
+    /// Start (or restart) the pool's engine, with `model` when given (else the current one).
+    Reload { id: String, model: Option<crate::pools::ModelInfo> },
 }
 
 struct Entry {

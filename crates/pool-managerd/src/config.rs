@@ -484,11 +484,7 @@ pub fn parse_file_ref(r: &str) -> Result<(String, PathBuf), String> {
 /// The catalog id rule of API.md §9.1: last path segment without `.gguf`, lowercased, other
 /// characters replaced by `-`, at most 64 characters.
 pub fn derive_model_id(path: &Path) -> String {
-    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-    let stem = name.strip_suffix(".gguf").unwrap_or(&name).to_lowercase();
-    let mut id: String = stem.chars().map(|c| if c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-') { c } else { '-' }).collect();
-    id.truncate(64);
-    id
+    api::ids::model_id_from_path(&path.display().to_string())
 }
 
 #[cfg(test)]

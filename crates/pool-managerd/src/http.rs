@@ -38,6 +38,9 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v2/pools/{pool_id}/dispatch", post(dispatch))
         .route("/v2/pools/{pool_id}/tasks/{task_id}/cancel", post(cancel))
         .route("/v2/pools", get(pools))
+        .route("/v2/pools/{pool_id}", get(pool_status))
+        .route("/v2/pools/{pool_id}/drain", post(local_drain))
+        .route("/v2/pools/{pool_id}/reload", post(local_reload))
         .layer(axum::middleware::from_fn_with_state(app.clone(), auth))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
@@ -77,6 +80,32 @@ async fn pools(State(app): State<Arc<App>>) -> Json<WorkerPoolsResponse> {
     Json(WorkerPoolsResponse { pools: app.pools.values().map(|p| p.status()).collect() })
 }
 
+async fn pool_status(State(app): State<Arc<App>>, Path(pool_id): Path<String>) -> Result<Json<api::node::PoolStatus>, ApiError> {
+    let pool = app.pools.get(&pool_id).ok_or_else(|| ErrorEnvelope::new(ErrorCode::NotFound, format!("no pool {pool_id} on this node")))?;
+    Ok(Json(pool.status()))
+}
+
+/// Local drain (the same work as orchestratord's drain command), for operators on the node.
+async fn local_drain(State(app): State<Arc<App>>, Path(pool_id): Path<String>, body: Bytes) -> Result<(StatusCode, Json<api::node::PoolCommandAccepted>), ApiError> {
+    let req: api::node::DrainRequest = if body.is_empty() { Default::default() } else { serde_json::from_slice(&body).map_err(|e| ErrorEnvelope::invalid("", format!("invalid drain body: {e}")))? };
+    let deadline = Duration::from_millis(req.deadline_ms.unwrap_or(60_000));
+    local_command(&app, &pool_id, |id| crate::commands::PoolCommand::Drain { id, deadline })
+}
+
+/// Local reload of the pool's own model (returns a drained pool to service).
+async fn local_reload(State(app): State<Arc<App>>, Path(pool_id): Path<String>) -> Result<(StatusCode, Json<api::node::PoolCommandAccepted>), ApiError> {
+    local_command(&app, &pool_id, |id| crate::commands::PoolCommand::Reload { id, model: None })
+}
+
+fn local_command(app: &App, pool_id: &str, make: impl FnOnce(String) -> crate::commands::PoolCommand) -> Result<(StatusCode, Json<api::node::PoolCommandAccepted>), ApiError> {
+    let pool = app.pools.get(pool_id).ok_or_else(|| ErrorEnvelope::new(ErrorCode::NotFound, format!("no pool {pool_id} on this node")))?;
+    let id = uuid::Uuid::new_v4().to_string();
+    app.book.receive(&id);
+    pool.commands.send(make(id.clone())).map_err(|_| ErrorEnvelope::new(ErrorCode::PoolUnready, "the pool is shutting down"))?;
+    let state = pool.snapshot.borrow().state;
+    Ok((StatusCode::ACCEPTED, Json(api::node::PoolCommandAccepted { pool_id: pool_id.into(), command_id: id, state })))
+}
+
 async fn dispatch(State(app): State<Arc<App>>, Path(pool_id): Path<String>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
     let cid = CorrelationId::from_headers(&headers);
     let req: DispatchRequest = serde_json::from_slice(&body).map_err(|e| ErrorEnvelope::invalid("", format!("invalid dispatch body: {e}")))?;
@@ -90,8 +119,9 @@ async fn dispatch(State(app): State<Arc<App>>, Path(pool_id): Path<String>, head
     if req.engine != api::ENGINE_LLAMACPP {
         return Err(ErrorEnvelope::invalid("engine", format!("this pool runs llamacpp, not {}", req.engine)).into());
     }
-    if req.model.id != pool.spec.model_id.as_str() || (req.model.digest.is_some() && pool.spec.model_digest.is_some() && req.model.digest != pool.spec.model_digest) {
-        return Err(ErrorEnvelope::new(ErrorCode::ModelNotAvailable, format!("pool {pool_id} serves {}, not {}", pool.spec.model_id, req.model.id)).with_retriable(true).into());
+    let current = pool.snapshot.borrow().model.clone();
+    if req.model.id != current.id || (req.model.digest.is_some() && current.digest.is_some() && req.model.digest != current.digest) {
+        return Err(ErrorEnvelope::new(ErrorCode::ModelNotAvailable, format!("pool {pool_id} serves {}, not {}", current.id, req.model.id)).with_retriable(true).into());
     }
     if app.closing.is_cancelled() {
         return Err(ErrorEnvelope::new(ErrorCode::PoolUnready, "this node is shutting down").with_pool(&pool_id).into());
@@ -111,7 +141,7 @@ async fn dispatch(State(app): State<Arc<App>>, Path(pool_id): Path<String>, head
         let permit = pool.slots.clone().try_acquire_owned().map_err(|_| {
             ErrorEnvelope::new(ErrorCode::ReplicaExhausted, format!("pool {pool_id} has no free slot")).with_pool(&pool_id).with_retry_after(1000)
         })?;
-        inflight.insert(req.task_id.clone(), Inflight { cancel: cancel.clone(), lost: lost.clone(), released: released_rx, tokens_evaluated: 0, tokens_out: 0 });
+        inflight.insert(req.task_id.clone(), Inflight { cancel: cancel.clone(), lost: lost.clone(), released: released_rx, tokens_evaluated: 0, tokens_out: 0, generation: snap.generation });
         permit
     };
     tracing::info!(event = "dispatch.accepted", correlation_id = %cid.0, task_id = %req.task_id, pool_id = %pool_id, node_id = %app.config.node_id,
@@ -122,6 +152,7 @@ async fn dispatch(State(app): State<Arc<App>>, Path(pool_id): Path<String>, head
         pool: pool.clone(),
         client,
         engine_version: snap.engine_version.clone().unwrap_or_default(),
+        model: snap.model.clone(),
         req,
         tx,
         cancel,

@@ -18,9 +18,34 @@ use crate::commands::PoolCommand;
 use crate::config::{EngineTimings, PoolSpec};
 use api::node::CommandState;
 
+/// The model an engine serves.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelInfo {
+    pub id: String,
+    pub model_ref: String,
+    pub path: std::path::PathBuf,
+    pub digest: Option<String>,
+}
+
+impl ModelInfo {
+    /// A model named by a `file:` ref that exists on this node (other schemes need the fetchers).
+    pub fn from_ref(id: &str, model_ref: &str, digest: Option<String>) -> Result<Self, String> {
+        if id.parse::<api::ModelId>().is_err() {
+            return Err(format!("invalid model id {id:?}"));
+        }
+        let (model_ref, path) = crate::config::parse_file_ref(model_ref)?;
+        if !path.is_file() {
+            return Err(format!("model file {} does not exist on this node", path.display()));
+        }
+        Ok(Self { id: id.into(), model_ref, path, digest })
+    }
+}
+
 /// What the rest of the daemon may know about a pool at one moment.
 #[derive(Clone)]
 pub struct PoolSnapshot {
+    /// The model the pool serves (changes only through a reload).
+    pub model: ModelInfo,
     pub state: PoolState,
     pub client: Option<EngineClient>,
     pub engine_version: Option<String>,
@@ -39,6 +64,8 @@ pub struct Inflight {
     pub released: watch::Receiver<bool>,
     pub tokens_evaluated: u64,
     pub tokens_out: u64,
+    /// The engine generation the task was dispatched to.
+    pub generation: u64,
 }
 
 pub struct Pool {
@@ -74,7 +101,7 @@ impl Pool {
             slots_total: self.spec.slots,
             slots_free: self.slots.available_permits() as u32,
             ctx_per_slot: self.spec.ctx_per_slot,
-            models: vec![LoadedModel { id: self.spec.model_id.to_string(), model_ref: self.spec.model_ref.clone(), digest: self.spec.model_digest.clone() }],
+            models: vec![LoadedModel { id: snap.model.id.clone(), model_ref: snap.model.model_ref.clone(), digest: snap.model.digest.clone() }],
             running: inflight.keys().cloned().collect(),
             kv_cache_usage_ratio: Some((used as f64 / capacity as f64).min(1.0)),
             decode_tokens_per_s: *self.decode_tps.lock().unwrap_or_else(|e| e.into_inner()),
@@ -103,7 +130,8 @@ pub struct SupervisorEnv {
 
 /// Creates the pool and spawns its supervisor on `tracker`.
 pub fn spawn(spec: PoolSpec, env: SupervisorEnv, shutdown: CancellationToken, tracker: &tokio_util::task::TaskTracker) -> Arc<Pool> {
-    let (tx, rx) = watch::channel(PoolSnapshot { state: PoolState::Provisioning, client: None, engine_version: None, engine_built: false, last_error: None, generation: 0 });
+    let model = ModelInfo { id: spec.model_id.to_string(), model_ref: spec.model_ref.clone(), path: spec.model_path.clone(), digest: spec.model_digest.clone() };
+    let (tx, rx) = watch::channel(PoolSnapshot { model, state: PoolState::Provisioning, client: None, engine_version: None, engine_built: false, last_error: None, generation: 0 });
     let (cmd_tx, cmd_rx) = tokio::sync::mpsc::unbounded_channel();
     let pool = Arc::new(Pool {
         commands: cmd_tx,
@@ -119,6 +147,22 @@ pub fn spawn(spec: PoolSpec, env: SupervisorEnv, shutdown: CancellationToken, tr
     let sup = Supervisor { pool: pool.clone(), env, tx, shutdown, cmds: tokio::sync::Mutex::new(cmd_rx) };
     tracker.spawn(sup.run());
     pool
+}
+
+fn new_ready(e: &RunningEngine) -> (EngineClient, String) {
+    (e.client.clone(), e.build_info.clone())
+}
+
+/// True when the node's available memory holds another copy of the model with 20 % headroom
+/// (CPU pools; GPU pools would compare free VRAM the same way).
+fn memory_allows(model: &std::path::Path) -> bool {
+    let size = std::fs::metadata(model).map(|m| m.len()).unwrap_or(u64::MAX);
+    let available = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("MemAvailable:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<u64>().ok()))
+        .map(|kb| kb * 1024)
+        .unwrap_or(0);
+    (size as f64 * 1.2) < available as f64
 }
 
 async fn recv(rx: &tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<PoolCommand>>) -> Option<PoolCommand> {
@@ -178,13 +222,12 @@ impl Supervisor {
         let Some(binary) = self.provision().await else { return };
         let mut breaker = Breaker::new(self.env.timings.max_restarts.max(1) as usize, BREAKER_WINDOW);
         let mut backoff = Duration::from_secs(1);
-        let mut generation = 0u64;
         let mut reload: Option<String> = None;
         loop {
             if self.shutdown.is_cancelled() {
                 break;
             }
-            generation += 1;
+            let generation = self.tx.borrow().generation + 1;
             self.publish(|s| {
                 s.state = PoolState::Starting;
                 s.client = None;
@@ -192,7 +235,8 @@ impl Supervisor {
             let started = Instant::now();
             // A shutdown while the engine is still loading must not wait for the start timeout:
             // dropping the launch kills the half-started child (kill_on_drop).
-            let spec = self.launch_spec(&binary);
+            let model = self.tx.borrow().model.clone();
+            let spec = self.launch_spec(&binary, &model);
             let launched = tokio::select! {
                 r = engine::launch(&spec) => r,
                 _ = self.shutdown.cancelled() => break,
@@ -211,7 +255,7 @@ impl Supervisor {
                     if let Some(id) = reload.take() {
                         self.env.book.set(&id, CommandState::Completed, None);
                     }
-                    match self.watch(running).await {
+                    match self.watch(running, &binary).await {
                         Exit::Shutdown => break,
                         Exit::Restart(id) => {
                             reload = Some(id);
@@ -323,13 +367,13 @@ impl Supervisor {
         }
     }
 
-    fn launch_spec(&self, binary: &std::path::Path) -> LaunchSpec {
+    fn launch_spec(&self, binary: &std::path::Path, model: &ModelInfo) -> LaunchSpec {
         let spec = &self.pool.spec;
         let gpu = spec.device_mask != "cpu";
         LaunchSpec {
             binary: binary.to_path_buf(),
-            model_path: spec.model_path.clone(),
-            alias: spec.model_id.to_string(),
+            model_path: model.path.clone(),
+            alias: model.id.clone(),
             ctx_per_slot: spec.ctx_per_slot,
             slots: spec.slots,
             threads: self.env.timings.threads,
@@ -342,7 +386,7 @@ impl Supervisor {
     }
 
     /// Watches a Ready engine until it dies, fails three health checks, or shutdown.
-    async fn watch(&self, mut running: RunningEngine) -> Exit {
+    async fn watch(&self, mut running: RunningEngine, binary: &std::path::Path) -> Exit {
         let mut failed_checks = 0;
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         tick.tick().await;
@@ -370,7 +414,10 @@ impl Supervisor {
                         self.drain(running, &id, deadline).await;
                         return Exit::Drained;
                     }
-                    Some(PoolCommand::Reload { id }) => {
+                    Some(PoolCommand::Reload { id, model: Some(model) }) => {
+                        running = self.switch_model(running, binary, &id, model).await;
+                    }
+                    Some(PoolCommand::Reload { id, model: None }) => {
                         self.env.book.set(&id, CommandState::Running, None);
                         self.abort_inflight();
                         self.publish(|s| { s.state = PoolState::Starting; s.client = None; });
@@ -411,14 +458,83 @@ impl Supervisor {
         self.env.book.set(id, CommandState::Completed, None);
     }
 
+    /// Reload to another model: when memory allows, the new engine starts beside the old one,
+    /// new dispatches switch to it once it is Ready, and the old one stops after its running
+    /// tasks; otherwise the old engine is drained first. On failure the old model keeps (or goes
+    /// back to) serving and the command fails with the reason. Returns the engine now serving.
+    async fn switch_model(&self, old: RunningEngine, binary: &std::path::Path, id: &str, model: ModelInfo) -> RunningEngine {
+        self.env.book.set(id, CommandState::Running, None);
+        let side_by_side = memory_allows(&model.path);
+        tracing::info!(event = "command.received", pool_id = %self.pool.spec.id, command_id = %id, model = %model.id,
+            "Reloading pool {} to {} ({})", self.pool.spec.id, model.id, if side_by_side { "side by side" } else { "after draining the old engine" });
+        let fail = |why: String| api::ErrorEnvelope::new(api::ErrorCode::PoolUnavailable, why);
+        if !side_by_side {
+            let old_model = self.tx.borrow().model.clone();
+            let generation = self.tx.borrow().generation;
+            self.wait_generation_idle(generation, Duration::from_secs(60)).await;
+            self.abort_inflight();
+            self.publish(|s| { s.state = PoolState::Starting; s.client = None; });
+            old.stop(self.env.timings.stop_grace).await;
+            return match engine::launch(&self.launch_spec(binary, &model)).await {
+                Ok(new) => { self.serve(new_ready(&new), model); self.env.book.set(id, CommandState::Completed, None); new }
+                Err(e) => {
+                    self.env.book.set(id, CommandState::Failed, Some(fail(format!("the new engine failed to start: {e}"))));
+                    match engine::launch(&self.launch_spec(binary, &old_model)).await {
+                        Ok(back) => { self.serve(new_ready(&back), old_model); self.publish(|s| s.last_error = Some(format!("reload failed: {e}"))); back }
+                        Err(e2) => { self.fail(format!("reload failed ({e}) and the old engine did not come back: {e2}")); std::future::pending().await }
+                    }
+                }
+            };
+        }
+        match engine::launch(&self.launch_spec(binary, &model)).await {
+            Ok(new) => {
+                let old_generation = self.tx.borrow().generation;
+                self.serve(new_ready(&new), model);
+                self.wait_generation_idle(old_generation, Duration::from_secs(60)).await;
+                old.stop(self.env.timings.stop_grace).await;
+                self.env.book.set(id, CommandState::Completed, None);
+                new
+            }
+            Err(e) => {
+                let why = format!("reload failed, the old engine keeps serving: {e}");
+                self.publish(|s| s.last_error = Some(why.clone()));
+                self.env.book.set(id, CommandState::Failed, Some(fail(why)));
+                old
+            }
+        }
+    }
+
+    /// Switches new dispatches to a Ready engine (a new generation).
+    fn serve(&self, ready: (EngineClient, String), model: ModelInfo) {
+        self.publish(|s| {
+            s.state = PoolState::Ready;
+            s.client = Some(ready.0);
+            s.engine_version = Some(ready.1);
+            s.model = model;
+            s.generation += 1;
+            s.last_error = None;
+        });
+    }
+
+    /// Waits until no task dispatched to `generation` (or earlier) is in flight, or `max`.
+    async fn wait_generation_idle(&self, generation: u64, max: Duration) {
+        let until = Instant::now() + max;
+        while Instant::now() < until && self.pool.inflight.lock().unwrap_or_else(|e| e.into_inner()).values().any(|i| i.generation <= generation) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// While Unloaded: a drain is already done, a reload starts the engine again.
     async fn wait_for_reload(&self) -> Option<String> {
         loop {
             tokio::select! {
                 cmd = recv(&self.cmds) => match cmd? {
                     PoolCommand::Drain { id, .. } => self.env.book.set(&id, CommandState::Completed, None),
-                    PoolCommand::Reload { id } => {
+                    PoolCommand::Reload { id, model } => {
                         self.env.book.set(&id, CommandState::Running, None);
+                        if let Some(m) = model {
+                            self.publish(|s| s.model = m);
+                        }
                         return Some(id);
                     }
                 },

@@ -165,12 +165,12 @@ fn route(app: &App, cmd: api::node::Command) {
             p.commands.send(PoolCommand::Drain { id: cmd.command_id.clone(), deadline }).map_err(|_| fail("the pool is shutting down".into()))
         }
         (api::node::CommandKind::Reload, Some(p)) => {
-            let same = cmd.model.as_ref().is_none_or(|m| m.id == p.spec.model_id.as_str());
-            if same {
-                p.commands.send(PoolCommand::Reload { id: cmd.command_id.clone() }).map_err(|_| fail("the pool is shutting down".into()))
-            } else {
-                Err(fail("reloading a pool to another model needs the model catalog, which this node does not run yet".into()))
-            }
+            let current = p.snapshot.borrow().model.clone();
+            let model = match cmd.model.as_ref().filter(|m| m.id != current.id) {
+                None => Ok(None),
+                Some(m) => crate::pools::ModelInfo::from_ref(&m.id, &m.model_ref, m.digest.clone()).map(Some).map_err(fail),
+            };
+            model.and_then(|model| p.commands.send(PoolCommand::Reload { id: cmd.command_id.clone(), model }).map_err(|_| fail("the pool is shutting down".into())))
         }
         (kind, _) => Err(fail(format!("command {kind:?} is not supported by pool-managerd {}", env!("CARGO_PKG_VERSION")))),
     };

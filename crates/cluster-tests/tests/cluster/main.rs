@@ -42,6 +42,7 @@ fn scenarios() -> Vec<(&'static str, bool, Scenario)> {
         ("sched_sessions_endpoint", true, |a| Box::pin(sched::sessions_endpoint(a))),
         ("sdk_retries_admission_after_retry_after", true, |a| Box::pin(sched::sdk_retries_admission(a))),
         ("worker_drain_and_reload", true, |a| Box::pin(sched::drain_and_reload(a))),
+        ("worker_reload_to_new_model", true, |a| Box::pin(worker::reload_to_new_model(a))),
         ("logs_hold_no_secrets", true, |a| Box::pin(refusals::logs_hold_no_secrets(a))),
     ]
 }

@@ -375,7 +375,7 @@ pub async fn drain_and_reload(a: Assets) -> anyhow::Result<()> {
         ensure!(matches!(&last, Some(Event::End(e)) if !e.canceled), "the running task should finish normally: {last:?}");
         wait_for("the pool to be Unloaded", Duration::from_secs(20), || async { (pool_state(&client, "f1").await == Some(api::node::PoolState::Unloaded)).then_some(()) }).await?;
         let (status, body) = post_json(&format!("{base}/v2/pools/f1/reload"), serde_json::json!({ "model_ref": "other-model" })).await?;
-        ensure!(status == 400 && body["code"] == "INVALID_PARAMS", "reload to another model: {status} {body}");
+        ensure!(status == 404 && body["code"] == "MODEL_NOT_AVAILABLE", "reload to an unknown model: {status} {body}");
         let (status, body) = post_json(&format!("{base}/v2/pools/f1/reload"), serde_json::json!({ "model_ref": FAKE_MODEL })).await?;
         ensure!(status == 202, "reload: {status} {body}");
         stack.wait_pools_ready(&["f1"], Duration::from_secs(30)).await?;

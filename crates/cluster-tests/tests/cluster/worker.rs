@@ -77,3 +77,67 @@ pub async fn orchestratord_restart_reregisters(a: Assets) -> anyhow::Result<()> 
     stack.shutdown().await?;
     result
 }
+
+async fn post(url: &str, body: serde_json::Value) -> anyhow::Result<u16> {
+    Ok(reqwest::Client::new().post(url).json(&body).send().await?.status().as_u16())
+}
+
+/// Reload to another model: the new engine comes up beside the old one, the running task finishes
+/// on the old engine, new tasks go to the new model; a reload to a missing file fails and the
+/// serving engine stays.
+pub async fn reload_to_new_model(a: Assets) -> anyhow::Result<()> {
+    let mut stack = a.stack(a.spec("reload")?).await?;
+    let result = async {
+        let client = client::Client::new(&stack.orchd_url, None);
+        let second = stack.spec.dir.join("second-model.gguf");
+        if std::fs::hard_link(&stack.spec.model_path, &second).is_err() {
+            std::fs::copy(&stack.spec.model_path, &second)?;
+        }
+        let old_model = stack.spec.model_id.clone();
+        let mut long = fixtures::long_request(&old_model);
+        long.max_tokens = Some(200);
+        let running = client.submit(&long).await?.body;
+        let mut s = client.events(&running.streams.sse).await?;
+        fixtures::read_tokens(&mut s, 2).await?;
+        let url = format!("{}/v2/pools/cpu0/reload", stack.orchd_url);
+        ensure!(post(&url, serde_json::json!({ "model_ref": format!("file:{}", second.display()) })).await? == 202, "reload refused");
+        let mut last = None;
+        while let Some(f) = tokio::time::timeout(Duration::from_secs(60), s.next()).await?.transpose()? {
+            last = Some(f.event);
+        }
+        ensure!(matches!(&last, Some(Event::End(e)) if !e.canceled), "the task on the old engine should finish: {last:?}");
+        wait_for("the pool to serve second-model", Duration::from_secs(60), || async {
+            client.pools().await.ok()?.pools.into_iter().find(|p| p.pool_id == "cpu0" && p.state == api::node::PoolState::Ready && p.model.as_ref().is_some_and(|m| m.id == "second-model"))
+        })
+        .await?;
+        let mut req = api::task::TaskRequest::new("second-model");
+        req.prompt = Some("The sky is".into());
+        req.max_tokens = Some(4);
+        let t = client.submit(&req).await?.body;
+        let rec = wait_for("a task on the new model", Duration::from_secs(30), || async { client.task(t.task_id).await.ok().map(|r| r.body).filter(|r| r.state.is_terminal()) }).await?;
+        ensure!(rec.state == api::task::TaskState::Completed, "{:?}", rec.error);
+        let mut old = api::task::TaskRequest::new(&old_model);
+        old.prompt = Some("x".into());
+        ensure!(client.submit(&old).await.is_err(), "the old model is still offered");
+        // A reload to a file that does not exist fails on the node; the pool keeps serving.
+        wait_for("the pool operation to finish", Duration::from_secs(10), || async {
+            (post(&url, serde_json::json!({ "model_ref": "file:/nonexistent/third.gguf" })).await.ok()? == 202).then_some(())
+        })
+        .await?;
+        let err = wait_for("the failed reload to be reported", Duration::from_secs(15), || async {
+            client.pools().await.ok()?.pools.into_iter().find(|p| p.pool_id == "cpu0").and_then(|p| p.last_error)
+        })
+        .await?;
+        ensure!(err.contains("third.gguf"), "last_error: {err}");
+        let m = client.metrics_text().await?.body;
+        ensure!(m.contains("pool_reloads_total{pool_id=\"cpu0\",outcome=\"success\"} 1"), "reload success not counted");
+        ensure!(m.contains("pool_reloads_total{pool_id=\"cpu0\",outcome=\"rolled_back\"} 1"), "rolled-back reload not counted");
+        let t = client.submit(&req).await?.body;
+        let rec = wait_for("a task after the failed reload", Duration::from_secs(30), || async { client.task(t.task_id).await.ok().map(|r| r.body).filter(|r| r.state.is_terminal()) }).await?;
+        ensure!(rec.state == api::task::TaskState::Completed, "{:?}", rec.error);
+        Ok(())
+    }
+    .await;
+    stack.shutdown().await?;
+    result
+}

@@ -40,10 +40,11 @@ impl<E: Effects> Core<E> {
         if pool.op.is_some() {
             return Err(ErrorEnvelope::new(ErrorCode::Conflict, format!("another operation is running on pool {pool_id}")));
         }
-        let model = pool.status.models.first().cloned().ok_or_else(|| ErrorEnvelope::invalid("model_ref", "the pool has no model to reload"))?;
-        if model.id != model_ref && model.model_ref != model_ref {
-            return Err(ErrorEnvelope::invalid("model_ref", format!("pool {pool_id} serves {}; reloading to another model needs the model catalog, which this version does not have", model.id)));
-        }
+        let current = pool.status.models.first().cloned();
+        let model = match current {
+            Some(m) if m.id == model_ref || m.model_ref == model_ref => m,
+            _ => self.reload_target(model_ref)?,
+        };
         let command_id = uuid::Uuid::new_v4().to_string();
         if let Some(p) = self.pools.get_mut(pool_id) {
             p.op = Some((command_id.clone(), CommandKind::Reload));
@@ -51,6 +52,27 @@ impl<E: Effects> Core<E> {
         let state = pool_state(self, pool_id);
         self.send(&node_id, Command { command_id: command_id.clone(), kind: CommandKind::Reload, pool_id: Some(pool_id.into()), model: Some(LoadedModel { ..model }), deadline_ms: None, correlation_id });
         Ok(PoolCommandAccepted { pool_id: pool_id.into(), command_id, state })
+    }
+
+    /// The model a reload names: a model some pool reports (by id or ref), or a `file:` ref on the
+    /// pool's node. Fetching `hf:` and `https:` models needs the catalog's fetchers.
+    fn reload_target(&self, model_ref: &str) -> Result<LoadedModel, ErrorEnvelope> {
+        if let Some(m) = self.pools.values().flat_map(|p| p.status.models.iter()).find(|m| m.id == model_ref || m.model_ref == model_ref) {
+            return Ok(m.clone());
+        }
+        match model_ref.split_once(':') {
+            Some(("file", path)) => {
+                let path = path.strip_prefix("//").unwrap_or(path);
+                if !path.starts_with('/') || path.split('/').any(|s| s == "." || s == "..") {
+                    return Err(ErrorEnvelope::invalid("model_ref", "file: refs need an absolute path without . or .."));
+                }
+                Ok(LoadedModel { id: api::ids::model_id_from_path(path), model_ref: format!("file:{path}"), digest: None })
+            }
+            Some(("hf" | "https", _)) => Err(ErrorEnvelope::invalid("model_ref", "hf: and https: models need the model catalog's fetchers, which this version does not have")),
+            Some(("http", _)) => Err(ErrorEnvelope::new(ErrorCode::UntrustedArtifact, "http: refs are not allowed")),
+            Some(_) => Err(ErrorEnvelope::invalid("model_ref", "unknown ModelRef scheme")),
+            None => Err(ErrorEnvelope::new(ErrorCode::ModelNotAvailable, format!("model {model_ref:?} is not known")).with_retriable(false)),
+        }
     }
 
     fn ready_node(&self, pool_id: &str) -> Result<String, ErrorEnvelope> {
@@ -93,6 +115,15 @@ impl<E: Effects> Core<E> {
             let failed = st.status == CommandState::Failed;
             tracing::info!(event = "command.finished", command_id = %st.command_id, node_id = %node_id, pool_id = %pool_id,
                 "{kind:?} of pool {pool_id} {}", if failed { "failed" } else { "completed" });
+            if kind == Some(CommandKind::Reload) {
+                let serving = self.pools.get(&pool_id).is_some_and(|p| p.status.state == PoolState::Ready);
+                let outcome = match (failed, serving) {
+                    (false, _) => "success",
+                    (true, true) => "rolled_back",
+                    (true, false) => "failed",
+                };
+                self.metrics.inc(crate::metrics::POOL_RELOADS, crate::metrics::labels(&[("pool_id", &pool_id), ("outcome", outcome)]), 1.0);
+            }
             if let Some(p) = self.pools.get_mut(&pool_id) {
                 p.op = None;
                 if kind == Some(CommandKind::Reload) && !failed {
