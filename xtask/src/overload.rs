@@ -51,7 +51,8 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             engine: EngineChoice::Binary { path: bin.join("fake-engine") },
             pools: vec![PoolSpec { id: format!("{n}-pool"), model_path: model.clone(), model_id: MODEL.into(), ctx: 512, slots: a.slots }],
             env: vec![("FAKE_TOKENS".into(), "20".into()), ("FAKE_TOKEN_DELAY_MS".into(), "10".into())],
-            extra_toml: String::new(),
+            engine_keys: String::new(),
+        extra_toml: String::new(),
         })?;
     }
     stack.wait_pools_ready(&["n1-pool", "n2-pool"], Duration::from_secs(60)).await?;

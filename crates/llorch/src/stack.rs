@@ -74,6 +74,8 @@ pub struct NodeSpec {
     pub pools: Vec<PoolSpec>,
     /// Environment for pool-managerd (and so for the engines it starts).
     pub env: Vec<(String, String)>,
+    /// Extra keys for the `[engine]` section (e.g. `max_restarts = 2`).
+    pub engine_keys: String,
     pub extra_toml: String,
 }
 
@@ -170,7 +172,8 @@ impl Stack {
         let engine = engine_toml(&node.engine);
         let mut text = format!(
             "[node]\nid = {id:?}\nmachine_id = {id:?}\n[server]\nbind = \"127.0.0.1:{port}\"\n[orchestrator]\nurl = {url:?}\n[heartbeat]\ninterval_ms = {hi}\n\
-             [cache]\nengines_dir = {engines:?}\n[engine]\nstart_timeout_ms = 60000\n[engines.default]\n{engine}\n",
+             [cache]\nengines_dir = {engines:?}\n[engine]\nstart_timeout_ms = 60000\n{keys}[engines.default]\n{engine}\n",
+            keys = node.engine_keys,
             id = node.node_id,
             url = self.orchd_url,
             hi = self.spec.heartbeat_interval_ms,

@@ -38,6 +38,7 @@ fn fake_node(id: &str, model: &std::path::Path, pools: &[(&str, u32)], env: &[(&
         engine: EngineChoice::Binary { path: fake_engine()? },
         pools: pools.iter().map(|(p, slots)| PoolSpec { id: (*p).into(), model_path: model.to_path_buf(), model_id: FAKE_MODEL.into(), ctx: 512, slots: *slots }).collect(),
         env: env.iter().map(|(k, v)| ((*k).into(), v.clone())).collect(),
+        engine_keys: String::new(),
         extra_toml: String::new(),
     })
 }
@@ -245,7 +246,8 @@ pub async fn pin_semantics(a: Assets) -> anyhow::Result<()> {
             engine,
             pools: vec![PoolSpec { id: "real-b".into(), model_path: model, model_id: stack.spec.model_id.clone(), ctx: 1024, slots: 1 }],
             env: vec![],
-            extra_toml: String::new(),
+            engine_keys: String::new(),
+        extra_toml: String::new(),
         })?;
         stack.wait_pools_ready(&["real-a", "real-b"], Duration::from_secs(60)).await?;
         let client = client::Client::new(&stack.orchd_url, None);
@@ -364,6 +366,8 @@ pub async fn drain_and_reload(a: Assets) -> anyhow::Result<()> {
         let _started = tokio::time::timeout(Duration::from_secs(10), s.next()).await?.context("no frame")??;
         let (status, body) = post_json(&format!("{base}/v2/pools/f1/drain"), serde_json::json!({ "deadline_ms": 20000 })).await?;
         ensure!(status == 202 && body["state"] == "Draining" && body["command_id"].is_string(), "drain: {status} {body}");
+        let (conflict, cbody) = post_json(&format!("{base}/v2/pools/f1/reload"), serde_json::json!({ "model_ref": FAKE_MODEL })).await?;
+        ensure!(conflict == 409 && cbody["code"] == "CONFLICT", "a reload during a drain: {conflict} {cbody}");
         let (again, body2) = post_json(&format!("{base}/v2/pools/f1/drain"), serde_json::json!({})).await?;
         ensure!(again == 202 && body2["command_id"] == body["command_id"], "a second drain returns the running command: {body2}");
         let refused = client.submit(&fake_task(Priority::Interactive)).await.err().context("a task was admitted for a draining pool's model")?;
@@ -399,6 +403,38 @@ pub async fn drain_and_reload(a: Assets) -> anyhow::Result<()> {
         ensure!(matches!(&last, Some(Event::Error(e)) if e.code == ErrorCode::WorkerReset), "cut-off task ended with {last:?}");
         let (status, _) = post_json(&format!("{base}/v2/pools/nope/drain"), serde_json::json!({})).await?;
         ensure!(status == 404, "drain of an unknown pool: {status}");
+        Ok(())
+    }
+    .await;
+    stack.shutdown().await?;
+    result
+}
+
+/// Repeated engine crashes trip pool-managerd's circuit breaker: the pool reports Failed.
+pub async fn breaker_trips(a: Assets) -> anyhow::Result<()> {
+    let (mut stack, model) = empty_stack(&a, "breaker", "").await?;
+    let result = async {
+        let mut node = fake_node("n1", &model, &[("f1", 1)], &[("FAKE_CRASH_AFTER_TOKENS", "1".into())])?;
+        node.engine_keys = "max_restarts = 2\n".into();
+        stack.add_node(node)?;
+        stack.wait_pools_ready(&["f1"], Duration::from_secs(30)).await?;
+        let client = client::Client::new(&stack.orchd_url, None);
+        let failed = wait_for("the breaker to trip", Duration::from_secs(60), || async {
+            let pools = client.pools().await.ok()?;
+            let p = pools.pools.into_iter().find(|p| p.pool_id == "f1")?;
+            if p.state == api::node::PoolState::Failed {
+                return Some(p);
+            }
+            if p.state == api::node::PoolState::Ready {
+                // Each task makes the engine crash after its first token.
+                if let Ok(adm) = client.submit(&fake_task(Priority::Interactive)).await {
+                    let _ = wait_done(&client, &[adm.body.task_id]).await;
+                }
+            }
+            None
+        })
+        .await?;
+        ensure!(failed.last_error.as_deref().is_some_and(|e| e.contains("circuit breaker")), "last_error: {:?}", failed.last_error);
         Ok(())
     }
     .await;
