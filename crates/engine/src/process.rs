@@ -295,3 +295,51 @@ mod tests {
         assert!(!joined.contains("--api-key "));
     }
 }
+
+/// Starts `llama-server` detached from this process (its own process group, output to
+/// `spec.log_path`), for engines handed off to pool-managerd. The key file must stay in place.
+/// Returns the pid and the port once `/health` answers 200.
+pub async fn spawn_detached(spec: &LaunchSpec, key: ApiKey, key_file: &Path) -> Result<(u32, EngineClient), LaunchError> {
+    let spawn_err = |reason: String| LaunchError::Spawn { binary: spec.binary.clone(), reason };
+    if !spec.binary.is_file() {
+        return Err(LaunchError::MissingBinary(spec.binary.clone()));
+    }
+    if !spec.model_path.is_file() {
+        return Err(LaunchError::MissingModel(spec.model_path.clone()));
+    }
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(&spec.log_path).map_err(|e| spawn_err(e.to_string()))?;
+    let offset = log.metadata().map(|m| m.len()).unwrap_or(0);
+    let err = log.try_clone().map_err(|e| spawn_err(e.to_string()))?;
+    let mut cmd = std::process::Command::new(&spec.binary);
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    cmd.args(spec.args(key_file)).env("CUDA_VISIBLE_DEVICES", &spec.cuda_visible_devices).stdin(Stdio::null()).stdout(log).stderr(err);
+    let child = cmd.spawn().map_err(|e| spawn_err(e.to_string()))?;
+    let pid = child.id();
+    // The child is not reaped by us; it belongs to whoever adopts it.
+    drop(child);
+    let deadline = Instant::now() + spec.start_timeout;
+    let port = loop {
+        let text = std::fs::read(&spec.log_path).map(|b| String::from_utf8_lossy(&b[(offset as usize).min(b.len())..]).to_string()).unwrap_or_default();
+        if let Some(p) = text.lines().find_map(parse_listening_port) {
+            break p;
+        }
+        if crate::handoff::process_start_time(pid).is_none() {
+            return Err(LaunchError::EarlyExit { status: "exited".into(), tail: log_tail(&spec.log_path, 12) });
+        }
+        if Instant::now() > deadline {
+            return Err(LaunchError::Timeout(spec.start_timeout));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let client = EngineClient::new(format!("http://127.0.0.1:{port}"), key);
+    while !client.health().await.unwrap_or(false) {
+        if crate::handoff::process_start_time(pid).is_none() {
+            return Err(LaunchError::EarlyExit { status: "exited".into(), tail: log_tail(&spec.log_path, 12) });
+        }
+        if Instant::now() > deadline {
+            return Err(LaunchError::Timeout(spec.start_timeout));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok((pid, client))
+}

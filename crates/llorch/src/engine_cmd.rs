@@ -9,6 +9,34 @@ use engine::{EngineSource, GpuPolicy, Progress, ProvisionRequest};
 pub enum EngineCmd {
     /// Build llama-server from a source archive or git ref (or check a prebuilt binary) and cache it.
     Build(BuildArgs),
+    /// Start a llama-server outside pool-managerd and write a handoff file for it to adopt.
+    Start(StartArgs),
+}
+
+#[derive(Args)]
+pub struct StartArgs {
+    /// Pool id the engine will serve as.
+    #[arg(long)]
+    pool_id: String,
+    /// GGUF model file.
+    #[arg(long, env = "LLORCH_MODEL")]
+    model: PathBuf,
+    /// Catalog id of the model (default: derived from the file name).
+    #[arg(long)]
+    model_id: Option<String>,
+    #[arg(long, default_value_t = 1)]
+    slots: u32,
+    /// Context per slot.
+    #[arg(long, default_value_t = 2048)]
+    ctx: u64,
+    #[arg(long)]
+    threads: Option<u32>,
+    /// pool-managerd's handoff directory.
+    #[arg(long)]
+    handoff_dir: PathBuf,
+    /// A llama-server binary (default: build or reuse the pinned dev engine).
+    #[arg(long)]
+    binary: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -59,7 +87,72 @@ fn parse_policy(s: &str) -> Result<GpuPolicy, String> {
 pub fn run(cmd: EngineCmd) -> anyhow::Result<()> {
     match cmd {
         EngineCmd::Build(a) => build(a),
+        EngineCmd::Start(a) => tokio::runtime::Runtime::new()?.block_on(start(a)),
     }
+}
+
+/// Starts a detached engine and hands it off: key file (0600), log, then the handoff file.
+async fn start(a: StartArgs) -> anyhow::Result<()> {
+    let pool_id: api::PoolId = a.pool_id.parse().map_err(|e: api::IdError| anyhow::anyhow!("--pool-id: {}", e.0))?;
+    anyhow::ensure!(a.model.is_absolute() && a.model.is_file(), "--model {} must be an existing absolute path", a.model.display());
+    let model_id = a.model_id.clone().unwrap_or_else(|| api::ids::model_id_from_path(&a.model.display().to_string()));
+    let binary = match a.binary {
+        Some(b) => b,
+        None => {
+            let source = llorch::dev::llama_source();
+            let req = ProvisionRequest {
+                source: EngineSource::Archive { location: source.display().to_string(), subdir: "llama.cpp".into(), sha256: Some(llorch::dev::LLAMA_SOURCE_SHA256.into()) },
+                gpu: GpuPolicy::Cpu,
+                build_number: None,
+                build_commit: None,
+                extra_cmake_flags: vec![],
+                engines_dir: llorch::cache_dir().join("engines"),
+                jobs: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            };
+            let bar = crate::progress::BuildProgress::new();
+            tokio::task::spawn_blocking(move || engine::provision(&req, &|p| bar.report(p))).await??.binary
+        }
+    };
+    std::fs::create_dir_all(&a.handoff_dir)?;
+    let key = engine::ApiKey::random();
+    let key_file = a.handoff_dir.join(format!("{pool_id}.key"));
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let _ = std::fs::remove_file(&key_file);
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&key_file)?;
+        f.write_all(key.expose().as_bytes())?;
+    }
+    let spec = engine::LaunchSpec {
+        binary,
+        model_path: a.model.clone(),
+        alias: model_id.clone(),
+        ctx_per_slot: a.ctx,
+        slots: a.slots,
+        threads: a.threads,
+        gpu_layers: 0,
+        cuda_visible_devices: String::new(),
+        extra_args: vec![],
+        log_path: a.handoff_dir.join(format!("{pool_id}.log")),
+        start_timeout: std::time::Duration::from_secs(120),
+    };
+    let (pid, client) = engine::process::spawn_detached(&spec, key, &key_file).await?;
+    let props = client.props().await?;
+    let handoff = engine::handoff::HandoffFile {
+        pool_id: pool_id.to_string(),
+        url: client.base_url().to_string(),
+        pid,
+        start_time: engine::handoff::process_start_time(pid).ok_or_else(|| anyhow::anyhow!("the engine exited right after starting"))?,
+        model: engine::handoff::HandoffModel { id: model_id, model_ref: format!("file:{}", a.model.display()) },
+        slots: a.slots,
+        ctx_per_slot: a.ctx,
+        engine_version: props.build_info,
+        api_key_file: key_file,
+    };
+    let path = handoff.write_atomic(&a.handoff_dir)?;
+    eprintln!("[engine] started llama-server pid {pid} at {} for pool {pool_id}; handoff file {}", handoff.url, path.display());
+    println!("{}", serde_json::to_string(&handoff)?);
+    Ok(())
 }
 
 fn build(a: BuildArgs) -> anyhow::Result<()> {

@@ -172,7 +172,8 @@ impl Stack {
         let engine = engine_toml(&node.engine);
         let mut text = format!(
             "[node]\nid = {id:?}\nmachine_id = {id:?}\n[server]\nbind = \"127.0.0.1:{port}\"\n[orchestrator]\nurl = {url:?}\n[heartbeat]\ninterval_ms = {hi}\n\
-             [cache]\nengines_dir = {engines:?}\n[engine]\nstart_timeout_ms = 60000\n{keys}[engines.default]\n{engine}\n",
+             [cache]\nengines_dir = {engines:?}\n[handoff]\ndir = {handoff:?}\n[engine]\nstart_timeout_ms = 60000\n{keys}[engines.default]\n{engine}\n",
+            handoff = self.spec.dir.join(format!("handoff-{}", node.node_id)).display().to_string(),
             keys = node.engine_keys,
             id = node.node_id,
             url = self.orchd_url,
@@ -329,7 +330,9 @@ fn pool_managerd_toml(spec: &StackSpec, orchd_url: &str) -> String {
     format!(
         "[node]\nid = {node:?}\n[server]\nbind = \"127.0.0.1:{wport}\"\n[orchestrator]\nurl = {orchd_url:?}\n[heartbeat]\ninterval_ms = {hi}\n\
          [cache]\nengines_dir = {engines:?}\n[engine]\n{threads}[engines.default]\n{engine}\n\
+         [handoff]\ndir = {handoff:?}\n\
          [[pools]]\nid = {pool:?}\nmodel_ref = {mref:?}\nmodel_id = {mid:?}\nctx = {ctx}\nslots = {slots}\ndevices = \"cpu\"\ngpu_policy = \"cpu\"\n{extra}\n",
+        handoff = spec.dir.join("handoff").display().to_string(),
         node = spec.node_id,
         wport = spec.worker_port,
         hi = spec.heartbeat_interval_ms,

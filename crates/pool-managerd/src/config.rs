@@ -24,7 +24,15 @@ pub struct RawConfig {
     pub engine: RawEngine,
     pub engines: BTreeMap<String, RawEngineSource>,
     pub pools: Vec<RawPool>,
+    pub handoff: RawHandoff,
     pub logging: RawLogging,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+pub struct RawHandoff {
+    /// Directory watched for handoff files of engines started outside pool-managerd.
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -172,6 +180,7 @@ pub struct Config {
     pub engine: EngineTimings,
     pub engines: BTreeMap<String, EngineSource>,
     pub pools: Vec<PoolSpec>,
+    pub handoff_dir: PathBuf,
     pub log_level: String,
     pub log_json: Option<bool>,
 }
@@ -273,6 +282,7 @@ impl RawConfig {
             engine,
             engines,
             pools,
+            handoff_dir: self.handoff.dir.clone().unwrap_or_else(|| cache_root.join("handoff")),
             log_level: self.logging.level.clone().unwrap_or_else(|| "info".into()),
             log_json: self.logging.json,
         })

@@ -1,7 +1,6 @@
 //! pool-managerd's worker API (API.md §13): dispatch, cancel, pool list and health. Every route but
 //! `/health` needs orchestratord's dispatch token.
 
-use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,11 +21,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::adapter::TaskRun;
 use crate::config::Config;
-use crate::pools::{Inflight, Pool};
+use crate::pools::Inflight;
 
 pub struct App {
     pub config: Config,
-    pub pools: BTreeMap<String, Arc<Pool>>,
+    pub pools: crate::pools::PoolSet,
     pub tracker: tokio_util::task::TaskTracker,
     /// Cancelled when the daemon stops accepting dispatches.
     pub closing: CancellationToken,
@@ -77,7 +76,7 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
 }
 
 async fn pools(State(app): State<Arc<App>>) -> Json<WorkerPoolsResponse> {
-    Json(WorkerPoolsResponse { pools: app.pools.values().map(|p| p.status()).collect() })
+    Json(WorkerPoolsResponse { pools: app.pools.all().iter().map(|p| p.status()).collect() })
 }
 
 async fn pool_status(State(app): State<Arc<App>>, Path(pool_id): Path<String>) -> Result<Json<api::node::PoolStatus>, ApiError> {
@@ -109,7 +108,7 @@ fn local_command(app: &App, pool_id: &str, make: impl FnOnce(String) -> crate::c
 async fn dispatch(State(app): State<Arc<App>>, Path(pool_id): Path<String>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
     let cid = CorrelationId::from_headers(&headers);
     let req: DispatchRequest = serde_json::from_slice(&body).map_err(|e| ErrorEnvelope::invalid("", format!("invalid dispatch body: {e}")))?;
-    let pool = app.pools.get(&pool_id).ok_or_else(|| ErrorEnvelope::new(ErrorCode::NotFound, format!("no pool {pool_id} on this node")))?.clone();
+    let pool = app.pools.get(&pool_id).ok_or_else(|| ErrorEnvelope::new(ErrorCode::NotFound, format!("no pool {pool_id} on this node")))?;
     if req.protocol_version != api::PROTOCOL_VERSION {
         return Err(ErrorEnvelope::invalid("protocol_version", format!("unsupported protocol_version {}; supported: [1]", req.protocol_version)).into());
     }

@@ -6,12 +6,12 @@ pub mod adapter;
 pub mod commands;
 pub mod config;
 pub mod gpu;
+pub mod handoff;
 pub mod http;
 pub mod metrics;
 pub mod pools;
 pub mod registration;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,7 +25,7 @@ pub use config::Config;
 pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
     let tracker = TaskTracker::new();
     let engines_stop = CancellationToken::new();
-    let mut pools = BTreeMap::new();
+    let pools = pools::PoolSet::default();
     let book = Arc::new(commands::CommandBook::default());
     for spec in &config.pools {
         let source = config.engines.get(&spec.engine_source).cloned().ok_or_else(|| anyhow::anyhow!("engine source {} missing", spec.engine_source))?;
@@ -36,12 +36,13 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
             node_id: config.node_id.to_string(),
             book: book.clone(),
         };
-        pools.insert(spec.id.to_string(), pools::spawn(spec.clone(), env, engines_stop.clone(), &tracker));
+        pools.insert(pools::spawn(spec.clone(), env, engines_stop.clone(), &tracker));
     }
     let closing = CancellationToken::new();
     let app = Arc::new(http::App { config: config.clone(), pools, tracker: tracker.clone(), closing: closing.clone(), book });
     let reg_stop = CancellationToken::new();
     let reg = tokio::spawn(registration::run(app.clone(), reg_stop.clone()));
+    tracker.spawn(handoff::watch(app.clone(), engines_stop.clone()));
     let server_stop = CancellationToken::new();
     let server = {
         let stop = server_stop.clone();
@@ -58,7 +59,7 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
     tracing::info!(event = "node.stopping", node_id = %config.node_id, "Shutting down: refusing new dispatches and waiting for running tasks");
     closing.cancel();
     let until = Instant::now() + config.shutdown_grace;
-    while app.pools.values().any(|p| !p.inflight.lock().unwrap_or_else(|e| e.into_inner()).is_empty()) && Instant::now() < until {
+    while app.pools.all().iter().any(|p| !p.inflight.lock().unwrap_or_else(|e| e.into_inner()).is_empty()) && Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     reg_stop.cancel();

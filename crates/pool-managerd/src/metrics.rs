@@ -20,7 +20,8 @@ pub fn render(app: &App) -> String {
             let _ = writeln!(out, "{name}{{{labels}}} {v}");
         }
     };
-    let pools: Vec<_> = app.pools.values().map(|p| (p, p.status())).collect();
+    let all = app.pools.all();
+    let pools: Vec<_> = all.iter().map(|p| (p.as_ref(), p.status())).collect();
     let per_pool = |f: &dyn Fn(&crate::pools::Pool, &api::node::PoolStatus) -> Option<f64>| -> Vec<(String, f64)> {
         pools.iter().filter_map(|(p, s)| f(p, s).map(|v| (format!("node_id=\"{node}\",pool_id=\"{}\"", s.pool_id), v))).collect()
     };

@@ -118,6 +118,68 @@ impl Pool {
     }
 }
 
+/// The node's pools: configured ones for the daemon's lifetime, adopted ones while their engine
+/// lives. Readers take a snapshot of the `Arc`s; the lock is never held across an await.
+#[derive(Default)]
+pub struct PoolSet(std::sync::RwLock<std::collections::BTreeMap<String, Arc<Pool>>>);
+
+impl PoolSet {
+    pub fn get(&self, id: &str) -> Option<Arc<Pool>> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).get(id).cloned()
+    }
+
+    pub fn all(&self) -> Vec<Arc<Pool>> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+    }
+
+    pub fn insert(&self, pool: Arc<Pool>) {
+        self.0.write().unwrap_or_else(|e| e.into_inner()).insert(pool.spec.id.to_string(), pool);
+    }
+
+    pub fn remove(&self, id: &str) {
+        self.0.write().unwrap_or_else(|e| e.into_inner()).remove(id);
+    }
+}
+
+/// A pool around an engine started elsewhere (a handoff): Ready at once, no supervisor; the
+/// handoff watcher owns its liveness. Returns the pool and the sender of its snapshots.
+pub fn adopted(spec: PoolSpec, client: EngineClient, engine_version: String) -> (Arc<Pool>, watch::Sender<PoolSnapshot>) {
+    let model = ModelInfo { id: spec.model_id.to_string(), model_ref: spec.model_ref.clone(), path: spec.model_path.clone(), digest: spec.model_digest.clone() };
+    let (tx, rx) = watch::channel(PoolSnapshot {
+        model,
+        state: PoolState::Ready,
+        client: Some(client),
+        engine_version: Some(engine_version),
+        engine_built: true,
+        last_error: None,
+        generation: 1,
+    });
+    // Nobody receives pool commands for an adopted engine: a drain or reload fails to send and is
+    // reported as such.
+    let (cmd_tx, _) = tokio::sync::mpsc::unbounded_channel();
+    let pool = Arc::new(Pool {
+        commands: cmd_tx,
+        slots: Arc::new(Semaphore::new(spec.slots as usize)),
+        spec,
+        snapshot: rx,
+        inflight: Mutex::new(HashMap::new()),
+        decode_tps: Mutex::new(None),
+        crashes: Default::default(),
+        ended: Default::default(),
+        failed: Default::default(),
+    });
+    (pool, tx)
+}
+
+impl Pool {
+    /// Ends in-flight work on an engine that is gone (WORKER_RESET / POOL_UNAVAILABLE at the client).
+    pub fn abort_inflight(&self) {
+        for i in self.inflight.lock().unwrap_or_else(|e| e.into_inner()).values() {
+            i.lost.cancel();
+        }
+    }
+}
+
 /// Everything a supervisor needs besides its pool.
 #[derive(Clone)]
 pub struct SupervisorEnv {
@@ -544,10 +606,7 @@ impl Supervisor {
     }
 
     fn abort_inflight(&self) {
-        let inflight = self.pool.inflight.lock().unwrap_or_else(|e| e.into_inner());
-        for i in inflight.values() {
-            i.lost.cancel();
-        }
+        self.pool.abort_inflight();
     }
 }
 

@@ -56,7 +56,7 @@ fn register_body(app: &App) -> RegisterRequest {
         address: app.config.advertise_url.clone(),
         dispatch_token: app.config.dispatch_token.expose().to_string(),
         capabilities: Capabilities { cpu_cores: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1), ram_total_bytes: ram_total_bytes(), gpus: gpu::infos(&gpus) },
-        pools: app.pools.values().map(|p| p.status()).collect(),
+        pools: app.pools.all().iter().map(|p| p.status()).collect(),
     }
 }
 
@@ -110,7 +110,7 @@ async fn heartbeat(app: &App, http: &reqwest::Client, session: &mut Session, seq
     let body = HeartbeatRequest {
         seq,
         sent_at_ms: daemon::now_ms(),
-        pools: app.pools.values().map(|p| p.status()).collect(),
+        pools: app.pools.all().iter().map(|p| p.status()).collect(),
         gpus: gpu::statuses(&gpu::discover()),
         commands: {
             let mut c = std::mem::take(pending);
@@ -158,6 +158,7 @@ fn route(app: &App, cmd: api::node::Command) {
         pool_id = %cmd.pool_id.as_deref().unwrap_or(""), "Received command {:?}", cmd.kind);
     let fail = |msg: String| api::ErrorEnvelope::new(api::ErrorCode::InvalidParams, msg);
     let pool = cmd.pool_id.as_ref().and_then(|p| app.pools.get(p));
+    let pool = pool.as_deref();
     let routed = match (cmd.kind, pool) {
         (_, None) if cmd.pool_id.is_some() => Err(api::ErrorEnvelope::new(api::ErrorCode::NotFound, "no such pool on this node")),
         (api::node::CommandKind::Drain, Some(p)) => {

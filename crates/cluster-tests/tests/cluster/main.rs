@@ -43,6 +43,7 @@ fn scenarios() -> Vec<(&'static str, bool, Scenario)> {
         ("sdk_retries_admission_after_retry_after", true, |a| Box::pin(sched::sdk_retries_admission(a))),
         ("worker_drain_and_reload", true, |a| Box::pin(sched::drain_and_reload(a))),
         ("worker_reload_to_new_model", true, |a| Box::pin(worker::reload_to_new_model(a))),
+        ("worker_handoff_adoption", true, |a| Box::pin(worker::handoff_adoption(a))),
         ("worker_crashes_trip_the_breaker", true, |a| Box::pin(sched::breaker_trips(a))),
         ("logs_hold_no_secrets", true, |a| Box::pin(refusals::logs_hold_no_secrets(a))),
     ]

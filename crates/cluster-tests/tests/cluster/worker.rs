@@ -141,3 +141,73 @@ pub async fn reload_to_new_model(a: Assets) -> anyhow::Result<()> {
     stack.shutdown().await?;
     result
 }
+
+/// An engine started by `llorch engine start` is adopted through its handoff file, serves tasks,
+/// and is dropped when its process dies; a stale file is ignored with a log line.
+pub async fn handoff_adoption(a: Assets) -> anyhow::Result<()> {
+    let binary = std::env::var("LLORCH_LLAMA_SERVER").context("LLORCH_LLAMA_SERVER")?;
+    let mut stack = a.stack(a.spec("handoff")?).await?;
+    let result = async {
+        let client = client::Client::new(&stack.orchd_url, None);
+        let dir = stack.spec.dir.join("handoff");
+        // A stale file: its process has exited.
+        let mut gone = std::process::Command::new("true").spawn()?;
+        let gone_pid = gone.id();
+        gone.wait()?;
+        std::fs::create_dir_all(&dir)?;
+        let stale = engine::handoff::HandoffFile {
+            pool_id: "ghost".into(),
+            url: "http://127.0.0.1:9".into(),
+            pid: gone_pid,
+            start_time: 1,
+            model: engine::handoff::HandoffModel { id: "ghost-model".into(), model_ref: "file:/nowhere.gguf".into() },
+            slots: 1,
+            ctx_per_slot: 512,
+            engine_version: "b0".into(),
+            api_key_file: dir.join("ghost.key"),
+        };
+        stale.write_atomic(&dir)?;
+        let llorch = llorch::stack::bin_dir()?.join("llorch");
+        let out = tokio::process::Command::new(&llorch)
+            .args(["engine", "start", "--pool-id", "adopted0", "--model-id", "adopted-model", "--slots", "1", "--ctx", "1024", "--threads", "1"])
+            .arg("--model")
+            .arg(&stack.spec.model_path)
+            .arg("--handoff-dir")
+            .arg(&dir)
+            .arg("--binary")
+            .arg(&binary)
+            .output()
+            .await?;
+        ensure!(out.status.success(), "llorch engine start: {}", String::from_utf8_lossy(&out.stderr));
+        let started: serde_json::Value = serde_json::from_slice(&out.stdout).context("engine start prints the handoff JSON")?;
+        let pid = started["pid"].as_u64().context("pid")? as i32;
+        ensure!(started.get("api_key").is_none() && !String::from_utf8_lossy(&out.stdout).contains(&std::fs::read_to_string(dir.join("adopted0.key"))?), "the key leaked into the handoff");
+        let result = async {
+            wait_for("the adopted pool", Duration::from_secs(20), || async {
+                client.pools().await.ok()?.pools.into_iter().find(|p| p.pool_id == "adopted0" && p.state == api::node::PoolState::Ready && p.model.as_ref().is_some_and(|m| m.id == "adopted-model"))
+            })
+            .await?;
+            let mut req = api::task::TaskRequest::new("adopted-model");
+            req.prompt = Some("The sky is".into());
+            req.max_tokens = Some(4);
+            let t = client.submit(&req).await?.body;
+            let rec = wait_for("a task on the adopted engine", Duration::from_secs(30), || async { client.task(t.task_id).await.ok().map(|r| r.body).filter(|r| r.state.is_terminal()) }).await?;
+            ensure!(rec.state == api::task::TaskState::Completed && rec.pool_id.as_deref() == Some("adopted0"), "{:?} on {:?}", rec.state, rec.pool_id);
+            ensure!(!client.pools().await?.pools.iter().any(|p| p.pool_id == "ghost"), "the stale file was adopted");
+            ensure!(fixtures::log_lines(&stack.pm_log).iter().any(|l| l["event"] == "handoff.ignored" && l["human"].as_str().is_some_and(|h| h.contains("ghost"))), "no log line for the stale file");
+            kill(Pid::from_raw(pid), Signal::SIGKILL)?;
+            wait_for("the adopted pool to be dropped", Duration::from_secs(15), || async {
+                (!client.pools().await.ok()?.pools.iter().any(|p| p.pool_id == "adopted0")).then_some(())
+            })
+            .await?;
+            ensure!(fixtures::log_lines(&stack.pm_log).iter().any(|l| l["event"] == "handoff.dropped"), "no handoff.dropped line");
+            Ok(())
+        }
+        .await;
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        result
+    }
+    .await;
+    stack.shutdown().await?;
+    result
+}

@@ -160,10 +160,16 @@ impl<E: Effects> Core<E> {
             tracing::info!(event = "node.online", node_id = %node_id, "Node {node_id} is online again");
         }
         self.metrics.inc(m::NODE_HEARTBEATS, outcome("success"), 1.0);
+        let reported: Vec<String> = hb.pools.iter().map(|p| p.pool_id.clone()).collect();
         for p in hb.pools {
             let running: Vec<String> = p.running.clone();
             self.upsert_pool(node_id, p.clone());
             self.reconcile_running(&p.pool_id, &running, now);
+        }
+        // The heartbeat carries the node's full pool set: adopted engines come and go.
+        self.pools.retain(|id, p| p.node_id != node_id || reported.contains(id));
+        if let Some(n) = self.nodes.get_mut(node_id) {
+            n.pools = reported;
         }
         self.sync_node_facts(node_id);
         self.command_statuses(node_id, hb.commands, now);
