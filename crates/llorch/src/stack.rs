@@ -33,6 +33,8 @@ pub struct StackSpec {
     pub orchd_extra: String,
     /// Extra TOML appended to pool-managerd's config (after the pools).
     pub pm_extra: String,
+    /// The registration token pool-managerd presents (when orchestratord requires one).
+    pub registration_token: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -62,6 +64,7 @@ impl StackSpec {
             heartbeat_timeout_ms: 5000,
             orchd_extra: String::new(),
             pm_extra: String::new(),
+            registration_token: None,
         }
     }
 }
@@ -328,12 +331,13 @@ fn pool_managerd_toml(spec: &StackSpec, orchd_url: &str) -> String {
     let engine = engine_toml(&spec.engine);
     let threads = spec.threads.map(|t| format!("threads = {t}\n")).unwrap_or_default();
     format!(
-        "[node]\nid = {node:?}\n[server]\nbind = \"127.0.0.1:{wport}\"\n[orchestrator]\nurl = {orchd_url:?}\n[heartbeat]\ninterval_ms = {hi}\n\
+        "[node]\nid = {node:?}\n[server]\nbind = \"127.0.0.1:{wport}\"\n[orchestrator]\nurl = {orchd_url:?}\n{reg}[heartbeat]\ninterval_ms = {hi}\n\
          [cache]\nengines_dir = {engines:?}\n[engine]\n{threads}[engines.default]\n{engine}\n\
          [handoff]\ndir = {handoff:?}\n\
          [[pools]]\nid = {pool:?}\nmodel_ref = {mref:?}\nmodel_id = {mid:?}\nctx = {ctx}\nslots = {slots}\ndevices = \"cpu\"\ngpu_policy = \"cpu\"\n{extra}\n",
         handoff = spec.dir.join("handoff").display().to_string(),
         node = spec.node_id,
+        reg = spec.registration_token.as_ref().map(|t| format!("registration_token = {t:?}\n")).unwrap_or_default(),
         wport = spec.worker_port,
         hi = spec.heartbeat_interval_ms,
         engines = spec.engines_dir.display().to_string(),

@@ -178,6 +178,40 @@ impl Config {
     pub fn open_mode(&self) -> bool {
         self.client_tokens.is_empty()
     }
+
+    pub fn tokens(&self) -> Tokens {
+        Tokens { client: self.client_tokens.clone(), registration: self.registration_token.clone(), node: self.node_tokens.clone() }
+    }
+}
+
+/// The secrets auth checks against; replaced as a whole when tokens are rotated (SIGHUP).
+#[derive(Debug, Clone, Default)]
+pub struct Tokens {
+    pub client: Vec<Secret>,
+    pub registration: Option<Secret>,
+    pub node: BTreeMap<String, Secret>,
+}
+
+impl Tokens {
+    /// Open mode: no client tokens (loopback only, checked at startup).
+    pub fn open(&self) -> bool {
+        self.client.is_empty()
+    }
+
+    /// No node auth configured at all.
+    pub fn nodes_open(&self) -> bool {
+        self.registration.is_none() && self.node.is_empty()
+    }
+
+    pub fn is_client(&self, presented: &str) -> bool {
+        self.client.iter().any(|c| c.matches(presented))
+    }
+
+    /// Fingerprints for the rotation log line (never the tokens).
+    pub fn describe(&self) -> String {
+        let fps: Vec<String> = self.client.iter().map(|s| s.to_string()).collect();
+        format!("client tokens [{}], registration token {}, {} per-node token(s)", fps.join(", "), self.registration.as_ref().map(|s| s.to_string()).unwrap_or_else(|| "none".into()), self.node.len())
+    }
 }
 
 pub const DEFAULT_BIND: &str = "127.0.0.1:8080";

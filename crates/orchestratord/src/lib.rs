@@ -17,13 +17,20 @@ use tokio_util::task::TaskTracker;
 
 pub use config::Config;
 
-/// Serves until `shutdown` fires.
-pub async fn run(cfg: Config, listener: tokio::net::TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// Re-reads the configuration (for token rotation on SIGHUP).
+pub type Reloader = Box<dyn Fn() -> Result<Config, Vec<String>> + Send + Sync>;
+
+/// Serves until `shutdown` fires. With a `reload`er, SIGHUP re-reads the config and rotates the
+/// tokens (other settings need a restart); an invalid config is logged and changes nothing.
+pub async fn run(cfg: Config, listener: tokio::net::TcpListener, shutdown: CancellationToken, reload: Option<Reloader>) -> anyhow::Result<()> {
     let cfg = Arc::new(cfg);
     let metrics = Arc::new(metrics::Metrics::default());
     let tracker = TaskTracker::new();
     let core = core::runner::spawn(cfg.clone(), metrics.clone(), &tracker, shutdown.clone());
-    let app = Arc::new(http::AppState { cfg: cfg.clone(), core, metrics });
+    let app = Arc::new(http::AppState { cfg: cfg.clone(), core, metrics, tokens: std::sync::RwLock::new(Arc::new(cfg.tokens())) });
+    if let Some(reload) = reload {
+        tracker.spawn(rotate_on_sighup(app.clone(), reload, shutdown.clone()));
+    }
     let addr = listener.local_addr()?;
     tracing::info!(event = "orchd.started", "orchestratord listening on http://{addr} ({} mode)", if cfg.open_mode() { "open, loopback-only" } else { "token" });
     // Frames are small and latency-critical: no Nagle delay on any accepted connection.
@@ -35,4 +42,20 @@ pub async fn run(cfg: Config, listener: tokio::net::TcpListener, shutdown: Cance
     tracker.wait().await;
     tracing::info!(event = "orchd.stopped", "orchestratord stopped");
     Ok(())
+}
+
+async fn rotate_on_sighup(app: http::App, reload: Reloader, stop: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {}
+            _ = stop.cancelled() => return,
+        }
+        match reload() {
+            Ok(cfg) if cfg.bind != app.cfg.bind => tracing::error!(event = "auth.reload_failed", "Not reloading: server.bind changed; restart to change it"),
+            Ok(cfg) => app.rotate(cfg.tokens()),
+            Err(problems) => tracing::error!(event = "auth.reload_failed", "Not reloading, the configuration has problems: {}", problems.join("; ")),
+        }
+    }
 }

@@ -29,6 +29,7 @@ fn main() -> std::process::ExitCode {
         Ok(r) => r,
         Err(problems) => return refuse(&problems),
     };
+    let args_bind = args.bind.clone();
     if let Some(b) = args.bind {
         raw.server.bind = Some(b);
     }
@@ -46,7 +47,24 @@ fn main() -> std::process::ExitCode {
     }
     daemon::logging::init(&cfg.log_level, if args.log_json { Some(true) } else { cfg.log_json });
     let bind = cfg.bind;
-    daemon::main_loop::serve("orchestratord", bind, |listener, shutdown| async move { orchestratord::run(cfg, listener, shutdown).await.map_err(|e| format!("{e:#}").into()) })
+    let path = args.config.clone();
+    let bind_flag = args_bind;
+    let reload: orchestratord::Reloader = Box::new(move || {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        let (mut raw, unknown): (orchestratord::config::RawConfig, Vec<String>) = daemon::config::load(path.as_deref(), "ORCHD", &env)?;
+        if let Some(b) = &bind_flag {
+            raw.server.bind = Some(b.clone());
+        }
+        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
+        match raw.validate(&home) {
+            Ok(c) if unknown.is_empty() => Ok(c),
+            Ok(_) => Err(unknown),
+            Err(p) => Err([unknown, p].concat()),
+        }
+    });
+    daemon::main_loop::serve("orchestratord", bind, |listener, shutdown| async move {
+        orchestratord::run(cfg, listener, shutdown, Some(reload)).await.map_err(|e| format!("{e:#}").into())
+    })
 }
 
 fn refuse(problems: &[String]) -> std::process::ExitCode {

@@ -3,6 +3,7 @@
 //! run without the engine reports "skipped" instead of "passed": with REQUIRE_REAL_LLAMA=1 a missing
 //! engine or model is a failure; without it the real-engine scenarios are skipped, visibly.
 
+mod auth;
 mod cancel;
 mod cli;
 mod fixtures;
@@ -45,6 +46,7 @@ fn scenarios() -> Vec<(&'static str, bool, Scenario)> {
         ("worker_reload_to_new_model", true, |a| Box::pin(worker::reload_to_new_model(a))),
         ("worker_handoff_adoption", true, |a| Box::pin(worker::handoff_adoption(a))),
         ("worker_crashes_trip_the_breaker", true, |a| Box::pin(sched::breaker_trips(a))),
+        ("auth_rules_and_token_rotation", true, |a| Box::pin(auth::auth_rules_and_rotation(a))),
         ("logs_hold_no_secrets", true, |a| Box::pin(refusals::logs_hold_no_secrets(a))),
     ]
 }

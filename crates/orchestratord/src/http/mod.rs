@@ -27,6 +27,19 @@ pub struct AppState {
     pub cfg: Arc<Config>,
     pub core: CoreHandle,
     pub metrics: Arc<Metrics>,
+    /// Current secrets; swapped whole on rotation, read without holding the lock.
+    pub tokens: std::sync::RwLock<Arc<crate::config::Tokens>>,
+}
+
+impl AppState {
+    pub fn tokens(&self) -> Arc<crate::config::Tokens> {
+        self.tokens.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn rotate(&self, tokens: crate::config::Tokens) {
+        tracing::info!(event = "auth.reloaded", "Tokens reloaded: {}", tokens.describe());
+        *self.tokens.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(tokens);
+    }
 }
 
 pub type App = Arc<AppState>;
@@ -117,11 +130,12 @@ async fn auth(State(app): State<App>, req: Request, next: Next) -> Response {
     let token = daemon::secret::bearer(header.as_deref()).map(str::to_string);
     let identity = token.as_deref().map(|t| format!("token:{}", daemon::secret::fingerprint(t)));
     let class = classify(req.method(), req.uri().path(), &app.cfg);
+    let tokens = app.tokens();
     if let RouteClass::Client = class {
-        if !app.cfg.open_mode() {
+        if !tokens.open() {
             let refusal = match &token {
                 None if header.is_none() => Some(ErrorEnvelope::new(ErrorCode::MissingToken, "this route needs a client token (Authorization: Bearer …)")),
-                Some(t) if app.cfg.client_tokens.iter().any(|c| c.matches(t)) => None,
+                Some(t) if tokens.is_client(t) => None,
                 _ => Some(ErrorEnvelope::new(ErrorCode::BadToken, "the token is not a valid client token")),
             };
             if let Some(env) = refusal {

@@ -27,7 +27,7 @@ fn bad() -> ApiError {
 
 /// True when no node auth is configured at all (open mode, loopback only).
 fn nodes_open(app: &App) -> bool {
-    app.cfg.registration_token.is_none() && app.cfg.node_tokens.is_empty()
+    app.tokens().nodes_open()
 }
 
 pub async fn register(State(app): State<App>, headers: HeaderMap, body: Body) -> Result<Json<api::node::RegisterResponse>, ApiError> {
@@ -39,8 +39,8 @@ pub async fn register(State(app): State<App>, headers: HeaderMap, body: Body) ->
     let req: RegisterRequest = serde_json::from_slice(&bytes).map_err(|e| ErrorEnvelope::invalid("", format!("invalid registration body: {e}")))?;
     let caller = match &token {
         None => NodeCaller::Open,
-        Some(t) => match (app.cfg.node_tokens.get(&req.node_id), &app.cfg.registration_token) {
-            (Some(s), _) if s.matches(t) => NodeCaller::Static(s.clone()),
+        Some(t) => match (app.tokens().node.get(&req.node_id).cloned(), app.tokens().registration.clone()) {
+            (Some(s), _) if s.matches(t) => NodeCaller::Static(s),
             (_, Some(r)) if r.matches(t) => NodeCaller::Registration,
             _ if nodes_open(&app) => NodeCaller::Open,
             _ => return Err(bad()),
@@ -54,7 +54,7 @@ fn node_caller(app: &App, node_id: &str, headers: &HeaderMap) -> Result<NodeCall
     match bearer(headers) {
         None if nodes_open(app) => Ok(NodeCaller::Open),
         None => Err(missing()),
-        Some(t) => match app.cfg.node_tokens.get(node_id) {
+        Some(t) => match app.tokens().node.get(node_id) {
             Some(s) if s.matches(&t) => Ok(NodeCaller::Static(s.clone())),
             _ => Ok(NodeCaller::Bearer(t)),
         },
@@ -71,7 +71,8 @@ pub async fn heartbeat(State(app): State<App>, Path(node_id): Path<String>, head
 
 pub async fn deregister(State(app): State<App>, Path(node_id): Path<String>, headers: HeaderMap) -> Result<StatusCode, ApiError> {
     // A client token may also remove a node.
-    let client = bearer(&headers).is_some_and(|t| app.cfg.client_tokens.iter().any(|c| c.matches(&t))) || (app.cfg.open_mode() && nodes_open(&app));
+    let tokens = app.tokens();
+    let client = bearer(&headers).is_some_and(|t| tokens.is_client(&t)) || (tokens.open() && tokens.nodes_open());
     let caller = if client { None } else { Some(node_caller(&app, &node_id, &headers)?) };
     let r = app.core.ask(|reply| Msg::Deregister { node_id, caller, reply }).await.ok_or_else(unavailable)?;
     r?;
