@@ -19,6 +19,11 @@ pub const BACKPRESSURE: &str = "admission_backpressure_events_total";
 pub const PLACEMENT_DECISIONS: &str = "placement_decisions_total";
 pub const PLACEMENT_CANDIDATES: &str = "placement_candidates_considered";
 pub const POOL_RELOADS: &str = "pool_reloads_total";
+pub const KV_CACHE_USAGE: &str = "kv_cache_usage_ratio";
+pub const GPU_UTILIZATION: &str = "gpu_utilization";
+pub const VRAM_USED: &str = "vram_used_bytes";
+pub const MODEL_STATE: &str = "model_state";
+pub const CATALOG_VERIFICATIONS: &str = "catalog_verifications_total";
 pub const NODES_ONLINE: &str = "orchd_nodes_online";
 pub const POOLS_READY: &str = "orchd_pools_ready";
 pub const NODE_REGISTRATIONS: &str = "orchd_node_registrations_total";
@@ -46,6 +51,11 @@ const HELP: &[(&str, &str, &str)] = &[
     (PLACEMENT_DECISIONS, "counter", "Placement decisions by outcome."),
     (PLACEMENT_CANDIDATES, "gauge", "Candidates considered in the latest placement decision."),
     (POOL_RELOADS, "counter", "Pool reloads by outcome (success, rolled_back, failed)."),
+    (KV_CACHE_USAGE, "gauge", "Context in use by running requests over the pool's total context (0..1), from heartbeats."),
+    (GPU_UTILIZATION, "gauge", "Utilization percent per GPU of the pool, from heartbeats."),
+    (VRAM_USED, "gauge", "VRAM bytes used by the pool's engine per device, from heartbeats."),
+    (MODEL_STATE, "gauge", "1 for a model's current catalog state, else 0."),
+    (CATALOG_VERIFICATIONS, "counter", "Model digest verifications by result and reason."),
     (NODES_ONLINE, "gauge", "Online worker nodes."),
     (POOLS_READY, "gauge", "Ready pools on Online nodes."),
     (NODE_REGISTRATIONS, "counter", "Node registrations by outcome."),

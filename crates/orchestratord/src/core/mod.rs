@@ -277,11 +277,38 @@ impl<E: Effects> Core<E> {
         for (id, age) in self.heartbeat_ages(now) {
             out.push((m::NODE_HEARTBEAT_AGE, m::labels(&[("node_id", &id)]), age as f64));
         }
+        for (id, p) in &self.pools {
+            let ev = p.status.engine_version.clone().unwrap_or_default();
+            let base = [("engine", api::ENGINE_LLAMACPP), ("engine_version", ev.as_str()), ("pool_id", id.as_str()), ("replica_id", p.node_id.as_str())];
+            if let Some(r) = p.status.kv_cache_usage_ratio {
+                out.push((m::KV_CACHE_USAGE, m::labels(&base), r));
+            }
+            for (device, used) in p.status.vram_used_bytes.iter().flatten() {
+                let mut l = m::labels(&base);
+                l.push(("device", device.clone()));
+                out.push((m::VRAM_USED, l, *used as f64));
+            }
+            let Some(node) = self.nodes.get(&p.node_id) else { continue };
+            for g in node.gpus.iter().filter(|g| p.status.device_mask.split(',').any(|d| d == g.device_id)) {
+                let mut l = m::labels(&base);
+                l.push(("device", g.device_id.clone()));
+                out.push((m::GPU_UTILIZATION, l, g.utilization_pct));
+            }
+        }
+        let mut models: Vec<&str> = self.pools.values().filter_map(|p| p.model_id()).collect();
+        models.sort_unstable();
+        models.dedup();
+        for model in models {
+            // Without a catalog every served model is Active (API.md §9.2 registers pool models as Active).
+            out.push((m::MODEL_STATE, m::labels(&[("model_id", model), ("state", "Active")]), 1.0));
+            out.push((m::MODEL_STATE, m::labels(&[("model_id", model), ("state", "Retired")]), 0.0));
+        }
         out
     }
 
     /// Queue depth gauges, updated whenever queues change.
-    pub fn publish_gauges(&self) {        self.metrics.remove_gauges(crate::metrics::QUEUE_DEPTH, |_| false);
+    pub fn publish_gauges(&self) {
+        self.metrics.remove_gauges(crate::metrics::QUEUE_DEPTH, |_| false);
         for p in [Priority::Interactive, Priority::Batch] {
             let n: usize = self.queues.iter().filter(|(k, _)| k.starts_with("model:")).map(|(_, q)| q.len_of(p)).sum();
             self.metrics.set(
