@@ -15,3 +15,4 @@ LLORCH_LLAMA_SERVER="$(target/debug/llorch engine build --gpu-policy cpu)"
 export LLORCH_LLAMA_SERVER
 echo "[test] llama-server: $LLORCH_LLAMA_SERVER" >&2
 cargo test --workspace "$@"
+bash scripts/fuzz-smoke.sh

@@ -5,6 +5,7 @@
 pub mod error;
 pub mod events;
 pub mod ids;
+pub mod model_ref;
 pub mod node;
 pub mod task;
 pub mod worker;

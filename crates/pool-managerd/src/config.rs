@@ -478,17 +478,11 @@ fn validate_devices(key: &str, raw: &str, policy: GpuPolicy, host: &Host, p: &mu
 
 /// Accepts `file:/abs/path` (and `file:///abs/path`); other schemes need the model fetchers.
 pub fn parse_file_ref(r: &str) -> Result<(String, PathBuf), String> {
-    let Some(rest) = r.strip_prefix("file:") else {
-        return Err(format!("{r:?}: pool-managerd serves local models only (file:/absolute/path.gguf); hf: and https: refs are fetched by the model catalog, which this node does not run yet"));
-    };
-    let path = rest.strip_prefix("//").unwrap_or(rest);
-    if !path.starts_with('/') {
-        return Err(format!("{r:?}: file: refs need an absolute path"));
+    match api::model_ref::ModelRef::parse(r) {
+        Ok(api::model_ref::ModelRef::File { path }) => Ok((format!("file:{path}"), PathBuf::from(path))),
+        Ok(other) => Err(format!("{r:?}: pool-managerd serves local models only (file:/absolute/path.gguf); {}: refs are fetched by the model catalog, which this node does not run yet", other.scheme())),
+        Err(e) => Err(format!("{r:?}: {e}")),
     }
-    if path.split('/').any(|s| s == "." || s == "..") {
-        return Err(format!("{r:?}: path segments must not be . or .."));
-    }
-    Ok((format!("file:{path}"), PathBuf::from(path)))
 }
 
 /// The catalog id rule of API.md §9.1: last path segment without `.gguf`, lowercased, other
@@ -516,6 +510,7 @@ mod tests {
         assert!(parse_file_ref("file:rel/b.gguf").is_err());
         assert!(parse_file_ref("file:/a/../b.gguf").is_err());
         assert!(parse_file_ref("hf:org/repo/x.gguf").unwrap_err().contains("local models only"));
+        assert!(parse_file_ref("http://x/y.gguf").unwrap_err().contains("untrusted"));
     }
 
     #[test]

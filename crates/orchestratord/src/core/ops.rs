@@ -60,18 +60,14 @@ impl<E: Effects> Core<E> {
         if let Some(m) = self.pools.values().flat_map(|p| p.status.models.iter()).find(|m| m.id == model_ref || m.model_ref == model_ref) {
             return Ok(m.clone());
         }
-        match model_ref.split_once(':') {
-            Some(("file", path)) => {
-                let path = path.strip_prefix("//").unwrap_or(path);
-                if !path.starts_with('/') || path.split('/').any(|s| s == "." || s == "..") {
-                    return Err(ErrorEnvelope::invalid("model_ref", "file: refs need an absolute path without . or .."));
-                }
-                Ok(LoadedModel { id: api::ids::model_id_from_path(path), model_ref: format!("file:{path}"), digest: None })
-            }
-            Some(("hf" | "https", _)) => Err(ErrorEnvelope::invalid("model_ref", "hf: and https: models need the model catalog's fetchers, which this version does not have")),
-            Some(("http", _)) => Err(ErrorEnvelope::new(ErrorCode::UntrustedArtifact, "http: refs are not allowed")),
-            Some(_) => Err(ErrorEnvelope::invalid("model_ref", "unknown ModelRef scheme")),
-            None => Err(ErrorEnvelope::new(ErrorCode::ModelNotAvailable, format!("model {model_ref:?} is not known")).with_retriable(false)),
+        if !model_ref.contains(':') {
+            return Err(ErrorEnvelope::new(ErrorCode::ModelNotAvailable, format!("model {model_ref:?} is not known")).with_retriable(false));
+        }
+        match api::model_ref::ModelRef::parse(model_ref) {
+            Ok(r @ api::model_ref::ModelRef::File { .. }) => Ok(LoadedModel { id: r.default_id(), model_ref: r.to_string(), digest: None }),
+            Ok(r) => Err(ErrorEnvelope::invalid("model_ref", format!("{}: models need the model catalog's fetchers, which this version does not have", r.scheme()))),
+            Err(api::model_ref::ModelRefError::Untrusted(m)) => Err(ErrorEnvelope::new(ErrorCode::UntrustedArtifact, m)),
+            Err(e) => Err(ErrorEnvelope::invalid("model_ref", e.to_string())),
         }
     }
 
