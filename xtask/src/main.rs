@@ -2,6 +2,7 @@
 //! a llama-server with the same binary, model and flags, alternating, several rounds; prints median
 //! and p90 time-to-first-token and tokens/s for both, and the ratios.
 
+mod openapi;
 mod overhead;
 mod overload;
 mod scale;
@@ -20,6 +21,8 @@ enum Cmd {
     /// Benchmarks; each prints ratios against a baseline measured in the same run.
     #[command(subcommand)]
     Bench(Bench),
+    /// Writes contracts/openapi/orchestratord.json from the wire types (`--check`: exit 1 on drift).
+    Openapi(openapi::Args),
 }
 
 #[derive(Subcommand)]
@@ -33,12 +36,16 @@ enum Bench {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    let rt = tokio::runtime::Runtime::new()?;
-    match cli.cmd {
-        Cmd::Bench(Bench::Overhead(a)) => rt.block_on(overhead::run(a)),
-        Cmd::Bench(Bench::Overload(a)) => rt.block_on(overload::run(a)),
-        Cmd::Bench(Bench::Scale(a)) => rt.block_on(scale::run(a)),
+    match Cli::parse().cmd {
+        Cmd::Openapi(a) => openapi::run(a),
+        Cmd::Bench(b) => {
+            let rt = tokio::runtime::Runtime::new()?;
+            match b {
+                Bench::Overhead(a) => rt.block_on(overhead::run(a)),
+                Bench::Overload(a) => rt.block_on(overload::run(a)),
+                Bench::Scale(a) => rt.block_on(scale::run(a)),
+            }
+        }
     }
 }
 

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ErrorEnvelope;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StopReason {
     Eos,
@@ -14,25 +14,26 @@ pub enum StopReason {
     Deadline,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Started {
     pub queue_position: u64,
     pub predicted_start_ms: u64,
     pub pool_id: String,
     pub node_id: String,
     pub engine: String,
+    #[schema(required = true)]
     pub engine_version: Option<String>,
     pub model: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Token {
     pub t: String,
     pub i: u64,
 }
 
 /// An open object: every field optional, unknown keys ignored by clients.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 pub struct Metrics {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens_out: Option<u64>,
@@ -53,18 +54,20 @@ pub struct Metrics {
 }
 
 /// Where a task runs after a failover (§5.2).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PlacementInfo {
     pub pool_id: String,
     pub node_id: String,
+    #[schema(required = true)]
     pub engine_version: Option<String>,
     pub attempt: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct End {
     pub tokens_in: u64,
     pub tokens_out: u64,
+    #[schema(required = true)]
     pub ttft_ms: Option<u64>,
     pub decode_ms: u64,
     pub decode_time_ms: u64,

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ErrorEnvelope;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum PoolState {
     Unloaded,
     Provisioning,
@@ -30,13 +30,13 @@ impl PoolState {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum NodeStatus {
     Online,
     Offline,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LoadedModel {
     pub id: String,
     #[serde(rename = "ref")]
@@ -44,7 +44,7 @@ pub struct LoadedModel {
     pub digest: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PoolStatus {
     pub pool_id: String,
     pub state: PoolState,
@@ -70,7 +70,7 @@ pub struct PoolStatus {
     pub vram_used_bytes: Option<BTreeMap<String, u64>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GpuInfo {
     pub device_id: String,
     pub name: String,
@@ -79,7 +79,7 @@ pub struct GpuInfo {
     pub compute_capability: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 pub struct Capabilities {
     pub cpu_cores: u32,
     pub ram_total_bytes: u64,
@@ -87,7 +87,7 @@ pub struct Capabilities {
     pub gpus: Vec<GpuInfo>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RegisterRequest {
     pub protocol_version: u32,
     pub node_id: String,
@@ -101,14 +101,14 @@ pub struct RegisterRequest {
     pub pools: Vec<PoolStatus>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum CredentialKind {
     Issued,
     Static,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RegisterResponse {
     pub node_id: String,
     pub credential: CredentialKind,
@@ -119,7 +119,7 @@ pub struct RegisterResponse {
     pub heartbeat_timeout_ms: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GpuStatus {
     pub device_id: String,
     pub vram_total_bytes: u64,
@@ -127,7 +127,7 @@ pub struct GpuStatus {
     pub utilization_pct: f64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HeartbeatRequest {
     pub seq: u64,
     pub sent_at_ms: u64,
@@ -139,14 +139,14 @@ pub struct HeartbeatRequest {
     pub commands: Vec<CommandStatus>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HeartbeatResponse {
     pub next_heartbeat_ms: u64,
     #[serde(default)]
     pub commands: Vec<Command>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum CommandKind {
     LoadModel,
@@ -156,7 +156,7 @@ pub enum CommandKind {
     VerifyModel,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Command {
     pub command_id: String,
     pub kind: CommandKind,
@@ -169,7 +169,7 @@ pub struct Command {
     pub correlation_id: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum CommandState {
     Accepted,
@@ -178,7 +178,7 @@ pub enum CommandState {
     Failed,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CommandStatus {
     pub command_id: String,
     pub status: CommandState,
@@ -187,7 +187,7 @@ pub struct CommandStatus {
 }
 
 /// `GET /v2/nodes` entry.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NodeView {
     pub node_id: String,
     pub machine_id: String,
@@ -200,27 +200,30 @@ pub struct NodeView {
     pub capabilities: Capabilities,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NodesResponse {
     pub nodes: Vec<NodeView>,
     pub count: usize,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PoolModelRef {
     pub id: String,
+    #[schema(required = true)]
     pub digest: Option<String>,
 }
 
 /// `GET /v2/pools` entry at orchestratord (§10).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PoolView {
     pub pool_id: String,
     pub node_id: String,
     pub node_status: NodeStatus,
     pub state: PoolState,
     pub engine: String,
+    #[schema(required = true)]
     pub engine_version: Option<String>,
+    #[schema(required = true)]
     pub model: Option<PoolModelRef>,
     pub ctx_per_slot: u64,
     pub slots_total: u32,
@@ -228,16 +231,17 @@ pub struct PoolView {
     pub queued: u64,
     pub running: u64,
     pub device_mask: String,
+    #[schema(required = true)]
     pub last_error: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PoolsResponse {
     pub pools: Vec<PoolView>,
 }
 
 /// `POST /v2/pools/{id}/drain` body.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DrainRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -245,17 +249,19 @@ pub struct DrainRequest {
 }
 
 /// `POST /v2/pools/{id}/reload` body.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReloadRequest {
+    /// Required: an empty or missing `model_ref` is 400 `INVALID_PARAMS`.
     #[serde(default)]
+    #[schema(required = true)]
     pub model_ref: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline_ms: Option<u64>,
 }
 
 /// 202 body of drain and reload.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PoolCommandAccepted {
     pub pool_id: String,
     pub command_id: String,

@@ -6,7 +6,7 @@ use crate::error::ErrorEnvelope;
 use crate::events::StopReason;
 use crate::ids::{SessionId, TaskId};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Priority {
     #[default]
@@ -23,7 +23,7 @@ impl Priority {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Workload {
     #[default]
@@ -32,7 +32,7 @@ pub enum Workload {
     Rerank,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     System,
@@ -40,14 +40,14 @@ pub enum Role {
     Assistant,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Message {
     pub role: Role,
     pub content: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum PlacementMode {
     #[default]
@@ -56,7 +56,7 @@ pub enum PlacementMode {
     Prefer,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Placement {
     #[serde(default)]
@@ -70,6 +70,7 @@ pub struct Placement {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub require_device_mask: Option<String>,
     #[serde(default = "yes")]
+    #[schema(default = true)]
     pub allow_fallback: bool,
 }
 
@@ -84,7 +85,7 @@ impl Default for Placement {
 }
 
 /// Sampling parameters shared by the client request and the worker dispatch.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Sampling {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -104,11 +105,12 @@ pub struct Sampling {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grammar: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub json_schema: Option<serde_json::Value>,
 }
 
 /// `POST /v2/tasks` body (§4.1). Unknown fields are rejected.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TaskRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -149,6 +151,7 @@ pub struct TaskRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grammar: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub json_schema: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placement: Option<Placement>,
@@ -197,18 +200,18 @@ impl TaskRequest {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Streams {
     pub sse: String,
     pub sse_verbose: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 pub struct Preparation {
     pub steps: Vec<PreparationStep>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PreparationStep {
     pub id: String,
     pub kind: String,
@@ -222,7 +225,7 @@ pub struct PreparationStep {
 }
 
 /// 202 body of `POST /v2/tasks` (AdmissionResponseV2).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AdmissionResponse {
     pub task_id: TaskId,
     pub session_id: SessionId,
@@ -233,7 +236,7 @@ pub struct AdmissionResponse {
     pub preparation: Preparation,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskState {
     Queued,
@@ -250,7 +253,7 @@ impl TaskState {
 }
 
 /// `GET /v2/tasks/{id}` body (§4.2). Nullable fields are sent as `null`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TaskRecord {
     pub task_id: TaskId,
     pub session_id: SessionId,
@@ -262,18 +265,29 @@ pub struct TaskRecord {
     pub queue_position: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub predicted_start_ms: Option<u64>,
+    #[schema(required = true)]
     pub pool_id: Option<String>,
+    #[schema(required = true)]
     pub node_id: Option<String>,
+    #[schema(required = true)]
     pub engine: Option<String>,
+    #[schema(required = true)]
     pub engine_version: Option<String>,
+    #[schema(required = true)]
     pub created_at_ms: Option<u64>,
+    #[schema(required = true)]
     pub started_at_ms: Option<u64>,
+    #[schema(required = true)]
     pub first_token_at_ms: Option<u64>,
+    #[schema(required = true)]
     pub finished_at_ms: Option<u64>,
     pub attempts: u32,
     pub tokens_in: u64,
     pub tokens_out: u64,
+    #[schema(required = true)]
     pub seed: Option<u64>,
+    #[schema(required = true)]
     pub stop_reason: Option<StopReason>,
+    #[schema(required = true)]
     pub error: Option<ErrorEnvelope>,
 }

@@ -4,6 +4,7 @@
 mod meta;
 mod nodes;
 pub mod openai;
+pub mod openapi;
 mod tasks;
 
 use std::sync::Arc;
@@ -66,6 +67,7 @@ pub fn router(app: App) -> Router {
         .route("/v1/models", get(openai::models))
         .route("/health", get(meta::health))
         .route("/metrics", get(meta::metrics))
+        .route("/v2/openapi.json", get(openapi::document))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(app.clone());

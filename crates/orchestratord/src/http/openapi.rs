@@ -1,0 +1,961 @@
+//! orchestratord's OpenAPI 3.1 document, generated from the `api` crate's wire types (which derive
+//! `utoipa::ToSchema`) and served at `GET /v2/openapi.json`. The handlers live in the sibling
+//! modules; the operations are described here on documentation-only stubs in [`doc`], so the
+//! document never changes how a request is handled. `contracts/openapi/orchestratord.json` is the
+//! committed copy: `cargo xtask openapi` rewrites it and the test below fails when it drifts.
+
+use axum::http::header;
+use axum::response::IntoResponse;
+use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ObjectBuilder, Required, Type};
+use utoipa::{Modify, OpenApi};
+
+/// Where the committed document lives, relative to the workspace root.
+pub const COMMITTED_PATH: &str = "contracts/openapi/orchestratord.json";
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "llama-orch orchestratord",
+        version = "2.0.0",
+        description = "The control plane of llama-orch (API.md §§3–12): tasks and their SSE event streams, sessions, \
+the node protocol, pools, meta, health, metrics and the OpenAI-compatible surface.\n\n\
+Every error before a stream starts is an `ErrorEnvelope` whose `code` decides the HTTP status (API.md §3.3); \
+`/v1` routes use OpenAI's error shape with the same status and headers. Every response carries `X-Correlation-Id`.\n\n\
+Authentication: client routes take a client token (`bearer`); node routes take the registration, static or issued \
+node credential (`node_bearer`). With no client tokens configured (open mode, loopback only) no token is needed.",
+        license(name = "Apache-2.0"),
+    ),
+    paths(
+        doc::submit_task,
+        doc::get_task,
+        doc::cancel_task,
+        doc::task_events,
+        doc::get_session,
+        doc::delete_session,
+        doc::register_node,
+        doc::heartbeat,
+        doc::deregister_node,
+        doc::list_nodes,
+        doc::list_pools,
+        doc::pool_health,
+        doc::drain_pool,
+        doc::reload_pool,
+        doc::meta_version,
+        doc::meta_capabilities,
+        doc::openapi_document,
+        doc::health,
+        doc::metrics,
+        doc::chat_completions,
+        doc::completions,
+        doc::models,
+    ),
+    components(schemas(
+        api::TaskId,
+        api::SessionId,
+        api::ids::CommandId,
+        api::NodeId,
+        api::PoolId,
+        api::ModelId,
+        api::ErrorEnvelope,
+        api::ErrorCode,
+        api::task::TaskRequest,
+        api::task::AdmissionResponse,
+        api::task::TaskRecord,
+        api::events::Started,
+        api::events::Token,
+        api::events::Metrics,
+        api::events::End,
+        api::events::PlacementInfo,
+        api::events::StopReason,
+        doc::EventData,
+    )),
+    security(("bearer" = [])),
+    modifiers(&Extras),
+    tags(
+        (name = "tasks", description = "Submit, inspect, cancel and stream tasks (API.md §4, §5)"),
+        (name = "sessions", description = "Session metadata (API.md §4.3)"),
+        (name = "nodes", description = "Node protocol, pool-managerd → orchestratord (API.md §12)"),
+        (name = "pools", description = "Pool views and control (API.md §10)"),
+        (name = "meta", description = "Version, capabilities, health, metrics and this document (API.md §10, §16)"),
+        (name = "openai", description = "OpenAI-compatible surface (API.md §11)"),
+    ),
+)]
+struct ApiDoc;
+
+/// Security schemes, and the optional correlation header on every operation (API.md §3.1, §3.2);
+/// every response echoes it (said once, in the description).
+struct Extras;
+
+impl Modify for Extras {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).description(Some("A client token (`auth.client_tokens`).")).build()),
+        );
+        components.add_security_scheme(
+            "node_bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("A node credential: the registration token or the node's static token on register; the issued or static credential of that node id on heartbeat and deregister."))
+                    .build(),
+            ),
+        );
+        let string = || ObjectBuilder::new().schema_type(Type::String).build();
+        // What the path macro cannot say: the drain body is optional, and `Last-Event-ID` is optional
+        // but never null.
+        if let Some(body) = openapi.paths.paths.get_mut("/v2/pools/{id}/drain").and_then(|i| i.post.as_mut()).and_then(|op| op.request_body.as_mut()) {
+            body.required = Some(Required::False);
+        }
+        if let Some(params) = openapi.paths.paths.get_mut("/v2/tasks/{id}/events").and_then(|i| i.get.as_mut()).and_then(|op| op.parameters.as_mut()) {
+            for p in params.iter_mut().filter(|p| p.name == "Last-Event-ID") {
+                p.schema = Some(<u64 as utoipa::PartialSchema>::schema());
+            }
+        }
+        for item in openapi.paths.paths.values_mut() {
+            let ops = [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.options, &mut item.head, &mut item.patch, &mut item.trace];
+            for op in ops.into_iter().flatten() {
+                op.parameters.get_or_insert_with(Vec::new).push(
+                    ParameterBuilder::new()
+                        .name("X-Correlation-Id")
+                        .parameter_in(ParameterIn::Header)
+                        .required(Required::False)
+                        .description(Some("1–128 visible ASCII characters; every response carries it back, or a new UUIDv4 when absent or invalid."))
+                        .schema(Some(string()))
+                        .build(),
+                );
+            }
+        }
+    }
+}
+
+/// The document as pretty JSON with a trailing newline: the exact content of [`COMMITTED_PATH`].
+pub fn document_json() -> String {
+    let mut s = ApiDoc::openapi().to_pretty_json().expect("the OpenAPI document serializes");
+    s.push('\n');
+    s
+}
+
+/// `GET /v2/openapi.json` (generated once per process).
+pub async fn document() -> impl IntoResponse {
+    static DOC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ([(header::CONTENT_TYPE, "application/json")], DOC.get_or_init(document_json).as_str())
+}
+
+/// Documentation-only operation stubs (never called) and schemas of bodies that the handlers build
+/// with `json!` or that live outside the `api` crate.
+#[allow(dead_code)]
+mod doc {
+    use api::events::{End, Metrics, Started, Token};
+    use api::node::{
+        DrainRequest, HeartbeatRequest, HeartbeatResponse, NodesResponse, PoolCommandAccepted, PoolState, PoolsResponse, RegisterRequest, RegisterResponse, ReloadRequest,
+    };
+    use api::task::{AdmissionResponse, TaskRecord, TaskRequest};
+    use api::{ErrorEnvelope, NodeId, PoolId, SessionId, TaskId};
+    use serde::Serialize;
+    use utoipa::ToSchema;
+
+    // ---- schemas -------------------------------------------------------------------------------
+
+    /// The `data` of one SSE frame; the frame's `event:` field names which: `started` → `Started`,
+    /// `token` → `Token`, `metrics` → `Metrics`, `end` → `End`, `error` → `ErrorEnvelope`.
+    #[derive(Serialize, ToSchema)]
+    #[serde(untagged)]
+    pub enum EventData {
+        Started(Started),
+        Token(Token),
+        Metrics(Metrics),
+        End(End),
+        Error(ErrorEnvelope),
+    }
+
+    /// `GET /v2/sessions/{id}` body (API.md §4.3).
+    #[derive(Serialize, ToSchema)]
+    pub struct SessionView {
+        pub session_id: String,
+        pub created_at_ms: u64,
+        pub last_used_at_ms: u64,
+        pub ttl_ms_remaining: u64,
+        /// Completed tasks.
+        pub turns: u64,
+        #[schema(required = true)]
+        pub last_pool_id: Option<String>,
+        #[schema(required = true)]
+        pub last_node_id: Option<String>,
+        /// True when the last task completed on `last_pool_id` and that pool is still Ready with the same model (a hint).
+        pub kv_warmth: bool,
+        pub tokens_in_total: u64,
+        pub tokens_out_total: u64,
+    }
+
+    /// `GET /health` body: liveness only.
+    #[derive(Serialize, ToSchema)]
+    pub struct Health {
+        /// Always `ok`.
+        pub status: String,
+        pub version: String,
+    }
+
+    /// `GET /v2/meta/version` body.
+    #[derive(Serialize, ToSchema)]
+    pub struct VersionInfo {
+        /// `2.0.0`.
+        pub api_version: String,
+        pub protocol_version: u32,
+        pub build_version: String,
+        pub build_commit: String,
+        pub build_time: String,
+    }
+
+    /// `GET /v2/meta/capabilities` body, computed from live Ready pools.
+    #[derive(Serialize, ToSchema)]
+    pub struct MetaCapabilities {
+        pub api_version: String,
+        pub protocol_versions: Vec<u32>,
+        /// Empty when no pool is Ready.
+        pub engines: Vec<EngineCapabilities>,
+    }
+
+    #[derive(Serialize, ToSchema)]
+    pub struct EngineCapabilities {
+        /// `llamacpp`.
+        pub engine: String,
+        pub engine_versions: Vec<String>,
+        /// The largest `ctx_per_slot` of the Ready pools.
+        pub ctx_max: u64,
+        pub slots_total: u64,
+        pub models: Vec<String>,
+        pub supported_workloads: Vec<String>,
+        pub features: EngineFeatures,
+    }
+
+    #[derive(Serialize, ToSchema)]
+    pub struct EngineFeatures {
+        pub messages: bool,
+        pub grammar: bool,
+        pub json_schema: bool,
+        pub seed: bool,
+        pub stop: bool,
+    }
+
+    /// `GET /v2/pools/{id}/health` body.
+    #[derive(Serialize, ToSchema)]
+    pub struct PoolHealth {
+        pub pool_id: String,
+        pub node_id: String,
+        /// Node Online and state Starting, Ready or Draining.
+        pub live: bool,
+        /// Node Online and state Ready.
+        pub ready: bool,
+        pub draining: bool,
+        pub state: PoolState,
+        #[schema(required = true)]
+        pub last_error: Option<String>,
+        #[schema(required = true)]
+        pub last_heartbeat_ms: Option<u64>,
+        pub metrics: PoolHealthMetrics,
+    }
+
+    #[derive(Serialize, ToSchema)]
+    pub struct PoolHealthMetrics {
+        pub queue_depth: u64,
+        pub running: u64,
+        pub slots_total: u32,
+        pub slots_free: u32,
+    }
+
+    /// OpenAI's error shape, used by every `/v1` error (API.md §11).
+    #[derive(Serialize, ToSchema)]
+    pub struct OpenAiError {
+        pub error: OpenAiErrorBody,
+    }
+
+    #[derive(Serialize, ToSchema)]
+    pub struct OpenAiErrorBody {
+        pub message: String,
+        /// `invalid_request_error` (400, 404, 409), `authentication_error` (401), `rate_limit_error` (429), `server_error` (5xx).
+        #[serde(rename = "type")]
+        pub kind: String,
+        /// The offending field (`field` of the envelope).
+        #[schema(required = true)]
+        pub param: Option<String>,
+        pub code: api::ErrorCode,
+    }
+
+    /// A string or an array of strings.
+    #[derive(Serialize, ToSchema)]
+    #[serde(untagged)]
+    pub enum StringOrArray {
+        One(String),
+        Many(Vec<String>),
+    }
+
+    /// A message's content: a string, or an array of text parts that are concatenated.
+    #[derive(Serialize, ToSchema)]
+    #[serde(untagged)]
+    pub enum OpenAiContent {
+        Text(String),
+        Parts(Vec<OpenAiTextPart>),
+    }
+
+    #[derive(Serialize, ToSchema)]
+    pub struct OpenAiTextPart {
+        /// `text`.
+        #[serde(rename = "type")]
+        pub kind: String,
+        pub text: String,
+    }
+
+    #[derive(Serialize, ToSchema)]
+    pub struct OpenAiMessage {
+        /// `system` (or `developer`), `user` or `assistant`.
+        pub role: String,
+        pub content: OpenAiContent,
+    }
+
+    #[derive(Serialize, ToSchema)]
+    pub struct StreamOptions {
+        /// Send a usage chunk with empty `choices` before `[DONE]`.
+        #[serde(default)]
+        pub include_usage: bool,
+    }
+
+    #[derive(Serialize, ToSchema)]
+    pub struct ResponseFormat {
+        /// `text`, `json_object` or `json_schema`.
+        #[serde(rename = "type")]
+        pub kind: String,
+        /// For `json_schema`: `{schema}`, the JSON Schema of the output.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schema(value_type = Option<Object>)]
+        pub json_schema: Option<serde_json::Value>,
+    }
+
+    /// Sampling fields shared by both OpenAI bodies.
+    #[derive(Serialize, ToSchema)]
+    pub struct OpenAiSampling {
+        /// `max_completion_tokens` wins over `max_tokens`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub max_tokens: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub max_completion_tokens: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub temperature: Option<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub top_p: Option<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub seed: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub stop: Option<StringOrArray>,
+        /// Extension.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub top_k: Option<u64>,
+        /// Extension.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub min_p: Option<f64>,
+        /// Extension.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub repeat_penalty: Option<f64>,
+        /// Extension: a GBNF grammar.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub grammar: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub response_format: Option<ResponseFormat>,
+        /// Must be 1.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub n: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub stream: Option<bool>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub stream_options: Option<StreamOptions>,
+    }
+
+    /// `POST /v1/chat/completions` body. Unknown fields are ignored; `tools`, `tool_choice`,
+    /// `functions` and `logprobs: true` are rejected with 400.
+    #[derive(Serialize, ToSchema)]
+    pub struct ChatCompletionRequest {
+        /// A catalog model id.
+        pub model: String,
+        pub messages: Vec<OpenAiMessage>,
+        #[serde(flatten)]
+        pub sampling: OpenAiSampling,
+    }
+
+    /// `POST /v1/completions` body. Unknown fields are ignored; `tools`, `tool_choice`,
+    /// `functions` and `logprobs: true` are rejected with 400.
+    #[derive(Serialize, ToSchema)]
+    pub struct CompletionRequest {
+        /// A catalog model id.
+        pub model: String,
+        /// One string; arrays of prompts are rejected with 400.
+        pub prompt: String,
+        #[serde(flatten)]
+        pub sampling: OpenAiSampling,
+    }
+
+    #[derive(Serialize, ToSchema)]
+    pub struct Usage {
+        pub prompt_tokens: u64,
+        pub completion_tokens: u64,
+        pub total_tokens: u64,
+    }
+
+    #[derive(Serialize, ToSchema)]
+    pub struct AssistantMessage {
+        /// `assistant`.
+        pub role: String,
+        pub content: String,
+    }
+
+    #[derive(Serialize, ToSchema)]
+    pub struct ChatChoice {
+        pub index: u32,
+        pub message: AssistantMessage,
+        /// `stop` (eos, stop word) or `length` (limit, deadline).
+        pub finish_reason: String,
+    }
+
+    /// Non-streamed `POST /v1/chat/completions` answer.
+    #[derive(Serialize, ToSchema)]
+    pub struct ChatCompletion {
+        /// `chatcmpl-<task_id>`.
+        pub id: String,
+        /// `chat.completion`.
+        pub object: String,
+        pub created: u64,
+        pub model: String,
+        pub choices: Vec<ChatChoice>,
+        pub usage: Usage,
+    }
+
+    #[derive(Serialize, ToSchema)]
+    pub struct TextChoice {
+        pub index: u32,
+        pub text: String,
+        /// `stop` (eos, stop word) or `length` (limit, deadline).
+        pub finish_reason: String,
+        /// Always null.
+        #[schema(required = true, value_type = Option<Object>)]
+        pub logprobs: Option<serde_json::Value>,
+    }
+
+    /// Non-streamed `POST /v1/completions` answer.
+    #[derive(Serialize, ToSchema)]
+    pub struct TextCompletion {
+        /// `cmpl-<task_id>`.
+        pub id: String,
+        /// `text_completion`.
+        pub object: String,
+        pub created: u64,
+        pub model: String,
+        pub choices: Vec<TextChoice>,
+        pub usage: Usage,
+    }
+
+    #[derive(Serialize, ToSchema)]
+    pub struct ModelEntry {
+        pub id: String,
+        /// `model`.
+        pub object: String,
+        pub created: u64,
+        /// `llama-orch`.
+        pub owned_by: String,
+    }
+
+    /// `GET /v1/models` body: models that a Ready pool serves.
+    #[derive(Serialize, ToSchema)]
+    pub struct ModelList {
+        /// `list`.
+        pub object: String,
+        pub data: Vec<ModelEntry>,
+    }
+
+    // ---- tasks ---------------------------------------------------------------------------------
+
+    /// Submit a task.
+    ///
+    /// Errors are checked in this order: 401; 400 `INVALID_PARAMS`; 409 `CONFLICT`; catalog (404/503
+    /// `MODEL_NOT_AVAILABLE`, 409 `MODEL_DEPRECATED`, 400 `UNTRUSTED_ARTIFACT`); placement (400
+    /// `INVALID_PARAMS`, 503 `POOL_UNREADY` / `NODE_UNAVAILABLE` / `MODEL_NOT_AVAILABLE`); queue policy
+    /// (429); 400 `DEADLINE_UNMET`.
+    #[utoipa::path(
+        post,
+        path = "/v2/tasks",
+        tag = "tasks",
+        request_body(content = TaskRequest, content_type = "application/json", description = "Parsed strictly: unknown fields are rejected with 400 `INVALID_PARAMS` and `field`."),
+        responses(
+            (status = 202, description = "Admitted; the body names the event stream.", body = AdmissionResponse,
+                headers(("Location" = String, description = "`/v2/tasks/{task_id}`"))),
+            (status = 400, description = "`INVALID_PARAMS` (with `field`), `DEADLINE_UNMET` or `UNTRUSTED_ARTIFACT`.", body = ErrorEnvelope),
+            (status = 401, description = "`MISSING_TOKEN` or `BAD_TOKEN`.", body = ErrorEnvelope),
+            (status = 404, description = "`MODEL_NOT_AVAILABLE`: the model is unknown.", body = ErrorEnvelope),
+            (status = 409, description = "`CONFLICT` (task id of an active task) or `MODEL_DEPRECATED`.", body = ErrorEnvelope),
+            (status = 429, description = "`ADMISSION_REJECT` or `QUEUE_FULL_DROP_LRU`; `retriable`, `retry_after_ms` and `policy_label` are set.", body = ErrorEnvelope,
+                headers(("Retry-After" = u64, description = "Seconds: max(1, ceil(retry_after_ms / 1000))"), ("X-Backoff-Ms" = u64, description = "= retry_after_ms"))),
+            (status = 500, description = "`INTERNAL`.", body = ErrorEnvelope),
+            (status = 503, description = "`MODEL_NOT_AVAILABLE` (retriable), `POOL_UNREADY` or `NODE_UNAVAILABLE`.", body = ErrorEnvelope,
+                headers(("Retry-After" = u64, description = "When retriable with a retry_after_ms"), ("X-Backoff-Ms" = u64, description = "= retry_after_ms"))),
+        ),
+    )]
+    fn submit_task() {}
+
+    /// The task record.
+    #[utoipa::path(
+        get,
+        path = "/v2/tasks/{id}",
+        tag = "tasks",
+        params(("id" = TaskId, Path, description = "Task id; a malformed id is 404.")),
+        responses(
+            (status = 200, description = "The task record; nullable fields are sent as null.", body = TaskRecord),
+            (status = 401, description = "`MISSING_TOKEN` or `BAD_TOKEN`.", body = ErrorEnvelope),
+            (status = 404, description = "`NOT_FOUND`: unknown, malformed or past retention.", body = ErrorEnvelope),
+            (status = 500, description = "`INTERNAL`.", body = ErrorEnvelope),
+        ),
+    )]
+    fn get_task() {}
+
+    /// Cancel a task.
+    ///
+    /// Idempotent and race-free: no `token` frame follows the cancel; a no-op once the task is terminal.
+    #[utoipa::path(
+        post,
+        path = "/v2/tasks/{id}/cancel",
+        tag = "tasks",
+        params(("id" = TaskId, Path, description = "Task id; a malformed id is 404.")),
+        responses(
+            (status = 204, description = "Canceled (or already terminal)."),
+            (status = 401, description = "`MISSING_TOKEN` or `BAD_TOKEN`.", body = ErrorEnvelope),
+            (status = 404, description = "`NOT_FOUND`: unknown, malformed or past retention.", body = ErrorEnvelope),
+            (status = 500, description = "`INTERNAL`.", body = ErrorEnvelope),
+        ),
+    )]
+    fn cancel_task() {}
+
+    /// The task's event stream (Server-Sent Events).
+    ///
+    /// Each frame is `id: <n>\nevent: <name>\ndata: <one-line JSON>\n\n`, `id` counting from 0 per task.
+    /// Events and their `data` (schema `EventData`): `started` (`Started`, once, when bound to a pool),
+    /// `token` (`Token`), `metrics` (`Metrics`, an open object), then exactly one terminal frame: `end`
+    /// (`End`) or `error` (`ErrorEnvelope`). Order: `started (token | metrics)* terminal`, or a lone
+    /// terminal frame for a task never bound to a pool; nothing follows the terminal frame. While no
+    /// frame is due the server sends the comment `: keepalive`. The stream replays from the first frame
+    /// (or after `Last-Event-ID`) and then follows live. Once the 200 is sent, failures travel as
+    /// `error` frames.
+    #[utoipa::path(
+        get,
+        path = "/v2/tasks/{id}/events",
+        tag = "tasks",
+        params(
+            ("id" = TaskId, Path, description = "Task id; a malformed id is 404."),
+            ("verbose" = Option<bool>, Query, description = "`true` adds `human`, `phase` and `prep` to `metrics` frames (default `false`)."),
+            ("Last-Event-ID" = Option<u64>, Header, description = "Resume: only frames with a greater id are sent."),
+        ),
+        responses(
+            (status = 200, description = "The SSE stream; each frame's `data` is one of `EventData`, selected by `event:`.",
+                content_type = "text/event-stream", body = EventData,
+                headers(("Cache-Control" = String, description = "`no-cache`"), ("X-Accel-Buffering" = String, description = "`no`"))),
+            (status = 400, description = "`INVALID_PARAMS`: bad `verbose` or `Last-Event-ID`.", body = ErrorEnvelope),
+            (status = 401, description = "`MISSING_TOKEN` or `BAD_TOKEN`.", body = ErrorEnvelope),
+            (status = 404, description = "`NOT_FOUND`: unknown, malformed or past retention.", body = ErrorEnvelope),
+            (status = 500, description = "`INTERNAL`.", body = ErrorEnvelope),
+        ),
+    )]
+    fn task_events() {}
+
+    // ---- sessions ------------------------------------------------------------------------------
+
+    /// Session metadata.
+    #[utoipa::path(
+        get,
+        path = "/v2/sessions/{id}",
+        tag = "sessions",
+        params(("id" = SessionId, Path, description = "Session id; a malformed id is 404.")),
+        responses(
+            (status = 200, description = "The session.", body = SessionView),
+            (status = 401, description = "`MISSING_TOKEN` or `BAD_TOKEN`.", body = ErrorEnvelope),
+            (status = 404, description = "`NOT_FOUND`: unknown, malformed or expired.", body = ErrorEnvelope),
+            (status = 500, description = "`INTERNAL`.", body = ErrorEnvelope),
+        ),
+    )]
+    fn get_session() {}
+
+    /// Delete a session and its affinity; running tasks are not affected.
+    #[utoipa::path(
+        delete,
+        path = "/v2/sessions/{id}",
+        tag = "sessions",
+        params(("id" = SessionId, Path, description = "Session id.")),
+        responses(
+            (status = 204, description = "Deleted; also for unknown ids."),
+            (status = 401, description = "`MISSING_TOKEN` or `BAD_TOKEN`.", body = ErrorEnvelope),
+        ),
+    )]
+    fn delete_session() {}
+
+    // ---- nodes ---------------------------------------------------------------------------------
+
+    /// Register a node (idempotent for the same node and machine id).
+    #[utoipa::path(
+        post,
+        path = "/v2/nodes/register",
+        tag = "nodes",
+        security(("node_bearer" = [])),
+        request_body(content = RegisterRequest, content_type = "application/json", description = "Unknown fields are ignored."),
+        responses(
+            (status = 200, description = "Registered; the node is Online.", body = RegisterResponse),
+            (status = 400, description = "`INVALID_PARAMS` (e.g. unsupported `protocol_version`).", body = ErrorEnvelope),
+            (status = 401, description = "`MISSING_TOKEN` or `BAD_TOKEN`.", body = ErrorEnvelope),
+            (status = 409, description = "`CONFLICT`: the node id belongs to another Online machine, or a pool id to another node.", body = ErrorEnvelope),
+            (status = 500, description = "`INTERNAL`.", body = ErrorEnvelope),
+        ),
+    )]
+    fn register_node() {}
+
+    /// Heartbeat: full pool and GPU status, command statuses; answers pending commands.
+    #[utoipa::path(
+        post,
+        path = "/v2/nodes/{id}/heartbeat",
+        tag = "nodes",
+        security(("node_bearer" = [])),
+        params(("id" = NodeId, Path, description = "Node id.")),
+        request_body(content = HeartbeatRequest, content_type = "application/json", description = "Unknown fields are ignored."),
+        responses(
+            (status = 200, description = "Accepted (a stale `seq` is answered 200 with no commands).", body = HeartbeatResponse),
+            (status = 400, description = "`INVALID_PARAMS`.", body = ErrorEnvelope),
+            (status = 401, description = "`MISSING_TOKEN` or `BAD_TOKEN` (e.g. another node's credential): register again.", body = ErrorEnvelope),
+            (status = 404, description = "`NOT_FOUND`: unknown node; register again.", body = ErrorEnvelope),
+            (status = 500, description = "`INTERNAL`.", body = ErrorEnvelope),
+        ),
+    )]
+    fn heartbeat() {}
+
+    /// Deregister a node; its pools leave placement.
+    #[utoipa::path(
+        delete,
+        path = "/v2/nodes/{id}",
+        tag = "nodes",
+        security(("node_bearer" = []), ("bearer" = [])),
+        params(("id" = NodeId, Path, description = "Node id.")),
+        responses(
+            (status = 204, description = "Deregistered."),
+            (status = 401, description = "`MISSING_TOKEN` or `BAD_TOKEN`.", body = ErrorEnvelope),
+            (status = 404, description = "`NOT_FOUND`: unknown node.", body = ErrorEnvelope),
+            (status = 500, description = "`INTERNAL`.", body = ErrorEnvelope),
+        ),
+    )]
+    fn deregister_node() {}
+
+    /// Registered nodes.
+    #[utoipa::path(
+        get,
+        path = "/v2/nodes",
+        tag = "nodes",
+        responses(
+            (status = 200, description = "All nodes, Online and Offline.", body = NodesResponse),
+            (status = 401, description = "`MISSING_TOKEN` or `BAD_TOKEN`.", body = ErrorEnvelope),
+            (status = 500, description = "`INTERNAL`.", body = ErrorEnvelope),
+        ),
+    )]
+    fn list_nodes() {}
+
+    // ---- pools ---------------------------------------------------------------------------------
+
+    /// Pools of all nodes.
+    #[utoipa::path(
+        get,
+        path = "/v2/pools",
+        tag = "pools",
+        responses(
+            (status = 200, description = "Pool views.", body = PoolsResponse),
+            (status = 401, description = "`MISSING_TOKEN` or `BAD_TOKEN`.", body = ErrorEnvelope),
+            (status = 500, description = "`INTERNAL`.", body = ErrorEnvelope),
+        ),
+    )]
+    fn list_pools() {}
+
+    /// One pool's liveness and readiness.
+    #[utoipa::path(
+        get,
+        path = "/v2/pools/{id}/health",
+        tag = "pools",
+        params(("id" = PoolId, Path, description = "Pool id.")),
+        responses(
+            (status = 200, description = "Pool health.", body = PoolHealth),
+            (status = 401, description = "`MISSING_TOKEN` or `BAD_TOKEN`.", body = ErrorEnvelope),
+            (status = 404, description = "`NOT_FOUND`: unknown pool.", body = ErrorEnvelope),
+            (status = 500, description = "`INTERNAL`.", body = ErrorEnvelope),
+        ),
+    )]
+    fn pool_health() {}
+
+    /// Drain a pool: it leaves placement at once; running tasks continue until done or the deadline.
+    #[utoipa::path(
+        post,
+        path = "/v2/pools/{id}/drain",
+        tag = "pools",
+        params(("id" = PoolId, Path, description = "Pool id.")),
+        request_body(content = DrainRequest, content_type = "application/json", description = "Optional; an empty body means `deadline_ms` 60000. Unknown fields are rejected."),
+        responses(
+            (status = 202, description = "The drain command (the running one when already draining).", body = PoolCommandAccepted),
+            (status = 400, description = "`INVALID_PARAMS`.", body = ErrorEnvelope),
+            (status = 401, description = "`MISSING_TOKEN` or `BAD_TOKEN`.", body = ErrorEnvelope),
+            (status = 404, description = "`NOT_FOUND`: unknown pool.", body = ErrorEnvelope),
+            (status = 409, description = "`CONFLICT`: another drain, reload or load-model runs on the pool.", body = ErrorEnvelope),
+            (status = 500, description = "`INTERNAL`.", body = ErrorEnvelope),
+            (status = 503, description = "`NODE_UNAVAILABLE`: the pool's node is Offline.", body = ErrorEnvelope),
+        ),
+    )]
+    fn drain_pool() {}
+
+    /// Reload a pool with another model (side by side when VRAM allows).
+    #[utoipa::path(
+        post,
+        path = "/v2/pools/{id}/reload",
+        tag = "pools",
+        params(("id" = PoolId, Path, description = "Pool id.")),
+        request_body(content = ReloadRequest, content_type = "application/json", description = "`model_ref` is required. Unknown fields are rejected."),
+        responses(
+            (status = 202, description = "The reload command.", body = PoolCommandAccepted),
+            (status = 400, description = "`INVALID_PARAMS` or `UNTRUSTED_ARTIFACT`.", body = ErrorEnvelope),
+            (status = 401, description = "`MISSING_TOKEN` or `BAD_TOKEN`.", body = ErrorEnvelope),
+            (status = 404, description = "`NOT_FOUND` (unknown pool) or `MODEL_NOT_AVAILABLE`.", body = ErrorEnvelope),
+            (status = 409, description = "`CONFLICT` or `MODEL_DEPRECATED`.", body = ErrorEnvelope),
+            (status = 500, description = "`INTERNAL`.", body = ErrorEnvelope),
+            (status = 503, description = "`NODE_UNAVAILABLE` or `MODEL_NOT_AVAILABLE` (retriable).", body = ErrorEnvelope),
+        ),
+    )]
+    fn reload_pool() {}
+
+    // ---- meta ----------------------------------------------------------------------------------
+
+    /// API, protocol and build versions.
+    #[utoipa::path(
+        get,
+        path = "/v2/meta/version",
+        tag = "meta",
+        responses(
+            (status = 200, description = "Versions.", body = VersionInfo),
+            (status = 401, description = "`MISSING_TOKEN` or `BAD_TOKEN`.", body = ErrorEnvelope),
+        ),
+    )]
+    fn meta_version() {}
+
+    /// Capabilities computed from live Ready pools.
+    #[utoipa::path(
+        get,
+        path = "/v2/meta/capabilities",
+        tag = "meta",
+        responses(
+            (status = 200, description = "Capabilities; `engines` is empty when no pool is Ready.", body = MetaCapabilities),
+            (status = 401, description = "`MISSING_TOKEN` or `BAD_TOKEN`.", body = ErrorEnvelope),
+            (status = 500, description = "`INTERNAL`.", body = ErrorEnvelope),
+        ),
+    )]
+    fn meta_capabilities() {}
+
+    /// This OpenAPI document.
+    #[utoipa::path(
+        get,
+        path = "/v2/openapi.json",
+        tag = "meta",
+        responses(
+            (status = 200, description = "The OpenAPI 3.1 document of orchestratord.", content_type = "application/json", body = Object),
+            (status = 401, description = "`MISSING_TOKEN` or `BAD_TOKEN`.", body = ErrorEnvelope),
+        ),
+    )]
+    fn openapi_document() {}
+
+    /// Liveness only (no dependency checks); never needs a token.
+    #[utoipa::path(
+        get,
+        path = "/health",
+        tag = "meta",
+        security(()),
+        responses((status = 200, description = "Alive.", body = Health)),
+    )]
+    fn health() {}
+
+    /// Prometheus metrics (API.md §16); a token is needed only with `server.metrics_require_auth`.
+    #[utoipa::path(
+        get,
+        path = "/metrics",
+        tag = "meta",
+        security((), ("bearer" = [])),
+        responses(
+            (status = 200, description = "Prometheus text exposition.", content_type = "text/plain; version=0.0.4", body = String),
+            (status = 401, description = "`MISSING_TOKEN` or `BAD_TOKEN` (only with `server.metrics_require_auth`).", body = ErrorEnvelope),
+            (status = 500, description = "`INTERNAL`.", body = ErrorEnvelope),
+        ),
+    )]
+    fn metrics() {}
+
+    // ---- OpenAI --------------------------------------------------------------------------------
+
+    /// OpenAI-compatible chat completion: a task with `messages`, priority `interactive`, no deadline.
+    ///
+    /// With `stream: true` the answer is `text/event-stream` of `data: <chat.completion.chunk>` lines (the
+    /// first with `delta.role = "assistant"`), a final chunk with `finish_reason`, a usage chunk when
+    /// `stream_options.include_usage`, then `data: [DONE]`; a failure after the stream began sends one
+    /// `data: {"error": {...}}` line and closes without `[DONE]`. A client disconnect cancels the task.
+    #[utoipa::path(
+        post,
+        path = "/v1/chat/completions",
+        tag = "openai",
+        request_body(content = ChatCompletionRequest, content_type = "application/json"),
+        responses(
+            (status = 200, description = "The completion, or its chunk stream with `stream: true`.",
+                content((ChatCompletion = "application/json"), (String = "text/event-stream")),
+                headers(("X-Llorch-Task-Id" = String, description = "The task id."))),
+            (status = 400, description = "`INVALID_PARAMS`.", body = OpenAiError),
+            (status = 401, description = "`MISSING_TOKEN` or `BAD_TOKEN`.", body = OpenAiError),
+            (status = 404, description = "`MODEL_NOT_AVAILABLE`: unknown model.", body = OpenAiError),
+            (status = 409, description = "`MODEL_DEPRECATED`.", body = OpenAiError),
+            (status = 429, description = "`ADMISSION_REJECT` or `QUEUE_FULL_DROP_LRU`.", body = OpenAiError,
+                headers(("Retry-After" = u64, description = "Seconds"), ("X-Backoff-Ms" = u64, description = "Milliseconds"))),
+            (status = 500, description = "`INTERNAL` or a failure of the task.", body = OpenAiError),
+            (status = 503, description = "Nothing can serve the model now.", body = OpenAiError),
+        ),
+    )]
+    fn chat_completions() {}
+
+    /// OpenAI-compatible text completion: a task with `prompt`, priority `interactive`, no deadline.
+    ///
+    /// With `stream: true` the answer is `text/event-stream` of `data: <text_completion>` chunks, a final
+    /// chunk with `finish_reason`, a usage chunk when `stream_options.include_usage`, then `data: [DONE]`.
+    #[utoipa::path(
+        post,
+        path = "/v1/completions",
+        tag = "openai",
+        request_body(content = CompletionRequest, content_type = "application/json"),
+        responses(
+            (status = 200, description = "The completion, or its chunk stream with `stream: true`.",
+                content((TextCompletion = "application/json"), (String = "text/event-stream")),
+                headers(("X-Llorch-Task-Id" = String, description = "The task id."))),
+            (status = 400, description = "`INVALID_PARAMS` (e.g. an array prompt).", body = OpenAiError),
+            (status = 401, description = "`MISSING_TOKEN` or `BAD_TOKEN`.", body = OpenAiError),
+            (status = 404, description = "`MODEL_NOT_AVAILABLE`: unknown model.", body = OpenAiError),
+            (status = 409, description = "`MODEL_DEPRECATED`.", body = OpenAiError),
+            (status = 429, description = "`ADMISSION_REJECT` or `QUEUE_FULL_DROP_LRU`.", body = OpenAiError,
+                headers(("Retry-After" = u64, description = "Seconds"), ("X-Backoff-Ms" = u64, description = "Milliseconds"))),
+            (status = 500, description = "`INTERNAL` or a failure of the task.", body = OpenAiError),
+            (status = 503, description = "Nothing can serve the model now.", body = OpenAiError),
+        ),
+    )]
+    fn completions() {}
+
+    /// Models served by a Ready pool.
+    #[utoipa::path(
+        get,
+        path = "/v1/models",
+        tag = "openai",
+        responses(
+            (status = 200, description = "The model list.", body = ModelList),
+            (status = 401, description = "`MISSING_TOKEN` or `BAD_TOKEN`.", body = OpenAiError),
+            (status = 500, description = "`INTERNAL`.", body = OpenAiError),
+        ),
+    )]
+    fn models() {}
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use serde_json::Value;
+
+    use super::*;
+
+    fn doc() -> Value {
+        serde_json::from_str(&document_json()).expect("the document is JSON")
+    }
+
+    fn properties(doc: &Value, schema: &str) -> BTreeSet<String> {
+        doc["components"]["schemas"][schema]["properties"].as_object().unwrap_or_else(|| panic!("schema {schema} has properties")).keys().cloned().collect()
+    }
+
+    fn keys(v: &Value) -> BTreeSet<String> {
+        v.as_object().expect("an object").keys().cloned().collect()
+    }
+
+    /// The drift check: the committed document must be exactly what the code generates.
+    #[test]
+    fn committed_openapi_document_is_current() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../contracts/openapi/orchestratord.json");
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        let generated = document_json();
+        if committed != generated {
+            let line = committed.lines().zip(generated.lines()).position(|(a, b)| a != b).unwrap_or_else(|| committed.lines().count().min(generated.lines().count()));
+            panic!(
+                "{COMMITTED_PATH} is out of date with the wire types (first difference at line {}): run `cargo xtask openapi` to regenerate",
+                line + 1
+            );
+        }
+    }
+
+    #[test]
+    fn document_has_the_routes_and_schemas() {
+        let d = doc();
+        assert_eq!(d["info"]["version"], "2.0.0");
+        assert_eq!(d["info"]["title"], "llama-orch orchestratord");
+        for p in ["/v2/tasks", "/v2/tasks/{id}/events", "/v1/chat/completions", "/health", "/v2/openapi.json"] {
+            assert!(d["paths"].get(p).is_some(), "path {p}");
+        }
+        for s in ["ErrorEnvelope", "ErrorCode", "TaskRequest", "AdmissionResponse", "TaskRecord", "Started", "Token", "Metrics", "End", "PoolView", "RegisterRequest"] {
+            assert!(d["components"]["schemas"].get(s).is_some(), "schema {s}");
+        }
+        assert_eq!(d["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+        assert_eq!(d["paths"]["/v2/tasks"]["post"]["responses"]["202"]["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/AdmissionResponse");
+        assert_eq!(d["paths"]["/v2/tasks/{id}/cancel"]["post"]["responses"]["204"]["content"], Value::Null);
+        for code in ["400", "401", "404", "409", "429", "503"] {
+            assert_eq!(d["paths"]["/v2/tasks"]["post"]["responses"][code]["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/ErrorEnvelope", "{code}");
+        }
+        assert!(d["paths"]["/v2/tasks/{id}/events"]["get"]["responses"]["200"]["content"].get("text/event-stream").is_some());
+    }
+
+    #[tokio::test]
+    async fn served_as_json() {
+        let resp = document().await.into_response();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json");
+        let body = axum::body::to_bytes(resp.into_body(), usize::MAX).await.expect("body");
+        assert_eq!(body, document_json().as_bytes());
+    }
+
+    /// serde attributes are reflected: rename_all, skip_serializing_if, deny_unknown_fields, rename.
+    #[test]
+    fn serde_attributes_are_reflected() {
+        let d = doc();
+        let s = &d["components"]["schemas"];
+        assert!(s["ErrorCode"]["enum"].as_array().expect("enum").contains(&Value::from("QUEUE_FULL_DROP_LRU")));
+        assert!(s["StopReason"]["enum"].as_array().expect("enum").contains(&Value::from("stop_word")));
+        let required: BTreeSet<String> = s["ErrorEnvelope"]["required"].as_array().expect("required").iter().map(|v| v.as_str().unwrap_or_default().to_string()).collect();
+        assert_eq!(required, ["code", "message", "retriable"].map(String::from).into());
+        assert_eq!(s["TaskRequest"]["additionalProperties"], false);
+        assert!(properties(&d, "LoadedModel").contains("ref"));
+        assert!(s["TaskRecord"]["required"].as_array().expect("required").contains(&Value::from("stop_reason")), "always-sent nullable fields are required");
+    }
+
+    /// The hand-written schemas of bodies built outside the `api` crate match what is sent.
+    #[tokio::test]
+    async fn hand_written_schemas_match_the_handlers() {
+        let d = doc();
+        assert_eq!(properties(&d, "Health"), keys(&super::super::meta::health().await.0));
+        assert_eq!(properties(&d, "VersionInfo"), keys(&super::super::meta::version().await.0));
+        let view = crate::core::sessions::SessionView {
+            session_id: String::new(),
+            created_at_ms: 0,
+            last_used_at_ms: 0,
+            ttl_ms_remaining: 0,
+            turns: 0,
+            last_pool_id: None,
+            last_node_id: None,
+            kv_warmth: false,
+            tokens_in_total: 0,
+            tokens_out_total: 0,
+        };
+        assert_eq!(properties(&d, "SessionView"), keys(&serde_json::to_value(view).expect("serializes")));
+    }
+}
