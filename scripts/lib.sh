@@ -31,3 +31,14 @@ ensure_openai_client() {
   fi
   export LLORCH_PYTHON="$venv/bin/python"
 }
+
+# A venv with schemathesis (pinned) for the OpenAPI conformance run; exports LLORCH_SCHEMATHESIS.
+ensure_schemathesis() {
+  local venv="${LLORCH_CACHE_DIR:-$HOME/.cache/llama-orch}/venv-schemathesis"
+  if ! "$venv/bin/schemathesis" --version 2>/dev/null | grep -q "4.32.5"; then
+    echo "[test] installing schemathesis==4.32.5 into $venv" >&2
+    python3 -m venv "$venv" >&2
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==4.32.5" >&2
+  fi
+  export LLORCH_SCHEMATHESIS="$venv/bin/schemathesis"
+}

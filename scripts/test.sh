@@ -9,6 +9,7 @@ export REQUIRE_REAL_LLAMA="${REQUIRE_REAL_LLAMA:-1}"
 ensure_rust
 load_dev_assets
 ensure_openai_client
+ensure_schemathesis
 cargo build --bins
 # Builds llama-server on the first run (about 10 minutes on 2 cores), then answers from the cache.
 LLORCH_LLAMA_SERVER="$(target/debug/llorch engine build --gpu-policy cpu)"

@@ -12,6 +12,7 @@ mod nodes;
 mod observe;
 mod openai;
 mod refusals;
+mod schema;
 mod sched;
 mod worker;
 
@@ -47,6 +48,7 @@ fn scenarios() -> Vec<(&'static str, bool, Scenario)> {
         ("worker_reload_to_new_model", true, |a| Box::pin(worker::reload_to_new_model(a))),
         ("worker_handoff_adoption", true, |a| Box::pin(worker::handoff_adoption(a))),
         ("worker_crashes_trip_the_breaker", true, |a| Box::pin(sched::breaker_trips(a))),
+        ("schemathesis_against_openapi", true, |a| Box::pin(schema::schemathesis(a))),
         ("observe_metrics_logs_cors", true, |a| Box::pin(observe::metrics_logs_cors(a))),
         ("auth_rules_and_token_rotation", true, |a| Box::pin(auth::auth_rules_and_rotation(a))),
         ("logs_hold_no_secrets", true, |a| Box::pin(refusals::logs_hold_no_secrets(a))),

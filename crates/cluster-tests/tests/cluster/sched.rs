@@ -441,3 +441,11 @@ pub async fn breaker_trips(a: Assets) -> anyhow::Result<()> {
     stack.shutdown().await?;
     result
 }
+
+pub async fn empty_stack_pub(a: &Assets, name: &str) -> anyhow::Result<(Stack, PathBuf)> {
+    empty_stack(a, name, "").await
+}
+
+pub fn fake_node_pub(id: &str, model: &std::path::Path, pools: &[(&str, u32)], env: &[(&str, String)]) -> anyhow::Result<NodeSpec> {
+    fake_node(id, model, pools, env)
+}

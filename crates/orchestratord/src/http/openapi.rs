@@ -70,6 +70,7 @@ node credential (`node_bearer`). With no client tokens configured (open mode, lo
         api::events::PlacementInfo,
         api::events::StopReason,
         doc::EventData,
+        doc::SseEvent,
     )),
     security(("bearer" = [])),
     modifiers(&Extras),
@@ -159,6 +160,16 @@ mod doc {
     use utoipa::ToSchema;
 
     // ---- schemas -------------------------------------------------------------------------------
+
+    /// One server-sent event as a client parses it: `event:` names it, `id:` numbers it (task
+    /// streams), and `data:` is one line of JSON (`EventData` for task streams, an OpenAI chunk or
+    /// `[DONE]` for `/v1` streams).
+    #[derive(Serialize, ToSchema)]
+    pub struct SseEvent {
+        pub event: Option<String>,
+        pub id: Option<String>,
+        pub data: String,
+    }
 
     /// The `data` of one SSE frame; the frame's `event:` field names which: `started` → `Started`,
     /// `token` → `Token`, `metrics` → `Metrics`, `end` → `End`, `error` → `ErrorEnvelope`.
@@ -555,7 +566,7 @@ mod doc {
         ),
         responses(
             (status = 200, description = "The SSE stream; each frame's `data` is one of `EventData`, selected by `event:`.",
-                content_type = "text/event-stream", body = EventData,
+                content_type = "text/event-stream", body = SseEvent,
                 headers(("Cache-Control" = String, description = "`no-cache`"), ("X-Accel-Buffering" = String, description = "`no`"))),
             (status = 400, description = "`INVALID_PARAMS`: bad `verbose` or `Last-Event-ID`.", body = ErrorEnvelope),
             (status = 401, description = "`MISSING_TOKEN` or `BAD_TOKEN`.", body = ErrorEnvelope),
@@ -807,7 +818,7 @@ mod doc {
         request_body(content = ChatCompletionRequest, content_type = "application/json"),
         responses(
             (status = 200, description = "The completion, or its chunk stream with `stream: true`.",
-                content((ChatCompletion = "application/json"), (String = "text/event-stream")),
+                content((ChatCompletion = "application/json"), (SseEvent = "text/event-stream")),
                 headers(("X-Llorch-Task-Id" = String, description = "The task id."))),
             (status = 400, description = "`INVALID_PARAMS`.", body = OpenAiError),
             (status = 401, description = "`MISSING_TOKEN` or `BAD_TOKEN`.", body = OpenAiError),
@@ -832,7 +843,7 @@ mod doc {
         request_body(content = CompletionRequest, content_type = "application/json"),
         responses(
             (status = 200, description = "The completion, or its chunk stream with `stream: true`.",
-                content((TextCompletion = "application/json"), (String = "text/event-stream")),
+                content((TextCompletion = "application/json"), (SseEvent = "text/event-stream")),
                 headers(("X-Llorch-Task-Id" = String, description = "The task id."))),
             (status = 400, description = "`INVALID_PARAMS` (e.g. an array prompt).", body = OpenAiError),
             (status = 401, description = "`MISSING_TOKEN` or `BAD_TOKEN`.", body = OpenAiError),

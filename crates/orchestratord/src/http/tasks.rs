@@ -6,13 +6,12 @@ use std::sync::Arc;
 use api::events::Event;
 use api::{ErrorCode, ErrorEnvelope};
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use daemon::correlation::CorrelationId;
 use daemon::errors::ApiError;
-use serde::Deserialize;
 
 use super::{json_body, task_id, unavailable, App};
 use crate::core::runner::{CoreHandle, Msg};
@@ -66,18 +65,20 @@ pub async fn delete_session(State(app): State<App>, Path(id): Path<String>) -> S
     StatusCode::NO_CONTENT
 }
 
-#[derive(Deserialize)]
-pub struct EventsQuery {
-    verbose: Option<String>,
+/// The `verbose` query parameter: `true` or `false`, at most once; other parameters are ignored.
+fn verbose(query: Option<&str>) -> Result<bool, ApiError> {
+    let values: Vec<&str> = query.unwrap_or("").split('&').filter_map(|kv| kv.strip_prefix("verbose=").or((kv == "verbose").then_some(""))).collect();
+    match values.as_slice() {
+        [] | ["false"] => Ok(false),
+        ["true"] => Ok(true),
+        [one] => Err(ErrorEnvelope::invalid("verbose", format!("{one:?} is not true or false")).into()),
+        _ => Err(ErrorEnvelope::invalid("verbose", "given more than once").into()),
+    }
 }
 
-pub async fn events(State(app): State<App>, Path(id): Path<String>, Query(q): Query<EventsQuery>, headers: HeaderMap) -> Result<Response, ApiError> {
+pub async fn events(State(app): State<App>, Path(id): Path<String>, RawQuery(query): RawQuery, headers: HeaderMap) -> Result<Response, ApiError> {
     let id = task_id(&id)?;
-    let _verbose = match q.verbose.as_deref() {
-        None | Some("false") => false,
-        Some("true") => true,
-        Some(other) => return Err(ErrorEnvelope::invalid("verbose", format!("{other:?} is not true or false")).into()),
-    };
+    let _verbose = verbose(query.as_deref())?;
     let from = match headers.get("last-event-id").map(|v| v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok())) {
         None => 0,
         Some(Some(n)) => n as usize + 1,
