@@ -92,6 +92,13 @@ pub enum ProvisionError {
     Io { path: PathBuf, source: std::io::Error },
 }
 
+/// Bytes this process downloaded for engine sources (exported by pool-managerd's `/metrics`).
+static DOWNLOADED_BYTES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+pub fn downloaded_bytes() -> u64 {
+    DOWNLOADED_BYTES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ProvisionError + '_ {
     move |source| ProvisionError::Io { path: path.to_path_buf(), source }
 }
@@ -261,6 +268,10 @@ fn materialize_source(req: &ProvisionRequest, progress: &dyn Fn(Progress)) -> Re
             let digest = sha256_file(&archive)?;
             if let Some(want) = sha256 {
                 if !want.eq_ignore_ascii_case(&digest) {
+                    if location.contains("://") {
+                        // Never keep a download that failed its pin.
+                        let _ = std::fs::remove_file(&archive);
+                    }
                     return Err(ProvisionError::DigestMismatch { what: location.clone(), expected: want.to_lowercase(), actual: digest });
                 }
             }
@@ -307,6 +318,7 @@ fn fetch_archive(location: &str, engines_dir: &Path, progress: &dyn Fn(Progress)
         let mut file = std::fs::File::create(&part).map_err(io_err(&part))?;
         while let Some(chunk) = resp.chunk().await.map_err(|e| dl_err(e.to_string()))? {
             file.write_all(&chunk).map_err(io_err(&part))?;
+            DOWNLOADED_BYTES.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
         }
         file.sync_all().map_err(io_err(&part))
     })?;
@@ -511,6 +523,54 @@ mod tests {
         assert!(matches!(err, ProvisionError::GpuUnavailable(_)), "{err}");
         assert_eq!(resolve_gpu(GpuPolicy::Cpu).unwrap(), None);
         assert_eq!(resolve_gpu(GpuPolicy::Auto).unwrap(), None);
+    }
+
+    /// An archive URL is downloaded once into the cache, unpacked, and checked for a llama.cpp tree.
+    #[test]
+    fn url_archives_are_downloaded_and_checked() {
+        use std::io::{Read, Write as _};
+        let dir = tempfile::tempdir().unwrap();
+        let mut tgz = Vec::new();
+        {
+            let enc = flate2::write::GzEncoder::new(&mut tgz, flate2::Compression::default());
+            let mut tar = tar::Builder::new(enc);
+            let body = b"not llama.cpp";
+            let mut h = tar::Header::new_gnu();
+            h.set_size(body.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            tar.append_data(&mut h, "pkg/README", &body[..]).unwrap();
+            tar.into_inner().unwrap().finish().unwrap();
+        }
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let body = tgz.clone();
+        std::thread::spawn(move || {
+            if let Ok((mut s, _)) = listener.accept() {
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf);
+                let _ = write!(s, "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len());
+                let _ = s.write_all(&body);
+            }
+        });
+        let before = downloaded_bytes();
+        let req = ProvisionRequest {
+            source: EngineSource::Archive { location: format!("http://127.0.0.1:{port}/src.tar.gz"), subdir: "llama.cpp".into(), sha256: None },
+            gpu: GpuPolicy::Cpu,
+            build_number: None,
+            build_commit: None,
+            extra_cmake_flags: vec![],
+            engines_dir: dir.path().into(),
+            jobs: 1,
+        };
+        let err = provision(&req, &|_| {}).unwrap_err();
+        assert!(err.to_string().contains("no CMakeLists.txt"), "{err}");
+        assert_eq!(downloaded_bytes() - before, tgz.len() as u64);
+        assert!(!dir.path().join("downloads").read_dir().unwrap().any(|e| e.unwrap().path().extension().is_some_and(|x| x == "part")), "no partial download left");
+        // A wrong pin is refused before anything is unpacked, and the download is not kept.
+        let pinned = ProvisionRequest { source: EngineSource::Archive { location: format!("http://127.0.0.1:{port}/src.tar.gz"), subdir: "llama.cpp".into(), sha256: Some("00".repeat(32)) }, ..req };
+        assert!(matches!(provision(&pinned, &|_| {}), Err(ProvisionError::DigestMismatch { .. })));
+        assert_eq!(dir.path().join("downloads").read_dir().unwrap().count(), 0, "the mismatching download was removed");
     }
 
     #[test]

@@ -59,6 +59,14 @@ pub fn validate(req: TaskRequest, cfg: &Config) -> Result<ValidatedTask, ErrorEn
         (None, Some(m)) if m.is_empty() || m.len() > 256 => return bad("messages", "must hold 1 to 256 messages"),
         (None, Some(m)) => DispatchInput::Messages { messages: m.clone() },
     };
+    let prompt_bytes = match &input {
+        DispatchInput::Prompt { prompt } => prompt.len(),
+        DispatchInput::Messages { messages } => messages.iter().map(|m| m.content.len()).sum(),
+    };
+    if prompt_bytes > cfg.max_prompt_bytes {
+        let field = if matches!(input, DispatchInput::Prompt { .. }) { "prompt" } else { "messages" };
+        return bad(field, &format!("longer than admission.max_prompt_bytes ({} bytes)", cfg.max_prompt_bytes));
+    }
     if req.max_tokens == Some(0) {
         return bad("max_tokens", "must be at least 1");
     }
@@ -184,5 +192,7 @@ mod tests {
         check(r#"{"model_ref":"m","prompt":"x","placement":{"mode":"pin"}}"#, Some("placement.pin_pool_id"));
         check(r#"{"model_ref":"m","messages":[{"role":"robot","content":"x"}]}"#, Some("messages[0].role"));
         check(r#"not json"#, Some(""));
+        let long = format!(r#"{{"model_ref":"m","prompt":"{}"}}"#, "x".repeat(1_048_577));
+        check(&long, Some("prompt"));
     }
 }

@@ -59,6 +59,7 @@ pub struct RawQueue {
 pub struct RawAdmission {
     pub default_max_tokens: Option<i64>,
     pub max_grammar_bytes: Option<i64>,
+    pub max_prompt_bytes: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -156,6 +157,8 @@ pub struct Config {
     pub interactive_burst: u32,
     pub default_max_tokens: u64,
     pub max_grammar_bytes: usize,
+    /// Bytes of `prompt`, or of all message contents together.
+    pub max_prompt_bytes: usize,
     pub retention: Duration,
     pub max_retained: usize,
     pub keepalive: Duration,
@@ -267,6 +270,7 @@ impl RawConfig {
         let burst = positive("queue.interactive_burst", self.queue.interactive_burst, 4, &mut p);
         let default_max_tokens = positive("admission.default_max_tokens", self.admission.default_max_tokens, 256, &mut p);
         let max_grammar = positive("admission.max_grammar_bytes", self.admission.max_grammar_bytes, 262_144, &mut p);
+        let max_prompt = positive("admission.max_prompt_bytes", self.admission.max_prompt_bytes, 1_048_576, &mut p);
         let ms = |v: Option<u64>, d: u64| Duration::from_millis(v.unwrap_or(d));
         let heartbeat_interval = ms(self.nodes.heartbeat_interval_ms, 10_000);
         let heartbeat_timeout = ms(self.nodes.heartbeat_timeout_ms, 30_000);
@@ -320,6 +324,7 @@ impl RawConfig {
             interactive_burst: burst as u32,
             default_max_tokens,
             max_grammar_bytes: max_grammar as usize,
+            max_prompt_bytes: max_prompt as usize,
             retention: ms(self.tasks.retention_ms, 300_000),
             max_retained: self.tasks.max_retained.unwrap_or(10_000) as usize,
             keepalive,
