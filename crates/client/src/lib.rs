@@ -183,6 +183,23 @@ impl Client {
         Ok(self.json(self.req(reqwest::Method::GET, &format!("/v2/pools/{id}/health"))).await?.body)
     }
 
+    /// `POST /v2/pools/{id}/drain`: no new tasks; running ones get until `deadline_ms`.
+    pub async fn drain_pool(&self, id: &str, deadline_ms: Option<u64>) -> Result<api::node::PoolCommandAccepted, Error> {
+        let body = api::node::DrainRequest { deadline_ms };
+        Ok(self.json(self.req(reqwest::Method::POST, &format!("/v2/pools/{id}/drain")).json(&body)).await?.body)
+    }
+
+    /// `POST /v2/pools/{id}/reload`: return a drained pool to service, or switch it to `model_ref`.
+    pub async fn reload_pool(&self, id: &str, model_ref: &str) -> Result<api::node::PoolCommandAccepted, Error> {
+        let body = api::node::ReloadRequest { model_ref: model_ref.into(), deadline_ms: None };
+        Ok(self.json(self.req(reqwest::Method::POST, &format!("/v2/pools/{id}/reload")).json(&body)).await?.body)
+    }
+
+    /// `GET /v2/openapi.json`.
+    pub async fn openapi(&self) -> Result<serde_json::Value, Error> {
+        Ok(self.json(self.req(reqwest::Method::GET, "/v2/openapi.json")).await?.body)
+    }
+
     /// `GET /health` (no auth needed).
     pub async fn health(&self) -> Result<(), Error> {
         self.send(self.req(reqwest::Method::GET, "/health")).await.map(|_| ())

@@ -37,8 +37,10 @@ enum Cmd {
         #[command(flatten)]
         conn: ops_cmd::Conn,
     },
-    /// Pools and their state.
+    /// Pools and their state; drain and reload.
     Pools {
+        #[command(subcommand)]
+        cmd: Option<ops_cmd::PoolsCmd>,
         #[command(flatten)]
         conn: ops_cmd::Conn,
     },
@@ -53,7 +55,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Haiku(a) => runtime().and_then(|rt| rt.block_on(haiku_cmd::run(a))),
         Cmd::Tasks { cmd, conn } => runtime().and_then(|rt| rt.block_on(ops_cmd::tasks(cmd, conn))),
         Cmd::Nodes { conn } => runtime().and_then(|rt| rt.block_on(ops_cmd::nodes(conn))),
-        Cmd::Pools { conn } => runtime().and_then(|rt| rt.block_on(ops_cmd::pools(conn))),
+        Cmd::Pools { cmd, conn } => runtime().and_then(|rt| rt.block_on(ops_cmd::pools_cmd(cmd, conn))),
     };
     match result {
         Ok(code) => std::process::ExitCode::from(code),

@@ -76,6 +76,40 @@ pub async fn nodes(c: Conn) -> anyhow::Result<u8> {
     Ok(0)
 }
 
+#[derive(Subcommand)]
+pub enum PoolsCmd {
+    /// Table of pools (the default).
+    List,
+    /// Take a pool out of service; running tasks get until the deadline.
+    Drain {
+        pool_id: String,
+        #[arg(long, default_value_t = 60_000)]
+        deadline_ms: u64,
+    },
+    /// Return a drained pool to service, or switch it to another model (`file:` ref or model id).
+    Reload { pool_id: String, model_ref: String },
+}
+
+pub async fn pools_cmd(cmd: Option<PoolsCmd>, c: Conn) -> anyhow::Result<u8> {
+    let client = client::Client::new(&c.url, c.token.clone());
+    let accepted = match cmd {
+        None | Some(PoolsCmd::List) => return pools(c).await,
+        Some(PoolsCmd::Drain { pool_id, deadline_ms }) => client.drain_pool(&pool_id, Some(deadline_ms)).await,
+        Some(PoolsCmd::Reload { pool_id, model_ref }) => client.reload_pool(&pool_id, &model_ref).await,
+    };
+    match accepted {
+        Ok(a) if c.json => {
+            println!("{}", serde_json::to_string_pretty(&a)?);
+            Ok(0)
+        }
+        Ok(a) => {
+            eprintln!("pool {} is {} (command {})", a.pool_id, a.state.as_str(), a.command_id);
+            Ok(0)
+        }
+        Err(e) => Ok(crate::run_cmd::refusal(&e)),
+    }
+}
+
 pub async fn pools(c: Conn) -> anyhow::Result<u8> {
     let client = client::Client::new(&c.url, c.token.clone());
     let p = match client.pools().await {

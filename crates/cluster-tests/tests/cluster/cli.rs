@@ -57,6 +57,20 @@ pub async fn cli(a: Assets) -> anyhow::Result<()> {
             m.lines().any(|l| l.starts_with("tasks_canceled_total{") && l.contains("reason=\"client\"") && l.ends_with(" 1")).then_some(())
         })
         .await?;
+        // Pool operations from the CLI.
+        let (code, _, err) = run(&["pools", "drain", "cpu0", "--deadline-ms", "5000"], &url).await?;
+        ensure!(code == 0 && err.contains("Draining"), "pools drain: exit {code}, {err}");
+        wait_for("the pool to be Unloaded", Duration::from_secs(30), || async {
+            let (_, out, _) = run(&["pools", "--json"], &url).await.ok()?;
+            let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+            (v["pools"][0]["state"] == "Unloaded").then_some(())
+        })
+        .await?;
+        let (code, _, err) = run(&["pools", "reload", "cpu0", &model], &url).await?;
+        ensure!(code == 0, "pools reload: exit {code}, {err}");
+        stack.wait_ready(Duration::from_secs(30), &mut |_| {}).await?;
+        let (code, _, _) = run(&["pools", "drain", "no-such-pool"], &url).await?;
+        ensure!(code == 1, "draining an unknown pool should exit 1, got {code}");
         Ok(())
     }
     .await;
