@@ -157,21 +157,24 @@ pub fn adopted(spec: PoolSpec, client: EngineClient, engine_version: String) -> 
     // Nobody receives pool commands for an adopted engine: a drain or reload fails to send and is
     // reported as such.
     let (cmd_tx, _) = tokio::sync::mpsc::unbounded_channel();
-    let pool = Arc::new(Pool {
-        commands: cmd_tx,
-        slots: Arc::new(Semaphore::new(spec.slots as usize)),
-        spec,
-        snapshot: rx,
-        inflight: Mutex::new(HashMap::new()),
-        decode_tps: Mutex::new(None),
-        crashes: Default::default(),
-        ended: Default::default(),
-        failed: Default::default(),
-    });
-    (pool, tx)
+    (Pool::new(spec, rx, cmd_tx), tx)
 }
 
 impl Pool {
+    fn new(spec: PoolSpec, snapshot: watch::Receiver<PoolSnapshot>, commands: tokio::sync::mpsc::UnboundedSender<PoolCommand>) -> Arc<Self> {
+        Arc::new(Pool {
+            commands,
+            slots: Arc::new(Semaphore::new(spec.slots as usize)),
+            spec,
+            snapshot,
+            inflight: Mutex::new(HashMap::new()),
+            decode_tps: Mutex::new(None),
+            crashes: Default::default(),
+            ended: Default::default(),
+            failed: Default::default(),
+        })
+    }
+
     /// Ends in-flight work on an engine that is gone (WORKER_RESET / POOL_UNAVAILABLE at the client).
     pub fn abort_inflight(&self) {
         for i in self.inflight.lock().unwrap_or_else(|e| e.into_inner()).values() {
@@ -195,17 +198,7 @@ pub fn spawn(spec: PoolSpec, env: SupervisorEnv, shutdown: CancellationToken, tr
     let model = ModelInfo { id: spec.model_id.to_string(), model_ref: spec.model_ref.clone(), path: spec.model_path.clone(), digest: spec.model_digest.clone() };
     let (tx, rx) = watch::channel(PoolSnapshot { model, state: PoolState::Provisioning, client: None, engine_version: None, engine_built: false, last_error: None, generation: 0 });
     let (cmd_tx, cmd_rx) = tokio::sync::mpsc::unbounded_channel();
-    let pool = Arc::new(Pool {
-        commands: cmd_tx,
-        slots: Arc::new(Semaphore::new(spec.slots as usize)),
-        spec,
-        snapshot: rx,
-        inflight: Mutex::new(HashMap::new()),
-        decode_tps: Mutex::new(None),
-        crashes: Default::default(),
-        ended: Default::default(),
-        failed: Default::default(),
-    });
+    let pool = Pool::new(spec, rx, cmd_tx);
     let sup = Supervisor { pool: pool.clone(), env, tx, shutdown, cmds: tokio::sync::Mutex::new(cmd_rx) };
     tracker.spawn(sup.run());
     pool

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use api::node::{Capabilities, CommandState, CommandStatus, CredentialKind, HeartbeatRequest, HeartbeatResponse, RegisterRequest, RegisterResponse};
+use api::node::{Capabilities, CommandState, CredentialKind, HeartbeatRequest, HeartbeatResponse, RegisterRequest, RegisterResponse};
 use daemon::secret::Secret;
 use tokio_util::sync::CancellationToken;
 
@@ -24,7 +24,6 @@ enum Beat {
 
 pub async fn run(app: Arc<App>, shutdown: CancellationToken) {
     let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_default();
-    let mut pending_commands: Vec<CommandStatus> = Vec::new();
     'outer: loop {
         let Some(session) = register_with_retry(&app, &http, &shutdown).await else { return };
         let mut session = session;
@@ -38,7 +37,7 @@ pub async fn run(app: Arc<App>, shutdown: CancellationToken) {
                 }
             }
             seq += 1;
-            match heartbeat(&app, &http, &mut session, seq, &mut pending_commands).await {
+            match heartbeat(&app, &http, &mut session, seq).await {
                 Beat::Ok => {}
                 Beat::Reregister => continue 'outer,
             }
@@ -105,18 +104,14 @@ async fn register_with_retry(app: &App, http: &reqwest::Client, shutdown: &Cance
     }
 }
 
-async fn heartbeat(app: &App, http: &reqwest::Client, session: &mut Session, seq: u64, pending: &mut Vec<CommandStatus>) -> Beat {
+async fn heartbeat(app: &App, http: &reqwest::Client, session: &mut Session, seq: u64) -> Beat {
     let url = format!("{}/v2/nodes/{}/heartbeat", app.config.orchestrator_url, app.config.node_id);
     let body = HeartbeatRequest {
         seq,
         sent_at_ms: daemon::now_ms(),
         pools: app.pools.all().iter().map(|p| p.status()).collect(),
         gpus: gpu::statuses(&gpu::discover()),
-        commands: {
-            let mut c = std::mem::take(pending);
-            c.extend(app.book.report());
-            c
-        },
+        commands: app.book.report(),
     };
     let mut req = http.post(&url).json(&body);
     if let Some(c) = &session.credential {
