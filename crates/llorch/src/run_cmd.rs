@@ -50,6 +50,8 @@ pub async fn run(a: RunArgs) -> anyhow::Result<u8> {
         Err(e) => return Ok(refusal(&e)),
     };
     let mut out = std::io::stdout();
+    let spinner = Spinner::start(adm.queue_position, adm.predicted_start_ms);
+    let mut spinner = Some(spinner);
     loop {
         let next = tokio::select! {
             f = stream.next() => f,
@@ -70,10 +72,21 @@ pub async fn run(a: RunArgs) -> anyhow::Result<u8> {
             }
             Some(Ok(f)) => match f.event {
                 Event::Token(t) => {
+                    if let Some(s) = spinner.take() {
+                        s.stop();
+                    }
                     print!("{}", t.t);
                     let _ = out.flush();
                 }
+                Event::Metrics(m) => {
+                    if let (Some(s), Some(pos)) = (&spinner, m.queue_position) {
+                        s.position(pos);
+                    }
+                }
                 Event::End(e) => {
+                    if let Some(s) = spinner.take() {
+                        s.stop();
+                    }
                     println!();
                     eprintln!("[run] {:?}: {} tokens in, {} out, first token after {} ms", e.stop_reason, e.tokens_in, e.tokens_out, e.ttft_ms.unwrap_or(0));
                     return Ok(0);
@@ -84,6 +97,51 @@ pub async fn run(a: RunArgs) -> anyhow::Result<u8> {
                 }
                 _ => {}
             },
+        }
+    }
+}
+
+/// A spinner on stderr (terminals only) while the task waits for its first token.
+struct Spinner {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    position: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    handle: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Spinner {
+    fn start(position: u64, predicted_ms: u64) -> Self {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let pos = std::sync::Arc::new(AtomicU64::new(position));
+        let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let handle = tty.then(|| {
+            let (stop, pos) = (stop.clone(), pos.clone());
+            tokio::spawn(async move {
+                let frames = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
+                let t0 = std::time::Instant::now();
+                for k in 0.. {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    eprint!("\r\x1b[2K{} waiting for the first token: queue position {}, expected start in {:.1} s ({:.1} s so far)",
+                        frames[k % frames.len()], pos.load(Ordering::Relaxed), predicted_ms as f64 / 1000.0, t0.elapsed().as_secs_f64());
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                eprint!("\r\x1b[2K");
+            })
+        });
+        Self { stop, position: pos, handle }
+    }
+
+    fn position(&self, p: u64) {
+        self.position.store(p, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn stop(mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            h.abort();
+            eprint!("\r\x1b[2K");
         }
     }
 }
