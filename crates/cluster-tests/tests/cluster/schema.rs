@@ -21,6 +21,8 @@ pub async fn schemathesis(a: Assets) -> anyhow::Result<()> {
             .args(["--exclude-path-regex", "/v2/pools/\\{id\\}/(drain|reload)|/v2/nodes/\\{id\\}$|/heartbeat$|/register$"])
             .args(["--seed", "1"])
             .env("NO_COLOR", "1")
+            // Its cache and reports go to the scenario's folder, not the source tree.
+            .current_dir(&stack.spec.dir)
             .output()
             .await
             .with_context(|| format!("running {st}"))?;
