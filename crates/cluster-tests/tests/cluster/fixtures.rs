@@ -122,3 +122,8 @@ pub async fn read_tokens(stream: &mut client::EventStream, n: usize) -> anyhow::
     }
     Ok(())
 }
+
+/// Pids of the engines pool-managerd reported ready, oldest first.
+pub fn engine_pids(log: &std::path::Path) -> Vec<i32> {
+    log_lines(log).iter().filter(|l| l["event"] == "engine.ready").filter_map(|l| l["pid"].as_i64()).map(|p| p as i32).collect()
+}

@@ -15,10 +15,6 @@ async fn node_status(client: &client::Client) -> Option<(NodeStatus, u64)> {
     n.nodes.first().map(|n| (n.status, n.last_heartbeat_ms))
 }
 
-fn engine_pid(stack: &llorch::stack::Stack) -> Option<i32> {
-    fixtures::log_lines(&stack.pm_log).iter().rev().find(|l| l["event"] == "engine.ready").and_then(|l| l["pid"].as_i64()).map(|p| p as i32)
-}
-
 fn alive(pid: i32) -> bool {
     // Signal 0 checks existence; a zombie is reaped by its parent, so "exists" means running.
     kill(Pid::from_raw(pid), None).is_ok() && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z ")
@@ -60,7 +56,7 @@ pub async fn sigterm_deregisters(a: Assets) -> anyhow::Result<()> {
     let mut stack = a.stack(a.spec("sigterm")?).await?;
     let result = async {
         let client = client::Client::new(&stack.orchd_url, None);
-        let pid = engine_pid(&stack).context("no engine.ready line with a pid")?;
+        let pid = *fixtures::engine_pids(&stack.pm_log).last().context("no engine.ready line with a pid")?;
         ensure!(alive(pid), "the engine is not running before the test");
         let status = stack.stop_pool_managerd().await?;
         ensure!(status.success(), "pool-managerd exited with {status}");

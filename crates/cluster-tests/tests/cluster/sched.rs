@@ -22,7 +22,7 @@ fn fake_engine() -> anyhow::Result<PathBuf> {
 }
 
 /// A stack with no primary node; fake-engine nodes are added by the scenario.
-async fn empty_stack(a: &Assets, name: &str, orchd_extra: &str) -> anyhow::Result<(Stack, PathBuf)> {
+pub async fn empty_stack(a: &Assets, name: &str, orchd_extra: &str) -> anyhow::Result<(Stack, PathBuf)> {
     let mut spec = a.spec(name)?;
     spec.pool_id = String::new();
     spec.orchd_extra = orchd_extra.into();
@@ -32,7 +32,7 @@ async fn empty_stack(a: &Assets, name: &str, orchd_extra: &str) -> anyhow::Resul
     Ok((stack, model))
 }
 
-fn fake_node(id: &str, model: &std::path::Path, pools: &[(&str, u32)], env: &[(&str, String)]) -> anyhow::Result<NodeSpec> {
+pub fn fake_node(id: &str, model: &std::path::Path, pools: &[(&str, u32)], env: &[(&str, String)]) -> anyhow::Result<NodeSpec> {
     Ok(NodeSpec {
         node_id: id.into(),
         engine: EngineChoice::Binary { path: fake_engine()? },
@@ -442,10 +442,3 @@ pub async fn breaker_trips(a: Assets) -> anyhow::Result<()> {
     result
 }
 
-pub async fn empty_stack_pub(a: &Assets, name: &str) -> anyhow::Result<(Stack, PathBuf)> {
-    empty_stack(a, name, "").await
-}
-
-pub fn fake_node_pub(id: &str, model: &std::path::Path, pools: &[(&str, u32)], env: &[(&str, String)]) -> anyhow::Result<NodeSpec> {
-    fake_node(id, model, pools, env)
-}

@@ -9,9 +9,9 @@ use crate::fixtures::Assets;
 
 pub async fn schemathesis(a: Assets) -> anyhow::Result<()> {
     let st = std::env::var("LLORCH_SCHEMATHESIS").context("LLORCH_SCHEMATHESIS is unset: scripts/test.sh installs schemathesis and sets it")?;
-    let (mut stack, model) = crate::sched::empty_stack_pub(&a, "schemathesis").await?;
+    let (mut stack, model) = crate::sched::empty_stack(&a, "schemathesis", "").await?;
     let result = async {
-        stack.add_node(crate::sched::fake_node_pub("n1", &model, &[("f1", 4)], &[("FAKE_TOKENS", "3".into()), ("FAKE_TOKEN_DELAY_MS", "1".into())])?)?;
+        stack.add_node(crate::sched::fake_node("n1", &model, &[("f1", 4)], &[("FAKE_TOKENS", "3".into()), ("FAKE_TOKEN_DELAY_MS", "1".into())])?)?;
         stack.wait_pools_ready(&["f1"], Duration::from_secs(30)).await?;
         let out = tokio::process::Command::new(&st)
             .args(["run", &format!("{}/v2/openapi.json", stack.orchd_url)])

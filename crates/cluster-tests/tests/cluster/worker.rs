@@ -11,10 +11,6 @@ use nix::unistd::Pid;
 
 use crate::fixtures::{self, wait_for, Assets};
 
-fn engine_pids(log: &std::path::Path) -> Vec<i64> {
-    fixtures::log_lines(log).iter().filter(|l| l["event"] == "engine.ready").filter_map(|l| l["pid"].as_i64()).collect()
-}
-
 pub async fn engine_killed_mid_stream(a: Assets) -> anyhow::Result<()> {
     let mut stack = a.stack(a.spec("kill9")?).await?;
     let result = async {
@@ -23,15 +19,15 @@ pub async fn engine_killed_mid_stream(a: Assets) -> anyhow::Result<()> {
         let adm = client.submit(&fixtures::long_request(&model)).await?.body;
         let mut s = client.events(&adm.streams.sse).await?;
         fixtures::read_tokens(&mut s, 3).await?;
-        let pid = *engine_pids(&stack.pm_log).last().context("no engine pid")?;
-        kill(Pid::from_raw(pid as i32), Signal::SIGKILL)?;
+        let pid = *fixtures::engine_pids(&stack.pm_log).last().context("no engine pid")?;
+        kill(Pid::from_raw(pid), Signal::SIGKILL)?;
         let mut last = None;
         while let Some(f) = tokio::time::timeout(Duration::from_secs(30), s.next()).await?.transpose()? {
             last = Some(f.event);
         }
         ensure!(matches!(&last, Some(Event::Error(e)) if e.code == ErrorCode::WorkerReset && e.retriable), "stream ended with {last:?}");
         // The supervisor restarts the engine and the pool is Ready again, with a new process.
-        wait_for("a restarted engine", Duration::from_secs(30), || async { (engine_pids(&stack.pm_log).len() >= 2).then_some(()) }).await?;
+        wait_for("a restarted engine", Duration::from_secs(30), || async { (fixtures::engine_pids(&stack.pm_log).len() >= 2).then_some(()) }).await?;
         stack.wait_ready(Duration::from_secs(30), &mut |_| {}).await?;
         let mut req = api::task::TaskRequest::new(&model);
         req.prompt = Some("The sky is".into());

@@ -24,16 +24,20 @@ pub struct Session {
     pub tokens_out_total: u64,
 }
 
-/// `GET /v2/sessions/{id}` body.
-#[derive(Debug, Clone, Serialize)]
+/// `GET /v2/sessions/{id}` body (API.md §4.3); also its OpenAPI schema.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SessionView {
     pub session_id: String,
     pub created_at_ms: u64,
     pub last_used_at_ms: u64,
     pub ttl_ms_remaining: u64,
+    /// Completed tasks.
     pub turns: u64,
+    #[schema(required = true)]
     pub last_pool_id: Option<String>,
+    #[schema(required = true)]
     pub last_node_id: Option<String>,
+    /// True when the last task completed on `last_pool_id` and that pool is still Ready with the same model (a hint).
     pub kv_warmth: bool,
     pub tokens_in_total: u64,
     pub tokens_out_total: u64,
