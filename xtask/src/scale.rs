@@ -153,7 +153,7 @@ fn pool(i: usize, slots: u32) -> PoolStatus {
         slots_total: slots,
         slots_free: slots,
         ctx_per_slot: 1024,
-        models: vec![LoadedModel { id: MODEL.into(), model_ref: "file:/scale.gguf".into(), digest: None }],
+        models: vec![LoadedModel { id: MODEL.into(), model_ref: "file:/scale.gguf".into(), digest: None, ..Default::default() }],
         running: vec![],
         kv_cache_usage_ratio: None,
         decode_tokens_per_s: None,

@@ -2,6 +2,7 @@
 //! Serde types only: no I/O and no daemon logic. Client request bodies reject unknown fields; the
 //! node and worker protocols ignore them so that mixed versions survive an upgrade.
 
+pub mod catalog;
 pub mod error;
 pub mod events;
 pub mod ids;

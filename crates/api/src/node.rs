@@ -36,12 +36,18 @@ pub enum NodeStatus {
     Offline,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LoadedModel {
     pub id: String,
     #[serde(rename = "ref")]
     pub model_ref: String,
     pub digest: Option<String>,
+    /// Size of the model file, when the node knows it (an addition to §12.2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<u64>,
+    /// GGUF facts of the model file, when the node read them (an addition to §12.2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<crate::catalog::GgufInfo>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -182,8 +188,52 @@ pub enum CommandState {
 pub struct CommandStatus {
     pub command_id: String,
     pub status: CommandState,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub progress: Vec<StepProgress>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorEnvelope>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<CommandResult>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum StepStatus {
+    Pending,
+    Running,
+    Completed,
+    Failed,
+}
+
+impl StepStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepStatus::Pending => "pending",
+            StepStatus::Running => "running",
+            StepStatus::Completed => "completed",
+            StepStatus::Failed => "failed",
+        }
+    }
+}
+
+/// Progress of one preparation step (§8, §12.2).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct StepProgress {
+    pub step_id: String,
+    pub kind: String,
+    pub status: StepStatus,
+    pub pct: f64,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+}
+
+/// What a finished `load-model` or `verify-model` learned about the model file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CommandResult {
+    pub digest: String,
+    pub size_bytes: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<crate::catalog::GgufInfo>,
 }
 
 /// `GET /v2/nodes` entry.

@@ -39,7 +39,7 @@ impl CommandBook {
         if e.contains_key(id) {
             return false;
         }
-        e.insert(id.to_string(), Entry { status: CommandStatus { command_id: id.to_string(), status: CommandState::Accepted, error: None }, terminal_sent: false });
+        e.insert(id.to_string(), Entry { status: CommandStatus { command_id: id.to_string(), status: CommandState::Accepted, progress: vec![], error: None, result: None }, terminal_sent: false });
         true
     }
 

@@ -101,7 +101,7 @@ impl Pool {
             slots_total: self.spec.slots,
             slots_free: self.slots.available_permits() as u32,
             ctx_per_slot: self.spec.ctx_per_slot,
-            models: vec![LoadedModel { id: snap.model.id.clone(), model_ref: snap.model.model_ref.clone(), digest: snap.model.digest.clone() }],
+            models: vec![LoadedModel { id: snap.model.id.clone(), model_ref: snap.model.model_ref.clone(), digest: snap.model.digest.clone(), ..Default::default() }],
             running: inflight.keys().cloned().collect(),
             kv_cache_usage_ratio: Some((used as f64 / capacity as f64).min(1.0)),
             decode_tokens_per_s: *self.decode_tps.lock().unwrap_or_else(|e| e.into_inner()),

@@ -64,7 +64,7 @@ impl<E: Effects> Core<E> {
             return Err(ErrorEnvelope::new(ErrorCode::ModelNotAvailable, format!("model {model_ref:?} is not known")).with_retriable(false));
         }
         match api::model_ref::ModelRef::parse(model_ref) {
-            Ok(r @ api::model_ref::ModelRef::File { .. }) => Ok(LoadedModel { id: r.default_id(), model_ref: r.to_string(), digest: None }),
+            Ok(r @ api::model_ref::ModelRef::File { .. }) => Ok(LoadedModel { id: r.default_id(), model_ref: r.to_string(), digest: None, ..Default::default() }),
             Ok(r) => Err(ErrorEnvelope::invalid("model_ref", format!("{}: models need the model catalog's fetchers, which this version does not have", r.scheme()))),
             Err(api::model_ref::ModelRefError::Untrusted(m)) => Err(ErrorEnvelope::new(ErrorCode::UntrustedArtifact, m)),
             Err(e) => Err(ErrorEnvelope::invalid("model_ref", e.to_string())),

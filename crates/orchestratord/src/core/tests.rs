@@ -55,7 +55,7 @@ fn pool(id: &str, slots: u32) -> PoolStatus {
         slots_total: slots,
         slots_free: slots,
         ctx_per_slot: 1024,
-        models: vec![LoadedModel { id: "m".into(), model_ref: "file:/m.gguf".into(), digest: None }],
+        models: vec![LoadedModel { id: "m".into(), model_ref: "file:/m.gguf".into(), digest: None, ..Default::default() }],
         running: vec![],
         kv_cache_usage_ratio: None,
         decode_tokens_per_s: None,
