@@ -149,6 +149,7 @@ fn pool(i: usize, slots: u32) -> PoolStatus {
         engine: "llamacpp".into(),
         engine_version: Some("b0-simulated".into()),
         engine_built: true,
+        provisioning_target: false,
         device_mask: "cpu".into(),
         slots_total: slots,
         slots_free: slots,
@@ -246,7 +247,7 @@ fn decision_latency(nodes: usize, streams: usize) {
     let Ok(mut cfg) = orchestratord::config::RawConfig::default().validate(std::path::Path::new("/tmp")) else { return };
     cfg.queue_capacity = streams * 2;
     let cfg = Arc::new(cfg);
-    let mut core = Core::new(cfg.clone(), Discard, Arc::new(orchestratord::metrics::Metrics::default()));
+    let mut core = Core::new(cfg.clone(), Discard, Arc::new(orchestratord::metrics::Metrics::default()), catalog::Catalog::open_in_memory().expect("in-memory catalog"));
     let now = Instant::now();
     let slots = streams.div_ceil(nodes) as u32;
     for i in 0..nodes {

@@ -51,6 +51,27 @@ pub struct Metrics {
     pub human: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
+    /// Verbose only: preparation progress by step id (§5.5, §8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prep: Option<std::collections::BTreeMap<String, PrepProgress>>,
+}
+
+/// One preparation step's progress in a verbose `metrics` frame.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PrepProgress {
+    pub status: crate::node::StepStatus,
+    pub pct: f64,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+}
+
+impl Metrics {
+    /// The frame a non-verbose subscriber sees: without `human`, `phase` and `prep`; `None` when
+    /// nothing else is left.
+    pub fn plain(&self) -> Option<Metrics> {
+        let m = Metrics { human: None, phase: None, prep: None, ..self.clone() };
+        (m != Metrics::default()).then_some(m)
+    }
 }
 
 /// Where a task runs after a failover (§5.2).
@@ -86,6 +107,20 @@ pub enum Event {
 }
 
 impl Event {
+    /// The frame as a subscriber sees it: verbose-only keys are stripped without `verbose`, and a
+    /// `metrics` frame left empty is skipped (its id is then absent from that stream).
+    pub fn for_subscriber(&self, verbose: bool) -> Option<std::borrow::Cow<'_, Event>> {
+        match self {
+            Event::Metrics(m) if !verbose => {
+                if m.human.is_none() && m.phase.is_none() && m.prep.is_none() {
+                    return Some(std::borrow::Cow::Borrowed(self));
+                }
+                m.plain().map(|p| std::borrow::Cow::Owned(Event::Metrics(p)))
+            }
+            _ => Some(std::borrow::Cow::Borrowed(self)),
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             Event::Started(_) => "started",

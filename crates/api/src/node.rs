@@ -50,6 +50,10 @@ pub struct LoadedModel {
     pub metadata: Option<crate::catalog::GgufInfo>,
 }
 
+fn yes() -> bool {
+    true
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PoolStatus {
     pub pool_id: String,
@@ -60,6 +64,9 @@ pub struct PoolStatus {
     pub engine_version: Option<String>,
     #[serde(default)]
     pub engine_built: bool,
+    /// orchestratord may load models into this pool (§8, §17.3 `pools[].provisioning_target`).
+    #[serde(default = "yes")]
+    pub provisioning_target: bool,
     pub device_mask: String,
     pub slots_total: u32,
     pub slots_free: u32,

@@ -175,7 +175,8 @@ impl Stack {
         let engine = engine_toml(&node.engine);
         let mut text = format!(
             "[node]\nid = {id:?}\nmachine_id = {id:?}\n[server]\nbind = \"127.0.0.1:{port}\"\n[orchestrator]\nurl = {url:?}\n[heartbeat]\ninterval_ms = {hi}\n\
-             [cache]\nengines_dir = {engines:?}\n[handoff]\ndir = {handoff:?}\n[engine]\nstart_timeout_ms = 60000\n{keys}[engines.default]\n{engine}\n",
+             [cache]\nengines_dir = {engines:?}\nmodels_dir = {models:?}\n[handoff]\ndir = {handoff:?}\n[engine]\nstart_timeout_ms = 60000\n{keys}[engines.default]\n{engine}\n",
+            models = self.spec.dir.join("models").display().to_string(),
             handoff = self.spec.dir.join(format!("handoff-{}", node.node_id)).display().to_string(),
             keys = node.engine_keys,
             id = node.node_id,

@@ -172,6 +172,13 @@ pub struct Config {
     pub worker_connect_timeout: Duration,
     pub worker_idle_timeout: Duration,
     pub state_dir: PathBuf,
+    /// `provisioning.mode = "on-demand"`.
+    pub provisioning_on_demand: bool,
+    pub allow_repurpose_idle: bool,
+    pub vram_headroom: f64,
+    pub catalog_db: PathBuf,
+    pub auto_register: bool,
+    pub allowed_schemes: Vec<String>,
     pub log_level: String,
     pub log_json: Option<bool>,
 }
@@ -286,7 +293,7 @@ impl RawConfig {
         }
         match self.provisioning.mode.as_deref().unwrap_or("off") {
             "off" => {}
-            "on-demand" => p.push("provisioning.mode: \"on-demand\" needs the model provisioning of a later version; use \"off\"".into()),
+            "on-demand" => {}
             other => p.push(format!("provisioning.mode: {other:?} is not one of off, on-demand")),
         }
         if let Some(h) = self.provisioning.vram_headroom {
@@ -312,6 +319,7 @@ impl RawConfig {
         if !p.is_empty() {
             return Err(p);
         }
+        let state_dir = self.state_dir.clone().unwrap_or_else(|| home.join(".local/state/llama-orch"));
         Ok(Config {
             bind: bind.expect("checked"),
             max_body_bytes: max_body as usize,
@@ -337,7 +345,13 @@ impl RawConfig {
             heartbeat_timeout,
             worker_connect_timeout: ms(self.worker.connect_timeout_ms, 2_000),
             worker_idle_timeout: ms(self.worker.idle_timeout_ms, 15_000),
-            state_dir: self.state_dir.clone().unwrap_or_else(|| home.join(".local/state/llama-orch")),
+            state_dir: state_dir.clone(),
+            provisioning_on_demand: self.provisioning.mode.as_deref() == Some("on-demand"),
+            allow_repurpose_idle: self.provisioning.allow_repurpose_idle.unwrap_or(false),
+            vram_headroom: self.provisioning.vram_headroom.unwrap_or(1.2),
+            catalog_db: self.catalog.db_path.clone().unwrap_or_else(|| state_dir.join("catalog.sqlite")),
+            auto_register: self.catalog.auto_register.unwrap_or(false),
+            allowed_schemes: self.catalog.allowed_schemes.clone().unwrap_or_else(|| vec!["hf".into(), "https".into(), "file".into()]),
             log_level: level,
             log_json: self.logging.json,
         })

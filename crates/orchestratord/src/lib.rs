@@ -26,7 +26,9 @@ pub async fn run(cfg: Config, listener: tokio::net::TcpListener, shutdown: Cance
     let cfg = Arc::new(cfg);
     let metrics = Arc::new(metrics::Metrics::default());
     let tracker = TaskTracker::new();
-    let core = core::runner::spawn(cfg.clone(), metrics.clone(), &tracker, shutdown.clone());
+    let catalog = catalog::Catalog::open(&cfg.catalog_db).map_err(|e| anyhow::anyhow!("cannot open the model catalog {}: {e}", cfg.catalog_db.display()))?;
+    tracing::info!(event = "catalog.opened", "Model catalog {} holds {} model(s)", cfg.catalog_db.display(), catalog.list().len());
+    let core = core::runner::spawn(cfg.clone(), metrics.clone(), catalog, &tracker, shutdown.clone());
     let app = Arc::new(http::AppState { cfg: cfg.clone(), core, metrics, tokens: std::sync::RwLock::new(Arc::new(cfg.tokens())) });
     if let Some(reload) = reload {
         tracker.spawn(rotate_on_sighup(app.clone(), reload, shutdown.clone()));

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use api::model_ref::ModelRef;
 use api::{ModelId, NodeId, PoolId};
 use daemon::secret::Secret;
 use engine::{EngineSource, GpuPolicy};
@@ -25,7 +26,19 @@ pub struct RawConfig {
     pub engines: BTreeMap<String, RawEngineSource>,
     pub pools: Vec<RawPool>,
     pub handoff: RawHandoff,
+    pub fetch: RawFetch,
     pub logging: RawLogging,
+}
+
+/// Model downloads: the Hugging Face endpoint and token (default: `HF_ENDPOINT`, `HF_TOKEN`),
+/// and an extra trusted CA for `https://` refs served by a private mirror.
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+pub struct RawFetch {
+    pub hf_endpoint: Option<String>,
+    pub hf_token: Option<String>,
+    pub hf_token_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -77,6 +90,8 @@ pub struct RawHeartbeat {
 pub struct RawCache {
     pub models_dir: Option<PathBuf>,
     pub engines_dir: Option<PathBuf>,
+    /// Size quota of the models cache; least recently used models no pool uses are evicted.
+    pub models_max_bytes: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -148,13 +163,21 @@ pub struct EngineTimings {
     pub threads: Option<u32>,
 }
 
+/// The model a pool is configured with (fetched at start unless it is a `file:` ref).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelSpec {
+    pub id: ModelId,
+    pub model_ref: ModelRef,
+    pub digest: Option<String>,
+}
+
 #[derive(Debug, Clone)]
 pub struct PoolSpec {
     pub id: PoolId,
-    pub model_id: ModelId,
-    pub model_ref: String,
-    pub model_path: PathBuf,
-    pub model_digest: Option<String>,
+    /// None: the pool starts Unloaded and waits for a `load-model` or `reload` command.
+    pub model: Option<ModelSpec>,
+    /// orchestratord may load models into this pool (§8).
+    pub provisioning_target: bool,
     pub ctx_per_slot: u64,
     pub slots: u32,
     /// Canonical device mask: `cpu` or ascending comma-separated GPU indices.
@@ -176,7 +199,12 @@ pub struct Config {
     pub heartbeat_interval: Duration,
     pub shutdown_grace: Duration,
     pub models_dir: PathBuf,
+    pub models_max_bytes: Option<u64>,
     pub engines_dir: PathBuf,
+    pub hf_endpoint: String,
+    pub hf_token: Option<Secret>,
+    /// PEM of an extra trusted CA for model downloads.
+    pub fetch_ca_pem: Option<Vec<u8>>,
     pub engine: EngineTimings,
     pub engines: BTreeMap<String, EngineSource>,
     pub pools: Vec<PoolSpec>,
@@ -193,6 +221,9 @@ pub struct Host {
     pub home: PathBuf,
     /// GPU indices visible on this node.
     pub gpus: Vec<u32>,
+    /// `HF_ENDPOINT` and `HF_TOKEN` from the environment.
+    pub hf_endpoint: Option<String>,
+    pub hf_token: Option<String>,
 }
 
 impl Host {
@@ -200,7 +231,8 @@ impl Host {
         let hostname = std::fs::read_to_string("/etc/hostname").map(|s| s.trim().to_lowercase()).unwrap_or_else(|_| "localhost".into());
         let machine_id = std::fs::read_to_string("/etc/machine-id").ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
         let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
-        Self { hostname, machine_id, home, gpus: crate::gpu::visible_indices() }
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        Self { hostname, machine_id, home, gpus: crate::gpu::visible_indices(), hf_endpoint: env("HF_ENDPOINT"), hf_token: env("HF_TOKEN") }
     }
 }
 
@@ -262,6 +294,28 @@ impl RawConfig {
             max_restarts: e.max_restarts.unwrap_or(5),
             threads: e.threads,
         };
+        let hf_endpoint = self.fetch.hf_endpoint.clone().or_else(|| host.hf_endpoint.clone()).unwrap_or_else(|| "https://huggingface.co".into()).trim_end_matches('/').to_string();
+        if !hf_endpoint.starts_with("https://") && !hf_endpoint.starts_with("http://") {
+            p.push(format!("fetch.hf_endpoint: {hf_endpoint:?} must be an http(s) URL"));
+        }
+        let hf_token = daemon::config::secret_or_file("fetch.hf_token", &self.fetch.hf_token, &self.fetch.hf_token_file, &mut p).or_else(|| host.hf_token.clone()).map(Secret::new);
+        let fetch_ca_pem = match &self.fetch.ca_file {
+            Some(f) => match std::fs::read(f) {
+                Ok(pem) if pem.starts_with(b"-----BEGIN") => Some(pem),
+                Ok(_) => {
+                    p.push(format!("fetch.ca_file: {} is not a PEM certificate", f.display()));
+                    None
+                }
+                Err(e) => {
+                    p.push(format!("fetch.ca_file: cannot read {}: {e}", f.display()));
+                    None
+                }
+            },
+            None => None,
+        };
+        if self.cache.models_max_bytes == Some(0) {
+            p.push("cache.models_max_bytes: must be positive (leave it unset for no quota)".into());
+        }
         let engines = validate_engines(&self.engines, &mut p);
         let pools = validate_pools(&self.pools, &engines, host, &mut p);
         if !p.is_empty() {
@@ -278,7 +332,11 @@ impl RawConfig {
             heartbeat_interval,
             shutdown_grace: ms(self.shutdown_grace_ms, 30_000),
             models_dir,
+            models_max_bytes: self.cache.models_max_bytes,
             engines_dir,
+            hf_endpoint,
+            hf_token,
+            fetch_ca_pem,
             engine,
             engines,
             pools,
@@ -373,23 +431,26 @@ fn validate_pools(raw: &[RawPool], engines: &BTreeMap<String, EngineSource>, hos
                 p.push(format!("{key}.id: duplicate pool id {id}"));
             }
         }
-        let (model_ref, model_path) = match rp.model_ref.as_deref().map(parse_file_ref) {
-            Some(Ok(pair)) => pair,
+        let model_ref = match rp.model_ref.as_deref().map(ModelRef::parse) {
+            Some(Ok(r)) => Some(r),
             Some(Err(e)) => {
                 p.push(format!("{key}.model_ref: {e}"));
-                (String::new(), PathBuf::new())
+                None
             }
-            None => {
-                p.push(format!("{key}.model_ref: required (this version starts every pool with a model; Unloaded pools come with provisioning)"));
-                (String::new(), PathBuf::new())
-            }
+            None => None,
         };
-        if !model_path.as_os_str().is_empty() && !model_path.is_file() {
-            p.push(format!("{key}.model_ref: model file {} does not exist", model_path.display()));
+        if let Some(ModelRef::File { path }) = &model_ref {
+            if !Path::new(path).is_file() {
+                p.push(format!("{key}.model_ref: model file {path} does not exist"));
+            }
         }
-        let model_id = match &rp.model_id {
-            Some(m) => m.parse::<ModelId>().map_err(|e| p.push(format!("{key}.model_id: {e}"))).ok(),
-            None => derive_model_id(&model_path).parse::<ModelId>().ok(),
+        if model_ref.is_none() && (rp.model_id.is_some() || rp.model_digest.is_some()) {
+            p.push(format!("{key}.model_id: model_id and model_digest need a model_ref"));
+        }
+        let model_id = match (&rp.model_id, &model_ref) {
+            (Some(m), _) => m.parse::<ModelId>().map_err(|e| p.push(format!("{key}.model_id: {e}"))).ok(),
+            (None, Some(r)) => r.default_id().parse::<ModelId>().map_err(|e| p.push(format!("{key}.model_ref: cannot derive a model id: {e}"))).ok(),
+            (None, None) => None,
         };
         let slots = rp.slots.unwrap_or(1);
         if slots == 0 {
@@ -419,19 +480,20 @@ fn validate_pools(raw: &[RawPool], engines: &BTreeMap<String, EngineSource>, hos
                 p.push(format!("{key}.extra_args: {flag} is set by pool-managerd and must not be repeated"));
             }
         }
-        if let Some(d) = &rp.model_digest {
-            if !(d.len() == 71 && d.starts_with("sha256:") && d[7..].bytes().all(|b| b.is_ascii_hexdigit())) {
-                p.push(format!("{key}.model_digest: must be sha256:<64 hex>"));
+        let digest = match rp.model_digest.as_deref().map(api::catalog::parse_digest) {
+            Some(Ok(d)) => Some(d),
+            Some(Err(e)) => {
+                p.push(format!("{key}.model_digest: {e}"));
+                None
             }
-        }
+            None => None,
+        };
         if p.len() == before {
-            if let (Some(id), Some(model_id)) = (id, model_id) {
+            if let Some(id) = id {
                 out.push(PoolSpec {
                     id,
-                    model_id,
-                    model_ref,
-                    model_path,
-                    model_digest: rp.model_digest.as_ref().map(|d| d.to_lowercase()),
+                    model: model_ref.zip(model_id).map(|(model_ref, id)| ModelSpec { id, model_ref, digest }),
+                    provisioning_target: rp.provisioning_target.unwrap_or(true),
                     ctx_per_slot: ctx,
                     slots,
                     device_mask,
@@ -476,15 +538,6 @@ fn validate_devices(key: &str, raw: &str, policy: GpuPolicy, host: &Host, p: &mu
     idx.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
 }
 
-/// Accepts `file:/abs/path` (and `file:///abs/path`); other schemes need the model fetchers.
-pub fn parse_file_ref(r: &str) -> Result<(String, PathBuf), String> {
-    match api::model_ref::ModelRef::parse(r) {
-        Ok(api::model_ref::ModelRef::File { path }) => Ok((format!("file:{path}"), PathBuf::from(path))),
-        Ok(other) => Err(format!("{r:?}: pool-managerd serves local models only (file:/absolute/path.gguf); {}: refs are fetched by the model catalog, which this node does not run yet", other.scheme())),
-        Err(e) => Err(format!("{r:?}: {e}")),
-    }
-}
-
 /// The catalog id rule of API.md §9.1: last path segment without `.gguf`, lowercased, other
 /// characters replaced by `-`, at most 64 characters.
 pub fn derive_model_id(path: &Path) -> String {
@@ -496,7 +549,7 @@ mod tests {
     use super::*;
 
     fn host() -> Host {
-        Host { hostname: "alpha".into(), machine_id: Some("m1".into()), home: "/home/x".into(), gpus: vec![] }
+        Host { hostname: "alpha".into(), machine_id: Some("m1".into()), home: "/home/x".into(), gpus: vec![], hf_endpoint: None, hf_token: None }
     }
 
     #[test]
@@ -505,12 +558,38 @@ mod tests {
     }
 
     #[test]
-    fn file_refs() {
-        assert_eq!(parse_file_ref("file:///a/b.gguf").unwrap().0, "file:/a/b.gguf");
-        assert!(parse_file_ref("file:rel/b.gguf").is_err());
-        assert!(parse_file_ref("file:/a/../b.gguf").is_err());
-        assert!(parse_file_ref("hf:org/repo/x.gguf").unwrap_err().contains("local models only"));
-        assert!(parse_file_ref("http://x/y.gguf").unwrap_err().contains("untrusted"));
+    fn model_refs_of_every_scheme() {
+        let raw: RawConfig = toml::from_str(
+            r#"
+            [[pools]]
+            id = "a"
+            devices = "cpu"
+            gpu_policy = "cpu"
+            model_ref = "hf:HuggingFaceTB/SmolLM2-135M-Instruct-GGUF/SmolLM2-135M-Instruct.Q4_1.gguf"
+            model_digest = "SHA256:B179C9523D0E6A0F98A330C7562B682750A6F8C8C15E5BC70EA373728110DB53"
+            [[pools]]
+            id = "b"
+            devices = "cpu"
+            gpu_policy = "cpu"
+            provisioning_target = false
+            [engines.default]
+            kind = "git"
+            git_url = "https://example.invalid/llama.cpp"
+            git_ref = "b1"
+            "#,
+        )
+        .unwrap();
+        let cfg = raw.validate(&host()).unwrap();
+        let a = cfg.pools[0].model.as_ref().unwrap();
+        assert_eq!(a.id.as_str(), "smollm2-135m-instruct.q4_1");
+        assert_eq!(a.digest.as_deref(), Some("sha256:b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"));
+        assert!(cfg.pools[0].provisioning_target);
+        assert!(cfg.pools[1].model.is_none(), "no model_ref: the pool starts Unloaded");
+        assert!(!cfg.pools[1].provisioning_target);
+        let bad: RawConfig = toml::from_str("[[pools]]\nid = \"c\"\nmodel_ref = \"file:rel.gguf\"\nmodel_digest = \"md5:00\"\n").unwrap();
+        let errs = bad.validate(&host()).unwrap_err();
+        assert!(errs.iter().any(|e| e.contains("pools[0].model_ref")), "{errs:?}");
+        assert!(errs.iter().any(|e| e.contains("pools[0].model_digest")), "{errs:?}");
     }
 
     #[test]

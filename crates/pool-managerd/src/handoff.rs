@@ -91,13 +91,24 @@ async fn adopt(app: &App, f: &HandoffFile) -> Result<tokio::sync::watch::Sender<
         return Err(format!("the engine reports {} slots of {:?} tokens, the file says {} of {}", props.total_slots, slots.iter().map(|s| s.n_ctx).collect::<Vec<_>>(), f.slots, f.ctx_per_slot));
     }
     let model_id: api::ModelId = f.model.id.parse().map_err(|e: api::IdError| e.0)?;
-    let model_path = f.model.model_ref.strip_prefix("file:").map(PathBuf::from).unwrap_or_default();
+    let model_ref = api::model_ref::ModelRef::parse(&f.model.model_ref).map_err(|e| e.to_string())?;
+    if !matches!(model_ref, api::model_ref::ModelRef::File { .. }) {
+        return Err(format!("handoff models are local files (file:/…), not {}", f.model.model_ref));
+    }
+    // Hash the engine's model file, so the catalog can tell it is the model it names.
+    let fetched = app.cache.fetch(&model_ref, None, &|_| {}).await.map_err(|e| format!("the model file: {e}"))?;
+    let model = crate::pools::ModelInfo {
+        id: model_id.to_string(),
+        model_ref: model_ref.to_string(),
+        path: fetched.path,
+        digest: Some(fetched.digest),
+        size_bytes: Some(fetched.size_bytes),
+        metadata: Some(fetched.metadata),
+    };
     let spec = PoolSpec {
         id: pool_id,
-        model_id,
-        model_ref: f.model.model_ref.clone(),
-        model_path,
-        model_digest: None,
+        model: Some(crate::config::ModelSpec { id: model_id, model_ref, digest: None }),
+        provisioning_target: false,
         ctx_per_slot: f.ctx_per_slot,
         slots: f.slots,
         device_mask: "cpu".into(),
@@ -105,7 +116,7 @@ async fn adopt(app: &App, f: &HandoffFile) -> Result<tokio::sync::watch::Sender<
         engine_source: "handoff".into(),
         extra_args: vec![],
     };
-    let (pool, tx) = crate::pools::adopted(spec, client, props.build_info);
+    let (pool, tx) = crate::pools::adopted(spec, model, client, props.build_info);
     app.pools.insert(pool);
     Ok(tx)
 }

@@ -30,6 +30,8 @@ pub struct App {
     /// Cancelled when the daemon stops accepting dispatches.
     pub closing: CancellationToken,
     pub book: Arc<crate::commands::CommandBook>,
+    /// The node's models cache (fetches, verification, eviction).
+    pub cache: models::ModelCache,
 }
 
 pub fn router(app: Arc<App>) -> Router {
@@ -93,7 +95,7 @@ async fn local_drain(State(app): State<Arc<App>>, Path(pool_id): Path<String>, b
 
 /// Local reload of the pool's own model (returns a drained pool to service).
 async fn local_reload(State(app): State<Arc<App>>, Path(pool_id): Path<String>) -> Result<(StatusCode, Json<api::node::PoolCommandAccepted>), ApiError> {
-    local_command(&app, &pool_id, |id| crate::commands::PoolCommand::Reload { id, model: None })
+    local_command(&app, &pool_id, |id| crate::commands::PoolCommand::Load { id, model: None })
 }
 
 fn local_command(app: &App, pool_id: &str, make: impl FnOnce(String) -> crate::commands::PoolCommand) -> Result<(StatusCode, Json<api::node::PoolCommandAccepted>), ApiError> {
@@ -119,9 +121,9 @@ async fn dispatch(State(app): State<Arc<App>>, Path(pool_id): Path<String>, head
         return Err(ErrorEnvelope::invalid("engine", format!("this pool runs llamacpp, not {}", req.engine)).into());
     }
     let current = pool.snapshot.borrow().model.clone();
-    if req.model.id != current.id || (req.model.digest.is_some() && current.digest.is_some() && req.model.digest != current.digest) {
-        return Err(ErrorEnvelope::new(ErrorCode::ModelNotAvailable, format!("pool {pool_id} serves {}, not {}", current.id, req.model.id)).with_retriable(true).into());
-    }
+    let Some(current) = current.filter(|c| c.id == req.model.id && (req.model.digest.is_none() || c.digest.is_none() || req.model.digest == c.digest)) else {
+        return Err(ErrorEnvelope::new(ErrorCode::ModelNotAvailable, format!("pool {pool_id} does not serve {}", req.model.id)).with_retriable(true).into());
+    };
     if app.closing.is_cancelled() {
         return Err(ErrorEnvelope::new(ErrorCode::PoolUnready, "this node is shutting down").with_pool(&pool_id).into());
     }
@@ -151,7 +153,7 @@ async fn dispatch(State(app): State<Arc<App>>, Path(pool_id): Path<String>, head
         pool: pool.clone(),
         client,
         engine_version: snap.engine_version.clone().unwrap_or_default(),
-        model: snap.model.clone(),
+        model: current,
         req,
         tx,
         cancel,

@@ -27,6 +27,14 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
     let engines_stop = CancellationToken::new();
     let pools = pools::PoolSet::default();
     let book = Arc::new(commands::CommandBook::default());
+    let cache = models::ModelCache::new(models::CacheConfig {
+        models_dir: config.models_dir.clone(),
+        quota_bytes: config.models_max_bytes,
+        hf_endpoint: config.hf_endpoint.clone(),
+        hf_token: config.hf_token.as_ref().map(|t| t.expose().to_string()),
+        extra_root_pem: config.fetch_ca_pem.clone(),
+    })
+    .map_err(|e| anyhow::anyhow!("cannot open the models cache {}: {e}", config.models_dir.display()))?;
     for spec in &config.pools {
         let source = config.engines.get(&spec.engine_source).cloned().ok_or_else(|| anyhow::anyhow!("engine source {} missing", spec.engine_source))?;
         let env = pools::SupervisorEnv {
@@ -35,11 +43,12 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
             engine_source: source,
             node_id: config.node_id.to_string(),
             book: book.clone(),
+            cache: cache.clone(),
         };
         pools.insert(pools::spawn(spec.clone(), env, engines_stop.clone(), &tracker));
     }
     let closing = CancellationToken::new();
-    let app = Arc::new(http::App { config: config.clone(), pools, tracker: tracker.clone(), closing: closing.clone(), book });
+    let app = Arc::new(http::App { config: config.clone(), pools, tracker: tracker.clone(), closing: closing.clone(), book, cache });
     let reg_stop = CancellationToken::new();
     let reg = tokio::spawn(registration::run(app.clone(), reg_stop.clone()));
     tracker.spawn(handoff::watch(app.clone(), engines_stop.clone()));

@@ -14,38 +14,42 @@ use engine::{EngineClient, LaunchSpec, RunningEngine};
 use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::commands::PoolCommand;
+use crate::commands::{ModelOrder, PoolCommand, Prep};
 use crate::config::{EngineTimings, PoolSpec};
 use api::node::CommandState;
 
-/// The model an engine serves.
+/// The model an engine serves: its file on this node and what hashing and reading it taught us.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelInfo {
     pub id: String,
+    /// The normalized ModelRef.
     pub model_ref: String,
     pub path: std::path::PathBuf,
     pub digest: Option<String>,
+    pub size_bytes: Option<u64>,
+    pub metadata: Option<api::catalog::GgufInfo>,
 }
 
 impl ModelInfo {
-    /// A model named by a `file:` ref that exists on this node (other schemes need the fetchers).
-    pub fn from_ref(id: &str, model_ref: &str, digest: Option<String>) -> Result<Self, String> {
-        if id.parse::<api::ModelId>().is_err() {
-            return Err(format!("invalid model id {id:?}"));
-        }
-        let (model_ref, path) = crate::config::parse_file_ref(model_ref)?;
-        if !path.is_file() {
-            return Err(format!("model file {} does not exist on this node", path.display()));
-        }
-        Ok(Self { id: id.into(), model_ref, path, digest })
+    pub fn loaded(&self) -> LoadedModel {
+        LoadedModel { id: self.id.clone(), model_ref: self.model_ref.clone(), digest: self.digest.clone(), size_bytes: self.size_bytes, metadata: self.metadata.clone() }
+    }
+
+    fn from_fetched(order: &ModelOrder, f: models::Fetched) -> Self {
+        Self { id: order.id.clone(), model_ref: order.model_ref.to_string(), path: f.path, digest: Some(f.digest), size_bytes: Some(f.size_bytes), metadata: Some(f.metadata) }
+    }
+
+    fn result(&self) -> Option<api::node::CommandResult> {
+        Some(api::node::CommandResult { digest: self.digest.clone()?, size_bytes: self.size_bytes.unwrap_or(0), metadata: self.metadata.clone() })
     }
 }
 
 /// What the rest of the daemon may know about a pool at one moment.
 #[derive(Clone)]
 pub struct PoolSnapshot {
-    /// The model the pool serves (changes only through a reload).
-    pub model: ModelInfo,
+    /// The model the pool serves (changes only through a load or reload); None while Unloaded
+    /// with nothing loaded yet.
+    pub model: Option<ModelInfo>,
     pub state: PoolState,
     pub client: Option<EngineClient>,
     pub engine_version: Option<String>,
@@ -97,11 +101,12 @@ impl Pool {
             engine: api::ENGINE_LLAMACPP.into(),
             engine_version: snap.engine_version.clone(),
             engine_built: snap.engine_built,
+            provisioning_target: self.spec.provisioning_target,
             device_mask: self.spec.device_mask.clone(),
             slots_total: self.spec.slots,
             slots_free: self.slots.available_permits() as u32,
             ctx_per_slot: self.spec.ctx_per_slot,
-            models: vec![LoadedModel { id: snap.model.id.clone(), model_ref: snap.model.model_ref.clone(), digest: snap.model.digest.clone(), ..Default::default() }],
+            models: snap.model.iter().map(ModelInfo::loaded).collect(),
             running: inflight.keys().cloned().collect(),
             kv_cache_usage_ratio: Some((used as f64 / capacity as f64).min(1.0)),
             decode_tokens_per_s: *self.decode_tps.lock().unwrap_or_else(|e| e.into_inner()),
@@ -143,10 +148,9 @@ impl PoolSet {
 
 /// A pool around an engine started elsewhere (a handoff): Ready at once, no supervisor; the
 /// handoff watcher owns its liveness. Returns the pool and the sender of its snapshots.
-pub fn adopted(spec: PoolSpec, client: EngineClient, engine_version: String) -> (Arc<Pool>, watch::Sender<PoolSnapshot>) {
-    let model = ModelInfo { id: spec.model_id.to_string(), model_ref: spec.model_ref.clone(), path: spec.model_path.clone(), digest: spec.model_digest.clone() };
+pub fn adopted(spec: PoolSpec, model: ModelInfo, client: EngineClient, engine_version: String) -> (Arc<Pool>, watch::Sender<PoolSnapshot>) {
     let (tx, rx) = watch::channel(PoolSnapshot {
-        model,
+        model: Some(model),
         state: PoolState::Ready,
         client: Some(client),
         engine_version: Some(engine_version),
@@ -191,12 +195,12 @@ pub struct SupervisorEnv {
     pub engine_source: engine::EngineSource,
     pub node_id: String,
     pub book: Arc<crate::commands::CommandBook>,
+    pub cache: models::ModelCache,
 }
 
 /// Creates the pool and spawns its supervisor on `tracker`.
 pub fn spawn(spec: PoolSpec, env: SupervisorEnv, shutdown: CancellationToken, tracker: &tokio_util::task::TaskTracker) -> Arc<Pool> {
-    let model = ModelInfo { id: spec.model_id.to_string(), model_ref: spec.model_ref.clone(), path: spec.model_path.clone(), digest: spec.model_digest.clone() };
-    let (tx, rx) = watch::channel(PoolSnapshot { model, state: PoolState::Provisioning, client: None, engine_version: None, engine_built: false, last_error: None, generation: 0 });
+    let (tx, rx) = watch::channel(PoolSnapshot { model: None, state: PoolState::Provisioning, client: None, engine_version: None, engine_built: false, last_error: None, generation: 0 });
     let (cmd_tx, cmd_rx) = tokio::sync::mpsc::unbounded_channel();
     let pool = Pool::new(spec, rx, cmd_tx);
     let sup = Supervisor { pool: pool.clone(), env, tx, shutdown, cmds: tokio::sync::Mutex::new(cmd_rx) };
@@ -278,9 +282,32 @@ impl Supervisor {
         let mut breaker = Breaker::new(self.env.timings.max_restarts.max(1) as usize, BREAKER_WINDOW);
         let mut backoff = Duration::from_secs(1);
         let mut reload: Option<String> = None;
+        if let Some(ms) = self.pool.spec.model.clone() {
+            let order = ModelOrder { id: ms.id.to_string(), model_ref: ms.model_ref, digest: ms.digest };
+            if let Ok(m) = self.resolve(&order, None).await {
+                self.publish(|s| s.model = Some(m));
+            }
+        }
         loop {
             if self.shutdown.is_cancelled() {
                 break;
+            }
+            if self.tx.borrow().model.is_none() {
+                // Nothing to serve yet (no model configured, or its fetch failed): wait for a
+                // load-model or reload.
+                self.publish(|s| {
+                    if s.state != PoolState::Failed {
+                        s.state = PoolState::Unloaded;
+                    }
+                    s.client = None;
+                });
+                match self.wait_for_reload().await {
+                    Some(id) => {
+                        reload = Some(id);
+                        continue;
+                    }
+                    None => break,
+                }
             }
             let generation = self.tx.borrow().generation + 1;
             self.publish(|s| {
@@ -290,7 +317,7 @@ impl Supervisor {
             let started = Instant::now();
             // A shutdown while the engine is still loading must not wait for the start timeout:
             // dropping the launch kills the half-started child (kill_on_drop).
-            let model = self.tx.borrow().model.clone();
+            let Some(model) = self.tx.borrow().model.clone() else { continue };
             let spec = self.launch_spec(&binary, &model);
             let launched = tokio::select! {
                 r = engine::launch(&spec) => r,
@@ -308,7 +335,7 @@ impl Supervisor {
                         s.last_error = None;
                     });
                     if let Some(id) = reload.take() {
-                        self.env.book.set(&id, CommandState::Completed, None);
+                        self.env.book.complete(&id, model.result());
                     }
                     match self.watch(running, &binary).await {
                         Exit::Shutdown => break,
@@ -331,7 +358,16 @@ impl Supervisor {
                             if let Some(reason) = breaker.trip(Instant::now(), &why) {
                                 tracing::error!(event = "engine.exited", pool_id = %pool_id, node_id = %self.env.node_id, reason = %why, "Engine for pool {pool_id} crashed; {reason}");
                                 self.fail(reason);
-                                return;
+                                // A Failed pool still takes a reload (or another model).
+                                match self.wait_for_reload().await {
+                                    Some(id) => {
+                                        reload = Some(id);
+                                        breaker = Breaker::new(self.env.timings.max_restarts.max(1) as usize, BREAKER_WINDOW);
+                                        backoff = Duration::from_secs(1);
+                                        continue;
+                                    }
+                                    None => break,
+                                }
                             }
                             tracing::warn!(event = "engine.exited", pool_id = %pool_id, node_id = %self.env.node_id, reason = %why, "Engine for pool {pool_id} stopped unexpectedly: {why}; restarting");
                             self.publish(|s| {
@@ -350,7 +386,15 @@ impl Supervisor {
                             self.env.book.set(&id, CommandState::Failed, Some(api::ErrorEnvelope::new(api::ErrorCode::PoolUnavailable, reason.clone())));
                         }
                         self.fail(reason);
-                        return;
+                        match self.wait_for_reload().await {
+                            Some(id) => {
+                                reload = Some(id);
+                                breaker = Breaker::new(self.env.timings.max_restarts.max(1) as usize, BREAKER_WINDOW);
+                                backoff = Duration::from_secs(1);
+                                continue;
+                            }
+                            None => break,
+                        }
                     }
                     self.publish(|s| s.last_error = Some(why));
                 }
@@ -469,10 +513,13 @@ impl Supervisor {
                         self.drain(running, &id, deadline).await;
                         return Exit::Drained;
                     }
-                    Some(PoolCommand::Reload { id, model: Some(model) }) => {
-                        running = self.switch_model(running, binary, &id, model).await;
+                    Some(PoolCommand::Load { id, model: Some(order) }) if !self.is_current(&order) => {
+                        // The fetch runs while the old engine keeps serving.
+                        if let Ok(model) = self.resolve(&order, Some(&id)).await {
+                            running = self.switch_model(running, binary, &id, model).await;
+                        }
                     }
-                    Some(PoolCommand::Reload { id, model: None }) => {
+                    Some(PoolCommand::Load { id, .. }) => {
                         self.env.book.set(&id, CommandState::Running, None);
                         self.abort_inflight();
                         self.publish(|s| { s.state = PoolState::Starting; s.client = None; });
@@ -524,14 +571,14 @@ impl Supervisor {
             "Reloading pool {} to {} ({})", self.pool.spec.id, model.id, if side_by_side { "side by side" } else { "after draining the old engine" });
         let fail = |why: String| api::ErrorEnvelope::new(api::ErrorCode::PoolUnavailable, why);
         if !side_by_side {
-            let old_model = self.tx.borrow().model.clone();
+            let Some(old_model) = self.tx.borrow().model.clone() else { return old };
             let generation = self.tx.borrow().generation;
             self.wait_generation_idle(generation, Duration::from_secs(60)).await;
             self.abort_inflight();
             self.publish(|s| { s.state = PoolState::Starting; s.client = None; });
             old.stop(self.env.timings.stop_grace).await;
             return match engine::launch(&self.launch_spec(binary, &model)).await {
-                Ok(new) => { self.serve(new_ready(&new), model); self.env.book.set(id, CommandState::Completed, None); new }
+                Ok(new) => { let result = model.result(); self.serve(new_ready(&new), model); self.env.book.complete(id, result); new }
                 Err(e) => {
                     self.env.book.set(id, CommandState::Failed, Some(fail(format!("the new engine failed to start: {e}"))));
                     match engine::launch(&self.launch_spec(binary, &old_model)).await {
@@ -544,10 +591,11 @@ impl Supervisor {
         match engine::launch(&self.launch_spec(binary, &model)).await {
             Ok(new) => {
                 let old_generation = self.tx.borrow().generation;
+                let result = model.result();
                 self.serve(new_ready(&new), model);
                 self.wait_generation_idle(old_generation, Duration::from_secs(60)).await;
                 old.stop(self.env.timings.stop_grace).await;
-                self.env.book.set(id, CommandState::Completed, None);
+                self.env.book.complete(id, result);
                 new
             }
             Err(e) => {
@@ -565,7 +613,7 @@ impl Supervisor {
             s.state = PoolState::Ready;
             s.client = Some(ready.0);
             s.engine_version = Some(ready.1);
-            s.model = model;
+            s.model = Some(model);
             s.generation += 1;
             s.last_error = None;
         });
@@ -579,21 +627,80 @@ impl Supervisor {
         }
     }
 
-    /// While Unloaded: a drain is already done, a reload starts the engine again.
+    /// While Unloaded or Failed: a drain is already done; a load or reload fetches its model
+    /// (when one is named) and returns the command id, so the loop starts the engine.
     async fn wait_for_reload(&self) -> Option<String> {
         loop {
             tokio::select! {
                 cmd = recv(&self.cmds) => match cmd? {
                     PoolCommand::Drain { id, .. } => self.env.book.set(&id, CommandState::Completed, None),
-                    PoolCommand::Reload { id, model } => {
-                        self.env.book.set(&id, CommandState::Running, None);
-                        if let Some(m) = model {
-                            self.publish(|s| s.model = m);
+                    PoolCommand::Load { id, model: Some(order) } => {
+                        if let Ok(m) = self.resolve(&order, Some(&id)).await {
+                            self.publish(|s| s.model = Some(m));
+                            return Some(id);
                         }
-                        return Some(id);
+                    }
+                    PoolCommand::Load { id, model: None } => {
+                        if self.tx.borrow().model.is_some() {
+                            self.env.book.set(&id, CommandState::Running, None);
+                            return Some(id);
+                        }
+                        let e = api::ErrorEnvelope::new(api::ErrorCode::ModelNotAvailable, format!("pool {} has no model to reload; name one", self.pool.spec.id));
+                        self.env.book.set(&id, CommandState::Failed, Some(e));
                     }
                 },
                 _ = self.shutdown.cancelled() => return None,
+            }
+        }
+    }
+
+    fn is_current(&self, order: &ModelOrder) -> bool {
+        self.tx.borrow().model.as_ref().is_some_and(|m| m.id == order.id && m.model_ref == order.model_ref.to_string())
+    }
+
+    /// Makes a model available on this node (fetch and verify, or hash a local file) and reads its
+    /// GGUF facts. With a command id, progress goes to the command's preparation steps. A failure
+    /// leaves the pool as it was, with `last_error` saying why.
+    async fn resolve(&self, order: &ModelOrder, command: Option<&str>) -> Result<ModelInfo, api::ErrorEnvelope> {
+        let pool_id = self.pool.spec.id.to_string();
+        let prep = command.map(|id| Prep::new(self.env.book.clone(), id, &order.model_ref, &pool_id));
+        let before = self.tx.borrow().state;
+        if before != PoolState::Ready {
+            self.publish(|s| s.state = PoolState::Provisioning);
+        }
+        tracing::info!(event = "model.fetch", pool_id = %pool_id, node_id = %self.env.node_id, model = %order.id, "Preparing model {} ({}) for pool {pool_id}", order.id, order.model_ref);
+        let logged = std::sync::atomic::AtomicU64::new(0);
+        let progress = |p: models::Progress| {
+            if let Some(prep) = &prep {
+                prep.fetched(p.bytes_done, p.bytes_total);
+            }
+            if let Some(total) = p.bytes_total.filter(|t| *t > 0) {
+                let decile = p.bytes_done * 10 / total;
+                if decile > logged.swap(decile, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::info!(event = "model.fetch_progress", pool_id = %pool_id, model = %order.id, "Fetched {}% of {} ({} of {} bytes)", decile * 10, order.id, p.bytes_done, total);
+                }
+            }
+        };
+        match self.env.cache.fetch(&order.model_ref, order.digest.as_deref(), &progress).await {
+            Ok(f) => {
+                if let Some(prep) = &prep {
+                    prep.warming();
+                }
+                tracing::info!(event = "model.ready", pool_id = %pool_id, model = %order.id, digest = %f.digest,
+                    "Model {} is at {} ({} bytes, {} downloaded)", order.id, f.path.display(), f.size_bytes, f.downloaded_bytes);
+                Ok(ModelInfo::from_fetched(order, f))
+            }
+            Err(e) => {
+                let env = e.envelope();
+                tracing::error!(event = "model.fetch_failed", pool_id = %pool_id, model = %order.id, code = %env.code, "Preparing model {} failed: {e}", order.id);
+                if let Some(prep) = &prep {
+                    prep.failed(env.clone());
+                }
+                self.publish(|s| {
+                    s.state = if before == PoolState::Provisioning { PoolState::Failed } else { before };
+                    s.last_error = Some(format!("model {} ({}): {e}", order.id, order.model_ref));
+                });
+                Err(env)
             }
         }
     }

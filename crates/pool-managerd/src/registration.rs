@@ -104,7 +104,7 @@ async fn register_with_retry(app: &App, http: &reqwest::Client, shutdown: &Cance
     }
 }
 
-async fn heartbeat(app: &App, http: &reqwest::Client, session: &mut Session, seq: u64) -> Beat {
+async fn heartbeat(app: &Arc<App>, http: &reqwest::Client, session: &mut Session, seq: u64) -> Beat {
     let url = format!("{}/v2/nodes/{}/heartbeat", app.config.orchestrator_url, app.config.node_id);
     let body = HeartbeatRequest {
         seq,
@@ -124,6 +124,8 @@ async fn heartbeat(app: &App, http: &reqwest::Client, session: &mut Session, seq
                 for cmd in resp.commands {
                     route(app, cmd);
                 }
+                // Models a pool uses are never evicted by the cache quota.
+                app.cache.set_in_use(app.pools.all().iter().filter_map(|p| p.snapshot.borrow().model.as_ref().map(|m| m.path.clone())).collect());
             }
             Beat::Ok
         }
@@ -142,36 +144,69 @@ async fn heartbeat(app: &App, http: &reqwest::Client, session: &mut Session, seq
     }
 }
 
-/// Hands a command to its pool's supervisor (once per command id); kinds this node cannot run yet
-/// are reported failed with the reason instead of being pretended.
-fn route(app: &App, cmd: api::node::Command) {
-    use crate::commands::PoolCommand;
+/// Hands a command to its pool's supervisor (once per command id), or runs a node-level catalog
+/// command (`evict-model`, `verify-model`) on its own task.
+fn route(app: &Arc<App>, cmd: api::node::Command) {
+    use crate::commands::{ModelOrder, PoolCommand};
+    use api::node::CommandKind;
     if !app.book.receive(&cmd.command_id) {
         return;
     }
     tracing::info!(event = "command.received", node_id = %app.config.node_id, correlation_id = %cmd.correlation_id, command_id = %cmd.command_id,
         pool_id = %cmd.pool_id.as_deref().unwrap_or(""), "Received command {:?}", cmd.kind);
-    let fail = |msg: String| api::ErrorEnvelope::new(api::ErrorCode::InvalidParams, msg);
-    let pool = cmd.pool_id.as_ref().and_then(|p| app.pools.get(p));
-    let pool = pool.as_deref();
-    let routed = match (cmd.kind, pool) {
-        (_, None) if cmd.pool_id.is_some() => Err(api::ErrorEnvelope::new(api::ErrorCode::NotFound, "no such pool on this node")),
-        (api::node::CommandKind::Drain, Some(p)) => {
-            let deadline = std::time::Duration::from_millis(cmd.deadline_ms.unwrap_or(60_000));
-            p.commands.send(PoolCommand::Drain { id: cmd.command_id.clone(), deadline }).map_err(|_| fail("the pool is shutting down".into()))
-        }
-        (api::node::CommandKind::Reload, Some(p)) => {
-            let current = p.snapshot.borrow().model.clone();
-            let model = match cmd.model.as_ref().filter(|m| m.id != current.id) {
-                None => Ok(None),
-                Some(m) => crate::pools::ModelInfo::from_ref(&m.id, &m.model_ref, m.digest.clone()).map(Some).map_err(fail),
-            };
-            model.and_then(|model| p.commands.send(PoolCommand::Reload { id: cmd.command_id.clone(), model }).map_err(|_| fail("the pool is shutting down".into())))
-        }
-        (kind, _) => Err(fail(format!("command {kind:?} is not supported by pool-managerd {}", env!("CARGO_PKG_VERSION")))),
+    let invalid = |msg: String| api::ErrorEnvelope::new(api::ErrorCode::InvalidParams, msg);
+    let order = match cmd.model.as_ref().map(|m| api::model_ref::ModelRef::parse(&m.model_ref).map(|r| ModelOrder { id: m.id.clone(), model_ref: r, digest: m.digest.clone() })) {
+        None => Ok(None),
+        Some(Ok(o)) => Ok(Some(o)),
+        Some(Err(e)) => Err(invalid(format!("command model: {e}"))),
     };
+    let pool = cmd.pool_id.as_ref().and_then(|p| app.pools.get(p));
+    let routed = order.and_then(|order| match (cmd.kind, pool.as_deref(), order) {
+        (_, None, _) if cmd.pool_id.is_some() => Err(api::ErrorEnvelope::new(api::ErrorCode::NotFound, "no such pool on this node")),
+        (CommandKind::Drain, Some(p), _) => {
+            let deadline = std::time::Duration::from_millis(cmd.deadline_ms.unwrap_or(60_000));
+            p.commands.send(PoolCommand::Drain { id: cmd.command_id.clone(), deadline }).map_err(|_| invalid("the pool is shutting down".into()))
+        }
+        (CommandKind::Reload | CommandKind::LoadModel, Some(p), model) => {
+            p.commands.send(PoolCommand::Load { id: cmd.command_id.clone(), model }).map_err(|_| invalid("the pool is shutting down".into()))
+        }
+        (CommandKind::EvictModel | CommandKind::VerifyModel, None, Some(order)) => {
+            app.tracker.spawn(catalog_command(app.clone(), cmd.command_id.clone(), cmd.kind, order));
+            Ok(())
+        }
+        (kind, _, _) => Err(invalid(format!("command {kind:?} lacks a pool or a model"))),
+    });
     if let Err(e) = routed {
         app.book.set(&cmd.command_id, CommandState::Failed, Some(e));
+    }
+}
+
+/// `evict-model` deletes this node's cached copy (never a model a pool uses, never a `file:`
+/// model); `verify-model` re-hashes the copy against the catalog digest.
+async fn catalog_command(app: Arc<App>, id: String, kind: api::node::CommandKind, order: crate::commands::ModelOrder) {
+    let in_use = app.pools.all().iter().any(|p| p.snapshot.borrow().model.as_ref().is_some_and(|m| m.model_ref == order.model_ref.to_string()));
+    let outcome = match kind {
+        api::node::CommandKind::EvictModel if in_use => Err(api::ErrorEnvelope::new(api::ErrorCode::Conflict, format!("a pool on this node serves {}", order.id))),
+        api::node::CommandKind::EvictModel => app.cache.evict(&order.model_ref).map(|_| None).map_err(|e| e.envelope()),
+        _ => match order.digest.as_deref() {
+            None => Err(api::ErrorEnvelope::new(api::ErrorCode::InvalidParams, format!("the catalog has no digest for {} to verify against", order.id))),
+            Some(d) => app
+                .cache
+                .verify(&order.model_ref, d)
+                .await
+                .map(|f| Some(api::node::CommandResult { digest: f.digest, size_bytes: f.size_bytes, metadata: Some(f.metadata) }))
+                .map_err(|e| e.envelope()),
+        },
+    };
+    match outcome {
+        Ok(result) => {
+            tracing::info!(event = "command.finished", node_id = %app.config.node_id, command_id = %id, model = %order.id, "{kind:?} of {} completed", order.id);
+            app.book.complete(&id, result);
+        }
+        Err(e) => {
+            tracing::warn!(event = "command.finished", node_id = %app.config.node_id, command_id = %id, model = %order.id, code = %e.code, "{kind:?} of {} failed: {}", order.id, e.message);
+            app.book.set(&id, CommandState::Failed, Some(e));
+        }
     }
 }
 

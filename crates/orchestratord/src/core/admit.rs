@@ -23,15 +23,22 @@ enum Room {
 
 impl<E: Effects> Core<E> {
     /// Admits a task: checks in the spec's order, then queues it and fills slots.
-    pub fn submit(&mut self, v: ValidatedTask, correlation_id: String, now: Instant) -> Result<(AdmissionResponse, Arc<TaskLog>), ErrorEnvelope> {
+    pub fn submit(&mut self, mut v: ValidatedTask, correlation_id: String, now: Instant) -> Result<(AdmissionResponse, Arc<TaskLog>), ErrorEnvelope> {
         if let Some(t) = self.tasks.get(&v.task_id) {
             if !t.state.is_terminal() {
                 return Err(ErrorEnvelope::new(ErrorCode::Conflict, format!("task {} is still active", v.task_id)));
             }
         }
-        let model = self.resolve_model(&v.model_ref).map_err(|e| self.reject(e))?;
+        let rec = self.admit_model(&v.model_ref, v.ctx).map_err(|e| self.reject(e))?;
+        let model = rec.id.clone();
+        let target = self.serving_or_target(&rec).map_err(|e| self.reject(e))?;
         self.check_placement(&v, &model).map_err(|e| self.reject(e))?;
+        // A task bound to a provisioning target stays in its model's queue (it is the oldest there,
+        // so it goes first) but may only run on the target.
         let key = queue_key(&v, &model);
+        if let Some(pool) = &target {
+            Self::bind_to_target(&mut v, pool);
+        }
         let max_tokens = v.max_tokens.unwrap_or(self.cfg.default_max_tokens);
         match self.room(&key, v.priority, &model, max_tokens) {
             Room::Free => {}
@@ -49,7 +56,7 @@ impl<E: Effects> Core<E> {
             }
         }
         let ahead = self.queues.get(&key).map(|q| q.len()).unwrap_or(0) as u64;
-        let (position, predicted) = self.predict(&model, ahead, max_tokens);
+        let (position, predicted) = if target.is_some() { (0, 0) } else { self.predict(&model, ahead, max_tokens) };
         if let Some(d) = v.deadline_ms {
             if predicted > d && self.has_measurements(&model) {
                 return Err(self.reject(ErrorEnvelope::new(ErrorCode::DeadlineUnmet, format!("the predicted start in {predicted} ms is past the deadline of {d} ms"))));
@@ -74,8 +81,15 @@ impl<E: Effects> Core<E> {
         self.touch_session(v.session_id, now);
         let priority = v.priority;
         let deadline = v.deadline_ms.map(|d| now + Duration::from_millis(d));
-        self.tasks.insert(id, TaskEntry::new(v, correlation_id, model, key.clone(), log.clone(), now, position, predicted, max_tokens, deadline));
+        self.tasks.insert(id, TaskEntry::new(v, correlation_id.clone(), model, key.clone(), log.clone(), now, position, predicted, max_tokens, deadline));
         self.metrics.inc(m::TASKS_ENQUEUED, labels(&[("engine", api::ENGINE_LLAMACPP), ("engine_version", ""), ("pool_id", ""), ("replica_id", ""), ("priority", priority.as_str())]), 1.0);
+        let mut resp = resp;
+        if let Some(pool) = target {
+            let (steps, estimate) = self.start_load(&rec, &pool, id, &correlation_id);
+            resp.predicted_start_ms += estimate;
+            resp.preparation.steps = steps;
+            self.announce_binding(id, &pool, resp.predicted_start_ms);
+        }
         self.queues.entry(key).or_default().push(id, priority);
         self.pump(now);
         Ok((resp, log))
@@ -213,6 +227,8 @@ impl TaskEntry {
             announced_position: Some(position),
             max_tokens,
             deadline,
+            started_sent: false,
+            load: None,
         }
     }
 }

@@ -8,9 +8,11 @@
 //! dispatch attempt are ignored.
 
 pub mod admit;
+pub mod models;
 pub mod nodes;
 pub mod ops;
 pub mod placement;
+pub mod provision;
 pub mod queue;
 pub mod runner;
 pub mod sessions;
@@ -103,8 +105,14 @@ pub struct PoolEntry {
     pub free_vram: u64,
     /// Draining on an operator's request: out of placement until a reload.
     pub draining: bool,
-    /// The pool operation in progress (drain or reload), by command id.
+    /// The pool operation in progress (drain, reload or load-model), by command id.
     pub op: Option<(String, api::node::CommandKind)>,
+    /// The catalog model this pool serves (§9.2: digest or ref matches), re-derived from every report.
+    pub serves: Option<String>,
+    /// The (model id, digest) of the last report, so catalog writes happen only on change.
+    pub reported: Option<(String, Option<String>)>,
+    /// The model a `load-model` in progress is loading into this pool.
+    pub loading: Option<String>,
 }
 
 impl PoolEntry {
@@ -115,8 +123,9 @@ impl PoolEntry {
         self.status.slots_total.saturating_sub(self.holding.len() as u32)
     }
 
+    /// The catalog model the pool serves (None when its report does not match the catalog).
     pub fn model_id(&self) -> Option<&str> {
-        self.status.models.first().map(|m| m.id.as_str())
+        self.serves.as_deref()
     }
 }
 
@@ -169,6 +178,10 @@ pub struct TaskEntry {
     pub announced_position: Option<u64>,
     pub max_tokens: u64,
     pub deadline: Option<Instant>,
+    /// The `started` frame was sent (at dispatch, or when provisioning bound the task to a pool).
+    pub started_sent: bool,
+    /// The `load-model` command this task waits on, until its steps are reported completed.
+    pub load: Option<String>,
 }
 
 pub struct Core<E: Effects> {
@@ -183,10 +196,16 @@ pub struct Core<E: Effects> {
     /// Terminal tasks in finishing order, for retention.
     pub finished: VecDeque<TaskId>,
     pub sessions: HashMap<api::SessionId, sessions::Session>,
+    /// The model catalog (SQLite, written through).
+    pub catalog: catalog::Catalog,
+    /// `load-model` commands in flight, by command id.
+    pub loads: BTreeMap<String, provision::Load>,
+    /// Node-level catalog commands (`evict-model`, `verify-model`) in flight, by command id.
+    pub node_commands: HashMap<String, models::NodeCommand>,
 }
 
 impl<E: Effects> Core<E> {
-    pub fn new(cfg: Arc<Config>, effects: E, metrics: Arc<Metrics>) -> Self {
+    pub fn new(cfg: Arc<Config>, effects: E, metrics: Arc<Metrics>, catalog: catalog::Catalog) -> Self {
         Self {
             cfg,
             effects,
@@ -198,6 +217,9 @@ impl<E: Effects> Core<E> {
             queues: BTreeMap::new(),
             finished: VecDeque::new(),
             sessions: HashMap::new(),
+            catalog,
+            loads: BTreeMap::new(),
+            node_commands: HashMap::new(),
         }
     }
 
@@ -295,14 +317,7 @@ impl<E: Effects> Core<E> {
                 out.push((m::GPU_UTILIZATION, l, g.utilization_pct));
             }
         }
-        let mut models: Vec<&str> = self.pools.values().filter_map(|p| p.model_id()).collect();
-        models.sort_unstable();
-        models.dedup();
-        for model in models {
-            // Without a catalog every served model is Active (API.md §9.2 registers pool models as Active).
-            out.push((m::MODEL_STATE, m::labels(&[("model_id", model), ("state", "Active")]), 1.0));
-            out.push((m::MODEL_STATE, m::labels(&[("model_id", model), ("state", "Retired")]), 0.0));
-        }
+        out.extend(self.model_state_gauges());
         out
     }
 

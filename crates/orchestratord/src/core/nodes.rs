@@ -66,6 +66,7 @@ impl<E: Effects> Core<E> {
             }
         };
         let pool_ids: Vec<String> = req.pools.iter().map(|p| p.pool_id.clone()).collect();
+        self.forget_loads_of(&req.node_id, now);
         // Pools this node no longer reports leave the registry.
         self.pools.retain(|id, e| e.node_id != req.node_id || pool_ids.contains(id));
         for p in &req.pools {
@@ -118,9 +119,26 @@ impl<E: Effects> Core<E> {
                 e.exhausted = false;
             }
             None => {
-                self.pools.insert(id, PoolEntry { node_id: node_id.to_string(), status, holding: Default::default(), releasing: Default::default(), exhausted: false, node_online: false, free_vram: 0, draining: false, op: None });
+                self.pools.insert(
+                    id.clone(),
+                    PoolEntry {
+                        node_id: node_id.to_string(),
+                        status,
+                        holding: Default::default(),
+                        releasing: Default::default(),
+                        exhausted: false,
+                        node_online: false,
+                        free_vram: 0,
+                        draining: false,
+                        op: None,
+                        serves: None,
+                        reported: None,
+                        loading: None,
+                    },
+                );
             }
         }
+        self.evaluate_pool(&id);
     }
 
     /// Checks a bearer against the node's credential (constant time).

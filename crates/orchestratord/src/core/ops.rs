@@ -32,19 +32,15 @@ impl<E: Effects> Core<E> {
         Ok(PoolCommandAccepted { pool_id: pool_id.into(), command_id, state: PoolState::Draining })
     }
 
-    /// `POST /v2/pools/{id}/reload`: this version reloads a pool's own model (returning a drained
-    /// pool to service, or restarting its engine); another model needs the model catalog.
+    /// `POST /v2/pools/{id}/reload`: the pool's own model (returning a drained pool to service, or
+    /// restarting its engine) or another catalog model, which the node fetches when needed.
     pub fn reload(&mut self, pool_id: &str, model_ref: &str, correlation_id: String) -> Result<PoolCommandAccepted, ErrorEnvelope> {
         let node_id = self.ready_node(pool_id)?;
         let pool = self.pools.get(pool_id).ok_or_else(|| not_found(pool_id))?;
         if pool.op.is_some() {
             return Err(ErrorEnvelope::new(ErrorCode::Conflict, format!("another operation is running on pool {pool_id}")));
         }
-        let current = pool.status.models.first().cloned();
-        let model = match current {
-            Some(m) if m.id == model_ref || m.model_ref == model_ref => m,
-            _ => self.reload_target(model_ref)?,
-        };
+        let model = self.reload_target(model_ref)?;
         let command_id = uuid::Uuid::new_v4().to_string();
         if let Some(p) = self.pools.get_mut(pool_id) {
             p.op = Some((command_id.clone(), CommandKind::Reload));
@@ -54,21 +50,10 @@ impl<E: Effects> Core<E> {
         Ok(PoolCommandAccepted { pool_id: pool_id.into(), command_id, state })
     }
 
-    /// The model a reload names: a model some pool reports (by id or ref), or a `file:` ref on the
-    /// pool's node. Fetching `hf:` and `https:` models needs the catalog's fetchers.
-    fn reload_target(&self, model_ref: &str) -> Result<LoadedModel, ErrorEnvelope> {
-        if let Some(m) = self.pools.values().flat_map(|p| p.status.models.iter()).find(|m| m.id == model_ref || m.model_ref == model_ref) {
-            return Ok(m.clone());
-        }
-        if !model_ref.contains(':') {
-            return Err(ErrorEnvelope::new(ErrorCode::ModelNotAvailable, format!("model {model_ref:?} is not known")).with_retriable(false));
-        }
-        match api::model_ref::ModelRef::parse(model_ref) {
-            Ok(r @ api::model_ref::ModelRef::File { .. }) => Ok(LoadedModel { id: r.default_id(), model_ref: r.to_string(), digest: None, ..Default::default() }),
-            Ok(r) => Err(ErrorEnvelope::invalid("model_ref", format!("{}: models need the model catalog's fetchers, which this version does not have", r.scheme()))),
-            Err(api::model_ref::ModelRefError::Untrusted(m)) => Err(ErrorEnvelope::new(ErrorCode::UntrustedArtifact, m)),
-            Err(e) => Err(ErrorEnvelope::invalid("model_ref", e.to_string())),
-        }
+    /// The model a reload names, checked against the catalog as at admission (§10, §6.5).
+    fn reload_target(&mut self, model_ref: &str) -> Result<LoadedModel, ErrorEnvelope> {
+        let rec = self.admit_model(model_ref, None)?;
+        Ok(LoadedModel { id: rec.id, model_ref: rec.model_ref, digest: rec.digest, size_bytes: rec.size_bytes, metadata: None })
     }
 
     fn ready_node(&self, pool_id: &str) -> Result<String, ErrorEnvelope> {
@@ -79,7 +64,7 @@ impl<E: Effects> Core<E> {
         }
     }
 
-    fn send(&mut self, node_id: &str, cmd: Command) {
+    pub(super) fn send(&mut self, node_id: &str, cmd: Command) {
         tracing::info!(event = "command.sent", correlation_id = %cmd.correlation_id, command_id = %cmd.command_id, node_id = %node_id,
             pool_id = %cmd.pool_id.as_deref().unwrap_or(""), "Sent {:?} for pool {} to node {node_id}", cmd.kind, cmd.pool_id.as_deref().unwrap_or(""));
         if let Some(n) = self.nodes.get_mut(node_id) {
@@ -104,7 +89,15 @@ impl<E: Effects> Core<E> {
             if let Some(n) = self.nodes.get_mut(node_id) {
                 n.commands.retain(|c| c.command_id != st.command_id);
             }
+            if self.loads.contains_key(&st.command_id) {
+                self.load_status(st, now);
+                continue;
+            }
             if !matches!(st.status, CommandState::Completed | CommandState::Failed) {
+                continue;
+            }
+            if self.node_commands.contains_key(&st.command_id) {
+                self.node_command_done(&st.command_id, st.status == CommandState::Completed, st.error, st.result);
                 continue;
             }
             let Some((pool_id, kind)) = self.pools.iter().find(|(_, p)| p.op.as_ref().is_some_and(|(id, _)| *id == st.command_id)).map(|(id, p)| (id.clone(), p.op.as_ref().map(|o| o.1))) else { continue };

@@ -42,6 +42,8 @@ pub enum Msg {
     CancelConfirmed { id: TaskId },
     Timer(Timer),
     Tick,
+    /// Any other request: runs against the core and replies through its own channel.
+    Call(Box<dyn FnOnce(&mut Core<LiveEffects>, Instant) + Send>),
 }
 
 /// A cheap handle for sending messages to the core.
@@ -59,6 +61,16 @@ impl CoreHandle {
     pub async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Msg) -> Option<T> {
         let (tx, rx) = oneshot::channel();
         self.tx.send(make(tx)).ok()?;
+        rx.await.ok()
+    }
+
+    /// Runs `f` on the core's task and returns its result; `None` if the core is gone.
+    pub async fn call<T: Send + 'static>(&self, f: impl FnOnce(&mut Core<LiveEffects>, Instant) -> T + Send + 'static) -> Option<T> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Msg::Call(Box::new(move |core, now| {
+            let _ = tx.send(f(core, now));
+        })))
+        .ok()?;
         rx.await.ok()
     }
 }
@@ -112,7 +124,7 @@ impl Effects for LiveEffects {
 }
 
 /// Spawns the core's owner task and its 1 s tick; returns the handle.
-pub fn spawn(cfg: Arc<Config>, metrics: Arc<Metrics>, tracker: &TaskTracker, shutdown: tokio_util::sync::CancellationToken) -> CoreHandle {
+pub fn spawn(cfg: Arc<Config>, metrics: Arc<Metrics>, catalog: catalog::Catalog, tracker: &TaskTracker, shutdown: tokio_util::sync::CancellationToken) -> CoreHandle {
     let (tx, mut rx) = mpsc::unbounded_channel();
     // HTTP/2 to workers: every dispatch stream to a node shares one connection, so thousands of
     // concurrent streams need a handful of sockets, and dropping a stream resets only that stream.
@@ -125,7 +137,7 @@ pub fn spawn(cfg: Arc<Config>, metrics: Arc<Metrics>, tracker: &TaskTracker, shu
         .build()
         .unwrap_or_default();
     let effects = LiveEffects { tx: tx.clone(), http, relays: HashMap::new(), tracker: tracker.clone(), idle_timeout: cfg.worker_idle_timeout, shutdown: shutdown.clone() };
-    let mut core = Core::new(cfg, effects, metrics);
+    let mut core = Core::new(cfg, effects, metrics, catalog);
     let tick_tx = tx.clone();
     let tick_stop = shutdown.clone();
     tracker.spawn(async move {
@@ -209,5 +221,6 @@ fn handle(core: &mut Core<LiveEffects>, msg: Msg, now: Instant) {
         Msg::CancelConfirmed { id } => core.on_cancel_confirmed(id, now),
         Msg::Timer(t) => core.on_timer(t, now),
         Msg::Tick => core.tick(now),
+        Msg::Call(f) => f(core, now),
     }
 }

@@ -15,6 +15,12 @@ pub struct TaskLog {
     ever_subscribed: std::sync::atomic::AtomicBool,
 }
 
+impl std::fmt::Debug for TaskLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskLog").field("frames", &self.len()).finish()
+    }
+}
+
 impl Default for TaskLog {
     fn default() -> Self {
         Self { frames: Mutex::new(Vec::new()), count: watch::channel(0).0, subscribers: AtomicUsize::new(0), ever_subscribed: Default::default() }

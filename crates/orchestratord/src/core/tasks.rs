@@ -38,30 +38,6 @@ impl<E: Effects> Core<E> {
         e
     }
 
-    /// Resolves `model_ref` to a model id that some pool reports (API.md §6.5).
-    pub(super) fn resolve_model(&self, model_ref: &str) -> Result<String, ErrorEnvelope> {
-        let known = self.pools.values().flat_map(|p| p.status.models.iter());
-        let found = if model_ref.contains(':') {
-            known.into_iter().find(|m| m.model_ref == model_ref).map(|m| m.id.clone())
-        } else {
-            known.into_iter().find(|m| m.id == model_ref).map(|m| m.id.clone())
-        };
-        let Some(id) = found else {
-            return Err(ErrorEnvelope::new(ErrorCode::ModelNotAvailable, format!("model {model_ref:?} is not known: no node serves it")).with_retriable(false));
-        };
-        let serving = self.pools.values().any(|p| {
-            !p.draining
-                && p.model_id() == Some(id.as_str())
-                && matches!(p.status.state, PoolState::Ready | PoolState::Starting | PoolState::Provisioning)
-                && self.nodes.get(&p.node_id).is_some_and(|n| n.status == NodeStatus::Online)
-        });
-        if !serving {
-            self.metrics.inc(m::PLACEMENT_DECISIONS, labels(&[("outcome", "no_capacity"), ("pinned", "false"), ("fallback", "false")]), 1.0);
-            return Err(ErrorEnvelope::new(ErrorCode::ModelNotAvailable, format!("no pool can serve {id} now")).with_retriable(true).with_retry_after(5000));
-        }
-        Ok(id)
-    }
-
     /// Placement checks that refuse at admission (API.md §7.2).
     pub(super) fn check_placement(&self, v: &ValidatedTask, model: &str) -> Result<(), ErrorEnvelope> {
         let p = &v.placement;
@@ -155,6 +131,7 @@ impl<E: Effects> Core<E> {
 
     /// Binds a task to `pool_id` and opens a dispatch attempt.
     pub(super) fn start_attempt(&mut self, id: TaskId, pool_id: &str, now: Instant) {
+        self.prep_completed(id);
         let Some(pool) = self.pools.get_mut(pool_id) else { return };
         pool.holding.insert(id);
         let node_id = pool.node_id.clone();
@@ -173,6 +150,9 @@ impl<E: Effects> Core<E> {
         t.engine_version = engine_version.clone();
         if first {
             t.started_at_ms = Some(daemon::now_ms());
+        }
+        if !t.started_sent {
+            t.started_sent = true;
             t.log.append(Event::Started(Started {
                 queue_position: t.admission_position,
                 predicted_start_ms: t.admission_predicted_ms,

@@ -40,7 +40,7 @@ impl Effects for Recorded {
 fn core_with(edit: impl FnOnce(&mut Config)) -> Core<Recorded> {
     let mut cfg = RawConfig::default().validate(std::path::Path::new("/tmp")).expect("defaults");
     edit(&mut cfg);
-    Core::new(Arc::new(cfg), Recorded::default(), Arc::new(crate::metrics::Metrics::default()))
+    Core::new(Arc::new(cfg), Recorded::default(), Arc::new(crate::metrics::Metrics::default()), catalog::Catalog::open_in_memory().expect("in-memory catalog"))
 }
 
 fn pool(id: &str, slots: u32) -> PoolStatus {
@@ -51,6 +51,7 @@ fn pool(id: &str, slots: u32) -> PoolStatus {
         engine: "llamacpp".into(),
         engine_version: Some("b1-test".into()),
         engine_built: true,
+        provisioning_target: false,
         device_mask: "cpu".into(),
         slots_total: slots,
         slots_free: slots,
@@ -356,4 +357,161 @@ fn sessions_expire_and_delete() {
     assert!(core.session_view(sid, now + Duration::from_secs(11)).is_none(), "expired");
     core.delete_session(sid);
     assert!(core.session_view(sid, now).is_none());
+}
+
+fn heartbeat(core: &mut Core<Recorded>, node: &str, seq: u64, pools: Vec<PoolStatus>, commands: Vec<api::node::CommandStatus>, now: Instant) -> api::node::HeartbeatResponse {
+    let hb = api::node::HeartbeatRequest { seq, sent_at_ms: 0, pools, gpus: vec![], commands };
+    let token = core.nodes[node].credential.as_ref().map(|c| c.expose().to_string()).unwrap_or_default();
+    core.heartbeat(node, hb, NodeCaller::Bearer(token), now).expect("heartbeat")
+}
+
+fn unloaded(id: &str) -> PoolStatus {
+    PoolStatus { state: PoolState::Unloaded, models: vec![], provisioning_target: true, ..pool(id, 1) }
+}
+
+const HF_REF: &str = "hf:org/repo/Tiny-Model.gguf";
+const DIGEST: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+
+fn register_hf(core: &mut Core<Recorded>) -> String {
+    let req = api::catalog::RegisterModel { id: None, model_ref: HF_REF.into(), digest: None };
+    let (rec, created) = core.catalog_register(req).expect("registered");
+    assert!(created);
+    rec.id
+}
+
+#[test]
+fn reported_models_join_the_catalog_and_admission_checks_it() {
+    let now = Instant::now();
+    let mut core = core_with(|_| {});
+    register(&mut core, "n1", vec![pool("p1", 1)], now);
+    let rec = core.catalog_get("m").expect("a pool's model is registered as Active on first report");
+    assert_eq!(rec.model_ref, "file:/m.gguf");
+    assert_eq!(core.pools["p1"].model_id(), Some("m"));
+    // Unknown id: 404, nothing admitted.
+    let err = core.submit(task(|r| r.model_ref = "nope".into()), "c".into(), now).unwrap_err();
+    assert_eq!((err.code, err.retriable), (ErrorCode::ModelNotAvailable, false));
+    // A known model nobody serves, provisioning off: 503, retriable.
+    register_hf(&mut core);
+    let err = core.submit(task(|r| r.model_ref = "tiny-model".into()), "c".into(), now).unwrap_err();
+    assert_eq!((err.code, err.retriable), (ErrorCode::ModelNotAvailable, true));
+    // Retired: 409, and the state shows in the gauge.
+    core.catalog_set_state("m", api::catalog::ModelState::Retired).expect("retire");
+    let err = core.submit(task(|_| {}), "c".into(), now).unwrap_err();
+    assert_eq!(err.code, ErrorCode::ModelDeprecated);
+    assert!(core.model_state_gauges().iter().any(|(_, l, v)| l.iter().any(|(_, s)| s == "Retired") && l.iter().any(|(_, s)| s == "m") && *v == 1.0));
+    core.catalog_set_state("m", api::catalog::ModelState::Active).expect("activate");
+    assert!(submit(&mut core, Priority::Interactive, now).is_ok());
+    // A pool serving the model blocks its deletion.
+    assert_eq!(core.catalog_delete("m", "c".into()).unwrap_err().code, ErrorCode::Conflict);
+}
+
+#[test]
+fn a_pool_whose_digest_differs_from_the_catalog_does_not_serve() {
+    let now = Instant::now();
+    let mut core = core_with(|_| {});
+    let req = api::catalog::RegisterModel { id: Some("m".into()), model_ref: "file:/m.gguf".into(), digest: Some(DIGEST.into()) };
+    core.catalog_register(req).expect("registered");
+    let mut p = pool("p1", 1);
+    p.models[0].digest = Some(format!("sha256:{}", "2".repeat(64)));
+    register(&mut core, "n1", vec![p], now);
+    assert_eq!(core.pools["p1"].model_id(), None);
+    assert!(core.pools["p1"].status.last_error.as_deref().unwrap_or("").contains("digest"));
+    assert_eq!(core.submit(task(|_| {}), "c".into(), now).unwrap_err().code, ErrorCode::ModelNotAvailable);
+    let mut good = pool("p1", 1);
+    good.models[0].digest = Some(DIGEST.into());
+    heartbeat(&mut core, "n1", 1, vec![good], vec![], now);
+    assert_eq!(core.pools["p1"].model_id(), Some("m"), "the matching digest serves");
+}
+
+#[test]
+fn provisioning_loads_the_model_and_binds_the_task() {
+    use api::node::{CommandKind, CommandResult, CommandState, CommandStatus, StepProgress, StepStatus};
+    let now = Instant::now();
+    let mut core = core_with(|c| c.provisioning_on_demand = true);
+    register(&mut core, "n1", vec![unloaded("p1"), PoolStatus { provisioning_target: false, ..unloaded("p2") }], now);
+    let model = register_hf(&mut core);
+    let v = task(|r| r.model_ref = model.clone());
+    let (resp, log) = core.submit(v, "cid".into(), now).expect("admitted with provisioning");
+    let kinds: Vec<&str> = resp.preparation.steps.iter().map(|s| s.kind.as_str()).collect();
+    assert_eq!(kinds, ["model_fetch", "pool_warmup"], "the engine is built, the model is not on the node");
+    assert_eq!(resp.preparation.steps[0].id, format!("model:{HF_REF}"));
+    assert!(resp.predicted_start_ms > 0);
+    let (frames0, _) = log.read_from(0);
+    assert!(matches!(&frames0[0], Event::Started(s) if s.pool_id == "p1" && s.engine_version.is_some()), "started names the target at once: {frames0:?}");
+    // A second task for the same model waits on the same load.
+    let second = core.submit(task(|r| r.model_ref = model.clone()), "c2".into(), now).expect("second").0.task_id;
+    let cmds = &core.nodes["n1"].commands;
+    assert_eq!(cmds.iter().filter(|c| c.kind == CommandKind::LoadModel).count(), 1, "one load, not one per task");
+    let cmd = cmds[0].clone();
+    assert_eq!(cmd.pool_id.as_deref(), Some("p1"));
+    assert_eq!(core.pools["p1"].op.as_ref().map(|o| o.1), Some(CommandKind::LoadModel));
+    // Progress from the node reaches the bound task as a verbose frame.
+    let step = |kind: &str, id: String, status, done| StepProgress { step_id: id, kind: kind.into(), status, pct: done as f64, bytes_done: done, bytes_total: 100 };
+    let running = CommandStatus {
+        command_id: cmd.command_id.clone(),
+        status: CommandState::Running,
+        progress: vec![step("model_fetch", format!("model:{HF_REF}"), StepStatus::Running, 40), step("pool_warmup", "pool:p1".into(), StepStatus::Pending, 0)],
+        error: None,
+        result: None,
+    };
+    let mut loading = unloaded("p1");
+    loading.state = PoolState::Provisioning;
+    heartbeat(&mut core, "n1", 1, vec![loading, unloaded("p2")], vec![running], now);
+    let prep = log.read_from(0).0.iter().rev().find_map(|e| if let Event::Metrics(m) = e { m.prep.clone().map(|p| (p, m.phase.clone(), m.human.clone())) } else { None }).expect("a prep frame");
+    assert_eq!(prep.0[&format!("model:{HF_REF}")].bytes_done, 40);
+    assert_eq!(prep.1.as_deref(), Some("model_fetch"));
+    assert!(prep.2.unwrap_or_default().contains("40%"));
+    assert!(dispatched(&core).is_empty());
+    // Completed: the catalog learns digest and location; the pool serves; both tasks run.
+    let mut ready = pool("p1", 1);
+    ready.models = vec![LoadedModel { id: model.clone(), model_ref: HF_REF.into(), digest: Some(DIGEST.into()), size_bytes: Some(100), metadata: None }];
+    let done = CommandStatus { command_id: cmd.command_id.clone(), status: CommandState::Completed, progress: vec![], error: None, result: Some(CommandResult { digest: DIGEST.into(), size_bytes: 100, metadata: None }) };
+    heartbeat(&mut core, "n1", 2, vec![ready, unloaded("p2")], vec![done], now);
+    let rec = core.catalog_get(&model).expect("record");
+    assert_eq!((rec.digest.as_deref(), rec.size_bytes, rec.locations.clone()), (Some(DIGEST), Some(100), vec!["n1".to_string()]));
+    assert_eq!(dispatched(&core)[0].1, "p1");
+    let frames = log.read_from(0).0;
+    let last_prep = frames.iter().rposition(|e| matches!(e, Event::Metrics(m) if m.prep.is_some())).expect("prep");
+    if let Event::Metrics(m) = &frames[last_prep] {
+        assert!(m.prep.as_ref().unwrap().values().all(|p| p.status == StepStatus::Completed), "every step completed before dispatch");
+    }
+    assert_eq!(frames.iter().filter(|e| matches!(e, Event::Started(_))).count(), 1, "started is not repeated at dispatch");
+    assert!(core.pools["p1"].op.is_none());
+    assert_eq!(core.tasks[&second].state, TaskState::Queued, "one slot: the second task waits its turn");
+}
+
+#[test]
+fn a_failed_load_ends_the_waiting_tasks_with_its_error() {
+    use api::node::{CommandState, CommandStatus};
+    let now = Instant::now();
+    let mut core = core_with(|c| c.provisioning_on_demand = true);
+    register(&mut core, "n1", vec![unloaded("p1")], now);
+    let model = register_hf(&mut core);
+    let first = core.submit(task(|r| r.model_ref = model.clone()), "c1".into(), now).expect("first").0.task_id;
+    let second = core.submit(task(|r| r.model_ref = model.clone()), "c2".into(), now).expect("second").0.task_id;
+    let cmd = core.nodes["n1"].commands[0].command_id.clone();
+    let env = api::ErrorEnvelope::new(ErrorCode::UntrustedArtifact, "digest mismatch");
+    heartbeat(&mut core, "n1", 1, vec![unloaded("p1")], vec![CommandStatus { command_id: cmd, status: CommandState::Failed, progress: vec![], error: Some(env), result: None }], now);
+    for id in [first, second] {
+        assert!(matches!(frames(&core, id).last(), Some(Event::Error(e)) if e.code == ErrorCode::UntrustedArtifact), "{:?}", frames(&core, id));
+    }
+    assert!(core.pools["p1"].op.is_none(), "the pool is free for another load");
+    assert!(core.catalog_get(&model).expect("record").locations.is_empty());
+}
+
+#[test]
+fn no_target_means_503_and_full_pools_are_not_targets() {
+    let now = Instant::now();
+    let mut core = core_with(|c| c.provisioning_on_demand = true);
+    register(&mut core, "n1", vec![PoolStatus { provisioning_target: true, ..pool("p1", 1) }], now);
+    let model = register_hf(&mut core);
+    let err = core.submit(task(|r| r.model_ref = model.clone()), "c".into(), now).unwrap_err();
+    assert_eq!((err.code, err.retriable), (ErrorCode::ModelNotAvailable, true), "a Ready pool is repurposed only with allow_repurpose_idle");
+    let mut core = core_with(|c| {
+        c.provisioning_on_demand = true;
+        c.allow_repurpose_idle = true;
+    });
+    register(&mut core, "n1", vec![PoolStatus { provisioning_target: true, ..pool("p1", 1) }], now);
+    let model = register_hf(&mut core);
+    assert!(core.submit(task(|r| r.model_ref = model.clone()), "c".into(), now).is_ok(), "an idle Ready pool may be repurposed");
 }

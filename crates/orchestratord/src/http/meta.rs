@@ -83,10 +83,18 @@ pub async fn capabilities(State(app): State<App>) -> Result<Json<serde_json::Val
 }
 
 /// Parses an optional strict JSON body (an empty body means the defaults).
-async fn small_body<T: serde::de::DeserializeOwned + Default>(app: &App, headers: &axum::http::HeaderMap, body: axum::body::Body) -> Result<T, ApiError> {
+pub(super) async fn small_body<T: serde::de::DeserializeOwned + Default>(app: &App, headers: &axum::http::HeaderMap, body: axum::body::Body) -> Result<T, ApiError> {
+    Ok(required_body::<Option<T>>(app, headers, body, true).await?.unwrap_or_default())
+}
+
+/// Parses a strict JSON body; an empty one is 400 unless `allow_empty` (then JSON `null`).
+pub(super) async fn required_body<T: serde::de::DeserializeOwned>(app: &App, headers: &axum::http::HeaderMap, body: axum::body::Body, allow_empty: bool) -> Result<T, ApiError> {
     let bytes = axum::body::to_bytes(body, app.cfg.max_body_bytes).await.map_err(|_| ApiError(ErrorEnvelope::new(ErrorCode::InvalidParams, "the body is too large")))?;
     if bytes.is_empty() {
-        return Ok(T::default());
+        if allow_empty {
+            return serde_json::from_str("null").map_err(|_| ApiError(ErrorEnvelope::new(ErrorCode::InvalidParams, "a JSON body is required")));
+        }
+        return Err(ApiError(ErrorEnvelope::new(ErrorCode::InvalidParams, "a JSON body is required")));
     }
     let ct = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
     if !ct.starts_with("application/json") {

@@ -1,6 +1,7 @@
 //! orchestratord's HTTP surface: the router, authentication (API.md §3.1) and body helpers. Handlers
 //! talk to the core through [`CoreHandle`] messages; none of them holds core state.
 
+mod catalog;
 mod meta;
 mod nodes;
 pub mod openai;
@@ -60,6 +61,11 @@ pub fn router(app: App) -> Router {
         .route("/v2/pools/{id}/health", get(meta::pool_health))
         .route("/v2/pools/{id}/drain", post(meta::drain))
         .route("/v2/pools/{id}/reload", post(meta::reload))
+        .route("/v2/catalog/models", post(catalog::register).get(catalog::list))
+        .route("/v2/catalog/models/{id}", get(catalog::get).delete(catalog::delete))
+        .route("/v2/catalog/models/{id}/verify", post(catalog::verify))
+        .route("/v2/catalog/models/{id}/state", post(catalog::set_state))
+        .route("/v2/catalog/availability", get(catalog::availability))
         .route("/v2/meta/version", get(meta::version))
         .route("/v2/meta/capabilities", get(meta::capabilities))
         .route("/v1/chat/completions", post(openai::chat))

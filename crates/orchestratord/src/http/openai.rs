@@ -51,16 +51,8 @@ pub async fn completions(State(app): State<App>, Extension(cid): Extension<Corre
 }
 
 pub async fn models(State(app): State<App>) -> Response {
-    let Some(pools) = app.core.ask(|reply| Msg::Pools { reply }).await else { return error(ErrorEnvelope::new(ErrorCode::Internal, "shutting down")) };
-    let mut ids: Vec<String> = pools
-        .iter()
-        .filter(|p| p.state == api::node::PoolState::Ready && p.node_status == api::node::NodeStatus::Online)
-        .filter_map(|p| p.model.as_ref().map(|m| m.id.clone()))
-        .collect();
-    ids.sort();
-    ids.dedup();
-    let created = daemon::now_ms() / 1000;
-    let data: Vec<Value> = ids.iter().map(|id| json!({ "id": id, "object": "model", "created": created, "owned_by": "llama-orch" })).collect();
+    let Some(models) = app.core.call(|core, _| core.listed_models()).await else { return error(ErrorEnvelope::new(ErrorCode::Internal, "shutting down")) };
+    let data: Vec<Value> = models.iter().map(|(id, created)| json!({ "id": id, "object": "model", "created": created, "owned_by": "llama-orch" })).collect();
     Json(json!({ "object": "list", "data": data })).into_response()
 }
 

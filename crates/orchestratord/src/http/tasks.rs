@@ -78,7 +78,7 @@ fn verbose(query: Option<&str>) -> Result<bool, ApiError> {
 
 pub async fn events(State(app): State<App>, Path(id): Path<String>, RawQuery(query): RawQuery, headers: HeaderMap) -> Result<Response, ApiError> {
     let id = task_id(&id)?;
-    let _verbose = verbose(query.as_deref())?;
+    let verbose = verbose(query.as_deref())?;
     let from = match headers.get("last-event-id").map(|v| v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok())) {
         None => 0,
         Some(Some(n)) => n as usize + 1,
@@ -87,7 +87,7 @@ pub async fn events(State(app): State<App>, Path(id): Path<String>, RawQuery(que
     let log = app.core.ask(|reply| Msg::Log { id, reply }).await.ok_or_else(unavailable)?;
     let log = log.ok_or_else(|| ApiError(ErrorEnvelope::new(ErrorCode::NotFound, format!("no task {id}"))))?;
     let sub = Subscription::new(log, app.core.clone(), id);
-    let stream = futures::stream::unfold((sub, from, false), move |(sub, next, done)| {
+    let stream = futures::stream::unfold((sub, from, false), move |(sub, mut next, done)| {
         let keepalive = app.cfg.keepalive;
         async move {
             if done {
@@ -99,10 +99,16 @@ pub async fn events(State(app): State<App>, Path(id): Path<String>, RawQuery(que
                 if !frames.is_empty() {
                     let mut chunk = String::new();
                     for (k, ev) in frames.iter().enumerate() {
-                        chunk.push_str(&frame(next + k, ev));
+                        if let Some(ev) = ev.for_subscriber(verbose) {
+                            chunk.push_str(&frame(next + k, &ev));
+                        }
                     }
                     let n = next + frames.len();
                     let finished = closed && n >= sub.log.len();
+                    if chunk.is_empty() && !finished {
+                        next = n;
+                        continue;
+                    }
                     return Some((Ok::<_, Infallible>(Bytes::from(chunk)), (sub, n, finished)));
                 }
                 if closed {
