@@ -5,6 +5,7 @@ pub mod sse;
 
 use std::time::Duration;
 
+use api::catalog::{AvailabilityResponse, ModelRecord, ModelState, ModelsResponse, RegisterModel, SetModelState};
 use api::node::{NodesResponse, PoolsResponse};
 use api::task::{AdmissionResponse, TaskRecord, TaskRequest};
 use api::{ErrorEnvelope, TaskId};
@@ -195,6 +196,51 @@ impl Client {
         Ok(self.json(self.req(reqwest::Method::POST, &format!("/v2/pools/{id}/reload")).json(&body)).await?.body)
     }
 
+    // ---- model catalog (API.md §9.3) ----------------------------------------------------------
+
+    /// `POST /v2/catalog/models`: registers a model. The flag is `true` when the entry was created
+    /// (201) and `false` when an identical entry already existed (200). A clash with another ref is
+    /// 409 `CONFLICT`; a malformed ref, id or digest is 400 `INVALID_PARAMS`; `http://` or a scheme
+    /// the catalog does not allow is 400 `UNTRUSTED_ARTIFACT`.
+    pub async fn register_model(&self, body: &RegisterModel) -> Result<(ModelRecord, bool), Error> {
+        let r = self.json::<ModelRecord>(self.req(reqwest::Method::POST, "/v2/catalog/models").json(body)).await?;
+        Ok((r.body, r.status == 201))
+    }
+
+    /// `GET /v2/catalog/models`: every catalog entry.
+    pub async fn models(&self) -> Result<ModelsResponse, Error> {
+        Ok(self.json(self.req(reqwest::Method::GET, "/v2/catalog/models")).await?.body)
+    }
+
+    /// `GET /v2/catalog/models/{id}`.
+    pub async fn model(&self, id: &str) -> Result<ModelRecord, Error> {
+        Ok(self.json(self.req(reqwest::Method::GET, &format!("/v2/catalog/models/{}", segment(id)))).await?.body)
+    }
+
+    /// `DELETE /v2/catalog/models/{id}` (204): the nodes holding a copy evict it. 409 `CONFLICT`
+    /// while a pool serves or loads the model.
+    pub async fn delete_model(&self, id: &str) -> Result<(), Error> {
+        self.send(self.req(reqwest::Method::DELETE, &format!("/v2/catalog/models/{}", segment(id)))).await.map(|_| ())
+    }
+
+    /// `POST /v2/catalog/models/{id}/verify` (202): every node in `locations` re-hashes its copy;
+    /// copies that fail are removed. The record is the one at the time of the request.
+    pub async fn verify_model(&self, id: &str) -> Result<ModelRecord, Error> {
+        Ok(self.json(self.req(reqwest::Method::POST, &format!("/v2/catalog/models/{}/verify", segment(id)))).await?.body)
+    }
+
+    /// `POST /v2/catalog/models/{id}/state`: `Retired` refuses new tasks (409 `MODEL_DEPRECATED`),
+    /// `Active` accepts them again.
+    pub async fn set_model_state(&self, id: &str, state: ModelState) -> Result<ModelRecord, Error> {
+        let body = SetModelState { state };
+        Ok(self.json(self.req(reqwest::Method::POST, &format!("/v2/catalog/models/{}/state", segment(id))).json(&body)).await?.body)
+    }
+
+    /// `GET /v2/catalog/availability`: per model, the nodes caching it and the pools serving it.
+    pub async fn availability(&self) -> Result<AvailabilityResponse, Error> {
+        Ok(self.json(self.req(reqwest::Method::GET, "/v2/catalog/availability")).await?.body)
+    }
+
     /// `GET /v2/openapi.json`.
     pub async fn openapi(&self) -> Result<serde_json::Value, Error> {
         Ok(self.json(self.req(reqwest::Method::GET, "/v2/openapi.json")).await?.body)
@@ -203,5 +249,31 @@ impl Client {
     /// `GET /health` (no auth needed).
     pub async fn health(&self) -> Result<(), Error> {
         self.send(self.req(reqwest::Method::GET, "/health")).await.map(|_| ())
+    }
+}
+
+/// Percent-encodes one path segment (everything but RFC 3986 unreserved characters), so that an id
+/// typed by a user can never name another route.
+fn segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::segment;
+
+    #[test]
+    fn path_segments_are_encoded() {
+        assert_eq!(segment("smollm2-135m.q4_1"), "smollm2-135m.q4_1");
+        assert_eq!(segment("a/b c?"), "a%2Fb%20c%3F");
+        assert_eq!(segment("é"), "%C3%A9");
     }
 }

@@ -2,6 +2,7 @@ use clap::{Parser, Subcommand};
 
 mod engine_cmd;
 mod haiku_cmd;
+mod models_cmd;
 mod ops_cmd;
 mod progress;
 mod run_cmd;
@@ -44,6 +45,13 @@ enum Cmd {
         #[command(flatten)]
         conn: ops_cmd::Conn,
     },
+    /// The model catalog: add, list, get, rm, verify, retire, activate; fetch into this machine's cache.
+    Models {
+        #[command(subcommand)]
+        cmd: Option<models_cmd::ModelsCmd>,
+        #[command(flatten)]
+        conn: models_cmd::Conn,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -56,6 +64,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Tasks { cmd, conn } => runtime().and_then(|rt| rt.block_on(ops_cmd::tasks(cmd, conn))),
         Cmd::Nodes { conn } => runtime().and_then(|rt| rt.block_on(ops_cmd::nodes(conn))),
         Cmd::Pools { cmd, conn } => runtime().and_then(|rt| rt.block_on(ops_cmd::pools_cmd(cmd, conn))),
+        Cmd::Models { cmd, conn } => runtime().and_then(|rt| rt.block_on(models_cmd::run(cmd, conn))),
     };
     match result {
         Ok(code) => std::process::ExitCode::from(code),

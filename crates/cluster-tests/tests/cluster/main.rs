@@ -5,12 +5,14 @@
 
 mod auth;
 mod cancel;
+mod catalog_cli;
 mod cli;
 mod fixtures;
 mod happy;
 mod nodes;
 mod observe;
 mod openai;
+mod provision;
 mod refusals;
 mod schema;
 mod sched;
@@ -35,6 +37,10 @@ fn scenarios() -> Vec<(&'static str, bool, Scenario)> {
         ("worker_engine_killed_mid_stream_resets_and_recovers", true, |a| Box::pin(worker::engine_killed_mid_stream(a))),
         ("worker_orchestratord_restart_reregisters", true, |a| Box::pin(worker::orchestratord_restart_reregisters(a))),
         ("cli_run_cancel_json_exit_codes", true, |a| Box::pin(cli::cli(a))),
+        ("catalog_cli_models_commands_json_exit_codes", true, |a| Box::pin(catalog_cli::catalog_cli(a))),
+        ("provisioning_from_hf_with_progress", true, |a| Box::pin(provision::provisioning_from_hf(a))),
+        ("catalog_digest_mismatch_and_restart", true, |a| Box::pin(provision::digest_mismatch_and_restart(a))),
+        ("catalog_two_pools_one_download", true, |a| Box::pin(provision::two_pools_one_download(a))),
         ("openai_official_client", true, |a| Box::pin(openai::official_client(a))),
         ("sched_queue_order_and_aging", true, |a| Box::pin(sched::queue_order_and_aging(a))),
         ("sched_no_oversubscription", true, |a| Box::pin(sched::no_oversubscription(a))),

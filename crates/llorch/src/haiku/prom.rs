@@ -86,7 +86,7 @@ mod tests {
     #[test]
     fn parses_labels_and_values() {
         let text = "# HELP a x\n# TYPE a counter\na{p=\"x\\\"y\",q=\"\"} 3\nb 1.5\n";
-        let s = parse(text).unwrap();
+        let s = parse(text).expect("the sample parses");
         assert_eq!(s[0].labels["p"], "x\"y");
         assert_eq!(s[0].labels["q"], "");
         assert_eq!(sum(&s, "b"), 1.5);

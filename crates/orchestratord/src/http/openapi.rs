@@ -20,7 +20,7 @@ pub const COMMITTED_PATH: &str = "contracts/openapi/orchestratord.json";
         title = "llama-orch orchestratord",
         version = "2.0.0",
         description = "The control plane of llama-orch (API.md §§3–12): tasks and their SSE event streams, sessions, \
-the node protocol, pools, meta, health, metrics and the OpenAI-compatible surface.\n\n\
+the node protocol, pools, the model catalog, meta, health, metrics and the OpenAI-compatible surface.\n\n\
 Every error before a stream starts is an `ErrorEnvelope` whose `code` decides the HTTP status (API.md §3.3); \
 `/v1` routes use OpenAI's error shape with the same status and headers. Every response carries `X-Correlation-Id`.\n\n\
 Authentication: client routes take a client token (`bearer`); node routes take the registration, static or issued \
@@ -42,6 +42,13 @@ node credential (`node_bearer`). With no client tokens configured (open mode, lo
         doc::pool_health,
         doc::drain_pool,
         doc::reload_pool,
+        doc::register_model,
+        doc::list_models,
+        doc::get_model,
+        doc::delete_model,
+        doc::verify_model,
+        doc::set_model_state,
+        doc::model_availability,
         doc::meta_version,
         doc::meta_capabilities,
         doc::openapi_document,
@@ -69,6 +76,15 @@ node credential (`node_bearer`). With no client tokens configured (open mode, lo
         api::events::End,
         api::events::PlacementInfo,
         api::events::StopReason,
+        api::catalog::ModelRecord,
+        api::catalog::ModelState,
+        api::catalog::GgufInfo,
+        api::catalog::RegisterModel,
+        api::catalog::SetModelState,
+        api::catalog::ModelsResponse,
+        api::catalog::AvailabilityResponse,
+        api::catalog::ModelAvailability,
+        api::catalog::ServingPool,
         doc::EventData,
         doc::SseEvent,
     )),
@@ -79,6 +95,7 @@ node credential (`node_bearer`). With no client tokens configured (open mode, lo
         (name = "sessions", description = "Session metadata (API.md §4.3)"),
         (name = "nodes", description = "Node protocol, pool-managerd → orchestratord (API.md §12)"),
         (name = "pools", description = "Pool views and control (API.md §10)"),
+        (name = "catalog", description = "The model catalog: register, inspect, verify, retire and remove models; where they are cached and served (API.md §9)"),
         (name = "meta", description = "Version, capabilities, health, metrics and this document (API.md §10, §16)"),
         (name = "openai", description = "OpenAI-compatible surface (API.md §11)"),
     ),
@@ -150,12 +167,13 @@ pub async fn document() -> impl IntoResponse {
 /// with `json!` or that live outside the `api` crate.
 #[allow(dead_code)]
 mod doc {
+    use api::catalog::{AvailabilityResponse, ModelRecord, ModelsResponse, RegisterModel, SetModelState};
     use api::events::{End, Metrics, Started, Token};
     use api::node::{
         DrainRequest, HeartbeatRequest, HeartbeatResponse, NodesResponse, PoolCommandAccepted, PoolState, PoolsResponse, RegisterRequest, RegisterResponse, ReloadRequest,
     };
     use api::task::{AdmissionResponse, TaskRecord, TaskRequest};
-    use api::{ErrorEnvelope, NodeId, PoolId, SessionId, TaskId};
+    use api::{ErrorEnvelope, ModelId, NodeId, PoolId, SessionId, TaskId};
     use serde::Serialize;
     use utoipa::ToSchema;
 
@@ -721,6 +739,126 @@ mod doc {
     )]
     fn reload_pool() {}
 
+    // ---- catalog -------------------------------------------------------------------------------
+
+    /// Register a model by ref.
+    ///
+    /// Without `id`, the id is the ref's last path segment without `.gguf`, lowercased, other
+    /// characters replaced by `-` (API.md §9.1). Registering only records the entry; a node fetches
+    /// and hashes the file when a pool loads it (or at admission with on-demand provisioning).
+    #[utoipa::path(
+        post,
+        path = "/v2/catalog/models",
+        tag = "catalog",
+        request_body(content = RegisterModel, content_type = "application/json", description = "Parsed strictly: unknown fields are rejected with 400 `INVALID_PARAMS` and `field`."),
+        responses(
+            (status = 200, description = "An identical entry (same id, ref and digest) already exists; nothing changed.", body = ModelRecord),
+            (status = 201, description = "Created, `Active`.", body = ModelRecord),
+            (status = 400, description = "`INVALID_PARAMS` (malformed ref, id or digest, with `field`) or `UNTRUSTED_ARTIFACT` (`http://`, or a scheme outside `catalog.allowed_schemes`).", body = ErrorEnvelope),
+            (status = 401, description = "`MISSING_TOKEN` or `BAD_TOKEN`.", body = ErrorEnvelope),
+            (status = 409, description = "`CONFLICT`: the id is registered with another ref or digest.", body = ErrorEnvelope),
+            (status = 500, description = "`INTERNAL`.", body = ErrorEnvelope),
+        ),
+    )]
+    fn register_model() {}
+
+    /// Every catalog entry.
+    #[utoipa::path(
+        get,
+        path = "/v2/catalog/models",
+        tag = "catalog",
+        responses(
+            (status = 200, description = "The catalog; nullable record fields are sent as null.", body = ModelsResponse),
+            (status = 401, description = "`MISSING_TOKEN` or `BAD_TOKEN`.", body = ErrorEnvelope),
+            (status = 500, description = "`INTERNAL`.", body = ErrorEnvelope),
+        ),
+    )]
+    fn list_models() {}
+
+    /// One catalog entry, with its GGUF metadata once a verified copy has been read.
+    #[utoipa::path(
+        get,
+        path = "/v2/catalog/models/{id}",
+        tag = "catalog",
+        params(("id" = ModelId, Path, description = "Catalog model id.")),
+        responses(
+            (status = 200, description = "The record.", body = ModelRecord),
+            (status = 401, description = "`MISSING_TOKEN` or `BAD_TOKEN`.", body = ErrorEnvelope),
+            (status = 404, description = "`NOT_FOUND`: no such entry.", body = ErrorEnvelope),
+            (status = 500, description = "`INTERNAL`.", body = ErrorEnvelope),
+        ),
+    )]
+    fn get_model() {}
+
+    /// Remove a catalog entry.
+    ///
+    /// The nodes in `locations` get `evict-model` and delete only files they placed under their
+    /// models cache; a `file:` model is never deleted.
+    #[utoipa::path(
+        delete,
+        path = "/v2/catalog/models/{id}",
+        tag = "catalog",
+        params(("id" = ModelId, Path, description = "Catalog model id.")),
+        responses(
+            (status = 204, description = "Removed."),
+            (status = 401, description = "`MISSING_TOKEN` or `BAD_TOKEN`.", body = ErrorEnvelope),
+            (status = 404, description = "`NOT_FOUND`: no such entry.", body = ErrorEnvelope),
+            (status = 409, description = "`CONFLICT`: a pool serves the model or is loading it.", body = ErrorEnvelope),
+            (status = 500, description = "`INTERNAL`.", body = ErrorEnvelope),
+        ),
+    )]
+    fn delete_model() {}
+
+    /// Re-verify every copy.
+    ///
+    /// Each node in `locations` re-hashes its copy (`verify-model`); a copy that fails is removed,
+    /// with its location. The answer is the record when the request was accepted.
+    #[utoipa::path(
+        post,
+        path = "/v2/catalog/models/{id}/verify",
+        tag = "catalog",
+        params(("id" = ModelId, Path, description = "Catalog model id.")),
+        responses(
+            (status = 202, description = "Verification started on the nodes in `locations`.", body = ModelRecord),
+            (status = 401, description = "`MISSING_TOKEN` or `BAD_TOKEN`.", body = ErrorEnvelope),
+            (status = 404, description = "`NOT_FOUND`: no such entry.", body = ErrorEnvelope),
+            (status = 500, description = "`INTERNAL`.", body = ErrorEnvelope),
+        ),
+    )]
+    fn verify_model() {}
+
+    /// Retire or re-activate a model.
+    ///
+    /// A `Retired` model refuses new tasks with 409 `MODEL_DEPRECATED`; running tasks finish.
+    #[utoipa::path(
+        post,
+        path = "/v2/catalog/models/{id}/state",
+        tag = "catalog",
+        params(("id" = ModelId, Path, description = "Catalog model id.")),
+        request_body(content = SetModelState, content_type = "application/json", description = "`state` is `Active` or `Retired`. Unknown fields are rejected."),
+        responses(
+            (status = 200, description = "The record with its new state.", body = ModelRecord),
+            (status = 400, description = "`INVALID_PARAMS`: any other state, or a malformed body.", body = ErrorEnvelope),
+            (status = 401, description = "`MISSING_TOKEN` or `BAD_TOKEN`.", body = ErrorEnvelope),
+            (status = 404, description = "`NOT_FOUND`: no such entry.", body = ErrorEnvelope),
+            (status = 500, description = "`INTERNAL`.", body = ErrorEnvelope),
+        ),
+    )]
+    fn set_model_state() {}
+
+    /// Where each model is cached and served.
+    #[utoipa::path(
+        get,
+        path = "/v2/catalog/availability",
+        tag = "catalog",
+        responses(
+            (status = 200, description = "Per model: the nodes holding a verified copy (`cached_on`) and the pools serving it, with their state and free slots.", body = AvailabilityResponse),
+            (status = 401, description = "`MISSING_TOKEN` or `BAD_TOKEN`.", body = ErrorEnvelope),
+            (status = 500, description = "`INTERNAL`.", body = ErrorEnvelope),
+        ),
+    )]
+    fn model_availability() {}
+
     // ---- meta ----------------------------------------------------------------------------------
 
     /// API, protocol and build versions.
@@ -905,6 +1043,31 @@ mod tests {
             assert_eq!(d["paths"]["/v2/tasks"]["post"]["responses"][code]["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/ErrorEnvelope", "{code}");
         }
         assert!(d["paths"]["/v2/tasks/{id}/events"]["get"]["responses"]["200"]["content"].get("text/event-stream").is_some());
+    }
+
+    #[test]
+    fn catalog_routes_are_documented() {
+        let d = doc();
+        let p = &d["paths"];
+        let record = "#/components/schemas/ModelRecord";
+        let ok = |path: &str, method: &str, status: &str| p[path][method]["responses"][status]["content"]["application/json"]["schema"]["$ref"].clone();
+        assert_eq!(ok("/v2/catalog/models", "post", "201"), record);
+        assert_eq!(ok("/v2/catalog/models", "post", "200"), record);
+        assert_eq!(ok("/v2/catalog/models", "get", "200"), "#/components/schemas/ModelsResponse");
+        assert_eq!(ok("/v2/catalog/models/{id}", "get", "200"), record);
+        assert_eq!(ok("/v2/catalog/models/{id}/verify", "post", "202"), record);
+        assert_eq!(ok("/v2/catalog/models/{id}/state", "post", "200"), record);
+        assert_eq!(ok("/v2/catalog/availability", "get", "200"), "#/components/schemas/AvailabilityResponse");
+        assert!(p["/v2/catalog/models/{id}"]["delete"]["responses"]["204"].is_object());
+        assert_eq!(ok("/v2/catalog/models/{id}", "delete", "409"), "#/components/schemas/ErrorEnvelope");
+        assert_eq!(p["/v2/catalog/models"]["post"]["tags"][0], "catalog");
+        let s = &d["components"]["schemas"];
+        assert_eq!(s["RegisterModel"]["additionalProperties"], false);
+        assert!(properties(&d, "RegisterModel").contains("ref"));
+        assert!(properties(&d, "ModelRecord").contains("metadata"));
+        for name in ["ModelState", "GgufInfo", "SetModelState", "ModelAvailability", "ServingPool"] {
+            assert!(s.get(name).is_some(), "schema {name}");
+        }
     }
 
     #[tokio::test]
