@@ -44,7 +44,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     spec.heartbeat_timeout_ms = 20000;
     spec.orchd_extra = "[queue]\ncapacity = 64\n".into();
     let mut stack = Stack::start(spec).await?;
-    std::fs::write(&model, b"fake")?;
+    std::fs::write(&model, fake_engine::placeholder_gguf())?;
     for n in ["n1", "n2"] {
         stack.add_node(NodeSpec {
             node_id: n.into(),

@@ -45,7 +45,15 @@ pub async fn run(a: RunArgs) -> anyhow::Result<u8> {
         Ok(a) => a.body,
         Err(e) => return Ok(refusal(&e)),
     };
-    let mut stream = match client.events(&adm.streams.sse).await {
+    // A task that triggered provisioning reads the verbose stream: its progress frames say what
+    // is being prepared (fetch percentage, engine build, warmup).
+    let preparing = !adm.preparation.steps.is_empty();
+    if preparing {
+        let steps: Vec<&str> = adm.preparation.steps.iter().map(|s| s.description.as_str()).collect();
+        eprintln!("[run] no pool serves this model yet; preparing: {}", steps.join("; "));
+    }
+    let path = if preparing { &adm.streams.sse_verbose } else { &adm.streams.sse };
+    let mut stream = match client.events(path).await {
         Ok(s) => s,
         Err(e) => return Ok(refusal(&e)),
     };
@@ -82,6 +90,9 @@ pub async fn run(a: RunArgs) -> anyhow::Result<u8> {
                     if let (Some(s), Some(pos)) = (&spinner, m.queue_position) {
                         s.position(pos);
                     }
+                    if let (Some(s), Some(h)) = (&spinner, m.human) {
+                        s.note(h);
+                    }
                 }
                 Event::End(e) => {
                     if let Some(s) = spinner.take() {
@@ -105,6 +116,9 @@ pub async fn run(a: RunArgs) -> anyhow::Result<u8> {
 struct Spinner {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     position: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The latest preparation sentence (verbose `human`), shown instead of the queue position.
+    note: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    tty: bool,
     handle: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -113,9 +127,10 @@ impl Spinner {
         use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
         let stop = std::sync::Arc::new(AtomicBool::new(false));
         let pos = std::sync::Arc::new(AtomicU64::new(position));
+        let note = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
         let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
         let handle = tty.then(|| {
-            let (stop, pos) = (stop.clone(), pos.clone());
+            let (stop, pos, note) = (stop.clone(), pos.clone(), note.clone());
             tokio::spawn(async move {
                 let frames = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
                 let t0 = std::time::Instant::now();
@@ -123,14 +138,29 @@ impl Spinner {
                     if stop.load(Ordering::Relaxed) {
                         break;
                     }
-                    eprint!("\r\x1b[2K{} waiting for the first token: queue position {}, expected start in {:.1} s ({:.1} s so far)",
-                        frames[k % frames.len()], pos.load(Ordering::Relaxed), predicted_ms as f64 / 1000.0, t0.elapsed().as_secs_f64());
+                    let current = note.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    match current {
+                        Some(n) => eprint!("\r\x1b[2K{} {n} ({:.1} s so far)", frames[k % frames.len()], t0.elapsed().as_secs_f64()),
+                        None => eprint!("\r\x1b[2K{} waiting for the first token: queue position {}, expected start in {:.1} s ({:.1} s so far)",
+                            frames[k % frames.len()], pos.load(Ordering::Relaxed), predicted_ms as f64 / 1000.0, t0.elapsed().as_secs_f64()),
+                    }
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 }
                 eprint!("\r\x1b[2K");
             })
         });
-        Self { stop, position: pos, handle }
+        Self { stop, position: pos, note, tty, handle }
+    }
+
+    /// A new preparation sentence: the spinner shows it; without a terminal it is printed once.
+    fn note(&self, n: String) {
+        let mut cur = self.note.lock().unwrap_or_else(|e| e.into_inner());
+        if cur.as_deref() != Some(n.as_str()) {
+            if !self.tty {
+                eprintln!("[run] {n}");
+            }
+            *cur = Some(n);
+        }
     }
 
     fn position(&self, p: u64) {

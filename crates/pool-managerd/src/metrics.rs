@@ -37,7 +37,15 @@ pub fn render(app: &App) -> String {
     family("engine_crashes_total", "counter", "Engine exits nobody asked for (crashes, failed health checks).", per_pool(&|p, _| Some(p.crashes.load(Ordering::Relaxed) as f64)));
     family("dispatches_ended_total", "counter", "Dispatches that ended with an end line.", per_pool(&|p, _| Some(p.ended.load(Ordering::Relaxed) as f64)));
     family("dispatches_failed_total", "counter", "Dispatches that ended with an error line.", per_pool(&|p, _| Some(p.failed.load(Ordering::Relaxed) as f64)));
-    family("fetched_bytes_total", "counter", "Bytes downloaded by this node (engine source archives; model fetches add theirs).", vec![(format!("node_id=\"{node}\",kind=\"engine_source\""), engine::provision::downloaded_bytes() as f64)]);
+    family(
+        "fetched_bytes_total",
+        "counter",
+        "Bytes downloaded by this node: engine source archives and model files.",
+        vec![
+            (format!("node_id=\"{node}\",kind=\"engine_source\""), engine::provision::downloaded_bytes() as f64),
+            (format!("node_id=\"{node}\",kind=\"model\""), MODEL_BYTES.load(std::sync::atomic::Ordering::Relaxed) as f64),
+        ],
+    );
     let gpus = crate::gpu::discover();
     let gpu = |f: &dyn Fn(&crate::gpu::Gpu) -> f64| -> Vec<(String, f64)> { gpus.iter().map(|g| (format!("node_id=\"{node}\",device=\"{}\"", g.index), f(g))).collect() };
     family("gpu_vram_total_bytes", "gauge", "VRAM per GPU.", gpu(&|g| g.vram_total_bytes as f64));
@@ -45,3 +53,6 @@ pub fn render(app: &App) -> String {
     family("gpu_utilization_percent", "gauge", "GPU utilization.", gpu(&|g| g.utilization_pct));
     out
 }
+
+/// Bytes of model files downloaded by this process (added after each fetch).
+pub static MODEL_BYTES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);

@@ -683,6 +683,7 @@ impl Supervisor {
         };
         match self.env.cache.fetch(&order.model_ref, order.digest.as_deref(), &progress).await {
             Ok(f) => {
+                crate::metrics::MODEL_BYTES.fetch_add(f.downloaded_bytes, std::sync::atomic::Ordering::Relaxed);
                 if let Some(prep) = &prep {
                     prep.warming();
                 }

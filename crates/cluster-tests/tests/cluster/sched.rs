@@ -28,7 +28,7 @@ pub async fn empty_stack(a: &Assets, name: &str, orchd_extra: &str) -> anyhow::R
     spec.orchd_extra = orchd_extra.into();
     let stack = Stack::start(spec).await?;
     let model = stack.spec.dir.join("fake-model.gguf");
-    std::fs::write(&model, b"not a real model: the fake engine never reads it")?;
+    std::fs::write(&model, fake_engine::placeholder_gguf())?;
     Ok((stack, model))
 }
 
@@ -265,8 +265,12 @@ pub async fn pin_semantics(a: Assets) -> anyhow::Result<()> {
         let e = client.submit(&req).await.err().context("unknown pin admitted")?;
         ensure!(e.envelope().is_some_and(|e| e.code == ErrorCode::InvalidParams && e.field.as_deref() == Some("placement.pin_pool_id")), "{e}");
         // A pool that is still Starting: 503 POOL_UNREADY, never a silent fallback.
+        // The same model file (same digest), so the pool serves the model and only its state
+        // keeps it out of placement; the fake engine never reads it.
         let dummy = stack.spec.dir.join("loading.gguf");
-        std::fs::write(&dummy, b"fake")?;
+        if std::fs::hard_link(&stack.spec.model_path, &dummy).is_err() {
+            std::fs::copy(&stack.spec.model_path, &dummy)?;
+        }
         let mut loading = fake_node("loading", &dummy, &[("slow", 1)], &[("FAKE_LOAD_MS", "600000".into())])?;
         loading.pools[0].model_id = stack.spec.model_id.clone();
         stack.add_node(loading)?;

@@ -95,8 +95,15 @@ pub async fn reload_to_new_model(a: Assets) -> anyhow::Result<()> {
         let running = client.submit(&long).await?.body;
         let mut s = client.events(&running.streams.sse).await?;
         fixtures::read_tokens(&mut s, 2).await?;
+        // Reloads name catalog models (§10: catalog errors as at admission): register both first.
+        let second_ref = format!("file:{}", second.display());
+        let unregistered = post(&format!("{}/v2/pools/cpu0/reload", stack.orchd_url), serde_json::json!({ "model_ref": second_ref })).await?;
+        ensure!(unregistered == 404, "a reload to an unregistered ref answered {unregistered}");
+        for r in [second_ref.as_str(), "file:/nonexistent/third.gguf"] {
+            client.register_model(&api::catalog::RegisterModel { id: None, model_ref: r.into(), digest: None }).await?;
+        }
         let url = format!("{}/v2/pools/cpu0/reload", stack.orchd_url);
-        ensure!(post(&url, serde_json::json!({ "model_ref": format!("file:{}", second.display()) })).await? == 202, "reload refused");
+        ensure!(post(&url, serde_json::json!({ "model_ref": second_ref })).await? == 202, "reload refused");
         let mut last = None;
         while let Some(f) = tokio::time::timeout(Duration::from_secs(60), s.next()).await?.transpose()? {
             last = Some(f.event);
