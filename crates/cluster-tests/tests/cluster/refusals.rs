@@ -86,12 +86,13 @@ pub async fn logs_hold_no_secrets(a: Assets) -> anyhow::Result<()> {
         lines += text.lines().count();
         ensure!(!text.contains(crate::fixtures::TEST_DISPATCH_TOKEN), "{} contains the dispatch token", f.display());
         // Model digests (`sha256:<64 hex>`) are public facts, not secrets; every other 64-hex run is.
-        let mut rest = text.as_str();
-        while let Some(start) = rest.find(|c: char| c.is_ascii_hexdigit()) {
-            let run_len = rest[start..].find(|c: char| !c.is_ascii_hexdigit()).unwrap_or(rest.len() - start);
-            let digest = rest[..start].ends_with("sha256:");
-            ensure!(run_len < 64 || digest, "{} contains a 64-hex secret-shaped string {}…", f.display(), &rest[start..start + 8]);
-            rest = &rest[start + run_len..];
+        let mut at = 0;
+        while let Some(off) = text[at..].find(|c: char| c.is_ascii_hexdigit()) {
+            let start = at + off;
+            let run_len = text[start..].find(|c: char| !c.is_ascii_hexdigit()).unwrap_or(text.len() - start);
+            let digest = text[..start].ends_with("sha256:");
+            ensure!(run_len < 64 || digest, "{} contains a 64-hex secret-shaped string {}…", f.display(), &text[start..start + 8]);
+            at = start + run_len;
         }
     }
     println!("  scanned {} log files, {lines} lines", files.len());
