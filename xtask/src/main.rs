@@ -2,6 +2,7 @@
 //! a llama-server with the same binary, model and flags, alternating, several rounds; prints median
 //! and p90 time-to-first-token and tokens/s for both, and the ratios.
 
+mod fetch;
 mod openapi;
 mod overhead;
 mod overload;
@@ -33,6 +34,8 @@ enum Bench {
     Overload(overload::Args),
     /// 1,000 simulated nodes and 10,000 concurrent streams through one orchestratord.
     Scale(scale::Args),
+    /// The models cache's download versus a plain download of the same file.
+    Fetch(fetch::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -44,6 +47,7 @@ fn main() -> anyhow::Result<()> {
                 Bench::Overhead(a) => rt.block_on(overhead::run(a)),
                 Bench::Overload(a) => rt.block_on(overload::run(a)),
                 Bench::Scale(a) => rt.block_on(scale::run(a)),
+                Bench::Fetch(a) => rt.block_on(fetch::run(a)),
             }
         }
     }

@@ -166,6 +166,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn verbose_keys_reach_only_verbose_subscribers() {
+        let prep = std::collections::BTreeMap::from([("pool:p".to_string(), PrepProgress { status: crate::node::StepStatus::Running, pct: 5.0, bytes_done: 0, bytes_total: 0 })]);
+        let only_verbose = Event::Metrics(Metrics { human: Some("Fetching".into()), phase: Some("model_fetch".into()), prep: Some(prep), ..Default::default() });
+        assert!(only_verbose.for_subscriber(false).is_none(), "a progress-only frame is skipped");
+        assert_eq!(only_verbose.for_subscriber(true).as_deref(), Some(&only_verbose));
+        let mixed = Event::Metrics(Metrics { queue_position: Some(2), human: Some("Queued".into()), ..Default::default() });
+        let plain = mixed.for_subscriber(false).expect("kept");
+        assert!(matches!(plain.as_ref(), Event::Metrics(m) if m.queue_position == Some(2) && m.human.is_none()));
+        let token = Event::Token(Token { t: "a".into(), i: 0 });
+        assert_eq!(token.for_subscriber(false).as_deref(), Some(&token));
+    }
+
+    #[test]
     fn roundtrip_each_event() {
         let evs = vec![
             Event::Token(Token { t: "Hi".into(), i: 0 }),

@@ -681,7 +681,12 @@ impl Supervisor {
                 }
             }
         };
-        match self.env.cache.fetch(&order.model_ref, order.digest.as_deref(), &progress).await {
+        // A shutdown stops a download at once (dropping the fetch removes its partial file).
+        let fetched = tokio::select! {
+            r = self.env.cache.fetch(&order.model_ref, order.digest.as_deref(), &progress) => r,
+            _ = self.shutdown.cancelled() => Err(models::FetchError::Network { message: "pool-managerd is shutting down".into(), retriable: true }),
+        };
+        match fetched {
             Ok(f) => {
                 crate::metrics::MODEL_BYTES.fetch_add(f.downloaded_bytes, std::sync::atomic::Ordering::Relaxed);
                 if let Some(prep) = &prep {

@@ -1,0 +1,71 @@
+//! `cargo xtask bench fetch`: the models cache's download path (Range-capable streaming into a
+//! `.part` file, sha256 on the way, fsync, rename, sidecar, GGUF header read) versus a plain
+//! reqwest download of the same file into a file with sha256, from the same local server, in the
+//! same process, alternating; prints median throughput of both and the ratio.
+
+use std::time::Instant;
+
+use anyhow::Context;
+use futures::StreamExt;
+use sha2::Digest;
+use tokio::io::AsyncWriteExt;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Rounds; each downloads the dev model once per path.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+}
+
+pub async fn run(a: Args) -> anyhow::Result<()> {
+    let model = llorch::dev::model();
+    anyhow::ensure!(model.is_file(), "the dev model {} is missing (run scripts/dev-assets.sh)", model.display());
+    let size = std::fs::metadata(&model)?.len();
+    let server = fileserver::FileServer::start(fileserver::Options::new()).await;
+    let path = server.serve_hf("bench/model", "main", "model.gguf", model.clone());
+    let url = format!("{}{path}", server.url());
+    let dir = std::env::temp_dir().join(format!("llorch-bench-fetch-{}", std::process::id()));
+    let (mut cache_s, mut plain_s) = (vec![], vec![]);
+    let r = api::model_ref::ModelRef::parse("hf:bench/model/model.gguf")?;
+    for round in 0..a.rounds {
+        let _ = std::fs::remove_dir_all(&dir);
+        let cache = models::ModelCache::new(models::CacheConfig { models_dir: dir.join("cache"), quota_bytes: None, hf_endpoint: server.url(), hf_token: None, extra_root_pem: None })?;
+        let t = Instant::now();
+        let f = cache.fetch(&r, None, &|_| {}).await.context("models cache fetch")?;
+        cache_s.push(t.elapsed().as_secs_f64());
+        anyhow::ensure!(f.size_bytes == size && f.downloaded_bytes == size, "the cache fetched {} of {size} bytes", f.downloaded_bytes);
+        let t = Instant::now();
+        plain(&url, &dir.join("plain.gguf")).await?;
+        plain_s.push(t.elapsed().as_secs_f64());
+        eprintln!("[bench] round {}: cache {:.3} s, plain {:.3} s", round + 1, cache_s[round], plain_s[round]);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let (c, p) = (median(&mut cache_s), median(&mut plain_s));
+    let mb = size as f64 / 1e6;
+    println!("fetch of a {mb:.1} MB GGUF from a loopback server, median of {} rounds", a.rounds);
+    println!("  plain reqwest + sha256 + write: {:>8.1} MB/s ({p:.3} s)", mb / p);
+    println!("  models cache fetch:             {:>8.1} MB/s ({c:.3} s)", mb / c);
+    println!("  ratio cache / plain time:       {:>8.2}", c / p);
+    Ok(())
+}
+
+/// The baseline: stream the body into a file while hashing it.
+async fn plain(url: &str, dest: &std::path::Path) -> anyhow::Result<()> {
+    let resp = reqwest::get(url).await?.error_for_status()?;
+    let mut file = tokio::fs::File::create(dest).await?;
+    let mut hasher = sha2::Sha256::new();
+    let mut body = resp.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk?;
+        hasher.update(&chunk);
+        file.write_all(&chunk).await?;
+    }
+    file.sync_all().await?;
+    let _ = hex::encode(hasher.finalize());
+    Ok(())
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
