@@ -6,8 +6,10 @@ pub mod catalog;
 pub mod error;
 pub mod events;
 pub mod ids;
+pub mod meta;
 pub mod model_ref;
 pub mod node;
+pub mod openai;
 pub mod task;
 pub mod worker;
 

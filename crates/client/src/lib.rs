@@ -160,7 +160,7 @@ impl Client {
     }
 
     /// `GET /v2/sessions/{id}`.
-    pub async fn session(&self, id: api::SessionId) -> Result<serde_json::Value, Error> {
+    pub async fn session(&self, id: api::SessionId) -> Result<api::meta::SessionView, Error> {
         Ok(self.json(self.req(reqwest::Method::GET, &format!("/v2/sessions/{id}"))).await?.body)
     }
 
@@ -170,17 +170,17 @@ impl Client {
     }
 
     /// `GET /v2/meta/capabilities`.
-    pub async fn capabilities(&self) -> Result<serde_json::Value, Error> {
+    pub async fn capabilities(&self) -> Result<api::meta::MetaCapabilities, Error> {
         Ok(self.json(self.req(reqwest::Method::GET, "/v2/meta/capabilities")).await?.body)
     }
 
     /// `GET /v2/meta/version`.
-    pub async fn version(&self) -> Result<serde_json::Value, Error> {
+    pub async fn version(&self) -> Result<api::meta::VersionInfo, Error> {
         Ok(self.json(self.req(reqwest::Method::GET, "/v2/meta/version")).await?.body)
     }
 
     /// `GET /v2/pools/{id}/health`.
-    pub async fn pool_health(&self, id: &str) -> Result<serde_json::Value, Error> {
+    pub async fn pool_health(&self, id: &str) -> Result<api::meta::PoolHealth, Error> {
         Ok(self.json(self.req(reqwest::Method::GET, &format!("/v2/pools/{id}/health"))).await?.body)
     }
 

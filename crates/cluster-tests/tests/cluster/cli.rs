@@ -26,6 +26,18 @@ pub async fn cli(a: Assets) -> anyhow::Result<()> {
     let result = async {
         let (code, out, err) = run(&["run", &model, "--prompt", "Name a fruit.", "--max-tokens", "8", "--temperature", "0"], &url).await?;
         ensure!(code == 0 && !out.trim().is_empty(), "run: exit {code}, stdout {out:?}, stderr {err}");
+        // The SDK's typed meta calls against the same live stack.
+        let client = client::Client::new(&url, None);
+        client.health().await?;
+        let version = client.version().await?;
+        ensure!(version.api_version == api::API_VERSION && version.protocol_version == api::PROTOCOL_VERSION, "{version:?}");
+        let caps = client.capabilities().await?;
+        ensure!(caps.engines.len() == 1 && caps.engines[0].models.contains(&model) && caps.engines[0].ctx_max > 0, "{caps:?}");
+        let health = client.pool_health("cpu0").await?;
+        ensure!(health.ready && health.live && health.metrics.slots_total >= 1 && health.last_heartbeat_ms.is_some(), "{health:?}");
+        ensure!(matches!(client.pool_health("no-such-pool").await, Err(client::Error::Api { status: 404, .. })), "unknown pool health should be 404");
+        let doc = client.openapi().await?;
+        ensure!(doc["paths"]["/v2/pools/{id}/health"]["get"].is_object(), "the served OpenAPI document lacks pool health");
         let (code, out, _) = run(&["pools", "--json"], &url).await?;
         let v: serde_json::Value = serde_json::from_str(&out).context("pools --json is not JSON")?;
         ensure!(code == 0 && v["pools"][0]["pool_id"] == "cpu0", "pools --json: {v}");
@@ -51,7 +63,6 @@ pub async fn cli(a: Assets) -> anyhow::Result<()> {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id().context("pid")? as i32), nix::sys::signal::Signal::SIGINT)?;
         let status = tokio::time::timeout(Duration::from_secs(20), child.wait()).await??;
         ensure!(status.code() == Some(1), "Ctrl-C should exit 1, got {status}");
-        let client = client::Client::new(&url, None);
         wait_for("the canceled task to be counted", Duration::from_secs(10), || async {
             let m = client.metrics_text().await.ok()?.body;
             m.lines().any(|l| l.starts_with("tasks_canceled_total{") && l.contains("reason=\"client\"") && l.ends_with(" 1")).then_some(())

@@ -306,15 +306,14 @@ pub async fn sessions_endpoint(a: Assets) -> anyhow::Result<()> {
             ids.push(client.submit(&r).await?.body.task_id);
             wait_done(&client, &ids).await?;
         }
-        let http = reqwest::Client::new();
-        let url = format!("{}/v2/sessions/{sid}", stack.orchd_url);
-        let v: serde_json::Value = http.get(&url).send().await?.error_for_status()?.json().await?;
-        ensure!(v["turns"] == 2 && v["last_pool_id"] == "f1" && v["kv_warmth"] == true, "session: {v}");
-        ensure!(v["tokens_out_total"].as_u64().is_some_and(|n| n > 0) && v["ttl_ms_remaining"].as_u64().is_some_and(|n| n > 0), "session: {v}");
-        ensure!(v.get("prompt").is_none() && !v.to_string().contains("one two three"), "sessions must not store prompts: {v}");
-        ensure!(http.delete(&url).send().await?.status() == 204, "delete");
-        ensure!(http.get(&url).send().await?.status() == 404, "deleted session still there");
-        ensure!(http.delete(&url).send().await?.status() == 204, "delete of an unknown session is 204 too");
+        let v = client.session(sid).await?;
+        ensure!(v.turns == 2 && v.last_pool_id.as_deref() == Some("f1") && v.kv_warmth, "session: {v:?}");
+        ensure!(v.tokens_out_total > 0 && v.ttl_ms_remaining > 0, "session: {v:?}");
+        let raw: serde_json::Value = reqwest::get(format!("{}/v2/sessions/{sid}", stack.orchd_url)).await?.error_for_status()?.json().await?;
+        ensure!(raw.get("prompt").is_none() && !raw.to_string().contains("one two three"), "sessions must not store prompts: {raw}");
+        client.delete_session(sid).await?;
+        ensure!(matches!(client.session(sid).await, Err(client::Error::Api { status: 404, .. })), "deleted session still there");
+        client.delete_session(sid).await.context("delete of an unknown session is 204 too")?;
         Ok(())
     }
     .await;

@@ -31,7 +31,7 @@ pub enum Msg {
     Heartbeat { node_id: String, hb: HeartbeatRequest, caller: NodeCaller, reply: Reply<Result<HeartbeatResponse, ErrorEnvelope>> },
     Deregister { node_id: String, caller: Option<NodeCaller>, reply: Reply<Result<(), ErrorEnvelope>> },
     Nodes { reply: Reply<Vec<NodeView>> },
-    Session { id: api::SessionId, reply: Reply<Option<super::sessions::SessionView>> },
+    Session { id: api::SessionId, reply: Reply<Option<api::meta::SessionView>> },
     Drain { pool_id: String, deadline_ms: u64, correlation_id: String, reply: Reply<Result<api::node::PoolCommandAccepted, ErrorEnvelope>> },
     Reload { pool_id: String, model_ref: String, correlation_id: String, reply: Reply<Result<api::node::PoolCommandAccepted, ErrorEnvelope>> },
     DeleteSession { id: api::SessionId },

@@ -6,7 +6,6 @@ use std::time::Instant;
 
 use api::node::PoolState;
 use api::SessionId;
-use serde::Serialize;
 
 use super::{Core, Effects};
 
@@ -20,25 +19,6 @@ pub struct Session {
     pub last_model: Option<String>,
     /// The last task completed on `last_pool`.
     pub warm: bool,
-    pub tokens_in_total: u64,
-    pub tokens_out_total: u64,
-}
-
-/// `GET /v2/sessions/{id}` body (API.md §4.3); also its OpenAPI schema.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct SessionView {
-    pub session_id: String,
-    pub created_at_ms: u64,
-    pub last_used_at_ms: u64,
-    pub ttl_ms_remaining: u64,
-    /// Completed tasks.
-    pub turns: u64,
-    #[schema(required = true)]
-    pub last_pool_id: Option<String>,
-    #[schema(required = true)]
-    pub last_node_id: Option<String>,
-    /// True when the last task completed on `last_pool_id` and that pool is still Ready with the same model (a hint).
-    pub kv_warmth: bool,
     pub tokens_in_total: u64,
     pub tokens_out_total: u64,
 }
@@ -94,14 +74,14 @@ impl<E: Effects> Core<E> {
         }
     }
 
-    pub fn session_view(&self, id: SessionId, now: Instant) -> Option<SessionView> {
+    pub fn session_view(&self, id: SessionId, now: Instant) -> Option<api::meta::SessionView> {
         let s = self.sessions.get(&id)?;
         let age = now.duration_since(s.last_used);
         if age > self.cfg.session_ttl {
             return None;
         }
         let pool_ok = s.last_pool.as_ref().and_then(|p| self.pools.get(p)).is_some_and(|p| p.status.state == PoolState::Ready && p.model_id() == s.last_model.as_deref());
-        Some(SessionView {
+        Some(api::meta::SessionView {
             session_id: id.to_string(),
             created_at_ms: s.created_at_ms,
             last_used_at_ms: s.last_used_ms,

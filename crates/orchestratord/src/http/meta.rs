@@ -1,5 +1,6 @@
 //! Health, metrics, version, capabilities and pool views (API.md §10, §16).
 
+use api::meta::{EngineCapabilities, EngineFeatures, Health, MetaCapabilities, PoolHealth, PoolHealthMetrics, VersionInfo};
 use api::node::{NodeStatus, PoolState, PoolsResponse};
 use api::{ErrorCode, ErrorEnvelope};
 use axum::extract::{Path, State};
@@ -7,23 +8,22 @@ use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use daemon::errors::ApiError;
-use serde_json::json;
 
 use super::{unavailable, App};
 use crate::core::runner::Msg;
 
-pub async fn health() -> Json<serde_json::Value> {
-    Json(json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }))
+pub async fn health() -> Json<Health> {
+    Json(Health { status: "ok".into(), version: env!("CARGO_PKG_VERSION").into() })
 }
 
-pub async fn version() -> Json<serde_json::Value> {
-    Json(json!({
-        "api_version": api::API_VERSION,
-        "protocol_version": api::PROTOCOL_VERSION,
-        "build_version": env!("CARGO_PKG_VERSION"),
-        "build_commit": option_env!("LLORCH_BUILD_COMMIT").unwrap_or("unknown"),
-        "build_time": option_env!("LLORCH_BUILD_TIME").unwrap_or("unknown"),
-    }))
+pub async fn version() -> Json<VersionInfo> {
+    Json(VersionInfo {
+        api_version: api::API_VERSION.into(),
+        protocol_version: api::PROTOCOL_VERSION,
+        build_version: env!("CARGO_PKG_VERSION").into(),
+        build_commit: option_env!("LLORCH_BUILD_COMMIT").unwrap_or("unknown").into(),
+        build_time: option_env!("LLORCH_BUILD_TIME").unwrap_or("unknown").into(),
+    })
 }
 
 pub async fn metrics(State(app): State<App>) -> Result<Response, ApiError> {
@@ -38,48 +38,64 @@ pub async fn pools(State(app): State<App>) -> Result<Json<PoolsResponse>, ApiErr
     Ok(Json(PoolsResponse { pools }))
 }
 
-pub async fn pool_health(State(app): State<App>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+pub async fn pool_health(State(app): State<App>, Path(id): Path<String>) -> Result<Json<PoolHealth>, ApiError> {
     let pools = app.core.ask(|reply| Msg::Pools { reply }).await.ok_or_else(unavailable)?;
     let ages = app.core.ask(|reply| Msg::Nodes { reply }).await.ok_or_else(unavailable)?;
     let p = pools.into_iter().find(|p| p.pool_id == id).ok_or_else(|| ApiError(ErrorEnvelope::new(ErrorCode::NotFound, format!("no pool {id}"))))?;
     let online = p.node_status == NodeStatus::Online;
-    let last_hb = ages.iter().find(|n| n.node_id == p.node_id).map(|n| n.last_heartbeat_ms);
-    Ok(Json(json!({
-        "pool_id": p.pool_id,
-        "node_id": p.node_id,
-        "live": online && matches!(p.state, PoolState::Starting | PoolState::Ready | PoolState::Draining),
-        "ready": online && p.state == PoolState::Ready,
-        "draining": p.state == PoolState::Draining,
-        "state": p.state,
-        "last_error": p.last_error,
-        "last_heartbeat_ms": last_hb,
-        "metrics": { "queue_depth": p.queued, "running": p.running, "slots_total": p.slots_total, "slots_free": p.slots_free },
-    })))
+    let last_heartbeat_ms = ages.iter().find(|n| n.node_id == p.node_id).map(|n| n.last_heartbeat_ms);
+    Ok(Json(PoolHealth {
+        live: online && matches!(p.state, PoolState::Starting | PoolState::Ready | PoolState::Draining),
+        ready: online && p.state == PoolState::Ready,
+        draining: p.state == PoolState::Draining,
+        state: p.state,
+        last_error: p.last_error,
+        last_heartbeat_ms,
+        metrics: PoolHealthMetrics { queue_depth: p.queued, running: p.running, slots_total: p.slots_total, slots_free: p.slots_free },
+        pool_id: p.pool_id,
+        node_id: p.node_id,
+    }))
 }
 
-pub async fn capabilities(State(app): State<App>) -> Result<Json<serde_json::Value>, ApiError> {
+pub async fn capabilities(State(app): State<App>) -> Result<Json<MetaCapabilities>, ApiError> {
     let pools = app.core.ask(|reply| Msg::Pools { reply }).await.ok_or_else(unavailable)?;
     let ready: Vec<_> = pools.iter().filter(|p| p.state == PoolState::Ready && p.node_status == NodeStatus::Online).collect();
     let engines = if ready.is_empty() {
         vec![]
     } else {
-        let mut versions: Vec<String> = ready.iter().filter_map(|p| p.engine_version.clone()).collect();
-        versions.sort();
-        versions.dedup();
+        let mut engine_versions: Vec<String> = ready.iter().filter_map(|p| p.engine_version.clone()).collect();
+        engine_versions.sort();
+        engine_versions.dedup();
         let mut models: Vec<String> = ready.iter().filter_map(|p| p.model.as_ref().map(|m| m.id.clone())).collect();
         models.sort();
         models.dedup();
-        vec![json!({
-            "engine": api::ENGINE_LLAMACPP,
-            "engine_versions": versions,
-            "ctx_max": ready.iter().map(|p| p.ctx_per_slot).max().unwrap_or(0),
-            "slots_total": ready.iter().map(|p| p.slots_total as u64).sum::<u64>(),
-            "models": models,
-            "supported_workloads": ["completion"],
-            "features": { "messages": true, "grammar": true, "json_schema": true, "seed": true, "stop": true },
-        })]
+        vec![EngineCapabilities {
+            engine: api::ENGINE_LLAMACPP.into(),
+            engine_versions,
+            ctx_max: ready.iter().map(|p| p.ctx_per_slot).max().unwrap_or(0),
+            slots_total: ready.iter().map(|p| p.slots_total as u64).sum::<u64>(),
+            models,
+            supported_workloads: vec!["completion".into()],
+            features: EngineFeatures { messages: true, grammar: true, json_schema: true, seed: true, stop: true },
+        }]
     };
-    Ok(Json(json!({ "api_version": api::API_VERSION, "protocol_versions": [api::PROTOCOL_VERSION], "engines": engines })))
+    Ok(Json(MetaCapabilities { api_version: api::API_VERSION.into(), protocol_versions: vec![api::PROTOCOL_VERSION], engines }))
+}
+
+/// The 400 for a body that does not parse: `field` is the path of the bad (or missing) field.
+pub(super) fn invalid_body(path: String, err: serde_json::Error) -> ErrorEnvelope {
+    let msg = err.to_string();
+    // serde names a missing field only in its message; lift it into `field`.
+    let missing = msg.strip_prefix("missing field `").and_then(|rest| rest.split('`').next());
+    let field = match (path.as_str(), missing) {
+        (".", Some(name)) => Some(name.to_string()),
+        (".", None) => None,
+        (p, Some(name)) => Some(format!("{p}.{name}")),
+        (p, None) => Some(p.to_string()),
+    };
+    let mut env = ErrorEnvelope::new(ErrorCode::InvalidParams, format!("invalid body: {msg}"));
+    env.field = field;
+    env
 }
 
 /// Parses an optional strict JSON body (an empty body means the defaults).
@@ -101,14 +117,7 @@ pub(super) async fn required_body<T: serde::de::DeserializeOwned>(app: &App, hea
         return Err(ApiError(ErrorEnvelope::new(ErrorCode::InvalidParams, "the body must be JSON (Content-Type: application/json)")));
     }
     let de = &mut serde_json::Deserializer::from_slice(&bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let field = e.path().to_string();
-        let mut env = ErrorEnvelope::new(ErrorCode::InvalidParams, format!("invalid body: {}", e.into_inner()));
-        if field != "." {
-            env.field = Some(field);
-        }
-        ApiError(env)
-    })
+    serde_path_to_error::deserialize(de).map_err(|e| ApiError(invalid_body(e.path().to_string(), e.into_inner())))
 }
 
 pub async fn drain(

@@ -15,7 +15,11 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use daemon::correlation::CorrelationId;
-use serde_json::{json, Value};
+use api::openai::{
+    AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ChatDelta, CompletionRequest, FinishReason, ModelEntry, ModelList, OpenAiError,
+    OpenAiRole, ResponseFormatKind, StringOrArray, TextChoice, TextCompletion, TextCompletionChunk, Usage, REFUSED_FIELDS,
+};
+use serde_json::Value;
 
 use super::{json_body, App};
 use crate::core::runner::Msg;
@@ -24,15 +28,9 @@ use crate::core::TaskLog;
 
 /// An error in OpenAI's shape, with the HTTP status and headers of the v2 envelope.
 pub fn error(env: ErrorEnvelope) -> Response {
-    let kind = match env.http_status() {
-        401 => "authentication_error",
-        429 => "rate_limit_error",
-        s if s >= 500 => "server_error",
-        _ => "invalid_request_error",
-    };
-    let body = json!({ "error": { "message": env.message, "type": kind, "param": env.field, "code": env.code.as_str() } });
+    let body = serde_json::to_string(&OpenAiError::from_envelope(&env)).unwrap_or_default();
     let mut resp = daemon::errors::ApiError(env).into_response();
-    *resp.body_mut() = Body::from(body.to_string());
+    *resp.body_mut() = Body::from(body);
     resp
 }
 
@@ -52,8 +50,8 @@ pub async fn completions(State(app): State<App>, Extension(cid): Extension<Corre
 
 pub async fn models(State(app): State<App>) -> Response {
     let Some(models) = app.core.call(|core, _| core.listed_models()).await else { return error(ErrorEnvelope::new(ErrorCode::Internal, "shutting down")) };
-    let data: Vec<Value> = models.iter().map(|(id, created)| json!({ "id": id, "object": "model", "created": created, "owned_by": "llama-orch" })).collect();
-    Json(json!({ "object": "list", "data": data })).into_response()
+    let data = models.into_iter().map(|(id, created)| ModelEntry { id, object: "model".into(), created, owned_by: "llama-orch".into() }).collect();
+    Json(ModelList { object: "list".into(), data }).into_response()
 }
 
 async fn complete(app: App, cid: CorrelationId, headers: HeaderMap, body: Body, kind: Kind) -> Response {
@@ -61,11 +59,7 @@ async fn complete(app: App, cid: CorrelationId, headers: HeaderMap, body: Body, 
         Ok(b) => b,
         Err(e) => return error(e.0),
     };
-    let parsed = match serde_json::from_slice::<Value>(&bytes) {
-        Ok(Value::Object(m)) => m,
-        _ => return error(ErrorEnvelope::new(ErrorCode::InvalidParams, "the body must be a JSON object")),
-    };
-    let (req, stream, include_usage) = match map_request(&parsed, kind) {
+    let (req, stream, include_usage) = match parse(&bytes, kind) {
         Ok(x) => x,
         Err(e) => return error(e),
     };
@@ -90,102 +84,85 @@ async fn complete(app: App, cid: CorrelationId, headers: HeaderMap, body: Body, 
     resp
 }
 
-/// Maps an OpenAI body onto a task request; returns it with `stream` and `include_usage`.
-fn map_request(m: &serde_json::Map<String, Value>, kind: Kind) -> Result<(TaskRequest, bool, bool), ErrorEnvelope> {
+/// Parses an OpenAI body and maps it onto a task request; returns it with `stream` and
+/// `include_usage`. Refused fields are checked on the raw object, then the typed body is read with
+/// the path of the first bad field.
+fn parse(bytes: &[u8], kind: Kind) -> Result<(TaskRequest, bool, bool), ErrorEnvelope> {
     let bad = |f: &str, msg: &str| ErrorEnvelope::invalid(f, msg);
-    let model = m.get("model").and_then(Value::as_str).ok_or_else(|| bad("model", "required, a catalog model id"))?;
-    if model.contains(':') {
+    let Ok(Value::Object(m)) = serde_json::from_slice::<Value>(bytes) else {
+        return Err(ErrorEnvelope::new(ErrorCode::InvalidParams, "the body must be a JSON object"));
+    };
+    for f in REFUSED_FIELDS {
+        match (f, m.get(f)) {
+            (_, None | Some(Value::Null)) | ("logprobs", Some(Value::Bool(false))) => {}
+            ("logprobs", Some(_)) => return Err(bad(f, "logprobs are not supported")),
+            (_, Some(_)) => return Err(bad(f, "tools and function calling are not supported")),
+        }
+    }
+    // The sampling fields first, on their own: inside the flattened request serde loses their path.
+    let path_err = |e: serde_path_to_error::Error<serde_json::Error>| super::meta::invalid_body(e.path().to_string(), e.into_inner());
+    serde_path_to_error::deserialize::<_, api::openai::OpenAiSampling>(&Value::Object(m.clone())).map_err(path_err)?;
+    let typed = |v: Value| match kind {
+        Kind::Chat => serde_path_to_error::deserialize::<_, ChatCompletionRequest>(v).map(|r| (r.model, Input::Chat(r.messages), r.sampling)),
+        Kind::Text => serde_path_to_error::deserialize::<_, CompletionRequest>(v).map(|r| (r.model, Input::Text(r.prompt), r.sampling)),
+    };
+    let (model, body, s) = typed(Value::Object(m)).map_err(path_err)?;
+    if model.is_empty() || model.contains(':') {
         return Err(bad("model", "must be a catalog model id"));
     }
-    let mut req = TaskRequest::new(model);
-    for f in ["tools", "tool_choice", "functions"] {
-        if m.get(f).is_some_and(|v| !v.is_null()) {
-            return Err(bad(f, "tools and function calling are not supported"));
-        }
-    }
-    if m.get("logprobs").and_then(Value::as_bool) == Some(true) {
-        return Err(bad("logprobs", "logprobs are not supported"));
-    }
-    if m.get("n").is_some_and(|n| n.as_u64() != Some(1)) {
+    if s.n.is_some_and(|n| n != 1) {
         return Err(bad("n", "only n = 1 is supported"));
     }
-    match kind {
-        Kind::Chat => {
-            let msgs = m.get("messages").and_then(Value::as_array).ok_or_else(|| bad("messages", "required, an array"))?;
-            let mut out = vec![];
-            for (i, msg) in msgs.iter().enumerate() {
-                let role = match msg.get("role").and_then(Value::as_str) {
-                    Some("system") | Some("developer") => Role::System,
-                    Some("user") => Role::User,
-                    Some("assistant") => Role::Assistant,
-                    _ => return Err(bad(&format!("messages[{i}].role"), "must be system, user or assistant")),
-                };
-                out.push(Message { role, content: content_text(msg.get("content")).ok_or_else(|| bad(&format!("messages[{i}].content"), "must be a string or text parts"))? });
+    let mut req = TaskRequest::new(&model);
+    match body {
+        Input::Chat(msgs) => {
+            let role = |r: OpenAiRole| match r {
+                OpenAiRole::System | OpenAiRole::Developer => Role::System,
+                OpenAiRole::User => Role::User,
+                OpenAiRole::Assistant => Role::Assistant,
+            };
+            req.messages = Some(msgs.into_iter().map(|msg| Message { role: role(msg.role), content: msg.content.text() }).collect());
+        }
+        Input::Text(StringOrArray::One(p)) => req.prompt = Some(p),
+        Input::Text(StringOrArray::Many(_)) => return Err(bad("prompt", "arrays of prompts are not supported; send one string")),
+    }
+    req.max_tokens = s.max_completion_tokens.or(s.max_tokens);
+    req.temperature = s.temperature;
+    req.top_p = s.top_p;
+    req.seed = s.seed;
+    req.top_k = s.top_k;
+    req.min_p = s.min_p;
+    req.repeat_penalty = s.repeat_penalty;
+    req.stop = match s.stop {
+        None => vec![],
+        Some(StringOrArray::One(x)) => vec![x],
+        Some(StringOrArray::Many(v)) => v,
+    };
+    req.grammar = s.grammar;
+    if let Some(rf) = s.response_format {
+        match rf.kind {
+            ResponseFormatKind::JsonSchema => {
+                req.json_schema = Some(rf.json_schema.and_then(|j| j.get("schema").cloned()).ok_or_else(|| bad("response_format.json_schema.schema", "required"))?)
             }
-            req.messages = Some(out);
-        }
-        Kind::Text => match m.get("prompt") {
-            Some(Value::String(p)) => req.prompt = Some(p.clone()),
-            Some(Value::Array(_)) => return Err(bad("prompt", "arrays of prompts are not supported; send one string")),
-            _ => return Err(bad("prompt", "required, a string")),
-        },
-    }
-    let num = |f: &str| -> Result<Option<f64>, ErrorEnvelope> {
-        match m.get(f) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => v.as_f64().map(Some).ok_or_else(|| bad(f, "must be a number")),
-        }
-    };
-    let int = |f: &str| -> Result<Option<u64>, ErrorEnvelope> {
-        match m.get(f) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => v.as_u64().map(Some).ok_or_else(|| bad(f, "must be a non-negative integer")),
-        }
-    };
-    req.max_tokens = int("max_completion_tokens")?.or(int("max_tokens")?);
-    req.temperature = num("temperature")?;
-    req.top_p = num("top_p")?;
-    req.seed = int("seed")?;
-    req.top_k = int("top_k")?;
-    req.min_p = num("min_p")?;
-    req.repeat_penalty = num("repeat_penalty")?;
-    req.stop = match m.get("stop") {
-        None | Some(Value::Null) => vec![],
-        Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(a)) => a.iter().map(|s| s.as_str().map(str::to_string).ok_or_else(|| bad("stop", "must be strings"))).collect::<Result<_, _>>()?,
-        Some(_) => return Err(bad("stop", "must be a string or an array of strings")),
-    };
-    if let Some(g) = m.get("grammar") {
-        req.grammar = Some(g.as_str().ok_or_else(|| bad("grammar", "must be a string"))?.to_string());
-    }
-    if let Some(rf) = m.get("response_format").filter(|v| !v.is_null()) {
-        match rf.get("type").and_then(Value::as_str) {
-            Some("json_schema") => req.json_schema = Some(rf.pointer("/json_schema/schema").cloned().ok_or_else(|| bad("response_format.json_schema.schema", "required"))?),
-            Some("json_object") => req.json_schema = Some(json!({ "type": "object" })),
-            Some("text") => {}
-            _ => return Err(bad("response_format.type", "must be text, json_object or json_schema")),
+            ResponseFormatKind::JsonObject => req.json_schema = Some(serde_json::json!({ "type": "object" })),
+            ResponseFormatKind::Text => {}
         }
     }
     req.priority = Priority::Interactive;
-    let stream = m.get("stream").and_then(Value::as_bool).unwrap_or(false);
-    let include_usage = m.get("stream_options").and_then(|o| o.get("include_usage")).and_then(Value::as_bool).unwrap_or(false);
-    Ok((req, stream, include_usage))
+    let include_usage = s.stream_options.is_some_and(|o| o.include_usage);
+    Ok((req, s.stream.unwrap_or(false), include_usage))
 }
 
-/// A message's content: a string, or an array of `{type: "text", text}` parts.
-fn content_text(v: Option<&Value>) -> Option<String> {
-    match v? {
-        Value::String(s) => Some(s.clone()),
-        Value::Array(parts) => parts.iter().map(|p| p.get("text").and_then(Value::as_str).map(str::to_string)).collect::<Option<Vec<_>>>().map(|v| v.concat()),
-        _ => None,
-    }
+/// What the request asks to complete.
+enum Input {
+    Chat(Vec<api::openai::OpenAiMessage>),
+    Text(StringOrArray),
 }
 
-fn finish_reason(r: StopReason) -> &'static str {
+fn finish_reason(r: StopReason) -> FinishReason {
     match r {
-        StopReason::Eos | StopReason::StopWord => "stop",
-        StopReason::Limit | StopReason::Deadline => "length",
-        StopReason::Canceled => "stop",
+        StopReason::Eos | StopReason::StopWord | StopReason::Canceled => FinishReason::Stop,
+        StopReason::Limit | StopReason::Deadline => FinishReason::Length,
     }
 }
 
@@ -221,25 +198,31 @@ async fn next_frames(log: &TaskLog, next: usize) -> (Vec<Event>, bool) {
 
 async fn whole(log: Arc<TaskLog>, mut guard: Guard, id: String, model: String, kind: Kind) -> Response {
     let mut text = String::new();
+    let mut fingerprint = None;
     let mut next = 0;
     loop {
         let (frames, closed) = next_frames(&log, next).await;
         next += frames.len();
         for f in frames {
             match f {
+                Event::Started(s) => fingerprint = s.engine_version,
                 Event::Token(t) => text.push_str(&t.t),
                 Event::End(e) => {
                     guard.done = true;
-                    let usage = json!({ "prompt_tokens": e.tokens_in, "completion_tokens": e.tokens_out, "total_tokens": e.tokens_in + e.tokens_out });
-                    let fr = finish_reason(e.stop_reason);
-                    let created = daemon::now_ms() / 1000;
-                    let body = match kind {
-                        Kind::Chat => json!({ "id": id, "object": "chat.completion", "created": created, "model": model,
-                            "choices": [{ "index": 0, "message": { "role": "assistant", "content": text }, "finish_reason": fr }], "usage": usage }),
-                        Kind::Text => json!({ "id": id, "object": "text_completion", "created": created, "model": model,
-                            "choices": [{ "index": 0, "text": text, "finish_reason": fr, "logprobs": null }], "usage": usage }),
+                    let usage = Usage::new(e.tokens_in, e.tokens_out);
+                    let finish_reason = finish_reason(e.stop_reason);
+                    let (created, system_fingerprint) = (daemon::now_ms() / 1000, fingerprint);
+                    return match kind {
+                        Kind::Chat => {
+                            let message = AssistantMessage { role: "assistant".into(), content: text };
+                            let choices = vec![ChatChoice { index: 0, message, finish_reason }];
+                            Json(ChatCompletion { id, object: "chat.completion".into(), created, model, system_fingerprint, choices, usage }).into_response()
+                        }
+                        Kind::Text => {
+                            let choices = vec![TextChoice { index: 0, text, finish_reason: Some(finish_reason), logprobs: None }];
+                            Json(TextCompletion { id, object: "text_completion".into(), created, model, system_fingerprint, choices, usage }).into_response()
+                        }
                     };
-                    return Json(body).into_response();
                 }
                 Event::Error(e) => {
                     guard.done = true;
@@ -255,63 +238,82 @@ async fn whole(log: Arc<TaskLog>, mut guard: Guard, id: String, model: String, k
     }
 }
 
+/// Builds the `data:` lines of one streamed answer.
+struct Chunks {
+    id: String,
+    model: String,
+    created: u64,
+    kind: Kind,
+    fingerprint: Option<String>,
+}
+
+impl Chunks {
+    /// One chunk: a content piece (`text`), the last one (`finish`), the first (role only), or the
+    /// usage chunk (`usage`, no choices).
+    fn line(&self, text: Option<&str>, finish: Option<FinishReason>, usage: Option<Usage>) -> String {
+        let (id, model, created, system_fingerprint) = (self.id.clone(), self.model.clone(), self.created, self.fingerprint.clone());
+        let json = match self.kind {
+            Kind::Chat => {
+                let delta = match (text, finish) {
+                    (Some(t), _) => ChatDelta { role: None, content: Some(t.to_string()) },
+                    (None, None) => ChatDelta { role: Some("assistant".into()), content: Some(String::new()) },
+                    (None, Some(_)) => ChatDelta::default(),
+                };
+                let choices = if usage.is_some() { vec![] } else { vec![ChatChunkChoice { index: 0, delta, finish_reason: finish }] };
+                serde_json::to_string(&ChatCompletionChunk { id, object: "chat.completion.chunk".into(), created, model, system_fingerprint, choices, usage })
+            }
+            Kind::Text => {
+                let choice = TextChoice { index: 0, text: text.unwrap_or_default().to_string(), finish_reason: finish, logprobs: None };
+                let choices = if usage.is_some() { vec![] } else { vec![choice] };
+                serde_json::to_string(&TextCompletionChunk { id, object: "text_completion".into(), created, model, system_fingerprint, choices, usage })
+            }
+        };
+        format!("data: {}\n\n", json.unwrap_or_default())
+    }
+}
+
 fn streamed(log: Arc<TaskLog>, guard: Guard, id: String, model: String, kind: Kind, include_usage: bool) -> Response {
-    let created = daemon::now_ms() / 1000;
-    let object = if kind == Kind::Chat { "chat.completion.chunk" } else { "text_completion" };
-    let chunk = move |choice: Value, fingerprint: &Option<String>| -> String {
-        let mut c = json!({ "id": id, "object": object, "created": created, "model": model, "choices": [choice] });
-        if let Some(f) = fingerprint {
-            c["system_fingerprint"] = json!(f);
+    let chunks = Chunks { id, model, created: daemon::now_ms() / 1000, kind, fingerprint: None };
+    let state = (log, guard, 0usize, kind == Kind::Chat, chunks, false);
+    let stream = futures::stream::unfold(state, move |(log, mut guard, next, first, mut chunks, done)| async move {
+        if done {
+            return None;
         }
-        format!("data: {c}\n\n")
-    };
-    let first = if kind == Kind::Chat { Some(json!({ "index": 0, "delta": { "role": "assistant", "content": "" }, "finish_reason": null })) } else { None };
-    let state = (log, guard, 0usize, first, None::<String>, false);
-    let stream = futures::stream::unfold(state, move |(log, mut guard, next, first, fp, done)| {
-        let chunk = chunk.clone();
-        async move {
-            if done {
-                return None;
-            }
-            if let Some(f) = first {
-                return Some((Ok::<_, Infallible>(Bytes::from(chunk(f, &fp))), (log, guard, next, None, fp, false)));
-            }
-            let (frames, closed) = next_frames(&log, next).await;
-            let n = next + frames.len();
-            let mut out = String::new();
-            let mut fp = fp;
-            let mut finished = closed;
-            for f in frames {
-                match f {
-                    Event::Started(s) => fp = s.engine_version,
-                    Event::Token(t) => out.push_str(&chunk(token_choice(kind, &t.t), &fp)),
-                    Event::End(e) => {
-                        guard.done = true;
-                        let fr = finish_reason(e.stop_reason);
-                        let last = if kind == Kind::Chat { json!({ "index": 0, "delta": {}, "finish_reason": fr }) } else { json!({ "index": 0, "text": "", "finish_reason": fr, "logprobs": null }) };
-                        out.push_str(&chunk(last, &fp));
-                        if include_usage {
-                            let mut u: Value = serde_json::from_str(chunk(json!(null), &fp).trim_start_matches("data: ").trim()).unwrap_or(json!({}));
-                            u["choices"] = json!([]);
-                            u["usage"] = json!({ "prompt_tokens": e.tokens_in, "completion_tokens": e.tokens_out, "total_tokens": e.tokens_in + e.tokens_out });
-                            out.push_str(&format!("data: {u}\n\n"));
-                        }
-                        out.push_str("data: [DONE]\n\n");
-                        finished = true;
+        if first {
+            let line = chunks.line(None, None, None);
+            return Some((Ok::<_, Infallible>(Bytes::from(line)), (log, guard, next, false, chunks, false)));
+        }
+        let (frames, closed) = next_frames(&log, next).await;
+        let n = next + frames.len();
+        let mut out = String::new();
+        let mut finished = closed;
+        for f in frames {
+            match f {
+                Event::Started(s) => chunks.fingerprint = s.engine_version,
+                Event::Token(t) => out.push_str(&chunks.line(Some(&t.t), None, None)),
+                Event::End(e) => {
+                    guard.done = true;
+                    out.push_str(&chunks.line(None, Some(finish_reason(e.stop_reason)), None));
+                    if include_usage {
+                        out.push_str(&chunks.line(None, None, Some(Usage::new(e.tokens_in, e.tokens_out))));
                     }
-                    Event::Error(e) => {
-                        guard.done = true;
-                        out.push_str(&format!("data: {}\n\n", json!({ "error": { "message": e.message, "type": "server_error", "param": null, "code": e.code.as_str() } })));
-                        finished = true;
-                    }
-                    _ => {}
+                    out.push_str("data: [DONE]\n\n");
+                    finished = true;
                 }
+                Event::Error(e) => {
+                    guard.done = true;
+                    let mut body = OpenAiError::from_envelope(&e);
+                    body.error.kind = "server_error".into();
+                    out.push_str(&format!("data: {}\n\n", serde_json::to_string(&body).unwrap_or_default()));
+                    finished = true;
+                }
+                _ => {}
             }
-            if out.is_empty() && finished {
-                return None;
-            }
-            Some((Ok(Bytes::from(out)), (log, guard, n, None, fp, finished)))
         }
+        if out.is_empty() && finished {
+            return None;
+        }
+        Some((Ok(Bytes::from(out)), (log, guard, n, false, chunks, finished)))
     });
     let mut resp = Response::new(Body::from_stream(stream));
     let h = resp.headers_mut();
@@ -321,9 +323,42 @@ fn streamed(log: Arc<TaskLog>, guard: Guard, id: String, model: String, kind: Ki
     resp
 }
 
-fn token_choice(kind: Kind, t: &str) -> Value {
-    match kind {
-        Kind::Chat => json!({ "index": 0, "delta": { "content": t }, "finish_reason": null }),
-        Kind::Text => json!({ "index": 0, "text": t, "finish_reason": null, "logprobs": null }),
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chat(body: &str) -> Result<(TaskRequest, bool, bool), ErrorEnvelope> {
+        parse(body.as_bytes(), Kind::Chat)
+    }
+
+    #[test]
+    fn maps_a_chat_body_onto_a_task() {
+        let (req, stream, usage) = chat(
+            r#"{"model":"m","messages":[{"role":"developer","content":"be brief"},{"role":"user","content":"hi"}],"max_tokens":5,"max_completion_tokens":7,
+                "stop":["a","b"],"stream":true,"stream_options":{"include_usage":true},"logprobs":false,"response_format":{"type":"json_schema","json_schema":{"name":"x","schema":{"type":"object"}}}}"#,
+        )
+        .expect("valid");
+        let msgs = req.messages.expect("messages");
+        assert_eq!((msgs[0].role, msgs[1].content.as_str()), (Role::System, "hi"));
+        assert_eq!(req.max_tokens, Some(7), "max_completion_tokens wins");
+        assert_eq!(req.stop, ["a", "b"]);
+        assert_eq!(req.json_schema, Some(serde_json::json!({ "type": "object" })));
+        assert_eq!(req.priority, Priority::Interactive);
+        assert!(stream && usage);
+    }
+
+    #[test]
+    fn bad_bodies_name_the_field() {
+        let field = |body: &str, kind: Kind| parse(body.as_bytes(), kind).expect_err("refused").field;
+        assert_eq!(field(r#"{"messages":[]}"#, Kind::Chat).as_deref(), Some("model"));
+        assert_eq!(field(r#"{"model":"m","messages":[{"role":"tool","content":"x"}]}"#, Kind::Chat).as_deref(), Some("messages[0].role"));
+        assert_eq!(field(r#"{"model":"m","messages":[],"tools":[{}]}"#, Kind::Chat).as_deref(), Some("tools"));
+        assert_eq!(field(r#"{"model":"m","messages":[],"logprobs":true}"#, Kind::Chat).as_deref(), Some("logprobs"));
+        assert_eq!(field(r#"{"model":"m","messages":[],"n":2}"#, Kind::Chat).as_deref(), Some("n"));
+        assert_eq!(field(r#"{"model":"hf:a/b/c.gguf","messages":[]}"#, Kind::Chat).as_deref(), Some("model"));
+        assert_eq!(field(r#"{"model":"m","prompt":["a","b"]}"#, Kind::Text).as_deref(), Some("prompt"));
+        assert_eq!(field(r#"{"model":"m","prompt":"p","temperature":"hot"}"#, Kind::Text).as_deref(), Some("temperature"));
+        assert_eq!(field(r#"{"model":"m","prompt":"p","response_format":{"type":"json_schema"}}"#, Kind::Text).as_deref(), Some("response_format.json_schema.schema"));
+        assert!(parse(b"[1]", Kind::Text).is_err_and(|e| e.code == ErrorCode::InvalidParams));
     }
 }

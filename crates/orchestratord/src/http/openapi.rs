@@ -85,6 +85,8 @@ node credential (`node_bearer`). With no client tokens configured (open mode, lo
         api::catalog::AvailabilityResponse,
         api::catalog::ModelAvailability,
         api::catalog::ServingPool,
+        api::openai::ChatCompletionChunk,
+        api::openai::TextCompletionChunk,
         doc::EventData,
         doc::SseEvent,
     )),
@@ -163,16 +165,18 @@ pub async fn document() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], DOC.get_or_init(document_json).as_str())
 }
 
-/// Documentation-only operation stubs (never called) and schemas of bodies that the handlers build
-/// with `json!` or that live outside the `api` crate.
+/// Documentation-only operation stubs (never called), and the schemas of SSE framing, which no
+/// handler serializes as one type.
 #[allow(dead_code)]
 mod doc {
     use api::catalog::{AvailabilityResponse, ModelRecord, ModelsResponse, RegisterModel, SetModelState};
     use api::events::{End, Metrics, Started, Token};
     use api::node::{
-        DrainRequest, HeartbeatRequest, HeartbeatResponse, NodesResponse, PoolCommandAccepted, PoolState, PoolsResponse, RegisterRequest, RegisterResponse, ReloadRequest,
+        DrainRequest, HeartbeatRequest, HeartbeatResponse, NodesResponse, PoolCommandAccepted, PoolsResponse, RegisterRequest, RegisterResponse, ReloadRequest,
     };
     use api::task::{AdmissionResponse, TaskRecord, TaskRequest};
+    use api::meta::{Health, MetaCapabilities, PoolHealth, SessionView, VersionInfo};
+    use api::openai::{ChatCompletion, ChatCompletionRequest, CompletionRequest, ModelList, OpenAiError, TextCompletion};
     use api::{ErrorEnvelope, ModelId, NodeId, PoolId, SessionId, TaskId};
     use serde::Serialize;
     use utoipa::ToSchema;
@@ -199,288 +203,6 @@ mod doc {
         Metrics(Metrics),
         End(End),
         Error(ErrorEnvelope),
-    }
-
-    /// `GET /health` body: liveness only.
-    #[derive(Serialize, ToSchema)]
-    pub struct Health {
-        /// Always `ok`.
-        pub status: String,
-        pub version: String,
-    }
-
-    /// `GET /v2/meta/version` body.
-    #[derive(Serialize, ToSchema)]
-    pub struct VersionInfo {
-        /// `2.0.0`.
-        pub api_version: String,
-        pub protocol_version: u32,
-        pub build_version: String,
-        pub build_commit: String,
-        pub build_time: String,
-    }
-
-    /// `GET /v2/meta/capabilities` body, computed from live Ready pools.
-    #[derive(Serialize, ToSchema)]
-    pub struct MetaCapabilities {
-        pub api_version: String,
-        pub protocol_versions: Vec<u32>,
-        /// Empty when no pool is Ready.
-        pub engines: Vec<EngineCapabilities>,
-    }
-
-    #[derive(Serialize, ToSchema)]
-    pub struct EngineCapabilities {
-        /// `llamacpp`.
-        pub engine: String,
-        pub engine_versions: Vec<String>,
-        /// The largest `ctx_per_slot` of the Ready pools.
-        pub ctx_max: u64,
-        pub slots_total: u64,
-        pub models: Vec<String>,
-        pub supported_workloads: Vec<String>,
-        pub features: EngineFeatures,
-    }
-
-    #[derive(Serialize, ToSchema)]
-    pub struct EngineFeatures {
-        pub messages: bool,
-        pub grammar: bool,
-        pub json_schema: bool,
-        pub seed: bool,
-        pub stop: bool,
-    }
-
-    /// `GET /v2/pools/{id}/health` body.
-    #[derive(Serialize, ToSchema)]
-    pub struct PoolHealth {
-        pub pool_id: String,
-        pub node_id: String,
-        /// Node Online and state Starting, Ready or Draining.
-        pub live: bool,
-        /// Node Online and state Ready.
-        pub ready: bool,
-        pub draining: bool,
-        pub state: PoolState,
-        #[schema(required = true)]
-        pub last_error: Option<String>,
-        #[schema(required = true)]
-        pub last_heartbeat_ms: Option<u64>,
-        pub metrics: PoolHealthMetrics,
-    }
-
-    #[derive(Serialize, ToSchema)]
-    pub struct PoolHealthMetrics {
-        pub queue_depth: u64,
-        pub running: u64,
-        pub slots_total: u32,
-        pub slots_free: u32,
-    }
-
-    /// OpenAI's error shape, used by every `/v1` error (API.md §11).
-    #[derive(Serialize, ToSchema)]
-    pub struct OpenAiError {
-        pub error: OpenAiErrorBody,
-    }
-
-    #[derive(Serialize, ToSchema)]
-    pub struct OpenAiErrorBody {
-        pub message: String,
-        /// `invalid_request_error` (400, 404, 409), `authentication_error` (401), `rate_limit_error` (429), `server_error` (5xx).
-        #[serde(rename = "type")]
-        pub kind: String,
-        /// The offending field (`field` of the envelope).
-        #[schema(required = true)]
-        pub param: Option<String>,
-        pub code: api::ErrorCode,
-    }
-
-    /// A string or an array of strings.
-    #[derive(Serialize, ToSchema)]
-    #[serde(untagged)]
-    pub enum StringOrArray {
-        One(String),
-        Many(Vec<String>),
-    }
-
-    /// A message's content: a string, or an array of text parts that are concatenated.
-    #[derive(Serialize, ToSchema)]
-    #[serde(untagged)]
-    pub enum OpenAiContent {
-        Text(String),
-        Parts(Vec<OpenAiTextPart>),
-    }
-
-    #[derive(Serialize, ToSchema)]
-    pub struct OpenAiTextPart {
-        /// `text`.
-        #[serde(rename = "type")]
-        pub kind: String,
-        pub text: String,
-    }
-
-    #[derive(Serialize, ToSchema)]
-    pub struct OpenAiMessage {
-        /// `system` (or `developer`), `user` or `assistant`.
-        pub role: String,
-        pub content: OpenAiContent,
-    }
-
-    #[derive(Serialize, ToSchema)]
-    pub struct StreamOptions {
-        /// Send a usage chunk with empty `choices` before `[DONE]`.
-        #[serde(default)]
-        pub include_usage: bool,
-    }
-
-    #[derive(Serialize, ToSchema)]
-    pub struct ResponseFormat {
-        /// `text`, `json_object` or `json_schema`.
-        #[serde(rename = "type")]
-        pub kind: String,
-        /// For `json_schema`: `{schema}`, the JSON Schema of the output.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        #[schema(value_type = Option<Object>)]
-        pub json_schema: Option<serde_json::Value>,
-    }
-
-    /// Sampling fields shared by both OpenAI bodies.
-    #[derive(Serialize, ToSchema)]
-    pub struct OpenAiSampling {
-        /// `max_completion_tokens` wins over `max_tokens`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub max_tokens: Option<u64>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub max_completion_tokens: Option<u64>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub temperature: Option<f64>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub top_p: Option<f64>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub seed: Option<u64>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub stop: Option<StringOrArray>,
-        /// Extension.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub top_k: Option<u64>,
-        /// Extension.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub min_p: Option<f64>,
-        /// Extension.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub repeat_penalty: Option<f64>,
-        /// Extension: a GBNF grammar.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub grammar: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub response_format: Option<ResponseFormat>,
-        /// Must be 1.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub n: Option<u64>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub stream: Option<bool>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub stream_options: Option<StreamOptions>,
-    }
-
-    /// `POST /v1/chat/completions` body. Unknown fields are ignored; `tools`, `tool_choice`,
-    /// `functions` and `logprobs: true` are rejected with 400.
-    #[derive(Serialize, ToSchema)]
-    pub struct ChatCompletionRequest {
-        /// A catalog model id.
-        pub model: String,
-        pub messages: Vec<OpenAiMessage>,
-        #[serde(flatten)]
-        pub sampling: OpenAiSampling,
-    }
-
-    /// `POST /v1/completions` body. Unknown fields are ignored; `tools`, `tool_choice`,
-    /// `functions` and `logprobs: true` are rejected with 400.
-    #[derive(Serialize, ToSchema)]
-    pub struct CompletionRequest {
-        /// A catalog model id.
-        pub model: String,
-        /// One string; arrays of prompts are rejected with 400.
-        pub prompt: String,
-        #[serde(flatten)]
-        pub sampling: OpenAiSampling,
-    }
-
-    #[derive(Serialize, ToSchema)]
-    pub struct Usage {
-        pub prompt_tokens: u64,
-        pub completion_tokens: u64,
-        pub total_tokens: u64,
-    }
-
-    #[derive(Serialize, ToSchema)]
-    pub struct AssistantMessage {
-        /// `assistant`.
-        pub role: String,
-        pub content: String,
-    }
-
-    #[derive(Serialize, ToSchema)]
-    pub struct ChatChoice {
-        pub index: u32,
-        pub message: AssistantMessage,
-        /// `stop` (eos, stop word) or `length` (limit, deadline).
-        pub finish_reason: String,
-    }
-
-    /// Non-streamed `POST /v1/chat/completions` answer.
-    #[derive(Serialize, ToSchema)]
-    pub struct ChatCompletion {
-        /// `chatcmpl-<task_id>`.
-        pub id: String,
-        /// `chat.completion`.
-        pub object: String,
-        pub created: u64,
-        pub model: String,
-        pub choices: Vec<ChatChoice>,
-        pub usage: Usage,
-    }
-
-    #[derive(Serialize, ToSchema)]
-    pub struct TextChoice {
-        pub index: u32,
-        pub text: String,
-        /// `stop` (eos, stop word) or `length` (limit, deadline).
-        pub finish_reason: String,
-        /// Always null.
-        #[schema(required = true, value_type = Option<Object>)]
-        pub logprobs: Option<serde_json::Value>,
-    }
-
-    /// Non-streamed `POST /v1/completions` answer.
-    #[derive(Serialize, ToSchema)]
-    pub struct TextCompletion {
-        /// `cmpl-<task_id>`.
-        pub id: String,
-        /// `text_completion`.
-        pub object: String,
-        pub created: u64,
-        pub model: String,
-        pub choices: Vec<TextChoice>,
-        pub usage: Usage,
-    }
-
-    #[derive(Serialize, ToSchema)]
-    pub struct ModelEntry {
-        pub id: String,
-        /// `model`.
-        pub object: String,
-        pub created: u64,
-        /// `llama-orch`.
-        pub owned_by: String,
-    }
-
-    /// `GET /v1/models` body: models that a Ready pool serves.
-    #[derive(Serialize, ToSchema)]
-    pub struct ModelList {
-        /// `list`.
-        pub object: String,
-        pub data: Vec<ModelEntry>,
     }
 
     // ---- tasks ---------------------------------------------------------------------------------
@@ -584,7 +306,7 @@ mod doc {
         tag = "sessions",
         params(("id" = SessionId, Path, description = "Session id; a malformed id is 404.")),
         responses(
-            (status = 200, description = "The session.", body = crate::core::sessions::SessionView),
+            (status = 200, description = "The session.", body = SessionView),
             (status = 401, description = "`MISSING_TOKEN` or `BAD_TOKEN`.", body = ErrorEnvelope),
             (status = 404, description = "`NOT_FOUND`: unknown, malformed or expired.", body = ErrorEnvelope),
             (status = 500, description = "`INTERNAL`.", body = ErrorEnvelope),
@@ -926,7 +648,7 @@ mod doc {
 
     /// OpenAI-compatible chat completion: a task with `messages`, priority `interactive`, no deadline.
     ///
-    /// With `stream: true` the answer is `text/event-stream` of `data: <chat.completion.chunk>` lines (the
+    /// With `stream: true` the answer is `text/event-stream` of `data: <ChatCompletionChunk>` lines (the
     /// first with `delta.role = "assistant"`), a final chunk with `finish_reason`, a usage chunk when
     /// `stream_options.include_usage`, then `data: [DONE]`; a failure after the stream began sends one
     /// `data: {"error": {...}}` line and closes without `[DONE]`. A client disconnect cancels the task.
@@ -953,7 +675,7 @@ mod doc {
 
     /// OpenAI-compatible text completion: a task with `prompt`, priority `interactive`, no deadline.
     ///
-    /// With `stream: true` the answer is `text/event-stream` of `data: <text_completion>` chunks, a final
+    /// With `stream: true` the answer is `text/event-stream` of `data: <TextCompletionChunk>` lines, a final
     /// chunk with `finish_reason`, a usage chunk when `stream_options.include_usage`, then `data: [DONE]`.
     #[utoipa::path(
         post,
@@ -1093,12 +815,26 @@ mod tests {
         assert!(s["TaskRecord"]["required"].as_array().expect("required").contains(&Value::from("stop_reason")), "always-sent nullable fields are required");
     }
 
-    /// The hand-written schemas of bodies built outside the `api` crate match what is sent.
+    /// Every body a handler sends is a typed `api` struct, so the document describes exactly what
+    /// is serialized: the meta, pool health, session and OpenAI schemas are all present, with the
+    /// fields their types send.
     #[tokio::test]
-    async fn hand_written_schemas_match_the_handlers() {
+    async fn bodies_of_every_route_are_typed_schemas() {
         let d = doc();
-        assert_eq!(properties(&d, "Health"), keys(&super::super::meta::health().await.0));
-        assert_eq!(properties(&d, "VersionInfo"), keys(&super::super::meta::version().await.0));
-
+        let s = &d["components"]["schemas"];
+        for name in ["Health", "VersionInfo", "MetaCapabilities", "PoolHealth", "SessionView", "ChatCompletionRequest", "CompletionRequest", "ChatCompletion", "TextCompletion", "ChatCompletionChunk", "TextCompletionChunk", "ModelList", "OpenAiError"] {
+            assert!(s.get(name).is_some(), "schema {name}");
+        }
+        let health = serde_json::to_value(super::super::meta::health().await.0).expect("json");
+        assert_eq!(properties(&d, "Health"), keys(&health));
+        let version = serde_json::to_value(super::super::meta::version().await.0).expect("json");
+        assert_eq!(properties(&d, "VersionInfo"), keys(&version));
+        assert!(properties(&d, "ChatCompletionChunk").contains("usage"));
+        let required: BTreeSet<String> = s["ChatChunkChoice"]["required"].as_array().expect("required").iter().map(|v| v.as_str().unwrap_or_default().to_string()).collect();
+        assert!(required.contains("finish_reason"), "finish_reason is always sent, null until the end");
+        let chat = &d["paths"]["/v1/chat/completions"]["post"];
+        assert_eq!(chat["requestBody"]["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/ChatCompletionRequest");
+        assert_eq!(chat["responses"]["200"]["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/ChatCompletion");
+        assert_eq!(d["paths"]["/v1/models"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/ModelList");
     }
 }

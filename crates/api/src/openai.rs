@@ -1,0 +1,387 @@
+//! The OpenAI-compatible surface's bodies (API.md §11): the requests orchestratord parses, the
+//! completions, stream chunks, model list and errors it sends. Request bodies ignore unknown fields
+//! (OpenAI clients send many); the fields orchestratord refuses are listed on each request type.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ErrorCode;
+
+/// A string or an array of strings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum StringOrArray {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// A message's role; `developer` is read as `system`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OpenAiRole {
+    System,
+    Developer,
+    User,
+    Assistant,
+}
+
+/// A message's content: a string, or an array of text parts that are concatenated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum OpenAiContent {
+    Text(String),
+    Parts(Vec<OpenAiTextPart>),
+}
+
+impl OpenAiContent {
+    /// The text: the string, or the parts' texts joined.
+    pub fn text(&self) -> String {
+        match self {
+            OpenAiContent::Text(s) => s.clone(),
+            OpenAiContent::Parts(parts) => parts.iter().map(|p| p.text.as_str()).collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct OpenAiTextPart {
+    /// `text`.
+    #[serde(rename = "type", default = "text_kind")]
+    pub kind: String,
+    pub text: String,
+}
+
+fn text_kind() -> String {
+    "text".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct OpenAiMessage {
+    pub role: OpenAiRole,
+    pub content: OpenAiContent,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct StreamOptions {
+    /// Send a usage chunk with empty `choices` before `[DONE]`.
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ResponseFormatKind {
+    Text,
+    JsonObject,
+    JsonSchema,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ResponseFormat {
+    #[serde(rename = "type")]
+    pub kind: ResponseFormatKind,
+    /// For `json_schema`: `{name, schema, strict}`; `schema` (required) is the JSON Schema of the output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub json_schema: Option<serde_json::Value>,
+}
+
+/// Sampling and streaming fields shared by both OpenAI request bodies.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct OpenAiSampling {
+    /// `max_completion_tokens` wins over `max_tokens`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_completion_tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop: Option<StringOrArray>,
+    /// Extension.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<u64>,
+    /// Extension.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_p: Option<f64>,
+    /// Extension.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeat_penalty: Option<f64>,
+    /// Extension: a GBNF grammar.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grammar: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<ResponseFormat>,
+    /// Must be 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_options: Option<StreamOptions>,
+}
+
+/// Request fields that orchestratord refuses with 400 when present and not null (or, for
+/// `logprobs`, when true or a number).
+pub const REFUSED_FIELDS: [&str; 4] = ["tools", "tool_choice", "functions", "logprobs"];
+
+/// `POST /v1/chat/completions` body. Unknown fields are ignored; `tools`, `tool_choice`,
+/// `functions` and `logprobs` (true) are refused with 400.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ChatCompletionRequest {
+    /// A catalog model id.
+    pub model: String,
+    pub messages: Vec<OpenAiMessage>,
+    #[serde(flatten)]
+    pub sampling: OpenAiSampling,
+}
+
+/// `POST /v1/completions` body. Unknown fields are ignored; `tools`, `tool_choice`, `functions`
+/// and `logprobs` (a number) are refused with 400, and so is an array `prompt`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CompletionRequest {
+    /// A catalog model id.
+    pub model: String,
+    /// One string.
+    pub prompt: StringOrArray,
+    #[serde(flatten)]
+    pub sampling: OpenAiSampling,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+}
+
+impl Usage {
+    pub fn new(prompt_tokens: u64, completion_tokens: u64) -> Self {
+        Usage { prompt_tokens, completion_tokens, total_tokens: prompt_tokens + completion_tokens }
+    }
+}
+
+/// `stop` (end of sequence, a stop word, a cancel) or `length` (max_tokens, deadline).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FinishReason {
+    Stop,
+    Length,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AssistantMessage {
+    /// `assistant`.
+    pub role: String,
+    pub content: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ChatChoice {
+    pub index: u32,
+    pub message: AssistantMessage,
+    pub finish_reason: FinishReason,
+}
+
+/// Non-streamed `POST /v1/chat/completions` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ChatCompletion {
+    /// `chatcmpl-<task_id>`.
+    pub id: String,
+    /// `chat.completion`.
+    pub object: String,
+    pub created: u64,
+    pub model: String,
+    /// The engine version of the pool that ran the task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_fingerprint: Option<String>,
+    pub choices: Vec<ChatChoice>,
+    pub usage: Usage,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ChatDelta {
+    /// `assistant`, on the first chunk only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ChatChunkChoice {
+    pub index: u32,
+    pub delta: ChatDelta,
+    /// Null until the last content chunk.
+    #[schema(required = true)]
+    pub finish_reason: Option<FinishReason>,
+}
+
+/// One `data:` line of a streamed `POST /v1/chat/completions` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ChatCompletionChunk {
+    /// `chatcmpl-<task_id>`.
+    pub id: String,
+    /// `chat.completion.chunk`.
+    pub object: String,
+    pub created: u64,
+    pub model: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_fingerprint: Option<String>,
+    /// Empty on the usage chunk.
+    pub choices: Vec<ChatChunkChoice>,
+    /// Only on the usage chunk (`stream_options.include_usage`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TextChoice {
+    pub index: u32,
+    pub text: String,
+    /// Null on stream chunks until the last.
+    #[schema(required = true)]
+    pub finish_reason: Option<FinishReason>,
+    /// Always null.
+    #[schema(required = true, value_type = Option<Object>)]
+    pub logprobs: Option<serde_json::Value>,
+}
+
+/// Non-streamed `POST /v1/completions` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TextCompletion {
+    /// `cmpl-<task_id>`.
+    pub id: String,
+    /// `text_completion`.
+    pub object: String,
+    pub created: u64,
+    pub model: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_fingerprint: Option<String>,
+    pub choices: Vec<TextChoice>,
+    pub usage: Usage,
+}
+
+/// One `data:` line of a streamed `POST /v1/completions` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TextCompletionChunk {
+    /// `cmpl-<task_id>`.
+    pub id: String,
+    /// `text_completion`.
+    pub object: String,
+    pub created: u64,
+    pub model: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_fingerprint: Option<String>,
+    /// Empty on the usage chunk.
+    pub choices: Vec<TextChoice>,
+    /// Only on the usage chunk (`stream_options.include_usage`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ModelEntry {
+    pub id: String,
+    /// `model`.
+    pub object: String,
+    /// Unix seconds of the catalog entry.
+    pub created: u64,
+    /// `llama-orch`.
+    pub owned_by: String,
+}
+
+/// `GET /v1/models` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ModelList {
+    /// `list`.
+    pub object: String,
+    pub data: Vec<ModelEntry>,
+}
+
+/// OpenAI's error shape, used by every `/v1` error and by the one error line of a failed stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct OpenAiError {
+    pub error: OpenAiErrorBody,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct OpenAiErrorBody {
+    pub message: String,
+    /// `invalid_request_error` (400, 404, 409), `authentication_error` (401), `rate_limit_error` (429), `server_error` (5xx).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The offending field (`field` of the envelope).
+    #[schema(required = true)]
+    pub param: Option<String>,
+    pub code: ErrorCode,
+}
+
+impl OpenAiError {
+    /// The OpenAI form of an envelope; `kind` follows the HTTP status.
+    pub fn from_envelope(env: &crate::ErrorEnvelope) -> Self {
+        let kind = match env.http_status() {
+            401 => "authentication_error",
+            429 => "rate_limit_error",
+            s if s >= 500 => "server_error",
+            _ => "invalid_request_error",
+        };
+        OpenAiError { error: OpenAiErrorBody { message: env.message.clone(), kind: kind.into(), param: env.field.clone(), code: env.code } }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chat_request_reads_what_openai_clients_send() {
+        let r: ChatCompletionRequest = serde_json::from_str(
+            r#"{"model":"m","messages":[{"role":"developer","content":"be brief"},{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}],
+                "stream":true,"stream_options":{"include_usage":true},"max_tokens":null,"temperature":0.2,"stop":"x","user":"ignored"}"#,
+        )
+        .expect("parses");
+        assert_eq!(r.messages[0].role, OpenAiRole::Developer);
+        assert_eq!(r.messages[1].content.text(), "ab");
+        assert_eq!(r.sampling.stream, Some(true));
+        assert!(r.sampling.stream_options.expect("options").include_usage);
+        assert_eq!(r.sampling.max_tokens, None);
+        assert_eq!(r.sampling.stop, Some(StringOrArray::One("x".into())));
+    }
+
+    #[test]
+    fn bad_role_is_an_error() {
+        assert!(serde_json::from_str::<ChatCompletionRequest>(r#"{"model":"m","messages":[{"role":"tool","content":"x"}]}"#).is_err());
+    }
+
+    #[test]
+    fn chunks_send_null_finish_reason_and_omit_absent_usage() {
+        let c = ChatCompletionChunk {
+            id: "chatcmpl-1".into(),
+            object: "chat.completion.chunk".into(),
+            created: 1,
+            model: "m".into(),
+            system_fingerprint: None,
+            choices: vec![ChatChunkChoice { index: 0, delta: ChatDelta { role: None, content: Some("hi".into()) }, finish_reason: None }],
+            usage: None,
+        };
+        let v = serde_json::to_value(&c).expect("json");
+        assert!(v["choices"][0]["finish_reason"].is_null() && v["choices"][0].get("finish_reason").is_some());
+        assert!(v.get("usage").is_none() && v.get("system_fingerprint").is_none());
+        assert!(v["choices"][0]["delta"].get("role").is_none());
+        assert_eq!(serde_json::to_value(FinishReason::Length).expect("json"), "length");
+    }
+
+    #[test]
+    fn errors_map_status_to_openai_type() {
+        let e = OpenAiError::from_envelope(&crate::ErrorEnvelope::invalid("n", "only n = 1 is supported"));
+        assert_eq!(e.error.kind, "invalid_request_error");
+        assert_eq!(e.error.param.as_deref(), Some("n"));
+        let v = serde_json::to_value(&e).expect("json");
+        assert_eq!(v["error"]["code"], "INVALID_PARAMS");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+    }
+}
