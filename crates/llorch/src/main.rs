@@ -50,7 +50,7 @@ enum Cmd {
         #[command(subcommand)]
         cmd: Option<models_cmd::ModelsCmd>,
         #[command(flatten)]
-        conn: models_cmd::Conn,
+        conn: ops_cmd::Conn,
     },
 }
 

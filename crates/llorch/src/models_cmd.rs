@@ -4,20 +4,10 @@
 
 use api::catalog::{AvailabilityResponse, ModelAvailability, ModelRecord, ModelState, RegisterModel};
 use api::{ErrorCode, ErrorEnvelope};
-use clap::{Args, Subcommand};
+use clap::Subcommand;
 
+use crate::ops_cmd::Conn;
 use crate::progress::human_bytes;
-
-#[derive(Args)]
-pub struct Conn {
-    #[arg(long, env = "LLORCH_URL", default_value = "http://127.0.0.1:8080", global = true)]
-    url: String,
-    #[arg(long, env = "LLORCH_TOKEN", hide_env_values = true, global = true)]
-    token: Option<String>,
-    /// Print the JSON body instead of a table.
-    #[arg(long, global = true)]
-    json: bool,
-}
 
 #[derive(Subcommand)]
 pub enum ModelsCmd {

@@ -3,15 +3,16 @@
 
 use clap::{Args, Subcommand};
 
+/// Where orchestratord is and how output is printed; shared by every client subcommand.
 #[derive(Args)]
 pub struct Conn {
     #[arg(long, env = "LLORCH_URL", default_value = "http://127.0.0.1:8080", global = true)]
-    url: String,
+    pub url: String,
     #[arg(long, env = "LLORCH_TOKEN", hide_env_values = true, global = true)]
-    token: Option<String>,
-    /// Print JSON instead of a table.
+    pub token: Option<String>,
+    /// Print the JSON body instead of a table.
     #[arg(long, global = true)]
-    json: bool,
+    pub json: bool,
 }
 
 #[derive(Subcommand)]

@@ -279,7 +279,7 @@ impl Supervisor {
     async fn run(self) {
         let pool_id = self.pool.spec.id.to_string();
         let Some(binary) = self.provision().await else { return };
-        let mut breaker = Breaker::new(self.env.timings.max_restarts.max(1) as usize, BREAKER_WINDOW);
+        let mut breaker = self.breaker();
         let mut backoff = Duration::from_secs(1);
         let mut reload: Option<String> = None;
         if let Some(ms) = self.pool.spec.model.clone() {
@@ -357,17 +357,10 @@ impl Supervisor {
                             }
                             if let Some(reason) = breaker.trip(Instant::now(), &why) {
                                 tracing::error!(event = "engine.exited", pool_id = %pool_id, node_id = %self.env.node_id, reason = %why, "Engine for pool {pool_id} crashed; {reason}");
-                                self.fail(reason);
                                 // A Failed pool still takes a reload (or another model).
-                                match self.wait_for_reload().await {
-                                    Some(id) => {
-                                        reload = Some(id);
-                                        breaker = Breaker::new(self.env.timings.max_restarts.max(1) as usize, BREAKER_WINDOW);
-                                        backoff = Duration::from_secs(1);
-                                        continue;
-                                    }
-                                    None => break,
-                                }
+                                let Some(id) = self.fail_and_wait(reason).await else { break };
+                                (reload, breaker, backoff) = (Some(id), self.breaker(), Duration::from_secs(1));
+                                continue;
                             }
                             tracing::warn!(event = "engine.exited", pool_id = %pool_id, node_id = %self.env.node_id, reason = %why, "Engine for pool {pool_id} stopped unexpectedly: {why}; restarting");
                             self.publish(|s| {
@@ -385,16 +378,9 @@ impl Supervisor {
                         if let Some(id) = reload.take() {
                             self.env.book.set(&id, CommandState::Failed, Some(api::ErrorEnvelope::new(api::ErrorCode::PoolUnavailable, reason.clone())));
                         }
-                        self.fail(reason);
-                        match self.wait_for_reload().await {
-                            Some(id) => {
-                                reload = Some(id);
-                                breaker = Breaker::new(self.env.timings.max_restarts.max(1) as usize, BREAKER_WINDOW);
-                                backoff = Duration::from_secs(1);
-                                continue;
-                            }
-                            None => break,
-                        }
+                        let Some(id) = self.fail_and_wait(reason).await else { break };
+                        (reload, breaker, backoff) = (Some(id), self.breaker(), Duration::from_secs(1));
+                        continue;
                     }
                     self.publish(|s| s.last_error = Some(why));
                 }
@@ -410,6 +396,17 @@ impl Supervisor {
             s.state = PoolState::Unloaded;
             s.client = None;
         });
+    }
+
+    /// A fresh circuit breaker: `max_restarts` crashes within [`BREAKER_WINDOW`] trip it.
+    fn breaker(&self) -> Breaker {
+        Breaker::new(self.env.timings.max_restarts.max(1) as usize, BREAKER_WINDOW)
+    }
+
+    /// Marks the pool Failed, then waits for a reload (its command id) or shutdown (`None`).
+    async fn fail_and_wait(&self, reason: String) -> Option<String> {
+        self.fail(reason);
+        self.wait_for_reload().await
     }
 
     fn fail(&self, reason: String) {

@@ -6,20 +6,9 @@ use std::time::Duration;
 use anyhow::{ensure, Context};
 use serde_json::Value;
 
-use crate::fixtures::{wait_for, Assets};
+use crate::fixtures::{run_llorch as run, wait_for, Assets};
 
 const EXTRA_REF: &str = "hf:HuggingFaceTB/SmolLM2-135M-Instruct-GGUF/smollm2-135m-instruct-q4_k_m.gguf";
-
-fn llorch() -> anyhow::Result<tokio::process::Command> {
-    let bin = llorch::stack::bin_dir()?.join("llorch");
-    ensure!(bin.is_file(), "{} is missing", bin.display());
-    Ok(tokio::process::Command::new(bin))
-}
-
-async fn run(args: &[&str], url: &str) -> anyhow::Result<(i32, String, String)> {
-    let out = llorch()?.args(args).env("LLORCH_URL", url).env_remove("LLORCH_TOKEN").output().await?;
-    Ok((out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into()))
-}
 
 /// Runs a `--json` command that must succeed and returns its body.
 async fn json(args: &[&str], url: &str) -> anyhow::Result<Value> {

@@ -6,18 +6,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context};
 use tokio::io::AsyncReadExt;
 
-use crate::fixtures::{wait_for, Assets};
-
-fn llorch() -> anyhow::Result<tokio::process::Command> {
-    let bin = llorch::stack::bin_dir()?.join("llorch");
-    ensure!(bin.is_file(), "{} is missing", bin.display());
-    Ok(tokio::process::Command::new(bin))
-}
-
-async fn run(args: &[&str], url: &str) -> anyhow::Result<(i32, String, String)> {
-    let out = llorch()?.args(args).env("LLORCH_URL", url).env_remove("LLORCH_TOKEN").output().await?;
-    Ok((out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into()))
-}
+use crate::fixtures::{llorch, run_llorch as run, wait_for, Assets};
 
 pub async fn cli(a: Assets) -> anyhow::Result<()> {
     let mut stack = a.stack(a.spec("cli")?).await?;

@@ -127,3 +127,16 @@ pub async fn read_tokens(stream: &mut client::EventStream, n: usize) -> anyhow::
 pub fn engine_pids(log: &std::path::Path) -> Vec<i32> {
     log_lines(log).iter().filter(|l| l["event"] == "engine.ready").filter_map(|l| l["pid"].as_i64()).map(|p| p as i32).collect()
 }
+
+/// A `llorch` command from the workspace's build.
+pub fn llorch() -> anyhow::Result<tokio::process::Command> {
+    let bin = llorch::stack::bin_dir()?.join("llorch");
+    anyhow::ensure!(bin.is_file(), "{} is missing", bin.display());
+    Ok(tokio::process::Command::new(bin))
+}
+
+/// Runs `llorch` against `url` without a token; returns the exit code, stdout and stderr.
+pub async fn run_llorch(args: &[&str], url: &str) -> anyhow::Result<(i32, String, String)> {
+    let out = llorch()?.args(args).env("LLORCH_URL", url).env_remove("LLORCH_TOKEN").output().await?;
+    Ok((out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into()))
+}
