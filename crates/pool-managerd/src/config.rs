@@ -509,24 +509,19 @@ fn validate_pools(raw: &[RawPool], engines: &BTreeMap<String, EngineSource>, hos
 
 /// Canonicalizes a device mask and checks it against the node's GPUs and the policy.
 fn validate_devices(key: &str, raw: &str, policy: GpuPolicy, host: &Host, p: &mut Vec<String>) -> String {
-    if raw.trim() == "cpu" {
-        if policy == GpuPolicy::Gpu {
-            p.push(format!("{key}.devices: \"cpu\" contradicts gpu_policy = \"gpu\""));
-        }
-        return "cpu".into();
-    }
-    let mut idx: Vec<u32> = Vec::new();
-    for part in raw.split(',') {
-        match part.trim().parse::<u32>() {
-            Ok(i) if !idx.contains(&i) => idx.push(i),
-            Ok(_) => {}
-            Err(_) => {
-                p.push(format!("{key}.devices: {raw:?} is not \"cpu\" or comma-separated GPU indices"));
-                return "cpu".into();
+    let idx = match crate::gpu::parse_mask(raw) {
+        Ok(Some(idx)) => idx,
+        Ok(None) => {
+            if policy == GpuPolicy::Gpu {
+                p.push(format!("{key}.devices: \"cpu\" contradicts gpu_policy = \"gpu\""));
             }
+            return "cpu".into();
         }
-    }
-    idx.sort_unstable();
+        Err(why) => {
+            p.push(format!("{key}.devices: {why}"));
+            return "cpu".into();
+        }
+    };
     let missing: Vec<u32> = idx.iter().copied().filter(|i| !host.gpus.contains(i)).collect();
     match policy {
         GpuPolicy::Gpu if host.gpus.is_empty() => p.push(format!("{key}.gpu_policy: \"gpu\" but this node has no CUDA device; use gpu_policy = \"cpu\" with devices = \"cpu\"")),
@@ -623,5 +618,11 @@ mod tests {
         validate_devices("k", "5", GpuPolicy::Gpu, &h, &mut p);
         assert_eq!(p.len(), 1);
         assert_eq!(validate_devices("k", "0", GpuPolicy::Auto, &host(), &mut vec![]), "cpu");
+        let mut p = vec![];
+        assert_eq!(validate_devices("k", "0,x", GpuPolicy::Auto, &h, &mut p), "cpu");
+        assert!(p.len() == 1 && p[0].starts_with("k.devices: ") && p[0].contains("comma-separated GPU indices"), "{p:?}");
+        let mut p = vec![];
+        validate_devices("k", "cpu", GpuPolicy::Gpu, &h, &mut p);
+        assert!(p.len() == 1 && p[0].contains("contradicts"), "{p:?}");
     }
 }

@@ -1,6 +1,6 @@
 //! GPU discovery for this node: the [`Gpu`] record, the [`GpuBackend`] interface and its
 //! backends (NVML first, `nvidia-smi` as fallback, [`FakeBackend`] for tests), the choice of
-//! backend ([`discover`], [`discover_with`]), device-mask resolution ([`mask_devices`]) and the
+//! backend ([`discover`], [`discover_with`]), device-mask parsing ([`parse_mask`]) and the
 //! conversion to the wire types of registration and heartbeat. A node where no backend answers
 //! reports no GPUs and runs `cpu` pools.
 
@@ -111,22 +111,19 @@ pub fn visible_indices() -> Vec<u32> {
     discover().iter().map(|g| g.index).collect()
 }
 
-/// Resolves a device mask (`cpu` or comma-separated GPU indices) to indices present in `gpus`,
-/// in mask order; errors on a malformed mask or name the indices that are not present.
-pub fn mask_devices(mask: &str, gpus: &[Gpu]) -> Result<Vec<u32>, String> {
+/// Parses a device mask: `cpu` is `None`, otherwise comma-separated GPU indices, sorted and
+/// without repeats. Whether the indices exist on this node is the config check's business.
+pub fn parse_mask(mask: &str) -> Result<Option<Vec<u32>>, String> {
     if mask.trim() == "cpu" {
-        return Ok(vec![]);
+        return Ok(None);
     }
-    let idx = mask
+    let mut idx = mask
         .split(',')
-        .map(|p| p.trim().parse::<u32>().map_err(|_| format!("device mask {mask:?} is not \"cpu\" or comma-separated GPU indices")))
+        .map(|p| p.trim().parse::<u32>().map_err(|_| format!("{mask:?} is not \"cpu\" or comma-separated GPU indices")))
         .collect::<Result<Vec<u32>, String>>()?;
-    let missing: Vec<u32> = idx.iter().copied().filter(|i| !gpus.iter().any(|g| g.index == *i)).collect();
-    if missing.is_empty() {
-        Ok(idx)
-    } else {
-        Err(format!("device mask {mask:?}: GPU indices {missing:?} are not present on this node"))
-    }
+    idx.sort_unstable();
+    idx.dedup();
+    Ok(Some(idx))
 }
 
 /// Parses `nvidia-smi --format=csv,noheader,nounits` rows (memory in MiB).
@@ -233,17 +230,13 @@ mod tests {
     }
 
     #[test]
-    fn mask_devices_resolves_and_names_missing() {
-        let g = [gpu(0, None), gpu(1, None), gpu(2, None)];
-        assert_eq!(mask_devices("cpu", &g), Ok(vec![]));
-        assert_eq!(mask_devices("cpu", &[]), Ok(vec![]));
-        assert_eq!(mask_devices("0,2", &g), Ok(vec![0, 2]));
-        assert_eq!(mask_devices(" 1 ", &g), Ok(vec![1]));
-        let err = mask_devices("0,3,7", &g).expect_err("3 and 7 are missing");
-        assert!(err.contains("[3, 7]"), "{err}");
-        assert!(mask_devices("0", &[]).expect_err("no GPUs").contains("[0]"));
-        assert!(mask_devices("", &g).is_err());
-        assert!(mask_devices("0,gpu1", &g).expect_err("malformed").contains("not \"cpu\""));
+    fn masks_parse_sorted_without_repeats() {
+        assert_eq!(parse_mask("cpu"), Ok(None));
+        assert_eq!(parse_mask(" cpu "), Ok(None));
+        assert_eq!(parse_mask("2,0,2"), Ok(Some(vec![0, 2])));
+        assert_eq!(parse_mask(" 1 "), Ok(Some(vec![1])));
+        assert!(parse_mask("").is_err());
+        assert!(parse_mask("0,gpu1").expect_err("malformed").contains("not \"cpu\""));
     }
 
     /// Trivially passes without a driver; on a GPU machine both real backends must agree.
