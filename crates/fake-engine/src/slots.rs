@@ -17,8 +17,10 @@ pub struct Slots {
     max_concurrent: AtomicUsize,
     total_requests: AtomicU64,
     /// `FAKE_STATS_FILE`: rewritten with [`Stats`] whenever `max_concurrent` rises, so tests can
-    /// read the engine-side high-water mark without the engine's API key.
-    stats_file: Option<std::path::PathBuf>,
+    /// read the engine-side high-water mark without the engine's API key. The mutex orders the
+    /// rewrites: each one reads the counters while holding it, so a slower writer can never put
+    /// an older high-water mark over a newer one.
+    stats_file: Option<(std::path::PathBuf, Mutex<()>)>,
 }
 
 /// The counters of `GET /fake/stats`.
@@ -62,7 +64,7 @@ impl Slots {
             waiting: AtomicUsize::new(0),
             max_concurrent: AtomicUsize::new(0),
             total_requests: AtomicU64::new(0),
-            stats_file,
+            stats_file: stats_file.map(|p| (p, Mutex::new(()))),
         })
     }
 
@@ -86,7 +88,8 @@ impl Slots {
         };
         let now = self.processing.fetch_add(1, Ordering::SeqCst) + 1;
         if self.max_concurrent.fetch_max(now, Ordering::SeqCst) < now {
-            if let Some(path) = &self.stats_file {
+            if let Some((path, order)) = &self.stats_file {
+                let _in_order = order.lock().unwrap_or_else(|e| e.into_inner());
                 let _ = std::fs::write(path, serde_json::to_vec(&self.stats()).unwrap_or_default());
             }
         }
@@ -147,6 +150,30 @@ mod tests {
         let st = slots.stats();
         assert_eq!(st, Stats { max_concurrent: 3, processing: 0, total_requests: 40, waiting: 0 });
         assert_eq!(slots.busy(), vec![false; 3]);
+    }
+
+    /// Racing acquirers must leave the final high-water mark in the stats file, never an older one.
+    #[test]
+    fn stats_file_ends_with_the_high_water_mark() {
+        let dir = std::env::temp_dir().join(format!("fake-stats-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(8).build().unwrap();
+        for round in 0..20 {
+            let path = dir.join(format!("stats-{round}.json"));
+            let slots = Slots::with_stats_file(8, Some(path.clone()));
+            let held: Vec<SlotGuard> = rt.block_on(async {
+                let tasks: Vec<_> = (0..8).map(|_| tokio::spawn({ let s = Arc::clone(&slots); async move { s.acquire().await } })).collect();
+                let mut out = vec![];
+                for t in tasks {
+                    out.push(t.await.unwrap());
+                }
+                out
+            });
+            let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+            assert_eq!(v["max_concurrent"], 8, "round {round}: the file kept an older mark: {v}");
+            drop(held);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
