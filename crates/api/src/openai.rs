@@ -125,7 +125,7 @@ pub struct OpenAiSampling {
 }
 
 /// Request fields that orchestratord refuses with 400 when present and not null (or, for
-/// `logprobs`, when true or a number).
+/// `logprobs`, when true or a number above 0).
 pub const REFUSED_FIELDS: [&str; 4] = ["tools", "tool_choice", "functions", "logprobs"];
 
 /// `POST /v1/chat/completions` body. Unknown fields are ignored; `tools`, `tool_choice`,
@@ -140,7 +140,7 @@ pub struct ChatCompletionRequest {
 }
 
 /// `POST /v1/completions` body. Unknown fields are ignored; `tools`, `tool_choice`, `functions`
-/// and `logprobs` (a number) are refused with 400, and so is an array `prompt`.
+/// and `logprobs` (above 0) are refused with 400, and so is an array `prompt`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CompletionRequest {
     /// A catalog model id.

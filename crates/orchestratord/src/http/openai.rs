@@ -94,19 +94,21 @@ fn parse(bytes: &[u8], kind: Kind) -> Result<(TaskRequest, bool, bool), ErrorEnv
     };
     for f in REFUSED_FIELDS {
         match (f, m.get(f)) {
-            (_, None | Some(Value::Null)) | ("logprobs", Some(Value::Bool(false))) => {}
+            (_, None | Some(Value::Null)) => {}
+            ("logprobs", Some(v)) if *v == Value::Bool(false) || v.as_u64() == Some(0) => {}
             ("logprobs", Some(_)) => return Err(bad(f, "logprobs are not supported")),
             (_, Some(_)) => return Err(bad(f, "tools and function calling are not supported")),
         }
     }
     // The sampling fields first, on their own: inside the flattened request serde loses their path.
     let path_err = |e: serde_path_to_error::Error<serde_json::Error>| super::meta::invalid_body(e.path().to_string(), e.into_inner());
-    serde_path_to_error::deserialize::<_, api::openai::OpenAiSampling>(&Value::Object(m.clone())).map_err(path_err)?;
-    let typed = |v: Value| match kind {
-        Kind::Chat => serde_path_to_error::deserialize::<_, ChatCompletionRequest>(v).map(|r| (r.model, Input::Chat(r.messages), r.sampling)),
-        Kind::Text => serde_path_to_error::deserialize::<_, CompletionRequest>(v).map(|r| (r.model, Input::Text(r.prompt), r.sampling)),
+    let v = Value::Object(m);
+    serde_path_to_error::deserialize::<_, api::openai::OpenAiSampling>(&v).map_err(path_err)?;
+    let typed = match kind {
+        Kind::Chat => serde_path_to_error::deserialize::<_, ChatCompletionRequest>(&v).map(|r| (r.model, Input::Chat(r.messages), r.sampling)),
+        Kind::Text => serde_path_to_error::deserialize::<_, CompletionRequest>(&v).map(|r| (r.model, Input::Text(r.prompt), r.sampling)),
     };
-    let (model, body, s) = typed(Value::Object(m)).map_err(path_err)?;
+    let (model, body, s) = typed.map_err(path_err)?;
     if model.is_empty() || model.contains(':') {
         return Err(bad("model", "must be a catalog model id"));
     }
@@ -354,6 +356,8 @@ mod tests {
         assert_eq!(field(r#"{"model":"m","messages":[{"role":"tool","content":"x"}]}"#, Kind::Chat).as_deref(), Some("messages[0].role"));
         assert_eq!(field(r#"{"model":"m","messages":[],"tools":[{}]}"#, Kind::Chat).as_deref(), Some("tools"));
         assert_eq!(field(r#"{"model":"m","messages":[],"logprobs":true}"#, Kind::Chat).as_deref(), Some("logprobs"));
+        assert_eq!(field(r#"{"model":"m","prompt":"p","logprobs":2}"#, Kind::Text).as_deref(), Some("logprobs"));
+        assert!(parse(br#"{"model":"m","prompt":"p","logprobs":0}"#, Kind::Text).is_ok(), "logprobs 0 asks for none");
         assert_eq!(field(r#"{"model":"m","messages":[],"n":2}"#, Kind::Chat).as_deref(), Some("n"));
         assert_eq!(field(r#"{"model":"hf:a/b/c.gguf","messages":[]}"#, Kind::Chat).as_deref(), Some("model"));
         assert_eq!(field(r#"{"model":"m","prompt":["a","b"]}"#, Kind::Text).as_deref(), Some("prompt"));
