@@ -24,18 +24,25 @@ pub struct ValidatedTask {
 /// Parses the body strictly; `field` is the dotted path serde stopped at.
 pub fn parse(body: &[u8]) -> Result<TaskRequest, ErrorEnvelope> {
     let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize::<_, TaskRequest>(de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        let msg = inner.to_string();
-        // serde_path_to_error's path already ends at an unknown field's own name.
-        let field = if path == "." { String::new() } else { path };
-        let mut env = ErrorEnvelope::new(api::ErrorCode::InvalidParams, format!("invalid request body: {msg}"));
-        if !field.is_empty() {
-            env.field = Some(field);
-        }
-        env
-    })
+    serde_path_to_error::deserialize::<_, TaskRequest>(de).map_err(invalid_body)
+}
+
+/// The 400 for any JSON body that does not parse: `field` is the path serde stopped at (it ends
+/// at an unknown field's own name), or the name of a missing field.
+pub fn invalid_body(e: serde_path_to_error::Error<serde_json::Error>) -> ErrorEnvelope {
+    let path = e.path().to_string();
+    let msg = e.into_inner().to_string();
+    // serde names a missing field only in its message; lift it into `field`.
+    let missing = msg.strip_prefix("missing field `").and_then(|rest| rest.split('`').next());
+    let field = match (path.as_str(), missing) {
+        (".", Some(name)) => Some(name.to_string()),
+        (".", None) => None,
+        (p, Some(name)) => Some(format!("{p}.{name}")),
+        (p, None) => Some(p.to_string()),
+    };
+    let mut env = ErrorEnvelope::new(api::ErrorCode::InvalidParams, format!("invalid body: {msg}"));
+    env.field = field;
+    env
 }
 
 pub fn validate(req: TaskRequest, cfg: &Config) -> Result<ValidatedTask, ErrorEnvelope> {
@@ -192,6 +199,8 @@ mod tests {
         check(r#"{"model_ref":"m","prompt":"x","placement":{"mode":"pin"}}"#, Some("placement.pin_pool_id"));
         check(r#"{"model_ref":"m","messages":[{"role":"robot","content":"x"}]}"#, Some("messages[0].role"));
         check(r#"not json"#, Some(""));
+        check(r#"{"prompt":"x"}"#, Some("model_ref"));
+        check(r#"{"model_ref":"m","messages":[{"role":"user"}]}"#, Some("messages[0].content"));
         let long = format!(r#"{{"model_ref":"m","prompt":"{}"}}"#, "x".repeat(1_048_577));
         check(&long, Some("prompt"));
     }

@@ -82,22 +82,6 @@ pub async fn capabilities(State(app): State<App>) -> Result<Json<MetaCapabilitie
     Ok(Json(MetaCapabilities { api_version: api::API_VERSION.into(), protocol_versions: vec![api::PROTOCOL_VERSION], engines }))
 }
 
-/// The 400 for a body that does not parse: `field` is the path of the bad (or missing) field.
-pub(super) fn invalid_body(path: String, err: serde_json::Error) -> ErrorEnvelope {
-    let msg = err.to_string();
-    // serde names a missing field only in its message; lift it into `field`.
-    let missing = msg.strip_prefix("missing field `").and_then(|rest| rest.split('`').next());
-    let field = match (path.as_str(), missing) {
-        (".", Some(name)) => Some(name.to_string()),
-        (".", None) => None,
-        (p, Some(name)) => Some(format!("{p}.{name}")),
-        (p, None) => Some(p.to_string()),
-    };
-    let mut env = ErrorEnvelope::new(ErrorCode::InvalidParams, format!("invalid body: {msg}"));
-    env.field = field;
-    env
-}
-
 /// Parses an optional strict JSON body (an empty body means the defaults).
 pub(super) async fn small_body<T: serde::de::DeserializeOwned + Default>(app: &App, headers: &axum::http::HeaderMap, body: axum::body::Body) -> Result<T, ApiError> {
     Ok(required_body::<Option<T>>(app, headers, body, true).await?.unwrap_or_default())
@@ -117,7 +101,7 @@ pub(super) async fn required_body<T: serde::de::DeserializeOwned>(app: &App, hea
         return Err(ApiError(ErrorEnvelope::new(ErrorCode::InvalidParams, "the body must be JSON (Content-Type: application/json)")));
     }
     let de = &mut serde_json::Deserializer::from_slice(&bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| ApiError(invalid_body(e.path().to_string(), e.into_inner())))
+    serde_path_to_error::deserialize(de).map_err(|e| ApiError(crate::admission::invalid_body(e)))
 }
 
 pub async fn drain(

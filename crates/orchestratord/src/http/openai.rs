@@ -101,14 +101,13 @@ fn parse(bytes: &[u8], kind: Kind) -> Result<(TaskRequest, bool, bool), ErrorEnv
         }
     }
     // The sampling fields first, on their own: inside the flattened request serde loses their path.
-    let path_err = |e: serde_path_to_error::Error<serde_json::Error>| super::meta::invalid_body(e.path().to_string(), e.into_inner());
     let v = Value::Object(m);
-    serde_path_to_error::deserialize::<_, api::openai::OpenAiSampling>(&v).map_err(path_err)?;
+    serde_path_to_error::deserialize::<_, api::openai::OpenAiSampling>(&v).map_err(crate::admission::invalid_body)?;
     let typed = match kind {
         Kind::Chat => serde_path_to_error::deserialize::<_, ChatCompletionRequest>(&v).map(|r| (r.model, Input::Chat(r.messages), r.sampling)),
         Kind::Text => serde_path_to_error::deserialize::<_, CompletionRequest>(&v).map(|r| (r.model, Input::Text(r.prompt), r.sampling)),
     };
-    let (model, body, s) = typed.map_err(path_err)?;
+    let (model, body, s) = typed.map_err(crate::admission::invalid_body)?;
     if model.is_empty() || model.contains(':') {
         return Err(bad("model", "must be a catalog model id"));
     }
