@@ -35,8 +35,9 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         cache_s.push(t.elapsed().as_secs_f64());
         anyhow::ensure!(f.size_bytes == size && f.downloaded_bytes == size, "the cache fetched {} of {size} bytes", f.downloaded_bytes);
         let t = Instant::now();
-        plain(&url, &dir.join("plain.gguf")).await?;
+        let digest = plain(&url, &dir.join("plain.gguf")).await?;
         plain_s.push(t.elapsed().as_secs_f64());
+        anyhow::ensure!(f.digest == format!("sha256:{digest}"), "the two paths hashed different bytes: {} vs sha256:{digest}", f.digest);
         eprintln!("[bench] round {}: cache {:.3} s, plain {:.3} s", round + 1, cache_s[round], plain_s[round]);
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -49,8 +50,8 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The baseline: stream the body into a file while hashing it.
-async fn plain(url: &str, dest: &std::path::Path) -> anyhow::Result<()> {
+/// The baseline: stream the body into a file while hashing it; returns the hex sha256.
+async fn plain(url: &str, dest: &std::path::Path) -> anyhow::Result<String> {
     let resp = reqwest::get(url).await?.error_for_status()?;
     let mut file = tokio::fs::File::create(dest).await?;
     let mut hasher = sha2::Sha256::new();
@@ -61,8 +62,7 @@ async fn plain(url: &str, dest: &std::path::Path) -> anyhow::Result<()> {
         file.write_all(&chunk).await?;
     }
     file.sync_all().await?;
-    let _ = hex::encode(hasher.finalize());
-    Ok(())
+    Ok(hex::encode(hasher.finalize()))
 }
 
 fn median(v: &mut [f64]) -> f64 {
