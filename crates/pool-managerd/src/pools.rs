@@ -678,10 +678,18 @@ impl Supervisor {
                 }
             }
         };
-        // A shutdown stops a download at once (dropping the fetch removes its partial file).
+        // A shutdown stops a download at once (dropping the fetch removes its partial file); that
+        // is not a failure of the model, so the pool is left as it was.
         let fetched = tokio::select! {
             r = self.env.cache.fetch(&order.model_ref, order.digest.as_deref(), &progress) => r,
-            _ = self.shutdown.cancelled() => Err(models::FetchError::Network { message: "pool-managerd is shutting down".into(), retriable: true }),
+            _ = self.shutdown.cancelled() => {
+                tracing::info!(event = "model.fetch_stopped", pool_id = %pool_id, model = %order.id, "Stopped preparing model {} for pool {pool_id}: pool-managerd is shutting down", order.id);
+                let env = api::ErrorEnvelope::new(api::ErrorCode::PoolUnavailable, "pool-managerd is shutting down").with_retriable(true);
+                if let Some(prep) = &prep {
+                    prep.failed(env.clone());
+                }
+                return Err(env);
+            }
         };
         match fetched {
             Ok(f) => {
