@@ -68,7 +68,7 @@ pub struct PoolHealth {
     pub state: PoolState,
     #[schema(required = true)]
     pub last_error: Option<String>,
-    /// Milliseconds since the node's last heartbeat.
+    /// When the node last heartbeated (Unix milliseconds); null when its node is unknown.
     #[schema(required = true)]
     pub last_heartbeat_ms: Option<u64>,
     pub metrics: PoolHealthMetrics,

@@ -239,34 +239,63 @@ async fn whole(log: Arc<TaskLog>, mut guard: Guard, id: String, model: String, k
     }
 }
 
-/// Builds the `data:` lines of one streamed answer.
-struct Chunks {
-    id: String,
-    model: String,
-    created: u64,
-    kind: Kind,
-    fingerprint: Option<String>,
+/// What one `data:` line of a streamed answer carries.
+#[derive(Clone, Copy)]
+enum Piece<'a> {
+    /// The first chat chunk: `delta.role = "assistant"`.
+    Role,
+    Text(&'a str),
+    /// The last content chunk.
+    Finish(FinishReason),
+    /// The usage chunk: no choices.
+    Usage(Usage),
+}
+
+/// The chunk of one streamed answer, kept whole and rewritten in place for each line, so the id,
+/// model and fingerprint are not copied per token.
+enum Chunks {
+    Chat(ChatCompletionChunk),
+    Text(TextCompletionChunk),
 }
 
 impl Chunks {
-    /// One chunk: a content piece (`text`), the last one (`finish`), the first (role only), or the
-    /// usage chunk (`usage`, no choices).
-    fn line(&self, text: Option<&str>, finish: Option<FinishReason>, usage: Option<Usage>) -> String {
-        let (id, model, created, system_fingerprint) = (self.id.clone(), self.model.clone(), self.created, self.fingerprint.clone());
-        let json = match self.kind {
-            Kind::Chat => {
-                let delta = match (text, finish) {
-                    (Some(t), _) => ChatDelta { role: None, content: Some(t.to_string()) },
-                    (None, None) => ChatDelta { role: Some("assistant".into()), content: Some(String::new()) },
-                    (None, Some(_)) => ChatDelta::default(),
+    fn new(kind: Kind, id: String, model: String) -> Self {
+        let created = daemon::now_ms() / 1000;
+        match kind {
+            Kind::Chat => Chunks::Chat(ChatCompletionChunk { id, object: "chat.completion.chunk".into(), created, model, system_fingerprint: None, choices: vec![], usage: None }),
+            Kind::Text => Chunks::Text(TextCompletionChunk { id, object: "text_completion".into(), created, model, system_fingerprint: None, choices: vec![], usage: None }),
+        }
+    }
+
+    fn set_fingerprint(&mut self, fingerprint: Option<String>) {
+        match self {
+            Chunks::Chat(c) => c.system_fingerprint = fingerprint,
+            Chunks::Text(c) => c.system_fingerprint = fingerprint,
+        }
+    }
+
+    fn line(&mut self, piece: Piece) -> String {
+        let (finish_reason, usage) = match piece {
+            Piece::Finish(f) => (Some(f), None),
+            Piece::Usage(u) => (None, Some(u)),
+            Piece::Role | Piece::Text(_) => (None, None),
+        };
+        let json = match self {
+            Chunks::Chat(c) => {
+                let delta = match piece {
+                    Piece::Role => ChatDelta { role: Some("assistant".into()), content: Some(String::new()) },
+                    Piece::Text(t) => ChatDelta { role: None, content: Some(t.to_string()) },
+                    Piece::Finish(_) | Piece::Usage(_) => ChatDelta::default(),
                 };
-                let choices = if usage.is_some() { vec![] } else { vec![ChatChunkChoice { index: 0, delta, finish_reason: finish }] };
-                serde_json::to_string(&ChatCompletionChunk { id, object: "chat.completion.chunk".into(), created, model, system_fingerprint, choices, usage })
+                c.choices = if usage.is_some() { vec![] } else { vec![ChatChunkChoice { index: 0, delta, finish_reason }] };
+                c.usage = usage;
+                serde_json::to_string(c)
             }
-            Kind::Text => {
-                let choice = TextChoice { index: 0, text: text.unwrap_or_default().to_string(), finish_reason: finish, logprobs: None };
-                let choices = if usage.is_some() { vec![] } else { vec![choice] };
-                serde_json::to_string(&TextCompletionChunk { id, object: "text_completion".into(), created, model, system_fingerprint, choices, usage })
+            Chunks::Text(c) => {
+                let text = if let Piece::Text(t) = piece { t.to_string() } else { String::new() };
+                c.choices = if usage.is_some() { vec![] } else { vec![TextChoice { index: 0, text, finish_reason, logprobs: None }] };
+                c.usage = usage;
+                serde_json::to_string(c)
             }
         };
         format!("data: {}\n\n", json.unwrap_or_default())
@@ -274,14 +303,13 @@ impl Chunks {
 }
 
 fn streamed(log: Arc<TaskLog>, guard: Guard, id: String, model: String, kind: Kind, include_usage: bool) -> Response {
-    let chunks = Chunks { id, model, created: daemon::now_ms() / 1000, kind, fingerprint: None };
-    let state = (log, guard, 0usize, kind == Kind::Chat, chunks, false);
+    let state = (log, guard, 0usize, kind == Kind::Chat, Chunks::new(kind, id, model), false);
     let stream = futures::stream::unfold(state, move |(log, mut guard, next, first, mut chunks, done)| async move {
         if done {
             return None;
         }
         if first {
-            let line = chunks.line(None, None, None);
+            let line = chunks.line(Piece::Role);
             return Some((Ok::<_, Infallible>(Bytes::from(line)), (log, guard, next, false, chunks, false)));
         }
         let (frames, closed) = next_frames(&log, next).await;
@@ -290,13 +318,13 @@ fn streamed(log: Arc<TaskLog>, guard: Guard, id: String, model: String, kind: Ki
         let mut finished = closed;
         for f in frames {
             match f {
-                Event::Started(s) => chunks.fingerprint = s.engine_version,
-                Event::Token(t) => out.push_str(&chunks.line(Some(&t.t), None, None)),
+                Event::Started(s) => chunks.set_fingerprint(s.engine_version),
+                Event::Token(t) => out.push_str(&chunks.line(Piece::Text(&t.t))),
                 Event::End(e) => {
                     guard.done = true;
-                    out.push_str(&chunks.line(None, Some(finish_reason(e.stop_reason)), None));
+                    out.push_str(&chunks.line(Piece::Finish(finish_reason(e.stop_reason))));
                     if include_usage {
-                        out.push_str(&chunks.line(None, None, Some(Usage::new(e.tokens_in, e.tokens_out))));
+                        out.push_str(&chunks.line(Piece::Usage(Usage::new(e.tokens_in, e.tokens_out))));
                     }
                     out.push_str("data: [DONE]\n\n");
                     finished = true;
@@ -346,6 +374,37 @@ mod tests {
         assert_eq!(req.json_schema, Some(serde_json::json!({ "type": "object" })));
         assert_eq!(req.priority, Priority::Interactive);
         assert!(stream && usage);
+    }
+
+    fn data(line: &str) -> Value {
+        serde_json::from_str(line.strip_prefix("data: ").and_then(|l| l.strip_suffix("\n\n")).expect("one data line")).expect("JSON")
+    }
+
+    #[test]
+    fn chat_chunks_follow_openai_shapes() {
+        let mut c = Chunks::new(Kind::Chat, "chatcmpl-1".into(), "m".into());
+        let role = data(&c.line(Piece::Role));
+        assert_eq!(role["choices"][0]["delta"], serde_json::json!({ "role": "assistant", "content": "" }));
+        c.set_fingerprint(Some("b1".into()));
+        let tok = data(&c.line(Piece::Text("hi")));
+        assert_eq!((tok["object"].as_str(), tok["system_fingerprint"].as_str()), (Some("chat.completion.chunk"), Some("b1")));
+        assert!(tok["choices"][0]["delta"].get("role").is_none() && tok["choices"][0]["finish_reason"].is_null() && tok.get("usage").is_none());
+        let last = data(&c.line(Piece::Finish(FinishReason::Length)));
+        assert_eq!((last["choices"][0]["finish_reason"].as_str(), last["choices"][0]["delta"].clone()), (Some("length"), serde_json::json!({})));
+        let usage = data(&c.line(Piece::Usage(Usage::new(3, 4))));
+        assert_eq!((usage["choices"].clone(), usage["usage"]["total_tokens"].as_u64()), (serde_json::json!([]), Some(7)));
+        let after = data(&c.line(Piece::Text("x")));
+        assert!(after.get("usage").is_none(), "usage is sent on the usage chunk only");
+    }
+
+    #[test]
+    fn text_chunks_carry_text_and_null_logprobs() {
+        let mut c = Chunks::new(Kind::Text, "cmpl-1".into(), "m".into());
+        let tok = data(&c.line(Piece::Text("hi")));
+        assert_eq!((tok["object"].as_str(), tok["choices"][0]["text"].as_str()), (Some("text_completion"), Some("hi")));
+        assert!(tok["choices"][0]["logprobs"].is_null() && tok["choices"][0].get("logprobs").is_some());
+        let last = data(&c.line(Piece::Finish(FinishReason::Stop)));
+        assert_eq!((last["choices"][0]["text"].as_str(), last["choices"][0]["finish_reason"].as_str()), (Some(""), Some("stop")));
     }
 
     #[test]
