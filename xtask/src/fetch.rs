@@ -19,7 +19,11 @@ pub struct Args {
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
     let model = llorch::dev::model();
-    anyhow::ensure!(model.is_file(), "the dev model {} is missing (run scripts/dev-assets.sh)", model.display());
+    anyhow::ensure!(
+        model.is_file(),
+        "the dev model {} is missing (run scripts/dev-assets.sh)",
+        model.display()
+    );
     let size = std::fs::metadata(&model)?.len();
     let server = fileserver::FileServer::start(fileserver::Options::new()).await;
     let path = server.serve_hf("bench/model", "main", "model.gguf", model.clone());
@@ -29,23 +33,54 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let r = api::model_ref::ModelRef::parse("hf:bench/model/model.gguf")?;
     for round in 0..a.rounds {
         let _ = std::fs::remove_dir_all(&dir);
-        let cache = models::ModelCache::new(models::CacheConfig { models_dir: dir.join("cache"), quota_bytes: None, hf_endpoint: server.url(), hf_token: None, extra_root_pem: None })?;
+        let cache = models::ModelCache::new(models::CacheConfig {
+            models_dir: dir.join("cache"),
+            quota_bytes: None,
+            hf_endpoint: server.url(),
+            hf_token: None,
+            extra_root_pem: None,
+        })?;
         let t = Instant::now();
-        let f = cache.fetch(&r, None, &|_| {}).await.context("models cache fetch")?;
+        let f = cache
+            .fetch(&r, None, &|_| {})
+            .await
+            .context("models cache fetch")?;
         cache_s.push(t.elapsed().as_secs_f64());
-        anyhow::ensure!(f.size_bytes == size && f.downloaded_bytes == size, "the cache fetched {} of {size} bytes", f.downloaded_bytes);
+        anyhow::ensure!(
+            f.size_bytes == size && f.downloaded_bytes == size,
+            "the cache fetched {} of {size} bytes",
+            f.downloaded_bytes
+        );
         let t = Instant::now();
         let digest = plain(&url, &dir.join("plain.gguf")).await?;
         plain_s.push(t.elapsed().as_secs_f64());
-        anyhow::ensure!(f.digest == format!("sha256:{digest}"), "the two paths hashed different bytes: {} vs sha256:{digest}", f.digest);
-        eprintln!("[bench] round {}: cache {:.3} s, plain {:.3} s", round + 1, cache_s[round], plain_s[round]);
+        anyhow::ensure!(
+            f.digest == format!("sha256:{digest}"),
+            "the two paths hashed different bytes: {} vs sha256:{digest}",
+            f.digest
+        );
+        eprintln!(
+            "[bench] round {}: cache {:.3} s, plain {:.3} s",
+            round + 1,
+            cache_s[round],
+            plain_s[round]
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
     let (c, p) = (median(&mut cache_s), median(&mut plain_s));
     let mb = size as f64 / 1e6;
-    println!("fetch of a {mb:.1} MB GGUF from a loopback server, median of {} rounds", a.rounds);
-    println!("  plain reqwest + sha256 + write: {:>8.1} MB/s ({p:.3} s)", mb / p);
-    println!("  models cache fetch:             {:>8.1} MB/s ({c:.3} s)", mb / c);
+    println!(
+        "fetch of a {mb:.1} MB GGUF from a loopback server, median of {} rounds",
+        a.rounds
+    );
+    println!(
+        "  plain reqwest + sha256 + write: {:>8.1} MB/s ({p:.3} s)",
+        mb / p
+    );
+    println!(
+        "  models cache fetch:             {:>8.1} MB/s ({c:.3} s)",
+        mb / c
+    );
     println!("  ratio cache / plain time:       {:>8.2}", c / p);
     Ok(())
 }

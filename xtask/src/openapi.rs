@@ -14,7 +14,9 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(COMMITTED_PATH);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(COMMITTED_PATH);
     let generated = document_json();
     let committed = std::fs::read_to_string(&path).ok();
     if a.check {
@@ -22,7 +24,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             eprintln!("[openapi] {COMMITTED_PATH} is up to date");
             return Ok(());
         }
-        eprintln!("[openapi] {COMMITTED_PATH} is out of date: run `cargo xtask openapi` to regenerate");
+        eprintln!(
+            "[openapi] {COMMITTED_PATH} is out of date: run `cargo xtask openapi` to regenerate"
+        );
         std::process::exit(1);
     }
     if committed.as_deref() == Some(generated.as_str()) {

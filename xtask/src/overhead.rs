@@ -46,7 +46,11 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let engines = llorch::cache_dir().join("engines");
     let build = engine::provision(
         &engine::ProvisionRequest {
-            source: engine::EngineSource::Archive { location: source.display().to_string(), subdir: "llama.cpp".into(), sha256: Some(llorch::dev::LLAMA_SOURCE_SHA256.into()) },
+            source: engine::EngineSource::Archive {
+                location: source.display().to_string(),
+                subdir: "llama.cpp".into(),
+                sha256: Some(llorch::dev::LLAMA_SOURCE_SHA256.into()),
+            },
             gpu: engine::GpuPolicy::Cpu,
             build_number: None,
             build_commit: None,
@@ -58,13 +62,24 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     )?;
     let dir = root.join("target").join("bench-overhead");
     let _ = std::fs::remove_dir_all(&dir);
-    let mut spec = StackSpec::new(root.join("target/release"), dir.clone(), model.clone(), EngineChoice::Source { archive: source, sha256: llorch::dev::LLAMA_SOURCE_SHA256.into() }, engines);
+    let mut spec = StackSpec::new(
+        root.join("target/release"),
+        dir.clone(),
+        model.clone(),
+        EngineChoice::Source {
+            archive: source,
+            sha256: llorch::dev::LLAMA_SOURCE_SHA256.into(),
+        },
+        engines,
+    );
     spec.threads = Some(a.threads);
     spec.heartbeat_interval_ms = 5000;
     spec.heartbeat_timeout_ms = 30000;
     let ctx = spec.ctx;
     let mut stack = Stack::start(spec).await?;
-    stack.wait_ready(Duration::from_secs(120), &mut |_| {}).await?;
+    stack
+        .wait_ready(Duration::from_secs(120), &mut |_| {})
+        .await?;
     let direct = engine::launch(&LaunchSpec {
         binary: build.binary.clone(),
         model_path: model,
@@ -92,7 +107,10 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
                 if (leg == 0) == stack_first {
                     push(&mut via_stack, one_stack(&client, p, a.max_tokens).await?);
                 } else {
-                    push(&mut via_direct, one_direct(&direct.client, p, a.max_tokens).await?);
+                    push(
+                        &mut via_direct,
+                        one_direct(&direct.client, p, a.max_tokens).await?,
+                    );
                 }
             }
         }
@@ -101,7 +119,12 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let metrics = client.metrics_text().await?.body;
     direct.stop(Duration::from_secs(5)).await;
     stack.shutdown().await?;
-    report(&via_stack, &via_direct, a.rounds * PROMPTS.len(), a.max_tokens);
+    report(
+        &via_stack,
+        &via_direct,
+        a.rounds * PROMPTS.len(),
+        a.max_tokens,
+    );
     report_overhead_histogram(&metrics);
     Ok(())
 }
@@ -112,7 +135,11 @@ fn push(s: &mut Samples, (ttft, tps): (f64, f64)) {
 }
 
 /// One task through orchestratord: POST to first token frame, and decode tokens/s after it.
-async fn one_stack(client: &client::Client, prompt: &str, max_tokens: u64) -> anyhow::Result<(f64, f64)> {
+async fn one_stack(
+    client: &client::Client,
+    prompt: &str,
+    max_tokens: u64,
+) -> anyhow::Result<(f64, f64)> {
     let mut req = api::task::TaskRequest::new(llorch::dev::MODEL_ID);
     req.prompt = Some(prompt.into());
     req.max_tokens = Some(max_tokens);
@@ -138,8 +165,20 @@ async fn one_stack(client: &client::Client, prompt: &str, max_tokens: u64) -> an
 }
 
 /// The same request straight to llama-server's `/completion`.
-async fn one_direct(engine: &engine::EngineClient, prompt: &str, max_tokens: u64) -> anyhow::Result<(f64, f64)> {
-    let req = CompletionRequest { prompt: prompt.into(), n_predict: max_tokens, stream: true, cache_prompt: true, seed: Some(42), temperature: Some(0.0), ..Default::default() };
+async fn one_direct(
+    engine: &engine::EngineClient,
+    prompt: &str,
+    max_tokens: u64,
+) -> anyhow::Result<(f64, f64)> {
+    let req = CompletionRequest {
+        prompt: prompt.into(),
+        n_predict: max_tokens,
+        stream: true,
+        cache_prompt: true,
+        seed: Some(42),
+        temperature: Some(0.0),
+        ..Default::default()
+    };
     let t0 = Instant::now();
     let mut frames = Box::pin(engine.complete(&req).await?);
     let (mut first, mut n) = (None, 0u64);
@@ -160,18 +199,37 @@ fn finish(t0: Instant, first: Option<Instant>, n: u64) -> anyhow::Result<(f64, f
     let first = first.context("no token")?;
     let ttft = first.duration_since(t0).as_secs_f64() * 1000.0;
     let decode = first.elapsed().as_secs_f64();
-    let tps = if n > 1 && decode > 0.0 { (n - 1) as f64 / decode } else { 0.0 };
+    let tps = if n > 1 && decode > 0.0 {
+        (n - 1) as f64 / decode
+    } else {
+        0.0
+    };
     Ok((ttft, tps))
 }
 
 /// orchestratord's own measurement: first token frame − leaving the queue − engine TTFT.
 fn report_overhead_histogram(metrics: &str) {
     let series = llorch::haiku::prom::parse(metrics).unwrap_or_default();
-    let count: f64 = series.iter().filter(|s| s.name == "orchestrator_overhead_ms_count").map(|s| s.value).sum();
-    let sum: f64 = series.iter().filter(|s| s.name == "orchestrator_overhead_ms_sum").map(|s| s.value).sum();
+    let count: f64 = series
+        .iter()
+        .filter(|s| s.name == "orchestrator_overhead_ms_count")
+        .map(|s| s.value)
+        .sum();
+    let sum: f64 = series
+        .iter()
+        .filter(|s| s.name == "orchestrator_overhead_ms_sum")
+        .map(|s| s.value)
+        .sum();
     let mut line = String::new();
     for le in ["1", "2", "5", "10"] {
-        let n: f64 = series.iter().filter(|s| s.name == "orchestrator_overhead_ms_bucket" && s.labels.get("le").map(String::as_str) == Some(le)).map(|s| s.value).sum();
+        let n: f64 = series
+            .iter()
+            .filter(|s| {
+                s.name == "orchestrator_overhead_ms_bucket"
+                    && s.labels.get("le").map(String::as_str) == Some(le)
+            })
+            .map(|s| s.value)
+            .sum();
         line.push_str(&format!(" ≤{le} ms: {n}/{count};"));
     }
     println!("orchestrator_overhead_ms (orchestratord's own view, all tasks incl. warm-up): mean {:.2} ms;{line}", if count > 0.0 { sum / count } else { f64::NAN });
@@ -189,15 +247,34 @@ fn report(stack: &Samples, direct: &Samples, n: usize, max_tokens: u64) {
     println!("| metric | direct llama-server | through llama-orch | stack − direct | ratio |");
     println!("|---|---|---|---|---|");
     for (name, d, s) in [
-        ("TTFT median (ms)", pct(&direct.ttft_ms, 0.5), pct(&stack.ttft_ms, 0.5)),
-        ("TTFT p90 (ms)", pct(&direct.ttft_ms, 0.9), pct(&stack.ttft_ms, 0.9)),
-        ("decode median (tok/s)", pct(&direct.tps, 0.5), pct(&stack.tps, 0.5)),
-        ("decode p90 (tok/s)", pct(&direct.tps, 0.9), pct(&stack.tps, 0.9)),
+        (
+            "TTFT median (ms)",
+            pct(&direct.ttft_ms, 0.5),
+            pct(&stack.ttft_ms, 0.5),
+        ),
+        (
+            "TTFT p90 (ms)",
+            pct(&direct.ttft_ms, 0.9),
+            pct(&stack.ttft_ms, 0.9),
+        ),
+        (
+            "decode median (tok/s)",
+            pct(&direct.tps, 0.5),
+            pct(&stack.tps, 0.5),
+        ),
+        (
+            "decode p90 (tok/s)",
+            pct(&direct.tps, 0.9),
+            pct(&stack.tps, 0.9),
+        ),
     ] {
-        println!("| {name} | {d:.1} | {s:.1} | {:+.1} | {:.3} |", s - d, s / d);
+        println!(
+            "| {name} | {d:.1} | {s:.1} | {:+.1} | {:.3} |",
+            s - d,
+            s / d
+        );
     }
     let added = pct(&stack.ttft_ms, 0.5) - pct(&direct.ttft_ms, 0.5);
     let loss = 1.0 - pct(&stack.tps, 0.5) / pct(&direct.tps, 0.5);
     println!("\ntargets: added median TTFT {added:.2} ms (target < 2 ms), decode loss {:.1}% (target < 2%)", loss * 100.0);
 }
-

@@ -38,7 +38,15 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let dir = root.join("target/bench-overload");
     let _ = std::fs::remove_dir_all(&dir);
     let model = dir.join("fake-model.gguf");
-    let mut spec = llorch::stack::StackSpec::new(bin.clone(), dir.clone(), model.clone(), EngineChoice::Binary { path: bin.join("fake-engine") }, llorch::cache_dir().join("engines"));
+    let mut spec = llorch::stack::StackSpec::new(
+        bin.clone(),
+        dir.clone(),
+        model.clone(),
+        EngineChoice::Binary {
+            path: bin.join("fake-engine"),
+        },
+        llorch::cache_dir().join("engines"),
+    );
     spec.pool_id = String::new();
     spec.heartbeat_interval_ms = 2000;
     spec.heartbeat_timeout_ms = 20000;
@@ -48,15 +56,32 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     for n in ["n1", "n2"] {
         stack.add_node(NodeSpec {
             node_id: n.into(),
-            engine: EngineChoice::Binary { path: bin.join("fake-engine") },
-            pools: vec![PoolSpec { id: format!("{n}-pool"), model_path: model.clone(), model_id: MODEL.into(), ctx: 512, slots: a.slots }],
-            env: vec![("FAKE_TOKENS".into(), "20".into()), ("FAKE_TOKEN_DELAY_MS".into(), "10".into())],
+            engine: EngineChoice::Binary {
+                path: bin.join("fake-engine"),
+            },
+            pools: vec![PoolSpec {
+                id: format!("{n}-pool"),
+                model_path: model.clone(),
+                model_id: MODEL.into(),
+                ctx: 512,
+                slots: a.slots,
+            }],
+            env: vec![
+                ("FAKE_TOKENS".into(), "20".into()),
+                ("FAKE_TOKEN_DELAY_MS".into(), "10".into()),
+            ],
             engine_keys: String::new(),
-        extra_toml: String::new(),
+            extra_toml: String::new(),
         })?;
     }
-    stack.wait_pools_ready(&["n1-pool", "n2-pool"], Duration::from_secs(60)).await?;
-    let pid = stack.orchd.as_ref().and_then(|c| c.id()).context("orchestratord pid")?;
+    stack
+        .wait_pools_ready(&["n1-pool", "n2-pool"], Duration::from_secs(60))
+        .await?;
+    let pid = stack
+        .orchd
+        .as_ref()
+        .and_then(|c| c.id())
+        .context("orchestratord pid")?;
     let client = client::Client::new(&stack.orchd_url, None);
     let mut service = vec![];
     for _ in 0..5 {
@@ -66,7 +91,11 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     }
     service.sort_by(f64::total_cmp);
     let capacity = (2 * a.slots) as f64 / service[2];
-    eprintln!("[bench] service time {:.0} ms, capacity {capacity:.1} tasks/s ({} slots)", service[2] * 1000.0, 2 * a.slots);
+    eprintln!(
+        "[bench] service time {:.0} ms, capacity {capacity:.1} tasks/s ({} slots)",
+        service[2] * 1000.0,
+        2 * a.slots
+    );
     let mut rows = vec![];
     for factor in [0.5, 1.0, 2.0, 3.0] {
         let level = offer(&client, capacity * factor, Duration::from_secs(a.seconds)).await;
@@ -82,7 +111,13 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     println!("|---|---|---|---|---|---|---|---|---|");
     for (f, l, rss) in rows {
         let secs = a.seconds as f64;
-        let rejected = l.codes.iter().filter(|(c, _)| **c != 202).map(|(_, n)| n).sum::<usize>() as f64 / l.offered.max(1) as f64;
+        let rejected = l
+            .codes
+            .iter()
+            .filter(|(c, _)| **c != 202)
+            .map(|(_, n)| n)
+            .sum::<usize>() as f64
+            / l.offered.max(1) as f64;
         let codes: Vec<String> = l.codes.iter().map(|(c, n)| format!("{c}×{n}")).collect();
         println!(
             "| {f}× | {:.1} | {:.1} | {:.2} | {:.0} | {:.0} | {:.1}% | {} | {:.1} |",
@@ -129,7 +164,9 @@ async fn offer(client: &client::Client, rate: f64, dur: Duration) -> Level {
             let t0 = Instant::now();
             match c.submit(&task()).await {
                 Ok(adm) => {
-                    let Ok(mut s) = c.events(&adm.body.streams.sse).await else { return (202, None, false) };
+                    let Ok(mut s) = c.events(&adm.body.streams.sse).await else {
+                        return (202, None, false);
+                    };
                     let mut wait = None;
                     while let Some(Ok(f)) = s.next().await {
                         match f.event {
@@ -148,7 +185,10 @@ async fn offer(client: &client::Client, rate: f64, dur: Duration) -> Level {
         k += 1;
         tokio::time::sleep_until((start + interval * k).into()).await;
     }
-    let mut level = Level { offered: handles.len(), ..Default::default() };
+    let mut level = Level {
+        offered: handles.len(),
+        ..Default::default()
+    };
     for h in handles {
         if let Ok((code, wait, ok)) = h.await {
             *level.codes.entry(code).or_default() += 1;
@@ -169,12 +209,19 @@ async fn offer(client: &client::Client, rate: f64, dur: Duration) -> Level {
 fn vm(pid: u32, key: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
         .unwrap_or(0)
 }
 
 fn pct(v: &[f64], p: f64) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
-    s.get(((s.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(f64::NAN)
+    s.get(((s.len() as f64 - 1.0) * p).round() as usize)
+        .copied()
+        .unwrap_or(f64::NAN)
 }

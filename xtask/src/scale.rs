@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use api::node::{HeartbeatRequest, LoadedModel, PoolState, PoolStatus, RegisterRequest, RegisterResponse};
+use api::node::{
+    HeartbeatRequest, LoadedModel, PoolState, PoolStatus, RegisterRequest, RegisterResponse,
+};
 use api::worker::{DispatchModel, WorkerEvent, WorkerLine};
 use axum::body::{Body, Bytes};
 use axum::routing::post;
@@ -39,23 +41,44 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let root = std::env::current_dir()?;
     let dir = root.join("target/bench-scale");
     let _ = std::fs::remove_dir_all(&dir);
-    let mut spec = StackSpec::new(root.join("target/release"), dir.clone(), dir.join("none.gguf"), EngineChoice::Binary { path: "/bin/false".into() }, dir.join("engines"));
+    let mut spec = StackSpec::new(
+        root.join("target/release"),
+        dir.clone(),
+        dir.join("none.gguf"),
+        EngineChoice::Binary {
+            path: "/bin/false".into(),
+        },
+        dir.join("engines"),
+    );
     spec.pool_id = String::new();
     spec.heartbeat_interval_ms = 10_000;
     spec.heartbeat_timeout_ms = 30_000;
-    spec.orchd_extra = format!("[queue]\ncapacity = {}\n[logging]\nlevel = \"warn\"\n", a.streams * 2);
+    spec.orchd_extra = format!(
+        "[queue]\ncapacity = {}\n[logging]\nlevel = \"warn\"\n",
+        a.streams * 2
+    );
     let mut stack = Stack::start(spec).await?;
     let pid = stack.orchd.as_ref().and_then(|c| c.id()).context("pid")?;
     let slots = a.streams.div_ceil(a.nodes) as u32;
     let port = llorch::stack::free_port()?;
     let hold = Duration::from_secs(a.hold_secs);
     for i in 0..a.nodes {
-        let listener = tokio::net::TcpListener::bind((node_ip(i), port)).await.with_context(|| format!("binding {}", node_ip(i)))?;
-        let app = axum::Router::new().route("/v2/pools/{pool}/dispatch", post(move |body: Bytes| dispatch(body, hold)));
+        let listener = tokio::net::TcpListener::bind((node_ip(i), port))
+            .await
+            .with_context(|| format!("binding {}", node_ip(i)))?;
+        let app = axum::Router::new().route(
+            "/v2/pools/{pool}/dispatch",
+            post(move |body: Bytes| dispatch(body, hold)),
+        );
         tokio::spawn(async move { axum::serve(listener, app).await });
     }
-    let http = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
-    eprintln!("[bench] registering {} nodes with {slots} slots each", a.nodes);
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()?;
+    eprintln!(
+        "[bench] registering {} nodes with {slots} slots each",
+        a.nodes
+    );
     let mut creds = vec![];
     for i in 0..a.nodes {
         creds.push(register(&http, &stack.orchd_url, i, port, slots).await?);
@@ -68,8 +91,21 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             let mut seq = 0;
             loop {
                 seq += 1;
-                let hb = HeartbeatRequest { seq, sent_at_ms: 0, pools: vec![pool(i, slots)], gpus: vec![], commands: vec![] };
-                if http.post(format!("{url}/v2/nodes/{}/heartbeat", node_id(i))).bearer_auth(&cred).json(&hb).send().await.is_ok() {
+                let hb = HeartbeatRequest {
+                    seq,
+                    sent_at_ms: 0,
+                    pools: vec![pool(i, slots)],
+                    gpus: vec![],
+                    commands: vec![],
+                };
+                if http
+                    .post(format!("{url}/v2/nodes/{}/heartbeat", node_id(i)))
+                    .bearer_auth(&cred)
+                    .json(&hb)
+                    .send()
+                    .await
+                    .is_ok()
+                {
                     beats.fetch_add(1, Ordering::Relaxed);
                 }
                 tokio::time::sleep(Duration::from_secs(10)).await;
@@ -79,7 +115,11 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle = cpu_share(pid, Duration::from_secs(10)).await;
     let rss_before = rss_kib(pid);
-    eprintln!("[bench] heartbeats only: {:.1}% of one core; opening {} streams", idle * 100.0, a.streams);
+    eprintln!(
+        "[bench] heartbeats only: {:.1}% of one core; opening {} streams",
+        idle * 100.0,
+        a.streams
+    );
     let opened = Arc::new(AtomicUsize::new(0));
     let ended = Arc::new(AtomicUsize::new(0));
     let client = client::Client::new(&stack.orchd_url, None);
@@ -92,8 +132,12 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             let mut req = api::task::TaskRequest::new(MODEL);
             req.prompt = Some("scale".into());
             req.max_tokens = Some(8);
-            let Ok(adm) = c.submit(&req).await else { return };
-            let Ok(mut s) = c.events(&adm.body.streams.sse).await else { return };
+            let Ok(adm) = c.submit(&req).await else {
+                return;
+            };
+            let Ok(mut s) = c.events(&adm.body.streams.sse).await else {
+                return;
+            };
             let mut counted = false;
             while let Some(Ok(f)) = s.next().await {
                 if !counted {
@@ -109,7 +153,8 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             }
         });
     }
-    while opened.load(Ordering::Relaxed) < a.streams && t_open.elapsed() < Duration::from_secs(120) {
+    while opened.load(Ordering::Relaxed) < a.streams && t_open.elapsed() < Duration::from_secs(120)
+    {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let open_secs = t_open.elapsed().as_secs_f64();
@@ -117,18 +162,41 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let rss_streams = rss_kib(pid);
     let busy = cpu_share(pid, Duration::from_secs(10)).await;
     let n_open = opened.load(Ordering::Relaxed);
-    let per_stream = (rss_streams.saturating_sub(rss_before)) as f64 * 1024.0 / n_open.max(1) as f64;
+    let per_stream =
+        (rss_streams.saturating_sub(rss_before)) as f64 * 1024.0 / n_open.max(1) as f64;
     let peak = vm_hwm(pid);
     stack.shutdown().await?;
     println!("\nbench scale: {} simulated nodes ({slots} slots each) heartbeating every 10 s; {} streams held open ~{} s\n", a.nodes, a.streams, a.hold_secs);
     println!("| measure | value | target |");
     println!("|---|---|---|");
-    println!("| heartbeats accepted during the run | {} | |", beats.load(Ordering::Relaxed));
-    println!("| orchestratord CPU, heartbeats only | {:.1}% of one core ({:.1}% of the machine) | |", idle * 100.0, idle * 50.0);
-    println!("| streams opened (started frame received) | {n_open} in {open_secs:.1} s | {} |", a.streams);
-    println!("| orchestratord CPU, streams open | {:.1}% of one core ({:.1}% of the machine) | |", busy * 100.0, busy * 50.0);
-    println!("| orchestratord RSS before / with streams / peak | {:.1} / {:.1} / {:.1} MiB | |", rss_before as f64 / 1024.0, rss_streams as f64 / 1024.0, peak as f64 / 1024.0);
-    println!("| memory per idle stream | {:.1} KB | < 50 KB |", per_stream / 1000.0);
+    println!(
+        "| heartbeats accepted during the run | {} | |",
+        beats.load(Ordering::Relaxed)
+    );
+    println!(
+        "| orchestratord CPU, heartbeats only | {:.1}% of one core ({:.1}% of the machine) | |",
+        idle * 100.0,
+        idle * 50.0
+    );
+    println!(
+        "| streams opened (started frame received) | {n_open} in {open_secs:.1} s | {} |",
+        a.streams
+    );
+    println!(
+        "| orchestratord CPU, streams open | {:.1}% of one core ({:.1}% of the machine) | |",
+        busy * 100.0,
+        busy * 50.0
+    );
+    println!(
+        "| orchestratord RSS before / with streams / peak | {:.1} / {:.1} / {:.1} MiB | |",
+        rss_before as f64 / 1024.0,
+        rss_streams as f64 / 1024.0,
+        peak as f64 / 1024.0
+    );
+    println!(
+        "| memory per idle stream | {:.1} KB | < 50 KB |",
+        per_stream / 1000.0
+    );
     Ok(())
 }
 
@@ -154,7 +222,12 @@ fn pool(i: usize, slots: u32) -> PoolStatus {
         slots_total: slots,
         slots_free: slots,
         ctx_per_slot: 1024,
-        models: vec![LoadedModel { id: MODEL.into(), model_ref: "file:/scale.gguf".into(), digest: None, ..Default::default() }],
+        models: vec![LoadedModel {
+            id: MODEL.into(),
+            model_ref: "file:/scale.gguf".into(),
+            digest: None,
+            ..Default::default()
+        }],
         running: vec![],
         kv_cache_usage_ratio: None,
         decode_tokens_per_s: None,
@@ -162,7 +235,13 @@ fn pool(i: usize, slots: u32) -> PoolStatus {
     }
 }
 
-async fn register(http: &reqwest::Client, url: &str, i: usize, port: u16, slots: u32) -> anyhow::Result<String> {
+async fn register(
+    http: &reqwest::Client,
+    url: &str,
+    i: usize,
+    port: u16,
+    slots: u32,
+) -> anyhow::Result<String> {
     let req = RegisterRequest {
         protocol_version: 1,
         node_id: node_id(i),
@@ -173,7 +252,14 @@ async fn register(http: &reqwest::Client, url: &str, i: usize, port: u16, slots:
         capabilities: Default::default(),
         pools: vec![pool(i, slots)],
     };
-    let r: RegisterResponse = http.post(format!("{url}/v2/nodes/register")).json(&req).send().await?.error_for_status()?.json().await?;
+    let r: RegisterResponse = http
+        .post(format!("{url}/v2/nodes/register"))
+        .json(&req)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
     r.node_token.context("no credential issued")
 }
 
@@ -182,12 +268,29 @@ async fn dispatch(_body: Bytes, hold: Duration) -> axum::response::Response {
     let tokens = (hold.as_secs() / 10).max(1);
     let stream = futures::stream::unfold(0u64, move |k| async move {
         let ev = match k {
-            0 => WorkerEvent::Started { engine: "llamacpp".into(), engine_version: "b0-simulated".into(), model: DispatchModel { id: MODEL.into(), digest: None } },
+            0 => WorkerEvent::Started {
+                engine: "llamacpp".into(),
+                engine_version: "b0-simulated".into(),
+                model: DispatchModel {
+                    id: MODEL.into(),
+                    digest: None,
+                },
+            },
             k if k <= tokens => {
                 tokio::time::sleep(Duration::from_secs(10)).await;
-                WorkerEvent::Token { i: k - 1, t: "x".into() }
+                WorkerEvent::Token {
+                    i: k - 1,
+                    t: "x".into(),
+                }
             }
-            k if k == tokens + 1 => WorkerEvent::End { tokens_in: 1, tokens_out: tokens, stop_reason: api::events::StopReason::Limit, seed: None, engine_ttft_ms: Some(1), engine_decode_ms: 1 },
+            k if k == tokens + 1 => WorkerEvent::End {
+                tokens_in: 1,
+                tokens_out: tokens,
+                stop_reason: api::events::StopReason::Limit,
+                seed: None,
+                engine_ttft_ms: Some(1),
+                engine_decode_ms: 1,
+            },
             _ => return None,
         };
         let mut line = serde_json::to_vec(&WorkerLine { seq: k, event: ev }).unwrap_or_default();
@@ -208,13 +311,19 @@ fn cpu_ticks(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let rest = s.rsplit(')').next().unwrap_or("");
     let f: Vec<&str> = rest.split_whitespace().collect();
-    f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0) + f.get(12).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+    f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
 }
 
 fn status_kib(pid: u32, key: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -244,10 +353,19 @@ fn decision_latency(nodes: usize, streams: usize) {
         fn cancel_on_worker(&mut self, _: CancelJob) {}
         fn timer(&mut self, _: Duration, _: Timer) {}
     }
-    let Ok(mut cfg) = orchestratord::config::RawConfig::default().validate(std::path::Path::new("/tmp")) else { return };
+    let Ok(mut cfg) =
+        orchestratord::config::RawConfig::default().validate(std::path::Path::new("/tmp"))
+    else {
+        return;
+    };
     cfg.queue_capacity = streams * 2;
     let cfg = Arc::new(cfg);
-    let mut core = Core::new(cfg.clone(), Discard, Arc::new(orchestratord::metrics::Metrics::default()), catalog::Catalog::open_in_memory().expect("in-memory catalog"));
+    let mut core = Core::new(
+        cfg.clone(),
+        Discard,
+        Arc::new(orchestratord::metrics::Metrics::default()),
+        catalog::Catalog::open_in_memory().expect("in-memory catalog"),
+    );
     let now = Instant::now();
     let slots = streams.div_ceil(nodes) as u32;
     for i in 0..nodes {
@@ -268,7 +386,9 @@ fn decision_latency(nodes: usize, streams: usize) {
         let mut r = api::task::TaskRequest::new(MODEL);
         r.prompt = Some("x".into());
         r.max_tokens = Some(8);
-        let Ok(v) = orchestratord::admission::validate(r, &cfg) else { return };
+        let Ok(v) = orchestratord::admission::validate(r, &cfg) else {
+            return;
+        };
         let t0 = Instant::now();
         let _ = core.submit(v, "c".into(), now);
         lat.push(t0.elapsed().as_secs_f64() * 1e6);

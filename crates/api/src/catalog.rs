@@ -115,9 +115,13 @@ pub struct AvailabilityResponse {
 
 /// Parses a digest (§9.2): `sha256:` and 64 hex digits in any case, returned lower case.
 pub fn parse_digest(s: &str) -> Result<String, String> {
-    let Some((algo, hex)) = s.split_once(':') else { return Err(format!("{s:?} is not <algorithm>:<hex>")) };
+    let Some((algo, hex)) = s.split_once(':') else {
+        return Err(format!("{s:?} is not <algorithm>:<hex>"));
+    };
     if !algo.eq_ignore_ascii_case("sha256") {
-        return Err(format!("digest algorithm {algo:?} is not supported; use sha256"));
+        return Err(format!(
+            "digest algorithm {algo:?} is not supported; use sha256"
+        ));
     }
     if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err("a sha256 digest has 64 hex digits".into());
@@ -149,8 +153,13 @@ mod tests {
     #[test]
     fn digests() {
         let hex = "AB".repeat(32);
-        assert_eq!(parse_digest(&format!("SHA256:{hex}")).unwrap(), format!("sha256:{}", "ab".repeat(32)));
-        assert!(parse_digest(&format!("md5:{hex}")).unwrap_err().contains("not supported"));
+        assert_eq!(
+            parse_digest(&format!("SHA256:{hex}")).unwrap(),
+            format!("sha256:{}", "ab".repeat(32))
+        );
+        assert!(parse_digest(&format!("md5:{hex}"))
+            .unwrap_err()
+            .contains("not supported"));
         assert!(parse_digest("sha256:abc").is_err());
         assert!(parse_digest("abc").is_err());
     }

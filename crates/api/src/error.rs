@@ -49,7 +49,17 @@ impl ErrorCode {
     /// The default `retriable` of the code (§3.3 table).
     pub fn retriable(self) -> bool {
         use ErrorCode::*;
-        matches!(self, AdmissionReject | QueueFullDropLru | DecodeTimeout | WorkerReset | PoolUnready | PoolUnavailable | ReplicaExhausted | NodeUnavailable)
+        matches!(
+            self,
+            AdmissionReject
+                | QueueFullDropLru
+                | DecodeTimeout
+                | WorkerReset
+                | PoolUnready
+                | PoolUnavailable
+                | ReplicaExhausted
+                | NodeUnavailable
+        )
     }
 
     pub fn as_str(self) -> &'static str {
@@ -118,7 +128,10 @@ impl ErrorEnvelope {
     }
 
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { field: Some(field.into()), ..Self::new(ErrorCode::InvalidParams, message) }
+        Self {
+            field: Some(field.into()),
+            ..Self::new(ErrorCode::InvalidParams, message)
+        }
     }
 
     pub fn with_retriable(mut self, retriable: bool) -> Self {
@@ -173,12 +186,27 @@ mod tests {
 
     #[test]
     fn statuses_and_retry_after() {
-        assert_eq!(ErrorEnvelope::new(ErrorCode::ModelNotAvailable, "x").with_retriable(false).http_status(), 404);
-        assert_eq!(ErrorEnvelope::new(ErrorCode::ModelNotAvailable, "x").with_retriable(true).http_status(), 503);
+        assert_eq!(
+            ErrorEnvelope::new(ErrorCode::ModelNotAvailable, "x")
+                .with_retriable(false)
+                .http_status(),
+            404
+        );
+        assert_eq!(
+            ErrorEnvelope::new(ErrorCode::ModelNotAvailable, "x")
+                .with_retriable(true)
+                .http_status(),
+            503
+        );
         let e = ErrorEnvelope::new(ErrorCode::AdmissionReject, "x").with_retry_after(1001);
         assert_eq!(e.retry_after_secs(), Some(2));
         let e = ErrorEnvelope::new(ErrorCode::AdmissionReject, "x").with_retry_after(10);
         assert_eq!(e.retry_after_secs(), Some(1));
-        assert_eq!(ErrorEnvelope::new(ErrorCode::InvalidParams, "x").with_retry_after(10).retry_after_secs(), None);
+        assert_eq!(
+            ErrorEnvelope::new(ErrorCode::InvalidParams, "x")
+                .with_retry_after(10)
+                .retry_after_secs(),
+            None
+        );
     }
 }

@@ -69,7 +69,12 @@ impl Metrics {
     /// The frame a non-verbose subscriber sees: without `human`, `phase` and `prep`; `None` when
     /// nothing else is left.
     pub fn plain(&self) -> Option<Metrics> {
-        let m = Metrics { human: None, phase: None, prep: None, ..self.clone() };
+        let m = Metrics {
+            human: None,
+            phase: None,
+            prep: None,
+            ..self.clone()
+        };
         (m != Metrics::default()).then_some(m)
     }
 }
@@ -115,7 +120,8 @@ impl Event {
                 if m.human.is_none() && m.phase.is_none() && m.prep.is_none() {
                     return Some(std::borrow::Cow::Borrowed(self));
                 }
-                m.plain().map(|p| std::borrow::Cow::Owned(Event::Metrics(p)))
+                m.plain()
+                    .map(|p| std::borrow::Cow::Owned(Event::Metrics(p)))
             }
             _ => Some(std::borrow::Cow::Borrowed(self)),
         }
@@ -167,31 +173,78 @@ mod tests {
 
     #[test]
     fn verbose_keys_reach_only_verbose_subscribers() {
-        let prep = std::collections::BTreeMap::from([("pool:p".to_string(), PrepProgress { status: crate::node::StepStatus::Running, pct: 5.0, bytes_done: 0, bytes_total: 0 })]);
-        let only_verbose = Event::Metrics(Metrics { human: Some("Fetching".into()), phase: Some("model_fetch".into()), prep: Some(prep), ..Default::default() });
-        assert!(only_verbose.for_subscriber(false).is_none(), "a progress-only frame is skipped");
-        assert_eq!(only_verbose.for_subscriber(true).as_deref(), Some(&only_verbose));
-        let mixed = Event::Metrics(Metrics { queue_position: Some(2), human: Some("Queued".into()), ..Default::default() });
+        let prep = std::collections::BTreeMap::from([(
+            "pool:p".to_string(),
+            PrepProgress {
+                status: crate::node::StepStatus::Running,
+                pct: 5.0,
+                bytes_done: 0,
+                bytes_total: 0,
+            },
+        )]);
+        let only_verbose = Event::Metrics(Metrics {
+            human: Some("Fetching".into()),
+            phase: Some("model_fetch".into()),
+            prep: Some(prep),
+            ..Default::default()
+        });
+        assert!(
+            only_verbose.for_subscriber(false).is_none(),
+            "a progress-only frame is skipped"
+        );
+        assert_eq!(
+            only_verbose.for_subscriber(true).as_deref(),
+            Some(&only_verbose)
+        );
+        let mixed = Event::Metrics(Metrics {
+            queue_position: Some(2),
+            human: Some("Queued".into()),
+            ..Default::default()
+        });
         let plain = mixed.for_subscriber(false).expect("kept");
-        assert!(matches!(plain.as_ref(), Event::Metrics(m) if m.queue_position == Some(2) && m.human.is_none()));
-        let token = Event::Token(Token { t: "a".into(), i: 0 });
+        assert!(
+            matches!(plain.as_ref(), Event::Metrics(m) if m.queue_position == Some(2) && m.human.is_none())
+        );
+        let token = Event::Token(Token {
+            t: "a".into(),
+            i: 0,
+        });
         assert_eq!(token.for_subscriber(false).as_deref(), Some(&token));
     }
 
     #[test]
     fn roundtrip_each_event() {
         let evs = vec![
-            Event::Token(Token { t: "Hi".into(), i: 0 }),
-            Event::End(End { tokens_in: 1, tokens_out: 2, ttft_ms: None, decode_ms: 0, decode_time_ms: 0, stop_reason: StopReason::StopWord, canceled: false }),
+            Event::Token(Token {
+                t: "Hi".into(),
+                i: 0,
+            }),
+            Event::End(End {
+                tokens_in: 1,
+                tokens_out: 2,
+                ttft_ms: None,
+                decode_ms: 0,
+                decode_time_ms: 0,
+                stop_reason: StopReason::StopWord,
+                canceled: false,
+            }),
             Event::Metrics(Metrics::default()),
         ];
         for ev in evs {
             let back = Event::parse(ev.name(), &ev.data_json()).unwrap();
             assert_eq!(back, ev);
         }
-        assert!(Event::End(End { tokens_in: 0, tokens_out: 0, ttft_ms: None, decode_ms: 0, decode_time_ms: 0, stop_reason: StopReason::Eos, canceled: false })
-            .data_json()
-            .contains("\"ttft_ms\":null"));
+        assert!(Event::End(End {
+            tokens_in: 0,
+            tokens_out: 0,
+            ttft_ms: None,
+            decode_ms: 0,
+            decode_time_ms: 0,
+            stop_reason: StopReason::Eos,
+            canceled: false
+        })
+        .data_json()
+        .contains("\"ttft_ms\":null"));
         assert!(Event::parse("bogus", "{}").is_err());
     }
 }

@@ -13,7 +13,19 @@ pub struct IdError(pub String);
 
 macro_rules! uuid_id {
     ($name:ident) => {
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
+        #[derive(
+            Debug,
+            Clone,
+            Copy,
+            PartialEq,
+            Eq,
+            Hash,
+            PartialOrd,
+            Ord,
+            Serialize,
+            Deserialize,
+            utoipa::ToSchema,
+        )]
         #[serde(transparent)]
         #[schema(value_type = String, format = Uuid)]
         pub struct $name(pub Uuid);
@@ -39,7 +51,9 @@ macro_rules! uuid_id {
         impl FromStr for $name {
             type Err = IdError;
             fn from_str(s: &str) -> Result<Self, IdError> {
-                Uuid::parse_str(s).map(Self).map_err(|_| IdError(format!("{s:?} is not a UUID")))
+                Uuid::parse_str(s)
+                    .map(Self)
+                    .map_err(|_| IdError(format!("{s:?} is not a UUID")))
             }
         }
     };
@@ -55,12 +69,16 @@ pub fn valid_name(s: &str) -> bool {
     !b.is_empty()
         && b.len() <= 64
         && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'_' | b'-'))
+        && b.iter().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'_' | b'-')
+        })
 }
 
 macro_rules! name_id {
     ($name:ident, $what:literal) => {
-        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, utoipa::ToSchema)]
+        #[derive(
+            Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, utoipa::ToSchema,
+        )]
         #[serde(transparent)]
         #[schema(value_type = String, pattern = "^[a-z0-9][a-z0-9._-]{0,63}$")]
         pub struct $name(String);
@@ -83,7 +101,14 @@ macro_rules! name_id {
                 if valid_name(s) {
                     Ok(Self(s.to_string()))
                 } else {
-                    Err(IdError(format!(concat!("invalid ", $what, " {:?}: must match ^[a-z0-9][a-z0-9._-]{{0,63}}$"), s)))
+                    Err(IdError(format!(
+                        concat!(
+                            "invalid ",
+                            $what,
+                            " {:?}: must match ^[a-z0-9][a-z0-9._-]{{0,63}}$"
+                        ),
+                        s
+                    )))
                 }
             }
         }
@@ -102,7 +127,16 @@ macro_rules! name_id {
 pub fn model_id_from_path(path: &str) -> String {
     let name = path.rsplit('/').next().unwrap_or(path);
     let stem = name.strip_suffix(".gguf").unwrap_or(name).to_lowercase();
-    let mut id: String = stem.chars().map(|c| if c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-') { c } else { '-' }).collect();
+    let mut id: String = stem
+        .chars()
+        .map(|c| {
+            if c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
     id.truncate(64);
     id
 }

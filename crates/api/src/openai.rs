@@ -160,7 +160,11 @@ pub struct Usage {
 
 impl Usage {
     pub fn new(prompt_tokens: u64, completion_tokens: u64) -> Self {
-        Usage { prompt_tokens, completion_tokens, total_tokens: prompt_tokens + completion_tokens }
+        Usage {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: prompt_tokens + completion_tokens,
+        }
     }
 }
 
@@ -329,7 +333,14 @@ impl OpenAiError {
             s if s >= 500 => "server_error",
             _ => "invalid_request_error",
         };
-        OpenAiError { error: OpenAiErrorBody { message: env.message.clone(), kind: kind.into(), param: env.field.clone(), code: env.code } }
+        OpenAiError {
+            error: OpenAiErrorBody {
+                message: env.message.clone(),
+                kind: kind.into(),
+                param: env.field.clone(),
+                code: env.code,
+            },
+        }
     }
 }
 
@@ -354,7 +365,10 @@ mod tests {
 
     #[test]
     fn bad_role_is_an_error() {
-        assert!(serde_json::from_str::<ChatCompletionRequest>(r#"{"model":"m","messages":[{"role":"tool","content":"x"}]}"#).is_err());
+        assert!(serde_json::from_str::<ChatCompletionRequest>(
+            r#"{"model":"m","messages":[{"role":"tool","content":"x"}]}"#
+        )
+        .is_err());
     }
 
     #[test]
@@ -365,19 +379,35 @@ mod tests {
             created: 1,
             model: "m".into(),
             system_fingerprint: None,
-            choices: vec![ChatChunkChoice { index: 0, delta: ChatDelta { role: None, content: Some("hi".into()) }, finish_reason: None }],
+            choices: vec![ChatChunkChoice {
+                index: 0,
+                delta: ChatDelta {
+                    role: None,
+                    content: Some("hi".into()),
+                },
+                finish_reason: None,
+            }],
             usage: None,
         };
         let v = serde_json::to_value(&c).expect("json");
-        assert!(v["choices"][0]["finish_reason"].is_null() && v["choices"][0].get("finish_reason").is_some());
+        assert!(
+            v["choices"][0]["finish_reason"].is_null()
+                && v["choices"][0].get("finish_reason").is_some()
+        );
         assert!(v.get("usage").is_none() && v.get("system_fingerprint").is_none());
         assert!(v["choices"][0]["delta"].get("role").is_none());
-        assert_eq!(serde_json::to_value(FinishReason::Length).expect("json"), "length");
+        assert_eq!(
+            serde_json::to_value(FinishReason::Length).expect("json"),
+            "length"
+        );
     }
 
     #[test]
     fn errors_map_status_to_openai_type() {
-        let e = OpenAiError::from_envelope(&crate::ErrorEnvelope::invalid("n", "only n = 1 is supported"));
+        let e = OpenAiError::from_envelope(&crate::ErrorEnvelope::invalid(
+            "n",
+            "only n = 1 is supported",
+        ));
         assert_eq!(e.error.kind, "invalid_request_error");
         assert_eq!(e.error.param.as_deref(), Some("n"));
         let v = serde_json::to_value(&e).expect("json");

@@ -6,7 +6,9 @@ use crate::error::ErrorEnvelope;
 use crate::events::StopReason;
 use crate::ids::{SessionId, TaskId};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Priority {
     #[default]
@@ -80,7 +82,14 @@ fn yes() -> bool {
 
 impl Default for Placement {
     fn default() -> Self {
-        Self { mode: PlacementMode::Auto, pin_pool_id: None, prefer_pools: vec![], avoid_pools: vec![], require_device_mask: None, allow_fallback: true }
+        Self {
+            mode: PlacementMode::Auto,
+            pin_pool_id: None,
+            prefer_pools: vec![],
+            avoid_pools: vec![],
+            require_device_mask: None,
+            allow_fallback: true,
+        }
     }
 }
 
@@ -248,7 +257,10 @@ pub enum TaskState {
 
 impl TaskState {
     pub fn is_terminal(self) -> bool {
-        matches!(self, TaskState::Completed | TaskState::Failed | TaskState::Canceled)
+        matches!(
+            self,
+            TaskState::Completed | TaskState::Failed | TaskState::Canceled
+        )
     }
 }
 

@@ -56,8 +56,15 @@ pub struct WorkerLine {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum WorkerEvent {
-    Started { engine: String, engine_version: String, model: DispatchModel },
-    Token { i: u64, t: String },
+    Started {
+        engine: String,
+        engine_version: String,
+        model: DispatchModel,
+    },
+    Token {
+        i: u64,
+        t: String,
+    },
     Metrics {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         tokens_evaluated: Option<u64>,
@@ -67,7 +74,14 @@ pub enum WorkerEvent {
         kv_cache_usage_ratio: Option<f64>,
     },
     Keepalive,
-    End { tokens_in: u64, tokens_out: u64, stop_reason: StopReason, seed: Option<u64>, engine_ttft_ms: Option<u64>, engine_decode_ms: u64 },
+    End {
+        tokens_in: u64,
+        tokens_out: u64,
+        stop_reason: StopReason,
+        seed: Option<u64>,
+        engine_ttft_ms: Option<u64>,
+        engine_decode_ms: u64,
+    },
     Error {
         code: ErrorCode,
         message: String,
@@ -94,20 +108,33 @@ mod tests {
 
     #[test]
     fn worker_lines_are_flat_and_tagged() {
-        let l = WorkerLine { seq: 3, event: WorkerEvent::Token { i: 2, t: "x".into() } };
+        let l = WorkerLine {
+            seq: 3,
+            event: WorkerEvent::Token {
+                i: 2,
+                t: "x".into(),
+            },
+        };
         let s = serde_json::to_string(&l).unwrap();
         assert_eq!(s, r#"{"seq":3,"type":"token","i":2,"t":"x"}"#);
         let back: WorkerLine = serde_json::from_str(&s).unwrap();
         assert_eq!(back, l);
-        let k: WorkerLine = serde_json::from_str(r#"{"seq":0,"type":"keepalive","extra":1}"#).unwrap();
+        let k: WorkerLine =
+            serde_json::from_str(r#"{"seq":0,"type":"keepalive","extra":1}"#).unwrap();
         assert_eq!(k.event, WorkerEvent::Keepalive);
     }
 
     #[test]
     fn input_is_prompt_or_messages() {
         let p: DispatchInput = serde_json::from_str(r#"{"prompt":"hi"}"#).unwrap();
-        assert_eq!(p, DispatchInput::Prompt { prompt: "hi".into() });
-        let m: DispatchInput = serde_json::from_str(r#"{"messages":[{"role":"user","content":"x"}]}"#).unwrap();
+        assert_eq!(
+            p,
+            DispatchInput::Prompt {
+                prompt: "hi".into()
+            }
+        );
+        let m: DispatchInput =
+            serde_json::from_str(r#"{"messages":[{"role":"user","content":"x"}]}"#).unwrap();
         assert!(matches!(m, DispatchInput::Messages { .. }));
     }
 }

@@ -91,7 +91,11 @@ impl Catalog {
     }
 
     fn with(store: store::Store, records: Vec<ModelRecord>) -> Self {
-        let mut catalog = Self { store, models: BTreeMap::new(), refs: BTreeMap::new() };
+        let mut catalog = Self {
+            store,
+            models: BTreeMap::new(),
+            refs: BTreeMap::new(),
+        };
         for record in records {
             catalog.mirror_insert(record);
         }
@@ -123,10 +127,18 @@ impl Catalog {
     /// then `digest`. The id defaults to the ref's derived id (§9.1). Same id, same ref and the
     /// same digest (or none given) → `Existing`; same id with another ref or digest → `CONFLICT`.
     /// Bad input changes nothing.
-    pub fn register(&mut self, req: &RegisterModel, allowed_schemes: &[String]) -> Result<Registered, ErrorEnvelope> {
+    pub fn register(
+        &mut self,
+        req: &RegisterModel,
+        allowed_schemes: &[String],
+    ) -> Result<Registered, ErrorEnvelope> {
         let given_id = req.id.as_deref().map(parse_id).transpose()?;
         let mref = parse_ref(&req.model_ref, Some(allowed_schemes))?;
-        let digest = req.digest.as_deref().map(|d| parse_digest(d).map_err(|m| ErrorEnvelope::invalid("digest", m))).transpose()?;
+        let digest = req
+            .digest
+            .as_deref()
+            .map(|d| parse_digest(d).map_err(|m| ErrorEnvelope::invalid("digest", m)))
+            .transpose()?;
         let id = match given_id {
             Some(id) => id,
             None => derived_id(&mref)?,
@@ -136,7 +148,10 @@ impl Catalog {
             if existing.model_ref != normalized {
                 return Err(ErrorEnvelope::new(
                     ErrorCode::Conflict,
-                    format!("catalog id {id:?} is registered for ref {:?}, not {normalized:?}", existing.model_ref),
+                    format!(
+                        "catalog id {id:?} is registered for ref {:?}, not {normalized:?}",
+                        existing.model_ref
+                    ),
                 ));
             }
             if let Some(digest) = &digest {
@@ -161,7 +176,12 @@ impl Catalog {
     /// its scheme checked against `allowed_schemes`, then looked up by normalized ref; an unknown
     /// ref is registered as `Active` when `auto_register` (a clash of its derived id with another
     /// ref → CONFLICT), else `None`.
-    pub fn resolve(&mut self, model_ref: &str, allowed_schemes: &[String], auto_register: bool) -> Result<Option<ModelRecord>, ErrorEnvelope> {
+    pub fn resolve(
+        &mut self,
+        model_ref: &str,
+        allowed_schemes: &[String],
+        auto_register: bool,
+    ) -> Result<Option<ModelRecord>, ErrorEnvelope> {
         if !model_ref.contains(':') {
             return Ok(self.models.get(model_ref).cloned());
         }
@@ -173,17 +193,26 @@ impl Catalog {
         if !auto_register {
             return Ok(None);
         }
-        let req = RegisterModel { id: None, model_ref: normalized, digest: None };
+        let req = RegisterModel {
+            id: None,
+            model_ref: normalized,
+            digest: None,
+        };
         Ok(Some(self.register(&req, allowed_schemes)?.into_record()))
     }
 
     /// `POST /v2/catalog/models/{id}/state`: 404 NOT_FOUND for an unknown id.
     pub fn set_state(&mut self, id: &str, state: ModelState) -> Result<ModelRecord, ErrorEnvelope> {
-        let Some(current) = self.models.get(id) else { return Err(not_found(id)) };
+        let Some(current) = self.models.get(id) else {
+            return Err(not_found(id));
+        };
         if current.state == state {
             return Ok(current.clone());
         }
-        let record = ModelRecord { state, ..current.clone() };
+        let record = ModelRecord {
+            state,
+            ..current.clone()
+        };
         self.put(record.clone()).map_err(internal)?;
         tracing::info!(model_id = %id, state = state.as_str(), "catalog: model state changed");
         Ok(record)
@@ -195,19 +224,28 @@ impl Catalog {
     /// and the copy reports none (it may be another file). `verified` → the node joins
     /// `locations` and `last_verified_ms` = now. Nothing is written when nothing changes.
     pub fn record_copy(&mut self, id: &str, copy: Copy) -> Result<CopyOutcome, StoreError> {
-        let Some(current) = self.models.get(id) else { return Err(StoreError::UnknownModel(id.to_string())) };
+        let Some(current) = self.models.get(id) else {
+            return Err(StoreError::UnknownModel(id.to_string()));
+        };
         let reported = copy
             .digest
             .as_deref()
             .map(|d| {
-                parse_digest(d).map_err(|reason| StoreError::InvalidDigest { id: id.to_string(), digest: d.to_string(), reason })
+                parse_digest(d).map_err(|reason| StoreError::InvalidDigest {
+                    id: id.to_string(),
+                    digest: d.to_string(),
+                    reason,
+                })
             })
             .transpose()?;
         // Whether the copy is known to be the catalog's file (its size and metadata apply).
         let same_file = match (&current.digest, &reported) {
             (Some(expected), Some(actual)) if expected != actual => {
                 tracing::warn!(model_id = %id, node_id = %copy.node_id, %expected, %actual, "catalog: copy digest mismatch");
-                return Ok(CopyOutcome::Mismatch { expected: expected.clone(), actual: actual.clone() });
+                return Ok(CopyOutcome::Mismatch {
+                    expected: expected.clone(),
+                    actual: actual.clone(),
+                });
             }
             (Some(_), None) => false,
             _ => true,
@@ -227,9 +265,17 @@ impl Catalog {
         self.finish_copy(record, &copy.node_id, copy.verified)
     }
 
-    fn finish_copy(&mut self, mut record: ModelRecord, node_id: &str, verified: bool) -> Result<CopyOutcome, StoreError> {
+    fn finish_copy(
+        &mut self,
+        mut record: ModelRecord,
+        node_id: &str,
+        verified: bool,
+    ) -> Result<CopyOutcome, StoreError> {
         if verified {
-            if let Err(pos) = record.locations.binary_search_by(|n| n.as_str().cmp(node_id)) {
+            if let Err(pos) = record
+                .locations
+                .binary_search_by(|n| n.as_str().cmp(node_id))
+            {
                 record.locations.insert(pos, node_id.to_string());
             }
             record.last_verified_ms = Some(now_ms());
@@ -242,7 +288,9 @@ impl Catalog {
 
     /// The node no longer holds a verified copy. Not listed → nothing to do.
     pub fn remove_location(&mut self, id: &str, node_id: &str) -> Result<(), StoreError> {
-        let Some(current) = self.models.get(id) else { return Err(StoreError::UnknownModel(id.to_string())) };
+        let Some(current) = self.models.get(id) else {
+            return Err(StoreError::UnknownModel(id.to_string()));
+        };
         if !current.locations.iter().any(|n| n == node_id) {
             return Ok(());
         }
@@ -255,10 +303,17 @@ impl Catalog {
     /// becomes an `Active` record with that ref and digest; a known id with the same ref is
     /// returned as it is; a known id with another ref → CONFLICT naming both refs. The scheme is
     /// not checked against `allowed_schemes`: the pool's operator configured the model locally.
-    pub fn adopt_reported(&mut self, id: &str, normalized_ref: &str, digest: Option<&str>) -> Result<ModelRecord, ErrorEnvelope> {
+    pub fn adopt_reported(
+        &mut self,
+        id: &str,
+        normalized_ref: &str,
+        digest: Option<&str>,
+    ) -> Result<ModelRecord, ErrorEnvelope> {
         let id = parse_id(id)?;
         let normalized = parse_ref(normalized_ref, None)?.to_string();
-        let digest = digest.map(|d| parse_digest(d).map_err(|m| ErrorEnvelope::invalid("digest", m))).transpose()?;
+        let digest = digest
+            .map(|d| parse_digest(d).map_err(|m| ErrorEnvelope::invalid("digest", m)))
+            .transpose()?;
         if let Some(existing) = self.models.get(&id) {
             if existing.model_ref == normalized {
                 return Ok(existing.clone());
@@ -294,7 +349,10 @@ impl Catalog {
 
     fn mirror_insert(&mut self, record: ModelRecord) {
         self.mirror_remove(&record.id);
-        self.refs.entry(record.model_ref.clone()).or_default().insert(record.id.clone());
+        self.refs
+            .entry(record.model_ref.clone())
+            .or_default()
+            .insert(record.id.clone());
         self.models.insert(record.id.clone(), record);
     }
 
@@ -317,7 +375,10 @@ impl From<StoreError> for ErrorEnvelope {
         match e {
             StoreError::UnknownModel(id) => not_found(&id),
             StoreError::InvalidDigest { reason, .. } => ErrorEnvelope::invalid("digest", reason),
-            _ => ErrorEnvelope::new(ErrorCode::Internal, "the model catalog could not be updated"),
+            _ => ErrorEnvelope::new(
+                ErrorCode::Internal,
+                "the model catalog could not be updated",
+            ),
         }
     }
 }
@@ -332,21 +393,27 @@ fn not_found(id: &str) -> ErrorEnvelope {
 }
 
 fn parse_id(id: &str) -> Result<String, ErrorEnvelope> {
-    id.parse::<ModelId>().map(|m| m.as_str().to_string()).map_err(|e| ErrorEnvelope::invalid("id", e.0))
+    id.parse::<ModelId>()
+        .map(|m| m.as_str().to_string())
+        .map_err(|e| ErrorEnvelope::invalid("id", e.0))
 }
 
 /// Parses a ModelRef; with `allowed_schemes`, its scheme must be listed.
 fn parse_ref(s: &str, allowed_schemes: Option<&[String]>) -> Result<ModelRef, ErrorEnvelope> {
     let mref = ModelRef::parse(s).map_err(|e| match e {
         ModelRefError::Invalid(_) => ErrorEnvelope::invalid("ref", e.to_string()),
-        ModelRefError::Untrusted(_) => ErrorEnvelope::new(ErrorCode::UntrustedArtifact, e.to_string()),
+        ModelRefError::Untrusted(_) => {
+            ErrorEnvelope::new(ErrorCode::UntrustedArtifact, e.to_string())
+        }
     })?;
     if let Some(allowed) = allowed_schemes {
         let scheme = mref.scheme();
         if !allowed.iter().any(|a| a == scheme) {
             return Err(ErrorEnvelope::new(
                 ErrorCode::UntrustedArtifact,
-                format!("model ref scheme {scheme:?} is not in catalog.allowed_schemes {allowed:?}"),
+                format!(
+                    "model ref scheme {scheme:?} is not in catalog.allowed_schemes {allowed:?}"
+                ),
             ));
         }
     }
@@ -359,7 +426,10 @@ fn derived_id(mref: &ModelRef) -> Result<String, ErrorEnvelope> {
     if api::ids::valid_name(&id) {
         Ok(id)
     } else {
-        Err(ErrorEnvelope::invalid("ref", format!("the ref's file name gives no valid model id ({id:?}); give an id")))
+        Err(ErrorEnvelope::invalid(
+            "ref",
+            format!("the ref's file name gives no valid model id ({id:?}); give an id"),
+        ))
     }
 }
 
@@ -377,7 +447,10 @@ fn new_record(id: String, model_ref: String, digest: Option<String>) -> ModelRec
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -40,35 +40,64 @@ const MIGRATIONS: &[&str] = &[
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("catalog store {}: cannot create its directory: {source}", .path.display())]
-    CreateDir { path: PathBuf, source: std::io::Error },
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// Opening failed, or the file is not a (readable) SQLite database.
     #[error("catalog store {}: cannot open: {source}", .path.display())]
-    Open { path: PathBuf, source: rusqlite::Error },
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
     /// The file was written by a newer build; it is never downgraded.
     #[error(
         "catalog store {}: schema version {found} is newer than this build supports ({supported}); refusing to open it (no downgrade)",
         .path.display()
     )]
-    FutureSchema { path: PathBuf, found: i64, supported: i64 },
+    FutureSchema {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
     /// A SQLite file that is not a llama-orch catalog.
     #[error("catalog store {}: not a llama-orch catalog database: {reason}", .path.display())]
     Foreign { path: PathBuf, reason: String },
     #[error("catalog store {}: migration to schema version {version} failed: {source}", .path.display())]
-    Migrate { path: PathBuf, version: i64, source: rusqlite::Error },
+    Migrate {
+        path: PathBuf,
+        version: i64,
+        source: rusqlite::Error,
+    },
     #[error("catalog store {}: cannot load the catalog: {source}", .path.display())]
-    Load { path: PathBuf, source: rusqlite::Error },
+    Load {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
     /// A stored row that does not make a valid record.
     #[error("catalog store {}: bad row for model {id:?}: {reason}", .path.display())]
-    Corrupt { path: PathBuf, id: String, reason: String },
+    Corrupt {
+        path: PathBuf,
+        id: String,
+        reason: String,
+    },
     /// A write failed; the transaction was rolled back and the catalog is unchanged.
     #[error("catalog store {}: writing model {id:?} failed: {source}", .path.display())]
-    Write { path: PathBuf, id: String, source: rusqlite::Error },
+    Write {
+        path: PathBuf,
+        id: String,
+        source: rusqlite::Error,
+    },
     /// The catalog has no model with this id.
     #[error("catalog has no model {0:?}")]
     UnknownModel(String),
     /// A node reported a digest that is not `sha256:<64 hex>`.
     #[error("digest {digest:?} reported for model {id:?}: {reason}")]
-    InvalidDigest { id: String, digest: String, reason: String },
+    InvalidDigest {
+        id: String,
+        digest: String,
+        reason: String,
+    },
 }
 
 #[derive(Debug)]
@@ -81,15 +110,24 @@ impl Store {
     pub(crate) fn open(path: &Path) -> Result<(Self, Vec<ModelRecord>), StoreError> {
         let path = path.to_path_buf();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir { path: path.clone(), source })?;
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+                path: path.clone(),
+                source,
+            })?;
         }
-        let conn = Connection::open(&path).map_err(|source| StoreError::Open { path: path.clone(), source })?;
+        let conn = Connection::open(&path).map_err(|source| StoreError::Open {
+            path: path.clone(),
+            source,
+        })?;
         Self::init(conn, path)
     }
 
     pub(crate) fn open_in_memory() -> Result<(Self, Vec<ModelRecord>), StoreError> {
         let path = PathBuf::from(":memory:");
-        let conn = Connection::open_in_memory().map_err(|source| StoreError::Open { path: path.clone(), source })?;
+        let conn = Connection::open_in_memory().map_err(|source| StoreError::Open {
+            path: path.clone(),
+            source,
+        })?;
         Self::init(conn, path)
     }
 
@@ -98,11 +136,17 @@ impl Store {
     }
 
     fn init(mut conn: Connection, path: PathBuf) -> Result<(Self, Vec<ModelRecord>), StoreError> {
-        let open_err = |source| StoreError::Open { path: path.clone(), source };
-        conn.busy_timeout(Duration::from_secs(5)).map_err(open_err)?;
+        let open_err = |source| StoreError::Open {
+            path: path.clone(),
+            source,
+        };
+        conn.busy_timeout(Duration::from_secs(5))
+            .map_err(open_err)?;
         // The first read of the header: a file that is not SQLite fails here. A newer schema is
         // refused before anything (journal mode included) is written to the file.
-        let found: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(open_err)?;
+        let found: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(open_err)?;
         check_version(&path, found)?;
         // WAL: readers never block the writer, and a commit appends to the log instead of
         // rewriting pages. synchronous=FULL (not NORMAL): with NORMAL a power loss may undo the
@@ -110,12 +154,16 @@ impl Store {
         // forgotten digest would let a different file become the first) or a registration it
         // answered 201 for. Catalog writes are rare (registrations, loads, verifications), so one
         // fsync per commit costs nothing that matters.
-        let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0)).map_err(open_err)?;
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+            .map_err(open_err)?;
         if !mode.eq_ignore_ascii_case("wal") && !mode.eq_ignore_ascii_case("memory") {
             tracing::warn!(path = %path.display(), journal_mode = %mode, "catalog store: WAL is not available; using the file system's journal mode");
         }
-        conn.pragma_update(None, "synchronous", "FULL").map_err(open_err)?;
-        conn.pragma_update(None, "foreign_keys", true).map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "foreign_keys", true)
+            .map_err(open_err)?;
         migrate(&mut conn, &path)?;
         let records = load(&conn, &path)?;
         Ok((Self { conn, path }, records))
@@ -124,7 +172,12 @@ impl Store {
     /// Writes `rec` (row and locations) in one transaction.
     pub(crate) fn put(&mut self, rec: &ModelRecord) -> Result<(), StoreError> {
         self.write(&rec.id, |tx| {
-            let metadata = rec.metadata.as_ref().map(serde_json::to_string).transpose().map_err(conversion)?;
+            let metadata = rec
+                .metadata
+                .as_ref()
+                .map(serde_json::to_string)
+                .transpose()
+                .map_err(conversion)?;
             tx.execute(
                 "INSERT INTO models (id, ref, digest, size_bytes, state, last_verified_ms, metadata)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
@@ -142,7 +195,8 @@ impl Store {
                 ],
             )?;
             tx.execute("DELETE FROM locations WHERE model_id = ?1", params![rec.id])?;
-            let mut insert = tx.prepare_cached("INSERT INTO locations (model_id, node_id) VALUES (?1, ?2)")?;
+            let mut insert =
+                tx.prepare_cached("INSERT INTO locations (model_id, node_id) VALUES (?1, ?2)")?;
             for node in &rec.locations {
                 insert.execute(params![rec.id, node])?;
             }
@@ -159,13 +213,23 @@ impl Store {
         })
     }
 
-    fn write(&mut self, id: &str, f: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<()>) -> Result<(), StoreError> {
+    fn write(
+        &mut self,
+        id: &str,
+        f: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<()>,
+    ) -> Result<(), StoreError> {
         let result = (|| {
-            let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
             f(&tx)?;
             tx.commit()
         })();
-        result.map_err(|source| StoreError::Write { path: self.path.clone(), id: id.to_string(), source })
+        result.map_err(|source| StoreError::Write {
+            path: self.path.clone(),
+            id: id.to_string(),
+            source,
+        })
     }
 }
 
@@ -179,10 +243,17 @@ fn to_i64(v: Option<u64>) -> rusqlite::Result<Option<i64>> {
 
 fn check_version(path: &Path, found: i64) -> Result<(), StoreError> {
     if found > SCHEMA_VERSION {
-        return Err(StoreError::FutureSchema { path: path.to_path_buf(), found, supported: SCHEMA_VERSION });
+        return Err(StoreError::FutureSchema {
+            path: path.to_path_buf(),
+            found,
+            supported: SCHEMA_VERSION,
+        });
     }
     if found < 0 {
-        return Err(StoreError::Foreign { path: path.to_path_buf(), reason: format!("negative schema version {found}") });
+        return Err(StoreError::Foreign {
+            path: path.to_path_buf(),
+            reason: format!("negative schema version {found}"),
+        });
     }
     Ok(())
 }
@@ -190,42 +261,91 @@ fn check_version(path: &Path, found: i64) -> Result<(), StoreError> {
 /// Brings the schema to [`SCHEMA_VERSION`] in one immediate transaction (the version is read again
 /// under the write lock, so two processes opening one file cannot both migrate it).
 fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
-    let open_err = |source| StoreError::Open { path: path.to_path_buf(), source };
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(open_err)?;
-    let found: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(open_err)?;
+    let open_err = |source| StoreError::Open {
+        path: path.to_path_buf(),
+        source,
+    };
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(open_err)?;
+    let found: i64 = tx
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(open_err)?;
     check_version(path, found)?;
     if found == SCHEMA_VERSION {
-        let app: i64 = tx.pragma_query_value(None, "application_id", |r| r.get(0)).map_err(open_err)?;
+        let app: i64 = tx
+            .pragma_query_value(None, "application_id", |r| r.get(0))
+            .map_err(open_err)?;
         if app != APPLICATION_ID {
-            return Err(StoreError::Foreign { path: path.to_path_buf(), reason: format!("application_id is {app:#x}") });
+            return Err(StoreError::Foreign {
+                path: path.to_path_buf(),
+                reason: format!("application_id is {app:#x}"),
+            });
         }
         return tx.commit().map_err(open_err);
     }
     if found == 0 {
         // A fresh file has no schema at all; tables without a version belong to someone else.
-        let other: Option<String> =
-            tx.query_row("SELECT name FROM sqlite_schema LIMIT 1", [], |r| r.get(0)).optional().map_err(open_err)?;
+        let other: Option<String> = tx
+            .query_row("SELECT name FROM sqlite_schema LIMIT 1", [], |r| r.get(0))
+            .optional()
+            .map_err(open_err)?;
         if let Some(name) = other {
-            return Err(StoreError::Foreign { path: path.to_path_buf(), reason: format!("unversioned database with object {name:?}") });
+            return Err(StoreError::Foreign {
+                path: path.to_path_buf(),
+                reason: format!("unversioned database with object {name:?}"),
+            });
         }
     }
     for version in found + 1..=SCHEMA_VERSION {
-        let step = usize::try_from(version - 1).ok().and_then(|i| MIGRATIONS.get(i)).copied().unwrap_or_default();
-        let migrate_err = |source| StoreError::Migrate { path: path.to_path_buf(), version, source };
+        let step = usize::try_from(version - 1)
+            .ok()
+            .and_then(|i| MIGRATIONS.get(i))
+            .copied()
+            .unwrap_or_default();
+        let migrate_err = |source| StoreError::Migrate {
+            path: path.to_path_buf(),
+            version,
+            source,
+        };
         tx.execute_batch(step).map_err(migrate_err)?;
-        tx.pragma_update(None, "user_version", version).map_err(migrate_err)?;
+        tx.pragma_update(None, "user_version", version)
+            .map_err(migrate_err)?;
     }
     tx.pragma_update(None, "application_id", APPLICATION_ID)
-        .map_err(|source| StoreError::Migrate { path: path.to_path_buf(), version: SCHEMA_VERSION, source })?;
-    tx.commit().map_err(|source| StoreError::Migrate { path: path.to_path_buf(), version: SCHEMA_VERSION, source })?;
+        .map_err(|source| StoreError::Migrate {
+            path: path.to_path_buf(),
+            version: SCHEMA_VERSION,
+            source,
+        })?;
+    tx.commit().map_err(|source| StoreError::Migrate {
+        path: path.to_path_buf(),
+        version: SCHEMA_VERSION,
+        source,
+    })?;
     tracing::info!(path = %path.display(), from = found, to = SCHEMA_VERSION, "catalog store: schema migrated");
     Ok(())
 }
 
 fn load(conn: &Connection, path: &Path) -> Result<Vec<ModelRecord>, StoreError> {
-    let load_err = |source| StoreError::Load { path: path.to_path_buf(), source };
-    let corrupt = |id: &str, reason: String| StoreError::Corrupt { path: path.to_path_buf(), id: id.to_string(), reason };
-    type Row = (String, String, Option<String>, Option<i64>, String, Option<i64>, Option<String>);
+    let load_err = |source| StoreError::Load {
+        path: path.to_path_buf(),
+        source,
+    };
+    let corrupt = |id: &str, reason: String| StoreError::Corrupt {
+        path: path.to_path_buf(),
+        id: id.to_string(),
+        reason,
+    };
+    type Row = (
+        String,
+        String,
+        Option<String>,
+        Option<i64>,
+        String,
+        Option<i64>,
+        Option<String>,
+    );
     let rows: Vec<Row> = conn
         .prepare("SELECT id, ref, digest, size_bytes, state, last_verified_ms, metadata FROM models ORDER BY id")
         .and_then(|mut stmt| {
@@ -236,12 +356,15 @@ fn load(conn: &Connection, path: &Path) -> Result<Vec<ModelRecord>, StoreError> 
     let mut records = BTreeMap::new();
     for (id, model_ref, digest, size_bytes, state, last_verified_ms, metadata) in rows {
         let to_u64 = |v: Option<i64>, what: &str| {
-            v.map(u64::try_from).transpose().map_err(|_| corrupt(&id, format!("negative {what}")))
+            v.map(u64::try_from)
+                .transpose()
+                .map_err(|_| corrupt(&id, format!("negative {what}")))
         };
         let record = ModelRecord {
             size_bytes: to_u64(size_bytes, "size_bytes")?,
             last_verified_ms: to_u64(last_verified_ms, "last_verified_ms")?,
-            state: ModelState::parse(&state).ok_or_else(|| corrupt(&id, format!("unknown state {state:?}")))?,
+            state: ModelState::parse(&state)
+                .ok_or_else(|| corrupt(&id, format!("unknown state {state:?}")))?,
             metadata: metadata
                 .map(|m| serde_json::from_str(&m))
                 .transpose()
@@ -255,11 +378,17 @@ fn load(conn: &Connection, path: &Path) -> Result<Vec<ModelRecord>, StoreError> 
     }
     let locations: Vec<(String, String)> = conn
         .prepare("SELECT model_id, node_id FROM locations ORDER BY model_id, node_id")
-        .and_then(|mut stmt| stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+        .and_then(|mut stmt| {
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect()
+        })
         .map_err(load_err)?;
     for (model_id, node_id) in locations {
         let Some(record) = records.get_mut(&model_id) else {
-            return Err(corrupt(&model_id, format!("location {node_id:?} of a model that does not exist")));
+            return Err(corrupt(
+                &model_id,
+                format!("location {node_id:?} of a model that does not exist"),
+            ));
         };
         record.locations.push(node_id);
     }

@@ -5,7 +5,9 @@ pub mod sse;
 
 use std::time::Duration;
 
-use api::catalog::{AvailabilityResponse, ModelRecord, ModelState, ModelsResponse, RegisterModel, SetModelState};
+use api::catalog::{
+    AvailabilityResponse, ModelRecord, ModelState, ModelsResponse, RegisterModel, SetModelState,
+};
 use api::node::{NodesResponse, PoolsResponse};
 use api::task::{AdmissionResponse, TaskRecord, TaskRequest};
 use api::{ErrorEnvelope, TaskId};
@@ -17,7 +19,11 @@ pub use sse::{EventStream, Frame};
 pub enum Error {
     /// orchestratord refused the request with a typed envelope.
     #[error("{status} {envelope}")]
-    Api { status: u16, envelope: ErrorEnvelope, headers: Box<HeaderMap> },
+    Api {
+        status: u16,
+        envelope: ErrorEnvelope,
+        headers: Box<HeaderMap>,
+    },
     #[error("cannot reach orchestratord: {0}")]
     Transport(String),
     #[error("unexpected answer: {0}")]
@@ -52,8 +58,16 @@ pub struct Client {
 impl Client {
     /// A client for `base_url` (e.g. `http://127.0.0.1:8080`) with an optional client token.
     pub fn new(base_url: impl Into<String>, token: Option<String>) -> Self {
-        let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).build().unwrap_or_default();
-        Self { base: base_url.into().trim_end_matches('/').to_string(), token, correlation_id: uuid::Uuid::new_v4().to_string(), http }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .unwrap_or_default();
+        Self {
+            base: base_url.into().trim_end_matches('/').to_string(),
+            token,
+            correlation_id: uuid::Uuid::new_v4().to_string(),
+            http,
+        }
     }
 
     /// Uses `id` as the `X-Correlation-Id` of every following call.
@@ -71,7 +85,10 @@ impl Client {
     }
 
     fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        let mut r = self.http.request(method, format!("{}{}", self.base, path)).header(api::CORRELATION_HEADER, &self.correlation_id);
+        let mut r = self
+            .http
+            .request(method, format!("{}{}", self.base, path))
+            .header(api::CORRELATION_HEADER, &self.correlation_id);
         if let Some(t) = &self.token {
             r = r.bearer_auth(t);
         }
@@ -79,7 +96,10 @@ impl Client {
     }
 
     async fn send(&self, rb: reqwest::RequestBuilder) -> Result<reqwest::Response, Error> {
-        let resp = rb.send().await.map_err(|e| Error::Transport(e.to_string()))?;
+        let resp = rb
+            .send()
+            .await
+            .map_err(|e| Error::Transport(e.to_string()))?;
         if resp.status().is_success() {
             return Ok(resp);
         }
@@ -87,38 +107,74 @@ impl Client {
         let headers = Box::new(resp.headers().clone());
         let text = resp.text().await.unwrap_or_default();
         match serde_json::from_str::<ErrorEnvelope>(&text) {
-            Ok(envelope) => Err(Error::Api { status, envelope, headers }),
-            Err(_) => Err(Error::Protocol(format!("HTTP {status} without an error envelope: {}", text.chars().take(200).collect::<String>()))),
+            Ok(envelope) => Err(Error::Api {
+                status,
+                envelope,
+                headers,
+            }),
+            Err(_) => Err(Error::Protocol(format!(
+                "HTTP {status} without an error envelope: {}",
+                text.chars().take(200).collect::<String>()
+            ))),
         }
     }
 
-    async fn json<T: serde::de::DeserializeOwned>(&self, rb: reqwest::RequestBuilder) -> Result<Exchange<T>, Error> {
+    async fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        rb: reqwest::RequestBuilder,
+    ) -> Result<Exchange<T>, Error> {
         let resp = self.send(rb).await?;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
-        let body = resp.json::<T>().await.map_err(|e| Error::Protocol(e.to_string()))?;
-        Ok(Exchange { status, headers, body })
+        let body = resp
+            .json::<T>()
+            .await
+            .map_err(|e| Error::Protocol(e.to_string()))?;
+        Ok(Exchange {
+            status,
+            headers,
+            body,
+        })
     }
 
     /// `POST /v2/tasks`.
     pub async fn submit(&self, req: &TaskRequest) -> Result<Exchange<AdmissionResponse>, Error> {
-        self.json(self.req(reqwest::Method::POST, "/v2/tasks").json(req)).await
+        self.json(self.req(reqwest::Method::POST, "/v2/tasks").json(req))
+            .await
     }
 
     /// `POST /v2/tasks`, retrying refusals that say so (429, and 503 with `retriable`) after the
     /// server's `Retry-After` (or `retry_after_ms`), at most `attempts` times in all. Only
     /// admission is retried: nothing has run yet, so a retry cannot duplicate work. The task id is
     /// fixed before the first attempt so every attempt names the same task.
-    pub async fn submit_with_retry(&self, req: &TaskRequest, attempts: u32) -> Result<Exchange<AdmissionResponse>, Error> {
+    pub async fn submit_with_retry(
+        &self,
+        req: &TaskRequest,
+        attempts: u32,
+    ) -> Result<Exchange<AdmissionResponse>, Error> {
         let mut req = req.clone();
         req.task_id.get_or_insert_with(TaskId::new);
         let mut tried = 0;
         loop {
             tried += 1;
             match self.submit(&req).await {
-                Err(Error::Api { status, envelope, headers }) if tried < attempts && envelope.retriable && (status == 429 || status == 503) => {
-                    let secs = headers.get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-                    let wait = secs.map(|s| s * 1000).or(envelope.retry_after_ms).unwrap_or(1000).min(60_000);
+                Err(Error::Api {
+                    status,
+                    envelope,
+                    headers,
+                }) if tried < attempts
+                    && envelope.retriable
+                    && (status == 429 || status == 503) =>
+                {
+                    let secs = headers
+                        .get("retry-after")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<u64>().ok());
+                    let wait = secs
+                        .map(|s| s * 1000)
+                        .or(envelope.retry_after_ms)
+                        .unwrap_or(1000)
+                        .min(60_000);
                     tokio::time::sleep(Duration::from_millis(wait)).await;
                 }
                 other => return other,
@@ -128,72 +184,134 @@ impl Client {
 
     /// `GET /v2/tasks/{id}`.
     pub async fn task(&self, id: TaskId) -> Result<Exchange<TaskRecord>, Error> {
-        self.json(self.req(reqwest::Method::GET, &format!("/v2/tasks/{id}"))).await
+        self.json(self.req(reqwest::Method::GET, &format!("/v2/tasks/{id}")))
+            .await
     }
 
     /// `POST /v2/tasks/{id}/cancel`.
     pub async fn cancel(&self, id: TaskId) -> Result<u16, Error> {
-        Ok(self.send(self.req(reqwest::Method::POST, &format!("/v2/tasks/{id}/cancel"))).await?.status().as_u16())
+        Ok(self
+            .send(self.req(reqwest::Method::POST, &format!("/v2/tasks/{id}/cancel")))
+            .await?
+            .status()
+            .as_u16())
     }
 
     /// Opens a task's event stream (`path` is `streams.sse` or `streams.sse_verbose` of the 202).
     pub async fn events(&self, path: &str) -> Result<EventStream, Error> {
-        let resp = self.send(self.req(reqwest::Method::GET, path).header("accept", "text/event-stream")).await?;
+        let resp = self
+            .send(
+                self.req(reqwest::Method::GET, path)
+                    .header("accept", "text/event-stream"),
+            )
+            .await?;
         Ok(EventStream::new(resp))
     }
 
     /// `GET /metrics` as raw Prometheus text, with the response headers.
     pub async fn metrics_text(&self) -> Result<Exchange<String>, Error> {
-        let resp = self.send(self.req(reqwest::Method::GET, "/metrics")).await?;
+        let resp = self
+            .send(self.req(reqwest::Method::GET, "/metrics"))
+            .await?;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
-        let body = resp.text().await.map_err(|e| Error::Transport(e.to_string()))?;
-        Ok(Exchange { status, headers, body })
+        let body = resp
+            .text()
+            .await
+            .map_err(|e| Error::Transport(e.to_string()))?;
+        Ok(Exchange {
+            status,
+            headers,
+            body,
+        })
     }
 
     pub async fn pools(&self) -> Result<PoolsResponse, Error> {
-        Ok(self.json(self.req(reqwest::Method::GET, "/v2/pools")).await?.body)
+        Ok(self
+            .json(self.req(reqwest::Method::GET, "/v2/pools"))
+            .await?
+            .body)
     }
 
     pub async fn nodes(&self) -> Result<NodesResponse, Error> {
-        Ok(self.json(self.req(reqwest::Method::GET, "/v2/nodes")).await?.body)
+        Ok(self
+            .json(self.req(reqwest::Method::GET, "/v2/nodes"))
+            .await?
+            .body)
     }
 
     /// `GET /v2/sessions/{id}`.
     pub async fn session(&self, id: api::SessionId) -> Result<api::meta::SessionView, Error> {
-        Ok(self.json(self.req(reqwest::Method::GET, &format!("/v2/sessions/{id}"))).await?.body)
+        Ok(self
+            .json(self.req(reqwest::Method::GET, &format!("/v2/sessions/{id}")))
+            .await?
+            .body)
     }
 
     /// `DELETE /v2/sessions/{id}`.
     pub async fn delete_session(&self, id: api::SessionId) -> Result<(), Error> {
-        self.send(self.req(reqwest::Method::DELETE, &format!("/v2/sessions/{id}"))).await.map(|_| ())
+        self.send(self.req(reqwest::Method::DELETE, &format!("/v2/sessions/{id}")))
+            .await
+            .map(|_| ())
     }
 
     /// `GET /v2/meta/capabilities`.
     pub async fn capabilities(&self) -> Result<api::meta::MetaCapabilities, Error> {
-        Ok(self.json(self.req(reqwest::Method::GET, "/v2/meta/capabilities")).await?.body)
+        Ok(self
+            .json(self.req(reqwest::Method::GET, "/v2/meta/capabilities"))
+            .await?
+            .body)
     }
 
     /// `GET /v2/meta/version`.
     pub async fn version(&self) -> Result<api::meta::VersionInfo, Error> {
-        Ok(self.json(self.req(reqwest::Method::GET, "/v2/meta/version")).await?.body)
+        Ok(self
+            .json(self.req(reqwest::Method::GET, "/v2/meta/version"))
+            .await?
+            .body)
     }
 
     /// `GET /v2/pools/{id}/health`.
     pub async fn pool_health(&self, id: &str) -> Result<api::meta::PoolHealth, Error> {
-        Ok(self.json(self.req(reqwest::Method::GET, &format!("/v2/pools/{id}/health"))).await?.body)
+        Ok(self
+            .json(self.req(reqwest::Method::GET, &format!("/v2/pools/{id}/health")))
+            .await?
+            .body)
     }
 
     /// `POST /v2/pools/{id}/drain`: no new tasks; running ones get until `deadline_ms`.
-    pub async fn drain_pool(&self, id: &str, deadline_ms: Option<u64>) -> Result<api::node::PoolCommandAccepted, Error> {
+    pub async fn drain_pool(
+        &self,
+        id: &str,
+        deadline_ms: Option<u64>,
+    ) -> Result<api::node::PoolCommandAccepted, Error> {
         let body = api::node::DrainRequest { deadline_ms };
-        Ok(self.json(self.req(reqwest::Method::POST, &format!("/v2/pools/{id}/drain")).json(&body)).await?.body)
+        Ok(self
+            .json(
+                self.req(reqwest::Method::POST, &format!("/v2/pools/{id}/drain"))
+                    .json(&body),
+            )
+            .await?
+            .body)
     }
 
     /// `POST /v2/pools/{id}/reload`: return a drained pool to service, or switch it to `model_ref`.
-    pub async fn reload_pool(&self, id: &str, model_ref: &str) -> Result<api::node::PoolCommandAccepted, Error> {
-        let body = api::node::ReloadRequest { model_ref: model_ref.into(), deadline_ms: None };
-        Ok(self.json(self.req(reqwest::Method::POST, &format!("/v2/pools/{id}/reload")).json(&body)).await?.body)
+    pub async fn reload_pool(
+        &self,
+        id: &str,
+        model_ref: &str,
+    ) -> Result<api::node::PoolCommandAccepted, Error> {
+        let body = api::node::ReloadRequest {
+            model_ref: model_ref.into(),
+            deadline_ms: None,
+        };
+        Ok(self
+            .json(
+                self.req(reqwest::Method::POST, &format!("/v2/pools/{id}/reload"))
+                    .json(&body),
+            )
+            .await?
+            .body)
     }
 
     // ---- model catalog (API.md §9.3) ----------------------------------------------------------
@@ -203,52 +321,94 @@ impl Client {
     /// 409 `CONFLICT`; a malformed ref, id or digest is 400 `INVALID_PARAMS`; `http://` or a scheme
     /// the catalog does not allow is 400 `UNTRUSTED_ARTIFACT`.
     pub async fn register_model(&self, body: &RegisterModel) -> Result<(ModelRecord, bool), Error> {
-        let r = self.json::<ModelRecord>(self.req(reqwest::Method::POST, "/v2/catalog/models").json(body)).await?;
+        let r = self
+            .json::<ModelRecord>(
+                self.req(reqwest::Method::POST, "/v2/catalog/models")
+                    .json(body),
+            )
+            .await?;
         Ok((r.body, r.status == 201))
     }
 
     /// `GET /v2/catalog/models`: every catalog entry.
     pub async fn models(&self) -> Result<ModelsResponse, Error> {
-        Ok(self.json(self.req(reqwest::Method::GET, "/v2/catalog/models")).await?.body)
+        Ok(self
+            .json(self.req(reqwest::Method::GET, "/v2/catalog/models"))
+            .await?
+            .body)
     }
 
     /// `GET /v2/catalog/models/{id}`.
     pub async fn model(&self, id: &str) -> Result<ModelRecord, Error> {
-        Ok(self.json(self.req(reqwest::Method::GET, &format!("/v2/catalog/models/{}", segment(id)))).await?.body)
+        Ok(self
+            .json(self.req(
+                reqwest::Method::GET,
+                &format!("/v2/catalog/models/{}", segment(id)),
+            ))
+            .await?
+            .body)
     }
 
     /// `DELETE /v2/catalog/models/{id}` (204): the nodes holding a copy evict it. 409 `CONFLICT`
     /// while a pool serves or loads the model.
     pub async fn delete_model(&self, id: &str) -> Result<(), Error> {
-        self.send(self.req(reqwest::Method::DELETE, &format!("/v2/catalog/models/{}", segment(id)))).await.map(|_| ())
+        self.send(self.req(
+            reqwest::Method::DELETE,
+            &format!("/v2/catalog/models/{}", segment(id)),
+        ))
+        .await
+        .map(|_| ())
     }
 
     /// `POST /v2/catalog/models/{id}/verify` (202): every node in `locations` re-hashes its copy;
     /// copies that fail are removed. The record is the one at the time of the request.
     pub async fn verify_model(&self, id: &str) -> Result<ModelRecord, Error> {
-        Ok(self.json(self.req(reqwest::Method::POST, &format!("/v2/catalog/models/{}/verify", segment(id)))).await?.body)
+        Ok(self
+            .json(self.req(
+                reqwest::Method::POST,
+                &format!("/v2/catalog/models/{}/verify", segment(id)),
+            ))
+            .await?
+            .body)
     }
 
     /// `POST /v2/catalog/models/{id}/state`: `Retired` refuses new tasks (409 `MODEL_DEPRECATED`),
     /// `Active` accepts them again.
     pub async fn set_model_state(&self, id: &str, state: ModelState) -> Result<ModelRecord, Error> {
         let body = SetModelState { state };
-        Ok(self.json(self.req(reqwest::Method::POST, &format!("/v2/catalog/models/{}/state", segment(id))).json(&body)).await?.body)
+        Ok(self
+            .json(
+                self.req(
+                    reqwest::Method::POST,
+                    &format!("/v2/catalog/models/{}/state", segment(id)),
+                )
+                .json(&body),
+            )
+            .await?
+            .body)
     }
 
     /// `GET /v2/catalog/availability`: per model, the nodes caching it and the pools serving it.
     pub async fn availability(&self) -> Result<AvailabilityResponse, Error> {
-        Ok(self.json(self.req(reqwest::Method::GET, "/v2/catalog/availability")).await?.body)
+        Ok(self
+            .json(self.req(reqwest::Method::GET, "/v2/catalog/availability"))
+            .await?
+            .body)
     }
 
     /// `GET /v2/openapi.json`.
     pub async fn openapi(&self) -> Result<serde_json::Value, Error> {
-        Ok(self.json(self.req(reqwest::Method::GET, "/v2/openapi.json")).await?.body)
+        Ok(self
+            .json(self.req(reqwest::Method::GET, "/v2/openapi.json"))
+            .await?
+            .body)
     }
 
     /// `GET /health` (no auth needed).
     pub async fn health(&self) -> Result<(), Error> {
-        self.send(self.req(reqwest::Method::GET, "/health")).await.map(|_| ())
+        self.send(self.req(reqwest::Method::GET, "/health"))
+            .await
+            .map(|_| ())
     }
 }
 

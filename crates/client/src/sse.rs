@@ -27,7 +27,14 @@ pub struct EventStream {
 
 impl EventStream {
     pub(crate) fn new(resp: reqwest::Response) -> Self {
-        Self { headers: resp.headers().clone(), body: Box::pin(resp.bytes_stream()), buf: Vec::new(), id: None, name: None, data: Vec::new() }
+        Self {
+            headers: resp.headers().clone(),
+            body: Box::pin(resp.bytes_stream()),
+            buf: Vec::new(),
+            id: None,
+            name: None,
+            data: Vec::new(),
+        }
     }
 
     pub fn headers(&self) -> &reqwest::header::HeaderMap {
@@ -39,7 +46,9 @@ impl EventStream {
         loop {
             while let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
                 let raw: Vec<u8> = self.buf.drain(..=pos).collect();
-                let line = String::from_utf8_lossy(&raw[..raw.len() - 1]).trim_end_matches('\r').to_string();
+                let line = String::from_utf8_lossy(&raw[..raw.len() - 1])
+                    .trim_end_matches('\r')
+                    .to_string();
                 if let Some(frame) = self.field(&line) {
                     return Some(frame);
                 }
@@ -57,7 +66,16 @@ impl EventStream {
             let name = self.name.take()?;
             let data = std::mem::take(&mut self.data).join("\n");
             let id = self.id.take();
-            return Some(Event::parse(&name, &data).map(|event| Frame { id, event, name, data }).map_err(Error::Protocol));
+            return Some(
+                Event::parse(&name, &data)
+                    .map(|event| Frame {
+                        id,
+                        event,
+                        name,
+                        data,
+                    })
+                    .map_err(Error::Protocol),
+            );
         }
         if line.starts_with(':') {
             return None;

@@ -9,11 +9,17 @@ use serde::de::DeserializeOwned;
 /// Loads `T` from an optional TOML file plus env overrides. On success it also returns the
 /// problems that do not stop deserialization (unknown keys), so the caller can report them together
 /// with its own validation; a type error or unreadable file is returned as `Err` with them.
-pub fn load<T: DeserializeOwned>(path: Option<&Path>, env_prefix: &str, env: &[(String, String)]) -> Result<(T, Vec<String>), Vec<String>> {
+pub fn load<T: DeserializeOwned>(
+    path: Option<&Path>,
+    env_prefix: &str,
+    env: &[(String, String)],
+) -> Result<(T, Vec<String>), Vec<String>> {
     let mut root = match path {
         Some(p) => {
-            let text = std::fs::read_to_string(p).map_err(|e| vec![format!("{}: cannot read: {e}", p.display())])?;
-            text.parse::<toml::Table>().map_err(|e| vec![format!("{}: invalid TOML: {}", p.display(), e.message())])?
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| vec![format!("{}: cannot read: {e}", p.display())])?;
+            text.parse::<toml::Table>()
+                .map_err(|e| vec![format!("{}: invalid TOML: {}", p.display(), e.message())])?
         }
         None => toml::Table::new(),
     };
@@ -31,23 +37,38 @@ pub fn load<T: DeserializeOwned>(path: Option<&Path>, env_prefix: &str, env: &[(
         Ok(v) => Ok((v, problems)),
         Err(e) => {
             let path = e.path().to_string();
-            problems.push(format!("{}: {}", if path == "." { "(root)".into() } else { path }, e.into_inner()));
+            problems.push(format!(
+                "{}: {}",
+                if path == "." { "(root)".into() } else { path },
+                e.into_inner()
+            ));
             Err(problems)
         }
     }
 }
 
 /// Applies `PREFIX__A__B=value` overrides; values parse as TOML scalars or arrays, else strings.
-fn apply_env(root: &mut toml::Table, prefix: &str, env: &[(String, String)], problems: &mut Vec<String>) {
+fn apply_env(
+    root: &mut toml::Table,
+    prefix: &str,
+    env: &[(String, String)],
+    problems: &mut Vec<String>,
+) {
     let head = format!("{prefix}__");
     for (k, v) in env {
-        let Some(rest) = k.strip_prefix(&head) else { continue };
+        let Some(rest) = k.strip_prefix(&head) else {
+            continue;
+        };
         let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
         if path.iter().any(|p| p.is_empty()) {
             problems.push(format!("{k}: malformed override name"));
             continue;
         }
-        let value = format!("v = {v}").parse::<toml::Table>().ok().and_then(|mut t| t.remove("v")).unwrap_or_else(|| toml::Value::String(v.clone()));
+        let value = format!("v = {v}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(v.clone()));
         if let Err(p) = set_path(root, &path, value) {
             problems.push(format!("{k}: {p} is not a table"));
         }
@@ -60,7 +81,10 @@ fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Res
             table.insert(last.clone(), value);
             Ok(())
         }
-        [head, rest @ ..] => match table.entry(head.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new())) {
+        [head, rest @ ..] => match table
+            .entry(head.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+        {
             toml::Value::Table(t) => set_path(t, rest, value),
             _ => Err(head.clone()),
         },
@@ -69,7 +93,12 @@ fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Res
 }
 
 /// Reads a secret given either inline or through its `<key>_file` twin; both set is an error.
-pub fn secret_or_file(key: &str, inline: &Option<String>, file: &Option<std::path::PathBuf>, problems: &mut Vec<String>) -> Option<String> {
+pub fn secret_or_file(
+    key: &str,
+    inline: &Option<String>,
+    file: &Option<std::path::PathBuf>,
+    problems: &mut Vec<String>,
+) -> Option<String> {
     match (inline, file) {
         (Some(_), Some(_)) => {
             problems.push(format!("{key}: set either {key} or {key}_file, not both"));
@@ -107,7 +136,10 @@ mod tests {
     }
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
     }
 
     #[test]
@@ -116,7 +148,16 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let f = dir.join("c.toml");
         std::fs::write(&f, "name = \"a\"\n[queue]\ncapacity = 1\n").unwrap();
-        let (c, problems): (Cfg, _) = load(Some(&f), "X", &env(&[("X__QUEUE__CAPACITY", "128"), ("X__QUEUE__POLICY", "drop-lru"), ("OTHER", "1")])).unwrap();
+        let (c, problems): (Cfg, _) = load(
+            Some(&f),
+            "X",
+            &env(&[
+                ("X__QUEUE__CAPACITY", "128"),
+                ("X__QUEUE__POLICY", "drop-lru"),
+                ("OTHER", "1"),
+            ]),
+        )
+        .unwrap();
         assert!(problems.is_empty());
         assert_eq!(c.queue.capacity, 128);
         assert_eq!(c.queue.policy, "drop-lru");

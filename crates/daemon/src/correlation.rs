@@ -12,8 +12,15 @@ pub struct CorrelationId(pub String);
 
 impl CorrelationId {
     pub fn from_headers(headers: &axum::http::HeaderMap) -> Self {
-        let given = headers.get(api::CORRELATION_HEADER).and_then(|v| v.to_str().ok()).filter(|v| api::valid_correlation_id(v));
-        Self(given.map(str::to_string).unwrap_or_else(|| uuid::Uuid::new_v4().to_string()))
+        let given = headers
+            .get(api::CORRELATION_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| api::valid_correlation_id(v));
+        Self(
+            given
+                .map(str::to_string)
+                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+        )
     }
 }
 
@@ -28,7 +35,11 @@ pub async fn layer(mut req: Request, next: Next) -> Response {
     if let Ok(v) = HeaderValue::from_str(&cid.0) {
         resp.headers_mut().insert(api::CORRELATION_HEADER, v);
     }
-    let identity = resp.extensions().get::<Identity>().map(|i| i.0.clone()).unwrap_or_else(|| "anonymous".into());
+    let identity = resp
+        .extensions()
+        .get::<Identity>()
+        .map(|i| i.0.clone())
+        .unwrap_or_else(|| "anonymous".into());
     tracing::info!(
         event = "http.request",
         correlation_id = %cid.0,

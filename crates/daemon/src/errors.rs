@@ -18,7 +18,8 @@ impl From<ErrorEnvelope> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let env = self.0;
-        let status = StatusCode::from_u16(env.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status =
+            StatusCode::from_u16(env.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let retry = env.retry_after_secs();
         let backoff = env.retry_after_ms;
         let mut resp = (status, axum::Json(&env)).into_response();

@@ -11,7 +11,10 @@ pub mod secret;
 /// Resolves when SIGINT or SIGTERM arrives.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         // Without signal handlers the daemon can only be killed; wait forever rather than exit.
         return std::future::pending().await;
     };
@@ -23,5 +26,8 @@ pub async fn shutdown_signal() {
 
 /// Milliseconds since the Unix epoch (for `*_at_ms` fields only; durations use `Instant`).
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }

@@ -19,9 +19,16 @@ pub fn init(level: &str, json: Option<bool>) {
     let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
     let json = json.unwrap_or_else(|| !std::io::stdout().is_terminal());
     if json {
-        let _ = tracing_subscriber::fmt().with_env_filter(filter).fmt_fields(JsonFields::new()).event_format(JsonLine).try_init();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .fmt_fields(JsonFields::new())
+            .event_format(JsonLine)
+            .try_init();
     } else {
-        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).try_init();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_target(false)
+            .try_init();
     }
 }
 
@@ -32,11 +39,27 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
 {
-    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
         let mut obj = Map::new();
-        obj.insert("ts".into(), Value::String(humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()));
-        obj.insert("level".into(), Value::String(event.metadata().level().as_str().to_ascii_lowercase()));
-        obj.insert("target".into(), Value::String(event.metadata().target().to_string()));
+        obj.insert(
+            "ts".into(),
+            Value::String(
+                humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            ),
+        );
+        obj.insert(
+            "level".into(),
+            Value::String(event.metadata().level().as_str().to_ascii_lowercase()),
+        );
+        obj.insert(
+            "target".into(),
+            Value::String(event.metadata().target().to_string()),
+        );
         if let Some(scope) = ctx.event_scope() {
             for span in scope.from_root() {
                 let ext = span.extensions();
@@ -58,7 +81,8 @@ struct JsonVisitor<'a>(&'a mut Map<String, Value>);
 
 impl Visit for JsonVisitor<'_> {
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.0.insert(key(field), Value::String(format!("{value:?}")));
+        self.0
+            .insert(key(field), Value::String(format!("{value:?}")));
     }
     fn record_str(&mut self, field: &Field, value: &str) {
         self.0.insert(key(field), Value::String(value.to_string()));

@@ -9,7 +9,10 @@ use tokio_util::sync::CancellationToken;
 
 /// Prints every configuration problem and returns exit status 2.
 pub fn refuse(daemon: &str, problems: &[String]) -> ExitCode {
-    eprintln!("{daemon}: refusing to start, the configuration has {} problem(s):", problems.len());
+    eprintln!(
+        "{daemon}: refusing to start, the configuration has {} problem(s):",
+        problems.len()
+    );
     for p in problems {
         eprintln!("  - {p}");
     }
@@ -17,7 +20,11 @@ pub fn refuse(daemon: &str, problems: &[String]) -> ExitCode {
 }
 
 /// Merges unknown-key problems with validation problems: any problem refuses the start.
-pub fn validated<T>(daemon: &str, unknown: Vec<String>, result: Result<T, Vec<String>>) -> Result<T, ExitCode> {
+pub fn validated<T>(
+    daemon: &str,
+    unknown: Vec<String>,
+    result: Result<T, Vec<String>>,
+) -> Result<T, ExitCode> {
     match (result, unknown.is_empty()) {
         (Ok(c), true) => Ok(c),
         (Ok(_), false) => Err(refuse(daemon, &unknown)),
@@ -40,7 +47,9 @@ where
         }
     };
     let result = rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind(bind).await.map_err(|e| format!("cannot bind {bind}: {e}"))?;
+        let listener = tokio::net::TcpListener::bind(bind)
+            .await
+            .map_err(|e| format!("cannot bind {bind}: {e}"))?;
         let shutdown = CancellationToken::new();
         let s = shutdown.clone();
         tokio::spawn(async move {

@@ -53,7 +53,10 @@ pub fn bearer(header: Option<&str>) -> Option<&str> {
     let h = header?;
     let (scheme, token) = h.split_once(' ')?;
     let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() && !token.bytes().any(|b| b.is_ascii_control())).then_some(token)
+    (scheme.eq_ignore_ascii_case("bearer")
+        && !token.is_empty()
+        && !token.bytes().any(|b| b.is_ascii_control()))
+    .then_some(token)
 }
 
 #[cfg(test)]
@@ -64,7 +67,10 @@ mod tests {
     fn secrets_never_print() {
         let s = Secret::new("super-secret-token-value");
         assert!(!format!("{s:?} {s}").contains("super"));
-        assert_eq!(format!("{s}"), format!("token:{}", fingerprint("super-secret-token-value")));
+        assert_eq!(
+            format!("{s}"),
+            format!("token:{}", fingerprint("super-secret-token-value"))
+        );
         assert!(s.matches("super-secret-token-value"));
         assert!(!s.matches("super-secret-token-valuE"));
         assert_eq!(Secret::random_hex(32).expose().len(), 64);

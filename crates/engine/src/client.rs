@@ -113,9 +113,20 @@ pub struct EngineClient {
 
 impl EngineClient {
     pub fn new(base_url: impl Into<String>, key: ApiKey) -> Self {
-        let control = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_default();
-        let streaming = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap_or_default();
-        Self { base: base_url.into(), key, control, streaming }
+        let control = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap_or_default();
+        let streaming = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap_or_default();
+        Self {
+            base: base_url.into(),
+            key,
+            control,
+            streaming,
+        }
     }
 
     pub fn base_url(&self) -> &str {
@@ -128,7 +139,13 @@ impl EngineClient {
 
     /// `GET /health`: `Ok(true)` when 200, `Ok(false)` while loading (503).
     pub async fn health(&self) -> Result<bool, EngineError> {
-        let r = self.control.get(self.url("/health")).timeout(Duration::from_secs(2)).send().await.map_err(|e| EngineError::Connect(e.to_string()))?;
+        let r = self
+            .control
+            .get(self.url("/health"))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .map_err(|e| EngineError::Connect(e.to_string()))?;
         Ok(r.status().is_success())
     }
 
@@ -142,12 +159,27 @@ impl EngineClient {
 
     /// Number of slots with `is_processing: true`.
     pub async fn busy_slots(&self) -> Result<usize, EngineError> {
-        Ok(self.slots().await?.iter().filter(|s| s.is_processing).count())
+        Ok(self
+            .slots()
+            .await?
+            .iter()
+            .filter(|s| s.is_processing)
+            .count())
     }
 
     async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, EngineError> {
-        let r = self.control.get(self.url(path)).bearer_auth(self.key.expose()).send().await.map_err(|e| EngineError::Connect(e.to_string()))?;
-        check_status(r).await?.json().await.map_err(|e| EngineError::Protocol(format!("{path}: {e}")))
+        let r = self
+            .control
+            .get(self.url(path))
+            .bearer_auth(self.key.expose())
+            .send()
+            .await
+            .map_err(|e| EngineError::Connect(e.to_string()))?;
+        check_status(r)
+            .await?
+            .json()
+            .await
+            .map_err(|e| EngineError::Protocol(format!("{path}: {e}")))
     }
 
     /// Renders the model's chat template (`POST /apply-template`) into a prompt.
@@ -164,14 +196,24 @@ impl EngineClient {
             .send()
             .await
             .map_err(|e| EngineError::Connect(e.to_string()))?;
-        let body: Rendered = check_status(r).await?.json().await.map_err(|e| EngineError::Protocol(format!("/apply-template: {e}")))?;
+        let body: Rendered = check_status(r)
+            .await?
+            .json()
+            .await
+            .map_err(|e| EngineError::Protocol(format!("/apply-template: {e}")))?;
         Ok(body.prompt)
     }
 
     /// Starts a streaming `/completion`. Dropping the returned stream closes the connection, which
     /// is how the engine learns of a cancel.
-    pub async fn complete(&self, req: &CompletionRequest) -> Result<impl futures::Stream<Item = FrameResult> + Send + 'static, EngineError> {
-        debug_assert!(req.stream && req.n_predict > 0, "engine requests must stream and cap n_predict");
+    pub async fn complete(
+        &self,
+        req: &CompletionRequest,
+    ) -> Result<impl futures::Stream<Item = FrameResult> + Send + 'static, EngineError> {
+        debug_assert!(
+            req.stream && req.n_predict > 0,
+            "engine requests must stream and cap n_predict"
+        );
         let resp = self
             .streaming
             .post(self.url("/completion"))
@@ -189,7 +231,9 @@ impl EngineClient {
                     .push(&bytes)
                     .into_iter()
                     .map(|item| match item {
-                        SseItem::Data(d) => CompletionFrame::parse(&d).map_err(EngineError::Protocol),
+                        SseItem::Data(d) => {
+                            CompletionFrame::parse(&d).map_err(EngineError::Protocol)
+                        }
                         SseItem::Garbage(g) => Err(EngineError::Protocol(g)),
                     })
                     .collect(),

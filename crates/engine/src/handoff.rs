@@ -68,11 +68,18 @@ pub fn process_start_time(pid: u32) -> Option<u64> {
 
 /// Handoff files in `dir` (`*.json`), each with its parse result.
 pub fn scan(dir: &Path) -> Vec<(PathBuf, Result<HandoffFile, String>)> {
-    let Ok(entries) = std::fs::read_dir(dir) else { return vec![] };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return vec![];
+    };
     let mut out: Vec<_> = entries
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "json") && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+        .filter(|p| {
+            p.extension().is_some_and(|x| x == "json")
+                && !p
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
         .map(|p| {
             let r = HandoffFile::read(&p);
             (p, r)
@@ -95,7 +102,10 @@ mod tests {
             url: "http://127.0.0.1:1".into(),
             pid: me,
             start_time: process_start_time(me).unwrap(),
-            model: HandoffModel { id: "m".into(), model_ref: "file:/m.gguf".into() },
+            model: HandoffModel {
+                id: "m".into(),
+                model_ref: "file:/m.gguf".into(),
+            },
             slots: 1,
             ctx_per_slot: 512,
             engine_version: "b1-x".into(),
@@ -104,8 +114,19 @@ mod tests {
         let path = h.write_atomic(dir.path()).unwrap();
         assert_eq!(HandoffFile::read(&path).unwrap(), h);
         assert!(h.process_matches());
-        assert!(!HandoffFile { start_time: h.start_time + 1, ..h.clone() }.process_matches(), "a recycled pid does not match");
-        assert!(!HandoffFile { pid: 0x7fff_fff0, ..h.clone() }.process_matches());
+        assert!(
+            !HandoffFile {
+                start_time: h.start_time + 1,
+                ..h.clone()
+            }
+            .process_matches(),
+            "a recycled pid does not match"
+        );
+        assert!(!HandoffFile {
+            pid: 0x7fff_fff0,
+            ..h.clone()
+        }
+        .process_matches());
         std::fs::write(dir.path().join("junk.json"), b"{").unwrap();
         let scanned = scan(dir.path());
         assert_eq!(scanned.len(), 2);

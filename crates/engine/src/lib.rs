@@ -11,5 +11,7 @@ pub mod version;
 
 pub use client::{ApiKey, ChatMessage, CompletionRequest, EngineClient, EngineError};
 pub use process::{launch, LaunchError, LaunchSpec, RunningEngine};
-pub use provision::{provision, EngineBuild, EngineSource, GpuPolicy, Progress, ProvisionError, ProvisionRequest};
+pub use provision::{
+    provision, EngineBuild, EngineSource, GpuPolicy, Progress, ProvisionError, ProvisionRequest,
+};
 pub use version::EngineVersion;

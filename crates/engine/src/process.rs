@@ -102,7 +102,12 @@ pub async fn launch(spec: &LaunchSpec) -> Result<RunningEngine, LaunchError> {
         return Err(LaunchError::MissingModel(spec.model_path.clone()));
     }
     let key = ApiKey::random();
-    let key_file = write_key_file(&spec.log_path, &key).await.map_err(|e| LaunchError::Spawn { binary: spec.binary.clone(), reason: e.to_string() })?;
+    let key_file = write_key_file(&spec.log_path, &key)
+        .await
+        .map_err(|e| LaunchError::Spawn {
+            binary: spec.binary.clone(),
+            reason: e.to_string(),
+        })?;
     let result = launch_with_key(spec, key, &key_file).await;
     let _ = tokio::fs::remove_file(&key_file).await;
     result
@@ -111,7 +116,11 @@ pub async fn launch(spec: &LaunchSpec) -> Result<RunningEngine, LaunchError> {
 async fn write_key_file(log_path: &Path, key: &ApiKey) -> std::io::Result<PathBuf> {
     let dir = log_path.parent().unwrap_or(Path::new("."));
     tokio::fs::create_dir_all(dir).await?;
-    let path = dir.join(format!(".key-{}-{}", std::process::id(), rand::random::<u32>()));
+    let path = dir.join(format!(
+        ".key-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
     let mut opts = tokio::fs::OpenOptions::new();
     opts.write(true).create_new(true).mode(0o600);
     let mut f = opts.open(&path).await?;
@@ -120,12 +129,26 @@ async fn write_key_file(log_path: &Path, key: &ApiKey) -> std::io::Result<PathBu
     Ok(path)
 }
 
-async fn launch_with_key(spec: &LaunchSpec, key: ApiKey, key_file: &Path) -> Result<RunningEngine, LaunchError> {
-    let spawn_err = |reason: String| LaunchError::Spawn { binary: spec.binary.clone(), reason };
+async fn launch_with_key(
+    spec: &LaunchSpec,
+    key: ApiKey,
+    key_file: &Path,
+) -> Result<RunningEngine, LaunchError> {
+    let spawn_err = |reason: String| LaunchError::Spawn {
+        binary: spec.binary.clone(),
+        reason,
+    };
     if let Some(dir) = spec.log_path.parent() {
-        tokio::fs::create_dir_all(dir).await.map_err(|e| spawn_err(e.to_string()))?;
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(|e| spawn_err(e.to_string()))?;
     }
-    let log = tokio::fs::OpenOptions::new().create(true).append(true).open(&spec.log_path).await.map_err(|e| spawn_err(e.to_string()))?;
+    let log = tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&spec.log_path)
+        .await
+        .map_err(|e| spawn_err(e.to_string()))?;
     let mut cmd = Command::new(&spec.binary);
     cmd.args(spec.args(key_file))
         .env("CUDA_VISIBLE_DEVICES", &spec.cuda_visible_devices)
@@ -163,9 +186,18 @@ async fn launch_with_key(spec: &LaunchSpec, key: ApiKey, key_file: &Path) -> Res
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let props = client.props().await.map_err(|e| LaunchError::Shape(e.to_string()))?;
-    let slots = client.slots().await.map_err(|e| LaunchError::Shape(e.to_string()))?;
-    if props.total_slots != spec.slots || slots.len() != spec.slots as usize || slots.iter().any(|s| s.n_ctx != spec.ctx_per_slot) {
+    let props = client
+        .props()
+        .await
+        .map_err(|e| LaunchError::Shape(e.to_string()))?;
+    let slots = client
+        .slots()
+        .await
+        .map_err(|e| LaunchError::Shape(e.to_string()))?;
+    if props.total_slots != spec.slots
+        || slots.len() != spec.slots as usize
+        || slots.iter().any(|s| s.n_ctx != spec.ctx_per_slot)
+    {
         return Err(LaunchError::Shape(format!(
             "expected {} slots of {} tokens, engine reports total_slots={} n_ctx={:?}",
             spec.slots,
@@ -174,15 +206,28 @@ async fn launch_with_key(spec: &LaunchSpec, key: ApiKey, key_file: &Path) -> Res
             slots.iter().map(|s| s.n_ctx).collect::<Vec<_>>()
         )));
     }
-    Ok(RunningEngine { child, pid, client, port, build_info: props.build_info, log_path: spec.log_path.clone(), started_at: Instant::now() })
+    Ok(RunningEngine {
+        child,
+        pid,
+        client,
+        port,
+        build_info: props.build_info,
+        log_path: spec.log_path.clone(),
+        started_at: Instant::now(),
+    })
 }
 
 /// Copies the child's stdout and stderr to the log file and reports the port from the
 /// `listening on http://127.0.0.1:<port>` line.
 fn pump_logs(child: &mut Child, log: tokio::fs::File, port_tx: oneshot::Sender<u16>) {
-    let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) else { return };
+    let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) else {
+        return;
+    };
     let (line_tx, mut line_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    for reader in [Box::new(out) as Box<dyn tokio::io::AsyncRead + Unpin + Send>, Box::new(err)] {
+    for reader in [
+        Box::new(out) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+        Box::new(err),
+    ] {
         let tx = line_tx.clone();
         tokio::spawn(async move {
             let mut lines = BufReader::new(reader).lines();
@@ -220,10 +265,16 @@ pub fn parse_listening_port(line: &str) -> Option<u16> {
     hostport.rsplit(':').next()?.parse().ok()
 }
 
-async fn early_exit(status: std::io::Result<std::process::ExitStatus>, log_path: &Path) -> LaunchError {
+async fn early_exit(
+    status: std::io::Result<std::process::ExitStatus>,
+    log_path: &Path,
+) -> LaunchError {
     // Give the log pump a moment to write the child's last words.
     tokio::time::sleep(Duration::from_millis(100)).await;
-    LaunchError::EarlyExit { status: describe_exit(status), tail: log_tail(log_path, 12) }
+    LaunchError::EarlyExit {
+        status: describe_exit(status),
+        tail: log_tail(log_path, 12),
+    }
 }
 
 pub fn describe_exit(status: std::io::Result<std::process::ExitStatus>) -> String {
@@ -268,8 +319,16 @@ mod tests {
 
     #[test]
     fn port_from_log_line() {
-        assert_eq!(parse_listening_port("main: server is listening on http://127.0.0.1:36601 - starting the main loop"), Some(36601));
-        assert_eq!(parse_listening_port("llama_server: listening on http://127.0.0.1:8080"), Some(8080));
+        assert_eq!(
+            parse_listening_port(
+                "main: server is listening on http://127.0.0.1:36601 - starting the main loop"
+            ),
+            Some(36601)
+        );
+        assert_eq!(
+            parse_listening_port("llama_server: listening on http://127.0.0.1:8080"),
+            Some(8080)
+        );
         assert_eq!(parse_listening_port("loading model"), None);
     }
 
@@ -299,32 +358,52 @@ mod tests {
 /// Starts `llama-server` detached from this process (its own process group, output to
 /// `spec.log_path`), for engines handed off to pool-managerd. The key file must stay in place.
 /// Returns the pid and the port once `/health` answers 200.
-pub async fn spawn_detached(spec: &LaunchSpec, key: ApiKey, key_file: &Path) -> Result<(u32, EngineClient), LaunchError> {
-    let spawn_err = |reason: String| LaunchError::Spawn { binary: spec.binary.clone(), reason };
+pub async fn spawn_detached(
+    spec: &LaunchSpec,
+    key: ApiKey,
+    key_file: &Path,
+) -> Result<(u32, EngineClient), LaunchError> {
+    let spawn_err = |reason: String| LaunchError::Spawn {
+        binary: spec.binary.clone(),
+        reason,
+    };
     if !spec.binary.is_file() {
         return Err(LaunchError::MissingBinary(spec.binary.clone()));
     }
     if !spec.model_path.is_file() {
         return Err(LaunchError::MissingModel(spec.model_path.clone()));
     }
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(&spec.log_path).map_err(|e| spawn_err(e.to_string()))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&spec.log_path)
+        .map_err(|e| spawn_err(e.to_string()))?;
     let offset = log.metadata().map(|m| m.len()).unwrap_or(0);
     let err = log.try_clone().map_err(|e| spawn_err(e.to_string()))?;
     let mut cmd = std::process::Command::new(&spec.binary);
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    cmd.args(spec.args(key_file)).env("CUDA_VISIBLE_DEVICES", &spec.cuda_visible_devices).stdin(Stdio::null()).stdout(log).stderr(err);
+    cmd.args(spec.args(key_file))
+        .env("CUDA_VISIBLE_DEVICES", &spec.cuda_visible_devices)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(err);
     let child = cmd.spawn().map_err(|e| spawn_err(e.to_string()))?;
     let pid = child.id();
     // The child is not reaped by us; it belongs to whoever adopts it.
     drop(child);
     let deadline = Instant::now() + spec.start_timeout;
     let port = loop {
-        let text = std::fs::read(&spec.log_path).map(|b| String::from_utf8_lossy(&b[(offset as usize).min(b.len())..]).to_string()).unwrap_or_default();
+        let text = std::fs::read(&spec.log_path)
+            .map(|b| String::from_utf8_lossy(&b[(offset as usize).min(b.len())..]).to_string())
+            .unwrap_or_default();
         if let Some(p) = text.lines().find_map(parse_listening_port) {
             break p;
         }
         if crate::handoff::process_start_time(pid).is_none() {
-            return Err(LaunchError::EarlyExit { status: "exited".into(), tail: log_tail(&spec.log_path, 12) });
+            return Err(LaunchError::EarlyExit {
+                status: "exited".into(),
+                tail: log_tail(&spec.log_path, 12),
+            });
         }
         if Instant::now() > deadline {
             return Err(LaunchError::Timeout(spec.start_timeout));
@@ -334,7 +413,10 @@ pub async fn spawn_detached(spec: &LaunchSpec, key: ApiKey, key_file: &Path) -> 
     let client = EngineClient::new(format!("http://127.0.0.1:{port}"), key);
     while !client.health().await.unwrap_or(false) {
         if crate::handoff::process_start_time(pid).is_none() {
-            return Err(LaunchError::EarlyExit { status: "exited".into(), tail: log_tail(&spec.log_path, 12) });
+            return Err(LaunchError::EarlyExit {
+                status: "exited".into(),
+                tail: log_tail(&spec.log_path, 12),
+            });
         }
         if Instant::now() > deadline {
             return Err(LaunchError::Timeout(spec.start_timeout));

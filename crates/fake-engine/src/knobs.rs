@@ -19,7 +19,13 @@ pub struct Knobs {
 
 impl Default for Knobs {
     fn default() -> Self {
-        Self { load: Duration::ZERO, tokens: 16, token_delay: Duration::from_millis(5), crash_after_tokens: None, fail_status: None }
+        Self {
+            load: Duration::ZERO,
+            tokens: 16,
+            token_delay: Duration::from_millis(5),
+            crash_after_tokens: None,
+            fail_status: None,
+        }
     }
 }
 
@@ -31,16 +37,26 @@ impl Knobs {
     /// Builds the knobs from a variable lookup; empty values count as unset.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
         let var = |name: &str| -> Result<Option<u64>, String> {
-            match get(name).map(|v| v.trim().to_string()).filter(|v| !v.is_empty()) {
+            match get(name)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+            {
                 None => Ok(None),
-                Some(v) => v.parse::<u64>().map(Some).map_err(|_| format!("{name}={v:?} is not a non-negative integer")),
+                Some(v) => v
+                    .parse::<u64>()
+                    .map(Some)
+                    .map_err(|_| format!("{name}={v:?} is not a non-negative integer")),
             }
         };
         let d = Self::default();
         let fail_status = match var("FAKE_FAIL_STATUS")? {
             None => None,
             Some(s) if (400..=599).contains(&s) => Some(s as u16),
-            Some(s) => return Err(format!("FAKE_FAIL_STATUS={s} must be an HTTP error status (400..=599)")),
+            Some(s) => {
+                return Err(format!(
+                    "FAKE_FAIL_STATUS={s} must be an HTTP error status (400..=599)"
+                ))
+            }
         };
         Ok(Self {
             load: var("FAKE_LOAD_MS")?.map_or(d.load, Duration::from_millis),
@@ -58,20 +74,35 @@ mod tests {
     use std::collections::HashMap;
 
     fn knobs(vars: &[(&str, &str)]) -> Result<Knobs, String> {
-        let m: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let m: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Knobs::from_lookup(|k| m.get(k).cloned())
     }
 
     #[test]
     fn defaults_and_overrides() {
         assert_eq!(knobs(&[]).unwrap(), Knobs::default());
-        let k = knobs(&[("FAKE_LOAD_MS", "250"), ("FAKE_TOKENS", "3"), ("FAKE_TOKEN_DELAY_MS", "0"), ("FAKE_CRASH_AFTER_TOKENS", "2"), ("FAKE_FAIL_STATUS", "503")]).unwrap();
+        let k = knobs(&[
+            ("FAKE_LOAD_MS", "250"),
+            ("FAKE_TOKENS", "3"),
+            ("FAKE_TOKEN_DELAY_MS", "0"),
+            ("FAKE_CRASH_AFTER_TOKENS", "2"),
+            ("FAKE_FAIL_STATUS", "503"),
+        ])
+        .unwrap();
         assert_eq!(k.load, Duration::from_millis(250));
         assert_eq!(k.tokens, 3);
         assert_eq!(k.token_delay, Duration::ZERO);
         assert_eq!(k.crash_after_tokens, Some(2));
         assert_eq!(k.fail_status, Some(503));
-        assert_eq!(knobs(&[("FAKE_CRASH_AFTER_TOKENS", " ")]).unwrap().crash_after_tokens, None);
+        assert_eq!(
+            knobs(&[("FAKE_CRASH_AFTER_TOKENS", " ")])
+                .unwrap()
+                .crash_after_tokens,
+            None
+        );
     }
 
     #[test]

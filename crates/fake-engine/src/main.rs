@@ -43,7 +43,11 @@ fn main() {
     if let Some(path) = &args.api_key_file {
         keys.extend(args::read_key_file(path).unwrap_or_else(|e| fail(&e)));
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap_or_else(|e| fail(&format!("tokio runtime: {e}")));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| fail(&format!("tokio runtime: {e}")));
     if let Err(e) = rt.block_on(serve(args, keys, knobs)) {
         fail(&e);
     }
@@ -55,7 +59,9 @@ fn fail(msg: &str) -> ! {
 }
 
 async fn serve(args: args::Args, keys: Vec<String>, knobs: knobs::Knobs) -> Result<(), String> {
-    let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port)).await.map_err(|e| format!("cannot bind {}:{}: {e}", args.host, args.port))?;
+    let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
+        .await
+        .map_err(|e| format!("cannot bind {}:{}: {e}", args.host, args.port))?;
     let port = listener.local_addr().map_err(|e| e.to_string())?.port();
     eprintln!(
         "fake-engine: TEST-ONLY stand-in for llama-server; model={:?} alias={:?} slots={} n_ctx/slot={} metrics={} auth={} knobs={knobs:?} ignored={:?}",
@@ -69,16 +75,27 @@ async fn serve(args: args::Args, keys: Vec<String>, knobs: knobs::Knobs) -> Resu
     );
     let state = server::AppState::new(&args, keys, knobs);
     let app = server::router(state);
-    let host = if args.host.contains(':') { format!("[{}]", args.host) } else { args.host.clone() };
+    let host = if args.host.contains(':') {
+        format!("[{}]", args.host)
+    } else {
+        args.host.clone()
+    };
     eprintln!("main: server is listening on http://{host}:{port} - starting the main loop");
     tokio::spawn(exit_on_signal());
-    axum::serve(listener, app).await.map_err(|e| format!("server: {e}"))
+    axum::serve(listener, app)
+        .await
+        .map_err(|e| format!("server: {e}"))
 }
 
 /// SIGTERM / SIGINT: exit 0 at once (open streams just end), as an orderly engine stop.
 async fn exit_on_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else { return };
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return;
+    };
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}

@@ -45,7 +45,10 @@ impl AppState {
             metrics: args.metrics,
             keys,
             knobs,
-            slots: Slots::with_stats_file(args.slots(), std::env::var_os("FAKE_STATS_FILE").map(std::path::PathBuf::from)),
+            slots: Slots::with_stats_file(
+                args.slots(),
+                std::env::var_os("FAKE_STATS_FILE").map(std::path::PathBuf::from),
+            ),
             started: Instant::now(),
             tokens_predicted: AtomicU64::new(0),
             prompt_tokens: AtomicU64::new(0),
@@ -65,9 +68,15 @@ impl AppState {
         if self.keys.is_empty() {
             return true;
         }
-        let bearer = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        let bearer = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
         let x_api_key = headers.get("x-api-key").and_then(|v| v.to_str().ok());
-        [bearer, x_api_key].into_iter().flatten().any(|k| self.keys.iter().any(|key| key == k.trim()))
+        [bearer, x_api_key]
+            .into_iter()
+            .flatten()
+            .any(|k| self.keys.iter().any(|key| key == k.trim()))
     }
 }
 
@@ -86,7 +95,11 @@ pub fn error_response(status: StatusCode, message: &str) -> Response {
 }
 
 pub fn error_with_type(status: StatusCode, message: &str, kind: &str) -> Response {
-    (status, Json(json!({"error": {"code": status.as_u16(), "message": message, "type": kind}}))).into_response()
+    (
+        status,
+        Json(json!({"error": {"code": status.as_u16(), "message": message, "type": kind}})),
+    )
+        .into_response()
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -154,7 +167,10 @@ async fn apply_template(body: Bytes) -> Response {
         return error_response(StatusCode::BAD_REQUEST, "invalid JSON body");
     };
     let Some(messages) = v["messages"].as_array() else {
-        return error_response(StatusCode::BAD_REQUEST, "'messages' is required and must be an array");
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "'messages' is required and must be an array",
+        );
     };
     match render_chatml(messages) {
         Ok(prompt) => Json(json!({"prompt": prompt})).into_response(),
@@ -165,12 +181,18 @@ async fn apply_template(body: Bytes) -> Response {
 pub fn render_chatml(messages: &[Value]) -> Result<String, String> {
     let mut out = String::new();
     for m in messages {
-        let role = m["role"].as_str().ok_or("each message needs a string 'role'")?;
+        let role = m["role"]
+            .as_str()
+            .ok_or("each message needs a string 'role'")?;
         let content = match &m["content"] {
             Value::String(s) => s.clone(),
             Value::Null => String::new(),
             // OpenAI-style content parts: keep the text parts.
-            Value::Array(parts) => parts.iter().filter_map(|p| p["text"].as_str()).collect::<Vec<_>>().join(""),
+            Value::Array(parts) => parts
+                .iter()
+                .filter_map(|p| p["text"].as_str())
+                .collect::<Vec<_>>()
+                .join(""),
             _ => return Err("'content' must be a string or an array of parts".into()),
         };
         out.push_str(&format!("<|im_start|>{role}\n{content}<|im_end|>\n"));
@@ -181,7 +203,10 @@ pub fn render_chatml(messages: &[Value]) -> Result<String, String> {
 
 async fn metrics(State(st): State<Arc<AppState>>) -> Response {
     if !st.metrics {
-        return error_response(StatusCode::NOT_IMPLEMENTED, "This server does not support metrics endpoint. Start it with `--metrics`");
+        return error_response(
+            StatusCode::NOT_IMPLEMENTED,
+            "This server does not support metrics endpoint. Start it with `--metrics`",
+        );
     }
     let s = st.slots.stats();
     let body = format!(
@@ -211,7 +236,10 @@ mod tests {
 
     #[test]
     fn chatml_rendering() {
-        let msgs = vec![json!({"role": "system", "content": "be brief"}), json!({"role": "user", "content": [{"type": "text", "text": "hi"}]})];
+        let msgs = vec![
+            json!({"role": "system", "content": "be brief"}),
+            json!({"role": "user", "content": [{"type": "text", "text": "hi"}]}),
+        ];
         assert_eq!(render_chatml(&msgs).unwrap(), "<|im_start|>system\nbe brief<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
         assert!(render_chatml(&[json!({"content": "x"})]).is_err());
     }

@@ -78,11 +78,17 @@ impl Slots {
         self.total_requests.fetch_add(1, Ordering::SeqCst);
         self.waiting.fetch_add(1, Ordering::SeqCst);
         let waiting = Waiting(self);
-        let permit = Arc::clone(&self.sem).acquire_owned().await.expect("the slot semaphore is never closed");
+        let permit = Arc::clone(&self.sem)
+            .acquire_owned()
+            .await
+            .expect("the slot semaphore is never closed");
         drop(waiting);
         let id = {
             let mut busy = self.busy_flags();
-            let id = busy.iter().position(|b| !b).expect("a permit guarantees a free slot");
+            let id = busy
+                .iter()
+                .position(|b| !b)
+                .expect("a permit guarantees a free slot");
             busy[id] = true;
             id
         };
@@ -93,7 +99,11 @@ impl Slots {
                 let _ = std::fs::write(path, serde_json::to_vec(&self.stats()).unwrap_or_default());
             }
         }
-        SlotGuard { slots: Arc::clone(self), id, _permit: permit }
+        SlotGuard {
+            slots: Arc::clone(self),
+            id,
+            _permit: permit,
+        }
     }
 
     /// `is_processing` of each slot.
@@ -148,7 +158,15 @@ mod tests {
             t.await.unwrap();
         }
         let st = slots.stats();
-        assert_eq!(st, Stats { max_concurrent: 3, processing: 0, total_requests: 40, waiting: 0 });
+        assert_eq!(
+            st,
+            Stats {
+                max_concurrent: 3,
+                processing: 0,
+                total_requests: 40,
+                waiting: 0
+            }
+        );
         assert_eq!(slots.busy(), vec![false; 3]);
     }
 
@@ -157,20 +175,34 @@ mod tests {
     fn stats_file_ends_with_the_high_water_mark() {
         let dir = std::env::temp_dir().join(format!("fake-stats-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(8).build().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(8)
+            .build()
+            .unwrap();
         for round in 0..20 {
             let path = dir.join(format!("stats-{round}.json"));
             let slots = Slots::with_stats_file(8, Some(path.clone()));
             let held: Vec<SlotGuard> = rt.block_on(async {
-                let tasks: Vec<_> = (0..8).map(|_| tokio::spawn({ let s = Arc::clone(&slots); async move { s.acquire().await } })).collect();
+                let tasks: Vec<_> = (0..8)
+                    .map(|_| {
+                        tokio::spawn({
+                            let s = Arc::clone(&slots);
+                            async move { s.acquire().await }
+                        })
+                    })
+                    .collect();
                 let mut out = vec![];
                 for t in tasks {
                     out.push(t.await.unwrap());
                 }
                 out
             });
-            let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-            assert_eq!(v["max_concurrent"], 8, "round {round}: the file kept an older mark: {v}");
+            let v: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+            assert_eq!(
+                v["max_concurrent"], 8,
+                "round {round}: the file kept an older mark: {v}"
+            );
             drop(held);
         }
         let _ = std::fs::remove_dir_all(&dir);
@@ -192,7 +224,15 @@ mod tests {
         assert_eq!(slots.stats().processing, 4);
         drop(held);
         assert_eq!(fifth.await.unwrap(), 0);
-        assert_eq!(slots.stats(), Stats { max_concurrent: 4, processing: 0, total_requests: 5, waiting: 0 });
+        assert_eq!(
+            slots.stats(),
+            Stats {
+                max_concurrent: 4,
+                processing: 0,
+                total_requests: 5,
+                waiting: 0
+            }
+        );
     }
 
     #[tokio::test]

@@ -26,21 +26,34 @@ fn status(code: StatusCode, msg: &'static str) -> Response {
     (code, msg).into_response()
 }
 
-async fn handle(State(shared): State<Arc<Shared>>, method: Method, uri: Uri, headers: HeaderMap) -> Response {
+async fn handle(
+    State(shared): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
     let route: Option<Route> = {
         let routes = shared.routes.read().unwrap_or_else(|p| p.into_inner());
         routes.get(uri.path()).cloned()
     };
-    let Some(Route { entry, is_cdn }) = route else { return status(StatusCode::NOT_FOUND, "not found\n") };
+    let Some(Route { entry, is_cdn }) = route else {
+        return status(StatusCode::NOT_FOUND, "not found\n");
+    };
     if method != Method::GET && method != Method::HEAD {
         return status(StatusCode::METHOD_NOT_ALLOWED, "GET or HEAD\n");
     }
     if let (Some(token), false) = (&shared.opts.token, is_cdn) {
         let expected = format!("Bearer {token}");
-        let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
         if given != Some(expected.as_str()) {
-            let mut resp = status(StatusCode::UNAUTHORIZED, "a valid bearer token is required\n");
-            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            let mut resp = status(
+                StatusCode::UNAUTHORIZED,
+                "a valid bearer token is required\n",
+            );
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             return resp;
         }
     }
@@ -56,8 +69,15 @@ async fn handle(State(shared): State<Arc<Shared>>, method: Method, uri: Uri, hea
         _ => return status(StatusCode::NOT_FOUND, "registered file is missing\n"),
     };
     let len = meta.len();
-    let mtime = meta.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
-    let etag = format!("\"{len:x}-{mtime:x}{}\"", if shared.opts.corrupt { "-c" } else { "" });
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    let etag = format!(
+        "\"{len:x}-{mtime:x}{}\"",
+        if shared.opts.corrupt { "-c" } else { "" }
+    );
 
     if method == Method::GET && entry.failed.load(Ordering::SeqCst) < shared.opts.fail_first {
         entry.failed.fetch_add(1, Ordering::SeqCst);
@@ -74,7 +94,12 @@ async fn handle(State(shared): State<Arc<Shared>>, method: Method, uri: Uri, hea
             }
             return resp;
         }
-        Err(()) => return status(StatusCode::BAD_REQUEST, "only Range: bytes=N- is supported\n"),
+        Err(()) => {
+            return status(
+                StatusCode::BAD_REQUEST,
+                "only Range: bytes=N- is supported\n",
+            )
+        }
     };
     let from = start.unwrap_or(0);
 
@@ -84,11 +109,16 @@ async fn handle(State(shared): State<Arc<Shared>>, method: Method, uri: Uri, hea
         .header(header::ETAG, etag)
         .header(header::CONTENT_TYPE, "application/octet-stream");
     builder = match start {
-        Some(s) => builder.status(StatusCode::PARTIAL_CONTENT).header(header::CONTENT_RANGE, format!("bytes {s}-{}/{len}", len - 1)),
+        Some(s) => builder.status(StatusCode::PARTIAL_CONTENT).header(
+            header::CONTENT_RANGE,
+            format!("bytes {s}-{}/{len}", len - 1),
+        ),
         None => builder.status(StatusCode::OK),
     };
     if method == Method::HEAD {
-        return builder.body(Body::empty()).unwrap_or_else(|_| status(StatusCode::INTERNAL_SERVER_ERROR, ""));
+        return builder
+            .body(Body::empty())
+            .unwrap_or_else(|_| status(StatusCode::INTERNAL_SERVER_ERROR, ""));
     }
 
     let file = match tokio::fs::File::open(&entry.local).await {
@@ -100,7 +130,16 @@ async fn handle(State(shared): State<Arc<Shared>>, method: Method, uri: Uri, hea
         Some(n) if !entry.interrupted.swap(true, Ordering::SeqCst) => Some(n),
         _ => None,
     };
-    let body = BodyState { file, entry: entry.clone(), pos: from, end: len, started: false, sent: 0, limit, corrupt_at: shared.opts.corrupt.then_some(len / 2) };
+    let body = BodyState {
+        file,
+        entry: entry.clone(),
+        pos: from,
+        end: len,
+        started: false,
+        sent: 0,
+        limit,
+        corrupt_at: shared.opts.corrupt.then_some(len / 2),
+    };
     let stream = futures::stream::unfold(body, |mut st| async move {
         match st.next_chunk().await {
             Ok(Some(chunk)) => Some((Ok(chunk), st)),
@@ -111,13 +150,17 @@ async fn handle(State(shared): State<Arc<Shared>>, method: Method, uri: Uri, hea
             }
         }
     });
-    builder.body(Body::from_stream(stream)).unwrap_or_else(|_| status(StatusCode::INTERNAL_SERVER_ERROR, ""))
+    builder
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| status(StatusCode::INTERNAL_SERVER_ERROR, ""))
 }
 
 /// `Range: bytes=N-` (also `bytes=N-M`, served as `N-`): `Ok(None)` without the header, `Err` for
 /// anything else.
 fn parse_range(headers: &HeaderMap) -> Result<Option<u64>, ()> {
-    let Some(v) = headers.get(header::RANGE) else { return Ok(None) };
+    let Some(v) = headers.get(header::RANGE) else {
+        return Ok(None);
+    };
     let v = v.to_str().map_err(|_| ())?;
     let spec = v.strip_prefix("bytes=").ok_or(())?;
     let (start, _end) = spec.split_once('-').ok_or(())?;
@@ -150,14 +193,20 @@ impl BodyState {
                 // Let the connection flush what was sent (it keeps writing while the body is
                 // pending), then fail the body, which makes the server drop the connection.
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                return Err(io::Error::new(io::ErrorKind::ConnectionAborted, "fileserver: interrupted on purpose"));
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "fileserver: interrupted on purpose",
+                ));
             }
             want = want.min(limit - self.sent);
         }
         let mut buf = vec![0u8; usize::try_from(want).unwrap_or(CHUNK)];
         let n = self.file.read(&mut buf).await?;
         if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "fileserver: file shrank"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "fileserver: file shrank",
+            ));
         }
         buf.truncate(n);
         if let Some(at) = self.corrupt_at {

@@ -109,29 +109,51 @@ pub struct FileServer {
 impl FileServer {
     /// Starts a plain HTTP server on `127.0.0.1:0`. Panics when it cannot bind (a test helper).
     pub async fn start(opts: Options) -> FileServer {
-        let shared = Arc::new(Shared { opts, routes: RwLock::default() });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("fileserver: bind 127.0.0.1:0");
+        let shared = Arc::new(Shared {
+            opts,
+            routes: RwLock::default(),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("fileserver: bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("fileserver: local_addr");
         let app = handler::router(shared.clone());
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        FileServer { addr, tls: false, ca_pem: None, shared, task }
+        FileServer {
+            addr,
+            tls: false,
+            ca_pem: None,
+            shared,
+            task,
+        }
     }
 
     /// Starts an HTTPS server on `127.0.0.1:0` with a self-signed certificate for `localhost` and
     /// `127.0.0.1`, generated now; trust [`FileServer::ca_pem`].
     pub async fn start_tls(opts: Options) -> FileServer {
-        let shared = Arc::new(Shared { opts, routes: RwLock::default() });
+        let shared = Arc::new(Shared {
+            opts,
+            routes: RwLock::default(),
+        });
         let (acceptor, ca_pem) = tls::self_signed().expect("fileserver: self-signed certificate");
-        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("fileserver: bind 127.0.0.1:0");
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("fileserver: bind 127.0.0.1:0");
         let addr = tcp.local_addr().expect("fileserver: local_addr");
         let listener = tls::TlsListener::new(tcp, acceptor);
         let app = handler::router(shared.clone());
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        FileServer { addr, tls: true, ca_pem: Some(ca_pem), shared, task }
+        FileServer {
+            addr,
+            tls: true,
+            ca_pem: Some(ca_pem),
+            shared,
+            task,
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -160,7 +182,13 @@ impl FileServer {
     pub fn serve(&self, url_path: &str, local: impl Into<PathBuf>) {
         let path = normalize(url_path);
         let entry = new_entry(local.into(), None);
-        self.routes().insert(path, Route { entry, is_cdn: false });
+        self.routes().insert(
+            path,
+            Route {
+                entry,
+                is_cdn: false,
+            },
+        );
     }
 
     /// Serves `local` as the Hugging Face artifact `repo` (`org/name`) at `rev`, `path`:
@@ -170,20 +198,34 @@ impl FileServer {
         let cdn = format!("/_cdn/{repo}/{rev}/{path}");
         let entry = new_entry(local.into(), Some(cdn.clone()));
         let mut routes = self.routes();
-        routes.insert(url_path.clone(), Route { entry: entry.clone(), is_cdn: false });
-        routes.insert(cdn, Route { entry, is_cdn: true });
+        routes.insert(
+            url_path.clone(),
+            Route {
+                entry: entry.clone(),
+                is_cdn: false,
+            },
+        );
+        routes.insert(
+            cdn,
+            Route {
+                entry,
+                is_cdn: true,
+            },
+        );
         url_path
     }
 
     /// GET requests answered with the file's bytes (200 or 206, interrupted ones included) for the
     /// file registered at `url_path`; 0 when none is registered there.
     pub fn gets(&self, url_path: &str) -> u64 {
-        self.entry(url_path).map_or(0, |e| e.gets.load(Ordering::SeqCst))
+        self.entry(url_path)
+            .map_or(0, |e| e.gets.load(Ordering::SeqCst))
     }
 
     /// Body bytes handed to the connection for the file registered at `url_path`.
     pub fn bytes_sent(&self, url_path: &str) -> u64 {
-        self.entry(url_path).map_or(0, |e| e.bytes_sent.load(Ordering::SeqCst))
+        self.entry(url_path)
+            .map_or(0, |e| e.bytes_sent.load(Ordering::SeqCst))
     }
 
     fn entry(&self, url_path: &str) -> Option<Arc<Entry>> {
@@ -192,7 +234,10 @@ impl FileServer {
     }
 
     fn routes(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Route>> {
-        self.shared.routes.write().unwrap_or_else(|p| p.into_inner())
+        self.shared
+            .routes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
     }
 }
 

@@ -21,7 +21,9 @@ pub(crate) fn self_signed() -> Result<(TlsAcceptor, Vec<u8>), String> {
     let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
     let certified = rcgen::generate_simple_self_signed(names).map_err(|e| e.to_string())?;
     let pem = certified.cert.pem().into_bytes();
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(certified.signing_key.serialize_der()));
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+        certified.signing_key.serialize_der(),
+    ));
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -43,7 +45,9 @@ pub(crate) struct TlsListener {
 
 impl TlsListener {
     pub(crate) fn new(tcp: TcpListener, acceptor: TlsAcceptor) -> Self {
-        let addr = tcp.local_addr().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let addr = tcp
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
         let (tx, rx) = mpsc::channel(64);
         let accept_loop = tokio::spawn(async move {
             loop {
@@ -57,13 +61,19 @@ impl TlsListener {
                 let acceptor = acceptor.clone();
                 let tx = tx.clone();
                 tokio::spawn(async move {
-                    if let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                    if let Ok(Ok(tls)) =
+                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await
+                    {
                         let _ = tx.send((tls, peer)).await;
                     }
                 });
             }
         });
-        TlsListener { rx, addr, accept_loop }
+        TlsListener {
+            rx,
+            addr,
+            accept_loop,
+        }
     }
 }
 

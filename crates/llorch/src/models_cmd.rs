@@ -2,7 +2,9 @@
 //! activate, remove — and `fetch`, which downloads a model into this machine's model cache.
 //! Human output by default, `--json` for scripts; exit codes as in API.md §18.
 
-use api::catalog::{AvailabilityResponse, ModelAvailability, ModelRecord, ModelState, RegisterModel};
+use api::catalog::{
+    AvailabilityResponse, ModelAvailability, ModelRecord, ModelState, RegisterModel,
+};
 use api::{ErrorCode, ErrorEnvelope};
 use clap::Subcommand;
 
@@ -50,7 +52,12 @@ pub enum ModelsCmd {
 pub async fn run(cmd: Option<ModelsCmd>, c: Conn) -> anyhow::Result<u8> {
     let client = client::Client::new(&c.url, c.token.clone());
     let cmd = cmd.unwrap_or(ModelsCmd::List);
-    if let ModelsCmd::Get { id } | ModelsCmd::Rm { id } | ModelsCmd::Verify { id } | ModelsCmd::Retire { id } | ModelsCmd::Activate { id } = &cmd {
+    if let ModelsCmd::Get { id }
+    | ModelsCmd::Rm { id }
+    | ModelsCmd::Verify { id }
+    | ModelsCmd::Retire { id }
+    | ModelsCmd::Activate { id } = &cmd
+    {
         if !api::ids::valid_name(id) {
             eprintln!("llorch: {id:?} is not a model id (^[a-z0-9][a-z0-9._-]{{0,63}}$)");
             return Ok(2);
@@ -58,12 +65,29 @@ pub async fn run(cmd: Option<ModelsCmd>, c: Conn) -> anyhow::Result<u8> {
     }
     match cmd {
         ModelsCmd::List => list(&client, c.json).await,
-        ModelsCmd::Add { model_ref, id, digest } => {
-            let body = RegisterModel { id, model_ref, digest };
+        ModelsCmd::Add {
+            model_ref,
+            id,
+            digest,
+        } => {
+            let body = RegisterModel {
+                id,
+                model_ref,
+                digest,
+            };
             match client.register_model(&body).await {
                 Ok((m, created)) => {
                     // The outcome goes to stderr in both modes: with --json, stdout is the body.
-                    eprintln!("{} {} ({})", if created { "created" } else { "already registered" }, m.id, m.model_ref);
+                    eprintln!(
+                        "{} {} ({})",
+                        if created {
+                            "created"
+                        } else {
+                            "already registered"
+                        },
+                        m.id,
+                        m.model_ref
+                    );
                     if c.json {
                         println!("{}", serde_json::to_string_pretty(&m)?);
                     }
@@ -75,7 +99,11 @@ pub async fn run(cmd: Option<ModelsCmd>, c: Conn) -> anyhow::Result<u8> {
         ModelsCmd::Get { id } => match client.model(&id).await {
             Ok(m) => {
                 // Where it is served: cheap, and optional (an older server may not have the route).
-                let avail = if c.json { None } else { client.availability().await.ok() };
+                let avail = if c.json {
+                    None
+                } else {
+                    client.availability().await.ok()
+                };
                 let avail = avail.and_then(|a| a.models.into_iter().find(|x| x.id == m.id));
                 print_record(&m, avail.as_ref(), c.json)?;
                 Ok(0)
@@ -104,7 +132,11 @@ pub async fn run(cmd: Option<ModelsCmd>, c: Conn) -> anyhow::Result<u8> {
         },
         ModelsCmd::Retire { id } => set_state(&client, &id, ModelState::Retired, c.json).await,
         ModelsCmd::Activate { id } => set_state(&client, &id, ModelState::Active, c.json).await,
-        ModelsCmd::Fetch { model_ref, digest, models_dir } => fetch(&model_ref, digest.as_deref(), models_dir, c.json).await,
+        ModelsCmd::Fetch {
+            model_ref,
+            digest,
+            models_dir,
+        } => fetch(&model_ref, digest.as_deref(), models_dir, c.json).await,
     }
 }
 
@@ -122,7 +154,12 @@ async fn list(client: &client::Client, json: bool) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-async fn set_state(client: &client::Client, id: &str, state: ModelState, json: bool) -> anyhow::Result<u8> {
+async fn set_state(
+    client: &client::Client,
+    id: &str,
+    state: ModelState,
+    json: bool,
+) -> anyhow::Result<u8> {
     match client.set_model_state(id, state).await {
         Ok(m) => {
             if json {
@@ -136,7 +173,11 @@ async fn set_state(client: &client::Client, id: &str, state: ModelState, json: b
     }
 }
 
-fn print_record(m: &ModelRecord, avail: Option<&ModelAvailability>, json: bool) -> anyhow::Result<()> {
+fn print_record(
+    m: &ModelRecord,
+    avail: Option<&ModelAvailability>,
+    json: bool,
+) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(m)?);
     } else {
@@ -169,7 +210,12 @@ pub fn envelope_exit_code(env: &ErrorEnvelope) -> u8 {
 /// `models fetch`: downloads `model_ref` into this machine's model cache with a progress bar, then
 /// prints where it is. Exit codes: 2 for a malformed ref or digest, 1 for a digest mismatch or any
 /// other failure, 4 for network trouble worth retrying.
-async fn fetch(model_ref: &str, digest: Option<&str>, models_dir: Option<std::path::PathBuf>, json: bool) -> anyhow::Result<u8> {
+async fn fetch(
+    model_ref: &str,
+    digest: Option<&str>,
+    models_dir: Option<std::path::PathBuf>,
+    json: bool,
+) -> anyhow::Result<u8> {
     let r = match api::model_ref::ModelRef::parse(model_ref) {
         Ok(r) => r,
         Err(api::model_ref::ModelRefError::Untrusted(why)) => {
@@ -191,14 +237,24 @@ async fn fetch(model_ref: &str, digest: Option<&str>, models_dir: Option<std::pa
         Err(e) => return Ok(fetch_failed(&e)),
     };
     let bar = crate::progress::ByteProgress::new("fetch");
-    let result = cache.fetch(&r, digest, &|p: models::Progress| bar.update(p.bytes_done, p.bytes_total)).await;
+    let result = cache
+        .fetch(&r, digest, &|p: models::Progress| {
+            bar.update(p.bytes_done, p.bytes_total)
+        })
+        .await;
     bar.finish();
     let f = match result {
         Ok(f) => f,
         Err(e) => return Ok(fetch_failed(&e)),
     };
     if json {
-        let body = FetchedJson { path: &f.path, digest: &f.digest, size_bytes: f.size_bytes, metadata: &f.metadata, downloaded_bytes: f.downloaded_bytes };
+        let body = FetchedJson {
+            path: &f.path,
+            digest: &f.digest,
+            size_bytes: f.size_bytes,
+            metadata: &f.metadata,
+            downloaded_bytes: f.downloaded_bytes,
+        };
         println!("{}", serde_json::to_string_pretty(&body)?);
     } else {
         print!("{}", render_fetched(&f));
@@ -223,23 +279,40 @@ fn fetch_failed(e: &models::FetchError) -> u8 {
 
 /// pool-managerd's default `cache.models_dir`: `~/.cache/llama-orch/models`.
 fn default_models_dir() -> std::path::PathBuf {
-    let home = std::env::var_os("HOME").map(std::path::PathBuf::from).unwrap_or_else(|| std::path::PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from("."));
     home.join(".cache").join("llama-orch").join("models")
 }
 
 /// What `models fetch` prints: path, digest, size (and what was downloaded now), GGUF facts.
 pub fn render_fetched(f: &models::Fetched) -> String {
     let g = &f.metadata;
-    let mut facts: Vec<String> =
-        [g.architecture.clone(), g.parameter_count.map(|p| format!("{} parameters", human_count(p))), g.quantization.clone(), g.context_length.map(|c| format!("ctx {c}"))]
-            .into_iter()
-            .flatten()
-            .collect();
+    let mut facts: Vec<String> = [
+        g.architecture.clone(),
+        g.parameter_count
+            .map(|p| format!("{} parameters", human_count(p))),
+        g.quantization.clone(),
+        g.context_length.map(|c| format!("ctx {c}")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     if g.chat_template {
         facts.push("chat template".into());
     }
-    let downloaded = if f.downloaded_bytes == 0 { "nothing downloaded".to_string() } else { format!("{} downloaded", human_bytes(f.downloaded_bytes)) };
-    let mut out = format!("path    {}\ndigest  {}\nsize    {} ({} bytes; {downloaded})\n", f.path.display(), f.digest, human_bytes(f.size_bytes), f.size_bytes);
+    let downloaded = if f.downloaded_bytes == 0 {
+        "nothing downloaded".to_string()
+    } else {
+        format!("{} downloaded", human_bytes(f.downloaded_bytes))
+    };
+    let mut out = format!(
+        "path    {}\ndigest  {}\nsize    {} ({} bytes; {downloaded})\n",
+        f.path.display(),
+        f.digest,
+        human_bytes(f.size_bytes),
+        f.size_bytes
+    );
     if !facts.is_empty() {
         out.push_str(&format!("gguf    {}\n", facts.join(", ")));
     }
@@ -310,7 +383,17 @@ pub fn render_list(models: &[ModelRecord], avail: Option<&AvailabilityResponse>)
         .iter()
         .map(|m| {
             let serving = match avail {
-                Some(a) => a.models.iter().find(|x| x.id == m.id).map_or(0, |x| x.serving.iter().filter(|p| p.state == api::node::PoolState::Ready).count()).to_string(),
+                Some(a) => a
+                    .models
+                    .iter()
+                    .find(|x| x.id == m.id)
+                    .map_or(0, |x| {
+                        x.serving
+                            .iter()
+                            .filter(|p| p.state == api::node::PoolState::Ready)
+                            .count()
+                    })
+                    .to_string(),
                 None => "-".into(),
             };
             vec![
@@ -318,13 +401,28 @@ pub fn render_list(models: &[ModelRecord], avail: Option<&AvailabilityResponse>)
                 m.state.as_str().into(),
                 m.size_bytes.map_or_else(|| "-".into(), human_bytes),
                 short_digest(m.digest.as_deref()),
-                if m.locations.is_empty() { "-".into() } else { m.locations.join(",") },
+                if m.locations.is_empty() {
+                    "-".into()
+                } else {
+                    m.locations.join(",")
+                },
                 serving,
                 m.model_ref.clone(),
             ]
         })
         .collect();
-    render_table(&["ID", "STATE", "SIZE", "DIGEST", "LOCATIONS", "SERVING", "REF"], &rows)
+    render_table(
+        &[
+            "ID",
+            "STATE",
+            "SIZE",
+            "DIGEST",
+            "LOCATIONS",
+            "SERVING",
+            "REF",
+        ],
+        &rows,
+    )
 }
 
 /// The `models get` view: every record field, the GGUF metadata and, when known, availability.
@@ -333,31 +431,90 @@ pub fn render_record(m: &ModelRecord, avail: Option<&ModelAvailability>) -> Stri
         ("id", m.id.clone()),
         ("ref", m.model_ref.clone()),
         ("state", m.state.as_str().into()),
-        ("digest", m.digest.clone().unwrap_or_else(|| "- (recorded at the first verified fetch or load)".into())),
-        ("size", m.size_bytes.map_or_else(|| "-".into(), |b| format!("{} ({b} bytes)", human_bytes(b)))),
+        (
+            "digest",
+            m.digest
+                .clone()
+                .unwrap_or_else(|| "- (recorded at the first verified fetch or load)".into()),
+        ),
+        (
+            "size",
+            m.size_bytes
+                .map_or_else(|| "-".into(), |b| format!("{} ({b} bytes)", human_bytes(b))),
+        ),
         (
             "verified",
-            m.last_verified_ms.map_or_else(|| "never".into(), |ms| humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string()),
+            m.last_verified_ms.map_or_else(
+                || "never".into(),
+                |ms| {
+                    humantime::format_rfc3339_seconds(
+                        std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
+                    )
+                    .to_string()
+                },
+            ),
         ),
-        ("locations", if m.locations.is_empty() { "-".into() } else { m.locations.join(", ") }),
+        (
+            "locations",
+            if m.locations.is_empty() {
+                "-".into()
+            } else {
+                m.locations.join(", ")
+            },
+        ),
     ];
     if let Some(a) = avail {
-        let serving: Vec<String> = a.serving.iter().map(|p| format!("{}/{} {} ({} free)", p.node_id, p.pool_id, p.state.as_str(), p.slots_free)).collect();
-        rows.push(("serving", if serving.is_empty() { "-".into() } else { serving.join(", ") }));
+        let serving: Vec<String> = a
+            .serving
+            .iter()
+            .map(|p| {
+                format!(
+                    "{}/{} {} ({} free)",
+                    p.node_id,
+                    p.pool_id,
+                    p.state.as_str(),
+                    p.slots_free
+                )
+            })
+            .collect();
+        rows.push((
+            "serving",
+            if serving.is_empty() {
+                "-".into()
+            } else {
+                serving.join(", ")
+            },
+        ));
     }
     match &m.metadata {
         Some(g) => {
             let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
             rows.push(("architecture", opt(g.architecture.clone())));
-            rows.push(("context", opt(g.context_length.map(|c| format!("{c} tokens (trained)")))));
-            rows.push(("parameters", opt(g.parameter_count.map(|p| format!("{} ({p})", human_count(p))))));
+            rows.push((
+                "context",
+                opt(g.context_length.map(|c| format!("{c} tokens (trained)"))),
+            ));
+            rows.push((
+                "parameters",
+                opt(g
+                    .parameter_count
+                    .map(|p| format!("{} ({p})", human_count(p)))),
+            ));
             rows.push(("quantization", opt(g.quantization.clone())));
-            rows.push(("chat template", if g.chat_template { "yes" } else { "no" }.into()));
+            rows.push((
+                "chat template",
+                if g.chat_template { "yes" } else { "no" }.into(),
+            ));
         }
-        None => rows.push(("metadata", "- (read from the GGUF header at the first verified fetch or load)".into())),
+        None => rows.push((
+            "metadata",
+            "- (read from the GGUF header at the first verified fetch or load)".into(),
+        )),
     }
     let w = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
-    rows.iter().map(|(k, v)| format!("{k:<w$}  {v}\n")).collect()
+    rows.iter()
+        .map(|(k, v)| format!("{k:<w$}  {v}\n"))
+        .collect()
 }
 
 #[cfg(test)]
@@ -382,20 +539,30 @@ mod tests {
 
     fn api_error(code: ErrorCode, retriable: bool) -> client::Error {
         let envelope = ErrorEnvelope::new(code, "x").with_retriable(retriable);
-        client::Error::Api { status: envelope.http_status(), envelope, headers: Box::default() }
+        client::Error::Api {
+            status: envelope.http_status(),
+            envelope,
+            headers: Box::default(),
+        }
     }
 
     #[test]
     fn exit_codes() {
         assert_eq!(exit_code(&api_error(ErrorCode::InvalidParams, false)), 2);
-        assert_eq!(exit_code(&api_error(ErrorCode::UntrustedArtifact, false)), 1);
+        assert_eq!(
+            exit_code(&api_error(ErrorCode::UntrustedArtifact, false)),
+            1
+        );
         assert_eq!(exit_code(&api_error(ErrorCode::Conflict, false)), 1);
         assert_eq!(exit_code(&api_error(ErrorCode::NotFound, false)), 1);
         assert_eq!(exit_code(&api_error(ErrorCode::MissingToken, false)), 3);
         assert_eq!(exit_code(&api_error(ErrorCode::BadToken, false)), 3);
         assert_eq!(exit_code(&api_error(ErrorCode::AdmissionReject, true)), 4);
         assert_eq!(exit_code(&api_error(ErrorCode::ModelNotAvailable, true)), 4);
-        assert_eq!(exit_code(&api_error(ErrorCode::ModelNotAvailable, false)), 1);
+        assert_eq!(
+            exit_code(&api_error(ErrorCode::ModelNotAvailable, false)),
+            1
+        );
         assert_eq!(exit_code(&api_error(ErrorCode::Internal, false)), 1);
         assert_eq!(exit_code(&client::Error::Transport("refused".into())), 1);
         assert_eq!(exit_code(&client::Error::Protocol("?".into())), 1);
@@ -405,9 +572,27 @@ mod tests {
     fn fetch_exit_codes() {
         use models::FetchError;
         let code = |e: FetchError| envelope_exit_code(&e.envelope());
-        assert_eq!(code(FetchError::DigestMismatch { expected: "sha256:aa".into(), actual: "sha256:bb".into() }), 1);
-        assert_eq!(code(FetchError::Network { message: "reset".into(), retriable: true }), 4);
-        assert_eq!(code(FetchError::Network { message: "tls".into(), retriable: false }), 1);
+        assert_eq!(
+            code(FetchError::DigestMismatch {
+                expected: "sha256:aa".into(),
+                actual: "sha256:bb".into()
+            }),
+            1
+        );
+        assert_eq!(
+            code(FetchError::Network {
+                message: "reset".into(),
+                retriable: true
+            }),
+            4
+        );
+        assert_eq!(
+            code(FetchError::Network {
+                message: "tls".into(),
+                retriable: false
+            }),
+            1
+        );
         assert_eq!(code(FetchError::Busy("x".into())), 4);
         assert_eq!(code(FetchError::NotFound("x".into())), 1);
         assert_eq!(code(FetchError::Unauthorized("x".into())), 1);
@@ -416,17 +601,56 @@ mod tests {
     #[tokio::test]
     async fn fetch_refuses_bad_input_before_any_io() {
         let dir = std::env::temp_dir().join(format!("llorch-fetch-{}", std::process::id()));
-        assert_eq!(fetch("hf:org/repo/model.bin", None, Some(dir.clone()), false).await.ok(), Some(2), "bad ref");
-        assert_eq!(fetch("relative/path.gguf", None, Some(dir.clone()), false).await.ok(), Some(2), "not a ref");
-        assert_eq!(fetch("http://example.com/m.gguf", None, Some(dir.clone()), false).await.ok(), Some(1), "untrusted");
-        assert_eq!(fetch("hf:org/repo/m.gguf", Some("md5:00"), Some(dir.clone()), false).await.ok(), Some(2), "bad digest");
+        assert_eq!(
+            fetch("hf:org/repo/model.bin", None, Some(dir.clone()), false)
+                .await
+                .ok(),
+            Some(2),
+            "bad ref"
+        );
+        assert_eq!(
+            fetch("relative/path.gguf", None, Some(dir.clone()), false)
+                .await
+                .ok(),
+            Some(2),
+            "not a ref"
+        );
+        assert_eq!(
+            fetch("http://example.com/m.gguf", None, Some(dir.clone()), false)
+                .await
+                .ok(),
+            Some(1),
+            "untrusted"
+        );
+        assert_eq!(
+            fetch(
+                "hf:org/repo/m.gguf",
+                Some("md5:00"),
+                Some(dir.clone()),
+                false
+            )
+            .await
+            .ok(),
+            Some(2),
+            "bad digest"
+        );
         assert!(!dir.exists(), "nothing was created");
     }
 
     #[tokio::test]
     async fn fetch_of_a_missing_file_model_fails_with_1() {
         let dir = std::env::temp_dir().join(format!("llorch-fetch-missing-{}", std::process::id()));
-        assert_eq!(fetch("file:/nonexistent/llorch-test/m.gguf", None, Some(dir.clone()), false).await.ok(), Some(1));
+        assert_eq!(
+            fetch(
+                "file:/nonexistent/llorch-test/m.gguf",
+                None,
+                Some(dir.clone()),
+                false
+            )
+            .await
+            .ok(),
+            Some(1)
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 
@@ -459,7 +683,10 @@ mod tests {
 
     #[test]
     fn digests_and_counts() {
-        assert_eq!(short_digest(Some(&format!("sha256:{}", "0123456789abcdef".repeat(4)))), "0123456789ab");
+        assert_eq!(
+            short_digest(Some(&format!("sha256:{}", "0123456789abcdef".repeat(4)))),
+            "0123456789ab"
+        );
         assert_eq!(short_digest(None), "-");
         assert_eq!(human_count(134_515_008), "135M");
         assert_eq!(human_count(1_711_376_384), "1.7B");
@@ -470,7 +697,13 @@ mod tests {
 
     #[test]
     fn table_columns_align() {
-        let t = render_table(&["A", "BB", "C"], &[vec!["long".into(), "x".into(), "last col".into()], vec!["s".into(), "".into(), "z".into()]]);
+        let t = render_table(
+            &["A", "BB", "C"],
+            &[
+                vec!["long".into(), "x".into(), "last col".into()],
+                vec!["s".into(), "".into(), "z".into()],
+            ],
+        );
         assert_eq!(t, "A     BB  C\nlong  x   last col\ns         z\n");
     }
 
@@ -488,19 +721,42 @@ mod tests {
                 state: ModelState::Active,
                 cached_on: vec!["alpha".into()],
                 serving: vec![
-                    ServingPool { node_id: "alpha".into(), pool_id: "gpu0".into(), state: PoolState::Ready, slots_free: 1 },
-                    ServingPool { node_id: "alpha".into(), pool_id: "gpu1".into(), state: PoolState::Starting, slots_free: 0 },
-                    ServingPool { node_id: "beta".into(), pool_id: "cpu0".into(), state: PoolState::Ready, slots_free: 0 },
+                    ServingPool {
+                        node_id: "alpha".into(),
+                        pool_id: "gpu0".into(),
+                        state: PoolState::Ready,
+                        slots_free: 1,
+                    },
+                    ServingPool {
+                        node_id: "alpha".into(),
+                        pool_id: "gpu1".into(),
+                        state: PoolState::Starting,
+                        slots_free: 0,
+                    },
+                    ServingPool {
+                        node_id: "beta".into(),
+                        pool_id: "cpu0".into(),
+                        state: PoolState::Ready,
+                        slots_free: 0,
+                    },
                 ],
             }],
         };
         let t = render_list(&models, Some(&avail));
         let lines: Vec<&str> = t.lines().collect();
-        assert_eq!(lines[0], "ID       STATE    SIZE       DIGEST        LOCATIONS   SERVING  REF");
+        assert_eq!(
+            lines[0],
+            "ID       STATE    SIZE       DIGEST        LOCATIONS   SERVING  REF"
+        );
         assert_eq!(lines[1], "smollm2  Active   100.1 MiB  ab12ab12ab12  alpha,beta  2        hf:org/repo/smollm2.gguf");
         assert_eq!(lines[2], "other    Retired  -          -             -           0        hf:org/repo/other.gguf");
         let t = render_list(&models[..1], None);
-        assert!(t.lines().nth(1).is_some_and(|l| l.contains("alpha,beta  -        hf:")), "{t}");
+        assert!(
+            t.lines()
+                .nth(1)
+                .is_some_and(|l| l.contains("alpha,beta  -        hf:")),
+            "{t}"
+        );
     }
 
     #[test]
@@ -524,7 +780,12 @@ mod tests {
             id: "smollm2".into(),
             state: ModelState::Active,
             cached_on: vec![],
-            serving: vec![ServingPool { node_id: "alpha".into(), pool_id: "gpu0".into(), state: PoolState::Ready, slots_free: 2 }],
+            serving: vec![ServingPool {
+                node_id: "alpha".into(),
+                pool_id: "gpu0".into(),
+                state: PoolState::Ready,
+                slots_free: 2,
+            }],
         };
         let v = render_record(&m, Some(&avail));
         for line in [
@@ -539,6 +800,10 @@ mod tests {
         }
         m.metadata = Some(GgufInfo::default());
         let v = render_record(&m, None);
-        assert!(v.lines().any(|l| l == "architecture   -") && v.lines().any(|l| l == "chat template  no"), "{v}");
+        assert!(
+            v.lines().any(|l| l == "architecture   -")
+                && v.lines().any(|l| l == "chat template  no"),
+            "{v}"
+        );
     }
 }

@@ -6,7 +6,12 @@ use clap::{Args, Subcommand};
 /// Where orchestratord is and how output is printed; shared by every client subcommand.
 #[derive(Args)]
 pub struct Conn {
-    #[arg(long, env = "LLORCH_URL", default_value = "http://127.0.0.1:8080", global = true)]
+    #[arg(
+        long,
+        env = "LLORCH_URL",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
     pub url: String,
     #[arg(long, env = "LLORCH_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
@@ -68,11 +73,22 @@ pub async fn nodes(c: Conn) -> anyhow::Result<u8> {
         println!("{}", serde_json::to_string_pretty(&n)?);
         return Ok(0);
     }
-    println!("{:<20} {:<8} {:<28} {:>5} {:>6} {:>10}", "NODE", "STATUS", "ADDRESS", "POOLS", "GPUS", "HEARTBEAT");
+    println!(
+        "{:<20} {:<8} {:<28} {:>5} {:>6} {:>10}",
+        "NODE", "STATUS", "ADDRESS", "POOLS", "GPUS", "HEARTBEAT"
+    );
     let now = now_ms();
     for n in n.nodes {
         let age = now.saturating_sub(n.last_heartbeat_ms) / 1000;
-        println!("{:<20} {:<8} {:<28} {:>5} {:>6} {:>9}s", n.node_id, format!("{:?}", n.status), n.address, n.pools.len(), n.capabilities.gpus.len(), age);
+        println!(
+            "{:<20} {:<8} {:<28} {:>5} {:>6} {:>9}s",
+            n.node_id,
+            format!("{:?}", n.status),
+            n.address,
+            n.pools.len(),
+            n.capabilities.gpus.len(),
+            age
+        );
     }
     Ok(0)
 }
@@ -95,8 +111,13 @@ pub async fn pools_cmd(cmd: Option<PoolsCmd>, c: Conn) -> anyhow::Result<u8> {
     let client = client::Client::new(&c.url, c.token.clone());
     let accepted = match cmd {
         None | Some(PoolsCmd::List) => return pools(c).await,
-        Some(PoolsCmd::Drain { pool_id, deadline_ms }) => client.drain_pool(&pool_id, Some(deadline_ms)).await,
-        Some(PoolsCmd::Reload { pool_id, model_ref }) => client.reload_pool(&pool_id, &model_ref).await,
+        Some(PoolsCmd::Drain {
+            pool_id,
+            deadline_ms,
+        }) => client.drain_pool(&pool_id, Some(deadline_ms)).await,
+        Some(PoolsCmd::Reload { pool_id, model_ref }) => {
+            client.reload_pool(&pool_id, &model_ref).await
+        }
     };
     match accepted {
         Ok(a) if c.json => {
@@ -104,7 +125,12 @@ pub async fn pools_cmd(cmd: Option<PoolsCmd>, c: Conn) -> anyhow::Result<u8> {
             Ok(0)
         }
         Ok(a) => {
-            eprintln!("pool {} is {} (command {})", a.pool_id, a.state.as_str(), a.command_id);
+            eprintln!(
+                "pool {} is {} (command {})",
+                a.pool_id,
+                a.state.as_str(),
+                a.command_id
+            );
             Ok(0)
         }
         Err(e) => Ok(crate::run_cmd::refusal(&e)),
@@ -121,7 +147,10 @@ pub async fn pools(c: Conn) -> anyhow::Result<u8> {
         println!("{}", serde_json::to_string_pretty(&p)?);
         return Ok(0);
     }
-    println!("{:<16} {:<16} {:<10} {:<28} {:>9} {:>7} {:>7} {:<8}", "POOL", "NODE", "STATE", "MODEL", "SLOTS", "QUEUED", "RUNNING", "DEVICES");
+    println!(
+        "{:<16} {:<16} {:<10} {:<28} {:>9} {:>7} {:>7} {:<8}",
+        "POOL", "NODE", "STATE", "MODEL", "SLOTS", "QUEUED", "RUNNING", "DEVICES"
+    );
     for p in p.pools {
         let model = p.model.map(|m| m.id).unwrap_or_else(|| "-".into());
         println!(
@@ -144,5 +173,8 @@ pub async fn pools(c: Conn) -> anyhow::Result<u8> {
 }
 
 fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }

@@ -12,14 +12,21 @@ pub struct BuildProgress {
 
 impl BuildProgress {
     pub fn new() -> Self {
-        Self { tty: std::io::stderr().is_terminal(), last_decile: AtomicU8::new(u8::MAX) }
+        Self {
+            tty: std::io::stderr().is_terminal(),
+            last_decile: AtomicU8::new(u8::MAX),
+        }
     }
 
     pub fn report(&self, p: Progress) {
         let mut err = std::io::stderr();
         match p {
             Progress::Step(s) => {
-                let _ = writeln!(err, "{}[engine] {s}", if self.tty { "\r\x1b[2K" } else { "" });
+                let _ = writeln!(
+                    err,
+                    "{}[engine] {s}",
+                    if self.tty { "\r\x1b[2K" } else { "" }
+                );
             }
             Progress::Build { pct, line } => {
                 if self.tty {
@@ -72,7 +79,9 @@ impl PlainLines {
                 true
             }
             None => {
-                if self.last_at.is_some_and(|at| elapsed.saturating_sub(at) < std::time::Duration::from_secs(10)) {
+                if self.last_at.is_some_and(|at| {
+                    elapsed.saturating_sub(at) < std::time::Duration::from_secs(10)
+                }) {
                     return false;
                 }
                 self.last_at = Some(elapsed);
@@ -84,24 +93,40 @@ impl PlainLines {
 
 impl ByteProgress {
     pub fn new(label: impl Into<String>) -> Self {
-        Self { label: label.into(), tty: std::io::stderr().is_terminal(), t0: std::time::Instant::now(), state: Default::default() }
+        Self {
+            label: label.into(),
+            tty: std::io::stderr().is_terminal(),
+            t0: std::time::Instant::now(),
+            state: Default::default(),
+        }
     }
 
     /// Reports `done` of `total` bytes.
     pub fn update(&self, done: u64, total: Option<u64>) {
         let elapsed = self.t0.elapsed();
-        let Ok(mut st) = self.state.lock() else { return };
+        let Ok(mut st) = self.state.lock() else {
+            return;
+        };
         let base = *st.base.get_or_insert(done);
         let rate = rate(done.saturating_sub(base), elapsed);
         let mut err = std::io::stderr();
         if self.tty {
             let finished = total.is_some_and(|t| done >= t);
-            if !finished && st.last_draw.is_some_and(|at| elapsed.saturating_sub(at) < std::time::Duration::from_millis(100)) {
+            if !finished
+                && st.last_draw.is_some_and(|at| {
+                    elapsed.saturating_sub(at) < std::time::Duration::from_millis(100)
+                })
+            {
                 return;
             }
             st.last_draw = Some(elapsed);
             st.drawn = true;
-            let _ = write!(err, "\r\x1b[2K[{}] {}", self.label, render_bar(done, total, rate, 24));
+            let _ = write!(
+                err,
+                "\r\x1b[2K[{}] {}",
+                self.label,
+                render_bar(done, total, rate, 24)
+            );
         } else if st.plain.due(done, total, elapsed) {
             let _ = writeln!(err, "[{}] {}", self.label, render_plain(done, total, rate));
         }
@@ -124,23 +149,43 @@ pub fn rate(bytes: u64, elapsed: std::time::Duration) -> Option<f64> {
 /// `[#########---------------]  37%  37.0 MiB / 100.0 MiB  12.3 MiB/s  ETA 5s`; without a total,
 /// `37.0 MiB  12.3 MiB/s`.
 pub fn render_bar(done: u64, total: Option<u64>, rate: Option<f64>, width: usize) -> String {
-    let speed = rate.map(|r| format!("  {}/s", human_bytes(r as u64))).unwrap_or_default();
-    let Some(total) = total.filter(|t| *t > 0) else { return format!("{}{speed}", human_bytes(done)) };
+    let speed = rate
+        .map(|r| format!("  {}/s", human_bytes(r as u64)))
+        .unwrap_or_default();
+    let Some(total) = total.filter(|t| *t > 0) else {
+        return format!("{}{speed}", human_bytes(done));
+    };
     let done = done.min(total);
     let filled = ((done as u128 * width as u128) / total as u128) as usize;
     let pct = (done as u128 * 100 / total as u128) as u64;
     let eta = match rate {
-        Some(r) if r > 0.0 && done < total => format!("  ETA {}", human_duration(((total - done) as f64 / r).ceil() as u64)),
+        Some(r) if r > 0.0 && done < total => format!(
+            "  ETA {}",
+            human_duration(((total - done) as f64 / r).ceil() as u64)
+        ),
         _ => String::new(),
     };
-    format!("[{}{}] {pct:>3}%  {} / {}{speed}{eta}", "#".repeat(filled), "-".repeat(width - filled), human_bytes(done), human_bytes(total))
+    format!(
+        "[{}{}] {pct:>3}%  {} / {}{speed}{eta}",
+        "#".repeat(filled),
+        "-".repeat(width - filled),
+        human_bytes(done),
+        human_bytes(total)
+    )
 }
 
 /// `37% (37.0 MiB / 100.0 MiB, 12.3 MiB/s)`, for logs and pipes.
 pub fn render_plain(done: u64, total: Option<u64>, rate: Option<f64>) -> String {
-    let speed = rate.map(|r| format!(", {}/s", human_bytes(r as u64))).unwrap_or_default();
+    let speed = rate
+        .map(|r| format!(", {}/s", human_bytes(r as u64)))
+        .unwrap_or_default();
     match total.filter(|t| *t > 0) {
-        Some(t) => format!("{}% ({} / {}{speed})", done.min(t) as u128 * 100 / t as u128, human_bytes(done.min(t)), human_bytes(t)),
+        Some(t) => format!(
+            "{}% ({} / {}{speed})",
+            done.min(t) as u128 * 100 / t as u128,
+            human_bytes(done.min(t)),
+            human_bytes(t)
+        ),
         None => format!("{}{}", human_bytes(done), speed.replacen(", ", " at ", 1)),
     }
 }
@@ -198,31 +243,59 @@ mod tests {
     #[test]
     fn bar_with_a_total() {
         let r = rate(25 * MIB, Duration::from_secs(2));
-        assert_eq!(render_bar(25 * MIB, Some(100 * MIB), r, 20), "[#####---------------]  25%  25.0 MiB / 100.0 MiB  12.5 MiB/s  ETA 6s");
-        assert_eq!(render_bar(100 * MIB, Some(100 * MIB), r, 10), "[##########] 100%  100.0 MiB / 100.0 MiB  12.5 MiB/s");
+        assert_eq!(
+            render_bar(25 * MIB, Some(100 * MIB), r, 20),
+            "[#####---------------]  25%  25.0 MiB / 100.0 MiB  12.5 MiB/s  ETA 6s"
+        );
+        assert_eq!(
+            render_bar(100 * MIB, Some(100 * MIB), r, 10),
+            "[##########] 100%  100.0 MiB / 100.0 MiB  12.5 MiB/s"
+        );
         // No time has passed: no rate, no ETA; more than the total is shown as the total.
-        assert_eq!(render_bar(0, Some(MIB), rate(0, Duration::ZERO), 4), "[----]   0%  0 B / 1.0 MiB");
-        assert_eq!(render_bar(0, Some(MIB), rate(0, Duration::from_secs(1)), 4), "[----]   0%  0 B / 1.0 MiB");
-        assert_eq!(render_bar(2 * MIB, Some(MIB), None, 4), "[####] 100%  1.0 MiB / 1.0 MiB");
+        assert_eq!(
+            render_bar(0, Some(MIB), rate(0, Duration::ZERO), 4),
+            "[----]   0%  0 B / 1.0 MiB"
+        );
+        assert_eq!(
+            render_bar(0, Some(MIB), rate(0, Duration::from_secs(1)), 4),
+            "[----]   0%  0 B / 1.0 MiB"
+        );
+        assert_eq!(
+            render_bar(2 * MIB, Some(MIB), None, 4),
+            "[####] 100%  1.0 MiB / 1.0 MiB"
+        );
     }
 
     #[test]
     fn bar_without_a_total() {
-        assert_eq!(render_bar(3 * MIB, None, Some(MIB as f64), 20), "3.0 MiB  1.0 MiB/s");
+        assert_eq!(
+            render_bar(3 * MIB, None, Some(MIB as f64), 20),
+            "3.0 MiB  1.0 MiB/s"
+        );
         assert_eq!(render_bar(3 * MIB, Some(0), None, 20), "3.0 MiB");
-        assert_eq!(render_plain(3 * MIB, None, Some(MIB as f64)), "3.0 MiB at 1.0 MiB/s");
-        assert_eq!(render_plain(MIB / 2, Some(MIB), Some(MIB as f64)), "50% (512.0 KiB / 1.0 MiB, 1.0 MiB/s)");
+        assert_eq!(
+            render_plain(3 * MIB, None, Some(MIB as f64)),
+            "3.0 MiB at 1.0 MiB/s"
+        );
+        assert_eq!(
+            render_plain(MIB / 2, Some(MIB), Some(MIB as f64)),
+            "50% (512.0 KiB / 1.0 MiB, 1.0 MiB/s)"
+        );
     }
 
     #[test]
     fn plain_lines_once_per_decile() {
         let mut p = PlainLines::default();
         let t = Duration::from_secs(1);
-        let due: Vec<u64> = (0..=100).filter(|pct| p.due(pct * MIB, Some(100 * MIB), t)).collect();
+        let due: Vec<u64> = (0..=100)
+            .filter(|pct| p.due(pct * MIB, Some(100 * MIB), t))
+            .collect();
         assert_eq!(due, [0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100]);
         // Unknown total: at most one line per 10 s.
         let mut p = PlainLines::default();
-        let due: Vec<u64> = (0..35).filter(|s| p.due(s * MIB, None, Duration::from_secs(*s))).collect();
+        let due: Vec<u64> = (0..35)
+            .filter(|s| p.due(s * MIB, None, Duration::from_secs(*s)))
+            .collect();
         assert_eq!(due, [0, 10, 20, 30]);
     }
 }

@@ -36,7 +36,10 @@ pub async fn run(a: RunArgs) -> anyhow::Result<u8> {
     if a.raw {
         req.prompt = Some(a.prompt.clone());
     } else {
-        req.messages = Some(vec![Message { role: Role::User, content: a.prompt.clone() }]);
+        req.messages = Some(vec![Message {
+            role: Role::User,
+            content: a.prompt.clone(),
+        }]);
     }
     req.max_tokens = a.max_tokens;
     req.temperature = a.temperature;
@@ -49,10 +52,22 @@ pub async fn run(a: RunArgs) -> anyhow::Result<u8> {
     // is being prepared (fetch percentage, engine build, warmup).
     let preparing = !adm.preparation.steps.is_empty();
     if preparing {
-        let steps: Vec<&str> = adm.preparation.steps.iter().map(|s| s.description.as_str()).collect();
-        eprintln!("[run] no pool serves this model yet; preparing: {}", steps.join("; "));
+        let steps: Vec<&str> = adm
+            .preparation
+            .steps
+            .iter()
+            .map(|s| s.description.as_str())
+            .collect();
+        eprintln!(
+            "[run] no pool serves this model yet; preparing: {}",
+            steps.join("; ")
+        );
     }
-    let path = if preparing { &adm.streams.sse_verbose } else { &adm.streams.sse };
+    let path = if preparing {
+        &adm.streams.sse_verbose
+    } else {
+        &adm.streams.sse
+    };
     let mut stream = match client.events(path).await {
         Ok(s) => s,
         Err(e) => return Ok(refusal(&e)),
@@ -99,7 +114,13 @@ pub async fn run(a: RunArgs) -> anyhow::Result<u8> {
                         s.stop();
                     }
                     println!();
-                    eprintln!("[run] {:?}: {} tokens in, {} out, first token after {} ms", e.stop_reason, e.tokens_in, e.tokens_out, e.ttft_ms.unwrap_or(0));
+                    eprintln!(
+                        "[run] {:?}: {} tokens in, {} out, first token after {} ms",
+                        e.stop_reason,
+                        e.tokens_in,
+                        e.tokens_out,
+                        e.ttft_ms.unwrap_or(0)
+                    );
                     return Ok(0);
                 }
                 Event::Error(e) => {
@@ -149,7 +170,13 @@ impl Spinner {
                 eprint!("\r\x1b[2K");
             })
         });
-        Self { stop, position: pos, note, tty, handle }
+        Self {
+            stop,
+            position: pos,
+            note,
+            tty,
+            handle,
+        }
     }
 
     /// A new preparation sentence: the spinner shows it; without a terminal it is printed once.

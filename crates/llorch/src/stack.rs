@@ -45,7 +45,13 @@ pub enum EngineChoice {
 
 impl StackSpec {
     /// Defaults for one CPU pool serving `model_path`.
-    pub fn new(bin_dir: PathBuf, dir: PathBuf, model_path: PathBuf, engine: EngineChoice, engines_dir: PathBuf) -> Self {
+    pub fn new(
+        bin_dir: PathBuf,
+        dir: PathBuf,
+        model_path: PathBuf,
+        engine: EngineChoice,
+        engines_dir: PathBuf,
+    ) -> Self {
         Self {
             bin_dir,
             dir,
@@ -126,13 +132,16 @@ pub fn bin_dir() -> anyhow::Result<PathBuf> {
 }
 
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 impl Stack {
     /// Writes both configs and starts orchestratord, then pool-managerd.
     pub async fn start(mut spec: StackSpec) -> anyhow::Result<Stack> {
-        std::fs::create_dir_all(&spec.dir).with_context(|| format!("cannot create {}", spec.dir.display()))?;
+        std::fs::create_dir_all(&spec.dir)
+            .with_context(|| format!("cannot create {}", spec.dir.display()))?;
         if spec.orchd_port == 0 {
             spec.orchd_port = free_port()?;
         }
@@ -158,8 +167,23 @@ impl Stack {
         let orchd_log = spec.dir.join("orchestratord.log");
         let pm_log = spec.dir.join("pool-managerd.log");
         let orchd = spawn(&spec.bin_dir.join("orchestratord"), &orchd_cfg, &orchd_log)?;
-        let mut stack = Stack { spec, orchd: Some(orchd), pool_managerd: None, nodes: vec![], orchd_url, worker_url, orchd_log, pm_log, pm_config: pm_cfg };
-        stack.wait_http(&format!("{}/health", stack.orchd_url), Duration::from_secs(20)).await?;
+        let mut stack = Stack {
+            spec,
+            orchd: Some(orchd),
+            pool_managerd: None,
+            nodes: vec![],
+            orchd_url,
+            worker_url,
+            orchd_log,
+            pm_log,
+            pm_config: pm_cfg,
+        };
+        stack
+            .wait_http(
+                &format!("{}/health", stack.orchd_url),
+                Duration::from_secs(20),
+            )
+            .await?;
         if !stack.spec.pool_id.is_empty() {
             stack.start_pool_managerd()?;
         }
@@ -170,8 +194,14 @@ impl Stack {
     pub fn add_node(&mut self, node: NodeSpec) -> anyhow::Result<usize> {
         let port = free_port()?;
         let worker_url = format!("http://127.0.0.1:{port}");
-        let config = self.spec.dir.join(format!("pool-managerd-{}.toml", node.node_id));
-        let log = self.spec.dir.join(format!("pool-managerd-{}.log", node.node_id));
+        let config = self
+            .spec
+            .dir
+            .join(format!("pool-managerd-{}.toml", node.node_id));
+        let log = self
+            .spec
+            .dir
+            .join(format!("pool-managerd-{}.log", node.node_id));
         let engine = engine_toml(&node.engine);
         let mut text = format!(
             "[node]\nid = {id:?}\nmachine_id = {id:?}\n[server]\nbind = \"127.0.0.1:{port}\"\n[orchestrator]\nurl = {url:?}\n[heartbeat]\ninterval_ms = {hi}\n\
@@ -199,23 +229,41 @@ impl Stack {
         let mut cmd = command(&self.spec.bin_dir.join("pool-managerd"), &config, &log)?;
         cmd.envs(node.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let child = cmd.spawn().context("cannot start pool-managerd")?;
-        self.nodes.push(NodeProc { node_id: node.node_id, child: Some(child), log, config, worker_url });
+        self.nodes.push(NodeProc {
+            node_id: node.node_id,
+            child: Some(child),
+            log,
+            config,
+            worker_url,
+        });
         Ok(self.nodes.len() - 1)
     }
 
     /// Waits until every pool in `pools` is Ready at orchestratord.
-    pub async fn wait_pools_ready(&mut self, pools: &[&str], timeout: Duration) -> anyhow::Result<()> {
+    pub async fn wait_pools_ready(
+        &mut self,
+        pools: &[&str],
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
         let client = client::Client::new(&self.orchd_url, None);
         let until = Instant::now() + timeout;
         loop {
             if let Ok(p) = client.pools().await {
-                if pools.iter().all(|id| p.pools.iter().any(|x| x.pool_id == *id && x.state == api::node::PoolState::Ready)) {
+                if pools.iter().all(|id| {
+                    p.pools
+                        .iter()
+                        .any(|x| x.pool_id == *id && x.state == api::node::PoolState::Ready)
+                }) {
                     return Ok(());
                 }
             }
             for n in &mut self.nodes {
                 if let Some(Ok(Some(status))) = n.child.as_mut().map(|c| c.try_wait()) {
-                    bail!("pool-managerd {} exited ({status}):\n{}", n.node_id, tail(&n.log, 15));
+                    bail!(
+                        "pool-managerd {} exited ({status}):\n{}",
+                        n.node_id,
+                        tail(&n.log, 15)
+                    );
                 }
             }
             if Instant::now() > until {
@@ -226,7 +274,11 @@ impl Stack {
     }
 
     pub fn start_pool_managerd(&mut self) -> anyhow::Result<()> {
-        let child = spawn(&self.spec.bin_dir.join("pool-managerd"), &self.pm_config, &self.pm_log)?;
+        let child = spawn(
+            &self.spec.bin_dir.join("pool-managerd"),
+            &self.pm_config,
+            &self.pm_log,
+        )?;
         self.pool_managerd = Some(child);
         Ok(())
     }
@@ -235,12 +287,20 @@ impl Stack {
         let until = Instant::now() + timeout;
         let http = reqwest::Client::new();
         loop {
-            if http.get(url).send().await.is_ok_and(|r| r.status().is_success()) {
+            if http
+                .get(url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
                 return Ok(());
             }
             if let Some(c) = self.orchd.as_mut() {
                 if let Ok(Some(status)) = c.try_wait() {
-                    bail!("orchestratord exited ({status}); see {}", self.orchd_log.display());
+                    bail!(
+                        "orchestratord exited ({status}); see {}",
+                        self.orchd_log.display()
+                    );
                 }
             }
             if Instant::now() > until {
@@ -251,7 +311,11 @@ impl Stack {
     }
 
     /// Waits until the pool is Ready at orchestratord, reporting progress lines through `progress`.
-    pub async fn wait_ready(&mut self, timeout: Duration, progress: &mut (dyn FnMut(&str) + Send)) -> anyhow::Result<()> {
+    pub async fn wait_ready(
+        &mut self,
+        timeout: Duration,
+        progress: &mut (dyn FnMut(&str) + Send),
+    ) -> anyhow::Result<()> {
         let client = client::Client::new(&self.orchd_url, None);
         let until = Instant::now() + timeout;
         let mut last = String::new();
@@ -265,18 +329,28 @@ impl Stack {
                     }
                     match pool.state {
                         api::node::PoolState::Ready => return Ok(()),
-                        api::node::PoolState::Failed => bail!("pool {} failed: {}", pool.pool_id, pool.last_error.clone().unwrap_or_default()),
+                        api::node::PoolState::Failed => bail!(
+                            "pool {} failed: {}",
+                            pool.pool_id,
+                            pool.last_error.clone().unwrap_or_default()
+                        ),
                         _ => {}
                     }
                 }
             }
             if let Some(c) = self.pool_managerd.as_mut() {
                 if let Ok(Some(status)) = c.try_wait() {
-                    bail!("pool-managerd exited ({status}):\n{}", tail(&self.pm_log, 15));
+                    bail!(
+                        "pool-managerd exited ({status}):\n{}",
+                        tail(&self.pm_log, 15)
+                    );
                 }
             }
             if Instant::now() > until {
-                bail!("the pool was not Ready within {timeout:?}; see {}", self.pm_log.display());
+                bail!(
+                    "the pool was not Ready within {timeout:?}; see {}",
+                    self.pm_log.display()
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -288,13 +362,23 @@ impl Stack {
             terminate(&mut c).await?;
         }
         let cfg = self.spec.dir.join("orchestratord.toml");
-        self.orchd = Some(spawn(&self.spec.bin_dir.join("orchestratord"), &cfg, &self.orchd_log)?);
-        self.wait_http(&format!("{}/health", self.orchd_url), Duration::from_secs(20)).await
+        self.orchd = Some(spawn(
+            &self.spec.bin_dir.join("orchestratord"),
+            &cfg,
+            &self.orchd_log,
+        )?);
+        self.wait_http(
+            &format!("{}/health", self.orchd_url),
+            Duration::from_secs(20),
+        )
+        .await
     }
 
     /// Sends SIGTERM to pool-managerd and waits for it to exit.
     pub async fn stop_pool_managerd(&mut self) -> anyhow::Result<std::process::ExitStatus> {
-        let Some(mut c) = self.pool_managerd.take() else { bail!("pool-managerd is not running") };
+        let Some(mut c) = self.pool_managerd.take() else {
+            bail!("pool-managerd is not running")
+        };
         terminate(&mut c).await
     }
 
@@ -323,14 +407,22 @@ impl Stack {
 
 fn engine_toml(e: &EngineChoice) -> String {
     match e {
-        EngineChoice::Source { archive, sha256 } => format!("kind = \"source\"\nsource_url = {:?}\nsource_sha256 = {sha256:?}", archive.display().to_string()),
-        EngineChoice::Binary { path } => format!("kind = \"binary\"\npath = {:?}", path.display().to_string()),
+        EngineChoice::Source { archive, sha256 } => format!(
+            "kind = \"source\"\nsource_url = {:?}\nsource_sha256 = {sha256:?}",
+            archive.display().to_string()
+        ),
+        EngineChoice::Binary { path } => {
+            format!("kind = \"binary\"\npath = {:?}", path.display().to_string())
+        }
     }
 }
 
 fn pool_managerd_toml(spec: &StackSpec, orchd_url: &str) -> String {
     let engine = engine_toml(&spec.engine);
-    let threads = spec.threads.map(|t| format!("threads = {t}\n")).unwrap_or_default();
+    let threads = spec
+        .threads
+        .map(|t| format!("threads = {t}\n"))
+        .unwrap_or_default();
     format!(
         "[node]\nid = {node:?}\n[server]\nbind = \"127.0.0.1:{wport}\"\n[orchestrator]\nurl = {orchd_url:?}\n{reg}[heartbeat]\ninterval_ms = {hi}\n\
          [cache]\nengines_dir = {engines:?}\n[engine]\n{threads}[engines.default]\n{engine}\n\
@@ -353,22 +445,39 @@ fn pool_managerd_toml(spec: &StackSpec, orchd_url: &str) -> String {
 
 fn command(bin: &Path, config: &Path, log: &Path) -> anyhow::Result<Command> {
     if !bin.is_file() {
-        bail!("{} does not exist; build it first (cargo build --bins)", bin.display());
+        bail!(
+            "{} does not exist; build it first (cargo build --bins)",
+            bin.display()
+        );
     }
-    let out = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
     let err = out.try_clone()?;
     let mut cmd = Command::new(bin);
-    cmd.arg("--config").arg(config).arg("--log-json").stdin(Stdio::null()).stdout(out).stderr(err).kill_on_drop(true);
+    cmd.arg("--config")
+        .arg(config)
+        .arg("--log-json")
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .kill_on_drop(true);
     Ok(cmd)
 }
 
 fn spawn(bin: &Path, config: &Path, log: &Path) -> anyhow::Result<Child> {
-    command(bin, config, log)?.spawn().with_context(|| format!("cannot start {}", bin.display()))
+    command(bin, config, log)?
+        .spawn()
+        .with_context(|| format!("cannot start {}", bin.display()))
 }
 
 async fn terminate(c: &mut Child) -> anyhow::Result<std::process::ExitStatus> {
     if let Some(pid) = c.id() {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
     }
     match tokio::time::timeout(Duration::from_secs(40), c.wait()).await {
         Ok(s) => Ok(s?),

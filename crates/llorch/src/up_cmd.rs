@@ -48,23 +48,42 @@ pub async fn run(a: UpArgs) -> anyhow::Result<()> {
     let engines_dir = llorch::cache_dir().join("engines");
     // Build (or find) the engine here, so its progress shows on this terminal.
     let req = engine::ProvisionRequest {
-        source: engine::EngineSource::Archive { location: source.display().to_string(), subdir: "llama.cpp".into(), sha256: Some(a.llama_source_sha256.clone()) },
+        source: engine::EngineSource::Archive {
+            location: source.display().to_string(),
+            subdir: "llama.cpp".into(),
+            sha256: Some(a.llama_source_sha256.clone()),
+        },
         gpu: engine::GpuPolicy::Cpu,
         build_number: None,
         build_commit: None,
         extra_cmake_flags: vec![],
         engines_dir: engines_dir.clone(),
-        jobs: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+        jobs: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2),
     };
     let built = tokio::task::spawn_blocking(move || {
         let bar = crate::progress::BuildProgress::new();
         engine::provision(&req, &|p| bar.report(p))
     })
     .await??;
-    eprintln!("[up] engine {} at {}", built.version, built.binary.display());
+    eprintln!(
+        "[up] engine {} at {}",
+        built.version,
+        built.binary.display()
+    );
 
     let dir = llorch::state_dir().join("up");
-    let mut spec = StackSpec::new(llorch::stack::bin_dir()?, dir.clone(), model, EngineChoice::Source { archive: source, sha256: a.llama_source_sha256 }, engines_dir);
+    let mut spec = StackSpec::new(
+        llorch::stack::bin_dir()?,
+        dir.clone(),
+        model,
+        EngineChoice::Source {
+            archive: source,
+            sha256: a.llama_source_sha256,
+        },
+        engines_dir,
+    );
     spec.orchd_port = a.port;
     spec.worker_port = a.worker_port;
     spec.model_id = a.model_id.clone();
@@ -72,8 +91,16 @@ pub async fn run(a: UpArgs) -> anyhow::Result<()> {
     spec.heartbeat_interval_ms = 2000;
     spec.heartbeat_timeout_ms = 10_000;
     let mut stack = Stack::start(spec).await.context("starting the stack")?;
-    eprintln!("[up] orchestratord at {} (log {}), pool-managerd at {} (log {})", stack.orchd_url, stack.orchd_log.display(), stack.worker_url, stack.pm_log.display());
-    let ready = stack.wait_ready(Duration::from_secs(900), &mut |s| eprintln!("[up] {s}")).await;
+    eprintln!(
+        "[up] orchestratord at {} (log {}), pool-managerd at {} (log {})",
+        stack.orchd_url,
+        stack.orchd_log.display(),
+        stack.worker_url,
+        stack.pm_log.display()
+    );
+    let ready = stack
+        .wait_ready(Duration::from_secs(900), &mut |s| eprintln!("[up] {s}"))
+        .await;
     if let Err(e) = ready {
         let _ = stack.shutdown().await;
         return Err(e);
@@ -100,20 +127,36 @@ pub async fn run(a: UpArgs) -> anyhow::Result<()> {
 
 async fn first_haiku(stack: &Stack, model: &str, dir: &std::path::Path) {
     println!("\nA first haiku, streamed through orchestratord and pool-managerd:\n");
-    let opts = HaikuOptions { base_url: stack.orchd_url.clone(), token: None, model: model.into(), out_dir: dir.to_path_buf(), log_files: stack.log_files(), seed: 42 };
+    let opts = HaikuOptions {
+        base_url: stack.orchd_url.clone(),
+        token: None,
+        model: model.into(),
+        out_dir: dir.to_path_buf(),
+        log_files: stack.log_files(),
+        seed: 42,
+    };
     let mut print = |t: &str| {
         print!("{t}");
         let _ = std::io::stdout().flush();
     };
     match haiku::run(&opts, &mut print).await {
-        Ok(r) => println!("\n\n[up] haiku check {} (run folder {})", if r.passed { "passed" } else { "FAILED" }, r.run_dir.display()),
+        Ok(r) => println!(
+            "\n\n[up] haiku check {} (run folder {})",
+            if r.passed { "passed" } else { "FAILED" },
+            r.run_dir.display()
+        ),
         Err(e) => println!("\n\n[up] the first haiku failed: {e:#}"),
     }
 }
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut t), Ok(mut i)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else { return };
+    let (Ok(mut t), Ok(mut i)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return;
+    };
     tokio::select! {
         _ = t.recv() => {}
         _ = i.recv() => {}

@@ -55,26 +55,38 @@ struct FileDigest {
 
 impl std::fmt::Debug for ModelCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ModelCache").field("cfg", &self.inner.cfg).finish_non_exhaustive()
+        f.debug_struct("ModelCache")
+            .field("cfg", &self.inner.cfg)
+            .finish_non_exhaustive()
     }
 }
 
 fn parse_expected(expected: Option<&str>) -> Result<Option<String>, FetchError> {
-    expected.map(|d| parse_digest(d).map_err(FetchError::Invalid)).transpose()
+    expected
+        .map(|d| parse_digest(d).map_err(FetchError::Invalid))
+        .transpose()
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, FetchError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| FetchError::Io(format!("blocking task failed: {e}")))
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, FetchError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| FetchError::Io(format!("blocking task failed: {e}")))
 }
 
 async fn hash(path: &Path) -> Result<(String, u64), FetchError> {
     let p = path.to_path_buf();
-    blocking(move || sidecar::sha256_file(&p)).await?.map_err(|e| FetchError::io(path.display(), e))
+    blocking(move || sidecar::sha256_file(&p))
+        .await?
+        .map_err(|e| FetchError::io(path.display(), e))
 }
 
 async fn gguf_info(path: &Path, shown: &str) -> Result<GgufInfo, FetchError> {
     let p = path.to_path_buf();
-    blocking(move || crate::gguf::read_info(&p)).await?.map_err(|e| FetchError::Invalid(format!("{shown} is not a usable GGUF file: {e}")))
+    blocking(move || crate::gguf::read_info(&p))
+        .await?
+        .map_err(|e| FetchError::Invalid(format!("{shown} is not a usable GGUF file: {e}")))
 }
 
 fn same_path(a: &Path, b: &Path) -> bool {
@@ -87,12 +99,21 @@ impl ModelCache {
         cfg.hf_endpoint = cfg.hf_endpoint.trim().trim_end_matches('/').to_string();
         let endpoint = &cfg.hf_endpoint;
         if !(endpoint.starts_with("https://") || endpoint.starts_with("http://")) {
-            return Err(FetchError::Invalid(format!("hf_endpoint {endpoint:?} is not an http(s) URL")));
+            return Err(FetchError::Invalid(format!(
+                "hf_endpoint {endpoint:?} is not an http(s) URL"
+            )));
         }
-        std::fs::create_dir_all(&cfg.models_dir).map_err(|e| FetchError::io(cfg.models_dir.display(), e))?;
+        std::fs::create_dir_all(&cfg.models_dir)
+            .map_err(|e| FetchError::io(cfg.models_dir.display(), e))?;
         let client = fetch::client(cfg.extra_root_pem.as_deref())?;
         Ok(ModelCache {
-            inner: Arc::new(Inner { cfg, client, locks: Arc::default(), in_use: Mutex::default(), file_digests: Mutex::default() }),
+            inner: Arc::new(Inner {
+                cfg,
+                client,
+                locks: Arc::default(),
+                in_use: Mutex::default(),
+                file_digests: Mutex::default(),
+            }),
         })
     }
 
@@ -114,24 +135,35 @@ impl ModelCache {
     /// Makes `r` available locally and returns its path, digest, size and GGUF facts. `file:` refs
     /// are hashed in place; others come from the cache or are downloaded (one download per
     /// artifact across tasks and processes). A given `expected_digest` is checked on every call.
-    pub async fn fetch(&self, r: &ModelRef, expected_digest: Option<&str>, progress: &(dyn Fn(Progress) + Send + Sync)) -> Result<Fetched, FetchError> {
+    pub async fn fetch(
+        &self,
+        r: &ModelRef,
+        expected_digest: Option<&str>,
+        progress: &(dyn Fn(Progress) + Send + Sync),
+    ) -> Result<Fetched, FetchError> {
         let expected = parse_expected(expected_digest)?;
         let dest = self.path_for(r);
         if let ModelRef::File { .. } = r {
             return self.local_file(&dest, expected.as_deref(), false).await;
         }
-        let url = layout::source_url(&self.inner.cfg.hf_endpoint, r).ok_or_else(|| FetchError::Invalid(format!("{r} has no source URL")))?;
+        let url = layout::source_url(&self.inner.cfg.hf_endpoint, r)
+            .ok_or_else(|| FetchError::Invalid(format!("{r} has no source URL")))?;
         let _guard = lock::lock(&self.inner.locks, &dest).await?;
         if let Some(hit) = self.cached(&dest, r, expected.as_deref()).await? {
             tracing::debug!(model_ref = %r, path = %dest.display(), "model served from the cache");
             return Ok(hit);
         }
         let part = PartFile(part_path(&dest));
-        let fetched = self.download(r, &url, &dest, &part.0, expected.as_deref(), progress).await?;
+        let fetched = self
+            .download(r, &url, &dest, &part.0, expected.as_deref(), progress)
+            .await?;
         drop(part);
         let evicted = self.enforce_quota(std::slice::from_ref(&dest));
         if !evicted.is_empty() {
-            tracing::info!(count = evicted.len(), "evicted cached models over the quota");
+            tracing::info!(
+                count = evicted.len(),
+                "evicted cached models over the quota"
+            );
         }
         Ok(fetched)
     }
@@ -146,22 +178,40 @@ impl ModelCache {
         }
         let _guard = lock::lock(&self.inner.locks, &dest).await?;
         if !dest.is_file() {
-            return Err(FetchError::NotFound(format!("no cached copy of {r} at {}", dest.display())));
+            return Err(FetchError::NotFound(format!(
+                "no cached copy of {r} at {}",
+                dest.display()
+            )));
         }
         let (digest, size) = hash(&dest).await?;
         if digest != expected {
             tracing::warn!(model_ref = %r, %expected, actual = %digest, "cached model failed verification; deleting it");
             remove_entry_files(&dest);
-            return Err(FetchError::DigestMismatch { expected, actual: digest });
+            return Err(FetchError::DigestMismatch {
+                expected,
+                actual: digest,
+            });
         }
         let metadata = gguf_info(&dest, &r.to_string()).await?;
-        let mut side = sidecar::read(&dest).unwrap_or_else(|| Sidecar { digest: digest.clone(), size_bytes: size, fetched_at_ms: sidecar::now_ms(), source: r.to_string(), verified_at_ms: None });
+        let mut side = sidecar::read(&dest).unwrap_or_else(|| Sidecar {
+            digest: digest.clone(),
+            size_bytes: size,
+            fetched_at_ms: sidecar::now_ms(),
+            source: r.to_string(),
+            verified_at_ms: None,
+        });
         side.digest = digest.clone();
         side.size_bytes = size;
         side.verified_at_ms = Some(sidecar::now_ms());
         sidecar::write(&dest, &side)?;
         sidecar::touch(&dest);
-        Ok(Fetched { path: dest, digest, size_bytes: size, metadata, downloaded_bytes: 0 })
+        Ok(Fetched {
+            path: dest,
+            digest,
+            size_bytes: size,
+            metadata,
+            downloaded_bytes: 0,
+        })
     }
 
     /// Deletes the cached copy of `r` and its sidecar (never a `file:` model). `Ok(true)` when
@@ -177,14 +227,23 @@ impl ModelCache {
     /// are neither in `in_use` nor in the [`ModelCache::set_in_use`] set (entries being fetched or
     /// verified are skipped). Returns the evicted paths.
     pub fn enforce_quota(&self, in_use: &[PathBuf]) -> Vec<PathBuf> {
-        let Some(quota) = self.inner.cfg.quota_bytes else { return Vec::new() };
+        let Some(quota) = self.inner.cfg.quota_bytes else {
+            return Vec::new();
+        };
         let mut entries = self.cached_entries();
         let mut total: u64 = entries.iter().map(|(_, size, _)| size).sum();
         if total <= quota {
             return Vec::new();
         }
         let mut keep: Vec<PathBuf> = in_use.to_vec();
-        keep.extend(self.inner.in_use.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned());
+        keep.extend(
+            self.inner
+                .in_use
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .cloned(),
+        );
         entries.sort_by_key(|(_, _, used)| *used);
         let mut evicted = Vec::new();
         for (path, size, _) in entries {
@@ -217,38 +276,83 @@ impl ModelCache {
         out
     }
 
-    async fn local_file(&self, path: &Path, expected: Option<&str>, force_hash: bool) -> Result<Fetched, FetchError> {
+    async fn local_file(
+        &self,
+        path: &Path,
+        expected: Option<&str>,
+        force_hash: bool,
+    ) -> Result<Fetched, FetchError> {
         let shown = format!("file:{}", path.display());
         let meta = match tokio::fs::metadata(path).await {
             Ok(m) if m.is_file() => m,
-            Ok(_) => return Err(FetchError::NotFound(format!("{shown} is not a regular file on this node"))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(FetchError::NotFound(format!("{shown} does not exist on this node"))),
+            Ok(_) => {
+                return Err(FetchError::NotFound(format!(
+                    "{shown} is not a regular file on this node"
+                )))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(FetchError::NotFound(format!(
+                    "{shown} does not exist on this node"
+                )))
+            }
             Err(e) => return Err(FetchError::io(&shown, e)),
         };
         let stamp = (meta.len(), meta.modified().ok());
         let known = {
-            let digests = self.inner.file_digests.lock().unwrap_or_else(|p| p.into_inner());
-            digests.get(path).filter(|d| (d.size, d.mtime) == stamp).map(|d| d.digest.clone())
+            let digests = self
+                .inner
+                .file_digests
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            digests
+                .get(path)
+                .filter(|d| (d.size, d.mtime) == stamp)
+                .map(|d| d.digest.clone())
         };
         let digest = match known {
             Some(d) if !force_hash => d,
             _ => {
                 let (d, _) = hash(path).await?;
-                self.inner.file_digests.lock().unwrap_or_else(|p| p.into_inner()).insert(path.to_path_buf(), FileDigest { size: stamp.0, mtime: stamp.1, digest: d.clone() });
+                self.inner
+                    .file_digests
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(
+                        path.to_path_buf(),
+                        FileDigest {
+                            size: stamp.0,
+                            mtime: stamp.1,
+                            digest: d.clone(),
+                        },
+                    );
                 d
             }
         };
         if let Some(exp) = expected {
             if digest != exp {
-                return Err(FetchError::DigestMismatch { expected: exp.to_string(), actual: digest });
+                return Err(FetchError::DigestMismatch {
+                    expected: exp.to_string(),
+                    actual: digest,
+                });
             }
         }
         let metadata = gguf_info(path, &shown).await?;
-        Ok(Fetched { path: path.to_path_buf(), digest, size_bytes: meta.len(), metadata, downloaded_bytes: 0 })
+        Ok(Fetched {
+            path: path.to_path_buf(),
+            digest,
+            size_bytes: meta.len(),
+            metadata,
+            downloaded_bytes: 0,
+        })
     }
 
     /// The cached copy at `dest`, if complete. Called under the artifact's lock.
-    async fn cached(&self, dest: &Path, r: &ModelRef, expected: Option<&str>) -> Result<Option<Fetched>, FetchError> {
+    async fn cached(
+        &self,
+        dest: &Path,
+        r: &ModelRef,
+        expected: Option<&str>,
+    ) -> Result<Option<Fetched>, FetchError> {
         let size = match std::fs::metadata(dest) {
             Ok(m) if m.is_file() => m.len(),
             _ => {
@@ -261,23 +365,46 @@ impl ModelCache {
             _ => {
                 tracing::info!(path = %dest.display(), "cached model without a valid sidecar; hashing it");
                 let (digest, size) = hash(dest).await?;
-                let side = Sidecar { digest: digest.clone(), size_bytes: size, fetched_at_ms: sidecar::now_ms(), source: r.to_string(), verified_at_ms: None };
+                let side = Sidecar {
+                    digest: digest.clone(),
+                    size_bytes: size,
+                    fetched_at_ms: sidecar::now_ms(),
+                    source: r.to_string(),
+                    verified_at_ms: None,
+                };
                 sidecar::write(dest, &side)?;
                 digest
             }
         };
         if let Some(exp) = expected {
             if digest != exp {
-                return Err(FetchError::DigestMismatch { expected: exp.to_string(), actual: digest });
+                return Err(FetchError::DigestMismatch {
+                    expected: exp.to_string(),
+                    actual: digest,
+                });
             }
         }
         let metadata = gguf_info(dest, &r.to_string()).await?;
         sidecar::touch(dest);
-        Ok(Some(Fetched { path: dest.to_path_buf(), digest, size_bytes: size, metadata, downloaded_bytes: 0 }))
+        Ok(Some(Fetched {
+            path: dest.to_path_buf(),
+            digest,
+            size_bytes: size,
+            metadata,
+            downloaded_bytes: 0,
+        }))
     }
 
     /// Downloads into `part`, checks, writes the sidecar and renames into place.
-    async fn download(&self, r: &ModelRef, url: &str, dest: &Path, part: &Path, expected: Option<&str>, progress: &(dyn Fn(Progress) + Send + Sync)) -> Result<Fetched, FetchError> {
+    async fn download(
+        &self,
+        r: &ModelRef,
+        url: &str,
+        dest: &Path,
+        part: &Path,
+        expected: Option<&str>,
+        progress: &(dyn Fn(Progress) + Send + Sync),
+    ) -> Result<Fetched, FetchError> {
         let shown = r.to_string();
         let bearer = match r {
             ModelRef::Hf { .. } => self.inner.cfg.hf_token.as_deref(),
@@ -285,16 +412,30 @@ impl ModelCache {
         };
         tracing::info!(model_ref = %shown, url = fetch::redact(url), token = bearer.map(layout::token_fingerprint).as_deref().unwrap_or("none"), "downloading model");
         let started = Instant::now();
-        let req = fetch::Request { client: &self.inner.client, url, bearer, progress };
+        let req = fetch::Request {
+            client: &self.inner.client,
+            url,
+            bearer,
+            progress,
+        };
         let got = fetch::download(&req, part).await?;
         if let Some(exp) = expected {
             if got.digest != exp {
                 tracing::warn!(model_ref = %shown, expected = exp, actual = %got.digest, "downloaded model does not match its digest");
-                return Err(FetchError::DigestMismatch { expected: exp.to_string(), actual: got.digest });
+                return Err(FetchError::DigestMismatch {
+                    expected: exp.to_string(),
+                    actual: got.digest,
+                });
             }
         }
         let metadata = gguf_info(part, &shown).await?;
-        let side = Sidecar { digest: got.digest.clone(), size_bytes: got.size, fetched_at_ms: sidecar::now_ms(), source: shown.clone(), verified_at_ms: None };
+        let side = Sidecar {
+            digest: got.digest.clone(),
+            size_bytes: got.size,
+            fetched_at_ms: sidecar::now_ms(),
+            source: shown.clone(),
+            verified_at_ms: None,
+        };
         sidecar::write(dest, &side)?;
         if let Err(e) = std::fs::rename(part, dest) {
             let _ = std::fs::remove_file(sidecar_path(dest));
@@ -306,7 +447,13 @@ impl ModelCache {
             }
         }
         tracing::info!(model_ref = %shown, digest = %got.digest, bytes = got.size, transferred = got.transferred, secs = started.elapsed().as_secs_f64(), "model downloaded");
-        Ok(Fetched { path: dest.to_path_buf(), digest: got.digest, size_bytes: got.size, metadata, downloaded_bytes: got.transferred })
+        Ok(Fetched {
+            path: dest.to_path_buf(),
+            digest: got.digest,
+            size_bytes: got.size,
+            metadata,
+            downloaded_bytes: got.transferred,
+        })
     }
 
     /// Removes a cached copy under `models_dir` (and empty parent folders), if its lock is free.
@@ -316,7 +463,10 @@ impl ModelCache {
             return Ok(false);
         }
         let Some(guard) = lock::try_lock(&self.inner.locks, dest)? else {
-            return Err(FetchError::Busy(format!("{} is being fetched or verified", dest.display())));
+            return Err(FetchError::Busy(format!(
+                "{} is being fetched or verified",
+                dest.display()
+            )));
         };
         let removed = remove_entry_files(dest);
         drop(guard);
@@ -352,7 +502,9 @@ fn remove_entry_files(dest: &Path) -> bool {
 
 /// Collects complete entries below `dir`, without following symbolic links.
 fn walk(dir: &Path, out: &mut Vec<(PathBuf, u64, SystemTime)>) {
-    let Ok(read) = std::fs::read_dir(dir) else { return };
+    let Ok(read) = std::fs::read_dir(dir) else {
+        return;
+    };
     let mut seen = HashSet::new();
     for item in read.flatten() {
         let path = item.path();
@@ -361,13 +513,19 @@ fn walk(dir: &Path, out: &mut Vec<(PathBuf, u64, SystemTime)>) {
             walk(&path, out);
             continue;
         }
-        let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
-        let Some(model_name) = name.strip_suffix(layout::SIDECAR_SUFFIX) else { continue };
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let Some(model_name) = name.strip_suffix(layout::SIDECAR_SUFFIX) else {
+            continue;
+        };
         let model = path.with_file_name(model_name);
         if !seen.insert(model.clone()) {
             continue;
         }
-        let Ok(meta) = std::fs::symlink_metadata(&model) else { continue };
+        let Ok(meta) = std::fs::symlink_metadata(&model) else {
+            continue;
+        };
         if !meta.is_file() {
             continue;
         }

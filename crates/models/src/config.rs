@@ -25,11 +25,17 @@ impl CacheConfig {
     /// `HF_ENDPOINT` (default [`DEFAULT_HF_ENDPOINT`]) and `HF_TOKEN` from the environment; no
     /// quota, no extra CA.
     pub fn from_env(models_dir: PathBuf) -> Self {
-        let non_empty = |k: &str| std::env::var(k).ok().map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+        let non_empty = |k: &str| {
+            std::env::var(k)
+                .ok()
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
         CacheConfig {
             models_dir,
             quota_bytes: None,
-            hf_endpoint: non_empty("HF_ENDPOINT").unwrap_or_else(|| DEFAULT_HF_ENDPOINT.to_string()),
+            hf_endpoint: non_empty("HF_ENDPOINT")
+                .unwrap_or_else(|| DEFAULT_HF_ENDPOINT.to_string()),
             hf_token: non_empty("HF_TOKEN"),
             extra_root_pem: None,
         }
@@ -42,8 +48,20 @@ impl fmt::Debug for CacheConfig {
             .field("models_dir", &self.models_dir)
             .field("quota_bytes", &self.quota_bytes)
             .field("hf_endpoint", &self.hf_endpoint)
-            .field("hf_token", &self.hf_token.as_deref().map(crate::layout::token_fingerprint))
-            .field("extra_root_pem", &self.extra_root_pem.as_ref().map(|p| format!("{} bytes", p.len())))
+            .field(
+                "hf_token",
+                &self
+                    .hf_token
+                    .as_deref()
+                    .map(crate::layout::token_fingerprint),
+            )
+            .field(
+                "extra_root_pem",
+                &self
+                    .extra_root_pem
+                    .as_ref()
+                    .map(|p| format!("{} bytes", p.len())),
+            )
             .finish()
     }
 }

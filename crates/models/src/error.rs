@@ -35,16 +35,28 @@ impl FetchError {
     pub fn envelope(&self) -> ErrorEnvelope {
         let message = self.to_string();
         match self {
-            FetchError::DigestMismatch { .. } => ErrorEnvelope::new(ErrorCode::UntrustedArtifact, message).with_retriable(false),
-            FetchError::Network { retriable, .. } => ErrorEnvelope::new(ErrorCode::ModelNotAvailable, message).with_retriable(*retriable),
-            FetchError::Busy(_) => ErrorEnvelope::new(ErrorCode::ModelNotAvailable, message).with_retriable(true),
+            FetchError::DigestMismatch { .. } => {
+                ErrorEnvelope::new(ErrorCode::UntrustedArtifact, message).with_retriable(false)
+            }
+            FetchError::Network { retriable, .. } => {
+                ErrorEnvelope::new(ErrorCode::ModelNotAvailable, message).with_retriable(*retriable)
+            }
+            FetchError::Busy(_) => {
+                ErrorEnvelope::new(ErrorCode::ModelNotAvailable, message).with_retriable(true)
+            }
             _ => ErrorEnvelope::new(ErrorCode::ModelNotAvailable, message).with_retriable(false),
         }
     }
 
     /// True for errors worth retrying later (network trouble, a busy lock).
     pub fn retriable(&self) -> bool {
-        matches!(self, FetchError::Network { retriable: true, .. } | FetchError::Busy(_))
+        matches!(
+            self,
+            FetchError::Network {
+                retriable: true,
+                ..
+            } | FetchError::Busy(_)
+        )
     }
 
     pub(crate) fn io(context: impl std::fmt::Display, e: impl std::fmt::Display) -> Self {
@@ -58,15 +70,39 @@ mod tests {
 
     #[test]
     fn envelopes() {
-        let e = FetchError::DigestMismatch { expected: "sha256:aa".into(), actual: "sha256:bb".into() }.envelope();
+        let e = FetchError::DigestMismatch {
+            expected: "sha256:aa".into(),
+            actual: "sha256:bb".into(),
+        }
+        .envelope();
         assert_eq!((e.code, e.retriable), (ErrorCode::UntrustedArtifact, false));
-        let e = FetchError::Network { message: "reset".into(), retriable: true }.envelope();
-        assert_eq!((e.code, e.retriable, e.http_status()), (ErrorCode::ModelNotAvailable, true, 503));
-        let e = FetchError::Network { message: "tls".into(), retriable: false }.envelope();
+        let e = FetchError::Network {
+            message: "reset".into(),
+            retriable: true,
+        }
+        .envelope();
+        assert_eq!(
+            (e.code, e.retriable, e.http_status()),
+            (ErrorCode::ModelNotAvailable, true, 503)
+        );
+        let e = FetchError::Network {
+            message: "tls".into(),
+            retriable: false,
+        }
+        .envelope();
         assert_eq!((e.code, e.retriable), (ErrorCode::ModelNotAvailable, false));
-        for err in [FetchError::NotFound("x".into()), FetchError::Io("x".into()), FetchError::Unauthorized("x".into()), FetchError::Invalid("x".into())] {
+        for err in [
+            FetchError::NotFound("x".into()),
+            FetchError::Io("x".into()),
+            FetchError::Unauthorized("x".into()),
+            FetchError::Invalid("x".into()),
+        ] {
             let e = err.envelope();
-            assert_eq!((e.code, e.retriable, e.http_status()), (ErrorCode::ModelNotAvailable, false, 404), "{err}");
+            assert_eq!(
+                (e.code, e.retriable, e.http_status()),
+                (ErrorCode::ModelNotAvailable, false, 404),
+                "{err}"
+            );
         }
     }
 }

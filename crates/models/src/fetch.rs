@@ -34,7 +34,8 @@ pub struct Progress {
 /// Builds the client used for all fetches of a cache; `extra_root_pem` may hold several certificates.
 pub(crate) fn client(extra_root_pem: Option<&[u8]>) -> Result<Client, FetchError> {
     let policy = reqwest::redirect::Policy::custom(|attempt| {
-        let downgrade = attempt.url().scheme() == "http" && attempt.previous().iter().any(|u| u.scheme() == "https");
+        let downgrade = attempt.url().scheme() == "http"
+            && attempt.previous().iter().any(|u| u.scheme() == "https");
         if downgrade {
             attempt.error("refusing a redirect from https to http")
         } else if attempt.previous().len() >= 10 {
@@ -49,15 +50,20 @@ pub(crate) fn client(extra_root_pem: Option<&[u8]>) -> Result<Client, FetchError
         .read_timeout(Duration::from_secs(60))
         .redirect(policy);
     if let Some(pem) = extra_root_pem {
-        let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| FetchError::Invalid(format!("extra root certificate: {e}")))?;
+        let certs = reqwest::Certificate::from_pem_bundle(pem)
+            .map_err(|e| FetchError::Invalid(format!("extra root certificate: {e}")))?;
         if certs.is_empty() {
-            return Err(FetchError::Invalid("extra root certificate: no PEM certificate found".into()));
+            return Err(FetchError::Invalid(
+                "extra root certificate: no PEM certificate found".into(),
+            ));
         }
         for cert in certs {
             builder = builder.add_root_certificate(cert);
         }
     }
-    builder.build().map_err(|e| FetchError::Invalid(format!("http client: {e}")))
+    builder
+        .build()
+        .map_err(|e| FetchError::Invalid(format!("http client: {e}")))
 }
 
 /// What a finished download produced.
@@ -85,8 +91,14 @@ pub(crate) fn redact(url: &str) -> &str {
 /// the caller removes it.
 pub(crate) async fn download(req: &Request<'_>, part: &Path) -> Result<Downloaded, FetchError> {
     let shown = redact(req.url);
-    let file = tokio::fs::File::create(part).await.map_err(|e| FetchError::io(part.display(), e))?;
-    let mut out = Partial { file: BufWriter::with_capacity(1 << 20, file), hasher: Sha256::new(), done: 0 };
+    let file = tokio::fs::File::create(part)
+        .await
+        .map_err(|e| FetchError::io(part.display(), e))?;
+    let mut out = Partial {
+        file: BufWriter::with_capacity(1 << 20, file),
+        hasher: Sha256::new(),
+        done: 0,
+    };
     let mut total: Option<u64> = None;
     let mut transferred = 0u64;
     let mut reporter = Reporter::new(req.progress);
@@ -108,7 +120,12 @@ pub(crate) async fn download(req: &Request<'_>, part: &Path) -> Result<Downloade
         }
         let resp = match http.send().await {
             Ok(r) => r,
-            Err(e) if is_trust_error(&e) => return Err(FetchError::Network { message: format!("{shown}: {}", chain(&e)), retriable: false }),
+            Err(e) if is_trust_error(&e) => {
+                return Err(FetchError::Network {
+                    message: format!("{shown}: {}", chain(&e)),
+                    retriable: false,
+                })
+            }
             Err(e) => {
                 last_error = chain(&e);
                 continue;
@@ -156,7 +173,9 @@ pub(crate) async fn download(req: &Request<'_>, part: &Path) -> Result<Downloade
         while let Some(chunk) = body.next().await {
             match chunk {
                 Ok(bytes) => {
-                    out.write(&bytes).await.map_err(|e| FetchError::io(part.display(), e))?;
+                    out.write(&bytes)
+                        .await
+                        .map_err(|e| FetchError::io(part.display(), e))?;
                     transferred += bytes.len() as u64;
                     reporter.report(out.done, total, false);
                 }
@@ -176,15 +195,28 @@ pub(crate) async fn download(req: &Request<'_>, part: &Path) -> Result<Downloade
                 continue;
             }
             Some(t) if out.done > t => {
-                return Err(FetchError::Network { message: format!("{shown} sent {} bytes, more than its {t}", out.done), retriable: true });
+                return Err(FetchError::Network {
+                    message: format!("{shown} sent {} bytes, more than its {t}", out.done),
+                    retriable: true,
+                });
             }
             _ => {}
         }
-        let (digest, size) = out.finish().await.map_err(|e| FetchError::io(part.display(), e))?;
+        let (digest, size) = out
+            .finish()
+            .await
+            .map_err(|e| FetchError::io(part.display(), e))?;
         reporter.report(size, total.or(Some(size)), true);
-        return Ok(Downloaded { digest, size, transferred });
+        return Ok(Downloaded {
+            digest,
+            size,
+            transferred,
+        });
     }
-    Err(FetchError::Network { message: format!("{shown}: giving up after {MAX_ATTEMPTS} attempts: {last_error}"), retriable: true })
+    Err(FetchError::Network {
+        message: format!("{shown}: giving up after {MAX_ATTEMPTS} attempts: {last_error}"),
+        retriable: true,
+    })
 }
 
 /// The partial file and the hash of what it holds.
@@ -205,7 +237,10 @@ impl Partial {
     async fn restart(&mut self) -> std::io::Result<()> {
         self.file.flush().await?;
         self.file.get_mut().set_len(0).await?;
-        self.file.get_mut().seek(std::io::SeekFrom::Start(0)).await?;
+        self.file
+            .get_mut()
+            .seek(std::io::SeekFrom::Start(0))
+            .await?;
         self.hasher = Sha256::new();
         self.done = 0;
         Ok(())
@@ -214,7 +249,10 @@ impl Partial {
     async fn finish(mut self) -> std::io::Result<(String, u64)> {
         self.file.flush().await?;
         self.file.get_mut().sync_all().await?;
-        Ok((format!("sha256:{}", hex::encode(self.hasher.finalize())), self.done))
+        Ok((
+            format!("sha256:{}", hex::encode(self.hasher.finalize())),
+            self.done,
+        ))
     }
 }
 
@@ -223,7 +261,11 @@ fn parse_content_range(v: &str) -> Option<(u64, Option<u64>)> {
     let rest = v.trim().strip_prefix("bytes ")?;
     let (range, total) = rest.split_once('/')?;
     let (start, _end) = range.split_once('-')?;
-    let total = if total.trim() == "*" { None } else { Some(total.trim().parse().ok()?) };
+    let total = if total.trim() == "*" {
+        None
+    } else {
+        Some(total.trim().parse().ok()?)
+    };
     Some((start.trim().parse().ok()?, total))
 }
 
@@ -254,12 +296,22 @@ struct Reporter<'a> {
 
 impl<'a> Reporter<'a> {
     fn new(f: &'a (dyn Fn(Progress) + Send + Sync)) -> Self {
-        Reporter { f, last_at: Instant::now(), last_bytes: 0 }
+        Reporter {
+            f,
+            last_at: Instant::now(),
+            last_bytes: 0,
+        }
     }
 
     fn report(&mut self, done: u64, total: Option<u64>, force: bool) {
-        if force || self.last_at.elapsed() >= PROGRESS_EVERY || done.saturating_sub(self.last_bytes) >= PROGRESS_BYTES {
-            (self.f)(Progress { bytes_done: done, bytes_total: total });
+        if force
+            || self.last_at.elapsed() >= PROGRESS_EVERY
+            || done.saturating_sub(self.last_bytes) >= PROGRESS_BYTES
+        {
+            (self.f)(Progress {
+                bytes_done: done,
+                bytes_total: total,
+            });
             self.last_at = Instant::now();
             self.last_bytes = done;
         }
@@ -272,7 +324,10 @@ mod tests {
 
     #[test]
     fn content_range() {
-        assert_eq!(parse_content_range("bytes 10-99/100"), Some((10, Some(100))));
+        assert_eq!(
+            parse_content_range("bytes 10-99/100"),
+            Some((10, Some(100)))
+        );
         assert_eq!(parse_content_range("bytes 10-99/*"), Some((10, None)));
         assert_eq!(parse_content_range("bytes */100"), None);
         assert_eq!(parse_content_range("items 1-2/3"), None);
@@ -280,7 +335,10 @@ mod tests {
 
     #[test]
     fn redaction() {
-        assert_eq!(redact("https://h/p.gguf?X-Amz-Signature=s"), "https://h/p.gguf");
+        assert_eq!(
+            redact("https://h/p.gguf?X-Amz-Signature=s"),
+            "https://h/p.gguf"
+        );
         assert_eq!(redact("https://h/p.gguf"), "https://h/p.gguf");
     }
 }

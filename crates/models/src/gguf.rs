@@ -37,10 +37,17 @@ const T_F64: u32 = 12;
 pub fn read_info(path: &Path) -> io::Result<GgufInfo> {
     let file = File::open(path)?;
     let len = file.metadata()?.len();
-    let mut r = Reader { inner: BufReader::with_capacity(64 * 1024, file), pos: 0, len };
+    let mut r = Reader {
+        inner: BufReader::with_capacity(64 * 1024, file),
+        pos: 0,
+        len,
+    };
     parse(&mut r).map_err(|e| match e.kind() {
         io::ErrorKind::UnexpectedEof => invalid(format!("{}: truncated GGUF file", path.display())),
-        io::ErrorKind::InvalidData => io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display())),
+        io::ErrorKind::InvalidData => io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{}: {e}", path.display()),
+        ),
         _ => e,
     })
 }
@@ -80,13 +87,17 @@ fn parse<R: Read + Seek>(r: &mut Reader<R>) -> io::Result<GgufInfo> {
     }
     let version = r.u32()?;
     if !(2..=3).contains(&version) {
-        return Err(invalid(format!("unsupported GGUF version {version} (2 and 3 are supported)")));
+        return Err(invalid(format!(
+            "unsupported GGUF version {version} (2 and 3 are supported)"
+        )));
     }
     let tensor_count = r.u64()?;
     let kv_count = r.u64()?;
     // A KV takes at least 8 (key length) + 4 (type) + 1 bytes; a tensor info at least 8 + 4 + 4 + 8.
     if kv_count > r.remaining() / 13 || tensor_count > r.remaining() / 24 {
-        return Err(invalid(format!("implausible counts: {kv_count} KVs, {tensor_count} tensors")));
+        return Err(invalid(format!(
+            "implausible counts: {kv_count} KVs, {tensor_count} tensors"
+        )));
     }
 
     let mut info = GgufInfo::default();
@@ -112,7 +123,10 @@ fn parse<R: Read + Seek>(r: &mut Reader<R>) -> io::Result<GgufInfo> {
     }
     if let Some(arch) = &info.architecture {
         let want = format!("{arch}.context_length");
-        info.context_length = context_lengths.iter().find(|(k, _)| *k == want).map(|(_, v)| *v);
+        info.context_length = context_lengths
+            .iter()
+            .find(|(k, _)| *k == want)
+            .map(|(_, v)| *v);
     }
     info.quantization = file_type.map(file_type_name);
 
@@ -126,11 +140,15 @@ fn parse<R: Read + Seek>(r: &mut Reader<R>) -> io::Result<GgufInfo> {
         let mut elements: u64 = 1;
         for _ in 0..n_dims {
             let d = r.u64()?;
-            elements = elements.checked_mul(d).ok_or_else(|| invalid("tensor element count overflows"))?;
+            elements = elements
+                .checked_mul(d)
+                .ok_or_else(|| invalid("tensor element count overflows"))?;
         }
         let _ggml_type = r.u32()?;
         let _offset = r.u64()?;
-        params = params.checked_add(elements).ok_or_else(|| invalid("parameter count overflows"))?;
+        params = params
+            .checked_add(elements)
+            .ok_or_else(|| invalid("parameter count overflows"))?;
     }
     info.parameter_count = Some(params);
     Ok(info)
@@ -150,7 +168,10 @@ impl<R: Read + Seek> Reader<R> {
 
     fn need(&self, n: u64) -> io::Result<()> {
         if n > self.remaining() {
-            return Err(invalid(format!("length {n} at offset {} runs past the end of the file ({} bytes)", self.pos, self.len)));
+            return Err(invalid(format!(
+                "length {n} at offset {} runs past the end of the file ({} bytes)",
+                self.pos, self.len
+            )));
         }
         Ok(())
     }
@@ -193,7 +214,9 @@ impl<R: Read + Seek> Reader<R> {
     fn kept_string(&mut self) -> io::Result<String> {
         let n = self.u64()?;
         if n > MAX_KEPT_STRING {
-            return Err(invalid(format!("string of {n} bytes where a short name was expected")));
+            return Err(invalid(format!(
+                "string of {n} bytes where a short name was expected"
+            )));
         }
         self.bytes_to_string(n)
     }
@@ -246,13 +269,17 @@ impl<R: Read + Seek> Reader<R> {
                 let elem = self.u32()?;
                 let count = self.u64()?;
                 if let Some(size) = scalar_size(elem) {
-                    let total = count.checked_mul(size).ok_or_else(|| invalid("array size overflows"))?;
+                    let total = count
+                        .checked_mul(size)
+                        .ok_or_else(|| invalid("array size overflows"))?;
                     return self.skip(total);
                 }
                 // Strings and arrays take at least 8 bytes (a length or a type and a count) each.
                 let min = if elem == T_STRING { 8 } else { 12 };
                 if count > self.remaining() / min {
-                    return Err(invalid(format!("array of {count} elements runs past the end of the file")));
+                    return Err(invalid(format!(
+                        "array of {count} elements runs past the end of the file"
+                    )));
                 }
                 for _ in 0..count {
                     self.skip_value(elem, depth + 1)?;
@@ -284,11 +311,17 @@ mod tests {
         let path = match std::env::var_os("LLORCH_DEV_MODEL") {
             Some(p) => PathBuf::from(p),
             None => {
-                let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
+                let home = std::env::var_os("HOME")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| PathBuf::from("/root"));
                 home.join(".cache/llama-orch/models/dev/SmolLM2-135M-Instruct.Q4_1.gguf")
             }
         };
-        assert!(path.is_file(), "dev model {} is missing: run scripts/dev-assets.sh first", path.display());
+        assert!(
+            path.is_file(),
+            "dev model {} is missing: run scripts/dev-assets.sh first",
+            path.display()
+        );
         path
     }
 
@@ -375,7 +408,10 @@ mod tests {
         assert_eq!(info.quantization.as_deref(), Some("Q4_1"));
         assert!(info.chat_template);
         let params = info.parameter_count.expect("parameter count");
-        assert!((130_000_000..140_000_000).contains(&params), "parameter_count {params}");
+        assert!(
+            (130_000_000..140_000_000).contains(&params),
+            "parameter_count {params}"
+        );
     }
 
     #[test]
@@ -397,7 +433,11 @@ mod tests {
             let path = dir.path().join("cut.gguf");
             std::fs::write(&path, &bytes[..cut]).expect("write");
             let err = read_info(&path).expect_err("a truncated file must fail");
-            assert_eq!(err.kind(), io::ErrorKind::InvalidData, "cut at {cut}: {err}");
+            assert_eq!(
+                err.kind(),
+                io::ErrorKind::InvalidData,
+                "cut at {cut}: {err}"
+            );
         }
     }
 
@@ -416,7 +456,14 @@ mod tests {
                 k.extend_from_slice(b"abc");
                 build(3, &[k], &[])
             }),
-            ("huge string value", build(3, &[kv("general.name", T_STRING, &(1u64 << 60).to_le_bytes())], &[])),
+            (
+                "huge string value",
+                build(
+                    3,
+                    &[kv("general.name", T_STRING, &(1u64 << 60).to_le_bytes())],
+                    &[],
+                ),
+            ),
             ("huge array", {
                 let mut a = T_U64.to_le_bytes().to_vec();
                 a.extend_from_slice(&(u64::MAX / 4).to_le_bytes());
@@ -452,7 +499,9 @@ mod tests {
     fn truncated_dev_model_header() {
         // The first 64 KiB of the real model: the header and part of the vocabulary.
         let mut head = vec![0u8; 64 * 1024];
-        File::open(dev_model()).and_then(|mut f| f.read_exact(&mut head)).expect("read the dev model");
+        File::open(dev_model())
+            .and_then(|mut f| f.read_exact(&mut head))
+            .expect("read the dev model");
         let (_dir, path) = write_tmp("head.gguf", &head);
         let err = read_info(&path).expect_err("truncated");
         assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");

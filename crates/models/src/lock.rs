@@ -43,7 +43,13 @@ impl LockMap {
 /// Waits for the artifact at `dest` (creating its parent directory).
 pub(crate) async fn lock(map: &Arc<LockMap>, dest: &Path) -> Result<ArtifactGuard, FetchError> {
     let in_process = map.slot(dest).lock_owned().await;
-    let mut guard = ArtifactGuard { map: map.clone(), key: dest.to_path_buf(), in_process: Some(in_process), file: None, lock_file: lock_path(dest) };
+    let mut guard = ArtifactGuard {
+        map: map.clone(),
+        key: dest.to_path_buf(),
+        in_process: Some(in_process),
+        file: None,
+        lock_file: lock_path(dest),
+    };
     let mut delay = Duration::from_millis(10);
     loop {
         if let Some(file) = try_file_lock(&guard.lock_file)? {
@@ -56,13 +62,22 @@ pub(crate) async fn lock(map: &Arc<LockMap>, dest: &Path) -> Result<ArtifactGuar
 }
 
 /// Takes the artifact's lock only if it is free now.
-pub(crate) fn try_lock(map: &Arc<LockMap>, dest: &Path) -> Result<Option<ArtifactGuard>, FetchError> {
+pub(crate) fn try_lock(
+    map: &Arc<LockMap>,
+    dest: &Path,
+) -> Result<Option<ArtifactGuard>, FetchError> {
     let Ok(in_process) = map.slot(dest).try_lock_owned() else {
         // Drop the slot we may have just created if nobody else holds it.
         map.release(dest);
         return Ok(None);
     };
-    let mut guard = ArtifactGuard { map: map.clone(), key: dest.to_path_buf(), in_process: Some(in_process), file: None, lock_file: lock_path(dest) };
+    let mut guard = ArtifactGuard {
+        map: map.clone(),
+        key: dest.to_path_buf(),
+        in_process: Some(in_process),
+        file: None,
+        lock_file: lock_path(dest),
+    };
     match try_file_lock(&guard.lock_file)? {
         Some(file) => {
             guard.file = Some(file);
@@ -77,8 +92,14 @@ fn try_file_lock(lock_file: &Path) -> Result<Option<File>, FetchError> {
     if let Some(parent) = lock_file.parent() {
         std::fs::create_dir_all(parent).map_err(|e| FetchError::io(parent.display(), e))?;
     }
-    let file = OpenOptions::new().create(true).truncate(false).write(true).open(lock_file).map_err(|e| FetchError::io(lock_file.display(), e))?;
-    let locked = fs4::fs_std::FileExt::try_lock_exclusive(&file).map_err(|e| FetchError::io(lock_file.display(), e))?;
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(lock_file)
+        .map_err(|e| FetchError::io(lock_file.display(), e))?;
+    let locked = fs4::fs_std::FileExt::try_lock_exclusive(&file)
+        .map_err(|e| FetchError::io(lock_file.display(), e))?;
     if !locked || !same_file(&file, lock_file) {
         return Ok(None);
     }
@@ -135,7 +156,10 @@ mod tests {
         let g = lock(&one, &dest).await.expect("lock");
         assert!(lock_path(&dest).exists());
         assert!(try_lock(&one, &dest).expect("try").is_none(), "same map");
-        assert!(try_lock(&two, &dest).expect("try").is_none(), "another map (another process)");
+        assert!(
+            try_lock(&two, &dest).expect("try").is_none(),
+            "another map (another process)"
+        );
         let waiter = {
             let two = two.clone();
             let dest = dest.clone();
@@ -144,7 +168,10 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!waiter.is_finished());
         drop(g);
-        waiter.await.expect("join").expect("second lock after release");
+        waiter
+            .await
+            .expect("join")
+            .expect("second lock after release");
         assert!(!lock_path(&dest).exists(), "lock file removed");
         assert!(one.slots.lock().expect("map").is_empty());
         assert!(two.slots.lock().expect("map").is_empty());

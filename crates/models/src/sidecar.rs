@@ -25,7 +25,9 @@ pub(crate) struct Sidecar {
 }
 
 pub(crate) fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// The sidecar of `dest`; `None` when missing or unreadable (the copy is then re-hashed).
@@ -62,7 +64,9 @@ pub(crate) fn touch(dest: &Path) {
 
 /// The entry's last use: the sidecar's mtime.
 pub(crate) fn last_used(dest: &Path) -> Option<SystemTime> {
-    std::fs::metadata(sidecar_path(dest)).and_then(|m| m.modified()).ok()
+    std::fs::metadata(sidecar_path(dest))
+        .and_then(|m| m.modified())
+        .ok()
 }
 
 /// `sha256:<hex>` and the size of the file at `path` (blocking; call from `spawn_blocking`).
@@ -93,17 +97,30 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let dest = dir.path().join("m.gguf");
         assert!(read(&dest).is_none());
-        let s = Sidecar { digest: "sha256:00".into(), size_bytes: 3, fetched_at_ms: now_ms(), source: "hf:o/r/m.gguf".into(), verified_at_ms: None };
+        let s = Sidecar {
+            digest: "sha256:00".into(),
+            size_bytes: 3,
+            fetched_at_ms: now_ms(),
+            source: "hf:o/r/m.gguf".into(),
+            verified_at_ms: None,
+        };
         write(&dest, &s).expect("write");
         assert_eq!(read(&dest), Some(s));
         let old = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
-        std::fs::File::options().write(true).open(sidecar_path(&dest)).and_then(|f| f.set_modified(old)).expect("set mtime");
+        std::fs::File::options()
+            .write(true)
+            .open(sidecar_path(&dest))
+            .and_then(|f| f.set_modified(old))
+            .expect("set mtime");
         assert_eq!(last_used(&dest), Some(old));
         touch(&dest);
         assert!(last_used(&dest).expect("mtime") > old);
         std::fs::write(&dest, b"abc").expect("write");
         let (digest, size) = sha256_file(&dest).expect("hash");
         assert_eq!(size, 3);
-        assert_eq!(digest, "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            digest,
+            "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 }

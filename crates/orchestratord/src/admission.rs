@@ -33,14 +33,19 @@ pub fn invalid_body(e: serde_path_to_error::Error<serde_json::Error>) -> ErrorEn
     let path = e.path().to_string();
     let msg = e.into_inner().to_string();
     // serde names a missing field only in its message; lift it into `field`.
-    let missing = msg.strip_prefix("missing field `").and_then(|rest| rest.split('`').next());
+    let missing = msg
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split('`').next());
     let field = match (path.as_str(), missing) {
         (".", Some(name)) => Some(name.to_string()),
         (".", None) => None,
         (p, Some(name)) => Some(format!("{p}.{name}")),
         (p, None) => Some(p.to_string()),
     };
-    let mut env = ErrorEnvelope::new(api::ErrorCode::InvalidParams, format!("invalid body: {msg}"));
+    let mut env = ErrorEnvelope::new(
+        api::ErrorCode::InvalidParams,
+        format!("invalid body: {msg}"),
+    );
     env.field = field;
     env
 }
@@ -48,7 +53,10 @@ pub fn invalid_body(e: serde_path_to_error::Error<serde_json::Error>) -> ErrorEn
 pub fn validate(req: TaskRequest, cfg: &Config) -> Result<ValidatedTask, ErrorEnvelope> {
     let bad = |f: &str, m: &str| Err(ErrorEnvelope::invalid(f, m));
     if req.workload != Workload::Completion {
-        return bad("workload", "only \"completion\" is supported; embedding and rerank are reserved");
+        return bad(
+            "workload",
+            "only \"completion\" is supported; embedding and rerank are reserved",
+        );
     }
     if req.model_ref.trim().is_empty() {
         return bad("model_ref", "must not be empty");
@@ -63,16 +71,30 @@ pub fn validate(req: TaskRequest, cfg: &Config) -> Result<ValidatedTask, ErrorEn
         (None, None) => return bad("prompt", "give exactly one of prompt and messages"),
         (Some(p), None) if p.is_empty() => return bad("prompt", "must not be empty"),
         (Some(p), None) => DispatchInput::Prompt { prompt: p.clone() },
-        (None, Some(m)) if m.is_empty() || m.len() > 256 => return bad("messages", "must hold 1 to 256 messages"),
-        (None, Some(m)) => DispatchInput::Messages { messages: m.clone() },
+        (None, Some(m)) if m.is_empty() || m.len() > 256 => {
+            return bad("messages", "must hold 1 to 256 messages")
+        }
+        (None, Some(m)) => DispatchInput::Messages {
+            messages: m.clone(),
+        },
     };
     let prompt_bytes = match &input {
         DispatchInput::Prompt { prompt } => prompt.len(),
         DispatchInput::Messages { messages } => messages.iter().map(|m| m.content.len()).sum(),
     };
     if prompt_bytes > cfg.max_prompt_bytes {
-        let field = if matches!(input, DispatchInput::Prompt { .. }) { "prompt" } else { "messages" };
-        return bad(field, &format!("longer than admission.max_prompt_bytes ({} bytes)", cfg.max_prompt_bytes));
+        let field = if matches!(input, DispatchInput::Prompt { .. }) {
+            "prompt"
+        } else {
+            "messages"
+        };
+        return bad(
+            field,
+            &format!(
+                "longer than admission.max_prompt_bytes ({} bytes)",
+                cfg.max_prompt_bytes
+            ),
+        );
     }
     if req.max_tokens == Some(0) {
         return bad("max_tokens", "must be at least 1");
@@ -102,7 +124,10 @@ pub fn validate(req: TaskRequest, cfg: &Config) -> Result<ValidatedTask, ErrorEn
     }
     for (i, s) in req.stop.iter().enumerate() {
         if s.is_empty() || s.len() > 256 {
-            return bad(&format!("stop[{i}]"), "each stop string must be 1 to 256 bytes");
+            return bad(
+                &format!("stop[{i}]"),
+                "each stop string must be 1 to 256 bytes",
+            );
         }
     }
     if req.grammar.is_some() && req.json_schema.is_some() {
@@ -110,10 +135,19 @@ pub fn validate(req: TaskRequest, cfg: &Config) -> Result<ValidatedTask, ErrorEn
     }
     if let Some(g) = &req.grammar {
         if g.len() > cfg.max_grammar_bytes {
-            return bad("grammar", &format!("larger than admission.max_grammar_bytes ({})", cfg.max_grammar_bytes));
+            return bad(
+                "grammar",
+                &format!(
+                    "larger than admission.max_grammar_bytes ({})",
+                    cfg.max_grammar_bytes
+                ),
+            );
         }
         if !g.contains("root") || !g.contains("::=") {
-            return bad("grammar", "not a GBNF grammar: it needs a `root ::= …` rule");
+            return bad(
+                "grammar",
+                "not a GBNF grammar: it needs a `root ::= …` rule",
+            );
         }
     }
     if let Some(s) = &req.json_schema {
@@ -147,9 +181,20 @@ fn check_range(field: &str, v: Option<f64>, ok: impl Fn(f64) -> bool) -> Result<
 
 fn validate_placement(p: &Placement, cfg: &Config) -> Result<(), ErrorEnvelope> {
     match p.mode {
-        PlacementMode::Pin if p.pin_pool_id.is_none() => Err(ErrorEnvelope::invalid("placement.pin_pool_id", "required when placement.mode is pin")),
-        PlacementMode::Pin if !cfg.allow_pin => Err(ErrorEnvelope::invalid("placement.mode", "pinning is disabled (placement.allow_pin = false)")),
-        PlacementMode::Auto | PlacementMode::Prefer if p.pin_pool_id.is_some() => Err(ErrorEnvelope::invalid("placement.pin_pool_id", "only allowed when placement.mode is pin")),
+        PlacementMode::Pin if p.pin_pool_id.is_none() => Err(ErrorEnvelope::invalid(
+            "placement.pin_pool_id",
+            "required when placement.mode is pin",
+        )),
+        PlacementMode::Pin if !cfg.allow_pin => Err(ErrorEnvelope::invalid(
+            "placement.mode",
+            "pinning is disabled (placement.allow_pin = false)",
+        )),
+        PlacementMode::Auto | PlacementMode::Prefer if p.pin_pool_id.is_some() => {
+            Err(ErrorEnvelope::invalid(
+                "placement.pin_pool_id",
+                "only allowed when placement.mode is pin",
+            ))
+        }
         _ => Ok(()),
     }
 }
@@ -159,7 +204,9 @@ mod tests {
     use super::*;
 
     fn cfg() -> Config {
-        crate::config::RawConfig::default().validate(std::path::Path::new("/tmp")).unwrap()
+        crate::config::RawConfig::default()
+            .validate(std::path::Path::new("/tmp"))
+            .unwrap()
     }
 
     /// Runs a JSON body through parse + validate and checks the offending field (None = valid).
@@ -179,29 +226,68 @@ mod tests {
     #[test]
     fn valid_bodies() {
         check(r#"{"model_ref":"m","prompt":"hi"}"#, None);
-        check(r#"{"model_ref":"m","messages":[{"role":"user","content":"x"}],"temperature":0,"seed":42,"max_tokens":160,"grammar":"root ::= \"a\""}"#, None);
+        check(
+            r#"{"model_ref":"m","messages":[{"role":"user","content":"x"}],"temperature":0,"seed":42,"max_tokens":160,"grammar":"root ::= \"a\""}"#,
+            None,
+        );
     }
 
     #[test]
     fn invalid_bodies_name_the_field() {
-        check(r#"{"model_ref":"m","prompt":"hi","bogus":1}"#, Some("bogus"));
-        check(r#"{"model_ref":"m","prompt":"hi","placement":{"mode":"pin","x":1}}"#, Some("placement.x"));
-        check(r#"{"model_ref":"m","prompt":"hi","priority":"urgent"}"#, Some("priority"));
+        check(
+            r#"{"model_ref":"m","prompt":"hi","bogus":1}"#,
+            Some("bogus"),
+        );
+        check(
+            r#"{"model_ref":"m","prompt":"hi","placement":{"mode":"pin","x":1}}"#,
+            Some("placement.x"),
+        );
+        check(
+            r#"{"model_ref":"m","prompt":"hi","priority":"urgent"}"#,
+            Some("priority"),
+        );
         check(r#"{"model_ref":"m","prompt":5}"#, Some("prompt"));
         check(r#"{"model_ref":"m"}"#, Some("prompt"));
         check(r#"{"model_ref":"m","prompt":""}"#, Some("prompt"));
-        check(r#"{"model_ref":"m","prompt":"x","max_tokens":0}"#, Some("max_tokens"));
+        check(
+            r#"{"model_ref":"m","prompt":"x","max_tokens":0}"#,
+            Some("max_tokens"),
+        );
         check(r#"{"model_ref":"m","prompt":"x","top_p":0}"#, Some("top_p"));
-        check(r#"{"model_ref":"m","prompt":"x","seed":4294967296}"#, Some("seed"));
-        check(r#"{"model_ref":"m","prompt":"x","stop":[""]}"#, Some("stop[0]"));
-        check(r#"{"model_ref":"m","prompt":"x","workload":"embedding"}"#, Some("workload"));
-        check(r#"{"model_ref":"m","prompt":"x","engine":"vllm"}"#, Some("engine"));
-        check(r#"{"model_ref":"m","prompt":"x","placement":{"mode":"pin"}}"#, Some("placement.pin_pool_id"));
-        check(r#"{"model_ref":"m","messages":[{"role":"robot","content":"x"}]}"#, Some("messages[0].role"));
+        check(
+            r#"{"model_ref":"m","prompt":"x","seed":4294967296}"#,
+            Some("seed"),
+        );
+        check(
+            r#"{"model_ref":"m","prompt":"x","stop":[""]}"#,
+            Some("stop[0]"),
+        );
+        check(
+            r#"{"model_ref":"m","prompt":"x","workload":"embedding"}"#,
+            Some("workload"),
+        );
+        check(
+            r#"{"model_ref":"m","prompt":"x","engine":"vllm"}"#,
+            Some("engine"),
+        );
+        check(
+            r#"{"model_ref":"m","prompt":"x","placement":{"mode":"pin"}}"#,
+            Some("placement.pin_pool_id"),
+        );
+        check(
+            r#"{"model_ref":"m","messages":[{"role":"robot","content":"x"}]}"#,
+            Some("messages[0].role"),
+        );
         check(r#"not json"#, Some(""));
         check(r#"{"prompt":"x"}"#, Some("model_ref"));
-        check(r#"{"model_ref":"m","messages":[{"role":"user"}]}"#, Some("messages[0].content"));
-        let long = format!(r#"{{"model_ref":"m","prompt":"{}"}}"#, "x".repeat(1_048_577));
+        check(
+            r#"{"model_ref":"m","messages":[{"role":"user"}]}"#,
+            Some("messages[0].content"),
+        );
+        let long = format!(
+            r#"{{"model_ref":"m","prompt":"{}"}}"#,
+            "x".repeat(1_048_577)
+        );
         check(&long, Some("prompt"));
     }
 }

@@ -190,7 +190,11 @@ impl Config {
     }
 
     pub fn tokens(&self) -> Tokens {
-        Tokens { client: self.client_tokens.clone(), registration: self.registration_token.clone(), node: self.node_tokens.clone() }
+        Tokens {
+            client: self.client_tokens.clone(),
+            registration: self.registration_token.clone(),
+            node: self.node_tokens.clone(),
+        }
     }
 }
 
@@ -220,7 +224,15 @@ impl Tokens {
     /// Fingerprints for the rotation log line (never the tokens).
     pub fn describe(&self) -> String {
         let fps: Vec<String> = self.client.iter().map(|s| s.to_string()).collect();
-        format!("client tokens [{}], registration token {}, {} per-node token(s)", fps.join(", "), self.registration.as_ref().map(|s| s.to_string()).unwrap_or_else(|| "none".into()), self.node.len())
+        format!(
+            "client tokens [{}], registration token {}, {} per-node token(s)",
+            fps.join(", "),
+            self.registration
+                .as_ref()
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "none".into()),
+            self.node.len()
+        )
     }
 }
 
@@ -229,22 +241,43 @@ pub const DEFAULT_BIND: &str = "127.0.0.1:8080";
 impl RawConfig {
     pub fn validate(self, home: &std::path::Path) -> Result<Config, Vec<String>> {
         let mut p = Vec::new();
-        let bind_raw = self.server.bind.clone().unwrap_or_else(|| DEFAULT_BIND.into());
-        let bind = resolve_bind(&bind_raw).map_err(|e| p.push(format!("server.bind: {e}"))).ok();
+        let bind_raw = self
+            .server
+            .bind
+            .clone()
+            .unwrap_or_else(|| DEFAULT_BIND.into());
+        let bind = resolve_bind(&bind_raw)
+            .map_err(|e| p.push(format!("server.bind: {e}")))
+            .ok();
         let mut client_tokens: Vec<String> = self.auth.client_tokens.clone();
         if let Some(f) = &self.auth.client_tokens_file {
             if !client_tokens.is_empty() {
                 p.push("auth.client_tokens: set either auth.client_tokens or auth.client_tokens_file, not both".into());
             }
             match std::fs::read_to_string(f) {
-                Ok(s) => client_tokens = s.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string).collect(),
-                Err(e) => p.push(format!("auth.client_tokens_file: cannot read {}: {e}", f.display())),
+                Ok(s) => {
+                    client_tokens = s
+                        .lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                        .map(str::to_string)
+                        .collect()
+                }
+                Err(e) => p.push(format!(
+                    "auth.client_tokens_file: cannot read {}: {e}",
+                    f.display()
+                )),
             }
         }
         for (i, t) in client_tokens.iter().enumerate() {
             check_token(&format!("auth.client_tokens[{i}]"), t, &mut p);
         }
-        let registration = daemon::config::secret_or_file("auth.node_registration_token", &self.auth.node_registration_token, &self.auth.node_registration_token_file, &mut p);
+        let registration = daemon::config::secret_or_file(
+            "auth.node_registration_token",
+            &self.auth.node_registration_token,
+            &self.auth.node_registration_token_file,
+            &mut p,
+        );
         if let Some(r) = &registration {
             check_token("auth.node_registration_token", r, &mut p);
             if client_tokens.iter().any(|c| c == r) {
@@ -260,7 +293,9 @@ impl RawConfig {
             node_tokens.insert(node.clone(), Secret::new(t.clone()));
         }
         if let Some(b) = bind {
-            if !b.ip().is_loopback() && (client_tokens.is_empty() || (registration.is_none() && node_tokens.is_empty())) {
+            if !b.ip().is_loopback()
+                && (client_tokens.is_empty() || (registration.is_none() && node_tokens.is_empty()))
+            {
                 p.push(format!("server.bind: {b} is not a loopback address; set auth.client_tokens and auth.node_registration_token (or auth.node_tokens) first"));
             }
         }
@@ -274,10 +309,30 @@ impl RawConfig {
                 FullPolicy::Reject
             }
         };
-        let burst = positive("queue.interactive_burst", self.queue.interactive_burst, 4, &mut p);
-        let default_max_tokens = positive("admission.default_max_tokens", self.admission.default_max_tokens, 256, &mut p);
-        let max_grammar = positive("admission.max_grammar_bytes", self.admission.max_grammar_bytes, 262_144, &mut p);
-        let max_prompt = positive("admission.max_prompt_bytes", self.admission.max_prompt_bytes, 1_048_576, &mut p);
+        let burst = positive(
+            "queue.interactive_burst",
+            self.queue.interactive_burst,
+            4,
+            &mut p,
+        );
+        let default_max_tokens = positive(
+            "admission.default_max_tokens",
+            self.admission.default_max_tokens,
+            256,
+            &mut p,
+        );
+        let max_grammar = positive(
+            "admission.max_grammar_bytes",
+            self.admission.max_grammar_bytes,
+            262_144,
+            &mut p,
+        );
+        let max_prompt = positive(
+            "admission.max_prompt_bytes",
+            self.admission.max_prompt_bytes,
+            1_048_576,
+            &mut p,
+        );
         let ms = |v: Option<u64>, d: u64| Duration::from_millis(v.unwrap_or(d));
         let heartbeat_interval = ms(self.nodes.heartbeat_interval_ms, 10_000);
         let heartbeat_timeout = ms(self.nodes.heartbeat_timeout_ms, 30_000);
@@ -285,7 +340,10 @@ impl RawConfig {
             p.push("nodes.heartbeat_interval_ms: must be at least 500".into());
         }
         if heartbeat_timeout <= heartbeat_interval {
-            p.push(format!("nodes.heartbeat_timeout_ms: must exceed nodes.heartbeat_interval_ms ({} ms)", heartbeat_interval.as_millis()));
+            p.push(format!(
+                "nodes.heartbeat_timeout_ms: must exceed nodes.heartbeat_interval_ms ({} ms)",
+                heartbeat_interval.as_millis()
+            ));
         }
         let keepalive = ms(self.streams.keepalive_ms, 15_000);
         if keepalive < Duration::from_millis(100) {
@@ -294,7 +352,9 @@ impl RawConfig {
         match self.provisioning.mode.as_deref().unwrap_or("off") {
             "off" => {}
             "on-demand" => {}
-            other => p.push(format!("provisioning.mode: {other:?} is not one of off, on-demand")),
+            other => p.push(format!(
+                "provisioning.mode: {other:?} is not one of off, on-demand"
+            )),
         }
         if let Some(h) = self.provisioning.vram_headroom {
             if !(h >= 1.0) {
@@ -304,7 +364,9 @@ impl RawConfig {
         if let Some(schemes) = &self.catalog.allowed_schemes {
             for s in schemes {
                 if !matches!(s.as_str(), "hf" | "https" | "file") {
-                    p.push(format!("catalog.allowed_schemes: {s:?} is not one of hf, https, file"));
+                    p.push(format!(
+                        "catalog.allowed_schemes: {s:?} is not one of hf, https, file"
+                    ));
                 }
             }
         }
@@ -313,13 +375,21 @@ impl RawConfig {
             p.push("server.max_body_bytes: must be at least 1024".into());
         }
         let level = self.logging.level.clone().unwrap_or_else(|| "info".into());
-        if !matches!(level.as_str(), "error" | "warn" | "info" | "debug" | "trace") {
-            p.push(format!("logging.level: {level:?} is not one of error, warn, info, debug, trace"));
+        if !matches!(
+            level.as_str(),
+            "error" | "warn" | "info" | "debug" | "trace"
+        ) {
+            p.push(format!(
+                "logging.level: {level:?} is not one of error, warn, info, debug, trace"
+            ));
         }
         if !p.is_empty() {
             return Err(p);
         }
-        let state_dir = self.state_dir.clone().unwrap_or_else(|| home.join(".local/state/llama-orch"));
+        let state_dir = self
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| home.join(".local/state/llama-orch"));
         Ok(Config {
             bind: bind.expect("checked"),
             max_body_bytes: max_body as usize,
@@ -349,9 +419,17 @@ impl RawConfig {
             provisioning_on_demand: self.provisioning.mode.as_deref() == Some("on-demand"),
             allow_repurpose_idle: self.provisioning.allow_repurpose_idle.unwrap_or(false),
             vram_headroom: self.provisioning.vram_headroom.unwrap_or(1.2),
-            catalog_db: self.catalog.db_path.clone().unwrap_or_else(|| state_dir.join("catalog.sqlite")),
+            catalog_db: self
+                .catalog
+                .db_path
+                .clone()
+                .unwrap_or_else(|| state_dir.join("catalog.sqlite")),
             auto_register: self.catalog.auto_register.unwrap_or(false),
-            allowed_schemes: self.catalog.allowed_schemes.clone().unwrap_or_else(|| vec!["hf".into(), "https".into(), "file".into()]),
+            allowed_schemes: self
+                .catalog
+                .allowed_schemes
+                .clone()
+                .unwrap_or_else(|| vec!["hf".into(), "https".into(), "file".into()]),
             log_level: level,
             log_json: self.logging.json,
         })
@@ -374,7 +452,9 @@ fn check_token(key: &str, t: &str, p: &mut Vec<String>) {
         p.push(format!("{key}: tokens must be at least 16 characters"));
     }
     if t.bytes().any(|b| b.is_ascii_control() || b == b' ') {
-        p.push(format!("{key}: tokens must not contain spaces or control characters"));
+        p.push(format!(
+            "{key}: tokens must not contain spaces or control characters"
+        ));
     }
 }
 
@@ -384,7 +464,10 @@ fn resolve_bind(raw: &str) -> Result<SocketAddr, String> {
         return Ok(a);
     }
     if let Some(port) = raw.strip_prefix("localhost:") {
-        return port.parse::<u16>().map(|p| SocketAddr::from(([127, 0, 0, 1], p))).map_err(|e| format!("{raw:?}: bad port ({e})"));
+        return port
+            .parse::<u16>()
+            .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
+            .map_err(|e| format!("{raw:?}: bad port ({e})"));
     }
     Err(format!("{raw:?} is not host:port"))
 }
@@ -403,7 +486,10 @@ mod tests {
             (Err(p), false) => {
                 assert_eq!(p.len(), expected.len(), "{p:#?}");
                 for want in expected {
-                    assert!(p.iter().any(|l| l.contains(want)), "missing {want:?} in {p:#?}");
+                    assert!(
+                        p.iter().any(|l| l.contains(want)),
+                        "missing {want:?} in {p:#?}"
+                    );
                 }
             }
         }
@@ -429,7 +515,13 @@ mod tests {
             heartbeat_interval_ms = 1000
             heartbeat_timeout_ms = 500
             "#,
-            &["server.bind", "queue.capacity", "queue.full_policy", "auth.client_tokens[0]", "nodes.heartbeat_timeout_ms"],
+            &[
+                "server.bind",
+                "queue.capacity",
+                "queue.full_policy",
+                "auth.client_tokens[0]",
+                "nodes.heartbeat_timeout_ms",
+            ],
         );
     }
 

@@ -14,9 +14,19 @@ use crate::core::{CancelJob, DispatchJob};
 
 /// Runs one dispatch attempt to its end. Aborting this future drops the connection, which the
 /// worker treats as a cancel.
-pub async fn relay(job: DispatchJob, http: reqwest::Client, idle: Duration, tx: mpsc::UnboundedSender<Msg>) {
+pub async fn relay(
+    job: DispatchJob,
+    http: reqwest::Client,
+    idle: Duration,
+    tx: mpsc::UnboundedSender<Msg>,
+) {
     let (id, attempt) = (job.task, job.attempt);
-    let ended = |reason: String, answered: Option<ErrorEnvelope>| Msg::RelayEnded { id, attempt, reason, answered };
+    let ended = |reason: String, answered: Option<ErrorEnvelope>| Msg::RelayEnded {
+        id,
+        attempt,
+        reason,
+        answered,
+    };
     let url = format!("{}/v2/pools/{}/dispatch", job.address, job.body.pool_id);
     let resp = http
         .post(&url)
@@ -36,10 +46,17 @@ pub async fn relay(job: DispatchJob, http: reqwest::Client, idle: Duration, tx: 
     if !resp.status().is_success() {
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap_or_default();
-        let answered = serde_json::from_str::<ErrorEnvelope>(&text).ok().unwrap_or_else(|| {
-            let code = if status >= 500 { ErrorCode::PoolUnavailable } else { ErrorCode::Internal };
-            ErrorEnvelope::new(code, format!("worker answered {status}")).with_retriable(status >= 500)
-        });
+        let answered = serde_json::from_str::<ErrorEnvelope>(&text)
+            .ok()
+            .unwrap_or_else(|| {
+                let code = if status >= 500 {
+                    ErrorCode::PoolUnavailable
+                } else {
+                    ErrorCode::Internal
+                };
+                ErrorEnvelope::new(code, format!("worker answered {status}"))
+                    .with_retriable(status >= 500)
+            });
         let _ = tx.send(ended(format!("worker answered {status}"), Some(answered)));
         return;
     }
@@ -48,11 +65,17 @@ pub async fn relay(job: DispatchJob, http: reqwest::Client, idle: Duration, tx: 
     loop {
         let chunk = match tokio::time::timeout(idle, body.next()).await {
             Err(_) => {
-                let _ = tx.send(ended(format!("the worker sent nothing for {} ms", idle.as_millis()), None));
+                let _ = tx.send(ended(
+                    format!("the worker sent nothing for {} ms", idle.as_millis()),
+                    None,
+                ));
                 return;
             }
             Ok(None) => {
-                let _ = tx.send(ended("the worker closed the stream without a terminal line".into(), None));
+                let _ = tx.send(ended(
+                    "the worker closed the stream without a terminal line".into(),
+                    None,
+                ));
                 return;
             }
             Ok(Some(Err(e))) => {
@@ -69,7 +92,11 @@ pub async fn relay(job: DispatchJob, http: reqwest::Client, idle: Duration, tx: 
                 return;
             };
             let terminal = parsed.event.is_terminal();
-            let _ = tx.send(Msg::Worker { id, attempt, ev: parsed.event });
+            let _ = tx.send(Msg::Worker {
+                id,
+                attempt,
+                ev: parsed.event,
+            });
             if terminal {
                 return;
             }
@@ -83,8 +110,18 @@ pub async fn relay(job: DispatchJob, http: reqwest::Client, idle: Duration, tx: 
 
 /// Calls the worker cancel route; true when the worker confirmed the slot free (204).
 pub async fn cancel(http: &reqwest::Client, job: &CancelJob) -> bool {
-    let url = format!("{}/v2/pools/{}/tasks/{}/cancel", job.address, job.pool_id, job.task);
-    match http.post(&url).bearer_auth(job.token.expose()).header(api::CORRELATION_HEADER, &job.correlation_id).timeout(Duration::from_secs(30)).send().await {
+    let url = format!(
+        "{}/v2/pools/{}/tasks/{}/cancel",
+        job.address, job.pool_id, job.task
+    );
+    match http
+        .post(&url)
+        .bearer_auth(job.token.expose())
+        .header(api::CORRELATION_HEADER, &job.correlation_id)
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+    {
         Ok(r) => r.status() == reqwest::StatusCode::NO_CONTENT,
         Err(e) => {
             tracing::warn!(event = "command.failed", correlation_id = %job.correlation_id, task_id = %job.task, pool_id = %job.pool_id, "Cancel call to the worker failed: {e}");

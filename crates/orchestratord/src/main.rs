@@ -25,10 +25,11 @@ struct Args {
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
     let env: Vec<(String, String)> = std::env::vars().collect();
-    let (mut raw, unknown): (orchestratord::config::RawConfig, Vec<String>) = match daemon::config::load(args.config.as_deref(), "ORCHD", &env) {
-        Ok(r) => r,
-        Err(problems) => return refuse(&problems),
-    };
+    let (mut raw, unknown): (orchestratord::config::RawConfig, Vec<String>) =
+        match daemon::config::load(args.config.as_deref(), "ORCHD", &env) {
+            Ok(r) => r,
+            Err(problems) => return refuse(&problems),
+        };
     let args_bind = args.bind.clone();
     if let Some(b) = args.bind {
         raw.server.bind = Some(b);
@@ -36,7 +37,9 @@ fn main() -> std::process::ExitCode {
     if let Some(l) = args.log_level {
         raw.logging.level = Some(l);
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
     let cfg = match daemon::main_loop::validated("orchestratord", unknown, raw.validate(&home)) {
         Ok(c) => c,
         Err(code) => return code,
@@ -45,17 +48,27 @@ fn main() -> std::process::ExitCode {
         println!("config ok: bind {}", cfg.bind);
         return std::process::ExitCode::SUCCESS;
     }
-    daemon::logging::init(&cfg.log_level, if args.log_json { Some(true) } else { cfg.log_json });
+    daemon::logging::init(
+        &cfg.log_level,
+        if args.log_json {
+            Some(true)
+        } else {
+            cfg.log_json
+        },
+    );
     let bind = cfg.bind;
     let path = args.config.clone();
     let bind_flag = args_bind;
     let reload: orchestratord::Reloader = Box::new(move || {
         let env: Vec<(String, String)> = std::env::vars().collect();
-        let (mut raw, unknown): (orchestratord::config::RawConfig, Vec<String>) = daemon::config::load(path.as_deref(), "ORCHD", &env)?;
+        let (mut raw, unknown): (orchestratord::config::RawConfig, Vec<String>) =
+            daemon::config::load(path.as_deref(), "ORCHD", &env)?;
         if let Some(b) = &bind_flag {
             raw.server.bind = Some(b.clone());
         }
-        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
+        let home = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/tmp"));
         match raw.validate(&home) {
             Ok(c) if unknown.is_empty() => Ok(c),
             Ok(_) => Err(unknown),
@@ -63,7 +76,9 @@ fn main() -> std::process::ExitCode {
         }
     });
     daemon::main_loop::serve("orchestratord", bind, |listener, shutdown| async move {
-        orchestratord::run(cfg, listener, shutdown, Some(reload)).await.map_err(|e| format!("{e:#}").into())
+        orchestratord::run(cfg, listener, shutdown, Some(reload))
+            .await
+            .map_err(|e| format!("{e:#}").into())
     })
 }
 

@@ -32,8 +32,12 @@ pub const NODE_HEARTBEATS: &str = "orchd_node_heartbeats_total";
 pub const NODE_OFFLINE: &str = "orchd_node_offline_total";
 pub const NODE_HEARTBEAT_AGE: &str = "orchd_node_heartbeat_age_ms";
 
-const FIRST_TOKEN_BUCKETS: &[f64] = &[50.0, 100.0, 150.0, 200.0, 300.0, 500.0, 750.0, 1000.0, 1500.0, 2000.0, 3000.0];
-const DECODE_BUCKETS: &[f64] = &[250.0, 500.0, 1000.0, 1500.0, 2000.0, 3000.0, 4000.0, 6000.0, 8000.0, 12000.0];
+const FIRST_TOKEN_BUCKETS: &[f64] = &[
+    50.0, 100.0, 150.0, 200.0, 300.0, 500.0, 750.0, 1000.0, 1500.0, 2000.0, 3000.0,
+];
+const DECODE_BUCKETS: &[f64] = &[
+    250.0, 500.0, 1000.0, 1500.0, 2000.0, 3000.0, 4000.0, 6000.0, 8000.0, 12000.0,
+];
 const OVERHEAD_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0];
 
 const HELP: &[(&str, &str, &str)] = &[
@@ -118,7 +122,13 @@ impl Metrics {
 
     pub fn observe(&self, name: &'static str, labels: Labels, v: f64) {
         let mut g = self.lock();
-        let h = g.histograms.entry((name, labels)).or_insert_with(|| Histogram { buckets: vec![0; buckets_of(name).len()], ..Default::default() });
+        let h = g
+            .histograms
+            .entry((name, labels))
+            .or_insert_with(|| Histogram {
+                buckets: vec![0; buckets_of(name).len()],
+                ..Default::default()
+            });
         for (i, b) in buckets_of(name).iter().enumerate() {
             if v <= *b {
                 h.buckets[i] += 1;
@@ -142,8 +152,15 @@ impl Metrics {
                     }
                 }
                 "gauge" => {
-                    let stored = g.gauges.iter().filter(|((n, _), _)| n == name).map(|((n, l), v)| (*n, l, *v));
-                    let extra = extra_gauges.iter().filter(|(n, _, _)| n == name).map(|(n, l, v)| (*n, l, *v));
+                    let stored = g
+                        .gauges
+                        .iter()
+                        .filter(|((n, _), _)| n == name)
+                        .map(|((n, l), v)| (*n, l, *v));
+                    let extra = extra_gauges
+                        .iter()
+                        .filter(|(n, _, _)| n == name)
+                        .map(|(n, l, v)| (*n, l, *v));
                     for (n, l, v) in stored.chain(extra) {
                         let _ = writeln!(out, "{n}{} {}", fmt_labels(l, None), fmt_num(v));
                     }
@@ -151,9 +168,15 @@ impl Metrics {
                 _ => {
                     for ((n, l), h) in g.histograms.iter().filter(|((n, _), _)| n == name) {
                         for (i, b) in buckets_of(n).iter().enumerate() {
-                            let _ = writeln!(out, "{n}_bucket{} {}", fmt_labels(l, Some(&fmt_num(*b))), h.buckets[i]);
+                            let _ = writeln!(
+                                out,
+                                "{n}_bucket{} {}",
+                                fmt_labels(l, Some(&fmt_num(*b))),
+                                h.buckets[i]
+                            );
                         }
-                        let _ = writeln!(out, "{n}_bucket{} {}", fmt_labels(l, Some("+Inf")), h.count);
+                        let _ =
+                            writeln!(out, "{n}_bucket{} {}", fmt_labels(l, Some("+Inf")), h.count);
                         let _ = writeln!(out, "{n}_sum{} {}", fmt_labels(l, None), fmt_num(h.sum));
                         let _ = writeln!(out, "{n}_count{} {}", fmt_labels(l, None), h.count);
                     }
@@ -173,7 +196,10 @@ fn fmt_num(v: f64) -> String {
 }
 
 fn fmt_labels(l: &Labels, le: Option<&str>) -> String {
-    let mut parts: Vec<String> = l.iter().map(|(k, v)| format!("{k}=\"{}\"", escape(v))).collect();
+    let mut parts: Vec<String> = l
+        .iter()
+        .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+        .collect();
     if let Some(le) = le {
         parts.push(format!("le=\"{le}\""));
     }
@@ -185,7 +211,9 @@ fn fmt_labels(l: &Labels, le: Option<&str>) -> String {
 }
 
 fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Label helper: `labels(&[("engine", "llamacpp"), …])`.
@@ -200,7 +228,11 @@ mod tests {
     #[test]
     fn renders_help_type_and_histograms() {
         let m = Metrics::default();
-        m.inc(TOKENS_OUT, labels(&[("engine", "llamacpp"), ("pool_id", "p\"0")]), 3.0);
+        m.inc(
+            TOKENS_OUT,
+            labels(&[("engine", "llamacpp"), ("pool_id", "p\"0")]),
+            3.0,
+        );
         m.observe(OVERHEAD, labels(&[("pool_id", "p0")]), 3.0);
         let text = m.render(&[(NODE_HEARTBEAT_AGE, labels(&[("node_id", "a")]), 12.0)]);
         assert!(text.contains("# TYPE tokens_out_total counter"));
@@ -209,6 +241,9 @@ mod tests {
         assert!(text.contains("orchestrator_overhead_ms_bucket{pool_id=\"p0\",le=\"5\"} 1"));
         assert!(text.contains("orchestrator_overhead_ms_count{pool_id=\"p0\"} 1"));
         assert!(text.contains("orchd_node_heartbeat_age_ms{node_id=\"a\"} 12"));
-        assert_eq!(text, m.render(&[(NODE_HEARTBEAT_AGE, labels(&[("node_id", "a")]), 12.0)]));
+        assert_eq!(
+            text,
+            m.render(&[(NODE_HEARTBEAT_AGE, labels(&[("node_id", "a")]), 12.0)])
+        );
     }
 }

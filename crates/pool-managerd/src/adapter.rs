@@ -38,43 +38,87 @@ enum Outcome {
     Finished(Box<CompletionFrame>),
     /// Stopped by us; the engine slot must be confirmed free.
     Stopped(StopReason),
-    Failed { code: ErrorCode, message: String, retriable: bool },
+    Failed {
+        code: ErrorCode,
+        message: String,
+        retriable: bool,
+    },
 }
 
 impl TaskRun {
     /// Runs the task to its terminal event. Returns once the engine slot is free again.
     pub async fn run(self) {
         let started = Instant::now();
-        let deadline = self.req.deadline_remaining_ms.map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms));
+        let deadline = self
+            .req
+            .deadline_remaining_ms
+            .map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms));
         let mut tokens_out = 0u64;
         let mut ttft: Option<u64> = None;
-        let outcome = self.stream(deadline, &mut tokens_out, &mut ttft, started).await;
+        let outcome = self
+            .stream(deadline, &mut tokens_out, &mut ttft, started)
+            .await;
         let (event, needs_confirm) = match outcome {
             Outcome::Finished(f) => (self.end_from_frame(&f, tokens_out, ttft), false),
             Outcome::Stopped(reason) => (
-                WorkerEvent::End { tokens_in: self.tokens_evaluated(), tokens_out, stop_reason: reason, seed: self.req.params.sampling.seed, engine_ttft_ms: ttft, engine_decode_ms: 0 },
+                WorkerEvent::End {
+                    tokens_in: self.tokens_evaluated(),
+                    tokens_out,
+                    stop_reason: reason,
+                    seed: self.req.params.sampling.seed,
+                    engine_ttft_ms: ttft,
+                    engine_decode_ms: 0,
+                },
                 true,
             ),
-            Outcome::Failed { code, message, retriable } => {
+            Outcome::Failed {
+                code,
+                message,
+                retriable,
+            } => {
                 // A lost engine frees nothing we could confirm; anything else may still hold the slot.
                 let confirm = !self.lost.is_cancelled();
-                (WorkerEvent::Error { code, message, retriable, retry_after_ms: None }, confirm)
+                (
+                    WorkerEvent::Error {
+                        code,
+                        message,
+                        retriable,
+                        retry_after_ms: None,
+                    },
+                    confirm,
+                )
             }
         };
         if needs_confirm {
             self.confirm_free().await;
         }
         self.log_end(&event, tokens_out);
-        let counter = if matches!(event, WorkerEvent::End { .. }) { &self.pool.ended } else { &self.pool.failed };
+        let counter = if matches!(event, WorkerEvent::End { .. }) {
+            &self.pool.ended
+        } else {
+            &self.pool.failed
+        };
         counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let _ = self.tx.send(event).await;
     }
 
-    async fn stream(&self, deadline: Option<tokio::time::Instant>, tokens_out: &mut u64, ttft: &mut Option<u64>, started: Instant) -> Outcome {
+    async fn stream(
+        &self,
+        deadline: Option<tokio::time::Instant>,
+        tokens_out: &mut u64,
+        ttft: &mut Option<u64>,
+        started: Instant,
+    ) -> Outcome {
         let prompt = match &self.req.input {
             DispatchInput::Prompt { prompt } => prompt.clone(),
             DispatchInput::Messages { messages } => {
-                let msgs: Vec<ChatMessage> = messages.iter().map(|m| ChatMessage { role: role_str(m.role).into(), content: m.content.clone() }).collect();
+                let msgs: Vec<ChatMessage> = messages
+                    .iter()
+                    .map(|m| ChatMessage {
+                        role: role_str(m.role).into(),
+                        content: m.content.clone(),
+                    })
+                    .collect();
                 match self.client.apply_template(&msgs).await {
                     Ok(p) => p,
                     Err(e) => return engine_failure(e, false),
@@ -112,7 +156,10 @@ impl TaskRun {
         let started_ev = WorkerEvent::Started {
             engine: api::ENGINE_LLAMACPP.into(),
             engine_version: self.engine_version.clone(),
-            model: DispatchModel { id: self.model.id.clone(), digest: self.model.digest.clone() },
+            model: DispatchModel {
+                id: self.model.id.clone(),
+                digest: self.model.digest.clone(),
+            },
         };
         if self.tx.send(started_ev).await.is_err() {
             return Outcome::Stopped(StopReason::Canceled);
@@ -131,9 +178,21 @@ impl TaskRun {
                 Err(_) => {
                     drop(frames);
                     self.confirm_free().await;
-                    return Outcome::Failed { code: ErrorCode::DecodeTimeout, message: format!("the engine produced nothing for {} ms", self.idle_timeout.as_millis()), retriable: true };
+                    return Outcome::Failed {
+                        code: ErrorCode::DecodeTimeout,
+                        message: format!(
+                            "the engine produced nothing for {} ms",
+                            self.idle_timeout.as_millis()
+                        ),
+                        retriable: true,
+                    };
                 }
-                Ok(None) => return broken(*tokens_out, "the engine closed the stream without a final frame".into()),
+                Ok(None) => {
+                    return broken(
+                        *tokens_out,
+                        "the engine closed the stream without a final frame".into(),
+                    )
+                }
                 Ok(Some(Err(e))) => return broken(*tokens_out, e.to_string()),
                 Ok(Some(Ok(f))) => f,
             };
@@ -147,7 +206,10 @@ impl TaskRun {
                     tracing::info!(event = "engine.first_token", correlation_id = %self.req.correlation_id, task_id = %self.req.task_id, pool_id = %self.req.pool_id,
                         node_id = %self.req.node_id, duration_ms = ttft.unwrap_or(0), "First token of task {} after {} ms", self.req.task_id, ttft.unwrap_or(0));
                 }
-                let ev = WorkerEvent::Token { i: *tokens_out, t: frame.content.clone() };
+                let ev = WorkerEvent::Token {
+                    i: *tokens_out,
+                    t: frame.content.clone(),
+                };
                 *tokens_out += 1;
                 if self.tx.send(ev).await.is_err() {
                     return Outcome::Stopped(StopReason::Canceled);
@@ -161,7 +223,10 @@ impl TaskRun {
 
     fn tokens_evaluated(&self) -> u64 {
         let inflight = self.pool.inflight.lock().unwrap_or_else(|e| e.into_inner());
-        inflight.get(&self.req.task_id).map(|i| i.tokens_evaluated).unwrap_or(0)
+        inflight
+            .get(&self.req.task_id)
+            .map(|i| i.tokens_evaluated)
+            .unwrap_or(0)
     }
 
     fn track(&self, f: &CompletionFrame) {
@@ -176,9 +241,17 @@ impl TaskRun {
         }
     }
 
-    fn end_from_frame(&self, f: &CompletionFrame, tokens_seen: u64, ttft: Option<u64>) -> WorkerEvent {
+    fn end_from_frame(
+        &self,
+        f: &CompletionFrame,
+        tokens_seen: u64,
+        ttft: Option<u64>,
+    ) -> WorkerEvent {
         let timings = f.timings.clone().unwrap_or_default();
-        if let Some(tps) = timings.predicted_per_second.filter(|v| v.is_finite() && *v > 0.0) {
+        if let Some(tps) = timings
+            .predicted_per_second
+            .filter(|v| v.is_finite() && *v > 0.0)
+        {
             self.pool.record_decode_speed(tps);
         }
         let stop_reason = match f.stop_type.as_deref() {
@@ -191,7 +264,11 @@ impl TaskRun {
             tokens_in: f.tokens_evaluated.unwrap_or(0),
             tokens_out: f.tokens_predicted.unwrap_or(0).max(tokens_seen),
             stop_reason,
-            seed: f.generation_settings.as_ref().and_then(|g| g.seed).or(self.req.params.sampling.seed),
+            seed: f.generation_settings.as_ref().and_then(|g| g.seed).or(self
+                .req
+                .params
+                .sampling
+                .seed),
             engine_ttft_ms: ttft,
             engine_decode_ms: timings.predicted_ms.unwrap_or(0.0).max(0.0) as u64,
         }
@@ -225,12 +302,20 @@ impl TaskRun {
 
     fn log_end(&self, ev: &WorkerEvent, tokens_out: u64) {
         match ev {
-            WorkerEvent::End { tokens_in, stop_reason, .. } => tracing::info!(event = "engine.finished", correlation_id = %self.req.correlation_id, task_id = %self.req.task_id,
+            WorkerEvent::End {
+                tokens_in,
+                stop_reason,
+                ..
+            } => {
+                tracing::info!(event = "engine.finished", correlation_id = %self.req.correlation_id, task_id = %self.req.task_id,
                 pool_id = %self.req.pool_id, node_id = %self.req.node_id, tokens_in = *tokens_in, tokens_out = tokens_out,
-                "Task {} finished on the engine ({:?}, {} tokens)", self.req.task_id, stop_reason, tokens_out),
-            WorkerEvent::Error { code, message, .. } => tracing::warn!(event = "engine.finished", correlation_id = %self.req.correlation_id, task_id = %self.req.task_id,
+                "Task {} finished on the engine ({:?}, {} tokens)", self.req.task_id, stop_reason, tokens_out)
+            }
+            WorkerEvent::Error { code, message, .. } => {
+                tracing::warn!(event = "engine.finished", correlation_id = %self.req.correlation_id, task_id = %self.req.task_id,
                 pool_id = %self.req.pool_id, node_id = %self.req.node_id, code = %code, tokens_out = tokens_out,
-                "Task {} failed on the engine: {message}", self.req.task_id),
+                "Task {} failed on the engine: {message}", self.req.task_id)
+            }
             _ => {}
         }
     }
@@ -247,20 +332,45 @@ fn role_str(r: api::task::Role) -> &'static str {
 /// Maps an engine error by the first-token rule (§14.3).
 fn engine_failure(e: EngineError, after_token: bool) -> Outcome {
     match e {
-        EngineError::Status { status: 400, message } => Outcome::Failed { code: ErrorCode::InvalidParams, message: format!("the engine refused the request: {message}"), retriable: false },
-        EngineError::Status { status: 503, message } => Outcome::Failed { code: ErrorCode::PoolUnavailable, message: format!("the engine is not ready: {message}"), retriable: true },
+        EngineError::Status {
+            status: 400,
+            message,
+        } => Outcome::Failed {
+            code: ErrorCode::InvalidParams,
+            message: format!("the engine refused the request: {message}"),
+            retriable: false,
+        },
+        EngineError::Status {
+            status: 503,
+            message,
+        } => Outcome::Failed {
+            code: ErrorCode::PoolUnavailable,
+            message: format!("the engine is not ready: {message}"),
+            retriable: true,
+        },
         other => broken(if after_token { 1 } else { 0 }, other.to_string()),
     }
 }
 
 fn broken(tokens_out: u64, message: String) -> Outcome {
     if tokens_out > 0 {
-        Outcome::Failed { code: ErrorCode::WorkerReset, message, retriable: true }
+        Outcome::Failed {
+            code: ErrorCode::WorkerReset,
+            message,
+            retriable: true,
+        }
     } else {
-        Outcome::Failed { code: ErrorCode::PoolUnavailable, message, retriable: true }
+        Outcome::Failed {
+            code: ErrorCode::PoolUnavailable,
+            message,
+            retriable: true,
+        }
     }
 }
 
 fn lost(tokens_out: u64) -> Outcome {
-    broken(tokens_out, "the engine stopped while the task was running".into())
+    broken(
+        tokens_out,
+        "the engine stopped while the task was running".into(),
+    )
 }

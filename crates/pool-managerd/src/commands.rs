@@ -18,7 +18,10 @@ pub enum PoolCommand {
     Drain { id: String, deadline: Duration },
     /// Start (or restart) the pool's engine with `model`, fetched first when needed (`load-model`
     /// and `reload`); `None` restarts the current model.
-    Load { id: String, model: Option<ModelOrder> },
+    Load {
+        id: String,
+        model: Option<ModelOrder>,
+    },
 }
 
 /// The model a command names, parsed.
@@ -50,7 +53,19 @@ impl CommandBook {
         if e.contains_key(id) {
             return false;
         }
-        e.insert(id.to_string(), Entry { status: CommandStatus { command_id: id.to_string(), status: CommandState::Accepted, progress: vec![], error: None, result: None }, terminal_sent: false });
+        e.insert(
+            id.to_string(),
+            Entry {
+                status: CommandStatus {
+                    command_id: id.to_string(),
+                    status: CommandState::Accepted,
+                    progress: vec![],
+                    error: None,
+                    result: None,
+                },
+                terminal_sent: false,
+            },
+        );
         true
     }
 
@@ -87,7 +102,10 @@ impl CommandBook {
     pub fn report(&self) -> Vec<CommandStatus> {
         let mut out = vec![];
         for entry in self.lock().values_mut().filter(|e| !e.terminal_sent) {
-            if matches!(entry.status.status, CommandState::Completed | CommandState::Failed) {
+            if matches!(
+                entry.status.status,
+                CommandState::Completed | CommandState::Failed
+            ) {
                 entry.terminal_sent = true;
             }
             out.push(entry.status.clone());
@@ -109,11 +127,36 @@ impl Prep {
     pub fn new(book: Arc<CommandBook>, id: &str, model_ref: &ModelRef, pool_id: &str) -> Self {
         let mut steps = vec![];
         if !matches!(model_ref, ModelRef::File { .. }) {
-            steps.push(StepProgress { step_id: step::model_id(&model_ref.to_string()), kind: step::MODEL_FETCH.into(), status: StepStatus::Running, pct: 0.0, bytes_done: 0, bytes_total: 0 });
+            steps.push(StepProgress {
+                step_id: step::model_id(&model_ref.to_string()),
+                kind: step::MODEL_FETCH.into(),
+                status: StepStatus::Running,
+                pct: 0.0,
+                bytes_done: 0,
+                bytes_total: 0,
+            });
         }
-        steps.push(StepProgress { step_id: step::engine_id(), kind: step::ENGINE_PROVISION.into(), status: StepStatus::Completed, pct: 100.0, bytes_done: 0, bytes_total: 0 });
-        steps.push(StepProgress { step_id: step::pool_id(pool_id), kind: step::POOL_WARMUP.into(), status: StepStatus::Pending, pct: 0.0, bytes_done: 0, bytes_total: 0 });
-        let prep = Self { book, id: id.into(), steps: Mutex::new(steps) };
+        steps.push(StepProgress {
+            step_id: step::engine_id(),
+            kind: step::ENGINE_PROVISION.into(),
+            status: StepStatus::Completed,
+            pct: 100.0,
+            bytes_done: 0,
+            bytes_total: 0,
+        });
+        steps.push(StepProgress {
+            step_id: step::pool_id(pool_id),
+            kind: step::POOL_WARMUP.into(),
+            status: StepStatus::Pending,
+            pct: 0.0,
+            bytes_done: 0,
+            bytes_total: 0,
+        });
+        let prep = Self {
+            book,
+            id: id.into(),
+            steps: Mutex::new(steps),
+        };
         prep.publish();
         prep
     }
@@ -124,7 +167,13 @@ impl Prep {
     }
 
     fn update(&self, kind: &str, f: impl FnOnce(&mut StepProgress)) {
-        if let Some(s) = self.steps.lock().unwrap_or_else(|e| e.into_inner()).iter_mut().find(|s| s.kind == kind) {
+        if let Some(s) = self
+            .steps
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter_mut()
+            .find(|s| s.kind == kind)
+        {
             f(s);
         }
         self.publish();
@@ -135,7 +184,10 @@ impl Prep {
         self.update(step::MODEL_FETCH, |s| {
             s.bytes_done = done;
             s.bytes_total = total.unwrap_or(0);
-            s.pct = total.filter(|t| *t > 0).map(|t| (100.0 * done as f64 / t as f64).min(100.0)).unwrap_or(0.0);
+            s.pct = total
+                .filter(|t| *t > 0)
+                .map(|t| (100.0 * done as f64 / t as f64).min(100.0))
+                .unwrap_or(0.0);
         });
     }
 
@@ -151,7 +203,13 @@ impl Prep {
 
     /// Marks the running step failed and the command failed with `e`.
     pub fn failed(&self, e: ErrorEnvelope) {
-        for s in self.steps.lock().unwrap_or_else(|e| e.into_inner()).iter_mut().filter(|s| s.status == StepStatus::Running) {
+        for s in self
+            .steps
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter_mut()
+            .filter(|s| s.status == StepStatus::Running)
+        {
             s.status = StepStatus::Failed;
         }
         self.publish();
@@ -190,14 +248,27 @@ mod tests {
         assert_eq!(st.progress[0].pct, 25.0);
         prep.warming();
         assert_eq!(b.report()[0].progress[2].status, StepStatus::Running);
-        b.complete("c2", Some(CommandResult { digest: "sha256:00".into(), size_bytes: 200, metadata: None }));
+        b.complete(
+            "c2",
+            Some(CommandResult {
+                digest: "sha256:00".into(),
+                size_bytes: 200,
+                metadata: None,
+            }),
+        );
         let done = b.report().remove(0);
         assert_eq!(done.status, CommandState::Completed);
-        assert!(done.progress.iter().all(|s| s.status == StepStatus::Completed && s.pct == 100.0));
+        assert!(done
+            .progress
+            .iter()
+            .all(|s| s.status == StepStatus::Completed && s.pct == 100.0));
         assert_eq!(done.result.unwrap().size_bytes, 200);
         let file = ModelRef::parse("file:/m.gguf").unwrap();
         assert!(b.receive("c3"));
-        Prep::new(b.clone(), "c3", &file, "p1").failed(ErrorEnvelope::new(api::ErrorCode::ModelNotAvailable, "missing"));
+        Prep::new(b.clone(), "c3", &file, "p1").failed(ErrorEnvelope::new(
+            api::ErrorCode::ModelNotAvailable,
+            "missing",
+        ));
         let failed = b.report().remove(0);
         assert_eq!(failed.status, CommandState::Failed);
         assert_eq!(failed.progress.len(), 2, "a local file has no fetch step");

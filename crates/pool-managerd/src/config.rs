@@ -228,16 +228,47 @@ pub struct Host {
 
 impl Host {
     pub fn detect() -> Self {
-        let hostname = std::fs::read_to_string("/etc/hostname").map(|s| s.trim().to_lowercase()).unwrap_or_else(|_| "localhost".into());
-        let machine_id = std::fs::read_to_string("/etc/machine-id").ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
-        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
+        let hostname = std::fs::read_to_string("/etc/hostname")
+            .map(|s| s.trim().to_lowercase())
+            .unwrap_or_else(|_| "localhost".into());
+        let machine_id = std::fs::read_to_string("/etc/machine-id")
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty());
+        let home = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/tmp"));
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        Self { hostname, machine_id, home, gpus: crate::gpu::visible_indices(), hf_endpoint: env("HF_ENDPOINT"), hf_token: env("HF_TOKEN") }
+        Self {
+            hostname,
+            machine_id,
+            home,
+            gpus: crate::gpu::visible_indices(),
+            hf_endpoint: env("HF_ENDPOINT"),
+            hf_token: env("HF_TOKEN"),
+        }
     }
 }
 
 /// Flags in §14.1 that `extra_args` must not repeat.
-const RESERVED_FLAGS: &[&str] = &["-m", "--model", "-a", "--alias", "-c", "--ctx-size", "-np", "--parallel", "--metrics", "--api-key", "--api-key-file", "--host", "--port", "-ngl", "--n-gpu-layers", "--gpu-layers"];
+const RESERVED_FLAGS: &[&str] = &[
+    "-m",
+    "--model",
+    "-a",
+    "--alias",
+    "-c",
+    "--ctx-size",
+    "-np",
+    "--parallel",
+    "--metrics",
+    "--api-key",
+    "--api-key-file",
+    "--host",
+    "--port",
+    "-ngl",
+    "--n-gpu-layers",
+    "--gpu-layers",
+];
 
 pub const DEFAULT_BIND: &str = "127.0.0.1:9200";
 pub const DEFAULT_ORCHESTRATOR_URL: &str = "http://127.0.0.1:8080";
@@ -245,31 +276,77 @@ pub const DEFAULT_ORCHESTRATOR_URL: &str = "http://127.0.0.1:8080";
 impl RawConfig {
     pub fn validate(self, host: &Host) -> Result<Config, Vec<String>> {
         let mut p = Vec::new();
-        let node_raw = self.node.id.clone().unwrap_or_else(|| host.hostname.clone());
-        let node_id = node_raw.parse::<NodeId>().map_err(|e| p.push(format!("node.id: {e}"))).ok();
-        let machine_id = self.node.machine_id.clone().or_else(|| host.machine_id.clone()).unwrap_or_else(|| node_raw.clone());
-        let bind_raw = self.server.bind.clone().unwrap_or_else(|| DEFAULT_BIND.into());
-        let bind = bind_raw.parse::<SocketAddr>().map_err(|e| p.push(format!("server.bind: {bind_raw:?} is not host:port ({e})"))).ok();
+        let node_raw = self
+            .node
+            .id
+            .clone()
+            .unwrap_or_else(|| host.hostname.clone());
+        let node_id = node_raw
+            .parse::<NodeId>()
+            .map_err(|e| p.push(format!("node.id: {e}")))
+            .ok();
+        let machine_id = self
+            .node
+            .machine_id
+            .clone()
+            .or_else(|| host.machine_id.clone())
+            .unwrap_or_else(|| node_raw.clone());
+        let bind_raw = self
+            .server
+            .bind
+            .clone()
+            .unwrap_or_else(|| DEFAULT_BIND.into());
+        let bind = bind_raw
+            .parse::<SocketAddr>()
+            .map_err(|e| p.push(format!("server.bind: {bind_raw:?} is not host:port ({e})")))
+            .ok();
         let advertise_url = match (&self.server.advertise_url, bind) {
             (Some(u), _) => Some(u.trim_end_matches('/').to_string()),
             (None, Some(b)) if b.ip().is_unspecified() => {
-                p.push("server.advertise_url: required when server.bind is a wildcard address".into());
+                p.push(
+                    "server.advertise_url: required when server.bind is a wildcard address".into(),
+                );
                 None
             }
             (None, b) => b.map(|b| format!("http://{b}")),
         };
-        let orchestrator_url = self.orchestrator.url.clone().unwrap_or_else(|| DEFAULT_ORCHESTRATOR_URL.into()).trim_end_matches('/').to_string();
+        let orchestrator_url = self
+            .orchestrator
+            .url
+            .clone()
+            .unwrap_or_else(|| DEFAULT_ORCHESTRATOR_URL.into())
+            .trim_end_matches('/')
+            .to_string();
         if !orchestrator_url.starts_with("http://") && !orchestrator_url.starts_with("https://") {
-            p.push(format!("orchestrator.url: {orchestrator_url:?} must start with http:// or https://"));
+            p.push(format!(
+                "orchestrator.url: {orchestrator_url:?} must start with http:// or https://"
+            ));
         }
-        let reg = daemon::config::secret_or_file("orchestrator.registration_token", &self.orchestrator.registration_token, &self.orchestrator.registration_token_file, &mut p);
-        let stat = daemon::config::secret_or_file("orchestrator.node_token", &self.orchestrator.node_token, &self.orchestrator.node_token_file, &mut p);
+        let reg = daemon::config::secret_or_file(
+            "orchestrator.registration_token",
+            &self.orchestrator.registration_token,
+            &self.orchestrator.registration_token_file,
+            &mut p,
+        );
+        let stat = daemon::config::secret_or_file(
+            "orchestrator.node_token",
+            &self.orchestrator.node_token,
+            &self.orchestrator.node_token_file,
+            &mut p,
+        );
         let node_auth = match (reg, stat) {
             (_, Some(s)) => NodeAuth::Static(check_token("orchestrator.node_token", s, &mut p)),
-            (Some(r), None) => NodeAuth::Registration(check_token("orchestrator.registration_token", r, &mut p)),
+            (Some(r), None) => {
+                NodeAuth::Registration(check_token("orchestrator.registration_token", r, &mut p))
+            }
             (None, None) => NodeAuth::None,
         };
-        let dispatch_token = match daemon::config::secret_or_file("dispatch.token", &self.dispatch.token, &self.dispatch.token_file, &mut p) {
+        let dispatch_token = match daemon::config::secret_or_file(
+            "dispatch.token",
+            &self.dispatch.token,
+            &self.dispatch.token_file,
+            &mut p,
+        ) {
             Some(t) if t.len() < 32 => {
                 p.push("dispatch.token: must be at least 32 characters".into());
                 Secret::new(t)
@@ -283,8 +360,16 @@ impl RawConfig {
             p.push("heartbeat.interval_ms: must be at least 100".into());
         }
         let cache_root = host.home.join(".cache").join("llama-orch");
-        let models_dir = self.cache.models_dir.clone().unwrap_or_else(|| cache_root.join("models"));
-        let engines_dir = self.cache.engines_dir.clone().unwrap_or_else(|| cache_root.join("engines"));
+        let models_dir = self
+            .cache
+            .models_dir
+            .clone()
+            .unwrap_or_else(|| cache_root.join("models"));
+        let engines_dir = self
+            .cache
+            .engines_dir
+            .clone()
+            .unwrap_or_else(|| cache_root.join("engines"));
         let e = &self.engine;
         let engine = EngineTimings {
             start_timeout: ms(e.start_timeout_ms, 120_000),
@@ -294,16 +379,35 @@ impl RawConfig {
             max_restarts: e.max_restarts.unwrap_or(5),
             threads: e.threads,
         };
-        let hf_endpoint = self.fetch.hf_endpoint.clone().or_else(|| host.hf_endpoint.clone()).unwrap_or_else(|| "https://huggingface.co".into()).trim_end_matches('/').to_string();
+        let hf_endpoint = self
+            .fetch
+            .hf_endpoint
+            .clone()
+            .or_else(|| host.hf_endpoint.clone())
+            .unwrap_or_else(|| "https://huggingface.co".into())
+            .trim_end_matches('/')
+            .to_string();
         if !hf_endpoint.starts_with("https://") && !hf_endpoint.starts_with("http://") {
-            p.push(format!("fetch.hf_endpoint: {hf_endpoint:?} must be an http(s) URL"));
+            p.push(format!(
+                "fetch.hf_endpoint: {hf_endpoint:?} must be an http(s) URL"
+            ));
         }
-        let hf_token = daemon::config::secret_or_file("fetch.hf_token", &self.fetch.hf_token, &self.fetch.hf_token_file, &mut p).or_else(|| host.hf_token.clone()).map(Secret::new);
+        let hf_token = daemon::config::secret_or_file(
+            "fetch.hf_token",
+            &self.fetch.hf_token,
+            &self.fetch.hf_token_file,
+            &mut p,
+        )
+        .or_else(|| host.hf_token.clone())
+        .map(Secret::new);
         let fetch_ca_pem = match &self.fetch.ca_file {
             Some(f) => match std::fs::read(f) {
                 Ok(pem) if pem.starts_with(b"-----BEGIN") => Some(pem),
                 Ok(_) => {
-                    p.push(format!("fetch.ca_file: {} is not a PEM certificate", f.display()));
+                    p.push(format!(
+                        "fetch.ca_file: {} is not a PEM certificate",
+                        f.display()
+                    ));
                     None
                 }
                 Err(e) => {
@@ -340,7 +444,11 @@ impl RawConfig {
             engine,
             engines,
             pools,
-            handoff_dir: self.handoff.dir.clone().unwrap_or_else(|| cache_root.join("handoff")),
+            handoff_dir: self
+                .handoff
+                .dir
+                .clone()
+                .unwrap_or_else(|| cache_root.join("handoff")),
             log_level: self.logging.level.clone().unwrap_or_else(|| "info".into()),
             log_json: self.logging.json,
         })
@@ -354,7 +462,10 @@ fn check_token(key: &str, t: String, p: &mut Vec<String>) -> Secret {
     Secret::new(t)
 }
 
-fn validate_engines(raw: &BTreeMap<String, RawEngineSource>, p: &mut Vec<String>) -> BTreeMap<String, EngineSource> {
+fn validate_engines(
+    raw: &BTreeMap<String, RawEngineSource>,
+    p: &mut Vec<String>,
+) -> BTreeMap<String, EngineSource> {
     let mut out = BTreeMap::new();
     for (name, e) in raw {
         let key = format!("engines.{name}");
@@ -365,43 +476,63 @@ fn validate_engines(raw: &BTreeMap<String, RawEngineSource>, p: &mut Vec<String>
                     continue;
                 }
                 Some(path) if !path.is_file() => {
-                    p.push(format!("{key}.path: engine binary {} does not exist", path.display()));
+                    p.push(format!(
+                        "{key}.path: engine binary {} does not exist",
+                        path.display()
+                    ));
                     continue;
                 }
-                Some(path) => EngineSource::Binary { path: path.clone(), sha256: e.sha256.clone() },
+                Some(path) => EngineSource::Binary {
+                    path: path.clone(),
+                    sha256: e.sha256.clone(),
+                },
                 None => {
                     p.push(format!("{key}.path: required for kind = \"binary\""));
                     continue;
                 }
             },
-            "source" => match &e.source_url {
-                Some(url) => {
-                    let local = !url.starts_with("https://");
-                    let path = Path::new(url.strip_prefix("file:").unwrap_or(url));
-                    if local && !path.is_file() {
-                        p.push(format!("{key}.source_url: source archive {} does not exist (run scripts/dev-assets.sh)", path.display()));
+            "source" => {
+                match &e.source_url {
+                    Some(url) => {
+                        let local = !url.starts_with("https://");
+                        let path = Path::new(url.strip_prefix("file:").unwrap_or(url));
+                        if local && !path.is_file() {
+                            p.push(format!("{key}.source_url: source archive {} does not exist (run scripts/dev-assets.sh)", path.display()));
+                            continue;
+                        }
+                        if e.source_sha256.is_none() {
+                            p.push(format!("{key}.source_sha256: required for kind = \"source\" (pin the archive)"));
+                            continue;
+                        }
+                        EngineSource::Archive {
+                            location: url.clone(),
+                            subdir: e
+                                .source_subdir
+                                .clone()
+                                .unwrap_or_else(|| "llama.cpp".into()),
+                            sha256: e.source_sha256.clone(),
+                        }
+                    }
+                    None => {
+                        p.push(format!("{key}.source_url: required for kind = \"source\""));
                         continue;
                     }
-                    if e.source_sha256.is_none() {
-                        p.push(format!("{key}.source_sha256: required for kind = \"source\" (pin the archive)"));
-                        continue;
-                    }
-                    EngineSource::Archive { location: url.clone(), subdir: e.source_subdir.clone().unwrap_or_else(|| "llama.cpp".into()), sha256: e.source_sha256.clone() }
                 }
-                None => {
-                    p.push(format!("{key}.source_url: required for kind = \"source\""));
-                    continue;
-                }
-            },
+            }
             "git" => match (&e.git_url, &e.git_ref) {
-                (Some(url), Some(r)) => EngineSource::Git { url: url.clone(), reference: r.clone() },
+                (Some(url), Some(r)) => EngineSource::Git {
+                    url: url.clone(),
+                    reference: r.clone(),
+                },
                 _ => {
                     p.push(format!("{key}: kind = \"git\" needs git_url and git_ref"));
                     continue;
                 }
             },
             other => {
-                p.push(format!("{key}.kind: {other:?} is not one of binary, source, git"));
+                p.push(format!(
+                    "{key}.kind: {other:?} is not one of binary, source, git"
+                ));
                 continue;
             }
         };
@@ -410,7 +541,12 @@ fn validate_engines(raw: &BTreeMap<String, RawEngineSource>, p: &mut Vec<String>
     out
 }
 
-fn validate_pools(raw: &[RawPool], engines: &BTreeMap<String, EngineSource>, host: &Host, p: &mut Vec<String>) -> Vec<PoolSpec> {
+fn validate_pools(
+    raw: &[RawPool],
+    engines: &BTreeMap<String, EngineSource>,
+    host: &Host,
+    p: &mut Vec<String>,
+) -> Vec<PoolSpec> {
     let mut out: Vec<PoolSpec> = Vec::new();
     for (i, rp) in raw.iter().enumerate() {
         let key = format!("pools[{i}]");
@@ -445,11 +581,20 @@ fn validate_pools(raw: &[RawPool], engines: &BTreeMap<String, EngineSource>, hos
             }
         }
         if model_ref.is_none() && (rp.model_id.is_some() || rp.model_digest.is_some()) {
-            p.push(format!("{key}.model_id: model_id and model_digest need a model_ref"));
+            p.push(format!(
+                "{key}.model_id: model_id and model_digest need a model_ref"
+            ));
         }
         let model_id = match (&rp.model_id, &model_ref) {
-            (Some(m), _) => m.parse::<ModelId>().map_err(|e| p.push(format!("{key}.model_id: {e}"))).ok(),
-            (None, Some(r)) => r.default_id().parse::<ModelId>().map_err(|e| p.push(format!("{key}.model_ref: cannot derive a model id: {e}"))).ok(),
+            (Some(m), _) => m
+                .parse::<ModelId>()
+                .map_err(|e| p.push(format!("{key}.model_id: {e}")))
+                .ok(),
+            (None, Some(r)) => r
+                .default_id()
+                .parse::<ModelId>()
+                .map_err(|e| p.push(format!("{key}.model_ref: cannot derive a model id: {e}")))
+                .ok(),
             (None, None) => None,
         };
         let slots = rp.slots.unwrap_or(1);
@@ -465,19 +610,26 @@ fn validate_pools(raw: &[RawPool], engines: &BTreeMap<String, EngineSource>, hos
             "cpu" => GpuPolicy::Cpu,
             "auto" => GpuPolicy::Auto,
             other => {
-                p.push(format!("{key}.gpu_policy: {other:?} is not one of gpu, cpu, auto"));
+                p.push(format!(
+                    "{key}.gpu_policy: {other:?} is not one of gpu, cpu, auto"
+                ));
                 GpuPolicy::Cpu
             }
         };
-        let device_mask = validate_devices(&key, rp.devices.as_deref().unwrap_or("0"), policy, host, p);
+        let device_mask =
+            validate_devices(&key, rp.devices.as_deref().unwrap_or("0"), policy, host, p);
         let engine_source = rp.engine_source.clone().unwrap_or_else(|| "default".into());
         if !engines.contains_key(&engine_source) {
-            p.push(format!("{key}.engine_source: no engine source named {engine_source:?} under [engines]"));
+            p.push(format!(
+                "{key}.engine_source: no engine source named {engine_source:?} under [engines]"
+            ));
         }
         for a in &rp.extra_args {
             let flag = a.split('=').next().unwrap_or(a);
             if RESERVED_FLAGS.contains(&flag) {
-                p.push(format!("{key}.extra_args: {flag} is set by pool-managerd and must not be repeated"));
+                p.push(format!(
+                    "{key}.extra_args: {flag} is set by pool-managerd and must not be repeated"
+                ));
             }
         }
         let digest = match rp.model_digest.as_deref().map(api::catalog::parse_digest) {
@@ -492,7 +644,11 @@ fn validate_pools(raw: &[RawPool], engines: &BTreeMap<String, EngineSource>, hos
             if let Some(id) = id {
                 out.push(PoolSpec {
                     id,
-                    model: model_ref.zip(model_id).map(|(model_ref, id)| ModelSpec { id, model_ref, digest }),
+                    model: model_ref.zip(model_id).map(|(model_ref, id)| ModelSpec {
+                        id,
+                        model_ref,
+                        digest,
+                    }),
                     provisioning_target: rp.provisioning_target.unwrap_or(true),
                     ctx_per_slot: ctx,
                     slots,
@@ -508,12 +664,20 @@ fn validate_pools(raw: &[RawPool], engines: &BTreeMap<String, EngineSource>, hos
 }
 
 /// Canonicalizes a device mask and checks it against the node's GPUs and the policy.
-fn validate_devices(key: &str, raw: &str, policy: GpuPolicy, host: &Host, p: &mut Vec<String>) -> String {
+fn validate_devices(
+    key: &str,
+    raw: &str,
+    policy: GpuPolicy,
+    host: &Host,
+    p: &mut Vec<String>,
+) -> String {
     let idx = match crate::gpu::parse_mask(raw) {
         Ok(Some(idx)) => idx,
         Ok(None) => {
             if policy == GpuPolicy::Gpu {
-                p.push(format!("{key}.devices: \"cpu\" contradicts gpu_policy = \"gpu\""));
+                p.push(format!(
+                    "{key}.devices: \"cpu\" contradicts gpu_policy = \"gpu\""
+                ));
             }
             return "cpu".into();
         }
@@ -522,7 +686,11 @@ fn validate_devices(key: &str, raw: &str, policy: GpuPolicy, host: &Host, p: &mu
             return "cpu".into();
         }
     };
-    let missing: Vec<u32> = idx.iter().copied().filter(|i| !host.gpus.contains(i)).collect();
+    let missing: Vec<u32> = idx
+        .iter()
+        .copied()
+        .filter(|i| !host.gpus.contains(i))
+        .collect();
     match policy {
         GpuPolicy::Gpu if host.gpus.is_empty() => p.push(format!("{key}.gpu_policy: \"gpu\" but this node has no CUDA device; use gpu_policy = \"cpu\" with devices = \"cpu\"")),
         GpuPolicy::Auto if host.gpus.is_empty() => return "cpu".into(),
@@ -544,12 +712,22 @@ mod tests {
     use super::*;
 
     fn host() -> Host {
-        Host { hostname: "alpha".into(), machine_id: Some("m1".into()), home: "/home/x".into(), gpus: vec![], hf_endpoint: None, hf_token: None }
+        Host {
+            hostname: "alpha".into(),
+            machine_id: Some("m1".into()),
+            home: "/home/x".into(),
+            gpus: vec![],
+            hf_endpoint: None,
+            hf_token: None,
+        }
     }
 
     #[test]
     fn model_id_rule() {
-        assert_eq!(derive_model_id(Path::new("/m/SmolLM2-135M-Instruct.Q4_1.gguf")), "smollm2-135m-instruct.q4_1");
+        assert_eq!(
+            derive_model_id(Path::new("/m/SmolLM2-135M-Instruct.Q4_1.gguf")),
+            "smollm2-135m-instruct.q4_1"
+        );
     }
 
     #[test]
@@ -577,14 +755,29 @@ mod tests {
         let cfg = raw.validate(&host()).unwrap();
         let a = cfg.pools[0].model.as_ref().unwrap();
         assert_eq!(a.id.as_str(), "smollm2-135m-instruct.q4_1");
-        assert_eq!(a.digest.as_deref(), Some("sha256:b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"));
+        assert_eq!(
+            a.digest.as_deref(),
+            Some("sha256:b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53")
+        );
         assert!(cfg.pools[0].provisioning_target);
-        assert!(cfg.pools[1].model.is_none(), "no model_ref: the pool starts Unloaded");
+        assert!(
+            cfg.pools[1].model.is_none(),
+            "no model_ref: the pool starts Unloaded"
+        );
         assert!(!cfg.pools[1].provisioning_target);
-        let bad: RawConfig = toml::from_str("[[pools]]\nid = \"c\"\nmodel_ref = \"file:rel.gguf\"\nmodel_digest = \"md5:00\"\n").unwrap();
+        let bad: RawConfig = toml::from_str(
+            "[[pools]]\nid = \"c\"\nmodel_ref = \"file:rel.gguf\"\nmodel_digest = \"md5:00\"\n",
+        )
+        .unwrap();
         let errs = bad.validate(&host()).unwrap_err();
-        assert!(errs.iter().any(|e| e.contains("pools[0].model_ref")), "{errs:?}");
-        assert!(errs.iter().any(|e| e.contains("pools[0].model_digest")), "{errs:?}");
+        assert!(
+            errs.iter().any(|e| e.contains("pools[0].model_ref")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter().any(|e| e.contains("pools[0].model_digest")),
+            "{errs:?}"
+        );
     }
 
     #[test]
@@ -604,23 +797,51 @@ mod tests {
         )
         .unwrap();
         let errs = raw.validate(&host()).unwrap_err();
-        for want in ["server.bind", "pools[0].id", "model file /nonexistent/model.gguf does not exist", "pools[0].slots", "no CUDA device", "engine_source", "--port"] {
-            assert!(errs.iter().any(|e| e.contains(want)), "missing {want:?} in {errs:#?}");
+        for want in [
+            "server.bind",
+            "pools[0].id",
+            "model file /nonexistent/model.gguf does not exist",
+            "pools[0].slots",
+            "no CUDA device",
+            "engine_source",
+            "--port",
+        ] {
+            assert!(
+                errs.iter().any(|e| e.contains(want)),
+                "missing {want:?} in {errs:#?}"
+            );
         }
     }
 
     #[test]
     fn devices_canonical() {
         let mut p = vec![];
-        let h = Host { gpus: vec![0, 1, 2], ..host() };
-        assert_eq!(validate_devices("k", "2,0", GpuPolicy::Gpu, &h, &mut p), "0,2");
+        let h = Host {
+            gpus: vec![0, 1, 2],
+            ..host()
+        };
+        assert_eq!(
+            validate_devices("k", "2,0", GpuPolicy::Gpu, &h, &mut p),
+            "0,2"
+        );
         assert!(p.is_empty());
         validate_devices("k", "5", GpuPolicy::Gpu, &h, &mut p);
         assert_eq!(p.len(), 1);
-        assert_eq!(validate_devices("k", "0", GpuPolicy::Auto, &host(), &mut vec![]), "cpu");
+        assert_eq!(
+            validate_devices("k", "0", GpuPolicy::Auto, &host(), &mut vec![]),
+            "cpu"
+        );
         let mut p = vec![];
-        assert_eq!(validate_devices("k", "0,x", GpuPolicy::Auto, &h, &mut p), "cpu");
-        assert!(p.len() == 1 && p[0].starts_with("k.devices: ") && p[0].contains("comma-separated GPU indices"), "{p:?}");
+        assert_eq!(
+            validate_devices("k", "0,x", GpuPolicy::Auto, &h, &mut p),
+            "cpu"
+        );
+        assert!(
+            p.len() == 1
+                && p[0].starts_with("k.devices: ")
+                && p[0].contains("comma-separated GPU indices"),
+            "{p:?}"
+        );
         let mut p = vec![];
         validate_devices("k", "cpu", GpuPolicy::Gpu, &h, &mut p);
         assert!(p.len() == 1 && p[0].contains("contradicts"), "{p:?}");

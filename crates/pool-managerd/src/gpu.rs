@@ -39,20 +39,34 @@ pub struct FakeBackend(pub Vec<Gpu>);
 
 fn nvml() -> Result<&'static Nvml, String> {
     static NVML: OnceLock<Result<Nvml, String>> = OnceLock::new();
-    NVML.get_or_init(|| Nvml::init().map_err(|e| format!("NVML init: {e}"))).as_ref().map_err(Clone::clone)
+    NVML.get_or_init(|| Nvml::init().map_err(|e| format!("NVML init: {e}")))
+        .as_ref()
+        .map_err(Clone::clone)
 }
 
 fn nvml_gpu(nvml: &Nvml, index: u32) -> Result<Gpu, String> {
-    let dev = nvml.device_by_index(index).map_err(|e| format!("NVML device {index}: {e}"))?;
-    let mem = dev.memory_info().map_err(|e| format!("NVML device {index} memory: {e}"))?;
+    let dev = nvml
+        .device_by_index(index)
+        .map_err(|e| format!("NVML device {index}: {e}"))?;
+    let mem = dev
+        .memory_info()
+        .map_err(|e| format!("NVML device {index} memory: {e}"))?;
     Ok(Gpu {
         index,
-        name: dev.name().map_err(|e| format!("NVML device {index} name: {e}"))?,
+        name: dev
+            .name()
+            .map_err(|e| format!("NVML device {index} name: {e}"))?,
         vram_total_bytes: mem.total,
         vram_free_bytes: mem.free,
         // Not supported on every device (e.g. MIG instances); report 0 as nvidia-smi's parse does.
-        utilization_pct: dev.utilization_rates().map(|u| f64::from(u.gpu)).unwrap_or(0.0),
-        compute_capability: dev.cuda_compute_capability().ok().map(|c| format!("{}.{}", c.major, c.minor)),
+        utilization_pct: dev
+            .utilization_rates()
+            .map(|u| f64::from(u.gpu))
+            .unwrap_or(0.0),
+        compute_capability: dev
+            .cuda_compute_capability()
+            .ok()
+            .map(|c| format!("{}.{}", c.major, c.minor)),
     })
 }
 
@@ -62,7 +76,9 @@ impl GpuBackend for NvmlBackend {
     }
     fn gpus(&self) -> Result<Vec<Gpu>, String> {
         let nvml = nvml()?;
-        let count = nvml.device_count().map_err(|e| format!("NVML device count: {e}"))?;
+        let count = nvml
+            .device_count()
+            .map_err(|e| format!("NVML device count: {e}"))?;
         (0..count).map(|i| nvml_gpu(nvml, i)).collect()
     }
 }
@@ -73,11 +89,18 @@ impl GpuBackend for SmiBackend {
     }
     fn gpus(&self) -> Result<Vec<Gpu>, String> {
         let out = Command::new("nvidia-smi")
-            .args(["--query-gpu=index,name,memory.total,memory.free,utilization.gpu,compute_cap", "--format=csv,noheader,nounits"])
+            .args([
+                "--query-gpu=index,name,memory.total,memory.free,utilization.gpu,compute_cap",
+                "--format=csv,noheader,nounits",
+            ])
             .output()
             .map_err(|e| format!("nvidia-smi: {e}"))?;
         if !out.status.success() {
-            return Err(format!("nvidia-smi exited with {}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim()));
+            return Err(format!(
+                "nvidia-smi exited with {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
         }
         Ok(parse_csv(&String::from_utf8_lossy(&out.stdout)))
     }
@@ -95,7 +118,10 @@ impl GpuBackend for FakeBackend {
 /// The GPUs of the first backend that answers, and that backend's name; empty and `None` when
 /// none does.
 pub fn discover_with(backends: &[&dyn GpuBackend]) -> (Vec<Gpu>, Option<&'static str>) {
-    backends.iter().find_map(|b| b.gpus().ok().map(|g| (g, Some(b.name())))).unwrap_or((vec![], None))
+    backends
+        .iter()
+        .find_map(|b| b.gpus().ok().map(|g| (g, Some(b.name()))))
+        .unwrap_or((vec![], None))
 }
 
 /// Every visible GPU, from NVML or else `nvidia-smi`; empty when there is no driver or no device.
@@ -103,7 +129,13 @@ pub fn discover_with(backends: &[&dyn GpuBackend]) -> (Vec<Gpu>, Option<&'static
 pub fn discover() -> Vec<Gpu> {
     let (gpus, source) = discover_with(&[&NvmlBackend, &SmiBackend]);
     static LOGGED: Once = Once::new();
-    LOGGED.call_once(|| tracing::info!(backend = source.unwrap_or("none"), gpus = gpus.len(), "GPU discovery"));
+    LOGGED.call_once(|| {
+        tracing::info!(
+            backend = source.unwrap_or("none"),
+            gpus = gpus.len(),
+            "GPU discovery"
+        )
+    });
     gpus
 }
 
@@ -119,7 +151,11 @@ pub fn parse_mask(mask: &str) -> Result<Option<Vec<u32>>, String> {
     }
     let mut idx = mask
         .split(',')
-        .map(|p| p.trim().parse::<u32>().map_err(|_| format!("{mask:?} is not \"cpu\" or comma-separated GPU indices")))
+        .map(|p| {
+            p.trim()
+                .parse::<u32>()
+                .map_err(|_| format!("{mask:?} is not \"cpu\" or comma-separated GPU indices"))
+        })
         .collect::<Result<Vec<u32>, String>>()?;
     idx.sort_unstable();
     idx.dedup();
@@ -141,7 +177,10 @@ pub fn parse_csv(text: &str) -> Vec<Gpu> {
                 vram_total_bytes: mib(f[2])?,
                 vram_free_bytes: mib(f[3]).unwrap_or(0),
                 utilization_pct: f[4].parse().unwrap_or(0.0),
-                compute_capability: f.get(5).map(|s| s.to_string()).filter(|s| !s.is_empty() && s != "[N/A]"),
+                compute_capability: f
+                    .get(5)
+                    .map(|s| s.to_string())
+                    .filter(|s| !s.is_empty() && s != "[N/A]"),
             })
         })
         .collect()
@@ -149,13 +188,23 @@ pub fn parse_csv(text: &str) -> Vec<Gpu> {
 
 pub fn infos(gpus: &[Gpu]) -> Vec<GpuInfo> {
     gpus.iter()
-        .map(|g| GpuInfo { device_id: g.index.to_string(), name: g.name.clone(), vram_total_bytes: g.vram_total_bytes, compute_capability: g.compute_capability.clone() })
+        .map(|g| GpuInfo {
+            device_id: g.index.to_string(),
+            name: g.name.clone(),
+            vram_total_bytes: g.vram_total_bytes,
+            compute_capability: g.compute_capability.clone(),
+        })
         .collect()
 }
 
 pub fn statuses(gpus: &[Gpu]) -> Vec<GpuStatus> {
     gpus.iter()
-        .map(|g| GpuStatus { device_id: g.index.to_string(), vram_total_bytes: g.vram_total_bytes, vram_free_bytes: g.vram_free_bytes, utilization_pct: g.utilization_pct })
+        .map(|g| GpuStatus {
+            device_id: g.index.to_string(),
+            vram_total_bytes: g.vram_total_bytes,
+            vram_free_bytes: g.vram_free_bytes,
+            utilization_pct: g.utilization_pct,
+        })
         .collect()
 }
 
@@ -174,7 +223,14 @@ mod tests {
     }
 
     fn gpu(index: u32, cc: Option<&str>) -> Gpu {
-        Gpu { index, name: format!("GPU {index}"), vram_total_bytes: 80 << 30, vram_free_bytes: 60 << 30, utilization_pct: 12.5, compute_capability: cc.map(str::to_string) }
+        Gpu {
+            index,
+            name: format!("GPU {index}"),
+            vram_total_bytes: 80 << 30,
+            vram_free_bytes: 60 << 30,
+            utilization_pct: 12.5,
+            compute_capability: cc.map(str::to_string),
+        }
     }
 
     #[test]
@@ -201,10 +257,26 @@ mod tests {
     fn infos_and_statuses_carry_the_values() {
         let (g, _) = discover_with(&[&FakeBackend(vec![gpu(3, Some("8.6")), gpu(5, None)])]);
         let i = infos(&g);
-        assert_eq!(i[0], GpuInfo { device_id: "3".into(), name: "GPU 3".into(), vram_total_bytes: 80 << 30, compute_capability: Some("8.6".into()) });
+        assert_eq!(
+            i[0],
+            GpuInfo {
+                device_id: "3".into(),
+                name: "GPU 3".into(),
+                vram_total_bytes: 80 << 30,
+                compute_capability: Some("8.6".into())
+            }
+        );
         assert_eq!(i[1].compute_capability, None);
         let s = statuses(&g);
-        assert_eq!(s[1], GpuStatus { device_id: "5".into(), vram_total_bytes: 80 << 30, vram_free_bytes: 60 << 30, utilization_pct: 12.5 });
+        assert_eq!(
+            s[1],
+            GpuStatus {
+                device_id: "5".into(),
+                vram_total_bytes: 80 << 30,
+                vram_free_bytes: 60 << 30,
+                utilization_pct: 12.5
+            }
+        );
         assert!(infos(&[]).is_empty() && statuses(&[]).is_empty());
     }
 
@@ -220,13 +292,39 @@ mod tests {
     #[test]
     fn parse_csv_edge_cases() {
         assert!(parse_csv("").is_empty());
-        assert!(parse_csv("\n  \n0, short, 1\n").is_empty(), "blank and short rows are skipped");
-        assert!(parse_csv("x, A, 1, 1, 1\n").is_empty(), "non-numeric index is skipped");
-        let g = parse_csv("2, A, 1024, [N/A], [N/A], [N/A]\n3, B, 2048, 1024, 7\n4, C, 10, 5, 50.5, \n");
+        assert!(
+            parse_csv("\n  \n0, short, 1\n").is_empty(),
+            "blank and short rows are skipped"
+        );
+        assert!(
+            parse_csv("x, A, 1, 1, 1\n").is_empty(),
+            "non-numeric index is skipped"
+        );
+        let g = parse_csv(
+            "2, A, 1024, [N/A], [N/A], [N/A]\n3, B, 2048, 1024, 7\n4, C, 10, 5, 50.5, \n",
+        );
         assert_eq!(g.len(), 3);
-        assert_eq!((g[0].vram_free_bytes, g[0].utilization_pct, g[0].compute_capability.clone()), (0, 0.0, None));
-        assert_eq!((g[1].index, g[1].vram_free_bytes, g[1].compute_capability.clone()), (3, 1024 << 20, None), "5-column rows (old drivers) parse");
-        assert_eq!((g[2].utilization_pct, g[2].compute_capability.clone()), (50.5, None));
+        assert_eq!(
+            (
+                g[0].vram_free_bytes,
+                g[0].utilization_pct,
+                g[0].compute_capability.clone()
+            ),
+            (0, 0.0, None)
+        );
+        assert_eq!(
+            (
+                g[1].index,
+                g[1].vram_free_bytes,
+                g[1].compute_capability.clone()
+            ),
+            (3, 1024 << 20, None),
+            "5-column rows (old drivers) parse"
+        );
+        assert_eq!(
+            (g[2].utilization_pct, g[2].compute_capability.clone()),
+            (50.5, None)
+        );
     }
 
     #[test]
@@ -236,7 +334,9 @@ mod tests {
         assert_eq!(parse_mask("2,0,2"), Ok(Some(vec![0, 2])));
         assert_eq!(parse_mask(" 1 "), Ok(Some(vec![1])));
         assert!(parse_mask("").is_err());
-        assert!(parse_mask("0,gpu1").expect_err("malformed").contains("not \"cpu\""));
+        assert!(parse_mask("0,gpu1")
+            .expect_err("malformed")
+            .contains("not \"cpu\""));
     }
 
     /// Trivially passes without a driver; on a GPU machine both real backends must agree.
@@ -244,9 +344,21 @@ mod tests {
     #[ignore = "needs an NVIDIA GPU and driver: cargo test -p pool-managerd -- --ignored nvml"]
     fn nvml_and_smi_agree_where_both_answer() {
         let n = NvmlBackend.gpus().expect("NVML answers on a GPU machine");
-        let s = SmiBackend.gpus().expect("nvidia-smi answers on a GPU machine");
+        let s = SmiBackend
+            .gpus()
+            .expect("nvidia-smi answers on a GPU machine");
         assert!(!n.is_empty(), "a GPU machine lists at least one GPU");
-        let key = |g: &Gpu| (g.index, g.name.clone(), g.vram_total_bytes >> 20, g.compute_capability.clone());
-        assert_eq!(n.iter().map(key).collect::<Vec<_>>(), s.iter().map(key).collect::<Vec<_>>());
+        let key = |g: &Gpu| {
+            (
+                g.index,
+                g.name.clone(),
+                g.vram_total_bytes >> 20,
+                g.compute_capability.clone(),
+            )
+        };
+        assert_eq!(
+            n.iter().map(key).collect::<Vec<_>>(),
+            s.iter().map(key).collect::<Vec<_>>()
+        );
     }
 }

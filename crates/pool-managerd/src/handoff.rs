@@ -20,7 +20,14 @@ use crate::http::App;
 /// Polls the handoff directory every second until `stop`.
 pub async fn watch(app: Arc<App>, stop: CancellationToken) {
     let dir = app.config.handoff_dir.clone();
-    let mut adopted: BTreeMap<String, (PathBuf, HandoffFile, tokio::sync::watch::Sender<crate::pools::PoolSnapshot>)> = BTreeMap::new();
+    let mut adopted: BTreeMap<
+        String,
+        (
+            PathBuf,
+            HandoffFile,
+            tokio::sync::watch::Sender<crate::pools::PoolSnapshot>,
+        ),
+    > = BTreeMap::new();
     let mut ignored: BTreeSet<PathBuf> = BTreeSet::new();
     let mut health_tick = 0u32;
     loop {
@@ -66,21 +73,35 @@ pub async fn watch(app: Arc<App>, stop: CancellationToken) {
 
 /// True for a file unchanged for 2 s: only those stay ignored, a rewritten one is looked at again.
 fn settled(p: &std::path::Path) -> bool {
-    std::fs::metadata(p).and_then(|m| m.modified()).map(|t| t.elapsed().map(|e| e > Duration::from_secs(2)).unwrap_or(true)).unwrap_or(false)
+    std::fs::metadata(p)
+        .and_then(|m| m.modified())
+        .map(|t| {
+            t.elapsed()
+                .map(|e| e > Duration::from_secs(2))
+                .unwrap_or(true)
+        })
+        .unwrap_or(false)
 }
 
-async fn adopt(app: &App, f: &HandoffFile) -> Result<tokio::sync::watch::Sender<crate::pools::PoolSnapshot>, String> {
+async fn adopt(
+    app: &App,
+    f: &HandoffFile,
+) -> Result<tokio::sync::watch::Sender<crate::pools::PoolSnapshot>, String> {
     let pool_id: api::PoolId = f.pool_id.parse().map_err(|e: api::IdError| e.0)?;
     if app.pools.get(pool_id.as_str()).is_some() {
         return Err(format!("pool {pool_id} already exists on this node"));
     }
     if !f.process_matches() {
-        return Err(format!("process {} is gone or is not the one that wrote the file", f.pid));
+        return Err(format!(
+            "process {} is gone or is not the one that wrote the file",
+            f.pid
+        ));
     }
     if !f.url.starts_with("http://127.0.0.1:") && !f.url.starts_with("http://localhost:") {
         return Err("engines must listen on loopback".into());
     }
-    let key = std::fs::read_to_string(&f.api_key_file).map_err(|e| format!("cannot read the key file {}: {e}", f.api_key_file.display()))?;
+    let key = std::fs::read_to_string(&f.api_key_file)
+        .map_err(|e| format!("cannot read the key file {}: {e}", f.api_key_file.display()))?;
     let client = EngineClient::new(f.url.clone(), ApiKey::from_secret(key.trim().to_string()));
     if !client.health().await.unwrap_or(false) {
         return Err("the engine is not healthy".into());
@@ -88,15 +109,29 @@ async fn adopt(app: &App, f: &HandoffFile) -> Result<tokio::sync::watch::Sender<
     let props = client.props().await.map_err(|e| e.to_string())?;
     let slots = client.slots().await.map_err(|e| e.to_string())?;
     if props.total_slots != f.slots || slots.iter().any(|s| s.n_ctx != f.ctx_per_slot) {
-        return Err(format!("the engine reports {} slots of {:?} tokens, the file says {} of {}", props.total_slots, slots.iter().map(|s| s.n_ctx).collect::<Vec<_>>(), f.slots, f.ctx_per_slot));
+        return Err(format!(
+            "the engine reports {} slots of {:?} tokens, the file says {} of {}",
+            props.total_slots,
+            slots.iter().map(|s| s.n_ctx).collect::<Vec<_>>(),
+            f.slots,
+            f.ctx_per_slot
+        ));
     }
     let model_id: api::ModelId = f.model.id.parse().map_err(|e: api::IdError| e.0)?;
-    let model_ref = api::model_ref::ModelRef::parse(&f.model.model_ref).map_err(|e| e.to_string())?;
+    let model_ref =
+        api::model_ref::ModelRef::parse(&f.model.model_ref).map_err(|e| e.to_string())?;
     if !matches!(model_ref, api::model_ref::ModelRef::File { .. }) {
-        return Err(format!("handoff models are local files (file:/…), not {}", f.model.model_ref));
+        return Err(format!(
+            "handoff models are local files (file:/…), not {}",
+            f.model.model_ref
+        ));
     }
     // Hash the engine's model file, so the catalog can tell it is the model it names.
-    let fetched = app.cache.fetch(&model_ref, None, &|_| {}).await.map_err(|e| format!("the model file: {e}"))?;
+    let fetched = app
+        .cache
+        .fetch(&model_ref, None, &|_| {})
+        .await
+        .map_err(|e| format!("the model file: {e}"))?;
     let model = crate::pools::ModelInfo {
         id: model_id.to_string(),
         model_ref: model_ref.to_string(),
@@ -107,7 +142,11 @@ async fn adopt(app: &App, f: &HandoffFile) -> Result<tokio::sync::watch::Sender<
     };
     let spec = PoolSpec {
         id: pool_id,
-        model: Some(crate::config::ModelSpec { id: model_id, model_ref, digest: None }),
+        model: Some(crate::config::ModelSpec {
+            id: model_id,
+            model_ref,
+            digest: None,
+        }),
         provisioning_target: false,
         ctx_per_slot: f.ctx_per_slot,
         slots: f.slots,
@@ -122,7 +161,18 @@ async fn adopt(app: &App, f: &HandoffFile) -> Result<tokio::sync::watch::Sender<
 }
 
 /// Drops adopted pools whose process died, changed, lost its file, or (every 5 s) fails /health.
-async fn drop_dead(app: &App, adopted: &mut BTreeMap<String, (PathBuf, HandoffFile, tokio::sync::watch::Sender<crate::pools::PoolSnapshot>)>, check_health: bool) {
+async fn drop_dead(
+    app: &App,
+    adopted: &mut BTreeMap<
+        String,
+        (
+            PathBuf,
+            HandoffFile,
+            tokio::sync::watch::Sender<crate::pools::PoolSnapshot>,
+        ),
+    >,
+    check_health: bool,
+) {
     let mut dead = vec![];
     for (id, (path, file, _)) in adopted.iter() {
         let why = if !file.process_matches() {
@@ -130,7 +180,10 @@ async fn drop_dead(app: &App, adopted: &mut BTreeMap<String, (PathBuf, HandoffFi
         } else if !path.exists() {
             Some("its handoff file was removed".to_string())
         } else if check_health {
-            let client = app.pools.get(id).and_then(|p| p.snapshot.borrow().client.clone());
+            let client = app
+                .pools
+                .get(id)
+                .and_then(|p| p.snapshot.borrow().client.clone());
             match client {
                 Some(c) if c.health().await.unwrap_or(false) => None,
                 _ => Some("its engine stopped answering /health".to_string()),

@@ -51,15 +51,30 @@ pub fn router(app: Arc<App>) -> Router {
 }
 
 async fn auth(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
-    let header = req.headers().get("authorization").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let header = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let Some(token) = daemon::secret::bearer(header.as_deref()).map(str::to_string) else {
-        return ApiError(ErrorEnvelope::new(ErrorCode::MissingToken, "this route needs the dispatch token as a Bearer token")).into_response();
+        return ApiError(ErrorEnvelope::new(
+            ErrorCode::MissingToken,
+            "this route needs the dispatch token as a Bearer token",
+        ))
+        .into_response();
     };
     if !app.config.dispatch_token.matches(&token) {
-        return ApiError(ErrorEnvelope::new(ErrorCode::BadToken, "the token is not this node's dispatch token")).into_response();
+        return ApiError(ErrorEnvelope::new(
+            ErrorCode::BadToken,
+            "the token is not this node's dispatch token",
+        ))
+        .into_response();
     }
     let mut resp = next.run(req).await;
-    resp.extensions_mut().insert(Identity(format!("token:{}", daemon::secret::fingerprint(&token))));
+    resp.extensions_mut().insert(Identity(format!(
+        "token:{}",
+        daemon::secret::fingerprint(&token)
+    )));
     resp
 }
 
@@ -68,68 +83,162 @@ async fn not_found() -> ApiError {
 }
 
 async fn health(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION"), "node_id": app.config.node_id.to_string() }))
+    Json(
+        serde_json::json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION"), "node_id": app.config.node_id.to_string() }),
+    )
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
     let mut resp = crate::metrics::render(&app).into_response();
-    resp.headers_mut().insert("content-type", axum::http::HeaderValue::from_static("text/plain; version=0.0.4"));
+    resp.headers_mut().insert(
+        "content-type",
+        axum::http::HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
     resp
 }
 
 async fn pools(State(app): State<Arc<App>>) -> Json<WorkerPoolsResponse> {
-    Json(WorkerPoolsResponse { pools: app.pools.all().iter().map(|p| p.status()).collect() })
+    Json(WorkerPoolsResponse {
+        pools: app.pools.all().iter().map(|p| p.status()).collect(),
+    })
 }
 
-async fn pool_status(State(app): State<Arc<App>>, Path(pool_id): Path<String>) -> Result<Json<api::node::PoolStatus>, ApiError> {
-    let pool = app.pools.get(&pool_id).ok_or_else(|| ErrorEnvelope::new(ErrorCode::NotFound, format!("no pool {pool_id} on this node")))?;
+async fn pool_status(
+    State(app): State<Arc<App>>,
+    Path(pool_id): Path<String>,
+) -> Result<Json<api::node::PoolStatus>, ApiError> {
+    let pool = app.pools.get(&pool_id).ok_or_else(|| {
+        ErrorEnvelope::new(
+            ErrorCode::NotFound,
+            format!("no pool {pool_id} on this node"),
+        )
+    })?;
     Ok(Json(pool.status()))
 }
 
 /// Local drain (the same work as orchestratord's drain command), for operators on the node.
-async fn local_drain(State(app): State<Arc<App>>, Path(pool_id): Path<String>, body: Bytes) -> Result<(StatusCode, Json<api::node::PoolCommandAccepted>), ApiError> {
-    let req: api::node::DrainRequest = if body.is_empty() { Default::default() } else { serde_json::from_slice(&body).map_err(|e| ErrorEnvelope::invalid("", format!("invalid drain body: {e}")))? };
+async fn local_drain(
+    State(app): State<Arc<App>>,
+    Path(pool_id): Path<String>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<api::node::PoolCommandAccepted>), ApiError> {
+    let req: api::node::DrainRequest = if body.is_empty() {
+        Default::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ErrorEnvelope::invalid("", format!("invalid drain body: {e}")))?
+    };
     let deadline = Duration::from_millis(req.deadline_ms.unwrap_or(60_000));
-    local_command(&app, &pool_id, |id| crate::commands::PoolCommand::Drain { id, deadline })
+    local_command(&app, &pool_id, |id| crate::commands::PoolCommand::Drain {
+        id,
+        deadline,
+    })
 }
 
 /// Local reload of the pool's own model (returns a drained pool to service).
-async fn local_reload(State(app): State<Arc<App>>, Path(pool_id): Path<String>) -> Result<(StatusCode, Json<api::node::PoolCommandAccepted>), ApiError> {
-    local_command(&app, &pool_id, |id| crate::commands::PoolCommand::Load { id, model: None })
+async fn local_reload(
+    State(app): State<Arc<App>>,
+    Path(pool_id): Path<String>,
+) -> Result<(StatusCode, Json<api::node::PoolCommandAccepted>), ApiError> {
+    local_command(&app, &pool_id, |id| crate::commands::PoolCommand::Load {
+        id,
+        model: None,
+    })
 }
 
-fn local_command(app: &App, pool_id: &str, make: impl FnOnce(String) -> crate::commands::PoolCommand) -> Result<(StatusCode, Json<api::node::PoolCommandAccepted>), ApiError> {
-    let pool = app.pools.get(pool_id).ok_or_else(|| ErrorEnvelope::new(ErrorCode::NotFound, format!("no pool {pool_id} on this node")))?;
+fn local_command(
+    app: &App,
+    pool_id: &str,
+    make: impl FnOnce(String) -> crate::commands::PoolCommand,
+) -> Result<(StatusCode, Json<api::node::PoolCommandAccepted>), ApiError> {
+    let pool = app.pools.get(pool_id).ok_or_else(|| {
+        ErrorEnvelope::new(
+            ErrorCode::NotFound,
+            format!("no pool {pool_id} on this node"),
+        )
+    })?;
     let id = uuid::Uuid::new_v4().to_string();
     app.book.receive(&id);
-    pool.commands.send(make(id.clone())).map_err(|_| ErrorEnvelope::new(ErrorCode::PoolUnready, "the pool is shutting down"))?;
+    pool.commands
+        .send(make(id.clone()))
+        .map_err(|_| ErrorEnvelope::new(ErrorCode::PoolUnready, "the pool is shutting down"))?;
     let state = pool.snapshot.borrow().state;
-    Ok((StatusCode::ACCEPTED, Json(api::node::PoolCommandAccepted { pool_id: pool_id.into(), command_id: id, state })))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(api::node::PoolCommandAccepted {
+            pool_id: pool_id.into(),
+            command_id: id,
+            state,
+        }),
+    ))
 }
 
-async fn dispatch(State(app): State<Arc<App>>, Path(pool_id): Path<String>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+async fn dispatch(
+    State(app): State<Arc<App>>,
+    Path(pool_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let cid = CorrelationId::from_headers(&headers);
-    let req: DispatchRequest = serde_json::from_slice(&body).map_err(|e| ErrorEnvelope::invalid("", format!("invalid dispatch body: {e}")))?;
-    let pool = app.pools.get(&pool_id).ok_or_else(|| ErrorEnvelope::new(ErrorCode::NotFound, format!("no pool {pool_id} on this node")))?;
+    let req: DispatchRequest = serde_json::from_slice(&body)
+        .map_err(|e| ErrorEnvelope::invalid("", format!("invalid dispatch body: {e}")))?;
+    let pool = app.pools.get(&pool_id).ok_or_else(|| {
+        ErrorEnvelope::new(
+            ErrorCode::NotFound,
+            format!("no pool {pool_id} on this node"),
+        )
+    })?;
     if req.protocol_version != api::PROTOCOL_VERSION {
-        return Err(ErrorEnvelope::invalid("protocol_version", format!("unsupported protocol_version {}; supported: [1]", req.protocol_version)).into());
+        return Err(ErrorEnvelope::invalid(
+            "protocol_version",
+            format!(
+                "unsupported protocol_version {}; supported: [1]",
+                req.protocol_version
+            ),
+        )
+        .into());
     }
     if req.node_id != app.config.node_id.as_str() || req.pool_id != pool_id {
-        return Err(ErrorEnvelope::invalid("pool_id", "node_id/pool_id do not match this node and path").into());
+        return Err(ErrorEnvelope::invalid(
+            "pool_id",
+            "node_id/pool_id do not match this node and path",
+        )
+        .into());
     }
     if req.engine != api::ENGINE_LLAMACPP {
-        return Err(ErrorEnvelope::invalid("engine", format!("this pool runs llamacpp, not {}", req.engine)).into());
+        return Err(ErrorEnvelope::invalid(
+            "engine",
+            format!("this pool runs llamacpp, not {}", req.engine),
+        )
+        .into());
     }
     let current = pool.snapshot.borrow().model.clone();
-    let Some(current) = current.filter(|c| c.id == req.model.id && (req.model.digest.is_none() || c.digest.is_none() || req.model.digest == c.digest)) else {
-        return Err(ErrorEnvelope::new(ErrorCode::ModelNotAvailable, format!("pool {pool_id} does not serve {}", req.model.id)).with_retriable(true).into());
+    let Some(current) = current.filter(|c| {
+        c.id == req.model.id
+            && (req.model.digest.is_none() || c.digest.is_none() || req.model.digest == c.digest)
+    }) else {
+        return Err(ErrorEnvelope::new(
+            ErrorCode::ModelNotAvailable,
+            format!("pool {pool_id} does not serve {}", req.model.id),
+        )
+        .with_retriable(true)
+        .into());
     };
     if app.closing.is_cancelled() {
-        return Err(ErrorEnvelope::new(ErrorCode::PoolUnready, "this node is shutting down").with_pool(&pool_id).into());
+        return Err(
+            ErrorEnvelope::new(ErrorCode::PoolUnready, "this node is shutting down")
+                .with_pool(&pool_id)
+                .into(),
+        );
     }
     let snap = pool.snapshot.borrow().clone();
     let (Some(client), api::node::PoolState::Ready) = (snap.client.clone(), snap.state) else {
-        return Err(ErrorEnvelope::new(ErrorCode::PoolUnready, format!("pool {pool_id} is {}", snap.state.as_str())).with_pool(&pool_id).into());
+        return Err(ErrorEnvelope::new(
+            ErrorCode::PoolUnready,
+            format!("pool {pool_id} is {}", snap.state.as_str()),
+        )
+        .with_pool(&pool_id)
+        .into());
     };
     let cancel = CancellationToken::new();
     let lost = CancellationToken::new();
@@ -137,12 +246,31 @@ async fn dispatch(State(app): State<Arc<App>>, Path(pool_id): Path<String>, head
     let permit = {
         let mut inflight = pool.inflight.lock().unwrap_or_else(|e| e.into_inner());
         if inflight.contains_key(&req.task_id) {
-            return Err(ErrorEnvelope::new(ErrorCode::Conflict, format!("task {} is already running on this node", req.task_id)).into());
+            return Err(ErrorEnvelope::new(
+                ErrorCode::Conflict,
+                format!("task {} is already running on this node", req.task_id),
+            )
+            .into());
         }
         let permit = pool.slots.clone().try_acquire_owned().map_err(|_| {
-            ErrorEnvelope::new(ErrorCode::ReplicaExhausted, format!("pool {pool_id} has no free slot")).with_pool(&pool_id).with_retry_after(1000)
+            ErrorEnvelope::new(
+                ErrorCode::ReplicaExhausted,
+                format!("pool {pool_id} has no free slot"),
+            )
+            .with_pool(&pool_id)
+            .with_retry_after(1000)
         })?;
-        inflight.insert(req.task_id.clone(), Inflight { cancel: cancel.clone(), lost: lost.clone(), released: released_rx, tokens_evaluated: 0, tokens_out: 0, generation: snap.generation });
+        inflight.insert(
+            req.task_id.clone(),
+            Inflight {
+                cancel: cancel.clone(),
+                lost: lost.clone(),
+                released: released_rx,
+                tokens_evaluated: 0,
+                tokens_out: 0,
+                generation: snap.generation,
+            },
+        );
         permit
     };
     tracing::info!(event = "dispatch.accepted", correlation_id = %cid.0, task_id = %req.task_id, pool_id = %pool_id, node_id = %app.config.node_id,
@@ -163,7 +291,10 @@ async fn dispatch(State(app): State<Arc<App>>, Path(pool_id): Path<String>, head
     };
     app.tracker.spawn(async move {
         run.run().await;
-        pool.inflight.lock().unwrap_or_else(|e| e.into_inner()).remove(&task_id);
+        pool.inflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&task_id);
         drop(permit);
         let _ = released_tx.send(true);
     });
@@ -185,16 +316,31 @@ fn ndjson(rx: mpsc::Receiver<WorkerEvent>) -> Response {
         let terminal = event.is_terminal();
         let mut line = serde_json::to_vec(&WorkerLine { seq, event }).unwrap_or_default();
         line.push(b'\n');
-        Some((Ok::<_, Infallible>(Bytes::from(line)), (rx, seq + 1, terminal)))
+        Some((
+            Ok::<_, Infallible>(Bytes::from(line)),
+            (rx, seq + 1, terminal),
+        ))
     });
     let mut resp = Response::new(Body::from_stream(stream));
-    resp.headers_mut().insert("content-type", axum::http::HeaderValue::from_static("application/x-ndjson"));
+    resp.headers_mut().insert(
+        "content-type",
+        axum::http::HeaderValue::from_static("application/x-ndjson"),
+    );
     resp
 }
 
-async fn cancel(State(app): State<Arc<App>>, Path((pool_id, task_id)): Path<(String, String)>, headers: HeaderMap) -> Result<StatusCode, ApiError> {
+async fn cancel(
+    State(app): State<Arc<App>>,
+    Path((pool_id, task_id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
     let cid = CorrelationId::from_headers(&headers);
-    let pool = app.pools.get(&pool_id).ok_or_else(|| ErrorEnvelope::new(ErrorCode::NotFound, format!("no pool {pool_id} on this node")))?;
+    let pool = app.pools.get(&pool_id).ok_or_else(|| {
+        ErrorEnvelope::new(
+            ErrorCode::NotFound,
+            format!("no pool {pool_id} on this node"),
+        )
+    })?;
     let released = {
         let inflight = pool.inflight.lock().unwrap_or_else(|e| e.into_inner());
         match inflight.get(&task_id) {
@@ -207,6 +353,11 @@ async fn cancel(State(app): State<Arc<App>>, Path((pool_id, task_id)): Path<(Str
     };
     tracing::info!(event = "command.received", correlation_id = %cid.0, task_id = %task_id, pool_id = %pool_id, "Cancel requested for task {task_id}");
     let mut released = released;
-    let confirmed = tokio::time::timeout(app.config.engine.cancel_confirm, released.wait_for(|r| *r)).await;
-    Ok(if matches!(confirmed, Ok(Ok(_))) { StatusCode::NO_CONTENT } else { StatusCode::ACCEPTED })
+    let confirmed =
+        tokio::time::timeout(app.config.engine.cancel_confirm, released.wait_for(|r| *r)).await;
+    Ok(if matches!(confirmed, Ok(Ok(_))) {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::ACCEPTED
+    })
 }

@@ -22,7 +22,11 @@ pub use config::Config;
 
 /// Runs the daemon until `shutdown` fires, then drains: refuse new dispatches, wait up to
 /// `shutdown_grace` for running ones, deregister, stop the engines.
-pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let tracker = TaskTracker::new();
     let engines_stop = CancellationToken::new();
     let pools = pools::PoolSet::default();
@@ -34,9 +38,18 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
         hf_token: config.hf_token.as_ref().map(|t| t.expose().to_string()),
         extra_root_pem: config.fetch_ca_pem.clone(),
     })
-    .map_err(|e| anyhow::anyhow!("cannot open the models cache {}: {e}", config.models_dir.display()))?;
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "cannot open the models cache {}: {e}",
+            config.models_dir.display()
+        )
+    })?;
     for spec in &config.pools {
-        let source = config.engines.get(&spec.engine_source).cloned().ok_or_else(|| anyhow::anyhow!("engine source {} missing", spec.engine_source))?;
+        let source = config
+            .engines
+            .get(&spec.engine_source)
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("engine source {} missing", spec.engine_source))?;
         let env = pools::SupervisorEnv {
             timings: config.engine.clone(),
             engines_dir: config.engines_dir.clone(),
@@ -45,10 +58,22 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
             book: book.clone(),
             cache: cache.clone(),
         };
-        pools.insert(pools::spawn(spec.clone(), env, engines_stop.clone(), &tracker));
+        pools.insert(pools::spawn(
+            spec.clone(),
+            env,
+            engines_stop.clone(),
+            &tracker,
+        ));
     }
     let closing = CancellationToken::new();
-    let app = Arc::new(http::App { config: config.clone(), pools, tracker: tracker.clone(), closing: closing.clone(), book, cache });
+    let app = Arc::new(http::App {
+        config: config.clone(),
+        pools,
+        tracker: tracker.clone(),
+        closing: closing.clone(),
+        book,
+        cache,
+    });
     let reg_stop = CancellationToken::new();
     let reg = tokio::spawn(registration::run(app.clone(), reg_stop.clone()));
     tracker.spawn(handoff::watch(app.clone(), engines_stop.clone()));
@@ -60,7 +85,11 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
         let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
             let _ = tcp.set_nodelay(true);
         });
-        tokio::spawn(async move { axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned()).await })
+        tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+        })
     };
     tracing::info!(event = "node.started", node_id = %config.node_id, "pool-managerd {} serving the worker API at {}", config.node_id, config.advertise_url);
 
@@ -68,7 +97,13 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
     tracing::info!(event = "node.stopping", node_id = %config.node_id, "Shutting down: refusing new dispatches and waiting for running tasks");
     closing.cancel();
     let until = Instant::now() + config.shutdown_grace;
-    while app.pools.all().iter().any(|p| !p.inflight.lock().unwrap_or_else(|e| e.into_inner()).is_empty()) && Instant::now() < until {
+    while app.pools.all().iter().any(|p| {
+        !p.inflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+    }) && Instant::now() < until
+    {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     reg_stop.cancel();

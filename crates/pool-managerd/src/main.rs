@@ -25,27 +25,47 @@ struct Args {
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
     let env: Vec<(String, String)> = std::env::vars().collect();
-    let (mut raw, unknown): (pool_managerd::config::RawConfig, Vec<String>) = match daemon::config::load(args.config.as_deref(), "POOL_MANAGERD", &env) {
-        Ok(r) => r,
-        Err(problems) => return refuse(&problems),
-    };
+    let (mut raw, unknown): (pool_managerd::config::RawConfig, Vec<String>) =
+        match daemon::config::load(args.config.as_deref(), "POOL_MANAGERD", &env) {
+            Ok(r) => r,
+            Err(problems) => return refuse(&problems),
+        };
     if let Some(b) = args.bind {
         raw.server.bind = Some(b);
     }
     if let Some(l) = args.log_level {
         raw.logging.level = Some(l);
     }
-    let config = match daemon::main_loop::validated("pool-managerd", unknown, raw.validate(&pool_managerd::config::Host::detect())) {
+    let config = match daemon::main_loop::validated(
+        "pool-managerd",
+        unknown,
+        raw.validate(&pool_managerd::config::Host::detect()),
+    ) {
         Ok(c) => c,
         Err(code) => return code,
     };
     if args.check_config {
-        println!("config ok: node {} with {} pool(s)", config.node_id, config.pools.len());
+        println!(
+            "config ok: node {} with {} pool(s)",
+            config.node_id,
+            config.pools.len()
+        );
         return std::process::ExitCode::SUCCESS;
     }
-    daemon::logging::init(&config.log_level, if args.log_json { Some(true) } else { config.log_json });
+    daemon::logging::init(
+        &config.log_level,
+        if args.log_json {
+            Some(true)
+        } else {
+            config.log_json
+        },
+    );
     let bind = config.bind;
-    daemon::main_loop::serve("pool-managerd", bind, |listener, shutdown| async move { pool_managerd::run(config, listener, shutdown).await.map_err(|e| format!("{e:#}").into()) })
+    daemon::main_loop::serve("pool-managerd", bind, |listener, shutdown| async move {
+        pool_managerd::run(config, listener, shutdown)
+            .await
+            .map_err(|e| format!("{e:#}").into())
+    })
 }
 
 fn refuse(problems: &[String]) -> std::process::ExitCode {

@@ -8,8 +8,14 @@ use api::node::PoolState;
 
 use crate::http::App;
 
-
-const STATES: [PoolState; 6] = [PoolState::Unloaded, PoolState::Provisioning, PoolState::Starting, PoolState::Ready, PoolState::Draining, PoolState::Failed];
+const STATES: [PoolState; 6] = [
+    PoolState::Unloaded,
+    PoolState::Provisioning,
+    PoolState::Starting,
+    PoolState::Ready,
+    PoolState::Draining,
+    PoolState::Failed,
+];
 
 pub fn render(app: &App) -> String {
     let mut out = String::new();
@@ -27,30 +33,106 @@ pub fn render(app: &App) -> String {
     };
     let states: Vec<(String, f64)> = pools
         .iter()
-        .flat_map(|(_, s)| STATES.iter().map(move |st| (format!("node_id=\"{node}\",pool_id=\"{}\",state=\"{}\"", s.pool_id, st.as_str()), if s.state == *st { 1.0 } else { 0.0 })))
+        .flat_map(|(_, s)| {
+            STATES.iter().map(move |st| {
+                (
+                    format!(
+                        "node_id=\"{node}\",pool_id=\"{}\",state=\"{}\"",
+                        s.pool_id,
+                        st.as_str()
+                    ),
+                    if s.state == *st { 1.0 } else { 0.0 },
+                )
+            })
+        })
         .collect();
-    family("pool_state", "gauge", "1 for the pool's current state, else 0.", states);
-    family("pool_slots_total", "gauge", "Slots of the pool's engine.", per_pool(&|_, s| Some(s.slots_total as f64)));
-    family("pool_slots_free", "gauge", "Slots not held by a dispatch.", per_pool(&|_, s| Some(s.slots_free as f64)));
-    family("pool_kv_cache_usage_ratio", "gauge", "Context in use by running requests over the pool's total context.", per_pool(&|_, s| s.kv_cache_usage_ratio));
-    family("engine_decode_tokens_per_second", "gauge", "EWMA of the engine's decode speed from llama-server's timings.", per_pool(&|_, s| s.decode_tokens_per_s));
-    family("engine_crashes_total", "counter", "Engine exits nobody asked for (crashes, failed health checks).", per_pool(&|p, _| Some(p.crashes.load(Ordering::Relaxed) as f64)));
-    family("dispatches_ended_total", "counter", "Dispatches that ended with an end line.", per_pool(&|p, _| Some(p.ended.load(Ordering::Relaxed) as f64)));
-    family("dispatches_failed_total", "counter", "Dispatches that ended with an error line.", per_pool(&|p, _| Some(p.failed.load(Ordering::Relaxed) as f64)));
+    family(
+        "pool_state",
+        "gauge",
+        "1 for the pool's current state, else 0.",
+        states,
+    );
+    family(
+        "pool_slots_total",
+        "gauge",
+        "Slots of the pool's engine.",
+        per_pool(&|_, s| Some(s.slots_total as f64)),
+    );
+    family(
+        "pool_slots_free",
+        "gauge",
+        "Slots not held by a dispatch.",
+        per_pool(&|_, s| Some(s.slots_free as f64)),
+    );
+    family(
+        "pool_kv_cache_usage_ratio",
+        "gauge",
+        "Context in use by running requests over the pool's total context.",
+        per_pool(&|_, s| s.kv_cache_usage_ratio),
+    );
+    family(
+        "engine_decode_tokens_per_second",
+        "gauge",
+        "EWMA of the engine's decode speed from llama-server's timings.",
+        per_pool(&|_, s| s.decode_tokens_per_s),
+    );
+    family(
+        "engine_crashes_total",
+        "counter",
+        "Engine exits nobody asked for (crashes, failed health checks).",
+        per_pool(&|p, _| Some(p.crashes.load(Ordering::Relaxed) as f64)),
+    );
+    family(
+        "dispatches_ended_total",
+        "counter",
+        "Dispatches that ended with an end line.",
+        per_pool(&|p, _| Some(p.ended.load(Ordering::Relaxed) as f64)),
+    );
+    family(
+        "dispatches_failed_total",
+        "counter",
+        "Dispatches that ended with an error line.",
+        per_pool(&|p, _| Some(p.failed.load(Ordering::Relaxed) as f64)),
+    );
     family(
         "fetched_bytes_total",
         "counter",
         "Bytes downloaded by this node: engine source archives and model files.",
         vec![
-            (format!("node_id=\"{node}\",kind=\"engine_source\""), engine::provision::downloaded_bytes() as f64),
-            (format!("node_id=\"{node}\",kind=\"model\""), MODEL_BYTES.load(std::sync::atomic::Ordering::Relaxed) as f64),
+            (
+                format!("node_id=\"{node}\",kind=\"engine_source\""),
+                engine::provision::downloaded_bytes() as f64,
+            ),
+            (
+                format!("node_id=\"{node}\",kind=\"model\""),
+                MODEL_BYTES.load(std::sync::atomic::Ordering::Relaxed) as f64,
+            ),
         ],
     );
     let gpus = crate::gpu::discover();
-    let gpu = |f: &dyn Fn(&crate::gpu::Gpu) -> f64| -> Vec<(String, f64)> { gpus.iter().map(|g| (format!("node_id=\"{node}\",device=\"{}\"", g.index), f(g))).collect() };
-    family("gpu_vram_total_bytes", "gauge", "VRAM per GPU.", gpu(&|g| g.vram_total_bytes as f64));
-    family("gpu_vram_free_bytes", "gauge", "Free VRAM per GPU.", gpu(&|g| g.vram_free_bytes as f64));
-    family("gpu_utilization_percent", "gauge", "GPU utilization.", gpu(&|g| g.utilization_pct));
+    let gpu = |f: &dyn Fn(&crate::gpu::Gpu) -> f64| -> Vec<(String, f64)> {
+        gpus.iter()
+            .map(|g| (format!("node_id=\"{node}\",device=\"{}\"", g.index), f(g)))
+            .collect()
+    };
+    family(
+        "gpu_vram_total_bytes",
+        "gauge",
+        "VRAM per GPU.",
+        gpu(&|g| g.vram_total_bytes as f64),
+    );
+    family(
+        "gpu_vram_free_bytes",
+        "gauge",
+        "Free VRAM per GPU.",
+        gpu(&|g| g.vram_free_bytes as f64),
+    );
+    family(
+        "gpu_utilization_percent",
+        "gauge",
+        "GPU utilization.",
+        gpu(&|g| g.utilization_pct),
+    );
     out
 }
 

@@ -32,15 +32,32 @@ pub struct ModelInfo {
 
 impl ModelInfo {
     pub fn loaded(&self) -> LoadedModel {
-        LoadedModel { id: self.id.clone(), model_ref: self.model_ref.clone(), digest: self.digest.clone(), size_bytes: self.size_bytes, metadata: self.metadata.clone() }
+        LoadedModel {
+            id: self.id.clone(),
+            model_ref: self.model_ref.clone(),
+            digest: self.digest.clone(),
+            size_bytes: self.size_bytes,
+            metadata: self.metadata.clone(),
+        }
     }
 
     fn from_fetched(order: &ModelOrder, f: models::Fetched) -> Self {
-        Self { id: order.id.clone(), model_ref: order.model_ref.to_string(), path: f.path, digest: Some(f.digest), size_bytes: Some(f.size_bytes), metadata: Some(f.metadata) }
+        Self {
+            id: order.id.clone(),
+            model_ref: order.model_ref.to_string(),
+            path: f.path,
+            digest: Some(f.digest),
+            size_bytes: Some(f.size_bytes),
+            metadata: Some(f.metadata),
+        }
     }
 
     fn result(&self) -> Option<api::node::CommandResult> {
-        Some(api::node::CommandResult { digest: self.digest.clone()?, size_bytes: self.size_bytes.unwrap_or(0), metadata: self.metadata.clone() })
+        Some(api::node::CommandResult {
+            digest: self.digest.clone()?,
+            size_bytes: self.size_bytes.unwrap_or(0),
+            metadata: self.metadata.clone(),
+        })
     }
 }
 
@@ -92,7 +109,10 @@ impl Pool {
     pub fn status(&self) -> PoolStatus {
         let snap = self.snapshot.borrow().clone();
         let inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
-        let used: u64 = inflight.values().map(|i| i.tokens_evaluated + i.tokens_out).sum();
+        let used: u64 = inflight
+            .values()
+            .map(|i| i.tokens_evaluated + i.tokens_out)
+            .sum();
         let capacity = (self.spec.slots as u64 * self.spec.ctx_per_slot).max(1);
         PoolStatus {
             pool_id: self.spec.id.to_string(),
@@ -130,15 +150,27 @@ pub struct PoolSet(std::sync::RwLock<std::collections::BTreeMap<String, Arc<Pool
 
 impl PoolSet {
     pub fn get(&self, id: &str) -> Option<Arc<Pool>> {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).get(id).cloned()
+        self.0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
     }
 
     pub fn all(&self) -> Vec<Arc<Pool>> {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+        self.0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 
     pub fn insert(&self, pool: Arc<Pool>) {
-        self.0.write().unwrap_or_else(|e| e.into_inner()).insert(pool.spec.id.to_string(), pool);
+        self.0
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(pool.spec.id.to_string(), pool);
     }
 
     pub fn remove(&self, id: &str) {
@@ -148,7 +180,12 @@ impl PoolSet {
 
 /// A pool around an engine started elsewhere (a handoff): Ready at once, no supervisor; the
 /// handoff watcher owns its liveness. Returns the pool and the sender of its snapshots.
-pub fn adopted(spec: PoolSpec, model: ModelInfo, client: EngineClient, engine_version: String) -> (Arc<Pool>, watch::Sender<PoolSnapshot>) {
+pub fn adopted(
+    spec: PoolSpec,
+    model: ModelInfo,
+    client: EngineClient,
+    engine_version: String,
+) -> (Arc<Pool>, watch::Sender<PoolSnapshot>) {
     let (tx, rx) = watch::channel(PoolSnapshot {
         model: Some(model),
         state: PoolState::Ready,
@@ -165,7 +202,11 @@ pub fn adopted(spec: PoolSpec, model: ModelInfo, client: EngineClient, engine_ve
 }
 
 impl Pool {
-    fn new(spec: PoolSpec, snapshot: watch::Receiver<PoolSnapshot>, commands: tokio::sync::mpsc::UnboundedSender<PoolCommand>) -> Arc<Self> {
+    fn new(
+        spec: PoolSpec,
+        snapshot: watch::Receiver<PoolSnapshot>,
+        commands: tokio::sync::mpsc::UnboundedSender<PoolCommand>,
+    ) -> Arc<Self> {
         Arc::new(Pool {
             commands,
             slots: Arc::new(Semaphore::new(spec.slots as usize)),
@@ -181,7 +222,12 @@ impl Pool {
 
     /// Ends in-flight work on an engine that is gone (WORKER_RESET / POOL_UNAVAILABLE at the client).
     pub fn abort_inflight(&self) {
-        for i in self.inflight.lock().unwrap_or_else(|e| e.into_inner()).values() {
+        for i in self
+            .inflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
             i.lost.cancel();
         }
     }
@@ -199,11 +245,30 @@ pub struct SupervisorEnv {
 }
 
 /// Creates the pool and spawns its supervisor on `tracker`.
-pub fn spawn(spec: PoolSpec, env: SupervisorEnv, shutdown: CancellationToken, tracker: &tokio_util::task::TaskTracker) -> Arc<Pool> {
-    let (tx, rx) = watch::channel(PoolSnapshot { model: None, state: PoolState::Provisioning, client: None, engine_version: None, engine_built: false, last_error: None, generation: 0 });
+pub fn spawn(
+    spec: PoolSpec,
+    env: SupervisorEnv,
+    shutdown: CancellationToken,
+    tracker: &tokio_util::task::TaskTracker,
+) -> Arc<Pool> {
+    let (tx, rx) = watch::channel(PoolSnapshot {
+        model: None,
+        state: PoolState::Provisioning,
+        client: None,
+        engine_version: None,
+        engine_built: false,
+        last_error: None,
+        generation: 0,
+    });
     let (cmd_tx, cmd_rx) = tokio::sync::mpsc::unbounded_channel();
     let pool = Pool::new(spec, rx, cmd_tx);
-    let sup = Supervisor { pool: pool.clone(), env, tx, shutdown, cmds: tokio::sync::Mutex::new(cmd_rx) };
+    let sup = Supervisor {
+        pool: pool.clone(),
+        env,
+        tx,
+        shutdown,
+        cmds: tokio::sync::Mutex::new(cmd_rx),
+    };
     tracker.spawn(sup.run());
     pool
 }
@@ -215,16 +280,25 @@ fn new_ready(e: &RunningEngine) -> (EngineClient, String) {
 /// True when the node's available memory holds another copy of the model with 20 % headroom
 /// (CPU pools; GPU pools would compare free VRAM the same way).
 fn memory_allows(model: &std::path::Path) -> bool {
-    let size = std::fs::metadata(model).map(|m| m.len()).unwrap_or(u64::MAX);
+    let size = std::fs::metadata(model)
+        .map(|m| m.len())
+        .unwrap_or(u64::MAX);
     let available = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("MemAvailable:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<u64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemAvailable:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
         .map(|kb| kb * 1024)
         .unwrap_or(0);
     (size as f64 * 1.2) < available as f64
 }
 
-async fn recv(rx: &tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<PoolCommand>>) -> Option<PoolCommand> {
+async fn recv(
+    rx: &tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<PoolCommand>>,
+) -> Option<PoolCommand> {
     rx.lock().await.recv().await
 }
 
@@ -240,16 +314,30 @@ struct Breaker {
 
 impl Breaker {
     fn new(limit: usize, window: Duration) -> Self {
-        Self { limit, window, failures: Default::default() }
+        Self {
+            limit,
+            window,
+            failures: Default::default(),
+        }
     }
 
     /// Records a failure; returns the reason when the breaker trips.
     fn trip(&mut self, now: Instant, last: &str) -> Option<String> {
         self.failures.push_back(now);
-        while self.failures.front().is_some_and(|t| now.duration_since(*t) > self.window) {
+        while self
+            .failures
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > self.window)
+        {
             self.failures.pop_front();
         }
-        (self.failures.len() >= self.limit).then(|| format!("circuit breaker open: {} engine failures within {} s; last: {last}", self.failures.len(), self.window.as_secs()))
+        (self.failures.len() >= self.limit).then(|| {
+            format!(
+                "circuit breaker open: {} engine failures within {} s; last: {last}",
+                self.failures.len(),
+                self.window.as_secs()
+            )
+        })
     }
 }
 
@@ -278,12 +366,18 @@ impl Supervisor {
 
     async fn run(self) {
         let pool_id = self.pool.spec.id.to_string();
-        let Some(binary) = self.provision().await else { return };
+        let Some(binary) = self.provision().await else {
+            return;
+        };
         let mut breaker = self.breaker();
         let mut backoff = Duration::from_secs(1);
         let mut reload: Option<String> = None;
         if let Some(ms) = self.pool.spec.model.clone() {
-            let order = ModelOrder { id: ms.id.to_string(), model_ref: ms.model_ref, digest: ms.digest };
+            let order = ModelOrder {
+                id: ms.id.to_string(),
+                model_ref: ms.model_ref,
+                digest: ms.digest,
+            };
             if let Ok(m) = self.resolve(&order, None).await {
                 self.publish(|s| s.model = Some(m));
             }
@@ -317,7 +411,9 @@ impl Supervisor {
             let started = Instant::now();
             // A shutdown while the engine is still loading must not wait for the start timeout:
             // dropping the launch kills the half-started child (kill_on_drop).
-            let Some(model) = self.tx.borrow().model.clone() else { continue };
+            let Some(model) = self.tx.borrow().model.clone() else {
+                continue;
+            };
             let spec = self.launch_spec(&binary, &model);
             let launched = tokio::select! {
                 r = engine::launch(&spec) => r,
@@ -351,15 +447,20 @@ impl Supervisor {
                             None => break,
                         },
                         Exit::Crashed(why) => {
-                            self.pool.crashes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            self.pool
+                                .crashes
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             if started.elapsed() > BREAKER_WINDOW {
                                 backoff = Duration::from_secs(1);
                             }
                             if let Some(reason) = breaker.trip(Instant::now(), &why) {
                                 tracing::error!(event = "engine.exited", pool_id = %pool_id, node_id = %self.env.node_id, reason = %why, "Engine for pool {pool_id} crashed; {reason}");
                                 // A Failed pool still takes a reload (or another model).
-                                let Some(id) = self.fail_and_wait(reason).await else { break };
-                                (reload, breaker, backoff) = (Some(id), self.breaker(), Duration::from_secs(1));
+                                let Some(id) = self.fail_and_wait(reason).await else {
+                                    break;
+                                };
+                                (reload, breaker, backoff) =
+                                    (Some(id), self.breaker(), Duration::from_secs(1));
                                 continue;
                             }
                             tracing::warn!(event = "engine.exited", pool_id = %pool_id, node_id = %self.env.node_id, reason = %why, "Engine for pool {pool_id} stopped unexpectedly: {why}; restarting");
@@ -376,10 +477,20 @@ impl Supervisor {
                     tracing::error!(event = "engine.exited", pool_id = %pool_id, node_id = %self.env.node_id, "Engine for pool {pool_id} failed to start: {why}");
                     if let Some(reason) = breaker.trip(Instant::now(), &why) {
                         if let Some(id) = reload.take() {
-                            self.env.book.set(&id, CommandState::Failed, Some(api::ErrorEnvelope::new(api::ErrorCode::PoolUnavailable, reason.clone())));
+                            self.env.book.set(
+                                &id,
+                                CommandState::Failed,
+                                Some(api::ErrorEnvelope::new(
+                                    api::ErrorCode::PoolUnavailable,
+                                    reason.clone(),
+                                )),
+                            );
                         }
-                        let Some(id) = self.fail_and_wait(reason).await else { break };
-                        (reload, breaker, backoff) = (Some(id), self.breaker(), Duration::from_secs(1));
+                        let Some(id) = self.fail_and_wait(reason).await else {
+                            break;
+                        };
+                        (reload, breaker, backoff) =
+                            (Some(id), self.breaker(), Duration::from_secs(1));
                         continue;
                     }
                     self.publish(|s| s.last_error = Some(why));
@@ -400,7 +511,10 @@ impl Supervisor {
 
     /// A fresh circuit breaker: `max_restarts` crashes within [`BREAKER_WINDOW`] trip it.
     fn breaker(&self) -> Breaker {
-        Breaker::new(self.env.timings.max_restarts.max(1) as usize, BREAKER_WINDOW)
+        Breaker::new(
+            self.env.timings.max_restarts.max(1) as usize,
+            BREAKER_WINDOW,
+        )
     }
 
     /// Marks the pool Failed, then waits for a reload (its command id) or shutdown (`None`).
@@ -426,7 +540,9 @@ impl Supervisor {
             build_commit: None,
             extra_cmake_flags: vec![],
             engines_dir: self.env.engines_dir.clone(),
-            jobs: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            jobs: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
         };
         let pool_id = self.pool.spec.id.to_string();
         let result = tokio::task::spawn_blocking(move || {
@@ -474,9 +590,17 @@ impl Supervisor {
             slots: spec.slots,
             threads: self.env.timings.threads,
             gpu_layers: if gpu { 999 } else { 0 },
-            cuda_visible_devices: if gpu { spec.device_mask.clone() } else { String::new() },
+            cuda_visible_devices: if gpu {
+                spec.device_mask.clone()
+            } else {
+                String::new()
+            },
             extra_args: spec.extra_args.clone(),
-            log_path: self.env.engines_dir.join("logs").join(format!("pool-{}.log", spec.id)),
+            log_path: self
+                .env
+                .engines_dir
+                .join("logs")
+                .join(format!("pool-{}.log", spec.id)),
             start_timeout: self.env.timings.start_timeout,
         }
     }
@@ -545,7 +669,14 @@ impl Supervisor {
             "Draining pool {} (deadline {} ms)", self.pool.spec.id, deadline.as_millis());
         self.publish(|s| s.state = PoolState::Draining);
         let until = Instant::now() + deadline;
-        while !self.pool.inflight.lock().unwrap_or_else(|e| e.into_inner()).is_empty() && Instant::now() < until {
+        while !self
+            .pool
+            .inflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+            && Instant::now() < until
+        {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         self.abort_inflight();
@@ -561,26 +692,56 @@ impl Supervisor {
     /// new dispatches switch to it once it is Ready, and the old one stops after its running
     /// tasks; otherwise the old engine is drained first. On failure the old model keeps (or goes
     /// back to) serving and the command fails with the reason. Returns the engine now serving.
-    async fn switch_model(&self, old: RunningEngine, binary: &std::path::Path, id: &str, model: ModelInfo) -> RunningEngine {
+    async fn switch_model(
+        &self,
+        old: RunningEngine,
+        binary: &std::path::Path,
+        id: &str,
+        model: ModelInfo,
+    ) -> RunningEngine {
         self.env.book.set(id, CommandState::Running, None);
         let side_by_side = memory_allows(&model.path);
         tracing::info!(event = "command.received", pool_id = %self.pool.spec.id, command_id = %id, model = %model.id,
             "Reloading pool {} to {} ({})", self.pool.spec.id, model.id, if side_by_side { "side by side" } else { "after draining the old engine" });
         let fail = |why: String| api::ErrorEnvelope::new(api::ErrorCode::PoolUnavailable, why);
         if !side_by_side {
-            let Some(old_model) = self.tx.borrow().model.clone() else { return old };
+            let Some(old_model) = self.tx.borrow().model.clone() else {
+                return old;
+            };
             let generation = self.tx.borrow().generation;
-            self.wait_generation_idle(generation, Duration::from_secs(60)).await;
+            self.wait_generation_idle(generation, Duration::from_secs(60))
+                .await;
             self.abort_inflight();
-            self.publish(|s| { s.state = PoolState::Starting; s.client = None; });
+            self.publish(|s| {
+                s.state = PoolState::Starting;
+                s.client = None;
+            });
             old.stop(self.env.timings.stop_grace).await;
             return match engine::launch(&self.launch_spec(binary, &model)).await {
-                Ok(new) => { let result = model.result(); self.serve(new_ready(&new), model); self.env.book.complete(id, result); new }
+                Ok(new) => {
+                    let result = model.result();
+                    self.serve(new_ready(&new), model);
+                    self.env.book.complete(id, result);
+                    new
+                }
                 Err(e) => {
-                    self.env.book.set(id, CommandState::Failed, Some(fail(format!("the new engine failed to start: {e}"))));
+                    self.env.book.set(
+                        id,
+                        CommandState::Failed,
+                        Some(fail(format!("the new engine failed to start: {e}"))),
+                    );
                     match engine::launch(&self.launch_spec(binary, &old_model)).await {
-                        Ok(back) => { self.serve(new_ready(&back), old_model); self.publish(|s| s.last_error = Some(format!("reload failed: {e}"))); back }
-                        Err(e2) => { self.fail(format!("reload failed ({e}) and the old engine did not come back: {e2}")); std::future::pending().await }
+                        Ok(back) => {
+                            self.serve(new_ready(&back), old_model);
+                            self.publish(|s| s.last_error = Some(format!("reload failed: {e}")));
+                            back
+                        }
+                        Err(e2) => {
+                            self.fail(format!(
+                                "reload failed ({e}) and the old engine did not come back: {e2}"
+                            ));
+                            std::future::pending().await
+                        }
                     }
                 }
             };
@@ -590,7 +751,8 @@ impl Supervisor {
                 let old_generation = self.tx.borrow().generation;
                 let result = model.result();
                 self.serve(new_ready(&new), model);
-                self.wait_generation_idle(old_generation, Duration::from_secs(60)).await;
+                self.wait_generation_idle(old_generation, Duration::from_secs(60))
+                    .await;
                 old.stop(self.env.timings.stop_grace).await;
                 self.env.book.complete(id, result);
                 new
@@ -619,7 +781,15 @@ impl Supervisor {
     /// Waits until no task dispatched to `generation` (or earlier) is in flight, or `max`.
     async fn wait_generation_idle(&self, generation: u64, max: Duration) {
         let until = Instant::now() + max;
-        while Instant::now() < until && self.pool.inflight.lock().unwrap_or_else(|e| e.into_inner()).values().any(|i| i.generation <= generation) {
+        while Instant::now() < until
+            && self
+                .pool
+                .inflight
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .any(|i| i.generation <= generation)
+        {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -652,15 +822,24 @@ impl Supervisor {
     }
 
     fn is_current(&self, order: &ModelOrder) -> bool {
-        self.tx.borrow().model.as_ref().is_some_and(|m| m.id == order.id && m.model_ref == order.model_ref.to_string())
+        self.tx
+            .borrow()
+            .model
+            .as_ref()
+            .is_some_and(|m| m.id == order.id && m.model_ref == order.model_ref.to_string())
     }
 
     /// Makes a model available on this node (fetch and verify, or hash a local file) and reads its
     /// GGUF facts. With a command id, progress goes to the command's preparation steps. A failure
     /// leaves the pool as it was, with `last_error` saying why.
-    async fn resolve(&self, order: &ModelOrder, command: Option<&str>) -> Result<ModelInfo, api::ErrorEnvelope> {
+    async fn resolve(
+        &self,
+        order: &ModelOrder,
+        command: Option<&str>,
+    ) -> Result<ModelInfo, api::ErrorEnvelope> {
         let pool_id = self.pool.spec.id.to_string();
-        let prep = command.map(|id| Prep::new(self.env.book.clone(), id, &order.model_ref, &pool_id));
+        let prep =
+            command.map(|id| Prep::new(self.env.book.clone(), id, &order.model_ref, &pool_id));
         let before = self.tx.borrow().state;
         if before != PoolState::Ready {
             self.publish(|s| s.state = PoolState::Provisioning);
@@ -693,7 +872,8 @@ impl Supervisor {
         };
         match fetched {
             Ok(f) => {
-                crate::metrics::MODEL_BYTES.fetch_add(f.downloaded_bytes, std::sync::atomic::Ordering::Relaxed);
+                crate::metrics::MODEL_BYTES
+                    .fetch_add(f.downloaded_bytes, std::sync::atomic::Ordering::Relaxed);
                 if let Some(prep) = &prep {
                     prep.warming();
                 }
@@ -708,7 +888,11 @@ impl Supervisor {
                     prep.failed(env.clone());
                 }
                 self.publish(|s| {
-                    s.state = if before == PoolState::Provisioning { PoolState::Failed } else { before };
+                    s.state = if before == PoolState::Provisioning {
+                        PoolState::Failed
+                    } else {
+                        before
+                    };
                     s.last_error = Some(format!("model {} ({}): {e}", order.id, order.model_ref));
                 });
                 Err(env)
@@ -733,6 +917,9 @@ mod tests {
         assert!(b.trip(t0 + Duration::from_secs(10), "b").is_none());
         // The first failure has left the window: still only two.
         assert!(b.trip(t0 + Duration::from_secs(305), "c").is_none());
-        assert!(b.trip(t0 + Duration::from_secs(306), "d").unwrap().contains("3 engine failures"));
+        assert!(b
+            .trip(t0 + Duration::from_secs(306), "d")
+            .unwrap()
+            .contains("3 engine failures"));
     }
 }

@@ -4,7 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use api::node::{Capabilities, CommandState, CredentialKind, HeartbeatRequest, HeartbeatResponse, RegisterRequest, RegisterResponse};
+use api::node::{
+    Capabilities, CommandState, CredentialKind, HeartbeatRequest, HeartbeatResponse,
+    RegisterRequest, RegisterResponse,
+};
 use daemon::secret::Secret;
 use tokio_util::sync::CancellationToken;
 
@@ -23,9 +26,14 @@ enum Beat {
 }
 
 pub async fn run(app: Arc<App>, shutdown: CancellationToken) {
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_default();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap_or_default();
     'outer: loop {
-        let Some(session) = register_with_retry(&app, &http, &shutdown).await else { return };
+        let Some(session) = register_with_retry(&app, &http, &shutdown).await else {
+            return;
+        };
         let mut session = session;
         let mut seq = 0u64;
         loop {
@@ -54,12 +62,22 @@ fn register_body(app: &App) -> RegisterRequest {
         version: env!("CARGO_PKG_VERSION").into(),
         address: app.config.advertise_url.clone(),
         dispatch_token: app.config.dispatch_token.expose().to_string(),
-        capabilities: Capabilities { cpu_cores: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1), ram_total_bytes: ram_total_bytes(), gpus: gpu::infos(&gpus) },
+        capabilities: Capabilities {
+            cpu_cores: std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(1),
+            ram_total_bytes: ram_total_bytes(),
+            gpus: gpu::infos(&gpus),
+        },
         pools: app.pools.all().iter().map(|p| p.status()).collect(),
     }
 }
 
-async fn register_with_retry(app: &App, http: &reqwest::Client, shutdown: &CancellationToken) -> Option<Session> {
+async fn register_with_retry(
+    app: &App,
+    http: &reqwest::Client,
+    shutdown: &CancellationToken,
+) -> Option<Session> {
     let mut backoff = Duration::from_secs(1);
     let url = format!("{}/v2/nodes/register", app.config.orchestrator_url);
     loop {
@@ -78,7 +96,15 @@ async fn register_with_retry(app: &App, http: &reqwest::Client, shutdown: &Cance
             },
             Ok(r) => {
                 let status = r.status();
-                Err(format!("orchestratord answered {status}: {}", r.text().await.unwrap_or_default().chars().take(300).collect::<String>()))
+                Err(format!(
+                    "orchestratord answered {status}: {}",
+                    r.text()
+                        .await
+                        .unwrap_or_default()
+                        .chars()
+                        .take(300)
+                        .collect::<String>()
+                ))
             }
             Err(e) => Err(format!("orchestratord unreachable: {e}")),
         };
@@ -90,7 +116,10 @@ async fn register_with_retry(app: &App, http: &reqwest::Client, shutdown: &Cance
                 };
                 tracing::info!(event = "node.registered", node_id = %app.config.node_id, orchestrator = %app.config.orchestrator_url,
                     "Registered node {} with orchestratord at {}", app.config.node_id, app.config.orchestrator_url);
-                return Some(Session { credential, interval: Duration::from_millis(body.next_heartbeat_ms.max(100)) });
+                return Some(Session {
+                    credential,
+                    interval: Duration::from_millis(body.next_heartbeat_ms.max(100)),
+                });
             }
             Err(why) => {
                 tracing::warn!(event = "node.register_failed", node_id = %app.config.node_id, "Registration failed, retrying in {} s: {why}", backoff.as_secs());
@@ -104,8 +133,16 @@ async fn register_with_retry(app: &App, http: &reqwest::Client, shutdown: &Cance
     }
 }
 
-async fn heartbeat(app: &Arc<App>, http: &reqwest::Client, session: &mut Session, seq: u64) -> Beat {
-    let url = format!("{}/v2/nodes/{}/heartbeat", app.config.orchestrator_url, app.config.node_id);
+async fn heartbeat(
+    app: &Arc<App>,
+    http: &reqwest::Client,
+    session: &mut Session,
+    seq: u64,
+) -> Beat {
+    let url = format!(
+        "{}/v2/nodes/{}/heartbeat",
+        app.config.orchestrator_url, app.config.node_id
+    );
     let body = HeartbeatRequest {
         seq,
         sent_at_ms: daemon::now_ms(),
@@ -125,11 +162,20 @@ async fn heartbeat(app: &Arc<App>, http: &reqwest::Client, session: &mut Session
                     route(app, cmd);
                 }
                 // Models a pool uses are never evicted by the cache quota.
-                app.cache.set_in_use(app.pools.all().iter().filter_map(|p| p.snapshot.borrow().model.as_ref().map(|m| m.path.clone())).collect());
+                app.cache.set_in_use(
+                    app.pools
+                        .all()
+                        .iter()
+                        .filter_map(|p| p.snapshot.borrow().model.as_ref().map(|m| m.path.clone()))
+                        .collect(),
+                );
             }
             Beat::Ok
         }
-        Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND || r.status() == reqwest::StatusCode::UNAUTHORIZED => {
+        Ok(r)
+            if r.status() == reqwest::StatusCode::NOT_FOUND
+                || r.status() == reqwest::StatusCode::UNAUTHORIZED =>
+        {
             tracing::warn!(event = "node.reregister", node_id = %app.config.node_id, "orchestratord answered {} to a heartbeat; registering again", r.status());
             Beat::Reregister
         }
@@ -155,23 +201,46 @@ fn route(app: &Arc<App>, cmd: api::node::Command) {
     tracing::info!(event = "command.received", node_id = %app.config.node_id, correlation_id = %cmd.correlation_id, command_id = %cmd.command_id,
         pool_id = %cmd.pool_id.as_deref().unwrap_or(""), "Received command {:?}", cmd.kind);
     let invalid = |msg: String| api::ErrorEnvelope::new(api::ErrorCode::InvalidParams, msg);
-    let order = match cmd.model.as_ref().map(|m| api::model_ref::ModelRef::parse(&m.model_ref).map(|r| ModelOrder { id: m.id.clone(), model_ref: r, digest: m.digest.clone() })) {
+    let order = match cmd.model.as_ref().map(|m| {
+        api::model_ref::ModelRef::parse(&m.model_ref).map(|r| ModelOrder {
+            id: m.id.clone(),
+            model_ref: r,
+            digest: m.digest.clone(),
+        })
+    }) {
         None => Ok(None),
         Some(Ok(o)) => Ok(Some(o)),
         Some(Err(e)) => Err(invalid(format!("command model: {e}"))),
     };
     let pool = cmd.pool_id.as_ref().and_then(|p| app.pools.get(p));
     let routed = order.and_then(|order| match (cmd.kind, pool.as_deref(), order) {
-        (_, None, _) if cmd.pool_id.is_some() => Err(api::ErrorEnvelope::new(api::ErrorCode::NotFound, "no such pool on this node")),
+        (_, None, _) if cmd.pool_id.is_some() => Err(api::ErrorEnvelope::new(
+            api::ErrorCode::NotFound,
+            "no such pool on this node",
+        )),
         (CommandKind::Drain, Some(p), _) => {
             let deadline = std::time::Duration::from_millis(cmd.deadline_ms.unwrap_or(60_000));
-            p.commands.send(PoolCommand::Drain { id: cmd.command_id.clone(), deadline }).map_err(|_| invalid("the pool is shutting down".into()))
+            p.commands
+                .send(PoolCommand::Drain {
+                    id: cmd.command_id.clone(),
+                    deadline,
+                })
+                .map_err(|_| invalid("the pool is shutting down".into()))
         }
-        (CommandKind::Reload | CommandKind::LoadModel, Some(p), model) => {
-            p.commands.send(PoolCommand::Load { id: cmd.command_id.clone(), model }).map_err(|_| invalid("the pool is shutting down".into()))
-        }
+        (CommandKind::Reload | CommandKind::LoadModel, Some(p), model) => p
+            .commands
+            .send(PoolCommand::Load {
+                id: cmd.command_id.clone(),
+                model,
+            })
+            .map_err(|_| invalid("the pool is shutting down".into())),
         (CommandKind::EvictModel | CommandKind::VerifyModel, None, Some(order)) => {
-            app.tracker.spawn(catalog_command(app.clone(), cmd.command_id.clone(), cmd.kind, order));
+            app.tracker.spawn(catalog_command(
+                app.clone(),
+                cmd.command_id.clone(),
+                cmd.kind,
+                order,
+            ));
             Ok(())
         }
         (kind, _, _) => Err(invalid(format!("command {kind:?} lacks a pool or a model"))),
@@ -183,18 +252,48 @@ fn route(app: &Arc<App>, cmd: api::node::Command) {
 
 /// `evict-model` deletes this node's cached copy (never a model a pool uses, never a `file:`
 /// model); `verify-model` re-hashes the copy against the catalog digest.
-async fn catalog_command(app: Arc<App>, id: String, kind: api::node::CommandKind, order: crate::commands::ModelOrder) {
-    let in_use = app.pools.all().iter().any(|p| p.snapshot.borrow().model.as_ref().is_some_and(|m| m.model_ref == order.model_ref.to_string()));
+async fn catalog_command(
+    app: Arc<App>,
+    id: String,
+    kind: api::node::CommandKind,
+    order: crate::commands::ModelOrder,
+) {
+    let in_use = app.pools.all().iter().any(|p| {
+        p.snapshot
+            .borrow()
+            .model
+            .as_ref()
+            .is_some_and(|m| m.model_ref == order.model_ref.to_string())
+    });
     let outcome = match kind {
-        api::node::CommandKind::EvictModel if in_use => Err(api::ErrorEnvelope::new(api::ErrorCode::Conflict, format!("a pool on this node serves {}", order.id))),
-        api::node::CommandKind::EvictModel => app.cache.evict(&order.model_ref).map(|_| None).map_err(|e| e.envelope()),
+        api::node::CommandKind::EvictModel if in_use => Err(api::ErrorEnvelope::new(
+            api::ErrorCode::Conflict,
+            format!("a pool on this node serves {}", order.id),
+        )),
+        api::node::CommandKind::EvictModel => app
+            .cache
+            .evict(&order.model_ref)
+            .map(|_| None)
+            .map_err(|e| e.envelope()),
         _ => match order.digest.as_deref() {
-            None => Err(api::ErrorEnvelope::new(api::ErrorCode::InvalidParams, format!("the catalog has no digest for {} to verify against", order.id))),
+            None => Err(api::ErrorEnvelope::new(
+                api::ErrorCode::InvalidParams,
+                format!(
+                    "the catalog has no digest for {} to verify against",
+                    order.id
+                ),
+            )),
             Some(d) => app
                 .cache
                 .verify(&order.model_ref, d)
                 .await
-                .map(|f| Some(api::node::CommandResult { digest: f.digest, size_bytes: f.size_bytes, metadata: Some(f.metadata) }))
+                .map(|f| {
+                    Some(api::node::CommandResult {
+                        digest: f.digest,
+                        size_bytes: f.size_bytes,
+                        metadata: Some(f.metadata),
+                    })
+                })
                 .map_err(|e| e.envelope()),
         },
     };
@@ -211,22 +310,36 @@ async fn catalog_command(app: Arc<App>, id: String, kind: api::node::CommandKind
 }
 
 async fn deregister(app: &App, http: &reqwest::Client, session: &Session) {
-    let url = format!("{}/v2/nodes/{}", app.config.orchestrator_url, app.config.node_id);
+    let url = format!(
+        "{}/v2/nodes/{}",
+        app.config.orchestrator_url, app.config.node_id
+    );
     let mut req = http.delete(&url).timeout(Duration::from_secs(3));
     if let Some(c) = &session.credential {
         req = req.bearer_auth(c.expose());
     }
     match req.send().await {
-        Ok(r) if r.status().is_success() => tracing::info!(event = "node.deregistered", node_id = %app.config.node_id, "Deregistered node {}", app.config.node_id),
-        Ok(r) => tracing::warn!(event = "node.deregister_failed", node_id = %app.config.node_id, "Deregistration answered {}", r.status()),
-        Err(e) => tracing::warn!(event = "node.deregister_failed", node_id = %app.config.node_id, "Deregistration failed: {e}"),
+        Ok(r) if r.status().is_success() => {
+            tracing::info!(event = "node.deregistered", node_id = %app.config.node_id, "Deregistered node {}", app.config.node_id)
+        }
+        Ok(r) => {
+            tracing::warn!(event = "node.deregister_failed", node_id = %app.config.node_id, "Deregistration answered {}", r.status())
+        }
+        Err(e) => {
+            tracing::warn!(event = "node.deregister_failed", node_id = %app.config.node_id, "Deregistration failed: {e}")
+        }
     }
 }
 
 fn ram_total_bytes() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|kb| kb.parse::<u64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
         .map(|kb| kb * 1024)
         .unwrap_or(0)
 }

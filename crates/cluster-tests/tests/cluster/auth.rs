@@ -16,11 +16,16 @@ const REG: &str = "registration-token-0123456789";
 
 fn orchd_auth(clients: &[&str]) -> String {
     let list: Vec<String> = clients.iter().map(|c| format!("{c:?}")).collect();
-    format!("[auth]\nclient_tokens = [{}]\nnode_registration_token = {REG:?}\n", list.join(", "))
+    format!(
+        "[auth]\nclient_tokens = [{}]\nnode_registration_token = {REG:?}\n",
+        list.join(", ")
+    )
 }
 
 async fn get(url: &str, token: Option<&str>) -> anyhow::Result<reqwest::Response> {
-    let mut r = reqwest::Client::new().get(url).header("x-correlation-id", "auth-test");
+    let mut r = reqwest::Client::new()
+        .get(url)
+        .header("x-correlation-id", "auth-test");
     if let Some(t) = token {
         r = r.bearer_auth(t);
     }
@@ -94,9 +99,13 @@ fn sha_fp(t: &str) -> String {
     use std::fmt::Write;
     let digest = {
         // The fingerprint rule: first 6 hex of SHA-256.
-        let out = std::process::Command::new("sha256sum").stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn();
+        let out = std::process::Command::new("sha256sum")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn();
         let mut child = out.expect("sha256sum");
-        std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), t.as_bytes()).expect("write");
+        std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), t.as_bytes())
+            .expect("write");
         let o = child.wait_with_output().expect("sha256sum output");
         String::from_utf8_lossy(&o.stdout).to_string()
     };

@@ -21,31 +21,52 @@ pub struct Assets {
 
 impl Assets {
     pub fn from_env() -> Self {
-        let model = std::env::var_os("LLORCH_MODEL").map(PathBuf::from).unwrap_or_else(llorch::dev::model);
-        let source = std::env::var_os("LLORCH_LLAMA_SOURCE").map(PathBuf::from).unwrap_or_else(llorch::dev::llama_source);
+        let model = std::env::var_os("LLORCH_MODEL")
+            .map(PathBuf::from)
+            .unwrap_or_else(llorch::dev::model);
+        let source = std::env::var_os("LLORCH_LLAMA_SOURCE")
+            .map(PathBuf::from)
+            .unwrap_or_else(llorch::dev::llama_source);
         let binary = std::env::var_os("LLORCH_LLAMA_SERVER").map(PathBuf::from);
         let real = if !model.is_file() {
-            Err(format!("the model {} is missing (run scripts/dev-assets.sh)", model.display()))
+            Err(format!(
+                "the model {} is missing (run scripts/dev-assets.sh)",
+                model.display()
+            ))
         } else if let Some(b) = binary.filter(|b| b.is_file()) {
             // The engine built by scripts/test.sh; pool-managerd provisions the source archive
             // itself, which finds this build in the engines cache.
             let _ = b;
             if source.is_file() {
-                Ok((EngineChoice::Source { archive: source, sha256: llorch::dev::LLAMA_SOURCE_SHA256.into() }, model))
+                Ok((
+                    EngineChoice::Source {
+                        archive: source,
+                        sha256: llorch::dev::LLAMA_SOURCE_SHA256.into(),
+                    },
+                    model,
+                ))
             } else {
-                Err(format!("the llama.cpp source {} is missing", source.display()))
+                Err(format!(
+                    "the llama.cpp source {} is missing",
+                    source.display()
+                ))
             }
         } else {
             Err("no built llama-server (LLORCH_LLAMA_SERVER is unset or missing; run scripts/test.sh)".into())
         };
-        let out = std::env::var_os("LLORCH_TEST_OUT").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cluster"));
+        let out = std::env::var_os("LLORCH_TEST_OUT")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cluster"));
         Self { real, out }
     }
 
     /// A stack spec in a fresh folder named after the scenario.
     pub fn spec(&self, scenario: &str) -> anyhow::Result<StackSpec> {
         let (engine, model) = self.real.clone().map_err(anyhow::Error::msg)?;
-        let dir = self.out.join(format!("{scenario}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
+        let dir = self.out.join(format!(
+            "{scenario}-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        ));
         let engines = llorch::cache_dir().join("engines");
         let mut spec = StackSpec::new(llorch::stack::bin_dir()?, dir, model, engine, engines);
         spec.threads = Some(2);
@@ -54,7 +75,9 @@ impl Assets {
 
     pub async fn stack(&self, spec: StackSpec) -> anyhow::Result<Stack> {
         let mut stack = Stack::start(spec).await?;
-        stack.wait_ready(Duration::from_secs(120), &mut |_| {}).await?;
+        stack
+            .wait_ready(Duration::from_secs(120), &mut |_| {})
+            .await?;
         Ok(stack)
     }
 }
@@ -79,7 +102,11 @@ where
 
 /// JSON lines of a daemon log.
 pub fn log_lines(path: &std::path::Path) -> Vec<Value> {
-    std::fs::read_to_string(path).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
 }
 
 /// A prompt that makes the model talk for a while.
@@ -96,7 +123,11 @@ pub fn long_request(model: &str) -> api::task::TaskRequest {
 /// pool-managerd's pool status straight from the worker API (with the test's dispatch token).
 pub async fn worker_pools(stack: &Stack) -> anyhow::Result<Vec<api::node::PoolStatus>> {
     let token = dispatch_token(stack)?;
-    let r = reqwest::Client::new().get(format!("{}/v2/pools", stack.worker_url)).bearer_auth(token).send().await?;
+    let r = reqwest::Client::new()
+        .get(format!("{}/v2/pools", stack.worker_url))
+        .bearer_auth(token)
+        .send()
+        .await?;
     let body: api::worker::WorkerPoolsResponse = r.json().await.context("worker /v2/pools")?;
     Ok(body.pools)
 }
@@ -105,8 +136,14 @@ pub async fn worker_pools(stack: &Stack) -> anyhow::Result<Vec<api::node::PoolSt
 /// worker API; it is written into the pool-managerd config by [`with_dispatch_token`].
 pub fn dispatch_token(stack: &Stack) -> anyhow::Result<String> {
     let text = std::fs::read_to_string(&stack.pm_config)?;
-    let line = text.lines().find(|l| l.starts_with("token = ")).context("the test stack has no dispatch token")?;
-    Ok(line.trim_start_matches("token = ").trim_matches('"').to_string())
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("token = "))
+        .context("the test stack has no dispatch token")?;
+    Ok(line
+        .trim_start_matches("token = ")
+        .trim_matches('"')
+        .to_string())
 }
 
 pub const TEST_DISPATCH_TOKEN: &str = "test-dispatch-token-0123456789abcdef0123456789";
@@ -115,7 +152,9 @@ pub const TEST_DISPATCH_TOKEN: &str = "test-dispatch-token-0123456789abcdef01234
 pub async fn read_tokens(stream: &mut client::EventStream, n: usize) -> anyhow::Result<()> {
     let mut tokens = 0;
     while tokens < n {
-        let f = tokio::time::timeout(Duration::from_secs(30), stream.next()).await?.context("stream closed early")??;
+        let f = tokio::time::timeout(Duration::from_secs(30), stream.next())
+            .await?
+            .context("stream closed early")??;
         if matches!(f.event, api::events::Event::Token(_)) {
             tokens += 1;
         }
@@ -125,7 +164,12 @@ pub async fn read_tokens(stream: &mut client::EventStream, n: usize) -> anyhow::
 
 /// Pids of the engines pool-managerd reported ready, oldest first.
 pub fn engine_pids(log: &std::path::Path) -> Vec<i32> {
-    log_lines(log).iter().filter(|l| l["event"] == "engine.ready").filter_map(|l| l["pid"].as_i64()).map(|p| p as i32).collect()
+    log_lines(log)
+        .iter()
+        .filter(|l| l["event"] == "engine.ready")
+        .filter_map(|l| l["pid"].as_i64())
+        .map(|p| p as i32)
+        .collect()
 }
 
 /// A `llorch` command from the workspace's build.
@@ -137,6 +181,15 @@ pub fn llorch() -> anyhow::Result<tokio::process::Command> {
 
 /// Runs `llorch` against `url` without a token; returns the exit code, stdout and stderr.
 pub async fn run_llorch(args: &[&str], url: &str) -> anyhow::Result<(i32, String, String)> {
-    let out = llorch()?.args(args).env("LLORCH_URL", url).env_remove("LLORCH_TOKEN").output().await?;
-    Ok((out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into()))
+    let out = llorch()?
+        .args(args)
+        .env("LLORCH_URL", url)
+        .env_remove("LLORCH_TOKEN")
+        .output()
+        .await?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    ))
 }

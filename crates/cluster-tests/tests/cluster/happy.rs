@@ -17,12 +17,30 @@ pub async fn haiku(a: Assets) -> anyhow::Result<()> {
     let report = llorch::haiku::run(&opts, &mut |_| {}).await;
     stack.shutdown().await?;
     let report = report?;
-    for f in ["request.json", "admission.json", "sse_transcript.jsonl", "metrics_before.txt", "metrics_after.txt", "logs.jsonl", "verification.json"] {
+    for f in [
+        "request.json",
+        "admission.json",
+        "sse_transcript.jsonl",
+        "metrics_before.txt",
+        "metrics_after.txt",
+        "logs.jsonl",
+        "verification.json",
+    ] {
         anyhow::ensure!(report.run_dir.join(f).is_file(), "run folder lacks {f}");
     }
-    let request: serde_json::Value = serde_json::from_slice(&std::fs::read(report.run_dir.join("request.json"))?)?;
-    anyhow::ensure!(request["grammar"].as_str().is_some_and(|g| g.contains("root")), "request.json lacks the grammar");
-    anyhow::ensure!(report.passed, "haiku check failed: {}", serde_json::to_string_pretty(&report.verification["checks"])?);
+    let request: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(report.run_dir.join("request.json"))?)?;
+    anyhow::ensure!(
+        request["grammar"]
+            .as_str()
+            .is_some_and(|g| g.contains("root")),
+        "request.json lacks the grammar"
+    );
+    anyhow::ensure!(
+        report.passed,
+        "haiku check failed: {}",
+        serde_json::to_string_pretty(&report.verification["checks"])?
+    );
     println!("  haiku: {:?} ({})", report.text, report.run_dir.display());
     Ok(())
 }

@@ -14,8 +14,8 @@ mod observe;
 mod openai;
 mod provision;
 mod refusals;
-mod schema;
 mod sched;
+mod schema;
 mod worker;
 
 use std::future::Future;
@@ -26,43 +26,114 @@ type Scenario = fn(fixtures::Assets) -> Pin<Box<dyn Future<Output = anyhow::Resu
 /// (name, needs the real engine, body)
 fn scenarios() -> Vec<(&'static str, bool, Scenario)> {
     vec![
-        ("orchestratord_refuses_bad_config_listing_every_problem", false, |a| Box::pin(refusals::bad_orchestratord_config(a))),
-        ("pool_managerd_refuses_missing_model_or_engine", false, |a| Box::pin(refusals::missing_model_or_engine(a))),
+        (
+            "orchestratord_refuses_bad_config_listing_every_problem",
+            false,
+            |a| Box::pin(refusals::bad_orchestratord_config(a)),
+        ),
+        (
+            "pool_managerd_refuses_missing_model_or_engine",
+            false,
+            |a| Box::pin(refusals::missing_model_or_engine(a)),
+        ),
         ("e2e_haiku", true, |a| Box::pin(happy::haiku(a))),
-        ("task_for_unserved_model_gets_typed_error", true, |a| Box::pin(refusals::unserved_model(a))),
-        ("cancel_mid_stream_frees_the_slot", true, |a| Box::pin(cancel::cancel_mid_stream(a))),
-        ("client_disconnect_frees_the_slot", true, |a| Box::pin(cancel::client_disconnect(a))),
-        ("heartbeats_keep_node_online_and_silence_makes_it_offline", true, |a| Box::pin(nodes::heartbeat_and_offline(a))),
-        ("sigterm_deregisters_and_leaves_no_engine", true, |a| Box::pin(nodes::sigterm_deregisters(a))),
-        ("worker_engine_killed_mid_stream_resets_and_recovers", true, |a| Box::pin(worker::engine_killed_mid_stream(a))),
-        ("worker_orchestratord_restart_reregisters", true, |a| Box::pin(worker::orchestratord_restart_reregisters(a))),
-        ("cli_run_cancel_json_exit_codes", true, |a| Box::pin(cli::cli(a))),
-        ("catalog_cli_models_commands_json_exit_codes", true, |a| Box::pin(catalog_cli::catalog_cli(a))),
-        ("provisioning_from_hf_with_progress", true, |a| Box::pin(provision::provisioning_from_hf(a))),
-        ("catalog_digest_mismatch_and_restart", true, |a| Box::pin(provision::digest_mismatch_and_restart(a))),
-        ("catalog_two_pools_one_download", true, |a| Box::pin(provision::two_pools_one_download(a))),
-        ("openai_official_client", true, |a| Box::pin(openai::official_client(a))),
-        ("sched_queue_order_and_aging", true, |a| Box::pin(sched::queue_order_and_aging(a))),
-        ("sched_no_oversubscription", true, |a| Box::pin(sched::no_oversubscription(a))),
-        ("sched_full_queue_429_and_drop_lru", true, |a| Box::pin(sched::full_queue_429_and_drop_lru(a))),
-        ("sched_retry_before_first_token", true, |a| Box::pin(sched::retry_before_first_token(a))),
+        ("task_for_unserved_model_gets_typed_error", true, |a| {
+            Box::pin(refusals::unserved_model(a))
+        }),
+        ("cancel_mid_stream_frees_the_slot", true, |a| {
+            Box::pin(cancel::cancel_mid_stream(a))
+        }),
+        ("client_disconnect_frees_the_slot", true, |a| {
+            Box::pin(cancel::client_disconnect(a))
+        }),
+        (
+            "heartbeats_keep_node_online_and_silence_makes_it_offline",
+            true,
+            |a| Box::pin(nodes::heartbeat_and_offline(a)),
+        ),
+        ("sigterm_deregisters_and_leaves_no_engine", true, |a| {
+            Box::pin(nodes::sigterm_deregisters(a))
+        }),
+        (
+            "worker_engine_killed_mid_stream_resets_and_recovers",
+            true,
+            |a| Box::pin(worker::engine_killed_mid_stream(a)),
+        ),
+        ("worker_orchestratord_restart_reregisters", true, |a| {
+            Box::pin(worker::orchestratord_restart_reregisters(a))
+        }),
+        ("cli_run_cancel_json_exit_codes", true, |a| {
+            Box::pin(cli::cli(a))
+        }),
+        ("catalog_cli_models_commands_json_exit_codes", true, |a| {
+            Box::pin(catalog_cli::catalog_cli(a))
+        }),
+        ("provisioning_from_hf_with_progress", true, |a| {
+            Box::pin(provision::provisioning_from_hf(a))
+        }),
+        ("catalog_digest_mismatch_and_restart", true, |a| {
+            Box::pin(provision::digest_mismatch_and_restart(a))
+        }),
+        ("catalog_two_pools_one_download", true, |a| {
+            Box::pin(provision::two_pools_one_download(a))
+        }),
+        ("openai_official_client", true, |a| {
+            Box::pin(openai::official_client(a))
+        }),
+        ("sched_queue_order_and_aging", true, |a| {
+            Box::pin(sched::queue_order_and_aging(a))
+        }),
+        ("sched_no_oversubscription", true, |a| {
+            Box::pin(sched::no_oversubscription(a))
+        }),
+        ("sched_full_queue_429_and_drop_lru", true, |a| {
+            Box::pin(sched::full_queue_429_and_drop_lru(a))
+        }),
+        ("sched_retry_before_first_token", true, |a| {
+            Box::pin(sched::retry_before_first_token(a))
+        }),
         ("sched_deadlines", true, |a| Box::pin(sched::deadlines(a))),
-        ("sched_pin_semantics", true, |a| Box::pin(sched::pin_semantics(a))),
-        ("sched_sessions_endpoint", true, |a| Box::pin(sched::sessions_endpoint(a))),
-        ("sdk_retries_admission_after_retry_after", true, |a| Box::pin(sched::sdk_retries_admission(a))),
-        ("worker_drain_and_reload", true, |a| Box::pin(sched::drain_and_reload(a))),
-        ("worker_reload_to_new_model", true, |a| Box::pin(worker::reload_to_new_model(a))),
-        ("worker_handoff_adoption", true, |a| Box::pin(worker::handoff_adoption(a))),
-        ("worker_crashes_trip_the_breaker", true, |a| Box::pin(sched::breaker_trips(a))),
-        ("schemathesis_against_openapi", true, |a| Box::pin(schema::schemathesis(a))),
-        ("observe_metrics_logs_cors", true, |a| Box::pin(observe::metrics_logs_cors(a))),
-        ("auth_rules_and_token_rotation", true, |a| Box::pin(auth::auth_rules_and_rotation(a))),
-        ("logs_hold_no_secrets", true, |a| Box::pin(refusals::logs_hold_no_secrets(a))),
+        ("sched_pin_semantics", true, |a| {
+            Box::pin(sched::pin_semantics(a))
+        }),
+        ("sched_sessions_endpoint", true, |a| {
+            Box::pin(sched::sessions_endpoint(a))
+        }),
+        ("sdk_retries_admission_after_retry_after", true, |a| {
+            Box::pin(sched::sdk_retries_admission(a))
+        }),
+        ("worker_drain_and_reload", true, |a| {
+            Box::pin(sched::drain_and_reload(a))
+        }),
+        ("worker_reload_to_new_model", true, |a| {
+            Box::pin(worker::reload_to_new_model(a))
+        }),
+        ("worker_handoff_adoption", true, |a| {
+            Box::pin(worker::handoff_adoption(a))
+        }),
+        ("worker_crashes_trip_the_breaker", true, |a| {
+            Box::pin(sched::breaker_trips(a))
+        }),
+        ("schemathesis_against_openapi", true, |a| {
+            Box::pin(schema::schemathesis(a))
+        }),
+        ("observe_metrics_logs_cors", true, |a| {
+            Box::pin(observe::metrics_logs_cors(a))
+        }),
+        ("auth_rules_and_token_rotation", true, |a| {
+            Box::pin(auth::auth_rules_and_rotation(a))
+        }),
+        ("logs_hold_no_secrets", true, |a| {
+            Box::pin(refusals::logs_hold_no_secrets(a))
+        }),
     ]
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     let assets = fixtures::Assets::from_env();
     let (mut passed, mut failed, mut skipped) = (0, 0, 0);

@@ -29,7 +29,12 @@ fn hf_ref() -> String {
 
 /// A node whose only pool has no model: Unloaded, a provisioning target. Its models cache is the
 /// stack's `models/` folder (shared by every node of the stack).
-fn unloaded_node(a: &Assets, node: &str, pool: &str, server: &FileServer) -> anyhow::Result<NodeSpec> {
+fn unloaded_node(
+    a: &Assets,
+    node: &str,
+    pool: &str,
+    server: &FileServer,
+) -> anyhow::Result<NodeSpec> {
     let (engine, _) = a.real.clone().map_err(anyhow::Error::msg)?;
     Ok(NodeSpec {
         node_id: node.into(),
@@ -42,10 +47,21 @@ fn unloaded_node(a: &Assets, node: &str, pool: &str, server: &FileServer) -> any
 }
 
 async fn wait_unloaded(client: &client::Client, pools: &[&str]) -> anyhow::Result<()> {
-    wait_for("the Unloaded pools to register with a built engine", Duration::from_secs(120), || async {
-        let listed = client.pools().await.ok()?.pools;
-        pools.iter().all(|id| listed.iter().any(|p| p.pool_id == *id && p.state == PoolState::Unloaded)).then_some(())
-    })
+    wait_for(
+        "the Unloaded pools to register with a built engine",
+        Duration::from_secs(120),
+        || async {
+            let listed = client.pools().await.ok()?.pools;
+            pools
+                .iter()
+                .all(|id| {
+                    listed
+                        .iter()
+                        .any(|p| p.pool_id == *id && p.state == PoolState::Unloaded)
+                })
+                .then_some(())
+        },
+    )
     .await
 }
 
@@ -58,7 +74,10 @@ async fn hf_server(a: &Assets, opts: Options) -> anyhow::Result<(FileServer, Str
 
 fn chat(model: &str) -> TaskRequest {
     let mut req = TaskRequest::new(model);
-    req.messages = Some(vec![api::task::Message { role: api::task::Role::User, content: "Name a colour.".into() }]);
+    req.messages = Some(vec![api::task::Message {
+        role: api::task::Role::User,
+        content: "Name a colour.".into(),
+    }]);
     req.max_tokens = Some(12);
     req.temperature = Some(0.0);
     req.seed = Some(7);
@@ -69,7 +88,10 @@ fn chat(model: &str) -> TaskRequest {
 async fn all_frames(stream: &mut client::EventStream) -> anyhow::Result<Vec<Event>> {
     let mut out = vec![];
     loop {
-        let f = tokio::time::timeout(Duration::from_secs(180), stream.next()).await.context("no frame for 180 s")?.context("the stream closed before a terminal frame")??;
+        let f = tokio::time::timeout(Duration::from_secs(180), stream.next())
+            .await
+            .context("no frame for 180 s")?
+            .context("the stream closed before a terminal frame")??;
         let terminal = f.event.is_terminal();
         out.push(f.event);
         if terminal {
@@ -224,21 +246,47 @@ pub async fn two_pools_one_download(a: Assets) -> anyhow::Result<()> {
         stack.add_node(unloaded_node(&a, "n2", "p2", &server)?)?;
         let client = client::Client::new(&stack.orchd_url, None);
         wait_unloaded(&client, &["p1", "p2"]).await?;
-        let (rec, _) = client.register_model(&RegisterModel { id: None, model_ref: hf_ref(), digest: Some(DEV_SHA.into()) }).await?;
-        let (r1, r2) = tokio::join!(client.reload_pool("p1", &rec.id), client.reload_pool("p2", &rec.id));
+        let (rec, _) = client
+            .register_model(&RegisterModel {
+                id: None,
+                model_ref: hf_ref(),
+                digest: Some(DEV_SHA.into()),
+            })
+            .await?;
+        let (r1, r2) = tokio::join!(
+            client.reload_pool("p1", &rec.id),
+            client.reload_pool("p2", &rec.id)
+        );
         r1?;
         r2?;
-        stack.wait_pools_ready(&["p1", "p2"], Duration::from_secs(180)).await?;
+        stack
+            .wait_pools_ready(&["p1", "p2"], Duration::from_secs(180))
+            .await?;
         let sent = server.bytes_sent(&hf_path);
-        ensure!(sent < 98_362_432 * 12 / 10, "{sent} bytes sent for one 98 MB model: downloaded more than once");
-        ensure!(server.gets(&hf_path) == 2, "{} GETs: expected the interrupted one and its resume", server.gets(&hf_path));
+        ensure!(
+            sent < 98_362_432 * 12 / 10,
+            "{sent} bytes sent for one 98 MB model: downloaded more than once"
+        );
+        ensure!(
+            server.gets(&hf_path) == 2,
+            "{} GETs: expected the interrupted one and its resume",
+            server.gets(&hf_path)
+        );
         for pool in ["p1", "p2"] {
             let mut req = chat(&rec.id);
-            req.placement = Some(api::task::Placement { mode: api::task::PlacementMode::Pin, pin_pool_id: Some(pool.into()), ..Default::default() });
+            req.placement = Some(api::task::Placement {
+                mode: api::task::PlacementMode::Pin,
+                pin_pool_id: Some(pool.into()),
+                ..Default::default()
+            });
             let adm = client.submit(&req).await?.body;
             let mut s = client.events(&adm.streams.sse).await?;
             let frames = all_frames(&mut s).await?;
-            ensure!(frames.iter().any(|e| matches!(e, Event::Token(_))) && matches!(frames.last(), Some(Event::End(_))), "{pool}: {frames:?}");
+            ensure!(
+                frames.iter().any(|e| matches!(e, Event::Token(_)))
+                    && matches!(frames.last(), Some(Event::End(_))),
+                "{pool}: {frames:?}"
+            );
         }
         let rec = client.model(&rec.id).await?;
         ensure!(rec.locations == ["n1", "n2"], "{rec:?}");

@@ -17,12 +17,20 @@ const FAKE_MODEL: &str = "fake-model";
 
 fn fake_engine() -> anyhow::Result<PathBuf> {
     let p = llorch::stack::bin_dir()?.join("fake-engine");
-    ensure!(p.is_file(), "{} is missing; cargo build --bins", p.display());
+    ensure!(
+        p.is_file(),
+        "{} is missing; cargo build --bins",
+        p.display()
+    );
     Ok(p)
 }
 
 /// A stack with no primary node; fake-engine nodes are added by the scenario.
-pub async fn empty_stack(a: &Assets, name: &str, orchd_extra: &str) -> anyhow::Result<(Stack, PathBuf)> {
+pub async fn empty_stack(
+    a: &Assets,
+    name: &str,
+    orchd_extra: &str,
+) -> anyhow::Result<(Stack, PathBuf)> {
     let mut spec = a.spec(name)?;
     spec.pool_id = String::new();
     spec.orchd_extra = orchd_extra.into();
@@ -32,11 +40,27 @@ pub async fn empty_stack(a: &Assets, name: &str, orchd_extra: &str) -> anyhow::R
     Ok((stack, model))
 }
 
-pub fn fake_node(id: &str, model: &std::path::Path, pools: &[(&str, u32)], env: &[(&str, String)]) -> anyhow::Result<NodeSpec> {
+pub fn fake_node(
+    id: &str,
+    model: &std::path::Path,
+    pools: &[(&str, u32)],
+    env: &[(&str, String)],
+) -> anyhow::Result<NodeSpec> {
     Ok(NodeSpec {
         node_id: id.into(),
-        engine: EngineChoice::Binary { path: fake_engine()? },
-        pools: pools.iter().map(|(p, slots)| PoolSpec { id: (*p).into(), model_path: model.to_path_buf(), model_id: FAKE_MODEL.into(), ctx: 512, slots: *slots }).collect(),
+        engine: EngineChoice::Binary {
+            path: fake_engine()?,
+        },
+        pools: pools
+            .iter()
+            .map(|(p, slots)| PoolSpec {
+                id: (*p).into(),
+                model_path: model.to_path_buf(),
+                model_id: FAKE_MODEL.into(),
+                ctx: 512,
+                slots: *slots,
+            })
+            .collect(),
         env: env.iter().map(|(k, v)| ((*k).into(), v.clone())).collect(),
         engine_keys: String::new(),
         extra_toml: String::new(),
@@ -51,7 +75,10 @@ fn fake_task(p: Priority) -> TaskRequest {
     r
 }
 
-async fn wait_done(client: &client::Client, ids: &[TaskId]) -> anyhow::Result<Vec<api::task::TaskRecord>> {
+async fn wait_done(
+    client: &client::Client,
+    ids: &[TaskId],
+) -> anyhow::Result<Vec<api::task::TaskRecord>> {
     wait_for("every task to finish", Duration::from_secs(60), || async {
         let mut out = vec![];
         for id in ids {
@@ -68,29 +95,61 @@ async fn wait_done(client: &client::Client, ids: &[TaskId]) -> anyhow::Result<Ve
 
 /// Reads `max_concurrent` from a fake engine's stats file.
 fn max_concurrent(path: &std::path::Path) -> anyhow::Result<u64> {
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).with_context(|| format!("reading {}", path.display()))?)?;
+    let v: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+    )?;
     v["max_concurrent"].as_u64().context("no max_concurrent")
 }
 
 pub async fn queue_order_and_aging(a: Assets) -> anyhow::Result<()> {
     let (mut stack, model) = empty_stack(&a, "order", "[queue]\ninteractive_burst = 2\n").await?;
     let result = async {
-        stack.add_node(fake_node("n1", &model, &[("f1", 1)], &[("FAKE_TOKENS", "4".into()), ("FAKE_TOKEN_DELAY_MS", "40".into())])?)?;
-        stack.wait_pools_ready(&["f1"], Duration::from_secs(30)).await?;
+        stack.add_node(fake_node(
+            "n1",
+            &model,
+            &[("f1", 1)],
+            &[
+                ("FAKE_TOKENS", "4".into()),
+                ("FAKE_TOKEN_DELAY_MS", "40".into()),
+            ],
+        )?)?;
+        stack
+            .wait_pools_ready(&["f1"], Duration::from_secs(30))
+            .await?;
         let client = client::Client::new(&stack.orchd_url, None);
-        let blocker = client.submit(&fake_task(Priority::Interactive)).await?.body.task_id;
-        let b = client.submit(&fake_task(Priority::Batch)).await?.body.task_id;
+        let blocker = client
+            .submit(&fake_task(Priority::Interactive))
+            .await?
+            .body
+            .task_id;
+        let b = client
+            .submit(&fake_task(Priority::Batch))
+            .await?
+            .body
+            .task_id;
         let mut is = vec![];
         for _ in 0..3 {
-            is.push(client.submit(&fake_task(Priority::Interactive)).await?.body.task_id);
+            is.push(
+                client
+                    .submit(&fake_task(Priority::Interactive))
+                    .await?
+                    .body
+                    .task_id,
+            );
         }
         let mut all = vec![blocker, b];
         all.extend(&is);
         let recs = wait_done(&client, &all).await?;
-        let mut by_start: Vec<(u64, TaskId)> = recs.iter().map(|r| (r.started_at_ms.unwrap_or(u64::MAX), r.task_id)).collect();
+        let mut by_start: Vec<(u64, TaskId)> = recs
+            .iter()
+            .map(|r| (r.started_at_ms.unwrap_or(u64::MAX), r.task_id))
+            .collect();
         by_start.sort();
         let order: Vec<TaskId> = by_start.into_iter().map(|(_, id)| id).collect();
-        ensure!(order == vec![blocker, is[0], is[1], b, is[2]], "dispatch order {order:?} (batch {b})");
+        ensure!(
+            order == vec![blocker, is[0], is[1], b, is[2]],
+            "dispatch order {order:?} (batch {b})"
+        );
         Ok(())
     }
     .await;
@@ -104,25 +163,57 @@ pub async fn no_oversubscription(a: Assets) -> anyhow::Result<()> {
         let s1 = stack.spec.dir.join("stats-n1.json");
         let s2 = stack.spec.dir.join("stats-n2.json");
         let slow = ("FAKE_TOKEN_DELAY_MS", "15".to_string());
-        stack.add_node(fake_node("n1", &model, &[("f1", 3)], &[slow.clone(), ("FAKE_STATS_FILE", s1.display().to_string())])?)?;
-        stack.add_node(fake_node("n2", &model, &[("f2", 2)], &[slow, ("FAKE_STATS_FILE", s2.display().to_string())])?)?;
-        stack.wait_pools_ready(&["f1", "f2"], Duration::from_secs(30)).await?;
+        stack.add_node(fake_node(
+            "n1",
+            &model,
+            &[("f1", 3)],
+            &[slow.clone(), ("FAKE_STATS_FILE", s1.display().to_string())],
+        )?)?;
+        stack.add_node(fake_node(
+            "n2",
+            &model,
+            &[("f2", 2)],
+            &[slow, ("FAKE_STATS_FILE", s2.display().to_string())],
+        )?)?;
+        stack
+            .wait_pools_ready(&["f1", "f2"], Duration::from_secs(30))
+            .await?;
         let client = client::Client::new(&stack.orchd_url, None);
         let submits = (0..30).map(|_| {
             let c = client.clone();
-            async move { c.submit(&fake_task(Priority::Interactive)).await.map(|x| x.body.task_id) }
+            async move {
+                c.submit(&fake_task(Priority::Interactive))
+                    .await
+                    .map(|x| x.body.task_id)
+            }
         });
-        let ids: Vec<TaskId> = futures::future::join_all(submits).await.into_iter().collect::<Result<_, _>>()?;
+        let ids: Vec<TaskId> = futures::future::join_all(submits)
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()?;
         let recs = wait_done(&client, &ids).await?;
-        ensure!(recs.iter().all(|r| r.state == TaskState::Completed), "not all completed: {:?}", recs.iter().map(|r| r.state).collect::<Vec<_>>());
+        ensure!(
+            recs.iter().all(|r| r.state == TaskState::Completed),
+            "not all completed: {:?}",
+            recs.iter().map(|r| r.state).collect::<Vec<_>>()
+        );
         let per_pool: HashMap<String, usize> = recs.iter().fold(HashMap::new(), |mut m, r| {
             *m.entry(r.pool_id.clone().unwrap_or_default()).or_default() += 1;
             m
         });
-        ensure!(per_pool.len() == 2, "both pools should have worked: {per_pool:?}");
+        ensure!(
+            per_pool.len() == 2,
+            "both pools should have worked: {per_pool:?}"
+        );
         let (m1, m2) = (max_concurrent(&s1)?, max_concurrent(&s2)?);
-        ensure!(m1 <= 3 && m2 <= 2, "engines saw {m1} and {m2} concurrent requests for 3 and 2 slots");
-        ensure!(m1 == 3 && m2 == 2, "the load should have filled every slot: {m1}/3, {m2}/2");
+        ensure!(
+            m1 <= 3 && m2 <= 2,
+            "engines saw {m1} and {m2} concurrent requests for 3 and 2 slots"
+        );
+        ensure!(
+            m1 == 3 && m2 == 2,
+            "the load should have filled every slot: {m1}/3, {m2}/2"
+        );
         Ok(())
     }
     .await;
@@ -131,7 +222,12 @@ pub async fn no_oversubscription(a: Assets) -> anyhow::Result<()> {
 }
 
 pub async fn full_queue_429_and_drop_lru(a: Assets) -> anyhow::Result<()> {
-    let (mut stack, model) = empty_stack(&a, "backpressure", "[queue]\ncapacity = 1\nfull_policy = \"drop-lru\"\n").await?;
+    let (mut stack, model) = empty_stack(
+        &a,
+        "backpressure",
+        "[queue]\ncapacity = 1\nfull_policy = \"drop-lru\"\n",
+    )
+    .await?;
     let result = async {
         stack.add_node(fake_node("n1", &model, &[("f1", 1)], &[("FAKE_TOKENS", "20".into()), ("FAKE_TOKEN_DELAY_MS", "50".into())])?)?;
         stack.wait_pools_ready(&["f1"], Duration::from_secs(30)).await?;
@@ -203,8 +299,18 @@ pub async fn retry_before_first_token(a: Assets) -> anyhow::Result<()> {
 pub async fn deadlines(a: Assets) -> anyhow::Result<()> {
     let (mut stack, model) = empty_stack(&a, "deadlines", "").await?;
     let result = async {
-        stack.add_node(fake_node("n1", &model, &[("f1", 1)], &[("FAKE_TOKENS", "40".into()), ("FAKE_TOKEN_DELAY_MS", "50".into())])?)?;
-        stack.wait_pools_ready(&["f1"], Duration::from_secs(30)).await?;
+        stack.add_node(fake_node(
+            "n1",
+            &model,
+            &[("f1", 1)],
+            &[
+                ("FAKE_TOKENS", "40".into()),
+                ("FAKE_TOKEN_DELAY_MS", "50".into()),
+            ],
+        )?)?;
+        stack
+            .wait_pools_ready(&["f1"], Duration::from_secs(30))
+            .await?;
         let client = client::Client::new(&stack.orchd_url, None);
         // Running at the deadline: end with stop_reason deadline, not canceled.
         let mut r = fake_task(Priority::Interactive);
@@ -215,18 +321,44 @@ pub async fn deadlines(a: Assets) -> anyhow::Result<()> {
         q.deadline_ms = Some(300);
         let queued = client.submit(&q).await?.body;
         let recs = wait_done(&client, &[running.task_id, queued.task_id]).await?;
-        ensure!(recs[0].stop_reason == Some(StopReason::Deadline) && recs[0].state == TaskState::Completed, "running: {:?} {:?}", recs[0].state, recs[0].stop_reason);
-        ensure!(recs[1].state == TaskState::Failed && recs[1].error.as_ref().is_some_and(|e| e.code == ErrorCode::DeadlineUnmet), "queued: {:?}", recs[1].error);
+        ensure!(
+            recs[0].stop_reason == Some(StopReason::Deadline)
+                && recs[0].state == TaskState::Completed,
+            "running: {:?} {:?}",
+            recs[0].state,
+            recs[0].stop_reason
+        );
+        ensure!(
+            recs[1].state == TaskState::Failed
+                && recs[1]
+                    .error
+                    .as_ref()
+                    .is_some_and(|e| e.code == ErrorCode::DeadlineUnmet),
+            "queued: {:?}",
+            recs[1].error
+        );
         // With measurements in hand (one task run to its end), an infeasible deadline is refused at
         // admission.
-        let done = client.submit(&fake_task(Priority::Interactive)).await?.body.task_id;
+        let done = client
+            .submit(&fake_task(Priority::Interactive))
+            .await?
+            .body
+            .task_id;
         wait_done(&client, &[done]).await?;
         let _busy = client.submit(&fake_task(Priority::Interactive)).await?.body;
         let _waiting = client.submit(&fake_task(Priority::Interactive)).await?.body;
         let mut tight = fake_task(Priority::Interactive);
         tight.deadline_ms = Some(1);
-        let err = client.submit(&tight).await.err().context("an infeasible deadline was admitted")?;
-        ensure!(err.envelope().is_some_and(|e| e.code == ErrorCode::DeadlineUnmet), "{err}");
+        let err = client
+            .submit(&tight)
+            .await
+            .err()
+            .context("an infeasible deadline was admitted")?;
+        ensure!(
+            err.envelope()
+                .is_some_and(|e| e.code == ErrorCode::DeadlineUnmet),
+            "{err}"
+        );
         Ok(())
     }
     .await;
@@ -244,14 +376,26 @@ pub async fn pin_semantics(a: Assets) -> anyhow::Result<()> {
         stack.add_node(NodeSpec {
             node_id: "second".into(),
             engine,
-            pools: vec![PoolSpec { id: "real-b".into(), model_path: model, model_id: stack.spec.model_id.clone(), ctx: 1024, slots: 1 }],
+            pools: vec![PoolSpec {
+                id: "real-b".into(),
+                model_path: model,
+                model_id: stack.spec.model_id.clone(),
+                ctx: 1024,
+                slots: 1,
+            }],
             env: vec![],
             engine_keys: String::new(),
-        extra_toml: String::new(),
+            extra_toml: String::new(),
         })?;
-        stack.wait_pools_ready(&["real-a", "real-b"], Duration::from_secs(60)).await?;
+        stack
+            .wait_pools_ready(&["real-a", "real-b"], Duration::from_secs(60))
+            .await?;
         let client = client::Client::new(&stack.orchd_url, None);
-        let pin = |id: &str| Placement { mode: PlacementMode::Pin, pin_pool_id: Some(id.into()), ..Default::default() };
+        let pin = |id: &str| Placement {
+            mode: PlacementMode::Pin,
+            pin_pool_id: Some(id.into()),
+            ..Default::default()
+        };
         let mut req = TaskRequest::new(&stack.spec.model_id);
         req.prompt = Some("The sky is".into());
         req.max_tokens = Some(4);
@@ -259,11 +403,25 @@ pub async fn pin_semantics(a: Assets) -> anyhow::Result<()> {
             req.placement = Some(pin(target));
             let adm = client.submit(&req).await?.body;
             let rec = wait_done(&client, &[adm.task_id]).await?.remove(0);
-            ensure!(rec.pool_id.as_deref() == Some(target) && rec.state == TaskState::Completed, "pinned to {target}, ran on {:?} ({:?})", rec.pool_id, rec.state);
+            ensure!(
+                rec.pool_id.as_deref() == Some(target) && rec.state == TaskState::Completed,
+                "pinned to {target}, ran on {:?} ({:?})",
+                rec.pool_id,
+                rec.state
+            );
         }
         req.placement = Some(pin("nope"));
-        let e = client.submit(&req).await.err().context("unknown pin admitted")?;
-        ensure!(e.envelope().is_some_and(|e| e.code == ErrorCode::InvalidParams && e.field.as_deref() == Some("placement.pin_pool_id")), "{e}");
+        let e = client
+            .submit(&req)
+            .await
+            .err()
+            .context("unknown pin admitted")?;
+        ensure!(
+            e.envelope()
+                .is_some_and(|e| e.code == ErrorCode::InvalidParams
+                    && e.field.as_deref() == Some("placement.pin_pool_id")),
+            "{e}"
+        );
         // A pool that is still Starting: 503 POOL_UNREADY, never a silent fallback.
         // The same model file (same digest), so the pool serves the model and only its state
         // keeps it out of placement; the fake engine never reads it.
@@ -271,16 +429,39 @@ pub async fn pin_semantics(a: Assets) -> anyhow::Result<()> {
         if std::fs::hard_link(&stack.spec.model_path, &dummy).is_err() {
             std::fs::copy(&stack.spec.model_path, &dummy)?;
         }
-        let mut loading = fake_node("loading", &dummy, &[("slow", 1)], &[("FAKE_LOAD_MS", "600000".into())])?;
+        let mut loading = fake_node(
+            "loading",
+            &dummy,
+            &[("slow", 1)],
+            &[("FAKE_LOAD_MS", "600000".into())],
+        )?;
         loading.pools[0].model_id = stack.spec.model_id.clone();
         stack.add_node(loading)?;
-        wait_for("the loading pool to be registered", Duration::from_secs(30), || async {
-            client.pools().await.ok()?.pools.into_iter().find(|p| p.pool_id == "slow" && p.state == api::node::PoolState::Starting)
-        })
+        wait_for(
+            "the loading pool to be registered",
+            Duration::from_secs(30),
+            || async {
+                client
+                    .pools()
+                    .await
+                    .ok()?
+                    .pools
+                    .into_iter()
+                    .find(|p| p.pool_id == "slow" && p.state == api::node::PoolState::Starting)
+            },
+        )
         .await?;
         req.placement = Some(pin("slow"));
-        let e = client.submit(&req).await.err().context("a pin to a Starting pool was admitted")?;
-        ensure!(e.envelope().is_some_and(|e| e.code == ErrorCode::PoolUnready), "{e}");
+        let e = client
+            .submit(&req)
+            .await
+            .err()
+            .context("a pin to a Starting pool was admitted")?;
+        ensure!(
+            e.envelope()
+                .is_some_and(|e| e.code == ErrorCode::PoolUnready),
+            "{e}"
+        );
         if let client::Error::Api { status, .. } = &e {
             ensure!(*status == 503, "status {status}");
         }
@@ -296,7 +477,9 @@ pub async fn sessions_endpoint(a: Assets) -> anyhow::Result<()> {
     let (mut stack, model) = empty_stack(&a, "sessions", "").await?;
     let result = async {
         stack.add_node(fake_node("n1", &model, &[("f1", 1)], &[])?)?;
-        stack.wait_pools_ready(&["f1"], Duration::from_secs(30)).await?;
+        stack
+            .wait_pools_ready(&["f1"], Duration::from_secs(30))
+            .await?;
         let client = client::Client::new(&stack.orchd_url, None);
         let sid = api::SessionId::new();
         let mut ids = vec![];
@@ -307,13 +490,35 @@ pub async fn sessions_endpoint(a: Assets) -> anyhow::Result<()> {
             wait_done(&client, &ids).await?;
         }
         let v = client.session(sid).await?;
-        ensure!(v.turns == 2 && v.last_pool_id.as_deref() == Some("f1") && v.kv_warmth, "session: {v:?}");
-        ensure!(v.tokens_out_total > 0 && v.ttl_ms_remaining > 0, "session: {v:?}");
-        let raw: serde_json::Value = reqwest::get(format!("{}/v2/sessions/{sid}", stack.orchd_url)).await?.error_for_status()?.json().await?;
-        ensure!(raw.get("prompt").is_none() && !raw.to_string().contains("one two three"), "sessions must not store prompts: {raw}");
+        ensure!(
+            v.turns == 2 && v.last_pool_id.as_deref() == Some("f1") && v.kv_warmth,
+            "session: {v:?}"
+        );
+        ensure!(
+            v.tokens_out_total > 0 && v.ttl_ms_remaining > 0,
+            "session: {v:?}"
+        );
+        let raw: serde_json::Value = reqwest::get(format!("{}/v2/sessions/{sid}", stack.orchd_url))
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        ensure!(
+            raw.get("prompt").is_none() && !raw.to_string().contains("one two three"),
+            "sessions must not store prompts: {raw}"
+        );
         client.delete_session(sid).await?;
-        ensure!(matches!(client.session(sid).await, Err(client::Error::Api { status: 404, .. })), "deleted session still there");
-        client.delete_session(sid).await.context("delete of an unknown session is 204 too")?;
+        ensure!(
+            matches!(
+                client.session(sid).await,
+                Err(client::Error::Api { status: 404, .. })
+            ),
+            "deleted session still there"
+        );
+        client
+            .delete_session(sid)
+            .await
+            .context("delete of an unknown session is 204 too")?;
         Ok(())
     }
     .await;
@@ -325,16 +530,36 @@ pub async fn sessions_endpoint(a: Assets) -> anyhow::Result<()> {
 pub async fn sdk_retries_admission(a: Assets) -> anyhow::Result<()> {
     let (mut stack, model) = empty_stack(&a, "sdk-retry", "[queue]\ncapacity = 1\n").await?;
     let result = async {
-        stack.add_node(fake_node("n1", &model, &[("f1", 1)], &[("FAKE_TOKENS", "10".into()), ("FAKE_TOKEN_DELAY_MS", "60".into())])?)?;
-        stack.wait_pools_ready(&["f1"], Duration::from_secs(30)).await?;
+        stack.add_node(fake_node(
+            "n1",
+            &model,
+            &[("f1", 1)],
+            &[
+                ("FAKE_TOKENS", "10".into()),
+                ("FAKE_TOKEN_DELAY_MS", "60".into()),
+            ],
+        )?)?;
+        stack
+            .wait_pools_ready(&["f1"], Duration::from_secs(30))
+            .await?;
         let client = client::Client::new(&stack.orchd_url, None);
         client.submit(&fake_task(Priority::Interactive)).await?;
         client.submit(&fake_task(Priority::Interactive)).await?;
         let refused = client.submit(&fake_task(Priority::Interactive)).await;
-        ensure!(matches!(&refused, Err(client::Error::Api { status: 429, .. })), "the queue should be full");
+        ensure!(
+            matches!(&refused, Err(client::Error::Api { status: 429, .. })),
+            "the queue should be full"
+        );
         let t0 = std::time::Instant::now();
-        let adm = client.submit_with_retry(&fake_task(Priority::Interactive), 10).await?.body;
-        ensure!(t0.elapsed() >= Duration::from_millis(900), "admitted after {:?}: the Retry-After was not honoured", t0.elapsed());
+        let adm = client
+            .submit_with_retry(&fake_task(Priority::Interactive), 10)
+            .await?
+            .body;
+        ensure!(
+            t0.elapsed() >= Duration::from_millis(900),
+            "admitted after {:?}: the Retry-After was not honoured",
+            t0.elapsed()
+        );
         let rec = wait_done(&client, &[adm.task_id]).await?.remove(0);
         ensure!(rec.state == TaskState::Completed, "{:?}", rec.state);
         Ok(())
@@ -351,7 +576,14 @@ async fn post_json(url: &str, body: serde_json::Value) -> anyhow::Result<(u16, s
 }
 
 async fn pool_state(client: &client::Client, id: &str) -> Option<api::node::PoolState> {
-    client.pools().await.ok()?.pools.into_iter().find(|p| p.pool_id == id).map(|p| p.state)
+    client
+        .pools()
+        .await
+        .ok()?
+        .pools
+        .into_iter()
+        .find(|p| p.pool_id == id)
+        .map(|p| p.state)
 }
 
 /// Drain lets running work finish, takes the pool out of service, and reload brings it back; a
@@ -360,34 +592,103 @@ pub async fn drain_and_reload(a: Assets) -> anyhow::Result<()> {
     let (mut stack, model) = empty_stack(&a, "drain", "").await?;
     let result = async {
         // 60 tokens × 50 ms: each task runs ~3 s, longer than a heartbeat round trip.
-        stack.add_node(fake_node("n1", &model, &[("f1", 1)], &[("FAKE_TOKENS", "60".into()), ("FAKE_TOKEN_DELAY_MS", "50".into())])?)?;
-        stack.wait_pools_ready(&["f1"], Duration::from_secs(30)).await?;
+        stack.add_node(fake_node(
+            "n1",
+            &model,
+            &[("f1", 1)],
+            &[
+                ("FAKE_TOKENS", "60".into()),
+                ("FAKE_TOKEN_DELAY_MS", "50".into()),
+            ],
+        )?)?;
+        stack
+            .wait_pools_ready(&["f1"], Duration::from_secs(30))
+            .await?;
         let client = client::Client::new(&stack.orchd_url, None);
         let base = stack.orchd_url.clone();
         let running = client.submit(&fake_task(Priority::Interactive)).await?.body;
         let mut s = client.events(&running.streams.sse).await?;
-        let _started = tokio::time::timeout(Duration::from_secs(10), s.next()).await?.context("no frame")??;
-        let (status, body) = post_json(&format!("{base}/v2/pools/f1/drain"), serde_json::json!({ "deadline_ms": 20000 })).await?;
-        ensure!(status == 202 && body["state"] == "Draining" && body["command_id"].is_string(), "drain: {status} {body}");
-        let (conflict, cbody) = post_json(&format!("{base}/v2/pools/f1/reload"), serde_json::json!({ "model_ref": FAKE_MODEL })).await?;
-        ensure!(conflict == 409 && cbody["code"] == "CONFLICT", "a reload during a drain: {conflict} {cbody}");
-        let (again, body2) = post_json(&format!("{base}/v2/pools/f1/drain"), serde_json::json!({})).await?;
-        ensure!(again == 202 && body2["command_id"] == body["command_id"], "a second drain returns the running command: {body2}");
-        let refused = client.submit(&fake_task(Priority::Interactive)).await.err().context("a task was admitted for a draining pool's model")?;
-        ensure!(refused.envelope().is_some_and(|e| e.code == ErrorCode::ModelNotAvailable), "{refused}");
+        let _started = tokio::time::timeout(Duration::from_secs(10), s.next())
+            .await?
+            .context("no frame")??;
+        let (status, body) = post_json(
+            &format!("{base}/v2/pools/f1/drain"),
+            serde_json::json!({ "deadline_ms": 20000 }),
+        )
+        .await?;
+        ensure!(
+            status == 202 && body["state"] == "Draining" && body["command_id"].is_string(),
+            "drain: {status} {body}"
+        );
+        let (conflict, cbody) = post_json(
+            &format!("{base}/v2/pools/f1/reload"),
+            serde_json::json!({ "model_ref": FAKE_MODEL }),
+        )
+        .await?;
+        ensure!(
+            conflict == 409 && cbody["code"] == "CONFLICT",
+            "a reload during a drain: {conflict} {cbody}"
+        );
+        let (again, body2) =
+            post_json(&format!("{base}/v2/pools/f1/drain"), serde_json::json!({})).await?;
+        ensure!(
+            again == 202 && body2["command_id"] == body["command_id"],
+            "a second drain returns the running command: {body2}"
+        );
+        let refused = client
+            .submit(&fake_task(Priority::Interactive))
+            .await
+            .err()
+            .context("a task was admitted for a draining pool's model")?;
+        ensure!(
+            refused
+                .envelope()
+                .is_some_and(|e| e.code == ErrorCode::ModelNotAvailable),
+            "{refused}"
+        );
         let mut last = None;
-        while let Some(f) = tokio::time::timeout(Duration::from_secs(20), s.next()).await?.transpose()? {
+        while let Some(f) = tokio::time::timeout(Duration::from_secs(20), s.next())
+            .await?
+            .transpose()?
+        {
             last = Some(f.event);
         }
-        ensure!(matches!(&last, Some(Event::End(e)) if !e.canceled), "the running task should finish normally: {last:?}");
-        wait_for("the pool to be Unloaded", Duration::from_secs(20), || async { (pool_state(&client, "f1").await == Some(api::node::PoolState::Unloaded)).then_some(()) }).await?;
-        let (status, body) = post_json(&format!("{base}/v2/pools/f1/reload"), serde_json::json!({ "model_ref": "other-model" })).await?;
-        ensure!(status == 404 && body["code"] == "MODEL_NOT_AVAILABLE", "reload to an unknown model: {status} {body}");
-        let (status, body) = post_json(&format!("{base}/v2/pools/f1/reload"), serde_json::json!({ "model_ref": FAKE_MODEL })).await?;
+        ensure!(
+            matches!(&last, Some(Event::End(e)) if !e.canceled),
+            "the running task should finish normally: {last:?}"
+        );
+        wait_for(
+            "the pool to be Unloaded",
+            Duration::from_secs(20),
+            || async {
+                (pool_state(&client, "f1").await == Some(api::node::PoolState::Unloaded))
+                    .then_some(())
+            },
+        )
+        .await?;
+        let (status, body) = post_json(
+            &format!("{base}/v2/pools/f1/reload"),
+            serde_json::json!({ "model_ref": "other-model" }),
+        )
+        .await?;
+        ensure!(
+            status == 404 && body["code"] == "MODEL_NOT_AVAILABLE",
+            "reload to an unknown model: {status} {body}"
+        );
+        let (status, body) = post_json(
+            &format!("{base}/v2/pools/f1/reload"),
+            serde_json::json!({ "model_ref": FAKE_MODEL }),
+        )
+        .await?;
         ensure!(status == 202, "reload: {status} {body}");
-        stack.wait_pools_ready(&["f1"], Duration::from_secs(30)).await?;
+        stack
+            .wait_pools_ready(&["f1"], Duration::from_secs(30))
+            .await?;
         let again = client.submit(&fake_task(Priority::Interactive)).await?.body;
-        ensure!(wait_done(&client, &[again.task_id]).await?[0].state == TaskState::Completed, "task after reload");
+        ensure!(
+            wait_done(&client, &[again.task_id]).await?[0].state == TaskState::Completed,
+            "task after reload"
+        );
         // A drain deadline cuts off what still runs.
         let mut long = fake_task(Priority::Interactive);
         long.max_tokens = Some(64);
@@ -395,16 +696,31 @@ pub async fn drain_and_reload(a: Assets) -> anyhow::Result<()> {
         let mut s = client.events(&cut.streams.sse).await?;
         let _ = tokio::time::timeout(Duration::from_secs(10), s.next()).await?;
         wait_for("the reload to finish", Duration::from_secs(10), || async {
-            let (status, _) = post_json(&format!("{base}/v2/pools/f1/drain"), serde_json::json!({ "deadline_ms": 200 })).await.ok()?;
+            let (status, _) = post_json(
+                &format!("{base}/v2/pools/f1/drain"),
+                serde_json::json!({ "deadline_ms": 200 }),
+            )
+            .await
+            .ok()?;
             (status == 202).then_some(())
         })
         .await?;
         let mut last = None;
-        while let Some(f) = tokio::time::timeout(Duration::from_secs(20), s.next()).await?.transpose()? {
+        while let Some(f) = tokio::time::timeout(Duration::from_secs(20), s.next())
+            .await?
+            .transpose()?
+        {
             last = Some(f.event);
         }
-        ensure!(matches!(&last, Some(Event::Error(e)) if e.code == ErrorCode::WorkerReset), "cut-off task ended with {last:?}");
-        let (status, _) = post_json(&format!("{base}/v2/pools/nope/drain"), serde_json::json!({})).await?;
+        ensure!(
+            matches!(&last, Some(Event::Error(e)) if e.code == ErrorCode::WorkerReset),
+            "cut-off task ended with {last:?}"
+        );
+        let (status, _) = post_json(
+            &format!("{base}/v2/pools/nope/drain"),
+            serde_json::json!({}),
+        )
+        .await?;
         ensure!(status == 404, "drain of an unknown pool: {status}");
         Ok(())
     }
@@ -417,10 +733,17 @@ pub async fn drain_and_reload(a: Assets) -> anyhow::Result<()> {
 pub async fn breaker_trips(a: Assets) -> anyhow::Result<()> {
     let (mut stack, model) = empty_stack(&a, "breaker", "").await?;
     let result = async {
-        let mut node = fake_node("n1", &model, &[("f1", 1)], &[("FAKE_CRASH_AFTER_TOKENS", "1".into())])?;
+        let mut node = fake_node(
+            "n1",
+            &model,
+            &[("f1", 1)],
+            &[("FAKE_CRASH_AFTER_TOKENS", "1".into())],
+        )?;
         node.engine_keys = "max_restarts = 2\n".into();
         stack.add_node(node)?;
-        stack.wait_pools_ready(&["f1"], Duration::from_secs(30)).await?;
+        stack
+            .wait_pools_ready(&["f1"], Duration::from_secs(30))
+            .await?;
         let client = client::Client::new(&stack.orchd_url, None);
         let failed = wait_for("the breaker to trip", Duration::from_secs(60), || async {
             let pools = client.pools().await.ok()?;
@@ -437,11 +760,17 @@ pub async fn breaker_trips(a: Assets) -> anyhow::Result<()> {
             None
         })
         .await?;
-        ensure!(failed.last_error.as_deref().is_some_and(|e| e.contains("circuit breaker")), "last_error: {:?}", failed.last_error);
+        ensure!(
+            failed
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("circuit breaker")),
+            "last_error: {:?}",
+            failed.last_error
+        );
         Ok(())
     }
     .await;
     stack.shutdown().await?;
     result
 }
-

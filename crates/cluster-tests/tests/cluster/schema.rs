@@ -8,17 +8,44 @@ use anyhow::{ensure, Context};
 use crate::fixtures::Assets;
 
 pub async fn schemathesis(a: Assets) -> anyhow::Result<()> {
-    let st = std::env::var("LLORCH_SCHEMATHESIS").context("LLORCH_SCHEMATHESIS is unset: scripts/test.sh installs schemathesis and sets it")?;
+    let st = std::env::var("LLORCH_SCHEMATHESIS").context(
+        "LLORCH_SCHEMATHESIS is unset: scripts/test.sh installs schemathesis and sets it",
+    )?;
     let (mut stack, model) = crate::sched::empty_stack(&a, "schemathesis", "").await?;
     let result = async {
-        stack.add_node(crate::sched::fake_node("n1", &model, &[("f1", 4)], &[("FAKE_TOKENS", "3".into()), ("FAKE_TOKEN_DELAY_MS", "1".into())])?)?;
-        stack.wait_pools_ready(&["f1"], Duration::from_secs(30)).await?;
+        stack.add_node(crate::sched::fake_node(
+            "n1",
+            &model,
+            &[("f1", 4)],
+            &[
+                ("FAKE_TOKENS", "3".into()),
+                ("FAKE_TOKEN_DELAY_MS", "1".into()),
+            ],
+        )?)?;
+        stack
+            .wait_pools_ready(&["f1"], Duration::from_secs(30))
+            .await?;
         let out = tokio::process::Command::new(&st)
             .args(["run", &format!("{}/v2/openapi.json", stack.orchd_url)])
-            .args(["--checks", "not_a_server_error,response_schema_conformance,content_type_conformance"])
-            .args(["--phases", "examples,coverage,fuzzing", "--max-examples", "25", "--max-time", "60", "--request-timeout", "10"])
+            .args([
+                "--checks",
+                "not_a_server_error,response_schema_conformance,content_type_conformance",
+            ])
+            .args([
+                "--phases",
+                "examples,coverage,fuzzing",
+                "--max-examples",
+                "25",
+                "--max-time",
+                "60",
+                "--request-timeout",
+                "10",
+            ])
             // Draining or reloading the only pool, or removing its node, would starve the rest of the run.
-            .args(["--exclude-path-regex", "/v2/pools/\\{id\\}/(drain|reload)|/v2/nodes/\\{id\\}$|/heartbeat$|/register$"])
+            .args([
+                "--exclude-path-regex",
+                "/v2/pools/\\{id\\}/(drain|reload)|/v2/nodes/\\{id\\}$|/heartbeat$|/register$",
+            ])
             .args(["--seed", "1"])
             .env("NO_COLOR", "1")
             // Its cache and reports go to the scenario's folder, not the source tree.
@@ -26,8 +53,19 @@ pub async fn schemathesis(a: Assets) -> anyhow::Result<()> {
             .output()
             .await
             .with_context(|| format!("running {st}"))?;
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        for line in text.lines().rev().take(6).collect::<Vec<_>>().into_iter().rev() {
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for line in text
+            .lines()
+            .rev()
+            .take(6)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+        {
             println!("  schemathesis: {line}");
         }
         ensure!(out.status.success(), "schemathesis found problems:\n{text}");

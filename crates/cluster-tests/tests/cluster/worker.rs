@@ -60,13 +60,27 @@ pub async fn orchestratord_restart_reregisters(a: Assets) -> anyhow::Result<()> 
         let client = client::Client::new(&stack.orchd_url, None);
         stack.restart_orchestratord().await?;
         // The node's next heartbeat gets 404 and it registers again on its own.
-        let nodes = wait_for("the node to re-register", Duration::from_secs(5), || async { client.nodes().await.ok().filter(|n| n.count == 1) }).await?;
-        ensure!(nodes.nodes[0].status == api::node::NodeStatus::Online, "{:?}", nodes.nodes[0].status);
-        stack.wait_ready(Duration::from_secs(10), &mut |_| {}).await?;
+        let nodes = wait_for(
+            "the node to re-register",
+            Duration::from_secs(5),
+            || async { client.nodes().await.ok().filter(|n| n.count == 1) },
+        )
+        .await?;
+        ensure!(
+            nodes.nodes[0].status == api::node::NodeStatus::Online,
+            "{:?}",
+            nodes.nodes[0].status
+        );
+        stack
+            .wait_ready(Duration::from_secs(10), &mut |_| {})
+            .await?;
         let mut req = api::task::TaskRequest::new(&stack.spec.model_id);
         req.prompt = Some("Hello".into());
         req.max_tokens = Some(4);
-        ensure!(client.submit(&req).await.is_ok(), "tasks are refused after the restart");
+        ensure!(
+            client.submit(&req).await.is_ok(),
+            "tasks are refused after the restart"
+        );
         Ok(())
     }
     .await;
@@ -75,7 +89,13 @@ pub async fn orchestratord_restart_reregisters(a: Assets) -> anyhow::Result<()> 
 }
 
 async fn post(url: &str, body: serde_json::Value) -> anyhow::Result<u16> {
-    Ok(reqwest::Client::new().post(url).json(&body).send().await?.status().as_u16())
+    Ok(reqwest::Client::new()
+        .post(url)
+        .json(&body)
+        .send()
+        .await?
+        .status()
+        .as_u16())
 }
 
 /// Reload to another model: the new engine comes up beside the old one, the running task finishes
@@ -97,47 +117,140 @@ pub async fn reload_to_new_model(a: Assets) -> anyhow::Result<()> {
         fixtures::read_tokens(&mut s, 2).await?;
         // Reloads name catalog models (§10: catalog errors as at admission): register both first.
         let second_ref = format!("file:{}", second.display());
-        let unregistered = post(&format!("{}/v2/pools/cpu0/reload", stack.orchd_url), serde_json::json!({ "model_ref": second_ref })).await?;
-        ensure!(unregistered == 404, "a reload to an unregistered ref answered {unregistered}");
+        let unregistered = post(
+            &format!("{}/v2/pools/cpu0/reload", stack.orchd_url),
+            serde_json::json!({ "model_ref": second_ref }),
+        )
+        .await?;
+        ensure!(
+            unregistered == 404,
+            "a reload to an unregistered ref answered {unregistered}"
+        );
         for r in [second_ref.as_str(), "file:/nonexistent/third.gguf"] {
-            client.register_model(&api::catalog::RegisterModel { id: None, model_ref: r.into(), digest: None }).await?;
+            client
+                .register_model(&api::catalog::RegisterModel {
+                    id: None,
+                    model_ref: r.into(),
+                    digest: None,
+                })
+                .await?;
         }
         let url = format!("{}/v2/pools/cpu0/reload", stack.orchd_url);
-        ensure!(post(&url, serde_json::json!({ "model_ref": second_ref })).await? == 202, "reload refused");
+        ensure!(
+            post(&url, serde_json::json!({ "model_ref": second_ref })).await? == 202,
+            "reload refused"
+        );
         let mut last = None;
-        while let Some(f) = tokio::time::timeout(Duration::from_secs(60), s.next()).await?.transpose()? {
+        while let Some(f) = tokio::time::timeout(Duration::from_secs(60), s.next())
+            .await?
+            .transpose()?
+        {
             last = Some(f.event);
         }
-        ensure!(matches!(&last, Some(Event::End(e)) if !e.canceled), "the task on the old engine should finish: {last:?}");
-        wait_for("the pool to serve second-model", Duration::from_secs(60), || async {
-            client.pools().await.ok()?.pools.into_iter().find(|p| p.pool_id == "cpu0" && p.state == api::node::PoolState::Ready && p.model.as_ref().is_some_and(|m| m.id == "second-model"))
-        })
+        ensure!(
+            matches!(&last, Some(Event::End(e)) if !e.canceled),
+            "the task on the old engine should finish: {last:?}"
+        );
+        wait_for(
+            "the pool to serve second-model",
+            Duration::from_secs(60),
+            || async {
+                client.pools().await.ok()?.pools.into_iter().find(|p| {
+                    p.pool_id == "cpu0"
+                        && p.state == api::node::PoolState::Ready
+                        && p.model.as_ref().is_some_and(|m| m.id == "second-model")
+                })
+            },
+        )
         .await?;
         let mut req = api::task::TaskRequest::new("second-model");
         req.prompt = Some("The sky is".into());
         req.max_tokens = Some(4);
         let t = client.submit(&req).await?.body;
-        let rec = wait_for("a task on the new model", Duration::from_secs(30), || async { client.task(t.task_id).await.ok().map(|r| r.body).filter(|r| r.state.is_terminal()) }).await?;
-        ensure!(rec.state == api::task::TaskState::Completed, "{:?}", rec.error);
+        let rec = wait_for(
+            "a task on the new model",
+            Duration::from_secs(30),
+            || async {
+                client
+                    .task(t.task_id)
+                    .await
+                    .ok()
+                    .map(|r| r.body)
+                    .filter(|r| r.state.is_terminal())
+            },
+        )
+        .await?;
+        ensure!(
+            rec.state == api::task::TaskState::Completed,
+            "{:?}",
+            rec.error
+        );
         let mut old = api::task::TaskRequest::new(&old_model);
         old.prompt = Some("x".into());
-        ensure!(client.submit(&old).await.is_err(), "the old model is still offered");
+        ensure!(
+            client.submit(&old).await.is_err(),
+            "the old model is still offered"
+        );
         // A reload to a file that does not exist fails on the node; the pool keeps serving.
-        wait_for("the pool operation to finish", Duration::from_secs(10), || async {
-            (post(&url, serde_json::json!({ "model_ref": "file:/nonexistent/third.gguf" })).await.ok()? == 202).then_some(())
-        })
+        wait_for(
+            "the pool operation to finish",
+            Duration::from_secs(10),
+            || async {
+                (post(
+                    &url,
+                    serde_json::json!({ "model_ref": "file:/nonexistent/third.gguf" }),
+                )
+                .await
+                .ok()?
+                    == 202)
+                    .then_some(())
+            },
+        )
         .await?;
-        let err = wait_for("the failed reload to be reported", Duration::from_secs(15), || async {
-            client.pools().await.ok()?.pools.into_iter().find(|p| p.pool_id == "cpu0").and_then(|p| p.last_error)
-        })
+        let err = wait_for(
+            "the failed reload to be reported",
+            Duration::from_secs(15),
+            || async {
+                client
+                    .pools()
+                    .await
+                    .ok()?
+                    .pools
+                    .into_iter()
+                    .find(|p| p.pool_id == "cpu0")
+                    .and_then(|p| p.last_error)
+            },
+        )
         .await?;
         ensure!(err.contains("third.gguf"), "last_error: {err}");
         let m = client.metrics_text().await?.body;
-        ensure!(m.contains("pool_reloads_total{pool_id=\"cpu0\",outcome=\"success\"} 1"), "reload success not counted");
-        ensure!(m.contains("pool_reloads_total{pool_id=\"cpu0\",outcome=\"rolled_back\"} 1"), "rolled-back reload not counted");
+        ensure!(
+            m.contains("pool_reloads_total{pool_id=\"cpu0\",outcome=\"success\"} 1"),
+            "reload success not counted"
+        );
+        ensure!(
+            m.contains("pool_reloads_total{pool_id=\"cpu0\",outcome=\"rolled_back\"} 1"),
+            "rolled-back reload not counted"
+        );
         let t = client.submit(&req).await?.body;
-        let rec = wait_for("a task after the failed reload", Duration::from_secs(30), || async { client.task(t.task_id).await.ok().map(|r| r.body).filter(|r| r.state.is_terminal()) }).await?;
-        ensure!(rec.state == api::task::TaskState::Completed, "{:?}", rec.error);
+        let rec = wait_for(
+            "a task after the failed reload",
+            Duration::from_secs(30),
+            || async {
+                client
+                    .task(t.task_id)
+                    .await
+                    .ok()
+                    .map(|r| r.body)
+                    .filter(|r| r.state.is_terminal())
+            },
+        )
+        .await?;
+        ensure!(
+            rec.state == api::task::TaskState::Completed,
+            "{:?}",
+            rec.error
+        );
         Ok(())
     }
     .await;
@@ -163,7 +276,10 @@ pub async fn handoff_adoption(a: Assets) -> anyhow::Result<()> {
             url: "http://127.0.0.1:9".into(),
             pid: gone_pid,
             start_time: 1,
-            model: engine::handoff::HandoffModel { id: "ghost-model".into(), model_ref: "file:/nowhere.gguf".into() },
+            model: engine::handoff::HandoffModel {
+                id: "ghost-model".into(),
+                model_ref: "file:/nowhere.gguf".into(),
+            },
             slots: 1,
             ctx_per_slot: 512,
             engine_version: "b0".into(),
@@ -172,7 +288,20 @@ pub async fn handoff_adoption(a: Assets) -> anyhow::Result<()> {
         stale.write_atomic(&dir)?;
         let llorch = llorch::stack::bin_dir()?.join("llorch");
         let out = tokio::process::Command::new(&llorch)
-            .args(["engine", "start", "--pool-id", "adopted0", "--model-id", "adopted-model", "--slots", "1", "--ctx", "1024", "--threads", "1"])
+            .args([
+                "engine",
+                "start",
+                "--pool-id",
+                "adopted0",
+                "--model-id",
+                "adopted-model",
+                "--slots",
+                "1",
+                "--ctx",
+                "1024",
+                "--threads",
+                "1",
+            ])
             .arg("--model")
             .arg(&stack.spec.model_path)
             .arg("--handoff-dir")
@@ -181,29 +310,91 @@ pub async fn handoff_adoption(a: Assets) -> anyhow::Result<()> {
             .arg(&binary)
             .output()
             .await?;
-        ensure!(out.status.success(), "llorch engine start: {}", String::from_utf8_lossy(&out.stderr));
-        let started: serde_json::Value = serde_json::from_slice(&out.stdout).context("engine start prints the handoff JSON")?;
+        ensure!(
+            out.status.success(),
+            "llorch engine start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let started: serde_json::Value =
+            serde_json::from_slice(&out.stdout).context("engine start prints the handoff JSON")?;
         let pid = started["pid"].as_u64().context("pid")? as i32;
-        ensure!(started.get("api_key").is_none() && !String::from_utf8_lossy(&out.stdout).contains(&std::fs::read_to_string(dir.join("adopted0.key"))?), "the key leaked into the handoff");
+        ensure!(
+            started.get("api_key").is_none()
+                && !String::from_utf8_lossy(&out.stdout)
+                    .contains(&std::fs::read_to_string(dir.join("adopted0.key"))?),
+            "the key leaked into the handoff"
+        );
         let result = async {
             wait_for("the adopted pool", Duration::from_secs(20), || async {
-                client.pools().await.ok()?.pools.into_iter().find(|p| p.pool_id == "adopted0" && p.state == api::node::PoolState::Ready && p.model.as_ref().is_some_and(|m| m.id == "adopted-model"))
+                client.pools().await.ok()?.pools.into_iter().find(|p| {
+                    p.pool_id == "adopted0"
+                        && p.state == api::node::PoolState::Ready
+                        && p.model.as_ref().is_some_and(|m| m.id == "adopted-model")
+                })
             })
             .await?;
             let mut req = api::task::TaskRequest::new("adopted-model");
             req.prompt = Some("The sky is".into());
             req.max_tokens = Some(4);
             let t = client.submit(&req).await?.body;
-            let rec = wait_for("a task on the adopted engine", Duration::from_secs(30), || async { client.task(t.task_id).await.ok().map(|r| r.body).filter(|r| r.state.is_terminal()) }).await?;
-            ensure!(rec.state == api::task::TaskState::Completed && rec.pool_id.as_deref() == Some("adopted0"), "{:?} on {:?}", rec.state, rec.pool_id);
-            ensure!(!client.pools().await?.pools.iter().any(|p| p.pool_id == "ghost"), "the stale file was adopted");
-            ensure!(fixtures::log_lines(&stack.pm_log).iter().any(|l| l["event"] == "handoff.ignored" && l["human"].as_str().is_some_and(|h| h.contains("ghost"))), "no log line for the stale file");
-            kill(Pid::from_raw(pid), Signal::SIGKILL)?;
-            wait_for("the adopted pool to be dropped", Duration::from_secs(15), || async {
-                (!client.pools().await.ok()?.pools.iter().any(|p| p.pool_id == "adopted0")).then_some(())
-            })
+            let rec = wait_for(
+                "a task on the adopted engine",
+                Duration::from_secs(30),
+                || async {
+                    client
+                        .task(t.task_id)
+                        .await
+                        .ok()
+                        .map(|r| r.body)
+                        .filter(|r| r.state.is_terminal())
+                },
+            )
             .await?;
-            ensure!(fixtures::log_lines(&stack.pm_log).iter().any(|l| l["event"] == "handoff.dropped"), "no handoff.dropped line");
+            ensure!(
+                rec.state == api::task::TaskState::Completed
+                    && rec.pool_id.as_deref() == Some("adopted0"),
+                "{:?} on {:?}",
+                rec.state,
+                rec.pool_id
+            );
+            ensure!(
+                !client
+                    .pools()
+                    .await?
+                    .pools
+                    .iter()
+                    .any(|p| p.pool_id == "ghost"),
+                "the stale file was adopted"
+            );
+            ensure!(
+                fixtures::log_lines(&stack.pm_log)
+                    .iter()
+                    .any(|l| l["event"] == "handoff.ignored"
+                        && l["human"].as_str().is_some_and(|h| h.contains("ghost"))),
+                "no log line for the stale file"
+            );
+            kill(Pid::from_raw(pid), Signal::SIGKILL)?;
+            wait_for(
+                "the adopted pool to be dropped",
+                Duration::from_secs(15),
+                || async {
+                    (!client
+                        .pools()
+                        .await
+                        .ok()?
+                        .pools
+                        .iter()
+                        .any(|p| p.pool_id == "adopted0"))
+                    .then_some(())
+                },
+            )
+            .await?;
+            ensure!(
+                fixtures::log_lines(&stack.pm_log)
+                    .iter()
+                    .any(|l| l["event"] == "handoff.dropped"),
+                "no handoff.dropped line"
+            );
             Ok(())
         }
         .await;

@@ -54,7 +54,11 @@ impl Evidence {
     }
 
     pub fn note_headers(&mut self, h: &reqwest::header::HeaderMap) {
-        self.seen_correlation.push(h.get(api::CORRELATION_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string));
+        self.seen_correlation.push(
+            h.get(api::CORRELATION_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+        );
     }
 }
 
@@ -73,12 +77,35 @@ pub async fn verify(ev: &Evidence, run_id: &str, attempt: u32, _opts: &HaikuOpti
     checks.insert("shape".into(), check(ok, detail));
     checks.insert("end".into(), end(ev));
     checks.insert("metrics".into(), metrics(ev));
-    let missing = ev.seen_correlation.iter().filter(|c| c.as_deref() != Some(ev.correlation_id.as_str())).count();
-    checks.insert("correlation".into(), check(missing == 0, format!("{} responses, {missing} without X-Correlation-Id {}", ev.seen_correlation.len(), ev.correlation_id)));
+    let missing = ev
+        .seen_correlation
+        .iter()
+        .filter(|c| c.as_deref() != Some(ev.correlation_id.as_str()))
+        .count();
+    checks.insert(
+        "correlation".into(),
+        check(
+            missing == 0,
+            format!(
+                "{} responses, {missing} without X-Correlation-Id {}",
+                ev.seen_correlation.len(),
+                ev.correlation_id
+            ),
+        ),
+    );
     checks.insert("logs".into(), logs(ev));
     checks.insert("record".into(), record(ev));
     let secs = ev.elapsed.as_secs_f64();
-    checks.insert("time".into(), check(secs <= 30.0 && !ev.minute_changed, format!("POST to end in {secs:.2} s; minute changed: {}", ev.minute_changed)));
+    checks.insert(
+        "time".into(),
+        check(
+            secs <= 30.0 && !ev.minute_changed,
+            format!(
+                "POST to end in {secs:.2} s; minute changed: {}",
+                ev.minute_changed
+            ),
+        ),
+    );
     let all = checks.values().all(|c| c["pass"] == true);
     json!({
         "run_id": run_id,
@@ -101,52 +128,134 @@ fn order(ev: &Evidence) -> Value {
     let tokens = middle.iter().filter(|n| **n == "token").count();
     let only_tokens_metrics = middle.iter().all(|n| *n == "token" || *n == "metrics");
     let pass = started_first && ends && tokens >= 1 && only_tokens_metrics;
-    check(pass, format!("{} frames: started first {started_first}, {tokens} tokens, ends with end {ends}", names.len()))
+    check(
+        pass,
+        format!(
+            "{} frames: started first {started_first}, {tokens} tokens, ends with end {ends}",
+            names.len()
+        ),
+    )
 }
 
 fn started(ev: &Evidence) -> Option<&api::events::Started> {
-    ev.frames.iter().find_map(|f| if let Event::Started(s) = &f.event { Some(s) } else { None })
+    ev.frames.iter().find_map(|f| {
+        if let Event::Started(s) = &f.event {
+            Some(s)
+        } else {
+            None
+        }
+    })
 }
 
 fn end_frame(ev: &Evidence) -> Option<&api::events::End> {
-    ev.frames.iter().find_map(|f| if let Event::End(e) = &f.event { Some(e) } else { None })
+    ev.frames.iter().find_map(|f| {
+        if let Event::End(e) = &f.event {
+            Some(e)
+        } else {
+            None
+        }
+    })
 }
 
 fn engine(ev: &Evidence) -> Value {
-    let Some(s) = started(ev) else { return check(false, "no started frame") };
+    let Some(s) = started(ev) else {
+        return check(false, "no started frame");
+    };
     let version = s.engine_version.clone().unwrap_or_default();
     let lower = version.to_lowercase();
-    let pass = s.engine == api::ENGINE_LLAMACPP && !version.is_empty() && !s.pool_id.is_empty() && !s.node_id.is_empty() && !lower.contains("mock") && !lower.contains("stub") && !lower.contains("fake");
-    check(pass, format!("engine {} {version} on pool {} node {}", s.engine, s.pool_id, s.node_id))
+    let pass = s.engine == api::ENGINE_LLAMACPP
+        && !version.is_empty()
+        && !s.pool_id.is_empty()
+        && !s.node_id.is_empty()
+        && !lower.contains("mock")
+        && !lower.contains("stub")
+        && !lower.contains("fake");
+    check(
+        pass,
+        format!(
+            "engine {} {version} on pool {} node {}",
+            s.engine, s.pool_id, s.node_id
+        ),
+    )
 }
 
 fn indices(ev: &Evidence) -> Value {
-    let is: Vec<u64> = ev.frames.iter().filter_map(|f| if let Event::Token(t) = &f.event { Some(t.i) } else { None }).collect();
+    let is: Vec<u64> = ev
+        .frames
+        .iter()
+        .filter_map(|f| {
+            if let Event::Token(t) = &f.event {
+                Some(t.i)
+            } else {
+                None
+            }
+        })
+        .collect();
     let pass = is.iter().enumerate().all(|(k, i)| *i == k as u64);
-    check(pass, format!("{} token frames, indices contiguous from 0: {pass}", is.len()))
+    check(
+        pass,
+        format!(
+            "{} token frames, indices contiguous from 0: {pass}",
+            is.len()
+        ),
+    )
 }
 
 fn end(ev: &Evidence) -> Value {
-    let Some(e) = end_frame(ev) else { return check(false, "no end frame") };
-    let tokens = ev.frames.iter().filter(|f| matches!(f.event, Event::Token(_))).count() as u64;
-    let pass = e.stop_reason == api::events::StopReason::Eos && !e.canceled && e.tokens_in > 0 && e.tokens_out >= tokens;
-    check(pass, format!("stop_reason {:?}, canceled {}, tokens_in {}, tokens_out {} (token frames {tokens})", e.stop_reason, e.canceled, e.tokens_in, e.tokens_out))
+    let Some(e) = end_frame(ev) else {
+        return check(false, "no end frame");
+    };
+    let tokens = ev
+        .frames
+        .iter()
+        .filter(|f| matches!(f.event, Event::Token(_)))
+        .count() as u64;
+    let pass = e.stop_reason == api::events::StopReason::Eos
+        && !e.canceled
+        && e.tokens_in > 0
+        && e.tokens_out >= tokens;
+    check(
+        pass,
+        format!(
+            "stop_reason {:?}, canceled {}, tokens_in {}, tokens_out {} (token frames {tokens})",
+            e.stop_reason, e.canceled, e.tokens_in, e.tokens_out
+        ),
+    )
 }
 
 fn metrics(ev: &Evidence) -> Value {
-    let (before, after) = match (prom::parse(&ev.metrics_before), prom::parse(&ev.metrics_after)) {
+    let (before, after) = match (
+        prom::parse(&ev.metrics_before),
+        prom::parse(&ev.metrics_after),
+    ) {
         (Ok(b), Ok(a)) => (b, a),
         (Err(e), _) | (_, Err(e)) => return check(false, e),
     };
     let delta = prom::sum(&after, "tokens_out_total") - prom::sum(&before, "tokens_out_total");
     let want = end_frame(ev).map(|e| e.tokens_out as f64).unwrap_or(-1.0);
-    let (pool, version) = started(ev).map(|s| (s.pool_id.clone(), s.engine_version.clone().unwrap_or_default())).unwrap_or_default();
-    let labelled = after.iter().any(|s| s.name == "tokens_out_total" && s.labels.get("pool_id") == Some(&pool) && s.labels.get("engine_version") == Some(&version));
-    let help = prom::has_help_and_type(&ev.metrics_before) && prom::has_help_and_type(&ev.metrics_after);
+    let (pool, version) = started(ev)
+        .map(|s| {
+            (
+                s.pool_id.clone(),
+                s.engine_version.clone().unwrap_or_default(),
+            )
+        })
+        .unwrap_or_default();
+    let labelled = after.iter().any(|s| {
+        s.name == "tokens_out_total"
+            && s.labels.get("pool_id") == Some(&pool)
+            && s.labels.get("engine_version") == Some(&version)
+    });
+    let help =
+        prom::has_help_and_type(&ev.metrics_before) && prom::has_help_and_type(&ev.metrics_after);
     // Scraping must not change counters: at least one pair of back-to-back scrapes must agree
     // (a heartbeat landing between two scrapes is a real change, and it cannot repeat in each pair).
-    let scrapes: Vec<&String> = std::iter::once(&ev.metrics_after).chain(ev.metrics_rescrapes.iter()).collect();
-    let stable = scrapes.windows(2).any(|w| counter_values(w[0]) == counter_values(w[1]));
+    let scrapes: Vec<&String> = std::iter::once(&ev.metrics_after)
+        .chain(ev.metrics_rescrapes.iter())
+        .collect();
+    let stable = scrapes
+        .windows(2)
+        .any(|w| counter_values(w[0]) == counter_values(w[1]));
     let pass = delta == want && labelled && help && stable;
     check(pass, format!("tokens_out_total delta {delta} vs end.tokens_out {want}; series with pool_id={pool} engine_version={version}: {labelled}; HELP/TYPE: {help}; counters stable across scrapes: {stable}"))
 }
@@ -166,18 +275,43 @@ fn counter_values(text: &str) -> Vec<(String, String, f64)> {
 fn logs(ev: &Evidence) -> Value {
     let tid = ev.task_id.to_string();
     let target = |l: &Value| l["target"].as_str().unwrap_or("").to_string();
-    let from_orchd = ev.logs.iter().filter(|l| target(l).starts_with("orchestratord")).count();
-    let from_pm = ev.logs.iter().filter(|l| target(l).starts_with("pool_managerd")).count();
-    let has = |e: &str| ev.logs.iter().any(|l| l["event"] == e && target(l).starts_with("orchestratord"));
-    let engine_req = ev.logs.iter().any(|l| l["event"] == "engine.request" && l["task_id"] == tid.as_str() && target(l).starts_with("pool_managerd"));
-    let pass = from_orchd > 0 && from_pm > 0 && has("task.admitted") && has("task.finished") && engine_req;
+    let from_orchd = ev
+        .logs
+        .iter()
+        .filter(|l| target(l).starts_with("orchestratord"))
+        .count();
+    let from_pm = ev
+        .logs
+        .iter()
+        .filter(|l| target(l).starts_with("pool_managerd"))
+        .count();
+    let has = |e: &str| {
+        ev.logs
+            .iter()
+            .any(|l| l["event"] == e && target(l).starts_with("orchestratord"))
+    };
+    let engine_req = ev.logs.iter().any(|l| {
+        l["event"] == "engine.request"
+            && l["task_id"] == tid.as_str()
+            && target(l).starts_with("pool_managerd")
+    });
+    let pass =
+        from_orchd > 0 && from_pm > 0 && has("task.admitted") && has("task.finished") && engine_req;
     check(pass, format!("{} lines ({from_orchd} orchestratord, {from_pm} pool-managerd); task.admitted {}, task.finished {}, engine.request {engine_req}", ev.logs.len(), has("task.admitted"), has("task.finished")))
 }
 
 fn record(ev: &Evidence) -> Value {
-    let Some(r) = &ev.record else { return check(false, "no task record") };
+    let Some(r) = &ev.record else {
+        return check(false, "no task record");
+    };
     let want = end_frame(ev).map(|e| e.tokens_out).unwrap_or(u64::MAX);
-    check(r.state == TaskState::Completed && r.tokens_out == want, format!("state {:?}, tokens_out {} (end says {want})", r.state, r.tokens_out))
+    check(
+        r.state == TaskState::Completed && r.tokens_out == want,
+        format!(
+            "state {:?}, tokens_out {} (end says {want})",
+            r.state, r.tokens_out
+        ),
+    )
 }
 
 /// Reads the daemons' JSON log files and keeps lines with this correlation id. Waits briefly for
@@ -189,10 +323,17 @@ pub async fn collect_logs(files: &[PathBuf], cid: &str, task: TaskId) -> Vec<Val
         lines = files
             .iter()
             .filter_map(|f| std::fs::read_to_string(f).ok())
-            .flat_map(|text| text.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).collect::<Vec<_>>())
+            .flat_map(|text| {
+                text.lines()
+                    .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                    .collect::<Vec<_>>()
+            })
             .filter(|v| v["correlation_id"] == cid)
             .collect();
-        let finished = lines.iter().any(|l| l["event"] == "task.finished") && lines.iter().any(|l| l["event"] == "engine.finished" && l["task_id"] == tid.as_str());
+        let finished = lines.iter().any(|l| l["event"] == "task.finished")
+            && lines
+                .iter()
+                .any(|l| l["event"] == "engine.finished" && l["task_id"] == tid.as_str());
         if finished || files.is_empty() {
             break;
         }

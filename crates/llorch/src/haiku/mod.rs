@@ -40,10 +40,18 @@ pub struct HaikuReport {
 }
 
 /// Runs the check, retrying once when the minute changes during the run (step 7).
-pub async fn run(opts: &HaikuOptions, on_token: &mut (dyn FnMut(&str) + Send)) -> anyhow::Result<HaikuReport> {
-    let run_id = format!("{}-{}", utc_compact(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
+pub async fn run(
+    opts: &HaikuOptions,
+    on_token: &mut (dyn FnMut(&str) + Send),
+) -> anyhow::Result<HaikuReport> {
+    let run_id = format!(
+        "{}-{}",
+        utc_compact(),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
     let run_dir = opts.out_dir.join("e2e-haiku").join(&run_id);
-    std::fs::create_dir_all(&run_dir).with_context(|| format!("cannot create {}", run_dir.display()))?;
+    std::fs::create_dir_all(&run_dir)
+        .with_context(|| format!("cannot create {}", run_dir.display()))?;
     for attempt in 1..=2u32 {
         let ev = attempt_once(opts, &run_dir, on_token).await?;
         let minute_now = utc_minute();
@@ -51,7 +59,13 @@ pub async fn run(opts: &HaikuOptions, on_token: &mut (dyn FnMut(&str) + Send)) -
             // Keep the discarded attempt's files under attempt-1/ and run again with fresh ids.
             let keep = run_dir.join("attempt-1");
             std::fs::create_dir_all(&keep)?;
-            for f in ["request.json", "admission.json", "sse_transcript.jsonl", "metrics_before.txt", "metrics_after.txt"] {
+            for f in [
+                "request.json",
+                "admission.json",
+                "sse_transcript.jsonl",
+                "metrics_before.txt",
+                "metrics_after.txt",
+            ] {
                 let _ = std::fs::rename(run_dir.join(f), keep.join(f));
             }
             continue;
@@ -61,18 +75,30 @@ pub async fn run(opts: &HaikuOptions, on_token: &mut (dyn FnMut(&str) + Send)) -
         let verification = checks::verify(&ev, &run_id, attempt, opts).await;
         write_json(&run_dir.join("verification.json"), &verification)?;
         let passed = verification["result"] == "pass";
-        return Ok(HaikuReport { run_dir, passed, text: ev.text.clone(), verification });
+        return Ok(HaikuReport {
+            run_dir,
+            passed,
+            text: ev.text.clone(),
+            verification,
+        });
     }
     unreachable!("the loop returns on the second attempt")
 }
 
-async fn attempt_once(opts: &HaikuOptions, dir: &Path, on_token: &mut (dyn FnMut(&str) + Send)) -> anyhow::Result<Evidence> {
+async fn attempt_once(
+    opts: &HaikuOptions,
+    dir: &Path,
+    on_token: &mut (dyn FnMut(&str) + Send),
+) -> anyhow::Result<Evidence> {
     let cid = uuid::Uuid::new_v4().to_string();
     let task_id = TaskId::new();
     let session_id = SessionId::new();
     let client = Client::new(&opts.base_url, opts.token.clone()).with_correlation_id(&cid);
     let mut ev = Evidence::new(cid.clone(), task_id);
-    let before = client.metrics_text().await.context("scraping /metrics before the task")?;
+    let before = client
+        .metrics_text()
+        .await
+        .context("scraping /metrics before the task")?;
     ev.note_headers(&before.headers);
     std::fs::write(dir.join("metrics_before.txt"), &before.body)?;
     ev.metrics_before = before.body;
@@ -82,7 +108,10 @@ async fn attempt_once(opts: &HaikuOptions, dir: &Path, on_token: &mut (dyn FnMut
     let mut req = TaskRequest::new(&opts.model);
     req.task_id = Some(task_id);
     req.session_id = Some(session_id);
-    req.messages = Some(vec![api::task::Message { role: api::task::Role::User, content: words::prompt_for(&ev.word) }]);
+    req.messages = Some(vec![api::task::Message {
+        role: api::task::Role::User,
+        content: words::prompt_for(&ev.word),
+    }]);
     req.grammar = Some(grammar::haiku_grammar(&ev.word));
     req.temperature = Some(0.0);
     req.seed = Some(opts.seed);
@@ -94,16 +123,34 @@ async fn attempt_once(opts: &HaikuOptions, dir: &Path, on_token: &mut (dyn FnMut
     let posted = Instant::now();
     let adm = client.submit(&req).await.context("POST /v2/tasks")?;
     ev.note_headers(&adm.headers);
-    let headers: serde_json::Map<String, Value> = adm.headers.iter().map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap_or("")))).collect();
-    write_json(&dir.join("admission.json"), &json!({ "status": adm.status, "headers": headers, "body": adm.body }))?;
+    let headers: serde_json::Map<String, Value> = adm
+        .headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap_or(""))))
+        .collect();
+    write_json(
+        &dir.join("admission.json"),
+        &json!({ "status": adm.status, "headers": headers, "body": adm.body }),
+    )?;
     ev.admission_status = adm.status;
-    let path = if adm.body.preparation.steps.is_empty() { adm.body.streams.sse.clone() } else { adm.body.streams.sse_verbose.clone() };
+    let path = if adm.body.preparation.steps.is_empty() {
+        adm.body.streams.sse.clone()
+    } else {
+        adm.body.streams.sse_verbose.clone()
+    };
 
-    let mut stream = client.events(&path).await.context("opening the event stream")?;
+    let mut stream = client
+        .events(&path)
+        .await
+        .context("opening the event stream")?;
     ev.note_headers(stream.headers());
     let mut transcript = String::new();
     let deadline = posted + Duration::from_secs(60);
-    while let Some(frame) = tokio::time::timeout_at(deadline.into(), stream.next()).await.ok().flatten() {
+    while let Some(frame) = tokio::time::timeout_at(deadline.into(), stream.next())
+        .await
+        .ok()
+        .flatten()
+    {
         let frame = frame?;
         let line = json!({ "ts": now_rfc3339(), "id": frame.id.map(|i| i.to_string()).unwrap_or_default(), "event": frame.name, "data": serde_json::from_str::<Value>(&frame.data).unwrap_or(Value::Null) });
         transcript.push_str(&line.to_string());
@@ -120,19 +167,35 @@ async fn attempt_once(opts: &HaikuOptions, dir: &Path, on_token: &mut (dyn FnMut
     ev.elapsed = posted.elapsed();
     std::fs::write(dir.join("sse_transcript.jsonl"), transcript)?;
 
-    let after = client.metrics_text().await.context("scraping /metrics after the task")?;
+    let after = client
+        .metrics_text()
+        .await
+        .context("scraping /metrics after the task")?;
     ev.note_headers(&after.headers);
     std::fs::write(dir.join("metrics_after.txt"), &after.body)?;
     ev.metrics_after = after.body;
     for _ in 0..2 {
-        let again = client.metrics_text().await.context("re-scraping /metrics")?;
+        let again = client
+            .metrics_text()
+            .await
+            .context("re-scraping /metrics")?;
         ev.note_headers(&again.headers);
         ev.metrics_rescrapes.push(again.body);
     }
     let record = client.task(task_id).await.context("GET /v2/tasks/{id}")?;
     ev.note_headers(&record.headers);
     ev.record = Some(record.body);
-    ev.text = ev.frames.iter().filter_map(|f| if let api::events::Event::Token(t) = &f.event { Some(t.t.as_str()) } else { None }).collect();
+    ev.text = ev
+        .frames
+        .iter()
+        .filter_map(|f| {
+            if let api::events::Event::Token(t) = &f.event {
+                Some(t.t.as_str())
+            } else {
+                None
+            }
+        })
+        .collect();
     ev.logs = checks::collect_logs(&opts.log_files, &cid, task_id).await;
     let mut lines = String::new();
     for l in &ev.logs {
@@ -144,11 +207,15 @@ async fn attempt_once(opts: &HaikuOptions, dir: &Path, on_token: &mut (dyn FnMut
 }
 
 fn write_json(path: &Path, v: &Value) -> anyhow::Result<()> {
-    std::fs::write(path, serde_json::to_vec_pretty(v)?).with_context(|| format!("cannot write {}", path.display()))
+    std::fs::write(path, serde_json::to_vec_pretty(v)?)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 fn utc_minute() -> u32 {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     ((secs / 60) % 60) as u32
 }
 

@@ -24,12 +24,20 @@ pub fn parse(text: &str) -> Result<Vec<Series>, String> {
 
 fn parse_line(line: &str) -> Option<Series> {
     let (head, value) = line.rsplit_once(' ')?;
-    let value: f64 = if value == "+Inf" { f64::INFINITY } else { value.parse().ok()? };
+    let value: f64 = if value == "+Inf" {
+        f64::INFINITY
+    } else {
+        value.parse().ok()?
+    };
     let (name, labels) = match head.split_once('{') {
         Some((n, rest)) => (n.to_string(), parse_labels(rest.strip_suffix('}')?)?),
         None => (head.to_string(), BTreeMap::new()),
     };
-    Some(Series { name, labels, value })
+    Some(Series {
+        name,
+        labels,
+        value,
+    })
 }
 
 fn parse_labels(s: &str) -> Option<BTreeMap<String, String>> {
@@ -76,7 +84,11 @@ pub fn has_help_and_type(text: &str) -> bool {
 }
 
 pub fn sum(series: &[Series], name: &str) -> f64 {
-    series.iter().filter(|s| s.name == name).map(|s| s.value).sum()
+    series
+        .iter()
+        .filter(|s| s.name == name)
+        .map(|s| s.value)
+        .sum()
 }
 
 #[cfg(test)]

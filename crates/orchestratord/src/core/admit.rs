@@ -23,16 +23,27 @@ enum Room {
 
 impl<E: Effects> Core<E> {
     /// Admits a task: checks in the spec's order, then queues it and fills slots.
-    pub fn submit(&mut self, mut v: ValidatedTask, correlation_id: String, now: Instant) -> Result<(AdmissionResponse, Arc<TaskLog>), ErrorEnvelope> {
+    pub fn submit(
+        &mut self,
+        mut v: ValidatedTask,
+        correlation_id: String,
+        now: Instant,
+    ) -> Result<(AdmissionResponse, Arc<TaskLog>), ErrorEnvelope> {
         if let Some(t) = self.tasks.get(&v.task_id) {
             if !t.state.is_terminal() {
-                return Err(ErrorEnvelope::new(ErrorCode::Conflict, format!("task {} is still active", v.task_id)));
+                return Err(ErrorEnvelope::new(
+                    ErrorCode::Conflict,
+                    format!("task {} is still active", v.task_id),
+                ));
             }
         }
-        let rec = self.admit_model(&v.model_ref, v.ctx).map_err(|e| self.reject(e))?;
+        let rec = self
+            .admit_model(&v.model_ref, v.ctx)
+            .map_err(|e| self.reject(e))?;
         let model = rec.id.clone();
         let target = self.serving_or_target(&rec).map_err(|e| self.reject(e))?;
-        self.check_placement(&v, &model).map_err(|e| self.reject(e))?;
+        self.check_placement(&v, &model)
+            .map_err(|e| self.reject(e))?;
         // A task bound to a provisioning target stays in its model's queue (it is the oldest there,
         // so it goes first) but may only run on the target.
         let key = queue_key(&v, &model);
@@ -43,11 +54,25 @@ impl<E: Effects> Core<E> {
         match self.room(&key, v.priority, &model, max_tokens) {
             Room::Free => {}
             Room::Refuse(e) => {
-                self.metrics.inc(m::BACKPRESSURE, labels(&[("engine", api::ENGINE_LLAMACPP), ("policy", self.cfg.full_policy.label())]), 1.0);
+                self.metrics.inc(
+                    m::BACKPRESSURE,
+                    labels(&[
+                        ("engine", api::ENGINE_LLAMACPP),
+                        ("policy", self.cfg.full_policy.label()),
+                    ]),
+                    1.0,
+                );
                 return Err(self.reject(e));
             }
             Room::Evict(victim, env) => {
-                self.metrics.inc(m::BACKPRESSURE, labels(&[("engine", api::ENGINE_LLAMACPP), ("policy", self.cfg.full_policy.label())]), 1.0);
+                self.metrics.inc(
+                    m::BACKPRESSURE,
+                    labels(&[
+                        ("engine", api::ENGINE_LLAMACPP),
+                        ("policy", self.cfg.full_policy.label()),
+                    ]),
+                    1.0,
+                );
                 self.dequeue(victim);
                 if let Some(t) = self.tasks.get(&victim) {
                     tracing::info!(event = "task.evicted", correlation_id = %t.correlation_id, task_id = %victim, code = %env.code, "Task {victim} was evicted from its full queue ({})", env.policy_label.as_deref().unwrap_or(""));
@@ -56,10 +81,17 @@ impl<E: Effects> Core<E> {
             }
         }
         let ahead = self.queues.get(&key).map(|q| q.len()).unwrap_or(0) as u64;
-        let (position, predicted) = if target.is_some() { (0, 0) } else { self.predict(&model, ahead, max_tokens) };
+        let (position, predicted) = if target.is_some() {
+            (0, 0)
+        } else {
+            self.predict(&model, ahead, max_tokens)
+        };
         if let Some(d) = v.deadline_ms {
             if predicted > d && self.has_measurements(&model) {
-                return Err(self.reject(ErrorEnvelope::new(ErrorCode::DeadlineUnmet, format!("the predicted start in {predicted} ms is past the deadline of {d} ms"))));
+                return Err(self.reject(ErrorEnvelope::new(
+                    ErrorCode::DeadlineUnmet,
+                    format!("the predicted start in {predicted} ms is past the deadline of {d} ms"),
+                )));
             }
         }
         let id = v.task_id;
@@ -70,19 +102,47 @@ impl<E: Effects> Core<E> {
             queue_position: position,
             predicted_start_ms: predicted,
             backoff_ms: 0,
-            streams: api::task::Streams { sse: format!("/v2/tasks/{id}/events"), sse_verbose: format!("/v2/tasks/{id}/events?verbose=true") },
+            streams: api::task::Streams {
+                sse: format!("/v2/tasks/{id}/events"),
+                sse_verbose: format!("/v2/tasks/{id}/events?verbose=true"),
+            },
             preparation: Preparation::default(),
         };
         if let Some(d) = v.deadline_ms {
-            self.effects.timer(Duration::from_millis(d), Timer::Deadline(id));
+            self.effects
+                .timer(Duration::from_millis(d), Timer::Deadline(id));
         }
         tracing::info!(event = "task.admitted", correlation_id = %correlation_id, task_id = %id, session_id = %v.session_id, model = %model,
             queue_position = position, predicted_start_ms = predicted, "Admitted task {id} for {model} at queue position {position}");
         self.touch_session(v.session_id, now);
         let priority = v.priority;
         let deadline = v.deadline_ms.map(|d| now + Duration::from_millis(d));
-        self.tasks.insert(id, TaskEntry::new(v, correlation_id.clone(), model, key.clone(), log.clone(), now, position, predicted, max_tokens, deadline));
-        self.metrics.inc(m::TASKS_ENQUEUED, labels(&[("engine", api::ENGINE_LLAMACPP), ("engine_version", ""), ("pool_id", ""), ("replica_id", ""), ("priority", priority.as_str())]), 1.0);
+        self.tasks.insert(
+            id,
+            TaskEntry::new(
+                v,
+                correlation_id.clone(),
+                model,
+                key.clone(),
+                log.clone(),
+                now,
+                position,
+                predicted,
+                max_tokens,
+                deadline,
+            ),
+        );
+        self.metrics.inc(
+            m::TASKS_ENQUEUED,
+            labels(&[
+                ("engine", api::ENGINE_LLAMACPP),
+                ("engine_version", ""),
+                ("pool_id", ""),
+                ("replica_id", ""),
+                ("priority", priority.as_str()),
+            ]),
+            1.0,
+        );
         let mut resp = resp;
         if let Some(pool) = target {
             let (steps, estimate) = self.start_load(&rec, &pool, id, &correlation_id);
@@ -97,7 +157,9 @@ impl<E: Effects> Core<E> {
 
     /// Decides whether a queue has room for a task of class `p` (API.md §6.2).
     fn room(&self, key: &str, p: Priority, model: &str, max_tokens: u64) -> Room {
-        let Some(q) = self.queues.get(key) else { return Room::Free };
+        let Some(q) = self.queues.get(key) else {
+            return Room::Free;
+        };
         if q.len() < self.cfg.queue_capacity {
             return Room::Free;
         }
@@ -108,20 +170,36 @@ impl<E: Effects> Core<E> {
             e.policy_label = Some(policy.label().into());
             Room::Refuse(e)
         };
-        let full = format!("the queue {key} is full ({} tasks)", self.cfg.queue_capacity);
+        let full = format!(
+            "the queue {key} is full ({} tasks)",
+            self.cfg.queue_capacity
+        );
         match policy {
             FullPolicy::Reject => refuse(ErrorCode::AdmissionReject, full),
             FullPolicy::DropLru => match q.oldest_lowest() {
-                Some((victim, class)) if !(class == Priority::Interactive && p == Priority::Batch) => {
-                    let mut e = ErrorEnvelope::new(ErrorCode::QueueFullDropLru, "evicted from a full queue by a newer task (drop-lru)").with_retry_after(retry);
+                Some((victim, class))
+                    if !(class == Priority::Interactive && p == Priority::Batch) =>
+                {
+                    let mut e = ErrorEnvelope::new(
+                        ErrorCode::QueueFullDropLru,
+                        "evicted from a full queue by a newer task (drop-lru)",
+                    )
+                    .with_retry_after(retry);
                     e.policy_label = Some(policy.label().into());
                     Room::Evict(victim, e)
                 }
-                _ => refuse(ErrorCode::QueueFullDropLru, format!("{full} and nothing is evictable")),
+                _ => refuse(
+                    ErrorCode::QueueFullDropLru,
+                    format!("{full} and nothing is evictable"),
+                ),
             },
             FullPolicy::ShedLowPriority => match (p, q.newest_batch()) {
                 (Priority::Interactive, Some(victim)) => {
-                    let mut e = ErrorEnvelope::new(ErrorCode::AdmissionReject, "shed from a full queue for an interactive task").with_retry_after(retry);
+                    let mut e = ErrorEnvelope::new(
+                        ErrorCode::AdmissionReject,
+                        "shed from a full queue for an interactive task",
+                    )
+                    .with_retry_after(retry);
                     e.policy_label = Some(policy.label().into());
                     Room::Evict(victim, e)
                 }
@@ -132,7 +210,9 @@ impl<E: Effects> Core<E> {
 
     /// Removes a queued task from its queue.
     pub(super) fn dequeue(&mut self, id: TaskId) {
-        let Some(key) = self.tasks.get(&id).map(|t| t.queue_key.clone()) else { return };
+        let Some(key) = self.tasks.get(&id).map(|t| t.queue_key.clone()) else {
+            return;
+        };
         if let Some(q) = self.queues.get_mut(&key) {
             q.remove(id);
         }
@@ -140,8 +220,16 @@ impl<E: Effects> Core<E> {
 
     /// Tasks queued for a pool: its own queue plus its model's queue.
     pub(super) fn queued_for_pool(&self, pool_id: &str, model: &str) -> usize {
-        let own = self.queues.get(&format!("pool:{pool_id}")).map(|q| q.len()).unwrap_or(0);
-        own + self.queues.get(&format!("model:{model}")).map(|q| q.len()).unwrap_or(0)
+        let own = self
+            .queues
+            .get(&format!("pool:{pool_id}"))
+            .map(|q| q.len())
+            .unwrap_or(0);
+        own + self
+            .queues
+            .get(&format!("model:{model}"))
+            .map(|q| q.len())
+            .unwrap_or(0)
     }
 
     /// Sends a `metrics` frame to each queued task whose position moved (API.md §6.3).
@@ -150,18 +238,28 @@ impl<E: Effects> Core<E> {
         let mut moved: Vec<(TaskId, u64)> = vec![];
         for q in self.queues.values() {
             for (pos, id) in q.dispatch_order(burst).into_iter().enumerate() {
-                if self.tasks.get(&id).is_some_and(|t| t.announced_position != Some(pos as u64)) {
+                if self
+                    .tasks
+                    .get(&id)
+                    .is_some_and(|t| t.announced_position != Some(pos as u64))
+                {
                     moved.push((id, pos as u64));
                 }
             }
         }
         for (id, pos) in moved {
-            let Some(t) = self.tasks.get(&id) else { continue };
+            let Some(t) = self.tasks.get(&id) else {
+                continue;
+            };
             let (model, max_tokens) = (t.model.clone(), t.max_tokens);
             let (_, predicted) = self.predict(&model, pos, max_tokens);
             if let Some(t) = self.tasks.get_mut(&id) {
                 t.announced_position = Some(pos);
-                t.log.append(Event::Metrics(MetricsFrame { queue_position: Some(pos), predicted_start_ms: Some(predicted), ..Default::default() }));
+                t.log.append(Event::Metrics(MetricsFrame {
+                    queue_position: Some(pos),
+                    predicted_start_ms: Some(predicted),
+                    ..Default::default()
+                }));
             }
         }
     }

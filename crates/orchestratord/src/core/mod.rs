@@ -120,7 +120,9 @@ impl PoolEntry {
         if self.exhausted {
             return 0;
         }
-        self.status.slots_total.saturating_sub(self.holding.len() as u32)
+        self.status
+            .slots_total
+            .saturating_sub(self.holding.len() as u32)
     }
 
     /// The catalog model the pool serves (None when its report does not match the catalog).
@@ -134,7 +136,10 @@ fn free_vram(node: &Node, mask: &str) -> u64 {
     if mask == "cpu" {
         return 0;
     }
-    mask.split(',').filter_map(|d| node.gpus.iter().find(|g| g.device_id == d.trim())).map(|g| g.vram_free_bytes).sum()
+    mask.split(',')
+        .filter_map(|d| node.gpus.iter().find(|g| g.device_id == d.trim()))
+        .map(|g| g.vram_free_bytes)
+        .sum()
 }
 
 /// Per-pool measurements for predictions (EWMA, α = 0.2).
@@ -205,7 +210,12 @@ pub struct Core<E: Effects> {
 }
 
 impl<E: Effects> Core<E> {
-    pub fn new(cfg: Arc<Config>, effects: E, metrics: Arc<Metrics>, catalog: catalog::Catalog) -> Self {
+    pub fn new(
+        cfg: Arc<Config>,
+        effects: E,
+        metrics: Arc<Metrics>,
+        catalog: catalog::Catalog,
+    ) -> Self {
         Self {
             cfg,
             effects,
@@ -228,10 +238,18 @@ impl<E: Effects> Core<E> {
     pub fn pump(&mut self, now: Instant) {
         let keys: Vec<String> = self.queues.keys().cloned().collect();
         for key in keys {
-            let order = self.queues.get(&key).map(|q| q.dispatch_order(self.cfg.interactive_burst)).unwrap_or_default();
+            let order = self
+                .queues
+                .get(&key)
+                .map(|q| q.dispatch_order(self.cfg.interactive_burst))
+                .unwrap_or_default();
             for id in order {
                 let Some(pool) = self.place(id) else { continue };
-                let prio = self.tasks.get(&id).map(|t| t.v.priority).unwrap_or(Priority::Interactive);
+                let prio = self
+                    .tasks
+                    .get(&id)
+                    .map(|t| t.v.priority)
+                    .unwrap_or(Priority::Interactive);
                 if let Some(q) = self.queues.get_mut(&key) {
                     q.take(id, prio);
                 }
@@ -247,24 +265,51 @@ impl<E: Effects> Core<E> {
     fn place(&self, id: TaskId) -> Option<String> {
         let t = self.tasks.get(&id)?;
         let views = self.pool_views();
-        let affinity = if self.cfg.session_affinity { self.affinity(t.v.session_id) } else { None };
-        let (chosen, considered) = placement::choose(&views, &t.model, t.v.ctx, &t.v.placement, affinity.as_deref(), &t.tried);
+        let affinity = if self.cfg.session_affinity {
+            self.affinity(t.v.session_id)
+        } else {
+            None
+        };
+        let (chosen, considered) = placement::choose(
+            &views,
+            &t.model,
+            t.v.ctx,
+            &t.v.placement,
+            affinity.as_deref(),
+            &t.tried,
+        );
         if chosen.is_some() {
-            self.metrics.set(crate::metrics::PLACEMENT_CANDIDATES, vec![], considered as f64);
+            self.metrics.set(
+                crate::metrics::PLACEMENT_CANDIDATES,
+                vec![],
+                considered as f64,
+            );
         }
         chosen.map(str::to_string)
     }
 
     pub fn pool_views(&self) -> Vec<placement::PoolView<'_>> {
         // Pinned tasks wait in per-pool queues; they count towards that pool's load.
-        let pinned: HashMap<&str, usize> = self.queues.iter().filter_map(|(k, q)| k.strip_prefix("pool:").map(|p| (p, q.len()))).collect();
+        let pinned: HashMap<&str, usize> = self
+            .queues
+            .iter()
+            .filter_map(|(k, q)| k.strip_prefix("pool:").map(|p| (p, q.len())))
+            .collect();
         self.pools
             .iter()
             .map(|(id, p)| placement::PoolView {
                 pool_id: id,
                 node_id: &p.node_id,
-                node_status: if p.node_online { NodeStatus::Online } else { NodeStatus::Offline },
-                state: if p.draining && p.status.state == PoolState::Ready { PoolState::Draining } else { p.status.state },
+                node_status: if p.node_online {
+                    NodeStatus::Online
+                } else {
+                    NodeStatus::Offline
+                },
+                state: if p.draining && p.status.state == PoolState::Ready {
+                    PoolState::Draining
+                } else {
+                    p.status.state
+                },
                 model_id: p.model_id(),
                 ctx_per_slot: p.status.ctx_per_slot,
                 device_mask: &p.status.device_mask,
@@ -277,7 +322,9 @@ impl<E: Effects> Core<E> {
 
     /// Copies a node's status and free VRAM into its pools (see [`PoolEntry::node_online`]).
     pub(crate) fn sync_node_facts(&mut self, node_id: &str) {
-        let Some(node) = self.nodes.get(node_id) else { return };
+        let Some(node) = self.nodes.get(node_id) else {
+            return;
+        };
         for pid in &node.pools {
             if let Some(p) = self.pools.get_mut(pid) {
                 p.node_online = node.status == NodeStatus::Online;
@@ -287,21 +334,46 @@ impl<E: Effects> Core<E> {
     }
 
     /// Gauges computed when `/metrics` is scraped: Online nodes, Ready pools, heartbeat ages.
-    pub fn scrape_gauges(&self, now: Instant) -> Vec<(&'static str, Vec<(&'static str, String)>, f64)> {
+    pub fn scrape_gauges(
+        &self,
+        now: Instant,
+    ) -> Vec<(&'static str, Vec<(&'static str, String)>, f64)> {
         use crate::metrics as m;
-        let online = self.nodes.values().filter(|n| n.status == NodeStatus::Online).count();
+        let online = self
+            .nodes
+            .values()
+            .filter(|n| n.status == NodeStatus::Online)
+            .count();
         let ready = self
             .pools
             .values()
-            .filter(|p| p.status.state == PoolState::Ready && self.nodes.get(&p.node_id).is_some_and(|n| n.status == NodeStatus::Online))
+            .filter(|p| {
+                p.status.state == PoolState::Ready
+                    && self
+                        .nodes
+                        .get(&p.node_id)
+                        .is_some_and(|n| n.status == NodeStatus::Online)
+            })
             .count();
-        let mut out = vec![(m::NODES_ONLINE, vec![], online as f64), (m::POOLS_READY, vec![], ready as f64)];
+        let mut out = vec![
+            (m::NODES_ONLINE, vec![], online as f64),
+            (m::POOLS_READY, vec![], ready as f64),
+        ];
         for (id, age) in self.heartbeat_ages(now) {
-            out.push((m::NODE_HEARTBEAT_AGE, m::labels(&[("node_id", &id)]), age as f64));
+            out.push((
+                m::NODE_HEARTBEAT_AGE,
+                m::labels(&[("node_id", &id)]),
+                age as f64,
+            ));
         }
         for (id, p) in &self.pools {
             let ev = p.status.engine_version.clone().unwrap_or_default();
-            let base = [("engine", api::ENGINE_LLAMACPP), ("engine_version", ev.as_str()), ("pool_id", id.as_str()), ("replica_id", p.node_id.as_str())];
+            let base = [
+                ("engine", api::ENGINE_LLAMACPP),
+                ("engine_version", ev.as_str()),
+                ("pool_id", id.as_str()),
+                ("replica_id", p.node_id.as_str()),
+            ];
             if let Some(r) = p.status.kv_cache_usage_ratio {
                 out.push((m::KV_CACHE_USAGE, m::labels(&base), r));
             }
@@ -310,8 +382,14 @@ impl<E: Effects> Core<E> {
                 l.push(("device", device.clone()));
                 out.push((m::VRAM_USED, l, *used as f64));
             }
-            let Some(node) = self.nodes.get(&p.node_id) else { continue };
-            for g in node.gpus.iter().filter(|g| p.status.device_mask.split(',').any(|d| d == g.device_id)) {
+            let Some(node) = self.nodes.get(&p.node_id) else {
+                continue;
+            };
+            for g in node
+                .gpus
+                .iter()
+                .filter(|g| p.status.device_mask.split(',').any(|d| d == g.device_id))
+            {
                 let mut l = m::labels(&base);
                 l.push(("device", g.device_id.clone()));
                 out.push((m::GPU_UTILIZATION, l, g.utilization_pct));
@@ -323,20 +401,40 @@ impl<E: Effects> Core<E> {
 
     /// Queue depth gauges, updated whenever queues change.
     pub fn publish_gauges(&self) {
-        self.metrics.remove_gauges(crate::metrics::QUEUE_DEPTH, |_| false);
+        self.metrics
+            .remove_gauges(crate::metrics::QUEUE_DEPTH, |_| false);
         for p in [Priority::Interactive, Priority::Batch] {
-            let n: usize = self.queues.iter().filter(|(k, _)| k.starts_with("model:")).map(|(_, q)| q.len_of(p)).sum();
+            let n: usize = self
+                .queues
+                .iter()
+                .filter(|(k, _)| k.starts_with("model:"))
+                .map(|(_, q)| q.len_of(p))
+                .sum();
             self.metrics.set(
                 crate::metrics::QUEUE_DEPTH,
-                crate::metrics::labels(&[("engine", api::ENGINE_LLAMACPP), ("engine_version", ""), ("pool_id", ""), ("priority", p.as_str())]),
+                crate::metrics::labels(&[
+                    ("engine", api::ENGINE_LLAMACPP),
+                    ("engine_version", ""),
+                    ("pool_id", ""),
+                    ("priority", p.as_str()),
+                ]),
                 n as f64,
             );
             for (key, q) in self.queues.iter().filter(|(k, _)| k.starts_with("pool:")) {
                 let pool = &key["pool:".len()..];
-                let ev = self.pools.get(pool).and_then(|e| e.status.engine_version.clone()).unwrap_or_default();
+                let ev = self
+                    .pools
+                    .get(pool)
+                    .and_then(|e| e.status.engine_version.clone())
+                    .unwrap_or_default();
                 self.metrics.set(
                     crate::metrics::QUEUE_DEPTH,
-                    crate::metrics::labels(&[("engine", api::ENGINE_LLAMACPP), ("engine_version", &ev), ("pool_id", pool), ("priority", p.as_str())]),
+                    crate::metrics::labels(&[
+                        ("engine", api::ENGINE_LLAMACPP),
+                        ("engine_version", &ev),
+                        ("pool_id", pool),
+                        ("priority", p.as_str()),
+                    ]),
                     q.len_of(p) as f64,
                 );
             }

@@ -2,7 +2,9 @@
 //! routes (register, list, delete, verify, state, availability), the admission check of §6.5, and
 //! node-level catalog commands (`evict-model`, `verify-model`) and their outcomes.
 
-use api::catalog::{AvailabilityResponse, ModelAvailability, ModelRecord, ModelState, RegisterModel, ServingPool};
+use api::catalog::{
+    AvailabilityResponse, ModelAvailability, ModelRecord, ModelState, RegisterModel, ServingPool,
+};
 use api::node::{Command, CommandKind, CommandResult, LoadedModel, NodeStatus, PoolState};
 use api::{ErrorCode, ErrorEnvelope};
 use catalog::{Copy, CopyOutcome, Registered};
@@ -42,7 +44,9 @@ impl<E: Effects> Core<E> {
     /// the catalog does not know is registered as Active; an id clash marks the pool Failed.
     /// Catalog writes happen only when the pool's reported model changed.
     pub(super) fn evaluate_pool(&mut self, pool_id: &str) {
-        let Some(p) = self.pools.get(pool_id) else { return };
+        let Some(p) = self.pools.get(pool_id) else {
+            return;
+        };
         let node_id = p.node_id.clone();
         let Some(model) = p.status.models.first().cloned() else {
             if let Some(p) = self.pools.get_mut(pool_id) {
@@ -54,29 +58,58 @@ impl<E: Effects> Core<E> {
         let changed = p.reported.as_ref() != Some(&(model.id.clone(), model.digest.clone()));
         let mut problem: Option<(String, bool)> = None;
         if self.catalog.get(&model.id).is_none() {
-            match self.catalog.adopt_reported(&model.id, &model.model_ref, model.digest.as_deref()) {
-                Ok(rec) => tracing::info!(event = "catalog.registered", model = %rec.id, pool_id = %pool_id, "Registered model {} from pool {pool_id}'s report ({})", rec.id, rec.model_ref),
+            match self
+                .catalog
+                .adopt_reported(&model.id, &model.model_ref, model.digest.as_deref())
+            {
+                Ok(rec) => {
+                    tracing::info!(event = "catalog.registered", model = %rec.id, pool_id = %pool_id, "Registered model {} from pool {pool_id}'s report ({})", rec.id, rec.model_ref)
+                }
                 Err(e) => problem = Some((e.message, true)),
             }
         }
         if problem.is_none() && changed && model.digest.is_some() {
-            let copy = Copy { node_id: node_id.clone(), digest: model.digest.clone(), size_bytes: model.size_bytes, metadata: model.metadata.clone(), verified: true };
+            let copy = Copy {
+                node_id: node_id.clone(),
+                digest: model.digest.clone(),
+                size_bytes: model.size_bytes,
+                metadata: model.metadata.clone(),
+                verified: true,
+            };
             match self.catalog.record_copy(&model.id, copy) {
                 Ok(CopyOutcome::Recorded) => {}
                 Ok(CopyOutcome::Mismatch { expected, actual }) => {
-                    self.metrics.inc(m::CATALOG_VERIFICATIONS, labels(&[("result", "fail"), ("reason", "digest_mismatch"), ("engine", api::ENGINE_LLAMACPP)]), 1.0);
-                    problem = Some((format!("model {} on this pool has digest {actual}, the catalog has {expected}", model.id), false));
+                    self.metrics.inc(
+                        m::CATALOG_VERIFICATIONS,
+                        labels(&[
+                            ("result", "fail"),
+                            ("reason", "digest_mismatch"),
+                            ("engine", api::ENGINE_LLAMACPP),
+                        ]),
+                        1.0,
+                    );
+                    problem = Some((
+                        format!(
+                            "model {} on this pool has digest {actual}, the catalog has {expected}",
+                            model.id
+                        ),
+                        false,
+                    ));
                 }
                 Err(e) => {
                     store_error(e);
                 }
             }
         }
-        let serves = problem.is_none().then(|| self.catalog.get(&model.id)).flatten().is_some_and(|rec| match (&rec.digest, &model.digest) {
-            (Some(want), Some(got)) => want == got,
-            (Some(_), None) => false,
-            (None, _) => rec.model_ref == model.model_ref,
-        });
+        let serves = problem
+            .is_none()
+            .then(|| self.catalog.get(&model.id))
+            .flatten()
+            .is_some_and(|rec| match (&rec.digest, &model.digest) {
+                (Some(want), Some(got)) => want == got,
+                (Some(_), None) => false,
+                (None, _) => rec.model_ref == model.model_ref,
+            });
         if let Some(p) = self.pools.get_mut(pool_id) {
             p.serves = serves.then(|| model.id.clone());
             p.reported = Some((model.id.clone(), model.digest.clone()));
@@ -105,29 +138,56 @@ impl<E: Effects> Core<E> {
             p.node_online
                 && !p.draining
                 && (p.loading.as_deref() == Some(model)
-                    || (p.serves.as_deref() == Some(model) && matches!(p.status.state, PoolState::Ready | PoolState::Starting | PoolState::Provisioning)))
+                    || (p.serves.as_deref() == Some(model)
+                        && matches!(
+                            p.status.state,
+                            PoolState::Ready | PoolState::Starting | PoolState::Provisioning
+                        )))
         })
     }
 
     /// The catalog check at admission (API.md §6.5): the record a task's `model_ref` names.
-    pub(super) fn admit_model(&mut self, model_ref: &str, ctx: Option<u64>) -> Result<ModelRecord, ErrorEnvelope> {
+    pub(super) fn admit_model(
+        &mut self,
+        model_ref: &str,
+        ctx: Option<u64>,
+    ) -> Result<ModelRecord, ErrorEnvelope> {
         let rec = self
             .catalog
             .resolve(model_ref, &self.cfg.allowed_schemes, self.cfg.auto_register)?
-            .ok_or_else(|| ErrorEnvelope::new(ErrorCode::ModelNotAvailable, format!("model {model_ref:?} is not in the catalog")).with_retriable(false))?;
+            .ok_or_else(|| {
+                ErrorEnvelope::new(
+                    ErrorCode::ModelNotAvailable,
+                    format!("model {model_ref:?} is not in the catalog"),
+                )
+                .with_retriable(false)
+            })?;
         if rec.state == ModelState::Retired {
-            return Err(ErrorEnvelope::new(ErrorCode::ModelDeprecated, format!("model {} is retired", rec.id)));
+            return Err(ErrorEnvelope::new(
+                ErrorCode::ModelDeprecated,
+                format!("model {} is retired", rec.id),
+            ));
         }
-        if let (Some(c), Some(train)) = (ctx, rec.metadata.as_ref().and_then(|m| m.context_length)) {
+        if let (Some(c), Some(train)) = (ctx, rec.metadata.as_ref().and_then(|m| m.context_length))
+        {
             if c > train {
-                return Err(ErrorEnvelope::invalid("ctx", format!("model {} was trained with a context of {train} tokens; {c} is larger", rec.id)));
+                return Err(ErrorEnvelope::invalid(
+                    "ctx",
+                    format!(
+                        "model {} was trained with a context of {train} tokens; {c} is larger",
+                        rec.id
+                    ),
+                ));
             }
         }
         Ok(rec)
     }
 
     /// `POST /v2/catalog/models`: the record and whether it was created.
-    pub fn catalog_register(&mut self, req: RegisterModel) -> Result<(ModelRecord, bool), ErrorEnvelope> {
+    pub fn catalog_register(
+        &mut self,
+        req: RegisterModel,
+    ) -> Result<(ModelRecord, bool), ErrorEnvelope> {
         let out = match self.catalog.register(&req, &self.cfg.allowed_schemes)? {
             Registered::Created(r) => {
                 tracing::info!(event = "catalog.registered", model = %r.id, "Registered model {} ({})", r.id, r.model_ref);
@@ -149,10 +209,21 @@ impl<E: Effects> Core<E> {
 
     /// `DELETE /v2/catalog/models/{id}`: refused while a pool serves or loads the model; nodes
     /// holding a copy are told to evict it (they delete only files in their models cache).
-    pub fn catalog_delete(&mut self, id: &str, correlation_id: String) -> Result<(), ErrorEnvelope> {
+    pub fn catalog_delete(
+        &mut self,
+        id: &str,
+        correlation_id: String,
+    ) -> Result<(), ErrorEnvelope> {
         let rec = self.catalog.get(id).cloned().ok_or_else(|| not_found(id))?;
-        if let Some((pid, _)) = self.pools.iter().find(|(_, p)| p.serves.as_deref() == Some(id) || p.loading.as_deref() == Some(id)) {
-            return Err(ErrorEnvelope::new(ErrorCode::Conflict, format!("pool {pid} serves or is loading {id}; drain or reload it first")));
+        if let Some((pid, _)) = self
+            .pools
+            .iter()
+            .find(|(_, p)| p.serves.as_deref() == Some(id) || p.loading.as_deref() == Some(id))
+        {
+            return Err(ErrorEnvelope::new(
+                ErrorCode::Conflict,
+                format!("pool {pid} serves or is loading {id}; drain or reload it first"),
+            ));
         }
         self.catalog.delete(id).map_err(store_error)?;
         tracing::info!(event = "catalog.deleted", model = %id, "Deleted model {id} from the catalog");
@@ -164,18 +235,35 @@ impl<E: Effects> Core<E> {
     }
 
     /// `POST /v2/catalog/models/{id}/verify`: every node holding a copy re-hashes it.
-    pub fn catalog_verify(&mut self, id: &str, correlation_id: String) -> Result<ModelRecord, ErrorEnvelope> {
+    pub fn catalog_verify(
+        &mut self,
+        id: &str,
+        correlation_id: String,
+    ) -> Result<ModelRecord, ErrorEnvelope> {
         let rec = self.catalog.get(id).cloned().ok_or_else(|| not_found(id))?;
         for node in &rec.locations {
-            if self.nodes.get(node).is_some_and(|n| n.status == NodeStatus::Online) {
-                self.send_node_command(node, CommandKind::VerifyModel, &rec, correlation_id.clone());
+            if self
+                .nodes
+                .get(node)
+                .is_some_and(|n| n.status == NodeStatus::Online)
+            {
+                self.send_node_command(
+                    node,
+                    CommandKind::VerifyModel,
+                    &rec,
+                    correlation_id.clone(),
+                );
             }
         }
         Ok(rec)
     }
 
     /// `POST /v2/catalog/models/{id}/state`.
-    pub fn catalog_set_state(&mut self, id: &str, state: ModelState) -> Result<ModelRecord, ErrorEnvelope> {
+    pub fn catalog_set_state(
+        &mut self,
+        id: &str,
+        state: ModelState,
+    ) -> Result<ModelRecord, ErrorEnvelope> {
         let rec = self.catalog.set_state(id, state)?;
         tracing::info!(event = "catalog.state", model = %id, "Model {id} is now {}", state.as_str());
         Ok(rec)
@@ -195,7 +283,12 @@ impl<E: Effects> Core<E> {
                     .pools
                     .iter()
                     .filter(|(_, p)| p.serves.as_deref() == Some(r.id.as_str()))
-                    .map(|(pid, p)| ServingPool { node_id: p.node_id.clone(), pool_id: pid.clone(), state: p.status.state, slots_free: p.free_slots() })
+                    .map(|(pid, p)| ServingPool {
+                        node_id: p.node_id.clone(),
+                        pool_id: pid.clone(),
+                        state: p.status.state,
+                        slots_free: p.free_slots(),
+                    })
                     .collect(),
             })
             .collect();
@@ -209,51 +302,128 @@ impl<E: Effects> Core<E> {
             .into_iter()
             .filter(|r| r.state == ModelState::Active)
             .filter(|r| {
-                self.pools.values().any(|p| p.node_online && p.serves.as_deref() == Some(r.id.as_str()) && p.status.state == PoolState::Ready)
-                    || (self.cfg.provisioning_on_demand && self.provision_target(r).is_some())
+                self.pools.values().any(|p| {
+                    p.node_online
+                        && p.serves.as_deref() == Some(r.id.as_str())
+                        && p.status.state == PoolState::Ready
+                }) || (self.cfg.provisioning_on_demand && self.provision_target(r).is_some())
             })
-            .map(|r| (r.id.clone(), r.last_verified_ms.unwrap_or_else(daemon::now_ms) / 1000))
+            .map(|r| {
+                (
+                    r.id.clone(),
+                    r.last_verified_ms.unwrap_or_else(daemon::now_ms) / 1000,
+                )
+            })
             .collect()
     }
 
-    fn send_node_command(&mut self, node_id: &str, kind: CommandKind, rec: &ModelRecord, correlation_id: String) {
+    fn send_node_command(
+        &mut self,
+        node_id: &str,
+        kind: CommandKind,
+        rec: &ModelRecord,
+        correlation_id: String,
+    ) {
         let command_id = uuid::Uuid::new_v4().to_string();
-        let model = LoadedModel { id: rec.id.clone(), model_ref: rec.model_ref.clone(), digest: rec.digest.clone(), size_bytes: rec.size_bytes, metadata: None };
-        self.node_commands.insert(command_id.clone(), NodeCommand { node_id: node_id.into(), kind, model_id: rec.id.clone() });
-        self.send(node_id, Command { command_id, kind, pool_id: None, model: Some(model), deadline_ms: None, correlation_id });
+        let model = LoadedModel {
+            id: rec.id.clone(),
+            model_ref: rec.model_ref.clone(),
+            digest: rec.digest.clone(),
+            size_bytes: rec.size_bytes,
+            metadata: None,
+        };
+        self.node_commands.insert(
+            command_id.clone(),
+            NodeCommand {
+                node_id: node_id.into(),
+                kind,
+                model_id: rec.id.clone(),
+            },
+        );
+        self.send(
+            node_id,
+            Command {
+                command_id,
+                kind,
+                pool_id: None,
+                model: Some(model),
+                deadline_ms: None,
+                correlation_id,
+            },
+        );
     }
 
     /// A node finished an `evict-model` or `verify-model` command.
-    pub(super) fn node_command_done(&mut self, command_id: &str, ok: bool, error: Option<ErrorEnvelope>, result: Option<CommandResult>) {
-        let Some(cmd) = self.node_commands.remove(command_id) else { return };
+    pub(super) fn node_command_done(
+        &mut self,
+        command_id: &str,
+        ok: bool,
+        error: Option<ErrorEnvelope>,
+        result: Option<CommandResult>,
+    ) {
+        let Some(cmd) = self.node_commands.remove(command_id) else {
+            return;
+        };
         let (node, model) = (cmd.node_id, cmd.model_id);
         match cmd.kind {
             CommandKind::VerifyModel if ok => {
-                self.metrics.inc(m::CATALOG_VERIFICATIONS, labels(&[("result", "pass"), ("reason", "ok"), ("engine", api::ENGINE_LLAMACPP)]), 1.0);
-                let copy = Copy { node_id: node.clone(), digest: result.as_ref().map(|r| r.digest.clone()), size_bytes: result.as_ref().map(|r| r.size_bytes), metadata: result.and_then(|r| r.metadata), verified: true };
+                self.metrics.inc(
+                    m::CATALOG_VERIFICATIONS,
+                    labels(&[
+                        ("result", "pass"),
+                        ("reason", "ok"),
+                        ("engine", api::ENGINE_LLAMACPP),
+                    ]),
+                    1.0,
+                );
+                let copy = Copy {
+                    node_id: node.clone(),
+                    digest: result.as_ref().map(|r| r.digest.clone()),
+                    size_bytes: result.as_ref().map(|r| r.size_bytes),
+                    metadata: result.and_then(|r| r.metadata),
+                    verified: true,
+                };
                 if let Err(e) = self.catalog.record_copy(&model, copy) {
                     store_error(e);
                 }
                 tracing::info!(event = "catalog.verified", model = %model, node_id = %node, "The copy of {model} on node {node} verified");
             }
             CommandKind::VerifyModel => {
-                let e = error.unwrap_or_else(|| ErrorEnvelope::new(ErrorCode::Internal, "verification failed"));
-                self.metrics.inc(m::CATALOG_VERIFICATIONS, labels(&[("result", "fail"), ("reason", failure_reason(&e)), ("engine", api::ENGINE_LLAMACPP)]), 1.0);
+                let e = error.unwrap_or_else(|| {
+                    ErrorEnvelope::new(ErrorCode::Internal, "verification failed")
+                });
+                self.metrics.inc(
+                    m::CATALOG_VERIFICATIONS,
+                    labels(&[
+                        ("result", "fail"),
+                        ("reason", failure_reason(&e)),
+                        ("engine", api::ENGINE_LLAMACPP),
+                    ]),
+                    1.0,
+                );
                 if let Err(e) = self.catalog.remove_location(&model, &node) {
                     store_error(e);
                 }
                 tracing::warn!(event = "catalog.verify_failed", model = %model, node_id = %node, code = %e.code, "The copy of {model} on node {node} failed verification and was removed: {}", e.message);
             }
-            _ => tracing::info!(event = "catalog.evicted", model = %model, node_id = %node, "Node {node} {} its copy of {model}", if ok { "evicted" } else { "could not evict" }),
+            _ => {
+                tracing::info!(event = "catalog.evicted", model = %model, node_id = %node, "Node {node} {} its copy of {model}", if ok { "evicted" } else { "could not evict" })
+            }
         }
     }
 
     /// `model_state` gauges, from the catalog.
-    pub(super) fn model_state_gauges(&self) -> Vec<(&'static str, Vec<(&'static str, String)>, f64)> {
+    pub(super) fn model_state_gauges(
+        &self,
+    ) -> Vec<(&'static str, Vec<(&'static str, String)>, f64)> {
         let mut out = vec![];
         for r in self.catalog.list() {
             for s in [ModelState::Active, ModelState::Retired] {
-                out.push((m::MODEL_STATE, labels(&[("model_id", r.id.as_str()), ("state", s.as_str())]), if r.state == s { 1.0 } else { 0.0 }));
+                out.push((
+                    m::MODEL_STATE,
+                    labels(&[("model_id", r.id.as_str()), ("state", s.as_str())]),
+                    if r.state == s { 1.0 } else { 0.0 },
+                ));
             }
         }
         out

@@ -3,7 +3,10 @@
 
 use std::time::Instant;
 
-use api::node::{CredentialKind, HeartbeatRequest, HeartbeatResponse, NodeStatus, NodeView, PoolState, PoolView, RegisterRequest, RegisterResponse};
+use api::node::{
+    CredentialKind, HeartbeatRequest, HeartbeatResponse, NodeStatus, NodeView, PoolState, PoolView,
+    RegisterRequest, RegisterResponse,
+};
 use api::task::TaskState;
 use api::{ErrorCode, ErrorEnvelope, TaskId};
 use daemon::secret::Secret;
@@ -25,50 +28,96 @@ pub enum NodeCaller {
 }
 
 impl<E: Effects> Core<E> {
-    pub fn register(&mut self, req: RegisterRequest, caller: NodeCaller, now: Instant) -> Result<RegisterResponse, ErrorEnvelope> {
+    pub fn register(
+        &mut self,
+        req: RegisterRequest,
+        caller: NodeCaller,
+        now: Instant,
+    ) -> Result<RegisterResponse, ErrorEnvelope> {
         let outcome = self.try_register(req, caller, now);
-        let label = if outcome.is_ok() { "success" } else { "rejected" };
-        self.metrics.inc(m::NODE_REGISTRATIONS, labels(&[("outcome", label)]), 1.0);
+        let label = if outcome.is_ok() {
+            "success"
+        } else {
+            "rejected"
+        };
+        self.metrics
+            .inc(m::NODE_REGISTRATIONS, labels(&[("outcome", label)]), 1.0);
         outcome
     }
 
-    fn try_register(&mut self, req: RegisterRequest, caller: NodeCaller, now: Instant) -> Result<RegisterResponse, ErrorEnvelope> {
+    fn try_register(
+        &mut self,
+        req: RegisterRequest,
+        caller: NodeCaller,
+        now: Instant,
+    ) -> Result<RegisterResponse, ErrorEnvelope> {
         if req.protocol_version != api::PROTOCOL_VERSION {
-            return Err(ErrorEnvelope::invalid("protocol_version", format!("unsupported protocol_version {}; supported: [1]", req.protocol_version)));
+            return Err(ErrorEnvelope::invalid(
+                "protocol_version",
+                format!(
+                    "unsupported protocol_version {}; supported: [1]",
+                    req.protocol_version
+                ),
+            ));
         }
-        let node_id: api::NodeId = req.node_id.parse().map_err(|e: api::IdError| ErrorEnvelope::invalid("node_id", e.0))?;
+        let node_id: api::NodeId = req
+            .node_id
+            .parse()
+            .map_err(|e: api::IdError| ErrorEnvelope::invalid("node_id", e.0))?;
         if req.dispatch_token.len() < 32 {
-            return Err(ErrorEnvelope::invalid("dispatch_token", "must be at least 32 characters"));
+            return Err(ErrorEnvelope::invalid(
+                "dispatch_token",
+                "must be at least 32 characters",
+            ));
         }
         if !(req.address.starts_with("http://") || req.address.starts_with("https://")) {
             return Err(ErrorEnvelope::invalid("address", "must be an http(s) URL"));
         }
         for (i, p) in req.pools.iter().enumerate() {
             if p.pool_id.parse::<api::PoolId>().is_err() {
-                return Err(ErrorEnvelope::invalid(format!("pools[{i}].pool_id"), "invalid pool id"));
+                return Err(ErrorEnvelope::invalid(
+                    format!("pools[{i}].pool_id"),
+                    "invalid pool id",
+                ));
             }
             if let Some(owner) = self.pools.get(&p.pool_id).map(|e| e.node_id.clone()) {
-                if owner != req.node_id && self.nodes.get(&owner).is_some_and(|n| n.status == NodeStatus::Online) {
-                    return Err(ErrorEnvelope::new(ErrorCode::Conflict, format!("pool {} belongs to node {owner}", p.pool_id)));
+                if owner != req.node_id
+                    && self
+                        .nodes
+                        .get(&owner)
+                        .is_some_and(|n| n.status == NodeStatus::Online)
+                {
+                    return Err(ErrorEnvelope::new(
+                        ErrorCode::Conflict,
+                        format!("pool {} belongs to node {owner}", p.pool_id),
+                    ));
                 }
             }
         }
         if let Some(existing) = self.nodes.get(&req.node_id) {
             if existing.machine_id != req.machine_id && existing.status == NodeStatus::Online {
-                return Err(ErrorEnvelope::new(ErrorCode::Conflict, format!("node id {node_id} belongs to another machine that is online")));
+                return Err(ErrorEnvelope::new(
+                    ErrorCode::Conflict,
+                    format!("node id {node_id} belongs to another machine that is online"),
+                ));
             }
         }
         let (credential, kind, token) = match caller {
             NodeCaller::Static(_) => (None, CredentialKind::Static, None),
             _ => {
                 let c = Secret::random_hex(32);
-                (Some(c.clone()), CredentialKind::Issued, Some(c.expose().to_string()))
+                (
+                    Some(c.clone()),
+                    CredentialKind::Issued,
+                    Some(c.expose().to_string()),
+                )
             }
         };
         let pool_ids: Vec<String> = req.pools.iter().map(|p| p.pool_id.clone()).collect();
         self.forget_loads_of(&req.node_id, now);
         // Pools this node no longer reports leave the registry.
-        self.pools.retain(|id, e| e.node_id != req.node_id || pool_ids.contains(id));
+        self.pools
+            .retain(|id, e| e.node_id != req.node_id || pool_ids.contains(id));
         for p in &req.pools {
             self.upsert_pool(&req.node_id, p.clone());
         }
@@ -109,7 +158,15 @@ impl<E: Effects> Core<E> {
         if status.state == PoolState::Ready {
             let ev = status.engine_version.clone().unwrap_or_default();
             for name in [m::TOKENS_IN, m::TOKENS_OUT] {
-                self.metrics.touch(name, labels(&[("engine", api::ENGINE_LLAMACPP), ("engine_version", &ev), ("pool_id", &id), ("replica_id", node_id)]));
+                self.metrics.touch(
+                    name,
+                    labels(&[
+                        ("engine", api::ENGINE_LLAMACPP),
+                        ("engine_version", &ev),
+                        ("pool_id", &id),
+                        ("replica_id", node_id),
+                    ]),
+                );
             }
         }
         match self.pools.get_mut(&id) {
@@ -143,7 +200,9 @@ impl<E: Effects> Core<E> {
 
     /// Checks a bearer against the node's credential (constant time).
     pub fn node_authorized(&self, node_id: &str, caller: &NodeCaller) -> bool {
-        let Some(n) = self.nodes.get(node_id) else { return false };
+        let Some(n) = self.nodes.get(node_id) else {
+            return false;
+        };
         match (caller, &n.credential) {
             (NodeCaller::Open, None) => true,
             (NodeCaller::Static(_), None) => true,
@@ -153,21 +212,39 @@ impl<E: Effects> Core<E> {
         }
     }
 
-    pub fn heartbeat(&mut self, node_id: &str, hb: HeartbeatRequest, caller: NodeCaller, now: Instant) -> Result<HeartbeatResponse, ErrorEnvelope> {
+    pub fn heartbeat(
+        &mut self,
+        node_id: &str,
+        hb: HeartbeatRequest,
+        caller: NodeCaller,
+        now: Instant,
+    ) -> Result<HeartbeatResponse, ErrorEnvelope> {
         let outcome = |s: &str| labels(&[("node_id", node_id), ("outcome", s)]);
         if !self.nodes.contains_key(node_id) {
-            self.metrics.inc(m::NODE_HEARTBEATS, outcome("unknown_node"), 1.0);
-            return Err(ErrorEnvelope::new(ErrorCode::NotFound, format!("node {node_id} is not registered; register again")));
+            self.metrics
+                .inc(m::NODE_HEARTBEATS, outcome("unknown_node"), 1.0);
+            return Err(ErrorEnvelope::new(
+                ErrorCode::NotFound,
+                format!("node {node_id} is not registered; register again"),
+            ));
         }
         if !self.node_authorized(node_id, &caller) {
-            self.metrics.inc(m::NODE_HEARTBEATS, outcome("unauthorized"), 1.0);
-            return Err(ErrorEnvelope::new(ErrorCode::BadToken, "the credential is not valid for this node"));
+            self.metrics
+                .inc(m::NODE_HEARTBEATS, outcome("unauthorized"), 1.0);
+            return Err(ErrorEnvelope::new(
+                ErrorCode::BadToken,
+                "the credential is not valid for this node",
+            ));
         }
         let interval = self.cfg.heartbeat_interval.as_millis() as u64;
         let node = self.nodes.get_mut(node_id).expect("checked");
         if hb.seq <= node.seq {
-            self.metrics.inc(m::NODE_HEARTBEATS, outcome("stale_seq"), 1.0);
-            return Ok(HeartbeatResponse { next_heartbeat_ms: interval, commands: vec![] });
+            self.metrics
+                .inc(m::NODE_HEARTBEATS, outcome("stale_seq"), 1.0);
+            return Ok(HeartbeatResponse {
+                next_heartbeat_ms: interval,
+                commands: vec![],
+            });
         }
         node.seq = hb.seq;
         node.gpus = hb.gpus;
@@ -177,7 +254,8 @@ impl<E: Effects> Core<E> {
             node.status = NodeStatus::Online;
             tracing::info!(event = "node.online", node_id = %node_id, "Node {node_id} is online again");
         }
-        self.metrics.inc(m::NODE_HEARTBEATS, outcome("success"), 1.0);
+        self.metrics
+            .inc(m::NODE_HEARTBEATS, outcome("success"), 1.0);
         let reported: Vec<String> = hb.pools.iter().map(|p| p.pool_id.clone()).collect();
         for p in hb.pools {
             let running: Vec<String> = p.running.clone();
@@ -185,23 +263,47 @@ impl<E: Effects> Core<E> {
             self.reconcile_running(&p.pool_id, &running, now);
         }
         // The heartbeat carries the node's full pool set: adopted engines come and go.
-        self.pools.retain(|id, p| p.node_id != node_id || reported.contains(id));
+        self.pools
+            .retain(|id, p| p.node_id != node_id || reported.contains(id));
         if let Some(n) = self.nodes.get_mut(node_id) {
             n.pools = reported;
         }
         self.sync_node_facts(node_id);
         self.command_statuses(node_id, hb.commands, now);
         self.pump(now);
-        let commands = self.nodes.get(node_id).map(|n| n.commands.clone()).unwrap_or_default();
+        let commands = self
+            .nodes
+            .get(node_id)
+            .map(|n| n.commands.clone())
+            .unwrap_or_default();
         // While a command is open the node checks in every second.
-        let next = if commands.is_empty() && !self.pools.values().any(|p| p.node_id == node_id && p.op.is_some()) { interval } else { 1000 };
-        Ok(HeartbeatResponse { next_heartbeat_ms: next, commands })
+        let next = if commands.is_empty()
+            && !self
+                .pools
+                .values()
+                .any(|p| p.node_id == node_id && p.op.is_some())
+        {
+            interval
+        } else {
+            1000
+        };
+        Ok(HeartbeatResponse {
+            next_heartbeat_ms: next,
+            commands,
+        })
     }
 
     /// A canceled task's slot is free once the worker no longer lists it (API.md §7.4).
     fn reconcile_running(&mut self, pool_id: &str, running: &[String], now: Instant) {
-        let Some(p) = self.pools.get(pool_id) else { return };
-        let freed: Vec<TaskId> = p.releasing.iter().filter(|t| !running.contains(&t.to_string())).copied().collect();
+        let Some(p) = self.pools.get(pool_id) else {
+            return;
+        };
+        let freed: Vec<TaskId> = p
+            .releasing
+            .iter()
+            .filter(|t| !running.contains(&t.to_string()))
+            .copied()
+            .collect();
         for id in freed {
             self.release_slot(id, now);
         }
@@ -209,7 +311,15 @@ impl<E: Effects> Core<E> {
         let unknown: Vec<TaskId> = running
             .iter()
             .filter_map(|s| s.parse::<TaskId>().ok())
-            .filter(|id| self.tasks.get(id).is_none_or(|t| t.state.is_terminal() && !self.pools.get(pool_id).is_some_and(|p| p.holding.contains(id))))
+            .filter(|id| {
+                self.tasks.get(id).is_none_or(|t| {
+                    t.state.is_terminal()
+                        && !self
+                            .pools
+                            .get(pool_id)
+                            .is_some_and(|p| p.holding.contains(id))
+                })
+            })
             .collect();
         for id in unknown {
             if let (Some(p), true) = (self.pools.get(pool_id), self.tasks.get(&id).is_none()) {
@@ -228,10 +338,18 @@ impl<E: Effects> Core<E> {
 
     pub fn deregister(&mut self, node_id: &str, now: Instant) -> bool {
         if self.nodes.remove(node_id).is_none() {
-            self.metrics.inc(m::NODE_DEREGISTRATIONS, labels(&[("outcome", "rejected")]), 1.0);
+            self.metrics.inc(
+                m::NODE_DEREGISTRATIONS,
+                labels(&[("outcome", "rejected")]),
+                1.0,
+            );
             return false;
         }
-        self.metrics.inc(m::NODE_DEREGISTRATIONS, labels(&[("outcome", "success")]), 1.0);
+        self.metrics.inc(
+            m::NODE_DEREGISTRATIONS,
+            labels(&[("outcome", "success")]),
+            1.0,
+        );
         tracing::info!(event = "node.deregistered", node_id = %node_id, "Node {node_id} deregistered");
         self.node_lost(node_id, now);
         self.pools.retain(|_, p| p.node_id != node_id);
@@ -242,13 +360,21 @@ impl<E: Effects> Core<E> {
     /// Marks nodes Offline whose last heartbeat is older than the timeout; purges old tasks.
     pub fn tick(&mut self, now: Instant) {
         let timeout = self.cfg.heartbeat_timeout;
-        let stale: Vec<String> = self.nodes.iter().filter(|(_, n)| n.status == NodeStatus::Online && now.duration_since(n.last_seen) > timeout).map(|(id, _)| id.clone()).collect();
+        let stale: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| {
+                n.status == NodeStatus::Online && now.duration_since(n.last_seen) > timeout
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
         for id in stale {
             if let Some(n) = self.nodes.get_mut(&id) {
                 n.status = NodeStatus::Offline;
             }
             self.sync_node_facts(&id);
-            self.metrics.inc(m::NODE_OFFLINE, labels(&[("node_id", &id)]), 1.0);
+            self.metrics
+                .inc(m::NODE_OFFLINE, labels(&[("node_id", &id)]), 1.0);
             tracing::warn!(event = "node.offline", node_id = %id, "Node {id} is offline: no heartbeat for {} ms", timeout.as_millis());
             self.node_lost(&id, now);
             self.fail_pinned_to_node(&id, now);
@@ -260,18 +386,33 @@ impl<E: Effects> Core<E> {
 
     /// Queued tasks pinned to a pool of an Offline node end with NODE_UNAVAILABLE (API.md §7.5).
     fn fail_pinned_to_node(&mut self, node_id: &str, now: Instant) {
-        let pools: Vec<String> = self.pools.iter().filter(|(_, p)| p.node_id == node_id).map(|(id, _)| id.clone()).collect();
+        let pools: Vec<String> = self
+            .pools
+            .iter()
+            .filter(|(_, p)| p.node_id == node_id)
+            .map(|(id, _)| id.clone())
+            .collect();
         let ids: Vec<TaskId> = self
             .tasks
             .iter()
-            .filter(|(_, t)| t.state == TaskState::Queued && t.v.placement.pin_pool_id.as_ref().is_some_and(|p| pools.contains(p)))
+            .filter(|(_, t)| {
+                t.state == TaskState::Queued
+                    && t.v
+                        .placement
+                        .pin_pool_id
+                        .as_ref()
+                        .is_some_and(|p| pools.contains(p))
+            })
             .map(|(id, _)| *id)
             .collect();
         for id in ids {
             self.dequeue(id);
             if let Some(t) = self.tasks.get_mut(&id) {
                 t.state = TaskState::Failed;
-                let env = ErrorEnvelope::new(ErrorCode::NodeUnavailable, format!("node {node_id} of the pinned pool went offline"));
+                let env = ErrorEnvelope::new(
+                    ErrorCode::NodeUnavailable,
+                    format!("node {node_id} of the pinned pool went offline"),
+                );
                 t.error = Some(env.clone());
                 t.log.append(api::events::Event::Error(env));
                 t.finished_at = Some(now);
@@ -306,11 +447,22 @@ impl<E: Effects> Core<E> {
                 PoolView {
                     pool_id: id.clone(),
                     node_id: p.node_id.clone(),
-                    node_status: self.nodes.get(&p.node_id).map(|n| n.status).unwrap_or(NodeStatus::Offline),
-                    state: if p.draining && p.status.state == PoolState::Ready { PoolState::Draining } else { p.status.state },
+                    node_status: self
+                        .nodes
+                        .get(&p.node_id)
+                        .map(|n| n.status)
+                        .unwrap_or(NodeStatus::Offline),
+                    state: if p.draining && p.status.state == PoolState::Ready {
+                        PoolState::Draining
+                    } else {
+                        p.status.state
+                    },
                     engine: p.status.engine.clone(),
                     engine_version: p.status.engine_version.clone(),
-                    model: p.status.models.first().map(|m| api::node::PoolModelRef { id: m.id.clone(), digest: m.digest.clone() }),
+                    model: p.status.models.first().map(|m| api::node::PoolModelRef {
+                        id: m.id.clone(),
+                        digest: m.digest.clone(),
+                    }),
                     ctx_per_slot: p.status.ctx_per_slot,
                     slots_total: p.status.slots_total,
                     slots_free: p.free_slots(),
@@ -325,6 +477,14 @@ impl<E: Effects> Core<E> {
 
     /// `orchd_node_heartbeat_age_ms` per node, computed at scrape time.
     pub fn heartbeat_ages(&self, now: Instant) -> Vec<(String, u64)> {
-        self.nodes.iter().map(|(id, n)| (id.clone(), now.duration_since(n.last_seen).as_millis() as u64)).collect()
+        self.nodes
+            .iter()
+            .map(|(id, n)| {
+                (
+                    id.clone(),
+                    now.duration_since(n.last_seen).as_millis() as u64,
+                )
+            })
+            .collect()
     }
 }

@@ -8,7 +8,9 @@ use std::time::Instant;
 
 use api::catalog::{step, ModelRecord};
 use api::events::{Event, Metrics as MetricsFrame, PrepProgress};
-use api::node::{Command, CommandKind, CommandState, CommandStatus, LoadedModel, PoolState, StepStatus};
+use api::node::{
+    Command, CommandKind, CommandState, CommandStatus, LoadedModel, PoolState, StepStatus,
+};
 use api::task::{PlacementMode, PreparationStep, TaskState};
 use api::{ErrorCode, ErrorEnvelope, TaskId};
 use catalog::Copy;
@@ -36,30 +38,65 @@ pub struct Load {
 impl Load {
     /// The kind of the first step not yet completed (the task's `phase`).
     fn phase(&self) -> &str {
-        self.steps.iter().find(|s| self.progress.get(&s.id).is_none_or(|p| p.status != StepStatus::Completed)).map(|s| s.kind.as_str()).unwrap_or(step::POOL_WARMUP)
+        self.steps
+            .iter()
+            .find(|s| {
+                self.progress
+                    .get(&s.id)
+                    .is_none_or(|p| p.status != StepStatus::Completed)
+            })
+            .map(|s| s.kind.as_str())
+            .unwrap_or(step::POOL_WARMUP)
     }
 
     fn human(&self) -> String {
-        let Some(s) = self.steps.iter().find(|s| self.progress.get(&s.id).is_none_or(|p| p.status != StepStatus::Completed)) else {
-            return format!("Pool {} on node {} is ready with {}", self.pool_id, self.node_id, self.model_id);
+        let Some(s) = self.steps.iter().find(|s| {
+            self.progress
+                .get(&s.id)
+                .is_none_or(|p| p.status != StepStatus::Completed)
+        }) else {
+            return format!(
+                "Pool {} on node {} is ready with {}",
+                self.pool_id, self.node_id, self.model_id
+            );
         };
         let p = self.progress.get(&s.id);
         match s.kind.as_str() {
             step::MODEL_FETCH => {
                 let (done, total) = p.map(|p| (p.bytes_done, p.bytes_total)).unwrap_or((0, 0));
                 if total > 0 {
-                    format!("Fetching {} to node {}: {:.0}% ({:.1} of {:.1} MB)", self.model_id, self.node_id, 100.0 * done as f64 / total as f64, done as f64 / 1e6, total as f64 / 1e6)
+                    format!(
+                        "Fetching {} to node {}: {:.0}% ({:.1} of {:.1} MB)",
+                        self.model_id,
+                        self.node_id,
+                        100.0 * done as f64 / total as f64,
+                        done as f64 / 1e6,
+                        total as f64 / 1e6
+                    )
                 } else {
-                    format!("Fetching {} to node {}: {:.1} MB so far", self.model_id, self.node_id, done as f64 / 1e6)
+                    format!(
+                        "Fetching {} to node {}: {:.1} MB so far",
+                        self.model_id,
+                        self.node_id,
+                        done as f64 / 1e6
+                    )
                 }
             }
             step::ENGINE_PROVISION => format!("Building llama-server on node {}", self.node_id),
-            _ => format!("Starting the engine for pool {} on node {} with {}", self.pool_id, self.node_id, self.model_id),
+            _ => format!(
+                "Starting the engine for pool {} on node {} with {}",
+                self.pool_id, self.node_id, self.model_id
+            ),
         }
     }
 
     fn frame(&self) -> Event {
-        Event::Metrics(MetricsFrame { phase: Some(self.phase().to_string()), prep: Some(self.progress.clone()), human: Some(self.human()), ..Default::default() })
+        Event::Metrics(MetricsFrame {
+            phase: Some(self.phase().to_string()),
+            prep: Some(self.progress.clone()),
+            human: Some(self.human()),
+            ..Default::default()
+        })
     }
 }
 
@@ -69,27 +106,54 @@ impl<E: Effects> Core<E> {
     /// (free VRAM on its devices, or the node's memory for a CPU pool, ≥ size × headroom). The most
     /// free VRAM wins; ties go to (`node_id`, `pool_id`).
     pub(super) fn provision_target(&self, rec: &ModelRecord) -> Option<String> {
-        let need = rec.size_bytes.map(|s| (s as f64 * self.cfg.vram_headroom) as u64);
+        let need = rec
+            .size_bytes
+            .map(|s| (s as f64 * self.cfg.vram_headroom) as u64);
         self.pools
             .iter()
-            .filter(|(_, p)| p.node_online && p.status.provisioning_target && p.op.is_none() && !p.draining)
+            .filter(|(_, p)| {
+                p.node_online && p.status.provisioning_target && p.op.is_none() && !p.draining
+            })
             .filter(|(id, p)| match p.status.state {
                 PoolState::Unloaded => true,
-                PoolState::Ready => self.cfg.allow_repurpose_idle && p.holding.is_empty() && self.queued_for_pool(id, p.serves.as_deref().unwrap_or("")) == 0,
+                PoolState::Ready => {
+                    self.cfg.allow_repurpose_idle
+                        && p.holding.is_empty()
+                        && self.queued_for_pool(id, p.serves.as_deref().unwrap_or("")) == 0
+                }
                 _ => false,
             })
             .filter(|(_, p)| {
-                let room = if p.status.device_mask == "cpu" { self.nodes.get(&p.node_id).map(|n| n.capabilities.ram_total_bytes).unwrap_or(0) } else { p.free_vram };
+                let room = if p.status.device_mask == "cpu" {
+                    self.nodes
+                        .get(&p.node_id)
+                        .map(|n| n.capabilities.ram_total_bytes)
+                        .unwrap_or(0)
+                } else {
+                    p.free_vram
+                };
                 need.is_none_or(|n| room >= n)
             })
-            .max_by(|(a_id, a), (b_id, b)| a.free_vram.cmp(&b.free_vram).then_with(|| (&b.node_id, b_id).cmp(&(&a.node_id, a_id))))
+            .max_by(|(a_id, a), (b_id, b)| {
+                a.free_vram
+                    .cmp(&b.free_vram)
+                    .then_with(|| (&b.node_id, b_id).cmp(&(&a.node_id, a_id)))
+            })
             .map(|(id, _)| id.clone())
     }
 
     /// Sends `load-model` for `rec` to `pool_id`'s node and binds task `id` to it. Returns the
     /// steps for the 202 and their summed estimate.
-    pub(super) fn start_load(&mut self, rec: &ModelRecord, pool_id: &str, id: TaskId, correlation_id: &str) -> (Vec<PreparationStep>, u64) {
-        let Some(pool) = self.pools.get(pool_id) else { return (vec![], 0) };
+    pub(super) fn start_load(
+        &mut self,
+        rec: &ModelRecord,
+        pool_id: &str,
+        id: TaskId,
+        correlation_id: &str,
+    ) -> (Vec<PreparationStep>, u64) {
+        let Some(pool) = self.pools.get(pool_id) else {
+            return (vec![], 0);
+        };
         let node_id = pool.node_id.clone();
         let mut steps = vec![];
         if !rec.model_ref.starts_with("file:") && !rec.locations.contains(&node_id) {
@@ -126,18 +190,54 @@ impl<E: Effects> Core<E> {
         let estimate = steps.iter().filter_map(|s| s.estimated_ms).sum();
         let progress = steps
             .iter()
-            .map(|s| (s.id.clone(), PrepProgress { status: StepStatus::Pending, pct: 0.0, bytes_done: 0, bytes_total: s.bytes_total.unwrap_or(0) }))
+            .map(|s| {
+                (
+                    s.id.clone(),
+                    PrepProgress {
+                        status: StepStatus::Pending,
+                        pct: 0.0,
+                        bytes_done: 0,
+                        bytes_total: s.bytes_total.unwrap_or(0),
+                    },
+                )
+            })
             .collect();
         let command_id = uuid::Uuid::new_v4().to_string();
         if let Some(p) = self.pools.get_mut(pool_id) {
             p.op = Some((command_id.clone(), CommandKind::LoadModel));
             p.loading = Some(rec.id.clone());
         }
-        let model = LoadedModel { id: rec.id.clone(), model_ref: rec.model_ref.clone(), digest: rec.digest.clone(), size_bytes: rec.size_bytes, metadata: None };
+        let model = LoadedModel {
+            id: rec.id.clone(),
+            model_ref: rec.model_ref.clone(),
+            digest: rec.digest.clone(),
+            size_bytes: rec.size_bytes,
+            metadata: None,
+        };
         tracing::info!(event = "task.provisioning", correlation_id = %correlation_id, task_id = %id, pool_id = %pool_id, node_id = %node_id, model = %rec.id,
             "No pool serves {}; loading it into pool {pool_id} on node {node_id} ({} step(s))", rec.id, steps.len());
-        self.send(&node_id, Command { command_id: command_id.clone(), kind: CommandKind::LoadModel, pool_id: Some(pool_id.into()), model: Some(model), deadline_ms: None, correlation_id: correlation_id.into() });
-        self.loads.insert(command_id.clone(), Load { node_id, pool_id: pool_id.into(), model_id: rec.id.clone(), steps: steps.clone(), progress, tasks: vec![id] });
+        self.send(
+            &node_id,
+            Command {
+                command_id: command_id.clone(),
+                kind: CommandKind::LoadModel,
+                pool_id: Some(pool_id.into()),
+                model: Some(model),
+                deadline_ms: None,
+                correlation_id: correlation_id.into(),
+            },
+        );
+        self.loads.insert(
+            command_id.clone(),
+            Load {
+                node_id,
+                pool_id: pool_id.into(),
+                model_id: rec.id.clone(),
+                steps: steps.clone(),
+                progress,
+                tasks: vec![id],
+            },
+        );
         if let Some(t) = self.tasks.get_mut(&id) {
             t.load = Some(command_id);
         }
@@ -146,7 +246,10 @@ impl<E: Effects> Core<E> {
 
     /// The admission decision of §6.5 and §8 for an Active model: `None` when a pool serves it (or
     /// is loading it), the provisioning target when one must be loaded, else 503.
-    pub(super) fn serving_or_target(&self, rec: &ModelRecord) -> Result<Option<String>, ErrorEnvelope> {
+    pub(super) fn serving_or_target(
+        &self,
+        rec: &ModelRecord,
+    ) -> Result<Option<String>, ErrorEnvelope> {
         if self.model_has_pool(&rec.id) {
             return Ok(None);
         }
@@ -155,16 +258,37 @@ impl<E: Effects> Core<E> {
                 return Ok(Some(pool));
             }
         }
-        self.metrics.inc(m::PLACEMENT_DECISIONS, labels(&[("outcome", "no_capacity"), ("pinned", "false"), ("fallback", "false")]), 1.0);
-        let why = if self.cfg.provisioning_on_demand { "and no pool can load it now" } else { "and provisioning is off" };
-        Err(ErrorEnvelope::new(ErrorCode::ModelNotAvailable, format!("no pool serves {} {why}", rec.id)).with_retriable(true).with_retry_after(5000))
+        self.metrics.inc(
+            m::PLACEMENT_DECISIONS,
+            labels(&[
+                ("outcome", "no_capacity"),
+                ("pinned", "false"),
+                ("fallback", "false"),
+            ]),
+            1.0,
+        );
+        let why = if self.cfg.provisioning_on_demand {
+            "and no pool can load it now"
+        } else {
+            "and provisioning is off"
+        };
+        Err(ErrorEnvelope::new(
+            ErrorCode::ModelNotAvailable,
+            format!("no pool serves {} {why}", rec.id),
+        )
+        .with_retriable(true)
+        .with_retry_after(5000))
     }
 
     /// The `started` frame of a task bound to a pool that is being provisioned (§5.2).
     pub(super) fn announce_binding(&mut self, id: TaskId, pool_id: &str, predicted: u64) {
-        let Some(pool) = self.pools.get(pool_id) else { return };
+        let Some(pool) = self.pools.get(pool_id) else {
+            return;
+        };
         let (node_id, engine_version) = (pool.node_id.clone(), pool.status.engine_version.clone());
-        let Some(t) = self.tasks.get_mut(&id) else { return };
+        let Some(t) = self.tasks.get_mut(&id) else {
+            return;
+        };
         t.admission_predicted_ms = predicted;
         t.started_sent = true;
         t.pool = Some(pool_id.to_string());
@@ -178,7 +302,10 @@ impl<E: Effects> Core<E> {
             engine_version,
             model: t.model.clone(),
         }));
-        let frame = self.loads.get(t.load.as_deref().unwrap_or("")).map(Load::frame);
+        let frame = self
+            .loads
+            .get(t.load.as_deref().unwrap_or(""))
+            .map(Load::frame);
         if let Some(f) = frame {
             t.log.append(f);
         }
@@ -193,17 +320,31 @@ impl<E: Effects> Core<E> {
 
     /// A `load-model` status from a heartbeat.
     pub(super) fn load_status(&mut self, st: CommandStatus, now: Instant) {
-        let Some(load) = self.loads.get_mut(&st.command_id) else { return };
+        let Some(load) = self.loads.get_mut(&st.command_id) else {
+            return;
+        };
         let before = load.progress.clone();
         for p in &st.progress {
-            load.progress.insert(p.step_id.clone(), PrepProgress { status: p.status, pct: p.pct, bytes_done: p.bytes_done, bytes_total: p.bytes_total });
+            load.progress.insert(
+                p.step_id.clone(),
+                PrepProgress {
+                    status: p.status,
+                    pct: p.pct,
+                    bytes_done: p.bytes_done,
+                    bytes_total: p.bytes_total,
+                },
+            );
         }
         match st.status {
             CommandState::Accepted | CommandState::Running => {
                 if load.progress != before {
                     let frame = load.frame();
                     for id in load.tasks.clone() {
-                        if let Some(t) = self.tasks.get(&id).filter(|t| t.load.as_deref() == Some(st.command_id.as_str())) {
+                        if let Some(t) = self
+                            .tasks
+                            .get(&id)
+                            .filter(|t| t.load.as_deref() == Some(st.command_id.as_str()))
+                        {
                             t.log.append(frame.clone());
                         }
                     }
@@ -213,18 +354,45 @@ impl<E: Effects> Core<E> {
                 for id in load.tasks.clone() {
                     self.prep_completed(id);
                 }
-                let Some(load) = self.loads.remove(&st.command_id) else { return };
+                let Some(load) = self.loads.remove(&st.command_id) else {
+                    return;
+                };
                 if let Some(r) = st.result {
-                    let copy = Copy { node_id: load.node_id.clone(), digest: Some(r.digest), size_bytes: Some(r.size_bytes), metadata: r.metadata, verified: true };
+                    let copy = Copy {
+                        node_id: load.node_id.clone(),
+                        digest: Some(r.digest),
+                        size_bytes: Some(r.size_bytes),
+                        metadata: r.metadata,
+                        verified: true,
+                    };
                     match self.catalog.record_copy(&load.model_id, copy) {
                         Ok(catalog::CopyOutcome::Recorded) => {
-                            self.metrics.inc(m::CATALOG_VERIFICATIONS, labels(&[("result", "pass"), ("reason", "ok"), ("engine", api::ENGINE_LLAMACPP)]), 1.0);
+                            self.metrics.inc(
+                                m::CATALOG_VERIFICATIONS,
+                                labels(&[
+                                    ("result", "pass"),
+                                    ("reason", "ok"),
+                                    ("engine", api::ENGINE_LLAMACPP),
+                                ]),
+                                1.0,
+                            );
                         }
                         Ok(catalog::CopyOutcome::Mismatch { expected, actual }) => {
-                            self.metrics.inc(m::CATALOG_VERIFICATIONS, labels(&[("result", "fail"), ("reason", "digest_mismatch"), ("engine", api::ENGINE_LLAMACPP)]), 1.0);
+                            self.metrics.inc(
+                                m::CATALOG_VERIFICATIONS,
+                                labels(&[
+                                    ("result", "fail"),
+                                    ("reason", "digest_mismatch"),
+                                    ("engine", api::ENGINE_LLAMACPP),
+                                ]),
+                                1.0,
+                            );
                             tracing::error!(event = "catalog.mismatch", model = %load.model_id, node_id = %load.node_id, "Node {} loaded {} with digest {actual}; the catalog has {expected}", load.node_id, load.model_id);
                         }
-                        Err(e) => tracing::error!(event = "catalog.write_failed", "Catalog write failed: {e}"),
+                        Err(e) => tracing::error!(
+                            event = "catalog.write_failed",
+                            "Catalog write failed: {e}"
+                        ),
                     }
                 }
                 tracing::info!(event = "command.finished", command_id = %st.command_id, node_id = %load.node_id, pool_id = %load.pool_id, model = %load.model_id,
@@ -233,10 +401,25 @@ impl<E: Effects> Core<E> {
                 self.evaluate_pool(&load.pool_id.clone());
             }
             CommandState::Failed => {
-                let Some(load) = self.loads.remove(&st.command_id) else { return };
-                let env = st.error.unwrap_or_else(|| ErrorEnvelope::new(ErrorCode::PoolUnavailable, "the model could not be loaded"));
-                if matches!(env.code, ErrorCode::UntrustedArtifact | ErrorCode::ModelNotAvailable) {
-                    self.metrics.inc(m::CATALOG_VERIFICATIONS, labels(&[("result", "fail"), ("reason", failure_reason(&env)), ("engine", api::ENGINE_LLAMACPP)]), 1.0);
+                let Some(load) = self.loads.remove(&st.command_id) else {
+                    return;
+                };
+                let env = st.error.unwrap_or_else(|| {
+                    ErrorEnvelope::new(ErrorCode::PoolUnavailable, "the model could not be loaded")
+                });
+                if matches!(
+                    env.code,
+                    ErrorCode::UntrustedArtifact | ErrorCode::ModelNotAvailable
+                ) {
+                    self.metrics.inc(
+                        m::CATALOG_VERIFICATIONS,
+                        labels(&[
+                            ("result", "fail"),
+                            ("reason", failure_reason(&env)),
+                            ("engine", api::ENGINE_LLAMACPP),
+                        ]),
+                        1.0,
+                    );
                 }
                 tracing::warn!(event = "command.finished", command_id = %st.command_id, node_id = %load.node_id, pool_id = %load.pool_id, code = %env.code,
                     "Loading {} into pool {} failed: {}", load.model_id, load.pool_id, env.message);
@@ -259,10 +442,19 @@ impl<E: Effects> Core<E> {
         let mut ids: Vec<TaskId> = load.tasks.clone();
         if !self.model_has_pool(&load.model_id) {
             let key = format!("model:{}", load.model_id);
-            ids.extend(self.tasks.iter().filter(|(_, t)| t.state == TaskState::Queued && t.queue_key == key).map(|(id, _)| *id));
+            ids.extend(
+                self.tasks
+                    .iter()
+                    .filter(|(_, t)| t.state == TaskState::Queued && t.queue_key == key)
+                    .map(|(id, _)| *id),
+            );
         }
         for id in ids {
-            if self.tasks.get(&id).is_some_and(|t| t.state == TaskState::Queued) {
+            if self
+                .tasks
+                .get(&id)
+                .is_some_and(|t| t.state == TaskState::Queued)
+            {
                 self.dequeue(id);
                 let mut e = env.clone();
                 e.pool_id.get_or_insert_with(|| load.pool_id.clone());
@@ -274,7 +466,9 @@ impl<E: Effects> Core<E> {
     /// Before a bound task's first dispatch (or when its load completes): every step is reported
     /// `completed` in one last verbose frame, so no token precedes a pending step (§8).
     pub(super) fn prep_completed(&mut self, id: TaskId) {
-        let Some(t) = self.tasks.get_mut(&id) else { return };
+        let Some(t) = self.tasks.get_mut(&id) else {
+            return;
+        };
         let Some(cmd) = t.load.take() else { return };
         let progress: BTreeMap<String, PrepProgress> = match self.loads.get(&cmd) {
             Some(l) => l.progress.clone(),
@@ -282,21 +476,54 @@ impl<E: Effects> Core<E> {
         };
         let done: BTreeMap<String, PrepProgress> = progress
             .into_iter()
-            .map(|(k, p)| (k, PrepProgress { status: StepStatus::Completed, pct: 100.0, bytes_done: p.bytes_total.max(p.bytes_done), bytes_total: p.bytes_total.max(p.bytes_done) }))
+            .map(|(k, p)| {
+                (
+                    k,
+                    PrepProgress {
+                        status: StepStatus::Completed,
+                        pct: 100.0,
+                        bytes_done: p.bytes_total.max(p.bytes_done),
+                        bytes_total: p.bytes_total.max(p.bytes_done),
+                    },
+                )
+            })
             .collect();
         let human = match (&t.pool, &t.node) {
             (Some(p), Some(n)) => format!("Pool {p} on node {n} is ready with {}", t.model),
             _ => format!("{} is ready", t.model),
         };
-        t.log.append(Event::Metrics(MetricsFrame { phase: Some(step::POOL_WARMUP.into()), prep: (!done.is_empty()).then_some(done), human: Some(human), ..Default::default() }));
+        t.log.append(Event::Metrics(MetricsFrame {
+            phase: Some(step::POOL_WARMUP.into()),
+            prep: (!done.is_empty()).then_some(done),
+            human: Some(human),
+            ..Default::default()
+        }));
     }
 
     /// Loads on a node that registered again were lost with its previous process.
     pub(super) fn forget_loads_of(&mut self, node_id: &str, now: Instant) {
-        let lost: Vec<String> = self.loads.iter().filter(|(_, l)| l.node_id == node_id).map(|(id, _)| id.clone()).collect();
+        let lost: Vec<String> = self
+            .loads
+            .iter()
+            .filter(|(_, l)| l.node_id == node_id)
+            .map(|(id, _)| id.clone())
+            .collect();
         for id in lost {
-            let env = ErrorEnvelope::new(ErrorCode::PoolUnavailable, format!("node {node_id} restarted while loading the model")).with_retry_after(1000);
-            self.load_status(CommandStatus { command_id: id, status: CommandState::Failed, progress: vec![], error: Some(env), result: None }, now);
+            let env = ErrorEnvelope::new(
+                ErrorCode::PoolUnavailable,
+                format!("node {node_id} restarted while loading the model"),
+            )
+            .with_retry_after(1000);
+            self.load_status(
+                CommandStatus {
+                    command_id: id,
+                    status: CommandState::Failed,
+                    progress: vec![],
+                    error: Some(env),
+                    result: None,
+                },
+                now,
+            );
         }
     }
 }

@@ -55,8 +55,13 @@ impl Queue {
 
     /// Task ids in dispatch order, honouring the aging rule for the next pick.
     pub fn dispatch_order(&self, burst: u32) -> Vec<TaskId> {
-        let batch_first = !self.batch.is_empty() && !self.interactive.is_empty() && self.streak >= burst;
-        let (a, b) = if batch_first { (&self.batch, &self.interactive) } else { (&self.interactive, &self.batch) };
+        let batch_first =
+            !self.batch.is_empty() && !self.interactive.is_empty() && self.streak >= burst;
+        let (a, b) = if batch_first {
+            (&self.batch, &self.interactive)
+        } else {
+            (&self.interactive, &self.batch)
+        };
         a.iter().chain(b.iter()).copied().collect()
     }
 
@@ -77,7 +82,14 @@ impl Queue {
 
     /// The oldest task of the lowest class present (the drop-lru victim), and its class.
     pub fn oldest_lowest(&self) -> Option<(TaskId, Priority)> {
-        self.batch.front().map(|t| (*t, Priority::Batch)).or_else(|| self.interactive.front().map(|t| (*t, Priority::Interactive)))
+        self.batch
+            .front()
+            .map(|t| (*t, Priority::Batch))
+            .or_else(|| {
+                self.interactive
+                    .front()
+                    .map(|t| (*t, Priority::Interactive))
+            })
     }
 
     /// The most recently queued batch task (the shed-low-priority victim).
@@ -102,7 +114,11 @@ mod tests {
         let mut order = vec![];
         while !q.is_empty() {
             let next = q.dispatch_order(burst)[0];
-            let p = if next == ids[0] { Priority::Batch } else { Priority::Interactive };
+            let p = if next == ids[0] {
+                Priority::Batch
+            } else {
+                Priority::Interactive
+            };
             q.take(next, p);
             order.push(next);
         }

@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use api::node::{HeartbeatRequest, HeartbeatResponse, NodeView, PoolView, RegisterRequest, RegisterResponse};
+use api::node::{
+    HeartbeatRequest, HeartbeatResponse, NodeView, PoolView, RegisterRequest, RegisterResponse,
+};
 use api::task::{AdmissionResponse, TaskRecord};
 use api::worker::WorkerEvent;
 use api::{ErrorEnvelope, TaskId};
@@ -22,24 +24,85 @@ use crate::metrics::Metrics;
 type Reply<T> = oneshot::Sender<T>;
 
 pub enum Msg {
-    Submit { v: crate::admission::ValidatedTask, correlation_id: String, reply: Reply<Result<(AdmissionResponse, Arc<TaskLog>), ErrorEnvelope>> },
-    Record { id: TaskId, reply: Reply<Option<TaskRecord>> },
-    Cancel { id: TaskId, reason: CancelReason, reply: Reply<bool> },
-    Log { id: TaskId, reply: Reply<Option<Arc<TaskLog>>> },
-    SubscriberGone { id: TaskId },
-    Register { req: RegisterRequest, caller: NodeCaller, reply: Reply<Result<RegisterResponse, ErrorEnvelope>> },
-    Heartbeat { node_id: String, hb: HeartbeatRequest, caller: NodeCaller, reply: Reply<Result<HeartbeatResponse, ErrorEnvelope>> },
-    Deregister { node_id: String, caller: Option<NodeCaller>, reply: Reply<Result<(), ErrorEnvelope>> },
-    Nodes { reply: Reply<Vec<NodeView>> },
-    Session { id: api::SessionId, reply: Reply<Option<api::meta::SessionView>> },
-    Drain { pool_id: String, deadline_ms: u64, correlation_id: String, reply: Reply<Result<api::node::PoolCommandAccepted, ErrorEnvelope>> },
-    Reload { pool_id: String, model_ref: String, correlation_id: String, reply: Reply<Result<api::node::PoolCommandAccepted, ErrorEnvelope>> },
-    DeleteSession { id: api::SessionId },
-    Pools { reply: Reply<Vec<PoolView>> },
-    ScrapeGauges { reply: Reply<Vec<(&'static str, Vec<(&'static str, String)>, f64)>> },
-    Worker { id: TaskId, attempt: u32, ev: WorkerEvent },
-    RelayEnded { id: TaskId, attempt: u32, reason: String, answered: Option<ErrorEnvelope> },
-    CancelConfirmed { id: TaskId },
+    Submit {
+        v: crate::admission::ValidatedTask,
+        correlation_id: String,
+        reply: Reply<Result<(AdmissionResponse, Arc<TaskLog>), ErrorEnvelope>>,
+    },
+    Record {
+        id: TaskId,
+        reply: Reply<Option<TaskRecord>>,
+    },
+    Cancel {
+        id: TaskId,
+        reason: CancelReason,
+        reply: Reply<bool>,
+    },
+    Log {
+        id: TaskId,
+        reply: Reply<Option<Arc<TaskLog>>>,
+    },
+    SubscriberGone {
+        id: TaskId,
+    },
+    Register {
+        req: RegisterRequest,
+        caller: NodeCaller,
+        reply: Reply<Result<RegisterResponse, ErrorEnvelope>>,
+    },
+    Heartbeat {
+        node_id: String,
+        hb: HeartbeatRequest,
+        caller: NodeCaller,
+        reply: Reply<Result<HeartbeatResponse, ErrorEnvelope>>,
+    },
+    Deregister {
+        node_id: String,
+        caller: Option<NodeCaller>,
+        reply: Reply<Result<(), ErrorEnvelope>>,
+    },
+    Nodes {
+        reply: Reply<Vec<NodeView>>,
+    },
+    Session {
+        id: api::SessionId,
+        reply: Reply<Option<api::meta::SessionView>>,
+    },
+    Drain {
+        pool_id: String,
+        deadline_ms: u64,
+        correlation_id: String,
+        reply: Reply<Result<api::node::PoolCommandAccepted, ErrorEnvelope>>,
+    },
+    Reload {
+        pool_id: String,
+        model_ref: String,
+        correlation_id: String,
+        reply: Reply<Result<api::node::PoolCommandAccepted, ErrorEnvelope>>,
+    },
+    DeleteSession {
+        id: api::SessionId,
+    },
+    Pools {
+        reply: Reply<Vec<PoolView>>,
+    },
+    ScrapeGauges {
+        reply: Reply<Vec<(&'static str, Vec<(&'static str, String)>, f64)>>,
+    },
+    Worker {
+        id: TaskId,
+        attempt: u32,
+        ev: WorkerEvent,
+    },
+    RelayEnded {
+        id: TaskId,
+        attempt: u32,
+        reason: String,
+        answered: Option<ErrorEnvelope>,
+    },
+    CancelConfirmed {
+        id: TaskId,
+    },
     Timer(Timer),
     Tick,
     /// Any other request: runs against the core and replies through its own channel.
@@ -65,12 +128,16 @@ impl CoreHandle {
     }
 
     /// Runs `f` on the core's task and returns its result; `None` if the core is gone.
-    pub async fn call<T: Send + 'static>(&self, f: impl FnOnce(&mut Core<LiveEffects>, Instant) -> T + Send + 'static) -> Option<T> {
+    pub async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Core<LiveEffects>, Instant) -> T + Send + 'static,
+    ) -> Option<T> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(Msg::Call(Box::new(move |core, now| {
-            let _ = tx.send(f(core, now));
-        })))
-        .ok()?;
+        self.tx
+            .send(Msg::Call(Box::new(move |core, now| {
+                let _ = tx.send(f(core, now));
+            })))
+            .ok()?;
         rx.await.ok()
     }
 }
@@ -90,7 +157,9 @@ impl Effects for LiveEffects {
         let tx = self.tx.clone();
         let http = self.http.clone();
         let idle = self.idle_timeout;
-        let handle = self.tracker.spawn(crate::dispatch::relay(job, http, idle, tx));
+        let handle = self
+            .tracker
+            .spawn(crate::dispatch::relay(job, http, idle, tx));
         self.relays.retain(|_, h| !h.is_finished());
         self.relays.insert(task, handle.abort_handle());
     }
@@ -124,7 +193,13 @@ impl Effects for LiveEffects {
 }
 
 /// Spawns the core's owner task and its 1 s tick; returns the handle.
-pub fn spawn(cfg: Arc<Config>, metrics: Arc<Metrics>, catalog: catalog::Catalog, tracker: &TaskTracker, shutdown: tokio_util::sync::CancellationToken) -> CoreHandle {
+pub fn spawn(
+    cfg: Arc<Config>,
+    metrics: Arc<Metrics>,
+    catalog: catalog::Catalog,
+    tracker: &TaskTracker,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> CoreHandle {
     let (tx, mut rx) = mpsc::unbounded_channel();
     // HTTP/2 to workers: every dispatch stream to a node shares one connection, so thousands of
     // concurrent streams need a handful of sockets, and dropping a stream resets only that stream.
@@ -136,7 +211,14 @@ pub fn spawn(cfg: Arc<Config>, metrics: Arc<Metrics>, catalog: catalog::Catalog,
         .http2_keep_alive_while_idle(true)
         .build()
         .unwrap_or_default();
-    let effects = LiveEffects { tx: tx.clone(), http, relays: HashMap::new(), tracker: tracker.clone(), idle_timeout: cfg.worker_idle_timeout, shutdown: shutdown.clone() };
+    let effects = LiveEffects {
+        tx: tx.clone(),
+        http,
+        relays: HashMap::new(),
+        tracker: tracker.clone(),
+        idle_timeout: cfg.worker_idle_timeout,
+        shutdown: shutdown.clone(),
+    };
     let mut core = Core::new(cfg, effects, metrics, catalog);
     let tick_tx = tx.clone();
     let tick_stop = shutdown.clone();
@@ -166,7 +248,11 @@ pub fn spawn(cfg: Arc<Config>, metrics: Arc<Metrics>, catalog: catalog::Catalog,
 
 fn handle(core: &mut Core<LiveEffects>, msg: Msg, now: Instant) {
     match msg {
-        Msg::Submit { v, correlation_id, reply } => {
+        Msg::Submit {
+            v,
+            correlation_id,
+            reply,
+        } => {
             let _ = reply.send(core.submit(v, correlation_id, now));
         }
         Msg::Record { id, reply } => {
@@ -182,15 +268,32 @@ fn handle(core: &mut Core<LiveEffects>, msg: Msg, now: Instant) {
         Msg::Register { req, caller, reply } => {
             let _ = reply.send(core.register(req, caller, now));
         }
-        Msg::Heartbeat { node_id, hb, caller, reply } => {
+        Msg::Heartbeat {
+            node_id,
+            hb,
+            caller,
+            reply,
+        } => {
             let _ = reply.send(core.heartbeat(&node_id, hb, caller, now));
         }
-        Msg::Deregister { node_id, caller, reply } => {
-            let authorized = caller.as_ref().is_none_or(|c| core.node_authorized(&node_id, c));
+        Msg::Deregister {
+            node_id,
+            caller,
+            reply,
+        } => {
+            let authorized = caller
+                .as_ref()
+                .is_none_or(|c| core.node_authorized(&node_id, c));
             let result = if !core.nodes.contains_key(&node_id) {
-                Err(ErrorEnvelope::new(api::ErrorCode::NotFound, format!("node {node_id} is not registered")))
+                Err(ErrorEnvelope::new(
+                    api::ErrorCode::NotFound,
+                    format!("node {node_id} is not registered"),
+                ))
             } else if !authorized {
-                Err(ErrorEnvelope::new(api::ErrorCode::BadToken, "the credential is not valid for this node"))
+                Err(ErrorEnvelope::new(
+                    api::ErrorCode::BadToken,
+                    "the credential is not valid for this node",
+                ))
             } else {
                 core.deregister(&node_id, now);
                 Ok(())
@@ -204,10 +307,20 @@ fn handle(core: &mut Core<LiveEffects>, msg: Msg, now: Instant) {
             let _ = reply.send(core.session_view(id, now));
         }
         Msg::DeleteSession { id } => core.delete_session(id),
-        Msg::Drain { pool_id, deadline_ms, correlation_id, reply } => {
+        Msg::Drain {
+            pool_id,
+            deadline_ms,
+            correlation_id,
+            reply,
+        } => {
             let _ = reply.send(core.drain(&pool_id, deadline_ms, correlation_id, now));
         }
-        Msg::Reload { pool_id, model_ref, correlation_id, reply } => {
+        Msg::Reload {
+            pool_id,
+            model_ref,
+            correlation_id,
+            reply,
+        } => {
             let _ = reply.send(core.reload(&pool_id, &model_ref, correlation_id));
         }
         Msg::Pools { reply } => {
@@ -217,7 +330,12 @@ fn handle(core: &mut Core<LiveEffects>, msg: Msg, now: Instant) {
             let _ = reply.send(core.scrape_gauges(now));
         }
         Msg::Worker { id, attempt, ev } => core.on_worker(id, attempt, ev, now),
-        Msg::RelayEnded { id, attempt, reason, answered } => core.on_relay_ended(id, attempt, reason, answered, now),
+        Msg::RelayEnded {
+            id,
+            attempt,
+            reason,
+            answered,
+        } => core.on_relay_ended(id, attempt, reason, answered, now),
         Msg::CancelConfirmed { id } => core.on_cancel_confirmed(id, now),
         Msg::Timer(t) => core.on_timer(t, now),
         Msg::Tick => core.tick(now),

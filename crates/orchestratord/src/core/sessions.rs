@@ -41,7 +41,17 @@ impl<E: Effects> Core<E> {
         });
         if now.duration_since(s.last_used) > ttl {
             // Expired but not yet purged: it starts anew.
-            *s = Session { created_at_ms: daemon::now_ms(), turns: 0, last_pool: None, last_node: None, last_model: None, warm: false, tokens_in_total: 0, tokens_out_total: 0, ..*s };
+            *s = Session {
+                created_at_ms: daemon::now_ms(),
+                turns: 0,
+                last_pool: None,
+                last_node: None,
+                last_model: None,
+                warm: false,
+                tokens_in_total: 0,
+                tokens_out_total: 0,
+                ..*s
+            };
         }
         s.last_used = now;
         s.last_used_ms = daemon::now_ms();
@@ -62,7 +72,15 @@ impl<E: Effects> Core<E> {
     }
 
     /// Records a completed task.
-    pub(super) fn session_completed(&mut self, id: SessionId, pool: &str, node: &str, model: &str, tokens_in: u64, tokens_out: u64) {
+    pub(super) fn session_completed(
+        &mut self,
+        id: SessionId,
+        pool: &str,
+        node: &str,
+        model: &str,
+        tokens_in: u64,
+        tokens_out: u64,
+    ) {
         if let Some(s) = self.sessions.get_mut(&id) {
             s.turns += 1;
             s.last_pool = Some(pool.into());
@@ -80,7 +98,13 @@ impl<E: Effects> Core<E> {
         if age > self.cfg.session_ttl {
             return None;
         }
-        let pool_ok = s.last_pool.as_ref().and_then(|p| self.pools.get(p)).is_some_and(|p| p.status.state == PoolState::Ready && p.model_id() == s.last_model.as_deref());
+        let pool_ok = s
+            .last_pool
+            .as_ref()
+            .and_then(|p| self.pools.get(p))
+            .is_some_and(|p| {
+                p.status.state == PoolState::Ready && p.model_id() == s.last_model.as_deref()
+            });
         Some(api::meta::SessionView {
             session_id: id.to_string(),
             created_at_ms: s.created_at_ms,
@@ -102,6 +126,7 @@ impl<E: Effects> Core<E> {
     /// Drops sessions past their TTL.
     pub(super) fn purge_sessions(&mut self, now: Instant) {
         let ttl = self.cfg.session_ttl;
-        self.sessions.retain(|_, s| now.duration_since(s.last_used) <= ttl);
+        self.sessions
+            .retain(|_, s| now.duration_since(s.last_used) <= ttl);
     }
 }

@@ -17,13 +17,20 @@ pub struct TaskLog {
 
 impl std::fmt::Debug for TaskLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TaskLog").field("frames", &self.len()).finish()
+        f.debug_struct("TaskLog")
+            .field("frames", &self.len())
+            .finish()
     }
 }
 
 impl Default for TaskLog {
     fn default() -> Self {
-        Self { frames: Mutex::new(Vec::new()), count: watch::channel(0).0, subscribers: AtomicUsize::new(0), ever_subscribed: Default::default() }
+        Self {
+            frames: Mutex::new(Vec::new()),
+            count: watch::channel(0).0,
+            subscribers: AtomicUsize::new(0),
+            ever_subscribed: Default::default(),
+        }
     }
 }
 
@@ -45,7 +52,13 @@ impl TaskLog {
     pub fn read_from(&self, from: usize) -> (Vec<Event>, bool) {
         let frames = self.frames.lock().unwrap_or_else(|e| e.into_inner());
         let closed = frames.last().is_some_and(Event::is_terminal);
-        (frames.get(from..).map(<[Event]>::to_vec).unwrap_or_default(), closed)
+        (
+            frames
+                .get(from..)
+                .map(<[Event]>::to_vec)
+                .unwrap_or_default(),
+            closed,
+        )
     }
 
     pub fn len(&self) -> usize {
@@ -67,7 +80,9 @@ impl TaskLog {
 
     /// Returns the number of subscribers left.
     pub fn unsubscribe(&self) -> usize {
-        self.subscribers.fetch_sub(1, Ordering::SeqCst).saturating_sub(1)
+        self.subscribers
+            .fetch_sub(1, Ordering::SeqCst)
+            .saturating_sub(1)
     }
 
     pub fn subscribers(&self) -> usize {
@@ -82,14 +97,32 @@ impl TaskLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use api::events::{Token};
+    use api::events::Token;
 
     #[test]
     fn nothing_after_terminal() {
         let log = TaskLog::default();
-        assert_eq!(log.append(Event::Token(Token { t: "a".into(), i: 0 })), Some(0));
-        assert_eq!(log.append(Event::Error(api::ErrorEnvelope::new(api::ErrorCode::Internal, "x"))), Some(1));
-        assert_eq!(log.append(Event::Token(Token { t: "b".into(), i: 1 })), None);
+        assert_eq!(
+            log.append(Event::Token(Token {
+                t: "a".into(),
+                i: 0
+            })),
+            Some(0)
+        );
+        assert_eq!(
+            log.append(Event::Error(api::ErrorEnvelope::new(
+                api::ErrorCode::Internal,
+                "x"
+            ))),
+            Some(1)
+        );
+        assert_eq!(
+            log.append(Event::Token(Token {
+                t: "b".into(),
+                i: 1
+            })),
+            None
+        );
         let (frames, closed) = log.read_from(1);
         assert_eq!(frames.len(), 1);
         assert!(closed);

@@ -33,78 +33,153 @@ impl CancelReason {
 
 impl<E: Effects> Core<E> {
     pub(super) fn reject(&self, e: ErrorEnvelope) -> ErrorEnvelope {
-        self.metrics.inc(m::TASKS_REJECTED, labels(&[("engine", api::ENGINE_LLAMACPP), ("reason", e.code.as_str())]), 1.0);
+        self.metrics.inc(
+            m::TASKS_REJECTED,
+            labels(&[
+                ("engine", api::ENGINE_LLAMACPP),
+                ("reason", e.code.as_str()),
+            ]),
+            1.0,
+        );
         tracing::info!(event = "task.rejected", code = %e.code, "Refused a task: {}", e.message);
         e
     }
 
     /// Placement checks that refuse at admission (API.md §7.2).
-    pub(super) fn check_placement(&self, v: &ValidatedTask, model: &str) -> Result<(), ErrorEnvelope> {
+    pub(super) fn check_placement(
+        &self,
+        v: &ValidatedTask,
+        model: &str,
+    ) -> Result<(), ErrorEnvelope> {
         let p = &v.placement;
         for (i, id) in p.prefer_pools.iter().enumerate() {
             if !self.pools.contains_key(id) {
-                return Err(ErrorEnvelope::invalid(format!("placement.prefer_pools[{i}]"), format!("unknown pool {id}")));
+                return Err(ErrorEnvelope::invalid(
+                    format!("placement.prefer_pools[{i}]"),
+                    format!("unknown pool {id}"),
+                ));
             }
         }
         for (i, id) in p.avoid_pools.iter().enumerate() {
             if !self.pools.contains_key(id) {
-                return Err(ErrorEnvelope::invalid(format!("placement.avoid_pools[{i}]"), format!("unknown pool {id}")));
+                return Err(ErrorEnvelope::invalid(
+                    format!("placement.avoid_pools[{i}]"),
+                    format!("unknown pool {id}"),
+                ));
             }
         }
-        let serving: Vec<_> = self.pools.iter().filter(|(_, e)| e.model_id() == Some(model)).collect();
+        let serving: Vec<_> = self
+            .pools
+            .iter()
+            .filter(|(_, e)| e.model_id() == Some(model))
+            .collect();
         if p.mode == PlacementMode::Pin {
             let id = p.pin_pool_id.as_deref().unwrap_or_default();
             let Some(pool) = self.pools.get(id) else {
-                return Err(ErrorEnvelope::invalid("placement.pin_pool_id", format!("unknown pool {id}")));
+                return Err(ErrorEnvelope::invalid(
+                    "placement.pin_pool_id",
+                    format!("unknown pool {id}"),
+                ));
             };
             if pool.model_id() != Some(model) {
-                return Err(ErrorEnvelope::invalid("placement.pin_pool_id", format!("pool {id} does not serve {model}")));
+                return Err(ErrorEnvelope::invalid(
+                    "placement.pin_pool_id",
+                    format!("pool {id} does not serve {model}"),
+                ));
             }
             if v.ctx.is_some_and(|c| c > pool.status.ctx_per_slot) {
-                return Err(ErrorEnvelope::invalid("ctx", format!("pool {id} has {} tokens per slot", pool.status.ctx_per_slot)));
+                return Err(ErrorEnvelope::invalid(
+                    "ctx",
+                    format!("pool {id} has {} tokens per slot", pool.status.ctx_per_slot),
+                ));
             }
-            if self.nodes.get(&pool.node_id).is_none_or(|n| n.status != NodeStatus::Online) {
-                return Err(ErrorEnvelope::new(ErrorCode::NodeUnavailable, format!("the node of pool {id} is offline")).with_pool(id).with_retry_after(5000));
+            if self
+                .nodes
+                .get(&pool.node_id)
+                .is_none_or(|n| n.status != NodeStatus::Online)
+            {
+                return Err(ErrorEnvelope::new(
+                    ErrorCode::NodeUnavailable,
+                    format!("the node of pool {id} is offline"),
+                )
+                .with_pool(id)
+                .with_retry_after(5000));
             }
             if pool.status.state != PoolState::Ready {
-                return Err(ErrorEnvelope::new(ErrorCode::PoolUnready, format!("pool {id} is {}", pool.status.state.as_str())).with_pool(id).with_retry_after(5000));
+                return Err(ErrorEnvelope::new(
+                    ErrorCode::PoolUnready,
+                    format!("pool {id} is {}", pool.status.state.as_str()),
+                )
+                .with_pool(id)
+                .with_retry_after(5000));
             }
         }
         if p.mode == PlacementMode::Prefer && !p.allow_fallback {
-            let ready = p.prefer_pools.iter().filter_map(|id| self.pools.get(id).map(|e| (id, e))).any(|(_, e)| {
-                e.model_id() == Some(model) && e.status.state == PoolState::Ready && self.nodes.get(&e.node_id).is_some_and(|n| n.status == NodeStatus::Online)
-            });
+            let ready = p
+                .prefer_pools
+                .iter()
+                .filter_map(|id| self.pools.get(id).map(|e| (id, e)))
+                .any(|(_, e)| {
+                    e.model_id() == Some(model)
+                        && e.status.state == PoolState::Ready
+                        && self
+                            .nodes
+                            .get(&e.node_id)
+                            .is_some_and(|n| n.status == NodeStatus::Online)
+                });
             if !ready {
-                return Err(ErrorEnvelope::new(ErrorCode::PoolUnready, "none of the preferred pools can serve the task and allow_fallback is false").with_retry_after(5000));
+                return Err(ErrorEnvelope::new(
+                    ErrorCode::PoolUnready,
+                    "none of the preferred pools can serve the task and allow_fallback is false",
+                )
+                .with_retry_after(5000));
             }
         }
         if let Some(c) = v.ctx {
             if !serving.is_empty() && serving.iter().all(|(_, e)| e.status.ctx_per_slot < c) {
-                return Err(ErrorEnvelope::invalid("ctx", format!("no pool serving {model} has {c} tokens per slot")));
+                return Err(ErrorEnvelope::invalid(
+                    "ctx",
+                    format!("no pool serving {model} has {c} tokens per slot"),
+                ));
             }
         }
         let max_tokens = v.max_tokens.unwrap_or(self.cfg.default_max_tokens);
-        let ctx_limit = v.ctx.or_else(|| serving.iter().map(|(_, e)| e.status.ctx_per_slot).max());
+        let ctx_limit = v
+            .ctx
+            .or_else(|| serving.iter().map(|(_, e)| e.status.ctx_per_slot).max());
         if let Some(c) = ctx_limit {
             if max_tokens > c {
-                return Err(ErrorEnvelope::invalid("max_tokens", format!("must not exceed the task's ctx ({c})")));
+                return Err(ErrorEnvelope::invalid(
+                    "max_tokens",
+                    format!("must not exceed the task's ctx ({c})"),
+                ));
             }
         }
         Ok(())
     }
 
     pub(super) fn has_measurements(&self, model: &str) -> bool {
-        self.pools.iter().any(|(id, p)| p.model_id() == Some(model) && self.stats.get(id).is_some_and(|s| s.decode_tps.is_some()))
+        self.pools.iter().any(|(id, p)| {
+            p.model_id() == Some(model)
+                && self.stats.get(id).is_some_and(|s| s.decode_tps.is_some())
+        })
     }
 
     /// `(queue_position, predicted_start_ms)` for a task entering `model`'s queue (API.md §6.3).
     pub(super) fn predict(&self, model: &str, ahead: u64, max_tokens: u64) -> (u64, u64) {
-        let cands: Vec<(&String, &super::PoolEntry)> =
-            self.pools.iter().filter(|(_, p)| p.model_id() == Some(model) && p.status.state == PoolState::Ready).collect();
+        let cands: Vec<(&String, &super::PoolEntry)> = self
+            .pools
+            .iter()
+            .filter(|(_, p)| p.model_id() == Some(model) && p.status.state == PoolState::Ready)
+            .collect();
         if ahead == 0 && cands.iter().any(|(_, p)| p.free_slots() > 0) {
             return (0, 0);
         }
-        let slots: u64 = cands.iter().map(|(_, p)| p.status.slots_total as u64).sum::<u64>().max(1);
+        let slots: u64 = cands
+            .iter()
+            .map(|(_, p)| p.status.slots_total as u64)
+            .sum::<u64>()
+            .max(1);
         let d = self.mean_duration_ms(model, max_tokens);
         (ahead, (ahead + 1).div_ceil(slots) * d)
     }
@@ -115,7 +190,9 @@ impl<E: Effects> Core<E> {
             .iter()
             .filter(|(_, p)| p.model_id() == Some(model))
             .filter_map(|(id, _)| self.stats.get(id))
-            .filter_map(|s| Some(s.tokens_out? / s.decode_tps?.max(0.001) * 1000.0 + s.ttft_ms.unwrap_or(0.0)))
+            .filter_map(|s| {
+                Some(s.tokens_out? / s.decode_tps?.max(0.001) * 1000.0 + s.ttft_ms.unwrap_or(0.0))
+            })
             .collect();
         if ds.is_empty() {
             1000 + 50 * max_tokens
@@ -125,21 +202,33 @@ impl<E: Effects> Core<E> {
     }
 
     pub(super) fn retry_after_ms(&self, model: &str, max_tokens: u64) -> u64 {
-        let slots: u64 = self.pools.values().filter(|p| p.model_id() == Some(model)).map(|p| p.status.slots_total as u64).sum::<u64>().max(1);
+        let slots: u64 = self
+            .pools
+            .values()
+            .filter(|p| p.model_id() == Some(model))
+            .map(|p| p.status.slots_total as u64)
+            .sum::<u64>()
+            .max(1);
         (self.mean_duration_ms(model, max_tokens) / slots).max(1000)
     }
 
     /// Binds a task to `pool_id` and opens a dispatch attempt.
     pub(super) fn start_attempt(&mut self, id: TaskId, pool_id: &str, now: Instant) {
         self.prep_completed(id);
-        let Some(pool) = self.pools.get_mut(pool_id) else { return };
+        let Some(pool) = self.pools.get_mut(pool_id) else {
+            return;
+        };
         pool.holding.insert(id);
         let node_id = pool.node_id.clone();
         let engine_version = pool.status.engine_version.clone();
         let digest = pool.status.models.first().and_then(|m| m.digest.clone());
-        let Some(node) = self.nodes.get(&node_id) else { return };
+        let Some(node) = self.nodes.get(&node_id) else {
+            return;
+        };
         let (address, token) = (node.address.clone(), node.dispatch_token.clone());
-        let Some(t) = self.tasks.get_mut(&id) else { return };
+        let Some(t) = self.tasks.get_mut(&id) else {
+            return;
+        };
         let first = t.attempts == 0;
         t.attempts += 1;
         t.tried.push(pool_id.to_string());
@@ -163,7 +252,15 @@ impl<E: Effects> Core<E> {
                 model: t.model.clone(),
             }));
         }
-        self.metrics.inc(m::PLACEMENT_DECISIONS, labels(&[("outcome", "assigned"), ("pinned", bool_str(t.v.placement.mode == PlacementMode::Pin)), ("fallback", "false")]), 1.0);
+        self.metrics.inc(
+            m::PLACEMENT_DECISIONS,
+            labels(&[
+                ("outcome", "assigned"),
+                ("pinned", bool_str(t.v.placement.mode == PlacementMode::Pin)),
+                ("fallback", "false"),
+            ]),
+            1.0,
+        );
         tracing::info!(event = "task.placed", correlation_id = %t.correlation_id, task_id = %id, pool_id = %pool_id, node_id = %node_id, attempt = t.attempts,
             "Dispatched task {id} to pool {pool_id} on node {node_id} (attempt {})", t.attempts);
         let body = DispatchRequest {
@@ -174,26 +271,51 @@ impl<E: Effects> Core<E> {
             correlation_id: t.correlation_id.clone(),
             node_id: node_id.clone(),
             pool_id: pool_id.to_string(),
-            model: DispatchModel { id: t.model.clone(), digest },
+            model: DispatchModel {
+                id: t.model.clone(),
+                digest,
+            },
             engine: api::ENGINE_LLAMACPP.into(),
             input: t.v.input.clone(),
-            params: DispatchParams { max_tokens: t.max_tokens, ctx: t.v.ctx.unwrap_or(0), sampling: t.v.sampling.clone() },
-            deadline_remaining_ms: t.deadline.map(|d| d.saturating_duration_since(now).as_millis() as u64),
+            params: DispatchParams {
+                max_tokens: t.max_tokens,
+                ctx: t.v.ctx.unwrap_or(0),
+                sampling: t.v.sampling.clone(),
+            },
+            deadline_remaining_ms: t
+                .deadline
+                .map(|d| d.saturating_duration_since(now).as_millis() as u64),
             priority: t.v.priority,
         };
         let attempt = t.attempts;
         let session = t.v.session_id;
         if !first {
-            let info = api::events::PlacementInfo { pool_id: pool_id.to_string(), node_id: node_id.clone(), engine_version, attempt };
-            t.log.append(Event::Metrics(MetricsFrame { placement: Some(info), ..Default::default() }));
+            let info = api::events::PlacementInfo {
+                pool_id: pool_id.to_string(),
+                node_id: node_id.clone(),
+                engine_version,
+                attempt,
+            };
+            t.log.append(Event::Metrics(MetricsFrame {
+                placement: Some(info),
+                ..Default::default()
+            }));
         }
         self.session_placed(session, pool_id);
-        self.effects.dispatch(DispatchJob { task: id, attempt, address, token, body });
+        self.effects.dispatch(DispatchJob {
+            task: id,
+            attempt,
+            address,
+            token,
+            body,
+        });
     }
 
     /// A line from a worker dispatch stream. Lines of stale attempts or finished tasks are dropped.
     pub fn on_worker(&mut self, id: TaskId, attempt: u32, ev: WorkerEvent, now: Instant) {
-        let Some(t) = self.tasks.get_mut(&id) else { return };
+        let Some(t) = self.tasks.get_mut(&id) else {
+            return;
+        };
         if t.attempts != attempt || t.state != TaskState::Running {
             return;
         }
@@ -204,7 +326,13 @@ impl<E: Effects> Core<E> {
                 let node = t.node.clone().unwrap_or_default();
                 self.metrics.inc(
                     m::TASKS_STARTED,
-                    labels(&[("engine", api::ENGINE_LLAMACPP), ("engine_version", &engine_version), ("pool_id", &pool), ("replica_id", &node), ("priority", t.v.priority.as_str())]),
+                    labels(&[
+                        ("engine", api::ENGINE_LLAMACPP),
+                        ("engine_version", &engine_version),
+                        ("pool_id", &pool),
+                        ("replica_id", &node),
+                        ("priority", t.v.priority.as_str()),
+                    ]),
                     1.0,
                 );
             }
@@ -222,18 +350,44 @@ impl<E: Effects> Core<E> {
                 t.token_frames += 1;
                 t.log.append(Event::Token(Token { t: text, i }));
             }
-            WorkerEvent::Metrics { tokens_out, kv_cache_usage_ratio, .. } => {
+            WorkerEvent::Metrics {
+                tokens_out,
+                kv_cache_usage_ratio,
+                ..
+            } => {
                 if tokens_out.is_some() || kv_cache_usage_ratio.is_some() {
-                    t.log.append(Event::Metrics(MetricsFrame { tokens_out, kv_cache_usage_ratio, ..Default::default() }));
+                    t.log.append(Event::Metrics(MetricsFrame {
+                        tokens_out,
+                        kv_cache_usage_ratio,
+                        ..Default::default()
+                    }));
                 }
             }
             WorkerEvent::Keepalive => {}
-            WorkerEvent::End { tokens_in, tokens_out, stop_reason, seed, engine_ttft_ms, engine_decode_ms } => {
+            WorkerEvent::End {
+                tokens_in,
+                tokens_out,
+                stop_reason,
+                seed,
+                engine_ttft_ms,
+                engine_decode_ms,
+            } => {
                 t.tokens_in = tokens_in;
                 t.tokens_out = tokens_out.max(t.token_frames);
                 t.seed = seed;
-                let state = if stop_reason == StopReason::Canceled { TaskState::Canceled } else { TaskState::Completed };
-                let done = (t.v.session_id, t.pool.clone().unwrap_or_default(), t.node.clone().unwrap_or_default(), t.model.clone(), t.tokens_in, t.tokens_out);
+                let state = if stop_reason == StopReason::Canceled {
+                    TaskState::Canceled
+                } else {
+                    TaskState::Completed
+                };
+                let done = (
+                    t.v.session_id,
+                    t.pool.clone().unwrap_or_default(),
+                    t.node.clone().unwrap_or_default(),
+                    t.model.clone(),
+                    t.tokens_in,
+                    t.tokens_out,
+                );
                 self.observe_finish(id, engine_ttft_ms, engine_decode_ms);
                 if state == TaskState::Completed {
                     let (sid, pool, node, model, tin, tout) = done;
@@ -242,7 +396,12 @@ impl<E: Effects> Core<E> {
                 self.finish_with_end(id, stop_reason, state, now);
                 self.release_slot(id, now);
             }
-            WorkerEvent::Error { code, message, retriable, retry_after_ms } => {
+            WorkerEvent::Error {
+                code,
+                message,
+                retriable,
+                retry_after_ms,
+            } => {
                 let mut env = ErrorEnvelope::new(code, message).with_retriable(retriable);
                 env.retry_after_ms = retry_after_ms;
                 if let Some(p) = &t.pool {
@@ -255,13 +414,24 @@ impl<E: Effects> Core<E> {
     }
 
     /// The dispatch stream ended without a terminal line, or could not be opened.
-    pub fn on_relay_ended(&mut self, id: TaskId, attempt: u32, reason: String, answered: Option<ErrorEnvelope>, now: Instant) {
+    pub fn on_relay_ended(
+        &mut self,
+        id: TaskId,
+        attempt: u32,
+        reason: String,
+        answered: Option<ErrorEnvelope>,
+        now: Instant,
+    ) {
         let Some(t) = self.tasks.get(&id) else { return };
         if t.attempts != attempt || t.state != TaskState::Running {
             return;
         }
         let env = answered.unwrap_or_else(|| {
-            let code = if t.token_frames > 0 { ErrorCode::WorkerReset } else { ErrorCode::PoolUnavailable };
+            let code = if t.token_frames > 0 {
+                ErrorCode::WorkerReset
+            } else {
+                ErrorCode::PoolUnavailable
+            };
             ErrorEnvelope::new(code, reason).with_retriable(true)
         });
         self.attempt_failed(id, env, now);
@@ -273,7 +443,8 @@ impl<E: Effects> Core<E> {
         let failed_pool = t.pool.clone();
         let no_tokens = t.token_frames == 0;
         let pinned = t.v.placement.mode == PlacementMode::Pin;
-        let can_retry = no_tokens && env.retriable && !pinned && t.attempts <= self.cfg.dispatch_retries;
+        let can_retry =
+            no_tokens && env.retriable && !pinned && t.attempts <= self.cfg.dispatch_retries;
         tracing::warn!(event = "task.attempt_failed", correlation_id = %t.correlation_id, task_id = %id, pool_id = %failed_pool.as_deref().unwrap_or(""),
             code = %env.code, attempt = t.attempts, "Attempt {} of task {id} failed: {}", t.attempts, env.message);
         if env.code == ErrorCode::ReplicaExhausted {
@@ -298,9 +469,16 @@ impl<E: Effects> Core<E> {
             }
         }
         let final_env = if no_tokens && env.retriable && env.code != ErrorCode::DecodeTimeout {
-            ErrorEnvelope { code: ErrorCode::PoolUnavailable, message: format!("no pool could run the task: {}", env.message), ..env }
+            ErrorEnvelope {
+                code: ErrorCode::PoolUnavailable,
+                message: format!("no pool could run the task: {}", env.message),
+                ..env
+            }
         } else if !no_tokens && env.code == ErrorCode::PoolUnavailable {
-            ErrorEnvelope { code: ErrorCode::WorkerReset, ..env }
+            ErrorEnvelope {
+                code: ErrorCode::WorkerReset,
+                ..env
+            }
         } else {
             env
         };
@@ -309,8 +487,13 @@ impl<E: Effects> Core<E> {
 
     /// True when a pool the task has not tried could run it once a slot frees up.
     fn has_untried_candidate(&self, id: TaskId) -> bool {
-        let Some(t) = self.tasks.get(&id) else { return false };
-        self.pool_views().iter().any(|p| placement::is_candidate(p, &t.model, t.v.ctx, &t.v.placement) && !t.tried.iter().any(|x| x == p.pool_id))
+        let Some(t) = self.tasks.get(&id) else {
+            return false;
+        };
+        self.pool_views().iter().any(|p| {
+            placement::is_candidate(p, &t.model, t.v.ctx, &t.v.placement)
+                && !t.tried.iter().any(|x| x == p.pool_id)
+        })
     }
 
     fn observe_finish(&mut self, id: TaskId, engine_ttft_ms: Option<u64>, engine_decode_ms: u64) {
@@ -318,16 +501,27 @@ impl<E: Effects> Core<E> {
         let pool = t.pool.clone().unwrap_or_default();
         let ev = t.engine_version.clone().unwrap_or_default();
         let prio = t.v.priority.as_str();
-        let base = labels(&[("engine", api::ENGINE_LLAMACPP), ("engine_version", &ev), ("pool_id", &pool), ("priority", prio)]);
-        if let (Some(first), Some(left), Some(ettft)) = (t.first_token_at, t.left_queue_at, engine_ttft_ms) {
+        let base = labels(&[
+            ("engine", api::ENGINE_LLAMACPP),
+            ("engine_version", &ev),
+            ("pool_id", &pool),
+            ("priority", prio),
+        ]);
+        if let (Some(first), Some(left), Some(ettft)) =
+            (t.first_token_at, t.left_queue_at, engine_ttft_ms)
+        {
             let overhead = first.duration_since(left).as_secs_f64() * 1000.0 - ettft as f64;
-            self.metrics.observe(m::OVERHEAD, base.clone(), overhead.max(0.0));
+            self.metrics
+                .observe(m::OVERHEAD, base.clone(), overhead.max(0.0));
         }
         let s = self.stats.entry(pool).or_default();
         let ewma = |old: Option<f64>, new: f64| Some(old.map_or(new, |o| 0.8 * o + 0.2 * new));
         s.tokens_out = ewma(s.tokens_out, t.tokens_out as f64);
         if engine_decode_ms > 0 && t.tokens_out > 0 {
-            s.decode_tps = ewma(s.decode_tps, t.tokens_out as f64 * 1000.0 / engine_decode_ms as f64);
+            s.decode_tps = ewma(
+                s.decode_tps,
+                t.tokens_out as f64 * 1000.0 / engine_decode_ms as f64,
+            );
         }
         if let Some(e) = engine_ttft_ms {
             s.ttft_ms = ewma(s.ttft_ms, e as f64);
@@ -335,10 +529,23 @@ impl<E: Effects> Core<E> {
     }
 
     /// Appends `end` with the task's counts and marks it terminal.
-    pub(super) fn finish_with_end(&mut self, id: TaskId, reason: StopReason, state: TaskState, now: Instant) {
-        let Some(t) = self.tasks.get_mut(&id) else { return };
-        let ttft = t.first_token_at.map(|f| f.duration_since(t.admitted_at).as_millis() as u64);
-        let decode = t.first_token_at.map(|f| now.duration_since(f).as_millis() as u64).unwrap_or(0);
+    pub(super) fn finish_with_end(
+        &mut self,
+        id: TaskId,
+        reason: StopReason,
+        state: TaskState,
+        now: Instant,
+    ) {
+        let Some(t) = self.tasks.get_mut(&id) else {
+            return;
+        };
+        let ttft = t
+            .first_token_at
+            .map(|f| f.duration_since(t.admitted_at).as_millis() as u64);
+        let decode = t
+            .first_token_at
+            .map(|f| now.duration_since(f).as_millis() as u64)
+            .unwrap_or(0);
         t.state = state;
         t.stop_reason = Some(reason);
         t.tokens_out = t.tokens_out.max(t.token_frames);
@@ -355,12 +562,24 @@ impl<E: Effects> Core<E> {
         let node = t.node.clone().unwrap_or_default();
         let ev = t.engine_version.clone().unwrap_or_default();
         let prio = t.v.priority.as_str();
-        let series = labels(&[("engine", api::ENGINE_LLAMACPP), ("engine_version", &ev), ("pool_id", &pool), ("replica_id", &node)]);
-        self.metrics.inc(m::TOKENS_IN, series.clone(), t.tokens_in as f64);
+        let series = labels(&[
+            ("engine", api::ENGINE_LLAMACPP),
+            ("engine_version", &ev),
+            ("pool_id", &pool),
+            ("replica_id", &node),
+        ]);
+        self.metrics
+            .inc(m::TOKENS_IN, series.clone(), t.tokens_in as f64);
         self.metrics.inc(m::TOKENS_OUT, series, t.tokens_out as f64);
-        let hist = labels(&[("engine", api::ENGINE_LLAMACPP), ("engine_version", &ev), ("pool_id", &pool), ("priority", prio)]);
+        let hist = labels(&[
+            ("engine", api::ENGINE_LLAMACPP),
+            ("engine_version", &ev),
+            ("pool_id", &pool),
+            ("priority", prio),
+        ]);
         if let Some(ttft) = ttft {
-            self.metrics.observe(m::LATENCY_FIRST_TOKEN, hist.clone(), ttft as f64);
+            self.metrics
+                .observe(m::LATENCY_FIRST_TOKEN, hist.clone(), ttft as f64);
             self.metrics.observe(m::LATENCY_DECODE, hist, decode as f64);
         }
         tracing::info!(event = "task.finished", correlation_id = %t.correlation_id, task_id = %id, pool_id = %pool, node_id = %node, tokens_in = t.tokens_in,
@@ -370,16 +589,25 @@ impl<E: Effects> Core<E> {
     }
 
     pub(super) fn finish_with_error(&mut self, id: TaskId, env: ErrorEnvelope, now: Instant) {
-        let Some(t) = self.tasks.get_mut(&id) else { return };
+        let Some(t) = self.tasks.get_mut(&id) else {
+            return;
+        };
         t.state = TaskState::Failed;
         t.error = Some(env.clone());
         t.log.append(Event::Error(env.clone()));
         let pool = t.pool.clone().unwrap_or_default();
         let node = t.node.clone().unwrap_or_default();
         let ev = t.engine_version.clone().unwrap_or_default();
-        let series = labels(&[("engine", api::ENGINE_LLAMACPP), ("engine_version", &ev), ("pool_id", &pool), ("replica_id", &node)]);
-        self.metrics.inc(m::TOKENS_IN, series.clone(), t.tokens_in as f64);
-        self.metrics.inc(m::TOKENS_OUT, series, t.token_frames as f64);
+        let series = labels(&[
+            ("engine", api::ENGINE_LLAMACPP),
+            ("engine_version", &ev),
+            ("pool_id", &pool),
+            ("replica_id", &node),
+        ]);
+        self.metrics
+            .inc(m::TOKENS_IN, series.clone(), t.tokens_in as f64);
+        self.metrics
+            .inc(m::TOKENS_OUT, series, t.token_frames as f64);
         tracing::warn!(event = "task.finished", correlation_id = %t.correlation_id, task_id = %id, pool_id = %pool, code = %env.code,
             "Task {id} failed: {}", env.message);
         self.mark_terminal(id, now);
@@ -395,7 +623,9 @@ impl<E: Effects> Core<E> {
 
     /// Frees the task's slot on its pool (the worker stream ended, or a cancel was confirmed).
     pub(super) fn release_slot(&mut self, id: TaskId, now: Instant) {
-        let Some(pool) = self.tasks.get(&id).and_then(|t| t.pool.clone()) else { return };
+        let Some(pool) = self.tasks.get(&id).and_then(|t| t.pool.clone()) else {
+            return;
+        };
         if let Some(p) = self.pools.get_mut(&pool) {
             let held = p.holding.remove(&id);
             p.releasing.remove(&id);
@@ -407,7 +637,9 @@ impl<E: Effects> Core<E> {
 
     /// `POST /v2/tasks/{id}/cancel` and disconnects (API.md §5.6). Returns false for unknown tasks.
     pub fn cancel(&mut self, id: TaskId, reason: CancelReason, now: Instant) -> bool {
-        let Some(t) = self.tasks.get(&id) else { return false };
+        let Some(t) = self.tasks.get(&id) else {
+            return false;
+        };
         match t.state {
             TaskState::Queued => {
                 self.dequeue(id);
@@ -431,7 +663,17 @@ impl<E: Effects> Core<E> {
         let pool = t.pool.clone().unwrap_or_default();
         let node = t.node.clone().unwrap_or_default();
         let ev = t.engine_version.clone().unwrap_or_default();
-        self.metrics.inc(m::TASKS_CANCELED, labels(&[("engine", api::ENGINE_LLAMACPP), ("engine_version", &ev), ("pool_id", &pool), ("replica_id", &node), ("reason", reason.label())]), 1.0);
+        self.metrics.inc(
+            m::TASKS_CANCELED,
+            labels(&[
+                ("engine", api::ENGINE_LLAMACPP),
+                ("engine_version", &ev),
+                ("pool_id", &pool),
+                ("replica_id", &node),
+                ("reason", reason.label()),
+            ]),
+            1.0,
+        );
     }
 
     /// Ends a running task at once and stops its engine work; the slot stays held until the worker
@@ -440,15 +682,27 @@ impl<E: Effects> Core<E> {
         self.finish_with_end(id, reason, state, now);
         self.effects.abort_dispatch(id);
         let Some(t) = self.tasks.get(&id) else { return };
-        let Some(pool_id) = t.pool.clone() else { return };
+        let Some(pool_id) = t.pool.clone() else {
+            return;
+        };
         let cid = t.correlation_id.clone();
-        let Some(pool) = self.pools.get_mut(&pool_id) else { return };
+        let Some(pool) = self.pools.get_mut(&pool_id) else {
+            return;
+        };
         if !pool.holding.contains(&id) {
             return;
         }
         pool.releasing.insert(id);
-        let Some(node) = self.nodes.get(&pool.node_id) else { return };
-        self.effects.cancel_on_worker(CancelJob { task: id, pool_id, address: node.address.clone(), token: node.dispatch_token.clone(), correlation_id: cid });
+        let Some(node) = self.nodes.get(&pool.node_id) else {
+            return;
+        };
+        self.effects.cancel_on_worker(CancelJob {
+            task: id,
+            pool_id,
+            address: node.address.clone(),
+            token: node.dispatch_token.clone(),
+            correlation_id: cid,
+        });
     }
 
     /// The worker answered 204 to a cancel: the slot is free.
@@ -461,7 +715,10 @@ impl<E: Effects> Core<E> {
             Timer::Deadline(id) => self.on_deadline(id, now),
             Timer::DisconnectCheck(id) => {
                 let Some(t) = self.tasks.get(&id) else { return };
-                if t.state == TaskState::Running && t.log.subscribers() == 0 && t.log.ever_subscribed() {
+                if t.state == TaskState::Running
+                    && t.log.subscribers() == 0
+                    && t.log.ever_subscribed()
+                {
                     self.cancel(id, CancelReason::Disconnect, now);
                 }
             }
@@ -473,10 +730,20 @@ impl<E: Effects> Core<E> {
         match t.state {
             TaskState::Queued => {
                 self.dequeue(id);
-                self.finish_with_error(id, ErrorEnvelope::new(ErrorCode::DeadlineUnmet, "the deadline passed while the task was queued").with_retriable(false), now);
+                self.finish_with_error(
+                    id,
+                    ErrorEnvelope::new(
+                        ErrorCode::DeadlineUnmet,
+                        "the deadline passed while the task was queued",
+                    )
+                    .with_retriable(false),
+                    now,
+                );
                 self.publish_gauges();
             }
-            TaskState::Running => self.stop_running(id, StopReason::Deadline, TaskState::Completed, now),
+            TaskState::Running => {
+                self.stop_running(id, StopReason::Deadline, TaskState::Completed, now)
+            }
             _ => {}
         }
     }
@@ -490,7 +757,11 @@ impl<E: Effects> Core<E> {
     /// Drops finished tasks past retention or beyond `max_retained` (oldest first).
     pub fn purge(&mut self, now: Instant) {
         while let Some(id) = self.finished.front().copied() {
-            let expired = self.tasks.get(&id).and_then(|t| t.finished_at).is_none_or(|f| now.duration_since(f) >= self.cfg.retention);
+            let expired = self
+                .tasks
+                .get(&id)
+                .and_then(|t| t.finished_at)
+                .is_none_or(|f| now.duration_since(f) >= self.cfg.retention);
             if expired || self.finished.len() > self.cfg.max_retained {
                 self.finished.pop_front();
                 if self.tasks.get(&id).is_some_and(|t| t.state.is_terminal()) {
@@ -509,7 +780,14 @@ impl<E: Effects> Core<E> {
     pub fn record(&self, id: TaskId) -> Option<TaskRecord> {
         let t = self.tasks.get(&id)?;
         let queued = t.state == TaskState::Queued;
-        let position = if queued { self.queues.get(&t.queue_key).and_then(|q| q.position(id, self.cfg.interactive_burst)).map(|p| p as u64) } else { None };
+        let position = if queued {
+            self.queues
+                .get(&t.queue_key)
+                .and_then(|q| q.position(id, self.cfg.interactive_burst))
+                .map(|p| p as u64)
+        } else {
+            None
+        };
         Some(TaskRecord {
             task_id: id,
             session_id: t.v.session_id,
@@ -518,7 +796,11 @@ impl<E: Effects> Core<E> {
             priority: t.v.priority,
             state: t.state,
             queue_position: position,
-            predicted_start_ms: if queued { Some(t.admission_predicted_ms) } else { None },
+            predicted_start_ms: if queued {
+                Some(t.admission_predicted_ms)
+            } else {
+                None
+            },
             pool_id: t.pool.clone(),
             node_id: t.node.clone(),
             engine: t.pool.as_ref().map(|_| api::ENGINE_LLAMACPP.to_string()),
@@ -539,12 +821,25 @@ impl<E: Effects> Core<E> {
     /// Tasks running on `node_id` when it is lost: before the first token they fail over, after it
     /// they end with WORKER_RESET (API.md §7.5).
     pub(super) fn node_lost(&mut self, node_id: &str, now: Instant) {
-        let ids: Vec<TaskId> = self.tasks.iter().filter(|(_, t)| t.state == TaskState::Running && t.node.as_deref() == Some(node_id)).map(|(id, _)| *id).collect();
+        let ids: Vec<TaskId> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.state == TaskState::Running && t.node.as_deref() == Some(node_id))
+            .map(|(id, _)| *id)
+            .collect();
         for id in ids {
             self.effects.abort_dispatch(id);
             let tokens = self.tasks.get(&id).map(|t| t.token_frames).unwrap_or(0);
-            let code = if tokens > 0 { ErrorCode::WorkerReset } else { ErrorCode::PoolUnavailable };
-            self.attempt_failed(id, ErrorEnvelope::new(code, format!("node {node_id} was lost")).with_retriable(true), now);
+            let code = if tokens > 0 {
+                ErrorCode::WorkerReset
+            } else {
+                ErrorCode::PoolUnavailable
+            };
+            self.attempt_failed(
+                id,
+                ErrorEnvelope::new(code, format!("node {node_id} was lost")).with_retriable(true),
+                now,
+            );
         }
         for p in self.pools.values_mut().filter(|p| p.node_id == node_id) {
             p.holding.clear();

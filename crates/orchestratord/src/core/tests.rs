@@ -38,9 +38,16 @@ impl Effects for Recorded {
 }
 
 fn core_with(edit: impl FnOnce(&mut Config)) -> Core<Recorded> {
-    let mut cfg = RawConfig::default().validate(std::path::Path::new("/tmp")).expect("defaults");
+    let mut cfg = RawConfig::default()
+        .validate(std::path::Path::new("/tmp"))
+        .expect("defaults");
     edit(&mut cfg);
-    Core::new(Arc::new(cfg), Recorded::default(), Arc::new(crate::metrics::Metrics::default()), catalog::Catalog::open_in_memory().expect("in-memory catalog"))
+    Core::new(
+        Arc::new(cfg),
+        Recorded::default(),
+        Arc::new(crate::metrics::Metrics::default()),
+        catalog::Catalog::open_in_memory().expect("in-memory catalog"),
+    )
 }
 
 fn pool(id: &str, slots: u32) -> PoolStatus {
@@ -56,7 +63,12 @@ fn pool(id: &str, slots: u32) -> PoolStatus {
         slots_total: slots,
         slots_free: slots,
         ctx_per_slot: 1024,
-        models: vec![LoadedModel { id: "m".into(), model_ref: "file:/m.gguf".into(), digest: None, ..Default::default() }],
+        models: vec![LoadedModel {
+            id: "m".into(),
+            model_ref: "file:/m.gguf".into(),
+            digest: None,
+            ..Default::default()
+        }],
         running: vec![],
         kv_cache_usage_ratio: None,
         decode_tokens_per_s: None,
@@ -86,18 +98,47 @@ fn task(edit: impl FnOnce(&mut TaskRequest)) -> crate::admission::ValidatedTask 
     crate::admission::validate(r, &core_with(|_| {}).cfg).expect("valid")
 }
 
-fn submit(core: &mut Core<Recorded>, p: Priority, now: Instant) -> Result<TaskId, api::ErrorEnvelope> {
-    core.submit(task(|r| r.priority = p), "cid".into(), now).map(|(a, _)| a.task_id)
+fn submit(
+    core: &mut Core<Recorded>,
+    p: Priority,
+    now: Instant,
+) -> Result<TaskId, api::ErrorEnvelope> {
+    core.submit(task(|r| r.priority = p), "cid".into(), now)
+        .map(|(a, _)| a.task_id)
 }
 
 fn dispatched(core: &Core<Recorded>) -> Vec<(TaskId, String)> {
-    core.effects.dispatched.iter().map(|j| (j.task, j.body.pool_id.clone())).collect()
+    core.effects
+        .dispatched
+        .iter()
+        .map(|j| (j.task, j.body.pool_id.clone()))
+        .collect()
 }
 
 fn finish(core: &mut Core<Recorded>, id: TaskId, now: Instant) {
     let attempt = core.tasks[&id].attempts;
-    core.on_worker(id, attempt, WorkerEvent::Token { i: 0, t: "x".into() }, now);
-    core.on_worker(id, attempt, WorkerEvent::End { tokens_in: 3, tokens_out: 1, stop_reason: StopReason::Eos, seed: Some(1), engine_ttft_ms: Some(1), engine_decode_ms: 1 }, now);
+    core.on_worker(
+        id,
+        attempt,
+        WorkerEvent::Token {
+            i: 0,
+            t: "x".into(),
+        },
+        now,
+    );
+    core.on_worker(
+        id,
+        attempt,
+        WorkerEvent::End {
+            tokens_in: 3,
+            tokens_out: 1,
+            stop_reason: StopReason::Eos,
+            seed: Some(1),
+            engine_ttft_ms: Some(1),
+            engine_decode_ms: 1,
+        },
+        now,
+    );
 }
 
 fn frames(core: &Core<Recorded>, id: TaskId) -> Vec<Event> {
@@ -109,11 +150,17 @@ fn dispatch_never_exceeds_slots() {
     let now = Instant::now();
     let mut core = core_with(|_| {});
     register(&mut core, "n1", vec![pool("p1", 2)], now);
-    let ids: Vec<TaskId> = (0..3).map(|_| submit(&mut core, Priority::Interactive, now).expect("admitted")).collect();
+    let ids: Vec<TaskId> = (0..3)
+        .map(|_| submit(&mut core, Priority::Interactive, now).expect("admitted"))
+        .collect();
     assert_eq!(dispatched(&core).len(), 2);
     assert_eq!(core.tasks[&ids[2]].state, TaskState::Queued);
     finish(&mut core, ids[0], now);
-    assert_eq!(dispatched(&core).len(), 3, "the freed slot goes to the queued task at once");
+    assert_eq!(
+        dispatched(&core).len(),
+        3,
+        "the freed slot goes to the queued task at once"
+    );
     assert_eq!(core.pools["p1"].holding.len(), 2);
 }
 
@@ -124,7 +171,9 @@ fn interactive_first_and_batch_ages() {
     register(&mut core, "n1", vec![pool("p1", 1)], now);
     let busy = submit(&mut core, Priority::Interactive, now).expect("first");
     let b = submit(&mut core, Priority::Batch, now).expect("batch");
-    let is: Vec<TaskId> = (0..3).map(|_| submit(&mut core, Priority::Interactive, now).expect("interactive")).collect();
+    let is: Vec<TaskId> = (0..3)
+        .map(|_| submit(&mut core, Priority::Interactive, now).expect("interactive"))
+        .collect();
     let mut order = vec![];
     let mut running = busy;
     for _ in 0..4 {
@@ -143,7 +192,10 @@ fn reject_policy_answers_429_with_backoff() {
     submit(&mut core, Priority::Interactive, now).expect("runs");
     submit(&mut core, Priority::Interactive, now).expect("queued");
     let e = submit(&mut core, Priority::Interactive, now).expect_err("full");
-    assert_eq!((e.code, e.http_status(), e.retriable), (ErrorCode::AdmissionReject, 429, true));
+    assert_eq!(
+        (e.code, e.http_status(), e.retriable),
+        (ErrorCode::AdmissionReject, 429, true)
+    );
     assert_eq!(e.policy_label.as_deref(), Some("reject"));
     assert!(e.retry_after_ms.is_some_and(|ms| ms >= 1000));
 }
@@ -160,7 +212,9 @@ fn drop_lru_evicts_the_oldest_lowest_class() {
     let b1 = submit(&mut core, Priority::Batch, now).expect("queued");
     let b2 = submit(&mut core, Priority::Batch, now).expect("queued");
     let i = submit(&mut core, Priority::Interactive, now).expect("evicts b1");
-    assert!(matches!(frames(&core, b1).last(), Some(Event::Error(e)) if e.code == ErrorCode::QueueFullDropLru && e.retriable));
+    assert!(
+        matches!(frames(&core, b1).last(), Some(Event::Error(e)) if e.code == ErrorCode::QueueFullDropLru && e.retriable)
+    );
     assert_eq!(core.tasks[&b2].state, TaskState::Queued);
     assert_eq!(core.tasks[&i].state, TaskState::Queued);
     // Now only interactive + one batch: a batch newcomer evicts the batch one; then a batch
@@ -183,9 +237,14 @@ fn shed_low_priority_sheds_newest_batch() {
     let b1 = submit(&mut core, Priority::Batch, now).expect("queued");
     let b2 = submit(&mut core, Priority::Batch, now).expect("queued");
     let e = submit(&mut core, Priority::Batch, now).expect_err("batch newcomer");
-    assert_eq!((e.code, e.policy_label.as_deref()), (ErrorCode::AdmissionReject, Some("shed-low-priority")));
+    assert_eq!(
+        (e.code, e.policy_label.as_deref()),
+        (ErrorCode::AdmissionReject, Some("shed-low-priority"))
+    );
     submit(&mut core, Priority::Interactive, now).expect("sheds b2");
-    assert!(matches!(frames(&core, b2).last(), Some(Event::Error(e)) if e.code == ErrorCode::AdmissionReject));
+    assert!(
+        matches!(frames(&core, b2).last(), Some(Event::Error(e)) if e.code == ErrorCode::AdmissionReject)
+    );
     assert_eq!(core.tasks[&b1].state, TaskState::Queued);
 }
 
@@ -196,17 +255,41 @@ fn pin_semantics() {
     let mut starting = pool("p2", 1);
     starting.state = PoolState::Starting;
     register(&mut core, "n1", vec![pool("p1", 1), starting], now);
-    let pin = |id: &str| Placement { mode: PlacementMode::Pin, pin_pool_id: Some(id.into()), ..Default::default() };
-    let e = core.submit(task(|r| r.placement = Some(pin("nope"))), "c".into(), now).err().expect("unknown");
-    assert_eq!((e.code, e.field.as_deref()), (ErrorCode::InvalidParams, Some("placement.pin_pool_id")));
-    let e = core.submit(task(|r| r.placement = Some(pin("p2"))), "c".into(), now).err().expect("not ready");
+    let pin = |id: &str| Placement {
+        mode: PlacementMode::Pin,
+        pin_pool_id: Some(id.into()),
+        ..Default::default()
+    };
+    let e = core
+        .submit(task(|r| r.placement = Some(pin("nope"))), "c".into(), now)
+        .err()
+        .expect("unknown");
+    assert_eq!(
+        (e.code, e.field.as_deref()),
+        (ErrorCode::InvalidParams, Some("placement.pin_pool_id"))
+    );
+    let e = core
+        .submit(task(|r| r.placement = Some(pin("p2"))), "c".into(), now)
+        .err()
+        .expect("not ready");
     assert_eq!((e.code, e.http_status()), (ErrorCode::PoolUnready, 503));
     // A Ready pin with no free slot queues in the pool's own queue and waits for that pool.
-    let a = core.submit(task(|r| r.placement = Some(pin("p1"))), "c".into(), now).expect("pinned").0.task_id;
-    let b = core.submit(task(|r| r.placement = Some(pin("p1"))), "c".into(), now).expect("pinned").0.task_id;
+    let a = core
+        .submit(task(|r| r.placement = Some(pin("p1"))), "c".into(), now)
+        .expect("pinned")
+        .0
+        .task_id;
+    let b = core
+        .submit(task(|r| r.placement = Some(pin("p1"))), "c".into(), now)
+        .expect("pinned")
+        .0
+        .task_id;
     assert_eq!(core.tasks[&b].queue_key, "pool:p1");
     register(&mut core, "n2", vec![pool("p3", 4)], now);
-    assert!(dispatched(&core).iter().all(|(_, p)| p == "p1"), "pinned tasks never go elsewhere");
+    assert!(
+        dispatched(&core).iter().all(|(_, p)| p == "p1"),
+        "pinned tasks never go elsewhere"
+    );
     finish(&mut core, a, now);
     assert_eq!(dispatched(&core).last(), Some(&(b, "p1".to_string())));
 }
@@ -224,24 +307,51 @@ fn failover_before_first_token_and_reset_after() {
     assert_eq!(second.0, t);
     assert_ne!(second.1, first_pool, "retried on the other pool");
     let fr = frames(&core, t);
-    assert_eq!(fr.iter().filter(|f| matches!(f, Event::Started(_))).count(), 1, "started is not repeated");
-    assert!(fr.iter().any(|f| matches!(f, Event::Metrics(m) if m.placement.as_ref().is_some_and(|p| p.attempt == 2))));
-    core.on_worker(t, 2, WorkerEvent::Token { i: 0, t: "x".into() }, now);
+    assert_eq!(
+        fr.iter().filter(|f| matches!(f, Event::Started(_))).count(),
+        1,
+        "started is not repeated"
+    );
+    assert!(fr.iter().any(
+        |f| matches!(f, Event::Metrics(m) if m.placement.as_ref().is_some_and(|p| p.attempt == 2))
+    ));
+    core.on_worker(
+        t,
+        2,
+        WorkerEvent::Token {
+            i: 0,
+            t: "x".into(),
+        },
+        now,
+    );
     core.on_relay_ended(t, 2, "stream broke".into(), None, now);
-    assert!(matches!(frames(&core, t).last(), Some(Event::Error(e)) if e.code == ErrorCode::WorkerReset));
-    assert_eq!(dispatched(&core).len(), 2, "never retried after the first token");
+    assert!(
+        matches!(frames(&core, t).last(), Some(Event::Error(e)) if e.code == ErrorCode::WorkerReset)
+    );
+    assert_eq!(
+        dispatched(&core).len(),
+        2,
+        "never retried after the first token"
+    );
 }
 
 #[test]
 fn exhausted_retries_end_with_pool_unavailable() {
     let now = Instant::now();
     let mut core = core_with(|c| c.dispatch_retries = 1);
-    register(&mut core, "n1", vec![pool("a", 1), pool("b", 1), pool("c", 1)], now);
+    register(
+        &mut core,
+        "n1",
+        vec![pool("a", 1), pool("b", 1), pool("c", 1)],
+        now,
+    );
     let t = submit(&mut core, Priority::Interactive, now).expect("admitted");
     core.on_relay_ended(t, 1, "refused".into(), None, now);
     core.on_relay_ended(t, 2, "refused".into(), None, now);
     assert_eq!(dispatched(&core).len(), 2);
-    assert!(matches!(frames(&core, t).last(), Some(Event::Error(e)) if e.code == ErrorCode::PoolUnavailable));
+    assert!(
+        matches!(frames(&core, t).last(), Some(Event::Error(e)) if e.code == ErrorCode::PoolUnavailable)
+    );
 }
 
 #[test]
@@ -249,17 +359,47 @@ fn deadlines_while_queued_and_running() {
     let now = Instant::now();
     let mut core = core_with(|_| {});
     register(&mut core, "n1", vec![pool("p1", 1)], now);
-    let running = core.submit(task(|r| r.deadline_ms = Some(5000)), "c".into(), now).expect("runs").0.task_id;
-    let queued = core.submit(task(|r| r.deadline_ms = Some(5000)), "c".into(), now).expect("queued").0.task_id;
-    assert!(core.effects.timers.contains(&(Duration::from_millis(5000), Timer::Deadline(queued))));
-    assert!(core.effects.dispatched[0].body.deadline_remaining_ms.is_some_and(|ms| ms <= 5000));
+    let running = core
+        .submit(task(|r| r.deadline_ms = Some(5000)), "c".into(), now)
+        .expect("runs")
+        .0
+        .task_id;
+    let queued = core
+        .submit(task(|r| r.deadline_ms = Some(5000)), "c".into(), now)
+        .expect("queued")
+        .0
+        .task_id;
+    assert!(core
+        .effects
+        .timers
+        .contains(&(Duration::from_millis(5000), Timer::Deadline(queued))));
+    assert!(core.effects.dispatched[0]
+        .body
+        .deadline_remaining_ms
+        .is_some_and(|ms| ms <= 5000));
     core.on_timer(Timer::Deadline(queued), now);
-    assert!(matches!(frames(&core, queued).last(), Some(Event::Error(e)) if e.code == ErrorCode::DeadlineUnmet && !e.retriable));
-    core.on_worker(running, 1, WorkerEvent::Token { i: 0, t: "x".into() }, now);
+    assert!(
+        matches!(frames(&core, queued).last(), Some(Event::Error(e)) if e.code == ErrorCode::DeadlineUnmet && !e.retriable)
+    );
+    core.on_worker(
+        running,
+        1,
+        WorkerEvent::Token {
+            i: 0,
+            t: "x".into(),
+        },
+        now,
+    );
     core.on_timer(Timer::Deadline(running), now);
-    assert!(matches!(frames(&core, running).last(), Some(Event::End(e)) if e.stop_reason == StopReason::Deadline && !e.canceled));
+    assert!(
+        matches!(frames(&core, running).last(), Some(Event::End(e)) if e.stop_reason == StopReason::Deadline && !e.canceled)
+    );
     assert_eq!(core.effects.aborted, vec![running]);
-    assert_eq!(core.effects.cancels.len(), 1, "the engine request is canceled on the worker");
+    assert_eq!(
+        core.effects.cancels.len(),
+        1,
+        "the engine request is canceled on the worker"
+    );
 }
 
 #[test]
@@ -269,13 +409,39 @@ fn cancel_is_immediate_and_the_slot_waits_for_confirmation() {
     register(&mut core, "n1", vec![pool("p1", 1)], now);
     let t = submit(&mut core, Priority::Interactive, now).expect("runs");
     let next = submit(&mut core, Priority::Interactive, now).expect("queued");
-    core.on_worker(t, 1, WorkerEvent::Token { i: 0, t: "a".into() }, now);
+    core.on_worker(
+        t,
+        1,
+        WorkerEvent::Token {
+            i: 0,
+            t: "a".into(),
+        },
+        now,
+    );
     assert!(core.cancel(t, tasks::CancelReason::Client, now));
-    core.on_worker(t, 1, WorkerEvent::Token { i: 1, t: "late".into() }, now);
+    core.on_worker(
+        t,
+        1,
+        WorkerEvent::Token {
+            i: 1,
+            t: "late".into(),
+        },
+        now,
+    );
     let fr = frames(&core, t);
-    assert!(matches!(fr.last(), Some(Event::End(e)) if e.canceled && e.stop_reason == StopReason::Canceled));
-    assert_eq!(fr.iter().filter(|f| matches!(f, Event::Token(_))).count(), 1, "no token after the cancel");
-    assert_eq!(core.tasks[&next].state, TaskState::Queued, "the slot is still held until the worker confirms");
+    assert!(
+        matches!(fr.last(), Some(Event::End(e)) if e.canceled && e.stop_reason == StopReason::Canceled)
+    );
+    assert_eq!(
+        fr.iter().filter(|f| matches!(f, Event::Token(_))).count(),
+        1,
+        "no token after the cancel"
+    );
+    assert_eq!(
+        core.tasks[&next].state,
+        TaskState::Queued,
+        "the slot is still held until the worker confirms"
+    );
     core.on_cancel_confirmed(t, now);
     assert_eq!(core.tasks[&next].state, TaskState::Running);
     // A queued task's cancel ends it alone.
@@ -292,14 +458,29 @@ fn session_affinity_prefers_the_last_pool_without_waiting() {
     let sid = api::SessionId::new();
     // Occupy a, so the first session task lands on b.
     let blocker = submit(&mut core, Priority::Interactive, now).expect("a");
-    let t1 = core.submit(task(|r| r.session_id = Some(sid)), "c".into(), now).expect("b").0.task_id;
+    let t1 = core
+        .submit(task(|r| r.session_id = Some(sid)), "c".into(), now)
+        .expect("b")
+        .0
+        .task_id;
     assert_eq!(core.tasks[&t1].pool.as_deref(), Some("b"));
     finish(&mut core, t1, now);
     finish(&mut core, blocker, now);
-    let t2 = core.submit(task(|r| r.session_id = Some(sid)), "c".into(), now).expect("b again").0.task_id;
-    assert_eq!(core.tasks[&t2].pool.as_deref(), Some("b"), "affinity beats the a-before-b tie-break");
+    let t2 = core
+        .submit(task(|r| r.session_id = Some(sid)), "c".into(), now)
+        .expect("b again")
+        .0
+        .task_id;
+    assert_eq!(
+        core.tasks[&t2].pool.as_deref(),
+        Some("b"),
+        "affinity beats the a-before-b tie-break"
+    );
     let view = core.session_view(sid, now).expect("session");
-    assert_eq!((view.turns, view.last_pool_id.as_deref(), view.kv_warmth), (1, Some("b"), true));
+    assert_eq!(
+        (view.turns, view.last_pool_id.as_deref(), view.kv_warmth),
+        (1, Some("b"), true)
+    );
 }
 
 #[test]
@@ -311,7 +492,9 @@ fn queued_tasks_see_their_position_move() {
     let _t1 = submit(&mut core, Priority::Interactive, now).expect("queued 0");
     let t2 = submit(&mut core, Priority::Interactive, now).expect("queued 1");
     finish(&mut core, t0, now);
-    assert!(frames(&core, t2).iter().any(|f| matches!(f, Event::Metrics(m) if m.queue_position == Some(0))));
+    assert!(frames(&core, t2)
+        .iter()
+        .any(|f| matches!(f, Event::Metrics(m) if m.queue_position == Some(0))));
 }
 
 #[test]
@@ -321,11 +504,30 @@ fn offline_node_fails_over_or_resets() {
     register(&mut core, "n1", vec![pool("a", 2)], now);
     let quiet = submit(&mut core, Priority::Interactive, now).expect("a");
     let talking = submit(&mut core, Priority::Interactive, now).expect("a");
-    core.on_worker(talking, 1, WorkerEvent::Token { i: 0, t: "x".into() }, now);
-    register(&mut core, "n2", vec![pool("b", 2)], now + Duration::from_secs(25));
+    core.on_worker(
+        talking,
+        1,
+        WorkerEvent::Token {
+            i: 0,
+            t: "x".into(),
+        },
+        now,
+    );
+    register(
+        &mut core,
+        "n2",
+        vec![pool("b", 2)],
+        now + Duration::from_secs(25),
+    );
     core.tick(now + Duration::from_secs(31));
-    assert_eq!(core.tasks[&quiet].pool.as_deref(), Some("b"), "no token yet: failed over");
-    assert!(matches!(frames(&core, talking).last(), Some(Event::Error(e)) if e.code == ErrorCode::WorkerReset));
+    assert_eq!(
+        core.tasks[&quiet].pool.as_deref(),
+        Some("b"),
+        "no token yet: failed over"
+    );
+    assert!(
+        matches!(frames(&core, talking).last(), Some(Event::Error(e)) if e.code == ErrorCode::WorkerReset)
+    );
 }
 
 #[test]
@@ -352,28 +554,62 @@ fn sessions_expire_and_delete() {
     let mut core = core_with(|c| c.session_ttl = Duration::from_secs(10));
     register(&mut core, "n1", vec![pool("p1", 1)], now);
     let sid = api::SessionId::new();
-    core.submit(task(|r| r.session_id = Some(sid)), "c".into(), now).expect("admitted");
-    assert!(core.session_view(sid, now + Duration::from_secs(9)).is_some_and(|v| v.ttl_ms_remaining == 1000));
-    assert!(core.session_view(sid, now + Duration::from_secs(11)).is_none(), "expired");
+    core.submit(task(|r| r.session_id = Some(sid)), "c".into(), now)
+        .expect("admitted");
+    assert!(core
+        .session_view(sid, now + Duration::from_secs(9))
+        .is_some_and(|v| v.ttl_ms_remaining == 1000));
+    assert!(
+        core.session_view(sid, now + Duration::from_secs(11))
+            .is_none(),
+        "expired"
+    );
     core.delete_session(sid);
     assert!(core.session_view(sid, now).is_none());
 }
 
-fn heartbeat(core: &mut Core<Recorded>, node: &str, seq: u64, pools: Vec<PoolStatus>, commands: Vec<api::node::CommandStatus>, now: Instant) -> api::node::HeartbeatResponse {
-    let hb = api::node::HeartbeatRequest { seq, sent_at_ms: 0, pools, gpus: vec![], commands };
-    let token = core.nodes[node].credential.as_ref().map(|c| c.expose().to_string()).unwrap_or_default();
-    core.heartbeat(node, hb, NodeCaller::Bearer(token), now).expect("heartbeat")
+fn heartbeat(
+    core: &mut Core<Recorded>,
+    node: &str,
+    seq: u64,
+    pools: Vec<PoolStatus>,
+    commands: Vec<api::node::CommandStatus>,
+    now: Instant,
+) -> api::node::HeartbeatResponse {
+    let hb = api::node::HeartbeatRequest {
+        seq,
+        sent_at_ms: 0,
+        pools,
+        gpus: vec![],
+        commands,
+    };
+    let token = core.nodes[node]
+        .credential
+        .as_ref()
+        .map(|c| c.expose().to_string())
+        .unwrap_or_default();
+    core.heartbeat(node, hb, NodeCaller::Bearer(token), now)
+        .expect("heartbeat")
 }
 
 fn unloaded(id: &str) -> PoolStatus {
-    PoolStatus { state: PoolState::Unloaded, models: vec![], provisioning_target: true, ..pool(id, 1) }
+    PoolStatus {
+        state: PoolState::Unloaded,
+        models: vec![],
+        provisioning_target: true,
+        ..pool(id, 1)
+    }
 }
 
 const HF_REF: &str = "hf:org/repo/Tiny-Model.gguf";
 const DIGEST: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
 
 fn register_hf(core: &mut Core<Recorded>) -> String {
-    let req = api::catalog::RegisterModel { id: None, model_ref: HF_REF.into(), digest: None };
+    let req = api::catalog::RegisterModel {
+        id: None,
+        model_ref: HF_REF.into(),
+        digest: None,
+    };
     let (rec, created) = core.catalog_register(req).expect("registered");
     assert!(created);
     rec.id
@@ -384,100 +620,260 @@ fn reported_models_join_the_catalog_and_admission_checks_it() {
     let now = Instant::now();
     let mut core = core_with(|_| {});
     register(&mut core, "n1", vec![pool("p1", 1)], now);
-    let rec = core.catalog_get("m").expect("a pool's model is registered as Active on first report");
+    let rec = core
+        .catalog_get("m")
+        .expect("a pool's model is registered as Active on first report");
     assert_eq!(rec.model_ref, "file:/m.gguf");
     assert_eq!(core.pools["p1"].model_id(), Some("m"));
     // Unknown id: 404, nothing admitted.
-    let err = core.submit(task(|r| r.model_ref = "nope".into()), "c".into(), now).unwrap_err();
-    assert_eq!((err.code, err.retriable), (ErrorCode::ModelNotAvailable, false));
+    let err = core
+        .submit(task(|r| r.model_ref = "nope".into()), "c".into(), now)
+        .unwrap_err();
+    assert_eq!(
+        (err.code, err.retriable),
+        (ErrorCode::ModelNotAvailable, false)
+    );
     // A known model nobody serves, provisioning off: 503, retriable.
     register_hf(&mut core);
-    let err = core.submit(task(|r| r.model_ref = "tiny-model".into()), "c".into(), now).unwrap_err();
-    assert_eq!((err.code, err.retriable), (ErrorCode::ModelNotAvailable, true));
+    let err = core
+        .submit(task(|r| r.model_ref = "tiny-model".into()), "c".into(), now)
+        .unwrap_err();
+    assert_eq!(
+        (err.code, err.retriable),
+        (ErrorCode::ModelNotAvailable, true)
+    );
     // Retired: 409, and the state shows in the gauge.
-    core.catalog_set_state("m", api::catalog::ModelState::Retired).expect("retire");
+    core.catalog_set_state("m", api::catalog::ModelState::Retired)
+        .expect("retire");
     let err = core.submit(task(|_| {}), "c".into(), now).unwrap_err();
     assert_eq!(err.code, ErrorCode::ModelDeprecated);
-    assert!(core.model_state_gauges().iter().any(|(_, l, v)| l.iter().any(|(_, s)| s == "Retired") && l.iter().any(|(_, s)| s == "m") && *v == 1.0));
-    core.catalog_set_state("m", api::catalog::ModelState::Active).expect("activate");
+    assert!(core.model_state_gauges().iter().any(|(_, l, v)| l
+        .iter()
+        .any(|(_, s)| s == "Retired")
+        && l.iter().any(|(_, s)| s == "m")
+        && *v == 1.0));
+    core.catalog_set_state("m", api::catalog::ModelState::Active)
+        .expect("activate");
     assert!(submit(&mut core, Priority::Interactive, now).is_ok());
     // A pool serving the model blocks its deletion.
-    assert_eq!(core.catalog_delete("m", "c".into()).unwrap_err().code, ErrorCode::Conflict);
+    assert_eq!(
+        core.catalog_delete("m", "c".into()).unwrap_err().code,
+        ErrorCode::Conflict
+    );
 }
 
 #[test]
 fn a_pool_whose_digest_differs_from_the_catalog_does_not_serve() {
     let now = Instant::now();
     let mut core = core_with(|_| {});
-    let req = api::catalog::RegisterModel { id: Some("m".into()), model_ref: "file:/m.gguf".into(), digest: Some(DIGEST.into()) };
+    let req = api::catalog::RegisterModel {
+        id: Some("m".into()),
+        model_ref: "file:/m.gguf".into(),
+        digest: Some(DIGEST.into()),
+    };
     core.catalog_register(req).expect("registered");
     let mut p = pool("p1", 1);
     p.models[0].digest = Some(format!("sha256:{}", "2".repeat(64)));
     register(&mut core, "n1", vec![p], now);
     assert_eq!(core.pools["p1"].model_id(), None);
-    assert!(core.pools["p1"].status.last_error.as_deref().unwrap_or("").contains("digest"));
-    assert_eq!(core.submit(task(|_| {}), "c".into(), now).unwrap_err().code, ErrorCode::ModelNotAvailable);
+    assert!(core.pools["p1"]
+        .status
+        .last_error
+        .as_deref()
+        .unwrap_or("")
+        .contains("digest"));
+    assert_eq!(
+        core.submit(task(|_| {}), "c".into(), now).unwrap_err().code,
+        ErrorCode::ModelNotAvailable
+    );
     let mut good = pool("p1", 1);
     good.models[0].digest = Some(DIGEST.into());
     heartbeat(&mut core, "n1", 1, vec![good], vec![], now);
-    assert_eq!(core.pools["p1"].model_id(), Some("m"), "the matching digest serves");
+    assert_eq!(
+        core.pools["p1"].model_id(),
+        Some("m"),
+        "the matching digest serves"
+    );
 }
 
 #[test]
 fn provisioning_loads_the_model_and_binds_the_task() {
-    use api::node::{CommandKind, CommandResult, CommandState, CommandStatus, StepProgress, StepStatus};
+    use api::node::{
+        CommandKind, CommandResult, CommandState, CommandStatus, StepProgress, StepStatus,
+    };
     let now = Instant::now();
     let mut core = core_with(|c| c.provisioning_on_demand = true);
-    register(&mut core, "n1", vec![unloaded("p1"), PoolStatus { provisioning_target: false, ..unloaded("p2") }], now);
+    register(
+        &mut core,
+        "n1",
+        vec![
+            unloaded("p1"),
+            PoolStatus {
+                provisioning_target: false,
+                ..unloaded("p2")
+            },
+        ],
+        now,
+    );
     let model = register_hf(&mut core);
     let v = task(|r| r.model_ref = model.clone());
-    let (resp, log) = core.submit(v, "cid".into(), now).expect("admitted with provisioning");
-    let kinds: Vec<&str> = resp.preparation.steps.iter().map(|s| s.kind.as_str()).collect();
-    assert_eq!(kinds, ["model_fetch", "pool_warmup"], "the engine is built, the model is not on the node");
+    let (resp, log) = core
+        .submit(v, "cid".into(), now)
+        .expect("admitted with provisioning");
+    let kinds: Vec<&str> = resp
+        .preparation
+        .steps
+        .iter()
+        .map(|s| s.kind.as_str())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["model_fetch", "pool_warmup"],
+        "the engine is built, the model is not on the node"
+    );
     assert_eq!(resp.preparation.steps[0].id, format!("model:{HF_REF}"));
     assert!(resp.predicted_start_ms > 0);
     let (frames0, _) = log.read_from(0);
-    assert!(matches!(&frames0[0], Event::Started(s) if s.pool_id == "p1" && s.engine_version.is_some()), "started names the target at once: {frames0:?}");
+    assert!(
+        matches!(&frames0[0], Event::Started(s) if s.pool_id == "p1" && s.engine_version.is_some()),
+        "started names the target at once: {frames0:?}"
+    );
     // A second task for the same model waits on the same load.
-    let second = core.submit(task(|r| r.model_ref = model.clone()), "c2".into(), now).expect("second").0.task_id;
+    let second = core
+        .submit(task(|r| r.model_ref = model.clone()), "c2".into(), now)
+        .expect("second")
+        .0
+        .task_id;
     let cmds = &core.nodes["n1"].commands;
-    assert_eq!(cmds.iter().filter(|c| c.kind == CommandKind::LoadModel).count(), 1, "one load, not one per task");
+    assert_eq!(
+        cmds.iter()
+            .filter(|c| c.kind == CommandKind::LoadModel)
+            .count(),
+        1,
+        "one load, not one per task"
+    );
     let cmd = cmds[0].clone();
     assert_eq!(cmd.pool_id.as_deref(), Some("p1"));
-    assert_eq!(core.pools["p1"].op.as_ref().map(|o| o.1), Some(CommandKind::LoadModel));
+    assert_eq!(
+        core.pools["p1"].op.as_ref().map(|o| o.1),
+        Some(CommandKind::LoadModel)
+    );
     // Progress from the node reaches the bound task as a verbose frame.
-    let step = |kind: &str, id: String, status, done| StepProgress { step_id: id, kind: kind.into(), status, pct: done as f64, bytes_done: done, bytes_total: 100 };
+    let step = |kind: &str, id: String, status, done| StepProgress {
+        step_id: id,
+        kind: kind.into(),
+        status,
+        pct: done as f64,
+        bytes_done: done,
+        bytes_total: 100,
+    };
     let running = CommandStatus {
         command_id: cmd.command_id.clone(),
         status: CommandState::Running,
-        progress: vec![step("model_fetch", format!("model:{HF_REF}"), StepStatus::Running, 40), step("pool_warmup", "pool:p1".into(), StepStatus::Pending, 0)],
+        progress: vec![
+            step(
+                "model_fetch",
+                format!("model:{HF_REF}"),
+                StepStatus::Running,
+                40,
+            ),
+            step("pool_warmup", "pool:p1".into(), StepStatus::Pending, 0),
+        ],
         error: None,
         result: None,
     };
     let mut loading = unloaded("p1");
     loading.state = PoolState::Provisioning;
-    heartbeat(&mut core, "n1", 1, vec![loading, unloaded("p2")], vec![running], now);
-    let prep = log.read_from(0).0.iter().rev().find_map(|e| if let Event::Metrics(m) = e { m.prep.clone().map(|p| (p, m.phase.clone(), m.human.clone())) } else { None }).expect("a prep frame");
+    heartbeat(
+        &mut core,
+        "n1",
+        1,
+        vec![loading, unloaded("p2")],
+        vec![running],
+        now,
+    );
+    let prep = log
+        .read_from(0)
+        .0
+        .iter()
+        .rev()
+        .find_map(|e| {
+            if let Event::Metrics(m) = e {
+                m.prep
+                    .clone()
+                    .map(|p| (p, m.phase.clone(), m.human.clone()))
+            } else {
+                None
+            }
+        })
+        .expect("a prep frame");
     assert_eq!(prep.0[&format!("model:{HF_REF}")].bytes_done, 40);
     assert_eq!(prep.1.as_deref(), Some("model_fetch"));
     assert!(prep.2.unwrap_or_default().contains("40%"));
     assert!(dispatched(&core).is_empty());
     // Completed: the catalog learns digest and location; the pool serves; both tasks run.
     let mut ready = pool("p1", 1);
-    ready.models = vec![LoadedModel { id: model.clone(), model_ref: HF_REF.into(), digest: Some(DIGEST.into()), size_bytes: Some(100), metadata: None }];
-    let done = CommandStatus { command_id: cmd.command_id.clone(), status: CommandState::Completed, progress: vec![], error: None, result: Some(CommandResult { digest: DIGEST.into(), size_bytes: 100, metadata: None }) };
-    heartbeat(&mut core, "n1", 2, vec![ready, unloaded("p2")], vec![done], now);
+    ready.models = vec![LoadedModel {
+        id: model.clone(),
+        model_ref: HF_REF.into(),
+        digest: Some(DIGEST.into()),
+        size_bytes: Some(100),
+        metadata: None,
+    }];
+    let done = CommandStatus {
+        command_id: cmd.command_id.clone(),
+        status: CommandState::Completed,
+        progress: vec![],
+        error: None,
+        result: Some(CommandResult {
+            digest: DIGEST.into(),
+            size_bytes: 100,
+            metadata: None,
+        }),
+    };
+    heartbeat(
+        &mut core,
+        "n1",
+        2,
+        vec![ready, unloaded("p2")],
+        vec![done],
+        now,
+    );
     let rec = core.catalog_get(&model).expect("record");
-    assert_eq!((rec.digest.as_deref(), rec.size_bytes, rec.locations.clone()), (Some(DIGEST), Some(100), vec!["n1".to_string()]));
+    assert_eq!(
+        (rec.digest.as_deref(), rec.size_bytes, rec.locations.clone()),
+        (Some(DIGEST), Some(100), vec!["n1".to_string()])
+    );
     assert_eq!(dispatched(&core)[0].1, "p1");
     let frames = log.read_from(0).0;
-    let last_prep = frames.iter().rposition(|e| matches!(e, Event::Metrics(m) if m.prep.is_some())).expect("prep");
+    let last_prep = frames
+        .iter()
+        .rposition(|e| matches!(e, Event::Metrics(m) if m.prep.is_some()))
+        .expect("prep");
     if let Event::Metrics(m) = &frames[last_prep] {
-        assert!(m.prep.as_ref().unwrap().values().all(|p| p.status == StepStatus::Completed), "every step completed before dispatch");
+        assert!(
+            m.prep
+                .as_ref()
+                .unwrap()
+                .values()
+                .all(|p| p.status == StepStatus::Completed),
+            "every step completed before dispatch"
+        );
     }
-    assert_eq!(frames.iter().filter(|e| matches!(e, Event::Started(_))).count(), 1, "started is not repeated at dispatch");
+    assert_eq!(
+        frames
+            .iter()
+            .filter(|e| matches!(e, Event::Started(_)))
+            .count(),
+        1,
+        "started is not repeated at dispatch"
+    );
     assert!(core.pools["p1"].op.is_none());
-    assert_eq!(core.tasks[&second].state, TaskState::Queued, "one slot: the second task waits its turn");
+    assert_eq!(
+        core.tasks[&second].state,
+        TaskState::Queued,
+        "one slot: the second task waits its turn"
+    );
 }
 
 #[test]
@@ -487,31 +883,89 @@ fn a_failed_load_ends_the_waiting_tasks_with_its_error() {
     let mut core = core_with(|c| c.provisioning_on_demand = true);
     register(&mut core, "n1", vec![unloaded("p1")], now);
     let model = register_hf(&mut core);
-    let first = core.submit(task(|r| r.model_ref = model.clone()), "c1".into(), now).expect("first").0.task_id;
-    let second = core.submit(task(|r| r.model_ref = model.clone()), "c2".into(), now).expect("second").0.task_id;
+    let first = core
+        .submit(task(|r| r.model_ref = model.clone()), "c1".into(), now)
+        .expect("first")
+        .0
+        .task_id;
+    let second = core
+        .submit(task(|r| r.model_ref = model.clone()), "c2".into(), now)
+        .expect("second")
+        .0
+        .task_id;
     let cmd = core.nodes["n1"].commands[0].command_id.clone();
     let env = api::ErrorEnvelope::new(ErrorCode::UntrustedArtifact, "digest mismatch");
-    heartbeat(&mut core, "n1", 1, vec![unloaded("p1")], vec![CommandStatus { command_id: cmd, status: CommandState::Failed, progress: vec![], error: Some(env), result: None }], now);
+    heartbeat(
+        &mut core,
+        "n1",
+        1,
+        vec![unloaded("p1")],
+        vec![CommandStatus {
+            command_id: cmd,
+            status: CommandState::Failed,
+            progress: vec![],
+            error: Some(env),
+            result: None,
+        }],
+        now,
+    );
     for id in [first, second] {
-        assert!(matches!(frames(&core, id).last(), Some(Event::Error(e)) if e.code == ErrorCode::UntrustedArtifact), "{:?}", frames(&core, id));
+        assert!(
+            matches!(frames(&core, id).last(), Some(Event::Error(e)) if e.code == ErrorCode::UntrustedArtifact),
+            "{:?}",
+            frames(&core, id)
+        );
     }
-    assert!(core.pools["p1"].op.is_none(), "the pool is free for another load");
-    assert!(core.catalog_get(&model).expect("record").locations.is_empty());
+    assert!(
+        core.pools["p1"].op.is_none(),
+        "the pool is free for another load"
+    );
+    assert!(core
+        .catalog_get(&model)
+        .expect("record")
+        .locations
+        .is_empty());
 }
 
 #[test]
 fn no_target_means_503_and_full_pools_are_not_targets() {
     let now = Instant::now();
     let mut core = core_with(|c| c.provisioning_on_demand = true);
-    register(&mut core, "n1", vec![PoolStatus { provisioning_target: true, ..pool("p1", 1) }], now);
+    register(
+        &mut core,
+        "n1",
+        vec![PoolStatus {
+            provisioning_target: true,
+            ..pool("p1", 1)
+        }],
+        now,
+    );
     let model = register_hf(&mut core);
-    let err = core.submit(task(|r| r.model_ref = model.clone()), "c".into(), now).unwrap_err();
-    assert_eq!((err.code, err.retriable), (ErrorCode::ModelNotAvailable, true), "a Ready pool is repurposed only with allow_repurpose_idle");
+    let err = core
+        .submit(task(|r| r.model_ref = model.clone()), "c".into(), now)
+        .unwrap_err();
+    assert_eq!(
+        (err.code, err.retriable),
+        (ErrorCode::ModelNotAvailable, true),
+        "a Ready pool is repurposed only with allow_repurpose_idle"
+    );
     let mut core = core_with(|c| {
         c.provisioning_on_demand = true;
         c.allow_repurpose_idle = true;
     });
-    register(&mut core, "n1", vec![PoolStatus { provisioning_target: true, ..pool("p1", 1) }], now);
+    register(
+        &mut core,
+        "n1",
+        vec![PoolStatus {
+            provisioning_target: true,
+            ..pool("p1", 1)
+        }],
+        now,
+    );
     let model = register_hf(&mut core);
-    assert!(core.submit(task(|r| r.model_ref = model.clone()), "c".into(), now).is_ok(), "an idle Ready pool may be repurposed");
+    assert!(
+        core.submit(task(|r| r.model_ref = model.clone()), "c".into(), now)
+            .is_ok(),
+        "an idle Ready pool may be repurposed"
+    );
 }

@@ -14,47 +14,113 @@ use super::meta::required_body;
 use super::App;
 
 fn gone() -> ApiError {
-    ApiError(ErrorEnvelope::new(ErrorCode::Internal, "orchestratord is shutting down"))
+    ApiError(ErrorEnvelope::new(
+        ErrorCode::Internal,
+        "orchestratord is shutting down",
+    ))
 }
 
 fn not_found(id: &str) -> ApiError {
-    ApiError(ErrorEnvelope::new(ErrorCode::NotFound, format!("no catalog model {id}")))
+    ApiError(ErrorEnvelope::new(
+        ErrorCode::NotFound,
+        format!("no catalog model {id}"),
+    ))
 }
 
-pub async fn register(State(app): State<App>, headers: HeaderMap, body: axum::body::Body) -> Result<Response, ApiError> {
+pub async fn register(
+    State(app): State<App>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
     let req: RegisterModel = required_body(&app, &headers, body, false).await?;
     if req.model_ref.is_empty() {
         return Err(ApiError(ErrorEnvelope::invalid("ref", "required")));
     }
-    let (rec, created) = app.core.call(move |core, _| core.catalog_register(req)).await.ok_or_else(gone)??;
-    Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(rec)).into_response())
+    let (rec, created) = app
+        .core
+        .call(move |core, _| core.catalog_register(req))
+        .await
+        .ok_or_else(gone)??;
+    Ok((
+        if created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        },
+        Json(rec),
+    )
+        .into_response())
 }
 
 pub async fn list(State(app): State<App>) -> Result<Json<api::catalog::ModelsResponse>, ApiError> {
-    let models = app.core.call(|core, _| core.catalog_list()).await.ok_or_else(gone)?;
+    let models = app
+        .core
+        .call(|core, _| core.catalog_list())
+        .await
+        .ok_or_else(gone)?;
     Ok(Json(api::catalog::ModelsResponse { models }))
 }
 
-pub async fn get(State(app): State<App>, Path(id): Path<String>) -> Result<Json<ModelRecord>, ApiError> {
+pub async fn get(
+    State(app): State<App>,
+    Path(id): Path<String>,
+) -> Result<Json<ModelRecord>, ApiError> {
     let key = id.clone();
-    app.core.call(move |core, _| core.catalog_get(&key)).await.ok_or_else(gone)?.map(Json).ok_or_else(|| not_found(&id))
+    app.core
+        .call(move |core, _| core.catalog_get(&key))
+        .await
+        .ok_or_else(gone)?
+        .map(Json)
+        .ok_or_else(|| not_found(&id))
 }
 
-pub async fn delete(State(app): State<App>, Path(id): Path<String>, Extension(cid): Extension<CorrelationId>) -> Result<StatusCode, ApiError> {
-    app.core.call(move |core, _| core.catalog_delete(&id, cid.0)).await.ok_or_else(gone)??;
+pub async fn delete(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    Extension(cid): Extension<CorrelationId>,
+) -> Result<StatusCode, ApiError> {
+    app.core
+        .call(move |core, _| core.catalog_delete(&id, cid.0))
+        .await
+        .ok_or_else(gone)??;
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn verify(State(app): State<App>, Path(id): Path<String>, Extension(cid): Extension<CorrelationId>) -> Result<Response, ApiError> {
-    let rec = app.core.call(move |core, _| core.catalog_verify(&id, cid.0)).await.ok_or_else(gone)??;
+pub async fn verify(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    Extension(cid): Extension<CorrelationId>,
+) -> Result<Response, ApiError> {
+    let rec = app
+        .core
+        .call(move |core, _| core.catalog_verify(&id, cid.0))
+        .await
+        .ok_or_else(gone)??;
     Ok((StatusCode::ACCEPTED, Json(rec)).into_response())
 }
 
-pub async fn set_state(State(app): State<App>, Path(id): Path<String>, headers: HeaderMap, body: axum::body::Body) -> Result<Json<ModelRecord>, ApiError> {
+pub async fn set_state(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<Json<ModelRecord>, ApiError> {
     let req: SetModelState = required_body(&app, &headers, body, false).await?;
-    Ok(Json(app.core.call(move |core, _| core.catalog_set_state(&id, req.state)).await.ok_or_else(gone)??))
+    Ok(Json(
+        app.core
+            .call(move |core, _| core.catalog_set_state(&id, req.state))
+            .await
+            .ok_or_else(gone)??,
+    ))
 }
 
-pub async fn availability(State(app): State<App>) -> Result<Json<api::catalog::AvailabilityResponse>, ApiError> {
-    Ok(Json(app.core.call(|core, _| core.availability()).await.ok_or_else(gone)?))
+pub async fn availability(
+    State(app): State<App>,
+) -> Result<Json<api::catalog::AvailabilityResponse>, ApiError> {
+    Ok(Json(
+        app.core
+            .call(|core, _| core.availability())
+            .await
+            .ok_or_else(gone)?,
+    ))
 }

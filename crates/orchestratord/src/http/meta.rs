@@ -1,6 +1,9 @@
 //! Health, metrics, version, capabilities and pool views (API.md §10, §16).
 
-use api::meta::{EngineCapabilities, EngineFeatures, Health, MetaCapabilities, PoolHealth, PoolHealthMetrics, VersionInfo};
+use api::meta::{
+    EngineCapabilities, EngineFeatures, Health, MetaCapabilities, PoolHealth, PoolHealthMetrics,
+    VersionInfo,
+};
 use api::node::{NodeStatus, PoolState, PoolsResponse};
 use api::{ErrorCode, ErrorEnvelope};
 use axum::extract::{Path, State};
@@ -13,7 +16,10 @@ use super::{unavailable, App};
 use crate::core::runner::Msg;
 
 pub async fn health() -> Json<Health> {
-    Json(Health { status: "ok".into(), version: env!("CARGO_PKG_VERSION").into() })
+    Json(Health {
+        status: "ok".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    })
 }
 
 pub async fn version() -> Json<VersionInfo> {
@@ -21,52 +27,106 @@ pub async fn version() -> Json<VersionInfo> {
         api_version: api::API_VERSION.into(),
         protocol_version: api::PROTOCOL_VERSION,
         build_version: env!("CARGO_PKG_VERSION").into(),
-        build_commit: option_env!("LLORCH_BUILD_COMMIT").unwrap_or("unknown").into(),
+        build_commit: option_env!("LLORCH_BUILD_COMMIT")
+            .unwrap_or("unknown")
+            .into(),
         build_time: option_env!("LLORCH_BUILD_TIME").unwrap_or("unknown").into(),
     })
 }
 
 pub async fn metrics(State(app): State<App>) -> Result<Response, ApiError> {
-    let extra = app.core.ask(|reply| Msg::ScrapeGauges { reply }).await.ok_or_else(unavailable)?;
+    let extra = app
+        .core
+        .ask(|reply| Msg::ScrapeGauges { reply })
+        .await
+        .ok_or_else(unavailable)?;
     let mut resp = app.metrics.render(&extra).into_response();
-    resp.headers_mut().insert("content-type", HeaderValue::from_static("text/plain; version=0.0.4"));
+    resp.headers_mut().insert(
+        "content-type",
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
     Ok(resp)
 }
 
 pub async fn pools(State(app): State<App>) -> Result<Json<PoolsResponse>, ApiError> {
-    let pools = app.core.ask(|reply| Msg::Pools { reply }).await.ok_or_else(unavailable)?;
+    let pools = app
+        .core
+        .ask(|reply| Msg::Pools { reply })
+        .await
+        .ok_or_else(unavailable)?;
     Ok(Json(PoolsResponse { pools }))
 }
 
-pub async fn pool_health(State(app): State<App>, Path(id): Path<String>) -> Result<Json<PoolHealth>, ApiError> {
-    let pools = app.core.ask(|reply| Msg::Pools { reply }).await.ok_or_else(unavailable)?;
-    let ages = app.core.ask(|reply| Msg::Nodes { reply }).await.ok_or_else(unavailable)?;
-    let p = pools.into_iter().find(|p| p.pool_id == id).ok_or_else(|| ApiError(ErrorEnvelope::new(ErrorCode::NotFound, format!("no pool {id}"))))?;
+pub async fn pool_health(
+    State(app): State<App>,
+    Path(id): Path<String>,
+) -> Result<Json<PoolHealth>, ApiError> {
+    let pools = app
+        .core
+        .ask(|reply| Msg::Pools { reply })
+        .await
+        .ok_or_else(unavailable)?;
+    let ages = app
+        .core
+        .ask(|reply| Msg::Nodes { reply })
+        .await
+        .ok_or_else(unavailable)?;
+    let p = pools.into_iter().find(|p| p.pool_id == id).ok_or_else(|| {
+        ApiError(ErrorEnvelope::new(
+            ErrorCode::NotFound,
+            format!("no pool {id}"),
+        ))
+    })?;
     let online = p.node_status == NodeStatus::Online;
-    let last_heartbeat_ms = ages.iter().find(|n| n.node_id == p.node_id).map(|n| n.last_heartbeat_ms);
+    let last_heartbeat_ms = ages
+        .iter()
+        .find(|n| n.node_id == p.node_id)
+        .map(|n| n.last_heartbeat_ms);
     Ok(Json(PoolHealth {
-        live: online && matches!(p.state, PoolState::Starting | PoolState::Ready | PoolState::Draining),
+        live: online
+            && matches!(
+                p.state,
+                PoolState::Starting | PoolState::Ready | PoolState::Draining
+            ),
         ready: online && p.state == PoolState::Ready,
         draining: p.state == PoolState::Draining,
         state: p.state,
         last_error: p.last_error,
         last_heartbeat_ms,
-        metrics: PoolHealthMetrics { queue_depth: p.queued, running: p.running, slots_total: p.slots_total, slots_free: p.slots_free },
+        metrics: PoolHealthMetrics {
+            queue_depth: p.queued,
+            running: p.running,
+            slots_total: p.slots_total,
+            slots_free: p.slots_free,
+        },
         pool_id: p.pool_id,
         node_id: p.node_id,
     }))
 }
 
 pub async fn capabilities(State(app): State<App>) -> Result<Json<MetaCapabilities>, ApiError> {
-    let pools = app.core.ask(|reply| Msg::Pools { reply }).await.ok_or_else(unavailable)?;
-    let ready: Vec<_> = pools.iter().filter(|p| p.state == PoolState::Ready && p.node_status == NodeStatus::Online).collect();
+    let pools = app
+        .core
+        .ask(|reply| Msg::Pools { reply })
+        .await
+        .ok_or_else(unavailable)?;
+    let ready: Vec<_> = pools
+        .iter()
+        .filter(|p| p.state == PoolState::Ready && p.node_status == NodeStatus::Online)
+        .collect();
     let engines = if ready.is_empty() {
         vec![]
     } else {
-        let mut engine_versions: Vec<String> = ready.iter().filter_map(|p| p.engine_version.clone()).collect();
+        let mut engine_versions: Vec<String> = ready
+            .iter()
+            .filter_map(|p| p.engine_version.clone())
+            .collect();
         engine_versions.sort();
         engine_versions.dedup();
-        let mut models: Vec<String> = ready.iter().filter_map(|p| p.model.as_ref().map(|m| m.id.clone())).collect();
+        let mut models: Vec<String> = ready
+            .iter()
+            .filter_map(|p| p.model.as_ref().map(|m| m.id.clone()))
+            .collect();
         models.sort();
         models.dedup();
         vec![EngineCapabilities {
@@ -76,29 +136,71 @@ pub async fn capabilities(State(app): State<App>) -> Result<Json<MetaCapabilitie
             slots_total: ready.iter().map(|p| p.slots_total as u64).sum::<u64>(),
             models,
             supported_workloads: vec!["completion".into()],
-            features: EngineFeatures { messages: true, grammar: true, json_schema: true, seed: true, stop: true },
+            features: EngineFeatures {
+                messages: true,
+                grammar: true,
+                json_schema: true,
+                seed: true,
+                stop: true,
+            },
         }]
     };
-    Ok(Json(MetaCapabilities { api_version: api::API_VERSION.into(), protocol_versions: vec![api::PROTOCOL_VERSION], engines }))
+    Ok(Json(MetaCapabilities {
+        api_version: api::API_VERSION.into(),
+        protocol_versions: vec![api::PROTOCOL_VERSION],
+        engines,
+    }))
 }
 
 /// Parses an optional strict JSON body (an empty body means the defaults).
-pub(super) async fn small_body<T: serde::de::DeserializeOwned + Default>(app: &App, headers: &axum::http::HeaderMap, body: axum::body::Body) -> Result<T, ApiError> {
-    Ok(required_body::<Option<T>>(app, headers, body, true).await?.unwrap_or_default())
+pub(super) async fn small_body<T: serde::de::DeserializeOwned + Default>(
+    app: &App,
+    headers: &axum::http::HeaderMap,
+    body: axum::body::Body,
+) -> Result<T, ApiError> {
+    Ok(required_body::<Option<T>>(app, headers, body, true)
+        .await?
+        .unwrap_or_default())
 }
 
 /// Parses a strict JSON body; an empty one is 400 unless `allow_empty` (then JSON `null`).
-pub(super) async fn required_body<T: serde::de::DeserializeOwned>(app: &App, headers: &axum::http::HeaderMap, body: axum::body::Body, allow_empty: bool) -> Result<T, ApiError> {
-    let bytes = axum::body::to_bytes(body, app.cfg.max_body_bytes).await.map_err(|_| ApiError(ErrorEnvelope::new(ErrorCode::InvalidParams, "the body is too large")))?;
+pub(super) async fn required_body<T: serde::de::DeserializeOwned>(
+    app: &App,
+    headers: &axum::http::HeaderMap,
+    body: axum::body::Body,
+    allow_empty: bool,
+) -> Result<T, ApiError> {
+    let bytes = axum::body::to_bytes(body, app.cfg.max_body_bytes)
+        .await
+        .map_err(|_| {
+            ApiError(ErrorEnvelope::new(
+                ErrorCode::InvalidParams,
+                "the body is too large",
+            ))
+        })?;
     if bytes.is_empty() {
         if allow_empty {
-            return serde_json::from_str("null").map_err(|_| ApiError(ErrorEnvelope::new(ErrorCode::InvalidParams, "a JSON body is required")));
+            return serde_json::from_str("null").map_err(|_| {
+                ApiError(ErrorEnvelope::new(
+                    ErrorCode::InvalidParams,
+                    "a JSON body is required",
+                ))
+            });
         }
-        return Err(ApiError(ErrorEnvelope::new(ErrorCode::InvalidParams, "a JSON body is required")));
+        return Err(ApiError(ErrorEnvelope::new(
+            ErrorCode::InvalidParams,
+            "a JSON body is required",
+        )));
     }
-    let ct = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let ct = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     if !ct.starts_with("application/json") {
-        return Err(ApiError(ErrorEnvelope::new(ErrorCode::InvalidParams, "the body must be JSON (Content-Type: application/json)")));
+        return Err(ApiError(ErrorEnvelope::new(
+            ErrorCode::InvalidParams,
+            "the body must be JSON (Content-Type: application/json)",
+        )));
     }
     let de = &mut serde_json::Deserializer::from_slice(&bytes);
     serde_path_to_error::deserialize(de).map_err(|e| ApiError(crate::admission::invalid_body(e)))
@@ -113,7 +215,16 @@ pub async fn drain(
 ) -> Result<Response, ApiError> {
     let req: api::node::DrainRequest = small_body(&app, &headers, body).await?;
     let deadline_ms = req.deadline_ms.unwrap_or(60_000);
-    let r = app.core.ask(|reply| Msg::Drain { pool_id: id, deadline_ms, correlation_id: cid.0.clone(), reply }).await.ok_or_else(unavailable)??;
+    let r = app
+        .core
+        .ask(|reply| Msg::Drain {
+            pool_id: id,
+            deadline_ms,
+            correlation_id: cid.0.clone(),
+            reply,
+        })
+        .await
+        .ok_or_else(unavailable)??;
     Ok((axum::http::StatusCode::ACCEPTED, Json(r)).into_response())
 }
 
@@ -129,6 +240,15 @@ pub async fn reload(
         return Err(ApiError(ErrorEnvelope::invalid("model_ref", "required")));
     }
     let model_ref = req.model_ref;
-    let r = app.core.ask(|reply| Msg::Reload { pool_id: id, model_ref, correlation_id: cid.0.clone(), reply }).await.ok_or_else(unavailable)??;
+    let r = app
+        .core
+        .ask(|reply| Msg::Reload {
+            pool_id: id,
+            model_ref,
+            correlation_id: cid.0.clone(),
+            reply,
+        })
+        .await
+        .ok_or_else(unavailable)??;
     Ok((axum::http::StatusCode::ACCEPTED, Json(r)).into_response())
 }

@@ -14,15 +14,22 @@ use crate::core::nodes::NodeCaller;
 use crate::core::runner::Msg;
 
 fn bearer(headers: &HeaderMap) -> Option<String> {
-    daemon::secret::bearer(headers.get("authorization").and_then(|v| v.to_str().ok())).map(str::to_string)
+    daemon::secret::bearer(headers.get("authorization").and_then(|v| v.to_str().ok()))
+        .map(str::to_string)
 }
 
 fn missing() -> ApiError {
-    ApiError(ErrorEnvelope::new(ErrorCode::MissingToken, "this route needs a node token (Authorization: Bearer …)"))
+    ApiError(ErrorEnvelope::new(
+        ErrorCode::MissingToken,
+        "this route needs a node token (Authorization: Bearer …)",
+    ))
 }
 
 fn bad() -> ApiError {
-    ApiError(ErrorEnvelope::new(ErrorCode::BadToken, "the token is not valid for this node"))
+    ApiError(ErrorEnvelope::new(
+        ErrorCode::BadToken,
+        "the token is not valid for this node",
+    ))
 }
 
 /// True when no node auth is configured at all (open mode, loopback only).
@@ -30,23 +37,35 @@ fn nodes_open(app: &App) -> bool {
     app.tokens().nodes_open()
 }
 
-pub async fn register(State(app): State<App>, headers: HeaderMap, body: Body) -> Result<Json<api::node::RegisterResponse>, ApiError> {
+pub async fn register(
+    State(app): State<App>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<api::node::RegisterResponse>, ApiError> {
     let token = bearer(&headers);
     if token.is_none() && !nodes_open(&app) {
         return Err(missing());
     }
     let bytes = json_body(&headers, body, app.cfg.max_body_bytes).await?;
-    let req: RegisterRequest = serde_json::from_slice(&bytes).map_err(|e| ErrorEnvelope::invalid("", format!("invalid registration body: {e}")))?;
+    let req: RegisterRequest = serde_json::from_slice(&bytes)
+        .map_err(|e| ErrorEnvelope::invalid("", format!("invalid registration body: {e}")))?;
     let caller = match &token {
         None => NodeCaller::Open,
-        Some(t) => match (app.tokens().node.get(&req.node_id).cloned(), app.tokens().registration.clone()) {
+        Some(t) => match (
+            app.tokens().node.get(&req.node_id).cloned(),
+            app.tokens().registration.clone(),
+        ) {
             (Some(s), _) if s.matches(t) => NodeCaller::Static(s),
             (_, Some(r)) if r.matches(t) => NodeCaller::Registration,
             _ if nodes_open(&app) => NodeCaller::Open,
             _ => return Err(bad()),
         },
     };
-    let r = app.core.ask(|reply| Msg::Register { req, caller, reply }).await.ok_or_else(unavailable)?;
+    let r = app
+        .core
+        .ask(|reply| Msg::Register { req, caller, reply })
+        .await
+        .ok_or_else(unavailable)?;
     Ok(Json(r?))
 }
 
@@ -61,25 +80,64 @@ fn node_caller(app: &App, node_id: &str, headers: &HeaderMap) -> Result<NodeCall
     }
 }
 
-pub async fn heartbeat(State(app): State<App>, Path(node_id): Path<String>, headers: HeaderMap, body: Body) -> Result<Json<api::node::HeartbeatResponse>, ApiError> {
+pub async fn heartbeat(
+    State(app): State<App>,
+    Path(node_id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<api::node::HeartbeatResponse>, ApiError> {
     let caller = node_caller(&app, &node_id, &headers)?;
     let bytes = json_body(&headers, body, app.cfg.max_body_bytes).await?;
-    let hb: HeartbeatRequest = serde_json::from_slice(&bytes).map_err(|e| ErrorEnvelope::invalid("", format!("invalid heartbeat body: {e}")))?;
-    let r = app.core.ask(|reply| Msg::Heartbeat { node_id, hb, caller, reply }).await.ok_or_else(unavailable)?;
+    let hb: HeartbeatRequest = serde_json::from_slice(&bytes)
+        .map_err(|e| ErrorEnvelope::invalid("", format!("invalid heartbeat body: {e}")))?;
+    let r = app
+        .core
+        .ask(|reply| Msg::Heartbeat {
+            node_id,
+            hb,
+            caller,
+            reply,
+        })
+        .await
+        .ok_or_else(unavailable)?;
     Ok(Json(r?))
 }
 
-pub async fn deregister(State(app): State<App>, Path(node_id): Path<String>, headers: HeaderMap) -> Result<StatusCode, ApiError> {
+pub async fn deregister(
+    State(app): State<App>,
+    Path(node_id): Path<String>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
     // A client token may also remove a node.
     let tokens = app.tokens();
-    let client = bearer(&headers).is_some_and(|t| tokens.is_client(&t)) || (tokens.open() && tokens.nodes_open());
-    let caller = if client { None } else { Some(node_caller(&app, &node_id, &headers)?) };
-    let r = app.core.ask(|reply| Msg::Deregister { node_id, caller, reply }).await.ok_or_else(unavailable)?;
+    let client = bearer(&headers).is_some_and(|t| tokens.is_client(&t))
+        || (tokens.open() && tokens.nodes_open());
+    let caller = if client {
+        None
+    } else {
+        Some(node_caller(&app, &node_id, &headers)?)
+    };
+    let r = app
+        .core
+        .ask(|reply| Msg::Deregister {
+            node_id,
+            caller,
+            reply,
+        })
+        .await
+        .ok_or_else(unavailable)?;
     r?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 pub async fn list(State(app): State<App>) -> Result<Json<NodesResponse>, ApiError> {
-    let nodes = app.core.ask(|reply| Msg::Nodes { reply }).await.ok_or_else(unavailable)?;
-    Ok(Json(NodesResponse { count: nodes.len(), nodes }))
+    let nodes = app
+        .core
+        .ask(|reply| Msg::Nodes { reply })
+        .await
+        .ok_or_else(unavailable)?;
+    Ok(Json(NodesResponse {
+        count: nodes.len(),
+        nodes,
+    }))
 }

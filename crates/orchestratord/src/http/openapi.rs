@@ -113,7 +113,12 @@ impl Modify for Extras {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).description(Some("A client token (`auth.client_tokens`).")).build()),
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("A client token (`auth.client_tokens`)."))
+                    .build(),
+            ),
         );
         components.add_security_scheme(
             "node_bearer",
@@ -127,16 +132,37 @@ impl Modify for Extras {
         let string = || ObjectBuilder::new().schema_type(Type::String).build();
         // What the path macro cannot say: the drain body is optional, and `Last-Event-ID` is optional
         // but never null.
-        if let Some(body) = openapi.paths.paths.get_mut("/v2/pools/{id}/drain").and_then(|i| i.post.as_mut()).and_then(|op| op.request_body.as_mut()) {
+        if let Some(body) = openapi
+            .paths
+            .paths
+            .get_mut("/v2/pools/{id}/drain")
+            .and_then(|i| i.post.as_mut())
+            .and_then(|op| op.request_body.as_mut())
+        {
             body.required = Some(Required::False);
         }
-        if let Some(params) = openapi.paths.paths.get_mut("/v2/tasks/{id}/events").and_then(|i| i.get.as_mut()).and_then(|op| op.parameters.as_mut()) {
+        if let Some(params) = openapi
+            .paths
+            .paths
+            .get_mut("/v2/tasks/{id}/events")
+            .and_then(|i| i.get.as_mut())
+            .and_then(|op| op.parameters.as_mut())
+        {
             for p in params.iter_mut().filter(|p| p.name == "Last-Event-ID") {
                 p.schema = Some(<u64 as utoipa::PartialSchema>::schema());
             }
         }
         for item in openapi.paths.paths.values_mut() {
-            let ops = [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.options, &mut item.head, &mut item.patch, &mut item.trace];
+            let ops = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.options,
+                &mut item.head,
+                &mut item.patch,
+                &mut item.trace,
+            ];
             for op in ops.into_iter().flatten() {
                 op.parameters.get_or_insert_with(Vec::new).push(
                     ParameterBuilder::new()
@@ -154,7 +180,9 @@ impl Modify for Extras {
 
 /// The document as pretty JSON with a trailing newline: the exact content of [`COMMITTED_PATH`].
 pub fn document_json() -> String {
-    let mut s = ApiDoc::openapi().to_pretty_json().expect("the OpenAPI document serializes");
+    let mut s = ApiDoc::openapi()
+        .to_pretty_json()
+        .expect("the OpenAPI document serializes");
     s.push('\n');
     s
 }
@@ -162,21 +190,30 @@ pub fn document_json() -> String {
 /// `GET /v2/openapi.json` (generated once per process).
 pub async fn document() -> impl IntoResponse {
     static DOC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    ([(header::CONTENT_TYPE, "application/json")], DOC.get_or_init(document_json).as_str())
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        DOC.get_or_init(document_json).as_str(),
+    )
 }
 
 /// Documentation-only operation stubs (never called), and the schemas of SSE framing, which no
 /// handler serializes as one type.
 #[allow(dead_code)]
 mod doc {
-    use api::catalog::{AvailabilityResponse, ModelRecord, ModelsResponse, RegisterModel, SetModelState};
+    use api::catalog::{
+        AvailabilityResponse, ModelRecord, ModelsResponse, RegisterModel, SetModelState,
+    };
     use api::events::{End, Metrics, Started, Token};
+    use api::meta::{Health, MetaCapabilities, PoolHealth, SessionView, VersionInfo};
     use api::node::{
-        DrainRequest, HeartbeatRequest, HeartbeatResponse, NodesResponse, PoolCommandAccepted, PoolsResponse, RegisterRequest, RegisterResponse, ReloadRequest,
+        DrainRequest, HeartbeatRequest, HeartbeatResponse, NodesResponse, PoolCommandAccepted,
+        PoolsResponse, RegisterRequest, RegisterResponse, ReloadRequest,
+    };
+    use api::openai::{
+        ChatCompletion, ChatCompletionRequest, CompletionRequest, ModelList, OpenAiError,
+        TextCompletion,
     };
     use api::task::{AdmissionResponse, TaskRecord, TaskRequest};
-    use api::meta::{Health, MetaCapabilities, PoolHealth, SessionView, VersionInfo};
-    use api::openai::{ChatCompletion, ChatCompletionRequest, CompletionRequest, ModelList, OpenAiError, TextCompletion};
     use api::{ErrorEnvelope, ModelId, NodeId, PoolId, SessionId, TaskId};
     use serde::Serialize;
     use utoipa::ToSchema;
@@ -725,7 +762,12 @@ mod tests {
     }
 
     fn properties(doc: &Value, schema: &str) -> BTreeSet<String> {
-        doc["components"]["schemas"][schema]["properties"].as_object().unwrap_or_else(|| panic!("schema {schema} has properties")).keys().cloned().collect()
+        doc["components"]["schemas"][schema]["properties"]
+            .as_object()
+            .unwrap_or_else(|| panic!("schema {schema} has properties"))
+            .keys()
+            .cloned()
+            .collect()
     }
 
     fn keys(v: &Value) -> BTreeSet<String> {
@@ -735,11 +777,18 @@ mod tests {
     /// The drift check: the committed document must be exactly what the code generates.
     #[test]
     fn committed_openapi_document_is_current() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../contracts/openapi/orchestratord.json");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../contracts/openapi/orchestratord.json"
+        );
         let committed = std::fs::read_to_string(path).unwrap_or_default();
         let generated = document_json();
         if committed != generated {
-            let line = committed.lines().zip(generated.lines()).position(|(a, b)| a != b).unwrap_or_else(|| committed.lines().count().min(generated.lines().count()));
+            let line = committed
+                .lines()
+                .zip(generated.lines())
+                .position(|(a, b)| a != b)
+                .unwrap_or_else(|| committed.lines().count().min(generated.lines().count()));
             panic!(
                 "{COMMITTED_PATH} is out of date with the wire types (first difference at line {}): run `cargo xtask openapi` to regenerate",
                 line + 1
@@ -752,19 +801,56 @@ mod tests {
         let d = doc();
         assert_eq!(d["info"]["version"], "2.0.0");
         assert_eq!(d["info"]["title"], "llama-orch orchestratord");
-        for p in ["/v2/tasks", "/v2/tasks/{id}/events", "/v1/chat/completions", "/health", "/v2/openapi.json"] {
+        for p in [
+            "/v2/tasks",
+            "/v2/tasks/{id}/events",
+            "/v1/chat/completions",
+            "/health",
+            "/v2/openapi.json",
+        ] {
             assert!(d["paths"].get(p).is_some(), "path {p}");
         }
-        for s in ["ErrorEnvelope", "ErrorCode", "TaskRequest", "AdmissionResponse", "TaskRecord", "Started", "Token", "Metrics", "End", "PoolView", "RegisterRequest"] {
+        for s in [
+            "ErrorEnvelope",
+            "ErrorCode",
+            "TaskRequest",
+            "AdmissionResponse",
+            "TaskRecord",
+            "Started",
+            "Token",
+            "Metrics",
+            "End",
+            "PoolView",
+            "RegisterRequest",
+        ] {
             assert!(d["components"]["schemas"].get(s).is_some(), "schema {s}");
         }
-        assert_eq!(d["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
-        assert_eq!(d["paths"]["/v2/tasks"]["post"]["responses"]["202"]["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/AdmissionResponse");
-        assert_eq!(d["paths"]["/v2/tasks/{id}/cancel"]["post"]["responses"]["204"]["content"], Value::Null);
+        assert_eq!(
+            d["components"]["securitySchemes"]["bearer"]["scheme"],
+            "bearer"
+        );
+        assert_eq!(
+            d["paths"]["/v2/tasks"]["post"]["responses"]["202"]["content"]["application/json"]
+                ["schema"]["$ref"],
+            "#/components/schemas/AdmissionResponse"
+        );
+        assert_eq!(
+            d["paths"]["/v2/tasks/{id}/cancel"]["post"]["responses"]["204"]["content"],
+            Value::Null
+        );
         for code in ["400", "401", "404", "409", "429", "503"] {
-            assert_eq!(d["paths"]["/v2/tasks"]["post"]["responses"][code]["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/ErrorEnvelope", "{code}");
+            assert_eq!(
+                d["paths"]["/v2/tasks"]["post"]["responses"][code]["content"]["application/json"]
+                    ["schema"]["$ref"],
+                "#/components/schemas/ErrorEnvelope",
+                "{code}"
+            );
         }
-        assert!(d["paths"]["/v2/tasks/{id}/events"]["get"]["responses"]["200"]["content"].get("text/event-stream").is_some());
+        assert!(
+            d["paths"]["/v2/tasks/{id}/events"]["get"]["responses"]["200"]["content"]
+                .get("text/event-stream")
+                .is_some()
+        );
     }
 
     #[test]
@@ -772,22 +858,40 @@ mod tests {
         let d = doc();
         let p = &d["paths"];
         let record = "#/components/schemas/ModelRecord";
-        let ok = |path: &str, method: &str, status: &str| p[path][method]["responses"][status]["content"]["application/json"]["schema"]["$ref"].clone();
+        let ok = |path: &str, method: &str, status: &str| {
+            p[path][method]["responses"][status]["content"]["application/json"]["schema"]["$ref"]
+                .clone()
+        };
         assert_eq!(ok("/v2/catalog/models", "post", "201"), record);
         assert_eq!(ok("/v2/catalog/models", "post", "200"), record);
-        assert_eq!(ok("/v2/catalog/models", "get", "200"), "#/components/schemas/ModelsResponse");
+        assert_eq!(
+            ok("/v2/catalog/models", "get", "200"),
+            "#/components/schemas/ModelsResponse"
+        );
         assert_eq!(ok("/v2/catalog/models/{id}", "get", "200"), record);
         assert_eq!(ok("/v2/catalog/models/{id}/verify", "post", "202"), record);
         assert_eq!(ok("/v2/catalog/models/{id}/state", "post", "200"), record);
-        assert_eq!(ok("/v2/catalog/availability", "get", "200"), "#/components/schemas/AvailabilityResponse");
+        assert_eq!(
+            ok("/v2/catalog/availability", "get", "200"),
+            "#/components/schemas/AvailabilityResponse"
+        );
         assert!(p["/v2/catalog/models/{id}"]["delete"]["responses"]["204"].is_object());
-        assert_eq!(ok("/v2/catalog/models/{id}", "delete", "409"), "#/components/schemas/ErrorEnvelope");
+        assert_eq!(
+            ok("/v2/catalog/models/{id}", "delete", "409"),
+            "#/components/schemas/ErrorEnvelope"
+        );
         assert_eq!(p["/v2/catalog/models"]["post"]["tags"][0], "catalog");
         let s = &d["components"]["schemas"];
         assert_eq!(s["RegisterModel"]["additionalProperties"], false);
         assert!(properties(&d, "RegisterModel").contains("ref"));
         assert!(properties(&d, "ModelRecord").contains("metadata"));
-        for name in ["ModelState", "GgufInfo", "SetModelState", "ModelAvailability", "ServingPool"] {
+        for name in [
+            "ModelState",
+            "GgufInfo",
+            "SetModelState",
+            "ModelAvailability",
+            "ServingPool",
+        ] {
             assert!(s.get(name).is_some(), "schema {name}");
         }
     }
@@ -797,7 +901,9 @@ mod tests {
         let resp = document().await.into_response();
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json");
-        let body = axum::body::to_bytes(resp.into_body(), usize::MAX).await.expect("body");
+        let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .expect("body");
         assert_eq!(body, document_json().as_bytes());
     }
 
@@ -806,13 +912,33 @@ mod tests {
     fn serde_attributes_are_reflected() {
         let d = doc();
         let s = &d["components"]["schemas"];
-        assert!(s["ErrorCode"]["enum"].as_array().expect("enum").contains(&Value::from("QUEUE_FULL_DROP_LRU")));
-        assert!(s["StopReason"]["enum"].as_array().expect("enum").contains(&Value::from("stop_word")));
-        let required: BTreeSet<String> = s["ErrorEnvelope"]["required"].as_array().expect("required").iter().map(|v| v.as_str().unwrap_or_default().to_string()).collect();
-        assert_eq!(required, ["code", "message", "retriable"].map(String::from).into());
+        assert!(s["ErrorCode"]["enum"]
+            .as_array()
+            .expect("enum")
+            .contains(&Value::from("QUEUE_FULL_DROP_LRU")));
+        assert!(s["StopReason"]["enum"]
+            .as_array()
+            .expect("enum")
+            .contains(&Value::from("stop_word")));
+        let required: BTreeSet<String> = s["ErrorEnvelope"]["required"]
+            .as_array()
+            .expect("required")
+            .iter()
+            .map(|v| v.as_str().unwrap_or_default().to_string())
+            .collect();
+        assert_eq!(
+            required,
+            ["code", "message", "retriable"].map(String::from).into()
+        );
         assert_eq!(s["TaskRequest"]["additionalProperties"], false);
         assert!(properties(&d, "LoadedModel").contains("ref"));
-        assert!(s["TaskRecord"]["required"].as_array().expect("required").contains(&Value::from("stop_reason")), "always-sent nullable fields are required");
+        assert!(
+            s["TaskRecord"]["required"]
+                .as_array()
+                .expect("required")
+                .contains(&Value::from("stop_reason")),
+            "always-sent nullable fields are required"
+        );
     }
 
     /// Every body a handler sends is a typed `api` struct, so the document describes exactly what
@@ -822,7 +948,21 @@ mod tests {
     async fn bodies_of_every_route_are_typed_schemas() {
         let d = doc();
         let s = &d["components"]["schemas"];
-        for name in ["Health", "VersionInfo", "MetaCapabilities", "PoolHealth", "SessionView", "ChatCompletionRequest", "CompletionRequest", "ChatCompletion", "TextCompletion", "ChatCompletionChunk", "TextCompletionChunk", "ModelList", "OpenAiError"] {
+        for name in [
+            "Health",
+            "VersionInfo",
+            "MetaCapabilities",
+            "PoolHealth",
+            "SessionView",
+            "ChatCompletionRequest",
+            "CompletionRequest",
+            "ChatCompletion",
+            "TextCompletion",
+            "ChatCompletionChunk",
+            "TextCompletionChunk",
+            "ModelList",
+            "OpenAiError",
+        ] {
             assert!(s.get(name).is_some(), "schema {name}");
         }
         let health = serde_json::to_value(super::super::meta::health().await.0).expect("json");
@@ -830,11 +970,29 @@ mod tests {
         let version = serde_json::to_value(super::super::meta::version().await.0).expect("json");
         assert_eq!(properties(&d, "VersionInfo"), keys(&version));
         assert!(properties(&d, "ChatCompletionChunk").contains("usage"));
-        let required: BTreeSet<String> = s["ChatChunkChoice"]["required"].as_array().expect("required").iter().map(|v| v.as_str().unwrap_or_default().to_string()).collect();
-        assert!(required.contains("finish_reason"), "finish_reason is always sent, null until the end");
+        let required: BTreeSet<String> = s["ChatChunkChoice"]["required"]
+            .as_array()
+            .expect("required")
+            .iter()
+            .map(|v| v.as_str().unwrap_or_default().to_string())
+            .collect();
+        assert!(
+            required.contains("finish_reason"),
+            "finish_reason is always sent, null until the end"
+        );
         let chat = &d["paths"]["/v1/chat/completions"]["post"];
-        assert_eq!(chat["requestBody"]["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/ChatCompletionRequest");
-        assert_eq!(chat["responses"]["200"]["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/ChatCompletion");
-        assert_eq!(d["paths"]["/v1/models"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/ModelList");
+        assert_eq!(
+            chat["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/ChatCompletionRequest"
+        );
+        assert_eq!(
+            chat["responses"]["200"]["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/ChatCompletion"
+        );
+        assert_eq!(
+            d["paths"]["/v1/models"]["get"]["responses"]["200"]["content"]["application/json"]
+                ["schema"]["$ref"],
+            "#/components/schemas/ModelList"
+        );
     }
 }

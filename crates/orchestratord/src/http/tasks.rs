@@ -18,11 +18,24 @@ use crate::core::runner::{CoreHandle, Msg};
 use crate::core::tasks::CancelReason;
 use crate::core::TaskLog;
 
-pub async fn submit(State(app): State<App>, Extension(cid): Extension<CorrelationId>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+pub async fn submit(
+    State(app): State<App>,
+    Extension(cid): Extension<CorrelationId>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let bytes = json_body(&headers, body, app.cfg.max_body_bytes).await?;
     let req = crate::admission::parse(&bytes)?;
     let v = crate::admission::validate(req, &app.cfg)?;
-    let result = app.core.ask(|reply| Msg::Submit { v, correlation_id: cid.0.clone(), reply }).await.ok_or_else(unavailable)?;
+    let result = app
+        .core
+        .ask(|reply| Msg::Submit {
+            v,
+            correlation_id: cid.0.clone(),
+            reply,
+        })
+        .await
+        .ok_or_else(unavailable)?;
     let (resp, _log) = result?;
     let location = format!("/v2/tasks/{}", resp.task_id);
     let mut r = (StatusCode::ACCEPTED, Json(resp)).into_response();
@@ -32,18 +45,36 @@ pub async fn submit(State(app): State<App>, Extension(cid): Extension<Correlatio
     Ok(r)
 }
 
-pub async fn get_task(State(app): State<App>, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn get_task(
+    State(app): State<App>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let id = task_id(&id)?;
-    let rec = app.core.ask(|reply| Msg::Record { id, reply }).await.ok_or_else(unavailable)?;
+    let rec = app
+        .core
+        .ask(|reply| Msg::Record { id, reply })
+        .await
+        .ok_or_else(unavailable)?;
     match rec {
         Some(r) => Ok(Json(r).into_response()),
         None => Err(ErrorEnvelope::new(ErrorCode::NotFound, format!("no task {id}")).into()),
     }
 }
 
-pub async fn cancel(State(app): State<App>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn cancel(
+    State(app): State<App>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     let id = task_id(&id)?;
-    let known = app.core.ask(|reply| Msg::Cancel { id, reason: CancelReason::Client, reply }).await.ok_or_else(unavailable)?;
+    let known = app
+        .core
+        .ask(|reply| Msg::Cancel {
+            id,
+            reason: CancelReason::Client,
+            reply,
+        })
+        .await
+        .ok_or_else(unavailable)?;
     if known {
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -51,10 +82,22 @@ pub async fn cancel(State(app): State<App>, Path(id): Path<String>) -> Result<St
     }
 }
 
-pub async fn get_session(State(app): State<App>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let not_found = || ApiError(ErrorEnvelope::new(ErrorCode::NotFound, format!("no session {id}")));
+pub async fn get_session(
+    State(app): State<App>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let not_found = || {
+        ApiError(ErrorEnvelope::new(
+            ErrorCode::NotFound,
+            format!("no session {id}"),
+        ))
+    };
     let sid: api::SessionId = id.parse().map_err(|_| not_found())?;
-    let view = app.core.ask(|reply| Msg::Session { id: sid, reply }).await.ok_or_else(unavailable)?;
+    let view = app
+        .core
+        .ask(|reply| Msg::Session { id: sid, reply })
+        .await
+        .ok_or_else(unavailable)?;
     view.map(|v| Json(v).into_response()).ok_or_else(not_found)
 }
 
@@ -67,25 +110,53 @@ pub async fn delete_session(State(app): State<App>, Path(id): Path<String>) -> S
 
 /// The `verbose` query parameter: `true` or `false`, at most once; other parameters are ignored.
 fn verbose(query: Option<&str>) -> Result<bool, ApiError> {
-    let values: Vec<&str> = query.unwrap_or("").split('&').filter_map(|kv| kv.strip_prefix("verbose=").or((kv == "verbose").then_some(""))).collect();
+    let values: Vec<&str> = query
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| {
+            kv.strip_prefix("verbose=")
+                .or((kv == "verbose").then_some(""))
+        })
+        .collect();
     match values.as_slice() {
         [] | ["false"] => Ok(false),
         ["true"] => Ok(true),
-        [one] => Err(ErrorEnvelope::invalid("verbose", format!("{one:?} is not true or false")).into()),
+        [one] => {
+            Err(ErrorEnvelope::invalid("verbose", format!("{one:?} is not true or false")).into())
+        }
         _ => Err(ErrorEnvelope::invalid("verbose", "given more than once").into()),
     }
 }
 
-pub async fn events(State(app): State<App>, Path(id): Path<String>, RawQuery(query): RawQuery, headers: HeaderMap) -> Result<Response, ApiError> {
+pub async fn events(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let id = task_id(&id)?;
     let verbose = verbose(query.as_deref())?;
-    let from = match headers.get("last-event-id").map(|v| v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok())) {
+    let from = match headers
+        .get("last-event-id")
+        .map(|v| v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()))
+    {
         None => 0,
         Some(Some(n)) => n as usize + 1,
-        Some(None) => return Err(ErrorEnvelope::invalid("Last-Event-ID", "must be a frame id").into()),
+        Some(None) => {
+            return Err(ErrorEnvelope::invalid("Last-Event-ID", "must be a frame id").into())
+        }
     };
-    let log = app.core.ask(|reply| Msg::Log { id, reply }).await.ok_or_else(unavailable)?;
-    let log = log.ok_or_else(|| ApiError(ErrorEnvelope::new(ErrorCode::NotFound, format!("no task {id}"))))?;
+    let log = app
+        .core
+        .ask(|reply| Msg::Log { id, reply })
+        .await
+        .ok_or_else(unavailable)?;
+    let log = log.ok_or_else(|| {
+        ApiError(ErrorEnvelope::new(
+            ErrorCode::NotFound,
+            format!("no task {id}"),
+        ))
+    })?;
     let sub = Subscription::new(log, app.core.clone(), id);
     let stream = futures::stream::unfold((sub, from, false), move |(sub, mut next, done)| {
         let keepalive = app.cfg.keepalive;
@@ -117,21 +188,33 @@ pub async fn events(State(app): State<App>, Path(id): Path<String>, RawQuery(que
                 match tokio::time::timeout(keepalive, watch.changed()).await {
                     Ok(Ok(())) => continue,
                     Ok(Err(_)) => return None,
-                    Err(_) => return Some((Ok(Bytes::from_static(b": keepalive\n\n")), (sub, next, false))),
+                    Err(_) => {
+                        return Some((
+                            Ok(Bytes::from_static(b": keepalive\n\n")),
+                            (sub, next, false),
+                        ))
+                    }
                 }
             }
         }
     });
     let mut resp = Response::new(Body::from_stream(stream));
     let h = resp.headers_mut();
-    h.insert("content-type", HeaderValue::from_static("text/event-stream"));
+    h.insert(
+        "content-type",
+        HeaderValue::from_static("text/event-stream"),
+    );
     h.insert("cache-control", HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(resp)
 }
 
 fn frame(id: usize, ev: &Event) -> String {
-    format!("id: {id}\nevent: {}\ndata: {}\n\n", ev.name(), ev.data_json())
+    format!(
+        "id: {id}\nevent: {}\ndata: {}\n\n",
+        ev.name(),
+        ev.data_json()
+    )
 }
 
 /// Counts a subscriber while the response body lives; tells the core when the last one leaves.
