@@ -421,3 +421,111 @@ pub async fn collect_logs(files: &[PathBuf], cid: &str, task: TaskId) -> Vec<Val
     }
     lines
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use api::events::{End, Started, StopReason, Token};
+    use api::task::{Preparation, Streams};
+
+    fn frame(event: Event) -> Frame {
+        Frame {
+            id: None,
+            name: event.name().to_string(),
+            data: String::new(),
+            event,
+        }
+    }
+
+    /// A well-formed stream: started, two tokens, end; closed by the server.
+    fn good() -> Evidence {
+        let mut ev = Evidence::new("c".into(), TaskId::new());
+        ev.frames = vec![
+            frame(Event::Started(Started {
+                queue_position: 0,
+                predicted_start_ms: 0,
+                pool_id: "cpu0".into(),
+                node_id: "local".into(),
+                engine: api::ENGINE_LLAMACPP.into(),
+                engine_version: Some("b11434".into()),
+                model: "m".into(),
+            })),
+            frame(Event::Token(Token {
+                t: "a".into(),
+                i: 0,
+            })),
+            frame(Event::Token(Token {
+                t: "b".into(),
+                i: 1,
+            })),
+            frame(Event::End(End {
+                tokens_in: 3,
+                tokens_out: 2,
+                ttft_ms: Some(1),
+                decode_ms: 1,
+                decode_time_ms: 1,
+                stop_reason: StopReason::Eos,
+                canceled: false,
+            })),
+        ];
+        ev.terminal_seen = true;
+        ev.closed = true;
+        let t = ev.task_id;
+        ev.session_id = Some(SessionId::new());
+        ev.admission_status = 202;
+        ev.admission_location = Some(format!("/v2/tasks/{t}"));
+        ev.admission = Some(AdmissionResponse {
+            task_id: t,
+            session_id: ev.session_id.unwrap_or_default(),
+            queue_position: 0,
+            predicted_start_ms: 0,
+            backoff_ms: 0,
+            streams: Streams {
+                sse: format!("/v2/tasks/{t}/events"),
+                sse_verbose: format!("/v2/tasks/{t}/events?verbose=true"),
+            },
+            preparation: Preparation::default(),
+        });
+        ev
+    }
+
+    fn check_order(ev: &Evidence, pass: bool) {
+        assert_eq!(order(ev)["pass"], pass, "{}", order(ev)["detail"]);
+    }
+
+    #[test]
+    fn order_fails_on_anything_after_end_or_an_open_stream() {
+        check_order(&good(), true);
+        let mut after = good();
+        after.after_terminal.push(frame(Event::Token(Token {
+            t: "c".into(),
+            i: 2,
+        })));
+        check_order(&after, false);
+        let mut open = good();
+        open.closed = false;
+        check_order(&open, false);
+    }
+
+    #[test]
+    fn admission_needs_202_and_the_task_s_fields() {
+        assert_eq!(admission(&good())["pass"], true);
+        let mut status = good();
+        status.admission_status = 200;
+        assert_eq!(admission(&status)["pass"], false);
+        let mut session = good();
+        session.session_id = Some(SessionId::new());
+        assert_eq!(admission(&session)["pass"], false);
+        let mut location = good();
+        location.admission_location = None;
+        assert_eq!(admission(&location)["pass"], false);
+        let mut stream = good();
+        if let Some(a) = stream.admission.as_mut() {
+            a.streams.sse = "/v2/tasks/other/events".into();
+        }
+        assert_eq!(admission(&stream)["pass"], false);
+        let mut missing = good();
+        missing.admission = None;
+        assert_eq!(admission(&missing)["pass"], false);
+    }
+}
