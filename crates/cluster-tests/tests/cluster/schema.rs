@@ -30,7 +30,7 @@ pub async fn schemathesis(a: Assets) -> anyhow::Result<()> {
                 "--max-examples",
                 "25",
                 "--max-time",
-                "90",
+                "60",
                 "--request-timeout",
                 "30",
             ])
