@@ -1,5 +1,7 @@
 //! pool-managerd's worker API (API.md §13): dispatch, cancel, pool list and health. Every route but
-//! `/health` needs orchestratord's dispatch token.
+//! `/health` and `/metrics` needs orchestratord's dispatch token. Handlers check a dispatch
+//! against the pool's spec and ask the pool's supervisor for a slot; they never touch an engine
+//! process.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -16,23 +18,13 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use daemon::correlation::{CorrelationId, Identity};
 use daemon::errors::ApiError;
-use tokio::sync::{mpsc, watch};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::mpsc;
 
 use crate::adapter::TaskRun;
-use crate::config::Config;
-use crate::pools::Inflight;
+use crate::node::Node;
+use crate::pools::{Pool, Refusal};
 
-pub struct App {
-    pub config: Config,
-    pub pools: crate::pools::PoolSet,
-    pub tracker: tokio_util::task::TaskTracker,
-    /// Cancelled when the daemon stops accepting dispatches.
-    pub closing: CancellationToken,
-    pub book: Arc<crate::commands::CommandBook>,
-    /// The node's models cache (fetches, verification, eviction).
-    pub cache: models::ModelCache,
-}
+type App = Node;
 
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
@@ -63,7 +55,7 @@ async fn auth(State(app): State<Arc<App>>, req: Request, next: Next) -> Response
         ))
         .into_response();
     };
-    if !app.config.dispatch_token.matches(&token) {
+    if !app.dispatch_token.matches(&token) {
         return ApiError(ErrorEnvelope::new(
             ErrorCode::BadToken,
             "the token is not this node's dispatch token",
@@ -84,12 +76,14 @@ async fn not_found() -> ApiError {
 
 async fn health(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
     Json(
-        serde_json::json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION"), "node_id": app.config.node_id.to_string() }),
+        serde_json::json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION"), "node_id": app.node_id.to_string() }),
     )
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
-    let mut resp = crate::metrics::render(&app).into_response();
+    let samples: Vec<_> = app.pools.all().iter().map(|p| p.sample()).collect();
+    let gpus = crate::gpu::discover();
+    let mut resp = crate::metrics::render(app.node_id.as_str(), &samples, &gpus).into_response();
     resp.headers_mut().insert(
         "content-type",
         axum::http::HeaderValue::from_static("text/plain; version=0.0.4"),
@@ -159,10 +153,9 @@ fn local_command(
     })?;
     let id = uuid::Uuid::new_v4().to_string();
     app.book.receive(&id);
-    pool.commands
-        .send(make(id.clone()))
-        .map_err(|_| ErrorEnvelope::new(ErrorCode::PoolUnready, "the pool is shutting down"))?;
-    let state = pool.snapshot.borrow().state;
+    pool.command(make(id.clone()))
+        .map_err(|e| ErrorEnvelope::new(ErrorCode::PoolUnready, e.to_string()))?;
+    let state = pool.status().state;
     Ok((
         StatusCode::ACCEPTED,
         Json(api::node::PoolCommandAccepted {
@@ -188,42 +181,7 @@ async fn dispatch(
             format!("no pool {pool_id} on this node"),
         )
     })?;
-    if req.protocol_version != api::PROTOCOL_VERSION {
-        return Err(ErrorEnvelope::invalid(
-            "protocol_version",
-            format!(
-                "unsupported protocol_version {}; supported: [1]",
-                req.protocol_version
-            ),
-        )
-        .into());
-    }
-    if req.node_id != app.config.node_id.as_str() || req.pool_id != pool_id {
-        return Err(ErrorEnvelope::invalid(
-            "pool_id",
-            "node_id/pool_id do not match this node and path",
-        )
-        .into());
-    }
-    if req.engine != api::ENGINE_LLAMACPP {
-        return Err(ErrorEnvelope::invalid(
-            "engine",
-            format!("this pool runs llamacpp, not {}", req.engine),
-        )
-        .into());
-    }
-    let current = pool.snapshot.borrow().model.clone();
-    let Some(current) = current.filter(|c| {
-        c.id == req.model.id
-            && (req.model.digest.is_none() || c.digest.is_none() || req.model.digest == c.digest)
-    }) else {
-        return Err(ErrorEnvelope::new(
-            ErrorCode::ModelNotAvailable,
-            format!("pool {pool_id} does not serve {}", req.model.id),
-        )
-        .with_retriable(true)
-        .into());
-    };
+    check_dispatch(&req, app.node_id.as_str(), &pool_id, &pool)?;
     if app.closing.is_cancelled() {
         return Err(
             ErrorEnvelope::new(ErrorCode::PoolUnready, "this node is shutting down")
@@ -231,74 +189,107 @@ async fn dispatch(
                 .into(),
         );
     }
-    let snap = pool.snapshot.borrow().clone();
-    let (Some(client), api::node::PoolState::Ready) = (snap.client.clone(), snap.state) else {
-        return Err(ErrorEnvelope::new(
-            ErrorCode::PoolUnready,
-            format!("pool {pool_id} is {}", snap.state.as_str()),
-        )
-        .with_pool(&pool_id)
-        .into());
-    };
-    let cancel = CancellationToken::new();
-    let lost = CancellationToken::new();
-    let (released_tx, released_rx) = watch::channel(false);
-    let permit = {
-        let mut inflight = pool.inflight.lock().unwrap_or_else(|e| e.into_inner());
-        if inflight.contains_key(&req.task_id) {
-            return Err(ErrorEnvelope::new(
-                ErrorCode::Conflict,
-                format!("task {} is already running on this node", req.task_id),
-            )
-            .into());
-        }
-        let permit = pool.slots.clone().try_acquire_owned().map_err(|_| {
-            ErrorEnvelope::new(
-                ErrorCode::ReplicaExhausted,
-                format!("pool {pool_id} has no free slot"),
-            )
-            .with_pool(&pool_id)
-            .with_retry_after(1000)
-        })?;
-        inflight.insert(
-            req.task_id.clone(),
-            Inflight {
-                cancel: cancel.clone(),
-                lost: lost.clone(),
-                released: released_rx,
-                tokens_evaluated: 0,
-                tokens_out: 0,
-                generation: snap.generation,
-            },
-        );
-        permit
-    };
-    tracing::info!(event = "dispatch.accepted", correlation_id = %cid.0, task_id = %req.task_id, pool_id = %pool_id, node_id = %app.config.node_id,
+    let admission = pool
+        .admit(&req.task_id, &req.model)
+        .await
+        .map_err(|r| refusal(r, &pool_id, &req))?;
+    tracing::info!(event = "dispatch.accepted", correlation_id = %cid.0, task_id = %req.task_id, pool_id = %pool_id, node_id = %app.node_id,
         attempt = req.attempt, "Accepted task {} for pool {pool_id} (attempt {})", req.task_id, req.attempt);
     let (tx, rx) = mpsc::channel::<WorkerEvent>(64);
     let task_id = req.task_id.clone();
     let run = TaskRun {
         pool: pool.clone(),
-        client,
-        engine_version: snap.engine_version.clone().unwrap_or_default(),
-        model: current,
+        client: admission.client,
+        engine_version: admission.engine_version,
+        model: admission.model,
+        meter: admission.meter,
         req,
         tx,
-        cancel,
-        lost,
-        idle_timeout: app.config.engine.idle_timeout,
-        cancel_confirm: app.config.engine.cancel_confirm,
+        cancel: admission.cancel,
+        lost: admission.lost,
+        idle_timeout: app.idle_timeout,
+        cancel_confirm: app.cancel_confirm,
     };
     app.tracker.spawn(async move {
-        run.run().await;
-        pool.inflight
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&task_id);
-        drop(permit);
-        let _ = released_tx.send(true);
+        let end = run.run().await;
+        pool.release(&task_id, end);
     });
     Ok(ndjson(rx))
+}
+
+/// The checks of §13.2 that need no supervisor: protocol, placement facts, engine, and a `ctx`
+/// that fits the pool's slots (0 means the task named none).
+fn check_dispatch(
+    req: &DispatchRequest,
+    node_id: &str,
+    pool_id: &str,
+    pool: &Pool,
+) -> Result<(), ErrorEnvelope> {
+    if req.protocol_version != api::PROTOCOL_VERSION {
+        return Err(ErrorEnvelope::invalid(
+            "protocol_version",
+            format!(
+                "unsupported protocol_version {}; supported: [1]",
+                req.protocol_version
+            ),
+        ));
+    }
+    if req.node_id != node_id || req.pool_id != pool_id {
+        return Err(ErrorEnvelope::invalid(
+            "pool_id",
+            "node_id/pool_id do not match this node and path",
+        ));
+    }
+    if req.engine != api::ENGINE_LLAMACPP {
+        return Err(ErrorEnvelope::invalid(
+            "engine",
+            format!("this pool runs llamacpp, not {}", req.engine),
+        ));
+    }
+    if req.params.ctx > pool.spec.ctx_per_slot {
+        return Err(ErrorEnvelope::invalid(
+            "ctx",
+            format!(
+                "ctx {} exceeds the {} tokens per slot of pool {pool_id}",
+                req.params.ctx, pool.spec.ctx_per_slot
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The §13.2 answer for a dispatch the supervisor did not admit.
+fn refusal(r: Refusal, pool_id: &str, req: &DispatchRequest) -> ErrorEnvelope {
+    match r {
+        Refusal::ModelNotServed => ErrorEnvelope::new(
+            ErrorCode::ModelNotAvailable,
+            format!(
+                "pool {pool_id} does not serve {}{}",
+                req.model.id,
+                req.model
+                    .digest
+                    .as_deref()
+                    .map(|d| format!(" with digest {d}"))
+                    .unwrap_or_default()
+            ),
+        )
+        .with_retriable(true),
+        Refusal::Unready(state) => ErrorEnvelope::new(
+            ErrorCode::PoolUnready,
+            format!("pool {pool_id} is {}", state.as_str()),
+        )
+        .with_pool(pool_id),
+        Refusal::Duplicate => ErrorEnvelope::new(
+            ErrorCode::Conflict,
+            format!("task {} is already running on this node", req.task_id),
+        ),
+        Refusal::Exhausted => ErrorEnvelope::new(
+            ErrorCode::ReplicaExhausted,
+            format!("pool {pool_id} has no free slot"),
+        )
+        .with_pool(pool_id)
+        .with_retry_after(1000),
+    }
 }
 
 /// The NDJSON body: one line per event with `seq`, and a keepalive after 5 s of silence.
@@ -341,20 +332,12 @@ async fn cancel(
             format!("no pool {pool_id} on this node"),
         )
     })?;
-    let released = {
-        let inflight = pool.inflight.lock().unwrap_or_else(|e| e.into_inner());
-        match inflight.get(&task_id) {
-            Some(i) => {
-                i.cancel.cancel();
-                i.released.clone()
-            }
-            None => return Ok(StatusCode::NO_CONTENT),
-        }
+    let Some(released) = pool.cancel(&task_id).await else {
+        return Ok(StatusCode::NO_CONTENT);
     };
     tracing::info!(event = "command.received", correlation_id = %cid.0, task_id = %task_id, pool_id = %pool_id, "Cancel requested for task {task_id}");
     let mut released = released;
-    let confirmed =
-        tokio::time::timeout(app.config.engine.cancel_confirm, released.wait_for(|r| *r)).await;
+    let confirmed = tokio::time::timeout(app.cancel_confirm, released.wait_for(|r| *r)).await;
     Ok(if matches!(confirmed, Ok(Ok(_))) {
         StatusCode::NO_CONTENT
     } else {
