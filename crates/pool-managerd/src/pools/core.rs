@@ -794,6 +794,7 @@ impl<E: Effects> Core<E> {
                 // A reload of the model the pool serves restarts its engine.
                 self.fx.command(&id, CommandUpdate::Running);
                 self.active = Some(id);
+                self.abort_all();
                 let old = self.stop_serving();
                 self.phase = Phase::Starting;
                 self.launch(now, old);
