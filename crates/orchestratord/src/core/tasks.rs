@@ -222,6 +222,8 @@ impl<E: Effects> Core<E> {
         let node_id = pool.node_id.clone();
         let engine_version = pool.status.engine_version.clone();
         let digest = pool.status.models.first().and_then(|m| m.digest.clone());
+        // A task that names no ctx gets the pool's whole slot (§13.2 `params.ctx`).
+        let ctx_per_slot = pool.status.ctx_per_slot;
         let Some(node) = self.nodes.get(&node_id) else {
             return;
         };
@@ -279,7 +281,7 @@ impl<E: Effects> Core<E> {
             input: t.v.input.clone(),
             params: DispatchParams {
                 max_tokens: t.max_tokens,
-                ctx: t.v.ctx.unwrap_or(0),
+                ctx: t.v.ctx.unwrap_or(ctx_per_slot),
                 sampling: t.v.sampling.clone(),
             },
             deadline_remaining_ms: t
