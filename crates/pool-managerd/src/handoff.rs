@@ -151,7 +151,8 @@ async fn adopt(app: &Adopter, f: &HandoffFile) -> Result<(), String> {
     }
     let key = std::fs::read_to_string(&f.api_key_file)
         .map_err(|e| format!("cannot read the key file {}: {e}", f.api_key_file.display()))?;
-    let client = EngineClient::new(f.url.clone(), ApiKey::from_secret(key.trim().to_string()));
+    let client = EngineClient::new(f.url.clone(), ApiKey::from_secret(key.trim().to_string()))
+        .map_err(|e| e.to_string())?;
     if !client.health().await.unwrap_or(false) {
         return Err("the engine is not healthy".into());
     }
