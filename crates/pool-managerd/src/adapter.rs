@@ -371,3 +371,117 @@ fn lost(tokens_out: u64) -> Outcome {
         "the engine stopped while the task was running".into(),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Maps one final engine SSE `data:` line and checks the `end` event and decode speed.
+    fn check(data: &str, tokens_seen: u64, expected: WorkerEvent, tps: Option<f64>) {
+        let frame = CompletionFrame::parse(data).unwrap();
+        assert_eq!(
+            end_event(&frame, tokens_seen, Some(7), Some(42)),
+            (expected, tps)
+        );
+    }
+
+    fn end(
+        tokens_in: u64,
+        tokens_out: u64,
+        stop_reason: StopReason,
+        seed: u64,
+        decode: u64,
+    ) -> WorkerEvent {
+        WorkerEvent::End {
+            tokens_in,
+            tokens_out,
+            stop_reason,
+            seed: Some(seed),
+            engine_ttft_ms: Some(7),
+            engine_decode_ms: decode,
+        }
+    }
+
+    #[test]
+    fn final_engine_frames_map_to_end_events() {
+        check(
+            r#"{"content":"","stop":true,"stop_type":"eos","tokens_evaluated":5,"tokens_predicted":3,
+                "timings":{"predicted_ms":12.5,"predicted_per_second":240.0},
+                "generation_settings":{"seed":9}}"#,
+            3,
+            end(5, 3, StopReason::Eos, 9, 12),
+            Some(240.0),
+        );
+        check(
+            r#"{"content":"","stop":true,"stop_type":"limit","tokens_evaluated":2,"tokens_predicted":4}"#,
+            4,
+            end(2, 4, StopReason::Limit, 42, 0),
+            None,
+        );
+        // The engine counted fewer tokens than we relayed: the relayed count wins.
+        check(
+            r#"{"content":"","stop":true,"stop_type":"word","tokens_predicted":1,
+                "timings":{"predicted_per_second":0.0}}"#,
+            2,
+            end(0, 2, StopReason::StopWord, 42, 0),
+            None,
+        );
+        check(
+            r#"{"content":"","stop":true}"#,
+            0,
+            end(0, 0, StopReason::Canceled, 42, 0),
+            None,
+        );
+    }
+
+    /// The first-token rule of §14.3: a failure before any token may be retried elsewhere
+    /// (POOL_UNAVAILABLE), after one it is a WORKER_RESET; engine refusals keep their meaning.
+    #[test]
+    fn engine_errors_map_by_the_first_token_rule() {
+        let failed = |o: Outcome| match o {
+            Outcome::Failed {
+                code, retriable, ..
+            } => (code, retriable),
+            _ => panic!("not a failure"),
+        };
+        let status = |status, message: &str| EngineError::Status {
+            status,
+            message: message.into(),
+        };
+        let cases = [
+            (
+                engine_failure(status(400, "bad grammar"), false),
+                (ErrorCode::InvalidParams, false),
+            ),
+            (
+                engine_failure(status(503, "loading"), false),
+                (ErrorCode::PoolUnavailable, true),
+            ),
+            (
+                engine_failure(EngineError::Connect("refused".into()), false),
+                (ErrorCode::PoolUnavailable, true),
+            ),
+            (
+                engine_failure(EngineError::Protocol("garbled".into()), true),
+                (ErrorCode::WorkerReset, true),
+            ),
+            (
+                broken(0, "closed".into()),
+                (ErrorCode::PoolUnavailable, true),
+            ),
+            (broken(3, "closed".into()), (ErrorCode::WorkerReset, true)),
+            (lost(0), (ErrorCode::PoolUnavailable, true)),
+            (lost(1), (ErrorCode::WorkerReset, true)),
+        ];
+        for (i, (outcome, expected)) in cases.into_iter().enumerate() {
+            assert_eq!(failed(outcome), expected, "case {i}");
+        }
+    }
+
+    #[test]
+    fn chat_roles_use_the_engine_names() {
+        use api::task::Role;
+        let roles = [Role::System, Role::User, Role::Assistant].map(role_str);
+        assert_eq!(roles, ["system", "user", "assistant"]);
+    }
+}

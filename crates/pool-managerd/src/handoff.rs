@@ -44,7 +44,7 @@ pub async fn watch(app: Adopter, stop: CancellationToken) {
             _ = stop.cancelled() => break,
         }
         health_tick += 1;
-        drop_dead(app, &mut adopted, health_tick % 5 == 0).await;
+        drop_dead(app, &mut adopted, health_tick.is_multiple_of(5)).await;
         for (path, parsed) in scan(&dir) {
             let file = match parsed {
                 Ok(f) => f,
@@ -104,7 +104,7 @@ struct Named {
 /// Checks the file's own fields: ids, a loopback engine URL, a local (`file:`) model.
 fn check_file(f: &HandoffFile) -> Result<Named, String> {
     let pool_id: api::PoolId = f.pool_id.parse().map_err(|e: api::IdError| e.0)?;
-    if !f.url.starts_with("http://127.0.0.1:") && !f.url.starts_with("http://localhost:") {
+    if !is_loopback_http(&f.url) {
         return Err("engines must listen on loopback".into());
     }
     let model_id: api::ModelId = f.model.id.parse().map_err(|e: api::IdError| e.0)?;
@@ -121,6 +121,19 @@ fn check_file(f: &HandoffFile) -> Result<Named, String> {
         model_id,
         model_ref,
     })
+}
+
+/// True for `http://127.0.0.1:<port>` or `http://localhost:<port>` with nothing that could send
+/// the engine key elsewhere (no user info such as `http://127.0.0.1:1@elsewhere`).
+fn is_loopback_http(url: &str) -> bool {
+    let Ok(u) = reqwest::Url::parse(url) else {
+        return false;
+    };
+    u.scheme() == "http"
+        && u.username().is_empty()
+        && u.password().is_none()
+        && matches!(u.host_str(), Some("127.0.0.1" | "localhost"))
+        && u.port().is_some()
 }
 
 /// True when the engine's slots are the ones the file promises.
@@ -231,5 +244,83 @@ async fn drop_dead(app: &Adopter, adopted: &mut Adopted, check_health: bool) {
         }
         app.pools.remove(&id);
         tracing::warn!(event = "handoff.dropped", pool_id = %id, node_id = %app.node_id, "Dropped adopted pool {id}: {why}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use engine::handoff::HandoffModel;
+
+    fn file(edit: impl FnOnce(&mut HandoffFile)) -> HandoffFile {
+        let mut f = HandoffFile {
+            pool_id: "adopted0".into(),
+            url: "http://127.0.0.1:8123".into(),
+            pid: 1,
+            start_time: 1,
+            model: HandoffModel {
+                id: "m1".into(),
+                model_ref: "file:/models/m1.gguf".into(),
+            },
+            slots: 2,
+            ctx_per_slot: 1024,
+            engine_version: "b1".into(),
+            api_key_file: "/keys/adopted0.key".into(),
+        };
+        edit(&mut f);
+        f
+    }
+
+    /// Checks a file: `Ok` or an error containing `why`.
+    fn check(f: HandoffFile, why: Option<&str>) {
+        match (check_file(&f), why) {
+            (Ok(named), None) => {
+                assert_eq!(named.pool_id.as_str(), f.pool_id);
+                assert_eq!(named.model_id.as_str(), f.model.id);
+            }
+            (Err(e), Some(why)) => assert!(e.contains(why), "{e}"),
+            (got, want) => panic!("{:?}: got {got:?}, want {want:?}", f.pool_id),
+        }
+    }
+
+    #[test]
+    fn handoff_files_are_checked_before_adoption() {
+        check(file(|_| {}), None);
+        check(file(|f| f.url = "http://localhost:9000".into()), None);
+        check(
+            file(|f| f.url = "http://10.0.0.5:8123".into()),
+            Some("loopback"),
+        );
+        check(
+            file(|f| f.url = "https://127.0.0.1:8123".into()),
+            Some("loopback"),
+        );
+        check(
+            file(|f| f.url = "http://127.0.0.1:1@evil.example".into()),
+            Some("loopback"),
+        );
+        check(
+            file(|f| f.url = "http://127.0.0.1.evil.example:1".into()),
+            Some("loopback"),
+        );
+        check(
+            file(|f| f.model.model_ref = "hf:org/repo/m.gguf".into()),
+            Some("local files"),
+        );
+        check(file(|f| f.model.model_ref = "nonsense".into()), Some(""));
+        check(file(|f| f.pool_id = "bad id!".into()), Some(""));
+        check(file(|f| f.model.id = "".into()), Some(""));
+    }
+
+    #[test]
+    fn the_engine_must_have_the_shape_the_file_promises() {
+        let f = file(|_| {});
+        assert!(shape_matches(&f, 2, &[1024, 1024]).is_ok());
+        let e = shape_matches(&f, 1, &[1024]).unwrap_err();
+        assert!(
+            e.contains("1 slots") && e.contains("the file says 2 of 1024"),
+            "{e}"
+        );
+        assert!(shape_matches(&f, 2, &[1024, 512]).is_err());
     }
 }

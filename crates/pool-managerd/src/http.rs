@@ -344,3 +344,293 @@ async fn cancel(
         StatusCode::ACCEPTED
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pools::runner::Msg;
+    use api::worker::{DispatchInput, DispatchParams};
+    use axum::http::Request as HttpRequest;
+    use tower::ServiceExt;
+
+    const TOKEN: &str = "dispatch-token-dispatch-token-0123";
+
+    fn node(pools: &[Arc<Pool>]) -> Arc<Node> {
+        let set = crate::pools::PoolSet::default();
+        for p in pools {
+            set.insert(p.clone());
+        }
+        Arc::new(Node {
+            node_id: "n1".parse().unwrap(),
+            dispatch_token: daemon::secret::Secret::new(TOKEN),
+            idle_timeout: Duration::from_secs(5),
+            cancel_confirm: Duration::from_millis(200),
+            pools: Arc::new(set),
+            book: Default::default(),
+            tracker: Default::default(),
+            closing: Default::default(),
+        })
+    }
+
+    fn dispatch_body(ctx: u64, edit: impl FnOnce(&mut DispatchRequest)) -> Vec<u8> {
+        let mut req = DispatchRequest {
+            protocol_version: api::PROTOCOL_VERSION,
+            attempt: 1,
+            task_id: "t1".into(),
+            session_id: "s1".into(),
+            correlation_id: "c1".into(),
+            node_id: "n1".into(),
+            pool_id: "p1".into(),
+            model: api::worker::DispatchModel {
+                id: "m1".into(),
+                digest: None,
+            },
+            engine: api::ENGINE_LLAMACPP.into(),
+            input: DispatchInput::Prompt {
+                prompt: "hi".into(),
+            },
+            params: DispatchParams {
+                max_tokens: 4,
+                ctx,
+                sampling: Default::default(),
+            },
+            deadline_remaining_ms: None,
+            priority: api::task::Priority::Interactive,
+        };
+        edit(&mut req);
+        serde_json::to_vec(&req).unwrap()
+    }
+
+    async fn send(
+        app: &Arc<Node>,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Vec<u8>,
+    ) -> (StatusCode, Bytes) {
+        let mut req = HttpRequest::builder().method(method).uri(path);
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let resp = router(app.clone())
+            .oneshot(req.body(Body::from(body)).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, bytes)
+    }
+
+    /// Checks an error answer: status and code (and `field` when given).
+    fn check(answer: (StatusCode, Bytes), status: u16, code: ErrorCode, field: Option<&str>) {
+        let env: ErrorEnvelope = serde_json::from_slice(&answer.1)
+            .unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&answer.1)));
+        assert_eq!(
+            (answer.0.as_u16(), env.code, env.field.as_deref()),
+            (status, code, field),
+            "{}",
+            env.message
+        );
+    }
+
+    /// Plays the runner: answers the first admit with `refusal`.
+    fn refuse_next(mut rx: mpsc::UnboundedReceiver<Msg>, refusal: Refusal) {
+        tokio::spawn(async move {
+            while let Some(msg) = rx.recv().await {
+                if let Msg::Admit { reply, .. } = msg {
+                    let _ = reply.send(Err(refusal));
+                    return;
+                }
+            }
+        });
+    }
+
+    #[tokio::test]
+    async fn routes_need_the_dispatch_token_but_health_does_not() {
+        let app = node(&[]);
+        let path = "/v2/pools";
+        check(
+            send(&app, "GET", path, None, vec![]).await,
+            401,
+            ErrorCode::MissingToken,
+            None,
+        );
+        check(
+            send(&app, "GET", path, Some("wrong"), vec![]).await,
+            401,
+            ErrorCode::BadToken,
+            None,
+        );
+        assert_eq!(send(&app, "GET", path, Some(TOKEN), vec![]).await.0, 200);
+        assert_eq!(send(&app, "GET", "/health", None, vec![]).await.0, 200);
+        check(
+            send(
+                &app,
+                "POST",
+                "/v2/pools/nope/dispatch",
+                Some(TOKEN),
+                dispatch_body(0, |_| {}),
+            )
+            .await,
+            404,
+            ErrorCode::NotFound,
+            None,
+        );
+    }
+
+    #[tokio::test]
+    async fn dispatch_refusals_before_the_supervisor() {
+        let (pool, _rx, _view) = crate::pools::detached(crate::pools::test_spec("p1", 1));
+        let app = node(&[pool]);
+        let path = "/v2/pools/p1/dispatch";
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (
+                dispatch_body(0, |r| r.protocol_version = 9),
+                "protocol_version",
+            ),
+            (dispatch_body(0, |r| r.node_id = "n2".into()), "pool_id"),
+            (dispatch_body(0, |r| r.engine = "vllm".into()), "engine"),
+            // §13.2: a ctx beyond the pool's 1024 tokens per slot.
+            (dispatch_body(1025, |_| {}), "ctx"),
+            (b"{".to_vec(), ""),
+        ];
+        for (body, field) in cases {
+            let answer = send(&app, "POST", path, Some(TOKEN), body).await;
+            check(answer, 400, ErrorCode::InvalidParams, Some(field));
+        }
+        app.closing.cancel();
+        check(
+            send(&app, "POST", path, Some(TOKEN), dispatch_body(1024, |_| {})).await,
+            503,
+            ErrorCode::PoolUnready,
+            None,
+        );
+    }
+
+    #[tokio::test]
+    async fn supervisor_refusals_map_to_their_codes() {
+        let cases = [
+            (Refusal::ModelNotServed, 503, ErrorCode::ModelNotAvailable),
+            (
+                Refusal::Unready(api::node::PoolState::Draining),
+                503,
+                ErrorCode::PoolUnready,
+            ),
+            (Refusal::Duplicate, 409, ErrorCode::Conflict),
+            (Refusal::Exhausted, 503, ErrorCode::ReplicaExhausted),
+        ];
+        for (refusal, status, code) in cases {
+            let (pool, rx, _view) = crate::pools::detached(crate::pools::test_spec("p1", 1));
+            let app = node(&[pool]);
+            refuse_next(rx, refusal);
+            let body = dispatch_body(512, |_| {});
+            let answer = send(&app, "POST", "/v2/pools/p1/dispatch", Some(TOKEN), body).await;
+            check(answer, status, code, None);
+        }
+    }
+
+    #[tokio::test]
+    async fn an_admitted_dispatch_streams_to_a_terminal_line_and_releases_its_slot() {
+        let (pool, mut rx, _view) = crate::pools::detached(crate::pools::test_spec("p1", 1));
+        let app = node(&[pool]);
+        let runner = tokio::spawn(async move {
+            let mut released = None;
+            while let Some(msg) = rx.recv().await {
+                match msg {
+                    Msg::Admit { reply, .. } => {
+                        // Nothing listens on port 1: the engine is unreachable.
+                        let client = engine::EngineClient::new(
+                            "http://127.0.0.1:1",
+                            engine::ApiKey::from_secret("k".into()),
+                        )
+                        .unwrap();
+                        let _ = reply.send(Ok(crate::pools::Admission {
+                            client,
+                            engine_version: "b1".into(),
+                            model: crate::pools::ModelInfo {
+                                id: "m1".into(),
+                                model_ref: "file:/m1.gguf".into(),
+                                path: "/m1.gguf".into(),
+                                digest: None,
+                                size_bytes: None,
+                                metadata: None,
+                            },
+                            generation: 1,
+                            cancel: Default::default(),
+                            lost: Default::default(),
+                            meter: Default::default(),
+                        }));
+                    }
+                    Msg::Release { task, end } => {
+                        released = Some((task, end.ok));
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            released
+        });
+        let body = dispatch_body(512, |_| {});
+        let (status, lines) = send(&app, "POST", "/v2/pools/p1/dispatch", Some(TOKEN), body).await;
+        assert_eq!(status, 200);
+        let lines: Vec<WorkerLine> = lines
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(
+            matches!(
+                &lines[0].event,
+                WorkerEvent::Error {
+                    code: ErrorCode::PoolUnavailable,
+                    retriable: true,
+                    ..
+                }
+            ),
+            "{lines:?}"
+        );
+        assert_eq!(runner.await.unwrap(), Some(("t1".to_string(), false)));
+    }
+
+    #[tokio::test]
+    async fn local_drain_sends_the_command_to_the_pool() {
+        let (pool, mut rx, _view) = crate::pools::detached(crate::pools::test_spec("p1", 1));
+        let app = node(&[pool]);
+        let body = br#"{"deadline_ms": 1500}"#.to_vec();
+        let (status, answer) = send(&app, "POST", "/v2/pools/p1/drain", Some(TOKEN), body).await;
+        assert_eq!(status, 202);
+        let accepted: api::node::PoolCommandAccepted = serde_json::from_slice(&answer).unwrap();
+        match rx.recv().await {
+            Some(Msg::Command(crate::commands::PoolCommand::Drain { id, deadline })) => {
+                assert_eq!(id, accepted.command_id);
+                assert_eq!(deadline, Duration::from_millis(1500));
+            }
+            _ => panic!("no drain reached the pool"),
+        }
+    }
+
+    #[tokio::test]
+    async fn cancel_of_an_unknown_task_is_204() {
+        let (pool, mut rx, _view) = crate::pools::detached(crate::pools::test_spec("p1", 1));
+        let app = node(&[pool]);
+        tokio::spawn(async move {
+            while let Some(msg) = rx.recv().await {
+                if let Msg::Cancel { reply, .. } = msg {
+                    let _ = reply.send(None);
+                }
+            }
+        });
+        let (status, _) = send(
+            &app,
+            "POST",
+            "/v2/pools/p1/tasks/t9/cancel",
+            Some(TOKEN),
+            vec![],
+        )
+        .await;
+        assert_eq!(status, 204);
+    }
+}

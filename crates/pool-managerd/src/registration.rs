@@ -387,3 +387,156 @@ fn ram_total_bytes() -> u64 {
         .map(|kb| kb * 1024)
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::commands::PoolCommand;
+    use crate::pools::runner::Msg;
+    use api::node::{Command, CommandKind, LoadedModel};
+    use api::ErrorCode;
+
+    fn registrar(dir: &std::path::Path, pools: &[Arc<crate::pools::Pool>]) -> Arc<Registrar> {
+        let set = PoolSet::default();
+        for p in pools {
+            set.insert(p.clone());
+        }
+        let cache = models::ModelCache::new(models::CacheConfig {
+            models_dir: dir.to_path_buf(),
+            quota_bytes: None,
+            hf_endpoint: "http://127.0.0.1:1".into(),
+            hf_token: None,
+            extra_root_pem: None,
+        })
+        .unwrap();
+        Arc::new(Registrar {
+            node_id: "n1".into(),
+            machine_id: "m".into(),
+            advertise_url: "http://127.0.0.1:2".into(),
+            orchestrator_url: "http://127.0.0.1:3".into(),
+            dispatch_token: Secret::new("t"),
+            node_auth: NodeAuth::None,
+            http: reqwest::Client::new(),
+            pools: Arc::new(set),
+            book: Default::default(),
+            cache,
+            tracker: TaskTracker::new(),
+        })
+    }
+
+    fn command(
+        id: &str,
+        kind: CommandKind,
+        pool: Option<&str>,
+        model_ref: Option<&str>,
+    ) -> Command {
+        Command {
+            command_id: id.into(),
+            kind,
+            pool_id: pool.map(str::to_string),
+            model: model_ref.map(|r| LoadedModel {
+                id: "m2".into(),
+                model_ref: r.into(),
+                ..Default::default()
+            }),
+            deadline_ms: Some(2500),
+            correlation_id: "c".into(),
+        }
+    }
+
+    /// The failed statuses of the next heartbeat, by command id.
+    fn failures(app: &Registrar) -> Vec<(String, ErrorCode)> {
+        heartbeat_body(app, 1, 0, &[])
+            .commands
+            .into_iter()
+            .filter(|c| c.status == CommandState::Failed)
+            .map(|c| (c.command_id, c.error.map(|e| e.code).unwrap()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn commands_reach_their_pool_once_and_bad_ones_fail_in_the_heartbeat() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pool, mut rx, _view) = crate::pools::detached(crate::pools::test_spec("p1", 1));
+        let app = registrar(dir.path(), &[pool]);
+        route(&app, command("c1", CommandKind::Drain, Some("p1"), None));
+        route(&app, command("c1", CommandKind::Drain, Some("p1"), None));
+        route(
+            &app,
+            command(
+                "c2",
+                CommandKind::LoadModel,
+                Some("p1"),
+                Some("file:/m2.gguf"),
+            ),
+        );
+        match rx.try_recv() {
+            Ok(Msg::Command(PoolCommand::Drain { id, deadline })) => {
+                assert_eq!((id.as_str(), deadline), ("c1", Duration::from_millis(2500)));
+            }
+            _ => panic!("the drain did not reach the pool"),
+        }
+        match rx.try_recv() {
+            Ok(Msg::Command(PoolCommand::Load { id, model: Some(m) })) => {
+                assert_eq!((id.as_str(), m.id.as_str()), ("c2", "m2"));
+                assert_eq!(m.model_ref.to_string(), "file:/m2.gguf");
+            }
+            _ => panic!("the load did not reach the pool (a duplicate drain came first?)"),
+        }
+        assert!(
+            rx.try_recv().is_err(),
+            "a repeated command id is delivered once"
+        );
+        route(&app, command("c3", CommandKind::Reload, Some("nope"), None));
+        route(
+            &app,
+            command("c4", CommandKind::LoadModel, Some("p1"), Some("bogus:x")),
+        );
+        route(&app, command("c5", CommandKind::EvictModel, None, None));
+        assert_eq!(
+            failures(&app),
+            [
+                ("c3".to_string(), ErrorCode::NotFound),
+                ("c4".to_string(), ErrorCode::InvalidParams),
+                ("c5".to_string(), ErrorCode::InvalidParams),
+            ]
+        );
+        assert!(
+            failures(&app).is_empty(),
+            "a terminal status is reported once"
+        );
+    }
+
+    #[tokio::test]
+    async fn heartbeat_and_register_bodies_carry_pools_and_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pool, _rx, _view) = crate::pools::detached(crate::pools::test_spec("p1", 3));
+        let app = registrar(dir.path(), &[pool]);
+        app.book.receive("c9");
+        let gpu = gpu::Gpu {
+            index: 0,
+            name: "H200".into(),
+            vram_total_bytes: 100,
+            vram_free_bytes: 40,
+            utilization_pct: 5.0,
+            compute_capability: Some("9.0".into()),
+        };
+        let beat = heartbeat_body(&app, 7, 1234, &[gpu]);
+        assert_eq!((beat.seq, beat.sent_at_ms), (7, 1234));
+        let p = &beat.pools[0];
+        assert_eq!(
+            (p.pool_id.as_str(), p.slots_total, p.slots_free),
+            ("p1", 3, 3)
+        );
+        assert_eq!(p.ctx_per_slot, 1024);
+        assert_eq!(beat.gpus.len(), 1);
+        assert_eq!(beat.commands[0].status, CommandState::Accepted);
+        let reg = register_body(&app);
+        assert_eq!(
+            (reg.node_id.as_str(), reg.dispatch_token.as_str()),
+            ("n1", "t")
+        );
+        assert_eq!(reg.protocol_version, api::PROTOCOL_VERSION);
+        assert_eq!(reg.pools.len(), 1);
+    }
+}

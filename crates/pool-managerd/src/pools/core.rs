@@ -190,6 +190,26 @@ pub struct Snapshot {
     pub decode_tps: Option<f64>,
 }
 
+impl Snapshot {
+    /// A pool that has not reported yet: Provisioning, nothing loaded, every slot free.
+    pub fn empty(slots: u32) -> Self {
+        Self {
+            state: PoolState::Provisioning,
+            model: None,
+            serving: None,
+            engine_version: None,
+            engine_built: false,
+            last_error: None,
+            slots_free: slots,
+            running: vec![],
+            crashes: 0,
+            ended: 0,
+            failed: 0,
+            decode_tps: None,
+        }
+    }
+}
+
 /// What the core needs to know about its pool.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -939,11 +959,9 @@ impl<E: Effects> Core<E> {
     /// The wait for the old engine's tasks is over (they are done, or time is up).
     fn retire(&mut self, now: Instant) {
         match self.phase.clone() {
-            Phase::Reloading(Reload::Retiring { old, .. }) => {
-                if !self.stopping.contains(&old) {
-                    self.abort_generation(old);
-                    self.stop(old);
-                }
+            Phase::Reloading(Reload::Retiring { old, .. }) if !self.stopping.contains(&old) => {
+                self.abort_generation(old);
+                self.stop(old);
             }
             Phase::Reloading(Reload::Quiescing { model, .. }) => {
                 self.abort_all();

@@ -277,6 +277,40 @@ pub fn adopt(
     Arc::new(Pool { spec, view, tx })
 }
 
+/// A pool handle with no supervisor, for tests of the daemon's other parts: the test plays the
+/// runner (reads its messages) and publishes views itself.
+#[cfg(test)]
+pub(crate) fn detached(
+    spec: PoolSpec,
+) -> (
+    Arc<Pool>,
+    mpsc::UnboundedReceiver<runner::Msg>,
+    watch::Sender<PoolView>,
+) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (view_tx, view) = watch::channel(PoolView {
+        snapshot: Snapshot::empty(spec.slots),
+        client: None,
+    });
+    (Arc::new(Pool { spec, view, tx }), rx, view_tx)
+}
+
+/// A pool spec for tests: `slots` slots of 1024 tokens, model `m1` from a local file.
+#[cfg(test)]
+pub(crate) fn test_spec(id: &str, slots: u32) -> PoolSpec {
+    PoolSpec {
+        id: id.parse().unwrap(),
+        model: None,
+        provisioning_target: true,
+        ctx_per_slot: 1024,
+        slots,
+        device_mask: "cpu".into(),
+        gpu_policy: engine::GpuPolicy::Cpu,
+        engine_source: "default".into(),
+        extra_args: vec![],
+    }
+}
+
 /// True when a dispatch may name `want` on a pool serving `served` (see [`core::model_matches`]).
 pub fn serves(served: &ModelInfo, want: &DispatchModel) -> bool {
     self::core::model_matches(served, want)

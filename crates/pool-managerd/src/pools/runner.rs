@@ -291,20 +291,7 @@ impl Shell {
         tracker: &TaskTracker,
     ) -> (Self, watch::Receiver<PoolView>) {
         let (view, rx) = watch::channel(PoolView {
-            snapshot: Snapshot {
-                state: api::node::PoolState::Provisioning,
-                model: None,
-                serving: None,
-                engine_version: None,
-                engine_built: false,
-                last_error: None,
-                slots_free: spec.slots,
-                running: vec![],
-                crashes: 0,
-                ended: 0,
-                failed: 0,
-                decode_tps: None,
-            },
+            snapshot: Snapshot::empty(spec.slots),
             client: None,
         });
         let shell = Shell {
