@@ -504,7 +504,10 @@ impl<E: Effects> Core<E> {
                 }
             }
             Ok((model, _)) => {
-                self.fetch_fallback = None;
+                // Leaving Failed for a new model starts with a fresh breaker.
+                if matches!(self.fetch_fallback.take(), Some(Phase::Failed { .. })) {
+                    self.reset_breaker();
+                }
                 self.model = Some(model);
                 self.fx.command(id, CommandUpdate::Running);
                 self.launch(now, None);
@@ -834,7 +837,9 @@ impl<E: Effects> Core<E> {
             (PoolCommand::Load { id, model: None }, _) if self.model.is_some() => {
                 self.fx.command(&id, CommandUpdate::Running);
                 self.active = Some(id);
-                self.reset_breaker();
+                if matches!(self.phase, Phase::Failed { .. }) {
+                    self.reset_breaker();
+                }
                 self.launch(now, None);
             }
             (PoolCommand::Load { id, model: None }, _) => {
@@ -1042,10 +1047,8 @@ impl<E: Effects> Core<E> {
     }
 
     fn reset_breaker(&mut self) {
-        if matches!(self.phase, Phase::Failed { .. }) {
-            self.breaker = Breaker::new(self.settings.max_restarts.max(1) as usize, BREAKER_WINDOW);
-            self.backoff = FIRST_BACKOFF;
-        }
+        self.breaker = Breaker::new(self.settings.max_restarts.max(1) as usize, BREAKER_WINDOW);
+        self.backoff = FIRST_BACKOFF;
     }
 
     // ---- tasks ----
