@@ -87,6 +87,18 @@ else:
 PY
 }
 
+# pool-managerd's unit-test binary (it holds the #[ignore]d NVML-versus-nvidia-smi test, which the
+# GPU machine can run without a Rust toolchain).
+unit_tests() {
+  local flag=()
+  [ "$1" = release ] && flag=(--release)
+  cargo test "${flag[@]}" -p pool-managerd --lib --no-run --message-format=json 2>/dev/null \
+    | python3 -c '
+import json, sys
+exe = [m["executable"] for m in map(json.loads, sys.stdin) if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["lib"]]
+print(exe[-1]) if exe else sys.exit(1)'
+}
+
 # Prints the plan for the sizes given as "name=bytes" pairs and fails when a call is over the limit.
 print_plan() {
   local tree="$1"; shift
@@ -149,10 +161,14 @@ prepare() {
   cpu="$(cpu_engine)" || die "no cached CPU llama-server; run: target/$profile/llorch engine build --gpu-policy cpu"
   [ -x "$cpu" ] || die "the CPU llama-server $cpu is missing"
 
+  local tests
+  tests="$(unit_tests "$profile")" || die "cannot build pool-managerd's unit tests (they hold the NVML check)"
+
   local tmp; tmp=$(mktemp -d)
-  trap 'rm -rf "$tmp"' RETURN
+  TMP_DIRS+=("$tmp")
   mkdir -p "$tmp/bins"
   for b in "${BINS[@]}"; do strip -o "$tmp/bins/$b" "target/$profile/$b"; done
+  strip -o "$tmp/bins/pool-managerd-unit-tests" "$tests"
   strip -o "$tmp/bins/llama-server-cpu" "$cpu"
   (cd "$tmp/bins" && sha256sum ./* >SHA256SUMS)
   tar -C "$tmp/bins" -cf - . | gzip -9 >"$tmp/bins.tar.gz"
@@ -332,7 +348,13 @@ stop_stack() {
   done
   PIDS=()
 }
-trap stop_stack EXIT
+TMP_DIRS=()
+cleanup() {
+  stop_stack
+  local d
+  for d in "${TMP_DIRS[@]}"; do rm -rf "$d"; done
+}
+trap cleanup EXIT
 
 wait_http() {
   local url="$1" secs="$2" until=$(($(date +%s) + $2))
@@ -418,6 +440,13 @@ stage2() {
   [ -f "$STAGE/model-1/model.part1" ] || die "$STAGE/model-1 was not carried"
   (cd "$STAGE/model-1" && sha256sum -c --quiet SHA256SUMS) || die "model.part1 is damaged"
   note "model_part1" "verified ($(mib "$(size_of "$STAGE/model-1/model.part1")"))"
+  # The #[ignore]d unit test: NVML and nvidia-smi must report the same GPUs.
+  if "$BIN/pool-managerd-unit-tests" --ignored --exact gpu::tests::nvml_and_smi_agree_where_both_answer \
+      >"$OUT/nvml-test.txt" 2>&1; then
+    note "nvml_unit_test" "PASS (gpu::tests::nvml_and_smi_agree_where_both_answer)"
+  else
+    note "nvml_unit_test" "FAIL (see nvml-test.txt)"
+  fi
   local dir="$WORK/stage2"
   rm -rf "$dir"
   # A GPU pool on the CPU-only binary, and nothing else: it must fail at once with a clear error.

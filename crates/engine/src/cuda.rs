@@ -173,55 +173,96 @@ mod tests {
         );
     }
 
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
     /// A stand-in binary that answers `--version` and `--list-devices` like llama-server.
-    fn fake_server(dir: &Path, devices: &str) -> std::path::PathBuf {
+    fn fake_server(dir: &Path, devices: &str) -> std::io::Result<std::path::PathBuf> {
         let path = dir.join("llama-server");
         let script = format!(
             "#!/bin/sh\ncase \"$1\" in\n--version) echo 'version: 1 (build 11434, commit test)' >&2;;\n--list-devices) printf 'Available devices:\\n{devices}';;\n*) exit 2;;\nesac\n"
         );
-        std::fs::write(&path, script).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-        path
+        std::fs::write(&path, script)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+        Ok(path)
     }
 
     #[test]
-    fn gpu_policy_refuses_a_binary_without_cuda_devices() {
-        let dir = tempfile::tempdir().unwrap();
-        let cpu = fake_server(dir.path(), "");
-        let err = binary_uses_gpu(&cpu, GpuPolicy::Gpu).unwrap_err();
+    fn gpu_policy_refuses_a_binary_without_cuda_devices() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let cpu = fake_server(dir.path(), "")?;
+        let Err(err) = binary_uses_gpu(&cpu, GpuPolicy::Gpu) else {
+            panic!("a CPU-only binary passed gpu_policy = \"gpu\"");
+        };
         assert!(matches!(err, ProvisionError::CpuOnlyBinary(_)), "{err}");
         let text = err.to_string();
         assert!(
             text.contains("gpu_policy is \"gpu\"") && text.contains("--list-devices"),
             "{text}"
         );
-        assert!(!binary_uses_gpu(&cpu, GpuPolicy::Auto).unwrap());
-        assert!(!binary_uses_gpu(&cpu, GpuPolicy::Cpu).unwrap());
+        assert!(!binary_uses_gpu(&cpu, GpuPolicy::Auto)?);
+        assert!(!binary_uses_gpu(&cpu, GpuPolicy::Cpu)?);
+        Ok(())
+    }
+
+    /// The same refusal through `provision`, as pool-managerd calls it for a `kind = "binary"`
+    /// engine: it comes before any engine starts, on any host.
+    #[test]
+    fn provisioning_a_cpu_binary_for_a_gpu_pool_fails_fast() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let cpu = fake_server(dir.path(), "")?;
+        let req = crate::provision::ProvisionRequest {
+            source: crate::provision::EngineSource::Binary {
+                path: cpu.clone(),
+                sha256: None,
+            },
+            gpu: GpuPolicy::Gpu,
+            build_number: None,
+            build_commit: None,
+            extra_cmake_flags: vec![],
+            engines_dir: dir.path().join("engines"),
+            jobs: 1,
+        };
+        let result = crate::provision::provision(&req, &|_| {});
+        assert!(
+            matches!(&result, Err(ProvisionError::CpuOnlyBinary(p)) if *p == cpu),
+            "{result:?}"
+        );
+        let cpu_req = crate::provision::ProvisionRequest {
+            gpu: GpuPolicy::Cpu,
+            ..req
+        };
+        let build = crate::provision::provision(&cpu_req, &|_| {})?;
+        assert!(!build.gpu && build.binary == cpu);
+        Ok(())
     }
 
     #[test]
-    fn gpu_policy_accepts_a_binary_with_a_cuda_device() {
-        let dir = tempfile::tempdir().unwrap();
+    fn gpu_policy_accepts_a_binary_with_a_cuda_device() -> TestResult {
+        let dir = tempfile::tempdir()?;
         let gpu = fake_server(
             dir.path(),
             "  CUDA0: NVIDIA H200 (143771 MiB, 142000 MiB free)\\n",
-        );
-        assert!(binary_uses_gpu(&gpu, GpuPolicy::Gpu).unwrap());
-        assert!(binary_uses_gpu(&gpu, GpuPolicy::Auto).unwrap());
+        )?;
+        assert!(binary_uses_gpu(&gpu, GpuPolicy::Gpu)?);
+        assert!(binary_uses_gpu(&gpu, GpuPolicy::Auto)?);
         assert!(
-            !binary_uses_gpu(&gpu, GpuPolicy::Cpu).unwrap(),
+            !binary_uses_gpu(&gpu, GpuPolicy::Cpu)?,
             "cpu policy never asks the binary"
         );
+        Ok(())
     }
 
     #[test]
-    fn gpu_policy_gpu_fails_fast_without_cuda() {
+    fn gpu_policy_gpu_fails_fast_without_cuda() -> TestResult {
         if detect_cuda().is_ok() {
-            return; // A CUDA machine legitimately passes; the assertion below is about CPU-only machines.
+            return Ok(()); // A CUDA machine legitimately passes; the assertions are about CPU-only machines.
         }
-        let err = resolve_gpu(GpuPolicy::Gpu).unwrap_err();
-        assert!(matches!(err, ProvisionError::GpuUnavailable(_)), "{err}");
-        assert_eq!(resolve_gpu(GpuPolicy::Cpu).unwrap(), None);
-        assert_eq!(resolve_gpu(GpuPolicy::Auto).unwrap(), None);
+        assert!(matches!(
+            resolve_gpu(GpuPolicy::Gpu),
+            Err(ProvisionError::GpuUnavailable(_))
+        ));
+        assert_eq!(resolve_gpu(GpuPolicy::Cpu)?, None);
+        assert_eq!(resolve_gpu(GpuPolicy::Auto)?, None);
+        Ok(())
     }
 }
