@@ -113,7 +113,11 @@ print_plan() {
     total=$tree
     for p in $carry; do total=$((total + ${size[$p]:-0})); done
     local verdict=ok
-    if [ "$total" -gt "$LIMIT_BYTES" ]; then verdict="OVER 64 MiB"; bad=1; fi
+    if [ "$total" -gt "$LIMIT_BYTES" ]; then
+      verdict="OVER 64 MiB"; bad=1
+    elif [ "$total" -gt $((LIMIT_BYTES - 2 * 1048576)) ]; then
+      verdict="ok, but less than 2 MiB to spare"
+    fi
     if [ "${#cmd}" -gt 2000 ]; then verdict="command over 2000 chars"; bad=1; fi
     echo
     echo "call $i ($name): $(mib "$total") of 64 MiB — $verdict"
@@ -143,6 +147,8 @@ prepare() {
   local cache="${LLORCH_CACHE_DIR:-$HOME/.cache/llama-orch}"
   local src="$cache/sources/$SRC_FILE" model="$cache/models/dev/$MODEL_FILE"
   [ -f "$src" ] && [ -f "$model" ] || die "dev assets missing: run scripts/dev-assets.sh"
+  source scripts/lib.sh
+  ensure_rust
   local profile=release
   if [ "$dry" = 1 ]; then
     # Sizes only: the release binaries when they exist, else stripped debug ones (larger, so the
@@ -150,8 +156,6 @@ prepare() {
     [ -x target/release/orchestratord ] || profile=debug
     log "dry run: estimating the binaries from target/$profile (stripped, gzip -9)"
   else
-    source scripts/lib.sh
-    ensure_rust
     log "building release binaries (cargo build --release --bins -p ${BINS[*]})"
     cargo build --release --bins $(printf -- '-p %s ' "${BINS[@]}") >&2
   fi
@@ -288,6 +292,14 @@ PY
   cp "$RESULTS/stage1.txt" "$OUT/stage1.txt"
 }
 
+# GET a URL to stdout without curl (the GPU machine's image may lack it); fails on non-2xx.
+http_get() {
+  python3 -c '
+import sys, urllib.request
+with urllib.request.urlopen(sys.argv[1], timeout=10) as r:
+    sys.stdout.buffer.write(r.read())' "$1" 2>/dev/null
+}
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # Starts orchestratord and pool-managerd for $1 (a run folder) with the pools in $2 (TOML).
@@ -359,7 +371,7 @@ trap cleanup EXIT
 wait_http() {
   local url="$1" secs="$2" until=$(($(date +%s) + $2))
   while [ "$(date +%s)" -lt "$until" ]; do
-    curl -fsS -o /dev/null "$url" 2>/dev/null && return 0
+    http_get "$url" >/dev/null && return 0
     sleep 0.2
   done
   return 1
@@ -369,7 +381,7 @@ wait_http() {
 wait_pool() {
   local pool="$1" want="$2" secs="$3" until=$(($(date +%s) + $3)) view
   while [ "$(date +%s)" -lt "$until" ]; do
-    view=$(curl -fsS "$ORCHD/v2/pools" 2>/dev/null | python3 -c '
+    view=$(http_get "$ORCHD/v2/pools" | python3 -c '
 import json, sys
 pools = json.load(sys.stdin)["pools"]
 p = [p for p in pools if p["pool_id"] == sys.argv[1]]
@@ -388,9 +400,9 @@ print(json.dumps(p[0]) if p else "")' "$pool" 2>/dev/null || true)
 # What the node reported at registration (GET /v2/nodes) and pool-managerd's own GPU gauges.
 gpu_facts() {
   local dir="$1"
-  curl -fsS "$ORCHD/v2/nodes" >"$dir/nodes.json" || true
-  curl -fsS "$WORKER/metrics" >"$dir/pool-managerd.metrics" || true
-  curl -fsS "$ORCHD/metrics" >"$dir/orchestratord.metrics" || true
+  http_get "$ORCHD/v2/nodes" >"$dir/nodes.json" || true
+  http_get "$WORKER/metrics" >"$dir/pool-managerd.metrics" || true
+  http_get "$ORCHD/metrics" >"$dir/orchestratord.metrics" || true
   nvidia-smi --query-gpu=index,name,memory.total,memory.used,memory.free,compute_cap --format=csv,noheader,nounits >"$dir/nvidia-smi.csv" 2>/dev/null || true
   python3 - "$dir" <<'PY' >>"$RESULTS/$STAGE_NAME.txt"
 import json, re, sys, pathlib
@@ -479,7 +491,7 @@ slots = 1"
     gpu_facts "$dir"
   fi
   stop_stack
-  tar -C "$WORK" -czf "$OUT/stage2-logs.tar.gz" stage2 --exclude models --exclude state
+  tar -C "$WORK" --exclude models --exclude state -czf "$OUT/stage2-logs.tar.gz" stage2
   cp "$RESULTS/stage2.txt" "$OUT/stage2.txt"
 }
 
@@ -583,7 +595,7 @@ finish_run() {
       grep -E '^\||^bench|^engine|orchestrator_overhead' "$dir/bench-overhead.txt" || true
     fi
   } >"$OUT/SUMMARY.md"
-  tar -C "$WORK" -czf "$OUT/logs.tar.gz" --exclude models --exclude state --exclude 'run/haiku' run $( [ -d "$WORK/stage2" ] && echo stage2 ) results
+  tar -C "$WORK" --exclude models --exclude state --exclude 'run/haiku' -czf "$OUT/logs.tar.gz" run $( [ -d "$WORK/stage2" ] && echo stage2 ) results
   [ -d "$dir/haiku" ] && tar -C "$dir" -czf "$OUT/haiku-run.tar.gz" haiku
   log "summary: $OUT/SUMMARY.md"
   cat "$OUT/SUMMARY.md"
