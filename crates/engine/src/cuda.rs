@@ -149,6 +149,8 @@ mod tests {
     #[test]
     fn device_lists_parse() {
         check("Available devices:\n", &[]);
+        // What build 11434's CPU-only llama-server prints.
+        check("Available devices:\n  (none)\n", &[]);
         check("", &[]);
         check(
             "Available devices:\n  CUDA0: NVIDIA H200 (143771 MiB, 142000 MiB free)\n",
