@@ -33,8 +33,8 @@ MODEL_ID=smollm2-135m-instruct
 BINS=(orchestratord pool-managerd llorch xtask)
 # Each device call: name, carried folders, timeout_s, command.
 CALLS=(
-  "stage1|$STAGE/src $STAGE/bin|600|bash scripts/gpu-check.sh stage1"
-  "stage2|$STAGE/model-1|240|bash scripts/gpu-check.sh stage2"
+  "stage1|$STAGE/src $STAGE/bin-1|600|bash scripts/gpu-check.sh stage1"
+  "stage2|$STAGE/bin-2 $STAGE/model-1|240|bash scripts/gpu-check.sh stage2"
   "run|$STAGE/model-2|540|bash scripts/gpu-check.sh run"
 )
 
@@ -133,7 +133,7 @@ print_plan() {
 plan() {
   ensure_ignored
   local args=() p
-  for p in "$STAGE/src" "$STAGE/bin" "$STAGE/model-1" "$STAGE/model-2"; do
+  for p in "$STAGE/src" "$STAGE/bin-1" "$STAGE/bin-2" "$STAGE/model-1" "$STAGE/model-2"; do
     [ -e "$p" ] || die "$p is not staged; run scripts/gpu-check.sh prepare"
     args+=("$p=$(path_bytes "$p")")
   done
@@ -149,13 +149,14 @@ prepare() {
   [ -f "$src" ] && [ -f "$model" ] || die "dev assets missing: run scripts/dev-assets.sh"
   source scripts/lib.sh
   ensure_rust
-  local profile=release
+  # GPU_CHECK_PROFILE=debug stages the debug binaries (for a rehearsal; the real check carries release).
+  local profile="${GPU_CHECK_PROFILE:-release}"
   if [ "$dry" = 1 ]; then
     # Sizes only: the release binaries when they exist, else stripped debug ones (larger, so the
     # estimate errs on the safe side). Nothing under $STAGE is written.
     [ -x target/release/orchestratord ] || profile=debug
     log "dry run: estimating the binaries from target/$profile (stripped, gzip -9)"
-  else
+  elif [ "$profile" = release ]; then
     log "building release binaries (cargo build --release --bins -p ${BINS[*]})"
     cargo build --release --bins $(printf -- '-p %s ' "${BINS[@]}") >&2
   fi
@@ -170,32 +171,42 @@ prepare() {
 
   local tmp; tmp=$(mktemp -d)
   TMP_DIRS+=("$tmp")
-  mkdir -p "$tmp/bins"
-  for b in "${BINS[@]}"; do strip -o "$tmp/bins/$b" "target/$profile/$b"; done
-  strip -o "$tmp/bins/pool-managerd-unit-tests" "$tests"
-  strip -o "$tmp/bins/llama-server-cpu" "$cpu"
-  (cd "$tmp/bins" && sha256sum ./* >SHA256SUMS)
-  tar -C "$tmp/bins" -cf - . | gzip -9 >"$tmp/bins.tar.gz"
-  local bins_bytes model_bytes half
-  bins_bytes=$(size_of "$tmp/bins.tar.gz")
+  # Pack 1 (call 1) holds llorch alone, which builds the engine; pack 2 (call 2) the rest.
+  mkdir -p "$tmp/bin-1" "$tmp/bin-2"
+  strip -o "$tmp/bin-1/llorch" "target/$profile/llorch"
+  for b in "${BINS[@]}"; do [ "$b" = llorch ] || strip -o "$tmp/bin-2/$b" "target/$profile/$b"; done
+  strip -o "$tmp/bin-2/pool-managerd-unit-tests" "$tests"
+  strip -o "$tmp/bin-2/llama-server-cpu" "$cpu"
+  local n
+  for n in 1 2; do
+    (cd "$tmp/bin-$n" && sha256sum ./* >"SHA256SUMS.bin-$n")
+    tar -C "$tmp/bin-$n" -cf - . | gzip -9 >"$tmp/bin-$n.tar.gz"
+  done
+  local b1 b2 model_bytes part1
+  b1=$(size_of "$tmp/bin-1.tar.gz")
+  b2=$(size_of "$tmp/bin-2.tar.gz")
   model_bytes=$(size_of "$model")
-  half=$(((model_bytes + 1) / 2))
-  log "binaries: $(mib "$(du -sb "$tmp/bins" | cut -f1)") stripped, $(mib "$bins_bytes") packed"
+  # Split the model so that calls 2 (pack 2 + part 1) and 3 (part 2) carry about the same.
+  part1=$(((model_bytes - b2) / 2))
+  [ "$part1" -gt 0 ] || part1=1
+  log "binaries: $(mib "$(du -sb "$tmp/bin-1" "$tmp/bin-2" | awk '{ s += $1 } END { print s }')") stripped; packs $(mib "$b1") + $(mib "$b2")"
   if [ "$dry" = 1 ]; then
     print_plan "$(tree_bytes)" \
-      "$STAGE/src=$(size_of "$src")" "$STAGE/bin=$bins_bytes" \
-      "$STAGE/model-1=$half" "$STAGE/model-2=$((model_bytes - half))"
+      "$STAGE/src=$(size_of "$src")" "$STAGE/bin-1=$b1" "$STAGE/bin-2=$b2" \
+      "$STAGE/model-1=$part1" "$STAGE/model-2=$((model_bytes - part1))"
     return
   fi
   [ "$(sha_of "$src")" = "$SRC_SHA" ] || die "$src does not match its pin"
   [ "$(sha_of "$model")" = "$MODEL_SHA" ] || die "$model does not match its pin"
-  rm -rf "$STAGE/src" "$STAGE/bin" "$STAGE/model-1" "$STAGE/model-2"
-  mkdir -p "$STAGE/src" "$STAGE/bin" "$STAGE/model-1" "$STAGE/model-2"
+  local d
+  for d in src bin-1 bin-2 model-1 model-2; do rm -rf "${STAGE:?}/$d"; mkdir -p "$STAGE/$d"; done
   cp "$src" "$STAGE/src/$SRC_FILE"
-  cp "$tmp/bins.tar.gz" "$STAGE/bin/bins.tar.gz"
-  (cd "$STAGE/bin" && sha256sum bins.tar.gz >SHA256SUMS)
-  head -c "$half" "$model" >"$STAGE/model-1/model.part1"
-  tail -c +"$((half + 1))" "$model" >"$STAGE/model-2/model.part2"
+  for n in 1 2; do
+    cp "$tmp/bin-$n.tar.gz" "$STAGE/bin-$n/"
+    (cd "$STAGE/bin-$n" && sha256sum "bin-$n.tar.gz" >SHA256SUMS)
+  done
+  head -c "$part1" "$model" >"$STAGE/model-1/model.part1"
+  tail -c +"$((part1 + 1))" "$model" >"$STAGE/model-2/model.part2"
   (cd "$STAGE/model-1" && sha256sum model.part1 >SHA256SUMS)
   (cd "$STAGE/model-2" && sha256sum model.part2 >SHA256SUMS)
   # The reassembly check: the two parts, concatenated, must give the pinned model.
@@ -247,18 +258,24 @@ note() {
   log "$1: $2"
 }
 
+# Checks and unpacks binary pack $1 into $BIN.
+unpack_bins() {
+  local d="$STAGE/bin-$1"
+  [ -f "$d/bin-$1.tar.gz" ] || die "$d was not carried (see the plan: scripts/gpu-check.sh plan)"
+  (cd "$d" && sha256sum -c --quiet SHA256SUMS) || die "$d/bin-$1.tar.gz is damaged"
+  tar -C "$BIN" -xzf "$d/bin-$1.tar.gz"
+  (cd "$BIN" && sha256sum -c --quiet "SHA256SUMS.bin-$1") || die "pack $1's binaries do not match their sums"
+}
+
 stage1() {
   STAGE_NAME=stage1
   device_env stage1
   : >"$RESULTS/stage1.txt"
   local t0; t0=$(date +%s)
-  [ -f "$STAGE/bin/bins.tar.gz" ] || die "$STAGE/bin/bins.tar.gz was not carried (call 1 carries $STAGE/src and $STAGE/bin)"
-  (cd "$STAGE/bin" && sha256sum -c --quiet SHA256SUMS) || die "bins.tar.gz is damaged"
   rm -rf "$BIN" && mkdir -p "$BIN"
-  tar -C "$BIN" -xzf "$STAGE/bin/bins.tar.gz"
-  (cd "$BIN" && sha256sum -c --quiet SHA256SUMS) || die "unpacked binaries do not match SHA256SUMS"
+  unpack_bins 1
   [ "$(sha_of "$STAGE/src/$SRC_FILE")" = "$SRC_SHA" ] || die "the source archive does not match its pin"
-  note "binaries" "$(cd "$BIN" && ls | grep -v SHA256SUMS | tr '\n' ' ')"
+  note "binaries" "$(cd "$BIN" && ls | grep -v SHA256SUMS | paste -sd' ')"
   { uname -a; nproc; nvidia-smi 2>&1 || true; nvcc --version 2>&1 || true; cmake --version 2>&1 | head -1 || true; } >"$OUT/machine.txt"
   note "gpu" "$(nvidia-smi --query-gpu=name,memory.total,compute_cap,driver_version --format=csv,noheader 2>/dev/null || echo none)"
   note "nvcc" "$(nvcc --version 2>/dev/null | tail -1 || echo none)"
@@ -448,7 +465,8 @@ stage2() {
   STAGE_NAME=stage2
   device_env stage2
   : >"$RESULTS/stage2.txt"
-  [ -x "$BIN/pool-managerd" ] || die "no binaries on this machine: it was given back after call 1; start again from call 1"
+  [ -x "$BIN/llorch" ] || die "stage 1 did not run on this machine: it was given back after call 1; start again from call 1"
+  unpack_bins 2
   [ -f "$STAGE/model-1/model.part1" ] || die "$STAGE/model-1 was not carried"
   (cd "$STAGE/model-1" && sha256sum -c --quiet SHA256SUMS) || die "model.part1 is damaged"
   note "model_part1" "verified ($(mib "$(size_of "$STAGE/model-1/model.part1")"))"
