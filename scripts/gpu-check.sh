@@ -320,6 +320,19 @@ with urllib.request.urlopen(sys.argv[1], timeout=10) as r:
     sys.stdout.buffer.write(r.read())' "$1" 2>/dev/null
 }
 
+# POST a JSON body; prints the response body (also for error statuses) and fails on non-2xx.
+http_post() {
+  python3 -c '
+import sys, urllib.request, urllib.error
+req = urllib.request.Request(sys.argv[1], data=sys.argv[2].encode(), method="POST", headers={"content-type": "application/json"})
+try:
+    with urllib.request.urlopen(req, timeout=30) as r:
+        sys.stdout.buffer.write(r.read())
+except urllib.error.HTTPError as e:
+    sys.stdout.buffer.write(e.read())
+    sys.exit(1)' "$1" "$2"
+}
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # Starts orchestratord and pool-managerd for $1 (a run folder) with the pools in $2 (TOML).
@@ -534,6 +547,19 @@ run() {
   note "model" "$MODEL_FILE reassembled, sha256 $MODEL_SHA verified"
   local dir="$WORK/run"
   rm -rf "$dir"
+  # On-demand provisioning with a headroom that asks for half of the free memory (VRAM; RAM for the
+  # rehearsal's CPU pool): placement can choose pool gpu1 only if it sees the real numbers.
+  local free_bytes model_bytes headroom
+  model_bytes=$(size_of "$model")
+  if [ "$REHEARSAL" = 1 ]; then
+    free_bytes=$(($(awk '/^MemTotal/ { print $2 }' /proc/meminfo) * 1024))
+  else
+    free_bytes=$(($(nvidia-smi --query-gpu=memory.free --format=csv,noheader,nounits -i 0) * 1048576))
+  fi
+  headroom=$(python3 -c "print(max(1.0, round(0.5 * $free_bytes / $model_bytes, 1)))")
+  local elog_lines
+  elog_lines=$(cat "$CACHE/engines/logs/pool-gpu0.log" 2>/dev/null | wc -l)
+  note "placement_setup" "free $(mib "$free_bytes"), model $(mib "$model_bytes"), vram_headroom $headroom: a load needs $(python3 -c "print(f'{$model_bytes * $headroom / 2**20:.0f}')") MiB free"
   start_stack "$dir" "[[pools]]
 id = \"gpu0\"
 model_ref = \"file:$model\"
@@ -542,13 +568,24 @@ devices = \"$DEVICES\"
 gpu_policy = \"$POLICY\"
 ctx = 2048
 slots = 4
-extra_args = [\"-lv\", \"4\"]"
+provisioning_target = false
+extra_args = [\"-lv\", \"4\"]
+[[pools]]
+id = \"gpu1\"
+devices = \"$DEVICES\"
+gpu_policy = \"$POLICY\"
+ctx = 2048
+slots = 1
+extra_args = [\"-lv\", \"4\"]" "[provisioning]
+mode = \"on-demand\"
+vram_headroom = $headroom"
   local t0; t0=$(date +%s)
   local view; view=$(wait_pool gpu0 Ready 300)
   note "pool_gpu0" "$(python3 -c 'import json,sys; v=json.loads(sys.argv[1]); print(v.get("state"), v.get("engine_version") or "", v.get("last_error") or "")' "$view") after $(($(date +%s) - t0))s"
   [[ "$view" == *'"Ready"'* ]] || { tail -n 20 "$dir/pool-managerd.log" >&2; finish_run "$dir"; exit 1; }
-  local elog="$CACHE/engines/logs/pool-gpu0.log"
-  cp "$elog" "$dir/engine-gpu0.log" 2>/dev/null || true
+  # The engine log is appended to across runs: read only this run's lines.
+  tail -n +"$((elog_lines + 1))" "$CACHE/engines/logs/pool-gpu0.log" >"$dir/engine-gpu0.log" 2>/dev/null || true
+  local elog="$dir/engine-gpu0.log"
   note "offload_lines" "$(grep -hE 'offload(ed|ing)|model buffer size|KV buffer size|using device CUDA' "$elog" 2>/dev/null | sed -E 's/^.*\] //' | head -8 | paste -sd'|' || true)"
   # The loader's lines need -lv 4 (the pool's extra_args): llama-server's default verbosity hides them.
   if grep -qE 'offloaded ([0-9]+)/\1 layers to GPU' "$elog" 2>/dev/null; then
@@ -581,6 +618,7 @@ extra_args = [\"-lv\", \"4\"]"
     note "haiku" "FAIL"
   fi
   sed 's/^/    /' "$dir/haiku.stderr" | tail -n 15 >>"$RESULTS/run.txt"
+  placement "$dir"
   stop_stack
 
   # bench overhead: the stack versus a twin llama-server (same CUDA binary, model, flags).
@@ -595,6 +633,32 @@ extra_args = [\"-lv\", \"4\"]"
   cp "$dir/bench-overhead.txt" "$OUT/bench-overhead.txt" 2>/dev/null || true
   note "run_seconds" "$(($(date +%s) - t_start))"
   finish_run "$dir"
+}
+
+# VRAM-aware placement with real numbers: drain gpu0, then a task for its model must be loaded
+# into gpu1, the only provisioning target, which qualifies only if its free VRAM (from heartbeats)
+# covers size × vram_headroom.
+placement() {
+  local dir="$1"
+  http_post "$ORCHD/v2/pools/gpu0/drain" '{}' >"$dir/drain.json" || { note "placement" "FAIL (drain refused: $(cat "$dir/drain.json"))"; return; }
+  local view; view=$(wait_pool gpu0 Unloaded 60)
+  note "placement_gpu0_drained" "$(python3 -c 'import json,sys; print(json.loads(sys.argv[1]).get("state"))' "$view")"
+  http_get "$ORCHD/metrics" | grep -E '^gpu_utilization' >"$dir/placement-gpu-series.txt" || true
+  if "$BIN/llorch" run "$MODEL_ID" --url "$ORCHD" --prompt "Say hello." --max-tokens 16 --temperature 0 \
+      --seed 42 >"$dir/placement-task.txt" 2>"$dir/placement-task.stderr"; then
+    view=$(wait_pool gpu1 Ready 10)
+    local state model
+    state=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1]).get("state"))' "$view")
+    model=$(python3 -c 'import json,sys; print((json.loads(sys.argv[1]).get("model") or {}).get("id"))' "$view")
+    if [ "$state" = Ready ] && [ "$model" = "$MODEL_ID" ]; then
+      note "placement" "PASS (the task's model was loaded into gpu1: its free memory covered the need)"
+    else
+      note "placement" "FAIL (gpu1 is $state serving $model)"
+    fi
+  else
+    note "placement" "FAIL ($(tail -n 3 "$dir/placement-task.stderr" | paste -sd' '))"
+  fi
+  cp "$CACHE/engines/logs/pool-gpu1.log" "$dir/engine-gpu1.log" 2>/dev/null || true
 }
 
 # SUMMARY.md from every stage's results, and the logs, into $OUT (at most 8 files come back).
