@@ -357,7 +357,7 @@ impl RawConfig {
             )),
         }
         if let Some(h) = self.provisioning.vram_headroom {
-            if !(h >= 1.0) {
+            if h.is_nan() || h < 1.0 {
                 p.push("provisioning.vram_headroom: must be at least 1.0".into());
             }
         }
