@@ -240,6 +240,8 @@ device_env() {
   OUT="${OUT:-$ROOT/$STAGE/out-$1}"
   mkdir -p "$OUT" "$RESULTS" "$CACHE/sources" "$CACHE/models/dev"
   export PATH="/usr/local/cuda/bin:$PATH"
+  # A CUDA llama-server links libcudart and libcublas dynamically.
+  export LD_LIBRARY_PATH="/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   export LLORCH_CACHE_DIR="$CACHE"
   if [ "$REHEARSAL" = 1 ]; then
     # Reuse this machine's CPU engine cache instead of building: rehearsal checks the script.
