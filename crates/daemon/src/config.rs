@@ -207,14 +207,14 @@ mod tests {
     #[test]
     fn unknown_keys_are_all_reported() {
         let dir = std::env::temp_dir().join(format!("cfgtest2-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(&dir).expect("test setup");
         let f = dir.join("c.toml");
-        std::fs::write(&f, "bogus = 1\n[queue]\ncapacty = 1\n").unwrap();
-        let (_, errs) = load::<Cfg>(Some(&f), "X", &[]).unwrap();
+        std::fs::write(&f, "bogus = 1\n[queue]\ncapacty = 1\n").expect("test setup");
+        let (_, errs) = load::<Cfg>(Some(&f), "X", &[]).expect("test setup");
         assert_eq!(errs.len(), 2, "{errs:?}");
         assert!(errs.iter().any(|e| e.contains("queue.capacty")));
-        let (c, errs) =
-            load::<Cfg>(None, "X", &env(&[("X__QUEUE__CAPACITY", "\"many\"")])).unwrap();
+        let (c, errs) = load::<Cfg>(None, "X", &env(&[("X__QUEUE__CAPACITY", "\"many\"")]))
+            .expect("test setup");
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert!(errs[0].contains("queue.capacity"), "{errs:?}");
         assert_eq!(
@@ -226,14 +226,14 @@ mod tests {
     #[test]
     fn every_type_error_is_reported_with_the_unknown_keys() {
         let dir = std::env::temp_dir().join(format!("cfgtest3-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(&dir).expect("test setup");
         let f = dir.join("c.toml");
         std::fs::write(
             &f,
             "name = 5\nbogus = 1\n[queue]\ncapacity = \"big\"\npolicy = [1]\n",
         )
-        .unwrap();
-        let (c, errs) = load::<Cfg>(Some(&f), "X", &[]).unwrap();
+        .expect("test setup");
+        let (c, errs) = load::<Cfg>(Some(&f), "X", &[]).expect("test setup");
         assert_eq!(errs.len(), 4, "{errs:#?}");
         for key in [
             "bogus: unknown key",
@@ -248,8 +248,8 @@ mod tests {
         }
         assert_eq!((c.name.as_str(), c.queue.capacity), ("", 0));
         // A whole section of the wrong type is one problem, too.
-        std::fs::write(&f, "queue = 3\nname = \"ok\"\n").unwrap();
-        let (c, errs) = load::<Cfg>(Some(&f), "X", &[]).unwrap();
+        std::fs::write(&f, "queue = 3\nname = \"ok\"\n").expect("test setup");
+        let (c, errs) = load::<Cfg>(Some(&f), "X", &[]).expect("test setup");
         assert_eq!(errs.len(), 1, "{errs:#?}");
         assert_eq!(c.name, "ok");
     }
