@@ -608,7 +608,7 @@ impl<E: Effects> Core<E> {
 }
 
 /// A dispatch's model matches the served one (§13.2): the ids are equal, and when the dispatch
-/// names a digest the served model has that digest (docs/decisions.md 32).
+/// names a digest the served model has that digest (docs/decisions.md 39).
 pub fn model_matches(served: &ModelInfo, want: &DispatchModel) -> bool {
     served.id == want.id
         && match (&want.digest, &served.digest) {
