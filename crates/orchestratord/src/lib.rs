@@ -49,7 +49,8 @@ pub async fn run(
         catalog,
         &tracker,
         shutdown.clone(),
-    );
+    )
+    .map_err(|e| anyhow::anyhow!("cannot build the HTTP client for workers: {e}"))?;
     let app = Arc::new(http::AppState {
         cfg: cfg.clone(),
         core,

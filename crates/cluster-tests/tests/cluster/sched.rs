@@ -167,7 +167,7 @@ pub async fn queue_order_and_aging(a: Assets) -> anyhow::Result<()> {
         stack
             .wait_pools_ready(&["f1"], Duration::from_secs(30))
             .await?;
-        let client = client::Client::new(&stack.orchd_url, None);
+        let client = client::Client::new(&stack.orchd_url, None)?;
         // The blocker holds the only slot until every other task is queued behind it.
         hold.on()?;
         let blocker = client
@@ -239,7 +239,7 @@ pub async fn no_oversubscription(a: Assets) -> anyhow::Result<()> {
         stack
             .wait_pools_ready(&["f1", "f2"], Duration::from_secs(30))
             .await?;
-        let client = client::Client::new(&stack.orchd_url, None);
+        let client = client::Client::new(&stack.orchd_url, None)?;
         // Held, the first five tasks fill every slot and the other 25 must wait in orchestratord.
         hold.on()?;
         let submits = (0..30).map(|_| {
@@ -307,7 +307,7 @@ pub async fn full_queue_429_and_drop_lru(a: Assets) -> anyhow::Result<()> {
     let result = async {
         stack.add_node(fake_node("n1", &model, &[("f1", 1)], &[("FAKE_TOKENS", "4".into()), ("FAKE_TOKEN_DELAY_MS", "10".into()), hold.env()])?)?;
         stack.wait_pools_ready(&["f1"], Duration::from_secs(30)).await?;
-        let client = client::Client::new(&stack.orchd_url, None);
+        let client = client::Client::new(&stack.orchd_url, None)?;
         hold.on()?;
         let running = client.submit(&fake_task(Priority::Interactive)).await?.body;
         wait_state(&client, running.task_id, TaskState::Running).await?;
@@ -350,7 +350,7 @@ pub async fn retry_before_first_token(a: Assets) -> anyhow::Result<()> {
         let n1 = stack.add_node(fake_node("n1", &model, &[("f1", 1)], &[("FAKE_TOKEN_DELAY_MS", "20000".into())])?)?;
         stack.add_node(fake_node("n2", &model, &[("f2", 1)], &[])?)?;
         stack.wait_pools_ready(&["f1", "f2"], Duration::from_secs(30)).await?;
-        let client = client::Client::new(&stack.orchd_url, None);
+        let client = client::Client::new(&stack.orchd_url, None)?;
         let mut req = fake_task(Priority::Interactive);
         req.placement = Some(Placement { mode: PlacementMode::Prefer, prefer_pools: vec!["f1".into()], ..Default::default() });
         let adm = client.submit(&req).await?.body;
@@ -396,7 +396,7 @@ pub async fn deadlines(a: Assets) -> anyhow::Result<()> {
         stack
             .wait_pools_ready(&["f1"], Duration::from_secs(30))
             .await?;
-        let client = client::Client::new(&stack.orchd_url, None);
+        let client = client::Client::new(&stack.orchd_url, None)?;
         // Held running past its deadline: end with stop_reason deadline, not canceled.
         hold.on()?;
         let mut r = fake_task(Priority::Interactive);
@@ -496,7 +496,7 @@ pub async fn pin_semantics(a: Assets) -> anyhow::Result<()> {
         stack
             .wait_pools_ready(&["real-a", "real-b"], Duration::from_secs(60))
             .await?;
-        let client = client::Client::new(&stack.orchd_url, None);
+        let client = client::Client::new(&stack.orchd_url, None)?;
         let pin = |id: &str| Placement {
             mode: PlacementMode::Pin,
             pin_pool_id: Some(id.into()),
@@ -583,7 +583,7 @@ pub async fn pin_semantics(a: Assets) -> anyhow::Result<()> {
 pub async fn sessions_endpoint(a: Assets) -> anyhow::Result<()> {
     let mut stack = a.stack(a.spec("sessions")?).await?;
     let result = async {
-        let client = client::Client::new(&stack.orchd_url, None);
+        let client = client::Client::new(&stack.orchd_url, None)?;
         let pool = stack.spec.pool_id.clone();
         let sid = api::SessionId::new();
         let mut ids = vec![];
@@ -662,7 +662,7 @@ pub async fn sdk_retries_admission(a: Assets) -> anyhow::Result<()> {
         stack
             .wait_pools_ready(&["f1"], Duration::from_secs(30))
             .await?;
-        let client = client::Client::new(&stack.orchd_url, None);
+        let client = client::Client::new(&stack.orchd_url, None)?;
         // One task held running and one queued fill the pool and its queue.
         hold.on()?;
         let running = client.submit(&fake_task(Priority::Interactive)).await?.body.task_id;
@@ -740,7 +740,7 @@ pub async fn drain_and_reload(a: Assets) -> anyhow::Result<()> {
         stack
             .wait_pools_ready(&["f1"], Duration::from_secs(30))
             .await?;
-        let client = client::Client::new(&stack.orchd_url, None);
+        let client = client::Client::new(&stack.orchd_url, None)?;
         let base = stack.orchd_url.clone();
         // Held, the running task outlasts every step of the drain until it is released.
         hold.on()?;
@@ -889,7 +889,7 @@ pub async fn breaker_trips(a: Assets) -> anyhow::Result<()> {
         stack
             .wait_pools_ready(&["f1"], Duration::from_secs(30))
             .await?;
-        let client = client::Client::new(&stack.orchd_url, None);
+        let client = client::Client::new(&stack.orchd_url, None)?;
         let failed = wait_for("the breaker to trip", Duration::from_secs(60), || async {
             let pools = client.pools().await.ok()?;
             let p = pools.pools.into_iter().find(|p| p.pool_id == "f1")?;

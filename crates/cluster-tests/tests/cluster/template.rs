@@ -88,7 +88,7 @@ impl Twin {
             .spawn()
             .with_context(|| format!("starting {}", spec.binary.display()))?;
         let url = format!("http://127.0.0.1:{port}");
-        let client = EngineClient::new(url.clone(), key.clone());
+        let client = EngineClient::new(url.clone(), key.clone())?;
         wait_for(
             "the twin engine to be healthy",
             Duration::from_secs(90),
@@ -193,7 +193,7 @@ pub async fn apply_template_matches_chat(a: Assets) -> anyhow::Result<()> {
     // the engine's `tokens_evaluated` (the task's `tokens_in`) must match the chat endpoint's count.
     let mut stack = a.stack(spec).await?;
     let result = async {
-        let client = client::Client::new(&stack.orchd_url, None);
+        let client = client::Client::new(&stack.orchd_url, None)?;
         for (conv, want) in conversations().iter().zip(&chat_counts) {
             let mut req = api::task::TaskRequest::new(&stack.spec.model_id);
             req.messages = Some(

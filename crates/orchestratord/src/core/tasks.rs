@@ -212,8 +212,15 @@ impl<E: Effects> Core<E> {
         (self.mean_duration_ms(model, max_tokens) / slots).max(1000)
     }
 
-    /// Binds a task to `pool_id` and opens a dispatch attempt.
-    pub(super) fn start_attempt(&mut self, id: TaskId, pool_id: &str, now: Instant) {
+    /// Binds a task to `pool_id` and opens a dispatch attempt. `fallback` is true when
+    /// `allow_fallback` decided the placement (a label of `placement_decisions_total`).
+    pub(super) fn start_attempt(
+        &mut self,
+        id: TaskId,
+        pool_id: &str,
+        fallback: bool,
+        now: Instant,
+    ) {
         self.prep_completed(id);
         let Some(pool) = self.pools.get_mut(pool_id) else {
             return;
@@ -222,6 +229,8 @@ impl<E: Effects> Core<E> {
         let node_id = pool.node_id.clone();
         let engine_version = pool.status.engine_version.clone();
         let digest = pool.status.models.first().and_then(|m| m.digest.clone());
+        // A task that names no ctx gets the pool's whole slot (§13.2 `params.ctx`).
+        let ctx_per_slot = pool.status.ctx_per_slot;
         let Some(node) = self.nodes.get(&node_id) else {
             return;
         };
@@ -257,7 +266,7 @@ impl<E: Effects> Core<E> {
             labels(&[
                 ("outcome", "assigned"),
                 ("pinned", bool_str(t.v.placement.mode == PlacementMode::Pin)),
-                ("fallback", "false"),
+                ("fallback", bool_str(fallback)),
             ]),
             1.0,
         );
@@ -279,7 +288,7 @@ impl<E: Effects> Core<E> {
             input: t.v.input.clone(),
             params: DispatchParams {
                 max_tokens: t.max_tokens,
-                ctx: t.v.ctx.unwrap_or(0),
+                ctx: t.v.ctx.unwrap_or(ctx_per_slot),
                 sampling: t.v.sampling.clone(),
             },
             deadline_remaining_ms: t
@@ -454,8 +463,8 @@ impl<E: Effects> Core<E> {
         }
         self.release_slot(id, now);
         if can_retry {
-            if let Some(pool) = self.place(id) {
-                self.start_attempt(id, &pool, now);
+            if let Some((pool, fallback)) = self.place(id) {
+                self.start_attempt(id, &pool, fallback, now);
                 return;
             }
             if self.has_untried_candidate(id) {
