@@ -17,7 +17,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use api::catalog::{parse_digest, GgufInfo, ModelRecord, ModelState, RegisterModel};
 use api::model_ref::{ModelRef, ModelRefError};
-use api::{ErrorCode, ErrorEnvelope, ModelId};
+use api::{ErrorCode, ErrorEnvelope, ModelId, NodeId};
 
 pub use store::{StoreError, SCHEMA_VERSION};
 
@@ -45,9 +45,9 @@ impl Registered {
 }
 
 /// What a node told us about its copy of a model (pool report or finished load/verify).
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Copy {
-    pub node_id: String,
+    pub node_id: NodeId,
     /// The digest the node computed, `sha256:<hex>` in any case.
     pub digest: Option<String>,
     pub size_bytes: Option<u64>,
@@ -70,9 +70,9 @@ pub enum CopyOutcome {
 #[derive(Debug)]
 pub struct Catalog {
     store: store::Store,
-    models: BTreeMap<String, ModelRecord>,
+    models: BTreeMap<ModelId, ModelRecord>,
     /// normalized ref → the ids registered for it.
-    refs: BTreeMap<String, BTreeSet<String>>,
+    refs: BTreeMap<String, BTreeSet<ModelId>>,
 }
 
 impl Catalog {
@@ -132,7 +132,7 @@ impl Catalog {
         req: &RegisterModel,
         allowed_schemes: &[String],
     ) -> Result<Registered, ErrorEnvelope> {
-        let given_id = req.id.as_deref().map(parse_id).transpose()?;
+        let given_id = req.id.clone();
         let mref = parse_ref(&req.model_ref, Some(allowed_schemes))?;
         let digest = req
             .digest
@@ -268,15 +268,12 @@ impl Catalog {
     fn finish_copy(
         &mut self,
         mut record: ModelRecord,
-        node_id: &str,
+        node_id: &NodeId,
         verified: bool,
     ) -> Result<CopyOutcome, StoreError> {
         if verified {
-            if let Err(pos) = record
-                .locations
-                .binary_search_by(|n| n.as_str().cmp(node_id))
-            {
-                record.locations.insert(pos, node_id.to_string());
+            if let Err(pos) = record.locations.binary_search_by(|n| n.cmp(node_id)) {
+                record.locations.insert(pos, node_id.clone());
             }
             record.last_verified_ms = Some(now_ms());
         }
@@ -291,11 +288,11 @@ impl Catalog {
         let Some(current) = self.models.get(id) else {
             return Err(StoreError::UnknownModel(id.to_string()));
         };
-        if !current.locations.iter().any(|n| n == node_id) {
+        if !current.locations.iter().any(|n| n.as_str() == node_id) {
             return Ok(());
         }
         let mut record = current.clone();
-        record.locations.retain(|n| n != node_id);
+        record.locations.retain(|n| n.as_str() != node_id);
         self.put(record)
     }
 
@@ -348,7 +345,7 @@ impl Catalog {
     }
 
     fn mirror_insert(&mut self, record: ModelRecord) {
-        self.mirror_remove(&record.id);
+        self.mirror_remove(record.id.as_str());
         self.refs
             .entry(record.model_ref.clone())
             .or_default()
@@ -392,9 +389,8 @@ fn not_found(id: &str) -> ErrorEnvelope {
     ErrorEnvelope::new(ErrorCode::NotFound, format!("catalog has no model {id:?}"))
 }
 
-fn parse_id(id: &str) -> Result<String, ErrorEnvelope> {
+fn parse_id(id: &str) -> Result<ModelId, ErrorEnvelope> {
     id.parse::<ModelId>()
-        .map(|m| m.as_str().to_string())
         .map_err(|e| ErrorEnvelope::invalid("id", e.0))
 }
 
@@ -421,19 +417,17 @@ fn parse_ref(s: &str, allowed_schemes: Option<&[String]>) -> Result<ModelRef, Er
 }
 
 /// The §9.1 default id, which must itself be a valid model id.
-fn derived_id(mref: &ModelRef) -> Result<String, ErrorEnvelope> {
+fn derived_id(mref: &ModelRef) -> Result<ModelId, ErrorEnvelope> {
     let id = mref.default_id();
-    if api::ids::valid_name(&id) {
-        Ok(id)
-    } else {
-        Err(ErrorEnvelope::invalid(
+    id.parse().map_err(|_| {
+        ErrorEnvelope::invalid(
             "ref",
             format!("the ref's file name gives no valid model id ({id:?}); give an id"),
-        ))
-    }
+        )
+    })
 }
 
-fn new_record(id: String, model_ref: String, digest: Option<String>) -> ModelRecord {
+fn new_record(id: ModelId, model_ref: String, digest: Option<String>) -> ModelRecord {
     ModelRecord {
         id,
         model_ref,

@@ -171,7 +171,7 @@ impl Store {
 
     /// Writes `rec` (row and locations) in one transaction.
     pub(crate) fn put(&mut self, rec: &ModelRecord) -> Result<(), StoreError> {
-        self.write(&rec.id, |tx| {
+        self.write(rec.id.as_str(), |tx| {
             let metadata = rec
                 .metadata
                 .as_ref()
@@ -185,7 +185,7 @@ impl Store {
                      size_bytes = excluded.size_bytes, state = excluded.state,
                      last_verified_ms = excluded.last_verified_ms, metadata = excluded.metadata",
                 params![
-                    rec.id,
+                    rec.id.as_str(),
                     rec.model_ref,
                     rec.digest,
                     to_i64(rec.size_bytes)?,
@@ -194,11 +194,14 @@ impl Store {
                     metadata
                 ],
             )?;
-            tx.execute("DELETE FROM locations WHERE model_id = ?1", params![rec.id])?;
+            tx.execute(
+                "DELETE FROM locations WHERE model_id = ?1",
+                params![rec.id.as_str()],
+            )?;
             let mut insert =
                 tx.prepare_cached("INSERT INTO locations (model_id, node_id) VALUES (?1, ?2)")?;
             for node in &rec.locations {
-                insert.execute(params![rec.id, node])?;
+                insert.execute(params![rec.id.as_str(), node.as_str()])?;
             }
             Ok(())
         })
@@ -369,7 +372,9 @@ fn load(conn: &Connection, path: &Path) -> Result<Vec<ModelRecord>, StoreError> 
                 .map(|m| serde_json::from_str(&m))
                 .transpose()
                 .map_err(|e| corrupt(&id, format!("metadata: {e}")))?,
-            id: id.clone(),
+            id: id
+                .parse()
+                .map_err(|e: api::IdError| corrupt(&id, format!("id: {e}")))?,
             model_ref,
             digest,
             locations: Vec::new(),
@@ -390,6 +395,9 @@ fn load(conn: &Connection, path: &Path) -> Result<Vec<ModelRecord>, StoreError> 
                 format!("location {node_id:?} of a model that does not exist"),
             ));
         };
+        let node_id = node_id
+            .parse()
+            .map_err(|e: api::IdError| corrupt(&model_id, format!("location: {e}")))?;
         record.locations.push(node_id);
     }
     Ok(records.into_values().collect())

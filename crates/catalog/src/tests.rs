@@ -20,7 +20,7 @@ fn all_schemes() -> Vec<String> {
 
 fn req(id: Option<&str>, model_ref: &str, digest: Option<&str>) -> RegisterModel {
     RegisterModel {
-        id: id.map(String::from),
+        id: id.map(|i| i.parse().unwrap()),
         model_ref: model_ref.into(),
         digest: digest.map(String::from),
     }
@@ -36,12 +36,17 @@ fn register(
     model_ref: &str,
     digest: Option<&str>,
 ) -> Result<Registered, ErrorEnvelope> {
+    // The body's id is a `ModelId`, checked when the body is parsed (the HTTP layer reports a bad
+    // one as INVALID_PARAMS, field `id`, before looking at anything else); this does the same.
+    if let Some(Err(e)) = id.map(str::parse::<api::ModelId>) {
+        return Err(ErrorEnvelope::invalid("id", e.0));
+    }
     c.register(&req(id, model_ref, digest), &all_schemes())
 }
 
 fn copy(node: &str, digest: Option<&str>, verified: bool) -> Copy {
     Copy {
-        node_id: node.into(),
+        node_id: node.parse().unwrap(),
         digest: digest.map(String::from),
         size_bytes: None,
         metadata: None,
@@ -321,7 +326,7 @@ fn record_copy_first_digest_wins() {
         ..GgufInfo::default()
     };
     let first = Copy {
-        node_id: "n1".into(),
+        node_id: "n1".parse().unwrap(),
         digest: Some(format!("sha256:{}", HEX_A.to_uppercase())),
         size_bytes: Some(1234),
         metadata: Some(meta.clone()),
@@ -488,7 +493,7 @@ fn delete_entries() {
     let removed = c.delete("m").unwrap().unwrap();
     assert_eq!(
         (removed.id.as_str(), removed.locations.as_slice()),
-        ("m", ["n1".to_string()].as_slice())
+        ("m", ["n1".parse().unwrap()].as_slice())
     );
     assert!(c.get("m").is_none() && c.by_ref("file:/m.gguf").is_none() && c.list().is_empty());
     assert_eq!(c.delete("m").unwrap(), None);

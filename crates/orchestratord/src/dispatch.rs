@@ -31,7 +31,7 @@ pub async fn relay(
     let resp = http
         .post(&url)
         .bearer_auth(job.token.expose())
-        .header(api::CORRELATION_HEADER, &job.body.correlation_id)
+        .header(api::CORRELATION_HEADER, job.body.correlation_id.as_str())
         .header("accept", "application/x-ndjson")
         .json(&job.body)
         .send()
@@ -117,7 +117,7 @@ pub async fn cancel(http: &reqwest::Client, job: &CancelJob) -> bool {
     match http
         .post(&url)
         .bearer_auth(job.token.expose())
-        .header(api::CORRELATION_HEADER, &job.correlation_id)
+        .header(api::CORRELATION_HEADER, job.correlation_id.as_str())
         .timeout(Duration::from_secs(30))
         .send()
         .await

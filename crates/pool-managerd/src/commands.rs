@@ -9,17 +9,17 @@ use std::time::Duration;
 use api::catalog::step;
 use api::model_ref::ModelRef;
 use api::node::{CommandResult, CommandState, CommandStatus, StepProgress, StepStatus};
-use api::ErrorEnvelope;
+use api::{CommandId, ErrorEnvelope, ModelId, PoolId, StepId};
 
 /// Work for a pool supervisor.
 #[derive(Debug, Clone)]
 pub enum PoolCommand {
     /// No new dispatches; running ones get until `deadline`, then the engine stops (Unloaded).
-    Drain { id: String, deadline: Duration },
+    Drain { id: CommandId, deadline: Duration },
     /// Start (or restart) the pool's engine with `model`, fetched first when needed (`load-model`
     /// and `reload`); `None` restarts the current model.
     Load {
-        id: String,
+        id: CommandId,
         model: Option<ModelOrder>,
     },
 }
@@ -27,7 +27,7 @@ pub enum PoolCommand {
 /// The model a command names, parsed.
 #[derive(Debug, Clone)]
 pub struct ModelOrder {
-    pub id: String,
+    pub id: ModelId,
     pub model_ref: ModelRef,
     pub digest: Option<String>,
 }
@@ -39,25 +39,25 @@ struct Entry {
 
 #[derive(Default)]
 pub struct CommandBook {
-    entries: Mutex<BTreeMap<String, Entry>>,
+    entries: Mutex<BTreeMap<CommandId, Entry>>,
 }
 
 impl CommandBook {
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Entry>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<CommandId, Entry>> {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Records a newly received command; false when it was seen before (at-least-once delivery).
-    pub fn receive(&self, id: &str) -> bool {
+    pub fn receive(&self, id: &CommandId) -> bool {
         let mut e = self.lock();
         if e.contains_key(id) {
             return false;
         }
         e.insert(
-            id.to_string(),
+            *id,
             Entry {
                 status: CommandStatus {
-                    command_id: id.to_string(),
+                    command_id: *id,
                     status: CommandState::Accepted,
                     progress: vec![],
                     error: None,
@@ -69,7 +69,7 @@ impl CommandBook {
         true
     }
 
-    pub fn set(&self, id: &str, state: CommandState, error: Option<ErrorEnvelope>) {
+    pub fn set(&self, id: &CommandId, state: CommandState, error: Option<ErrorEnvelope>) {
         if let Some(entry) = self.lock().get_mut(id) {
             entry.status.status = state;
             entry.status.error = error;
@@ -77,7 +77,7 @@ impl CommandBook {
     }
 
     /// Replaces a running command's step progress (§12.2).
-    pub fn progress(&self, id: &str, steps: Vec<StepProgress>) {
+    pub fn progress(&self, id: &CommandId, steps: Vec<StepProgress>) {
         if let Some(entry) = self.lock().get_mut(id) {
             entry.status.status = CommandState::Running;
             entry.status.progress = steps;
@@ -85,7 +85,7 @@ impl CommandBook {
     }
 
     /// Completes a command with what it learned about the model file.
-    pub fn complete(&self, id: &str, result: Option<CommandResult>) {
+    pub fn complete(&self, id: &CommandId, result: Option<CommandResult>) {
         if let Some(entry) = self.lock().get_mut(id) {
             entry.status.status = CommandState::Completed;
             for s in &mut entry.status.progress {
@@ -119,16 +119,21 @@ impl CommandBook {
 /// the pool warmup.
 pub struct Prep {
     book: Arc<CommandBook>,
-    id: String,
+    id: CommandId,
     steps: Mutex<Vec<StepProgress>>,
 }
 
 impl Prep {
-    pub fn new(book: Arc<CommandBook>, id: &str, model_ref: &ModelRef, pool_id: &str) -> Self {
+    pub fn new(
+        book: Arc<CommandBook>,
+        id: &CommandId,
+        model_ref: &ModelRef,
+        pool_id: &PoolId,
+    ) -> Self {
         let mut steps = vec![];
         if !matches!(model_ref, ModelRef::File { .. }) {
             steps.push(StepProgress {
-                step_id: step::model_id(&model_ref.to_string()),
+                step_id: StepId::model(&model_ref.to_string()),
                 kind: step::MODEL_FETCH.into(),
                 status: StepStatus::Running,
                 pct: 0.0,
@@ -137,7 +142,7 @@ impl Prep {
             });
         }
         steps.push(StepProgress {
-            step_id: step::engine_id(),
+            step_id: StepId::engine(),
             kind: step::ENGINE_PROVISION.into(),
             status: StepStatus::Completed,
             pct: 100.0,
@@ -145,7 +150,7 @@ impl Prep {
             bytes_total: 0,
         });
         steps.push(StepProgress {
-            step_id: step::pool_id(pool_id),
+            step_id: StepId::pool(pool_id),
             kind: step::POOL_WARMUP.into(),
             status: StepStatus::Pending,
             pct: 0.0,
@@ -154,7 +159,7 @@ impl Prep {
         });
         let prep = Self {
             book,
-            id: id.into(),
+            id: *id,
             steps: Mutex::new(steps),
         };
         prep.publish();
@@ -224,32 +229,35 @@ mod tests {
     #[test]
     fn dedup_and_report_until_terminal_sent_once() {
         let b = CommandBook::default();
-        assert!(b.receive("c1"));
-        assert!(!b.receive("c1"));
+        let c1 = &CommandId::new();
+        assert!(b.receive(c1));
+        assert!(!b.receive(c1));
         assert_eq!(b.report()[0].status, CommandState::Accepted);
-        b.set("c1", CommandState::Completed, None);
+        b.set(c1, CommandState::Completed, None);
         assert_eq!(b.report()[0].status, CommandState::Completed);
         assert!(b.report().is_empty(), "a terminal status is reported once");
-        assert!(!b.receive("c1"), "still deduplicated after completion");
+        assert!(!b.receive(c1), "still deduplicated after completion");
     }
 
     #[test]
     fn prep_reports_steps_until_completed() {
         let b = Arc::new(CommandBook::default());
-        assert!(b.receive("c2"));
+        let (c2, c3) = (&CommandId::new(), &CommandId::new());
+        let p1: PoolId = "p1".parse().unwrap();
+        assert!(b.receive(c2));
         let r = ModelRef::parse("hf:org/repo/m.gguf").unwrap();
-        let prep = Prep::new(b.clone(), "c2", &r, "p1");
+        let prep = Prep::new(b.clone(), c2, &r, &p1);
         prep.fetched(50, Some(200));
         let st = b.report().remove(0);
         assert_eq!(st.status, CommandState::Running);
         let kinds: Vec<&str> = st.progress.iter().map(|s| s.kind.as_str()).collect();
         assert_eq!(kinds, ["model_fetch", "engine_provision", "pool_warmup"]);
-        assert_eq!(st.progress[0].step_id, "model:hf:org/repo/m.gguf");
+        assert_eq!(st.progress[0].step_id.as_str(), "model:hf:org/repo/m.gguf");
         assert_eq!(st.progress[0].pct, 25.0);
         prep.warming();
         assert_eq!(b.report()[0].progress[2].status, StepStatus::Running);
         b.complete(
-            "c2",
+            c2,
             Some(CommandResult {
                 digest: "sha256:00".into(),
                 size_bytes: 200,
@@ -264,8 +272,8 @@ mod tests {
             .all(|s| s.status == StepStatus::Completed && s.pct == 100.0));
         assert_eq!(done.result.unwrap().size_bytes, 200);
         let file = ModelRef::parse("file:/m.gguf").unwrap();
-        assert!(b.receive("c3"));
-        Prep::new(b.clone(), "c3", &file, "p1").failed(ErrorEnvelope::new(
+        assert!(b.receive(c3));
+        Prep::new(b.clone(), c3, &file, &p1).failed(ErrorEnvelope::new(
             api::ErrorCode::ModelNotAvailable,
             "missing",
         ));

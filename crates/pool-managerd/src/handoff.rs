@@ -133,7 +133,7 @@ async fn adopt(
         .await
         .map_err(|e| format!("the model file: {e}"))?;
     let model = crate::pools::ModelInfo {
-        id: model_id.to_string(),
+        id: model_id.clone(),
         model_ref: model_ref.to_string(),
         path: fetched.path,
         digest: Some(fetched.digest),

@@ -149,7 +149,7 @@ async fn local_reload(
 fn local_command(
     app: &App,
     pool_id: &str,
-    make: impl FnOnce(String) -> crate::commands::PoolCommand,
+    make: impl FnOnce(api::CommandId) -> crate::commands::PoolCommand,
 ) -> Result<(StatusCode, Json<api::node::PoolCommandAccepted>), ApiError> {
     let pool = app.pools.get(pool_id).ok_or_else(|| {
         ErrorEnvelope::new(
@@ -157,16 +157,16 @@ fn local_command(
             format!("no pool {pool_id} on this node"),
         )
     })?;
-    let id = uuid::Uuid::new_v4().to_string();
+    let id = api::CommandId::new();
     app.book.receive(&id);
     pool.commands
-        .send(make(id.clone()))
+        .send(make(id))
         .map_err(|_| ErrorEnvelope::new(ErrorCode::PoolUnready, "the pool is shutting down"))?;
     let state = pool.snapshot.borrow().state;
     Ok((
         StatusCode::ACCEPTED,
         Json(api::node::PoolCommandAccepted {
-            pool_id: pool_id.into(),
+            pool_id: pool.spec.id.clone(),
             command_id: id,
             state,
         }),
@@ -198,7 +198,7 @@ async fn dispatch(
         )
         .into());
     }
-    if req.node_id != app.config.node_id.as_str() || req.pool_id != pool_id {
+    if req.node_id != app.config.node_id || req.pool_id != pool_id.as_str() {
         return Err(ErrorEnvelope::invalid(
             "pool_id",
             "node_id/pool_id do not match this node and path",
@@ -227,7 +227,7 @@ async fn dispatch(
     if app.closing.is_cancelled() {
         return Err(
             ErrorEnvelope::new(ErrorCode::PoolUnready, "this node is shutting down")
-                .with_pool(&pool_id)
+                .with_pool(&req.pool_id)
                 .into(),
         );
     }
@@ -237,7 +237,7 @@ async fn dispatch(
             ErrorCode::PoolUnready,
             format!("pool {pool_id} is {}", snap.state.as_str()),
         )
-        .with_pool(&pool_id)
+        .with_pool(&req.pool_id)
         .into());
     };
     let cancel = CancellationToken::new();
@@ -257,7 +257,7 @@ async fn dispatch(
                 ErrorCode::ReplicaExhausted,
                 format!("pool {pool_id} has no free slot"),
             )
-            .with_pool(&pool_id)
+            .with_pool(&req.pool_id)
             .with_retry_after(1000)
         })?;
         inflight.insert(
@@ -343,7 +343,11 @@ async fn cancel(
     })?;
     let released = {
         let inflight = pool.inflight.lock().unwrap_or_else(|e| e.into_inner());
-        match inflight.get(&task_id) {
+        match task_id
+            .parse::<api::TaskId>()
+            .ok()
+            .and_then(|t| inflight.get(&t))
+        {
             Some(i) => {
                 i.cancel.cancel();
                 i.released.clone()

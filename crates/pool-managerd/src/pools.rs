@@ -17,11 +17,12 @@ use tokio_util::sync::CancellationToken;
 use crate::commands::{ModelOrder, PoolCommand, Prep};
 use crate::config::{EngineTimings, PoolSpec};
 use api::node::CommandState;
+use api::{CommandId, ModelId, TaskId};
 
 /// The model an engine serves: its file on this node and what hashing and reading it taught us.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelInfo {
-    pub id: String,
+    pub id: ModelId,
     /// The normalized ModelRef.
     pub model_ref: String,
     pub path: std::path::PathBuf,
@@ -93,7 +94,7 @@ pub struct Pool {
     pub spec: PoolSpec,
     pub snapshot: watch::Receiver<PoolSnapshot>,
     pub slots: Arc<Semaphore>,
-    pub inflight: Mutex<HashMap<String, Inflight>>,
+    pub inflight: Mutex<HashMap<TaskId, Inflight>>,
     /// EWMA of the engine's decode speed, tokens/s.
     pub decode_tps: Mutex<Option<f64>>,
     /// Engine exits that were not asked for (crashes, failed health checks).
@@ -115,7 +116,7 @@ impl Pool {
             .sum();
         let capacity = (self.spec.slots as u64 * self.spec.ctx_per_slot).max(1);
         PoolStatus {
-            pool_id: self.spec.id.to_string(),
+            pool_id: self.spec.id.clone(),
             state: snap.state,
             last_error: snap.last_error.clone(),
             engine: api::ENGINE_LLAMACPP.into(),
@@ -356,7 +357,7 @@ enum Exit {
     /// Drained on command: the engine is stopped and the pool waits, Unloaded, for a reload.
     Drained,
     /// Restart on command (a reload of the same model).
-    Restart(String),
+    Restart(CommandId),
 }
 
 impl Supervisor {
@@ -371,10 +372,10 @@ impl Supervisor {
         };
         let mut breaker = self.breaker();
         let mut backoff = Duration::from_secs(1);
-        let mut reload: Option<String> = None;
+        let mut reload: Option<CommandId> = None;
         if let Some(ms) = self.pool.spec.model.clone() {
             let order = ModelOrder {
-                id: ms.id.to_string(),
+                id: ms.id.clone(),
                 model_ref: ms.model_ref,
                 digest: ms.digest,
             };
@@ -518,7 +519,7 @@ impl Supervisor {
     }
 
     /// Marks the pool Failed, then waits for a reload (its command id) or shutdown (`None`).
-    async fn fail_and_wait(&self, reason: String) -> Option<String> {
+    async fn fail_and_wait(&self, reason: String) -> Option<CommandId> {
         self.fail(reason);
         self.wait_for_reload().await
     }
@@ -585,7 +586,7 @@ impl Supervisor {
         LaunchSpec {
             binary: binary.to_path_buf(),
             model_path: model.path.clone(),
-            alias: model.id.clone(),
+            alias: model.id.to_string(),
             ctx_per_slot: spec.ctx_per_slot,
             slots: spec.slots,
             threads: self.env.timings.threads,
@@ -663,7 +664,7 @@ impl Supervisor {
 
     /// Refuses new dispatches, lets running ones finish until `deadline` (then they are lost:
     /// WORKER_RESET at the client), stops the engine and leaves the pool Unloaded.
-    async fn drain(&self, running: RunningEngine, id: &str, deadline: Duration) {
+    async fn drain(&self, running: RunningEngine, id: &CommandId, deadline: Duration) {
         self.env.book.set(id, CommandState::Running, None);
         tracing::info!(event = "command.received", pool_id = %self.pool.spec.id, node_id = %self.env.node_id, command_id = %id,
             "Draining pool {} (deadline {} ms)", self.pool.spec.id, deadline.as_millis());
@@ -696,7 +697,7 @@ impl Supervisor {
         &self,
         old: RunningEngine,
         binary: &std::path::Path,
-        id: &str,
+        id: &CommandId,
         model: ModelInfo,
     ) -> RunningEngine {
         self.env.book.set(id, CommandState::Running, None);
@@ -796,7 +797,7 @@ impl Supervisor {
 
     /// While Unloaded or Failed: a drain is already done; a load or reload fetches its model
     /// (when one is named) and returns the command id, so the loop starts the engine.
-    async fn wait_for_reload(&self) -> Option<String> {
+    async fn wait_for_reload(&self) -> Option<CommandId> {
         loop {
             tokio::select! {
                 cmd = recv(&self.cmds) => match cmd? {
@@ -835,9 +836,9 @@ impl Supervisor {
     async fn resolve(
         &self,
         order: &ModelOrder,
-        command: Option<&str>,
+        command: Option<&CommandId>,
     ) -> Result<ModelInfo, api::ErrorEnvelope> {
-        let pool_id = self.pool.spec.id.to_string();
+        let pool_id = self.pool.spec.id.clone();
         let prep =
             command.map(|id| Prep::new(self.env.book.clone(), id, &order.model_ref, &pool_id));
         let before = self.tx.borrow().state;

@@ -57,7 +57,7 @@ fn register_body(app: &App) -> RegisterRequest {
     let gpus = gpu::discover();
     RegisterRequest {
         protocol_version: api::PROTOCOL_VERSION,
-        node_id: app.config.node_id.to_string(),
+        node_id: app.config.node_id.clone(),
         machine_id: app.config.machine_id.clone(),
         version: env!("CARGO_PKG_VERSION").into(),
         address: app.config.advertise_url.clone(),
@@ -199,7 +199,7 @@ fn route(app: &Arc<App>, cmd: api::node::Command) {
         return;
     }
     tracing::info!(event = "command.received", node_id = %app.config.node_id, correlation_id = %cmd.correlation_id, command_id = %cmd.command_id,
-        pool_id = %cmd.pool_id.as_deref().unwrap_or(""), "Received command {:?}", cmd.kind);
+        pool_id = %cmd.pool_id.as_ref().map_or("", api::PoolId::as_str), "Received command {:?}", cmd.kind);
     let invalid = |msg: String| api::ErrorEnvelope::new(api::ErrorCode::InvalidParams, msg);
     let order = match cmd.model.as_ref().map(|m| {
         api::model_ref::ModelRef::parse(&m.model_ref).map(|r| ModelOrder {
@@ -212,7 +212,7 @@ fn route(app: &Arc<App>, cmd: api::node::Command) {
         Some(Ok(o)) => Ok(Some(o)),
         Some(Err(e)) => Err(invalid(format!("command model: {e}"))),
     };
-    let pool = cmd.pool_id.as_ref().and_then(|p| app.pools.get(p));
+    let pool = cmd.pool_id.as_ref().and_then(|p| app.pools.get(p.as_str()));
     let routed = order.and_then(|order| match (cmd.kind, pool.as_deref(), order) {
         (_, None, _) if cmd.pool_id.is_some() => Err(api::ErrorEnvelope::new(
             api::ErrorCode::NotFound,
@@ -254,7 +254,7 @@ fn route(app: &Arc<App>, cmd: api::node::Command) {
 /// model); `verify-model` re-hashes the copy against the catalog digest.
 async fn catalog_command(
     app: Arc<App>,
-    id: String,
+    id: api::CommandId,
     kind: api::node::CommandKind,
     order: crate::commands::ModelOrder,
 ) {

@@ -165,8 +165,8 @@ fn engine(ev: &Evidence) -> Value {
     let lower = version.to_lowercase();
     let pass = s.engine == api::ENGINE_LLAMACPP
         && !version.is_empty()
-        && !s.pool_id.is_empty()
-        && !s.node_id.is_empty()
+        && !s.pool_id.as_str().is_empty()
+        && !s.node_id.as_str().is_empty()
         && !lower.contains("mock")
         && !lower.contains("stub")
         && !lower.contains("fake");
@@ -236,7 +236,7 @@ fn metrics(ev: &Evidence) -> Value {
     let (pool, version) = started(ev)
         .map(|s| {
             (
-                s.pool_id.clone(),
+                s.pool_id.to_string(),
                 s.engine_version.clone().unwrap_or_default(),
             )
         })

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use api::events::{Event, Metrics as MetricsFrame};
 use api::task::{AdmissionResponse, PlacementMode, Preparation, Priority, TaskState};
-use api::{ErrorCode, ErrorEnvelope, TaskId};
+use api::{CorrelationId, ErrorCode, ErrorEnvelope, ModelId, PoolId, TaskId};
 
 use super::{Core, Effects, TaskEntry, TaskLog, Timer};
 use crate::admission::ValidatedTask;
@@ -26,7 +26,7 @@ impl<E: Effects> Core<E> {
     pub fn submit(
         &mut self,
         mut v: ValidatedTask,
-        correlation_id: String,
+        correlation_id: CorrelationId,
         now: Instant,
     ) -> Result<(AdmissionResponse, Arc<TaskLog>), ErrorEnvelope> {
         if let Some(t) = self.tasks.get(&v.task_id) {
@@ -156,7 +156,7 @@ impl<E: Effects> Core<E> {
     }
 
     /// Decides whether a queue has room for a task of class `p` (API.md §6.2).
-    fn room(&self, key: &str, p: Priority, model: &str, max_tokens: u64) -> Room {
+    fn room(&self, key: &str, p: Priority, model: &ModelId, max_tokens: u64) -> Room {
         let Some(q) = self.queues.get(key) else {
             return Room::Free;
         };
@@ -219,15 +219,14 @@ impl<E: Effects> Core<E> {
     }
 
     /// Tasks queued for a pool: its own queue plus its model's queue.
-    pub(super) fn queued_for_pool(&self, pool_id: &str, model: &str) -> usize {
+    pub(super) fn queued_for_pool(&self, pool_id: &PoolId, model: Option<&ModelId>) -> usize {
         let own = self
             .queues
             .get(&format!("pool:{pool_id}"))
             .map(|q| q.len())
             .unwrap_or(0);
-        own + self
-            .queues
-            .get(&format!("model:{model}"))
+        own + model
+            .and_then(|m| self.queues.get(&format!("model:{m}")))
             .map(|q| q.len())
             .unwrap_or(0)
     }
@@ -265,7 +264,7 @@ impl<E: Effects> Core<E> {
     }
 }
 
-fn queue_key(v: &ValidatedTask, model: &str) -> String {
+fn queue_key(v: &ValidatedTask, model: &ModelId) -> String {
     match (&v.placement.mode, &v.placement.pin_pool_id) {
         (PlacementMode::Pin, Some(p)) => format!("pool:{p}"),
         _ => format!("model:{model}"),
@@ -284,8 +283,8 @@ impl TaskEntry {
     #[allow(clippy::too_many_arguments)]
     fn new(
         v: ValidatedTask,
-        correlation_id: String,
-        model: String,
+        correlation_id: CorrelationId,
+        model: ModelId,
         queue_key: String,
         log: Arc<TaskLog>,
         now: Instant,

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use api::node::{NodeStatus, PoolState, PoolStatus};
 use api::task::Priority;
 use api::worker::DispatchRequest;
-use api::TaskId;
+use api::{CommandId, CorrelationId, ModelId, NodeId, PoolId, TaskId};
 use daemon::secret::Secret;
 
 use crate::admission::ValidatedTask;
@@ -58,10 +58,10 @@ pub struct DispatchJob {
 #[derive(Debug, Clone)]
 pub struct CancelJob {
     pub task: TaskId,
-    pub pool_id: String,
+    pub pool_id: PoolId,
     pub address: String,
     pub token: Secret,
-    pub correlation_id: String,
+    pub correlation_id: CorrelationId,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -83,7 +83,7 @@ pub struct Node {
     pub last_heartbeat_ms: u64,
     pub seq: u64,
     pub capabilities: api::node::Capabilities,
-    pub pools: Vec<String>,
+    pub pools: Vec<PoolId>,
     /// GPU state from the latest heartbeat.
     pub gpus: Vec<api::node::GpuStatus>,
     /// Commands sent in every heartbeat answer until the node reports them (at-least-once).
@@ -91,7 +91,7 @@ pub struct Node {
 }
 
 pub struct PoolEntry {
-    pub node_id: String,
+    pub node_id: NodeId,
     pub status: PoolStatus,
     /// Tasks holding a slot: dispatched and not yet released.
     pub holding: BTreeSet<TaskId>,
@@ -106,13 +106,13 @@ pub struct PoolEntry {
     /// Draining on an operator's request: out of placement until a reload.
     pub draining: bool,
     /// The pool operation in progress (drain, reload or load-model), by command id.
-    pub op: Option<(String, api::node::CommandKind)>,
+    pub op: Option<(CommandId, api::node::CommandKind)>,
     /// The catalog model this pool serves (§9.2: digest or ref matches), re-derived from every report.
-    pub serves: Option<String>,
+    pub serves: Option<ModelId>,
     /// The (model id, digest) of the last report, so catalog writes happen only on change.
-    pub reported: Option<(String, Option<String>)>,
+    pub reported: Option<(ModelId, Option<String>)>,
     /// The model a `load-model` in progress is loading into this pool.
-    pub loading: Option<String>,
+    pub loading: Option<ModelId>,
 }
 
 impl PoolEntry {
@@ -126,8 +126,8 @@ impl PoolEntry {
     }
 
     /// The catalog model the pool serves (None when its report does not match the catalog).
-    pub fn model_id(&self) -> Option<&str> {
-        self.serves.as_deref()
+    pub fn model_id(&self) -> Option<&ModelId> {
+        self.serves.as_ref()
     }
 }
 
@@ -152,8 +152,8 @@ pub struct PoolStats {
 
 pub struct TaskEntry {
     pub v: ValidatedTask,
-    pub correlation_id: String,
-    pub model: String,
+    pub correlation_id: CorrelationId,
+    pub model: ModelId,
     /// `model:<id>` for unpinned tasks, `pool:<id>` for pinned ones.
     pub queue_key: String,
     pub state: api::task::TaskState,
@@ -166,11 +166,11 @@ pub struct TaskEntry {
     pub finished_at: Option<Instant>,
     pub left_queue_at: Option<Instant>,
     pub first_token_at: Option<Instant>,
-    pub pool: Option<String>,
-    pub node: Option<String>,
+    pub pool: Option<PoolId>,
+    pub node: Option<NodeId>,
     pub engine_version: Option<String>,
     pub attempts: u32,
-    pub tried: Vec<String>,
+    pub tried: Vec<PoolId>,
     pub tokens_in: u64,
     pub tokens_out: u64,
     pub token_frames: u64,
@@ -186,16 +186,34 @@ pub struct TaskEntry {
     /// The `started` frame was sent (at dispatch, or when provisioning bound the task to a pool).
     pub started_sent: bool,
     /// The `load-model` command this task waits on, until its steps are reported completed.
-    pub load: Option<String>,
+    pub load: Option<CommandId>,
+}
+
+impl TaskEntry {
+    /// The task's pool as a metric label or log field (empty before placement).
+    pub fn pool_label(&self) -> String {
+        self.pool
+            .as_ref()
+            .map(PoolId::to_string)
+            .unwrap_or_default()
+    }
+
+    /// The task's node as a metric label or log field (empty before placement).
+    pub fn node_label(&self) -> String {
+        self.node
+            .as_ref()
+            .map(NodeId::to_string)
+            .unwrap_or_default()
+    }
 }
 
 pub struct Core<E: Effects> {
     pub cfg: Arc<Config>,
     pub effects: E,
     pub metrics: Arc<Metrics>,
-    pub nodes: BTreeMap<String, Node>,
-    pub pools: BTreeMap<String, PoolEntry>,
-    pub stats: HashMap<String, PoolStats>,
+    pub nodes: BTreeMap<NodeId, Node>,
+    pub pools: BTreeMap<PoolId, PoolEntry>,
+    pub stats: HashMap<PoolId, PoolStats>,
     pub tasks: HashMap<TaskId, TaskEntry>,
     pub queues: BTreeMap<String, queue::Queue>,
     /// Terminal tasks in finishing order, for retention.
@@ -204,9 +222,9 @@ pub struct Core<E: Effects> {
     /// The model catalog (SQLite, written through).
     pub catalog: catalog::Catalog,
     /// `load-model` commands in flight, by command id.
-    pub loads: BTreeMap<String, provision::Load>,
+    pub loads: BTreeMap<CommandId, provision::Load>,
     /// Node-level catalog commands (`evict-model`, `verify-model`) in flight, by command id.
-    pub node_commands: HashMap<String, models::NodeCommand>,
+    pub node_commands: HashMap<CommandId, models::NodeCommand>,
 }
 
 impl<E: Effects> Core<E> {
@@ -262,7 +280,7 @@ impl<E: Effects> Core<E> {
     }
 
     /// The pool a queued task should go to now, if any.
-    fn place(&self, id: TaskId) -> Option<String> {
+    fn place(&self, id: TaskId) -> Option<PoolId> {
         let t = self.tasks.get(&id)?;
         let views = self.pool_views();
         let affinity = if self.cfg.session_affinity {
@@ -275,7 +293,7 @@ impl<E: Effects> Core<E> {
             &t.model,
             t.v.ctx,
             &t.v.placement,
-            affinity.as_deref(),
+            affinity.as_ref(),
             &t.tried,
         );
         if chosen.is_some() {
@@ -285,7 +303,7 @@ impl<E: Effects> Core<E> {
                 considered as f64,
             );
         }
-        chosen.map(str::to_string)
+        chosen.cloned()
     }
 
     pub fn pool_views(&self) -> Vec<placement::PoolView<'_>> {
@@ -321,7 +339,7 @@ impl<E: Effects> Core<E> {
     }
 
     /// Copies a node's status and free VRAM into its pools (see [`PoolEntry::node_online`]).
-    pub(crate) fn sync_node_facts(&mut self, node_id: &str) {
+    pub(crate) fn sync_node_facts(&mut self, node_id: &NodeId) {
         let Some(node) = self.nodes.get(node_id) else {
             return;
         };
@@ -362,7 +380,7 @@ impl<E: Effects> Core<E> {
         for (id, age) in self.heartbeat_ages(now) {
             out.push((
                 m::NODE_HEARTBEAT_AGE,
-                m::labels(&[("node_id", &id)]),
+                m::labels(&[("node_id", id.as_str())]),
                 age as f64,
             ));
         }

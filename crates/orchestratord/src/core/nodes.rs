@@ -8,7 +8,7 @@ use api::node::{
     RegisterRequest, RegisterResponse,
 };
 use api::task::TaskState;
-use api::{ErrorCode, ErrorEnvelope, TaskId};
+use api::{CorrelationId, ErrorCode, ErrorEnvelope, NodeId, PoolId, TaskId};
 use daemon::secret::Secret;
 
 use super::{Core, Effects, Node, PoolEntry};
@@ -60,10 +60,7 @@ impl<E: Effects> Core<E> {
                 ),
             ));
         }
-        let node_id: api::NodeId = req
-            .node_id
-            .parse()
-            .map_err(|e: api::IdError| ErrorEnvelope::invalid("node_id", e.0))?;
+        let node_id = req.node_id.clone();
         if req.dispatch_token.len() < 32 {
             return Err(ErrorEnvelope::invalid(
                 "dispatch_token",
@@ -73,13 +70,7 @@ impl<E: Effects> Core<E> {
         if !(req.address.starts_with("http://") || req.address.starts_with("https://")) {
             return Err(ErrorEnvelope::invalid("address", "must be an http(s) URL"));
         }
-        for (i, p) in req.pools.iter().enumerate() {
-            if p.pool_id.parse::<api::PoolId>().is_err() {
-                return Err(ErrorEnvelope::invalid(
-                    format!("pools[{i}].pool_id"),
-                    "invalid pool id",
-                ));
-            }
+        for p in &req.pools {
             if let Some(owner) = self.pools.get(&p.pool_id).map(|e| e.node_id.clone()) {
                 if owner != req.node_id
                     && self
@@ -113,7 +104,7 @@ impl<E: Effects> Core<E> {
                 )
             }
         };
-        let pool_ids: Vec<String> = req.pools.iter().map(|p| p.pool_id.clone()).collect();
+        let pool_ids: Vec<PoolId> = req.pools.iter().map(|p| p.pool_id.clone()).collect();
         self.forget_loads_of(&req.node_id, now);
         // Pools this node no longer reports leave the registry.
         self.pools
@@ -140,11 +131,11 @@ impl<E: Effects> Core<E> {
                 commands: vec![],
             },
         );
-        self.sync_node_facts(node_id.as_str());
-        tracing::info!(event = "node.registered", node_id = %node_id, "Node {node_id} registered with {} pool(s)", self.nodes.get(node_id.as_str()).map(|n| n.pools.len()).unwrap_or(0));
+        self.sync_node_facts(&node_id);
+        tracing::info!(event = "node.registered", node_id = %node_id, "Node {node_id} registered with {} pool(s)", self.nodes.get(&node_id).map(|n| n.pools.len()).unwrap_or(0));
         self.pump(now);
         Ok(RegisterResponse {
-            node_id: node_id.to_string(),
+            node_id,
             credential: kind,
             node_token: token,
             protocol_version: api::PROTOCOL_VERSION,
@@ -153,7 +144,7 @@ impl<E: Effects> Core<E> {
         })
     }
 
-    fn upsert_pool(&mut self, node_id: &str, status: api::node::PoolStatus) {
+    fn upsert_pool(&mut self, node_id: &NodeId, status: api::node::PoolStatus) {
         let id = status.pool_id.clone();
         if status.state == PoolState::Ready {
             let ev = status.engine_version.clone().unwrap_or_default();
@@ -163,15 +154,15 @@ impl<E: Effects> Core<E> {
                     labels(&[
                         ("engine", api::ENGINE_LLAMACPP),
                         ("engine_version", &ev),
-                        ("pool_id", &id),
-                        ("replica_id", node_id),
+                        ("pool_id", id.as_str()),
+                        ("replica_id", node_id.as_str()),
                     ]),
                 );
             }
         }
         match self.pools.get_mut(&id) {
             Some(e) => {
-                e.node_id = node_id.to_string();
+                e.node_id = node_id.clone();
                 e.status = status;
                 e.exhausted = false;
             }
@@ -179,7 +170,7 @@ impl<E: Effects> Core<E> {
                 self.pools.insert(
                     id.clone(),
                     PoolEntry {
-                        node_id: node_id.to_string(),
+                        node_id: node_id.clone(),
                         status,
                         holding: Default::default(),
                         releasing: Default::default(),
@@ -237,7 +228,16 @@ impl<E: Effects> Core<E> {
             ));
         }
         let interval = self.cfg.heartbeat_interval.as_millis() as u64;
-        let node = self.nodes.get_mut(node_id).expect("checked");
+        let Some(node_id) = self.nodes.get_key_value(node_id).map(|(k, _)| k.clone()) else {
+            return Err(ErrorEnvelope::new(
+                ErrorCode::NotFound,
+                format!("node {node_id} is not registered; register again"),
+            ));
+        };
+        let node_id = &node_id;
+        let Some(node) = self.nodes.get_mut(node_id) else {
+            return Err(ErrorEnvelope::new(ErrorCode::Internal, "node vanished"));
+        };
         if hb.seq <= node.seq {
             self.metrics
                 .inc(m::NODE_HEARTBEATS, outcome("stale_seq"), 1.0);
@@ -256,15 +256,15 @@ impl<E: Effects> Core<E> {
         }
         self.metrics
             .inc(m::NODE_HEARTBEATS, outcome("success"), 1.0);
-        let reported: Vec<String> = hb.pools.iter().map(|p| p.pool_id.clone()).collect();
+        let reported: Vec<PoolId> = hb.pools.iter().map(|p| p.pool_id.clone()).collect();
         for p in hb.pools {
-            let running: Vec<String> = p.running.clone();
+            let running: Vec<TaskId> = p.running.clone();
             self.upsert_pool(node_id, p.clone());
             self.reconcile_running(&p.pool_id, &running, now);
         }
         // The heartbeat carries the node's full pool set: adopted engines come and go.
         self.pools
-            .retain(|id, p| p.node_id != node_id || reported.contains(id));
+            .retain(|id, p| p.node_id != *node_id || reported.contains(id));
         if let Some(n) = self.nodes.get_mut(node_id) {
             n.pools = reported;
         }
@@ -281,7 +281,7 @@ impl<E: Effects> Core<E> {
             && !self
                 .pools
                 .values()
-                .any(|p| p.node_id == node_id && p.op.is_some())
+                .any(|p| p.node_id == *node_id && p.op.is_some())
         {
             interval
         } else {
@@ -294,14 +294,14 @@ impl<E: Effects> Core<E> {
     }
 
     /// A canceled task's slot is free once the worker no longer lists it (API.md §7.4).
-    fn reconcile_running(&mut self, pool_id: &str, running: &[String], now: Instant) {
+    fn reconcile_running(&mut self, pool_id: &PoolId, running: &[TaskId], now: Instant) {
         let Some(p) = self.pools.get(pool_id) else {
             return;
         };
         let freed: Vec<TaskId> = p
             .releasing
             .iter()
-            .filter(|t| !running.contains(&t.to_string()))
+            .filter(|t| !running.contains(t))
             .copied()
             .collect();
         for id in freed {
@@ -310,7 +310,7 @@ impl<E: Effects> Core<E> {
         // Work the worker runs that this orchestratord does not know (e.g. after a restart) is canceled.
         let unknown: Vec<TaskId> = running
             .iter()
-            .filter_map(|s| s.parse::<TaskId>().ok())
+            .copied()
             .filter(|id| {
                 self.tasks.get(id).is_none_or(|t| {
                     t.state.is_terminal()
@@ -326,10 +326,10 @@ impl<E: Effects> Core<E> {
                 if let Some(n) = self.nodes.get(&p.node_id) {
                     self.effects.cancel_on_worker(super::CancelJob {
                         task: id,
-                        pool_id: pool_id.to_string(),
+                        pool_id: pool_id.clone(),
                         address: n.address.clone(),
                         token: n.dispatch_token.clone(),
-                        correlation_id: uuid::Uuid::new_v4().to_string(),
+                        correlation_id: CorrelationId::new(),
                     });
                 }
             }
@@ -337,14 +337,15 @@ impl<E: Effects> Core<E> {
     }
 
     pub fn deregister(&mut self, node_id: &str, now: Instant) -> bool {
-        if self.nodes.remove(node_id).is_none() {
+        let Some((node_id, _)) = self.nodes.remove_entry(node_id) else {
             self.metrics.inc(
                 m::NODE_DEREGISTRATIONS,
                 labels(&[("outcome", "rejected")]),
                 1.0,
             );
             return false;
-        }
+        };
+        let node_id = &node_id;
         self.metrics.inc(
             m::NODE_DEREGISTRATIONS,
             labels(&[("outcome", "success")]),
@@ -352,7 +353,7 @@ impl<E: Effects> Core<E> {
         );
         tracing::info!(event = "node.deregistered", node_id = %node_id, "Node {node_id} deregistered");
         self.node_lost(node_id, now);
-        self.pools.retain(|_, p| p.node_id != node_id);
+        self.pools.retain(|_, p| p.node_id != *node_id);
         self.publish_gauges();
         true
     }
@@ -360,7 +361,7 @@ impl<E: Effects> Core<E> {
     /// Marks nodes Offline whose last heartbeat is older than the timeout; purges old tasks.
     pub fn tick(&mut self, now: Instant) {
         let timeout = self.cfg.heartbeat_timeout;
-        let stale: Vec<String> = self
+        let stale: Vec<NodeId> = self
             .nodes
             .iter()
             .filter(|(_, n)| {
@@ -374,7 +375,7 @@ impl<E: Effects> Core<E> {
             }
             self.sync_node_facts(&id);
             self.metrics
-                .inc(m::NODE_OFFLINE, labels(&[("node_id", &id)]), 1.0);
+                .inc(m::NODE_OFFLINE, labels(&[("node_id", id.as_str())]), 1.0);
             tracing::warn!(event = "node.offline", node_id = %id, "Node {id} is offline: no heartbeat for {} ms", timeout.as_millis());
             self.node_lost(&id, now);
             self.fail_pinned_to_node(&id, now);
@@ -385,11 +386,11 @@ impl<E: Effects> Core<E> {
     }
 
     /// Queued tasks pinned to a pool of an Offline node end with NODE_UNAVAILABLE (API.md §7.5).
-    fn fail_pinned_to_node(&mut self, node_id: &str, now: Instant) {
-        let pools: Vec<String> = self
+    fn fail_pinned_to_node(&mut self, node_id: &NodeId, now: Instant) {
+        let pools: Vec<PoolId> = self
             .pools
             .iter()
-            .filter(|(_, p)| p.node_id == node_id)
+            .filter(|(_, p)| p.node_id == *node_id)
             .map(|(id, _)| id.clone())
             .collect();
         let ids: Vec<TaskId> = self
@@ -443,7 +444,7 @@ impl<E: Effects> Core<E> {
         self.pools
             .iter()
             .map(|(id, p)| {
-                let queued = self.queued_for_pool(id, p.model_id().unwrap_or("")) as u64;
+                let queued = self.queued_for_pool(id, p.model_id()) as u64;
                 PoolView {
                     pool_id: id.clone(),
                     node_id: p.node_id.clone(),
@@ -476,7 +477,7 @@ impl<E: Effects> Core<E> {
     }
 
     /// `orchd_node_heartbeat_age_ms` per node, computed at scrape time.
-    pub fn heartbeat_ages(&self, now: Instant) -> Vec<(String, u64)> {
+    pub fn heartbeat_ages(&self, now: Instant) -> Vec<(NodeId, u64)> {
         self.nodes
             .iter()
             .map(|(id, n)| {

@@ -3,15 +3,16 @@
 
 use api::node::{NodeStatus, PoolState};
 use api::task::{Placement, PlacementMode};
+use api::{ModelId, NodeId, PoolId};
 
 /// What placement needs to know about one pool.
 #[derive(Debug, Clone)]
 pub struct PoolView<'a> {
-    pub pool_id: &'a str,
-    pub node_id: &'a str,
+    pub pool_id: &'a PoolId,
+    pub node_id: &'a NodeId,
     pub node_status: NodeStatus,
     pub state: PoolState,
-    pub model_id: Option<&'a str>,
+    pub model_id: Option<&'a ModelId>,
     pub ctx_per_slot: u64,
     pub device_mask: &'a str,
     pub free_slots: u32,
@@ -22,7 +23,7 @@ pub struct PoolView<'a> {
 /// True when `p` may run a task for `model` needing `ctx` under `placement` (ignoring free slots).
 pub fn is_candidate(
     p: &PoolView<'_>,
-    model: &str,
+    model: &ModelId,
     ctx: Option<u64>,
     placement: &Placement,
 ) -> bool {
@@ -35,7 +36,7 @@ pub fn is_candidate(
             .as_deref()
             .is_none_or(|m| m == p.device_mask)
         && match placement.mode {
-            PlacementMode::Pin => placement.pin_pool_id.as_deref() == Some(p.pool_id),
+            PlacementMode::Pin => placement.pin_pool_id.as_ref() == Some(p.pool_id),
             _ => true,
         }
 }
@@ -44,21 +45,21 @@ pub fn is_candidate(
 /// `affinity` is the session's last pool. The order is total, so equal inputs give equal decisions.
 pub fn choose<'a>(
     pools: &[PoolView<'a>],
-    model: &str,
+    model: &ModelId,
     ctx: Option<u64>,
     placement: &Placement,
-    affinity: Option<&str>,
-    tried: &[String],
-) -> (Option<&'a str>, usize) {
+    affinity: Option<&PoolId>,
+    tried: &[PoolId],
+) -> (Option<&'a PoolId>, usize) {
     let mut cands: Vec<&PoolView<'a>> = pools
         .iter()
-        .filter(|p| is_candidate(p, model, ctx, placement) && !tried.iter().any(|t| t == p.pool_id))
+        .filter(|p| is_candidate(p, model, ctx, placement) && !tried.contains(p.pool_id))
         .collect();
     if placement.mode != PlacementMode::Pin && !placement.avoid_pools.is_empty() {
         let kept: Vec<&PoolView<'a>> = cands
             .iter()
             .copied()
-            .filter(|p| !placement.avoid_pools.iter().any(|a| a == p.pool_id))
+            .filter(|p| !placement.avoid_pools.contains(p.pool_id))
             .collect();
         if !kept.is_empty() || !placement.allow_fallback {
             cands = kept;
@@ -72,8 +73,7 @@ pub fn choose<'a>(
         }
     }
     let preferred = |p: &PoolView<'_>| {
-        placement.mode == PlacementMode::Prefer
-            && placement.prefer_pools.iter().any(|x| x == p.pool_id)
+        placement.mode == PlacementMode::Prefer && placement.prefer_pools.contains(p.pool_id)
     };
     let only_preferred = placement.mode == PlacementMode::Prefer && !placement.allow_fallback;
     // One pass with a total order: O(pools) per decision, no sorting and no allocation.
@@ -96,13 +96,21 @@ pub fn choose<'a>(
 mod tests {
     use super::*;
 
-    fn pool<'a>(id: &'a str, node: &'a str, free: u32, load: usize) -> PoolView<'a> {
+    /// A typed id that lives for the whole test (test ids are few and small).
+    fn id<T: std::str::FromStr>(s: &str) -> &'static T
+    where
+        T::Err: std::fmt::Debug,
+    {
+        Box::leak(Box::new(s.parse().unwrap()))
+    }
+
+    fn pool(pool_id: &str, node: &str, free: u32, load: usize) -> PoolView<'static> {
         PoolView {
-            pool_id: id,
-            node_id: node,
+            pool_id: id(pool_id),
+            node_id: id(node),
             node_status: NodeStatus::Online,
             state: PoolState::Ready,
-            model_id: Some("m"),
+            model_id: Some(id("m")),
             ctx_per_slot: 4096,
             device_mask: "cpu",
             free_slots: free,
@@ -118,7 +126,9 @@ mod tests {
         expected: Option<&str>,
     ) {
         assert_eq!(
-            choose(pools, "m", None, placement, affinity, &[]).0,
+            choose(pools, id("m"), None, placement, affinity.map(id), &[])
+                .0
+                .map(PoolId::as_str),
             expected
         );
     }
@@ -169,13 +179,13 @@ mod tests {
         let pools = [pool("a", "n1", 3, 0), pool("b", "n1", 1, 0)];
         let prefer = Placement {
             mode: PlacementMode::Prefer,
-            prefer_pools: vec!["b".into()],
+            prefer_pools: vec![id::<PoolId>("b").clone()],
             ..Default::default()
         };
         check(&pools, &prefer, None, Some("b"));
         let prefer_only = Placement {
             mode: PlacementMode::Prefer,
-            prefer_pools: vec!["b".into()],
+            prefer_pools: vec![id::<PoolId>("b").clone()],
             allow_fallback: false,
             ..Default::default()
         };
@@ -186,7 +196,7 @@ mod tests {
             None,
         );
         let avoid = Placement {
-            avoid_pools: vec!["a".into()],
+            avoid_pools: vec![id::<PoolId>("a").clone()],
             ..Default::default()
         };
         check(&pools, &avoid, None, Some("b"));
@@ -229,7 +239,7 @@ mod tests {
     fn pin_and_model_filter() {
         let pin = Placement {
             mode: PlacementMode::Pin,
-            pin_pool_id: Some("b".into()),
+            pin_pool_id: Some(id::<PoolId>("b").clone()),
             ..Default::default()
         };
         check(
@@ -239,7 +249,7 @@ mod tests {
             Some("b"),
         );
         let mut other = pool("c", "n1", 1, 0);
-        other.model_id = Some("x");
+        other.model_id = Some(id("x"));
         check(&[other], &Placement::default(), None, None);
     }
 }

@@ -8,11 +8,12 @@ use std::time::Instant;
 
 use api::catalog::{step, ModelRecord};
 use api::events::{Event, Metrics as MetricsFrame, PrepProgress};
+use api::ids::StepId;
 use api::node::{
     Command, CommandKind, CommandState, CommandStatus, LoadedModel, PoolState, StepStatus,
 };
 use api::task::{PlacementMode, PreparationStep, TaskState};
-use api::{ErrorCode, ErrorEnvelope, TaskId};
+use api::{CommandId, CorrelationId, ErrorCode, ErrorEnvelope, ModelId, NodeId, PoolId, TaskId};
 use catalog::Copy;
 
 use super::models::failure_reason;
@@ -26,11 +27,11 @@ const WARMUP_MS: u64 = 5_000;
 
 /// A `load-model` command in flight.
 pub struct Load {
-    pub node_id: String,
-    pub pool_id: String,
-    pub model_id: String,
+    pub node_id: NodeId,
+    pub pool_id: PoolId,
+    pub model_id: ModelId,
     pub steps: Vec<PreparationStep>,
-    pub progress: BTreeMap<String, PrepProgress>,
+    pub progress: BTreeMap<StepId, PrepProgress>,
     /// Tasks bound to this load (the one that triggered it).
     pub tasks: Vec<TaskId>,
 }
@@ -105,7 +106,7 @@ impl<E: Effects> Core<E> {
     /// that is Unloaded (or Ready and idle, with `allow_repurpose_idle`) and has room for the model
     /// (free VRAM on its devices, or the node's memory for a CPU pool, ≥ size × headroom). The most
     /// free VRAM wins; ties go to (`node_id`, `pool_id`).
-    pub(super) fn provision_target(&self, rec: &ModelRecord) -> Option<String> {
+    pub(super) fn provision_target(&self, rec: &ModelRecord) -> Option<PoolId> {
         let need = rec
             .size_bytes
             .map(|s| (s as f64 * self.cfg.vram_headroom) as u64);
@@ -119,7 +120,7 @@ impl<E: Effects> Core<E> {
                 PoolState::Ready => {
                     self.cfg.allow_repurpose_idle
                         && p.holding.is_empty()
-                        && self.queued_for_pool(id, p.serves.as_deref().unwrap_or("")) == 0
+                        && self.queued_for_pool(id, p.serves.as_ref()) == 0
                 }
                 _ => false,
             })
@@ -147,9 +148,9 @@ impl<E: Effects> Core<E> {
     pub(super) fn start_load(
         &mut self,
         rec: &ModelRecord,
-        pool_id: &str,
+        pool_id: &PoolId,
         id: TaskId,
-        correlation_id: &str,
+        correlation_id: &CorrelationId,
     ) -> (Vec<PreparationStep>, u64) {
         let Some(pool) = self.pools.get(pool_id) else {
             return (vec![], 0);
@@ -158,7 +159,7 @@ impl<E: Effects> Core<E> {
         let mut steps = vec![];
         if !rec.model_ref.starts_with("file:") && !rec.locations.contains(&node_id) {
             steps.push(PreparationStep {
-                id: step::model_id(&rec.model_ref),
+                id: StepId::model(&rec.model_ref),
                 kind: step::MODEL_FETCH.into(),
                 node_id: node_id.clone(),
                 description: format!("Fetch {} to node {node_id}", rec.model_ref),
@@ -169,7 +170,7 @@ impl<E: Effects> Core<E> {
         }
         if !pool.status.engine_built {
             steps.push(PreparationStep {
-                id: step::engine_id(),
+                id: StepId::engine(),
                 kind: step::ENGINE_PROVISION.into(),
                 node_id: node_id.clone(),
                 description: format!("Build llama-server on node {node_id}"),
@@ -179,7 +180,7 @@ impl<E: Effects> Core<E> {
             });
         }
         steps.push(PreparationStep {
-            id: step::pool_id(pool_id),
+            id: StepId::pool(pool_id),
             kind: step::POOL_WARMUP.into(),
             node_id: node_id.clone(),
             description: format!("Start the engine for pool {pool_id} with {}", rec.id),
@@ -202,9 +203,9 @@ impl<E: Effects> Core<E> {
                 )
             })
             .collect();
-        let command_id = uuid::Uuid::new_v4().to_string();
+        let command_id = CommandId::new();
         if let Some(p) = self.pools.get_mut(pool_id) {
-            p.op = Some((command_id.clone(), CommandKind::LoadModel));
+            p.op = Some((command_id, CommandKind::LoadModel));
             p.loading = Some(rec.id.clone());
         }
         let model = LoadedModel {
@@ -219,19 +220,19 @@ impl<E: Effects> Core<E> {
         self.send(
             &node_id,
             Command {
-                command_id: command_id.clone(),
+                command_id,
                 kind: CommandKind::LoadModel,
-                pool_id: Some(pool_id.into()),
+                pool_id: Some(pool_id.clone()),
                 model: Some(model),
                 deadline_ms: None,
-                correlation_id: correlation_id.into(),
+                correlation_id: correlation_id.clone(),
             },
         );
         self.loads.insert(
-            command_id.clone(),
+            command_id,
             Load {
                 node_id,
-                pool_id: pool_id.into(),
+                pool_id: pool_id.clone(),
                 model_id: rec.id.clone(),
                 steps: steps.clone(),
                 progress,
@@ -249,7 +250,7 @@ impl<E: Effects> Core<E> {
     pub(super) fn serving_or_target(
         &self,
         rec: &ModelRecord,
-    ) -> Result<Option<String>, ErrorEnvelope> {
+    ) -> Result<Option<PoolId>, ErrorEnvelope> {
         if self.model_has_pool(&rec.id) {
             return Ok(None);
         }
@@ -281,7 +282,7 @@ impl<E: Effects> Core<E> {
     }
 
     /// The `started` frame of a task bound to a pool that is being provisioned (§5.2).
-    pub(super) fn announce_binding(&mut self, id: TaskId, pool_id: &str, predicted: u64) {
+    pub(super) fn announce_binding(&mut self, id: TaskId, pool_id: &PoolId, predicted: u64) {
         let Some(pool) = self.pools.get(pool_id) else {
             return;
         };
@@ -291,21 +292,18 @@ impl<E: Effects> Core<E> {
         };
         t.admission_predicted_ms = predicted;
         t.started_sent = true;
-        t.pool = Some(pool_id.to_string());
+        t.pool = Some(pool_id.clone());
         t.node = Some(node_id.clone());
         t.log.append(Event::Started(api::events::Started {
             queue_position: t.admission_position,
             predicted_start_ms: predicted,
-            pool_id: pool_id.to_string(),
+            pool_id: pool_id.clone(),
             node_id,
             engine: api::ENGINE_LLAMACPP.into(),
             engine_version,
             model: t.model.clone(),
         }));
-        let frame = self
-            .loads
-            .get(t.load.as_deref().unwrap_or(""))
-            .map(Load::frame);
+        let frame = t.load.and_then(|c| self.loads.get(&c)).map(Load::frame);
         if let Some(f) = frame {
             t.log.append(f);
         }
@@ -313,9 +311,9 @@ impl<E: Effects> Core<E> {
 
     /// Binds a newly admitted task to its provisioning target: it waits in that pool's queue and
     /// its `started` frame names the pool now (§5.2).
-    pub(super) fn bind_to_target(v: &mut crate::admission::ValidatedTask, pool_id: &str) {
+    pub(super) fn bind_to_target(v: &mut crate::admission::ValidatedTask, pool_id: &PoolId) {
         v.placement.mode = PlacementMode::Pin;
-        v.placement.pin_pool_id = Some(pool_id.to_string());
+        v.placement.pin_pool_id = Some(pool_id.clone());
     }
 
     /// A `load-model` status from a heartbeat.
@@ -343,7 +341,7 @@ impl<E: Effects> Core<E> {
                         if let Some(t) = self
                             .tasks
                             .get(&id)
-                            .filter(|t| t.load.as_deref() == Some(st.command_id.as_str()))
+                            .filter(|t| t.load == Some(st.command_id))
                         {
                             t.log.append(frame.clone());
                         }
@@ -365,7 +363,7 @@ impl<E: Effects> Core<E> {
                         metadata: r.metadata,
                         verified: true,
                     };
-                    match self.catalog.record_copy(&load.model_id, copy) {
+                    match self.catalog.record_copy(load.model_id.as_str(), copy) {
                         Ok(catalog::CopyOutcome::Recorded) => {
                             self.metrics.inc(
                                 m::CATALOG_VERIFICATIONS,
@@ -429,7 +427,7 @@ impl<E: Effects> Core<E> {
         }
     }
 
-    fn end_load(&mut self, pool_id: &str) {
+    fn end_load(&mut self, pool_id: &PoolId) {
         if let Some(p) = self.pools.get_mut(pool_id) {
             p.op = None;
             p.loading = None;
@@ -470,11 +468,11 @@ impl<E: Effects> Core<E> {
             return;
         };
         let Some(cmd) = t.load.take() else { return };
-        let progress: BTreeMap<String, PrepProgress> = match self.loads.get(&cmd) {
+        let progress: BTreeMap<StepId, PrepProgress> = match self.loads.get(&cmd) {
             Some(l) => l.progress.clone(),
             None => BTreeMap::new(),
         };
-        let done: BTreeMap<String, PrepProgress> = progress
+        let done: BTreeMap<StepId, PrepProgress> = progress
             .into_iter()
             .map(|(k, p)| {
                 (
@@ -501,12 +499,12 @@ impl<E: Effects> Core<E> {
     }
 
     /// Loads on a node that registered again were lost with its previous process.
-    pub(super) fn forget_loads_of(&mut self, node_id: &str, now: Instant) {
-        let lost: Vec<String> = self
+    pub(super) fn forget_loads_of(&mut self, node_id: &NodeId, now: Instant) {
+        let lost: Vec<CommandId> = self
             .loads
             .iter()
-            .filter(|(_, l)| l.node_id == node_id)
-            .map(|(id, _)| id.clone())
+            .filter(|(_, l)| l.node_id == *node_id)
+            .map(|(id, _)| *id)
             .collect();
         for id in lost {
             let env = ErrorEnvelope::new(

@@ -26,7 +26,7 @@ type Reply<T> = oneshot::Sender<T>;
 pub enum Msg {
     Submit {
         v: crate::admission::ValidatedTask,
-        correlation_id: String,
+        correlation_id: api::CorrelationId,
         reply: Reply<Result<(AdmissionResponse, Arc<TaskLog>), ErrorEnvelope>>,
     },
     Record {
@@ -71,13 +71,13 @@ pub enum Msg {
     Drain {
         pool_id: String,
         deadline_ms: u64,
-        correlation_id: String,
+        correlation_id: api::CorrelationId,
         reply: Reply<Result<api::node::PoolCommandAccepted, ErrorEnvelope>>,
     },
     Reload {
         pool_id: String,
         model_ref: String,
-        correlation_id: String,
+        correlation_id: api::CorrelationId,
         reply: Reply<Result<api::node::PoolCommandAccepted, ErrorEnvelope>>,
     },
     DeleteSession {
@@ -284,7 +284,7 @@ fn handle(core: &mut Core<LiveEffects>, msg: Msg, now: Instant) {
             let authorized = caller
                 .as_ref()
                 .is_none_or(|c| core.node_authorized(&node_id, c));
-            let result = if !core.nodes.contains_key(&node_id) {
+            let result = if !core.nodes.contains_key(node_id.as_str()) {
                 Err(ErrorEnvelope::new(
                     api::ErrorCode::NotFound,
                     format!("node {node_id} is not registered"),

@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use api::node::PoolState;
-use api::SessionId;
+use api::{ModelId, NodeId, PoolId, SessionId};
 
 use super::{Core, Effects};
 
@@ -14,9 +14,9 @@ pub struct Session {
     pub last_used: Instant,
     pub last_used_ms: u64,
     pub turns: u64,
-    pub last_pool: Option<String>,
-    pub last_node: Option<String>,
-    pub last_model: Option<String>,
+    pub last_pool: Option<PoolId>,
+    pub last_node: Option<NodeId>,
+    pub last_model: Option<ModelId>,
     /// The last task completed on `last_pool`.
     pub warm: bool,
     pub tokens_in_total: u64,
@@ -58,14 +58,14 @@ impl<E: Effects> Core<E> {
     }
 
     /// The session's last pool, for affinity.
-    pub(super) fn affinity(&self, id: SessionId) -> Option<String> {
+    pub(super) fn affinity(&self, id: SessionId) -> Option<PoolId> {
         self.sessions.get(&id).and_then(|s| s.last_pool.clone())
     }
 
     /// Records a task placed on `pool`: placing elsewhere cools the session.
-    pub(super) fn session_placed(&mut self, id: SessionId, pool: &str) {
+    pub(super) fn session_placed(&mut self, id: SessionId, pool: &PoolId) {
         if let Some(s) = self.sessions.get_mut(&id) {
-            if s.last_pool.as_deref() != Some(pool) {
+            if s.last_pool.as_ref() != Some(pool) {
                 s.warm = false;
             }
         }
@@ -75,17 +75,17 @@ impl<E: Effects> Core<E> {
     pub(super) fn session_completed(
         &mut self,
         id: SessionId,
-        pool: &str,
-        node: &str,
-        model: &str,
+        pool: &PoolId,
+        node: &NodeId,
+        model: &ModelId,
         tokens_in: u64,
         tokens_out: u64,
     ) {
         if let Some(s) = self.sessions.get_mut(&id) {
             s.turns += 1;
-            s.last_pool = Some(pool.into());
-            s.last_node = Some(node.into());
-            s.last_model = Some(model.into());
+            s.last_pool = Some(pool.clone());
+            s.last_node = Some(node.clone());
+            s.last_model = Some(model.clone());
             s.warm = true;
             s.tokens_in_total += tokens_in;
             s.tokens_out_total += tokens_out;
@@ -103,10 +103,10 @@ impl<E: Effects> Core<E> {
             .as_ref()
             .and_then(|p| self.pools.get(p))
             .is_some_and(|p| {
-                p.status.state == PoolState::Ready && p.model_id() == s.last_model.as_deref()
+                p.status.state == PoolState::Ready && p.model_id() == s.last_model.as_ref()
             });
         Some(api::meta::SessionView {
-            session_id: id.to_string(),
+            session_id: id,
             created_at_ms: s.created_at_ms,
             last_used_at_ms: s.last_used_ms,
             ttl_ms_remaining: (self.cfg.session_ttl - age).as_millis() as u64,

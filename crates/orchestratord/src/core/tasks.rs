@@ -8,7 +8,7 @@ use api::events::{End, Event, Metrics as MetricsFrame, Started, StopReason, Toke
 use api::node::{NodeStatus, PoolState};
 use api::task::{PlacementMode, TaskRecord, TaskState};
 use api::worker::{DispatchModel, DispatchParams, DispatchRequest, WorkerEvent};
-use api::{ErrorCode, ErrorEnvelope, TaskId};
+use api::{ErrorCode, ErrorEnvelope, ModelId, NodeId, PoolId, TaskId};
 
 use super::admit::bool_str;
 use super::{placement, CancelJob, Core, DispatchJob, Effects, TaskLog, Timer};
@@ -49,7 +49,7 @@ impl<E: Effects> Core<E> {
     pub(super) fn check_placement(
         &self,
         v: &ValidatedTask,
-        model: &str,
+        model: &ModelId,
     ) -> Result<(), ErrorEnvelope> {
         let p = &v.placement;
         for (i, id) in p.prefer_pools.iter().enumerate() {
@@ -74,8 +74,8 @@ impl<E: Effects> Core<E> {
             .filter(|(_, e)| e.model_id() == Some(model))
             .collect();
         if p.mode == PlacementMode::Pin {
-            let id = p.pin_pool_id.as_deref().unwrap_or_default();
-            let Some(pool) = self.pools.get(id) else {
+            let id = p.pin_pool_id.as_ref().map_or("", PoolId::as_str);
+            let Some((id, pool)) = self.pools.get_key_value(id) else {
                 return Err(ErrorEnvelope::invalid(
                     "placement.pin_pool_id",
                     format!("unknown pool {id}"),
@@ -158,7 +158,7 @@ impl<E: Effects> Core<E> {
         Ok(())
     }
 
-    pub(super) fn has_measurements(&self, model: &str) -> bool {
+    pub(super) fn has_measurements(&self, model: &ModelId) -> bool {
         self.pools.iter().any(|(id, p)| {
             p.model_id() == Some(model)
                 && self.stats.get(id).is_some_and(|s| s.decode_tps.is_some())
@@ -166,8 +166,8 @@ impl<E: Effects> Core<E> {
     }
 
     /// `(queue_position, predicted_start_ms)` for a task entering `model`'s queue (API.md §6.3).
-    pub(super) fn predict(&self, model: &str, ahead: u64, max_tokens: u64) -> (u64, u64) {
-        let cands: Vec<(&String, &super::PoolEntry)> = self
+    pub(super) fn predict(&self, model: &ModelId, ahead: u64, max_tokens: u64) -> (u64, u64) {
+        let cands: Vec<(&PoolId, &super::PoolEntry)> = self
             .pools
             .iter()
             .filter(|(_, p)| p.model_id() == Some(model) && p.status.state == PoolState::Ready)
@@ -184,7 +184,7 @@ impl<E: Effects> Core<E> {
         (ahead, (ahead + 1).div_ceil(slots) * d)
     }
 
-    fn mean_duration_ms(&self, model: &str, max_tokens: u64) -> u64 {
+    fn mean_duration_ms(&self, model: &ModelId, max_tokens: u64) -> u64 {
         let ds: Vec<f64> = self
             .pools
             .iter()
@@ -201,7 +201,7 @@ impl<E: Effects> Core<E> {
         }
     }
 
-    pub(super) fn retry_after_ms(&self, model: &str, max_tokens: u64) -> u64 {
+    pub(super) fn retry_after_ms(&self, model: &ModelId, max_tokens: u64) -> u64 {
         let slots: u64 = self
             .pools
             .values()
@@ -213,7 +213,7 @@ impl<E: Effects> Core<E> {
     }
 
     /// Binds a task to `pool_id` and opens a dispatch attempt.
-    pub(super) fn start_attempt(&mut self, id: TaskId, pool_id: &str, now: Instant) {
+    pub(super) fn start_attempt(&mut self, id: TaskId, pool_id: &PoolId, now: Instant) {
         self.prep_completed(id);
         let Some(pool) = self.pools.get_mut(pool_id) else {
             return;
@@ -231,10 +231,10 @@ impl<E: Effects> Core<E> {
         };
         let first = t.attempts == 0;
         t.attempts += 1;
-        t.tried.push(pool_id.to_string());
+        t.tried.push(pool_id.clone());
         t.state = TaskState::Running;
         t.left_queue_at.get_or_insert(now);
-        t.pool = Some(pool_id.to_string());
+        t.pool = Some(pool_id.clone());
         t.node = Some(node_id.clone());
         t.engine_version = engine_version.clone();
         if first {
@@ -245,7 +245,7 @@ impl<E: Effects> Core<E> {
             t.log.append(Event::Started(Started {
                 queue_position: t.admission_position,
                 predicted_start_ms: t.admission_predicted_ms,
-                pool_id: pool_id.to_string(),
+                pool_id: pool_id.clone(),
                 node_id: node_id.clone(),
                 engine: api::ENGINE_LLAMACPP.into(),
                 engine_version: engine_version.clone(),
@@ -266,11 +266,11 @@ impl<E: Effects> Core<E> {
         let body = DispatchRequest {
             protocol_version: api::PROTOCOL_VERSION,
             attempt: t.attempts,
-            task_id: id.to_string(),
-            session_id: t.v.session_id.to_string(),
+            task_id: id,
+            session_id: t.v.session_id,
             correlation_id: t.correlation_id.clone(),
             node_id: node_id.clone(),
-            pool_id: pool_id.to_string(),
+            pool_id: pool_id.clone(),
             model: DispatchModel {
                 id: t.model.clone(),
                 digest,
@@ -291,7 +291,7 @@ impl<E: Effects> Core<E> {
         let session = t.v.session_id;
         if !first {
             let info = api::events::PlacementInfo {
-                pool_id: pool_id.to_string(),
+                pool_id: pool_id.clone(),
                 node_id: node_id.clone(),
                 engine_version,
                 attempt,
@@ -322,8 +322,8 @@ impl<E: Effects> Core<E> {
         match ev {
             WorkerEvent::Started { engine_version, .. } => {
                 t.engine_version = Some(engine_version.clone());
-                let pool = t.pool.clone().unwrap_or_default();
-                let node = t.node.clone().unwrap_or_default();
+                let pool = t.pool_label();
+                let node = t.node_label();
                 self.metrics.inc(
                     m::TASKS_STARTED,
                     labels(&[
@@ -343,7 +343,7 @@ impl<E: Effects> Core<E> {
                 if t.first_token_at.is_none() {
                     t.first_token_at = Some(now);
                     t.first_token_at_ms = Some(daemon::now_ms());
-                    tracing::info!(event = "task.first_token", correlation_id = %t.correlation_id, task_id = %id, pool_id = %t.pool.as_deref().unwrap_or(""),
+                    tracing::info!(event = "task.first_token", correlation_id = %t.correlation_id, task_id = %id, pool_id = %t.pool_label(),
                         duration_ms = now.duration_since(t.admitted_at).as_millis() as u64, "First token of task {id}");
                 }
                 let i = t.token_frames;
@@ -382,15 +382,16 @@ impl<E: Effects> Core<E> {
                 };
                 let done = (
                     t.v.session_id,
-                    t.pool.clone().unwrap_or_default(),
-                    t.node.clone().unwrap_or_default(),
+                    t.pool.clone(),
+                    t.node.clone(),
                     t.model.clone(),
                     t.tokens_in,
                     t.tokens_out,
                 );
                 self.observe_finish(id, engine_ttft_ms, engine_decode_ms);
-                if state == TaskState::Completed {
-                    let (sid, pool, node, model, tin, tout) = done;
+                if let (TaskState::Completed, (sid, Some(pool), Some(node), model, tin, tout)) =
+                    (state, done)
+                {
                     self.session_completed(sid, &pool, &node, &model, tin, tout);
                 }
                 self.finish_with_end(id, stop_reason, state, now);
@@ -445,7 +446,7 @@ impl<E: Effects> Core<E> {
         let pinned = t.v.placement.mode == PlacementMode::Pin;
         let can_retry =
             no_tokens && env.retriable && !pinned && t.attempts <= self.cfg.dispatch_retries;
-        tracing::warn!(event = "task.attempt_failed", correlation_id = %t.correlation_id, task_id = %id, pool_id = %failed_pool.as_deref().unwrap_or(""),
+        tracing::warn!(event = "task.attempt_failed", correlation_id = %t.correlation_id, task_id = %id, pool_id = %failed_pool.as_ref().map_or("", api::PoolId::as_str),
             code = %env.code, attempt = t.attempts, "Attempt {} of task {id} failed: {}", t.attempts, env.message);
         if env.code == ErrorCode::ReplicaExhausted {
             if let Some(p) = failed_pool.as_ref().and_then(|p| self.pools.get_mut(p)) {
@@ -492,13 +493,13 @@ impl<E: Effects> Core<E> {
         };
         self.pool_views().iter().any(|p| {
             placement::is_candidate(p, &t.model, t.v.ctx, &t.v.placement)
-                && !t.tried.iter().any(|x| x == p.pool_id)
+                && !t.tried.contains(p.pool_id)
         })
     }
 
     fn observe_finish(&mut self, id: TaskId, engine_ttft_ms: Option<u64>, engine_decode_ms: u64) {
         let Some(t) = self.tasks.get(&id) else { return };
-        let pool = t.pool.clone().unwrap_or_default();
+        let pool = t.pool_label();
         let ev = t.engine_version.clone().unwrap_or_default();
         let prio = t.v.priority.as_str();
         let base = labels(&[
@@ -514,6 +515,7 @@ impl<E: Effects> Core<E> {
             self.metrics
                 .observe(m::OVERHEAD, base.clone(), overhead.max(0.0));
         }
+        let Some(pool) = t.pool.clone() else { return };
         let s = self.stats.entry(pool).or_default();
         let ewma = |old: Option<f64>, new: f64| Some(old.map_or(new, |o| 0.8 * o + 0.2 * new));
         s.tokens_out = ewma(s.tokens_out, t.tokens_out as f64);
@@ -558,8 +560,8 @@ impl<E: Effects> Core<E> {
             stop_reason: reason,
             canceled: reason == StopReason::Canceled,
         }));
-        let pool = t.pool.clone().unwrap_or_default();
-        let node = t.node.clone().unwrap_or_default();
+        let pool = t.pool_label();
+        let node = t.node_label();
         let ev = t.engine_version.clone().unwrap_or_default();
         let prio = t.v.priority.as_str();
         let series = labels(&[
@@ -595,8 +597,8 @@ impl<E: Effects> Core<E> {
         t.state = TaskState::Failed;
         t.error = Some(env.clone());
         t.log.append(Event::Error(env.clone()));
-        let pool = t.pool.clone().unwrap_or_default();
-        let node = t.node.clone().unwrap_or_default();
+        let pool = t.pool_label();
+        let node = t.node_label();
         let ev = t.engine_version.clone().unwrap_or_default();
         let series = labels(&[
             ("engine", api::ENGINE_LLAMACPP),
@@ -649,7 +651,7 @@ impl<E: Effects> Core<E> {
             }
             TaskState::Running => {
                 self.count_cancel(id, reason);
-                tracing::info!(event = "task.canceled", correlation_id = %t.correlation_id, task_id = %id, pool_id = %t.pool.as_deref().unwrap_or(""),
+                tracing::info!(event = "task.canceled", correlation_id = %t.correlation_id, task_id = %id, pool_id = %t.pool_label(),
                     reason = reason.label(), "Task {id} canceled ({})", reason.label());
                 self.stop_running(id, StopReason::Canceled, TaskState::Canceled, now);
             }
@@ -660,8 +662,8 @@ impl<E: Effects> Core<E> {
 
     fn count_cancel(&self, id: TaskId, reason: CancelReason) {
         let Some(t) = self.tasks.get(&id) else { return };
-        let pool = t.pool.clone().unwrap_or_default();
-        let node = t.node.clone().unwrap_or_default();
+        let pool = t.pool_label();
+        let node = t.node_label();
         let ev = t.engine_version.clone().unwrap_or_default();
         self.metrics.inc(
             m::TASKS_CANCELED,
@@ -820,11 +822,11 @@ impl<E: Effects> Core<E> {
 
     /// Tasks running on `node_id` when it is lost: before the first token they fail over, after it
     /// they end with WORKER_RESET (API.md §7.5).
-    pub(super) fn node_lost(&mut self, node_id: &str, now: Instant) {
+    pub(super) fn node_lost(&mut self, node_id: &NodeId, now: Instant) {
         let ids: Vec<TaskId> = self
             .tasks
             .iter()
-            .filter(|(_, t)| t.state == TaskState::Running && t.node.as_deref() == Some(node_id))
+            .filter(|(_, t)| t.state == TaskState::Running && t.node.as_ref() == Some(node_id))
             .map(|(id, _)| *id)
             .collect();
         for id in ids {
@@ -841,7 +843,7 @@ impl<E: Effects> Core<E> {
                 now,
             );
         }
-        for p in self.pools.values_mut().filter(|p| p.node_id == node_id) {
+        for p in self.pools.values_mut().filter(|p| p.node_id == *node_id) {
             p.holding.clear();
             p.releasing.clear();
         }

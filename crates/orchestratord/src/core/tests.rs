@@ -37,6 +37,22 @@ impl Effects for Recorded {
     }
 }
 
+fn cid(s: &str) -> CorrelationId {
+    s.parse().expect("test correlation id")
+}
+
+fn pid(s: &str) -> PoolId {
+    s.parse().expect("test pool id")
+}
+
+fn nid(s: &str) -> NodeId {
+    s.parse().expect("test node id")
+}
+
+fn mid(s: &str) -> ModelId {
+    s.parse().expect("test model id")
+}
+
 fn core_with(edit: impl FnOnce(&mut Config)) -> Core<Recorded> {
     let mut cfg = RawConfig::default()
         .validate(std::path::Path::new("/tmp"))
@@ -52,7 +68,7 @@ fn core_with(edit: impl FnOnce(&mut Config)) -> Core<Recorded> {
 
 fn pool(id: &str, slots: u32) -> PoolStatus {
     PoolStatus {
-        pool_id: id.into(),
+        pool_id: pid(id),
         state: PoolState::Ready,
         last_error: None,
         engine: "llamacpp".into(),
@@ -64,10 +80,11 @@ fn pool(id: &str, slots: u32) -> PoolStatus {
         slots_free: slots,
         ctx_per_slot: 1024,
         models: vec![LoadedModel {
-            id: "m".into(),
+            id: mid("m"),
             model_ref: "file:/m.gguf".into(),
             digest: None,
-            ..Default::default()
+            size_bytes: None,
+            metadata: None,
         }],
         running: vec![],
         kv_cache_usage_ratio: None,
@@ -79,7 +96,7 @@ fn pool(id: &str, slots: u32) -> PoolStatus {
 fn register(core: &mut Core<Recorded>, node: &str, pools: Vec<PoolStatus>, now: Instant) {
     let req = RegisterRequest {
         protocol_version: 1,
-        node_id: node.into(),
+        node_id: nid(node),
         machine_id: node.into(),
         version: "t".into(),
         address: format!("http://{node}"),
@@ -103,11 +120,11 @@ fn submit(
     p: Priority,
     now: Instant,
 ) -> Result<TaskId, api::ErrorEnvelope> {
-    core.submit(task(|r| r.priority = p), "cid".into(), now)
+    core.submit(task(|r| r.priority = p), cid("cid"), now)
         .map(|(a, _)| a.task_id)
 }
 
-fn dispatched(core: &Core<Recorded>) -> Vec<(TaskId, String)> {
+fn dispatched(core: &Core<Recorded>) -> Vec<(TaskId, PoolId)> {
     core.effects
         .dispatched
         .iter()
@@ -257,11 +274,11 @@ fn pin_semantics() {
     register(&mut core, "n1", vec![pool("p1", 1), starting], now);
     let pin = |id: &str| Placement {
         mode: PlacementMode::Pin,
-        pin_pool_id: Some(id.into()),
+        pin_pool_id: Some(pid(id)),
         ..Default::default()
     };
     let e = core
-        .submit(task(|r| r.placement = Some(pin("nope"))), "c".into(), now)
+        .submit(task(|r| r.placement = Some(pin("nope"))), cid("c"), now)
         .err()
         .expect("unknown");
     assert_eq!(
@@ -269,18 +286,18 @@ fn pin_semantics() {
         (ErrorCode::InvalidParams, Some("placement.pin_pool_id"))
     );
     let e = core
-        .submit(task(|r| r.placement = Some(pin("p2"))), "c".into(), now)
+        .submit(task(|r| r.placement = Some(pin("p2"))), cid("c"), now)
         .err()
         .expect("not ready");
     assert_eq!((e.code, e.http_status()), (ErrorCode::PoolUnready, 503));
     // A Ready pin with no free slot queues in the pool's own queue and waits for that pool.
     let a = core
-        .submit(task(|r| r.placement = Some(pin("p1"))), "c".into(), now)
+        .submit(task(|r| r.placement = Some(pin("p1"))), cid("c"), now)
         .expect("pinned")
         .0
         .task_id;
     let b = core
-        .submit(task(|r| r.placement = Some(pin("p1"))), "c".into(), now)
+        .submit(task(|r| r.placement = Some(pin("p1"))), cid("c"), now)
         .expect("pinned")
         .0
         .task_id;
@@ -291,7 +308,7 @@ fn pin_semantics() {
         "pinned tasks never go elsewhere"
     );
     finish(&mut core, a, now);
-    assert_eq!(dispatched(&core).last(), Some(&(b, "p1".to_string())));
+    assert_eq!(dispatched(&core).last(), Some(&(b, pid("p1"))));
 }
 
 #[test]
@@ -360,12 +377,12 @@ fn deadlines_while_queued_and_running() {
     let mut core = core_with(|_| {});
     register(&mut core, "n1", vec![pool("p1", 1)], now);
     let running = core
-        .submit(task(|r| r.deadline_ms = Some(5000)), "c".into(), now)
+        .submit(task(|r| r.deadline_ms = Some(5000)), cid("c"), now)
         .expect("runs")
         .0
         .task_id;
     let queued = core
-        .submit(task(|r| r.deadline_ms = Some(5000)), "c".into(), now)
+        .submit(task(|r| r.deadline_ms = Some(5000)), cid("c"), now)
         .expect("queued")
         .0
         .task_id;
@@ -459,26 +476,30 @@ fn session_affinity_prefers_the_last_pool_without_waiting() {
     // Occupy a, so the first session task lands on b.
     let blocker = submit(&mut core, Priority::Interactive, now).expect("a");
     let t1 = core
-        .submit(task(|r| r.session_id = Some(sid)), "c".into(), now)
+        .submit(task(|r| r.session_id = Some(sid)), cid("c"), now)
         .expect("b")
         .0
         .task_id;
-    assert_eq!(core.tasks[&t1].pool.as_deref(), Some("b"));
+    assert_eq!(core.tasks[&t1].pool.as_ref().map(PoolId::as_str), Some("b"));
     finish(&mut core, t1, now);
     finish(&mut core, blocker, now);
     let t2 = core
-        .submit(task(|r| r.session_id = Some(sid)), "c".into(), now)
+        .submit(task(|r| r.session_id = Some(sid)), cid("c"), now)
         .expect("b again")
         .0
         .task_id;
     assert_eq!(
-        core.tasks[&t2].pool.as_deref(),
+        core.tasks[&t2].pool.as_ref().map(PoolId::as_str),
         Some("b"),
         "affinity beats the a-before-b tie-break"
     );
     let view = core.session_view(sid, now).expect("session");
     assert_eq!(
-        (view.turns, view.last_pool_id.as_deref(), view.kv_warmth),
+        (
+            view.turns,
+            view.last_pool_id.as_ref().map(PoolId::as_str),
+            view.kv_warmth
+        ),
         (1, Some("b"), true)
     );
 }
@@ -521,7 +542,7 @@ fn offline_node_fails_over_or_resets() {
     );
     core.tick(now + Duration::from_secs(31));
     assert_eq!(
-        core.tasks[&quiet].pool.as_deref(),
+        core.tasks[&quiet].pool.as_ref().map(PoolId::as_str),
         Some("b"),
         "no token yet: failed over"
     );
@@ -537,13 +558,13 @@ fn predicted_start_uses_measurements() {
     register(&mut core, "n1", vec![pool("p1", 1)], now);
     // Without measurements: D = 1000 + 50 × max_tokens = 1800 ms for 16 tokens.
     let t0 = submit(&mut core, Priority::Interactive, now).expect("runs");
-    let (adm, _) = core.submit(task(|_| {}), "c".into(), now).expect("queued");
+    let (adm, _) = core.submit(task(|_| {}), cid("c"), now).expect("queued");
     assert_eq!((adm.queue_position, adm.predicted_start_ms), (0, 1800));
     // One finished task: 1 token decoded in 1 ms engine time (1000 tok/s), 1 ms TTFT.
     finish(&mut core, t0, now);
     let stats = core.stats["p1"];
     assert_eq!((stats.tokens_out, stats.ttft_ms), (Some(1.0), Some(1.0)));
-    let (adm, _) = core.submit(task(|_| {}), "c".into(), now).expect("queued");
+    let (adm, _) = core.submit(task(|_| {}), cid("c"), now).expect("queued");
     // ceil((0 + 1) / 1 slot) × (1 token / 1000 tok/s × 1000 + 1 ms) = 2 ms.
     assert_eq!((adm.queue_position, adm.predicted_start_ms), (0, 2));
 }
@@ -554,7 +575,7 @@ fn sessions_expire_and_delete() {
     let mut core = core_with(|c| c.session_ttl = Duration::from_secs(10));
     register(&mut core, "n1", vec![pool("p1", 1)], now);
     let sid = api::SessionId::new();
-    core.submit(task(|r| r.session_id = Some(sid)), "c".into(), now)
+    core.submit(task(|r| r.session_id = Some(sid)), cid("c"), now)
         .expect("admitted");
     assert!(core
         .session_view(sid, now + Duration::from_secs(9))
@@ -604,7 +625,7 @@ fn unloaded(id: &str) -> PoolStatus {
 const HF_REF: &str = "hf:org/repo/Tiny-Model.gguf";
 const DIGEST: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
 
-fn register_hf(core: &mut Core<Recorded>) -> String {
+fn register_hf(core: &mut Core<Recorded>) -> ModelId {
     let req = api::catalog::RegisterModel {
         id: None,
         model_ref: HF_REF.into(),
@@ -624,10 +645,10 @@ fn reported_models_join_the_catalog_and_admission_checks_it() {
         .catalog_get("m")
         .expect("a pool's model is registered as Active on first report");
     assert_eq!(rec.model_ref, "file:/m.gguf");
-    assert_eq!(core.pools["p1"].model_id(), Some("m"));
+    assert_eq!(core.pools["p1"].model_id(), Some(&mid("m")));
     // Unknown id: 404, nothing admitted.
     let err = core
-        .submit(task(|r| r.model_ref = "nope".into()), "c".into(), now)
+        .submit(task(|r| r.model_ref = "nope".into()), cid("c"), now)
         .unwrap_err();
     assert_eq!(
         (err.code, err.retriable),
@@ -636,7 +657,7 @@ fn reported_models_join_the_catalog_and_admission_checks_it() {
     // A known model nobody serves, provisioning off: 503, retriable.
     register_hf(&mut core);
     let err = core
-        .submit(task(|r| r.model_ref = "tiny-model".into()), "c".into(), now)
+        .submit(task(|r| r.model_ref = "tiny-model".into()), cid("c"), now)
         .unwrap_err();
     assert_eq!(
         (err.code, err.retriable),
@@ -645,7 +666,7 @@ fn reported_models_join_the_catalog_and_admission_checks_it() {
     // Retired: 409, and the state shows in the gauge.
     core.catalog_set_state("m", api::catalog::ModelState::Retired)
         .expect("retire");
-    let err = core.submit(task(|_| {}), "c".into(), now).unwrap_err();
+    let err = core.submit(task(|_| {}), cid("c"), now).unwrap_err();
     assert_eq!(err.code, ErrorCode::ModelDeprecated);
     assert!(core.model_state_gauges().iter().any(|(_, l, v)| l
         .iter()
@@ -657,7 +678,7 @@ fn reported_models_join_the_catalog_and_admission_checks_it() {
     assert!(submit(&mut core, Priority::Interactive, now).is_ok());
     // A pool serving the model blocks its deletion.
     assert_eq!(
-        core.catalog_delete("m", "c".into()).unwrap_err().code,
+        core.catalog_delete("m", cid("c")).unwrap_err().code,
         ErrorCode::Conflict
     );
 }
@@ -667,7 +688,7 @@ fn a_pool_whose_digest_differs_from_the_catalog_does_not_serve() {
     let now = Instant::now();
     let mut core = core_with(|_| {});
     let req = api::catalog::RegisterModel {
-        id: Some("m".into()),
+        id: Some(mid("m")),
         model_ref: "file:/m.gguf".into(),
         digest: Some(DIGEST.into()),
     };
@@ -683,7 +704,7 @@ fn a_pool_whose_digest_differs_from_the_catalog_does_not_serve() {
         .unwrap_or("")
         .contains("digest"));
     assert_eq!(
-        core.submit(task(|_| {}), "c".into(), now).unwrap_err().code,
+        core.submit(task(|_| {}), cid("c"), now).unwrap_err().code,
         ErrorCode::ModelNotAvailable
     );
     let mut good = pool("p1", 1);
@@ -691,7 +712,7 @@ fn a_pool_whose_digest_differs_from_the_catalog_does_not_serve() {
     heartbeat(&mut core, "n1", 1, vec![good], vec![], now);
     assert_eq!(
         core.pools["p1"].model_id(),
-        Some("m"),
+        Some(&mid("m")),
         "the matching digest serves"
     );
 }
@@ -716,9 +737,9 @@ fn provisioning_loads_the_model_and_binds_the_task() {
         now,
     );
     let model = register_hf(&mut core);
-    let v = task(|r| r.model_ref = model.clone());
+    let v = task(|r| r.model_ref = model.to_string());
     let (resp, log) = core
-        .submit(v, "cid".into(), now)
+        .submit(v, cid("cid"), now)
         .expect("admitted with provisioning");
     let kinds: Vec<&str> = resp
         .preparation
@@ -731,7 +752,7 @@ fn provisioning_loads_the_model_and_binds_the_task() {
         ["model_fetch", "pool_warmup"],
         "the engine is built, the model is not on the node"
     );
-    assert_eq!(resp.preparation.steps[0].id, format!("model:{HF_REF}"));
+    assert_eq!(resp.preparation.steps[0].id, api::StepId::model(HF_REF));
     assert!(resp.predicted_start_ms > 0);
     let (frames0, _) = log.read_from(0);
     assert!(
@@ -740,7 +761,7 @@ fn provisioning_loads_the_model_and_binds_the_task() {
     );
     // A second task for the same model waits on the same load.
     let second = core
-        .submit(task(|r| r.model_ref = model.clone()), "c2".into(), now)
+        .submit(task(|r| r.model_ref = model.to_string()), cid("c2"), now)
         .expect("second")
         .0
         .task_id;
@@ -753,13 +774,13 @@ fn provisioning_loads_the_model_and_binds_the_task() {
         "one load, not one per task"
     );
     let cmd = cmds[0].clone();
-    assert_eq!(cmd.pool_id.as_deref(), Some("p1"));
+    assert_eq!(cmd.pool_id.as_ref().map(PoolId::as_str), Some("p1"));
     assert_eq!(
         core.pools["p1"].op.as_ref().map(|o| o.1),
         Some(CommandKind::LoadModel)
     );
     // Progress from the node reaches the bound task as a verbose frame.
-    let step = |kind: &str, id: String, status, done| StepProgress {
+    let step = |kind: &str, id: api::StepId, status, done| StepProgress {
         step_id: id,
         kind: kind.into(),
         status,
@@ -773,11 +794,16 @@ fn provisioning_loads_the_model_and_binds_the_task() {
         progress: vec![
             step(
                 "model_fetch",
-                format!("model:{HF_REF}"),
+                api::StepId::model(HF_REF),
                 StepStatus::Running,
                 40,
             ),
-            step("pool_warmup", "pool:p1".into(), StepStatus::Pending, 0),
+            step(
+                "pool_warmup",
+                api::StepId::pool(&pid("p1")),
+                StepStatus::Pending,
+                0,
+            ),
         ],
         error: None,
         result: None,
@@ -807,7 +833,7 @@ fn provisioning_loads_the_model_and_binds_the_task() {
             }
         })
         .expect("a prep frame");
-    assert_eq!(prep.0[&format!("model:{HF_REF}")].bytes_done, 40);
+    assert_eq!(prep.0[&api::StepId::model(HF_REF)].bytes_done, 40);
     assert_eq!(prep.1.as_deref(), Some("model_fetch"));
     assert!(prep.2.unwrap_or_default().contains("40%"));
     assert!(dispatched(&core).is_empty());
@@ -839,10 +865,10 @@ fn provisioning_loads_the_model_and_binds_the_task() {
         vec![done],
         now,
     );
-    let rec = core.catalog_get(&model).expect("record");
+    let rec = core.catalog_get(model.as_str()).expect("record");
     assert_eq!(
         (rec.digest.as_deref(), rec.size_bytes, rec.locations.clone()),
-        (Some(DIGEST), Some(100), vec!["n1".to_string()])
+        (Some(DIGEST), Some(100), vec![nid("n1")])
     );
     assert_eq!(dispatched(&core)[0].1, "p1");
     let frames = log.read_from(0).0;
@@ -884,12 +910,12 @@ fn a_failed_load_ends_the_waiting_tasks_with_its_error() {
     register(&mut core, "n1", vec![unloaded("p1")], now);
     let model = register_hf(&mut core);
     let first = core
-        .submit(task(|r| r.model_ref = model.clone()), "c1".into(), now)
+        .submit(task(|r| r.model_ref = model.to_string()), cid("c1"), now)
         .expect("first")
         .0
         .task_id;
     let second = core
-        .submit(task(|r| r.model_ref = model.clone()), "c2".into(), now)
+        .submit(task(|r| r.model_ref = model.to_string()), cid("c2"), now)
         .expect("second")
         .0
         .task_id;
@@ -921,7 +947,7 @@ fn a_failed_load_ends_the_waiting_tasks_with_its_error() {
         "the pool is free for another load"
     );
     assert!(core
-        .catalog_get(&model)
+        .catalog_get(model.as_str())
         .expect("record")
         .locations
         .is_empty());
@@ -942,7 +968,7 @@ fn no_target_means_503_and_full_pools_are_not_targets() {
     );
     let model = register_hf(&mut core);
     let err = core
-        .submit(task(|r| r.model_ref = model.clone()), "c".into(), now)
+        .submit(task(|r| r.model_ref = model.to_string()), cid("c"), now)
         .unwrap_err();
     assert_eq!(
         (err.code, err.retriable),
@@ -964,7 +990,7 @@ fn no_target_means_503_and_full_pools_are_not_targets() {
     );
     let model = register_hf(&mut core);
     assert!(
-        core.submit(task(|r| r.model_ref = model.clone()), "c".into(), now)
+        core.submit(task(|r| r.model_ref = model.to_string()), cid("c"), now)
             .is_ok(),
         "an idle Ready pool may be repurposed"
     );
