@@ -132,13 +132,6 @@ pub fn parse_digest(s: &str) -> Result<String, String> {
 }
 
 /// Preparation step kinds and ids (§8).
-/// Preparation step kinds (§8).
-pub mod step {
-    pub const MODEL_FETCH: &str = "model_fetch";
-    pub const ENGINE_PROVISION: &str = "engine_provision";
-    pub const POOL_WARMUP: &str = "pool_warmup";
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -51,7 +51,7 @@ pub struct Metrics {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub human: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub phase: Option<String>,
+    pub phase: Option<crate::node::StepKind>,
     /// Verbose only: preparation progress by step id (§5.5, §8).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prep: Option<std::collections::BTreeMap<StepId, PrepProgress>>,
@@ -185,7 +185,7 @@ mod tests {
         )]);
         let only_verbose = Event::Metrics(Metrics {
             human: Some("Fetching".into()),
-            phase: Some("model_fetch".into()),
+            phase: Some(crate::node::StepKind::ModelFetch),
             prep: Some(prep),
             ..Default::default()
         });

@@ -224,11 +224,42 @@ impl StepStatus {
     }
 }
 
+/// What a preparation step does (§8): fetch the model, build the engine, warm up the pool.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum StepKind {
+    ModelFetch,
+    EngineProvision,
+    PoolWarmup,
+}
+
+impl StepKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepKind::ModelFetch => "model_fetch",
+            StepKind::EngineProvision => "engine_provision",
+            StepKind::PoolWarmup => "pool_warmup",
+        }
+    }
+}
+
 /// Progress of one preparation step (§8, §12.2).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StepProgress {
     pub step_id: StepId,
-    pub kind: String,
+    pub kind: StepKind,
     pub status: StepStatus,
     pub pct: f64,
     pub bytes_done: u64,

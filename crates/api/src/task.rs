@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::ErrorEnvelope;
 use crate::events::StopReason;
 use crate::ids::{CorrelationId, ModelId, NodeId, PoolId, SessionId, StepId, TaskId};
+use crate::node::{StepKind, StepStatus};
 
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default, utoipa::ToSchema,
@@ -223,14 +224,14 @@ pub struct Preparation {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PreparationStep {
     pub id: StepId,
-    pub kind: String,
+    pub kind: StepKind,
     pub node_id: NodeId,
     pub description: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub estimated_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes_total: Option<u64>,
-    pub status: String,
+    pub status: StepStatus,
 }
 
 /// 202 body of `POST /v2/tasks` (AdmissionResponseV2).

@@ -6,9 +6,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use api::catalog::step;
 use api::model_ref::ModelRef;
-use api::node::{CommandResult, CommandState, CommandStatus, StepProgress, StepStatus};
+use api::node::{CommandResult, CommandState, CommandStatus, StepKind, StepProgress, StepStatus};
 use api::{CommandId, ErrorEnvelope, ModelId, PoolId, StepId};
 
 /// Work for a pool supervisor.
@@ -134,7 +133,7 @@ impl Prep {
         if !matches!(model_ref, ModelRef::File { .. }) {
             steps.push(StepProgress {
                 step_id: StepId::model(&model_ref.to_string()),
-                kind: step::MODEL_FETCH.into(),
+                kind: StepKind::ModelFetch,
                 status: StepStatus::Running,
                 pct: 0.0,
                 bytes_done: 0,
@@ -143,7 +142,7 @@ impl Prep {
         }
         steps.push(StepProgress {
             step_id: StepId::engine(),
-            kind: step::ENGINE_PROVISION.into(),
+            kind: StepKind::EngineProvision,
             status: StepStatus::Completed,
             pct: 100.0,
             bytes_done: 0,
@@ -151,7 +150,7 @@ impl Prep {
         });
         steps.push(StepProgress {
             step_id: StepId::pool(pool_id),
-            kind: step::POOL_WARMUP.into(),
+            kind: StepKind::PoolWarmup,
             status: StepStatus::Pending,
             pct: 0.0,
             bytes_done: 0,
@@ -171,7 +170,7 @@ impl Prep {
         self.book.progress(&self.id, steps);
     }
 
-    fn update(&self, kind: &str, f: impl FnOnce(&mut StepProgress)) {
+    fn update(&self, kind: StepKind, f: impl FnOnce(&mut StepProgress)) {
         if let Some(s) = self
             .steps
             .lock()
@@ -186,7 +185,7 @@ impl Prep {
 
     /// Download progress of the model fetch.
     pub fn fetched(&self, done: u64, total: Option<u64>) {
-        self.update(step::MODEL_FETCH, |s| {
+        self.update(StepKind::ModelFetch, |s| {
             s.bytes_done = done;
             s.bytes_total = total.unwrap_or(0);
             s.pct = total
@@ -198,12 +197,12 @@ impl Prep {
 
     /// The fetch is over; the engine is starting.
     pub fn warming(&self) {
-        self.update(step::MODEL_FETCH, |s| {
+        self.update(StepKind::ModelFetch, |s| {
             s.status = StepStatus::Completed;
             s.pct = 100.0;
             s.bytes_done = s.bytes_done.max(s.bytes_total);
         });
-        self.update(step::POOL_WARMUP, |s| s.status = StepStatus::Running);
+        self.update(StepKind::PoolWarmup, |s| s.status = StepStatus::Running);
     }
 
     /// Marks the running step failed and the command failed with `e`.

@@ -132,7 +132,7 @@ pub async fn provisioning_from_hf(a: Assets) -> anyhow::Result<()> {
         let first = client.submit(&chat(rec.id.as_str())).await?.body;
         let kinds: Vec<&str> = first.preparation.steps.iter().map(|s| s.kind.as_str()).collect();
         ensure!(kinds == ["model_fetch", "pool_warmup"], "steps {kinds:?}");
-        ensure!(first.preparation.steps.iter().all(|s| s.status == "pending" && s.node_id == "loader"), "{:?}", first.preparation);
+        ensure!(first.preparation.steps.iter().all(|s| s.status == api::node::StepStatus::Pending && s.node_id == "loader"), "{:?}", first.preparation);
         let second = client.submit(&chat(rec.id.as_str())).await?.body;
         ensure!(second.preparation.steps.is_empty(), "the second task waits on the same preparation: {:?}", second.preparation);
         let mut verbose = client.events(&first.streams.sse_verbose).await?;

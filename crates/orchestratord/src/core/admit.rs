@@ -9,6 +9,7 @@ use api::events::{Event, Metrics as MetricsFrame};
 use api::task::{AdmissionResponse, PlacementMode, Preparation, Priority, TaskState};
 use api::{CorrelationId, ErrorCode, ErrorEnvelope, ModelId, PoolId, TaskId};
 
+use super::queue::QueueKey;
 use super::{Core, Effects, TaskEntry, TaskLog, Timer};
 use crate::admission::ValidatedTask;
 use crate::config::FullPolicy;
@@ -156,7 +157,7 @@ impl<E: Effects> Core<E> {
     }
 
     /// Decides whether a queue has room for a task of class `p` (API.md §6.2).
-    fn room(&self, key: &str, p: Priority, model: &ModelId, max_tokens: u64) -> Room {
+    fn room(&self, key: &QueueKey, p: Priority, model: &ModelId, max_tokens: u64) -> Room {
         let Some(q) = self.queues.get(key) else {
             return Room::Free;
         };
@@ -222,11 +223,11 @@ impl<E: Effects> Core<E> {
     pub(super) fn queued_for_pool(&self, pool_id: &PoolId, model: Option<&ModelId>) -> usize {
         let own = self
             .queues
-            .get(&format!("pool:{pool_id}"))
+            .get(&QueueKey::Pool(pool_id.clone()))
             .map(|q| q.len())
             .unwrap_or(0);
         own + model
-            .and_then(|m| self.queues.get(&format!("model:{m}")))
+            .and_then(|m| self.queues.get(&QueueKey::Model(m.clone())))
             .map(|q| q.len())
             .unwrap_or(0)
     }
@@ -264,10 +265,10 @@ impl<E: Effects> Core<E> {
     }
 }
 
-fn queue_key(v: &ValidatedTask, model: &ModelId) -> String {
+fn queue_key(v: &ValidatedTask, model: &ModelId) -> QueueKey {
     match (&v.placement.mode, &v.placement.pin_pool_id) {
-        (PlacementMode::Pin, Some(p)) => format!("pool:{p}"),
-        _ => format!("model:{model}"),
+        (PlacementMode::Pin, Some(p)) => QueueKey::Pool(p.clone()),
+        _ => QueueKey::Model(model.clone()),
     }
 }
 
@@ -285,7 +286,7 @@ impl TaskEntry {
         v: ValidatedTask,
         correlation_id: CorrelationId,
         model: ModelId,
-        queue_key: String,
+        queue_key: QueueKey,
         log: Arc<TaskLog>,
         now: Instant,
         position: u64,

@@ -64,6 +64,42 @@ pub struct CancelJob {
     pub correlation_id: CorrelationId,
 }
 
+/// Why a dispatch stream ended without a terminal worker line (or never opened).
+#[derive(Debug, Clone, PartialEq)]
+pub enum RelayEnd {
+    /// The request could not be sent (connect error, reset before the answer).
+    Unreachable(String),
+    /// The worker refused the dispatch with this HTTP status and envelope.
+    Refused {
+        status: u16,
+        envelope: api::ErrorEnvelope,
+    },
+    /// No line within the idle timeout.
+    Idle(Duration),
+    /// The stream ended cleanly before a terminal line.
+    Closed,
+    /// The stream broke mid-way.
+    Broken(String),
+    /// A line that is not a worker line.
+    Unreadable,
+    /// A line longer than the relay buffers.
+    OverLong,
+}
+
+impl std::fmt::Display for RelayEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RelayEnd::Unreachable(e) => write!(f, "worker unreachable: {e}"),
+            RelayEnd::Refused { status, .. } => write!(f, "worker answered {status}"),
+            RelayEnd::Idle(d) => write!(f, "the worker sent nothing for {} ms", d.as_millis()),
+            RelayEnd::Closed => f.write_str("the worker closed the stream without a terminal line"),
+            RelayEnd::Broken(e) => write!(f, "the worker stream broke: {e}"),
+            RelayEnd::Unreadable => f.write_str("the worker sent an unreadable line"),
+            RelayEnd::OverLong => f.write_str("the worker sent an over-long line"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Timer {
     Deadline(TaskId),
@@ -154,8 +190,7 @@ pub struct TaskEntry {
     pub v: ValidatedTask,
     pub correlation_id: CorrelationId,
     pub model: ModelId,
-    /// `model:<id>` for unpinned tasks, `pool:<id>` for pinned ones.
-    pub queue_key: String,
+    pub queue_key: queue::QueueKey,
     pub state: api::task::TaskState,
     pub log: Arc<TaskLog>,
     pub admitted_at: Instant,
@@ -215,7 +250,7 @@ pub struct Core<E: Effects> {
     pub pools: BTreeMap<PoolId, PoolEntry>,
     pub stats: HashMap<PoolId, PoolStats>,
     pub tasks: HashMap<TaskId, TaskEntry>,
-    pub queues: BTreeMap<String, queue::Queue>,
+    pub queues: BTreeMap<queue::QueueKey, queue::Queue>,
     /// Terminal tasks in finishing order, for retention.
     pub finished: VecDeque<TaskId>,
     pub sessions: HashMap<api::SessionId, sessions::Session>,
@@ -254,7 +289,7 @@ impl<E: Effects> Core<E> {
     /// Fills free slots: for each model queue, dispatch tasks in order while a candidate pool has
     /// a free slot. Skipped tasks keep their positions.
     pub fn pump(&mut self, now: Instant) {
-        let keys: Vec<String> = self.queues.keys().cloned().collect();
+        let keys: Vec<queue::QueueKey> = self.queues.keys().cloned().collect();
         for key in keys {
             let order = self
                 .queues
@@ -308,10 +343,13 @@ impl<E: Effects> Core<E> {
 
     pub fn pool_views(&self) -> Vec<placement::PoolView<'_>> {
         // Pinned tasks wait in per-pool queues; they count towards that pool's load.
-        let pinned: HashMap<&str, usize> = self
+        let pinned: HashMap<&PoolId, usize> = self
             .queues
             .iter()
-            .filter_map(|(k, q)| k.strip_prefix("pool:").map(|p| (p, q.len())))
+            .filter_map(|(k, q)| match k {
+                queue::QueueKey::Pool(p) => Some((p, q.len())),
+                queue::QueueKey::Model(_) => None,
+            })
             .collect();
         self.pools
             .iter()
@@ -332,7 +370,7 @@ impl<E: Effects> Core<E> {
                 ctx_per_slot: p.status.ctx_per_slot,
                 device_mask: &p.status.device_mask,
                 free_slots: p.free_slots(),
-                load: p.holding.len() + pinned.get(id.as_str()).copied().unwrap_or(0),
+                load: p.holding.len() + pinned.get(id).copied().unwrap_or(0),
                 free_vram: p.free_vram,
             })
             .collect()
@@ -425,7 +463,7 @@ impl<E: Effects> Core<E> {
             let n: usize = self
                 .queues
                 .iter()
-                .filter(|(k, _)| k.starts_with("model:"))
+                .filter(|(k, _)| matches!(k, queue::QueueKey::Model(_)))
                 .map(|(_, q)| q.len_of(p))
                 .sum();
             self.metrics.set(
@@ -438,8 +476,10 @@ impl<E: Effects> Core<E> {
                 ]),
                 n as f64,
             );
-            for (key, q) in self.queues.iter().filter(|(k, _)| k.starts_with("pool:")) {
-                let pool = &key["pool:".len()..];
+            for (pool, q) in self.queues.iter().filter_map(|(k, q)| match k {
+                queue::QueueKey::Pool(p) => Some((p.as_str(), q)),
+                queue::QueueKey::Model(_) => None,
+            }) {
                 let ev = self
                     .pools
                     .get(pool)

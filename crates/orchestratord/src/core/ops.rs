@@ -157,7 +157,7 @@ impl<E: Effects> Core<E> {
 
     /// Queued tasks pinned to a draining pool end with POOL_UNREADY.
     fn fail_pinned(&mut self, pool_id: &PoolId, now: Instant) {
-        let key = format!("pool:{pool_id}");
+        let key = super::queue::QueueKey::Pool(pool_id.clone());
         let ids: Vec<TaskId> = self
             .tasks
             .iter()

@@ -6,11 +6,11 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use api::catalog::{step, ModelRecord};
+use api::catalog::ModelRecord;
 use api::events::{Event, Metrics as MetricsFrame, PrepProgress};
 use api::ids::StepId;
 use api::node::{
-    Command, CommandKind, CommandState, CommandStatus, LoadedModel, PoolState, StepStatus,
+    Command, CommandKind, CommandState, CommandStatus, LoadedModel, PoolState, StepKind, StepStatus,
 };
 use api::task::{PlacementMode, PreparationStep, TaskState};
 use api::{CommandId, CorrelationId, ErrorCode, ErrorEnvelope, ModelId, NodeId, PoolId, TaskId};
@@ -38,7 +38,7 @@ pub struct Load {
 
 impl Load {
     /// The kind of the first step not yet completed (the task's `phase`).
-    fn phase(&self) -> &str {
+    fn phase(&self) -> StepKind {
         self.steps
             .iter()
             .find(|s| {
@@ -46,8 +46,8 @@ impl Load {
                     .get(&s.id)
                     .is_none_or(|p| p.status != StepStatus::Completed)
             })
-            .map(|s| s.kind.as_str())
-            .unwrap_or(step::POOL_WARMUP)
+            .map(|s| s.kind)
+            .unwrap_or(StepKind::PoolWarmup)
     }
 
     fn human(&self) -> String {
@@ -62,8 +62,8 @@ impl Load {
             );
         };
         let p = self.progress.get(&s.id);
-        match s.kind.as_str() {
-            step::MODEL_FETCH => {
+        match s.kind {
+            StepKind::ModelFetch => {
                 let (done, total) = p.map(|p| (p.bytes_done, p.bytes_total)).unwrap_or((0, 0));
                 if total > 0 {
                     format!(
@@ -83,8 +83,8 @@ impl Load {
                     )
                 }
             }
-            step::ENGINE_PROVISION => format!("Building llama-server on node {}", self.node_id),
-            _ => format!(
+            StepKind::EngineProvision => format!("Building llama-server on node {}", self.node_id),
+            StepKind::PoolWarmup => format!(
                 "Starting the engine for pool {} on node {} with {}",
                 self.pool_id, self.node_id, self.model_id
             ),
@@ -93,7 +93,7 @@ impl Load {
 
     fn frame(&self) -> Event {
         Event::Metrics(MetricsFrame {
-            phase: Some(self.phase().to_string()),
+            phase: Some(self.phase()),
             prep: Some(self.progress.clone()),
             human: Some(self.human()),
             ..Default::default()
@@ -160,33 +160,33 @@ impl<E: Effects> Core<E> {
         if !rec.model_ref.starts_with("file:") && !rec.locations.contains(&node_id) {
             steps.push(PreparationStep {
                 id: StepId::model(&rec.model_ref),
-                kind: step::MODEL_FETCH.into(),
+                kind: StepKind::ModelFetch,
                 node_id: node_id.clone(),
                 description: format!("Fetch {} to node {node_id}", rec.model_ref),
                 estimated_ms: rec.size_bytes.map(|s| s / FETCH_BYTES_PER_MS),
                 bytes_total: rec.size_bytes,
-                status: StepStatus::Pending.as_str().into(),
+                status: StepStatus::Pending,
             });
         }
         if !pool.status.engine_built {
             steps.push(PreparationStep {
                 id: StepId::engine(),
-                kind: step::ENGINE_PROVISION.into(),
+                kind: StepKind::EngineProvision,
                 node_id: node_id.clone(),
                 description: format!("Build llama-server on node {node_id}"),
                 estimated_ms: Some(ENGINE_BUILD_MS),
                 bytes_total: None,
-                status: StepStatus::Pending.as_str().into(),
+                status: StepStatus::Pending,
             });
         }
         steps.push(PreparationStep {
             id: StepId::pool(pool_id),
-            kind: step::POOL_WARMUP.into(),
+            kind: StepKind::PoolWarmup,
             node_id: node_id.clone(),
             description: format!("Start the engine for pool {pool_id} with {}", rec.id),
             estimated_ms: Some(WARMUP_MS),
             bytes_total: None,
-            status: StepStatus::Pending.as_str().into(),
+            status: StepStatus::Pending,
         });
         let estimate = steps.iter().filter_map(|s| s.estimated_ms).sum();
         let progress = steps
@@ -439,7 +439,7 @@ impl<E: Effects> Core<E> {
     fn fail_waiting(&mut self, load: &Load, env: ErrorEnvelope, now: Instant) {
         let mut ids: Vec<TaskId> = load.tasks.clone();
         if !self.model_has_pool(&load.model_id) {
-            let key = format!("model:{}", load.model_id);
+            let key = super::queue::QueueKey::Model(load.model_id.clone());
             ids.extend(
                 self.tasks
                     .iter()
@@ -491,7 +491,7 @@ impl<E: Effects> Core<E> {
             _ => format!("{} is ready", t.model),
         };
         t.log.append(Event::Metrics(MetricsFrame {
-            phase: Some(step::POOL_WARMUP.into()),
+            phase: Some(StepKind::PoolWarmup),
             prep: (!done.is_empty()).then_some(done),
             human: Some(human),
             ..Default::default()

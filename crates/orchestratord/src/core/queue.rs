@@ -4,8 +4,27 @@
 
 use std::collections::VecDeque;
 
+use std::fmt;
+
 use api::task::Priority;
-use api::TaskId;
+use api::{ModelId, PoolId, TaskId};
+
+/// Which queue a task waits in: its model's (unpinned tasks) or its pool's (pinned tasks and
+/// tasks bound to a pool being provisioned). Model queues order before pool queues, each by id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum QueueKey {
+    Model(ModelId),
+    Pool(PoolId),
+}
+
+impl fmt::Display for QueueKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            QueueKey::Model(m) => write!(f, "model:{m}"),
+            QueueKey::Pool(p) => write!(f, "pool:{p}"),
+        }
+    }
+}
 
 #[derive(Debug, Default)]
 pub struct Queue {

@@ -97,8 +97,7 @@ pub enum Msg {
     RelayEnded {
         id: TaskId,
         attempt: u32,
-        reason: String,
-        answered: Option<ErrorEnvelope>,
+        end: super::RelayEnd,
     },
     CancelConfirmed {
         id: TaskId,
@@ -330,12 +329,7 @@ fn handle(core: &mut Core<LiveEffects>, msg: Msg, now: Instant) {
             let _ = reply.send(core.scrape_gauges(now));
         }
         Msg::Worker { id, attempt, ev } => core.on_worker(id, attempt, ev, now),
-        Msg::RelayEnded {
-            id,
-            attempt,
-            reason,
-            answered,
-        } => core.on_relay_ended(id, attempt, reason, answered, now),
+        Msg::RelayEnded { id, attempt, end } => core.on_relay_ended(id, attempt, end, now),
         Msg::CancelConfirmed { id } => core.on_cancel_confirmed(id, now),
         Msg::Timer(t) => core.on_timer(t, now),
         Msg::Tick => core.tick(now),

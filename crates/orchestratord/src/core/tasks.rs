@@ -415,26 +415,22 @@ impl<E: Effects> Core<E> {
     }
 
     /// The dispatch stream ended without a terminal line, or could not be opened.
-    pub fn on_relay_ended(
-        &mut self,
-        id: TaskId,
-        attempt: u32,
-        reason: String,
-        answered: Option<ErrorEnvelope>,
-        now: Instant,
-    ) {
+    pub fn on_relay_ended(&mut self, id: TaskId, attempt: u32, end: super::RelayEnd, now: Instant) {
         let Some(t) = self.tasks.get(&id) else { return };
         if t.attempts != attempt || t.state != TaskState::Running {
             return;
         }
-        let env = answered.unwrap_or_else(|| {
-            let code = if t.token_frames > 0 {
-                ErrorCode::WorkerReset
-            } else {
-                ErrorCode::PoolUnavailable
-            };
-            ErrorEnvelope::new(code, reason).with_retriable(true)
-        });
+        let env = match end {
+            super::RelayEnd::Refused { envelope, .. } => envelope,
+            other => {
+                let code = if t.token_frames > 0 {
+                    ErrorCode::WorkerReset
+                } else {
+                    ErrorCode::PoolUnavailable
+                };
+                ErrorEnvelope::new(code, other.to_string()).with_retriable(true)
+            }
+        };
         self.attempt_failed(id, env, now);
     }
 

@@ -301,7 +301,7 @@ fn pin_semantics() {
         .expect("pinned")
         .0
         .task_id;
-    assert_eq!(core.tasks[&b].queue_key, "pool:p1");
+    assert_eq!(core.tasks[&b].queue_key, queue::QueueKey::Pool(pid("p1")));
     register(&mut core, "n2", vec![pool("p3", 4)], now);
     assert!(
         dispatched(&core).iter().all(|(_, p)| p == "p1"),
@@ -319,7 +319,12 @@ fn failover_before_first_token_and_reset_after() {
     register(&mut core, "n2", vec![pool("b", 1)], now);
     let t = submit(&mut core, Priority::Interactive, now).expect("admitted");
     let first_pool = dispatched(&core)[0].1.clone();
-    core.on_relay_ended(t, 1, "connection refused".into(), None, now);
+    core.on_relay_ended(
+        t,
+        1,
+        RelayEnd::Unreachable("connection refused".into()),
+        now,
+    );
     let second = dispatched(&core)[1].clone();
     assert_eq!(second.0, t);
     assert_ne!(second.1, first_pool, "retried on the other pool");
@@ -341,7 +346,7 @@ fn failover_before_first_token_and_reset_after() {
         },
         now,
     );
-    core.on_relay_ended(t, 2, "stream broke".into(), None, now);
+    core.on_relay_ended(t, 2, RelayEnd::Broken("reset".into()), now);
     assert!(
         matches!(frames(&core, t).last(), Some(Event::Error(e)) if e.code == ErrorCode::WorkerReset)
     );
@@ -363,8 +368,8 @@ fn exhausted_retries_end_with_pool_unavailable() {
         now,
     );
     let t = submit(&mut core, Priority::Interactive, now).expect("admitted");
-    core.on_relay_ended(t, 1, "refused".into(), None, now);
-    core.on_relay_ended(t, 2, "refused".into(), None, now);
+    core.on_relay_ended(t, 1, RelayEnd::Closed, now);
+    core.on_relay_ended(t, 2, RelayEnd::Closed, now);
     assert_eq!(dispatched(&core).len(), 2);
     assert!(
         matches!(frames(&core, t).last(), Some(Event::Error(e)) if e.code == ErrorCode::PoolUnavailable)
@@ -720,7 +725,7 @@ fn a_pool_whose_digest_differs_from_the_catalog_does_not_serve() {
 #[test]
 fn provisioning_loads_the_model_and_binds_the_task() {
     use api::node::{
-        CommandKind, CommandResult, CommandState, CommandStatus, StepProgress, StepStatus,
+        CommandKind, CommandResult, CommandState, CommandStatus, StepKind, StepProgress, StepStatus,
     };
     let now = Instant::now();
     let mut core = core_with(|c| c.provisioning_on_demand = true);
@@ -780,9 +785,9 @@ fn provisioning_loads_the_model_and_binds_the_task() {
         Some(CommandKind::LoadModel)
     );
     // Progress from the node reaches the bound task as a verbose frame.
-    let step = |kind: &str, id: api::StepId, status, done| StepProgress {
+    let step = |kind: StepKind, id: api::StepId, status, done| StepProgress {
         step_id: id,
-        kind: kind.into(),
+        kind,
         status,
         pct: done as f64,
         bytes_done: done,
@@ -793,13 +798,13 @@ fn provisioning_loads_the_model_and_binds_the_task() {
         status: CommandState::Running,
         progress: vec![
             step(
-                "model_fetch",
+                StepKind::ModelFetch,
                 api::StepId::model(HF_REF),
                 StepStatus::Running,
                 40,
             ),
             step(
-                "pool_warmup",
+                StepKind::PoolWarmup,
                 api::StepId::pool(&pid("p1")),
                 StepStatus::Pending,
                 0,
@@ -834,7 +839,7 @@ fn provisioning_loads_the_model_and_binds_the_task() {
         })
         .expect("a prep frame");
     assert_eq!(prep.0[&api::StepId::model(HF_REF)].bytes_done, 40);
-    assert_eq!(prep.1.as_deref(), Some("model_fetch"));
+    assert_eq!(prep.1, Some(StepKind::ModelFetch));
     assert!(prep.2.unwrap_or_default().contains("40%"));
     assert!(dispatched(&core).is_empty());
     // Completed: the catalog learns digest and location; the pool serves; both tasks run.
