@@ -6,9 +6,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use api::events::{Event, Metrics as MetricsFrame};
-use api::task::{AdmissionResponse, PlacementMode, Preparation, Priority, TaskState};
+use api::task::{AdmissionResponse, PlacementMode, Preparation, Priority};
 use api::{CorrelationId, ErrorCode, ErrorEnvelope, ModelId, PoolId, TaskId};
 
+use super::lifecycle::{Lifecycle, Stamp};
 use super::queue::QueueKey;
 use super::{Core, Effects, TaskEntry, TaskLog, Timer};
 use crate::admission::ValidatedTask;
@@ -31,7 +32,7 @@ impl<E: Effects> Core<E> {
         now: Instant,
     ) -> Result<(AdmissionResponse, Arc<TaskLog>), ErrorEnvelope> {
         if let Some(t) = self.tasks.get(&v.task_id) {
-            if !t.state.is_terminal() {
+            if !t.state().is_terminal() {
                 return Err(ErrorEnvelope::new(
                     ErrorCode::Conflict,
                     format!("task {} is still active", v.task_id),
@@ -294,28 +295,22 @@ impl TaskEntry {
         max_tokens: u64,
         deadline: Option<Instant>,
     ) -> Self {
+        let admitted = Stamp::at(now);
         Self {
             v,
             correlation_id,
             model,
             queue_key,
-            state: TaskState::Queued,
+            life: Lifecycle::queued(admitted),
             log,
-            admitted_at: now,
-            created_at_ms: daemon::now_ms(),
-            started_at_ms: None,
-            first_token_at_ms: None,
-            finished_at_ms: None,
-            finished_at: None,
-            left_queue_at: None,
-            first_token_at: None,
+            admitted,
             pool: None,
             node: None,
             engine_version: None,
             attempts: 0,
             tried: vec![],
             tokens_in: 0,
-            tokens_out: 0,
+            reported_tokens_out: 0,
             token_frames: 0,
             seed: None,
             stop_reason: None,

@@ -8,6 +8,7 @@
 //! dispatch attempt are ignored.
 
 pub mod admit;
+pub mod lifecycle;
 pub mod models;
 pub mod nodes;
 pub mod ops;
@@ -191,23 +192,18 @@ pub struct TaskEntry {
     pub correlation_id: CorrelationId,
     pub model: ModelId,
     pub queue_key: queue::QueueKey,
-    pub state: api::task::TaskState,
+    /// Queued, running or finished, with the moments each reached.
+    pub life: lifecycle::Lifecycle,
     pub log: Arc<TaskLog>,
-    pub admitted_at: Instant,
-    pub created_at_ms: u64,
-    pub started_at_ms: Option<u64>,
-    pub first_token_at_ms: Option<u64>,
-    pub finished_at_ms: Option<u64>,
-    pub finished_at: Option<Instant>,
-    pub left_queue_at: Option<Instant>,
-    pub first_token_at: Option<Instant>,
+    pub admitted: lifecycle::Stamp,
     pub pool: Option<PoolId>,
     pub node: Option<NodeId>,
     pub engine_version: Option<String>,
     pub attempts: u32,
     pub tried: Vec<PoolId>,
     pub tokens_in: u64,
-    pub tokens_out: u64,
+    /// The worker's count from `end` (0 before it); see [`TaskEntry::tokens_out`].
+    pub reported_tokens_out: u64,
     pub token_frames: u64,
     pub seed: Option<u64>,
     pub stop_reason: Option<api::events::StopReason>,
@@ -225,6 +221,15 @@ pub struct TaskEntry {
 }
 
 impl TaskEntry {
+    pub fn state(&self) -> api::task::TaskState {
+        self.life.state()
+    }
+
+    /// Output tokens: the worker's count, but never fewer than the token frames sent.
+    pub fn tokens_out(&self) -> u64 {
+        self.reported_tokens_out.max(self.token_frames)
+    }
+
     /// The task's pool as a metric label or log field (empty before placement).
     pub fn pool_label(&self) -> String {
         self.pool

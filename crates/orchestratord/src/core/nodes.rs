@@ -11,6 +11,7 @@ use api::task::TaskState;
 use api::{CorrelationId, ErrorCode, ErrorEnvelope, NodeId, PoolId, TaskId};
 use daemon::secret::Secret;
 
+use super::lifecycle::{Outcome, Stamp};
 use super::{Core, Effects, Node, PoolEntry};
 use crate::metrics::{self as m, labels};
 
@@ -313,7 +314,7 @@ impl<E: Effects> Core<E> {
             .copied()
             .filter(|id| {
                 self.tasks.get(id).is_none_or(|t| {
-                    t.state.is_terminal()
+                    t.state().is_terminal()
                         && !self
                             .pools
                             .get(pool_id)
@@ -397,7 +398,7 @@ impl<E: Effects> Core<E> {
             .tasks
             .iter()
             .filter(|(_, t)| {
-                t.state == TaskState::Queued
+                t.state() == TaskState::Queued
                     && t.v
                         .placement
                         .pin_pool_id
@@ -409,15 +410,13 @@ impl<E: Effects> Core<E> {
         for id in ids {
             self.dequeue(id);
             if let Some(t) = self.tasks.get_mut(&id) {
-                t.state = TaskState::Failed;
+                t.life.finish(Outcome::Failed, Stamp::at(now));
                 let env = ErrorEnvelope::new(
                     ErrorCode::NodeUnavailable,
                     format!("node {node_id} of the pinned pool went offline"),
                 );
                 t.error = Some(env.clone());
                 t.log.append(api::events::Event::Error(env));
-                t.finished_at = Some(now);
-                t.finished_at_ms = Some(daemon::now_ms());
             }
             self.finished.push_back(id);
         }

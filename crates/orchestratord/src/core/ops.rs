@@ -161,7 +161,7 @@ impl<E: Effects> Core<E> {
         let ids: Vec<TaskId> = self
             .tasks
             .iter()
-            .filter(|(_, t)| t.state == TaskState::Queued && t.queue_key == key)
+            .filter(|(_, t)| t.state() == TaskState::Queued && t.queue_key == key)
             .map(|(id, _)| *id)
             .collect();
         for id in ids {

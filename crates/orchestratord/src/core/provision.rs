@@ -443,7 +443,7 @@ impl<E: Effects> Core<E> {
             ids.extend(
                 self.tasks
                     .iter()
-                    .filter(|(_, t)| t.state == TaskState::Queued && t.queue_key == key)
+                    .filter(|(_, t)| t.state() == TaskState::Queued && t.queue_key == key)
                     .map(|(id, _)| *id),
             );
         }
@@ -451,7 +451,7 @@ impl<E: Effects> Core<E> {
             if self
                 .tasks
                 .get(&id)
-                .is_some_and(|t| t.state == TaskState::Queued)
+                .is_some_and(|t| t.state() == TaskState::Queued)
             {
                 self.dequeue(id);
                 let mut e = env.clone();

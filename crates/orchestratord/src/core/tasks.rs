@@ -11,6 +11,7 @@ use api::worker::{DispatchModel, DispatchParams, DispatchRequest, WorkerEvent};
 use api::{ErrorCode, ErrorEnvelope, ModelId, NodeId, PoolId, TaskId};
 
 use super::admit::bool_str;
+use super::lifecycle::{Outcome, Stamp};
 use super::{placement, CancelJob, Core, DispatchJob, Effects, TaskLog, Timer};
 use crate::admission::ValidatedTask;
 use crate::metrics::{self as m, labels};
@@ -232,14 +233,10 @@ impl<E: Effects> Core<E> {
         let first = t.attempts == 0;
         t.attempts += 1;
         t.tried.push(pool_id.clone());
-        t.state = TaskState::Running;
-        t.left_queue_at.get_or_insert(now);
+        t.life.run(Stamp::at(now));
         t.pool = Some(pool_id.clone());
         t.node = Some(node_id.clone());
         t.engine_version = engine_version.clone();
-        if first {
-            t.started_at_ms = Some(daemon::now_ms());
-        }
         if !t.started_sent {
             t.started_sent = true;
             t.log.append(Event::Started(Started {
@@ -316,7 +313,7 @@ impl<E: Effects> Core<E> {
         let Some(t) = self.tasks.get_mut(&id) else {
             return;
         };
-        if t.attempts != attempt || t.state != TaskState::Running {
+        if t.attempts != attempt || t.state() != TaskState::Running {
             return;
         }
         match ev {
@@ -340,11 +337,9 @@ impl<E: Effects> Core<E> {
                 if text.is_empty() {
                     return;
                 }
-                if t.first_token_at.is_none() {
-                    t.first_token_at = Some(now);
-                    t.first_token_at_ms = Some(daemon::now_ms());
+                if t.life.first_token(Stamp::at(now)) {
                     tracing::info!(event = "task.first_token", correlation_id = %t.correlation_id, task_id = %id, pool_id = %t.pool_label(),
-                        duration_ms = now.duration_since(t.admitted_at).as_millis() as u64, "First token of task {id}");
+                        duration_ms = now.duration_since(t.admitted.at).as_millis() as u64, "First token of task {id}");
                 }
                 let i = t.token_frames;
                 t.token_frames += 1;
@@ -373,12 +368,12 @@ impl<E: Effects> Core<E> {
                 engine_decode_ms,
             } => {
                 t.tokens_in = tokens_in;
-                t.tokens_out = tokens_out.max(t.token_frames);
+                t.reported_tokens_out = tokens_out;
                 t.seed = seed;
-                let state = if stop_reason == StopReason::Canceled {
-                    TaskState::Canceled
+                let outcome = if stop_reason == StopReason::Canceled {
+                    Outcome::Canceled
                 } else {
-                    TaskState::Completed
+                    Outcome::Completed
                 };
                 let done = (
                     t.v.session_id,
@@ -386,15 +381,15 @@ impl<E: Effects> Core<E> {
                     t.node.clone(),
                     t.model.clone(),
                     t.tokens_in,
-                    t.tokens_out,
+                    t.tokens_out(),
                 );
                 self.observe_finish(id, engine_ttft_ms, engine_decode_ms);
-                if let (TaskState::Completed, (sid, Some(pool), Some(node), model, tin, tout)) =
-                    (state, done)
+                if let (Outcome::Completed, (sid, Some(pool), Some(node), model, tin, tout)) =
+                    (outcome, done)
                 {
                     self.session_completed(sid, &pool, &node, &model, tin, tout);
                 }
-                self.finish_with_end(id, stop_reason, state, now);
+                self.finish_with_end(id, stop_reason, outcome, now);
                 self.release_slot(id, now);
             }
             WorkerEvent::Error {
@@ -417,7 +412,7 @@ impl<E: Effects> Core<E> {
     /// The dispatch stream ended without a terminal line, or could not be opened.
     pub fn on_relay_ended(&mut self, id: TaskId, attempt: u32, end: super::RelayEnd, now: Instant) {
         let Some(t) = self.tasks.get(&id) else { return };
-        if t.attempts != attempt || t.state != TaskState::Running {
+        if t.attempts != attempt || t.state() != TaskState::Running {
             return;
         }
         let env = match end {
@@ -458,7 +453,7 @@ impl<E: Effects> Core<E> {
             if self.has_untried_candidate(id) {
                 // Another pool could run it, just not now: back to the head of its queue.
                 if let Some(t) = self.tasks.get_mut(&id) {
-                    t.state = TaskState::Queued;
+                    t.life.requeue(Stamp::at(now));
                     let (key, prio) = (t.queue_key.clone(), t.v.priority);
                     self.queues.entry(key).or_default().push_front(id, prio);
                 }
@@ -505,20 +500,21 @@ impl<E: Effects> Core<E> {
             ("priority", prio),
         ]);
         if let (Some(first), Some(left), Some(ettft)) =
-            (t.first_token_at, t.left_queue_at, engine_ttft_ms)
+            (t.life.first_token_at(), t.life.started_at(), engine_ttft_ms)
         {
-            let overhead = first.duration_since(left).as_secs_f64() * 1000.0 - ettft as f64;
+            let overhead = first.at.duration_since(left.at).as_secs_f64() * 1000.0 - ettft as f64;
             self.metrics
                 .observe(m::OVERHEAD, base.clone(), overhead.max(0.0));
         }
         let Some(pool) = t.pool.clone() else { return };
         let s = self.stats.entry(pool).or_default();
         let ewma = |old: Option<f64>, new: f64| Some(old.map_or(new, |o| 0.8 * o + 0.2 * new));
-        s.tokens_out = ewma(s.tokens_out, t.tokens_out as f64);
-        if engine_decode_ms > 0 && t.tokens_out > 0 {
+        let tokens_out = t.tokens_out();
+        s.tokens_out = ewma(s.tokens_out, tokens_out as f64);
+        if engine_decode_ms > 0 && tokens_out > 0 {
             s.decode_tps = ewma(
                 s.decode_tps,
-                t.tokens_out as f64 * 1000.0 / engine_decode_ms as f64,
+                tokens_out as f64 * 1000.0 / engine_decode_ms as f64,
             );
         }
         if let Some(e) = engine_ttft_ms {
@@ -531,25 +527,22 @@ impl<E: Effects> Core<E> {
         &mut self,
         id: TaskId,
         reason: StopReason,
-        state: TaskState,
+        outcome: Outcome,
         now: Instant,
     ) {
         let Some(t) = self.tasks.get_mut(&id) else {
             return;
         };
-        let ttft = t
-            .first_token_at
-            .map(|f| f.duration_since(t.admitted_at).as_millis() as u64);
-        let decode = t
-            .first_token_at
-            .map(|f| now.duration_since(f).as_millis() as u64)
+        let first = t.life.first_token_at();
+        let ttft = first.map(|f| f.at.duration_since(t.admitted.at).as_millis() as u64);
+        let decode = first
+            .map(|f| now.duration_since(f.at).as_millis() as u64)
             .unwrap_or(0);
-        t.state = state;
+        t.life.finish(outcome, Stamp::at(now));
         t.stop_reason = Some(reason);
-        t.tokens_out = t.tokens_out.max(t.token_frames);
         t.log.append(Event::End(End {
             tokens_in: t.tokens_in,
-            tokens_out: t.tokens_out,
+            tokens_out: t.tokens_out(),
             ttft_ms: ttft,
             decode_ms: decode,
             decode_time_ms: decode,
@@ -568,7 +561,8 @@ impl<E: Effects> Core<E> {
         ]);
         self.metrics
             .inc(m::TOKENS_IN, series.clone(), t.tokens_in as f64);
-        self.metrics.inc(m::TOKENS_OUT, series, t.tokens_out as f64);
+        self.metrics
+            .inc(m::TOKENS_OUT, series, t.tokens_out() as f64);
         let hist = labels(&[
             ("engine", api::ENGINE_LLAMACPP),
             ("engine_version", &ev),
@@ -581,16 +575,16 @@ impl<E: Effects> Core<E> {
             self.metrics.observe(m::LATENCY_DECODE, hist, decode as f64);
         }
         tracing::info!(event = "task.finished", correlation_id = %t.correlation_id, task_id = %id, pool_id = %pool, node_id = %node, tokens_in = t.tokens_in,
-            tokens_out = t.tokens_out, duration_ms = now.duration_since(t.admitted_at).as_millis() as u64,
-            "Task {id} ended ({reason:?}) with {} tokens", t.tokens_out);
-        self.mark_terminal(id, now);
+            tokens_out = t.tokens_out(), duration_ms = now.duration_since(t.admitted.at).as_millis() as u64,
+            "Task {id} ended ({reason:?}) with {} tokens", t.tokens_out());
+        self.finished.push_back(id);
     }
 
     pub(super) fn finish_with_error(&mut self, id: TaskId, env: ErrorEnvelope, now: Instant) {
         let Some(t) = self.tasks.get_mut(&id) else {
             return;
         };
-        t.state = TaskState::Failed;
+        t.life.finish(Outcome::Failed, Stamp::at(now));
         t.error = Some(env.clone());
         t.log.append(Event::Error(env.clone()));
         let pool = t.pool_label();
@@ -605,17 +599,9 @@ impl<E: Effects> Core<E> {
         self.metrics
             .inc(m::TOKENS_IN, series.clone(), t.tokens_in as f64);
         self.metrics
-            .inc(m::TOKENS_OUT, series, t.token_frames as f64);
+            .inc(m::TOKENS_OUT, series, t.tokens_out() as f64);
         tracing::warn!(event = "task.finished", correlation_id = %t.correlation_id, task_id = %id, pool_id = %pool, code = %env.code,
             "Task {id} failed: {}", env.message);
-        self.mark_terminal(id, now);
-    }
-
-    fn mark_terminal(&mut self, id: TaskId, now: Instant) {
-        if let Some(t) = self.tasks.get_mut(&id) {
-            t.finished_at = Some(now);
-            t.finished_at_ms = Some(daemon::now_ms());
-        }
         self.finished.push_back(id);
     }
 
@@ -638,18 +624,18 @@ impl<E: Effects> Core<E> {
         let Some(t) = self.tasks.get(&id) else {
             return false;
         };
-        match t.state {
+        match t.state() {
             TaskState::Queued => {
                 self.dequeue(id);
                 self.count_cancel(id, reason);
-                self.finish_with_end(id, StopReason::Canceled, TaskState::Canceled, now);
+                self.finish_with_end(id, StopReason::Canceled, Outcome::Canceled, now);
                 self.publish_gauges();
             }
             TaskState::Running => {
                 self.count_cancel(id, reason);
                 tracing::info!(event = "task.canceled", correlation_id = %t.correlation_id, task_id = %id, pool_id = %t.pool_label(),
                     reason = reason.label(), "Task {id} canceled ({})", reason.label());
-                self.stop_running(id, StopReason::Canceled, TaskState::Canceled, now);
+                self.stop_running(id, StopReason::Canceled, Outcome::Canceled, now);
             }
             _ => {}
         }
@@ -676,8 +662,8 @@ impl<E: Effects> Core<E> {
 
     /// Ends a running task at once and stops its engine work; the slot stays held until the worker
     /// confirms it free.
-    fn stop_running(&mut self, id: TaskId, reason: StopReason, state: TaskState, now: Instant) {
-        self.finish_with_end(id, reason, state, now);
+    fn stop_running(&mut self, id: TaskId, reason: StopReason, outcome: Outcome, now: Instant) {
+        self.finish_with_end(id, reason, outcome, now);
         self.effects.abort_dispatch(id);
         let Some(t) = self.tasks.get(&id) else { return };
         let Some(pool_id) = t.pool.clone() else {
@@ -713,7 +699,7 @@ impl<E: Effects> Core<E> {
             Timer::Deadline(id) => self.on_deadline(id, now),
             Timer::DisconnectCheck(id) => {
                 let Some(t) = self.tasks.get(&id) else { return };
-                if t.state == TaskState::Running
+                if t.state() == TaskState::Running
                     && t.log.subscribers() == 0
                     && t.log.ever_subscribed()
                 {
@@ -725,7 +711,7 @@ impl<E: Effects> Core<E> {
 
     fn on_deadline(&mut self, id: TaskId, now: Instant) {
         let Some(t) = self.tasks.get(&id) else { return };
-        match t.state {
+        match t.state() {
             TaskState::Queued => {
                 self.dequeue(id);
                 self.finish_with_error(
@@ -740,7 +726,7 @@ impl<E: Effects> Core<E> {
                 self.publish_gauges();
             }
             TaskState::Running => {
-                self.stop_running(id, StopReason::Deadline, TaskState::Completed, now)
+                self.stop_running(id, StopReason::Deadline, Outcome::Completed, now)
             }
             _ => {}
         }
@@ -758,11 +744,11 @@ impl<E: Effects> Core<E> {
             let expired = self
                 .tasks
                 .get(&id)
-                .and_then(|t| t.finished_at)
-                .is_none_or(|f| now.duration_since(f) >= self.cfg.retention);
+                .and_then(|t| t.life.finished_at())
+                .is_none_or(|f| now.duration_since(f.at) >= self.cfg.retention);
             if expired || self.finished.len() > self.cfg.max_retained {
                 self.finished.pop_front();
-                if self.tasks.get(&id).is_some_and(|t| t.state.is_terminal()) {
+                if self.tasks.get(&id).is_some_and(|t| t.state().is_terminal()) {
                     self.tasks.remove(&id);
                 }
             } else {
@@ -777,7 +763,7 @@ impl<E: Effects> Core<E> {
 
     pub fn record(&self, id: TaskId) -> Option<TaskRecord> {
         let t = self.tasks.get(&id)?;
-        let queued = t.state == TaskState::Queued;
+        let queued = t.state() == TaskState::Queued;
         let position = if queued {
             self.queues
                 .get(&t.queue_key)
@@ -792,7 +778,7 @@ impl<E: Effects> Core<E> {
             correlation_id: t.correlation_id.clone(),
             model: t.model.clone(),
             priority: t.v.priority,
-            state: t.state,
+            state: t.state(),
             queue_position: position,
             predicted_start_ms: if queued {
                 Some(t.admission_predicted_ms)
@@ -803,13 +789,13 @@ impl<E: Effects> Core<E> {
             node_id: t.node.clone(),
             engine: t.pool.as_ref().map(|_| api::ENGINE_LLAMACPP.to_string()),
             engine_version: t.engine_version.clone(),
-            created_at_ms: Some(t.created_at_ms),
-            started_at_ms: t.started_at_ms,
-            first_token_at_ms: t.first_token_at_ms,
-            finished_at_ms: t.finished_at_ms,
+            created_at_ms: Some(t.admitted.ms),
+            started_at_ms: t.life.started_at().map(|s| s.ms),
+            first_token_at_ms: t.life.first_token_at().map(|s| s.ms),
+            finished_at_ms: t.life.finished_at().map(|s| s.ms),
             attempts: t.attempts,
             tokens_in: t.tokens_in,
-            tokens_out: t.tokens_out.max(t.token_frames),
+            tokens_out: t.tokens_out(),
             seed: t.seed,
             stop_reason: t.stop_reason,
             error: t.error.clone(),
@@ -822,7 +808,7 @@ impl<E: Effects> Core<E> {
         let ids: Vec<TaskId> = self
             .tasks
             .iter()
-            .filter(|(_, t)| t.state == TaskState::Running && t.node.as_ref() == Some(node_id))
+            .filter(|(_, t)| t.state() == TaskState::Running && t.node.as_ref() == Some(node_id))
             .map(|(id, _)| *id)
             .collect();
         for id in ids {

@@ -171,7 +171,7 @@ fn dispatch_never_exceeds_slots() {
         .map(|_| submit(&mut core, Priority::Interactive, now).expect("admitted"))
         .collect();
     assert_eq!(dispatched(&core).len(), 2);
-    assert_eq!(core.tasks[&ids[2]].state, TaskState::Queued);
+    assert_eq!(core.tasks[&ids[2]].state(), TaskState::Queued);
     finish(&mut core, ids[0], now);
     assert_eq!(
         dispatched(&core).len(),
@@ -232,8 +232,8 @@ fn drop_lru_evicts_the_oldest_lowest_class() {
     assert!(
         matches!(frames(&core, b1).last(), Some(Event::Error(e)) if e.code == ErrorCode::QueueFullDropLru && e.retriable)
     );
-    assert_eq!(core.tasks[&b2].state, TaskState::Queued);
-    assert_eq!(core.tasks[&i].state, TaskState::Queued);
+    assert_eq!(core.tasks[&b2].state(), TaskState::Queued);
+    assert_eq!(core.tasks[&i].state(), TaskState::Queued);
     // Now only interactive + one batch: a batch newcomer evicts the batch one; then a batch
     // newcomer facing only interactive tasks is refused.
     submit(&mut core, Priority::Batch, now).expect("evicts b2");
@@ -262,7 +262,7 @@ fn shed_low_priority_sheds_newest_batch() {
     assert!(
         matches!(frames(&core, b2).last(), Some(Event::Error(e)) if e.code == ErrorCode::AdmissionReject)
     );
-    assert_eq!(core.tasks[&b1].state, TaskState::Queued);
+    assert_eq!(core.tasks[&b1].state(), TaskState::Queued);
 }
 
 #[test]
@@ -460,12 +460,12 @@ fn cancel_is_immediate_and_the_slot_waits_for_confirmation() {
         "no token after the cancel"
     );
     assert_eq!(
-        core.tasks[&next].state,
+        core.tasks[&next].state(),
         TaskState::Queued,
         "the slot is still held until the worker confirms"
     );
     core.on_cancel_confirmed(t, now);
-    assert_eq!(core.tasks[&next].state, TaskState::Running);
+    assert_eq!(core.tasks[&next].state(), TaskState::Running);
     // A queued task's cancel ends it alone.
     let q = submit(&mut core, Priority::Interactive, now).expect("queued");
     core.cancel(q, tasks::CancelReason::Client, now);
@@ -901,7 +901,7 @@ fn provisioning_loads_the_model_and_binds_the_task() {
     );
     assert!(core.pools["p1"].op.is_none());
     assert_eq!(
-        core.tasks[&second].state,
+        core.tasks[&second].state(),
         TaskState::Queued,
         "one slot: the second task waits its turn"
     );
