@@ -19,6 +19,14 @@ pub struct Args {
     /// Engine threads for both paths.
     #[arg(long, default_value_t = 2)]
     threads: u32,
+    /// `cpu`, or GPU indices (e.g. `0`): both paths then use a CUDA build (gpu_policy = "gpu")
+    /// with every layer offloaded to those GPUs.
+    #[arg(long, default_value = "cpu")]
+    devices: String,
+    /// Use the orchestratord and pool-managerd binaries in this folder instead of building them
+    /// (for machines without a Rust toolchain, such as the GPU check's).
+    #[arg(long)]
+    bin_dir: Option<std::path::PathBuf>,
 }
 
 const PROMPTS: &[&str] = &[
@@ -37,7 +45,14 @@ struct Samples {
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
     let root = std::env::current_dir()?;
-    crate::build_release(&["orchestratord", "pool-managerd"])?;
+    let bin_dir = match &a.bin_dir {
+        Some(d) => d.clone(),
+        None => {
+            crate::build_release(&["orchestratord", "pool-managerd"])?;
+            root.join("target/release")
+        }
+    };
+    let on_gpu = a.devices.trim() != "cpu";
     let model = llorch::dev::model();
     let source = llorch::dev::llama_source();
     if !model.is_file() || !source.is_file() {
@@ -51,19 +66,25 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
                 subdir: "llama.cpp".into(),
                 sha256: Some(llorch::dev::LLAMA_SOURCE_SHA256.into()),
             },
-            gpu: engine::GpuPolicy::Cpu,
+            gpu: if on_gpu {
+                engine::GpuPolicy::Gpu
+            } else {
+                engine::GpuPolicy::Cpu
+            },
             build_number: None,
             build_commit: None,
             extra_cmake_flags: vec![],
             engines_dir: engines.clone(),
-            jobs: 2,
+            jobs: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
         },
         &|_| {},
     )?;
     let dir = root.join("target").join("bench-overhead");
     let _ = std::fs::remove_dir_all(&dir);
     let mut spec = StackSpec::new(
-        root.join("target/release"),
+        bin_dir,
         dir.clone(),
         model.clone(),
         EngineChoice::Source {
@@ -73,6 +94,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         engines,
     );
     spec.threads = Some(a.threads);
+    spec.devices = a.devices.clone();
     spec.heartbeat_interval_ms = 5000;
     spec.heartbeat_timeout_ms = 30000;
     let ctx = spec.ctx;
@@ -87,8 +109,12 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         ctx_per_slot: ctx,
         slots: 1,
         threads: Some(a.threads),
-        gpu_layers: 0,
-        cuda_visible_devices: String::new(),
+        gpu_layers: if on_gpu { 999 } else { 0 },
+        cuda_visible_devices: if on_gpu {
+            a.devices.clone()
+        } else {
+            String::new()
+        },
         extra_args: vec![],
         log_path: dir.join("direct-engine.log"),
         start_timeout: Duration::from_secs(60),
@@ -119,6 +145,12 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let metrics = client.metrics_text().await?.body;
     direct.stop(Duration::from_secs(5)).await;
     stack.shutdown().await?;
+    println!(
+        "engine: {} ({}), devices {}",
+        build.version,
+        if build.gpu { "CUDA build" } else { "CPU build" },
+        a.devices
+    );
     report(
         &via_stack,
         &via_direct,

@@ -5,6 +5,7 @@
 pub mod catalog;
 pub mod error;
 pub mod events;
+pub mod gbnf;
 pub mod ids;
 pub mod meta;
 pub mod model_ref;

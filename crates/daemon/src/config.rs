@@ -1,14 +1,19 @@
 //! Config loading (API.md §17.1): one TOML file, overridden by `PREFIX__SECTION__KEY=value`
-//! environment variables, deserialized strictly. Unknown keys are all collected and reported together
-//! with the first type error; semantic validation happens in each daemon's own config module.
+//! environment variables, deserialized strictly. Unknown keys and type errors are all collected:
+//! a value of the wrong type is reported and dropped (its default applies), and deserialization
+//! runs again, so each daemon's semantic validation still runs and every problem is reported in
+//! one pass.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use serde::de::DeserializeOwned;
+use serde_path_to_error::Segment;
 
 /// Loads `T` from an optional TOML file plus env overrides. On success it also returns the
-/// problems that do not stop deserialization (unknown keys), so the caller can report them together
-/// with its own validation; a type error or unreadable file is returned as `Err` with them.
+/// problems found on the way (unknown keys, values of the wrong type), so the caller can report
+/// them together with its own validation; an unreadable file, invalid TOML or a type error that
+/// cannot be narrowed to one key is returned as `Err` with them.
 pub fn load<T: DeserializeOwned>(
     path: Option<&Path>,
     env_prefix: &str,
@@ -25,25 +30,60 @@ pub fn load<T: DeserializeOwned>(
     };
     let mut problems = Vec::new();
     apply_env(&mut root, env_prefix, env, &mut problems);
-    let mut unknown = Vec::new();
-    let de = toml::Value::Table(root);
-    let mut track = |p: serde_ignored::Path<'_>| unknown.push(p.to_string());
-    let ignored = serde_ignored::Deserializer::new(de, &mut track);
-    let result: Result<T, _> = serde_path_to_error::deserialize(ignored);
-    for key in unknown {
-        problems.push(format!("{key}: unknown key"));
-    }
-    match result {
-        Ok(v) => Ok((v, problems)),
-        Err(e) => {
-            let path = e.path().to_string();
-            problems.push(format!(
-                "{}: {}",
-                if path == "." { "(root)".into() } else { path },
-                e.into_inner()
-            ));
-            Err(problems)
+    let mut unknown = BTreeSet::new();
+    let mut type_errors = Vec::new();
+    // Each round drops one bad value, so this ends after at most one round per value.
+    let outcome = loop {
+        let mut track = |p: serde_ignored::Path<'_>| {
+            unknown.insert(p.to_string());
+        };
+        let ignored =
+            serde_ignored::Deserializer::new(toml::Value::Table(root.clone()), &mut track);
+        match serde_path_to_error::deserialize::<_, T>(ignored) {
+            Ok(v) => break Ok(v),
+            Err(e) => {
+                let path = e.path().to_string();
+                let key = if path == "." { "(root)".into() } else { path };
+                let segments: Vec<Segment> = e.path().iter().cloned().collect();
+                type_errors.push(format!("{key}: {}", e.into_inner()));
+                if !remove_path(&mut root, &segments) {
+                    break Err(());
+                }
+            }
         }
+    };
+    problems.extend(unknown.into_iter().map(|key| format!("{key}: unknown key")));
+    problems.extend(type_errors);
+    match outcome {
+        Ok(v) => Ok((v, problems)),
+        Err(()) => Err(problems),
+    }
+}
+
+/// Removes the value at `path` from `root`; false when there is nothing to remove.
+fn remove_path(root: &mut toml::Table, path: &[Segment]) -> bool {
+    let mut tree = toml::Value::Table(std::mem::take(root));
+    let removed = remove_in(&mut tree, path);
+    if let toml::Value::Table(t) = tree {
+        *root = t;
+    }
+    removed
+}
+
+fn remove_in(v: &mut toml::Value, path: &[Segment]) -> bool {
+    match (v, path) {
+        (toml::Value::Table(t), [Segment::Map { key }]) => t.remove(key).is_some(),
+        (toml::Value::Array(a), [Segment::Seq { index }]) if *index < a.len() => {
+            a.remove(*index);
+            true
+        }
+        (toml::Value::Table(t), [Segment::Map { key }, rest @ ..]) => {
+            t.get_mut(key).is_some_and(|v| remove_in(v, rest))
+        }
+        (toml::Value::Array(a), [Segment::Seq { index }, rest @ ..]) => {
+            a.get_mut(*index).is_some_and(|v| remove_in(v, rest))
+        }
+        _ => false,
     }
 }
 
@@ -167,13 +207,50 @@ mod tests {
     #[test]
     fn unknown_keys_are_all_reported() {
         let dir = std::env::temp_dir().join(format!("cfgtest2-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(&dir).expect("test setup");
         let f = dir.join("c.toml");
-        std::fs::write(&f, "bogus = 1\n[queue]\ncapacty = 1\n").unwrap();
-        let (_, errs) = load::<Cfg>(Some(&f), "X", &[]).unwrap();
+        std::fs::write(&f, "bogus = 1\n[queue]\ncapacty = 1\n").expect("test setup");
+        let (_, errs) = load::<Cfg>(Some(&f), "X", &[]).expect("test setup");
         assert_eq!(errs.len(), 2, "{errs:?}");
         assert!(errs.iter().any(|e| e.contains("queue.capacty")));
-        let errs = load::<Cfg>(None, "X", &env(&[("X__QUEUE__CAPACITY", "\"many\"")])).unwrap_err();
+        let (c, errs) = load::<Cfg>(None, "X", &env(&[("X__QUEUE__CAPACITY", "\"many\"")]))
+            .expect("test setup");
+        assert_eq!(errs.len(), 1, "{errs:?}");
         assert!(errs[0].contains("queue.capacity"), "{errs:?}");
+        assert_eq!(
+            c.queue.capacity, 0,
+            "the bad value is dropped for its default"
+        );
+    }
+
+    #[test]
+    fn every_type_error_is_reported_with_the_unknown_keys() {
+        let dir = std::env::temp_dir().join(format!("cfgtest3-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("test setup");
+        let f = dir.join("c.toml");
+        std::fs::write(
+            &f,
+            "name = 5\nbogus = 1\n[queue]\ncapacity = \"big\"\npolicy = [1]\n",
+        )
+        .expect("test setup");
+        let (c, errs) = load::<Cfg>(Some(&f), "X", &[]).expect("test setup");
+        assert_eq!(errs.len(), 4, "{errs:#?}");
+        for key in [
+            "bogus: unknown key",
+            "name: ",
+            "queue.capacity: ",
+            "queue.policy: ",
+        ] {
+            assert!(
+                errs.iter().any(|e| e.starts_with(key)),
+                "{key} in {errs:#?}"
+            );
+        }
+        assert_eq!((c.name.as_str(), c.queue.capacity), ("", 0));
+        // A whole section of the wrong type is one problem, too.
+        std::fs::write(&f, "queue = 3\nname = \"ok\"\n").expect("test setup");
+        let (c, errs) = load::<Cfg>(Some(&f), "X", &[]).expect("test setup");
+        assert_eq!(errs.len(), 1, "{errs:#?}");
+        assert_eq!(c.name, "ok");
     }
 }

@@ -3,6 +3,7 @@
 //! `llorch engine` commands use this crate; orchestratord never speaks the engine dialect.
 
 pub mod client;
+pub mod cuda;
 pub mod handoff;
 pub mod process;
 pub mod provision;

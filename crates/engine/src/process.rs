@@ -313,48 +313,6 @@ impl RunningEngine {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn port_from_log_line() {
-        assert_eq!(
-            parse_listening_port(
-                "main: server is listening on http://127.0.0.1:36601 - starting the main loop"
-            ),
-            Some(36601)
-        );
-        assert_eq!(
-            parse_listening_port("llama_server: listening on http://127.0.0.1:8080"),
-            Some(8080)
-        );
-        assert_eq!(parse_listening_port("loading model"), None);
-    }
-
-    #[test]
-    fn args_never_contain_the_key() {
-        let spec = LaunchSpec {
-            binary: "/bin/llama-server".into(),
-            model_path: "/m.gguf".into(),
-            alias: "smol".into(),
-            ctx_per_slot: 1024,
-            slots: 2,
-            threads: Some(2),
-            gpu_layers: 0,
-            cuda_visible_devices: String::new(),
-            extra_args: vec![],
-            log_path: "/tmp/x.log".into(),
-            start_timeout: Duration::from_secs(1),
-        };
-        let args = spec.args(Path::new("/tmp/keyfile"));
-        let joined = args.join(" ");
-        assert!(joined.contains("-c 2048 --parallel 2"), "{joined}");
-        assert!(joined.contains("--api-key-file /tmp/keyfile"));
-        assert!(!joined.contains("--api-key "));
-    }
-}
-
 /// Starts `llama-server` detached from this process (its own process group, output to
 /// `spec.log_path`), for engines handed off to pool-managerd. The key file must stay in place.
 /// Returns the pid and the port once `/health` answers 200.
@@ -424,4 +382,46 @@ pub async fn spawn_detached(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok((pid, client))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_from_log_line() {
+        assert_eq!(
+            parse_listening_port(
+                "main: server is listening on http://127.0.0.1:36601 - starting the main loop"
+            ),
+            Some(36601)
+        );
+        assert_eq!(
+            parse_listening_port("llama_server: listening on http://127.0.0.1:8080"),
+            Some(8080)
+        );
+        assert_eq!(parse_listening_port("loading model"), None);
+    }
+
+    #[test]
+    fn args_never_contain_the_key() {
+        let spec = LaunchSpec {
+            binary: "/bin/llama-server".into(),
+            model_path: "/m.gguf".into(),
+            alias: "smol".into(),
+            ctx_per_slot: 1024,
+            slots: 2,
+            threads: Some(2),
+            gpu_layers: 0,
+            cuda_visible_devices: String::new(),
+            extra_args: vec![],
+            log_path: "/tmp/x.log".into(),
+            start_timeout: Duration::from_secs(1),
+        };
+        let args = spec.args(Path::new("/tmp/keyfile"));
+        let joined = args.join(" ");
+        assert!(joined.contains("-c 2048 --parallel 2"), "{joined}");
+        assert!(joined.contains("--api-key-file /tmp/keyfile"));
+        assert!(!joined.contains("--api-key "));
+    }
 }

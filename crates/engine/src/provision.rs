@@ -3,8 +3,10 @@
 //!
 //! Invariants: a cache entry `<engines_dir>/<key>/` exists only after a successful build (it is
 //! renamed into place from a temporary directory); the key covers the source digest, the sorted
-//! cmake flags, the target, the compiler and the host arch; one file lock per key makes concurrent
-//! provisions on one machine wait for a single build; a GPU build never silently turns into a CPU one.
+//! cmake flags (`-DGGML_CUDA=ON` and the CUDA architecture for a GPU build), the target, the
+//! compiler (and nvcc for a CUDA build) and the host arch; one file lock per key makes concurrent
+//! provisions on one machine wait for a single build; a GPU build never silently turns into a CPU
+//! one (see [`crate::cuda`]).
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -14,7 +16,10 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::cuda::{binary_uses_gpu, cuda_flags, list_devices, nvcc_id, resolve_gpu};
 use crate::version::EngineVersion;
+
+pub use crate::cuda::detect_cuda;
 
 /// Where the llama.cpp engine comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,6 +91,8 @@ pub enum Progress {
 pub enum ProvisionError {
     #[error("gpu_policy is \"gpu\" but {0}; install the CUDA toolkit and driver, or set gpu_policy = \"cpu\" or \"auto\"")]
     GpuUnavailable(String),
+    #[error("gpu_policy is \"gpu\" but the engine binary {0} lists no CUDA device (`--list-devices`): it was built without CUDA, or no CUDA driver is visible to it; build one with `llorch engine build --gpu-policy gpu`, or set gpu_policy = \"cpu\"")]
+    CpuOnlyBinary(PathBuf),
     #[error("engine source not found: {0}")]
     SourceMissing(String),
     #[error("sha256 mismatch for {what}: expected {expected}, got {actual}")]
@@ -152,10 +159,11 @@ pub fn provision(
     req: &ProvisionRequest,
     progress: &dyn Fn(Progress),
 ) -> Result<EngineBuild, ProvisionError> {
-    let gpu = resolve_gpu(req.gpu)?;
+    // A prebuilt binary needs no toolchain: it is asked itself which devices it can use.
     if let EngineSource::Binary { path, sha256 } = &req.source {
-        return adopt_binary(path, sha256.as_deref(), gpu.is_some());
+        return adopt_binary(path, sha256.as_deref(), req.gpu);
     }
+    let gpu = resolve_gpu(req.gpu)?;
     std::fs::create_dir_all(&req.engines_dir).map_err(io_err(&req.engines_dir))?;
     progress(Progress::Step("resolving engine source".into()));
     let (src_tree, digest) = materialize_source(req, progress)?;
@@ -167,15 +175,12 @@ pub fn provision(
         .build_commit
         .clone()
         .unwrap_or_else(|| format!("src-{}", &digest[..12.min(digest.len())]));
-    let mut flags = base_cmake_flags();
-    if let Some(arch) = &gpu {
-        flags.push("-DGGML_CUDA=ON".into());
-        flags.push(format!("-DCMAKE_CUDA_ARCHITECTURES={arch}"));
-    }
-    flags.push(format!("-DLLAMA_BUILD_NUMBER={build_number}"));
-    flags.push(format!("-DLLAMA_BUILD_COMMIT={commit}"));
-    flags.extend(req.extra_cmake_flags.iter().cloned());
-    flags.sort();
+    let flags = build_flags(
+        gpu.as_deref(),
+        build_number,
+        &commit,
+        &req.extra_cmake_flags,
+    );
     let key = cache_key(&digest, &flags);
     let entry = req.engines_dir.join(&key);
 
@@ -202,6 +207,9 @@ pub fn provision(
         path: binary.clone(),
         reason,
     })?;
+    if gpu.is_some() {
+        check_gpu_build(&binary)?;
+    }
 
     // Assemble the entry in a temporary directory and rename it into place only when complete.
     let tmp = req
@@ -254,7 +262,56 @@ fn reuse(entry: &Path) -> Result<Option<EngineBuild>, ProvisionError> {
     }
 }
 
-fn adopt_binary(path: &Path, pin: Option<&str>, gpu: bool) -> Result<EngineBuild, ProvisionError> {
+/// A CUDA build must list a CUDA device on the machine that built it; otherwise the cmake run
+/// quietly produced a CPU engine and the entry is not recorded.
+fn check_gpu_build(binary: &Path) -> Result<(), ProvisionError> {
+    let devices = list_devices(binary).map_err(|reason| ProvisionError::BadBinary {
+        path: binary.to_path_buf(),
+        reason,
+    })?;
+    if devices.is_empty() {
+        return Err(ProvisionError::BadBinary {
+            path: binary.to_path_buf(),
+            reason: "the CUDA build lists no CUDA device (`--list-devices`)".into(),
+        });
+    }
+    Ok(())
+}
+
+/// The sorted cmake flags of one build: the fixed base, CUDA for one architecture, the version
+/// labels, then the caller's extras. An extra `-DNAME=value` replaces a generated flag of the same
+/// name (e.g. `-DCMAKE_CUDA_ARCHITECTURES=90` instead of the detected one), so equal settings
+/// always give equal flags and so the same cache key.
+pub fn build_flags(
+    cuda_arch: Option<&str>,
+    build_number: u64,
+    commit: &str,
+    extra: &[String],
+) -> Vec<String> {
+    let mut flags = base_cmake_flags();
+    if let Some(arch) = cuda_arch {
+        flags.extend(cuda_flags(arch));
+    }
+    flags.push(format!("-DLLAMA_BUILD_NUMBER={build_number}"));
+    flags.push(format!("-DLLAMA_BUILD_COMMIT={commit}"));
+    let name = |f: &str| f.split_once('=').map(|(n, _)| n.to_string());
+    for e in extra {
+        if let Some(n) = name(e) {
+            flags.retain(|f| name(f).as_deref() != Some(n.as_str()));
+        }
+        if !flags.contains(e) {
+            flags.push(e.clone());
+        }
+    }
+    flags.sort();
+    flags
+}
+
+fn adopt_binary(
+    path: &Path,
+    pin: Option<&str>,
+    policy: GpuPolicy,
+) -> Result<EngineBuild, ProvisionError> {
     if !path.is_file() {
         return Err(ProvisionError::SourceMissing(format!(
             "prebuilt llama-server {} does not exist",
@@ -275,6 +332,7 @@ fn adopt_binary(path: &Path, pin: Option<&str>, gpu: bool) -> Result<EngineBuild
         path: path.to_path_buf(),
         reason,
     })?;
+    let gpu = binary_uses_gpu(path, policy)?;
     Ok(EngineBuild {
         key: sha[..16].to_string(),
         binary: path.to_path_buf(),
@@ -285,49 +343,6 @@ fn adopt_binary(path: &Path, pin: Option<&str>, gpu: bool) -> Result<EngineBuild
         version,
         build_seconds: 0.0,
     })
-}
-
-/// Returns `Some(cuda_arch)` for a GPU build, `None` for CPU, or the reason a GPU build is impossible.
-fn resolve_gpu(policy: GpuPolicy) -> Result<Option<String>, ProvisionError> {
-    if policy == GpuPolicy::Cpu {
-        return Ok(None);
-    }
-    match detect_cuda() {
-        Ok(arch) => Ok(Some(arch)),
-        Err(reason) if policy == GpuPolicy::Gpu => Err(ProvisionError::GpuUnavailable(reason)),
-        Err(reason) => {
-            tracing::warn!(event = "engine.gpu_fallback", human = %format!("gpu_policy auto: building for CPU because {reason}"));
-            Ok(None)
-        }
-    }
-}
-
-/// Finds a CUDA compiler and a CUDA device and returns the device's architecture (e.g. `90`).
-pub fn detect_cuda() -> Result<String, String> {
-    let nvcc_ok = Command::new("nvcc")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success());
-    let nvcc_ok = nvcc_ok.unwrap_or(false) || Path::new("/usr/local/cuda/bin/nvcc").is_file();
-    if !nvcc_ok {
-        return Err("no CUDA toolchain (nvcc) was found".into());
-    }
-    let out = Command::new("nvidia-smi")
-        .args(["--query-gpu=compute_cap", "--format=csv,noheader"])
-        .output();
-    match out {
-        Ok(o) if o.status.success() => {
-            let text = String::from_utf8_lossy(&o.stdout);
-            let first = text.lines().next().map(str::trim).unwrap_or("");
-            if first.is_empty() {
-                return Err("nvidia-smi lists no CUDA device".into());
-            }
-            Ok(first.replace('.', ""))
-        }
-        _ => Err("no CUDA device was found (nvidia-smi is missing or failed)".into()),
-    }
 }
 
 /// Unpacks or checks out the source once per digest; returns the llama.cpp tree and the digest.
@@ -647,6 +662,10 @@ pub fn cache_key(source_digest: &str, sorted_flags: &[String]) -> String {
         compiler_id(),
         std::env::consts::ARCH
     ));
+    // A CUDA build also depends on the CUDA compiler; CPU keys stay as they were.
+    if sorted_flags.iter().any(|f| f == "-DGGML_CUDA=ON") {
+        h.update(format!("cuda_compiler={}\n", nvcc_id()));
+    }
     hex::encode(h.finalize())[..16].to_string()
 }
 
@@ -702,14 +721,49 @@ mod tests {
     }
 
     #[test]
-    fn gpu_policy_gpu_fails_fast_without_cuda() {
-        if detect_cuda().is_ok() {
-            return; // A CUDA machine legitimately passes; the assertion below is about CPU-only machines.
+    fn gpu_and_cpu_builds_have_different_flags_and_keys() {
+        let cpu = build_flags(None, 11434, "c", &[]);
+        let gpu = build_flags(Some("90"), 11434, "c", &[]);
+        assert!(!cpu.iter().any(|f| f.contains("CUDA")), "{cpu:?}");
+        for f in ["-DGGML_CUDA=ON", "-DCMAKE_CUDA_ARCHITECTURES=90"] {
+            assert!(gpu.contains(&f.to_string()), "{f} missing from {gpu:?}");
         }
-        let err = resolve_gpu(GpuPolicy::Gpu).unwrap_err();
-        assert!(matches!(err, ProvisionError::GpuUnavailable(_)), "{err}");
-        assert_eq!(resolve_gpu(GpuPolicy::Cpu).unwrap(), None);
-        assert_eq!(resolve_gpu(GpuPolicy::Auto).unwrap(), None);
+        assert_ne!(cache_key("aa", &cpu), cache_key("aa", &gpu));
+        let ada = build_flags(Some("89"), 11434, "c", &[]);
+        assert_ne!(cache_key("aa", &gpu), cache_key("aa", &ada));
+        let mut sorted = gpu.clone();
+        sorted.sort();
+        assert_eq!(
+            gpu, sorted,
+            "flags are sorted, so the key ignores their order"
+        );
+    }
+
+    #[test]
+    fn extra_flags_replace_generated_ones_of_the_same_name() {
+        let detected = build_flags(Some("90"), 1, "c", &[]);
+        let explicit = build_flags(
+            Some("90"),
+            1,
+            "c",
+            &["-DCMAKE_CUDA_ARCHITECTURES=90".into()],
+        );
+        assert_eq!(detected, explicit, "the same setting gives the same flags");
+        let other = build_flags(
+            Some("90"),
+            1,
+            "c",
+            &["-DCMAKE_CUDA_ARCHITECTURES=80".into()],
+        );
+        assert!(other.contains(&"-DCMAKE_CUDA_ARCHITECTURES=80".to_string()));
+        assert!(!other.contains(&"-DCMAKE_CUDA_ARCHITECTURES=90".to_string()));
+        let plus = build_flags(
+            None,
+            1,
+            "c",
+            &["-DGGML_AVX2=ON".into(), "-DGGML_AVX2=ON".into()],
+        );
+        assert_eq!(plus.iter().filter(|f| *f == "-DGGML_AVX2=ON").count(), 1);
     }
 
     /// An archive URL is downloaded once into the cache, unpacked, and checked for a llama.cpp tree.

@@ -27,6 +27,9 @@ pub struct StackSpec {
     pub ctx: u64,
     pub slots: u32,
     pub threads: Option<u32>,
+    /// The pool's `devices`: `cpu` (the default) or GPU indices such as `0`; a GPU mask also sets
+    /// `gpu_policy = "gpu"`, so the engine is a CUDA build with every layer offloaded.
+    pub devices: String,
     pub heartbeat_interval_ms: u64,
     pub heartbeat_timeout_ms: u64,
     /// Extra TOML appended to orchestratord's config.
@@ -66,6 +69,7 @@ impl StackSpec {
             ctx: 2048,
             slots: 1,
             threads: None,
+            devices: "cpu".into(),
             heartbeat_interval_ms: 1000,
             heartbeat_timeout_ms: 5000,
             orchd_extra: String::new(),
@@ -431,7 +435,7 @@ fn pool_managerd_toml(spec: &StackSpec, orchd_url: &str) -> String {
         "[node]\nid = {node:?}\n[server]\nbind = \"127.0.0.1:{wport}\"\n[orchestrator]\nurl = {orchd_url:?}\n{reg}[heartbeat]\ninterval_ms = {hi}\n\
          [cache]\nengines_dir = {engines:?}\n[engine]\n{threads}[engines.default]\n{engine}\n\
          [handoff]\ndir = {handoff:?}\n\
-         [[pools]]\nid = {pool:?}\nmodel_ref = {mref:?}\nmodel_id = {mid:?}\nctx = {ctx}\nslots = {slots}\ndevices = \"cpu\"\ngpu_policy = \"cpu\"\n{extra}\n",
+         [[pools]]\nid = {pool:?}\nmodel_ref = {mref:?}\nmodel_id = {mid:?}\nctx = {ctx}\nslots = {slots}\ndevices = {devices:?}\ngpu_policy = {policy:?}\n{extra}\n",
         handoff = spec.dir.join("handoff").display().to_string(),
         node = spec.node_id,
         reg = spec.registration_token.as_ref().map(|t| format!("registration_token = {t:?}\n")).unwrap_or_default(),
@@ -443,6 +447,8 @@ fn pool_managerd_toml(spec: &StackSpec, orchd_url: &str) -> String {
         mid = spec.model_id,
         ctx = spec.ctx,
         slots = spec.slots,
+        devices = spec.devices,
+        policy = if spec.devices.trim() == "cpu" { "cpu" } else { "gpu" },
         extra = spec.pm_extra,
     )
 }

@@ -143,11 +143,8 @@ pub fn validate(req: TaskRequest, cfg: &Config) -> Result<ValidatedTask, ErrorEn
                 ),
             );
         }
-        if !g.contains("root") || !g.contains("::=") {
-            return bad(
-                "grammar",
-                "not a GBNF grammar: it needs a `root ::= …` rule",
-            );
+        if let Err(e) = api::gbnf::check(g) {
+            return bad("grammar", &format!("invalid GBNF grammar: {e}"));
         }
     }
     if let Some(s) = &req.json_schema {
@@ -289,5 +286,26 @@ mod tests {
             "x".repeat(1_048_577)
         );
         check(&long, Some("prompt"));
+    }
+
+    #[test]
+    fn broken_grammars_are_refused_with_their_position() {
+        let with = |g: &str| {
+            let body = serde_json::json!({"model_ref": "m", "prompt": "x", "grammar": g});
+            parse(body.to_string().as_bytes()).and_then(|r| validate(r, &cfg()))
+        };
+        let e = with("root ::= greeting\n").expect_err("undefined rule");
+        assert_eq!(
+            (e.code, e.field.as_deref(), e.message.as_str()),
+            (
+                api::ErrorCode::InvalidParams,
+                Some("grammar"),
+                "invalid GBNF grammar: rule `root`, line 1, column 10 (byte 9): rule `greeting` is referenced but not defined"
+            )
+        );
+        let e = with("root ::= (\"a\" | \"b\"\n").expect_err("unclosed group");
+        assert!(e.message.contains("line 2, column 1"), "{}", e.message);
+        assert!(with("# the word root and ::= alone are not a grammar\n").is_err());
+        assert!(with("root ::= [a-z]+ (\" \" [a-z]+)*\n").is_ok());
     }
 }

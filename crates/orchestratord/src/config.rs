@@ -44,6 +44,8 @@ pub struct RawAuth {
     pub node_registration_token: Option<String>,
     pub node_registration_token_file: Option<PathBuf>,
     pub node_tokens: BTreeMap<String, String>,
+    /// A TOML file of `node_id = "token"` lines, the same shape as `[auth.node_tokens]`.
+    pub node_tokens_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -285,7 +287,7 @@ impl RawConfig {
             }
         }
         let mut node_tokens = BTreeMap::new();
-        for (node, t) in &self.auth.node_tokens {
+        for (node, t) in &node_tokens_of(&self.auth, &mut p) {
             if !api::ids::valid_name(node) {
                 p.push(format!("auth.node_tokens.{node}: not a valid node id"));
             }
@@ -357,7 +359,7 @@ impl RawConfig {
             )),
         }
         if let Some(h) = self.provisioning.vram_headroom {
-            if !(h >= 1.0) {
+            if h.is_nan() || h < 1.0 {
                 p.push("provisioning.vram_headroom: must be at least 1.0".into());
             }
         }
@@ -433,6 +435,41 @@ impl RawConfig {
             log_level: level,
             log_json: self.logging.json,
         })
+    }
+}
+
+/// `auth.node_tokens`, or the table in `auth.node_tokens_file`; both set is an error.
+fn node_tokens_of(auth: &RawAuth, p: &mut Vec<String>) -> BTreeMap<String, String> {
+    let Some(f) = &auth.node_tokens_file else {
+        return auth.node_tokens.clone();
+    };
+    if !auth.node_tokens.is_empty() {
+        p.push(
+            "auth.node_tokens: set either auth.node_tokens or auth.node_tokens_file, not both"
+                .into(),
+        );
+        return BTreeMap::new();
+    }
+    let text = match std::fs::read_to_string(f) {
+        Ok(t) => t,
+        Err(e) => {
+            p.push(format!(
+                "auth.node_tokens_file: cannot read {}: {e}",
+                f.display()
+            ));
+            return BTreeMap::new();
+        }
+    };
+    // Never echo the file's content: a parse error message could quote a token.
+    match toml::from_str::<BTreeMap<String, String>>(&text) {
+        Ok(tokens) => tokens,
+        Err(_) => {
+            p.push(format!(
+                "auth.node_tokens_file: {} is not a TOML table of node_id = \"token\" lines",
+                f.display()
+            ));
+            BTreeMap::new()
+        }
     }
 }
 
@@ -536,6 +573,92 @@ mod tests {
             node_registration_token = "register-token-0123456789"
             "#,
             &[],
+        );
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("orchd-cfg-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        dir
+    }
+
+    /// Loads a file as `main` does and validates it: every problem, from both stages.
+    fn problems_of(toml_text: &str) -> Vec<String> {
+        let f = temp_dir("load").join("orchd.toml");
+        std::fs::write(&f, toml_text).expect("write");
+        let (raw, mut problems) =
+            daemon::config::load::<RawConfig>(Some(&f), "ORCHD", &[]).expect("loads");
+        if let Err(p) = raw.validate(std::path::Path::new("/home/x")) {
+            problems.extend(p);
+        }
+        problems
+    }
+
+    #[test]
+    fn type_errors_and_semantic_problems_are_reported_together() {
+        let p = problems_of(
+            r#"
+            [queue]
+            capacity = "many"
+            full_policy = "yolo"
+            interactive_burst = 0
+            [placement]
+            session_affinity = "yes"
+            [nodes]
+            heartbeat_interval_ms = 100
+            heartbeat_timeout_ms = -5
+            [typo]
+            x = 1
+            "#,
+        );
+        for want in [
+            "typo: unknown key",
+            "queue.capacity: invalid type",
+            "placement.session_affinity: invalid type",
+            "nodes.heartbeat_timeout_ms: invalid value",
+            "queue.full_policy:",
+            "queue.interactive_burst: must be at least 1",
+            "nodes.heartbeat_interval_ms: must be at least 500",
+        ] {
+            assert!(
+                p.iter().any(|l| l.starts_with(want)),
+                "missing {want:?} in {p:#?}"
+            );
+        }
+        assert_eq!(p.len(), 7, "{p:#?}");
+    }
+
+    #[test]
+    fn node_tokens_file_twin() {
+        let dir = temp_dir("tokens");
+        let f = dir.join("node-tokens.toml");
+        std::fs::write(
+            &f,
+            "# static node tokens\nalpha = \"alpha-token-0123456789\"\n",
+        )
+        .expect("write");
+        let raw: RawConfig = toml::from_str(&format!(
+            "[auth]\nnode_tokens_file = {:?}\n",
+            f.display().to_string()
+        ))
+        .expect("toml");
+        let cfg = raw
+            .validate(std::path::Path::new("/home/x"))
+            .expect("valid");
+        assert!(cfg.node_tokens["alpha"].matches("alpha-token-0123456789"));
+        let both = format!(
+            "[auth]\nnode_tokens_file = {:?}\n[auth.node_tokens]\nbeta = \"beta-token-0123456789\"\n",
+            f.display().to_string()
+        );
+        check(&both, &["auth.node_tokens: set either"]);
+        std::fs::write(&f, "alpha = 5\n").expect("write");
+        check(
+            &format!("[auth]\nnode_tokens_file = {:?}\n", f.display().to_string()),
+            &["auth.node_tokens_file: "],
+        );
+        check(
+            "[auth]\nnode_tokens_file = \"/nonexistent/tokens.toml\"\n",
+            &["auth.node_tokens_file: cannot read"],
         );
     }
 }

@@ -36,7 +36,7 @@ pub async fn watch(app: Arc<App>, stop: CancellationToken) {
             _ = stop.cancelled() => break,
         }
         health_tick += 1;
-        drop_dead(&app, &mut adopted, health_tick % 5 == 0).await;
+        drop_dead(&app, &mut adopted, health_tick.is_multiple_of(5)).await;
         for (path, parsed) in scan(&dir) {
             let file = match parsed {
                 Ok(f) => f,

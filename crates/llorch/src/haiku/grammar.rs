@@ -498,6 +498,10 @@ fword ::= [a-zA-Z] [a-zA-Z']{0,13}
                 used.extend(references(body));
             }
             assert_eq!(defined, used, "{w}: defined vs referenced rules");
+            // The same check orchestratord runs at admission, which mirrors llama.cpp's parser.
+            if let Err(e) = api::gbnf::check(&g) {
+                panic!("{w}: the haiku grammar is not valid GBNF: {e}");
+            }
         }
     }
 

@@ -53,41 +53,28 @@ impl<E: Effects> Core<E> {
             Self::bind_to_target(&mut v, pool);
         }
         let max_tokens = v.max_tokens.unwrap_or(self.cfg.default_max_tokens);
-        match self.room(&key, v.priority, &model, max_tokens) {
-            Room::Free => {}
-            Room::Refuse(e) => {
-                self.metrics.inc(
-                    m::BACKPRESSURE,
-                    labels(&[
-                        ("engine", api::ENGINE_LLAMACPP),
-                        ("policy", self.cfg.full_policy.label()),
-                    ]),
-                    1.0,
-                );
-                return Err(self.reject(e));
-            }
-            Room::Evict(victim, env) => {
-                self.metrics.inc(
-                    m::BACKPRESSURE,
-                    labels(&[
-                        ("engine", api::ENGINE_LLAMACPP),
-                        ("policy", self.cfg.full_policy.label()),
-                    ]),
-                    1.0,
-                );
-                self.dequeue(victim);
-                if let Some(t) = self.tasks.get(&victim) {
-                    tracing::info!(event = "task.evicted", correlation_id = %t.correlation_id, task_id = %victim, code = %env.code, "Task {victim} was evicted from its full queue ({})", env.policy_label.as_deref().unwrap_or(""));
-                }
-                self.finish_with_error(victim, env, now);
-            }
+        let room = self.room(&key, v.priority, &model, max_tokens);
+        if let Room::Refuse(e) = room {
+            self.count_backpressure();
+            return Err(self.reject(e));
         }
-        let ahead = self.queues.get(&key).map(|q| q.len()).unwrap_or(0) as u64;
+        let victim = match &room {
+            Room::Evict(victim, _) => Some(*victim),
+            _ => None,
+        };
+        let evicted_class = victim.and_then(|id| self.tasks.get(&id).map(|t| t.v.priority));
+        let ahead = self
+            .queues
+            .get(&key)
+            .map(|q| q.position_of_new(v.priority, evicted_class, self.cfg.interactive_burst))
+            .unwrap_or(0) as u64;
         let (position, predicted) = if target.is_some() {
             (0, 0)
         } else {
             self.predict(&model, ahead, max_tokens)
         };
+        // The deadline is checked before anyone is evicted: a newcomer that is refused must not
+        // cost a queued task its place (API.md §6.2, §6.4).
         if let Some(d) = v.deadline_ms {
             if predicted > d && self.has_measurements(&model) {
                 return Err(self.reject(ErrorEnvelope::new(
@@ -95,6 +82,14 @@ impl<E: Effects> Core<E> {
                     format!("the predicted start in {predicted} ms is past the deadline of {d} ms"),
                 )));
             }
+        }
+        if let Room::Evict(victim, env) = room {
+            self.count_backpressure();
+            self.dequeue(victim);
+            if let Some(t) = self.tasks.get(&victim) {
+                tracing::info!(event = "task.evicted", correlation_id = %t.correlation_id, task_id = %victim, code = %env.code, "Task {victim} was evicted from its full queue ({})", env.policy_label.as_deref().unwrap_or(""));
+            }
+            self.finish_with_error(victim, env, now);
         }
         let id = v.task_id;
         let log = Arc::new(TaskLog::default());
@@ -155,6 +150,18 @@ impl<E: Effects> Core<E> {
         self.queues.entry(key).or_default().push(id, priority);
         self.pump(now);
         Ok((resp, log))
+    }
+
+    /// `admission_backpressure_events_total{policy}`: every 429 and every eviction (API.md §6.2).
+    fn count_backpressure(&self) {
+        self.metrics.inc(
+            m::BACKPRESSURE,
+            labels(&[
+                ("engine", api::ENGINE_LLAMACPP),
+                ("policy", self.cfg.full_policy.label()),
+            ]),
+            1.0,
+        );
     }
 
     /// Decides whether a queue has room for a task of class `p` (API.md §6.2).

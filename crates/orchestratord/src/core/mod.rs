@@ -302,7 +302,9 @@ impl<E: Effects> Core<E> {
                 .map(|q| q.dispatch_order(self.cfg.interactive_burst))
                 .unwrap_or_default();
             for id in order {
-                let Some(pool) = self.place(id) else { continue };
+                let Some((pool, fallback)) = self.place(id) else {
+                    continue;
+                };
                 let prio = self
                     .tasks
                     .get(&id)
@@ -311,7 +313,7 @@ impl<E: Effects> Core<E> {
                 if let Some(q) = self.queues.get_mut(&key) {
                     q.take(id, prio);
                 }
-                self.start_attempt(id, &pool, now);
+                self.start_attempt(id, &pool, fallback, now);
             }
         }
         self.queues.retain(|_, q| !q.is_empty());
@@ -319,8 +321,8 @@ impl<E: Effects> Core<E> {
         self.publish_gauges();
     }
 
-    /// The pool a queued task should go to now, if any.
-    fn place(&self, id: TaskId) -> Option<PoolId> {
+    /// The pool a queued task should go to now, if any, and whether `allow_fallback` decided it.
+    fn place(&self, id: TaskId) -> Option<(PoolId, bool)> {
         let t = self.tasks.get(&id)?;
         let views = self.pool_views();
         let affinity = if self.cfg.session_affinity {
@@ -328,7 +330,7 @@ impl<E: Effects> Core<E> {
         } else {
             None
         };
-        let (chosen, considered) = placement::choose(
+        let choice = placement::choose(
             &views,
             &t.model,
             t.v.ctx,
@@ -336,14 +338,13 @@ impl<E: Effects> Core<E> {
             affinity.as_ref(),
             &t.tried,
         );
-        if chosen.is_some() {
-            self.metrics.set(
-                crate::metrics::PLACEMENT_CANDIDATES,
-                vec![],
-                considered as f64,
-            );
-        }
-        chosen.cloned()
+        let pool = choice.pool?;
+        self.metrics.set(
+            crate::metrics::PLACEMENT_CANDIDATES,
+            vec![],
+            choice.considered as f64,
+        );
+        Some((pool.clone(), choice.fallback))
     }
 
     pub fn pool_views(&self) -> Vec<placement::PoolView<'_>> {

@@ -257,8 +257,9 @@ impl<E: Effects> Core<E> {
         }
         self.metrics
             .inc(m::NODE_HEARTBEATS, outcome("success"), 1.0);
-        let reported: Vec<PoolId> = hb.pools.iter().map(|p| p.pool_id.clone()).collect();
-        for p in hb.pools {
+        let pools = self.owned_pools(node_id, hb.pools);
+        let reported: Vec<PoolId> = pools.iter().map(|p| p.pool_id.clone()).collect();
+        for p in pools {
             let running: Vec<TaskId> = p.running.clone();
             self.upsert_pool(node_id, p.clone());
             self.reconcile_running(&p.pool_id, &running, now);
@@ -292,6 +293,34 @@ impl<E: Effects> Core<E> {
             next_heartbeat_ms: next,
             commands,
         })
+    }
+
+    /// The pools of a heartbeat that `node_id` may own. A pool id that another Online node owns
+    /// stays with that node and is ignored here (with a warning), as registration refuses it with
+    /// 409 (API.md §12.1); once the owner is Offline or deregistered, the reporting node takes it.
+    fn owned_pools(
+        &self,
+        node_id: &NodeId,
+        pools: Vec<api::node::PoolStatus>,
+    ) -> Vec<api::node::PoolStatus> {
+        pools
+            .into_iter()
+            .filter(|p| {
+                let Some(owner) = self.pools.get(&p.pool_id).map(|e| &e.node_id) else {
+                    return true;
+                };
+                let taken = owner != node_id
+                    && self
+                        .nodes
+                        .get(owner)
+                        .is_some_and(|n| n.status == NodeStatus::Online);
+                if taken {
+                    tracing::warn!(event = "node.pool_conflict", node_id = %node_id, pool_id = %p.pool_id, owner = %owner,
+                        "Node {node_id} reported pool {} that belongs to Online node {owner}; ignored", p.pool_id);
+                }
+                !taken
+            })
+            .collect()
     }
 
     /// A canceled task's slot is free once the worker no longer lists it (API.md §7.4).

@@ -41,8 +41,24 @@ pub fn is_candidate(
         }
 }
 
-/// Picks the pool for a task among `pools`, or `None` when no candidate has a free slot now.
-/// `affinity` is the session's last pool. The order is total, so equal inputs give equal decisions.
+/// The outcome of one placement decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Choice<'a> {
+    /// The winning pool, or `None` when no candidate has a free slot now.
+    pub pool: Option<&'a PoolId>,
+    /// Candidates considered (before the free-slot filter).
+    pub considered: usize,
+    /// True when `allow_fallback` decided the winner: an avoided pool was used because no other
+    /// candidate existed, or a pool outside `prefer_pools` won under `mode = prefer`.
+    pub fallback: bool,
+}
+
+/// Picks the pool for a task among `pools`. `affinity` is the session's last pool. The order is
+/// total, so equal inputs give equal decisions.
+///
+/// Affinity only chooses within the best tier the placement fields allow (decision 32): under
+/// `mode = prefer` a preferred pool with a free slot beats the session's pool when that pool is not
+/// preferred, because the request said so explicitly while affinity is only a cache-warmth hint.
 pub fn choose<'a>(
     pools: &[PoolView<'a>],
     model: &ModelId,
@@ -50,11 +66,12 @@ pub fn choose<'a>(
     placement: &Placement,
     affinity: Option<&PoolId>,
     tried: &[PoolId],
-) -> (Option<&'a PoolId>, usize) {
+) -> Choice<'a> {
     let mut cands: Vec<&PoolView<'a>> = pools
         .iter()
         .filter(|p| is_candidate(p, model, ctx, placement) && !tried.contains(p.pool_id))
         .collect();
+    let mut avoid_fallback = false;
     if placement.mode != PlacementMode::Pin && !placement.avoid_pools.is_empty() {
         let kept: Vec<&PoolView<'a>> = cands
             .iter()
@@ -63,33 +80,45 @@ pub fn choose<'a>(
             .collect();
         if !kept.is_empty() || !placement.allow_fallback {
             cands = kept;
+        } else {
+            avoid_fallback = !cands.is_empty();
         }
     }
     let considered = cands.len();
-    let free: Vec<&PoolView<'a>> = cands.into_iter().filter(|p| p.free_slots > 0).collect();
-    if let Some(a) = affinity {
-        if let Some(p) = free.iter().find(|p| p.pool_id == a) {
-            return (Some(p.pool_id), considered);
-        }
-    }
     let preferred = |p: &PoolView<'_>| {
         placement.mode == PlacementMode::Prefer && placement.prefer_pools.contains(p.pool_id)
     };
-    let only_preferred = placement.mode == PlacementMode::Prefer && !placement.allow_fallback;
-    // One pass with a total order: O(pools) per decision, no sorting and no allocation.
-    let best = free
+    let free: Vec<&PoolView<'a>> = cands.into_iter().filter(|p| p.free_slots > 0).collect();
+    // The best tier: preferred pools with a free slot under `prefer`, else every free candidate
+    // (none at all under `prefer` without fallback).
+    let any_preferred = free.iter().any(|p| preferred(p));
+    let only_preferred =
+        placement.mode == PlacementMode::Prefer && (any_preferred || !placement.allow_fallback);
+    let tier: Vec<&PoolView<'a>> = free
         .into_iter()
         .filter(|p| !only_preferred || preferred(p))
-        .min_by(|a, b| {
-            preferred(b)
-                .cmp(&preferred(a))
-                .then(b.free_slots.cmp(&a.free_slots))
-                .then(a.load.cmp(&b.load))
-                .then(b.free_vram.cmp(&a.free_vram))
-                .then(a.node_id.cmp(b.node_id))
-                .then(a.pool_id.cmp(b.pool_id))
-        });
-    (best.map(|p| p.pool_id), considered)
+        .collect();
+    let prefer_fallback = placement.mode == PlacementMode::Prefer
+        && !only_preferred
+        && !placement.prefer_pools.is_empty();
+    let choice = |pool: Option<&'a PoolId>| Choice {
+        pool,
+        considered,
+        fallback: pool.is_some() && (avoid_fallback || prefer_fallback),
+    };
+    if let Some(p) = affinity.and_then(|a| tier.iter().find(|p| p.pool_id == a)) {
+        return choice(Some(p.pool_id));
+    }
+    // One pass with a total order: O(pools) per decision, no sorting.
+    let best = tier.into_iter().min_by(|a, b| {
+        b.free_slots
+            .cmp(&a.free_slots)
+            .then(a.load.cmp(&b.load))
+            .then(b.free_vram.cmp(&a.free_vram))
+            .then(a.node_id.cmp(b.node_id))
+            .then(a.pool_id.cmp(b.pool_id))
+    });
+    choice(best.map(|p| p.pool_id))
 }
 
 #[cfg(test)]
@@ -127,7 +156,7 @@ mod tests {
     ) {
         assert_eq!(
             choose(pools, id("m"), None, placement, affinity.map(id), &[])
-                .0
+                .pool
                 .map(PoolId::as_str),
             expected
         );
@@ -251,5 +280,95 @@ mod tests {
         let mut other = pool("c", "n1", 1, 0);
         other.model_id = Some(id("x"));
         check(&[other], &Placement::default(), None, None);
+    }
+
+    #[test]
+    fn affinity_stays_within_the_preferred_tier() {
+        let pools = [pool("a", "n1", 1, 0), pool("b", "n1", 1, 0)];
+        let prefer_b = Placement {
+            mode: PlacementMode::Prefer,
+            prefer_pools: vec![id::<PoolId>("b").clone()],
+            ..Default::default()
+        };
+        // The request's explicit preference beats the session's last pool...
+        check(&pools, &prefer_b, Some("a"), Some("b"));
+        // ...and never escapes `allow_fallback = false`, even when no preferred pool is free.
+        let strict = Placement {
+            allow_fallback: false,
+            ..prefer_b.clone()
+        };
+        check(
+            &[pool("a", "n1", 1, 0), pool("b", "n1", 0, 1)],
+            &strict,
+            Some("a"),
+            None,
+        );
+        // With no preferred pool free, fallback pools are ranked as usual and affinity applies.
+        check(
+            &[
+                pool("a", "n1", 1, 0),
+                pool("b", "n1", 0, 1),
+                pool("c", "n1", 2, 0),
+            ],
+            &prefer_b,
+            Some("a"),
+            Some("a"),
+        );
+        // Affinity to a preferred pool still wins among the preferred ones.
+        let prefer_both = Placement {
+            prefer_pools: vec![id::<PoolId>("a").clone(), id::<PoolId>("b").clone()],
+            ..prefer_b.clone()
+        };
+        check(
+            &[pool("a", "n1", 1, 0), pool("b", "n1", 3, 0)],
+            &prefer_both,
+            Some("a"),
+            Some("a"),
+        );
+        // An avoided pool is not a candidate, so affinity cannot pick it while others exist.
+        let avoid_a = Placement {
+            avoid_pools: vec![id::<PoolId>("a").clone()],
+            ..Default::default()
+        };
+        check(&pools, &avoid_a, Some("a"), Some("b"));
+    }
+
+    #[test]
+    fn fallback_is_reported_when_allow_fallback_decided() {
+        let fallback = |pools: &[PoolView<'_>], placement: &Placement| {
+            let c = choose(pools, id("m"), None, placement, None, &[]);
+            (c.pool.cloned(), c.fallback)
+        };
+        let avoid_a = Placement {
+            avoid_pools: vec![id::<PoolId>("a").clone()],
+            ..Default::default()
+        };
+        assert_eq!(
+            fallback(&[pool("a", "n1", 1, 0), pool("b", "n1", 1, 0)], &avoid_a),
+            (Some(id::<PoolId>("b").clone()), false)
+        );
+        assert_eq!(
+            fallback(&[pool("a", "n1", 1, 0)], &avoid_a),
+            (Some(id::<PoolId>("a").clone()), true)
+        );
+        let prefer_b = Placement {
+            mode: PlacementMode::Prefer,
+            prefer_pools: vec![id::<PoolId>("b").clone()],
+            ..Default::default()
+        };
+        assert_eq!(
+            fallback(&[pool("a", "n1", 1, 0), pool("b", "n1", 1, 0)], &prefer_b),
+            (Some(id::<PoolId>("b").clone()), false)
+        );
+        assert_eq!(
+            fallback(&[pool("a", "n1", 1, 0), pool("b", "n1", 0, 1)], &prefer_b),
+            (Some(id::<PoolId>("a").clone()), true)
+        );
+        // No decision, no fallback.
+        assert_eq!(fallback(&[pool("a", "n1", 0, 1)], &avoid_a), (None, false));
+        assert_eq!(
+            fallback(&[pool("a", "n1", 1, 0)], &Placement::default()),
+            (Some(id::<PoolId>("a").clone()), false)
+        );
     }
 }

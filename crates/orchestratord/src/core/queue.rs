@@ -72,16 +72,39 @@ impl Queue {
         before != self.len()
     }
 
-    /// Task ids in dispatch order, honouring the aging rule for the next pick.
+    /// Task ids in dispatch order: the order in which the queue hands them out when every pick
+    /// is taken, with the aging rule applied at every step (API.md §4.1 `queue_position`).
     pub fn dispatch_order(&self, burst: u32) -> Vec<TaskId> {
-        let batch_first =
-            !self.batch.is_empty() && !self.interactive.is_empty() && self.streak >= burst;
-        let (a, b) = if batch_first {
-            (&self.batch, &self.interactive)
-        } else {
-            (&self.interactive, &self.batch)
+        let (mut i, mut b) = (self.interactive.iter(), self.batch.iter());
+        classes(self.interactive.len(), self.batch.len(), self.streak, burst)
+            .filter_map(|c| match c {
+                Priority::Interactive => i.next(),
+                Priority::Batch => b.next(),
+            })
+            .copied()
+            .collect()
+    }
+
+    /// The 0-based dispatch position a new task of class `p` would get if pushed now, after
+    /// `evicted` (a queued task's class) left the queue.
+    pub fn position_of_new(&self, p: Priority, evicted: Option<Priority>, burst: u32) -> usize {
+        let less = |c: Priority| usize::from(evicted == Some(c));
+        let mut ni = self.interactive.len() - less(Priority::Interactive);
+        let mut nb = self.batch.len() - less(Priority::Batch);
+        let ahead_in_class = match p {
+            Priority::Interactive => ni,
+            Priority::Batch => nb,
         };
-        a.iter().chain(b.iter()).copied().collect()
+        match p {
+            Priority::Interactive => ni += 1,
+            Priority::Batch => nb += 1,
+        }
+        classes(ni, nb, self.streak, burst)
+            .enumerate()
+            .filter(|(_, c)| *c == p)
+            .nth(ahead_in_class)
+            .map(|(pos, _)| pos)
+            .unwrap_or(ahead_in_class)
     }
 
     /// Records that `id` (of class `p`) left the queue for dispatch.
@@ -115,6 +138,29 @@ impl Queue {
     pub fn newest_batch(&self) -> Option<TaskId> {
         self.batch.back().copied()
     }
+}
+
+/// The classes of successive dispatches from a queue holding `ni` interactive and `nb` batch
+/// tasks, starting from `streak`; mirrors [`Queue::take`].
+fn classes(ni: usize, nb: usize, streak: u32, burst: u32) -> impl Iterator<Item = Priority> {
+    let (mut ni, mut nb, mut streak) = (ni, nb, streak);
+    std::iter::from_fn(move || {
+        let batch = match (ni, nb) {
+            (0, 0) => return None,
+            (0, _) => true,
+            (_, 0) => false,
+            _ => streak >= burst,
+        };
+        if batch {
+            nb -= 1;
+            streak = 0;
+            Some(Priority::Batch)
+        } else {
+            streak = if nb > 0 { streak + 1 } else { 0 };
+            ni -= 1;
+            Some(Priority::Interactive)
+        }
+    })
 }
 
 #[cfg(test)]
@@ -155,5 +201,63 @@ mod tests {
         assert_eq!(q.oldest_lowest(), Some((b, Priority::Batch)));
         assert_eq!(q.newest_batch(), Some(c));
         assert_eq!(q.position(a, 4), Some(0));
+    }
+
+    #[test]
+    fn dispatch_order_applies_aging_at_every_step() {
+        let mut q = Queue::default();
+        let b: Vec<TaskId> = (0..2).map(|_| TaskId::new()).collect();
+        let i: Vec<TaskId> = (0..5).map(|_| TaskId::new()).collect();
+        for id in &b {
+            q.push(*id, Priority::Batch);
+        }
+        for id in &i {
+            q.push(*id, Priority::Interactive);
+        }
+        assert_eq!(
+            q.dispatch_order(2),
+            vec![i[0], i[1], b[0], i[2], i[3], b[1], i[4]]
+        );
+        // The order is what taking the head repeatedly produces.
+        let mut taken = vec![];
+        while let Some(next) = q.dispatch_order(2).first().copied() {
+            let p = if b.contains(&next) {
+                Priority::Batch
+            } else {
+                Priority::Interactive
+            };
+            q.take(next, p);
+            taken.push(next);
+        }
+        assert_eq!(taken, vec![i[0], i[1], b[0], i[2], i[3], b[1], i[4]]);
+    }
+
+    #[test]
+    fn position_of_a_newcomer() {
+        let check = |q: &Queue, p: Priority, evicted: Option<Priority>, expected: usize| {
+            assert_eq!(q.position_of_new(p, evicted, 2), expected);
+        };
+        let mut q = Queue::default();
+        check(&q, Priority::Batch, None, 0);
+        for _ in 0..3 {
+            q.push(TaskId::new(), Priority::Batch);
+        }
+        // Batch tasks wait behind a new interactive task, up to the aging rule.
+        check(&q, Priority::Interactive, None, 0);
+        check(&q, Priority::Batch, None, 3);
+        for _ in 0..3 {
+            q.push(TaskId::new(), Priority::Interactive);
+        }
+        // I I B I [new] B B: one aged batch task goes before the fourth interactive dispatch.
+        check(&q, Priority::Interactive, None, 4);
+        check(&q, Priority::Batch, None, 6);
+        // With a batch task evicted for it, the newcomer is still behind the same picks.
+        check(&q, Priority::Interactive, Some(Priority::Batch), 4);
+        check(&q, Priority::Batch, Some(Priority::Batch), 5);
+        // The new position agrees with the order once the task is queued.
+        let id = TaskId::new();
+        let expected = q.position_of_new(Priority::Interactive, None, 2);
+        q.push(id, Priority::Interactive);
+        assert_eq!(q.position(id, 2), Some(expected));
     }
 }

@@ -213,8 +213,15 @@ impl<E: Effects> Core<E> {
         (self.mean_duration_ms(model, max_tokens) / slots).max(1000)
     }
 
-    /// Binds a task to `pool_id` and opens a dispatch attempt.
-    pub(super) fn start_attempt(&mut self, id: TaskId, pool_id: &PoolId, now: Instant) {
+    /// Binds a task to `pool_id` and opens a dispatch attempt. `fallback` is true when
+    /// `allow_fallback` decided the placement (a label of `placement_decisions_total`).
+    pub(super) fn start_attempt(
+        &mut self,
+        id: TaskId,
+        pool_id: &PoolId,
+        fallback: bool,
+        now: Instant,
+    ) {
         self.prep_completed(id);
         let Some(pool) = self.pools.get_mut(pool_id) else {
             return;
@@ -254,7 +261,7 @@ impl<E: Effects> Core<E> {
             labels(&[
                 ("outcome", "assigned"),
                 ("pinned", bool_str(t.v.placement.mode == PlacementMode::Pin)),
-                ("fallback", "false"),
+                ("fallback", bool_str(fallback)),
             ]),
             1.0,
         );
@@ -446,8 +453,8 @@ impl<E: Effects> Core<E> {
         }
         self.release_slot(id, now);
         if can_retry {
-            if let Some(pool) = self.place(id) {
-                self.start_attempt(id, &pool, now);
+            if let Some((pool, fallback)) = self.place(id) {
+                self.start_attempt(id, &pool, fallback, now);
                 return;
             }
             if self.has_untried_candidate(id) {

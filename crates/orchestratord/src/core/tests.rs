@@ -1000,3 +1000,183 @@ fn no_target_means_503_and_full_pools_are_not_targets() {
         "an idle Ready pool may be repurposed"
     );
 }
+
+fn metrics_text(core: &Core<Recorded>) -> String {
+    core.metrics.render(&[])
+}
+
+#[test]
+fn placement_decisions_report_the_avoid_fallback() {
+    let now = Instant::now();
+    let mut core = core_with(|_| {});
+    register(&mut core, "n1", vec![pool("a", 4)], now);
+    let avoid_a = Placement {
+        avoid_pools: vec![pid("a")],
+        ..Default::default()
+    };
+    core.submit(task(|r| r.placement = Some(avoid_a)), cid("c"), now)
+        .expect("placed on the avoided pool, as no other exists");
+    submit(&mut core, Priority::Interactive, now).expect("placed normally");
+    let text = metrics_text(&core);
+    let line = |fallback: &str| {
+        format!(
+            "placement_decisions_total{{outcome=\"assigned\",pinned=\"false\",fallback=\"{fallback}\"}} 1"
+        )
+    };
+    assert!(text.contains(&line("true")), "{text}");
+    assert!(text.contains(&line("false")), "{text}");
+}
+
+#[test]
+fn heartbeat_cannot_take_a_pool_of_another_online_node() {
+    let now = Instant::now();
+    let mut core = core_with(|_| {});
+    register(&mut core, "n1", vec![pool("p1", 1)], now);
+    register(&mut core, "n2", vec![pool("p2", 1)], now);
+    heartbeat(
+        &mut core,
+        "n2",
+        1,
+        vec![pool("p2", 1), pool("p1", 1)],
+        vec![],
+        now,
+    );
+    assert_eq!(core.pools["p1"].node_id, "n1", "the owner keeps its pool");
+    assert_eq!(core.nodes["n2"].pools, vec![pid("p2")]);
+    // Once the owner is Offline, the pool may move to the node that reports it.
+    let later = now + Duration::from_secs(25);
+    heartbeat(&mut core, "n2", 2, vec![pool("p2", 1)], vec![], later);
+    core.tick(now + Duration::from_secs(31));
+    assert_eq!(core.nodes["n1"].status, NodeStatus::Offline);
+    heartbeat(
+        &mut core,
+        "n2",
+        3,
+        vec![pool("p2", 1), pool("p1", 1)],
+        vec![],
+        now + Duration::from_secs(32),
+    );
+    assert_eq!(core.pools["p1"].node_id, "n2");
+    // A deregistered owner leaves its pools behind for anyone.
+    register(&mut core, "n3", vec![pool("p3", 1)], now);
+    assert!(core.deregister("n3", now));
+    heartbeat(
+        &mut core,
+        "n2",
+        4,
+        vec![pool("p3", 1)],
+        vec![],
+        now + Duration::from_secs(33),
+    );
+    assert_eq!(core.pools["p3"].node_id, "n2");
+}
+
+/// A core whose pool `p1` (1 slot) is busy and has measurements (D = 2 ms), with two batch tasks
+/// queued in a full queue of capacity 2.
+fn full_queue(policy: FullPolicy, now: Instant) -> (Core<Recorded>, TaskId, TaskId) {
+    let mut core = core_with(|c| {
+        c.queue_capacity = 2;
+        c.full_policy = policy;
+    });
+    register(&mut core, "n1", vec![pool("p1", 1)], now);
+    let t0 = submit(&mut core, Priority::Interactive, now).expect("runs");
+    finish(&mut core, t0, now);
+    submit(&mut core, Priority::Interactive, now).expect("runs");
+    let b1 = submit(&mut core, Priority::Batch, now).expect("queued");
+    let b2 = submit(&mut core, Priority::Batch, now).expect("queued");
+    (core, b1, b2)
+}
+
+#[test]
+fn a_newcomer_refused_for_its_deadline_evicts_nobody() {
+    let now = Instant::now();
+    for policy in [FullPolicy::DropLru, FullPolicy::ShedLowPriority] {
+        let (mut core, b1, b2) = full_queue(policy, now);
+        let late = task(|r| r.deadline_ms = Some(1));
+        let e = core
+            .submit(late, cid("c"), now)
+            .expect_err("the predicted start (2 ms) is past the deadline");
+        assert_eq!(e.code, ErrorCode::DeadlineUnmet, "{policy:?}");
+        for b in [b1, b2] {
+            assert_eq!(core.tasks[&b].state(), TaskState::Queued, "{policy:?}");
+            assert!(frames(&core, b)
+                .iter()
+                .all(|f| !matches!(f, Event::Error(_))));
+        }
+        assert!(
+            !metrics_text(&core).contains("admission_backpressure_events_total{"),
+            "{policy:?}: no eviction, no 429"
+        );
+        // A newcomer that meets its deadline does evict.
+        let ok = task(|r| r.deadline_ms = Some(1000));
+        core.submit(ok, cid("c"), now).expect("admitted");
+        let evicted = [b1, b2]
+            .iter()
+            .filter(|b| core.tasks[b].state() == TaskState::Failed)
+            .count();
+        assert_eq!(evicted, 1, "{policy:?}");
+    }
+}
+
+#[test]
+fn queue_position_is_the_dispatch_order() {
+    let now = Instant::now();
+    let mut core = core_with(|c| c.interactive_burst = 1);
+    register(&mut core, "n1", vec![pool("p1", 1)], now);
+    submit(&mut core, Priority::Interactive, now).expect("runs");
+    let admit = |core: &mut Core<Recorded>, p: Priority| {
+        let (a, _) = core
+            .submit(task(|r| r.priority = p), cid("c"), now)
+            .expect("queued");
+        (a.task_id, a.queue_position)
+    };
+    let (b1, pos) = admit(&mut core, Priority::Batch);
+    assert_eq!(pos, 0);
+    let (b2, pos) = admit(&mut core, Priority::Batch);
+    assert_eq!(pos, 1);
+    // Interactive goes before batch, not behind the queue's length...
+    let (i1, pos) = admit(&mut core, Priority::Interactive);
+    assert_eq!(pos, 0);
+    // ...but with interactive_burst = 1 the aged batch task goes between two interactive ones.
+    let (i2, pos) = admit(&mut core, Priority::Interactive);
+    assert_eq!(pos, 2);
+    let record_pos =
+        |core: &Core<Recorded>, id: TaskId| core.record(id).and_then(|r| r.queue_position);
+    assert_eq!(
+        [b1, b2, i1, i2].map(|id| record_pos(&core, id)),
+        [Some(1), Some(3), Some(0), Some(2)]
+    );
+}
+
+#[test]
+fn session_affinity_does_not_override_prefer() {
+    let now = Instant::now();
+    let mut core = core_with(|_| {});
+    register(&mut core, "n1", vec![pool("a", 1), pool("b", 1)], now);
+    let sid = api::SessionId::new();
+    let t1 = core
+        .submit(task(|r| r.session_id = Some(sid)), cid("c"), now)
+        .expect("a")
+        .0
+        .task_id;
+    assert_eq!(core.tasks[&t1].pool.as_ref().map(PoolId::as_str), Some("a"));
+    finish(&mut core, t1, now);
+    let prefer_b = Placement {
+        mode: PlacementMode::Prefer,
+        prefer_pools: vec![pid("b")],
+        ..Default::default()
+    };
+    let t2 = core
+        .submit(
+            task(|r| {
+                r.session_id = Some(sid);
+                r.placement = Some(prefer_b);
+            }),
+            cid("c"),
+            now,
+        )
+        .expect("b")
+        .0
+        .task_id;
+    assert_eq!(core.tasks[&t2].pool.as_ref().map(PoolId::as_str), Some("b"));
+}

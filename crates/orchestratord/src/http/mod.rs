@@ -6,6 +6,7 @@ mod meta;
 mod nodes;
 pub mod openai;
 pub mod openapi;
+mod routes;
 mod tasks;
 
 use std::sync::Arc;
@@ -16,7 +17,6 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
 use axum::Router;
 use daemon::correlation::Identity;
 use daemon::errors::ApiError;
@@ -54,42 +54,7 @@ impl AppState {
 pub type App = Arc<AppState>;
 
 pub fn router(app: App) -> Router {
-    let routes = Router::new()
-        .route("/v2/tasks", post(tasks::submit))
-        .route("/v2/tasks/{id}", get(tasks::get_task))
-        .route("/v2/tasks/{id}/cancel", post(tasks::cancel))
-        .route("/v2/tasks/{id}/events", get(tasks::events))
-        .route(
-            "/v2/sessions/{id}",
-            get(tasks::get_session).delete(tasks::delete_session),
-        )
-        .route("/v2/nodes/register", post(nodes::register))
-        .route("/v2/nodes/{id}/heartbeat", post(nodes::heartbeat))
-        .route("/v2/nodes/{id}", delete(nodes::deregister))
-        .route("/v2/nodes", get(nodes::list))
-        .route("/v2/pools", get(meta::pools))
-        .route("/v2/pools/{id}/health", get(meta::pool_health))
-        .route("/v2/pools/{id}/drain", post(meta::drain))
-        .route("/v2/pools/{id}/reload", post(meta::reload))
-        .route(
-            "/v2/catalog/models",
-            post(catalog::register).get(catalog::list),
-        )
-        .route(
-            "/v2/catalog/models/{id}",
-            get(catalog::get).delete(catalog::delete),
-        )
-        .route("/v2/catalog/models/{id}/verify", post(catalog::verify))
-        .route("/v2/catalog/models/{id}/state", post(catalog::set_state))
-        .route("/v2/catalog/availability", get(catalog::availability))
-        .route("/v2/meta/version", get(meta::version))
-        .route("/v2/meta/capabilities", get(meta::capabilities))
-        .route("/v1/chat/completions", post(openai::chat))
-        .route("/v1/completions", post(openai::completions))
-        .route("/v1/models", get(openai::models))
-        .route("/health", get(meta::health))
-        .route("/metrics", get(meta::metrics))
-        .route("/v2/openapi.json", get(openapi::document))
+    let routes = routes::router()
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(app.clone());
@@ -105,7 +70,7 @@ async fn not_found() -> ApiError {
 }
 
 async fn method_not_allowed(req: Request) -> Response {
-    let allow = allowed_methods(req.uri().path());
+    let allow = routes::allowed_methods(req.uri().path());
     let mut resp = ApiError(ErrorEnvelope::new(
         ErrorCode::MethodNotAllowed,
         format!("{} is not allowed here; allowed: {allow}", req.method()),
@@ -117,23 +82,7 @@ async fn method_not_allowed(req: Request) -> Response {
     resp
 }
 
-fn allowed_methods(path: &str) -> String {
-    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
-    match segs.as_slice() {
-        ["v2", "tasks"]
-        | ["v2", "nodes", "register"]
-        | ["v2", "tasks", _, "cancel"]
-        | ["v2", "nodes", _, "heartbeat"] => "POST",
-        ["v2", "nodes", _] => "DELETE",
-        ["v1", "chat", "completions"] | ["v1", "completions"] => "POST",
-        ["v2", "pools", _, "drain"] | ["v2", "pools", _, "reload"] => "POST",
-        ["v2", "sessions", _] => "GET, DELETE",
-        _ => "GET",
-    }
-    .into()
-}
-
-/// What kind of credential a route takes.
+/// What kind of credential a request needs, from the route table.
 enum RouteClass {
     Open,
     Client,
@@ -142,15 +91,11 @@ enum RouteClass {
 }
 
 fn classify(method: &Method, path: &str, cfg: &Config) -> RouteClass {
-    match (method, path) {
-        (&Method::GET, "/health") => RouteClass::Open,
-        (&Method::GET, "/metrics") if !cfg.metrics_require_auth => RouteClass::Open,
-        (&Method::POST, "/v2/nodes/register") => RouteClass::Node,
-        (&Method::POST, p) if p.starts_with("/v2/nodes/") && p.ends_with("/heartbeat") => {
-            RouteClass::Node
-        }
-        (&Method::DELETE, p) if p.starts_with("/v2/nodes/") => RouteClass::Node,
-        _ => RouteClass::Client,
+    match routes::access(method, path) {
+        routes::Access::Open => RouteClass::Open,
+        routes::Access::Metrics if !cfg.metrics_require_auth => RouteClass::Open,
+        routes::Access::Node => RouteClass::Node,
+        routes::Access::Client | routes::Access::Metrics => RouteClass::Client,
     }
 }
 

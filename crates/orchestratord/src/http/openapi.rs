@@ -242,6 +242,18 @@ mod doc {
         Error(ErrorEnvelope),
     }
 
+    /// The errors every client route may answer besides its own: a missing or wrong client token,
+    /// and an internal error.
+    #[derive(utoipa::IntoResponses)]
+    pub enum ClientErrors {
+        /// `MISSING_TOKEN` or `BAD_TOKEN`.
+        #[response(status = 401)]
+        Unauthorized(ErrorEnvelope),
+        /// `INTERNAL`.
+        #[response(status = 500)]
+        Internal(ErrorEnvelope),
+    }
+
     // ---- tasks ---------------------------------------------------------------------------------
 
     /// Submit a task.
@@ -259,14 +271,13 @@ mod doc {
             (status = 202, description = "Admitted; the body names the event stream.", body = AdmissionResponse,
                 headers(("Location" = String, description = "`/v2/tasks/{task_id}`"))),
             (status = 400, description = "`INVALID_PARAMS` (with `field`), `DEADLINE_UNMET` or `UNTRUSTED_ARTIFACT`.", body = ErrorEnvelope),
-            (status = 401, description = "`MISSING_TOKEN` or `BAD_TOKEN`.", body = ErrorEnvelope),
             (status = 404, description = "`MODEL_NOT_AVAILABLE`: the model is unknown.", body = ErrorEnvelope),
             (status = 409, description = "`CONFLICT` (task id of an active task) or `MODEL_DEPRECATED`.", body = ErrorEnvelope),
             (status = 429, description = "`ADMISSION_REJECT` or `QUEUE_FULL_DROP_LRU`; `retriable`, `retry_after_ms` and `policy_label` are set.", body = ErrorEnvelope,
                 headers(("Retry-After" = u64, description = "Seconds: max(1, ceil(retry_after_ms / 1000))"), ("X-Backoff-Ms" = u64, description = "= retry_after_ms"))),
-            (status = 500, description = "`INTERNAL`.", body = ErrorEnvelope),
             (status = 503, description = "`MODEL_NOT_AVAILABLE` (retriable), `POOL_UNREADY` or `NODE_UNAVAILABLE`.", body = ErrorEnvelope,
                 headers(("Retry-After" = u64, description = "When retriable with a retry_after_ms"), ("X-Backoff-Ms" = u64, description = "= retry_after_ms"))),
+            ClientErrors,
         ),
     )]
     fn submit_task() {}
@@ -279,9 +290,8 @@ mod doc {
         params(("id" = TaskId, Path, description = "Task id; a malformed id is 404.")),
         responses(
             (status = 200, description = "The task record; nullable fields are sent as null.", body = TaskRecord),
-            (status = 401, description = "`MISSING_TOKEN` or `BAD_TOKEN`.", body = ErrorEnvelope),
             (status = 404, description = "`NOT_FOUND`: unknown, malformed or past retention.", body = ErrorEnvelope),
-            (status = 500, description = "`INTERNAL`.", body = ErrorEnvelope),
+            ClientErrors,
         ),
     )]
     fn get_task() {}
@@ -296,9 +306,8 @@ mod doc {
         params(("id" = TaskId, Path, description = "Task id; a malformed id is 404.")),
         responses(
             (status = 204, description = "Canceled (or already terminal)."),
-            (status = 401, description = "`MISSING_TOKEN` or `BAD_TOKEN`.", body = ErrorEnvelope),
             (status = 404, description = "`NOT_FOUND`: unknown, malformed or past retention.", body = ErrorEnvelope),
-            (status = 500, description = "`INTERNAL`.", body = ErrorEnvelope),
+            ClientErrors,
         ),
     )]
     fn cancel_task() {}
@@ -327,9 +336,8 @@ mod doc {
                 content_type = "text/event-stream", body = SseEvent,
                 headers(("Cache-Control" = String, description = "`no-cache`"), ("X-Accel-Buffering" = String, description = "`no`"))),
             (status = 400, description = "`INVALID_PARAMS`: bad `verbose` or `Last-Event-ID`.", body = ErrorEnvelope),
-            (status = 401, description = "`MISSING_TOKEN` or `BAD_TOKEN`.", body = ErrorEnvelope),
             (status = 404, description = "`NOT_FOUND`: unknown, malformed or past retention.", body = ErrorEnvelope),
-            (status = 500, description = "`INTERNAL`.", body = ErrorEnvelope),
+            ClientErrors,
         ),
     )]
     fn task_events() {}
@@ -344,9 +352,8 @@ mod doc {
         params(("id" = SessionId, Path, description = "Session id; a malformed id is 404.")),
         responses(
             (status = 200, description = "The session.", body = SessionView),
-            (status = 401, description = "`MISSING_TOKEN` or `BAD_TOKEN`.", body = ErrorEnvelope),
             (status = 404, description = "`NOT_FOUND`: unknown, malformed or expired.", body = ErrorEnvelope),
-            (status = 500, description = "`INTERNAL`.", body = ErrorEnvelope),
+            ClientErrors,
         ),
     )]
     fn get_session() {}
@@ -376,9 +383,8 @@ mod doc {
         responses(
             (status = 200, description = "Registered; the node is Online.", body = RegisterResponse),
             (status = 400, description = "`INVALID_PARAMS` (e.g. unsupported `protocol_version`).", body = ErrorEnvelope),
-            (status = 401, description = "`MISSING_TOKEN` or `BAD_TOKEN`.", body = ErrorEnvelope),
             (status = 409, description = "`CONFLICT`: the node id belongs to another Online machine, or a pool id to another node.", body = ErrorEnvelope),
-            (status = 500, description = "`INTERNAL`.", body = ErrorEnvelope),
+            ClientErrors,
         ),
     )]
     fn register_node() {}
@@ -410,9 +416,8 @@ mod doc {
         params(("id" = NodeId, Path, description = "Node id.")),
         responses(
             (status = 204, description = "Deregistered."),
-            (status = 401, description = "`MISSING_TOKEN` or `BAD_TOKEN`.", body = ErrorEnvelope),
             (status = 404, description = "`NOT_FOUND`: unknown node.", body = ErrorEnvelope),
-            (status = 500, description = "`INTERNAL`.", body = ErrorEnvelope),
+            ClientErrors,
         ),
     )]
     fn deregister_node() {}
@@ -424,8 +429,7 @@ mod doc {
         tag = "nodes",
         responses(
             (status = 200, description = "All nodes, Online and Offline.", body = NodesResponse),
-            (status = 401, description = "`MISSING_TOKEN` or `BAD_TOKEN`.", body = ErrorEnvelope),
-            (status = 500, description = "`INTERNAL`.", body = ErrorEnvelope),
+            ClientErrors,
         ),
     )]
     fn list_nodes() {}
@@ -439,8 +443,7 @@ mod doc {
         tag = "pools",
         responses(
             (status = 200, description = "Pool views.", body = PoolsResponse),
-            (status = 401, description = "`MISSING_TOKEN` or `BAD_TOKEN`.", body = ErrorEnvelope),
-            (status = 500, description = "`INTERNAL`.", body = ErrorEnvelope),
+            ClientErrors,
         ),
     )]
     fn list_pools() {}
@@ -453,9 +456,8 @@ mod doc {
         params(("id" = PoolId, Path, description = "Pool id.")),
         responses(
             (status = 200, description = "Pool health.", body = PoolHealth),
-            (status = 401, description = "`MISSING_TOKEN` or `BAD_TOKEN`.", body = ErrorEnvelope),
             (status = 404, description = "`NOT_FOUND`: unknown pool.", body = ErrorEnvelope),
-            (status = 500, description = "`INTERNAL`.", body = ErrorEnvelope),
+            ClientErrors,
         ),
     )]
     fn pool_health() {}
@@ -470,11 +472,10 @@ mod doc {
         responses(
             (status = 202, description = "The drain command (the running one when already draining).", body = PoolCommandAccepted),
             (status = 400, description = "`INVALID_PARAMS`.", body = ErrorEnvelope),
-            (status = 401, description = "`MISSING_TOKEN` or `BAD_TOKEN`.", body = ErrorEnvelope),
             (status = 404, description = "`NOT_FOUND`: unknown pool.", body = ErrorEnvelope),
             (status = 409, description = "`CONFLICT`: another drain, reload or load-model runs on the pool.", body = ErrorEnvelope),
-            (status = 500, description = "`INTERNAL`.", body = ErrorEnvelope),
             (status = 503, description = "`NODE_UNAVAILABLE`: the pool's node is Offline.", body = ErrorEnvelope),
+            ClientErrors,
         ),
     )]
     fn drain_pool() {}
@@ -489,11 +490,10 @@ mod doc {
         responses(
             (status = 202, description = "The reload command.", body = PoolCommandAccepted),
             (status = 400, description = "`INVALID_PARAMS` or `UNTRUSTED_ARTIFACT`.", body = ErrorEnvelope),
-            (status = 401, description = "`MISSING_TOKEN` or `BAD_TOKEN`.", body = ErrorEnvelope),
             (status = 404, description = "`NOT_FOUND` (unknown pool) or `MODEL_NOT_AVAILABLE`.", body = ErrorEnvelope),
             (status = 409, description = "`CONFLICT` or `MODEL_DEPRECATED`.", body = ErrorEnvelope),
-            (status = 500, description = "`INTERNAL`.", body = ErrorEnvelope),
             (status = 503, description = "`NODE_UNAVAILABLE` or `MODEL_NOT_AVAILABLE` (retriable).", body = ErrorEnvelope),
+            ClientErrors,
         ),
     )]
     fn reload_pool() {}
@@ -514,9 +514,8 @@ mod doc {
             (status = 200, description = "An identical entry (same id, ref and digest) already exists; nothing changed.", body = ModelRecord),
             (status = 201, description = "Created, `Active`.", body = ModelRecord),
             (status = 400, description = "`INVALID_PARAMS` (malformed ref, id or digest, with `field`) or `UNTRUSTED_ARTIFACT` (`http://`, or a scheme outside `catalog.allowed_schemes`).", body = ErrorEnvelope),
-            (status = 401, description = "`MISSING_TOKEN` or `BAD_TOKEN`.", body = ErrorEnvelope),
             (status = 409, description = "`CONFLICT`: the id is registered with another ref or digest.", body = ErrorEnvelope),
-            (status = 500, description = "`INTERNAL`.", body = ErrorEnvelope),
+            ClientErrors,
         ),
     )]
     fn register_model() {}
@@ -528,8 +527,7 @@ mod doc {
         tag = "catalog",
         responses(
             (status = 200, description = "The catalog; nullable record fields are sent as null.", body = ModelsResponse),
-            (status = 401, description = "`MISSING_TOKEN` or `BAD_TOKEN`.", body = ErrorEnvelope),
-            (status = 500, description = "`INTERNAL`.", body = ErrorEnvelope),
+            ClientErrors,
         ),
     )]
     fn list_models() {}
@@ -542,9 +540,8 @@ mod doc {
         params(("id" = ModelId, Path, description = "Catalog model id.")),
         responses(
             (status = 200, description = "The record.", body = ModelRecord),
-            (status = 401, description = "`MISSING_TOKEN` or `BAD_TOKEN`.", body = ErrorEnvelope),
             (status = 404, description = "`NOT_FOUND`: no such entry.", body = ErrorEnvelope),
-            (status = 500, description = "`INTERNAL`.", body = ErrorEnvelope),
+            ClientErrors,
         ),
     )]
     fn get_model() {}
@@ -560,10 +557,9 @@ mod doc {
         params(("id" = ModelId, Path, description = "Catalog model id.")),
         responses(
             (status = 204, description = "Removed."),
-            (status = 401, description = "`MISSING_TOKEN` or `BAD_TOKEN`.", body = ErrorEnvelope),
             (status = 404, description = "`NOT_FOUND`: no such entry.", body = ErrorEnvelope),
             (status = 409, description = "`CONFLICT`: a pool serves the model or is loading it.", body = ErrorEnvelope),
-            (status = 500, description = "`INTERNAL`.", body = ErrorEnvelope),
+            ClientErrors,
         ),
     )]
     fn delete_model() {}
@@ -579,9 +575,8 @@ mod doc {
         params(("id" = ModelId, Path, description = "Catalog model id.")),
         responses(
             (status = 202, description = "Verification started on the nodes in `locations`.", body = ModelRecord),
-            (status = 401, description = "`MISSING_TOKEN` or `BAD_TOKEN`.", body = ErrorEnvelope),
             (status = 404, description = "`NOT_FOUND`: no such entry.", body = ErrorEnvelope),
-            (status = 500, description = "`INTERNAL`.", body = ErrorEnvelope),
+            ClientErrors,
         ),
     )]
     fn verify_model() {}
@@ -598,9 +593,8 @@ mod doc {
         responses(
             (status = 200, description = "The record with its new state.", body = ModelRecord),
             (status = 400, description = "`INVALID_PARAMS`: any other state, or a malformed body.", body = ErrorEnvelope),
-            (status = 401, description = "`MISSING_TOKEN` or `BAD_TOKEN`.", body = ErrorEnvelope),
             (status = 404, description = "`NOT_FOUND`: no such entry.", body = ErrorEnvelope),
-            (status = 500, description = "`INTERNAL`.", body = ErrorEnvelope),
+            ClientErrors,
         ),
     )]
     fn set_model_state() {}
@@ -612,8 +606,7 @@ mod doc {
         tag = "catalog",
         responses(
             (status = 200, description = "Per model: the nodes holding a verified copy (`cached_on`) and the pools serving it, with their state and free slots.", body = AvailabilityResponse),
-            (status = 401, description = "`MISSING_TOKEN` or `BAD_TOKEN`.", body = ErrorEnvelope),
-            (status = 500, description = "`INTERNAL`.", body = ErrorEnvelope),
+            ClientErrors,
         ),
     )]
     fn model_availability() {}
@@ -639,8 +632,7 @@ mod doc {
         tag = "meta",
         responses(
             (status = 200, description = "Capabilities; `engines` is empty when no pool is Ready.", body = MetaCapabilities),
-            (status = 401, description = "`MISSING_TOKEN` or `BAD_TOKEN`.", body = ErrorEnvelope),
-            (status = 500, description = "`INTERNAL`.", body = ErrorEnvelope),
+            ClientErrors,
         ),
     )]
     fn meta_capabilities() {}

@@ -1,0 +1,291 @@
+//! The route table: every (method, path) orchestratord serves, with the credential it takes and its
+//! handler. The router, the `Allow` header of 405 answers and the auth layer's route classes all
+//! come from [`ROUTES`]; a test checks that the OpenAPI document describes exactly these routes.
+
+use axum::http::Method;
+use axum::routing::{delete, get, post, MethodRouter};
+use axum::Router;
+
+use super::{catalog, meta, nodes, openai, openapi, tasks, App};
+
+/// What kind of credential a route takes (API.md §3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// No token, ever.
+    Open,
+    /// A client token (unless open mode).
+    Client,
+    /// Node routes check their tokens in the handler (they depend on the node id and body).
+    Node,
+    /// `/metrics`: open unless `server.metrics_require_auth`, then a client token.
+    Metrics,
+}
+
+pub struct Route {
+    pub method: Method,
+    /// An axum path; `{name}` matches one segment.
+    pub path: &'static str,
+    pub access: Access,
+    handler: fn() -> MethodRouter<App>,
+}
+
+const fn route(
+    method: Method,
+    path: &'static str,
+    access: Access,
+    handler: fn() -> MethodRouter<App>,
+) -> Route {
+    Route {
+        method,
+        path,
+        access,
+        handler,
+    }
+}
+
+use Access::{Client, Metrics, Node, Open};
+
+/// Every route, grouped by path; within a path the order is the order of the `Allow` header.
+pub static ROUTES: &[Route] = &[
+    route(Method::POST, "/v2/tasks", Client, || post(tasks::submit)),
+    route(Method::GET, "/v2/tasks/{id}", Client, || {
+        get(tasks::get_task)
+    }),
+    route(Method::POST, "/v2/tasks/{id}/cancel", Client, || {
+        post(tasks::cancel)
+    }),
+    route(Method::GET, "/v2/tasks/{id}/events", Client, || {
+        get(tasks::events)
+    }),
+    route(Method::GET, "/v2/sessions/{id}", Client, || {
+        get(tasks::get_session)
+    }),
+    route(Method::DELETE, "/v2/sessions/{id}", Client, || {
+        delete(tasks::delete_session)
+    }),
+    route(Method::POST, "/v2/nodes/register", Node, || {
+        post(nodes::register)
+    }),
+    route(Method::POST, "/v2/nodes/{id}/heartbeat", Node, || {
+        post(nodes::heartbeat)
+    }),
+    route(Method::DELETE, "/v2/nodes/{id}", Node, || {
+        delete(nodes::deregister)
+    }),
+    route(Method::GET, "/v2/nodes", Client, || get(nodes::list)),
+    route(Method::GET, "/v2/pools", Client, || get(meta::pools)),
+    route(Method::GET, "/v2/pools/{id}/health", Client, || {
+        get(meta::pool_health)
+    }),
+    route(Method::POST, "/v2/pools/{id}/drain", Client, || {
+        post(meta::drain)
+    }),
+    route(Method::POST, "/v2/pools/{id}/reload", Client, || {
+        post(meta::reload)
+    }),
+    route(Method::POST, "/v2/catalog/models", Client, || {
+        post(catalog::register)
+    }),
+    route(Method::GET, "/v2/catalog/models", Client, || {
+        get(catalog::list)
+    }),
+    route(Method::GET, "/v2/catalog/models/{id}", Client, || {
+        get(catalog::get)
+    }),
+    route(Method::DELETE, "/v2/catalog/models/{id}", Client, || {
+        delete(catalog::delete)
+    }),
+    route(
+        Method::POST,
+        "/v2/catalog/models/{id}/verify",
+        Client,
+        || post(catalog::verify),
+    ),
+    route(
+        Method::POST,
+        "/v2/catalog/models/{id}/state",
+        Client,
+        || post(catalog::set_state),
+    ),
+    route(Method::GET, "/v2/catalog/availability", Client, || {
+        get(catalog::availability)
+    }),
+    route(Method::GET, "/v2/meta/version", Client, || {
+        get(meta::version)
+    }),
+    route(Method::GET, "/v2/meta/capabilities", Client, || {
+        get(meta::capabilities)
+    }),
+    route(Method::POST, "/v1/chat/completions", Client, || {
+        post(openai::chat)
+    }),
+    route(Method::POST, "/v1/completions", Client, || {
+        post(openai::completions)
+    }),
+    route(Method::GET, "/v1/models", Client, || get(openai::models)),
+    route(Method::GET, "/health", Open, || get(meta::health)),
+    route(Method::GET, "/metrics", Metrics, || get(meta::metrics)),
+    route(Method::GET, "/v2/openapi.json", Client, || {
+        get(openapi::document)
+    }),
+];
+
+/// The router of [`ROUTES`] (one entry per path, its methods merged).
+pub fn router() -> Router<App> {
+    let mut router = Router::new();
+    let mut seen: Vec<&str> = vec![];
+    for r in ROUTES {
+        if seen.contains(&r.path) {
+            continue;
+        }
+        seen.push(r.path);
+        let methods = ROUTES
+            .iter()
+            .filter(|x| x.path == r.path)
+            .fold(MethodRouter::new(), |m, x| m.merge((x.handler)()));
+        router = router.route(r.path, methods);
+    }
+    router
+}
+
+/// The path pattern a concrete path is routed to, as axum picks it: among matching patterns, a
+/// literal segment beats a `{param}` at the first position where they differ.
+fn pattern_of(path: &str) -> Option<&'static str> {
+    let segs: Vec<&str> = path.split('/').collect();
+    let mut best: Option<(Vec<bool>, &'static str)> = None;
+    for r in ROUTES {
+        let pat: Vec<&str> = r.path.split('/').collect();
+        if pat.len() != segs.len() {
+            continue;
+        }
+        let mut params = Vec::with_capacity(pat.len());
+        let matches = pat.iter().zip(&segs).all(|(p, s)| {
+            let param = p.starts_with('{') && p.ends_with('}');
+            params.push(param);
+            if param {
+                !s.is_empty()
+            } else {
+                p == s
+            }
+        });
+        if matches && best.as_ref().is_none_or(|(b, _)| params < *b) {
+            best = Some((params, r.path));
+        }
+    }
+    best.map(|(_, p)| p)
+}
+
+/// The `Allow` header for a path: the methods of the pattern it is routed to.
+pub fn allowed_methods(path: &str) -> String {
+    let Some(pattern) = pattern_of(path) else {
+        return String::new();
+    };
+    ROUTES
+        .iter()
+        .filter(|r| r.path == pattern)
+        .map(|r| r.method.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The credential a request needs; unknown routes and methods are client routes, so an unknown
+/// path without a token is a 401 (API.md §3.1).
+pub fn access(method: &Method, path: &str) -> Access {
+    pattern_of(path)
+        .and_then(|p| ROUTES.iter().find(|r| r.path == p && r.method == method))
+        .map_or(Client, |r| r.access)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    #[test]
+    fn allow_headers_and_access() {
+        let check = |path: &str, allow: &str| assert_eq!(allowed_methods(path), allow, "{path}");
+        check("/v2/tasks", "POST");
+        check("/v2/tasks/abc", "GET");
+        check("/v2/sessions/abc", "GET, DELETE");
+        check("/v2/nodes/register", "POST");
+        check("/v2/nodes/n1", "DELETE");
+        check("/v2/catalog/models", "POST, GET");
+        check("/v2/catalog/models/m", "GET, DELETE");
+        check("/v2/nope", "");
+        assert_eq!(access(&Method::POST, "/v2/nodes/n1/heartbeat"), Node);
+        assert_eq!(access(&Method::DELETE, "/v2/nodes/n1"), Node);
+        assert_eq!(access(&Method::DELETE, "/v2/nodes/register"), Client);
+        assert_eq!(access(&Method::GET, "/health"), Open);
+        assert_eq!(access(&Method::GET, "/metrics"), Metrics);
+        assert_eq!(access(&Method::GET, "/v2/unknown"), Client);
+    }
+
+    #[test]
+    fn each_route_is_listed_once() {
+        let mut seen = BTreeSet::new();
+        for r in ROUTES {
+            assert!(
+                seen.insert((r.method.as_str(), r.path)),
+                "{} {}",
+                r.method,
+                r.path
+            );
+        }
+    }
+
+    /// The OpenAPI document describes exactly the routes the router serves.
+    #[test]
+    fn openapi_paths_are_the_route_table() {
+        let doc: serde_json::Value =
+            serde_json::from_str(&openapi::document_json()).expect("the document is JSON");
+        let mut documented = BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for method in item.as_object().expect("path item").keys() {
+                if [
+                    "get", "post", "put", "delete", "patch", "head", "options", "trace",
+                ]
+                .contains(&method.as_str())
+                {
+                    documented.insert((method.to_ascii_uppercase(), path.clone()));
+                }
+            }
+        }
+        let served: BTreeSet<(String, String)> = ROUTES
+            .iter()
+            .map(|r| (r.method.as_str().to_string(), r.path.to_string()))
+            .collect();
+        assert_eq!(documented, served, "OpenAPI paths vs the route table");
+    }
+
+    /// Each operation's documented security agrees with the credential the auth layer asks for.
+    #[test]
+    fn openapi_security_is_the_route_access() {
+        let doc: serde_json::Value =
+            serde_json::from_str(&openapi::document_json()).expect("the document is JSON");
+        for r in ROUTES {
+            let op = &doc["paths"][r.path][r.method.as_str().to_ascii_lowercase()];
+            let schemes: BTreeSet<String> = op["security"]
+                .as_array()
+                .map(|reqs| {
+                    reqs.iter()
+                        .map(|req| {
+                            req.as_object()
+                                .and_then(|o| o.keys().next().cloned())
+                                .unwrap_or_default()
+                        })
+                        .collect()
+                })
+                .unwrap_or_else(|| BTreeSet::from(["bearer".to_string()]));
+            let expected: &[&str] = match r.access {
+                Open => &[""],
+                Client => &["bearer"],
+                Metrics => &["", "bearer"],
+                Node if r.method == Method::DELETE => &["bearer", "node_bearer"],
+                Node => &["node_bearer"],
+            };
+            let expected: BTreeSet<String> = expected.iter().map(|s| s.to_string()).collect();
+            assert_eq!(schemes, expected, "{} {}", r.method, r.path);
+        }
+    }
+}
