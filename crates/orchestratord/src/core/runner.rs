@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use api::catalog::{AvailabilityResponse, ModelRecord, ModelState, RegisterModel};
 use api::node::{
     HeartbeatRequest, HeartbeatResponse, NodeView, PoolView, RegisterRequest, RegisterResponse,
 };
@@ -104,8 +105,39 @@ pub enum Msg {
     },
     Timer(Timer),
     Tick,
-    /// Any other request: runs against the core and replies through its own channel.
-    Call(Box<dyn FnOnce(&mut Core<LiveEffects>, Instant) + Send>),
+    CatalogRegister {
+        req: RegisterModel,
+        reply: Reply<Result<(ModelRecord, bool), ErrorEnvelope>>,
+    },
+    CatalogList {
+        reply: Reply<Vec<ModelRecord>>,
+    },
+    CatalogGet {
+        id: String,
+        reply: Reply<Option<ModelRecord>>,
+    },
+    CatalogDelete {
+        id: String,
+        correlation_id: api::CorrelationId,
+        reply: Reply<Result<(), ErrorEnvelope>>,
+    },
+    CatalogVerify {
+        id: String,
+        correlation_id: api::CorrelationId,
+        reply: Reply<Result<ModelRecord, ErrorEnvelope>>,
+    },
+    CatalogSetState {
+        id: String,
+        state: ModelState,
+        reply: Reply<Result<ModelRecord, ErrorEnvelope>>,
+    },
+    Availability {
+        reply: Reply<AvailabilityResponse>,
+    },
+    /// The models `/v1/models` lists, with their creation times (Unix seconds).
+    ListedModels {
+        reply: Reply<Vec<(api::ModelId, u64)>>,
+    },
 }
 
 /// A cheap handle for sending messages to the core.
@@ -123,20 +155,6 @@ impl CoreHandle {
     pub async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Msg) -> Option<T> {
         let (tx, rx) = oneshot::channel();
         self.tx.send(make(tx)).ok()?;
-        rx.await.ok()
-    }
-
-    /// Runs `f` on the core's task and returns its result; `None` if the core is gone.
-    pub async fn call<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Core<LiveEffects>, Instant) -> T + Send + 'static,
-    ) -> Option<T> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Msg::Call(Box::new(move |core, now| {
-                let _ = tx.send(f(core, now));
-            })))
-            .ok()?;
         rx.await.ok()
     }
 }
@@ -333,6 +351,37 @@ fn handle(core: &mut Core<LiveEffects>, msg: Msg, now: Instant) {
         Msg::CancelConfirmed { id } => core.on_cancel_confirmed(id, now),
         Msg::Timer(t) => core.on_timer(t, now),
         Msg::Tick => core.tick(now),
-        Msg::Call(f) => f(core, now),
+        Msg::CatalogRegister { req, reply } => {
+            let _ = reply.send(core.catalog_register(req));
+        }
+        Msg::CatalogList { reply } => {
+            let _ = reply.send(core.catalog_list());
+        }
+        Msg::CatalogGet { id, reply } => {
+            let _ = reply.send(core.catalog_get(&id));
+        }
+        Msg::CatalogDelete {
+            id,
+            correlation_id,
+            reply,
+        } => {
+            let _ = reply.send(core.catalog_delete(&id, correlation_id));
+        }
+        Msg::CatalogVerify {
+            id,
+            correlation_id,
+            reply,
+        } => {
+            let _ = reply.send(core.catalog_verify(&id, correlation_id));
+        }
+        Msg::CatalogSetState { id, state, reply } => {
+            let _ = reply.send(core.catalog_set_state(&id, state));
+        }
+        Msg::Availability { reply } => {
+            let _ = reply.send(core.availability());
+        }
+        Msg::ListedModels { reply } => {
+            let _ = reply.send(core.listed_models());
+        }
     }
 }

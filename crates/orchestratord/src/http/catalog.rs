@@ -12,6 +12,7 @@ use daemon::errors::ApiError;
 
 use super::meta::required_body;
 use super::App;
+use crate::core::runner::Msg;
 
 fn gone() -> ApiError {
     ApiError(ErrorEnvelope::new(
@@ -38,7 +39,7 @@ pub async fn register(
     }
     let (rec, created) = app
         .core
-        .call(move |core, _| core.catalog_register(req))
+        .ask(|reply| Msg::CatalogRegister { req, reply })
         .await
         .ok_or_else(gone)??;
     Ok((
@@ -55,7 +56,7 @@ pub async fn register(
 pub async fn list(State(app): State<App>) -> Result<Json<api::catalog::ModelsResponse>, ApiError> {
     let models = app
         .core
-        .call(|core, _| core.catalog_list())
+        .ask(|reply| Msg::CatalogList { reply })
         .await
         .ok_or_else(gone)?;
     Ok(Json(api::catalog::ModelsResponse { models }))
@@ -67,7 +68,7 @@ pub async fn get(
 ) -> Result<Json<ModelRecord>, ApiError> {
     let key = id.clone();
     app.core
-        .call(move |core, _| core.catalog_get(&key))
+        .ask(|reply| Msg::CatalogGet { id: key, reply })
         .await
         .ok_or_else(gone)?
         .map(Json)
@@ -80,7 +81,11 @@ pub async fn delete(
     Extension(cid): Extension<CorrelationId>,
 ) -> Result<StatusCode, ApiError> {
     app.core
-        .call(move |core, _| core.catalog_delete(&id, cid.0))
+        .ask(|reply| Msg::CatalogDelete {
+            id,
+            correlation_id: cid.0,
+            reply,
+        })
         .await
         .ok_or_else(gone)??;
     Ok(StatusCode::NO_CONTENT)
@@ -93,7 +98,11 @@ pub async fn verify(
 ) -> Result<Response, ApiError> {
     let rec = app
         .core
-        .call(move |core, _| core.catalog_verify(&id, cid.0))
+        .ask(|reply| Msg::CatalogVerify {
+            id,
+            correlation_id: cid.0,
+            reply,
+        })
         .await
         .ok_or_else(gone)??;
     Ok((StatusCode::ACCEPTED, Json(rec)).into_response())
@@ -108,7 +117,11 @@ pub async fn set_state(
     let req: SetModelState = required_body(&app, &headers, body, false).await?;
     Ok(Json(
         app.core
-            .call(move |core, _| core.catalog_set_state(&id, req.state))
+            .ask(|reply| Msg::CatalogSetState {
+                id,
+                state: req.state,
+                reply,
+            })
             .await
             .ok_or_else(gone)??,
     ))
@@ -119,7 +132,7 @@ pub async fn availability(
 ) -> Result<Json<api::catalog::AvailabilityResponse>, ApiError> {
     Ok(Json(
         app.core
-            .call(|core, _| core.availability())
+            .ask(|reply| Msg::Availability { reply })
             .await
             .ok_or_else(gone)?,
     ))

@@ -61,7 +61,7 @@ pub async fn completions(
 }
 
 pub async fn models(State(app): State<App>) -> Response {
-    let Some(models) = app.core.call(|core, _| core.listed_models()).await else {
+    let Some(models) = app.core.ask(|reply| Msg::ListedModels { reply }).await else {
         return error(ErrorEnvelope::new(ErrorCode::Internal, "shutting down"));
     };
     let data = models
