@@ -111,7 +111,7 @@ impl<E: Effects> Core<E> {
         }
         tracing::info!(event = "task.admitted", correlation_id = %correlation_id, task_id = %id, session_id = %v.session_id, model = %model,
             queue_position = position, predicted_start_ms = predicted, "Admitted task {id} for {model} at queue position {position}");
-        self.touch_session(v.session_id, now);
+        self.sessions.touch(v.session_id, now);
         let priority = v.priority;
         let deadline = v.deadline_ms.map(|d| now + Duration::from_millis(d));
         self.tasks.insert(
@@ -147,7 +147,7 @@ impl<E: Effects> Core<E> {
             resp.preparation.steps = steps;
             self.announce_binding(id, &pool, resp.predicted_start_ms);
         }
-        self.queues.entry(key).or_default().push(id, priority);
+        self.queues.push(key, id, priority);
         self.pump(now);
         Ok((resp, log))
     }
@@ -244,7 +244,7 @@ impl<E: Effects> Core<E> {
     pub(super) fn announce_positions(&mut self) {
         let burst = self.cfg.interactive_burst;
         let mut moved: Vec<(TaskId, u64)> = vec![];
-        for q in self.queues.values() {
+        for (_, q) in self.queues.iter() {
             for (pos, id) in q.dispatch_order(burst).into_iter().enumerate() {
                 if self
                     .tasks

@@ -15,16 +15,18 @@ pub mod ops;
 pub mod placement;
 pub mod provision;
 pub mod queue;
+pub mod registry;
 pub mod runner;
 pub mod sessions;
+pub mod task_table;
 pub mod tasklog;
 pub mod tasks;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use api::node::{NodeStatus, PoolState, PoolStatus};
+use api::node::{NodeStatus, PoolState};
 use api::task::Priority;
 use api::worker::DispatchRequest;
 use api::{CommandId, CorrelationId, ModelId, NodeId, PoolId, TaskId};
@@ -33,6 +35,7 @@ use daemon::secret::Secret;
 use crate::admission::ValidatedTask;
 use crate::config::Config;
 use crate::metrics::Metrics;
+pub use registry::{Node, PoolEntry};
 pub use tasklog::TaskLog;
 
 /// Work the core asks the outside world to do.
@@ -107,78 +110,6 @@ pub enum Timer {
     DisconnectCheck(TaskId),
 }
 
-pub struct Node {
-    pub machine_id: String,
-    pub address: String,
-    pub version: String,
-    pub dispatch_token: Secret,
-    /// The credential issued at registration (None when the node uses a static token or open mode).
-    pub credential: Option<Secret>,
-    pub status: NodeStatus,
-    pub last_seen: Instant,
-    pub registered_at_ms: u64,
-    pub last_heartbeat_ms: u64,
-    pub seq: u64,
-    pub capabilities: api::node::Capabilities,
-    pub pools: Vec<PoolId>,
-    /// GPU state from the latest heartbeat.
-    pub gpus: Vec<api::node::GpuStatus>,
-    /// Commands sent in every heartbeat answer until the node reports them (at-least-once).
-    pub commands: Vec<api::node::Command>,
-}
-
-pub struct PoolEntry {
-    pub node_id: NodeId,
-    pub status: PoolStatus,
-    /// Tasks holding a slot: dispatched and not yet released.
-    pub holding: BTreeSet<TaskId>,
-    /// Tasks canceled while running whose slot is not yet confirmed free.
-    pub releasing: BTreeSet<TaskId>,
-    /// The worker answered REPLICA_EXHAUSTED: no free slot until its next heartbeat.
-    pub exhausted: bool,
-    /// Facts of the pool's node, refreshed by [`Core::sync_node_facts`] whenever they change, so
-    /// placement never looks nodes up per pool.
-    pub node_online: bool,
-    pub free_vram: u64,
-    /// Draining on an operator's request: out of placement until a reload.
-    pub draining: bool,
-    /// The pool operation in progress (drain, reload or load-model), by command id.
-    pub op: Option<(CommandId, api::node::CommandKind)>,
-    /// The catalog model this pool serves (§9.2: digest or ref matches), re-derived from every report.
-    pub serves: Option<ModelId>,
-    /// The (model id, digest) of the last report, so catalog writes happen only on change.
-    pub reported: Option<(ModelId, Option<String>)>,
-    /// The model a `load-model` in progress is loading into this pool.
-    pub loading: Option<ModelId>,
-}
-
-impl PoolEntry {
-    pub fn free_slots(&self) -> u32 {
-        if self.exhausted {
-            return 0;
-        }
-        self.status
-            .slots_total
-            .saturating_sub(self.holding.len() as u32)
-    }
-
-    /// The catalog model the pool serves (None when its report does not match the catalog).
-    pub fn model_id(&self) -> Option<&ModelId> {
-        self.serves.as_ref()
-    }
-}
-
-/// Free VRAM on the GPUs of a device mask (`cpu` has none).
-fn free_vram(node: &Node, mask: &str) -> u64 {
-    if mask == "cpu" {
-        return 0;
-    }
-    mask.split(',')
-        .filter_map(|d| node.gpus.iter().find(|g| g.device_id == d.trim()))
-        .map(|g| g.vram_free_bytes)
-        .sum()
-}
-
 /// Per-pool measurements for predictions (EWMA, α = 0.2).
 #[derive(Default, Clone, Copy)]
 pub struct PoolStats {
@@ -247,24 +178,24 @@ impl TaskEntry {
     }
 }
 
+/// The core composes its parts; each owns its state behind private fields and a narrow API, and
+/// the `impl Core` files (admission, placement, tasks, nodes, ops, models, provisioning) are the
+/// decisions that span parts.
 pub struct Core<E: Effects> {
-    pub cfg: Arc<Config>,
-    pub effects: E,
-    pub metrics: Arc<Metrics>,
-    pub nodes: BTreeMap<NodeId, Node>,
-    pub pools: BTreeMap<PoolId, PoolEntry>,
-    pub stats: HashMap<PoolId, PoolStats>,
-    pub tasks: HashMap<TaskId, TaskEntry>,
-    pub queues: BTreeMap<queue::QueueKey, queue::Queue>,
-    /// Terminal tasks in finishing order, for retention.
-    pub finished: VecDeque<TaskId>,
-    pub sessions: HashMap<api::SessionId, sessions::Session>,
+    cfg: Arc<Config>,
+    effects: E,
+    metrics: Arc<Metrics>,
+    /// Nodes and their pools.
+    registry: registry::Registry,
+    /// Per-pool measurements for predictions.
+    stats: HashMap<PoolId, PoolStats>,
+    tasks: task_table::TaskTable,
+    queues: queue::Queues,
+    sessions: sessions::Sessions,
     /// The model catalog (SQLite, written through).
-    pub catalog: catalog::Catalog,
-    /// `load-model` commands in flight, by command id.
-    pub loads: BTreeMap<CommandId, provision::Load>,
-    /// Node-level catalog commands (`evict-model`, `verify-model`) in flight, by command id.
-    pub node_commands: HashMap<CommandId, models::NodeCommand>,
+    catalog: catalog::Catalog,
+    /// `load-model` and node-level catalog commands in flight.
+    loads: provision::Loads,
 }
 
 impl<E: Effects> Core<E> {
@@ -274,27 +205,42 @@ impl<E: Effects> Core<E> {
         metrics: Arc<Metrics>,
         catalog: catalog::Catalog,
     ) -> Self {
+        let sessions = sessions::Sessions::new(cfg.session_ttl);
         Self {
             cfg,
             effects,
             metrics,
-            nodes: BTreeMap::new(),
-            pools: BTreeMap::new(),
+            registry: registry::Registry::default(),
             stats: HashMap::new(),
-            tasks: HashMap::new(),
-            queues: BTreeMap::new(),
-            finished: VecDeque::new(),
-            sessions: HashMap::new(),
+            tasks: task_table::TaskTable::default(),
+            queues: queue::Queues::default(),
+            sessions,
             catalog,
-            loads: BTreeMap::new(),
-            node_commands: HashMap::new(),
+            loads: provision::Loads::default(),
         }
+    }
+
+    /// The effects recorder or performer (tests read what the core asked for).
+    pub fn effects(&self) -> &E {
+        &self.effects
+    }
+
+    pub fn session_view(&self, id: api::SessionId, now: Instant) -> Option<api::meta::SessionView> {
+        self.sessions.view(id, now, |pool, model| {
+            self.registry
+                .pool(pool)
+                .is_some_and(|p| p.status.state == PoolState::Ready && p.model_id() == model)
+        })
+    }
+
+    pub fn delete_session(&mut self, id: api::SessionId) {
+        self.sessions.delete(id);
     }
 
     /// Fills free slots: for each model queue, dispatch tasks in order while a candidate pool has
     /// a free slot. Skipped tasks keep their positions.
     pub fn pump(&mut self, now: Instant) {
-        let keys: Vec<queue::QueueKey> = self.queues.keys().cloned().collect();
+        let keys = self.queues.keys();
         for key in keys {
             let order = self
                 .queues
@@ -316,7 +262,7 @@ impl<E: Effects> Core<E> {
                 self.start_attempt(id, &pool, fallback, now);
             }
         }
-        self.queues.retain(|_, q| !q.is_empty());
+        self.queues.drop_empty();
         self.announce_positions();
         self.publish_gauges();
     }
@@ -326,7 +272,7 @@ impl<E: Effects> Core<E> {
         let t = self.tasks.get(&id)?;
         let views = self.pool_views();
         let affinity = if self.cfg.session_affinity {
-            self.affinity(t.v.session_id)
+            self.sessions.affinity(t.v.session_id)
         } else {
             None
         };
@@ -357,7 +303,8 @@ impl<E: Effects> Core<E> {
                 queue::QueueKey::Model(_) => None,
             })
             .collect();
-        self.pools
+        self.registry
+            .pools()
             .iter()
             .map(|(id, p)| placement::PoolView {
                 pool_id: id,
@@ -382,19 +329,6 @@ impl<E: Effects> Core<E> {
             .collect()
     }
 
-    /// Copies a node's status and free VRAM into its pools (see [`PoolEntry::node_online`]).
-    pub(crate) fn sync_node_facts(&mut self, node_id: &NodeId) {
-        let Some(node) = self.nodes.get(node_id) else {
-            return;
-        };
-        for pid in &node.pools {
-            if let Some(p) = self.pools.get_mut(pid) {
-                p.node_online = node.status == NodeStatus::Online;
-                p.free_vram = free_vram(node, &p.status.device_mask);
-            }
-        }
-    }
-
     /// Gauges computed when `/metrics` is scraped: Online nodes, Ready pools, heartbeat ages.
     pub fn scrape_gauges(
         &self,
@@ -402,18 +336,20 @@ impl<E: Effects> Core<E> {
     ) -> Vec<(&'static str, Vec<(&'static str, String)>, f64)> {
         use crate::metrics as m;
         let online = self
-            .nodes
+            .registry
+            .nodes()
             .values()
             .filter(|n| n.status == NodeStatus::Online)
             .count();
         let ready = self
-            .pools
+            .registry
+            .pools()
             .values()
             .filter(|p| {
                 p.status.state == PoolState::Ready
                     && self
-                        .nodes
-                        .get(&p.node_id)
+                        .registry
+                        .node(&p.node_id)
                         .is_some_and(|n| n.status == NodeStatus::Online)
             })
             .count();
@@ -428,7 +364,7 @@ impl<E: Effects> Core<E> {
                 age as f64,
             ));
         }
-        for (id, p) in &self.pools {
+        for (id, p) in self.registry.pools() {
             let ev = p.status.engine_version.clone().unwrap_or_default();
             let base = [
                 ("engine", api::ENGINE_LLAMACPP),
@@ -444,7 +380,7 @@ impl<E: Effects> Core<E> {
                 l.push(("device", device.clone()));
                 out.push((m::VRAM_USED, l, *used as f64));
             }
-            let Some(node) = self.nodes.get(&p.node_id) else {
+            let Some(node) = self.registry.node(&p.node_id) else {
                 continue;
             };
             for g in node
@@ -487,8 +423,8 @@ impl<E: Effects> Core<E> {
                 queue::QueueKey::Model(_) => None,
             }) {
                 let ev = self
-                    .pools
-                    .get(pool)
+                    .registry
+                    .pool(pool)
                     .and_then(|e| e.status.engine_version.clone())
                     .unwrap_or_default();
                 self.metrics.set(

@@ -44,12 +44,12 @@ impl<E: Effects> Core<E> {
     /// the catalog does not know is registered as Active; an id clash marks the pool Failed.
     /// Catalog writes happen only when the pool's reported model changed.
     pub(super) fn evaluate_pool(&mut self, pool_id: &api::PoolId) {
-        let Some(p) = self.pools.get(pool_id) else {
+        let Some(p) = self.registry.pool(pool_id) else {
             return;
         };
         let node_id = p.node_id.clone();
         let Some(model) = p.status.models.first().cloned() else {
-            if let Some(p) = self.pools.get_mut(pool_id) {
+            if let Some(p) = self.registry.pool_mut(pool_id) {
                 p.serves = None;
                 p.reported = None;
             }
@@ -111,7 +111,7 @@ impl<E: Effects> Core<E> {
                 (Some(_), None) => false,
                 (None, _) => rec.model_ref == model.model_ref,
             });
-        if let Some(p) = self.pools.get_mut(pool_id) {
+        if let Some(p) = self.registry.pool_mut(pool_id) {
             p.serves = serves.then(|| model.id.clone());
             p.reported = Some((model.id.clone(), model.digest.clone()));
             if let Some((why, fail)) = problem {
@@ -124,9 +124,9 @@ impl<E: Effects> Core<E> {
     }
 
     fn evaluate_all_pools(&mut self) {
-        let ids: Vec<api::PoolId> = self.pools.keys().cloned().collect();
+        let ids: Vec<api::PoolId> = self.registry.pools().keys().cloned().collect();
         for id in ids {
-            if let Some(p) = self.pools.get_mut(&id) {
+            if let Some(p) = self.registry.pool_mut(&id) {
                 p.reported = None;
             }
             self.evaluate_pool(&id);
@@ -135,7 +135,7 @@ impl<E: Effects> Core<E> {
 
     /// True when a pool serves `model` or is being loaded with it, on an Online node (§6.5).
     pub(super) fn model_has_pool(&self, model: &ModelId) -> bool {
-        self.pools.values().any(|p| {
+        self.registry.pools().values().any(|p| {
             p.node_online
                 && !p.draining
                 && (p.loading.as_ref() == Some(model)
@@ -216,7 +216,7 @@ impl<E: Effects> Core<E> {
         correlation_id: CorrelationId,
     ) -> Result<(), ErrorEnvelope> {
         let rec = self.catalog.get(id).cloned().ok_or_else(|| not_found(id))?;
-        if let Some((pid, _)) = self.pools.iter().find(|(_, p)| {
+        if let Some((pid, _)) = self.registry.pools().iter().find(|(_, p)| {
             p.serves.as_ref() == Some(&rec.id) || p.loading.as_ref() == Some(&rec.id)
         }) {
             return Err(ErrorEnvelope::new(
@@ -242,8 +242,8 @@ impl<E: Effects> Core<E> {
         let rec = self.catalog.get(id).cloned().ok_or_else(|| not_found(id))?;
         for node in &rec.locations {
             if self
-                .nodes
-                .get(node)
+                .registry
+                .node(node)
                 .is_some_and(|n| n.status == NodeStatus::Online)
             {
                 self.send_node_command(
@@ -279,7 +279,8 @@ impl<E: Effects> Core<E> {
                 state: r.state,
                 cached_on: r.locations.clone(),
                 serving: self
-                    .pools
+                    .registry
+                    .pools()
                     .iter()
                     .filter(|(_, p)| p.serves.as_ref() == Some(&r.id))
                     .map(|(pid, p)| ServingPool {
@@ -301,7 +302,7 @@ impl<E: Effects> Core<E> {
             .into_iter()
             .filter(|r| r.state == ModelState::Active)
             .filter(|r| {
-                self.pools.values().any(|p| {
+                self.registry.pools().values().any(|p| {
                     p.node_online
                         && p.serves.as_ref() == Some(&r.id)
                         && p.status.state == PoolState::Ready
@@ -331,7 +332,7 @@ impl<E: Effects> Core<E> {
             size_bytes: rec.size_bytes,
             metadata: None,
         };
-        self.node_commands.insert(
+        self.loads.insert_node_command(
             command_id,
             NodeCommand {
                 node_id: node_id.clone(),
@@ -360,7 +361,7 @@ impl<E: Effects> Core<E> {
         error: Option<ErrorEnvelope>,
         result: Option<CommandResult>,
     ) {
-        let Some(cmd) = self.node_commands.remove(&command_id) else {
+        let Some(cmd) = self.loads.remove_node_command(&command_id) else {
             return;
         };
         let (node, model) = (cmd.node_id, cmd.model_id);

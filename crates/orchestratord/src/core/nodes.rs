@@ -72,11 +72,11 @@ impl<E: Effects> Core<E> {
             return Err(ErrorEnvelope::invalid("address", "must be an http(s) URL"));
         }
         for p in &req.pools {
-            if let Some(owner) = self.pools.get(&p.pool_id).map(|e| e.node_id.clone()) {
+            if let Some(owner) = self.registry.pool(&p.pool_id).map(|e| e.node_id.clone()) {
                 if owner != req.node_id
                     && self
-                        .nodes
-                        .get(&owner)
+                        .registry
+                        .node(&owner)
                         .is_some_and(|n| n.status == NodeStatus::Online)
                 {
                     return Err(ErrorEnvelope::new(
@@ -86,7 +86,7 @@ impl<E: Effects> Core<E> {
                 }
             }
         }
-        if let Some(existing) = self.nodes.get(&req.node_id) {
+        if let Some(existing) = self.registry.node(&req.node_id) {
             if existing.machine_id != req.machine_id && existing.status == NodeStatus::Online {
                 return Err(ErrorEnvelope::new(
                     ErrorCode::Conflict,
@@ -108,12 +108,12 @@ impl<E: Effects> Core<E> {
         let pool_ids: Vec<PoolId> = req.pools.iter().map(|p| p.pool_id.clone()).collect();
         self.forget_loads_of(&req.node_id, now);
         // Pools this node no longer reports leave the registry.
-        self.pools
-            .retain(|id, e| e.node_id != req.node_id || pool_ids.contains(id));
+        self.registry
+            .retain_pools(|id, e| e.node_id != req.node_id || pool_ids.contains(id));
         for p in &req.pools {
             self.upsert_pool(&req.node_id, p.clone());
         }
-        self.nodes.insert(
+        self.registry.insert_node(
             req.node_id.clone(),
             Node {
                 machine_id: req.machine_id,
@@ -132,8 +132,8 @@ impl<E: Effects> Core<E> {
                 commands: vec![],
             },
         );
-        self.sync_node_facts(&node_id);
-        tracing::info!(event = "node.registered", node_id = %node_id, "Node {node_id} registered with {} pool(s)", self.nodes.get(&node_id).map(|n| n.pools.len()).unwrap_or(0));
+        self.registry.sync_node_facts(&node_id);
+        tracing::info!(event = "node.registered", node_id = %node_id, "Node {node_id} registered with {} pool(s)", self.registry.node(&node_id).map(|n| n.pools.len()).unwrap_or(0));
         self.pump(now);
         Ok(RegisterResponse {
             node_id,
@@ -161,14 +161,14 @@ impl<E: Effects> Core<E> {
                 );
             }
         }
-        match self.pools.get_mut(&id) {
+        match self.registry.pool_mut(&id) {
             Some(e) => {
                 e.node_id = node_id.clone();
                 e.status = status;
                 e.exhausted = false;
             }
             None => {
-                self.pools.insert(
+                self.registry.insert_pool(
                     id.clone(),
                     PoolEntry {
                         node_id: node_id.clone(),
@@ -192,7 +192,7 @@ impl<E: Effects> Core<E> {
 
     /// Checks a bearer against the node's credential (constant time).
     pub fn node_authorized(&self, node_id: &str, caller: &NodeCaller) -> bool {
-        let Some(n) = self.nodes.get(node_id) else {
+        let Some(n) = self.registry.node(node_id) else {
             return false;
         };
         match (caller, &n.credential) {
@@ -212,7 +212,7 @@ impl<E: Effects> Core<E> {
         now: Instant,
     ) -> Result<HeartbeatResponse, ErrorEnvelope> {
         let outcome = |s: &str| labels(&[("node_id", node_id), ("outcome", s)]);
-        if !self.nodes.contains_key(node_id) {
+        if !self.registry.nodes().contains_key(node_id) {
             self.metrics
                 .inc(m::NODE_HEARTBEATS, outcome("unknown_node"), 1.0);
             return Err(ErrorEnvelope::new(
@@ -229,14 +229,19 @@ impl<E: Effects> Core<E> {
             ));
         }
         let interval = self.cfg.heartbeat_interval.as_millis() as u64;
-        let Some(node_id) = self.nodes.get_key_value(node_id).map(|(k, _)| k.clone()) else {
+        let Some(node_id) = self
+            .registry
+            .nodes()
+            .get_key_value(node_id)
+            .map(|(k, _)| k.clone())
+        else {
             return Err(ErrorEnvelope::new(
                 ErrorCode::NotFound,
                 format!("node {node_id} is not registered; register again"),
             ));
         };
         let node_id = &node_id;
-        let Some(node) = self.nodes.get_mut(node_id) else {
+        let Some(node) = self.registry.node_mut(node_id) else {
             return Err(ErrorEnvelope::new(ErrorCode::Internal, "node vanished"));
         };
         if hb.seq <= node.seq {
@@ -265,23 +270,24 @@ impl<E: Effects> Core<E> {
             self.reconcile_running(&p.pool_id, &running, now);
         }
         // The heartbeat carries the node's full pool set: adopted engines come and go.
-        self.pools
-            .retain(|id, p| p.node_id != *node_id || reported.contains(id));
-        if let Some(n) = self.nodes.get_mut(node_id) {
+        self.registry
+            .retain_pools(|id, p| p.node_id != *node_id || reported.contains(id));
+        if let Some(n) = self.registry.node_mut(node_id) {
             n.pools = reported;
         }
-        self.sync_node_facts(node_id);
+        self.registry.sync_node_facts(node_id);
         self.command_statuses(node_id, hb.commands, now);
         self.pump(now);
         let commands = self
-            .nodes
-            .get(node_id)
+            .registry
+            .node(node_id)
             .map(|n| n.commands.clone())
             .unwrap_or_default();
         // While a command is open the node checks in every second.
         let next = if commands.is_empty()
             && !self
-                .pools
+                .registry
+                .pools()
                 .values()
                 .any(|p| p.node_id == *node_id && p.op.is_some())
         {
@@ -306,13 +312,11 @@ impl<E: Effects> Core<E> {
         pools
             .into_iter()
             .filter(|p| {
-                let Some(owner) = self.pools.get(&p.pool_id).map(|e| &e.node_id) else {
+                let Some(owner) = self.registry.pool(&p.pool_id).map(|e| &e.node_id) else {
                     return true;
                 };
                 let taken = owner != node_id
-                    && self
-                        .nodes
-                        .get(owner)
+                    && self.registry.node(owner)
                         .is_some_and(|n| n.status == NodeStatus::Online);
                 if taken {
                     tracing::warn!(event = "node.pool_conflict", node_id = %node_id, pool_id = %p.pool_id, owner = %owner,
@@ -325,7 +329,7 @@ impl<E: Effects> Core<E> {
 
     /// A canceled task's slot is free once the worker no longer lists it (API.md §7.4).
     fn reconcile_running(&mut self, pool_id: &PoolId, running: &[TaskId], now: Instant) {
-        let Some(p) = self.pools.get(pool_id) else {
+        let Some(p) = self.registry.pool(pool_id) else {
             return;
         };
         let freed: Vec<TaskId> = p
@@ -345,15 +349,15 @@ impl<E: Effects> Core<E> {
                 self.tasks.get(id).is_none_or(|t| {
                     t.state().is_terminal()
                         && !self
-                            .pools
-                            .get(pool_id)
+                            .registry
+                            .pool(pool_id)
                             .is_some_and(|p| p.holding.contains(id))
                 })
             })
             .collect();
         for id in unknown {
-            if let (Some(p), true) = (self.pools.get(pool_id), self.tasks.get(&id).is_none()) {
-                if let Some(n) = self.nodes.get(&p.node_id) {
+            if let (Some(p), true) = (self.registry.pool(pool_id), self.tasks.get(&id).is_none()) {
+                if let Some(n) = self.registry.node(&p.node_id) {
                     self.effects.cancel_on_worker(super::CancelJob {
                         task: id,
                         pool_id: pool_id.clone(),
@@ -367,7 +371,7 @@ impl<E: Effects> Core<E> {
     }
 
     pub fn deregister(&mut self, node_id: &str, now: Instant) -> bool {
-        let Some((node_id, _)) = self.nodes.remove_entry(node_id) else {
+        let Some((node_id, _)) = self.registry.remove_node(node_id) else {
             self.metrics.inc(
                 m::NODE_DEREGISTRATIONS,
                 labels(&[("outcome", "rejected")]),
@@ -383,7 +387,7 @@ impl<E: Effects> Core<E> {
         );
         tracing::info!(event = "node.deregistered", node_id = %node_id, "Node {node_id} deregistered");
         self.node_lost(node_id, now);
-        self.pools.retain(|_, p| p.node_id != *node_id);
+        self.registry.retain_pools(|_, p| p.node_id != *node_id);
         self.publish_gauges();
         true
     }
@@ -392,7 +396,8 @@ impl<E: Effects> Core<E> {
     pub fn tick(&mut self, now: Instant) {
         let timeout = self.cfg.heartbeat_timeout;
         let stale: Vec<NodeId> = self
-            .nodes
+            .registry
+            .nodes()
             .iter()
             .filter(|(_, n)| {
                 n.status == NodeStatus::Online && now.duration_since(n.last_seen) > timeout
@@ -400,10 +405,10 @@ impl<E: Effects> Core<E> {
             .map(|(id, _)| id.clone())
             .collect();
         for id in stale {
-            if let Some(n) = self.nodes.get_mut(&id) {
+            if let Some(n) = self.registry.node_mut(&id) {
                 n.status = NodeStatus::Offline;
             }
-            self.sync_node_facts(&id);
+            self.registry.sync_node_facts(&id);
             self.metrics
                 .inc(m::NODE_OFFLINE, labels(&[("node_id", id.as_str())]), 1.0);
             tracing::warn!(event = "node.offline", node_id = %id, "Node {id} is offline: no heartbeat for {} ms", timeout.as_millis());
@@ -411,14 +416,15 @@ impl<E: Effects> Core<E> {
             self.fail_pinned_to_node(&id, now);
         }
         self.purge(now);
-        self.purge_sessions(now);
+        self.sessions.purge(now);
         self.publish_gauges();
     }
 
     /// Queued tasks pinned to a pool of an Offline node end with NODE_UNAVAILABLE (API.md §7.5).
     fn fail_pinned_to_node(&mut self, node_id: &NodeId, now: Instant) {
         let pools: Vec<PoolId> = self
-            .pools
+            .registry
+            .pools()
             .iter()
             .filter(|(_, p)| p.node_id == *node_id)
             .map(|(id, _)| id.clone())
@@ -447,12 +453,13 @@ impl<E: Effects> Core<E> {
                 t.error = Some(env.clone());
                 t.log.append(api::events::Event::Error(env));
             }
-            self.finished.push_back(id);
+            self.tasks.finished(id);
         }
     }
 
     pub fn node_views(&self) -> Vec<NodeView> {
-        self.nodes
+        self.registry
+            .nodes()
             .iter()
             .map(|(id, n)| NodeView {
                 node_id: id.clone(),
@@ -469,7 +476,8 @@ impl<E: Effects> Core<E> {
     }
 
     pub fn pool_list(&self) -> Vec<PoolView> {
-        self.pools
+        self.registry
+            .pools()
             .iter()
             .map(|(id, p)| {
                 let queued = self.queued_for_pool(id, p.model_id()) as u64;
@@ -477,8 +485,8 @@ impl<E: Effects> Core<E> {
                     pool_id: id.clone(),
                     node_id: p.node_id.clone(),
                     node_status: self
-                        .nodes
-                        .get(&p.node_id)
+                        .registry
+                        .node(&p.node_id)
                         .map(|n| n.status)
                         .unwrap_or(NodeStatus::Offline),
                     state: if p.draining && p.status.state == PoolState::Ready {
@@ -506,7 +514,8 @@ impl<E: Effects> Core<E> {
 
     /// `orchd_node_heartbeat_age_ms` per node, computed at scrape time.
     pub fn heartbeat_ages(&self, now: Instant) -> Vec<(NodeId, u64)> {
-        self.nodes
+        self.registry
+            .nodes()
             .iter()
             .map(|(id, n)| {
                 (

@@ -23,7 +23,8 @@ impl<E: Effects> Core<E> {
     ) -> Result<PoolCommandAccepted, ErrorEnvelope> {
         let node_id = self.ready_node(pool_id)?;
         let (pool_id, pool) = self
-            .pools
+            .registry
+            .pools()
             .get_key_value(pool_id)
             .ok_or_else(|| not_found(pool_id))?;
         let pool_id = pool_id.clone();
@@ -51,7 +52,7 @@ impl<E: Effects> Core<E> {
                 state: PoolState::Unloaded,
             });
         }
-        if let Some(p) = self.pools.get_mut(&pool_id) {
+        if let Some(p) = self.registry.pool_mut(&pool_id) {
             p.draining = true;
             p.op = Some((command_id, CommandKind::Drain));
         }
@@ -84,7 +85,8 @@ impl<E: Effects> Core<E> {
     ) -> Result<PoolCommandAccepted, ErrorEnvelope> {
         let node_id = self.ready_node(pool_id)?;
         let (pool_id, pool) = self
-            .pools
+            .registry
+            .pools()
             .get_key_value(pool_id)
             .ok_or_else(|| not_found(pool_id))?;
         let pool_id = pool_id.clone();
@@ -96,7 +98,7 @@ impl<E: Effects> Core<E> {
         }
         let model = self.reload_target(model_ref)?;
         let command_id = CommandId::new();
-        if let Some(p) = self.pools.get_mut(&pool_id) {
+        if let Some(p) = self.registry.pool_mut(&pool_id) {
             p.op = Some((command_id, CommandKind::Reload));
         }
         let state = pool_state(self, &pool_id);
@@ -132,10 +134,11 @@ impl<E: Effects> Core<E> {
 
     fn ready_node(&self, pool_id: &str) -> Result<NodeId, ErrorEnvelope> {
         let (pool_id, pool) = self
-            .pools
+            .registry
+            .pools()
             .get_key_value(pool_id)
             .ok_or_else(|| not_found(pool_id))?;
-        match self.nodes.get(&pool.node_id) {
+        match self.registry.node(&pool.node_id) {
             Some(n) if n.status == NodeStatus::Online => Ok(pool.node_id.clone()),
             _ => Err(ErrorEnvelope::new(
                 ErrorCode::NodeUnavailable,
@@ -150,7 +153,7 @@ impl<E: Effects> Core<E> {
         let pool_id = cmd.pool_id.as_ref().map(PoolId::as_str).unwrap_or("");
         tracing::info!(event = "command.sent", correlation_id = %cmd.correlation_id, command_id = %cmd.command_id, node_id = %node_id,
             pool_id = %pool_id, "Sent {:?} for pool {pool_id} to node {node_id}", cmd.kind);
-        if let Some(n) = self.nodes.get_mut(node_id) {
+        if let Some(n) = self.registry.node_mut(node_id) {
             n.commands.push(cmd);
         }
     }
@@ -187,7 +190,7 @@ impl<E: Effects> Core<E> {
         now: Instant,
     ) {
         for st in statuses {
-            if let Some(n) = self.nodes.get_mut(node_id) {
+            if let Some(n) = self.registry.node_mut(node_id) {
                 n.commands.retain(|c| c.command_id != st.command_id);
             }
             if self.loads.contains_key(&st.command_id) {
@@ -197,7 +200,7 @@ impl<E: Effects> Core<E> {
             if !matches!(st.status, CommandState::Completed | CommandState::Failed) {
                 continue;
             }
-            if self.node_commands.contains_key(&st.command_id) {
+            if self.loads.has_node_command(&st.command_id) {
                 self.node_command_done(
                     st.command_id,
                     st.status == CommandState::Completed,
@@ -207,7 +210,8 @@ impl<E: Effects> Core<E> {
                 continue;
             }
             let Some((pool_id, kind)) = self
-                .pools
+                .registry
+                .pools()
                 .iter()
                 .find(|(_, p)| p.op.is_some_and(|(id, _)| id == st.command_id))
                 .map(|(id, p)| (id.clone(), p.op.as_ref().map(|o| o.1)))
@@ -219,8 +223,8 @@ impl<E: Effects> Core<E> {
                 "{kind:?} of pool {pool_id} {}", if failed { "failed" } else { "completed" });
             if kind == Some(CommandKind::Reload) {
                 let serving = self
-                    .pools
-                    .get(&pool_id)
+                    .registry
+                    .pool(&pool_id)
                     .is_some_and(|p| p.status.state == PoolState::Ready);
                 let outcome = match (failed, serving) {
                     (false, _) => "success",
@@ -233,7 +237,7 @@ impl<E: Effects> Core<E> {
                     1.0,
                 );
             }
-            if let Some(p) = self.pools.get_mut(&pool_id) {
+            if let Some(p) = self.registry.pool_mut(&pool_id) {
                 p.op = None;
                 if kind == Some(CommandKind::Reload) && !failed {
                     p.draining = false;
@@ -248,8 +252,8 @@ impl<E: Effects> Core<E> {
 }
 
 fn pool_state<E: Effects>(core: &Core<E>, pool_id: &PoolId) -> PoolState {
-    core.pools
-        .get(pool_id)
+    core.registry
+        .pool(pool_id)
         .map(|p| {
             if p.draining && p.status.state == PoolState::Ready {
                 PoolState::Draining

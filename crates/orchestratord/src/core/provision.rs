@@ -36,6 +36,57 @@ pub struct Load {
     pub tasks: Vec<TaskId>,
 }
 
+/// The loads part of the core: `load-model` commands in flight and node-level catalog commands
+/// (`evict-model`, `verify-model`), each by command id until the node reports it finished.
+#[derive(Default)]
+pub struct Loads {
+    loads: BTreeMap<CommandId, Load>,
+    node_commands: std::collections::HashMap<CommandId, super::models::NodeCommand>,
+}
+
+impl Loads {
+    pub fn get(&self, id: &CommandId) -> Option<&Load> {
+        self.loads.get(id)
+    }
+
+    pub fn get_mut(&mut self, id: &CommandId) -> Option<&mut Load> {
+        self.loads.get_mut(id)
+    }
+
+    pub fn contains_key(&self, id: &CommandId) -> bool {
+        self.loads.contains_key(id)
+    }
+
+    pub fn insert(&mut self, id: CommandId, load: Load) {
+        self.loads.insert(id, load);
+    }
+
+    pub fn remove(&mut self, id: &CommandId) -> Option<Load> {
+        self.loads.remove(id)
+    }
+
+    /// The loads running on `node_id`.
+    pub fn on_node(&self, node_id: &NodeId) -> Vec<CommandId> {
+        self.loads
+            .iter()
+            .filter(|(_, l)| l.node_id == *node_id)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    pub fn insert_node_command(&mut self, id: CommandId, cmd: super::models::NodeCommand) {
+        self.node_commands.insert(id, cmd);
+    }
+
+    pub fn has_node_command(&self, id: &CommandId) -> bool {
+        self.node_commands.contains_key(id)
+    }
+
+    pub fn remove_node_command(&mut self, id: &CommandId) -> Option<super::models::NodeCommand> {
+        self.node_commands.remove(id)
+    }
+}
+
 impl Load {
     /// The kind of the first step not yet completed (the task's `phase`).
     fn phase(&self) -> StepKind {
@@ -110,7 +161,8 @@ impl<E: Effects> Core<E> {
         let need = rec
             .size_bytes
             .map(|s| (s as f64 * self.cfg.vram_headroom) as u64);
-        self.pools
+        self.registry
+            .pools()
             .iter()
             .filter(|(_, p)| {
                 p.node_online && p.status.provisioning_target && p.op.is_none() && !p.draining
@@ -126,8 +178,8 @@ impl<E: Effects> Core<E> {
             })
             .filter(|(_, p)| {
                 let room = if p.status.device_mask == "cpu" {
-                    self.nodes
-                        .get(&p.node_id)
+                    self.registry
+                        .node(&p.node_id)
                         .map(|n| n.capabilities.ram_total_bytes)
                         .unwrap_or(0)
                 } else {
@@ -152,7 +204,7 @@ impl<E: Effects> Core<E> {
         id: TaskId,
         correlation_id: &CorrelationId,
     ) -> (Vec<PreparationStep>, u64) {
-        let Some(pool) = self.pools.get(pool_id) else {
+        let Some(pool) = self.registry.pool(pool_id) else {
             return (vec![], 0);
         };
         let node_id = pool.node_id.clone();
@@ -204,7 +256,7 @@ impl<E: Effects> Core<E> {
             })
             .collect();
         let command_id = CommandId::new();
-        if let Some(p) = self.pools.get_mut(pool_id) {
+        if let Some(p) = self.registry.pool_mut(pool_id) {
             p.op = Some((command_id, CommandKind::LoadModel));
             p.loading = Some(rec.id.clone());
         }
@@ -283,7 +335,7 @@ impl<E: Effects> Core<E> {
 
     /// The `started` frame of a task bound to a pool that is being provisioned (§5.2).
     pub(super) fn announce_binding(&mut self, id: TaskId, pool_id: &PoolId, predicted: u64) {
-        let Some(pool) = self.pools.get(pool_id) else {
+        let Some(pool) = self.registry.pool(pool_id) else {
             return;
         };
         let (node_id, engine_version) = (pool.node_id.clone(), pool.status.engine_version.clone());
@@ -428,7 +480,7 @@ impl<E: Effects> Core<E> {
     }
 
     fn end_load(&mut self, pool_id: &PoolId) {
-        if let Some(p) = self.pools.get_mut(pool_id) {
+        if let Some(p) = self.registry.pool_mut(pool_id) {
             p.op = None;
             p.loading = None;
         }
@@ -500,12 +552,7 @@ impl<E: Effects> Core<E> {
 
     /// Loads on a node that registered again were lost with its previous process.
     pub(super) fn forget_loads_of(&mut self, node_id: &NodeId, now: Instant) {
-        let lost: Vec<CommandId> = self
-            .loads
-            .iter()
-            .filter(|(_, l)| l.node_id == *node_id)
-            .map(|(id, _)| *id)
-            .collect();
+        let lost = self.loads.on_node(node_id);
         for id in lost {
             let env = ErrorEnvelope::new(
                 ErrorCode::PoolUnavailable,

@@ -301,7 +301,7 @@ fn handle(core: &mut Core<LiveEffects>, msg: Msg, now: Instant) {
             let authorized = caller
                 .as_ref()
                 .is_none_or(|c| core.node_authorized(&node_id, c));
-            let result = if !core.nodes.contains_key(node_id.as_str()) {
+            let result = if !core.registry.nodes().contains_key(node_id.as_str()) {
                 Err(ErrorEnvelope::new(
                     api::ErrorCode::NotFound,
                     format!("node {node_id} is not registered"),

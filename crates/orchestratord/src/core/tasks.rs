@@ -54,7 +54,7 @@ impl<E: Effects> Core<E> {
     ) -> Result<(), ErrorEnvelope> {
         let p = &v.placement;
         for (i, id) in p.prefer_pools.iter().enumerate() {
-            if !self.pools.contains_key(id) {
+            if !self.registry.pools().contains_key(id) {
                 return Err(ErrorEnvelope::invalid(
                     format!("placement.prefer_pools[{i}]"),
                     format!("unknown pool {id}"),
@@ -62,7 +62,7 @@ impl<E: Effects> Core<E> {
             }
         }
         for (i, id) in p.avoid_pools.iter().enumerate() {
-            if !self.pools.contains_key(id) {
+            if !self.registry.pools().contains_key(id) {
                 return Err(ErrorEnvelope::invalid(
                     format!("placement.avoid_pools[{i}]"),
                     format!("unknown pool {id}"),
@@ -70,13 +70,14 @@ impl<E: Effects> Core<E> {
             }
         }
         let serving: Vec<_> = self
-            .pools
+            .registry
+            .pools()
             .iter()
             .filter(|(_, e)| e.model_id() == Some(model))
             .collect();
         if p.mode == PlacementMode::Pin {
             let id = p.pin_pool_id.as_ref().map_or("", PoolId::as_str);
-            let Some((id, pool)) = self.pools.get_key_value(id) else {
+            let Some((id, pool)) = self.registry.pools().get_key_value(id) else {
                 return Err(ErrorEnvelope::invalid(
                     "placement.pin_pool_id",
                     format!("unknown pool {id}"),
@@ -95,8 +96,8 @@ impl<E: Effects> Core<E> {
                 ));
             }
             if self
-                .nodes
-                .get(&pool.node_id)
+                .registry
+                .node(&pool.node_id)
                 .is_none_or(|n| n.status != NodeStatus::Online)
             {
                 return Err(ErrorEnvelope::new(
@@ -119,13 +120,13 @@ impl<E: Effects> Core<E> {
             let ready = p
                 .prefer_pools
                 .iter()
-                .filter_map(|id| self.pools.get(id).map(|e| (id, e)))
+                .filter_map(|id| self.registry.pool(id).map(|e| (id, e)))
                 .any(|(_, e)| {
                     e.model_id() == Some(model)
                         && e.status.state == PoolState::Ready
                         && self
-                            .nodes
-                            .get(&e.node_id)
+                            .registry
+                            .node(&e.node_id)
                             .is_some_and(|n| n.status == NodeStatus::Online)
                 });
             if !ready {
@@ -160,7 +161,7 @@ impl<E: Effects> Core<E> {
     }
 
     pub(super) fn has_measurements(&self, model: &ModelId) -> bool {
-        self.pools.iter().any(|(id, p)| {
+        self.registry.pools().iter().any(|(id, p)| {
             p.model_id() == Some(model)
                 && self.stats.get(id).is_some_and(|s| s.decode_tps.is_some())
         })
@@ -169,7 +170,8 @@ impl<E: Effects> Core<E> {
     /// `(queue_position, predicted_start_ms)` for a task entering `model`'s queue (API.md §6.3).
     pub(super) fn predict(&self, model: &ModelId, ahead: u64, max_tokens: u64) -> (u64, u64) {
         let cands: Vec<(&PoolId, &super::PoolEntry)> = self
-            .pools
+            .registry
+            .pools()
             .iter()
             .filter(|(_, p)| p.model_id() == Some(model) && p.status.state == PoolState::Ready)
             .collect();
@@ -187,7 +189,8 @@ impl<E: Effects> Core<E> {
 
     fn mean_duration_ms(&self, model: &ModelId, max_tokens: u64) -> u64 {
         let ds: Vec<f64> = self
-            .pools
+            .registry
+            .pools()
             .iter()
             .filter(|(_, p)| p.model_id() == Some(model))
             .filter_map(|(id, _)| self.stats.get(id))
@@ -204,7 +207,8 @@ impl<E: Effects> Core<E> {
 
     pub(super) fn retry_after_ms(&self, model: &ModelId, max_tokens: u64) -> u64 {
         let slots: u64 = self
-            .pools
+            .registry
+            .pools()
             .values()
             .filter(|p| p.model_id() == Some(model))
             .map(|p| p.status.slots_total as u64)
@@ -223,14 +227,14 @@ impl<E: Effects> Core<E> {
         now: Instant,
     ) {
         self.prep_completed(id);
-        let Some(pool) = self.pools.get_mut(pool_id) else {
+        let Some(pool) = self.registry.pool_mut(pool_id) else {
             return;
         };
         pool.holding.insert(id);
         let node_id = pool.node_id.clone();
         let engine_version = pool.status.engine_version.clone();
         let digest = pool.status.models.first().and_then(|m| m.digest.clone());
-        let Some(node) = self.nodes.get(&node_id) else {
+        let Some(node) = self.registry.node(&node_id) else {
             return;
         };
         let (address, token) = (node.address.clone(), node.dispatch_token.clone());
@@ -305,7 +309,7 @@ impl<E: Effects> Core<E> {
                 ..Default::default()
             }));
         }
-        self.session_placed(session, pool_id);
+        self.sessions.placed(session, pool_id);
         self.effects.dispatch(DispatchJob {
             task: id,
             attempt,
@@ -394,7 +398,8 @@ impl<E: Effects> Core<E> {
                 if let (Outcome::Completed, (sid, Some(pool), Some(node), model, tin, tout)) =
                     (outcome, done)
                 {
-                    self.session_completed(sid, &pool, &node, &model, tin, tout);
+                    self.sessions
+                        .completed(sid, &pool, &node, &model, (tin, tout));
                 }
                 self.finish_with_end(id, stop_reason, outcome, now);
                 self.release_slot(id, now);
@@ -447,7 +452,7 @@ impl<E: Effects> Core<E> {
         tracing::warn!(event = "task.attempt_failed", correlation_id = %t.correlation_id, task_id = %id, pool_id = %failed_pool.as_ref().map_or("", api::PoolId::as_str),
             code = %env.code, attempt = t.attempts, "Attempt {} of task {id} failed: {}", t.attempts, env.message);
         if env.code == ErrorCode::ReplicaExhausted {
-            if let Some(p) = failed_pool.as_ref().and_then(|p| self.pools.get_mut(p)) {
+            if let Some(p) = failed_pool.as_ref().and_then(|p| self.registry.pool_mut(p)) {
                 p.exhausted = true;
             }
         }
@@ -462,7 +467,7 @@ impl<E: Effects> Core<E> {
                 if let Some(t) = self.tasks.get_mut(&id) {
                     t.life.requeue(Stamp::at(now));
                     let (key, prio) = (t.queue_key.clone(), t.v.priority);
-                    self.queues.entry(key).or_default().push_front(id, prio);
+                    self.queues.push_front(key, id, prio);
                 }
                 return;
             }
@@ -584,7 +589,7 @@ impl<E: Effects> Core<E> {
         tracing::info!(event = "task.finished", correlation_id = %t.correlation_id, task_id = %id, pool_id = %pool, node_id = %node, tokens_in = t.tokens_in,
             tokens_out = t.tokens_out(), duration_ms = now.duration_since(t.admitted.at).as_millis() as u64,
             "Task {id} ended ({reason:?}) with {} tokens", t.tokens_out());
-        self.finished.push_back(id);
+        self.tasks.finished(id);
     }
 
     pub(super) fn finish_with_error(&mut self, id: TaskId, env: ErrorEnvelope, now: Instant) {
@@ -609,7 +614,7 @@ impl<E: Effects> Core<E> {
             .inc(m::TOKENS_OUT, series, t.tokens_out() as f64);
         tracing::warn!(event = "task.finished", correlation_id = %t.correlation_id, task_id = %id, pool_id = %pool, code = %env.code,
             "Task {id} failed: {}", env.message);
-        self.finished.push_back(id);
+        self.tasks.finished(id);
     }
 
     /// Frees the task's slot on its pool (the worker stream ended, or a cancel was confirmed).
@@ -617,7 +622,7 @@ impl<E: Effects> Core<E> {
         let Some(pool) = self.tasks.get(&id).and_then(|t| t.pool.clone()) else {
             return;
         };
-        if let Some(p) = self.pools.get_mut(&pool) {
+        if let Some(p) = self.registry.pool_mut(&pool) {
             let held = p.holding.remove(&id);
             p.releasing.remove(&id);
             if held {
@@ -677,14 +682,15 @@ impl<E: Effects> Core<E> {
             return;
         };
         let cid = t.correlation_id.clone();
-        let Some(pool) = self.pools.get_mut(&pool_id) else {
+        let Some(pool) = self.registry.pool_mut(&pool_id) else {
             return;
         };
         if !pool.holding.contains(&id) {
             return;
         }
         pool.releasing.insert(id);
-        let Some(node) = self.nodes.get(&pool.node_id) else {
+        let node_id = pool.node_id.clone();
+        let Some(node) = self.registry.node(&node_id) else {
             return;
         };
         self.effects.cancel_on_worker(CancelJob {
@@ -747,21 +753,8 @@ impl<E: Effects> Core<E> {
 
     /// Drops finished tasks past retention or beyond `max_retained` (oldest first).
     pub fn purge(&mut self, now: Instant) {
-        while let Some(id) = self.finished.front().copied() {
-            let expired = self
-                .tasks
-                .get(&id)
-                .and_then(|t| t.life.finished_at())
-                .is_none_or(|f| now.duration_since(f.at) >= self.cfg.retention);
-            if expired || self.finished.len() > self.cfg.max_retained {
-                self.finished.pop_front();
-                if self.tasks.get(&id).is_some_and(|t| t.state().is_terminal()) {
-                    self.tasks.remove(&id);
-                }
-            } else {
-                break;
-            }
-        }
+        self.tasks
+            .purge(now, self.cfg.retention, self.cfg.max_retained);
     }
 
     pub fn log_of(&self, id: TaskId) -> Option<Arc<TaskLog>> {
@@ -832,7 +825,12 @@ impl<E: Effects> Core<E> {
                 now,
             );
         }
-        for p in self.pools.values_mut().filter(|p| p.node_id == *node_id) {
+        for p in self
+            .registry
+            .pools_mut()
+            .map(|(_, p)| p)
+            .filter(|p| p.node_id == *node_id)
+        {
             p.holding.clear();
             p.releasing.clear();
         }

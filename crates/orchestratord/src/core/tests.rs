@@ -178,7 +178,7 @@ fn dispatch_never_exceeds_slots() {
         3,
         "the freed slot goes to the queued task at once"
     );
-    assert_eq!(core.pools["p1"].holding.len(), 2);
+    assert_eq!(core.registry.pools()["p1"].holding.len(), 2);
 }
 
 #[test]
@@ -609,7 +609,7 @@ fn heartbeat(
         gpus: vec![],
         commands,
     };
-    let token = core.nodes[node]
+    let token = core.registry.nodes()[node]
         .credential
         .as_ref()
         .map(|c| c.expose().to_string())
@@ -650,7 +650,7 @@ fn reported_models_join_the_catalog_and_admission_checks_it() {
         .catalog_get("m")
         .expect("a pool's model is registered as Active on first report");
     assert_eq!(rec.model_ref, "file:/m.gguf");
-    assert_eq!(core.pools["p1"].model_id(), Some(&mid("m")));
+    assert_eq!(core.registry.pools()["p1"].model_id(), Some(&mid("m")));
     // Unknown id: 404, nothing admitted.
     let err = core
         .submit(task(|r| r.model_ref = "nope".into()), cid("c"), now)
@@ -701,8 +701,8 @@ fn a_pool_whose_digest_differs_from_the_catalog_does_not_serve() {
     let mut p = pool("p1", 1);
     p.models[0].digest = Some(format!("sha256:{}", "2".repeat(64)));
     register(&mut core, "n1", vec![p], now);
-    assert_eq!(core.pools["p1"].model_id(), None);
-    assert!(core.pools["p1"]
+    assert_eq!(core.registry.pools()["p1"].model_id(), None);
+    assert!(core.registry.pools()["p1"]
         .status
         .last_error
         .as_deref()
@@ -716,7 +716,7 @@ fn a_pool_whose_digest_differs_from_the_catalog_does_not_serve() {
     good.models[0].digest = Some(DIGEST.into());
     heartbeat(&mut core, "n1", 1, vec![good], vec![], now);
     assert_eq!(
-        core.pools["p1"].model_id(),
+        core.registry.pools()["p1"].model_id(),
         Some(&mid("m")),
         "the matching digest serves"
     );
@@ -770,7 +770,7 @@ fn provisioning_loads_the_model_and_binds_the_task() {
         .expect("second")
         .0
         .task_id;
-    let cmds = &core.nodes["n1"].commands;
+    let cmds = &core.registry.nodes()["n1"].commands;
     assert_eq!(
         cmds.iter()
             .filter(|c| c.kind == CommandKind::LoadModel)
@@ -781,7 +781,7 @@ fn provisioning_loads_the_model_and_binds_the_task() {
     let cmd = cmds[0].clone();
     assert_eq!(cmd.pool_id.as_ref().map(PoolId::as_str), Some("p1"));
     assert_eq!(
-        core.pools["p1"].op.as_ref().map(|o| o.1),
+        core.registry.pools()["p1"].op.as_ref().map(|o| o.1),
         Some(CommandKind::LoadModel)
     );
     // Progress from the node reaches the bound task as a verbose frame.
@@ -899,7 +899,7 @@ fn provisioning_loads_the_model_and_binds_the_task() {
         1,
         "started is not repeated at dispatch"
     );
-    assert!(core.pools["p1"].op.is_none());
+    assert!(core.registry.pools()["p1"].op.is_none());
     assert_eq!(
         core.tasks[&second].state(),
         TaskState::Queued,
@@ -924,7 +924,7 @@ fn a_failed_load_ends_the_waiting_tasks_with_its_error() {
         .expect("second")
         .0
         .task_id;
-    let cmd = core.nodes["n1"].commands[0].command_id.clone();
+    let cmd = core.registry.nodes()["n1"].commands[0].command_id.clone();
     let env = api::ErrorEnvelope::new(ErrorCode::UntrustedArtifact, "digest mismatch");
     heartbeat(
         &mut core,
@@ -948,7 +948,7 @@ fn a_failed_load_ends_the_waiting_tasks_with_its_error() {
         );
     }
     assert!(
-        core.pools["p1"].op.is_none(),
+        core.registry.pools()["p1"].op.is_none(),
         "the pool is free for another load"
     );
     assert!(core
@@ -1041,13 +1041,17 @@ fn heartbeat_cannot_take_a_pool_of_another_online_node() {
         vec![],
         now,
     );
-    assert_eq!(core.pools["p1"].node_id, "n1", "the owner keeps its pool");
-    assert_eq!(core.nodes["n2"].pools, vec![pid("p2")]);
+    assert_eq!(
+        core.registry.pools()["p1"].node_id,
+        "n1",
+        "the owner keeps its pool"
+    );
+    assert_eq!(core.registry.nodes()["n2"].pools, vec![pid("p2")]);
     // Once the owner is Offline, the pool may move to the node that reports it.
     let later = now + Duration::from_secs(25);
     heartbeat(&mut core, "n2", 2, vec![pool("p2", 1)], vec![], later);
     core.tick(now + Duration::from_secs(31));
-    assert_eq!(core.nodes["n1"].status, NodeStatus::Offline);
+    assert_eq!(core.registry.nodes()["n1"].status, NodeStatus::Offline);
     heartbeat(
         &mut core,
         "n2",
@@ -1056,7 +1060,7 @@ fn heartbeat_cannot_take_a_pool_of_another_online_node() {
         vec![],
         now + Duration::from_secs(32),
     );
-    assert_eq!(core.pools["p1"].node_id, "n2");
+    assert_eq!(core.registry.pools()["p1"].node_id, "n2");
     // A deregistered owner leaves its pools behind for anyone.
     register(&mut core, "n3", vec![pool("p3", 1)], now);
     assert!(core.deregister("n3", now));
@@ -1068,7 +1072,7 @@ fn heartbeat_cannot_take_a_pool_of_another_online_node() {
         vec![],
         now + Duration::from_secs(33),
     );
-    assert_eq!(core.pools["p3"].node_id, "n2");
+    assert_eq!(core.registry.pools()["p3"].node_id, "n2");
 }
 
 /// A core whose pool `p1` (1 slot) is busy and has measurements (D = 2 ms), with two batch tasks

@@ -1,0 +1,177 @@
+//! The registry part of the core: the nodes that registered and the pools they report. It owns
+//! both maps behind a narrow API; its one invariant is that a pool's copy of its node's facts
+//! (online, free VRAM) is refreshed whenever the node changes ([`Registry::sync_node_facts`]), so
+//! placement reads pools alone.
+
+use std::borrow::Borrow;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
+
+use api::node::{NodeStatus, PoolStatus};
+use api::{CommandId, ModelId, NodeId, PoolId, TaskId};
+use daemon::secret::Secret;
+
+pub struct Node {
+    pub machine_id: String,
+    pub address: String,
+    pub version: String,
+    pub dispatch_token: Secret,
+    /// The credential issued at registration (None when the node uses a static token or open mode).
+    pub credential: Option<Secret>,
+    pub status: NodeStatus,
+    pub last_seen: Instant,
+    pub registered_at_ms: u64,
+    pub last_heartbeat_ms: u64,
+    pub seq: u64,
+    pub capabilities: api::node::Capabilities,
+    pub pools: Vec<PoolId>,
+    /// GPU state from the latest heartbeat.
+    pub gpus: Vec<api::node::GpuStatus>,
+    /// Commands sent in every heartbeat answer until the node reports them (at-least-once).
+    pub commands: Vec<api::node::Command>,
+}
+
+pub struct PoolEntry {
+    pub node_id: NodeId,
+    pub status: PoolStatus,
+    /// Tasks holding a slot: dispatched and not yet released.
+    pub holding: BTreeSet<TaskId>,
+    /// Tasks canceled while running whose slot is not yet confirmed free.
+    pub releasing: BTreeSet<TaskId>,
+    /// The worker answered REPLICA_EXHAUSTED: no free slot until its next heartbeat.
+    pub exhausted: bool,
+    /// Facts of the pool's node, refreshed by [`Registry::sync_node_facts`] whenever they change, so
+    /// placement never looks nodes up per pool.
+    pub node_online: bool,
+    pub free_vram: u64,
+    /// Draining on an operator's request: out of placement until a reload.
+    pub draining: bool,
+    /// The pool operation in progress (drain, reload or load-model), by command id.
+    pub op: Option<(CommandId, api::node::CommandKind)>,
+    /// The catalog model this pool serves (§9.2: digest or ref matches), re-derived from every report.
+    pub serves: Option<ModelId>,
+    /// The (model id, digest) of the last report, so catalog writes happen only on change.
+    pub reported: Option<(ModelId, Option<String>)>,
+    /// The model a `load-model` in progress is loading into this pool.
+    pub loading: Option<ModelId>,
+}
+
+impl PoolEntry {
+    pub fn free_slots(&self) -> u32 {
+        if self.exhausted {
+            return 0;
+        }
+        self.status
+            .slots_total
+            .saturating_sub(self.holding.len() as u32)
+    }
+
+    /// The catalog model the pool serves (None when its report does not match the catalog).
+    pub fn model_id(&self) -> Option<&ModelId> {
+        self.serves.as_ref()
+    }
+}
+
+/// Free VRAM on the GPUs of a device mask (`cpu` has none).
+fn free_vram(node: &Node, mask: &str) -> u64 {
+    if mask == "cpu" {
+        return 0;
+    }
+    mask.split(',')
+        .filter_map(|d| node.gpus.iter().find(|g| g.device_id == d.trim()))
+        .map(|g| g.vram_free_bytes)
+        .sum()
+}
+
+#[derive(Default)]
+pub struct Registry {
+    nodes: BTreeMap<NodeId, Node>,
+    pools: BTreeMap<PoolId, PoolEntry>,
+}
+
+impl Registry {
+    /// Every node, by id (read-only: changes go through the methods below).
+    pub fn nodes(&self) -> &BTreeMap<NodeId, Node> {
+        &self.nodes
+    }
+
+    /// Every pool, by id (read-only: changes go through the methods below).
+    pub fn pools(&self) -> &BTreeMap<PoolId, PoolEntry> {
+        &self.pools
+    }
+
+    pub fn node<Q: Ord + ?Sized>(&self, id: &Q) -> Option<&Node>
+    where
+        NodeId: Borrow<Q>,
+    {
+        self.nodes.get(id)
+    }
+
+    pub fn node_mut<Q: Ord + ?Sized>(&mut self, id: &Q) -> Option<&mut Node>
+    where
+        NodeId: Borrow<Q>,
+    {
+        self.nodes.get_mut(id)
+    }
+
+    /// True when the node is registered and Online.
+    pub fn node_online<Q: Ord + ?Sized>(&self, id: &Q) -> bool
+    where
+        NodeId: Borrow<Q>,
+    {
+        self.nodes
+            .get(id)
+            .is_some_and(|n| n.status == NodeStatus::Online)
+    }
+
+    pub fn insert_node(&mut self, id: NodeId, node: Node) {
+        self.nodes.insert(id, node);
+    }
+
+    pub fn remove_node<Q: Ord + ?Sized>(&mut self, id: &Q) -> Option<(NodeId, Node)>
+    where
+        NodeId: Borrow<Q>,
+    {
+        self.nodes.remove_entry(id)
+    }
+
+    pub fn pool<Q: Ord + ?Sized>(&self, id: &Q) -> Option<&PoolEntry>
+    where
+        PoolId: Borrow<Q>,
+    {
+        self.pools.get(id)
+    }
+
+    pub fn pool_mut<Q: Ord + ?Sized>(&mut self, id: &Q) -> Option<&mut PoolEntry>
+    where
+        PoolId: Borrow<Q>,
+    {
+        self.pools.get_mut(id)
+    }
+
+    pub fn pools_mut(&mut self) -> impl Iterator<Item = (&PoolId, &mut PoolEntry)> {
+        self.pools.iter_mut()
+    }
+
+    pub fn insert_pool(&mut self, id: PoolId, pool: PoolEntry) {
+        self.pools.insert(id, pool);
+    }
+
+    /// Keeps only the pools for which `keep` is true.
+    pub fn retain_pools(&mut self, keep: impl FnMut(&PoolId, &mut PoolEntry) -> bool) {
+        self.pools.retain(keep);
+    }
+
+    /// Copies a node's status and free VRAM into its pools (see [`PoolEntry::node_online`]).
+    pub fn sync_node_facts(&mut self, node_id: &NodeId) {
+        let Some(node) = self.nodes.get(node_id) else {
+            return;
+        };
+        for pid in &node.pools {
+            if let Some(p) = self.pools.get_mut(pid) {
+                p.node_online = node.status == NodeStatus::Online;
+                p.free_vram = free_vram(node, &p.status.device_mask);
+            }
+        }
+    }
+}
