@@ -149,10 +149,6 @@ impl Registry {
         self.pools.get_mut(id)
     }
 
-    pub fn pools_mut(&mut self) -> impl Iterator<Item = (&PoolId, &mut PoolEntry)> {
-        self.pools.iter_mut()
-    }
-
     pub fn insert_pool(&mut self, id: PoolId, pool: PoolEntry) {
         self.pools.insert(id, pool);
     }
@@ -160,6 +156,50 @@ impl Registry {
     /// Keeps only the pools for which `keep` is true.
     pub fn retain_pools(&mut self, keep: impl FnMut(&PoolId, &mut PoolEntry) -> bool) {
         self.pools.retain(keep);
+    }
+
+    /// A dispatch takes one of the pool's slots; false for an unknown pool.
+    pub fn hold_slot(&mut self, pool: &PoolId, task: TaskId) -> bool {
+        let Some(p) = self.pools.get_mut(pool) else {
+            return false;
+        };
+        p.holding.insert(task);
+        true
+    }
+
+    /// The task's slot is free again; true when it held one.
+    pub fn release_slot(&mut self, pool: &PoolId, task: TaskId) -> bool {
+        let Some(p) = self.pools.get_mut(pool) else {
+            return false;
+        };
+        p.releasing.remove(&task);
+        p.holding.remove(&task)
+    }
+
+    /// A canceled task keeps its slot until the worker confirms it free; true when it held one.
+    pub fn start_releasing(&mut self, pool: &PoolId, task: TaskId) -> bool {
+        match self.pools.get_mut(pool) {
+            Some(p) if p.holding.contains(&task) => {
+                p.releasing.insert(task);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The worker answered REPLICA_EXHAUSTED: no free slot until its next report.
+    pub fn mark_exhausted(&mut self, pool: &PoolId) {
+        if let Some(p) = self.pools.get_mut(pool) {
+            p.exhausted = true;
+        }
+    }
+
+    /// The node was lost: its pools hold no slots any more.
+    pub fn clear_slots_on(&mut self, node_id: &NodeId) {
+        for p in self.pools.values_mut().filter(|p| p.node_id == *node_id) {
+            p.holding.clear();
+            p.releasing.clear();
+        }
     }
 
     /// Copies a node's status and free VRAM into its pools (see [`PoolEntry::node_online`]).

@@ -227,10 +227,12 @@ impl<E: Effects> Core<E> {
         now: Instant,
     ) {
         self.prep_completed(id);
-        let Some(pool) = self.registry.pool_mut(pool_id) else {
+        if !self.registry.hold_slot(pool_id, id) {
+            return;
+        }
+        let Some(pool) = self.registry.pool(pool_id) else {
             return;
         };
-        pool.holding.insert(id);
         let node_id = pool.node_id.clone();
         let engine_version = pool.status.engine_version.clone();
         let digest = pool.status.models.first().and_then(|m| m.digest.clone());
@@ -452,8 +454,8 @@ impl<E: Effects> Core<E> {
         tracing::warn!(event = "task.attempt_failed", correlation_id = %t.correlation_id, task_id = %id, pool_id = %failed_pool.as_ref().map_or("", api::PoolId::as_str),
             code = %env.code, attempt = t.attempts, "Attempt {} of task {id} failed: {}", t.attempts, env.message);
         if env.code == ErrorCode::ReplicaExhausted {
-            if let Some(p) = failed_pool.as_ref().and_then(|p| self.registry.pool_mut(p)) {
-                p.exhausted = true;
+            if let Some(p) = &failed_pool {
+                self.registry.mark_exhausted(p);
             }
         }
         self.release_slot(id, now);
@@ -622,12 +624,8 @@ impl<E: Effects> Core<E> {
         let Some(pool) = self.tasks.get(&id).and_then(|t| t.pool.clone()) else {
             return;
         };
-        if let Some(p) = self.registry.pool_mut(&pool) {
-            let held = p.holding.remove(&id);
-            p.releasing.remove(&id);
-            if held {
-                self.pump(now);
-            }
+        if self.registry.release_slot(&pool, id) {
+            self.pump(now);
         }
     }
 
@@ -682,15 +680,14 @@ impl<E: Effects> Core<E> {
             return;
         };
         let cid = t.correlation_id.clone();
-        let Some(pool) = self.registry.pool_mut(&pool_id) else {
-            return;
-        };
-        if !pool.holding.contains(&id) {
+        if !self.registry.start_releasing(&pool_id, id) {
             return;
         }
-        pool.releasing.insert(id);
-        let node_id = pool.node_id.clone();
-        let Some(node) = self.registry.node(&node_id) else {
+        let Some(node) = self
+            .registry
+            .pool(&pool_id)
+            .and_then(|p| self.registry.node(&p.node_id))
+        else {
             return;
         };
         self.effects.cancel_on_worker(CancelJob {
@@ -825,15 +822,7 @@ impl<E: Effects> Core<E> {
                 now,
             );
         }
-        for p in self
-            .registry
-            .pools_mut()
-            .map(|(_, p)| p)
-            .filter(|p| p.node_id == *node_id)
-        {
-            p.holding.clear();
-            p.releasing.clear();
-        }
+        self.registry.clear_slots_on(node_id);
         self.pump(now);
     }
 }
