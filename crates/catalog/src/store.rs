@@ -100,8 +100,17 @@ pub enum StoreError {
     },
 }
 
+/// One catalog change for the store: a record written (row and locations) or a model deleted.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Write {
+    Put(ModelRecord),
+    Delete(String),
+}
+
+/// The SQLite store of a catalog, for a store task when the catalog runs deferred
+/// ([`crate::Catalog::open_deferred`]).
 #[derive(Debug)]
-pub(crate) struct Store {
+pub struct Store {
     conn: Connection,
     path: PathBuf,
 }
@@ -205,6 +214,19 @@ impl Store {
             }
             Ok(())
         })
+    }
+
+    /// Commits one change in its own transaction.
+    pub fn apply(&mut self, w: &Write) -> Result<(), StoreError> {
+        match w {
+            Write::Put(rec) => self.put(rec),
+            Write::Delete(id) => self.delete(id),
+        }
+    }
+
+    /// Every record as stored (to resynchronize a mirror after a failed write).
+    pub fn load(&self) -> Result<Vec<ModelRecord>, StoreError> {
+        load(&self.conn, &self.path)
     }
 
     /// Deletes the model and its locations in one transaction.

@@ -703,3 +703,55 @@ fn unopenable_paths_are_errors() {
     let e = Catalog::open(dir.path()).unwrap_err();
     assert!(matches!(e, StoreError::Open { .. }), "{e}");
 }
+
+#[test]
+fn deferred_writes_reach_the_store_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("catalog.sqlite");
+    let (mut c, mut store) = Catalog::open_deferred(&path).unwrap();
+    register(&mut c, Some("m"), "file:/m.gguf", None).unwrap();
+    c.record_copy("m", copy("n1", Some(&digest_a()), true))
+        .unwrap();
+    register(&mut c, Some("gone"), "file:/gone.gguf", None).unwrap();
+    c.delete("gone").unwrap();
+    // The mirror changed at once; nothing is on disk until the writes are applied.
+    let mirror = owned(&c);
+    assert_eq!(mirror.len(), 1);
+    assert!(store.load().unwrap().is_empty());
+    let writes = c.take_writes();
+    assert_eq!(writes.len(), 4);
+    assert!(c.take_writes().is_empty(), "taken once");
+    for w in &writes {
+        store.apply(w).unwrap();
+    }
+    assert_eq!(store.load().unwrap(), mirror);
+    drop(store);
+    assert_eq!(owned(&Catalog::open(&path).unwrap()), mirror);
+}
+
+#[test]
+fn a_failed_deferred_write_is_resynchronized_from_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("catalog.sqlite");
+    let (mut c, mut store) = Catalog::open_deferred(&path).unwrap();
+    register(&mut c, Some("m"), "file:/m.gguf", None).unwrap();
+    for w in c.take_writes() {
+        store.apply(&w).unwrap();
+    }
+    let before = owned(&c);
+    // SQLite integers are i64: this size cannot be stored.
+    let huge = Copy {
+        size_bytes: Some(u64::MAX),
+        ..copy("n1", Some(&digest_a()), true)
+    };
+    c.record_copy("m", huge).unwrap();
+    assert_ne!(owned(&c), before, "the mirror changed at once");
+    let failed = c
+        .take_writes()
+        .iter()
+        .map(|w| store.apply(w))
+        .any(|r| r.is_err());
+    assert!(failed);
+    c.resync(store.load().unwrap(), &[]);
+    assert_eq!(owned(&c), before, "back to what the store holds");
+}

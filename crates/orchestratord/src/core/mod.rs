@@ -18,6 +18,7 @@ pub mod queue;
 pub mod registry;
 pub mod runner;
 pub mod sessions;
+pub mod store;
 pub mod task_table;
 pub mod tasklog;
 pub mod tasks;

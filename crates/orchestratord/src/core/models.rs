@@ -200,6 +200,22 @@ impl<E: Effects> Core<E> {
         Ok(out)
     }
 
+    /// The catalog changes made since the last call, for the store task, in order.
+    pub fn take_catalog_writes(&mut self) -> Vec<catalog::Write> {
+        self.catalog.take_writes()
+    }
+
+    /// A catalog write failed: the mirror becomes what the store holds plus the changes queued
+    /// since it was read, and every pool's model is derived again.
+    pub fn catalog_resync(&mut self, records: Vec<ModelRecord>, since: &[catalog::Write]) {
+        tracing::warn!(
+            event = "catalog.resync",
+            "Catalog mirror resynchronized from the store after a failed write"
+        );
+        self.catalog.resync(records, since);
+        self.evaluate_all_pools();
+    }
+
     pub fn catalog_list(&self) -> Vec<ModelRecord> {
         self.catalog.list().into_iter().cloned().collect()
     }

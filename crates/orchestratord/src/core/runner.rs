@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::TaskTracker;
 
 use super::nodes::NodeCaller;
+use super::store::{Durable, StoreLink};
 use super::tasks::CancelReason;
 use super::{CancelJob, Core, DispatchJob, Effects, TaskLog, Timer};
 use crate::config::Config;
@@ -28,7 +29,10 @@ pub enum Msg {
     Submit {
         v: crate::admission::ValidatedTask,
         correlation_id: api::CorrelationId,
-        reply: Reply<Result<(AdmissionResponse, Arc<TaskLog>), ErrorEnvelope>>,
+        reply: Reply<(
+            Result<(AdmissionResponse, Arc<TaskLog>), ErrorEnvelope>,
+            Durable,
+        )>,
     },
     Record {
         id: TaskId,
@@ -79,7 +83,10 @@ pub enum Msg {
         pool_id: String,
         model_ref: String,
         correlation_id: api::CorrelationId,
-        reply: Reply<Result<api::node::PoolCommandAccepted, ErrorEnvelope>>,
+        reply: Reply<(
+            Result<api::node::PoolCommandAccepted, ErrorEnvelope>,
+            Durable,
+        )>,
     },
     DeleteSession {
         id: api::SessionId,
@@ -107,7 +114,7 @@ pub enum Msg {
     Tick,
     CatalogRegister {
         req: RegisterModel,
-        reply: Reply<Result<(ModelRecord, bool), ErrorEnvelope>>,
+        reply: Reply<(Result<(ModelRecord, bool), ErrorEnvelope>, Durable)>,
     },
     CatalogList {
         reply: Reply<Vec<ModelRecord>>,
@@ -119,7 +126,7 @@ pub enum Msg {
     CatalogDelete {
         id: String,
         correlation_id: api::CorrelationId,
-        reply: Reply<Result<(), ErrorEnvelope>>,
+        reply: Reply<(Result<(), ErrorEnvelope>, Durable)>,
     },
     CatalogVerify {
         id: String,
@@ -129,10 +136,16 @@ pub enum Msg {
     CatalogSetState {
         id: String,
         state: ModelState,
-        reply: Reply<Result<ModelRecord, ErrorEnvelope>>,
+        reply: Reply<(Result<ModelRecord, ErrorEnvelope>, Durable)>,
     },
     Availability {
         reply: Reply<AvailabilityResponse>,
+    },
+    /// The store task could not commit a catalog change.
+    CatalogWriteFailed,
+    /// What the store holds, for resynchronizing the mirror.
+    CatalogReloaded {
+        records: Vec<ModelRecord>,
     },
     /// The models `/v1/models` lists, with their creation times (Unix seconds).
     ListedModels {
@@ -214,6 +227,7 @@ pub fn spawn(
     cfg: Arc<Config>,
     metrics: Arc<Metrics>,
     catalog: catalog::Catalog,
+    store: catalog::Store,
     tracker: &TaskTracker,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> CoreHandle {
@@ -237,6 +251,7 @@ pub fn spawn(
         shutdown: shutdown.clone(),
     };
     let mut core = Core::new(cfg, effects, metrics, catalog);
+    let mut link = StoreLink::spawn(store, tracker, tx.clone());
     let tick_tx = tx.clone();
     let tick_stop = shutdown.clone();
     tracker.spawn(async move {
@@ -254,7 +269,9 @@ pub fn spawn(
                 m = rx.recv() => match m { Some(m) => m, None => break },
                 _ = shutdown.cancelled() => break,
             };
-            handle(&mut core, msg, Instant::now());
+            handle(&mut core, &mut link, msg, Instant::now());
+            // Changes made by anything else (heartbeats, loads) are committed without a waiter.
+            let _ = link.flush(&mut core);
         }
         for h in core.effects.relays.values() {
             h.abort();
@@ -263,14 +280,15 @@ pub fn spawn(
     CoreHandle { tx }
 }
 
-fn handle(core: &mut Core<LiveEffects>, msg: Msg, now: Instant) {
+fn handle(core: &mut Core<LiveEffects>, link: &mut StoreLink, msg: Msg, now: Instant) {
     match msg {
         Msg::Submit {
             v,
             correlation_id,
             reply,
         } => {
-            let _ = reply.send(core.submit(v, correlation_id, now));
+            let r = core.submit(v, correlation_id, now);
+            let _ = reply.send((r, link.flush(core)));
         }
         Msg::Record { id, reply } => {
             let _ = reply.send(core.record(id));
@@ -338,7 +356,8 @@ fn handle(core: &mut Core<LiveEffects>, msg: Msg, now: Instant) {
             correlation_id,
             reply,
         } => {
-            let _ = reply.send(core.reload(&pool_id, &model_ref, correlation_id));
+            let r = core.reload(&pool_id, &model_ref, correlation_id);
+            let _ = reply.send((r, link.flush(core)));
         }
         Msg::Pools { reply } => {
             let _ = reply.send(core.pool_list());
@@ -352,7 +371,8 @@ fn handle(core: &mut Core<LiveEffects>, msg: Msg, now: Instant) {
         Msg::Timer(t) => core.on_timer(t, now),
         Msg::Tick => core.tick(now),
         Msg::CatalogRegister { req, reply } => {
-            let _ = reply.send(core.catalog_register(req));
+            let r = core.catalog_register(req);
+            let _ = reply.send((r, link.flush(core)));
         }
         Msg::CatalogList { reply } => {
             let _ = reply.send(core.catalog_list());
@@ -365,7 +385,8 @@ fn handle(core: &mut Core<LiveEffects>, msg: Msg, now: Instant) {
             correlation_id,
             reply,
         } => {
-            let _ = reply.send(core.catalog_delete(&id, correlation_id));
+            let r = core.catalog_delete(&id, correlation_id);
+            let _ = reply.send((r, link.flush(core)));
         }
         Msg::CatalogVerify {
             id,
@@ -375,8 +396,11 @@ fn handle(core: &mut Core<LiveEffects>, msg: Msg, now: Instant) {
             let _ = reply.send(core.catalog_verify(&id, correlation_id));
         }
         Msg::CatalogSetState { id, state, reply } => {
-            let _ = reply.send(core.catalog_set_state(&id, state));
+            let r = core.catalog_set_state(&id, state);
+            let _ = reply.send((r, link.flush(core)));
         }
+        Msg::CatalogWriteFailed => link.write_failed(),
+        Msg::CatalogReloaded { records } => link.reloaded(core, records),
         Msg::Availability { reply } => {
             let _ = reply.send(core.availability());
         }

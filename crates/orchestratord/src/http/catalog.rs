@@ -37,11 +37,13 @@ pub async fn register(
     if req.model_ref.is_empty() {
         return Err(ApiError(ErrorEnvelope::invalid("ref", "required")));
     }
-    let (rec, created) = app
+    let (r, durable) = app
         .core
         .ask(|reply| Msg::CatalogRegister { req, reply })
         .await
-        .ok_or_else(gone)??;
+        .ok_or_else(gone)?;
+    durable.wait().await?;
+    let (rec, created) = r?;
     Ok((
         if created {
             StatusCode::CREATED
@@ -80,14 +82,17 @@ pub async fn delete(
     Path(id): Path<String>,
     Extension(cid): Extension<CorrelationId>,
 ) -> Result<StatusCode, ApiError> {
-    app.core
+    let (r, durable) = app
+        .core
         .ask(|reply| Msg::CatalogDelete {
             id,
             correlation_id: cid.0,
             reply,
         })
         .await
-        .ok_or_else(gone)??;
+        .ok_or_else(gone)?;
+    durable.wait().await?;
+    r?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -115,16 +120,17 @@ pub async fn set_state(
     body: axum::body::Body,
 ) -> Result<Json<ModelRecord>, ApiError> {
     let req: SetModelState = required_body(&app, &headers, body, false).await?;
-    Ok(Json(
-        app.core
-            .ask(|reply| Msg::CatalogSetState {
-                id,
-                state: req.state,
-                reply,
-            })
-            .await
-            .ok_or_else(gone)??,
-    ))
+    let (r, durable) = app
+        .core
+        .ask(|reply| Msg::CatalogSetState {
+            id,
+            state: req.state,
+            reply,
+        })
+        .await
+        .ok_or_else(gone)?;
+    durable.wait().await?;
+    Ok(Json(r?))
 }
 
 pub async fn availability(

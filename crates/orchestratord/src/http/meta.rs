@@ -252,6 +252,9 @@ pub async fn reload(
             reply,
         })
         .await
-        .ok_or_else(unavailable)??;
+        .ok_or_else(unavailable)?;
+    let (r, durable) = r;
+    durable.wait().await?;
+    let r = r?;
     Ok((axum::http::StatusCode::ACCEPTED, Json(r)).into_response())
 }

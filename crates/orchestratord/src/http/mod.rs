@@ -190,3 +190,30 @@ pub fn unavailable() -> ApiError {
         "orchestratord is shutting down",
     ))
 }
+
+/// An admission's answer once any catalog change it made (an auto-registered model) is durable.
+/// If the commit failed, the admitted task is canceled and the client gets INTERNAL, as if the
+/// write had failed before admission.
+pub async fn durable_admission(
+    app: &App,
+    (result, durable): (
+        Result<(api::task::AdmissionResponse, Arc<crate::core::TaskLog>), ErrorEnvelope>,
+        crate::core::store::Durable,
+    ),
+) -> Result<(api::task::AdmissionResponse, Arc<crate::core::TaskLog>), ErrorEnvelope> {
+    if let Err(e) = durable.wait().await {
+        if let Ok((resp, _)) = &result {
+            let id = resp.task_id;
+            let _ = app
+                .core
+                .ask(|reply| crate::core::runner::Msg::Cancel {
+                    id,
+                    reason: crate::core::tasks::CancelReason::Client,
+                    reply,
+                })
+                .await;
+        }
+        return Err(e);
+    }
+    result
+}

@@ -111,7 +111,7 @@ async fn complete(
     else {
         return error(ErrorEnvelope::new(ErrorCode::Internal, "shutting down"));
     };
-    let (adm, log) = match result {
+    let (adm, log) = match super::durable_admission(&app, result).await {
         Ok(x) => x,
         Err(e) => return error(e),
     };

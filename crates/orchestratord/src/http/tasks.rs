@@ -36,7 +36,7 @@ pub async fn submit(
         })
         .await
         .ok_or_else(unavailable)?;
-    let (resp, _log) = result?;
+    let (resp, _log) = super::durable_admission(&app, result).await?;
     let location = format!("/v2/tasks/{}", resp.task_id);
     let mut r = (StatusCode::ACCEPTED, Json(resp)).into_response();
     if let Ok(v) = HeaderValue::from_str(&location) {
