@@ -121,7 +121,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     })
     .await
     .context("starting the direct llama-server")?;
-    let client = client::Client::new(&stack.orchd_url, None);
+    let client = client::Client::new(&stack.orchd_url, None)?;
     let (mut via_stack, mut via_direct) = (Samples::default(), Samples::default());
     // Warm both paths once.
     one_stack(&client, PROMPTS[0], a.max_tokens).await?;

@@ -82,7 +82,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         .as_ref()
         .and_then(|c| c.id())
         .context("orchestratord pid")?;
-    let client = client::Client::new(&stack.orchd_url, None);
+    let client = client::Client::new(&stack.orchd_url, None)?;
     let mut service = vec![];
     for _ in 0..5 {
         let t0 = Instant::now();

@@ -122,7 +122,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     );
     let opened = Arc::new(AtomicUsize::new(0));
     let ended = Arc::new(AtomicUsize::new(0));
-    let client = client::Client::new(&stack.orchd_url, None);
+    let client = client::Client::new(&stack.orchd_url, None)?;
     let sem = Arc::new(tokio::sync::Semaphore::new(256));
     let t_open = Instant::now();
     for _ in 0..a.streams {

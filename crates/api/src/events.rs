@@ -175,7 +175,7 @@ mod tests {
     #[test]
     fn verbose_keys_reach_only_verbose_subscribers() {
         let prep = std::collections::BTreeMap::from([(
-            StepId::pool(&"p".parse().unwrap()),
+            StepId::pool("p"),
             PrepProgress {
                 status: crate::node::StepStatus::Running,
                 pct: 5.0,

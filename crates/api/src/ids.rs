@@ -243,7 +243,7 @@ impl StepId {
     }
 
     /// Warming up pool `pool_id`.
-    pub fn pool(pool_id: &PoolId) -> Self {
+    pub fn pool(pool_id: impl fmt::Display) -> Self {
         Self(format!("pool:{pool_id}"))
     }
 

@@ -19,7 +19,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .nth(1)
         .unwrap_or_else(|| DEFAULT_REF.into());
     let url = std::env::var("LLORCH_URL").unwrap_or_else(|_| "http://127.0.0.1:8080".into());
-    let client = client::Client::new(url, std::env::var("LLORCH_TOKEN").ok());
+    let client = client::Client::new(url, std::env::var("LLORCH_TOKEN").ok())?;
 
     // 201 when created, 200 when the same id/ref/digest is already registered; a different ref
     // under the same id is 409 CONFLICT.

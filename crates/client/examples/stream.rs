@@ -17,7 +17,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .nth(1)
         .unwrap_or_else(|| "Write a haiku about the sea.".into());
     let url = std::env::var("LLORCH_URL").unwrap_or_else(|_| "http://127.0.0.1:8080".into());
-    let client = client::Client::new(url, std::env::var("LLORCH_TOKEN").ok());
+    let client = client::Client::new(url, std::env::var("LLORCH_TOKEN").ok())?;
     let mut req = TaskRequest::new("smollm2-135m-instruct");
     req.messages = Some(vec![Message {
         role: Role::User,

@@ -28,6 +28,9 @@ pub enum Error {
     Transport(String),
     #[error("unexpected answer: {0}")]
     Protocol(String),
+    /// The HTTP client could not be built (e.g. no TLS backend).
+    #[error("cannot set up the HTTP client: {0}")]
+    Setup(String),
 }
 
 impl Error {
@@ -57,17 +60,18 @@ pub struct Client {
 
 impl Client {
     /// A client for `base_url` (e.g. `http://127.0.0.1:8080`) with an optional client token.
-    pub fn new(base_url: impl Into<String>, token: Option<String>) -> Self {
+    /// Fails only when the HTTP client cannot be built; a default one would drop its settings.
+    pub fn new(base_url: impl Into<String>, token: Option<String>) -> Result<Self, Error> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .build()
-            .unwrap_or_default();
-        Self {
+            .map_err(|e| Error::Setup(e.to_string()))?;
+        Ok(Self {
             base: base_url.into().trim_end_matches('/').to_string(),
             token,
             correlation_id: uuid::Uuid::new_v4().to_string(),
             http,
-        }
+        })
     }
 
     /// Uses `id` as the `X-Correlation-Id` of every following call.

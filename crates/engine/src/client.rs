@@ -43,6 +43,9 @@ pub enum EngineError {
     Status { status: u16, message: String },
     #[error("engine protocol error: {0}")]
     Protocol(String),
+    /// The HTTP client could not be built (e.g. no TLS backend).
+    #[error("cannot set up the HTTP client for the engine: {0}")]
+    Setup(String),
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -112,21 +115,24 @@ pub struct EngineClient {
 }
 
 impl EngineClient {
-    pub fn new(base_url: impl Into<String>, key: ApiKey) -> Self {
+    /// A client for the engine at `base_url`. Fails only when an HTTP client cannot be built; a
+    /// default one would drop the timeout and the no-reuse rule.
+    pub fn new(base_url: impl Into<String>, key: ApiKey) -> Result<Self, EngineError> {
+        let setup = |e: reqwest::Error| EngineError::Setup(e.to_string());
         let control = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()
-            .unwrap_or_default();
+            .map_err(setup)?;
         let streaming = reqwest::Client::builder()
             .pool_max_idle_per_host(0)
             .build()
-            .unwrap_or_default();
-        Self {
+            .map_err(setup)?;
+        Ok(Self {
             base: base_url.into(),
             key,
             control,
             streaming,
-        }
+        })
     }
 
     pub fn base_url(&self) -> &str {

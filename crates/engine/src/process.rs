@@ -47,6 +47,8 @@ pub enum LaunchError {
     Timeout(Duration),
     #[error("engine started with the wrong shape: {0}")]
     Shape(String),
+    #[error("{0}")]
+    Client(crate::EngineError),
 }
 
 /// A running, healthy engine. Dropping it kills the process (kill_on_drop); call [`stop`] for an
@@ -173,7 +175,8 @@ async fn launch_with_key(
     let Some(port) = port else {
         return Err(LaunchError::Timeout(spec.start_timeout));
     };
-    let client = EngineClient::new(format!("http://127.0.0.1:{port}"), key);
+    let client =
+        EngineClient::new(format!("http://127.0.0.1:{port}"), key).map_err(LaunchError::Client)?;
     loop {
         if let Ok(Some(status)) = child.try_wait() {
             return Err(early_exit(Ok(status), &spec.log_path).await);
@@ -368,7 +371,8 @@ pub async fn spawn_detached(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let client = EngineClient::new(format!("http://127.0.0.1:{port}"), key);
+    let client =
+        EngineClient::new(format!("http://127.0.0.1:{port}"), key).map_err(LaunchError::Client)?;
     while !client.health().await.unwrap_or(false) {
         if crate::handoff::process_start_time(pid).is_none() {
             return Err(LaunchError::EarlyExit {

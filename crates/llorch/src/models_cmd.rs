@@ -50,7 +50,7 @@ pub enum ModelsCmd {
 }
 
 pub async fn run(cmd: Option<ModelsCmd>, c: Conn) -> anyhow::Result<u8> {
-    let client = client::Client::new(&c.url, c.token.clone());
+    let client = client::Client::new(&c.url, c.token.clone())?;
     let cmd = cmd.unwrap_or(ModelsCmd::List);
     if let ModelsCmd::Get { id }
     | ModelsCmd::Rm { id }

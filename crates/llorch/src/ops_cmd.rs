@@ -29,7 +29,7 @@ pub enum TasksCmd {
 }
 
 pub async fn tasks(cmd: TasksCmd, c: Conn) -> anyhow::Result<u8> {
-    let client = client::Client::new(&c.url, c.token.clone());
+    let client = client::Client::new(&c.url, c.token.clone())?;
     let (TasksCmd::Get { task_id } | TasksCmd::Cancel { task_id }) = &cmd;
     let Ok(id) = task_id.parse::<api::TaskId>() else {
         eprintln!("llorch: {task_id:?} is not a task id (a UUID)");
@@ -64,7 +64,7 @@ pub async fn tasks(cmd: TasksCmd, c: Conn) -> anyhow::Result<u8> {
 }
 
 pub async fn nodes(c: Conn) -> anyhow::Result<u8> {
-    let client = client::Client::new(&c.url, c.token.clone());
+    let client = client::Client::new(&c.url, c.token.clone())?;
     let n = match client.nodes().await {
         Ok(n) => n,
         Err(e) => return Ok(crate::run_cmd::refusal(&e)),
@@ -108,7 +108,7 @@ pub enum PoolsCmd {
 }
 
 pub async fn pools_cmd(cmd: Option<PoolsCmd>, c: Conn) -> anyhow::Result<u8> {
-    let client = client::Client::new(&c.url, c.token.clone());
+    let client = client::Client::new(&c.url, c.token.clone())?;
     let accepted = match cmd {
         None | Some(PoolsCmd::List) => return pools(c).await,
         Some(PoolsCmd::Drain {
@@ -138,7 +138,7 @@ pub async fn pools_cmd(cmd: Option<PoolsCmd>, c: Conn) -> anyhow::Result<u8> {
 }
 
 pub async fn pools(c: Conn) -> anyhow::Result<u8> {
-    let client = client::Client::new(&c.url, c.token.clone());
+    let client = client::Client::new(&c.url, c.token.clone())?;
     let p = match client.pools().await {
         Ok(p) => p,
         Err(e) => return Ok(crate::run_cmd::refusal(&e)),

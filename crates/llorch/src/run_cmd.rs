@@ -31,7 +31,7 @@ pub struct RunArgs {
 }
 
 pub async fn run(a: RunArgs) -> anyhow::Result<u8> {
-    let client = client::Client::new(&a.url, a.token.clone());
+    let client = client::Client::new(&a.url, a.token.clone())?;
     let mut req = TaskRequest::new(&a.model);
     if a.raw {
         req.prompt = Some(a.prompt.clone());

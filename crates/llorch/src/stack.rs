@@ -249,7 +249,7 @@ impl Stack {
         pools: &[&str],
         timeout: Duration,
     ) -> anyhow::Result<()> {
-        let client = client::Client::new(&self.orchd_url, None);
+        let client = client::Client::new(&self.orchd_url, None)?;
         let until = Instant::now() + timeout;
         loop {
             if let Ok(p) = client.pools().await {
@@ -320,7 +320,7 @@ impl Stack {
         timeout: Duration,
         progress: &mut (dyn FnMut(&str) + Send),
     ) -> anyhow::Result<()> {
-        let client = client::Client::new(&self.orchd_url, None);
+        let client = client::Client::new(&self.orchd_url, None)?;
         let until = Instant::now() + timeout;
         let mut last = String::new();
         loop {

@@ -50,7 +50,8 @@ pub async fn run(
         store,
         &tracker,
         shutdown.clone(),
-    );
+    )
+    .map_err(|e| anyhow::anyhow!("cannot build the HTTP client for workers: {e}"))?;
     let app = Arc::new(http::AppState {
         cfg: cfg.clone(),
         core,

@@ -17,14 +17,17 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::pools::Pool;
+use crate::pools::{ModelInfo, Pool, TaskEnd, TaskMeter};
 
 pub struct TaskRun {
+    /// The pool, for the number of its running tasks when a slot is confirmed free.
     pub pool: Arc<Pool>,
     pub client: EngineClient,
     pub engine_version: String,
     /// The model of the engine this task runs on.
-    pub model: crate::pools::ModelInfo,
+    pub model: ModelInfo,
+    /// The task's token counts, read by the pool's status reports.
+    pub meter: Arc<TaskMeter>,
     pub req: DispatchRequest,
     pub tx: mpsc::Sender<WorkerEvent>,
     pub cancel: CancellationToken,
@@ -46,8 +49,8 @@ enum Outcome {
 }
 
 impl TaskRun {
-    /// Runs the task to its terminal event. Returns once the engine slot is free again.
-    pub async fn run(self) {
+    /// Runs the task to its terminal event. Returns how it ended once the engine slot is free.
+    pub async fn run(self) -> TaskEnd {
         let started = Instant::now();
         let deadline = self
             .req
@@ -58,8 +61,13 @@ impl TaskRun {
         let outcome = self
             .stream(deadline, &mut tokens_out, &mut ttft, started)
             .await;
+        let mut decode_tps = None;
         let (event, needs_confirm) = match outcome {
-            Outcome::Finished(f) => (self.end_from_frame(&f, tokens_out, ttft), false),
+            Outcome::Finished(f) => {
+                let (event, tps) = end_event(&f, tokens_out, ttft, self.req.params.sampling.seed);
+                decode_tps = tps;
+                (event, false)
+            }
             Outcome::Stopped(reason) => (
                 WorkerEvent::End {
                     tokens_in: self.tokens_evaluated(),
@@ -93,13 +101,12 @@ impl TaskRun {
             self.confirm_free().await;
         }
         self.log_end(&event, tokens_out);
-        let counter = if matches!(event, WorkerEvent::End { .. }) {
-            &self.pool.ended
-        } else {
-            &self.pool.failed
+        let end = TaskEnd {
+            ok: matches!(event, WorkerEvent::End { .. }),
+            decode_tps,
         };
-        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let _ = self.tx.send(event).await;
+        end
     }
 
     async fn stream(
@@ -222,55 +229,18 @@ impl TaskRun {
     }
 
     fn tokens_evaluated(&self) -> u64 {
-        let inflight = self.pool.inflight.lock().unwrap_or_else(|e| e.into_inner());
-        inflight
-            .get(&self.req.task_id)
-            .map(|i| i.tokens_evaluated)
-            .unwrap_or(0)
+        self.meter
+            .tokens_evaluated
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn track(&self, f: &CompletionFrame) {
-        let mut inflight = self.pool.inflight.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(i) = inflight.get_mut(&self.req.task_id) {
-            if let Some(n) = f.tokens_evaluated {
-                i.tokens_evaluated = n;
-            }
-            if let Some(n) = f.tokens_predicted {
-                i.tokens_out = n;
-            }
+        use std::sync::atomic::Ordering::Relaxed;
+        if let Some(n) = f.tokens_evaluated {
+            self.meter.tokens_evaluated.store(n, Relaxed);
         }
-    }
-
-    fn end_from_frame(
-        &self,
-        f: &CompletionFrame,
-        tokens_seen: u64,
-        ttft: Option<u64>,
-    ) -> WorkerEvent {
-        let timings = f.timings.clone().unwrap_or_default();
-        if let Some(tps) = timings
-            .predicted_per_second
-            .filter(|v| v.is_finite() && *v > 0.0)
-        {
-            self.pool.record_decode_speed(tps);
-        }
-        let stop_reason = match f.stop_type.as_deref() {
-            Some("eos") => StopReason::Eos,
-            Some("limit") => StopReason::Limit,
-            Some("word") => StopReason::StopWord,
-            _ => StopReason::Canceled,
-        };
-        WorkerEvent::End {
-            tokens_in: f.tokens_evaluated.unwrap_or(0),
-            tokens_out: f.tokens_predicted.unwrap_or(0).max(tokens_seen),
-            stop_reason,
-            seed: f.generation_settings.as_ref().and_then(|g| g.seed).or(self
-                .req
-                .params
-                .sampling
-                .seed),
-            engine_ttft_ms: ttft,
-            engine_decode_ms: timings.predicted_ms.unwrap_or(0.0).max(0.0) as u64,
+        if let Some(n) = f.tokens_predicted {
+            self.meter.tokens_out.store(n, Relaxed);
         }
     }
 
@@ -278,10 +248,8 @@ impl TaskRun {
     async fn confirm_free(&self) {
         let until = Instant::now() + self.cancel_confirm;
         loop {
-            let others = {
-                let inflight = self.pool.inflight.lock().unwrap_or_else(|e| e.into_inner());
-                inflight.keys().filter(|k| **k != self.req.task_id).count()
-            };
+            // This task still holds its slot; the others may keep engine slots busy.
+            let others = self.pool.running().saturating_sub(1);
             match self.client.busy_slots().await {
                 Ok(busy) if busy <= others => {
                     tracing::info!(event = "engine.cancel_confirmed", correlation_id = %self.req.correlation_id, task_id = %self.req.task_id,
@@ -319,6 +287,35 @@ impl TaskRun {
             _ => {}
         }
     }
+}
+
+/// The `end` event of a task whose engine stream ended with `f` (and the engine's decode speed,
+/// when it reported a usable one). `seed` is the task's own, used when the engine names none.
+fn end_event(
+    f: &CompletionFrame,
+    tokens_seen: u64,
+    ttft: Option<u64>,
+    seed: Option<u64>,
+) -> (WorkerEvent, Option<f64>) {
+    let timings = f.timings.clone().unwrap_or_default();
+    let tps = timings
+        .predicted_per_second
+        .filter(|v| v.is_finite() && *v > 0.0);
+    let stop_reason = match f.stop_type.as_deref() {
+        Some("eos") => StopReason::Eos,
+        Some("limit") => StopReason::Limit,
+        Some("word") => StopReason::StopWord,
+        _ => StopReason::Canceled,
+    };
+    let event = WorkerEvent::End {
+        tokens_in: f.tokens_evaluated.unwrap_or(0),
+        tokens_out: f.tokens_predicted.unwrap_or(0).max(tokens_seen),
+        stop_reason,
+        seed: f.generation_settings.as_ref().and_then(|g| g.seed).or(seed),
+        engine_ttft_ms: ttft,
+        engine_decode_ms: timings.predicted_ms.unwrap_or(0.0).max(0.0) as u64,
+    };
+    (event, tps)
 }
 
 fn role_str(r: api::task::Role) -> &'static str {
@@ -373,4 +370,118 @@ fn lost(tokens_out: u64) -> Outcome {
         tokens_out,
         "the engine stopped while the task was running".into(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Maps one final engine SSE `data:` line and checks the `end` event and decode speed.
+    fn check(data: &str, tokens_seen: u64, expected: WorkerEvent, tps: Option<f64>) {
+        let frame = CompletionFrame::parse(data).unwrap();
+        assert_eq!(
+            end_event(&frame, tokens_seen, Some(7), Some(42)),
+            (expected, tps)
+        );
+    }
+
+    fn end(
+        tokens_in: u64,
+        tokens_out: u64,
+        stop_reason: StopReason,
+        seed: u64,
+        decode: u64,
+    ) -> WorkerEvent {
+        WorkerEvent::End {
+            tokens_in,
+            tokens_out,
+            stop_reason,
+            seed: Some(seed),
+            engine_ttft_ms: Some(7),
+            engine_decode_ms: decode,
+        }
+    }
+
+    #[test]
+    fn final_engine_frames_map_to_end_events() {
+        check(
+            r#"{"content":"","stop":true,"stop_type":"eos","tokens_evaluated":5,"tokens_predicted":3,
+                "timings":{"predicted_ms":12.5,"predicted_per_second":240.0},
+                "generation_settings":{"seed":9}}"#,
+            3,
+            end(5, 3, StopReason::Eos, 9, 12),
+            Some(240.0),
+        );
+        check(
+            r#"{"content":"","stop":true,"stop_type":"limit","tokens_evaluated":2,"tokens_predicted":4}"#,
+            4,
+            end(2, 4, StopReason::Limit, 42, 0),
+            None,
+        );
+        // The engine counted fewer tokens than we relayed: the relayed count wins.
+        check(
+            r#"{"content":"","stop":true,"stop_type":"word","tokens_predicted":1,
+                "timings":{"predicted_per_second":0.0}}"#,
+            2,
+            end(0, 2, StopReason::StopWord, 42, 0),
+            None,
+        );
+        check(
+            r#"{"content":"","stop":true}"#,
+            0,
+            end(0, 0, StopReason::Canceled, 42, 0),
+            None,
+        );
+    }
+
+    /// The first-token rule of §14.3: a failure before any token may be retried elsewhere
+    /// (POOL_UNAVAILABLE), after one it is a WORKER_RESET; engine refusals keep their meaning.
+    #[test]
+    fn engine_errors_map_by_the_first_token_rule() {
+        let failed = |o: Outcome| match o {
+            Outcome::Failed {
+                code, retriable, ..
+            } => (code, retriable),
+            _ => panic!("not a failure"),
+        };
+        let status = |status, message: &str| EngineError::Status {
+            status,
+            message: message.into(),
+        };
+        let cases = [
+            (
+                engine_failure(status(400, "bad grammar"), false),
+                (ErrorCode::InvalidParams, false),
+            ),
+            (
+                engine_failure(status(503, "loading"), false),
+                (ErrorCode::PoolUnavailable, true),
+            ),
+            (
+                engine_failure(EngineError::Connect("refused".into()), false),
+                (ErrorCode::PoolUnavailable, true),
+            ),
+            (
+                engine_failure(EngineError::Protocol("garbled".into()), true),
+                (ErrorCode::WorkerReset, true),
+            ),
+            (
+                broken(0, "closed".into()),
+                (ErrorCode::PoolUnavailable, true),
+            ),
+            (broken(3, "closed".into()), (ErrorCode::WorkerReset, true)),
+            (lost(0), (ErrorCode::PoolUnavailable, true)),
+            (lost(1), (ErrorCode::WorkerReset, true)),
+        ];
+        for (i, (outcome, expected)) in cases.into_iter().enumerate() {
+            assert_eq!(failed(outcome), expected, "case {i}");
+        }
+    }
+
+    #[test]
+    fn chat_roles_use_the_engine_names() {
+        use api::task::Role;
+        let roles = [Role::System, Role::User, Role::Assistant].map(role_str);
+        assert_eq!(roles, ["system", "user", "assistant"]);
+    }
 }

@@ -1,6 +1,6 @@
 //! GPU discovery for this node: the [`Gpu`] record, the [`GpuBackend`] interface and its
-//! backends (NVML first, `nvidia-smi` as fallback, [`FakeBackend`] for tests), the choice of
-//! backend ([`discover`], [`discover_with`]), device-mask parsing ([`parse_mask`]) and the
+//! backends (NVML first, `nvidia-smi` as fallback; a fixed fake exists only in the unit tests),
+//! the choice of backend ([`discover`], [`discover_with`]), device-mask parsing ([`parse_mask`]) and the
 //! conversion to the wire types of registration and heartbeat. A node where no backend answers
 //! reports no GPUs and runs `cpu` pools.
 
@@ -33,9 +33,6 @@ pub struct NvmlBackend;
 
 /// `nvidia-smi --query-gpu` parsed by [`parse_csv`].
 pub struct SmiBackend;
-
-/// A fixed answer, for unit tests; product code never builds one.
-pub struct FakeBackend(pub Vec<Gpu>);
 
 fn nvml() -> Result<&'static Nvml, String> {
     static NVML: OnceLock<Result<Nvml, String>> = OnceLock::new();
@@ -103,15 +100,6 @@ impl GpuBackend for SmiBackend {
             ));
         }
         Ok(parse_csv(&String::from_utf8_lossy(&out.stdout)))
-    }
-}
-
-impl GpuBackend for FakeBackend {
-    fn name(&self) -> &'static str {
-        "fake"
-    }
-    fn gpus(&self) -> Result<Vec<Gpu>, String> {
-        Ok(self.0.clone())
     }
 }
 
@@ -211,6 +199,18 @@ pub fn statuses(gpus: &[Gpu]) -> Vec<GpuStatus> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A fixed answer; compiled only into the tests.
+    struct FakeBackend(Vec<Gpu>);
+
+    impl GpuBackend for FakeBackend {
+        fn name(&self) -> &'static str {
+            "fake"
+        }
+        fn gpus(&self) -> Result<Vec<Gpu>, String> {
+            Ok(self.0.clone())
+        }
+    }
 
     struct Failing;
     impl GpuBackend for Failing {

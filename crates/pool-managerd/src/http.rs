@@ -1,5 +1,7 @@
 //! pool-managerd's worker API (API.md §13): dispatch, cancel, pool list and health. Every route but
-//! `/health` needs orchestratord's dispatch token.
+//! `/health` and `/metrics` needs orchestratord's dispatch token. Handlers check a dispatch
+//! against the pool's spec and ask the pool's supervisor for a slot; they never touch an engine
+//! process.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -16,23 +18,13 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use daemon::correlation::{CorrelationId, Identity};
 use daemon::errors::ApiError;
-use tokio::sync::{mpsc, watch};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::mpsc;
 
 use crate::adapter::TaskRun;
-use crate::config::Config;
-use crate::pools::Inflight;
+use crate::node::Node;
+use crate::pools::{Pool, Refusal};
 
-pub struct App {
-    pub config: Config,
-    pub pools: crate::pools::PoolSet,
-    pub tracker: tokio_util::task::TaskTracker,
-    /// Cancelled when the daemon stops accepting dispatches.
-    pub closing: CancellationToken,
-    pub book: Arc<crate::commands::CommandBook>,
-    /// The node's models cache (fetches, verification, eviction).
-    pub cache: models::ModelCache,
-}
+type App = Node;
 
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
@@ -63,7 +55,7 @@ async fn auth(State(app): State<Arc<App>>, req: Request, next: Next) -> Response
         ))
         .into_response();
     };
-    if !app.config.dispatch_token.matches(&token) {
+    if !app.dispatch_token.matches(&token) {
         return ApiError(ErrorEnvelope::new(
             ErrorCode::BadToken,
             "the token is not this node's dispatch token",
@@ -84,12 +76,14 @@ async fn not_found() -> ApiError {
 
 async fn health(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
     Json(
-        serde_json::json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION"), "node_id": app.config.node_id.to_string() }),
+        serde_json::json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION"), "node_id": app.node_id.to_string() }),
     )
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
-    let mut resp = crate::metrics::render(&app).into_response();
+    let samples: Vec<_> = app.pools.all().iter().map(|p| p.sample()).collect();
+    let gpus = crate::gpu::discover();
+    let mut resp = crate::metrics::render(app.node_id.as_str(), &samples, &gpus).into_response();
     resp.headers_mut().insert(
         "content-type",
         axum::http::HeaderValue::from_static("text/plain; version=0.0.4"),
@@ -149,7 +143,7 @@ async fn local_reload(
 fn local_command(
     app: &App,
     pool_id: &str,
-    make: impl FnOnce(api::CommandId) -> crate::commands::PoolCommand,
+    make: impl FnOnce(String) -> crate::commands::PoolCommand,
 ) -> Result<(StatusCode, Json<api::node::PoolCommandAccepted>), ApiError> {
     let pool = app.pools.get(pool_id).ok_or_else(|| {
         ErrorEnvelope::new(
@@ -159,10 +153,9 @@ fn local_command(
     })?;
     let id = api::CommandId::new();
     app.book.receive(&id);
-    pool.commands
-        .send(make(id))
-        .map_err(|_| ErrorEnvelope::new(ErrorCode::PoolUnready, "the pool is shutting down"))?;
-    let state = pool.snapshot.borrow().state;
+    pool.command(make(id.to_string()))
+        .map_err(|e| ErrorEnvelope::new(ErrorCode::PoolUnready, e.to_string()))?;
+    let state = pool.status().state;
     Ok((
         StatusCode::ACCEPTED,
         Json(api::node::PoolCommandAccepted {
@@ -188,42 +181,7 @@ async fn dispatch(
             format!("no pool {pool_id} on this node"),
         )
     })?;
-    if req.protocol_version != api::PROTOCOL_VERSION {
-        return Err(ErrorEnvelope::invalid(
-            "protocol_version",
-            format!(
-                "unsupported protocol_version {}; supported: [1]",
-                req.protocol_version
-            ),
-        )
-        .into());
-    }
-    if req.node_id != app.config.node_id || req.pool_id != pool_id.as_str() {
-        return Err(ErrorEnvelope::invalid(
-            "pool_id",
-            "node_id/pool_id do not match this node and path",
-        )
-        .into());
-    }
-    if req.engine != api::ENGINE_LLAMACPP {
-        return Err(ErrorEnvelope::invalid(
-            "engine",
-            format!("this pool runs llamacpp, not {}", req.engine),
-        )
-        .into());
-    }
-    let current = pool.snapshot.borrow().model.clone();
-    let Some(current) = current.filter(|c| {
-        c.id == req.model.id
-            && (req.model.digest.is_none() || c.digest.is_none() || req.model.digest == c.digest)
-    }) else {
-        return Err(ErrorEnvelope::new(
-            ErrorCode::ModelNotAvailable,
-            format!("pool {pool_id} does not serve {}", req.model.id),
-        )
-        .with_retriable(true)
-        .into());
-    };
+    check_dispatch(&req, app.node_id.as_str(), &pool_id, &pool)?;
     if app.closing.is_cancelled() {
         return Err(
             ErrorEnvelope::new(ErrorCode::PoolUnready, "this node is shutting down")
@@ -231,74 +189,107 @@ async fn dispatch(
                 .into(),
         );
     }
-    let snap = pool.snapshot.borrow().clone();
-    let (Some(client), api::node::PoolState::Ready) = (snap.client.clone(), snap.state) else {
-        return Err(ErrorEnvelope::new(
-            ErrorCode::PoolUnready,
-            format!("pool {pool_id} is {}", snap.state.as_str()),
-        )
-        .with_pool(&req.pool_id)
-        .into());
-    };
-    let cancel = CancellationToken::new();
-    let lost = CancellationToken::new();
-    let (released_tx, released_rx) = watch::channel(false);
-    let permit = {
-        let mut inflight = pool.inflight.lock().unwrap_or_else(|e| e.into_inner());
-        if inflight.contains_key(&req.task_id) {
-            return Err(ErrorEnvelope::new(
-                ErrorCode::Conflict,
-                format!("task {} is already running on this node", req.task_id),
-            )
-            .into());
-        }
-        let permit = pool.slots.clone().try_acquire_owned().map_err(|_| {
-            ErrorEnvelope::new(
-                ErrorCode::ReplicaExhausted,
-                format!("pool {pool_id} has no free slot"),
-            )
-            .with_pool(&req.pool_id)
-            .with_retry_after(1000)
-        })?;
-        inflight.insert(
-            req.task_id.clone(),
-            Inflight {
-                cancel: cancel.clone(),
-                lost: lost.clone(),
-                released: released_rx,
-                tokens_evaluated: 0,
-                tokens_out: 0,
-                generation: snap.generation,
-            },
-        );
-        permit
-    };
-    tracing::info!(event = "dispatch.accepted", correlation_id = %cid.0, task_id = %req.task_id, pool_id = %pool_id, node_id = %app.config.node_id,
+    let admission = pool
+        .admit(&req.task_id.to_string(), &req.model)
+        .await
+        .map_err(|r| refusal(r, &pool_id, &req))?;
+    tracing::info!(event = "dispatch.accepted", correlation_id = %cid.0, task_id = %req.task_id, pool_id = %pool_id, node_id = %app.node_id,
         attempt = req.attempt, "Accepted task {} for pool {pool_id} (attempt {})", req.task_id, req.attempt);
     let (tx, rx) = mpsc::channel::<WorkerEvent>(64);
-    let task_id = req.task_id.clone();
+    let task_id = req.task_id.to_string();
     let run = TaskRun {
         pool: pool.clone(),
-        client,
-        engine_version: snap.engine_version.clone().unwrap_or_default(),
-        model: current,
+        client: admission.client,
+        engine_version: admission.engine_version,
+        model: admission.model,
+        meter: admission.meter,
         req,
         tx,
-        cancel,
-        lost,
-        idle_timeout: app.config.engine.idle_timeout,
-        cancel_confirm: app.config.engine.cancel_confirm,
+        cancel: admission.cancel,
+        lost: admission.lost,
+        idle_timeout: app.idle_timeout,
+        cancel_confirm: app.cancel_confirm,
     };
     app.tracker.spawn(async move {
-        run.run().await;
-        pool.inflight
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&task_id);
-        drop(permit);
-        let _ = released_tx.send(true);
+        let end = run.run().await;
+        pool.release(&task_id, end);
     });
     Ok(ndjson(rx))
+}
+
+/// The checks of §13.2 that need no supervisor: protocol, placement facts, engine, and a `ctx`
+/// that fits the pool's slots (0 means the task named none).
+fn check_dispatch(
+    req: &DispatchRequest,
+    node_id: &str,
+    pool_id: &str,
+    pool: &Pool,
+) -> Result<(), ErrorEnvelope> {
+    if req.protocol_version != api::PROTOCOL_VERSION {
+        return Err(ErrorEnvelope::invalid(
+            "protocol_version",
+            format!(
+                "unsupported protocol_version {}; supported: [1]",
+                req.protocol_version
+            ),
+        ));
+    }
+    if req.node_id != node_id || req.pool_id != pool_id {
+        return Err(ErrorEnvelope::invalid(
+            "pool_id",
+            "node_id/pool_id do not match this node and path",
+        ));
+    }
+    if req.engine != api::ENGINE_LLAMACPP {
+        return Err(ErrorEnvelope::invalid(
+            "engine",
+            format!("this pool runs llamacpp, not {}", req.engine),
+        ));
+    }
+    if req.params.ctx > pool.spec.ctx_per_slot {
+        return Err(ErrorEnvelope::invalid(
+            "ctx",
+            format!(
+                "ctx {} exceeds the {} tokens per slot of pool {pool_id}",
+                req.params.ctx, pool.spec.ctx_per_slot
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The §13.2 answer for a dispatch the supervisor did not admit.
+fn refusal(r: Refusal, pool_id: &str, req: &DispatchRequest) -> ErrorEnvelope {
+    match r {
+        Refusal::ModelNotServed => ErrorEnvelope::new(
+            ErrorCode::ModelNotAvailable,
+            format!(
+                "pool {pool_id} does not serve {}{}",
+                req.model.id,
+                req.model
+                    .digest
+                    .as_deref()
+                    .map(|d| format!(" with digest {d}"))
+                    .unwrap_or_default()
+            ),
+        )
+        .with_retriable(true),
+        Refusal::Unready(state) => ErrorEnvelope::new(
+            ErrorCode::PoolUnready,
+            format!("pool {pool_id} is {}", state.as_str()),
+        )
+        .with_pool(&req.pool_id),
+        Refusal::Duplicate => ErrorEnvelope::new(
+            ErrorCode::Conflict,
+            format!("task {} is already running on this node", req.task_id),
+        ),
+        Refusal::Exhausted => ErrorEnvelope::new(
+            ErrorCode::ReplicaExhausted,
+            format!("pool {pool_id} has no free slot"),
+        )
+        .with_pool(&req.pool_id)
+        .with_retry_after(1000),
+    }
 }
 
 /// The NDJSON body: one line per event with `seq`, and a keepalive after 5 s of silence.
@@ -341,27 +332,311 @@ async fn cancel(
             format!("no pool {pool_id} on this node"),
         )
     })?;
-    let released = {
-        let inflight = pool.inflight.lock().unwrap_or_else(|e| e.into_inner());
-        match task_id
-            .parse::<api::TaskId>()
-            .ok()
-            .and_then(|t| inflight.get(&t))
-        {
-            Some(i) => {
-                i.cancel.cancel();
-                i.released.clone()
-            }
-            None => return Ok(StatusCode::NO_CONTENT),
-        }
+    let Some(released) = pool.cancel(&task_id).await else {
+        return Ok(StatusCode::NO_CONTENT);
     };
     tracing::info!(event = "command.received", correlation_id = %cid.0, task_id = %task_id, pool_id = %pool_id, "Cancel requested for task {task_id}");
     let mut released = released;
-    let confirmed =
-        tokio::time::timeout(app.config.engine.cancel_confirm, released.wait_for(|r| *r)).await;
+    let confirmed = tokio::time::timeout(app.cancel_confirm, released.wait_for(|r| *r)).await;
     Ok(if matches!(confirmed, Ok(Ok(_))) {
         StatusCode::NO_CONTENT
     } else {
         StatusCode::ACCEPTED
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pools::runner::Msg;
+    use api::worker::{DispatchInput, DispatchParams};
+    use axum::http::Request as HttpRequest;
+    use tower::ServiceExt;
+
+    const TOKEN: &str = "dispatch-token-dispatch-token-0123";
+
+    fn node(pools: &[Arc<Pool>]) -> Arc<Node> {
+        let set = crate::pools::PoolSet::default();
+        for p in pools {
+            set.insert(p.clone());
+        }
+        Arc::new(Node {
+            node_id: "n1".parse().unwrap(),
+            dispatch_token: daemon::secret::Secret::new(TOKEN),
+            idle_timeout: Duration::from_secs(5),
+            cancel_confirm: Duration::from_millis(200),
+            pools: Arc::new(set),
+            book: Default::default(),
+            tracker: Default::default(),
+            closing: Default::default(),
+        })
+    }
+
+    /// The task id of the dispatches in these tests.
+    const T1: &str = "00000000-0000-4000-8000-000000000001";
+
+    fn dispatch_body(ctx: u64, edit: impl FnOnce(&mut DispatchRequest)) -> Vec<u8> {
+        let mut req = DispatchRequest {
+            protocol_version: api::PROTOCOL_VERSION,
+            attempt: 1,
+            task_id: T1.parse().unwrap(),
+            session_id: T1.parse().unwrap(),
+            correlation_id: "c1".parse().unwrap(),
+            node_id: "n1".parse().unwrap(),
+            pool_id: "p1".parse().unwrap(),
+            model: api::worker::DispatchModel {
+                id: "m1".parse().unwrap(),
+                digest: None,
+            },
+            engine: api::ENGINE_LLAMACPP.into(),
+            input: DispatchInput::Prompt {
+                prompt: "hi".into(),
+            },
+            params: DispatchParams {
+                max_tokens: 4,
+                ctx,
+                sampling: Default::default(),
+            },
+            deadline_remaining_ms: None,
+            priority: api::task::Priority::Interactive,
+        };
+        edit(&mut req);
+        serde_json::to_vec(&req).unwrap()
+    }
+
+    async fn send(
+        app: &Arc<Node>,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Vec<u8>,
+    ) -> (StatusCode, Bytes) {
+        let mut req = HttpRequest::builder().method(method).uri(path);
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let resp = router(app.clone())
+            .oneshot(req.body(Body::from(body)).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, bytes)
+    }
+
+    /// Checks an error answer: status and code (and `field` when given).
+    fn check(answer: (StatusCode, Bytes), status: u16, code: ErrorCode, field: Option<&str>) {
+        let env: ErrorEnvelope = serde_json::from_slice(&answer.1)
+            .unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&answer.1)));
+        assert_eq!(
+            (answer.0.as_u16(), env.code, env.field.as_deref()),
+            (status, code, field),
+            "{}",
+            env.message
+        );
+    }
+
+    /// Plays the runner: answers the first admit with `refusal`.
+    fn refuse_next(mut rx: mpsc::UnboundedReceiver<Msg>, refusal: Refusal) {
+        tokio::spawn(async move {
+            while let Some(msg) = rx.recv().await {
+                if let Msg::Admit { reply, .. } = msg {
+                    let _ = reply.send(Err(refusal));
+                    return;
+                }
+            }
+        });
+    }
+
+    #[tokio::test]
+    async fn routes_need_the_dispatch_token_but_health_does_not() {
+        let app = node(&[]);
+        let path = "/v2/pools";
+        check(
+            send(&app, "GET", path, None, vec![]).await,
+            401,
+            ErrorCode::MissingToken,
+            None,
+        );
+        check(
+            send(&app, "GET", path, Some("wrong"), vec![]).await,
+            401,
+            ErrorCode::BadToken,
+            None,
+        );
+        assert_eq!(send(&app, "GET", path, Some(TOKEN), vec![]).await.0, 200);
+        assert_eq!(send(&app, "GET", "/health", None, vec![]).await.0, 200);
+        check(
+            send(
+                &app,
+                "POST",
+                "/v2/pools/nope/dispatch",
+                Some(TOKEN),
+                dispatch_body(0, |_| {}),
+            )
+            .await,
+            404,
+            ErrorCode::NotFound,
+            None,
+        );
+    }
+
+    #[tokio::test]
+    async fn dispatch_refusals_before_the_supervisor() {
+        let (pool, _rx, _view) = crate::pools::detached(crate::pools::test_spec("p1", 1));
+        let app = node(&[pool]);
+        let path = "/v2/pools/p1/dispatch";
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (
+                dispatch_body(0, |r| r.protocol_version = 9),
+                "protocol_version",
+            ),
+            (
+                dispatch_body(0, |r| r.node_id = "n2".parse().unwrap()),
+                "pool_id",
+            ),
+            (dispatch_body(0, |r| r.engine = "vllm".into()), "engine"),
+            // §13.2: a ctx beyond the pool's 1024 tokens per slot.
+            (dispatch_body(1025, |_| {}), "ctx"),
+            (b"{".to_vec(), ""),
+        ];
+        for (body, field) in cases {
+            let answer = send(&app, "POST", path, Some(TOKEN), body).await;
+            check(answer, 400, ErrorCode::InvalidParams, Some(field));
+        }
+        app.closing.cancel();
+        check(
+            send(&app, "POST", path, Some(TOKEN), dispatch_body(1024, |_| {})).await,
+            503,
+            ErrorCode::PoolUnready,
+            None,
+        );
+    }
+
+    #[tokio::test]
+    async fn supervisor_refusals_map_to_their_codes() {
+        let cases = [
+            (Refusal::ModelNotServed, 503, ErrorCode::ModelNotAvailable),
+            (
+                Refusal::Unready(api::node::PoolState::Draining),
+                503,
+                ErrorCode::PoolUnready,
+            ),
+            (Refusal::Duplicate, 409, ErrorCode::Conflict),
+            (Refusal::Exhausted, 503, ErrorCode::ReplicaExhausted),
+        ];
+        for (refusal, status, code) in cases {
+            let (pool, rx, _view) = crate::pools::detached(crate::pools::test_spec("p1", 1));
+            let app = node(&[pool]);
+            refuse_next(rx, refusal);
+            let body = dispatch_body(512, |_| {});
+            let answer = send(&app, "POST", "/v2/pools/p1/dispatch", Some(TOKEN), body).await;
+            check(answer, status, code, None);
+        }
+    }
+
+    #[tokio::test]
+    async fn an_admitted_dispatch_streams_to_a_terminal_line_and_releases_its_slot() {
+        let (pool, mut rx, _view) = crate::pools::detached(crate::pools::test_spec("p1", 1));
+        let app = node(&[pool]);
+        let runner = tokio::spawn(async move {
+            let mut released = None;
+            while let Some(msg) = rx.recv().await {
+                match msg {
+                    Msg::Admit { reply, .. } => {
+                        // Nothing listens on port 1: the engine is unreachable.
+                        let client = engine::EngineClient::new(
+                            "http://127.0.0.1:1",
+                            engine::ApiKey::from_secret("k".into()),
+                        )
+                        .unwrap();
+                        let _ = reply.send(Ok(crate::pools::Admission {
+                            client,
+                            engine_version: "b1".into(),
+                            model: crate::pools::ModelInfo {
+                                id: "m1".parse().unwrap(),
+                                model_ref: "file:/m1.gguf".into(),
+                                path: "/m1.gguf".into(),
+                                digest: None,
+                                size_bytes: None,
+                                metadata: None,
+                            },
+                            generation: 1,
+                            cancel: Default::default(),
+                            lost: Default::default(),
+                            meter: Default::default(),
+                        }));
+                    }
+                    Msg::Release { task, end } => {
+                        released = Some((task, end.ok));
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            released
+        });
+        let body = dispatch_body(512, |_| {});
+        let (status, lines) = send(&app, "POST", "/v2/pools/p1/dispatch", Some(TOKEN), body).await;
+        assert_eq!(status, 200);
+        let lines: Vec<WorkerLine> = lines
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(
+            matches!(
+                &lines[0].event,
+                WorkerEvent::Error {
+                    code: ErrorCode::PoolUnavailable,
+                    retriable: true,
+                    ..
+                }
+            ),
+            "{lines:?}"
+        );
+        assert_eq!(runner.await.unwrap(), Some((T1.to_string(), false)));
+    }
+
+    #[tokio::test]
+    async fn local_drain_sends_the_command_to_the_pool() {
+        let (pool, mut rx, _view) = crate::pools::detached(crate::pools::test_spec("p1", 1));
+        let app = node(&[pool]);
+        let body = br#"{"deadline_ms": 1500}"#.to_vec();
+        let (status, answer) = send(&app, "POST", "/v2/pools/p1/drain", Some(TOKEN), body).await;
+        assert_eq!(status, 202);
+        let accepted: api::node::PoolCommandAccepted = serde_json::from_slice(&answer).unwrap();
+        match rx.recv().await {
+            Some(Msg::Command(crate::commands::PoolCommand::Drain { id, deadline })) => {
+                assert_eq!(id, accepted.command_id.to_string());
+                assert_eq!(deadline, Duration::from_millis(1500));
+            }
+            _ => panic!("no drain reached the pool"),
+        }
+    }
+
+    #[tokio::test]
+    async fn cancel_of_an_unknown_task_is_204() {
+        let (pool, mut rx, _view) = crate::pools::detached(crate::pools::test_spec("p1", 1));
+        let app = node(&[pool]);
+        tokio::spawn(async move {
+            while let Some(msg) = rx.recv().await {
+                if let Msg::Cancel { reply, .. } = msg {
+                    let _ = reply.send(None);
+                }
+            }
+        });
+        let (status, _) = send(
+            &app,
+            "POST",
+            "/v2/pools/p1/tasks/t9/cancel",
+            Some(TOKEN),
+            vec![],
+        )
+        .await;
+        assert_eq!(status, 204);
+    }
 }

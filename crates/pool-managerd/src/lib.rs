@@ -1,6 +1,10 @@
 //! pool-managerd: the worker daemon of one GPU machine. It provisions and supervises one
 //! `llama-server` per pool, registers and heartbeats with orchestratord, and serves orchestratord's
 //! dispatches through its llama.cpp adapter. `main` parses flags and config; [`run`] is the daemon.
+//!
+//! Module layering (no cycles): `config`, `gpu`, `commands` and `metrics` depend on no other
+//! module here; `pools` on those; `adapter`, `handoff`, `registration` and `node` on `pools`;
+//! `http` on `node` and `adapter`; only [`run`] sees them all.
 
 pub mod adapter;
 pub mod commands;
@@ -9,6 +13,7 @@ pub mod gpu;
 pub mod handoff;
 pub mod http;
 pub mod metrics;
+pub mod node;
 pub mod pools;
 pub mod registration;
 
@@ -29,7 +34,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let tracker = TaskTracker::new();
     let engines_stop = CancellationToken::new();
-    let pools = pools::PoolSet::default();
+    let pools = Arc::new(pools::PoolSet::default());
     let book = Arc::new(commands::CommandBook::default());
     let cache = models::ModelCache::new(models::CacheConfig {
         models_dir: config.models_dir.clone(),
@@ -44,43 +49,61 @@ pub async fn run(
             config.models_dir.display()
         )
     })?;
+    let env = |engine_source: Option<engine::EngineSource>| pools::SupervisorEnv {
+        timings: config.engine.clone(),
+        engines_dir: config.engines_dir.clone(),
+        engine_source,
+        node_id: config.node_id.to_string(),
+        book: book.clone(),
+        cache: cache.clone(),
+    };
     for spec in &config.pools {
         let source = config
             .engines
             .get(&spec.engine_source)
             .cloned()
             .ok_or_else(|| anyhow::anyhow!("engine source {} missing", spec.engine_source))?;
-        let env = pools::SupervisorEnv {
-            timings: config.engine.clone(),
-            engines_dir: config.engines_dir.clone(),
-            engine_source: source,
-            node_id: config.node_id.to_string(),
-            book: book.clone(),
-            cache: cache.clone(),
-        };
         pools.insert(pools::spawn(
             spec.clone(),
-            env,
+            env(Some(source)),
             engines_stop.clone(),
             &tracker,
         ));
     }
+    let registrar = registration::Registrar::new(
+        &config,
+        pools.clone(),
+        book.clone(),
+        cache.clone(),
+        tracker.clone(),
+    )
+    .map_err(|e| anyhow::anyhow!("cannot build the HTTP client for orchestratord: {e}"))?;
     let closing = CancellationToken::new();
-    let app = Arc::new(http::App {
-        config: config.clone(),
-        pools,
+    let node = Arc::new(node::Node {
+        node_id: config.node_id.clone(),
+        dispatch_token: config.dispatch_token.clone(),
+        idle_timeout: config.engine.idle_timeout,
+        cancel_confirm: config.engine.cancel_confirm,
+        pools: pools.clone(),
+        book: book.clone(),
         tracker: tracker.clone(),
         closing: closing.clone(),
-        book,
-        cache,
     });
     let reg_stop = CancellationToken::new();
-    let reg = tokio::spawn(registration::run(app.clone(), reg_stop.clone()));
-    tracker.spawn(handoff::watch(app.clone(), engines_stop.clone()));
+    let reg = tokio::spawn(registration::run(Arc::new(registrar), reg_stop.clone()));
+    let adopter = handoff::Adopter {
+        dir: config.handoff_dir.clone(),
+        node_id: config.node_id.to_string(),
+        pools: pools.clone(),
+        env: env(None),
+        tracker: tracker.clone(),
+        shutdown: engines_stop.clone(),
+    };
+    tracker.spawn(handoff::watch(adopter, engines_stop.clone()));
     let server_stop = CancellationToken::new();
     let server = {
         let stop = server_stop.clone();
-        let router = http::router(app.clone());
+        let router = http::router(node.clone());
         // Worker lines are small and latency-critical: no Nagle delay.
         let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
             let _ = tcp.set_nodelay(true);
@@ -97,13 +120,7 @@ pub async fn run(
     tracing::info!(event = "node.stopping", node_id = %config.node_id, "Shutting down: refusing new dispatches and waiting for running tasks");
     closing.cancel();
     let until = Instant::now() + config.shutdown_grace;
-    while app.pools.all().iter().any(|p| {
-        !p.inflight
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_empty()
-    }) && Instant::now() < until
-    {
+    while pools.running() > 0 && Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     reg_stop.cancel();

@@ -1,12 +1,23 @@
 //! pool-managerd's Prometheus metrics, computed at scrape time from the pools' snapshots and
-//! counters and from GPU discovery. Scraping changes nothing.
+//! counters and from GPU discovery. Scraping changes nothing. The page is built from plain
+//! samples ([`PoolSample`], [`crate::gpu::Gpu`]), so this module knows no pool or daemon type.
 
 use std::fmt::Write;
-use std::sync::atomic::Ordering;
 
-use api::node::PoolState;
+use api::node::{PoolState, PoolStatus};
 
-use crate::http::App;
+use crate::gpu::Gpu;
+
+/// One pool's status and counters at scrape time.
+#[derive(Debug, Clone)]
+pub struct PoolSample {
+    pub status: PoolStatus,
+    /// Engine exits nobody asked for (crashes, failed health checks).
+    pub crashes: u64,
+    /// Dispatches that ended with an `end` line, with an `error` line.
+    pub ended: u64,
+    pub failed: u64,
+}
 
 const STATES: [PoolState; 6] = [
     PoolState::Unloaded,
@@ -17,23 +28,28 @@ const STATES: [PoolState; 6] = [
     PoolState::Failed,
 ];
 
-pub fn render(app: &App) -> String {
+/// The metrics page of node `node` with its pools and GPUs.
+pub fn render(node: &str, pools: &[PoolSample], gpus: &[Gpu]) -> String {
     let mut out = String::new();
-    let node = app.config.node_id.as_str();
     let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, f64)>| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for (labels, v) in samples {
             let _ = writeln!(out, "{name}{{{labels}}} {v}");
         }
     };
-    let all = app.pools.all();
-    let pools: Vec<_> = all.iter().map(|p| (p.as_ref(), p.status())).collect();
-    let per_pool = |f: &dyn Fn(&crate::pools::Pool, &api::node::PoolStatus) -> Option<f64>| -> Vec<(String, f64)> {
-        pools.iter().filter_map(|(p, s)| f(p, s).map(|v| (format!("node_id=\"{node}\",pool_id=\"{}\"", s.pool_id), v))).collect()
+    let per_pool = |f: &dyn Fn(&PoolSample) -> Option<f64>| -> Vec<(String, f64)> {
+        pools
+            .iter()
+            .filter_map(|p| {
+                let labels = format!("node_id=\"{node}\",pool_id=\"{}\"", p.status.pool_id);
+                f(p).map(|v| (labels, v))
+            })
+            .collect()
     };
     let states: Vec<(String, f64)> = pools
         .iter()
-        .flat_map(|(_, s)| {
+        .map(|p| &p.status)
+        .flat_map(|s| {
             STATES.iter().map(move |st| {
                 (
                     format!(
@@ -56,43 +72,43 @@ pub fn render(app: &App) -> String {
         "pool_slots_total",
         "gauge",
         "Slots of the pool's engine.",
-        per_pool(&|_, s| Some(s.slots_total as f64)),
+        per_pool(&|p| Some(p.status.slots_total as f64)),
     );
     family(
         "pool_slots_free",
         "gauge",
         "Slots not held by a dispatch.",
-        per_pool(&|_, s| Some(s.slots_free as f64)),
+        per_pool(&|p| Some(p.status.slots_free as f64)),
     );
     family(
         "pool_kv_cache_usage_ratio",
         "gauge",
         "Context in use by running requests over the pool's total context.",
-        per_pool(&|_, s| s.kv_cache_usage_ratio),
+        per_pool(&|p| p.status.kv_cache_usage_ratio),
     );
     family(
         "engine_decode_tokens_per_second",
         "gauge",
         "EWMA of the engine's decode speed from llama-server's timings.",
-        per_pool(&|_, s| s.decode_tokens_per_s),
+        per_pool(&|p| p.status.decode_tokens_per_s),
     );
     family(
         "engine_crashes_total",
         "counter",
         "Engine exits nobody asked for (crashes, failed health checks).",
-        per_pool(&|p, _| Some(p.crashes.load(Ordering::Relaxed) as f64)),
+        per_pool(&|p| Some(p.crashes as f64)),
     );
     family(
         "dispatches_ended_total",
         "counter",
         "Dispatches that ended with an end line.",
-        per_pool(&|p, _| Some(p.ended.load(Ordering::Relaxed) as f64)),
+        per_pool(&|p| Some(p.ended as f64)),
     );
     family(
         "dispatches_failed_total",
         "counter",
         "Dispatches that ended with an error line.",
-        per_pool(&|p, _| Some(p.failed.load(Ordering::Relaxed) as f64)),
+        per_pool(&|p| Some(p.failed as f64)),
     );
     family(
         "fetched_bytes_total",
@@ -109,8 +125,7 @@ pub fn render(app: &App) -> String {
             ),
         ],
     );
-    let gpus = crate::gpu::discover();
-    let gpu = |f: &dyn Fn(&crate::gpu::Gpu) -> f64| -> Vec<(String, f64)> {
+    let gpu = |f: &dyn Fn(&Gpu) -> f64| -> Vec<(String, f64)> {
         gpus.iter()
             .map(|g| (format!("node_id=\"{node}\",device=\"{}\"", g.index), f(g)))
             .collect()

@@ -10,10 +10,59 @@ use api::node::{
 };
 use daemon::secret::Secret;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::config::NodeAuth;
+use crate::commands::CommandBook;
+use crate::config::{Config, NodeAuth};
 use crate::gpu;
-use crate::http::App;
+use crate::pools::PoolSet;
+
+/// What registration and heartbeats need: who this node is, where orchestratord is, how to
+/// authenticate, and the pools, commands and models cache that heartbeats report and steer.
+pub struct Registrar {
+    pub node_id: api::NodeId,
+    pub machine_id: String,
+    pub advertise_url: String,
+    pub orchestrator_url: String,
+    pub dispatch_token: Secret,
+    pub node_auth: NodeAuth,
+    pub http: reqwest::Client,
+    pub pools: Arc<PoolSet>,
+    pub book: Arc<CommandBook>,
+    pub cache: models::ModelCache,
+    /// Runs node-level catalog commands.
+    pub tracker: TaskTracker,
+}
+
+impl Registrar {
+    /// The registrar of the node `config` describes; fails when the HTTP client cannot be built.
+    pub fn new(
+        config: &Config,
+        pools: Arc<PoolSet>,
+        book: Arc<CommandBook>,
+        cache: models::ModelCache,
+        tracker: TaskTracker,
+    ) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()?;
+        Ok(Self {
+            node_id: config.node_id.clone(),
+            machine_id: config.machine_id.clone(),
+            advertise_url: config.advertise_url.clone(),
+            orchestrator_url: config.orchestrator_url.clone(),
+            dispatch_token: config.dispatch_token.clone(),
+            node_auth: config.node_auth.clone(),
+            http,
+            pools,
+            book,
+            cache,
+            tracker,
+        })
+    }
+}
+
+type App = Registrar;
 
 pub struct Session {
     credential: Option<Secret>,
@@ -26,10 +75,7 @@ enum Beat {
 }
 
 pub async fn run(app: Arc<App>, shutdown: CancellationToken) {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap_or_default();
+    let http = app.http.clone();
     'outer: loop {
         let Some(session) = register_with_retry(&app, &http, &shutdown).await else {
             return;
@@ -57,11 +103,11 @@ fn register_body(app: &App) -> RegisterRequest {
     let gpus = gpu::discover();
     RegisterRequest {
         protocol_version: api::PROTOCOL_VERSION,
-        node_id: app.config.node_id.clone(),
-        machine_id: app.config.machine_id.clone(),
+        node_id: app.node_id.clone(),
+        machine_id: app.machine_id.clone(),
         version: env!("CARGO_PKG_VERSION").into(),
-        address: app.config.advertise_url.clone(),
-        dispatch_token: app.config.dispatch_token.expose().to_string(),
+        address: app.advertise_url.clone(),
+        dispatch_token: app.dispatch_token.expose().to_string(),
         capabilities: Capabilities {
             cpu_cores: std::thread::available_parallelism()
                 .map(|n| n.get() as u32)
@@ -79,10 +125,10 @@ async fn register_with_retry(
     shutdown: &CancellationToken,
 ) -> Option<Session> {
     let mut backoff = Duration::from_secs(1);
-    let url = format!("{}/v2/nodes/register", app.config.orchestrator_url);
+    let url = format!("{}/v2/nodes/register", app.orchestrator_url);
     loop {
         let mut req = http.post(&url).json(&register_body(app));
-        let presented = match &app.config.node_auth {
+        let presented = match &app.node_auth {
             NodeAuth::Registration(t) | NodeAuth::Static(t) => Some(t.clone()),
             NodeAuth::None => None,
         };
@@ -114,15 +160,15 @@ async fn register_with_retry(
                     CredentialKind::Issued => body.node_token.map(Secret::new),
                     CredentialKind::Static => presented,
                 };
-                tracing::info!(event = "node.registered", node_id = %app.config.node_id, orchestrator = %app.config.orchestrator_url,
-                    "Registered node {} with orchestratord at {}", app.config.node_id, app.config.orchestrator_url);
+                tracing::info!(event = "node.registered", node_id = %app.node_id, orchestrator = %app.orchestrator_url,
+                    "Registered node {} with orchestratord at {}", app.node_id, app.orchestrator_url);
                 return Some(Session {
                     credential,
                     interval: Duration::from_millis(body.next_heartbeat_ms.max(100)),
                 });
             }
             Err(why) => {
-                tracing::warn!(event = "node.register_failed", node_id = %app.config.node_id, "Registration failed, retrying in {} s: {why}", backoff.as_secs());
+                tracing::warn!(event = "node.register_failed", node_id = %app.node_id, "Registration failed, retrying in {} s: {why}", backoff.as_secs());
             }
         }
         tokio::select! {
@@ -130,6 +176,18 @@ async fn register_with_retry(
             _ = shutdown.cancelled() => return None,
         }
         backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// The heartbeat of §12.2: every pool's status, the GPUs, and the commands not yet reported
+/// terminal (a terminal status is sent once).
+fn heartbeat_body(app: &App, seq: u64, sent_at_ms: u64, gpus: &[gpu::Gpu]) -> HeartbeatRequest {
+    HeartbeatRequest {
+        seq,
+        sent_at_ms,
+        pools: app.pools.all().iter().map(|p| p.status()).collect(),
+        gpus: gpu::statuses(gpus),
+        commands: app.book.report(),
     }
 }
 
@@ -141,15 +199,9 @@ async fn heartbeat(
 ) -> Beat {
     let url = format!(
         "{}/v2/nodes/{}/heartbeat",
-        app.config.orchestrator_url, app.config.node_id
+        app.orchestrator_url, app.node_id
     );
-    let body = HeartbeatRequest {
-        seq,
-        sent_at_ms: daemon::now_ms(),
-        pools: app.pools.all().iter().map(|p| p.status()).collect(),
-        gpus: gpu::statuses(&gpu::discover()),
-        commands: app.book.report(),
-    };
+    let body = heartbeat_body(app, seq, daemon::now_ms(), &gpu::discover());
     let mut req = http.post(&url).json(&body);
     if let Some(c) = &session.credential {
         req = req.bearer_auth(c.expose());
@@ -166,7 +218,7 @@ async fn heartbeat(
                     app.pools
                         .all()
                         .iter()
-                        .filter_map(|p| p.snapshot.borrow().model.as_ref().map(|m| m.path.clone()))
+                        .filter_map(|p| p.model().map(|m| m.path))
                         .collect(),
                 );
             }
@@ -176,15 +228,15 @@ async fn heartbeat(
             if r.status() == reqwest::StatusCode::NOT_FOUND
                 || r.status() == reqwest::StatusCode::UNAUTHORIZED =>
         {
-            tracing::warn!(event = "node.reregister", node_id = %app.config.node_id, "orchestratord answered {} to a heartbeat; registering again", r.status());
+            tracing::warn!(event = "node.reregister", node_id = %app.node_id, "orchestratord answered {} to a heartbeat; registering again", r.status());
             Beat::Reregister
         }
         Ok(r) => {
-            tracing::warn!(event = "node.heartbeat_failed", node_id = %app.config.node_id, "Heartbeat answered {}", r.status());
+            tracing::warn!(event = "node.heartbeat_failed", node_id = %app.node_id, "Heartbeat answered {}", r.status());
             Beat::Ok
         }
         Err(e) => {
-            tracing::warn!(event = "node.heartbeat_failed", node_id = %app.config.node_id, "Heartbeat failed: {e}");
+            tracing::warn!(event = "node.heartbeat_failed", node_id = %app.node_id, "Heartbeat failed: {e}");
             Beat::Ok
         }
     }
@@ -198,7 +250,7 @@ fn route(app: &Arc<App>, cmd: api::node::Command) {
     if !app.book.receive(&cmd.command_id) {
         return;
     }
-    tracing::info!(event = "command.received", node_id = %app.config.node_id, correlation_id = %cmd.correlation_id, command_id = %cmd.command_id,
+    tracing::info!(event = "command.received", node_id = %app.node_id, correlation_id = %cmd.correlation_id, command_id = %cmd.command_id,
         pool_id = %cmd.pool_id.as_ref().map_or("", api::PoolId::as_str), "Received command {:?}", cmd.kind);
     let invalid = |msg: String| api::ErrorEnvelope::new(api::ErrorCode::InvalidParams, msg);
     let order = match cmd.model.as_ref().map(|m| {
@@ -220,24 +272,22 @@ fn route(app: &Arc<App>, cmd: api::node::Command) {
         )),
         (CommandKind::Drain, Some(p), _) => {
             let deadline = std::time::Duration::from_millis(cmd.deadline_ms.unwrap_or(60_000));
-            p.commands
-                .send(PoolCommand::Drain {
-                    id: cmd.command_id.clone(),
-                    deadline,
-                })
-                .map_err(|_| invalid("the pool is shutting down".into()))
+            p.command(PoolCommand::Drain {
+                id: cmd.command_id.to_string(),
+                deadline,
+            })
+            .map_err(|e| invalid(e.to_string()))
         }
         (CommandKind::Reload | CommandKind::LoadModel, Some(p), model) => p
-            .commands
-            .send(PoolCommand::Load {
-                id: cmd.command_id.clone(),
+            .command(PoolCommand::Load {
+                id: cmd.command_id.to_string(),
                 model,
             })
-            .map_err(|_| invalid("the pool is shutting down".into())),
+            .map_err(|e| invalid(e.to_string())),
         (CommandKind::EvictModel | CommandKind::VerifyModel, None, Some(order)) => {
             app.tracker.spawn(catalog_command(
                 app.clone(),
-                cmd.command_id.clone(),
+                cmd.command_id.to_string(),
                 cmd.kind,
                 order,
             ));
@@ -246,7 +296,8 @@ fn route(app: &Arc<App>, cmd: api::node::Command) {
         (kind, _, _) => Err(invalid(format!("command {kind:?} lacks a pool or a model"))),
     });
     if let Err(e) = routed {
-        app.book.set(&cmd.command_id, CommandState::Failed, Some(e));
+        app.book
+            .set(&cmd.command_id.to_string(), CommandState::Failed, Some(e));
     }
 }
 
@@ -254,15 +305,12 @@ fn route(app: &Arc<App>, cmd: api::node::Command) {
 /// model); `verify-model` re-hashes the copy against the catalog digest.
 async fn catalog_command(
     app: Arc<App>,
-    id: api::CommandId,
+    id: String,
     kind: api::node::CommandKind,
     order: crate::commands::ModelOrder,
 ) {
     let in_use = app.pools.all().iter().any(|p| {
-        p.snapshot
-            .borrow()
-            .model
-            .as_ref()
+        p.model()
             .is_some_and(|m| m.model_ref == order.model_ref.to_string())
     });
     let outcome = match kind {
@@ -299,34 +347,31 @@ async fn catalog_command(
     };
     match outcome {
         Ok(result) => {
-            tracing::info!(event = "command.finished", node_id = %app.config.node_id, command_id = %id, model = %order.id, "{kind:?} of {} completed", order.id);
+            tracing::info!(event = "command.finished", node_id = %app.node_id, command_id = %id, model = %order.id, "{kind:?} of {} completed", order.id);
             app.book.complete(&id, result);
         }
         Err(e) => {
-            tracing::warn!(event = "command.finished", node_id = %app.config.node_id, command_id = %id, model = %order.id, code = %e.code, "{kind:?} of {} failed: {}", order.id, e.message);
+            tracing::warn!(event = "command.finished", node_id = %app.node_id, command_id = %id, model = %order.id, code = %e.code, "{kind:?} of {} failed: {}", order.id, e.message);
             app.book.set(&id, CommandState::Failed, Some(e));
         }
     }
 }
 
 async fn deregister(app: &App, http: &reqwest::Client, session: &Session) {
-    let url = format!(
-        "{}/v2/nodes/{}",
-        app.config.orchestrator_url, app.config.node_id
-    );
+    let url = format!("{}/v2/nodes/{}", app.orchestrator_url, app.node_id);
     let mut req = http.delete(&url).timeout(Duration::from_secs(3));
     if let Some(c) = &session.credential {
         req = req.bearer_auth(c.expose());
     }
     match req.send().await {
         Ok(r) if r.status().is_success() => {
-            tracing::info!(event = "node.deregistered", node_id = %app.config.node_id, "Deregistered node {}", app.config.node_id)
+            tracing::info!(event = "node.deregistered", node_id = %app.node_id, "Deregistered node {}", app.node_id)
         }
         Ok(r) => {
-            tracing::warn!(event = "node.deregister_failed", node_id = %app.config.node_id, "Deregistration answered {}", r.status())
+            tracing::warn!(event = "node.deregister_failed", node_id = %app.node_id, "Deregistration answered {}", r.status())
         }
         Err(e) => {
-            tracing::warn!(event = "node.deregister_failed", node_id = %app.config.node_id, "Deregistration failed: {e}")
+            tracing::warn!(event = "node.deregister_failed", node_id = %app.node_id, "Deregistration failed: {e}")
         }
     }
 }
@@ -342,4 +387,165 @@ fn ram_total_bytes() -> u64 {
         })
         .map(|kb| kb * 1024)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::commands::PoolCommand;
+    use crate::pools::runner::Msg;
+    use api::node::{Command, CommandKind, LoadedModel};
+    use api::ErrorCode;
+
+    fn registrar(dir: &std::path::Path, pools: &[Arc<crate::pools::Pool>]) -> Arc<Registrar> {
+        let set = PoolSet::default();
+        for p in pools {
+            set.insert(p.clone());
+        }
+        let cache = models::ModelCache::new(models::CacheConfig {
+            models_dir: dir.to_path_buf(),
+            quota_bytes: None,
+            hf_endpoint: "http://127.0.0.1:1".into(),
+            hf_token: None,
+            extra_root_pem: None,
+        })
+        .unwrap();
+        Arc::new(Registrar {
+            node_id: "n1".parse().unwrap(),
+            machine_id: "m".into(),
+            advertise_url: "http://127.0.0.1:2".into(),
+            orchestrator_url: "http://127.0.0.1:3".into(),
+            dispatch_token: Secret::new("t"),
+            node_auth: NodeAuth::None,
+            http: reqwest::Client::new(),
+            pools: Arc::new(set),
+            book: Default::default(),
+            cache,
+            tracker: TaskTracker::new(),
+        })
+    }
+
+    fn command(
+        id: &str,
+        kind: CommandKind,
+        pool: Option<&str>,
+        model_ref: Option<&str>,
+    ) -> Command {
+        Command {
+            command_id: cid(id).parse().unwrap(),
+            kind,
+            pool_id: pool.map(|p| p.parse().unwrap()),
+            model: model_ref.map(|r| LoadedModel {
+                id: "m2".parse().unwrap(),
+                model_ref: r.into(),
+                digest: None,
+                size_bytes: None,
+                metadata: None,
+            }),
+            deadline_ms: Some(2500),
+            correlation_id: "c".parse().unwrap(),
+        }
+    }
+
+    /// A command id (a UUID) for a test's short name `c<n>`.
+    fn cid(name: &str) -> String {
+        let n: u64 = name.trim_start_matches('c').parse().unwrap();
+        format!("00000000-0000-4000-8000-{n:012}")
+    }
+
+    /// The failed statuses of the next heartbeat, by command id.
+    fn failures(app: &Registrar) -> Vec<(String, ErrorCode)> {
+        heartbeat_body(app, 1, 0, &[])
+            .commands
+            .into_iter()
+            .filter(|c| c.status == CommandState::Failed)
+            .map(|c| (c.command_id.to_string(), c.error.map(|e| e.code).unwrap()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn commands_reach_their_pool_once_and_bad_ones_fail_in_the_heartbeat() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pool, mut rx, _view) = crate::pools::detached(crate::pools::test_spec("p1", 1));
+        let app = registrar(dir.path(), &[pool]);
+        route(&app, command("c1", CommandKind::Drain, Some("p1"), None));
+        route(&app, command("c1", CommandKind::Drain, Some("p1"), None));
+        route(
+            &app,
+            command(
+                "c2",
+                CommandKind::LoadModel,
+                Some("p1"),
+                Some("file:/m2.gguf"),
+            ),
+        );
+        match rx.try_recv() {
+            Ok(Msg::Command(PoolCommand::Drain { id, deadline })) => {
+                assert_eq!((id, deadline), (cid("c1"), Duration::from_millis(2500)));
+            }
+            _ => panic!("the drain did not reach the pool"),
+        }
+        match rx.try_recv() {
+            Ok(Msg::Command(PoolCommand::Load { id, model: Some(m) })) => {
+                assert_eq!((id, m.id.as_str()), (cid("c2"), "m2"));
+                assert_eq!(m.model_ref.to_string(), "file:/m2.gguf");
+            }
+            _ => panic!("the load did not reach the pool (a duplicate drain came first?)"),
+        }
+        assert!(
+            rx.try_recv().is_err(),
+            "a repeated command id is delivered once"
+        );
+        route(&app, command("c3", CommandKind::Reload, Some("nope"), None));
+        route(
+            &app,
+            command("c4", CommandKind::LoadModel, Some("p1"), Some("bogus:x")),
+        );
+        route(&app, command("c5", CommandKind::EvictModel, None, None));
+        assert_eq!(
+            failures(&app),
+            [
+                (cid("c3"), ErrorCode::NotFound),
+                (cid("c4"), ErrorCode::InvalidParams),
+                (cid("c5"), ErrorCode::InvalidParams),
+            ]
+        );
+        assert!(
+            failures(&app).is_empty(),
+            "a terminal status is reported once"
+        );
+    }
+
+    #[tokio::test]
+    async fn heartbeat_and_register_bodies_carry_pools_and_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pool, _rx, _view) = crate::pools::detached(crate::pools::test_spec("p1", 3));
+        let app = registrar(dir.path(), &[pool]);
+        app.book.receive(&cid("c9").parse().unwrap());
+        let gpu = gpu::Gpu {
+            index: 0,
+            name: "H200".into(),
+            vram_total_bytes: 100,
+            vram_free_bytes: 40,
+            utilization_pct: 5.0,
+            compute_capability: Some("9.0".into()),
+        };
+        let beat = heartbeat_body(&app, 7, 1234, &[gpu]);
+        assert_eq!((beat.seq, beat.sent_at_ms), (7, 1234));
+        let p = &beat.pools[0];
+        assert_eq!(
+            (p.pool_id.as_str(), p.slots_total, p.slots_free),
+            ("p1", 3, 3)
+        );
+        assert_eq!(p.ctx_per_slot, 1024);
+        assert_eq!(beat.gpus.len(), 1);
+        assert_eq!(beat.commands[0].status, CommandState::Accepted);
+        let reg = register_body(&app);
+        assert_eq!(
+            (reg.node_id.as_str(), reg.dispatch_token.as_str()),
+            ("n1", "t")
+        );
+        assert_eq!(reg.protocol_version, api::PROTOCOL_VERSION);
+        assert_eq!(reg.pools.len(), 1);
+    }
 }

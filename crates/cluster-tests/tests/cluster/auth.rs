@@ -39,7 +39,7 @@ pub async fn auth_rules_and_rotation(a: Assets) -> anyhow::Result<()> {
     let mut stack = llorch::stack::Stack::start(spec).await?;
     let result = async {
         let base = stack.orchd_url.clone();
-        let with_old = client::Client::new(&base, Some(OLD.into()));
+        let with_old = client::Client::new(&base, Some(OLD.into()))?;
         wait_for("the node to register with the registration token", Duration::from_secs(30), || async { with_old.nodes().await.ok().filter(|n| n.count == 1) }).await?;
         // No token, a wrong token, an unknown path: 401 with the envelope and headers.
         for (path, token, code) in [("/v2/pools", None, "MISSING_TOKEN"), ("/v2/pools", Some("wrong-token-0123456789"), "BAD_TOKEN"), ("/v2/no-such-route", None, "MISSING_TOKEN"), ("/v2/pools", Some(REG), "BAD_TOKEN")] {

@@ -70,7 +70,7 @@ async fn follow_up_completes(client: &client::Client, model: &str) -> anyhow::Re
 pub async fn cancel_mid_stream(a: Assets) -> anyhow::Result<()> {
     let mut stack = a.stack(spec_with_token(&a, "cancel")?).await?;
     let result = async {
-        let client = client::Client::new(&stack.orchd_url, None);
+        let client = client::Client::new(&stack.orchd_url, None)?;
         let model = stack.spec.model_id.clone();
         let adm = client.submit(&fixtures::long_request(&model)).await?.body;
         let mut s = client.events(&adm.streams.sse).await?;
@@ -117,7 +117,7 @@ pub async fn cancel_mid_stream(a: Assets) -> anyhow::Result<()> {
 pub async fn client_disconnect(a: Assets) -> anyhow::Result<()> {
     let mut stack = a.stack(spec_with_token(&a, "disconnect")?).await?;
     let result = async {
-        let client = client::Client::new(&stack.orchd_url, None);
+        let client = client::Client::new(&stack.orchd_url, None)?;
         let model = stack.spec.model_id.clone();
         let adm = client.submit(&fixtures::long_request(&model)).await?.body;
         {

@@ -176,7 +176,7 @@ pub async fn catalog_cli(a: Assets) -> anyhow::Result<()> {
                 && extra[6] == EXTRA_REF,
             "extra row: {extra:?}"
         );
-        let client = client::Client::new(&url, None);
+        let client = client::Client::new(&url, None)?;
         let avail = client.availability().await?;
         let served = avail
             .models

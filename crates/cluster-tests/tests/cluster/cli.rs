@@ -32,7 +32,7 @@ pub async fn cli(a: Assets) -> anyhow::Result<()> {
             "run: exit {code}, stdout {out:?}, stderr {err}"
         );
         // The SDK's typed meta calls against the same live stack.
-        let client = client::Client::new(&url, None);
+        let client = client::Client::new(&url, None)?;
         client.health().await?;
         let version = client.version().await?;
         ensure!(

@@ -29,7 +29,7 @@ pub async fn heartbeat_and_offline(a: Assets) -> anyhow::Result<()> {
     spec.heartbeat_timeout_ms = 2000;
     let mut stack = a.stack(spec).await?;
     let result = async {
-        let client = client::Client::new(&stack.orchd_url, None);
+        let client = client::Client::new(&stack.orchd_url, None)?;
         let (_, first_hb) = node_status(&client).await.context("no node registered")?;
         // Several timeouts' worth of heartbeats: still Online, and the heartbeat time moves.
         tokio::time::sleep(Duration::from_millis(4500)).await;
@@ -89,7 +89,7 @@ pub async fn heartbeat_and_offline(a: Assets) -> anyhow::Result<()> {
 pub async fn sigterm_deregisters(a: Assets) -> anyhow::Result<()> {
     let mut stack = a.stack(a.spec("sigterm")?).await?;
     let result = async {
-        let client = client::Client::new(&stack.orchd_url, None);
+        let client = client::Client::new(&stack.orchd_url, None)?;
         let pid = *fixtures::engine_pids(&stack.pm_log)
             .last()
             .context("no engine.ready line with a pid")?;

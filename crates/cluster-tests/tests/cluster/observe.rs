@@ -36,7 +36,7 @@ async fn scrape(url: &str) -> anyhow::Result<(BTreeMap<String, f64>, String)> {
 pub async fn metrics_logs_cors(a: Assets) -> anyhow::Result<()> {
     let mut stack = a.stack(a.spec("observe")?).await?;
     let result = async {
-        let client = client::Client::new(&stack.orchd_url, None);
+        let client = client::Client::new(&stack.orchd_url, None)?;
         let (before, _) = scrape(&stack.orchd_url).await?;
         scrape(&stack.worker_url).await?;
         let (mut tin, mut tout, mut ids) = (0.0, 0.0, vec![]);

@@ -125,7 +125,7 @@ pub async fn provisioning_from_hf(a: Assets) -> anyhow::Result<()> {
     let (mut stack, _) = empty_stack(&a, "provision-hf", ON_DEMAND).await?;
     let result = async {
         stack.add_node(unloaded_node(&a, "loader", "prov0", &server)?)?;
-        let client = client::Client::new(&stack.orchd_url, None);
+        let client = client::Client::new(&stack.orchd_url, None)?;
         wait_unloaded(&client, &["prov0"]).await?;
         let (rec, created) = client.register_model(&RegisterModel { id: None, model_ref: hf_ref(), digest: None }).await?;
         ensure!(created && rec.id == "smollm2-135m-instruct.q4_1" && rec.digest.is_none() && rec.locations.is_empty(), "{rec:?}");
@@ -197,7 +197,7 @@ pub async fn digest_mismatch_and_restart(a: Assets) -> anyhow::Result<()> {
     let (mut stack, _) = empty_stack(&a, "catalog-restart", ON_DEMAND).await?;
     let result = async {
         stack.add_node(unloaded_node(&a, "loader", "prov0", &server)?)?;
-        let client = client::Client::new(&stack.orchd_url, None);
+        let client = client::Client::new(&stack.orchd_url, None)?;
         wait_unloaded(&client, &["prov0"]).await?;
         let wrong = format!("sha256:{}", "0".repeat(64));
         let (rec, _) = client.register_model(&RegisterModel { id: Some("pinned-digest".parse().expect("model id")), model_ref: hf_ref(), digest: Some(wrong.to_uppercase().replace("SHA256", "sha256")) }).await?;
@@ -244,7 +244,7 @@ pub async fn two_pools_one_download(a: Assets) -> anyhow::Result<()> {
     let result = async {
         stack.add_node(unloaded_node(&a, "n1", "p1", &server)?)?;
         stack.add_node(unloaded_node(&a, "n2", "p2", &server)?)?;
-        let client = client::Client::new(&stack.orchd_url, None);
+        let client = client::Client::new(&stack.orchd_url, None)?;
         wait_unloaded(&client, &["p1", "p2"]).await?;
         let (rec, _) = client
             .register_model(&RegisterModel {

@@ -67,7 +67,7 @@ pub async fn missing_model_or_engine(a: Assets) -> anyhow::Result<()> {
 pub async fn unserved_model(a: Assets) -> anyhow::Result<()> {
     let mut stack = a.stack(a.spec("unserved")?).await?;
     let result = async {
-        let client = client::Client::new(&stack.orchd_url, None);
+        let client = client::Client::new(&stack.orchd_url, None)?;
         let mut req = api::task::TaskRequest::new("no-such-model");
         req.prompt = Some("hello".into());
         let err = client

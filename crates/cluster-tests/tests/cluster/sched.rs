@@ -116,7 +116,7 @@ pub async fn queue_order_and_aging(a: Assets) -> anyhow::Result<()> {
         stack
             .wait_pools_ready(&["f1"], Duration::from_secs(30))
             .await?;
-        let client = client::Client::new(&stack.orchd_url, None);
+        let client = client::Client::new(&stack.orchd_url, None)?;
         let blocker = client
             .submit(&fake_task(Priority::Interactive))
             .await?
@@ -178,7 +178,7 @@ pub async fn no_oversubscription(a: Assets) -> anyhow::Result<()> {
         stack
             .wait_pools_ready(&["f1", "f2"], Duration::from_secs(30))
             .await?;
-        let client = client::Client::new(&stack.orchd_url, None);
+        let client = client::Client::new(&stack.orchd_url, None)?;
         let submits = (0..30).map(|_| {
             let c = client.clone();
             async move {
@@ -237,7 +237,7 @@ pub async fn full_queue_429_and_drop_lru(a: Assets) -> anyhow::Result<()> {
     let result = async {
         stack.add_node(fake_node("n1", &model, &[("f1", 1)], &[("FAKE_TOKENS", "20".into()), ("FAKE_TOKEN_DELAY_MS", "50".into())])?)?;
         stack.wait_pools_ready(&["f1"], Duration::from_secs(30)).await?;
-        let client = client::Client::new(&stack.orchd_url, None);
+        let client = client::Client::new(&stack.orchd_url, None)?;
         let _running = client.submit(&fake_task(Priority::Interactive)).await?.body;
         let batch = client.submit(&fake_task(Priority::Batch)).await?.body;
         let mut stream = client.events(&batch.streams.sse).await?;
@@ -273,7 +273,7 @@ pub async fn retry_before_first_token(a: Assets) -> anyhow::Result<()> {
         let n1 = stack.add_node(fake_node("n1", &model, &[("f1", 1)], &[("FAKE_TOKEN_DELAY_MS", "20000".into())])?)?;
         stack.add_node(fake_node("n2", &model, &[("f2", 1)], &[])?)?;
         stack.wait_pools_ready(&["f1", "f2"], Duration::from_secs(30)).await?;
-        let client = client::Client::new(&stack.orchd_url, None);
+        let client = client::Client::new(&stack.orchd_url, None)?;
         let mut req = fake_task(Priority::Interactive);
         req.placement = Some(Placement { mode: PlacementMode::Prefer, prefer_pools: vec!["f1".parse().expect("pool id")], ..Default::default() });
         let adm = client.submit(&req).await?.body;
@@ -317,7 +317,7 @@ pub async fn deadlines(a: Assets) -> anyhow::Result<()> {
         stack
             .wait_pools_ready(&["f1"], Duration::from_secs(30))
             .await?;
-        let client = client::Client::new(&stack.orchd_url, None);
+        let client = client::Client::new(&stack.orchd_url, None)?;
         // Running at the deadline: end with stop_reason deadline, not canceled.
         let mut r = fake_task(Priority::Interactive);
         r.deadline_ms = Some(600);
@@ -396,7 +396,7 @@ pub async fn pin_semantics(a: Assets) -> anyhow::Result<()> {
         stack
             .wait_pools_ready(&["real-a", "real-b"], Duration::from_secs(60))
             .await?;
-        let client = client::Client::new(&stack.orchd_url, None);
+        let client = client::Client::new(&stack.orchd_url, None)?;
         let pin = |id: &str| Placement {
             mode: PlacementMode::Pin,
             pin_pool_id: Some(id.parse().expect("pool id")),
@@ -487,7 +487,7 @@ pub async fn sessions_endpoint(a: Assets) -> anyhow::Result<()> {
         stack
             .wait_pools_ready(&["f1"], Duration::from_secs(30))
             .await?;
-        let client = client::Client::new(&stack.orchd_url, None);
+        let client = client::Client::new(&stack.orchd_url, None)?;
         let sid = api::SessionId::new();
         let mut ids = vec![];
         for _ in 0..2 {
@@ -551,7 +551,7 @@ pub async fn sdk_retries_admission(a: Assets) -> anyhow::Result<()> {
         stack
             .wait_pools_ready(&["f1"], Duration::from_secs(30))
             .await?;
-        let client = client::Client::new(&stack.orchd_url, None);
+        let client = client::Client::new(&stack.orchd_url, None)?;
         client.submit(&fake_task(Priority::Interactive)).await?;
         client.submit(&fake_task(Priority::Interactive)).await?;
         let refused = client.submit(&fake_task(Priority::Interactive)).await;
@@ -613,7 +613,7 @@ pub async fn drain_and_reload(a: Assets) -> anyhow::Result<()> {
         stack
             .wait_pools_ready(&["f1"], Duration::from_secs(30))
             .await?;
-        let client = client::Client::new(&stack.orchd_url, None);
+        let client = client::Client::new(&stack.orchd_url, None)?;
         let base = stack.orchd_url.clone();
         let running = client.submit(&fake_task(Priority::Interactive)).await?.body;
         let mut s = client.events(&running.streams.sse).await?;
@@ -753,7 +753,7 @@ pub async fn breaker_trips(a: Assets) -> anyhow::Result<()> {
         stack
             .wait_pools_ready(&["f1"], Duration::from_secs(30))
             .await?;
-        let client = client::Client::new(&stack.orchd_url, None);
+        let client = client::Client::new(&stack.orchd_url, None)?;
         let failed = wait_for("the breaker to trip", Duration::from_secs(60), || async {
             let pools = client.pools().await.ok()?;
             let p = pools.pools.into_iter().find(|p| p.pool_id == "f1")?;

@@ -14,7 +14,7 @@ use crate::fixtures::{self, wait_for, Assets};
 pub async fn engine_killed_mid_stream(a: Assets) -> anyhow::Result<()> {
     let mut stack = a.stack(a.spec("kill9")?).await?;
     let result = async {
-        let client = client::Client::new(&stack.orchd_url, None);
+        let client = client::Client::new(&stack.orchd_url, None)?;
         let model = stack.spec.model_id.clone();
         let adm = client.submit(&fixtures::long_request(&model)).await?.body;
         let mut s = client.events(&adm.streams.sse).await?;
@@ -57,7 +57,7 @@ pub async fn orchestratord_restart_reregisters(a: Assets) -> anyhow::Result<()> 
     spec.heartbeat_interval_ms = 500;
     let mut stack = a.stack(spec).await?;
     let result = async {
-        let client = client::Client::new(&stack.orchd_url, None);
+        let client = client::Client::new(&stack.orchd_url, None)?;
         stack.restart_orchestratord().await?;
         // The node's next heartbeat gets 404 and it registers again on its own.
         let nodes = wait_for(
@@ -104,7 +104,7 @@ async fn post(url: &str, body: serde_json::Value) -> anyhow::Result<u16> {
 pub async fn reload_to_new_model(a: Assets) -> anyhow::Result<()> {
     let mut stack = a.stack(a.spec("reload")?).await?;
     let result = async {
-        let client = client::Client::new(&stack.orchd_url, None);
+        let client = client::Client::new(&stack.orchd_url, None)?;
         let second = stack.spec.dir.join("second-model.gguf");
         if std::fs::hard_link(&stack.spec.model_path, &second).is_err() {
             std::fs::copy(&stack.spec.model_path, &second)?;
@@ -264,7 +264,7 @@ pub async fn handoff_adoption(a: Assets) -> anyhow::Result<()> {
     let binary = std::env::var("LLORCH_LLAMA_SERVER").context("LLORCH_LLAMA_SERVER")?;
     let mut stack = a.stack(a.spec("handoff")?).await?;
     let result = async {
-        let client = client::Client::new(&stack.orchd_url, None);
+        let client = client::Client::new(&stack.orchd_url, None)?;
         let dir = stack.spec.dir.join("handoff");
         // A stale file: its process has exited.
         let mut gone = std::process::Command::new("true").spawn()?;

@@ -93,7 +93,7 @@ async fn attempt_once(
     let cid = uuid::Uuid::new_v4().to_string();
     let task_id = TaskId::new();
     let session_id = SessionId::new();
-    let client = Client::new(&opts.base_url, opts.token.clone()).with_correlation_id(&cid);
+    let client = Client::new(&opts.base_url, opts.token.clone())?.with_correlation_id(&cid);
     let mut ev = Evidence::new(cid.clone(), task_id);
     let before = client
         .metrics_text()

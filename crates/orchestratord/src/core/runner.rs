@@ -222,7 +222,8 @@ impl Effects for LiveEffects {
     }
 }
 
-/// Spawns the core's owner task and its 1 s tick; returns the handle.
+/// Spawns the core's owner task and its 1 s tick; returns the handle. Fails when the HTTP/2
+/// client for workers cannot be built (a default client would silently speak HTTP/1).
 pub fn spawn(
     cfg: Arc<Config>,
     metrics: Arc<Metrics>,
@@ -230,7 +231,7 @@ pub fn spawn(
     store: catalog::Store,
     tracker: &TaskTracker,
     shutdown: tokio_util::sync::CancellationToken,
-) -> CoreHandle {
+) -> Result<CoreHandle, reqwest::Error> {
     let (tx, mut rx) = mpsc::unbounded_channel();
     // HTTP/2 to workers: every dispatch stream to a node shares one connection, so thousands of
     // concurrent streams need a handful of sockets, and dropping a stream resets only that stream.
@@ -240,8 +241,7 @@ pub fn spawn(
         .http2_prior_knowledge()
         .http2_keep_alive_interval(Duration::from_secs(10))
         .http2_keep_alive_while_idle(true)
-        .build()
-        .unwrap_or_default();
+        .build()?;
     let effects = LiveEffects {
         tx: tx.clone(),
         http,
@@ -277,7 +277,7 @@ pub fn spawn(
             h.abort();
         }
     });
-    CoreHandle { tx }
+    Ok(CoreHandle { tx })
 }
 
 fn handle(core: &mut Core<LiveEffects>, link: &mut StoreLink, msg: Msg, now: Instant) {

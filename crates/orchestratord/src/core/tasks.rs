@@ -236,6 +236,8 @@ impl<E: Effects> Core<E> {
         let node_id = pool.node_id.clone();
         let engine_version = pool.status.engine_version.clone();
         let digest = pool.status.models.first().and_then(|m| m.digest.clone());
+        // A task that names no ctx gets the pool's whole slot (§13.2 `params.ctx`).
+        let ctx_per_slot = pool.status.ctx_per_slot;
         let Some(node) = self.registry.node(&node_id) else {
             return;
         };
@@ -289,7 +291,7 @@ impl<E: Effects> Core<E> {
             input: t.v.input.clone(),
             params: DispatchParams {
                 max_tokens: t.max_tokens,
-                ctx: t.v.ctx.unwrap_or(0),
+                ctx: t.v.ctx.unwrap_or(ctx_per_slot),
                 sampling: t.v.sampling.clone(),
             },
             deadline_remaining_ms: t

@@ -1001,6 +1001,24 @@ fn no_target_means_503_and_full_pools_are_not_targets() {
     );
 }
 
+#[test]
+fn dispatch_sends_the_tasks_ctx_or_the_pools_per_slot_ctx() {
+    let now = Instant::now();
+    let mut core = core_with(|_| {});
+    register(&mut core, "n1", vec![pool("p1", 2)], now);
+    core.submit(task(|_| {}), cid("cid"), now)
+        .expect("admitted");
+    core.submit(task(|r| r.ctx = Some(512)), cid("cid"), now)
+        .expect("admitted");
+    let ctx: Vec<u64> = core
+        .effects
+        .dispatched
+        .iter()
+        .map(|j| j.body.params.ctx)
+        .collect();
+    assert_eq!(ctx, [1024, 512], "none given: the pool's 1024 per slot");
+}
+
 fn metrics_text(core: &Core<Recorded>) -> String {
     core.metrics.render(&[])
 }
