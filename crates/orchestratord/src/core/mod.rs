@@ -114,42 +114,42 @@ pub enum Timer {
 /// Per-pool measurements for predictions (EWMA, α = 0.2).
 #[derive(Default, Clone, Copy)]
 pub struct PoolStats {
-    pub tokens_out: Option<f64>,
-    pub decode_tps: Option<f64>,
-    pub ttft_ms: Option<f64>,
+    tokens_out: Option<f64>,
+    decode_tps: Option<f64>,
+    ttft_ms: Option<f64>,
 }
 
 pub struct TaskEntry {
-    pub v: ValidatedTask,
-    pub correlation_id: CorrelationId,
-    pub model: ModelId,
-    pub queue_key: queue::QueueKey,
+    v: ValidatedTask,
+    correlation_id: CorrelationId,
+    model: ModelId,
+    queue_key: queue::QueueKey,
     /// Queued, running or finished, with the moments each reached.
-    pub life: lifecycle::Lifecycle,
-    pub log: Arc<TaskLog>,
-    pub admitted: lifecycle::Stamp,
-    pub pool: Option<PoolId>,
-    pub node: Option<NodeId>,
-    pub engine_version: Option<String>,
-    pub attempts: u32,
-    pub tried: Vec<PoolId>,
-    pub tokens_in: u64,
+    life: lifecycle::Lifecycle,
+    log: Arc<TaskLog>,
+    admitted: lifecycle::Stamp,
+    pool: Option<PoolId>,
+    node: Option<NodeId>,
+    engine_version: Option<String>,
+    attempts: u32,
+    tried: Vec<PoolId>,
+    tokens_in: u64,
     /// The worker's count from `end` (0 before it); see [`TaskEntry::tokens_out`].
-    pub reported_tokens_out: u64,
-    pub token_frames: u64,
-    pub seed: Option<u64>,
-    pub stop_reason: Option<api::events::StopReason>,
-    pub error: Option<api::ErrorEnvelope>,
-    pub admission_position: u64,
-    pub admission_predicted_ms: u64,
+    reported_tokens_out: u64,
+    token_frames: u64,
+    seed: Option<u64>,
+    stop_reason: Option<api::events::StopReason>,
+    error: Option<api::ErrorEnvelope>,
+    admission_position: u64,
+    admission_predicted_ms: u64,
     /// The queue position last told to the client (202 or a `metrics` frame).
-    pub announced_position: Option<u64>,
-    pub max_tokens: u64,
-    pub deadline: Option<Instant>,
+    announced_position: Option<u64>,
+    max_tokens: u64,
+    deadline: Option<Instant>,
     /// The `started` frame was sent (at dispatch, or when provisioning bound the task to a pool).
-    pub started_sent: bool,
+    started_sent: bool,
     /// The `load-model` command this task waits on, until its steps are reported completed.
-    pub load: Option<CommandId>,
+    load: Option<CommandId>,
 }
 
 impl TaskEntry {

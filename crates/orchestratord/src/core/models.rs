@@ -14,9 +14,9 @@ use crate::metrics::{self as m, labels};
 
 /// A node-level catalog command in flight.
 pub struct NodeCommand {
-    pub node_id: NodeId,
-    pub kind: CommandKind,
-    pub model_id: ModelId,
+    pub(super) node_id: NodeId,
+    pub(super) kind: CommandKind,
+    pub(super) model_id: ModelId,
 }
 
 fn store_error(e: catalog::StoreError) -> ErrorEnvelope {

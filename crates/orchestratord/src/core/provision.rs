@@ -27,13 +27,13 @@ const WARMUP_MS: u64 = 5_000;
 
 /// A `load-model` command in flight.
 pub struct Load {
-    pub node_id: NodeId,
-    pub pool_id: PoolId,
-    pub model_id: ModelId,
-    pub steps: Vec<PreparationStep>,
-    pub progress: BTreeMap<StepId, PrepProgress>,
+    pub(super) node_id: NodeId,
+    pub(super) pool_id: PoolId,
+    pub(super) model_id: ModelId,
+    pub(super) steps: Vec<PreparationStep>,
+    pub(super) progress: BTreeMap<StepId, PrepProgress>,
     /// Tasks bound to this load (the one that triggered it).
-    pub tasks: Vec<TaskId>,
+    pub(super) tasks: Vec<TaskId>,
 }
 
 /// The loads part of the core: `load-model` commands in flight and node-level catalog commands

@@ -12,48 +12,48 @@ use api::{CommandId, ModelId, NodeId, PoolId, TaskId};
 use daemon::secret::Secret;
 
 pub struct Node {
-    pub machine_id: String,
-    pub address: String,
-    pub version: String,
-    pub dispatch_token: Secret,
+    pub(super) machine_id: String,
+    pub(super) address: String,
+    pub(super) version: String,
+    pub(super) dispatch_token: Secret,
     /// The credential issued at registration (None when the node uses a static token or open mode).
-    pub credential: Option<Secret>,
-    pub status: NodeStatus,
-    pub last_seen: Instant,
-    pub registered_at_ms: u64,
-    pub last_heartbeat_ms: u64,
-    pub seq: u64,
-    pub capabilities: api::node::Capabilities,
-    pub pools: Vec<PoolId>,
+    pub(super) credential: Option<Secret>,
+    pub(super) status: NodeStatus,
+    pub(super) last_seen: Instant,
+    pub(super) registered_at_ms: u64,
+    pub(super) last_heartbeat_ms: u64,
+    pub(super) seq: u64,
+    pub(super) capabilities: api::node::Capabilities,
+    pub(super) pools: Vec<PoolId>,
     /// GPU state from the latest heartbeat.
-    pub gpus: Vec<api::node::GpuStatus>,
+    pub(super) gpus: Vec<api::node::GpuStatus>,
     /// Commands sent in every heartbeat answer until the node reports them (at-least-once).
-    pub commands: Vec<api::node::Command>,
+    pub(super) commands: Vec<api::node::Command>,
 }
 
 pub struct PoolEntry {
-    pub node_id: NodeId,
-    pub status: PoolStatus,
+    pub(super) node_id: NodeId,
+    pub(super) status: PoolStatus,
     /// Tasks holding a slot: dispatched and not yet released.
-    pub holding: BTreeSet<TaskId>,
+    pub(super) holding: BTreeSet<TaskId>,
     /// Tasks canceled while running whose slot is not yet confirmed free.
-    pub releasing: BTreeSet<TaskId>,
+    pub(super) releasing: BTreeSet<TaskId>,
     /// The worker answered REPLICA_EXHAUSTED: no free slot until its next heartbeat.
-    pub exhausted: bool,
+    pub(super) exhausted: bool,
     /// Facts of the pool's node, refreshed by [`Registry::sync_node_facts`] whenever they change, so
     /// placement never looks nodes up per pool.
-    pub node_online: bool,
-    pub free_vram: u64,
+    pub(super) node_online: bool,
+    pub(super) free_vram: u64,
     /// Draining on an operator's request: out of placement until a reload.
-    pub draining: bool,
+    pub(super) draining: bool,
     /// The pool operation in progress (drain, reload or load-model), by command id.
-    pub op: Option<(CommandId, api::node::CommandKind)>,
+    pub(super) op: Option<(CommandId, api::node::CommandKind)>,
     /// The catalog model this pool serves (§9.2: digest or ref matches), re-derived from every report.
-    pub serves: Option<ModelId>,
+    pub(super) serves: Option<ModelId>,
     /// The (model id, digest) of the last report, so catalog writes happen only on change.
-    pub reported: Option<(ModelId, Option<String>)>,
+    pub(super) reported: Option<(ModelId, Option<String>)>,
     /// The model a `load-model` in progress is loading into this pool.
-    pub loading: Option<ModelId>,
+    pub(super) loading: Option<ModelId>,
 }
 
 impl PoolEntry {

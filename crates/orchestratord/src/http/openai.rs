@@ -67,7 +67,7 @@ pub async fn models(State(app): State<App>) -> Response {
     let data = models
         .into_iter()
         .map(|(id, created)| ModelEntry {
-            id: id.to_string(),
+            id,
             object: "model".into(),
             created,
             owned_by: "llama-orch".into(),
