@@ -39,6 +39,9 @@ use crate::metrics::Metrics;
 pub use registry::{Node, PoolEntry};
 pub use tasklog::TaskLog;
 
+/// Gauge series computed at scrape time: (name, labels, value).
+pub type GaugeRows = Vec<(&'static str, Vec<(&'static str, String)>, f64)>;
+
 /// Work the core asks the outside world to do.
 pub trait Effects {
     /// Open a dispatch stream to a worker; its lines come back as [`Core::on_worker`] calls.
@@ -331,10 +334,7 @@ impl<E: Effects> Core<E> {
     }
 
     /// Gauges computed when `/metrics` is scraped: Online nodes, Ready pools, heartbeat ages.
-    pub fn scrape_gauges(
-        &self,
-        now: Instant,
-    ) -> Vec<(&'static str, Vec<(&'static str, String)>, f64)> {
+    pub fn scrape_gauges(&self, now: Instant) -> GaugeRows {
         use crate::metrics as m;
         let online = self
             .registry

@@ -429,9 +429,7 @@ impl<E: Effects> Core<E> {
     }
 
     /// `model_state` gauges, from the catalog.
-    pub(super) fn model_state_gauges(
-        &self,
-    ) -> Vec<(&'static str, Vec<(&'static str, String)>, f64)> {
+    pub(super) fn model_state_gauges(&self) -> super::GaugeRows {
         let mut out = vec![];
         for r in self.catalog.list() {
             for s in [ModelState::Active, ModelState::Retired] {

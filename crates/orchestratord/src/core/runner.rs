@@ -25,14 +25,17 @@ use crate::metrics::Metrics;
 
 type Reply<T> = oneshot::Sender<T>;
 
+/// A catalog registration's answer: the record and whether it was created.
+pub type Registration = Result<(ModelRecord, bool), ErrorEnvelope>;
+
+/// An admission's answer: the 202 body and the task's log, or the refusal.
+pub type Admission = Result<(AdmissionResponse, Arc<TaskLog>), ErrorEnvelope>;
+
 pub enum Msg {
     Submit {
-        v: crate::admission::ValidatedTask,
+        v: Box<crate::admission::ValidatedTask>,
         correlation_id: api::CorrelationId,
-        reply: Reply<(
-            Result<(AdmissionResponse, Arc<TaskLog>), ErrorEnvelope>,
-            Durable,
-        )>,
+        reply: Reply<(Admission, Durable)>,
     },
     Record {
         id: TaskId,
@@ -95,7 +98,7 @@ pub enum Msg {
         reply: Reply<Vec<PoolView>>,
     },
     ScrapeGauges {
-        reply: Reply<Vec<(&'static str, Vec<(&'static str, String)>, f64)>>,
+        reply: Reply<super::GaugeRows>,
     },
     Worker {
         id: TaskId,
@@ -114,7 +117,7 @@ pub enum Msg {
     Tick,
     CatalogRegister {
         req: RegisterModel,
-        reply: Reply<(Result<(ModelRecord, bool), ErrorEnvelope>, Durable)>,
+        reply: Reply<(Registration, Durable)>,
     },
     CatalogList {
         reply: Reply<Vec<ModelRecord>>,
@@ -287,7 +290,7 @@ fn handle(core: &mut Core<LiveEffects>, link: &mut StoreLink, msg: Msg, now: Ins
             correlation_id,
             reply,
         } => {
-            let r = core.submit(v, correlation_id, now);
+            let r = core.submit(*v, correlation_id, now);
             let _ = reply.send((r, link.flush(core)));
         }
         Msg::Record { id, reply } => {

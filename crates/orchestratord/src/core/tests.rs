@@ -279,16 +279,16 @@ fn pin_semantics() {
     };
     let e = core
         .submit(task(|r| r.placement = Some(pin("nope"))), cid("c"), now)
-        .err()
-        .expect("unknown");
+        .map(|_| ())
+        .expect_err("unknown");
     assert_eq!(
         (e.code, e.field.as_deref()),
         (ErrorCode::InvalidParams, Some("placement.pin_pool_id"))
     );
     let e = core
         .submit(task(|r| r.placement = Some(pin("p2"))), cid("c"), now)
-        .err()
-        .expect("not ready");
+        .map(|_| ())
+        .expect_err("not ready");
     assert_eq!((e.code, e.http_status()), (ErrorCode::PoolUnready, 503));
     // A Ready pin with no free slot queues in the pool's own queue and waits for that pool.
     let a = core
@@ -794,7 +794,7 @@ fn provisioning_loads_the_model_and_binds_the_task() {
         bytes_total: 100,
     };
     let running = CommandStatus {
-        command_id: cmd.command_id.clone(),
+        command_id: cmd.command_id,
         status: CommandState::Running,
         progress: vec![
             step(
@@ -805,7 +805,7 @@ fn provisioning_loads_the_model_and_binds_the_task() {
             ),
             step(
                 StepKind::PoolWarmup,
-                api::StepId::pool(&pid("p1")),
+                api::StepId::pool("p1"),
                 StepStatus::Pending,
                 0,
             ),
@@ -830,9 +830,7 @@ fn provisioning_loads_the_model_and_binds_the_task() {
         .rev()
         .find_map(|e| {
             if let Event::Metrics(m) = e {
-                m.prep
-                    .clone()
-                    .map(|p| (p, m.phase.clone(), m.human.clone()))
+                m.prep.clone().map(|p| (p, m.phase, m.human.clone()))
             } else {
                 None
             }
@@ -852,7 +850,7 @@ fn provisioning_loads_the_model_and_binds_the_task() {
         metadata: None,
     }];
     let done = CommandStatus {
-        command_id: cmd.command_id.clone(),
+        command_id: cmd.command_id,
         status: CommandState::Completed,
         progress: vec![],
         error: None,
@@ -924,7 +922,7 @@ fn a_failed_load_ends_the_waiting_tasks_with_its_error() {
         .expect("second")
         .0
         .task_id;
-    let cmd = core.registry.nodes()["n1"].commands[0].command_id.clone();
+    let cmd = core.registry.nodes()["n1"].commands[0].command_id;
     let env = api::ErrorEnvelope::new(ErrorCode::UntrustedArtifact, "digest mismatch");
     heartbeat(
         &mut core,

@@ -196,11 +196,8 @@ pub fn unavailable() -> ApiError {
 /// write had failed before admission.
 pub async fn durable_admission(
     app: &App,
-    (result, durable): (
-        Result<(api::task::AdmissionResponse, Arc<crate::core::TaskLog>), ErrorEnvelope>,
-        crate::core::store::Durable,
-    ),
-) -> Result<(api::task::AdmissionResponse, Arc<crate::core::TaskLog>), ErrorEnvelope> {
+    (result, durable): (crate::core::runner::Admission, crate::core::store::Durable),
+) -> crate::core::runner::Admission {
     if let Err(e) = durable.wait().await {
         if let Ok((resp, _)) = &result {
             let id = resp.task_id;

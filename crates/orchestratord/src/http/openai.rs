@@ -103,7 +103,7 @@ async fn complete(
     let Some(result) = app
         .core
         .ask(|reply| Msg::Submit {
-            v,
+            v: Box::new(v),
             correlation_id: cid.0.clone(),
             reply,
         })

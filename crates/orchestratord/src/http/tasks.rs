@@ -30,7 +30,7 @@ pub async fn submit(
     let result = app
         .core
         .ask(|reply| Msg::Submit {
-            v,
+            v: Box::new(v),
             correlation_id: cid.0.clone(),
             reply,
         })
