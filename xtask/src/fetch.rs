@@ -1,7 +1,7 @@
 //! `cargo xtask bench fetch`: the models cache's download path (Range-capable streaming into a
 //! `.part` file, sha256 on the way, fsync, rename, sidecar, GGUF header read) versus a plain
 //! reqwest download of the same file into a file with sha256, from the same local server, in the
-//! same process, alternating; prints median throughput of both and the ratio.
+//! same process, alternating which goes first per round; prints median throughput of both and the ratio.
 
 use std::time::Instant;
 
@@ -40,28 +40,32 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             hf_token: None,
             extra_root_pem: None,
         })?;
-        let t = Instant::now();
-        let f = cache
-            .fetch(&r, None, &|_| {})
-            .await
-            .context("models cache fetch")?;
-        cache_s.push(t.elapsed().as_secs_f64());
+        // The order alternates per round so that neither path always runs on a cold (or warm)
+        // page cache and disk.
+        let cache_first = round % 2 == 0;
+        let (f, digest) = if cache_first {
+            let f = timed(&mut cache_s, cache_fetch(&cache, &r)).await?;
+            let digest = timed(&mut plain_s, plain(&url, &dir.join("plain.gguf"))).await?;
+            (f, digest)
+        } else {
+            let digest = timed(&mut plain_s, plain(&url, &dir.join("plain.gguf"))).await?;
+            let f = timed(&mut cache_s, cache_fetch(&cache, &r)).await?;
+            (f, digest)
+        };
         anyhow::ensure!(
             f.size_bytes == size && f.downloaded_bytes == size,
             "the cache fetched {} of {size} bytes",
             f.downloaded_bytes
         );
-        let t = Instant::now();
-        let digest = plain(&url, &dir.join("plain.gguf")).await?;
-        plain_s.push(t.elapsed().as_secs_f64());
         anyhow::ensure!(
             f.digest == format!("sha256:{digest}"),
             "the two paths hashed different bytes: {} vs sha256:{digest}",
             f.digest
         );
         eprintln!(
-            "[bench] round {}: cache {:.3} s, plain {:.3} s",
+            "[bench] round {} ({} first): cache {:.3} s, plain {:.3} s",
             round + 1,
+            if cache_first { "cache" } else { "plain" },
             cache_s[round],
             plain_s[round]
         );
@@ -83,6 +87,27 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     );
     println!("  ratio cache / plain time:       {:>8.2}", c / p);
     Ok(())
+}
+
+/// Awaits `fut`, pushing its duration in seconds onto `into`.
+async fn timed<T>(
+    into: &mut Vec<f64>,
+    fut: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    let t = Instant::now();
+    let v = fut.await?;
+    into.push(t.elapsed().as_secs_f64());
+    Ok(v)
+}
+
+async fn cache_fetch(
+    cache: &models::ModelCache,
+    r: &api::model_ref::ModelRef,
+) -> anyhow::Result<models::Fetched> {
+    cache
+        .fetch(r, None, &|_| {})
+        .await
+        .context("models cache fetch")
 }
 
 /// The baseline: stream the body into a file while hashing it; returns the hex sha256.

@@ -1,6 +1,6 @@
 //! Test-only: `POST /completion` of fake-engine. Streams visibly synthetic tokens (`"tok0 "`,
 //! `"tok1 "`, …) as llama-server SSE frames, holding a slot for the life of the stream, with the
-//! fault knobs (token delay, crash mid-stream, injected failure status) applied.
+//! fault knobs (token delay, hold file, crash mid-stream, injected failure status) applied.
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
@@ -119,6 +119,16 @@ async fn generate(st: Arc<AppState>, plan: Plan, tx: mpsc::Sender<Bytes>) {
     st.prompt_tokens.fetch_add(plan.prompt_n, Ordering::Relaxed);
     let start = Instant::now();
     for k in 0..plan.n {
+        // A held request has produced its first token (so it is running in every sense) and
+        // produces no more until the hold file is gone.
+        if let Some(hold) = st.knobs.hold_file.as_ref().filter(|_| k > 0) {
+            while hold.exists() {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+                    _ = tx.closed() => return,
+                }
+            }
+        }
         if !st.knobs.token_delay.is_zero() {
             tokio::select! {
                 _ = tokio::time::sleep(st.knobs.token_delay) => {}

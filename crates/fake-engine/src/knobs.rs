@@ -1,5 +1,6 @@
 //! Test-only: fault and load knobs of fake-engine, read once from the environment at startup.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// The knobs (see the crate docs in `main.rs` for what each one does).
@@ -15,6 +16,9 @@ pub struct Knobs {
     pub crash_after_tokens: Option<u64>,
     /// `FAKE_FAIL_STATUS` (unset = never): every `/completion` answers this HTTP status.
     pub fail_status: Option<u16>,
+    /// `FAKE_HOLD_FILE` (unset = never): while this file exists, no request sends a token after its
+    /// first. Lets a test hold tasks running (and release them) by state instead of by a delay.
+    pub hold_file: Option<PathBuf>,
 }
 
 impl Default for Knobs {
@@ -25,6 +29,7 @@ impl Default for Knobs {
             token_delay: Duration::from_millis(5),
             crash_after_tokens: None,
             fail_status: None,
+            hold_file: None,
         }
     }
 }
@@ -64,6 +69,9 @@ impl Knobs {
             token_delay: var("FAKE_TOKEN_DELAY_MS")?.map_or(d.token_delay, Duration::from_millis),
             crash_after_tokens: var("FAKE_CRASH_AFTER_TOKENS")?,
             fail_status,
+            hold_file: get("FAKE_HOLD_FILE")
+                .filter(|v| !v.trim().is_empty())
+                .map(PathBuf::from),
         })
     }
 }
@@ -90,6 +98,7 @@ mod tests {
             ("FAKE_TOKEN_DELAY_MS", "0"),
             ("FAKE_CRASH_AFTER_TOKENS", "2"),
             ("FAKE_FAIL_STATUS", "503"),
+            ("FAKE_HOLD_FILE", "/tmp/hold"),
         ])
         .unwrap();
         assert_eq!(k.load, Duration::from_millis(250));
@@ -97,6 +106,7 @@ mod tests {
         assert_eq!(k.token_delay, Duration::ZERO);
         assert_eq!(k.crash_after_tokens, Some(2));
         assert_eq!(k.fail_status, Some(503));
+        assert_eq!(k.hold_file, Some(PathBuf::from("/tmp/hold")));
         assert_eq!(
             knobs(&[("FAKE_CRASH_AFTER_TOKENS", " ")])
                 .unwrap()

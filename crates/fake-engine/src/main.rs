@@ -15,6 +15,8 @@
 //! - `FAKE_TOKEN_DELAY_MS` (5): wait before each token.
 //! - `FAKE_CRASH_AFTER_TOKENS` (unset): once any request has sent this many tokens, exit(3).
 //! - `FAKE_FAIL_STATUS` (unset): every `/completion` answers this status with a llama-style error.
+//! - `FAKE_HOLD_FILE` (unset): a path; while that file exists, no request sends a token after its
+//!   first (tests hold tasks running by creating it and release them by removing it).
 //!
 //! Endpoints: `GET /health`, `GET /props`, `GET /slots`, `POST /apply-template`,
 //! `POST /completion` (streaming only), `GET /metrics` (with `--metrics`), and `GET /fake/stats`

@@ -671,13 +671,16 @@ fn bad_digests_and_endpoints_are_invalid() {
 /// Environment of the child half of [`two_processes_on_one_dir_download_once`].
 const CHILD_ENV: &str = "LLORCH_MODELS_TEST_CHILD";
 
-/// The child half of the cross-process test: a no-op unless started by it with `CHILD_ENV` set to
-/// `<models_dir>\n<ref>\n<ca pem path>`; then it fetches and prints the bytes it downloaded.
+/// The child half of the cross-process test, not a test of its own: ignored, so a normal run skips
+/// it, and started by [`two_processes_on_one_dir_download_once`] with `--ignored --exact` and
+/// `CHILD_ENV` set to `<models_dir>\n<ref>\n<ca pem path>`; it fetches and prints the bytes it
+/// downloaded. Started any other way it fails, so it can never pass without doing its work.
 #[tokio::test]
+#[ignore = "helper process of two_processes_on_one_dir_download_once; started only by it"]
 async fn child_fetch_helper() {
-    let Ok(spec) = std::env::var(CHILD_ENV) else {
-        return;
-    };
+    let spec = std::env::var(CHILD_ENV).unwrap_or_else(|_| {
+        panic!("child_fetch_helper is started by two_processes_on_one_dir_download_once only")
+    });
     let mut lines = spec.lines();
     let (Some(dir), Some(r), Some(pem)) = (lines.next(), lines.next(), lines.next()) else {
         panic!("bad {CHILD_ENV}: {spec:?}")
@@ -711,6 +714,7 @@ async fn two_processes_on_one_dir_download_once() {
     let exe = std::env::current_exe().expect("test binary");
     let child = tokio::process::Command::new(exe)
         .args([
+            "--ignored",
             "--exact",
             "child_fetch_helper",
             "--nocapture",

@@ -193,3 +193,52 @@ pub async fn run_llorch(args: &[&str], url: &str) -> anyhow::Result<(i32, String
         String::from_utf8_lossy(&out.stderr).into(),
     ))
 }
+
+/// Submits `req`, reads its stream until it closes (bounded) and fails unless the task ran on a
+/// llama.cpp engine to `end` (not canceled) with at least one non-empty token frame, token indices
+/// without gaps, `tokens_out` covering them, and nothing after `end`. Returns its `started` frame.
+pub async fn run_to_end(
+    client: &client::Client,
+    req: &api::task::TaskRequest,
+) -> anyhow::Result<api::events::Started> {
+    use api::events::Event;
+    let adm = client.submit(req).await?.body;
+    let mut s = client.events(&adm.streams.sse).await?;
+    let mut frames = vec![];
+    while let Some(f) = tokio::time::timeout(Duration::from_secs(60), s.next())
+        .await
+        .context("no frame or close within 60 s")?
+    {
+        frames.push(f?.event);
+    }
+    let Some(Event::End(end)) = frames.last().cloned() else {
+        bail!("the stream did not end with `end`: {frames:?}");
+    };
+    let started = frames
+        .iter()
+        .find_map(|e| match e {
+            Event::Started(s) => Some(s.clone()),
+            _ => None,
+        })
+        .context("no started frame")?;
+    let tokens: Vec<&api::events::Token> = frames
+        .iter()
+        .filter_map(|e| match e {
+            Event::Token(t) => Some(t),
+            _ => None,
+        })
+        .collect();
+    anyhow::ensure!(
+        started.engine == api::ENGINE_LLAMACPP && !end.canceled,
+        "started {started:?}, end {end:?}"
+    );
+    anyhow::ensure!(
+        !tokens.is_empty()
+            && tokens.iter().all(|t| !t.t.is_empty())
+            && tokens.iter().enumerate().all(|(k, t)| t.i == k as u64)
+            && end.tokens_out >= tokens.len() as u64
+            && end.tokens_in > 0,
+        "tokens {tokens:?}, end {end:?}"
+    );
+    Ok(started)
+}

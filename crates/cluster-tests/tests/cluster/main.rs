@@ -16,6 +16,7 @@ mod provision;
 mod refusals;
 mod sched;
 mod schema;
+mod template;
 mod worker;
 
 use std::future::Future;
@@ -37,6 +38,9 @@ fn scenarios() -> Vec<(&'static str, bool, Scenario)> {
             |a| Box::pin(refusals::missing_model_or_engine(a)),
         ),
         ("e2e_haiku", true, |a| Box::pin(happy::haiku(a))),
+        ("engine_apply_template_matches_chat_endpoint", true, |a| {
+            Box::pin(template::apply_template_matches_chat(a))
+        }),
         ("task_for_unserved_model_gets_typed_error", true, |a| {
             Box::pin(refusals::unserved_model(a))
         }),

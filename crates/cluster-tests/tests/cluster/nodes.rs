@@ -62,8 +62,6 @@ pub async fn heartbeat_and_offline(a: Assets) -> anyhow::Result<()> {
             m.contains("orchd_node_offline_total{node_id=\"local\"} 1"),
             "offline transition not counted"
         );
-        let mut req = api::task::TaskRequest::new(&stack.spec.model_id);
-        req.prompt = Some("hi".into());
         // Once it heartbeats again, it is Online again.
         wait_for(
             "the node to come back Online",
@@ -75,10 +73,15 @@ pub async fn heartbeat_and_offline(a: Assets) -> anyhow::Result<()> {
             },
         )
         .await?;
-        ensure!(
-            client.submit(&req).await.is_ok(),
-            "a task was refused after the node came back"
-        );
+        // And it serves again: a task runs on its engine to `end` with real tokens.
+        let mut req = api::task::TaskRequest::new(&stack.spec.model_id);
+        req.prompt = Some("The sky is".into());
+        req.max_tokens = Some(4);
+        req.temperature = Some(0.0);
+        let started = fixtures::run_to_end(&client, &req)
+            .await
+            .context("a task after the node came back")?;
+        ensure!(started.node_id == "local", "ran on {:?}", started.node_id);
         Ok(())
     }
     .await;

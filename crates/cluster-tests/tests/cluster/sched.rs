@@ -75,6 +75,54 @@ fn fake_task(p: Priority) -> TaskRequest {
     r
 }
 
+/// A fake engine's hold file (`FAKE_HOLD_FILE`): while it exists, the engine's requests send no
+/// token after their first, so a test holds tasks running for as long as it needs, then releases
+/// them, instead of betting on a token delay outlasting its HTTP round trips.
+pub struct Hold(PathBuf);
+
+impl Hold {
+    pub fn new(dir: &std::path::Path) -> Self {
+        Self(dir.join("fake-hold"))
+    }
+
+    pub fn env(&self) -> (&'static str, String) {
+        ("FAKE_HOLD_FILE", self.0.display().to_string())
+    }
+
+    pub fn on(&self) -> anyhow::Result<()> {
+        std::fs::write(&self.0, b"").with_context(|| format!("creating {}", self.0.display()))
+    }
+
+    pub fn off(&self) -> anyhow::Result<()> {
+        match std::fs::remove_file(&self.0) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Waits until the task's record is in `state`.
+async fn wait_state(client: &client::Client, id: TaskId, state: TaskState) -> anyhow::Result<()> {
+    wait_for(
+        &format!("task {id} to be {state:?}"),
+        Duration::from_secs(30),
+        || async { (client.task(id).await.ok()?.body.state == state).then_some(()) },
+    )
+    .await
+}
+
+/// The task's record state now.
+async fn state_of(client: &client::Client, id: TaskId) -> anyhow::Result<TaskState> {
+    Ok(client.task(id).await?.body.state)
+}
+
+/// Σ of a counter over all its label sets in orchestratord's `/metrics`.
+async fn counter(client: &client::Client, name: &str) -> anyhow::Result<f64> {
+    let text = client.metrics_text().await?.body;
+    let series = llorch::haiku::prom::parse(&text).map_err(anyhow::Error::msg)?;
+    Ok(llorch::haiku::prom::sum(&series, name))
+}
+
 async fn wait_done(
     client: &client::Client,
     ids: &[TaskId],
@@ -103,7 +151,9 @@ fn max_concurrent(path: &std::path::Path) -> anyhow::Result<u64> {
 
 pub async fn queue_order_and_aging(a: Assets) -> anyhow::Result<()> {
     let (mut stack, model) = empty_stack(&a, "order", "[queue]\ninteractive_burst = 2\n").await?;
+    let hold = Hold::new(&stack.spec.dir);
     let result = async {
+        // 4 tokens × 40 ms per released task, so that start times differ by more than a ms.
         stack.add_node(fake_node(
             "n1",
             &model,
@@ -111,17 +161,21 @@ pub async fn queue_order_and_aging(a: Assets) -> anyhow::Result<()> {
             &[
                 ("FAKE_TOKENS", "4".into()),
                 ("FAKE_TOKEN_DELAY_MS", "40".into()),
+                hold.env(),
             ],
         )?)?;
         stack
             .wait_pools_ready(&["f1"], Duration::from_secs(30))
             .await?;
         let client = client::Client::new(&stack.orchd_url, None)?;
+        // The blocker holds the only slot until every other task is queued behind it.
+        hold.on()?;
         let blocker = client
             .submit(&fake_task(Priority::Interactive))
             .await?
             .body
             .task_id;
+        wait_state(&client, blocker, TaskState::Running).await?;
         let b = client
             .submit(&fake_task(Priority::Batch))
             .await?
@@ -139,6 +193,14 @@ pub async fn queue_order_and_aging(a: Assets) -> anyhow::Result<()> {
         }
         let mut all = vec![blocker, b];
         all.extend(&is);
+        for id in &all[1..] {
+            let st = state_of(&client, *id).await?;
+            ensure!(
+                st == TaskState::Queued,
+                "task {id} is {st:?} behind a held blocker"
+            );
+        }
+        hold.off()?;
         let recs = wait_done(&client, &all).await?;
         let mut by_start: Vec<(u64, TaskId)> = recs
             .iter()
@@ -153,32 +215,33 @@ pub async fn queue_order_and_aging(a: Assets) -> anyhow::Result<()> {
         Ok(())
     }
     .await;
+    let _ = hold.off();
     stack.shutdown().await?;
     result
 }
 
 pub async fn no_oversubscription(a: Assets) -> anyhow::Result<()> {
     let (mut stack, model) = empty_stack(&a, "oversub", "[queue]\ncapacity = 100\n").await?;
+    let hold = Hold::new(&stack.spec.dir);
     let result = async {
         let s1 = stack.spec.dir.join("stats-n1.json");
         let s2 = stack.spec.dir.join("stats-n2.json");
-        let slow = ("FAKE_TOKEN_DELAY_MS", "15".to_string());
-        stack.add_node(fake_node(
-            "n1",
-            &model,
-            &[("f1", 3)],
-            &[slow.clone(), ("FAKE_STATS_FILE", s1.display().to_string())],
-        )?)?;
-        stack.add_node(fake_node(
-            "n2",
-            &model,
-            &[("f2", 2)],
-            &[slow, ("FAKE_STATS_FILE", s2.display().to_string())],
-        )?)?;
+        let knobs = |stats: &std::path::Path| {
+            vec![
+                ("FAKE_TOKENS", "8".to_string()),
+                ("FAKE_TOKEN_DELAY_MS", "5".to_string()),
+                ("FAKE_STATS_FILE", stats.display().to_string()),
+                hold.env(),
+            ]
+        };
+        stack.add_node(fake_node("n1", &model, &[("f1", 3)], &knobs(&s1))?)?;
+        stack.add_node(fake_node("n2", &model, &[("f2", 2)], &knobs(&s2))?)?;
         stack
             .wait_pools_ready(&["f1", "f2"], Duration::from_secs(30))
             .await?;
         let client = client::Client::new(&stack.orchd_url, None)?;
+        // Held, the first five tasks fill every slot and the other 25 must wait in orchestratord.
+        hold.on()?;
         let submits = (0..30).map(|_| {
             let c = client.clone();
             async move {
@@ -191,6 +254,21 @@ pub async fn no_oversubscription(a: Assets) -> anyhow::Result<()> {
             .await
             .into_iter()
             .collect::<Result<_, _>>()?;
+        wait_for("every slot to be busy", Duration::from_secs(30), || async {
+            (max_concurrent(&s1).ok()? == 3 && max_concurrent(&s2).ok()? == 2).then_some(())
+        })
+        .await?;
+        let mut states: HashMap<String, usize> = HashMap::new();
+        for id in &ids {
+            *states
+                .entry(format!("{:?}", state_of(&client, *id).await?))
+                .or_default() += 1;
+        }
+        ensure!(
+            states.get("Running") == Some(&5) && states.get("Queued") == Some(&25),
+            "with every slot held: {states:?}"
+        );
+        hold.off()?;
         let recs = wait_done(&client, &ids).await?;
         ensure!(
             recs.iter().all(|r| r.state == TaskState::Completed),
@@ -213,16 +291,13 @@ pub async fn no_oversubscription(a: Assets) -> anyhow::Result<()> {
         );
         let (m1, m2) = (max_concurrent(&s1)?, max_concurrent(&s2)?);
         ensure!(
-            m1 <= 3 && m2 <= 2,
-            "engines saw {m1} and {m2} concurrent requests for 3 and 2 slots"
-        );
-        ensure!(
             m1 == 3 && m2 == 2,
-            "the load should have filled every slot: {m1}/3, {m2}/2"
+            "engines saw {m1} and {m2} concurrent requests for 3 and 2 slots"
         );
         Ok(())
     }
     .await;
+    let _ = hold.off();
     stack.shutdown().await?;
     result
 }
@@ -234,12 +309,17 @@ pub async fn full_queue_429_and_drop_lru(a: Assets) -> anyhow::Result<()> {
         "[queue]\ncapacity = 1\nfull_policy = \"drop-lru\"\n",
     )
     .await?;
+    let hold = Hold::new(&stack.spec.dir);
     let result = async {
-        stack.add_node(fake_node("n1", &model, &[("f1", 1)], &[("FAKE_TOKENS", "20".into()), ("FAKE_TOKEN_DELAY_MS", "50".into())])?)?;
+        stack.add_node(fake_node("n1", &model, &[("f1", 1)], &[("FAKE_TOKENS", "4".into()), ("FAKE_TOKEN_DELAY_MS", "10".into()), hold.env()])?)?;
         stack.wait_pools_ready(&["f1"], Duration::from_secs(30)).await?;
         let client = client::Client::new(&stack.orchd_url, None)?;
-        let _running = client.submit(&fake_task(Priority::Interactive)).await?.body;
+        hold.on()?;
+        let running = client.submit(&fake_task(Priority::Interactive)).await?.body;
+        wait_state(&client, running.task_id, TaskState::Running).await?;
         let batch = client.submit(&fake_task(Priority::Batch)).await?.body;
+        let st = state_of(&client, batch.task_id).await?;
+        ensure!(st == TaskState::Queued, "the batch task is {st:?}");
         let mut stream = client.events(&batch.streams.sse).await?;
         // An interactive newcomer evicts the queued batch task, whose stream ends with the error.
         let newcomer = client.submit(&fake_task(Priority::Interactive)).await?.body;
@@ -258,14 +338,17 @@ pub async fn full_queue_429_and_drop_lru(a: Assets) -> anyhow::Result<()> {
         ensure!(backoff == envelope.retry_after_ms.unwrap_or(0) && ra == backoff.div_ceil(1000).max(1), "Retry-After {ra}, X-Backoff-Ms {backoff}");
         let m = client.metrics_text().await?.body;
         ensure!(m.contains("admission_backpressure_events_total{engine=\"llamacpp\",policy=\"drop-lru\"} 2"), "backpressure events not counted");
-        let _ = newcomer;
+        // Released, the running task and the newcomer both complete.
+        hold.off()?;
+        let recs = wait_done(&client, &[running.task_id, newcomer.task_id]).await?;
+        ensure!(recs.iter().all(|r| r.state == TaskState::Completed), "{:?}", recs.iter().map(|r| r.state).collect::<Vec<_>>());
         Ok(())
     }
     .await;
+    let _ = hold.off();
     stack.shutdown().await?;
     result
 }
-
 pub async fn retry_before_first_token(a: Assets) -> anyhow::Result<()> {
     let (mut stack, model) = empty_stack(&a, "failover", "").await?;
     let result = async {
@@ -304,24 +387,28 @@ pub async fn retry_before_first_token(a: Assets) -> anyhow::Result<()> {
 
 pub async fn deadlines(a: Assets) -> anyhow::Result<()> {
     let (mut stack, model) = empty_stack(&a, "deadlines", "").await?;
+    let hold = Hold::new(&stack.spec.dir);
     let result = async {
         stack.add_node(fake_node(
             "n1",
             &model,
             &[("f1", 1)],
             &[
-                ("FAKE_TOKENS", "40".into()),
-                ("FAKE_TOKEN_DELAY_MS", "50".into()),
+                ("FAKE_TOKENS", "4".into()),
+                ("FAKE_TOKEN_DELAY_MS", "10".into()),
+                hold.env(),
             ],
         )?)?;
         stack
             .wait_pools_ready(&["f1"], Duration::from_secs(30))
             .await?;
         let client = client::Client::new(&stack.orchd_url, None)?;
-        // Running at the deadline: end with stop_reason deadline, not canceled.
+        // Held running past its deadline: end with stop_reason deadline, not canceled.
+        hold.on()?;
         let mut r = fake_task(Priority::Interactive);
-        r.deadline_ms = Some(600);
+        r.deadline_ms = Some(3000);
         let running = client.submit(&r).await?.body;
+        wait_state(&client, running.task_id, TaskState::Running).await?;
         // Queued behind it past its own deadline: error DEADLINE_UNMET.
         let mut q = fake_task(Priority::Interactive);
         q.deadline_ms = Some(300);
@@ -344,15 +431,27 @@ pub async fn deadlines(a: Assets) -> anyhow::Result<()> {
             recs[1].error
         );
         // With measurements in hand (one task run to its end), an infeasible deadline is refused at
-        // admission.
+        // admission while the slot is held and a task waits.
+        hold.off()?;
         let done = client
             .submit(&fake_task(Priority::Interactive))
             .await?
             .body
             .task_id;
-        wait_done(&client, &[done]).await?;
-        let _busy = client.submit(&fake_task(Priority::Interactive)).await?.body;
-        let _waiting = client.submit(&fake_task(Priority::Interactive)).await?.body;
+        let rec = wait_done(&client, &[done]).await?.remove(0);
+        ensure!(rec.state == TaskState::Completed, "{:?}", rec.state);
+        hold.on()?;
+        let busy = client
+            .submit(&fake_task(Priority::Interactive))
+            .await?
+            .body
+            .task_id;
+        wait_state(&client, busy, TaskState::Running).await?;
+        let waiting = client
+            .submit(&fake_task(Priority::Interactive))
+            .await?
+            .body
+            .task_id;
         let mut tight = fake_task(Priority::Interactive);
         tight.deadline_ms = Some(1);
         let err = client
@@ -365,13 +464,20 @@ pub async fn deadlines(a: Assets) -> anyhow::Result<()> {
                 .is_some_and(|e| e.code == ErrorCode::DeadlineUnmet),
             "{err}"
         );
+        hold.off()?;
+        let recs = wait_done(&client, &[busy, waiting]).await?;
+        ensure!(
+            recs.iter().all(|r| r.state == TaskState::Completed),
+            "{:?}",
+            recs.iter().map(|r| r.state).collect::<Vec<_>>()
+        );
         Ok(())
     }
     .await;
+    let _ = hold.off();
     stack.shutdown().await?;
     result
 }
-
 /// Pinning across two real engines on two pool-managerd processes.
 pub async fn pin_semantics(a: Assets) -> anyhow::Result<()> {
     let mut spec = a.spec("pin")?;
@@ -479,33 +585,45 @@ pub async fn pin_semantics(a: Assets) -> anyhow::Result<()> {
     result
 }
 
-/// Sessions over HTTP (API.md §4.3): created by a task, counted on completion, deleted on request.
+/// Sessions over HTTP (API.md §4.3), on the real engine: created by a task, counted on
+/// completion, deleted on request.
 pub async fn sessions_endpoint(a: Assets) -> anyhow::Result<()> {
-    let (mut stack, model) = empty_stack(&a, "sessions", "").await?;
+    let mut stack = a.stack(a.spec("sessions")?).await?;
     let result = async {
-        stack.add_node(fake_node("n1", &model, &[("f1", 1)], &[])?)?;
-        stack
-            .wait_pools_ready(&["f1"], Duration::from_secs(30))
-            .await?;
         let client = client::Client::new(&stack.orchd_url, None)?;
+        let pool = stack.spec.pool_id.clone();
         let sid = api::SessionId::new();
         let mut ids = vec![];
+        let (mut tokens_in, mut tokens_out) = (0, 0);
         for _ in 0..2 {
-            let mut r = fake_task(Priority::Interactive);
+            let mut r = TaskRequest::new(&stack.spec.model_id);
+            r.prompt = Some("one two three".into());
+            r.max_tokens = Some(4);
+            r.temperature = Some(0.0);
             r.session_id = Some(sid);
             ids.push(client.submit(&r).await?.body.task_id);
-            wait_done(&client, &ids).await?;
+            let recs = wait_done(&client, &ids).await?;
+            ensure!(
+                recs.iter().all(|r| r.state == TaskState::Completed),
+                "{:?}",
+                recs.iter().map(|r| (r.state, &r.error)).collect::<Vec<_>>()
+            );
+            tokens_in = recs.iter().map(|r| r.tokens_in).sum::<u64>();
+            tokens_out = recs.iter().map(|r| r.tokens_out).sum::<u64>();
         }
         let v = client.session(sid).await?;
         ensure!(
             v.turns == 2
-                && v.last_pool_id.as_ref().map(|p| p.as_str()) == Some("f1")
+                && v.last_pool_id.as_ref().map(|p| p.as_str()) == Some(pool.as_str())
                 && v.kv_warmth,
             "session: {v:?}"
         );
         ensure!(
-            v.tokens_out_total > 0 && v.ttl_ms_remaining > 0,
-            "session: {v:?}"
+            v.tokens_out_total == tokens_out
+                && v.tokens_in_total == tokens_in
+                && tokens_out > 0
+                && v.ttl_ms_remaining > 0,
+            "session: {v:?}; the two tasks' records say {tokens_in} in, {tokens_out} out"
         );
         let raw: serde_json::Value = reqwest::get(format!("{}/v2/sessions/{sid}", stack.orchd_url))
             .await?
@@ -538,21 +656,26 @@ pub async fn sessions_endpoint(a: Assets) -> anyhow::Result<()> {
 /// The SDK retries a refused admission after the server's Retry-After, and only admission.
 pub async fn sdk_retries_admission(a: Assets) -> anyhow::Result<()> {
     let (mut stack, model) = empty_stack(&a, "sdk-retry", "[queue]\ncapacity = 1\n").await?;
+    let hold = Hold::new(&stack.spec.dir);
     let result = async {
         stack.add_node(fake_node(
             "n1",
             &model,
             &[("f1", 1)],
             &[
-                ("FAKE_TOKENS", "10".into()),
-                ("FAKE_TOKEN_DELAY_MS", "60".into()),
+                ("FAKE_TOKENS", "4".into()),
+                ("FAKE_TOKEN_DELAY_MS", "10".into()),
+                hold.env(),
             ],
         )?)?;
         stack
             .wait_pools_ready(&["f1"], Duration::from_secs(30))
             .await?;
         let client = client::Client::new(&stack.orchd_url, None)?;
-        client.submit(&fake_task(Priority::Interactive)).await?;
+        // One task held running and one queued fill the pool and its queue.
+        hold.on()?;
+        let running = client.submit(&fake_task(Priority::Interactive)).await?.body.task_id;
+        wait_state(&client, running, TaskState::Running).await?;
         client.submit(&fake_task(Priority::Interactive)).await?;
         let refused = client.submit(&fake_task(Priority::Interactive)).await;
         ensure!(
@@ -560,13 +683,25 @@ pub async fn sdk_retries_admission(a: Assets) -> anyhow::Result<()> {
             "the queue should be full"
         );
         let t0 = std::time::Instant::now();
-        let adm = client
-            .submit_with_retry(&fake_task(Priority::Interactive), 10)
-            .await?
-            .body;
+        let retrying = tokio::spawn({
+            let c = client.clone();
+            async move {
+                c.submit_with_retry(&fake_task(Priority::Interactive), 10)
+                    .await
+            }
+        });
+        // The SDK's first attempt is refused too (the second 429); only then is the queue freed.
+        wait_for(
+            "the SDK's first attempt to be refused",
+            Duration::from_secs(30),
+            || async { (counter(&client, "admission_backpressure_events_total").await.ok()? >= 2.0).then_some(()) },
+        )
+        .await?;
+        hold.off()?;
+        let adm = retrying.await??.body;
         ensure!(
             t0.elapsed() >= Duration::from_millis(900),
-            "admitted after {:?}: the Retry-After was not honoured",
+            "admitted after {:?} although its first attempt was refused: the Retry-After (≥ 1 s) was not honoured",
             t0.elapsed()
         );
         let rec = wait_done(&client, &[adm.task_id]).await?.remove(0);
@@ -574,10 +709,10 @@ pub async fn sdk_retries_admission(a: Assets) -> anyhow::Result<()> {
         Ok(())
     }
     .await;
+    let _ = hold.off();
     stack.shutdown().await?;
     result
 }
-
 async fn post_json(url: &str, body: serde_json::Value) -> anyhow::Result<(u16, serde_json::Value)> {
     let r = reqwest::Client::new().post(url).json(&body).send().await?;
     let status = r.status().as_u16();
@@ -599,15 +734,16 @@ async fn pool_state(client: &client::Client, id: &str) -> Option<api::node::Pool
 /// drain deadline ends what is still running with WORKER_RESET.
 pub async fn drain_and_reload(a: Assets) -> anyhow::Result<()> {
     let (mut stack, model) = empty_stack(&a, "drain", "").await?;
+    let hold = Hold::new(&stack.spec.dir);
     let result = async {
-        // 60 tokens × 50 ms: each task runs ~3 s, longer than a heartbeat round trip.
         stack.add_node(fake_node(
             "n1",
             &model,
             &[("f1", 1)],
             &[
-                ("FAKE_TOKENS", "60".into()),
-                ("FAKE_TOKEN_DELAY_MS", "50".into()),
+                ("FAKE_TOKENS", "8".into()),
+                ("FAKE_TOKEN_DELAY_MS", "10".into()),
+                hold.env(),
             ],
         )?)?;
         stack
@@ -615,6 +751,8 @@ pub async fn drain_and_reload(a: Assets) -> anyhow::Result<()> {
             .await?;
         let client = client::Client::new(&stack.orchd_url, None)?;
         let base = stack.orchd_url.clone();
+        // Held, the running task outlasts every step of the drain until it is released.
+        hold.on()?;
         let running = client.submit(&fake_task(Priority::Interactive)).await?.body;
         let mut s = client.events(&running.streams.sse).await?;
         let _started = tokio::time::timeout(Duration::from_secs(10), s.next())
@@ -655,6 +793,12 @@ pub async fn drain_and_reload(a: Assets) -> anyhow::Result<()> {
                 .is_some_and(|e| e.code == ErrorCode::ModelNotAvailable),
             "{refused}"
         );
+        let st = state_of(&client, running.task_id).await?;
+        ensure!(
+            st == TaskState::Running,
+            "the running task is {st:?} during the drain"
+        );
+        hold.off()?;
         let mut last = None;
         while let Some(f) = tokio::time::timeout(Duration::from_secs(20), s.next())
             .await?
@@ -698,12 +842,11 @@ pub async fn drain_and_reload(a: Assets) -> anyhow::Result<()> {
             wait_done(&client, &[again.task_id]).await?[0].state == TaskState::Completed,
             "task after reload"
         );
-        // A drain deadline cuts off what still runs.
-        let mut long = fake_task(Priority::Interactive);
-        long.max_tokens = Some(64);
-        let cut = client.submit(&long).await?.body;
+        // A drain deadline cuts off what still runs (held after its first token).
+        hold.on()?;
+        let cut = client.submit(&fake_task(Priority::Interactive)).await?.body;
         let mut s = client.events(&cut.streams.sse).await?;
-        let _ = tokio::time::timeout(Duration::from_secs(10), s.next()).await?;
+        crate::fixtures::read_tokens(&mut s, 1).await?;
         wait_for("the reload to finish", Duration::from_secs(10), || async {
             let (status, _) = post_json(
                 &format!("{base}/v2/pools/f1/drain"),
@@ -725,6 +868,7 @@ pub async fn drain_and_reload(a: Assets) -> anyhow::Result<()> {
             matches!(&last, Some(Event::Error(e)) if e.code == ErrorCode::WorkerReset),
             "cut-off task ended with {last:?}"
         );
+        hold.off()?;
         let (status, _) = post_json(
             &format!("{base}/v2/pools/nope/drain"),
             serde_json::json!({}),
@@ -734,6 +878,7 @@ pub async fn drain_and_reload(a: Assets) -> anyhow::Result<()> {
         Ok(())
     }
     .await;
+    let _ = hold.off();
     stack.shutdown().await?;
     result
 }

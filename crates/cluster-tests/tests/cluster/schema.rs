@@ -1,8 +1,6 @@
 //! Schemathesis (PyPI) against the running orchestratord's OpenAPI document: generated requests
 //! to every route find no 5xx and no response that breaks the document.
 
-use std::time::Duration;
-
 use anyhow::{ensure, Context};
 
 use crate::fixtures::Assets;
@@ -11,20 +9,15 @@ pub async fn schemathesis(a: Assets) -> anyhow::Result<()> {
     let st = std::env::var("LLORCH_SCHEMATHESIS").context(
         "LLORCH_SCHEMATHESIS is unset: scripts/test.sh installs schemathesis and sets it",
     )?;
-    let (mut stack, model) = crate::sched::empty_stack(&a, "schemathesis", "").await?;
+    // The real engine, with a small per-slot ctx (which caps max_tokens) and a short default
+    // max_tokens, so that generated tasks finish in seconds and a generated non-streaming chat
+    // request is answered within the request timeout.
+    let mut spec = a.spec("schemathesis")?;
+    spec.ctx = 256;
+    spec.slots = 2;
+    spec.orchd_extra = "[admission]\ndefault_max_tokens = 16\n[queue]\ncapacity = 4\n".into();
+    let mut stack = a.stack(spec).await?;
     let result = async {
-        stack.add_node(crate::sched::fake_node(
-            "n1",
-            &model,
-            &[("f1", 4)],
-            &[
-                ("FAKE_TOKENS", "3".into()),
-                ("FAKE_TOKEN_DELAY_MS", "1".into()),
-            ],
-        )?)?;
-        stack
-            .wait_pools_ready(&["f1"], Duration::from_secs(30))
-            .await?;
         let out = tokio::process::Command::new(&st)
             .args(["run", &format!("{}/v2/openapi.json", stack.orchd_url)])
             .args([
@@ -39,7 +32,7 @@ pub async fn schemathesis(a: Assets) -> anyhow::Result<()> {
                 "--max-time",
                 "60",
                 "--request-timeout",
-                "10",
+                "30",
             ])
             // Draining or reloading the only pool, or removing its node, would starve the rest of the run.
             .args([

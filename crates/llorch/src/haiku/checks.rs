@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use api::events::Event;
-use api::task::{TaskRecord, TaskState};
-use api::TaskId;
+use api::task::{AdmissionResponse, TaskRecord, TaskState};
+use api::{SessionId, TaskId};
 use client::Frame;
 use serde_json::{json, Map, Value};
 
@@ -16,11 +16,26 @@ use super::{prom, validate, HaikuOptions};
 pub struct Evidence {
     pub correlation_id: String,
     pub task_id: TaskId,
+    pub session_id: Option<SessionId>,
+    /// The UTC minute just before the POST (step 3).
     pub minute: u32,
+    /// The UTC minute when `end` arrived (step 7); None when it never did.
+    pub minute_at_end: Option<u32>,
     pub word: String,
     pub minute_changed: bool,
     pub admission_status: u16,
+    /// The 202's `Location` header.
+    pub admission_location: Option<String>,
+    pub admission: Option<AdmissionResponse>,
+    /// Frames up to and including the terminal one.
     pub frames: Vec<Frame>,
+    /// Whether a terminal frame arrived.
+    pub terminal_seen: bool,
+    /// Frames that arrived after the terminal one (there must be none).
+    pub after_terminal: Vec<Frame>,
+    /// Whether the server closed the stream (after the terminal frame, within the bound).
+    pub closed: bool,
+    /// POST → terminal frame (or → giving up when none came).
     pub text: String,
     pub elapsed: Duration,
     pub metrics_before: String,
@@ -37,11 +52,18 @@ impl Evidence {
         Self {
             correlation_id,
             task_id,
+            session_id: None,
             minute: 0,
+            minute_at_end: None,
             word: String::new(),
             minute_changed: false,
             admission_status: 0,
+            admission_location: None,
+            admission: None,
             frames: vec![],
+            terminal_seen: false,
+            after_terminal: vec![],
+            closed: false,
             text: String::new(),
             elapsed: Duration::ZERO,
             metrics_before: String::new(),
@@ -68,6 +90,7 @@ fn check(pass: bool, detail: impl Into<String>) -> Value {
 
 pub async fn verify(ev: &Evidence, run_id: &str, attempt: u32, _opts: &HaikuOptions) -> Value {
     let mut checks = Map::new();
+    checks.insert("admission".into(), admission(ev));
     checks.insert("order".into(), order(ev));
     checks.insert("engine".into(), engine(ev));
     checks.insert("indices".into(), indices(ev));
@@ -120,6 +143,56 @@ pub async fn verify(ev: &Evidence, run_id: &str, attempt: u32, _opts: &HaikuOpti
     })
 }
 
+/// Step 4: the POST answered 202 with the body of §4.1 for this task and session.
+fn admission(ev: &Evidence) -> Value {
+    let Some(a) = &ev.admission else {
+        return check(
+            false,
+            format!("status {}, no admission body", ev.admission_status),
+        );
+    };
+    let t = ev.task_id;
+    let problems: Vec<String> = [
+        (ev.admission_status == 202)
+            .then_some(())
+            .ok_or(format!("status {}", ev.admission_status)),
+        (a.task_id == t)
+            .then_some(())
+            .ok_or(format!("task_id {}", a.task_id)),
+        (Some(a.session_id) == ev.session_id)
+            .then_some(())
+            .ok_or(format!("session_id {}", a.session_id)),
+        (a.backoff_ms == 0)
+            .then_some(())
+            .ok_or(format!("backoff_ms {}", a.backoff_ms)),
+        (a.streams.sse == format!("/v2/tasks/{t}/events"))
+            .then_some(())
+            .ok_or(format!("streams.sse {}", a.streams.sse)),
+        (a.streams.sse_verbose == format!("/v2/tasks/{t}/events?verbose=true"))
+            .then_some(())
+            .ok_or(format!("streams.sse_verbose {}", a.streams.sse_verbose)),
+        (ev.admission_location.as_deref() == Some(format!("/v2/tasks/{t}").as_str()))
+            .then_some(())
+            .ok_or(format!("Location {:?}", ev.admission_location)),
+    ]
+    .into_iter()
+    .filter_map(Result::err)
+    .collect();
+    check(
+        problems.is_empty(),
+        if problems.is_empty() {
+            format!(
+                "202, task_id and session_id as sent, queue_position {}, predicted_start_ms {}, backoff_ms 0, streams and Location for the task, {} preparation steps",
+                a.queue_position,
+                a.predicted_start_ms,
+                a.preparation.steps.len()
+            )
+        } else {
+            format!("wrong: {}", problems.join("; "))
+        },
+    )
+}
+
 fn order(ev: &Evidence) -> Value {
     let names: Vec<&str> = ev.frames.iter().map(|f| f.name.as_str()).collect();
     let started_first = names.first() == Some(&"started");
@@ -127,12 +200,19 @@ fn order(ev: &Evidence) -> Value {
     let middle = &names[names.len().min(1)..names.len().saturating_sub(1)];
     let tokens = middle.iter().filter(|n| **n == "token").count();
     let only_tokens_metrics = middle.iter().all(|n| *n == "token" || *n == "metrics");
-    let pass = started_first && ends && tokens >= 1 && only_tokens_metrics;
+    let after: Vec<&str> = ev.after_terminal.iter().map(|f| f.name.as_str()).collect();
+    let pass = started_first
+        && ends
+        && tokens >= 1
+        && only_tokens_metrics
+        && after.is_empty()
+        && ev.closed;
     check(
         pass,
         format!(
-            "{} frames: started first {started_first}, {tokens} tokens, ends with end {ends}",
-            names.len()
+            "{} frames: started first {started_first}, {tokens} tokens, ends with end {ends}; after it {after:?}, stream closed by the server {}",
+            names.len(),
+            ev.closed
         ),
     )
 }
@@ -340,4 +420,112 @@ pub async fn collect_logs(files: &[PathBuf], cid: &str, task: TaskId) -> Vec<Val
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use api::events::{End, Started, StopReason, Token};
+    use api::task::{Preparation, Streams};
+
+    fn frame(event: Event) -> Frame {
+        Frame {
+            id: None,
+            name: event.name().to_string(),
+            data: String::new(),
+            event,
+        }
+    }
+
+    /// A well-formed stream: started, two tokens, end; closed by the server.
+    fn good() -> Evidence {
+        let mut ev = Evidence::new("c".into(), TaskId::new());
+        ev.frames = vec![
+            frame(Event::Started(Started {
+                queue_position: 0,
+                predicted_start_ms: 0,
+                pool_id: "cpu0".parse().unwrap(),
+                node_id: "local".parse().unwrap(),
+                engine: api::ENGINE_LLAMACPP.into(),
+                engine_version: Some("b11434".into()),
+                model: "m".parse().unwrap(),
+            })),
+            frame(Event::Token(Token {
+                t: "a".into(),
+                i: 0,
+            })),
+            frame(Event::Token(Token {
+                t: "b".into(),
+                i: 1,
+            })),
+            frame(Event::End(End {
+                tokens_in: 3,
+                tokens_out: 2,
+                ttft_ms: Some(1),
+                decode_ms: 1,
+                decode_time_ms: 1,
+                stop_reason: StopReason::Eos,
+                canceled: false,
+            })),
+        ];
+        ev.terminal_seen = true;
+        ev.closed = true;
+        let t = ev.task_id;
+        ev.session_id = Some(SessionId::new());
+        ev.admission_status = 202;
+        ev.admission_location = Some(format!("/v2/tasks/{t}"));
+        ev.admission = Some(AdmissionResponse {
+            task_id: t,
+            session_id: ev.session_id.unwrap_or_default(),
+            queue_position: 0,
+            predicted_start_ms: 0,
+            backoff_ms: 0,
+            streams: Streams {
+                sse: format!("/v2/tasks/{t}/events"),
+                sse_verbose: format!("/v2/tasks/{t}/events?verbose=true"),
+            },
+            preparation: Preparation::default(),
+        });
+        ev
+    }
+
+    fn check_order(ev: &Evidence, pass: bool) {
+        assert_eq!(order(ev)["pass"], pass, "{}", order(ev)["detail"]);
+    }
+
+    #[test]
+    fn order_fails_on_anything_after_end_or_an_open_stream() {
+        check_order(&good(), true);
+        let mut after = good();
+        after.after_terminal.push(frame(Event::Token(Token {
+            t: "c".into(),
+            i: 2,
+        })));
+        check_order(&after, false);
+        let mut open = good();
+        open.closed = false;
+        check_order(&open, false);
+    }
+
+    #[test]
+    fn admission_needs_202_and_the_task_s_fields() {
+        assert_eq!(admission(&good())["pass"], true);
+        let mut status = good();
+        status.admission_status = 200;
+        assert_eq!(admission(&status)["pass"], false);
+        let mut session = good();
+        session.session_id = Some(SessionId::new());
+        assert_eq!(admission(&session)["pass"], false);
+        let mut location = good();
+        location.admission_location = None;
+        assert_eq!(admission(&location)["pass"], false);
+        let mut stream = good();
+        if let Some(a) = stream.admission.as_mut() {
+            a.streams.sse = "/v2/tasks/other/events".into();
+        }
+        assert_eq!(admission(&stream)["pass"], false);
+        let mut missing = good();
+        missing.admission = None;
+        assert_eq!(admission(&missing)["pass"], false);
+    }
 }

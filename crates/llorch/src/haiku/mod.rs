@@ -39,6 +39,20 @@ pub struct HaikuReport {
     pub verification: Value,
 }
 
+/// The files one attempt writes into the run folder (a discarded attempt's go to `attempt-1/`).
+pub const ATTEMPT_FILES: [&str; 6] = [
+    "request.json",
+    "admission.json",
+    "sse_transcript.jsonl",
+    "metrics_before.txt",
+    "metrics_after.txt",
+    "logs.jsonl",
+];
+
+/// How long the stream may stay open after its terminal frame before the check stops reading
+/// (the server closes it at once; §5.3).
+const CLOSE_WAIT: Duration = Duration::from_secs(10);
+
 /// Runs the check, retrying once when the minute changes during the run (step 7).
 pub async fn run(
     opts: &HaikuOptions,
@@ -53,25 +67,20 @@ pub async fn run(
     std::fs::create_dir_all(&run_dir)
         .with_context(|| format!("cannot create {}", run_dir.display()))?;
     for attempt in 1..=2u32 {
-        let ev = attempt_once(opts, &run_dir, on_token).await?;
-        let minute_now = utc_minute();
-        if minute_now != ev.minute && attempt == 1 {
+        let mut ev = attempt_once(opts, &run_dir, on_token).await?;
+        // Step 7: the minute when `end` arrived (None: it never did, which the checks report).
+        let changed = ev.minute_at_end.is_some_and(|m| m != ev.minute);
+        if changed && attempt == 1 {
             // Keep the discarded attempt's files under attempt-1/ and run again with fresh ids.
             let keep = run_dir.join("attempt-1");
             std::fs::create_dir_all(&keep)?;
-            for f in [
-                "request.json",
-                "admission.json",
-                "sse_transcript.jsonl",
-                "metrics_before.txt",
-                "metrics_after.txt",
-            ] {
-                let _ = std::fs::rename(run_dir.join(f), keep.join(f));
+            for f in ATTEMPT_FILES {
+                std::fs::rename(run_dir.join(f), keep.join(f))
+                    .with_context(|| format!("keeping the discarded attempt's {f}"))?;
             }
             continue;
         }
-        let mut ev = ev;
-        ev.minute_changed = minute_now != ev.minute;
+        ev.minute_changed = changed;
         let verification = checks::verify(&ev, &run_id, attempt, opts).await;
         write_json(&run_dir.join("verification.json"), &verification)?;
         let passed = verification["result"] == "pass";
@@ -133,6 +142,13 @@ async fn attempt_once(
         &json!({ "status": adm.status, "headers": headers, "body": adm.body }),
     )?;
     ev.admission_status = adm.status;
+    ev.admission_location = adm
+        .headers
+        .get(reqwest::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    ev.session_id = Some(session_id);
+    ev.admission = Some(adm.body.clone());
     let path = if adm.body.preparation.steps.is_empty() {
         adm.body.streams.sse.clone()
     } else {
@@ -146,25 +162,42 @@ async fn attempt_once(
     ev.note_headers(stream.headers());
     let mut transcript = String::new();
     let deadline = posted + Duration::from_secs(60);
-    while let Some(frame) = tokio::time::timeout_at(deadline.into(), stream.next())
-        .await
-        .ok()
-        .flatten()
-    {
-        let frame = frame?;
+    let mut close_by = deadline;
+    loop {
+        let next = tokio::time::timeout_at(close_by.into(), stream.next()).await;
+        let frame = match next {
+            Ok(Some(frame)) => frame?,
+            Ok(None) => {
+                ev.closed = true;
+                break;
+            }
+            // The deadline passed: before `end` the checks report no `end`; after it, an open stream.
+            Err(_) => break,
+        };
         let line = json!({ "ts": now_rfc3339(), "id": frame.id.map(|i| i.to_string()).unwrap_or_default(), "event": frame.name, "data": serde_json::from_str::<Value>(&frame.data).unwrap_or(Value::Null) });
         transcript.push_str(&line.to_string());
         transcript.push('\n');
+        if ev.terminal_seen {
+            // Nothing may follow the terminal frame (§5.3); keep reading to see whether anything does.
+            ev.after_terminal.push(frame);
+            continue;
+        }
         if let api::events::Event::Token(t) = &frame.event {
             on_token(&t.t);
         }
-        let terminal = frame.event.is_terminal();
-        ev.frames.push(frame);
-        if terminal {
-            break;
+        if frame.event.is_terminal() {
+            ev.terminal_seen = true;
+            ev.elapsed = posted.elapsed();
+            if matches!(frame.event, api::events::Event::End(_)) {
+                ev.minute_at_end = Some(utc_minute());
+            }
+            close_by = Instant::now() + CLOSE_WAIT;
         }
+        ev.frames.push(frame);
     }
-    ev.elapsed = posted.elapsed();
+    if !ev.terminal_seen {
+        ev.elapsed = posted.elapsed();
+    }
     std::fs::write(dir.join("sse_transcript.jsonl"), transcript)?;
 
     let after = client
