@@ -6,7 +6,6 @@
 pub mod admission;
 pub mod config;
 pub mod core;
-pub mod dispatch;
 pub mod http;
 pub mod metrics;
 

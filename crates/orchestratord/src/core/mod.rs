@@ -8,6 +8,7 @@
 //! dispatch attempt are ignored.
 
 pub mod admit;
+pub mod dispatch;
 pub mod lifecycle;
 pub mod models;
 pub mod nodes;

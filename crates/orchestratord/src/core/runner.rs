@@ -192,7 +192,7 @@ impl Effects for LiveEffects {
         let idle = self.idle_timeout;
         let handle = self
             .tracker
-            .spawn(crate::dispatch::relay(job, http, idle, tx));
+            .spawn(super::dispatch::relay(job, http, idle, tx));
         self.relays.retain(|_, h| !h.is_finished());
         self.relays.insert(task, handle.abort_handle());
     }
@@ -207,7 +207,7 @@ impl Effects for LiveEffects {
         let tx = self.tx.clone();
         let http = self.http.clone();
         self.tracker.spawn(async move {
-            if crate::dispatch::cancel(&http, &job).await {
+            if super::dispatch::cancel(&http, &job).await {
                 let _ = tx.send(Msg::CancelConfirmed { id: job.task });
             }
         });

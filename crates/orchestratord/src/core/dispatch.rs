@@ -9,8 +9,8 @@ use api::{ErrorCode, ErrorEnvelope};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
-use crate::core::runner::Msg;
-use crate::core::{CancelJob, DispatchJob, RelayEnd};
+use super::runner::Msg;
+use super::{CancelJob, DispatchJob, RelayEnd};
 
 /// Runs one dispatch attempt to its end. Aborting this future drops the connection, which the
 /// worker treats as a cancel.
