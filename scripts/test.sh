@@ -7,10 +7,17 @@ cd "$(dirname "$0")/.."
 source scripts/lib.sh
 export REQUIRE_REAL_LLAMA="${REQUIRE_REAL_LLAMA:-1}"
 ensure_rust
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+  echo "[test] installing rustfmt and clippy" >&2
+  rustup component add rustfmt clippy >&2
+fi
+# House style gates first: they fail in seconds (fmt) or minutes (clippy), before the long runs.
+cargo fmt --all --check
 load_dev_assets
 ensure_openai_client
 ensure_schemathesis
 cargo build --bins
+cargo clippy --workspace --all-targets --quiet -- -D warnings
 # Builds llama-server on the first run (about 10 minutes on 2 cores), then answers from the cache.
 LLORCH_LLAMA_SERVER="$(target/debug/llorch engine build --gpu-policy cpu)"
 export LLORCH_LLAMA_SERVER

@@ -3,6 +3,7 @@
 //! and p90 time-to-first-token and tokens/s for both, and the ratios.
 
 mod fetch;
+mod layout;
 mod openapi;
 mod overhead;
 mod overload;

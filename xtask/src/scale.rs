@@ -216,13 +216,21 @@ fn node_id(i: usize) -> String {
 }
 
 /// Each simulated node listens on its own loopback address, so each gets its own connection.
+/// A typed id from a name this benchmark made up (always valid).
+fn id<T: std::str::FromStr>(s: &str) -> T
+where
+    T::Err: std::fmt::Debug,
+{
+    s.parse().expect("a valid simulated id")
+}
+
 fn node_ip(i: usize) -> std::net::Ipv4Addr {
     std::net::Ipv4Addr::new(127, 1, (i / 200) as u8, (i % 200 + 1) as u8)
 }
 
 fn pool(i: usize, slots: u32) -> PoolStatus {
     PoolStatus {
-        pool_id: format!("{}-p", node_id(i)),
+        pool_id: id(&format!("{}-p", node_id(i))),
         state: PoolState::Ready,
         last_error: None,
         engine: "llamacpp".into(),
@@ -234,10 +242,11 @@ fn pool(i: usize, slots: u32) -> PoolStatus {
         slots_free: slots,
         ctx_per_slot: 1024,
         models: vec![LoadedModel {
-            id: MODEL.into(),
+            id: id(MODEL),
             model_ref: "file:/scale.gguf".into(),
             digest: None,
-            ..Default::default()
+            size_bytes: None,
+            metadata: None,
         }],
         running: vec![],
         kv_cache_usage_ratio: None,
@@ -255,7 +264,7 @@ async fn register(
 ) -> anyhow::Result<String> {
     let req = RegisterRequest {
         protocol_version: 1,
-        node_id: node_id(i),
+        node_id: id(&node_id(i)),
         machine_id: node_id(i),
         version: "sim".into(),
         address: format!("http://{}:{port}", node_ip(i)),
@@ -283,7 +292,7 @@ async fn dispatch(_body: Bytes, hold: Duration) -> axum::response::Response {
                 engine: "llamacpp".into(),
                 engine_version: "b0-simulated".into(),
                 model: DispatchModel {
-                    id: MODEL.into(),
+                    id: id(MODEL),
                     digest: None,
                 },
             },
@@ -405,7 +414,7 @@ fn decision_latency(nodes: usize, streams: usize) -> anyhow::Result<()> {
     for i in 0..nodes {
         let req = RegisterRequest {
             protocol_version: 1,
-            node_id: node_id(i),
+            node_id: id(&node_id(i)),
             machine_id: node_id(i),
             version: "sim".into(),
             address: format!("http://{}:1", node_ip(i)),
@@ -425,7 +434,7 @@ fn decision_latency(nodes: usize, streams: usize) -> anyhow::Result<()> {
         let v = orchestratord::admission::validate(r, &cfg)
             .map_err(|e| anyhow::anyhow!("validation: {e:?}"))?;
         let t0 = Instant::now();
-        let outcome = core.submit(v, "c".into(), now);
+        let outcome = core.submit(v, id("c"), now);
         lat.push(t0.elapsed().as_secs_f64() * 1e6);
         if let Err(e) = outcome {
             refused.push(e);

@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::ids::{ModelId, NodeId, PoolId};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum ModelState {
     Active,
@@ -50,7 +52,7 @@ pub struct GgufInfo {
 /// after the first verified fetch or load.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ModelRecord {
-    pub id: String,
+    pub id: ModelId,
     #[serde(rename = "ref")]
     pub model_ref: String,
     #[schema(required = true)]
@@ -60,7 +62,7 @@ pub struct ModelRecord {
     pub state: ModelState,
     #[schema(required = true)]
     pub last_verified_ms: Option<u64>,
-    pub locations: Vec<String>,
+    pub locations: Vec<NodeId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<GgufInfo>,
 }
@@ -70,7 +72,7 @@ pub struct ModelRecord {
 #[serde(deny_unknown_fields)]
 pub struct RegisterModel {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
+    pub id: Option<ModelId>,
     #[serde(rename = "ref", default)]
     #[schema(required = true)]
     pub model_ref: String,
@@ -93,17 +95,17 @@ pub struct ModelsResponse {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ServingPool {
-    pub node_id: String,
-    pub pool_id: String,
+    pub node_id: NodeId,
+    pub pool_id: PoolId,
     pub state: crate::node::PoolState,
     pub slots_free: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ModelAvailability {
-    pub id: String,
+    pub id: ModelId,
     pub state: ModelState,
-    pub cached_on: Vec<String>,
+    pub cached_on: Vec<NodeId>,
     pub serving: Vec<ServingPool>,
 }
 
@@ -130,22 +132,6 @@ pub fn parse_digest(s: &str) -> Result<String, String> {
 }
 
 /// Preparation step kinds and ids (§8).
-pub mod step {
-    pub const MODEL_FETCH: &str = "model_fetch";
-    pub const ENGINE_PROVISION: &str = "engine_provision";
-    pub const POOL_WARMUP: &str = "pool_warmup";
-
-    pub fn model_id(model_ref: &str) -> String {
-        format!("model:{model_ref}")
-    }
-    pub fn engine_id() -> String {
-        "engine:llamacpp".into()
-    }
-    pub fn pool_id(pool_id: &str) -> String {
-        format!("pool:{pool_id}")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

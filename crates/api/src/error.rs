@@ -108,7 +108,7 @@ pub struct ErrorEnvelope {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub engine: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pool_id: Option<String>,
+    pub pool_id: Option<crate::ids::PoolId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
 }
@@ -144,8 +144,8 @@ impl ErrorEnvelope {
         self
     }
 
-    pub fn with_pool(mut self, pool_id: impl Into<String>) -> Self {
-        self.pool_id = Some(pool_id.into());
+    pub fn with_pool(mut self, pool_id: &crate::ids::PoolId) -> Self {
+        self.pool_id = Some(pool_id.clone());
         self
     }
 

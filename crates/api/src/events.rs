@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::ErrorEnvelope;
+use crate::ids::{ModelId, NodeId, PoolId, StepId};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -18,12 +19,12 @@ pub enum StopReason {
 pub struct Started {
     pub queue_position: u64,
     pub predicted_start_ms: u64,
-    pub pool_id: String,
-    pub node_id: String,
+    pub pool_id: PoolId,
+    pub node_id: NodeId,
     pub engine: String,
     #[schema(required = true)]
     pub engine_version: Option<String>,
-    pub model: String,
+    pub model: ModelId,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -50,10 +51,10 @@ pub struct Metrics {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub human: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub phase: Option<String>,
+    pub phase: Option<crate::node::StepKind>,
     /// Verbose only: preparation progress by step id (§5.5, §8).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub prep: Option<std::collections::BTreeMap<String, PrepProgress>>,
+    pub prep: Option<std::collections::BTreeMap<StepId, PrepProgress>>,
 }
 
 /// One preparation step's progress in a verbose `metrics` frame.
@@ -82,8 +83,8 @@ impl Metrics {
 /// Where a task runs after a failover (§5.2).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PlacementInfo {
-    pub pool_id: String,
-    pub node_id: String,
+    pub pool_id: PoolId,
+    pub node_id: NodeId,
     #[schema(required = true)]
     pub engine_version: Option<String>,
     pub attempt: u32,
@@ -174,7 +175,7 @@ mod tests {
     #[test]
     fn verbose_keys_reach_only_verbose_subscribers() {
         let prep = std::collections::BTreeMap::from([(
-            "pool:p".to_string(),
+            StepId::pool("p"),
             PrepProgress {
                 status: crate::node::StepStatus::Running,
                 pct: 5.0,
@@ -184,7 +185,7 @@ mod tests {
         )]);
         let only_verbose = Event::Metrics(Metrics {
             human: Some("Fetching".into()),
-            phase: Some("model_fetch".into()),
+            phase: Some(crate::node::StepKind::ModelFetch),
             prep: Some(prep),
             ..Default::default()
         });

@@ -1,5 +1,8 @@
 //! Identifier newtypes. Task, session and command ids are UUIDs; node, pool and model ids match
-//! `^[a-z0-9][a-z0-9._-]{0,63}$` (API.md §1).
+//! `^[a-z0-9][a-z0-9._-]{0,63}$` (API.md §1); correlation ids are 1–128 visible ASCII characters
+//! (§3.2); preparation step ids name what a step prepares (`model:<ref>`, `engine:llamacpp`,
+//! `pool:<id>`). All are serde-transparent, so the wire carries plain strings; deserializing
+//! checks the rules, so a value of one of these types is always valid.
 
 use std::fmt;
 use std::str::FromStr;
@@ -89,6 +92,30 @@ macro_rules! name_id {
             }
         }
 
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.0 == other
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.0 == *other
+            }
+        }
+
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(&self.0)
@@ -145,6 +172,92 @@ name_id!(NodeId, "node id");
 name_id!(PoolId, "pool id");
 name_id!(ModelId, "model id");
 
+/// A request's correlation id (API.md §3.2): the caller's `X-Correlation-Id` when valid, else a
+/// new UUIDv4.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
+#[serde(transparent)]
+#[schema(value_type = String)]
+pub struct CorrelationId(String);
+
+impl CorrelationId {
+    /// A fresh id (a UUIDv4), for requests that arrive without a valid one.
+    pub fn new() -> Self {
+        Self(Uuid::new_v4().to_string())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for CorrelationId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for CorrelationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for CorrelationId {
+    type Err = IdError;
+    fn from_str(s: &str) -> Result<Self, IdError> {
+        if crate::valid_correlation_id(s) {
+            Ok(Self(s.to_string()))
+        } else {
+            Err(IdError(format!(
+                "invalid correlation id {s:?}: 1-128 visible ASCII characters"
+            )))
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for CorrelationId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A preparation step's id (API.md §8): what the step prepares. Steps that prepare the same thing
+/// for two tasks share an id, which is how progress reaches every task waiting on it.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
+#[serde(transparent)]
+#[schema(value_type = String)]
+pub struct StepId(String);
+
+impl StepId {
+    /// Fetching the model `model_ref` onto a node.
+    pub fn model(model_ref: &str) -> Self {
+        Self(format!("model:{model_ref}"))
+    }
+
+    /// Building or locating the engine.
+    pub fn engine() -> Self {
+        Self(format!("engine:{}", crate::ENGINE_LLAMACPP))
+    }
+
+    /// Warming up pool `pool_id`.
+    pub fn pool(pool_id: impl fmt::Display) -> Self {
+        Self(format!("pool:{pool_id}"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for StepId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,6 +276,17 @@ mod tests {
         check(&"a".repeat(64), true);
         check(&"a".repeat(65), false);
         check("a/b", false);
+    }
+
+    #[test]
+    fn string_ids_are_transparent_and_checked() {
+        let p: PoolId = serde_json::from_str(r#""gpu0""#).unwrap();
+        assert_eq!(serde_json::to_string(&p).unwrap(), r#""gpu0""#);
+        assert!(serde_json::from_str::<PoolId>(r#""Gpu0""#).is_err());
+        let c: CorrelationId = serde_json::from_str(r#""abc-1""#).unwrap();
+        assert_eq!(c.as_str(), "abc-1");
+        assert!(serde_json::from_str::<CorrelationId>(r#""a b""#).is_err());
+        assert_eq!(StepId::pool(&p).as_str(), "pool:gpu0");
     }
 
     #[test]

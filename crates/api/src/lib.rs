@@ -15,7 +15,9 @@ pub mod task;
 pub mod worker;
 
 pub use error::{ErrorCode, ErrorEnvelope};
-pub use ids::{IdError, ModelId, NodeId, PoolId, SessionId, TaskId};
+pub use ids::{
+    CommandId, CorrelationId, IdError, ModelId, NodeId, PoolId, SessionId, StepId, TaskId,
+};
 
 /// API version of §§4–11.
 pub const API_VERSION: &str = "2.0.0";

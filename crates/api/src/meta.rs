@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::ids::{ModelId, NodeId, PoolId, SessionId};
 use crate::node::PoolState;
 
 /// `GET /health` body: liveness only.
@@ -41,7 +42,7 @@ pub struct EngineCapabilities {
     /// The largest `ctx_per_slot` of the Ready pools.
     pub ctx_max: u64,
     pub slots_total: u64,
-    pub models: Vec<String>,
+    pub models: Vec<ModelId>,
     pub supported_workloads: Vec<String>,
     pub features: EngineFeatures,
 }
@@ -58,8 +59,8 @@ pub struct EngineFeatures {
 /// `GET /v2/pools/{id}/health` body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PoolHealth {
-    pub pool_id: String,
-    pub node_id: String,
+    pub pool_id: PoolId,
+    pub node_id: NodeId,
     /// Node Online and state Starting, Ready or Draining.
     pub live: bool,
     /// Node Online and state Ready.
@@ -85,16 +86,16 @@ pub struct PoolHealthMetrics {
 /// `GET /v2/sessions/{id}` body (API.md §4.3).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SessionView {
-    pub session_id: String,
+    pub session_id: SessionId,
     pub created_at_ms: u64,
     pub last_used_at_ms: u64,
     pub ttl_ms_remaining: u64,
     /// Completed tasks.
     pub turns: u64,
     #[schema(required = true)]
-    pub last_pool_id: Option<String>,
+    pub last_pool_id: Option<PoolId>,
     #[schema(required = true)]
-    pub last_node_id: Option<String>,
+    pub last_node_id: Option<NodeId>,
     /// True when the last task completed on `last_pool_id` and that pool is still Ready with the same model (a hint).
     pub kv_warmth: bool,
     pub tokens_in_total: u64,

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ErrorEnvelope;
+use crate::ids::{CommandId, CorrelationId, ModelId, NodeId, PoolId, StepId, TaskId};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum PoolState {
@@ -36,9 +37,9 @@ pub enum NodeStatus {
     Offline,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LoadedModel {
-    pub id: String,
+    pub id: ModelId,
     #[serde(rename = "ref")]
     pub model_ref: String,
     pub digest: Option<String>,
@@ -56,7 +57,7 @@ fn yes() -> bool {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PoolStatus {
-    pub pool_id: String,
+    pub pool_id: PoolId,
     pub state: PoolState,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
@@ -74,7 +75,7 @@ pub struct PoolStatus {
     #[serde(default)]
     pub models: Vec<LoadedModel>,
     #[serde(default)]
-    pub running: Vec<String>,
+    pub running: Vec<TaskId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kv_cache_usage_ratio: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -103,7 +104,7 @@ pub struct Capabilities {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RegisterRequest {
     pub protocol_version: u32,
-    pub node_id: String,
+    pub node_id: NodeId,
     pub machine_id: String,
     pub version: String,
     pub address: String,
@@ -123,7 +124,7 @@ pub enum CredentialKind {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RegisterResponse {
-    pub node_id: String,
+    pub node_id: NodeId,
     pub credential: CredentialKind,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_token: Option<String>,
@@ -171,15 +172,15 @@ pub enum CommandKind {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Command {
-    pub command_id: String,
+    pub command_id: CommandId,
     pub kind: CommandKind,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pool_id: Option<String>,
+    pub pool_id: Option<PoolId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<LoadedModel>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline_ms: Option<u64>,
-    pub correlation_id: String,
+    pub correlation_id: CorrelationId,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -193,7 +194,7 @@ pub enum CommandState {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CommandStatus {
-    pub command_id: String,
+    pub command_id: CommandId,
     pub status: CommandState,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub progress: Vec<StepProgress>,
@@ -223,11 +224,42 @@ impl StepStatus {
     }
 }
 
+/// What a preparation step does (§8): fetch the model, build the engine, warm up the pool.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum StepKind {
+    ModelFetch,
+    EngineProvision,
+    PoolWarmup,
+}
+
+impl StepKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepKind::ModelFetch => "model_fetch",
+            StepKind::EngineProvision => "engine_provision",
+            StepKind::PoolWarmup => "pool_warmup",
+        }
+    }
+}
+
 /// Progress of one preparation step (§8, §12.2).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StepProgress {
-    pub step_id: String,
-    pub kind: String,
+    pub step_id: StepId,
+    pub kind: StepKind,
     pub status: StepStatus,
     pub pct: f64,
     pub bytes_done: u64,
@@ -246,14 +278,14 @@ pub struct CommandResult {
 /// `GET /v2/nodes` entry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NodeView {
-    pub node_id: String,
+    pub node_id: NodeId,
     pub machine_id: String,
     pub address: String,
     pub status: NodeStatus,
     pub version: String,
     pub registered_at_ms: u64,
     pub last_heartbeat_ms: u64,
-    pub pools: Vec<String>,
+    pub pools: Vec<PoolId>,
     pub capabilities: Capabilities,
 }
 
@@ -265,7 +297,7 @@ pub struct NodesResponse {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PoolModelRef {
-    pub id: String,
+    pub id: ModelId,
     #[schema(required = true)]
     pub digest: Option<String>,
 }
@@ -273,8 +305,8 @@ pub struct PoolModelRef {
 /// `GET /v2/pools` entry at orchestratord (§10).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PoolView {
-    pub pool_id: String,
-    pub node_id: String,
+    pub pool_id: PoolId,
+    pub node_id: NodeId,
     pub node_status: NodeStatus,
     pub state: PoolState,
     pub engine: String,
@@ -320,7 +352,7 @@ pub struct ReloadRequest {
 /// 202 body of drain and reload.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PoolCommandAccepted {
-    pub pool_id: String,
-    pub command_id: String,
+    pub pool_id: PoolId,
+    pub command_id: CommandId,
     pub state: PoolState,
 }

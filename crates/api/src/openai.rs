@@ -289,7 +289,7 @@ pub struct TextCompletionChunk {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ModelEntry {
-    pub id: String,
+    pub id: crate::ids::ModelId,
     /// `model`.
     pub object: String,
     /// Unix seconds of the catalog entry.

@@ -4,7 +4,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ErrorEnvelope;
 use crate::events::StopReason;
-use crate::ids::{SessionId, TaskId};
+use crate::ids::{CorrelationId, ModelId, NodeId, PoolId, SessionId, StepId, TaskId};
+use crate::node::{StepKind, StepStatus};
 
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default, utoipa::ToSchema,
@@ -64,11 +65,11 @@ pub struct Placement {
     #[serde(default)]
     pub mode: PlacementMode,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pin_pool_id: Option<String>,
+    pub pin_pool_id: Option<PoolId>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub prefer_pools: Vec<String>,
+    pub prefer_pools: Vec<PoolId>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub avoid_pools: Vec<String>,
+    pub avoid_pools: Vec<PoolId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub require_device_mask: Option<String>,
     #[serde(default = "yes")]
@@ -222,15 +223,15 @@ pub struct Preparation {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PreparationStep {
-    pub id: String,
-    pub kind: String,
-    pub node_id: String,
+    pub id: StepId,
+    pub kind: StepKind,
+    pub node_id: NodeId,
     pub description: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub estimated_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes_total: Option<u64>,
-    pub status: String,
+    pub status: StepStatus,
 }
 
 /// 202 body of `POST /v2/tasks` (AdmissionResponseV2).
@@ -269,8 +270,8 @@ impl TaskState {
 pub struct TaskRecord {
     pub task_id: TaskId,
     pub session_id: SessionId,
-    pub correlation_id: String,
-    pub model: String,
+    pub correlation_id: CorrelationId,
+    pub model: ModelId,
     pub priority: Priority,
     pub state: TaskState,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -278,9 +279,9 @@ pub struct TaskRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub predicted_start_ms: Option<u64>,
     #[schema(required = true)]
-    pub pool_id: Option<String>,
+    pub pool_id: Option<PoolId>,
     #[schema(required = true)]
-    pub node_id: Option<String>,
+    pub node_id: Option<NodeId>,
     #[schema(required = true)]
     pub engine: Option<String>,
     #[schema(required = true)]

@@ -4,12 +4,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ErrorCode;
 use crate::events::StopReason;
+use crate::ids::{CorrelationId, ModelId, NodeId, PoolId, SessionId, TaskId};
 use crate::node::PoolStatus;
 use crate::task::{Message, Priority};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DispatchModel {
-    pub id: String,
+    pub id: ModelId,
     pub digest: Option<String>,
 }
 
@@ -32,11 +33,11 @@ pub struct DispatchParams {
 pub struct DispatchRequest {
     pub protocol_version: u32,
     pub attempt: u32,
-    pub task_id: String,
-    pub session_id: String,
-    pub correlation_id: String,
-    pub node_id: String,
-    pub pool_id: String,
+    pub task_id: TaskId,
+    pub session_id: SessionId,
+    pub correlation_id: CorrelationId,
+    pub node_id: NodeId,
+    pub pool_id: PoolId,
     pub model: DispatchModel,
     pub engine: String,
     pub input: DispatchInput,

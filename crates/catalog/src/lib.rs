@@ -1,9 +1,12 @@
 //! orchestratord's model catalog (API.md §9): the records, kept in SQLite and mirrored in memory,
 //! and the rules for registering, resolving, recording copies and adopting reported models.
 //!
-//! Reads are served from the mirror. Every write is one SQLite transaction; the mirror changes only
-//! after the commit succeeds, so a failed write leaves both as they were. `Catalog` is `Send` but
-//! not `Sync` (it owns a `rusqlite::Connection`): give it one owner or put it behind a mutex.
+//! Reads are served from the mirror. Written through ([`Catalog::open`]), every write is one
+//! SQLite transaction and the mirror changes only after the commit succeeds, so a failed write
+//! leaves both as they were. Deferred ([`Catalog::open_deferred`]), the mirror changes at once and
+//! each change is queued as a [`Write`] for the caller to commit, in order, on a [`Store`] it owns
+//! elsewhere (orchestratord's store task): the owner of the rules never blocks on the disk. A
+//! written-through `Catalog` is `Send` but not `Sync` (it owns a `rusqlite::Connection`).
 
 // The public API returns `api::ErrorEnvelope` (144 bytes) as its error, as the daemons' HTTP layer
 // expects; errors are the rare path, so boxing would only cost every caller a conversion.
@@ -17,9 +20,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use api::catalog::{parse_digest, GgufInfo, ModelRecord, ModelState, RegisterModel};
 use api::model_ref::{ModelRef, ModelRefError};
-use api::{ErrorCode, ErrorEnvelope, ModelId};
+use api::{ErrorCode, ErrorEnvelope, ModelId, NodeId};
 
-pub use store::{StoreError, SCHEMA_VERSION};
+pub use store::{Store, StoreError, Write, SCHEMA_VERSION};
 
 /// The outcome of a registration (§9.3): 201 or 200.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,9 +48,9 @@ impl Registered {
 }
 
 /// What a node told us about its copy of a model (pool report or finished load/verify).
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Copy {
-    pub node_id: String,
+    pub node_id: NodeId,
     /// The digest the node computed, `sha256:<hex>` in any case.
     pub digest: Option<String>,
     pub size_bytes: Option<u64>,
@@ -69,30 +72,79 @@ pub enum CopyOutcome {
 /// The model catalog: a SQLite store and its in-memory mirror.
 #[derive(Debug)]
 pub struct Catalog {
-    store: store::Store,
-    models: BTreeMap<String, ModelRecord>,
+    sink: Sink,
+    models: BTreeMap<ModelId, ModelRecord>,
     /// normalized ref → the ids registered for it.
-    refs: BTreeMap<String, BTreeSet<String>>,
+    refs: BTreeMap<String, BTreeSet<ModelId>>,
+}
+
+/// Where the catalog's writes go.
+#[derive(Debug)]
+enum Sink {
+    /// Committed before the mirror changes.
+    Through(store::Store),
+    /// Queued for the owner of the [`Store`], in order.
+    Deferred {
+        path: std::path::PathBuf,
+        pending: Vec<Write>,
+    },
 }
 
 impl Catalog {
+    /// Opens the catalog like [`Catalog::open`], but deferred: it returns the store separately and
+    /// queues every change (see [`Catalog::take_writes`]) instead of writing it.
+    pub fn open_deferred(path: &Path) -> Result<(Self, Store), StoreError> {
+        let (store, records) = store::Store::open(path)?;
+        let sink = Sink::Deferred {
+            path: path.to_path_buf(),
+            pending: Vec::new(),
+        };
+        Ok((Self::with(sink, records), store))
+    }
+
+    /// The changes queued since the last call, in order (always empty when written through).
+    pub fn take_writes(&mut self) -> Vec<Write> {
+        match &mut self.sink {
+            Sink::Through(_) => Vec::new(),
+            Sink::Deferred { pending, .. } => std::mem::take(pending),
+        }
+    }
+
+    /// Replaces the mirror with `records` (what the store holds, after a deferred write failed),
+    /// then replays `since`: the changes queued after the store was read, not yet in `records`.
+    pub fn resync(&mut self, records: Vec<ModelRecord>, since: &[Write]) {
+        self.models.clear();
+        self.refs.clear();
+        for record in records {
+            self.mirror_insert(record);
+        }
+        for w in since {
+            match w {
+                Write::Put(record) => self.mirror_insert(record.clone()),
+                Write::Delete(id) => {
+                    self.mirror_remove(id);
+                }
+            }
+        }
+    }
+
     /// Opens (creating it and its parent directories if needed) the catalog database at `path`,
     /// migrates its schema to [`SCHEMA_VERSION`] and loads every record. A database from a newer
     /// build, another program's database or a corrupt file is an error, never a silent reset.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let (store, records) = store::Store::open(path)?;
-        Ok(Self::with(store, records))
+        Ok(Self::with(Sink::Through(store), records))
     }
 
     /// A catalog that lives only as long as this value (tests, `--check-config`).
     pub fn open_in_memory() -> Result<Self, StoreError> {
         let (store, records) = store::Store::open_in_memory()?;
-        Ok(Self::with(store, records))
+        Ok(Self::with(Sink::Through(store), records))
     }
 
-    fn with(store: store::Store, records: Vec<ModelRecord>) -> Self {
+    fn with(sink: Sink, records: Vec<ModelRecord>) -> Self {
         let mut catalog = Self {
-            store,
+            sink,
             models: BTreeMap::new(),
             refs: BTreeMap::new(),
         };
@@ -104,7 +156,10 @@ impl Catalog {
 
     /// The database path (`:memory:` for an in-memory catalog).
     pub fn path(&self) -> &Path {
-        self.store.path()
+        match &self.sink {
+            Sink::Through(store) => store.path(),
+            Sink::Deferred { path, .. } => path,
+        }
     }
 
     pub fn get(&self, id: &str) -> Option<&ModelRecord> {
@@ -132,7 +187,7 @@ impl Catalog {
         req: &RegisterModel,
         allowed_schemes: &[String],
     ) -> Result<Registered, ErrorEnvelope> {
-        let given_id = req.id.as_deref().map(parse_id).transpose()?;
+        let given_id = req.id.clone();
         let mref = parse_ref(&req.model_ref, Some(allowed_schemes))?;
         let digest = req
             .digest
@@ -268,15 +323,12 @@ impl Catalog {
     fn finish_copy(
         &mut self,
         mut record: ModelRecord,
-        node_id: &str,
+        node_id: &NodeId,
         verified: bool,
     ) -> Result<CopyOutcome, StoreError> {
         if verified {
-            if let Err(pos) = record
-                .locations
-                .binary_search_by(|n| n.as_str().cmp(node_id))
-            {
-                record.locations.insert(pos, node_id.to_string());
+            if let Err(pos) = record.locations.binary_search_by(|n| n.cmp(node_id)) {
+                record.locations.insert(pos, node_id.clone());
             }
             record.last_verified_ms = Some(now_ms());
         }
@@ -291,11 +343,11 @@ impl Catalog {
         let Some(current) = self.models.get(id) else {
             return Err(StoreError::UnknownModel(id.to_string()));
         };
-        if !current.locations.iter().any(|n| n == node_id) {
+        if !current.locations.iter().any(|n| n.as_str() == node_id) {
             return Ok(());
         }
         let mut record = current.clone();
-        record.locations.retain(|n| n != node_id);
+        record.locations.retain(|n| n.as_str() != node_id);
         self.put(record)
     }
 
@@ -334,7 +386,7 @@ impl Catalog {
         if !self.models.contains_key(id) {
             return Ok(None);
         }
-        self.store.delete(id)?;
+        self.write(Write::Delete(id.to_string()))?;
         let removed = self.mirror_remove(id);
         tracing::info!(model_id = %id, "catalog: model deleted");
         Ok(removed)
@@ -342,13 +394,26 @@ impl Catalog {
 
     /// Writes the record, then (only after the commit) updates the mirror.
     fn put(&mut self, record: ModelRecord) -> Result<(), StoreError> {
-        self.store.put(&record)?;
+        match &mut self.sink {
+            Sink::Through(store) => store.put(&record)?,
+            Sink::Deferred { pending, .. } => pending.push(Write::Put(record.clone())),
+        }
         self.mirror_insert(record);
         Ok(())
     }
 
+    fn write(&mut self, w: Write) -> Result<(), StoreError> {
+        match &mut self.sink {
+            Sink::Through(store) => store.apply(&w),
+            Sink::Deferred { pending, .. } => {
+                pending.push(w);
+                Ok(())
+            }
+        }
+    }
+
     fn mirror_insert(&mut self, record: ModelRecord) {
-        self.mirror_remove(&record.id);
+        self.mirror_remove(record.id.as_str());
         self.refs
             .entry(record.model_ref.clone())
             .or_default()
@@ -392,9 +457,8 @@ fn not_found(id: &str) -> ErrorEnvelope {
     ErrorEnvelope::new(ErrorCode::NotFound, format!("catalog has no model {id:?}"))
 }
 
-fn parse_id(id: &str) -> Result<String, ErrorEnvelope> {
+fn parse_id(id: &str) -> Result<ModelId, ErrorEnvelope> {
     id.parse::<ModelId>()
-        .map(|m| m.as_str().to_string())
         .map_err(|e| ErrorEnvelope::invalid("id", e.0))
 }
 
@@ -421,19 +485,17 @@ fn parse_ref(s: &str, allowed_schemes: Option<&[String]>) -> Result<ModelRef, Er
 }
 
 /// The §9.1 default id, which must itself be a valid model id.
-fn derived_id(mref: &ModelRef) -> Result<String, ErrorEnvelope> {
+fn derived_id(mref: &ModelRef) -> Result<ModelId, ErrorEnvelope> {
     let id = mref.default_id();
-    if api::ids::valid_name(&id) {
-        Ok(id)
-    } else {
-        Err(ErrorEnvelope::invalid(
+    id.parse().map_err(|_| {
+        ErrorEnvelope::invalid(
             "ref",
             format!("the ref's file name gives no valid model id ({id:?}); give an id"),
-        ))
-    }
+        )
+    })
 }
 
-fn new_record(id: String, model_ref: String, digest: Option<String>) -> ModelRecord {
+fn new_record(id: ModelId, model_ref: String, digest: Option<String>) -> ModelRecord {
     ModelRecord {
         id,
         model_ref,

@@ -100,8 +100,17 @@ pub enum StoreError {
     },
 }
 
+/// One catalog change for the store: a record written (row and locations) or a model deleted.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Write {
+    Put(ModelRecord),
+    Delete(String),
+}
+
+/// The SQLite store of a catalog, for a store task when the catalog runs deferred
+/// ([`crate::Catalog::open_deferred`]).
 #[derive(Debug)]
-pub(crate) struct Store {
+pub struct Store {
     conn: Connection,
     path: PathBuf,
 }
@@ -171,7 +180,7 @@ impl Store {
 
     /// Writes `rec` (row and locations) in one transaction.
     pub(crate) fn put(&mut self, rec: &ModelRecord) -> Result<(), StoreError> {
-        self.write(&rec.id, |tx| {
+        self.write(rec.id.as_str(), |tx| {
             let metadata = rec
                 .metadata
                 .as_ref()
@@ -185,7 +194,7 @@ impl Store {
                      size_bytes = excluded.size_bytes, state = excluded.state,
                      last_verified_ms = excluded.last_verified_ms, metadata = excluded.metadata",
                 params![
-                    rec.id,
+                    rec.id.as_str(),
                     rec.model_ref,
                     rec.digest,
                     to_i64(rec.size_bytes)?,
@@ -194,14 +203,30 @@ impl Store {
                     metadata
                 ],
             )?;
-            tx.execute("DELETE FROM locations WHERE model_id = ?1", params![rec.id])?;
+            tx.execute(
+                "DELETE FROM locations WHERE model_id = ?1",
+                params![rec.id.as_str()],
+            )?;
             let mut insert =
                 tx.prepare_cached("INSERT INTO locations (model_id, node_id) VALUES (?1, ?2)")?;
             for node in &rec.locations {
-                insert.execute(params![rec.id, node])?;
+                insert.execute(params![rec.id.as_str(), node.as_str()])?;
             }
             Ok(())
         })
+    }
+
+    /// Commits one change in its own transaction.
+    pub fn apply(&mut self, w: &Write) -> Result<(), StoreError> {
+        match w {
+            Write::Put(rec) => self.put(rec),
+            Write::Delete(id) => self.delete(id),
+        }
+    }
+
+    /// Every record as stored (to resynchronize a mirror after a failed write).
+    pub fn load(&self) -> Result<Vec<ModelRecord>, StoreError> {
+        load(&self.conn, &self.path)
     }
 
     /// Deletes the model and its locations in one transaction.
@@ -369,7 +394,9 @@ fn load(conn: &Connection, path: &Path) -> Result<Vec<ModelRecord>, StoreError> 
                 .map(|m| serde_json::from_str(&m))
                 .transpose()
                 .map_err(|e| corrupt(&id, format!("metadata: {e}")))?,
-            id: id.clone(),
+            id: id
+                .parse()
+                .map_err(|e: api::IdError| corrupt(&id, format!("id: {e}")))?,
             model_ref,
             digest,
             locations: Vec::new(),
@@ -390,6 +417,9 @@ fn load(conn: &Connection, path: &Path) -> Result<Vec<ModelRecord>, StoreError> 
                 format!("location {node_id:?} of a model that does not exist"),
             ));
         };
+        let node_id = node_id
+            .parse()
+            .map_err(|e: api::IdError| corrupt(&model_id, format!("location: {e}")))?;
         record.locations.push(node_id);
     }
     Ok(records.into_values().collect())

@@ -20,7 +20,7 @@ fn all_schemes() -> Vec<String> {
 
 fn req(id: Option<&str>, model_ref: &str, digest: Option<&str>) -> RegisterModel {
     RegisterModel {
-        id: id.map(String::from),
+        id: id.map(|i| i.parse().unwrap()),
         model_ref: model_ref.into(),
         digest: digest.map(String::from),
     }
@@ -36,12 +36,17 @@ fn register(
     model_ref: &str,
     digest: Option<&str>,
 ) -> Result<Registered, ErrorEnvelope> {
+    // The body's id is a `ModelId`, checked when the body is parsed (the HTTP layer reports a bad
+    // one as INVALID_PARAMS, field `id`, before looking at anything else); this does the same.
+    if let Some(Err(e)) = id.map(str::parse::<api::ModelId>) {
+        return Err(ErrorEnvelope::invalid("id", e.0));
+    }
     c.register(&req(id, model_ref, digest), &all_schemes())
 }
 
 fn copy(node: &str, digest: Option<&str>, verified: bool) -> Copy {
     Copy {
-        node_id: node.into(),
+        node_id: node.parse().unwrap(),
         digest: digest.map(String::from),
         size_bytes: None,
         metadata: None,
@@ -321,7 +326,7 @@ fn record_copy_first_digest_wins() {
         ..GgufInfo::default()
     };
     let first = Copy {
-        node_id: "n1".into(),
+        node_id: "n1".parse().unwrap(),
         digest: Some(format!("sha256:{}", HEX_A.to_uppercase())),
         size_bytes: Some(1234),
         metadata: Some(meta.clone()),
@@ -488,7 +493,7 @@ fn delete_entries() {
     let removed = c.delete("m").unwrap().unwrap();
     assert_eq!(
         (removed.id.as_str(), removed.locations.as_slice()),
-        ("m", ["n1".to_string()].as_slice())
+        ("m", ["n1".parse().unwrap()].as_slice())
     );
     assert!(c.get("m").is_none() && c.by_ref("file:/m.gguf").is_none() && c.list().is_empty());
     assert_eq!(c.delete("m").unwrap(), None);
@@ -697,4 +702,56 @@ fn unopenable_paths_are_errors() {
     // The path is a directory.
     let e = Catalog::open(dir.path()).unwrap_err();
     assert!(matches!(e, StoreError::Open { .. }), "{e}");
+}
+
+#[test]
+fn deferred_writes_reach_the_store_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("catalog.sqlite");
+    let (mut c, mut store) = Catalog::open_deferred(&path).unwrap();
+    register(&mut c, Some("m"), "file:/m.gguf", None).unwrap();
+    c.record_copy("m", copy("n1", Some(&digest_a()), true))
+        .unwrap();
+    register(&mut c, Some("gone"), "file:/gone.gguf", None).unwrap();
+    c.delete("gone").unwrap();
+    // The mirror changed at once; nothing is on disk until the writes are applied.
+    let mirror = owned(&c);
+    assert_eq!(mirror.len(), 1);
+    assert!(store.load().unwrap().is_empty());
+    let writes = c.take_writes();
+    assert_eq!(writes.len(), 4);
+    assert!(c.take_writes().is_empty(), "taken once");
+    for w in &writes {
+        store.apply(w).unwrap();
+    }
+    assert_eq!(store.load().unwrap(), mirror);
+    drop(store);
+    assert_eq!(owned(&Catalog::open(&path).unwrap()), mirror);
+}
+
+#[test]
+fn a_failed_deferred_write_is_resynchronized_from_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("catalog.sqlite");
+    let (mut c, mut store) = Catalog::open_deferred(&path).unwrap();
+    register(&mut c, Some("m"), "file:/m.gguf", None).unwrap();
+    for w in c.take_writes() {
+        store.apply(&w).unwrap();
+    }
+    let before = owned(&c);
+    // SQLite integers are i64: this size cannot be stored.
+    let huge = Copy {
+        size_bytes: Some(u64::MAX),
+        ..copy("n1", Some(&digest_a()), true)
+    };
+    c.record_copy("m", huge).unwrap();
+    assert_ne!(owned(&c), before, "the mirror changed at once");
+    let failed = c
+        .take_writes()
+        .iter()
+        .map(|w| store.apply(w))
+        .any(|r| r.is_err());
+    assert!(failed);
+    c.resync(store.load().unwrap(), &[]);
+    assert_eq!(owned(&c), before, "back to what the store holds");
 }

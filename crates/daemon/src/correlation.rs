@@ -8,19 +8,15 @@ use axum::response::Response;
 
 /// The request's correlation id, inserted into request extensions by [`layer`].
 #[derive(Debug, Clone)]
-pub struct CorrelationId(pub String);
+pub struct CorrelationId(pub api::CorrelationId);
 
 impl CorrelationId {
     pub fn from_headers(headers: &axum::http::HeaderMap) -> Self {
         let given = headers
             .get(api::CORRELATION_HEADER)
             .and_then(|v| v.to_str().ok())
-            .filter(|v| api::valid_correlation_id(v));
-        Self(
-            given
-                .map(str::to_string)
-                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
-        )
+            .and_then(|v| v.parse().ok());
+        Self(given.unwrap_or_default())
     }
 }
 
@@ -32,7 +28,7 @@ pub async fn layer(mut req: Request, next: Next) -> Response {
     req.extensions_mut().insert(cid.clone());
     let started = std::time::Instant::now();
     let mut resp = next.run(req).await;
-    if let Ok(v) = HeaderValue::from_str(&cid.0) {
+    if let Ok(v) = HeaderValue::from_str(cid.0.as_str()) {
         resp.headers_mut().insert(api::CORRELATION_HEADER, v);
     }
     let identity = resp

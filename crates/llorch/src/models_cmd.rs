@@ -70,6 +70,16 @@ pub async fn run(cmd: Option<ModelsCmd>, c: Conn) -> anyhow::Result<u8> {
             id,
             digest,
         } => {
+            let id = match id.as_deref().map(str::parse::<api::ModelId>).transpose() {
+                Ok(id) => id,
+                Err(_) => {
+                    eprintln!(
+                        "llorch: {:?} is not a model id (^[a-z0-9][a-z0-9._-]{{0,63}}$)",
+                        id.unwrap_or_default()
+                    );
+                    return Ok(2);
+                }
+            };
             let body = RegisterModel {
                 id,
                 model_ref,
@@ -124,7 +134,7 @@ pub async fn run(cmd: Option<ModelsCmd>, c: Conn) -> anyhow::Result<u8> {
                 } else if m.locations.is_empty() {
                     eprintln!("{id}: no node holds a copy; nothing to verify");
                 } else {
-                    eprintln!("{id}: verification started on {}", m.locations.join(", "));
+                    eprintln!("{id}: verification started on {}", join(&m.locations, ", "));
                 }
                 Ok(0)
             }
@@ -322,6 +332,11 @@ pub fn render_fetched(f: &models::Fetched) -> String {
 // ---- rendering ---------------------------------------------------------------------------------
 
 /// `sha256:` and the first 12 hex digits, or `-`.
+/// Joins ids (or anything printable) with `sep`.
+fn join<T: std::fmt::Display>(items: &[T], sep: &str) -> String {
+    items.iter().map(T::to_string).collect::<Vec<_>>().join(sep)
+}
+
 pub fn short_digest(d: Option<&str>) -> String {
     match d {
         Some(d) => {
@@ -397,14 +412,14 @@ pub fn render_list(models: &[ModelRecord], avail: Option<&AvailabilityResponse>)
                 None => "-".into(),
             };
             vec![
-                m.id.clone(),
+                m.id.to_string(),
                 m.state.as_str().into(),
                 m.size_bytes.map_or_else(|| "-".into(), human_bytes),
                 short_digest(m.digest.as_deref()),
                 if m.locations.is_empty() {
                     "-".into()
                 } else {
-                    m.locations.join(",")
+                    join(&m.locations, ",")
                 },
                 serving,
                 m.model_ref.clone(),
@@ -428,7 +443,7 @@ pub fn render_list(models: &[ModelRecord], avail: Option<&AvailabilityResponse>)
 /// The `models get` view: every record field, the GGUF metadata and, when known, availability.
 pub fn render_record(m: &ModelRecord, avail: Option<&ModelAvailability>) -> String {
     let mut rows: Vec<(&str, String)> = vec![
-        ("id", m.id.clone()),
+        ("id", m.id.to_string()),
         ("ref", m.model_ref.clone()),
         ("state", m.state.as_str().into()),
         (
@@ -459,7 +474,7 @@ pub fn render_record(m: &ModelRecord, avail: Option<&ModelAvailability>) -> Stri
             if m.locations.is_empty() {
                 "-".into()
             } else {
-                m.locations.join(", ")
+                join(&m.locations, ", ")
             },
         ),
     ];
@@ -526,13 +541,13 @@ mod tests {
 
     fn record(id: &str) -> ModelRecord {
         ModelRecord {
-            id: id.into(),
+            id: id.parse().unwrap(),
             model_ref: format!("hf:org/repo/{id}.gguf"),
             digest: Some(format!("sha256:{}", "ab12".repeat(16))),
             size_bytes: Some(105_000_000),
             state: ModelState::Active,
             last_verified_ms: Some(1_700_000_000_000),
-            locations: vec!["alpha".into(), "beta".into()],
+            locations: vec!["alpha".parse().unwrap(), "beta".parse().unwrap()],
             metadata: None,
         }
     }
@@ -717,25 +732,25 @@ mod tests {
         let models = [record("smollm2"), retired];
         let avail = AvailabilityResponse {
             models: vec![ModelAvailability {
-                id: "smollm2".into(),
+                id: "smollm2".parse().unwrap(),
                 state: ModelState::Active,
-                cached_on: vec!["alpha".into()],
+                cached_on: vec!["alpha".parse().unwrap()],
                 serving: vec![
                     ServingPool {
-                        node_id: "alpha".into(),
-                        pool_id: "gpu0".into(),
+                        node_id: "alpha".parse().unwrap(),
+                        pool_id: "gpu0".parse().unwrap(),
                         state: PoolState::Ready,
                         slots_free: 1,
                     },
                     ServingPool {
-                        node_id: "alpha".into(),
-                        pool_id: "gpu1".into(),
+                        node_id: "alpha".parse().unwrap(),
+                        pool_id: "gpu1".parse().unwrap(),
                         state: PoolState::Starting,
                         slots_free: 0,
                     },
                     ServingPool {
-                        node_id: "beta".into(),
-                        pool_id: "cpu0".into(),
+                        node_id: "beta".parse().unwrap(),
+                        pool_id: "cpu0".parse().unwrap(),
                         state: PoolState::Ready,
                         slots_free: 0,
                     },
@@ -777,12 +792,12 @@ mod tests {
             chat_template: true,
         });
         let avail = ModelAvailability {
-            id: "smollm2".into(),
+            id: "smollm2".parse().unwrap(),
             state: ModelState::Active,
             cached_on: vec![],
             serving: vec![ServingPool {
-                node_id: "alpha".into(),
-                pool_id: "gpu0".into(),
+                node_id: "alpha".parse().unwrap(),
+                pool_id: "gpu0".parse().unwrap(),
                 state: PoolState::Ready,
                 slots_free: 2,
             }],

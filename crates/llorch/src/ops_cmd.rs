@@ -43,7 +43,7 @@ pub async fn tasks(cmd: TasksCmd, c: Conn) -> anyhow::Result<u8> {
                 } else {
                     let t = r.body;
                     println!("task      {}\nstate     {:?}\nmodel     {}\npool      {}\nnode      {}\nengine    {}\ntokens    {} in, {} out\nstop      {}",
-                        t.task_id, t.state, t.model, t.pool_id.unwrap_or_default(), t.node_id.unwrap_or_default(), t.engine_version.unwrap_or_default(),
+                        t.task_id, t.state, t.model, t.pool_id.map(|p| p.to_string()).unwrap_or_default(), t.node_id.map(|n| n.to_string()).unwrap_or_default(), t.engine_version.unwrap_or_default(),
                         t.tokens_in, t.tokens_out, t.stop_reason.map(|s| format!("{s:?}")).unwrap_or_default());
                     if let Some(e) = t.error {
                         println!("error     {}: {}", e.code, e.message);
@@ -152,7 +152,7 @@ pub async fn pools(c: Conn) -> anyhow::Result<u8> {
         "POOL", "NODE", "STATE", "MODEL", "SLOTS", "QUEUED", "RUNNING", "DEVICES"
     );
     for p in p.pools {
-        let model = p.model.map(|m| m.id).unwrap_or_else(|| "-".into());
+        let model = p.model.map_or_else(|| "-".into(), |m| m.id.to_string());
         println!(
             "{:<16} {:<16} {:<10} {:<28} {:>4}/{:<4} {:>7} {:>7} {:<8}",
             p.pool_id,

@@ -325,7 +325,11 @@ impl Stack {
         let mut last = String::new();
         loop {
             if let Ok(p) = client.pools().await {
-                if let Some(pool) = p.pools.iter().find(|p| p.pool_id == self.spec.pool_id) {
+                if let Some(pool) = p
+                    .pools
+                    .iter()
+                    .find(|p| p.pool_id == self.spec.pool_id.as_str())
+                {
                     let state = format!("pool {} is {}", pool.pool_id, pool.state.as_str());
                     if state != last {
                         progress(&state);

@@ -6,7 +6,6 @@
 pub mod admission;
 pub mod config;
 pub mod core;
-pub mod dispatch;
 pub mod http;
 pub mod metrics;
 
@@ -31,7 +30,7 @@ pub async fn run(
     let cfg = Arc::new(cfg);
     let metrics = Arc::new(metrics::Metrics::default());
     let tracker = TaskTracker::new();
-    let catalog = catalog::Catalog::open(&cfg.catalog_db).map_err(|e| {
+    let (catalog, store) = catalog::Catalog::open_deferred(&cfg.catalog_db).map_err(|e| {
         anyhow::anyhow!(
             "cannot open the model catalog {}: {e}",
             cfg.catalog_db.display()
@@ -47,6 +46,7 @@ pub async fn run(
         cfg.clone(),
         metrics.clone(),
         catalog,
+        store,
         &tracker,
         shutdown.clone(),
     )

@@ -6,10 +6,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use api::catalog::step;
 use api::model_ref::ModelRef;
-use api::node::{CommandResult, CommandState, CommandStatus, StepProgress, StepStatus};
-use api::ErrorEnvelope;
+use api::node::{CommandResult, CommandState, CommandStatus, StepKind, StepProgress, StepStatus};
+use api::{CommandId, ErrorEnvelope, ModelId, StepId};
 
 /// Work for a pool supervisor.
 #[derive(Debug, Clone)]
@@ -27,7 +26,7 @@ pub enum PoolCommand {
 /// The model a command names, parsed.
 #[derive(Debug, Clone)]
 pub struct ModelOrder {
-    pub id: String,
+    pub id: ModelId,
     pub model_ref: ModelRef,
     pub digest: Option<String>,
 }
@@ -48,16 +47,17 @@ impl CommandBook {
     }
 
     /// Records a newly received command; false when it was seen before (at-least-once delivery).
-    pub fn receive(&self, id: &str) -> bool {
+    pub fn receive(&self, id: &CommandId) -> bool {
         let mut e = self.lock();
-        if e.contains_key(id) {
+        let key = id.to_string();
+        if e.contains_key(&key) {
             return false;
         }
         e.insert(
-            id.to_string(),
+            key,
             Entry {
                 status: CommandStatus {
-                    command_id: id.to_string(),
+                    command_id: *id,
                     status: CommandState::Accepted,
                     progress: vec![],
                     error: None,
@@ -128,8 +128,8 @@ impl Prep {
         let mut steps = vec![];
         if !matches!(model_ref, ModelRef::File { .. }) {
             steps.push(StepProgress {
-                step_id: step::model_id(&model_ref.to_string()),
-                kind: step::MODEL_FETCH.into(),
+                step_id: StepId::model(&model_ref.to_string()),
+                kind: StepKind::ModelFetch,
                 status: StepStatus::Running,
                 pct: 0.0,
                 bytes_done: 0,
@@ -137,16 +137,16 @@ impl Prep {
             });
         }
         steps.push(StepProgress {
-            step_id: step::engine_id(),
-            kind: step::ENGINE_PROVISION.into(),
+            step_id: StepId::engine(),
+            kind: StepKind::EngineProvision,
             status: StepStatus::Completed,
             pct: 100.0,
             bytes_done: 0,
             bytes_total: 0,
         });
         steps.push(StepProgress {
-            step_id: step::pool_id(pool_id),
-            kind: step::POOL_WARMUP.into(),
+            step_id: StepId::pool(pool_id),
+            kind: StepKind::PoolWarmup,
             status: StepStatus::Pending,
             pct: 0.0,
             bytes_done: 0,
@@ -154,7 +154,7 @@ impl Prep {
         });
         let prep = Self {
             book,
-            id: id.into(),
+            id: id.to_string(),
             steps: Mutex::new(steps),
         };
         prep.publish();
@@ -166,7 +166,7 @@ impl Prep {
         self.book.progress(&self.id, steps);
     }
 
-    fn update(&self, kind: &str, f: impl FnOnce(&mut StepProgress)) {
+    fn update(&self, kind: StepKind, f: impl FnOnce(&mut StepProgress)) {
         if let Some(s) = self
             .steps
             .lock()
@@ -181,7 +181,7 @@ impl Prep {
 
     /// Download progress of the model fetch.
     pub fn fetched(&self, done: u64, total: Option<u64>) {
-        self.update(step::MODEL_FETCH, |s| {
+        self.update(StepKind::ModelFetch, |s| {
             s.bytes_done = done;
             s.bytes_total = total.unwrap_or(0);
             s.pct = total
@@ -193,12 +193,12 @@ impl Prep {
 
     /// The fetch is over; the engine is starting.
     pub fn warming(&self) {
-        self.update(step::MODEL_FETCH, |s| {
+        self.update(StepKind::ModelFetch, |s| {
             s.status = StepStatus::Completed;
             s.pct = 100.0;
             s.bytes_done = s.bytes_done.max(s.bytes_total);
         });
-        self.update(step::POOL_WARMUP, |s| s.status = StepStatus::Running);
+        self.update(StepKind::PoolWarmup, |s| s.status = StepStatus::Running);
     }
 
     /// Marks the running step failed and the command failed with `e`.
@@ -224,32 +224,36 @@ mod tests {
     #[test]
     fn dedup_and_report_until_terminal_sent_once() {
         let b = CommandBook::default();
-        assert!(b.receive("c1"));
-        assert!(!b.receive("c1"));
+        let c1 = &CommandId::new();
+        let k1 = c1.to_string();
+        assert!(b.receive(c1));
+        assert!(!b.receive(c1));
         assert_eq!(b.report()[0].status, CommandState::Accepted);
-        b.set("c1", CommandState::Completed, None);
+        b.set(&k1, CommandState::Completed, None);
         assert_eq!(b.report()[0].status, CommandState::Completed);
         assert!(b.report().is_empty(), "a terminal status is reported once");
-        assert!(!b.receive("c1"), "still deduplicated after completion");
+        assert!(!b.receive(c1), "still deduplicated after completion");
     }
 
     #[test]
     fn prep_reports_steps_until_completed() {
         let b = Arc::new(CommandBook::default());
-        assert!(b.receive("c2"));
+        let (c2, c3) = (&CommandId::new(), &CommandId::new());
+        let (k2, k3) = (c2.to_string(), c3.to_string());
+        assert!(b.receive(c2));
         let r = ModelRef::parse("hf:org/repo/m.gguf").unwrap();
-        let prep = Prep::new(b.clone(), "c2", &r, "p1");
+        let prep = Prep::new(b.clone(), &k2, &r, "p1");
         prep.fetched(50, Some(200));
         let st = b.report().remove(0);
         assert_eq!(st.status, CommandState::Running);
         let kinds: Vec<&str> = st.progress.iter().map(|s| s.kind.as_str()).collect();
         assert_eq!(kinds, ["model_fetch", "engine_provision", "pool_warmup"]);
-        assert_eq!(st.progress[0].step_id, "model:hf:org/repo/m.gguf");
+        assert_eq!(st.progress[0].step_id.as_str(), "model:hf:org/repo/m.gguf");
         assert_eq!(st.progress[0].pct, 25.0);
         prep.warming();
         assert_eq!(b.report()[0].progress[2].status, StepStatus::Running);
         b.complete(
-            "c2",
+            &k2,
             Some(CommandResult {
                 digest: "sha256:00".into(),
                 size_bytes: 200,
@@ -264,8 +268,8 @@ mod tests {
             .all(|s| s.status == StepStatus::Completed && s.pct == 100.0));
         assert_eq!(done.result.unwrap().size_bytes, 200);
         let file = ModelRef::parse("file:/m.gguf").unwrap();
-        assert!(b.receive("c3"));
-        Prep::new(b.clone(), "c3", &file, "p1").failed(ErrorEnvelope::new(
+        assert!(b.receive(c3));
+        Prep::new(b.clone(), &k3, &file, "p1").failed(ErrorEnvelope::new(
             api::ErrorCode::ModelNotAvailable,
             "missing",
         ));

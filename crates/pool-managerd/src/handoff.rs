@@ -181,7 +181,7 @@ async fn adopt(app: &Adopter, f: &HandoffFile) -> Result<(), String> {
         .await
         .map_err(|e| format!("the model file: {e}"))?;
     let model = crate::pools::ModelInfo {
-        id: model_id.to_string(),
+        id: model_id.clone(),
         model_ref: model_ref.to_string(),
         path: fetched.path,
         digest: Some(fetched.digest),

@@ -151,15 +151,15 @@ fn local_command(
             format!("no pool {pool_id} on this node"),
         )
     })?;
-    let id = uuid::Uuid::new_v4().to_string();
+    let id = api::CommandId::new();
     app.book.receive(&id);
-    pool.command(make(id.clone()))
+    pool.command(make(id.to_string()))
         .map_err(|e| ErrorEnvelope::new(ErrorCode::PoolUnready, e.to_string()))?;
     let state = pool.status().state;
     Ok((
         StatusCode::ACCEPTED,
         Json(api::node::PoolCommandAccepted {
-            pool_id: pool_id.into(),
+            pool_id: pool.spec.id.clone(),
             command_id: id,
             state,
         }),
@@ -185,18 +185,18 @@ async fn dispatch(
     if app.closing.is_cancelled() {
         return Err(
             ErrorEnvelope::new(ErrorCode::PoolUnready, "this node is shutting down")
-                .with_pool(&pool_id)
+                .with_pool(&req.pool_id)
                 .into(),
         );
     }
     let admission = pool
-        .admit(&req.task_id, &req.model)
+        .admit(&req.task_id.to_string(), &req.model)
         .await
         .map_err(|r| refusal(r, &pool_id, &req))?;
     tracing::info!(event = "dispatch.accepted", correlation_id = %cid.0, task_id = %req.task_id, pool_id = %pool_id, node_id = %app.node_id,
         attempt = req.attempt, "Accepted task {} for pool {pool_id} (attempt {})", req.task_id, req.attempt);
     let (tx, rx) = mpsc::channel::<WorkerEvent>(64);
-    let task_id = req.task_id.clone();
+    let task_id = req.task_id.to_string();
     let run = TaskRun {
         pool: pool.clone(),
         client: admission.client,
@@ -278,7 +278,7 @@ fn refusal(r: Refusal, pool_id: &str, req: &DispatchRequest) -> ErrorEnvelope {
             ErrorCode::PoolUnready,
             format!("pool {pool_id} is {}", state.as_str()),
         )
-        .with_pool(pool_id),
+        .with_pool(&req.pool_id),
         Refusal::Duplicate => ErrorEnvelope::new(
             ErrorCode::Conflict,
             format!("task {} is already running on this node", req.task_id),
@@ -287,7 +287,7 @@ fn refusal(r: Refusal, pool_id: &str, req: &DispatchRequest) -> ErrorEnvelope {
             ErrorCode::ReplicaExhausted,
             format!("pool {pool_id} has no free slot"),
         )
-        .with_pool(pool_id)
+        .with_pool(&req.pool_id)
         .with_retry_after(1000),
     }
 }
@@ -372,17 +372,20 @@ mod tests {
         })
     }
 
+    /// The task id of the dispatches in these tests.
+    const T1: &str = "00000000-0000-4000-8000-000000000001";
+
     fn dispatch_body(ctx: u64, edit: impl FnOnce(&mut DispatchRequest)) -> Vec<u8> {
         let mut req = DispatchRequest {
             protocol_version: api::PROTOCOL_VERSION,
             attempt: 1,
-            task_id: "t1".into(),
-            session_id: "s1".into(),
-            correlation_id: "c1".into(),
-            node_id: "n1".into(),
-            pool_id: "p1".into(),
+            task_id: T1.parse().unwrap(),
+            session_id: T1.parse().unwrap(),
+            correlation_id: "c1".parse().unwrap(),
+            node_id: "n1".parse().unwrap(),
+            pool_id: "p1".parse().unwrap(),
             model: api::worker::DispatchModel {
-                id: "m1".into(),
+                id: "m1".parse().unwrap(),
                 digest: None,
             },
             engine: api::ENGINE_LLAMACPP.into(),
@@ -490,7 +493,10 @@ mod tests {
                 dispatch_body(0, |r| r.protocol_version = 9),
                 "protocol_version",
             ),
-            (dispatch_body(0, |r| r.node_id = "n2".into()), "pool_id"),
+            (
+                dispatch_body(0, |r| r.node_id = "n2".parse().unwrap()),
+                "pool_id",
+            ),
             (dispatch_body(0, |r| r.engine = "vllm".into()), "engine"),
             // §13.2: a ctx beyond the pool's 1024 tokens per slot.
             (dispatch_body(1025, |_| {}), "ctx"),
@@ -550,7 +556,7 @@ mod tests {
                             client,
                             engine_version: "b1".into(),
                             model: crate::pools::ModelInfo {
-                                id: "m1".into(),
+                                id: "m1".parse().unwrap(),
                                 model_ref: "file:/m1.gguf".into(),
                                 path: "/m1.gguf".into(),
                                 digest: None,
@@ -592,7 +598,7 @@ mod tests {
             ),
             "{lines:?}"
         );
-        assert_eq!(runner.await.unwrap(), Some(("t1".to_string(), false)));
+        assert_eq!(runner.await.unwrap(), Some((T1.to_string(), false)));
     }
 
     #[tokio::test]
@@ -605,7 +611,7 @@ mod tests {
         let accepted: api::node::PoolCommandAccepted = serde_json::from_slice(&answer).unwrap();
         match rx.recv().await {
             Some(Msg::Command(crate::commands::PoolCommand::Drain { id, deadline })) => {
-                assert_eq!(id, accepted.command_id);
+                assert_eq!(id, accepted.command_id.to_string());
                 assert_eq!(deadline, Duration::from_millis(1500));
             }
             _ => panic!("no drain reached the pool"),

@@ -20,7 +20,7 @@ use crate::pools::PoolSet;
 /// What registration and heartbeats need: who this node is, where orchestratord is, how to
 /// authenticate, and the pools, commands and models cache that heartbeats report and steer.
 pub struct Registrar {
-    pub node_id: String,
+    pub node_id: api::NodeId,
     pub machine_id: String,
     pub advertise_url: String,
     pub orchestrator_url: String,
@@ -47,7 +47,7 @@ impl Registrar {
             .timeout(Duration::from_secs(10))
             .build()?;
         Ok(Self {
-            node_id: config.node_id.to_string(),
+            node_id: config.node_id.clone(),
             machine_id: config.machine_id.clone(),
             advertise_url: config.advertise_url.clone(),
             orchestrator_url: config.orchestrator_url.clone(),
@@ -103,7 +103,7 @@ fn register_body(app: &App) -> RegisterRequest {
     let gpus = gpu::discover();
     RegisterRequest {
         protocol_version: api::PROTOCOL_VERSION,
-        node_id: app.node_id.to_string(),
+        node_id: app.node_id.clone(),
         machine_id: app.machine_id.clone(),
         version: env!("CARGO_PKG_VERSION").into(),
         address: app.advertise_url.clone(),
@@ -251,7 +251,7 @@ fn route(app: &Arc<App>, cmd: api::node::Command) {
         return;
     }
     tracing::info!(event = "command.received", node_id = %app.node_id, correlation_id = %cmd.correlation_id, command_id = %cmd.command_id,
-        pool_id = %cmd.pool_id.as_deref().unwrap_or(""), "Received command {:?}", cmd.kind);
+        pool_id = %cmd.pool_id.as_ref().map_or("", api::PoolId::as_str), "Received command {:?}", cmd.kind);
     let invalid = |msg: String| api::ErrorEnvelope::new(api::ErrorCode::InvalidParams, msg);
     let order = match cmd.model.as_ref().map(|m| {
         api::model_ref::ModelRef::parse(&m.model_ref).map(|r| ModelOrder {
@@ -264,7 +264,7 @@ fn route(app: &Arc<App>, cmd: api::node::Command) {
         Some(Ok(o)) => Ok(Some(o)),
         Some(Err(e)) => Err(invalid(format!("command model: {e}"))),
     };
-    let pool = cmd.pool_id.as_ref().and_then(|p| app.pools.get(p));
+    let pool = cmd.pool_id.as_ref().and_then(|p| app.pools.get(p.as_str()));
     let routed = order.and_then(|order| match (cmd.kind, pool.as_deref(), order) {
         (_, None, _) if cmd.pool_id.is_some() => Err(api::ErrorEnvelope::new(
             api::ErrorCode::NotFound,
@@ -273,21 +273,21 @@ fn route(app: &Arc<App>, cmd: api::node::Command) {
         (CommandKind::Drain, Some(p), _) => {
             let deadline = std::time::Duration::from_millis(cmd.deadline_ms.unwrap_or(60_000));
             p.command(PoolCommand::Drain {
-                id: cmd.command_id.clone(),
+                id: cmd.command_id.to_string(),
                 deadline,
             })
             .map_err(|e| invalid(e.to_string()))
         }
         (CommandKind::Reload | CommandKind::LoadModel, Some(p), model) => p
             .command(PoolCommand::Load {
-                id: cmd.command_id.clone(),
+                id: cmd.command_id.to_string(),
                 model,
             })
             .map_err(|e| invalid(e.to_string())),
         (CommandKind::EvictModel | CommandKind::VerifyModel, None, Some(order)) => {
             app.tracker.spawn(catalog_command(
                 app.clone(),
-                cmd.command_id.clone(),
+                cmd.command_id.to_string(),
                 cmd.kind,
                 order,
             ));
@@ -296,7 +296,8 @@ fn route(app: &Arc<App>, cmd: api::node::Command) {
         (kind, _, _) => Err(invalid(format!("command {kind:?} lacks a pool or a model"))),
     });
     if let Err(e) = routed {
-        app.book.set(&cmd.command_id, CommandState::Failed, Some(e));
+        app.book
+            .set(&cmd.command_id.to_string(), CommandState::Failed, Some(e));
     }
 }
 
@@ -410,7 +411,7 @@ mod tests {
         })
         .unwrap();
         Arc::new(Registrar {
-            node_id: "n1".into(),
+            node_id: "n1".parse().unwrap(),
             machine_id: "m".into(),
             advertise_url: "http://127.0.0.1:2".into(),
             orchestrator_url: "http://127.0.0.1:3".into(),
@@ -431,17 +432,25 @@ mod tests {
         model_ref: Option<&str>,
     ) -> Command {
         Command {
-            command_id: id.into(),
+            command_id: cid(id).parse().unwrap(),
             kind,
-            pool_id: pool.map(str::to_string),
+            pool_id: pool.map(|p| p.parse().unwrap()),
             model: model_ref.map(|r| LoadedModel {
-                id: "m2".into(),
+                id: "m2".parse().unwrap(),
                 model_ref: r.into(),
-                ..Default::default()
+                digest: None,
+                size_bytes: None,
+                metadata: None,
             }),
             deadline_ms: Some(2500),
-            correlation_id: "c".into(),
+            correlation_id: "c".parse().unwrap(),
         }
+    }
+
+    /// A command id (a UUID) for a test's short name `c<n>`.
+    fn cid(name: &str) -> String {
+        let n: u64 = name.trim_start_matches('c').parse().unwrap();
+        format!("00000000-0000-4000-8000-{n:012}")
     }
 
     /// The failed statuses of the next heartbeat, by command id.
@@ -450,7 +459,7 @@ mod tests {
             .commands
             .into_iter()
             .filter(|c| c.status == CommandState::Failed)
-            .map(|c| (c.command_id, c.error.map(|e| e.code).unwrap()))
+            .map(|c| (c.command_id.to_string(), c.error.map(|e| e.code).unwrap()))
             .collect()
     }
 
@@ -472,13 +481,13 @@ mod tests {
         );
         match rx.try_recv() {
             Ok(Msg::Command(PoolCommand::Drain { id, deadline })) => {
-                assert_eq!((id.as_str(), deadline), ("c1", Duration::from_millis(2500)));
+                assert_eq!((id, deadline), (cid("c1"), Duration::from_millis(2500)));
             }
             _ => panic!("the drain did not reach the pool"),
         }
         match rx.try_recv() {
             Ok(Msg::Command(PoolCommand::Load { id, model: Some(m) })) => {
-                assert_eq!((id.as_str(), m.id.as_str()), ("c2", "m2"));
+                assert_eq!((id, m.id.as_str()), (cid("c2"), "m2"));
                 assert_eq!(m.model_ref.to_string(), "file:/m2.gguf");
             }
             _ => panic!("the load did not reach the pool (a duplicate drain came first?)"),
@@ -496,9 +505,9 @@ mod tests {
         assert_eq!(
             failures(&app),
             [
-                ("c3".to_string(), ErrorCode::NotFound),
-                ("c4".to_string(), ErrorCode::InvalidParams),
-                ("c5".to_string(), ErrorCode::InvalidParams),
+                (cid("c3"), ErrorCode::NotFound),
+                (cid("c4"), ErrorCode::InvalidParams),
+                (cid("c5"), ErrorCode::InvalidParams),
             ]
         );
         assert!(
@@ -512,7 +521,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (pool, _rx, _view) = crate::pools::detached(crate::pools::test_spec("p1", 3));
         let app = registrar(dir.path(), &[pool]);
-        app.book.receive("c9");
+        app.book.receive(&cid("c9").parse().unwrap());
         let gpu = gpu::Gpu {
             index: 0,
             name: "H200".into(),

@@ -181,7 +181,7 @@ pub async fn catalog_cli(a: Assets) -> anyhow::Result<()> {
         let served = avail
             .models
             .iter()
-            .find(|m| m.id == model)
+            .find(|m| m.id == model.as_str())
             .context("availability lists the served model")?;
         ensure!(
             served

@@ -43,7 +43,7 @@ pub async fn cli(a: Assets) -> anyhow::Result<()> {
         let caps = client.capabilities().await?;
         ensure!(
             caps.engines.len() == 1
-                && caps.engines[0].models.contains(&model)
+                && caps.engines[0].models.iter().any(|m| m == model.as_str())
                 && caps.engines[0].ctx_max > 0,
             "{caps:?}"
         );

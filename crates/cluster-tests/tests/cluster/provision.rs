@@ -129,11 +129,11 @@ pub async fn provisioning_from_hf(a: Assets) -> anyhow::Result<()> {
         wait_unloaded(&client, &["prov0"]).await?;
         let (rec, created) = client.register_model(&RegisterModel { id: None, model_ref: hf_ref(), digest: None }).await?;
         ensure!(created && rec.id == "smollm2-135m-instruct.q4_1" && rec.digest.is_none() && rec.locations.is_empty(), "{rec:?}");
-        let first = client.submit(&chat(&rec.id)).await?.body;
+        let first = client.submit(&chat(rec.id.as_str())).await?.body;
         let kinds: Vec<&str> = first.preparation.steps.iter().map(|s| s.kind.as_str()).collect();
         ensure!(kinds == ["model_fetch", "pool_warmup"], "steps {kinds:?}");
-        ensure!(first.preparation.steps.iter().all(|s| s.status == "pending" && s.node_id == "loader"), "{:?}", first.preparation);
-        let second = client.submit(&chat(&rec.id)).await?.body;
+        ensure!(first.preparation.steps.iter().all(|s| s.status == api::node::StepStatus::Pending && s.node_id == "loader"), "{:?}", first.preparation);
+        let second = client.submit(&chat(rec.id.as_str())).await?.body;
         ensure!(second.preparation.steps.is_empty(), "the second task waits on the same preparation: {:?}", second.preparation);
         let mut verbose = client.events(&first.streams.sse_verbose).await?;
         let frames = all_frames(&mut verbose).await?;
@@ -144,7 +144,7 @@ pub async fn provisioning_from_hf(a: Assets) -> anyhow::Result<()> {
         ensure!(preps.iter().all(|m| m.human.is_some() && m.phase.is_some()), "progress frames carry human and phase");
         let last = preps.last().and_then(|m| m.prep.as_ref()).context("prep")?;
         ensure!(last.values().all(|p| p.status == StepStatus::Completed), "a step was not completed before the first token: {last:?}");
-        let fetch = &last[&format!("model:{}", hf_ref())];
+        let fetch = &last[&api::StepId::model(&hf_ref())];
         ensure!(fetch.bytes_total == 98_362_432 && fetch.bytes_done == fetch.bytes_total, "fetch progress {fetch:?}");
         ensure!(matches!(frames.last(), Some(Event::End(e)) if e.tokens_out > 0), "did not end with end: {:?}", frames.last());
         // The plain stream of the same task shows none of the verbose keys.
@@ -158,12 +158,12 @@ pub async fn provisioning_from_hf(a: Assets) -> anyhow::Result<()> {
         let f2 = all_frames(&mut s2).await?;
         ensure!(matches!(f2.last(), Some(Event::End(_))) && f2.iter().any(|e| matches!(e, Event::Token(_))), "second task: {f2:?}");
         ensure!(server.gets(&hf_path) == 1, "{} downloads for two tasks", server.gets(&hf_path));
-        let rec = client.model(&rec.id).await?;
+        let rec = client.model(rec.id.as_str()).await?;
         ensure!(rec.digest.as_deref() == Some(DEV_SHA) && rec.size_bytes == Some(98_362_432) && rec.locations == ["loader"] && rec.last_verified_ms.is_some(), "{rec:?}");
         let meta = rec.metadata.clone().context("no GGUF metadata in the record")?;
         ensure!(meta.context_length == Some(8192) && meta.chat_template && meta.quantization.as_deref() == Some("Q4_1"), "{meta:?}");
         // A ctx above the model's training context is refused at admission.
-        let mut big = chat(&rec.id);
+        let mut big = chat(rec.id.as_str());
         big.ctx = Some(16_384);
         let e = client.submit(&big).await.err().context("ctx 16384 admitted")?;
         ensure!(e.envelope().is_some_and(|e| e.code == ErrorCode::InvalidParams && e.field.as_deref() == Some("ctx")), "{e}");
@@ -174,14 +174,14 @@ pub async fn provisioning_from_hf(a: Assets) -> anyhow::Result<()> {
         ensure!(metrics.contains("catalog_verifications_total{result=\"pass\",reason=\"ok\",engine=\"llamacpp\"}"), "no passed verification counted");
         ensure!(metrics.contains(&format!("model_state{{model_id=\"{}\",state=\"Active\"}} 1", rec.id)), "no model_state gauge");
         // The node re-hashes its copy on request.
-        client.verify_model(&rec.id).await?;
+        client.verify_model(rec.id.as_str()).await?;
         wait_for("the verification to be counted", Duration::from_secs(30), || async {
             let m = client.metrics_text().await.ok()?.body;
             m.contains("catalog_verifications_total{result=\"pass\",reason=\"ok\",engine=\"llamacpp\"} 2").then_some(())
         })
         .await?;
         // While a pool serves it, the entry cannot be deleted.
-        let e = client.delete_model(&rec.id).await.err().context("deleted a served model")?;
+        let e = client.delete_model(rec.id.as_str()).await.err().context("deleted a served model")?;
         ensure!(e.envelope().is_some_and(|e| e.code == ErrorCode::Conflict), "{e}");
         Ok(())
     }
@@ -200,7 +200,7 @@ pub async fn digest_mismatch_and_restart(a: Assets) -> anyhow::Result<()> {
         let client = client::Client::new(&stack.orchd_url, None)?;
         wait_unloaded(&client, &["prov0"]).await?;
         let wrong = format!("sha256:{}", "0".repeat(64));
-        let (rec, _) = client.register_model(&RegisterModel { id: Some("pinned-digest".into()), model_ref: hf_ref(), digest: Some(wrong.to_uppercase().replace("SHA256", "sha256")) }).await?;
+        let (rec, _) = client.register_model(&RegisterModel { id: Some("pinned-digest".parse().expect("model id")), model_ref: hf_ref(), digest: Some(wrong.to_uppercase().replace("SHA256", "sha256")) }).await?;
         ensure!(rec.digest.as_deref() == Some(wrong.as_str()), "digest stored lower case: {rec:?}");
         let adm = client.submit(&chat("pinned-digest")).await?.body;
         let mut s = client.events(&adm.streams.sse).await?;
@@ -215,10 +215,10 @@ pub async fn digest_mismatch_and_restart(a: Assets) -> anyhow::Result<()> {
         // Bad input changes nothing.
         let e = client.register_model(&RegisterModel { id: None, model_ref: "http://example.com/m.gguf".into(), digest: None }).await.err().context("http ref registered")?;
         ensure!(e.envelope().is_some_and(|e| e.code == ErrorCode::UntrustedArtifact), "{e}");
-        let e = client.register_model(&RegisterModel { id: Some("pinned-digest".into()), model_ref: "file:/elsewhere.gguf".into(), digest: None }).await.err().context("id clash registered")?;
+        let e = client.register_model(&RegisterModel { id: Some("pinned-digest".parse().expect("model id")), model_ref: "file:/elsewhere.gguf".into(), digest: None }).await.err().context("id clash registered")?;
         ensure!(e.envelope().is_some_and(|e| e.code == ErrorCode::Conflict), "{e}");
-        let (local, _) = client.register_model(&RegisterModel { id: Some("local-copy".into()), model_ref: "file:/nonexistent/model.gguf".into(), digest: None }).await?;
-        client.set_model_state(&local.id, ModelState::Retired).await?;
+        let (local, _) = client.register_model(&RegisterModel { id: Some("local-copy".parse().expect("model id")), model_ref: "file:/nonexistent/model.gguf".into(), digest: None }).await?;
+        client.set_model_state(local.id.as_str(), ModelState::Retired).await?;
         let before = client.models().await?.models;
         ensure!(before.len() == 2, "{before:?}");
         stack.restart_orchestratord().await?;
@@ -254,8 +254,8 @@ pub async fn two_pools_one_download(a: Assets) -> anyhow::Result<()> {
             })
             .await?;
         let (r1, r2) = tokio::join!(
-            client.reload_pool("p1", &rec.id),
-            client.reload_pool("p2", &rec.id)
+            client.reload_pool("p1", rec.id.as_str()),
+            client.reload_pool("p2", rec.id.as_str())
         );
         r1?;
         r2?;
@@ -273,10 +273,10 @@ pub async fn two_pools_one_download(a: Assets) -> anyhow::Result<()> {
             server.gets(&hf_path)
         );
         for pool in ["p1", "p2"] {
-            let mut req = chat(&rec.id);
+            let mut req = chat(rec.id.as_str());
             req.placement = Some(api::task::Placement {
                 mode: api::task::PlacementMode::Pin,
-                pin_pool_id: Some(pool.into()),
+                pin_pool_id: Some(pool.parse().expect("pool id")),
                 ..Default::default()
             });
             let adm = client.submit(&req).await?.body;
@@ -288,7 +288,7 @@ pub async fn two_pools_one_download(a: Assets) -> anyhow::Result<()> {
                 "{pool}: {frames:?}"
             );
         }
-        let rec = client.model(&rec.id).await?;
+        let rec = client.model(rec.id.as_str()).await?;
         ensure!(rec.locations == ["n1", "n2"], "{rec:?}");
         Ok(())
     }

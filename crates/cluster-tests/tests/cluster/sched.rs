@@ -276,7 +276,13 @@ pub async fn no_oversubscription(a: Assets) -> anyhow::Result<()> {
             recs.iter().map(|r| r.state).collect::<Vec<_>>()
         );
         let per_pool: HashMap<String, usize> = recs.iter().fold(HashMap::new(), |mut m, r| {
-            *m.entry(r.pool_id.clone().unwrap_or_default()).or_default() += 1;
+            *m.entry(
+                r.pool_id
+                    .as_ref()
+                    .map(|p| p.to_string())
+                    .unwrap_or_default(),
+            )
+            .or_default() += 1;
             m
         });
         ensure!(
@@ -352,7 +358,7 @@ pub async fn retry_before_first_token(a: Assets) -> anyhow::Result<()> {
         stack.wait_pools_ready(&["f1", "f2"], Duration::from_secs(30)).await?;
         let client = client::Client::new(&stack.orchd_url, None)?;
         let mut req = fake_task(Priority::Interactive);
-        req.placement = Some(Placement { mode: PlacementMode::Prefer, prefer_pools: vec!["f1".into()], ..Default::default() });
+        req.placement = Some(Placement { mode: PlacementMode::Prefer, prefer_pools: vec!["f1".parse().expect("pool id")], ..Default::default() });
         let adm = client.submit(&req).await?.body;
         let mut s = client.events(&adm.streams.sse).await?;
         let first = tokio::time::timeout(Duration::from_secs(10), s.next()).await?.context("no frame")??;
@@ -499,7 +505,7 @@ pub async fn pin_semantics(a: Assets) -> anyhow::Result<()> {
         let client = client::Client::new(&stack.orchd_url, None)?;
         let pin = |id: &str| Placement {
             mode: PlacementMode::Pin,
-            pin_pool_id: Some(id.into()),
+            pin_pool_id: Some(id.parse().expect("pool id")),
             ..Default::default()
         };
         let mut req = TaskRequest::new(&stack.spec.model_id);
@@ -510,7 +516,8 @@ pub async fn pin_semantics(a: Assets) -> anyhow::Result<()> {
             let adm = client.submit(&req).await?.body;
             let rec = wait_done(&client, &[adm.task_id]).await?.remove(0);
             ensure!(
-                rec.pool_id.as_deref() == Some(target) && rec.state == TaskState::Completed,
+                rec.pool_id.as_ref().map(|p| p.as_str()) == Some(target)
+                    && rec.state == TaskState::Completed,
                 "pinned to {target}, ran on {:?} ({:?})",
                 rec.pool_id,
                 rec.state
@@ -606,7 +613,9 @@ pub async fn sessions_endpoint(a: Assets) -> anyhow::Result<()> {
         }
         let v = client.session(sid).await?;
         ensure!(
-            v.turns == 2 && v.last_pool_id.as_deref() == Some(pool.as_str()) && v.kv_warmth,
+            v.turns == 2
+                && v.last_pool_id.as_ref().map(|p| p.as_str()) == Some(pool.as_str())
+                && v.kv_warmth,
             "session: {v:?}"
         );
         ensure!(

@@ -353,7 +353,7 @@ pub async fn handoff_adoption(a: Assets) -> anyhow::Result<()> {
             .await?;
             ensure!(
                 rec.state == api::task::TaskState::Completed
-                    && rec.pool_id.as_deref() == Some("adopted0"),
+                    && rec.pool_id.as_ref().map(|p| p.as_str()) == Some("adopted0"),
                 "{:?} on {:?}",
                 rec.state,
                 rec.pool_id

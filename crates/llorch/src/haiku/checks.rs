@@ -245,8 +245,8 @@ fn engine(ev: &Evidence) -> Value {
     let lower = version.to_lowercase();
     let pass = s.engine == api::ENGINE_LLAMACPP
         && !version.is_empty()
-        && !s.pool_id.is_empty()
-        && !s.node_id.is_empty()
+        && !s.pool_id.as_str().is_empty()
+        && !s.node_id.as_str().is_empty()
         && !lower.contains("mock")
         && !lower.contains("stub")
         && !lower.contains("fake");
@@ -316,7 +316,7 @@ fn metrics(ev: &Evidence) -> Value {
     let (pool, version) = started(ev)
         .map(|s| {
             (
-                s.pool_id.clone(),
+                s.pool_id.to_string(),
                 s.engine_version.clone().unwrap_or_default(),
             )
         })
@@ -444,11 +444,11 @@ mod tests {
             frame(Event::Started(Started {
                 queue_position: 0,
                 predicted_start_ms: 0,
-                pool_id: "cpu0".into(),
-                node_id: "local".into(),
+                pool_id: "cpu0".parse().unwrap(),
+                node_id: "local".parse().unwrap(),
                 engine: api::ENGINE_LLAMACPP.into(),
                 engine_version: Some("b11434".into()),
-                model: "m".into(),
+                model: "m".parse().unwrap(),
             })),
             frame(Event::Token(Token {
                 t: "a".into(),

@@ -6,9 +6,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use api::events::{Event, Metrics as MetricsFrame};
-use api::task::{AdmissionResponse, PlacementMode, Preparation, Priority, TaskState};
-use api::{ErrorCode, ErrorEnvelope, TaskId};
+use api::task::{AdmissionResponse, PlacementMode, Preparation, Priority};
+use api::{CorrelationId, ErrorCode, ErrorEnvelope, ModelId, PoolId, TaskId};
 
+use super::lifecycle::{Lifecycle, Stamp};
+use super::queue::QueueKey;
 use super::{Core, Effects, TaskEntry, TaskLog, Timer};
 use crate::admission::ValidatedTask;
 use crate::config::FullPolicy;
@@ -26,11 +28,11 @@ impl<E: Effects> Core<E> {
     pub fn submit(
         &mut self,
         mut v: ValidatedTask,
-        correlation_id: String,
+        correlation_id: CorrelationId,
         now: Instant,
     ) -> Result<(AdmissionResponse, Arc<TaskLog>), ErrorEnvelope> {
         if let Some(t) = self.tasks.get(&v.task_id) {
-            if !t.state.is_terminal() {
+            if !t.state().is_terminal() {
                 return Err(ErrorEnvelope::new(
                     ErrorCode::Conflict,
                     format!("task {} is still active", v.task_id),
@@ -109,7 +111,7 @@ impl<E: Effects> Core<E> {
         }
         tracing::info!(event = "task.admitted", correlation_id = %correlation_id, task_id = %id, session_id = %v.session_id, model = %model,
             queue_position = position, predicted_start_ms = predicted, "Admitted task {id} for {model} at queue position {position}");
-        self.touch_session(v.session_id, now);
+        self.sessions.touch(v.session_id, now);
         let priority = v.priority;
         let deadline = v.deadline_ms.map(|d| now + Duration::from_millis(d));
         self.tasks.insert(
@@ -145,7 +147,7 @@ impl<E: Effects> Core<E> {
             resp.preparation.steps = steps;
             self.announce_binding(id, &pool, resp.predicted_start_ms);
         }
-        self.queues.entry(key).or_default().push(id, priority);
+        self.queues.push(key, id, priority);
         self.pump(now);
         Ok((resp, log))
     }
@@ -163,7 +165,7 @@ impl<E: Effects> Core<E> {
     }
 
     /// Decides whether a queue has room for a task of class `p` (API.md §6.2).
-    fn room(&self, key: &str, p: Priority, model: &str, max_tokens: u64) -> Room {
+    fn room(&self, key: &QueueKey, p: Priority, model: &ModelId, max_tokens: u64) -> Room {
         let Some(q) = self.queues.get(key) else {
             return Room::Free;
         };
@@ -226,15 +228,14 @@ impl<E: Effects> Core<E> {
     }
 
     /// Tasks queued for a pool: its own queue plus its model's queue.
-    pub(super) fn queued_for_pool(&self, pool_id: &str, model: &str) -> usize {
+    pub(super) fn queued_for_pool(&self, pool_id: &PoolId, model: Option<&ModelId>) -> usize {
         let own = self
             .queues
-            .get(&format!("pool:{pool_id}"))
+            .get(&QueueKey::Pool(pool_id.clone()))
             .map(|q| q.len())
             .unwrap_or(0);
-        own + self
-            .queues
-            .get(&format!("model:{model}"))
+        own + model
+            .and_then(|m| self.queues.get(&QueueKey::Model(m.clone())))
             .map(|q| q.len())
             .unwrap_or(0)
     }
@@ -243,7 +244,7 @@ impl<E: Effects> Core<E> {
     pub(super) fn announce_positions(&mut self) {
         let burst = self.cfg.interactive_burst;
         let mut moved: Vec<(TaskId, u64)> = vec![];
-        for q in self.queues.values() {
+        for (_, q) in self.queues.iter() {
             for (pos, id) in q.dispatch_order(burst).into_iter().enumerate() {
                 if self
                     .tasks
@@ -272,10 +273,10 @@ impl<E: Effects> Core<E> {
     }
 }
 
-fn queue_key(v: &ValidatedTask, model: &str) -> String {
+fn queue_key(v: &ValidatedTask, model: &ModelId) -> QueueKey {
     match (&v.placement.mode, &v.placement.pin_pool_id) {
-        (PlacementMode::Pin, Some(p)) => format!("pool:{p}"),
-        _ => format!("model:{model}"),
+        (PlacementMode::Pin, Some(p)) => QueueKey::Pool(p.clone()),
+        _ => QueueKey::Model(model.clone()),
     }
 }
 
@@ -291,9 +292,9 @@ impl TaskEntry {
     #[allow(clippy::too_many_arguments)]
     fn new(
         v: ValidatedTask,
-        correlation_id: String,
-        model: String,
-        queue_key: String,
+        correlation_id: CorrelationId,
+        model: ModelId,
+        queue_key: QueueKey,
         log: Arc<TaskLog>,
         now: Instant,
         position: u64,
@@ -301,28 +302,22 @@ impl TaskEntry {
         max_tokens: u64,
         deadline: Option<Instant>,
     ) -> Self {
+        let admitted = Stamp::at(now);
         Self {
             v,
             correlation_id,
             model,
             queue_key,
-            state: TaskState::Queued,
+            life: Lifecycle::queued(admitted),
             log,
-            admitted_at: now,
-            created_at_ms: daemon::now_ms(),
-            started_at_ms: None,
-            first_token_at_ms: None,
-            finished_at_ms: None,
-            finished_at: None,
-            left_queue_at: None,
-            first_token_at: None,
+            admitted,
             pool: None,
             node: None,
             engine_version: None,
             attempts: 0,
             tried: vec![],
             tokens_in: 0,
-            tokens_out: 0,
+            reported_tokens_out: 0,
             token_frames: 0,
             seed: None,
             stop_reason: None,

@@ -8,31 +8,40 @@
 //! dispatch attempt are ignored.
 
 pub mod admit;
+pub mod dispatch;
+pub mod lifecycle;
 pub mod models;
 pub mod nodes;
 pub mod ops;
 pub mod placement;
 pub mod provision;
 pub mod queue;
+pub mod registry;
 pub mod runner;
 pub mod sessions;
+pub mod store;
+pub mod task_table;
 pub mod tasklog;
 pub mod tasks;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use api::node::{NodeStatus, PoolState, PoolStatus};
+use api::node::{NodeStatus, PoolState};
 use api::task::Priority;
 use api::worker::DispatchRequest;
-use api::TaskId;
+use api::{CommandId, CorrelationId, ModelId, NodeId, PoolId, TaskId};
 use daemon::secret::Secret;
 
 use crate::admission::ValidatedTask;
 use crate::config::Config;
 use crate::metrics::Metrics;
+pub use registry::{Node, PoolEntry};
 pub use tasklog::TaskLog;
+
+/// Gauge series computed at scrape time: (name, labels, value).
+pub type GaugeRows = Vec<(&'static str, Vec<(&'static str, String)>, f64)>;
 
 /// Work the core asks the outside world to do.
 pub trait Effects {
@@ -58,10 +67,46 @@ pub struct DispatchJob {
 #[derive(Debug, Clone)]
 pub struct CancelJob {
     pub task: TaskId,
-    pub pool_id: String,
+    pub pool_id: PoolId,
     pub address: String,
     pub token: Secret,
-    pub correlation_id: String,
+    pub correlation_id: CorrelationId,
+}
+
+/// Why a dispatch stream ended without a terminal worker line (or never opened).
+#[derive(Debug, Clone, PartialEq)]
+pub enum RelayEnd {
+    /// The request could not be sent (connect error, reset before the answer).
+    Unreachable(String),
+    /// The worker refused the dispatch with this HTTP status and envelope.
+    Refused {
+        status: u16,
+        envelope: api::ErrorEnvelope,
+    },
+    /// No line within the idle timeout.
+    Idle(Duration),
+    /// The stream ended cleanly before a terminal line.
+    Closed,
+    /// The stream broke mid-way.
+    Broken(String),
+    /// A line that is not a worker line.
+    Unreadable,
+    /// A line longer than the relay buffers.
+    OverLong,
+}
+
+impl std::fmt::Display for RelayEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RelayEnd::Unreachable(e) => write!(f, "worker unreachable: {e}"),
+            RelayEnd::Refused { status, .. } => write!(f, "worker answered {status}"),
+            RelayEnd::Idle(d) => write!(f, "the worker sent nothing for {} ms", d.as_millis()),
+            RelayEnd::Closed => f.write_str("the worker closed the stream without a terminal line"),
+            RelayEnd::Broken(e) => write!(f, "the worker stream broke: {e}"),
+            RelayEnd::Unreadable => f.write_str("the worker sent an unreadable line"),
+            RelayEnd::OverLong => f.write_str("the worker sent an over-long line"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -70,143 +115,92 @@ pub enum Timer {
     DisconnectCheck(TaskId),
 }
 
-pub struct Node {
-    pub machine_id: String,
-    pub address: String,
-    pub version: String,
-    pub dispatch_token: Secret,
-    /// The credential issued at registration (None when the node uses a static token or open mode).
-    pub credential: Option<Secret>,
-    pub status: NodeStatus,
-    pub last_seen: Instant,
-    pub registered_at_ms: u64,
-    pub last_heartbeat_ms: u64,
-    pub seq: u64,
-    pub capabilities: api::node::Capabilities,
-    pub pools: Vec<String>,
-    /// GPU state from the latest heartbeat.
-    pub gpus: Vec<api::node::GpuStatus>,
-    /// Commands sent in every heartbeat answer until the node reports them (at-least-once).
-    pub commands: Vec<api::node::Command>,
-}
-
-pub struct PoolEntry {
-    pub node_id: String,
-    pub status: PoolStatus,
-    /// Tasks holding a slot: dispatched and not yet released.
-    pub holding: BTreeSet<TaskId>,
-    /// Tasks canceled while running whose slot is not yet confirmed free.
-    pub releasing: BTreeSet<TaskId>,
-    /// The worker answered REPLICA_EXHAUSTED: no free slot until its next heartbeat.
-    pub exhausted: bool,
-    /// Facts of the pool's node, refreshed by [`Core::sync_node_facts`] whenever they change, so
-    /// placement never looks nodes up per pool.
-    pub node_online: bool,
-    pub free_vram: u64,
-    /// Draining on an operator's request: out of placement until a reload.
-    pub draining: bool,
-    /// The pool operation in progress (drain, reload or load-model), by command id.
-    pub op: Option<(String, api::node::CommandKind)>,
-    /// The catalog model this pool serves (§9.2: digest or ref matches), re-derived from every report.
-    pub serves: Option<String>,
-    /// The (model id, digest) of the last report, so catalog writes happen only on change.
-    pub reported: Option<(String, Option<String>)>,
-    /// The model a `load-model` in progress is loading into this pool.
-    pub loading: Option<String>,
-}
-
-impl PoolEntry {
-    pub fn free_slots(&self) -> u32 {
-        if self.exhausted {
-            return 0;
-        }
-        self.status
-            .slots_total
-            .saturating_sub(self.holding.len() as u32)
-    }
-
-    /// The catalog model the pool serves (None when its report does not match the catalog).
-    pub fn model_id(&self) -> Option<&str> {
-        self.serves.as_deref()
-    }
-}
-
-/// Free VRAM on the GPUs of a device mask (`cpu` has none).
-fn free_vram(node: &Node, mask: &str) -> u64 {
-    if mask == "cpu" {
-        return 0;
-    }
-    mask.split(',')
-        .filter_map(|d| node.gpus.iter().find(|g| g.device_id == d.trim()))
-        .map(|g| g.vram_free_bytes)
-        .sum()
-}
-
 /// Per-pool measurements for predictions (EWMA, α = 0.2).
 #[derive(Default, Clone, Copy)]
 pub struct PoolStats {
-    pub tokens_out: Option<f64>,
-    pub decode_tps: Option<f64>,
-    pub ttft_ms: Option<f64>,
+    tokens_out: Option<f64>,
+    decode_tps: Option<f64>,
+    ttft_ms: Option<f64>,
 }
 
 pub struct TaskEntry {
-    pub v: ValidatedTask,
-    pub correlation_id: String,
-    pub model: String,
-    /// `model:<id>` for unpinned tasks, `pool:<id>` for pinned ones.
-    pub queue_key: String,
-    pub state: api::task::TaskState,
-    pub log: Arc<TaskLog>,
-    pub admitted_at: Instant,
-    pub created_at_ms: u64,
-    pub started_at_ms: Option<u64>,
-    pub first_token_at_ms: Option<u64>,
-    pub finished_at_ms: Option<u64>,
-    pub finished_at: Option<Instant>,
-    pub left_queue_at: Option<Instant>,
-    pub first_token_at: Option<Instant>,
-    pub pool: Option<String>,
-    pub node: Option<String>,
-    pub engine_version: Option<String>,
-    pub attempts: u32,
-    pub tried: Vec<String>,
-    pub tokens_in: u64,
-    pub tokens_out: u64,
-    pub token_frames: u64,
-    pub seed: Option<u64>,
-    pub stop_reason: Option<api::events::StopReason>,
-    pub error: Option<api::ErrorEnvelope>,
-    pub admission_position: u64,
-    pub admission_predicted_ms: u64,
+    v: ValidatedTask,
+    correlation_id: CorrelationId,
+    model: ModelId,
+    queue_key: queue::QueueKey,
+    /// Queued, running or finished, with the moments each reached.
+    life: lifecycle::Lifecycle,
+    log: Arc<TaskLog>,
+    admitted: lifecycle::Stamp,
+    pool: Option<PoolId>,
+    node: Option<NodeId>,
+    engine_version: Option<String>,
+    attempts: u32,
+    tried: Vec<PoolId>,
+    tokens_in: u64,
+    /// The worker's count from `end` (0 before it); see [`TaskEntry::tokens_out`].
+    reported_tokens_out: u64,
+    token_frames: u64,
+    seed: Option<u64>,
+    stop_reason: Option<api::events::StopReason>,
+    error: Option<api::ErrorEnvelope>,
+    admission_position: u64,
+    admission_predicted_ms: u64,
     /// The queue position last told to the client (202 or a `metrics` frame).
-    pub announced_position: Option<u64>,
-    pub max_tokens: u64,
-    pub deadline: Option<Instant>,
+    announced_position: Option<u64>,
+    max_tokens: u64,
+    deadline: Option<Instant>,
     /// The `started` frame was sent (at dispatch, or when provisioning bound the task to a pool).
-    pub started_sent: bool,
+    started_sent: bool,
     /// The `load-model` command this task waits on, until its steps are reported completed.
-    pub load: Option<String>,
+    load: Option<CommandId>,
 }
 
+impl TaskEntry {
+    pub fn state(&self) -> api::task::TaskState {
+        self.life.state()
+    }
+
+    /// Output tokens: the worker's count, but never fewer than the token frames sent.
+    pub fn tokens_out(&self) -> u64 {
+        self.reported_tokens_out.max(self.token_frames)
+    }
+
+    /// The task's pool as a metric label or log field (empty before placement).
+    pub fn pool_label(&self) -> String {
+        self.pool
+            .as_ref()
+            .map(PoolId::to_string)
+            .unwrap_or_default()
+    }
+
+    /// The task's node as a metric label or log field (empty before placement).
+    pub fn node_label(&self) -> String {
+        self.node
+            .as_ref()
+            .map(NodeId::to_string)
+            .unwrap_or_default()
+    }
+}
+
+/// The core composes its parts; each owns its state behind private fields and a narrow API, and
+/// the `impl Core` files (admission, placement, tasks, nodes, ops, models, provisioning) are the
+/// decisions that span parts.
 pub struct Core<E: Effects> {
-    pub cfg: Arc<Config>,
-    pub effects: E,
-    pub metrics: Arc<Metrics>,
-    pub nodes: BTreeMap<String, Node>,
-    pub pools: BTreeMap<String, PoolEntry>,
-    pub stats: HashMap<String, PoolStats>,
-    pub tasks: HashMap<TaskId, TaskEntry>,
-    pub queues: BTreeMap<String, queue::Queue>,
-    /// Terminal tasks in finishing order, for retention.
-    pub finished: VecDeque<TaskId>,
-    pub sessions: HashMap<api::SessionId, sessions::Session>,
+    cfg: Arc<Config>,
+    effects: E,
+    metrics: Arc<Metrics>,
+    /// Nodes and their pools.
+    registry: registry::Registry,
+    /// Per-pool measurements for predictions.
+    stats: HashMap<PoolId, PoolStats>,
+    tasks: task_table::TaskTable,
+    queues: queue::Queues,
+    sessions: sessions::Sessions,
     /// The model catalog (SQLite, written through).
-    pub catalog: catalog::Catalog,
-    /// `load-model` commands in flight, by command id.
-    pub loads: BTreeMap<String, provision::Load>,
-    /// Node-level catalog commands (`evict-model`, `verify-model`) in flight, by command id.
-    pub node_commands: HashMap<String, models::NodeCommand>,
+    catalog: catalog::Catalog,
+    /// `load-model` and node-level catalog commands in flight.
+    loads: provision::Loads,
 }
 
 impl<E: Effects> Core<E> {
@@ -216,27 +210,42 @@ impl<E: Effects> Core<E> {
         metrics: Arc<Metrics>,
         catalog: catalog::Catalog,
     ) -> Self {
+        let sessions = sessions::Sessions::new(cfg.session_ttl);
         Self {
             cfg,
             effects,
             metrics,
-            nodes: BTreeMap::new(),
-            pools: BTreeMap::new(),
+            registry: registry::Registry::default(),
             stats: HashMap::new(),
-            tasks: HashMap::new(),
-            queues: BTreeMap::new(),
-            finished: VecDeque::new(),
-            sessions: HashMap::new(),
+            tasks: task_table::TaskTable::default(),
+            queues: queue::Queues::default(),
+            sessions,
             catalog,
-            loads: BTreeMap::new(),
-            node_commands: HashMap::new(),
+            loads: provision::Loads::default(),
         }
+    }
+
+    /// The effects recorder or performer (tests read what the core asked for).
+    pub fn effects(&self) -> &E {
+        &self.effects
+    }
+
+    pub fn session_view(&self, id: api::SessionId, now: Instant) -> Option<api::meta::SessionView> {
+        self.sessions.view(id, now, |pool, model| {
+            self.registry
+                .pool(pool)
+                .is_some_and(|p| p.status.state == PoolState::Ready && p.model_id() == model)
+        })
+    }
+
+    pub fn delete_session(&mut self, id: api::SessionId) {
+        self.sessions.delete(id);
     }
 
     /// Fills free slots: for each model queue, dispatch tasks in order while a candidate pool has
     /// a free slot. Skipped tasks keep their positions.
     pub fn pump(&mut self, now: Instant) {
-        let keys: Vec<String> = self.queues.keys().cloned().collect();
+        let keys = self.queues.keys();
         for key in keys {
             let order = self
                 .queues
@@ -258,17 +267,17 @@ impl<E: Effects> Core<E> {
                 self.start_attempt(id, &pool, fallback, now);
             }
         }
-        self.queues.retain(|_, q| !q.is_empty());
+        self.queues.drop_empty();
         self.announce_positions();
         self.publish_gauges();
     }
 
     /// The pool a queued task should go to now, if any, and whether `allow_fallback` decided it.
-    fn place(&self, id: TaskId) -> Option<(String, bool)> {
+    fn place(&self, id: TaskId) -> Option<(PoolId, bool)> {
         let t = self.tasks.get(&id)?;
         let views = self.pool_views();
         let affinity = if self.cfg.session_affinity {
-            self.affinity(t.v.session_id)
+            self.sessions.affinity(t.v.session_id)
         } else {
             None
         };
@@ -277,7 +286,7 @@ impl<E: Effects> Core<E> {
             &t.model,
             t.v.ctx,
             &t.v.placement,
-            affinity.as_deref(),
+            affinity.as_ref(),
             &t.tried,
         );
         let pool = choice.pool?;
@@ -286,17 +295,21 @@ impl<E: Effects> Core<E> {
             vec![],
             choice.considered as f64,
         );
-        Some((pool.to_string(), choice.fallback))
+        Some((pool.clone(), choice.fallback))
     }
 
     pub fn pool_views(&self) -> Vec<placement::PoolView<'_>> {
         // Pinned tasks wait in per-pool queues; they count towards that pool's load.
-        let pinned: HashMap<&str, usize> = self
+        let pinned: HashMap<&PoolId, usize> = self
             .queues
             .iter()
-            .filter_map(|(k, q)| k.strip_prefix("pool:").map(|p| (p, q.len())))
+            .filter_map(|(k, q)| match k {
+                queue::QueueKey::Pool(p) => Some((p, q.len())),
+                queue::QueueKey::Model(_) => None,
+            })
             .collect();
-        self.pools
+        self.registry
+            .pools()
             .iter()
             .map(|(id, p)| placement::PoolView {
                 pool_id: id,
@@ -315,44 +328,30 @@ impl<E: Effects> Core<E> {
                 ctx_per_slot: p.status.ctx_per_slot,
                 device_mask: &p.status.device_mask,
                 free_slots: p.free_slots(),
-                load: p.holding.len() + pinned.get(id.as_str()).copied().unwrap_or(0),
+                load: p.holding.len() + pinned.get(id).copied().unwrap_or(0),
                 free_vram: p.free_vram,
             })
             .collect()
     }
 
-    /// Copies a node's status and free VRAM into its pools (see [`PoolEntry::node_online`]).
-    pub(crate) fn sync_node_facts(&mut self, node_id: &str) {
-        let Some(node) = self.nodes.get(node_id) else {
-            return;
-        };
-        for pid in &node.pools {
-            if let Some(p) = self.pools.get_mut(pid) {
-                p.node_online = node.status == NodeStatus::Online;
-                p.free_vram = free_vram(node, &p.status.device_mask);
-            }
-        }
-    }
-
     /// Gauges computed when `/metrics` is scraped: Online nodes, Ready pools, heartbeat ages.
-    pub fn scrape_gauges(
-        &self,
-        now: Instant,
-    ) -> Vec<(&'static str, Vec<(&'static str, String)>, f64)> {
+    pub fn scrape_gauges(&self, now: Instant) -> GaugeRows {
         use crate::metrics as m;
         let online = self
-            .nodes
+            .registry
+            .nodes()
             .values()
             .filter(|n| n.status == NodeStatus::Online)
             .count();
         let ready = self
-            .pools
+            .registry
+            .pools()
             .values()
             .filter(|p| {
                 p.status.state == PoolState::Ready
                     && self
-                        .nodes
-                        .get(&p.node_id)
+                        .registry
+                        .node(&p.node_id)
                         .is_some_and(|n| n.status == NodeStatus::Online)
             })
             .count();
@@ -363,11 +362,11 @@ impl<E: Effects> Core<E> {
         for (id, age) in self.heartbeat_ages(now) {
             out.push((
                 m::NODE_HEARTBEAT_AGE,
-                m::labels(&[("node_id", &id)]),
+                m::labels(&[("node_id", id.as_str())]),
                 age as f64,
             ));
         }
-        for (id, p) in &self.pools {
+        for (id, p) in self.registry.pools() {
             let ev = p.status.engine_version.clone().unwrap_or_default();
             let base = [
                 ("engine", api::ENGINE_LLAMACPP),
@@ -383,7 +382,7 @@ impl<E: Effects> Core<E> {
                 l.push(("device", device.clone()));
                 out.push((m::VRAM_USED, l, *used as f64));
             }
-            let Some(node) = self.nodes.get(&p.node_id) else {
+            let Some(node) = self.registry.node(&p.node_id) else {
                 continue;
             };
             for g in node
@@ -408,7 +407,7 @@ impl<E: Effects> Core<E> {
             let n: usize = self
                 .queues
                 .iter()
-                .filter(|(k, _)| k.starts_with("model:"))
+                .filter(|(k, _)| matches!(k, queue::QueueKey::Model(_)))
                 .map(|(_, q)| q.len_of(p))
                 .sum();
             self.metrics.set(
@@ -421,11 +420,13 @@ impl<E: Effects> Core<E> {
                 ]),
                 n as f64,
             );
-            for (key, q) in self.queues.iter().filter(|(k, _)| k.starts_with("pool:")) {
-                let pool = &key["pool:".len()..];
+            for (pool, q) in self.queues.iter().filter_map(|(k, q)| match k {
+                queue::QueueKey::Pool(p) => Some((p.as_str(), q)),
+                queue::QueueKey::Model(_) => None,
+            }) {
                 let ev = self
-                    .pools
-                    .get(pool)
+                    .registry
+                    .pool(pool)
                     .and_then(|e| e.status.engine_version.clone())
                     .unwrap_or_default();
                 self.metrics.set(

@@ -6,7 +6,7 @@ use api::catalog::{
     AvailabilityResponse, ModelAvailability, ModelRecord, ModelState, RegisterModel, ServingPool,
 };
 use api::node::{Command, CommandKind, CommandResult, LoadedModel, NodeStatus, PoolState};
-use api::{ErrorCode, ErrorEnvelope};
+use api::{CommandId, CorrelationId, ErrorCode, ErrorEnvelope, ModelId, NodeId};
 use catalog::{Copy, CopyOutcome, Registered};
 
 use super::{Core, Effects};
@@ -14,9 +14,9 @@ use crate::metrics::{self as m, labels};
 
 /// A node-level catalog command in flight.
 pub struct NodeCommand {
-    pub node_id: String,
-    pub kind: CommandKind,
-    pub model_id: String,
+    pub(super) node_id: NodeId,
+    pub(super) kind: CommandKind,
+    pub(super) model_id: ModelId,
 }
 
 fn store_error(e: catalog::StoreError) -> ErrorEnvelope {
@@ -43,13 +43,13 @@ impl<E: Effects> Core<E> {
     /// digest equals the catalog digest, or the catalog has none yet and the refs match. A model
     /// the catalog does not know is registered as Active; an id clash marks the pool Failed.
     /// Catalog writes happen only when the pool's reported model changed.
-    pub(super) fn evaluate_pool(&mut self, pool_id: &str) {
-        let Some(p) = self.pools.get(pool_id) else {
+    pub(super) fn evaluate_pool(&mut self, pool_id: &api::PoolId) {
+        let Some(p) = self.registry.pool(pool_id) else {
             return;
         };
         let node_id = p.node_id.clone();
         let Some(model) = p.status.models.first().cloned() else {
-            if let Some(p) = self.pools.get_mut(pool_id) {
+            if let Some(p) = self.registry.pool_mut(pool_id) {
                 p.serves = None;
                 p.reported = None;
             }
@@ -57,11 +57,12 @@ impl<E: Effects> Core<E> {
         };
         let changed = p.reported.as_ref() != Some(&(model.id.clone(), model.digest.clone()));
         let mut problem: Option<(String, bool)> = None;
-        if self.catalog.get(&model.id).is_none() {
-            match self
-                .catalog
-                .adopt_reported(&model.id, &model.model_ref, model.digest.as_deref())
-            {
+        if self.catalog.get(model.id.as_str()).is_none() {
+            match self.catalog.adopt_reported(
+                model.id.as_str(),
+                &model.model_ref,
+                model.digest.as_deref(),
+            ) {
                 Ok(rec) => {
                     tracing::info!(event = "catalog.registered", model = %rec.id, pool_id = %pool_id, "Registered model {} from pool {pool_id}'s report ({})", rec.id, rec.model_ref)
                 }
@@ -76,7 +77,7 @@ impl<E: Effects> Core<E> {
                 metadata: model.metadata.clone(),
                 verified: true,
             };
-            match self.catalog.record_copy(&model.id, copy) {
+            match self.catalog.record_copy(model.id.as_str(), copy) {
                 Ok(CopyOutcome::Recorded) => {}
                 Ok(CopyOutcome::Mismatch { expected, actual }) => {
                     self.metrics.inc(
@@ -103,14 +104,14 @@ impl<E: Effects> Core<E> {
         }
         let serves = problem
             .is_none()
-            .then(|| self.catalog.get(&model.id))
+            .then(|| self.catalog.get(model.id.as_str()))
             .flatten()
             .is_some_and(|rec| match (&rec.digest, &model.digest) {
                 (Some(want), Some(got)) => want == got,
                 (Some(_), None) => false,
                 (None, _) => rec.model_ref == model.model_ref,
             });
-        if let Some(p) = self.pools.get_mut(pool_id) {
+        if let Some(p) = self.registry.pool_mut(pool_id) {
             p.serves = serves.then(|| model.id.clone());
             p.reported = Some((model.id.clone(), model.digest.clone()));
             if let Some((why, fail)) = problem {
@@ -123,9 +124,9 @@ impl<E: Effects> Core<E> {
     }
 
     fn evaluate_all_pools(&mut self) {
-        let ids: Vec<String> = self.pools.keys().cloned().collect();
+        let ids: Vec<api::PoolId> = self.registry.pools().keys().cloned().collect();
         for id in ids {
-            if let Some(p) = self.pools.get_mut(&id) {
+            if let Some(p) = self.registry.pool_mut(&id) {
                 p.reported = None;
             }
             self.evaluate_pool(&id);
@@ -133,12 +134,12 @@ impl<E: Effects> Core<E> {
     }
 
     /// True when a pool serves `model` or is being loaded with it, on an Online node (§6.5).
-    pub(super) fn model_has_pool(&self, model: &str) -> bool {
-        self.pools.values().any(|p| {
+    pub(super) fn model_has_pool(&self, model: &ModelId) -> bool {
+        self.registry.pools().values().any(|p| {
             p.node_online
                 && !p.draining
-                && (p.loading.as_deref() == Some(model)
-                    || (p.serves.as_deref() == Some(model)
+                && (p.loading.as_ref() == Some(model)
+                    || (p.serves.as_ref() == Some(model)
                         && matches!(
                             p.status.state,
                             PoolState::Ready | PoolState::Starting | PoolState::Provisioning
@@ -199,6 +200,22 @@ impl<E: Effects> Core<E> {
         Ok(out)
     }
 
+    /// The catalog changes made since the last call, for the store task, in order.
+    pub fn take_catalog_writes(&mut self) -> Vec<catalog::Write> {
+        self.catalog.take_writes()
+    }
+
+    /// A catalog write failed: the mirror becomes what the store holds plus the changes queued
+    /// since it was read, and every pool's model is derived again.
+    pub fn catalog_resync(&mut self, records: Vec<ModelRecord>, since: &[catalog::Write]) {
+        tracing::warn!(
+            event = "catalog.resync",
+            "Catalog mirror resynchronized from the store after a failed write"
+        );
+        self.catalog.resync(records, since);
+        self.evaluate_all_pools();
+    }
+
     pub fn catalog_list(&self) -> Vec<ModelRecord> {
         self.catalog.list().into_iter().cloned().collect()
     }
@@ -212,14 +229,12 @@ impl<E: Effects> Core<E> {
     pub fn catalog_delete(
         &mut self,
         id: &str,
-        correlation_id: String,
+        correlation_id: CorrelationId,
     ) -> Result<(), ErrorEnvelope> {
         let rec = self.catalog.get(id).cloned().ok_or_else(|| not_found(id))?;
-        if let Some((pid, _)) = self
-            .pools
-            .iter()
-            .find(|(_, p)| p.serves.as_deref() == Some(id) || p.loading.as_deref() == Some(id))
-        {
+        if let Some((pid, _)) = self.registry.pools().iter().find(|(_, p)| {
+            p.serves.as_ref() == Some(&rec.id) || p.loading.as_ref() == Some(&rec.id)
+        }) {
             return Err(ErrorEnvelope::new(
                 ErrorCode::Conflict,
                 format!("pool {pid} serves or is loading {id}; drain or reload it first"),
@@ -238,13 +253,13 @@ impl<E: Effects> Core<E> {
     pub fn catalog_verify(
         &mut self,
         id: &str,
-        correlation_id: String,
+        correlation_id: CorrelationId,
     ) -> Result<ModelRecord, ErrorEnvelope> {
         let rec = self.catalog.get(id).cloned().ok_or_else(|| not_found(id))?;
         for node in &rec.locations {
             if self
-                .nodes
-                .get(node)
+                .registry
+                .node(node)
                 .is_some_and(|n| n.status == NodeStatus::Online)
             {
                 self.send_node_command(
@@ -280,9 +295,10 @@ impl<E: Effects> Core<E> {
                 state: r.state,
                 cached_on: r.locations.clone(),
                 serving: self
-                    .pools
+                    .registry
+                    .pools()
                     .iter()
-                    .filter(|(_, p)| p.serves.as_deref() == Some(r.id.as_str()))
+                    .filter(|(_, p)| p.serves.as_ref() == Some(&r.id))
                     .map(|(pid, p)| ServingPool {
                         node_id: p.node_id.clone(),
                         pool_id: pid.clone(),
@@ -296,15 +312,15 @@ impl<E: Effects> Core<E> {
     }
 
     /// Models a client may name on `/v1/models`: Active, and served by a Ready pool or loadable.
-    pub fn listed_models(&self) -> Vec<(String, u64)> {
+    pub fn listed_models(&self) -> Vec<(ModelId, u64)> {
         self.catalog
             .list()
             .into_iter()
             .filter(|r| r.state == ModelState::Active)
             .filter(|r| {
-                self.pools.values().any(|p| {
+                self.registry.pools().values().any(|p| {
                     p.node_online
-                        && p.serves.as_deref() == Some(r.id.as_str())
+                        && p.serves.as_ref() == Some(&r.id)
                         && p.status.state == PoolState::Ready
                 }) || (self.cfg.provisioning_on_demand && self.provision_target(r).is_some())
             })
@@ -319,12 +335,12 @@ impl<E: Effects> Core<E> {
 
     fn send_node_command(
         &mut self,
-        node_id: &str,
+        node_id: &NodeId,
         kind: CommandKind,
         rec: &ModelRecord,
-        correlation_id: String,
+        correlation_id: CorrelationId,
     ) {
-        let command_id = uuid::Uuid::new_v4().to_string();
+        let command_id = CommandId::new();
         let model = LoadedModel {
             id: rec.id.clone(),
             model_ref: rec.model_ref.clone(),
@@ -332,10 +348,10 @@ impl<E: Effects> Core<E> {
             size_bytes: rec.size_bytes,
             metadata: None,
         };
-        self.node_commands.insert(
-            command_id.clone(),
+        self.loads.insert_node_command(
+            command_id,
             NodeCommand {
-                node_id: node_id.into(),
+                node_id: node_id.clone(),
                 kind,
                 model_id: rec.id.clone(),
             },
@@ -356,12 +372,12 @@ impl<E: Effects> Core<E> {
     /// A node finished an `evict-model` or `verify-model` command.
     pub(super) fn node_command_done(
         &mut self,
-        command_id: &str,
+        command_id: CommandId,
         ok: bool,
         error: Option<ErrorEnvelope>,
         result: Option<CommandResult>,
     ) {
-        let Some(cmd) = self.node_commands.remove(command_id) else {
+        let Some(cmd) = self.loads.remove_node_command(&command_id) else {
             return;
         };
         let (node, model) = (cmd.node_id, cmd.model_id);
@@ -383,7 +399,7 @@ impl<E: Effects> Core<E> {
                     metadata: result.and_then(|r| r.metadata),
                     verified: true,
                 };
-                if let Err(e) = self.catalog.record_copy(&model, copy) {
+                if let Err(e) = self.catalog.record_copy(model.as_str(), copy) {
                     store_error(e);
                 }
                 tracing::info!(event = "catalog.verified", model = %model, node_id = %node, "The copy of {model} on node {node} verified");
@@ -401,7 +417,7 @@ impl<E: Effects> Core<E> {
                     ]),
                     1.0,
                 );
-                if let Err(e) = self.catalog.remove_location(&model, &node) {
+                if let Err(e) = self.catalog.remove_location(model.as_str(), node.as_str()) {
                     store_error(e);
                 }
                 tracing::warn!(event = "catalog.verify_failed", model = %model, node_id = %node, code = %e.code, "The copy of {model} on node {node} failed verification and was removed: {}", e.message);
@@ -413,9 +429,7 @@ impl<E: Effects> Core<E> {
     }
 
     /// `model_state` gauges, from the catalog.
-    pub(super) fn model_state_gauges(
-        &self,
-    ) -> Vec<(&'static str, Vec<(&'static str, String)>, f64)> {
+    pub(super) fn model_state_gauges(&self) -> super::GaugeRows {
         let mut out = vec![];
         for r in self.catalog.list() {
             for s in [ModelState::Active, ModelState::Retired] {

@@ -8,9 +8,10 @@ use api::node::{
     RegisterRequest, RegisterResponse,
 };
 use api::task::TaskState;
-use api::{ErrorCode, ErrorEnvelope, TaskId};
+use api::{CorrelationId, ErrorCode, ErrorEnvelope, NodeId, PoolId, TaskId};
 use daemon::secret::Secret;
 
+use super::lifecycle::{Outcome, Stamp};
 use super::{Core, Effects, Node, PoolEntry};
 use crate::metrics::{self as m, labels};
 
@@ -60,10 +61,7 @@ impl<E: Effects> Core<E> {
                 ),
             ));
         }
-        let node_id: api::NodeId = req
-            .node_id
-            .parse()
-            .map_err(|e: api::IdError| ErrorEnvelope::invalid("node_id", e.0))?;
+        let node_id = req.node_id.clone();
         if req.dispatch_token.len() < 32 {
             return Err(ErrorEnvelope::invalid(
                 "dispatch_token",
@@ -73,18 +71,12 @@ impl<E: Effects> Core<E> {
         if !(req.address.starts_with("http://") || req.address.starts_with("https://")) {
             return Err(ErrorEnvelope::invalid("address", "must be an http(s) URL"));
         }
-        for (i, p) in req.pools.iter().enumerate() {
-            if p.pool_id.parse::<api::PoolId>().is_err() {
-                return Err(ErrorEnvelope::invalid(
-                    format!("pools[{i}].pool_id"),
-                    "invalid pool id",
-                ));
-            }
-            if let Some(owner) = self.pools.get(&p.pool_id).map(|e| e.node_id.clone()) {
+        for p in &req.pools {
+            if let Some(owner) = self.registry.pool(&p.pool_id).map(|e| e.node_id.clone()) {
                 if owner != req.node_id
                     && self
-                        .nodes
-                        .get(&owner)
+                        .registry
+                        .node(&owner)
                         .is_some_and(|n| n.status == NodeStatus::Online)
                 {
                     return Err(ErrorEnvelope::new(
@@ -94,7 +86,7 @@ impl<E: Effects> Core<E> {
                 }
             }
         }
-        if let Some(existing) = self.nodes.get(&req.node_id) {
+        if let Some(existing) = self.registry.node(&req.node_id) {
             if existing.machine_id != req.machine_id && existing.status == NodeStatus::Online {
                 return Err(ErrorEnvelope::new(
                     ErrorCode::Conflict,
@@ -113,15 +105,15 @@ impl<E: Effects> Core<E> {
                 )
             }
         };
-        let pool_ids: Vec<String> = req.pools.iter().map(|p| p.pool_id.clone()).collect();
+        let pool_ids: Vec<PoolId> = req.pools.iter().map(|p| p.pool_id.clone()).collect();
         self.forget_loads_of(&req.node_id, now);
         // Pools this node no longer reports leave the registry.
-        self.pools
-            .retain(|id, e| e.node_id != req.node_id || pool_ids.contains(id));
+        self.registry
+            .retain_pools(|id, e| e.node_id != req.node_id || pool_ids.contains(id));
         for p in &req.pools {
             self.upsert_pool(&req.node_id, p.clone());
         }
-        self.nodes.insert(
+        self.registry.insert_node(
             req.node_id.clone(),
             Node {
                 machine_id: req.machine_id,
@@ -140,11 +132,11 @@ impl<E: Effects> Core<E> {
                 commands: vec![],
             },
         );
-        self.sync_node_facts(node_id.as_str());
-        tracing::info!(event = "node.registered", node_id = %node_id, "Node {node_id} registered with {} pool(s)", self.nodes.get(node_id.as_str()).map(|n| n.pools.len()).unwrap_or(0));
+        self.registry.sync_node_facts(&node_id);
+        tracing::info!(event = "node.registered", node_id = %node_id, "Node {node_id} registered with {} pool(s)", self.registry.node(&node_id).map(|n| n.pools.len()).unwrap_or(0));
         self.pump(now);
         Ok(RegisterResponse {
-            node_id: node_id.to_string(),
+            node_id,
             credential: kind,
             node_token: token,
             protocol_version: api::PROTOCOL_VERSION,
@@ -153,7 +145,7 @@ impl<E: Effects> Core<E> {
         })
     }
 
-    fn upsert_pool(&mut self, node_id: &str, status: api::node::PoolStatus) {
+    fn upsert_pool(&mut self, node_id: &NodeId, status: api::node::PoolStatus) {
         let id = status.pool_id.clone();
         if status.state == PoolState::Ready {
             let ev = status.engine_version.clone().unwrap_or_default();
@@ -163,23 +155,23 @@ impl<E: Effects> Core<E> {
                     labels(&[
                         ("engine", api::ENGINE_LLAMACPP),
                         ("engine_version", &ev),
-                        ("pool_id", &id),
-                        ("replica_id", node_id),
+                        ("pool_id", id.as_str()),
+                        ("replica_id", node_id.as_str()),
                     ]),
                 );
             }
         }
-        match self.pools.get_mut(&id) {
+        match self.registry.pool_mut(&id) {
             Some(e) => {
-                e.node_id = node_id.to_string();
+                e.node_id = node_id.clone();
                 e.status = status;
                 e.exhausted = false;
             }
             None => {
-                self.pools.insert(
+                self.registry.insert_pool(
                     id.clone(),
                     PoolEntry {
-                        node_id: node_id.to_string(),
+                        node_id: node_id.clone(),
                         status,
                         holding: Default::default(),
                         releasing: Default::default(),
@@ -200,7 +192,7 @@ impl<E: Effects> Core<E> {
 
     /// Checks a bearer against the node's credential (constant time).
     pub fn node_authorized(&self, node_id: &str, caller: &NodeCaller) -> bool {
-        let Some(n) = self.nodes.get(node_id) else {
+        let Some(n) = self.registry.node(node_id) else {
             return false;
         };
         match (caller, &n.credential) {
@@ -220,7 +212,7 @@ impl<E: Effects> Core<E> {
         now: Instant,
     ) -> Result<HeartbeatResponse, ErrorEnvelope> {
         let outcome = |s: &str| labels(&[("node_id", node_id), ("outcome", s)]);
-        if !self.nodes.contains_key(node_id) {
+        if !self.registry.nodes().contains_key(node_id) {
             self.metrics
                 .inc(m::NODE_HEARTBEATS, outcome("unknown_node"), 1.0);
             return Err(ErrorEnvelope::new(
@@ -237,7 +229,21 @@ impl<E: Effects> Core<E> {
             ));
         }
         let interval = self.cfg.heartbeat_interval.as_millis() as u64;
-        let node = self.nodes.get_mut(node_id).expect("checked");
+        let Some(node_id) = self
+            .registry
+            .nodes()
+            .get_key_value(node_id)
+            .map(|(k, _)| k.clone())
+        else {
+            return Err(ErrorEnvelope::new(
+                ErrorCode::NotFound,
+                format!("node {node_id} is not registered; register again"),
+            ));
+        };
+        let node_id = &node_id;
+        let Some(node) = self.registry.node_mut(node_id) else {
+            return Err(ErrorEnvelope::new(ErrorCode::Internal, "node vanished"));
+        };
         if hb.seq <= node.seq {
             self.metrics
                 .inc(m::NODE_HEARTBEATS, outcome("stale_seq"), 1.0);
@@ -257,32 +263,33 @@ impl<E: Effects> Core<E> {
         self.metrics
             .inc(m::NODE_HEARTBEATS, outcome("success"), 1.0);
         let pools = self.owned_pools(node_id, hb.pools);
-        let reported: Vec<String> = pools.iter().map(|p| p.pool_id.clone()).collect();
+        let reported: Vec<PoolId> = pools.iter().map(|p| p.pool_id.clone()).collect();
         for p in pools {
-            let running: Vec<String> = p.running.clone();
+            let running: Vec<TaskId> = p.running.clone();
             self.upsert_pool(node_id, p.clone());
             self.reconcile_running(&p.pool_id, &running, now);
         }
         // The heartbeat carries the node's full pool set: adopted engines come and go.
-        self.pools
-            .retain(|id, p| p.node_id != node_id || reported.contains(id));
-        if let Some(n) = self.nodes.get_mut(node_id) {
+        self.registry
+            .retain_pools(|id, p| p.node_id != *node_id || reported.contains(id));
+        if let Some(n) = self.registry.node_mut(node_id) {
             n.pools = reported;
         }
-        self.sync_node_facts(node_id);
+        self.registry.sync_node_facts(node_id);
         self.command_statuses(node_id, hb.commands, now);
         self.pump(now);
         let commands = self
-            .nodes
-            .get(node_id)
+            .registry
+            .node(node_id)
             .map(|n| n.commands.clone())
             .unwrap_or_default();
         // While a command is open the node checks in every second.
         let next = if commands.is_empty()
             && !self
-                .pools
+                .registry
+                .pools()
                 .values()
-                .any(|p| p.node_id == node_id && p.op.is_some())
+                .any(|p| p.node_id == *node_id && p.op.is_some())
         {
             interval
         } else {
@@ -299,19 +306,17 @@ impl<E: Effects> Core<E> {
     /// 409 (API.md §12.1); once the owner is Offline or deregistered, the reporting node takes it.
     fn owned_pools(
         &self,
-        node_id: &str,
+        node_id: &NodeId,
         pools: Vec<api::node::PoolStatus>,
     ) -> Vec<api::node::PoolStatus> {
         pools
             .into_iter()
             .filter(|p| {
-                let Some(owner) = self.pools.get(&p.pool_id).map(|e| e.node_id.as_str()) else {
+                let Some(owner) = self.registry.pool(&p.pool_id).map(|e| &e.node_id) else {
                     return true;
                 };
                 let taken = owner != node_id
-                    && self
-                        .nodes
-                        .get(owner)
+                    && self.registry.node(owner)
                         .is_some_and(|n| n.status == NodeStatus::Online);
                 if taken {
                     tracing::warn!(event = "node.pool_conflict", node_id = %node_id, pool_id = %p.pool_id, owner = %owner,
@@ -323,14 +328,14 @@ impl<E: Effects> Core<E> {
     }
 
     /// A canceled task's slot is free once the worker no longer lists it (API.md §7.4).
-    fn reconcile_running(&mut self, pool_id: &str, running: &[String], now: Instant) {
-        let Some(p) = self.pools.get(pool_id) else {
+    fn reconcile_running(&mut self, pool_id: &PoolId, running: &[TaskId], now: Instant) {
+        let Some(p) = self.registry.pool(pool_id) else {
             return;
         };
         let freed: Vec<TaskId> = p
             .releasing
             .iter()
-            .filter(|t| !running.contains(&t.to_string()))
+            .filter(|t| !running.contains(t))
             .copied()
             .collect();
         for id in freed {
@@ -339,26 +344,26 @@ impl<E: Effects> Core<E> {
         // Work the worker runs that this orchestratord does not know (e.g. after a restart) is canceled.
         let unknown: Vec<TaskId> = running
             .iter()
-            .filter_map(|s| s.parse::<TaskId>().ok())
+            .copied()
             .filter(|id| {
                 self.tasks.get(id).is_none_or(|t| {
-                    t.state.is_terminal()
+                    t.state().is_terminal()
                         && !self
-                            .pools
-                            .get(pool_id)
+                            .registry
+                            .pool(pool_id)
                             .is_some_and(|p| p.holding.contains(id))
                 })
             })
             .collect();
         for id in unknown {
-            if let (Some(p), true) = (self.pools.get(pool_id), self.tasks.get(&id).is_none()) {
-                if let Some(n) = self.nodes.get(&p.node_id) {
+            if let (Some(p), true) = (self.registry.pool(pool_id), self.tasks.get(&id).is_none()) {
+                if let Some(n) = self.registry.node(&p.node_id) {
                     self.effects.cancel_on_worker(super::CancelJob {
                         task: id,
-                        pool_id: pool_id.to_string(),
+                        pool_id: pool_id.clone(),
                         address: n.address.clone(),
                         token: n.dispatch_token.clone(),
-                        correlation_id: uuid::Uuid::new_v4().to_string(),
+                        correlation_id: CorrelationId::new(),
                     });
                 }
             }
@@ -366,14 +371,15 @@ impl<E: Effects> Core<E> {
     }
 
     pub fn deregister(&mut self, node_id: &str, now: Instant) -> bool {
-        if self.nodes.remove(node_id).is_none() {
+        let Some((node_id, _)) = self.registry.remove_node(node_id) else {
             self.metrics.inc(
                 m::NODE_DEREGISTRATIONS,
                 labels(&[("outcome", "rejected")]),
                 1.0,
             );
             return false;
-        }
+        };
+        let node_id = &node_id;
         self.metrics.inc(
             m::NODE_DEREGISTRATIONS,
             labels(&[("outcome", "success")]),
@@ -381,7 +387,7 @@ impl<E: Effects> Core<E> {
         );
         tracing::info!(event = "node.deregistered", node_id = %node_id, "Node {node_id} deregistered");
         self.node_lost(node_id, now);
-        self.pools.retain(|_, p| p.node_id != node_id);
+        self.registry.retain_pools(|_, p| p.node_id != *node_id);
         self.publish_gauges();
         true
     }
@@ -389,8 +395,9 @@ impl<E: Effects> Core<E> {
     /// Marks nodes Offline whose last heartbeat is older than the timeout; purges old tasks.
     pub fn tick(&mut self, now: Instant) {
         let timeout = self.cfg.heartbeat_timeout;
-        let stale: Vec<String> = self
-            .nodes
+        let stale: Vec<NodeId> = self
+            .registry
+            .nodes()
             .iter()
             .filter(|(_, n)| {
                 n.status == NodeStatus::Online && now.duration_since(n.last_seen) > timeout
@@ -398,34 +405,35 @@ impl<E: Effects> Core<E> {
             .map(|(id, _)| id.clone())
             .collect();
         for id in stale {
-            if let Some(n) = self.nodes.get_mut(&id) {
+            if let Some(n) = self.registry.node_mut(&id) {
                 n.status = NodeStatus::Offline;
             }
-            self.sync_node_facts(&id);
+            self.registry.sync_node_facts(&id);
             self.metrics
-                .inc(m::NODE_OFFLINE, labels(&[("node_id", &id)]), 1.0);
+                .inc(m::NODE_OFFLINE, labels(&[("node_id", id.as_str())]), 1.0);
             tracing::warn!(event = "node.offline", node_id = %id, "Node {id} is offline: no heartbeat for {} ms", timeout.as_millis());
             self.node_lost(&id, now);
             self.fail_pinned_to_node(&id, now);
         }
         self.purge(now);
-        self.purge_sessions(now);
+        self.sessions.purge(now);
         self.publish_gauges();
     }
 
     /// Queued tasks pinned to a pool of an Offline node end with NODE_UNAVAILABLE (API.md §7.5).
-    fn fail_pinned_to_node(&mut self, node_id: &str, now: Instant) {
-        let pools: Vec<String> = self
-            .pools
+    fn fail_pinned_to_node(&mut self, node_id: &NodeId, now: Instant) {
+        let pools: Vec<PoolId> = self
+            .registry
+            .pools()
             .iter()
-            .filter(|(_, p)| p.node_id == node_id)
+            .filter(|(_, p)| p.node_id == *node_id)
             .map(|(id, _)| id.clone())
             .collect();
         let ids: Vec<TaskId> = self
             .tasks
             .iter()
             .filter(|(_, t)| {
-                t.state == TaskState::Queued
+                t.state() == TaskState::Queued
                     && t.v
                         .placement
                         .pin_pool_id
@@ -437,22 +445,21 @@ impl<E: Effects> Core<E> {
         for id in ids {
             self.dequeue(id);
             if let Some(t) = self.tasks.get_mut(&id) {
-                t.state = TaskState::Failed;
+                t.life.finish(Outcome::Failed, Stamp::at(now));
                 let env = ErrorEnvelope::new(
                     ErrorCode::NodeUnavailable,
                     format!("node {node_id} of the pinned pool went offline"),
                 );
                 t.error = Some(env.clone());
                 t.log.append(api::events::Event::Error(env));
-                t.finished_at = Some(now);
-                t.finished_at_ms = Some(daemon::now_ms());
             }
-            self.finished.push_back(id);
+            self.tasks.finished(id);
         }
     }
 
     pub fn node_views(&self) -> Vec<NodeView> {
-        self.nodes
+        self.registry
+            .nodes()
             .iter()
             .map(|(id, n)| NodeView {
                 node_id: id.clone(),
@@ -469,16 +476,17 @@ impl<E: Effects> Core<E> {
     }
 
     pub fn pool_list(&self) -> Vec<PoolView> {
-        self.pools
+        self.registry
+            .pools()
             .iter()
             .map(|(id, p)| {
-                let queued = self.queued_for_pool(id, p.model_id().unwrap_or("")) as u64;
+                let queued = self.queued_for_pool(id, p.model_id()) as u64;
                 PoolView {
                     pool_id: id.clone(),
                     node_id: p.node_id.clone(),
                     node_status: self
-                        .nodes
-                        .get(&p.node_id)
+                        .registry
+                        .node(&p.node_id)
                         .map(|n| n.status)
                         .unwrap_or(NodeStatus::Offline),
                     state: if p.draining && p.status.state == PoolState::Ready {
@@ -505,8 +513,9 @@ impl<E: Effects> Core<E> {
     }
 
     /// `orchd_node_heartbeat_age_ms` per node, computed at scrape time.
-    pub fn heartbeat_ages(&self, now: Instant) -> Vec<(String, u64)> {
-        self.nodes
+    pub fn heartbeat_ages(&self, now: Instant) -> Vec<(NodeId, u64)> {
+        self.registry
+            .nodes()
             .iter()
             .map(|(id, n)| {
                 (

@@ -8,7 +8,7 @@ use api::node::{
     PoolCommandAccepted, PoolState,
 };
 use api::task::TaskState;
-use api::{ErrorCode, ErrorEnvelope, TaskId};
+use api::{CommandId, CorrelationId, ErrorCode, ErrorEnvelope, NodeId, PoolId, TaskId};
 
 use super::{Core, Effects};
 
@@ -18,16 +18,21 @@ impl<E: Effects> Core<E> {
         &mut self,
         pool_id: &str,
         deadline_ms: u64,
-        correlation_id: String,
+        correlation_id: CorrelationId,
         now: Instant,
     ) -> Result<PoolCommandAccepted, ErrorEnvelope> {
         let node_id = self.ready_node(pool_id)?;
-        let pool = self.pools.get(pool_id).ok_or_else(|| not_found(pool_id))?;
+        let (pool_id, pool) = self
+            .registry
+            .pools()
+            .get_key_value(pool_id)
+            .ok_or_else(|| not_found(pool_id))?;
+        let pool_id = pool_id.clone();
         match &pool.op {
             Some((id, CommandKind::Drain)) => {
                 return Ok(PoolCommandAccepted {
-                    pool_id: pool_id.into(),
-                    command_id: id.clone(),
+                    pool_id,
+                    command_id: *id,
                     state: PoolState::Draining,
                 })
             }
@@ -39,32 +44,32 @@ impl<E: Effects> Core<E> {
             }
             None => {}
         }
-        let command_id = uuid::Uuid::new_v4().to_string();
+        let command_id = CommandId::new();
         if pool.status.state == PoolState::Unloaded {
             return Ok(PoolCommandAccepted {
-                pool_id: pool_id.into(),
+                pool_id,
                 command_id,
                 state: PoolState::Unloaded,
             });
         }
-        if let Some(p) = self.pools.get_mut(pool_id) {
+        if let Some(p) = self.registry.pool_mut(&pool_id) {
             p.draining = true;
-            p.op = Some((command_id.clone(), CommandKind::Drain));
+            p.op = Some((command_id, CommandKind::Drain));
         }
-        self.fail_pinned(pool_id, now);
+        self.fail_pinned(&pool_id, now);
         self.send(
             &node_id,
             Command {
-                command_id: command_id.clone(),
+                command_id,
                 kind: CommandKind::Drain,
-                pool_id: Some(pool_id.into()),
+                pool_id: Some(pool_id.clone()),
                 model: None,
                 deadline_ms: Some(deadline_ms),
                 correlation_id,
             },
         );
         Ok(PoolCommandAccepted {
-            pool_id: pool_id.into(),
+            pool_id,
             command_id,
             state: PoolState::Draining,
         })
@@ -76,10 +81,15 @@ impl<E: Effects> Core<E> {
         &mut self,
         pool_id: &str,
         model_ref: &str,
-        correlation_id: String,
+        correlation_id: CorrelationId,
     ) -> Result<PoolCommandAccepted, ErrorEnvelope> {
         let node_id = self.ready_node(pool_id)?;
-        let pool = self.pools.get(pool_id).ok_or_else(|| not_found(pool_id))?;
+        let (pool_id, pool) = self
+            .registry
+            .pools()
+            .get_key_value(pool_id)
+            .ok_or_else(|| not_found(pool_id))?;
+        let pool_id = pool_id.clone();
         if pool.op.is_some() {
             return Err(ErrorEnvelope::new(
                 ErrorCode::Conflict,
@@ -87,24 +97,24 @@ impl<E: Effects> Core<E> {
             ));
         }
         let model = self.reload_target(model_ref)?;
-        let command_id = uuid::Uuid::new_v4().to_string();
-        if let Some(p) = self.pools.get_mut(pool_id) {
-            p.op = Some((command_id.clone(), CommandKind::Reload));
+        let command_id = CommandId::new();
+        if let Some(p) = self.registry.pool_mut(&pool_id) {
+            p.op = Some((command_id, CommandKind::Reload));
         }
-        let state = pool_state(self, pool_id);
+        let state = pool_state(self, &pool_id);
         self.send(
             &node_id,
             Command {
-                command_id: command_id.clone(),
+                command_id,
                 kind: CommandKind::Reload,
-                pool_id: Some(pool_id.into()),
+                pool_id: Some(pool_id.clone()),
                 model: Some(LoadedModel { ..model }),
                 deadline_ms: None,
                 correlation_id,
             },
         );
         Ok(PoolCommandAccepted {
-            pool_id: pool_id.into(),
+            pool_id,
             command_id,
             state,
         })
@@ -122,9 +132,13 @@ impl<E: Effects> Core<E> {
         })
     }
 
-    fn ready_node(&self, pool_id: &str) -> Result<String, ErrorEnvelope> {
-        let pool = self.pools.get(pool_id).ok_or_else(|| not_found(pool_id))?;
-        match self.nodes.get(&pool.node_id) {
+    fn ready_node(&self, pool_id: &str) -> Result<NodeId, ErrorEnvelope> {
+        let (pool_id, pool) = self
+            .registry
+            .pools()
+            .get_key_value(pool_id)
+            .ok_or_else(|| not_found(pool_id))?;
+        match self.registry.node(&pool.node_id) {
             Some(n) if n.status == NodeStatus::Online => Ok(pool.node_id.clone()),
             _ => Err(ErrorEnvelope::new(
                 ErrorCode::NodeUnavailable,
@@ -135,21 +149,22 @@ impl<E: Effects> Core<E> {
         }
     }
 
-    pub(super) fn send(&mut self, node_id: &str, cmd: Command) {
+    pub(super) fn send(&mut self, node_id: &NodeId, cmd: Command) {
+        let pool_id = cmd.pool_id.as_ref().map(PoolId::as_str).unwrap_or("");
         tracing::info!(event = "command.sent", correlation_id = %cmd.correlation_id, command_id = %cmd.command_id, node_id = %node_id,
-            pool_id = %cmd.pool_id.as_deref().unwrap_or(""), "Sent {:?} for pool {} to node {node_id}", cmd.kind, cmd.pool_id.as_deref().unwrap_or(""));
-        if let Some(n) = self.nodes.get_mut(node_id) {
+            pool_id = %pool_id, "Sent {:?} for pool {pool_id} to node {node_id}", cmd.kind);
+        if let Some(n) = self.registry.node_mut(node_id) {
             n.commands.push(cmd);
         }
     }
 
     /// Queued tasks pinned to a draining pool end with POOL_UNREADY.
-    fn fail_pinned(&mut self, pool_id: &str, now: Instant) {
-        let key = format!("pool:{pool_id}");
+    fn fail_pinned(&mut self, pool_id: &PoolId, now: Instant) {
+        let key = super::queue::QueueKey::Pool(pool_id.clone());
         let ids: Vec<TaskId> = self
             .tasks
             .iter()
-            .filter(|(_, t)| t.state == TaskState::Queued && t.queue_key == key)
+            .filter(|(_, t)| t.state() == TaskState::Queued && t.queue_key == key)
             .map(|(id, _)| *id)
             .collect();
         for id in ids {
@@ -170,12 +185,12 @@ impl<E: Effects> Core<E> {
     /// ends the pool's operation.
     pub(super) fn command_statuses(
         &mut self,
-        node_id: &str,
+        node_id: &NodeId,
         statuses: Vec<CommandStatus>,
         now: Instant,
     ) {
         for st in statuses {
-            if let Some(n) = self.nodes.get_mut(node_id) {
+            if let Some(n) = self.registry.node_mut(node_id) {
                 n.commands.retain(|c| c.command_id != st.command_id);
             }
             if self.loads.contains_key(&st.command_id) {
@@ -185,9 +200,9 @@ impl<E: Effects> Core<E> {
             if !matches!(st.status, CommandState::Completed | CommandState::Failed) {
                 continue;
             }
-            if self.node_commands.contains_key(&st.command_id) {
+            if self.loads.has_node_command(&st.command_id) {
                 self.node_command_done(
-                    &st.command_id,
+                    st.command_id,
                     st.status == CommandState::Completed,
                     st.error,
                     st.result,
@@ -195,9 +210,10 @@ impl<E: Effects> Core<E> {
                 continue;
             }
             let Some((pool_id, kind)) = self
-                .pools
+                .registry
+                .pools()
                 .iter()
-                .find(|(_, p)| p.op.as_ref().is_some_and(|(id, _)| *id == st.command_id))
+                .find(|(_, p)| p.op.is_some_and(|(id, _)| id == st.command_id))
                 .map(|(id, p)| (id.clone(), p.op.as_ref().map(|o| o.1)))
             else {
                 continue;
@@ -207,8 +223,8 @@ impl<E: Effects> Core<E> {
                 "{kind:?} of pool {pool_id} {}", if failed { "failed" } else { "completed" });
             if kind == Some(CommandKind::Reload) {
                 let serving = self
-                    .pools
-                    .get(&pool_id)
+                    .registry
+                    .pool(&pool_id)
                     .is_some_and(|p| p.status.state == PoolState::Ready);
                 let outcome = match (failed, serving) {
                     (false, _) => "success",
@@ -217,11 +233,11 @@ impl<E: Effects> Core<E> {
                 };
                 self.metrics.inc(
                     crate::metrics::POOL_RELOADS,
-                    crate::metrics::labels(&[("pool_id", &pool_id), ("outcome", outcome)]),
+                    crate::metrics::labels(&[("pool_id", pool_id.as_str()), ("outcome", outcome)]),
                     1.0,
                 );
             }
-            if let Some(p) = self.pools.get_mut(&pool_id) {
+            if let Some(p) = self.registry.pool_mut(&pool_id) {
                 p.op = None;
                 if kind == Some(CommandKind::Reload) && !failed {
                     p.draining = false;
@@ -235,9 +251,9 @@ impl<E: Effects> Core<E> {
     }
 }
 
-fn pool_state<E: Effects>(core: &Core<E>, pool_id: &str) -> PoolState {
-    core.pools
-        .get(pool_id)
+fn pool_state<E: Effects>(core: &Core<E>, pool_id: &PoolId) -> PoolState {
+    core.registry
+        .pool(pool_id)
         .map(|p| {
             if p.draining && p.status.state == PoolState::Ready {
                 PoolState::Draining

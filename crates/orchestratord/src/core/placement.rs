@@ -3,15 +3,16 @@
 
 use api::node::{NodeStatus, PoolState};
 use api::task::{Placement, PlacementMode};
+use api::{ModelId, NodeId, PoolId};
 
 /// What placement needs to know about one pool.
 #[derive(Debug, Clone)]
 pub struct PoolView<'a> {
-    pub pool_id: &'a str,
-    pub node_id: &'a str,
+    pub pool_id: &'a PoolId,
+    pub node_id: &'a NodeId,
     pub node_status: NodeStatus,
     pub state: PoolState,
-    pub model_id: Option<&'a str>,
+    pub model_id: Option<&'a ModelId>,
     pub ctx_per_slot: u64,
     pub device_mask: &'a str,
     pub free_slots: u32,
@@ -22,7 +23,7 @@ pub struct PoolView<'a> {
 /// True when `p` may run a task for `model` needing `ctx` under `placement` (ignoring free slots).
 pub fn is_candidate(
     p: &PoolView<'_>,
-    model: &str,
+    model: &ModelId,
     ctx: Option<u64>,
     placement: &Placement,
 ) -> bool {
@@ -35,7 +36,7 @@ pub fn is_candidate(
             .as_deref()
             .is_none_or(|m| m == p.device_mask)
         && match placement.mode {
-            PlacementMode::Pin => placement.pin_pool_id.as_deref() == Some(p.pool_id),
+            PlacementMode::Pin => placement.pin_pool_id.as_ref() == Some(p.pool_id),
             _ => true,
         }
 }
@@ -44,7 +45,7 @@ pub fn is_candidate(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Choice<'a> {
     /// The winning pool, or `None` when no candidate has a free slot now.
-    pub pool: Option<&'a str>,
+    pub pool: Option<&'a PoolId>,
     /// Candidates considered (before the free-slot filter).
     pub considered: usize,
     /// True when `allow_fallback` decided the winner: an avoided pool was used because no other
@@ -60,22 +61,22 @@ pub struct Choice<'a> {
 /// preferred, because the request said so explicitly while affinity is only a cache-warmth hint.
 pub fn choose<'a>(
     pools: &[PoolView<'a>],
-    model: &str,
+    model: &ModelId,
     ctx: Option<u64>,
     placement: &Placement,
-    affinity: Option<&str>,
-    tried: &[String],
+    affinity: Option<&PoolId>,
+    tried: &[PoolId],
 ) -> Choice<'a> {
     let mut cands: Vec<&PoolView<'a>> = pools
         .iter()
-        .filter(|p| is_candidate(p, model, ctx, placement) && !tried.iter().any(|t| t == p.pool_id))
+        .filter(|p| is_candidate(p, model, ctx, placement) && !tried.contains(p.pool_id))
         .collect();
     let mut avoid_fallback = false;
     if placement.mode != PlacementMode::Pin && !placement.avoid_pools.is_empty() {
         let kept: Vec<&PoolView<'a>> = cands
             .iter()
             .copied()
-            .filter(|p| !placement.avoid_pools.iter().any(|a| a == p.pool_id))
+            .filter(|p| !placement.avoid_pools.contains(p.pool_id))
             .collect();
         if !kept.is_empty() || !placement.allow_fallback {
             cands = kept;
@@ -85,8 +86,7 @@ pub fn choose<'a>(
     }
     let considered = cands.len();
     let preferred = |p: &PoolView<'_>| {
-        placement.mode == PlacementMode::Prefer
-            && placement.prefer_pools.iter().any(|x| x == p.pool_id)
+        placement.mode == PlacementMode::Prefer && placement.prefer_pools.contains(p.pool_id)
     };
     let free: Vec<&PoolView<'a>> = cands.into_iter().filter(|p| p.free_slots > 0).collect();
     // The best tier: preferred pools with a free slot under `prefer`, else every free candidate
@@ -101,7 +101,7 @@ pub fn choose<'a>(
     let prefer_fallback = placement.mode == PlacementMode::Prefer
         && !only_preferred
         && !placement.prefer_pools.is_empty();
-    let choice = |pool: Option<&'a str>| Choice {
+    let choice = |pool: Option<&'a PoolId>| Choice {
         pool,
         considered,
         fallback: pool.is_some() && (avoid_fallback || prefer_fallback),
@@ -125,13 +125,21 @@ pub fn choose<'a>(
 mod tests {
     use super::*;
 
-    fn pool<'a>(id: &'a str, node: &'a str, free: u32, load: usize) -> PoolView<'a> {
+    /// A typed id that lives for the whole test (test ids are few and small).
+    fn id<T: std::str::FromStr>(s: &str) -> &'static T
+    where
+        T::Err: std::fmt::Debug,
+    {
+        Box::leak(Box::new(s.parse().unwrap()))
+    }
+
+    fn pool(pool_id: &str, node: &str, free: u32, load: usize) -> PoolView<'static> {
         PoolView {
-            pool_id: id,
-            node_id: node,
+            pool_id: id(pool_id),
+            node_id: id(node),
             node_status: NodeStatus::Online,
             state: PoolState::Ready,
-            model_id: Some("m"),
+            model_id: Some(id("m")),
             ctx_per_slot: 4096,
             device_mask: "cpu",
             free_slots: free,
@@ -147,7 +155,9 @@ mod tests {
         expected: Option<&str>,
     ) {
         assert_eq!(
-            choose(pools, "m", None, placement, affinity, &[]).pool,
+            choose(pools, id("m"), None, placement, affinity.map(id), &[])
+                .pool
+                .map(PoolId::as_str),
             expected
         );
     }
@@ -198,13 +208,13 @@ mod tests {
         let pools = [pool("a", "n1", 3, 0), pool("b", "n1", 1, 0)];
         let prefer = Placement {
             mode: PlacementMode::Prefer,
-            prefer_pools: vec!["b".into()],
+            prefer_pools: vec![id::<PoolId>("b").clone()],
             ..Default::default()
         };
         check(&pools, &prefer, None, Some("b"));
         let prefer_only = Placement {
             mode: PlacementMode::Prefer,
-            prefer_pools: vec!["b".into()],
+            prefer_pools: vec![id::<PoolId>("b").clone()],
             allow_fallback: false,
             ..Default::default()
         };
@@ -215,7 +225,7 @@ mod tests {
             None,
         );
         let avoid = Placement {
-            avoid_pools: vec!["a".into()],
+            avoid_pools: vec![id::<PoolId>("a").clone()],
             ..Default::default()
         };
         check(&pools, &avoid, None, Some("b"));
@@ -258,7 +268,7 @@ mod tests {
     fn pin_and_model_filter() {
         let pin = Placement {
             mode: PlacementMode::Pin,
-            pin_pool_id: Some("b".into()),
+            pin_pool_id: Some(id::<PoolId>("b").clone()),
             ..Default::default()
         };
         check(
@@ -268,7 +278,7 @@ mod tests {
             Some("b"),
         );
         let mut other = pool("c", "n1", 1, 0);
-        other.model_id = Some("x");
+        other.model_id = Some(id("x"));
         check(&[other], &Placement::default(), None, None);
     }
 
@@ -277,7 +287,7 @@ mod tests {
         let pools = [pool("a", "n1", 1, 0), pool("b", "n1", 1, 0)];
         let prefer_b = Placement {
             mode: PlacementMode::Prefer,
-            prefer_pools: vec!["b".into()],
+            prefer_pools: vec![id::<PoolId>("b").clone()],
             ..Default::default()
         };
         // The request's explicit preference beats the session's last pool...
@@ -306,7 +316,7 @@ mod tests {
         );
         // Affinity to a preferred pool still wins among the preferred ones.
         let prefer_both = Placement {
-            prefer_pools: vec!["a".into(), "b".into()],
+            prefer_pools: vec![id::<PoolId>("a").clone(), id::<PoolId>("b").clone()],
             ..prefer_b.clone()
         };
         check(
@@ -317,7 +327,7 @@ mod tests {
         );
         // An avoided pool is not a candidate, so affinity cannot pick it while others exist.
         let avoid_a = Placement {
-            avoid_pools: vec!["a".into()],
+            avoid_pools: vec![id::<PoolId>("a").clone()],
             ..Default::default()
         };
         check(&pools, &avoid_a, Some("a"), Some("b"));
@@ -326,39 +336,39 @@ mod tests {
     #[test]
     fn fallback_is_reported_when_allow_fallback_decided() {
         let fallback = |pools: &[PoolView<'_>], placement: &Placement| {
-            let c = choose(pools, "m", None, placement, None, &[]);
-            (c.pool.map(str::to_string), c.fallback)
+            let c = choose(pools, id("m"), None, placement, None, &[]);
+            (c.pool.cloned(), c.fallback)
         };
         let avoid_a = Placement {
-            avoid_pools: vec!["a".into()],
+            avoid_pools: vec![id::<PoolId>("a").clone()],
             ..Default::default()
         };
         assert_eq!(
             fallback(&[pool("a", "n1", 1, 0), pool("b", "n1", 1, 0)], &avoid_a),
-            (Some("b".into()), false)
+            (Some(id::<PoolId>("b").clone()), false)
         );
         assert_eq!(
             fallback(&[pool("a", "n1", 1, 0)], &avoid_a),
-            (Some("a".into()), true)
+            (Some(id::<PoolId>("a").clone()), true)
         );
         let prefer_b = Placement {
             mode: PlacementMode::Prefer,
-            prefer_pools: vec!["b".into()],
+            prefer_pools: vec![id::<PoolId>("b").clone()],
             ..Default::default()
         };
         assert_eq!(
             fallback(&[pool("a", "n1", 1, 0), pool("b", "n1", 1, 0)], &prefer_b),
-            (Some("b".into()), false)
+            (Some(id::<PoolId>("b").clone()), false)
         );
         assert_eq!(
             fallback(&[pool("a", "n1", 1, 0), pool("b", "n1", 0, 1)], &prefer_b),
-            (Some("a".into()), true)
+            (Some(id::<PoolId>("a").clone()), true)
         );
         // No decision, no fallback.
         assert_eq!(fallback(&[pool("a", "n1", 0, 1)], &avoid_a), (None, false));
         assert_eq!(
             fallback(&[pool("a", "n1", 1, 0)], &Placement::default()),
-            (Some("a".into()), false)
+            (Some(id::<PoolId>("a").clone()), false)
         );
     }
 }

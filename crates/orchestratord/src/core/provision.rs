@@ -6,13 +6,14 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use api::catalog::{step, ModelRecord};
+use api::catalog::ModelRecord;
 use api::events::{Event, Metrics as MetricsFrame, PrepProgress};
+use api::ids::StepId;
 use api::node::{
-    Command, CommandKind, CommandState, CommandStatus, LoadedModel, PoolState, StepStatus,
+    Command, CommandKind, CommandState, CommandStatus, LoadedModel, PoolState, StepKind, StepStatus,
 };
 use api::task::{PlacementMode, PreparationStep, TaskState};
-use api::{ErrorCode, ErrorEnvelope, TaskId};
+use api::{CommandId, CorrelationId, ErrorCode, ErrorEnvelope, ModelId, NodeId, PoolId, TaskId};
 use catalog::Copy;
 
 use super::models::failure_reason;
@@ -26,18 +27,69 @@ const WARMUP_MS: u64 = 5_000;
 
 /// A `load-model` command in flight.
 pub struct Load {
-    pub node_id: String,
-    pub pool_id: String,
-    pub model_id: String,
-    pub steps: Vec<PreparationStep>,
-    pub progress: BTreeMap<String, PrepProgress>,
+    pub(super) node_id: NodeId,
+    pub(super) pool_id: PoolId,
+    pub(super) model_id: ModelId,
+    pub(super) steps: Vec<PreparationStep>,
+    pub(super) progress: BTreeMap<StepId, PrepProgress>,
     /// Tasks bound to this load (the one that triggered it).
-    pub tasks: Vec<TaskId>,
+    pub(super) tasks: Vec<TaskId>,
+}
+
+/// The loads part of the core: `load-model` commands in flight and node-level catalog commands
+/// (`evict-model`, `verify-model`), each by command id until the node reports it finished.
+#[derive(Default)]
+pub struct Loads {
+    loads: BTreeMap<CommandId, Load>,
+    node_commands: std::collections::HashMap<CommandId, super::models::NodeCommand>,
+}
+
+impl Loads {
+    pub fn get(&self, id: &CommandId) -> Option<&Load> {
+        self.loads.get(id)
+    }
+
+    pub fn get_mut(&mut self, id: &CommandId) -> Option<&mut Load> {
+        self.loads.get_mut(id)
+    }
+
+    pub fn contains_key(&self, id: &CommandId) -> bool {
+        self.loads.contains_key(id)
+    }
+
+    pub fn insert(&mut self, id: CommandId, load: Load) {
+        self.loads.insert(id, load);
+    }
+
+    pub fn remove(&mut self, id: &CommandId) -> Option<Load> {
+        self.loads.remove(id)
+    }
+
+    /// The loads running on `node_id`.
+    pub fn on_node(&self, node_id: &NodeId) -> Vec<CommandId> {
+        self.loads
+            .iter()
+            .filter(|(_, l)| l.node_id == *node_id)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    pub fn insert_node_command(&mut self, id: CommandId, cmd: super::models::NodeCommand) {
+        self.node_commands.insert(id, cmd);
+    }
+
+    pub fn has_node_command(&self, id: &CommandId) -> bool {
+        self.node_commands.contains_key(id)
+    }
+
+    pub fn remove_node_command(&mut self, id: &CommandId) -> Option<super::models::NodeCommand> {
+        self.node_commands.remove(id)
+    }
 }
 
 impl Load {
     /// The kind of the first step not yet completed (the task's `phase`).
-    fn phase(&self) -> &str {
+    fn phase(&self) -> StepKind {
         self.steps
             .iter()
             .find(|s| {
@@ -45,8 +97,8 @@ impl Load {
                     .get(&s.id)
                     .is_none_or(|p| p.status != StepStatus::Completed)
             })
-            .map(|s| s.kind.as_str())
-            .unwrap_or(step::POOL_WARMUP)
+            .map(|s| s.kind)
+            .unwrap_or(StepKind::PoolWarmup)
     }
 
     fn human(&self) -> String {
@@ -61,8 +113,8 @@ impl Load {
             );
         };
         let p = self.progress.get(&s.id);
-        match s.kind.as_str() {
-            step::MODEL_FETCH => {
+        match s.kind {
+            StepKind::ModelFetch => {
                 let (done, total) = p.map(|p| (p.bytes_done, p.bytes_total)).unwrap_or((0, 0));
                 if total > 0 {
                     format!(
@@ -82,8 +134,8 @@ impl Load {
                     )
                 }
             }
-            step::ENGINE_PROVISION => format!("Building llama-server on node {}", self.node_id),
-            _ => format!(
+            StepKind::EngineProvision => format!("Building llama-server on node {}", self.node_id),
+            StepKind::PoolWarmup => format!(
                 "Starting the engine for pool {} on node {} with {}",
                 self.pool_id, self.node_id, self.model_id
             ),
@@ -92,7 +144,7 @@ impl Load {
 
     fn frame(&self) -> Event {
         Event::Metrics(MetricsFrame {
-            phase: Some(self.phase().to_string()),
+            phase: Some(self.phase()),
             prep: Some(self.progress.clone()),
             human: Some(self.human()),
             ..Default::default()
@@ -105,11 +157,12 @@ impl<E: Effects> Core<E> {
     /// that is Unloaded (or Ready and idle, with `allow_repurpose_idle`) and has room for the model
     /// (free VRAM on its devices, or the node's memory for a CPU pool, ≥ size × headroom). The most
     /// free VRAM wins; ties go to (`node_id`, `pool_id`).
-    pub(super) fn provision_target(&self, rec: &ModelRecord) -> Option<String> {
+    pub(super) fn provision_target(&self, rec: &ModelRecord) -> Option<PoolId> {
         let need = rec
             .size_bytes
             .map(|s| (s as f64 * self.cfg.vram_headroom) as u64);
-        self.pools
+        self.registry
+            .pools()
             .iter()
             .filter(|(_, p)| {
                 p.node_online && p.status.provisioning_target && p.op.is_none() && !p.draining
@@ -119,14 +172,14 @@ impl<E: Effects> Core<E> {
                 PoolState::Ready => {
                     self.cfg.allow_repurpose_idle
                         && p.holding.is_empty()
-                        && self.queued_for_pool(id, p.serves.as_deref().unwrap_or("")) == 0
+                        && self.queued_for_pool(id, p.serves.as_ref()) == 0
                 }
                 _ => false,
             })
             .filter(|(_, p)| {
                 let room = if p.status.device_mask == "cpu" {
-                    self.nodes
-                        .get(&p.node_id)
+                    self.registry
+                        .node(&p.node_id)
                         .map(|n| n.capabilities.ram_total_bytes)
                         .unwrap_or(0)
                 } else {
@@ -147,45 +200,45 @@ impl<E: Effects> Core<E> {
     pub(super) fn start_load(
         &mut self,
         rec: &ModelRecord,
-        pool_id: &str,
+        pool_id: &PoolId,
         id: TaskId,
-        correlation_id: &str,
+        correlation_id: &CorrelationId,
     ) -> (Vec<PreparationStep>, u64) {
-        let Some(pool) = self.pools.get(pool_id) else {
+        let Some(pool) = self.registry.pool(pool_id) else {
             return (vec![], 0);
         };
         let node_id = pool.node_id.clone();
         let mut steps = vec![];
         if !rec.model_ref.starts_with("file:") && !rec.locations.contains(&node_id) {
             steps.push(PreparationStep {
-                id: step::model_id(&rec.model_ref),
-                kind: step::MODEL_FETCH.into(),
+                id: StepId::model(&rec.model_ref),
+                kind: StepKind::ModelFetch,
                 node_id: node_id.clone(),
                 description: format!("Fetch {} to node {node_id}", rec.model_ref),
                 estimated_ms: rec.size_bytes.map(|s| s / FETCH_BYTES_PER_MS),
                 bytes_total: rec.size_bytes,
-                status: StepStatus::Pending.as_str().into(),
+                status: StepStatus::Pending,
             });
         }
         if !pool.status.engine_built {
             steps.push(PreparationStep {
-                id: step::engine_id(),
-                kind: step::ENGINE_PROVISION.into(),
+                id: StepId::engine(),
+                kind: StepKind::EngineProvision,
                 node_id: node_id.clone(),
                 description: format!("Build llama-server on node {node_id}"),
                 estimated_ms: Some(ENGINE_BUILD_MS),
                 bytes_total: None,
-                status: StepStatus::Pending.as_str().into(),
+                status: StepStatus::Pending,
             });
         }
         steps.push(PreparationStep {
-            id: step::pool_id(pool_id),
-            kind: step::POOL_WARMUP.into(),
+            id: StepId::pool(pool_id),
+            kind: StepKind::PoolWarmup,
             node_id: node_id.clone(),
             description: format!("Start the engine for pool {pool_id} with {}", rec.id),
             estimated_ms: Some(WARMUP_MS),
             bytes_total: None,
-            status: StepStatus::Pending.as_str().into(),
+            status: StepStatus::Pending,
         });
         let estimate = steps.iter().filter_map(|s| s.estimated_ms).sum();
         let progress = steps
@@ -202,9 +255,9 @@ impl<E: Effects> Core<E> {
                 )
             })
             .collect();
-        let command_id = uuid::Uuid::new_v4().to_string();
-        if let Some(p) = self.pools.get_mut(pool_id) {
-            p.op = Some((command_id.clone(), CommandKind::LoadModel));
+        let command_id = CommandId::new();
+        if let Some(p) = self.registry.pool_mut(pool_id) {
+            p.op = Some((command_id, CommandKind::LoadModel));
             p.loading = Some(rec.id.clone());
         }
         let model = LoadedModel {
@@ -219,19 +272,19 @@ impl<E: Effects> Core<E> {
         self.send(
             &node_id,
             Command {
-                command_id: command_id.clone(),
+                command_id,
                 kind: CommandKind::LoadModel,
-                pool_id: Some(pool_id.into()),
+                pool_id: Some(pool_id.clone()),
                 model: Some(model),
                 deadline_ms: None,
-                correlation_id: correlation_id.into(),
+                correlation_id: correlation_id.clone(),
             },
         );
         self.loads.insert(
-            command_id.clone(),
+            command_id,
             Load {
                 node_id,
-                pool_id: pool_id.into(),
+                pool_id: pool_id.clone(),
                 model_id: rec.id.clone(),
                 steps: steps.clone(),
                 progress,
@@ -249,7 +302,7 @@ impl<E: Effects> Core<E> {
     pub(super) fn serving_or_target(
         &self,
         rec: &ModelRecord,
-    ) -> Result<Option<String>, ErrorEnvelope> {
+    ) -> Result<Option<PoolId>, ErrorEnvelope> {
         if self.model_has_pool(&rec.id) {
             return Ok(None);
         }
@@ -281,8 +334,8 @@ impl<E: Effects> Core<E> {
     }
 
     /// The `started` frame of a task bound to a pool that is being provisioned (§5.2).
-    pub(super) fn announce_binding(&mut self, id: TaskId, pool_id: &str, predicted: u64) {
-        let Some(pool) = self.pools.get(pool_id) else {
+    pub(super) fn announce_binding(&mut self, id: TaskId, pool_id: &PoolId, predicted: u64) {
+        let Some(pool) = self.registry.pool(pool_id) else {
             return;
         };
         let (node_id, engine_version) = (pool.node_id.clone(), pool.status.engine_version.clone());
@@ -291,21 +344,18 @@ impl<E: Effects> Core<E> {
         };
         t.admission_predicted_ms = predicted;
         t.started_sent = true;
-        t.pool = Some(pool_id.to_string());
+        t.pool = Some(pool_id.clone());
         t.node = Some(node_id.clone());
         t.log.append(Event::Started(api::events::Started {
             queue_position: t.admission_position,
             predicted_start_ms: predicted,
-            pool_id: pool_id.to_string(),
+            pool_id: pool_id.clone(),
             node_id,
             engine: api::ENGINE_LLAMACPP.into(),
             engine_version,
             model: t.model.clone(),
         }));
-        let frame = self
-            .loads
-            .get(t.load.as_deref().unwrap_or(""))
-            .map(Load::frame);
+        let frame = t.load.and_then(|c| self.loads.get(&c)).map(Load::frame);
         if let Some(f) = frame {
             t.log.append(f);
         }
@@ -313,9 +363,9 @@ impl<E: Effects> Core<E> {
 
     /// Binds a newly admitted task to its provisioning target: it waits in that pool's queue and
     /// its `started` frame names the pool now (§5.2).
-    pub(super) fn bind_to_target(v: &mut crate::admission::ValidatedTask, pool_id: &str) {
+    pub(super) fn bind_to_target(v: &mut crate::admission::ValidatedTask, pool_id: &PoolId) {
         v.placement.mode = PlacementMode::Pin;
-        v.placement.pin_pool_id = Some(pool_id.to_string());
+        v.placement.pin_pool_id = Some(pool_id.clone());
     }
 
     /// A `load-model` status from a heartbeat.
@@ -343,7 +393,7 @@ impl<E: Effects> Core<E> {
                         if let Some(t) = self
                             .tasks
                             .get(&id)
-                            .filter(|t| t.load.as_deref() == Some(st.command_id.as_str()))
+                            .filter(|t| t.load == Some(st.command_id))
                         {
                             t.log.append(frame.clone());
                         }
@@ -365,7 +415,7 @@ impl<E: Effects> Core<E> {
                         metadata: r.metadata,
                         verified: true,
                     };
-                    match self.catalog.record_copy(&load.model_id, copy) {
+                    match self.catalog.record_copy(load.model_id.as_str(), copy) {
                         Ok(catalog::CopyOutcome::Recorded) => {
                             self.metrics.inc(
                                 m::CATALOG_VERIFICATIONS,
@@ -429,8 +479,8 @@ impl<E: Effects> Core<E> {
         }
     }
 
-    fn end_load(&mut self, pool_id: &str) {
-        if let Some(p) = self.pools.get_mut(pool_id) {
+    fn end_load(&mut self, pool_id: &PoolId) {
+        if let Some(p) = self.registry.pool_mut(pool_id) {
             p.op = None;
             p.loading = None;
         }
@@ -441,11 +491,11 @@ impl<E: Effects> Core<E> {
     fn fail_waiting(&mut self, load: &Load, env: ErrorEnvelope, now: Instant) {
         let mut ids: Vec<TaskId> = load.tasks.clone();
         if !self.model_has_pool(&load.model_id) {
-            let key = format!("model:{}", load.model_id);
+            let key = super::queue::QueueKey::Model(load.model_id.clone());
             ids.extend(
                 self.tasks
                     .iter()
-                    .filter(|(_, t)| t.state == TaskState::Queued && t.queue_key == key)
+                    .filter(|(_, t)| t.state() == TaskState::Queued && t.queue_key == key)
                     .map(|(id, _)| *id),
             );
         }
@@ -453,7 +503,7 @@ impl<E: Effects> Core<E> {
             if self
                 .tasks
                 .get(&id)
-                .is_some_and(|t| t.state == TaskState::Queued)
+                .is_some_and(|t| t.state() == TaskState::Queued)
             {
                 self.dequeue(id);
                 let mut e = env.clone();
@@ -470,11 +520,11 @@ impl<E: Effects> Core<E> {
             return;
         };
         let Some(cmd) = t.load.take() else { return };
-        let progress: BTreeMap<String, PrepProgress> = match self.loads.get(&cmd) {
+        let progress: BTreeMap<StepId, PrepProgress> = match self.loads.get(&cmd) {
             Some(l) => l.progress.clone(),
             None => BTreeMap::new(),
         };
-        let done: BTreeMap<String, PrepProgress> = progress
+        let done: BTreeMap<StepId, PrepProgress> = progress
             .into_iter()
             .map(|(k, p)| {
                 (
@@ -493,7 +543,7 @@ impl<E: Effects> Core<E> {
             _ => format!("{} is ready", t.model),
         };
         t.log.append(Event::Metrics(MetricsFrame {
-            phase: Some(step::POOL_WARMUP.into()),
+            phase: Some(StepKind::PoolWarmup),
             prep: (!done.is_empty()).then_some(done),
             human: Some(human),
             ..Default::default()
@@ -501,13 +551,8 @@ impl<E: Effects> Core<E> {
     }
 
     /// Loads on a node that registered again were lost with its previous process.
-    pub(super) fn forget_loads_of(&mut self, node_id: &str, now: Instant) {
-        let lost: Vec<String> = self
-            .loads
-            .iter()
-            .filter(|(_, l)| l.node_id == node_id)
-            .map(|(id, _)| id.clone())
-            .collect();
+    pub(super) fn forget_loads_of(&mut self, node_id: &NodeId, now: Instant) {
+        let lost = self.loads.on_node(node_id);
         for id in lost {
             let env = ErrorEnvelope::new(
                 ErrorCode::PoolUnavailable,

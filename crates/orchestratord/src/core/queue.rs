@@ -1,11 +1,32 @@
-//! A bounded queue of task ids in two classes (API.md §6.1): interactive first, FIFO within a
-//! class, with batch aging: after `burst` consecutive interactive dispatches while batch waited,
-//! the next dispatch goes to the oldest batch task.
+//! The queues part of the core: one bounded queue of task ids per [`QueueKey`] (API.md §6.1), each
+//! in two classes: interactive first, FIFO within a class, with batch aging: after `burst`
+//! consecutive interactive dispatches while batch waited, the next dispatch goes to the oldest batch
+//! task.
 
 use std::collections::VecDeque;
 
+use std::collections::BTreeMap;
+use std::fmt;
+
 use api::task::Priority;
-use api::TaskId;
+use api::{ModelId, PoolId, TaskId};
+
+/// Which queue a task waits in: its model's (unpinned tasks) or its pool's (pinned tasks and
+/// tasks bound to a pool being provisioned). Model queues order before pool queues, each by id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum QueueKey {
+    Model(ModelId),
+    Pool(PoolId),
+}
+
+impl fmt::Display for QueueKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            QueueKey::Model(m) => write!(f, "model:{m}"),
+            QueueKey::Pool(p) => write!(f, "pool:{p}"),
+        }
+    }
+}
 
 #[derive(Debug, Default)]
 pub struct Queue {
@@ -13,6 +34,58 @@ pub struct Queue {
     batch: VecDeque<TaskId>,
     /// Interactive dispatches in a row while a batch task waited.
     streak: u32,
+}
+
+/// The queues part of the core: one [`Queue`] per [`QueueKey`], an empty queue being absent.
+#[derive(Debug, Default)]
+pub struct Queues {
+    by_key: BTreeMap<QueueKey, Queue>,
+}
+
+impl Queues {
+    pub fn get(&self, key: &QueueKey) -> Option<&Queue> {
+        self.by_key.get(key)
+    }
+
+    pub fn get_mut(&mut self, key: &QueueKey) -> Option<&mut Queue> {
+        self.by_key.get_mut(key)
+    }
+
+    /// Tasks waiting under `key`.
+    pub fn len(&self, key: &QueueKey) -> usize {
+        self.by_key.get(key).map_or(0, Queue::len)
+    }
+
+    /// Every queue in key order (model queues first).
+    pub fn iter(&self) -> impl Iterator<Item = (&QueueKey, &Queue)> {
+        self.by_key.iter()
+    }
+
+    pub fn keys(&self) -> Vec<QueueKey> {
+        self.by_key.keys().cloned().collect()
+    }
+
+    /// Appends a task to its queue.
+    pub fn push(&mut self, key: QueueKey, id: TaskId, p: Priority) {
+        self.by_key.entry(key).or_default().push(id, p);
+    }
+
+    /// Puts a task back at the head of its queue (a failed attempt that may retry).
+    pub fn push_front(&mut self, key: QueueKey, id: TaskId, p: Priority) {
+        self.by_key.entry(key).or_default().push_front(id, p);
+    }
+
+    /// Removes a task from its queue.
+    pub fn remove(&mut self, key: &QueueKey, id: TaskId) {
+        if let Some(q) = self.by_key.get_mut(key) {
+            q.remove(id);
+        }
+    }
+
+    /// Forgets queues that emptied.
+    pub fn drop_empty(&mut self) {
+        self.by_key.retain(|_, q| !q.is_empty());
+    }
 }
 
 impl Queue {

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use api::catalog::{AvailabilityResponse, ModelRecord, ModelState, RegisterModel};
 use api::node::{
     HeartbeatRequest, HeartbeatResponse, NodeView, PoolView, RegisterRequest, RegisterResponse,
 };
@@ -16,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::TaskTracker;
 
 use super::nodes::NodeCaller;
+use super::store::{Durable, StoreLink};
 use super::tasks::CancelReason;
 use super::{CancelJob, Core, DispatchJob, Effects, TaskLog, Timer};
 use crate::config::Config;
@@ -23,11 +25,17 @@ use crate::metrics::Metrics;
 
 type Reply<T> = oneshot::Sender<T>;
 
+/// A catalog registration's answer: the record and whether it was created.
+pub type Registration = Result<(ModelRecord, bool), ErrorEnvelope>;
+
+/// An admission's answer: the 202 body and the task's log, or the refusal.
+pub type Admission = Result<(AdmissionResponse, Arc<TaskLog>), ErrorEnvelope>;
+
 pub enum Msg {
     Submit {
-        v: crate::admission::ValidatedTask,
-        correlation_id: String,
-        reply: Reply<Result<(AdmissionResponse, Arc<TaskLog>), ErrorEnvelope>>,
+        v: Box<crate::admission::ValidatedTask>,
+        correlation_id: api::CorrelationId,
+        reply: Reply<(Admission, Durable)>,
     },
     Record {
         id: TaskId,
@@ -71,14 +79,17 @@ pub enum Msg {
     Drain {
         pool_id: String,
         deadline_ms: u64,
-        correlation_id: String,
+        correlation_id: api::CorrelationId,
         reply: Reply<Result<api::node::PoolCommandAccepted, ErrorEnvelope>>,
     },
     Reload {
         pool_id: String,
         model_ref: String,
-        correlation_id: String,
-        reply: Reply<Result<api::node::PoolCommandAccepted, ErrorEnvelope>>,
+        correlation_id: api::CorrelationId,
+        reply: Reply<(
+            Result<api::node::PoolCommandAccepted, ErrorEnvelope>,
+            Durable,
+        )>,
     },
     DeleteSession {
         id: api::SessionId,
@@ -87,7 +98,7 @@ pub enum Msg {
         reply: Reply<Vec<PoolView>>,
     },
     ScrapeGauges {
-        reply: Reply<Vec<(&'static str, Vec<(&'static str, String)>, f64)>>,
+        reply: Reply<super::GaugeRows>,
     },
     Worker {
         id: TaskId,
@@ -97,16 +108,52 @@ pub enum Msg {
     RelayEnded {
         id: TaskId,
         attempt: u32,
-        reason: String,
-        answered: Option<ErrorEnvelope>,
+        end: super::RelayEnd,
     },
     CancelConfirmed {
         id: TaskId,
     },
     Timer(Timer),
     Tick,
-    /// Any other request: runs against the core and replies through its own channel.
-    Call(Box<dyn FnOnce(&mut Core<LiveEffects>, Instant) + Send>),
+    CatalogRegister {
+        req: RegisterModel,
+        reply: Reply<(Registration, Durable)>,
+    },
+    CatalogList {
+        reply: Reply<Vec<ModelRecord>>,
+    },
+    CatalogGet {
+        id: String,
+        reply: Reply<Option<ModelRecord>>,
+    },
+    CatalogDelete {
+        id: String,
+        correlation_id: api::CorrelationId,
+        reply: Reply<(Result<(), ErrorEnvelope>, Durable)>,
+    },
+    CatalogVerify {
+        id: String,
+        correlation_id: api::CorrelationId,
+        reply: Reply<Result<ModelRecord, ErrorEnvelope>>,
+    },
+    CatalogSetState {
+        id: String,
+        state: ModelState,
+        reply: Reply<(Result<ModelRecord, ErrorEnvelope>, Durable)>,
+    },
+    Availability {
+        reply: Reply<AvailabilityResponse>,
+    },
+    /// The store task could not commit a catalog change.
+    CatalogWriteFailed,
+    /// What the store holds, for resynchronizing the mirror.
+    CatalogReloaded {
+        records: Vec<ModelRecord>,
+    },
+    /// The models `/v1/models` lists, with their creation times (Unix seconds).
+    ListedModels {
+        reply: Reply<Vec<(api::ModelId, u64)>>,
+    },
 }
 
 /// A cheap handle for sending messages to the core.
@@ -124,20 +171,6 @@ impl CoreHandle {
     pub async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Msg) -> Option<T> {
         let (tx, rx) = oneshot::channel();
         self.tx.send(make(tx)).ok()?;
-        rx.await.ok()
-    }
-
-    /// Runs `f` on the core's task and returns its result; `None` if the core is gone.
-    pub async fn call<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Core<LiveEffects>, Instant) -> T + Send + 'static,
-    ) -> Option<T> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Msg::Call(Box::new(move |core, now| {
-                let _ = tx.send(f(core, now));
-            })))
-            .ok()?;
         rx.await.ok()
     }
 }
@@ -159,7 +192,7 @@ impl Effects for LiveEffects {
         let idle = self.idle_timeout;
         let handle = self
             .tracker
-            .spawn(crate::dispatch::relay(job, http, idle, tx));
+            .spawn(super::dispatch::relay(job, http, idle, tx));
         self.relays.retain(|_, h| !h.is_finished());
         self.relays.insert(task, handle.abort_handle());
     }
@@ -174,7 +207,7 @@ impl Effects for LiveEffects {
         let tx = self.tx.clone();
         let http = self.http.clone();
         self.tracker.spawn(async move {
-            if crate::dispatch::cancel(&http, &job).await {
+            if super::dispatch::cancel(&http, &job).await {
                 let _ = tx.send(Msg::CancelConfirmed { id: job.task });
             }
         });
@@ -198,6 +231,7 @@ pub fn spawn(
     cfg: Arc<Config>,
     metrics: Arc<Metrics>,
     catalog: catalog::Catalog,
+    store: catalog::Store,
     tracker: &TaskTracker,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> Result<CoreHandle, reqwest::Error> {
@@ -220,6 +254,7 @@ pub fn spawn(
         shutdown: shutdown.clone(),
     };
     let mut core = Core::new(cfg, effects, metrics, catalog);
+    let mut link = StoreLink::spawn(store, tracker, tx.clone());
     let tick_tx = tx.clone();
     let tick_stop = shutdown.clone();
     tracker.spawn(async move {
@@ -237,7 +272,9 @@ pub fn spawn(
                 m = rx.recv() => match m { Some(m) => m, None => break },
                 _ = shutdown.cancelled() => break,
             };
-            handle(&mut core, msg, Instant::now());
+            handle(&mut core, &mut link, msg, Instant::now());
+            // Changes made by anything else (heartbeats, loads) are committed without a waiter.
+            let _ = link.flush(&mut core);
         }
         for h in core.effects.relays.values() {
             h.abort();
@@ -246,14 +283,15 @@ pub fn spawn(
     Ok(CoreHandle { tx })
 }
 
-fn handle(core: &mut Core<LiveEffects>, msg: Msg, now: Instant) {
+fn handle(core: &mut Core<LiveEffects>, link: &mut StoreLink, msg: Msg, now: Instant) {
     match msg {
         Msg::Submit {
             v,
             correlation_id,
             reply,
         } => {
-            let _ = reply.send(core.submit(v, correlation_id, now));
+            let r = core.submit(*v, correlation_id, now);
+            let _ = reply.send((r, link.flush(core)));
         }
         Msg::Record { id, reply } => {
             let _ = reply.send(core.record(id));
@@ -284,7 +322,7 @@ fn handle(core: &mut Core<LiveEffects>, msg: Msg, now: Instant) {
             let authorized = caller
                 .as_ref()
                 .is_none_or(|c| core.node_authorized(&node_id, c));
-            let result = if !core.nodes.contains_key(&node_id) {
+            let result = if !core.registry.nodes().contains_key(node_id.as_str()) {
                 Err(ErrorEnvelope::new(
                     api::ErrorCode::NotFound,
                     format!("node {node_id} is not registered"),
@@ -321,7 +359,8 @@ fn handle(core: &mut Core<LiveEffects>, msg: Msg, now: Instant) {
             correlation_id,
             reply,
         } => {
-            let _ = reply.send(core.reload(&pool_id, &model_ref, correlation_id));
+            let r = core.reload(&pool_id, &model_ref, correlation_id);
+            let _ = reply.send((r, link.flush(core)));
         }
         Msg::Pools { reply } => {
             let _ = reply.send(core.pool_list());
@@ -330,15 +369,46 @@ fn handle(core: &mut Core<LiveEffects>, msg: Msg, now: Instant) {
             let _ = reply.send(core.scrape_gauges(now));
         }
         Msg::Worker { id, attempt, ev } => core.on_worker(id, attempt, ev, now),
-        Msg::RelayEnded {
-            id,
-            attempt,
-            reason,
-            answered,
-        } => core.on_relay_ended(id, attempt, reason, answered, now),
+        Msg::RelayEnded { id, attempt, end } => core.on_relay_ended(id, attempt, end, now),
         Msg::CancelConfirmed { id } => core.on_cancel_confirmed(id, now),
         Msg::Timer(t) => core.on_timer(t, now),
         Msg::Tick => core.tick(now),
-        Msg::Call(f) => f(core, now),
+        Msg::CatalogRegister { req, reply } => {
+            let r = core.catalog_register(req);
+            let _ = reply.send((r, link.flush(core)));
+        }
+        Msg::CatalogList { reply } => {
+            let _ = reply.send(core.catalog_list());
+        }
+        Msg::CatalogGet { id, reply } => {
+            let _ = reply.send(core.catalog_get(&id));
+        }
+        Msg::CatalogDelete {
+            id,
+            correlation_id,
+            reply,
+        } => {
+            let r = core.catalog_delete(&id, correlation_id);
+            let _ = reply.send((r, link.flush(core)));
+        }
+        Msg::CatalogVerify {
+            id,
+            correlation_id,
+            reply,
+        } => {
+            let _ = reply.send(core.catalog_verify(&id, correlation_id));
+        }
+        Msg::CatalogSetState { id, state, reply } => {
+            let r = core.catalog_set_state(&id, state);
+            let _ = reply.send((r, link.flush(core)));
+        }
+        Msg::CatalogWriteFailed => link.write_failed(),
+        Msg::CatalogReloaded { records } => link.reloaded(core, records),
+        Msg::Availability { reply } => {
+            let _ = reply.send(core.availability());
+        }
+        Msg::ListedModels { reply } => {
+            let _ = reply.send(core.listed_models());
+        }
     }
 }

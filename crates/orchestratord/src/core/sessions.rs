@@ -1,33 +1,29 @@
-//! Sessions (API.md §4.3): metadata only (never prompts or outputs), created by the first task that
-//! names them, refreshed by every admitted task, expired after `sessions.ttl_ms`. A session's last
-//! pool is a placement hint that never makes a task wait.
+//! The sessions part of the core (API.md §4.3): metadata only (never prompts or outputs), created
+//! by the first task that names them, refreshed by every admitted task, expired after
+//! `sessions.ttl_ms`. A session's last pool is a placement hint that never makes a task wait.
 
-use std::time::Instant;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
-use api::node::PoolState;
-use api::SessionId;
-
-use super::{Core, Effects};
+use api::{ModelId, NodeId, PoolId, SessionId};
 
 pub struct Session {
-    pub created_at_ms: u64,
-    pub last_used: Instant,
-    pub last_used_ms: u64,
-    pub turns: u64,
-    pub last_pool: Option<String>,
-    pub last_node: Option<String>,
-    pub last_model: Option<String>,
+    created_at_ms: u64,
+    last_used: Instant,
+    last_used_ms: u64,
+    turns: u64,
+    last_pool: Option<PoolId>,
+    last_node: Option<NodeId>,
+    last_model: Option<ModelId>,
     /// The last task completed on `last_pool`.
-    pub warm: bool,
-    pub tokens_in_total: u64,
-    pub tokens_out_total: u64,
+    warm: bool,
+    tokens_in_total: u64,
+    tokens_out_total: u64,
 }
 
-impl<E: Effects> Core<E> {
-    /// Creates the session or restarts its TTL.
-    pub(super) fn touch_session(&mut self, id: SessionId, now: Instant) {
-        let ttl = self.cfg.session_ttl;
-        let s = self.sessions.entry(id).or_insert_with(|| Session {
+impl Session {
+    fn new(now: Instant) -> Self {
+        Self {
             created_at_ms: daemon::now_ms(),
             last_used: now,
             last_used_ms: daemon::now_ms(),
@@ -38,78 +34,90 @@ impl<E: Effects> Core<E> {
             warm: false,
             tokens_in_total: 0,
             tokens_out_total: 0,
-        });
-        if now.duration_since(s.last_used) > ttl {
+        }
+    }
+}
+
+pub struct Sessions {
+    by_id: HashMap<SessionId, Session>,
+    ttl: Duration,
+}
+
+impl Sessions {
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            by_id: HashMap::new(),
+            ttl,
+        }
+    }
+
+    /// Creates the session or restarts its TTL.
+    pub fn touch(&mut self, id: SessionId, now: Instant) {
+        let s = self.by_id.entry(id).or_insert_with(|| Session::new(now));
+        if now.duration_since(s.last_used) > self.ttl {
             // Expired but not yet purged: it starts anew.
-            *s = Session {
-                created_at_ms: daemon::now_ms(),
-                turns: 0,
-                last_pool: None,
-                last_node: None,
-                last_model: None,
-                warm: false,
-                tokens_in_total: 0,
-                tokens_out_total: 0,
-                ..*s
-            };
+            *s = Session::new(now);
         }
         s.last_used = now;
         s.last_used_ms = daemon::now_ms();
     }
 
     /// The session's last pool, for affinity.
-    pub(super) fn affinity(&self, id: SessionId) -> Option<String> {
-        self.sessions.get(&id).and_then(|s| s.last_pool.clone())
+    pub fn affinity(&self, id: SessionId) -> Option<PoolId> {
+        self.by_id.get(&id).and_then(|s| s.last_pool.clone())
     }
 
     /// Records a task placed on `pool`: placing elsewhere cools the session.
-    pub(super) fn session_placed(&mut self, id: SessionId, pool: &str) {
-        if let Some(s) = self.sessions.get_mut(&id) {
-            if s.last_pool.as_deref() != Some(pool) {
+    pub fn placed(&mut self, id: SessionId, pool: &PoolId) {
+        if let Some(s) = self.by_id.get_mut(&id) {
+            if s.last_pool.as_ref() != Some(pool) {
                 s.warm = false;
             }
         }
     }
 
     /// Records a completed task.
-    pub(super) fn session_completed(
+    pub fn completed(
         &mut self,
         id: SessionId,
-        pool: &str,
-        node: &str,
-        model: &str,
-        tokens_in: u64,
-        tokens_out: u64,
+        pool: &PoolId,
+        node: &NodeId,
+        model: &ModelId,
+        tokens: (u64, u64),
     ) {
-        if let Some(s) = self.sessions.get_mut(&id) {
+        if let Some(s) = self.by_id.get_mut(&id) {
             s.turns += 1;
-            s.last_pool = Some(pool.into());
-            s.last_node = Some(node.into());
-            s.last_model = Some(model.into());
+            s.last_pool = Some(pool.clone());
+            s.last_node = Some(node.clone());
+            s.last_model = Some(model.clone());
             s.warm = true;
-            s.tokens_in_total += tokens_in;
-            s.tokens_out_total += tokens_out;
+            s.tokens_in_total += tokens.0;
+            s.tokens_out_total += tokens.1;
         }
     }
 
-    pub fn session_view(&self, id: SessionId, now: Instant) -> Option<api::meta::SessionView> {
-        let s = self.sessions.get(&id)?;
+    /// The session's view; `still_serves(pool, model)` tells whether the last pool is still Ready
+    /// with the session's last model (for `kv_warmth`).
+    pub fn view(
+        &self,
+        id: SessionId,
+        now: Instant,
+        still_serves: impl Fn(&PoolId, Option<&ModelId>) -> bool,
+    ) -> Option<api::meta::SessionView> {
+        let s = self.by_id.get(&id)?;
         let age = now.duration_since(s.last_used);
-        if age > self.cfg.session_ttl {
+        if age > self.ttl {
             return None;
         }
         let pool_ok = s
             .last_pool
             .as_ref()
-            .and_then(|p| self.pools.get(p))
-            .is_some_and(|p| {
-                p.status.state == PoolState::Ready && p.model_id() == s.last_model.as_deref()
-            });
+            .is_some_and(|p| still_serves(p, s.last_model.as_ref()));
         Some(api::meta::SessionView {
-            session_id: id.to_string(),
+            session_id: id,
             created_at_ms: s.created_at_ms,
             last_used_at_ms: s.last_used_ms,
-            ttl_ms_remaining: (self.cfg.session_ttl - age).as_millis() as u64,
+            ttl_ms_remaining: (self.ttl - age).as_millis() as u64,
             turns: s.turns,
             last_pool_id: s.last_pool.clone(),
             last_node_id: s.last_node.clone(),
@@ -119,14 +127,14 @@ impl<E: Effects> Core<E> {
         })
     }
 
-    pub fn delete_session(&mut self, id: SessionId) {
-        self.sessions.remove(&id);
+    pub fn delete(&mut self, id: SessionId) {
+        self.by_id.remove(&id);
     }
 
     /// Drops sessions past their TTL.
-    pub(super) fn purge_sessions(&mut self, now: Instant) {
-        let ttl = self.cfg.session_ttl;
-        self.sessions
+    pub fn purge(&mut self, now: Instant) {
+        let ttl = self.ttl;
+        self.by_id
             .retain(|_, s| now.duration_since(s.last_used) <= ttl);
     }
 }

@@ -8,9 +8,10 @@ use api::events::{End, Event, Metrics as MetricsFrame, Started, StopReason, Toke
 use api::node::{NodeStatus, PoolState};
 use api::task::{PlacementMode, TaskRecord, TaskState};
 use api::worker::{DispatchModel, DispatchParams, DispatchRequest, WorkerEvent};
-use api::{ErrorCode, ErrorEnvelope, TaskId};
+use api::{ErrorCode, ErrorEnvelope, ModelId, NodeId, PoolId, TaskId};
 
 use super::admit::bool_str;
+use super::lifecycle::{Outcome, Stamp};
 use super::{placement, CancelJob, Core, DispatchJob, Effects, TaskLog, Timer};
 use crate::admission::ValidatedTask;
 use crate::metrics::{self as m, labels};
@@ -49,11 +50,11 @@ impl<E: Effects> Core<E> {
     pub(super) fn check_placement(
         &self,
         v: &ValidatedTask,
-        model: &str,
+        model: &ModelId,
     ) -> Result<(), ErrorEnvelope> {
         let p = &v.placement;
         for (i, id) in p.prefer_pools.iter().enumerate() {
-            if !self.pools.contains_key(id) {
+            if !self.registry.pools().contains_key(id) {
                 return Err(ErrorEnvelope::invalid(
                     format!("placement.prefer_pools[{i}]"),
                     format!("unknown pool {id}"),
@@ -61,7 +62,7 @@ impl<E: Effects> Core<E> {
             }
         }
         for (i, id) in p.avoid_pools.iter().enumerate() {
-            if !self.pools.contains_key(id) {
+            if !self.registry.pools().contains_key(id) {
                 return Err(ErrorEnvelope::invalid(
                     format!("placement.avoid_pools[{i}]"),
                     format!("unknown pool {id}"),
@@ -69,13 +70,14 @@ impl<E: Effects> Core<E> {
             }
         }
         let serving: Vec<_> = self
-            .pools
+            .registry
+            .pools()
             .iter()
             .filter(|(_, e)| e.model_id() == Some(model))
             .collect();
         if p.mode == PlacementMode::Pin {
-            let id = p.pin_pool_id.as_deref().unwrap_or_default();
-            let Some(pool) = self.pools.get(id) else {
+            let id = p.pin_pool_id.as_ref().map_or("", PoolId::as_str);
+            let Some((id, pool)) = self.registry.pools().get_key_value(id) else {
                 return Err(ErrorEnvelope::invalid(
                     "placement.pin_pool_id",
                     format!("unknown pool {id}"),
@@ -94,8 +96,8 @@ impl<E: Effects> Core<E> {
                 ));
             }
             if self
-                .nodes
-                .get(&pool.node_id)
+                .registry
+                .node(&pool.node_id)
                 .is_none_or(|n| n.status != NodeStatus::Online)
             {
                 return Err(ErrorEnvelope::new(
@@ -118,13 +120,13 @@ impl<E: Effects> Core<E> {
             let ready = p
                 .prefer_pools
                 .iter()
-                .filter_map(|id| self.pools.get(id).map(|e| (id, e)))
+                .filter_map(|id| self.registry.pool(id).map(|e| (id, e)))
                 .any(|(_, e)| {
                     e.model_id() == Some(model)
                         && e.status.state == PoolState::Ready
                         && self
-                            .nodes
-                            .get(&e.node_id)
+                            .registry
+                            .node(&e.node_id)
                             .is_some_and(|n| n.status == NodeStatus::Online)
                 });
             if !ready {
@@ -158,17 +160,18 @@ impl<E: Effects> Core<E> {
         Ok(())
     }
 
-    pub(super) fn has_measurements(&self, model: &str) -> bool {
-        self.pools.iter().any(|(id, p)| {
+    pub(super) fn has_measurements(&self, model: &ModelId) -> bool {
+        self.registry.pools().iter().any(|(id, p)| {
             p.model_id() == Some(model)
                 && self.stats.get(id).is_some_and(|s| s.decode_tps.is_some())
         })
     }
 
     /// `(queue_position, predicted_start_ms)` for a task entering `model`'s queue (API.md §6.3).
-    pub(super) fn predict(&self, model: &str, ahead: u64, max_tokens: u64) -> (u64, u64) {
-        let cands: Vec<(&String, &super::PoolEntry)> = self
-            .pools
+    pub(super) fn predict(&self, model: &ModelId, ahead: u64, max_tokens: u64) -> (u64, u64) {
+        let cands: Vec<(&PoolId, &super::PoolEntry)> = self
+            .registry
+            .pools()
             .iter()
             .filter(|(_, p)| p.model_id() == Some(model) && p.status.state == PoolState::Ready)
             .collect();
@@ -184,9 +187,10 @@ impl<E: Effects> Core<E> {
         (ahead, (ahead + 1).div_ceil(slots) * d)
     }
 
-    fn mean_duration_ms(&self, model: &str, max_tokens: u64) -> u64 {
+    fn mean_duration_ms(&self, model: &ModelId, max_tokens: u64) -> u64 {
         let ds: Vec<f64> = self
-            .pools
+            .registry
+            .pools()
             .iter()
             .filter(|(_, p)| p.model_id() == Some(model))
             .filter_map(|(id, _)| self.stats.get(id))
@@ -201,9 +205,10 @@ impl<E: Effects> Core<E> {
         }
     }
 
-    pub(super) fn retry_after_ms(&self, model: &str, max_tokens: u64) -> u64 {
+    pub(super) fn retry_after_ms(&self, model: &ModelId, max_tokens: u64) -> u64 {
         let slots: u64 = self
-            .pools
+            .registry
+            .pools()
             .values()
             .filter(|p| p.model_id() == Some(model))
             .map(|p| p.status.slots_total as u64)
@@ -217,21 +222,23 @@ impl<E: Effects> Core<E> {
     pub(super) fn start_attempt(
         &mut self,
         id: TaskId,
-        pool_id: &str,
+        pool_id: &PoolId,
         fallback: bool,
         now: Instant,
     ) {
         self.prep_completed(id);
-        let Some(pool) = self.pools.get_mut(pool_id) else {
+        if !self.registry.hold_slot(pool_id, id) {
+            return;
+        }
+        let Some(pool) = self.registry.pool(pool_id) else {
             return;
         };
-        pool.holding.insert(id);
         let node_id = pool.node_id.clone();
         let engine_version = pool.status.engine_version.clone();
         let digest = pool.status.models.first().and_then(|m| m.digest.clone());
         // A task that names no ctx gets the pool's whole slot (§13.2 `params.ctx`).
         let ctx_per_slot = pool.status.ctx_per_slot;
-        let Some(node) = self.nodes.get(&node_id) else {
+        let Some(node) = self.registry.node(&node_id) else {
             return;
         };
         let (address, token) = (node.address.clone(), node.dispatch_token.clone());
@@ -240,21 +247,17 @@ impl<E: Effects> Core<E> {
         };
         let first = t.attempts == 0;
         t.attempts += 1;
-        t.tried.push(pool_id.to_string());
-        t.state = TaskState::Running;
-        t.left_queue_at.get_or_insert(now);
-        t.pool = Some(pool_id.to_string());
+        t.tried.push(pool_id.clone());
+        t.life.run(Stamp::at(now));
+        t.pool = Some(pool_id.clone());
         t.node = Some(node_id.clone());
         t.engine_version = engine_version.clone();
-        if first {
-            t.started_at_ms = Some(daemon::now_ms());
-        }
         if !t.started_sent {
             t.started_sent = true;
             t.log.append(Event::Started(Started {
                 queue_position: t.admission_position,
                 predicted_start_ms: t.admission_predicted_ms,
-                pool_id: pool_id.to_string(),
+                pool_id: pool_id.clone(),
                 node_id: node_id.clone(),
                 engine: api::ENGINE_LLAMACPP.into(),
                 engine_version: engine_version.clone(),
@@ -275,11 +278,11 @@ impl<E: Effects> Core<E> {
         let body = DispatchRequest {
             protocol_version: api::PROTOCOL_VERSION,
             attempt: t.attempts,
-            task_id: id.to_string(),
-            session_id: t.v.session_id.to_string(),
+            task_id: id,
+            session_id: t.v.session_id,
             correlation_id: t.correlation_id.clone(),
             node_id: node_id.clone(),
-            pool_id: pool_id.to_string(),
+            pool_id: pool_id.clone(),
             model: DispatchModel {
                 id: t.model.clone(),
                 digest,
@@ -300,7 +303,7 @@ impl<E: Effects> Core<E> {
         let session = t.v.session_id;
         if !first {
             let info = api::events::PlacementInfo {
-                pool_id: pool_id.to_string(),
+                pool_id: pool_id.clone(),
                 node_id: node_id.clone(),
                 engine_version,
                 attempt,
@@ -310,7 +313,7 @@ impl<E: Effects> Core<E> {
                 ..Default::default()
             }));
         }
-        self.session_placed(session, pool_id);
+        self.sessions.placed(session, pool_id);
         self.effects.dispatch(DispatchJob {
             task: id,
             attempt,
@@ -325,14 +328,14 @@ impl<E: Effects> Core<E> {
         let Some(t) = self.tasks.get_mut(&id) else {
             return;
         };
-        if t.attempts != attempt || t.state != TaskState::Running {
+        if t.attempts != attempt || t.state() != TaskState::Running {
             return;
         }
         match ev {
             WorkerEvent::Started { engine_version, .. } => {
                 t.engine_version = Some(engine_version.clone());
-                let pool = t.pool.clone().unwrap_or_default();
-                let node = t.node.clone().unwrap_or_default();
+                let pool = t.pool_label();
+                let node = t.node_label();
                 self.metrics.inc(
                     m::TASKS_STARTED,
                     labels(&[
@@ -349,11 +352,9 @@ impl<E: Effects> Core<E> {
                 if text.is_empty() {
                     return;
                 }
-                if t.first_token_at.is_none() {
-                    t.first_token_at = Some(now);
-                    t.first_token_at_ms = Some(daemon::now_ms());
-                    tracing::info!(event = "task.first_token", correlation_id = %t.correlation_id, task_id = %id, pool_id = %t.pool.as_deref().unwrap_or(""),
-                        duration_ms = now.duration_since(t.admitted_at).as_millis() as u64, "First token of task {id}");
+                if t.life.first_token(Stamp::at(now)) {
+                    tracing::info!(event = "task.first_token", correlation_id = %t.correlation_id, task_id = %id, pool_id = %t.pool_label(),
+                        duration_ms = now.duration_since(t.admitted.at).as_millis() as u64, "First token of task {id}");
                 }
                 let i = t.token_frames;
                 t.token_frames += 1;
@@ -382,27 +383,29 @@ impl<E: Effects> Core<E> {
                 engine_decode_ms,
             } => {
                 t.tokens_in = tokens_in;
-                t.tokens_out = tokens_out.max(t.token_frames);
+                t.reported_tokens_out = tokens_out;
                 t.seed = seed;
-                let state = if stop_reason == StopReason::Canceled {
-                    TaskState::Canceled
+                let outcome = if stop_reason == StopReason::Canceled {
+                    Outcome::Canceled
                 } else {
-                    TaskState::Completed
+                    Outcome::Completed
                 };
                 let done = (
                     t.v.session_id,
-                    t.pool.clone().unwrap_or_default(),
-                    t.node.clone().unwrap_or_default(),
+                    t.pool.clone(),
+                    t.node.clone(),
                     t.model.clone(),
                     t.tokens_in,
-                    t.tokens_out,
+                    t.tokens_out(),
                 );
                 self.observe_finish(id, engine_ttft_ms, engine_decode_ms);
-                if state == TaskState::Completed {
-                    let (sid, pool, node, model, tin, tout) = done;
-                    self.session_completed(sid, &pool, &node, &model, tin, tout);
+                if let (Outcome::Completed, (sid, Some(pool), Some(node), model, tin, tout)) =
+                    (outcome, done)
+                {
+                    self.sessions
+                        .completed(sid, &pool, &node, &model, (tin, tout));
                 }
-                self.finish_with_end(id, stop_reason, state, now);
+                self.finish_with_end(id, stop_reason, outcome, now);
                 self.release_slot(id, now);
             }
             WorkerEvent::Error {
@@ -423,26 +426,22 @@ impl<E: Effects> Core<E> {
     }
 
     /// The dispatch stream ended without a terminal line, or could not be opened.
-    pub fn on_relay_ended(
-        &mut self,
-        id: TaskId,
-        attempt: u32,
-        reason: String,
-        answered: Option<ErrorEnvelope>,
-        now: Instant,
-    ) {
+    pub fn on_relay_ended(&mut self, id: TaskId, attempt: u32, end: super::RelayEnd, now: Instant) {
         let Some(t) = self.tasks.get(&id) else { return };
-        if t.attempts != attempt || t.state != TaskState::Running {
+        if t.attempts != attempt || t.state() != TaskState::Running {
             return;
         }
-        let env = answered.unwrap_or_else(|| {
-            let code = if t.token_frames > 0 {
-                ErrorCode::WorkerReset
-            } else {
-                ErrorCode::PoolUnavailable
-            };
-            ErrorEnvelope::new(code, reason).with_retriable(true)
-        });
+        let env = match end {
+            super::RelayEnd::Refused { envelope, .. } => envelope,
+            other => {
+                let code = if t.token_frames > 0 {
+                    ErrorCode::WorkerReset
+                } else {
+                    ErrorCode::PoolUnavailable
+                };
+                ErrorEnvelope::new(code, other.to_string()).with_retriable(true)
+            }
+        };
         self.attempt_failed(id, env, now);
     }
 
@@ -454,11 +453,11 @@ impl<E: Effects> Core<E> {
         let pinned = t.v.placement.mode == PlacementMode::Pin;
         let can_retry =
             no_tokens && env.retriable && !pinned && t.attempts <= self.cfg.dispatch_retries;
-        tracing::warn!(event = "task.attempt_failed", correlation_id = %t.correlation_id, task_id = %id, pool_id = %failed_pool.as_deref().unwrap_or(""),
+        tracing::warn!(event = "task.attempt_failed", correlation_id = %t.correlation_id, task_id = %id, pool_id = %failed_pool.as_ref().map_or("", api::PoolId::as_str),
             code = %env.code, attempt = t.attempts, "Attempt {} of task {id} failed: {}", t.attempts, env.message);
         if env.code == ErrorCode::ReplicaExhausted {
-            if let Some(p) = failed_pool.as_ref().and_then(|p| self.pools.get_mut(p)) {
-                p.exhausted = true;
+            if let Some(p) = &failed_pool {
+                self.registry.mark_exhausted(p);
             }
         }
         self.release_slot(id, now);
@@ -470,9 +469,9 @@ impl<E: Effects> Core<E> {
             if self.has_untried_candidate(id) {
                 // Another pool could run it, just not now: back to the head of its queue.
                 if let Some(t) = self.tasks.get_mut(&id) {
-                    t.state = TaskState::Queued;
+                    t.life.requeue(Stamp::at(now));
                     let (key, prio) = (t.queue_key.clone(), t.v.priority);
-                    self.queues.entry(key).or_default().push_front(id, prio);
+                    self.queues.push_front(key, id, prio);
                 }
                 return;
             }
@@ -501,13 +500,13 @@ impl<E: Effects> Core<E> {
         };
         self.pool_views().iter().any(|p| {
             placement::is_candidate(p, &t.model, t.v.ctx, &t.v.placement)
-                && !t.tried.iter().any(|x| x == p.pool_id)
+                && !t.tried.contains(p.pool_id)
         })
     }
 
     fn observe_finish(&mut self, id: TaskId, engine_ttft_ms: Option<u64>, engine_decode_ms: u64) {
         let Some(t) = self.tasks.get(&id) else { return };
-        let pool = t.pool.clone().unwrap_or_default();
+        let pool = t.pool_label();
         let ev = t.engine_version.clone().unwrap_or_default();
         let prio = t.v.priority.as_str();
         let base = labels(&[
@@ -517,19 +516,21 @@ impl<E: Effects> Core<E> {
             ("priority", prio),
         ]);
         if let (Some(first), Some(left), Some(ettft)) =
-            (t.first_token_at, t.left_queue_at, engine_ttft_ms)
+            (t.life.first_token_at(), t.life.started_at(), engine_ttft_ms)
         {
-            let overhead = first.duration_since(left).as_secs_f64() * 1000.0 - ettft as f64;
+            let overhead = first.at.duration_since(left.at).as_secs_f64() * 1000.0 - ettft as f64;
             self.metrics
                 .observe(m::OVERHEAD, base.clone(), overhead.max(0.0));
         }
+        let Some(pool) = t.pool.clone() else { return };
         let s = self.stats.entry(pool).or_default();
         let ewma = |old: Option<f64>, new: f64| Some(old.map_or(new, |o| 0.8 * o + 0.2 * new));
-        s.tokens_out = ewma(s.tokens_out, t.tokens_out as f64);
-        if engine_decode_ms > 0 && t.tokens_out > 0 {
+        let tokens_out = t.tokens_out();
+        s.tokens_out = ewma(s.tokens_out, tokens_out as f64);
+        if engine_decode_ms > 0 && tokens_out > 0 {
             s.decode_tps = ewma(
                 s.decode_tps,
-                t.tokens_out as f64 * 1000.0 / engine_decode_ms as f64,
+                tokens_out as f64 * 1000.0 / engine_decode_ms as f64,
             );
         }
         if let Some(e) = engine_ttft_ms {
@@ -542,33 +543,30 @@ impl<E: Effects> Core<E> {
         &mut self,
         id: TaskId,
         reason: StopReason,
-        state: TaskState,
+        outcome: Outcome,
         now: Instant,
     ) {
         let Some(t) = self.tasks.get_mut(&id) else {
             return;
         };
-        let ttft = t
-            .first_token_at
-            .map(|f| f.duration_since(t.admitted_at).as_millis() as u64);
-        let decode = t
-            .first_token_at
-            .map(|f| now.duration_since(f).as_millis() as u64)
+        let first = t.life.first_token_at();
+        let ttft = first.map(|f| f.at.duration_since(t.admitted.at).as_millis() as u64);
+        let decode = first
+            .map(|f| now.duration_since(f.at).as_millis() as u64)
             .unwrap_or(0);
-        t.state = state;
+        t.life.finish(outcome, Stamp::at(now));
         t.stop_reason = Some(reason);
-        t.tokens_out = t.tokens_out.max(t.token_frames);
         t.log.append(Event::End(End {
             tokens_in: t.tokens_in,
-            tokens_out: t.tokens_out,
+            tokens_out: t.tokens_out(),
             ttft_ms: ttft,
             decode_ms: decode,
             decode_time_ms: decode,
             stop_reason: reason,
             canceled: reason == StopReason::Canceled,
         }));
-        let pool = t.pool.clone().unwrap_or_default();
-        let node = t.node.clone().unwrap_or_default();
+        let pool = t.pool_label();
+        let node = t.node_label();
         let ev = t.engine_version.clone().unwrap_or_default();
         let prio = t.v.priority.as_str();
         let series = labels(&[
@@ -579,7 +577,8 @@ impl<E: Effects> Core<E> {
         ]);
         self.metrics
             .inc(m::TOKENS_IN, series.clone(), t.tokens_in as f64);
-        self.metrics.inc(m::TOKENS_OUT, series, t.tokens_out as f64);
+        self.metrics
+            .inc(m::TOKENS_OUT, series, t.tokens_out() as f64);
         let hist = labels(&[
             ("engine", api::ENGINE_LLAMACPP),
             ("engine_version", &ev),
@@ -592,20 +591,20 @@ impl<E: Effects> Core<E> {
             self.metrics.observe(m::LATENCY_DECODE, hist, decode as f64);
         }
         tracing::info!(event = "task.finished", correlation_id = %t.correlation_id, task_id = %id, pool_id = %pool, node_id = %node, tokens_in = t.tokens_in,
-            tokens_out = t.tokens_out, duration_ms = now.duration_since(t.admitted_at).as_millis() as u64,
-            "Task {id} ended ({reason:?}) with {} tokens", t.tokens_out);
-        self.mark_terminal(id, now);
+            tokens_out = t.tokens_out(), duration_ms = now.duration_since(t.admitted.at).as_millis() as u64,
+            "Task {id} ended ({reason:?}) with {} tokens", t.tokens_out());
+        self.tasks.finished(id);
     }
 
     pub(super) fn finish_with_error(&mut self, id: TaskId, env: ErrorEnvelope, now: Instant) {
         let Some(t) = self.tasks.get_mut(&id) else {
             return;
         };
-        t.state = TaskState::Failed;
+        t.life.finish(Outcome::Failed, Stamp::at(now));
         t.error = Some(env.clone());
         t.log.append(Event::Error(env.clone()));
-        let pool = t.pool.clone().unwrap_or_default();
-        let node = t.node.clone().unwrap_or_default();
+        let pool = t.pool_label();
+        let node = t.node_label();
         let ev = t.engine_version.clone().unwrap_or_default();
         let series = labels(&[
             ("engine", api::ENGINE_LLAMACPP),
@@ -616,18 +615,10 @@ impl<E: Effects> Core<E> {
         self.metrics
             .inc(m::TOKENS_IN, series.clone(), t.tokens_in as f64);
         self.metrics
-            .inc(m::TOKENS_OUT, series, t.token_frames as f64);
+            .inc(m::TOKENS_OUT, series, t.tokens_out() as f64);
         tracing::warn!(event = "task.finished", correlation_id = %t.correlation_id, task_id = %id, pool_id = %pool, code = %env.code,
             "Task {id} failed: {}", env.message);
-        self.mark_terminal(id, now);
-    }
-
-    fn mark_terminal(&mut self, id: TaskId, now: Instant) {
-        if let Some(t) = self.tasks.get_mut(&id) {
-            t.finished_at = Some(now);
-            t.finished_at_ms = Some(daemon::now_ms());
-        }
-        self.finished.push_back(id);
+        self.tasks.finished(id);
     }
 
     /// Frees the task's slot on its pool (the worker stream ended, or a cancel was confirmed).
@@ -635,12 +626,8 @@ impl<E: Effects> Core<E> {
         let Some(pool) = self.tasks.get(&id).and_then(|t| t.pool.clone()) else {
             return;
         };
-        if let Some(p) = self.pools.get_mut(&pool) {
-            let held = p.holding.remove(&id);
-            p.releasing.remove(&id);
-            if held {
-                self.pump(now);
-            }
+        if self.registry.release_slot(&pool, id) {
+            self.pump(now);
         }
     }
 
@@ -649,18 +636,18 @@ impl<E: Effects> Core<E> {
         let Some(t) = self.tasks.get(&id) else {
             return false;
         };
-        match t.state {
+        match t.state() {
             TaskState::Queued => {
                 self.dequeue(id);
                 self.count_cancel(id, reason);
-                self.finish_with_end(id, StopReason::Canceled, TaskState::Canceled, now);
+                self.finish_with_end(id, StopReason::Canceled, Outcome::Canceled, now);
                 self.publish_gauges();
             }
             TaskState::Running => {
                 self.count_cancel(id, reason);
-                tracing::info!(event = "task.canceled", correlation_id = %t.correlation_id, task_id = %id, pool_id = %t.pool.as_deref().unwrap_or(""),
+                tracing::info!(event = "task.canceled", correlation_id = %t.correlation_id, task_id = %id, pool_id = %t.pool_label(),
                     reason = reason.label(), "Task {id} canceled ({})", reason.label());
-                self.stop_running(id, StopReason::Canceled, TaskState::Canceled, now);
+                self.stop_running(id, StopReason::Canceled, Outcome::Canceled, now);
             }
             _ => {}
         }
@@ -669,8 +656,8 @@ impl<E: Effects> Core<E> {
 
     fn count_cancel(&self, id: TaskId, reason: CancelReason) {
         let Some(t) = self.tasks.get(&id) else { return };
-        let pool = t.pool.clone().unwrap_or_default();
-        let node = t.node.clone().unwrap_or_default();
+        let pool = t.pool_label();
+        let node = t.node_label();
         let ev = t.engine_version.clone().unwrap_or_default();
         self.metrics.inc(
             m::TASKS_CANCELED,
@@ -687,22 +674,22 @@ impl<E: Effects> Core<E> {
 
     /// Ends a running task at once and stops its engine work; the slot stays held until the worker
     /// confirms it free.
-    fn stop_running(&mut self, id: TaskId, reason: StopReason, state: TaskState, now: Instant) {
-        self.finish_with_end(id, reason, state, now);
+    fn stop_running(&mut self, id: TaskId, reason: StopReason, outcome: Outcome, now: Instant) {
+        self.finish_with_end(id, reason, outcome, now);
         self.effects.abort_dispatch(id);
         let Some(t) = self.tasks.get(&id) else { return };
         let Some(pool_id) = t.pool.clone() else {
             return;
         };
         let cid = t.correlation_id.clone();
-        let Some(pool) = self.pools.get_mut(&pool_id) else {
-            return;
-        };
-        if !pool.holding.contains(&id) {
+        if !self.registry.start_releasing(&pool_id, id) {
             return;
         }
-        pool.releasing.insert(id);
-        let Some(node) = self.nodes.get(&pool.node_id) else {
+        let Some(node) = self
+            .registry
+            .pool(&pool_id)
+            .and_then(|p| self.registry.node(&p.node_id))
+        else {
             return;
         };
         self.effects.cancel_on_worker(CancelJob {
@@ -724,7 +711,7 @@ impl<E: Effects> Core<E> {
             Timer::Deadline(id) => self.on_deadline(id, now),
             Timer::DisconnectCheck(id) => {
                 let Some(t) = self.tasks.get(&id) else { return };
-                if t.state == TaskState::Running
+                if t.state() == TaskState::Running
                     && t.log.subscribers() == 0
                     && t.log.ever_subscribed()
                 {
@@ -736,7 +723,7 @@ impl<E: Effects> Core<E> {
 
     fn on_deadline(&mut self, id: TaskId, now: Instant) {
         let Some(t) = self.tasks.get(&id) else { return };
-        match t.state {
+        match t.state() {
             TaskState::Queued => {
                 self.dequeue(id);
                 self.finish_with_error(
@@ -751,7 +738,7 @@ impl<E: Effects> Core<E> {
                 self.publish_gauges();
             }
             TaskState::Running => {
-                self.stop_running(id, StopReason::Deadline, TaskState::Completed, now)
+                self.stop_running(id, StopReason::Deadline, Outcome::Completed, now)
             }
             _ => {}
         }
@@ -765,21 +752,8 @@ impl<E: Effects> Core<E> {
 
     /// Drops finished tasks past retention or beyond `max_retained` (oldest first).
     pub fn purge(&mut self, now: Instant) {
-        while let Some(id) = self.finished.front().copied() {
-            let expired = self
-                .tasks
-                .get(&id)
-                .and_then(|t| t.finished_at)
-                .is_none_or(|f| now.duration_since(f) >= self.cfg.retention);
-            if expired || self.finished.len() > self.cfg.max_retained {
-                self.finished.pop_front();
-                if self.tasks.get(&id).is_some_and(|t| t.state.is_terminal()) {
-                    self.tasks.remove(&id);
-                }
-            } else {
-                break;
-            }
-        }
+        self.tasks
+            .purge(now, self.cfg.retention, self.cfg.max_retained);
     }
 
     pub fn log_of(&self, id: TaskId) -> Option<Arc<TaskLog>> {
@@ -788,7 +762,7 @@ impl<E: Effects> Core<E> {
 
     pub fn record(&self, id: TaskId) -> Option<TaskRecord> {
         let t = self.tasks.get(&id)?;
-        let queued = t.state == TaskState::Queued;
+        let queued = t.state() == TaskState::Queued;
         let position = if queued {
             self.queues
                 .get(&t.queue_key)
@@ -803,7 +777,7 @@ impl<E: Effects> Core<E> {
             correlation_id: t.correlation_id.clone(),
             model: t.model.clone(),
             priority: t.v.priority,
-            state: t.state,
+            state: t.state(),
             queue_position: position,
             predicted_start_ms: if queued {
                 Some(t.admission_predicted_ms)
@@ -814,13 +788,13 @@ impl<E: Effects> Core<E> {
             node_id: t.node.clone(),
             engine: t.pool.as_ref().map(|_| api::ENGINE_LLAMACPP.to_string()),
             engine_version: t.engine_version.clone(),
-            created_at_ms: Some(t.created_at_ms),
-            started_at_ms: t.started_at_ms,
-            first_token_at_ms: t.first_token_at_ms,
-            finished_at_ms: t.finished_at_ms,
+            created_at_ms: Some(t.admitted.ms),
+            started_at_ms: t.life.started_at().map(|s| s.ms),
+            first_token_at_ms: t.life.first_token_at().map(|s| s.ms),
+            finished_at_ms: t.life.finished_at().map(|s| s.ms),
             attempts: t.attempts,
             tokens_in: t.tokens_in,
-            tokens_out: t.tokens_out.max(t.token_frames),
+            tokens_out: t.tokens_out(),
             seed: t.seed,
             stop_reason: t.stop_reason,
             error: t.error.clone(),
@@ -829,11 +803,11 @@ impl<E: Effects> Core<E> {
 
     /// Tasks running on `node_id` when it is lost: before the first token they fail over, after it
     /// they end with WORKER_RESET (API.md §7.5).
-    pub(super) fn node_lost(&mut self, node_id: &str, now: Instant) {
+    pub(super) fn node_lost(&mut self, node_id: &NodeId, now: Instant) {
         let ids: Vec<TaskId> = self
             .tasks
             .iter()
-            .filter(|(_, t)| t.state == TaskState::Running && t.node.as_deref() == Some(node_id))
+            .filter(|(_, t)| t.state() == TaskState::Running && t.node.as_ref() == Some(node_id))
             .map(|(id, _)| *id)
             .collect();
         for id in ids {
@@ -850,10 +824,7 @@ impl<E: Effects> Core<E> {
                 now,
             );
         }
-        for p in self.pools.values_mut().filter(|p| p.node_id == node_id) {
-            p.holding.clear();
-            p.releasing.clear();
-        }
+        self.registry.clear_slots_on(node_id);
         self.pump(now);
     }
 }

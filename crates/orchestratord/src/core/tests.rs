@@ -37,6 +37,22 @@ impl Effects for Recorded {
     }
 }
 
+fn cid(s: &str) -> CorrelationId {
+    s.parse().expect("test correlation id")
+}
+
+fn pid(s: &str) -> PoolId {
+    s.parse().expect("test pool id")
+}
+
+fn nid(s: &str) -> NodeId {
+    s.parse().expect("test node id")
+}
+
+fn mid(s: &str) -> ModelId {
+    s.parse().expect("test model id")
+}
+
 fn core_with(edit: impl FnOnce(&mut Config)) -> Core<Recorded> {
     let mut cfg = RawConfig::default()
         .validate(std::path::Path::new("/tmp"))
@@ -52,7 +68,7 @@ fn core_with(edit: impl FnOnce(&mut Config)) -> Core<Recorded> {
 
 fn pool(id: &str, slots: u32) -> PoolStatus {
     PoolStatus {
-        pool_id: id.into(),
+        pool_id: pid(id),
         state: PoolState::Ready,
         last_error: None,
         engine: "llamacpp".into(),
@@ -64,10 +80,11 @@ fn pool(id: &str, slots: u32) -> PoolStatus {
         slots_free: slots,
         ctx_per_slot: 1024,
         models: vec![LoadedModel {
-            id: "m".into(),
+            id: mid("m"),
             model_ref: "file:/m.gguf".into(),
             digest: None,
-            ..Default::default()
+            size_bytes: None,
+            metadata: None,
         }],
         running: vec![],
         kv_cache_usage_ratio: None,
@@ -79,7 +96,7 @@ fn pool(id: &str, slots: u32) -> PoolStatus {
 fn register(core: &mut Core<Recorded>, node: &str, pools: Vec<PoolStatus>, now: Instant) {
     let req = RegisterRequest {
         protocol_version: 1,
-        node_id: node.into(),
+        node_id: nid(node),
         machine_id: node.into(),
         version: "t".into(),
         address: format!("http://{node}"),
@@ -103,11 +120,11 @@ fn submit(
     p: Priority,
     now: Instant,
 ) -> Result<TaskId, api::ErrorEnvelope> {
-    core.submit(task(|r| r.priority = p), "cid".into(), now)
+    core.submit(task(|r| r.priority = p), cid("cid"), now)
         .map(|(a, _)| a.task_id)
 }
 
-fn dispatched(core: &Core<Recorded>) -> Vec<(TaskId, String)> {
+fn dispatched(core: &Core<Recorded>) -> Vec<(TaskId, PoolId)> {
     core.effects
         .dispatched
         .iter()
@@ -154,14 +171,14 @@ fn dispatch_never_exceeds_slots() {
         .map(|_| submit(&mut core, Priority::Interactive, now).expect("admitted"))
         .collect();
     assert_eq!(dispatched(&core).len(), 2);
-    assert_eq!(core.tasks[&ids[2]].state, TaskState::Queued);
+    assert_eq!(core.tasks[&ids[2]].state(), TaskState::Queued);
     finish(&mut core, ids[0], now);
     assert_eq!(
         dispatched(&core).len(),
         3,
         "the freed slot goes to the queued task at once"
     );
-    assert_eq!(core.pools["p1"].holding.len(), 2);
+    assert_eq!(core.registry.pools()["p1"].holding.len(), 2);
 }
 
 #[test]
@@ -215,8 +232,8 @@ fn drop_lru_evicts_the_oldest_lowest_class() {
     assert!(
         matches!(frames(&core, b1).last(), Some(Event::Error(e)) if e.code == ErrorCode::QueueFullDropLru && e.retriable)
     );
-    assert_eq!(core.tasks[&b2].state, TaskState::Queued);
-    assert_eq!(core.tasks[&i].state, TaskState::Queued);
+    assert_eq!(core.tasks[&b2].state(), TaskState::Queued);
+    assert_eq!(core.tasks[&i].state(), TaskState::Queued);
     // Now only interactive + one batch: a batch newcomer evicts the batch one; then a batch
     // newcomer facing only interactive tasks is refused.
     submit(&mut core, Priority::Batch, now).expect("evicts b2");
@@ -245,7 +262,7 @@ fn shed_low_priority_sheds_newest_batch() {
     assert!(
         matches!(frames(&core, b2).last(), Some(Event::Error(e)) if e.code == ErrorCode::AdmissionReject)
     );
-    assert_eq!(core.tasks[&b1].state, TaskState::Queued);
+    assert_eq!(core.tasks[&b1].state(), TaskState::Queued);
 }
 
 #[test]
@@ -257,41 +274,41 @@ fn pin_semantics() {
     register(&mut core, "n1", vec![pool("p1", 1), starting], now);
     let pin = |id: &str| Placement {
         mode: PlacementMode::Pin,
-        pin_pool_id: Some(id.into()),
+        pin_pool_id: Some(pid(id)),
         ..Default::default()
     };
     let e = core
-        .submit(task(|r| r.placement = Some(pin("nope"))), "c".into(), now)
-        .err()
-        .expect("unknown");
+        .submit(task(|r| r.placement = Some(pin("nope"))), cid("c"), now)
+        .map(|_| ())
+        .expect_err("unknown");
     assert_eq!(
         (e.code, e.field.as_deref()),
         (ErrorCode::InvalidParams, Some("placement.pin_pool_id"))
     );
     let e = core
-        .submit(task(|r| r.placement = Some(pin("p2"))), "c".into(), now)
-        .err()
-        .expect("not ready");
+        .submit(task(|r| r.placement = Some(pin("p2"))), cid("c"), now)
+        .map(|_| ())
+        .expect_err("not ready");
     assert_eq!((e.code, e.http_status()), (ErrorCode::PoolUnready, 503));
     // A Ready pin with no free slot queues in the pool's own queue and waits for that pool.
     let a = core
-        .submit(task(|r| r.placement = Some(pin("p1"))), "c".into(), now)
+        .submit(task(|r| r.placement = Some(pin("p1"))), cid("c"), now)
         .expect("pinned")
         .0
         .task_id;
     let b = core
-        .submit(task(|r| r.placement = Some(pin("p1"))), "c".into(), now)
+        .submit(task(|r| r.placement = Some(pin("p1"))), cid("c"), now)
         .expect("pinned")
         .0
         .task_id;
-    assert_eq!(core.tasks[&b].queue_key, "pool:p1");
+    assert_eq!(core.tasks[&b].queue_key, queue::QueueKey::Pool(pid("p1")));
     register(&mut core, "n2", vec![pool("p3", 4)], now);
     assert!(
         dispatched(&core).iter().all(|(_, p)| p == "p1"),
         "pinned tasks never go elsewhere"
     );
     finish(&mut core, a, now);
-    assert_eq!(dispatched(&core).last(), Some(&(b, "p1".to_string())));
+    assert_eq!(dispatched(&core).last(), Some(&(b, pid("p1"))));
 }
 
 #[test]
@@ -302,7 +319,12 @@ fn failover_before_first_token_and_reset_after() {
     register(&mut core, "n2", vec![pool("b", 1)], now);
     let t = submit(&mut core, Priority::Interactive, now).expect("admitted");
     let first_pool = dispatched(&core)[0].1.clone();
-    core.on_relay_ended(t, 1, "connection refused".into(), None, now);
+    core.on_relay_ended(
+        t,
+        1,
+        RelayEnd::Unreachable("connection refused".into()),
+        now,
+    );
     let second = dispatched(&core)[1].clone();
     assert_eq!(second.0, t);
     assert_ne!(second.1, first_pool, "retried on the other pool");
@@ -324,7 +346,7 @@ fn failover_before_first_token_and_reset_after() {
         },
         now,
     );
-    core.on_relay_ended(t, 2, "stream broke".into(), None, now);
+    core.on_relay_ended(t, 2, RelayEnd::Broken("reset".into()), now);
     assert!(
         matches!(frames(&core, t).last(), Some(Event::Error(e)) if e.code == ErrorCode::WorkerReset)
     );
@@ -346,8 +368,8 @@ fn exhausted_retries_end_with_pool_unavailable() {
         now,
     );
     let t = submit(&mut core, Priority::Interactive, now).expect("admitted");
-    core.on_relay_ended(t, 1, "refused".into(), None, now);
-    core.on_relay_ended(t, 2, "refused".into(), None, now);
+    core.on_relay_ended(t, 1, RelayEnd::Closed, now);
+    core.on_relay_ended(t, 2, RelayEnd::Closed, now);
     assert_eq!(dispatched(&core).len(), 2);
     assert!(
         matches!(frames(&core, t).last(), Some(Event::Error(e)) if e.code == ErrorCode::PoolUnavailable)
@@ -360,12 +382,12 @@ fn deadlines_while_queued_and_running() {
     let mut core = core_with(|_| {});
     register(&mut core, "n1", vec![pool("p1", 1)], now);
     let running = core
-        .submit(task(|r| r.deadline_ms = Some(5000)), "c".into(), now)
+        .submit(task(|r| r.deadline_ms = Some(5000)), cid("c"), now)
         .expect("runs")
         .0
         .task_id;
     let queued = core
-        .submit(task(|r| r.deadline_ms = Some(5000)), "c".into(), now)
+        .submit(task(|r| r.deadline_ms = Some(5000)), cid("c"), now)
         .expect("queued")
         .0
         .task_id;
@@ -438,12 +460,12 @@ fn cancel_is_immediate_and_the_slot_waits_for_confirmation() {
         "no token after the cancel"
     );
     assert_eq!(
-        core.tasks[&next].state,
+        core.tasks[&next].state(),
         TaskState::Queued,
         "the slot is still held until the worker confirms"
     );
     core.on_cancel_confirmed(t, now);
-    assert_eq!(core.tasks[&next].state, TaskState::Running);
+    assert_eq!(core.tasks[&next].state(), TaskState::Running);
     // A queued task's cancel ends it alone.
     let q = submit(&mut core, Priority::Interactive, now).expect("queued");
     core.cancel(q, tasks::CancelReason::Client, now);
@@ -459,26 +481,30 @@ fn session_affinity_prefers_the_last_pool_without_waiting() {
     // Occupy a, so the first session task lands on b.
     let blocker = submit(&mut core, Priority::Interactive, now).expect("a");
     let t1 = core
-        .submit(task(|r| r.session_id = Some(sid)), "c".into(), now)
+        .submit(task(|r| r.session_id = Some(sid)), cid("c"), now)
         .expect("b")
         .0
         .task_id;
-    assert_eq!(core.tasks[&t1].pool.as_deref(), Some("b"));
+    assert_eq!(core.tasks[&t1].pool.as_ref().map(PoolId::as_str), Some("b"));
     finish(&mut core, t1, now);
     finish(&mut core, blocker, now);
     let t2 = core
-        .submit(task(|r| r.session_id = Some(sid)), "c".into(), now)
+        .submit(task(|r| r.session_id = Some(sid)), cid("c"), now)
         .expect("b again")
         .0
         .task_id;
     assert_eq!(
-        core.tasks[&t2].pool.as_deref(),
+        core.tasks[&t2].pool.as_ref().map(PoolId::as_str),
         Some("b"),
         "affinity beats the a-before-b tie-break"
     );
     let view = core.session_view(sid, now).expect("session");
     assert_eq!(
-        (view.turns, view.last_pool_id.as_deref(), view.kv_warmth),
+        (
+            view.turns,
+            view.last_pool_id.as_ref().map(PoolId::as_str),
+            view.kv_warmth
+        ),
         (1, Some("b"), true)
     );
 }
@@ -521,7 +547,7 @@ fn offline_node_fails_over_or_resets() {
     );
     core.tick(now + Duration::from_secs(31));
     assert_eq!(
-        core.tasks[&quiet].pool.as_deref(),
+        core.tasks[&quiet].pool.as_ref().map(PoolId::as_str),
         Some("b"),
         "no token yet: failed over"
     );
@@ -537,13 +563,13 @@ fn predicted_start_uses_measurements() {
     register(&mut core, "n1", vec![pool("p1", 1)], now);
     // Without measurements: D = 1000 + 50 × max_tokens = 1800 ms for 16 tokens.
     let t0 = submit(&mut core, Priority::Interactive, now).expect("runs");
-    let (adm, _) = core.submit(task(|_| {}), "c".into(), now).expect("queued");
+    let (adm, _) = core.submit(task(|_| {}), cid("c"), now).expect("queued");
     assert_eq!((adm.queue_position, adm.predicted_start_ms), (0, 1800));
     // One finished task: 1 token decoded in 1 ms engine time (1000 tok/s), 1 ms TTFT.
     finish(&mut core, t0, now);
     let stats = core.stats["p1"];
     assert_eq!((stats.tokens_out, stats.ttft_ms), (Some(1.0), Some(1.0)));
-    let (adm, _) = core.submit(task(|_| {}), "c".into(), now).expect("queued");
+    let (adm, _) = core.submit(task(|_| {}), cid("c"), now).expect("queued");
     // ceil((0 + 1) / 1 slot) × (1 token / 1000 tok/s × 1000 + 1 ms) = 2 ms.
     assert_eq!((adm.queue_position, adm.predicted_start_ms), (0, 2));
 }
@@ -554,7 +580,7 @@ fn sessions_expire_and_delete() {
     let mut core = core_with(|c| c.session_ttl = Duration::from_secs(10));
     register(&mut core, "n1", vec![pool("p1", 1)], now);
     let sid = api::SessionId::new();
-    core.submit(task(|r| r.session_id = Some(sid)), "c".into(), now)
+    core.submit(task(|r| r.session_id = Some(sid)), cid("c"), now)
         .expect("admitted");
     assert!(core
         .session_view(sid, now + Duration::from_secs(9))
@@ -583,7 +609,7 @@ fn heartbeat(
         gpus: vec![],
         commands,
     };
-    let token = core.nodes[node]
+    let token = core.registry.nodes()[node]
         .credential
         .as_ref()
         .map(|c| c.expose().to_string())
@@ -604,7 +630,7 @@ fn unloaded(id: &str) -> PoolStatus {
 const HF_REF: &str = "hf:org/repo/Tiny-Model.gguf";
 const DIGEST: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
 
-fn register_hf(core: &mut Core<Recorded>) -> String {
+fn register_hf(core: &mut Core<Recorded>) -> ModelId {
     let req = api::catalog::RegisterModel {
         id: None,
         model_ref: HF_REF.into(),
@@ -624,10 +650,10 @@ fn reported_models_join_the_catalog_and_admission_checks_it() {
         .catalog_get("m")
         .expect("a pool's model is registered as Active on first report");
     assert_eq!(rec.model_ref, "file:/m.gguf");
-    assert_eq!(core.pools["p1"].model_id(), Some("m"));
+    assert_eq!(core.registry.pools()["p1"].model_id(), Some(&mid("m")));
     // Unknown id: 404, nothing admitted.
     let err = core
-        .submit(task(|r| r.model_ref = "nope".into()), "c".into(), now)
+        .submit(task(|r| r.model_ref = "nope".into()), cid("c"), now)
         .unwrap_err();
     assert_eq!(
         (err.code, err.retriable),
@@ -636,7 +662,7 @@ fn reported_models_join_the_catalog_and_admission_checks_it() {
     // A known model nobody serves, provisioning off: 503, retriable.
     register_hf(&mut core);
     let err = core
-        .submit(task(|r| r.model_ref = "tiny-model".into()), "c".into(), now)
+        .submit(task(|r| r.model_ref = "tiny-model".into()), cid("c"), now)
         .unwrap_err();
     assert_eq!(
         (err.code, err.retriable),
@@ -645,7 +671,7 @@ fn reported_models_join_the_catalog_and_admission_checks_it() {
     // Retired: 409, and the state shows in the gauge.
     core.catalog_set_state("m", api::catalog::ModelState::Retired)
         .expect("retire");
-    let err = core.submit(task(|_| {}), "c".into(), now).unwrap_err();
+    let err = core.submit(task(|_| {}), cid("c"), now).unwrap_err();
     assert_eq!(err.code, ErrorCode::ModelDeprecated);
     assert!(core.model_state_gauges().iter().any(|(_, l, v)| l
         .iter()
@@ -657,7 +683,7 @@ fn reported_models_join_the_catalog_and_admission_checks_it() {
     assert!(submit(&mut core, Priority::Interactive, now).is_ok());
     // A pool serving the model blocks its deletion.
     assert_eq!(
-        core.catalog_delete("m", "c".into()).unwrap_err().code,
+        core.catalog_delete("m", cid("c")).unwrap_err().code,
         ErrorCode::Conflict
     );
 }
@@ -667,7 +693,7 @@ fn a_pool_whose_digest_differs_from_the_catalog_does_not_serve() {
     let now = Instant::now();
     let mut core = core_with(|_| {});
     let req = api::catalog::RegisterModel {
-        id: Some("m".into()),
+        id: Some(mid("m")),
         model_ref: "file:/m.gguf".into(),
         digest: Some(DIGEST.into()),
     };
@@ -675,23 +701,23 @@ fn a_pool_whose_digest_differs_from_the_catalog_does_not_serve() {
     let mut p = pool("p1", 1);
     p.models[0].digest = Some(format!("sha256:{}", "2".repeat(64)));
     register(&mut core, "n1", vec![p], now);
-    assert_eq!(core.pools["p1"].model_id(), None);
-    assert!(core.pools["p1"]
+    assert_eq!(core.registry.pools()["p1"].model_id(), None);
+    assert!(core.registry.pools()["p1"]
         .status
         .last_error
         .as_deref()
         .unwrap_or("")
         .contains("digest"));
     assert_eq!(
-        core.submit(task(|_| {}), "c".into(), now).unwrap_err().code,
+        core.submit(task(|_| {}), cid("c"), now).unwrap_err().code,
         ErrorCode::ModelNotAvailable
     );
     let mut good = pool("p1", 1);
     good.models[0].digest = Some(DIGEST.into());
     heartbeat(&mut core, "n1", 1, vec![good], vec![], now);
     assert_eq!(
-        core.pools["p1"].model_id(),
-        Some("m"),
+        core.registry.pools()["p1"].model_id(),
+        Some(&mid("m")),
         "the matching digest serves"
     );
 }
@@ -699,7 +725,7 @@ fn a_pool_whose_digest_differs_from_the_catalog_does_not_serve() {
 #[test]
 fn provisioning_loads_the_model_and_binds_the_task() {
     use api::node::{
-        CommandKind, CommandResult, CommandState, CommandStatus, StepProgress, StepStatus,
+        CommandKind, CommandResult, CommandState, CommandStatus, StepKind, StepProgress, StepStatus,
     };
     let now = Instant::now();
     let mut core = core_with(|c| c.provisioning_on_demand = true);
@@ -716,9 +742,9 @@ fn provisioning_loads_the_model_and_binds_the_task() {
         now,
     );
     let model = register_hf(&mut core);
-    let v = task(|r| r.model_ref = model.clone());
+    let v = task(|r| r.model_ref = model.to_string());
     let (resp, log) = core
-        .submit(v, "cid".into(), now)
+        .submit(v, cid("cid"), now)
         .expect("admitted with provisioning");
     let kinds: Vec<&str> = resp
         .preparation
@@ -731,7 +757,7 @@ fn provisioning_loads_the_model_and_binds_the_task() {
         ["model_fetch", "pool_warmup"],
         "the engine is built, the model is not on the node"
     );
-    assert_eq!(resp.preparation.steps[0].id, format!("model:{HF_REF}"));
+    assert_eq!(resp.preparation.steps[0].id, api::StepId::model(HF_REF));
     assert!(resp.predicted_start_ms > 0);
     let (frames0, _) = log.read_from(0);
     assert!(
@@ -740,11 +766,11 @@ fn provisioning_loads_the_model_and_binds_the_task() {
     );
     // A second task for the same model waits on the same load.
     let second = core
-        .submit(task(|r| r.model_ref = model.clone()), "c2".into(), now)
+        .submit(task(|r| r.model_ref = model.to_string()), cid("c2"), now)
         .expect("second")
         .0
         .task_id;
-    let cmds = &core.nodes["n1"].commands;
+    let cmds = &core.registry.nodes()["n1"].commands;
     assert_eq!(
         cmds.iter()
             .filter(|c| c.kind == CommandKind::LoadModel)
@@ -753,31 +779,36 @@ fn provisioning_loads_the_model_and_binds_the_task() {
         "one load, not one per task"
     );
     let cmd = cmds[0].clone();
-    assert_eq!(cmd.pool_id.as_deref(), Some("p1"));
+    assert_eq!(cmd.pool_id.as_ref().map(PoolId::as_str), Some("p1"));
     assert_eq!(
-        core.pools["p1"].op.as_ref().map(|o| o.1),
+        core.registry.pools()["p1"].op.as_ref().map(|o| o.1),
         Some(CommandKind::LoadModel)
     );
     // Progress from the node reaches the bound task as a verbose frame.
-    let step = |kind: &str, id: String, status, done| StepProgress {
+    let step = |kind: StepKind, id: api::StepId, status, done| StepProgress {
         step_id: id,
-        kind: kind.into(),
+        kind,
         status,
         pct: done as f64,
         bytes_done: done,
         bytes_total: 100,
     };
     let running = CommandStatus {
-        command_id: cmd.command_id.clone(),
+        command_id: cmd.command_id,
         status: CommandState::Running,
         progress: vec![
             step(
-                "model_fetch",
-                format!("model:{HF_REF}"),
+                StepKind::ModelFetch,
+                api::StepId::model(HF_REF),
                 StepStatus::Running,
                 40,
             ),
-            step("pool_warmup", "pool:p1".into(), StepStatus::Pending, 0),
+            step(
+                StepKind::PoolWarmup,
+                api::StepId::pool("p1"),
+                StepStatus::Pending,
+                0,
+            ),
         ],
         error: None,
         result: None,
@@ -799,16 +830,14 @@ fn provisioning_loads_the_model_and_binds_the_task() {
         .rev()
         .find_map(|e| {
             if let Event::Metrics(m) = e {
-                m.prep
-                    .clone()
-                    .map(|p| (p, m.phase.clone(), m.human.clone()))
+                m.prep.clone().map(|p| (p, m.phase, m.human.clone()))
             } else {
                 None
             }
         })
         .expect("a prep frame");
-    assert_eq!(prep.0[&format!("model:{HF_REF}")].bytes_done, 40);
-    assert_eq!(prep.1.as_deref(), Some("model_fetch"));
+    assert_eq!(prep.0[&api::StepId::model(HF_REF)].bytes_done, 40);
+    assert_eq!(prep.1, Some(StepKind::ModelFetch));
     assert!(prep.2.unwrap_or_default().contains("40%"));
     assert!(dispatched(&core).is_empty());
     // Completed: the catalog learns digest and location; the pool serves; both tasks run.
@@ -821,7 +850,7 @@ fn provisioning_loads_the_model_and_binds_the_task() {
         metadata: None,
     }];
     let done = CommandStatus {
-        command_id: cmd.command_id.clone(),
+        command_id: cmd.command_id,
         status: CommandState::Completed,
         progress: vec![],
         error: None,
@@ -839,10 +868,10 @@ fn provisioning_loads_the_model_and_binds_the_task() {
         vec![done],
         now,
     );
-    let rec = core.catalog_get(&model).expect("record");
+    let rec = core.catalog_get(model.as_str()).expect("record");
     assert_eq!(
         (rec.digest.as_deref(), rec.size_bytes, rec.locations.clone()),
-        (Some(DIGEST), Some(100), vec!["n1".to_string()])
+        (Some(DIGEST), Some(100), vec![nid("n1")])
     );
     assert_eq!(dispatched(&core)[0].1, "p1");
     let frames = log.read_from(0).0;
@@ -868,9 +897,9 @@ fn provisioning_loads_the_model_and_binds_the_task() {
         1,
         "started is not repeated at dispatch"
     );
-    assert!(core.pools["p1"].op.is_none());
+    assert!(core.registry.pools()["p1"].op.is_none());
     assert_eq!(
-        core.tasks[&second].state,
+        core.tasks[&second].state(),
         TaskState::Queued,
         "one slot: the second task waits its turn"
     );
@@ -884,16 +913,16 @@ fn a_failed_load_ends_the_waiting_tasks_with_its_error() {
     register(&mut core, "n1", vec![unloaded("p1")], now);
     let model = register_hf(&mut core);
     let first = core
-        .submit(task(|r| r.model_ref = model.clone()), "c1".into(), now)
+        .submit(task(|r| r.model_ref = model.to_string()), cid("c1"), now)
         .expect("first")
         .0
         .task_id;
     let second = core
-        .submit(task(|r| r.model_ref = model.clone()), "c2".into(), now)
+        .submit(task(|r| r.model_ref = model.to_string()), cid("c2"), now)
         .expect("second")
         .0
         .task_id;
-    let cmd = core.nodes["n1"].commands[0].command_id.clone();
+    let cmd = core.registry.nodes()["n1"].commands[0].command_id;
     let env = api::ErrorEnvelope::new(ErrorCode::UntrustedArtifact, "digest mismatch");
     heartbeat(
         &mut core,
@@ -917,11 +946,11 @@ fn a_failed_load_ends_the_waiting_tasks_with_its_error() {
         );
     }
     assert!(
-        core.pools["p1"].op.is_none(),
+        core.registry.pools()["p1"].op.is_none(),
         "the pool is free for another load"
     );
     assert!(core
-        .catalog_get(&model)
+        .catalog_get(model.as_str())
         .expect("record")
         .locations
         .is_empty());
@@ -942,7 +971,7 @@ fn no_target_means_503_and_full_pools_are_not_targets() {
     );
     let model = register_hf(&mut core);
     let err = core
-        .submit(task(|r| r.model_ref = model.clone()), "c".into(), now)
+        .submit(task(|r| r.model_ref = model.to_string()), cid("c"), now)
         .unwrap_err();
     assert_eq!(
         (err.code, err.retriable),
@@ -964,7 +993,7 @@ fn no_target_means_503_and_full_pools_are_not_targets() {
     );
     let model = register_hf(&mut core);
     assert!(
-        core.submit(task(|r| r.model_ref = model.clone()), "c".into(), now)
+        core.submit(task(|r| r.model_ref = model.to_string()), cid("c"), now)
             .is_ok(),
         "an idle Ready pool may be repurposed"
     );
@@ -975,9 +1004,9 @@ fn dispatch_sends_the_tasks_ctx_or_the_pools_per_slot_ctx() {
     let now = Instant::now();
     let mut core = core_with(|_| {});
     register(&mut core, "n1", vec![pool("p1", 2)], now);
-    core.submit(task(|_| {}), "cid".into(), now)
+    core.submit(task(|_| {}), cid("cid"), now)
         .expect("admitted");
-    core.submit(task(|r| r.ctx = Some(512)), "cid".into(), now)
+    core.submit(task(|r| r.ctx = Some(512)), cid("cid"), now)
         .expect("admitted");
     let ctx: Vec<u64> = core
         .effects
@@ -998,10 +1027,10 @@ fn placement_decisions_report_the_avoid_fallback() {
     let mut core = core_with(|_| {});
     register(&mut core, "n1", vec![pool("a", 4)], now);
     let avoid_a = Placement {
-        avoid_pools: vec!["a".into()],
+        avoid_pools: vec![pid("a")],
         ..Default::default()
     };
-    core.submit(task(|r| r.placement = Some(avoid_a)), "c".into(), now)
+    core.submit(task(|r| r.placement = Some(avoid_a)), cid("c"), now)
         .expect("placed on the avoided pool, as no other exists");
     submit(&mut core, Priority::Interactive, now).expect("placed normally");
     let text = metrics_text(&core);
@@ -1028,13 +1057,17 @@ fn heartbeat_cannot_take_a_pool_of_another_online_node() {
         vec![],
         now,
     );
-    assert_eq!(core.pools["p1"].node_id, "n1", "the owner keeps its pool");
-    assert_eq!(core.nodes["n2"].pools, vec!["p2".to_string()]);
+    assert_eq!(
+        core.registry.pools()["p1"].node_id,
+        "n1",
+        "the owner keeps its pool"
+    );
+    assert_eq!(core.registry.nodes()["n2"].pools, vec![pid("p2")]);
     // Once the owner is Offline, the pool may move to the node that reports it.
     let later = now + Duration::from_secs(25);
     heartbeat(&mut core, "n2", 2, vec![pool("p2", 1)], vec![], later);
     core.tick(now + Duration::from_secs(31));
-    assert_eq!(core.nodes["n1"].status, NodeStatus::Offline);
+    assert_eq!(core.registry.nodes()["n1"].status, NodeStatus::Offline);
     heartbeat(
         &mut core,
         "n2",
@@ -1043,7 +1076,7 @@ fn heartbeat_cannot_take_a_pool_of_another_online_node() {
         vec![],
         now + Duration::from_secs(32),
     );
-    assert_eq!(core.pools["p1"].node_id, "n2");
+    assert_eq!(core.registry.pools()["p1"].node_id, "n2");
     // A deregistered owner leaves its pools behind for anyone.
     register(&mut core, "n3", vec![pool("p3", 1)], now);
     assert!(core.deregister("n3", now));
@@ -1055,7 +1088,7 @@ fn heartbeat_cannot_take_a_pool_of_another_online_node() {
         vec![],
         now + Duration::from_secs(33),
     );
-    assert_eq!(core.pools["p3"].node_id, "n2");
+    assert_eq!(core.registry.pools()["p3"].node_id, "n2");
 }
 
 /// A core whose pool `p1` (1 slot) is busy and has measurements (D = 2 ms), with two batch tasks
@@ -1081,11 +1114,11 @@ fn a_newcomer_refused_for_its_deadline_evicts_nobody() {
         let (mut core, b1, b2) = full_queue(policy, now);
         let late = task(|r| r.deadline_ms = Some(1));
         let e = core
-            .submit(late, "c".into(), now)
+            .submit(late, cid("c"), now)
             .expect_err("the predicted start (2 ms) is past the deadline");
         assert_eq!(e.code, ErrorCode::DeadlineUnmet, "{policy:?}");
         for b in [b1, b2] {
-            assert_eq!(core.tasks[&b].state, TaskState::Queued, "{policy:?}");
+            assert_eq!(core.tasks[&b].state(), TaskState::Queued, "{policy:?}");
             assert!(frames(&core, b)
                 .iter()
                 .all(|f| !matches!(f, Event::Error(_))));
@@ -1096,10 +1129,10 @@ fn a_newcomer_refused_for_its_deadline_evicts_nobody() {
         );
         // A newcomer that meets its deadline does evict.
         let ok = task(|r| r.deadline_ms = Some(1000));
-        core.submit(ok, "c".into(), now).expect("admitted");
+        core.submit(ok, cid("c"), now).expect("admitted");
         let evicted = [b1, b2]
             .iter()
-            .filter(|b| core.tasks[b].state == TaskState::Failed)
+            .filter(|b| core.tasks[b].state() == TaskState::Failed)
             .count();
         assert_eq!(evicted, 1, "{policy:?}");
     }
@@ -1113,7 +1146,7 @@ fn queue_position_is_the_dispatch_order() {
     submit(&mut core, Priority::Interactive, now).expect("runs");
     let admit = |core: &mut Core<Recorded>, p: Priority| {
         let (a, _) = core
-            .submit(task(|r| r.priority = p), "c".into(), now)
+            .submit(task(|r| r.priority = p), cid("c"), now)
             .expect("queued");
         (a.task_id, a.queue_position)
     };
@@ -1142,15 +1175,15 @@ fn session_affinity_does_not_override_prefer() {
     register(&mut core, "n1", vec![pool("a", 1), pool("b", 1)], now);
     let sid = api::SessionId::new();
     let t1 = core
-        .submit(task(|r| r.session_id = Some(sid)), "c".into(), now)
+        .submit(task(|r| r.session_id = Some(sid)), cid("c"), now)
         .expect("a")
         .0
         .task_id;
-    assert_eq!(core.tasks[&t1].pool.as_deref(), Some("a"));
+    assert_eq!(core.tasks[&t1].pool.as_ref().map(PoolId::as_str), Some("a"));
     finish(&mut core, t1, now);
     let prefer_b = Placement {
         mode: PlacementMode::Prefer,
-        prefer_pools: vec!["b".into()],
+        prefer_pools: vec![pid("b")],
         ..Default::default()
     };
     let t2 = core
@@ -1159,11 +1192,11 @@ fn session_affinity_does_not_override_prefer() {
                 r.session_id = Some(sid);
                 r.placement = Some(prefer_b);
             }),
-            "c".into(),
+            cid("c"),
             now,
         )
         .expect("b")
         .0
         .task_id;
-    assert_eq!(core.tasks[&t2].pool.as_deref(), Some("b"));
+    assert_eq!(core.tasks[&t2].pool.as_ref().map(PoolId::as_str), Some("b"));
 }

@@ -12,6 +12,7 @@ use daemon::errors::ApiError;
 
 use super::meta::required_body;
 use super::App;
+use crate::core::runner::Msg;
 
 fn gone() -> ApiError {
     ApiError(ErrorEnvelope::new(
@@ -36,11 +37,13 @@ pub async fn register(
     if req.model_ref.is_empty() {
         return Err(ApiError(ErrorEnvelope::invalid("ref", "required")));
     }
-    let (rec, created) = app
+    let (r, durable) = app
         .core
-        .call(move |core, _| core.catalog_register(req))
+        .ask(|reply| Msg::CatalogRegister { req, reply })
         .await
-        .ok_or_else(gone)??;
+        .ok_or_else(gone)?;
+    durable.wait().await?;
+    let (rec, created) = r?;
     Ok((
         if created {
             StatusCode::CREATED
@@ -55,7 +58,7 @@ pub async fn register(
 pub async fn list(State(app): State<App>) -> Result<Json<api::catalog::ModelsResponse>, ApiError> {
     let models = app
         .core
-        .call(|core, _| core.catalog_list())
+        .ask(|reply| Msg::CatalogList { reply })
         .await
         .ok_or_else(gone)?;
     Ok(Json(api::catalog::ModelsResponse { models }))
@@ -67,7 +70,7 @@ pub async fn get(
 ) -> Result<Json<ModelRecord>, ApiError> {
     let key = id.clone();
     app.core
-        .call(move |core, _| core.catalog_get(&key))
+        .ask(|reply| Msg::CatalogGet { id: key, reply })
         .await
         .ok_or_else(gone)?
         .map(Json)
@@ -79,10 +82,17 @@ pub async fn delete(
     Path(id): Path<String>,
     Extension(cid): Extension<CorrelationId>,
 ) -> Result<StatusCode, ApiError> {
-    app.core
-        .call(move |core, _| core.catalog_delete(&id, cid.0))
+    let (r, durable) = app
+        .core
+        .ask(|reply| Msg::CatalogDelete {
+            id,
+            correlation_id: cid.0,
+            reply,
+        })
         .await
-        .ok_or_else(gone)??;
+        .ok_or_else(gone)?;
+    durable.wait().await?;
+    r?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -93,7 +103,11 @@ pub async fn verify(
 ) -> Result<Response, ApiError> {
     let rec = app
         .core
-        .call(move |core, _| core.catalog_verify(&id, cid.0))
+        .ask(|reply| Msg::CatalogVerify {
+            id,
+            correlation_id: cid.0,
+            reply,
+        })
         .await
         .ok_or_else(gone)??;
     Ok((StatusCode::ACCEPTED, Json(rec)).into_response())
@@ -106,12 +120,17 @@ pub async fn set_state(
     body: axum::body::Body,
 ) -> Result<Json<ModelRecord>, ApiError> {
     let req: SetModelState = required_body(&app, &headers, body, false).await?;
-    Ok(Json(
-        app.core
-            .call(move |core, _| core.catalog_set_state(&id, req.state))
-            .await
-            .ok_or_else(gone)??,
-    ))
+    let (r, durable) = app
+        .core
+        .ask(|reply| Msg::CatalogSetState {
+            id,
+            state: req.state,
+            reply,
+        })
+        .await
+        .ok_or_else(gone)?;
+    durable.wait().await?;
+    Ok(Json(r?))
 }
 
 pub async fn availability(
@@ -119,7 +138,7 @@ pub async fn availability(
 ) -> Result<Json<api::catalog::AvailabilityResponse>, ApiError> {
     Ok(Json(
         app.core
-            .call(|core, _| core.availability())
+            .ask(|reply| Msg::Availability { reply })
             .await
             .ok_or_else(gone)?,
     ))

@@ -71,12 +71,15 @@ pub async fn pool_health(
         .ask(|reply| Msg::Nodes { reply })
         .await
         .ok_or_else(unavailable)?;
-    let p = pools.into_iter().find(|p| p.pool_id == id).ok_or_else(|| {
-        ApiError(ErrorEnvelope::new(
-            ErrorCode::NotFound,
-            format!("no pool {id}"),
-        ))
-    })?;
+    let p = pools
+        .into_iter()
+        .find(|p| p.pool_id == id.as_str())
+        .ok_or_else(|| {
+            ApiError(ErrorEnvelope::new(
+                ErrorCode::NotFound,
+                format!("no pool {id}"),
+            ))
+        })?;
     let online = p.node_status == NodeStatus::Online;
     let last_heartbeat_ms = ages
         .iter()
@@ -123,7 +126,7 @@ pub async fn capabilities(State(app): State<App>) -> Result<Json<MetaCapabilitie
             .collect();
         engine_versions.sort();
         engine_versions.dedup();
-        let mut models: Vec<String> = ready
+        let mut models: Vec<api::ModelId> = ready
             .iter()
             .filter_map(|p| p.model.as_ref().map(|m| m.id.clone()))
             .collect();
@@ -249,6 +252,9 @@ pub async fn reload(
             reply,
         })
         .await
-        .ok_or_else(unavailable)??;
+        .ok_or_else(unavailable)?;
+    let (r, durable) = r;
+    durable.wait().await?;
+    let r = r?;
     Ok((axum::http::StatusCode::ACCEPTED, Json(r)).into_response())
 }

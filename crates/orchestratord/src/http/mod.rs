@@ -190,3 +190,27 @@ pub fn unavailable() -> ApiError {
         "orchestratord is shutting down",
     ))
 }
+
+/// An admission's answer once any catalog change it made (an auto-registered model) is durable.
+/// If the commit failed, the admitted task is canceled and the client gets INTERNAL, as if the
+/// write had failed before admission.
+pub async fn durable_admission(
+    app: &App,
+    (result, durable): (crate::core::runner::Admission, crate::core::store::Durable),
+) -> crate::core::runner::Admission {
+    if let Err(e) = durable.wait().await {
+        if let Ok((resp, _)) = &result {
+            let id = resp.task_id;
+            let _ = app
+                .core
+                .ask(|reply| crate::core::runner::Msg::Cancel {
+                    id,
+                    reason: crate::core::tasks::CancelReason::Client,
+                    reply,
+                })
+                .await;
+        }
+        return Err(e);
+    }
+    result
+}

@@ -47,12 +47,13 @@ pub async fn register(
         return Err(missing());
     }
     let bytes = json_body(&headers, body, app.cfg.max_body_bytes).await?;
-    let req: RegisterRequest = serde_json::from_slice(&bytes)
-        .map_err(|e| ErrorEnvelope::invalid("", format!("invalid registration body: {e}")))?;
+    let req: RegisterRequest =
+        serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(&bytes))
+            .map_err(crate::admission::invalid_body)?;
     let caller = match &token {
         None => NodeCaller::Open,
         Some(t) => match (
-            app.tokens().node.get(&req.node_id).cloned(),
+            app.tokens().node.get(req.node_id.as_str()).cloned(),
             app.tokens().registration.clone(),
         ) {
             (Some(s), _) if s.matches(t) => NodeCaller::Static(s),

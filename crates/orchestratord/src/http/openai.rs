@@ -61,7 +61,7 @@ pub async fn completions(
 }
 
 pub async fn models(State(app): State<App>) -> Response {
-    let Some(models) = app.core.call(|core, _| core.listed_models()).await else {
+    let Some(models) = app.core.ask(|reply| Msg::ListedModels { reply }).await else {
         return error(ErrorEnvelope::new(ErrorCode::Internal, "shutting down"));
     };
     let data = models
@@ -103,7 +103,7 @@ async fn complete(
     let Some(result) = app
         .core
         .ask(|reply| Msg::Submit {
-            v,
+            v: Box::new(v),
             correlation_id: cid.0.clone(),
             reply,
         })
@@ -111,7 +111,7 @@ async fn complete(
     else {
         return error(ErrorEnvelope::new(ErrorCode::Internal, "shutting down"));
     };
-    let (adm, log) = match result {
+    let (adm, log) = match super::durable_admission(&app, result).await {
         Ok(x) => x,
         Err(e) => return error(e),
     };

@@ -30,13 +30,13 @@ pub async fn submit(
     let result = app
         .core
         .ask(|reply| Msg::Submit {
-            v,
+            v: Box::new(v),
             correlation_id: cid.0.clone(),
             reply,
         })
         .await
         .ok_or_else(unavailable)?;
-    let (resp, _log) = result?;
+    let (resp, _log) = super::durable_admission(&app, result).await?;
     let location = format!("/v2/tasks/{}", resp.task_id);
     let mut r = (StatusCode::ACCEPTED, Json(resp)).into_response();
     if let Ok(v) = HeaderValue::from_str(&location) {

@@ -28,7 +28,7 @@ pub use runner::SupervisorEnv;
 /// The model an engine serves: its file on this node and what hashing and reading it taught us.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelInfo {
-    pub id: String,
+    pub id: api::ModelId,
     /// The normalized ModelRef.
     pub model_ref: String,
     pub path: std::path::PathBuf,
@@ -176,7 +176,7 @@ fn status(spec: &PoolSpec, snap: &Snapshot) -> PoolStatus {
     let used: u64 = snap.running.iter().map(|(_, m)| m.used()).sum();
     let capacity = (spec.slots as u64 * spec.ctx_per_slot).max(1);
     PoolStatus {
-        pool_id: spec.id.to_string(),
+        pool_id: spec.id.clone(),
         state: snap.state,
         last_error: snap.last_error.clone(),
         engine: api::ENGINE_LLAMACPP.into(),
@@ -188,7 +188,11 @@ fn status(spec: &PoolSpec, snap: &Snapshot) -> PoolStatus {
         slots_free: snap.slots_free,
         ctx_per_slot: spec.ctx_per_slot,
         models: snap.model.iter().map(ModelInfo::loaded).collect(),
-        running: snap.running.iter().map(|(id, _)| id.clone()).collect(),
+        running: snap
+            .running
+            .iter()
+            .filter_map(|(id, _)| id.parse().ok())
+            .collect(),
         kv_cache_usage_ratio: Some((used as f64 / capacity as f64).min(1.0)),
         decode_tokens_per_s: snap.decode_tps,
         vram_used_bytes: None,
@@ -244,7 +248,7 @@ pub fn spawn(
     tracker: &tokio_util::task::TaskTracker,
 ) -> Arc<Pool> {
     let model = spec.model.clone().map(|ms| ModelOrder {
-        id: ms.id.to_string(),
+        id: ms.id.clone(),
         model_ref: ms.model_ref,
         digest: ms.digest,
     });

@@ -326,7 +326,7 @@ impl Shell {
         LaunchSpec {
             binary: binary.to_path_buf(),
             model_path: model.path.clone(),
-            alias: model.id.clone(),
+            alias: model.id.to_string(),
             ctx_per_slot: spec.ctx_per_slot,
             slots: spec.slots,
             threads: self.env.timings.threads,

@@ -36,10 +36,10 @@ impl Effects for Rec {
         self.log.push(Fx::Provision);
     }
     fn fetch(&mut self, order: ModelOrder, command: Option<String>) {
-        self.log.push(Fx::Fetch(order.id, command));
+        self.log.push(Fx::Fetch(order.id.to_string(), command));
     }
     fn start_engine(&mut self, generation: u64, model: &ModelInfo) {
-        self.log.push(Fx::Start(generation, model.id.clone()));
+        self.log.push(Fx::Start(generation, model.id.to_string()));
     }
     fn stop_engine(&mut self, generation: u64) {
         self.log.push(Fx::Stop(generation));
@@ -64,7 +64,7 @@ impl Effects for Rec {
 
 fn model(id: &str) -> ModelInfo {
     ModelInfo {
-        id: id.into(),
+        id: id.parse().unwrap(),
         model_ref: format!("file:/models/{id}.gguf"),
         path: format!("/models/{id}.gguf").into(),
         digest: Some(format!("sha256:{id}")),
@@ -75,7 +75,7 @@ fn model(id: &str) -> ModelInfo {
 
 fn order(id: &str) -> ModelOrder {
     ModelOrder {
-        id: id.into(),
+        id: id.parse().unwrap(),
         model_ref: api::model_ref::ModelRef::parse(&format!("file:/models/{id}.gguf")).unwrap(),
         digest: None,
     }
@@ -83,7 +83,7 @@ fn order(id: &str) -> ModelOrder {
 
 fn want(id: &str) -> DispatchModel {
     DispatchModel {
-        id: id.into(),
+        id: id.parse().unwrap(),
         digest: Some(format!("sha256:{id}")),
     }
 }
@@ -395,7 +395,7 @@ fn dispatch_model_must_match_id_and_digest() {
     let (mut c, _) = ready(4, 5);
     let check_admit = |c: &mut C, task: &str, id: &str, digest: Option<&str>, ok: bool| {
         let m = DispatchModel {
-            id: id.into(),
+            id: id.parse().unwrap(),
             digest: digest.map(str::to_string),
         };
         let got = c.admit(task, &m);
@@ -415,7 +415,7 @@ fn dispatch_model_must_match_id_and_digest() {
     assert!(model_matches(
         &undigested,
         &DispatchModel {
-            id: "m1".into(),
+            id: "m1".parse().unwrap(),
             digest: None
         }
     ));

@@ -9,8 +9,8 @@ use api::{ErrorCode, ErrorEnvelope};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
-use crate::core::runner::Msg;
-use crate::core::{CancelJob, DispatchJob};
+use super::runner::Msg;
+use super::{CancelJob, DispatchJob, RelayEnd};
 
 /// Runs one dispatch attempt to its end. Aborting this future drops the connection, which the
 /// worker treats as a cancel.
@@ -21,17 +21,12 @@ pub async fn relay(
     tx: mpsc::UnboundedSender<Msg>,
 ) {
     let (id, attempt) = (job.task, job.attempt);
-    let ended = |reason: String, answered: Option<ErrorEnvelope>| Msg::RelayEnded {
-        id,
-        attempt,
-        reason,
-        answered,
-    };
+    let ended = |end: RelayEnd| Msg::RelayEnded { id, attempt, end };
     let url = format!("{}/v2/pools/{}/dispatch", job.address, job.body.pool_id);
     let resp = http
         .post(&url)
         .bearer_auth(job.token.expose())
-        .header(api::CORRELATION_HEADER, &job.body.correlation_id)
+        .header(api::CORRELATION_HEADER, job.body.correlation_id.as_str())
         .header("accept", "application/x-ndjson")
         .json(&job.body)
         .send()
@@ -39,14 +34,14 @@ pub async fn relay(
     let resp = match resp {
         Ok(r) => r,
         Err(e) => {
-            let _ = tx.send(ended(format!("worker unreachable: {e}"), None));
+            let _ = tx.send(ended(RelayEnd::Unreachable(e.to_string())));
             return;
         }
     };
     if !resp.status().is_success() {
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap_or_default();
-        let answered = serde_json::from_str::<ErrorEnvelope>(&text)
+        let envelope = serde_json::from_str::<ErrorEnvelope>(&text)
             .ok()
             .unwrap_or_else(|| {
                 let code = if status >= 500 {
@@ -57,7 +52,7 @@ pub async fn relay(
                 ErrorEnvelope::new(code, format!("worker answered {status}"))
                     .with_retriable(status >= 500)
             });
-        let _ = tx.send(ended(format!("worker answered {status}"), Some(answered)));
+        let _ = tx.send(ended(RelayEnd::Refused { status, envelope }));
         return;
     }
     let mut body = resp.bytes_stream();
@@ -65,21 +60,15 @@ pub async fn relay(
     loop {
         let chunk = match tokio::time::timeout(idle, body.next()).await {
             Err(_) => {
-                let _ = tx.send(ended(
-                    format!("the worker sent nothing for {} ms", idle.as_millis()),
-                    None,
-                ));
+                let _ = tx.send(ended(RelayEnd::Idle(idle)));
                 return;
             }
             Ok(None) => {
-                let _ = tx.send(ended(
-                    "the worker closed the stream without a terminal line".into(),
-                    None,
-                ));
+                let _ = tx.send(ended(RelayEnd::Closed));
                 return;
             }
             Ok(Some(Err(e))) => {
-                let _ = tx.send(ended(format!("the worker stream broke: {e}"), None));
+                let _ = tx.send(ended(RelayEnd::Broken(e.to_string())));
                 return;
             }
             Ok(Some(Ok(c))) => c,
@@ -88,7 +77,7 @@ pub async fn relay(
         while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = buf.drain(..=pos).collect();
             let Ok(parsed) = serde_json::from_slice::<WorkerLine>(&line[..line.len() - 1]) else {
-                let _ = tx.send(ended("the worker sent an unreadable line".into(), None));
+                let _ = tx.send(ended(RelayEnd::Unreadable));
                 return;
             };
             let terminal = parsed.event.is_terminal();
@@ -102,7 +91,7 @@ pub async fn relay(
             }
         }
         if buf.len() > 1 << 20 {
-            let _ = tx.send(ended("the worker sent an over-long line".into(), None));
+            let _ = tx.send(ended(RelayEnd::OverLong));
             return;
         }
     }
@@ -117,7 +106,7 @@ pub async fn cancel(http: &reqwest::Client, job: &CancelJob) -> bool {
     match http
         .post(&url)
         .bearer_auth(job.token.expose())
-        .header(api::CORRELATION_HEADER, &job.correlation_id)
+        .header(api::CORRELATION_HEADER, job.correlation_id.as_str())
         .timeout(Duration::from_secs(30))
         .send()
         .await

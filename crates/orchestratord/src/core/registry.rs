@@ -1,0 +1,217 @@
+//! The registry part of the core: the nodes that registered and the pools they report. It owns
+//! both maps behind a narrow API; its one invariant is that a pool's copy of its node's facts
+//! (online, free VRAM) is refreshed whenever the node changes ([`Registry::sync_node_facts`]), so
+//! placement reads pools alone.
+
+use std::borrow::Borrow;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
+
+use api::node::{NodeStatus, PoolStatus};
+use api::{CommandId, ModelId, NodeId, PoolId, TaskId};
+use daemon::secret::Secret;
+
+pub struct Node {
+    pub(super) machine_id: String,
+    pub(super) address: String,
+    pub(super) version: String,
+    pub(super) dispatch_token: Secret,
+    /// The credential issued at registration (None when the node uses a static token or open mode).
+    pub(super) credential: Option<Secret>,
+    pub(super) status: NodeStatus,
+    pub(super) last_seen: Instant,
+    pub(super) registered_at_ms: u64,
+    pub(super) last_heartbeat_ms: u64,
+    pub(super) seq: u64,
+    pub(super) capabilities: api::node::Capabilities,
+    pub(super) pools: Vec<PoolId>,
+    /// GPU state from the latest heartbeat.
+    pub(super) gpus: Vec<api::node::GpuStatus>,
+    /// Commands sent in every heartbeat answer until the node reports them (at-least-once).
+    pub(super) commands: Vec<api::node::Command>,
+}
+
+pub struct PoolEntry {
+    pub(super) node_id: NodeId,
+    pub(super) status: PoolStatus,
+    /// Tasks holding a slot: dispatched and not yet released.
+    pub(super) holding: BTreeSet<TaskId>,
+    /// Tasks canceled while running whose slot is not yet confirmed free.
+    pub(super) releasing: BTreeSet<TaskId>,
+    /// The worker answered REPLICA_EXHAUSTED: no free slot until its next heartbeat.
+    pub(super) exhausted: bool,
+    /// Facts of the pool's node, refreshed by [`Registry::sync_node_facts`] whenever they change, so
+    /// placement never looks nodes up per pool.
+    pub(super) node_online: bool,
+    pub(super) free_vram: u64,
+    /// Draining on an operator's request: out of placement until a reload.
+    pub(super) draining: bool,
+    /// The pool operation in progress (drain, reload or load-model), by command id.
+    pub(super) op: Option<(CommandId, api::node::CommandKind)>,
+    /// The catalog model this pool serves (§9.2: digest or ref matches), re-derived from every report.
+    pub(super) serves: Option<ModelId>,
+    /// The (model id, digest) of the last report, so catalog writes happen only on change.
+    pub(super) reported: Option<(ModelId, Option<String>)>,
+    /// The model a `load-model` in progress is loading into this pool.
+    pub(super) loading: Option<ModelId>,
+}
+
+impl PoolEntry {
+    pub fn free_slots(&self) -> u32 {
+        if self.exhausted {
+            return 0;
+        }
+        self.status
+            .slots_total
+            .saturating_sub(self.holding.len() as u32)
+    }
+
+    /// The catalog model the pool serves (None when its report does not match the catalog).
+    pub fn model_id(&self) -> Option<&ModelId> {
+        self.serves.as_ref()
+    }
+}
+
+/// Free VRAM on the GPUs of a device mask (`cpu` has none).
+fn free_vram(node: &Node, mask: &str) -> u64 {
+    if mask == "cpu" {
+        return 0;
+    }
+    mask.split(',')
+        .filter_map(|d| node.gpus.iter().find(|g| g.device_id == d.trim()))
+        .map(|g| g.vram_free_bytes)
+        .sum()
+}
+
+#[derive(Default)]
+pub struct Registry {
+    nodes: BTreeMap<NodeId, Node>,
+    pools: BTreeMap<PoolId, PoolEntry>,
+}
+
+impl Registry {
+    /// Every node, by id (read-only: changes go through the methods below).
+    pub fn nodes(&self) -> &BTreeMap<NodeId, Node> {
+        &self.nodes
+    }
+
+    /// Every pool, by id (read-only: changes go through the methods below).
+    pub fn pools(&self) -> &BTreeMap<PoolId, PoolEntry> {
+        &self.pools
+    }
+
+    pub fn node<Q: Ord + ?Sized>(&self, id: &Q) -> Option<&Node>
+    where
+        NodeId: Borrow<Q>,
+    {
+        self.nodes.get(id)
+    }
+
+    pub fn node_mut<Q: Ord + ?Sized>(&mut self, id: &Q) -> Option<&mut Node>
+    where
+        NodeId: Borrow<Q>,
+    {
+        self.nodes.get_mut(id)
+    }
+
+    /// True when the node is registered and Online.
+    pub fn node_online<Q: Ord + ?Sized>(&self, id: &Q) -> bool
+    where
+        NodeId: Borrow<Q>,
+    {
+        self.nodes
+            .get(id)
+            .is_some_and(|n| n.status == NodeStatus::Online)
+    }
+
+    pub fn insert_node(&mut self, id: NodeId, node: Node) {
+        self.nodes.insert(id, node);
+    }
+
+    pub fn remove_node<Q: Ord + ?Sized>(&mut self, id: &Q) -> Option<(NodeId, Node)>
+    where
+        NodeId: Borrow<Q>,
+    {
+        self.nodes.remove_entry(id)
+    }
+
+    pub fn pool<Q: Ord + ?Sized>(&self, id: &Q) -> Option<&PoolEntry>
+    where
+        PoolId: Borrow<Q>,
+    {
+        self.pools.get(id)
+    }
+
+    pub fn pool_mut<Q: Ord + ?Sized>(&mut self, id: &Q) -> Option<&mut PoolEntry>
+    where
+        PoolId: Borrow<Q>,
+    {
+        self.pools.get_mut(id)
+    }
+
+    pub fn insert_pool(&mut self, id: PoolId, pool: PoolEntry) {
+        self.pools.insert(id, pool);
+    }
+
+    /// Keeps only the pools for which `keep` is true.
+    pub fn retain_pools(&mut self, keep: impl FnMut(&PoolId, &mut PoolEntry) -> bool) {
+        self.pools.retain(keep);
+    }
+
+    /// A dispatch takes one of the pool's slots; false for an unknown pool.
+    pub fn hold_slot(&mut self, pool: &PoolId, task: TaskId) -> bool {
+        let Some(p) = self.pools.get_mut(pool) else {
+            return false;
+        };
+        p.holding.insert(task);
+        true
+    }
+
+    /// The task's slot is free again; true when it held one.
+    pub fn release_slot(&mut self, pool: &PoolId, task: TaskId) -> bool {
+        let Some(p) = self.pools.get_mut(pool) else {
+            return false;
+        };
+        p.releasing.remove(&task);
+        p.holding.remove(&task)
+    }
+
+    /// A canceled task keeps its slot until the worker confirms it free; true when it held one.
+    pub fn start_releasing(&mut self, pool: &PoolId, task: TaskId) -> bool {
+        match self.pools.get_mut(pool) {
+            Some(p) if p.holding.contains(&task) => {
+                p.releasing.insert(task);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The worker answered REPLICA_EXHAUSTED: no free slot until its next report.
+    pub fn mark_exhausted(&mut self, pool: &PoolId) {
+        if let Some(p) = self.pools.get_mut(pool) {
+            p.exhausted = true;
+        }
+    }
+
+    /// The node was lost: its pools hold no slots any more.
+    pub fn clear_slots_on(&mut self, node_id: &NodeId) {
+        for p in self.pools.values_mut().filter(|p| p.node_id == *node_id) {
+            p.holding.clear();
+            p.releasing.clear();
+        }
+    }
+
+    /// Copies a node's status and free VRAM into its pools (see [`PoolEntry::node_online`]).
+    pub fn sync_node_facts(&mut self, node_id: &NodeId) {
+        let Some(node) = self.nodes.get(node_id) else {
+            return;
+        };
+        for pid in &node.pools {
+            if let Some(p) = self.pools.get_mut(pid) {
+                p.node_online = node.status == NodeStatus::Online;
+                p.free_vram = free_vram(node, &p.status.device_mask);
+            }
+        }
+    }
+}
