@@ -265,7 +265,7 @@ async fn register(
     let req = RegisterRequest {
         protocol_version: 1,
         node_id: id(&node_id(i)),
-        machine_id: node_id(i),
+        machine_id: node_id(i).parse()?,
         version: "sim".into(),
         address: format!("http://{}:{port}", node_ip(i)),
         dispatch_token: "s".repeat(32),
@@ -415,7 +415,7 @@ fn decision_latency(nodes: usize, streams: usize) -> anyhow::Result<()> {
         let req = RegisterRequest {
             protocol_version: 1,
             node_id: id(&node_id(i)),
-            machine_id: node_id(i),
+            machine_id: node_id(i).parse()?,
             version: "sim".into(),
             address: format!("http://{}:1", node_ip(i)),
             dispatch_token: "s".repeat(32),

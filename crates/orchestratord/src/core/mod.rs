@@ -388,10 +388,10 @@ impl<E: Effects> Core<E> {
             for g in node
                 .gpus
                 .iter()
-                .filter(|g| p.status.device_mask.split(',').any(|d| d == g.device_id))
+                .filter(|g| p.status.device_mask.split(',').any(|d| d == g.device_id.as_str()))
             {
                 let mut l = m::labels(&base);
-                l.push(("device", g.device_id.clone()));
+                l.push(("device", g.device_id.to_string()));
                 out.push((m::GPU_UTILIZATION, l, g.utilization_pct));
             }
         }
