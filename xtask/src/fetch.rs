@@ -1,7 +1,8 @@
 //! `cargo xtask bench fetch`: the models cache's download path (Range-capable streaming into a
 //! `.part` file, sha256 on the way, fsync, rename, sidecar, GGUF header read) versus a plain
 //! reqwest download of the same file into a file with sha256, from the same local server, in the
-//! same process, alternating which goes first per round; prints median throughput of both and the ratio.
+//! same process, alternating which goes first per round; prints median throughput of both and the
+//! ratio.
 
 use std::time::Instant;
 

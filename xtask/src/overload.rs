@@ -1,6 +1,8 @@
 //! Overload benchmark: offered load at 0.5×, 1×, 2× and 3× capacity against fake-engine pools
 //! with many slots; prints goodput, queue wait, rejected share, reply codes and orchestratord's
-//! peak memory. Goodput counts only completions inside the offer window. Capacity is measured in the same run (slots ÷ uncontended service time).
+//! peak memory. Goodput counts only completions inside the offer window; tasks that end while the
+//! queue drains after it, and tasks that fail after a 202, are printed in their own columns.
+//! Capacity is measured in the same run (slots ÷ uncontended service time).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
