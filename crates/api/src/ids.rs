@@ -177,15 +177,7 @@ name_id!(ModelId, "model id");
 macro_rules! reported_id {
     ($name:ident, $what:literal) => {
         #[derive(
-            Debug,
-            Clone,
-            PartialEq,
-            Eq,
-            Hash,
-            PartialOrd,
-            Ord,
-            Serialize,
-            utoipa::ToSchema,
+            Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, utoipa::ToSchema,
         )]
         #[serde(transparent)]
         #[schema(value_type = String)]

@@ -385,11 +385,12 @@ impl<E: Effects> Core<E> {
             let Some(node) = self.registry.node(&p.node_id) else {
                 continue;
             };
-            for g in node
-                .gpus
-                .iter()
-                .filter(|g| p.status.device_mask.split(',').any(|d| d == g.device_id.as_str()))
-            {
+            for g in node.gpus.iter().filter(|g| {
+                p.status
+                    .device_mask
+                    .split(',')
+                    .any(|d| d == g.device_id.as_str())
+            }) {
                 let mut l = m::labels(&base);
                 l.push(("device", g.device_id.to_string()));
                 out.push((m::GPU_UTILIZATION, l, g.utilization_pct));
