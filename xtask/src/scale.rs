@@ -215,7 +215,6 @@ fn node_id(i: usize) -> String {
     format!("sim-{i:04}")
 }
 
-/// Each simulated node listens on its own loopback address, so each gets its own connection.
 /// A typed id from a name this benchmark made up (always valid).
 fn id<T: std::str::FromStr>(s: &str) -> T
 where
@@ -224,6 +223,7 @@ where
     s.parse().expect("a valid simulated id")
 }
 
+/// Each simulated node listens on its own loopback address, so each gets its own connection.
 fn node_ip(i: usize) -> std::net::Ipv4Addr {
     std::net::Ipv4Addr::new(127, 1, (i / 200) as u8, (i % 200 + 1) as u8)
 }
@@ -265,7 +265,7 @@ async fn register(
     let req = RegisterRequest {
         protocol_version: 1,
         node_id: id(&node_id(i)),
-        machine_id: node_id(i),
+        machine_id: id(&node_id(i)),
         version: "sim".into(),
         address: format!("http://{}:{port}", node_ip(i)),
         dispatch_token: "s".repeat(32),
@@ -415,7 +415,7 @@ fn decision_latency(nodes: usize, streams: usize) -> anyhow::Result<()> {
         let req = RegisterRequest {
             protocol_version: 1,
             node_id: id(&node_id(i)),
-            machine_id: node_id(i),
+            machine_id: id(&node_id(i)),
             version: "sim".into(),
             address: format!("http://{}:1", node_ip(i)),
             dispatch_token: "s".repeat(32),

@@ -172,6 +172,65 @@ name_id!(NodeId, "node id");
 name_id!(PoolId, "pool id");
 name_id!(ModelId, "model id");
 
+/// Ids a node reports about itself rather than names the API assigns or resolves: 1–255
+/// characters with no whitespace or control characters, otherwise as reported.
+macro_rules! reported_id {
+    ($name:ident, $what:literal) => {
+        #[derive(
+            Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, utoipa::ToSchema,
+        )]
+        #[serde(transparent)]
+        #[schema(value_type = String)]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = IdError;
+            fn from_str(s: &str) -> Result<Self, IdError> {
+                let ok = !s.is_empty()
+                    && s.len() <= 255
+                    && !s.chars().any(|c| c.is_whitespace() || c.is_control());
+                if ok {
+                    Ok(Self(s.to_string()))
+                } else {
+                    Err(IdError(format!(
+                        concat!("invalid ", $what, " {:?}: 1-255 characters, no whitespace"),
+                        s
+                    )))
+                }
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+reported_id!(MachineId, "machine id");
+reported_id!(DeviceId, "device id");
+
+impl DeviceId {
+    /// A GPU by its CUDA index, as discovery numbers them.
+    pub fn from_index(index: u32) -> Self {
+        Self(index.to_string())
+    }
+}
+
 /// A request's correlation id (API.md §3.2): the caller's `X-Correlation-Id` when valid, else a
 /// new UUIDv4.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
@@ -264,6 +323,19 @@ mod tests {
 
     fn check(input: &str, ok: bool) {
         assert_eq!(input.parse::<PoolId>().is_ok(), ok, "{input:?}");
+    }
+
+    #[test]
+    fn reported_ids_refuse_empty_and_whitespace() {
+        assert!("4c4c4544004e3510".parse::<MachineId>().is_ok());
+        assert!("GPU-8f0c2a".parse::<DeviceId>().is_ok());
+        assert!("0".parse::<DeviceId>().is_ok());
+        for bad in ["", "a b", "x\n", &"m".repeat(256)] {
+            assert!(bad.parse::<MachineId>().is_err(), "{bad:?}");
+            assert!(bad.parse::<DeviceId>().is_err(), "{bad:?}");
+        }
+        let e = serde_json::from_str::<MachineId>("\"\"").unwrap_err();
+        assert!(e.to_string().contains("machine id"), "{e}");
     }
 
     #[test]

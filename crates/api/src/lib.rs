@@ -16,7 +16,8 @@ pub mod worker;
 
 pub use error::{ErrorCode, ErrorEnvelope};
 pub use ids::{
-    CommandId, CorrelationId, IdError, ModelId, NodeId, PoolId, SessionId, StepId, TaskId,
+    CommandId, CorrelationId, DeviceId, IdError, MachineId, ModelId, NodeId, PoolId, SessionId,
+    StepId, TaskId,
 };
 
 /// API version of §§4–11.

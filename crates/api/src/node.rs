@@ -86,7 +86,7 @@ pub struct PoolStatus {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GpuInfo {
-    pub device_id: String,
+    pub device_id: crate::DeviceId,
     pub name: String,
     pub vram_total_bytes: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -105,7 +105,7 @@ pub struct Capabilities {
 pub struct RegisterRequest {
     pub protocol_version: u32,
     pub node_id: NodeId,
-    pub machine_id: String,
+    pub machine_id: crate::MachineId,
     pub version: String,
     pub address: String,
     pub dispatch_token: String,
@@ -135,7 +135,7 @@ pub struct RegisterResponse {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GpuStatus {
-    pub device_id: String,
+    pub device_id: crate::DeviceId,
     pub vram_total_bytes: u64,
     pub vram_free_bytes: u64,
     pub utilization_pct: f64,
@@ -279,7 +279,7 @@ pub struct CommandResult {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NodeView {
     pub node_id: NodeId,
-    pub machine_id: String,
+    pub machine_id: crate::MachineId,
     pub address: String,
     pub status: NodeStatus,
     pub version: String,

@@ -190,7 +190,7 @@ pub struct PoolSpec {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub node_id: NodeId,
-    pub machine_id: String,
+    pub machine_id: api::MachineId,
     pub bind: SocketAddr,
     pub advertise_url: String,
     pub orchestrator_url: String,
@@ -290,7 +290,10 @@ impl RawConfig {
             .machine_id
             .clone()
             .or_else(|| host.machine_id.clone())
-            .unwrap_or_else(|| node_raw.clone());
+            .unwrap_or_else(|| node_raw.clone())
+            .parse::<api::MachineId>()
+            .map_err(|e| p.push(format!("node.machine_id: {e}")))
+            .ok();
         let bind_raw = self
             .server
             .bind
@@ -427,7 +430,7 @@ impl RawConfig {
         }
         Ok(Config {
             node_id: node_id.expect("checked"),
-            machine_id,
+            machine_id: machine_id.expect("checked"),
             bind: bind.expect("checked"),
             advertise_url: advertise_url.expect("checked"),
             orchestrator_url,

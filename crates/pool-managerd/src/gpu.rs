@@ -177,7 +177,7 @@ pub fn parse_csv(text: &str) -> Vec<Gpu> {
 pub fn infos(gpus: &[Gpu]) -> Vec<GpuInfo> {
     gpus.iter()
         .map(|g| GpuInfo {
-            device_id: g.index.to_string(),
+            device_id: api::DeviceId::from_index(g.index),
             name: g.name.clone(),
             vram_total_bytes: g.vram_total_bytes,
             compute_capability: g.compute_capability.clone(),
@@ -188,7 +188,7 @@ pub fn infos(gpus: &[Gpu]) -> Vec<GpuInfo> {
 pub fn statuses(gpus: &[Gpu]) -> Vec<GpuStatus> {
     gpus.iter()
         .map(|g| GpuStatus {
-            device_id: g.index.to_string(),
+            device_id: api::DeviceId::from_index(g.index),
             vram_total_bytes: g.vram_total_bytes,
             vram_free_bytes: g.vram_free_bytes,
             utilization_pct: g.utilization_pct,
@@ -260,7 +260,7 @@ mod tests {
         assert_eq!(
             i[0],
             GpuInfo {
-                device_id: "3".into(),
+                device_id: api::DeviceId::from_index(3),
                 name: "GPU 3".into(),
                 vram_total_bytes: 80 << 30,
                 compute_capability: Some("8.6".into())
@@ -271,7 +271,7 @@ mod tests {
         assert_eq!(
             s[1],
             GpuStatus {
-                device_id: "5".into(),
+                device_id: api::DeviceId::from_index(5),
                 vram_total_bytes: 80 << 30,
                 vram_free_bytes: 60 << 30,
                 utilization_pct: 12.5

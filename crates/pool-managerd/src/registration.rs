@@ -21,7 +21,7 @@ use crate::pools::PoolSet;
 /// authenticate, and the pools, commands and models cache that heartbeats report and steer.
 pub struct Registrar {
     pub node_id: api::NodeId,
-    pub machine_id: String,
+    pub machine_id: api::MachineId,
     pub advertise_url: String,
     pub orchestrator_url: String,
     pub dispatch_token: Secret,
@@ -412,7 +412,7 @@ mod tests {
         .unwrap();
         Arc::new(Registrar {
             node_id: "n1".parse().unwrap(),
-            machine_id: "m".into(),
+            machine_id: "m".parse().unwrap(),
             advertise_url: "http://127.0.0.1:2".into(),
             orchestrator_url: "http://127.0.0.1:3".into(),
             dispatch_token: Secret::new("t"),

@@ -385,13 +385,14 @@ impl<E: Effects> Core<E> {
             let Some(node) = self.registry.node(&p.node_id) else {
                 continue;
             };
-            for g in node
-                .gpus
-                .iter()
-                .filter(|g| p.status.device_mask.split(',').any(|d| d == g.device_id))
-            {
+            for g in node.gpus.iter().filter(|g| {
+                p.status
+                    .device_mask
+                    .split(',')
+                    .any(|d| d == g.device_id.as_str())
+            }) {
                 let mut l = m::labels(&base);
-                l.push(("device", g.device_id.clone()));
+                l.push(("device", g.device_id.to_string()));
                 out.push((m::GPU_UTILIZATION, l, g.utilization_pct));
             }
         }

@@ -12,7 +12,7 @@ use api::{CommandId, ModelId, NodeId, PoolId, TaskId};
 use daemon::secret::Secret;
 
 pub struct Node {
-    pub(super) machine_id: String,
+    pub(super) machine_id: api::MachineId,
     pub(super) address: String,
     pub(super) version: String,
     pub(super) dispatch_token: Secret,
@@ -78,7 +78,7 @@ fn free_vram(node: &Node, mask: &str) -> u64 {
         return 0;
     }
     mask.split(',')
-        .filter_map(|d| node.gpus.iter().find(|g| g.device_id == d.trim()))
+        .filter_map(|d| node.gpus.iter().find(|g| g.device_id.as_str() == d.trim()))
         .map(|g| g.vram_free_bytes)
         .sum()
 }

@@ -97,7 +97,7 @@ fn register(core: &mut Core<Recorded>, node: &str, pools: Vec<PoolStatus>, now: 
     let req = RegisterRequest {
         protocol_version: 1,
         node_id: nid(node),
-        machine_id: node.into(),
+        machine_id: node.parse().unwrap(),
         version: "t".into(),
         address: format!("http://{node}"),
         dispatch_token: "x".repeat(32),
