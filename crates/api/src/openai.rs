@@ -6,6 +6,27 @@ use serde::{Deserialize, Serialize};
 
 use crate::ErrorCode;
 
+/// An OpenAI answer's id: `chatcmpl-<task_id>` for chat, `cmpl-<task_id>` for text completions,
+/// so the id a client sees names the task behind it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(transparent)]
+#[schema(value_type = String)]
+pub struct CompletionId(String);
+
+impl CompletionId {
+    pub fn chat(task: crate::TaskId) -> Self {
+        Self(format!("chatcmpl-{task}"))
+    }
+
+    pub fn text(task: crate::TaskId) -> Self {
+        Self(format!("cmpl-{task}"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// A string or an array of strings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
@@ -194,7 +215,7 @@ pub struct ChatChoice {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ChatCompletion {
     /// `chatcmpl-<task_id>`.
-    pub id: String,
+    pub id: CompletionId,
     /// `chat.completion`.
     pub object: String,
     pub created: u64,
@@ -228,7 +249,7 @@ pub struct ChatChunkChoice {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ChatCompletionChunk {
     /// `chatcmpl-<task_id>`.
-    pub id: String,
+    pub id: CompletionId,
     /// `chat.completion.chunk`.
     pub object: String,
     pub created: u64,
@@ -258,7 +279,7 @@ pub struct TextChoice {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TextCompletion {
     /// `cmpl-<task_id>`.
-    pub id: String,
+    pub id: CompletionId,
     /// `text_completion`.
     pub object: String,
     pub created: u64,
@@ -273,7 +294,7 @@ pub struct TextCompletion {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TextCompletionChunk {
     /// `cmpl-<task_id>`.
-    pub id: String,
+    pub id: CompletionId,
     /// `text_completion`.
     pub object: String,
     pub created: u64,
@@ -374,7 +395,7 @@ mod tests {
     #[test]
     fn chunks_send_null_finish_reason_and_omit_absent_usage() {
         let c = ChatCompletionChunk {
-            id: "chatcmpl-1".into(),
+            id: CompletionId::chat(crate::TaskId::new()),
             object: "chat.completion.chunk".into(),
             created: 1,
             model: "m".into(),

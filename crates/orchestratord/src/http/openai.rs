@@ -9,9 +9,9 @@ use std::sync::Arc;
 use api::events::{Event, StopReason};
 use api::openai::{
     AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk,
-    ChatCompletionRequest, ChatDelta, CompletionRequest, FinishReason, ModelEntry, ModelList,
-    OpenAiError, OpenAiRole, ResponseFormatKind, StringOrArray, TextChoice, TextCompletion,
-    TextCompletionChunk, Usage, REFUSED_FIELDS,
+    ChatCompletionRequest, ChatDelta, CompletionId, CompletionRequest, FinishReason, ModelEntry,
+    ModelList, OpenAiError, OpenAiRole, ResponseFormatKind, StringOrArray, TextChoice,
+    TextCompletion, TextCompletionChunk, Usage, REFUSED_FIELDS,
 };
 use api::task::{Message, Priority, Role, TaskRequest};
 use api::{ErrorCode, ErrorEnvelope};
@@ -115,15 +115,11 @@ async fn complete(
         Ok(x) => x,
         Err(e) => return error(e),
     };
-    let id = format!(
-        "{}-{}",
-        if kind == Kind::Chat {
-            "chatcmpl"
-        } else {
-            "cmpl"
-        },
-        adm.task_id
-    );
+    let id = if kind == Kind::Chat {
+        CompletionId::chat(adm.task_id)
+    } else {
+        CompletionId::text(adm.task_id)
+    };
     let guard = Guard {
         app: app.clone(),
         task: adm.task_id,
@@ -284,7 +280,7 @@ async fn next_frames(log: &TaskLog, next: usize) -> (Vec<Event>, bool) {
 async fn whole(
     log: Arc<TaskLog>,
     mut guard: Guard,
-    id: String,
+    id: CompletionId,
     model: String,
     kind: Kind,
 ) -> Response {
@@ -382,7 +378,7 @@ enum Chunks {
 }
 
 impl Chunks {
-    fn new(kind: Kind, id: String, model: String) -> Self {
+    fn new(kind: Kind, id: CompletionId, model: String) -> Self {
         let created = daemon::now_ms() / 1000;
         match kind {
             Kind::Chat => Chunks::Chat(ChatCompletionChunk {
@@ -471,7 +467,7 @@ impl Chunks {
 fn streamed(
     log: Arc<TaskLog>,
     guard: Guard,
-    id: String,
+    id: CompletionId,
     model: String,
     kind: Kind,
     include_usage: bool,
@@ -590,7 +586,11 @@ mod tests {
 
     #[test]
     fn chat_chunks_follow_openai_shapes() {
-        let mut c = Chunks::new(Kind::Chat, "chatcmpl-1".into(), "m".into());
+        let mut c = Chunks::new(
+            Kind::Chat,
+            CompletionId::chat(api::TaskId::new()),
+            "m".into(),
+        );
         let role = data(&c.line(Piece::Role));
         assert_eq!(
             role["choices"][0]["delta"],
@@ -632,7 +632,11 @@ mod tests {
 
     #[test]
     fn text_chunks_carry_text_and_null_logprobs() {
-        let mut c = Chunks::new(Kind::Text, "cmpl-1".into(), "m".into());
+        let mut c = Chunks::new(
+            Kind::Text,
+            CompletionId::text(api::TaskId::new()),
+            "m".into(),
+        );
         let tok = data(&c.line(Piece::Text("hi")));
         assert_eq!(
             (tok["object"].as_str(), tok["choices"][0]["text"].as_str()),
