@@ -8,17 +8,17 @@ use std::time::Duration;
 
 use api::model_ref::ModelRef;
 use api::node::{CommandResult, CommandState, CommandStatus, StepKind, StepProgress, StepStatus};
-use api::{CommandId, ErrorEnvelope, ModelId, StepId};
+use api::{CommandId, ErrorEnvelope, ModelId, PoolId, StepId};
 
 /// Work for a pool supervisor.
 #[derive(Debug, Clone)]
 pub enum PoolCommand {
     /// No new dispatches; running ones get until `deadline`, then the engine stops (Unloaded).
-    Drain { id: String, deadline: Duration },
+    Drain { id: CommandId, deadline: Duration },
     /// Start (or restart) the pool's engine with `model`, fetched first when needed (`load-model`
     /// and `reload`); `None` restarts the current model.
     Load {
-        id: String,
+        id: CommandId,
         model: Option<ModelOrder>,
     },
 }
@@ -38,23 +38,22 @@ struct Entry {
 
 #[derive(Default)]
 pub struct CommandBook {
-    entries: Mutex<BTreeMap<String, Entry>>,
+    entries: Mutex<BTreeMap<CommandId, Entry>>,
 }
 
 impl CommandBook {
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Entry>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<CommandId, Entry>> {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Records a newly received command; false when it was seen before (at-least-once delivery).
     pub fn receive(&self, id: &CommandId) -> bool {
         let mut e = self.lock();
-        let key = id.to_string();
-        if e.contains_key(&key) {
+        if e.contains_key(id) {
             return false;
         }
         e.insert(
-            key,
+            *id,
             Entry {
                 status: CommandStatus {
                     command_id: *id,
@@ -69,7 +68,7 @@ impl CommandBook {
         true
     }
 
-    pub fn set(&self, id: &str, state: CommandState, error: Option<ErrorEnvelope>) {
+    pub fn set(&self, id: &CommandId, state: CommandState, error: Option<ErrorEnvelope>) {
         if let Some(entry) = self.lock().get_mut(id) {
             entry.status.status = state;
             entry.status.error = error;
@@ -77,7 +76,7 @@ impl CommandBook {
     }
 
     /// Replaces a running command's step progress (§12.2).
-    pub fn progress(&self, id: &str, steps: Vec<StepProgress>) {
+    pub fn progress(&self, id: &CommandId, steps: Vec<StepProgress>) {
         if let Some(entry) = self.lock().get_mut(id) {
             entry.status.status = CommandState::Running;
             entry.status.progress = steps;
@@ -85,7 +84,7 @@ impl CommandBook {
     }
 
     /// Completes a command with what it learned about the model file.
-    pub fn complete(&self, id: &str, result: Option<CommandResult>) {
+    pub fn complete(&self, id: &CommandId, result: Option<CommandResult>) {
         if let Some(entry) = self.lock().get_mut(id) {
             entry.status.status = CommandState::Completed;
             for s in &mut entry.status.progress {
@@ -119,12 +118,17 @@ impl CommandBook {
 /// the pool warmup.
 pub struct Prep {
     book: Arc<CommandBook>,
-    id: String,
+    id: CommandId,
     steps: Mutex<Vec<StepProgress>>,
 }
 
 impl Prep {
-    pub fn new(book: Arc<CommandBook>, id: &str, model_ref: &ModelRef, pool_id: &str) -> Self {
+    pub fn new(
+        book: Arc<CommandBook>,
+        id: CommandId,
+        model_ref: &ModelRef,
+        pool_id: &PoolId,
+    ) -> Self {
         let mut steps = vec![];
         if !matches!(model_ref, ModelRef::File { .. }) {
             steps.push(StepProgress {
@@ -154,7 +158,7 @@ impl Prep {
         });
         let prep = Self {
             book,
-            id: id.to_string(),
+            id,
             steps: Mutex::new(steps),
         };
         prep.publish();
@@ -225,11 +229,10 @@ mod tests {
     fn dedup_and_report_until_terminal_sent_once() {
         let b = CommandBook::default();
         let c1 = &CommandId::new();
-        let k1 = c1.to_string();
         assert!(b.receive(c1));
         assert!(!b.receive(c1));
         assert_eq!(b.report()[0].status, CommandState::Accepted);
-        b.set(&k1, CommandState::Completed, None);
+        b.set(c1, CommandState::Completed, None);
         assert_eq!(b.report()[0].status, CommandState::Completed);
         assert!(b.report().is_empty(), "a terminal status is reported once");
         assert!(!b.receive(c1), "still deduplicated after completion");
@@ -239,10 +242,10 @@ mod tests {
     fn prep_reports_steps_until_completed() {
         let b = Arc::new(CommandBook::default());
         let (c2, c3) = (&CommandId::new(), &CommandId::new());
-        let (k2, k3) = (c2.to_string(), c3.to_string());
+        let p1: PoolId = "p1".parse().unwrap();
         assert!(b.receive(c2));
         let r = ModelRef::parse("hf:org/repo/m.gguf").unwrap();
-        let prep = Prep::new(b.clone(), &k2, &r, "p1");
+        let prep = Prep::new(b.clone(), *c2, &r, &p1);
         prep.fetched(50, Some(200));
         let st = b.report().remove(0);
         assert_eq!(st.status, CommandState::Running);
@@ -253,7 +256,7 @@ mod tests {
         prep.warming();
         assert_eq!(b.report()[0].progress[2].status, StepStatus::Running);
         b.complete(
-            &k2,
+            c2,
             Some(CommandResult {
                 digest: "sha256:00".into(),
                 size_bytes: 200,
@@ -269,7 +272,7 @@ mod tests {
         assert_eq!(done.result.unwrap().size_bytes, 200);
         let file = ModelRef::parse("file:/m.gguf").unwrap();
         assert!(b.receive(c3));
-        Prep::new(b.clone(), &k3, &file, "p1").failed(ErrorEnvelope::new(
+        Prep::new(b.clone(), *c3, &file, &p1).failed(ErrorEnvelope::new(
             api::ErrorCode::ModelNotAvailable,
             "missing",
         ));

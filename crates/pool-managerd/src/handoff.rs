@@ -21,7 +21,7 @@ use crate::pools::{PoolSet, SupervisorEnv};
 /// supervisor needs.
 pub struct Adopter {
     pub dir: PathBuf,
-    pub node_id: String,
+    pub node_id: api::NodeId,
     pub pools: Arc<PoolSet>,
     pub env: SupervisorEnv,
     pub tracker: TaskTracker,
@@ -29,7 +29,7 @@ pub struct Adopter {
     pub shutdown: CancellationToken,
 }
 
-type Adopted = BTreeMap<String, (PathBuf, HandoffFile)>;
+type Adopted = BTreeMap<api::PoolId, (PathBuf, HandoffFile)>;
 
 /// Polls the handoff directory every second until `stop`.
 pub async fn watch(app: Adopter, stop: CancellationToken) {
@@ -55,14 +55,14 @@ pub async fn watch(app: Adopter, stop: CancellationToken) {
                     continue;
                 }
             };
-            if adopted.contains_key(&file.pool_id) || ignored.contains(&path) {
+            if adopted.contains_key(file.pool_id.as_str()) || ignored.contains(&path) {
                 continue;
             }
             match adopt(app, &file).await {
-                Ok(()) => {
-                    tracing::info!(event = "handoff.adopted", pool_id = %file.pool_id, node_id = %app.node_id, pid = file.pid,
-                        "Adopted the engine of pool {} (pid {}) from {}", file.pool_id, file.pid, path.display());
-                    adopted.insert(file.pool_id.clone(), (path, file));
+                Ok(pool_id) => {
+                    tracing::info!(event = "handoff.adopted", pool_id = %pool_id, node_id = %app.node_id, pid = file.pid,
+                        "Adopted the engine of pool {} (pid {}) from {}", pool_id, file.pid, path.display());
+                    adopted.insert(pool_id, (path, file));
                 }
                 Err(why) => {
                     ignored.insert(path.clone());
@@ -147,13 +147,14 @@ fn shape_matches(f: &HandoffFile, total_slots: u32, slot_ctx: &[u64]) -> Result<
     Ok(())
 }
 
-async fn adopt(app: &Adopter, f: &HandoffFile) -> Result<(), String> {
+/// Adopts the engine `f` describes as a pool; returns the pool's id.
+async fn adopt(app: &Adopter, f: &HandoffFile) -> Result<api::PoolId, String> {
     let Named {
         pool_id,
         model_id,
         model_ref,
     } = check_file(f)?;
-    if app.pools.get(pool_id.as_str()).is_some() {
+    if app.pools.get(&pool_id).is_some() {
         return Err(format!("pool {pool_id} already exists on this node"));
     }
     if !f.process_matches() {
@@ -189,7 +190,7 @@ async fn adopt(app: &Adopter, f: &HandoffFile) -> Result<(), String> {
         metadata: Some(fetched.metadata),
     };
     let spec = PoolSpec {
-        id: pool_id,
+        id: pool_id.clone(),
         model: Some(crate::config::ModelSpec {
             id: model_id,
             model_ref,
@@ -213,7 +214,7 @@ async fn adopt(app: &Adopter, f: &HandoffFile) -> Result<(), String> {
         &app.tracker,
     );
     app.pools.insert(pool);
-    Ok(())
+    Ok(pool_id)
 }
 
 /// Drops adopted pools whose process died, changed, lost its file, or (every 5 s) fails /health.

@@ -101,12 +101,7 @@ async fn pool_status(
     State(app): State<Arc<App>>,
     Path(pool_id): Path<String>,
 ) -> Result<Json<api::node::PoolStatus>, ApiError> {
-    let pool = app.pools.get(&pool_id).ok_or_else(|| {
-        ErrorEnvelope::new(
-            ErrorCode::NotFound,
-            format!("no pool {pool_id} on this node"),
-        )
-    })?;
+    let pool = find_pool(&app, &pool_id)?;
     Ok(Json(pool.status()))
 }
 
@@ -140,20 +135,30 @@ async fn local_reload(
     })
 }
 
+/// The pool a request path names; NOT_FOUND when none here has that id (text that is not a valid
+/// pool id names none).
+fn find_pool(app: &App, pool_id: &str) -> Result<Arc<Pool>, ErrorEnvelope> {
+    pool_id
+        .parse::<api::PoolId>()
+        .ok()
+        .and_then(|id| app.pools.get(&id))
+        .ok_or_else(|| {
+            ErrorEnvelope::new(
+                ErrorCode::NotFound,
+                format!("no pool {pool_id} on this node"),
+            )
+        })
+}
+
 fn local_command(
     app: &App,
     pool_id: &str,
-    make: impl FnOnce(String) -> crate::commands::PoolCommand,
+    make: impl FnOnce(api::CommandId) -> crate::commands::PoolCommand,
 ) -> Result<(StatusCode, Json<api::node::PoolCommandAccepted>), ApiError> {
-    let pool = app.pools.get(pool_id).ok_or_else(|| {
-        ErrorEnvelope::new(
-            ErrorCode::NotFound,
-            format!("no pool {pool_id} on this node"),
-        )
-    })?;
+    let pool = find_pool(app, pool_id)?;
     let id = api::CommandId::new();
     app.book.receive(&id);
-    pool.command(make(id.to_string()))
+    pool.command(make(id))
         .map_err(|e| ErrorEnvelope::new(ErrorCode::PoolUnready, e.to_string()))?;
     let state = pool.status().state;
     Ok((
@@ -175,12 +180,7 @@ async fn dispatch(
     let cid = CorrelationId::from_headers(&headers);
     let req: DispatchRequest = serde_json::from_slice(&body)
         .map_err(|e| ErrorEnvelope::invalid("", format!("invalid dispatch body: {e}")))?;
-    let pool = app.pools.get(&pool_id).ok_or_else(|| {
-        ErrorEnvelope::new(
-            ErrorCode::NotFound,
-            format!("no pool {pool_id} on this node"),
-        )
-    })?;
+    let pool = find_pool(&app, &pool_id)?;
     check_dispatch(&req, app.node_id.as_str(), &pool_id, &pool)?;
     if app.closing.is_cancelled() {
         return Err(
@@ -190,13 +190,13 @@ async fn dispatch(
         );
     }
     let admission = pool
-        .admit(&req.task_id.to_string(), &req.model)
+        .admit(&req.task_id, &req.model)
         .await
         .map_err(|r| refusal(r, &pool_id, &req))?;
     tracing::info!(event = "dispatch.accepted", correlation_id = %cid.0, task_id = %req.task_id, pool_id = %pool_id, node_id = %app.node_id,
         attempt = req.attempt, "Accepted task {} for pool {pool_id} (attempt {})", req.task_id, req.attempt);
     let (tx, rx) = mpsc::channel::<WorkerEvent>(64);
-    let task_id = req.task_id.to_string();
+    let task_id = req.task_id;
     let run = TaskRun {
         pool: pool.clone(),
         client: admission.client,
@@ -326,13 +326,12 @@ async fn cancel(
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
     let cid = CorrelationId::from_headers(&headers);
-    let pool = app.pools.get(&pool_id).ok_or_else(|| {
-        ErrorEnvelope::new(
-            ErrorCode::NotFound,
-            format!("no pool {pool_id} on this node"),
-        )
-    })?;
-    let Some(released) = pool.cancel(&task_id).await else {
+    let pool = find_pool(&app, &pool_id)?;
+    // A task id that is not a UUID names no task here: nothing to cancel, as for an unknown one.
+    let Ok(task) = task_id.parse::<api::TaskId>() else {
+        return Ok(StatusCode::NO_CONTENT);
+    };
+    let Some(released) = pool.cancel(&task).await else {
         return Ok(StatusCode::NO_CONTENT);
     };
     tracing::info!(event = "command.received", correlation_id = %cid.0, task_id = %task_id, pool_id = %pool_id, "Cancel requested for task {task_id}");
@@ -598,7 +597,7 @@ mod tests {
             ),
             "{lines:?}"
         );
-        assert_eq!(runner.await.unwrap(), Some((T1.to_string(), false)));
+        assert_eq!(runner.await.unwrap(), Some((T1.parse().unwrap(), false)));
     }
 
     #[tokio::test]
@@ -611,7 +610,7 @@ mod tests {
         let accepted: api::node::PoolCommandAccepted = serde_json::from_slice(&answer).unwrap();
         match rx.recv().await {
             Some(Msg::Command(crate::commands::PoolCommand::Drain { id, deadline })) => {
-                assert_eq!(id, accepted.command_id.to_string());
+                assert_eq!(id, accepted.command_id);
                 assert_eq!(deadline, Duration::from_millis(1500));
             }
             _ => panic!("no drain reached the pool"),

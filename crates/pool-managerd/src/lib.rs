@@ -53,7 +53,7 @@ pub async fn run(
         timings: config.engine.clone(),
         engines_dir: config.engines_dir.clone(),
         engine_source,
-        node_id: config.node_id.to_string(),
+        node_id: config.node_id.clone(),
         book: book.clone(),
         cache: cache.clone(),
     };
@@ -93,7 +93,7 @@ pub async fn run(
     let reg = tokio::spawn(registration::run(Arc::new(registrar), reg_stop.clone()));
     let adopter = handoff::Adopter {
         dir: config.handoff_dir.clone(),
-        node_id: config.node_id.to_string(),
+        node_id: config.node_id.clone(),
         pools: pools.clone(),
         env: env(None),
         tracker: tracker.clone(),

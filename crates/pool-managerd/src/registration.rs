@@ -264,7 +264,7 @@ fn route(app: &Arc<App>, cmd: api::node::Command) {
         Some(Ok(o)) => Ok(Some(o)),
         Some(Err(e)) => Err(invalid(format!("command model: {e}"))),
     };
-    let pool = cmd.pool_id.as_ref().and_then(|p| app.pools.get(p.as_str()));
+    let pool = cmd.pool_id.as_ref().and_then(|p| app.pools.get(p));
     let routed = order.and_then(|order| match (cmd.kind, pool.as_deref(), order) {
         (_, None, _) if cmd.pool_id.is_some() => Err(api::ErrorEnvelope::new(
             api::ErrorCode::NotFound,
@@ -273,21 +273,21 @@ fn route(app: &Arc<App>, cmd: api::node::Command) {
         (CommandKind::Drain, Some(p), _) => {
             let deadline = std::time::Duration::from_millis(cmd.deadline_ms.unwrap_or(60_000));
             p.command(PoolCommand::Drain {
-                id: cmd.command_id.to_string(),
+                id: cmd.command_id,
                 deadline,
             })
             .map_err(|e| invalid(e.to_string()))
         }
         (CommandKind::Reload | CommandKind::LoadModel, Some(p), model) => p
             .command(PoolCommand::Load {
-                id: cmd.command_id.to_string(),
+                id: cmd.command_id,
                 model,
             })
             .map_err(|e| invalid(e.to_string())),
         (CommandKind::EvictModel | CommandKind::VerifyModel, None, Some(order)) => {
             app.tracker.spawn(catalog_command(
                 app.clone(),
-                cmd.command_id.to_string(),
+                cmd.command_id,
                 cmd.kind,
                 order,
             ));
@@ -296,8 +296,7 @@ fn route(app: &Arc<App>, cmd: api::node::Command) {
         (kind, _, _) => Err(invalid(format!("command {kind:?} lacks a pool or a model"))),
     });
     if let Err(e) = routed {
-        app.book
-            .set(&cmd.command_id.to_string(), CommandState::Failed, Some(e));
+        app.book.set(&cmd.command_id, CommandState::Failed, Some(e));
     }
 }
 
@@ -305,7 +304,7 @@ fn route(app: &Arc<App>, cmd: api::node::Command) {
 /// model); `verify-model` re-hashes the copy against the catalog digest.
 async fn catalog_command(
     app: Arc<App>,
-    id: String,
+    id: api::CommandId,
     kind: api::node::CommandKind,
     order: crate::commands::ModelOrder,
 ) {
@@ -453,6 +452,10 @@ mod tests {
         format!("00000000-0000-4000-8000-{n:012}")
     }
 
+    fn command_id(name: &str) -> api::CommandId {
+        cid(name).parse().unwrap()
+    }
+
     /// The failed statuses of the next heartbeat, by command id.
     fn failures(app: &Registrar) -> Vec<(String, ErrorCode)> {
         heartbeat_body(app, 1, 0, &[])
@@ -481,13 +484,16 @@ mod tests {
         );
         match rx.try_recv() {
             Ok(Msg::Command(PoolCommand::Drain { id, deadline })) => {
-                assert_eq!((id, deadline), (cid("c1"), Duration::from_millis(2500)));
+                assert_eq!(
+                    (id, deadline),
+                    (command_id("c1"), Duration::from_millis(2500))
+                );
             }
             _ => panic!("the drain did not reach the pool"),
         }
         match rx.try_recv() {
             Ok(Msg::Command(PoolCommand::Load { id, model: Some(m) })) => {
-                assert_eq!((id, m.id.as_str()), (cid("c2"), "m2"));
+                assert_eq!((id, m.id.as_str()), (command_id("c2"), "m2"));
                 assert_eq!(m.model_ref.to_string(), "file:/m2.gguf");
             }
             _ => panic!("the load did not reach the pool (a duplicate drain came first?)"),

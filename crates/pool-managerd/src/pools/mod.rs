@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use api::node::{LoadedModel, PoolStatus};
 use api::worker::DispatchModel;
+use api::{PoolId, TaskId};
 use engine::EngineClient;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -134,10 +135,10 @@ impl Pool {
     }
 
     /// Asks the supervisor for a slot for `task`.
-    pub async fn admit(&self, task: &str, model: &DispatchModel) -> Result<Admission, Refusal> {
+    pub async fn admit(&self, task: &TaskId, model: &DispatchModel) -> Result<Admission, Refusal> {
         let (reply, answer) = oneshot::channel();
         let msg = runner::Msg::Admit {
-            task: task.to_string(),
+            task: *task,
             model: model.clone(),
             reply,
         };
@@ -147,21 +148,15 @@ impl Pool {
     }
 
     /// `task` is over and its engine slot free (or its engine gone).
-    pub fn release(&self, task: &str, end: TaskEnd) {
-        let _ = self.tx.send(runner::Msg::Release {
-            task: task.to_string(),
-            end,
-        });
+    pub fn release(&self, task: &TaskId, end: TaskEnd) {
+        let _ = self.tx.send(runner::Msg::Release { task: *task, end });
     }
 
     /// Cancels `task`; returns a receiver that turns true once its slot is released, or None
     /// when the task is not running here.
-    pub async fn cancel(&self, task: &str) -> Option<watch::Receiver<bool>> {
+    pub async fn cancel(&self, task: &TaskId) -> Option<watch::Receiver<bool>> {
         let (reply, answer) = oneshot::channel();
-        let msg = runner::Msg::Cancel {
-            task: task.to_string(),
-            reply,
-        };
+        let msg = runner::Msg::Cancel { task: *task, reply };
         self.tx.send(msg).ok()?;
         answer.await.ok()?
     }
@@ -188,11 +183,7 @@ fn status(spec: &PoolSpec, snap: &Snapshot) -> PoolStatus {
         slots_free: snap.slots_free,
         ctx_per_slot: spec.ctx_per_slot,
         models: snap.model.iter().map(ModelInfo::loaded).collect(),
-        running: snap
-            .running
-            .iter()
-            .filter_map(|(id, _)| id.parse().ok())
-            .collect(),
+        running: snap.running.iter().map(|(id, _)| *id).collect(),
         kv_cache_usage_ratio: Some((used as f64 / capacity as f64).min(1.0)),
         decode_tokens_per_s: snap.decode_tps,
         vram_used_bytes: None,
@@ -202,10 +193,10 @@ fn status(spec: &PoolSpec, snap: &Snapshot) -> PoolStatus {
 /// The node's pools: configured ones for the daemon's lifetime, adopted ones while their engine
 /// lives. Readers take a snapshot of the `Arc`s; the lock is never held across an await.
 #[derive(Default)]
-pub struct PoolSet(std::sync::RwLock<std::collections::BTreeMap<String, Arc<Pool>>>);
+pub struct PoolSet(std::sync::RwLock<std::collections::BTreeMap<PoolId, Arc<Pool>>>);
 
 impl PoolSet {
-    pub fn get(&self, id: &str) -> Option<Arc<Pool>> {
+    pub fn get(&self, id: &PoolId) -> Option<Arc<Pool>> {
         self.0
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -226,10 +217,10 @@ impl PoolSet {
         self.0
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(pool.spec.id.to_string(), pool);
+            .insert(pool.spec.id.clone(), pool);
     }
 
-    pub fn remove(&self, id: &str) {
+    pub fn remove(&self, id: &PoolId) {
         self.0.write().unwrap_or_else(|e| e.into_inner()).remove(id);
     }
 

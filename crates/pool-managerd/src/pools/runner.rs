@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use api::worker::DispatchModel;
-use api::{ErrorCode, ErrorEnvelope};
+use api::{CommandId, ErrorCode, ErrorEnvelope, NodeId, PoolId, TaskId};
 use engine::{EngineClient, LaunchSpec, RunningEngine};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -32,7 +32,7 @@ pub struct SupervisorEnv {
     pub engines_dir: PathBuf,
     /// None for adopted pools, whose engine is built elsewhere.
     pub engine_source: Option<engine::EngineSource>,
-    pub node_id: String,
+    pub node_id: NodeId,
     pub book: Arc<CommandBook>,
     pub cache: models::ModelCache,
 }
@@ -41,16 +41,16 @@ pub struct SupervisorEnv {
 pub enum Msg {
     Command(PoolCommand),
     Admit {
-        task: String,
+        task: TaskId,
         model: DispatchModel,
         reply: oneshot::Sender<Result<Admission, Refusal>>,
     },
     Release {
-        task: String,
+        task: TaskId,
         end: TaskEnd,
     },
     Cancel {
-        task: String,
+        task: TaskId,
         reply: oneshot::Sender<Option<watch::Receiver<bool>>>,
     },
     Abandon {
@@ -58,7 +58,7 @@ pub enum Msg {
     },
     Provisioned(Result<(PathBuf, String), String>),
     Fetched {
-        command: Option<String>,
+        command: Option<CommandId>,
         result: Result<(ModelInfo, bool), FetchFailed>,
     },
     EngineReady {
@@ -94,7 +94,7 @@ pub struct Shell {
     /// Per engine generation: its stop trigger and, once Ready, its client.
     engines: HashMap<u64, (CancellationToken, Option<EngineClient>)>,
     timers: BTreeMap<Timer, tokio::time::Instant>,
-    tasks: HashMap<String, TaskHandles>,
+    tasks: HashMap<TaskId, TaskHandles>,
     view: watch::Sender<PoolView>,
 }
 
@@ -233,7 +233,7 @@ impl Runner {
         }
     }
 
-    fn admit(&mut self, task: &str, model: &DispatchModel) -> Result<Admission, Refusal> {
+    fn admit(&mut self, task: &TaskId, model: &DispatchModel) -> Result<Admission, Refusal> {
         let admitted = self.core.admit(task, model)?;
         let shell = self.core.effects();
         let Some(client) = shell
@@ -268,14 +268,14 @@ impl Runner {
             lost: handles.lost.clone(),
             meter: admitted.meter,
         };
-        shell.tasks.insert(task.to_string(), handles);
+        shell.tasks.insert(*task, handles);
         Ok(admission)
     }
 }
 
 fn settings(spec: &PoolSpec, env: &SupervisorEnv, model: Option<ModelOrder>) -> Settings {
     Settings {
-        pool_id: spec.id.to_string(),
+        pool_id: spec.id.clone(),
         slots: spec.slots,
         max_restarts: env.timings.max_restarts,
         model,
@@ -316,8 +316,8 @@ impl Shell {
             .map(|(t, at)| (*t, *at))
     }
 
-    fn pool_id(&self) -> String {
-        self.spec.id.to_string()
+    fn pool_id(&self) -> PoolId {
+        self.spec.id.clone()
     }
 
     fn launch_spec(&self, binary: &std::path::Path, model: &ModelInfo) -> LaunchSpec {
@@ -389,7 +389,7 @@ impl Effects for Shell {
         });
     }
 
-    fn fetch(&mut self, order: ModelOrder, command: Option<String>) {
+    fn fetch(&mut self, order: ModelOrder, command: Option<CommandId>) {
         let job = FetchJob {
             pool_id: self.pool_id(),
             node_id: self.env.node_id.clone(),
@@ -399,7 +399,7 @@ impl Effects for Shell {
         };
         let msgs = self.msgs.clone();
         self.tracker.spawn(async move {
-            let result = job.run(&order, command.as_deref()).await;
+            let result = job.run(&order, command).await;
             let _ = msgs.send(Msg::Fetched { command, result });
         });
     }
@@ -438,7 +438,7 @@ impl Effects for Shell {
         }
     }
 
-    fn abort_tasks(&mut self, tasks: Vec<String>) {
+    fn abort_tasks(&mut self, tasks: Vec<TaskId>) {
         for id in tasks {
             if let Some(t) = self.tasks.get(&id) {
                 t.lost.cancel();
@@ -455,7 +455,7 @@ impl Effects for Shell {
         self.timers.insert(timer, at);
     }
 
-    fn command(&mut self, id: &str, update: CommandUpdate) {
+    fn command(&mut self, id: &CommandId, update: CommandUpdate) {
         use api::node::CommandState;
         match update {
             CommandUpdate::Running => self.env.book.set(id, CommandState::Running, None),
@@ -477,8 +477,8 @@ impl Effects for Shell {
 struct EngineJob {
     generation: u64,
     spec: LaunchSpec,
-    pool_id: String,
-    node_id: String,
+    pool_id: PoolId,
+    node_id: NodeId,
     stop_grace: Duration,
     stop: CancellationToken,
     msgs: mpsc::UnboundedSender<Msg>,
@@ -572,8 +572,8 @@ fn memory_allows(model: &std::path::Path) -> bool {
 /// One model fetch: makes the model available on this node (fetch and verify, or hash a local
 /// file) and reads its GGUF facts. With a command id, progress goes to the command's steps.
 struct FetchJob {
-    pool_id: String,
-    node_id: String,
+    pool_id: PoolId,
+    node_id: NodeId,
     book: Arc<CommandBook>,
     cache: models::ModelCache,
     shutdown: CancellationToken,
@@ -583,7 +583,7 @@ impl FetchJob {
     async fn run(
         &self,
         order: &ModelOrder,
-        command: Option<&str>,
+        command: Option<CommandId>,
     ) -> Result<(ModelInfo, bool), FetchFailed> {
         let pool_id = &self.pool_id;
         let prep = command.map(|id| Prep::new(self.book.clone(), id, &order.model_ref, pool_id));

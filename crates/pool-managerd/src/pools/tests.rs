@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use api::node::PoolState;
 use api::worker::DispatchModel;
-use api::ErrorCode;
+use api::{CommandId, ErrorCode, TaskId};
 
 use super::core::*;
 use super::ModelInfo;
@@ -24,7 +24,29 @@ enum Fx {
     Failed(String, ErrorCode),
 }
 
-/// Records effects; timers as offsets from `t0`.
+/// A task or command id spelled by a short name (at most 16 bytes) in the scenarios.
+fn named(name: &str) -> uuid::Uuid {
+    let mut bytes = [0u8; 16];
+    bytes[..name.len()].copy_from_slice(name.as_bytes());
+    uuid::Uuid::from_bytes(bytes)
+}
+
+/// The name a [`named`] id spells.
+fn name_of(id: uuid::Uuid) -> String {
+    String::from_utf8_lossy(id.as_bytes())
+        .trim_end_matches('\0')
+        .to_string()
+}
+
+fn t(name: &str) -> TaskId {
+    TaskId(named(name))
+}
+
+fn cid(name: &str) -> CommandId {
+    CommandId(named(name))
+}
+
+/// Records effects, with ids as their scenario names; timers as offsets from `t0`.
 struct Rec {
     t0: Instant,
     log: Vec<Fx>,
@@ -35,7 +57,8 @@ impl Effects for Rec {
     fn provision(&mut self) {
         self.log.push(Fx::Provision);
     }
-    fn fetch(&mut self, order: ModelOrder, command: Option<String>) {
+    fn fetch(&mut self, order: ModelOrder, command: Option<CommandId>) {
+        let command = command.map(|c| name_of(c.0));
         self.log.push(Fx::Fetch(order.id.to_string(), command));
     }
     fn start_engine(&mut self, generation: u64, model: &ModelInfo) {
@@ -44,17 +67,19 @@ impl Effects for Rec {
     fn stop_engine(&mut self, generation: u64) {
         self.log.push(Fx::Stop(generation));
     }
-    fn abort_tasks(&mut self, tasks: Vec<String>) {
-        self.log.push(Fx::Abort(tasks));
+    fn abort_tasks(&mut self, tasks: Vec<TaskId>) {
+        self.log
+            .push(Fx::Abort(tasks.iter().map(|t| name_of(t.0)).collect()));
     }
     fn timer(&mut self, at: Instant, timer: Timer) {
         self.log.push(Fx::Timer(timer, at.duration_since(self.t0)));
     }
-    fn command(&mut self, id: &str, update: CommandUpdate) {
+    fn command(&mut self, id: &CommandId, update: CommandUpdate) {
+        let id = name_of(id.0);
         self.log.push(match update {
-            CommandUpdate::Running => Fx::Running(id.into()),
-            CommandUpdate::Completed(_) => Fx::Completed(id.into()),
-            CommandUpdate::Failed(e) => Fx::Failed(id.into(), e.code),
+            CommandUpdate::Running => Fx::Running(id),
+            CommandUpdate::Completed(_) => Fx::Completed(id),
+            CommandUpdate::Failed(e) => Fx::Failed(id, e.code),
         });
     }
     fn report(&mut self, snapshot: Snapshot) {
@@ -99,7 +124,7 @@ type C = Core<Rec>;
 fn new_core(slots: u32, max_restarts: u32, configured: Option<&str>) -> (C, Instant) {
     let t0 = Instant::now();
     let settings = Settings {
-        pool_id: "p1".into(),
+        pool_id: "p1".parse().unwrap(),
         slots,
         max_restarts,
         model: configured.map(order),
@@ -149,7 +174,7 @@ fn end(ok: bool) -> TaskEnd {
 
 fn load(m: Option<&str>) -> PoolCommand {
     PoolCommand::Load {
-        id: CMD.into(),
+        id: cid(CMD),
         model: m.map(order),
     }
 }
@@ -168,12 +193,12 @@ fn start_provisions_fetches_and_serves() {
     c.on_fetched(None, Ok((model("m1"), true)), t0);
     check(&mut c, &[Fx::Start(1, "m1".into())], PoolState::Starting);
     assert_eq!(
-        c.admit("t1", &want("m1")).unwrap_err(),
+        c.admit(&t("t1"), &want("m1")).unwrap_err(),
         Refusal::Unready(PoolState::Starting)
     );
     c.on_engine_ready(1, "b1".into(), t0);
     check(&mut c, &[], PoolState::Ready);
-    assert_eq!(c.admit("t1", &want("m1")).unwrap().generation, 1);
+    assert_eq!(c.admit(&t("t1"), &want("m1")).unwrap().generation, 1);
 }
 
 #[test]
@@ -188,7 +213,7 @@ fn no_configured_model_waits_unloaded_and_load_model_serves() {
         &[Fx::Fetch("m2".into(), Some(CMD.into()))],
         PoolState::Provisioning,
     );
-    c.on_fetched(Some(CMD.into()), Ok((model("m2"), true)), t0);
+    c.on_fetched(Some(cid(CMD)), Ok((model("m2"), true)), t0);
     check(
         &mut c,
         &[Fx::Running(CMD.into()), Fx::Start(1, "m2".into())],
@@ -235,7 +260,7 @@ fn failed_configured_model_fails_the_pool_with_the_reason() {
 #[test]
 fn crash_restarts_after_a_doubling_backoff() {
     let (mut c, t0) = ready(2, 5);
-    c.admit("t1", &want("m1")).unwrap();
+    c.admit(&t("t1"), &want("m1")).unwrap();
     c.on_engine_exited(1, "signal 9".into(), t0 + secs(10));
     check(
         &mut c,
@@ -345,19 +370,25 @@ fn stale_generation_events_are_ignored() {
     // A ready report from a launch nobody waits for stops that engine.
     c.on_engine_ready(7, "b1".into(), t0 + secs(3));
     check(&mut c, &[Fx::Stop(7)], PoolState::Ready);
-    assert_eq!(c.admit("t1", &want("m1")).unwrap().generation, 2);
+    assert_eq!(c.admit(&t("t1"), &want("m1")).unwrap().generation, 2);
 }
 
 #[test]
 fn slots_admit_release_and_exhaustion() {
     let (mut c, t0) = ready(2, 5);
-    c.admit("a", &want("m1")).unwrap();
-    c.admit("b", &want("m1")).unwrap();
-    assert_eq!(c.admit("c", &want("m1")).unwrap_err(), Refusal::Exhausted);
-    assert_eq!(c.admit("a", &want("m1")).unwrap_err(), Refusal::Duplicate);
+    c.admit(&t("a"), &want("m1")).unwrap();
+    c.admit(&t("b"), &want("m1")).unwrap();
+    assert_eq!(
+        c.admit(&t("c"), &want("m1")).unwrap_err(),
+        Refusal::Exhausted
+    );
+    assert_eq!(
+        c.admit(&t("a"), &want("m1")).unwrap_err(),
+        Refusal::Duplicate
+    );
     assert_eq!(c.snapshot().slots_free, 0);
     c.release(
-        "a",
+        &t("a"),
         TaskEnd {
             ok: true,
             decode_tps: Some(10.0),
@@ -365,7 +396,7 @@ fn slots_admit_release_and_exhaustion() {
         t0,
     );
     c.release(
-        "b",
+        &t("b"),
         TaskEnd {
             ok: false,
             decode_tps: Some(f64::NAN),
@@ -373,18 +404,18 @@ fn slots_admit_release_and_exhaustion() {
         t0,
     );
     // A second release of the same task changes nothing.
-    c.release("b", end(true), t0);
+    c.release(&t("b"), end(true), t0);
     let snap = c.snapshot();
     assert_eq!(
         (snap.slots_free, snap.ended, snap.failed, snap.decode_tps),
         (2, 1, 1, Some(10.0))
     );
-    c.admit("c", &want("m1")).unwrap();
+    c.admit(&t("c"), &want("m1")).unwrap();
     let running: Vec<String> = c
         .snapshot()
         .running
         .iter()
-        .map(|(id, _)| id.clone())
+        .map(|(id, _)| name_of(id.0))
         .collect();
     assert_eq!(running, ["c"]);
     check(&mut c, &[], PoolState::Ready);
@@ -398,7 +429,7 @@ fn dispatch_model_must_match_id_and_digest() {
             id: id.parse().unwrap(),
             digest: digest.map(str::to_string),
         };
-        let got = c.admit(task, &m);
+        let got = c.admit(&t(task), &m);
         assert_eq!(got.is_ok(), ok, "{id} {digest:?}: {got:?}");
         if !ok {
             assert_eq!(got.unwrap_err(), Refusal::ModelNotServed);
@@ -424,9 +455,9 @@ fn dispatch_model_must_match_id_and_digest() {
 #[test]
 fn drain_waits_for_running_tasks_then_stops_the_engine() {
     let (mut c, t0) = ready(2, 5);
-    c.admit("t1", &want("m1")).unwrap();
+    c.admit(&t("t1"), &want("m1")).unwrap();
     let drain = PoolCommand::Drain {
-        id: CMD.into(),
+        id: cid(CMD),
         deadline: secs(30),
     };
     c.on_command(drain, t0);
@@ -436,10 +467,10 @@ fn drain_waits_for_running_tasks_then_stops_the_engine() {
         PoolState::Draining,
     );
     assert_eq!(
-        c.admit("t2", &want("m1")).unwrap_err(),
+        c.admit(&t("t2"), &want("m1")).unwrap_err(),
         Refusal::Unready(PoolState::Draining)
     );
-    c.release("t1", end(true), t0 + secs(5));
+    c.release(&t("t1"), end(true), t0 + secs(5));
     check(&mut c, &[Fx::Stop(1)], PoolState::Draining);
     c.on_engine_exited(1, "stopped".into(), t0 + secs(6));
     check(&mut c, &[Fx::Completed(CMD.into())], PoolState::Unloaded);
@@ -459,9 +490,9 @@ fn drain_waits_for_running_tasks_then_stops_the_engine() {
 #[test]
 fn drain_deadline_ends_running_tasks_as_lost() {
     let (mut c, t0) = ready(2, 5);
-    c.admit("t1", &want("m1")).unwrap();
+    c.admit(&t("t1"), &want("m1")).unwrap();
     let drain = PoolCommand::Drain {
-        id: CMD.into(),
+        id: cid(CMD),
         deadline: secs(2),
     };
     c.on_command(drain, t0);
@@ -481,7 +512,7 @@ fn drain_deadline_ends_running_tasks_as_lost() {
     // A second drain of the Unloaded pool completes at once.
     c.on_command(
         PoolCommand::Drain {
-            id: "c2".into(),
+            id: cid("c2"),
             deadline: secs(2),
         },
         t0 + secs(4),
@@ -492,34 +523,34 @@ fn drain_deadline_ends_running_tasks_as_lost() {
 #[test]
 fn reload_side_by_side_switches_then_retires_the_old_engine() {
     let (mut c, t0) = ready(2, 5);
-    c.admit("old-task", &want("m1")).unwrap();
+    c.admit(&t("old-task"), &want("m1")).unwrap();
     c.on_command(load(Some("m2")), t0);
     check(
         &mut c,
         &[Fx::Fetch("m2".into(), Some(CMD.into()))],
         PoolState::Ready,
     );
-    c.on_fetched(Some(CMD.into()), Ok((model("m2"), true)), t0 + secs(1));
+    c.on_fetched(Some(cid(CMD)), Ok((model("m2"), true)), t0 + secs(1));
     check(
         &mut c,
         &[Fx::Running(CMD.into()), Fx::Start(2, "m2".into())],
         PoolState::Ready,
     );
     // The old engine serves until the new one is Ready.
-    assert_eq!(c.admit("t2", &want("m1")).unwrap().generation, 1);
-    c.release("t2", end(true), t0 + secs(1));
+    assert_eq!(c.admit(&t("t2"), &want("m1")).unwrap().generation, 1);
+    c.release(&t("t2"), end(true), t0 + secs(1));
     c.on_engine_ready(2, "b1".into(), t0 + secs(2));
     check(
         &mut c,
         &[Fx::Timer(Timer::Retire, secs(62))],
         PoolState::Ready,
     );
-    assert_eq!(c.admit("new-task", &want("m2")).unwrap().generation, 2);
+    assert_eq!(c.admit(&t("new-task"), &want("m2")).unwrap().generation, 2);
     assert_eq!(
-        c.admit("x", &want("m1")).unwrap_err(),
+        c.admit(&t("x"), &want("m1")).unwrap_err(),
         Refusal::ModelNotServed
     );
-    c.release("old-task", end(true), t0 + secs(3));
+    c.release(&t("old-task"), end(true), t0 + secs(3));
     check(&mut c, &[Fx::Stop(1)], PoolState::Ready);
     c.on_engine_exited(1, "stopped".into(), t0 + secs(4));
     check(&mut c, &[Fx::Completed(CMD.into())], PoolState::Ready);
@@ -530,7 +561,7 @@ fn reload_side_by_side_switches_then_retires_the_old_engine() {
 fn reload_failure_rolls_back_and_the_old_engine_keeps_serving() {
     let (mut c, t0) = ready(2, 5);
     c.on_command(load(Some("m2")), t0);
-    c.on_fetched(Some(CMD.into()), Ok((model("m2"), true)), t0);
+    c.on_fetched(Some(cid(CMD)), Ok((model("m2"), true)), t0);
     c.on_engine_failed(2, "out of memory".into(), t0 + secs(1));
     check(
         &mut c,
@@ -548,15 +579,15 @@ fn reload_failure_rolls_back_and_the_old_engine_keeps_serving() {
         .unwrap()
         .contains("the old engine keeps serving"));
     assert_eq!(c.snapshot().model.unwrap().id, "m1");
-    assert_eq!(c.admit("t1", &want("m1")).unwrap().generation, 1);
+    assert_eq!(c.admit(&t("t1"), &want("m1")).unwrap().generation, 1);
 }
 
 #[test]
 fn reload_without_room_for_two_swaps_and_restores_the_old_model_on_failure() {
     let (mut c, t0) = ready(2, 5);
-    c.admit("t1", &want("m1")).unwrap();
+    c.admit(&t("t1"), &want("m1")).unwrap();
     c.on_command(load(Some("m2")), t0);
-    c.on_fetched(Some(CMD.into()), Ok((model("m2"), false)), t0);
+    c.on_fetched(Some(cid(CMD)), Ok((model("m2"), false)), t0);
     check(
         &mut c,
         &[
@@ -566,7 +597,7 @@ fn reload_without_room_for_two_swaps_and_restores_the_old_model_on_failure() {
         ],
         PoolState::Ready,
     );
-    c.release("t1", end(true), t0 + secs(1));
+    c.release(&t("t1"), end(true), t0 + secs(1));
     check(&mut c, &[Fx::Stop(1)], PoolState::Starting);
     c.on_engine_exited(1, "stopped".into(), t0 + secs(2));
     check(&mut c, &[Fx::Start(2, "m2".into())], PoolState::Starting);
@@ -592,7 +623,7 @@ fn reload_without_room_for_two_swaps_and_restores_the_old_model_on_failure() {
 #[test]
 fn reload_of_the_same_model_restarts_the_engine() {
     let (mut c, t0) = ready(1, 5);
-    c.admit("t1", &want("m1")).unwrap();
+    c.admit(&t("t1"), &want("m1")).unwrap();
     c.on_command(load(Some("m1")), t0);
     check(
         &mut c,
@@ -617,7 +648,7 @@ fn a_failed_fetch_leaves_the_pool_as_it_was() {
         envelope: api::ErrorEnvelope::new(ErrorCode::ModelNotAvailable, "404"),
         reason: "model m2 (file:/nonexistent/m2.gguf): 404".into(),
     };
-    c.on_fetched(Some(CMD.into()), Err(failed), t0 + secs(1));
+    c.on_fetched(Some(cid(CMD)), Err(failed), t0 + secs(1));
     check(
         &mut c,
         &[
@@ -627,7 +658,7 @@ fn a_failed_fetch_leaves_the_pool_as_it_was() {
         PoolState::Ready,
     );
     assert!(c.snapshot().last_error.unwrap().contains("m2.gguf"));
-    assert_eq!(c.admit("t1", &want("m1")).unwrap().generation, 1);
+    assert_eq!(c.admit(&t("t1"), &want("m1")).unwrap().generation, 1);
 }
 
 #[test]
@@ -640,7 +671,7 @@ fn commands_wait_while_another_runs() {
     // A drain while the engine starts waits for it to be Ready.
     c.on_command(
         PoolCommand::Drain {
-            id: CMD.into(),
+            id: cid(CMD),
             deadline: secs(5),
         },
         t0,
@@ -662,7 +693,7 @@ fn commands_wait_while_another_runs() {
 fn adopted_engine_serves_refuses_commands_and_ends_when_abandoned() {
     let t0 = Instant::now();
     let settings = Settings {
-        pool_id: "adopted0".into(),
+        pool_id: "adopted0".parse().unwrap(),
         slots: 1,
         max_restarts: 3,
         model: None,
@@ -674,7 +705,7 @@ fn adopted_engine_serves_refuses_commands_and_ends_when_abandoned() {
     };
     let mut c = Core::adopted(settings, model("m1"), "b7".into(), t0, rec);
     check(&mut c, &[], PoolState::Ready);
-    assert_eq!(c.admit("t1", &want("m1")).unwrap().generation, 1);
+    assert_eq!(c.admit(&t("t1"), &want("m1")).unwrap().generation, 1);
     c.on_command(load(None), t0);
     check(
         &mut c,
@@ -690,7 +721,7 @@ fn adopted_engine_serves_refuses_commands_and_ends_when_abandoned() {
 #[test]
 fn shutdown_ends_tasks_stops_engines_and_finishes() {
     let (mut c, t0) = ready(1, 5);
-    c.admit("t1", &want("m1")).unwrap();
+    c.admit(&t("t1"), &want("m1")).unwrap();
     c.shutdown();
     check(
         &mut c,
@@ -699,7 +730,7 @@ fn shutdown_ends_tasks_stops_engines_and_finishes() {
     );
     assert!(!c.finished());
     assert_eq!(
-        c.admit("t2", &want("m1")).unwrap_err(),
+        c.admit(&t("t2"), &want("m1")).unwrap_err(),
         Refusal::Unready(PoolState::Draining)
     );
     c.on_engine_exited(1, "stopped".into(), t0 + secs(1));
@@ -714,7 +745,7 @@ fn shutdown_while_starting_gives_up_the_launch_and_fails_the_command() {
     c.start();
     c.on_provisioned(Ok("b1".into()), t0);
     c.on_command(load(Some("m1")), t0);
-    c.on_fetched(Some(CMD.into()), Ok((model("m1"), true)), t0);
+    c.on_fetched(Some(cid(CMD)), Ok((model("m1"), true)), t0);
     std::mem::take(&mut c.effects().log);
     c.shutdown();
     check(
@@ -733,10 +764,10 @@ fn shutdown_while_starting_gives_up_the_launch_and_fails_the_command() {
 #[test]
 fn a_crash_during_a_drain_completes_the_drain() {
     let (mut c, t0) = ready(1, 5);
-    c.admit("t1", &want("m1")).unwrap();
+    c.admit(&t("t1"), &want("m1")).unwrap();
     c.on_command(
         PoolCommand::Drain {
-            id: CMD.into(),
+            id: cid(CMD),
             deadline: secs(30),
         },
         t0,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use api::node::{CommandResult, PoolState};
-use api::ErrorEnvelope;
+use api::{CommandId, ErrorEnvelope, PoolId, TaskId};
 
 use crate::commands::ModelOrder;
 use crate::pools::ModelInfo;
@@ -17,7 +17,7 @@ pub trait Effects {
     /// Build or locate the engine binary; answered by [`Core::on_provisioned`].
     fn provision(&mut self);
     /// Make `order`'s model available on this node; answered by [`Core::on_fetched`].
-    fn fetch(&mut self, order: ModelOrder, command: Option<String>);
+    fn fetch(&mut self, order: ModelOrder, command: Option<CommandId>);
     /// Launch engine `generation` with `model`; answered by [`Core::on_engine_ready`] or
     /// [`Core::on_engine_failed`], and later by [`Core::on_engine_exited`].
     fn start_engine(&mut self, generation: u64, model: &ModelInfo);
@@ -25,11 +25,11 @@ pub trait Effects {
     /// [`Core::on_engine_exited`] (or [`Core::on_engine_failed`] for a launch).
     fn stop_engine(&mut self, generation: u64);
     /// End these tasks as lost: their engine is gone or going (WORKER_RESET / POOL_UNAVAILABLE).
-    fn abort_tasks(&mut self, tasks: Vec<String>);
+    fn abort_tasks(&mut self, tasks: Vec<TaskId>);
     /// Call [`Core::on_timer`] with `timer` at `at` (replacing an earlier one of the same kind).
     fn timer(&mut self, at: Instant, timer: Timer);
     /// Record a command's progress in the command book (reported in heartbeats).
-    fn command(&mut self, id: &str, update: CommandUpdate);
+    fn command(&mut self, id: &CommandId, update: CommandUpdate);
     /// Publish what the rest of the daemon may know about the pool now.
     fn report(&mut self, snapshot: Snapshot);
 }
@@ -114,7 +114,7 @@ pub struct Snapshot {
     pub engine_built: bool,
     pub last_error: Option<String>,
     pub slots_free: u32,
-    pub running: Vec<(String, Arc<TaskMeter>)>,
+    pub running: Vec<(TaskId, Arc<TaskMeter>)>,
     /// Engine exits nobody asked for (crashes, failed health checks).
     pub crashes: u64,
     /// Dispatches by outcome: finished with `end`, with `error`.
@@ -147,7 +147,7 @@ impl Snapshot {
 /// What the core needs to know about its pool.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub pool_id: String,
+    pub pool_id: PoolId,
     pub slots: u32,
     /// Failures within [`BREAKER_WINDOW`] that trip the breaker.
     pub max_restarts: u32,

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use api::node::{CommandResult, PoolState};
 use api::worker::DispatchModel;
-use api::{ErrorCode, ErrorEnvelope};
+use api::{CommandId, ErrorCode, ErrorEnvelope, TaskId};
 
 pub(crate) use breaker::Breaker;
 pub use interface::*;
@@ -113,9 +113,9 @@ pub struct Core<E: Effects> {
     /// Generations asked to stop whose exit is not yet reported.
     stopping: BTreeSet<u64>,
     generation: u64,
-    tasks: BTreeMap<String, Task>,
+    tasks: BTreeMap<TaskId, Task>,
     /// The command in progress and the ones waiting for it.
-    active: Option<String>,
+    active: Option<CommandId>,
     queue: VecDeque<PoolCommand>,
     /// Where a failed fetch from Unloaded or Failed returns to.
     fetch_fallback: Option<Phase>,
@@ -247,7 +247,7 @@ impl<E: Effects> Core<E> {
     /// A model fetch ended. `side_by_side`: memory allows a second engine beside the current one.
     pub fn on_fetched(
         &mut self,
-        command: Option<String>,
+        command: Option<CommandId>,
         result: Result<(ModelInfo, bool), FetchFailed>,
         now: Instant,
     ) {
@@ -270,7 +270,7 @@ impl<E: Effects> Core<E> {
                 };
                 self.run_queue(now);
             }
-            (Some(id), result) if self.active.as_deref() == Some(id.as_str()) => {
+            (Some(id), result) if self.active == Some(id) => {
                 self.fetched_for_command(&id, result, now)
             }
             // A fetch for a command no longer in progress: nothing waits for it.
@@ -281,7 +281,7 @@ impl<E: Effects> Core<E> {
 
     fn fetched_for_command(
         &mut self,
-        id: &str,
+        id: &CommandId,
         result: Result<(ModelInfo, bool), FetchFailed>,
         now: Instant,
     ) {
@@ -502,7 +502,7 @@ impl<E: Effects> Core<E> {
     }
 
     /// Admits a dispatch for `task` naming `model`, or says why not.
-    pub fn admit(&mut self, task: &str, model: &DispatchModel) -> Result<Admitted, Refusal> {
+    pub fn admit(&mut self, task: &TaskId, model: &DispatchModel) -> Result<Admitted, Refusal> {
         let Some(engine) = &self.serving else {
             return Err(match &self.model {
                 Some(m) if model_matches(m, model) => Refusal::Unready(self.wire_state()),
@@ -529,7 +529,7 @@ impl<E: Effects> Core<E> {
             meter: meter.clone(),
         };
         self.tasks.insert(
-            task.to_string(),
+            *task,
             Task {
                 generation: engine.generation,
                 meter,
@@ -540,7 +540,7 @@ impl<E: Effects> Core<E> {
     }
 
     /// `task`'s slot is free again (the engine confirmed it, or the engine is gone).
-    pub fn release(&mut self, task: &str, end: TaskEnd, now: Instant) {
+    pub fn release(&mut self, task: &TaskId, end: TaskEnd, now: Instant) {
         if self.tasks.remove(task).is_none() {
             return;
         }
@@ -592,7 +592,7 @@ impl<E: Effects> Core<E> {
             running: self
                 .tasks
                 .iter()
-                .map(|(id, t)| (id.clone(), t.meter.clone()))
+                .map(|(id, t)| (*id, t.meter.clone()))
                 .collect(),
             crashes: self.crashes,
             ended: self.ended,

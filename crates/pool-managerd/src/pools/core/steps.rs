@@ -78,7 +78,7 @@ impl<E: Effects> Core<E> {
                 },
                 Phase::Ready,
             ) if !self.is_current(&order) => {
-                self.active = Some(id.clone());
+                self.active = Some(id);
                 self.phase = Phase::Reloading(Reload::Fetching);
                 self.fx.fetch(order, Some(id));
             }
@@ -98,7 +98,7 @@ impl<E: Effects> Core<E> {
                 },
                 before,
             ) => {
-                self.active = Some(id.clone());
+                self.active = Some(id);
                 self.fetch_fallback = Some(before);
                 self.phase = Phase::Provisioning;
                 self.fx.fetch(order, Some(id));
@@ -323,11 +323,11 @@ impl<E: Effects> Core<E> {
     // ---- tasks ----
 
     pub(super) fn abort_generation(&mut self, generation: u64) {
-        let ids: Vec<String> = self
+        let ids: Vec<TaskId> = self
             .tasks
             .iter()
             .filter(|(_, t)| t.generation == generation)
-            .map(|(id, _)| id.clone())
+            .map(|(id, _)| *id)
             .collect();
         if !ids.is_empty() {
             self.fx.abort_tasks(ids);
@@ -335,7 +335,7 @@ impl<E: Effects> Core<E> {
     }
 
     pub(super) fn abort_all(&mut self) {
-        let ids: Vec<String> = self.tasks.keys().cloned().collect();
+        let ids: Vec<TaskId> = self.tasks.keys().copied().collect();
         if !ids.is_empty() {
             self.fx.abort_tasks(ids);
         }
