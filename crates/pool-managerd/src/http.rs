@@ -181,7 +181,7 @@ async fn dispatch(
     let req: DispatchRequest = serde_json::from_slice(&body)
         .map_err(|e| ErrorEnvelope::invalid("", format!("invalid dispatch body: {e}")))?;
     let pool = find_pool(&app, &pool_id)?;
-    check_dispatch(&req, app.node_id.as_str(), &pool_id, &pool)?;
+    check_dispatch(&req, &app.node_id, &pool)?;
     if app.closing.is_cancelled() {
         return Err(
             ErrorEnvelope::new(ErrorCode::PoolUnready, "this node is shutting down")
@@ -192,7 +192,7 @@ async fn dispatch(
     let admission = pool
         .admit(&req.task_id, &req.model)
         .await
-        .map_err(|r| refusal(r, &pool_id, &req))?;
+        .map_err(|r| refusal(r, &pool.spec.id, &req))?;
     tracing::info!(event = "dispatch.accepted", correlation_id = %cid.0, task_id = %req.task_id, pool_id = %pool_id, node_id = %app.node_id,
         attempt = req.attempt, "Accepted task {} for pool {pool_id} (attempt {})", req.task_id, req.attempt);
     let (tx, rx) = mpsc::channel::<WorkerEvent>(64);
@@ -221,10 +221,10 @@ async fn dispatch(
 /// that fits the pool's slots (0 means the task named none).
 fn check_dispatch(
     req: &DispatchRequest,
-    node_id: &str,
-    pool_id: &str,
+    node_id: &api::NodeId,
     pool: &Pool,
 ) -> Result<(), ErrorEnvelope> {
+    let pool_id = &pool.spec.id;
     if req.protocol_version != api::PROTOCOL_VERSION {
         return Err(ErrorEnvelope::invalid(
             "protocol_version",
@@ -234,7 +234,7 @@ fn check_dispatch(
             ),
         ));
     }
-    if req.node_id != node_id || req.pool_id != pool_id {
+    if req.node_id != *node_id || req.pool_id != *pool_id {
         return Err(ErrorEnvelope::invalid(
             "pool_id",
             "node_id/pool_id do not match this node and path",
@@ -259,7 +259,7 @@ fn check_dispatch(
 }
 
 /// The §13.2 answer for a dispatch the supervisor did not admit.
-fn refusal(r: Refusal, pool_id: &str, req: &DispatchRequest) -> ErrorEnvelope {
+fn refusal(r: Refusal, pool_id: &api::PoolId, req: &DispatchRequest) -> ErrorEnvelope {
     match r {
         Refusal::ModelNotServed => ErrorEnvelope::new(
             ErrorCode::ModelNotAvailable,
