@@ -43,7 +43,10 @@ impl<E: Effects> Core<E> {
             .admit_model(&v.model_ref, v.ctx)
             .map_err(|e| self.reject(e))?;
         let model = rec.id.clone();
-        let target = self.serving_or_target(&rec).map_err(|e| self.reject(e))?;
+        let pinned = v.placement.mode == PlacementMode::Pin;
+        let target = self
+            .serving_or_target(&rec, pinned)
+            .map_err(|e| self.reject(e))?;
         self.check_placement(&v, &model)
             .map_err(|e| self.reject(e))?;
         // A task bound to a provisioning target stays in its model's queue (it is the oldest there,

@@ -298,10 +298,12 @@ impl<E: Effects> Core<E> {
     }
 
     /// The admission decision of §6.5 and §8 for an Active model: `None` when a pool serves it (or
-    /// is loading it), the provisioning target when one must be loaded, else 503.
+    /// is loading it), the provisioning target when one must be loaded, else 503. `pinned` labels
+    /// the `no_capacity` decision (§16: a pinned task's decision counts as pinned).
     pub(super) fn serving_or_target(
         &self,
         rec: &ModelRecord,
+        pinned: bool,
     ) -> Result<Option<PoolId>, ErrorEnvelope> {
         if self.model_has_pool(&rec.id) {
             return Ok(None);
@@ -315,7 +317,7 @@ impl<E: Effects> Core<E> {
             m::PLACEMENT_DECISIONS,
             labels(&[
                 ("outcome", "no_capacity"),
-                ("pinned", "false"),
+                ("pinned", if pinned { "true" } else { "false" }),
                 ("fallback", "false"),
             ]),
             1.0,

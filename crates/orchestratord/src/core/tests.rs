@@ -1044,6 +1044,40 @@ fn placement_decisions_report_the_avoid_fallback() {
 }
 
 #[test]
+fn no_capacity_decisions_say_whether_the_task_was_pinned() {
+    let now = Instant::now();
+    let mut core = core_with(|_| {});
+    register(&mut core, "n1", vec![pool("p1", 1)], now);
+    let model = register_hf(&mut core);
+    let pinned = Placement {
+        mode: PlacementMode::Pin,
+        pin_pool_id: Some(pid("p1")),
+        ..Default::default()
+    };
+    for placement in [Some(pinned), None] {
+        let e = core
+            .submit(
+                task(|r| {
+                    r.model_ref = model.to_string();
+                    r.placement = placement;
+                }),
+                cid("c"),
+                now,
+            )
+            .map(|_| ())
+            .expect_err("no pool serves the model");
+        assert_eq!(e.code, ErrorCode::ModelNotAvailable);
+    }
+    let text = metrics_text(&core);
+    for pinned in ["true", "false"] {
+        let line = format!(
+            "placement_decisions_total{{outcome=\"no_capacity\",pinned=\"{pinned}\",fallback=\"false\"}} 1"
+        );
+        assert!(text.contains(&line), "{line} missing in\n{text}");
+    }
+}
+
+#[test]
 fn heartbeat_cannot_take_a_pool_of_another_online_node() {
     let now = Instant::now();
     let mut core = core_with(|_| {});
