@@ -39,6 +39,20 @@ pub(super) fn failure_reason(e: &ErrorEnvelope) -> &'static str {
 }
 
 impl<E: Effects> Core<E> {
+    /// Counts one digest verification (`catalog_verifications_total{result, reason, engine}`).
+    pub(super) fn count_verification(&self, pass: bool, reason: &str) {
+        let result = if pass { "pass" } else { "fail" };
+        self.metrics.inc(
+            m::CATALOG_VERIFICATIONS,
+            labels(&[
+                ("result", result),
+                ("reason", reason),
+                ("engine", api::ENGINE_LLAMACPP),
+            ]),
+            1.0,
+        );
+    }
+
     /// Re-derives which catalog model a pool serves from its latest report (API.md §9.2): its
     /// digest equals the catalog digest, or the catalog has none yet and the refs match. A model
     /// the catalog does not know is registered as Active; an id clash marks the pool Failed.
@@ -80,15 +94,7 @@ impl<E: Effects> Core<E> {
             match self.catalog.record_copy(model.id.as_str(), copy) {
                 Ok(CopyOutcome::Recorded) => {}
                 Ok(CopyOutcome::Mismatch { expected, actual }) => {
-                    self.metrics.inc(
-                        m::CATALOG_VERIFICATIONS,
-                        labels(&[
-                            ("result", "fail"),
-                            ("reason", "digest_mismatch"),
-                            ("engine", api::ENGINE_LLAMACPP),
-                        ]),
-                        1.0,
-                    );
+                    self.count_verification(false, "digest_mismatch");
                     problem = Some((
                         format!(
                             "model {} on this pool has digest {actual}, the catalog has {expected}",
@@ -383,15 +389,7 @@ impl<E: Effects> Core<E> {
         let (node, model) = (cmd.node_id, cmd.model_id);
         match cmd.kind {
             CommandKind::VerifyModel if ok => {
-                self.metrics.inc(
-                    m::CATALOG_VERIFICATIONS,
-                    labels(&[
-                        ("result", "pass"),
-                        ("reason", "ok"),
-                        ("engine", api::ENGINE_LLAMACPP),
-                    ]),
-                    1.0,
-                );
+                self.count_verification(true, "ok");
                 let copy = Copy {
                     node_id: node.clone(),
                     digest: result.as_ref().map(|r| r.digest.clone()),
@@ -408,15 +406,7 @@ impl<E: Effects> Core<E> {
                 let e = error.unwrap_or_else(|| {
                     ErrorEnvelope::new(ErrorCode::Internal, "verification failed")
                 });
-                self.metrics.inc(
-                    m::CATALOG_VERIFICATIONS,
-                    labels(&[
-                        ("result", "fail"),
-                        ("reason", failure_reason(&e)),
-                        ("engine", api::ENGINE_LLAMACPP),
-                    ]),
-                    1.0,
-                );
+                self.count_verification(false, failure_reason(&e));
                 if let Err(e) = self.catalog.remove_location(model.as_str(), node.as_str()) {
                     store_error(e);
                 }

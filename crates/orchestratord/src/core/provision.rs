@@ -419,26 +419,10 @@ impl<E: Effects> Core<E> {
                     };
                     match self.catalog.record_copy(load.model_id.as_str(), copy) {
                         Ok(catalog::CopyOutcome::Recorded) => {
-                            self.metrics.inc(
-                                m::CATALOG_VERIFICATIONS,
-                                labels(&[
-                                    ("result", "pass"),
-                                    ("reason", "ok"),
-                                    ("engine", api::ENGINE_LLAMACPP),
-                                ]),
-                                1.0,
-                            );
+                            self.count_verification(true, "ok");
                         }
                         Ok(catalog::CopyOutcome::Mismatch { expected, actual }) => {
-                            self.metrics.inc(
-                                m::CATALOG_VERIFICATIONS,
-                                labels(&[
-                                    ("result", "fail"),
-                                    ("reason", "digest_mismatch"),
-                                    ("engine", api::ENGINE_LLAMACPP),
-                                ]),
-                                1.0,
-                            );
+                            self.count_verification(false, "digest_mismatch");
                             tracing::error!(event = "catalog.mismatch", model = %load.model_id, node_id = %load.node_id, "Node {} loaded {} with digest {actual}; the catalog has {expected}", load.node_id, load.model_id);
                         }
                         Err(e) => tracing::error!(
@@ -463,15 +447,7 @@ impl<E: Effects> Core<E> {
                     env.code,
                     ErrorCode::UntrustedArtifact | ErrorCode::ModelNotAvailable
                 ) {
-                    self.metrics.inc(
-                        m::CATALOG_VERIFICATIONS,
-                        labels(&[
-                            ("result", "fail"),
-                            ("reason", failure_reason(&env)),
-                            ("engine", api::ENGINE_LLAMACPP),
-                        ]),
-                        1.0,
-                    );
+                    self.count_verification(false, failure_reason(&env));
                 }
                 tracing::warn!(event = "command.finished", command_id = %st.command_id, node_id = %load.node_id, pool_id = %load.pool_id, code = %env.code,
                     "Loading {} into pool {} failed: {}", load.model_id, load.pool_id, env.message);
