@@ -77,6 +77,45 @@ pub fn valid_name(s: &str) -> bool {
         })
 }
 
+/// `as_str`, `Display`, and parsing (`FromStr`, `Deserialize`) checked by `$valid`, for the
+/// string-backed ids below; `$rule` says the rule in the error.
+macro_rules! string_id_impls {
+    ($name:ident, $what:literal, $valid:expr, $rule:literal) => {
+        impl $name {
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = IdError;
+            fn from_str(s: &str) -> Result<Self, IdError> {
+                if $valid(s) {
+                    Ok(Self(s.to_string()))
+                } else {
+                    Err(IdError(format!(
+                        concat!("invalid ", $what, " {:?}: ", $rule),
+                        s
+                    )))
+                }
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
 macro_rules! name_id {
     ($name:ident, $what:literal) => {
         #[derive(
@@ -85,12 +124,6 @@ macro_rules! name_id {
         #[serde(transparent)]
         #[schema(value_type = String, pattern = "^[a-z0-9][a-z0-9._-]{0,63}$")]
         pub struct $name(String);
-
-        impl $name {
-            pub fn as_str(&self) -> &str {
-                &self.0
-            }
-        }
 
         impl std::borrow::Borrow<str> for $name {
             fn borrow(&self) -> &str {
@@ -116,36 +149,12 @@ macro_rules! name_id {
             }
         }
 
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
-            }
-        }
-
-        impl FromStr for $name {
-            type Err = IdError;
-            fn from_str(s: &str) -> Result<Self, IdError> {
-                if valid_name(s) {
-                    Ok(Self(s.to_string()))
-                } else {
-                    Err(IdError(format!(
-                        concat!(
-                            "invalid ",
-                            $what,
-                            " {:?}: must match ^[a-z0-9][a-z0-9._-]{{0,63}}$"
-                        ),
-                        s
-                    )))
-                }
-            }
-        }
-
-        impl<'de> Deserialize<'de> for $name {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let s = String::deserialize(d)?;
-                s.parse().map_err(serde::de::Error::custom)
-            }
-        }
+        string_id_impls!(
+            $name,
+            $what,
+            valid_name,
+            "must match ^[a-z0-9][a-z0-9._-]{{0,63}}$"
+        );
     };
 }
 
@@ -183,42 +192,18 @@ macro_rules! reported_id {
         #[schema(value_type = String)]
         pub struct $name(String);
 
-        impl $name {
-            pub fn as_str(&self) -> &str {
-                &self.0
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
-            }
-        }
-
-        impl FromStr for $name {
-            type Err = IdError;
-            fn from_str(s: &str) -> Result<Self, IdError> {
-                let ok = !s.is_empty()
-                    && s.len() <= 255
-                    && !s.chars().any(|c| c.is_whitespace() || c.is_control());
-                if ok {
-                    Ok(Self(s.to_string()))
-                } else {
-                    Err(IdError(format!(
-                        concat!("invalid ", $what, " {:?}: 1-255 characters, no whitespace"),
-                        s
-                    )))
-                }
-            }
-        }
-
-        impl<'de> Deserialize<'de> for $name {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let s = String::deserialize(d)?;
-                s.parse().map_err(serde::de::Error::custom)
-            }
-        }
+        string_id_impls!(
+            $name,
+            $what,
+            valid_reported,
+            "1-255 characters, no whitespace"
+        );
     };
+}
+
+/// The rule of reported ids: 1–255 characters, none of them whitespace or control characters.
+fn valid_reported(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 255 && !s.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
 reported_id!(MachineId, "machine id");
@@ -243,10 +228,6 @@ impl CorrelationId {
     pub fn new() -> Self {
         Self(Uuid::new_v4().to_string())
     }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
 impl Default for CorrelationId {
@@ -255,31 +236,12 @@ impl Default for CorrelationId {
     }
 }
 
-impl fmt::Display for CorrelationId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl FromStr for CorrelationId {
-    type Err = IdError;
-    fn from_str(s: &str) -> Result<Self, IdError> {
-        if crate::valid_correlation_id(s) {
-            Ok(Self(s.to_string()))
-        } else {
-            Err(IdError(format!(
-                "invalid correlation id {s:?}: 1-128 visible ASCII characters"
-            )))
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for CorrelationId {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
+string_id_impls!(
+    CorrelationId,
+    "correlation id",
+    crate::valid_correlation_id,
+    "1-128 visible ASCII characters"
+);
 
 /// A preparation step's id (API.md §8): what the step prepares. Steps that prepare the same thing
 /// for two tasks share an id, which is how progress reaches every task waiting on it.
