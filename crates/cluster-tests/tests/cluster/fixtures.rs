@@ -197,6 +197,26 @@ pub async fn run_llorch(args: &[&str], url: &str) -> anyhow::Result<(i32, String
 /// Submits `req`, reads its stream until it closes (bounded) and fails unless the task ran on a
 /// llama.cpp engine to `end` (not canceled) with at least one non-empty token frame, token indices
 /// without gaps, `tokens_out` covering them, and nothing after `end`. Returns its `started` frame.
+/// Waits until task `id` has finished (any terminal state) and returns its record.
+pub async fn wait_finished(
+    client: &client::Client,
+    id: api::TaskId,
+) -> anyhow::Result<api::task::TaskRecord> {
+    wait_for(
+        &format!("task {id} to finish"),
+        Duration::from_secs(60),
+        || async {
+            client
+                .task(id)
+                .await
+                .ok()
+                .map(|r| r.body)
+                .filter(|r| r.state.is_terminal())
+        },
+    )
+    .await
+}
+
 pub async fn run_to_end(
     client: &client::Client,
     req: &api::task::TaskRequest,

@@ -101,6 +101,27 @@ impl Hold {
     }
 }
 
+/// Node `n1` with one fake pool `f1` of one slot (`tokens` tokens, `delay_ms` apart, held by
+/// `hold`), Ready; returns a client of the stack.
+async fn held_pool(
+    stack: &mut Stack,
+    model: &std::path::Path,
+    hold: &Hold,
+    tokens: u32,
+    delay_ms: u32,
+) -> anyhow::Result<client::Client> {
+    let knobs = [
+        ("FAKE_TOKENS", tokens.to_string()),
+        ("FAKE_TOKEN_DELAY_MS", delay_ms.to_string()),
+        hold.env(),
+    ];
+    stack.add_node(fake_node("n1", model, &[("f1", 1)], &knobs)?)?;
+    stack
+        .wait_pools_ready(&["f1"], Duration::from_secs(30))
+        .await?;
+    Ok(client::Client::new(&stack.orchd_url, None)?)
+}
+
 /// Waits until the task's record is in `state`.
 async fn wait_state(client: &client::Client, id: TaskId, state: TaskState) -> anyhow::Result<()> {
     wait_for(
@@ -154,20 +175,7 @@ pub async fn queue_order_and_aging(a: Assets) -> anyhow::Result<()> {
     let hold = Hold::new(&stack.spec.dir);
     let result = async {
         // 4 tokens × 40 ms per released task, so that start times differ by more than a ms.
-        stack.add_node(fake_node(
-            "n1",
-            &model,
-            &[("f1", 1)],
-            &[
-                ("FAKE_TOKENS", "4".into()),
-                ("FAKE_TOKEN_DELAY_MS", "40".into()),
-                hold.env(),
-            ],
-        )?)?;
-        stack
-            .wait_pools_ready(&["f1"], Duration::from_secs(30))
-            .await?;
-        let client = client::Client::new(&stack.orchd_url, None)?;
+        let client = held_pool(&mut stack, &model, &hold, 4, 40).await?;
         // The blocker holds the only slot until every other task is queued behind it.
         hold.on()?;
         let blocker = client
@@ -311,9 +319,7 @@ pub async fn full_queue_429_and_drop_lru(a: Assets) -> anyhow::Result<()> {
     .await?;
     let hold = Hold::new(&stack.spec.dir);
     let result = async {
-        stack.add_node(fake_node("n1", &model, &[("f1", 1)], &[("FAKE_TOKENS", "4".into()), ("FAKE_TOKEN_DELAY_MS", "10".into()), hold.env()])?)?;
-        stack.wait_pools_ready(&["f1"], Duration::from_secs(30)).await?;
-        let client = client::Client::new(&stack.orchd_url, None)?;
+        let client = held_pool(&mut stack, &model, &hold, 4, 10).await?;
         hold.on()?;
         let running = client.submit(&fake_task(Priority::Interactive)).await?.body;
         wait_state(&client, running.task_id, TaskState::Running).await?;
@@ -389,20 +395,7 @@ pub async fn deadlines(a: Assets) -> anyhow::Result<()> {
     let (mut stack, model) = empty_stack(&a, "deadlines", "").await?;
     let hold = Hold::new(&stack.spec.dir);
     let result = async {
-        stack.add_node(fake_node(
-            "n1",
-            &model,
-            &[("f1", 1)],
-            &[
-                ("FAKE_TOKENS", "4".into()),
-                ("FAKE_TOKEN_DELAY_MS", "10".into()),
-                hold.env(),
-            ],
-        )?)?;
-        stack
-            .wait_pools_ready(&["f1"], Duration::from_secs(30))
-            .await?;
-        let client = client::Client::new(&stack.orchd_url, None)?;
+        let client = held_pool(&mut stack, &model, &hold, 4, 10).await?;
         // Held running past its deadline: end with stop_reason deadline, not canceled.
         hold.on()?;
         let mut r = fake_task(Priority::Interactive);
@@ -658,20 +651,7 @@ pub async fn sdk_retries_admission(a: Assets) -> anyhow::Result<()> {
     let (mut stack, model) = empty_stack(&a, "sdk-retry", "[queue]\ncapacity = 1\n").await?;
     let hold = Hold::new(&stack.spec.dir);
     let result = async {
-        stack.add_node(fake_node(
-            "n1",
-            &model,
-            &[("f1", 1)],
-            &[
-                ("FAKE_TOKENS", "4".into()),
-                ("FAKE_TOKEN_DELAY_MS", "10".into()),
-                hold.env(),
-            ],
-        )?)?;
-        stack
-            .wait_pools_ready(&["f1"], Duration::from_secs(30))
-            .await?;
-        let client = client::Client::new(&stack.orchd_url, None)?;
+        let client = held_pool(&mut stack, &model, &hold, 4, 10).await?;
         // One task held running and one queued fill the pool and its queue.
         hold.on()?;
         let running = client.submit(&fake_task(Priority::Interactive)).await?.body.task_id;
@@ -736,20 +716,7 @@ pub async fn drain_and_reload(a: Assets) -> anyhow::Result<()> {
     let (mut stack, model) = empty_stack(&a, "drain", "").await?;
     let hold = Hold::new(&stack.spec.dir);
     let result = async {
-        stack.add_node(fake_node(
-            "n1",
-            &model,
-            &[("f1", 1)],
-            &[
-                ("FAKE_TOKENS", "8".into()),
-                ("FAKE_TOKEN_DELAY_MS", "10".into()),
-                hold.env(),
-            ],
-        )?)?;
-        stack
-            .wait_pools_ready(&["f1"], Duration::from_secs(30))
-            .await?;
-        let client = client::Client::new(&stack.orchd_url, None)?;
+        let client = held_pool(&mut stack, &model, &hold, 8, 10).await?;
         let base = stack.orchd_url.clone();
         // Held, the running task outlasts every step of the drain until it is released.
         hold.on()?;

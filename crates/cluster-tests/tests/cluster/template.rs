@@ -15,7 +15,7 @@ use anyhow::{ensure, Context};
 use engine::{ApiKey, ChatMessage, CompletionRequest, EngineClient, LaunchSpec};
 use serde_json::{json, Value};
 
-use crate::fixtures::{wait_for, Assets};
+use crate::fixtures::{wait_finished, wait_for, Assets};
 
 /// Conversations covering each role and a multi-turn history.
 fn conversations() -> Vec<Vec<(&'static str, &'static str)>> {
@@ -211,7 +211,7 @@ pub async fn apply_template_matches_chat(a: Assets) -> anyhow::Result<()> {
             req.max_tokens = Some(1);
             req.temperature = Some(0.0);
             let adm = client.submit(&req).await?.body;
-            let rec = wait_done(&client, adm.task_id).await?;
+            let rec = wait_finished(&client, adm.task_id).await?;
             ensure!(
                 rec.state == api::task::TaskState::Completed && rec.tokens_in == *want,
                 "through the stack: {:?}, tokens_in {} where the chat endpoint counted {want}",
@@ -224,19 +224,4 @@ pub async fn apply_template_matches_chat(a: Assets) -> anyhow::Result<()> {
     .await;
     stack.shutdown().await?;
     result
-}
-
-async fn wait_done(
-    client: &client::Client,
-    id: api::TaskId,
-) -> anyhow::Result<api::task::TaskRecord> {
-    wait_for("the task to finish", Duration::from_secs(60), || async {
-        client
-            .task(id)
-            .await
-            .ok()
-            .map(|r| r.body)
-            .filter(|r| r.state.is_terminal())
-    })
-    .await
 }

@@ -33,7 +33,7 @@ pub async fn engine_killed_mid_stream(a: Assets) -> anyhow::Result<()> {
         req.prompt = Some("The sky is".into());
         req.max_tokens = Some(4);
         let adm = client.submit(&req).await?.body;
-        let rec = wait_for("the follow-up task", Duration::from_secs(30), || async { client.task(adm.task_id).await.ok().map(|r| r.body).filter(|r| r.state.is_terminal()) }).await?;
+        let rec = fixtures::wait_finished(&client, adm.task_id).await?;
         ensure!(rec.state == api::task::TaskState::Completed, "follow-up: {:?}", rec.error);
         // pool-managerd's own metrics saw the crash.
         let text = reqwest::get(format!("{}/metrics", stack.worker_url)).await?.text().await?;
@@ -168,19 +168,7 @@ pub async fn reload_to_new_model(a: Assets) -> anyhow::Result<()> {
         req.prompt = Some("The sky is".into());
         req.max_tokens = Some(4);
         let t = client.submit(&req).await?.body;
-        let rec = wait_for(
-            "a task on the new model",
-            Duration::from_secs(30),
-            || async {
-                client
-                    .task(t.task_id)
-                    .await
-                    .ok()
-                    .map(|r| r.body)
-                    .filter(|r| r.state.is_terminal())
-            },
-        )
-        .await?;
+        let rec = fixtures::wait_finished(&client, t.task_id).await?;
         ensure!(
             rec.state == api::task::TaskState::Completed,
             "{:?}",
@@ -234,19 +222,7 @@ pub async fn reload_to_new_model(a: Assets) -> anyhow::Result<()> {
             "rolled-back reload not counted"
         );
         let t = client.submit(&req).await?.body;
-        let rec = wait_for(
-            "a task after the failed reload",
-            Duration::from_secs(30),
-            || async {
-                client
-                    .task(t.task_id)
-                    .await
-                    .ok()
-                    .map(|r| r.body)
-                    .filter(|r| r.state.is_terminal())
-            },
-        )
-        .await?;
+        let rec = fixtures::wait_finished(&client, t.task_id).await?;
         ensure!(
             rec.state == api::task::TaskState::Completed,
             "{:?}",
@@ -338,19 +314,7 @@ pub async fn handoff_adoption(a: Assets) -> anyhow::Result<()> {
             req.prompt = Some("The sky is".into());
             req.max_tokens = Some(4);
             let t = client.submit(&req).await?.body;
-            let rec = wait_for(
-                "a task on the adopted engine",
-                Duration::from_secs(30),
-                || async {
-                    client
-                        .task(t.task_id)
-                        .await
-                        .ok()
-                        .map(|r| r.body)
-                        .filter(|r| r.state.is_terminal())
-                },
-            )
-            .await?;
+            let rec = fixtures::wait_finished(&client, t.task_id).await?;
             ensure!(
                 rec.state == api::task::TaskState::Completed
                     && rec.pool_id.as_ref().map(|p| p.as_str()) == Some("adopted0"),
