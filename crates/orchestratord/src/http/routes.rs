@@ -148,28 +148,33 @@ pub fn router() -> Router<App> {
     router
 }
 
+/// Each route's pattern split into segments, once: [`pattern_of`] runs on every request.
+static SEGMENTS: std::sync::LazyLock<Vec<Vec<&'static str>>> =
+    std::sync::LazyLock::new(|| ROUTES.iter().map(|r| r.path.split('/').collect()).collect());
+
 /// The path pattern a concrete path is routed to, as axum picks it: among matching patterns, a
-/// literal segment beats a `{param}` at the first position where they differ.
+/// literal segment beats a `{param}` at the first position where they differ. Patterns have a
+/// handful of segments, so a bit per segment (first segment highest) ranks them without
+/// allocating.
 fn pattern_of(path: &str) -> Option<&'static str> {
-    let segs: Vec<&str> = path.split('/').collect();
-    let mut best: Option<(Vec<bool>, &'static str)> = None;
-    for r in ROUTES {
-        let pat: Vec<&str> = r.path.split('/').collect();
-        if pat.len() != segs.len() {
+    let n = path.split('/').count();
+    let mut best: Option<(u64, &'static str)> = None;
+    for (r, pat) in ROUTES.iter().zip(SEGMENTS.iter()) {
+        if pat.len() != n {
             continue;
         }
-        let mut params = Vec::with_capacity(pat.len());
-        let matches = pat.iter().zip(&segs).all(|(p, s)| {
+        let mut rank = 0u64;
+        let matches = pat.iter().zip(path.split('/')).all(|(p, s)| {
             let param = p.starts_with('{') && p.ends_with('}');
-            params.push(param);
+            rank = rank << 1 | u64::from(param);
             if param {
                 !s.is_empty()
             } else {
-                p == s
+                *p == s
             }
         });
-        if matches && best.as_ref().is_none_or(|(b, _)| params < *b) {
-            best = Some((params, r.path));
+        if matches && best.is_none_or(|(b, _)| rank < b) {
+            best = Some((rank, r.path));
         }
     }
     best.map(|(_, p)| p)
