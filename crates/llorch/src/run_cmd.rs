@@ -44,6 +44,10 @@ pub async fn run(a: RunArgs) -> anyhow::Result<u8> {
     req.max_tokens = a.max_tokens;
     req.temperature = a.temperature;
     req.seed = a.seed;
+    // One Ctrl-C listener for the whole run, registered before the task exists: a listener made
+    // anew in each loop turn misses a Ctrl-C that lands between two turns (tokens arriving fast),
+    // and the run would stream on to its last token.
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let adm = match client.submit(&req).await {
         Ok(a) => a.body,
         Err(e) => return Ok(refusal(&e)),
@@ -78,7 +82,7 @@ pub async fn run(a: RunArgs) -> anyhow::Result<u8> {
     loop {
         let next = tokio::select! {
             f = stream.next() => f,
-            _ = tokio::signal::ctrl_c() => {
+            _ = interrupt.recv() => {
                 let _ = client.cancel(adm.task_id).await;
                 eprintln!("\n[run] canceled task {}", adm.task_id);
                 return Ok(1);
