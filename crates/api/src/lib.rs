@@ -12,12 +12,13 @@ pub mod model_ref;
 pub mod node;
 pub mod openai;
 pub mod task;
+pub mod tenant;
 pub mod worker;
 
 pub use error::{ErrorCode, ErrorEnvelope};
 pub use ids::{
     CommandId, CorrelationId, DeviceId, IdError, MachineId, ModelId, NodeId, PoolId, SessionId,
-    StepId, TaskId,
+    StepId, TaskId, TenantId,
 };
 
 /// API version of §§4–11.

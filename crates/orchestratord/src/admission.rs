@@ -19,6 +19,8 @@ pub struct ValidatedTask {
     pub priority: Priority,
     pub sampling: Sampling,
     pub placement: Placement,
+    /// The tenant whose token submitted it (set by the handler from the caller).
+    pub tenant: api::TenantId,
 }
 
 /// Parses the body strictly; `field` is the dotted path serde stopped at.
@@ -166,6 +168,7 @@ pub fn validate(req: TaskRequest, cfg: &Config) -> Result<ValidatedTask, ErrorEn
         priority: req.priority,
         sampling,
         placement,
+        tenant: crate::config::anonymous(),
     })
 }
 

@@ -23,6 +23,7 @@ pub mod store;
 pub mod task_table;
 pub mod tasklog;
 pub mod tasks;
+pub mod tenants;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -125,6 +126,8 @@ pub struct PoolStats {
 
 pub struct TaskEntry {
     v: ValidatedTask,
+    /// The tenant whose token submitted it (`v.tenant`, kept here for brevity).
+    tenant: api::TenantId,
     correlation_id: CorrelationId,
     model: ModelId,
     queue_key: queue::QueueKey,
@@ -201,6 +204,8 @@ pub struct Core<E: Effects> {
     catalog: catalog::Catalog,
     /// `load-model` and node-level catalog commands in flight.
     loads: provision::Loads,
+    /// Tenants' policies and usage.
+    tenants: tenants::Tenants,
 }
 
 impl<E: Effects> Core<E> {
@@ -212,13 +217,14 @@ impl<E: Effects> Core<E> {
     ) -> Self {
         let sessions = sessions::Sessions::new(cfg.session_ttl);
         Self {
-            cfg,
+            cfg: cfg.clone(),
             effects,
             metrics,
             registry: registry::Registry::default(),
             stats: HashMap::new(),
             tasks: task_table::TaskTable::default(),
-            queues: queue::Queues::default(),
+            queues: queue::Queues::new(cfg.fair_queuing),
+            tenants: tenants::Tenants::new(cfg.tenant_policies()),
             sessions,
             catalog,
             loads: provision::Loads::default(),
@@ -230,16 +236,37 @@ impl<E: Effects> Core<E> {
         &self.effects
     }
 
-    pub fn session_view(&self, id: api::SessionId, now: Instant) -> Option<api::meta::SessionView> {
-        self.sessions.view(id, now, |pool, model| {
+    pub fn session_view(
+        &self,
+        id: api::SessionId,
+        scope: &tenants::Scope,
+        now: Instant,
+    ) -> Option<api::meta::SessionView> {
+        self.sessions.view(id, scope, now, |pool, model| {
             self.registry
                 .pool(pool)
                 .is_some_and(|p| p.status.state == PoolState::Ready && p.model_id() == model)
         })
     }
 
-    pub fn delete_session(&mut self, id: api::SessionId) {
-        self.sessions.delete(id);
+    pub fn delete_session(&mut self, id: api::SessionId, scope: &tenants::Scope) {
+        self.sessions.delete(id, scope);
+    }
+
+    /// Replaces every tenant's policy at once (SIGHUP).
+    pub fn set_tenant_policies(
+        &mut self,
+        policies: std::collections::BTreeMap<api::TenantId, crate::config::TenantPolicy>,
+        now: Instant,
+    ) {
+        self.tenants.set_policies(policies, now);
+        self.pump(now);
+    }
+
+    /// `GET /v2/tenants`: usage against limits.
+    pub fn tenant_report(&mut self, now: Instant) -> Vec<api::tenant::TenantUsage> {
+        let queues = &self.queues;
+        self.tenants.report(|t| queues.queued_of(t), now)
     }
 
     /// Fills free slots: for each model queue, dispatch tasks in order while a candidate pool has
@@ -253,6 +280,13 @@ impl<E: Effects> Core<E> {
                 .map(|q| q.dispatch_order(self.cfg.interactive_burst))
                 .unwrap_or_default();
             for id in order {
+                if self
+                    .tasks
+                    .get(&id)
+                    .is_some_and(|t| !self.tenants.may_start(&t.tenant))
+                {
+                    continue;
+                }
                 let Some((pool, fallback)) = self.place(id) else {
                     continue;
                 };
@@ -277,7 +311,7 @@ impl<E: Effects> Core<E> {
         let t = self.tasks.get(&id)?;
         let views = self.pool_views();
         let affinity = if self.cfg.session_affinity {
-            self.sessions.affinity(t.v.session_id)
+            self.sessions.affinity(t.v.session_id, &t.tenant)
         } else {
             None
         };

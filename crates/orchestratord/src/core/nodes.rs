@@ -444,6 +444,7 @@ impl<E: Effects> Core<E> {
             .collect();
         for id in ids {
             self.dequeue(id);
+            self.tenant_stopped(id, true, now);
             if let Some(t) = self.tasks.get_mut(&id) {
                 t.life.finish(Outcome::Failed, Stamp::at(now));
                 let env = ErrorEnvelope::new(

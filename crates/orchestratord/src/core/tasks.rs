@@ -8,7 +8,7 @@ use api::events::{End, Event, Metrics as MetricsFrame, Started, StopReason, Toke
 use api::node::{NodeStatus, PoolState};
 use api::task::{PlacementMode, TaskRecord, TaskState};
 use api::worker::{DispatchModel, DispatchParams, DispatchRequest, WorkerEvent};
-use api::{ErrorCode, ErrorEnvelope, ModelId, NodeId, PoolId, TaskId};
+use api::{ErrorCode, ErrorEnvelope, ModelId, NodeId, PoolId, TaskId, TenantId};
 
 use super::admit::bool_str;
 use super::lifecycle::{Outcome, Stamp};
@@ -33,17 +33,30 @@ impl CancelReason {
 }
 
 impl<E: Effects> Core<E> {
-    pub(super) fn reject(&self, e: ErrorEnvelope) -> ErrorEnvelope {
+    pub(super) fn reject(&self, tenant: &TenantId, e: ErrorEnvelope) -> ErrorEnvelope {
         self.metrics.inc(
             m::TASKS_REJECTED,
             labels(&[
                 ("engine", api::ENGINE_LLAMACPP),
                 ("reason", e.code.as_str()),
+                ("tenant", tenant.as_str()),
             ]),
             1.0,
         );
-        tracing::info!(event = "task.rejected", code = %e.code, "Refused a task: {}", e.message);
+        tracing::info!(event = "task.rejected", tenant = %tenant, code = %e.code, "Refused a task: {}", e.message);
         e
+    }
+
+    /// A task left Running or ended: its tenant's running count, and at the end the tokens it
+    /// used (the engine's counts) and its queue wait.
+    pub(super) fn tenant_stopped(&mut self, id: TaskId, ended: bool, now: Instant) {
+        let Some(t) = self.tasks.get(&id) else { return };
+        let tenant = t.tenant.clone();
+        let tokens = t.tokens_in + t.tokens_out();
+        self.tenants.stopped(&tenant, id);
+        if ended {
+            self.tenants.used(&tenant, tokens, now);
+        }
     }
 
     /// Placement checks that refuse at admission (API.md §7.2).
@@ -249,6 +262,8 @@ impl<E: Effects> Core<E> {
         t.attempts += 1;
         t.tried.push(pool_id.clone());
         t.life.run(Stamp::at(now));
+        let waited_ms = now.duration_since(t.admitted.at).as_secs_f64() * 1000.0;
+        let tenant = t.tenant.clone();
         t.pool = Some(pool_id.clone());
         t.node = Some(node_id.clone());
         t.engine_version = engine_version.clone();
@@ -273,7 +288,7 @@ impl<E: Effects> Core<E> {
             ]),
             1.0,
         );
-        tracing::info!(event = "task.placed", correlation_id = %t.correlation_id, task_id = %id, pool_id = %pool_id, node_id = %node_id, attempt = t.attempts,
+        tracing::info!(event = "task.placed", correlation_id = %t.correlation_id, task_id = %id, tenant = %t.tenant, pool_id = %pool_id, node_id = %node_id, attempt = t.attempts,
             "Dispatched task {id} to pool {pool_id} on node {node_id} (attempt {})", t.attempts);
         let body = DispatchRequest {
             protocol_version: api::PROTOCOL_VERSION,
@@ -313,7 +328,15 @@ impl<E: Effects> Core<E> {
                 ..Default::default()
             }));
         }
-        self.sessions.placed(session, pool_id);
+        self.sessions.placed(session, &tenant, pool_id);
+        if first {
+            self.metrics.observe(
+                m::TENANT_QUEUE_WAIT,
+                labels(&[("tenant", tenant.as_str())]),
+                waited_ms,
+            );
+        }
+        self.tenants.started(&tenant, id, now);
         self.effects.dispatch(DispatchJob {
             task: id,
             attempt,
@@ -353,7 +376,7 @@ impl<E: Effects> Core<E> {
                     return;
                 }
                 if t.life.first_token(Stamp::at(now)) {
-                    tracing::info!(event = "task.first_token", correlation_id = %t.correlation_id, task_id = %id, pool_id = %t.pool_label(),
+                    tracing::info!(event = "task.first_token", correlation_id = %t.correlation_id, task_id = %id, tenant = %t.tenant, pool_id = %t.pool_label(),
                         duration_ms = now.duration_since(t.admitted.at).as_millis() as u64, "First token of task {id}");
                 }
                 let i = t.token_frames;
@@ -390,6 +413,7 @@ impl<E: Effects> Core<E> {
                 } else {
                     Outcome::Completed
                 };
+                let tenant = t.tenant.clone();
                 let done = (
                     t.v.session_id,
                     t.pool.clone(),
@@ -403,7 +427,7 @@ impl<E: Effects> Core<E> {
                     (outcome, done)
                 {
                     self.sessions
-                        .completed(sid, &pool, &node, &model, (tin, tout));
+                        .completed(sid, &tenant, &pool, &node, &model, (tin, tout));
                 }
                 self.finish_with_end(id, stop_reason, outcome, now);
                 self.release_slot(id, now);
@@ -453,7 +477,7 @@ impl<E: Effects> Core<E> {
         let pinned = t.v.placement.mode == PlacementMode::Pin;
         let can_retry =
             no_tokens && env.retriable && !pinned && t.attempts <= self.cfg.dispatch_retries;
-        tracing::warn!(event = "task.attempt_failed", correlation_id = %t.correlation_id, task_id = %id, pool_id = %failed_pool.as_ref().map_or("", api::PoolId::as_str),
+        tracing::warn!(event = "task.attempt_failed", correlation_id = %t.correlation_id, task_id = %id, tenant = %t.tenant, pool_id = %failed_pool.as_ref().map_or("", api::PoolId::as_str),
             code = %env.code, attempt = t.attempts, "Attempt {} of task {id} failed: {}", t.attempts, env.message);
         if env.code == ErrorCode::ReplicaExhausted {
             if let Some(p) = &failed_pool {
@@ -468,10 +492,11 @@ impl<E: Effects> Core<E> {
             }
             if self.has_untried_candidate(id) {
                 // Another pool could run it, just not now: back to the head of its queue.
+                self.tenant_stopped(id, false, now);
                 if let Some(t) = self.tasks.get_mut(&id) {
                     t.life.requeue(Stamp::at(now));
                     let (key, prio) = (t.queue_key.clone(), t.v.priority);
-                    self.queues.push_front(key, id, prio);
+                    self.queues.push_front(key, id, prio, &t.tenant);
                 }
                 return;
             }
@@ -574,6 +599,7 @@ impl<E: Effects> Core<E> {
             ("engine_version", &ev),
             ("pool_id", &pool),
             ("replica_id", &node),
+            ("tenant", t.tenant.as_str()),
         ]);
         self.metrics
             .inc(m::TOKENS_IN, series.clone(), t.tokens_in as f64);
@@ -590,9 +616,10 @@ impl<E: Effects> Core<E> {
                 .observe(m::LATENCY_FIRST_TOKEN, hist.clone(), ttft as f64);
             self.metrics.observe(m::LATENCY_DECODE, hist, decode as f64);
         }
-        tracing::info!(event = "task.finished", correlation_id = %t.correlation_id, task_id = %id, pool_id = %pool, node_id = %node, tokens_in = t.tokens_in,
+        tracing::info!(event = "task.finished", correlation_id = %t.correlation_id, task_id = %id, tenant = %t.tenant, pool_id = %pool, node_id = %node, tokens_in = t.tokens_in,
             tokens_out = t.tokens_out(), duration_ms = now.duration_since(t.admitted.at).as_millis() as u64,
             "Task {id} ended ({reason:?}) with {} tokens", t.tokens_out());
+        self.tenant_stopped(id, true, now);
         self.tasks.finished(id);
     }
 
@@ -611,13 +638,15 @@ impl<E: Effects> Core<E> {
             ("engine_version", &ev),
             ("pool_id", &pool),
             ("replica_id", &node),
+            ("tenant", t.tenant.as_str()),
         ]);
         self.metrics
             .inc(m::TOKENS_IN, series.clone(), t.tokens_in as f64);
         self.metrics
             .inc(m::TOKENS_OUT, series, t.tokens_out() as f64);
-        tracing::warn!(event = "task.finished", correlation_id = %t.correlation_id, task_id = %id, pool_id = %pool, code = %env.code,
+        tracing::warn!(event = "task.finished", correlation_id = %t.correlation_id, task_id = %id, tenant = %t.tenant, pool_id = %pool, code = %env.code,
             "Task {id} failed: {}", env.message);
+        self.tenant_stopped(id, true, now);
         self.tasks.finished(id);
     }
 
@@ -633,7 +662,18 @@ impl<E: Effects> Core<E> {
 
     /// `POST /v2/tasks/{id}/cancel` and disconnects (API.md §5.6). Returns false for unknown tasks.
     pub fn cancel(&mut self, id: TaskId, reason: CancelReason, now: Instant) -> bool {
-        let Some(t) = self.tasks.get(&id) else {
+        self.cancel_as(id, reason, &super::tenants::Scope::All, now)
+    }
+
+    /// Cancels a task the caller may see; another tenant's task is unknown (false).
+    pub fn cancel_as(
+        &mut self,
+        id: TaskId,
+        reason: CancelReason,
+        scope: &super::tenants::Scope,
+        now: Instant,
+    ) -> bool {
+        let Some(t) = self.tasks.get(&id).filter(|t| scope.sees(&t.tenant)) else {
             return false;
         };
         match t.state() {
@@ -645,7 +685,7 @@ impl<E: Effects> Core<E> {
             }
             TaskState::Running => {
                 self.count_cancel(id, reason);
-                tracing::info!(event = "task.canceled", correlation_id = %t.correlation_id, task_id = %id, pool_id = %t.pool_label(),
+                tracing::info!(event = "task.canceled", correlation_id = %t.correlation_id, task_id = %id, tenant = %t.tenant, pool_id = %t.pool_label(),
                     reason = reason.label(), "Task {id} canceled ({})", reason.label());
                 self.stop_running(id, StopReason::Canceled, Outcome::Canceled, now);
             }
@@ -756,12 +796,15 @@ impl<E: Effects> Core<E> {
             .purge(now, self.cfg.retention, self.cfg.max_retained);
     }
 
-    pub fn log_of(&self, id: TaskId) -> Option<Arc<TaskLog>> {
-        self.tasks.get(&id).map(|t| t.log.clone())
+    pub fn log_of(&self, id: TaskId, scope: &super::tenants::Scope) -> Option<Arc<TaskLog>> {
+        self.tasks
+            .get(&id)
+            .filter(|t| scope.sees(&t.tenant))
+            .map(|t| t.log.clone())
     }
 
-    pub fn record(&self, id: TaskId) -> Option<TaskRecord> {
-        let t = self.tasks.get(&id)?;
+    pub fn record(&self, id: TaskId, scope: &super::tenants::Scope) -> Option<TaskRecord> {
+        let t = self.tasks.get(&id).filter(|t| scope.sees(&t.tenant))?;
         let queued = t.state() == TaskState::Queued;
         let position = if queued {
             self.queues

@@ -23,7 +23,7 @@ use axum::{Extension, Json};
 use daemon::correlation::CorrelationId;
 use serde_json::Value;
 
-use super::{json_body, App};
+use super::{json_body, App, Caller};
 use crate::core::runner::Msg;
 use crate::core::tasks::CancelReason;
 use crate::core::TaskLog;
@@ -45,19 +45,21 @@ enum Kind {
 pub async fn chat(
     State(app): State<App>,
     Extension(cid): Extension<CorrelationId>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    complete(app, cid, headers, body, Kind::Chat).await
+    complete(app, cid, caller, headers, body, Kind::Chat).await
 }
 
 pub async fn completions(
     State(app): State<App>,
     Extension(cid): Extension<CorrelationId>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    complete(app, cid, headers, body, Kind::Text).await
+    complete(app, cid, caller, headers, body, Kind::Text).await
 }
 
 pub async fn models(State(app): State<App>) -> Response {
@@ -83,6 +85,7 @@ pub async fn models(State(app): State<App>) -> Response {
 async fn complete(
     app: App,
     cid: CorrelationId,
+    caller: Caller,
     headers: HeaderMap,
     body: Body,
     kind: Kind,
@@ -97,7 +100,10 @@ async fn complete(
     };
     let model = req.model_ref.clone();
     let v = match crate::admission::validate(req, &app.cfg) {
-        Ok(v) => v,
+        Ok(v) => crate::admission::ValidatedTask {
+            tenant: caller.tenant,
+            ..v
+        },
         Err(e) => return error(e),
     };
     let Some(result) = app
@@ -257,6 +263,7 @@ impl Drop for Guard {
             self.app.core.send(Msg::Cancel {
                 id: self.task,
                 reason: CancelReason::Disconnect,
+                scope: crate::core::tenants::Scope::All,
                 reply: tx,
             });
         }

@@ -11,6 +11,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ObjectBuilder, Required, Type};
 use utoipa::{Modify, OpenApi};
 
+use super::routes::Access;
+
 /// Where the committed document lives, relative to the workspace root.
 pub const COMMITTED_PATH: &str = "contracts/openapi/orchestratord.json";
 
@@ -23,8 +25,11 @@ pub const COMMITTED_PATH: &str = "contracts/openapi/orchestratord.json";
 the node protocol, pools, the model catalog, meta, health, metrics and the OpenAI-compatible surface.\n\n\
 Every error before a stream starts is an `ErrorEnvelope` whose `code` decides the HTTP status (API.md §3.3); \
 `/v1` routes use OpenAI's error shape with the same status and headers. Every response carries `X-Correlation-Id`.\n\n\
-Authentication: client routes take a client token (`bearer`); node routes take the registration, static or issued \
-node credential (`node_bearer`). With no client tokens configured (open mode, loopback only) no token is needed.",
+Authentication (docs/auth.md): caller routes take a token (`bearer`) whose role (`admin` ⊇ `client` ⊇ `viewer`) \
+is named in each operation's security requirement; a valid token of a lesser role gets 403 `FORBIDDEN`. Tasks and \
+sessions are scoped to the token's tenant (another tenant's id answers 404); admins see all. Node routes take the \
+registration, static or issued node credential (`node_bearer`). With no tokens configured (open mode, loopback \
+only) no token is needed and every caller is the anonymous admin.",
         license(name = "Apache-2.0"),
     ),
     paths(
@@ -38,6 +43,7 @@ node credential (`node_bearer`). With no client tokens configured (open mode, lo
         doc::heartbeat,
         doc::deregister_node,
         doc::list_nodes,
+        doc::list_tenants,
         doc::list_pools,
         doc::pool_health,
         doc::drain_pool,
@@ -87,6 +93,11 @@ node credential (`node_bearer`). With no client tokens configured (open mode, lo
         api::catalog::ServingPool,
         api::openai::ChatCompletionChunk,
         api::openai::TextCompletionChunk,
+        api::TenantId,
+        api::tenant::Role,
+        api::tenant::TenantLimits,
+        api::tenant::TenantUsage,
+        api::tenant::TenantsResponse,
         doc::EventData,
         doc::SseEvent,
     )),
@@ -96,6 +107,7 @@ node credential (`node_bearer`). With no client tokens configured (open mode, lo
         (name = "tasks", description = "Submit, inspect, cancel and stream tasks (API.md §4, §5)"),
         (name = "sessions", description = "Session metadata (API.md §4.3)"),
         (name = "nodes", description = "Node protocol, pool-managerd → orchestratord (API.md §12)"),
+        (name = "tenants", description = "Tenants: usage against limits (docs/auth.md)"),
         (name = "pools", description = "Pool views and control (API.md §10)"),
         (name = "catalog", description = "The model catalog: register, inspect, verify, retire and remove models; where they are cached and served (API.md §9)"),
         (name = "meta", description = "Version, capabilities, health, metrics and this document (API.md §10, §16)"),
@@ -116,7 +128,7 @@ impl Modify for Extras {
             SecurityScheme::Http(
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
-                    .description(Some("A client token (`auth.client_tokens`)."))
+                    .description(Some("A caller token: `[[auth.tokens]]` (named, with a role: admin, client or viewer) or `auth.client_tokens` (unnamed clients). The security requirement of each operation names the least role it needs."))
                     .build(),
             ),
         );
@@ -129,6 +141,7 @@ impl Modify for Extras {
                     .build(),
             ),
         );
+        set_security(openapi);
         let string = || ObjectBuilder::new().schema_type(Type::String).build();
         // What the path macro cannot say: the drain body is optional, and `Last-Event-ID` is optional
         // but never null.
@@ -178,6 +191,40 @@ impl Modify for Extras {
     }
 }
 
+/// Each operation's security requirement, from the route table's [`Access`]: the role a `bearer`
+/// token needs, the node credential, or none.
+fn set_security(openapi: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::security::SecurityRequirement;
+    let bearer = |role: api::tenant::Role| {
+        SecurityRequirement::new("bearer", [role.as_str().to_string()])
+    };
+    let node = || SecurityRequirement::new("node_bearer", Vec::<String>::new());
+    for r in super::routes::ROUTES {
+        let reqs = match (r.access, r.access.role()) {
+            (Access::Open, _) => vec![SecurityRequirement::default()],
+            (Access::Metrics, Some(role)) => vec![SecurityRequirement::default(), bearer(role)],
+            (Access::Node, _) => vec![node()],
+            (Access::NodeOrAdmin, _) => vec![node(), bearer(api::tenant::Role::Admin)],
+            (_, Some(role)) => vec![bearer(role)],
+            (_, None) => vec![SecurityRequirement::default()],
+        };
+        let Some(item) = openapi.paths.paths.get_mut(r.path) else {
+            continue;
+        };
+        let op = match r.method.as_str() {
+            "GET" => item.get.as_mut(),
+            "POST" => item.post.as_mut(),
+            "DELETE" => item.delete.as_mut(),
+            "PUT" => item.put.as_mut(),
+            "PATCH" => item.patch.as_mut(),
+            _ => None,
+        };
+        if let Some(op) = op {
+            op.security = Some(reqs);
+        }
+    }
+}
+
 /// The document as pretty JSON with a trailing newline: the exact content of [`COMMITTED_PATH`].
 pub fn document_json() -> String {
     let mut s = ApiDoc::openapi()
@@ -214,6 +261,7 @@ mod doc {
         TextCompletion,
     };
     use api::task::{AdmissionResponse, TaskRecord, TaskRequest};
+    use api::tenant::TenantsResponse;
     use api::{ErrorEnvelope, ModelId, NodeId, PoolId, SessionId, TaskId};
     use serde::Serialize;
     use utoipa::ToSchema;
@@ -242,13 +290,16 @@ mod doc {
         Error(ErrorEnvelope),
     }
 
-    /// The errors every client route may answer besides its own: a missing or wrong client token,
-    /// and an internal error.
+    /// The errors every token route may answer besides its own: a missing or wrong token, a
+    /// role that does not allow the route, and an internal error.
     #[derive(utoipa::IntoResponses)]
     pub enum ClientErrors {
         /// `MISSING_TOKEN` or `BAD_TOKEN`.
         #[response(status = 401)]
         Unauthorized(ErrorEnvelope),
+        /// `FORBIDDEN`: the token's role does not allow the route (docs/auth.md).
+        #[response(status = 403)]
+        Forbidden(ErrorEnvelope),
         /// `INTERNAL`.
         #[response(status = 500)]
         Internal(ErrorEnvelope),
@@ -433,6 +484,20 @@ mod doc {
         ),
     )]
     fn list_nodes() {}
+
+    // ---- tenants -------------------------------------------------------------------------------
+
+    /// Every tenant's usage against its limits (admin).
+    #[utoipa::path(
+        get,
+        path = "/v2/tenants",
+        tag = "tenants",
+        responses(
+            (status = 200, description = "Tenants, their roles, weights, limits and usage.", body = TenantsResponse),
+            ClientErrors,
+        ),
+    )]
+    fn list_tenants() {}
 
     // ---- pools ---------------------------------------------------------------------------------
 
