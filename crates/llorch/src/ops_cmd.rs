@@ -197,7 +197,16 @@ pub fn tenants_table(t: &api::tenant::TenantsResponse) -> String {
     };
     let mut out = format!(
         "{:<20} {:<7} {:>6} {:>9} {:>9} {:>13} {:>15} {:>9} {:>9} {:>11}\n",
-        "TENANT", "ROLE", "WEIGHT", "RUNNING", "QUEUED", "REQ/MIN LEFT", "TOK/MIN LEFT", "REQUESTS", "REFUSED", "TOKENS"
+        "TENANT",
+        "ROLE",
+        "WEIGHT",
+        "RUNNING",
+        "QUEUED",
+        "REQ/MIN LEFT",
+        "TOK/MIN LEFT",
+        "REQUESTS",
+        "REFUSED",
+        "TOKENS"
     );
     for u in &t.tenants {
         let l = &u.limits;

@@ -261,10 +261,13 @@ impl Config {
             );
         }
         if self.open_mode() {
-            out.insert(anonymous(), TenantPolicy {
-                role: Role::Admin,
-                ..TenantPolicy::default()
-            });
+            out.insert(
+                anonymous(),
+                TenantPolicy {
+                    role: Role::Admin,
+                    ..TenantPolicy::default()
+                },
+            );
         }
         out
     }
@@ -432,8 +435,7 @@ impl RawConfig {
         );
         if let Some(r) = &registration {
             check_token("auth.node_registration_token", r, &mut p);
-            if client_tokens.iter().any(|c| c == r) || named.iter().any(|n| n.secret.matches(r))
-            {
+            if client_tokens.iter().any(|c| c == r) || named.iter().any(|n| n.secret.matches(r)) {
                 p.push("auth.node_registration_token: must differ from every client token".into());
             }
         }

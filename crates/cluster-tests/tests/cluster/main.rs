@@ -17,6 +17,7 @@ mod refusals;
 mod sched;
 mod schema;
 mod template;
+mod tenants;
 mod worker;
 
 use std::future::Future;
@@ -120,6 +121,12 @@ fn scenarios() -> Vec<(&'static str, bool, Scenario)> {
         }),
         ("schemathesis_against_openapi", true, |a| {
             Box::pin(schema::schemathesis(a))
+        }),
+        ("tenants_role_matrix_every_route", true, |a| {
+            Box::pin(tenants::role_matrix(a))
+        }),
+        ("tenants_limits_retry_after_and_rotation", true, |a| {
+            Box::pin(tenants::limits(a))
         }),
         ("observe_metrics_logs_cors", true, |a| {
             Box::pin(observe::metrics_logs_cors(a))

@@ -102,10 +102,15 @@ impl<E: Effects> Core<E> {
         // cost a queued task its place (API.md §6.2, §6.4).
         if let Some(d) = v.deadline_ms {
             if predicted > d && self.has_measurements(&model) {
-                return Err(self.reject(&v.tenant, ErrorEnvelope::new(
-                    ErrorCode::DeadlineUnmet,
-                    format!("the predicted start in {predicted} ms is past the deadline of {d} ms"),
-                )));
+                return Err(self.reject(
+                    &v.tenant,
+                    ErrorEnvelope::new(
+                        ErrorCode::DeadlineUnmet,
+                        format!(
+                            "the predicted start in {predicted} ms is past the deadline of {d} ms"
+                        ),
+                    ),
+                ));
             }
         }
         if let Room::Evict(victim, env) = room {

@@ -103,7 +103,11 @@ impl Class {
             if *n == 0 {
                 self.per_tenant.remove(&tenant);
                 // An idle tenant's next task starts at the virtual time anyway.
-                if self.last_finish.get(&tenant).is_some_and(|f| *f <= self.vtime) {
+                if self
+                    .last_finish
+                    .get(&tenant)
+                    .is_some_and(|f| *f <= self.vtime)
+                {
                     self.last_finish.remove(&tenant);
                 }
             }
@@ -356,7 +360,11 @@ impl Queue {
         self.batch
             .oldest()
             .map(|t| (t, Priority::Batch))
-            .or_else(|| self.interactive.oldest().map(|t| (t, Priority::Interactive)))
+            .or_else(|| {
+                self.interactive
+                    .oldest()
+                    .map(|t| (t, Priority::Interactive))
+            })
     }
 
     /// The most recently queued batch task (the shed-low-priority victim).
@@ -513,7 +521,10 @@ mod tests {
             q.take(*id, Priority::Interactive);
         }
         let b = TaskId::new();
-        assert_eq!(q.position_of_new(Priority::Interactive, &t("b"), 1, None, 4), 0);
+        assert_eq!(
+            q.position_of_new(Priority::Interactive, &t("b"), 1, None, 4),
+            0
+        );
         q.push(b, Priority::Interactive, &t("b"), 1);
         assert_eq!(q.position(b, 4), Some(0));
         // FIFO puts it behind all 998.

@@ -50,7 +50,8 @@ impl Bucket {
 
     fn refill(&mut self, now: Instant) {
         let secs = now.saturating_duration_since(self.at).as_secs_f64();
-        self.level = (self.level + secs * self.per_minute as f64 / 60.0).min(self.per_minute as f64);
+        self.level =
+            (self.level + secs * self.per_minute as f64 / 60.0).min(self.per_minute as f64);
         self.at = now;
     }
 
@@ -190,15 +191,10 @@ impl Tenants {
             .with_retry_after(b.wait_ms());
             e.policy_label = label("tokens_per_minute");
             Some(e)
-        } else if limits
-            .queued_tasks
-            .is_some_and(|n| queued as u64 >= n)
-        {
+        } else if limits.queued_tasks.is_some_and(|n| queued as u64 >= n) {
             let mut e = ErrorEnvelope::new(
                 ErrorCode::TenantConcurrency,
-                format!(
-                    "tenant {tenant} already has {queued} queued tasks, its limit",
-                ),
+                format!("tenant {tenant} already has {queued} queued tasks, its limit",),
             )
             .with_retry_after(concurrency_retry_ms());
             e.policy_label = label("queued_tasks");
@@ -260,7 +256,10 @@ impl Tenants {
 
     /// Running tasks of `tenant`.
     pub fn running(&self, tenant: &TenantId) -> impl Iterator<Item = &TaskId> {
-        self.usage.get(tenant).into_iter().flat_map(|u| u.running.iter())
+        self.usage
+            .get(tenant)
+            .into_iter()
+            .flat_map(|u| u.running.iter())
     }
 
     /// Every configured tenant and every tenant seen, for `GET /v2/tenants`.
@@ -339,10 +338,17 @@ mod tests {
         assert_eq!(e.code, ErrorCode::TenantRateLimited);
         // 2 per minute: one every 30 s.
         assert_eq!(e.retry_after_ms, Some(30_000));
-        assert_eq!(e.policy_label.as_deref(), Some("tenant:a:requests_per_minute"));
+        assert_eq!(
+            e.policy_label.as_deref(),
+            Some("tenant:a:requests_per_minute")
+        );
         let later = now + Duration::from_secs(15);
-        assert_eq!(t.check(&a, 0, || 0, later).unwrap_err().retry_after_ms, Some(15_000));
-        t.check(&a, 0, || 0, now + Duration::from_secs(30)).expect("refilled");
+        assert_eq!(
+            t.check(&a, 0, || 0, later).unwrap_err().retry_after_ms,
+            Some(15_000)
+        );
+        t.check(&a, 0, || 0, now + Duration::from_secs(30))
+            .expect("refilled");
         // Refusals are counted, never charged.
         assert_eq!(t.report(|_| 0, now)[0].rejected_total, 2);
         assert_eq!(t.report(|_| 0, now)[0].requests_total, 2);

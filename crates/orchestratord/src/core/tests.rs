@@ -498,7 +498,9 @@ fn session_affinity_prefers_the_last_pool_without_waiting() {
         Some("b"),
         "affinity beats the a-before-b tie-break"
     );
-    let view = core.session_view(sid, &super::tenants::Scope::All, now).expect("session");
+    let view = core
+        .session_view(sid, &super::tenants::Scope::All, now)
+        .expect("session");
     assert_eq!(
         (
             view.turns,
@@ -583,15 +585,25 @@ fn sessions_expire_and_delete() {
     core.submit(task(|r| r.session_id = Some(sid)), cid("c"), now)
         .expect("admitted");
     assert!(core
-        .session_view(sid, &super::tenants::Scope::All, now + Duration::from_secs(9))
+        .session_view(
+            sid,
+            &super::tenants::Scope::All,
+            now + Duration::from_secs(9)
+        )
         .is_some_and(|v| v.ttl_ms_remaining == 1000));
     assert!(
-        core.session_view(sid, &super::tenants::Scope::All, now + Duration::from_secs(11))
-            .is_none(),
+        core.session_view(
+            sid,
+            &super::tenants::Scope::All,
+            now + Duration::from_secs(11)
+        )
+        .is_none(),
         "expired"
     );
     core.delete_session(sid, &super::tenants::Scope::All);
-    assert!(core.session_view(sid, &super::tenants::Scope::All, now).is_none());
+    assert!(core
+        .session_view(sid, &super::tenants::Scope::All, now)
+        .is_none());
 }
 
 fn heartbeat(
@@ -1194,8 +1206,10 @@ fn queue_position_is_the_dispatch_order() {
     // ...but with interactive_burst = 1 the aged batch task goes between two interactive ones.
     let (i2, pos) = admit(&mut core, Priority::Interactive);
     assert_eq!(pos, 2);
-    let record_pos =
-        |core: &Core<Recorded>, id: TaskId| core.record(id, &super::tenants::Scope::All).and_then(|r| r.queue_position);
+    let record_pos = |core: &Core<Recorded>, id: TaskId| {
+        core.record(id, &super::tenants::Scope::All)
+            .and_then(|r| r.queue_position)
+    };
     assert_eq!(
         [b1, b2, i1, i2].map(|id| record_pos(&core, id)),
         [Some(1), Some(3), Some(0), Some(2)]

@@ -11,10 +11,10 @@ mod tasks;
 
 use std::sync::Arc;
 
+use api::tenant::Role;
 use api::{ErrorCode, ErrorEnvelope};
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
-use api::tenant::Role;
 use axum::http::HeaderMap;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -137,10 +137,13 @@ async fn auth(State(app): State<App>, mut req: Request, next: Next) -> Response 
             role: Role::Admin,
         })
     } else {
-        token.as_deref().and_then(|t| tokens.identify(t)).map(|c| Caller {
-            tenant: c.tenant.clone(),
-            role: c.role,
-        })
+        token
+            .as_deref()
+            .and_then(|t| tokens.identify(t))
+            .map(|c| Caller {
+                tenant: c.tenant.clone(),
+                role: c.role,
+            })
     };
     let identity = match (&caller, &token) {
         (Some(c), Some(t)) => Some(format!(

@@ -118,10 +118,7 @@ pub async fn deregister(
             .is_some_and(|c| c.role == api::tenant::Role::Admin);
     // A client's or viewer's valid token is not a node credential: 403, not 401.
     if !admin {
-        if let Some(c) = bearer(&headers)
-            .as_deref()
-            .and_then(|t| tokens.identify(t))
-        {
+        if let Some(c) = bearer(&headers).as_deref().and_then(|t| tokens.identify(t)) {
             return Err(ApiError(ErrorEnvelope::new(
                 ErrorCode::Forbidden,
                 format!(

@@ -195,9 +195,8 @@ impl Modify for Extras {
 /// token needs, the node credential, or none.
 fn set_security(openapi: &mut utoipa::openapi::OpenApi) {
     use utoipa::openapi::security::SecurityRequirement;
-    let bearer = |role: api::tenant::Role| {
-        SecurityRequirement::new("bearer", [role.as_str().to_string()])
-    };
+    let bearer =
+        |role: api::tenant::Role| SecurityRequirement::new("bearer", [role.as_str().to_string()]);
     let node = || SecurityRequirement::new("node_bearer", Vec::<String>::new());
     for r in super::routes::ROUTES {
         let reqs = match (r.access, r.access.role()) {

@@ -72,9 +72,7 @@ use Access::{Admin, Client, Metrics, Node, NodeOrAdmin, Open, Own, Viewer};
 /// Every route, grouped by path; within a path the order is the order of the `Allow` header.
 pub static ROUTES: &[Route] = &[
     route(Method::POST, "/v2/tasks", Client, || post(tasks::submit)),
-    route(Method::GET, "/v2/tasks/{id}", Own, || {
-        get(tasks::get_task)
-    }),
+    route(Method::GET, "/v2/tasks/{id}", Own, || get(tasks::get_task)),
     route(Method::POST, "/v2/tasks/{id}/cancel", Own, || {
         post(tasks::cancel)
     }),
@@ -125,12 +123,9 @@ pub static ROUTES: &[Route] = &[
         Admin,
         || post(catalog::verify),
     ),
-    route(
-        Method::POST,
-        "/v2/catalog/models/{id}/state",
-        Admin,
-        || post(catalog::set_state),
-    ),
+    route(Method::POST, "/v2/catalog/models/{id}/state", Admin, || {
+        post(catalog::set_state)
+    }),
     route(Method::GET, "/v2/catalog/availability", Viewer, || {
         get(catalog::availability)
     }),
@@ -317,7 +312,10 @@ mod tests {
                                     .as_array()
                                     .map(|a| a.iter().filter_map(|x| x.as_str()).collect())
                                     .unwrap_or_default();
-                                format!("{k}{}", roles.iter().map(|r| format!(":{r}")).collect::<String>())
+                                format!(
+                                    "{k}{}",
+                                    roles.iter().map(|r| format!(":{r}")).collect::<String>()
+                                )
                             })
                         })
                         .unwrap_or_default()
