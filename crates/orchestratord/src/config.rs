@@ -905,4 +905,122 @@ mod tests {
             &["auth.node_tokens_file: cannot read"],
         );
     }
+
+    #[test]
+    fn named_tokens_roles_limits_and_tenants() {
+        let raw: RawConfig = toml::from_str(
+            r#"
+            [auth]
+            client_tokens = ["unnamed-token-0123456789"]
+            [[auth.tokens]]
+            name = "ops"
+            role = "admin"
+            token = "ops-token-0123456789"
+            [[auth.tokens]]
+            name = "lab"
+            role = "client"
+            token = "lab-token-0123456789"
+            weight = 3
+            [auth.tokens.limits]
+            requests_per_minute = 60
+            queued_tasks = 4
+            "#,
+        )
+        .expect("toml");
+        let cfg = raw
+            .validate(std::path::Path::new("/home/x"))
+            .expect("valid");
+        assert!(!cfg.open_mode());
+        let tokens = cfg.tokens();
+        let who = |t: &str| tokens.identify(t).map(|c| (c.tenant.to_string(), c.role));
+        assert_eq!(
+            who("ops-token-0123456789"),
+            Some(("ops".into(), Role::Admin))
+        );
+        assert_eq!(
+            who("lab-token-0123456789"),
+            Some(("lab".into(), Role::Client))
+        );
+        let unnamed = format!(
+            "token-{}",
+            daemon::secret::fingerprint("unnamed-token-0123456789")
+        );
+        assert_eq!(
+            who("unnamed-token-0123456789"),
+            Some((unnamed.clone(), Role::Client))
+        );
+        assert_eq!(who("nobody-token-0123456789"), None);
+        let policies = cfg.tenant_policies();
+        let lab = &policies[&"lab".parse::<TenantId>().unwrap()];
+        assert_eq!(lab.weight, 3);
+        assert_eq!(lab.limits.requests_per_minute, Some(60));
+        assert_eq!(lab.limits.queued_tasks, Some(4));
+        assert!(policies.contains_key(&unnamed.parse::<TenantId>().unwrap()));
+        assert!(
+            !tokens.describe().contains("0123456789"),
+            "{}",
+            tokens.describe()
+        );
+        // Open mode: one anonymous admin.
+        let open = RawConfig::default()
+            .validate(std::path::Path::new("/home/x"))
+            .expect("valid");
+        assert!(open.open_mode());
+        assert_eq!(open.tenant_policies()[&anonymous()].role, Role::Admin);
+    }
+
+    #[test]
+    fn named_token_problems() {
+        check(
+            r#"
+            [auth]
+            client_tokens = ["same-token-0123456789"]
+            node_registration_token = "ops-token-0123456789"
+            [[auth.tokens]]
+            name = "Bad Name"
+            role = "root"
+            token = "short"
+            weight = 0
+            [auth.tokens.limits]
+            tokens_per_minute = 0
+            [[auth.tokens]]
+            name = "ops"
+            role = "admin"
+            token = "ops-token-0123456789"
+            [[auth.tokens]]
+            name = "ops"
+            role = "viewer"
+            token = "same-token-0123456789"
+            [[auth.tokens]]
+            name = "anonymous"
+            role = "viewer"
+            "#,
+            &[
+                "auth.tokens[0].name",
+                "auth.tokens[0].role",
+                "auth.tokens[0].token: tokens must be at least 16",
+                "auth.tokens[0].weight",
+                "auth.tokens[0].limits.tokens_per_minute",
+                "auth.tokens[2].name: ops is configured twice",
+                "auth.tokens[2] (ops): the same token is configured twice",
+                "auth.tokens[3].name: anonymous is reserved",
+                "auth.tokens[3].token: set token or token_file",
+                "auth.node_registration_token: must differ",
+            ],
+        );
+        // A non-loopback bind is fine with only named tokens.
+        check(
+            r#"
+            [server]
+            bind = "0.0.0.0:8080"
+            [auth]
+            node_registration_token = "register-token-0123456789"
+            [[auth.tokens]]
+            name = "ops"
+            role = "admin"
+            token = "ops-token-0123456789"
+            "#,
+            &[],
+        );
+    }
 }
