@@ -239,3 +239,38 @@ fn now_ms() -> u64 {
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use api::tenant::{Role, TenantLimits, TenantUsage, TenantsResponse};
+
+    #[test]
+    fn tenants_table_shows_usage_against_limits() {
+        let t = TenantsResponse {
+            tenants: vec![TenantUsage {
+                tenant: "lab".parse().expect("name"),
+                role: Role::Client,
+                weight: 2,
+                limits: TenantLimits {
+                    requests_per_minute: Some(60),
+                    concurrent_tasks: Some(4),
+                    ..Default::default()
+                },
+                running: 3,
+                queued: 7,
+                requests_available: Some(12),
+                tokens_available: None,
+                requests_total: 48,
+                rejected_total: 2,
+                tokens_total: 9000,
+            }],
+        };
+        let table = super::tenants_table(&t);
+        let row = table.lines().nth(1).expect("a row");
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(
+            cols,
+            ["lab", "client", "2", "3/4", "7/-", "12/60", "-/-", "48", "2", "9000"]
+        );
+    }
+}

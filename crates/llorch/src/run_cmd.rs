@@ -211,7 +211,14 @@ pub fn refusal(e: &client::Error) -> u8 {
     eprintln!("[run] {e}");
     match e.envelope() {
         Some(env) if env.code == ErrorCode::InvalidParams => 2,
-        Some(env) if matches!(env.code, ErrorCode::MissingToken | ErrorCode::BadToken) => 3,
+        Some(env)
+            if matches!(
+                env.code,
+                ErrorCode::MissingToken | ErrorCode::BadToken | ErrorCode::Forbidden
+            ) =>
+        {
+            3
+        }
         Some(env) if env.retriable && matches!(env.http_status(), 429 | 503) => 4,
         _ => 1,
     }
