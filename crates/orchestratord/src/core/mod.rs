@@ -68,6 +68,8 @@ pub struct DispatchJob {
 #[derive(Debug, Clone)]
 pub struct CancelJob {
     pub task: TaskId,
+    /// The task's tenant (None for a task the worker runs that orchestratord no longer knows).
+    pub tenant: Option<api::TenantId>,
     pub pool_id: PoolId,
     pub address: String,
     pub token: Secret,

@@ -360,6 +360,7 @@ impl<E: Effects> Core<E> {
                 if let Some(n) = self.registry.node(&p.node_id) {
                     self.effects.cancel_on_worker(super::CancelJob {
                         task: id,
+                        tenant: None,
                         pool_id: pool_id.clone(),
                         address: n.address.clone(),
                         token: n.dispatch_token.clone(),

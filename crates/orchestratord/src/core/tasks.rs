@@ -722,6 +722,7 @@ impl<E: Effects> Core<E> {
             return;
         };
         let cid = t.correlation_id.clone();
+        let tenant = Some(t.tenant.clone());
         if !self.registry.start_releasing(&pool_id, id) {
             return;
         }
@@ -734,6 +735,7 @@ impl<E: Effects> Core<E> {
         };
         self.effects.cancel_on_worker(CancelJob {
             task: id,
+            tenant,
             pool_id,
             address: node.address.clone(),
             token: node.dispatch_token.clone(),
