@@ -49,6 +49,7 @@ pub async fn run(
             config.models_dir.display()
         )
     })?;
+    let changed = Arc::new(tokio::sync::Notify::new());
     let env = |engine_source: Option<engine::EngineSource>| pools::SupervisorEnv {
         timings: config.engine.clone(),
         engines_dir: config.engines_dir.clone(),
@@ -56,6 +57,7 @@ pub async fn run(
         node_id: config.node_id.clone(),
         book: book.clone(),
         cache: cache.clone(),
+        changed: changed.clone(),
     };
     for spec in &config.pools {
         let source = config
@@ -77,7 +79,8 @@ pub async fn run(
         cache.clone(),
         tracker.clone(),
     )
-    .map_err(|e| anyhow::anyhow!("cannot build the HTTP client for orchestratord: {e}"))?;
+    .map_err(|e| anyhow::anyhow!("cannot build the HTTP client for orchestratord: {e}"))?
+    .with_changes(changed.clone());
     let closing = CancellationToken::new();
     let node = Arc::new(node::Node {
         node_id: config.node_id.clone(),

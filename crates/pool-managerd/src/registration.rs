@@ -32,6 +32,8 @@ pub struct Registrar {
     pub cache: models::ModelCache,
     /// Runs node-level catalog commands.
     pub tracker: TaskTracker,
+    /// Notified on every pool state change: the next heartbeat goes at once.
+    pub changed: Arc<tokio::sync::Notify>,
 }
 
 impl Registrar {
@@ -58,7 +60,14 @@ impl Registrar {
             book,
             cache,
             tracker,
+            changed: Default::default(),
         })
+    }
+
+    /// Heartbeats also go out whenever `changed` is notified.
+    pub fn with_changes(mut self, changed: Arc<tokio::sync::Notify>) -> Self {
+        self.changed = changed;
+        self
     }
 }
 
@@ -85,6 +94,8 @@ pub async fn run(app: Arc<App>, shutdown: CancellationToken) {
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(session.interval) => {}
+                // A pool changed state: orchestratord hears of it at once, not at the next interval.
+                _ = app.changed.notified() => {}
                 _ = shutdown.cancelled() => {
                     deregister(&app, &http, &session).await;
                     return;
@@ -421,6 +432,7 @@ mod tests {
             book: Default::default(),
             cache,
             tracker: TaskTracker::new(),
+            changed: Default::default(),
         })
     }
 

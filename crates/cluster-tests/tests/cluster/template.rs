@@ -126,7 +126,7 @@ impl Twin {
     async fn via_apply_template(&self, msgs: &[ChatMessage]) -> anyhow::Result<String> {
         let rendered = self.client.apply_template(msgs).await?;
         let req = CompletionRequest {
-            prompt: rendered.clone(),
+            prompt: rendered.clone().into(),
             n_predict: 1,
             stream: true,
             cache_prompt: true,

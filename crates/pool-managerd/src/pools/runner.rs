@@ -35,6 +35,8 @@ pub struct SupervisorEnv {
     pub node_id: NodeId,
     pub book: Arc<CommandBook>,
     pub cache: models::ModelCache,
+    /// Notified whenever a pool's state changes, so the node reports it at once.
+    pub changed: Arc<tokio::sync::Notify>,
 }
 
 /// Everything that reaches the runner.
@@ -469,7 +471,11 @@ impl Effects for Shell {
             .serving
             .and_then(|g| self.engines.get(&g))
             .and_then(|e| e.1.clone());
-        self.view.send_replace(PoolView { snapshot, client });
+        let state = snapshot.state;
+        let old = self.view.send_replace(PoolView { snapshot, client });
+        if old.snapshot.state != state {
+            self.env.changed.notify_one();
+        }
     }
 }
 
