@@ -165,6 +165,11 @@ impl EngineClient {
         })
     }
 
+    /// The engine's API key (for a test's direct calls to its own twin engine).
+    pub fn api_key(&self) -> &ApiKey {
+        &self.key
+    }
+
     pub fn base_url(&self) -> &str {
         &self.base
     }

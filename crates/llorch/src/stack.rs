@@ -209,9 +209,10 @@ impl Stack {
         let engine = engine_toml(&node.engine);
         let mut text = format!(
             "[node]\nid = {id:?}\nmachine_id = {id:?}\n[server]\nbind = \"127.0.0.1:{port}\"\n[orchestrator]\nurl = {url:?}\n[heartbeat]\ninterval_ms = {hi}\n\
-             [cache]\nengines_dir = {engines:?}\nmodels_dir = {models:?}\n[handoff]\ndir = {handoff:?}\n[engine]\nstart_timeout_ms = 60000\n{keys}[engines.default]\n{engine}\n",
+             [cache]\nengines_dir = {engines:?}\nmodels_dir = {models:?}\nrun_dir = {run:?}\n[handoff]\ndir = {handoff:?}\n[engine]\nstart_timeout_ms = 60000\n{keys}[engines.default]\n{engine}\n",
             models = self.spec.dir.join("models").display().to_string(),
             handoff = self.spec.dir.join(format!("handoff-{}", node.node_id)).display().to_string(),
+            run = self.spec.dir.join("run").display().to_string(),
             keys = node.engine_keys,
             id = node.node_id,
             url = self.orchd_url,
@@ -433,10 +434,11 @@ fn pool_managerd_toml(spec: &StackSpec, orchd_url: &str) -> String {
         .unwrap_or_default();
     format!(
         "[node]\nid = {node:?}\n[server]\nbind = \"127.0.0.1:{wport}\"\n[orchestrator]\nurl = {orchd_url:?}\n{reg}[heartbeat]\ninterval_ms = {hi}\n\
-         [cache]\nengines_dir = {engines:?}\n[engine]\n{threads}[engines.default]\n{engine}\n\
+         [cache]\nengines_dir = {engines:?}\nrun_dir = {run:?}\n[engine]\n{threads}[engines.default]\n{engine}\n\
          [handoff]\ndir = {handoff:?}\n\
          [[pools]]\nid = {pool:?}\nmodel_ref = {mref:?}\nmodel_id = {mid:?}\nctx = {ctx}\nslots = {slots}\ndevices = {devices:?}\ngpu_policy = {policy:?}\n{extra}\n",
         handoff = spec.dir.join("handoff").display().to_string(),
+        run = spec.dir.join("run").display().to_string(),
         node = spec.node_id,
         reg = spec.registration_token.as_ref().map(|t| format!("registration_token = {t:?}\n")).unwrap_or_default(),
         wport = spec.worker_port,

@@ -69,6 +69,8 @@ impl Twin {
             extra_args: vec![],
             log_path: dir.join("engine.log"),
             start_timeout: Duration::from_secs(60),
+            die_with_parent: false,
+            pid_record: None,
         };
         let port = llorch::stack::free_port()?;
         let mut args = spec.args(&key_file);

@@ -30,6 +30,8 @@ use crate::config::{EngineTimings, PoolSpec};
 pub struct SupervisorEnv {
     pub timings: EngineTimings,
     pub engines_dir: PathBuf,
+    /// Where each engine's pid record goes (see [`engine::process::stop_recorded`]).
+    pub run_dir: PathBuf,
     /// None for adopted pools, whose engine is built elsewhere.
     pub engine_source: Option<engine::EngineSource>,
     pub node_id: NodeId,
@@ -345,6 +347,12 @@ impl Shell {
                 .join("logs")
                 .join(format!("pool-{}.log", spec.id)),
             start_timeout: self.env.timings.start_timeout,
+            die_with_parent: true,
+            pid_record: Some(
+                self.env
+                    .run_dir
+                    .join(format!("{}.{}.json", self.env.node_id, spec.id)),
+            ),
         }
     }
 }
