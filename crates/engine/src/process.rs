@@ -172,7 +172,12 @@ async fn launch_with_key(
     let pid = child.id().unwrap_or(0);
     if let Some(path) = &spec.pid_record {
         if let Err(e) = write_pid_record(path, pid) {
-            tracing::warn!(event = "engine.pid_record", pid = pid, "Cannot record engine pid {pid} in {}: {e}", path.display());
+            tracing::warn!(
+                event = "engine.pid_record",
+                pid = pid,
+                "Cannot record engine pid {pid} in {}: {e}",
+                path.display()
+            );
         }
     }
     let (port_tx, port_rx) = oneshot::channel();
@@ -483,6 +488,50 @@ pub async fn spawn_detached(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::os::unix::process::ExitStatusExt;
+
+    /// A restarted supervisor stops the process its record names, and only that process: a
+    /// record whose start time does not match (a reused pid) is dropped without a signal.
+    #[tokio::test]
+    async fn recorded_engines_are_stopped_and_only_they() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spawn = || {
+            let mut c = std::process::Command::new("sleep");
+            c.arg("60");
+            std::os::unix::process::CommandExt::process_group(&mut c, 0);
+            c.spawn().expect("sleep")
+        };
+        let (mut orphan, mut other) = (spawn(), spawn());
+        write_pid_record(&dir.path().join("n1.p1.json"), orphan.id()).expect("record");
+        let stale = PidRecord {
+            pid: other.id(),
+            start_time: crate::handoff::process_start_time(other.id()).expect("alive") + 1,
+        };
+        std::fs::write(
+            dir.path().join("n1.p2.json"),
+            serde_json::to_vec(&stale).expect("json"),
+        )
+        .expect("stale record");
+        write_pid_record(&dir.path().join("n2.p1.json"), other.id()).expect("other node");
+        let stopped = stop_recorded(dir.path(), "n1.", Duration::from_secs(5)).await;
+        assert_eq!(stopped, vec![orphan.id()]);
+        assert!(
+            orphan.wait().expect("wait").signal().is_some(),
+            "the orphan was signalled"
+        );
+        assert!(
+            other.try_wait().expect("try_wait").is_none(),
+            "the other process runs on"
+        );
+        assert!(!dir.path().join("n1.p1.json").exists() && !dir.path().join("n1.p2.json").exists());
+        assert!(
+            dir.path().join("n2.p1.json").exists(),
+            "another node's record stays"
+        );
+        other.kill().expect("kill");
+        let _ = other.wait();
+    }
 
     #[test]
     fn port_from_log_line() {

@@ -40,6 +40,22 @@ pub struct StackSpec {
     pub registration_token: Option<String>,
 }
 
+/// The two daemons of a stack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Daemon {
+    Orchestratord,
+    PoolManagerd,
+}
+
+impl std::fmt::Display for Daemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Daemon::Orchestratord => "orchestratord",
+            Daemon::PoolManagerd => "pool-managerd",
+        })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum EngineChoice {
     Source { archive: PathBuf, sha256: String },
@@ -381,6 +397,48 @@ impl Stack {
             Duration::from_secs(20),
         )
         .await
+    }
+
+    /// Reaps a daemon of this stack that exited on its own: which one and how (None while both
+    /// run). The exited child is dropped, so [`Stack::respawn`] can start it again.
+    pub fn exited(&mut self) -> Option<(Daemon, std::process::ExitStatus)> {
+        if let Some(Ok(Some(status))) = self.orchd.as_mut().map(|c| c.try_wait()) {
+            self.orchd = None;
+            return Some((Daemon::Orchestratord, status));
+        }
+        if let Some(Ok(Some(status))) = self.pool_managerd.as_mut().map(|c| c.try_wait()) {
+            self.pool_managerd = None;
+            return Some((Daemon::PoolManagerd, status));
+        }
+        None
+    }
+
+    /// Starts `daemon` again on its config (orchestratord: and waits for its health check).
+    pub async fn respawn(&mut self, daemon: Daemon) -> anyhow::Result<()> {
+        match daemon {
+            Daemon::Orchestratord => {
+                let cfg = self.spec.dir.join("orchestratord.toml");
+                self.orchd = Some(spawn(
+                    &self.spec.bin_dir.join("orchestratord"),
+                    &cfg,
+                    &self.orchd_log,
+                )?);
+                self.wait_http(
+                    &format!("{}/health", self.orchd_url),
+                    Duration::from_secs(20),
+                )
+                .await
+            }
+            Daemon::PoolManagerd => self.start_pool_managerd(),
+        }
+    }
+
+    /// The log file of `daemon`.
+    pub fn log_of(&self, daemon: Daemon) -> &Path {
+        match daemon {
+            Daemon::Orchestratord => &self.orchd_log,
+            Daemon::PoolManagerd => &self.pm_log,
+        }
     }
 
     /// Sends SIGTERM to pool-managerd and waits for it to exit.

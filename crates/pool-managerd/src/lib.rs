@@ -62,7 +62,9 @@ pub async fn run(
     };
     // Engines of this node's previous life (a crash of pool-managerd) go before new ones start.
     let prefix = format!("{}.", config.node_id);
-    for pid in engine::process::stop_recorded(&config.run_dir, &prefix, config.engine.stop_grace).await {
+    for pid in
+        engine::process::stop_recorded(&config.run_dir, &prefix, config.engine.stop_grace).await
+    {
         tracing::warn!(event = "engine.orphan_stopped", node_id = %config.node_id, pid = pid,
             "Stopped engine pid {pid} left running by a previous pool-managerd of node {}", config.node_id);
     }

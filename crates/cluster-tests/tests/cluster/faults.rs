@@ -69,20 +69,32 @@ struct Answer {
 }
 
 fn answer(frames: &[Event]) -> anyhow::Result<Answer> {
-    let started = frames.iter().filter(|e| matches!(e, Event::Started(_))).count();
+    let started = frames
+        .iter()
+        .filter(|e| matches!(e, Event::Started(_)))
+        .count();
     ensure!(started == 1, "{started} started frames");
     let mut tokens = vec![];
     let mut migrated_after = vec![];
     for e in frames {
         match e {
             Event::Token(t) => {
-                ensure!(t.i == tokens.len() as u64, "token index {} after {} tokens", t.i, tokens.len());
+                ensure!(
+                    t.i == tokens.len() as u64,
+                    "token index {} after {} tokens",
+                    t.i,
+                    tokens.len()
+                );
                 tokens.push(t.t.clone());
             }
             Event::Metrics(m) => {
                 if let Some(p) = m.placement.as_ref() {
                     if let Some(n) = p.migrated_after_tokens {
-                        ensure!(n == tokens.len() as u64, "migrated after {n} tokens, client had {}", tokens.len());
+                        ensure!(
+                            n == tokens.len() as u64,
+                            "migrated after {n} tokens, client had {}",
+                            tokens.len()
+                        );
                         migrated_after.push((p.pool_id.to_string(), n));
                     }
                 }
@@ -93,8 +105,17 @@ fn answer(frames: &[Event]) -> anyhow::Result<Answer> {
     let Some(Event::End(end)) = frames.last().cloned() else {
         bail!("the stream did not end with `end`: {:?}", frames.last());
     };
-    ensure!(end.tokens_out >= tokens.len() as u64, "end.tokens_out {} < {} tokens", end.tokens_out, tokens.len());
-    Ok(Answer { tokens, migrated_after, end })
+    ensure!(
+        end.tokens_out >= tokens.len() as u64,
+        "end.tokens_out {} < {} tokens",
+        end.tokens_out,
+        tokens.len()
+    );
+    Ok(Answer {
+        tokens,
+        migrated_after,
+        end,
+    })
 }
 
 /// The newest engine pid pool-managerd logged for `pool`.
@@ -125,7 +146,11 @@ fn greedy(model: &str, prompt: &str, max_tokens: u64) -> TaskRequest {
 async fn counter(url: &str, name: &str) -> anyhow::Result<f64> {
     let text = reqwest::get(format!("{url}/metrics")).await?.text().await?;
     let series = llorch::haiku::prom::parse(&text).map_err(anyhow::Error::msg)?;
-    Ok(series.iter().filter(|s| s.name == name).map(|s| s.value).sum())
+    Ok(series
+        .iter()
+        .filter(|s| s.name == name)
+        .map(|s| s.value)
+        .sum())
 }
 
 /// One pool, its engine killed mid-stream: the running task continues on the same pool once it
@@ -135,7 +160,14 @@ pub async fn restart_is_waited_out(a: Assets) -> anyhow::Result<()> {
     let result = async {
         let client = client::Client::new(&stack.orchd_url, None)?;
         let model = stack.spec.model_id.clone();
-        let adm = client.submit(&greedy(&model, "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,", 120)).await?.body;
+        let adm = client
+            .submit(&greedy(
+                &model,
+                "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,",
+                120,
+            ))
+            .await?
+            .body;
         let mut s = client.events(&adm.streams.sse).await?;
         let mut first = vec![];
         read_until_tokens(&mut s, &mut first, 3).await?;
@@ -145,7 +177,11 @@ pub async fn restart_is_waited_out(a: Assets) -> anyhow::Result<()> {
         for k in 0..6 {
             let mut req = greedy(&model, "The sky is", 8);
             req.seed = Some(k);
-            let adm = client.submit(&req).await.context("submit during the restart")?.body;
+            let adm = client
+                .submit(&req)
+                .await
+                .context("submit during the restart")?
+                .body;
             during.push(client.events(&adm.streams.sse).await?);
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
@@ -153,21 +189,29 @@ pub async fn restart_is_waited_out(a: Assets) -> anyhow::Result<()> {
         let long = answer(&first).context("the task whose engine was killed")?;
         ensure!(
             long.migrated_after.len() == 1 && long.migrated_after[0].0 == "cpu0",
-            "continued on the restarted pool: {:?}", long.migrated_after
+            "continued on the restarted pool: {:?}",
+            long.migrated_after
         );
         for (k, s) in during.iter_mut().enumerate() {
             let mut frames = vec![];
             drain(s, &mut frames).await?;
             ensure!(
                 !frames.iter().any(|e| matches!(e, Event::Error(_))),
-                "task {k} submitted during the restart: {:?}", frames.last()
+                "task {k} submitted during the restart: {:?}",
+                frames.last()
             );
             answer(&frames).with_context(|| format!("task {k} submitted during the restart"))?;
         }
         let log = std::fs::read_to_string(&stack.orchd_log)?;
-        ensure!(!log.contains("POOL_UNAVAILABLE"), "POOL_UNAVAILABLE in the orchestratord log");
+        ensure!(
+            !log.contains("POOL_UNAVAILABLE"),
+            "POOL_UNAVAILABLE in the orchestratord log"
+        );
         ensure!(log.contains("\"task.migrated\""), "no migration narration");
-        ensure!(counter(&stack.orchd_url, "tasks_migrated_total").await? >= 1.0, "tasks_migrated_total");
+        ensure!(
+            counter(&stack.orchd_url, "tasks_migrated_total").await? >= 1.0,
+            "tasks_migrated_total"
+        );
         Ok(())
     }
     .await;
@@ -230,9 +274,15 @@ pub async fn worker_killed_mid_stream(a: Assets) -> anyhow::Result<()> {
     let mut stack = a.stack(a.spec("faults-worker")?).await?;
     let result = async {
         stack.add_node(real_node(&stack, "n2", "cpu1"))?;
-        stack.wait_pools_ready(&["cpu0", "cpu1"], Duration::from_secs(120)).await?;
+        stack
+            .wait_pools_ready(&["cpu0", "cpu1"], Duration::from_secs(120))
+            .await?;
         let client = client::Client::new(&stack.orchd_url, None)?;
-        let mut req = greedy(&stack.spec.model_id, "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,", 150);
+        let mut req = greedy(
+            &stack.spec.model_id,
+            "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,",
+            150,
+        );
         req.placement = Some(Placement {
             mode: PlacementMode::Prefer,
             prefer_pools: vec!["cpu0".parse()?],
@@ -248,15 +298,83 @@ pub async fn worker_killed_mid_stream(a: Assets) -> anyhow::Result<()> {
         pm.wait().await?;
         drain(&mut s, &mut frames).await?;
         let got = answer(&frames)?;
-        ensure!(got.migrated_after.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>() == ["cpu1"], "{:?}", got.migrated_after);
-        wait_for("the killed node's engine to die", Duration::from_secs(10), || async { (!alive(engine)).then_some(()) }).await?;
+        ensure!(
+            got.migrated_after
+                .iter()
+                .map(|(p, _)| p.as_str())
+                .collect::<Vec<_>>()
+                == ["cpu1"],
+            "{:?}",
+            got.migrated_after
+        );
+        wait_for(
+            "the killed node's engine to die",
+            Duration::from_secs(10),
+            || async { (!alive(engine)).then_some(()) },
+        )
+        .await?;
         // A new task while the node is gone goes to the other node (no 202 into a dead worker).
-        let rec = fixtures::wait_finished(&client, client.submit(&greedy(&stack.spec.model_id, "The sky is", 4)).await?.body.task_id).await?;
-        ensure!(rec.state == api::task::TaskState::Completed && rec.pool_id.as_ref().map(|p| p.as_str()) == Some("cpu1"), "{rec:?}");
+        let rec = fixtures::wait_finished(
+            &client,
+            client
+                .submit(&greedy(&stack.spec.model_id, "The sky is", 4))
+                .await?
+                .body
+                .task_id,
+        )
+        .await?;
+        ensure!(
+            rec.state == api::task::TaskState::Completed
+                && rec.pool_id.as_ref().map(|p| p.as_str()) == Some("cpu1"),
+            "{rec:?}"
+        );
         stack.start_pool_managerd()?;
-        stack.wait_ready(Duration::from_secs(120), &mut |_| {}).await?;
-        let pids = fixtures::engine_pids(&stack.pm_log);
+        let pids = wait_for(
+            "the restarted pool-managerd's engine",
+            Duration::from_secs(120),
+            || async { Some(fixtures::engine_pids(&stack.pm_log)).filter(|p| p.len() >= 2) },
+        )
+        .await?;
         ensure!(pids.len() == 2 && pids[1] != engine, "engine pids {pids:?}");
+        wait_for(
+            "node local to be Online with cpu0 Ready",
+            Duration::from_secs(30),
+            || async {
+                let nodes = client.nodes().await.ok()?;
+                let pools = client.pools().await.ok()?;
+                (nodes
+                    .nodes
+                    .iter()
+                    .any(|n| n.node_id == "local" && n.status == api::node::NodeStatus::Online)
+                    && pools
+                        .pools
+                        .iter()
+                        .any(|p| p.pool_id == "cpu0" && p.state == api::node::PoolState::Ready))
+                .then_some(())
+            },
+        )
+        .await?;
+        let rec = fixtures::wait_finished(
+            &client,
+            client
+                .submit(&{
+                    let mut r = greedy(&stack.spec.model_id, "The sky is", 4);
+                    r.placement = Some(Placement {
+                        mode: PlacementMode::Pin,
+                        pin_pool_id: Some("cpu0".parse()?),
+                        ..Default::default()
+                    });
+                    r
+                })
+                .await?
+                .body
+                .task_id,
+        )
+        .await?;
+        ensure!(
+            rec.state == api::task::TaskState::Completed,
+            "a task on the restarted node: {rec:?}"
+        );
         Ok(())
     }
     .await;
@@ -290,7 +408,11 @@ async fn start_twin(stack: &Stack, dir: &std::path::Path) -> anyhow::Result<Twin
         pid_record: None,
     };
     let running = engine::launch(&spec).await?;
-    Ok(Twin { client: running.client.clone(), _engine: running, http: reqwest::Client::new() })
+    Ok(Twin {
+        client: running.client.clone(),
+        _engine: running,
+        http: reqwest::Client::new(),
+    })
 }
 
 impl Twin {
@@ -308,4 +430,131 @@ impl Twin {
         ensure!(status.is_success(), "twin answered {status}: {v}");
         Ok(v)
     }
+}
+
+/// Children of `parent` named `name` (from `/proc`).
+fn children_named(parent: u32, name: &str) -> Vec<i32> {
+    let mut out = vec![];
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let comm = head.split_once('(').map(|(_, c)| c).unwrap_or("");
+        let ppid = rest
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<u32>().ok());
+        if comm == name && ppid == Some(parent) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// `llorch up` notices that orchestratord exited, says which daemon and how, and restarts it.
+pub async fn up_restarts_orchestratord(a: Assets) -> anyhow::Result<()> {
+    use tokio::io::AsyncReadExt;
+    let (_, model) = a.real.clone().map_err(anyhow::Error::msg)?;
+    let home = a.out.join(format!(
+        "up-home-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    ));
+    std::fs::create_dir_all(&home)?;
+    let (port, worker_port) = (llorch::stack::free_port()?, llorch::stack::free_port()?);
+    let mut up = fixtures::llorch()?
+        .args([
+            "up",
+            "--no-haiku",
+            "--threads",
+            "2",
+            "--port",
+            &port.to_string(),
+            "--worker-port",
+            &worker_port.to_string(),
+        ])
+        .arg("--model")
+        .arg(&model)
+        .env("HOME", &home)
+        .env("LLORCH_CACHE_DIR", llorch::cache_dir())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let out = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    for mut pipe in [
+        Box::new(up.stdout.take().context("stdout")?)
+            as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+        Box::new(up.stderr.take().context("stderr")?),
+    ] {
+        let out = out.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                out.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+    }
+    let text = || out.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let up_pid = up.id().context("no pid")?;
+    let result = async {
+        wait_for("llorch up to serve", Duration::from_secs(300), || async {
+            text().contains("llama-orch is serving").then_some(())
+        })
+        .await
+        .with_context(|| text())?;
+        let orchd = children_named(up_pid, "orchestratord");
+        ensure!(orchd.len() == 1, "orchestratord children {orchd:?}");
+        kill(Pid::from_raw(orchd[0]), Signal::SIGTERM)?;
+        wait_for(
+            "llorch up to restart orchestratord",
+            Duration::from_secs(60),
+            || async {
+                text()
+                    .contains("[up] orchestratord restarted")
+                    .then_some(())
+            },
+        )
+        .await
+        .with_context(|| text())?;
+        let t = text();
+        ensure!(
+            t.contains("[up] orchestratord exited (exit status: 0)") && t.contains("last lines of"),
+            "{t}"
+        );
+        let again = children_named(up_pid, "orchestratord");
+        ensure!(
+            again.len() == 1 && again != orchd,
+            "orchestratord children after the restart {again:?}"
+        );
+        let health = reqwest::get(format!("http://127.0.0.1:{port}/health")).await?;
+        ensure!(
+            health.status().is_success(),
+            "the restarted orchestratord answers {}",
+            health.status()
+        );
+        Ok(())
+    }
+    .await;
+    let _ = kill(Pid::from_raw(up_pid as i32), Signal::SIGINT);
+    let status = tokio::time::timeout(Duration::from_secs(90), up.wait()).await;
+    result?;
+    let status = status.context("llorch up did not stop on SIGINT")??;
+    ensure!(
+        status.success(),
+        "llorch up exited with {status}: {}",
+        text()
+    );
+    Ok(())
 }
