@@ -260,6 +260,15 @@ impl Stack {
         Ok(self.nodes.len() - 1)
     }
 
+    /// Starts the pool-managerd of added node `i` again on its config (after it exited or was
+    /// killed).
+    pub fn respawn_node(&mut self, i: usize) -> anyhow::Result<()> {
+        let n = self.nodes.get_mut(i).context("no such node")?;
+        let cmd = command(&self.spec.bin_dir.join("pool-managerd"), &n.config, &n.log);
+        n.child = Some(cmd?.spawn().context("cannot start pool-managerd")?);
+        Ok(())
+    }
+
     /// Waits until every pool in `pools` is Ready at orchestratord.
     pub async fn wait_pools_ready(
         &mut self,
