@@ -122,7 +122,7 @@ async fn chaos(stack: &mut Stack, a: &Args) -> anyhow::Result<()> {
         }));
     }
     let until = Instant::now() + Duration::from_secs_f64(a.minutes * 60.0);
-    let mut faults: Vec<(String, Option<Duration>)> = vec![];
+    let mut faults: Vec<(String, Recovery)> = vec![];
     let mut engine_pids: Vec<i32> = vec![];
     loop {
         let wait = Duration::from_secs(rand::thread_rng().gen_range(15..=40));
@@ -140,6 +140,7 @@ async fn chaos(stack: &mut Stack, a: &Args) -> anyhow::Result<()> {
         };
         let pm_pid = pm_pid(stack, node);
         let t0 = Instant::now();
+        let watch = tokio::spawn(recovered(client.clone(), t0, Duration::from_secs(120)));
         let what = match kind {
             0 => {
                 let Some(pid) = last_engine(&log) else {
@@ -175,7 +176,7 @@ async fn chaos(stack: &mut Stack, a: &Args) -> anyhow::Result<()> {
                 )
             }
         };
-        let recovered = recovered(&client, t0, Duration::from_secs(120)).await;
+        let recovered = watch.await.unwrap_or(Recovery::NotBack);
         eprintln!("[chaos] {what}: recovered in {recovered:?}");
         faults.push((what, recovered));
     }
@@ -245,7 +246,7 @@ async fn one_task(client: &client::Client, tally: &Mutex<Tally>, k: u64) {
     req.max_tokens = Some(48);
     req.deadline_ms = Some(DEADLINE_MS);
     req.seed = Some(k);
-    if k % 2 == 0 {
+    if k.is_multiple_of(2) {
         req.temperature = Some(0.0);
         req.top_k = Some(1);
     }
@@ -306,27 +307,54 @@ async fn one_task(client: &client::Client, tally: &Mutex<Tally>, k: u64) {
     t.migrated += usize::from(migrated);
 }
 
-/// Time from `t0` until both nodes are Online and both pools Ready (None past `limit`).
-async fn recovered(client: &client::Client, t0: Instant, limit: Duration) -> Option<Duration> {
-    while t0.elapsed() < limit {
-        if let (Ok(n), Ok(p)) = (client.nodes().await, client.pools().await) {
-            let nodes = n
-                .nodes
-                .iter()
-                .filter(|n| n.status == NodeStatus::Online)
-                .count();
-            let pools = p
-                .pools
-                .iter()
-                .filter(|p| p.state == PoolState::Ready)
-                .count();
-            if nodes == 2 && pools == 2 {
-                return Some(t0.elapsed());
-            }
+/// True when orchestratord sees both nodes Online and both pools Ready.
+async fn healthy(client: &client::Client) -> bool {
+    let (Ok(n), Ok(p)) = (client.nodes().await, client.pools().await) else {
+        return false;
+    };
+    let nodes = n
+        .nodes
+        .iter()
+        .filter(|n| n.status == NodeStatus::Online)
+        .count();
+    let pools = p
+        .pools
+        .iter()
+        .filter(|p| p.state == PoolState::Ready)
+        .count();
+    nodes == 2 && pools == 2
+}
+
+/// How the stack came back from one fault, as orchestratord saw it.
+#[derive(Debug, Clone, Copy)]
+enum Recovery {
+    /// Both nodes Online and both pools Ready again, this long after the fault.
+    Back(Duration),
+    /// orchestratord never saw an outage (within the heartbeat timeout and 5 s more).
+    Unseen,
+    NotBack,
+}
+
+/// Watches from the fault at `t0`: first for the outage, then until both nodes are Online and
+/// both pools Ready again (at most `limit`). Started before the fault is applied.
+async fn recovered(client: client::Client, t0: Instant, limit: Duration) -> Recovery {
+    let notice = Duration::from_millis(HEARTBEAT_TIMEOUT_MS + 5000);
+    loop {
+        if t0.elapsed() > notice {
+            return Recovery::Unseen;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        if !healthy(&client).await {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    None
+    while t0.elapsed() < limit {
+        if healthy(&client).await {
+            return Recovery::Back(t0.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Recovery::NotBack
 }
 
 fn all_engines(log: &std::path::Path) -> Vec<i32> {
@@ -377,7 +405,7 @@ fn rss_all(stack: &Stack) -> [Option<u64>; 3] {
 fn report(
     a: &Args,
     t: &Tally,
-    faults: &[(String, Option<Duration>)],
+    faults: &[(String, Recovery)],
     start: &[Option<u64>; 3],
     end: &[Option<u64>; 3],
     orphans: usize,
@@ -414,13 +442,12 @@ fn report(
     println!("\n| fault | recovery (both nodes Online, both pools Ready) |");
     println!("|---|---|");
     for (what, r) in faults {
-        println!(
-            "| {what} | {} |",
-            r.map_or("not within 120 s".into(), |d| format!(
-                "{:.1} s",
-                d.as_secs_f64()
-            ))
-        );
+        let r = match r {
+            Recovery::Back(d) => format!("{:.1} s", d.as_secs_f64()),
+            Recovery::Unseen => "no outage seen".into(),
+            Recovery::NotBack => "not back within 120 s".into(),
+        };
+        println!("| {what} | {r} |");
     }
     println!("\n| RSS, MiB | start | end |");
     println!("|---|---|---|");

@@ -513,7 +513,7 @@ pub async fn up_restarts_orchestratord(a: Assets) -> anyhow::Result<()> {
             text().contains("llama-orch is serving").then_some(())
         })
         .await
-        .with_context(|| text())?;
+        .with_context(text)?;
         let orchd = children_named(up_pid, "orchestratord");
         ensure!(orchd.len() == 1, "orchestratord children {orchd:?}");
         kill(Pid::from_raw(orchd[0]), Signal::SIGTERM)?;
@@ -527,7 +527,7 @@ pub async fn up_restarts_orchestratord(a: Assets) -> anyhow::Result<()> {
             },
         )
         .await
-        .with_context(|| text())?;
+        .with_context(text)?;
         let t = text();
         ensure!(
             t.contains("[up] orchestratord exited (exit status: 0)") && t.contains("last lines of"),

@@ -541,15 +541,15 @@ impl<E: Effects> Core<E> {
     fn attempt_failed(&mut self, id: TaskId, env: ErrorEnvelope, cause: Lost, now: Instant) {
         let Some(t) = self.tasks.get(&id) else { return };
         let failed_pool = t.pool.clone();
-        let no_tokens = t.token_frames == 0 && t.gen_ids.is_empty();
+        let no_tokens = t.token_frames == 0;
         let pinned = t.v.placement.mode == PlacementMode::Pin;
         let refused = matches!(
             env.code,
             ErrorCode::PoolUnready | ErrorCode::ReplicaExhausted
         );
-        let can_retry = no_tokens
-            && env.retriable
-            && (refused || (!pinned && t.failures < self.cfg.dispatch_retries));
+        // A refusal comes before the attempt produced anything, also for a continuation.
+        let can_retry = env.retriable
+            && (refused || (no_tokens && !pinned && t.failures < self.cfg.dispatch_retries));
         let can_migrate = !no_tokens && env.retriable && self.may_migrate(t);
         tracing::warn!(event = "task.attempt_failed", correlation_id = %t.correlation_id, task_id = %id, pool_id = %failed_pool.as_ref().map_or("", api::PoolId::as_str),
             code = %env.code, attempt = t.attempts, "Attempt {} of task {id} failed: {}", t.attempts, env.message);
@@ -565,6 +565,10 @@ impl<E: Effects> Core<E> {
         self.release_slot(id, now);
         if can_retry {
             if let Some(t) = self.tasks.get_mut(&id) {
+                // Nothing reached the client: the next attempt starts over.
+                if t.resume_from.is_none() {
+                    t.gen_ids.clear();
+                }
                 if refused {
                     t.tried.retain(|p| Some(p) != failed_pool.as_ref());
                 } else {

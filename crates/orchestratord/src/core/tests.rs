@@ -1452,3 +1452,59 @@ fn a_reset_connection_takes_the_node_out_of_placement() {
     assert!(dispatched(&core)[2..].iter().all(|(_, p)| *p == pid(other)));
     let _ = first;
 }
+
+#[test]
+fn a_refused_continuation_waits_without_spending_a_migration() {
+    let now = Instant::now();
+    let mut core = core_with(|c| c.migration_limit = 1);
+    register(&mut core, "n1", vec![pool("a", 1)], now);
+    let t = submit(&mut core, Priority::Interactive, now).expect("admitted");
+    token(&mut core, t, 1, "x", &[5], now);
+    core.on_relay_ended(t, 1, RelayEnd::Broken("reset".into()), now);
+    assert_eq!(
+        core.tasks[&t].state(),
+        TaskState::Queued,
+        "waits for the pool to come back"
+    );
+    heartbeat(&mut core, "n1", 1, vec![pool("a", 1)], vec![], now);
+    assert_eq!(
+        core.effects
+            .dispatched
+            .last()
+            .and_then(|j| j.body.resume.clone()),
+        Some(vec![5])
+    );
+    let refusal = api::ErrorEnvelope::new(ErrorCode::PoolUnready, "pool a is Starting");
+    core.on_relay_ended(
+        t,
+        2,
+        RelayEnd::Refused {
+            status: 503,
+            envelope: refusal,
+        },
+        now,
+    );
+    assert_eq!(
+        core.tasks[&t].state(),
+        TaskState::Queued,
+        "a refusal is no second migration"
+    );
+    heartbeat(&mut core, "n1", 2, vec![pool("a", 1)], vec![], now);
+    let job = core.effects.dispatched.last().expect("dispatched").clone();
+    assert_eq!((job.attempt, job.body.resume), (3, Some(vec![5])));
+    token(&mut core, t, 3, "y", &[6], now);
+    core.on_worker(
+        t,
+        3,
+        WorkerEvent::End {
+            tokens_in: 3,
+            tokens_out: 1,
+            stop_reason: StopReason::Eos,
+            seed: Some(1),
+            engine_ttft_ms: Some(1),
+            engine_decode_ms: 1,
+        },
+        now,
+    );
+    assert!(matches!(frames(&core, t).last(), Some(Event::End(e)) if e.tokens_out == 2));
+}
