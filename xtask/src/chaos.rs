@@ -1,7 +1,7 @@
 //! `cargo xtask bench chaos`: two pool-managerd nodes with real `llama-server` pools under a
 //! steady load of streaming tasks, while faults land one every 15–40 s: an engine `kill -9`, a
 //! pool-managerd SIGKILL and restart, a pool-managerd SIGSTOP past the heartbeat timeout and
-//! SIGCONT. Prints how every accepted task ended (normal, migrated, typed error by code, hung,
+//! SIGCONT (each kind on each node once per six faults, in a random order). Prints how every accepted task ended (normal, migrated, typed error by code, hung,
 //! lost), the recovery time of each fault, both daemons' RSS at start and end, and the engines
 //! left without their pool-managerd.
 
@@ -15,6 +15,7 @@ use api::node::{NodeStatus, PoolState};
 use llorch::stack::{EngineChoice, NodeSpec, PoolSpec, Stack, StackSpec};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use rand::seq::SliceRandom;
 use rand::Rng;
 
 #[derive(clap::Args)]
@@ -127,6 +128,7 @@ async fn chaos(stack: &mut Stack, a: &Args) -> anyhow::Result<()> {
     let until = Instant::now() + Duration::from_secs_f64(a.minutes * 60.0);
     let mut faults: Vec<(String, Recovery)> = vec![];
     let mut engine_pids: Vec<i32> = vec![];
+    let mut plan: Vec<(u32, usize)> = vec![];
     loop {
         let wait = Duration::from_secs(rand::thread_rng().gen_range(15..=40));
         if Instant::now() + wait > until {
@@ -134,8 +136,14 @@ async fn chaos(stack: &mut Stack, a: &Args) -> anyhow::Result<()> {
             break;
         }
         tokio::time::sleep(wait).await;
-        let node = rand::thread_rng().gen_range(0..2usize);
-        let kind = rand::thread_rng().gen_range(0..3u32);
+        // Every (fault, node) pair once per round of six, in a random order.
+        if plan.is_empty() {
+            plan = (0..6u32).map(|c| (c / 2, (c % 2) as usize)).collect();
+            plan.shuffle(&mut rand::thread_rng());
+        }
+        let Some((kind, node)) = plan.pop() else {
+            continue;
+        };
         let log = if node == 0 {
             stack.pm_log.clone()
         } else {

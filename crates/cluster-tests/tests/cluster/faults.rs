@@ -212,11 +212,28 @@ pub async fn restart_is_waited_out(a: Assets) -> anyhow::Result<()> {
             counter(&stack.orchd_url, "tasks_migrated_total").await? >= 1.0,
             "tasks_migrated_total"
         );
+        // A non-streaming /v1 request whose engine is killed mid-answer gets its whole answer.
+        stack.wait_ready(Duration::from_secs(60), &mut |_| {}).await?;
+        let seen = first_tokens(&stack.pm_log);
+        let url = format!("{}/v1/completions", stack.orchd_url);
+        let body = json!({ "model": model, "prompt": "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,", "max_tokens": 120, "temperature": 0.0 });
+        let call = tokio::spawn(async move { reqwest::Client::new().post(url).json(&body).send().await?.json::<serde_json::Value>().await });
+        wait_for("the /v1 request's first token", Duration::from_secs(60), || async { (first_tokens(&stack.pm_log) > seen).then_some(()) }).await?;
+        let pid = engine_pid(&stack.pm_log, "cpu0").context("no engine pid")?;
+        kill(Pid::from_raw(pid), Signal::SIGKILL)?;
+        let v = call.await??;
+        let text = v["choices"][0]["text"].as_str().unwrap_or("");
+        ensure!(v["choices"][0]["finish_reason"] == "length" && !text.is_empty() && v["usage"]["completion_tokens"] == 120, "non-streaming answer after the kill: {v}");
         Ok(())
     }
     .await;
     stack.shutdown().await?;
     result
+}
+
+/// How many first tokens pool-managerd's engines produced so far.
+fn first_tokens(log: &std::path::Path) -> usize {
+    fixtures::log_lines(log).iter().filter(|l| l["event"] == "engine.first_token").count()
 }
 
 /// Two pools, greedy: the engine under a stream is killed; the client's text is exactly the

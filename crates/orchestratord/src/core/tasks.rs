@@ -673,7 +673,8 @@ impl<E: Effects> Core<E> {
     }
 
     /// Why no pool that could run the task can come back (None while one can): every pool
-    /// serving its model is Failed, or on a node that is gone past the heartbeat timeout.
+    /// serving its model is Failed (or drained or unloaded by an operator), or on a node that is
+    /// gone past the heartbeat timeout.
     pub(super) fn no_way_back(&self, id: TaskId) -> Option<String> {
         let t = self.tasks.get(&id)?;
         let pin = (t.v.placement.mode == PlacementMode::Pin)
@@ -690,8 +691,14 @@ impl<E: Effects> Core<E> {
                 .is_none_or(|n| n.status == NodeStatus::Offline);
             if offline {
                 why.push(format!("node {} of pool {pid} is offline", p.node_id));
-            } else if p.status.state == PoolState::Failed {
-                why.push(format!("pool {pid} is Failed"));
+            } else if matches!(
+                p.status.state,
+                PoolState::Failed | PoolState::Unloaded | PoolState::Draining
+            ) || p.draining
+            {
+                // Failed pools stay down; drained and unloaded ones wait for an operator.
+                let state = if p.draining { PoolState::Draining } else { p.status.state };
+                why.push(format!("pool {pid} is {}", state.as_str()));
             } else {
                 return None;
             }
