@@ -233,7 +233,10 @@ pub async fn restart_is_waited_out(a: Assets) -> anyhow::Result<()> {
 
 /// How many first tokens pool-managerd's engines produced so far.
 fn first_tokens(log: &std::path::Path) -> usize {
-    fixtures::log_lines(log).iter().filter(|l| l["event"] == "engine.first_token").count()
+    fixtures::log_lines(log)
+        .iter()
+        .filter(|l| l["event"] == "engine.first_token")
+        .count()
 }
 
 /// Two pools, greedy: the engine under a stream is killed; the client's text is exactly the

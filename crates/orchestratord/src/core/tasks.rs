@@ -697,7 +697,11 @@ impl<E: Effects> Core<E> {
             ) || p.draining
             {
                 // Failed pools stay down; drained and unloaded ones wait for an operator.
-                let state = if p.draining { PoolState::Draining } else { p.status.state };
+                let state = if p.draining {
+                    PoolState::Draining
+                } else {
+                    p.status.state
+                };
                 why.push(format!("pool {pid} is {}", state.as_str()));
             } else {
                 return None;
