@@ -2,6 +2,7 @@
 //! a llama-server with the same binary, model and flags, alternating, several rounds; prints median
 //! and p90 time-to-first-token and tokens/s for both, and the ratios.
 
+mod chaos;
 mod fairness;
 mod fetch;
 mod layout;
@@ -40,6 +41,8 @@ enum Bench {
     Fetch(fetch::Args),
     /// Two tenants at 3× capacity (90% / 10%): goodput share and queue wait, fair queuing vs FIFO.
     Fairness(fairness::Args),
+    /// Real engines and workers killed, restarted and stopped under load: how tasks end.
+    Chaos(chaos::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -53,6 +56,7 @@ fn main() -> anyhow::Result<()> {
                 Bench::Scale(a) => rt.block_on(scale::run(a)),
                 Bench::Fetch(a) => rt.block_on(fetch::run(a)),
                 Bench::Fairness(a) => rt.block_on(fairness::run(a)),
+                Bench::Chaos(a) => rt.block_on(chaos::run(a)),
             }
         }
     }
