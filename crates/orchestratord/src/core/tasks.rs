@@ -431,6 +431,7 @@ impl<E: Effects> Core<E> {
                         ("pool_id", &pool),
                         ("replica_id", &node),
                         ("priority", t.v.priority.as_str()),
+                        ("tenant", t.tenant.as_str()),
                     ]),
                     1.0,
                 );
@@ -932,6 +933,7 @@ impl<E: Effects> Core<E> {
                 ("pool_id", &pool),
                 ("replica_id", &node),
                 ("reason", reason.label()),
+                ("tenant", t.tenant.as_str()),
             ]),
             1.0,
         );
