@@ -31,6 +31,19 @@ pub struct Started {
 pub struct Token {
     pub t: String,
     pub i: u64,
+    /// Only when the task asked for `logprobs`: the log probability of each engine token in `t`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub logprobs: Vec<crate::tools::TokenLogprob>,
+}
+
+impl Token {
+    pub fn new(t: impl Into<String>, i: u64) -> Self {
+        Self {
+            t: t.into(),
+            i,
+            logprobs: vec![],
+        }
+    }
 }
 
 /// An open object: every field optional, unknown keys ignored by clients.
@@ -107,6 +120,8 @@ pub struct End {
 pub enum Event {
     Started(Started),
     Token(Token),
+    /// A piece of a tool call (§5.7); `token` frames carry model text only.
+    ToolCall(crate::tools::ToolCallDelta),
     Metrics(Metrics),
     End(End),
     Error(ErrorEnvelope),
@@ -132,6 +147,7 @@ impl Event {
         match self {
             Event::Started(_) => "started",
             Event::Token(_) => "token",
+            Event::ToolCall(_) => "tool_call",
             Event::Metrics(_) => "metrics",
             Event::End(_) => "end",
             Event::Error(_) => "error",
@@ -147,6 +163,7 @@ impl Event {
         let r = match self {
             Event::Started(d) => serde_json::to_string(d),
             Event::Token(d) => serde_json::to_string(d),
+            Event::ToolCall(d) => serde_json::to_string(d),
             Event::Metrics(d) => serde_json::to_string(d),
             Event::End(d) => serde_json::to_string(d),
             Event::Error(d) => serde_json::to_string(d),
@@ -160,6 +177,7 @@ impl Event {
         Ok(match name {
             "started" => Event::Started(serde_json::from_str(data).map_err(e)?),
             "token" => Event::Token(serde_json::from_str(data).map_err(e)?),
+            "tool_call" => Event::ToolCall(serde_json::from_str(data).map_err(e)?),
             "metrics" => Event::Metrics(serde_json::from_str(data).map_err(e)?),
             "end" => Event::End(serde_json::from_str(data).map_err(e)?),
             "error" => Event::Error(serde_json::from_str(data).map_err(e)?),
@@ -206,19 +224,19 @@ mod tests {
         assert!(
             matches!(plain.as_ref(), Event::Metrics(m) if m.queue_position == Some(2) && m.human.is_none())
         );
-        let token = Event::Token(Token {
-            t: "a".into(),
-            i: 0,
-        });
+        let token = Event::Token(Token::new("a", 0));
         assert_eq!(token.for_subscriber(false).as_deref(), Some(&token));
     }
 
     #[test]
     fn roundtrip_each_event() {
         let evs = vec![
-            Event::Token(Token {
-                t: "Hi".into(),
-                i: 0,
+            Event::Token(Token::new("Hi", 0)),
+            Event::ToolCall(crate::tools::ToolCallDelta {
+                index: 0,
+                id: Some("call_1".into()),
+                name: Some("f".into()),
+                arguments: "{\"a\"".into(),
             }),
             Event::End(End {
                 tokens_in: 1,

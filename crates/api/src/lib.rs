@@ -12,6 +12,7 @@ pub mod model_ref;
 pub mod node;
 pub mod openai;
 pub mod task;
+pub mod tools;
 pub mod worker;
 
 pub use error::{ErrorCode, ErrorEnvelope};

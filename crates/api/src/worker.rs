@@ -17,8 +17,16 @@ pub struct DispatchModel {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum DispatchInput {
-    Prompt { prompt: String },
-    Messages { messages: Vec<Message> },
+    Prompt {
+        prompt: String,
+    },
+    Messages {
+        messages: Vec<Message>,
+        /// The tools offered to the model; a chat with tools runs on the engine's own chat
+        /// endpoint, which renders them into the template and parses the calls.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tools: Option<crate::tools::Tools>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -65,6 +73,13 @@ pub enum WorkerEvent {
     Token {
         i: u64,
         t: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        logprobs: Vec<crate::tools::TokenLogprob>,
+    },
+    /// A piece of a tool call the engine parsed out of the model's output.
+    ToolCall {
+        #[serde(flatten)]
+        delta: crate::tools::ToolCallDelta,
     },
     Metrics {
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -114,6 +129,7 @@ mod tests {
             event: WorkerEvent::Token {
                 i: 2,
                 t: "x".into(),
+                logprobs: vec![],
             },
         };
         let s = serde_json::to_string(&l).unwrap();

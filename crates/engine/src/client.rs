@@ -86,6 +86,16 @@ pub struct CompletionRequest {
     pub min_p: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub repeat_penalty: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub presence_penalty: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub frequency_penalty: Option<f64>,
+    /// `[[token id, bias], …]`, the engine's own form.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub logit_bias: Vec<(u32, f64)>,
+    /// Alternatives per token; when set, frames carry `completion_probabilities`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub n_probs: Option<u32>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub stop: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -208,6 +218,47 @@ impl EngineClient {
             .await
             .map_err(|e| EngineError::Protocol(format!("/apply-template: {e}")))?;
         Ok(body.prompt)
+    }
+
+    /// Starts a streaming `/v1/chat/completions` (the engine renders the template, tools
+    /// included, and parses tool calls). `body` must stream, ask for usage and cap `max_tokens`.
+    /// Its chunks come back as `/completion`-style frames (see [`crate::sse::ChatFrames`]).
+    pub async fn chat(
+        &self,
+        body: &serde_json::Value,
+    ) -> Result<impl futures::Stream<Item = FrameResult> + Send + 'static, EngineError> {
+        debug_assert!(
+            body["stream"] == true && body["max_tokens"].as_u64().is_some_and(|n| n > 0),
+            "engine requests must stream and cap max_tokens"
+        );
+        let resp = self
+            .streaming
+            .post(self.url("/v1/chat/completions"))
+            .bearer_auth(self.key.expose())
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| EngineError::Connect(e.to_string()))?;
+        let resp = check_status(resp).await?;
+        let mut decoder = SseDecoder::default();
+        let mut chunks = crate::sse::ChatFrames::default();
+        let frames = resp.bytes_stream().flat_map(move |chunk| {
+            let items: Vec<FrameResult> = match chunk {
+                Err(e) => vec![Err(EngineError::Connect(e.to_string()))],
+                Ok(bytes) => decoder
+                    .push(&bytes)
+                    .into_iter()
+                    .filter_map(|item| match item {
+                        SseItem::Data(d) => {
+                            chunks.frame(&d).map_err(EngineError::Protocol).transpose()
+                        }
+                        SseItem::Garbage(g) => Some(Err(EngineError::Protocol(g))),
+                    })
+                    .collect(),
+            };
+            futures::stream::iter(items)
+        });
+        Ok(frames)
     }
 
     /// Starts a streaming `/completion`. Dropping the returned stream closes the connection, which

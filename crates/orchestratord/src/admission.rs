@@ -74,13 +74,43 @@ pub fn validate(req: TaskRequest, cfg: &Config) -> Result<ValidatedTask, ErrorEn
         (None, Some(m)) if m.is_empty() || m.len() > 256 => {
             return bad("messages", "must hold 1 to 256 messages")
         }
-        (None, Some(m)) => DispatchInput::Messages {
-            messages: m.clone(),
-        },
+        (None, Some(m)) => {
+            check_messages(m)?;
+            DispatchInput::Messages {
+                messages: m.clone(),
+                tools: None,
+            }
+        }
+    };
+    let input = match input {
+        DispatchInput::Messages { messages, .. } if !req.tools.is_empty() => {
+            DispatchInput::Messages {
+                messages,
+                tools: Some(check_tools(&req)?),
+            }
+        }
+        _ if !req.tools.is_empty() => return bad("tools", "tools need messages, not a prompt"),
+        _ if req.tool_choice.is_some() => return bad("tool_choice", "needs tools"),
+        _ if req.parallel_tool_calls.is_some() => return bad("parallel_tool_calls", "needs tools"),
+        other => other,
     };
     let prompt_bytes = match &input {
         DispatchInput::Prompt { prompt } => prompt.len(),
-        DispatchInput::Messages { messages } => messages.iter().map(|m| m.content.len()).sum(),
+        DispatchInput::Messages { messages, tools } => {
+            messages
+                .iter()
+                .map(|m| {
+                    m.content.len()
+                        + m.tool_calls
+                            .iter()
+                            .map(|c| c.function.name.len() + c.function.arguments.len())
+                            .sum::<usize>()
+                })
+                .sum::<usize>()
+                + tools.as_ref().map_or(0, |t| {
+                    serde_json::to_string(&t.tools).map_or(0, |j| j.len())
+                })
+        }
     };
     if prompt_bytes > cfg.max_prompt_bytes {
         let field = if matches!(input, DispatchInput::Prompt { .. }) {
@@ -119,6 +149,32 @@ pub fn validate(req: TaskRequest, cfg: &Config) -> Result<ValidatedTask, ErrorEn
     check_range("top_p", req.top_p, |v| v > 0.0 && v <= 1.0)?;
     check_range("min_p", req.min_p, |v| (0.0..=1.0).contains(&v))?;
     check_range("repeat_penalty", req.repeat_penalty, |v| v > 0.0)?;
+    check_range("presence_penalty", req.presence_penalty, |v| {
+        (-2.0..=2.0).contains(&v)
+    })?;
+    check_range("frequency_penalty", req.frequency_penalty, |v| {
+        (-2.0..=2.0).contains(&v)
+    })?;
+    if req.logprobs.is_some_and(|n| n > 20) {
+        return bad("logprobs", "at most 20 alternatives per token");
+    }
+    if req.logit_bias.len() > 300 {
+        return bad("logit_bias", "at most 300 entries");
+    }
+    for (k, v) in &req.logit_bias {
+        if k.parse::<u32>().is_err() {
+            return bad(
+                &format!("logit_bias.{k}"),
+                "keys must be token ids (decimal integers)",
+            );
+        }
+        if !v.is_finite() || !(-100.0..=100.0).contains(v) {
+            return bad(
+                &format!("logit_bias.{k}"),
+                "bias must be between -100 and 100",
+            );
+        }
+    }
     if req.stop.len() > 8 {
         return bad("stop", "at most 8 stop strings");
     }
@@ -166,6 +222,93 @@ pub fn validate(req: TaskRequest, cfg: &Config) -> Result<ValidatedTask, ErrorEn
         priority: req.priority,
         sampling,
         placement,
+    })
+}
+
+/// Tool messages answer a call by id; only assistant messages carry calls.
+fn check_messages(msgs: &[api::task::Message]) -> Result<(), ErrorEnvelope> {
+    use api::task::Role;
+    for (i, m) in msgs.iter().enumerate() {
+        if m.role == Role::Tool && m.tool_call_id.as_deref().is_none_or(str::is_empty) {
+            return Err(ErrorEnvelope::invalid(
+                &format!("messages[{i}].tool_call_id"),
+                "required on tool messages",
+            ));
+        }
+        if m.role != Role::Tool && m.tool_call_id.is_some() {
+            return Err(ErrorEnvelope::invalid(
+                &format!("messages[{i}].tool_call_id"),
+                "only tool messages answer a call",
+            ));
+        }
+        if m.role != Role::Assistant && !m.tool_calls.is_empty() {
+            return Err(ErrorEnvelope::invalid(
+                &format!("messages[{i}].tool_calls"),
+                "only assistant messages carry tool calls",
+            ));
+        }
+        for (j, c) in m.tool_calls.iter().enumerate() {
+            if !api::tools::valid_name(&c.function.name) {
+                return Err(ErrorEnvelope::invalid(
+                    &format!("messages[{i}].tool_calls[{j}].function.name"),
+                    "1 to 64 characters of a-z, A-Z, 0-9, _ and -",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Tool names are valid and distinct, parameters are object schemas, a named choice names a
+/// tool, and tools exclude a grammar or schema of the whole output.
+fn check_tools(req: &TaskRequest) -> Result<api::tools::Tools, ErrorEnvelope> {
+    use api::tools::ToolChoice;
+    let bad = |f: &str, m: &str| Err(ErrorEnvelope::invalid(f, m));
+    if req.tools.len() > 128 {
+        return bad("tools", "at most 128 tools");
+    }
+    for (i, t) in req.tools.iter().enumerate() {
+        if !api::tools::valid_name(&t.function.name) {
+            return bad(
+                &format!("tools[{i}].function.name"),
+                "1 to 64 characters of a-z, A-Z, 0-9, _ and -",
+            );
+        }
+        if req.tools[..i]
+            .iter()
+            .any(|o| o.function.name == t.function.name)
+        {
+            return bad(&format!("tools[{i}].function.name"), "duplicate tool name");
+        }
+        if t.function
+            .parameters
+            .as_ref()
+            .is_some_and(|p| !p.is_object())
+        {
+            return bad(
+                &format!("tools[{i}].function.parameters"),
+                "must be a JSON Schema object",
+            );
+        }
+    }
+    if let Some(ToolChoice::Named(n)) = &req.tool_choice {
+        if !req.tools.iter().any(|t| t.function.name == n.function.name) {
+            return bad("tool_choice.function.name", "names no tool of tools");
+        }
+    }
+    if req.grammar.is_some() {
+        return bad("grammar", "grammar and tools exclude each other");
+    }
+    if req.json_schema.is_some() {
+        return bad(
+            "json_schema",
+            "json_schema (response_format) and tools exclude each other",
+        );
+    }
+    Ok(api::tools::Tools {
+        tools: req.tools.clone(),
+        tool_choice: req.tool_choice.clone(),
+        parallel_tool_calls: req.parallel_tool_calls,
     })
 }
 
@@ -278,8 +421,61 @@ mod tests {
         check(r#"not json"#, Some(""));
         check(r#"{"prompt":"x"}"#, Some("model_ref"));
         check(
-            r#"{"model_ref":"m","messages":[{"role":"user"}]}"#,
-            Some("messages[0].content"),
+            r#"{"model_ref":"m","messages":[{"role":"tool","content":"18"}]}"#,
+            Some("messages[0].tool_call_id"),
+        );
+        check(
+            r#"{"model_ref":"m","messages":[{"role":"user","content":"x","tool_calls":[{"id":"c","function":{"name":"f","arguments":"{}"}}]}]}"#,
+            Some("messages[0].tool_calls"),
+        );
+        let tool = r#"{"type":"function","function":{"name":"f","parameters":{"type":"object"}}}"#;
+        check(
+            &format!(r#"{{"model_ref":"m","prompt":"x","tools":[{tool}]}}"#),
+            Some("tools"),
+        );
+        check(
+            &format!(
+                r#"{{"model_ref":"m","messages":[{{"role":"user","content":"x"}}],"tools":[{tool},{tool}]}}"#
+            ),
+            Some("tools[1].function.name"),
+        );
+        check(
+            &format!(
+                r#"{{"model_ref":"m","messages":[{{"role":"user","content":"x"}}],"tools":[{tool}],"tool_choice":{{"type":"function","function":{{"name":"g"}}}}}}"#
+            ),
+            Some("tool_choice.function.name"),
+        );
+        check(
+            &format!(
+                r#"{{"model_ref":"m","messages":[{{"role":"user","content":"x"}}],"tools":[{tool}],"json_schema":{{"type":"object"}}}}"#
+            ),
+            Some("json_schema"),
+        );
+        check(
+            r#"{"model_ref":"m","messages":[{"role":"user","content":"x"}],"tool_choice":"auto"}"#,
+            Some("tool_choice"),
+        );
+        check(
+            r#"{"model_ref":"m","prompt":"x","logprobs":21}"#,
+            Some("logprobs"),
+        );
+        check(
+            r#"{"model_ref":"m","prompt":"x","presence_penalty":3}"#,
+            Some("presence_penalty"),
+        );
+        check(
+            r#"{"model_ref":"m","prompt":"x","logit_bias":{"abc":1}}"#,
+            Some("logit_bias.abc"),
+        );
+        check(
+            r#"{"model_ref":"m","prompt":"x","logit_bias":{"15":101}}"#,
+            Some("logit_bias.15"),
+        );
+        check(
+            &format!(
+                r#"{{"model_ref":"m","messages":[{{"role":"user","content":"x"}}],"tools":[{tool}],"tool_choice":"required","logprobs":2,"logit_bias":{{"15":-100}}}}"#
+            ),
+            None,
         );
         let long = format!(
             r#"{{"model_ref":"m","prompt":"{}"}}"#,

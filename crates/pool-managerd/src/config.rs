@@ -134,6 +134,7 @@ pub struct RawPool {
     pub gpu_policy: Option<String>,
     pub engine_source: Option<String>,
     pub extra_args: Vec<String>,
+    pub chat_template_file: Option<String>,
     pub provisioning_target: Option<bool>,
 }
 
@@ -184,6 +185,7 @@ pub struct PoolSpec {
     pub device_mask: String,
     pub gpu_policy: GpuPolicy,
     pub engine_source: String,
+    /// The engine's extra flags; a `chat_template_file` is passed here as `--chat-template-file`.
     pub extra_args: Vec<String>,
 }
 
@@ -635,6 +637,24 @@ fn validate_pools(
                 ));
             }
         }
+        let mut extra_args = rp.extra_args.clone();
+        if let Some(t) = &rp.chat_template_file {
+            if !Path::new(t).is_file() {
+                p.push(format!(
+                    "{key}.chat_template_file: template file {t} does not exist"
+                ));
+            }
+            if extra_args.iter().any(|a| {
+                a.starts_with("--chat-template")
+                    || a.starts_with("--jinja")
+                    || a.starts_with("--no-jinja")
+            }) {
+                p.push(format!(
+                    "{key}.extra_args: chat template flags exclude chat_template_file"
+                ));
+            }
+            extra_args.extend(["--chat-template-file".to_string(), t.clone()]);
+        }
         let digest = match rp.model_digest.as_deref().map(api::catalog::parse_digest) {
             Some(Ok(d)) => Some(d),
             Some(Err(e)) => {
@@ -658,7 +678,7 @@ fn validate_pools(
                     device_mask,
                     gpu_policy: policy,
                     engine_source,
-                    extra_args: rp.extra_args.clone(),
+                    extra_args,
                 });
             }
         }
@@ -796,6 +816,7 @@ mod tests {
             gpu_policy = "gpu"
             engine_source = "nope"
             extra_args = ["--port", "1"]
+            chat_template_file = "/nonexistent/t.jinja"
             "#,
         )
         .unwrap();
@@ -808,12 +829,43 @@ mod tests {
             "no CUDA device",
             "engine_source",
             "--port",
+            "pools[0].chat_template_file: template file /nonexistent/t.jinja does not exist",
         ] {
             assert!(
                 errs.iter().any(|e| e.contains(want)),
                 "missing {want:?} in {errs:#?}"
             );
         }
+    }
+
+    #[test]
+    fn a_chat_template_file_reaches_the_engine_flags() {
+        let dir = std::env::temp_dir().join(format!("pm-tmpl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let t = dir.join("t.jinja");
+        std::fs::write(&t, "{{ messages }}").unwrap();
+        let raw: RawConfig = toml::from_str(&format!(
+            "[[pools]]\nid = \"a\"\ndevices = \"cpu\"\ngpu_policy = \"cpu\"\nchat_template_file = {:?}\n[engines.default]\nkind = \"git\"\ngit_url = \"https://example.invalid/l\"\ngit_ref = \"b1\"\n",
+            t.display().to_string()
+        ))
+        .unwrap();
+        let cfg = raw.validate(&host()).expect("valid");
+        assert_eq!(
+            cfg.pools[0].extra_args,
+            ["--chat-template-file".to_string(), t.display().to_string()]
+        );
+        let clash: RawConfig = toml::from_str(&format!(
+            "[[pools]]\nid = \"a\"\ndevices = \"cpu\"\ngpu_policy = \"cpu\"\nextra_args = [\"--chat-template\", \"chatml\"]\nchat_template_file = {:?}\n",
+            t.display().to_string()
+        ))
+        .unwrap();
+        let errs = clash.validate(&host()).unwrap_err();
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("exclude chat_template_file")),
+            "{errs:?}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

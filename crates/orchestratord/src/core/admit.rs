@@ -322,6 +322,7 @@ impl TaskEntry {
             tokens_in: 0,
             reported_tokens_out: 0,
             token_frames: 0,
+            tool_frames: 0,
             seed: None,
             stop_reason: None,
             error: None,

@@ -141,6 +141,8 @@ pub struct TaskEntry {
     /// The worker's count from `end` (0 before it); see [`TaskEntry::tokens_out`].
     reported_tokens_out: u64,
     token_frames: u64,
+    /// `tool_call` frames appended; like tokens, they rule out a retry elsewhere.
+    tool_frames: u64,
     seed: Option<u64>,
     stop_reason: Option<api::events::StopReason>,
     error: Option<api::ErrorEnvelope>,

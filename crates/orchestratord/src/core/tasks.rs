@@ -348,7 +348,9 @@ impl<E: Effects> Core<E> {
                     1.0,
                 );
             }
-            WorkerEvent::Token { t: text, .. } => {
+            WorkerEvent::Token {
+                t: text, logprobs, ..
+            } => {
                 if text.is_empty() {
                     return;
                 }
@@ -358,7 +360,19 @@ impl<E: Effects> Core<E> {
                 }
                 let i = t.token_frames;
                 t.token_frames += 1;
-                t.log.append(Event::Token(Token { t: text, i }));
+                t.log.append(Event::Token(Token {
+                    t: text,
+                    i,
+                    logprobs,
+                }));
+            }
+            WorkerEvent::ToolCall { delta } => {
+                if t.life.first_token(Stamp::at(now)) {
+                    tracing::info!(event = "task.first_token", correlation_id = %t.correlation_id, task_id = %id, pool_id = %t.pool_label(),
+                        duration_ms = now.duration_since(t.admitted.at).as_millis() as u64, "First output of task {id} (a tool call)");
+                }
+                t.tool_frames += 1;
+                t.log.append(Event::ToolCall(delta));
             }
             WorkerEvent::Metrics {
                 tokens_out,
@@ -434,7 +448,7 @@ impl<E: Effects> Core<E> {
         let env = match end {
             super::RelayEnd::Refused { envelope, .. } => envelope,
             other => {
-                let code = if t.token_frames > 0 {
+                let code = if t.token_frames + t.tool_frames > 0 {
                     ErrorCode::WorkerReset
                 } else {
                     ErrorCode::PoolUnavailable
@@ -449,7 +463,7 @@ impl<E: Effects> Core<E> {
     fn attempt_failed(&mut self, id: TaskId, env: ErrorEnvelope, now: Instant) {
         let Some(t) = self.tasks.get(&id) else { return };
         let failed_pool = t.pool.clone();
-        let no_tokens = t.token_frames == 0;
+        let no_tokens = t.token_frames + t.tool_frames == 0;
         let pinned = t.v.placement.mode == PlacementMode::Pin;
         let can_retry =
             no_tokens && env.retriable && !pinned && t.attempts <= self.cfg.dispatch_retries;
@@ -812,7 +826,11 @@ impl<E: Effects> Core<E> {
             .collect();
         for id in ids {
             self.effects.abort_dispatch(id);
-            let tokens = self.tasks.get(&id).map(|t| t.token_frames).unwrap_or(0);
+            let tokens = self
+                .tasks
+                .get(&id)
+                .map(|t| t.token_frames + t.tool_frames)
+                .unwrap_or(0);
             let code = if tokens > 0 {
                 ErrorCode::WorkerReset
             } else {

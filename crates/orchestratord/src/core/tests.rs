@@ -140,6 +140,7 @@ fn finish(core: &mut Core<Recorded>, id: TaskId, now: Instant) {
         WorkerEvent::Token {
             i: 0,
             t: "x".into(),
+            logprobs: vec![],
         },
         now,
     );
@@ -343,6 +344,7 @@ fn failover_before_first_token_and_reset_after() {
         WorkerEvent::Token {
             i: 0,
             t: "x".into(),
+            logprobs: vec![],
         },
         now,
     );
@@ -409,6 +411,7 @@ fn deadlines_while_queued_and_running() {
         WorkerEvent::Token {
             i: 0,
             t: "x".into(),
+            logprobs: vec![],
         },
         now,
     );
@@ -437,6 +440,7 @@ fn cancel_is_immediate_and_the_slot_waits_for_confirmation() {
         WorkerEvent::Token {
             i: 0,
             t: "a".into(),
+            logprobs: vec![],
         },
         now,
     );
@@ -447,6 +451,7 @@ fn cancel_is_immediate_and_the_slot_waits_for_confirmation() {
         WorkerEvent::Token {
             i: 1,
             t: "late".into(),
+            logprobs: vec![],
         },
         now,
     );
@@ -536,6 +541,7 @@ fn offline_node_fails_over_or_resets() {
         WorkerEvent::Token {
             i: 0,
             t: "x".into(),
+            logprobs: vec![],
         },
         now,
     );
