@@ -166,7 +166,8 @@ impl TaskRun {
                     presence_penalty: s.presence_penalty,
                     frequency_penalty: s.frequency_penalty,
                     logit_bias,
-                    n_probs: s.logprobs,
+                    // The engine sends no probabilities for 0 alternatives; ask for one and drop it.
+                    n_probs: s.logprobs.map(|n| n.max(1)),
                     stop: s.stop.clone(),
                     grammar: s.grammar.clone(),
                     json_schema: s.json_schema.clone(),
@@ -236,6 +237,11 @@ impl TaskRun {
                     *ttft = Some(started.elapsed().as_millis() as u64);
                     tracing::info!(event = "engine.first_token", correlation_id = %self.req.correlation_id, task_id = %self.req.task_id, pool_id = %self.req.pool_id,
                         node_id = %self.req.node_id, duration_ms = ttft.unwrap_or(0), "First token of task {} after {} ms", self.req.task_id, ttft.unwrap_or(0));
+                }
+            }
+            if let Some(n) = self.req.params.sampling.logprobs {
+                for lp in &mut frame.completion_probabilities {
+                    lp.top_logprobs.truncate(n as usize);
                 }
             }
             if !frame.content.is_empty() {
@@ -446,7 +452,7 @@ fn chat_body(
     }
     if let Some(n) = s.logprobs {
         b["logprobs"] = serde_json::json!(true);
-        b["top_logprobs"] = serde_json::json!(n);
+        b["top_logprobs"] = serde_json::json!(n.max(1));
     }
     b
 }

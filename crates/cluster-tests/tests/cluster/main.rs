@@ -84,6 +84,9 @@ fn scenarios() -> Vec<(&'static str, bool, Scenario)> {
         ("openai_official_client", true, |a| {
             Box::pin(openai::official_client(a))
         }),
+        ("openai_tools_structured_output_logprobs", true, |a| {
+            Box::pin(openai::tools_and_structured_output(a))
+        }),
         ("sched_queue_order_and_aging", true, |a| {
             Box::pin(sched::queue_order_and_aging(a))
         }),

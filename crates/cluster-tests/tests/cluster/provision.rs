@@ -76,7 +76,7 @@ fn chat(model: &str) -> TaskRequest {
     let mut req = TaskRequest::new(model);
     req.messages = Some(vec![api::task::Message::text(
         api::task::Role::User,
-        "Name a colour.".into(),
+        "Name a colour.",
     )]);
     req.max_tokens = Some(12);
     req.temperature = Some(0.0);

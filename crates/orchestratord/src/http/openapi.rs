@@ -72,6 +72,8 @@ node credential (`node_bearer`). With no client tokens configured (open mode, lo
         api::task::TaskRecord,
         api::events::Started,
         api::events::Token,
+        api::tools::ToolCallDelta,
+        api::tools::TokenLogprob,
         api::events::Metrics,
         api::events::End,
         api::events::PlacementInfo,
@@ -231,12 +233,14 @@ mod doc {
     }
 
     /// The `data` of one SSE frame; the frame's `event:` field names which: `started` → `Started`,
-    /// `token` → `Token`, `metrics` → `Metrics`, `end` → `End`, `error` → `ErrorEnvelope`.
+    /// `token` → `Token`, `tool_call` → `ToolCallDelta`, `metrics` → `Metrics`, `end` → `End`,
+    /// `error` → `ErrorEnvelope`.
     #[derive(Serialize, ToSchema)]
     #[serde(untagged)]
     pub enum EventData {
         Started(Started),
         Token(Token),
+        ToolCall(api::tools::ToolCallDelta),
         Metrics(Metrics),
         End(End),
         Error(ErrorEnvelope),
@@ -316,8 +320,9 @@ mod doc {
     ///
     /// Each frame is `id: <n>\nevent: <name>\ndata: <one-line JSON>\n\n`, `id` counting from 0 per task.
     /// Events and their `data` (schema `EventData`): `started` (`Started`, once, when bound to a pool),
-    /// `token` (`Token`), `metrics` (`Metrics`, an open object), then exactly one terminal frame: `end`
-    /// (`End`) or `error` (`ErrorEnvelope`). Order: `started (token | metrics)* terminal`, or a lone
+    /// `token` (`Token`, model text only), `tool_call` (`ToolCallDelta`, a piece of a tool call of a
+    /// chat task with `tools`), `metrics` (`Metrics`, an open object), then exactly one terminal frame:
+    /// `end` (`End`) or `error` (`ErrorEnvelope`). Order: `started (token | tool_call | metrics)* terminal`, or a lone
     /// terminal frame for a task never bound to a pool; nothing follows the terminal frame. While no
     /// frame is due the server sends the comment `: keepalive`. The stream replays from the first frame
     /// (or after `Last-Event-ID`) and then follows live. Once the 200 is sent, failures travel as
