@@ -87,6 +87,12 @@ fn scenarios() -> Vec<(&'static str, bool, Scenario)> {
         ("openai_tools_structured_output_logprobs", true, |a| {
             Box::pin(openai::tools_and_structured_output(a))
         }),
+        ("openai_responses_api", true, |a| {
+            Box::pin(openai::responses_api(a))
+        }),
+        ("anthropic_messages_official_client", true, |a| {
+            Box::pin(openai::anthropic_messages(a))
+        }),
         ("sched_queue_order_and_aging", true, |a| {
             Box::pin(sched::queue_order_and_aging(a))
         }),

@@ -22,6 +22,30 @@ pub async fn tools_and_structured_output(a: Assets) -> anyhow::Result<()> {
     run_script(&a, spec, "openai_tools_check.py", "openai").await
 }
 
+/// The Responses API with the official `openai` client: text (streamed and not), a function call
+/// round trip (streamed and not), and cancel on disconnect.
+pub async fn responses_api(a: Assets) -> anyhow::Result<()> {
+    let mut spec = a.spec("openai-responses")?;
+    let template = crate::fixtures::tool_template(&a, &spec.dir)?;
+    spec.pm_extra = format!(
+        "chat_template_file = {:?}\n",
+        template.display().to_string()
+    );
+    run_script(&a, spec, "responses_check.py", "responses").await
+}
+
+/// Anthropic Messages with the official `anthropic` client: text (streamed and not), a tool use
+/// round trip (streamed and not), a typed 404, and cancel on disconnect.
+pub async fn anthropic_messages(a: Assets) -> anyhow::Result<()> {
+    let mut spec = a.spec("anthropic")?;
+    let template = crate::fixtures::tool_template(&a, &spec.dir)?;
+    spec.pm_extra = format!(
+        "chat_template_file = {:?}\n",
+        template.display().to_string()
+    );
+    run_script(&a, spec, "anthropic_check.py", "anthropic").await
+}
+
 /// Starts a stack and runs one Python check script with the venv's interpreter; its lines that
 /// start with `prefix` are echoed.
 async fn run_script(

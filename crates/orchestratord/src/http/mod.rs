@@ -1,11 +1,14 @@
 //! orchestratord's HTTP surface: the router, authentication (API.md §3.1) and body helpers. Handlers
 //! talk to the core through [`CoreHandle`] messages; none of them holds core state.
 
+mod answer;
 mod catalog;
+mod messages;
 mod meta;
 mod nodes;
 pub mod openai;
 pub mod openapi;
+mod responses;
 mod routes;
 mod tasks;
 
@@ -101,11 +104,19 @@ fn classify(method: &Method, path: &str, cfg: &Config) -> RouteClass {
 
 /// Client-token authentication for client routes; node routes pass through to their handlers.
 async fn auth(State(app): State<App>, req: Request, next: Next) -> Response {
+    // Anthropic clients send their key as `x-api-key`; on `/v1/messages` it counts as the bearer.
     let header = req
         .headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+        .map(str::to_string)
+        .or_else(|| {
+            (req.uri().path() == "/v1/messages")
+                .then(|| req.headers().get("x-api-key"))
+                .flatten()
+                .and_then(|v| v.to_str().ok())
+                .map(|k| format!("Bearer {k}"))
+        });
     if header.as_ref().is_some_and(|h| h.len() > 8192) {
         return ApiError(ErrorEnvelope::new(
             ErrorCode::BadToken,
@@ -134,7 +145,9 @@ async fn auth(State(app): State<App>, req: Request, next: Next) -> Response {
             };
             if let Some(env) = refusal {
                 // OpenAI clients get OpenAI's error shape, everyone else the v2 envelope.
-                return if req.uri().path().starts_with("/v1/") {
+                return if req.uri().path() == "/v1/messages" {
+                    messages::error(env)
+                } else if req.uri().path().starts_with("/v1/") {
                     openai::error(env)
                 } else {
                     ApiError(env).into_response()

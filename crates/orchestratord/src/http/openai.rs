@@ -24,9 +24,9 @@ use axum::{Extension, Json};
 use daemon::correlation::CorrelationId;
 use serde_json::Value;
 
+use super::answer::{next_frames, CallMerger, Guard};
 use super::{json_body, App};
 use crate::core::runner::Msg;
-use crate::core::tasks::CancelReason;
 use crate::core::TaskLog;
 
 /// An error in OpenAI's shape, with the HTTP status and headers of the v2 envelope.
@@ -104,41 +104,21 @@ async fn complete(
         Err(e) => return error(e),
     };
     let model = req.model_ref.clone();
-    let v = match crate::admission::validate(req, &app.cfg) {
-        Ok(v) => v,
-        Err(e) => return error(e),
-    };
-    let Some(result) = app
-        .core
-        .ask(|reply| Msg::Submit {
-            v: Box::new(v),
-            correlation_id: cid.0.clone(),
-            reply,
-        })
-        .await
-    else {
-        return error(ErrorEnvelope::new(ErrorCode::Internal, "shutting down"));
-    };
-    let (adm, log) = match super::durable_admission(&app, result).await {
+    let (task, log, guard) = match super::answer::admit(&app, &cid, req).await {
         Ok(x) => x,
         Err(e) => return error(e),
     };
     let id = if kind == Kind::Chat {
-        CompletionId::chat(adm.task_id)
+        CompletionId::chat(task)
     } else {
-        CompletionId::text(adm.task_id)
-    };
-    let guard = Guard {
-        app: app.clone(),
-        task: adm.task_id,
-        done: false,
+        CompletionId::text(task)
     };
     let mut resp = if stream {
         streamed(log, guard, id, model, kind, include_usage, logprobs)
     } else {
         whole(log, guard, id, model, kind, logprobs).await
     };
-    if let Ok(v) = HeaderValue::from_str(&adm.task_id.to_string()) {
+    if let Ok(v) = HeaderValue::from_str(&task.to_string()) {
         resp.headers_mut().insert("x-llorch-task-id", v);
     }
     resp
@@ -295,70 +275,6 @@ fn finish_reason(r: StopReason, called_tools: bool) -> FinishReason {
         StopReason::Eos if called_tools => FinishReason::ToolCalls,
         StopReason::Eos | StopReason::StopWord | StopReason::Canceled => FinishReason::Stop,
         StopReason::Limit | StopReason::Deadline => FinishReason::Length,
-    }
-}
-
-/// Merges streamed tool-call pieces into whole calls, by index.
-#[derive(Default)]
-struct CallMerger {
-    calls: Vec<api::tools::ToolCall>,
-}
-
-impl CallMerger {
-    fn push(&mut self, d: &api::tools::ToolCallDelta) {
-        let i = d.index as usize;
-        while self.calls.len() <= i {
-            self.calls.push(api::tools::ToolCall {
-                id: String::new(),
-                kind: api::tools::FunctionKind::Function,
-                function: api::tools::FunctionCall {
-                    name: String::new(),
-                    arguments: String::new(),
-                },
-            });
-        }
-        let c = &mut self.calls[i];
-        if let Some(id) = &d.id {
-            c.id.clone_from(id);
-        }
-        if let Some(n) = &d.name {
-            c.function.name.push_str(n);
-        }
-        c.function.arguments.push_str(&d.arguments);
-    }
-}
-
-/// Cancels the task (reason `disconnect`) when the client goes away before its end.
-struct Guard {
-    app: App,
-    task: api::TaskId,
-    done: bool,
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if !self.done {
-            let (tx, _rx) = tokio::sync::oneshot::channel();
-            self.app.core.send(Msg::Cancel {
-                id: self.task,
-                reason: CancelReason::Disconnect,
-                reply: tx,
-            });
-        }
-    }
-}
-
-/// Waits for the next frames of a log from `next`.
-async fn next_frames(log: &TaskLog, next: usize) -> (Vec<Event>, bool) {
-    let mut watch = log.watch();
-    loop {
-        let (frames, closed) = log.read_from(next);
-        if !frames.is_empty() || closed {
-            return (frames, closed);
-        }
-        if watch.changed().await.is_err() {
-            return (vec![], true);
-        }
     }
 }
 
