@@ -231,26 +231,26 @@ fn check_messages(msgs: &[api::task::Message]) -> Result<(), ErrorEnvelope> {
     for (i, m) in msgs.iter().enumerate() {
         if m.role == Role::Tool && m.tool_call_id.as_deref().is_none_or(str::is_empty) {
             return Err(ErrorEnvelope::invalid(
-                &format!("messages[{i}].tool_call_id"),
+                format!("messages[{i}].tool_call_id"),
                 "required on tool messages",
             ));
         }
         if m.role != Role::Tool && m.tool_call_id.is_some() {
             return Err(ErrorEnvelope::invalid(
-                &format!("messages[{i}].tool_call_id"),
+                format!("messages[{i}].tool_call_id"),
                 "only tool messages answer a call",
             ));
         }
         if m.role != Role::Assistant && !m.tool_calls.is_empty() {
             return Err(ErrorEnvelope::invalid(
-                &format!("messages[{i}].tool_calls"),
+                format!("messages[{i}].tool_calls"),
                 "only assistant messages carry tool calls",
             ));
         }
         for (j, c) in m.tool_calls.iter().enumerate() {
             if !api::tools::valid_name(&c.function.name) {
                 return Err(ErrorEnvelope::invalid(
-                    &format!("messages[{i}].tool_calls[{j}].function.name"),
+                    format!("messages[{i}].tool_calls[{j}].function.name"),
                     "1 to 64 characters of a-z, A-Z, 0-9, _ and -",
                 ));
             }

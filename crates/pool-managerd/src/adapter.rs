@@ -232,12 +232,10 @@ impl TaskRun {
                 return broken(*tokens_out, format!("the engine reported an error: {err}"));
             }
             self.track(&frame);
-            if !frame.content.is_empty() || !frame.tool_calls.is_empty() {
-                if ttft.is_none() {
-                    *ttft = Some(started.elapsed().as_millis() as u64);
-                    tracing::info!(event = "engine.first_token", correlation_id = %self.req.correlation_id, task_id = %self.req.task_id, pool_id = %self.req.pool_id,
-                        node_id = %self.req.node_id, duration_ms = ttft.unwrap_or(0), "First token of task {} after {} ms", self.req.task_id, ttft.unwrap_or(0));
-                }
+            if (!frame.content.is_empty() || !frame.tool_calls.is_empty()) && ttft.is_none() {
+                *ttft = Some(started.elapsed().as_millis() as u64);
+                tracing::info!(event = "engine.first_token", correlation_id = %self.req.correlation_id, task_id = %self.req.task_id, pool_id = %self.req.pool_id,
+                    node_id = %self.req.node_id, duration_ms = ttft.unwrap_or(0), "First token of task {} after {} ms", self.req.task_id, ttft.unwrap_or(0));
             }
             if let Some(n) = self.req.params.sampling.logprobs {
                 for lp in &mut frame.completion_probabilities {

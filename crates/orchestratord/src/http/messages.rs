@@ -177,13 +177,13 @@ fn parse(bytes: &[u8]) -> Result<(TaskRequest, bool), ErrorEnvelope> {
                 }
                 (AnthropicRole::User, ContentBlock::ToolUse { .. }) => {
                     return Err(ErrorEnvelope::invalid(
-                        &format!("messages[{i}].content"),
+                        format!("messages[{i}].content"),
                         "tool_use blocks belong to assistant messages",
                     ))
                 }
                 (AnthropicRole::Assistant, ContentBlock::ToolResult { .. }) => {
                     return Err(ErrorEnvelope::invalid(
-                        &format!("messages[{i}].content"),
+                        format!("messages[{i}].content"),
                         "tool_result blocks belong to user messages",
                     ))
                 }
