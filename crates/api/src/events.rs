@@ -46,6 +46,13 @@ impl Token {
     }
 }
 
+/// The `embedding` frame: the vector of input item `index`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct EmbeddingFrame {
+    pub index: u32,
+    pub embedding: Vec<f32>,
+}
+
 /// An open object: every field optional, unknown keys ignored by clients.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 pub struct Metrics {
@@ -122,6 +129,8 @@ pub enum Event {
     Token(Token),
     /// A piece of a tool call (§5.7); `token` frames carry model text only.
     ToolCall(crate::tools::ToolCallDelta),
+    /// One vector of an embedding task.
+    Embedding(EmbeddingFrame),
     Metrics(Metrics),
     End(End),
     Error(ErrorEnvelope),
@@ -148,6 +157,7 @@ impl Event {
             Event::Started(_) => "started",
             Event::Token(_) => "token",
             Event::ToolCall(_) => "tool_call",
+            Event::Embedding(_) => "embedding",
             Event::Metrics(_) => "metrics",
             Event::End(_) => "end",
             Event::Error(_) => "error",
@@ -164,6 +174,7 @@ impl Event {
             Event::Started(d) => serde_json::to_string(d),
             Event::Token(d) => serde_json::to_string(d),
             Event::ToolCall(d) => serde_json::to_string(d),
+            Event::Embedding(d) => serde_json::to_string(d),
             Event::Metrics(d) => serde_json::to_string(d),
             Event::End(d) => serde_json::to_string(d),
             Event::Error(d) => serde_json::to_string(d),
@@ -178,6 +189,7 @@ impl Event {
             "started" => Event::Started(serde_json::from_str(data).map_err(e)?),
             "token" => Event::Token(serde_json::from_str(data).map_err(e)?),
             "tool_call" => Event::ToolCall(serde_json::from_str(data).map_err(e)?),
+            "embedding" => Event::Embedding(serde_json::from_str(data).map_err(e)?),
             "metrics" => Event::Metrics(serde_json::from_str(data).map_err(e)?),
             "end" => Event::End(serde_json::from_str(data).map_err(e)?),
             "error" => Event::Error(serde_json::from_str(data).map_err(e)?),

@@ -589,3 +589,48 @@ mod tests {
         assert_eq!(v["error"]["type"], "invalid_request_error");
     }
 }
+
+/// `POST /v1/embeddings` body. Unknown fields are ignored; `encoding_format` is `float` (the
+/// default) or `base64`, and `dimensions` is refused (the model's dimension is the only one).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct EmbeddingsRequest {
+    /// A catalog model id, served by an embedding pool.
+    pub model: String,
+    pub input: crate::task::EmbeddingInput,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoding_format: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dimensions: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct EmbeddingData {
+    /// `embedding`.
+    pub object: String,
+    pub index: u32,
+    pub embedding: EmbeddingVector,
+}
+
+/// Floats, or with `encoding_format: "base64"` the little-endian `f32` bytes in base64.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum EmbeddingVector {
+    Float(Vec<f32>),
+    Base64(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct EmbeddingsUsage {
+    pub prompt_tokens: u64,
+    pub total_tokens: u64,
+}
+
+/// `POST /v1/embeddings` answer: one vector per input item, in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct EmbeddingsResponse {
+    /// `list`.
+    pub object: String,
+    pub data: Vec<EmbeddingData>,
+    pub model: String,
+    pub usage: EmbeddingsUsage,
+}

@@ -35,6 +35,47 @@ pub enum Workload {
     Rerank,
 }
 
+impl Workload {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Workload::Completion => "completion",
+            Workload::Embedding => "embedding",
+            Workload::Rerank => "rerank",
+        }
+    }
+}
+
+/// What an embedding task embeds: a string, strings, a token array or token arrays (OpenAI's
+/// `input` forms).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum EmbeddingInput {
+    Text(String),
+    Texts(Vec<String>),
+    Tokens(Vec<u32>),
+    TokenLists(Vec<Vec<u32>>),
+}
+
+/// One item to embed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum EmbedItem {
+    Text(String),
+    Tokens(Vec<u32>),
+}
+
+impl EmbeddingInput {
+    /// The items, one vector each, in order.
+    pub fn items(&self) -> Vec<EmbedItem> {
+        match self {
+            EmbeddingInput::Text(t) => vec![EmbedItem::Text(t.clone())],
+            EmbeddingInput::Texts(v) => v.iter().cloned().map(EmbedItem::Text).collect(),
+            EmbeddingInput::Tokens(t) => vec![EmbedItem::Tokens(t.clone())],
+            EmbeddingInput::TokenLists(v) => v.iter().cloned().map(EmbedItem::Tokens).collect(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
@@ -168,6 +209,9 @@ pub struct TaskRequest {
     pub prompt: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub messages: Option<Vec<Message>>,
+    /// Embedding tasks only (`workload: "embedding"`): the texts or token arrays to embed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<EmbeddingInput>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_tokens: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -227,6 +271,7 @@ impl TaskRequest {
             engine: None,
             prompt: None,
             messages: None,
+            input: None,
             max_tokens: None,
             ctx: None,
             deadline_ms: None,

@@ -27,6 +27,10 @@ pub enum DispatchInput {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         tools: Option<crate::tools::Tools>,
     },
+    /// An embedding task: one vector per item, from the pool's embedding engine.
+    Embed {
+        input: Vec<crate::task::EmbedItem>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -75,6 +79,11 @@ pub enum WorkerEvent {
         t: String,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         logprobs: Vec<crate::tools::TokenLogprob>,
+    },
+    /// The vector of input item `index` of an embedding task.
+    Embedding {
+        index: u32,
+        embedding: Vec<f32>,
     },
     /// A piece of a tool call the engine parsed out of the model's output.
     ToolCall {

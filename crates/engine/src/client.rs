@@ -110,6 +110,27 @@ pub struct ChatMessage {
     pub content: String,
 }
 
+/// The engine's `/v1/embeddings` answer (the keys we use).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Embeddings {
+    pub data: Vec<EmbeddingItem>,
+    #[serde(default)]
+    pub usage: EmbeddingUsage,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct EmbeddingItem {
+    #[serde(default)]
+    pub index: u32,
+    pub embedding: Vec<f32>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct EmbeddingUsage {
+    #[serde(default)]
+    pub prompt_tokens: u64,
+}
+
 /// An item of a completion stream: a parsed frame, or a line the engine garbled.
 pub type FrameResult = Result<CompletionFrame, EngineError>;
 
@@ -259,6 +280,24 @@ impl EngineClient {
             futures::stream::iter(items)
         });
         Ok(frames)
+    }
+
+    /// `POST /v1/embeddings` (engines started with `--embedding`). Not streamed: the answer is one
+    /// body; dropping the future closes the connection, which cancels the engine's work.
+    pub async fn embeddings(&self, body: &serde_json::Value) -> Result<Embeddings, EngineError> {
+        let resp = self
+            .streaming
+            .post(self.url("/v1/embeddings"))
+            .bearer_auth(self.key.expose())
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| EngineError::Connect(e.to_string()))?;
+        check_status(resp)
+            .await?
+            .json()
+            .await
+            .map_err(|e| EngineError::Protocol(format!("/v1/embeddings: {e}")))
     }
 
     /// Starts a streaming `/completion`. Dropping the returned stream closes the connection, which

@@ -12,6 +12,7 @@ pub struct ValidatedTask {
     pub task_id: TaskId,
     pub session_id: SessionId,
     pub model_ref: String,
+    pub workload: Workload,
     pub input: DispatchInput,
     pub max_tokens: Option<u64>,
     pub ctx: Option<u64>,
@@ -52,11 +53,13 @@ pub fn invalid_body(e: serde_path_to_error::Error<serde_json::Error>) -> ErrorEn
 
 pub fn validate(req: TaskRequest, cfg: &Config) -> Result<ValidatedTask, ErrorEnvelope> {
     let bad = |f: &str, m: &str| Err(ErrorEnvelope::invalid(f, m));
-    if req.workload != Workload::Completion {
-        return bad(
-            "workload",
-            "only \"completion\" is supported; embedding and rerank are reserved",
-        );
+    match req.workload {
+        Workload::Rerank => return bad("workload", "rerank is reserved"),
+        Workload::Embedding => return validate_embedding(req, cfg),
+        Workload::Completion if req.input.is_some() => {
+            return bad("input", "only embedding tasks take input")
+        }
+        Workload::Completion => {}
     }
     if req.model_ref.trim().is_empty() {
         return bad("model_ref", "must not be empty");
@@ -96,6 +99,7 @@ pub fn validate(req: TaskRequest, cfg: &Config) -> Result<ValidatedTask, ErrorEn
     };
     let prompt_bytes = match &input {
         DispatchInput::Prompt { prompt } => prompt.len(),
+        DispatchInput::Embed { .. } => 0,
         DispatchInput::Messages { messages, tools } => {
             messages
                 .iter()
@@ -215,12 +219,77 @@ pub fn validate(req: TaskRequest, cfg: &Config) -> Result<ValidatedTask, ErrorEn
         task_id: req.task_id.unwrap_or_default(),
         session_id: req.session_id.unwrap_or_default(),
         model_ref: req.model_ref,
+        workload: Workload::Completion,
         input,
         max_tokens: req.max_tokens,
         ctx: req.ctx,
         deadline_ms: req.deadline_ms,
         priority: req.priority,
         sampling,
+        placement,
+    })
+}
+
+/// An embedding task: `input` (1 to 2048 items, none empty) and placement; no prompt, messages,
+/// tools or sampling.
+fn validate_embedding(req: TaskRequest, cfg: &Config) -> Result<ValidatedTask, ErrorEnvelope> {
+    let bad = |f: &str, m: &str| Err(ErrorEnvelope::invalid(f, m));
+    if req.model_ref.trim().is_empty() {
+        return bad("model_ref", "must not be empty");
+    }
+    if req.prompt.is_some() || req.messages.is_some() {
+        return bad(
+            "input",
+            "embedding tasks take input, not prompt or messages",
+        );
+    }
+    if !req.tools.is_empty() {
+        return bad("tools", "embedding tasks take no tools");
+    }
+    let Some(input) = &req.input else {
+        return bad("input", "required for embedding tasks");
+    };
+    let items = input.items();
+    if items.is_empty() || items.len() > 2048 {
+        return bad("input", "must hold 1 to 2048 items");
+    }
+    let mut bytes = 0;
+    for (i, it) in items.iter().enumerate() {
+        let n = match it {
+            api::task::EmbedItem::Text(t) => t.len(),
+            api::task::EmbedItem::Tokens(t) => t.len() * 4,
+        };
+        if n == 0 {
+            return bad(&format!("input[{i}]"), "must not be empty");
+        }
+        bytes += n;
+    }
+    if bytes > cfg.max_prompt_bytes {
+        return bad(
+            "input",
+            &format!(
+                "longer than admission.max_prompt_bytes ({} bytes)",
+                cfg.max_prompt_bytes
+            ),
+        );
+    }
+    if req.deadline_ms == Some(0) {
+        return bad("deadline_ms", "must be greater than 0");
+    }
+    let placement = req.placement.clone().unwrap_or_default();
+    validate_placement(&placement, cfg)?;
+    Ok(ValidatedTask {
+        task_id: req.task_id.unwrap_or_default(),
+        session_id: req.session_id.unwrap_or_default(),
+        model_ref: req.model_ref,
+        workload: Workload::Embedding,
+        input: DispatchInput::Embed { input: items },
+        // The engine generates nothing; one "token" keeps the dispatch's cap meaningful.
+        max_tokens: Some(1),
+        ctx: req.ctx,
+        deadline_ms: req.deadline_ms,
+        priority: req.priority,
+        sampling: Default::default(),
         placement,
     })
 }

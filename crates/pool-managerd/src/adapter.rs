@@ -137,6 +137,9 @@ impl TaskRun {
             }
             input => {
                 let prompt = match input {
+                    DispatchInput::Embed { input } => {
+                        return self.embed(input, ttft, started).await
+                    }
                     DispatchInput::Prompt { prompt } => prompt.clone(),
                     DispatchInput::Messages { messages, .. } => {
                         let msgs: Vec<ChatMessage> = messages
@@ -263,6 +266,68 @@ impl TaskRun {
                 return Outcome::Finished(Box::new(frame));
             }
         }
+    }
+
+    /// An embedding task: one engine call (`/v1/embeddings`, dropped on cancel), then `started`,
+    /// one `embedding` event per item in input order, and a final frame built from the engine's
+    /// usage.
+    async fn embed(
+        &self,
+        input: &[api::task::EmbedItem],
+        ttft: &mut Option<u64>,
+        started: Instant,
+    ) -> Outcome {
+        let body = serde_json::json!({ "input": input, "encoding_format": "float" });
+        let answer = tokio::select! {
+            r = self.client.embeddings(&body) => r,
+            _ = self.cancel.cancelled() => return Outcome::Stopped(StopReason::Canceled),
+            _ = self.lost.cancelled() => return lost(0),
+            _ = self.tx.closed() => return Outcome::Stopped(StopReason::Canceled),
+        };
+        let answer = match answer {
+            Ok(a) => a,
+            Err(e) => return engine_failure(e, false),
+        };
+        if answer.data.len() != input.len() {
+            return broken(
+                0,
+                format!(
+                    "the engine answered {} embeddings for {} inputs",
+                    answer.data.len(),
+                    input.len()
+                ),
+            );
+        }
+        let started_ev = WorkerEvent::Started {
+            engine: api::ENGINE_LLAMACPP.into(),
+            engine_version: self.engine_version.clone(),
+            model: DispatchModel {
+                id: self.model.id.clone(),
+                digest: self.model.digest.clone(),
+            },
+        };
+        if self.tx.send(started_ev).await.is_err() {
+            return Outcome::Stopped(StopReason::Canceled);
+        }
+        *ttft = Some(started.elapsed().as_millis() as u64);
+        let mut data = answer.data;
+        data.sort_by_key(|d| d.index);
+        for d in data {
+            let ev = WorkerEvent::Embedding {
+                index: d.index,
+                embedding: d.embedding,
+            };
+            if self.tx.send(ev).await.is_err() {
+                return Outcome::Stopped(StopReason::Canceled);
+            }
+        }
+        Outcome::Finished(Box::new(CompletionFrame {
+            stop: true,
+            stop_type: Some("eos".into()),
+            tokens_evaluated: Some(answer.usage.prompt_tokens),
+            tokens_predicted: Some(0),
+            ..Default::default()
+        }))
     }
 
     fn tokens_evaluated(&self) -> u64 {

@@ -135,6 +135,9 @@ pub struct RawPool {
     pub engine_source: Option<String>,
     pub extra_args: Vec<String>,
     pub chat_template_file: Option<String>,
+    /// An embedding pool: the engine runs with `--embedding --pooling <pooling>`.
+    pub embedding: Option<bool>,
+    pub pooling: Option<String>,
     pub provisioning_target: Option<bool>,
 }
 
@@ -185,8 +188,11 @@ pub struct PoolSpec {
     pub device_mask: String,
     pub gpu_policy: GpuPolicy,
     pub engine_source: String,
-    /// The engine's extra flags; a `chat_template_file` is passed here as `--chat-template-file`.
+    /// The engine's extra flags; a `chat_template_file` is passed here as `--chat-template-file`,
+    /// an embedding pool's `--embedding --pooling …` too.
     pub extra_args: Vec<String>,
+    /// `embedding` for an embedding pool, else `completion`.
+    pub workload: api::task::Workload,
 }
 
 #[derive(Debug, Clone)]
@@ -655,6 +661,37 @@ fn validate_pools(
             }
             extra_args.extend(["--chat-template-file".to_string(), t.clone()]);
         }
+        let embedding = rp.embedding.unwrap_or(false);
+        if embedding && rp.chat_template_file.is_some() {
+            p.push(format!(
+                "{key}.chat_template_file: an embedding pool has no chat template"
+            ));
+        }
+        if extra_args
+            .iter()
+            .any(|a| a.starts_with("--embedding") || a.starts_with("--pooling"))
+        {
+            p.push(format!(
+                "{key}.extra_args: use embedding = true and pooling instead of --embedding/--pooling"
+            ));
+        }
+        match (embedding, rp.pooling.as_deref()) {
+            (false, Some(_)) => p.push(format!("{key}.pooling: needs embedding = true")),
+            (true, pooling) => {
+                let pooling = pooling.unwrap_or("mean");
+                if !["mean", "cls", "last", "none"].contains(&pooling) {
+                    p.push(format!(
+                        "{key}.pooling: {pooling:?} is not one of mean, cls, last, none"
+                    ));
+                }
+                extra_args.extend([
+                    "--embedding".to_string(),
+                    "--pooling".to_string(),
+                    pooling.to_string(),
+                ]);
+            }
+            (false, None) => {}
+        }
         let digest = match rp.model_digest.as_deref().map(api::catalog::parse_digest) {
             Some(Ok(d)) => Some(d),
             Some(Err(e)) => {
@@ -679,6 +716,11 @@ fn validate_pools(
                     gpu_policy: policy,
                     engine_source,
                     extra_args,
+                    workload: if embedding {
+                        api::task::Workload::Embedding
+                    } else {
+                        api::task::Workload::Completion
+                    },
                 });
             }
         }

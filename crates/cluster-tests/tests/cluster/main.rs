@@ -90,6 +90,9 @@ fn scenarios() -> Vec<(&'static str, bool, Scenario)> {
         ("openai_responses_api", true, |a| {
             Box::pin(openai::responses_api(a))
         }),
+        ("openai_embeddings_on_an_embedding_pool", true, |a| {
+            Box::pin(openai::embeddings(a))
+        }),
         ("anthropic_messages_official_client", true, |a| {
             Box::pin(openai::anthropic_messages(a))
         }),

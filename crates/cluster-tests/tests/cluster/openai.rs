@@ -7,7 +7,7 @@ use crate::fixtures::Assets;
 pub async fn official_client(a: Assets) -> anyhow::Result<()> {
     let mut spec = a.spec("openai")?;
     spec.orchd_extra = "[queue]\ncapacity = 1\n".into();
-    run_script(&a, spec, "openai_check.py", "openai").await
+    run_script(&a, spec, "openai_check.py", "openai", &[]).await
 }
 
 /// Tool calls (a full loop, streamed and not), structured output, logprobs and sampling fields,
@@ -19,7 +19,7 @@ pub async fn tools_and_structured_output(a: Assets) -> anyhow::Result<()> {
         "chat_template_file = {:?}\n",
         template.display().to_string()
     );
-    run_script(&a, spec, "openai_tools_check.py", "openai").await
+    run_script(&a, spec, "openai_tools_check.py", "openai", &[]).await
 }
 
 /// The Responses API with the official `openai` client: text (streamed and not), a function call
@@ -31,7 +31,7 @@ pub async fn responses_api(a: Assets) -> anyhow::Result<()> {
         "chat_template_file = {:?}\n",
         template.display().to_string()
     );
-    run_script(&a, spec, "responses_check.py", "responses").await
+    run_script(&a, spec, "responses_check.py", "responses", &[]).await
 }
 
 /// Anthropic Messages with the official `anthropic` client: text (streamed and not), a tool use
@@ -43,7 +43,17 @@ pub async fn anthropic_messages(a: Assets) -> anyhow::Result<()> {
         "chat_template_file = {:?}\n",
         template.display().to_string()
     );
-    run_script(&a, spec, "anthropic_check.py", "anthropic").await
+    run_script(&a, spec, "anthropic_check.py", "anthropic", &[]).await
+}
+
+/// `/v1/embeddings` with the official `openai` client on a stack whose only pool is an embedding
+/// pool: the model's dimension (576 for SmolLM2-135M), the same text giving the same vector, a
+/// batch matching single requests, token arrays, a chat task refused for want of a completion
+/// pool, and the tasks metered.
+pub async fn embeddings(a: Assets) -> anyhow::Result<()> {
+    let mut spec = a.spec("openai-embeddings")?;
+    spec.pm_extra = "embedding = true\npooling = \"mean\"\n".into();
+    run_script(&a, spec, "embeddings_check.py", "embeddings", &["576"]).await
 }
 
 /// Starts a stack and runs one Python check script with the venv's interpreter; its lines that
@@ -53,6 +63,7 @@ async fn run_script(
     spec: llorch::stack::StackSpec,
     script: &str,
     prefix: &str,
+    extra: &[&str],
 ) -> anyhow::Result<()> {
     let python = std::env::var("LLORCH_PYTHON").context("LLORCH_PYTHON is unset: scripts/test.sh installs the openai and anthropic clients into a venv and sets it")?;
     let mut stack = a.stack(spec).await?;
@@ -63,6 +74,7 @@ async fn run_script(
         .arg(&script)
         .arg(&stack.orchd_url)
         .arg(&stack.spec.model_id)
+        .args(extra)
         .output()
         .await;
     stack.shutdown().await?;

@@ -47,6 +47,12 @@ impl<E: Effects> Core<E> {
         let target = self
             .serving_or_target(&rec, pinned)
             .map_err(|e| self.reject(e))?;
+        if target.is_none() && !self.workload_served(&model, v.workload) {
+            return Err(self.reject(ErrorEnvelope::new(
+                ErrorCode::ModelNotAvailable,
+                format!("no pool serves {model} for {} tasks", v.workload.as_str()),
+            )));
+        }
         self.check_placement(&v, &model)
             .map_err(|e| self.reject(e))?;
         // A task bound to a provisioning target stays in its model's queue (it is the oldest there,

@@ -366,6 +366,14 @@ impl<E: Effects> Core<E> {
                     logprobs,
                 }));
             }
+            WorkerEvent::Embedding { index, embedding } => {
+                t.life.first_token(Stamp::at(now));
+                t.tool_frames += 1;
+                t.log.append(Event::Embedding(api::events::EmbeddingFrame {
+                    index,
+                    embedding,
+                }));
+            }
             WorkerEvent::ToolCall { delta } => {
                 if t.life.first_token(Stamp::at(now)) {
                     tracing::info!(event = "task.first_token", correlation_id = %t.correlation_id, task_id = %id, pool_id = %t.pool_label(),
@@ -513,7 +521,8 @@ impl<E: Effects> Core<E> {
             return false;
         };
         self.pool_views().iter().any(|p| {
-            placement::is_candidate(p, &t.model, t.v.ctx, &t.v.placement)
+            p.workload == t.v.workload
+                && placement::is_candidate(p, &t.model, t.v.ctx, &t.v.placement)
                 && !t.tried.contains(p.pool_id)
         })
     }

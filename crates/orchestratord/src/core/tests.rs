@@ -79,6 +79,7 @@ fn pool(id: &str, slots: u32) -> PoolStatus {
         slots_total: slots,
         slots_free: slots,
         ctx_per_slot: 1024,
+        workload: api::task::Workload::Completion,
         models: vec![LoadedModel {
             id: mid("m"),
             model_ref: "file:/m.gguf".into(),

@@ -408,7 +408,7 @@ impl Builder {
                 );
                 self.failed = Some(e.clone());
             }
-            Event::Started(_) | Event::Metrics(_) => {}
+            Event::Started(_) | Event::Metrics(_) | Event::Embedding(_) => {}
         }
         out
     }

@@ -3,6 +3,7 @@
 
 mod answer;
 mod catalog;
+mod embeddings;
 mod messages;
 mod meta;
 mod nodes;

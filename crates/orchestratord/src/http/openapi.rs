@@ -59,6 +59,7 @@ node credential (`node_bearer`). With no client tokens configured (open mode, lo
         doc::models,
         doc::responses,
         doc::messages,
+        doc::embeddings,
     ),
     components(schemas(
         api::TaskId,
@@ -76,6 +77,7 @@ node credential (`node_bearer`). With no client tokens configured (open mode, lo
         api::events::Token,
         api::tools::ToolCallDelta,
         api::tools::TokenLogprob,
+        api::events::EmbeddingFrame,
         api::events::Metrics,
         api::events::End,
         api::events::PlacementInfo,
@@ -236,7 +238,8 @@ mod doc {
     }
 
     /// The `data` of one SSE frame; the frame's `event:` field names which: `started` → `Started`,
-    /// `token` → `Token`, `tool_call` → `ToolCallDelta`, `metrics` → `Metrics`, `end` → `End`,
+    /// `token` → `Token`, `tool_call` → `ToolCallDelta`, `embedding` → `EmbeddingFrame`,
+    /// `metrics` → `Metrics`, `end` → `End`,
     /// `error` → `ErrorEnvelope`.
     #[derive(Serialize, ToSchema)]
     #[serde(untagged)]
@@ -244,6 +247,7 @@ mod doc {
         Started(Started),
         Token(Token),
         ToolCall(api::tools::ToolCallDelta),
+        Embedding(api::events::EmbeddingFrame),
         Metrics(Metrics),
         End(End),
         Error(ErrorEnvelope),
@@ -324,7 +328,8 @@ mod doc {
     /// Each frame is `id: <n>\nevent: <name>\ndata: <one-line JSON>\n\n`, `id` counting from 0 per task.
     /// Events and their `data` (schema `EventData`): `started` (`Started`, once, when bound to a pool),
     /// `token` (`Token`, model text only), `tool_call` (`ToolCallDelta`, a piece of a tool call of a
-    /// chat task with `tools`), `metrics` (`Metrics`, an open object), then exactly one terminal frame:
+    /// chat task with `tools`), `embedding` (`EmbeddingFrame`, one per input item of an embedding task),
+    /// `metrics` (`Metrics`, an open object), then exactly one terminal frame:
     /// `end` (`End`) or `error` (`ErrorEnvelope`). Order: `started (token | tool_call | metrics)* terminal`, or a lone
     /// terminal frame for a task never bound to a pool; nothing follows the terminal frame. While no
     /// frame is due the server sends the comment `: keepalive`. The stream replays from the first frame
@@ -795,6 +800,30 @@ mod doc {
         ),
     )]
     fn messages() {}
+
+    /// OpenAI-compatible embeddings: an embedding task (`workload: "embedding"`), placed only on
+    /// embedding pools (`[[pools]] embedding = true`); `input` is a string, strings, a token array
+    /// or token arrays. 503 `MODEL_NOT_AVAILABLE` when no embedding pool serves the model.
+    #[utoipa::path(
+        post,
+        path = "/v1/embeddings",
+        tag = "openai",
+        request_body(content = api::openai::EmbeddingsRequest, content_type = "application/json"),
+        responses(
+            (status = 200, description = "One vector per input item, in order.",
+                body = api::openai::EmbeddingsResponse,
+                headers(("X-Llorch-Task-Id" = String, description = "The task id."))),
+            (status = 400, description = "`INVALID_PARAMS`.", body = OpenAiError),
+            (status = 401, description = "`MISSING_TOKEN` or `BAD_TOKEN`.", body = OpenAiError),
+            (status = 404, description = "`MODEL_NOT_AVAILABLE`: unknown model.", body = OpenAiError),
+            (status = 409, description = "`MODEL_DEPRECATED`.", body = OpenAiError),
+            (status = 429, description = "`ADMISSION_REJECT` or `QUEUE_FULL_DROP_LRU`.", body = OpenAiError,
+                headers(("Retry-After" = u64, description = "Seconds"), ("X-Backoff-Ms" = u64, description = "Milliseconds"))),
+            (status = 500, description = "`INTERNAL` or a failure of the task.", body = OpenAiError),
+            (status = 503, description = "Nothing can serve the model now.", body = OpenAiError),
+        ),
+    )]
+    fn embeddings() {}
 
     /// Models served by a Ready pool.
     #[utoipa::path(

@@ -513,7 +513,7 @@ impl Builder {
                 );
                 self.failed = Some(e.clone());
             }
-            Event::Started(_) | Event::Metrics(_) => {}
+            Event::Started(_) | Event::Metrics(_) | Event::Embedding(_) => {}
         }
         out
     }

@@ -6,7 +6,7 @@ use axum::http::Method;
 use axum::routing::{delete, get, post, MethodRouter};
 use axum::Router;
 
-use super::{catalog, messages, meta, nodes, openai, openapi, responses, tasks, App};
+use super::{catalog, embeddings, messages, meta, nodes, openai, openapi, responses, tasks, App};
 
 /// What kind of credential a route takes (API.md §3.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +123,9 @@ pub static ROUTES: &[Route] = &[
         post(openai::completions)
     }),
     route(Method::GET, "/v1/models", Client, || get(openai::models)),
+    route(Method::POST, "/v1/embeddings", Client, || {
+        post(embeddings::embeddings)
+    }),
     route(Method::POST, "/v1/responses", Client, || {
         post(responses::responses)
     }),
