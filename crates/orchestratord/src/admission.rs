@@ -473,7 +473,23 @@ mod tests {
         );
         check(
             r#"{"model_ref":"m","prompt":"x","workload":"embedding"}"#,
+            Some("input"),
+        );
+        check(
+            r#"{"model_ref":"m","prompt":"x","workload":"rerank"}"#,
             Some("workload"),
+        );
+        check(
+            r#"{"model_ref":"m","prompt":"x","input":"y"}"#,
+            Some("input"),
+        );
+        check(
+            r#"{"model_ref":"m","workload":"embedding","input":["a",""]}"#,
+            Some("input[1]"),
+        );
+        check(
+            r#"{"model_ref":"m","workload":"embedding","input":[[1,2],[3]]}"#,
+            None,
         );
         check(
             r#"{"model_ref":"m","prompt":"x","engine":"vllm"}"#,
