@@ -199,7 +199,8 @@ def sampling_fields():
 
 def refusals():
     for kw, param in [({"n": 2}, "n"), ({"logit_bias": {"x": 1}}, "logit_bias.x"), ({"presence_penalty": 5}, "presence_penalty"),
-                      ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice.function.name")]:
+                      ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice.function.name"),
+                      ({"tools": [WEATHER], "logprobs": True}, "logprobs")]:
         try:
             client.chat.completions.create(model=model, messages=ASK, max_tokens=4, **kw)
         except openai.BadRequestError as e:

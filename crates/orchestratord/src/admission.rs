@@ -374,6 +374,14 @@ fn check_tools(req: &TaskRequest) -> Result<api::tools::Tools, ErrorEnvelope> {
             "json_schema (response_format) and tools exclude each other",
         );
     }
+    if req.logprobs.is_some() {
+        // llama-server b11434: "logprobs is not supported with tools + stream", and engine
+        // requests always stream.
+        return bad(
+            "logprobs",
+            "the engine cannot return log probabilities with tools",
+        );
+    }
     Ok(api::tools::Tools {
         tools: req.tools.clone(),
         tool_choice: req.tool_choice.clone(),
@@ -558,9 +566,15 @@ mod tests {
         );
         check(
             &format!(
-                r#"{{"model_ref":"m","messages":[{{"role":"user","content":"x"}}],"tools":[{tool}],"tool_choice":"required","logprobs":2,"logit_bias":{{"15":-100}}}}"#
+                r#"{{"model_ref":"m","messages":[{{"role":"user","content":"x"}}],"tools":[{tool}],"tool_choice":"required","logit_bias":{{"15":-100}}}}"#
             ),
             None,
+        );
+        check(
+            &format!(
+                r#"{{"model_ref":"m","messages":[{{"role":"user","content":"x"}}],"tools":[{tool}],"logprobs":2}}"#
+            ),
+            Some("logprobs"),
         );
         let long = format!(
             r#"{{"model_ref":"m","prompt":"{}"}}"#,

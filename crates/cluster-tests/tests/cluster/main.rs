@@ -17,6 +17,7 @@ mod refusals;
 mod sched;
 mod schema;
 mod template;
+mod v2_tools;
 mod worker;
 
 use std::future::Future;
@@ -92,6 +93,12 @@ fn scenarios() -> Vec<(&'static str, bool, Scenario)> {
         }),
         ("openai_embeddings_on_an_embedding_pool", true, |a| {
             Box::pin(openai::embeddings(a))
+        }),
+        ("v2_tool_call_and_logprob_frames", true, |a| {
+            Box::pin(v2_tools::tool_call_frames(a))
+        }),
+        ("v2_embedding_frames", true, |a| {
+            Box::pin(v2_tools::embedding_frames(a))
         }),
         ("anthropic_messages_official_client", true, |a| {
             Box::pin(openai::anthropic_messages(a))
