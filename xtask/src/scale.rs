@@ -303,6 +303,7 @@ async fn dispatch(_body: Bytes, hold: Duration) -> axum::response::Response {
                     i: k - 1,
                     t: "x".into(),
                     logprobs: vec![],
+                    ids: vec![],
                 }
             }
             k if k == tokens + 1 => WorkerEvent::End {

@@ -56,6 +56,11 @@ pub struct DispatchRequest {
     pub params: DispatchParams,
     pub deadline_remaining_ms: Option<u64>,
     pub priority: Priority,
+    /// A migrated task's continuation: the token ids it already generated, in order. The worker
+    /// runs the original prompt's token ids followed by these, with `params.max_tokens` the rest
+    /// of the budget (API.md §13.2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume: Option<Vec<u32>>,
 }
 
 /// One NDJSON line of the dispatch stream; `seq` counts lines from 0.
@@ -77,6 +82,10 @@ pub enum WorkerEvent {
     Token {
         i: u64,
         t: String,
+        /// The engine token ids this line covers (empty: not known, so the task cannot be resumed
+        /// from here). A line may carry ids with empty text (text the engine holds back).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        ids: Vec<u32>,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         logprobs: Vec<crate::tools::TokenLogprob>,
     },
@@ -139,6 +148,7 @@ mod tests {
                 i: 2,
                 t: "x".into(),
                 logprobs: vec![],
+                ids: vec![],
             },
         };
         let s = serde_json::to_string(&l).unwrap();

@@ -12,7 +12,7 @@ use api::events::StopReason;
 use api::worker::{DispatchInput, DispatchModel, DispatchRequest, WorkerEvent};
 use api::ErrorCode;
 use engine::sse::CompletionFrame;
-use engine::{ChatMessage, CompletionRequest, EngineClient, EngineError};
+use engine::{ChatMessage, CompletionRequest, EngineClient, EngineError, Prompt};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -155,8 +155,21 @@ impl TaskRun {
                         }
                     }
                 };
+                // A migrated task continues from its prompt's token ids followed by the ids it
+                // generated.
+                let prompt = match &self.req.resume {
+                    None => Prompt::Text(prompt),
+                    Some(generated) => match self.client.tokenize(&prompt).await {
+                        Ok(mut ids) => {
+                            ids.extend_from_slice(generated);
+                            Prompt::Tokens(ids)
+                        }
+                        Err(e) => return engine_failure(e, false),
+                    },
+                };
                 let creq = CompletionRequest {
                     prompt,
+                    return_tokens: true,
                     n_predict,
                     stream: true,
                     cache_prompt: true,
@@ -198,6 +211,12 @@ impl TaskRun {
         if self.tx.send(started_ev).await.is_err() {
             return Outcome::Stopped(StopReason::Canceled);
         }
+        // Token ids go with the text while every generated token's id was seen; the engine sends
+        // none for tokens that end inside a UTF-8 character, and from then on the task cannot be
+        // resumed exactly, so later lines carry no ids. The chat endpoint (chats with tools) sends
+        // no ids at all: such tasks are not resumable.
+        let mut ids_seen = 0u64;
+        let mut ids_whole = true;
         let far = tokio::time::Instant::now() + Duration::from_secs(365 * 24 * 3600);
         let deadline_at = deadline.unwrap_or(far);
         loop {
@@ -245,10 +264,31 @@ impl TaskRun {
                     lp.top_logprobs.truncate(n as usize);
                 }
             }
-            if !frame.content.is_empty() {
+            if ids_whole && !frame.stop {
+                ids_seen += frame.tokens.len() as u64;
+                ids_whole = frame.tokens_predicted.is_none_or(|n| n == ids_seen);
+            }
+            let ids = if ids_whole && !frame.stop {
+                std::mem::take(&mut frame.tokens)
+            } else {
+                Vec::new()
+            };
+            if frame.content.is_empty() && !ids.is_empty() {
+                // Text the engine holds back (a possible stop word) still carries its token id.
+                let ev = WorkerEvent::Token {
+                    i: *tokens_out,
+                    t: String::new(),
+                    ids,
+                    logprobs: std::mem::take(&mut frame.completion_probabilities),
+                };
+                if self.tx.send(ev).await.is_err() {
+                    return Outcome::Stopped(StopReason::Canceled);
+                }
+            } else if !frame.content.is_empty() {
                 let ev = WorkerEvent::Token {
                     i: *tokens_out,
                     t: std::mem::take(&mut frame.content),
+                    ids,
                     logprobs: std::mem::take(&mut frame.completion_probabilities),
                 };
                 *tokens_out += 1;
