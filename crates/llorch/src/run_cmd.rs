@@ -36,10 +36,7 @@ pub async fn run(a: RunArgs) -> anyhow::Result<u8> {
     if a.raw {
         req.prompt = Some(a.prompt.clone());
     } else {
-        req.messages = Some(vec![Message {
-            role: Role::User,
-            content: a.prompt.clone(),
-        }]);
+        req.messages = Some(vec![Message::text(Role::User, a.prompt.clone())]);
     }
     req.max_tokens = a.max_tokens;
     req.temperature = a.temperature;

@@ -61,6 +61,15 @@ impl<E: Effects> Core<E> {
         let target = self
             .serving_or_target(&rec, pinned)
             .map_err(|e| self.reject(&v.tenant, e))?;
+        if target.is_none() && !self.workload_served(&model, v.workload) {
+            return Err(self.reject(
+                &v.tenant,
+                ErrorEnvelope::new(
+                    ErrorCode::ModelNotAvailable,
+                    format!("no pool serves {model} for {} tasks", v.workload.as_str()),
+                ),
+            ));
+        }
         self.check_placement(&v, &model)
             .map_err(|e| self.reject(&v.tenant, e))?;
         // A task bound to a provisioning target stays in its model's queue (it is the oldest there,
@@ -377,6 +386,7 @@ impl TaskEntry {
             tokens_in: 0,
             reported_tokens_out: 0,
             token_frames: 0,
+            tool_frames: 0,
             seed: None,
             stop_reason: None,
             error: None,

@@ -148,6 +148,8 @@ pub struct TaskEntry {
     /// The worker's count from `end` (0 before it); see [`TaskEntry::tokens_out`].
     reported_tokens_out: u64,
     token_frames: u64,
+    /// `tool_call` and `embedding` frames appended; like tokens, they rule out a retry elsewhere.
+    tool_frames: u64,
     seed: Option<u64>,
     stop_reason: Option<api::events::StopReason>,
     error: Option<api::ErrorEnvelope>,
@@ -329,7 +331,11 @@ impl<E: Effects> Core<E> {
     /// The pool a queued task should go to now, if any, and whether `allow_fallback` decided it.
     fn place(&self, id: TaskId) -> Option<(PoolId, bool)> {
         let t = self.tasks.get(&id)?;
-        let views = self.pool_views();
+        let views: Vec<_> = self
+            .pool_views()
+            .into_iter()
+            .filter(|p| p.workload == t.v.workload)
+            .collect();
         let affinity = if self.cfg.session_affinity {
             self.sessions.affinity(t.v.session_id, &t.tenant)
         } else {
@@ -381,6 +387,7 @@ impl<E: Effects> Core<E> {
                     p.status.state
                 },
                 model_id: p.model_id(),
+                workload: p.status.workload,
                 ctx_per_slot: p.status.ctx_per_slot,
                 device_mask: &p.status.device_mask,
                 free_slots: p.free_slots(),

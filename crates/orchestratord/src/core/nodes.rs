@@ -522,6 +522,7 @@ impl<E: Effects> Core<E> {
                         digest: m.digest.clone(),
                     }),
                     ctx_per_slot: p.status.ctx_per_slot,
+                    workload: p.status.workload,
                     slots_total: p.status.slots_total,
                     slots_free: p.free_slots(),
                     queued,

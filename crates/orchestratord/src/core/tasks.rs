@@ -436,7 +436,12 @@ impl<E: Effects> Core<E> {
                     1.0,
                 );
             }
-            WorkerEvent::Token { t: text, ids, .. } => {
+            WorkerEvent::Token {
+                t: text,
+                ids,
+                logprobs,
+                ..
+            } => {
                 if t.resumable {
                     if ids.is_empty() && !text.is_empty() {
                         t.resumable = false;
@@ -455,7 +460,32 @@ impl<E: Effects> Core<E> {
                 }
                 let i = t.token_frames;
                 t.token_frames += 1;
-                t.log.append(Event::Token(Token { t: text, i }));
+                t.log.append(Event::Token(Token {
+                    t: text,
+                    i,
+                    logprobs,
+                }));
+            }
+            WorkerEvent::Embedding { index, embedding } => {
+                // Only /completion streams can be resumed elsewhere.
+                t.resumable = false;
+                t.gen_ids = Vec::new();
+                t.life.first_token(Stamp::at(now));
+                t.tool_frames += 1;
+                t.log.append(Event::Embedding(api::events::EmbeddingFrame {
+                    index,
+                    embedding,
+                }));
+            }
+            WorkerEvent::ToolCall { delta } => {
+                t.resumable = false;
+                t.gen_ids = Vec::new();
+                if t.life.first_token(Stamp::at(now)) {
+                    tracing::info!(event = "task.first_token", correlation_id = %t.correlation_id, task_id = %id, pool_id = %t.pool_label(),
+                        duration_ms = now.duration_since(t.admitted.at).as_millis() as u64, "First output of task {id} (a tool call)");
+                }
+                t.tool_frames += 1;
+                t.log.append(Event::ToolCall(delta));
             }
             WorkerEvent::Metrics {
                 tokens_out,
@@ -547,7 +577,7 @@ impl<E: Effects> Core<E> {
         let env = match end {
             super::RelayEnd::Refused { envelope, .. } => envelope,
             other => {
-                let code = if t.token_frames > 0 {
+                let code = if t.token_frames + t.tool_frames > 0 {
                     ErrorCode::WorkerReset
                 } else {
                     ErrorCode::PoolUnavailable
@@ -566,7 +596,7 @@ impl<E: Effects> Core<E> {
     fn attempt_failed(&mut self, id: TaskId, env: ErrorEnvelope, cause: Lost, now: Instant) {
         let Some(t) = self.tasks.get(&id) else { return };
         let failed_pool = t.pool.clone();
-        let no_tokens = t.token_frames == 0;
+        let no_tokens = t.token_frames + t.tool_frames == 0;
         let pinned = t.v.placement.mode == PlacementMode::Pin;
         let refused = matches!(
             env.code,
@@ -682,7 +712,7 @@ impl<E: Effects> Core<E> {
     /// Ends a task no pool can take any more (a typed error naming why).
     fn fail_stranded(&mut self, id: TaskId, why: String, now: Instant) {
         let Some(t) = self.tasks.get(&id) else { return };
-        let code = if t.token_frames > 0 {
+        let code = if t.token_frames + t.tool_frames > 0 {
             ErrorCode::WorkerReset
         } else {
             ErrorCode::PoolUnavailable
@@ -708,7 +738,10 @@ impl<E: Effects> Core<E> {
             .flatten();
         let mut why = Vec::new();
         for (pid, p) in self.registry.pools() {
-            if p.model_id() != Some(&t.model) || pin.as_ref().is_some_and(|x| x != pid) {
+            if p.model_id() != Some(&t.model)
+                || p.status.workload != t.v.workload
+                || pin.as_ref().is_some_and(|x| x != pid)
+            {
                 continue;
             }
             let offline = self
@@ -1084,7 +1117,11 @@ impl<E: Effects> Core<E> {
             .collect();
         for id in ids {
             self.effects.abort_dispatch(id);
-            let tokens = self.tasks.get(&id).map(|t| t.token_frames).unwrap_or(0);
+            let tokens = self
+                .tasks
+                .get(&id)
+                .map(|t| t.token_frames + t.tool_frames)
+                .unwrap_or(0);
             let code = if tokens > 0 {
                 ErrorCode::WorkerReset
             } else {

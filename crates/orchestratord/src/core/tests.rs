@@ -79,6 +79,7 @@ fn pool(id: &str, slots: u32) -> PoolStatus {
         slots_total: slots,
         slots_free: slots,
         ctx_per_slot: 1024,
+        workload: api::task::Workload::Completion,
         models: vec![LoadedModel {
             id: mid("m"),
             model_ref: "file:/m.gguf".into(),
@@ -140,6 +141,7 @@ fn finish(core: &mut Core<Recorded>, id: TaskId, now: Instant) {
         WorkerEvent::Token {
             i: 0,
             t: "x".into(),
+            logprobs: vec![],
             ids: vec![],
         },
         now,
@@ -344,6 +346,7 @@ fn failover_before_first_token_and_reset_after() {
         WorkerEvent::Token {
             i: 0,
             t: "x".into(),
+            logprobs: vec![],
             ids: vec![],
         },
         now,
@@ -411,6 +414,7 @@ fn deadlines_while_queued_and_running() {
         WorkerEvent::Token {
             i: 0,
             t: "x".into(),
+            logprobs: vec![],
             ids: vec![],
         },
         now,
@@ -440,6 +444,7 @@ fn cancel_is_immediate_and_the_slot_waits_for_confirmation() {
         WorkerEvent::Token {
             i: 0,
             t: "a".into(),
+            logprobs: vec![],
             ids: vec![],
         },
         now,
@@ -451,6 +456,7 @@ fn cancel_is_immediate_and_the_slot_waits_for_confirmation() {
         WorkerEvent::Token {
             i: 1,
             t: "late".into(),
+            logprobs: vec![],
             ids: vec![],
         },
         now,
@@ -543,6 +549,7 @@ fn offline_node_fails_over_or_resets() {
         WorkerEvent::Token {
             i: 0,
             t: "x".into(),
+            logprobs: vec![],
             ids: vec![],
         },
         now,
@@ -1333,6 +1340,7 @@ fn token(core: &mut Core<Recorded>, id: TaskId, attempt: u32, t: &str, ids: &[u3
         i: 0,
         t: t.into(),
         ids: ids.to_vec(),
+        logprobs: vec![],
     };
     core.on_worker(id, attempt, ev, now);
 }

@@ -1,11 +1,15 @@
 //! orchestratord's HTTP surface: the router, authentication (API.md §3.1) and body helpers. Handlers
 //! talk to the core through [`CoreHandle`] messages; none of them holds core state.
 
+mod answer;
 mod catalog;
+mod embeddings;
+mod messages;
 mod meta;
 mod nodes;
 pub mod openai;
 pub mod openapi;
+mod responses;
 pub mod routes;
 mod tasks;
 
@@ -105,8 +109,11 @@ impl Caller {
 
 /// The refusal of a request, in the shape its route family uses.
 fn refuse(req: &Request, env: ErrorEnvelope) -> Response {
-    // OpenAI clients get OpenAI's error shape, everyone else the v2 envelope.
-    if req.uri().path().starts_with("/v1/") {
+    // Anthropic clients get Anthropic's error shape, OpenAI clients OpenAI's, everyone else the
+    // v2 envelope.
+    if req.uri().path() == "/v1/messages" {
+        messages::error(env)
+    } else if req.uri().path().starts_with("/v1/") {
         openai::error(env)
     } else {
         ApiError(env).into_response()
@@ -117,11 +124,19 @@ fn refuse(req: &Request, env: ErrorEnvelope) -> Response {
 /// token is needed and which role it must carry. Node routes check their tokens in the handler;
 /// `DELETE /v2/nodes/{id}` accepts an admin token here or leaves the node check to the handler.
 async fn auth(State(app): State<App>, mut req: Request, next: Next) -> Response {
+    // Anthropic clients send their key as `x-api-key`; on `/v1/messages` it counts as the bearer.
     let header = req
         .headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+        .map(str::to_string)
+        .or_else(|| {
+            (req.uri().path() == "/v1/messages")
+                .then(|| req.headers().get("x-api-key"))
+                .flatten()
+                .and_then(|v| v.to_str().ok())
+                .map(|k| format!("Bearer {k}"))
+        });
     if header.as_ref().is_some_and(|h| h.len() > 8192) {
         return ApiError(ErrorEnvelope::new(
             ErrorCode::BadToken,

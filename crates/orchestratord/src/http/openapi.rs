@@ -63,6 +63,9 @@ only) no token is needed and every caller is the anonymous admin.",
         doc::chat_completions,
         doc::completions,
         doc::models,
+        doc::responses,
+        doc::messages,
+        doc::embeddings,
     ),
     components(schemas(
         api::TaskId,
@@ -78,6 +81,9 @@ only) no token is needed and every caller is the anonymous admin.",
         api::task::TaskRecord,
         api::events::Started,
         api::events::Token,
+        api::tools::ToolCallDelta,
+        api::tools::TokenLogprob,
+        api::events::EmbeddingFrame,
         api::events::Metrics,
         api::events::End,
         api::events::PlacementInfo,
@@ -112,6 +118,7 @@ only) no token is needed and every caller is the anonymous admin.",
         (name = "catalog", description = "The model catalog: register, inspect, verify, retire and remove models; where they are cached and served (API.md §9)"),
         (name = "meta", description = "Version, capabilities, health, metrics and this document (API.md §10, §16)"),
         (name = "openai", description = "OpenAI-compatible surface (API.md §11)"),
+        (name = "anthropic", description = "Anthropic Messages surface (API.md §11.5)"),
     ),
 )]
 struct ApiDoc;
@@ -278,12 +285,16 @@ mod doc {
     }
 
     /// The `data` of one SSE frame; the frame's `event:` field names which: `started` → `Started`,
-    /// `token` → `Token`, `metrics` → `Metrics`, `end` → `End`, `error` → `ErrorEnvelope`.
+    /// `token` → `Token`, `tool_call` → `ToolCallDelta`, `embedding` → `EmbeddingFrame`,
+    /// `metrics` → `Metrics`, `end` → `End`,
+    /// `error` → `ErrorEnvelope`.
     #[derive(Serialize, ToSchema)]
     #[serde(untagged)]
     pub enum EventData {
         Started(Started),
         Token(Token),
+        ToolCall(api::tools::ToolCallDelta),
+        Embedding(api::events::EmbeddingFrame),
         Metrics(Metrics),
         End(End),
         Error(ErrorEnvelope),
@@ -366,8 +377,10 @@ mod doc {
     ///
     /// Each frame is `id: <n>\nevent: <name>\ndata: <one-line JSON>\n\n`, `id` counting from 0 per task.
     /// Events and their `data` (schema `EventData`): `started` (`Started`, once, when bound to a pool),
-    /// `token` (`Token`), `metrics` (`Metrics`, an open object), then exactly one terminal frame: `end`
-    /// (`End`) or `error` (`ErrorEnvelope`). Order: `started (token | metrics)* terminal`, or a lone
+    /// `token` (`Token`, model text only), `tool_call` (`ToolCallDelta`, a piece of a tool call of a
+    /// chat task with `tools`), `embedding` (`EmbeddingFrame`, one per input item of an embedding task),
+    /// `metrics` (`Metrics`, an open object), then exactly one terminal frame:
+    /// `end` (`End`) or `error` (`ErrorEnvelope`). Order: `started (token | tool_call | metrics)* terminal`, or a lone
     /// terminal frame for a task never bound to a pool; nothing follows the terminal frame. While no
     /// frame is due the server sends the comment `: keepalive`. The stream replays from the first frame
     /// (or after `Last-Event-ID`) and then follows live. Once the 200 is sent, failures travel as
@@ -790,6 +803,91 @@ mod doc {
         ),
     )]
     fn completions() {}
+
+    /// OpenAI Responses API: a chat task built from `instructions` and `input` (messages,
+    /// `function_call` and `function_call_output` items), priority `interactive`. Stateless:
+    /// `previous_response_id`, `conversation` and `background` are refused.
+    ///
+    /// With `stream: true` the answer is `text/event-stream` of `event: <type>` / `data: <JSON>` frames, each
+    /// with `type` and `sequence_number`: `response.created`, `response.in_progress`, then per output item
+    /// `response.output_item.added`, text (`response.content_part.added`, `response.output_text.delta`…,
+    /// `response.output_text.done`, `response.content_part.done`) or a function call
+    /// (`response.function_call_arguments.delta`…, `response.function_call_arguments.done`),
+    /// `response.output_item.done`; finally `response.completed` (or `response.incomplete` at
+    /// `max_output_tokens`) with the whole `ResponseObject`, or one `error` event. A client disconnect cancels the task.
+    #[utoipa::path(
+        post,
+        path = "/v1/responses",
+        tag = "openai",
+        request_body(content = api::responses::ResponsesRequest, content_type = "application/json"),
+        responses(
+            (status = 200, description = "The response object, or its event stream with `stream: true`.",
+                content((api::responses::ResponseObject = "application/json"), (SseEvent = "text/event-stream")),
+                headers(("X-Llorch-Task-Id" = String, description = "The task id."))),
+            (status = 400, description = "`INVALID_PARAMS`.", body = OpenAiError),
+            (status = 401, description = "`MISSING_TOKEN` or `BAD_TOKEN`.", body = OpenAiError),
+            (status = 404, description = "`MODEL_NOT_AVAILABLE`: unknown model.", body = OpenAiError),
+            (status = 409, description = "`MODEL_DEPRECATED`.", body = OpenAiError),
+            (status = 429, description = "`ADMISSION_REJECT` or `QUEUE_FULL_DROP_LRU`.", body = OpenAiError,
+                headers(("Retry-After" = u64, description = "Seconds"), ("X-Backoff-Ms" = u64, description = "Milliseconds"))),
+            (status = 500, description = "`INTERNAL` or a failure of the task.", body = OpenAiError),
+            (status = 503, description = "Nothing can serve the model now.", body = OpenAiError),
+        ),
+    )]
+    fn responses() {}
+
+    /// Anthropic Messages API: a chat task built from `system` and `messages` (`tool_use` blocks are the
+    /// assistant's tool calls, `tool_result` blocks tool messages), priority `interactive`. The client token
+    /// may come as `x-api-key` as well as `Authorization: Bearer`.
+    ///
+    /// With `stream: true` the answer is `text/event-stream` of Anthropic's events: `message_start`, `ping`, per
+    /// content block `content_block_start`, `content_block_delta` (`text_delta` or `input_json_delta`)…,
+    /// `content_block_stop`, then `message_delta` (stop reason, usage) and `message_stop`; a failure sends one
+    /// `error` event. A client disconnect cancels the task.
+    #[utoipa::path(
+        post,
+        path = "/v1/messages",
+        tag = "anthropic",
+        request_body(content = api::anthropic::MessagesRequest, content_type = "application/json"),
+        responses(
+            (status = 200, description = "The message, or its event stream with `stream: true`.",
+                content((api::anthropic::AnthropicResponse = "application/json"), (SseEvent = "text/event-stream")),
+                headers(("X-Llorch-Task-Id" = String, description = "The task id."))),
+            (status = 400, description = "`INVALID_PARAMS` (`invalid_request_error`).", body = api::anthropic::AnthropicError),
+            (status = 401, description = "`MISSING_TOKEN` or `BAD_TOKEN`.", body = api::anthropic::AnthropicError),
+            (status = 404, description = "`MODEL_NOT_AVAILABLE`: unknown model.", body = api::anthropic::AnthropicError),
+            (status = 409, description = "`MODEL_DEPRECATED`.", body = api::anthropic::AnthropicError),
+            (status = 429, description = "`ADMISSION_REJECT` or `QUEUE_FULL_DROP_LRU`.", body = api::anthropic::AnthropicError,
+                headers(("Retry-After" = u64, description = "Seconds"), ("X-Backoff-Ms" = u64, description = "Milliseconds"))),
+            (status = 500, description = "`INTERNAL` or a failure of the task.", body = api::anthropic::AnthropicError),
+            (status = 503, description = "Nothing can serve the model now.", body = api::anthropic::AnthropicError),
+        ),
+    )]
+    fn messages() {}
+
+    /// OpenAI-compatible embeddings: an embedding task (`workload: "embedding"`), placed only on
+    /// embedding pools (`[[pools]] embedding = true`); `input` is a string, strings, a token array
+    /// or token arrays. 503 `MODEL_NOT_AVAILABLE` when no embedding pool serves the model.
+    #[utoipa::path(
+        post,
+        path = "/v1/embeddings",
+        tag = "openai",
+        request_body(content = api::openai::EmbeddingsRequest, content_type = "application/json"),
+        responses(
+            (status = 200, description = "One vector per input item, in order.",
+                body = api::openai::EmbeddingsResponse,
+                headers(("X-Llorch-Task-Id" = String, description = "The task id."))),
+            (status = 400, description = "`INVALID_PARAMS`.", body = OpenAiError),
+            (status = 401, description = "`MISSING_TOKEN` or `BAD_TOKEN`.", body = OpenAiError),
+            (status = 404, description = "`MODEL_NOT_AVAILABLE`: unknown model.", body = OpenAiError),
+            (status = 409, description = "`MODEL_DEPRECATED`.", body = OpenAiError),
+            (status = 429, description = "`ADMISSION_REJECT` or `QUEUE_FULL_DROP_LRU`.", body = OpenAiError,
+                headers(("Retry-After" = u64, description = "Seconds"), ("X-Backoff-Ms" = u64, description = "Milliseconds"))),
+            (status = 500, description = "`INTERNAL` or a failure of the task.", body = OpenAiError),
+            (status = 503, description = "Nothing can serve the model now.", body = OpenAiError),
+        ),
+    )]
+    fn embeddings() {}
 
     /// Models served by a Ready pool.
     #[utoipa::path(

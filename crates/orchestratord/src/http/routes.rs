@@ -8,7 +8,7 @@ use axum::Router;
 
 use api::tenant::Role;
 
-use super::{catalog, meta, nodes, openai, openapi, tasks, App};
+use super::{catalog, embeddings, messages, meta, nodes, openai, openapi, responses, tasks, App};
 
 /// What a route asks of its caller (API.md §3.1 as amended by docs/auth.md). Every route names
 /// one, so a route cannot be added without deciding who may call it.
@@ -143,6 +143,15 @@ pub static ROUTES: &[Route] = &[
     }),
     route(Method::GET, "/v1/models", Viewer, || get(openai::models)),
     route(Method::GET, "/v2/tenants", Admin, || get(meta::tenants)),
+    route(Method::POST, "/v1/embeddings", Client, || {
+        post(embeddings::embeddings)
+    }),
+    route(Method::POST, "/v1/responses", Client, || {
+        post(responses::responses)
+    }),
+    route(Method::POST, "/v1/messages", Client, || {
+        post(messages::messages)
+    }),
     route(Method::GET, "/health", Open, || get(meta::health)),
     route(Method::GET, "/metrics", Metrics, || get(meta::metrics)),
     route(Method::GET, "/v2/openapi.json", Viewer, || {
