@@ -202,6 +202,7 @@ impl AnthropicError {
     pub fn from_envelope(env: &crate::ErrorEnvelope) -> Self {
         let kind = match env.http_status() {
             401 => "authentication_error",
+            403 => "permission_error",
             404 => "not_found_error",
             429 => "rate_limit_error",
             503 => "overloaded_error",

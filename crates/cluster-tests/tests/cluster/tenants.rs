@@ -154,7 +154,9 @@ pub async fn role_matrix(a: Assets) -> anyhow::Result<()> {
                 let status = resp.status().as_u16();
                 let code = if resp.headers().get("content-type").is_some_and(|v| v.to_str().unwrap_or("").starts_with("application/json")) && status >= 400 {
                     let v: Value = resp.json().await.unwrap_or(Value::Null);
-                    v["code"].as_str().or(v["error"]["code"].as_str()).unwrap_or("").to_string()
+                    // v2 and OpenAI shapes name the code; Anthropic's (/v1/messages) ends its message with "(CODE)".
+                    let anthropic = v["error"]["message"].as_str().and_then(|m| m.strip_suffix(')')?.rsplit_once('(')).map(|(_, c)| c);
+                    v["code"].as_str().or(v["error"]["code"].as_str()).or(anthropic).unwrap_or("").to_string()
                 } else {
                     drop(resp);
                     String::new()
