@@ -3,6 +3,7 @@
 //! node and worker protocols ignore them so that mixed versions survive an upgrade.
 
 pub mod catalog;
+pub mod cluster;
 pub mod error;
 pub mod events;
 pub mod gbnf;

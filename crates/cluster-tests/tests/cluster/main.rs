@@ -17,6 +17,7 @@ mod refusals;
 mod sched;
 mod schema;
 mod template;
+mod ui;
 mod worker;
 
 use std::future::Future;
@@ -129,6 +130,9 @@ fn scenarios() -> Vec<(&'static str, bool, Scenario)> {
         }),
         ("logs_hold_no_secrets", true, |a| {
             Box::pin(refusals::logs_hold_no_secrets(a))
+        }),
+        ("ui_dashboard_in_a_real_browser", true, |a| {
+            Box::pin(ui::dashboard(a))
         }),
     ]
 }

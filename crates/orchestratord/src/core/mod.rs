@@ -8,6 +8,8 @@
 //! dispatch attempt are ignored.
 
 pub mod admit;
+pub mod bus;
+pub mod changes;
 pub mod dispatch;
 pub mod lifecycle;
 pub mod models;
@@ -201,6 +203,8 @@ pub struct Core<E: Effects> {
     catalog: catalog::Catalog,
     /// `load-model` and node-level catalog commands in flight.
     loads: provision::Loads,
+    /// The cluster event bus (`GET /v2/events`).
+    bus: bus::Bus,
 }
 
 impl<E: Effects> Core<E> {
@@ -222,6 +226,7 @@ impl<E: Effects> Core<E> {
             sessions,
             catalog,
             loads: provision::Loads::default(),
+            bus: bus::Bus::default(),
         }
     }
 
@@ -268,6 +273,7 @@ impl<E: Effects> Core<E> {
             }
         }
         self.queues.drop_empty();
+        self.bus.mark_queues();
         self.announce_positions();
         self.publish_gauges();
     }

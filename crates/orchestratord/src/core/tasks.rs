@@ -249,6 +249,7 @@ impl<E: Effects> Core<E> {
         t.attempts += 1;
         t.tried.push(pool_id.clone());
         t.life.run(Stamp::at(now));
+        self.bus.mark_task(id);
         t.pool = Some(pool_id.clone());
         t.node = Some(node_id.clone());
         t.engine_version = engine_version.clone();
@@ -353,6 +354,7 @@ impl<E: Effects> Core<E> {
                     return;
                 }
                 if t.life.first_token(Stamp::at(now)) {
+                    self.bus.mark_task(id);
                     tracing::info!(event = "task.first_token", correlation_id = %t.correlation_id, task_id = %id, pool_id = %t.pool_label(),
                         duration_ms = now.duration_since(t.admitted.at).as_millis() as u64, "First token of task {id}");
                 }
@@ -470,6 +472,7 @@ impl<E: Effects> Core<E> {
                 // Another pool could run it, just not now: back to the head of its queue.
                 if let Some(t) = self.tasks.get_mut(&id) {
                     t.life.requeue(Stamp::at(now));
+                    self.bus.mark_task(id);
                     let (key, prio) = (t.queue_key.clone(), t.v.priority);
                     self.queues.push_front(key, id, prio);
                 }
@@ -594,6 +597,7 @@ impl<E: Effects> Core<E> {
             tokens_out = t.tokens_out(), duration_ms = now.duration_since(t.admitted.at).as_millis() as u64,
             "Task {id} ended ({reason:?}) with {} tokens", t.tokens_out());
         self.tasks.finished(id);
+        self.bus.mark_task(id);
     }
 
     pub(super) fn finish_with_error(&mut self, id: TaskId, env: ErrorEnvelope, now: Instant) {
@@ -619,6 +623,7 @@ impl<E: Effects> Core<E> {
         tracing::warn!(event = "task.finished", correlation_id = %t.correlation_id, task_id = %id, pool_id = %pool, code = %env.code,
             "Task {id} failed: {}", env.message);
         self.tasks.finished(id);
+        self.bus.mark_task(id);
     }
 
     /// Frees the task's slot on its pool (the worker stream ended, or a cancel was confirmed).
@@ -799,6 +804,20 @@ impl<E: Effects> Core<E> {
             stop_reason: t.stop_reason,
             error: t.error.clone(),
         })
+    }
+
+    /// Retained tasks, newest first, at most `limit` (`GET /v2/tasks`).
+    pub fn task_records(&self, limit: usize) -> Vec<TaskRecord> {
+        let mut ids: Vec<(std::time::Instant, TaskId)> = self
+            .tasks
+            .iter()
+            .map(|(id, t)| (t.admitted.at, *id))
+            .collect();
+        ids.sort_unstable_by(|a, b| b.cmp(a));
+        ids.into_iter()
+            .take(limit)
+            .filter_map(|(_, id)| self.record(id))
+            .collect()
     }
 
     /// Tasks running on `node_id` when it is lost: before the first token they fail over, after it

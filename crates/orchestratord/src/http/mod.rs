@@ -2,12 +2,14 @@
 //! talk to the core through [`CoreHandle`] messages; none of them holds core state.
 
 mod catalog;
+mod events;
 mod meta;
 mod nodes;
 pub mod openai;
 pub mod openapi;
 mod routes;
 mod tasks;
+mod ui;
 
 use std::sync::Arc;
 
@@ -58,10 +60,13 @@ pub fn router(app: App) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(app.clone());
-    // Auth wraps the whole router, fallback included, so an unknown path without a token is a 401.
-    Router::new()
+    let ui = ui::router(app.clone());
+    // Auth wraps the whole API router, fallback included, so an unknown path without a token is a
+    // 401. The dashboard's pages are outside it: they hold no data, and the page asks for a token.
+    let api = Router::new()
         .fallback_service(routes)
-        .layer(axum::middleware::from_fn_with_state(app, auth))
+        .layer(axum::middleware::from_fn_with_state(app, auth));
+    ui.fallback_service(api)
         .layer(axum::middleware::from_fn(daemon::correlation::layer))
 }
 

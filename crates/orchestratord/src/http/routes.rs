@@ -6,7 +6,7 @@ use axum::http::Method;
 use axum::routing::{delete, get, post, MethodRouter};
 use axum::Router;
 
-use super::{catalog, meta, nodes, openai, openapi, tasks, App};
+use super::{catalog, events, meta, nodes, openai, openapi, tasks, App};
 
 /// What kind of credential a route takes (API.md §3.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +48,7 @@ use Access::{Client, Metrics, Node, Open};
 /// Every route, grouped by path; within a path the order is the order of the `Allow` header.
 pub static ROUTES: &[Route] = &[
     route(Method::POST, "/v2/tasks", Client, || post(tasks::submit)),
+    route(Method::GET, "/v2/tasks", Client, || get(tasks::list)),
     route(Method::GET, "/v2/tasks/{id}", Client, || {
         get(tasks::get_task)
     }),
@@ -73,6 +74,7 @@ pub static ROUTES: &[Route] = &[
         delete(nodes::deregister)
     }),
     route(Method::GET, "/v2/nodes", Client, || get(nodes::list)),
+    route(Method::GET, "/v2/events", Client, || get(events::stream)),
     route(Method::GET, "/v2/pools", Client, || get(meta::pools)),
     route(Method::GET, "/v2/pools/{id}/health", Client, || {
         get(meta::pool_health)
@@ -210,7 +212,7 @@ mod tests {
     #[test]
     fn allow_headers_and_access() {
         let check = |path: &str, allow: &str| assert_eq!(allowed_methods(path), allow, "{path}");
-        check("/v2/tasks", "POST");
+        check("/v2/tasks", "POST, GET");
         check("/v2/tasks/abc", "GET");
         check("/v2/sessions/abc", "GET, DELETE");
         check("/v2/nodes/register", "POST");
