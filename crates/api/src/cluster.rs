@@ -11,32 +11,32 @@ use crate::ids::{CommandId, ModelId, NodeId, PoolId};
 use crate::node::{CommandKind, CommandState, NodeView, PoolView, StepProgress};
 use crate::task::TaskRecord;
 
-/// One change. `reset` is the only event that is not a change: it tells the reader that events
+/// One change (the views are boxed: they differ much in size). `reset` is the only event that is not a change: it tells the reader that events
 /// were lost (it fell behind, or its `Last-Event-ID` is older than what the server keeps) and that
 /// it must re-read the lists (`/v2/nodes`, `/v2/pools`, `/v2/tasks`, `/v2/catalog/models`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClusterEvent {
     /// A node registered, changed status, or reported new GPU facts.
-    Node { node: NodeView },
+    Node { node: Box<NodeView> },
     /// A node deregistered.
     NodeRemoved { node_id: NodeId },
     /// A pool appeared or changed (state, slots, model, engine, last error).
-    Pool { pool: PoolView },
+    Pool { pool: Box<PoolView> },
     /// A pool is no longer reported.
     PoolRemoved { pool_id: PoolId },
     /// The queues' depths changed; the list holds every non-empty queue.
     Queue { queues: Vec<QueueDepth> },
     /// A task was admitted, started, moved in its queue, made progress (at most once a second) or
     /// finished.
-    Task { task: TaskRecord },
+    Task { task: Box<TaskRecord> },
     /// A catalog record was added or changed.
-    Catalog { model: ModelRecord },
+    Catalog { model: Box<ModelRecord> },
     /// A catalog record was removed.
     CatalogRemoved { model_id: ModelId },
     /// A pool or node command (drain, reload, load-model, verify, evict) was issued or reported
     /// progress.
-    Command { command: CommandUpdate },
+    Command { command: Box<CommandUpdate> },
     /// Events were lost; re-read the lists.
     Reset { reason: ResetReason },
 }

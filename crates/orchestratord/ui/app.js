@@ -493,7 +493,7 @@
         const t = S.tasks.get(id);
         if (!t) return;
         cancelBtn.disabled = t.state !== 'queued' && t.state !== 'running';
-        head.replaceChildren(h('div', { class: 'cards' },
+        head.replaceChildren(h('div', { class: 'cards facts' },
           ...[['State', state(t.state)], ['Model', t.model], ['Pool', t.pool_id || '–'], ['Tokens in', t.tokens_in], ['Tokens out', t.tokens_out],
             ['Queue position', t.queue_position ?? '–'], ['TTFT ms', t.first_token_at_ms && t.created_at_ms ? t.first_token_at_ms - t.created_at_ms : '–'],
             ['Stop reason', t.stop_reason || (t.error ? t.error.code : '–')]]

@@ -93,7 +93,6 @@ async function recordPoolStates(page, pool) {
     await page.waitForFunction(() => /^1\/1$/.test((document.getElementById('ov-pools') || {}).textContent || ''), null, { timeout: 30000 });
     summary.overview_pools = await page.textContent('#ov-pools');
     summary.overview_nodes = await page.textContent('#ov-nodes');
-    await shot(page, 'overview');
     await page.goto(base + '/ui/#/nodes');
     await page.waitForSelector('[data-node]', { timeout: 30000 });
     await shot(page, 'nodes');
@@ -173,6 +172,12 @@ async function recordPoolStates(page, pool) {
     await page.goto(base + '/ui/#/models');
     await page.waitForSelector(`tr[data-model="${model}"]`, { timeout: 30000 });
     await shot(page, 'models');
+
+    step('overview after the activity');
+    await page.goto(base + '/ui/#/overview');
+    await page.waitForSelector('#ov-pools', { timeout: 10000 });
+    summary.overview_after = await page.$$eval('.card .value', (els) => els.map((e) => e.textContent));
+    await shot(page, 'overview');
 
     step('phone width');
     await page.setViewportSize({ width: 390, height: 844 });

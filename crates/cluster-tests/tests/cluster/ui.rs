@@ -87,6 +87,16 @@ pub async fn dashboard(a: Assets) -> anyhow::Result<()> {
             .find_map(|l| l.strip_prefix("SUMMARY "))
             .and_then(|j| serde_json::from_str(j).ok())
             .with_context(|| format!("no summary from the browser:\n{stdout}\n{stderr}"))?;
+        for key in [
+            "states_before_ready",
+            "chat_steps",
+            "chat_stats",
+            "slots_after_cancel",
+            "drain_reload_states",
+            "overview_after",
+        ] {
+            println!("  {key}: {}", summary[key]);
+        }
         ensure!(
             output.status.success(),
             "the browser scenario failed: {stderr}\nsummary: {summary}"

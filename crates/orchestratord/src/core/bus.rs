@@ -8,7 +8,7 @@
 //! `reset` (`overflow`) frame in the slot kept for it and is dropped, so a slow reader never slows
 //! the core.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use api::cluster::{ClusterEvent, CommandUpdate, QueueDepth, ResetReason};
@@ -50,8 +50,10 @@ pub struct Bus {
     ring_cap: usize,
     readers: Vec<mpsc::Sender<Frame>>,
     reader_cap: usize,
-    /// Changed since the last publication (marked by the core, read by `Core::publish_changes`).
-    tasks: BTreeSet<TaskId>,
+    /// Changed since the last publication (marked by the core, read by `Core::publish_changes`),
+    /// in the order they changed.
+    tasks: Vec<TaskId>,
+    task_marked: HashSet<TaskId>,
     queues: bool,
     /// What was last published.
     last_nodes: HashMap<NodeId, (NodeView, u64)>,
@@ -75,7 +77,8 @@ impl Bus {
             ring_cap: ring_cap.max(1),
             readers: Vec::new(),
             reader_cap: reader_cap.max(1),
-            tasks: BTreeSet::new(),
+            tasks: Vec::new(),
+            task_marked: HashSet::new(),
             queues: false,
             last_nodes: HashMap::new(),
             last_pools: HashMap::new(),
@@ -144,10 +147,14 @@ impl Bus {
     }
 
     pub(super) fn mark_task(&mut self, id: TaskId) {
-        self.tasks.insert(id);
+        if self.task_marked.insert(id) {
+            self.tasks.push(id);
+        }
     }
 
-    pub(super) fn take_tasks(&mut self) -> BTreeSet<TaskId> {
+    /// The tasks marked since the last call, in the order they were first marked.
+    pub(super) fn take_tasks(&mut self) -> Vec<TaskId> {
+        self.task_marked.clear();
         std::mem::take(&mut self.tasks)
     }
 
@@ -173,7 +180,9 @@ impl Bus {
         }
         self.last_nodes
             .insert(view.node_id.clone(), (view.clone(), now_ms));
-        self.publish(&ClusterEvent::Node { node: view });
+        self.publish(&ClusterEvent::Node {
+            node: Box::new(view),
+        });
     }
 
     /// The nodes last published that are not in `present`: they are gone.
@@ -195,7 +204,9 @@ impl Bus {
             return;
         }
         self.last_pools.insert(view.pool_id.clone(), view.clone());
-        self.publish(&ClusterEvent::Pool { pool: view });
+        self.publish(&ClusterEvent::Pool {
+            pool: Box::new(view),
+        });
     }
 
     pub(super) fn pools_gone(&mut self, present: impl Fn(&PoolId) -> bool) {
@@ -234,7 +245,9 @@ impl Bus {
         } else {
             self.last_tasks.insert(record.task_id, mark);
         }
-        self.publish(&ClusterEvent::Task { task: record });
+        self.publish(&ClusterEvent::Task {
+            task: Box::new(record),
+        });
     }
 
     /// The live tasks' last published marks, for the per-tick progress check.
@@ -263,7 +276,9 @@ impl Bus {
         } else {
             self.last_commands.insert(update.command_id, update.clone());
         }
-        self.publish(&ClusterEvent::Command { command: update });
+        self.publish(&ClusterEvent::Command {
+            command: Box::new(update),
+        });
     }
 
     pub(super) fn catalog(&mut self, ev: ClusterEvent) {

@@ -50,6 +50,7 @@ impl<E: Effects> Core<E> {
         }
         let mut tasks = self.bus.take_tasks();
         if tick {
+            let marked: std::collections::HashSet<api::TaskId> = tasks.iter().copied().collect();
             let progressed: Vec<api::TaskId> = self
                 .bus
                 .live_tasks()
@@ -59,6 +60,7 @@ impl<E: Effects> Core<E> {
                     })
                 })
                 .map(|(id, _)| *id)
+                .filter(|id| !marked.contains(id))
                 .collect();
             tasks.extend(progressed);
         }
@@ -90,7 +92,7 @@ impl<E: Effects> Core<E> {
     pub fn queue_depths(&self) -> Vec<QueueDepth> {
         self.queues
             .iter()
-            .filter(|(_, q)| q.len() > 0)
+            .filter(|(_, q)| !q.is_empty())
             .map(|(k, q)| {
                 let (model_id, pool_id) = match k {
                     QueueKey::Model(m) => (Some(m.clone()), None),
@@ -137,7 +139,7 @@ impl<E: Effects> Core<E> {
         for w in writes {
             let ev = match w {
                 catalog::Write::Put(model) => ClusterEvent::Catalog {
-                    model: model.clone(),
+                    model: Box::new(model.clone()),
                 },
                 catalog::Write::Delete(id) => match id.parse() {
                     Ok(model_id) => ClusterEvent::CatalogRemoved { model_id },
