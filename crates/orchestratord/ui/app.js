@@ -322,11 +322,16 @@
     for (const [k, v] of Object.entries({ x1: 0, y1: 59, x2: 200, y2: 59 })) base.setAttribute(k, v);
     svg.append(base);
     const max = Math.max(1, ...values.filter((v) => v !== null));
-    const pts = values.map((v, i) => (v === null ? null : `${(i * 200) / (values.length - 1)},${58 - (v / max) * 54}`)).filter(Boolean);
-    if (pts.length) {
+    const pts = values.map((v, i) => (v === null ? null : [(i * 200) / (values.length - 1), 58 - (v / max) * 54])).filter(Boolean);
+    if (pts.length > 1) {
       const line = document.createElementNS(ns, 'polyline');
-      line.setAttribute('points', pts.join(' '));
+      line.setAttribute('points', pts.map((p) => p.join(',')).join(' '));
       svg.append(line);
+    }
+    for (const [x, y] of pts) {
+      const dot = document.createElementNS(ns, 'circle');
+      for (const [k, v] of Object.entries({ cx: x, cy: y, r: 2.5 })) dot.setAttribute(k, v);
+      svg.append(dot);
     }
     return svg;
   }
@@ -543,7 +548,7 @@
           const g = m.metadata || {};
           const facts = [g.architecture, g.parameter_count ? (g.parameter_count / 1e6).toFixed(0) + 'M params' : null, g.quantization, g.context_length ? 'ctx ' + g.context_length : null].filter(Boolean).join(' · ');
           const key = m.id.replace(/[^A-Za-z0-9_-]/g, '_');
-          return h('tr', { 'data-model': m.id }, td(h('strong', { text: m.id })), td(h('span', { class: 'mono', text: m.model_ref })), td(state(m.state)),
+          return h('tr', { 'data-model': m.id }, td(h('strong', { text: m.id })), td(h('span', { class: 'mono', text: m.ref })), td(state(m.state)),
             td(bytes(m.size_bytes), true), td(h('span', { class: 'mono', title: m.digest || '' }, m.digest ? short(m.digest, 15) : '–')), td(facts || '–'),
             td(m.locations.join(', ') || '–'),
             td(h('div', { class: 'row' },
