@@ -10,7 +10,7 @@ const token = process.env.UI_TOKEN;
 const model = process.env.UI_MODEL;
 const out = process.env.UI_OUT;
 const headers = { authorization: 'Bearer ' + token, 'content-type': 'application/json' };
-const summary = { console_errors: [], screenshots: [] };
+const summary = { console_errors: [], screenshots: [], unlabelled: [] };
 const step = (s) => console.log('[ui] ' + s);
 
 async function api(path, body) {
@@ -21,6 +21,12 @@ async function api(path, body) {
 }
 
 async function shot(page, name) {
+  // Every control on the view has an accessible name (a label, aria-label or its text).
+  const unnamed = await page.evaluate(() => [...document.querySelectorAll('input, select, textarea, button, a')]
+    .filter((el) => el.offsetParent !== null)
+    .filter((el) => !((el.labels && el.labels.length) || el.getAttribute('aria-label') || el.textContent.trim()))
+    .map((el) => el.id || el.outerHTML.slice(0, 60)));
+  if (unnamed.length) summary.unlabelled.push({ view: name, controls: unnamed });
   const path = `${out}/${name}.png`;
   await page.screenshot({ path, fullPage: true });
   summary.screenshots.push(path);
@@ -112,7 +118,8 @@ async function recordPoolStates(page, pool) {
       }).observe(document.getElementById('chat'), { subtree: true, childList: true, characterData: true });
     });
     await page.fill('#pg-input', 'Write a short poem about the sea.');
-    await page.click('#pg-send');
+    // Sent from the keyboard (Ctrl+Enter in the message box).
+    await page.press('#pg-input', 'Control+Enter');
     await page.waitForFunction(() => /TTFT/.test(document.getElementById('pg-stats').textContent), null, { timeout: 120000 });
     summary.chat_steps = await page.evaluate(() => window.__lengths.length);
     summary.chat_text = await page.textContent('#chat .msg.assistant:last-child .text');
@@ -168,9 +175,11 @@ async function recordPoolStates(page, pool) {
     summary.reload_progress = await page.textContent('.pool-cmd');
     await shot(page, 'pools');
 
-    step('models view');
-    await page.goto(base + '/ui/#/models');
+    step('models view, reached with the keyboard');
+    await page.focus('nav a[data-view="models"]');
+    await page.keyboard.press('Enter');
     await page.waitForSelector(`tr[data-model="${model}"]`, { timeout: 30000 });
+    summary.keyboard_nav = await page.evaluate(() => location.hash);
     await shot(page, 'models');
 
     step('overview after the activity');

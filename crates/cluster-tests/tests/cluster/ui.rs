@@ -218,6 +218,16 @@ async fn check(
         s["phone_overflow"] == false,
         "the overview is wider than a phone"
     );
+    ensure!(
+        s["unlabelled"].as_array().is_some_and(Vec::is_empty),
+        "controls without an accessible name: {}",
+        s["unlabelled"]
+    );
+    ensure!(
+        s["keyboard_nav"] == "#/models",
+        "keyboard navigation: {}",
+        s["keyboard_nav"]
+    );
     for name in [
         "login",
         "overview",

@@ -185,16 +185,9 @@ impl Bus {
         });
     }
 
-    /// The nodes last published that are not in `present`: they are gone.
-    pub(super) fn nodes_gone(&mut self, present: impl Fn(&NodeId) -> bool) {
-        let gone: Vec<NodeId> = self
-            .last_nodes
-            .keys()
-            .filter(|id| !present(id))
-            .cloned()
-            .collect();
-        for node_id in gone {
-            self.last_nodes.remove(&node_id);
+    /// A node is gone: published once, if it was ever published.
+    pub(super) fn node_gone(&mut self, node_id: NodeId) {
+        if self.last_nodes.remove(&node_id).is_some() {
             self.publish(&ClusterEvent::NodeRemoved { node_id });
         }
     }
@@ -209,15 +202,9 @@ impl Bus {
         });
     }
 
-    pub(super) fn pools_gone(&mut self, present: impl Fn(&PoolId) -> bool) {
-        let gone: Vec<PoolId> = self
-            .last_pools
-            .keys()
-            .filter(|id| !present(id))
-            .cloned()
-            .collect();
-        for pool_id in gone {
-            self.last_pools.remove(&pool_id);
+    /// A pool is gone: published once, if it was ever published.
+    pub(super) fn pool_gone(&mut self, pool_id: PoolId) {
+        if self.last_pools.remove(&pool_id).is_some() {
             self.publish(&ClusterEvent::PoolRemoved { pool_id });
         }
     }

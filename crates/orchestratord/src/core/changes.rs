@@ -26,23 +26,18 @@ impl<E: Effects> Core<E> {
     pub fn publish_changes(&mut self, tick: bool) {
         let (nodes, pools) = self.registry.take_changed();
         let now_ms = daemon::now_ms();
-        for id in &nodes {
-            if let Some(view) = self.node_view(id) {
-                self.bus.node(view, now_ms, NODE_REFRESH_MS);
+        // A changed id the registry no longer holds was removed.
+        for id in nodes {
+            match self.node_view(&id) {
+                Some(view) => self.bus.node(view, now_ms, NODE_REFRESH_MS),
+                None => self.bus.node_gone(id),
             }
         }
-        if !nodes.is_empty() {
-            let registry = &self.registry;
-            self.bus.nodes_gone(|id| registry.node(id).is_some());
-        }
-        for id in &pools {
-            if let Some(view) = self.pool_view(id) {
-                self.bus.pool(view);
+        for id in pools {
+            match self.pool_view(&id) {
+                Some(view) => self.bus.pool(view),
+                None => self.bus.pool_gone(id),
             }
-        }
-        if !pools.is_empty() {
-            let registry = &self.registry;
-            self.bus.pools_gone(|id| registry.pool(id).is_some());
         }
         if self.bus.take_queues() {
             let depths = self.queue_depths();
