@@ -1,5 +1,5 @@
 // The dashboard scenario in headless Chromium, driven by playwright-core (run by ui.rs).
-// Env: UI_BASE (orchestratord URL), UI_TOKEN (a client token; auth is on), UI_MODEL, UI_OUT
+// Env: UI_BASE (orchestratord URL), UI_TOKEN (a client token; auth is on), UI_MODEL, UI_POOL, UI_OUT
 // (screenshot folder), UI_CHROMIUM (the browser). Prints one JSON summary line prefixed "SUMMARY ";
 // ui.rs checks it. Every wait is bounded; any failure exits non-zero with the reason.
 'use strict';
@@ -8,6 +8,7 @@ const { chromium } = require('playwright-core');
 const base = process.env.UI_BASE;
 const token = process.env.UI_TOKEN;
 const model = process.env.UI_MODEL;
+const pool = process.env.UI_POOL;
 const out = process.env.UI_OUT;
 const headers = { authorization: 'Bearer ' + token, 'content-type': 'application/json' };
 const summary = { console_errors: [], screenshots: [], unlabelled: [] };
@@ -80,16 +81,11 @@ async function recordPoolStates(page, pool) {
     await page.waitForSelector('#main', { state: 'visible', timeout: 15000 });
     summary.works_with_token = true;
 
-    // The pool becomes Ready, live (the stack was started without waiting for it).
-    step('wait for the pool to be Ready on the pools view');
+    // The pool becomes Ready, live: ui.rs starts pool-managerd once the page is open.
     await page.goto(base + '/ui/#/pools');
-    const pool = await until('a pool to be listed', 180000, async () => {
-      const p = (await api('/v2/pools')).pools[0];
-      return p && p.pool_id;
-    });
-    summary.pool = pool;
-    await page.waitForSelector(`tr[data-pool="${pool}"]`, { timeout: 180000 });
     await recordPoolStates(page, pool);
+    step('page open on the pools view');
+    await page.waitForSelector(`tr[data-pool="${pool}"]`, { timeout: 180000 });
     await page.waitForFunction((pool) => {
       const el = document.querySelector(`tr[data-pool="${pool}"] .pool-state`);
       return el && el.textContent === 'Ready';

@@ -58,29 +58,53 @@ pub async fn dashboard(a: Assets) -> anyhow::Result<()> {
         fixtures::TEST_DISPATCH_TOKEN
     );
     let model = spec.model_id.clone();
-    // Not waiting for the pool: the page sees it become Ready.
+    let pool = spec.pool_id.clone();
     let mut stack = llorch::stack::Stack::start(spec).await?;
     let result = async {
+        // pool-managerd starts again once the page is open, so the page sees the pool appear and
+        // become Ready.
+        stack.stop_pool_managerd().await?;
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/cluster/ui.cjs");
-        let run = tokio::process::Command::new("node")
+        let mut child = tokio::process::Command::new("node")
             .arg(&script)
             .env("NODE_PATH", &modules)
             .env("UI_BASE", &stack.orchd_url)
             .env("UI_TOKEN", CLIENT)
             .env("UI_MODEL", &model)
+            .env("UI_POOL", &pool)
             .env("UI_OUT", &out)
             .env("UI_CHROMIUM", &chromium)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)
-            .output();
-        let output = tokio::time::timeout(Duration::from_secs(600), run)
-            .await
-            .context("the browser scenario did not finish within 10 minutes")?
+            .spawn()
             .context("running node (scripts/lib.sh's ensure_browser installs it)")?;
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        for line in stdout.lines().filter(|l| l.starts_with("[ui]")) {
-            println!("  {line}");
-        }
+        let stdout = child.stdout.take().context("node's stdout")?;
+        let mut stderr = child.stderr.take().context("node's stderr")?;
+        let err_text = tokio::spawn(async move {
+            let mut s = String::new();
+            let _ = tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut s).await;
+            s
+        });
+        let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+        let mut stdout = String::new();
+        let run = async {
+            while let Some(line) = lines.next_line().await? {
+                if line.starts_with("[ui]") {
+                    println!("  {line}");
+                }
+                if line == "[ui] page open on the pools view" {
+                    stack.start_pool_managerd()?;
+                }
+                stdout.push_str(&line);
+                stdout.push('\n');
+            }
+            anyhow::Ok(child.wait().await?)
+        };
+        let status = tokio::time::timeout(Duration::from_secs(600), run)
+            .await
+            .context("the browser scenario did not finish within 10 minutes")??;
+        let stderr = err_text.await.unwrap_or_default();
         let summary: Value = stdout
             .lines()
             .rev()
@@ -98,7 +122,7 @@ pub async fn dashboard(a: Assets) -> anyhow::Result<()> {
             println!("  {key}: {}", summary[key]);
         }
         ensure!(
-            output.status.success(),
+            status.success(),
             "the browser scenario failed: {stderr}\nsummary: {summary}"
         );
         check(&summary, &stack, &model, &out).await
@@ -140,6 +164,14 @@ async fn check(
         "auth: {s}"
     );
     // The pool became Ready, seen on the page; the overview counts it.
+    let before: Vec<&str> = s["states_before_ready"]
+        .as_array()
+        .map(|v| v.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    ensure!(
+        before.len() > 1 && before.last() == Some(&"Ready"),
+        "the pool's states seen before Ready: {before:?}"
+    );
     ensure!(
         s["overview_pools"] == "1/1" && s["overview_nodes"] == "1/1",
         "overview: {s}"
