@@ -176,6 +176,21 @@ async function recordPoolStates(page, pool) {
     await page.keyboard.press('Enter');
     await page.waitForSelector(`tr[data-model="${model}"]`, { timeout: 30000 });
     summary.keyboard_nav = await page.evaluate(() => location.hash);
+    // Retire and activate again, seen live; verify, with the command's progress.
+    const key = model.replace(/[^A-Za-z0-9_-]/g, '_');
+    const modelState = (want) => page.waitForFunction(([m, want]) => {
+      const el = document.querySelector(`tr[data-model="${m}"] .state`);
+      return el && el.textContent === want;
+    }, [model, want], { timeout: 30000 });
+    await page.click(`[id="retire-${key}"]`);
+    await modelState('Retired');
+    await page.click(`[id="activate-${key}"]`);
+    await modelState('Active');
+    summary.model_retired_and_activated = true;
+    await page.click(`[id="verify-${key}"]`);
+    await page.waitForFunction(() => [...document.querySelectorAll('#main tr')]
+      .some((tr) => /verify-model/.test(tr.textContent) && /completed/.test(tr.textContent)), null, { timeout: 120000 });
+    summary.model_verified = true;
     await shot(page, 'models');
 
     step('overview after the activity');

@@ -256,6 +256,10 @@ async fn check(
         s["unlabelled"]
     );
     ensure!(
+        s["model_retired_and_activated"] == true && s["model_verified"] == true,
+        "models view actions: {s}"
+    );
+    ensure!(
         s["keyboard_nav"] == "#/models",
         "keyboard navigation: {}",
         s["keyboard_nav"]
