@@ -2,6 +2,7 @@
 //! a llama-server with the same binary, model and flags, alternating, several rounds; prints median
 //! and p90 time-to-first-token and tokens/s for both, and the ratios.
 
+mod chaos;
 mod fetch;
 mod layout;
 mod openapi;
@@ -37,6 +38,8 @@ enum Bench {
     Scale(scale::Args),
     /// The models cache's download versus a plain download of the same file.
     Fetch(fetch::Args),
+    /// Real engines and workers killed, restarted and stopped under load: how tasks end.
+    Chaos(chaos::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -49,6 +52,7 @@ fn main() -> anyhow::Result<()> {
                 Bench::Overload(a) => rt.block_on(overload::run(a)),
                 Bench::Scale(a) => rt.block_on(scale::run(a)),
                 Bench::Fetch(a) => rt.block_on(fetch::run(a)),
+                Bench::Chaos(a) => rt.block_on(chaos::run(a)),
             }
         }
     }

@@ -118,6 +118,8 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         extra_args: vec![],
         log_path: dir.join("direct-engine.log"),
         start_timeout: Duration::from_secs(60),
+        die_with_parent: false,
+        pid_record: None,
     })
     .await
     .context("starting the direct llama-server")?;

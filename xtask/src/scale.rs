@@ -301,6 +301,7 @@ async fn dispatch(_body: Bytes, hold: Duration) -> axum::response::Response {
                 WorkerEvent::Token {
                     i: k - 1,
                     t: "x".into(),
+                    ids: vec![],
                 }
             }
             k if k == tokens + 1 => WorkerEvent::End {

@@ -88,6 +88,9 @@ pub struct PlacementInfo {
     #[schema(required = true)]
     pub engine_version: Option<String>,
     pub attempt: u32,
+    /// Set when the task moved here mid-stream: the tokens it had generated before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migrated_after_tokens: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]

@@ -44,6 +44,11 @@ pub struct DispatchRequest {
     pub params: DispatchParams,
     pub deadline_remaining_ms: Option<u64>,
     pub priority: Priority,
+    /// A migrated task's continuation: the token ids it already generated, in order. The worker
+    /// runs the original prompt's token ids followed by these, with `params.max_tokens` the rest
+    /// of the budget (API.md §13.2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume: Option<Vec<u32>>,
 }
 
 /// One NDJSON line of the dispatch stream; `seq` counts lines from 0.
@@ -65,6 +70,10 @@ pub enum WorkerEvent {
     Token {
         i: u64,
         t: String,
+        /// The engine token ids this line covers (empty: not known, so the task cannot be resumed
+        /// from here). A line may carry ids with empty text (text the engine holds back).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        ids: Vec<u32>,
     },
     Metrics {
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -114,6 +123,7 @@ mod tests {
             event: WorkerEvent::Token {
                 i: 2,
                 t: "x".into(),
+                ids: vec![],
             },
         };
         let s = serde_json::to_string(&l).unwrap();

@@ -67,13 +67,43 @@ pub struct Props {
     pub model_alias: String,
 }
 
+/// A `/completion` prompt: text the engine tokenizes (with its special tokens), or token ids
+/// used as they are.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum Prompt {
+    Text(String),
+    Tokens(Vec<u32>),
+}
+
+impl Default for Prompt {
+    fn default() -> Self {
+        Prompt::Text(String::new())
+    }
+}
+
+impl From<&str> for Prompt {
+    fn from(s: &str) -> Self {
+        Prompt::Text(s.to_string())
+    }
+}
+
+impl From<String> for Prompt {
+    fn from(s: String) -> Self {
+        Prompt::Text(s)
+    }
+}
+
 /// Body of `POST /completion` (the fields we send).
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct CompletionRequest {
-    pub prompt: String,
+    pub prompt: Prompt,
     pub n_predict: u64,
     pub stream: bool,
     pub cache_prompt: bool,
+    /// Each frame then carries the ids of its token (`tokens`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub return_tokens: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -133,6 +163,11 @@ impl EngineClient {
             control,
             streaming,
         })
+    }
+
+    /// The engine's API key (for a test's direct calls to its own twin engine).
+    pub fn api_key(&self) -> &ApiKey {
+        &self.key
     }
 
     pub fn base_url(&self) -> &str {
@@ -208,6 +243,29 @@ impl EngineClient {
             .await
             .map_err(|e| EngineError::Protocol(format!("/apply-template: {e}")))?;
         Ok(body.prompt)
+    }
+
+    /// Token ids of `content` exactly as `/completion` tokenizes a text prompt (`POST /tokenize`
+    /// with the model's special tokens added and parsed).
+    pub async fn tokenize(&self, content: &str) -> Result<Vec<u32>, EngineError> {
+        #[derive(Deserialize)]
+        struct Tokens {
+            tokens: Vec<u32>,
+        }
+        let r = self
+            .control
+            .post(self.url("/tokenize"))
+            .bearer_auth(self.key.expose())
+            .json(&serde_json::json!({ "content": content, "add_special": true, "parse_special": true }))
+            .send()
+            .await
+            .map_err(|e| EngineError::Connect(e.to_string()))?;
+        let body: Tokens = check_status(r)
+            .await?
+            .json()
+            .await
+            .map_err(|e| EngineError::Protocol(format!("/tokenize: {e}")))?;
+        Ok(body.tokens)
     }
 
     /// Starts a streaming `/completion`. Dropping the returned stream closes the connection, which

@@ -81,6 +81,9 @@ pub struct CompletionFrame {
     pub stop: bool,
     #[serde(default)]
     pub stop_type: Option<String>,
+    /// The frame's token ids (with `return_tokens`; one per frame, none in the final one).
+    #[serde(default)]
+    pub tokens: Vec<u32>,
     #[serde(default)]
     pub tokens_predicted: Option<u64>,
     #[serde(default)]

@@ -90,6 +90,7 @@ pub struct RawPlacement {
     pub session_affinity: Option<bool>,
     pub allow_pin: Option<bool>,
     pub dispatch_retries: Option<u32>,
+    pub migration_limit: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -169,6 +170,8 @@ pub struct Config {
     pub session_affinity: bool,
     pub allow_pin: bool,
     pub dispatch_retries: u32,
+    /// Mid-stream migrations of one task to another engine (0: a lost engine ends the task).
+    pub migration_limit: u32,
     pub heartbeat_interval: Duration,
     pub heartbeat_timeout: Duration,
     pub worker_connect_timeout: Duration,
@@ -413,6 +416,7 @@ impl RawConfig {
             session_affinity: self.placement.session_affinity.unwrap_or(true),
             allow_pin: self.placement.allow_pin.unwrap_or(true),
             dispatch_retries: self.placement.dispatch_retries.unwrap_or(2),
+            migration_limit: self.placement.migration_limit.unwrap_or(2),
             heartbeat_interval,
             heartbeat_timeout,
             worker_connect_timeout: ms(self.worker.connect_timeout_ms, 2_000),

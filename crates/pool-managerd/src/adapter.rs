@@ -12,7 +12,7 @@ use api::events::StopReason;
 use api::worker::{DispatchInput, DispatchModel, DispatchRequest, WorkerEvent};
 use api::ErrorCode;
 use engine::sse::CompletionFrame;
-use engine::{ChatMessage, CompletionRequest, EngineClient, EngineError};
+use engine::{ChatMessage, CompletionRequest, EngineClient, EngineError, Prompt};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -132,9 +132,21 @@ impl TaskRun {
                 }
             }
         };
+        // A migrated task continues from its prompt's token ids followed by the ids it generated.
+        let prompt = match &self.req.resume {
+            None => Prompt::Text(prompt),
+            Some(generated) => match self.client.tokenize(&prompt).await {
+                Ok(mut ids) => {
+                    ids.extend_from_slice(generated);
+                    Prompt::Tokens(ids)
+                }
+                Err(e) => return engine_failure(e, false),
+            },
+        };
         let s = &self.req.params.sampling;
         let creq = CompletionRequest {
             prompt,
+            return_tokens: true,
             n_predict: self.req.params.max_tokens.max(1),
             stream: true,
             cache_prompt: true,
@@ -171,6 +183,11 @@ impl TaskRun {
         if self.tx.send(started_ev).await.is_err() {
             return Outcome::Stopped(StopReason::Canceled);
         }
+        // Token ids go with the text while every generated token's id was seen; the engine sends
+        // none for tokens that end inside a UTF-8 character, and from then on the task cannot be
+        // resumed exactly, so later lines carry no ids.
+        let mut ids_seen = 0u64;
+        let mut ids_whole = true;
         let far = tokio::time::Instant::now() + Duration::from_secs(365 * 24 * 3600);
         let deadline_at = deadline.unwrap_or(far);
         loop {
@@ -181,7 +198,7 @@ impl TaskRun {
                 _ = self.tx.closed() => return Outcome::Stopped(StopReason::Canceled),
                 _ = tokio::time::sleep_until(deadline_at) => return Outcome::Stopped(StopReason::Deadline),
             };
-            let frame = match next {
+            let mut frame = match next {
                 Err(_) => {
                     drop(frames);
                     self.confirm_free().await;
@@ -207,7 +224,26 @@ impl TaskRun {
                 return broken(*tokens_out, format!("the engine reported an error: {err}"));
             }
             self.track(&frame);
-            if !frame.content.is_empty() {
+            if ids_whole && !frame.stop {
+                ids_seen += frame.tokens.len() as u64;
+                ids_whole = frame.tokens_predicted.is_none_or(|n| n == ids_seen);
+            }
+            let ids = if ids_whole && !frame.stop {
+                std::mem::take(&mut frame.tokens)
+            } else {
+                Vec::new()
+            };
+            if frame.content.is_empty() && !ids.is_empty() {
+                // Text the engine holds back (a possible stop word) still carries its token id.
+                let ev = WorkerEvent::Token {
+                    i: *tokens_out,
+                    t: String::new(),
+                    ids,
+                };
+                if self.tx.send(ev).await.is_err() {
+                    return Outcome::Stopped(StopReason::Canceled);
+                }
+            } else if !frame.content.is_empty() {
                 if ttft.is_none() {
                     *ttft = Some(started.elapsed().as_millis() as u64);
                     tracing::info!(event = "engine.first_token", correlation_id = %self.req.correlation_id, task_id = %self.req.task_id, pool_id = %self.req.pool_id,
@@ -216,6 +252,7 @@ impl TaskRun {
                 let ev = WorkerEvent::Token {
                     i: *tokens_out,
                     t: frame.content.clone(),
+                    ids,
                 };
                 *tokens_out += 1;
                 if self.tx.send(ev).await.is_err() {

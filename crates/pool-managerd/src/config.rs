@@ -90,6 +90,8 @@ pub struct RawHeartbeat {
 pub struct RawCache {
     pub models_dir: Option<PathBuf>,
     pub engines_dir: Option<PathBuf>,
+    /// Where the engines' pid records live (default `~/.cache/llama-orch/run`).
+    pub run_dir: Option<PathBuf>,
     /// Size quota of the models cache; least recently used models no pool uses are evicted.
     pub models_max_bytes: Option<u64>,
 }
@@ -201,6 +203,8 @@ pub struct Config {
     pub models_dir: PathBuf,
     pub models_max_bytes: Option<u64>,
     pub engines_dir: PathBuf,
+    /// The engines' pid records (`<node>.<pool>.json`), read at start to stop orphans.
+    pub run_dir: PathBuf,
     pub hf_endpoint: String,
     pub hf_token: Option<Secret>,
     /// PEM of an extra trusted CA for model downloads.
@@ -441,6 +445,11 @@ impl RawConfig {
             models_dir,
             models_max_bytes: self.cache.models_max_bytes,
             engines_dir,
+            run_dir: self
+                .cache
+                .run_dir
+                .clone()
+                .unwrap_or_else(|| cache_root.join("run")),
             hf_endpoint,
             hf_token,
             fetch_ca_pem,

@@ -7,6 +7,7 @@ mod auth;
 mod cancel;
 mod catalog_cli;
 mod cli;
+mod faults;
 mod fixtures;
 mod happy;
 mod nodes;
@@ -60,9 +61,29 @@ fn scenarios() -> Vec<(&'static str, bool, Scenario)> {
             Box::pin(nodes::sigterm_deregisters(a))
         }),
         (
-            "worker_engine_killed_mid_stream_resets_and_recovers",
+            "worker_engine_killed_mid_stream_resets_and_recovers_with_migration_off",
             true,
             |a| Box::pin(worker::engine_killed_mid_stream(a)),
+        ),
+        (
+            "faults_engine_restart_is_waited_out_with_one_pool",
+            true,
+            |a| Box::pin(faults::restart_is_waited_out(a)),
+        ),
+        (
+            "faults_engine_killed_mid_stream_migrates_like_the_twin",
+            true,
+            |a| Box::pin(faults::migration_matches_twin(a)),
+        ),
+        (
+            "faults_pool_managerd_killed_mid_stream_leaves_no_engine",
+            true,
+            |a| Box::pin(faults::worker_killed_mid_stream(a)),
+        ),
+        (
+            "faults_llorch_up_restarts_a_killed_orchestratord",
+            true,
+            |a| Box::pin(faults::up_restarts_orchestratord(a)),
         ),
         ("worker_orchestratord_restart_reregisters", true, |a| {
             Box::pin(worker::orchestratord_restart_reregisters(a))

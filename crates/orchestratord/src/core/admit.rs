@@ -334,6 +334,14 @@ impl TaskEntry {
             deadline,
             started_sent: false,
             load: None,
+            failures: 0,
+            gen_ids: Vec::new(),
+            ids_sent: 0,
+            resumable: true,
+            migrations: 0,
+            resume_from: None,
+            migrated_from: None,
+            carried_first_token: None,
         }
     }
 }

@@ -123,6 +123,8 @@ pub struct PoolStats {
     tokens_out: Option<f64>,
     decode_tps: Option<f64>,
     ttft_ms: Option<f64>,
+    /// How long the pool took to come back to Ready after leaving it.
+    restart_ms: Option<f64>,
 }
 
 pub struct TaskEntry {
@@ -156,6 +158,22 @@ pub struct TaskEntry {
     started_sent: bool,
     /// The `load-model` command this task waits on, until its steps are reported completed.
     load: Option<CommandId>,
+    /// Failed attempts (refusals of a pool that is not Ready do not count).
+    failures: u32,
+    /// Engine token ids generated so far, over all attempts, while every one of them is known.
+    gen_ids: Vec<u32>,
+    /// How many of `gen_ids` the client has the text of: a continuation starts after these.
+    ids_sent: usize,
+    /// False once a token's text came without its ids: the task cannot be resumed exactly.
+    resumable: bool,
+    /// Mid-stream migrations so far (bounded by `placement.migration_limit`).
+    migrations: u32,
+    /// Set while the next dispatch continues the task after this many generated tokens.
+    resume_from: Option<usize>,
+    /// The pool and the cause of the last migration, for the narration once the task lands.
+    migrated_from: Option<(PoolId, &'static str)>,
+    /// The first token's moment, kept across a migration's return to the queue.
+    carried_first_token: Option<lifecycle::Stamp>,
 }
 
 impl TaskEntry {
@@ -327,6 +345,8 @@ impl<E: Effects> Core<E> {
                 },
                 state: if p.draining && p.status.state == PoolState::Ready {
                     PoolState::Draining
+                } else if p.unready && p.status.state == PoolState::Ready {
+                    PoolState::Starting
                 } else {
                     p.status.state
                 },

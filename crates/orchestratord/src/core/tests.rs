@@ -140,6 +140,7 @@ fn finish(core: &mut Core<Recorded>, id: TaskId, now: Instant) {
         WorkerEvent::Token {
             i: 0,
             t: "x".into(),
+            ids: vec![],
         },
         now,
     );
@@ -343,6 +344,7 @@ fn failover_before_first_token_and_reset_after() {
         WorkerEvent::Token {
             i: 0,
             t: "x".into(),
+            ids: vec![],
         },
         now,
     );
@@ -409,6 +411,7 @@ fn deadlines_while_queued_and_running() {
         WorkerEvent::Token {
             i: 0,
             t: "x".into(),
+            ids: vec![],
         },
         now,
     );
@@ -437,6 +440,7 @@ fn cancel_is_immediate_and_the_slot_waits_for_confirmation() {
         WorkerEvent::Token {
             i: 0,
             t: "a".into(),
+            ids: vec![],
         },
         now,
     );
@@ -447,6 +451,7 @@ fn cancel_is_immediate_and_the_slot_waits_for_confirmation() {
         WorkerEvent::Token {
             i: 1,
             t: "late".into(),
+            ids: vec![],
         },
         now,
     );
@@ -536,6 +541,7 @@ fn offline_node_fails_over_or_resets() {
         WorkerEvent::Token {
             i: 0,
             t: "x".into(),
+            ids: vec![],
         },
         now,
     );
@@ -1290,7 +1296,16 @@ fn cluster_events_follow_the_core() {
     // A token alone waits for the tick.
     let attempt = core.tasks[&a].attempts;
     for i in 0..3 {
-        core.on_worker(a, attempt, WorkerEvent::Token { i, t: "x".into() }, now);
+        core.on_worker(
+            a,
+            attempt,
+            WorkerEvent::Token {
+                i,
+                t: "x".into(),
+                ids: vec![],
+            },
+            now,
+        );
     }
     assert!(seen(&mut core, false).is_empty());
     let evs = seen(&mut core, true);
@@ -1323,4 +1338,272 @@ fn cluster_events_follow_the_core() {
             .any(|e| matches!(e, E::NodeRemoved { node_id } if *node_id == nid("n1"))),
         "{evs:?}"
     );
+}
+
+fn token(core: &mut Core<Recorded>, id: TaskId, attempt: u32, t: &str, ids: &[u32], now: Instant) {
+    let ev = WorkerEvent::Token {
+        i: 0,
+        t: t.into(),
+        ids: ids.to_vec(),
+    };
+    core.on_worker(id, attempt, ev, now);
+}
+
+fn with_state(p: PoolStatus, state: PoolState) -> PoolStatus {
+    PoolStatus { state, ..p }
+}
+
+#[test]
+fn a_pool_that_is_not_ready_is_waited_out() {
+    let now = Instant::now();
+    let mut core = core_with(|_| {});
+    register(&mut core, "n1", vec![pool("p1", 1)], now);
+    let t = submit(&mut core, Priority::Interactive, now).expect("admitted");
+    let refusal = api::ErrorEnvelope::new(ErrorCode::PoolUnready, "pool p1 is Starting");
+    core.on_relay_ended(
+        t,
+        1,
+        RelayEnd::Refused {
+            status: 503,
+            envelope: refusal,
+        },
+        now,
+    );
+    assert_eq!(
+        core.tasks[&t].state(),
+        TaskState::Queued,
+        "back in the queue"
+    );
+    assert_eq!(
+        dispatched(&core).len(),
+        1,
+        "not sent again to a pool that refused"
+    );
+    assert!(!frames(&core, t)
+        .iter()
+        .any(|f| matches!(f, Event::Error(_))));
+    // The node reports the restart at once; a task admitted meanwhile expects to wait for it.
+    heartbeat(
+        &mut core,
+        "n1",
+        1,
+        vec![with_state(pool("p1", 1), PoolState::Starting)],
+        vec![],
+        now,
+    );
+    let (adm, _) = core.submit(task(|_| {}), cid("c"), now).expect("queued");
+    assert!(adm.predicted_start_ms >= 5000, "{}", adm.predicted_start_ms);
+    core.tick(now + Duration::from_secs(1));
+    assert_eq!(core.tasks[&t].state(), TaskState::Queued, "still waiting");
+    heartbeat(
+        &mut core,
+        "n1",
+        2,
+        vec![pool("p1", 1)],
+        vec![],
+        now + Duration::from_secs(3),
+    );
+    assert_eq!(
+        dispatched(&core).len(),
+        2,
+        "dispatched once the pool is Ready"
+    );
+    assert_eq!(dispatched(&core)[1], (t, pid("p1")));
+    // The restart took 3 s: the next estimate uses it.
+    assert_eq!(core.stats["p1"].restart_ms, Some(3000.0));
+}
+
+#[test]
+fn a_task_whose_pools_cannot_come_back_fails_at_once() {
+    let now = Instant::now();
+    let mut core = core_with(|_| {});
+    register(&mut core, "n1", vec![pool("p1", 1)], now);
+    let t = submit(&mut core, Priority::Interactive, now).expect("admitted");
+    token(&mut core, t, 1, "a", &[1], now);
+    heartbeat(
+        &mut core,
+        "n1",
+        1,
+        vec![with_state(pool("p1", 1), PoolState::Failed)],
+        vec![],
+        now,
+    );
+    core.on_worker(
+        t,
+        1,
+        WorkerEvent::Error {
+            code: ErrorCode::WorkerReset,
+            message: "the engine stopped".into(),
+            retriable: true,
+            retry_after_ms: None,
+        },
+        now,
+    );
+    let last = frames(&core, t).last().cloned();
+    assert!(
+        matches!(&last, Some(Event::Error(e)) if e.code == ErrorCode::WorkerReset && e.message.contains("pool p1 is Failed")),
+        "{last:?}"
+    );
+}
+
+#[test]
+fn a_lost_engine_mid_stream_migrates_with_the_token_ids() {
+    let now = Instant::now();
+    let mut core = core_with(|_| {});
+    register(&mut core, "n1", vec![pool("a", 1)], now);
+    register(&mut core, "n2", vec![pool("b", 1)], now);
+    let t = submit(&mut core, Priority::Interactive, now).expect("admitted");
+    let first = dispatched(&core)[0].1.clone();
+    token(&mut core, t, 1, "x", &[5], now);
+    token(&mut core, t, 1, "y", &[6], now);
+    // Text the engine held back: its id came, its text did not; the continuation redoes it.
+    token(&mut core, t, 1, "", &[7], now);
+    core.on_worker(
+        t,
+        1,
+        WorkerEvent::Error {
+            code: ErrorCode::WorkerReset,
+            message: "the engine stopped while the task was running".into(),
+            retriable: true,
+            retry_after_ms: None,
+        },
+        now,
+    );
+    let job = core.effects.dispatched.last().expect("continued").clone();
+    assert_eq!(job.task, t);
+    assert_ne!(job.body.pool_id, first, "continued on the other pool");
+    assert_eq!(job.body.resume, Some(vec![5, 6]));
+    assert_eq!(job.body.params.max_tokens, 14);
+    token(&mut core, t, 2, "z", &[9], now);
+    core.on_worker(
+        t,
+        2,
+        WorkerEvent::End {
+            tokens_in: 4,
+            tokens_out: 3,
+            stop_reason: StopReason::Eos,
+            seed: Some(1),
+            engine_ttft_ms: Some(1),
+            engine_decode_ms: 1,
+        },
+        now,
+    );
+    let fr = frames(&core, t);
+    let idx: Vec<u64> = fr
+        .iter()
+        .filter_map(|f| match f {
+            Event::Token(k) => Some(k.i),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(idx, vec![0, 1, 2], "contiguous indices");
+    assert_eq!(
+        fr.iter().filter(|f| matches!(f, Event::Started(_))).count(),
+        1
+    );
+    assert!(fr.iter().any(|f| matches!(f, Event::Metrics(m)
+        if m.placement.as_ref().is_some_and(|p| p.migrated_after_tokens == Some(2) && p.attempt == 2))));
+    assert!(
+        matches!(fr.last(), Some(Event::End(e)) if e.tokens_out == 5 && e.tokens_in == 2),
+        "{:?}",
+        fr.last()
+    );
+}
+
+#[test]
+fn migration_limit_zero_ends_with_worker_reset() {
+    let now = Instant::now();
+    let mut core = core_with(|c| c.migration_limit = 0);
+    register(&mut core, "n1", vec![pool("a", 1)], now);
+    register(&mut core, "n2", vec![pool("b", 1)], now);
+    let t = submit(&mut core, Priority::Interactive, now).expect("admitted");
+    token(&mut core, t, 1, "x", &[5], now);
+    core.on_relay_ended(t, 1, RelayEnd::Broken("reset".into()), now);
+    assert!(
+        matches!(frames(&core, t).last(), Some(Event::Error(e)) if e.code == ErrorCode::WorkerReset)
+    );
+    assert_eq!(dispatched(&core).len(), 1);
+}
+
+#[test]
+fn a_reset_connection_takes_the_node_out_of_placement() {
+    let now = Instant::now();
+    let mut core = core_with(|_| {});
+    register(&mut core, "n1", vec![pool("a", 2)], now);
+    register(&mut core, "n2", vec![pool("b", 2)], now);
+    let t = submit(&mut core, Priority::Interactive, now).expect("admitted");
+    let (first, other) = if dispatched(&core)[0].1 == pid("a") {
+        ("n1", "b")
+    } else {
+        ("n2", "a")
+    };
+    core.on_relay_ended(
+        t,
+        1,
+        RelayEnd::Unreachable("connection refused".into()),
+        now,
+    );
+    assert_eq!(dispatched(&core)[1].1, pid(other));
+    // New work avoids the node until it heartbeats again.
+    for _ in 0..2 {
+        submit(&mut core, Priority::Interactive, now).expect("admitted");
+    }
+    assert!(dispatched(&core)[2..].iter().all(|(_, p)| *p == pid(other)));
+    let _ = first;
+}
+
+#[test]
+fn a_refused_continuation_waits_without_spending_a_migration() {
+    let now = Instant::now();
+    let mut core = core_with(|c| c.migration_limit = 1);
+    register(&mut core, "n1", vec![pool("a", 1)], now);
+    let t = submit(&mut core, Priority::Interactive, now).expect("admitted");
+    token(&mut core, t, 1, "x", &[5], now);
+    core.on_relay_ended(t, 1, RelayEnd::Broken("reset".into()), now);
+    assert_eq!(
+        core.tasks[&t].state(),
+        TaskState::Queued,
+        "waits for the pool to come back"
+    );
+    heartbeat(&mut core, "n1", 1, vec![pool("a", 1)], vec![], now);
+    assert_eq!(
+        core.effects
+            .dispatched
+            .last()
+            .and_then(|j| j.body.resume.clone()),
+        Some(vec![5])
+    );
+    let refusal = api::ErrorEnvelope::new(ErrorCode::PoolUnready, "pool a is Starting");
+    core.on_relay_ended(
+        t,
+        2,
+        RelayEnd::Refused {
+            status: 503,
+            envelope: refusal,
+        },
+        now,
+    );
+    assert_eq!(
+        core.tasks[&t].state(),
+        TaskState::Queued,
+        "a refusal is no second migration"
+    );
+    heartbeat(&mut core, "n1", 2, vec![pool("a", 1)], vec![], now);
+    let job = core.effects.dispatched.last().expect("dispatched").clone();
+    assert_eq!((job.attempt, job.body.resume), (3, Some(vec![5])));
+    token(&mut core, t, 3, "y", &[6], now);
+    core.on_worker(
+        t,
+        3,
+        WorkerEvent::End {
+            tokens_in: 3,
+            tokens_out: 1,
+            stop_reason: StopReason::Eos,
+            seed: Some(1),
+            engine_ttft_ms: Some(1),
+            engine_decode_ms: 1,
+        },
+        now,
+    );
+    assert!(matches!(frames(&core, t).last(), Some(Event::End(e)) if e.tokens_out == 2));
 }
