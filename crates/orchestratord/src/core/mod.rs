@@ -8,6 +8,8 @@
 //! dispatch attempt are ignored.
 
 pub mod admit;
+pub mod bus;
+pub mod changes;
 pub mod dispatch;
 pub mod lifecycle;
 pub mod models;
@@ -228,6 +230,8 @@ pub struct Core<E: Effects> {
     loads: provision::Loads,
     /// Tenants' policies and usage.
     tenants: tenants::Tenants,
+    /// The cluster event bus (`GET /v2/events`).
+    bus: bus::Bus,
 }
 
 impl<E: Effects> Core<E> {
@@ -250,6 +254,7 @@ impl<E: Effects> Core<E> {
             sessions,
             catalog,
             loads: provision::Loads::default(),
+            bus: bus::Bus::default(),
         }
     }
 
@@ -324,6 +329,7 @@ impl<E: Effects> Core<E> {
             }
         }
         self.queues.drop_empty();
+        self.bus.mark_queues();
         self.announce_positions();
         self.publish_gauges();
     }
