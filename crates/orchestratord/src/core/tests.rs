@@ -1703,3 +1703,37 @@ fn a_refused_continuation_waits_without_spending_a_migration() {
     );
     assert!(matches!(frames(&core, t).last(), Some(Event::End(e)) if e.tokens_out == 2));
 }
+
+/// Task events and task lists are scoped like task reads: a tenant sees its own tasks, an admin
+/// every tenant's, and fleet events go to every reader.
+#[test]
+fn task_events_reach_their_tenant_and_admins_only() {
+    use super::tenants::Scope;
+    let now = Instant::now();
+    let mut core = core_with(|_| {});
+    let mut feed = core.subscribe_events(None);
+    register(&mut core, "n1", vec![pool("p1", 1)], now);
+    let a = submit_as(&mut core, "a", now);
+    core.publish_changes(false);
+    let mut frames = vec![];
+    while let Ok(f) = feed.live.try_recv() {
+        frames.push(f);
+    }
+    let (tasks, fleet): (Vec<_>, Vec<_>) = frames
+        .iter()
+        .partition(|f| f.text.contains("event: task\n"));
+    assert_eq!(tasks.len(), 1, "{frames:?}");
+    assert!(tasks[0].text.contains(&a.to_string()));
+    assert!(tasks[0].visible_to(&Scope::All));
+    assert!(tasks[0].visible_to(&Scope::Tenant(tenant("a"))));
+    assert!(!tasks[0].visible_to(&Scope::Tenant(tenant("b"))));
+    assert!(!fleet.is_empty());
+    assert!(fleet
+        .iter()
+        .all(|f| f.visible_to(&Scope::Tenant(tenant("b")))));
+    assert!(core
+        .task_records(10, &Scope::Tenant(tenant("b")))
+        .is_empty());
+    assert_eq!(core.task_records(10, &Scope::Tenant(tenant("a"))).len(), 1);
+    assert_eq!(core.task_records(10, &Scope::All).len(), 1);
+}
