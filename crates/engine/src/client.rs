@@ -139,6 +139,12 @@ impl EngineClient {
         &self.base
     }
 
+    /// The engine's API key (for callers that speak to the engine's own routes, such as the
+    /// benchmarks' direct OpenAI-style calls).
+    pub fn api_key(&self) -> &ApiKey {
+        &self.key
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }
