@@ -114,7 +114,8 @@ impl Charged {
 pub async fn run(a: Args) -> anyhow::Result<()> {
     let root = std::env::current_dir()?;
     let bin_dir = match &a.bin_dir {
-        Some(d) => d.clone(),
+        // pool-managerd wants an absolute engine path.
+        Some(d) => std::fs::canonicalize(d).with_context(|| format!("{}", d.display()))?,
         None => {
             crate::build_release(&["orchestratord", "pool-managerd", "fake-engine", "llorch"])?;
             root.join("target/release")

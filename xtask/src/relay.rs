@@ -2,10 +2,13 @@
 //! one release orchestratord and one release pool-managerd, fed by a fake-engine pool that emits
 //! tokens as fast as they are taken (`FAKE_TOKEN_DELAY_MS=0`). Per level: tokens/s reaching the
 //! clients, CPU µs per relayed token of each daemon (utime + stime deltas from `/proc/<pid>/stat`
-//! over the measured window, divided by the tokens the clients received in it), the latency the
-//! relay adds to each token (the engine stamps each token's text with its wall-clock time; the
-//! client subtracts it on receipt), and each daemon's RSS. Then the fixed cost: CPU per request
-//! with one-token requests. Every level runs on a fresh stack.
+//! over the measured window, divided by the tokens the clients received in it), and each daemon's
+//! RSS. A saturated pipeline fills every socket buffer on the way, so the latency the relay adds to
+//! each token is measured in a second, paced run of the same level (the engine emits a fixed total
+//! rate, `--paced-rate`, well below capacity, and stamps each token's text with its wall-clock
+//! time; the client subtracts it on receipt), which also gives the CPU per token of a lightly
+//! loaded relay. Then the fixed cost: CPU per request with one-token requests. Every run starts a
+//! fresh stack.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -27,6 +30,9 @@ pub struct Args {
     /// Seconds measured per level, once every stream has its first token.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// Tokens per second, all streams together, of the paced run that measures added latency.
+    #[arg(long, default_value_t = 2000)]
+    paced_rate: u64,
     /// Concurrent one-token requests for the fixed-cost figure (0 skips it).
     #[arg(long, default_value_t = 8)]
     fixed_concurrency: usize,
@@ -40,8 +46,6 @@ const MODEL: &str = "relay-model";
 const POOL: &str = "relay-pool";
 /// Tokens a level's task may produce: more than any stream gets through in a window.
 const LONG_TASK: u64 = 60_000;
-/// Every `SAMPLE_EVERY`-th token of a stream is timed (timing all of them would load the client).
-const SAMPLE_EVERY: u64 = 8;
 
 /// The two daemons' pids.
 #[derive(Clone, Copy)]
@@ -59,14 +63,24 @@ struct Window {
     count: u64,
 }
 
-struct Level {
-    streams: usize,
+/// One run of a level: every stream open, then a measured window.
+struct Run {
     started: usize,
     failed: usize,
     w: Window,
-    /// Added latency per token, µs, sorted.
+    /// Added latency per token, µs, sorted (paced runs only).
     lat_us: Vec<f64>,
     rss_kib: (u64, u64),
+}
+
+struct Level {
+    streams: usize,
+    /// Tokens as fast as they are taken.
+    fast: Run,
+    /// Tokens at `paced_rate` in all.
+    paced: Run,
+    /// The engine's wait before each token in the paced run.
+    delay_ms: u64,
 }
 
 #[derive(Default)]
@@ -82,13 +96,15 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let nofile = raise_nofile();
     let root = std::env::current_dir()?;
     let bin = match &a.bin_dir {
-        Some(d) => d.clone(),
+        // pool-managerd wants an absolute engine path.
+        Some(d) => std::fs::canonicalize(d).with_context(|| format!("{}", d.display()))?,
         None => {
             crate::build_release(&["orchestratord", "pool-managerd", "fake-engine", "llorch"])?;
             root.join("target/release")
         }
     };
-    let need = a.levels.iter().max().copied().unwrap_or(0) * 2 + 64;
+    // Each process holds one socket per stream (pool-managerd also one per engine request).
+    let need = a.levels.iter().max().copied().unwrap_or(0) + 64;
     if (nofile as usize) < need {
         eprintln!("[bench] warning: the open-files limit is {nofile}; {need} may be needed");
     }
@@ -105,11 +121,13 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A fresh stack: orchestratord and one pool-managerd with one fake-engine pool of `slots` slots.
+/// A fresh stack: orchestratord and one pool-managerd with one fake-engine pool of `slots` slots,
+/// whose engine waits `delay_ms` before each token (0: as fast as they are taken).
 async fn stack(
     bin: &std::path::Path,
     dir: std::path::PathBuf,
     slots: usize,
+    delay_ms: u64,
 ) -> anyhow::Result<(Stack, Daemons)> {
     let _ = std::fs::remove_dir_all(&dir);
     let model = dir.join("relay-model.gguf");
@@ -139,7 +157,7 @@ async fn stack(
         }],
         env: vec![
             ("FAKE_TOKENS".into(), "1000000".into()),
-            ("FAKE_TOKEN_DELAY_MS".into(), "0".into()),
+            ("FAKE_TOKEN_DELAY_MS".into(), delay_ms.to_string()),
             ("FAKE_TOKEN_STAMP".into(), "1".into()),
         ],
         engine_keys: String::new(),
@@ -216,8 +234,35 @@ async fn level(
     clock: &CpuClock,
     n: usize,
 ) -> anyhow::Result<Level> {
-    eprintln!("[bench] level {n}: starting a stack with {n} slots");
-    let (stack, d) = stack(bin, root.join(format!("target/bench-relay/{n}")), n).await?;
+    let fast = run_level(a, bin, root, clock, n, 0).await?;
+    let delay_ms = (n as u64 * 1000 / a.paced_rate.max(1)).max(1);
+    let paced = run_level(a, bin, root, clock, n, delay_ms).await?;
+    Ok(Level {
+        streams: n,
+        fast,
+        paced,
+        delay_ms,
+    })
+}
+
+/// One run of `n` streams on a fresh stack whose engine waits `delay_ms` before each token;
+/// paced runs (`delay_ms` > 0) time every token.
+async fn run_level(
+    a: &Args,
+    bin: &std::path::Path,
+    root: &std::path::Path,
+    clock: &CpuClock,
+    n: usize,
+    delay_ms: u64,
+) -> anyhow::Result<Run> {
+    let what = if delay_ms == 0 {
+        "as fast as taken".to_string()
+    } else {
+        format!("one token every {delay_ms} ms per stream")
+    };
+    eprintln!("[bench] {n} streams, {what}: starting a stack");
+    let dir = root.join(format!("target/bench-relay/{n}-{delay_ms}"));
+    let (stack, d) = stack(bin, dir, n, delay_ms).await?;
     let client = client::Client::new(&stack.orchd_url, None)?;
     let sh = Arc::new(Shared::default());
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -230,6 +275,7 @@ async fn level(
             sh.clone(),
             stop_rx.clone(),
             permit,
+            delay_ms > 0,
         )));
     }
     let t_open = Instant::now();
@@ -239,7 +285,7 @@ async fn level(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     eprintln!(
-        "[bench] level {n}: {} streams running after {:.1} s; measuring {} s",
+        "[bench] {} streams running after {:.1} s; measuring {} s",
         sh.started.load(Ordering::Relaxed),
         t_open.elapsed().as_secs_f64(),
         a.seconds
@@ -256,8 +302,7 @@ async fn level(
     }
     lat_us.sort_by(f64::total_cmp);
     kill_stack(stack).await;
-    Ok(Level {
-        streams: n,
+    Ok(Run {
         started: sh.started.load(Ordering::Relaxed),
         failed: sh.failed.load(Ordering::Relaxed),
         w,
@@ -266,13 +311,14 @@ async fn level(
     })
 }
 
-/// One long task: counts its tokens, and while a window is measured, times every
-/// `SAMPLE_EVERY`-th token against the engine's stamp. Returns the samples (µs).
+/// One long task: counts its tokens, and when `timed`, times each token received in the
+/// measured window against the engine's stamp. Returns the samples (µs).
 async fn one_stream(
     c: client::Client,
     sh: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
     permit: tokio::sync::OwnedSemaphorePermit,
+    timed: bool,
 ) -> Vec<f64> {
     let mut permit = Some(permit);
     let mut samples = vec![];
@@ -302,7 +348,7 @@ async fn one_stream(
                     sh.started.fetch_add(1, Ordering::Relaxed);
                 }
                 sh.count.fetch_add(1, Ordering::Relaxed);
-                if t.i % SAMPLE_EVERY == 0 && sh.measuring.load(Ordering::Relaxed) {
+                if timed && sh.measuring.load(Ordering::Relaxed) {
                     if let Some(us) = added_us(&t.t) {
                         samples.push(us);
                     }
@@ -338,7 +384,7 @@ async fn fixed_cost(
 ) -> anyhow::Result<Window> {
     let c = a.fixed_concurrency;
     eprintln!("[bench] fixed cost: {c} clients of one-token requests");
-    let (stack, d) = stack(bin, root.join("target/bench-relay/fixed"), c).await?;
+    let (stack, d) = stack(bin, root.join("target/bench-relay/fixed"), c, 0).await?;
     let client = client::Client::new(&stack.orchd_url, None)?;
     let sh = Arc::new(Shared::default());
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -400,31 +446,47 @@ fn pct(v: &[f64], p: f64) -> f64 {
 
 fn print_report(a: &Args, nofile: u64, fixed: Option<&Window>, levels: &[Level], hz: f64) {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    println!("\nbench relay: release orchestratord + pool-managerd, one fake-engine pool emitting tokens as fast as they are taken; {} s windows; {cores} cores; open-files limit {nofile}\n", a.seconds);
-    println!("| streams | tokens/s | orchestratord CPU per token | pool-managerd CPU per token | added latency per token p50 / p99 | RSS orchestratord / pool-managerd |");
+    let streams = |n: usize, r: &Run| {
+        let mut s = r.started.to_string();
+        if r.started < n {
+            s.push_str(&format!(" of {n}"));
+        }
+        if r.failed > 0 {
+            s.push_str(&format!(" ({} failed)", r.failed));
+        }
+        s
+    };
+    let per = |r: &Run, cpu: f64| cpu * 1e6 / r.w.count.max(1) as f64;
+    println!("\nbench relay: release orchestratord + pool-managerd, one fake-engine pool; {} s windows; {cores} cores shared by the daemons, the engine and the clients; open-files limit {nofile}\n", a.seconds);
+    println!("Tokens as fast as they are taken:\n");
+    println!("| streams | tokens/s | orchestratord CPU per token | pool-managerd CPU per token | RSS orchestratord / pool-managerd |");
+    println!("|---|---|---|---|---|");
+    for l in levels {
+        let r = &l.fast;
+        println!(
+            "| {} | {:.0} | {:.1} µs | {:.1} µs | {:.0} / {:.0} MiB |",
+            streams(l.streams, r),
+            r.w.count as f64 / r.w.secs,
+            per(r, r.w.cpu.0),
+            per(r, r.w.cpu.1),
+            r.rss_kib.0 as f64 / 1024.0,
+            r.rss_kib.1 as f64 / 1024.0,
+        );
+    }
+    println!("\nPaced, {} tokens/s in all (added latency = client receipt − engine stamp, every token):\n", a.paced_rate);
+    println!("| streams | one token per stream every | tokens/s | added latency per token p50 / p99 | orchestratord CPU per token | pool-managerd CPU per token |");
     println!("|---|---|---|---|---|---|");
     for l in levels {
-        let per = |cpu: f64| cpu * 1e6 / l.w.count.max(1) as f64;
-        let failed = if l.failed > 0 {
-            format!(" ({} failed)", l.failed)
-        } else {
-            String::new()
-        };
+        let r = &l.paced;
         println!(
-            "| {}{} | {:.0} | {:.1} µs | {:.1} µs | {:.2} / {:.2} ms | {:.0} / {:.0} MiB |",
-            l.started,
-            if l.started < l.streams {
-                format!(" of {}{failed}", l.streams)
-            } else {
-                failed
-            },
-            l.w.count as f64 / l.w.secs,
-            per(l.w.cpu.0),
-            per(l.w.cpu.1),
-            pct(&l.lat_us, 0.5) / 1000.0,
-            pct(&l.lat_us, 0.99) / 1000.0,
-            l.rss_kib.0 as f64 / 1024.0,
-            l.rss_kib.1 as f64 / 1024.0,
+            "| {} | {} ms | {:.0} | {:.2} / {:.2} ms | {:.1} µs | {:.1} µs |",
+            streams(l.streams, r),
+            l.delay_ms,
+            r.w.count as f64 / r.w.secs,
+            pct(&r.lat_us, 0.5) / 1000.0,
+            pct(&r.lat_us, 0.99) / 1000.0,
+            per(r, r.w.cpu.0),
+            per(r, r.w.cpu.1),
         );
     }
     if let Some(f) = fixed {
@@ -440,7 +502,7 @@ fn print_report(a: &Args, nofile: u64, fixed: Option<&Window>, levels: &[Level],
             per(f.cpu.1)
         );
     }
-    println!("\nCPU: utime + stime deltas of each daemon from /proc/<pid>/stat over the window ({hz} ticks/s), divided by the tokens (requests) the clients received in it. Latency: client receipt time minus the wall-clock stamp fake-engine puts in each token's text (FAKE_TOKEN_STAMP=1), every {SAMPLE_EVERY}th token. RSS: VmRSS at the end of the window. Targets: ≤ 10 µs CPU per token and ≤ 1 ms CPU per request per daemon.");
+    println!("\nCPU: utime + stime deltas of each daemon from /proc/<pid>/stat over the window ({hz} ticks/s), divided by the tokens (requests) the clients received in it. Latency: client receipt time minus the wall-clock stamp fake-engine puts in each token's text (FAKE_TOKEN_STAMP=1). RSS: VmRSS at the end of the window. Targets: ≤ 10 µs CPU per token and ≤ 1 ms CPU per request per daemon.");
 }
 
 #[cfg(test)]

@@ -173,13 +173,29 @@ impl TaskRun {
         }
         let far = tokio::time::Instant::now() + Duration::from_secs(365 * 24 * 3600);
         let deadline_at = deadline.unwrap_or(far);
+        // One deadline timer for the whole stream, not one per frame.
+        let deadline_sleep = tokio::time::sleep_until(deadline_at);
+        tokio::pin!(deadline_sleep);
         loop {
+            // Checked first on every frame, so a fast engine cannot starve a cancel; the select
+            // below is biased towards a frame that is already there, which it then takes without
+            // arming the other branches.
+            if self.cancel.is_cancelled() || self.tx.is_closed() {
+                return Outcome::Stopped(StopReason::Canceled);
+            }
+            if self.lost.is_cancelled() {
+                return lost(*tokens_out);
+            }
+            if tokio::time::Instant::now() >= deadline_at {
+                return Outcome::Stopped(StopReason::Deadline);
+            }
             let next = tokio::select! {
+                biased;
                 n = tokio::time::timeout(self.idle_timeout, frames.next()) => n,
                 _ = self.cancel.cancelled() => return Outcome::Stopped(StopReason::Canceled),
                 _ = self.lost.cancelled() => return lost(*tokens_out),
                 _ = self.tx.closed() => return Outcome::Stopped(StopReason::Canceled),
-                _ = tokio::time::sleep_until(deadline_at) => return Outcome::Stopped(StopReason::Deadline),
+                _ = &mut deadline_sleep => return Outcome::Stopped(StopReason::Deadline),
             };
             let frame = match next {
                 Err(_) => {
@@ -203,6 +219,7 @@ impl TaskRun {
                 Ok(Some(Err(e))) => return broken(*tokens_out, e.to_string()),
                 Ok(Some(Ok(f))) => f,
             };
+            let mut frame = frame;
             if let Some(err) = &frame.error {
                 return broken(*tokens_out, format!("the engine reported an error: {err}"));
             }
@@ -213,9 +230,10 @@ impl TaskRun {
                     tracing::info!(event = "engine.first_token", correlation_id = %self.req.correlation_id, task_id = %self.req.task_id, pool_id = %self.req.pool_id,
                         node_id = %self.req.node_id, duration_ms = ttft.unwrap_or(0), "First token of task {} after {} ms", self.req.task_id, ttft.unwrap_or(0));
                 }
+                // The end event reads the frame's counts and timings, never its text.
                 let ev = WorkerEvent::Token {
                     i: *tokens_out,
-                    t: frame.content.clone(),
+                    t: std::mem::take(&mut frame.content),
                 };
                 *tokens_out += 1;
                 if self.tx.send(ev).await.is_err() {
