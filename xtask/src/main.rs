@@ -2,6 +2,8 @@
 //! a llama-server with the same binary, model and flags, alternating, several rounds; prints median
 //! and p90 time-to-first-token and tokens/s for both, and the ratios.
 
+mod chaos;
+mod fairness;
 mod fetch;
 mod layout;
 mod openapi;
@@ -41,6 +43,10 @@ enum Bench {
     Scale(scale::Args),
     /// The models cache's download versus a plain download of the same file.
     Fetch(fetch::Args),
+    /// Two tenants at 3× capacity (90% / 10%): goodput share and queue wait, fair queuing vs FIFO.
+    Fairness(fairness::Args),
+    /// Real engines and workers killed, restarted and stopped under load: how tasks end.
+    Chaos(chaos::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -54,6 +60,8 @@ fn main() -> anyhow::Result<()> {
                 Bench::Relay(a) => rt.block_on(relay::run(a)),
                 Bench::Scale(a) => rt.block_on(scale::run(a)),
                 Bench::Fetch(a) => rt.block_on(fetch::run(a)),
+                Bench::Fairness(a) => rt.block_on(fairness::run(a)),
+                Bench::Chaos(a) => rt.block_on(chaos::run(a)),
             }
         }
     }

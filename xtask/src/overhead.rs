@@ -197,6 +197,8 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         extra_args: vec![],
         log_path: dir.join("direct-engine.log"),
         start_timeout: Duration::from_secs(60),
+        die_with_parent: false,
+        pid_record: None,
     })
     .await
     .context("starting the direct llama-server")?;
@@ -338,10 +340,10 @@ impl Paths<'_> {
                 if r == Route::V2Prompt {
                     req.prompt = Some(prompt.into());
                 } else {
-                    req.messages = Some(vec![api::task::Message {
-                        role: api::task::Role::User,
-                        content: prompt.into(),
-                    }]);
+                    req.messages = Some(vec![api::task::Message::text(
+                        api::task::Role::User,
+                        prompt,
+                    )]);
                 }
                 req.max_tokens = Some(self.max_tokens);
                 req.temperature = Some(0.0);
@@ -567,6 +569,8 @@ impl Litellm {
                 "1",
             ])
             .env("LLORCH_TWIN_KEY", engine.api_key().expose())
+            // The proxy refuses to start without a master key; requests present it.
+            .env("LITELLM_MASTER_KEY", "sk-bench")
             .env("LITELLM_LOG", "ERROR")
             .env("LITELLM_TELEMETRY", "False")
             .env("NO_DOCS", "True")

@@ -243,6 +243,7 @@ fn pool(i: usize, slots: u32) -> PoolStatus {
         slots_total: slots,
         slots_free: slots,
         ctx_per_slot: 1024,
+        workload: api::task::Workload::Completion,
         models: vec![LoadedModel {
             id: id(MODEL),
             model_ref: "file:/scale.gguf".into(),
@@ -303,6 +304,8 @@ async fn dispatch(_body: Bytes, hold: Duration) -> axum::response::Response {
                 WorkerEvent::Token {
                     i: k - 1,
                     t: "x".into(),
+                    logprobs: vec![],
+                    ids: vec![],
                 }
             }
             k if k == tokens + 1 => WorkerEvent::End {

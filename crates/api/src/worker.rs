@@ -17,8 +17,20 @@ pub struct DispatchModel {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum DispatchInput {
-    Prompt { prompt: String },
-    Messages { messages: Vec<Message> },
+    Prompt {
+        prompt: String,
+    },
+    Messages {
+        messages: Vec<Message>,
+        /// The tools offered to the model; a chat with tools runs on the engine's own chat
+        /// endpoint, which renders them into the template and parses the calls.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tools: Option<crate::tools::Tools>,
+    },
+    /// An embedding task: one vector per item, from the pool's embedding engine.
+    Embed {
+        input: Vec<crate::task::EmbedItem>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -44,6 +56,11 @@ pub struct DispatchRequest {
     pub params: DispatchParams,
     pub deadline_remaining_ms: Option<u64>,
     pub priority: Priority,
+    /// A migrated task's continuation: the token ids it already generated, in order. The worker
+    /// runs the original prompt's token ids followed by these, with `params.max_tokens` the rest
+    /// of the budget (API.md §13.2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume: Option<Vec<u32>>,
 }
 
 /// One NDJSON line of the dispatch stream; `seq` counts lines from 0.
@@ -65,6 +82,22 @@ pub enum WorkerEvent {
     Token {
         i: u64,
         t: String,
+        /// The engine token ids this line covers (empty: not known, so the task cannot be resumed
+        /// from here). A line may carry ids with empty text (text the engine holds back).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        ids: Vec<u32>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        logprobs: Vec<crate::tools::TokenLogprob>,
+    },
+    /// The vector of input item `index` of an embedding task.
+    Embedding {
+        index: u32,
+        embedding: Vec<f32>,
+    },
+    /// A piece of a tool call the engine parsed out of the model's output.
+    ToolCall {
+        #[serde(flatten)]
+        delta: crate::tools::ToolCallDelta,
     },
     Metrics {
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -114,6 +147,8 @@ mod tests {
             event: WorkerEvent::Token {
                 i: 2,
                 t: "x".into(),
+                logprobs: vec![],
+                ids: vec![],
             },
         };
         let s = serde_json::to_string(&l).unwrap();

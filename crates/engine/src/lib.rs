@@ -10,7 +10,7 @@ pub mod provision;
 pub mod sse;
 pub mod version;
 
-pub use client::{ApiKey, ChatMessage, CompletionRequest, EngineClient, EngineError};
+pub use client::{ApiKey, ChatMessage, CompletionRequest, EngineClient, EngineError, Prompt};
 pub use process::{launch, LaunchError, LaunchSpec, RunningEngine};
 pub use provision::{
     provision, EngineBuild, EngineSource, GpuPolicy, Progress, ProvisionError, ProvisionRequest,

@@ -31,6 +31,12 @@ pub struct LaunchSpec {
     pub extra_args: Vec<String>,
     pub log_path: PathBuf,
     pub start_timeout: Duration,
+    /// The engine gets SIGKILL when the process that launched it dies (pool-managerd's engines,
+    /// so that none outlives its supervisor and holds memory nobody can free).
+    pub die_with_parent: bool,
+    /// Where to record the engine's pid and process start time, written atomically at spawn, so
+    /// that a restarted supervisor can find and stop the engines of its previous life.
+    pub pid_record: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -159,8 +165,21 @@ async fn launch_with_key(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    if spec.die_with_parent {
+        die_with_parent(&mut cmd);
+    }
     let mut child = cmd.spawn().map_err(|e| spawn_err(e.to_string()))?;
     let pid = child.id().unwrap_or(0);
+    if let Some(path) = &spec.pid_record {
+        if let Err(e) = write_pid_record(path, pid) {
+            tracing::warn!(
+                event = "engine.pid_record",
+                pid = pid,
+                "Cannot record engine pid {pid} in {}: {e}",
+                path.display()
+            );
+        }
+    }
     let (port_tx, port_rx) = oneshot::channel();
     pump_logs(&mut child, log, port_tx);
 
@@ -218,6 +237,84 @@ async fn launch_with_key(
         log_path: spec.log_path.clone(),
         started_at: Instant::now(),
     })
+}
+
+/// Makes the child get SIGKILL when its parent dies. The flag is set between fork and exec; if the
+/// parent died before that, the child sees a new parent and exits at once instead of running.
+#[allow(unsafe_code)]
+fn die_with_parent(cmd: &mut Command) {
+    let parent = nix::unistd::Pid::this();
+    // SAFETY: the closure runs in the forked child before exec and calls only async-signal-safe
+    // syscalls (prctl, getppid); it allocates nothing and touches no lock.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)?;
+            if nix::unistd::getppid() != parent {
+                return Err(std::io::Error::other("the launching process is gone"));
+            }
+            Ok(())
+        });
+    }
+}
+
+/// An engine's pid and process start time (clock ticks since boot, `/proc/<pid>/stat` field 22):
+/// together they name one process, never a later one that reused the pid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PidRecord {
+    pub pid: u32,
+    pub start_time: u64,
+}
+
+/// Writes `path` as a whole or not at all (a temporary file renamed into place).
+fn write_pid_record(path: &Path, pid: u32) -> std::io::Result<()> {
+    let start_time = crate::handoff::process_start_time(pid)
+        .ok_or_else(|| std::io::Error::other("the engine exited at once"))?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let body = serde_json::to_vec(&PidRecord { pid, start_time }).map_err(std::io::Error::other)?;
+    std::fs::write(&tmp, body)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Stops the engines recorded in `dir` under names starting with `prefix` that are still the
+/// same processes (pid and start time), SIGTERM then SIGKILL after `grace`, and removes their
+/// records. Returns the pids it stopped.
+pub async fn stop_recorded(dir: &Path, prefix: &str, grace: Duration) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return vec![];
+    };
+    let mut stopped = vec![];
+    for path in entries.filter_map(Result::ok).map(|e| e.path()) {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if !name.starts_with(prefix) || !name.ends_with(".json") {
+            continue;
+        }
+        let record = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<PidRecord>(&b).ok());
+        if let Some(r) = record {
+            if crate::handoff::process_start_time(r.pid) == Some(r.start_time) {
+                use nix::sys::signal::Signal;
+                let pgid = nix::unistd::Pid::from_raw(r.pid as i32);
+                let _ = nix::sys::signal::killpg(pgid, Signal::SIGTERM);
+                let until = Instant::now() + grace;
+                while crate::handoff::process_start_time(r.pid) == Some(r.start_time)
+                    && Instant::now() < until
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                if crate::handoff::process_start_time(r.pid) == Some(r.start_time) {
+                    let _ = nix::sys::signal::killpg(pgid, Signal::SIGKILL);
+                }
+                stopped.push(r.pid);
+            }
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+    stopped
 }
 
 /// Copies the child's stdout and stderr to the log file and reports the port from the
@@ -392,6 +489,50 @@ pub async fn spawn_detached(
 mod tests {
     use super::*;
 
+    use std::os::unix::process::ExitStatusExt;
+
+    /// A restarted supervisor stops the process its record names, and only that process: a
+    /// record whose start time does not match (a reused pid) is dropped without a signal.
+    #[tokio::test]
+    async fn recorded_engines_are_stopped_and_only_they() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spawn = || {
+            let mut c = std::process::Command::new("sleep");
+            c.arg("60");
+            std::os::unix::process::CommandExt::process_group(&mut c, 0);
+            c.spawn().expect("sleep")
+        };
+        let (mut orphan, mut other) = (spawn(), spawn());
+        write_pid_record(&dir.path().join("n1.p1.json"), orphan.id()).expect("record");
+        let stale = PidRecord {
+            pid: other.id(),
+            start_time: crate::handoff::process_start_time(other.id()).expect("alive") + 1,
+        };
+        std::fs::write(
+            dir.path().join("n1.p2.json"),
+            serde_json::to_vec(&stale).expect("json"),
+        )
+        .expect("stale record");
+        write_pid_record(&dir.path().join("n2.p1.json"), other.id()).expect("other node");
+        let stopped = stop_recorded(dir.path(), "n1.", Duration::from_secs(5)).await;
+        assert_eq!(stopped, vec![orphan.id()]);
+        assert!(
+            orphan.wait().expect("wait").signal().is_some(),
+            "the orphan was signalled"
+        );
+        assert!(
+            other.try_wait().expect("try_wait").is_none(),
+            "the other process runs on"
+        );
+        assert!(!dir.path().join("n1.p1.json").exists() && !dir.path().join("n1.p2.json").exists());
+        assert!(
+            dir.path().join("n2.p1.json").exists(),
+            "another node's record stays"
+        );
+        other.kill().expect("kill");
+        let _ = other.wait();
+    }
+
     #[test]
     fn port_from_log_line() {
         assert_eq!(
@@ -421,6 +562,8 @@ mod tests {
             extra_args: vec![],
             log_path: "/tmp/x.log".into(),
             start_timeout: Duration::from_secs(1),
+            die_with_parent: false,
+            pid_record: None,
         };
         let args = spec.args(Path::new("/tmp/keyfile"));
         let joined = args.join(" ");

@@ -205,6 +205,13 @@ async fn crash(st: &AppState, tx: &mpsc::Sender<Bytes>) -> ! {
     std::process::exit(CRASH_EXIT_CODE);
 }
 
+/// Wall-clock µs since the Unix epoch (`FAKE_TOKEN_STAMP`): comparable across processes.
+fn unix_micros() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,11 +290,4 @@ mod tests {
             Some("exceed_context_size_error")
         );
     }
-}
-
-/// Wall-clock µs since the Unix epoch (`FAKE_TOKEN_STAMP`): comparable across processes.
-fn unix_micros() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros())
 }

@@ -157,6 +157,8 @@ async fn start(a: StartArgs) -> anyhow::Result<()> {
         extra_args: vec![],
         log_path: a.handoff_dir.join(format!("{pool_id}.log")),
         start_timeout: std::time::Duration::from_secs(120),
+        die_with_parent: false,
+        pid_record: None,
     };
     let (pid, client) = engine::process::spawn_detached(&spec, key, &key_file).await?;
     let props = client.props().await?;

@@ -40,6 +40,22 @@ pub struct StackSpec {
     pub registration_token: Option<String>,
 }
 
+/// The two daemons of a stack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Daemon {
+    Orchestratord,
+    PoolManagerd,
+}
+
+impl std::fmt::Display for Daemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Daemon::Orchestratord => "orchestratord",
+            Daemon::PoolManagerd => "pool-managerd",
+        })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum EngineChoice {
     Source { archive: PathBuf, sha256: String },
@@ -209,9 +225,10 @@ impl Stack {
         let engine = engine_toml(&node.engine);
         let mut text = format!(
             "[node]\nid = {id:?}\nmachine_id = {id:?}\n[server]\nbind = \"127.0.0.1:{port}\"\n[orchestrator]\nurl = {url:?}\n[heartbeat]\ninterval_ms = {hi}\n\
-             [cache]\nengines_dir = {engines:?}\nmodels_dir = {models:?}\n[handoff]\ndir = {handoff:?}\n[engine]\nstart_timeout_ms = 60000\n{keys}[engines.default]\n{engine}\n",
+             [cache]\nengines_dir = {engines:?}\nmodels_dir = {models:?}\nrun_dir = {run:?}\n[handoff]\ndir = {handoff:?}\n[engine]\nstart_timeout_ms = 60000\n{keys}[engines.default]\n{engine}\n",
             models = self.spec.dir.join("models").display().to_string(),
             handoff = self.spec.dir.join(format!("handoff-{}", node.node_id)).display().to_string(),
+            run = self.spec.dir.join("run").display().to_string(),
             keys = node.engine_keys,
             id = node.node_id,
             url = self.orchd_url,
@@ -241,6 +258,15 @@ impl Stack {
             worker_url,
         });
         Ok(self.nodes.len() - 1)
+    }
+
+    /// Starts the pool-managerd of added node `i` again on its config (after it exited or was
+    /// killed).
+    pub fn respawn_node(&mut self, i: usize) -> anyhow::Result<()> {
+        let n = self.nodes.get_mut(i).context("no such node")?;
+        let cmd = command(&self.spec.bin_dir.join("pool-managerd"), &n.config, &n.log);
+        n.child = Some(cmd?.spawn().context("cannot start pool-managerd")?);
+        Ok(())
     }
 
     /// Waits until every pool in `pools` is Ready at orchestratord.
@@ -382,6 +408,48 @@ impl Stack {
         .await
     }
 
+    /// Reaps a daemon of this stack that exited on its own: which one and how (None while both
+    /// run). The exited child is dropped, so [`Stack::respawn`] can start it again.
+    pub fn exited(&mut self) -> Option<(Daemon, std::process::ExitStatus)> {
+        if let Some(Ok(Some(status))) = self.orchd.as_mut().map(|c| c.try_wait()) {
+            self.orchd = None;
+            return Some((Daemon::Orchestratord, status));
+        }
+        if let Some(Ok(Some(status))) = self.pool_managerd.as_mut().map(|c| c.try_wait()) {
+            self.pool_managerd = None;
+            return Some((Daemon::PoolManagerd, status));
+        }
+        None
+    }
+
+    /// Starts `daemon` again on its config (orchestratord: and waits for its health check).
+    pub async fn respawn(&mut self, daemon: Daemon) -> anyhow::Result<()> {
+        match daemon {
+            Daemon::Orchestratord => {
+                let cfg = self.spec.dir.join("orchestratord.toml");
+                self.orchd = Some(spawn(
+                    &self.spec.bin_dir.join("orchestratord"),
+                    &cfg,
+                    &self.orchd_log,
+                )?);
+                self.wait_http(
+                    &format!("{}/health", self.orchd_url),
+                    Duration::from_secs(20),
+                )
+                .await
+            }
+            Daemon::PoolManagerd => self.start_pool_managerd(),
+        }
+    }
+
+    /// The log file of `daemon`.
+    pub fn log_of(&self, daemon: Daemon) -> &Path {
+        match daemon {
+            Daemon::Orchestratord => &self.orchd_log,
+            Daemon::PoolManagerd => &self.pm_log,
+        }
+    }
+
     /// Sends SIGTERM to pool-managerd and waits for it to exit.
     pub async fn stop_pool_managerd(&mut self) -> anyhow::Result<std::process::ExitStatus> {
         let Some(mut c) = self.pool_managerd.take() else {
@@ -433,10 +501,11 @@ fn pool_managerd_toml(spec: &StackSpec, orchd_url: &str) -> String {
         .unwrap_or_default();
     format!(
         "[node]\nid = {node:?}\n[server]\nbind = \"127.0.0.1:{wport}\"\n[orchestrator]\nurl = {orchd_url:?}\n{reg}[heartbeat]\ninterval_ms = {hi}\n\
-         [cache]\nengines_dir = {engines:?}\n[engine]\n{threads}[engines.default]\n{engine}\n\
+         [cache]\nengines_dir = {engines:?}\nrun_dir = {run:?}\n[engine]\n{threads}[engines.default]\n{engine}\n\
          [handoff]\ndir = {handoff:?}\n\
          [[pools]]\nid = {pool:?}\nmodel_ref = {mref:?}\nmodel_id = {mid:?}\nctx = {ctx}\nslots = {slots}\ndevices = {devices:?}\ngpu_policy = {policy:?}\n{extra}\n",
         handoff = spec.dir.join("handoff").display().to_string(),
+        run = spec.dir.join("run").display().to_string(),
         node = spec.node_id,
         reg = spec.registration_token.as_ref().map(|t| format!("registration_token = {t:?}\n")).unwrap_or_default(),
         wport = spec.worker_port,

@@ -118,7 +118,7 @@ pub async fn run(a: UpArgs) -> anyhow::Result<()> {
     );
     println!("  curl -sN {}/v2/tasks/<task_id>/events", stack.orchd_url);
     println!("Press Ctrl-C to stop.");
-    wait_for_signal().await;
+    supervise(&mut stack).await;
     eprintln!("\n[up] stopping pool-managerd and orchestratord");
     stack.shutdown().await?;
     eprintln!("[up] stopped");
@@ -146,6 +146,55 @@ async fn first_haiku(stack: &Stack, model: &str, dir: &std::path::Path) {
             r.run_dir.display()
         ),
         Err(e) => println!("\n\n[up] the first haiku failed: {e:#}"),
+    }
+}
+
+/// Serves until Ctrl-C or SIGTERM. A daemon that exits is reported (which one, its exit status,
+/// the last lines of its log) and started again after a backoff that doubles for each exit
+/// within a minute of the last restart (1 s up to 30 s).
+async fn supervise(stack: &mut Stack) {
+    let mut signal = std::pin::pin!(wait_for_signal());
+    let mut backoff = [Duration::from_secs(1); 2];
+    let mut last_restart = [None::<std::time::Instant>; 2];
+    loop {
+        tokio::select! {
+            _ = &mut signal => return,
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+        let Some((daemon, status)) = stack.exited() else {
+            continue;
+        };
+        let k = daemon as usize;
+        eprintln!(
+            "[up] {daemon} exited ({status}); last lines of {}:\n{}",
+            stack.log_of(daemon).display(),
+            llorch::stack::tail(stack.log_of(daemon), 10)
+        );
+        if last_restart[k]
+            .is_some_and(|t: std::time::Instant| t.elapsed() < Duration::from_secs(60))
+        {
+            backoff[k] = (backoff[k] * 2).min(Duration::from_secs(30));
+        } else {
+            backoff[k] = Duration::from_secs(1);
+        }
+        loop {
+            eprintln!("[up] restarting {daemon} in {} s", backoff[k].as_secs());
+            tokio::select! {
+                _ = &mut signal => return,
+                _ = tokio::time::sleep(backoff[k]) => {}
+            }
+            last_restart[k] = Some(std::time::Instant::now());
+            match stack.respawn(daemon).await {
+                Ok(()) => {
+                    eprintln!("[up] {daemon} restarted; serving at {}", stack.orchd_url);
+                    break;
+                }
+                Err(e) => {
+                    eprintln!("[up] {daemon} did not come back: {e:#}");
+                    backoff[k] = (backoff[k] * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
     }
 }
 

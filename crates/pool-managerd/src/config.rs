@@ -90,6 +90,8 @@ pub struct RawHeartbeat {
 pub struct RawCache {
     pub models_dir: Option<PathBuf>,
     pub engines_dir: Option<PathBuf>,
+    /// Where the engines' pid records live (default `~/.cache/llama-orch/run`).
+    pub run_dir: Option<PathBuf>,
     /// Size quota of the models cache; least recently used models no pool uses are evicted.
     pub models_max_bytes: Option<u64>,
 }
@@ -134,6 +136,10 @@ pub struct RawPool {
     pub gpu_policy: Option<String>,
     pub engine_source: Option<String>,
     pub extra_args: Vec<String>,
+    pub chat_template_file: Option<String>,
+    /// An embedding pool: the engine runs with `--embedding --pooling <pooling>`.
+    pub embedding: Option<bool>,
+    pub pooling: Option<String>,
     pub provisioning_target: Option<bool>,
 }
 
@@ -184,7 +190,11 @@ pub struct PoolSpec {
     pub device_mask: String,
     pub gpu_policy: GpuPolicy,
     pub engine_source: String,
+    /// The engine's extra flags; a `chat_template_file` is passed here as `--chat-template-file`,
+    /// an embedding pool's `--embedding --pooling …` too.
     pub extra_args: Vec<String>,
+    /// `embedding` for an embedding pool, else `completion`.
+    pub workload: api::task::Workload,
 }
 
 #[derive(Debug, Clone)]
@@ -201,6 +211,8 @@ pub struct Config {
     pub models_dir: PathBuf,
     pub models_max_bytes: Option<u64>,
     pub engines_dir: PathBuf,
+    /// The engines' pid records (`<node>.<pool>.json`), read at start to stop orphans.
+    pub run_dir: PathBuf,
     pub hf_endpoint: String,
     pub hf_token: Option<Secret>,
     /// PEM of an extra trusted CA for model downloads.
@@ -441,6 +453,11 @@ impl RawConfig {
             models_dir,
             models_max_bytes: self.cache.models_max_bytes,
             engines_dir,
+            run_dir: self
+                .cache
+                .run_dir
+                .clone()
+                .unwrap_or_else(|| cache_root.join("run")),
             hf_endpoint,
             hf_token,
             fetch_ca_pem,
@@ -635,6 +652,55 @@ fn validate_pools(
                 ));
             }
         }
+        let mut extra_args = rp.extra_args.clone();
+        if let Some(t) = &rp.chat_template_file {
+            if !Path::new(t).is_file() {
+                p.push(format!(
+                    "{key}.chat_template_file: template file {t} does not exist"
+                ));
+            }
+            if extra_args.iter().any(|a| {
+                a.starts_with("--chat-template")
+                    || a.starts_with("--jinja")
+                    || a.starts_with("--no-jinja")
+            }) {
+                p.push(format!(
+                    "{key}.extra_args: chat template flags exclude chat_template_file"
+                ));
+            }
+            extra_args.extend(["--chat-template-file".to_string(), t.clone()]);
+        }
+        let embedding = rp.embedding.unwrap_or(false);
+        if embedding && rp.chat_template_file.is_some() {
+            p.push(format!(
+                "{key}.chat_template_file: an embedding pool has no chat template"
+            ));
+        }
+        if extra_args
+            .iter()
+            .any(|a| a.starts_with("--embedding") || a.starts_with("--pooling"))
+        {
+            p.push(format!(
+                "{key}.extra_args: use embedding = true and pooling instead of --embedding/--pooling"
+            ));
+        }
+        match (embedding, rp.pooling.as_deref()) {
+            (false, Some(_)) => p.push(format!("{key}.pooling: needs embedding = true")),
+            (true, pooling) => {
+                let pooling = pooling.unwrap_or("mean");
+                if !["mean", "cls", "last", "none"].contains(&pooling) {
+                    p.push(format!(
+                        "{key}.pooling: {pooling:?} is not one of mean, cls, last, none"
+                    ));
+                }
+                extra_args.extend([
+                    "--embedding".to_string(),
+                    "--pooling".to_string(),
+                    pooling.to_string(),
+                ]);
+            }
+            (false, None) => {}
+        }
         let digest = match rp.model_digest.as_deref().map(api::catalog::parse_digest) {
             Some(Ok(d)) => Some(d),
             Some(Err(e)) => {
@@ -658,7 +724,12 @@ fn validate_pools(
                     device_mask,
                     gpu_policy: policy,
                     engine_source,
-                    extra_args: rp.extra_args.clone(),
+                    extra_args,
+                    workload: if embedding {
+                        api::task::Workload::Embedding
+                    } else {
+                        api::task::Workload::Completion
+                    },
                 });
             }
         }
@@ -796,6 +867,7 @@ mod tests {
             gpu_policy = "gpu"
             engine_source = "nope"
             extra_args = ["--port", "1"]
+            chat_template_file = "/nonexistent/t.jinja"
             "#,
         )
         .unwrap();
@@ -808,12 +880,43 @@ mod tests {
             "no CUDA device",
             "engine_source",
             "--port",
+            "pools[0].chat_template_file: template file /nonexistent/t.jinja does not exist",
         ] {
             assert!(
                 errs.iter().any(|e| e.contains(want)),
                 "missing {want:?} in {errs:#?}"
             );
         }
+    }
+
+    #[test]
+    fn a_chat_template_file_reaches_the_engine_flags() {
+        let dir = std::env::temp_dir().join(format!("pm-tmpl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let t = dir.join("t.jinja");
+        std::fs::write(&t, "{{ messages }}").unwrap();
+        let raw: RawConfig = toml::from_str(&format!(
+            "[[pools]]\nid = \"a\"\ndevices = \"cpu\"\ngpu_policy = \"cpu\"\nchat_template_file = {:?}\n[engines.default]\nkind = \"git\"\ngit_url = \"https://example.invalid/l\"\ngit_ref = \"b1\"\n",
+            t.display().to_string()
+        ))
+        .unwrap();
+        let cfg = raw.validate(&host()).expect("valid");
+        assert_eq!(
+            cfg.pools[0].extra_args,
+            ["--chat-template-file".to_string(), t.display().to_string()]
+        );
+        let clash: RawConfig = toml::from_str(&format!(
+            "[[pools]]\nid = \"a\"\ndevices = \"cpu\"\ngpu_policy = \"cpu\"\nextra_args = [\"--chat-template\", \"chatml\"]\nchat_template_file = {:?}\n",
+            t.display().to_string()
+        ))
+        .unwrap();
+        let errs = clash.validate(&host()).unwrap_err();
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("exclude chat_template_file")),
+            "{errs:?}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

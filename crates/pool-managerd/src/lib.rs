@@ -50,14 +50,25 @@ pub async fn run(
             config.models_dir.display()
         )
     })?;
+    let changed = Arc::new(tokio::sync::Notify::new());
     let env = |engine_source: Option<engine::EngineSource>| pools::SupervisorEnv {
         timings: config.engine.clone(),
         engines_dir: config.engines_dir.clone(),
+        run_dir: config.run_dir.clone(),
         engine_source,
         node_id: config.node_id.clone(),
         book: book.clone(),
         cache: cache.clone(),
+        changed: changed.clone(),
     };
+    // Engines of this node's previous life (a crash of pool-managerd) go before new ones start.
+    let prefix = format!("{}.", config.node_id);
+    for pid in
+        engine::process::stop_recorded(&config.run_dir, &prefix, config.engine.stop_grace).await
+    {
+        tracing::warn!(event = "engine.orphan_stopped", node_id = %config.node_id, pid = pid,
+            "Stopped engine pid {pid} left running by a previous pool-managerd of node {}", config.node_id);
+    }
     for spec in &config.pools {
         let source = config
             .engines
@@ -78,7 +89,8 @@ pub async fn run(
         cache.clone(),
         tracker.clone(),
     )
-    .map_err(|e| anyhow::anyhow!("cannot build the HTTP client for orchestratord: {e}"))?;
+    .map_err(|e| anyhow::anyhow!("cannot build the HTTP client for orchestratord: {e}"))?
+    .with_changes(changed.clone());
     let closing = CancellationToken::new();
     let node = Arc::new(node::Node {
         node_id: config.node_id.clone(),

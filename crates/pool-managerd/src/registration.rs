@@ -32,6 +32,8 @@ pub struct Registrar {
     pub cache: models::ModelCache,
     /// Runs node-level catalog commands.
     pub tracker: TaskTracker,
+    /// Notified on every pool state change: the next heartbeat goes at once.
+    pub changed: Arc<tokio::sync::Notify>,
 }
 
 impl Registrar {
@@ -58,7 +60,14 @@ impl Registrar {
             book,
             cache,
             tracker,
+            changed: Default::default(),
         })
+    }
+
+    /// Heartbeats also go out whenever `changed` is notified.
+    pub fn with_changes(mut self, changed: Arc<tokio::sync::Notify>) -> Self {
+        self.changed = changed;
+        self
     }
 }
 
@@ -85,6 +94,8 @@ pub async fn run(app: Arc<App>, shutdown: CancellationToken) {
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(session.interval) => {}
+                // A pool changed state: orchestratord hears of it at once, not at the next interval.
+                _ = app.changed.notified() => {}
                 _ = shutdown.cancelled() => {
                     deregister(&app, &http, &session).await;
                     return;
@@ -421,6 +432,7 @@ mod tests {
             book: Default::default(),
             cache,
             tracker: TaskTracker::new(),
+            changed: Default::default(),
         })
     }
 
@@ -553,5 +565,62 @@ mod tests {
         );
         assert_eq!(reg.protocol_version, api::PROTOCOL_VERSION);
         assert_eq!(reg.pools.len(), 1);
+    }
+
+    /// A pool state change sends a heartbeat at once, not at the (here one-minute) interval.
+    #[tokio::test]
+    async fn a_state_change_heartbeats_at_once() {
+        use axum::routing::post;
+        let dir = tempfile::tempdir().unwrap();
+        let beats = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = beats.clone();
+        let router = axum::Router::new()
+            .route(
+                "/v2/nodes/register",
+                post(|| async {
+                    axum::Json(RegisterResponse {
+                        node_id: "n1".parse().unwrap(),
+                        credential: CredentialKind::Static,
+                        node_token: None,
+                        protocol_version: api::PROTOCOL_VERSION,
+                        next_heartbeat_ms: 60_000,
+                        heartbeat_timeout_ms: 180_000,
+                    })
+                }),
+            )
+            .route(
+                "/v2/nodes/n1/heartbeat",
+                post(move || {
+                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    async {
+                        axum::Json(HeartbeatResponse {
+                            next_heartbeat_ms: 60_000,
+                            commands: vec![],
+                        })
+                    }
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        let (pool, _rx, _view) = crate::pools::detached(crate::pools::test_spec("p1", 1));
+        let mut app = Arc::try_unwrap(registrar(dir.path(), &[pool]))
+            .ok()
+            .unwrap();
+        app.orchestrator_url = url;
+        let app = Arc::new(app);
+        let stop = CancellationToken::new();
+        let run = tokio::spawn(run(app.clone(), stop.clone()));
+        let count = || beats.load(std::sync::atomic::Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(count(), 0, "no heartbeat before the interval");
+        app.changed.notify_one();
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while count() == 0 && std::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(count(), 1, "the change was reported at once");
+        stop.cancel();
+        let _ = run.await;
     }
 }

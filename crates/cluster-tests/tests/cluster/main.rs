@@ -7,6 +7,7 @@ mod auth;
 mod cancel;
 mod catalog_cli;
 mod cli;
+mod faults;
 mod fixtures;
 mod happy;
 mod nodes;
@@ -17,6 +18,8 @@ mod refusals;
 mod sched;
 mod schema;
 mod template;
+mod tenants;
+mod v2_tools;
 mod worker;
 
 use std::future::Future;
@@ -59,9 +62,29 @@ fn scenarios() -> Vec<(&'static str, bool, Scenario)> {
             Box::pin(nodes::sigterm_deregisters(a))
         }),
         (
-            "worker_engine_killed_mid_stream_resets_and_recovers",
+            "worker_engine_killed_mid_stream_resets_and_recovers_with_migration_off",
             true,
             |a| Box::pin(worker::engine_killed_mid_stream(a)),
+        ),
+        (
+            "faults_engine_restart_is_waited_out_with_one_pool",
+            true,
+            |a| Box::pin(faults::restart_is_waited_out(a)),
+        ),
+        (
+            "faults_engine_killed_mid_stream_migrates_like_the_twin",
+            true,
+            |a| Box::pin(faults::migration_matches_twin(a)),
+        ),
+        (
+            "faults_pool_managerd_killed_mid_stream_leaves_no_engine",
+            true,
+            |a| Box::pin(faults::worker_killed_mid_stream(a)),
+        ),
+        (
+            "faults_llorch_up_restarts_a_killed_orchestratord",
+            true,
+            |a| Box::pin(faults::up_restarts_orchestratord(a)),
         ),
         ("worker_orchestratord_restart_reregisters", true, |a| {
             Box::pin(worker::orchestratord_restart_reregisters(a))
@@ -83,6 +106,24 @@ fn scenarios() -> Vec<(&'static str, bool, Scenario)> {
         }),
         ("openai_official_client", true, |a| {
             Box::pin(openai::official_client(a))
+        }),
+        ("openai_tools_structured_output_logprobs", true, |a| {
+            Box::pin(openai::tools_and_structured_output(a))
+        }),
+        ("openai_responses_api", true, |a| {
+            Box::pin(openai::responses_api(a))
+        }),
+        ("openai_embeddings_on_an_embedding_pool", true, |a| {
+            Box::pin(openai::embeddings(a))
+        }),
+        ("v2_tool_call_and_logprob_frames", true, |a| {
+            Box::pin(v2_tools::tool_call_frames(a))
+        }),
+        ("v2_embedding_frames", true, |a| {
+            Box::pin(v2_tools::embedding_frames(a))
+        }),
+        ("anthropic_messages_official_client", true, |a| {
+            Box::pin(openai::anthropic_messages(a))
         }),
         ("sched_queue_order_and_aging", true, |a| {
             Box::pin(sched::queue_order_and_aging(a))
@@ -120,6 +161,12 @@ fn scenarios() -> Vec<(&'static str, bool, Scenario)> {
         }),
         ("schemathesis_against_openapi", true, |a| {
             Box::pin(schema::schemathesis(a))
+        }),
+        ("tenants_role_matrix_every_route", true, |a| {
+            Box::pin(tenants::role_matrix(a))
+        }),
+        ("tenants_limits_retry_after_and_rotation", true, |a| {
+            Box::pin(tenants::limits(a))
         }),
         ("observe_metrics_logs_cors", true, |a| {
             Box::pin(observe::metrics_logs_cors(a))

@@ -69,6 +69,8 @@ impl Twin {
             extra_args: vec![],
             log_path: dir.join("engine.log"),
             start_timeout: Duration::from_secs(60),
+            die_with_parent: false,
+            pid_record: None,
         };
         let port = llorch::stack::free_port()?;
         let mut args = spec.args(&key_file);
@@ -126,7 +128,7 @@ impl Twin {
     async fn via_apply_template(&self, msgs: &[ChatMessage]) -> anyhow::Result<String> {
         let rendered = self.client.apply_template(msgs).await?;
         let req = CompletionRequest {
-            prompt: rendered.clone(),
+            prompt: rendered.clone().into(),
             n_predict: 1,
             stream: true,
             cache_prompt: true,
@@ -198,13 +200,13 @@ pub async fn apply_template_matches_chat(a: Assets) -> anyhow::Result<()> {
             let mut req = api::task::TaskRequest::new(&stack.spec.model_id);
             req.messages = Some(
                 conv.iter()
-                    .map(|(role, content)| api::task::Message {
-                        role: match *role {
+                    .map(|(role, content)| {
+                        let role = match *role {
                             "system" => api::task::Role::System,
                             "assistant" => api::task::Role::Assistant,
                             _ => api::task::Role::User,
-                        },
-                        content: (*content).into(),
+                        };
+                        api::task::Message::text(role, *content)
                     })
                     .collect(),
             );

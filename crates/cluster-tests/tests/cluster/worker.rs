@@ -1,5 +1,6 @@
-//! Worker resilience (API.md §12, §14.4): an engine killed mid-stream ends the task with
-//! WORKER_RESET and its pool comes back by itself; a restarted orchestratord gets its node back.
+//! Worker resilience (API.md §12, §14.4): with migration off (`placement.migration_limit = 0`), an
+//! engine killed mid-stream ends the task with WORKER_RESET and its pool comes back by itself; a
+//! restarted orchestratord gets its node back.
 
 use std::time::Duration;
 
@@ -12,7 +13,9 @@ use nix::unistd::Pid;
 use crate::fixtures::{self, wait_for, Assets};
 
 pub async fn engine_killed_mid_stream(a: Assets) -> anyhow::Result<()> {
-    let mut stack = a.stack(a.spec("kill9")?).await?;
+    let mut spec = a.spec("kill9")?;
+    spec.orchd_extra = "[placement]\nmigration_limit = 0\n".into();
+    let mut stack = a.stack(spec).await?;
     let result = async {
         let client = client::Client::new(&stack.orchd_url, None)?;
         let model = stack.spec.model_id.clone();
@@ -26,6 +29,8 @@ pub async fn engine_killed_mid_stream(a: Assets) -> anyhow::Result<()> {
             last = Some(f.event);
         }
         ensure!(matches!(&last, Some(Event::Error(e)) if e.code == ErrorCode::WorkerReset && e.retriable), "stream ended with {last:?}");
+        let orchd_metrics = reqwest::get(format!("{}/metrics", stack.orchd_url)).await?.text().await?;
+        ensure!(!orchd_metrics.lines().any(|l| l.starts_with("tasks_migrated_total{")), "migrated with migration_limit 0");
         // The supervisor restarts the engine and the pool is Ready again, with a new process.
         wait_for("a restarted engine", Duration::from_secs(30), || async { (fixtures::engine_pids(&stack.pm_log).len() >= 2).then_some(()) }).await?;
         stack.wait_ready(Duration::from_secs(30), &mut |_| {}).await?;

@@ -23,6 +23,7 @@ pub mod store;
 pub mod task_table;
 pub mod tasklog;
 pub mod tasks;
+pub mod tenants;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -67,6 +68,8 @@ pub struct DispatchJob {
 #[derive(Debug, Clone)]
 pub struct CancelJob {
     pub task: TaskId,
+    /// The task's tenant (None for a task the worker runs that orchestratord no longer knows).
+    pub tenant: Option<api::TenantId>,
     pub pool_id: PoolId,
     pub address: String,
     pub token: Secret,
@@ -121,10 +124,14 @@ pub struct PoolStats {
     tokens_out: Option<f64>,
     decode_tps: Option<f64>,
     ttft_ms: Option<f64>,
+    /// How long the pool took to come back to Ready after leaving it.
+    restart_ms: Option<f64>,
 }
 
 pub struct TaskEntry {
     v: ValidatedTask,
+    /// The tenant whose token submitted it (`v.tenant`, kept here for brevity).
+    tenant: api::TenantId,
     correlation_id: CorrelationId,
     model: ModelId,
     queue_key: queue::QueueKey,
@@ -141,6 +148,8 @@ pub struct TaskEntry {
     /// The worker's count from `end` (0 before it); see [`TaskEntry::tokens_out`].
     reported_tokens_out: u64,
     token_frames: u64,
+    /// `tool_call` and `embedding` frames appended; like tokens, they rule out a retry elsewhere.
+    tool_frames: u64,
     seed: Option<u64>,
     stop_reason: Option<api::events::StopReason>,
     error: Option<api::ErrorEnvelope>,
@@ -154,6 +163,22 @@ pub struct TaskEntry {
     started_sent: bool,
     /// The `load-model` command this task waits on, until its steps are reported completed.
     load: Option<CommandId>,
+    /// Failed attempts (refusals of a pool that is not Ready do not count).
+    failures: u32,
+    /// Engine token ids generated so far, over all attempts, while every one of them is known.
+    gen_ids: Vec<u32>,
+    /// How many of `gen_ids` the client has the text of: a continuation starts after these.
+    ids_sent: usize,
+    /// False once a token's text came without its ids: the task cannot be resumed exactly.
+    resumable: bool,
+    /// Mid-stream migrations so far (bounded by `placement.migration_limit`).
+    migrations: u32,
+    /// Set while the next dispatch continues the task after this many generated tokens.
+    resume_from: Option<usize>,
+    /// The pool and the cause of the last migration, for the narration once the task lands.
+    migrated_from: Option<(PoolId, &'static str)>,
+    /// The first token's moment, kept across a migration's return to the queue.
+    carried_first_token: Option<lifecycle::Stamp>,
 }
 
 impl TaskEntry {
@@ -201,6 +226,8 @@ pub struct Core<E: Effects> {
     catalog: catalog::Catalog,
     /// `load-model` and node-level catalog commands in flight.
     loads: provision::Loads,
+    /// Tenants' policies and usage.
+    tenants: tenants::Tenants,
 }
 
 impl<E: Effects> Core<E> {
@@ -212,13 +239,14 @@ impl<E: Effects> Core<E> {
     ) -> Self {
         let sessions = sessions::Sessions::new(cfg.session_ttl);
         Self {
-            cfg,
+            cfg: cfg.clone(),
             effects,
             metrics,
             registry: registry::Registry::default(),
             stats: HashMap::new(),
             tasks: task_table::TaskTable::default(),
-            queues: queue::Queues::default(),
+            queues: queue::Queues::new(cfg.fair_queuing),
+            tenants: tenants::Tenants::new(cfg.tenant_policies()),
             sessions,
             catalog,
             loads: provision::Loads::default(),
@@ -230,16 +258,37 @@ impl<E: Effects> Core<E> {
         &self.effects
     }
 
-    pub fn session_view(&self, id: api::SessionId, now: Instant) -> Option<api::meta::SessionView> {
-        self.sessions.view(id, now, |pool, model| {
+    pub fn session_view(
+        &self,
+        id: api::SessionId,
+        scope: &tenants::Scope,
+        now: Instant,
+    ) -> Option<api::meta::SessionView> {
+        self.sessions.view(id, scope, now, |pool, model| {
             self.registry
                 .pool(pool)
                 .is_some_and(|p| p.status.state == PoolState::Ready && p.model_id() == model)
         })
     }
 
-    pub fn delete_session(&mut self, id: api::SessionId) {
-        self.sessions.delete(id);
+    pub fn delete_session(&mut self, id: api::SessionId, scope: &tenants::Scope) {
+        self.sessions.delete(id, scope);
+    }
+
+    /// Replaces every tenant's policy at once (SIGHUP).
+    pub fn set_tenant_policies(
+        &mut self,
+        policies: std::collections::BTreeMap<api::TenantId, crate::config::TenantPolicy>,
+        now: Instant,
+    ) {
+        self.tenants.set_policies(policies, now);
+        self.pump(now);
+    }
+
+    /// `GET /v2/tenants`: usage against limits.
+    pub fn tenant_report(&mut self, now: Instant) -> Vec<api::tenant::TenantUsage> {
+        let queues = &self.queues;
+        self.tenants.report(|t| queues.queued_of(t), now)
     }
 
     /// Fills free slots: for each model queue, dispatch tasks in order while a candidate pool has
@@ -253,6 +302,13 @@ impl<E: Effects> Core<E> {
                 .map(|q| q.dispatch_order(self.cfg.interactive_burst))
                 .unwrap_or_default();
             for id in order {
+                if self
+                    .tasks
+                    .get(&id)
+                    .is_some_and(|t| !self.tenants.may_start(&t.tenant))
+                {
+                    continue;
+                }
                 let Some((pool, fallback)) = self.place(id) else {
                     continue;
                 };
@@ -275,9 +331,13 @@ impl<E: Effects> Core<E> {
     /// The pool a queued task should go to now, if any, and whether `allow_fallback` decided it.
     fn place(&self, id: TaskId) -> Option<(PoolId, bool)> {
         let t = self.tasks.get(&id)?;
-        let views = self.pool_views();
+        let views: Vec<_> = self
+            .pool_views()
+            .into_iter()
+            .filter(|p| p.workload == t.v.workload)
+            .collect();
         let affinity = if self.cfg.session_affinity {
-            self.sessions.affinity(t.v.session_id)
+            self.sessions.affinity(t.v.session_id, &t.tenant)
         } else {
             None
         };
@@ -321,10 +381,13 @@ impl<E: Effects> Core<E> {
                 },
                 state: if p.draining && p.status.state == PoolState::Ready {
                     PoolState::Draining
+                } else if p.unready && p.status.state == PoolState::Ready {
+                    PoolState::Starting
                 } else {
                     p.status.state
                 },
                 model_id: p.model_id(),
+                workload: p.status.workload,
                 ctx_per_slot: p.status.ctx_per_slot,
                 device_mask: &p.status.device_mask,
                 free_slots: p.free_slots(),

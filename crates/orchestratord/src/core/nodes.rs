@@ -111,7 +111,7 @@ impl<E: Effects> Core<E> {
         self.registry
             .retain_pools(|id, e| e.node_id != req.node_id || pool_ids.contains(id));
         for p in &req.pools {
-            self.upsert_pool(&req.node_id, p.clone());
+            self.upsert_pool(&req.node_id, p.clone(), now);
         }
         self.registry.insert_node(
             req.node_id.clone(),
@@ -145,7 +145,7 @@ impl<E: Effects> Core<E> {
         })
     }
 
-    fn upsert_pool(&mut self, node_id: &NodeId, status: api::node::PoolStatus) {
+    fn upsert_pool(&mut self, node_id: &NodeId, status: api::node::PoolStatus, now: Instant) {
         let id = status.pool_id.clone();
         if status.state == PoolState::Ready {
             let ev = status.engine_version.clone().unwrap_or_default();
@@ -161,11 +161,21 @@ impl<E: Effects> Core<E> {
                 );
             }
         }
+        let mut restarted = None;
         match self.registry.pool_mut(&id) {
             Some(e) => {
+                let (was, is) = (e.status.state, status.state);
+                if is == PoolState::Ready {
+                    restarted = e.unready_since.take();
+                } else if was == PoolState::Ready || e.unready_since.is_some() {
+                    // Restarting states come back by themselves; Failed and Unloaded do not.
+                    e.unready_since = (!matches!(is, PoolState::Failed | PoolState::Unloaded))
+                        .then(|| e.unready_since.unwrap_or(now));
+                }
                 e.node_id = node_id.clone();
                 e.status = status;
                 e.exhausted = false;
+                e.unready = false;
             }
             None => {
                 self.registry.insert_pool(
@@ -176,6 +186,8 @@ impl<E: Effects> Core<E> {
                         holding: Default::default(),
                         releasing: Default::default(),
                         exhausted: false,
+                        unready: false,
+                        unready_since: None,
                         node_online: false,
                         free_vram: 0,
                         draining: false,
@@ -186,6 +198,11 @@ impl<E: Effects> Core<E> {
                     },
                 );
             }
+        }
+        if let Some(since) = restarted {
+            let took = now.duration_since(since).as_secs_f64() * 1000.0;
+            let s = self.stats.entry(id.clone()).or_default();
+            s.restart_ms = Some(s.restart_ms.map_or(took, |o| 0.8 * o + 0.2 * took));
         }
         self.evaluate_pool(&id);
     }
@@ -266,7 +283,7 @@ impl<E: Effects> Core<E> {
         let reported: Vec<PoolId> = pools.iter().map(|p| p.pool_id.clone()).collect();
         for p in pools {
             let running: Vec<TaskId> = p.running.clone();
-            self.upsert_pool(node_id, p.clone());
+            self.upsert_pool(node_id, p.clone(), now);
             self.reconcile_running(&p.pool_id, &running, now);
         }
         // The heartbeat carries the node's full pool set: adopted engines come and go.
@@ -360,6 +377,7 @@ impl<E: Effects> Core<E> {
                 if let Some(n) = self.registry.node(&p.node_id) {
                     self.effects.cancel_on_worker(super::CancelJob {
                         task: id,
+                        tenant: None,
                         pool_id: pool_id.clone(),
                         address: n.address.clone(),
                         token: n.dispatch_token.clone(),
@@ -386,6 +404,7 @@ impl<E: Effects> Core<E> {
             1.0,
         );
         tracing::info!(event = "node.deregistered", node_id = %node_id, "Node {node_id} deregistered");
+        self.registry.suspend_node(node_id);
         self.node_lost(node_id, now);
         self.registry.retain_pools(|_, p| p.node_id != *node_id);
         self.publish_gauges();
@@ -415,6 +434,7 @@ impl<E: Effects> Core<E> {
             self.node_lost(&id, now);
             self.fail_pinned_to_node(&id, now);
         }
+        self.fail_stranded_queued(now);
         self.purge(now);
         self.sessions.purge(now);
         self.publish_gauges();
@@ -444,6 +464,7 @@ impl<E: Effects> Core<E> {
             .collect();
         for id in ids {
             self.dequeue(id);
+            self.tenant_stopped(id, true, now);
             if let Some(t) = self.tasks.get_mut(&id) {
                 t.life.finish(Outcome::Failed, Stamp::at(now));
                 let env = ErrorEnvelope::new(
@@ -501,6 +522,7 @@ impl<E: Effects> Core<E> {
                         digest: m.digest.clone(),
                     }),
                     ctx_per_slot: p.status.ctx_per_slot,
+                    workload: p.status.workload,
                     slots_total: p.status.slots_total,
                     slots_free: p.free_slots(),
                     queued,

@@ -40,6 +40,11 @@ pub struct PoolEntry {
     pub(super) releasing: BTreeSet<TaskId>,
     /// The worker answered REPLICA_EXHAUSTED: no free slot until its next heartbeat.
     pub(super) exhausted: bool,
+    /// The worker refused a dispatch as not Ready, or its engine was lost under a task: out of
+    /// placement until the pool's next report (pool-managerd reports state changes at once).
+    pub(super) unready: bool,
+    /// When the pool left Ready for a restart (None while Ready or for good).
+    pub(super) unready_since: Option<Instant>,
     /// Facts of the pool's node, refreshed by [`Registry::sync_node_facts`] whenever they change, so
     /// placement never looks nodes up per pool.
     pub(super) node_online: bool,
@@ -191,6 +196,21 @@ impl Registry {
     pub fn mark_exhausted(&mut self, pool: &PoolId) {
         if let Some(p) = self.pools.get_mut(pool) {
             p.exhausted = true;
+        }
+    }
+
+    /// The worker refused a dispatch as not Ready, or lost its engine under a task.
+    pub fn mark_unready(&mut self, pool: &PoolId) {
+        if let Some(p) = self.pools.get_mut(pool) {
+            p.unready = true;
+        }
+    }
+
+    /// A dispatch connection to the node was refused or reset: its pools leave placement at once,
+    /// until its next heartbeat (which refreshes the node's facts) or its timeout.
+    pub fn suspend_node(&mut self, node_id: &NodeId) {
+        for p in self.pools.values_mut().filter(|p| p.node_id == *node_id) {
+            p.node_online = false;
         }
     }
 

@@ -8,13 +8,37 @@ use api::events::{End, Event, Metrics as MetricsFrame, Started, StopReason, Toke
 use api::node::{NodeStatus, PoolState};
 use api::task::{PlacementMode, TaskRecord, TaskState};
 use api::worker::{DispatchModel, DispatchParams, DispatchRequest, WorkerEvent};
-use api::{ErrorCode, ErrorEnvelope, ModelId, NodeId, PoolId, TaskId};
+use api::{ErrorCode, ErrorEnvelope, ModelId, NodeId, PoolId, TaskId, TenantId};
 
 use super::admit::bool_str;
 use super::lifecycle::{Outcome, Stamp};
-use super::{placement, CancelJob, Core, DispatchJob, Effects, TaskLog, Timer};
+use super::{CancelJob, Core, DispatchJob, Effects, TaskLog, Timer};
 use crate::admission::ValidatedTask;
 use crate::metrics::{self as m, labels};
+
+/// The expected restart time of a pool never seen restarting, ms.
+const DEFAULT_RESTART_MS: u64 = 5000;
+
+/// What broke under a running task (the `reason` of `tasks_migrated_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lost {
+    /// The worker reported the attempt failed (its engine died, or a dispatch was refused).
+    Engine,
+    /// The dispatch connection was refused, reset or went silent.
+    Connection,
+    /// The node stopped heartbeating or deregistered.
+    Node,
+}
+
+impl Lost {
+    fn label(self) -> &'static str {
+        match self {
+            Lost::Engine => "engine",
+            Lost::Connection => "connection",
+            Lost::Node => "node",
+        }
+    }
+}
 
 /// Why a running task stops early.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,17 +57,30 @@ impl CancelReason {
 }
 
 impl<E: Effects> Core<E> {
-    pub(super) fn reject(&self, e: ErrorEnvelope) -> ErrorEnvelope {
+    pub(super) fn reject(&self, tenant: &TenantId, e: ErrorEnvelope) -> ErrorEnvelope {
         self.metrics.inc(
             m::TASKS_REJECTED,
             labels(&[
                 ("engine", api::ENGINE_LLAMACPP),
                 ("reason", e.code.as_str()),
+                ("tenant", tenant.as_str()),
             ]),
             1.0,
         );
-        tracing::info!(event = "task.rejected", code = %e.code, "Refused a task: {}", e.message);
+        tracing::info!(event = "task.rejected", tenant = %tenant, code = %e.code, "Refused a task: {}", e.message);
         e
+    }
+
+    /// A task left Running or ended: its tenant's running count, and at the end the tokens it
+    /// used (the engine's counts) and its queue wait.
+    pub(super) fn tenant_stopped(&mut self, id: TaskId, ended: bool, now: Instant) {
+        let Some(t) = self.tasks.get(&id) else { return };
+        let tenant = t.tenant.clone();
+        let tokens = t.tokens_in + t.tokens_out();
+        self.tenants.stopped(&tenant, id);
+        if ended {
+            self.tenants.used(&tenant, tokens, now);
+        }
     }
 
     /// Placement checks that refuse at admission (API.md §7.2).
@@ -178,13 +215,43 @@ impl<E: Effects> Core<E> {
         if ahead == 0 && cands.iter().any(|(_, p)| p.free_slots() > 0) {
             return (0, 0);
         }
+        let d = self.mean_duration_ms(model, max_tokens);
+        if cands.is_empty() {
+            // No Ready pool: pools on their way back count, after their expected restart time.
+            let back: Vec<(&PoolId, &super::PoolEntry)> = self
+                .registry
+                .pools()
+                .iter()
+                .filter(|(_, p)| p.model_id() == Some(model) && p.unready_since.is_some())
+                .collect();
+            if !back.is_empty() {
+                let restart = back
+                    .iter()
+                    .map(|(id, _)| self.restart_ms(id))
+                    .min()
+                    .unwrap_or(DEFAULT_RESTART_MS);
+                let slots: u64 = back
+                    .iter()
+                    .map(|(_, p)| p.status.slots_total as u64)
+                    .sum::<u64>()
+                    .max(1);
+                return (ahead, restart + ahead.div_ceil(slots) * d);
+            }
+        }
         let slots: u64 = cands
             .iter()
             .map(|(_, p)| p.status.slots_total as u64)
             .sum::<u64>()
             .max(1);
-        let d = self.mean_duration_ms(model, max_tokens);
         (ahead, (ahead + 1).div_ceil(slots) * d)
+    }
+
+    /// How long `pool` is expected to take to come back to Ready (measured, else a default).
+    fn restart_ms(&self, pool: &PoolId) -> u64 {
+        self.stats
+            .get(pool)
+            .and_then(|s| s.restart_ms)
+            .map_or(DEFAULT_RESTART_MS, |ms| ms as u64)
     }
 
     fn mean_duration_ms(&self, model: &ModelId, max_tokens: u64) -> u64 {
@@ -249,6 +316,16 @@ impl<E: Effects> Core<E> {
         t.attempts += 1;
         t.tried.push(pool_id.clone());
         t.life.run(Stamp::at(now));
+        let waited_ms = now.duration_since(t.admitted.at).as_secs_f64() * 1000.0;
+        let tenant = t.tenant.clone();
+        if let Some(at) = t.carried_first_token.take() {
+            t.life.first_token(at);
+        }
+        if let Some((from, why)) = t.migrated_from.take() {
+            let after = t.resume_from.unwrap_or(0);
+            tracing::info!(event = "task.migrated", correlation_id = %t.correlation_id, task_id = %id, tenant = %t.tenant, from_pool = %from, pool_id = %pool_id, node_id = %node_id,
+                tokens = after as u64, reason = why, "Task {id} moved from pool {from} to pool {pool_id} on node {node_id} after {after} tokens ({why} lost)");
+        }
         t.pool = Some(pool_id.clone());
         t.node = Some(node_id.clone());
         t.engine_version = engine_version.clone();
@@ -273,7 +350,7 @@ impl<E: Effects> Core<E> {
             ]),
             1.0,
         );
-        tracing::info!(event = "task.placed", correlation_id = %t.correlation_id, task_id = %id, pool_id = %pool_id, node_id = %node_id, attempt = t.attempts,
+        tracing::info!(event = "task.placed", correlation_id = %t.correlation_id, task_id = %id, tenant = %t.tenant, pool_id = %pool_id, node_id = %node_id, attempt = t.attempts,
             "Dispatched task {id} to pool {pool_id} on node {node_id} (attempt {})", t.attempts);
         let body = DispatchRequest {
             protocol_version: api::PROTOCOL_VERSION,
@@ -290,7 +367,7 @@ impl<E: Effects> Core<E> {
             engine: api::ENGINE_LLAMACPP.into(),
             input: t.v.input.clone(),
             params: DispatchParams {
-                max_tokens: t.max_tokens,
+                max_tokens: t.max_tokens - t.resume_from.unwrap_or(0) as u64,
                 ctx: t.v.ctx.unwrap_or(ctx_per_slot),
                 sampling: t.v.sampling.clone(),
             },
@@ -298,6 +375,7 @@ impl<E: Effects> Core<E> {
                 .deadline
                 .map(|d| d.saturating_duration_since(now).as_millis() as u64),
             priority: t.v.priority,
+            resume: t.resume_from.map(|n| t.gen_ids[..n].to_vec()),
         };
         let attempt = t.attempts;
         let session = t.v.session_id;
@@ -307,13 +385,22 @@ impl<E: Effects> Core<E> {
                 node_id: node_id.clone(),
                 engine_version,
                 attempt,
+                migrated_after_tokens: t.resume_from.map(|n| n as u64),
             };
             t.log.append(Event::Metrics(MetricsFrame {
                 placement: Some(info),
                 ..Default::default()
             }));
         }
-        self.sessions.placed(session, pool_id);
+        self.sessions.placed(session, &tenant, pool_id);
+        if first {
+            self.metrics.observe(
+                m::TENANT_QUEUE_WAIT,
+                labels(&[("tenant", tenant.as_str())]),
+                waited_ms,
+            );
+        }
+        self.tenants.started(&tenant, id, now);
         self.effects.dispatch(DispatchJob {
             task: id,
             attempt,
@@ -344,21 +431,61 @@ impl<E: Effects> Core<E> {
                         ("pool_id", &pool),
                         ("replica_id", &node),
                         ("priority", t.v.priority.as_str()),
+                        ("tenant", t.tenant.as_str()),
                     ]),
                     1.0,
                 );
             }
-            WorkerEvent::Token { t: text, .. } => {
+            WorkerEvent::Token {
+                t: text,
+                ids,
+                logprobs,
+                ..
+            } => {
+                if t.resumable {
+                    if ids.is_empty() && !text.is_empty() {
+                        t.resumable = false;
+                        t.gen_ids = Vec::new();
+                    } else {
+                        t.gen_ids.extend_from_slice(&ids);
+                    }
+                }
                 if text.is_empty() {
                     return;
                 }
+                t.ids_sent = t.gen_ids.len();
                 if t.life.first_token(Stamp::at(now)) {
-                    tracing::info!(event = "task.first_token", correlation_id = %t.correlation_id, task_id = %id, pool_id = %t.pool_label(),
+                    tracing::info!(event = "task.first_token", correlation_id = %t.correlation_id, task_id = %id, tenant = %t.tenant, pool_id = %t.pool_label(),
                         duration_ms = now.duration_since(t.admitted.at).as_millis() as u64, "First token of task {id}");
                 }
                 let i = t.token_frames;
                 t.token_frames += 1;
-                t.log.append(Event::Token(Token { t: text, i }));
+                t.log.append(Event::Token(Token {
+                    t: text,
+                    i,
+                    logprobs,
+                }));
+            }
+            WorkerEvent::Embedding { index, embedding } => {
+                // Only /completion streams can be resumed elsewhere.
+                t.resumable = false;
+                t.gen_ids = Vec::new();
+                t.life.first_token(Stamp::at(now));
+                t.tool_frames += 1;
+                t.log.append(Event::Embedding(api::events::EmbeddingFrame {
+                    index,
+                    embedding,
+                }));
+            }
+            WorkerEvent::ToolCall { delta } => {
+                t.resumable = false;
+                t.gen_ids = Vec::new();
+                if t.life.first_token(Stamp::at(now)) {
+                    tracing::info!(event = "task.first_token", correlation_id = %t.correlation_id, task_id = %id, pool_id = %t.pool_label(),
+                        duration_ms = now.duration_since(t.admitted.at).as_millis() as u64, "First output of task {id} (a tool call)");
+                }
+                t.tool_frames += 1;
+                t.log.append(Event::ToolCall(delta));
             }
             WorkerEvent::Metrics {
                 tokens_out,
@@ -382,14 +509,17 @@ impl<E: Effects> Core<E> {
                 engine_ttft_ms,
                 engine_decode_ms,
             } => {
-                t.tokens_in = tokens_in;
-                t.reported_tokens_out = tokens_out;
+                // A continuation's prompt holds the tokens generated before it.
+                let before = t.resume_from.unwrap_or(0) as u64;
+                t.tokens_in = tokens_in.saturating_sub(before);
+                t.reported_tokens_out = before + tokens_out;
                 t.seed = seed;
                 let outcome = if stop_reason == StopReason::Canceled {
                     Outcome::Canceled
                 } else {
                     Outcome::Completed
                 };
+                let tenant = t.tenant.clone();
                 let done = (
                     t.v.session_id,
                     t.pool.clone(),
@@ -403,7 +533,7 @@ impl<E: Effects> Core<E> {
                     (outcome, done)
                 {
                     self.sessions
-                        .completed(sid, &pool, &node, &model, (tin, tout));
+                        .completed(sid, &tenant, &pool, &node, &model, (tin, tout));
                 }
                 self.finish_with_end(id, stop_reason, outcome, now);
                 self.release_slot(id, now);
@@ -420,7 +550,7 @@ impl<E: Effects> Core<E> {
                     env.pool_id = Some(p.clone());
                 }
                 env.engine = Some(api::ENGINE_LLAMACPP.into());
-                self.attempt_failed(id, env, now);
+                self.attempt_failed(id, env, Lost::Engine, now);
             }
         }
     }
@@ -431,10 +561,23 @@ impl<E: Effects> Core<E> {
         if t.attempts != attempt || t.state() != TaskState::Running {
             return;
         }
+        let node = t.node.clone();
+        let cause = match &end {
+            super::RelayEnd::Refused { .. } => Lost::Engine,
+            _ => Lost::Connection,
+        };
+        if let (super::RelayEnd::Unreachable(_) | super::RelayEnd::Broken(_), Some(node)) =
+            (&end, &node)
+        {
+            // A refused or reset connection: the worker is likely gone; keep new work off it.
+            tracing::warn!(event = "node.unreachable", node_id = %node, task_id = %id, "Node {node} is out of placement until its next heartbeat: {end}");
+            self.registry.suspend_node(node);
+        }
+        let Some(t) = self.tasks.get(&id) else { return };
         let env = match end {
             super::RelayEnd::Refused { envelope, .. } => envelope,
             other => {
-                let code = if t.token_frames > 0 {
+                let code = if t.token_frames + t.tool_frames > 0 {
                     ErrorCode::WorkerReset
                 } else {
                     ErrorCode::PoolUnavailable
@@ -442,39 +585,57 @@ impl<E: Effects> Core<E> {
                 ErrorEnvelope::new(code, other.to_string()).with_retriable(true)
             }
         };
-        self.attempt_failed(id, env, now);
+        self.attempt_failed(id, env, cause, now);
     }
 
-    /// Retries before the first token on another candidate (bounded); otherwise ends the task.
-    fn attempt_failed(&mut self, id: TaskId, env: ErrorEnvelope, now: Instant) {
+    /// An attempt ended without `end`. A refusal by a pool that is not Ready (or has no free slot)
+    /// is no failure: the task waits for a Ready pool. Before any token the task is retried
+    /// (bounded by `placement.dispatch_retries`); after tokens it migrates (bounded by
+    /// `placement.migration_limit`). Either way it waits at the head of its queue while a pool
+    /// serving its model can come back, and fails at once, saying why, when none can.
+    fn attempt_failed(&mut self, id: TaskId, env: ErrorEnvelope, cause: Lost, now: Instant) {
         let Some(t) = self.tasks.get(&id) else { return };
         let failed_pool = t.pool.clone();
-        let no_tokens = t.token_frames == 0;
+        let no_tokens = t.token_frames + t.tool_frames == 0;
         let pinned = t.v.placement.mode == PlacementMode::Pin;
-        let can_retry =
-            no_tokens && env.retriable && !pinned && t.attempts <= self.cfg.dispatch_retries;
-        tracing::warn!(event = "task.attempt_failed", correlation_id = %t.correlation_id, task_id = %id, pool_id = %failed_pool.as_ref().map_or("", api::PoolId::as_str),
+        let refused = matches!(
+            env.code,
+            ErrorCode::PoolUnready | ErrorCode::ReplicaExhausted
+        );
+        // A refusal comes before the attempt produced anything, also for a continuation.
+        let can_retry = env.retriable
+            && (refused || (no_tokens && !pinned && t.failures < self.cfg.dispatch_retries));
+        let can_migrate = !no_tokens && env.retriable && self.may_migrate(t);
+        tracing::warn!(event = "task.attempt_failed", correlation_id = %t.correlation_id, task_id = %id, tenant = %t.tenant, pool_id = %failed_pool.as_ref().map_or("", api::PoolId::as_str),
             code = %env.code, attempt = t.attempts, "Attempt {} of task {id} failed: {}", t.attempts, env.message);
-        if env.code == ErrorCode::ReplicaExhausted {
-            if let Some(p) = &failed_pool {
-                self.registry.mark_exhausted(p);
+        if let Some(p) = &failed_pool {
+            match env.code {
+                ErrorCode::ReplicaExhausted => self.registry.mark_exhausted(p),
+                // A pool that refused as not Ready, or whose engine went away under the task,
+                // stays out of placement until its next report says otherwise.
+                _ if env.retriable && cause == Lost::Engine => self.registry.mark_unready(p),
+                _ => {}
             }
         }
         self.release_slot(id, now);
         if can_retry {
-            if let Some((pool, fallback)) = self.place(id) {
-                self.start_attempt(id, &pool, fallback, now);
-                return;
-            }
-            if self.has_untried_candidate(id) {
-                // Another pool could run it, just not now: back to the head of its queue.
-                if let Some(t) = self.tasks.get_mut(&id) {
-                    t.life.requeue(Stamp::at(now));
-                    let (key, prio) = (t.queue_key.clone(), t.v.priority);
-                    self.queues.push_front(key, id, prio);
+            if let Some(t) = self.tasks.get_mut(&id) {
+                // Nothing reached the client: the next attempt starts over.
+                if t.resume_from.is_none() {
+                    t.gen_ids.clear();
                 }
-                return;
+                if refused {
+                    t.tried.retain(|p| Some(p) != failed_pool.as_ref());
+                } else {
+                    t.failures += 1;
+                }
             }
+            self.wait_for_pool(id, now);
+            return;
+        }
+        if can_migrate {
+            self.migrate(id, cause, now);
+            return;
         }
         let final_env = if no_tokens && env.retriable && env.code != ErrorCode::DecodeTimeout {
             ErrorEnvelope {
@@ -493,15 +654,138 @@ impl<E: Effects> Core<E> {
         self.finish_with_error(id, final_env, now);
     }
 
-    /// True when a pool the task has not tried could run it once a slot frees up.
-    fn has_untried_candidate(&self, id: TaskId) -> bool {
-        let Some(t) = self.tasks.get(&id) else {
-            return false;
+    /// True when a task that lost its engine mid-stream may continue elsewhere: within the
+    /// migration limit, every generated token id known, and no grammar (its state cannot be
+    /// carried over).
+    fn may_migrate(&self, t: &super::TaskEntry) -> bool {
+        t.resumable
+            && t.migrations < self.cfg.migration_limit
+            && t.v.sampling.grammar.is_none()
+            && t.v.sampling.json_schema.is_none()
+    }
+
+    /// Continues a task that lost its engine after tokens: its next dispatch carries the ids of
+    /// the tokens the client has, and asks for the rest of its `max_tokens`.
+    fn migrate(&mut self, id: TaskId, cause: Lost, now: Instant) {
+        let Some(t) = self.tasks.get_mut(&id) else {
+            return;
         };
-        self.pool_views().iter().any(|p| {
-            placement::is_candidate(p, &t.model, t.v.ctx, &t.v.placement)
-                && !t.tried.contains(p.pool_id)
-        })
+        let after = t.ids_sent;
+        t.gen_ids.truncate(after);
+        t.resume_from = Some(after);
+        t.migrations += 1;
+        t.carried_first_token = t.life.first_token_at();
+        t.migrated_from = t.pool.clone().map(|p| (p, cause.label()));
+        t.tried.clear();
+        if after as u64 >= t.max_tokens {
+            self.finish_with_end(id, StopReason::Limit, Outcome::Completed, now);
+            return;
+        }
+        self.metrics
+            .inc(m::TASKS_MIGRATED, labels(&[("reason", cause.label())]), 1.0);
+        self.wait_for_pool(id, now);
+    }
+
+    /// Places the task on another Ready pool now, or puts it back at the head of its queue while
+    /// a pool serving its model can come back; otherwise ends it with the reason none can.
+    fn wait_for_pool(&mut self, id: TaskId, now: Instant) {
+        if let Some(why) = self.no_way_back(id) {
+            self.fail_stranded(id, why, now);
+            return;
+        }
+        if let Some((pool, fallback)) = self.place(id) {
+            self.start_attempt(id, &pool, fallback, now);
+            return;
+        }
+        self.tenant_stopped(id, false, now);
+        let Some(t) = self.tasks.get_mut(&id) else {
+            return;
+        };
+        t.life.requeue(Stamp::at(now));
+        // The pool it failed on may be the one that comes back.
+        t.tried.clear();
+        let (key, prio) = (t.queue_key.clone(), t.v.priority);
+        self.queues.push_front(key, id, prio, &t.tenant);
+        self.publish_gauges();
+    }
+
+    /// Ends a task no pool can take any more (a typed error naming why).
+    fn fail_stranded(&mut self, id: TaskId, why: String, now: Instant) {
+        let Some(t) = self.tasks.get(&id) else { return };
+        let code = if t.token_frames + t.tool_frames > 0 {
+            ErrorCode::WorkerReset
+        } else {
+            ErrorCode::PoolUnavailable
+        };
+        let env = ErrorEnvelope::new(
+            code,
+            format!("no pool serving {} can come back: {why}", t.model),
+        )
+        .with_retriable(true);
+        if t.state() == TaskState::Queued {
+            self.dequeue(id);
+        }
+        self.finish_with_error(id, env, now);
+    }
+
+    /// Why no pool that could run the task can come back (None while one can): every pool
+    /// serving its model is Failed (or drained or unloaded by an operator), or on a node that is
+    /// gone past the heartbeat timeout.
+    pub(super) fn no_way_back(&self, id: TaskId) -> Option<String> {
+        let t = self.tasks.get(&id)?;
+        let pin = (t.v.placement.mode == PlacementMode::Pin)
+            .then(|| t.v.placement.pin_pool_id.clone())
+            .flatten();
+        let mut why = Vec::new();
+        for (pid, p) in self.registry.pools() {
+            if p.model_id() != Some(&t.model)
+                || p.status.workload != t.v.workload
+                || pin.as_ref().is_some_and(|x| x != pid)
+            {
+                continue;
+            }
+            let offline = self
+                .registry
+                .node(&p.node_id)
+                .is_none_or(|n| n.status == NodeStatus::Offline);
+            if offline {
+                why.push(format!("node {} of pool {pid} is offline", p.node_id));
+            } else if matches!(
+                p.status.state,
+                PoolState::Failed | PoolState::Unloaded | PoolState::Draining
+            ) || p.draining
+            {
+                // Failed pools stay down; drained and unloaded ones wait for an operator.
+                let state = if p.draining {
+                    PoolState::Draining
+                } else {
+                    p.status.state
+                };
+                why.push(format!("pool {pid} is {}", state.as_str()));
+            } else {
+                return None;
+            }
+        }
+        if why.is_empty() {
+            why.push(format!("no pool serves {}", t.model));
+        }
+        Some(why.join("; "))
+    }
+
+    /// Queued tasks that were dispatched before and now have no pool that can come back end at
+    /// once (called on every tick).
+    pub(super) fn fail_stranded_queued(&mut self, now: Instant) {
+        let waiting: Vec<TaskId> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.state() == TaskState::Queued && t.attempts > 0)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in waiting {
+            if let Some(why) = self.no_way_back(id) {
+                self.fail_stranded(id, why, now);
+            }
+        }
     }
 
     fn observe_finish(&mut self, id: TaskId, engine_ttft_ms: Option<u64>, engine_decode_ms: u64) {
@@ -574,6 +858,7 @@ impl<E: Effects> Core<E> {
             ("engine_version", &ev),
             ("pool_id", &pool),
             ("replica_id", &node),
+            ("tenant", t.tenant.as_str()),
         ]);
         self.metrics
             .inc(m::TOKENS_IN, series.clone(), t.tokens_in as f64);
@@ -590,9 +875,10 @@ impl<E: Effects> Core<E> {
                 .observe(m::LATENCY_FIRST_TOKEN, hist.clone(), ttft as f64);
             self.metrics.observe(m::LATENCY_DECODE, hist, decode as f64);
         }
-        tracing::info!(event = "task.finished", correlation_id = %t.correlation_id, task_id = %id, pool_id = %pool, node_id = %node, tokens_in = t.tokens_in,
+        tracing::info!(event = "task.finished", correlation_id = %t.correlation_id, task_id = %id, tenant = %t.tenant, pool_id = %pool, node_id = %node, tokens_in = t.tokens_in,
             tokens_out = t.tokens_out(), duration_ms = now.duration_since(t.admitted.at).as_millis() as u64,
             "Task {id} ended ({reason:?}) with {} tokens", t.tokens_out());
+        self.tenant_stopped(id, true, now);
         self.tasks.finished(id);
     }
 
@@ -611,13 +897,15 @@ impl<E: Effects> Core<E> {
             ("engine_version", &ev),
             ("pool_id", &pool),
             ("replica_id", &node),
+            ("tenant", t.tenant.as_str()),
         ]);
         self.metrics
             .inc(m::TOKENS_IN, series.clone(), t.tokens_in as f64);
         self.metrics
             .inc(m::TOKENS_OUT, series, t.tokens_out() as f64);
-        tracing::warn!(event = "task.finished", correlation_id = %t.correlation_id, task_id = %id, pool_id = %pool, code = %env.code,
+        tracing::warn!(event = "task.finished", correlation_id = %t.correlation_id, task_id = %id, tenant = %t.tenant, pool_id = %pool, code = %env.code,
             "Task {id} failed: {}", env.message);
+        self.tenant_stopped(id, true, now);
         self.tasks.finished(id);
     }
 
@@ -633,7 +921,18 @@ impl<E: Effects> Core<E> {
 
     /// `POST /v2/tasks/{id}/cancel` and disconnects (API.md §5.6). Returns false for unknown tasks.
     pub fn cancel(&mut self, id: TaskId, reason: CancelReason, now: Instant) -> bool {
-        let Some(t) = self.tasks.get(&id) else {
+        self.cancel_as(id, reason, &super::tenants::Scope::All, now)
+    }
+
+    /// Cancels a task the caller may see; another tenant's task is unknown (false).
+    pub fn cancel_as(
+        &mut self,
+        id: TaskId,
+        reason: CancelReason,
+        scope: &super::tenants::Scope,
+        now: Instant,
+    ) -> bool {
+        let Some(t) = self.tasks.get(&id).filter(|t| scope.sees(&t.tenant)) else {
             return false;
         };
         match t.state() {
@@ -645,7 +944,7 @@ impl<E: Effects> Core<E> {
             }
             TaskState::Running => {
                 self.count_cancel(id, reason);
-                tracing::info!(event = "task.canceled", correlation_id = %t.correlation_id, task_id = %id, pool_id = %t.pool_label(),
+                tracing::info!(event = "task.canceled", correlation_id = %t.correlation_id, task_id = %id, tenant = %t.tenant, pool_id = %t.pool_label(),
                     reason = reason.label(), "Task {id} canceled ({})", reason.label());
                 self.stop_running(id, StopReason::Canceled, Outcome::Canceled, now);
             }
@@ -667,6 +966,7 @@ impl<E: Effects> Core<E> {
                 ("pool_id", &pool),
                 ("replica_id", &node),
                 ("reason", reason.label()),
+                ("tenant", t.tenant.as_str()),
             ]),
             1.0,
         );
@@ -682,6 +982,7 @@ impl<E: Effects> Core<E> {
             return;
         };
         let cid = t.correlation_id.clone();
+        let tenant = Some(t.tenant.clone());
         if !self.registry.start_releasing(&pool_id, id) {
             return;
         }
@@ -694,6 +995,7 @@ impl<E: Effects> Core<E> {
         };
         self.effects.cancel_on_worker(CancelJob {
             task: id,
+            tenant,
             pool_id,
             address: node.address.clone(),
             token: node.dispatch_token.clone(),
@@ -756,12 +1058,15 @@ impl<E: Effects> Core<E> {
             .purge(now, self.cfg.retention, self.cfg.max_retained);
     }
 
-    pub fn log_of(&self, id: TaskId) -> Option<Arc<TaskLog>> {
-        self.tasks.get(&id).map(|t| t.log.clone())
+    pub fn log_of(&self, id: TaskId, scope: &super::tenants::Scope) -> Option<Arc<TaskLog>> {
+        self.tasks
+            .get(&id)
+            .filter(|t| scope.sees(&t.tenant))
+            .map(|t| t.log.clone())
     }
 
-    pub fn record(&self, id: TaskId) -> Option<TaskRecord> {
-        let t = self.tasks.get(&id)?;
+    pub fn record(&self, id: TaskId, scope: &super::tenants::Scope) -> Option<TaskRecord> {
+        let t = self.tasks.get(&id).filter(|t| scope.sees(&t.tenant))?;
         let queued = t.state() == TaskState::Queued;
         let position = if queued {
             self.queues
@@ -802,7 +1107,7 @@ impl<E: Effects> Core<E> {
     }
 
     /// Tasks running on `node_id` when it is lost: before the first token they fail over, after it
-    /// they end with WORKER_RESET (API.md §7.5).
+    /// they migrate (or end with WORKER_RESET past the migration limit; API.md §7.5).
     pub(super) fn node_lost(&mut self, node_id: &NodeId, now: Instant) {
         let ids: Vec<TaskId> = self
             .tasks
@@ -812,7 +1117,11 @@ impl<E: Effects> Core<E> {
             .collect();
         for id in ids {
             self.effects.abort_dispatch(id);
-            let tokens = self.tasks.get(&id).map(|t| t.token_frames).unwrap_or(0);
+            let tokens = self
+                .tasks
+                .get(&id)
+                .map(|t| t.token_frames + t.tool_frames)
+                .unwrap_or(0);
             let code = if tokens > 0 {
                 ErrorCode::WorkerReset
             } else {
@@ -821,6 +1130,7 @@ impl<E: Effects> Core<E> {
             self.attempt_failed(
                 id,
                 ErrorEnvelope::new(code, format!("node {node_id} was lost")).with_retriable(true),
+                Lost::Node,
                 now,
             );
         }

@@ -79,6 +79,7 @@ fn pool(id: &str, slots: u32) -> PoolStatus {
         slots_total: slots,
         slots_free: slots,
         ctx_per_slot: 1024,
+        workload: api::task::Workload::Completion,
         models: vec![LoadedModel {
             id: mid("m"),
             model_ref: "file:/m.gguf".into(),
@@ -140,6 +141,8 @@ fn finish(core: &mut Core<Recorded>, id: TaskId, now: Instant) {
         WorkerEvent::Token {
             i: 0,
             t: "x".into(),
+            logprobs: vec![],
+            ids: vec![],
         },
         now,
     );
@@ -343,6 +346,8 @@ fn failover_before_first_token_and_reset_after() {
         WorkerEvent::Token {
             i: 0,
             t: "x".into(),
+            logprobs: vec![],
+            ids: vec![],
         },
         now,
     );
@@ -409,6 +414,8 @@ fn deadlines_while_queued_and_running() {
         WorkerEvent::Token {
             i: 0,
             t: "x".into(),
+            logprobs: vec![],
+            ids: vec![],
         },
         now,
     );
@@ -437,6 +444,8 @@ fn cancel_is_immediate_and_the_slot_waits_for_confirmation() {
         WorkerEvent::Token {
             i: 0,
             t: "a".into(),
+            logprobs: vec![],
+            ids: vec![],
         },
         now,
     );
@@ -447,6 +456,8 @@ fn cancel_is_immediate_and_the_slot_waits_for_confirmation() {
         WorkerEvent::Token {
             i: 1,
             t: "late".into(),
+            logprobs: vec![],
+            ids: vec![],
         },
         now,
     );
@@ -498,7 +509,9 @@ fn session_affinity_prefers_the_last_pool_without_waiting() {
         Some("b"),
         "affinity beats the a-before-b tie-break"
     );
-    let view = core.session_view(sid, now).expect("session");
+    let view = core
+        .session_view(sid, &super::tenants::Scope::All, now)
+        .expect("session");
     assert_eq!(
         (
             view.turns,
@@ -536,6 +549,8 @@ fn offline_node_fails_over_or_resets() {
         WorkerEvent::Token {
             i: 0,
             t: "x".into(),
+            logprobs: vec![],
+            ids: vec![],
         },
         now,
     );
@@ -583,15 +598,25 @@ fn sessions_expire_and_delete() {
     core.submit(task(|r| r.session_id = Some(sid)), cid("c"), now)
         .expect("admitted");
     assert!(core
-        .session_view(sid, now + Duration::from_secs(9))
+        .session_view(
+            sid,
+            &super::tenants::Scope::All,
+            now + Duration::from_secs(9)
+        )
         .is_some_and(|v| v.ttl_ms_remaining == 1000));
     assert!(
-        core.session_view(sid, now + Duration::from_secs(11))
-            .is_none(),
+        core.session_view(
+            sid,
+            &super::tenants::Scope::All,
+            now + Duration::from_secs(11)
+        )
+        .is_none(),
         "expired"
     );
-    core.delete_session(sid);
-    assert!(core.session_view(sid, now).is_none());
+    core.delete_session(sid, &super::tenants::Scope::All);
+    assert!(core
+        .session_view(sid, &super::tenants::Scope::All, now)
+        .is_none());
 }
 
 fn heartbeat(
@@ -1194,8 +1219,10 @@ fn queue_position_is_the_dispatch_order() {
     // ...but with interactive_burst = 1 the aged batch task goes between two interactive ones.
     let (i2, pos) = admit(&mut core, Priority::Interactive);
     assert_eq!(pos, 2);
-    let record_pos =
-        |core: &Core<Recorded>, id: TaskId| core.record(id).and_then(|r| r.queue_position);
+    let record_pos = |core: &Core<Recorded>, id: TaskId| {
+        core.record(id, &super::tenants::Scope::All)
+            .and_then(|r| r.queue_position)
+    };
     assert_eq!(
         [b1, b2, i1, i2].map(|id| record_pos(&core, id)),
         [Some(1), Some(3), Some(0), Some(2)]
@@ -1233,4 +1260,346 @@ fn session_affinity_does_not_override_prefer() {
         .0
         .task_id;
     assert_eq!(core.tasks[&t2].pool.as_ref().map(PoolId::as_str), Some("b"));
+}
+
+fn tenant(name: &str) -> api::TenantId {
+    name.parse().expect("tenant")
+}
+
+fn submit_as(core: &mut Core<Recorded>, who: &str, now: Instant) -> TaskId {
+    let v = crate::admission::ValidatedTask {
+        tenant: tenant(who),
+        ..task(|_| {})
+    };
+    core.submit(v, cid("c"), now).expect("admitted").0.task_id
+}
+
+/// Tenants: the concurrency cap holds a tenant's tasks in the queue while another tenant's go
+/// ahead, another tenant's ids are unknown, tokens are charged from the engine's counts, and
+/// queued tasks of two tenants alternate.
+#[test]
+fn tenants_are_capped_scoped_and_served_fairly() {
+    use super::tenants::Scope;
+    use crate::config::NamedToken;
+    let now = Instant::now();
+    let mut core = core_with(|c| {
+        let named = |name: &str, concurrent: Option<u64>| NamedToken {
+            tenant: tenant(name),
+            role: api::tenant::Role::Client,
+            secret: daemon::secret::Secret::new(format!("{name}-token-0123456789")),
+            weight: 1,
+            limits: api::tenant::TenantLimits {
+                concurrent_tasks: concurrent,
+                ..Default::default()
+            },
+        };
+        c.named_tokens = vec![named("a", Some(1)), named("b", None)];
+    });
+    register(&mut core, "n1", vec![pool("p1", 2)], now);
+    let a: Vec<TaskId> = (0..4).map(|_| submit_as(&mut core, "a", now)).collect();
+    // Two free slots, but a may run one task at a time.
+    assert_eq!(dispatched(&core).len(), 1);
+    let b = submit_as(&mut core, "b", now);
+    assert_eq!(dispatched(&core).len(), 2);
+    assert_eq!(dispatched(&core)[1].0, b);
+    // b sees none of a's tasks; a cancel of a's task by b is an unknown id and changes nothing.
+    let scope_b = Scope::Tenant(tenant("b"));
+    assert!(core.record(a[1], &scope_b).is_none());
+    assert!(core.log_of(a[1], &scope_b).is_none());
+    assert!(!core.cancel_as(a[1], tasks::CancelReason::Client, &scope_b, now));
+    assert_eq!(
+        core.record(a[1], &Scope::Tenant(tenant("a")))
+            .expect("own")
+            .state,
+        TaskState::Queued
+    );
+    assert!(core.record(a[1], &Scope::All).is_some());
+    // Tokens are the engine's counts (3 in, 1 out per task here).
+    finish(&mut core, a[0], now);
+    assert_eq!(dispatched(&core)[2].0, a[1]);
+    let report = core.tenant_report(now);
+    let ra = report.iter().find(|t| t.tenant == "a").expect("a");
+    assert_eq!((ra.running, ra.queued, ra.tokens_total), (1, 2, 4));
+    // b's next task takes the free slot; with both slots busy, b's task after it waits behind
+    // two of a's five queued tasks (a has had less service in virtual time), not all of them.
+    finish(&mut core, b, now);
+    let more_a: Vec<TaskId> = (0..3).map(|_| submit_as(&mut core, "a", now)).collect();
+    let b2 = submit_as(&mut core, "b", now);
+    assert_eq!(dispatched(&core).last().expect("dispatched").0, b2);
+    let b3 = submit_as(&mut core, "b", now);
+    let q = core
+        .queues
+        .get(&queue::QueueKey::Model(mid("m")))
+        .expect("queue");
+    let order = q.dispatch_order(4);
+    assert_eq!(order, vec![a[2], a[3], b3, more_a[0], more_a[1], more_a[2]]);
+}
+
+fn token(core: &mut Core<Recorded>, id: TaskId, attempt: u32, t: &str, ids: &[u32], now: Instant) {
+    let ev = WorkerEvent::Token {
+        i: 0,
+        t: t.into(),
+        ids: ids.to_vec(),
+        logprobs: vec![],
+    };
+    core.on_worker(id, attempt, ev, now);
+}
+
+fn with_state(p: PoolStatus, state: PoolState) -> PoolStatus {
+    PoolStatus { state, ..p }
+}
+
+#[test]
+fn a_pool_that_is_not_ready_is_waited_out() {
+    let now = Instant::now();
+    let mut core = core_with(|_| {});
+    register(&mut core, "n1", vec![pool("p1", 1)], now);
+    let t = submit(&mut core, Priority::Interactive, now).expect("admitted");
+    let refusal = api::ErrorEnvelope::new(ErrorCode::PoolUnready, "pool p1 is Starting");
+    core.on_relay_ended(
+        t,
+        1,
+        RelayEnd::Refused {
+            status: 503,
+            envelope: refusal,
+        },
+        now,
+    );
+    assert_eq!(
+        core.tasks[&t].state(),
+        TaskState::Queued,
+        "back in the queue"
+    );
+    assert_eq!(
+        dispatched(&core).len(),
+        1,
+        "not sent again to a pool that refused"
+    );
+    assert!(!frames(&core, t)
+        .iter()
+        .any(|f| matches!(f, Event::Error(_))));
+    // The node reports the restart at once; a task admitted meanwhile expects to wait for it.
+    heartbeat(
+        &mut core,
+        "n1",
+        1,
+        vec![with_state(pool("p1", 1), PoolState::Starting)],
+        vec![],
+        now,
+    );
+    let (adm, _) = core.submit(task(|_| {}), cid("c"), now).expect("queued");
+    assert!(adm.predicted_start_ms >= 5000, "{}", adm.predicted_start_ms);
+    core.tick(now + Duration::from_secs(1));
+    assert_eq!(core.tasks[&t].state(), TaskState::Queued, "still waiting");
+    heartbeat(
+        &mut core,
+        "n1",
+        2,
+        vec![pool("p1", 1)],
+        vec![],
+        now + Duration::from_secs(3),
+    );
+    assert_eq!(
+        dispatched(&core).len(),
+        2,
+        "dispatched once the pool is Ready"
+    );
+    assert_eq!(dispatched(&core)[1], (t, pid("p1")));
+    // The restart took 3 s: the next estimate uses it.
+    assert_eq!(core.stats["p1"].restart_ms, Some(3000.0));
+}
+
+#[test]
+fn a_task_whose_pools_cannot_come_back_fails_at_once() {
+    let now = Instant::now();
+    let mut core = core_with(|_| {});
+    register(&mut core, "n1", vec![pool("p1", 1)], now);
+    let t = submit(&mut core, Priority::Interactive, now).expect("admitted");
+    token(&mut core, t, 1, "a", &[1], now);
+    heartbeat(
+        &mut core,
+        "n1",
+        1,
+        vec![with_state(pool("p1", 1), PoolState::Failed)],
+        vec![],
+        now,
+    );
+    core.on_worker(
+        t,
+        1,
+        WorkerEvent::Error {
+            code: ErrorCode::WorkerReset,
+            message: "the engine stopped".into(),
+            retriable: true,
+            retry_after_ms: None,
+        },
+        now,
+    );
+    let last = frames(&core, t).last().cloned();
+    assert!(
+        matches!(&last, Some(Event::Error(e)) if e.code == ErrorCode::WorkerReset && e.message.contains("pool p1 is Failed")),
+        "{last:?}"
+    );
+}
+
+#[test]
+fn a_lost_engine_mid_stream_migrates_with_the_token_ids() {
+    let now = Instant::now();
+    let mut core = core_with(|_| {});
+    register(&mut core, "n1", vec![pool("a", 1)], now);
+    register(&mut core, "n2", vec![pool("b", 1)], now);
+    let t = submit(&mut core, Priority::Interactive, now).expect("admitted");
+    let first = dispatched(&core)[0].1.clone();
+    token(&mut core, t, 1, "x", &[5], now);
+    token(&mut core, t, 1, "y", &[6], now);
+    // Text the engine held back: its id came, its text did not; the continuation redoes it.
+    token(&mut core, t, 1, "", &[7], now);
+    core.on_worker(
+        t,
+        1,
+        WorkerEvent::Error {
+            code: ErrorCode::WorkerReset,
+            message: "the engine stopped while the task was running".into(),
+            retriable: true,
+            retry_after_ms: None,
+        },
+        now,
+    );
+    let job = core.effects.dispatched.last().expect("continued").clone();
+    assert_eq!(job.task, t);
+    assert_ne!(job.body.pool_id, first, "continued on the other pool");
+    assert_eq!(job.body.resume, Some(vec![5, 6]));
+    assert_eq!(job.body.params.max_tokens, 14);
+    token(&mut core, t, 2, "z", &[9], now);
+    core.on_worker(
+        t,
+        2,
+        WorkerEvent::End {
+            tokens_in: 4,
+            tokens_out: 3,
+            stop_reason: StopReason::Eos,
+            seed: Some(1),
+            engine_ttft_ms: Some(1),
+            engine_decode_ms: 1,
+        },
+        now,
+    );
+    let fr = frames(&core, t);
+    let idx: Vec<u64> = fr
+        .iter()
+        .filter_map(|f| match f {
+            Event::Token(k) => Some(k.i),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(idx, vec![0, 1, 2], "contiguous indices");
+    assert_eq!(
+        fr.iter().filter(|f| matches!(f, Event::Started(_))).count(),
+        1
+    );
+    assert!(fr.iter().any(|f| matches!(f, Event::Metrics(m)
+        if m.placement.as_ref().is_some_and(|p| p.migrated_after_tokens == Some(2) && p.attempt == 2))));
+    assert!(
+        matches!(fr.last(), Some(Event::End(e)) if e.tokens_out == 5 && e.tokens_in == 2),
+        "{:?}",
+        fr.last()
+    );
+}
+
+#[test]
+fn migration_limit_zero_ends_with_worker_reset() {
+    let now = Instant::now();
+    let mut core = core_with(|c| c.migration_limit = 0);
+    register(&mut core, "n1", vec![pool("a", 1)], now);
+    register(&mut core, "n2", vec![pool("b", 1)], now);
+    let t = submit(&mut core, Priority::Interactive, now).expect("admitted");
+    token(&mut core, t, 1, "x", &[5], now);
+    core.on_relay_ended(t, 1, RelayEnd::Broken("reset".into()), now);
+    assert!(
+        matches!(frames(&core, t).last(), Some(Event::Error(e)) if e.code == ErrorCode::WorkerReset)
+    );
+    assert_eq!(dispatched(&core).len(), 1);
+}
+
+#[test]
+fn a_reset_connection_takes_the_node_out_of_placement() {
+    let now = Instant::now();
+    let mut core = core_with(|_| {});
+    register(&mut core, "n1", vec![pool("a", 2)], now);
+    register(&mut core, "n2", vec![pool("b", 2)], now);
+    let t = submit(&mut core, Priority::Interactive, now).expect("admitted");
+    let (first, other) = if dispatched(&core)[0].1 == pid("a") {
+        ("n1", "b")
+    } else {
+        ("n2", "a")
+    };
+    core.on_relay_ended(
+        t,
+        1,
+        RelayEnd::Unreachable("connection refused".into()),
+        now,
+    );
+    assert_eq!(dispatched(&core)[1].1, pid(other));
+    // New work avoids the node until it heartbeats again.
+    for _ in 0..2 {
+        submit(&mut core, Priority::Interactive, now).expect("admitted");
+    }
+    assert!(dispatched(&core)[2..].iter().all(|(_, p)| *p == pid(other)));
+    let _ = first;
+}
+
+#[test]
+fn a_refused_continuation_waits_without_spending_a_migration() {
+    let now = Instant::now();
+    let mut core = core_with(|c| c.migration_limit = 1);
+    register(&mut core, "n1", vec![pool("a", 1)], now);
+    let t = submit(&mut core, Priority::Interactive, now).expect("admitted");
+    token(&mut core, t, 1, "x", &[5], now);
+    core.on_relay_ended(t, 1, RelayEnd::Broken("reset".into()), now);
+    assert_eq!(
+        core.tasks[&t].state(),
+        TaskState::Queued,
+        "waits for the pool to come back"
+    );
+    heartbeat(&mut core, "n1", 1, vec![pool("a", 1)], vec![], now);
+    assert_eq!(
+        core.effects
+            .dispatched
+            .last()
+            .and_then(|j| j.body.resume.clone()),
+        Some(vec![5])
+    );
+    let refusal = api::ErrorEnvelope::new(ErrorCode::PoolUnready, "pool a is Starting");
+    core.on_relay_ended(
+        t,
+        2,
+        RelayEnd::Refused {
+            status: 503,
+            envelope: refusal,
+        },
+        now,
+    );
+    assert_eq!(
+        core.tasks[&t].state(),
+        TaskState::Queued,
+        "a refusal is no second migration"
+    );
+    heartbeat(&mut core, "n1", 2, vec![pool("a", 1)], vec![], now);
+    let job = core.effects.dispatched.last().expect("dispatched").clone();
+    assert_eq!((job.attempt, job.body.resume), (3, Some(vec![5])));
+    token(&mut core, t, 3, "y", &[6], now);
+    core.on_worker(
+        t,
+        3,
+        WorkerEvent::End {
+            tokens_in: 3,
+            tokens_out: 1,
+            stop_reason: StopReason::Eos,
+            seed: Some(1),
+            engine_ttft_ms: Some(1),
+            engine_decode_ms: 1,
+        },
+        now,
+    );
+    assert!(matches!(frames(&core, t).last(), Some(Event::End(e)) if e.tokens_out == 2));
 }

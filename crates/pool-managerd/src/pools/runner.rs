@@ -30,11 +30,15 @@ use crate::config::{EngineTimings, PoolSpec};
 pub struct SupervisorEnv {
     pub timings: EngineTimings,
     pub engines_dir: PathBuf,
+    /// Where each engine's pid record goes (see [`engine::process::stop_recorded`]).
+    pub run_dir: PathBuf,
     /// None for adopted pools, whose engine is built elsewhere.
     pub engine_source: Option<engine::EngineSource>,
     pub node_id: NodeId,
     pub book: Arc<CommandBook>,
     pub cache: models::ModelCache,
+    /// Notified whenever a pool's state changes, so the node reports it at once.
+    pub changed: Arc<tokio::sync::Notify>,
 }
 
 /// Everything that reaches the runner.
@@ -343,6 +347,12 @@ impl Shell {
                 .join("logs")
                 .join(format!("pool-{}.log", spec.id)),
             start_timeout: self.env.timings.start_timeout,
+            die_with_parent: true,
+            pid_record: Some(
+                self.env
+                    .run_dir
+                    .join(format!("{}.{}.json", self.env.node_id, spec.id)),
+            ),
         }
     }
 }
@@ -469,7 +479,11 @@ impl Effects for Shell {
             .serving
             .and_then(|g| self.engines.get(&g))
             .and_then(|e| e.1.clone());
-        self.view.send_replace(PoolView { snapshot, client });
+        let state = snapshot.state;
+        let old = self.view.send_replace(PoolView { snapshot, client });
+        if old.snapshot.state != state {
+            self.env.changed.notify_one();
+        }
     }
 }
 
