@@ -9,6 +9,8 @@ mod layout;
 mod openapi;
 mod overhead;
 mod overload;
+mod procstat;
+mod relay;
 mod scale;
 
 use clap::{Parser, Subcommand};
@@ -35,6 +37,8 @@ enum Bench {
     Overhead(overhead::Args),
     /// Offered load at 0.5×–3× capacity against fake-engine pools.
     Overload(overload::Args),
+    /// 100, 1,000 and 10,000 streams of tokens as fast as they come: CPU per relayed token.
+    Relay(relay::Args),
     /// 1,000 simulated nodes and 10,000 concurrent streams through one orchestratord.
     Scale(scale::Args),
     /// The models cache's download versus a plain download of the same file.
@@ -53,6 +57,7 @@ fn main() -> anyhow::Result<()> {
             match b {
                 Bench::Overhead(a) => rt.block_on(overhead::run(a)),
                 Bench::Overload(a) => rt.block_on(overload::run(a)),
+                Bench::Relay(a) => rt.block_on(relay::run(a)),
                 Bench::Scale(a) => rt.block_on(scale::run(a)),
                 Bench::Fetch(a) => rt.block_on(fetch::run(a)),
                 Bench::Fairness(a) => rt.block_on(fairness::run(a)),

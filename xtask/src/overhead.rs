@@ -1,5 +1,10 @@
-//! Stack overhead benchmark: time to first token and decode speed through orchestratord and
-//! pool-managerd versus a twin llama-server called directly (same binary, model, -c, -np, -t).
+//! Stack overhead benchmark: every client route (`/v1/chat/completions`, `/v2/tasks` with
+//! `messages`, `/v2/tasks` with `prompt`) through orchestratord and pool-managerd versus a twin
+//! llama-server called directly on the matching engine route (same binary, model, -c, -np, -t),
+//! alternating, several rounds. Reports time to first token, total time per stream and decode
+//! speed as pairwise deltas, and each daemon's CPU per request read from `/proc/<pid>/stat`. With
+//! `--litellm`, LiteLLM's proxy in front of the same twin runs the `/v1` chat requests too, for a
+//! CPU-per-request comparison.
 
 use std::time::{Duration, Instant};
 
@@ -9,12 +14,14 @@ use engine::{CompletionRequest, LaunchSpec};
 use futures::StreamExt;
 use llorch::stack::{EngineChoice, Stack, StackSpec};
 
+use crate::procstat::CpuClock;
+
 #[derive(clap::Args)]
 pub struct Args {
-    /// Rounds over the prompt set (each prompt runs once per path per round).
-    #[arg(long, default_value_t = 5)]
+    /// Rounds over the prompt set (each prompt runs once per route and path per round).
+    #[arg(long, default_value_t = 6)]
     rounds: usize,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 32)]
     max_tokens: u64,
     /// Engine threads for both paths.
     #[arg(long, default_value_t = 2)]
@@ -27,6 +34,10 @@ pub struct Args {
     /// (for machines without a Rust toolchain, such as the GPU check's).
     #[arg(long)]
     bin_dir: Option<std::path::PathBuf>,
+    /// Also run the `/v1` chat requests through LiteLLM's proxy in front of the twin (installed
+    /// into a cached venv, `~/.cache/llama-orch/venv-litellm`, on first use).
+    #[arg(long)]
+    litellm: bool,
 }
 
 const PROMPTS: &[&str] = &[
@@ -37,18 +48,76 @@ const PROMPTS: &[&str] = &[
     "In 1969, the first humans",
 ];
 
+/// The LiteLLM release the comparison pins.
+const LITELLM_VERSION: &str = "1.108.7";
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Route {
+    V1Chat,
+    V2Messages,
+    V2Prompt,
+}
+
+impl Route {
+    const ALL: [Route; 3] = [Route::V1Chat, Route::V2Messages, Route::V2Prompt];
+
+    fn name(self) -> &'static str {
+        match self {
+            Route::V1Chat => "/v1/chat/completions",
+            Route::V2Messages => "/v2/tasks, messages",
+            Route::V2Prompt => "/v2/tasks, prompt",
+        }
+    }
+
+    /// The twin's route for the same request.
+    fn direct_name(self) -> &'static str {
+        match self {
+            Route::V1Chat | Route::V2Messages => "engine /v1/chat/completions",
+            Route::V2Prompt => "engine /completion",
+        }
+    }
+}
+
+/// One stream's timings.
+#[derive(Clone, Copy)]
+struct Timing {
+    ttft_ms: f64,
+    total_ms: f64,
+    tps: f64,
+}
+
+/// A route's samples: adjacent pairs (through the proxy, direct) and the proxy's CPU.
 #[derive(Default)]
 struct Samples {
-    ttft_ms: Vec<f64>,
-    tps: Vec<f64>,
+    pairs: Vec<(Timing, Timing)>,
+    /// CPU seconds summed over the proxied requests: orchestratord, pool-managerd (or the LiteLLM
+    /// proxy in the first place, 0 in the second).
+    cpu: (f64, f64),
+}
+
+/// The processes whose CPU a proxied request is charged with.
+#[derive(Clone, Copy)]
+enum Charged {
+    Stack { orchd: u32, pm: u32 },
+    Litellm(u32),
+}
+
+impl Charged {
+    fn read(self, clock: &CpuClock) -> anyhow::Result<(f64, f64)> {
+        Ok(match self {
+            Charged::Stack { orchd, pm } => (clock.seconds(orchd)?, clock.seconds(pm)?),
+            Charged::Litellm(pid) => (clock.seconds(pid)?, 0.0),
+        })
+    }
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
     let root = std::env::current_dir()?;
     let bin_dir = match &a.bin_dir {
-        Some(d) => d.clone(),
+        // pool-managerd wants an absolute engine path.
+        Some(d) => std::fs::canonicalize(d).with_context(|| format!("{}", d.display()))?,
         None => {
-            crate::build_release(&["orchestratord", "pool-managerd"])?;
+            crate::build_release(&["orchestratord", "pool-managerd", "fake-engine", "llorch"])?;
             root.join("target/release")
         }
     };
@@ -102,6 +171,16 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     stack
         .wait_ready(Duration::from_secs(120), &mut |_| {})
         .await?;
+    let orchd = stack
+        .orchd
+        .as_ref()
+        .and_then(|c| c.id())
+        .context("orchestratord pid")?;
+    let pm = stack
+        .pool_managerd
+        .as_ref()
+        .and_then(|c| c.id())
+        .context("pool-managerd pid")?;
     let direct = engine::launch(&LaunchSpec {
         binary: build.binary.clone(),
         model_path: model,
@@ -123,28 +202,69 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     })
     .await
     .context("starting the direct llama-server")?;
+    let mut litellm = if a.litellm {
+        Some(Litellm::start(&dir, &direct.client).await?)
+    } else {
+        None
+    };
+    let clock = CpuClock::new()?;
     let client = client::Client::new(&stack.orchd_url, None)?;
-    let (mut via_stack, mut via_direct) = (Samples::default(), Samples::default());
-    // Warm both paths once.
-    one_stack(&client, PROMPTS[0], a.max_tokens).await?;
-    one_direct(&direct.client, PROMPTS[0], a.max_tokens).await?;
+    let http = reqwest::Client::new();
+    let paths = Paths {
+        client: &client,
+        http: &http,
+        orchd_url: &stack.orchd_url,
+        engine: &direct.client,
+        max_tokens: a.max_tokens,
+    };
+    let stack_charged = Charged::Stack { orchd, pm };
+    let mut samples: Vec<Samples> = Route::ALL.iter().map(|_| Samples::default()).collect();
+    let mut via_litellm = Samples::default();
+    // Warm every path once.
+    for r in Route::ALL {
+        paths.proxied(r, PROMPTS[0]).await?;
+        paths.direct(r, PROMPTS[0]).await?;
+    }
+    if let Some(l) = &litellm {
+        paths.litellm(&l.url, PROMPTS[0]).await?;
+    }
     for round in 0..a.rounds {
         for (k, p) in PROMPTS.iter().enumerate() {
-            let stack_first = (round + k) % 2 == 0;
-            for leg in 0..2 {
-                if (leg == 0) == stack_first {
-                    push(&mut via_stack, one_stack(&client, p, a.max_tokens).await?);
-                } else {
-                    push(
-                        &mut via_direct,
-                        one_direct(&direct.client, p, a.max_tokens).await?,
-                    );
-                }
+            let proxy_first = (round + k) % 2 == 0;
+            for (ri, r) in Route::ALL.into_iter().enumerate() {
+                let s = &mut samples[ri];
+                let pair = paths
+                    .pair(
+                        proxy_first,
+                        &clock,
+                        stack_charged,
+                        &mut s.cpu,
+                        paths.proxied(r, p),
+                        || paths.direct(r, p),
+                    )
+                    .await?;
+                s.pairs.push(pair);
+            }
+            if let Some(l) = &litellm {
+                let pair = paths
+                    .pair(
+                        proxy_first,
+                        &clock,
+                        Charged::Litellm(l.pid),
+                        &mut via_litellm.cpu,
+                        paths.litellm(&l.url, p),
+                        || paths.direct(Route::V1Chat, p),
+                    )
+                    .await?;
+                via_litellm.pairs.push(pair);
             }
         }
         eprintln!("[bench] round {}/{} done", round + 1, a.rounds);
     }
     let metrics = client.metrics_text().await?.body;
+    if let Some(l) = litellm.as_mut() {
+        l.stop().await;
+    }
     direct.stop(Duration::from_secs(5)).await;
     stack.shutdown().await?;
     println!(
@@ -154,56 +274,221 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         a.devices
     );
     report(
-        &via_stack,
-        &via_direct,
-        a.rounds * PROMPTS.len(),
-        a.max_tokens,
+        &a,
+        &samples,
+        litellm.is_some().then_some(&via_litellm),
+        clock.hz(),
     );
     report_overhead_histogram(&metrics);
     Ok(())
 }
 
-fn push(s: &mut Samples, (ttft, tps): (f64, f64)) {
-    s.ttft_ms.push(ttft);
-    s.tps.push(tps);
+/// The ways one request can go.
+struct Paths<'a> {
+    client: &'a client::Client,
+    http: &'a reqwest::Client,
+    orchd_url: &'a str,
+    engine: &'a engine::EngineClient,
+    max_tokens: u64,
 }
 
-/// One task through orchestratord: POST to first token frame, and decode tokens/s after it.
-async fn one_stack(
-    client: &client::Client,
+impl Paths<'_> {
+    /// Runs a proxied request and its direct twin in the given order; the proxied one is charged
+    /// the CPU `charged` used while it ran.
+    async fn pair<F, G>(
+        &self,
+        proxy_first: bool,
+        clock: &CpuClock,
+        charged: Charged,
+        cpu: &mut (f64, f64),
+        proxied: F,
+        direct: impl FnOnce() -> G,
+    ) -> anyhow::Result<(Timing, Timing)>
+    where
+        F: std::future::Future<Output = anyhow::Result<Timing>>,
+        G: std::future::Future<Output = anyhow::Result<Timing>>,
+    {
+        let mut direct = Some(direct);
+        let mut d = None;
+        if !proxy_first {
+            d = Some(direct.take().context("direct path")?().await?);
+        }
+        let before = charged.read(clock)?;
+        let p = proxied.await?;
+        let after = charged.read(clock)?;
+        cpu.0 += after.0 - before.0;
+        cpu.1 += after.1 - before.1;
+        if let Some(direct) = direct {
+            d = Some(direct().await?);
+        }
+        Ok((p, d.context("direct path")?))
+    }
+
+    async fn proxied(&self, r: Route, prompt: &str) -> anyhow::Result<Timing> {
+        match r {
+            Route::V1Chat => {
+                sse_chat(
+                    self.http
+                        .post(format!("{}/v1/chat/completions", self.orchd_url)),
+                    prompt,
+                    self.max_tokens,
+                )
+                .await
+            }
+            Route::V2Messages | Route::V2Prompt => {
+                let mut req = api::task::TaskRequest::new(llorch::dev::MODEL_ID);
+                if r == Route::V2Prompt {
+                    req.prompt = Some(prompt.into());
+                } else {
+                    req.messages = Some(vec![api::task::Message::text(
+                        api::task::Role::User,
+                        prompt,
+                    )]);
+                }
+                req.max_tokens = Some(self.max_tokens);
+                req.temperature = Some(0.0);
+                req.seed = Some(42);
+                req.stop = vec![];
+                v2_task(self.client, &req).await
+            }
+        }
+    }
+
+    async fn direct(&self, r: Route, prompt: &str) -> anyhow::Result<Timing> {
+        match r {
+            Route::V1Chat | Route::V2Messages => {
+                sse_chat(
+                    self.http
+                        .post(format!("{}/v1/chat/completions", self.engine.base_url()))
+                        .bearer_auth(self.engine.api_key().expose()),
+                    prompt,
+                    self.max_tokens,
+                )
+                .await
+            }
+            Route::V2Prompt => completion(self.engine, prompt, self.max_tokens).await,
+        }
+    }
+
+    async fn litellm(&self, url: &str, prompt: &str) -> anyhow::Result<Timing> {
+        sse_chat(
+            self.http
+                .post(format!("{url}/v1/chat/completions"))
+                .bearer_auth("sk-bench"),
+            prompt,
+            self.max_tokens,
+        )
+        .await
+    }
+}
+
+/// Counts tokens and times them: first token, and the decode rate after it.
+struct Clock {
+    t0: Instant,
+    first: Option<Instant>,
+    n: u64,
+}
+
+impl Clock {
+    fn start() -> Self {
+        Self {
+            t0: Instant::now(),
+            first: None,
+            n: 0,
+        }
+    }
+
+    fn token(&mut self) {
+        self.first.get_or_insert_with(Instant::now);
+        self.n += 1;
+    }
+
+    fn finish(self) -> anyhow::Result<Timing> {
+        let first = self.first.context("no token")?;
+        let decode = first.elapsed().as_secs_f64();
+        Ok(Timing {
+            ttft_ms: first.duration_since(self.t0).as_secs_f64() * 1000.0,
+            total_ms: self.t0.elapsed().as_secs_f64() * 1000.0,
+            tps: if self.n > 1 && decode > 0.0 {
+                (self.n - 1) as f64 / decode
+            } else {
+                0.0
+            },
+        })
+    }
+}
+
+/// A streamed OpenAI chat completion (orchestratord, the twin engine or LiteLLM): POST to the
+/// `[DONE]` line, counting chunks whose delta carries content.
+async fn sse_chat(
+    rb: reqwest::RequestBuilder,
     prompt: &str,
     max_tokens: u64,
-) -> anyhow::Result<(f64, f64)> {
-    let mut req = api::task::TaskRequest::new(llorch::dev::MODEL_ID);
-    req.prompt = Some(prompt.into());
-    req.max_tokens = Some(max_tokens);
-    req.temperature = Some(0.0);
-    req.seed = Some(42);
-    req.stop = vec![];
-    let t0 = Instant::now();
-    let adm = client.submit(&req).await?.body;
+) -> anyhow::Result<Timing> {
+    let body = serde_json::json!({
+        "model": llorch::dev::MODEL_ID,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens,
+        "temperature": 0.0,
+        "seed": 42,
+        "stream": true,
+    });
+    let mut clock = Clock::start();
+    let resp = rb.json(&body).send().await?;
+    if !resp.status().is_success() {
+        bail!(
+            "chat completion answered {}: {}",
+            resp.status(),
+            resp.text().await.unwrap_or_default()
+        );
+    }
+    let mut body = resp.bytes_stream();
+    let mut buf: Vec<u8> = vec![];
+    while let Some(chunk) = body.next().await {
+        buf.extend_from_slice(&chunk?);
+        while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=pos).collect();
+            let line = std::str::from_utf8(&line)?.trim();
+            let Some(data) = line.strip_prefix("data:").map(str::trim) else {
+                continue;
+            };
+            if data == "[DONE]" {
+                return clock.finish();
+            }
+            let v: serde_json::Value = serde_json::from_str(data)?;
+            if v["choices"][0]["delta"]["content"]
+                .as_str()
+                .is_some_and(|c| !c.is_empty())
+            {
+                clock.token();
+            }
+        }
+    }
+    bail!("the chat stream ended without [DONE]")
+}
+
+/// One task through `/v2/tasks` and its SSE stream.
+async fn v2_task(client: &client::Client, req: &api::task::TaskRequest) -> anyhow::Result<Timing> {
+    let mut clock = Clock::start();
+    let adm = client.submit(req).await?.body;
     let mut s = client.events(&adm.streams.sse).await?;
-    let (mut first, mut n) = (None, 0u64);
     while let Some(f) = s.next().await {
         match f?.event {
-            Event::Token(_) => {
-                first.get_or_insert_with(Instant::now);
-                n += 1;
-            }
-            Event::End(_) => break,
+            Event::Token(_) => clock.token(),
+            Event::End(_) => return clock.finish(),
             Event::Error(e) => bail!("stack task failed: {e:?}"),
             _ => {}
         }
     }
-    finish(t0, first, n)
+    bail!("the task stream ended without an end frame")
 }
 
 /// The same request straight to llama-server's `/completion`.
-async fn one_direct(
+async fn completion(
     engine: &engine::EngineClient,
     prompt: &str,
     max_tokens: u64,
-) -> anyhow::Result<(f64, f64)> {
+) -> anyhow::Result<Timing> {
     let req = CompletionRequest {
         prompt: prompt.into(),
         n_predict: max_tokens,
@@ -213,32 +498,115 @@ async fn one_direct(
         temperature: Some(0.0),
         ..Default::default()
     };
-    let t0 = Instant::now();
+    let mut clock = Clock::start();
     let mut frames = Box::pin(engine.complete(&req).await?);
-    let (mut first, mut n) = (None, 0u64);
     while let Some(f) = frames.next().await {
         let f = f?;
         if !f.content.is_empty() {
-            first.get_or_insert_with(Instant::now);
-            n += 1;
+            clock.token();
         }
         if f.stop {
-            break;
+            return clock.finish();
         }
     }
-    finish(t0, first, n)
+    bail!("the engine stream ended without a final frame")
 }
 
-fn finish(t0: Instant, first: Option<Instant>, n: u64) -> anyhow::Result<(f64, f64)> {
-    let first = first.context("no token")?;
-    let ttft = first.duration_since(t0).as_secs_f64() * 1000.0;
-    let decode = first.elapsed().as_secs_f64();
-    let tps = if n > 1 && decode > 0.0 {
-        (n - 1) as f64 / decode
-    } else {
-        0.0
-    };
-    Ok((ttft, tps))
+/// LiteLLM's proxy in front of the twin engine, from a cached venv.
+struct Litellm {
+    child: tokio::process::Child,
+    pid: u32,
+    url: String,
+}
+
+impl Litellm {
+    async fn start(dir: &std::path::Path, engine: &engine::EngineClient) -> anyhow::Result<Self> {
+        let venv = llorch::cache_dir().join("venv-litellm");
+        let python = venv.join("bin/python");
+        let probe = format!(
+            "import importlib.metadata as m, sys; sys.exit(m.version('litellm') != '{LITELLM_VERSION}')"
+        );
+        let ok = std::process::Command::new(&python)
+            .args(["-c", &probe])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!(
+                "[bench] installing litellm[proxy]=={LITELLM_VERSION} into {}",
+                venv.display()
+            );
+            let st = std::process::Command::new("python3")
+                .args(["-m", "venv"])
+                .arg(&venv)
+                .status()?;
+            anyhow::ensure!(st.success(), "python3 -m venv failed");
+            let st = std::process::Command::new(venv.join("bin/pip"))
+                .args(["install", "--quiet", "--disable-pip-version-check"])
+                .arg(format!("litellm[proxy]=={LITELLM_VERSION}"))
+                .status()?;
+            anyhow::ensure!(st.success(), "pip install litellm failed");
+        }
+        let port = llorch::stack::free_port()?;
+        let config = dir.join("litellm.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "model_list:\n  - model_name: {m}\n    litellm_params:\n      model: openai/{m}\n      api_base: {base}/v1\n      api_key: os.environ/LLORCH_TWIN_KEY\n",
+                m = llorch::dev::MODEL_ID,
+                base = engine.base_url()
+            ),
+        )?;
+        let log = std::fs::File::create(dir.join("litellm.log"))?;
+        let child = tokio::process::Command::new(venv.join("bin/litellm"))
+            .arg("--config")
+            .arg(&config)
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--num_workers",
+                "1",
+            ])
+            .env("LLORCH_TWIN_KEY", engine.api_key().expose())
+            // The proxy refuses to start without a master key; requests present it.
+            .env("LITELLM_MASTER_KEY", "sk-bench")
+            .env("LITELLM_LOG", "ERROR")
+            .env("LITELLM_TELEMETRY", "False")
+            .env("NO_DOCS", "True")
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting litellm")?;
+        let pid = child.id().context("litellm pid")?;
+        let url = format!("http://127.0.0.1:{port}");
+        let until = Instant::now() + Duration::from_secs(120);
+        let http = reqwest::Client::new();
+        loop {
+            if http
+                .get(format!("{url}/health/liveliness"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                break;
+            }
+            if Instant::now() > until {
+                bail!(
+                    "litellm did not come up; see {}",
+                    dir.join("litellm.log").display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        Ok(Self { child, pid, url })
+    }
+
+    async fn stop(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
 }
 
 /// orchestratord's own measurement: first token frame − leaving the queue − engine TTFT.
@@ -276,39 +644,52 @@ fn pct(v: &[f64], p: f64) -> f64 {
     s.get(idx).copied().unwrap_or(f64::NAN)
 }
 
-fn report(stack: &Samples, direct: &Samples, n: usize, max_tokens: u64) {
-    println!("\nbench overhead: {n} requests per path, max_tokens {max_tokens}, greedy, seed 42, alternating order\n");
-    println!("| metric | direct llama-server | through llama-orch | stack − direct | ratio |");
-    println!("|---|---|---|---|---|");
-    for (name, d, s) in [
-        (
-            "TTFT median (ms)",
-            pct(&direct.ttft_ms, 0.5),
-            pct(&stack.ttft_ms, 0.5),
-        ),
-        (
-            "TTFT p90 (ms)",
-            pct(&direct.ttft_ms, 0.9),
-            pct(&stack.ttft_ms, 0.9),
-        ),
-        (
-            "decode median (tok/s)",
-            pct(&direct.tps, 0.5),
-            pct(&stack.tps, 0.5),
-        ),
-        (
-            "decode p90 (tok/s)",
-            pct(&direct.tps, 0.9),
-            pct(&stack.tps, 0.9),
-        ),
-    ] {
+/// Median of a per-pair quantity.
+fn med(pairs: &[(Timing, Timing)], f: impl Fn(&(Timing, Timing)) -> f64) -> f64 {
+    pct(&pairs.iter().map(f).collect::<Vec<_>>(), 0.5)
+}
+
+fn report(a: &Args, routes: &[Samples], litellm: Option<&Samples>, hz: f64) {
+    let n = a.rounds * PROMPTS.len();
+    println!("\nbench overhead: {n} requests per route and path, max_tokens {}, greedy, seed 42, alternating order; deltas are medians of adjacent pairs\n", a.max_tokens);
+    println!("| route (twin route) | TTFT direct | TTFT added | total per stream added | decode tok/s direct / proxied | orchestratord CPU per request | pool-managerd CPU per request |");
+    println!("|---|---|---|---|---|---|---|");
+    for (r, s) in Route::ALL.iter().zip(routes) {
+        let k = s.pairs.len().max(1) as f64;
         println!(
-            "| {name} | {d:.1} | {s:.1} | {:+.1} | {:.3} |",
-            s - d,
-            s / d
+            "| {} ({}) | {:.1} ms | {:+.2} ms | {:+.2} ms | {:.0} / {:.0} | {:.2} ms | {:.2} ms |",
+            r.name(),
+            r.direct_name(),
+            med(&s.pairs, |(_, d)| d.ttft_ms),
+            med(&s.pairs, |(p, d)| p.ttft_ms - d.ttft_ms),
+            med(&s.pairs, |(p, d)| p.total_ms - d.total_ms),
+            med(&s.pairs, |(_, d)| d.tps),
+            med(&s.pairs, |(p, _)| p.tps),
+            s.cpu.0 * 1000.0 / k,
+            s.cpu.1 * 1000.0 / k,
         );
     }
-    let added = pct(&stack.ttft_ms, 0.5) - pct(&direct.ttft_ms, 0.5);
-    let loss = 1.0 - pct(&stack.tps, 0.5) / pct(&direct.tps, 0.5);
-    println!("\ntargets: added median TTFT {added:.2} ms (target < 2 ms), decode loss {:.1}% (target < 2%)", loss * 100.0);
+    if let Some(l) = litellm {
+        let k = l.pairs.len().max(1) as f64;
+        let ours = &routes[0];
+        let ours_cpu = (ours.cpu.0 + ours.cpu.1) * 1000.0 / ours.pairs.len().max(1) as f64;
+        let theirs = l.cpu.0 * 1000.0 / k;
+        println!("\n| /v1/chat/completions in front of the twin | TTFT added | total per stream added | proxy CPU per request |");
+        println!("|---|---|---|---|");
+        println!(
+            "| llama-orch (orchestratord + pool-managerd) | {:+.2} ms | {:+.2} ms | {ours_cpu:.2} ms |",
+            med(&ours.pairs, |(p, d)| p.ttft_ms - d.ttft_ms),
+            med(&ours.pairs, |(p, d)| p.total_ms - d.total_ms),
+        );
+        println!(
+            "| LiteLLM {LITELLM_VERSION} proxy (one worker) | {:+.2} ms | {:+.2} ms | {theirs:.2} ms |",
+            med(&l.pairs, |(p, d)| p.ttft_ms - d.ttft_ms),
+            med(&l.pairs, |(p, d)| p.total_ms - d.total_ms),
+        );
+        println!(
+            "\nLiteLLM uses {:.1}× the CPU per request of llama-orch (target: ≥ 20×)",
+            theirs / ours_cpu
+        );
+    }
+    println!("\nCPU: utime + stime of each proxy process from /proc/<pid>/stat ({hz} ticks/s) read before and after each proxied request, summed and divided by the requests. Targets: TTFT added ≤ 1 ms, total per 32-token stream added ≤ 3 ms, ≤ 1 ms CPU per request per daemon.");
 }

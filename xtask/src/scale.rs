@@ -15,6 +15,8 @@ use axum::body::{Body, Bytes};
 use axum::routing::post;
 use llorch::stack::{EngineChoice, Stack, StackSpec};
 
+use crate::procstat::{clock_ticks_per_sec, cpu_ticks, raise_nofile, rss_kib, vm_hwm};
+
 #[derive(clap::Args)]
 pub struct Args {
     #[arg(long, default_value_t = 1000)]
@@ -32,7 +34,7 @@ pub struct Args {
 const MODEL: &str = "scale-model";
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
-    raise_nofile();
+    let _ = raise_nofile();
     decision_latency(a.nodes, a.streams)?;
     if a.decisions_only {
         return Ok(());
@@ -330,63 +332,6 @@ async fn cpu_share(pid: u32, over: Duration, tick_hz: f64) -> anyhow::Result<f64
     tokio::time::sleep(over).await;
     let ticks = cpu_ticks(pid)?.saturating_sub(ticks0) as f64;
     Ok(ticks / tick_hz / t0.elapsed().as_secs_f64())
-}
-
-/// utime + stime of `pid` in clock ticks (fields 14 and 15 of `/proc/<pid>/stat`).
-fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("reading /proc/{pid}/stat"))?;
-    // The command name (field 2) may hold spaces; the fields after it start at field 3 (state).
-    let rest = s.rsplit(')').next().unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let field = |k: usize| -> anyhow::Result<u64> {
-        f.get(k)
-            .and_then(|u| u.parse::<u64>().ok())
-            .with_context(|| format!("/proc/{pid}/stat has no field {}", k + 3))
-    };
-    Ok(field(11)? + field(12)?)
-}
-
-/// Clock ticks per second (`getconf CLK_TCK`): the unit of `/proc/<pid>/stat`'s CPU times.
-fn clock_ticks_per_sec() -> anyhow::Result<f64> {
-    let out = std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .context("running getconf CLK_TCK")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let hz: f64 = text
-        .trim()
-        .parse()
-        .with_context(|| format!("getconf CLK_TCK printed {text:?}"))?;
-    anyhow::ensure!(hz > 0.0, "getconf CLK_TCK printed {hz}");
-    Ok(hz)
-}
-
-fn status_kib(pid: u32, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(key))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    status_kib(pid, "VmRSS:")
-}
-
-fn vm_hwm(pid: u32) -> u64 {
-    status_kib(pid, "VmHWM:")
-}
-
-fn raise_nofile() {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
-    }
 }
 
 /// The core's decision latency: `submit` (validation done, placement, queueing, dispatch decision)

@@ -39,6 +39,7 @@ where
     F: FnOnce(tokio::net::TcpListener, CancellationToken) -> Fut,
     Fut: Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>,
 {
+    raise_nofile();
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -63,6 +64,18 @@ where
         Err(e) => {
             eprintln!("{daemon}: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Raises the open-files soft limit to the hard limit: every stream holds a socket (two in
+/// pool-managerd), and distributions' default soft limit of 1,024 would cap a daemon near a
+/// thousand streams.
+fn raise_nofile() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
         }
     }
 }

@@ -21,13 +21,15 @@ pub enum SseItem {
 }
 
 impl SseDecoder {
-    /// Feeds a chunk and returns every complete `data:` payload it finished.
+    /// Feeds a chunk and returns every complete `data:` payload it finished. The lines are cut
+    /// out of the buffer in place, and the consumed part is dropped once per chunk.
     pub fn push(&mut self, chunk: &[u8]) -> Vec<SseItem> {
         self.buf.extend_from_slice(chunk);
         let mut out = Vec::new();
-        while let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = self.buf.drain(..=pos).collect();
-            let line = &line[..line.len() - 1];
+        let mut start = 0;
+        while let Some(off) = self.buf[start..].iter().position(|&b| b == b'\n') {
+            let line = &self.buf[start..start + off];
+            start += off + 1;
             let line = line.strip_suffix(b"\r").unwrap_or(line);
             if line.len() > MAX_LINE_BYTES {
                 out.push(SseItem::Garbage(format!("line of {} bytes", line.len())));
@@ -42,6 +44,7 @@ impl SseDecoder {
                 Err(_) => out.push(SseItem::Garbage("line is not UTF-8".into())),
             }
         }
+        self.buf.drain(..start);
         if self.buf.len() > MAX_LINE_BYTES {
             self.buf.clear();
             out.push(SseItem::Garbage(format!(

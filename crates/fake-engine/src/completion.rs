@@ -140,7 +140,11 @@ async fn generate(st: Arc<AppState>, plan: Plan, tx: mpsc::Sender<Bytes>) {
         }
         let frame = json!({
             "index": 0,
-            "content": format!("tok{k} "),
+            "content": if st.knobs.token_stamp {
+                format!("tok{k}@{} ", unix_micros())
+            } else {
+                format!("tok{k} ")
+            },
             "tokens": [k],
             "stop": false,
             "id_slot": -1,
@@ -199,6 +203,13 @@ async fn crash(st: &AppState, tx: &mpsc::Sender<Bytes>) -> ! {
     }
     tokio::time::sleep(Duration::from_millis(20)).await;
     std::process::exit(CRASH_EXIT_CODE);
+}
+
+/// Wall-clock µs since the Unix epoch (`FAKE_TOKEN_STAMP`): comparable across processes.
+fn unix_micros() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros())
 }
 
 #[cfg(test)]

@@ -19,6 +19,10 @@ pub struct Knobs {
     /// `FAKE_HOLD_FILE` (unset = never): while this file exists, no request sends a token after its
     /// first. Lets a test hold tasks running (and release them) by state instead of by a delay.
     pub hold_file: Option<PathBuf>,
+    /// `FAKE_TOKEN_STAMP` (default 0): 1 = each token's text carries the wall-clock time it was
+    /// produced, `tok<k>@<µs since the Unix epoch> `, so a benchmark can measure the latency the
+    /// relay adds to each token (`bench relay`).
+    pub token_stamp: bool,
 }
 
 impl Default for Knobs {
@@ -30,6 +34,7 @@ impl Default for Knobs {
             crash_after_tokens: None,
             fail_status: None,
             hold_file: None,
+            token_stamp: false,
         }
     }
 }
@@ -63,7 +68,13 @@ impl Knobs {
                 ))
             }
         };
+        let token_stamp = match var("FAKE_TOKEN_STAMP")? {
+            None | Some(0) => false,
+            Some(1) => true,
+            Some(v) => return Err(format!("FAKE_TOKEN_STAMP={v} must be 0 or 1")),
+        };
         Ok(Self {
+            token_stamp,
             load: var("FAKE_LOAD_MS")?.map_or(d.load, Duration::from_millis),
             tokens: var("FAKE_TOKENS")?.unwrap_or(d.tokens),
             token_delay: var("FAKE_TOKEN_DELAY_MS")?.map_or(d.token_delay, Duration::from_millis),
@@ -99,6 +110,7 @@ mod tests {
             ("FAKE_CRASH_AFTER_TOKENS", "2"),
             ("FAKE_FAIL_STATUS", "503"),
             ("FAKE_HOLD_FILE", "/tmp/hold"),
+            ("FAKE_TOKEN_STAMP", "1"),
         ])
         .unwrap();
         assert_eq!(k.load, Duration::from_millis(250));
@@ -107,6 +119,7 @@ mod tests {
         assert_eq!(k.crash_after_tokens, Some(2));
         assert_eq!(k.fail_status, Some(503));
         assert_eq!(k.hold_file, Some(PathBuf::from("/tmp/hold")));
+        assert!(k.token_stamp);
         assert_eq!(
             knobs(&[("FAKE_CRASH_AFTER_TOKENS", " ")])
                 .unwrap()
@@ -120,5 +133,6 @@ mod tests {
         assert!(knobs(&[("FAKE_TOKENS", "many")]).is_err());
         assert!(knobs(&[("FAKE_FAIL_STATUS", "200")]).is_err());
         assert!(knobs(&[("FAKE_TOKEN_DELAY_MS", "-1")]).is_err());
+        assert!(knobs(&[("FAKE_TOKEN_STAMP", "2")]).is_err());
     }
 }

@@ -17,6 +17,8 @@
 //! - `FAKE_FAIL_STATUS` (unset): every `/completion` answers this status with a llama-style error.
 //! - `FAKE_HOLD_FILE` (unset): a path; while that file exists, no request sends a token after its
 //!   first (tests hold tasks running by creating it and release them by removing it).
+//! - `FAKE_TOKEN_STAMP` (0): 1 = token texts carry the time they were produced (`tok3@<µs> `), for
+//!   `bench relay`'s added-latency figure.
 //!
 //! Endpoints: `GET /health`, `GET /props`, `GET /slots`, `POST /apply-template`,
 //! `POST /completion` (streaming only), `GET /metrics` (with `--metrics`), and `GET /fake/stats`

@@ -219,13 +219,29 @@ impl TaskRun {
         let mut ids_whole = true;
         let far = tokio::time::Instant::now() + Duration::from_secs(365 * 24 * 3600);
         let deadline_at = deadline.unwrap_or(far);
+        // One deadline timer for the whole stream, not one per frame.
+        let deadline_sleep = tokio::time::sleep_until(deadline_at);
+        tokio::pin!(deadline_sleep);
         loop {
+            // Checked first on every frame, so a fast engine cannot starve a cancel; the select
+            // below is biased towards a frame that is already there, which it then takes without
+            // arming the other branches.
+            if self.cancel.is_cancelled() || self.tx.is_closed() {
+                return Outcome::Stopped(StopReason::Canceled);
+            }
+            if self.lost.is_cancelled() {
+                return lost(*tokens_out);
+            }
+            if tokio::time::Instant::now() >= deadline_at {
+                return Outcome::Stopped(StopReason::Deadline);
+            }
             let next = tokio::select! {
+                biased;
                 n = tokio::time::timeout(self.idle_timeout, frames.next()) => n,
                 _ = self.cancel.cancelled() => return Outcome::Stopped(StopReason::Canceled),
                 _ = self.lost.cancelled() => return lost(*tokens_out),
                 _ = self.tx.closed() => return Outcome::Stopped(StopReason::Canceled),
-                _ = tokio::time::sleep_until(deadline_at) => return Outcome::Stopped(StopReason::Deadline),
+                _ = &mut deadline_sleep => return Outcome::Stopped(StopReason::Deadline),
             };
             let frame = match next {
                 Err(_) => {

@@ -303,9 +303,12 @@ fn refusal(r: Refusal, pool_id: &api::PoolId, req: &DispatchRequest) -> ErrorEnv
 }
 
 /// The NDJSON body: one line per event with `seq`, and a keepalive after 5 s of silence.
+/// The dispatch response: one NDJSON line per worker event, with a keepalive line after 5 s of
+/// silence. Events that are already waiting when a line is written go into the same chunk (one
+/// write instead of one per event under load); none waits for a later one.
 fn ndjson(rx: mpsc::Receiver<WorkerEvent>) -> Response {
     let state = (rx, 0u64, false);
-    let stream = futures::stream::unfold(state, |(mut rx, seq, done)| async move {
+    let stream = futures::stream::unfold(state, |(mut rx, mut seq, done)| async move {
         if done {
             return None;
         }
@@ -314,13 +317,15 @@ fn ndjson(rx: mpsc::Receiver<WorkerEvent>) -> Response {
             Ok(None) => return None,
             Err(_) => WorkerEvent::Keepalive,
         };
-        let terminal = event.is_terminal();
-        let mut line = serde_json::to_vec(&WorkerLine { seq, event }).unwrap_or_default();
-        line.push(b'\n');
-        Some((
-            Ok::<_, Infallible>(Bytes::from(line)),
-            (rx, seq + 1, terminal),
-        ))
+        let mut chunk = Vec::with_capacity(256);
+        let mut terminal = push_line(&mut chunk, seq, event);
+        seq += 1;
+        while !terminal {
+            let Ok(event) = rx.try_recv() else { break };
+            terminal = push_line(&mut chunk, seq, event);
+            seq += 1;
+        }
+        Some((Ok::<_, Infallible>(Bytes::from(chunk)), (rx, seq, terminal)))
     });
     let mut resp = Response::new(Body::from_stream(stream));
     resp.headers_mut().insert(
@@ -328,6 +333,15 @@ fn ndjson(rx: mpsc::Receiver<WorkerEvent>) -> Response {
         axum::http::HeaderValue::from_static("application/x-ndjson"),
     );
     resp
+}
+
+/// Appends one NDJSON line; true when the event is terminal.
+fn push_line(chunk: &mut Vec<u8>, seq: u64, event: WorkerEvent) -> bool {
+    let terminal = event.is_terminal();
+    // Serializing typed worker events into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *chunk, &WorkerLine { seq, event });
+    chunk.push(b'\n');
+    terminal
 }
 
 async fn cancel(

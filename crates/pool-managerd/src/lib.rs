@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod node;
 pub mod pools;
 pub mod registration;
+pub mod serve;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -116,15 +117,7 @@ pub async fn run(
     let server = {
         let stop = server_stop.clone();
         let router = http::router(node.clone());
-        // Worker lines are small and latency-critical: no Nagle delay.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
-        })
+        tokio::spawn(serve::worker_api(listener, router, stop))
     };
     tracing::info!(event = "node.started", node_id = %config.node_id, "pool-managerd {} serving the worker API at {}", config.node_id, config.advertise_url);
 

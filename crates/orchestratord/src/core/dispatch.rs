@@ -74,9 +74,12 @@ pub async fn relay(
             Ok(Some(Ok(c))) => c,
         };
         buf.extend_from_slice(&chunk);
-        while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = buf.drain(..=pos).collect();
-            let Ok(parsed) = serde_json::from_slice::<WorkerLine>(&line[..line.len() - 1]) else {
+        // Lines are parsed in place; the consumed bytes leave the buffer once per chunk.
+        let mut start = 0;
+        while let Some(off) = buf[start..].iter().position(|b| *b == b'\n') {
+            let line = &buf[start..start + off];
+            start += off + 1;
+            let Ok(parsed) = serde_json::from_slice::<WorkerLine>(line) else {
                 let _ = tx.send(ended(RelayEnd::Unreadable));
                 return;
             };
@@ -90,6 +93,7 @@ pub async fn relay(
                 return;
             }
         }
+        buf.drain(..start);
         if buf.len() > 1 << 20 {
             let _ = tx.send(ended(RelayEnd::OverLong));
             return;
