@@ -14,6 +14,7 @@ pub mod models;
 pub mod nodes;
 pub mod ops;
 pub mod placement;
+pub mod prefix;
 pub mod provision;
 pub mod queue;
 pub mod registry;
