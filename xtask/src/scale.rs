@@ -311,6 +311,8 @@ async fn dispatch(_body: Bytes, hold: Duration) -> axum::response::Response {
                 seed: None,
                 engine_ttft_ms: Some(1),
                 engine_decode_ms: 1,
+                tokens_cached: None,
+                slot: None,
             },
             _ => return None,
         };

@@ -138,7 +138,7 @@ pub struct PrefixIndex {
     next_seq: SeqId,
     tick: u64,
     /// Scratch for lookups: the depth found per pool index (0: none).
-    scratch: Vec<u32>,
+    scratch: std::cell::RefCell<Vec<u32>>,
 }
 
 /// Default bytes per token before the engine reported any (English text).
@@ -156,7 +156,7 @@ impl PrefixIndex {
             lru: BTreeMap::new(),
             next_seq: 0,
             tick: 0,
-            scratch: Vec::new(),
+            scratch: std::cell::RefCell::new(Vec::new()),
         }
     }
 
@@ -168,7 +168,7 @@ impl PrefixIndex {
         self.pool_ix.insert(pool.clone(), i);
         self.pool_ids.push(pool.clone());
         self.pools.push(PoolSeqs::default());
-        self.scratch.push(0);
+        self.scratch.get_mut().push(0);
         i
     }
 
@@ -320,7 +320,7 @@ impl PrefixIndex {
 
     /// Every pool holding a prefix of `key`, with its match, deepest first. Cost: the pool lists
     /// of the depths where the set of matching pools grows.
-    pub fn lookup(&mut self, key: &[u64]) -> Vec<(PoolId, Match)> {
+    pub fn lookup(&self, key: &[u64]) -> Vec<(PoolId, Match)> {
         // The deepest block any pool holds (pool sets only grow toward shallow depths).
         let (mut lo, mut hi) = (0usize, key.len());
         while lo < hi {
@@ -331,6 +331,7 @@ impl PrefixIndex {
                 hi = mid - 1;
             }
         }
+        let mut scratch = self.scratch.borrow_mut();
         let mut found: Vec<u32> = Vec::new();
         let mut seen = 0usize;
         for depth in (1..=lo).rev() {
@@ -341,8 +342,8 @@ impl PrefixIndex {
                 continue;
             }
             for (p, _) in v {
-                if self.scratch[*p as usize] == 0 {
-                    self.scratch[*p as usize] = depth as u32;
+                if scratch[*p as usize] == 0 {
+                    scratch[*p as usize] = depth as u32;
                     found.push(*p);
                 }
             }
@@ -350,8 +351,8 @@ impl PrefixIndex {
         }
         let mut out = Vec::with_capacity(found.len());
         for p in found {
-            let depth = self.scratch[p as usize] as usize;
-            self.scratch[p as usize] = 0;
+            let depth = scratch[p as usize] as usize;
+            scratch[p as usize] = 0;
             let bytes = depth * BLOCK;
             let ps = &self.pools[p as usize];
             let bpt = ps.bytes_per_token.unwrap_or(DEFAULT_BYTES_PER_TOKEN);
@@ -409,19 +410,15 @@ impl PrefixIndex {
         let keep = ((cached_tokens as f64 * bpt) as usize) / BLOCK;
         for id in self.pools[p as usize].seqs.clone() {
             let s = &self.seqs[&id];
-            let common = s
-                .hashes
-                .iter()
-                .zip(key)
-                .take_while(|(a, b)| a == b)
-                .count();
+            let common = s.hashes.iter().zip(key).take_while(|(a, b)| a == b).count();
             if common > keep {
                 // The engine does not hold this sequence beyond `keep` blocks.
                 let mut s = self.seqs.remove(&id).expect("listed");
                 self.lru.remove(&s.tick);
                 self.pools[p as usize].seqs.retain(|x| *x != id);
                 let tokens = s.tokens;
-                self.pools[p as usize].tokens = self.pools[p as usize].tokens.saturating_sub(tokens);
+                self.pools[p as usize].tokens =
+                    self.pools[p as usize].tokens.saturating_sub(tokens);
                 for h in &s.hashes[keep..] {
                     if let Some(v) = self.blocks.get_mut(h) {
                         if let Some(i) = v.iter().position(|(q, _)| *q == p) {
@@ -457,13 +454,13 @@ mod tests {
     }
 
     fn text(seed: u8, len: usize) -> Vec<u8> {
-        (0..len).map(|i| b'a' + ((i * 7 + seed as usize) % 26) as u8).collect()
+        (0..len)
+            .map(|i| b'a' + ((i * 7 + seed as usize) % 26) as u8)
+            .collect()
     }
 
     fn index() -> PrefixIndex {
-        PrefixIndex::new(Limits {
-            max_sequences: 100,
-        })
+        PrefixIndex::new(Limits { max_sequences: 100 })
     }
 
     #[test]
