@@ -258,6 +258,11 @@ impl<E: Effects> Core<E> {
         }
     }
 
+    /// Sequences the prefix index holds (benchmarks and tests).
+    pub fn prefix_sequences(&self) -> usize {
+        self.prefix.len()
+    }
+
     /// The effects recorder or performer (tests read what the core asked for).
     pub fn effects(&self) -> &E {
         &self.effects
