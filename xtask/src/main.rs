@@ -8,6 +8,7 @@ mod layout;
 mod openapi;
 mod overhead;
 mod overload;
+mod prefix;
 mod scale;
 
 use clap::{Parser, Subcommand};
@@ -40,6 +41,8 @@ enum Bench {
     Fetch(fetch::Args),
     /// Real engines and workers killed, restarted and stopped under load: how tasks end.
     Chaos(chaos::Args),
+    /// Cache-aware versus least-loaded placement on three real pools: multi-turn and control.
+    Prefix(prefix::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -53,6 +56,7 @@ fn main() -> anyhow::Result<()> {
                 Bench::Scale(a) => rt.block_on(scale::run(a)),
                 Bench::Fetch(a) => rt.block_on(fetch::run(a)),
                 Bench::Chaos(a) => rt.block_on(chaos::run(a)),
+                Bench::Prefix(a) => rt.block_on(prefix::run(a)),
             }
         }
     }

@@ -518,14 +518,28 @@ fn prefix_decision_latency(nodes: usize, streams: usize) -> anyhow::Result<()> {
         }
         orchestratord::admission::validate(r, &cfg).map_err(|e| anyhow::anyhow!("{e:?}"))
     };
+    // A question of about 700 bytes, its own for each `i`.
+    let question = |system: &str, i: usize| {
+        let q: String = (0..80).map(|w| format!("q{i}x{w} ")).collect();
+        format!("{system} question {i}: {q}")
+    };
     // Learn: each sequence finishes on its pinned pool, in its own slot.
     for i in 0..streams {
-        let prompt = format!("{} question {i}", systems[i % systems.len()]);
+        let prompt = question(&systems[i % systems.len()], i);
         let tokens_in = (prompt.len() / 4) as u64;
         core.submit(validate(prompt, Some(i % nodes))?, id("c"), now)
             .map_err(|e| anyhow::anyhow!("learning submit: {e:?}"))?;
         let (task, attempt) = core.effects().0.context("dispatched")?;
-        core.on_worker(task, attempt, WorkerEvent::Token { i: 0, t: " answer".into(), ids: vec![] }, now);
+        core.on_worker(
+            task,
+            attempt,
+            WorkerEvent::Token {
+                i: 0,
+                t: " answer".into(),
+                ids: vec![],
+            },
+            now,
+        );
         core.on_worker(
             task,
             attempt,
@@ -536,7 +550,8 @@ fn prefix_decision_latency(nodes: usize, streams: usize) -> anyhow::Result<()> {
                 seed: None,
                 engine_ttft_ms: Some(1),
                 engine_decode_ms: 1,
-                tokens_cached: Some(0),
+                // No cache report: the learning phase must not be corrected away.
+                tokens_cached: None,
                 slot: Some(((i / nodes) % slots as usize) as u32),
             },
             now,
@@ -546,13 +561,20 @@ fn prefix_decision_latency(nodes: usize, streams: usize) -> anyhow::Result<()> {
     let mut lat = Vec::with_capacity(streams);
     for i in 0..streams {
         let v = validate(
-            format!("{} question {i} answer and a follow-up {i}", systems[(i * 7) % systems.len()]),
+            format!(
+                "{} answer and a follow-up {i}",
+                question(&systems[i % systems.len()], i)
+            ),
             None,
         )?;
         let t0 = Instant::now();
         let outcome = core.submit(v, id("c"), now);
         lat.push(t0.elapsed().as_secs_f64() * 1e6);
-        anyhow::ensure!(outcome.is_ok(), "submit {i} was refused: {:?}", outcome.err());
+        anyhow::ensure!(
+            outcome.is_ok(),
+            "submit {i} was refused: {:?}",
+            outcome.err()
+        );
     }
     lat.sort_by(f64::total_cmp);
     let p = |q: f64| lat[((lat.len() - 1) as f64 * q) as usize];

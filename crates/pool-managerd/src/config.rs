@@ -641,8 +641,15 @@ fn validate_pools(
                 p.push(format!("{key}.cache_ram_mib: must be 0 or more, got {n}"));
                 None
             }
-            Some(_) if rp.extra_args.iter().any(|a| a == "--cache-ram" || a == "-cram") => {
-                p.push(format!("{key}.extra_args: --cache-ram repeats {key}.cache_ram_mib"));
+            Some(_)
+                if rp
+                    .extra_args
+                    .iter()
+                    .any(|a| a == "--cache-ram" || a == "-cram") =>
+            {
+                p.push(format!(
+                    "{key}.extra_args: --cache-ram repeats {key}.cache_ram_mib"
+                ));
                 None
             }
             other => other,

@@ -13,6 +13,7 @@ mod happy;
 mod nodes;
 mod observe;
 mod openai;
+mod prefix;
 mod provision;
 mod refusals;
 mod sched;
@@ -39,6 +40,9 @@ fn scenarios() -> Vec<(&'static str, bool, Scenario)> {
             |a| Box::pin(refusals::missing_model_or_engine(a)),
         ),
         ("e2e_haiku", true, |a| Box::pin(happy::haiku(a))),
+        ("cache_aware_conversation_follows_its_history", true, |a| {
+            Box::pin(prefix::conversation_follows_its_history(a))
+        }),
         ("engine_apply_template_matches_chat_endpoint", true, |a| {
             Box::pin(template::apply_template_matches_chat(a))
         }),

@@ -67,15 +67,6 @@ pub struct CacheHints<'h> {
     pub load_cost_tokens: u64,
 }
 
-impl CacheHints<'_> {
-    fn saved(&self, pool: &PoolId) -> u64 {
-        self.saved
-            .iter()
-            .find(|(p, _)| p == pool)
-            .map_or(0, |(_, n)| *n)
-    }
-}
-
 /// True when the candidates' loads are imbalanced beyond the guard's thresholds.
 pub fn imbalanced(loads: impl Iterator<Item = usize> + Clone, abs: usize, rel: f64) -> bool {
     let (Some(max), Some(min)) = (loads.clone().max(), loads.min()) else {
@@ -143,30 +134,31 @@ pub fn choose<'a>(
         return choice(Some(p.pool_id));
     }
     // Cache-aware: prompt tokens saved minus load, unless the candidates are imbalanced (then
-    // load decides, as under least-loaded).
-    let score = |p: &PoolView<'_>| -> i64 {
-        match cache {
-            Some(c) => c.saved(p.pool_id) as i64 - (p.load as u64 * c.load_cost_tokens) as i64,
-            None => 0,
-        }
-    };
-    let cache_on = cache.is_some_and(|c| {
+    // load decides, as under least-loaded). Scores are computed once per pool.
+    let cache_on = cache.filter(|c| {
         !c.saved.is_empty() && !imbalanced(cand_loads.iter().copied(), c.balance_abs, c.balance_rel)
     });
-    // One pass with a total order: O(pools) per decision, no sorting.
-    let best = tier.into_iter().min_by(|a, b| {
-        let by_cache = if cache_on {
-            score(b).cmp(&score(a))
-        } else {
-            std::cmp::Ordering::Equal
-        };
-        by_cache
-            .then(b.free_slots.cmp(&a.free_slots))
-            .then(a.load.cmp(&b.load))
-            .then(b.free_vram.cmp(&a.free_vram))
-            .then(a.node_id.cmp(b.node_id))
-            .then(a.pool_id.cmp(b.pool_id))
+    let saved: std::collections::HashMap<&PoolId, u64> = cache_on
+        .map(|c| c.saved.iter().map(|(p, n)| (p, *n)).collect())
+        .unwrap_or_default();
+    let scored = tier.into_iter().map(|p| {
+        let score = cache_on.map_or(0, |c| {
+            saved.get(p.pool_id).copied().unwrap_or(0) as i64
+                - (p.load as u64 * c.load_cost_tokens) as i64
+        });
+        (p, score)
     });
+    // One pass with a total order: O(pools) per decision, no sorting.
+    let best = scored
+        .min_by(|(a, sa), (b, sb)| {
+            sb.cmp(sa)
+                .then(b.free_slots.cmp(&a.free_slots))
+                .then(a.load.cmp(&b.load))
+                .then(b.free_vram.cmp(&a.free_vram))
+                .then(a.node_id.cmp(b.node_id))
+                .then(a.pool_id.cmp(b.pool_id))
+        })
+        .map(|(p, _)| p);
     choice(best.map(|p| p.pool_id))
 }
 

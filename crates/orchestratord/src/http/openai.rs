@@ -296,7 +296,7 @@ async fn whole(
                 Event::Token(t) => text.push_str(&t.t),
                 Event::End(e) => {
                     guard.done = true;
-                    let usage = Usage::new(e.tokens_in, e.tokens_out);
+                    let usage = Usage::new(e.tokens_in, e.tokens_out).cached(e.tokens_cached);
                     let finish_reason = finish_reason(e.stop_reason);
                     let (created, system_fingerprint) = (daemon::now_ms() / 1000, fingerprint);
                     return match kind {
@@ -505,9 +505,9 @@ fn streamed(
                         guard.done = true;
                         out.push_str(&chunks.line(Piece::Finish(finish_reason(e.stop_reason))));
                         if include_usage {
-                            out.push_str(
-                                &chunks.line(Piece::Usage(Usage::new(e.tokens_in, e.tokens_out))),
-                            );
+                            out.push_str(&chunks.line(Piece::Usage(
+                                Usage::new(e.tokens_in, e.tokens_out).cached(e.tokens_cached),
+                            )));
                         }
                         out.push_str("data: [DONE]\n\n");
                         finished = true;
