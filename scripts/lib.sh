@@ -32,6 +32,16 @@ ensure_openai_client() {
   export LLORCH_PYTHON="$venv/bin/python"
 }
 
+# The pinned `anthropic` client, in the same cached venv as the openai client (the cluster tests run
+# both with LLORCH_PYTHON); call after ensure_openai_client.
+ensure_anthropic_client() {
+  local venv="${LLORCH_CACHE_DIR:-$HOME/.cache/llama-orch}/venv-openai"
+  if ! "$venv/bin/python" -c 'import anthropic, sys; sys.exit(anthropic.__version__ != "2.10.0")' >/dev/null 2>&1; then
+    echo "[test] installing anthropic==2.10.0 into $venv" >&2
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "anthropic==2.10.0" >&2
+  fi
+}
+
 # A venv with schemathesis (pinned) for the OpenAPI conformance run; exports LLORCH_SCHEMATHESIS.
 ensure_schemathesis() {
   local venv="${LLORCH_CACHE_DIR:-$HOME/.cache/llama-orch}/venv-schemathesis"

@@ -15,6 +15,7 @@ fi
 cargo fmt --all --check
 load_dev_assets
 ensure_openai_client
+ensure_anthropic_client
 ensure_schemathesis
 cargo build --bins
 cargo clippy --workspace --all-targets --quiet -- -D warnings

@@ -3,6 +3,7 @@
 //! and p90 time-to-first-token and tokens/s for both, and the ratios.
 
 mod chaos;
+mod fairness;
 mod fetch;
 mod layout;
 mod openapi;
@@ -39,6 +40,8 @@ enum Bench {
     Scale(scale::Args),
     /// The models cache's download versus a plain download of the same file.
     Fetch(fetch::Args),
+    /// Two tenants at 3× capacity (90% / 10%): goodput share and queue wait, fair queuing vs FIFO.
+    Fairness(fairness::Args),
     /// Real engines and workers killed, restarted and stopped under load: how tasks end.
     Chaos(chaos::Args),
     /// Cache-aware versus least-loaded placement on three real pools: multi-turn and control.
@@ -55,6 +58,7 @@ fn main() -> anyhow::Result<()> {
                 Bench::Overload(a) => rt.block_on(overload::run(a)),
                 Bench::Scale(a) => rt.block_on(scale::run(a)),
                 Bench::Fetch(a) => rt.block_on(fetch::run(a)),
+                Bench::Fairness(a) => rt.block_on(fairness::run(a)),
                 Bench::Chaos(a) => rt.block_on(chaos::run(a)),
                 Bench::Prefix(a) => rt.block_on(prefix::run(a)),
             }

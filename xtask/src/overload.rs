@@ -261,7 +261,7 @@ fn vm(pid: u32, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn pct(v: &[f64], p: f64) -> f64 {
+pub(crate) fn pct(v: &[f64], p: f64) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
     s.get(((s.len() as f64 - 1.0) * p).round() as usize)

@@ -292,10 +292,7 @@ async fn multi_turn(stack: &Stack, a: &Args, seed: u64) -> anyhow::Result<Tally>
     let convs: Arc<Mutex<Vec<Conv>>> = Arc::new(Mutex::new(
         (0..a.conversations)
             .map(|c| Conv {
-                messages: vec![Message {
-                    role: Role::System,
-                    content: systems[c % a.groups].clone(),
-                }],
+                messages: vec![Message::text(Role::System, systems[c % a.groups].clone())],
                 turns_left: a.turns,
                 busy: false,
             })
@@ -324,10 +321,7 @@ async fn multi_turn(stack: &Stack, a: &Args, seed: u64) -> anyhow::Result<Tally>
                         let i = open[rng.gen_range(0..open.len())];
                         cs[i].busy = true;
                         let q = format!("Question {}: {}?", cs[i].turns_left, words(&mut rng, 6));
-                        cs[i].messages.push(Message {
-                            role: Role::User,
-                            content: q,
-                        });
+                        cs[i].messages.push(Message::text(Role::User, q));
                         Some(Some((i, cs[i].messages.clone())))
                     }
                 };
@@ -349,10 +343,7 @@ async fn multi_turn(stack: &Stack, a: &Args, seed: u64) -> anyhow::Result<Tally>
                     t.tasks += 1;
                 }
                 let mut cs = convs.lock().expect("convs");
-                cs[i].messages.push(Message {
-                    role: Role::Assistant,
-                    content: text,
-                });
+                cs[i].messages.push(Message::text(Role::Assistant, text));
                 cs[i].turns_left -= 1;
                 cs[i].busy = false;
             }
@@ -390,10 +381,7 @@ async fn control_run(stack: &Stack, a: &Args, seed: u64) -> anyhow::Result<Tally
                 let Some(p) = prompts.lock().expect("prompts").pop() else {
                     return anyhow::Ok(());
                 };
-                let msgs = vec![Message {
-                    role: Role::User,
-                    content: p,
-                }];
+                let msgs = vec![Message::text(Role::User, p)];
                 let (ttft, tin, cached, _) =
                     one(&client, &request(&model, msgs, max_tokens)).await?;
                 let mut t = tally.lock().expect("tally");

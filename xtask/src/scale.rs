@@ -242,6 +242,7 @@ fn pool(i: usize, slots: u32) -> PoolStatus {
         slots_total: slots,
         slots_free: slots,
         ctx_per_slot: 1024,
+        workload: api::task::Workload::Completion,
         models: vec![LoadedModel {
             id: id(MODEL),
             model_ref: "file:/scale.gguf".into(),
@@ -302,6 +303,7 @@ async fn dispatch(_body: Bytes, hold: Duration) -> axum::response::Response {
                 WorkerEvent::Token {
                     i: k - 1,
                     t: "x".into(),
+                    logprobs: vec![],
                     ids: vec![],
                 }
             }
@@ -537,6 +539,7 @@ fn prefix_decision_latency(nodes: usize, streams: usize) -> anyhow::Result<()> {
                 i: 0,
                 t: " answer".into(),
                 ids: vec![],
+                logprobs: vec![],
             },
             now,
         );

@@ -12,6 +12,8 @@ pub enum ErrorCode {
     UntrustedArtifact,
     MissingToken,
     BadToken,
+    /// A valid token whose role does not allow the route.
+    Forbidden,
     NotFound,
     MethodNotAllowed,
     Conflict,
@@ -26,6 +28,10 @@ pub enum ErrorCode {
     PoolUnavailable,
     ReplicaExhausted,
     NodeUnavailable,
+    /// The tenant's requests-per-minute or tokens-per-minute bucket is empty.
+    TenantRateLimited,
+    /// The tenant has as many queued tasks as its limit allows.
+    TenantConcurrency,
 }
 
 impl ErrorCode {
@@ -36,10 +42,11 @@ impl ErrorCode {
         match self {
             InvalidParams | DeadlineUnmet | UntrustedArtifact => 400,
             MissingToken | BadToken => 401,
+            Forbidden => 403,
             NotFound => 404,
             MethodNotAllowed => 405,
             Conflict | ModelDeprecated => 409,
-            AdmissionReject | QueueFullDropLru => 429,
+            AdmissionReject | QueueFullDropLru | TenantRateLimited | TenantConcurrency => 429,
             Internal | DecodeTimeout | WorkerReset => 500,
             ModelNotAvailable => 404,
             PoolUnready | PoolUnavailable | ReplicaExhausted | NodeUnavailable => 503,
@@ -59,6 +66,8 @@ impl ErrorCode {
                 | PoolUnavailable
                 | ReplicaExhausted
                 | NodeUnavailable
+                | TenantRateLimited
+                | TenantConcurrency
         )
     }
 
@@ -70,6 +79,7 @@ impl ErrorCode {
             UntrustedArtifact => "UNTRUSTED_ARTIFACT",
             MissingToken => "MISSING_TOKEN",
             BadToken => "BAD_TOKEN",
+            Forbidden => "FORBIDDEN",
             NotFound => "NOT_FOUND",
             MethodNotAllowed => "METHOD_NOT_ALLOWED",
             Conflict => "CONFLICT",
@@ -84,6 +94,8 @@ impl ErrorCode {
             PoolUnavailable => "POOL_UNAVAILABLE",
             ReplicaExhausted => "REPLICA_EXHAUSTED",
             NodeUnavailable => "NODE_UNAVAILABLE",
+            TenantRateLimited => "TENANT_RATE_LIMITED",
+            TenantConcurrency => "TENANT_CONCURRENCY",
         }
     }
 }

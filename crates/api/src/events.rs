@@ -31,6 +31,26 @@ pub struct Started {
 pub struct Token {
     pub t: String,
     pub i: u64,
+    /// Only when the task asked for `logprobs`: the log probability of each engine token in `t`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub logprobs: Vec<crate::tools::TokenLogprob>,
+}
+
+impl Token {
+    pub fn new(t: impl Into<String>, i: u64) -> Self {
+        Self {
+            t: t.into(),
+            i,
+            logprobs: vec![],
+        }
+    }
+}
+
+/// The `embedding` frame: the vector of input item `index`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct EmbeddingFrame {
+    pub index: u32,
+    pub embedding: Vec<f32>,
 }
 
 /// An open object: every field optional, unknown keys ignored by clients.
@@ -114,6 +134,10 @@ pub struct End {
 pub enum Event {
     Started(Started),
     Token(Token),
+    /// A piece of a tool call (§5.7); `token` frames carry model text only.
+    ToolCall(crate::tools::ToolCallDelta),
+    /// One vector of an embedding task.
+    Embedding(EmbeddingFrame),
     Metrics(Metrics),
     End(End),
     Error(ErrorEnvelope),
@@ -139,6 +163,8 @@ impl Event {
         match self {
             Event::Started(_) => "started",
             Event::Token(_) => "token",
+            Event::ToolCall(_) => "tool_call",
+            Event::Embedding(_) => "embedding",
             Event::Metrics(_) => "metrics",
             Event::End(_) => "end",
             Event::Error(_) => "error",
@@ -154,6 +180,8 @@ impl Event {
         let r = match self {
             Event::Started(d) => serde_json::to_string(d),
             Event::Token(d) => serde_json::to_string(d),
+            Event::ToolCall(d) => serde_json::to_string(d),
+            Event::Embedding(d) => serde_json::to_string(d),
             Event::Metrics(d) => serde_json::to_string(d),
             Event::End(d) => serde_json::to_string(d),
             Event::Error(d) => serde_json::to_string(d),
@@ -167,6 +195,8 @@ impl Event {
         Ok(match name {
             "started" => Event::Started(serde_json::from_str(data).map_err(e)?),
             "token" => Event::Token(serde_json::from_str(data).map_err(e)?),
+            "tool_call" => Event::ToolCall(serde_json::from_str(data).map_err(e)?),
+            "embedding" => Event::Embedding(serde_json::from_str(data).map_err(e)?),
             "metrics" => Event::Metrics(serde_json::from_str(data).map_err(e)?),
             "end" => Event::End(serde_json::from_str(data).map_err(e)?),
             "error" => Event::Error(serde_json::from_str(data).map_err(e)?),
@@ -213,19 +243,19 @@ mod tests {
         assert!(
             matches!(plain.as_ref(), Event::Metrics(m) if m.queue_position == Some(2) && m.human.is_none())
         );
-        let token = Event::Token(Token {
-            t: "a".into(),
-            i: 0,
-        });
+        let token = Event::Token(Token::new("a", 0));
         assert_eq!(token.for_subscriber(false).as_deref(), Some(&token));
     }
 
     #[test]
     fn roundtrip_each_event() {
         let evs = vec![
-            Event::Token(Token {
-                t: "Hi".into(),
-                i: 0,
+            Event::Token(Token::new("Hi", 0)),
+            Event::ToolCall(crate::tools::ToolCallDelta {
+                index: 0,
+                id: Some("call_1".into()),
+                name: Some("f".into()),
+                arguments: "{\"a\"".into(),
             }),
             Event::End(End {
                 tokens_in: 1,

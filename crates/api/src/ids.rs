@@ -180,6 +180,7 @@ pub fn model_id_from_path(path: &str) -> String {
 name_id!(NodeId, "node id");
 name_id!(PoolId, "pool id");
 name_id!(ModelId, "model id");
+name_id!(TenantId, "tenant name");
 
 /// Ids a node reports about itself rather than names the API assigns or resolves: 1–255
 /// characters with no whitespace or control characters, otherwise as reported.

@@ -2,6 +2,7 @@
 //! Serde types only: no I/O and no daemon logic. Client request bodies reject unknown fields; the
 //! node and worker protocols ignore them so that mixed versions survive an upgrade.
 
+pub mod anthropic;
 pub mod catalog;
 pub mod error;
 pub mod events;
@@ -11,13 +12,16 @@ pub mod meta;
 pub mod model_ref;
 pub mod node;
 pub mod openai;
+pub mod responses;
 pub mod task;
+pub mod tenant;
+pub mod tools;
 pub mod worker;
 
 pub use error::{ErrorCode, ErrorEnvelope};
 pub use ids::{
     CommandId, CorrelationId, DeviceId, IdError, MachineId, ModelId, NodeId, PoolId, SessionId,
-    StepId, TaskId,
+    StepId, TaskId, TenantId,
 };
 
 /// API version of §§4–11.

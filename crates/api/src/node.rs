@@ -72,6 +72,10 @@ pub struct PoolStatus {
     pub slots_total: u32,
     pub slots_free: u32,
     pub ctx_per_slot: u64,
+    /// What the pool's engine serves: `completion` (chat and text) or `embedding` (started with
+    /// `--embedding`); placement matches tasks to it.
+    #[serde(default)]
+    pub workload: crate::task::Workload,
     #[serde(default)]
     pub models: Vec<LoadedModel>,
     #[serde(default)]
@@ -315,6 +319,9 @@ pub struct PoolView {
     #[schema(required = true)]
     pub model: Option<PoolModelRef>,
     pub ctx_per_slot: u64,
+    /// `completion` or `embedding`: what the pool serves.
+    #[serde(default)]
+    pub workload: crate::task::Workload,
     pub slots_total: u32,
     pub slots_free: u32,
     pub queued: u64,

@@ -43,6 +43,8 @@ pub enum OpenAiRole {
     Developer,
     User,
     Assistant,
+    /// A tool's result (`tool_call_id` names the call).
+    Tool,
 }
 
 /// A message's content: a string, or an array of text parts that are concatenated.
@@ -78,7 +80,22 @@ fn text_kind() -> String {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OpenAiMessage {
     pub role: OpenAiRole,
-    pub content: OpenAiContent,
+    /// Null or absent on an assistant message that only calls tools.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<OpenAiContent>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<crate::tools::ToolCall>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+}
+
+/// `logprobs`: a flag on chat (with `top_logprobs` for the alternatives), a count of
+/// alternatives on text completions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum LogprobsField {
+    Flag(bool),
+    Count(u32),
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -136,6 +153,18 @@ pub struct OpenAiSampling {
     pub grammar: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_format: Option<ResponseFormat>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence_penalty: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frequency_penalty: Option<f64>,
+    /// Token id → bias (-100 to 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logit_bias: Option<std::collections::BTreeMap<String, f64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<LogprobsField>,
+    /// Chat: alternatives per token (0–20), with `logprobs: true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_logprobs: Option<u32>,
     /// Must be 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub n: Option<u64>,
@@ -145,23 +174,42 @@ pub struct OpenAiSampling {
     pub stream_options: Option<StreamOptions>,
 }
 
-/// Request fields that orchestratord refuses with 400 when present and not null (or, for
-/// `logprobs`, when true or a number above 0).
-pub const REFUSED_FIELDS: [&str; 4] = ["tools", "tool_choice", "functions", "logprobs"];
+/// Request fields that orchestratord refuses with 400 when present and not null: the legacy
+/// function-calling fields (use `tools`), and the ones the engine cannot serve.
+pub const REFUSED_FIELDS: [(&str, &str); 6] = [
+    (
+        "functions",
+        "the legacy functions field is not supported; use tools",
+    ),
+    (
+        "function_call",
+        "the legacy function_call field is not supported; use tool_choice",
+    ),
+    ("audio", "audio output is not supported"),
+    ("modalities", "only text output is supported"),
+    ("prediction", "predicted outputs are not supported"),
+    ("best_of", "best_of is not supported"),
+];
 
-/// `POST /v1/chat/completions` body. Unknown fields are ignored; `tools`, `tool_choice`,
-/// `functions` and `logprobs` (true) are refused with 400.
+/// `POST /v1/chat/completions` body. Unknown fields are ignored; the fields of
+/// [`REFUSED_FIELDS`] are refused with 400.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ChatCompletionRequest {
     /// A catalog model id.
     pub model: String,
     pub messages: Vec<OpenAiMessage>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<crate::tools::ToolDef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_choice: Option<crate::tools::ToolChoice>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallel_tool_calls: Option<bool>,
     #[serde(flatten)]
     pub sampling: OpenAiSampling,
 }
 
-/// `POST /v1/completions` body. Unknown fields are ignored; `tools`, `tool_choice`, `functions`
-/// and `logprobs` (above 0) are refused with 400, and so is an array `prompt`.
+/// `POST /v1/completions` body. Unknown fields are ignored; the fields of [`REFUSED_FIELDS`]
+/// and `tools` are refused with 400, and so is an array `prompt`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CompletionRequest {
     /// A catalog model id.
@@ -206,30 +254,74 @@ impl Usage {
     }
 }
 
-/// `stop` (end of sequence, a stop word, a cancel) or `length` (max_tokens, deadline).
+/// `stop` (end of sequence, a stop word, a cancel), `length` (max_tokens, deadline) or
+/// `tool_calls` (the answer ends with tool calls).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum FinishReason {
     Stop,
     Length,
+    ToolCalls,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AssistantMessage {
     /// `assistant`.
     pub role: String,
-    pub content: String,
+    /// Null when the answer is only tool calls.
+    #[schema(required = true)]
+    pub content: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<crate::tools::ToolCall>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+/// `logprobs` of a chat choice or chunk: one entry per generated token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ChatLogprobs {
+    pub content: Vec<crate::tools::TokenLogprob>,
+}
+
+/// `logprobs` of a text completion choice (the legacy shape).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TextLogprobs {
+    pub tokens: Vec<String>,
+    pub token_logprobs: Vec<f64>,
+    /// Per token: alternative → log probability.
+    pub top_logprobs: Vec<std::collections::BTreeMap<String, f64>>,
+    /// Per token: its byte offset in the choice's text.
+    pub text_offset: Vec<u64>,
+}
+
+impl TextLogprobs {
+    /// Appends the tokens of one frame whose text starts at byte `offset` of the choice.
+    pub fn push(&mut self, lps: &[crate::tools::TokenLogprob], mut offset: u64) {
+        for lp in lps {
+            self.tokens.push(lp.token.clone());
+            self.token_logprobs.push(lp.logprob);
+            self.top_logprobs.push(
+                lp.top_logprobs
+                    .iter()
+                    .map(|t| (t.token.clone(), t.logprob))
+                    .collect(),
+            );
+            self.text_offset.push(offset);
+            offset += lp.token.len() as u64;
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ChatChoice {
     pub index: u32,
     pub message: AssistantMessage,
     pub finish_reason: FinishReason,
+    /// Only when the request asked for `logprobs`.
+    #[schema(required = true)]
+    pub logprobs: Option<ChatLogprobs>,
 }
 
 /// Non-streamed `POST /v1/chat/completions` answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ChatCompletion {
     /// `chatcmpl-<task_id>`.
     pub id: CompletionId,
@@ -251,19 +343,58 @@ pub struct ChatDelta {
     pub role: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ChatToolCallDelta>,
+}
+
+/// A piece of a streamed tool call, as OpenAI sends it: the first piece of call `index` has its
+/// `id`, `type` and `function.name`; the `function.arguments` of all pieces concatenate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ChatToolCallDelta {
+    pub index: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<crate::tools::FunctionKind>,
+    pub function: FunctionDelta,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FunctionDelta {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub arguments: String,
+}
+
+impl From<&crate::tools::ToolCallDelta> for ChatToolCallDelta {
+    fn from(d: &crate::tools::ToolCallDelta) -> Self {
+        ChatToolCallDelta {
+            index: d.index,
+            id: d.id.clone(),
+            kind: d.id.as_ref().map(|_| crate::tools::FunctionKind::Function),
+            function: FunctionDelta {
+                name: d.name.clone(),
+                arguments: d.arguments.clone(),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ChatChunkChoice {
     pub index: u32,
     pub delta: ChatDelta,
     /// Null until the last content chunk.
     #[schema(required = true)]
     pub finish_reason: Option<FinishReason>,
+    /// Only when the request asked for `logprobs`: the chunk's tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<ChatLogprobs>,
 }
 
 /// One `data:` line of a streamed `POST /v1/chat/completions` answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ChatCompletionChunk {
     /// `chatcmpl-<task_id>`.
     pub id: CompletionId,
@@ -280,20 +411,20 @@ pub struct ChatCompletionChunk {
     pub usage: Option<Usage>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TextChoice {
     pub index: u32,
     pub text: String,
     /// Null on stream chunks until the last.
     #[schema(required = true)]
     pub finish_reason: Option<FinishReason>,
-    /// Always null.
-    #[schema(required = true, value_type = Option<Object>)]
-    pub logprobs: Option<serde_json::Value>,
+    /// Null unless the request asked for `logprobs`.
+    #[schema(required = true)]
+    pub logprobs: Option<TextLogprobs>,
 }
 
 /// Non-streamed `POST /v1/completions` answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TextCompletion {
     /// `cmpl-<task_id>`.
     pub id: CompletionId,
@@ -308,7 +439,7 @@ pub struct TextCompletion {
 }
 
 /// One `data:` line of a streamed `POST /v1/completions` answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TextCompletionChunk {
     /// `cmpl-<task_id>`.
     pub id: CompletionId,
@@ -403,7 +534,10 @@ mod tests {
         )
         .expect("parses");
         assert_eq!(r.messages[0].role, OpenAiRole::Developer);
-        assert_eq!(r.messages[1].content.text(), "ab");
+        assert_eq!(
+            r.messages[1].content.as_ref().map(|c| c.text()).as_deref(),
+            Some("ab")
+        );
         assert_eq!(r.sampling.stream, Some(true));
         assert!(r.sampling.stream_options.expect("options").include_usage);
         assert_eq!(r.sampling.max_tokens, None);
@@ -413,9 +547,26 @@ mod tests {
     #[test]
     fn bad_role_is_an_error() {
         assert!(serde_json::from_str::<ChatCompletionRequest>(
-            r#"{"model":"m","messages":[{"role":"tool","content":"x"}]}"#
+            r#"{"model":"m","messages":[{"role":"robot","content":"x"}]}"#
         )
         .is_err());
+    }
+
+    #[test]
+    fn tool_loops_parse() {
+        let r: ChatCompletionRequest = serde_json::from_str(
+            r#"{"model":"m","messages":[{"role":"user","content":"w?"},
+                {"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"f","arguments":"{}"}}]},
+                {"role":"tool","tool_call_id":"c1","content":"18"}],
+                "tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object"}}}],"tool_choice":"auto","parallel_tool_calls":false,
+                "logprobs":true,"top_logprobs":2,"logit_bias":{"15":-100}}"#,
+        )
+        .expect("parses");
+        assert_eq!(r.messages[1].tool_calls[0].function.name, "f");
+        assert_eq!(r.messages[2].tool_call_id.as_deref(), Some("c1"));
+        assert_eq!(r.tools.len(), 1);
+        assert_eq!(r.sampling.logprobs, Some(LogprobsField::Flag(true)));
+        assert_eq!(r.sampling.logit_bias.expect("bias")["15"], -100.0);
     }
 
     #[test]
@@ -431,8 +582,10 @@ mod tests {
                 delta: ChatDelta {
                     role: None,
                     content: Some("hi".into()),
+                    tool_calls: vec![],
                 },
                 finish_reason: None,
+                logprobs: None,
             }],
             usage: None,
         };
@@ -461,4 +614,49 @@ mod tests {
         assert_eq!(v["error"]["code"], "INVALID_PARAMS");
         assert_eq!(v["error"]["type"], "invalid_request_error");
     }
+}
+
+/// `POST /v1/embeddings` body. Unknown fields are ignored; `encoding_format` is `float` (the
+/// default) or `base64`, and `dimensions` is refused (the model's dimension is the only one).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct EmbeddingsRequest {
+    /// A catalog model id, served by an embedding pool.
+    pub model: String,
+    pub input: crate::task::EmbeddingInput,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoding_format: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dimensions: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct EmbeddingData {
+    /// `embedding`.
+    pub object: String,
+    pub index: u32,
+    pub embedding: EmbeddingVector,
+}
+
+/// Floats, or with `encoding_format: "base64"` the little-endian `f32` bytes in base64.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum EmbeddingVector {
+    Float(Vec<f32>),
+    Base64(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct EmbeddingsUsage {
+    pub prompt_tokens: u64,
+    pub total_tokens: u64,
+}
+
+/// `POST /v1/embeddings` answer: one vector per input item, in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct EmbeddingsResponse {
+    /// `list`.
+    pub object: String,
+    pub data: Vec<EmbeddingData>,
+    pub model: String,
+    pub usage: EmbeddingsUsage,
 }

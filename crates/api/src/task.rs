@@ -35,19 +35,82 @@ pub enum Workload {
     Rerank,
 }
 
+impl Workload {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Workload::Completion => "completion",
+            Workload::Embedding => "embedding",
+            Workload::Rerank => "rerank",
+        }
+    }
+}
+
+/// What an embedding task embeds: a string, strings, a token array or token arrays (OpenAI's
+/// `input` forms).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum EmbeddingInput {
+    Text(String),
+    Texts(Vec<String>),
+    Tokens(Vec<u32>),
+    TokenLists(Vec<Vec<u32>>),
+}
+
+/// One item to embed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum EmbedItem {
+    Text(String),
+    Tokens(Vec<u32>),
+}
+
+impl EmbeddingInput {
+    /// The items, one vector each, in order.
+    pub fn items(&self) -> Vec<EmbedItem> {
+        match self {
+            EmbeddingInput::Text(t) => vec![EmbedItem::Text(t.clone())],
+            EmbeddingInput::Texts(v) => v.iter().cloned().map(EmbedItem::Text).collect(),
+            EmbeddingInput::Tokens(t) => vec![EmbedItem::Tokens(t.clone())],
+            EmbeddingInput::TokenLists(v) => v.iter().cloned().map(EmbedItem::Tokens).collect(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     System,
     User,
     Assistant,
+    /// A tool's result, answering the assistant's call `tool_call_id`.
+    Tool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Message {
     pub role: Role,
+    /// May be empty on an assistant message that only calls tools.
+    #[serde(default)]
     pub content: String,
+    /// Assistant messages only: the calls the model made.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<crate::tools::ToolCall>,
+    /// Tool messages only (required there): the call this result answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+}
+
+impl Message {
+    /// A plain text message.
+    pub fn text(role: Role, content: impl Into<String>) -> Self {
+        Self {
+            role,
+            content: content.into(),
+            tool_calls: vec![],
+            tool_call_id: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
@@ -110,6 +173,16 @@ pub struct Sampling {
     pub min_p: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repeat_penalty: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence_penalty: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frequency_penalty: Option<f64>,
+    /// Token id (decimal) → bias added to its logit, -100 to 100 (-100 bans the token).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub logit_bias: std::collections::BTreeMap<String, f64>,
+    /// Return each token's log probability with this many alternatives (0–20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<u32>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stop: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -136,6 +209,9 @@ pub struct TaskRequest {
     pub prompt: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub messages: Option<Vec<Message>>,
+    /// Embedding tasks only (`workload: "embedding"`): the texts or token arrays to embed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<EmbeddingInput>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_tokens: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -156,6 +232,16 @@ pub struct TaskRequest {
     pub min_p: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repeat_penalty: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence_penalty: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frequency_penalty: Option<f64>,
+    /// Token id (decimal) → bias added to its logit, -100 to 100 (-100 bans the token).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub logit_bias: std::collections::BTreeMap<String, f64>,
+    /// Return each token's log probability with this many alternatives (0–20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<u32>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stop: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -163,6 +249,13 @@ pub struct TaskRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub json_schema: Option<serde_json::Value>,
+    /// Chat tasks only: the tools the model may call (§4.1, §5.7).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<crate::tools::ToolDef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_choice: Option<crate::tools::ToolChoice>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallel_tool_calls: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placement: Option<Placement>,
 }
@@ -178,6 +271,7 @@ impl TaskRequest {
             engine: None,
             prompt: None,
             messages: None,
+            input: None,
             max_tokens: None,
             ctx: None,
             deadline_ms: None,
@@ -188,9 +282,16 @@ impl TaskRequest {
             top_k: None,
             min_p: None,
             repeat_penalty: None,
+            presence_penalty: None,
+            frequency_penalty: None,
+            logit_bias: Default::default(),
+            logprobs: None,
             stop: vec![],
             grammar: None,
             json_schema: None,
+            tools: vec![],
+            tool_choice: None,
+            parallel_tool_calls: None,
             placement: None,
         }
     }
@@ -203,6 +304,10 @@ impl TaskRequest {
             top_k: self.top_k,
             min_p: self.min_p,
             repeat_penalty: self.repeat_penalty,
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
+            logit_bias: self.logit_bias.clone(),
+            logprobs: self.logprobs,
             stop: self.stop.clone(),
             grammar: self.grammar.clone(),
             json_schema: self.json_schema.clone(),

@@ -17,8 +17,20 @@ pub struct DispatchModel {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum DispatchInput {
-    Prompt { prompt: String },
-    Messages { messages: Vec<Message> },
+    Prompt {
+        prompt: String,
+    },
+    Messages {
+        messages: Vec<Message>,
+        /// The tools offered to the model; a chat with tools runs on the engine's own chat
+        /// endpoint, which renders them into the template and parses the calls.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tools: Option<crate::tools::Tools>,
+    },
+    /// An embedding task: one vector per item, from the pool's embedding engine.
+    Embed {
+        input: Vec<crate::task::EmbedItem>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -78,6 +90,18 @@ pub enum WorkerEvent {
         /// from here). A line may carry ids with empty text (text the engine holds back).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         ids: Vec<u32>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        logprobs: Vec<crate::tools::TokenLogprob>,
+    },
+    /// The vector of input item `index` of an embedding task.
+    Embedding {
+        index: u32,
+        embedding: Vec<f32>,
+    },
+    /// A piece of a tool call the engine parsed out of the model's output.
+    ToolCall {
+        #[serde(flatten)]
+        delta: crate::tools::ToolCallDelta,
     },
     Metrics {
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -134,6 +158,7 @@ mod tests {
             event: WorkerEvent::Token {
                 i: 2,
                 t: "x".into(),
+                logprobs: vec![],
                 ids: vec![],
             },
         };

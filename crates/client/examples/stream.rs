@@ -19,10 +19,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url = std::env::var("LLORCH_URL").unwrap_or_else(|_| "http://127.0.0.1:8080".into());
     let client = client::Client::new(url, std::env::var("LLORCH_TOKEN").ok())?;
     let mut req = TaskRequest::new("smollm2-135m-instruct");
-    req.messages = Some(vec![Message {
-        role: Role::User,
-        content: prompt,
-    }]);
+    req.messages = Some(vec![Message::text(Role::User, prompt)]);
     req.max_tokens = Some(64);
     // Admission is retried on 429/503 after the server's Retry-After.
     let admitted = client.submit_with_retry(&req, 5).await?.body;

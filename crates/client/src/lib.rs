@@ -237,6 +237,14 @@ impl Client {
             .body)
     }
 
+    /// `GET /v2/tenants` (admin): every tenant's usage against its limits.
+    pub async fn tenants(&self) -> Result<api::tenant::TenantsResponse, Error> {
+        Ok(self
+            .json(self.req(reqwest::Method::GET, "/v2/tenants"))
+            .await?
+            .body)
+    }
+
     pub async fn nodes(&self) -> Result<NodesResponse, Error> {
         Ok(self
             .json(self.req(reqwest::Method::GET, "/v2/nodes"))

@@ -65,11 +65,12 @@ def completion():
 
 def bad_request():
     try:
-        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}], tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}])
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}], n=2)
     except openai.BadRequestError as e:
         assert e.status_code == 400 and e.body and e.body.get("code") == "INVALID_PARAMS", e.body
+        assert e.body.get("param") == "n", e.body
         return
-    raise AssertionError("tools were accepted")
+    raise AssertionError("n = 2 was accepted")
 
 
 def unknown_model():

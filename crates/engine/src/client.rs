@@ -119,6 +119,16 @@ pub struct CompletionRequest {
     pub min_p: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub repeat_penalty: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub presence_penalty: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub frequency_penalty: Option<f64>,
+    /// `[[token id, bias], …]`, the engine's own form.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub logit_bias: Vec<(u32, f64)>,
+    /// Alternatives per token; when set, frames carry `completion_probabilities`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub n_probs: Option<u32>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub stop: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -131,6 +141,27 @@ pub struct CompletionRequest {
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
+}
+
+/// The engine's `/v1/embeddings` answer (the keys we use).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Embeddings {
+    pub data: Vec<EmbeddingItem>,
+    #[serde(default)]
+    pub usage: EmbeddingUsage,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct EmbeddingItem {
+    #[serde(default)]
+    pub index: u32,
+    pub embedding: Vec<f32>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct EmbeddingUsage {
+    #[serde(default)]
+    pub prompt_tokens: u64,
 }
 
 /// An item of a completion stream: a parsed frame, or a line the engine garbled.
@@ -246,6 +277,65 @@ impl EngineClient {
             .await
             .map_err(|e| EngineError::Protocol(format!("/apply-template: {e}")))?;
         Ok(body.prompt)
+    }
+
+    /// Starts a streaming `/v1/chat/completions` (the engine renders the template, tools
+    /// included, and parses tool calls). `body` must stream, ask for usage and cap `max_tokens`.
+    /// Its chunks come back as `/completion`-style frames (see [`crate::sse::ChatFrames`]).
+    pub async fn chat(
+        &self,
+        body: &serde_json::Value,
+    ) -> Result<impl futures::Stream<Item = FrameResult> + Send + 'static, EngineError> {
+        debug_assert!(
+            body["stream"] == true && body["max_tokens"].as_u64().is_some_and(|n| n > 0),
+            "engine requests must stream and cap max_tokens"
+        );
+        let resp = self
+            .streaming
+            .post(self.url("/v1/chat/completions"))
+            .bearer_auth(self.key.expose())
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| EngineError::Connect(e.to_string()))?;
+        let resp = check_status(resp).await?;
+        let mut decoder = SseDecoder::default();
+        let mut chunks = crate::sse::ChatFrames::default();
+        let frames = resp.bytes_stream().flat_map(move |chunk| {
+            let items: Vec<FrameResult> = match chunk {
+                Err(e) => vec![Err(EngineError::Connect(e.to_string()))],
+                Ok(bytes) => decoder
+                    .push(&bytes)
+                    .into_iter()
+                    .filter_map(|item| match item {
+                        SseItem::Data(d) => {
+                            chunks.frame(&d).map_err(EngineError::Protocol).transpose()
+                        }
+                        SseItem::Garbage(g) => Some(Err(EngineError::Protocol(g))),
+                    })
+                    .collect(),
+            };
+            futures::stream::iter(items)
+        });
+        Ok(frames)
+    }
+
+    /// `POST /v1/embeddings` (engines started with `--embedding`). Not streamed: the answer is one
+    /// body; dropping the future closes the connection, which cancels the engine's work.
+    pub async fn embeddings(&self, body: &serde_json::Value) -> Result<Embeddings, EngineError> {
+        let resp = self
+            .streaming
+            .post(self.url("/v1/embeddings"))
+            .bearer_auth(self.key.expose())
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| EngineError::Connect(e.to_string()))?;
+        check_status(resp)
+            .await?
+            .json()
+            .await
+            .map_err(|e| EngineError::Protocol(format!("/v1/embeddings: {e}")))
     }
 
     /// Token ids of `content` exactly as `/completion` tokenizes a text prompt (`POST /tokenize`

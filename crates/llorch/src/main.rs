@@ -38,6 +38,11 @@ enum Cmd {
         #[command(flatten)]
         conn: ops_cmd::Conn,
     },
+    /// Tenants: roles, weights and usage against limits (admin token).
+    Tenants {
+        #[command(flatten)]
+        conn: ops_cmd::Conn,
+    },
     /// Pools and their state; drain and reload.
     Pools {
         #[command(subcommand)]
@@ -65,6 +70,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Haiku(a) => runtime().and_then(|rt| rt.block_on(haiku_cmd::run(a))),
         Cmd::Tasks { cmd, conn } => runtime().and_then(|rt| rt.block_on(ops_cmd::tasks(cmd, conn))),
         Cmd::Nodes { conn } => runtime().and_then(|rt| rt.block_on(ops_cmd::nodes(conn))),
+        Cmd::Tenants { conn } => runtime().and_then(|rt| rt.block_on(ops_cmd::tenants(conn))),
         Cmd::Pools { cmd, conn } => {
             runtime().and_then(|rt| rt.block_on(ops_cmd::pools_cmd(cmd, conn)))
         }

@@ -202,7 +202,7 @@ fn refusal(e: &client::Error) -> u8 {
     exit_code(e)
 }
 
-/// API.md §18: 2 usage or `INVALID_PARAMS`, 3 authentication, 4 a retriable refusal (429/503),
+/// API.md §18: 2 usage or `INVALID_PARAMS`, 3 authentication (or a role that does not allow it), 4 a retriable refusal (429/503),
 /// 1 any other refusal or error (including an unreachable server).
 pub fn exit_code(e: &client::Error) -> u8 {
     e.envelope().map_or(1, envelope_exit_code)
@@ -211,7 +211,7 @@ pub fn exit_code(e: &client::Error) -> u8 {
 pub fn envelope_exit_code(env: &ErrorEnvelope) -> u8 {
     match env.code {
         ErrorCode::InvalidParams => 2,
-        ErrorCode::MissingToken | ErrorCode::BadToken => 3,
+        ErrorCode::MissingToken | ErrorCode::BadToken | ErrorCode::Forbidden => 3,
         _ if env.retriable && matches!(env.http_status(), 429 | 503) => 4,
         _ => 1,
     }
@@ -572,6 +572,9 @@ mod tests {
         assert_eq!(exit_code(&api_error(ErrorCode::NotFound, false)), 1);
         assert_eq!(exit_code(&api_error(ErrorCode::MissingToken, false)), 3);
         assert_eq!(exit_code(&api_error(ErrorCode::BadToken, false)), 3);
+        assert_eq!(exit_code(&api_error(ErrorCode::Forbidden, false)), 3);
+        assert_eq!(exit_code(&api_error(ErrorCode::TenantRateLimited, true)), 4);
+        assert_eq!(exit_code(&api_error(ErrorCode::TenantConcurrency, true)), 4);
         assert_eq!(exit_code(&api_error(ErrorCode::AdmissionReject, true)), 4);
         assert_eq!(exit_code(&api_error(ErrorCode::ModelNotAvailable, true)), 4);
         assert_eq!(

@@ -1,4 +1,5 @@
-//! Operator and user views: `llorch tasks get|cancel`, `llorch nodes`, `llorch pools`. Human tables
+//! Operator and user views: `llorch tasks get|cancel`, `llorch nodes`, `llorch pools`,
+//! `llorch tenants`. Human tables
 //! by default, `--json` for scripts; exit codes as in API.md §18.
 
 use clap::{Args, Subcommand};
@@ -172,9 +173,104 @@ pub async fn pools(c: Conn) -> anyhow::Result<u8> {
     Ok(0)
 }
 
+/// `llorch tenants`: each tenant's role, weight, running and queued tasks, and bucket levels
+/// against its limits (admin token).
+pub async fn tenants(c: Conn) -> anyhow::Result<u8> {
+    let client = client::Client::new(&c.url, c.token.clone())?;
+    let t = match client.tenants().await {
+        Ok(t) => t,
+        Err(e) => return Ok(crate::run_cmd::refusal(&e)),
+    };
+    if c.json {
+        println!("{}", serde_json::to_string_pretty(&t)?);
+        return Ok(0);
+    }
+    print!("{}", tenants_table(&t));
+    Ok(0)
+}
+
+/// The `llorch tenants` table: `used/limit` columns, `-` where unlimited.
+pub fn tenants_table(t: &api::tenant::TenantsResponse) -> String {
+    let of = |used: String, limit: Option<u64>| match limit {
+        Some(l) => format!("{used}/{l}"),
+        None => format!("{used}/-"),
+    };
+    let mut out = format!(
+        "{:<20} {:<7} {:>6} {:>9} {:>9} {:>13} {:>15} {:>9} {:>9} {:>11}\n",
+        "TENANT",
+        "ROLE",
+        "WEIGHT",
+        "RUNNING",
+        "QUEUED",
+        "REQ/MIN LEFT",
+        "TOK/MIN LEFT",
+        "REQUESTS",
+        "REFUSED",
+        "TOKENS"
+    );
+    for u in &t.tenants {
+        let l = &u.limits;
+        out.push_str(&format!(
+            "{:<20} {:<7} {:>6} {:>9} {:>9} {:>13} {:>15} {:>9} {:>9} {:>11}\n",
+            u.tenant.as_str(),
+            u.role.as_str(),
+            u.weight,
+            of(u.running.to_string(), l.concurrent_tasks),
+            of(u.queued.to_string(), l.queued_tasks),
+            of(
+                u.requests_available.map_or("-".into(), |v| v.to_string()),
+                l.requests_per_minute
+            ),
+            of(
+                u.tokens_available.map_or("-".into(), |v| v.to_string()),
+                l.tokens_per_minute
+            ),
+            u.requests_total,
+            u.rejected_total,
+            u.tokens_total,
+        ));
+    }
+    out
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use api::tenant::{Role, TenantLimits, TenantUsage, TenantsResponse};
+
+    #[test]
+    fn tenants_table_shows_usage_against_limits() {
+        let t = TenantsResponse {
+            tenants: vec![TenantUsage {
+                tenant: "lab".parse().expect("name"),
+                role: Role::Client,
+                weight: 2,
+                limits: TenantLimits {
+                    requests_per_minute: Some(60),
+                    concurrent_tasks: Some(4),
+                    ..Default::default()
+                },
+                running: 3,
+                queued: 7,
+                requests_available: Some(12),
+                tokens_available: None,
+                requests_total: 48,
+                rejected_total: 2,
+                tokens_total: 9000,
+            }],
+        };
+        let table = super::tenants_table(&t);
+        let row = table.lines().nth(1).expect("a row");
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(
+            cols,
+            ["lab", "client", "2", "3/4", "7/-", "12/60", "-/-", "48", "2", "9000"]
+        );
+    }
 }

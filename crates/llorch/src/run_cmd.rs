@@ -36,10 +36,7 @@ pub async fn run(a: RunArgs) -> anyhow::Result<u8> {
     if a.raw {
         req.prompt = Some(a.prompt.clone());
     } else {
-        req.messages = Some(vec![Message {
-            role: Role::User,
-            content: a.prompt.clone(),
-        }]);
+        req.messages = Some(vec![Message::text(Role::User, a.prompt.clone())]);
     }
     req.max_tokens = a.max_tokens;
     req.temperature = a.temperature;
@@ -211,7 +208,14 @@ pub fn refusal(e: &client::Error) -> u8 {
     eprintln!("[run] {e}");
     match e.envelope() {
         Some(env) if env.code == ErrorCode::InvalidParams => 2,
-        Some(env) if matches!(env.code, ErrorCode::MissingToken | ErrorCode::BadToken) => 3,
+        Some(env)
+            if matches!(
+                env.code,
+                ErrorCode::MissingToken | ErrorCode::BadToken | ErrorCode::Forbidden
+            ) =>
+        {
+            3
+        }
         Some(env) if env.retriable && matches!(env.http_status(), 429 | 503) => 4,
         _ => 1,
     }

@@ -12,6 +12,7 @@ pub struct ValidatedTask {
     pub task_id: TaskId,
     pub session_id: SessionId,
     pub model_ref: String,
+    pub workload: Workload,
     pub input: DispatchInput,
     pub max_tokens: Option<u64>,
     pub ctx: Option<u64>,
@@ -19,6 +20,8 @@ pub struct ValidatedTask {
     pub priority: Priority,
     pub sampling: Sampling,
     pub placement: Placement,
+    /// The tenant whose token submitted it (set by the handler from the caller).
+    pub tenant: api::TenantId,
 }
 
 /// Parses the body strictly; `field` is the dotted path serde stopped at.
@@ -52,11 +55,13 @@ pub fn invalid_body(e: serde_path_to_error::Error<serde_json::Error>) -> ErrorEn
 
 pub fn validate(req: TaskRequest, cfg: &Config) -> Result<ValidatedTask, ErrorEnvelope> {
     let bad = |f: &str, m: &str| Err(ErrorEnvelope::invalid(f, m));
-    if req.workload != Workload::Completion {
-        return bad(
-            "workload",
-            "only \"completion\" is supported; embedding and rerank are reserved",
-        );
+    match req.workload {
+        Workload::Rerank => return bad("workload", "rerank is reserved"),
+        Workload::Embedding => return validate_embedding(req, cfg),
+        Workload::Completion if req.input.is_some() => {
+            return bad("input", "only embedding tasks take input")
+        }
+        Workload::Completion => {}
     }
     if req.model_ref.trim().is_empty() {
         return bad("model_ref", "must not be empty");
@@ -74,13 +79,44 @@ pub fn validate(req: TaskRequest, cfg: &Config) -> Result<ValidatedTask, ErrorEn
         (None, Some(m)) if m.is_empty() || m.len() > 256 => {
             return bad("messages", "must hold 1 to 256 messages")
         }
-        (None, Some(m)) => DispatchInput::Messages {
-            messages: m.clone(),
-        },
+        (None, Some(m)) => {
+            check_messages(m)?;
+            DispatchInput::Messages {
+                messages: m.clone(),
+                tools: None,
+            }
+        }
+    };
+    let input = match input {
+        DispatchInput::Messages { messages, .. } if !req.tools.is_empty() => {
+            DispatchInput::Messages {
+                messages,
+                tools: Some(check_tools(&req)?),
+            }
+        }
+        _ if !req.tools.is_empty() => return bad("tools", "tools need messages, not a prompt"),
+        _ if req.tool_choice.is_some() => return bad("tool_choice", "needs tools"),
+        _ if req.parallel_tool_calls.is_some() => return bad("parallel_tool_calls", "needs tools"),
+        other => other,
     };
     let prompt_bytes = match &input {
         DispatchInput::Prompt { prompt } => prompt.len(),
-        DispatchInput::Messages { messages } => messages.iter().map(|m| m.content.len()).sum(),
+        DispatchInput::Embed { .. } => 0,
+        DispatchInput::Messages { messages, tools } => {
+            messages
+                .iter()
+                .map(|m| {
+                    m.content.len()
+                        + m.tool_calls
+                            .iter()
+                            .map(|c| c.function.name.len() + c.function.arguments.len())
+                            .sum::<usize>()
+                })
+                .sum::<usize>()
+                + tools.as_ref().map_or(0, |t| {
+                    serde_json::to_string(&t.tools).map_or(0, |j| j.len())
+                })
+        }
     };
     if prompt_bytes > cfg.max_prompt_bytes {
         let field = if matches!(input, DispatchInput::Prompt { .. }) {
@@ -119,6 +155,32 @@ pub fn validate(req: TaskRequest, cfg: &Config) -> Result<ValidatedTask, ErrorEn
     check_range("top_p", req.top_p, |v| v > 0.0 && v <= 1.0)?;
     check_range("min_p", req.min_p, |v| (0.0..=1.0).contains(&v))?;
     check_range("repeat_penalty", req.repeat_penalty, |v| v > 0.0)?;
+    check_range("presence_penalty", req.presence_penalty, |v| {
+        (-2.0..=2.0).contains(&v)
+    })?;
+    check_range("frequency_penalty", req.frequency_penalty, |v| {
+        (-2.0..=2.0).contains(&v)
+    })?;
+    if req.logprobs.is_some_and(|n| n > 20) {
+        return bad("logprobs", "at most 20 alternatives per token");
+    }
+    if req.logit_bias.len() > 300 {
+        return bad("logit_bias", "at most 300 entries");
+    }
+    for (k, v) in &req.logit_bias {
+        if k.parse::<u32>().is_err() {
+            return bad(
+                &format!("logit_bias.{k}"),
+                "keys must be token ids (decimal integers)",
+            );
+        }
+        if !v.is_finite() || !(-100.0..=100.0).contains(v) {
+            return bad(
+                &format!("logit_bias.{k}"),
+                "bias must be between -100 and 100",
+            );
+        }
+    }
     if req.stop.len() > 8 {
         return bad("stop", "at most 8 stop strings");
     }
@@ -159,6 +221,7 @@ pub fn validate(req: TaskRequest, cfg: &Config) -> Result<ValidatedTask, ErrorEn
         task_id: req.task_id.unwrap_or_default(),
         session_id: req.session_id.unwrap_or_default(),
         model_ref: req.model_ref,
+        workload: Workload::Completion,
         input,
         max_tokens: req.max_tokens,
         ctx: req.ctx,
@@ -166,6 +229,167 @@ pub fn validate(req: TaskRequest, cfg: &Config) -> Result<ValidatedTask, ErrorEn
         priority: req.priority,
         sampling,
         placement,
+        tenant: crate::config::anonymous(),
+    })
+}
+
+/// An embedding task: `input` (1 to 2048 items, none empty) and placement; no prompt, messages,
+/// tools or sampling.
+fn validate_embedding(req: TaskRequest, cfg: &Config) -> Result<ValidatedTask, ErrorEnvelope> {
+    let bad = |f: &str, m: &str| Err(ErrorEnvelope::invalid(f, m));
+    if req.model_ref.trim().is_empty() {
+        return bad("model_ref", "must not be empty");
+    }
+    if req.prompt.is_some() || req.messages.is_some() {
+        return bad(
+            "input",
+            "embedding tasks take input, not prompt or messages",
+        );
+    }
+    if !req.tools.is_empty() {
+        return bad("tools", "embedding tasks take no tools");
+    }
+    let Some(input) = &req.input else {
+        return bad("input", "required for embedding tasks");
+    };
+    let items = input.items();
+    if items.is_empty() || items.len() > 2048 {
+        return bad("input", "must hold 1 to 2048 items");
+    }
+    let mut bytes = 0;
+    for (i, it) in items.iter().enumerate() {
+        let n = match it {
+            api::task::EmbedItem::Text(t) => t.len(),
+            api::task::EmbedItem::Tokens(t) => t.len() * 4,
+        };
+        if n == 0 {
+            return bad(&format!("input[{i}]"), "must not be empty");
+        }
+        bytes += n;
+    }
+    if bytes > cfg.max_prompt_bytes {
+        return bad(
+            "input",
+            &format!(
+                "longer than admission.max_prompt_bytes ({} bytes)",
+                cfg.max_prompt_bytes
+            ),
+        );
+    }
+    if req.deadline_ms == Some(0) {
+        return bad("deadline_ms", "must be greater than 0");
+    }
+    let placement = req.placement.clone().unwrap_or_default();
+    validate_placement(&placement, cfg)?;
+    Ok(ValidatedTask {
+        task_id: req.task_id.unwrap_or_default(),
+        session_id: req.session_id.unwrap_or_default(),
+        model_ref: req.model_ref,
+        workload: Workload::Embedding,
+        input: DispatchInput::Embed { input: items },
+        // The engine generates nothing; one "token" keeps the dispatch's cap meaningful.
+        max_tokens: Some(1),
+        ctx: req.ctx,
+        deadline_ms: req.deadline_ms,
+        priority: req.priority,
+        sampling: Default::default(),
+        placement,
+        tenant: crate::config::anonymous(),
+    })
+}
+
+/// Tool messages answer a call by id; only assistant messages carry calls.
+fn check_messages(msgs: &[api::task::Message]) -> Result<(), ErrorEnvelope> {
+    use api::task::Role;
+    for (i, m) in msgs.iter().enumerate() {
+        if m.role == Role::Tool && m.tool_call_id.as_deref().is_none_or(str::is_empty) {
+            return Err(ErrorEnvelope::invalid(
+                format!("messages[{i}].tool_call_id"),
+                "required on tool messages",
+            ));
+        }
+        if m.role != Role::Tool && m.tool_call_id.is_some() {
+            return Err(ErrorEnvelope::invalid(
+                format!("messages[{i}].tool_call_id"),
+                "only tool messages answer a call",
+            ));
+        }
+        if m.role != Role::Assistant && !m.tool_calls.is_empty() {
+            return Err(ErrorEnvelope::invalid(
+                format!("messages[{i}].tool_calls"),
+                "only assistant messages carry tool calls",
+            ));
+        }
+        for (j, c) in m.tool_calls.iter().enumerate() {
+            if !api::tools::valid_name(&c.function.name) {
+                return Err(ErrorEnvelope::invalid(
+                    format!("messages[{i}].tool_calls[{j}].function.name"),
+                    "1 to 64 characters of a-z, A-Z, 0-9, _ and -",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Tool names are valid and distinct, parameters are object schemas, a named choice names a
+/// tool, and tools exclude a grammar or schema of the whole output.
+fn check_tools(req: &TaskRequest) -> Result<api::tools::Tools, ErrorEnvelope> {
+    use api::tools::ToolChoice;
+    let bad = |f: &str, m: &str| Err(ErrorEnvelope::invalid(f, m));
+    if req.tools.len() > 128 {
+        return bad("tools", "at most 128 tools");
+    }
+    for (i, t) in req.tools.iter().enumerate() {
+        if !api::tools::valid_name(&t.function.name) {
+            return bad(
+                &format!("tools[{i}].function.name"),
+                "1 to 64 characters of a-z, A-Z, 0-9, _ and -",
+            );
+        }
+        if req.tools[..i]
+            .iter()
+            .any(|o| o.function.name == t.function.name)
+        {
+            return bad(&format!("tools[{i}].function.name"), "duplicate tool name");
+        }
+        if t.function
+            .parameters
+            .as_ref()
+            .is_some_and(|p| !p.is_object())
+        {
+            return bad(
+                &format!("tools[{i}].function.parameters"),
+                "must be a JSON Schema object",
+            );
+        }
+    }
+    if let Some(ToolChoice::Named(n)) = &req.tool_choice {
+        if !req.tools.iter().any(|t| t.function.name == n.function.name) {
+            return bad("tool_choice.function.name", "names no tool of tools");
+        }
+    }
+    if req.grammar.is_some() {
+        return bad("grammar", "grammar and tools exclude each other");
+    }
+    if req.json_schema.is_some() {
+        return bad(
+            "json_schema",
+            "json_schema (response_format) and tools exclude each other",
+        );
+    }
+    if req.logprobs.is_some() {
+        // llama-server b11434: "logprobs is not supported with tools + stream", and engine
+        // requests always stream.
+        return bad(
+            "logprobs",
+            "the engine cannot return log probabilities with tools",
+        );
+    }
+    Ok(api::tools::Tools {
+        tools: req.tools.clone(),
+        tool_choice: req.tool_choice.clone(),
+        parallel_tool_calls: req.parallel_tool_calls,
     })
 }
 
@@ -261,7 +485,23 @@ mod tests {
         );
         check(
             r#"{"model_ref":"m","prompt":"x","workload":"embedding"}"#,
+            Some("input"),
+        );
+        check(
+            r#"{"model_ref":"m","prompt":"x","workload":"rerank"}"#,
             Some("workload"),
+        );
+        check(
+            r#"{"model_ref":"m","prompt":"x","input":"y"}"#,
+            Some("input"),
+        );
+        check(
+            r#"{"model_ref":"m","workload":"embedding","input":["a",""]}"#,
+            Some("input[1]"),
+        );
+        check(
+            r#"{"model_ref":"m","workload":"embedding","input":[[1,2],[3]]}"#,
+            None,
         );
         check(
             r#"{"model_ref":"m","prompt":"x","engine":"vllm"}"#,
@@ -278,8 +518,67 @@ mod tests {
         check(r#"not json"#, Some(""));
         check(r#"{"prompt":"x"}"#, Some("model_ref"));
         check(
-            r#"{"model_ref":"m","messages":[{"role":"user"}]}"#,
-            Some("messages[0].content"),
+            r#"{"model_ref":"m","messages":[{"role":"tool","content":"18"}]}"#,
+            Some("messages[0].tool_call_id"),
+        );
+        check(
+            r#"{"model_ref":"m","messages":[{"role":"user","content":"x","tool_calls":[{"id":"c","function":{"name":"f","arguments":"{}"}}]}]}"#,
+            Some("messages[0].tool_calls"),
+        );
+        let tool = r#"{"type":"function","function":{"name":"f","parameters":{"type":"object"}}}"#;
+        check(
+            &format!(r#"{{"model_ref":"m","prompt":"x","tools":[{tool}]}}"#),
+            Some("tools"),
+        );
+        check(
+            &format!(
+                r#"{{"model_ref":"m","messages":[{{"role":"user","content":"x"}}],"tools":[{tool},{tool}]}}"#
+            ),
+            Some("tools[1].function.name"),
+        );
+        check(
+            &format!(
+                r#"{{"model_ref":"m","messages":[{{"role":"user","content":"x"}}],"tools":[{tool}],"tool_choice":{{"type":"function","function":{{"name":"g"}}}}}}"#
+            ),
+            Some("tool_choice.function.name"),
+        );
+        check(
+            &format!(
+                r#"{{"model_ref":"m","messages":[{{"role":"user","content":"x"}}],"tools":[{tool}],"json_schema":{{"type":"object"}}}}"#
+            ),
+            Some("json_schema"),
+        );
+        check(
+            r#"{"model_ref":"m","messages":[{"role":"user","content":"x"}],"tool_choice":"auto"}"#,
+            Some("tool_choice"),
+        );
+        check(
+            r#"{"model_ref":"m","prompt":"x","logprobs":21}"#,
+            Some("logprobs"),
+        );
+        check(
+            r#"{"model_ref":"m","prompt":"x","presence_penalty":3}"#,
+            Some("presence_penalty"),
+        );
+        check(
+            r#"{"model_ref":"m","prompt":"x","logit_bias":{"abc":1}}"#,
+            Some("logit_bias.abc"),
+        );
+        check(
+            r#"{"model_ref":"m","prompt":"x","logit_bias":{"15":101}}"#,
+            Some("logit_bias.15"),
+        );
+        check(
+            &format!(
+                r#"{{"model_ref":"m","messages":[{{"role":"user","content":"x"}}],"tools":[{tool}],"tool_choice":"required","logit_bias":{{"15":-100}}}}"#
+            ),
+            None,
+        );
+        check(
+            &format!(
+                r#"{{"model_ref":"m","messages":[{{"role":"user","content":"x"}}],"tools":[{tool}],"logprobs":2}}"#
+            ),
+            Some("logprobs"),
         );
         let long = format!(
             r#"{{"model_ref":"m","prompt":"{}"}}"#,

@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use api::tenant::{Role, TenantLimits};
+use api::TenantId;
 use daemon::secret::Secret;
 use serde::Deserialize;
 
@@ -46,6 +48,28 @@ pub struct RawAuth {
     pub node_tokens: BTreeMap<String, String>,
     /// A TOML file of `node_id = "token"` lines, the same shape as `[auth.node_tokens]`.
     pub node_tokens_file: Option<PathBuf>,
+    /// Named tokens (`[[auth.tokens]]`): each is a tenant with a role, limits and a weight.
+    pub tokens: Vec<RawNamedToken>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+pub struct RawNamedToken {
+    pub name: Option<String>,
+    pub role: Option<String>,
+    pub token: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub weight: Option<i64>,
+    pub limits: RawLimits,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+pub struct RawLimits {
+    pub requests_per_minute: Option<i64>,
+    pub tokens_per_minute: Option<i64>,
+    pub concurrent_tasks: Option<i64>,
+    pub queued_tasks: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -54,6 +78,8 @@ pub struct RawQueue {
     pub capacity: Option<i64>,
     pub full_policy: Option<String>,
     pub interactive_burst: Option<i64>,
+    /// Weighted-fair dispatch across tenants within a priority class (default true).
+    pub fair: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -180,6 +206,10 @@ pub struct Config {
     pub queue_capacity: usize,
     pub full_policy: FullPolicy,
     pub interactive_burst: u32,
+    /// `queue.fair`: weighted-fair across tenants within a class; false is FIFO.
+    pub fair_queuing: bool,
+    /// Named tokens and the tenants they are, in config order.
+    pub named_tokens: Vec<NamedToken>,
     pub default_max_tokens: u64,
     pub max_grammar_bytes: usize,
     /// Bytes of `prompt`, or of all message contents together.
@@ -221,32 +251,124 @@ pub struct Config {
 }
 
 impl Config {
-    /// Open mode: no client tokens, so client and node routes need none (loopback only).
+    /// Open mode: no client or named tokens, so every route needs none (loopback only).
     pub fn open_mode(&self) -> bool {
-        self.client_tokens.is_empty()
+        self.client_tokens.is_empty() && self.named_tokens.is_empty()
     }
 
     pub fn tokens(&self) -> Tokens {
+        let mut callers: Vec<Credential> = self
+            .named_tokens
+            .iter()
+            .map(|n| Credential {
+                tenant: n.tenant.clone(),
+                role: n.role,
+                secret: n.secret.clone(),
+            })
+            .collect();
+        callers.extend(self.client_tokens.iter().map(|s| Credential {
+            tenant: unnamed_tenant(s),
+            role: Role::Client,
+            secret: s.clone(),
+        }));
         Tokens {
-            client: self.client_tokens.clone(),
+            callers,
             registration: self.registration_token.clone(),
             node: self.node_tokens.clone(),
         }
     }
+
+    /// Every configured tenant's role, weight and limits (unnamed client tokens included).
+    pub fn tenant_policies(&self) -> BTreeMap<TenantId, TenantPolicy> {
+        let mut out: BTreeMap<TenantId, TenantPolicy> = self
+            .client_tokens
+            .iter()
+            .map(|s| (unnamed_tenant(s), TenantPolicy::default()))
+            .collect();
+        for n in &self.named_tokens {
+            out.insert(
+                n.tenant.clone(),
+                TenantPolicy {
+                    role: n.role,
+                    weight: n.weight,
+                    limits: n.limits.clone(),
+                },
+            );
+        }
+        if self.open_mode() {
+            out.insert(
+                anonymous(),
+                TenantPolicy {
+                    role: Role::Admin,
+                    ..TenantPolicy::default()
+                },
+            );
+        }
+        out
+    }
+}
+
+/// The tenant of open mode: one anonymous admin.
+pub fn anonymous() -> TenantId {
+    "anonymous".parse().expect("a valid tenant name")
+}
+
+/// The tenant of an unnamed `auth.client_tokens` entry: `token-<fp6>`, its own tenant.
+pub fn unnamed_tenant(s: &Secret) -> TenantId {
+    format!("token-{}", s.fingerprint())
+        .parse()
+        .expect("a valid tenant name")
+}
+
+/// One `[[auth.tokens]]` entry, validated.
+#[derive(Debug, Clone)]
+pub struct NamedToken {
+    pub tenant: TenantId,
+    pub role: Role,
+    pub secret: Secret,
+    pub weight: u32,
+    pub limits: TenantLimits,
+}
+
+/// What the core needs to know about a tenant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TenantPolicy {
+    pub role: Role,
+    pub weight: u32,
+    pub limits: TenantLimits,
+}
+
+impl Default for TenantPolicy {
+    fn default() -> Self {
+        Self {
+            role: Role::Client,
+            weight: 1,
+            limits: TenantLimits::default(),
+        }
+    }
+}
+
+/// A token that identifies a caller: its tenant and role.
+#[derive(Debug, Clone)]
+pub struct Credential {
+    pub tenant: TenantId,
+    pub role: Role,
+    pub secret: Secret,
 }
 
 /// The secrets auth checks against; replaced as a whole when tokens are rotated (SIGHUP).
 #[derive(Debug, Clone, Default)]
 pub struct Tokens {
-    pub client: Vec<Secret>,
+    /// Named tokens, then unnamed client tokens.
+    pub callers: Vec<Credential>,
     pub registration: Option<Secret>,
     pub node: BTreeMap<String, Secret>,
 }
 
 impl Tokens {
-    /// Open mode: no client tokens (loopback only, checked at startup).
+    /// Open mode: no caller tokens (loopback only, checked at startup).
     pub fn open(&self) -> bool {
-        self.client.is_empty()
+        self.callers.is_empty()
     }
 
     /// No node auth configured at all.
@@ -254,15 +376,27 @@ impl Tokens {
         self.registration.is_none() && self.node.is_empty()
     }
 
-    pub fn is_client(&self, presented: &str) -> bool {
-        self.client.iter().any(|c| c.matches(presented))
+    /// The caller a presented token identifies. Every credential is compared (in constant time
+    /// each), so the answer's timing does not depend on which one matched.
+    pub fn identify(&self, presented: &str) -> Option<&Credential> {
+        let mut found = None;
+        for c in &self.callers {
+            if c.secret.matches(presented) && found.is_none() {
+                found = Some(c);
+            }
+        }
+        found
     }
 
     /// Fingerprints for the rotation log line (never the tokens).
     pub fn describe(&self) -> String {
-        let fps: Vec<String> = self.client.iter().map(|s| s.to_string()).collect();
+        let fps: Vec<String> = self
+            .callers
+            .iter()
+            .map(|c| format!("{}={}({})", c.tenant, c.secret, c.role))
+            .collect();
         format!(
-            "client tokens [{}], registration token {}, {} per-node token(s)",
+            "tokens [{}], registration token {}, {} per-node token(s)",
             fps.join(", "),
             self.registration
                 .as_ref()
@@ -309,6 +443,25 @@ impl RawConfig {
         for (i, t) in client_tokens.iter().enumerate() {
             check_token(&format!("auth.client_tokens[{i}]"), t, &mut p);
         }
+        let named = named_tokens(&self.auth.tokens, &mut p);
+        {
+            let mut all: Vec<(&str, String)> = client_tokens
+                .iter()
+                .map(|t| (t.as_str(), "auth.client_tokens".to_string()))
+                .collect();
+            all.extend(named.iter().map(|n| {
+                (
+                    n.token.secret.expose(),
+                    format!("auth.tokens[{}] ({})", n.index, n.token.tenant),
+                )
+            }));
+            for (i, (t, key)) in all.iter().enumerate() {
+                if all[..i].iter().any(|(u, _)| u == t) {
+                    p.push(format!("{key}: the same token is configured twice"));
+                }
+            }
+        }
+        let named: Vec<NamedToken> = named.into_iter().map(|n| n.token).collect();
         let registration = daemon::config::secret_or_file(
             "auth.node_registration_token",
             &self.auth.node_registration_token,
@@ -317,7 +470,7 @@ impl RawConfig {
         );
         if let Some(r) = &registration {
             check_token("auth.node_registration_token", r, &mut p);
-            if client_tokens.iter().any(|c| c == r) {
+            if client_tokens.iter().any(|c| c == r) || named.iter().any(|n| n.secret.matches(r)) {
                 p.push("auth.node_registration_token: must differ from every client token".into());
             }
         }
@@ -331,7 +484,8 @@ impl RawConfig {
         }
         if let Some(b) = bind {
             if !b.ip().is_loopback()
-                && (client_tokens.is_empty() || (registration.is_none() && node_tokens.is_empty()))
+                && ((client_tokens.is_empty() && named.is_empty())
+                    || (registration.is_none() && node_tokens.is_empty()))
             {
                 p.push(format!("server.bind: {b} is not a loopback address; set auth.client_tokens and auth.node_registration_token (or auth.node_tokens) first"));
             }
@@ -469,6 +623,8 @@ impl RawConfig {
             queue_capacity: capacity as usize,
             full_policy,
             interactive_burst: burst as u32,
+            fair_queuing: self.queue.fair.unwrap_or(true),
+            named_tokens: named,
             default_max_tokens,
             max_grammar_bytes: max_grammar as usize,
             max_prompt_bytes: max_prompt as usize,
@@ -509,6 +665,94 @@ impl RawConfig {
             log_json: self.logging.json,
         })
     }
+}
+
+/// A validated named token and its place in `auth.tokens` (for messages).
+struct Indexed {
+    index: usize,
+    token: NamedToken,
+}
+
+/// `[[auth.tokens]]`: names unique and valid, a known role, exactly one of `token`/`token_file`,
+/// a weight of 1–1000 and limits of at least 1.
+fn named_tokens(raw: &[RawNamedToken], p: &mut Vec<String>) -> Vec<Indexed> {
+    let mut out: Vec<Indexed> = vec![];
+    for (i, r) in raw.iter().enumerate() {
+        let key = format!("auth.tokens[{i}]");
+        let tenant = match r.name.as_deref().map(str::parse::<TenantId>) {
+            None => {
+                p.push(format!("{key}.name: required"));
+                None
+            }
+            Some(Err(e)) => {
+                p.push(format!("{key}.name: {e}"));
+                None
+            }
+            Some(Ok(t)) if t == "anonymous" || t.as_str().starts_with("token-") => {
+                p.push(format!(
+                    "{key}.name: {t} is reserved (anonymous and token-* name unnamed callers)"
+                ));
+                None
+            }
+            Some(Ok(t)) => {
+                if out.iter().any(|o| o.token.tenant == t) {
+                    p.push(format!("{key}.name: {t} is configured twice"));
+                }
+                Some(t)
+            }
+        };
+        let role = match r.role.as_deref().map(str::parse::<Role>) {
+            None => {
+                p.push(format!("{key}.role: required (admin, client or viewer)"));
+                None
+            }
+            Some(Err(e)) => {
+                p.push(format!("{key}.role: {e}"));
+                None
+            }
+            Some(Ok(role)) => Some(role),
+        };
+        let secret =
+            daemon::config::secret_or_file(&format!("{key}.token"), &r.token, &r.token_file, p);
+        match &secret {
+            Some(s) => check_token(&format!("{key}.token"), s, p),
+            None if r.token.is_none() && r.token_file.is_none() => {
+                p.push(format!("{key}.token: set token or token_file"))
+            }
+            None => {}
+        }
+        let weight = positive(&format!("{key}.weight"), r.weight, 1, p);
+        if weight > 1000 {
+            p.push(format!("{key}.weight: must be at most 1000, got {weight}"));
+        }
+        let limit = |name: &str, v: Option<i64>, p: &mut Vec<String>| match v {
+            None => None,
+            Some(n) if n >= 1 => Some(n as u64),
+            Some(n) => {
+                p.push(format!("{key}.limits.{name}: must be at least 1, got {n}"));
+                None
+            }
+        };
+        let limits = TenantLimits {
+            requests_per_minute: limit("requests_per_minute", r.limits.requests_per_minute, p),
+            tokens_per_minute: limit("tokens_per_minute", r.limits.tokens_per_minute, p),
+            concurrent_tasks: limit("concurrent_tasks", r.limits.concurrent_tasks, p),
+            queued_tasks: limit("queued_tasks", r.limits.queued_tasks, p),
+        };
+        if let (Some(tenant), Some(role), Some(secret)) = (tenant, role, secret) {
+            out.push(Indexed {
+                index: i,
+                token: NamedToken {
+                    tenant,
+                    role,
+                    secret: Secret::new(secret),
+                    weight: weight.min(1000) as u32,
+                    limits,
+                },
+            });
+        }
+    }
+    out
 }
 
 /// `auth.node_tokens`, or the table in `auth.node_tokens_file`; both set is an error.
@@ -732,6 +976,124 @@ mod tests {
         check(
             "[auth]\nnode_tokens_file = \"/nonexistent/tokens.toml\"\n",
             &["auth.node_tokens_file: cannot read"],
+        );
+    }
+
+    #[test]
+    fn named_tokens_roles_limits_and_tenants() {
+        let raw: RawConfig = toml::from_str(
+            r#"
+            [auth]
+            client_tokens = ["unnamed-token-0123456789"]
+            [[auth.tokens]]
+            name = "ops"
+            role = "admin"
+            token = "ops-token-0123456789"
+            [[auth.tokens]]
+            name = "lab"
+            role = "client"
+            token = "lab-token-0123456789"
+            weight = 3
+            [auth.tokens.limits]
+            requests_per_minute = 60
+            queued_tasks = 4
+            "#,
+        )
+        .expect("toml");
+        let cfg = raw
+            .validate(std::path::Path::new("/home/x"))
+            .expect("valid");
+        assert!(!cfg.open_mode());
+        let tokens = cfg.tokens();
+        let who = |t: &str| tokens.identify(t).map(|c| (c.tenant.to_string(), c.role));
+        assert_eq!(
+            who("ops-token-0123456789"),
+            Some(("ops".into(), Role::Admin))
+        );
+        assert_eq!(
+            who("lab-token-0123456789"),
+            Some(("lab".into(), Role::Client))
+        );
+        let unnamed = format!(
+            "token-{}",
+            daemon::secret::fingerprint("unnamed-token-0123456789")
+        );
+        assert_eq!(
+            who("unnamed-token-0123456789"),
+            Some((unnamed.clone(), Role::Client))
+        );
+        assert_eq!(who("nobody-token-0123456789"), None);
+        let policies = cfg.tenant_policies();
+        let lab = &policies[&"lab".parse::<TenantId>().unwrap()];
+        assert_eq!(lab.weight, 3);
+        assert_eq!(lab.limits.requests_per_minute, Some(60));
+        assert_eq!(lab.limits.queued_tasks, Some(4));
+        assert!(policies.contains_key(&unnamed.parse::<TenantId>().unwrap()));
+        assert!(
+            !tokens.describe().contains("0123456789"),
+            "{}",
+            tokens.describe()
+        );
+        // Open mode: one anonymous admin.
+        let open = RawConfig::default()
+            .validate(std::path::Path::new("/home/x"))
+            .expect("valid");
+        assert!(open.open_mode());
+        assert_eq!(open.tenant_policies()[&anonymous()].role, Role::Admin);
+    }
+
+    #[test]
+    fn named_token_problems() {
+        check(
+            r#"
+            [auth]
+            client_tokens = ["same-token-0123456789"]
+            node_registration_token = "ops-token-0123456789"
+            [[auth.tokens]]
+            name = "Bad Name"
+            role = "root"
+            token = "short"
+            weight = 0
+            [auth.tokens.limits]
+            tokens_per_minute = 0
+            [[auth.tokens]]
+            name = "ops"
+            role = "admin"
+            token = "ops-token-0123456789"
+            [[auth.tokens]]
+            name = "ops"
+            role = "viewer"
+            token = "same-token-0123456789"
+            [[auth.tokens]]
+            name = "anonymous"
+            role = "viewer"
+            "#,
+            &[
+                "auth.tokens[0].name",
+                "auth.tokens[0].role",
+                "auth.tokens[0].token: tokens must be at least 16",
+                "auth.tokens[0].weight",
+                "auth.tokens[0].limits.tokens_per_minute",
+                "auth.tokens[2].name: ops is configured twice",
+                "auth.tokens[2] (ops): the same token is configured twice",
+                "auth.tokens[3].name: anonymous is reserved",
+                "auth.tokens[3].token: set token or token_file",
+                "auth.node_registration_token: must differ",
+            ],
+        );
+        // A non-loopback bind is fine with only named tokens.
+        check(
+            r#"
+            [server]
+            bind = "0.0.0.0:8080"
+            [auth]
+            node_registration_token = "register-token-0123456789"
+            [[auth.tokens]]
+            name = "ops"
+            role = "admin"
+            token = "ops-token-0123456789"
+            "#,
+            &[],
         );
     }
 }

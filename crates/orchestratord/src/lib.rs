@@ -98,7 +98,13 @@ async fn rotate_on_sighup(app: http::App, reload: Reloader, stop: CancellationTo
                 event = "auth.reload_failed",
                 "Not reloading: server.bind changed; restart to change it"
             ),
-            Ok(cfg) => app.rotate(cfg.tokens()),
+            Ok(cfg) => {
+                // The whole token set is swapped at once; tenants' limits and weights follow.
+                app.core.send(core::runner::Msg::SetTenants {
+                    policies: cfg.tenant_policies(),
+                });
+                app.rotate(cfg.tokens());
+            }
             Err(problems) => tracing::error!(
                 event = "auth.reload_failed",
                 "Not reloading, the configuration has problems: {}",

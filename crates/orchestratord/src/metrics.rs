@@ -35,6 +35,7 @@ pub const NODE_DEREGISTRATIONS: &str = "orchd_node_deregistrations_total";
 pub const NODE_HEARTBEATS: &str = "orchd_node_heartbeats_total";
 pub const NODE_OFFLINE: &str = "orchd_node_offline_total";
 pub const NODE_HEARTBEAT_AGE: &str = "orchd_node_heartbeat_age_ms";
+pub const TENANT_QUEUE_WAIT: &str = "queue_wait_ms";
 
 const FIRST_TOKEN_BUCKETS: &[f64] = &[
     50.0, 100.0, 150.0, 200.0, 300.0, 500.0, 750.0, 1000.0, 1500.0, 2000.0, 3000.0,
@@ -42,13 +43,16 @@ const FIRST_TOKEN_BUCKETS: &[f64] = &[
 const DECODE_BUCKETS: &[f64] = &[
     250.0, 500.0, 1000.0, 1500.0, 2000.0, 3000.0, 4000.0, 6000.0, 8000.0, 12000.0,
 ];
+const QUEUE_WAIT_BUCKETS: &[f64] = &[
+    1.0, 5.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0, 60000.0,
+];
 const OVERHEAD_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0];
 
 const HELP: &[(&str, &str, &str)] = &[
     (TASKS_ENQUEUED, "counter", "Admitted tasks."),
     (TASKS_STARTED, "counter", "Tasks whose worker stream reported started."),
     (TASKS_CANCELED, "counter", "Canceled tasks by reason (client or disconnect)."),
-    (TASKS_REJECTED, "counter", "Refused tasks by error code."),
+    (TASKS_REJECTED, "counter", "Refused tasks by error code and tenant."),
     (TASKS_MIGRATED, "counter", "Running tasks continued on another engine mid-stream, by reason (engine, connection, node)."),
     (QUEUE_DEPTH, "gauge", "Queued tasks; model queues are summed under pool_id=\"\"."),
     (TOKENS_IN, "counter", "Prompt tokens evaluated by engines for finished tasks."),
@@ -75,6 +79,7 @@ const HELP: &[(&str, &str, &str)] = &[
     (NODE_HEARTBEATS, "counter", "Node heartbeats by node and outcome."),
     (NODE_OFFLINE, "counter", "Online to Offline transitions by node."),
     (NODE_HEARTBEAT_AGE, "gauge", "Milliseconds since the node's last accepted heartbeat, computed at scrape."),
+    (TENANT_QUEUE_WAIT, "histogram", "Admission to first dispatch per tenant, ms."),
 ];
 
 type Labels = Vec<(&'static str, String)>;
@@ -102,6 +107,7 @@ fn buckets_of(name: &str) -> &'static [f64] {
     match name {
         LATENCY_FIRST_TOKEN => FIRST_TOKEN_BUCKETS,
         LATENCY_DECODE => DECODE_BUCKETS,
+        TENANT_QUEUE_WAIT => QUEUE_WAIT_BUCKETS,
         _ => OVERHEAD_BUCKETS,
     }
 }

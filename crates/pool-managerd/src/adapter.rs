@@ -118,61 +118,89 @@ impl TaskRun {
         ttft: &mut Option<u64>,
         started: Instant,
     ) -> Outcome {
-        let prompt = match &self.req.input {
-            DispatchInput::Prompt { prompt } => prompt.clone(),
-            DispatchInput::Messages { messages } => {
-                let msgs: Vec<ChatMessage> = messages
-                    .iter()
-                    .map(|m| ChatMessage {
-                        role: role_str(m.role).into(),
-                        content: m.content.clone(),
-                    })
-                    .collect();
-                match self.client.apply_template(&msgs).await {
-                    Ok(p) => p,
-                    Err(e) => return engine_failure(e, false),
+        let s = &self.req.params.sampling;
+        let n_predict = self.req.params.max_tokens.max(1);
+        let logit_bias: Vec<(u32, f64)> = s
+            .logit_bias
+            .iter()
+            .filter_map(|(k, v)| k.parse().ok().map(|id| (id, *v)))
+            .collect();
+        tracing::info!(event = "engine.request", correlation_id = %self.req.correlation_id, task_id = %self.req.task_id, pool_id = %self.req.pool_id,
+            node_id = %self.req.node_id, attempt = self.req.attempt, "Sent task {} to the engine of pool {}", self.req.task_id, self.req.pool_id);
+        let opened = match &self.req.input {
+            DispatchInput::Messages { messages, tools } if needs_chat(messages, tools.as_ref()) => {
+                let body = chat_body(messages, tools.as_ref(), s, n_predict, &logit_bias);
+                tokio::select! {
+                    r = self.client.chat(&body) => r.map(|f| Box::pin(f) as FrameStream),
+                    _ = self.cancel.cancelled() => return Outcome::Stopped(StopReason::Canceled),
+                    _ = self.lost.cancelled() => return lost(0),
+                    _ = self.tx.closed() => return Outcome::Stopped(StopReason::Canceled),
+                }
+            }
+            input => {
+                let prompt = match input {
+                    DispatchInput::Embed { input } => {
+                        return self.embed(input, ttft, started).await
+                    }
+                    DispatchInput::Prompt { prompt } => prompt.clone(),
+                    DispatchInput::Messages { messages, .. } => {
+                        let msgs: Vec<ChatMessage> = messages
+                            .iter()
+                            .map(|m| ChatMessage {
+                                role: role_str(m.role).into(),
+                                content: m.content.clone(),
+                            })
+                            .collect();
+                        match self.client.apply_template(&msgs).await {
+                            Ok(p) => p,
+                            Err(e) => return engine_failure(e, false),
+                        }
+                    }
+                };
+                // A migrated task continues from its prompt's token ids followed by the ids it
+                // generated.
+                let prompt = match &self.req.resume {
+                    None => Prompt::Text(prompt),
+                    Some(generated) => match self.client.tokenize(&prompt).await {
+                        Ok(mut ids) => {
+                            ids.extend_from_slice(generated);
+                            Prompt::Tokens(ids)
+                        }
+                        Err(e) => return engine_failure(e, false),
+                    },
+                };
+                let creq = CompletionRequest {
+                    prompt,
+                    return_tokens: true,
+                    n_predict,
+                    stream: true,
+                    cache_prompt: true,
+                    id_slot: self.req.id_slot,
+                    seed: s.seed,
+                    temperature: s.temperature,
+                    top_p: s.top_p,
+                    top_k: s.top_k,
+                    min_p: s.min_p,
+                    repeat_penalty: s.repeat_penalty,
+                    presence_penalty: s.presence_penalty,
+                    frequency_penalty: s.frequency_penalty,
+                    logit_bias,
+                    // The engine sends no probabilities for 0 alternatives; ask for one and drop it.
+                    n_probs: s.logprobs.map(|n| n.max(1)),
+                    stop: s.stop.clone(),
+                    grammar: s.grammar.clone(),
+                    json_schema: s.json_schema.clone(),
+                };
+                tokio::select! {
+                    r = self.client.complete(&creq) => r.map(|f| Box::pin(f) as FrameStream),
+                    _ = self.cancel.cancelled() => return Outcome::Stopped(StopReason::Canceled),
+                    _ = self.lost.cancelled() => return lost(0),
+                    _ = self.tx.closed() => return Outcome::Stopped(StopReason::Canceled),
                 }
             }
         };
-        // A migrated task continues from its prompt's token ids followed by the ids it generated.
-        let prompt = match &self.req.resume {
-            None => Prompt::Text(prompt),
-            Some(generated) => match self.client.tokenize(&prompt).await {
-                Ok(mut ids) => {
-                    ids.extend_from_slice(generated);
-                    Prompt::Tokens(ids)
-                }
-                Err(e) => return engine_failure(e, false),
-            },
-        };
-        let s = &self.req.params.sampling;
-        let creq = CompletionRequest {
-            prompt,
-            return_tokens: true,
-            n_predict: self.req.params.max_tokens.max(1),
-            stream: true,
-            cache_prompt: true,
-            id_slot: self.req.id_slot,
-            seed: s.seed,
-            temperature: s.temperature,
-            top_p: s.top_p,
-            top_k: s.top_k,
-            min_p: s.min_p,
-            repeat_penalty: s.repeat_penalty,
-            stop: s.stop.clone(),
-            grammar: s.grammar.clone(),
-            json_schema: s.json_schema.clone(),
-        };
-        tracing::info!(event = "engine.request", correlation_id = %self.req.correlation_id, task_id = %self.req.task_id, pool_id = %self.req.pool_id,
-            node_id = %self.req.node_id, attempt = self.req.attempt, "Sent task {} to the engine of pool {}", self.req.task_id, self.req.pool_id);
-        let opened = tokio::select! {
-            r = self.client.complete(&creq) => r,
-            _ = self.cancel.cancelled() => return Outcome::Stopped(StopReason::Canceled),
-            _ = self.lost.cancelled() => return lost(0),
-            _ = self.tx.closed() => return Outcome::Stopped(StopReason::Canceled),
-        };
         let mut frames = match opened {
-            Ok(f) => Box::pin(f),
+            Ok(f) => f,
             Err(e) => return engine_failure(e, false),
         };
         let started_ev = WorkerEvent::Started {
@@ -188,7 +216,8 @@ impl TaskRun {
         }
         // Token ids go with the text while every generated token's id was seen; the engine sends
         // none for tokens that end inside a UTF-8 character, and from then on the task cannot be
-        // resumed exactly, so later lines carry no ids.
+        // resumed exactly, so later lines carry no ids. The chat endpoint (chats with tools) sends
+        // no ids at all: such tasks are not resumable.
         let mut ids_seen = 0u64;
         let mut ids_whole = true;
         let far = tokio::time::Instant::now() + Duration::from_secs(365 * 24 * 3600);
@@ -201,7 +230,7 @@ impl TaskRun {
                 _ = self.tx.closed() => return Outcome::Stopped(StopReason::Canceled),
                 _ = tokio::time::sleep_until(deadline_at) => return Outcome::Stopped(StopReason::Deadline),
             };
-            let mut frame = match next {
+            let frame = match next {
                 Err(_) => {
                     drop(frames);
                     self.confirm_free().await;
@@ -223,10 +252,21 @@ impl TaskRun {
                 Ok(Some(Err(e))) => return broken(*tokens_out, e.to_string()),
                 Ok(Some(Ok(f))) => f,
             };
+            let mut frame = frame;
             if let Some(err) = &frame.error {
                 return broken(*tokens_out, format!("the engine reported an error: {err}"));
             }
             self.track(&frame);
+            if (!frame.content.is_empty() || !frame.tool_calls.is_empty()) && ttft.is_none() {
+                *ttft = Some(started.elapsed().as_millis() as u64);
+                tracing::info!(event = "engine.first_token", correlation_id = %self.req.correlation_id, task_id = %self.req.task_id, pool_id = %self.req.pool_id,
+                    node_id = %self.req.node_id, duration_ms = ttft.unwrap_or(0), "First token of task {} after {} ms", self.req.task_id, ttft.unwrap_or(0));
+            }
+            if let Some(n) = self.req.params.sampling.logprobs {
+                for lp in &mut frame.completion_probabilities {
+                    lp.top_logprobs.truncate(n as usize);
+                }
+            }
             if ids_whole && !frame.stop {
                 ids_seen += frame.tokens.len() as u64;
                 ids_whole = frame.tokens_predicted.is_none_or(|n| n == ids_seen);
@@ -242,23 +282,26 @@ impl TaskRun {
                     i: *tokens_out,
                     t: String::new(),
                     ids,
+                    logprobs: std::mem::take(&mut frame.completion_probabilities),
                 };
                 if self.tx.send(ev).await.is_err() {
                     return Outcome::Stopped(StopReason::Canceled);
                 }
             } else if !frame.content.is_empty() {
-                if ttft.is_none() {
-                    *ttft = Some(started.elapsed().as_millis() as u64);
-                    tracing::info!(event = "engine.first_token", correlation_id = %self.req.correlation_id, task_id = %self.req.task_id, pool_id = %self.req.pool_id,
-                        node_id = %self.req.node_id, duration_ms = ttft.unwrap_or(0), "First token of task {} after {} ms", self.req.task_id, ttft.unwrap_or(0));
-                }
                 let ev = WorkerEvent::Token {
                     i: *tokens_out,
-                    t: frame.content.clone(),
+                    t: std::mem::take(&mut frame.content),
                     ids,
+                    logprobs: std::mem::take(&mut frame.completion_probabilities),
                 };
                 *tokens_out += 1;
                 if self.tx.send(ev).await.is_err() {
+                    return Outcome::Stopped(StopReason::Canceled);
+                }
+            }
+            for delta in std::mem::take(&mut frame.tool_calls) {
+                *tokens_out += 1;
+                if self.tx.send(WorkerEvent::ToolCall { delta }).await.is_err() {
                     return Outcome::Stopped(StopReason::Canceled);
                 }
             }
@@ -266,6 +309,68 @@ impl TaskRun {
                 return Outcome::Finished(Box::new(frame));
             }
         }
+    }
+
+    /// An embedding task: one engine call (`/v1/embeddings`, dropped on cancel), then `started`,
+    /// one `embedding` event per item in input order, and a final frame built from the engine's
+    /// usage.
+    async fn embed(
+        &self,
+        input: &[api::task::EmbedItem],
+        ttft: &mut Option<u64>,
+        started: Instant,
+    ) -> Outcome {
+        let body = serde_json::json!({ "input": input, "encoding_format": "float" });
+        let answer = tokio::select! {
+            r = self.client.embeddings(&body) => r,
+            _ = self.cancel.cancelled() => return Outcome::Stopped(StopReason::Canceled),
+            _ = self.lost.cancelled() => return lost(0),
+            _ = self.tx.closed() => return Outcome::Stopped(StopReason::Canceled),
+        };
+        let answer = match answer {
+            Ok(a) => a,
+            Err(e) => return engine_failure(e, false),
+        };
+        if answer.data.len() != input.len() {
+            return broken(
+                0,
+                format!(
+                    "the engine answered {} embeddings for {} inputs",
+                    answer.data.len(),
+                    input.len()
+                ),
+            );
+        }
+        let started_ev = WorkerEvent::Started {
+            engine: api::ENGINE_LLAMACPP.into(),
+            engine_version: self.engine_version.clone(),
+            model: DispatchModel {
+                id: self.model.id.clone(),
+                digest: self.model.digest.clone(),
+            },
+        };
+        if self.tx.send(started_ev).await.is_err() {
+            return Outcome::Stopped(StopReason::Canceled);
+        }
+        *ttft = Some(started.elapsed().as_millis() as u64);
+        let mut data = answer.data;
+        data.sort_by_key(|d| d.index);
+        for d in data {
+            let ev = WorkerEvent::Embedding {
+                index: d.index,
+                embedding: d.embedding,
+            };
+            if self.tx.send(ev).await.is_err() {
+                return Outcome::Stopped(StopReason::Canceled);
+            }
+        }
+        Outcome::Finished(Box::new(CompletionFrame {
+            stop: true,
+            stop_type: Some("eos".into()),
+            tokens_evaluated: Some(answer.usage.prompt_tokens),
+            tokens_predicted: Some(0),
+            ..Default::default()
+        }))
     }
 
     fn tokens_evaluated(&self) -> u64 {
@@ -365,7 +470,99 @@ fn role_str(r: api::task::Role) -> &'static str {
         api::task::Role::System => "system",
         api::task::Role::User => "user",
         api::task::Role::Assistant => "assistant",
+        api::task::Role::Tool => "tool",
     }
+}
+
+type FrameStream = std::pin::Pin<
+    Box<dyn futures::Stream<Item = Result<CompletionFrame, EngineError>> + Send + 'static>,
+>;
+
+/// A chat runs on the engine's own chat endpoint when tools are involved: offered tools, an
+/// assistant's calls or a tool's results. Only that endpoint renders tools into the template and
+/// parses the model's calls; every other chat renders with `/apply-template` and runs on
+/// `/completion`, whose frames carry the slot id and exact stop type.
+fn needs_chat(messages: &[api::task::Message], tools: Option<&api::tools::Tools>) -> bool {
+    tools.is_some_and(|t| !t.tools.is_empty())
+        || messages
+            .iter()
+            .any(|m| m.role == api::task::Role::Tool || !m.tool_calls.is_empty())
+}
+
+/// The engine's `/v1/chat/completions` body: always streamed, with usage, and capped.
+fn chat_body(
+    messages: &[api::task::Message],
+    tools: Option<&api::tools::Tools>,
+    s: &api::task::Sampling,
+    max_tokens: u64,
+    logit_bias: &[(u32, f64)],
+) -> serde_json::Value {
+    let msgs: Vec<serde_json::Value> = messages
+        .iter()
+        .map(|m| {
+            let mut v = serde_json::json!({ "role": role_str(m.role), "content": m.content });
+            if !m.tool_calls.is_empty() {
+                v["tool_calls"] = serde_json::json!(m.tool_calls);
+            }
+            if let Some(id) = &m.tool_call_id {
+                v["tool_call_id"] = serde_json::json!(id);
+            }
+            v
+        })
+        .collect();
+    let mut b = serde_json::json!({
+        "messages": msgs,
+        "stream": true,
+        "stream_options": { "include_usage": true },
+        "max_tokens": max_tokens,
+        "cache_prompt": true,
+    });
+    if let Some(t) = tools.filter(|t| !t.tools.is_empty()) {
+        let (defs, mode) = t.for_engine();
+        b["tools"] = serde_json::json!(defs);
+        b["tool_choice"] = serde_json::json!(mode);
+        if let Some(p) = t.parallel_tool_calls {
+            b["parallel_tool_calls"] = serde_json::json!(p);
+        }
+    }
+    let opt = |b: &mut serde_json::Value, k: &str, v: serde_json::Value| {
+        if !v.is_null() {
+            b[k] = v;
+        }
+    };
+    opt(&mut b, "seed", serde_json::json!(s.seed));
+    opt(&mut b, "temperature", serde_json::json!(s.temperature));
+    opt(&mut b, "top_p", serde_json::json!(s.top_p));
+    opt(&mut b, "top_k", serde_json::json!(s.top_k));
+    opt(&mut b, "min_p", serde_json::json!(s.min_p));
+    opt(
+        &mut b,
+        "repeat_penalty",
+        serde_json::json!(s.repeat_penalty),
+    );
+    opt(
+        &mut b,
+        "presence_penalty",
+        serde_json::json!(s.presence_penalty),
+    );
+    opt(
+        &mut b,
+        "frequency_penalty",
+        serde_json::json!(s.frequency_penalty),
+    );
+    opt(&mut b, "grammar", serde_json::json!(s.grammar));
+    opt(&mut b, "json_schema", serde_json::json!(s.json_schema));
+    if !s.stop.is_empty() {
+        b["stop"] = serde_json::json!(s.stop);
+    }
+    if !logit_bias.is_empty() {
+        b["logit_bias"] = serde_json::json!(logit_bias);
+    }
+    if let Some(n) = s.logprobs {
+        b["logprobs"] = serde_json::json!(true);
+        b["top_logprobs"] = serde_json::json!(n.max(1));
+    }
+    b
 }
 
 /// Maps an engine error by the first-token rule (§14.3).
@@ -525,7 +722,65 @@ mod tests {
     #[test]
     fn chat_roles_use_the_engine_names() {
         use api::task::Role;
-        let roles = [Role::System, Role::User, Role::Assistant].map(role_str);
-        assert_eq!(roles, ["system", "user", "assistant"]);
+        let roles = [Role::System, Role::User, Role::Assistant, Role::Tool].map(role_str);
+        assert_eq!(roles, ["system", "user", "assistant", "tool"]);
+    }
+
+    #[test]
+    fn tools_take_the_chat_endpoint_with_a_capped_stream() {
+        use api::task::{Message, Role};
+        use api::tools::*;
+        let plain = vec![Message::text(Role::User, "hi")];
+        assert!(!needs_chat(&plain, None));
+        let tools = Tools {
+            tools: vec![ToolDef {
+                kind: FunctionKind::Function,
+                function: FunctionDef {
+                    name: "f".into(),
+                    description: None,
+                    parameters: Some(serde_json::json!({"type": "object"})),
+                    strict: None,
+                },
+            }],
+            tool_choice: Some(ToolChoice::Mode(ToolChoiceMode::Required)),
+            parallel_tool_calls: Some(false),
+        };
+        assert!(needs_chat(&plain, Some(&tools)));
+        let mut result = Message::text(Role::Tool, "18");
+        result.tool_call_id = Some("c1".into());
+        assert!(needs_chat(&[result.clone()], None));
+        let s = api::task::Sampling {
+            seed: Some(3),
+            logprobs: Some(2),
+            ..Default::default()
+        };
+        let b = chat_body(&[result], Some(&tools), &s, 7, &[(15, -100.0)]);
+        assert_eq!(
+            (
+                &b["stream"],
+                &b["max_tokens"],
+                &b["stream_options"]["include_usage"]
+            ),
+            (
+                &serde_json::json!(true),
+                &serde_json::json!(7),
+                &serde_json::json!(true)
+            )
+        );
+        assert_eq!(
+            (&b["tool_choice"], &b["parallel_tool_calls"], &b["seed"]),
+            (
+                &serde_json::json!("required"),
+                &serde_json::json!(false),
+                &serde_json::json!(3)
+            )
+        );
+        assert_eq!(b["messages"][0]["tool_call_id"], "c1");
+        assert_eq!(b["logit_bias"], serde_json::json!([[15, -100.0]]));
+        assert_eq!(
+            (&b["logprobs"], &b["top_logprobs"]),
+            (&serde_json::json!(true), &serde_json::json!(2))
+        );
+        assert!(b.get("temperature").is_none());
     }
 }

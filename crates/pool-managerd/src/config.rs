@@ -136,6 +136,10 @@ pub struct RawPool {
     pub gpu_policy: Option<String>,
     pub engine_source: Option<String>,
     pub extra_args: Vec<String>,
+    pub chat_template_file: Option<String>,
+    /// An embedding pool: the engine runs with `--embedding --pooling <pooling>`.
+    pub embedding: Option<bool>,
+    pub pooling: Option<String>,
     pub provisioning_target: Option<bool>,
     /// The engine's host-RAM prompt cache in MiB (`--cache-ram`; 0 turns it off); the engine's
     /// own default when absent.
@@ -189,9 +193,12 @@ pub struct PoolSpec {
     pub device_mask: String,
     pub gpu_policy: GpuPolicy,
     pub engine_source: String,
-    /// Engine flags appended after pool-managerd's own (`cache_ram_mib` comes first as
-    /// `--cache-ram N`).
+    /// The engine's extra flags: `cache_ram_mib` first as `--cache-ram N`, then `extra_args`; a
+    /// `chat_template_file` is passed here as `--chat-template-file`, an embedding pool's
+    /// `--embedding --pooling …` too.
     pub extra_args: Vec<String>,
+    /// `embedding` for an embedding pool, else `completion`.
+    pub workload: api::task::Workload,
 }
 
 #[derive(Debug, Clone)]
@@ -667,6 +674,58 @@ fn validate_pools(
                 ));
             }
         }
+        let mut extra_args: Vec<String> = cache_ram
+            .map(|n| vec!["--cache-ram".to_string(), n.to_string()])
+            .unwrap_or_default();
+        extra_args.extend(rp.extra_args.iter().cloned());
+        if let Some(t) = &rp.chat_template_file {
+            if !Path::new(t).is_file() {
+                p.push(format!(
+                    "{key}.chat_template_file: template file {t} does not exist"
+                ));
+            }
+            if extra_args.iter().any(|a| {
+                a.starts_with("--chat-template")
+                    || a.starts_with("--jinja")
+                    || a.starts_with("--no-jinja")
+            }) {
+                p.push(format!(
+                    "{key}.extra_args: chat template flags exclude chat_template_file"
+                ));
+            }
+            extra_args.extend(["--chat-template-file".to_string(), t.clone()]);
+        }
+        let embedding = rp.embedding.unwrap_or(false);
+        if embedding && rp.chat_template_file.is_some() {
+            p.push(format!(
+                "{key}.chat_template_file: an embedding pool has no chat template"
+            ));
+        }
+        if extra_args
+            .iter()
+            .any(|a| a.starts_with("--embedding") || a.starts_with("--pooling"))
+        {
+            p.push(format!(
+                "{key}.extra_args: use embedding = true and pooling instead of --embedding/--pooling"
+            ));
+        }
+        match (embedding, rp.pooling.as_deref()) {
+            (false, Some(_)) => p.push(format!("{key}.pooling: needs embedding = true")),
+            (true, pooling) => {
+                let pooling = pooling.unwrap_or("mean");
+                if !["mean", "cls", "last", "none"].contains(&pooling) {
+                    p.push(format!(
+                        "{key}.pooling: {pooling:?} is not one of mean, cls, last, none"
+                    ));
+                }
+                extra_args.extend([
+                    "--embedding".to_string(),
+                    "--pooling".to_string(),
+                    pooling.to_string(),
+                ]);
+            }
+            (false, None) => {}
+        }
         let digest = match rp.model_digest.as_deref().map(api::catalog::parse_digest) {
             Some(Ok(d)) => Some(d),
             Some(Err(e)) => {
@@ -690,12 +749,12 @@ fn validate_pools(
                     device_mask,
                     gpu_policy: policy,
                     engine_source,
-                    extra_args: cache_ram
-                        .map(|n| vec!["--cache-ram".to_string(), n.to_string()])
-                        .unwrap_or_default()
-                        .into_iter()
-                        .chain(rp.extra_args.iter().cloned())
-                        .collect(),
+                    extra_args,
+                    workload: if embedding {
+                        api::task::Workload::Embedding
+                    } else {
+                        api::task::Workload::Completion
+                    },
                 });
             }
         }
@@ -841,6 +900,7 @@ mod tests {
             gpu_policy = "gpu"
             engine_source = "nope"
             extra_args = ["--port", "1", "--cache-ram", "8"]
+            chat_template_file = "/nonexistent/t.jinja"
             cache_ram_mib = -1
             [[pools]]
             id = "c"
@@ -860,12 +920,43 @@ mod tests {
             "--port",
             "pools[0].cache_ram_mib",
             "pools[1].extra_args: --cache-ram repeats",
+            "pools[0].chat_template_file: template file /nonexistent/t.jinja does not exist",
         ] {
             assert!(
                 errs.iter().any(|e| e.contains(want)),
                 "missing {want:?} in {errs:#?}"
             );
         }
+    }
+
+    #[test]
+    fn a_chat_template_file_reaches_the_engine_flags() {
+        let dir = std::env::temp_dir().join(format!("pm-tmpl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let t = dir.join("t.jinja");
+        std::fs::write(&t, "{{ messages }}").unwrap();
+        let raw: RawConfig = toml::from_str(&format!(
+            "[[pools]]\nid = \"a\"\ndevices = \"cpu\"\ngpu_policy = \"cpu\"\nchat_template_file = {:?}\n[engines.default]\nkind = \"git\"\ngit_url = \"https://example.invalid/l\"\ngit_ref = \"b1\"\n",
+            t.display().to_string()
+        ))
+        .unwrap();
+        let cfg = raw.validate(&host()).expect("valid");
+        assert_eq!(
+            cfg.pools[0].extra_args,
+            ["--chat-template-file".to_string(), t.display().to_string()]
+        );
+        let clash: RawConfig = toml::from_str(&format!(
+            "[[pools]]\nid = \"a\"\ndevices = \"cpu\"\ngpu_policy = \"cpu\"\nextra_args = [\"--chat-template\", \"chatml\"]\nchat_template_file = {:?}\n",
+            t.display().to_string()
+        ))
+        .unwrap();
+        let errs = clash.validate(&host()).unwrap_err();
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("exclude chat_template_file")),
+            "{errs:?}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

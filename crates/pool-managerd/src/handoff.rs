@@ -203,6 +203,7 @@ async fn adopt(app: &Adopter, f: &HandoffFile) -> Result<api::PoolId, String> {
         gpu_policy: GpuPolicy::Cpu,
         engine_source: "handoff".into(),
         extra_args: vec![],
+        workload: api::task::Workload::Completion,
     };
     let pool = crate::pools::adopt(
         spec,

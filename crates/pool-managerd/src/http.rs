@@ -246,6 +246,16 @@ fn check_dispatch(
             format!("this pool runs llamacpp, not {}", req.engine),
         ));
     }
+    let embed = matches!(req.input, api::worker::DispatchInput::Embed { .. });
+    if embed != (pool.spec.workload == api::task::Workload::Embedding) {
+        return Err(ErrorEnvelope::invalid(
+            "input",
+            format!(
+                "pool {pool_id} serves {} tasks",
+                pool.spec.workload.as_str()
+            ),
+        ));
+    }
     if req.params.ctx > pool.spec.ctx_per_slot {
         return Err(ErrorEnvelope::invalid(
             "ctx",

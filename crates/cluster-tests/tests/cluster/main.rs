@@ -19,6 +19,8 @@ mod refusals;
 mod sched;
 mod schema;
 mod template;
+mod tenants;
+mod v2_tools;
 mod worker;
 
 use std::future::Future;
@@ -109,6 +111,24 @@ fn scenarios() -> Vec<(&'static str, bool, Scenario)> {
         ("openai_official_client", true, |a| {
             Box::pin(openai::official_client(a))
         }),
+        ("openai_tools_structured_output_logprobs", true, |a| {
+            Box::pin(openai::tools_and_structured_output(a))
+        }),
+        ("openai_responses_api", true, |a| {
+            Box::pin(openai::responses_api(a))
+        }),
+        ("openai_embeddings_on_an_embedding_pool", true, |a| {
+            Box::pin(openai::embeddings(a))
+        }),
+        ("v2_tool_call_and_logprob_frames", true, |a| {
+            Box::pin(v2_tools::tool_call_frames(a))
+        }),
+        ("v2_embedding_frames", true, |a| {
+            Box::pin(v2_tools::embedding_frames(a))
+        }),
+        ("anthropic_messages_official_client", true, |a| {
+            Box::pin(openai::anthropic_messages(a))
+        }),
         ("sched_queue_order_and_aging", true, |a| {
             Box::pin(sched::queue_order_and_aging(a))
         }),
@@ -145,6 +165,12 @@ fn scenarios() -> Vec<(&'static str, bool, Scenario)> {
         }),
         ("schemathesis_against_openapi", true, |a| {
             Box::pin(schema::schemathesis(a))
+        }),
+        ("tenants_role_matrix_every_route", true, |a| {
+            Box::pin(tenants::role_matrix(a))
+        }),
+        ("tenants_limits_retry_after_and_rotation", true, |a| {
+            Box::pin(tenants::limits(a))
         }),
         ("observe_metrics_logs_cors", true, |a| {
             Box::pin(observe::metrics_logs_cors(a))

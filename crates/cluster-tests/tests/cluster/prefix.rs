@@ -71,7 +71,7 @@ async fn run(client: &client::Client, req: &TaskRequest) -> anyhow::Result<Turn>
             Event::Token(t) => text.push_str(&t.t),
             Event::End(e) => end = Some(e),
             Event::Error(e) => anyhow::bail!("task failed: {e:?}"),
-            Event::Metrics(_) => {}
+            _ => {}
         }
     }
     Ok(Turn {
@@ -92,10 +92,7 @@ fn chat(model: &str, messages: &[Message]) -> TaskRequest {
 }
 
 fn msg(role: Role, content: &str) -> Message {
-    Message {
-        role,
-        content: content.into(),
-    }
+    Message::text(role, content)
 }
 
 /// Two one-slot pools under `placement.strategy = "cache-aware"`. A short unrelated task shows

@@ -74,10 +74,10 @@ async fn hf_server(a: &Assets, opts: Options) -> anyhow::Result<(FileServer, Str
 
 fn chat(model: &str) -> TaskRequest {
     let mut req = TaskRequest::new(model);
-    req.messages = Some(vec![api::task::Message {
-        role: api::task::Role::User,
-        content: "Name a colour.".into(),
-    }]);
+    req.messages = Some(vec![api::task::Message::text(
+        api::task::Role::User,
+        "Name a colour.",
+    )]);
     req.max_tokens = Some(12);
     req.temperature = Some(0.0);
     req.seed = Some(7);

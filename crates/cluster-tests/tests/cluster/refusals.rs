@@ -94,7 +94,7 @@ pub async fn unserved_model(a: Assets) -> anyhow::Result<()> {
         let m = client.metrics_text().await?.body;
         ensure!(
             m.contains(
-                "tasks_rejected_total{engine=\"llamacpp\",reason=\"MODEL_NOT_AVAILABLE\"} 1"
+                "tasks_rejected_total{engine=\"llamacpp\",reason=\"MODEL_NOT_AVAILABLE\",tenant=\"anonymous\"} 1"
             ),
             "rejection not counted"
         );

@@ -200,13 +200,13 @@ pub async fn apply_template_matches_chat(a: Assets) -> anyhow::Result<()> {
             let mut req = api::task::TaskRequest::new(&stack.spec.model_id);
             req.messages = Some(
                 conv.iter()
-                    .map(|(role, content)| api::task::Message {
-                        role: match *role {
+                    .map(|(role, content)| {
+                        let role = match *role {
                             "system" => api::task::Role::System,
                             "assistant" => api::task::Role::Assistant,
                             _ => api::task::Role::User,
-                        },
-                        content: (*content).into(),
+                        };
+                        api::task::Message::text(role, *content)
                     })
                     .collect(),
             );

@@ -450,14 +450,8 @@ mod tests {
                 engine_version: Some("b11434".into()),
                 model: "m".parse().unwrap(),
             })),
-            frame(Event::Token(Token {
-                t: "a".into(),
-                i: 0,
-            })),
-            frame(Event::Token(Token {
-                t: "b".into(),
-                i: 1,
-            })),
+            frame(Event::Token(Token::new("a", 0))),
+            frame(Event::Token(Token::new("b", 1))),
             frame(Event::End(End {
                 tokens_in: 3,
                 tokens_out: 2,
@@ -498,10 +492,9 @@ mod tests {
     fn order_fails_on_anything_after_end_or_an_open_stream() {
         check_order(&good(), true);
         let mut after = good();
-        after.after_terminal.push(frame(Event::Token(Token {
-            t: "c".into(),
-            i: 2,
-        })));
+        after
+            .after_terminal
+            .push(frame(Event::Token(Token::new("c", 2))));
         check_order(&after, false);
         let mut open = good();
         open.closed = false;

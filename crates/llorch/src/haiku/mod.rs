@@ -117,10 +117,10 @@ async fn attempt_once(
     let mut req = TaskRequest::new(&opts.model);
     req.task_id = Some(task_id);
     req.session_id = Some(session_id);
-    req.messages = Some(vec![api::task::Message {
-        role: api::task::Role::User,
-        content: words::prompt_for(&ev.word),
-    }]);
+    req.messages = Some(vec![api::task::Message::text(
+        api::task::Role::User,
+        words::prompt_for(&ev.word),
+    )]);
     req.grammar = Some(grammar::haiku_grammar(&ev.word));
     req.temperature = Some(0.0);
     req.seed = Some(opts.seed);

@@ -38,17 +38,40 @@ impl<E: Effects> Core<E> {
                     format!("task {} is still active", v.task_id),
                 ));
             }
+            // A retained task of another tenant is never replaced (nor revealed).
+            if t.tenant != v.tenant {
+                return Err(ErrorEnvelope::new(
+                    ErrorCode::Conflict,
+                    format!("task id {} is in use", v.task_id),
+                ));
+            }
+        }
+        // Tenant limits come first: a refused request changes nothing (no model is registered).
+        let queued = self.queues.queued_of(&v.tenant);
+        let retry = self.tenant_retry_ms(&v.tenant);
+        if let Err(e) = self.tenants.check(&v.tenant, queued, || retry, now) {
+            self.count_backpressure_for(&v.tenant, &e);
+            return Err(self.reject(&v.tenant, e));
         }
         let rec = self
             .admit_model(&v.model_ref, v.ctx)
-            .map_err(|e| self.reject(e))?;
+            .map_err(|e| self.reject(&v.tenant, e))?;
         let model = rec.id.clone();
         let pinned = v.placement.mode == PlacementMode::Pin;
         let target = self
             .serving_or_target(&rec, pinned)
-            .map_err(|e| self.reject(e))?;
+            .map_err(|e| self.reject(&v.tenant, e))?;
+        if target.is_none() && !self.workload_served(&model, v.workload) {
+            return Err(self.reject(
+                &v.tenant,
+                ErrorEnvelope::new(
+                    ErrorCode::ModelNotAvailable,
+                    format!("no pool serves {model} for {} tasks", v.workload.as_str()),
+                ),
+            ));
+        }
         self.check_placement(&v, &model)
-            .map_err(|e| self.reject(e))?;
+            .map_err(|e| self.reject(&v.tenant, e))?;
         // A task bound to a provisioning target stays in its model's queue (it is the oldest there,
         // so it goes first) but may only run on the target.
         let key = queue_key(&v, &model);
@@ -59,17 +82,25 @@ impl<E: Effects> Core<E> {
         let room = self.room(&key, v.priority, &model, max_tokens);
         if let Room::Refuse(e) = room {
             self.count_backpressure();
-            return Err(self.reject(e));
+            return Err(self.reject(&v.tenant, e));
         }
         let victim = match &room {
             Room::Evict(victim, _) => Some(*victim),
             _ => None,
         };
-        let evicted_class = victim.and_then(|id| self.tasks.get(&id).map(|t| t.v.priority));
+        let weight = self.tenants.weight(&v.tenant);
         let ahead = self
             .queues
             .get(&key)
-            .map(|q| q.position_of_new(v.priority, evicted_class, self.cfg.interactive_burst))
+            .map(|q| {
+                q.position_of_new(
+                    v.priority,
+                    &v.tenant,
+                    weight,
+                    victim,
+                    self.cfg.interactive_burst,
+                )
+            })
             .unwrap_or(0) as u64;
         let (position, predicted) = if target.is_some() {
             (0, 0)
@@ -80,17 +111,22 @@ impl<E: Effects> Core<E> {
         // cost a queued task its place (API.md §6.2, §6.4).
         if let Some(d) = v.deadline_ms {
             if predicted > d && self.has_measurements(&model) {
-                return Err(self.reject(ErrorEnvelope::new(
-                    ErrorCode::DeadlineUnmet,
-                    format!("the predicted start in {predicted} ms is past the deadline of {d} ms"),
-                )));
+                return Err(self.reject(
+                    &v.tenant,
+                    ErrorEnvelope::new(
+                        ErrorCode::DeadlineUnmet,
+                        format!(
+                            "the predicted start in {predicted} ms is past the deadline of {d} ms"
+                        ),
+                    ),
+                ));
             }
         }
         if let Room::Evict(victim, env) = room {
             self.count_backpressure();
             self.dequeue(victim);
             if let Some(t) = self.tasks.get(&victim) {
-                tracing::info!(event = "task.evicted", correlation_id = %t.correlation_id, task_id = %victim, code = %env.code, "Task {victim} was evicted from its full queue ({})", env.policy_label.as_deref().unwrap_or(""));
+                tracing::info!(event = "task.evicted", correlation_id = %t.correlation_id, task_id = %victim, tenant = %t.tenant, code = %env.code, "Task {victim} was evicted from its full queue ({})", env.policy_label.as_deref().unwrap_or(""));
             }
             self.finish_with_error(victim, env, now);
         }
@@ -112,9 +148,12 @@ impl<E: Effects> Core<E> {
             self.effects
                 .timer(Duration::from_millis(d), Timer::Deadline(id));
         }
-        tracing::info!(event = "task.admitted", correlation_id = %correlation_id, task_id = %id, session_id = %v.session_id, model = %model,
+        tracing::info!(event = "task.admitted", correlation_id = %correlation_id, task_id = %id, tenant = %v.tenant, session_id = %v.session_id, model = %model,
             queue_position = position, predicted_start_ms = predicted, "Admitted task {id} for {model} at queue position {position}");
-        self.sessions.touch(v.session_id, now);
+        self.sessions.touch(v.session_id, &v.tenant, now);
+        self.tenants.admitted(&v.tenant, now);
+        let tenant = v.tenant.clone();
+        let weight = self.tenants.weight(&tenant);
         let priority = v.priority;
         let deadline = v.deadline_ms.map(|d| now + Duration::from_millis(d));
         self.tasks.insert(
@@ -145,6 +184,7 @@ impl<E: Effects> Core<E> {
                 ("pool_id", ""),
                 ("replica_id", ""),
                 ("priority", priority.as_str()),
+                ("tenant", tenant.as_str()),
             ]),
             1.0,
         );
@@ -155,9 +195,32 @@ impl<E: Effects> Core<E> {
             resp.preparation.steps = steps;
             self.announce_binding(id, &pool, resp.predicted_start_ms);
         }
-        self.queues.push(key, id, priority);
+        self.queues.push(key, id, priority, &tenant, weight);
         self.pump(now);
         Ok((resp, log))
+    }
+
+    /// A tenant limit's 429: `admission_backpressure_events_total{policy="tenant"}` and the
+    /// tenant's rejection count.
+    fn count_backpressure_for(&self, tenant: &api::TenantId, e: &ErrorEnvelope) {
+        self.metrics.inc(
+            m::BACKPRESSURE,
+            labels(&[("engine", api::ENGINE_LLAMACPP), ("policy", "tenant")]),
+            1.0,
+        );
+        tracing::info!(event = "tenant.limited", tenant = %tenant, code = %e.code, policy_label = e.policy_label.as_deref().unwrap_or(""),
+            retry_after_ms = e.retry_after_ms.unwrap_or(0), "Refused a task of tenant {tenant}: {}", e.message);
+    }
+
+    /// The wait advised when a tenant's queued limit is reached: about one task's run time on
+    /// the model of its oldest queued or running task (at least a second).
+    fn tenant_retry_ms(&self, tenant: &api::TenantId) -> u64 {
+        self.tenants
+            .running(tenant)
+            .next()
+            .and_then(|id| self.tasks.get(id))
+            .map(|t| self.retry_after_ms(&t.model, t.max_tokens))
+            .unwrap_or(1000)
     }
 
     /// `admission_backpressure_events_total{policy}`: every 429 and every eviction (API.md §6.2).
@@ -312,6 +375,7 @@ impl TaskEntry {
     ) -> Self {
         let admitted = Stamp::at(now);
         Self {
+            tenant: v.tenant.clone(),
             v,
             correlation_id,
             model,
@@ -327,6 +391,7 @@ impl TaskEntry {
             tokens_in: 0,
             reported_tokens_out: 0,
             token_frames: 0,
+            tool_frames: 0,
             seed: None,
             stop_reason: None,
             error: None,

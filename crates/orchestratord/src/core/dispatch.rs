@@ -113,7 +113,7 @@ pub async fn cancel(http: &reqwest::Client, job: &CancelJob) -> bool {
     {
         Ok(r) => r.status() == reqwest::StatusCode::NO_CONTENT,
         Err(e) => {
-            tracing::warn!(event = "command.failed", correlation_id = %job.correlation_id, task_id = %job.task, pool_id = %job.pool_id, "Cancel call to the worker failed: {e}");
+            tracing::warn!(event = "command.failed", correlation_id = %job.correlation_id, task_id = %job.task, tenant = job.tenant.as_ref().map_or("", |t| t.as_str()), pool_id = %job.pool_id, "Cancel call to the worker failed: {e}");
             false
         }
     }

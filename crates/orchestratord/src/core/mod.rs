@@ -24,6 +24,7 @@ pub mod store;
 pub mod task_table;
 pub mod tasklog;
 pub mod tasks;
+pub mod tenants;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -68,6 +69,8 @@ pub struct DispatchJob {
 #[derive(Debug, Clone)]
 pub struct CancelJob {
     pub task: TaskId,
+    /// The task's tenant (None for a task the worker runs that orchestratord no longer knows).
+    pub tenant: Option<api::TenantId>,
     pub pool_id: PoolId,
     pub address: String,
     pub token: Secret,
@@ -128,6 +131,8 @@ pub struct PoolStats {
 
 pub struct TaskEntry {
     v: ValidatedTask,
+    /// The tenant whose token submitted it (`v.tenant`, kept here for brevity).
+    tenant: api::TenantId,
     correlation_id: CorrelationId,
     model: ModelId,
     queue_key: queue::QueueKey,
@@ -144,6 +149,8 @@ pub struct TaskEntry {
     /// The worker's count from `end` (0 before it); see [`TaskEntry::tokens_out`].
     reported_tokens_out: u64,
     token_frames: u64,
+    /// `tool_call` and `embedding` frames appended; like tokens, they rule out a retry elsewhere.
+    tool_frames: u64,
     seed: Option<u64>,
     stop_reason: Option<api::events::StopReason>,
     error: Option<api::ErrorEnvelope>,
@@ -231,6 +238,8 @@ pub struct Core<E: Effects> {
     loads: provision::Loads,
     /// What each pool's engine holds, for cache-aware placement.
     prefix: prefix::PrefixIndex,
+    /// Tenants' policies and usage.
+    tenants: tenants::Tenants,
 }
 
 impl<E: Effects> Core<E> {
@@ -247,7 +256,8 @@ impl<E: Effects> Core<E> {
             registry: registry::Registry::default(),
             stats: HashMap::new(),
             tasks: task_table::TaskTable::default(),
-            queues: queue::Queues::default(),
+            queues: queue::Queues::new(cfg.fair_queuing),
+            tenants: tenants::Tenants::new(cfg.tenant_policies()),
             sessions,
             catalog,
             loads: provision::Loads::default(),
@@ -268,16 +278,37 @@ impl<E: Effects> Core<E> {
         &self.effects
     }
 
-    pub fn session_view(&self, id: api::SessionId, now: Instant) -> Option<api::meta::SessionView> {
-        self.sessions.view(id, now, |pool, model| {
+    pub fn session_view(
+        &self,
+        id: api::SessionId,
+        scope: &tenants::Scope,
+        now: Instant,
+    ) -> Option<api::meta::SessionView> {
+        self.sessions.view(id, scope, now, |pool, model| {
             self.registry
                 .pool(pool)
                 .is_some_and(|p| p.status.state == PoolState::Ready && p.model_id() == model)
         })
     }
 
-    pub fn delete_session(&mut self, id: api::SessionId) {
-        self.sessions.delete(id);
+    pub fn delete_session(&mut self, id: api::SessionId, scope: &tenants::Scope) {
+        self.sessions.delete(id, scope);
+    }
+
+    /// Replaces every tenant's policy at once (SIGHUP).
+    pub fn set_tenant_policies(
+        &mut self,
+        policies: std::collections::BTreeMap<api::TenantId, crate::config::TenantPolicy>,
+        now: Instant,
+    ) {
+        self.tenants.set_policies(policies, now);
+        self.pump(now);
+    }
+
+    /// `GET /v2/tenants`: usage against limits.
+    pub fn tenant_report(&mut self, now: Instant) -> Vec<api::tenant::TenantUsage> {
+        let queues = &self.queues;
+        self.tenants.report(|t| queues.queued_of(t), now)
     }
 
     /// Fills free slots: for each model queue, dispatch tasks in order while a candidate pool has
@@ -291,6 +322,13 @@ impl<E: Effects> Core<E> {
                 .map(|q| q.dispatch_order(self.cfg.interactive_burst))
                 .unwrap_or_default();
             for id in order {
+                if self
+                    .tasks
+                    .get(&id)
+                    .is_some_and(|t| !self.tenants.may_start(&t.tenant))
+                {
+                    continue;
+                }
                 let Some((pool, fallback, predicted)) = self.place(id) else {
                     continue;
                 };
@@ -328,9 +366,13 @@ impl<E: Effects> Core<E> {
             load_cost_tokens: self.cfg.load_cost_tokens,
         };
         let cache_aware = self.cfg.strategy == crate::config::Strategy::CacheAware;
-        let views = self.pool_views();
+        let views: Vec<_> = self
+            .pool_views()
+            .into_iter()
+            .filter(|p| p.workload == t.v.workload)
+            .collect();
         let affinity = if self.cfg.session_affinity {
-            self.sessions.affinity(t.v.session_id)
+            self.sessions.affinity(t.v.session_id, &t.tenant)
         } else {
             None
         };
@@ -397,6 +439,7 @@ impl<E: Effects> Core<E> {
                     p.status.state
                 },
                 model_id: p.model_id(),
+                workload: p.status.workload,
                 ctx_per_slot: p.status.ctx_per_slot,
                 device_mask: &p.status.device_mask,
                 free_slots: p.free_slots(),

@@ -140,6 +140,16 @@ impl<E: Effects> Core<E> {
     }
 
     /// True when a pool serves `model` or is being loaded with it, on an Online node (§6.5).
+    /// True when a pool serving (or loading) `model` runs tasks of `workload`.
+    pub(super) fn workload_served(&self, model: &ModelId, workload: api::task::Workload) -> bool {
+        self.registry.pools().values().any(|p| {
+            p.node_online
+                && !p.draining
+                && p.status.workload == workload
+                && (p.loading.as_ref() == Some(model) || p.serves.as_ref() == Some(model))
+        })
+    }
+
     pub(super) fn model_has_pool(&self, model: &ModelId) -> bool {
         self.registry.pools().values().any(|p| {
             p.node_online

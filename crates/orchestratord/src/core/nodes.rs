@@ -391,6 +391,7 @@ impl<E: Effects> Core<E> {
                 if let Some(n) = self.registry.node(&p.node_id) {
                     self.effects.cancel_on_worker(super::CancelJob {
                         task: id,
+                        tenant: None,
                         pool_id: pool_id.clone(),
                         address: n.address.clone(),
                         token: n.dispatch_token.clone(),
@@ -477,6 +478,7 @@ impl<E: Effects> Core<E> {
             .collect();
         for id in ids {
             self.dequeue(id);
+            self.tenant_stopped(id, true, now);
             if let Some(t) = self.tasks.get_mut(&id) {
                 t.life.finish(Outcome::Failed, Stamp::at(now));
                 let env = ErrorEnvelope::new(
@@ -534,6 +536,7 @@ impl<E: Effects> Core<E> {
                         digest: m.digest.clone(),
                     }),
                     ctx_per_slot: p.status.ctx_per_slot,
+                    workload: p.status.workload,
                     slots_total: p.status.slots_total,
                     slots_free: p.free_slots(),
                     queued,

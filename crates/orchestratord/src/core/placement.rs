@@ -13,6 +13,8 @@ pub struct PoolView<'a> {
     pub node_status: NodeStatus,
     pub state: PoolState,
     pub model_id: Option<&'a ModelId>,
+    /// What the pool serves; the core filters views by a task's workload before placing it.
+    pub workload: api::task::Workload,
     pub ctx_per_slot: u64,
     pub device_mask: &'a str,
     pub free_slots: u32,
@@ -181,6 +183,7 @@ mod tests {
             node_status: NodeStatus::Online,
             state: PoolState::Ready,
             model_id: Some(id("m")),
+            workload: api::task::Workload::Completion,
             ctx_per_slot: 4096,
             device_mask: "cpu",
             free_slots: free,

@@ -43,7 +43,9 @@ pub fn key(text: &[u8]) -> Vec<u64> {
 pub fn request_text(input: &api::worker::DispatchInput) -> Vec<u8> {
     match input {
         api::worker::DispatchInput::Prompt { prompt } => prompt.as_bytes().to_vec(),
-        api::worker::DispatchInput::Messages { messages } => {
+        // Embeddings leave nothing in a prompt cache placement could reuse.
+        api::worker::DispatchInput::Embed { .. } => Vec::new(),
+        api::worker::DispatchInput::Messages { messages, .. } => {
             let mut out = Vec::new();
             for m in messages {
                 push_message(&mut out, role(m.role), &m.content);
@@ -58,6 +60,7 @@ pub fn request_text(input: &api::worker::DispatchInput) -> Vec<u8> {
 pub fn sequence_text(input: &api::worker::DispatchInput, generated: &str) -> Vec<u8> {
     let mut out = request_text(input);
     match input {
+        api::worker::DispatchInput::Embed { .. } => {}
         api::worker::DispatchInput::Prompt { .. } => out.extend_from_slice(generated.as_bytes()),
         api::worker::DispatchInput::Messages { .. } => {
             push_message(&mut out, "assistant", generated)
@@ -78,6 +81,7 @@ fn role(r: api::task::Role) -> &'static str {
         api::task::Role::System => "system",
         api::task::Role::User => "user",
         api::task::Role::Assistant => "assistant",
+        api::task::Role::Tool => "tool",
     }
 }
 
@@ -570,12 +574,10 @@ mod tests {
     #[test]
     fn messages_extend_into_the_next_turn() {
         use api::task::{Message, Role};
-        let msg = |role, c: &str| Message {
-            role,
-            content: c.into(),
-        };
+        let msg = |role, c: &str| Message::text(role, c);
         let turn1 = api::worker::DispatchInput::Messages {
             messages: vec![msg(Role::System, "be brief"), msg(Role::User, "hi")],
+            tools: None,
         };
         let turn2 = api::worker::DispatchInput::Messages {
             messages: vec![
@@ -584,6 +586,7 @@ mod tests {
                 msg(Role::Assistant, "hello"),
                 msg(Role::User, "more"),
             ],
+            tools: None,
         };
         let held = sequence_text(&turn1, "hello");
         assert!(request_text(&turn2).starts_with(&held));

@@ -267,7 +267,12 @@ impl<E: Effects> Core<E> {
             size_bytes: rec.size_bytes,
             metadata: None,
         };
-        tracing::info!(event = "task.provisioning", correlation_id = %correlation_id, task_id = %id, pool_id = %pool_id, node_id = %node_id, model = %rec.id,
+        let tenant = self
+            .tasks
+            .get(&id)
+            .map(|t| t.tenant.to_string())
+            .unwrap_or_default();
+        tracing::info!(event = "task.provisioning", correlation_id = %correlation_id, task_id = %id, tenant = %tenant, pool_id = %pool_id, node_id = %node_id, model = %rec.id,
             "No pool serves {}; loading it into pool {pool_id} on node {node_id} ({} step(s))", rec.id, steps.len());
         self.send(
             &node_id,

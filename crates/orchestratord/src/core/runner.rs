@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 use super::nodes::NodeCaller;
 use super::store::{Durable, StoreLink};
 use super::tasks::CancelReason;
+use super::tenants::Scope;
 use super::{CancelJob, Core, DispatchJob, Effects, TaskLog, Timer};
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -39,15 +40,18 @@ pub enum Msg {
     },
     Record {
         id: TaskId,
+        scope: Scope,
         reply: Reply<Option<TaskRecord>>,
     },
     Cancel {
         id: TaskId,
         reason: CancelReason,
+        scope: Scope,
         reply: Reply<bool>,
     },
     Log {
         id: TaskId,
+        scope: Scope,
         reply: Reply<Option<Arc<TaskLog>>>,
     },
     SubscriberGone {
@@ -74,7 +78,16 @@ pub enum Msg {
     },
     Session {
         id: api::SessionId,
+        scope: Scope,
         reply: Reply<Option<api::meta::SessionView>>,
+    },
+    /// `GET /v2/tenants`.
+    Tenants {
+        reply: Reply<Vec<api::tenant::TenantUsage>>,
+    },
+    /// New tenant policies (SIGHUP), all at once.
+    SetTenants {
+        policies: std::collections::BTreeMap<api::TenantId, crate::config::TenantPolicy>,
     },
     Drain {
         pool_id: String,
@@ -93,6 +106,7 @@ pub enum Msg {
     },
     DeleteSession {
         id: api::SessionId,
+        scope: Scope,
     },
     Pools {
         reply: Reply<Vec<PoolView>>,
@@ -293,14 +307,19 @@ fn handle(core: &mut Core<LiveEffects>, link: &mut StoreLink, msg: Msg, now: Ins
             let r = core.submit(*v, correlation_id, now);
             let _ = reply.send((r, link.flush(core)));
         }
-        Msg::Record { id, reply } => {
-            let _ = reply.send(core.record(id));
+        Msg::Record { id, scope, reply } => {
+            let _ = reply.send(core.record(id, &scope));
         }
-        Msg::Cancel { id, reason, reply } => {
-            let _ = reply.send(core.cancel(id, reason, now));
+        Msg::Cancel {
+            id,
+            reason,
+            scope,
+            reply,
+        } => {
+            let _ = reply.send(core.cancel_as(id, reason, &scope, now));
         }
-        Msg::Log { id, reply } => {
-            let _ = reply.send(core.log_of(id));
+        Msg::Log { id, scope, reply } => {
+            let _ = reply.send(core.log_of(id, &scope));
         }
         Msg::SubscriberGone { id } => core.on_subscriber_gone(id),
         Msg::Register { req, caller, reply } => {
@@ -341,10 +360,14 @@ fn handle(core: &mut Core<LiveEffects>, link: &mut StoreLink, msg: Msg, now: Ins
         Msg::Nodes { reply } => {
             let _ = reply.send(core.node_views());
         }
-        Msg::Session { id, reply } => {
-            let _ = reply.send(core.session_view(id, now));
+        Msg::Session { id, scope, reply } => {
+            let _ = reply.send(core.session_view(id, &scope, now));
         }
-        Msg::DeleteSession { id } => core.delete_session(id),
+        Msg::DeleteSession { id, scope } => core.delete_session(id, &scope),
+        Msg::Tenants { reply } => {
+            let _ = reply.send(core.tenant_report(now));
+        }
+        Msg::SetTenants { policies } => core.set_tenant_policies(policies, now),
         Msg::Drain {
             pool_id,
             deadline_ms,

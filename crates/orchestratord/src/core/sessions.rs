@@ -5,9 +5,13 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use api::{ModelId, NodeId, PoolId, SessionId};
+use api::{ModelId, NodeId, PoolId, SessionId, TenantId};
+
+use super::tenants::Scope;
 
 pub struct Session {
+    /// The tenant whose task created it; other tenants' tasks neither see nor change it.
+    owner: TenantId,
     created_at_ms: u64,
     last_used: Instant,
     last_used_ms: u64,
@@ -22,8 +26,9 @@ pub struct Session {
 }
 
 impl Session {
-    fn new(now: Instant) -> Self {
+    fn new(owner: TenantId, now: Instant) -> Self {
         Self {
+            owner,
             created_at_ms: daemon::now_ms(),
             last_used: now,
             last_used_ms: daemon::now_ms(),
@@ -51,25 +56,35 @@ impl Sessions {
         }
     }
 
-    /// Creates the session or restarts its TTL.
-    pub fn touch(&mut self, id: SessionId, now: Instant) {
-        let s = self.by_id.entry(id).or_insert_with(|| Session::new(now));
+    /// Creates the session or restarts its TTL. Another tenant's live session of the same id is
+    /// left alone (the task runs without it).
+    pub fn touch(&mut self, id: SessionId, tenant: &TenantId, now: Instant) {
+        let s = self
+            .by_id
+            .entry(id)
+            .or_insert_with(|| Session::new(tenant.clone(), now));
         if now.duration_since(s.last_used) > self.ttl {
             // Expired but not yet purged: it starts anew.
-            *s = Session::new(now);
+            *s = Session::new(tenant.clone(), now);
+        }
+        if s.owner != *tenant {
+            return;
         }
         s.last_used = now;
         s.last_used_ms = daemon::now_ms();
     }
 
     /// The session's last pool, for affinity.
-    pub fn affinity(&self, id: SessionId) -> Option<PoolId> {
-        self.by_id.get(&id).and_then(|s| s.last_pool.clone())
+    pub fn affinity(&self, id: SessionId, tenant: &TenantId) -> Option<PoolId> {
+        self.by_id
+            .get(&id)
+            .filter(|s| s.owner == *tenant)
+            .and_then(|s| s.last_pool.clone())
     }
 
     /// Records a task placed on `pool`: placing elsewhere cools the session.
-    pub fn placed(&mut self, id: SessionId, pool: &PoolId) {
-        if let Some(s) = self.by_id.get_mut(&id) {
+    pub fn placed(&mut self, id: SessionId, tenant: &TenantId, pool: &PoolId) {
+        if let Some(s) = self.by_id.get_mut(&id).filter(|s| s.owner == *tenant) {
             if s.last_pool.as_ref() != Some(pool) {
                 s.warm = false;
             }
@@ -80,12 +95,13 @@ impl Sessions {
     pub fn completed(
         &mut self,
         id: SessionId,
+        tenant: &TenantId,
         pool: &PoolId,
         node: &NodeId,
         model: &ModelId,
         tokens: (u64, u64),
     ) {
-        if let Some(s) = self.by_id.get_mut(&id) {
+        if let Some(s) = self.by_id.get_mut(&id).filter(|s| s.owner == *tenant) {
             s.turns += 1;
             s.last_pool = Some(pool.clone());
             s.last_node = Some(node.clone());
@@ -101,10 +117,11 @@ impl Sessions {
     pub fn view(
         &self,
         id: SessionId,
+        scope: &Scope,
         now: Instant,
         still_serves: impl Fn(&PoolId, Option<&ModelId>) -> bool,
     ) -> Option<api::meta::SessionView> {
-        let s = self.by_id.get(&id)?;
+        let s = self.by_id.get(&id).filter(|s| scope.sees(&s.owner))?;
         let age = now.duration_since(s.last_used);
         if age > self.ttl {
             return None;
@@ -127,8 +144,10 @@ impl Sessions {
         })
     }
 
-    pub fn delete(&mut self, id: SessionId) {
-        self.by_id.remove(&id);
+    pub fn delete(&mut self, id: SessionId, scope: &Scope) {
+        if self.by_id.get(&id).is_some_and(|s| scope.sees(&s.owner)) {
+            self.by_id.remove(&id);
+        }
     }
 
     /// Drops sessions past their TTL.

@@ -102,13 +102,7 @@ mod tests {
     #[test]
     fn nothing_after_terminal() {
         let log = TaskLog::default();
-        assert_eq!(
-            log.append(Event::Token(Token {
-                t: "a".into(),
-                i: 0
-            })),
-            Some(0)
-        );
+        assert_eq!(log.append(Event::Token(Token::new("a", 0))), Some(0));
         assert_eq!(
             log.append(Event::Error(api::ErrorEnvelope::new(
                 api::ErrorCode::Internal,
@@ -116,13 +110,7 @@ mod tests {
             ))),
             Some(1)
         );
-        assert_eq!(
-            log.append(Event::Token(Token {
-                t: "b".into(),
-                i: 1
-            })),
-            None
-        );
+        assert_eq!(log.append(Event::Token(Token::new("b", 1))), None);
         let (frames, closed) = log.read_from(1);
         assert_eq!(frames.len(), 1);
         assert!(closed);

@@ -8,7 +8,7 @@ use api::events::{End, Event, Metrics as MetricsFrame, Started, StopReason, Toke
 use api::node::{NodeStatus, PoolState};
 use api::task::{PlacementMode, TaskRecord, TaskState};
 use api::worker::{DispatchModel, DispatchParams, DispatchRequest, WorkerEvent};
-use api::{ErrorCode, ErrorEnvelope, ModelId, NodeId, PoolId, TaskId};
+use api::{ErrorCode, ErrorEnvelope, ModelId, NodeId, PoolId, TaskId, TenantId};
 
 use super::admit::bool_str;
 use super::lifecycle::{Outcome, Stamp};
@@ -61,17 +61,30 @@ impl CancelReason {
 }
 
 impl<E: Effects> Core<E> {
-    pub(super) fn reject(&self, e: ErrorEnvelope) -> ErrorEnvelope {
+    pub(super) fn reject(&self, tenant: &TenantId, e: ErrorEnvelope) -> ErrorEnvelope {
         self.metrics.inc(
             m::TASKS_REJECTED,
             labels(&[
                 ("engine", api::ENGINE_LLAMACPP),
                 ("reason", e.code.as_str()),
+                ("tenant", tenant.as_str()),
             ]),
             1.0,
         );
-        tracing::info!(event = "task.rejected", code = %e.code, "Refused a task: {}", e.message);
+        tracing::info!(event = "task.rejected", tenant = %tenant, code = %e.code, "Refused a task: {}", e.message);
         e
+    }
+
+    /// A task left Running or ended: its tenant's running count, and at the end the tokens it
+    /// used (the engine's counts) and its queue wait.
+    pub(super) fn tenant_stopped(&mut self, id: TaskId, ended: bool, now: Instant) {
+        let Some(t) = self.tasks.get(&id) else { return };
+        let tenant = t.tenant.clone();
+        let tokens = t.tokens_in + t.tokens_out();
+        self.tenants.stopped(&tenant, id);
+        if ended {
+            self.tenants.used(&tenant, tokens, now);
+        }
     }
 
     /// Placement checks that refuse at admission (API.md §7.2).
@@ -308,12 +321,14 @@ impl<E: Effects> Core<E> {
         t.attempts += 1;
         t.tried.push(pool_id.clone());
         t.life.run(Stamp::at(now));
+        let waited_ms = now.duration_since(t.admitted.at).as_secs_f64() * 1000.0;
+        let tenant = t.tenant.clone();
         if let Some(at) = t.carried_first_token.take() {
             t.life.first_token(at);
         }
         if let Some((from, why)) = t.migrated_from.take() {
             let after = t.resume_from.unwrap_or(0);
-            tracing::info!(event = "task.migrated", correlation_id = %t.correlation_id, task_id = %id, from_pool = %from, pool_id = %pool_id, node_id = %node_id,
+            tracing::info!(event = "task.migrated", correlation_id = %t.correlation_id, task_id = %id, tenant = %t.tenant, from_pool = %from, pool_id = %pool_id, node_id = %node_id,
                 tokens = after as u64, reason = why, "Task {id} moved from pool {from} to pool {pool_id} on node {node_id} after {after} tokens ({why} lost)");
         }
         t.pool = Some(pool_id.clone());
@@ -340,7 +355,7 @@ impl<E: Effects> Core<E> {
             ]),
             1.0,
         );
-        tracing::info!(event = "task.placed", correlation_id = %t.correlation_id, task_id = %id, pool_id = %pool_id, node_id = %node_id, attempt = t.attempts,
+        tracing::info!(event = "task.placed", correlation_id = %t.correlation_id, task_id = %id, tenant = %t.tenant, pool_id = %pool_id, node_id = %node_id, attempt = t.attempts,
             "Dispatched task {id} to pool {pool_id} on node {node_id} (attempt {})", t.attempts);
         let body = DispatchRequest {
             protocol_version: api::PROTOCOL_VERSION,
@@ -392,7 +407,15 @@ impl<E: Effects> Core<E> {
                 ..Default::default()
             }));
         }
-        self.sessions.placed(session, pool_id);
+        self.sessions.placed(session, &tenant, pool_id);
+        if first {
+            self.metrics.observe(
+                m::TENANT_QUEUE_WAIT,
+                labels(&[("tenant", tenant.as_str())]),
+                waited_ms,
+            );
+        }
+        self.tenants.started(&tenant, id, now);
         self.effects.dispatch(DispatchJob {
             task: id,
             attempt,
@@ -423,11 +446,17 @@ impl<E: Effects> Core<E> {
                         ("pool_id", &pool),
                         ("replica_id", &node),
                         ("priority", t.v.priority.as_str()),
+                        ("tenant", t.tenant.as_str()),
                     ]),
                     1.0,
                 );
             }
-            WorkerEvent::Token { t: text, ids, .. } => {
+            WorkerEvent::Token {
+                t: text,
+                ids,
+                logprobs,
+                ..
+            } => {
                 if t.resumable {
                     if ids.is_empty() && !text.is_empty() {
                         t.resumable = false;
@@ -444,12 +473,37 @@ impl<E: Effects> Core<E> {
                 }
                 t.ids_sent = t.gen_ids.len();
                 if t.life.first_token(Stamp::at(now)) {
-                    tracing::info!(event = "task.first_token", correlation_id = %t.correlation_id, task_id = %id, pool_id = %t.pool_label(),
+                    tracing::info!(event = "task.first_token", correlation_id = %t.correlation_id, task_id = %id, tenant = %t.tenant, pool_id = %t.pool_label(),
                         duration_ms = now.duration_since(t.admitted.at).as_millis() as u64, "First token of task {id}");
                 }
                 let i = t.token_frames;
                 t.token_frames += 1;
-                t.log.append(Event::Token(Token { t: text, i }));
+                t.log.append(Event::Token(Token {
+                    t: text,
+                    i,
+                    logprobs,
+                }));
+            }
+            WorkerEvent::Embedding { index, embedding } => {
+                // Only /completion streams can be resumed elsewhere.
+                t.resumable = false;
+                t.gen_ids = Vec::new();
+                t.life.first_token(Stamp::at(now));
+                t.tool_frames += 1;
+                t.log.append(Event::Embedding(api::events::EmbeddingFrame {
+                    index,
+                    embedding,
+                }));
+            }
+            WorkerEvent::ToolCall { delta } => {
+                t.resumable = false;
+                t.gen_ids = Vec::new();
+                if t.life.first_token(Stamp::at(now)) {
+                    tracing::info!(event = "task.first_token", correlation_id = %t.correlation_id, task_id = %id, pool_id = %t.pool_label(),
+                        duration_ms = now.duration_since(t.admitted.at).as_millis() as u64, "First output of task {id} (a tool call)");
+                }
+                t.tool_frames += 1;
+                t.log.append(Event::ToolCall(delta));
             }
             WorkerEvent::Metrics {
                 tokens_out,
@@ -490,6 +544,7 @@ impl<E: Effects> Core<E> {
                 } else {
                     Outcome::Completed
                 };
+                let tenant = t.tenant.clone();
                 let done = (
                     t.v.session_id,
                     t.pool.clone(),
@@ -503,7 +558,7 @@ impl<E: Effects> Core<E> {
                     (outcome, done)
                 {
                     self.sessions
-                        .completed(sid, &pool, &node, &model, (tin, tout));
+                        .completed(sid, &tenant, &pool, &node, &model, (tin, tout));
                 }
                 self.finish_with_end(id, stop_reason, outcome, now);
                 self.release_slot(id, now);
@@ -593,7 +648,7 @@ impl<E: Effects> Core<E> {
         let env = match end {
             super::RelayEnd::Refused { envelope, .. } => envelope,
             other => {
-                let code = if t.token_frames > 0 {
+                let code = if t.token_frames + t.tool_frames > 0 {
                     ErrorCode::WorkerReset
                 } else {
                     ErrorCode::PoolUnavailable
@@ -612,7 +667,7 @@ impl<E: Effects> Core<E> {
     fn attempt_failed(&mut self, id: TaskId, env: ErrorEnvelope, cause: Lost, now: Instant) {
         let Some(t) = self.tasks.get(&id) else { return };
         let failed_pool = t.pool.clone();
-        let no_tokens = t.token_frames == 0;
+        let no_tokens = t.token_frames + t.tool_frames == 0;
         let pinned = t.v.placement.mode == PlacementMode::Pin;
         let refused = matches!(
             env.code,
@@ -622,7 +677,7 @@ impl<E: Effects> Core<E> {
         let can_retry = env.retriable
             && (refused || (no_tokens && !pinned && t.failures < self.cfg.dispatch_retries));
         let can_migrate = !no_tokens && env.retriable && self.may_migrate(t);
-        tracing::warn!(event = "task.attempt_failed", correlation_id = %t.correlation_id, task_id = %id, pool_id = %failed_pool.as_ref().map_or("", api::PoolId::as_str),
+        tracing::warn!(event = "task.attempt_failed", correlation_id = %t.correlation_id, task_id = %id, tenant = %t.tenant, pool_id = %failed_pool.as_ref().map_or("", api::PoolId::as_str),
             code = %env.code, attempt = t.attempts, "Attempt {} of task {id} failed: {}", t.attempts, env.message);
         if let Some(p) = &failed_pool {
             match env.code {
@@ -714,6 +769,7 @@ impl<E: Effects> Core<E> {
             self.start_attempt(id, &pool, fallback, now);
             return;
         }
+        self.tenant_stopped(id, false, now);
         let Some(t) = self.tasks.get_mut(&id) else {
             return;
         };
@@ -721,14 +777,14 @@ impl<E: Effects> Core<E> {
         // The pool it failed on may be the one that comes back.
         t.tried.clear();
         let (key, prio) = (t.queue_key.clone(), t.v.priority);
-        self.queues.push_front(key, id, prio);
+        self.queues.push_front(key, id, prio, &t.tenant);
         self.publish_gauges();
     }
 
     /// Ends a task no pool can take any more (a typed error naming why).
     fn fail_stranded(&mut self, id: TaskId, why: String, now: Instant) {
         let Some(t) = self.tasks.get(&id) else { return };
-        let code = if t.token_frames > 0 {
+        let code = if t.token_frames + t.tool_frames > 0 {
             ErrorCode::WorkerReset
         } else {
             ErrorCode::PoolUnavailable
@@ -754,7 +810,10 @@ impl<E: Effects> Core<E> {
             .flatten();
         let mut why = Vec::new();
         for (pid, p) in self.registry.pools() {
-            if p.model_id() != Some(&t.model) || pin.as_ref().is_some_and(|x| x != pid) {
+            if p.model_id() != Some(&t.model)
+                || p.status.workload != t.v.workload
+                || pin.as_ref().is_some_and(|x| x != pid)
+            {
                 continue;
             }
             let offline = self
@@ -872,6 +931,7 @@ impl<E: Effects> Core<E> {
             ("engine_version", &ev),
             ("pool_id", &pool),
             ("replica_id", &node),
+            ("tenant", t.tenant.as_str()),
         ]);
         self.metrics
             .inc(m::TOKENS_IN, series.clone(), t.tokens_in as f64);
@@ -888,9 +948,10 @@ impl<E: Effects> Core<E> {
                 .observe(m::LATENCY_FIRST_TOKEN, hist.clone(), ttft as f64);
             self.metrics.observe(m::LATENCY_DECODE, hist, decode as f64);
         }
-        tracing::info!(event = "task.finished", correlation_id = %t.correlation_id, task_id = %id, pool_id = %pool, node_id = %node, tokens_in = t.tokens_in,
+        tracing::info!(event = "task.finished", correlation_id = %t.correlation_id, task_id = %id, tenant = %t.tenant, pool_id = %pool, node_id = %node, tokens_in = t.tokens_in,
             tokens_out = t.tokens_out(), duration_ms = now.duration_since(t.admitted.at).as_millis() as u64,
             "Task {id} ended ({reason:?}) with {} tokens", t.tokens_out());
+        self.tenant_stopped(id, true, now);
         self.tasks.finished(id);
     }
 
@@ -909,13 +970,15 @@ impl<E: Effects> Core<E> {
             ("engine_version", &ev),
             ("pool_id", &pool),
             ("replica_id", &node),
+            ("tenant", t.tenant.as_str()),
         ]);
         self.metrics
             .inc(m::TOKENS_IN, series.clone(), t.tokens_in as f64);
         self.metrics
             .inc(m::TOKENS_OUT, series, t.tokens_out() as f64);
-        tracing::warn!(event = "task.finished", correlation_id = %t.correlation_id, task_id = %id, pool_id = %pool, code = %env.code,
+        tracing::warn!(event = "task.finished", correlation_id = %t.correlation_id, task_id = %id, tenant = %t.tenant, pool_id = %pool, code = %env.code,
             "Task {id} failed: {}", env.message);
+        self.tenant_stopped(id, true, now);
         self.tasks.finished(id);
     }
 
@@ -931,7 +994,18 @@ impl<E: Effects> Core<E> {
 
     /// `POST /v2/tasks/{id}/cancel` and disconnects (API.md §5.6). Returns false for unknown tasks.
     pub fn cancel(&mut self, id: TaskId, reason: CancelReason, now: Instant) -> bool {
-        let Some(t) = self.tasks.get(&id) else {
+        self.cancel_as(id, reason, &super::tenants::Scope::All, now)
+    }
+
+    /// Cancels a task the caller may see; another tenant's task is unknown (false).
+    pub fn cancel_as(
+        &mut self,
+        id: TaskId,
+        reason: CancelReason,
+        scope: &super::tenants::Scope,
+        now: Instant,
+    ) -> bool {
+        let Some(t) = self.tasks.get(&id).filter(|t| scope.sees(&t.tenant)) else {
             return false;
         };
         match t.state() {
@@ -943,7 +1017,7 @@ impl<E: Effects> Core<E> {
             }
             TaskState::Running => {
                 self.count_cancel(id, reason);
-                tracing::info!(event = "task.canceled", correlation_id = %t.correlation_id, task_id = %id, pool_id = %t.pool_label(),
+                tracing::info!(event = "task.canceled", correlation_id = %t.correlation_id, task_id = %id, tenant = %t.tenant, pool_id = %t.pool_label(),
                     reason = reason.label(), "Task {id} canceled ({})", reason.label());
                 self.stop_running(id, StopReason::Canceled, Outcome::Canceled, now);
             }
@@ -965,6 +1039,7 @@ impl<E: Effects> Core<E> {
                 ("pool_id", &pool),
                 ("replica_id", &node),
                 ("reason", reason.label()),
+                ("tenant", t.tenant.as_str()),
             ]),
             1.0,
         );
@@ -980,6 +1055,7 @@ impl<E: Effects> Core<E> {
             return;
         };
         let cid = t.correlation_id.clone();
+        let tenant = Some(t.tenant.clone());
         if !self.registry.start_releasing(&pool_id, id) {
             return;
         }
@@ -992,6 +1068,7 @@ impl<E: Effects> Core<E> {
         };
         self.effects.cancel_on_worker(CancelJob {
             task: id,
+            tenant,
             pool_id,
             address: node.address.clone(),
             token: node.dispatch_token.clone(),
@@ -1054,12 +1131,15 @@ impl<E: Effects> Core<E> {
             .purge(now, self.cfg.retention, self.cfg.max_retained);
     }
 
-    pub fn log_of(&self, id: TaskId) -> Option<Arc<TaskLog>> {
-        self.tasks.get(&id).map(|t| t.log.clone())
+    pub fn log_of(&self, id: TaskId, scope: &super::tenants::Scope) -> Option<Arc<TaskLog>> {
+        self.tasks
+            .get(&id)
+            .filter(|t| scope.sees(&t.tenant))
+            .map(|t| t.log.clone())
     }
 
-    pub fn record(&self, id: TaskId) -> Option<TaskRecord> {
-        let t = self.tasks.get(&id)?;
+    pub fn record(&self, id: TaskId, scope: &super::tenants::Scope) -> Option<TaskRecord> {
+        let t = self.tasks.get(&id).filter(|t| scope.sees(&t.tenant))?;
         let queued = t.state() == TaskState::Queued;
         let position = if queued {
             self.queues
@@ -1120,7 +1200,11 @@ impl<E: Effects> Core<E> {
             .collect();
         for id in ids {
             self.effects.abort_dispatch(id);
-            let tokens = self.tasks.get(&id).map(|t| t.token_frames).unwrap_or(0);
+            let tokens = self
+                .tasks
+                .get(&id)
+                .map(|t| t.token_frames + t.tool_frames)
+                .unwrap_or(0);
             let code = if tokens > 0 {
                 ErrorCode::WorkerReset
             } else {

@@ -79,6 +79,7 @@ fn pool(id: &str, slots: u32) -> PoolStatus {
         slots_total: slots,
         slots_free: slots,
         ctx_per_slot: 1024,
+        workload: api::task::Workload::Completion,
         models: vec![LoadedModel {
             id: mid("m"),
             model_ref: "file:/m.gguf".into(),
@@ -140,6 +141,7 @@ fn finish(core: &mut Core<Recorded>, id: TaskId, now: Instant) {
         WorkerEvent::Token {
             i: 0,
             t: "x".into(),
+            logprobs: vec![],
             ids: vec![],
         },
         now,
@@ -346,6 +348,7 @@ fn failover_before_first_token_and_reset_after() {
         WorkerEvent::Token {
             i: 0,
             t: "x".into(),
+            logprobs: vec![],
             ids: vec![],
         },
         now,
@@ -413,6 +416,7 @@ fn deadlines_while_queued_and_running() {
         WorkerEvent::Token {
             i: 0,
             t: "x".into(),
+            logprobs: vec![],
             ids: vec![],
         },
         now,
@@ -442,6 +446,7 @@ fn cancel_is_immediate_and_the_slot_waits_for_confirmation() {
         WorkerEvent::Token {
             i: 0,
             t: "a".into(),
+            logprobs: vec![],
             ids: vec![],
         },
         now,
@@ -453,6 +458,7 @@ fn cancel_is_immediate_and_the_slot_waits_for_confirmation() {
         WorkerEvent::Token {
             i: 1,
             t: "late".into(),
+            logprobs: vec![],
             ids: vec![],
         },
         now,
@@ -505,7 +511,9 @@ fn session_affinity_prefers_the_last_pool_without_waiting() {
         Some("b"),
         "affinity beats the a-before-b tie-break"
     );
-    let view = core.session_view(sid, now).expect("session");
+    let view = core
+        .session_view(sid, &super::tenants::Scope::All, now)
+        .expect("session");
     assert_eq!(
         (
             view.turns,
@@ -543,6 +551,7 @@ fn offline_node_fails_over_or_resets() {
         WorkerEvent::Token {
             i: 0,
             t: "x".into(),
+            logprobs: vec![],
             ids: vec![],
         },
         now,
@@ -591,15 +600,25 @@ fn sessions_expire_and_delete() {
     core.submit(task(|r| r.session_id = Some(sid)), cid("c"), now)
         .expect("admitted");
     assert!(core
-        .session_view(sid, now + Duration::from_secs(9))
+        .session_view(
+            sid,
+            &super::tenants::Scope::All,
+            now + Duration::from_secs(9)
+        )
         .is_some_and(|v| v.ttl_ms_remaining == 1000));
     assert!(
-        core.session_view(sid, now + Duration::from_secs(11))
-            .is_none(),
+        core.session_view(
+            sid,
+            &super::tenants::Scope::All,
+            now + Duration::from_secs(11)
+        )
+        .is_none(),
         "expired"
     );
-    core.delete_session(sid);
-    assert!(core.session_view(sid, now).is_none());
+    core.delete_session(sid, &super::tenants::Scope::All);
+    assert!(core
+        .session_view(sid, &super::tenants::Scope::All, now)
+        .is_none());
 }
 
 fn heartbeat(
@@ -1202,8 +1221,10 @@ fn queue_position_is_the_dispatch_order() {
     // ...but with interactive_burst = 1 the aged batch task goes between two interactive ones.
     let (i2, pos) = admit(&mut core, Priority::Interactive);
     assert_eq!(pos, 2);
-    let record_pos =
-        |core: &Core<Recorded>, id: TaskId| core.record(id).and_then(|r| r.queue_position);
+    let record_pos = |core: &Core<Recorded>, id: TaskId| {
+        core.record(id, &super::tenants::Scope::All)
+            .and_then(|r| r.queue_position)
+    };
     assert_eq!(
         [b1, b2, i1, i2].map(|id| record_pos(&core, id)),
         [Some(1), Some(3), Some(0), Some(2)]
@@ -1243,11 +1264,85 @@ fn session_affinity_does_not_override_prefer() {
     assert_eq!(core.tasks[&t2].pool.as_ref().map(PoolId::as_str), Some("b"));
 }
 
+fn tenant(name: &str) -> api::TenantId {
+    name.parse().expect("tenant")
+}
+
+fn submit_as(core: &mut Core<Recorded>, who: &str, now: Instant) -> TaskId {
+    let v = crate::admission::ValidatedTask {
+        tenant: tenant(who),
+        ..task(|_| {})
+    };
+    core.submit(v, cid("c"), now).expect("admitted").0.task_id
+}
+
+/// Tenants: the concurrency cap holds a tenant's tasks in the queue while another tenant's go
+/// ahead, another tenant's ids are unknown, tokens are charged from the engine's counts, and
+/// queued tasks of two tenants alternate.
+#[test]
+fn tenants_are_capped_scoped_and_served_fairly() {
+    use super::tenants::Scope;
+    use crate::config::NamedToken;
+    let now = Instant::now();
+    let mut core = core_with(|c| {
+        let named = |name: &str, concurrent: Option<u64>| NamedToken {
+            tenant: tenant(name),
+            role: api::tenant::Role::Client,
+            secret: daemon::secret::Secret::new(format!("{name}-token-0123456789")),
+            weight: 1,
+            limits: api::tenant::TenantLimits {
+                concurrent_tasks: concurrent,
+                ..Default::default()
+            },
+        };
+        c.named_tokens = vec![named("a", Some(1)), named("b", None)];
+    });
+    register(&mut core, "n1", vec![pool("p1", 2)], now);
+    let a: Vec<TaskId> = (0..4).map(|_| submit_as(&mut core, "a", now)).collect();
+    // Two free slots, but a may run one task at a time.
+    assert_eq!(dispatched(&core).len(), 1);
+    let b = submit_as(&mut core, "b", now);
+    assert_eq!(dispatched(&core).len(), 2);
+    assert_eq!(dispatched(&core)[1].0, b);
+    // b sees none of a's tasks; a cancel of a's task by b is an unknown id and changes nothing.
+    let scope_b = Scope::Tenant(tenant("b"));
+    assert!(core.record(a[1], &scope_b).is_none());
+    assert!(core.log_of(a[1], &scope_b).is_none());
+    assert!(!core.cancel_as(a[1], tasks::CancelReason::Client, &scope_b, now));
+    assert_eq!(
+        core.record(a[1], &Scope::Tenant(tenant("a")))
+            .expect("own")
+            .state,
+        TaskState::Queued
+    );
+    assert!(core.record(a[1], &Scope::All).is_some());
+    // Tokens are the engine's counts (3 in, 1 out per task here).
+    finish(&mut core, a[0], now);
+    assert_eq!(dispatched(&core)[2].0, a[1]);
+    let report = core.tenant_report(now);
+    let ra = report.iter().find(|t| t.tenant == "a").expect("a");
+    assert_eq!((ra.running, ra.queued, ra.tokens_total), (1, 2, 4));
+    // b's next task takes the free slot; with both slots busy, b's task after it waits behind
+    // two of a's five queued tasks (a has had less service in virtual time), not all of them.
+    finish(&mut core, b, now);
+    let more_a: Vec<TaskId> = (0..3).map(|_| submit_as(&mut core, "a", now)).collect();
+    let b2 = submit_as(&mut core, "b", now);
+    assert_eq!(dispatched(&core).last().expect("dispatched").0, b2);
+    let b3 = submit_as(&mut core, "b", now);
+    let q = core
+        .queues
+        .get(&queue::QueueKey::Model(mid("m")))
+        .expect("queue");
+    let order = q.dispatch_order(4);
+    assert_eq!(order, vec![a[2], a[3], b3, more_a[0], more_a[1], more_a[2]]);
+}
+
 fn token(core: &mut Core<Recorded>, id: TaskId, attempt: u32, t: &str, ids: &[u32], now: Instant) {
     let ev = WorkerEvent::Token {
         i: 0,
         t: t.into(),
         ids: ids.to_vec(),
+        logprobs: vec![],
     };
     core.on_worker(id, attempt, ev, now);
 }
@@ -1532,6 +1627,7 @@ fn finish_cached(
             i: 0,
             t: text.into(),
             ids: vec![],
+            logprobs: vec![],
         },
         now,
     );

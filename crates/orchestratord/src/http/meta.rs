@@ -48,6 +48,18 @@ pub async fn metrics(State(app): State<App>) -> Result<Response, ApiError> {
     Ok(resp)
 }
 
+/// `GET /v2/tenants` (admin): every tenant's usage against its limits.
+pub async fn tenants(
+    State(app): State<App>,
+) -> Result<Json<api::tenant::TenantsResponse>, ApiError> {
+    let tenants = app
+        .core
+        .ask(|reply| Msg::Tenants { reply })
+        .await
+        .ok_or_else(unavailable)?;
+    Ok(Json(api::tenant::TenantsResponse { tenants }))
+}
+
 pub async fn pools(State(app): State<App>) -> Result<Json<PoolsResponse>, ApiError> {
     let pools = app
         .core

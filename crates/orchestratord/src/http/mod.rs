@@ -1,20 +1,25 @@
 //! orchestratord's HTTP surface: the router, authentication (API.md §3.1) and body helpers. Handlers
 //! talk to the core through [`CoreHandle`] messages; none of them holds core state.
 
+mod answer;
 mod catalog;
+mod embeddings;
+mod messages;
 mod meta;
 mod nodes;
 pub mod openai;
 pub mod openapi;
-mod routes;
+mod responses;
+pub mod routes;
 mod tasks;
 
 use std::sync::Arc;
 
+use api::tenant::Role;
 use api::{ErrorCode, ErrorEnvelope};
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, Method};
+use axum::http::HeaderMap;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
@@ -23,6 +28,7 @@ use daemon::errors::ApiError;
 
 use crate::config::Config;
 use crate::core::runner::CoreHandle;
+pub use crate::core::tenants::Scope;
 use crate::metrics::Metrics;
 
 pub struct AppState {
@@ -82,30 +88,55 @@ async fn method_not_allowed(req: Request) -> Response {
     resp
 }
 
-/// What kind of credential a request needs, from the route table.
-enum RouteClass {
-    Open,
-    Client,
-    /// Node routes check their tokens in the handler (they depend on the node id and body).
-    Node,
+/// Who is calling: the tenant its token names and its role. The auth layer puts one in the
+/// request's extensions for every route it checks; handlers of `Own` routes scope by it.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub tenant: api::TenantId,
+    pub role: Role,
 }
 
-fn classify(method: &Method, path: &str, cfg: &Config) -> RouteClass {
-    match routes::access(method, path) {
-        routes::Access::Open => RouteClass::Open,
-        routes::Access::Metrics if !cfg.metrics_require_auth => RouteClass::Open,
-        routes::Access::Node => RouteClass::Node,
-        routes::Access::Client | routes::Access::Metrics => RouteClass::Client,
+impl Caller {
+    /// Which tasks and sessions the caller may see: an admin all, anyone else its own.
+    pub fn scope(&self) -> Scope {
+        if self.role == Role::Admin {
+            Scope::All
+        } else {
+            Scope::Tenant(self.tenant.clone())
+        }
     }
 }
 
-/// Client-token authentication for client routes; node routes pass through to their handlers.
-async fn auth(State(app): State<App>, req: Request, next: Next) -> Response {
+/// The refusal of a request, in the shape its route family uses.
+fn refuse(req: &Request, env: ErrorEnvelope) -> Response {
+    // Anthropic clients get Anthropic's error shape, OpenAI clients OpenAI's, everyone else the
+    // v2 envelope.
+    if req.uri().path() == "/v1/messages" {
+        messages::error(env)
+    } else if req.uri().path().starts_with("/v1/") {
+        openai::error(env)
+    } else {
+        ApiError(env).into_response()
+    }
+}
+
+/// Authentication and roles (docs/auth.md): every route's [`routes::Access`] decides whether a
+/// token is needed and which role it must carry. Node routes check their tokens in the handler;
+/// `DELETE /v2/nodes/{id}` accepts an admin token here or leaves the node check to the handler.
+async fn auth(State(app): State<App>, mut req: Request, next: Next) -> Response {
+    // Anthropic clients send their key as `x-api-key`; on `/v1/messages` it counts as the bearer.
     let header = req
         .headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+        .map(str::to_string)
+        .or_else(|| {
+            (req.uri().path() == "/v1/messages")
+                .then(|| req.headers().get("x-api-key"))
+                .flatten()
+                .and_then(|v| v.to_str().ok())
+                .map(|k| format!("Bearer {k}"))
+        });
     if header.as_ref().is_some_and(|h| h.len() > 8192) {
         return ApiError(ErrorEnvelope::new(
             ErrorCode::BadToken,
@@ -114,33 +145,64 @@ async fn auth(State(app): State<App>, req: Request, next: Next) -> Response {
         .into_response();
     }
     let token = daemon::secret::bearer(header.as_deref()).map(str::to_string);
-    let identity = token
-        .as_deref()
-        .map(|t| format!("token:{}", daemon::secret::fingerprint(t)));
-    let class = classify(req.method(), req.uri().path(), &app.cfg);
     let tokens = app.tokens();
-    if let RouteClass::Client = class {
-        if !tokens.open() {
-            let refusal = match &token {
-                None if header.is_none() => Some(ErrorEnvelope::new(
-                    ErrorCode::MissingToken,
-                    "this route needs a client token (Authorization: Bearer …)",
-                )),
-                Some(t) if tokens.is_client(t) => None,
-                _ => Some(ErrorEnvelope::new(
-                    ErrorCode::BadToken,
-                    "the token is not a valid client token",
-                )),
-            };
-            if let Some(env) = refusal {
-                // OpenAI clients get OpenAI's error shape, everyone else the v2 envelope.
-                return if req.uri().path().starts_with("/v1/") {
-                    openai::error(env)
-                } else {
-                    ApiError(env).into_response()
-                };
+    let caller = if tokens.open() {
+        Some(Caller {
+            tenant: crate::config::anonymous(),
+            role: Role::Admin,
+        })
+    } else {
+        token
+            .as_deref()
+            .and_then(|t| tokens.identify(t))
+            .map(|c| Caller {
+                tenant: c.tenant.clone(),
+                role: c.role,
+            })
+    };
+    let identity = match (&caller, &token) {
+        (Some(c), Some(t)) => Some(format!(
+            "tenant:{} token:{}",
+            c.tenant,
+            daemon::secret::fingerprint(t)
+        )),
+        (_, Some(t)) => Some(format!("token:{}", daemon::secret::fingerprint(t))),
+        (Some(c), None) => Some(format!("tenant:{}", c.tenant)),
+        (None, None) => None,
+    };
+    let access = match routes::access(req.method(), req.uri().path()) {
+        routes::Access::Metrics if !app.cfg.metrics_require_auth => routes::Access::Open,
+        a => a,
+    };
+    if let Some(required) = access.role() {
+        let refusal = match &caller {
+            Some(c) if c.role.allows(required) => None,
+            Some(c) => Some(ErrorEnvelope::new(
+                ErrorCode::Forbidden,
+                format!(
+                    "this route needs the {required} role; tenant {} is a {}",
+                    c.tenant, c.role
+                ),
+            )),
+            None if header.is_none() => Some(ErrorEnvelope::new(
+                ErrorCode::MissingToken,
+                "this route needs a token (Authorization: Bearer …)",
+            )),
+            None => Some(ErrorEnvelope::new(
+                ErrorCode::BadToken,
+                "the token is not a valid token",
+            )),
+        };
+        if let Some(env) = refusal {
+            let mut resp = refuse(&req, env);
+            if let Some(i) = identity {
+                resp.extensions_mut().insert(Identity(i));
             }
+            return resp;
         }
+    }
+    if let Some(c) = caller {
+        req.extensions_mut().insert(c);
     }
     let mut resp = next.run(req).await;
     if let Some(i) = identity {
@@ -206,6 +268,7 @@ pub async fn durable_admission(
                 .ask(|reply| crate::core::runner::Msg::Cancel {
                     id,
                     reason: crate::core::tasks::CancelReason::Client,
+                    scope: Scope::All,
                     reply,
                 })
                 .await;

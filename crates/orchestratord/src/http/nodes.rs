@@ -109,11 +109,26 @@ pub async fn deregister(
     Path(node_id): Path<String>,
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
-    // A client token may also remove a node.
+    // An admin token may also remove a node (in open mode everyone is an admin).
     let tokens = app.tokens();
-    let client = bearer(&headers).is_some_and(|t| tokens.is_client(&t))
-        || (tokens.open() && tokens.nodes_open());
-    let caller = if client {
+    let admin = tokens.open()
+        || bearer(&headers)
+            .as_deref()
+            .and_then(|t| tokens.identify(t))
+            .is_some_and(|c| c.role == api::tenant::Role::Admin);
+    // A client's or viewer's valid token is not a node credential: 403, not 401.
+    if !admin {
+        if let Some(c) = bearer(&headers).as_deref().and_then(|t| tokens.identify(t)) {
+            return Err(ApiError(ErrorEnvelope::new(
+                ErrorCode::Forbidden,
+                format!(
+                    "removing a node needs the admin role or the node's credential; tenant {} is a {}",
+                    c.tenant, c.role
+                ),
+            )));
+        }
+    }
+    let caller = if admin {
         None
     } else {
         Some(node_caller(&app, &node_id, &headers)?)

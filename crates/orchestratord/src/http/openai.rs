@@ -9,9 +9,10 @@ use std::sync::Arc;
 use api::events::{Event, StopReason};
 use api::openai::{
     AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk,
-    ChatCompletionRequest, ChatDelta, CompletionId, CompletionRequest, FinishReason, ModelEntry,
-    ModelList, OpenAiError, OpenAiRole, ResponseFormatKind, StringOrArray, TextChoice,
-    TextCompletion, TextCompletionChunk, Usage, REFUSED_FIELDS,
+    ChatCompletionRequest, ChatDelta, ChatLogprobs, ChatToolCallDelta, CompletionId,
+    CompletionRequest, FinishReason, LogprobsField, ModelEntry, ModelList, OpenAiError, OpenAiRole,
+    ResponseFormatKind, StringOrArray, TextChoice, TextCompletion, TextCompletionChunk,
+    TextLogprobs, Usage, REFUSED_FIELDS,
 };
 use api::task::{Message, Priority, Role, TaskRequest};
 use api::{ErrorCode, ErrorEnvelope};
@@ -23,9 +24,9 @@ use axum::{Extension, Json};
 use daemon::correlation::CorrelationId;
 use serde_json::Value;
 
-use super::{json_body, App};
+use super::answer::{next_frames, CallMerger, Guard};
+use super::{json_body, App, Caller};
 use crate::core::runner::Msg;
-use crate::core::tasks::CancelReason;
 use crate::core::TaskLog;
 
 /// An error in OpenAI's shape, with the HTTP status and headers of the v2 envelope.
@@ -45,19 +46,21 @@ enum Kind {
 pub async fn chat(
     State(app): State<App>,
     Extension(cid): Extension<CorrelationId>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    complete(app, cid, headers, body, Kind::Chat).await
+    complete(app, cid, caller, headers, body, Kind::Chat).await
 }
 
 pub async fn completions(
     State(app): State<App>,
     Extension(cid): Extension<CorrelationId>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    complete(app, cid, headers, body, Kind::Text).await
+    complete(app, cid, caller, headers, body, Kind::Text).await
 }
 
 pub async fn models(State(app): State<App>) -> Response {
@@ -83,6 +86,7 @@ pub async fn models(State(app): State<App>) -> Response {
 async fn complete(
     app: App,
     cid: CorrelationId,
+    caller: Caller,
     headers: HeaderMap,
     body: Body,
     kind: Kind,
@@ -91,55 +95,50 @@ async fn complete(
         Ok(b) => b,
         Err(e) => return error(e.0),
     };
-    let (req, stream, include_usage) = match parse(&bytes, kind) {
+    let (
+        req,
+        Flags {
+            stream,
+            include_usage,
+            logprobs,
+        },
+    ) = match parse(&bytes, kind) {
         Ok(x) => x,
         Err(e) => return error(e),
     };
     let model = req.model_ref.clone();
-    let v = match crate::admission::validate(req, &app.cfg) {
-        Ok(v) => v,
-        Err(e) => return error(e),
-    };
-    let Some(result) = app
-        .core
-        .ask(|reply| Msg::Submit {
-            v: Box::new(v),
-            correlation_id: cid.0.clone(),
-            reply,
-        })
-        .await
-    else {
-        return error(ErrorEnvelope::new(ErrorCode::Internal, "shutting down"));
-    };
-    let (adm, log) = match super::durable_admission(&app, result).await {
+    let (task, log, guard) = match super::answer::admit(&app, &cid, caller, req).await {
         Ok(x) => x,
         Err(e) => return error(e),
     };
     let id = if kind == Kind::Chat {
-        CompletionId::chat(adm.task_id)
+        CompletionId::chat(task)
     } else {
-        CompletionId::text(adm.task_id)
-    };
-    let guard = Guard {
-        app: app.clone(),
-        task: adm.task_id,
-        done: false,
+        CompletionId::text(task)
     };
     let mut resp = if stream {
-        streamed(log, guard, id, model, kind, include_usage)
+        streamed(log, guard, id, model, kind, include_usage, logprobs)
     } else {
-        whole(log, guard, id, model, kind).await
+        whole(log, guard, id, model, kind, logprobs).await
     };
-    if let Ok(v) = HeaderValue::from_str(&adm.task_id.to_string()) {
+    if let Ok(v) = HeaderValue::from_str(&task.to_string()) {
         resp.headers_mut().insert("x-llorch-task-id", v);
     }
     resp
 }
 
-/// Parses an OpenAI body and maps it onto a task request; returns it with `stream` and
-/// `include_usage`. Refused fields are checked on the raw object, then the typed body is read with
-/// the path of the first bad field.
-fn parse(bytes: &[u8], kind: Kind) -> Result<(TaskRequest, bool, bool), ErrorEnvelope> {
+/// What a request asks of the answer beyond the task: streaming, a usage chunk, log probabilities.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Flags {
+    stream: bool,
+    include_usage: bool,
+    logprobs: bool,
+}
+
+/// Parses an OpenAI body and maps it onto a task request; returns it with the answer's [`Flags`].
+/// Refused fields are checked on the raw object, then the typed body is read with the path of the
+/// first bad field.
+fn parse(bytes: &[u8], kind: Kind) -> Result<(TaskRequest, Flags), ErrorEnvelope> {
     let bad = |f: &str, msg: &str| ErrorEnvelope::invalid(f, msg);
     let Ok(Value::Object(m)) = serde_json::from_slice::<Value>(bytes) else {
         return Err(ErrorEnvelope::new(
@@ -147,44 +146,63 @@ fn parse(bytes: &[u8], kind: Kind) -> Result<(TaskRequest, bool, bool), ErrorEnv
             "the body must be a JSON object",
         ));
     };
-    for f in REFUSED_FIELDS {
-        match (f, m.get(f)) {
-            (_, None | Some(Value::Null)) => {}
-            ("logprobs", Some(v)) if *v == Value::Bool(false) || v.as_u64() == Some(0) => {}
-            ("logprobs", Some(_)) => return Err(bad(f, "logprobs are not supported")),
-            (_, Some(_)) => return Err(bad(f, "tools and function calling are not supported")),
+    for (f, why) in REFUSED_FIELDS {
+        if m.get(f).is_some_and(|v| !v.is_null()) {
+            return Err(bad(f, why));
+        }
+    }
+    if kind == Kind::Text {
+        for f in ["tools", "tool_choice", "parallel_tool_calls"] {
+            if m.get(f).is_some_and(|v| !v.is_null()) {
+                return Err(bad(f, "tools need /v1/chat/completions"));
+            }
         }
     }
     // The sampling fields first, on their own: inside the flattened request serde loses their path.
     let v = Value::Object(m);
     serde_path_to_error::deserialize::<_, api::openai::OpenAiSampling>(&v)
         .map_err(crate::admission::invalid_body)?;
-    let typed = match kind {
-        Kind::Chat => serde_path_to_error::deserialize::<_, ChatCompletionRequest>(&v)
-            .map(|r| (r.model, Input::Chat(r.messages), r.sampling)),
-        Kind::Text => serde_path_to_error::deserialize::<_, CompletionRequest>(&v)
-            .map(|r| (r.model, Input::Text(r.prompt), r.sampling)),
+    let mut req = TaskRequest::new("");
+    let (model, body, s) = match kind {
+        Kind::Chat => {
+            let r = serde_path_to_error::deserialize::<_, ChatCompletionRequest>(&v)
+                .map_err(crate::admission::invalid_body)?;
+            req.tools = r.tools;
+            req.tool_choice = r.tool_choice;
+            req.parallel_tool_calls = r.parallel_tool_calls;
+            (r.model, Input::Chat(r.messages), r.sampling)
+        }
+        Kind::Text => {
+            let r = serde_path_to_error::deserialize::<_, CompletionRequest>(&v)
+                .map_err(crate::admission::invalid_body)?;
+            (r.model, Input::Text(r.prompt), r.sampling)
+        }
     };
-    let (model, body, s) = typed.map_err(crate::admission::invalid_body)?;
     if model.is_empty() || model.contains(':') {
         return Err(bad("model", "must be a catalog model id"));
     }
     if s.n.is_some_and(|n| n != 1) {
-        return Err(bad("n", "only n = 1 is supported"));
+        return Err(bad(
+            "n",
+            "only n = 1 is supported: send n requests, each is queued and placed on its own",
+        ));
     }
-    let mut req = TaskRequest::new(&model);
+    req.model_ref = model;
     match body {
         Input::Chat(msgs) => {
             let role = |r: OpenAiRole| match r {
                 OpenAiRole::System | OpenAiRole::Developer => Role::System,
                 OpenAiRole::User => Role::User,
                 OpenAiRole::Assistant => Role::Assistant,
+                OpenAiRole::Tool => Role::Tool,
             };
             req.messages = Some(
                 msgs.into_iter()
                     .map(|msg| Message {
                         role: role(msg.role),
-                        content: msg.content.text(),
+                        content: msg.content.map(|c| c.text()).unwrap_or_default(),
+                        tool_calls: msg.tool_calls,
+                        tool_call_id: msg.tool_call_id,
                     })
                     .collect(),
             );
@@ -204,6 +222,19 @@ fn parse(bytes: &[u8], kind: Kind) -> Result<(TaskRequest, bool, bool), ErrorEnv
     req.top_k = s.top_k;
     req.min_p = s.min_p;
     req.repeat_penalty = s.repeat_penalty;
+    req.presence_penalty = s.presence_penalty;
+    req.frequency_penalty = s.frequency_penalty;
+    req.logit_bias = s.logit_bias.unwrap_or_default();
+    req.logprobs = match (kind, s.logprobs, s.top_logprobs) {
+        (Kind::Chat, Some(LogprobsField::Flag(true)), n) => Some(n.unwrap_or(0)),
+        (Kind::Chat, Some(LogprobsField::Count(_)), _) => {
+            return Err(bad("logprobs", "must be a boolean on chat completions"))
+        }
+        (Kind::Chat, _, Some(_)) => return Err(bad("top_logprobs", "needs logprobs: true")),
+        (Kind::Text, Some(LogprobsField::Count(n)), _) if n > 0 => Some(n),
+        (Kind::Text, Some(LogprobsField::Flag(true)), _) => Some(0),
+        _ => None,
+    };
     req.stop = match s.stop {
         None => vec![],
         Some(StringOrArray::One(x)) => vec![x],
@@ -226,8 +257,12 @@ fn parse(bytes: &[u8], kind: Kind) -> Result<(TaskRequest, bool, bool), ErrorEnv
         }
     }
     req.priority = Priority::Interactive;
-    let include_usage = s.stream_options.is_some_and(|o| o.include_usage);
-    Ok((req, s.stream.unwrap_or(false), include_usage))
+    let flags = Flags {
+        stream: s.stream.unwrap_or(false),
+        include_usage: s.stream_options.is_some_and(|o| o.include_usage),
+        logprobs: req.logprobs.is_some(),
+    };
+    Ok((req, flags))
 }
 
 /// What the request asks to complete.
@@ -236,44 +271,13 @@ enum Input {
     Text(StringOrArray),
 }
 
-fn finish_reason(r: StopReason) -> FinishReason {
+/// The finish reason of an answer that ended with `r`; an answer that called tools and ended on
+/// its own says `tool_calls`.
+fn finish_reason(r: StopReason, called_tools: bool) -> FinishReason {
     match r {
+        StopReason::Eos if called_tools => FinishReason::ToolCalls,
         StopReason::Eos | StopReason::StopWord | StopReason::Canceled => FinishReason::Stop,
         StopReason::Limit | StopReason::Deadline => FinishReason::Length,
-    }
-}
-
-/// Cancels the task (reason `disconnect`) when the client goes away before its end.
-struct Guard {
-    app: App,
-    task: api::TaskId,
-    done: bool,
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if !self.done {
-            let (tx, _rx) = tokio::sync::oneshot::channel();
-            self.app.core.send(Msg::Cancel {
-                id: self.task,
-                reason: CancelReason::Disconnect,
-                reply: tx,
-            });
-        }
-    }
-}
-
-/// Waits for the next frames of a log from `next`.
-async fn next_frames(log: &TaskLog, next: usize) -> (Vec<Event>, bool) {
-    let mut watch = log.watch();
-    loop {
-        let (frames, closed) = log.read_from(next);
-        if !frames.is_empty() || closed {
-            return (frames, closed);
-        }
-        if watch.changed().await.is_err() {
-            return (vec![], true);
-        }
     }
 }
 
@@ -283,8 +287,12 @@ async fn whole(
     id: CompletionId,
     model: String,
     kind: Kind,
+    want_logprobs: bool,
 ) -> Response {
     let mut text = String::new();
+    let mut calls = CallMerger::default();
+    let mut lps: Vec<api::tools::TokenLogprob> = vec![];
+    let mut text_lps = TextLogprobs::default();
     let mut fingerprint = None;
     let mut next = 0;
     loop {
@@ -293,22 +301,33 @@ async fn whole(
         for f in frames {
             match f {
                 Event::Started(s) => fingerprint = s.engine_version,
-                Event::Token(t) => text.push_str(&t.t),
+                Event::Token(t) => {
+                    text_lps.push(&t.logprobs, text.len() as u64);
+                    lps.extend(t.logprobs);
+                    text.push_str(&t.t);
+                }
+                Event::ToolCall(d) => calls.push(&d),
                 Event::End(e) => {
                     guard.done = true;
                     let usage = Usage::new(e.tokens_in, e.tokens_out).cached(e.tokens_cached);
-                    let finish_reason = finish_reason(e.stop_reason);
+                    let finish_reason = finish_reason(e.stop_reason, !calls.calls.is_empty());
                     let (created, system_fingerprint) = (daemon::now_ms() / 1000, fingerprint);
                     return match kind {
                         Kind::Chat => {
+                            let tool_calls = std::mem::take(&mut calls.calls);
                             let message = AssistantMessage {
                                 role: "assistant".into(),
-                                content: text,
+                                content: (!text.is_empty() || tool_calls.is_empty())
+                                    .then_some(text),
+                                tool_calls,
                             };
                             let choices = vec![ChatChoice {
                                 index: 0,
                                 message,
                                 finish_reason,
+                                logprobs: want_logprobs.then(|| ChatLogprobs {
+                                    content: std::mem::take(&mut lps),
+                                }),
                             }];
                             Json(ChatCompletion {
                                 id,
@@ -326,7 +345,7 @@ async fn whole(
                                 index: 0,
                                 text,
                                 finish_reason: Some(finish_reason),
-                                logprobs: None,
+                                logprobs: want_logprobs.then(|| std::mem::take(&mut text_lps)),
                             }];
                             Json(TextCompletion {
                                 id,
@@ -363,7 +382,10 @@ async fn whole(
 enum Piece<'a> {
     /// The first chat chunk: `delta.role = "assistant"`.
     Role,
-    Text(&'a str),
+    /// Text and, when asked for, its tokens' log probabilities.
+    Text(&'a str, Option<&'a [api::tools::TokenLogprob]>),
+    /// A piece of a tool call (chat only).
+    Tool(&'a api::tools::ToolCallDelta),
     /// The last content chunk.
     Finish(FinishReason),
     /// The usage chunk: no choices.
@@ -413,7 +435,11 @@ impl Chunks {
         let (finish_reason, usage) = match piece {
             Piece::Finish(f) => (Some(f), None),
             Piece::Usage(u) => (None, Some(u)),
-            Piece::Role | Piece::Text(_) => (None, None),
+            Piece::Role | Piece::Text(..) | Piece::Tool(_) => (None, None),
+        };
+        let lps = match piece {
+            Piece::Text(_, lps) => lps,
+            _ => None,
         };
         let json = match self {
             Chunks::Chat(c) => {
@@ -421,10 +447,15 @@ impl Chunks {
                     Piece::Role => ChatDelta {
                         role: Some("assistant".into()),
                         content: Some(String::new()),
+                        tool_calls: vec![],
                     },
-                    Piece::Text(t) => ChatDelta {
-                        role: None,
+                    Piece::Text(t, _) => ChatDelta {
                         content: Some(t.to_string()),
+                        ..Default::default()
+                    },
+                    Piece::Tool(d) => ChatDelta {
+                        tool_calls: vec![ChatToolCallDelta::from(d)],
+                        ..Default::default()
                     },
                     Piece::Finish(_) | Piece::Usage(_) => ChatDelta::default(),
                 };
@@ -435,17 +466,25 @@ impl Chunks {
                         index: 0,
                         delta,
                         finish_reason,
+                        logprobs: lps.map(|l| ChatLogprobs {
+                            content: l.to_vec(),
+                        }),
                     }]
                 };
                 c.usage = usage;
                 serde_json::to_string(c)
             }
             Chunks::Text(c) => {
-                let text = if let Piece::Text(t) = piece {
+                let text = if let Piece::Text(t, _) = piece {
                     t.to_string()
                 } else {
                     String::new()
                 };
+                let logprobs = lps.map(|l| {
+                    let mut t = TextLogprobs::default();
+                    t.push(l, 0);
+                    t
+                });
                 c.choices = if usage.is_some() {
                     vec![]
                 } else {
@@ -453,7 +492,7 @@ impl Chunks {
                         index: 0,
                         text,
                         finish_reason,
-                        logprobs: None,
+                        logprobs,
                     }]
                 };
                 c.usage = usage;
@@ -471,18 +510,19 @@ fn streamed(
     model: String,
     kind: Kind,
     include_usage: bool,
+    want_logprobs: bool,
 ) -> Response {
     let state = (
         log,
         guard,
         0usize,
         kind == Kind::Chat,
-        Chunks::new(kind, id, model),
+        (Chunks::new(kind, id, model), false),
         false,
     );
     let stream = futures::stream::unfold(
         state,
-        move |(log, mut guard, next, first, mut chunks, done)| async move {
+        move |(log, mut guard, next, first, (mut chunks, mut called), done)| async move {
             if done {
                 return None;
             }
@@ -490,7 +530,7 @@ fn streamed(
                 let line = chunks.line(Piece::Role);
                 return Some((
                     Ok::<_, Infallible>(Bytes::from(line)),
-                    (log, guard, next, false, chunks, false),
+                    (log, guard, next, false, (chunks, called), false),
                 ));
             }
             let (frames, closed) = next_frames(&log, next).await;
@@ -500,10 +540,19 @@ fn streamed(
             for f in frames {
                 match f {
                     Event::Started(s) => chunks.set_fingerprint(s.engine_version),
-                    Event::Token(t) => out.push_str(&chunks.line(Piece::Text(&t.t))),
+                    Event::Token(t) => out.push_str(&chunks.line(Piece::Text(
+                        &t.t,
+                        want_logprobs.then_some(t.logprobs.as_slice()),
+                    ))),
+                    Event::ToolCall(d) => {
+                        called = true;
+                        out.push_str(&chunks.line(Piece::Tool(&d)));
+                    }
                     Event::End(e) => {
                         guard.done = true;
-                        out.push_str(&chunks.line(Piece::Finish(finish_reason(e.stop_reason))));
+                        out.push_str(
+                            &chunks.line(Piece::Finish(finish_reason(e.stop_reason, called))),
+                        );
                         if include_usage {
                             out.push_str(&chunks.line(Piece::Usage(
                                 Usage::new(e.tokens_in, e.tokens_out).cached(e.tokens_cached),
@@ -530,7 +579,7 @@ fn streamed(
             }
             Some((
                 Ok(Bytes::from(out)),
-                (log, guard, n, false, chunks, finished),
+                (log, guard, n, false, (chunks, called), finished),
             ))
         },
     );
@@ -550,7 +599,7 @@ mod tests {
     use super::*;
 
     fn chat(body: &str) -> Result<(TaskRequest, bool, bool), ErrorEnvelope> {
-        parse(body.as_bytes(), Kind::Chat)
+        parse(body.as_bytes(), Kind::Chat).map(|(r, f)| (r, f.stream, f.include_usage))
     }
 
     #[test]
@@ -585,6 +634,91 @@ mod tests {
     }
 
     #[test]
+    fn tools_logprobs_and_penalties_reach_the_task() {
+        let (req, flags) = parse(
+            br#"{"model":"m","messages":[{"role":"user","content":"w?"},
+                {"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"f","arguments":"{}"}}]},
+                {"role":"tool","tool_call_id":"c1","content":"18"}],
+                "tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object"}}}],
+                "tool_choice":{"type":"function","function":{"name":"f"}},"parallel_tool_calls":false,
+                "logprobs":true,"top_logprobs":2,"presence_penalty":0.5,"frequency_penalty":-0.5,"logit_bias":{"15":-100}}"#,
+            Kind::Chat,
+        )
+        .expect("valid");
+        let msgs = req.messages.as_ref().expect("messages");
+        assert_eq!(
+            (msgs[1].content.as_str(), msgs[1].tool_calls.len()),
+            ("", 1)
+        );
+        assert_eq!(
+            (msgs[2].role, msgs[2].tool_call_id.as_deref()),
+            (Role::Tool, Some("c1"))
+        );
+        assert_eq!((req.tools.len(), req.parallel_tool_calls), (1, Some(false)));
+        assert_eq!(req.logprobs, Some(2));
+        assert_eq!(
+            (req.presence_penalty, req.frequency_penalty),
+            (Some(0.5), Some(-0.5))
+        );
+        assert_eq!(req.logit_bias["15"], -100.0);
+        assert!(flags.logprobs && !flags.stream);
+        let (text, flags) =
+            parse(br#"{"model":"m","prompt":"p","logprobs":3}"#, Kind::Text).expect("valid");
+        assert_eq!((text.logprobs, flags.logprobs), (Some(3), true));
+    }
+
+    #[test]
+    fn tool_calls_merge_and_finish_with_tool_calls() {
+        let mut m = CallMerger::default();
+        let d =
+            |index, id: Option<&str>, name: Option<&str>, args: &str| api::tools::ToolCallDelta {
+                index,
+                id: id.map(Into::into),
+                name: name.map(Into::into),
+                arguments: args.into(),
+            };
+        m.push(&d(0, Some("c1"), Some("f"), "{\"a\""));
+        m.push(&d(0, None, None, ": 1}"));
+        m.push(&d(1, Some("c2"), Some("g"), "{}"));
+        assert_eq!(m.calls.len(), 2);
+        assert_eq!(
+            (
+                m.calls[0].id.as_str(),
+                m.calls[0].function.arguments.as_str()
+            ),
+            ("c1", "{\"a\": 1}")
+        );
+        assert_eq!(
+            finish_reason(StopReason::Eos, true),
+            FinishReason::ToolCalls
+        );
+        assert_eq!(finish_reason(StopReason::Limit, true), FinishReason::Length);
+        assert_eq!(finish_reason(StopReason::Eos, false), FinishReason::Stop);
+        let mut c = Chunks::new(
+            Kind::Chat,
+            CompletionId::chat(api::TaskId::new()),
+            "m".into(),
+        );
+        let first = d(0, Some("c1"), Some("f"), "{");
+        let line = data(&c.line(Piece::Tool(&first)));
+        assert_eq!(
+            line["choices"][0]["delta"]["tool_calls"][0],
+            serde_json::json!({"index": 0, "id": "c1", "type": "function", "function": {"name": "f", "arguments": "{"}})
+        );
+        let lp = api::tools::TokenLogprob {
+            token: "a".into(),
+            logprob: -0.5,
+            bytes: vec![97],
+            top_logprobs: vec![],
+        };
+        let line = data(&c.line(Piece::Text("a", Some(std::slice::from_ref(&lp)))));
+        assert_eq!(
+            line["choices"][0]["logprobs"]["content"][0]["logprob"],
+            -0.5
+        );
+    }
+
+    #[test]
     fn chat_chunks_follow_openai_shapes() {
         let mut c = Chunks::new(
             Kind::Chat,
@@ -597,7 +731,7 @@ mod tests {
             serde_json::json!({ "role": "assistant", "content": "" })
         );
         c.set_fingerprint(Some("b1".into()));
-        let tok = data(&c.line(Piece::Text("hi")));
+        let tok = data(&c.line(Piece::Text("hi", None)));
         assert_eq!(
             (tok["object"].as_str(), tok["system_fingerprint"].as_str()),
             (Some("chat.completion.chunk"), Some("b1"))
@@ -623,7 +757,7 @@ mod tests {
             ),
             (serde_json::json!([]), Some(7))
         );
-        let after = data(&c.line(Piece::Text("x")));
+        let after = data(&c.line(Piece::Text("x", None)));
         assert!(
             after.get("usage").is_none(),
             "usage is sent on the usage chunk only"
@@ -637,7 +771,7 @@ mod tests {
             CompletionId::text(api::TaskId::new()),
             "m".into(),
         );
-        let tok = data(&c.line(Piece::Text("hi")));
+        let tok = data(&c.line(Piece::Text("hi", None)));
         assert_eq!(
             (tok["object"].as_str(), tok["choices"][0]["text"].as_str()),
             (Some("text_completion"), Some("hi"))
@@ -665,7 +799,7 @@ mod tests {
         );
         assert_eq!(
             field(
-                r#"{"model":"m","messages":[{"role":"tool","content":"x"}]}"#,
+                r#"{"model":"m","messages":[{"role":"robot","content":"x"}]}"#,
                 Kind::Chat
             )
             .as_deref(),
@@ -673,15 +807,27 @@ mod tests {
         );
         assert_eq!(
             field(r#"{"model":"m","messages":[],"tools":[{}]}"#, Kind::Chat).as_deref(),
+            Some("tools[0].type")
+        );
+        assert_eq!(
+            field(r#"{"model":"m","prompt":"p","tools":[]}"#, Kind::Text).as_deref(),
             Some("tools")
         );
         assert_eq!(
-            field(r#"{"model":"m","messages":[],"logprobs":true}"#, Kind::Chat).as_deref(),
+            field(r#"{"model":"m","messages":[],"functions":[]}"#, Kind::Chat).as_deref(),
+            Some("functions")
+        );
+        assert_eq!(
+            field(r#"{"model":"m","messages":[],"logprobs":3}"#, Kind::Chat).as_deref(),
             Some("logprobs")
         );
         assert_eq!(
-            field(r#"{"model":"m","prompt":"p","logprobs":2}"#, Kind::Text).as_deref(),
-            Some("logprobs")
+            field(
+                r#"{"model":"m","messages":[],"top_logprobs":3}"#,
+                Kind::Chat
+            )
+            .as_deref(),
+            Some("top_logprobs")
         );
         assert!(
             parse(br#"{"model":"m","prompt":"p","logprobs":0}"#, Kind::Text).is_ok(),

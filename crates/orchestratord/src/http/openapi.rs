@@ -11,6 +11,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ObjectBuilder, Required, Type};
 use utoipa::{Modify, OpenApi};
 
+use super::routes::Access;
+
 /// Where the committed document lives, relative to the workspace root.
 pub const COMMITTED_PATH: &str = "contracts/openapi/orchestratord.json";
 
@@ -23,8 +25,11 @@ pub const COMMITTED_PATH: &str = "contracts/openapi/orchestratord.json";
 the node protocol, pools, the model catalog, meta, health, metrics and the OpenAI-compatible surface.\n\n\
 Every error before a stream starts is an `ErrorEnvelope` whose `code` decides the HTTP status (API.md §3.3); \
 `/v1` routes use OpenAI's error shape with the same status and headers. Every response carries `X-Correlation-Id`.\n\n\
-Authentication: client routes take a client token (`bearer`); node routes take the registration, static or issued \
-node credential (`node_bearer`). With no client tokens configured (open mode, loopback only) no token is needed.",
+Authentication (docs/auth.md): caller routes take a token (`bearer`) whose role (`admin` ⊇ `client` ⊇ `viewer`) \
+is named in each operation's security requirement; a valid token of a lesser role gets 403 `FORBIDDEN`. Tasks and \
+sessions are scoped to the token's tenant (another tenant's id answers 404); admins see all. Node routes take the \
+registration, static or issued node credential (`node_bearer`). With no tokens configured (open mode, loopback \
+only) no token is needed and every caller is the anonymous admin.",
         license(name = "Apache-2.0"),
     ),
     paths(
@@ -38,6 +43,7 @@ node credential (`node_bearer`). With no client tokens configured (open mode, lo
         doc::heartbeat,
         doc::deregister_node,
         doc::list_nodes,
+        doc::list_tenants,
         doc::list_pools,
         doc::pool_health,
         doc::drain_pool,
@@ -57,6 +63,9 @@ node credential (`node_bearer`). With no client tokens configured (open mode, lo
         doc::chat_completions,
         doc::completions,
         doc::models,
+        doc::responses,
+        doc::messages,
+        doc::embeddings,
     ),
     components(schemas(
         api::TaskId,
@@ -72,6 +81,9 @@ node credential (`node_bearer`). With no client tokens configured (open mode, lo
         api::task::TaskRecord,
         api::events::Started,
         api::events::Token,
+        api::tools::ToolCallDelta,
+        api::tools::TokenLogprob,
+        api::events::EmbeddingFrame,
         api::events::Metrics,
         api::events::End,
         api::events::PlacementInfo,
@@ -87,6 +99,11 @@ node credential (`node_bearer`). With no client tokens configured (open mode, lo
         api::catalog::ServingPool,
         api::openai::ChatCompletionChunk,
         api::openai::TextCompletionChunk,
+        api::TenantId,
+        api::tenant::Role,
+        api::tenant::TenantLimits,
+        api::tenant::TenantUsage,
+        api::tenant::TenantsResponse,
         doc::EventData,
         doc::SseEvent,
     )),
@@ -96,10 +113,12 @@ node credential (`node_bearer`). With no client tokens configured (open mode, lo
         (name = "tasks", description = "Submit, inspect, cancel and stream tasks (API.md §4, §5)"),
         (name = "sessions", description = "Session metadata (API.md §4.3)"),
         (name = "nodes", description = "Node protocol, pool-managerd → orchestratord (API.md §12)"),
+        (name = "tenants", description = "Tenants: usage against limits (docs/auth.md)"),
         (name = "pools", description = "Pool views and control (API.md §10)"),
         (name = "catalog", description = "The model catalog: register, inspect, verify, retire and remove models; where they are cached and served (API.md §9)"),
         (name = "meta", description = "Version, capabilities, health, metrics and this document (API.md §10, §16)"),
         (name = "openai", description = "OpenAI-compatible surface (API.md §11)"),
+        (name = "anthropic", description = "Anthropic Messages surface (API.md §11.5)"),
     ),
 )]
 struct ApiDoc;
@@ -116,7 +135,7 @@ impl Modify for Extras {
             SecurityScheme::Http(
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
-                    .description(Some("A client token (`auth.client_tokens`)."))
+                    .description(Some("A caller token: `[[auth.tokens]]` (named, with a role: admin, client or viewer) or `auth.client_tokens` (unnamed clients). The security requirement of each operation names the least role it needs."))
                     .build(),
             ),
         );
@@ -129,6 +148,7 @@ impl Modify for Extras {
                     .build(),
             ),
         );
+        set_security(openapi);
         let string = || ObjectBuilder::new().schema_type(Type::String).build();
         // What the path macro cannot say: the drain body is optional, and `Last-Event-ID` is optional
         // but never null.
@@ -178,6 +198,39 @@ impl Modify for Extras {
     }
 }
 
+/// Each operation's security requirement, from the route table's [`Access`]: the role a `bearer`
+/// token needs, the node credential, or none.
+fn set_security(openapi: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::security::SecurityRequirement;
+    let bearer =
+        |role: api::tenant::Role| SecurityRequirement::new("bearer", [role.as_str().to_string()]);
+    let node = || SecurityRequirement::new("node_bearer", Vec::<String>::new());
+    for r in super::routes::ROUTES {
+        let reqs = match (r.access, r.access.role()) {
+            (Access::Open, _) => vec![SecurityRequirement::default()],
+            (Access::Metrics, Some(role)) => vec![SecurityRequirement::default(), bearer(role)],
+            (Access::Node, _) => vec![node()],
+            (Access::NodeOrAdmin, _) => vec![node(), bearer(api::tenant::Role::Admin)],
+            (_, Some(role)) => vec![bearer(role)],
+            (_, None) => vec![SecurityRequirement::default()],
+        };
+        let Some(item) = openapi.paths.paths.get_mut(r.path) else {
+            continue;
+        };
+        let op = match r.method.as_str() {
+            "GET" => item.get.as_mut(),
+            "POST" => item.post.as_mut(),
+            "DELETE" => item.delete.as_mut(),
+            "PUT" => item.put.as_mut(),
+            "PATCH" => item.patch.as_mut(),
+            _ => None,
+        };
+        if let Some(op) = op {
+            op.security = Some(reqs);
+        }
+    }
+}
+
 /// The document as pretty JSON with a trailing newline: the exact content of [`COMMITTED_PATH`].
 pub fn document_json() -> String {
     let mut s = ApiDoc::openapi()
@@ -214,6 +267,7 @@ mod doc {
         TextCompletion,
     };
     use api::task::{AdmissionResponse, TaskRecord, TaskRequest};
+    use api::tenant::TenantsResponse;
     use api::{ErrorEnvelope, ModelId, NodeId, PoolId, SessionId, TaskId};
     use serde::Serialize;
     use utoipa::ToSchema;
@@ -231,24 +285,31 @@ mod doc {
     }
 
     /// The `data` of one SSE frame; the frame's `event:` field names which: `started` → `Started`,
-    /// `token` → `Token`, `metrics` → `Metrics`, `end` → `End`, `error` → `ErrorEnvelope`.
+    /// `token` → `Token`, `tool_call` → `ToolCallDelta`, `embedding` → `EmbeddingFrame`,
+    /// `metrics` → `Metrics`, `end` → `End`,
+    /// `error` → `ErrorEnvelope`.
     #[derive(Serialize, ToSchema)]
     #[serde(untagged)]
     pub enum EventData {
         Started(Started),
         Token(Token),
+        ToolCall(api::tools::ToolCallDelta),
+        Embedding(api::events::EmbeddingFrame),
         Metrics(Metrics),
         End(End),
         Error(ErrorEnvelope),
     }
 
-    /// The errors every client route may answer besides its own: a missing or wrong client token,
-    /// and an internal error.
+    /// The errors every token route may answer besides its own: a missing or wrong token, a
+    /// role that does not allow the route, and an internal error.
     #[derive(utoipa::IntoResponses)]
     pub enum ClientErrors {
         /// `MISSING_TOKEN` or `BAD_TOKEN`.
         #[response(status = 401)]
         Unauthorized(ErrorEnvelope),
+        /// `FORBIDDEN`: the token's role does not allow the route (docs/auth.md).
+        #[response(status = 403)]
+        Forbidden(ErrorEnvelope),
         /// `INTERNAL`.
         #[response(status = 500)]
         Internal(ErrorEnvelope),
@@ -316,8 +377,10 @@ mod doc {
     ///
     /// Each frame is `id: <n>\nevent: <name>\ndata: <one-line JSON>\n\n`, `id` counting from 0 per task.
     /// Events and their `data` (schema `EventData`): `started` (`Started`, once, when bound to a pool),
-    /// `token` (`Token`), `metrics` (`Metrics`, an open object), then exactly one terminal frame: `end`
-    /// (`End`) or `error` (`ErrorEnvelope`). Order: `started (token | metrics)* terminal`, or a lone
+    /// `token` (`Token`, model text only), `tool_call` (`ToolCallDelta`, a piece of a tool call of a
+    /// chat task with `tools`), `embedding` (`EmbeddingFrame`, one per input item of an embedding task),
+    /// `metrics` (`Metrics`, an open object), then exactly one terminal frame:
+    /// `end` (`End`) or `error` (`ErrorEnvelope`). Order: `started (token | tool_call | metrics)* terminal`, or a lone
     /// terminal frame for a task never bound to a pool; nothing follows the terminal frame. While no
     /// frame is due the server sends the comment `: keepalive`. The stream replays from the first frame
     /// (or after `Last-Event-ID`) and then follows live. Once the 200 is sent, failures travel as
@@ -433,6 +496,20 @@ mod doc {
         ),
     )]
     fn list_nodes() {}
+
+    // ---- tenants -------------------------------------------------------------------------------
+
+    /// Every tenant's usage against its limits (admin).
+    #[utoipa::path(
+        get,
+        path = "/v2/tenants",
+        tag = "tenants",
+        responses(
+            (status = 200, description = "Tenants, their roles, weights, limits and usage.", body = TenantsResponse),
+            ClientErrors,
+        ),
+    )]
+    fn list_tenants() {}
 
     // ---- pools ---------------------------------------------------------------------------------
 
@@ -726,6 +803,91 @@ mod doc {
         ),
     )]
     fn completions() {}
+
+    /// OpenAI Responses API: a chat task built from `instructions` and `input` (messages,
+    /// `function_call` and `function_call_output` items), priority `interactive`. Stateless:
+    /// `previous_response_id`, `conversation` and `background` are refused.
+    ///
+    /// With `stream: true` the answer is `text/event-stream` of `event: <type>` / `data: <JSON>` frames, each
+    /// with `type` and `sequence_number`: `response.created`, `response.in_progress`, then per output item
+    /// `response.output_item.added`, text (`response.content_part.added`, `response.output_text.delta`…,
+    /// `response.output_text.done`, `response.content_part.done`) or a function call
+    /// (`response.function_call_arguments.delta`…, `response.function_call_arguments.done`),
+    /// `response.output_item.done`; finally `response.completed` (or `response.incomplete` at
+    /// `max_output_tokens`) with the whole `ResponseObject`, or one `error` event. A client disconnect cancels the task.
+    #[utoipa::path(
+        post,
+        path = "/v1/responses",
+        tag = "openai",
+        request_body(content = api::responses::ResponsesRequest, content_type = "application/json"),
+        responses(
+            (status = 200, description = "The response object, or its event stream with `stream: true`.",
+                content((api::responses::ResponseObject = "application/json"), (SseEvent = "text/event-stream")),
+                headers(("X-Llorch-Task-Id" = String, description = "The task id."))),
+            (status = 400, description = "`INVALID_PARAMS`.", body = OpenAiError),
+            (status = 401, description = "`MISSING_TOKEN` or `BAD_TOKEN`.", body = OpenAiError),
+            (status = 404, description = "`MODEL_NOT_AVAILABLE`: unknown model.", body = OpenAiError),
+            (status = 409, description = "`MODEL_DEPRECATED`.", body = OpenAiError),
+            (status = 429, description = "`ADMISSION_REJECT` or `QUEUE_FULL_DROP_LRU`.", body = OpenAiError,
+                headers(("Retry-After" = u64, description = "Seconds"), ("X-Backoff-Ms" = u64, description = "Milliseconds"))),
+            (status = 500, description = "`INTERNAL` or a failure of the task.", body = OpenAiError),
+            (status = 503, description = "Nothing can serve the model now.", body = OpenAiError),
+        ),
+    )]
+    fn responses() {}
+
+    /// Anthropic Messages API: a chat task built from `system` and `messages` (`tool_use` blocks are the
+    /// assistant's tool calls, `tool_result` blocks tool messages), priority `interactive`. The client token
+    /// may come as `x-api-key` as well as `Authorization: Bearer`.
+    ///
+    /// With `stream: true` the answer is `text/event-stream` of Anthropic's events: `message_start`, `ping`, per
+    /// content block `content_block_start`, `content_block_delta` (`text_delta` or `input_json_delta`)…,
+    /// `content_block_stop`, then `message_delta` (stop reason, usage) and `message_stop`; a failure sends one
+    /// `error` event. A client disconnect cancels the task.
+    #[utoipa::path(
+        post,
+        path = "/v1/messages",
+        tag = "anthropic",
+        request_body(content = api::anthropic::MessagesRequest, content_type = "application/json"),
+        responses(
+            (status = 200, description = "The message, or its event stream with `stream: true`.",
+                content((api::anthropic::AnthropicResponse = "application/json"), (SseEvent = "text/event-stream")),
+                headers(("X-Llorch-Task-Id" = String, description = "The task id."))),
+            (status = 400, description = "`INVALID_PARAMS` (`invalid_request_error`).", body = api::anthropic::AnthropicError),
+            (status = 401, description = "`MISSING_TOKEN` or `BAD_TOKEN`.", body = api::anthropic::AnthropicError),
+            (status = 404, description = "`MODEL_NOT_AVAILABLE`: unknown model.", body = api::anthropic::AnthropicError),
+            (status = 409, description = "`MODEL_DEPRECATED`.", body = api::anthropic::AnthropicError),
+            (status = 429, description = "`ADMISSION_REJECT` or `QUEUE_FULL_DROP_LRU`.", body = api::anthropic::AnthropicError,
+                headers(("Retry-After" = u64, description = "Seconds"), ("X-Backoff-Ms" = u64, description = "Milliseconds"))),
+            (status = 500, description = "`INTERNAL` or a failure of the task.", body = api::anthropic::AnthropicError),
+            (status = 503, description = "Nothing can serve the model now.", body = api::anthropic::AnthropicError),
+        ),
+    )]
+    fn messages() {}
+
+    /// OpenAI-compatible embeddings: an embedding task (`workload: "embedding"`), placed only on
+    /// embedding pools (`[[pools]] embedding = true`); `input` is a string, strings, a token array
+    /// or token arrays. 503 `MODEL_NOT_AVAILABLE` when no embedding pool serves the model.
+    #[utoipa::path(
+        post,
+        path = "/v1/embeddings",
+        tag = "openai",
+        request_body(content = api::openai::EmbeddingsRequest, content_type = "application/json"),
+        responses(
+            (status = 200, description = "One vector per input item, in order.",
+                body = api::openai::EmbeddingsResponse,
+                headers(("X-Llorch-Task-Id" = String, description = "The task id."))),
+            (status = 400, description = "`INVALID_PARAMS`.", body = OpenAiError),
+            (status = 401, description = "`MISSING_TOKEN` or `BAD_TOKEN`.", body = OpenAiError),
+            (status = 404, description = "`MODEL_NOT_AVAILABLE`: unknown model.", body = OpenAiError),
+            (status = 409, description = "`MODEL_DEPRECATED`.", body = OpenAiError),
+            (status = 429, description = "`ADMISSION_REJECT` or `QUEUE_FULL_DROP_LRU`.", body = OpenAiError,
+                headers(("Retry-After" = u64, description = "Seconds"), ("X-Backoff-Ms" = u64, description = "Milliseconds"))),
+            (status = 500, description = "`INTERNAL` or a failure of the task.", body = OpenAiError),
+            (status = 503, description = "Nothing can serve the model now.", body = OpenAiError),
+        ),
+    )]
+    fn embeddings() {}
 
     /// Models served by a Ready pool.
     #[utoipa::path(

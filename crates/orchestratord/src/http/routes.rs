@@ -6,19 +6,43 @@ use axum::http::Method;
 use axum::routing::{delete, get, post, MethodRouter};
 use axum::Router;
 
-use super::{catalog, meta, nodes, openai, openapi, tasks, App};
+use api::tenant::Role;
 
-/// What kind of credential a route takes (API.md §3.1).
+use super::{catalog, embeddings, messages, meta, nodes, openai, openapi, responses, tasks, App};
+
+/// What a route asks of its caller (API.md §3.1 as amended by docs/auth.md). Every route names
+/// one, so a route cannot be added without deciding who may call it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
     /// No token, ever.
     Open,
-    /// A client token (unless open mode).
+    /// Any valid token: viewer, client or admin.
+    Viewer,
+    /// A client or admin token.
     Client,
+    /// A client or admin token, and the task or session must be the caller's own (an admin's
+    /// are all); another tenant's id answers 404.
+    Own,
+    /// An admin token.
+    Admin,
     /// Node routes check their tokens in the handler (they depend on the node id and body).
     Node,
-    /// `/metrics`: open unless `server.metrics_require_auth`, then a client token.
+    /// `DELETE /v2/nodes/{id}`: that node's credential, or an admin token.
+    NodeOrAdmin,
+    /// `/metrics`: open unless `server.metrics_require_auth`, then any valid token.
     Metrics,
+}
+
+impl Access {
+    /// The least role a caller token needs, for routes the auth layer checks.
+    pub fn role(self) -> Option<Role> {
+        match self {
+            Access::Viewer | Access::Metrics => Some(Role::Viewer),
+            Access::Client | Access::Own => Some(Role::Client),
+            Access::Admin => Some(Role::Admin),
+            Access::Open | Access::Node | Access::NodeOrAdmin => None,
+        }
+    }
 }
 
 pub struct Route {
@@ -43,24 +67,22 @@ const fn route(
     }
 }
 
-use Access::{Client, Metrics, Node, Open};
+use Access::{Admin, Client, Metrics, Node, NodeOrAdmin, Open, Own, Viewer};
 
 /// Every route, grouped by path; within a path the order is the order of the `Allow` header.
 pub static ROUTES: &[Route] = &[
     route(Method::POST, "/v2/tasks", Client, || post(tasks::submit)),
-    route(Method::GET, "/v2/tasks/{id}", Client, || {
-        get(tasks::get_task)
-    }),
-    route(Method::POST, "/v2/tasks/{id}/cancel", Client, || {
+    route(Method::GET, "/v2/tasks/{id}", Own, || get(tasks::get_task)),
+    route(Method::POST, "/v2/tasks/{id}/cancel", Own, || {
         post(tasks::cancel)
     }),
-    route(Method::GET, "/v2/tasks/{id}/events", Client, || {
+    route(Method::GET, "/v2/tasks/{id}/events", Own, || {
         get(tasks::events)
     }),
-    route(Method::GET, "/v2/sessions/{id}", Client, || {
+    route(Method::GET, "/v2/sessions/{id}", Own, || {
         get(tasks::get_session)
     }),
-    route(Method::DELETE, "/v2/sessions/{id}", Client, || {
+    route(Method::DELETE, "/v2/sessions/{id}", Own, || {
         delete(tasks::delete_session)
     }),
     route(Method::POST, "/v2/nodes/register", Node, || {
@@ -69,51 +91,48 @@ pub static ROUTES: &[Route] = &[
     route(Method::POST, "/v2/nodes/{id}/heartbeat", Node, || {
         post(nodes::heartbeat)
     }),
-    route(Method::DELETE, "/v2/nodes/{id}", Node, || {
+    route(Method::DELETE, "/v2/nodes/{id}", NodeOrAdmin, || {
         delete(nodes::deregister)
     }),
-    route(Method::GET, "/v2/nodes", Client, || get(nodes::list)),
-    route(Method::GET, "/v2/pools", Client, || get(meta::pools)),
-    route(Method::GET, "/v2/pools/{id}/health", Client, || {
+    route(Method::GET, "/v2/nodes", Viewer, || get(nodes::list)),
+    route(Method::GET, "/v2/pools", Viewer, || get(meta::pools)),
+    route(Method::GET, "/v2/pools/{id}/health", Viewer, || {
         get(meta::pool_health)
     }),
-    route(Method::POST, "/v2/pools/{id}/drain", Client, || {
+    route(Method::POST, "/v2/pools/{id}/drain", Admin, || {
         post(meta::drain)
     }),
-    route(Method::POST, "/v2/pools/{id}/reload", Client, || {
+    route(Method::POST, "/v2/pools/{id}/reload", Admin, || {
         post(meta::reload)
     }),
-    route(Method::POST, "/v2/catalog/models", Client, || {
+    route(Method::POST, "/v2/catalog/models", Admin, || {
         post(catalog::register)
     }),
-    route(Method::GET, "/v2/catalog/models", Client, || {
+    route(Method::GET, "/v2/catalog/models", Viewer, || {
         get(catalog::list)
     }),
-    route(Method::GET, "/v2/catalog/models/{id}", Client, || {
+    route(Method::GET, "/v2/catalog/models/{id}", Viewer, || {
         get(catalog::get)
     }),
-    route(Method::DELETE, "/v2/catalog/models/{id}", Client, || {
+    route(Method::DELETE, "/v2/catalog/models/{id}", Admin, || {
         delete(catalog::delete)
     }),
     route(
         Method::POST,
         "/v2/catalog/models/{id}/verify",
-        Client,
+        Admin,
         || post(catalog::verify),
     ),
-    route(
-        Method::POST,
-        "/v2/catalog/models/{id}/state",
-        Client,
-        || post(catalog::set_state),
-    ),
-    route(Method::GET, "/v2/catalog/availability", Client, || {
+    route(Method::POST, "/v2/catalog/models/{id}/state", Admin, || {
+        post(catalog::set_state)
+    }),
+    route(Method::GET, "/v2/catalog/availability", Viewer, || {
         get(catalog::availability)
     }),
-    route(Method::GET, "/v2/meta/version", Client, || {
+    route(Method::GET, "/v2/meta/version", Viewer, || {
         get(meta::version)
     }),
-    route(Method::GET, "/v2/meta/capabilities", Client, || {
+    route(Method::GET, "/v2/meta/capabilities", Viewer, || {
         get(meta::capabilities)
     }),
     route(Method::POST, "/v1/chat/completions", Client, || {
@@ -122,10 +141,20 @@ pub static ROUTES: &[Route] = &[
     route(Method::POST, "/v1/completions", Client, || {
         post(openai::completions)
     }),
-    route(Method::GET, "/v1/models", Client, || get(openai::models)),
+    route(Method::GET, "/v1/models", Viewer, || get(openai::models)),
+    route(Method::GET, "/v2/tenants", Admin, || get(meta::tenants)),
+    route(Method::POST, "/v1/embeddings", Client, || {
+        post(embeddings::embeddings)
+    }),
+    route(Method::POST, "/v1/responses", Client, || {
+        post(responses::responses)
+    }),
+    route(Method::POST, "/v1/messages", Client, || {
+        post(messages::messages)
+    }),
     route(Method::GET, "/health", Open, || get(meta::health)),
     route(Method::GET, "/metrics", Metrics, || get(meta::metrics)),
-    route(Method::GET, "/v2/openapi.json", Client, || {
+    route(Method::GET, "/v2/openapi.json", Viewer, || {
         get(openapi::document)
     }),
 ];
@@ -193,12 +222,20 @@ pub fn allowed_methods(path: &str) -> String {
         .join(", ")
 }
 
-/// The credential a request needs; unknown routes and methods are client routes, so an unknown
-/// path without a token is a 401 (API.md §3.1).
+/// What a request asks of its caller; unknown routes and methods need any valid token, so an
+/// unknown path without a token is a 401 (API.md §3.1) and with one a 404 or 405.
 pub fn access(method: &Method, path: &str) -> Access {
     pattern_of(path)
         .and_then(|p| ROUTES.iter().find(|r| r.path == p && r.method == method))
-        .map_or(Client, |r| r.access)
+        .map_or(Viewer, |r| r.access)
+}
+
+/// Every route's method, path and access, for tests outside this crate (the role matrix).
+pub fn rules() -> Vec<(Method, &'static str, Access)> {
+    ROUTES
+        .iter()
+        .map(|r| (r.method.clone(), r.path, r.access))
+        .collect()
 }
 
 #[cfg(test)]
@@ -219,11 +256,13 @@ mod tests {
         check("/v2/catalog/models/m", "GET, DELETE");
         check("/v2/nope", "");
         assert_eq!(access(&Method::POST, "/v2/nodes/n1/heartbeat"), Node);
-        assert_eq!(access(&Method::DELETE, "/v2/nodes/n1"), Node);
-        assert_eq!(access(&Method::DELETE, "/v2/nodes/register"), Client);
+        assert_eq!(access(&Method::DELETE, "/v2/nodes/n1"), NodeOrAdmin);
+        assert_eq!(access(&Method::DELETE, "/v2/nodes/register"), Viewer);
+        assert_eq!(access(&Method::POST, "/v2/pools/p/drain"), Admin);
+        assert_eq!(access(&Method::GET, "/v2/tasks/abc"), Own);
         assert_eq!(access(&Method::GET, "/health"), Open);
         assert_eq!(access(&Method::GET, "/metrics"), Metrics);
-        assert_eq!(access(&Method::GET, "/v2/unknown"), Client);
+        assert_eq!(access(&Method::GET, "/v2/unknown"), Viewer);
     }
 
     #[test]
@@ -272,21 +311,32 @@ mod tests {
             let op = &doc["paths"][r.path][r.method.as_str().to_ascii_lowercase()];
             let schemes: BTreeSet<String> = op["security"]
                 .as_array()
-                .map(|reqs| {
-                    reqs.iter()
-                        .map(|req| {
-                            req.as_object()
-                                .and_then(|o| o.keys().next().cloned())
-                                .unwrap_or_default()
+                .expect("every operation names its security")
+                .iter()
+                .map(|req| {
+                    req.as_object()
+                        .and_then(|o| {
+                            o.iter().next().map(|(k, v)| {
+                                let roles: Vec<&str> = v
+                                    .as_array()
+                                    .map(|a| a.iter().filter_map(|x| x.as_str()).collect())
+                                    .unwrap_or_default();
+                                format!(
+                                    "{k}{}",
+                                    roles.iter().map(|r| format!(":{r}")).collect::<String>()
+                                )
+                            })
                         })
-                        .collect()
+                        .unwrap_or_default()
                 })
-                .unwrap_or_else(|| BTreeSet::from(["bearer".to_string()]));
+                .collect();
             let expected: &[&str] = match r.access {
                 Open => &[""],
-                Client => &["bearer"],
-                Metrics => &["", "bearer"],
-                Node if r.method == Method::DELETE => &["bearer", "node_bearer"],
+                Viewer => &["bearer:viewer"],
+                Client | Own => &["bearer:client"],
+                Admin => &["bearer:admin"],
+                Metrics => &["", "bearer:viewer"],
+                NodeOrAdmin => &["bearer:admin", "node_bearer"],
                 Node => &["node_bearer"],
             };
             let expected: BTreeSet<String> = expected.iter().map(|s| s.to_string()).collect();

@@ -13,7 +13,7 @@ use axum::{Extension, Json};
 use daemon::correlation::CorrelationId;
 use daemon::errors::ApiError;
 
-use super::{json_body, task_id, unavailable, App};
+use super::{json_body, task_id, unavailable, App, Caller};
 use crate::core::runner::{CoreHandle, Msg};
 use crate::core::tasks::CancelReason;
 use crate::core::TaskLog;
@@ -21,12 +21,14 @@ use crate::core::TaskLog;
 pub async fn submit(
     State(app): State<App>,
     Extension(cid): Extension<CorrelationId>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let bytes = json_body(&headers, body, app.cfg.max_body_bytes).await?;
     let req = crate::admission::parse(&bytes)?;
-    let v = crate::admission::validate(req, &app.cfg)?;
+    let mut v = crate::admission::validate(req, &app.cfg)?;
+    v.tenant = caller.tenant;
     let result = app
         .core
         .ask(|reply| Msg::Submit {
@@ -47,12 +49,14 @@ pub async fn submit(
 
 pub async fn get_task(
     State(app): State<App>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = task_id(&id)?;
+    let scope = caller.scope();
     let rec = app
         .core
-        .ask(|reply| Msg::Record { id, reply })
+        .ask(|reply| Msg::Record { id, scope, reply })
         .await
         .ok_or_else(unavailable)?;
     match rec {
@@ -63,14 +67,17 @@ pub async fn get_task(
 
 pub async fn cancel(
     State(app): State<App>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let id = task_id(&id)?;
+    let scope = caller.scope();
     let known = app
         .core
         .ask(|reply| Msg::Cancel {
             id,
             reason: CancelReason::Client,
+            scope,
             reply,
         })
         .await
@@ -84,6 +91,7 @@ pub async fn cancel(
 
 pub async fn get_session(
     State(app): State<App>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let not_found = || {
@@ -95,15 +103,28 @@ pub async fn get_session(
     let sid: api::SessionId = id.parse().map_err(|_| not_found())?;
     let view = app
         .core
-        .ask(|reply| Msg::Session { id: sid, reply })
+        .ask(|reply| Msg::Session {
+            id: sid,
+            scope: caller.scope(),
+            reply,
+        })
         .await
         .ok_or_else(unavailable)?;
     view.map(|v| Json(v).into_response()).ok_or_else(not_found)
 }
 
-pub async fn delete_session(State(app): State<App>, Path(id): Path<String>) -> StatusCode {
+/// Deletes the caller's own session (an admin's: any); another tenant's is left alone, with the
+/// same 204, so ids leak nothing.
+pub async fn delete_session(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> StatusCode {
     if let Ok(sid) = id.parse::<api::SessionId>() {
-        app.core.send(Msg::DeleteSession { id: sid });
+        app.core.send(Msg::DeleteSession {
+            id: sid,
+            scope: caller.scope(),
+        });
     }
     StatusCode::NO_CONTENT
 }
@@ -130,6 +151,7 @@ fn verbose(query: Option<&str>) -> Result<bool, ApiError> {
 
 pub async fn events(
     State(app): State<App>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
@@ -148,7 +170,11 @@ pub async fn events(
     };
     let log = app
         .core
-        .ask(|reply| Msg::Log { id, reply })
+        .ask(|reply| Msg::Log {
+            id,
+            scope: caller.scope(),
+            reply,
+        })
         .await
         .ok_or_else(unavailable)?;
     let log = log.ok_or_else(|| {

@@ -182,6 +182,7 @@ fn status(spec: &PoolSpec, snap: &Snapshot) -> PoolStatus {
         slots_total: spec.slots,
         slots_free: snap.slots_free,
         ctx_per_slot: spec.ctx_per_slot,
+        workload: spec.workload,
         models: snap.model.iter().map(ModelInfo::loaded).collect(),
         running: snap.running.iter().map(|(id, _)| *id).collect(),
         kv_cache_usage_ratio: Some((used as f64 / capacity as f64).min(1.0)),
@@ -303,6 +304,7 @@ pub(crate) fn test_spec(id: &str, slots: u32) -> PoolSpec {
         gpu_policy: engine::GpuPolicy::Cpu,
         engine_source: "default".into(),
         extra_args: vec![],
+        workload: api::task::Workload::Completion,
     }
 }
 
