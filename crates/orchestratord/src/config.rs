@@ -640,7 +640,7 @@ impl RawConfig {
             strategy,
             balance_abs: balance_abs as usize,
             balance_rel,
-            load_cost_tokens: load_cost as u64,
+            load_cost_tokens: load_cost,
             prefix_max_sequences: prefix_max as usize,
             heartbeat_interval,
             heartbeat_timeout,
