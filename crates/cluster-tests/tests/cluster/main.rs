@@ -45,6 +45,9 @@ fn scenarios() -> Vec<(&'static str, bool, Scenario)> {
         ("cache_aware_conversation_follows_its_history", true, |a| {
             Box::pin(prefix::conversation_follows_its_history(a))
         }),
+        ("cache_aware_imbalance_guard_lets_load_win", true, |a| {
+            Box::pin(prefix::imbalance_guard_lets_load_win(a))
+        }),
         ("engine_apply_template_matches_chat_endpoint", true, |a| {
             Box::pin(template::apply_template_matches_chat(a))
         }),

@@ -15,6 +15,10 @@ use crate::fixtures::{self, Assets};
 
 /// A second real node `id` with one pool `pool` serving the dev model under the stack's flags.
 fn real_node(stack: &Stack, id: &str, pool: &str) -> NodeSpec {
+    real_node_slots(stack, id, pool, 1)
+}
+
+fn real_node_slots(stack: &Stack, id: &str, pool: &str, slots: u32) -> NodeSpec {
     NodeSpec {
         node_id: id.into(),
         engine: stack.spec.engine.clone(),
@@ -23,7 +27,7 @@ fn real_node(stack: &Stack, id: &str, pool: &str) -> NodeSpec {
             model_path: stack.spec.model_path.clone(),
             model_id: stack.spec.model_id.clone(),
             ctx: stack.spec.ctx,
-            slots: 1,
+            slots,
         }],
         env: vec![],
         engine_keys: "threads = 2\n".into(),
@@ -204,6 +208,115 @@ pub async fn conversation_follows_its_history(a: Assets) -> anyhow::Result<()> {
             cold < t5.end.tokens_in / 4,
             "a cold cache: {cold} of {} tokens reused",
             t5.end.tokens_in
+        );
+        Ok(())
+    }
+    .await;
+    stack.shutdown().await?;
+    result
+}
+
+/// The imbalance guard on two 4-slot pools, with a load cost of 1 token per task so that only the
+/// guard can keep a request off the pool holding its prefix: while that pool (O) runs 3 long tasks
+/// and the other (W) none (3 − 0 > `balance_abs` 2, 3 > 0 × 1.5), the conversation's next turn goes
+/// to W; once the long tasks are canceled, the same turn again goes to W, which now holds the
+/// longest prefix (turn 2 ran there), and the engine reuses it.
+pub async fn imbalance_guard_lets_load_win(a: Assets) -> anyhow::Result<()> {
+    let mut spec = a.spec("prefix-guard")?;
+    spec.slots = 4;
+    spec.orchd_extra = "[placement]\nstrategy = \"cache-aware\"\nload_cost_tokens = 1\n".into();
+    let mut stack = a.stack(spec).await?;
+    let result = async {
+        let first_pool = stack.spec.pool_id.clone();
+        stack.add_node(real_node_slots(&stack, "n2", "cpu1", 4))?;
+        stack
+            .wait_pools_ready(&[first_pool.as_str(), "cpu1"], Duration::from_secs(120))
+            .await?;
+        let url = stack.orchd_url.clone();
+        let client = client::Client::new(&url, None)?;
+        let model = stack.spec.model_id.clone();
+        let control = run(&client, &chat(&model, &[msg(Role::User, "Hi")])).await?;
+        let w = control.started.pool_id.to_string();
+        let o = if w == "cpu1" {
+            first_pool.clone()
+        } else {
+            "cpu1".to_string()
+        };
+        let pin = |req: &mut TaskRequest| -> anyhow::Result<()> {
+            req.placement = Some(Placement {
+                mode: PlacementMode::Pin,
+                pin_pool_id: Some(o.parse()?),
+                ..Default::default()
+            });
+            Ok(())
+        };
+        let system: String = (0..40)
+            .map(|i| format!("Rule {i}: answer politely, briefly and truthfully. "))
+            .collect();
+        let mut messages = vec![msg(Role::System, &system), msg(Role::User, "Name a color.")];
+        let mut first = chat(&model, &messages);
+        pin(&mut first)?;
+        let t1 = run(&client, &first).await?;
+        messages.push(msg(Role::Assistant, &t1.text));
+        messages.push(msg(Role::User, "Another one?"));
+        // Three long tasks on O, each seen running (first token) before the turn is submitted.
+        let (mut long, mut streams) = (vec![], vec![]);
+        for k in 0..3 {
+            // A greedy count keeps going (no end of sequence within the budget).
+            let mut req = TaskRequest::new(&model);
+            req.prompt = Some(format!("{k}, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,"));
+            req.max_tokens = Some(1500);
+            req.temperature = Some(0.0);
+            req.top_k = Some(1);
+            pin(&mut req)?;
+            let adm = client.submit(&req).await?.body;
+            let mut s = client.events(&adm.streams.sse).await?;
+            loop {
+                let f = tokio::time::timeout(Duration::from_secs(120), s.next())
+                    .await
+                    .context("no frame within 120 s")?
+                    .context("stream closed before a token")??;
+                if matches!(f.event, Event::Token(_)) {
+                    break;
+                }
+            }
+            long.push(adm.task_id);
+            streams.push(s);
+        }
+        let t2 = run(&client, &chat(&model, &messages)).await;
+        let mut still_running = 0;
+        for id in long.clone() {
+            let r = client.task(id).await?.body;
+            if !r.state.is_terminal() {
+                still_running += 1;
+            }
+            client.cancel(id).await?;
+        }
+        let t2 = t2?;
+        ensure!(
+            still_running == 3,
+            "the long tasks ran out before the check ({still_running} of 3 still running)"
+        );
+        ensure!(
+            t2.started.pool_id.as_str() == w,
+            "with {o} running 3 tasks and {w} none, load wins: the turn went to {}",
+            t2.started.pool_id
+        );
+        drop(streams);
+        for id in long {
+            fixtures::wait_finished(&client, id).await?;
+        }
+        let t3 = run(&client, &chat(&model, &messages)).await?;
+        ensure!(
+            t3.started.pool_id.as_str() == w,
+            "balanced again: the same turn goes to {w}, which now holds the longest prefix (turn 2 ran there), not {}",
+            t3.started.pool_id
+        );
+        ensure!(
+            t3.end.tokens_cached.unwrap_or(0) >= t1.end.tokens_in,
+            "the engine reused {:?} tokens, less than turn 1's prompt {}",
+            t3.end.tokens_cached,
+            t1.end.tokens_in
         );
         Ok(())
     }
