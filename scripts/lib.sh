@@ -52,3 +52,36 @@ ensure_schemathesis() {
   fi
   export LLORCH_SCHEMATHESIS="$venv/bin/schemathesis"
 }
+
+# Headless Chromium (Debian's `chromium` package) and playwright-core (pinned, npm) for the UI's
+# browser test; exports LLORCH_CHROMIUM and LLORCH_NODE_PATH (the node_modules playwright-core is
+# in). Cached under ~/.cache/llama-orch/playwright.
+ensure_browser() {
+  if ! command -v chromium >/dev/null 2>&1; then
+    echo "[test] installing chromium (apt)" >&2
+    if [ "$(id -u)" = 0 ]; then
+      apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >&2
+    else
+      sudo apt-get update -qq >&2 && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >&2
+    fi
+  fi
+  if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    echo "[test] installing nodejs and npm (apt)" >&2
+    if [ "$(id -u)" = 0 ]; then
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >&2
+    else
+      sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >&2
+    fi
+  fi
+  local dir="${LLORCH_CACHE_DIR:-$HOME/.cache/llama-orch}/playwright"
+  local want="1.65.1"
+  if [ "$(node -p "require('$dir/node_modules/playwright-core/package.json').version" 2>/dev/null)" != "$want" ]; then
+    echo "[test] installing playwright-core@$want into $dir" >&2
+    mkdir -p "$dir"
+    (cd "$dir" && [ -f package.json ] || echo '{"private":true}' > package.json)
+    npm install --silent --no-audit --no-fund --prefix "$dir" "playwright-core@$want" >&2
+  fi
+  LLORCH_CHROMIUM="$(command -v chromium)"
+  export LLORCH_CHROMIUM
+  export LLORCH_NODE_PATH="$dir/node_modules"
+}

@@ -17,6 +17,7 @@ load_dev_assets
 ensure_openai_client
 ensure_anthropic_client
 ensure_schemathesis
+ensure_browser
 cargo build --bins
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 # Builds llama-server on the first run (about 10 minutes on 2 cores), then answers from the cache.

@@ -4,6 +4,7 @@
 
 pub mod anthropic;
 pub mod catalog;
+pub mod cluster;
 pub mod error;
 pub mod events;
 pub mod gbnf;

@@ -291,6 +291,9 @@ pub struct NodeView {
     pub last_heartbeat_ms: u64,
     pub pools: Vec<PoolId>,
     pub capabilities: Capabilities,
+    /// GPU state from the latest heartbeat (VRAM free and utilization per device).
+    #[serde(default)]
+    pub gpus: Vec<GpuStatus>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -329,6 +332,9 @@ pub struct PoolView {
     pub device_mask: String,
     #[schema(required = true)]
     pub last_error: Option<String>,
+    /// The decode speed the node reported in its latest heartbeat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decode_tokens_per_s: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]

@@ -20,6 +20,7 @@ mod sched;
 mod schema;
 mod template;
 mod tenants;
+mod ui;
 mod v2_tools;
 mod worker;
 
@@ -183,6 +184,9 @@ fn scenarios() -> Vec<(&'static str, bool, Scenario)> {
         }),
         ("logs_hold_no_secrets", true, |a| {
             Box::pin(refusals::logs_hold_no_secrets(a))
+        }),
+        ("ui_dashboard_in_a_real_browser", true, |a| {
+            Box::pin(ui::dashboard(a))
         }),
     ]
 }

@@ -196,6 +196,7 @@ impl<E: Effects> Core<E> {
             self.announce_binding(id, &pool, resp.predicted_start_ms);
         }
         self.queues.push(key, id, priority, &tenant, weight);
+        self.bus.mark_task(id);
         self.pump(now);
         Ok((resp, log))
     }
@@ -332,6 +333,7 @@ impl<E: Effects> Core<E> {
             };
             let (model, max_tokens) = (t.model.clone(), t.max_tokens);
             let (_, predicted) = self.predict(&model, pos, max_tokens);
+            self.bus.mark_task(id);
             if let Some(t) = self.tasks.get_mut(&id) {
                 t.announced_position = Some(pos);
                 t.log.append(Event::Metrics(MetricsFrame {

@@ -8,6 +8,8 @@
 //! dispatch attempt are ignored.
 
 pub mod admit;
+pub mod bus;
+pub mod changes;
 pub mod dispatch;
 pub mod lifecycle;
 pub mod models;
@@ -240,6 +242,8 @@ pub struct Core<E: Effects> {
     prefix: prefix::PrefixIndex,
     /// Tenants' policies and usage.
     tenants: tenants::Tenants,
+    /// The cluster event bus (`GET /v2/events`).
+    bus: bus::Bus,
 }
 
 impl<E: Effects> Core<E> {
@@ -261,6 +265,7 @@ impl<E: Effects> Core<E> {
             sessions,
             catalog,
             loads: provision::Loads::default(),
+            bus: bus::Bus::default(),
             prefix: prefix::PrefixIndex::new(prefix::Limits {
                 max_sequences: cfg.prefix_max_sequences,
             }),
@@ -345,6 +350,7 @@ impl<E: Effects> Core<E> {
             }
         }
         self.queues.drop_empty();
+        self.bus.mark_queues();
         self.announce_positions();
         self.publish_gauges();
     }

@@ -218,7 +218,9 @@ impl<E: Effects> Core<E> {
 
     /// The catalog changes made since the last call, for the store task, in order.
     pub fn take_catalog_writes(&mut self) -> Vec<catalog::Write> {
-        self.catalog.take_writes()
+        let writes = self.catalog.take_writes();
+        self.publish_catalog_writes(&writes);
+        writes
     }
 
     /// A catalog write failed: the mirror becomes what the store holds plus the changes queued

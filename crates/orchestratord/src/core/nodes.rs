@@ -451,6 +451,7 @@ impl<E: Effects> Core<E> {
         self.fail_stranded_queued(now);
         self.purge(now);
         self.sessions.purge(now);
+        self.bus.mark_queues();
         self.publish_gauges();
     }
 
@@ -489,63 +490,76 @@ impl<E: Effects> Core<E> {
                 t.log.append(api::events::Event::Error(env));
             }
             self.tasks.finished(id);
+            self.bus.mark_task(id);
         }
     }
 
     pub fn node_views(&self) -> Vec<NodeView> {
         self.registry
             .nodes()
-            .iter()
-            .map(|(id, n)| NodeView {
-                node_id: id.clone(),
-                machine_id: n.machine_id.clone(),
-                address: n.address.clone(),
-                status: n.status,
-                version: n.version.clone(),
-                registered_at_ms: n.registered_at_ms,
-                last_heartbeat_ms: n.last_heartbeat_ms,
-                pools: n.pools.clone(),
-                capabilities: n.capabilities.clone(),
-            })
+            .keys()
+            .filter_map(|id| self.node_view(id))
             .collect()
+    }
+
+    /// One node as `GET /v2/nodes` shows it.
+    pub fn node_view(&self, id: &NodeId) -> Option<NodeView> {
+        let n = self.registry.node(id)?;
+        Some(NodeView {
+            node_id: id.clone(),
+            machine_id: n.machine_id.clone(),
+            address: n.address.clone(),
+            status: n.status,
+            version: n.version.clone(),
+            registered_at_ms: n.registered_at_ms,
+            last_heartbeat_ms: n.last_heartbeat_ms,
+            pools: n.pools.clone(),
+            capabilities: n.capabilities.clone(),
+            gpus: n.gpus.clone(),
+        })
     }
 
     pub fn pool_list(&self) -> Vec<PoolView> {
         self.registry
             .pools()
-            .iter()
-            .map(|(id, p)| {
-                let queued = self.queued_for_pool(id, p.model_id()) as u64;
-                PoolView {
-                    pool_id: id.clone(),
-                    node_id: p.node_id.clone(),
-                    node_status: self
-                        .registry
-                        .node(&p.node_id)
-                        .map(|n| n.status)
-                        .unwrap_or(NodeStatus::Offline),
-                    state: if p.draining && p.status.state == PoolState::Ready {
-                        PoolState::Draining
-                    } else {
-                        p.status.state
-                    },
-                    engine: p.status.engine.clone(),
-                    engine_version: p.status.engine_version.clone(),
-                    model: p.status.models.first().map(|m| api::node::PoolModelRef {
-                        id: m.id.clone(),
-                        digest: m.digest.clone(),
-                    }),
-                    ctx_per_slot: p.status.ctx_per_slot,
-                    workload: p.status.workload,
-                    slots_total: p.status.slots_total,
-                    slots_free: p.free_slots(),
-                    queued,
-                    running: p.holding.len() as u64,
-                    device_mask: p.status.device_mask.clone(),
-                    last_error: p.status.last_error.clone(),
-                }
-            })
+            .keys()
+            .filter_map(|id| self.pool_view(id))
             .collect()
+    }
+
+    /// One pool as `GET /v2/pools` shows it.
+    pub fn pool_view(&self, id: &PoolId) -> Option<PoolView> {
+        let p = self.registry.pool(id)?;
+        let queued = self.queued_for_pool(id, p.model_id()) as u64;
+        Some(PoolView {
+            pool_id: id.clone(),
+            node_id: p.node_id.clone(),
+            node_status: self
+                .registry
+                .node(&p.node_id)
+                .map(|n| n.status)
+                .unwrap_or(NodeStatus::Offline),
+            state: if p.draining && p.status.state == PoolState::Ready {
+                PoolState::Draining
+            } else {
+                p.status.state
+            },
+            engine: p.status.engine.clone(),
+            engine_version: p.status.engine_version.clone(),
+            model: p.status.models.first().map(|m| api::node::PoolModelRef {
+                id: m.id.clone(),
+                digest: m.digest.clone(),
+            }),
+            ctx_per_slot: p.status.ctx_per_slot,
+            workload: p.status.workload,
+            slots_total: p.status.slots_total,
+            slots_free: p.free_slots(),
+            queued,
+            running: p.holding.len() as u64,
+            device_mask: p.status.device_mask.clone(),
+            last_error: p.status.last_error.clone(),
+            decode_tokens_per_s: p.status.decode_tokens_per_s,
+        })
     }
 
     /// `orchd_node_heartbeat_age_ms` per node, computed at scrape time.

@@ -153,6 +153,7 @@ impl<E: Effects> Core<E> {
         let pool_id = cmd.pool_id.as_ref().map(PoolId::as_str).unwrap_or("");
         tracing::info!(event = "command.sent", correlation_id = %cmd.correlation_id, command_id = %cmd.command_id, node_id = %node_id,
             pool_id = %pool_id, "Sent {:?} for pool {pool_id} to node {node_id}", cmd.kind);
+        self.publish_command_sent(node_id, &cmd);
         if let Some(n) = self.registry.node_mut(node_id) {
             n.commands.push(cmd);
         }
@@ -190,6 +191,7 @@ impl<E: Effects> Core<E> {
         now: Instant,
     ) {
         for st in statuses {
+            self.publish_command_status(node_id, &st);
             if let Some(n) = self.registry.node_mut(node_id) {
                 n.commands.retain(|c| c.command_id != st.command_id);
             }

@@ -92,6 +92,9 @@ fn free_vram(node: &Node, mask: &str) -> u64 {
 pub struct Registry {
     nodes: BTreeMap<NodeId, Node>,
     pools: BTreeMap<PoolId, PoolEntry>,
+    /// Nodes and pools changed (or removed) since [`Registry::take_changed`], for the event bus.
+    changed_nodes: BTreeSet<NodeId>,
+    changed_pools: BTreeSet<PoolId>,
 }
 
 impl Registry {
@@ -116,7 +119,17 @@ impl Registry {
     where
         NodeId: Borrow<Q>,
     {
+        let key = self.nodes.get_key_value(id)?.0.clone();
+        self.changed_nodes.insert(key);
         self.nodes.get_mut(id)
+    }
+
+    /// The nodes and pools changed or removed since the last call.
+    pub fn take_changed(&mut self) -> (BTreeSet<NodeId>, BTreeSet<PoolId>) {
+        (
+            std::mem::take(&mut self.changed_nodes),
+            std::mem::take(&mut self.changed_pools),
+        )
     }
 
     /// True when the node is registered and Online.
@@ -130,6 +143,7 @@ impl Registry {
     }
 
     pub fn insert_node(&mut self, id: NodeId, node: Node) {
+        self.changed_nodes.insert(id.clone());
         self.nodes.insert(id, node);
     }
 
@@ -137,7 +151,11 @@ impl Registry {
     where
         NodeId: Borrow<Q>,
     {
-        self.nodes.remove_entry(id)
+        let removed = self.nodes.remove_entry(id);
+        if let Some((id, _)) = &removed {
+            self.changed_nodes.insert(id.clone());
+        }
+        removed
     }
 
     pub fn pool<Q: Ord + ?Sized>(&self, id: &Q) -> Option<&PoolEntry>
@@ -151,16 +169,26 @@ impl Registry {
     where
         PoolId: Borrow<Q>,
     {
+        let key = self.pools.get_key_value(id)?.0.clone();
+        self.changed_pools.insert(key);
         self.pools.get_mut(id)
     }
 
     pub fn insert_pool(&mut self, id: PoolId, pool: PoolEntry) {
+        self.changed_pools.insert(id.clone());
         self.pools.insert(id, pool);
     }
 
     /// Keeps only the pools for which `keep` is true.
-    pub fn retain_pools(&mut self, keep: impl FnMut(&PoolId, &mut PoolEntry) -> bool) {
-        self.pools.retain(keep);
+    pub fn retain_pools(&mut self, mut keep: impl FnMut(&PoolId, &mut PoolEntry) -> bool) {
+        let changed = &mut self.changed_pools;
+        self.pools.retain(|id, p| {
+            let k = keep(id, p);
+            if !k {
+                changed.insert(id.clone());
+            }
+            k
+        });
     }
 
     /// A dispatch takes one of the pool's slots; false for an unknown pool.
@@ -168,6 +196,7 @@ impl Registry {
         let Some(p) = self.pools.get_mut(pool) else {
             return false;
         };
+        self.changed_pools.insert(pool.clone());
         p.holding.insert(task);
         true
     }
@@ -177,6 +206,7 @@ impl Registry {
         let Some(p) = self.pools.get_mut(pool) else {
             return false;
         };
+        self.changed_pools.insert(pool.clone());
         p.releasing.remove(&task);
         p.holding.remove(&task)
     }
@@ -195,6 +225,7 @@ impl Registry {
     /// The worker answered REPLICA_EXHAUSTED: no free slot until its next report.
     pub fn mark_exhausted(&mut self, pool: &PoolId) {
         if let Some(p) = self.pools.get_mut(pool) {
+            self.changed_pools.insert(pool.clone());
             p.exhausted = true;
         }
     }
@@ -216,7 +247,8 @@ impl Registry {
 
     /// The node was lost: its pools hold no slots any more.
     pub fn clear_slots_on(&mut self, node_id: &NodeId) {
-        for p in self.pools.values_mut().filter(|p| p.node_id == *node_id) {
+        for (id, p) in self.pools.iter_mut().filter(|(_, p)| p.node_id == *node_id) {
+            self.changed_pools.insert(id.clone());
             p.holding.clear();
             p.releasing.clear();
         }
@@ -229,6 +261,7 @@ impl Registry {
         };
         for pid in &node.pools {
             if let Some(p) = self.pools.get_mut(pid) {
+                self.changed_pools.insert(pid.clone());
                 p.node_online = node.status == NodeStatus::Online;
                 p.free_vram = free_vram(node, &p.status.device_mask);
             }

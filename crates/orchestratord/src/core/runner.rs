@@ -168,6 +168,17 @@ pub enum Msg {
     ListedModels {
         reply: Reply<Vec<(api::ModelId, u64)>>,
     },
+    /// A new `/v2/events` reader, resuming after `last_seen` when given.
+    Events {
+        last_seen: Option<u64>,
+        reply: Reply<super::bus::Feed>,
+    },
+    /// Retained tasks, newest first.
+    Tasks {
+        limit: usize,
+        scope: super::tenants::Scope,
+        reply: Reply<Vec<TaskRecord>>,
+    },
 }
 
 /// A cheap handle for sending messages to the core.
@@ -286,9 +297,11 @@ pub fn spawn(
                 m = rx.recv() => match m { Some(m) => m, None => break },
                 _ = shutdown.cancelled() => break,
             };
+            let tick = matches!(msg, Msg::Tick);
             handle(&mut core, &mut link, msg, Instant::now());
             // Changes made by anything else (heartbeats, loads) are committed without a waiter.
             let _ = link.flush(&mut core);
+            core.publish_changes(tick);
         }
         for h in core.effects.relays.values() {
             h.abort();
@@ -432,6 +445,16 @@ fn handle(core: &mut Core<LiveEffects>, link: &mut StoreLink, msg: Msg, now: Ins
         }
         Msg::ListedModels { reply } => {
             let _ = reply.send(core.listed_models());
+        }
+        Msg::Events { last_seen, reply } => {
+            let _ = reply.send(core.subscribe_events(last_seen));
+        }
+        Msg::Tasks {
+            limit,
+            scope,
+            reply,
+        } => {
+            let _ = reply.send(core.task_records(limit, &scope));
         }
     }
 }

@@ -323,6 +323,7 @@ impl<E: Effects> Core<E> {
         t.life.run(Stamp::at(now));
         let waited_ms = now.duration_since(t.admitted.at).as_secs_f64() * 1000.0;
         let tenant = t.tenant.clone();
+        self.bus.mark_task(id);
         if let Some(at) = t.carried_first_token.take() {
             t.life.first_token(at);
         }
@@ -473,6 +474,7 @@ impl<E: Effects> Core<E> {
                 }
                 t.ids_sent = t.gen_ids.len();
                 if t.life.first_token(Stamp::at(now)) {
+                    self.bus.mark_task(id);
                     tracing::info!(event = "task.first_token", correlation_id = %t.correlation_id, task_id = %id, tenant = %t.tenant, pool_id = %t.pool_label(),
                         duration_ms = now.duration_since(t.admitted.at).as_millis() as u64, "First token of task {id}");
                 }
@@ -778,6 +780,8 @@ impl<E: Effects> Core<E> {
         t.tried.clear();
         let (key, prio) = (t.queue_key.clone(), t.v.priority);
         self.queues.push_front(key, id, prio, &t.tenant);
+        self.bus.mark_task(id);
+        self.bus.mark_queues();
         self.publish_gauges();
     }
 
@@ -953,6 +957,7 @@ impl<E: Effects> Core<E> {
             "Task {id} ended ({reason:?}) with {} tokens", t.tokens_out());
         self.tenant_stopped(id, true, now);
         self.tasks.finished(id);
+        self.bus.mark_task(id);
     }
 
     pub(super) fn finish_with_error(&mut self, id: TaskId, env: ErrorEnvelope, now: Instant) {
@@ -980,6 +985,7 @@ impl<E: Effects> Core<E> {
             "Task {id} failed: {}", env.message);
         self.tenant_stopped(id, true, now);
         self.tasks.finished(id);
+        self.bus.mark_task(id);
     }
 
     /// Frees the task's slot on its pool (the worker stream ended, or a cancel was confirmed).
@@ -1177,6 +1183,21 @@ impl<E: Effects> Core<E> {
             stop_reason: t.stop_reason,
             error: t.error.clone(),
         })
+    }
+
+    /// Retained tasks that `scope` sees, newest first, at most `limit` (`GET /v2/tasks`).
+    pub fn task_records(&self, limit: usize, scope: &super::tenants::Scope) -> Vec<TaskRecord> {
+        let mut ids: Vec<(std::time::Instant, TaskId)> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| scope.sees(&t.tenant))
+            .map(|(id, t)| (t.admitted.at, *id))
+            .collect();
+        ids.sort_unstable_by(|a, b| b.cmp(a));
+        ids.into_iter()
+            .take(limit)
+            .filter_map(|(_, id)| self.record(id, scope))
+            .collect()
     }
 
     /// Tasks running on `node_id` when it is lost: before the first token they fail over, after it

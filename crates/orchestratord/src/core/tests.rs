@@ -1337,6 +1337,106 @@ fn tenants_are_capped_scoped_and_served_fairly() {
     assert_eq!(order, vec![a[2], a[3], b3, more_a[0], more_a[1], more_a[2]]);
 }
 
+/// The events a core publishes for a node registering, two tasks (one queued behind the other),
+/// token progress (held until the tick), a finish and a deregistration, in order.
+#[test]
+fn cluster_events_follow_the_core() {
+    use api::cluster::ClusterEvent as E;
+    let now = Instant::now();
+    let mut core = core_with(|_| {});
+    let mut feed = core.subscribe_events(None);
+    let mut seen = |core: &mut Core<Recorded>, tick: bool| {
+        core.publish_changes(tick);
+        let mut out = vec![];
+        while let Ok(f) = feed.live.try_recv() {
+            let data = f
+                .text
+                .lines()
+                .find_map(|l| l.strip_prefix("data: "))
+                .unwrap();
+            out.push(serde_json::from_str::<E>(data).unwrap());
+        }
+        out
+    };
+    register(&mut core, "n1", vec![pool("p1", 1)], now);
+    let evs = seen(&mut core, false);
+    assert!(
+        matches!(&evs[..], [E::Node { node }, E::Pool { pool }] if node.node_id == nid("n1") && pool.slots_free == 1),
+        "{evs:?}"
+    );
+    // Nothing changed: nothing published.
+    assert!(seen(&mut core, false).is_empty());
+    let a = submit(&mut core, Priority::Interactive, now).unwrap();
+    let b = submit(&mut core, Priority::Interactive, now).unwrap();
+    let evs = seen(&mut core, false);
+    let tasks: Vec<(TaskId, TaskState, Option<u64>)> = evs
+        .iter()
+        .filter_map(|e| match e {
+            E::Task { task } => Some((task.task_id, task.state, task.queue_position)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        tasks,
+        vec![
+            (a, TaskState::Running, None),
+            (b, TaskState::Queued, Some(0))
+        ]
+    );
+    assert!(evs
+        .iter()
+        .any(|e| matches!(e, E::Pool { pool } if pool.slots_free == 0)));
+    assert!(evs.iter().any(
+        |e| matches!(e, E::Queue { queues } if queues.len() == 1 && queues[0].interactive == 1)
+    ));
+    // A token alone waits for the tick.
+    let attempt = core.tasks[&a].attempts;
+    for i in 0..3 {
+        core.on_worker(
+            a,
+            attempt,
+            WorkerEvent::Token {
+                i,
+                t: "x".into(),
+                ids: vec![],
+                logprobs: vec![],
+            },
+            now,
+        );
+    }
+    assert!(seen(&mut core, false).is_empty());
+    let evs = seen(&mut core, true);
+    assert!(
+        matches!(&evs[..], [E::Task { task }] if task.task_id == a && task.tokens_out == 3),
+        "{evs:?}"
+    );
+    assert!(seen(&mut core, true).is_empty(), "no change, no event");
+    // Finishing a starts b: a's final record, then b running, the queue empty.
+    finish(&mut core, a, now);
+    let evs = seen(&mut core, false);
+    let tasks: Vec<(TaskId, TaskState)> = evs
+        .iter()
+        .filter_map(|e| match e {
+            E::Task { task } => Some((task.task_id, task.state)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        tasks,
+        vec![(a, TaskState::Completed), (b, TaskState::Running)]
+    );
+    assert!(evs
+        .iter()
+        .any(|e| matches!(e, E::Queue { queues } if queues.is_empty())));
+    core.deregister("n1", now);
+    let evs = seen(&mut core, false);
+    assert!(
+        evs.iter()
+            .any(|e| matches!(e, E::NodeRemoved { node_id } if *node_id == nid("n1"))),
+        "{evs:?}"
+    );
+}
+
 fn token(core: &mut Core<Recorded>, id: TaskId, attempt: u32, t: &str, ids: &[u32], now: Instant) {
     let ev = WorkerEvent::Token {
         i: 0,
@@ -1742,4 +1842,38 @@ fn least_loaded_ignores_prefixes() {
     assert_eq!(job.body.pool_id, pid("b"));
     assert_eq!(job.body.id_slot, None);
     assert!(core.prefix.is_empty());
+}
+
+/// Task events and task lists are scoped like task reads: a tenant sees its own tasks, an admin
+/// every tenant's, and fleet events go to every reader.
+#[test]
+fn task_events_reach_their_tenant_and_admins_only() {
+    use super::tenants::Scope;
+    let now = Instant::now();
+    let mut core = core_with(|_| {});
+    let mut feed = core.subscribe_events(None);
+    register(&mut core, "n1", vec![pool("p1", 1)], now);
+    let a = submit_as(&mut core, "a", now);
+    core.publish_changes(false);
+    let mut frames = vec![];
+    while let Ok(f) = feed.live.try_recv() {
+        frames.push(f);
+    }
+    let (tasks, fleet): (Vec<_>, Vec<_>) = frames
+        .iter()
+        .partition(|f| f.text.contains("event: task\n"));
+    assert_eq!(tasks.len(), 1, "{frames:?}");
+    assert!(tasks[0].text.contains(&a.to_string()));
+    assert!(tasks[0].visible_to(&Scope::All));
+    assert!(tasks[0].visible_to(&Scope::Tenant(tenant("a"))));
+    assert!(!tasks[0].visible_to(&Scope::Tenant(tenant("b"))));
+    assert!(!fleet.is_empty());
+    assert!(fleet
+        .iter()
+        .all(|f| f.visible_to(&Scope::Tenant(tenant("b")))));
+    assert!(core
+        .task_records(10, &Scope::Tenant(tenant("b")))
+        .is_empty());
+    assert_eq!(core.task_records(10, &Scope::Tenant(tenant("a"))).len(), 1);
+    assert_eq!(core.task_records(10, &Scope::All).len(), 1);
 }

@@ -4,6 +4,7 @@
 mod answer;
 mod catalog;
 mod embeddings;
+mod events;
 mod messages;
 mod meta;
 mod nodes;
@@ -12,6 +13,7 @@ pub mod openapi;
 mod responses;
 pub mod routes;
 mod tasks;
+mod ui;
 
 use std::sync::Arc;
 
@@ -64,10 +66,13 @@ pub fn router(app: App) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(app.clone());
-    // Auth wraps the whole router, fallback included, so an unknown path without a token is a 401.
-    Router::new()
+    let ui = ui::router(app.clone());
+    // Auth wraps the whole API router, fallback included, so an unknown path without a token is a
+    // 401. The dashboard's pages are outside it: they hold no data, and the page asks for a token.
+    let api = Router::new()
         .fallback_service(routes)
-        .layer(axum::middleware::from_fn_with_state(app, auth))
+        .layer(axum::middleware::from_fn_with_state(app, auth));
+    ui.fallback_service(api)
         .layer(axum::middleware::from_fn(daemon::correlation::layer))
 }
 

@@ -34,6 +34,7 @@ only) no token is needed and every caller is the anonymous admin.",
     ),
     paths(
         doc::submit_task,
+        doc::list_tasks,
         doc::get_task,
         doc::cancel_task,
         doc::task_events,
@@ -44,6 +45,7 @@ only) no token is needed and every caller is the anonymous admin.",
         doc::deregister_node,
         doc::list_nodes,
         doc::list_tenants,
+        doc::cluster_events,
         doc::list_pools,
         doc::pool_health,
         doc::drain_pool,
@@ -106,6 +108,11 @@ only) no token is needed and every caller is the anonymous admin.",
         api::tenant::TenantsResponse,
         doc::EventData,
         doc::SseEvent,
+        api::cluster::ClusterEvent,
+        api::cluster::QueueDepth,
+        api::cluster::CommandUpdate,
+        api::cluster::ResetReason,
+        api::cluster::TasksResponse,
     )),
     security(("bearer" = [])),
     modifiers(&Extras),
@@ -114,6 +121,7 @@ only) no token is needed and every caller is the anonymous admin.",
         (name = "sessions", description = "Session metadata (API.md §4.3)"),
         (name = "nodes", description = "Node protocol, pool-managerd → orchestratord (API.md §12)"),
         (name = "tenants", description = "Tenants: usage against limits (docs/auth.md)"),
+        (name = "events", description = "The cluster change stream: nodes, pools, queues, tasks, catalog and commands as they change"),
         (name = "pools", description = "Pool views and control (API.md §10)"),
         (name = "catalog", description = "The model catalog: register, inspect, verify, retire and remove models; where they are cached and served (API.md §9)"),
         (name = "meta", description = "Version, capabilities, health, metrics and this document (API.md §10, §16)"),
@@ -161,15 +169,17 @@ impl Modify for Extras {
         {
             body.required = Some(Required::False);
         }
-        if let Some(params) = openapi
-            .paths
-            .paths
-            .get_mut("/v2/tasks/{id}/events")
-            .and_then(|i| i.get.as_mut())
-            .and_then(|op| op.parameters.as_mut())
-        {
-            for p in params.iter_mut().filter(|p| p.name == "Last-Event-ID") {
-                p.schema = Some(<u64 as utoipa::PartialSchema>::schema());
+        for path in ["/v2/tasks/{id}/events", "/v2/events"] {
+            if let Some(params) = openapi
+                .paths
+                .paths
+                .get_mut(path)
+                .and_then(|i| i.get.as_mut())
+                .and_then(|op| op.parameters.as_mut())
+            {
+                for p in params.iter_mut().filter(|p| p.name == "Last-Event-ID") {
+                    p.schema = Some(<u64 as utoipa::PartialSchema>::schema());
+                }
             }
         }
         for item in openapi.paths.paths.values_mut() {
@@ -343,6 +353,20 @@ mod doc {
     )]
     fn submit_task() {}
 
+    /// Retained tasks, newest first: queued, running and finished (until retention drops them).
+    #[utoipa::path(
+        get,
+        path = "/v2/tasks",
+        tag = "tasks",
+        params(("limit" = Option<u32>, Query, description = "At most this many records, 1–5000 (default 500).")),
+        responses(
+            (status = 200, description = "Task records, newest first.", body = api::cluster::TasksResponse),
+            (status = 400, description = "`INVALID_PARAMS`: bad `limit`.", body = ErrorEnvelope),
+            ClientErrors,
+        ),
+    )]
+    fn list_tasks() {}
+
     /// The task record.
     #[utoipa::path(
         get,
@@ -392,6 +416,7 @@ mod doc {
         params(
             ("id" = TaskId, Path, description = "Task id; a malformed id is 404."),
             ("verbose" = Option<bool>, Query, description = "`true` adds `human`, `phase` and `prep` to `metrics` frames (default `false`)."),
+            ("observe" = Option<bool>, Query, description = "`true`: watch without counting as a subscriber, so closing this stream never cancels the task (API.md §5.4's disconnect rule); default `false`."),
             ("Last-Event-ID" = Option<u64>, Header, description = "Resume: only frames with a greater id are sent."),
         ),
         responses(
@@ -510,6 +535,34 @@ mod doc {
         ),
     )]
     fn list_tenants() {}
+
+    /// The cluster change stream (server-sent events).
+    ///
+    /// Each frame's `event:` is the `type` of its `data` (a `ClusterEvent`: `node`, `node_removed`,
+    /// `pool`, `pool_removed`, `queue`, `task`, `catalog`, `catalog_removed`, `command`, `reset`) and
+    /// its `id:` a number that only grows within one orchestratord run. Each event carries the whole
+    /// current view of what changed; read the lists first, then apply events by replacing. A task's
+    /// token count is published at most once a second. With `Last-Event-ID` the stream first replays
+    /// the events after it (the server keeps the latest 1024); when some are gone it sends one
+    /// `reset` (`gap`) instead: re-read the lists. A reader that falls 256 events behind gets a
+    /// `reset` (`overflow`) without an `id` and the stream ends; reconnecting with `Last-Event-ID`
+    /// resumes. `: keepalive` comments are sent when nothing happened for `streams.keepalive_ms`.
+    #[utoipa::path(
+        get,
+        path = "/v2/events",
+        tag = "events",
+        params(
+            ("Last-Event-ID" = Option<u64>, Header, description = "Resume: only events with a greater id are sent."),
+        ),
+        responses(
+            (status = 200, description = "The SSE stream; each frame's `data` is one `ClusterEvent`.",
+                content_type = "text/event-stream", body = SseEvent,
+                headers(("Cache-Control" = String, description = "`no-cache`"), ("X-Accel-Buffering" = String, description = "`no`"))),
+            (status = 400, description = "`INVALID_PARAMS`: `Last-Event-ID` is not a number.", body = ErrorEnvelope),
+            ClientErrors,
+        ),
+    )]
+    fn cluster_events() {}
 
     // ---- pools ---------------------------------------------------------------------------------
 

@@ -8,7 +8,9 @@ use axum::Router;
 
 use api::tenant::Role;
 
-use super::{catalog, embeddings, messages, meta, nodes, openai, openapi, responses, tasks, App};
+use super::{
+    catalog, embeddings, events, messages, meta, nodes, openai, openapi, responses, tasks, App,
+};
 
 /// What a route asks of its caller (API.md §3.1 as amended by docs/auth.md). Every route names
 /// one, so a route cannot be added without deciding who may call it.
@@ -72,6 +74,7 @@ use Access::{Admin, Client, Metrics, Node, NodeOrAdmin, Open, Own, Viewer};
 /// Every route, grouped by path; within a path the order is the order of the `Allow` header.
 pub static ROUTES: &[Route] = &[
     route(Method::POST, "/v2/tasks", Client, || post(tasks::submit)),
+    route(Method::GET, "/v2/tasks", Client, || get(tasks::list)),
     route(Method::GET, "/v2/tasks/{id}", Own, || get(tasks::get_task)),
     route(Method::POST, "/v2/tasks/{id}/cancel", Own, || {
         post(tasks::cancel)
@@ -95,6 +98,7 @@ pub static ROUTES: &[Route] = &[
         delete(nodes::deregister)
     }),
     route(Method::GET, "/v2/nodes", Viewer, || get(nodes::list)),
+    route(Method::GET, "/v2/events", Viewer, || get(events::stream)),
     route(Method::GET, "/v2/pools", Viewer, || get(meta::pools)),
     route(Method::GET, "/v2/pools/{id}/health", Viewer, || {
         get(meta::pool_health)
@@ -247,7 +251,7 @@ mod tests {
     #[test]
     fn allow_headers_and_access() {
         let check = |path: &str, allow: &str| assert_eq!(allowed_methods(path), allow, "{path}");
-        check("/v2/tasks", "POST");
+        check("/v2/tasks", "POST, GET");
         check("/v2/tasks/abc", "GET");
         check("/v2/sessions/abc", "GET, DELETE");
         check("/v2/nodes/register", "POST");

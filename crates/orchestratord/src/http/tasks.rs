@@ -129,23 +129,22 @@ pub async fn delete_session(
     StatusCode::NO_CONTENT
 }
 
-/// The `verbose` query parameter: `true` or `false`, at most once; other parameters are ignored.
-fn verbose(query: Option<&str>) -> Result<bool, ApiError> {
+/// A boolean query parameter (`verbose`, `observe`): `true` or `false`, at most once; other
+/// parameters are ignored.
+fn flag(query: Option<&str>, name: &'static str) -> Result<bool, ApiError> {
     let values: Vec<&str> = query
         .unwrap_or("")
         .split('&')
         .filter_map(|kv| {
-            kv.strip_prefix("verbose=")
-                .or((kv == "verbose").then_some(""))
+            kv.strip_prefix(name)
+                .and_then(|rest| rest.strip_prefix('=').or(rest.is_empty().then_some("")))
         })
         .collect();
     match values.as_slice() {
         [] | ["false"] => Ok(false),
         ["true"] => Ok(true),
-        [one] => {
-            Err(ErrorEnvelope::invalid("verbose", format!("{one:?} is not true or false")).into())
-        }
-        _ => Err(ErrorEnvelope::invalid("verbose", "given more than once").into()),
+        [one] => Err(ErrorEnvelope::invalid(name, format!("{one:?} is not true or false")).into()),
+        _ => Err(ErrorEnvelope::invalid(name, "given more than once").into()),
     }
 }
 
@@ -157,7 +156,10 @@ pub async fn events(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let id = task_id(&id)?;
-    let verbose = verbose(query.as_deref())?;
+    let verbose = flag(query.as_deref(), "verbose")?;
+    // An observer (the dashboard's task view) does not count as a subscriber, so closing it never
+    // cancels the task (§5.4's disconnect rule is for the client that waits on the task).
+    let observe = flag(query.as_deref(), "observe")?;
     let from = match headers
         .get("last-event-id")
         .map(|v| v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()))
@@ -183,7 +185,7 @@ pub async fn events(
             format!("no task {id}"),
         ))
     })?;
-    let sub = Subscription::new(log, app.core.clone(), id);
+    let sub = Subscription::new(log, app.core.clone(), id, !observe);
     let stream = futures::stream::unfold((sub, from, false), move |(sub, mut next, done)| {
         let keepalive = app.cfg.keepalive;
         async move {
@@ -248,19 +250,69 @@ struct Subscription {
     log: Arc<TaskLog>,
     core: CoreHandle,
     id: api::TaskId,
+    /// False for an observer, which is not counted.
+    counted: bool,
 }
 
 impl Subscription {
-    fn new(log: Arc<TaskLog>, core: CoreHandle, id: api::TaskId) -> Self {
-        log.subscribe();
-        Self { log, core, id }
+    fn new(log: Arc<TaskLog>, core: CoreHandle, id: api::TaskId, counted: bool) -> Self {
+        if counted {
+            log.subscribe();
+        }
+        Self {
+            log,
+            core,
+            id,
+            counted,
+        }
     }
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        if self.log.unsubscribe() == 0 {
+        if self.counted && self.log.unsubscribe() == 0 {
             self.core.send(Msg::SubscriberGone { id: self.id });
         }
+    }
+}
+
+/// `GET /v2/tasks`: retained tasks, newest first; `limit` 1–5000 (default 500).
+pub async fn list(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<api::cluster::TasksResponse>, ApiError> {
+    let limit = list_limit(query.as_deref())?;
+    let scope = caller.scope();
+    let tasks = app
+        .core
+        .ask(|reply| Msg::Tasks {
+            limit,
+            scope,
+            reply,
+        })
+        .await
+        .ok_or_else(unavailable)?;
+    Ok(Json(api::cluster::TasksResponse { tasks }))
+}
+
+/// The `limit` query parameter of `GET /v2/tasks`; other parameters are ignored.
+fn list_limit(query: Option<&str>) -> Result<usize, ApiError> {
+    let values: Vec<&str> = query
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.strip_prefix("limit="))
+        .collect();
+    match values.as_slice() {
+        [] => Ok(500),
+        [one] => match one.parse::<usize>() {
+            Ok(n) if (1..=5000).contains(&n) => Ok(n),
+            _ => Err(ErrorEnvelope::invalid(
+                "limit",
+                format!("{one:?} is not a number from 1 to 5000"),
+            )
+            .into()),
+        },
+        _ => Err(ErrorEnvelope::invalid("limit", "given more than once").into()),
     }
 }
