@@ -9,6 +9,7 @@ mod layout;
 mod openapi;
 mod overhead;
 mod overload;
+mod prefix;
 mod procstat;
 mod relay;
 mod scale;
@@ -47,6 +48,8 @@ enum Bench {
     Fairness(fairness::Args),
     /// Real engines and workers killed, restarted and stopped under load: how tasks end.
     Chaos(chaos::Args),
+    /// Cache-aware versus least-loaded placement on three real pools: multi-turn and control.
+    Prefix(prefix::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -62,6 +65,7 @@ fn main() -> anyhow::Result<()> {
                 Bench::Fetch(a) => rt.block_on(fetch::run(a)),
                 Bench::Fairness(a) => rt.block_on(fairness::run(a)),
                 Bench::Chaos(a) => rt.block_on(chaos::run(a)),
+                Bench::Prefix(a) => rt.block_on(prefix::run(a)),
             }
         }
     }

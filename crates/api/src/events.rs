@@ -123,6 +123,10 @@ pub struct End {
     pub decode_time_ms: u64,
     pub stop_reason: StopReason,
     pub canceled: bool,
+    /// Prompt tokens the engine reused from its prompt cache (its `cache_n`); absent when the
+    /// engine did not report it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_cached: Option<u64>,
 }
 
 /// One frame of a task's event stream; `name()` is the SSE `event:` field, the payload its `data:`.
@@ -261,6 +265,7 @@ mod tests {
                 decode_time_ms: 0,
                 stop_reason: StopReason::StopWord,
                 canceled: false,
+                tokens_cached: None,
             }),
             Event::Metrics(Metrics::default()),
         ];
@@ -275,7 +280,8 @@ mod tests {
             decode_ms: 0,
             decode_time_ms: 0,
             stop_reason: StopReason::Eos,
-            canceled: false
+            canceled: false,
+            tokens_cached: None,
         })
         .data_json()
         .contains("\"ttft_ms\":null"));

@@ -225,6 +225,15 @@ pub struct Usage {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     pub total_tokens: u64,
+    /// OpenAI's `prompt_tokens_details.cached_tokens`: prompt tokens the engine reused from its
+    /// prompt cache (absent when the engine did not say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens_details: Option<PromptTokensDetails>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PromptTokensDetails {
+    pub cached_tokens: u64,
 }
 
 impl Usage {
@@ -233,7 +242,15 @@ impl Usage {
             prompt_tokens,
             completion_tokens,
             total_tokens: prompt_tokens + completion_tokens,
+            prompt_tokens_details: None,
         }
+    }
+
+    /// The same with the engine's cached prompt tokens, when it reported them.
+    pub fn cached(mut self, cached_tokens: Option<u64>) -> Self {
+        self.prompt_tokens_details =
+            cached_tokens.map(|cached_tokens| PromptTokensDetails { cached_tokens });
+        self
     }
 }
 
@@ -499,6 +516,15 @@ impl OpenAiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn usage_names_cached_tokens_only_when_known() {
+        let plain = serde_json::to_value(Usage::new(5, 2).cached(None)).unwrap();
+        assert!(plain.get("prompt_tokens_details").is_none());
+        let cached = serde_json::to_value(Usage::new(5, 2).cached(Some(4))).unwrap();
+        assert_eq!(cached["prompt_tokens_details"]["cached_tokens"], 4);
+        assert_eq!(cached["total_tokens"], 7);
+    }
 
     #[test]
     fn chat_request_reads_what_openai_clients_send() {

@@ -61,6 +61,10 @@ pub struct DispatchRequest {
     /// of the budget (API.md §13.2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume: Option<Vec<u32>>,
+    /// The engine slot that holds the task's prompt prefix (cache-aware placement); the worker
+    /// asks the engine for it (`id_slot`) when the pool has several slots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id_slot: Option<u32>,
 }
 
 /// One NDJSON line of the dispatch stream; `seq` counts lines from 0.
@@ -115,6 +119,13 @@ pub enum WorkerEvent {
         seed: Option<u64>,
         engine_ttft_ms: Option<u64>,
         engine_decode_ms: u64,
+        /// Prompt tokens the engine took from its cache (`timings.cache_n`); absent when it did
+        /// not say.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tokens_cached: Option<u64>,
+        /// The engine slot that ran the task, when the engine named it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        slot: Option<u32>,
     },
     Error {
         code: ErrorCode,

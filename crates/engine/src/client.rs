@@ -104,6 +104,9 @@ pub struct CompletionRequest {
     /// Each frame then carries the ids of its token (`tokens`).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub return_tokens: bool,
+    /// The slot to run on (its cached prompt is reused); the engine picks one when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id_slot: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -67,6 +67,9 @@ pub struct Timings {
     pub predicted_ms: Option<f64>,
     #[serde(default)]
     pub predicted_per_second: Option<f64>,
+    /// Prompt tokens taken from the prompt cache.
+    #[serde(default)]
+    pub cache_n: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]

@@ -117,6 +117,11 @@ pub struct RawPlacement {
     pub allow_pin: Option<bool>,
     pub dispatch_retries: Option<u32>,
     pub migration_limit: Option<u32>,
+    pub strategy: Option<String>,
+    pub balance_abs: Option<i64>,
+    pub balance_rel: Option<f64>,
+    pub load_cost_tokens: Option<i64>,
+    pub prefix_max_sequences: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -154,6 +159,23 @@ pub struct RawCatalog {
 pub struct RawLogging {
     pub level: Option<String>,
     pub json: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    /// Free slots, then queued plus running tasks, then free VRAM.
+    LeastLoaded,
+    /// Prompt tokens the pool's engine already holds, weighed against its load.
+    CacheAware,
+}
+
+impl Strategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::LeastLoaded => "least-loaded",
+            Strategy::CacheAware => "cache-aware",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -202,6 +224,16 @@ pub struct Config {
     pub dispatch_retries: u32,
     /// Mid-stream migrations of one task to another engine (0: a lost engine ends the task).
     pub migration_limit: u32,
+    /// `placement.strategy`: how a pool is chosen among free candidates.
+    pub strategy: Strategy,
+    /// Cache-aware guard: load wins when the busiest candidate runs more than `balance_abs` tasks
+    /// beyond the idlest and more than `balance_rel` times its load.
+    pub balance_abs: usize,
+    pub balance_rel: f64,
+    /// Prompt tokens a queued or running task on a pool is worth when weighed against reuse.
+    pub load_cost_tokens: u64,
+    /// Sequences the prefix index keeps in all.
+    pub prefix_max_sequences: usize,
     pub heartbeat_interval: Duration,
     pub heartbeat_timeout: Duration,
     pub worker_connect_timeout: Duration,
@@ -468,6 +500,38 @@ impl RawConfig {
                 FullPolicy::Reject
             }
         };
+        let strategy = match self.placement.strategy.as_deref().unwrap_or("least-loaded") {
+            "least-loaded" => Strategy::LeastLoaded,
+            "cache-aware" => Strategy::CacheAware,
+            other => {
+                p.push(format!(
+                    "placement.strategy: {other:?} is not one of least-loaded, cache-aware"
+                ));
+                Strategy::LeastLoaded
+            }
+        };
+        let balance_abs = positive(
+            "placement.balance_abs",
+            self.placement.balance_abs,
+            2,
+            &mut p,
+        );
+        let balance_rel = self.placement.balance_rel.unwrap_or(1.5);
+        if !(balance_rel.is_finite() && balance_rel >= 1.0) {
+            p.push("placement.balance_rel: must be a number of at least 1.0".into());
+        }
+        let load_cost = positive(
+            "placement.load_cost_tokens",
+            self.placement.load_cost_tokens,
+            256,
+            &mut p,
+        );
+        let prefix_max = positive(
+            "placement.prefix_max_sequences",
+            self.placement.prefix_max_sequences,
+            100_000,
+            &mut p,
+        );
         let burst = positive(
             "queue.interactive_burst",
             self.queue.interactive_burst,
@@ -573,6 +637,11 @@ impl RawConfig {
             allow_pin: self.placement.allow_pin.unwrap_or(true),
             dispatch_retries: self.placement.dispatch_retries.unwrap_or(2),
             migration_limit: self.placement.migration_limit.unwrap_or(2),
+            strategy,
+            balance_abs: balance_abs as usize,
+            balance_rel,
+            load_cost_tokens: load_cost,
+            prefix_max_sequences: prefix_max as usize,
             heartbeat_interval,
             heartbeat_timeout,
             worker_connect_timeout: ms(self.worker.connect_timeout_ms, 2_000),

@@ -18,6 +18,9 @@ pub const LATENCY_DECODE: &str = "latency_decode_ms";
 pub const OVERHEAD: &str = "orchestrator_overhead_ms";
 pub const BACKPRESSURE: &str = "admission_backpressure_events_total";
 pub const PLACEMENT_DECISIONS: &str = "placement_decisions_total";
+pub const PROMPT_TOKENS: &str = "prompt_tokens_total";
+pub const PROMPT_TOKENS_CACHED: &str = "prompt_tokens_cached_total";
+pub const PLACEMENT_PREFIX_PREDICTED_TOKENS: &str = "placement_prefix_predicted_tokens_total";
 pub const PLACEMENT_CANDIDATES: &str = "placement_candidates_considered";
 pub const POOL_RELOADS: &str = "pool_reloads_total";
 pub const KV_CACHE_USAGE: &str = "kv_cache_usage_ratio";
@@ -59,6 +62,9 @@ const HELP: &[(&str, &str, &str)] = &[
     (OVERHEAD, "histogram", "Time orchestratord added before the first token, excluding queue wait and engine time, ms."),
     (BACKPRESSURE, "counter", "429 answers and queue evictions."),
     (PLACEMENT_DECISIONS, "counter", "Placement decisions by outcome."),
+    (PROMPT_TOKENS, "counter", "Prompt tokens of finished attempts, per pool, as the engine counted them (cached ones included)."),
+    (PROMPT_TOKENS_CACHED, "counter", "Prompt tokens the engine reused from its prompt cache (its cache_n), per pool."),
+    (PLACEMENT_PREFIX_PREDICTED_TOKENS, "counter", "Prompt tokens cache-aware placement predicted the chosen pool holds, per pool; compare with prompt_tokens_cached_total."),
     (PLACEMENT_CANDIDATES, "gauge", "Candidates considered in the latest placement decision."),
     (POOL_RELOADS, "counter", "Pool reloads by outcome (success, rolled_back, failed)."),
     (KV_CACHE_USAGE, "gauge", "Context in use by running requests over the pool's total context (0..1), from heartbeats."),

@@ -76,6 +76,8 @@ impl TaskRun {
                     seed: self.req.params.sampling.seed,
                     engine_ttft_ms: ttft,
                     engine_decode_ms: 0,
+                    tokens_cached: None,
+                    slot: None,
                 },
                 true,
             ),
@@ -173,6 +175,7 @@ impl TaskRun {
                     n_predict,
                     stream: true,
                     cache_prompt: true,
+                    id_slot: self.req.id_slot,
                     seed: s.seed,
                     temperature: s.temperature,
                     top_p: s.top_p,
@@ -472,6 +475,8 @@ fn end_event(
         seed: f.generation_settings.as_ref().and_then(|g| g.seed).or(seed),
         engine_ttft_ms: ttft,
         engine_decode_ms: timings.predicted_ms.unwrap_or(0.0).max(0.0) as u64,
+        tokens_cached: timings.cache_n.filter(|n| *n >= 0.0).map(|n| n as u64),
+        slot: f.id_slot.and_then(|s| u32::try_from(s).ok()),
     };
     (event, tps)
 }
@@ -649,6 +654,8 @@ mod tests {
             seed: Some(seed),
             engine_ttft_ms: Some(7),
             engine_decode_ms: decode,
+            tokens_cached: None,
+            slot: None,
         }
     }
 

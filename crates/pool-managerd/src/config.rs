@@ -141,6 +141,9 @@ pub struct RawPool {
     pub embedding: Option<bool>,
     pub pooling: Option<String>,
     pub provisioning_target: Option<bool>,
+    /// The engine's host-RAM prompt cache in MiB (`--cache-ram`; 0 turns it off); the engine's
+    /// own default when absent.
+    pub cache_ram_mib: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -190,8 +193,9 @@ pub struct PoolSpec {
     pub device_mask: String,
     pub gpu_policy: GpuPolicy,
     pub engine_source: String,
-    /// The engine's extra flags; a `chat_template_file` is passed here as `--chat-template-file`,
-    /// an embedding pool's `--embedding --pooling …` too.
+    /// The engine's extra flags: `cache_ram_mib` first as `--cache-ram N`, then `extra_args`; a
+    /// `chat_template_file` is passed here as `--chat-template-file`, an embedding pool's
+    /// `--embedding --pooling …` too.
     pub extra_args: Vec<String>,
     /// `embedding` for an embedding pool, else `completion`.
     pub workload: api::task::Workload,
@@ -639,6 +643,24 @@ fn validate_pools(
         let device_mask =
             validate_devices(&key, rp.devices.as_deref().unwrap_or("0"), policy, host, p);
         let engine_source = rp.engine_source.clone().unwrap_or_else(|| "default".into());
+        let cache_ram = match rp.cache_ram_mib {
+            Some(n) if n < 0 => {
+                p.push(format!("{key}.cache_ram_mib: must be 0 or more, got {n}"));
+                None
+            }
+            Some(_)
+                if rp
+                    .extra_args
+                    .iter()
+                    .any(|a| a == "--cache-ram" || a == "-cram") =>
+            {
+                p.push(format!(
+                    "{key}.extra_args: --cache-ram repeats {key}.cache_ram_mib"
+                ));
+                None
+            }
+            other => other,
+        };
         if !engines.contains_key(&engine_source) {
             p.push(format!(
                 "{key}.engine_source: no engine source named {engine_source:?} under [engines]"
@@ -652,7 +674,10 @@ fn validate_pools(
                 ));
             }
         }
-        let mut extra_args = rp.extra_args.clone();
+        let mut extra_args: Vec<String> = cache_ram
+            .map(|n| vec!["--cache-ram".to_string(), n.to_string()])
+            .unwrap_or_default();
+        extra_args.extend(rp.extra_args.iter().cloned());
         if let Some(t) = &rp.chat_template_file {
             if !Path::new(t).is_file() {
                 p.push(format!(
@@ -819,6 +844,8 @@ mod tests {
             devices = "cpu"
             gpu_policy = "cpu"
             provisioning_target = false
+            cache_ram_mib = 512
+            extra_args = ["--temp", "0"]
             [engines.default]
             kind = "git"
             git_url = "https://example.invalid/llama.cpp"
@@ -839,6 +866,12 @@ mod tests {
             "no model_ref: the pool starts Unloaded"
         );
         assert!(!cfg.pools[1].provisioning_target);
+        assert_eq!(
+            cfg.pools[1].extra_args,
+            ["--cache-ram", "512", "--temp", "0"],
+            "cache_ram_mib becomes the engine's --cache-ram"
+        );
+        assert!(cfg.pools[0].extra_args.is_empty());
         let bad: RawConfig = toml::from_str(
             "[[pools]]\nid = \"c\"\nmodel_ref = \"file:rel.gguf\"\nmodel_digest = \"md5:00\"\n",
         )
@@ -866,8 +899,13 @@ mod tests {
             slots = 0
             gpu_policy = "gpu"
             engine_source = "nope"
-            extra_args = ["--port", "1"]
+            extra_args = ["--port", "1", "--cache-ram", "8"]
             chat_template_file = "/nonexistent/t.jinja"
+            cache_ram_mib = -1
+            [[pools]]
+            id = "c"
+            cache_ram_mib = 8
+            extra_args = ["--cache-ram", "8"]
             "#,
         )
         .unwrap();
@@ -880,6 +918,8 @@ mod tests {
             "no CUDA device",
             "engine_source",
             "--port",
+            "pools[0].cache_ram_mib",
+            "pools[1].extra_args: --cache-ram repeats",
             "pools[0].chat_template_file: template file /nonexistent/t.jinja does not exist",
         ] {
             assert!(

@@ -423,6 +423,7 @@ mod tests {
             deadline_remaining_ms: None,
             priority: api::task::Priority::Interactive,
             resume: None,
+            id_slot: None,
         };
         edit(&mut req);
         serde_json::to_vec(&req).unwrap()

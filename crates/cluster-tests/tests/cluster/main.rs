@@ -13,6 +13,7 @@ mod happy;
 mod nodes;
 mod observe;
 mod openai;
+mod prefix;
 mod provision;
 mod refusals;
 mod sched;
@@ -42,6 +43,12 @@ fn scenarios() -> Vec<(&'static str, bool, Scenario)> {
             |a| Box::pin(refusals::missing_model_or_engine(a)),
         ),
         ("e2e_haiku", true, |a| Box::pin(happy::haiku(a))),
+        ("cache_aware_conversation_follows_its_history", true, |a| {
+            Box::pin(prefix::conversation_follows_its_history(a))
+        }),
+        ("cache_aware_imbalance_guard_lets_load_win", true, |a| {
+            Box::pin(prefix::imbalance_guard_lets_load_win(a))
+        }),
         ("engine_apply_template_matches_chat_endpoint", true, |a| {
             Box::pin(template::apply_template_matches_chat(a))
         }),

@@ -460,6 +460,7 @@ mod tests {
                 decode_time_ms: 1,
                 stop_reason: StopReason::Eos,
                 canceled: false,
+                tokens_cached: None,
             })),
         ];
         ev.terminal_seen = true;

@@ -16,6 +16,7 @@ pub mod models;
 pub mod nodes;
 pub mod ops;
 pub mod placement;
+pub mod prefix;
 pub mod provision;
 pub mod queue;
 pub mod registry;
@@ -181,6 +182,15 @@ pub struct TaskEntry {
     migrated_from: Option<(PoolId, &'static str)>,
     /// The first token's moment, kept across a migration's return to the queue.
     carried_first_token: Option<lifecycle::Stamp>,
+    /// The request's chained block hashes (cache-aware placement; empty under least-loaded).
+    prefix_key: Vec<u64>,
+    /// Prompt tokens placement predicted the current attempt's engine holds, and its slot.
+    predicted_cached: u64,
+    predicted_slot: Option<u32>,
+    /// The generated text over all attempts (what the engine holds after the prompt).
+    gen_text: String,
+    /// Prompt tokens the engine reused, from the worker's `end`.
+    tokens_cached: Option<u64>,
 }
 
 impl TaskEntry {
@@ -228,6 +238,8 @@ pub struct Core<E: Effects> {
     catalog: catalog::Catalog,
     /// `load-model` and node-level catalog commands in flight.
     loads: provision::Loads,
+    /// What each pool's engine holds, for cache-aware placement.
+    prefix: prefix::PrefixIndex,
     /// Tenants' policies and usage.
     tenants: tenants::Tenants,
     /// The cluster event bus (`GET /v2/events`).
@@ -243,7 +255,6 @@ impl<E: Effects> Core<E> {
     ) -> Self {
         let sessions = sessions::Sessions::new(cfg.session_ttl);
         Self {
-            cfg: cfg.clone(),
             effects,
             metrics,
             registry: registry::Registry::default(),
@@ -255,7 +266,16 @@ impl<E: Effects> Core<E> {
             catalog,
             loads: provision::Loads::default(),
             bus: bus::Bus::default(),
+            prefix: prefix::PrefixIndex::new(prefix::Limits {
+                max_sequences: cfg.prefix_max_sequences,
+            }),
+            cfg,
         }
+    }
+
+    /// Sequences the prefix index holds (benchmarks and tests).
+    pub fn prefix_sequences(&self) -> usize {
+        self.prefix.len()
     }
 
     /// The effects recorder or performer (tests read what the core asked for).
@@ -314,9 +334,10 @@ impl<E: Effects> Core<E> {
                 {
                     continue;
                 }
-                let Some((pool, fallback)) = self.place(id) else {
+                let Some((pool, fallback, predicted)) = self.place(id) else {
                     continue;
                 };
+                self.set_prediction(id, predicted);
                 let prio = self
                     .tasks
                     .get(&id)
@@ -335,8 +356,22 @@ impl<E: Effects> Core<E> {
     }
 
     /// The pool a queued task should go to now, if any, and whether `allow_fallback` decided it.
-    fn place(&self, id: TaskId) -> Option<(PoolId, bool)> {
+    fn place(&self, id: TaskId) -> Option<(PoolId, bool, prefix::Match)> {
         let t = self.tasks.get(&id)?;
+        let saved: Vec<(PoolId, prefix::Match)> = if t.prefix_key.is_empty() {
+            Vec::new()
+        } else {
+            self.prefix.lookup(&t.prefix_key)
+        };
+        let saved_tokens: Vec<(PoolId, u64)> =
+            saved.iter().map(|(p, m)| (p.clone(), m.tokens)).collect();
+        let hints = placement::CacheHints {
+            saved: &saved_tokens,
+            balance_abs: self.cfg.balance_abs,
+            balance_rel: self.cfg.balance_rel,
+            load_cost_tokens: self.cfg.load_cost_tokens,
+        };
+        let cache_aware = self.cfg.strategy == crate::config::Strategy::CacheAware;
         let views: Vec<_> = self
             .pool_views()
             .into_iter()
@@ -354,14 +389,31 @@ impl<E: Effects> Core<E> {
             &t.v.placement,
             affinity.as_ref(),
             &t.tried,
+            cache_aware.then_some(&hints),
         );
         let pool = choice.pool?;
+        let predicted = saved.iter().find(|(p, _)| p == pool).map_or(
+            prefix::Match {
+                bytes: 0,
+                tokens: 0,
+                slot: None,
+            },
+            |(_, m)| *m,
+        );
         self.metrics.set(
             crate::metrics::PLACEMENT_CANDIDATES,
             vec![],
             choice.considered as f64,
         );
-        Some((pool.clone(), choice.fallback))
+        Some((pool.clone(), choice.fallback, predicted))
+    }
+
+    /// Keeps what placement predicted for the attempt about to start.
+    fn set_prediction(&mut self, id: TaskId, m: prefix::Match) {
+        if let Some(t) = self.tasks.get_mut(&id) {
+            t.predicted_cached = m.tokens;
+            t.predicted_slot = m.slot;
+        }
     }
 
     pub fn pool_views(&self) -> Vec<placement::PoolView<'_>> {

@@ -161,6 +161,20 @@ impl<E: Effects> Core<E> {
                 );
             }
         }
+        // What the engine held is gone once the pool is not Ready, or when it serves another engine
+        // or model than before (a restart between heartbeats shows as one of those).
+        let engine_reset = match self.registry.pool(&id) {
+            Some(e) => {
+                status.state != PoolState::Ready
+                    || e.status.state != PoolState::Ready
+                    || e.status.engine_version != status.engine_version
+                    || e.status.models != status.models
+            }
+            None => true,
+        };
+        if engine_reset {
+            self.prefix.clear_pool(&id);
+        }
         let mut restarted = None;
         match self.registry.pool_mut(&id) {
             Some(e) => {

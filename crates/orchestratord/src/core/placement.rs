@@ -55,6 +55,28 @@ pub struct Choice<'a> {
     pub fallback: bool,
 }
 
+/// Cache-aware placement inputs (`placement.strategy = "cache-aware"`): the prompt tokens each
+/// pool's engine already holds for this task, and the hot-spot guard.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheHints<'h> {
+    /// Pools with a prefix match and the prompt tokens it would save.
+    pub saved: &'h [(PoolId, u64)],
+    /// Load wins when the busiest candidate has more than `balance_abs` tasks beyond the idlest...
+    pub balance_abs: usize,
+    /// ...and more than `balance_rel` times the idlest's load.
+    pub balance_rel: f64,
+    /// What one queued or running task on a pool costs, in prompt tokens.
+    pub load_cost_tokens: u64,
+}
+
+/// True when the candidates' loads are imbalanced beyond the guard's thresholds.
+pub fn imbalanced(loads: impl Iterator<Item = usize> + Clone, abs: usize, rel: f64) -> bool {
+    let (Some(max), Some(min)) = (loads.clone().max(), loads.min()) else {
+        return false;
+    };
+    max - min > abs && max as f64 > min as f64 * rel
+}
+
 /// Picks the pool for a task among `pools`. `affinity` is the session's last pool. The order is
 /// total, so equal inputs give equal decisions.
 ///
@@ -68,6 +90,7 @@ pub fn choose<'a>(
     placement: &Placement,
     affinity: Option<&PoolId>,
     tried: &[PoolId],
+    cache: Option<&CacheHints<'_>>,
 ) -> Choice<'a> {
     let mut cands: Vec<&PoolView<'a>> = pools
         .iter()
@@ -90,6 +113,7 @@ pub fn choose<'a>(
     let preferred = |p: &PoolView<'_>| {
         placement.mode == PlacementMode::Prefer && placement.prefer_pools.contains(p.pool_id)
     };
+    let cand_loads: Vec<usize> = cands.iter().map(|p| p.load).collect();
     let free: Vec<&PoolView<'a>> = cands.into_iter().filter(|p| p.free_slots > 0).collect();
     // The best tier: preferred pools with a free slot under `prefer`, else every free candidate
     // (none at all under `prefer` without fallback).
@@ -111,15 +135,32 @@ pub fn choose<'a>(
     if let Some(p) = affinity.and_then(|a| tier.iter().find(|p| p.pool_id == a)) {
         return choice(Some(p.pool_id));
     }
-    // One pass with a total order: O(pools) per decision, no sorting.
-    let best = tier.into_iter().min_by(|a, b| {
-        b.free_slots
-            .cmp(&a.free_slots)
-            .then(a.load.cmp(&b.load))
-            .then(b.free_vram.cmp(&a.free_vram))
-            .then(a.node_id.cmp(b.node_id))
-            .then(a.pool_id.cmp(b.pool_id))
+    // Cache-aware: prompt tokens saved minus load, unless the candidates are imbalanced (then
+    // load decides, as under least-loaded). Scores are computed once per pool.
+    let cache_on = cache.filter(|c| {
+        !c.saved.is_empty() && !imbalanced(cand_loads.iter().copied(), c.balance_abs, c.balance_rel)
     });
+    let saved: std::collections::HashMap<&PoolId, u64> = cache_on
+        .map(|c| c.saved.iter().map(|(p, n)| (p, *n)).collect())
+        .unwrap_or_default();
+    let scored = tier.into_iter().map(|p| {
+        let score = cache_on.map_or(0, |c| {
+            saved.get(p.pool_id).copied().unwrap_or(0) as i64
+                - (p.load as u64 * c.load_cost_tokens) as i64
+        });
+        (p, score)
+    });
+    // One pass with a total order: O(pools) per decision, no sorting.
+    let best = scored
+        .min_by(|(a, sa), (b, sb)| {
+            sb.cmp(sa)
+                .then(b.free_slots.cmp(&a.free_slots))
+                .then(a.load.cmp(&b.load))
+                .then(b.free_vram.cmp(&a.free_vram))
+                .then(a.node_id.cmp(b.node_id))
+                .then(a.pool_id.cmp(b.pool_id))
+        })
+        .map(|(p, _)| p);
     choice(best.map(|p| p.pool_id))
 }
 
@@ -158,7 +199,7 @@ mod tests {
         expected: Option<&str>,
     ) {
         assert_eq!(
-            choose(pools, id("m"), None, placement, affinity.map(id), &[])
+            choose(pools, id("m"), None, placement, affinity.map(id), &[], None)
                 .pool
                 .map(PoolId::as_str),
             expected
@@ -339,7 +380,7 @@ mod tests {
     #[test]
     fn fallback_is_reported_when_allow_fallback_decided() {
         let fallback = |pools: &[PoolView<'_>], placement: &Placement| {
-            let c = choose(pools, id("m"), None, placement, None, &[]);
+            let c = choose(pools, id("m"), None, placement, None, &[], None);
             (c.pool.cloned(), c.fallback)
         };
         let avoid_a = Placement {
@@ -373,5 +414,82 @@ mod tests {
             fallback(&[pool("a", "n1", 1, 0)], &Placement::default()),
             (Some(id::<PoolId>("a").clone()), false)
         );
+    }
+
+    fn hints(saved: &[(PoolId, u64)]) -> CacheHints<'_> {
+        CacheHints {
+            saved,
+            balance_abs: 2,
+            balance_rel: 1.5,
+            load_cost_tokens: 100,
+        }
+    }
+
+    fn cached(
+        pools: &[PoolView<'_>],
+        saved: &[(&str, u64)],
+        affinity: Option<&str>,
+    ) -> Option<String> {
+        let saved: Vec<(PoolId, u64)> = saved
+            .iter()
+            .map(|(p, n)| (id::<PoolId>(p).clone(), *n))
+            .collect();
+        choose(
+            pools,
+            id("m"),
+            None,
+            &Placement::default(),
+            affinity.map(id),
+            &[],
+            Some(&hints(&saved)),
+        )
+        .pool
+        .map(|p| p.to_string())
+    }
+
+    #[test]
+    fn cache_aware_weighs_saved_tokens_against_load() {
+        let pools = [pool("a", "n1", 2, 0), pool("b", "n1", 1, 1)];
+        // b holds 500 tokens of the prompt; one task there costs 100: b wins.
+        assert_eq!(cached(&pools, &[("b", 500)], None).as_deref(), Some("b"));
+        // 50 tokens are not worth a task's wait.
+        assert_eq!(cached(&pools, &[("b", 50)], None).as_deref(), Some("a"));
+        // No match anywhere: least-loaded.
+        assert_eq!(cached(&pools, &[], None).as_deref(), Some("a"));
+        // The deeper match wins between equal loads.
+        let idle = [
+            pool("a", "n1", 1, 0),
+            pool("b", "n1", 1, 0),
+            pool("c", "n1", 1, 0),
+        ];
+        assert_eq!(
+            cached(&idle, &[("a", 100), ("c", 300)], None).as_deref(),
+            Some("c")
+        );
+        // A session's pool still comes first.
+        assert_eq!(
+            cached(&idle, &[("c", 300)], Some("b")).as_deref(),
+            Some("b")
+        );
+        // A pool with no free slot is never chosen.
+        let full = [pool("a", "n1", 1, 0), pool("b", "n1", 0, 1)];
+        assert_eq!(cached(&full, &[("b", 5000)], None).as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn the_imbalance_guard_lets_load_win() {
+        // b runs 5 tasks, a none: 5 - 0 > 2 and 5 > 0 × 1.5, so load decides despite the match.
+        let pools = [pool("a", "n1", 4, 0), pool("b", "n1", 3, 5)];
+        assert_eq!(
+            cached(&pools, &[("b", 100_000)], None).as_deref(),
+            Some("a")
+        );
+        // Within the thresholds the match wins.
+        let near = [pool("a", "n1", 4, 1), pool("b", "n1", 3, 2)];
+        assert_eq!(cached(&near, &[("b", 1000)], None).as_deref(), Some("b"));
+        assert!(imbalanced([0, 5].into_iter(), 2, 1.5));
+        assert!(!imbalanced([4, 6].into_iter(), 2, 1.5));
+        assert!(!imbalanced([2, 4].into_iter(), 2, 1.5));
+        assert!(!imbalanced(std::iter::empty(), 2, 1.5));
     }
 }

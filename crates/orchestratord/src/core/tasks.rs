@@ -13,6 +13,10 @@ use api::{ErrorCode, ErrorEnvelope, ModelId, NodeId, PoolId, TaskId, TenantId};
 use super::admit::bool_str;
 use super::lifecycle::{Outcome, Stamp};
 use super::{CancelJob, Core, DispatchJob, Effects, TaskLog, Timer};
+
+/// The prefix index holds up to this many times a pool's slots × context in tokens per pool: the
+/// engine's host-RAM prompt cache (`--cache-ram`) keeps earlier prompts beyond its slots.
+const PREFIX_POOL_FACTOR: u64 = 8;
 use crate::admission::ValidatedTask;
 use crate::metrics::{self as m, labels};
 
@@ -305,6 +309,7 @@ impl<E: Effects> Core<E> {
         let digest = pool.status.models.first().and_then(|m| m.digest.clone());
         // A task that names no ctx gets the pool's whole slot (§13.2 `params.ctx`).
         let ctx_per_slot = pool.status.ctx_per_slot;
+        let slots_total = pool.status.slots_total;
         let Some(node) = self.registry.node(&node_id) else {
             return;
         };
@@ -377,7 +382,17 @@ impl<E: Effects> Core<E> {
                 .map(|d| d.saturating_duration_since(now).as_millis() as u64),
             priority: t.v.priority,
             resume: t.resume_from.map(|n| t.gen_ids[..n].to_vec()),
+            id_slot: t
+                .predicted_slot
+                .filter(|_| slots_total > 1 && t.resume_from.is_none()),
         };
+        if t.predicted_cached > 0 {
+            self.metrics.inc(
+                m::PLACEMENT_PREFIX_PREDICTED_TOKENS,
+                labels(&[("pool_id", pool_id.as_str())]),
+                t.predicted_cached as f64,
+            );
+        }
         let attempt = t.attempts;
         let session = t.v.session_id;
         if !first {
@@ -454,6 +469,9 @@ impl<E: Effects> Core<E> {
                 if text.is_empty() {
                     return;
                 }
+                if !t.prefix_key.is_empty() {
+                    t.gen_text.push_str(&text);
+                }
                 t.ids_sent = t.gen_ids.len();
                 if t.life.first_token(Stamp::at(now)) {
                     self.bus.mark_task(id);
@@ -510,7 +528,14 @@ impl<E: Effects> Core<E> {
                 seed,
                 engine_ttft_ms,
                 engine_decode_ms,
+                tokens_cached,
+                slot,
             } => {
+                self.cache_feedback(id, tokens_in, tokens_out, tokens_cached, slot);
+                let Some(t) = self.tasks.get_mut(&id) else {
+                    return;
+                };
+                t.tokens_cached = tokens_cached;
                 // A continuation's prompt holds the tokens generated before it.
                 let before = t.resume_from.unwrap_or(0) as u64;
                 t.tokens_in = tokens_in.saturating_sub(before);
@@ -555,6 +580,52 @@ impl<E: Effects> Core<E> {
                 self.attempt_failed(id, env, Lost::Engine, now);
             }
         }
+    }
+
+    /// Engine feedback on a finished attempt: prompt token metrics, then the prefix index learns
+    /// what the engine now holds and forgets what it predicted but the engine did not reuse.
+    fn cache_feedback(
+        &mut self,
+        id: TaskId,
+        tokens_in: u64,
+        tokens_out: u64,
+        tokens_cached: Option<u64>,
+        slot: Option<u32>,
+    ) {
+        let Some(t) = self.tasks.get(&id) else { return };
+        let Some(pool) = t.pool.clone() else { return };
+        let pl = labels(&[("pool_id", pool.as_str())]);
+        self.metrics
+            .inc(m::PROMPT_TOKENS, pl.clone(), tokens_in as f64);
+        if let Some(c) = tokens_cached {
+            self.metrics.inc(m::PROMPT_TOKENS_CACHED, pl, c as f64);
+        }
+        if t.prefix_key.is_empty() || t.resume_from.is_some() {
+            return;
+        }
+        if let Some(c) = tokens_cached {
+            self.prefix
+                .correct(&pool, &t.prefix_key, t.predicted_cached, c);
+        }
+        let request = super::prefix::request_text(&t.v.input);
+        let text = super::prefix::sequence_text(&t.v.input, &t.gen_text);
+        if let Some(p) = self.registry.pool(&pool) {
+            let cap = u64::from(p.status.slots_total.max(1)) * p.status.ctx_per_slot.max(1);
+            self.prefix.set_capacity(
+                &pool,
+                super::prefix::PoolCapacity {
+                    tokens: cap * PREFIX_POOL_FACTOR,
+                },
+            );
+        }
+        self.prefix.insert(
+            &pool,
+            slot,
+            &text,
+            tokens_in + tokens_out,
+            request.len(),
+            tokens_in,
+        );
     }
 
     /// The dispatch stream ended without a terminal line, or could not be opened.
@@ -695,7 +766,8 @@ impl<E: Effects> Core<E> {
             self.fail_stranded(id, why, now);
             return;
         }
-        if let Some((pool, fallback)) = self.place(id) {
+        if let Some((pool, fallback, predicted)) = self.place(id) {
+            self.set_prediction(id, predicted);
             self.start_attempt(id, &pool, fallback, now);
             return;
         }
@@ -852,6 +924,7 @@ impl<E: Effects> Core<E> {
             decode_time_ms: decode,
             stop_reason: reason,
             canceled: reason == StopReason::Canceled,
+            tokens_cached: t.tokens_cached,
         }));
         let pool = t.pool_label();
         let node = t.node_label();
@@ -1130,6 +1203,16 @@ impl<E: Effects> Core<E> {
     /// Tasks running on `node_id` when it is lost: before the first token they fail over, after it
     /// they migrate (or end with WORKER_RESET past the migration limit; API.md §7.5).
     pub(super) fn node_lost(&mut self, node_id: &NodeId, now: Instant) {
+        let pools: Vec<PoolId> = self
+            .registry
+            .pools()
+            .iter()
+            .filter(|(_, p)| p.node_id == *node_id)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for p in &pools {
+            self.prefix.clear_pool(p);
+        }
         let ids: Vec<TaskId> = self
             .tasks
             .iter()

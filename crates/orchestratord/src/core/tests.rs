@@ -156,6 +156,8 @@ fn finish(core: &mut Core<Recorded>, id: TaskId, now: Instant) {
             seed: Some(1),
             engine_ttft_ms: Some(1),
             engine_decode_ms: 1,
+            tokens_cached: None,
+            slot: None,
         },
         now,
     );
@@ -1581,6 +1583,8 @@ fn a_lost_engine_mid_stream_migrates_with_the_token_ids() {
             seed: Some(1),
             engine_ttft_ms: Some(1),
             engine_decode_ms: 1,
+            tokens_cached: None,
+            slot: None,
         },
         now,
     );
@@ -1698,10 +1702,146 @@ fn a_refused_continuation_waits_without_spending_a_migration() {
             seed: Some(1),
             engine_ttft_ms: Some(1),
             engine_decode_ms: 1,
+            tokens_cached: None,
+            slot: None,
         },
         now,
     );
     assert!(matches!(frames(&core, t).last(), Some(Event::End(e)) if e.tokens_out == 2));
+}
+
+/// Finishes `id` as the engine would: `text` generated, `tokens_in` prompt tokens of which the
+/// engine reused `cached`, in `slot`.
+fn finish_cached(
+    core: &mut Core<Recorded>,
+    id: TaskId,
+    text: &str,
+    (tokens_in, cached, slot): (u64, u64, u32),
+    now: Instant,
+) {
+    let attempt = core.tasks[&id].attempts;
+    core.on_worker(
+        id,
+        attempt,
+        WorkerEvent::Token {
+            i: 0,
+            t: text.into(),
+            ids: vec![],
+            logprobs: vec![],
+        },
+        now,
+    );
+    core.on_worker(
+        id,
+        attempt,
+        WorkerEvent::End {
+            tokens_in,
+            tokens_out: 1,
+            stop_reason: StopReason::Eos,
+            seed: Some(1),
+            engine_ttft_ms: Some(1),
+            engine_decode_ms: 1,
+            tokens_cached: Some(cached),
+            slot: Some(slot),
+        },
+        now,
+    );
+}
+
+#[test]
+fn cache_aware_placement_follows_the_prefix_and_learns_from_the_engine() {
+    let now = Instant::now();
+    let mut core = core_with(|c| {
+        c.strategy = crate::config::Strategy::CacheAware;
+        c.load_cost_tokens = 100;
+    });
+    register(&mut core, "n1", vec![pool("a", 2), pool("b", 2)], now);
+    let history: String = (0..500).map(|i| format!("w{i} ")).collect();
+    let submit_prompt = |core: &mut Core<Recorded>, prompt: String| {
+        core.submit(task(|r| r.prompt = Some(prompt)), cid("cid"), now)
+            .map(|(a, _)| a.task_id)
+            .expect("admitted")
+    };
+    let t1 = submit_prompt(&mut core, history.clone());
+    assert_eq!(dispatched(&core)[0].1, pid("a"), "tie-break: a");
+    finish_cached(&mut core, t1, " ok", (700, 0, 1), now);
+    // An unrelated task makes a the busier pool: least-loaded would now pick b.
+    let _busy = submit_prompt(&mut core, "hi".into());
+    assert_eq!(dispatched(&core)[1].1, pid("a"));
+    let t2 = submit_prompt(&mut core, format!("{history} ok and more"));
+    let job = core.effects.dispatched.last().expect("dispatched").clone();
+    assert_eq!(job.body.pool_id, pid("a"), "the pool holding the prefix");
+    assert_eq!(job.body.id_slot, Some(1), "the slot holding it");
+    let predicted = core.tasks[&t2].predicted_cached;
+    assert!(predicted > 500, "predicted {predicted} tokens");
+    finish_cached(&mut core, t2, " yes", (720, 690, 1), now);
+    let ends: Vec<_> = frames(&core, t2)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::End(e) => Some(e.tokens_cached),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ends, vec![Some(690)]);
+    let text = core.metrics.render(&[]);
+    for line in [
+        "prompt_tokens_total{pool_id=\"a\"} 1420".to_string(),
+        "prompt_tokens_cached_total{pool_id=\"a\"} 690".to_string(),
+        format!("placement_prefix_predicted_tokens_total{{pool_id=\"a\"}} {predicted}"),
+    ] {
+        assert!(text.contains(&line), "{line} in\n{text}");
+    }
+    // The pool restarts: its entries go, and the next request is placed by load (b).
+    assert!(core.prefix.pool_len(&pid("a")) > 0);
+    let mut starting = pool("a", 2);
+    starting.state = PoolState::Starting;
+    heartbeat(
+        &mut core,
+        "n1",
+        1,
+        vec![starting, pool("b", 2)],
+        vec![],
+        now,
+    );
+    assert_eq!(core.prefix.pool_len(&pid("a")), 0);
+    heartbeat(
+        &mut core,
+        "n1",
+        2,
+        vec![pool("a", 2), pool("b", 2)],
+        vec![],
+        now,
+    );
+    let _t3 = submit_prompt(&mut core, format!("{history} ok and more yes"));
+    assert_eq!(
+        core.effects.dispatched.last().unwrap().body.pool_id,
+        pid("b")
+    );
+}
+
+#[test]
+fn least_loaded_ignores_prefixes() {
+    let now = Instant::now();
+    let mut core = core_with(|_| {});
+    register(&mut core, "n1", vec![pool("a", 2), pool("b", 2)], now);
+    let history: String = (0..500).map(|i| format!("w{i} ")).collect();
+    let t1 = core
+        .submit(task(|r| r.prompt = Some(history.clone())), cid("c"), now)
+        .unwrap()
+        .0
+        .task_id;
+    finish_cached(&mut core, t1, " ok", (700, 0, 1), now);
+    let _busy = submit(&mut core, Priority::Interactive, now).unwrap();
+    core.submit(
+        task(|r| r.prompt = Some(format!("{history} ok"))),
+        cid("c"),
+        now,
+    )
+    .unwrap();
+    let job = core.effects.dispatched.last().unwrap();
+    assert_eq!(job.body.pool_id, pid("b"));
+    assert_eq!(job.body.id_slot, None);
+    assert!(core.prefix.is_empty());
 }
 
 /// Task events and task lists are scoped like task reads: a tenant sees its own tasks, an admin

@@ -490,6 +490,7 @@ mod tests {
             decode_time_ms: 0,
             stop_reason: StopReason::Eos,
             canceled: false,
+            tokens_cached: None,
         }));
         assert!(
             end.contains(r#""stop_reason":"tool_use""#)

@@ -309,7 +309,7 @@ async fn whole(
                 Event::ToolCall(d) => calls.push(&d),
                 Event::End(e) => {
                     guard.done = true;
-                    let usage = Usage::new(e.tokens_in, e.tokens_out);
+                    let usage = Usage::new(e.tokens_in, e.tokens_out).cached(e.tokens_cached);
                     let finish_reason = finish_reason(e.stop_reason, !calls.calls.is_empty());
                     let (created, system_fingerprint) = (daemon::now_ms() / 1000, fingerprint);
                     return match kind {
@@ -554,9 +554,9 @@ fn streamed(
                             &chunks.line(Piece::Finish(finish_reason(e.stop_reason, called))),
                         );
                         if include_usage {
-                            out.push_str(
-                                &chunks.line(Piece::Usage(Usage::new(e.tokens_in, e.tokens_out))),
-                            );
+                            out.push_str(&chunks.line(Piece::Usage(
+                                Usage::new(e.tokens_in, e.tokens_out).cached(e.tokens_cached),
+                            )));
                         }
                         out.push_str("data: [DONE]\n\n");
                         finished = true;

@@ -592,6 +592,7 @@ mod tests {
             decode_time_ms: 0,
             stop_reason: StopReason::Eos,
             canceled: false,
+            tokens_cached: None,
         }));
         assert!(
             end.contains("response.function_call_arguments.done")

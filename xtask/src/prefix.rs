@@ -1,0 +1,401 @@
+//! `cargo xtask bench prefix`: three real `llama-server` pools (one slot each, the dev model)
+//! under `placement.strategy = "least-loaded"` and `"cache-aware"`, alternating in one run
+//! (orchestratord restarted with the other strategy between rounds; every round uses fresh system
+//! prompts and questions, so no round finds another's prefixes in the engines' caches).
+//! Workloads: multi-turn conversations in groups sharing a long system prompt, histories growing,
+//! interleaved at random with a fixed number in flight; and a control of independent prompts.
+//! Reports TTFT p50/p90 (client side: submit to first token frame), prompt tokens the engines
+//! evaluated (`tokens_in − tokens_cached` from `end`), the cache hit ratio and total time.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use api::events::Event;
+use api::task::{Message, Role, TaskRequest};
+use llorch::stack::{EngineChoice, NodeSpec, PoolSpec, Stack, StackSpec};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+
+#[derive(clap::Args, Clone)]
+pub struct Args {
+    /// Conversations in the multi-turn workload.
+    #[arg(long, default_value_t = 24)]
+    conversations: usize,
+    /// Turns per conversation.
+    #[arg(long, default_value_t = 6)]
+    turns: usize,
+    /// Groups sharing one system prompt.
+    #[arg(long, default_value_t = 3)]
+    groups: usize,
+    /// Words in each system prompt (about 1.3 tokens each with the dev model).
+    #[arg(long, default_value_t = 750)]
+    system_words: usize,
+    /// Independent prompts in the control workload.
+    #[arg(long, default_value_t = 24)]
+    control: usize,
+    /// Tasks in flight.
+    #[arg(long, default_value_t = 3)]
+    concurrency: usize,
+    /// Rounds per strategy (least-loaded and cache-aware alternate).
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
+    /// Tokens generated per turn.
+    #[arg(long, default_value_t = 12)]
+    max_tokens: u64,
+    /// Use the orchestratord and pool-managerd binaries in this folder instead of building them.
+    #[arg(long)]
+    bin_dir: Option<std::path::PathBuf>,
+}
+
+const POOLS: [&str; 3] = ["cpu0", "cpu1", "cpu2"];
+
+pub async fn run(a: Args) -> anyhow::Result<()> {
+    let root = std::env::current_dir()?;
+    let bin_dir = match &a.bin_dir {
+        Some(d) => d.clone(),
+        None => {
+            crate::build_release(&["orchestratord", "pool-managerd"])?;
+            root.join("target/release")
+        }
+    };
+    let model = llorch::dev::model();
+    let source = llorch::dev::llama_source();
+    if !model.is_file() || !source.is_file() {
+        bail!("dev assets missing: run scripts/dev-assets.sh");
+    }
+    let dir = root.join("target").join("bench-prefix");
+    let _ = std::fs::remove_dir_all(&dir);
+    let engine = EngineChoice::Source {
+        archive: source,
+        sha256: llorch::dev::LLAMA_SOURCE_SHA256.into(),
+    };
+    let mut spec = StackSpec::new(
+        bin_dir,
+        dir.clone(),
+        model.clone(),
+        engine.clone(),
+        llorch::cache_dir().join("engines"),
+    );
+    spec.threads = Some(1);
+    spec.ctx = 4096;
+    spec.orchd_extra = "[placement]\nstrategy = \"least-loaded\"\n".into();
+    let mut stack = Stack::start(spec).await?;
+    for (i, pool) in POOLS.iter().enumerate().skip(1) {
+        stack.add_node(NodeSpec {
+            node_id: format!("n{}", i + 1),
+            engine: engine.clone(),
+            pools: vec![PoolSpec {
+                id: (*pool).into(),
+                model_path: model.clone(),
+                model_id: stack.spec.model_id.clone(),
+                ctx: stack.spec.ctx,
+                slots: 1,
+            }],
+            env: vec![],
+            engine_keys: "threads = 1\n".into(),
+            extra_toml: String::new(),
+        })?;
+    }
+    let result = bench(&mut stack, &a).await;
+    stack.shutdown().await?;
+    result
+}
+
+#[derive(Default, Clone)]
+struct Tally {
+    ttft_ms: Vec<f64>,
+    tokens_in: u64,
+    tokens_cached: u64,
+    wall: Duration,
+    tasks: usize,
+}
+
+impl Tally {
+    fn add(&mut self, o: &Tally) {
+        self.ttft_ms.extend_from_slice(&o.ttft_ms);
+        self.tokens_in += o.tokens_in;
+        self.tokens_cached += o.tokens_cached;
+        self.wall += o.wall;
+        self.tasks += o.tasks;
+    }
+
+    fn pct(&self, q: f64) -> f64 {
+        let mut v = self.ttft_ms.clone();
+        v.sort_by(f64::total_cmp);
+        if v.is_empty() {
+            return f64::NAN;
+        }
+        v[((v.len() - 1) as f64 * q).round() as usize]
+    }
+
+    fn evaluated(&self) -> u64 {
+        self.tokens_in - self.tokens_cached.min(self.tokens_in)
+    }
+}
+
+async fn bench(stack: &mut Stack, a: &Args) -> anyhow::Result<()> {
+    stack
+        .wait_pools_ready(&POOLS, Duration::from_secs(300))
+        .await?;
+    let strategies = ["least-loaded", "cache-aware"];
+    let mut multi = [Tally::default(), Tally::default()];
+    let mut control = [Tally::default(), Tally::default()];
+    for round in 0..a.rounds {
+        for (s, strategy) in strategies.iter().enumerate() {
+            set_strategy(stack, strategy).await?;
+            let seed = (round * 2 + s) as u64;
+            let m = multi_turn(stack, a, seed).await?;
+            eprintln!(
+                "round {round} {strategy}: multi-turn {} tasks in {:.1} s, TTFT p50 {:.0} ms",
+                m.tasks,
+                m.wall.as_secs_f64(),
+                m.pct(0.5)
+            );
+            multi[s].add(&m);
+            let c = control_run(stack, a, seed).await?;
+            eprintln!(
+                "round {round} {strategy}: control {} tasks in {:.1} s, TTFT p50 {:.0} ms",
+                c.tasks,
+                c.wall.as_secs_f64(),
+                c.pct(0.5)
+            );
+            control[s].add(&c);
+        }
+    }
+    println!(
+        "\n{} conversations × {} turns in {} groups (system prompts of {} words), control {} prompts, {} in flight, 3 one-slot pools, {} round(s) per strategy\n",
+        a.conversations, a.turns, a.groups, a.system_words, a.control, a.concurrency, a.rounds
+    );
+    println!("| workload | strategy | TTFT p50 ms | TTFT p90 ms | prompt tokens evaluated | cache hit ratio | total time s |");
+    println!("|---|---|---|---|---|---|---|");
+    for (name, t) in [("multi-turn", &multi), ("control", &control)] {
+        for (s, strategy) in strategies.iter().enumerate() {
+            let x = &t[s];
+            println!(
+                "| {name} | {strategy} | {:.0} | {:.0} | {} | {:.2} | {:.1} |",
+                x.pct(0.5),
+                x.pct(0.9),
+                x.evaluated(),
+                x.tokens_cached as f64 / x.tokens_in.max(1) as f64,
+                x.wall.as_secs_f64()
+            );
+        }
+    }
+    let r = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
+    println!(
+        "\nmulti-turn, cache-aware vs least-loaded: TTFT p50 {:.1}× better (target ≥ 5×), prompt tokens evaluated {:.1}× fewer (target ≥ 3×)",
+        r(multi[0].pct(0.5), multi[1].pct(0.5)),
+        r(multi[0].evaluated() as f64, multi[1].evaluated() as f64)
+    );
+    println!(
+        "control, cache-aware vs least-loaded: total time {:+.1} %, TTFT p50 {:+.1} % (target within 5 %)",
+        (r(control[1].wall.as_secs_f64(), control[0].wall.as_secs_f64()) - 1.0) * 100.0,
+        (r(control[1].pct(0.5), control[0].pct(0.5)) - 1.0) * 100.0
+    );
+    Ok(())
+}
+
+/// Rewrites orchestratord's config with `strategy` and restarts it (its prefix index starts empty).
+async fn set_strategy(stack: &mut Stack, strategy: &str) -> anyhow::Result<()> {
+    let path = stack.spec.dir.join("orchestratord.toml");
+    let text = std::fs::read_to_string(&path)?;
+    let mut out = String::new();
+    for line in text.lines() {
+        if line.starts_with("strategy = ") {
+            out.push_str(&format!("strategy = {strategy:?}\n"));
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    std::fs::write(&path, out)?;
+    stack.restart_orchestratord().await?;
+    stack
+        .wait_pools_ready(&POOLS, Duration::from_secs(120))
+        .await
+}
+
+fn words(rng: &mut rand::rngs::StdRng, n: usize) -> String {
+    const W: &[&str] = &[
+        "river", "stone", "amber", "quiet", "market", "signal", "garden", "copper", "window",
+        "harbor", "lantern", "meadow", "engine", "paper", "silver", "orchard", "thunder", "canvas",
+        "winter", "bridge", "candle", "valley", "mirror", "forest", "planet", "ladder", "velvet",
+    ];
+    (0..n)
+        .map(|_| *W.choose(rng).expect("words"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn request(model: &str, messages: Vec<Message>, max_tokens: u64) -> TaskRequest {
+    let mut r = TaskRequest::new(model);
+    r.messages = Some(messages);
+    r.max_tokens = Some(max_tokens);
+    r.temperature = Some(0.0);
+    r.top_k = Some(1);
+    r.seed = Some(1);
+    r
+}
+
+/// Runs one task: (TTFT ms, tokens_in, tokens_cached, generated text).
+async fn one(
+    client: &client::Client,
+    req: &TaskRequest,
+) -> anyhow::Result<(f64, u64, u64, String)> {
+    let t0 = Instant::now();
+    let adm = client.submit(req).await?.body;
+    let mut s = client.events(&adm.streams.sse).await?;
+    let (mut ttft, mut text) = (None, String::new());
+    while let Some(f) = tokio::time::timeout(Duration::from_secs(300), s.next())
+        .await
+        .context("no frame within 300 s")?
+    {
+        match f?.event {
+            Event::Token(t) => {
+                ttft.get_or_insert_with(|| t0.elapsed().as_secs_f64() * 1000.0);
+                text.push_str(&t.t);
+            }
+            Event::End(e) => {
+                return Ok((
+                    ttft.unwrap_or(f64::NAN),
+                    e.tokens_in,
+                    e.tokens_cached.unwrap_or(0),
+                    text,
+                ))
+            }
+            Event::Error(e) => bail!("task failed: {e:?}"),
+            _ => {}
+        }
+    }
+    bail!("the stream closed without end")
+}
+
+struct Conv {
+    messages: Vec<Message>,
+    turns_left: usize,
+    busy: bool,
+}
+
+async fn multi_turn(stack: &Stack, a: &Args, seed: u64) -> anyhow::Result<Tally> {
+    let client = client::Client::new(&stack.orchd_url, None)?;
+    let model = stack.spec.model_id.clone();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed * 7919 + 1);
+    let systems: Vec<String> = (0..a.groups)
+        .map(|g| {
+            format!(
+                "You are assistant {g}-{seed}. Background: {}",
+                words(&mut rng, a.system_words)
+            )
+        })
+        .collect();
+    let convs: Arc<Mutex<Vec<Conv>>> = Arc::new(Mutex::new(
+        (0..a.conversations)
+            .map(|c| Conv {
+                messages: vec![Message::text(Role::System, systems[c % a.groups].clone())],
+                turns_left: a.turns,
+                busy: false,
+            })
+            .collect(),
+    ));
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let t0 = Instant::now();
+    let mut workers = vec![];
+    for w in 0..a.concurrency {
+        let (client, model, convs, tally) =
+            (client.clone(), model.clone(), convs.clone(), tally.clone());
+        let max_tokens = a.max_tokens;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed * 31 + w as u64);
+        workers.push(tokio::spawn(async move {
+            loop {
+                let pick = {
+                    let mut cs = convs.lock().expect("convs");
+                    let open: Vec<usize> = (0..cs.len())
+                        .filter(|i| !cs[*i].busy && cs[*i].turns_left > 0)
+                        .collect();
+                    if cs.iter().all(|c| c.turns_left == 0) {
+                        None
+                    } else if open.is_empty() {
+                        Some(None)
+                    } else {
+                        let i = open[rng.gen_range(0..open.len())];
+                        cs[i].busy = true;
+                        let q = format!("Question {}: {}?", cs[i].turns_left, words(&mut rng, 6));
+                        cs[i].messages.push(Message::text(Role::User, q));
+                        Some(Some((i, cs[i].messages.clone())))
+                    }
+                };
+                let (i, messages) = match pick {
+                    None => return anyhow::Ok(()),
+                    Some(None) => {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                    Some(Some(x)) => x,
+                };
+                let (ttft, tin, cached, text) =
+                    one(&client, &request(&model, messages, max_tokens)).await?;
+                {
+                    let mut t = tally.lock().expect("tally");
+                    t.ttft_ms.push(ttft);
+                    t.tokens_in += tin;
+                    t.tokens_cached += cached;
+                    t.tasks += 1;
+                }
+                let mut cs = convs.lock().expect("convs");
+                cs[i].messages.push(Message::text(Role::Assistant, text));
+                cs[i].turns_left -= 1;
+                cs[i].busy = false;
+            }
+        }));
+    }
+    for w in workers {
+        w.await??;
+    }
+    let mut t = tally.lock().expect("tally").clone();
+    t.wall = t0.elapsed();
+    Ok(t)
+}
+
+async fn control_run(stack: &Stack, a: &Args, seed: u64) -> anyhow::Result<Tally> {
+    let client = client::Client::new(&stack.orchd_url, None)?;
+    let model = stack.spec.model_id.clone();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed * 104_729 + 3);
+    let prompts: Vec<String> = (0..a.control)
+        .map(|i| format!("Note {i}-{seed}: {}", words(&mut rng, a.system_words / 4)))
+        .collect();
+    let prompts = Arc::new(Mutex::new(prompts));
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let t0 = Instant::now();
+    let mut workers = vec![];
+    for _ in 0..a.concurrency {
+        let (client, model, prompts, tally) = (
+            client.clone(),
+            model.clone(),
+            prompts.clone(),
+            tally.clone(),
+        );
+        let max_tokens = a.max_tokens;
+        workers.push(tokio::spawn(async move {
+            loop {
+                let Some(p) = prompts.lock().expect("prompts").pop() else {
+                    return anyhow::Ok(());
+                };
+                let msgs = vec![Message::text(Role::User, p)];
+                let (ttft, tin, cached, _) =
+                    one(&client, &request(&model, msgs, max_tokens)).await?;
+                let mut t = tally.lock().expect("tally");
+                t.ttft_ms.push(ttft);
+                t.tokens_in += tin;
+                t.tokens_cached += cached;
+                t.tasks += 1;
+            }
+        }));
+    }
+    for w in workers {
+        w.await??;
+    }
+    let mut t = tally.lock().expect("tally").clone();
+    t.wall = t0.elapsed();
+    Ok(t)
+}
