@@ -110,6 +110,7 @@ pub async fn run(a: UpArgs) -> anyhow::Result<()> {
     }
     println!();
     println!("llama-orch is serving at {}", stack.orchd_url);
+    println!("Dashboard: {}/ui/", stack.orchd_url);
     println!("Try it:");
     println!(
         "  curl -s -X POST {url}/v2/tasks -H 'content-type: application/json' \\\n    -d '{{\"model_ref\":\"{m}\",\"messages\":[{{\"role\":\"user\",\"content\":\"Write a haiku about the sea.\"}}],\"max_tokens\":64}}'",
