@@ -4,8 +4,6 @@
 //! `/v2/tasks`. One [`Builder`] turns the task's frames into Anthropic's streamed events and, fed
 //! the same frames, into the whole message, so both forms say the same thing.
 
-use std::convert::Infallible;
-
 use api::anthropic::{
     AnthropicContent, AnthropicError, AnthropicResponse, AnthropicRole, AnthropicStopReason,
     AnthropicToolChoiceKind, AnthropicUsage, ContentBlock, MessagesRequest,
@@ -15,16 +13,16 @@ use api::task::{Message, Priority, Role, TaskRequest};
 use api::tools::{
     FunctionCall, FunctionDef, FunctionKind, ToolCall, ToolChoice, ToolChoiceMode, ToolDef,
 };
-use api::{ErrorCode, ErrorEnvelope, TaskId};
-use axum::body::{Body, Bytes};
+use api::{ErrorEnvelope, TaskId};
+use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use daemon::correlation::CorrelationId;
 use serde_json::{json, Value};
 
-use super::answer::{admit, next_frames};
+use super::answer::{self, Answer};
 use super::{json_body, App};
 
 /// An error in Anthropic's shape, with the HTTP status and headers of the v2 envelope.
@@ -51,81 +49,12 @@ pub async fn messages(
         Err(e) => return error(e),
     };
     let model = req.model_ref.clone();
-    let (task, log, mut guard) = match admit(&app, &cid, caller, req).await {
+    let (task, log, guard) = match answer::admit(&app, &cid, caller, req).await {
         Ok(x) => x,
         Err(e) => return error(e),
     };
-    let mut b = Builder::new(task, model);
-    let mut resp = if stream {
-        let prologue = b.start();
-        let s = futures::stream::unfold(
-            (log, guard, b, 0usize, Some(prologue)),
-            |(log, mut guard, mut b, next, prologue)| async move {
-                if let Some(p) = prologue {
-                    return Some((
-                        Ok::<_, Infallible>(Bytes::from(p)),
-                        (log, guard, b, next, None),
-                    ));
-                }
-                if guard.done {
-                    return None;
-                }
-                let (frames, closed) = next_frames(&log, next).await;
-                let n = next + frames.len();
-                let mut out = String::new();
-                for f in &frames {
-                    out.push_str(&b.feed(f));
-                    if f.is_terminal() {
-                        guard.done = true;
-                    }
-                }
-                if closed {
-                    guard.done = true;
-                }
-                if out.is_empty() && guard.done {
-                    return None;
-                }
-                Some((Ok(Bytes::from(out)), (log, guard, b, n, None)))
-            },
-        );
-        let mut resp = Response::new(Body::from_stream(s));
-        let h = resp.headers_mut();
-        h.insert(
-            "content-type",
-            HeaderValue::from_static("text/event-stream"),
-        );
-        h.insert("cache-control", HeaderValue::from_static("no-cache"));
-        *resp.status_mut() = StatusCode::OK;
-        resp
-    } else {
-        let mut next = 0;
-        loop {
-            let (frames, closed) = next_frames(&log, next).await;
-            next += frames.len();
-            for f in &frames {
-                b.feed(f);
-            }
-            if let Some(e) = b.failed.take() {
-                guard.done = true;
-                break error(e);
-            }
-            if b.stop_reason.is_some() {
-                guard.done = true;
-                break Json(b.message()).into_response();
-            }
-            if closed {
-                guard.done = true;
-                break error(ErrorEnvelope::new(
-                    ErrorCode::Internal,
-                    "the task ended without a result",
-                ));
-            }
-        }
-    };
-    if let Ok(v) = HeaderValue::from_str(&task.to_string()) {
-        resp.headers_mut().insert("x-llorch-task-id", v);
-    }
-    resp
+    let b = Builder::new(task, model);
+    answer::respond(task, log, guard, b, stream, error).await
 }
 
 /// Maps a Messages body onto a chat task; returns it with `stream`.
@@ -266,6 +195,26 @@ fn sse(name: &str, data: &Value) -> String {
     format!("event: {name}\ndata: {data}\n\n")
 }
 
+impl Answer for Builder {
+    fn start(&mut self) -> String {
+        self.opening()
+    }
+
+    fn feed(&mut self, ev: &Event) -> String {
+        self.events_for(ev)
+    }
+
+    fn take_failure(&mut self) -> Option<ErrorEnvelope> {
+        self.failed.take()
+    }
+
+    fn whole(&self) -> Option<Response> {
+        self.stop_reason
+            .is_some()
+            .then(|| Json(self.message()).into_response())
+    }
+}
+
 impl Builder {
     fn new(task: TaskId, model: String) -> Self {
         Self {
@@ -306,7 +255,7 @@ impl Builder {
     }
 
     /// `message_start` (the message with no content yet) and a `ping`.
-    fn start(&self) -> String {
+    fn opening(&self) -> String {
         let msg = serde_json::to_value(self.message()).unwrap_or_default();
         sse(
             "message_start",
@@ -325,7 +274,7 @@ impl Builder {
     }
 
     /// The events one frame adds (and the message it builds).
-    fn feed(&mut self, ev: &Event) -> String {
+    fn events_for(&mut self, ev: &Event) -> String {
         let mut out = String::new();
         match ev {
             Event::Token(t) => {

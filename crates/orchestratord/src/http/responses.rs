@@ -5,8 +5,6 @@
 //! [`Builder`] turns the task's frames into the streamed events and, fed the same frames, into the
 //! whole response object.
 
-use std::convert::Infallible;
-
 use api::events::{Event, StopReason};
 use api::openai::ResponseFormatKind;
 use api::responses::{
@@ -16,15 +14,15 @@ use api::responses::{
 use api::task::{Message, Priority, Role, TaskRequest};
 use api::tools::{FunctionCall, FunctionDef, FunctionKind, ToolCall, ToolChoice, ToolDef};
 use api::{ErrorCode, ErrorEnvelope, TaskId};
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::{Extension, Json};
 use daemon::correlation::CorrelationId;
 use serde_json::{json, Value};
 
-use super::answer::{admit, next_frames};
+use super::answer::{self, Answer};
 use super::openai::error;
 use super::{json_body, App};
 
@@ -44,81 +42,12 @@ pub async fn responses(
         Err(e) => return error(e),
     };
     let model = req.model_ref.clone();
-    let (task, log, mut guard) = match admit(&app, &cid, caller, req).await {
+    let (task, log, guard) = match answer::admit(&app, &cid, caller, req).await {
         Ok(x) => x,
         Err(e) => return error(e),
     };
-    let mut b = Builder::new(task, model, echo);
-    let mut resp = if stream {
-        let prologue = b.start();
-        let s = futures::stream::unfold(
-            (log, guard, b, 0usize, Some(prologue)),
-            |(log, mut guard, mut b, next, prologue)| async move {
-                if let Some(p) = prologue {
-                    return Some((
-                        Ok::<_, Infallible>(Bytes::from(p)),
-                        (log, guard, b, next, None),
-                    ));
-                }
-                if guard.done {
-                    return None;
-                }
-                let (frames, closed) = next_frames(&log, next).await;
-                let n = next + frames.len();
-                let mut out = String::new();
-                for f in &frames {
-                    out.push_str(&b.feed(f));
-                    if f.is_terminal() {
-                        guard.done = true;
-                    }
-                }
-                if closed {
-                    guard.done = true;
-                }
-                if out.is_empty() && guard.done {
-                    return None;
-                }
-                Some((Ok(Bytes::from(out)), (log, guard, b, n, None)))
-            },
-        );
-        let mut resp = Response::new(Body::from_stream(s));
-        let h = resp.headers_mut();
-        h.insert(
-            "content-type",
-            HeaderValue::from_static("text/event-stream"),
-        );
-        h.insert("cache-control", HeaderValue::from_static("no-cache"));
-        *resp.status_mut() = StatusCode::OK;
-        resp
-    } else {
-        let mut next = 0;
-        loop {
-            let (frames, closed) = next_frames(&log, next).await;
-            next += frames.len();
-            for f in &frames {
-                b.feed(f);
-            }
-            if let Some(e) = b.failed.take() {
-                guard.done = true;
-                break error(e);
-            }
-            if b.finished {
-                guard.done = true;
-                break axum::response::IntoResponse::into_response(Json(b.object()));
-            }
-            if closed {
-                guard.done = true;
-                break error(ErrorEnvelope::new(
-                    ErrorCode::Internal,
-                    "the task ended without a result",
-                ));
-            }
-        }
-    };
-    if let Ok(v) = HeaderValue::from_str(&task.to_string()) {
-        resp.headers_mut().insert("x-llorch-task-id", v);
-    }
-    resp
+    let b = Builder::new(task, model, echo);
+    answer::respond(task, log, guard, b, stream, error).await
 }
 
 /// What the response object echoes of the request.
@@ -286,6 +215,25 @@ struct Builder {
     failed: Option<ErrorEnvelope>,
 }
 
+impl Answer for Builder {
+    fn start(&mut self) -> String {
+        self.opening()
+    }
+
+    fn feed(&mut self, ev: &Event) -> String {
+        self.events_for(ev)
+    }
+
+    fn take_failure(&mut self) -> Option<ErrorEnvelope> {
+        self.failed.take()
+    }
+
+    fn whole(&self) -> Option<Response> {
+        self.finished
+            .then(|| axum::response::IntoResponse::into_response(Json(self.object())))
+    }
+}
+
 impl Builder {
     fn new(task: TaskId, model: String, echo: Echo) -> Self {
         Self {
@@ -331,7 +279,7 @@ impl Builder {
         format!("event: {kind}\ndata: {data}\n\n")
     }
 
-    fn start(&mut self) -> String {
+    fn opening(&mut self) -> String {
         let obj = serde_json::to_value(self.object()).unwrap_or_default();
         self.event("response.created", json!({ "response": obj.clone() }))
             + &self.event("response.in_progress", json!({ "response": obj }))
@@ -399,7 +347,7 @@ impl Builder {
         out
     }
 
-    fn feed(&mut self, ev: &Event) -> String {
+    fn events_for(&mut self, ev: &Event) -> String {
         let mut out = String::new();
         match ev {
             Event::Token(t) => {
