@@ -121,6 +121,8 @@ pub struct RawPlacement {
     pub balance_abs: Option<i64>,
     pub balance_rel: Option<f64>,
     pub load_cost_tokens: Option<i64>,
+    pub wait_for_prefix_tokens: Option<u64>,
+    pub wait_for_prefix_max_ms: Option<u64>,
     pub prefix_max_sequences: Option<i64>,
 }
 
@@ -232,6 +234,11 @@ pub struct Config {
     pub balance_rel: f64,
     /// Prompt tokens a queued or running task on a pool is worth when weighed against reuse.
     pub load_cost_tokens: u64,
+    /// Cache-aware: a task waits for a busy pool holding at least this many of its prompt tokens
+    /// when that pool's score beats every free pool's (decision 70); 0 never waits.
+    pub wait_for_prefix_tokens: u64,
+    /// ...for at most this long after admission (and half its remaining deadline), then any pool.
+    pub wait_for_prefix_max: Duration,
     /// Sequences the prefix index keeps in all.
     pub prefix_max_sequences: usize,
     pub heartbeat_interval: Duration,
@@ -641,6 +648,8 @@ impl RawConfig {
             balance_abs: balance_abs as usize,
             balance_rel,
             load_cost_tokens: load_cost,
+            wait_for_prefix_tokens: self.placement.wait_for_prefix_tokens.unwrap_or(256),
+            wait_for_prefix_max: ms(self.placement.wait_for_prefix_max_ms, 30_000),
             prefix_max_sequences: prefix_max as usize,
             heartbeat_interval,
             heartbeat_timeout,

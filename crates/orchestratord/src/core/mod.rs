@@ -334,7 +334,7 @@ impl<E: Effects> Core<E> {
                 {
                     continue;
                 }
-                let Some((pool, fallback, predicted)) = self.place(id) else {
+                let Some((pool, fallback, predicted)) = self.place(id, now) else {
                     continue;
                 };
                 self.set_prediction(id, predicted);
@@ -356,8 +356,15 @@ impl<E: Effects> Core<E> {
     }
 
     /// The pool a queued task should go to now, if any, and whether `allow_fallback` decided it.
-    fn place(&self, id: TaskId) -> Option<(PoolId, bool, prefix::Match)> {
+    fn place(&self, id: TaskId, now: Instant) -> Option<(PoolId, bool, prefix::Match)> {
         let t = self.tasks.get(&id)?;
+        // Waiting for a busy prefix holder is bounded (decision 70): by
+        // `placement.wait_for_prefix_max_ms` after admission, and by half the deadline's budget.
+        let waited = now.saturating_duration_since(t.admitted.at);
+        let may_wait = waited < self.cfg.wait_for_prefix_max
+            && t.deadline.is_none_or(|d| {
+                d.saturating_duration_since(now) > d.saturating_duration_since(t.admitted.at) / 2
+            });
         let saved: Vec<(PoolId, prefix::Match)> = if t.prefix_key.is_empty() {
             Vec::new()
         } else {
@@ -370,6 +377,11 @@ impl<E: Effects> Core<E> {
             balance_abs: self.cfg.balance_abs,
             balance_rel: self.cfg.balance_rel,
             load_cost_tokens: self.cfg.load_cost_tokens,
+            wait_min_tokens: if may_wait {
+                self.cfg.wait_for_prefix_tokens
+            } else {
+                0
+            },
         };
         let cache_aware = self.cfg.strategy == crate::config::Strategy::CacheAware;
         let views: Vec<_> = self

@@ -449,6 +449,13 @@ impl<E: Effects> Core<E> {
             self.fail_pinned_to_node(&id, now);
         }
         self.fail_stranded_queued(now);
+        // A task waiting for a busy prefix holder (decision 70) is placed elsewhere once its
+        // wait bound passes, even if no slot frees meanwhile.
+        if self.cfg.strategy == crate::config::Strategy::CacheAware
+            && self.cfg.wait_for_prefix_tokens > 0
+        {
+            self.pump(now);
+        }
         self.purge(now);
         self.sessions.purge(now);
         self.bus.mark_queues();

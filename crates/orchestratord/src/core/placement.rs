@@ -53,6 +53,9 @@ pub struct Choice<'a> {
     /// True when `allow_fallback` decided the winner: an avoided pool was used because no other
     /// candidate existed, or a pool outside `prefer_pools` won under `mode = prefer`.
     pub fallback: bool,
+    /// True when `pool` is `None` because the task waits for a busy pool that holds its prefix
+    /// (cache-aware placement, decision 70) although another candidate has a free slot.
+    pub waiting: bool,
 }
 
 /// Cache-aware placement inputs (`placement.strategy = "cache-aware"`): the prompt tokens each
@@ -67,6 +70,11 @@ pub struct CacheHints<'h> {
     pub balance_rel: f64,
     /// What one queued or running task on a pool costs, in prompt tokens.
     pub load_cost_tokens: u64,
+    /// Waiting for a busy prefix holder (decision 70): the task stays queued for the busy pool
+    /// with the best score when it would save at least this many prompt tokens and its score
+    /// (saved − load × `load_cost_tokens`) beats every free candidate's. 0: never wait (the caller
+    /// passes 0 once the task has waited `placement.wait_for_prefix_max_ms`).
+    pub wait_min_tokens: u64,
 }
 
 /// True when the candidates' loads are imbalanced beyond the guard's thresholds.
@@ -114,6 +122,7 @@ pub fn choose<'a>(
         placement.mode == PlacementMode::Prefer && placement.prefer_pools.contains(p.pool_id)
     };
     let cand_loads: Vec<usize> = cands.iter().map(|p| p.load).collect();
+    let busy: Vec<&PoolView<'a>> = cands.iter().copied().filter(|p| p.free_slots == 0).collect();
     let free: Vec<&PoolView<'a>> = cands.into_iter().filter(|p| p.free_slots > 0).collect();
     // The best tier: preferred pools with a free slot under `prefer`, else every free candidate
     // (none at all under `prefer` without fallback).
@@ -131,6 +140,7 @@ pub fn choose<'a>(
         pool,
         considered,
         fallback: pool.is_some() && (avoid_fallback || prefer_fallback),
+        waiting: false,
     };
     if let Some(p) = affinity.and_then(|a| tier.iter().find(|p| p.pool_id == a)) {
         return choice(Some(p.pool_id));
@@ -143,15 +153,36 @@ pub fn choose<'a>(
     let saved: std::collections::HashMap<&PoolId, u64> = cache_on
         .map(|c| c.saved.iter().map(|(p, n)| (p, *n)).collect())
         .unwrap_or_default();
-    let scored = tier.into_iter().map(|p| {
-        let score = cache_on.map_or(0, |c| {
+    let score = |p: &PoolView<'_>| {
+        cache_on.map_or(0, |c| {
             saved.get(p.pool_id).copied().unwrap_or(0) as i64
                 - (p.load as u64 * c.load_cost_tokens) as i64
-        });
-        (p, score)
-    });
+        })
+    };
+    let scored: Vec<(&PoolView<'a>, i64)> = tier.into_iter().map(|p| (p, score(p))).collect();
+    // Waiting for the prefix (decision 70): a busy holder of the same tier whose score beats
+    // every free pool keeps the task queued; it is placed when the holder frees a slot.
+    if let Some(c) = cache_on.filter(|c| c.wait_min_tokens > 0 && !scored.is_empty()) {
+        let best_free = scored.iter().map(|(_, s)| *s).max().unwrap_or(i64::MIN);
+        let holder_wins = busy
+            .iter()
+            .filter(|p| !only_preferred || preferred(p))
+            .any(|p| {
+                saved.get(p.pool_id).copied().unwrap_or(0) >= c.wait_min_tokens
+                    && score(p) > best_free
+            });
+        if holder_wins {
+            return Choice {
+                pool: None,
+                considered,
+                fallback: false,
+                waiting: true,
+            };
+        }
+    }
     // One pass with a total order: O(pools) per decision, no sorting.
     let best = scored
+        .into_iter()
         .min_by(|(a, sa), (b, sb)| {
             sb.cmp(sa)
                 .then(b.free_slots.cmp(&a.free_slots))
@@ -422,7 +453,53 @@ mod tests {
             balance_abs: 2,
             balance_rel: 1.5,
             load_cost_tokens: 100,
+            wait_min_tokens: 0,
         }
+    }
+
+    /// Like [`cached`] with waiting on (`wait_min_tokens` 200): the pool, and whether it waits.
+    fn waited(pools: &[PoolView<'_>], saved: &[(&str, u64)]) -> (Option<String>, bool) {
+        let saved: Vec<(PoolId, u64)> = saved
+            .iter()
+            .map(|(p, n)| (id::<PoolId>(p).clone(), *n))
+            .collect();
+        let h = CacheHints {
+            wait_min_tokens: 200,
+            ..hints(&saved)
+        };
+        let c = choose(
+            pools,
+            id("m"),
+            None,
+            &Placement::default(),
+            None,
+            &[],
+            Some(&h),
+        );
+        (c.pool.map(|p| p.to_string()), c.waiting)
+    }
+
+    #[test]
+    fn a_busy_holder_of_a_big_prefix_is_waited_for() {
+        // b (busy, one task) holds 5,000 tokens: 5000 − 100 beats a's 0, so the task waits.
+        let busy_b = [pool("a", "n1", 1, 0), pool("b", "n1", 0, 1)];
+        assert_eq!(waited(&busy_b, &[("b", 5000)]), (None, true));
+        // A prefix under wait_min_tokens goes to the idle pool.
+        assert_eq!(waited(&busy_b, &[("b", 150)]), (Some("a".into()), false));
+        // A free pool holding as much wins outright.
+        assert_eq!(
+            waited(&busy_b, &[("a", 5000), ("b", 5000)]),
+            (Some("a".into()), false)
+        );
+        // Imbalanced: b runs 4 tasks, a none, so load wins despite the match.
+        let hot_b = [pool("a", "n1", 1, 0), pool("b", "n1", 0, 4)];
+        assert_eq!(waited(&hot_b, &[("b", 100_000)]), (Some("a".into()), false));
+        // Once the holder frees a slot the task goes there.
+        let freed_b = [pool("a", "n1", 1, 0), pool("b", "n1", 1, 0)];
+        assert_eq!(waited(&freed_b, &[("b", 5000)]), (Some("b".into()), false));
+        // With no free pool at all there is nothing to wait instead of: plain queueing.
+        let all_busy = [pool("a", "n1", 0, 1), pool("b", "n1", 0, 1)];
+        assert_eq!(waited(&all_busy, &[("b", 5000)]), (None, false));
     }
 
     fn cached(

@@ -766,7 +766,7 @@ impl<E: Effects> Core<E> {
             self.fail_stranded(id, why, now);
             return;
         }
-        if let Some((pool, fallback, predicted)) = self.place(id) {
+        if let Some((pool, fallback, predicted)) = self.place(id, now) {
             self.set_prediction(id, predicted);
             self.start_attempt(id, &pool, fallback, now);
             return;

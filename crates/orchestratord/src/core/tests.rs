@@ -1877,3 +1877,48 @@ fn task_events_reach_their_tenant_and_admins_only() {
     assert_eq!(core.task_records(10, &Scope::Tenant(tenant("a"))).len(), 1);
     assert_eq!(core.task_records(10, &Scope::All).len(), 1);
 }
+
+/// Decision 70: a task whose prefix a busy pool holds waits for it instead of prefilling from
+/// scratch on the idle pool, is dispatched there when it frees, and never waits past the bound.
+#[test]
+fn cache_aware_waits_for_the_busy_prefix_holder_and_only_so_long() {
+    let now = Instant::now();
+    let mut core = core_with(|c| {
+        c.strategy = crate::config::Strategy::CacheAware;
+        c.load_cost_tokens = 100;
+        c.wait_for_prefix_tokens = 256;
+        c.wait_for_prefix_max = Duration::from_secs(5);
+    });
+    register(&mut core, "n1", vec![pool("a", 1), pool("b", 1)], now);
+    let history: String = (0..500).map(|i| format!("w{i} ")).collect();
+    let submit_prompt = |core: &mut Core<Recorded>, prompt: String| {
+        core.submit(task(|r| r.prompt = Some(prompt)), cid("cid"), now)
+            .map(|(a, _)| a.task_id)
+            .expect("admitted")
+    };
+    let t1 = submit_prompt(&mut core, history.clone());
+    assert_eq!(dispatched(&core)[0].1, pid("a"));
+    finish_cached(&mut core, t1, " ok", (700, 0, 0), now);
+    // a runs the conversation's next turn; the turn after it waits for a although b is idle.
+    let t2 = submit_prompt(&mut core, format!("{history} ok and more"));
+    assert_eq!(dispatched(&core)[1], (t2, pid("a")));
+    let t3 = submit_prompt(&mut core, format!("{history} ok and other"));
+    assert_eq!(dispatched(&core).len(), 2, "t3 waits for a");
+    assert_eq!(core.tasks[&t3].state(), TaskState::Queued);
+    // An unrelated prompt still takes the idle pool meanwhile.
+    let other = submit_prompt(&mut core, "hello there".into());
+    assert_eq!(dispatched(&core)[2], (other, pid("b")));
+    // a frees its slot: the waiting task goes there, with the prefix predicted.
+    finish_cached(&mut core, t2, " yes", (710, 690, 0), now);
+    assert_eq!(dispatched(&core)[3], (t3, pid("a")));
+    assert!(core.tasks[&t3].predicted_cached > 256);
+    // b is idle again, a busy with t3: the next turn waits for a once more...
+    finish(&mut core, other, now);
+    let t4 = submit_prompt(&mut core, format!("{history} ok and a third"));
+    assert_eq!(dispatched(&core).len(), 4, "t4 waits for a");
+    // ...but the wait is bounded: past `wait_for_prefix_max` the tick places it on the idle pool.
+    core.tick(now + Duration::from_secs(1));
+    assert_eq!(dispatched(&core).len(), 4, "still within the bound");
+    core.tick(now + Duration::from_secs(6));
+    assert_eq!(dispatched(&core)[4], (t4, pid("b")));
+}
