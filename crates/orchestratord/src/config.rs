@@ -235,7 +235,7 @@ pub struct Config {
     /// Prompt tokens a queued or running task on a pool is worth when weighed against reuse.
     pub load_cost_tokens: u64,
     /// Cache-aware: a task waits for a busy pool holding at least this many of its prompt tokens
-    /// when that pool's score beats every free pool's (decision 70); 0 never waits.
+    /// when that pool's score beats every free pool's (decision 69); 0 never waits.
     pub wait_for_prefix_tokens: u64,
     /// ...for at most this long after admission (and half its remaining deadline), then any pool.
     pub wait_for_prefix_max: Duration,

@@ -358,7 +358,7 @@ impl<E: Effects> Core<E> {
     /// The pool a queued task should go to now, if any, and whether `allow_fallback` decided it.
     fn place(&self, id: TaskId, now: Instant) -> Option<(PoolId, bool, prefix::Match)> {
         let t = self.tasks.get(&id)?;
-        // Waiting for a busy prefix holder is bounded (decision 70): by
+        // Waiting for a busy prefix holder is bounded (decision 69): by
         // `placement.wait_for_prefix_max_ms` after admission, and by half the deadline's budget.
         let waited = now.saturating_duration_since(t.admitted.at);
         let may_wait = waited < self.cfg.wait_for_prefix_max

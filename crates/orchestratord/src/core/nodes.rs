@@ -449,7 +449,7 @@ impl<E: Effects> Core<E> {
             self.fail_pinned_to_node(&id, now);
         }
         self.fail_stranded_queued(now);
-        // A task waiting for a busy prefix holder (decision 70) is placed elsewhere once its
+        // A task waiting for a busy prefix holder (decision 69) is placed elsewhere once its
         // wait bound passes, even if no slot frees meanwhile.
         if self.cfg.strategy == crate::config::Strategy::CacheAware
             && self.cfg.wait_for_prefix_tokens > 0

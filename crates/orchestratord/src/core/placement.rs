@@ -54,7 +54,7 @@ pub struct Choice<'a> {
     /// candidate existed, or a pool outside `prefer_pools` won under `mode = prefer`.
     pub fallback: bool,
     /// True when `pool` is `None` because the task waits for a busy pool that holds its prefix
-    /// (cache-aware placement, decision 70) although another candidate has a free slot.
+    /// (cache-aware placement, decision 69) although another candidate has a free slot.
     pub waiting: bool,
 }
 
@@ -70,7 +70,7 @@ pub struct CacheHints<'h> {
     pub balance_rel: f64,
     /// What one queued or running task on a pool costs, in prompt tokens.
     pub load_cost_tokens: u64,
-    /// Waiting for a busy prefix holder (decision 70): the task stays queued for the busy pool
+    /// Waiting for a busy prefix holder (decision 69): the task stays queued for the busy pool
     /// with the best score when it would save at least this many prompt tokens and its score
     /// (saved − load × `load_cost_tokens`) beats every free candidate's. 0: never wait (the caller
     /// passes 0 once the task has waited `placement.wait_for_prefix_max_ms`).
@@ -122,7 +122,11 @@ pub fn choose<'a>(
         placement.mode == PlacementMode::Prefer && placement.prefer_pools.contains(p.pool_id)
     };
     let cand_loads: Vec<usize> = cands.iter().map(|p| p.load).collect();
-    let busy: Vec<&PoolView<'a>> = cands.iter().copied().filter(|p| p.free_slots == 0).collect();
+    let busy: Vec<&PoolView<'a>> = cands
+        .iter()
+        .copied()
+        .filter(|p| p.free_slots == 0)
+        .collect();
     let free: Vec<&PoolView<'a>> = cands.into_iter().filter(|p| p.free_slots > 0).collect();
     // The best tier: preferred pools with a free slot under `prefer`, else every free candidate
     // (none at all under `prefer` without fallback).
@@ -160,7 +164,7 @@ pub fn choose<'a>(
         })
     };
     let scored: Vec<(&PoolView<'a>, i64)> = tier.into_iter().map(|p| (p, score(p))).collect();
-    // Waiting for the prefix (decision 70): a busy holder of the same tier whose score beats
+    // Waiting for the prefix (decision 69): a busy holder of the same tier whose score beats
     // every free pool keeps the task queued; it is placed when the holder frees a slot.
     if let Some(c) = cache_on.filter(|c| c.wait_min_tokens > 0 && !scored.is_empty()) {
         let best_free = scored.iter().map(|(_, s)| *s).max().unwrap_or(i64::MIN);
