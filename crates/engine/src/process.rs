@@ -241,6 +241,10 @@ async fn launch_with_key(
 
 /// Makes the child get SIGKILL when its parent dies. The flag is set between fork and exec; if the
 /// parent died before that, the child sees a new parent and exits at once instead of running.
+/// Linux ties the signal to the *thread* that forked the child, so the spawn must not run on a
+/// thread that exits before the daemon does: [`launch`] is async and runs on a runtime worker
+/// thread (those live as long as the runtime), never inside `spawn_blocking`, whose idle threads
+/// exit after a few seconds and would take the engine with them.
 #[allow(unsafe_code)]
 fn die_with_parent(cmd: &mut Command) {
     let parent = nix::unistd::Pid::this();
