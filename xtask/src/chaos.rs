@@ -9,10 +9,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
 use api::events::Event;
 use api::node::{NodeStatus, PoolState};
-use llorch::stack::{EngineChoice, NodeSpec, PoolSpec, Stack, StackSpec};
+use llorch::stack::{NodeSpec, PoolSpec, Stack};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use rand::seq::SliceRandom;
@@ -54,32 +53,7 @@ const DEADLINE_MS: u64 = 120_000;
 const HEARTBEAT_TIMEOUT_MS: u64 = 3000;
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
-    let root = std::env::current_dir()?;
-    let bin_dir = match &a.bin_dir {
-        Some(d) => d.clone(),
-        None => {
-            crate::build_release(&["orchestratord", "pool-managerd"])?;
-            root.join("target/release")
-        }
-    };
-    let model = llorch::dev::model();
-    let source = llorch::dev::llama_source();
-    if !model.is_file() || !source.is_file() {
-        bail!("dev assets missing: run scripts/dev-assets.sh");
-    }
-    let dir = root.join("target").join("bench-chaos");
-    let _ = std::fs::remove_dir_all(&dir);
-    let engine = EngineChoice::Source {
-        archive: source,
-        sha256: llorch::dev::LLAMA_SOURCE_SHA256.into(),
-    };
-    let mut spec = StackSpec::new(
-        bin_dir,
-        dir.clone(),
-        model.clone(),
-        engine.clone(),
-        llorch::cache_dir().join("engines"),
-    );
+    let mut spec = crate::real_engine_spec(a.bin_dir.as_deref(), "bench-chaos")?;
     spec.threads = Some(1);
     spec.heartbeat_interval_ms = 1000;
     spec.heartbeat_timeout_ms = HEARTBEAT_TIMEOUT_MS;
@@ -89,10 +63,10 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let mut stack = Stack::start(spec).await?;
     stack.add_node(NodeSpec {
         node_id: "n2".into(),
-        engine,
+        engine: stack.spec.engine.clone(),
         pools: vec![PoolSpec {
             id: "cpu1".into(),
-            model_path: model,
+            model_path: stack.spec.model_path.clone(),
             model_id: stack.spec.model_id.clone(),
             ctx: stack.spec.ctx,
             slots: 1,

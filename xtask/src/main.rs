@@ -71,6 +71,40 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// The stack spec of a bench on real `llama-server` pools: the given binaries (or freshly built
+/// release ones), the dev model, the engine built from the pinned source, and a clean
+/// `target/<name>` folder.
+pub fn real_engine_spec(
+    bin_dir: Option<&std::path::Path>,
+    name: &str,
+) -> anyhow::Result<llorch::stack::StackSpec> {
+    let root = std::env::current_dir()?;
+    let bin_dir = match bin_dir {
+        Some(d) => d.to_path_buf(),
+        None => {
+            build_release(&["orchestratord", "pool-managerd"])?;
+            root.join("target/release")
+        }
+    };
+    let model = llorch::dev::model();
+    let source = llorch::dev::llama_source();
+    if !model.is_file() || !source.is_file() {
+        anyhow::bail!("dev assets missing: run scripts/dev-assets.sh");
+    }
+    let dir = root.join("target").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(llorch::stack::StackSpec::new(
+        bin_dir,
+        dir,
+        model,
+        llorch::stack::EngineChoice::Source {
+            archive: source,
+            sha256: llorch::dev::LLAMA_SOURCE_SHA256.into(),
+        },
+        llorch::cache_dir().join("engines"),
+    ))
+}
+
 /// `cargo build --release` of the given packages' binaries.
 pub fn build_release(packages: &[&str]) -> anyhow::Result<()> {
     eprintln!("[bench] building release binaries");

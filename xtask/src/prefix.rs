@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use api::events::Event;
 use api::task::{Message, Role, TaskRequest};
-use llorch::stack::{EngineChoice, NodeSpec, PoolSpec, Stack, StackSpec};
+use llorch::stack::{NodeSpec, PoolSpec, Stack};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
@@ -51,32 +51,7 @@ pub struct Args {
 const POOLS: [&str; 3] = ["cpu0", "cpu1", "cpu2"];
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
-    let root = std::env::current_dir()?;
-    let bin_dir = match &a.bin_dir {
-        Some(d) => d.clone(),
-        None => {
-            crate::build_release(&["orchestratord", "pool-managerd"])?;
-            root.join("target/release")
-        }
-    };
-    let model = llorch::dev::model();
-    let source = llorch::dev::llama_source();
-    if !model.is_file() || !source.is_file() {
-        bail!("dev assets missing: run scripts/dev-assets.sh");
-    }
-    let dir = root.join("target").join("bench-prefix");
-    let _ = std::fs::remove_dir_all(&dir);
-    let engine = EngineChoice::Source {
-        archive: source,
-        sha256: llorch::dev::LLAMA_SOURCE_SHA256.into(),
-    };
-    let mut spec = StackSpec::new(
-        bin_dir,
-        dir.clone(),
-        model.clone(),
-        engine.clone(),
-        llorch::cache_dir().join("engines"),
-    );
+    let mut spec = crate::real_engine_spec(a.bin_dir.as_deref(), "bench-prefix")?;
     spec.threads = Some(1);
     spec.ctx = 4096;
     spec.orchd_extra = "[placement]\nstrategy = \"least-loaded\"\n".into();
@@ -84,10 +59,10 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     for (i, pool) in POOLS.iter().enumerate().skip(1) {
         stack.add_node(NodeSpec {
             node_id: format!("n{}", i + 1),
-            engine: engine.clone(),
+            engine: stack.spec.engine.clone(),
             pools: vec![PoolSpec {
                 id: (*pool).into(),
-                model_path: model.clone(),
+                model_path: stack.spec.model_path.clone(),
                 model_id: stack.spec.model_id.clone(),
                 ctx: stack.spec.ctx,
                 slots: 1,
