@@ -6,58 +6,23 @@ the first failed check.
 """
 import json
 import sys
-import time
-import urllib.request
 
 import openai
 
+from common import ASK_TOOL, RESULT, WEATHER_SCHEMA, cancel_by_closing, check, summary, validate
+
 base, model = sys.argv[1], sys.argv[2]
 client = openai.OpenAI(base_url=base + "/v1", api_key="unused-in-open-mode", max_retries=0, timeout=120)
-results = []
 
 WEATHER = {
     "type": "function",
     "function": {
         "name": "get_weather",
         "description": "Get the weather for a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        "parameters": WEATHER_SCHEMA,
     },
 }
-ASK = [{"role": "user", "content": "Call get_weather for Paris as JSON."}]
-RESULT = json.dumps({"temperature_c": 18, "sky": "sunny"})
-
-
-def check(name, fn):
-    try:
-        fn()
-        results.append((name, True, ""))
-        print(f"openai {name} ... ok", flush=True)
-    except Exception as e:  # noqa: BLE001 - report every failure with its message
-        results.append((name, False, repr(e)))
-        print(f"openai {name} ... FAILED: {e!r}", flush=True)
-
-
-def validate(value, schema, path="$"):
-    """A small JSON Schema check (type, properties, required, additionalProperties, enum, items)."""
-    t = schema.get("type")
-    kinds = {"object": dict, "string": str, "integer": int, "number": (int, float), "boolean": bool, "array": list}
-    if t:
-        assert isinstance(value, kinds[t]) and not (t in ("integer", "number") and isinstance(value, bool)), f"{path}: {value!r} is not {t}"
-    if "enum" in schema:
-        assert value in schema["enum"], f"{path}: {value!r} not in {schema['enum']}"
-    if t == "object":
-        for k in schema.get("required", []):
-            assert k in value, f"{path}: missing {k}"
-        props = schema.get("properties", {})
-        if schema.get("additionalProperties") is False:
-            extra = set(value) - set(props)
-            assert not extra, f"{path}: unexpected {extra}"
-        for k, v in value.items():
-            if k in props:
-                validate(v, props[k], f"{path}.{k}")
-    if t == "array" and "items" in schema:
-        for i, v in enumerate(value):
-            validate(v, schema["items"], f"{path}[{i}]")
+ASK = [{"role": "user", "content": ASK_TOOL}]
 
 
 def check_call(name, arguments):
@@ -209,44 +174,15 @@ def refusals():
             raise AssertionError(f"{kw} was accepted")
 
 
-def canceled_total(reason):
-    text = urllib.request.urlopen(base + "/metrics", timeout=10).read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("tasks_canceled_total{") and f'reason="{reason}"' in line)
-
-
-def wait_idle():
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        pools = json.loads(urllib.request.urlopen(base + "/v2/pools", timeout=10).read())["pools"]
-        if all(p["slots_free"] == p["slots_total"] and p["queued"] == 0 for p in pools):
-            return
-        time.sleep(0.05)
-    raise AssertionError("the pool did not become idle")
-
-
 def tool_stream_cancel():
-    wait_idle()
-    before = canceled_total("disconnect")
-    stream = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "What is the weather in Paris?"}],
-                                            tools=[WEATHER], tool_choice="required", temperature=0, max_tokens=400, stream=True)
-    for i, _ in enumerate(stream):
-        if i >= 2:
-            break
-    stream.close()
-    deadline = time.time() + 15
-    while time.time() < deadline and canceled_total("disconnect") <= before:
-        time.sleep(0.05)
-    assert canceled_total("disconnect") > before, "closing the stream did not cancel the task"
-    # The pool gives its slot back only once pool-managerd saw the engine's slot free (/slots).
-    wait_idle()
+    cancel_by_closing(base, lambda: client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "What is the weather in Paris?"}],
+        tools=[WEATHER], tool_choice="required", temperature=0, max_tokens=400, stream=True))
 
 
 for name, fn in [("tool_loop", tool_loop), ("tool_loop_stream", tool_loop_stream), ("named_tool_choice", named_tool_choice),
                  ("structured_output_logprobs", structured_output_with_logprobs), ("structured_output_stream", structured_output_stream),
                  ("json_object", json_object), ("completion_logprobs", completion_logprobs), ("sampling_fields", sampling_fields),
                  ("refusals", refusals), ("tool_stream_cancel", tool_stream_cancel)]:
-    check(name, fn)
-failed = [r for r in results if not r[1]]
-print(f"openai tools: {len(results) - len(failed)} passed, {len(failed)} failed", flush=True)
-sys.exit(1 if failed else 0)
+    check("openai", name, fn)
+sys.exit(summary("openai tools"))
