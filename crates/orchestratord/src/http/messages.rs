@@ -196,66 +196,8 @@ fn sse(name: &str, data: &Value) -> String {
 }
 
 impl Answer for Builder {
-    fn start(&mut self) -> String {
-        self.opening()
-    }
-
-    fn feed(&mut self, ev: &Event) -> String {
-        self.events_for(ev)
-    }
-
-    fn take_failure(&mut self) -> Option<ErrorEnvelope> {
-        self.failed.take()
-    }
-
-    fn whole(&self) -> Option<Response> {
-        self.stop_reason
-            .is_some()
-            .then(|| Json(self.message()).into_response())
-    }
-}
-
-impl Builder {
-    fn new(task: TaskId, model: String) -> Self {
-        Self {
-            id: format!("msg_{task}"),
-            model,
-            content: vec![],
-            args: vec![],
-            open: Open::None,
-            stop_reason: None,
-            usage: AnthropicUsage {
-                input_tokens: 0,
-                output_tokens: 0,
-            },
-            failed: None,
-        }
-    }
-
-    /// The whole message, as sent without streaming.
-    fn message(&self) -> AnthropicResponse {
-        let mut content = self.content.clone();
-        let mut args = self.args.iter();
-        for b in &mut content {
-            if let ContentBlock::ToolUse { input, .. } = b {
-                let raw = args.next().map(String::as_str).unwrap_or("");
-                *input = serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.into()));
-            }
-        }
-        AnthropicResponse {
-            id: self.id.clone(),
-            kind: "message".into(),
-            role: "assistant".into(),
-            model: self.model.clone(),
-            content,
-            stop_reason: self.stop_reason,
-            stop_sequence: None,
-            usage: self.usage,
-        }
-    }
-
     /// `message_start` (the message with no content yet) and a `ping`.
-    fn opening(&self) -> String {
+    fn start(&mut self) -> String {
         let msg = serde_json::to_value(self.message()).unwrap_or_default();
         sse(
             "message_start",
@@ -263,18 +205,8 @@ impl Builder {
         ) + &sse("ping", &json!({ "type": "ping" }))
     }
 
-    fn close(&mut self) -> String {
-        match std::mem::replace(&mut self.open, Open::None) {
-            Open::None => String::new(),
-            _ => sse(
-                "content_block_stop",
-                &json!({ "type": "content_block_stop", "index": self.content.len() - 1 }),
-            ),
-        }
-    }
-
     /// The events one frame adds (and the message it builds).
-    fn events_for(&mut self, ev: &Event) -> String {
+    fn feed(&mut self, ev: &Event) -> String {
         let mut out = String::new();
         match ev {
             Event::Token(t) => {
@@ -361,6 +293,66 @@ impl Builder {
             Event::Started(_) | Event::Metrics(_) | Event::Embedding(_) => {}
         }
         out
+    }
+
+    fn take_failure(&mut self) -> Option<ErrorEnvelope> {
+        self.failed.take()
+    }
+
+    fn whole(&self) -> Option<Response> {
+        self.stop_reason
+            .is_some()
+            .then(|| Json(self.message()).into_response())
+    }
+}
+
+impl Builder {
+    fn new(task: TaskId, model: String) -> Self {
+        Self {
+            id: format!("msg_{task}"),
+            model,
+            content: vec![],
+            args: vec![],
+            open: Open::None,
+            stop_reason: None,
+            usage: AnthropicUsage {
+                input_tokens: 0,
+                output_tokens: 0,
+            },
+            failed: None,
+        }
+    }
+
+    /// The whole message, as sent without streaming.
+    fn message(&self) -> AnthropicResponse {
+        let mut content = self.content.clone();
+        let mut args = self.args.iter();
+        for b in &mut content {
+            if let ContentBlock::ToolUse { input, .. } = b {
+                let raw = args.next().map(String::as_str).unwrap_or("");
+                *input = serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.into()));
+            }
+        }
+        AnthropicResponse {
+            id: self.id.clone(),
+            kind: "message".into(),
+            role: "assistant".into(),
+            model: self.model.clone(),
+            content,
+            stop_reason: self.stop_reason,
+            stop_sequence: None,
+            usage: self.usage,
+        }
+    }
+
+    fn close(&mut self) -> String {
+        match std::mem::replace(&mut self.open, Open::None) {
+            Open::None => String::new(),
+            _ => sse(
+                "content_block_stop",
+                &json!({ "type": "content_block_stop", "index": self.content.len() - 1 }),
+            ),
+        }
     }
 }
 

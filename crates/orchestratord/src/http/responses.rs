@@ -217,137 +217,12 @@ struct Builder {
 
 impl Answer for Builder {
     fn start(&mut self) -> String {
-        self.opening()
-    }
-
-    fn feed(&mut self, ev: &Event) -> String {
-        self.events_for(ev)
-    }
-
-    fn take_failure(&mut self) -> Option<ErrorEnvelope> {
-        self.failed.take()
-    }
-
-    fn whole(&self) -> Option<Response> {
-        self.finished
-            .then(|| axum::response::IntoResponse::into_response(Json(self.object())))
-    }
-}
-
-impl Builder {
-    fn new(task: TaskId, model: String, echo: Echo) -> Self {
-        Self {
-            task,
-            model,
-            echo,
-            created_at: daemon::now_ms() / 1000,
-            output: vec![],
-            open: Open::None,
-            seq: 0,
-            status: "in_progress",
-            usage: None,
-            incomplete: None,
-            finished: false,
-            failed: None,
-        }
-    }
-
-    fn object(&self) -> ResponseObject {
-        ResponseObject {
-            id: format!("resp_{}", self.task),
-            object: "response".into(),
-            created_at: self.created_at,
-            status: self.status.into(),
-            model: self.model.clone(),
-            output: self.output.clone(),
-            usage: self.usage,
-            incomplete_details: self.incomplete.clone(),
-            error: None,
-            instructions: self.echo.instructions.clone(),
-            parallel_tool_calls: self.echo.parallel_tool_calls,
-            tool_choice: self.echo.tool_choice.clone(),
-            tools: self.echo.tools.clone(),
-            metadata: json!({}),
-        }
-    }
-
-    /// One event, `type` set and numbered.
-    fn event(&mut self, kind: &str, mut data: Value) -> String {
-        data["type"] = json!(kind);
-        data["sequence_number"] = json!(self.seq);
-        self.seq += 1;
-        format!("event: {kind}\ndata: {data}\n\n")
-    }
-
-    fn opening(&mut self) -> String {
         let obj = serde_json::to_value(self.object()).unwrap_or_default();
         self.event("response.created", json!({ "response": obj.clone() }))
             + &self.event("response.in_progress", json!({ "response": obj }))
     }
 
-    fn item_id(&self) -> String {
-        let prefix = match self.output.last() {
-            Some(OutputItem::FunctionCall { .. }) => "fc",
-            _ => "msg",
-        };
-        format!(
-            "{prefix}_{}_{}",
-            self.task.to_string().replace('-', ""),
-            self.output.len() - 1
-        )
-    }
-
-    fn close(&mut self) -> String {
-        let idx = self.output.len().saturating_sub(1);
-        let mut out = String::new();
-        match std::mem::replace(&mut self.open, Open::None) {
-            Open::None => return out,
-            Open::Text => {
-                let id = self.item_id();
-                let text = match self.output.last() {
-                    Some(OutputItem::Message { content, .. }) => {
-                        content.first().map(|c| c.text.clone()).unwrap_or_default()
-                    }
-                    _ => String::new(),
-                };
-                out += &self.event(
-                    "response.output_text.done",
-                    json!({ "item_id": id, "output_index": idx, "content_index": 0, "text": text, "logprobs": [] }),
-                );
-                out += &self.event(
-                    "response.content_part.done",
-                    json!({ "item_id": id, "output_index": idx, "content_index": 0,
-                            "part": { "type": "output_text", "text": text, "annotations": [] } }),
-                );
-            }
-            Open::Call(_) => {
-                let id = self.item_id();
-                let (args, name) = match self.output.last() {
-                    Some(OutputItem::FunctionCall {
-                        arguments, name, ..
-                    }) => (arguments.clone(), name.clone()),
-                    _ => (String::new(), String::new()),
-                };
-                out += &self.event(
-                    "response.function_call_arguments.done",
-                    json!({ "item_id": id, "output_index": idx, "arguments": args, "name": name }),
-                );
-            }
-        }
-        if let Some(OutputItem::Message { status, .. } | OutputItem::FunctionCall { status, .. }) =
-            self.output.last_mut()
-        {
-            *status = "completed".into();
-        }
-        let item = serde_json::to_value(self.output.last()).unwrap_or_default();
-        out += &self.event(
-            "response.output_item.done",
-            json!({ "output_index": idx, "item": item }),
-        );
-        out
-    }
-
-    fn events_for(&mut self, ev: &Event) -> String {
+    fn feed(&mut self, ev: &Event) -> String {
         let mut out = String::new();
         match ev {
             Event::Token(t) => {
@@ -464,6 +339,123 @@ impl Builder {
             }
             Event::Started(_) | Event::Metrics(_) | Event::Embedding(_) => {}
         }
+        out
+    }
+
+    fn take_failure(&mut self) -> Option<ErrorEnvelope> {
+        self.failed.take()
+    }
+
+    fn whole(&self) -> Option<Response> {
+        self.finished
+            .then(|| axum::response::IntoResponse::into_response(Json(self.object())))
+    }
+}
+
+impl Builder {
+    fn new(task: TaskId, model: String, echo: Echo) -> Self {
+        Self {
+            task,
+            model,
+            echo,
+            created_at: daemon::now_ms() / 1000,
+            output: vec![],
+            open: Open::None,
+            seq: 0,
+            status: "in_progress",
+            usage: None,
+            incomplete: None,
+            finished: false,
+            failed: None,
+        }
+    }
+
+    fn object(&self) -> ResponseObject {
+        ResponseObject {
+            id: format!("resp_{}", self.task),
+            object: "response".into(),
+            created_at: self.created_at,
+            status: self.status.into(),
+            model: self.model.clone(),
+            output: self.output.clone(),
+            usage: self.usage,
+            incomplete_details: self.incomplete.clone(),
+            error: None,
+            instructions: self.echo.instructions.clone(),
+            parallel_tool_calls: self.echo.parallel_tool_calls,
+            tool_choice: self.echo.tool_choice.clone(),
+            tools: self.echo.tools.clone(),
+            metadata: json!({}),
+        }
+    }
+
+    /// One event, `type` set and numbered.
+    fn event(&mut self, kind: &str, mut data: Value) -> String {
+        data["type"] = json!(kind);
+        data["sequence_number"] = json!(self.seq);
+        self.seq += 1;
+        format!("event: {kind}\ndata: {data}\n\n")
+    }
+
+    fn item_id(&self) -> String {
+        let prefix = match self.output.last() {
+            Some(OutputItem::FunctionCall { .. }) => "fc",
+            _ => "msg",
+        };
+        format!(
+            "{prefix}_{}_{}",
+            self.task.to_string().replace('-', ""),
+            self.output.len() - 1
+        )
+    }
+
+    fn close(&mut self) -> String {
+        let idx = self.output.len().saturating_sub(1);
+        let mut out = String::new();
+        match std::mem::replace(&mut self.open, Open::None) {
+            Open::None => return out,
+            Open::Text => {
+                let id = self.item_id();
+                let text = match self.output.last() {
+                    Some(OutputItem::Message { content, .. }) => {
+                        content.first().map(|c| c.text.clone()).unwrap_or_default()
+                    }
+                    _ => String::new(),
+                };
+                out += &self.event(
+                    "response.output_text.done",
+                    json!({ "item_id": id, "output_index": idx, "content_index": 0, "text": text, "logprobs": [] }),
+                );
+                out += &self.event(
+                    "response.content_part.done",
+                    json!({ "item_id": id, "output_index": idx, "content_index": 0,
+                            "part": { "type": "output_text", "text": text, "annotations": [] } }),
+                );
+            }
+            Open::Call(_) => {
+                let id = self.item_id();
+                let (args, name) = match self.output.last() {
+                    Some(OutputItem::FunctionCall {
+                        arguments, name, ..
+                    }) => (arguments.clone(), name.clone()),
+                    _ => (String::new(), String::new()),
+                };
+                out += &self.event(
+                    "response.function_call_arguments.done",
+                    json!({ "item_id": id, "output_index": idx, "arguments": args, "name": name }),
+                );
+            }
+        }
+        if let Some(OutputItem::Message { status, .. } | OutputItem::FunctionCall { status, .. }) =
+            self.output.last_mut()
+        {
+            *status = "completed".into();
+        }
+        let item = serde_json::to_value(self.output.last()).unwrap_or_default();
+        out += &self.event(
+            "response.output_item.done",
+            json!({ "output_index": idx, "item": item }),
+        );
         out
     }
 }
