@@ -8,7 +8,6 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use api::events::Event;
 use api::task::{Priority, TaskRequest};
 use llorch::stack::{EngineChoice, NodeSpec, PoolSpec, Stack};
 
@@ -267,19 +266,6 @@ async fn offer_one(c: &client::Client) -> Outcome {
         return out;
     };
     out.admitted = true;
-    let Ok(mut s) = c.events(&adm.body.streams.sse).await else {
-        return out;
-    };
-    while let Some(Ok(f)) = s.next().await {
-        match f.event {
-            Event::Started(_) => out.wait_ms = Some(t0.elapsed().as_secs_f64() * 1000.0),
-            Event::End(_) => {
-                out.ended_at = Some(Instant::now());
-                return out;
-            }
-            Event::Error(_) => return out,
-            _ => {}
-        }
-    }
+    (out.wait_ms, out.ended_at) = crate::overload::follow(c, &adm.body.streams.sse, t0).await;
     out
 }

@@ -115,7 +115,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let mut rows = vec![];
     for factor in [0.5, 1.0, 2.0, 3.0] {
         let level = offer(&client, capacity * factor, Duration::from_secs(a.seconds)).await;
-        let rss = vm(pid, "VmHWM:");
+        let rss = crate::procstat::vm_hwm(pid);
         eprintln!("[bench] {factor}× done");
         rows.push((factor, level, rss));
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -231,34 +231,26 @@ async fn offer_one(c: &client::Client) -> Outcome {
         wait_ms: None,
         ended_at: None,
     };
-    let Ok(mut s) = c.events(&adm.body.streams.sse).await else {
-        return out;
-    };
-    while let Some(Ok(f)) = s.next().await {
-        match f.event {
-            Event::Started(_) => out.wait_ms = Some(t0.elapsed().as_secs_f64() * 1000.0),
-            Event::End(_) => {
-                out.ended_at = Some(Instant::now());
-                return out;
-            }
-            Event::Error(_) => return out,
-            _ => {}
-        }
-    }
+    (out.wait_ms, out.ended_at) = follow(c, &adm.body.streams.sse, t0).await;
     out
 }
 
-/// A `/proc/<pid>/status` field in KiB.
-fn vm(pid: u32, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(key))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
+/// Reads a task's stream to its end: the queue wait (submit at `t0` → `started`) in ms, and when
+/// the task ended normally (`None` after an error frame or a broken stream).
+pub async fn follow(c: &client::Client, sse: &str, t0: Instant) -> (Option<f64>, Option<Instant>) {
+    let mut wait_ms = None;
+    let Ok(mut s) = c.events(sse).await else {
+        return (wait_ms, None);
+    };
+    while let Some(Ok(f)) = s.next().await {
+        match f.event {
+            Event::Started(_) => wait_ms = Some(t0.elapsed().as_secs_f64() * 1000.0),
+            Event::End(_) => return (wait_ms, Some(Instant::now())),
+            Event::Error(_) => return (wait_ms, None),
+            _ => {}
+        }
+    }
+    (wait_ms, None)
 }
 
 pub(crate) fn pct(v: &[f64], p: f64) -> f64 {
