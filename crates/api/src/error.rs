@@ -32,6 +32,12 @@ pub enum ErrorCode {
     TenantRateLimited,
     /// The tenant has as many queued tasks as its limit allows.
     TenantConcurrency,
+    /// This orchestratord is a follower (HA): the leader's address is in the `x-llorch-leader`
+    /// header and the message.
+    NotLeader,
+    /// A worker refused a dispatch or cancel carrying an epoch older than one it has seen: the
+    /// sender is no longer the leader.
+    StaleEpoch,
 }
 
 impl ErrorCode {
@@ -45,11 +51,11 @@ impl ErrorCode {
             Forbidden => 403,
             NotFound => 404,
             MethodNotAllowed => 405,
-            Conflict | ModelDeprecated => 409,
+            Conflict | ModelDeprecated | StaleEpoch => 409,
             AdmissionReject | QueueFullDropLru | TenantRateLimited | TenantConcurrency => 429,
             Internal | DecodeTimeout | WorkerReset => 500,
             ModelNotAvailable => 404,
-            PoolUnready | PoolUnavailable | ReplicaExhausted | NodeUnavailable => 503,
+            PoolUnready | PoolUnavailable | ReplicaExhausted | NodeUnavailable | NotLeader => 503,
         }
     }
 
@@ -68,6 +74,7 @@ impl ErrorCode {
                 | NodeUnavailable
                 | TenantRateLimited
                 | TenantConcurrency
+                | NotLeader
         )
     }
 
@@ -96,6 +103,8 @@ impl ErrorCode {
             NodeUnavailable => "NODE_UNAVAILABLE",
             TenantRateLimited => "TENANT_RATE_LIMITED",
             TenantConcurrency => "TENANT_CONCURRENCY",
+            NotLeader => "NOT_LEADER",
+            StaleEpoch => "STALE_EPOCH",
         }
     }
 }

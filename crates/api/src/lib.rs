@@ -31,6 +31,14 @@ pub const API_VERSION: &str = "2.0.0";
 pub const PROTOCOL_VERSION: u32 = 1;
 /// The correlation header (§3.2).
 pub const CORRELATION_HEADER: &str = "x-correlation-id";
+/// HA: the leader's epoch on every orchestratord → worker request (dispatch, cancel); a worker
+/// refuses an epoch lower than the highest it has seen (`STALE_EPOCH`).
+pub const EPOCH_HEADER: &str = "x-llorch-epoch";
+/// HA: on a follower's `NOT_LEADER` answer, the leader's base URL (absent while none is known).
+pub const LEADER_HEADER: &str = "x-llorch-leader";
+/// `POST /v2/tasks` (and the `/v1` submit routes): a client key that makes a retried submit return
+/// the task the first one created, for 24 hours.
+pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 /// The only engine kind of v2.
 pub const ENGINE_LLAMACPP: &str = "llamacpp";
 
