@@ -14,9 +14,9 @@ use api::ErrorCode;
 use engine::sse::CompletionFrame;
 use engine::{ChatMessage, CompletionRequest, EngineClient, EngineError, Prompt};
 use futures::StreamExt;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::frames::TaskFrames;
 use crate::pools::{ModelInfo, Pool, TaskEnd, TaskMeter};
 
 pub struct TaskRun {
@@ -29,7 +29,10 @@ pub struct TaskRun {
     /// The task's token counts, read by the pool's status reports.
     pub meter: Arc<TaskMeter>,
     pub req: DispatchRequest,
-    pub tx: mpsc::Sender<WorkerEvent>,
+    /// The task's lines, which every dispatch response attached to it reads.
+    pub out: Arc<TaskFrames>,
+    /// Triggered by a cancel request, and when the dispatch stream is gone for good (at once
+    /// without an epoch, after the grace period with one).
     pub cancel: CancellationToken,
     pub lost: CancellationToken,
     pub idle_timeout: Duration,
@@ -107,7 +110,7 @@ impl TaskRun {
             ok: matches!(event, WorkerEvent::End { .. }),
             decode_tps,
         };
-        let _ = self.tx.send(event).await;
+        self.out.push(event);
         end
     }
 
@@ -134,7 +137,6 @@ impl TaskRun {
                     r = self.client.chat(&body) => r.map(|f| Box::pin(f) as FrameStream),
                     _ = self.cancel.cancelled() => return Outcome::Stopped(StopReason::Canceled),
                     _ = self.lost.cancelled() => return lost(0),
-                    _ = self.tx.closed() => return Outcome::Stopped(StopReason::Canceled),
                 }
             }
             input => {
@@ -195,7 +197,6 @@ impl TaskRun {
                     r = self.client.complete(&creq) => r.map(|f| Box::pin(f) as FrameStream),
                     _ = self.cancel.cancelled() => return Outcome::Stopped(StopReason::Canceled),
                     _ = self.lost.cancelled() => return lost(0),
-                    _ = self.tx.closed() => return Outcome::Stopped(StopReason::Canceled),
                 }
             }
         };
@@ -211,9 +212,7 @@ impl TaskRun {
                 digest: self.model.digest.clone(),
             },
         };
-        if self.tx.send(started_ev).await.is_err() {
-            return Outcome::Stopped(StopReason::Canceled);
-        }
+        self.out.push(started_ev);
         // Token ids go with the text while every generated token's id was seen; the engine sends
         // none for tokens that end inside a UTF-8 character, and from then on the task cannot be
         // resumed exactly, so later lines carry no ids. The chat endpoint (chats with tools) sends
@@ -229,7 +228,7 @@ impl TaskRun {
             // Checked first on every frame, so a fast engine cannot starve a cancel; the select
             // below is biased towards a frame that is already there, which it then takes without
             // arming the other branches.
-            if self.cancel.is_cancelled() || self.tx.is_closed() {
+            if self.cancel.is_cancelled() {
                 return Outcome::Stopped(StopReason::Canceled);
             }
             if self.lost.is_cancelled() {
@@ -243,7 +242,6 @@ impl TaskRun {
                 n = tokio::time::timeout(self.idle_timeout, frames.next()) => n,
                 _ = self.cancel.cancelled() => return Outcome::Stopped(StopReason::Canceled),
                 _ = self.lost.cancelled() => return lost(*tokens_out),
-                _ = self.tx.closed() => return Outcome::Stopped(StopReason::Canceled),
                 _ = &mut deadline_sleep => return Outcome::Stopped(StopReason::Deadline),
             };
             let frame = match next {
@@ -300,9 +298,7 @@ impl TaskRun {
                     ids,
                     logprobs: std::mem::take(&mut frame.completion_probabilities),
                 };
-                if self.tx.send(ev).await.is_err() {
-                    return Outcome::Stopped(StopReason::Canceled);
-                }
+                self.out.push(ev);
             } else if !frame.content.is_empty() {
                 let ev = WorkerEvent::Token {
                     i: *tokens_out,
@@ -311,15 +307,11 @@ impl TaskRun {
                     logprobs: std::mem::take(&mut frame.completion_probabilities),
                 };
                 *tokens_out += 1;
-                if self.tx.send(ev).await.is_err() {
-                    return Outcome::Stopped(StopReason::Canceled);
-                }
+                self.out.push(ev);
             }
             for delta in std::mem::take(&mut frame.tool_calls) {
                 *tokens_out += 1;
-                if self.tx.send(WorkerEvent::ToolCall { delta }).await.is_err() {
-                    return Outcome::Stopped(StopReason::Canceled);
-                }
+                self.out.push(WorkerEvent::ToolCall { delta });
             }
             if frame.stop {
                 return Outcome::Finished(Box::new(frame));
@@ -341,7 +333,6 @@ impl TaskRun {
             r = self.client.embeddings(&body) => r,
             _ = self.cancel.cancelled() => return Outcome::Stopped(StopReason::Canceled),
             _ = self.lost.cancelled() => return lost(0),
-            _ = self.tx.closed() => return Outcome::Stopped(StopReason::Canceled),
         };
         let answer = match answer {
             Ok(a) => a,
@@ -365,9 +356,7 @@ impl TaskRun {
                 digest: self.model.digest.clone(),
             },
         };
-        if self.tx.send(started_ev).await.is_err() {
-            return Outcome::Stopped(StopReason::Canceled);
-        }
+        self.out.push(started_ev);
         *ttft = Some(started.elapsed().as_millis() as u64);
         let mut data = answer.data;
         data.sort_by_key(|d| d.index);
@@ -376,9 +365,7 @@ impl TaskRun {
                 index: d.index,
                 embedding: d.embedding,
             };
-            if self.tx.send(ev).await.is_err() {
-                return Outcome::Stopped(StopReason::Canceled);
-            }
+            self.out.push(ev);
         }
         Outcome::Finished(Box::new(CompletionFrame {
             stop: true,

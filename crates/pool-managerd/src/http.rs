@@ -3,11 +3,11 @@
 //! against the pool's spec and ask the pool's supervisor for a slot; they never touch an engine
 //! process.
 
-use std::convert::Infallible;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use api::worker::{DispatchRequest, WorkerEvent, WorkerLine, WorkerPoolsResponse};
+use api::worker::{DispatchRequest, WorkerPoolsResponse};
 use api::{ErrorCode, ErrorEnvelope};
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Request, State};
@@ -18,9 +18,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use daemon::correlation::{CorrelationId, Identity};
 use daemon::errors::ApiError;
-use tokio::sync::mpsc;
 
 use crate::adapter::TaskRun;
+use crate::frames::{Attachment, Lookup};
 use crate::node::Node;
 use crate::pools::{Pool, Refusal};
 
@@ -83,7 +83,14 @@ async fn health(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
 async fn metrics(State(app): State<Arc<App>>) -> Response {
     let samples: Vec<_> = app.pools.all().iter().map(|p| p.sample()).collect();
     let gpus = crate::gpu::discover();
-    let mut resp = crate::metrics::render(app.node_id.as_str(), &samples, &gpus).into_response();
+    let c = app.frames.counters();
+    let tasks = crate::metrics::TaskSample {
+        detached: c.detached.load(Ordering::Relaxed).max(0) as u64,
+        reattached: c.reattached.load(Ordering::Relaxed),
+        grace_expired: c.grace_expired.load(Ordering::Relaxed),
+    };
+    let mut resp =
+        crate::metrics::render(app.node_id.as_str(), &samples, &tasks, &gpus).into_response();
     resp.headers_mut().insert(
         "content-type",
         axum::http::HeaderValue::from_static("text/plain; version=0.0.4"),
@@ -182,6 +189,7 @@ async fn dispatch(
         .map_err(|e| ErrorEnvelope::invalid("", format!("invalid dispatch body: {e}")))?;
     let pool = find_pool(&app, &pool_id)?;
     check_dispatch(&req, &app.node_id, &pool)?;
+    let epoch = fence(&app, &headers)?;
     if app.closing.is_cancelled() {
         return Err(
             ErrorEnvelope::new(ErrorCode::PoolUnready, "this node is shutting down")
@@ -189,14 +197,34 @@ async fn dispatch(
                 .into(),
         );
     }
+    // With an epoch, a dispatch of a task this node runs (or ran) attaches to it.
+    if let Some(epoch) = epoch {
+        match app
+            .frames
+            .lookup(&req.task_id, req.attempt, &pool.spec.id, epoch)
+        {
+            Lookup::Fresh => {}
+            Lookup::Attach(a) => return Ok(ndjson(a)),
+            Lookup::Refused(status, env) => {
+                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::CONFLICT);
+                return Ok((status, Json(env)).into_response());
+            }
+        }
+    }
     let admission = pool
         .admit(&req.task_id, &req.model)
         .await
         .map_err(|r| refusal(r, &pool.spec.id, &req))?;
     tracing::info!(event = "dispatch.accepted", correlation_id = %cid.0, task_id = %req.task_id, pool_id = %pool_id, node_id = %app.node_id,
         attempt = req.attempt, "Accepted task {} for pool {pool_id} (attempt {})", req.task_id, req.attempt);
-    let (tx, rx) = mpsc::channel::<WorkerEvent>(64);
     let task_id = req.task_id;
+    let (out, attached) = app.frames.start(
+        task_id,
+        req.attempt,
+        pool.spec.id.clone(),
+        epoch,
+        admission.cancel.clone(),
+    );
     let run = TaskRun {
         pool: pool.clone(),
         client: admission.client,
@@ -204,17 +232,44 @@ async fn dispatch(
         model: admission.model,
         meter: admission.meter,
         req,
-        tx,
+        out: out.clone(),
         cancel: admission.cancel,
         lost: admission.lost,
         idle_timeout: app.idle_timeout,
         cancel_confirm: app.cancel_confirm,
     };
+    let frames = app.frames.clone();
     app.tracker.spawn(async move {
         let end = run.run().await;
         pool.release(&task_id, end);
+        frames.finish(&out);
     });
-    Ok(ndjson(rx))
+    Ok(ndjson(attached))
+}
+
+/// The epoch of a request from orchestratord (`x-llorch-epoch`), checked against the highest seen:
+/// a lower one is refused with STALE_EPOCH. No header (embedded mode): not fenced.
+fn fence(app: &App, headers: &HeaderMap) -> Result<Option<u64>, ErrorEnvelope> {
+    let Some(raw) = headers.get(api::EPOCH_HEADER) else {
+        return Ok(None);
+    };
+    let epoch = raw
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .ok_or_else(|| {
+            ErrorEnvelope::invalid(
+                api::EPOCH_HEADER,
+                format!("{} must be an unsigned integer", api::EPOCH_HEADER),
+            )
+        })?;
+    app.frames.fence(Some(epoch)).map_err(|highest| {
+        ErrorEnvelope::new(
+            ErrorCode::StaleEpoch,
+            format!("epoch {epoch} is older than epoch {highest} of the current leader"),
+        )
+    })?;
+    Ok(Some(epoch))
 }
 
 /// The checks of §13.2 that need no supervisor: protocol, placement facts, engine, and a `ctx`
@@ -302,46 +357,14 @@ fn refusal(r: Refusal, pool_id: &api::PoolId, req: &DispatchRequest) -> ErrorEnv
     }
 }
 
-/// The NDJSON body: one line per event with `seq`, and a keepalive after 5 s of silence.
-/// The dispatch response: one NDJSON line per worker event, with a keepalive line after 5 s of
-/// silence. Events that are already waiting when a line is written go into the same chunk (one
-/// write instead of one per event under load); none waits for a later one.
-fn ndjson(rx: mpsc::Receiver<WorkerEvent>) -> Response {
-    let state = (rx, 0u64, false);
-    let stream = futures::stream::unfold(state, |(mut rx, mut seq, done)| async move {
-        if done {
-            return None;
-        }
-        let event = match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
-            Ok(Some(ev)) => ev,
-            Ok(None) => return None,
-            Err(_) => WorkerEvent::Keepalive,
-        };
-        let mut chunk = Vec::with_capacity(256);
-        let mut terminal = push_line(&mut chunk, seq, event);
-        seq += 1;
-        while !terminal {
-            let Ok(event) = rx.try_recv() else { break };
-            terminal = push_line(&mut chunk, seq, event);
-            seq += 1;
-        }
-        Some((Ok::<_, Infallible>(Bytes::from(chunk)), (rx, seq, terminal)))
-    });
-    let mut resp = Response::new(Body::from_stream(stream));
+/// The dispatch response: the task's NDJSON lines from seq 0, then live (see [`crate::frames`]).
+fn ndjson(attached: Attachment) -> Response {
+    let mut resp = Response::new(Body::from_stream(attached.into_stream()));
     resp.headers_mut().insert(
         "content-type",
         axum::http::HeaderValue::from_static("application/x-ndjson"),
     );
     resp
-}
-
-/// Appends one NDJSON line; true when the event is terminal.
-fn push_line(chunk: &mut Vec<u8>, seq: u64, event: WorkerEvent) -> bool {
-    let terminal = event.is_terminal();
-    // Serializing typed worker events into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *chunk, &WorkerLine { seq, event });
-    chunk.push(b'\n');
-    terminal
 }
 
 async fn cancel(
@@ -351,6 +374,7 @@ async fn cancel(
 ) -> Result<StatusCode, ApiError> {
     let cid = CorrelationId::from_headers(&headers);
     let pool = find_pool(&app, &pool_id)?;
+    fence(&app, &headers)?;
     // A task id that is not a UUID names no task here: nothing to cancel, as for an unknown one.
     let Ok(task) = task_id.parse::<api::TaskId>() else {
         return Ok(StatusCode::NO_CONTENT);
@@ -372,7 +396,8 @@ async fn cancel(
 mod tests {
     use super::*;
     use crate::pools::runner::Msg;
-    use api::worker::{DispatchInput, DispatchParams};
+    use api::worker::{DispatchInput, DispatchParams, WorkerEvent, WorkerLine};
+    use tokio::sync::mpsc;
     use axum::http::Request as HttpRequest;
     use tower::ServiceExt;
 
@@ -390,6 +415,7 @@ mod tests {
             cancel_confirm: Duration::from_millis(200),
             pools: Arc::new(set),
             book: Default::default(),
+            frames: Arc::new(crate::frames::Frames::new(Default::default())),
             tracker: Default::default(),
             closing: Default::default(),
         })
