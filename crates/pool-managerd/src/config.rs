@@ -397,10 +397,17 @@ impl RawConfig {
         // `url` (when set) comes first, then `urls` in order, each once.
         let mut orchestrator_urls: Vec<String> = Vec::new();
         let listed = self.orchestrator.urls.as_ref().map(UrlList::urls);
-        let named = self.orchestrator.url.iter().map(|u| ("orchestrator.url", u.clone()));
+        let named = self
+            .orchestrator
+            .url
+            .iter()
+            .map(|u| ("orchestrator.url", u.clone()));
         let default = (self.orchestrator.url.is_none() && listed.is_none())
             .then(|| ("orchestrator.url", DEFAULT_ORCHESTRATOR_URL.to_string()));
-        let listed = listed.into_iter().flatten().map(|u| ("orchestrator.urls", u));
+        let listed = listed
+            .into_iter()
+            .flatten()
+            .map(|u| ("orchestrator.urls", u));
         for (key, u) in named.chain(default).chain(listed) {
             let u = u.trim().trim_end_matches('/').to_string();
             if !u.starts_with("http://") && !u.starts_with("https://") {
@@ -473,12 +480,14 @@ impl RawConfig {
         let w = &self.worker;
         let defaults = TaskRetention::default();
         let tasks = TaskRetention {
-            grace: w.dispatch_grace_ms.map_or(defaults.grace, Duration::from_millis),
-            retention: w.retention_ms.map_or(defaults.retention, Duration::from_millis),
+            grace: w
+                .dispatch_grace_ms
+                .map_or(defaults.grace, Duration::from_millis),
+            retention: w
+                .retention_ms
+                .map_or(defaults.retention, Duration::from_millis),
             max_retained: w.max_retained.unwrap_or(defaults.max_retained),
-            retained_max_bytes: w
-                .retained_max_bytes
-                .unwrap_or(defaults.retained_max_bytes),
+            retained_max_bytes: w.retained_max_bytes.unwrap_or(defaults.retained_max_bytes),
             buffer_max_bytes: w.buffer_max_bytes.unwrap_or(defaults.buffer_max_bytes),
         };
         if tasks.buffer_max_bytes == 0 {
@@ -1008,7 +1017,8 @@ mod tests {
         let raw: RawConfig = toml::from_str("[orchestrator]\nurls = [\"ftp://x\"]\n").unwrap();
         let errs = raw.validate(&host()).unwrap_err();
         assert!(
-            errs.iter().any(|e| e.starts_with("orchestrator.urls: \"ftp://x\"")),
+            errs.iter()
+                .any(|e| e.starts_with("orchestrator.urls: \"ftp://x\"")),
             "{errs:?}"
         );
     }

@@ -100,7 +100,12 @@ impl Frames {
         }
         if epoch > r.epoch {
             if r.epoch > 0 {
-                tracing::info!(event = "node.epoch_raised", epoch = epoch, "Leader epoch raised from {} to {epoch}", r.epoch);
+                tracing::info!(
+                    event = "node.epoch_raised",
+                    epoch = epoch,
+                    "Leader epoch raised from {} to {epoch}",
+                    r.epoch
+                );
             }
             r.epoch = epoch;
             for t in r.tasks.values() {

@@ -397,8 +397,8 @@ mod tests {
     use super::*;
     use crate::pools::runner::Msg;
     use api::worker::{DispatchInput, DispatchParams, WorkerEvent, WorkerLine};
-    use tokio::sync::mpsc;
     use axum::http::Request as HttpRequest;
+    use tokio::sync::mpsc;
     use tower::ServiceExt;
 
     const TOKEN: &str = "dispatch-token-dispatch-token-0123";
@@ -776,9 +776,11 @@ mod tests {
             while let Some(msg) = rx.recv().await {
                 match msg {
                     Msg::Admit { task, reply, .. } => {
-                        let client =
-                            engine::EngineClient::new(&url, engine::ApiKey::from_secret("k".into()))
-                                .unwrap();
+                        let client = engine::EngineClient::new(
+                            &url,
+                            engine::ApiKey::from_secret("k".into()),
+                        )
+                        .unwrap();
                         let cancel = tokio_util::sync::CancellationToken::new();
                         tokens.lock().unwrap().push(cancel.clone());
                         let (done, _) = tokio::sync::watch::channel(false);
@@ -880,7 +882,12 @@ mod tests {
                     .await
                     .unwrap();
                 let status = resp.status();
-                (status, axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap())
+                (
+                    status,
+                    axum::body::to_bytes(resp.into_body(), 1 << 20)
+                        .await
+                        .unwrap(),
+                )
             }
         };
         assert_eq!(cancel(Some(5)).await.0, 204);
@@ -888,7 +895,10 @@ mod tests {
         assert_eq!(cancel(None).await.0, 204, "no header: not fenced");
         assert_eq!(cancel(Some(5)).await.0, 204, "the same epoch passes");
         let (status, mut body) = open(&app, Some(3), 1).await;
-        let answer = (status, Bytes::from(lines(&mut body, usize::MAX).await.concat()));
+        let answer = (
+            status,
+            Bytes::from(lines(&mut body, usize::MAX).await.concat()),
+        );
         check(answer, 409, ErrorCode::StaleEpoch, None);
         let mut req = HttpRequest::builder()
             .method("POST")
@@ -901,8 +911,15 @@ mod tests {
             .await
             .unwrap();
         let status = resp.status();
-        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
-        check((status, bytes), 400, ErrorCode::InvalidParams, Some(api::EPOCH_HEADER));
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        check(
+            (status, bytes),
+            400,
+            ErrorCode::InvalidParams,
+            Some(api::EPOCH_HEADER),
+        );
     }
 
     /// A newer epoch closes the old leader's stream; the run goes on, and a dispatch of the same
@@ -925,9 +942,17 @@ mod tests {
             lines(&mut old, usize::MAX).await.is_empty(),
             "the stream of epoch 7 ends (without a terminal line) once epoch 8 attaches"
         );
-        assert_eq!(lines(&mut new, 3).await, seen, "the replay is byte-identical");
+        assert_eq!(
+            lines(&mut new, 3).await,
+            seen,
+            "the replay is byte-identical"
+        );
         drop(new);
-        assert_eq!(counts(&app), (1, 1, 0), "detached once, attached again once");
+        assert_eq!(
+            counts(&app),
+            (1, 1, 0),
+            "detached once, attached again once"
+        );
         let (status, mut again) = open(&app, Some(8), 1).await;
         assert_eq!(status, 200);
         assert_eq!(counts(&app), (0, 2, 0));
@@ -1001,13 +1026,20 @@ mod tests {
         assert!(cancels.lock().unwrap()[0].is_cancelled());
         assert_eq!(counts(&app), (0, 0, 1));
         let (status, mut body) = open(&app, Some(1), 1).await;
-        let answer = (status, Bytes::from(lines(&mut body, usize::MAX).await.concat()));
+        let answer = (
+            status,
+            Bytes::from(lines(&mut body, usize::MAX).await.concat()),
+        );
         let env: ErrorEnvelope = serde_json::from_slice(&answer.1).unwrap();
         assert_eq!(
             (answer.0.as_u16(), env.code, env.retriable),
             (410, ErrorCode::WorkerReset, false)
         );
-        assert!(env.message.contains("50 ms grace period"), "{}", env.message);
+        assert!(
+            env.message.contains("50 ms grace period"),
+            "{}",
+            env.message
+        );
     }
 
     /// Without an epoch (embedded mode) a dropped dispatch stream cancels the task at once.
