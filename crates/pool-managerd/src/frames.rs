@@ -165,6 +165,7 @@ impl Frames {
             task,
             attempt,
             pool,
+            replayable: epoch.is_some(),
             grace: self.cfg.grace,
             cap: self.cfg.buffer_max_bytes,
             counters: self.counters.clone(),
@@ -227,6 +228,9 @@ pub struct TaskFrames {
     task: TaskId,
     attempt: u32,
     pool: PoolId,
+    /// Dispatched with an epoch: the lines are kept for a later attach. Without one, a line is
+    /// dropped once its one reader has it.
+    replayable: bool,
     grace: Duration,
     /// Bytes kept for a replay; beyond them the run can no longer be attached.
     cap: usize,
@@ -458,8 +462,8 @@ impl Attachment {
             let from = self.pos.saturating_sub(s.base);
             let chunk = Bytes::copy_from_slice(&s.data[from..]);
             self.pos = end;
-            if s.overflowed {
-                // Past the buffer's cap only this reader needs the lines, and only once.
+            if s.overflowed || !self.frames.replayable {
+                // Nobody can attach later: only this reader needs the lines, and only once.
                 s.base = end;
                 s.data.clear();
             }
@@ -496,5 +500,134 @@ impl Attachment {
 impl Drop for Attachment {
     fn drop(&mut self) {
         self.frames.detach(self.gen);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "00000000-0000-4000-8000-00000000000a";
+    const B: &str = "00000000-0000-4000-8000-00000000000b";
+
+    fn frames(edit: impl FnOnce(&mut TaskRetention)) -> Frames {
+        let mut cfg = TaskRetention::default();
+        edit(&mut cfg);
+        Frames::new(cfg)
+    }
+
+    fn token(i: u64) -> WorkerEvent {
+        WorkerEvent::Token {
+            i,
+            t: "tok".into(),
+            ids: vec![],
+            logprobs: vec![],
+        }
+    }
+
+    fn end() -> WorkerEvent {
+        WorkerEvent::End {
+            tokens_in: 1,
+            tokens_out: 1,
+            stop_reason: api::events::StopReason::Limit,
+            seed: None,
+            engine_ttft_ms: None,
+            engine_decode_ms: 0,
+            tokens_cached: None,
+            slot: None,
+        }
+    }
+
+    fn pool() -> PoolId {
+        "p1".parse().unwrap()
+    }
+
+    /// Everything an attachment can read now, as text.
+    fn drain(a: &mut Attachment) -> String {
+        let mut out = String::new();
+        while let Read::Chunk(b) = a.read() {
+            out.push_str(std::str::from_utf8(&b).unwrap());
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn lines_coalesce_and_a_later_attach_replays_them_whole() {
+        let f = frames(|_| {});
+        let cancel = CancellationToken::new();
+        let (t, mut first) = f.start(A.parse().unwrap(), 1, pool(), Some(1), cancel.clone());
+        t.push(token(0));
+        t.push(token(1));
+        let read = match first.read() {
+            Read::Chunk(b) => String::from_utf8(b.to_vec()).unwrap(),
+            _ => panic!("two lines waiting"),
+        };
+        assert_eq!(read.lines().count(), 2, "one chunk for the waiting lines");
+        assert!(matches!(first.read(), Read::Wait));
+        t.push(end());
+        t.push(token(2));
+        let Lookup::Attach(mut second) = f.lookup(&A.parse().unwrap(), 1, &pool(), 1) else {
+            panic!("same task and attempt attach");
+        };
+        assert!(matches!(first.read(), Read::End), "the newer attachment closes the older");
+        let all = drain(&mut second);
+        assert!(all.starts_with(&read), "{all}");
+        assert_eq!(all.lines().count(), 3, "nothing follows the terminal line: {all}");
+        assert!(matches!(second.read(), Read::End));
+        assert!(!cancel.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn an_overflowed_buffer_cannot_be_attached_and_its_drop_cancels() {
+        let f = frames(|c| c.buffer_max_bytes = 100);
+        let cancel = CancellationToken::new();
+        let (t, mut a) = f.start(A.parse().unwrap(), 1, pool(), Some(1), cancel.clone());
+        for i in 0..5 {
+            t.push(token(i));
+        }
+        assert_eq!(drain(&mut a).lines().count(), 5, "the attached reader reads on");
+        t.push(token(5));
+        assert_eq!(drain(&mut a).lines().count(), 1);
+        match f.lookup(&A.parse().unwrap(), 1, &pool(), 1) {
+            Lookup::Refused(410, env) => {
+                assert_eq!((env.code, env.retriable), (ErrorCode::WorkerReset, false));
+                assert!(env.message.contains("100 byte buffer"), "{}", env.message);
+            }
+            _ => panic!("an overflowed run cannot be attached"),
+        }
+        drop(a);
+        assert!(cancel.is_cancelled(), "nothing could attach again: canceled at once");
+        assert_eq!(f.counters().detached.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn finished_runs_are_retained_within_bounds_and_another_attempt_runs_fresh() {
+        let f = frames(|c| c.max_retained = 1);
+        for id in [A, B] {
+            let (t, a) = f.start(id.parse().unwrap(), 1, pool(), Some(1), Default::default());
+            t.push(end());
+            drop(a);
+            f.finish(&t);
+        }
+        assert!(
+            matches!(f.lookup(&A.parse().unwrap(), 1, &pool(), 1), Lookup::Fresh),
+            "the oldest finished run went first"
+        );
+        let other: PoolId = "p2".parse().unwrap();
+        assert!(matches!(
+            f.lookup(&B.parse().unwrap(), 1, &other, 1),
+            Lookup::Refused(409, _)
+        ));
+        assert!(matches!(
+            f.lookup(&B.parse().unwrap(), 2, &pool(), 1),
+            Lookup::Fresh
+        ));
+        assert!(
+            matches!(f.lookup(&B.parse().unwrap(), 1, &pool(), 1), Lookup::Fresh),
+            "a new attempt replaced the finished one"
+        );
+        assert_eq!(f.fence(Some(3)), Ok(()));
+        assert_eq!(f.fence(Some(2)), Err(3));
+        assert_eq!(f.fence(None), Ok(()));
     }
 }
