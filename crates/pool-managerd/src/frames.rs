@@ -569,10 +569,17 @@ mod tests {
         let Lookup::Attach(mut second) = f.lookup(&A.parse().unwrap(), 1, &pool(), 1) else {
             panic!("same task and attempt attach");
         };
-        assert!(matches!(first.read(), Read::End), "the newer attachment closes the older");
+        assert!(
+            matches!(first.read(), Read::End),
+            "the newer attachment closes the older"
+        );
         let all = drain(&mut second);
         assert!(all.starts_with(&read), "{all}");
-        assert_eq!(all.lines().count(), 3, "nothing follows the terminal line: {all}");
+        assert_eq!(
+            all.lines().count(),
+            3,
+            "nothing follows the terminal line: {all}"
+        );
         assert!(matches!(second.read(), Read::End));
         assert!(!cancel.is_cancelled());
     }
@@ -585,7 +592,11 @@ mod tests {
         for i in 0..5 {
             t.push(token(i));
         }
-        assert_eq!(drain(&mut a).lines().count(), 5, "the attached reader reads on");
+        assert_eq!(
+            drain(&mut a).lines().count(),
+            5,
+            "the attached reader reads on"
+        );
         t.push(token(5));
         assert_eq!(drain(&mut a).lines().count(), 1);
         match f.lookup(&A.parse().unwrap(), 1, &pool(), 1) {
@@ -596,7 +607,10 @@ mod tests {
             _ => panic!("an overflowed run cannot be attached"),
         }
         drop(a);
-        assert!(cancel.is_cancelled(), "nothing could attach again: canceled at once");
+        assert!(
+            cancel.is_cancelled(),
+            "nothing could attach again: canceled at once"
+        );
         assert_eq!(f.counters().detached.load(Ordering::SeqCst), 0);
     }
 
