@@ -45,6 +45,9 @@ pub struct Frames {
     cfg: TaskRetention,
     counters: Arc<Counters>,
     reg: Mutex<Registry>,
+    /// Notified when a stream with an epoch breaks: the leader may be gone, so the node's next
+    /// heartbeat goes at once (and finds the new leader sooner).
+    lost_leader: Arc<Notify>,
 }
 
 #[derive(Default)]
@@ -78,7 +81,15 @@ impl Frames {
             cfg,
             counters: Default::default(),
             reg: Default::default(),
+            lost_leader: Default::default(),
         }
+    }
+
+    /// `notify` learns of every stream with an epoch that broke (the registrar's heartbeat
+    /// trigger).
+    pub fn with_lost_leader(mut self, notify: Arc<Notify>) -> Self {
+        self.lost_leader = notify;
+        self
     }
 
     pub fn counters(&self) -> &Counters {
@@ -169,6 +180,7 @@ impl Frames {
             grace: self.cfg.grace,
             cap: self.cfg.buffer_max_bytes,
             counters: self.counters.clone(),
+            lost_leader: self.lost_leader.clone(),
             cancel,
             state: Mutex::new(State {
                 data: Vec::with_capacity(1024),
@@ -235,6 +247,7 @@ pub struct TaskFrames {
     /// Bytes kept for a replay; beyond them the run can no longer be attached.
     cap: usize,
     counters: Arc<Counters>,
+    lost_leader: Arc<Notify>,
     /// The run's cancel (the supervisor's token for this task).
     cancel: CancellationToken,
     state: Mutex<State>,
@@ -383,6 +396,7 @@ impl TaskFrames {
             (Some(epoch), Ok(rt)) if !s.overflowed => {
                 s.in_grace = true;
                 self.counters.detached.fetch_add(1, Ordering::Relaxed);
+                self.lost_leader.notify_one();
                 tracing::info!(event = "task.detached", task_id = %self.task, pool_id = %self.pool, epoch = epoch,
                     "Dispatch stream of task {} dropped; it keeps running for {} ms for a dispatch to attach again", self.task, self.grace.as_millis());
                 let (me, gen, grace) = (self.clone(), s.gen, self.grace);

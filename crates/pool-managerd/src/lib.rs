@@ -100,7 +100,9 @@ pub async fn run(
         cancel_confirm: config.engine.cancel_confirm,
         pools: pools.clone(),
         book: book.clone(),
-        frames: Arc::new(frames::Frames::new(config.tasks.clone())),
+        frames: Arc::new(
+            frames::Frames::new(config.tasks.clone()).with_lost_leader(changed.clone()),
+        ),
         tracker: tracker.clone(),
         closing: closing.clone(),
     });

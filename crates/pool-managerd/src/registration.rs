@@ -340,9 +340,14 @@ async fn heartbeat(
         }
         Ok(r) if r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE => {
             let from = target.current.clone();
-            target.follow(leader_of(&r));
+            if target.follow(leader_of(&r)) {
+                // A new leader learns of this node (and its running tasks) by its registration.
+                tracing::info!(event = "node.leader_changed", node_id = %app.node_id, orchestrator = %target.current,
+                    "{from} is not the leader; registering with the leader at {}", target.current);
+                return Beat::Reregister;
+            }
             Beat::Failed(format!(
-                "{from} answered 503 (not the leader); trying {}",
+                "{from} answered 503 and names no leader; trying {}",
                 target.current
             ))
         }
@@ -729,28 +734,42 @@ mod tests {
         let _ = run.await;
     }
 
-    /// Registration finds the leader: a dead URL is skipped, a follower's 503 `NOT_LEADER` names
-    /// the leader, and registration and heartbeats then go there.
-    #[tokio::test]
-    async fn registration_follows_the_leader() {
-        use axum::routing::post;
-        use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
-        let serve = |router: axum::Router| async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let url = format!("http://{}", listener.local_addr().unwrap());
-            tokio::spawn(async move { axum::serve(listener, router).await });
-            url
-        };
-        let registered = Arc::new(AtomicU64::new(0));
-        let beats = Arc::new(AtomicU64::new(0));
-        let (r, b) = (registered.clone(), beats.clone());
-        let leader = axum::Router::new()
-            .route(
-                "/v2/nodes/register",
-                post(move || {
-                    r.fetch_add(1, SeqCst);
-                    async {
-                        axum::Json(RegisterResponse {
+    /// A stand-in orchestratord of an HA group: while `leader` it takes registrations (counted)
+    /// and heartbeats; else it answers 503 `NOT_LEADER` naming `other`.
+    struct Orchd {
+        url: String,
+        leader: Arc<std::sync::atomic::AtomicBool>,
+        registered: Arc<std::sync::atomic::AtomicU64>,
+        other: Arc<std::sync::Mutex<String>>,
+    }
+
+    impl Orchd {
+        async fn start(leader: bool) -> Self {
+            use std::sync::atomic::Ordering::SeqCst;
+            let me = Self {
+                url: String::new(),
+                leader: Arc::new(leader.into()),
+                registered: Default::default(),
+                other: Default::default(),
+            };
+            let (lead, count, other) = (me.leader.clone(), me.registered.clone(), me.other.clone());
+            let router = axum::Router::new().fallback(move |req: axum::extract::Request| {
+                let (lead, count, other) = (lead.clone(), count.clone(), other.clone());
+                async move {
+                    use axum::response::IntoResponse;
+                    if !lead.load(SeqCst) {
+                        let env = api::ErrorEnvelope::new(ErrorCode::NotLeader, "not the leader");
+                        let leader = other.lock().unwrap().clone();
+                        return (
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                            [(api::LEADER_HEADER, leader)],
+                            axum::Json(env),
+                        )
+                            .into_response();
+                    }
+                    if req.uri().path() == "/v2/nodes/register" {
+                        count.fetch_add(1, SeqCst);
+                        return axum::Json(RegisterResponse {
                             node_id: "n1".parse().unwrap(),
                             credential: CredentialKind::Static,
                             node_token: None,
@@ -758,59 +777,79 @@ mod tests {
                             next_heartbeat_ms: 100,
                             heartbeat_timeout_ms: 1_000,
                         })
+                        .into_response();
                     }
-                }),
-            )
-            .route(
-                "/v2/nodes/n1/heartbeat",
-                post(move || {
-                    b.fetch_add(1, SeqCst);
-                    async {
-                        axum::Json(HeartbeatResponse {
-                            next_heartbeat_ms: 100,
-                            commands: vec![],
-                        })
-                    }
-                }),
-            );
-        let leader_url = serve(leader).await;
-        let asked = Arc::new(AtomicU64::new(0));
-        let (a, named) = (asked.clone(), leader_url.clone());
-        let follower = axum::Router::new().fallback(move || {
-            a.fetch_add(1, SeqCst);
-            let named = named.clone();
-            async move {
-                let env = api::ErrorEnvelope::new(ErrorCode::NotLeader, "not the leader");
-                (
-                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                    [(api::LEADER_HEADER, named)],
-                    axum::Json(env),
-                )
-            }
-        });
-        let follower_url = serve(follower).await;
+                    axum::Json(HeartbeatResponse {
+                        next_heartbeat_ms: 100,
+                        commands: vec![],
+                    })
+                    .into_response()
+                }
+            });
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}", listener.local_addr().unwrap());
+            tokio::spawn(async move { axum::serve(listener, router).await });
+            Self { url, ..me }
+        }
+
+        fn names(&self, other: &Orchd) {
+            *self.other.lock().unwrap() = other.url.clone();
+        }
+
+        fn registered(&self) -> u64 {
+            self.registered.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    /// Runs a registrar against `urls` until `done` holds (or 30 s passed).
+    async fn register_until(urls: Vec<String>, mut done: impl FnMut() -> bool) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut app = Arc::try_unwrap(registrar(dir.path(), &[])).ok().unwrap();
+        app.orchestrator_urls = urls;
+        let stop = CancellationToken::new();
+        let run = tokio::spawn(run(Arc::new(app), stop.clone()));
+        let until = std::time::Instant::now() + Duration::from_secs(30);
+        while !done() && std::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stop.cancel();
+        let _ = run.await;
+    }
+
+    /// Registration finds the leader: a dead URL is skipped, and a follower's 503 `NOT_LEADER`
+    /// names the leader.
+    #[tokio::test]
+    async fn registration_follows_the_leader() {
+        let (leader, follower) = (Orchd::start(true).await, Orchd::start(false).await);
+        follower.names(&leader);
         // Nothing listens on a port just freed.
         let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let dead_url = format!("http://{}", dead.local_addr().unwrap());
         drop(dead);
-        let dir = tempfile::tempdir().unwrap();
-        let mut app = Arc::try_unwrap(registrar(dir.path(), &[])).ok().unwrap();
-        app.orchestrator_urls = vec![dead_url, follower_url];
-        let app = Arc::new(app);
-        let stop = CancellationToken::new();
-        let run = tokio::spawn(run(app.clone(), stop.clone()));
-        let until = std::time::Instant::now() + Duration::from_secs(30);
-        while beats.load(SeqCst) < 2 && std::time::Instant::now() < until {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert_eq!(
-            registered.load(SeqCst),
-            1,
-            "registered once, with the leader"
-        );
-        assert!(beats.load(SeqCst) >= 2, "heartbeats go to the leader");
-        assert_eq!(asked.load(SeqCst), 1, "the follower was asked once");
-        stop.cancel();
-        let _ = run.await;
+        register_until(vec![dead_url, follower.url.clone()], || {
+            leader.registered() > 0
+        })
+        .await;
+        assert_eq!(leader.registered(), 1, "registered once, with the leader");
+    }
+
+    /// When the leader changes, the old one's NOT_LEADER answer to a heartbeat sends the node to
+    /// register with the new one.
+    #[tokio::test]
+    async fn a_heartbeat_to_a_deposed_leader_registers_with_the_new_one() {
+        let (a, b) = (Orchd::start(true).await, Orchd::start(false).await);
+        b.names(&a);
+        a.names(&b);
+        let mut flipped = false;
+        register_until(vec![a.url.clone(), b.url.clone()], || {
+            if a.registered() > 0 && !flipped {
+                a.leader.store(false, std::sync::atomic::Ordering::SeqCst);
+                b.leader.store(true, std::sync::atomic::Ordering::SeqCst);
+                flipped = true;
+            }
+            b.registered() > 0
+        })
+        .await;
+        assert_eq!((a.registered(), b.registered()), (1, 1));
     }
 }
