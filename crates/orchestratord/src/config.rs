@@ -719,11 +719,7 @@ impl RawConfig {
 }
 
 /// `[state]`: `backend` sqlite (default) or postgres; postgres needs `url` (or `url_file`).
-fn state_backend(
-    raw: &RawState,
-    bind: Option<SocketAddr>,
-    p: &mut Vec<String>,
-) -> StateBackend {
+fn state_backend(raw: &RawState, bind: Option<SocketAddr>, p: &mut Vec<String>) -> StateBackend {
     let url = daemon::config::secret_or_file("state.url", &raw.url, &raw.url_file, p);
     match raw.backend.as_deref().unwrap_or("sqlite") {
         "sqlite" => {

@@ -164,7 +164,11 @@ async fn run_ha(
     .await?;
     let (pg, records, tasks) =
         loaded.map_err(|e| anyhow::anyhow!("cannot load the state from Postgres: {e}"))?;
-    tracing::info!(event = "catalog.opened", "The model catalog in Postgres holds {} model(s)", records.len());
+    tracing::info!(
+        event = "catalog.opened",
+        "The model catalog in Postgres holds {} model(s)",
+        records.len()
+    );
     let catalog = catalog::Catalog::deferred_from(records, std::path::Path::new("postgres"));
     let app = start_core(
         &cfg,
@@ -179,7 +183,12 @@ async fn run_ha(
         reload,
     )?;
     gate.lead(http::router(app));
-    tracing::info!(event = "ha.serving", epoch = lead.fence.epoch, "Serving as the leader (epoch {})", lead.fence.epoch);
+    tracing::info!(
+        event = "ha.serving",
+        epoch = lead.fence.epoch,
+        "Serving as the leader (epoch {})",
+        lead.fence.epoch
+    );
     tokio::select! {
         _ = lead.lost.cancelled() => {
             tracing::error!(event = "ha.stepped_down", epoch = lead.fence.epoch,

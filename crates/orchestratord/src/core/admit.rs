@@ -68,9 +68,13 @@ impl<E: Effects> Core<E> {
             .map_err(|e| self.reject(&v.tenant, e))?;
         let model = rec.id.clone();
         let pinned = v.placement.mode == PlacementMode::Pin;
-        let target = self
-            .serving_or_target(&rec, pinned)
-            .map_err(|e| self.reject(&v.tenant, e))?;
+        // Right after an HA takeover, nodes are still registering again: the task waits for them.
+        let target = if self.in_takeover(now) && !self.model_has_pool(&rec.id) {
+            None
+        } else {
+            self.serving_or_target(&rec, pinned)
+                .map_err(|e| self.reject(&v.tenant, e))?
+        };
         if target.is_none() && !self.workload_served(&model, v.workload) && !self.in_takeover(now) {
             return Err(self.reject(
                 &v.tenant,
@@ -205,7 +209,11 @@ impl<E: Effects> Core<E> {
             resp.preparation.steps = steps;
             self.announce_binding(id, &pool, resp.predicted_start_ms);
         }
-        if let Some(k) = self.tasks.get(&id).and_then(|t| t.v.idempotency_key.clone()) {
+        if let Some(k) = self
+            .tasks
+            .get(&id)
+            .and_then(|t| t.v.idempotency_key.clone())
+        {
             self.idempotency.insert((tenant.clone(), k), id);
         }
         self.queues.push(key, id, priority, &tenant, weight);

@@ -25,9 +25,9 @@ pub mod registry;
 pub mod runner;
 pub mod sessions;
 pub mod store;
+pub mod takeover;
 pub mod task_table;
 pub mod tasklog;
-pub mod takeover;
 pub mod tasks;
 pub mod tenants;
 

@@ -273,10 +273,20 @@ impl PgState {
                     v: serde_json::from_str(&spec).map_err(|e| e.to_string())?,
                     correlation_id: r.get(3),
                     state: parse_state(&state).ok_or("unknown state")?,
-                    node: node.map(|n| n.parse()).transpose().map_err(|e| format!("{e}"))?,
-                    pool: pool.map(|p| p.parse()).transpose().map_err(|e| format!("{e}"))?,
+                    node: node
+                        .map(|n| n.parse())
+                        .transpose()
+                        .map_err(|e| format!("{e}"))?,
+                    pool: pool
+                        .map(|p| p.parse())
+                        .transpose()
+                        .map_err(|e| format!("{e}"))?,
                     attempt: attempt.max(0) as u32,
-                    prefix: prefix.as_deref().map(parse_frames).transpose()?.unwrap_or_default(),
+                    prefix: prefix
+                        .as_deref()
+                        .map(parse_frames)
+                        .transpose()?
+                        .unwrap_or_default(),
                 })
             })();
             match parsed {

@@ -259,9 +259,9 @@ impl LiveEffects {
         let http = self.http.clone();
         let idle = self.idle_timeout;
         let fence = self.fence.clone();
-        let handle = self.tracker.spawn(super::dispatch::relay(
-            job, http, idle, tx, fence, durable,
-        ));
+        let handle = self
+            .tracker
+            .spawn(super::dispatch::relay(job, http, idle, tx, fence, durable));
         self.relays.retain(|_, h| !h.is_finished());
         self.relays.insert(task, handle.abort_handle());
     }

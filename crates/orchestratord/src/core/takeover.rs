@@ -121,8 +121,12 @@ impl<E: Effects> Core<E> {
             } else {
                 TaskState::Queued
             };
-            self.journal
-                .restored(id, st, entry.attempts + u32::from(pool.is_some()), pool.as_ref());
+            self.journal.restored(
+                id,
+                st,
+                entry.attempts + u32::from(pool.is_some()),
+                pool.as_ref(),
+            );
             if let Some(d) = entry.v.deadline_ms {
                 self.effects
                     .timer(Duration::from_millis(d), super::Timer::Deadline(id));

@@ -1973,8 +1973,14 @@ fn an_ha_leader_writes_a_row_when_a_task_is_admitted_dispatched_and_finished() {
     assert_eq!(rows.len(), 2);
     // `a` was dispatched at once: its first row holds the request and the frames before its
     // stream; `b` waits in the queue.
-    assert_eq!((rows[0].id, rows[0].state, rows[0].attempt), (a, TaskState::Running, 1));
-    assert!(rows[0].spec.as_deref().is_some_and(|s| s.contains("\"hi\"")));
+    assert_eq!(
+        (rows[0].id, rows[0].state, rows[0].attempt),
+        (a, TaskState::Running, 1)
+    );
+    assert!(rows[0]
+        .spec
+        .as_deref()
+        .is_some_and(|s| s.contains("\"hi\"")));
     let prefix = rows[0].prefix.as_deref().expect("frames before the stream");
     assert!(prefix.contains("\"started\""), "{prefix}");
     assert_eq!((rows[1].id, rows[1].state), (b, TaskState::Queued));
@@ -1987,7 +1993,10 @@ fn an_ha_leader_writes_a_row_when_a_task_is_admitted_dispatched_and_finished() {
         states,
         vec![(a, TaskState::Completed, 1), (b, TaskState::Running, 1)]
     );
-    assert!(rows.iter().all(|r| r.spec.is_none()), "the request is written once");
+    assert!(
+        rows.iter().all(|r| r.spec.is_none()),
+        "the request is written once"
+    );
     assert!(rows[1].prefix.is_some());
     // Embedded mode writes nothing.
     let mut plain = core_with(|_| {});
@@ -2035,7 +2044,10 @@ fn a_new_leader_redispatches_a_running_task_to_its_pool_with_the_same_attempt() 
     core.restore(rows, Duration::from_secs(30), now);
     assert_eq!(core.restoring(), 1);
     assert_eq!(core.tasks[&running].log.len(), prefix.len());
-    assert!(core.take_task_rows().is_empty(), "restored rows are already right");
+    assert!(
+        core.take_task_rows().is_empty(),
+        "restored rows are already right"
+    );
     // A node with room for both registers: the restored task goes to its pool first, as attempt
     // 2, with no frame added; the queued one follows.
     let mut p = pool("p1", 2);

@@ -33,7 +33,10 @@ pub struct Leadership {
 pub fn start(
     ha: HaConfig,
     stop: CancellationToken,
-) -> (watch::Receiver<Option<String>>, oneshot::Receiver<Leadership>) {
+) -> (
+    watch::Receiver<Option<String>>,
+    oneshot::Receiver<Leadership>,
+) {
     let (leader_tx, leader_rx) = watch::channel(None);
     let (won_tx, won_rx) = oneshot::channel();
     std::thread::Builder::new()
@@ -56,7 +59,10 @@ fn campaign(
             Ok(mut c) => match pgstate::migrate(&mut c) {
                 Ok(()) => c,
                 Err(e) => {
-                    tracing::error!(event = "ha.db_unreachable", "The state database refused its schema: {e}");
+                    tracing::error!(
+                        event = "ha.db_unreachable",
+                        "The state database refused its schema: {e}"
+                    );
                     std::thread::sleep(Duration::from_secs(1));
                     continue;
                 }
@@ -72,14 +78,20 @@ fn campaign(
             }
         };
         if down_logged {
-            tracing::info!(event = "ha.db_reachable", "The state database is reachable again");
+            tracing::info!(
+                event = "ha.db_reachable",
+                "The state database is reachable again"
+            );
             down_logged = false;
         }
         match follow(ha, &mut c, leader, stop) {
             Ok(true) => {}
             Ok(false) => return,
             Err(e) => {
-                tracing::warn!(event = "ha.db_unreachable", "Lost the state database connection: {e}");
+                tracing::warn!(
+                    event = "ha.db_unreachable",
+                    "Lost the state database connection: {e}"
+                );
                 continue;
             }
         }
@@ -171,7 +183,10 @@ fn lead(
     ) {
         Ok(r) => r.get(0),
         Err(e) => {
-            tracing::error!(event = "ha.stepped_down", "Could not record the leadership: {e}");
+            tracing::error!(
+                event = "ha.stepped_down",
+                "Could not record the leadership: {e}"
+            );
             let lost = CancellationToken::new();
             lost.cancel();
             let _ = won.send(Leadership {
@@ -204,7 +219,11 @@ fn lead(
         while Instant::now() < until {
             if stop.is_cancelled() {
                 let _ = c.execute("SELECT pg_advisory_unlock($1)", &[&LEADER_LOCK]);
-                tracing::info!(event = "ha.released", epoch = epoch, "Released the leadership (epoch {epoch})");
+                tracing::info!(
+                    event = "ha.released",
+                    epoch = epoch,
+                    "Released the leadership (epoch {epoch})"
+                );
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -217,14 +236,20 @@ fn lead(
         ) {
             Ok(1) => fence.renewed(at, ha.lease),
             Ok(_) => {
-                tracing::error!(event = "ha.stepped_down", epoch = epoch,
-                    "Another orchestratord took over from epoch {epoch}; stepping down");
+                tracing::error!(
+                    event = "ha.stepped_down",
+                    epoch = epoch,
+                    "Another orchestratord took over from epoch {epoch}; stepping down"
+                );
                 lost.cancel();
                 return;
             }
             Err(e) => {
-                tracing::error!(event = "ha.stepped_down", epoch = epoch,
-                    "Cannot renew the lease of epoch {epoch} ({e}); stepping down");
+                tracing::error!(
+                    event = "ha.stepped_down",
+                    epoch = epoch,
+                    "Cannot renew the lease of epoch {epoch} ({e}); stepping down"
+                );
                 lost.cancel();
                 return;
             }
