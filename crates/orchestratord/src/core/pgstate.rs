@@ -166,17 +166,36 @@ fn parse_state(s: &str) -> Option<TaskState> {
 /// The store task's Postgres connection.
 pub struct PgState {
     client: Client,
+    url: String,
 }
 
 impl PgState {
     pub fn open(url: &str) -> Result<Self, String> {
         let mut client = connect(url).map_err(|e| e.to_string())?;
         migrate(&mut client)?;
-        Ok(Self { client })
+        Ok(Self {
+            client,
+            url: url.to_string(),
+        })
     }
 
-    /// Commits catalog changes and task rows in one transaction.
+    /// Commits catalog changes and task rows in one transaction; a closed connection (the
+    /// database restarted) is opened again once and the commit retried.
     pub fn commit(&mut self, catalog: &[catalog::Write], tasks: &[TaskRow]) -> Result<(), String> {
+        match self.commit_once(catalog, tasks) {
+            Err(e) if self.client.is_closed() => {
+                tracing::warn!(
+                    event = "ha.db_unreachable",
+                    "The state database connection closed ({e}); reconnecting"
+                );
+                self.client = connect(&self.url).map_err(|e| e.to_string())?;
+                self.commit_once(catalog, tasks)
+            }
+            r => r,
+        }
+    }
+
+    fn commit_once(&mut self, catalog: &[catalog::Write], tasks: &[TaskRow]) -> Result<(), String> {
         let mut tx = self.client.transaction().map_err(|e| e.to_string())?;
         for w in catalog {
             match w {
