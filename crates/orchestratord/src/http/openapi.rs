@@ -61,6 +61,7 @@ only) no token is needed and every caller is the anonymous admin.",
         doc::meta_capabilities,
         doc::openapi_document,
         doc::health,
+        doc::ready,
         doc::metrics,
         doc::chat_completions,
         doc::completions,
@@ -788,6 +789,21 @@ mod doc {
         responses((status = 200, description = "Alive.", body = Health)),
     )]
     fn health() {}
+
+    /// Readiness: 200 on the process that serves the API (the leader of an HA group, or the one
+    /// orchestratord); an HA follower answers 503 `NOT_LEADER` naming the leader. Never needs a
+    /// token.
+    #[utoipa::path(
+        get,
+        path = "/ready",
+        tag = "meta",
+        security(()),
+        responses(
+            (status = 200, description = "Serving.", body = Health),
+            (status = 503, description = "`NOT_LEADER`: an HA follower; `x-llorch-leader` names the leader.", body = ErrorEnvelope),
+        ),
+    )]
+    fn ready() {}
 
     /// Prometheus metrics (API.md §16); a token is needed only with `server.metrics_require_auth`.
     #[utoipa::path(
