@@ -267,8 +267,6 @@ pub struct Config {
     pub machine_id: api::MachineId,
     pub bind: SocketAddr,
     pub advertise_url: String,
-    /// The first of `orchestrator_urls`.
-    pub orchestrator_url: String,
     /// orchestratord's URLs (`orchestrator.urls`, else `orchestrator.url`): registration follows
     /// the leader among them.
     pub orchestrator_urls: Vec<String>,
@@ -419,7 +417,6 @@ impl RawConfig {
         if orchestrator_urls.is_empty() && !p.iter().any(|m| m.starts_with("orchestrator.url")) {
             p.push("orchestrator.urls: must name at least one URL".into());
         }
-        let orchestrator_url = orchestrator_urls.first().cloned().unwrap_or_default();
         let reg = daemon::config::secret_or_file(
             "orchestrator.registration_token",
             &self.orchestrator.registration_token,
@@ -544,7 +541,6 @@ impl RawConfig {
             machine_id: machine_id.expect("checked"),
             bind: bind.expect("checked"),
             advertise_url: advertise_url.expect("checked"),
-            orchestrator_url,
             orchestrator_urls,
             node_auth,
             dispatch_token,
@@ -1002,7 +998,6 @@ mod tests {
         .unwrap();
         let cfg = raw.validate(&host()).unwrap();
         assert_eq!(cfg.orchestrator_urls, ["http://a:1", "http://b:2"]);
-        assert_eq!(cfg.orchestrator_url, "http://a:1");
         assert_eq!(
             (cfg.tasks.grace, cfg.tasks.max_retained),
             (Duration::from_millis(500), 3)
