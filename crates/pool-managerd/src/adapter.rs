@@ -110,6 +110,7 @@ impl TaskRun {
             ok: matches!(event, WorkerEvent::End { .. }),
             decode_tps,
         };
+        // The terminal line never waits for the reader: the slot is released right after it.
         self.out.push(event);
         end
     }
@@ -212,7 +213,7 @@ impl TaskRun {
                 digest: self.model.digest.clone(),
             },
         };
-        self.out.push(started_ev);
+        self.emit(started_ev).await;
         // Token ids go with the text while every generated token's id was seen; the engine sends
         // none for tokens that end inside a UTF-8 character, and from then on the task cannot be
         // resumed exactly, so later lines carry no ids. The chat endpoint (chats with tools) sends
@@ -298,7 +299,7 @@ impl TaskRun {
                     ids,
                     logprobs: std::mem::take(&mut frame.completion_probabilities),
                 };
-                self.out.push(ev);
+                self.emit(ev).await;
             } else if !frame.content.is_empty() {
                 let ev = WorkerEvent::Token {
                     i: *tokens_out,
@@ -307,11 +308,11 @@ impl TaskRun {
                     logprobs: std::mem::take(&mut frame.completion_probabilities),
                 };
                 *tokens_out += 1;
-                self.out.push(ev);
+                self.emit(ev).await;
             }
             for delta in std::mem::take(&mut frame.tool_calls) {
                 *tokens_out += 1;
-                self.out.push(WorkerEvent::ToolCall { delta });
+                self.emit(WorkerEvent::ToolCall { delta }).await;
             }
             if frame.stop {
                 return Outcome::Finished(Box::new(frame));
@@ -356,7 +357,7 @@ impl TaskRun {
                 digest: self.model.digest.clone(),
             },
         };
-        self.out.push(started_ev);
+        self.emit(started_ev).await;
         *ttft = Some(started.elapsed().as_millis() as u64);
         let mut data = answer.data;
         data.sort_by_key(|d| d.index);
@@ -365,7 +366,7 @@ impl TaskRun {
                 index: d.index,
                 embedding: d.embedding,
             };
-            self.out.push(ev);
+            self.emit(ev).await;
         }
         Outcome::Finished(Box::new(CompletionFrame {
             stop: true,
@@ -374,6 +375,18 @@ impl TaskRun {
             tokens_predicted: Some(0),
             ..Default::default()
         }))
+    }
+
+    /// Hands `ev` to the task's lines; while the attached reader is far behind, waits for it (or
+    /// for a cancel), so a slow reader slows the engine stream instead of filling memory.
+    async fn emit(&self, ev: WorkerEvent) {
+        if self.out.push(ev) {
+            tokio::select! {
+                _ = self.out.caught_up() => {}
+                _ = self.cancel.cancelled() => {}
+                _ = self.lost.cancelled() => {}
+            }
+        }
     }
 
     fn tokens_evaluated(&self) -> u64 {

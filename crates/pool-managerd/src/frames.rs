@@ -31,6 +31,10 @@ use crate::config::TaskRetention;
 /// A dispatch stream writes a keepalive line after this long without another line.
 pub const KEEPALIVE: Duration = Duration::from_secs(5);
 
+/// Unread bytes beyond which a run waits for its attached reader (the engine then waits for the
+/// run), as the bounded channel between them did before.
+const HIGH_WATER: usize = 16 * 1024;
+
 /// Counters for the metrics page.
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -190,11 +194,13 @@ impl Frames {
                 overflowed: false,
                 expired: false,
                 gen: 0,
+                read_pos: 0,
                 attached: false,
                 epoch,
                 in_grace: false,
             }),
             wake: Notify::new(),
+            drained: Notify::new(),
         });
         let a = t.attach(epoch).expect("a new run can be attached");
         if epoch.is_some() {
@@ -253,6 +259,8 @@ pub struct TaskFrames {
     state: Mutex<State>,
     /// Woken on every new line, end, and change of attachment.
     wake: Notify,
+    /// Woken when the reader took lines, went away, or was replaced.
+    drained: Notify,
 }
 
 struct State {
@@ -269,10 +277,19 @@ struct State {
     expired: bool,
     /// The current attachment's generation; an attachment of another one reads nothing more.
     gen: u64,
+    /// Where the current attachment reads next (absolute byte offset).
+    read_pos: usize,
     attached: bool,
     /// The current (or last) attachment's epoch; None: embedded mode, no grace.
     epoch: Option<u64>,
     in_grace: bool,
+}
+
+impl State {
+    /// The attached reader has more than [`HIGH_WATER`] bytes to read.
+    fn behind(&self) -> bool {
+        self.attached && self.base + self.data.len() - self.read_pos.max(self.base) > HIGH_WATER
+    }
 }
 
 impl TaskFrames {
@@ -280,13 +297,14 @@ impl TaskFrames {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Appends `event` as the next line. Nothing follows a terminal line.
-    pub fn push(&self, event: WorkerEvent) {
+    /// Appends `event` as the next line. Nothing follows a terminal line. True when the attached
+    /// reader is far behind: the caller should wait for [`TaskFrames::caught_up`].
+    pub fn push(&self, event: WorkerEvent) -> bool {
         let terminal = event.is_terminal();
-        {
+        let behind = {
             let mut s = self.lock();
             if s.ended {
-                return;
+                return false;
             }
             let seq = s.next_seq;
             s.next_seq += 1;
@@ -296,7 +314,7 @@ impl TaskFrames {
             }
             if s.overflowed && !s.attached {
                 // Nobody reads this run any more, and nobody can attach.
-                return;
+                return false;
             }
             // Serializing typed worker events into a Vec cannot fail.
             let _ = serde_json::to_writer(&mut s.data, &WorkerLine { seq, event });
@@ -306,8 +324,23 @@ impl TaskFrames {
                 tracing::warn!(event = "task.buffer_overflow", task_id = %self.task, pool_id = %self.pool, bytes = s.data.len(),
                     "The lines of task {} outgrew the {} byte buffer; its dispatch stream can no longer be attached again", self.task, self.cap);
             }
-        }
+            s.behind()
+        };
         self.wake.notify_waiters();
+        behind
+    }
+
+    /// Resolves once the attached reader is no longer far behind (or there is none).
+    pub async fn caught_up(&self) {
+        loop {
+            let drained = self.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            if !self.lock().behind() {
+                return;
+            }
+            drained.await;
+        }
     }
 
     /// The run is over; returns the bytes it keeps.
@@ -346,11 +379,13 @@ impl TaskFrames {
             }
             self.leave_grace(&mut s);
             s.gen += 1;
+            s.read_pos = 0;
             s.attached = true;
             s.epoch = epoch;
             s.gen
         };
         self.wake.notify_waiters();
+        self.drained.notify_waiters();
         Ok(Attachment {
             frames: self.clone(),
             gen,
@@ -374,18 +409,22 @@ impl TaskFrames {
             }
         }
         self.wake.notify_waiters();
+        self.drained.notify_waiters();
     }
 
     /// The attachment `gen` went away (its response was dropped, or it ended).
     fn detach(self: &Arc<Self>, gen: u64) {
-        let mut s = self.lock();
-        if s.gen != gen || !s.attached {
-            return;
+        {
+            let mut s = self.lock();
+            if s.gen != gen || !s.attached {
+                return;
+            }
+            s.attached = false;
+            if !s.ended {
+                self.detached(&mut s);
+            }
         }
-        s.attached = false;
-        if !s.ended {
-            self.detached(&mut s);
-        }
+        self.drained.notify_waiters();
     }
 
     /// The run lost its reader before it ended: cancel now (no epoch, or nothing could be
@@ -476,11 +515,14 @@ impl Attachment {
             let from = self.pos.saturating_sub(s.base);
             let chunk = Bytes::copy_from_slice(&s.data[from..]);
             self.pos = end;
+            s.read_pos = end;
             if s.overflowed || !self.frames.replayable {
                 // Nobody can attach later: only this reader needs the lines, and only once.
                 s.base = end;
                 s.data.clear();
             }
+            drop(s);
+            self.frames.drained.notify_waiters();
             Read::Chunk(chunk)
         } else if s.ended {
             Read::End
@@ -596,6 +638,33 @@ mod tests {
         );
         assert!(matches!(second.read(), Read::End));
         assert!(!cancel.is_cancelled());
+    }
+
+    /// A run whose attached reader is far behind waits for it; a reader that goes away does not
+    /// hold the run.
+    #[tokio::test]
+    async fn a_reader_far_behind_holds_the_run_until_it_reads() {
+        let f = frames(|_| {});
+        let (t, mut a) = f.start(A.parse().unwrap(), 1, pool(), None, Default::default());
+        let mut behind = false;
+        for i in 0..1000 {
+            behind = t.push(token(i));
+            if behind {
+                break;
+            }
+        }
+        assert!(behind, "16 KiB unread is far behind");
+        let waiting = tokio::spawn({
+            let t = t.clone();
+            async move { t.caught_up().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        assert!(matches!(a.read(), Read::Chunk(_)));
+        waiting.await.unwrap();
+        while !t.push(token(0)) {}
+        drop(a);
+        t.caught_up().await;
     }
 
     #[tokio::test]
