@@ -76,6 +76,14 @@ pub enum Lookup {
     Refused(StatusCode, ErrorEnvelope),
 }
 
+/// The answer to a request whose epoch is below the highest seen.
+pub fn stale(epoch: u64, highest: u64) -> ErrorEnvelope {
+    ErrorEnvelope::new(
+        ErrorCode::StaleEpoch,
+        format!("epoch {epoch} is older than epoch {highest} of the current leader"),
+    )
+}
+
 /// The HTTP status of a refused attach (kept as a number so this module knows no HTTP crate).
 pub type StatusCode = u16;
 
@@ -133,6 +141,10 @@ impl Frames {
     /// What a dispatch of (`task`, `attempt`) on `pool` with `epoch` attaches to.
     pub fn lookup(&self, task: &TaskId, attempt: u32, pool: &PoolId, epoch: u64) -> Lookup {
         let mut r = self.registry();
+        if epoch < r.epoch {
+            // A newer leader's request came in since this one passed the fence.
+            return Lookup::Refused(409, stale(epoch, r.epoch));
+        }
         self.evict(&mut r, Instant::now());
         let Some(t) = r.tasks.get(task).cloned() else {
             return Lookup::Fresh;
@@ -203,8 +215,14 @@ impl Frames {
             drained: Notify::new(),
         });
         let a = t.attach(epoch).expect("a new run can be attached");
-        if epoch.is_some() {
-            self.registry().tasks.insert(task, t.clone());
+        if let Some(epoch) = epoch {
+            let mut r = self.registry();
+            r.tasks.insert(task, t.clone());
+            if epoch < r.epoch {
+                // A newer leader's request came in during admission: this stream is closed at
+                // once, and the run waits in its grace period for the new leader's dispatch.
+                t.close_older(r.epoch);
+            }
         }
         (t, a)
     }
@@ -726,5 +744,9 @@ mod tests {
         assert_eq!(f.fence(Some(3)), Ok(()));
         assert_eq!(f.fence(Some(2)), Err(3));
         assert_eq!(f.fence(None), Ok(()));
+        match f.lookup(&B.parse().unwrap(), 1, &pool(), 2) {
+            Lookup::Refused(409, env) => assert_eq!(env.code, ErrorCode::StaleEpoch),
+            _ => panic!("a lookup below the fence is refused"),
+        }
     }
 }

@@ -263,12 +263,9 @@ fn fence(app: &App, headers: &HeaderMap) -> Result<Option<u64>, ErrorEnvelope> {
                 format!("{} must be an unsigned integer", api::EPOCH_HEADER),
             )
         })?;
-    app.frames.fence(Some(epoch)).map_err(|highest| {
-        ErrorEnvelope::new(
-            ErrorCode::StaleEpoch,
-            format!("epoch {epoch} is older than epoch {highest} of the current leader"),
-        )
-    })?;
+    app.frames
+        .fence(Some(epoch))
+        .map_err(|highest| crate::frames::stale(epoch, highest))?;
     Ok(Some(epoch))
 }
 
