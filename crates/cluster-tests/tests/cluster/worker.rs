@@ -422,7 +422,7 @@ pub async fn dispatch_reattaches_with_an_epoch(a: Assets) -> anyhow::Result<()> 
                 prompt: "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,".into(),
             },
             params: api::worker::DispatchParams {
-                max_tokens: 600,
+                max_tokens: 300,
                 ctx: 0,
                 sampling: api::task::Sampling {
                     temperature: Some(0.0),
@@ -481,7 +481,7 @@ pub async fn dispatch_reattaches_with_an_epoch(a: Assets) -> anyhow::Result<()> 
             "second dispatch: {}",
             second.status()
         );
-        let all = tokio::time::timeout(Duration::from_secs(120), second.bytes()).await??;
+        let all = tokio::time::timeout(Duration::from_secs(300), second.bytes()).await??;
         ensure!(
             all.starts_with(&seen),
             "the replay differs from the lines read before"
