@@ -203,6 +203,16 @@ async fn dispatch(
             .frames
             .lookup(&req.task_id, req.attempt, &pool.spec.id, epoch)
         {
+            Lookup::Fresh if headers.contains_key(api::REATTACH_HEADER) => {
+                return Err(ErrorEnvelope::new(
+                    ErrorCode::NotFound,
+                    format!(
+                        "task {} attempt {} is not known on this node",
+                        req.task_id, req.attempt
+                    ),
+                )
+                .into())
+            }
             Lookup::Fresh => {}
             Lookup::Attach(a) => return Ok(ndjson(a)),
             Lookup::Refused(status, env) => {
@@ -916,6 +926,38 @@ mod tests {
             400,
             ErrorCode::InvalidParams,
             Some(api::EPOCH_HEADER),
+        );
+    }
+
+    /// A new leader asking for the stream of a task it saw finish attaches or is told the node
+    /// does not know it; it never starts the task.
+    #[tokio::test]
+    async fn an_attach_only_dispatch_of_an_unknown_task_is_not_found_and_starts_nothing() {
+        let (pool, rx, _view) = crate::pools::detached(crate::pools::test_spec("p1", 1));
+        let app = node(&[pool]);
+        let _runner = admit_all(rx, "http://127.0.0.1:1".into());
+        let req = HttpRequest::builder()
+            .method("POST")
+            .uri("/v2/pools/p1/dispatch")
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .header(api::EPOCH_HEADER, "7")
+            .header(api::REATTACH_HEADER, "1")
+            .header("content-type", "application/json");
+        let resp = router(app.clone())
+            .oneshot(req.body(Body::from(dispatch_body(512, |_| {}))).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        check((status, bytes), 404, ErrorCode::NotFound, None);
+        assert_eq!(
+            app.frames
+                .counters()
+                .reattached
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0
         );
     }
 
