@@ -53,6 +53,7 @@ fn campaign(
     stop: &CancellationToken,
 ) {
     let mut down_logged = false;
+    let mut last_error: Option<String> = None;
     let mut won = Some(won);
     while !stop.is_cancelled() {
         let mut c = match pgstate::connect(ha.url.expose()).map_err(|e| e.to_string()) {
@@ -88,10 +89,16 @@ fn campaign(
             Ok(true) => {}
             Ok(false) => return,
             Err(e) => {
-                tracing::warn!(
-                    event = "ha.db_unreachable",
-                    "Lost the state database connection: {e}"
-                );
+                // Logged when the failure changes; retried every 500 ms.
+                let msg = e.to_string();
+                if last_error.as_deref() != Some(msg.as_str()) {
+                    tracing::warn!(
+                        event = "ha.db_unreachable",
+                        "The state database failed a query: {msg}; retrying every 500 ms"
+                    );
+                    last_error = Some(msg);
+                }
+                std::thread::sleep(Duration::from_millis(500));
                 continue;
             }
         }

@@ -203,6 +203,15 @@ pub async fn events(
             format!("no task {id}"),
         ))
     })?;
+    // A resume past the end of a finished log still gets the terminal frame, under the next id
+    // the client expects: after an HA takeover that could not reattach a task, the new leader's
+    // log is shorter than what the client read from its predecessor.
+    let (all, closed) = log.read_from(0);
+    if closed && from >= all.len() {
+        if let Some(last) = all.last() {
+            return Ok(sse_response(Body::from(frame(from, last))));
+        }
+    }
     let sub = Subscription::new(log, app.core.clone(), id, !observe);
     let stream = futures::stream::unfold((sub, from, false), move |(sub, mut next, done)| {
         let keepalive = app.cfg.keepalive;
@@ -255,7 +264,11 @@ pub async fn events(
             }
         }
     });
-    let mut resp = Response::new(Body::from_stream(stream));
+    Ok(sse_response(Body::from_stream(stream)))
+}
+
+fn sse_response(body: Body) -> Response {
+    let mut resp = Response::new(body);
     let h = resp.headers_mut();
     h.insert(
         "content-type",
@@ -263,7 +276,7 @@ pub async fn events(
     );
     h.insert("cache-control", HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    Ok(resp)
+    resp
 }
 
 fn frame(id: usize, ev: &Event) -> String {
