@@ -215,7 +215,7 @@ impl Client {
             };
             // Every URL tried once in a row: the group is between leaders; pause before the next
             // round instead of spinning.
-            if hops % self.leader.urls().len().max(1) == 0 {
+            if hops.is_multiple_of(self.leader.urls().len().max(1)) {
                 tokio::time::sleep(leader::ROUND_PAUSE).await;
             }
         }

@@ -14,16 +14,18 @@ use axum::Router;
 use futures::StreamExt;
 
 async fn serve(app: Router) -> String {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", l.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("test step");
+    let url = format!("http://{}", l.local_addr().expect("test step"));
+    tokio::spawn(async move { axum::serve(l, app).await.expect("test step") });
     url
 }
 
 /// A base URL nothing listens on.
 fn dead_url() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    format!("http://{}", l.local_addr().unwrap())
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("test step");
+    format!("http://{}", l.local_addr().expect("test step"))
 }
 
 fn not_leader(leader: Option<&str>) -> Response {
@@ -32,8 +34,10 @@ fn not_leader(leader: Option<&str>) -> Response {
         .with_retry_after(100);
     let mut r = (StatusCode::SERVICE_UNAVAILABLE, axum::Json(env)).into_response();
     if let Some(l) = leader {
-        r.headers_mut()
-            .insert(api::LEADER_HEADER, HeaderValue::from_str(l).unwrap());
+        r.headers_mut().insert(
+            api::LEADER_HEADER,
+            HeaderValue::from_str(l).expect("test step"),
+        );
     }
     r.headers_mut()
         .insert("retry-after", HeaderValue::from_static("1"));
@@ -97,7 +101,7 @@ fn leader(cancels: Arc<AtomicU32>, last_ids: Arc<std::sync::Mutex<Vec<Option<u64
                         .get("last-event-id")
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| v.parse::<u64>().ok());
-                    last_ids.lock().unwrap().push(after);
+                    last_ids.lock().expect("test step").push(after);
                     let frames: Vec<String> = (0..6u64)
                         .map(|i| frame(i, &token(i)))
                         .chain([frame(6, &end(6))])
@@ -131,14 +135,14 @@ async fn a_named_leader_is_followed_and_remembered() {
     let follower_hits = Arc::new(AtomicU32::new(0));
     let f = serve(follower(Some(lead.clone()), follower_hits.clone())).await;
     // Only the follower is given: its header leads to the leader.
-    let c = client::Client::new(&f, None).unwrap();
+    let c = client::Client::new(&f, None).expect("test step");
     let id = api::TaskId::new();
-    assert_eq!(c.cancel(id).await.unwrap(), 204);
+    assert_eq!(c.cancel(id).await.expect("test step"), 204);
     assert_eq!(cancels.load(Ordering::SeqCst), 1);
     assert_eq!(follower_hits.load(Ordering::SeqCst), 1);
     assert_eq!(c.base_url(), lead);
     // The next call goes straight to the leader.
-    assert_eq!(c.cancel(id).await.unwrap(), 204);
+    assert_eq!(c.cancel(id).await.expect("test step"), 204);
     assert_eq!(follower_hits.load(Ordering::SeqCst), 1);
     assert_eq!(cancels.load(Ordering::SeqCst), 2);
 }
@@ -150,8 +154,8 @@ async fn a_refused_connection_and_a_follower_without_a_leader_move_to_the_next_u
     let hits = Arc::new(AtomicU32::new(0));
     let lost = serve(follower(None, hits.clone())).await;
     let list = format!("{},{lost},{lead}", dead_url());
-    let c = client::Client::new(&list, None).unwrap();
-    assert_eq!(c.cancel(api::TaskId::new()).await.unwrap(), 204);
+    let c = client::Client::new(&list, None).expect("test step");
+    assert_eq!(c.cancel(api::TaskId::new()).await.expect("test step"), 204);
     assert_eq!(hits.load(Ordering::SeqCst), 1);
     assert_eq!(cancels.load(Ordering::SeqCst), 1);
     assert_eq!(c.base_url(), lead);
@@ -163,9 +167,9 @@ async fn a_group_without_a_leader_gives_not_leader_after_the_failover_timeout() 
     let a = serve(follower(None, hits.clone())).await;
     let b = serve(follower(None, hits.clone())).await;
     let c = client::Client::new(format!("{a},{b}"), None)
-        .unwrap()
+        .expect("test step")
         .with_failover_timeout(std::time::Duration::from_millis(300));
-    let e = c.cancel(api::TaskId::new()).await.unwrap_err();
+    let e = c.cancel(api::TaskId::new()).await.expect_err("must fail");
     assert_eq!(e.envelope().map(|e| e.code), Some(ErrorCode::NotLeader));
     // Both were asked, more than once, with pauses between rounds.
     assert!(hits.load(Ordering::SeqCst) >= 3, "{hits:?}");
@@ -173,8 +177,8 @@ async fn a_group_without_a_leader_gives_not_leader_after_the_failover_timeout() 
 
 #[tokio::test]
 async fn one_dead_url_is_the_callers_error_at_once() {
-    let c = client::Client::new(dead_url(), None).unwrap();
-    let e = c.cancel(api::TaskId::new()).await.unwrap_err();
+    let c = client::Client::new(dead_url(), None).expect("test step");
+    let e = c.cancel(api::TaskId::new()).await.expect_err("must fail");
     assert!(matches!(e, client::Error::Transport(_)), "{e}");
 }
 
@@ -183,14 +187,14 @@ async fn a_broken_stream_resumes_after_the_last_id_on_the_leader() {
     let last_ids = Arc::new(std::sync::Mutex::new(vec![]));
     let lead = serve(leader(Default::default(), last_ids.clone())).await;
     let f = serve(follower(Some(lead.clone()), Default::default())).await;
-    let c = client::Client::new(format!("{f},{lead}"), None).unwrap();
+    let c = client::Client::new(format!("{f},{lead}"), None).expect("test step");
     let id = api::TaskId::new();
     let mut s = c.follow(&format!("/v2/tasks/{id}/events"));
     let mut ids = vec![];
     let mut text = String::new();
     while let Some(fr) = s.next().await {
-        let fr = fr.unwrap();
-        ids.push(fr.id.unwrap());
+        let fr = fr.expect("test step");
+        ids.push(fr.id.expect("test step"));
         if let Event::Token(t) = fr.event {
             text.push_str(&t.t);
         }
@@ -198,5 +202,5 @@ async fn a_broken_stream_resumes_after_the_last_id_on_the_leader() {
     assert_eq!(ids, (0..=6).collect::<Vec<u64>>());
     assert_eq!(text, "t0t1t2t3t4t5");
     assert_eq!(s.reconnects(), 1);
-    assert_eq!(*last_ids.lock().unwrap(), vec![None, Some(2)]);
+    assert_eq!(*last_ids.lock().expect("test step"), vec![None, Some(2)]);
 }
