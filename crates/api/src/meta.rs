@@ -12,6 +12,15 @@ pub struct Health {
     /// Always `ok`.
     pub status: String,
     pub version: String,
+    /// HA only: `leader` or `follower`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// HA only: the leader's epoch (on the leader).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
+    /// HA only: the leader's base URL, as last seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
 }
 
 /// `GET /v2/meta/version` body.

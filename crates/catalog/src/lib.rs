@@ -102,6 +102,16 @@ impl Catalog {
         Ok((Self::with(sink, records), store))
     }
 
+    /// A deferred catalog over `records` read from another store (an HA leader's Postgres);
+    /// `label` names that store where a path would be shown.
+    pub fn deferred_from(records: Vec<ModelRecord>, label: &Path) -> Self {
+        let sink = Sink::Deferred {
+            path: label.to_path_buf(),
+            pending: Vec::new(),
+        };
+        Self::with(sink, records)
+    }
+
     /// The changes queued since the last call, in order (always empty when written through).
     pub fn take_writes(&mut self) -> Vec<Write> {
         match &mut self.sink {

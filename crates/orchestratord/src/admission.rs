@@ -7,7 +7,8 @@ use api::{ErrorEnvelope, SessionId, TaskId};
 
 use crate::config::Config;
 
-#[derive(Debug, Clone)]
+/// Serializable so an HA leader can store it and its successor can queue it again.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ValidatedTask {
     pub task_id: TaskId,
     pub session_id: SessionId,
@@ -22,6 +23,9 @@ pub struct ValidatedTask {
     pub placement: Placement,
     /// The tenant whose token submitted it (set by the handler from the caller).
     pub tenant: api::TenantId,
+    /// The client's `Idempotency-Key` (set by the handler from the header).
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
 }
 
 /// Parses the body strictly; `field` is the dotted path serde stopped at.
@@ -230,6 +234,7 @@ pub fn validate(req: TaskRequest, cfg: &Config) -> Result<ValidatedTask, ErrorEn
         sampling,
         placement,
         tenant: crate::config::anonymous(),
+        idempotency_key: None,
     })
 }
 
@@ -295,6 +300,7 @@ fn validate_embedding(req: TaskRequest, cfg: &Config) -> Result<ValidatedTask, E
         sampling: Default::default(),
         placement,
         tenant: crate::config::anonymous(),
+        idempotency_key: None,
     })
 }
 

@@ -27,7 +27,19 @@ pub struct RawConfig {
     pub provisioning: RawProvisioning,
     pub catalog: RawCatalog,
     pub state_dir: Option<PathBuf>,
+    pub state: RawState,
     pub logging: RawLogging,
+}
+
+/// `[state]`: where orchestratord keeps what must survive it (decision 70).
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+pub struct RawState {
+    pub backend: Option<String>,
+    pub url: Option<String>,
+    pub url_file: Option<PathBuf>,
+    pub advertise_url: Option<String>,
+    pub lease_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -180,6 +192,25 @@ impl Strategy {
     }
 }
 
+/// Where orchestratord's durable state lives.
+#[derive(Debug, Clone)]
+pub enum StateBackend {
+    /// One orchestratord; the catalog in SQLite (`catalog.db_path`), tasks in memory.
+    Sqlite,
+    /// An HA group: every orchestratord with this URL shares one Postgres; one is the leader.
+    Postgres(HaConfig),
+}
+
+#[derive(Debug, Clone)]
+pub struct HaConfig {
+    /// The connection string (it may hold a password: logged only as a fingerprint).
+    pub url: Secret,
+    /// The base URL followers name as the leader's when this process leads.
+    pub advertise_url: String,
+    /// A leader whose lease is this old is superseded; it renews every quarter of it.
+    pub lease: Duration,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FullPolicy {
     Reject,
@@ -255,9 +286,18 @@ pub struct Config {
     pub allowed_schemes: Vec<String>,
     pub log_level: String,
     pub log_json: Option<bool>,
+    pub state: StateBackend,
 }
 
 impl Config {
+    /// The HA settings, when the state lives in Postgres.
+    pub fn ha(&self) -> Option<&HaConfig> {
+        match &self.state {
+            StateBackend::Postgres(h) => Some(h),
+            StateBackend::Sqlite => None,
+        }
+    }
+
     /// Open mode: no client or named tokens, so every route needs none (loopback only).
     pub fn open_mode(&self) -> bool {
         self.client_tokens.is_empty() && self.named_tokens.is_empty()
@@ -613,6 +653,7 @@ impl RawConfig {
                 "logging.level: {level:?} is not one of error, warn, info, debug, trace"
             ));
         }
+        let state = state_backend(&self.state, bind, &mut p);
         if !p.is_empty() {
             return Err(p);
         }
@@ -672,7 +713,55 @@ impl RawConfig {
                 .unwrap_or_else(|| vec!["hf".into(), "https".into(), "file".into()]),
             log_level: level,
             log_json: self.logging.json,
+            state,
         })
+    }
+}
+
+/// `[state]`: `backend` sqlite (default) or postgres; postgres needs `url` (or `url_file`).
+fn state_backend(raw: &RawState, bind: Option<SocketAddr>, p: &mut Vec<String>) -> StateBackend {
+    let url = daemon::config::secret_or_file("state.url", &raw.url, &raw.url_file, p);
+    match raw.backend.as_deref().unwrap_or("sqlite") {
+        "sqlite" => {
+            if url.is_some() || raw.advertise_url.is_some() {
+                p.push("state.url: only used with state.backend = \"postgres\"".into());
+            }
+            StateBackend::Sqlite
+        }
+        "postgres" => {
+            let Some(url) = url else {
+                p.push("state.url: required with state.backend = \"postgres\"".into());
+                return StateBackend::Sqlite;
+            };
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                p.push("state.url: must start with postgres:// or postgresql://".into());
+            }
+            let advertise_url = match (&raw.advertise_url, bind) {
+                (Some(u), _) => u.trim_end_matches('/').to_string(),
+                (None, Some(b)) => format!("http://{b}"),
+                (None, None) => String::new(),
+            };
+            if !(advertise_url.starts_with("http://") || advertise_url.starts_with("https://")) {
+                p.push(format!(
+                    "state.advertise_url: {advertise_url:?} must start with http:// or https://"
+                ));
+            }
+            let lease_ms = raw.lease_ms.unwrap_or(1_500);
+            if !(200..=60_000).contains(&lease_ms) {
+                p.push("state.lease_ms: must be 200–60000".into());
+            }
+            StateBackend::Postgres(HaConfig {
+                url: Secret::new(url),
+                advertise_url,
+                lease: Duration::from_millis(lease_ms),
+            })
+        }
+        other => {
+            p.push(format!(
+                "state.backend: {other:?} is not one of sqlite, postgres"
+            ));
+            StateBackend::Sqlite
+        }
     }
 }
 

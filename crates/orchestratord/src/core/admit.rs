@@ -31,6 +31,16 @@ impl<E: Effects> Core<E> {
         correlation_id: CorrelationId,
         now: Instant,
     ) -> Result<(AdmissionResponse, Arc<TaskLog>), ErrorEnvelope> {
+        // A retried submit with the same key gets the task the first one created.
+        if let Some(key) = &v.idempotency_key {
+            if let Some(id) = self.idempotency.get(&(v.tenant.clone(), key.clone())) {
+                if let Some(again) = self.readmission(*id) {
+                    tracing::info!(event = "task.idempotent_replay", correlation_id = %correlation_id, task_id = %id, tenant = %v.tenant,
+                        "A submit with a known Idempotency-Key answered with task {id}");
+                    return Ok(again);
+                }
+            }
+        }
         if let Some(t) = self.tasks.get(&v.task_id) {
             if !t.state().is_terminal() {
                 return Err(ErrorEnvelope::new(
@@ -58,10 +68,14 @@ impl<E: Effects> Core<E> {
             .map_err(|e| self.reject(&v.tenant, e))?;
         let model = rec.id.clone();
         let pinned = v.placement.mode == PlacementMode::Pin;
-        let target = self
-            .serving_or_target(&rec, pinned)
-            .map_err(|e| self.reject(&v.tenant, e))?;
-        if target.is_none() && !self.workload_served(&model, v.workload) {
+        // Right after an HA takeover, nodes are still registering again: the task waits for them.
+        let target = if self.in_takeover(now) && !self.model_has_pool(&rec.id) {
+            None
+        } else {
+            self.serving_or_target(&rec, pinned)
+                .map_err(|e| self.reject(&v.tenant, e))?
+        };
+        if target.is_none() && !self.workload_served(&model, v.workload) && !self.in_takeover(now) {
             return Err(self.reject(
                 &v.tenant,
                 ErrorEnvelope::new(
@@ -195,10 +209,36 @@ impl<E: Effects> Core<E> {
             resp.preparation.steps = steps;
             self.announce_binding(id, &pool, resp.predicted_start_ms);
         }
+        if let Some(k) = self
+            .tasks
+            .get(&id)
+            .and_then(|t| t.v.idempotency_key.clone())
+        {
+            self.idempotency.insert((tenant.clone(), k), id);
+        }
         self.queues.push(key, id, priority, &tenant, weight);
         self.bus.mark_task(id);
+        self.journal.touch(id);
         self.pump(now);
         Ok((resp, log))
+    }
+
+    /// The 202 of an admitted task again (an `Idempotency-Key` replay), with its position now.
+    pub(super) fn readmission(&self, id: TaskId) -> Option<(AdmissionResponse, Arc<TaskLog>)> {
+        let t = self.tasks.get(&id)?;
+        let resp = AdmissionResponse {
+            task_id: id,
+            session_id: t.v.session_id,
+            queue_position: t.announced_position.unwrap_or(0),
+            predicted_start_ms: t.admission_predicted_ms,
+            backoff_ms: 0,
+            streams: api::task::Streams {
+                sse: format!("/v2/tasks/{id}/events"),
+                sse_verbose: format!("/v2/tasks/{id}/events?verbose=true"),
+            },
+            preparation: Preparation::default(),
+        };
+        Some((resp, t.log.clone()))
     }
 
     /// A tenant limit's 429: `admission_backpressure_events_total{policy="tenant"}` and the
@@ -334,6 +374,7 @@ impl<E: Effects> Core<E> {
             let (model, max_tokens) = (t.model.clone(), t.max_tokens);
             let (_, predicted) = self.predict(&model, pos, max_tokens);
             self.bus.mark_task(id);
+            self.journal.touch(id);
             if let Some(t) = self.tasks.get_mut(&id) {
                 t.announced_position = Some(pos);
                 t.log.append(Event::Metrics(MetricsFrame {
@@ -346,7 +387,7 @@ impl<E: Effects> Core<E> {
     }
 }
 
-fn queue_key(v: &ValidatedTask, model: &ModelId) -> QueueKey {
+pub(super) fn queue_key(v: &ValidatedTask, model: &ModelId) -> QueueKey {
     match (&v.placement.mode, &v.placement.pin_pool_id) {
         (PlacementMode::Pin, Some(p)) => QueueKey::Pool(p.clone()),
         _ => QueueKey::Model(model.clone()),
@@ -363,7 +404,7 @@ pub(super) fn bool_str(b: bool) -> &'static str {
 
 impl TaskEntry {
     #[allow(clippy::too_many_arguments)]
-    fn new(
+    pub(super) fn new(
         v: ValidatedTask,
         correlation_id: CorrelationId,
         model: ModelId,
@@ -417,6 +458,7 @@ impl TaskEntry {
             predicted_slot: None,
             gen_text: String::new(),
             tokens_cached: None,
+            restore_pool: None,
         }
     }
 }

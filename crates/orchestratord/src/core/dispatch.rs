@@ -2,7 +2,8 @@
 //! lines to the core as messages; calls the worker cancel route. orchestratord never speaks an
 //! engine dialect: only these typed worker lines cross this boundary.
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use api::worker::WorkerLine;
 use api::{ErrorCode, ErrorEnvelope};
@@ -10,7 +11,57 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use super::runner::Msg;
+use super::store::Durable;
 use super::{CancelJob, DispatchJob, RelayEnd};
+
+/// An HA leader's fencing token: its epoch, sent on every worker call, and how long its lease is
+/// known to hold by its own clock. A leader whose lease lapsed (it was paused, say) sends nothing:
+/// a successor may already have taken over, and workers refuse its older epoch anyway.
+#[derive(Debug)]
+pub struct Fence {
+    pub epoch: u64,
+    base: Instant,
+    /// Milliseconds after `base` until which the lease holds.
+    valid_until_ms: AtomicU64,
+}
+
+impl Fence {
+    pub fn new(epoch: u64) -> Self {
+        Self {
+            epoch,
+            base: Instant::now(),
+            valid_until_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// The lease was renewed at `at` (before the renewal was sent) for `lease`.
+    pub fn renewed(&self, at: Instant, lease: Duration) {
+        let until = at.saturating_duration_since(self.base) + lease;
+        self.valid_until_ms
+            .fetch_max(until.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    pub fn valid(&self) -> bool {
+        (self.base.elapsed().as_millis() as u64) < self.valid_until_ms.load(Ordering::SeqCst)
+    }
+}
+
+/// Whether the relay may act: with a fence, only after the task's row is committed and while the
+/// lease holds.
+async fn may_act(fence: Option<&Fence>, durable: Option<Durable>) -> Result<(), String> {
+    if let Some(d) = durable {
+        d.wait()
+            .await
+            .map_err(|e| format!("the task's state was not committed: {}", e.message))?;
+    }
+    match fence {
+        Some(f) if !f.valid() => Err(format!(
+            "this orchestratord's lease as leader (epoch {}) lapsed",
+            f.epoch
+        )),
+        _ => Ok(()),
+    }
+}
 
 /// Runs one dispatch attempt to its end. Aborting this future drops the connection, which the
 /// worker treats as a cancel.
@@ -19,12 +70,22 @@ pub async fn relay(
     http: reqwest::Client,
     idle: Duration,
     tx: mpsc::UnboundedSender<Msg>,
+    fence: Option<std::sync::Arc<Fence>>,
+    durable: Option<Durable>,
 ) {
     let (id, attempt) = (job.task, job.attempt);
     let ended = |end: RelayEnd| Msg::RelayEnded { id, attempt, end };
+    if let Err(why) = may_act(fence.as_deref(), durable).await {
+        tracing::error!(event = "ha.dispatch_withheld", task_id = %id, "Not dispatching task {id}: {why}");
+        let _ = tx.send(ended(RelayEnd::Unreachable(why)));
+        return;
+    }
     let url = format!("{}/v2/pools/{}/dispatch", job.address, job.body.pool_id);
-    let resp = http
-        .post(&url)
+    let mut req = http.post(&url);
+    if let Some(f) = &fence {
+        req = req.header(api::EPOCH_HEADER, f.epoch);
+    }
+    let resp = req
         .bearer_auth(job.token.expose())
         .header(api::CORRELATION_HEADER, job.body.correlation_id.as_str())
         .header("accept", "application/x-ndjson")
@@ -102,13 +163,20 @@ pub async fn relay(
 }
 
 /// Calls the worker cancel route; true when the worker confirmed the slot free (204).
-pub async fn cancel(http: &reqwest::Client, job: &CancelJob) -> bool {
+pub async fn cancel(http: &reqwest::Client, job: &CancelJob, fence: Option<&Fence>) -> bool {
+    if let Err(why) = may_act(fence, None).await {
+        tracing::error!(event = "ha.dispatch_withheld", task_id = %job.task, "Not canceling task {} on its worker: {why}", job.task);
+        return false;
+    }
     let url = format!(
         "{}/v2/pools/{}/tasks/{}/cancel",
         job.address, job.pool_id, job.task
     );
-    match http
-        .post(&url)
+    let mut req = http.post(&url);
+    if let Some(f) = fence {
+        req = req.header(api::EPOCH_HEADER, f.epoch);
+    }
+    match req
         .bearer_auth(job.token.expose())
         .header(api::CORRELATION_HEADER, job.correlation_id.as_str())
         .timeout(Duration::from_secs(30))

@@ -11,10 +11,12 @@ pub mod admit;
 pub mod bus;
 pub mod changes;
 pub mod dispatch;
+pub mod journal;
 pub mod lifecycle;
 pub mod models;
 pub mod nodes;
 pub mod ops;
+pub mod pgstate;
 pub mod placement;
 pub mod prefix;
 pub mod provision;
@@ -23,6 +25,7 @@ pub mod registry;
 pub mod runner;
 pub mod sessions;
 pub mod store;
+pub mod takeover;
 pub mod task_table;
 pub mod tasklog;
 pub mod tasks;
@@ -191,6 +194,9 @@ pub struct TaskEntry {
     gen_text: String,
     /// Prompt tokens the engine reused, from the worker's `end`.
     tokens_cached: Option<u64>,
+    /// A task a new HA leader restored while its attempt ran: it is dispatched again, with the
+    /// same attempt, to this pool only, and the worker reattaches to its stream.
+    restore_pool: Option<PoolId>,
 }
 
 impl TaskEntry {
@@ -244,6 +250,15 @@ pub struct Core<E: Effects> {
     tenants: tenants::Tenants,
     /// The cluster event bus (`GET /v2/events`).
     bus: bus::Bus,
+    /// The task rows an HA leader writes (off with SQLite).
+    journal: journal::Journal,
+    /// `Idempotency-Key`s of retained tasks, by tenant.
+    idempotency: HashMap<(api::TenantId, String), TaskId>,
+    /// Restored tasks waiting for their pool to come back (see [`TaskEntry::restore_pool`]).
+    restoring: std::collections::BTreeSet<TaskId>,
+    /// After a takeover, until this moment nodes are given time to register again: no task is
+    /// failed for lack of a pool, and restored tasks wait for theirs.
+    takeover_until: Option<Instant>,
 }
 
 impl<E: Effects> Core<E> {
@@ -269,6 +284,10 @@ impl<E: Effects> Core<E> {
             prefix: prefix::PrefixIndex::new(prefix::Limits {
                 max_sequences: cfg.prefix_max_sequences,
             }),
+            journal: journal::Journal::new(cfg.ha().is_some()),
+            idempotency: HashMap::new(),
+            restoring: Default::default(),
+            takeover_until: None,
             cfg,
         }
     }
@@ -319,6 +338,7 @@ impl<E: Effects> Core<E> {
     /// Fills free slots: for each model queue, dispatch tasks in order while a candidate pool has
     /// a free slot. Skipped tasks keep their positions.
     pub fn pump(&mut self, now: Instant) {
+        self.pump_restored(now);
         let keys = self.queues.keys();
         for key in keys {
             let order = self

@@ -448,6 +448,7 @@ impl<E: Effects> Core<E> {
             self.node_lost(&id, now);
             self.fail_pinned_to_node(&id, now);
         }
+        self.end_takeover(now);
         self.fail_stranded_queued(now);
         // A task waiting for a busy prefix holder (decision 69) is placed elsewhere once its
         // wait bound passes, even if no slot frees meanwhile.
@@ -498,6 +499,7 @@ impl<E: Effects> Core<E> {
             }
             self.tasks.finished(id);
             self.bus.mark_task(id);
+            self.journal.touch(id);
         }
     }
 

@@ -202,6 +202,10 @@ impl CoreHandle {
 
 pub struct LiveEffects {
     tx: mpsc::UnboundedSender<Msg>,
+    /// HA: the leader's epoch and lease; dispatches then wait for their task's row.
+    fence: Option<Arc<super::dispatch::Fence>>,
+    /// HA: dispatches asked for while handling the current message, sent after its flush.
+    pending: Vec<DispatchJob>,
     http: reqwest::Client,
     relays: HashMap<TaskId, tokio::task::AbortHandle>,
     tracker: TaskTracker,
@@ -211,18 +215,15 @@ pub struct LiveEffects {
 
 impl Effects for LiveEffects {
     fn dispatch(&mut self, job: DispatchJob) {
-        let task = job.task;
-        let tx = self.tx.clone();
-        let http = self.http.clone();
-        let idle = self.idle_timeout;
-        let handle = self
-            .tracker
-            .spawn(super::dispatch::relay(job, http, idle, tx));
-        self.relays.retain(|_, h| !h.is_finished());
-        self.relays.insert(task, handle.abort_handle());
+        if self.fence.is_some() {
+            self.pending.push(job);
+        } else {
+            self.start_relay(job, None);
+        }
     }
 
     fn abort_dispatch(&mut self, task: TaskId) {
+        self.pending.retain(|j| j.task != task);
         if let Some(h) = self.relays.remove(&task) {
             h.abort();
         }
@@ -231,8 +232,9 @@ impl Effects for LiveEffects {
     fn cancel_on_worker(&mut self, job: CancelJob) {
         let tx = self.tx.clone();
         let http = self.http.clone();
+        let fence = self.fence.clone();
         self.tracker.spawn(async move {
-            if super::dispatch::cancel(&http, &job).await {
+            if super::dispatch::cancel(&http, &job, fence.as_deref()).await {
                 let _ = tx.send(Msg::CancelConfirmed { id: job.task });
             }
         });
@@ -250,13 +252,42 @@ impl Effects for LiveEffects {
     }
 }
 
+impl LiveEffects {
+    fn start_relay(&mut self, job: DispatchJob, durable: Option<Durable>) {
+        let task = job.task;
+        let tx = self.tx.clone();
+        let http = self.http.clone();
+        let idle = self.idle_timeout;
+        let fence = self.fence.clone();
+        let handle = self
+            .tracker
+            .spawn(super::dispatch::relay(job, http, idle, tx, fence, durable));
+        self.relays.retain(|_, h| !h.is_finished());
+        self.relays.insert(task, handle.abort_handle());
+    }
+
+    /// HA: sends the dispatches held back while their rows were flushed.
+    fn release_pending(&mut self, durable: &Durable) {
+        for job in std::mem::take(&mut self.pending) {
+            self.start_relay(job, Some(durable.clone()));
+        }
+    }
+}
+
+/// What an HA leader starts its core with.
+pub struct Takeover {
+    pub fence: Arc<super::dispatch::Fence>,
+    pub tasks: Vec<super::pgstate::StoredTask>,
+}
+
 /// Spawns the core's owner task and its 1 s tick; returns the handle. Fails when the HTTP/2
 /// client for workers cannot be built (a default client would silently speak HTTP/1).
 pub fn spawn(
     cfg: Arc<Config>,
     metrics: Arc<Metrics>,
     catalog: catalog::Catalog,
-    store: catalog::Store,
+    store: super::store::Backend,
+    takeover: Option<Takeover>,
     tracker: &TaskTracker,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> Result<CoreHandle, reqwest::Error> {
@@ -270,15 +301,25 @@ pub fn spawn(
         .http2_keep_alive_interval(Duration::from_secs(10))
         .http2_keep_alive_while_idle(true)
         .build()?;
+    let (fence, restored) = match takeover {
+        Some(t) => (Some(t.fence), Some(t.tasks)),
+        None => (None, None),
+    };
     let effects = LiveEffects {
         tx: tx.clone(),
+        fence,
+        pending: Vec::new(),
         http,
         relays: HashMap::new(),
         tracker: tracker.clone(),
         idle_timeout: cfg.worker_idle_timeout,
         shutdown: shutdown.clone(),
     };
+    let window = cfg.heartbeat_timeout.max(Duration::from_secs(5));
     let mut core = Core::new(cfg, effects, metrics, catalog);
+    if let Some(tasks) = restored {
+        core.restore(tasks, window, Instant::now());
+    }
     let mut link = StoreLink::spawn(store, tracker, tx.clone());
     let tick_tx = tx.clone();
     let tick_stop = shutdown.clone();
@@ -301,6 +342,10 @@ pub fn spawn(
             handle(&mut core, &mut link, msg, Instant::now());
             // Changes made by anything else (heartbeats, loads) are committed without a waiter.
             let _ = link.flush(&mut core);
+            if !core.effects.pending.is_empty() {
+                let durable = link.last();
+                core.effects.release_pending(&durable);
+            }
             core.publish_changes(tick);
         }
         for h in core.effects.relays.values() {

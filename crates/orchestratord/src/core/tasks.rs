@@ -318,12 +318,15 @@ impl<E: Effects> Core<E> {
             return;
         };
         let first = t.attempts == 0;
+        // A restored task's attempt is dispatched again as it was: its frames are in the log.
+        let restored = t.restore_pool.take().is_some();
         t.attempts += 1;
         t.tried.push(pool_id.clone());
         t.life.run(Stamp::at(now));
         let waited_ms = now.duration_since(t.admitted.at).as_secs_f64() * 1000.0;
         let tenant = t.tenant.clone();
         self.bus.mark_task(id);
+        self.journal.touch(id);
         if let Some(at) = t.carried_first_token.take() {
             t.life.first_token(at);
         }
@@ -395,7 +398,7 @@ impl<E: Effects> Core<E> {
         }
         let attempt = t.attempts;
         let session = t.v.session_id;
-        if !first {
+        if !first && !restored {
             let info = api::events::PlacementInfo {
                 pool_id: pool_id.clone(),
                 node_id: node_id.clone(),
@@ -475,6 +478,7 @@ impl<E: Effects> Core<E> {
                 t.ids_sent = t.gen_ids.len();
                 if t.life.first_token(Stamp::at(now)) {
                     self.bus.mark_task(id);
+                    self.journal.touch(id);
                     tracing::info!(event = "task.first_token", correlation_id = %t.correlation_id, task_id = %id, tenant = %t.tenant, pool_id = %t.pool_label(),
                         duration_ms = now.duration_since(t.admitted.at).as_millis() as u64, "First token of task {id}");
                 }
@@ -781,6 +785,7 @@ impl<E: Effects> Core<E> {
         let (key, prio) = (t.queue_key.clone(), t.v.priority);
         self.queues.push_front(key, id, prio, &t.tenant);
         self.bus.mark_task(id);
+        self.journal.touch(id);
         self.bus.mark_queues();
         self.publish_gauges();
     }
@@ -851,6 +856,9 @@ impl<E: Effects> Core<E> {
     /// Queued tasks that were dispatched before and now have no pool that can come back end at
     /// once (called on every tick).
     pub(super) fn fail_stranded_queued(&mut self, now: Instant) {
+        if self.in_takeover(now) {
+            return;
+        }
         let waiting: Vec<TaskId> = self
             .tasks
             .iter()
@@ -958,6 +966,7 @@ impl<E: Effects> Core<E> {
         self.tenant_stopped(id, true, now);
         self.tasks.finished(id);
         self.bus.mark_task(id);
+        self.journal.touch(id);
     }
 
     pub(super) fn finish_with_error(&mut self, id: TaskId, env: ErrorEnvelope, now: Instant) {
@@ -986,6 +995,7 @@ impl<E: Effects> Core<E> {
         self.tenant_stopped(id, true, now);
         self.tasks.finished(id);
         self.bus.mark_task(id);
+        self.journal.touch(id);
     }
 
     /// Frees the task's slot on its pool (the worker stream ended, or a cancel was confirmed).
@@ -1135,6 +1145,11 @@ impl<E: Effects> Core<E> {
     pub fn purge(&mut self, now: Instant) {
         self.tasks
             .purge(now, self.cfg.retention, self.cfg.max_retained);
+        let tasks = &self.tasks;
+        self.idempotency.retain(|_, id| tasks.get(id).is_some());
+        if self.journal.enabled() {
+            self.journal.retain(|id| tasks.get(id).is_some());
+        }
     }
 
     pub fn log_of(&self, id: TaskId, scope: &super::tenants::Scope) -> Option<Arc<TaskLog>> {

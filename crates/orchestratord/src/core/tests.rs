@@ -1922,3 +1922,172 @@ fn cache_aware_waits_for_the_busy_prefix_holder_and_only_so_long() {
     core.tick(now + Duration::from_secs(6));
     assert_eq!(dispatched(&core)[4], (t4, pid("b")));
 }
+
+fn ha_core() -> Core<Recorded> {
+    let mut core = core_with(|c| {
+        c.state = crate::config::StateBackend::Postgres(crate::config::HaConfig {
+            url: daemon::secret::Secret::new("postgres://x@127.0.0.1/x"),
+            advertise_url: "http://127.0.0.1:1".into(),
+            lease: Duration::from_millis(1500),
+        })
+    });
+    // The catalog a leader loads from Postgres: model `m`, adopted from a pool before.
+    let mut seed = core_with(|_| {});
+    register(&mut seed, "n0", vec![pool("p0", 1)], Instant::now());
+    let records = seed.catalog.list().into_iter().cloned().collect();
+    core.catalog = catalog::Catalog::deferred_from(records, std::path::Path::new("pg"));
+    core
+}
+
+#[test]
+fn an_idempotency_key_makes_a_retried_submit_return_the_first_task() {
+    let mut core = core_with(|_| {});
+    let now = Instant::now();
+    register(&mut core, "n1", vec![pool("p1", 1)], now);
+    let keyed = |k: &str| {
+        let mut v = task(|_| {});
+        v.idempotency_key = Some(k.into());
+        v
+    };
+    let (first, _) = core.submit(keyed("k1"), cid("a"), now).unwrap();
+    let (again, _) = core.submit(keyed("k1"), cid("b"), now).unwrap();
+    assert_eq!(first.task_id, again.task_id);
+    let (other, _) = core.submit(keyed("k2"), cid("c"), now).unwrap();
+    assert_ne!(first.task_id, other.task_id);
+    // Another tenant's identical key is its own.
+    let mut v = keyed("k1");
+    v.tenant = "t2".parse().unwrap();
+    let (theirs, _) = core.submit(v, cid("d"), now).unwrap();
+    assert_ne!(first.task_id, theirs.task_id);
+    assert_eq!(core.tasks.iter().count(), 3);
+}
+
+#[test]
+fn an_ha_leader_writes_a_row_when_a_task_is_admitted_dispatched_and_finished() {
+    let mut core = ha_core();
+    let now = Instant::now();
+    register(&mut core, "n1", vec![pool("p1", 1)], now);
+    let a = submit(&mut core, Priority::Interactive, now).unwrap();
+    let b = submit(&mut core, Priority::Interactive, now).unwrap();
+    let rows = core.take_task_rows();
+    assert_eq!(rows.len(), 2);
+    // `a` was dispatched at once: its first row holds the request and the frames before its
+    // stream; `b` waits in the queue.
+    assert_eq!(
+        (rows[0].id, rows[0].state, rows[0].attempt),
+        (a, TaskState::Running, 1)
+    );
+    assert!(rows[0]
+        .spec
+        .as_deref()
+        .is_some_and(|s| s.contains("\"hi\"")));
+    let prefix = rows[0].prefix.as_deref().expect("frames before the stream");
+    assert!(prefix.contains("\"started\""), "{prefix}");
+    assert_eq!((rows[1].id, rows[1].state), (b, TaskState::Queued));
+    assert!(rows[1].spec.is_some() && rows[1].prefix.is_none());
+    assert!(core.take_task_rows().is_empty(), "nothing changed");
+    finish(&mut core, a, now);
+    let rows = core.take_task_rows();
+    let states: Vec<_> = rows.iter().map(|r| (r.id, r.state, r.attempt)).collect();
+    assert_eq!(
+        states,
+        vec![(a, TaskState::Completed, 1), (b, TaskState::Running, 1)]
+    );
+    assert!(
+        rows.iter().all(|r| r.spec.is_none()),
+        "the request is written once"
+    );
+    assert!(rows[1].prefix.is_some());
+    // Embedded mode writes nothing.
+    let mut plain = core_with(|_| {});
+    register(&mut plain, "n1", vec![pool("p1", 1)], now);
+    submit(&mut plain, Priority::Interactive, now).unwrap();
+    assert!(plain.take_task_rows().is_empty());
+}
+
+/// A stored task as a predecessor left it.
+fn stored(
+    v: crate::admission::ValidatedTask,
+    state: TaskState,
+    attempt: u32,
+    prefix: Vec<Event>,
+) -> super::pgstate::StoredTask {
+    super::pgstate::StoredTask {
+        v,
+        correlation_id: "c".into(),
+        state,
+        node: (attempt > 0).then(|| nid("n1")),
+        pool: (attempt > 0).then(|| pid("p1")),
+        attempt,
+        prefix,
+    }
+}
+
+#[test]
+fn a_new_leader_redispatches_a_running_task_to_its_pool_with_the_same_attempt() {
+    let mut old = ha_core();
+    let now = Instant::now();
+    register(&mut old, "n1", vec![pool("p1", 1)], now);
+    let running = submit(&mut old, Priority::Interactive, now).unwrap();
+    let queued = submit(&mut old, Priority::Interactive, now).unwrap();
+    let prefix = old.tasks[&running].log.read_from(0).0;
+    let mut core = ha_core();
+    let rows = vec![
+        stored(
+            old.tasks[&running].v.clone(),
+            TaskState::Running,
+            2,
+            prefix.clone(),
+        ),
+        stored(old.tasks[&queued].v.clone(), TaskState::Queued, 0, vec![]),
+    ];
+    core.restore(rows, Duration::from_secs(30), now);
+    assert_eq!(core.restoring(), 1);
+    assert_eq!(core.tasks[&running].log.len(), prefix.len());
+    assert!(
+        core.take_task_rows().is_empty(),
+        "restored rows are already right"
+    );
+    // A node with room for both registers: the restored task goes to its pool first, as attempt
+    // 2, with no frame added; the queued one follows.
+    let mut p = pool("p1", 2);
+    p.slots_free = 2;
+    register(&mut core, "n1", vec![p], now);
+    let jobs = &core.effects.dispatched;
+    assert_eq!(jobs.len(), 2);
+    assert_eq!((jobs[0].task, jobs[0].attempt), (running, 2));
+    assert_eq!(jobs[0].body.pool_id, pid("p1"));
+    assert_eq!(jobs[1].task, queued);
+    assert_eq!(core.tasks[&running].log.len(), prefix.len());
+    assert!(core.take_task_rows().iter().all(|r| r.id != running));
+    // Its stream, replayed from the first line, rebuilds the frames.
+    let token = WorkerEvent::Token {
+        i: 0,
+        t: "a".into(),
+        logprobs: vec![],
+        ids: vec![],
+    };
+    core.on_worker(running, 2, token, now);
+    assert_eq!(core.tasks[&running].log.len(), prefix.len() + 1);
+}
+
+#[test]
+fn a_restored_task_whose_pool_does_not_come_back_ends_with_worker_reset() {
+    let mut old = ha_core();
+    let now = Instant::now();
+    register(&mut old, "n1", vec![pool("p1", 1)], now);
+    let running = submit(&mut old, Priority::Interactive, now).unwrap();
+    let mut core = ha_core();
+    let row = stored(old.tasks[&running].v.clone(), TaskState::Running, 1, vec![]);
+    core.restore(vec![row], Duration::from_secs(5), now);
+    core.tick(now + Duration::from_secs(1));
+    assert_eq!(core.tasks[&running].state(), TaskState::Queued);
+    core.tick(now + Duration::from_secs(6));
+    assert_eq!(core.tasks[&running].state(), TaskState::Failed);
+    let (frames, closed) = core.tasks[&running].log.read_from(0);
+    assert!(closed);
+    match frames.last() {
+        Some(Event::Error(e)) => assert_eq!(e.code, ErrorCode::WorkerReset),
+        other => panic!("{other:?}"),
+    }
+}

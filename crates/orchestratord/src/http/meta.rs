@@ -15,10 +15,14 @@ use daemon::errors::ApiError;
 use super::{unavailable, App};
 use crate::core::runner::Msg;
 
-pub async fn health() -> Json<Health> {
+pub async fn health(State(app): State<App>) -> Json<Health> {
+    let ha = app.cfg.ha();
     Json(Health {
         status: "ok".into(),
         version: env!("CARGO_PKG_VERSION").into(),
+        role: ha.map(|_| "leader".into()),
+        epoch: app.epoch,
+        leader: ha.map(|h| h.advertise_url.clone()),
     })
 }
 

@@ -39,6 +39,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Current secrets; swapped whole on rotation, read without holding the lock.
     pub tokens: std::sync::RwLock<Arc<crate::config::Tokens>>,
+    /// HA: this leader's epoch.
+    pub epoch: Option<u64>,
 }
 
 impl AppState {

@@ -61,6 +61,7 @@ only) no token is needed and every caller is the anonymous admin.",
         doc::meta_capabilities,
         doc::openapi_document,
         doc::health,
+        doc::ready,
         doc::metrics,
         doc::chat_completions,
         doc::completions,
@@ -789,6 +790,21 @@ mod doc {
     )]
     fn health() {}
 
+    /// Readiness: 200 on the process that serves the API (the leader of an HA group, or the one
+    /// orchestratord); an HA follower answers 503 `NOT_LEADER` naming the leader. Never needs a
+    /// token.
+    #[utoipa::path(
+        get,
+        path = "/ready",
+        tag = "meta",
+        security(()),
+        responses(
+            (status = 200, description = "Serving.", body = Health),
+            (status = 503, description = "`NOT_LEADER`: an HA follower; `x-llorch-leader` names the leader.", body = ErrorEnvelope),
+        ),
+    )]
+    fn ready() {}
+
     /// Prometheus metrics (API.md §16); a token is needed only with `server.metrics_require_auth`.
     #[utoipa::path(
         get,
@@ -1172,7 +1188,14 @@ mod tests {
         ] {
             assert!(s.get(name).is_some(), "schema {name}");
         }
-        let health = serde_json::to_value(super::super::meta::health().await.0).expect("json");
+        let health = serde_json::to_value(api::meta::Health {
+            status: "ok".into(),
+            version: "v".into(),
+            role: Some("leader".into()),
+            epoch: Some(1),
+            leader: Some("http://l".into()),
+        })
+        .expect("json");
         assert_eq!(properties(&d, "Health"), keys(&health));
         let version = serde_json::to_value(super::super::meta::version().await.0).expect("json");
         assert_eq!(properties(&d, "VersionInfo"), keys(&version));

@@ -157,6 +157,7 @@ pub static ROUTES: &[Route] = &[
         post(messages::messages)
     }),
     route(Method::GET, "/health", Open, || get(meta::health)),
+    route(Method::GET, "/ready", Open, || get(meta::health)),
     route(Method::GET, "/metrics", Metrics, || get(meta::metrics)),
     route(Method::GET, "/v2/openapi.json", Viewer, || {
         get(openapi::document)

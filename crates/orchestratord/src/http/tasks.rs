@@ -25,10 +25,12 @@ pub async fn submit(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let idempotency_key = idempotency_key(&headers)?;
     let bytes = json_body(&headers, body, app.cfg.max_body_bytes).await?;
     let req = crate::admission::parse(&bytes)?;
     let mut v = crate::admission::validate(req, &app.cfg)?;
     v.tenant = caller.tenant;
+    v.idempotency_key = idempotency_key;
     let result = app
         .core
         .ask(|reply| Msg::Submit {
@@ -45,6 +47,22 @@ pub async fn submit(
         r.headers_mut().insert("location", v);
     }
     Ok(r)
+}
+
+/// The `Idempotency-Key` header: 1–255 visible ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ErrorEnvelope> {
+    let Some(v) = headers.get(api::IDEMPOTENCY_HEADER) else {
+        return Ok(None);
+    };
+    match v.to_str() {
+        Ok(s) if !s.is_empty() && s.len() <= 255 && s.bytes().all(|b| b.is_ascii_graphic()) => {
+            Ok(Some(s.to_string()))
+        }
+        _ => Err(ErrorEnvelope::invalid(
+            "Idempotency-Key",
+            "must be 1-255 visible ASCII characters",
+        )),
+    }
 }
 
 pub async fn get_task(

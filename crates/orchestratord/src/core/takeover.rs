@@ -1,0 +1,207 @@
+//! An HA leader's tasks in Postgres (decision 70): the rows the store task writes after each
+//! message, and what a new leader does with them. Queued tasks go back to their queues in
+//! admission order. A task whose attempt was running is dispatched again to the same pool with the
+//! same attempt once its node registers again; the worker reattaches and sends the attempt's
+//! stream from its first line, so the task's frame log is rebuilt exactly and clients resume
+//! with `Last-Event-ID`. Until the takeover window ends, no task is failed for lack of a pool.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use api::node::{NodeStatus, PoolState};
+use api::task::TaskState;
+use api::{ErrorCode, ErrorEnvelope};
+
+use super::journal::Change;
+use super::pgstate::{frames_json, StoredTask, TaskRow};
+use super::{Core, Effects, TaskEntry, TaskLog};
+
+impl<E: Effects> Core<E> {
+    /// The rows of the tasks touched since the last call whose state, attempt or pool changed
+    /// (always empty unless the state lives in Postgres).
+    pub fn take_task_rows(&mut self) -> Vec<TaskRow> {
+        if !self.journal.enabled() {
+            return Vec::new();
+        }
+        let now_ms = daemon::now_ms();
+        let mut rows = Vec::new();
+        for id in self.journal.take_touched() {
+            // A restored task's row already says where its attempt runs.
+            let Some(t) = self.tasks.get(&id).filter(|t| t.restore_pool.is_none()) else {
+                continue;
+            };
+            let state = t.state();
+            let Some(change) = self.journal.change(id, state, t.attempts, t.pool.as_ref()) else {
+                continue;
+            };
+            let new = matches!(change, Change::New);
+            let dispatched = state == TaskState::Running
+                && (new || matches!(change, Change::Update { dispatched: true }));
+            rows.push(TaskRow {
+                id,
+                tenant: t.tenant.clone(),
+                idem_key: t.v.idempotency_key.clone(),
+                state,
+                spec: new.then(|| serde_json::to_string(&t.v).unwrap_or_default()),
+                correlation_id: t.correlation_id.to_string(),
+                node: t.node.clone(),
+                pool: t.pool.clone(),
+                attempt: t.attempts,
+                prefix: dispatched.then(|| frames_json(&t.log.read_from(0).0)),
+                updated_ms: now_ms,
+            });
+        }
+        rows
+    }
+
+    /// A new leader takes over the tasks its predecessor left (see the module doc). Finished
+    /// tasks are not restored; a task whose model the catalog no longer resolves is dropped with
+    /// an error log. `window` is how long nodes get to register again.
+    pub fn restore(&mut self, stored: Vec<StoredTask>, window: Duration, now: Instant) {
+        self.takeover_until = Some(now + window);
+        let (mut queued, mut running) = (0, 0);
+        for s in stored {
+            if s.state.is_terminal() {
+                continue;
+            }
+            let id = s.v.task_id;
+            let model = match self.admit_model(&s.v.model_ref, s.v.ctx) {
+                Ok(rec) => rec.id,
+                Err(e) => {
+                    tracing::error!(event = "ha.task_dropped", task_id = %id, tenant = %s.v.tenant,
+                        "Task {id} cannot be restored: {}", e.message);
+                    continue;
+                }
+            };
+            let correlation_id = s
+                .correlation_id
+                .parse()
+                .unwrap_or_else(|_| api::CorrelationId::new());
+            let key = super::admit::queue_key(&s.v, &model);
+            let max_tokens = s.v.max_tokens.unwrap_or(self.cfg.default_max_tokens);
+            let deadline = s.v.deadline_ms.map(|d| now + Duration::from_millis(d));
+            let log = Arc::new(TaskLog::default());
+            let (tenant, priority, key_, idem) = (
+                s.v.tenant.clone(),
+                s.v.priority,
+                key.clone(),
+                s.v.idempotency_key.clone(),
+            );
+            let weight = self.tenants.weight(&tenant);
+            let mut entry = TaskEntry::new(
+                s.v,
+                correlation_id,
+                model,
+                key,
+                log.clone(),
+                now,
+                0,
+                0,
+                max_tokens,
+                deadline,
+            );
+            let pool = match (s.state, s.pool, s.node) {
+                (TaskState::Running, Some(pool), Some(node)) if s.attempt > 0 => {
+                    for f in &s.prefix {
+                        log.append(f.clone());
+                    }
+                    entry.started_sent = s
+                        .prefix
+                        .iter()
+                        .any(|f| matches!(f, api::events::Event::Started(_)));
+                    entry.attempts = s.attempt - 1;
+                    entry.node = Some(node);
+                    entry.restore_pool = Some(pool.clone());
+                    Some(pool)
+                }
+                _ => None,
+            };
+            let st = if pool.is_some() {
+                TaskState::Running
+            } else {
+                TaskState::Queued
+            };
+            self.journal.restored(
+                id,
+                st,
+                entry.attempts + u32::from(pool.is_some()),
+                pool.as_ref(),
+            );
+            if let Some(d) = entry.v.deadline_ms {
+                self.effects
+                    .timer(Duration::from_millis(d), super::Timer::Deadline(id));
+            }
+            self.tasks.insert(id, entry);
+            if let Some(k) = idem {
+                self.idempotency.insert((tenant.clone(), k), id);
+            }
+            if pool.is_some() {
+                self.restoring.insert(id);
+                running += 1;
+            } else {
+                self.queues.push(key_, id, priority, &tenant, weight);
+                queued += 1;
+            }
+            self.bus.mark_task(id);
+        }
+        self.bus.mark_queues();
+        tracing::info!(event = "ha.restored", queued, running,
+            "Took over {queued} queued and {running} running task(s); nodes have {} ms to register again", window.as_millis());
+    }
+
+    /// While the takeover window is open, no queued task is failed for lack of a pool.
+    pub(super) fn in_takeover(&self, now: Instant) -> bool {
+        self.takeover_until.is_some_and(|t| now < t)
+    }
+
+    /// Dispatches each restored task whose pool is back (Ready, on an online node) to that pool.
+    pub(super) fn pump_restored(&mut self, now: Instant) {
+        if self.restoring.is_empty() {
+            return;
+        }
+        let ids: Vec<api::TaskId> = self.restoring.iter().copied().collect();
+        for id in ids {
+            let Some(pool) = self.tasks.get(&id).and_then(|t| t.restore_pool.clone()) else {
+                self.restoring.remove(&id);
+                continue;
+            };
+            let back = self.registry.pool(&pool).is_some_and(|p| {
+                p.status.state == PoolState::Ready
+                    && self
+                        .registry
+                        .node(&p.node_id)
+                        .is_some_and(|n| n.status == NodeStatus::Online)
+            });
+            if back {
+                self.restoring.remove(&id);
+                self.start_attempt(id, &pool, false, now);
+            }
+        }
+    }
+
+    /// At the end of the takeover window, restored tasks whose pool did not come back end with
+    /// WORKER_RESET: their stream lived on that worker.
+    pub(super) fn end_takeover(&mut self, now: Instant) {
+        if self.takeover_until.is_none_or(|t| now < t) {
+            return;
+        }
+        self.takeover_until = None;
+        let ids: Vec<api::TaskId> = std::mem::take(&mut self.restoring).into_iter().collect();
+        for id in ids {
+            let Some(pool) = self.tasks.get_mut(&id).and_then(|t| t.restore_pool.take()) else {
+                continue;
+            };
+            let env = ErrorEnvelope::new(
+                ErrorCode::WorkerReset,
+                format!("pool {pool}, which ran this task, did not come back after the failover"),
+            )
+            .with_retriable(true);
+            self.finish_with_error(id, env, now);
+        }
+    }
+
+    /// Restored tasks still waiting for their pool (tests).
+    pub fn restoring(&self) -> usize {
+        self.restoring.len()
+    }
+}
