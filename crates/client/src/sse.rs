@@ -172,14 +172,43 @@ impl Follow {
                     return Some(Err(Error::Protocol(m)));
                 }
                 // A broken connection, or a close before the terminal frame: the orchestratord
-                // serving it went away. Open the stream again where it stopped.
-                Some(Err(_)) | None => {
-                    self.stream = None;
-                    self.reconnects += 1;
-                    self.outage.get_or_insert_with(std::time::Instant::now);
+                // serving it went away. Open the stream again where it stopped, pausing between
+                // tries, until the outage is older than the failover timeout.
+                Some(Err(e)) => {
+                    if let Some(err) = self.broken(Some(e)).await {
+                        return Some(Err(err));
+                    }
+                }
+                None => {
+                    if let Some(err) = self.broken(None).await {
+                        return Some(Err(err));
+                    }
                 }
             }
         }
+    }
+
+    /// After a break: the error that ends the stream when the outage has lasted the failover
+    /// timeout, else None after a pause (a stream that keeps closing without a frame must not
+    /// spin).
+    async fn broken(&mut self, e: Option<Error>) -> Option<Error> {
+        self.stream = None;
+        let fresh = self.outage.is_none();
+        let since = *self.outage.get_or_insert_with(std::time::Instant::now);
+        if since.elapsed() >= self.client.failover_timeout() {
+            self.done = true;
+            return Some(e.unwrap_or_else(|| {
+                Error::Protocol(format!(
+                    "the stream keeps closing before its terminal frame (resuming after id {:?})",
+                    self.last_id
+                ))
+            }));
+        }
+        if !fresh {
+            tokio::time::sleep(crate::leader::ROUND_PAUSE).await;
+        }
+        self.reconnects += 1;
+        None
     }
 
     /// Whether a failed reopen is worth another try: transport errors and `NOT_LEADER` (the

@@ -204,3 +204,38 @@ async fn a_broken_stream_resumes_after_the_last_id_on_the_leader() {
     assert_eq!(s.reconnects(), 1);
     assert_eq!(*last_ids.lock().expect("test step"), vec![None, Some(2)]);
 }
+
+/// A resumed stream that the server keeps closing without a frame ends with an error after the
+/// failover timeout instead of reconnecting in a tight loop.
+#[tokio::test]
+async fn a_stream_that_keeps_closing_empty_gives_up_after_the_failover_timeout() {
+    let opens = Arc::new(AtomicU32::new(0));
+    let o = opens.clone();
+    let app = Router::new().route(
+        "/v2/tasks/{id}/events",
+        get(move |headers: HeaderMap| {
+            let o = o.clone();
+            async move {
+                o.fetch_add(1, Ordering::SeqCst);
+                let body = if headers.contains_key("last-event-id") {
+                    String::new()
+                } else {
+                    frame(0, &token(0))
+                };
+                ([("content-type", "text/event-stream")], body).into_response()
+            }
+        }),
+    );
+    let url = serve(app).await;
+    let c = client::Client::new(url, None)
+        .expect("client")
+        .with_failover_timeout(std::time::Duration::from_millis(500));
+    let mut s = c.follow(&format!("/v2/tasks/{}/events", api::TaskId::new()));
+    assert_eq!(s.next().await.expect("frame").expect("frame").id, Some(0));
+    let e = s.next().await.expect("an error").expect_err("must fail");
+    assert!(e.to_string().contains("terminal frame"), "{e}");
+    assert!(s.next().await.is_none());
+    // Paused between tries: a handful of opens in half a second, not thousands.
+    let n = opens.load(Ordering::SeqCst);
+    assert!((2..=10).contains(&n), "{n} opens");
+}

@@ -15,7 +15,7 @@ use api::{ErrorCode, TaskId};
 use llorch::stack::{HaSpec, Stack};
 use nix::sys::signal::Signal;
 
-use crate::fixtures::{log_lines, wait_finished, wait_for, Assets};
+use crate::fixtures::{log_lines, wait_for, Assets};
 
 /// How long any one scenario step may take before the scenario fails (a deadline, not a timing
 /// assertion: the machines are shared).
@@ -42,6 +42,11 @@ async fn ha_stack(
     let mut spec = a.spec(scenario)?;
     spec.slots = slots;
     spec.ctx = 512;
+    if scenario == "ha-outage" {
+        // The long task must still be generating when the grace ends: a long context, one thread.
+        spec.ctx = 2048;
+        spec.threads = Some(1);
+    }
     spec.heartbeat_interval_ms = 500;
     spec.heartbeat_timeout_ms = 5000;
     spec.orchd_extra = orchd_extra.into();
@@ -337,25 +342,33 @@ pub async fn queue_survives(a: Assets) -> anyhow::Result<()> {
     result
 }
 
-/// [`wait_finished`] with the HA deadline (a queue of 100 on a shared CPU takes a while).
+/// Waits (up to `DEADLINE`: a queue of 100 on a shared CPU takes a while) until task `id` is
+/// terminal; a failure names the last answer (a 404 means the record is gone).
 async fn wait_finished_long(
     client: &client::Client,
     id: TaskId,
 ) -> anyhow::Result<api::task::TaskRecord> {
-    match wait_finished(client, id).await {
-        Ok(r) => Ok(r),
-        Err(_) => {
-            wait_for(&format!("task {id} to finish"), DEADLINE, || async {
-                client
-                    .task(id)
-                    .await
-                    .ok()
-                    .map(|r| r.body)
-                    .filter(|r| r.state.is_terminal())
-            })
-            .await
+    let last = std::sync::Mutex::new(String::new());
+    let r = wait_for(&format!("task {id} to finish"), DEADLINE, || async {
+        match client.task(id).await {
+            Ok(r) if r.body.state.is_terminal() => Some(r.body),
+            Ok(r) => {
+                *last.lock().unwrap_or_else(|e| e.into_inner()) = format!("{:?}", r.body.state);
+                None
+            }
+            Err(e) => {
+                *last.lock().unwrap_or_else(|e| e.into_inner()) = e.to_string();
+                None
+            }
         }
-    }
+    })
+    .await;
+    r.with_context(|| {
+        format!(
+            "last answer: {}",
+            last.lock().unwrap_or_else(|e| e.into_inner())
+        )
+    })
 }
 
 /// 3. Idempotent submit: the same `Idempotency-Key` sent again after a failover answers with the
@@ -476,7 +489,7 @@ pub async fn paused_leader_is_fenced(a: Assets) -> anyhow::Result<()> {
 
 /// 5. Full outage: both orchestratord killed for 10 s, then started. A task that finished on the
 ///    worker meanwhile reads to its `end` (gap-free, the engine's text); a task still generating
-///    past the worker's grace (3 s here) was canceled there and its client gets a typed
+///    past the worker's grace (5 s here) was canceled there and its client gets a typed
 ///    `WORKER_RESET` error.
 pub async fn full_outage(a: Assets) -> anyhow::Result<()> {
     let mut stack = ha_stack(
@@ -484,33 +497,34 @@ pub async fn full_outage(a: Assets) -> anyhow::Result<()> {
         "ha-outage",
         2,
         "",
-        "[worker]\ndispatch_grace_ms = 3000\n",
+        "[worker]\ndispatch_grace_ms = 5000\n",
     )
     .await?;
     let result = async {
         let client = group_client(&stack)?;
         let model = stack.spec.model_id.clone();
-        let short = counting(&model, 5, 12);
-        let long = crate::fixtures::long_request(&model);
-        let started = std::sync::Arc::new(tokio::sync::Notify::new());
+        let short = counting(&model, 5, 40);
+        let long = counting(&model, 1, 1900);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
         let mut readers = vec![];
         for req in [&short, &long] {
             let adm = client.submit(req).await?.body;
-            let (client, started) = (client.clone(), started.clone());
+            let (client, tx) = (client.clone(), tx.clone());
             readers.push(tokio::spawn(async move {
                 read_all(&client, adm.task_id, &adm.streams.sse_verbose, |n| {
                     if n == 1 {
-                        started.notify_one();
+                        let _ = tx.send(());
                     }
                 })
                 .await
             }));
         }
-        // Both running (the long one has tokens; the short one has been dispatched too).
-        tokio::time::timeout(DEADLINE, started.notified())
-            .await
-            .context("no stream reached its first token")?;
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Both are generating: the short one finishes within the grace, the long one does not.
+        for _ in 0..2 {
+            tokio::time::timeout(DEADLINE, rx.recv())
+                .await
+                .context("a stream did not reach its first token")?;
+        }
         for i in 0..stack.replicas.len() {
             stack.kill_replica(i).await?;
         }
