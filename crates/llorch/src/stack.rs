@@ -985,3 +985,37 @@ pub fn tail(path: &Path, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_url_gets_its_database_replaced() {
+        let u = "postgres://llorch:llorch@127.0.0.1:5432/postgres";
+        assert_eq!(
+            with_database(u, "ha_1").ok().as_deref(),
+            Some("postgres://llorch:llorch@127.0.0.1:5432/ha_1")
+        );
+        assert_eq!(
+            with_database("postgres://h:1?sslmode=disable", "x")
+                .ok()
+                .as_deref(),
+            Some("postgres://h:1/x?sslmode=disable")
+        );
+        assert!(with_database("not a url", "x").is_err());
+        assert!(ensure_database(u, "Robert'); DROP").is_err());
+    }
+
+    #[test]
+    fn pool_managerd_names_one_orchestratord_or_the_group() {
+        assert_eq!(
+            orchestrator_toml(&["http://a:1".into()]),
+            "url = \"http://a:1\"\n"
+        );
+        assert_eq!(
+            orchestrator_toml(&["http://a:1".into(), "http://b:2".into()]),
+            "urls = [\"http://a:1\", \"http://b:2\"]\n"
+        );
+    }
+}

@@ -323,13 +323,18 @@ pub async fn queue_survives(a: Assets) -> anyhow::Result<()> {
                 .collect();
         let mut states = HashMap::new();
         for id in &ids {
-            let gone = matches!(client.task(*id).await, Err(client::Error::Api { status: 404, .. }));
+            let gone = matches!(
+                client.task(*id).await,
+                Err(client::Error::Api { status: 404, .. })
+            );
             if gone {
                 ensure!(
                     finished_before.contains(&id.to_string()),
                     "task {id} is unknown after the failover and did not finish before it"
                 );
-                *states.entry("finished before the kill".to_string()).or_insert(0) += 1;
+                *states
+                    .entry("finished before the kill".to_string())
+                    .or_insert(0) += 1;
                 continue;
             }
             let rec = wait_finished_long(&client, *id).await?;
@@ -340,7 +345,9 @@ pub async fn queue_survives(a: Assets) -> anyhow::Result<()> {
         for id in &ids {
             let ended = pm
                 .iter()
-                .filter(|l| l["event"] == "engine.finished" && l["task_id"] == id.to_string().as_str())
+                .filter(|l| {
+                    l["event"] == "engine.finished" && l["task_id"] == id.to_string().as_str()
+                })
                 .count();
             ensure!(ended == 1, "task {id} ended {ended} times on the engine");
         }
