@@ -34,6 +34,9 @@ pub const CORRELATION_HEADER: &str = "x-correlation-id";
 /// HA: the leader's epoch on every orchestratord → worker request (dispatch, cancel); a worker
 /// refuses an epoch lower than the highest it has seen (`STALE_EPOCH`).
 pub const EPOCH_HEADER: &str = "x-llorch-epoch";
+/// HA: on a dispatch, "attach to this task's run or answer 404; never start it" (a new leader
+/// asking for the stream of a task its predecessor saw finish).
+pub const REATTACH_HEADER: &str = "x-llorch-reattach";
 /// HA: on a follower's `NOT_LEADER` answer, the leader's base URL (absent while none is known).
 pub const LEADER_HEADER: &str = "x-llorch-leader";
 /// `POST /v2/tasks` (and the `/v1` submit routes): a client key that makes a retried submit return

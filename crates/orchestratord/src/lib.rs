@@ -95,6 +95,7 @@ fn start_core(
         metrics,
         tokens: std::sync::RwLock::new(Arc::new(cfg.tokens())),
         epoch,
+        closing: epoch.map(|_| shutdown.clone()),
     });
     if let Some(reload) = reload {
         tracker.spawn(rotate_on_sighup(app.clone(), reload, shutdown.clone()));

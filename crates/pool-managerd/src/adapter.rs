@@ -14,9 +14,9 @@ use api::ErrorCode;
 use engine::sse::CompletionFrame;
 use engine::{ChatMessage, CompletionRequest, EngineClient, EngineError, Prompt};
 use futures::StreamExt;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::frames::TaskFrames;
 use crate::pools::{ModelInfo, Pool, TaskEnd, TaskMeter};
 
 pub struct TaskRun {
@@ -29,7 +29,10 @@ pub struct TaskRun {
     /// The task's token counts, read by the pool's status reports.
     pub meter: Arc<TaskMeter>,
     pub req: DispatchRequest,
-    pub tx: mpsc::Sender<WorkerEvent>,
+    /// The task's lines, which every dispatch response attached to it reads.
+    pub out: Arc<TaskFrames>,
+    /// Triggered by a cancel request, and when the dispatch stream is gone for good (at once
+    /// without an epoch, after the grace period with one).
     pub cancel: CancellationToken,
     pub lost: CancellationToken,
     pub idle_timeout: Duration,
@@ -107,7 +110,8 @@ impl TaskRun {
             ok: matches!(event, WorkerEvent::End { .. }),
             decode_tps,
         };
-        let _ = self.tx.send(event).await;
+        // The terminal line never waits for the reader: the slot is released right after it.
+        self.out.push(event);
         end
     }
 
@@ -134,7 +138,6 @@ impl TaskRun {
                     r = self.client.chat(&body) => r.map(|f| Box::pin(f) as FrameStream),
                     _ = self.cancel.cancelled() => return Outcome::Stopped(StopReason::Canceled),
                     _ = self.lost.cancelled() => return lost(0),
-                    _ = self.tx.closed() => return Outcome::Stopped(StopReason::Canceled),
                 }
             }
             input => {
@@ -195,7 +198,6 @@ impl TaskRun {
                     r = self.client.complete(&creq) => r.map(|f| Box::pin(f) as FrameStream),
                     _ = self.cancel.cancelled() => return Outcome::Stopped(StopReason::Canceled),
                     _ = self.lost.cancelled() => return lost(0),
-                    _ = self.tx.closed() => return Outcome::Stopped(StopReason::Canceled),
                 }
             }
         };
@@ -211,9 +213,7 @@ impl TaskRun {
                 digest: self.model.digest.clone(),
             },
         };
-        if self.tx.send(started_ev).await.is_err() {
-            return Outcome::Stopped(StopReason::Canceled);
-        }
+        self.emit(started_ev).await;
         // Token ids go with the text while every generated token's id was seen; the engine sends
         // none for tokens that end inside a UTF-8 character, and from then on the task cannot be
         // resumed exactly, so later lines carry no ids. The chat endpoint (chats with tools) sends
@@ -229,7 +229,7 @@ impl TaskRun {
             // Checked first on every frame, so a fast engine cannot starve a cancel; the select
             // below is biased towards a frame that is already there, which it then takes without
             // arming the other branches.
-            if self.cancel.is_cancelled() || self.tx.is_closed() {
+            if self.cancel.is_cancelled() {
                 return Outcome::Stopped(StopReason::Canceled);
             }
             if self.lost.is_cancelled() {
@@ -243,7 +243,6 @@ impl TaskRun {
                 n = tokio::time::timeout(self.idle_timeout, frames.next()) => n,
                 _ = self.cancel.cancelled() => return Outcome::Stopped(StopReason::Canceled),
                 _ = self.lost.cancelled() => return lost(*tokens_out),
-                _ = self.tx.closed() => return Outcome::Stopped(StopReason::Canceled),
                 _ = &mut deadline_sleep => return Outcome::Stopped(StopReason::Deadline),
             };
             let frame = match next {
@@ -300,9 +299,7 @@ impl TaskRun {
                     ids,
                     logprobs: std::mem::take(&mut frame.completion_probabilities),
                 };
-                if self.tx.send(ev).await.is_err() {
-                    return Outcome::Stopped(StopReason::Canceled);
-                }
+                self.emit(ev).await;
             } else if !frame.content.is_empty() {
                 let ev = WorkerEvent::Token {
                     i: *tokens_out,
@@ -311,15 +308,11 @@ impl TaskRun {
                     logprobs: std::mem::take(&mut frame.completion_probabilities),
                 };
                 *tokens_out += 1;
-                if self.tx.send(ev).await.is_err() {
-                    return Outcome::Stopped(StopReason::Canceled);
-                }
+                self.emit(ev).await;
             }
             for delta in std::mem::take(&mut frame.tool_calls) {
                 *tokens_out += 1;
-                if self.tx.send(WorkerEvent::ToolCall { delta }).await.is_err() {
-                    return Outcome::Stopped(StopReason::Canceled);
-                }
+                self.emit(WorkerEvent::ToolCall { delta }).await;
             }
             if frame.stop {
                 return Outcome::Finished(Box::new(frame));
@@ -341,7 +334,6 @@ impl TaskRun {
             r = self.client.embeddings(&body) => r,
             _ = self.cancel.cancelled() => return Outcome::Stopped(StopReason::Canceled),
             _ = self.lost.cancelled() => return lost(0),
-            _ = self.tx.closed() => return Outcome::Stopped(StopReason::Canceled),
         };
         let answer = match answer {
             Ok(a) => a,
@@ -365,9 +357,7 @@ impl TaskRun {
                 digest: self.model.digest.clone(),
             },
         };
-        if self.tx.send(started_ev).await.is_err() {
-            return Outcome::Stopped(StopReason::Canceled);
-        }
+        self.emit(started_ev).await;
         *ttft = Some(started.elapsed().as_millis() as u64);
         let mut data = answer.data;
         data.sort_by_key(|d| d.index);
@@ -376,9 +366,7 @@ impl TaskRun {
                 index: d.index,
                 embedding: d.embedding,
             };
-            if self.tx.send(ev).await.is_err() {
-                return Outcome::Stopped(StopReason::Canceled);
-            }
+            self.emit(ev).await;
         }
         Outcome::Finished(Box::new(CompletionFrame {
             stop: true,
@@ -387,6 +375,18 @@ impl TaskRun {
             tokens_predicted: Some(0),
             ..Default::default()
         }))
+    }
+
+    /// Hands `ev` to the task's lines; while the attached reader is far behind, waits for it (or
+    /// for a cancel), so a slow reader slows the engine stream instead of filling memory.
+    async fn emit(&self, ev: WorkerEvent) {
+        if self.out.push(ev) {
+            tokio::select! {
+                _ = self.out.caught_up() => {}
+                _ = self.cancel.cancelled() => {}
+                _ = self.lost.cancelled() => {}
+            }
+        }
     }
 
     fn tokens_evaluated(&self) -> u64 {

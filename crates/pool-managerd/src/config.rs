@@ -19,6 +19,7 @@ pub struct RawConfig {
     pub server: RawServer,
     pub orchestrator: RawOrchestrator,
     pub dispatch: RawDispatch,
+    pub worker: RawWorker,
     pub heartbeat: RawHeartbeat,
     pub shutdown_grace_ms: Option<u64>,
     pub cache: RawCache,
@@ -66,10 +67,41 @@ pub struct RawServer {
 #[serde(default)]
 pub struct RawOrchestrator {
     pub url: Option<String>,
+    /// Several orchestratord of one HA group (a TOML array, or one comma-separated string).
+    pub urls: Option<UrlList>,
     pub registration_token: Option<String>,
     pub registration_token_file: Option<PathBuf>,
     pub node_token: Option<String>,
     pub node_token_file: Option<PathBuf>,
+}
+
+/// A list of URLs: a TOML array, or one comma-separated string (handy in an env override).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum UrlList {
+    List(Vec<String>),
+    Text(String),
+}
+
+impl UrlList {
+    fn urls(&self) -> Vec<String> {
+        match self {
+            UrlList::List(v) => v.clone(),
+            UrlList::Text(t) => t.split(',').map(str::to_string).collect(),
+        }
+    }
+}
+
+/// What happens to a dispatch's task when its stream breaks, and how long finished tasks' lines
+/// are kept (HA; applies only to dispatches that carry an epoch).
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+pub struct RawWorker {
+    pub dispatch_grace_ms: Option<u64>,
+    pub retention_ms: Option<u64>,
+    pub max_retained: Option<usize>,
+    pub buffer_max_bytes: Option<usize>,
+    pub retained_max_bytes: Option<usize>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -162,6 +194,34 @@ pub enum NodeAuth {
     None,
 }
 
+/// The worker side of HA: how long a task whose dispatch stream broke keeps running, and what is
+/// kept so a dispatch can attach to it again.
+#[derive(Debug, Clone)]
+pub struct TaskRetention {
+    /// A task whose dispatch (with an epoch) lost its stream is canceled after this long.
+    pub grace: Duration,
+    /// Finished tasks' lines are kept this long…
+    pub retention: Duration,
+    /// …for at most this many tasks…
+    pub max_retained: usize,
+    /// …and this many bytes in all.
+    pub retained_max_bytes: usize,
+    /// A task's lines beyond this many bytes cannot be replayed.
+    pub buffer_max_bytes: usize,
+}
+
+impl Default for TaskRetention {
+    fn default() -> Self {
+        Self {
+            grace: Duration::from_millis(30_000),
+            retention: Duration::from_millis(600_000),
+            max_retained: 4096,
+            retained_max_bytes: 1 << 30,
+            buffer_max_bytes: 8 << 20,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct EngineTimings {
     pub start_timeout: Duration,
@@ -207,7 +267,9 @@ pub struct Config {
     pub machine_id: api::MachineId,
     pub bind: SocketAddr,
     pub advertise_url: String,
-    pub orchestrator_url: String,
+    /// orchestratord's URLs (`orchestrator.urls`, else `orchestrator.url`): registration follows
+    /// the leader among them.
+    pub orchestrator_urls: Vec<String>,
     pub node_auth: NodeAuth,
     pub dispatch_token: Secret,
     pub heartbeat_interval: Duration,
@@ -222,6 +284,7 @@ pub struct Config {
     /// PEM of an extra trusted CA for model downloads.
     pub fetch_ca_pem: Option<Vec<u8>>,
     pub engine: EngineTimings,
+    pub tasks: TaskRetention,
     pub engines: BTreeMap<String, EngineSource>,
     pub pools: Vec<PoolSpec>,
     pub handoff_dir: PathBuf,
@@ -329,17 +392,30 @@ impl RawConfig {
             }
             (None, b) => b.map(|b| format!("http://{b}")),
         };
-        let orchestrator_url = self
+        // `url` (when set) comes first, then `urls` in order, each once.
+        let mut orchestrator_urls: Vec<String> = Vec::new();
+        let listed = self.orchestrator.urls.as_ref().map(UrlList::urls);
+        let named = self
             .orchestrator
             .url
-            .clone()
-            .unwrap_or_else(|| DEFAULT_ORCHESTRATOR_URL.into())
-            .trim_end_matches('/')
-            .to_string();
-        if !orchestrator_url.starts_with("http://") && !orchestrator_url.starts_with("https://") {
-            p.push(format!(
-                "orchestrator.url: {orchestrator_url:?} must start with http:// or https://"
-            ));
+            .iter()
+            .map(|u| ("orchestrator.url", u.clone()));
+        let default = (self.orchestrator.url.is_none() && listed.is_none())
+            .then(|| ("orchestrator.url", DEFAULT_ORCHESTRATOR_URL.to_string()));
+        let listed = listed
+            .into_iter()
+            .flatten()
+            .map(|u| ("orchestrator.urls", u));
+        for (key, u) in named.chain(default).chain(listed) {
+            let u = u.trim().trim_end_matches('/').to_string();
+            if !u.starts_with("http://") && !u.starts_with("https://") {
+                p.push(format!("{key}: {u:?} must start with http:// or https://"));
+            } else if !orchestrator_urls.contains(&u) {
+                orchestrator_urls.push(u);
+            }
+        }
+        if orchestrator_urls.is_empty() && !p.iter().any(|m| m.starts_with("orchestrator.url")) {
+            p.push("orchestrator.urls: must name at least one URL".into());
         }
         let reg = daemon::config::secret_or_file(
             "orchestrator.registration_token",
@@ -398,6 +474,22 @@ impl RawConfig {
             max_restarts: e.max_restarts.unwrap_or(5),
             threads: e.threads,
         };
+        let w = &self.worker;
+        let defaults = TaskRetention::default();
+        let tasks = TaskRetention {
+            grace: w
+                .dispatch_grace_ms
+                .map_or(defaults.grace, Duration::from_millis),
+            retention: w
+                .retention_ms
+                .map_or(defaults.retention, Duration::from_millis),
+            max_retained: w.max_retained.unwrap_or(defaults.max_retained),
+            retained_max_bytes: w.retained_max_bytes.unwrap_or(defaults.retained_max_bytes),
+            buffer_max_bytes: w.buffer_max_bytes.unwrap_or(defaults.buffer_max_bytes),
+        };
+        if tasks.buffer_max_bytes == 0 {
+            p.push("worker.buffer_max_bytes: must be positive".into());
+        }
         let hf_endpoint = self
             .fetch
             .hf_endpoint
@@ -449,7 +541,7 @@ impl RawConfig {
             machine_id: machine_id.expect("checked"),
             bind: bind.expect("checked"),
             advertise_url: advertise_url.expect("checked"),
-            orchestrator_url,
+            orchestrator_urls,
             node_auth,
             dispatch_token,
             heartbeat_interval,
@@ -466,6 +558,7 @@ impl RawConfig {
             hf_token,
             fetch_ca_pem,
             engine,
+            tasks,
             engines,
             pools,
             handoff_dir: self
@@ -883,6 +976,44 @@ mod tests {
         );
         assert!(
             errs.iter().any(|e| e.contains("pools[0].model_digest")),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn orchestrator_urls_and_worker_keys() {
+        let cfg = RawConfig::default().validate(&host()).unwrap();
+        assert_eq!(cfg.orchestrator_urls, [DEFAULT_ORCHESTRATOR_URL]);
+        assert_eq!(cfg.tasks.grace, Duration::from_secs(30));
+        assert_eq!(cfg.tasks.retention, Duration::from_secs(600));
+        let raw: RawConfig = toml::from_str(
+            r#"
+            [orchestrator]
+            urls = ["http://a:1/", "http://b:2"]
+            [worker]
+            dispatch_grace_ms = 500
+            max_retained = 3
+            "#,
+        )
+        .unwrap();
+        let cfg = raw.validate(&host()).unwrap();
+        assert_eq!(cfg.orchestrator_urls, ["http://a:1", "http://b:2"]);
+        assert_eq!(
+            (cfg.tasks.grace, cfg.tasks.max_retained),
+            (Duration::from_millis(500), 3)
+        );
+        // An env override gives one comma-separated string; `url` still works and comes first.
+        let raw: RawConfig = toml::from_str(
+            "[orchestrator]\nurl = \"http://a:1\"\nurls = \"http://b:2, http://a:1\"\n",
+        )
+        .unwrap();
+        let cfg = raw.validate(&host()).unwrap();
+        assert_eq!(cfg.orchestrator_urls, ["http://a:1", "http://b:2"]);
+        let raw: RawConfig = toml::from_str("[orchestrator]\nurls = [\"ftp://x\"]\n").unwrap();
+        let errs = raw.validate(&host()).unwrap_err();
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("orchestrator.urls: \"ftp://x\"")),
             "{errs:?}"
         );
     }

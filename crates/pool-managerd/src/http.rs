@@ -3,11 +3,11 @@
 //! against the pool's spec and ask the pool's supervisor for a slot; they never touch an engine
 //! process.
 
-use std::convert::Infallible;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use api::worker::{DispatchRequest, WorkerEvent, WorkerLine, WorkerPoolsResponse};
+use api::worker::{DispatchRequest, WorkerPoolsResponse};
 use api::{ErrorCode, ErrorEnvelope};
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Request, State};
@@ -18,9 +18,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use daemon::correlation::{CorrelationId, Identity};
 use daemon::errors::ApiError;
-use tokio::sync::mpsc;
 
 use crate::adapter::TaskRun;
+use crate::frames::{Attachment, Lookup};
 use crate::node::Node;
 use crate::pools::{Pool, Refusal};
 
@@ -83,7 +83,14 @@ async fn health(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
 async fn metrics(State(app): State<Arc<App>>) -> Response {
     let samples: Vec<_> = app.pools.all().iter().map(|p| p.sample()).collect();
     let gpus = crate::gpu::discover();
-    let mut resp = crate::metrics::render(app.node_id.as_str(), &samples, &gpus).into_response();
+    let c = app.frames.counters();
+    let tasks = crate::metrics::TaskSample {
+        detached: c.detached.load(Ordering::Relaxed).max(0) as u64,
+        reattached: c.reattached.load(Ordering::Relaxed),
+        grace_expired: c.grace_expired.load(Ordering::Relaxed),
+    };
+    let mut resp =
+        crate::metrics::render(app.node_id.as_str(), &samples, &tasks, &gpus).into_response();
     resp.headers_mut().insert(
         "content-type",
         axum::http::HeaderValue::from_static("text/plain; version=0.0.4"),
@@ -182,6 +189,7 @@ async fn dispatch(
         .map_err(|e| ErrorEnvelope::invalid("", format!("invalid dispatch body: {e}")))?;
     let pool = find_pool(&app, &pool_id)?;
     check_dispatch(&req, &app.node_id, &pool)?;
+    let epoch = fence(&app, &headers)?;
     if app.closing.is_cancelled() {
         return Err(
             ErrorEnvelope::new(ErrorCode::PoolUnready, "this node is shutting down")
@@ -189,14 +197,44 @@ async fn dispatch(
                 .into(),
         );
     }
+    // With an epoch, a dispatch of a task this node runs (or ran) attaches to it.
+    if let Some(epoch) = epoch {
+        match app
+            .frames
+            .lookup(&req.task_id, req.attempt, &pool.spec.id, epoch)
+        {
+            Lookup::Fresh if headers.contains_key(api::REATTACH_HEADER) => {
+                return Err(ErrorEnvelope::new(
+                    ErrorCode::NotFound,
+                    format!(
+                        "task {} attempt {} is not known on this node",
+                        req.task_id, req.attempt
+                    ),
+                )
+                .into())
+            }
+            Lookup::Fresh => {}
+            Lookup::Attach(a) => return Ok(ndjson(a)),
+            Lookup::Refused(status, env) => {
+                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::CONFLICT);
+                return Ok((status, Json(env)).into_response());
+            }
+        }
+    }
     let admission = pool
         .admit(&req.task_id, &req.model)
         .await
         .map_err(|r| refusal(r, &pool.spec.id, &req))?;
     tracing::info!(event = "dispatch.accepted", correlation_id = %cid.0, task_id = %req.task_id, pool_id = %pool_id, node_id = %app.node_id,
         attempt = req.attempt, "Accepted task {} for pool {pool_id} (attempt {})", req.task_id, req.attempt);
-    let (tx, rx) = mpsc::channel::<WorkerEvent>(64);
     let task_id = req.task_id;
+    let (out, attached) = app.frames.start(
+        task_id,
+        req.attempt,
+        pool.spec.id.clone(),
+        epoch,
+        admission.cancel.clone(),
+    );
     let run = TaskRun {
         pool: pool.clone(),
         client: admission.client,
@@ -204,17 +242,41 @@ async fn dispatch(
         model: admission.model,
         meter: admission.meter,
         req,
-        tx,
+        out: out.clone(),
         cancel: admission.cancel,
         lost: admission.lost,
         idle_timeout: app.idle_timeout,
         cancel_confirm: app.cancel_confirm,
     };
+    let frames = app.frames.clone();
     app.tracker.spawn(async move {
         let end = run.run().await;
         pool.release(&task_id, end);
+        frames.finish(&out);
     });
-    Ok(ndjson(rx))
+    Ok(ndjson(attached))
+}
+
+/// The epoch of a request from orchestratord (`x-llorch-epoch`), checked against the highest seen:
+/// a lower one is refused with STALE_EPOCH. No header (embedded mode): not fenced.
+fn fence(app: &App, headers: &HeaderMap) -> Result<Option<u64>, ErrorEnvelope> {
+    let Some(raw) = headers.get(api::EPOCH_HEADER) else {
+        return Ok(None);
+    };
+    let epoch = raw
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .ok_or_else(|| {
+            ErrorEnvelope::invalid(
+                api::EPOCH_HEADER,
+                format!("{} must be an unsigned integer", api::EPOCH_HEADER),
+            )
+        })?;
+    app.frames
+        .fence(Some(epoch))
+        .map_err(|highest| crate::frames::stale(epoch, highest))?;
+    Ok(Some(epoch))
 }
 
 /// The checks of §13.2 that need no supervisor: protocol, placement facts, engine, and a `ctx`
@@ -302,46 +364,14 @@ fn refusal(r: Refusal, pool_id: &api::PoolId, req: &DispatchRequest) -> ErrorEnv
     }
 }
 
-/// The NDJSON body: one line per event with `seq`, and a keepalive after 5 s of silence.
-/// The dispatch response: one NDJSON line per worker event, with a keepalive line after 5 s of
-/// silence. Events that are already waiting when a line is written go into the same chunk (one
-/// write instead of one per event under load); none waits for a later one.
-fn ndjson(rx: mpsc::Receiver<WorkerEvent>) -> Response {
-    let state = (rx, 0u64, false);
-    let stream = futures::stream::unfold(state, |(mut rx, mut seq, done)| async move {
-        if done {
-            return None;
-        }
-        let event = match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
-            Ok(Some(ev)) => ev,
-            Ok(None) => return None,
-            Err(_) => WorkerEvent::Keepalive,
-        };
-        let mut chunk = Vec::with_capacity(256);
-        let mut terminal = push_line(&mut chunk, seq, event);
-        seq += 1;
-        while !terminal {
-            let Ok(event) = rx.try_recv() else { break };
-            terminal = push_line(&mut chunk, seq, event);
-            seq += 1;
-        }
-        Some((Ok::<_, Infallible>(Bytes::from(chunk)), (rx, seq, terminal)))
-    });
-    let mut resp = Response::new(Body::from_stream(stream));
+/// The dispatch response: the task's NDJSON lines from seq 0, then live (see [`crate::frames`]).
+fn ndjson(attached: Attachment) -> Response {
+    let mut resp = Response::new(Body::from_stream(attached.into_stream()));
     resp.headers_mut().insert(
         "content-type",
         axum::http::HeaderValue::from_static("application/x-ndjson"),
     );
     resp
-}
-
-/// Appends one NDJSON line; true when the event is terminal.
-fn push_line(chunk: &mut Vec<u8>, seq: u64, event: WorkerEvent) -> bool {
-    let terminal = event.is_terminal();
-    // Serializing typed worker events into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *chunk, &WorkerLine { seq, event });
-    chunk.push(b'\n');
-    terminal
 }
 
 async fn cancel(
@@ -351,6 +381,7 @@ async fn cancel(
 ) -> Result<StatusCode, ApiError> {
     let cid = CorrelationId::from_headers(&headers);
     let pool = find_pool(&app, &pool_id)?;
+    fence(&app, &headers)?;
     // A task id that is not a UUID names no task here: nothing to cancel, as for an unknown one.
     let Ok(task) = task_id.parse::<api::TaskId>() else {
         return Ok(StatusCode::NO_CONTENT);
@@ -372,13 +403,18 @@ async fn cancel(
 mod tests {
     use super::*;
     use crate::pools::runner::Msg;
-    use api::worker::{DispatchInput, DispatchParams};
+    use api::worker::{DispatchInput, DispatchParams, WorkerEvent, WorkerLine};
     use axum::http::Request as HttpRequest;
+    use tokio::sync::mpsc;
     use tower::ServiceExt;
 
     const TOKEN: &str = "dispatch-token-dispatch-token-0123";
 
     fn node(pools: &[Arc<Pool>]) -> Arc<Node> {
+        node_with(pools, Default::default())
+    }
+
+    fn node_with(pools: &[Arc<Pool>], tasks: crate::config::TaskRetention) -> Arc<Node> {
         let set = crate::pools::PoolSet::default();
         for p in pools {
             set.insert(p.clone());
@@ -390,6 +426,7 @@ mod tests {
             cancel_confirm: Duration::from_millis(200),
             pools: Arc::new(set),
             book: Default::default(),
+            frames: Arc::new(crate::frames::Frames::new(tasks)),
             tracker: Default::default(),
             closing: Default::default(),
         })
@@ -577,22 +614,7 @@ mod tests {
                             engine::ApiKey::from_secret("k".into()),
                         )
                         .unwrap();
-                        let _ = reply.send(Ok(crate::pools::Admission {
-                            client,
-                            engine_version: "b1".into(),
-                            model: crate::pools::ModelInfo {
-                                id: "m1".parse().unwrap(),
-                                model_ref: "file:/m1.gguf".into(),
-                                path: "/m1.gguf".into(),
-                                digest: None,
-                                size_bytes: None,
-                                metadata: None,
-                            },
-                            generation: 1,
-                            cancel: Default::default(),
-                            lost: Default::default(),
-                            meter: Default::default(),
-                        }));
+                        let _ = reply.send(Ok(admission(client, Default::default())));
                     }
                     Msg::Release { task, end } => {
                         released = Some((task, end.ok));
@@ -663,5 +685,416 @@ mod tests {
         )
         .await;
         assert_eq!(status, 204);
+    }
+
+    fn admission(
+        client: engine::EngineClient,
+        cancel: tokio_util::sync::CancellationToken,
+    ) -> crate::pools::Admission {
+        crate::pools::Admission {
+            client,
+            engine_version: "b1".into(),
+            model: crate::pools::ModelInfo {
+                id: "m1".parse().unwrap(),
+                model_ref: "file:/m1.gguf".into(),
+                path: "/m1.gguf".into(),
+                digest: None,
+                size_bytes: None,
+                metadata: None,
+            },
+            generation: 1,
+            cancel,
+            lost: Default::default(),
+            meter: Default::default(),
+        }
+    }
+
+    /// A stand-in engine: `/completion` streams the `data:` payloads the test sends (one request
+    /// per engine), `/slots` shows one busy slot while that stream is open.
+    struct TestEngine {
+        url: String,
+        frames: mpsc::UnboundedSender<String>,
+    }
+
+    impl TestEngine {
+        async fn start() -> Self {
+            use std::sync::atomic::AtomicUsize;
+            struct Busy(Arc<AtomicUsize>);
+            impl Drop for Busy {
+                fn drop(&mut self) {
+                    self.0.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
+            let (tx, rx) = mpsc::unbounded_channel::<String>();
+            let rx = Arc::new(std::sync::Mutex::new(Some(rx)));
+            let busy = Arc::new(AtomicUsize::new(0));
+            let slots_busy = busy.clone();
+            let router = Router::new()
+                .route(
+                    "/completion",
+                    post(move || {
+                        let rx = rx.lock().unwrap().take().expect("one request per engine");
+                        busy.fetch_add(1, Ordering::SeqCst);
+                        let guard = Busy(busy.clone());
+                        let stream = futures::stream::unfold((rx, guard), |(mut rx, g)| async {
+                            let data = rx.recv().await?;
+                            let chunk = Bytes::from(format!("data: {data}\n\n"));
+                            Some((Ok::<_, std::convert::Infallible>(chunk), (rx, g)))
+                        });
+                        async move { Body::from_stream(stream) }
+                    }),
+                )
+                .route(
+                    "/slots",
+                    get(move || {
+                        let busy = slots_busy.load(Ordering::SeqCst) > 0;
+                        async move { Json(serde_json::json!([{"id": 0, "is_processing": busy}])) }
+                    }),
+                );
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}", listener.local_addr().unwrap());
+            tokio::spawn(async move { axum::serve(listener, router).await });
+            Self { url, frames: tx }
+        }
+
+        fn token(&self, t: &str) {
+            let frame = serde_json::json!({"content": t, "tokens": [1], "stop": false});
+            self.frames.send(frame.to_string()).unwrap();
+        }
+
+        fn stop(&self, tokens: u64) {
+            let frame = serde_json::json!({"content": "", "stop": true, "stop_type": "limit",
+                "tokens_evaluated": 2, "tokens_predicted": tokens});
+            self.frames.send(frame.to_string()).unwrap();
+        }
+    }
+
+    type Releases = mpsc::UnboundedReceiver<(api::TaskId, bool)>;
+    type Cancels = Arc<std::sync::Mutex<Vec<tokio_util::sync::CancellationToken>>>;
+
+    /// Plays the runner: admits every dispatch onto the engine at `url`, cancels on request, and
+    /// reports each release (task, ok). Also returns the admitted tasks' cancel tokens.
+    fn admit_all(mut rx: mpsc::UnboundedReceiver<Msg>, url: String) -> (Releases, Cancels) {
+        let (released_tx, released) = mpsc::unbounded_channel();
+        let cancels: Cancels = Default::default();
+        let tokens = cancels.clone();
+        tokio::spawn(async move {
+            let mut tasks = std::collections::HashMap::new();
+            while let Some(msg) = rx.recv().await {
+                match msg {
+                    Msg::Admit { task, reply, .. } => {
+                        let client = engine::EngineClient::new(
+                            &url,
+                            engine::ApiKey::from_secret("k".into()),
+                        )
+                        .unwrap();
+                        let cancel = tokio_util::sync::CancellationToken::new();
+                        tokens.lock().unwrap().push(cancel.clone());
+                        let (done, _) = tokio::sync::watch::channel(false);
+                        tasks.insert(task, (cancel.clone(), done));
+                        let _ = reply.send(Ok(admission(client, cancel)));
+                    }
+                    Msg::Cancel { task, reply } => {
+                        let answer = tasks.get(&task).map(|(c, done)| {
+                            c.cancel();
+                            done.subscribe()
+                        });
+                        let _ = reply.send(answer);
+                    }
+                    Msg::Release { task, end } => {
+                        if let Some((_, done)) = tasks.remove(&task) {
+                            let _ = done.send(true);
+                        }
+                        let _ = released_tx.send((task, end.ok));
+                    }
+                    _ => {}
+                }
+            }
+        });
+        (released, cancels)
+    }
+
+    /// Opens a dispatch of T1 (`attempt`) with `epoch`; the status and the body.
+    async fn open(
+        app: &Arc<Node>,
+        epoch: Option<u64>,
+        attempt: u32,
+    ) -> (StatusCode, axum::body::BodyDataStream) {
+        let mut req = HttpRequest::builder()
+            .method("POST")
+            .uri("/v2/pools/p1/dispatch")
+            .header("authorization", format!("Bearer {TOKEN}"));
+        if let Some(e) = epoch {
+            req = req.header(api::EPOCH_HEADER, e.to_string());
+        }
+        let body = dispatch_body(512, |r| r.attempt = attempt);
+        let resp = router(app.clone())
+            .oneshot(req.body(Body::from(body)).unwrap())
+            .await
+            .unwrap();
+        (resp.status(), resp.into_body().into_data_stream())
+    }
+
+    /// Reads `body` until it holds `n` lines (`usize::MAX`: to its end); the lines as text.
+    async fn lines(body: &mut axum::body::BodyDataStream, n: usize) -> Vec<String> {
+        use futures::StreamExt;
+        let mut buf = Vec::new();
+        while buf.iter().filter(|b| **b == b'\n').count() < n {
+            let next = tokio::time::timeout(Duration::from_secs(30), body.next()).await;
+            match next.expect("a line within 30 s") {
+                Some(chunk) => buf.extend_from_slice(&chunk.unwrap()),
+                None => break,
+            }
+        }
+        String::from_utf8(buf)
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn parsed(lines: &[String]) -> Vec<WorkerLine> {
+        lines
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    fn counts(app: &Node) -> (i64, u64, u64) {
+        let c = app.frames.counters();
+        (
+            c.detached.load(Ordering::SeqCst),
+            c.reattached.load(Ordering::SeqCst),
+            c.grace_expired.load(Ordering::SeqCst),
+        )
+    }
+
+    #[tokio::test]
+    async fn epochs_fence_dispatch_and_cancel_and_no_header_is_not_fenced() {
+        let (pool, rx, _view) = crate::pools::detached(crate::pools::test_spec("p1", 1));
+        let app = node(&[pool]);
+        let _runner = admit_all(rx, "http://127.0.0.1:1".into());
+        let cancel = |epoch: Option<u64>| {
+            let mut req = HttpRequest::builder()
+                .method("POST")
+                .uri(format!("/v2/pools/p1/tasks/{T1}/cancel"))
+                .header("authorization", format!("Bearer {TOKEN}"));
+            if let Some(e) = epoch {
+                req = req.header(api::EPOCH_HEADER, e.to_string());
+            }
+            let app = app.clone();
+            async move {
+                let resp = router(app)
+                    .oneshot(req.body(Body::empty()).unwrap())
+                    .await
+                    .unwrap();
+                let status = resp.status();
+                (
+                    status,
+                    axum::body::to_bytes(resp.into_body(), 1 << 20)
+                        .await
+                        .unwrap(),
+                )
+            }
+        };
+        assert_eq!(cancel(Some(5)).await.0, 204);
+        check(cancel(Some(4)).await, 409, ErrorCode::StaleEpoch, None);
+        assert_eq!(cancel(None).await.0, 204, "no header: not fenced");
+        assert_eq!(cancel(Some(5)).await.0, 204, "the same epoch passes");
+        let (status, mut body) = open(&app, Some(3), 1).await;
+        let answer = (
+            status,
+            Bytes::from(lines(&mut body, usize::MAX).await.concat()),
+        );
+        check(answer, 409, ErrorCode::StaleEpoch, None);
+        let mut req = HttpRequest::builder()
+            .method("POST")
+            .uri("/v2/pools/p1/dispatch")
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .header(api::EPOCH_HEADER, "nine");
+        req = req.header("content-type", "application/json");
+        let resp = router(app.clone())
+            .oneshot(req.body(Body::from(dispatch_body(512, |_| {}))).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        check(
+            (status, bytes),
+            400,
+            ErrorCode::InvalidParams,
+            Some(api::EPOCH_HEADER),
+        );
+    }
+
+    /// A new leader asking for the stream of a task it saw finish attaches or is told the node
+    /// does not know it; it never starts the task.
+    #[tokio::test]
+    async fn an_attach_only_dispatch_of_an_unknown_task_is_not_found_and_starts_nothing() {
+        let (pool, rx, _view) = crate::pools::detached(crate::pools::test_spec("p1", 1));
+        let app = node(&[pool]);
+        let _runner = admit_all(rx, "http://127.0.0.1:1".into());
+        let req = HttpRequest::builder()
+            .method("POST")
+            .uri("/v2/pools/p1/dispatch")
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .header(api::EPOCH_HEADER, "7")
+            .header(api::REATTACH_HEADER, "1")
+            .header("content-type", "application/json");
+        let resp = router(app.clone())
+            .oneshot(req.body(Body::from(dispatch_body(512, |_| {}))).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        check((status, bytes), 404, ErrorCode::NotFound, None);
+        assert_eq!(
+            app.frames
+                .counters()
+                .reattached
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
+    }
+
+    /// A newer epoch closes the old leader's stream; the run goes on, and a dispatch of the same
+    /// (task, attempt) replays its lines from seq 0, byte for byte, then follows live; after the
+    /// end the whole stream can still be read.
+    #[tokio::test]
+    async fn a_dispatch_with_an_epoch_attaches_again_and_replays_from_seq_0() {
+        let engine = TestEngine::start().await;
+        let (pool, rx, _view) = crate::pools::detached(crate::pools::test_spec("p1", 1));
+        let app = node(&[pool]);
+        let (mut released, _) = admit_all(rx, engine.url.clone());
+        let (status, mut old) = open(&app, Some(7), 1).await;
+        assert_eq!(status, 200);
+        engine.token("Hel");
+        engine.token("lo");
+        let seen = lines(&mut old, 3).await;
+        let (status, mut new) = open(&app, Some(8), 1).await;
+        assert_eq!(status, 200);
+        assert!(
+            lines(&mut old, usize::MAX).await.is_empty(),
+            "the stream of epoch 7 ends (without a terminal line) once epoch 8 attaches"
+        );
+        assert_eq!(
+            lines(&mut new, 3).await,
+            seen,
+            "the replay is byte-identical"
+        );
+        drop(new);
+        assert_eq!(
+            counts(&app),
+            (1, 1, 0),
+            "detached once, attached again once"
+        );
+        let (status, mut again) = open(&app, Some(8), 1).await;
+        assert_eq!(status, 200);
+        assert_eq!(counts(&app), (0, 2, 0));
+        assert_eq!(lines(&mut again, 3).await, seen);
+        engine.token(" world");
+        engine.stop(3);
+        let mut all = seen.clone();
+        all.extend(lines(&mut again, usize::MAX).await);
+        let parsed = parsed(&all);
+        let seqs: Vec<u64> = parsed.iter().map(|l| l.seq).collect();
+        assert_eq!(seqs, (0..5).collect::<Vec<_>>(), "{all:?}");
+        let text: String = parsed
+            .iter()
+            .filter_map(|l| match &l.event {
+                WorkerEvent::Token { t, .. } => Some(t.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(text, "Hello world");
+        assert!(matches!(parsed[0].event, WorkerEvent::Started { .. }));
+        assert!(
+            matches!(
+                parsed[4].event,
+                WorkerEvent::End {
+                    stop_reason: api::events::StopReason::Limit,
+                    ..
+                }
+            ),
+            "{all:?}"
+        );
+        assert_eq!(released.recv().await, Some((T1.parse().unwrap(), true)));
+        // Finished: the same attempt reads the whole stream again; a stale epoch cannot.
+        let (status, mut after) = open(&app, Some(8), 1).await;
+        assert_eq!(status, 200);
+        assert_eq!(lines(&mut after, usize::MAX).await, all);
+        let (status, _) = open(&app, Some(6), 1).await;
+        assert_eq!(status, 409);
+        let (_, page) = send(&app, "GET", "/metrics", None, vec![]).await;
+        let page = String::from_utf8_lossy(&page);
+        for want in [
+            "worker_tasks_detached{node_id=\"n1\"} 0",
+            "worker_tasks_reattached_total{node_id=\"n1\"} 3",
+            "worker_tasks_grace_expired_total{node_id=\"n1\"} 0",
+        ] {
+            assert!(page.contains(want), "{want} in {page}");
+        }
+    }
+
+    /// Past the grace period the task is canceled (its slot released) and tombstoned: the same
+    /// (task, attempt) gets 410 WORKER_RESET, not retriable.
+    #[tokio::test]
+    async fn a_detached_task_is_canceled_after_the_grace_period_and_tombstoned() {
+        let engine = TestEngine::start().await;
+        let (pool, rx, _view) = crate::pools::detached(crate::pools::test_spec("p1", 1));
+        let tasks = crate::config::TaskRetention {
+            grace: Duration::from_millis(50),
+            ..Default::default()
+        };
+        let app = node_with(&[pool], tasks);
+        let (mut released, cancels) = admit_all(rx, engine.url.clone());
+        let (status, mut body) = open(&app, Some(1), 1).await;
+        assert_eq!(status, 200);
+        engine.token("a");
+        assert_eq!(lines(&mut body, 2).await.len(), 2);
+        drop(body);
+        assert!(
+            !cancels.lock().unwrap()[0].is_cancelled(),
+            "with an epoch, a dropped stream does not cancel at once"
+        );
+        assert_eq!(released.recv().await, Some((T1.parse().unwrap(), true)));
+        assert!(cancels.lock().unwrap()[0].is_cancelled());
+        assert_eq!(counts(&app), (0, 0, 1));
+        let (status, mut body) = open(&app, Some(1), 1).await;
+        let answer = (
+            status,
+            Bytes::from(lines(&mut body, usize::MAX).await.concat()),
+        );
+        let env: ErrorEnvelope = serde_json::from_slice(&answer.1).unwrap();
+        assert_eq!(
+            (answer.0.as_u16(), env.code, env.retriable),
+            (410, ErrorCode::WorkerReset, false)
+        );
+        assert!(
+            env.message.contains("50 ms grace period"),
+            "{}",
+            env.message
+        );
+    }
+
+    /// Without an epoch (embedded mode) a dropped dispatch stream cancels the task at once.
+    #[tokio::test]
+    async fn without_an_epoch_a_dropped_stream_cancels_at_once() {
+        let engine = TestEngine::start().await;
+        let (pool, rx, _view) = crate::pools::detached(crate::pools::test_spec("p1", 1));
+        let app = node(&[pool]);
+        let (mut released, cancels) = admit_all(rx, engine.url.clone());
+        let (status, mut body) = open(&app, None, 1).await;
+        assert_eq!(status, 200);
+        engine.token("a");
+        assert_eq!(lines(&mut body, 2).await.len(), 2);
+        drop(body);
+        assert!(cancels.lock().unwrap()[0].is_cancelled());
+        assert_eq!(released.recv().await, Some((T1.parse().unwrap(), true)));
+        assert_eq!(counts(&app), (0, 0, 0));
     }
 }

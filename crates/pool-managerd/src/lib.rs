@@ -3,12 +3,13 @@
 //! dispatches through its llama.cpp adapter. `main` parses flags and config; [`run`] is the daemon.
 //!
 //! Module layering (no cycles): `config`, `gpu`, `commands` and `metrics` depend on no other
-//! module here; `pools` on those; `adapter`, `handoff`, `registration` and `node` on `pools`;
-//! `http` on `node` and `adapter`; only [`run`] sees them all.
+//! module here; `pools` and `frames` on those; `adapter`, `handoff`, `registration` and `node` on
+//! `pools` and `frames`; `http` on `node` and `adapter`; only [`run`] sees them all.
 
 pub mod adapter;
 pub mod commands;
 pub mod config;
+pub mod frames;
 pub mod gpu;
 pub mod handoff;
 pub mod http;
@@ -99,6 +100,9 @@ pub async fn run(
         cancel_confirm: config.engine.cancel_confirm,
         pools: pools.clone(),
         book: book.clone(),
+        frames: Arc::new(
+            frames::Frames::new(config.tasks.clone()).with_lost_leader(changed.clone()),
+        ),
         tracker: tracker.clone(),
         closing: closing.clone(),
     });

@@ -19,6 +19,15 @@ pub struct PoolSample {
     pub failed: u64,
 }
 
+/// The node's dispatch streams and tasks (HA): runs waiting out the grace period, attaches to a
+/// running or finished task, and tasks canceled when their grace period ended.
+#[derive(Debug, Clone, Default)]
+pub struct TaskSample {
+    pub detached: u64,
+    pub reattached: u64,
+    pub grace_expired: u64,
+}
+
 const STATES: [PoolState; 6] = [
     PoolState::Unloaded,
     PoolState::Provisioning,
@@ -29,7 +38,7 @@ const STATES: [PoolState; 6] = [
 ];
 
 /// The metrics page of node `node` with its pools and GPUs.
-pub fn render(node: &str, pools: &[PoolSample], gpus: &[Gpu]) -> String {
+pub fn render(node: &str, pools: &[PoolSample], tasks: &TaskSample, gpus: &[Gpu]) -> String {
     let mut out = String::new();
     let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, f64)>| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -124,6 +133,25 @@ pub fn render(node: &str, pools: &[PoolSample], gpus: &[Gpu]) -> String {
                 MODEL_BYTES.load(std::sync::atomic::Ordering::Relaxed) as f64,
             ),
         ],
+    );
+    let node_label = format!("node_id=\"{node}\"");
+    family(
+        "worker_tasks_detached",
+        "gauge",
+        "Tasks whose dispatch stream broke, running on for the grace period.",
+        vec![(node_label.clone(), tasks.detached as f64)],
+    );
+    family(
+        "worker_tasks_reattached_total",
+        "counter",
+        "Dispatches that attached to a running or finished task and replayed its lines.",
+        vec![(node_label.clone(), tasks.reattached as f64)],
+    );
+    family(
+        "worker_tasks_grace_expired_total",
+        "counter",
+        "Tasks canceled because no dispatch attached within the grace period.",
+        vec![(node_label, tasks.grace_expired as f64)],
     );
     let gpu = |f: &dyn Fn(&Gpu) -> f64| -> Vec<(String, f64)> {
         gpus.iter()

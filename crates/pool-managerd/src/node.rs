@@ -1,5 +1,6 @@
 //! The daemon's shared context for the worker API: who this node is, its dispatch token, the
-//! engine timings a dispatch needs, the pools, the command book and the shutdown gate. It is
+//! engine timings a dispatch needs, the pools, the command book, the tasks' frame buffers and
+//! the shutdown gate. It is
 //! built once in [`crate::run`]; background parts (registration, handoff) get their own, smaller
 //! contexts.
 
@@ -12,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::commands::CommandBook;
+use crate::frames::Frames;
 use crate::pools::PoolSet;
 
 pub struct Node {
@@ -24,6 +26,8 @@ pub struct Node {
     pub cancel_confirm: Duration,
     pub pools: Arc<PoolSet>,
     pub book: Arc<CommandBook>,
+    /// Running and recently finished tasks' lines, attachments, and the epoch fence.
+    pub frames: Arc<Frames>,
     /// Tracks the dispatch tasks, so shutdown waits for them.
     pub tracker: TaskTracker,
     /// Cancelled when the daemon stops accepting dispatches.

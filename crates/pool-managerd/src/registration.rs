@@ -1,5 +1,7 @@
-//! Registration and heartbeat with orchestratord (API.md §12): register (retrying with backoff),
+//! Registration and heartbeat with orchestratord (API.md §12): register (retrying every 250 ms),
 //! heartbeat the full pool set every interval, register again on 404 or 401, deregister on shutdown.
+//! With several orchestratord (HA), requests go to the leader: a follower's 503 `NOT_LEADER` names
+//! it in `x-llorch-leader`; a connection error or a 503 naming none moves on to the next URL.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +25,8 @@ pub struct Registrar {
     pub node_id: api::NodeId,
     pub machine_id: api::MachineId,
     pub advertise_url: String,
-    pub orchestrator_url: String,
+    /// orchestratord's URLs (one, or the HA group's).
+    pub orchestrator_urls: Vec<String>,
     pub dispatch_token: Secret,
     pub node_auth: NodeAuth,
     pub http: reqwest::Client,
@@ -52,7 +55,7 @@ impl Registrar {
             node_id: config.node_id.clone(),
             machine_id: config.machine_id.clone(),
             advertise_url: config.advertise_url.clone(),
-            orchestrator_url: config.orchestrator_url.clone(),
+            orchestrator_urls: config.orchestrator_urls.clone(),
             dispatch_token: config.dispatch_token.clone(),
             node_auth: config.node_auth.clone(),
             http,
@@ -73,6 +76,9 @@ impl Registrar {
 
 type App = Registrar;
 
+/// How soon a failed registration or heartbeat is tried again.
+const RETRY: Duration = Duration::from_millis(250);
+
 pub struct Session {
     credential: Option<Secret>,
     interval: Duration,
@@ -81,30 +87,93 @@ pub struct Session {
 enum Beat {
     Ok,
     Reregister,
+    Failed(String),
+}
+
+/// Which orchestratord registration and heartbeats go to: the leader a follower named, else the
+/// configured URLs in turn.
+struct Target {
+    urls: Vec<String>,
+    next: usize,
+    current: String,
+}
+
+impl Target {
+    fn new(urls: &[String]) -> Self {
+        Self {
+            urls: urls.to_vec(),
+            next: 1,
+            current: urls.first().cloned().unwrap_or_default(),
+        }
+    }
+
+    /// Follows a 503 answer: to the leader it names, else to the next URL. True when it named one.
+    fn follow(&mut self, leader: Option<String>) -> bool {
+        match leader {
+            Some(l) => {
+                self.current = l;
+                true
+            }
+            None => {
+                self.rotate();
+                false
+            }
+        }
+    }
+
+    fn rotate(&mut self) {
+        if !self.urls.is_empty() {
+            self.current = self.urls[self.next % self.urls.len()].clone();
+            self.next = self.next.wrapping_add(1);
+        }
+    }
+}
+
+/// The leader a follower's answer names (`x-llorch-leader`, an http(s) URL).
+fn leader_of(r: &reqwest::Response) -> Option<String> {
+    let v = r.headers().get(api::LEADER_HEADER)?.to_str().ok()?.trim();
+    (v.starts_with("http://") || v.starts_with("https://"))
+        .then(|| v.trim_end_matches('/').to_string())
 }
 
 pub async fn run(app: Arc<App>, shutdown: CancellationToken) {
     let http = app.http.clone();
+    let mut target = Target::new(&app.orchestrator_urls);
     'outer: loop {
-        let Some(session) = register_with_retry(&app, &http, &shutdown).await else {
+        let Some(session) = register_with_retry(&app, &http, &mut target, &shutdown).await else {
             return;
         };
         let mut session = session;
         let mut seq = 0u64;
+        let mut failing = false;
         loop {
+            let wait = if failing { RETRY } else { session.interval };
             tokio::select! {
-                _ = tokio::time::sleep(session.interval) => {}
+                _ = tokio::time::sleep(wait) => {}
                 // A pool changed state: orchestratord hears of it at once, not at the next interval.
                 _ = app.changed.notified() => {}
                 _ = shutdown.cancelled() => {
-                    deregister(&app, &http, &session).await;
+                    deregister(&app, &http, &target, &session).await;
                     return;
                 }
             }
             seq += 1;
-            match heartbeat(&app, &http, &mut session, seq).await {
-                Beat::Ok => {}
+            match heartbeat(&app, &http, &mut target, &mut session, seq).await {
+                Beat::Ok => {
+                    if failing {
+                        tracing::info!(event = "node.heartbeat_ok", node_id = %app.node_id, orchestrator = %target.current,
+                            "Heartbeats to {} are answered again", target.current);
+                    }
+                    failing = false;
+                }
                 Beat::Reregister => continue 'outer,
+                Beat::Failed(why) => {
+                    if !failing {
+                        tracing::warn!(event = "node.heartbeat_failed", node_id = %app.node_id,
+                            "Heartbeat failed, retrying every {} ms: {why}", RETRY.as_millis());
+                    }
+                    failing = true;
+                }
             }
         }
     }
@@ -133,11 +202,13 @@ fn register_body(app: &App) -> RegisterRequest {
 async fn register_with_retry(
     app: &App,
     http: &reqwest::Client,
+    target: &mut Target,
     shutdown: &CancellationToken,
 ) -> Option<Session> {
-    let mut backoff = Duration::from_secs(1);
-    let url = format!("{}/v2/nodes/register", app.orchestrator_url);
+    let mut failing = false;
+    let mut followed_last = false;
     loop {
+        let url = format!("{}/v2/nodes/register", target.current);
         let mut req = http.post(&url).json(&register_body(app));
         let presented = match &app.node_auth {
             NodeAuth::Registration(t) | NodeAuth::Static(t) => Some(t.clone()),
@@ -146,11 +217,21 @@ async fn register_with_retry(
         if let Some(t) = &presented {
             req = req.bearer_auth(t.expose());
         }
+        // A follower's answer names the leader: go there at once (once; then at the usual pace).
+        let mut followed = false;
         let outcome = match req.send().await {
             Ok(r) if r.status().is_success() => match r.json::<RegisterResponse>().await {
                 Ok(body) => Ok(body),
                 Err(e) => Err(format!("unreadable registration answer: {e}")),
             },
+            Ok(r) if r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE => {
+                let from = target.current.clone();
+                followed = target.follow(leader_of(&r));
+                Err(format!(
+                    "{from} answered 503 (not the leader); trying {}",
+                    target.current
+                ))
+            }
             Ok(r) => {
                 let status = r.status();
                 Err(format!(
@@ -163,7 +244,14 @@ async fn register_with_retry(
                         .collect::<String>()
                 ))
             }
-            Err(e) => Err(format!("orchestratord unreachable: {e}")),
+            Err(e) => {
+                let from = target.current.clone();
+                target.rotate();
+                Err(format!(
+                    "orchestratord at {from} unreachable ({e}); trying {}",
+                    target.current
+                ))
+            }
         };
         match outcome {
             Ok(body) => {
@@ -171,22 +259,32 @@ async fn register_with_retry(
                     CredentialKind::Issued => body.node_token.map(Secret::new),
                     CredentialKind::Static => presented,
                 };
-                tracing::info!(event = "node.registered", node_id = %app.node_id, orchestrator = %app.orchestrator_url,
-                    "Registered node {} with orchestratord at {}", app.node_id, app.orchestrator_url);
+                tracing::info!(event = "node.registered", node_id = %app.node_id, orchestrator = %target.current,
+                    "Registered node {} with orchestratord at {}", app.node_id, target.current);
                 return Some(Session {
                     credential,
                     interval: Duration::from_millis(body.next_heartbeat_ms.max(100)),
                 });
             }
+            Err(why) if !failing => {
+                failing = true;
+                tracing::warn!(event = "node.register_failed", node_id = %app.node_id,
+                    "Registration failed, retrying every {} ms until it succeeds: {why}", RETRY.as_millis());
+            }
             Err(why) => {
-                tracing::warn!(event = "node.register_failed", node_id = %app.node_id, "Registration failed, retrying in {} s: {why}", backoff.as_secs());
+                tracing::debug!(event = "node.register_failed", node_id = %app.node_id, "Registration failed again: {why}");
             }
         }
+        // Two follows in a row (followers naming each other) wait like any failure.
+        let at_once = followed && !followed_last;
+        followed_last = followed;
+        if at_once {
+            continue;
+        }
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(RETRY) => {}
             _ = shutdown.cancelled() => return None,
         }
-        backoff = (backoff * 2).min(Duration::from_secs(30));
     }
 }
 
@@ -205,13 +303,11 @@ fn heartbeat_body(app: &App, seq: u64, sent_at_ms: u64, gpus: &[gpu::Gpu]) -> He
 async fn heartbeat(
     app: &Arc<App>,
     http: &reqwest::Client,
+    target: &mut Target,
     session: &mut Session,
     seq: u64,
 ) -> Beat {
-    let url = format!(
-        "{}/v2/nodes/{}/heartbeat",
-        app.orchestrator_url, app.node_id
-    );
+    let url = format!("{}/v2/nodes/{}/heartbeat", target.current, app.node_id);
     let body = heartbeat_body(app, seq, daemon::now_ms(), &gpu::discover());
     let mut req = http.post(&url).json(&body);
     if let Some(c) = &session.credential {
@@ -242,13 +338,27 @@ async fn heartbeat(
             tracing::warn!(event = "node.reregister", node_id = %app.node_id, "orchestratord answered {} to a heartbeat; registering again", r.status());
             Beat::Reregister
         }
-        Ok(r) => {
-            tracing::warn!(event = "node.heartbeat_failed", node_id = %app.node_id, "Heartbeat answered {}", r.status());
-            Beat::Ok
+        Ok(r) if r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE => {
+            let from = target.current.clone();
+            if target.follow(leader_of(&r)) {
+                // A new leader learns of this node (and its running tasks) by its registration.
+                tracing::info!(event = "node.leader_changed", node_id = %app.node_id, orchestrator = %target.current,
+                    "{from} is not the leader; registering with the leader at {}", target.current);
+                return Beat::Reregister;
+            }
+            Beat::Failed(format!(
+                "{from} answered 503 and names no leader; trying {}",
+                target.current
+            ))
         }
+        Ok(r) => Beat::Failed(format!("{} answered {}", target.current, r.status())),
         Err(e) => {
-            tracing::warn!(event = "node.heartbeat_failed", node_id = %app.node_id, "Heartbeat failed: {e}");
-            Beat::Ok
+            let from = target.current.clone();
+            target.rotate();
+            Beat::Failed(format!(
+                "orchestratord at {from} unreachable ({e}); trying {}",
+                target.current
+            ))
         }
     }
 }
@@ -367,8 +477,8 @@ async fn catalog_command(
     }
 }
 
-async fn deregister(app: &App, http: &reqwest::Client, session: &Session) {
-    let url = format!("{}/v2/nodes/{}", app.orchestrator_url, app.node_id);
+async fn deregister(app: &App, http: &reqwest::Client, target: &Target, session: &Session) {
+    let url = format!("{}/v2/nodes/{}", target.current, app.node_id);
     let mut req = http.delete(&url).timeout(Duration::from_secs(3));
     if let Some(c) = &session.credential {
         req = req.bearer_auth(c.expose());
@@ -424,7 +534,7 @@ mod tests {
             node_id: "n1".parse().unwrap(),
             machine_id: "m".parse().unwrap(),
             advertise_url: "http://127.0.0.1:2".into(),
-            orchestrator_url: "http://127.0.0.1:3".into(),
+            orchestrator_urls: vec!["http://127.0.0.1:3".into()],
             dispatch_token: Secret::new("t"),
             node_auth: NodeAuth::None,
             http: reqwest::Client::new(),
@@ -607,7 +717,7 @@ mod tests {
         let mut app = Arc::try_unwrap(registrar(dir.path(), &[pool]))
             .ok()
             .unwrap();
-        app.orchestrator_url = url;
+        app.orchestrator_urls = vec![url];
         let app = Arc::new(app);
         let stop = CancellationToken::new();
         let run = tokio::spawn(run(app.clone(), stop.clone()));
@@ -622,5 +732,124 @@ mod tests {
         assert_eq!(count(), 1, "the change was reported at once");
         stop.cancel();
         let _ = run.await;
+    }
+
+    /// A stand-in orchestratord of an HA group: while `leader` it takes registrations (counted)
+    /// and heartbeats; else it answers 503 `NOT_LEADER` naming `other`.
+    struct Orchd {
+        url: String,
+        leader: Arc<std::sync::atomic::AtomicBool>,
+        registered: Arc<std::sync::atomic::AtomicU64>,
+        other: Arc<std::sync::Mutex<String>>,
+    }
+
+    impl Orchd {
+        async fn start(leader: bool) -> Self {
+            use std::sync::atomic::Ordering::SeqCst;
+            let me = Self {
+                url: String::new(),
+                leader: Arc::new(leader.into()),
+                registered: Default::default(),
+                other: Default::default(),
+            };
+            let (lead, count, other) = (me.leader.clone(), me.registered.clone(), me.other.clone());
+            let router = axum::Router::new().fallback(move |req: axum::extract::Request| {
+                let (lead, count, other) = (lead.clone(), count.clone(), other.clone());
+                async move {
+                    use axum::response::IntoResponse;
+                    if !lead.load(SeqCst) {
+                        let env = api::ErrorEnvelope::new(ErrorCode::NotLeader, "not the leader");
+                        let leader = other.lock().unwrap().clone();
+                        return (
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                            [(api::LEADER_HEADER, leader)],
+                            axum::Json(env),
+                        )
+                            .into_response();
+                    }
+                    if req.uri().path() == "/v2/nodes/register" {
+                        count.fetch_add(1, SeqCst);
+                        return axum::Json(RegisterResponse {
+                            node_id: "n1".parse().unwrap(),
+                            credential: CredentialKind::Static,
+                            node_token: None,
+                            protocol_version: api::PROTOCOL_VERSION,
+                            next_heartbeat_ms: 100,
+                            heartbeat_timeout_ms: 1_000,
+                        })
+                        .into_response();
+                    }
+                    axum::Json(HeartbeatResponse {
+                        next_heartbeat_ms: 100,
+                        commands: vec![],
+                    })
+                    .into_response()
+                }
+            });
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}", listener.local_addr().unwrap());
+            tokio::spawn(async move { axum::serve(listener, router).await });
+            Self { url, ..me }
+        }
+
+        fn names(&self, other: &Orchd) {
+            *self.other.lock().unwrap() = other.url.clone();
+        }
+
+        fn registered(&self) -> u64 {
+            self.registered.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    /// Runs a registrar against `urls` until `done` holds (or 30 s passed).
+    async fn register_until(urls: Vec<String>, mut done: impl FnMut() -> bool) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut app = Arc::try_unwrap(registrar(dir.path(), &[])).ok().unwrap();
+        app.orchestrator_urls = urls;
+        let stop = CancellationToken::new();
+        let run = tokio::spawn(run(Arc::new(app), stop.clone()));
+        let until = std::time::Instant::now() + Duration::from_secs(30);
+        while !done() && std::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stop.cancel();
+        let _ = run.await;
+    }
+
+    /// Registration finds the leader: a dead URL is skipped, and a follower's 503 `NOT_LEADER`
+    /// names the leader.
+    #[tokio::test]
+    async fn registration_follows_the_leader() {
+        let (leader, follower) = (Orchd::start(true).await, Orchd::start(false).await);
+        follower.names(&leader);
+        // Nothing listens on a port just freed.
+        let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dead_url = format!("http://{}", dead.local_addr().unwrap());
+        drop(dead);
+        register_until(vec![dead_url, follower.url.clone()], || {
+            leader.registered() > 0
+        })
+        .await;
+        assert_eq!(leader.registered(), 1, "registered once, with the leader");
+    }
+
+    /// When the leader changes, the old one's NOT_LEADER answer to a heartbeat sends the node to
+    /// register with the new one.
+    #[tokio::test]
+    async fn a_heartbeat_to_a_deposed_leader_registers_with_the_new_one() {
+        let (a, b) = (Orchd::start(true).await, Orchd::start(false).await);
+        b.names(&a);
+        a.names(&b);
+        let mut flipped = false;
+        register_until(vec![a.url.clone(), b.url.clone()], || {
+            if a.registered() > 0 && !flipped {
+                a.leader.store(false, std::sync::atomic::Ordering::SeqCst);
+                b.leader.store(true, std::sync::atomic::Ordering::SeqCst);
+                flipped = true;
+            }
+            b.registered() > 0
+        })
+        .await;
+        assert_eq!((a.registered(), b.registered()), (1, 1));
     }
 }

@@ -95,6 +95,11 @@ fn scenarios() -> Vec<(&'static str, bool, Scenario)> {
             true,
             |a| Box::pin(faults::up_restarts_orchestratord(a)),
         ),
+        (
+            "worker_dispatch_with_an_epoch_reattaches_and_replays",
+            true,
+            |a| Box::pin(worker::dispatch_reattaches_with_an_epoch(a)),
+        ),
         ("worker_orchestratord_restart_reregisters", true, |a| {
             Box::pin(worker::orchestratord_restart_reregisters(a))
         }),

@@ -375,3 +375,184 @@ pub async fn handoff_adoption(a: Assets) -> anyhow::Result<()> {
     stack.shutdown().await?;
     result
 }
+
+/// HA on the worker (issue 21), at the dispatch level on a real engine: a dispatch with an epoch
+/// whose connection drops keeps running; the same (task, attempt) dispatched again replays every
+/// line from seq 0 (byte-identical to what was read before) and follows live to the engine's
+/// `end`, gap-free; a lower epoch is refused with STALE_EPOCH and changes nothing.
+pub async fn dispatch_reattaches_with_an_epoch(a: Assets) -> anyhow::Result<()> {
+    let mut spec = a.spec("reattach")?;
+    spec.pm_extra = format!(
+        "[dispatch]\ntoken = \"{}\"\n[worker]\ndispatch_grace_ms = 600000\n",
+        fixtures::TEST_DISPATCH_TOKEN
+    );
+    let mut stack = a.stack(spec).await?;
+    let result = async {
+        let pools = fixtures::worker_pools(&stack).await?;
+        let pool = pools.first().context("no pool")?;
+        // The leader is gone (as in a failover): nobody cancels a task orchestratord does not
+        // know, and the node keeps serving while it retries its registration.
+        let config = stack.spec.dir.join("orchestratord.toml");
+        let orchd = std::fs::read_dir("/proc")?
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+            .find(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                    let c = String::from_utf8_lossy(&c);
+                    c.contains("orchestratord") && c.contains(config.to_str().unwrap_or("?"))
+                })
+            })
+            .context("orchestratord's pid")?;
+        kill(Pid::from_raw(orchd), Signal::SIGKILL)?;
+        let model = pool.models.first().context("the pool serves no model")?;
+        let task = api::TaskId::new();
+        let req = api::worker::DispatchRequest {
+            protocol_version: api::PROTOCOL_VERSION,
+            attempt: 1,
+            task_id: task,
+            session_id: api::SessionId::new(),
+            correlation_id: "ha-reattach".parse()?,
+            node_id: stack.spec.node_id.parse()?,
+            pool_id: pool.pool_id.clone(),
+            model: api::worker::DispatchModel {
+                id: model.id.clone(),
+                digest: model.digest.clone(),
+            },
+            engine: api::ENGINE_LLAMACPP.into(),
+            input: api::worker::DispatchInput::Prompt {
+                prompt: "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,".into(),
+            },
+            params: api::worker::DispatchParams {
+                max_tokens: 300,
+                ctx: 0,
+                sampling: api::task::Sampling {
+                    temperature: Some(0.0),
+                    seed: Some(1),
+                    ..Default::default()
+                },
+            },
+            deadline_remaining_ms: None,
+            priority: api::task::Priority::Interactive,
+            resume: None,
+            id_slot: None,
+        };
+        let url = format!("{}/v2/pools/{}/dispatch", stack.worker_url, pool.pool_id);
+        let http = reqwest::Client::new();
+        let post = |epoch: u64| {
+            http.post(&url)
+                .bearer_auth(fixtures::TEST_DISPATCH_TOKEN)
+                .header(api::EPOCH_HEADER, epoch.to_string())
+                .json(&req)
+                .send()
+        };
+        let mut first = post(5).await?;
+        ensure!(first.status() == 200, "first dispatch: {}", first.status());
+        let mut seen = Vec::new();
+        while seen.iter().filter(|b| **b == b'\n').count() < 8 {
+            let chunk = tokio::time::timeout(Duration::from_secs(30), first.chunk())
+                .await??
+                .with_context(|| {
+                    format!(
+                        "the stream ended before 8 lines: {}",
+                        String::from_utf8_lossy(&seen)
+                    )
+                })?;
+            seen.extend_from_slice(&chunk);
+        }
+        drop(first);
+        let id = task.to_string();
+        wait_for(
+            "task.detached in pool-managerd's log",
+            Duration::from_secs(30),
+            || async {
+                fixtures::log_lines(&stack.pm_log)
+                    .iter()
+                    .any(|l| l["event"] == "task.detached" && l["task_id"] == id.as_str())
+                    .then_some(())
+            },
+        )
+        .await?;
+        let stale = post(4).await?;
+        ensure!(stale.status() == 409, "a stale epoch: {}", stale.status());
+        let env: api::ErrorEnvelope = stale.json().await?;
+        ensure!(env.code == ErrorCode::StaleEpoch, "{env:?}");
+        let second = post(5).await?;
+        ensure!(
+            second.status() == 200,
+            "second dispatch: {}",
+            second.status()
+        );
+        let all = tokio::time::timeout(Duration::from_secs(300), second.bytes()).await??;
+        ensure!(
+            all.starts_with(&seen),
+            "the replay differs from the lines read before"
+        );
+        let lines: Vec<api::worker::WorkerLine> = all
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(serde_json::from_slice)
+            .collect::<Result<_, _>>()?;
+        let seqs: Vec<u64> = lines.iter().map(|l| l.seq).collect();
+        ensure!(
+            seqs == (0..lines.len() as u64).collect::<Vec<_>>(),
+            "seqs not gap-free: {seqs:?}"
+        );
+        use api::worker::WorkerEvent;
+        ensure!(
+            matches!(lines[0].event, WorkerEvent::Started { .. }),
+            "{:?}",
+            lines[0]
+        );
+        let tokens = lines
+            .iter()
+            .filter(|l| matches!(l.event, WorkerEvent::Token { .. }))
+            .count();
+        match &lines.last().context("no lines")?.event {
+            WorkerEvent::End {
+                tokens_out,
+                stop_reason,
+                ..
+            } => ensure!(
+                *tokens_out as usize == tokens && *stop_reason != api::events::StopReason::Canceled,
+                "end: {tokens_out} tokens ({stop_reason:?}), {tokens} token lines"
+            ),
+            other => anyhow::bail!("the stream ended with {other:?}"),
+        }
+        let text = reqwest::get(format!("{}/metrics", stack.worker_url))
+            .await?
+            .text()
+            .await?;
+        let series = llorch::haiku::prom::parse(&text).map_err(anyhow::Error::msg)?;
+        let value = |name: &str| {
+            series
+                .iter()
+                .filter(|s| s.name == name)
+                .map(|s| s.value)
+                .sum::<f64>()
+        };
+        ensure!(
+            (
+                value("worker_tasks_reattached_total"),
+                value("worker_tasks_detached"),
+                value("worker_tasks_grace_expired_total")
+            ) == (1.0, 0.0, 0.0),
+            "HA task metrics: {text}"
+        );
+        // The slot is free again.
+        wait_for(
+            "the pool's slot to be free",
+            Duration::from_secs(15),
+            || async {
+                let pools = fixtures::worker_pools(&stack).await.ok()?;
+                pools
+                    .first()
+                    .filter(|p| p.slots_free == p.slots_total)
+                    .map(|_| ())
+            },
+        )
+        .await?;
+        Ok(())
+    }
+    .await;
+    stack.shutdown().await?;
+    result
+}

@@ -459,6 +459,8 @@ impl TaskEntry {
             gen_text: String::new(),
             tokens_cached: None,
             restore_pool: None,
+            restored_attempt: None,
+            restore_final: None,
         }
     }
 }

@@ -85,6 +85,9 @@ pub async fn relay(
     if let Some(f) = &fence {
         req = req.header(api::EPOCH_HEADER, f.epoch);
     }
+    if job.reattach_only {
+        req = req.header(api::REATTACH_HEADER, "1");
+    }
     let resp = req
         .bearer_auth(job.token.expose())
         .header(api::CORRELATION_HEADER, job.body.correlation_id.as_str())

@@ -66,6 +66,8 @@ pub trait Effects {
 pub struct DispatchJob {
     pub task: TaskId,
     pub attempt: u32,
+    /// HA: attach to the worker's run of this attempt or be refused; never start it.
+    pub reattach_only: bool,
     pub address: String,
     pub token: Secret,
     pub body: DispatchRequest,
@@ -197,6 +199,12 @@ pub struct TaskEntry {
     /// A task a new HA leader restored while its attempt ran: it is dispatched again, with the
     /// same attempt, to this pool only, and the worker reattaches to its stream.
     restore_pool: Option<PoolId>,
+    /// The attempt a new HA leader dispatched again to reattach: if that fails, the task ends
+    /// (its client saw that attempt's frames), never retried from scratch.
+    restored_attempt: Option<u32>,
+    /// The terminal frame of a task the previous leader saw finish; ends the task if the worker
+    /// no longer has its run.
+    restore_final: Option<api::events::Event>,
 }
 
 impl TaskEntry {

@@ -60,6 +60,7 @@ pub fn migrate(c: &mut Client) -> Result<(), String> {
              attempt integer NOT NULL,
              prefix text,
              updated_ms bigint NOT NULL);
+         ALTER TABLE llorch_tasks ADD COLUMN IF NOT EXISTS terminal text;
          CREATE UNIQUE INDEX IF NOT EXISTS llorch_tasks_idem
              ON llorch_tasks (tenant, idem_key) WHERE idem_key IS NOT NULL;",
     )
@@ -102,6 +103,8 @@ pub struct TaskRow {
     pub attempt: u32,
     /// The frames written before the current attempt's stream (`None` keeps the stored ones).
     pub prefix: Option<String>,
+    /// A finished task's terminal frame (`end` or `error`).
+    pub terminal: Option<String>,
     pub updated_ms: u64,
 }
 
@@ -115,6 +118,10 @@ pub struct StoredTask {
     pub pool: Option<PoolId>,
     pub attempt: u32,
     pub prefix: Vec<Event>,
+    /// A finished task's terminal frame.
+    pub terminal: Option<Event>,
+    /// When the row was last written (Unix ms).
+    pub updated_ms: u64,
 }
 
 /// The frames of a log as stored: `[{"event": name, "data": payload}, …]`.
@@ -217,8 +224,8 @@ impl PgState {
         for t in tasks {
             tx.execute(
                 "INSERT INTO llorch_tasks (task_id, tenant, idem_key, state, spec, correlation_id,
-                     node_id, pool_id, attempt, prefix, updated_ms)
-                 VALUES ($1, $2, $3, $4, COALESCE($5, ''), $6, $7, $8, $9, $10, $11)
+                     node_id, pool_id, attempt, prefix, updated_ms, terminal)
+                 VALUES ($1, $2, $3, $4, COALESCE($5, ''), $6, $7, $8, $9, $10, $11, $12)
                  ON CONFLICT (task_id) DO UPDATE SET
                      state = EXCLUDED.state,
                      spec = COALESCE($5, llorch_tasks.spec),
@@ -226,7 +233,8 @@ impl PgState {
                      pool_id = EXCLUDED.pool_id,
                      attempt = EXCLUDED.attempt,
                      prefix = COALESCE($10, llorch_tasks.prefix),
-                     updated_ms = EXCLUDED.updated_ms",
+                     updated_ms = EXCLUDED.updated_ms,
+                     terminal = EXCLUDED.terminal",
                 &[
                     &t.id.to_string(),
                     &t.tenant.as_str(),
@@ -239,6 +247,7 @@ impl PgState {
                     &(t.attempt as i32),
                     &t.prefix,
                     &(t.updated_ms as i64),
+                    &t.terminal,
                 ],
             )
             .map_err(|e| e.to_string())?;
@@ -273,7 +282,8 @@ impl PgState {
         let rows = self
             .client
             .query(
-                "SELECT task_id, state, spec, correlation_id, node_id, pool_id, attempt, prefix
+                "SELECT task_id, state, spec, correlation_id, node_id, pool_id, attempt, prefix,
+                        terminal, updated_ms
                  FROM llorch_tasks ORDER BY seq",
                 &[],
             )
@@ -288,6 +298,12 @@ impl PgState {
                 let pool: Option<String> = r.get(5);
                 let attempt: i32 = r.get(6);
                 let prefix: Option<String> = r.get(7);
+                let terminal: Option<String> = r.get(8);
+                let updated_ms: i64 = r.get(9);
+                let terminal = match terminal.as_deref().map(parse_frames).transpose()? {
+                    Some(mut v) => v.pop(),
+                    None => None,
+                };
                 Ok(StoredTask {
                     v: serde_json::from_str(&spec).map_err(|e| e.to_string())?,
                     correlation_id: r.get(3),
@@ -306,6 +322,8 @@ impl PgState {
                         .map(parse_frames)
                         .transpose()?
                         .unwrap_or_default(),
+                    terminal,
+                    updated_ms: updated_ms.max(0) as u64,
                 })
             })();
             match parsed {

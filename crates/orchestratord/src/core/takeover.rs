@@ -13,6 +13,7 @@ use api::task::TaskState;
 use api::{ErrorCode, ErrorEnvelope};
 
 use super::journal::Change;
+use super::lifecycle::{Outcome, Stamp};
 use super::pgstate::{frames_json, StoredTask, TaskRow};
 use super::{Core, Effects, TaskEntry, TaskLog};
 
@@ -48,20 +49,30 @@ impl<E: Effects> Core<E> {
                 pool: t.pool.clone(),
                 attempt: t.attempts,
                 prefix: dispatched.then(|| frames_json(&t.log.read_from(0).0)),
+                terminal: state
+                    .is_terminal()
+                    .then(|| t.log.read_from(0).0.pop())
+                    .flatten()
+                    .map(|f| frames_json(&[f])),
                 updated_ms: now_ms,
             });
         }
         rows
     }
 
-    /// A new leader takes over the tasks its predecessor left (see the module doc). Finished
-    /// tasks are not restored; a task whose model the catalog no longer resolves is dropped with
-    /// an error log. `window` is how long nodes get to register again.
+    /// A new leader takes over the tasks its predecessor left (see the module doc). A task that
+    /// finished within `tasks.retention_ms` is restored too: its finished attempt is asked of
+    /// its worker (attach only), which replays the whole stream, and when the worker no longer
+    /// has it the stored terminal frame ends it. A task whose model the catalog no longer
+    /// resolves is dropped with an error log. `window` is how long nodes get to register again.
     pub fn restore(&mut self, stored: Vec<StoredTask>, window: Duration, now: Instant) {
         self.takeover_until = Some(now + window);
-        let (mut queued, mut running) = (0, 0);
+        let now_ms = daemon::now_ms();
+        let retention_ms = self.cfg.retention.as_millis() as u64;
+        let (mut queued, mut running, mut finished) = (0, 0, 0);
         for s in stored {
-            if s.state.is_terminal() {
+            let done = s.state.is_terminal();
+            if done && now_ms.saturating_sub(s.updated_ms) > retention_ms {
                 continue;
             }
             let id = s.v.task_id;
@@ -100,53 +111,64 @@ impl<E: Effects> Core<E> {
                 max_tokens,
                 deadline,
             );
-            let pool = match (s.state, s.pool, s.node) {
-                (TaskState::Running, Some(pool), Some(node)) if s.attempt > 0 => {
-                    for f in &s.prefix {
-                        log.append(f.clone());
-                    }
-                    entry.started_sent = s
-                        .prefix
-                        .iter()
-                        .any(|f| matches!(f, api::events::Event::Started(_)));
-                    entry.attempts = s.attempt - 1;
-                    entry.node = Some(node);
-                    entry.restore_pool = Some(pool.clone());
-                    Some(pool)
-                }
+            for f in &s.prefix {
+                log.append(f.clone());
+            }
+            entry.started_sent = s
+                .prefix
+                .iter()
+                .any(|f| matches!(f, api::events::Event::Started(_)));
+            let attached = match (s.state, s.pool, s.node) {
+                (TaskState::Queued, _, _) => None,
+                (_, Some(pool), Some(node)) if s.attempt > 0 => Some((pool, node)),
                 _ => None,
             };
-            let st = if pool.is_some() {
-                TaskState::Running
-            } else {
-                TaskState::Queued
-            };
-            self.journal.restored(
-                id,
-                st,
-                entry.attempts + u32::from(pool.is_some()),
-                pool.as_ref(),
-            );
-            if let Some(d) = entry.v.deadline_ms {
-                self.effects
-                    .timer(Duration::from_millis(d), super::Timer::Deadline(id));
-            }
-            self.tasks.insert(id, entry);
-            if let Some(k) = idem {
-                self.idempotency.insert((tenant.clone(), k), id);
-            }
-            if pool.is_some() {
+            if done && attached.is_none() {
+                // It never ran (canceled or failed while queued): its frames are all stored.
+                let Some(last) = s.terminal else { continue };
+                log.append(last.clone());
+                entry.life.run(Stamp::at(now));
+                entry.life.finish(outcome_of(&last), Stamp::at(now));
+                if let api::events::Event::Error(e) = &last {
+                    entry.error = Some(e.clone());
+                }
+                self.journal.restored(id, s.state, s.attempt, None);
+                self.tasks.insert(id, entry);
+                self.tasks.finished(id);
+                finished += 1;
+            } else if let Some((pool, node)) = attached {
+                entry.attempts = s.attempt - 1;
+                entry.node = Some(node);
+                entry.restore_pool = Some(pool.clone());
+                entry.restored_attempt = Some(s.attempt);
+                if done {
+                    entry.restore_final = s.terminal;
+                    finished += 1;
+                } else {
+                    running += 1;
+                }
+                self.journal.restored(id, s.state, s.attempt, Some(&pool));
+                self.tasks.insert(id, entry);
                 self.restoring.insert(id);
-                running += 1;
             } else {
+                self.journal
+                    .restored(id, TaskState::Queued, entry.attempts, None);
+                if let Some(d) = entry.v.deadline_ms {
+                    self.effects
+                        .timer(Duration::from_millis(d), super::Timer::Deadline(id));
+                }
+                self.tasks.insert(id, entry);
                 self.queues.push(key_, id, priority, &tenant, weight);
                 queued += 1;
+            }
+            if let Some(k) = idem {
+                self.idempotency.insert((tenant.clone(), k), id);
             }
             self.bus.mark_task(id);
         }
         self.bus.mark_queues();
-        tracing::info!(event = "ha.restored", queued, running,
-            "Took over {queued} queued and {running} running task(s); nodes have {} ms to register again", window.as_millis());
+        tracing::info!(event = "ha.restored", queued, running, finished,
+            "Took over {queued} queued, {running} running and {finished} recently finished task(s); nodes have {} ms to register again", window.as_millis());
     }
 
     /// While the takeover window is open, no queued task is failed for lack of a pool.
@@ -179,8 +201,9 @@ impl<E: Effects> Core<E> {
         }
     }
 
-    /// At the end of the takeover window, restored tasks whose pool did not come back end with
-    /// WORKER_RESET: their stream lived on that worker.
+    /// At the end of the takeover window, restored tasks whose pool did not come back end: with
+    /// their stored terminal frame when the previous leader saw them finish, otherwise with
+    /// WORKER_RESET (their stream lived on that worker).
     pub(super) fn end_takeover(&mut self, now: Instant) {
         if self.takeover_until.is_none_or(|t| now < t) {
             return;
@@ -196,12 +219,70 @@ impl<E: Effects> Core<E> {
                 format!("pool {pool}, which ran this task, did not come back after the failover"),
             )
             .with_retriable(true);
-            self.finish_with_error(id, env, now);
+            self.end_restored(id, env, now);
+        }
+    }
+
+    /// The dispatch that was to reattach a restored task's attempt failed. Its client has seen
+    /// frames of that attempt, so it is not run again: it ends with its stored terminal frame,
+    /// or with the worker's refusal (a grace period that expired), or with WORKER_RESET.
+    pub(super) fn reattach_failed(&mut self, id: api::TaskId, end: super::RelayEnd, now: Instant) {
+        let env = match end {
+            super::RelayEnd::Refused { envelope, .. }
+                if envelope.code == ErrorCode::WorkerReset =>
+            {
+                envelope
+            }
+            other => ErrorEnvelope::new(
+                ErrorCode::WorkerReset,
+                format!("the stream of this task could not be attached again after the failover: {other}"),
+            )
+            .with_retriable(true),
+        };
+        tracing::warn!(event = "ha.reattach_failed", task_id = %id, "Task {id} could not be reattached: {}", env.message);
+        self.end_restored(id, env, now);
+    }
+
+    fn end_restored(&mut self, id: api::TaskId, env: ErrorEnvelope, now: Instant) {
+        let Some(t) = self.tasks.get_mut(&id) else {
+            return;
+        };
+        t.restored_attempt = None;
+        let running = t.state() == TaskState::Running;
+        match t.restore_final.take() {
+            Some(last) => {
+                if !running {
+                    t.life.run(Stamp::at(now));
+                }
+                t.log.append(last.clone());
+                t.life.finish(outcome_of(&last), Stamp::at(now));
+                if let api::events::Event::Error(e) = &last {
+                    t.error = Some(e.clone());
+                }
+                self.tasks.finished(id);
+                self.bus.mark_task(id);
+                self.journal.touch(id);
+            }
+            None => self.finish_with_error(id, env, now),
+        }
+        if running {
+            self.release_slot(id, now);
         }
     }
 
     /// Restored tasks still waiting for their pool (tests).
     pub fn restoring(&self) -> usize {
         self.restoring.len()
+    }
+}
+
+/// How a task whose terminal frame is `last` ended.
+fn outcome_of(last: &api::events::Event) -> Outcome {
+    match last {
+        api::events::Event::End(e) if e.stop_reason == api::events::StopReason::Canceled => {
+            Outcome::Canceled
+        }
+        api::events::Event::End(_) => Outcome::Completed,
+        _ => Outcome::Failed,
     }
 }

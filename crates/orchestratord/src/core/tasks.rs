@@ -420,9 +420,15 @@ impl<E: Effects> Core<E> {
             );
         }
         self.tenants.started(&tenant, id, now);
+        let reattach_only = restored
+            && self
+                .tasks
+                .get(&id)
+                .is_some_and(|t| t.restore_final.is_some());
         self.effects.dispatch(DispatchJob {
             task: id,
             attempt,
+            reattach_only,
             address,
             token,
             body,
@@ -437,6 +443,8 @@ impl<E: Effects> Core<E> {
         if t.attempts != attempt || t.state() != TaskState::Running {
             return;
         }
+        // A reattached attempt streams again: from here a broken stream is an ordinary fault.
+        t.restored_attempt = None;
         match ev {
             WorkerEvent::Started { engine_version, .. } => {
                 t.engine_version = Some(engine_version.clone());
@@ -649,6 +657,10 @@ impl<E: Effects> Core<E> {
             // A refused or reset connection: the worker is likely gone; keep new work off it.
             tracing::warn!(event = "node.unreachable", node_id = %node, task_id = %id, "Node {node} is out of placement until its next heartbeat: {end}");
             self.registry.suspend_node(node);
+        }
+        if self.tasks.get(&id).and_then(|t| t.restored_attempt) == Some(attempt) {
+            self.reattach_failed(id, end, now);
+            return;
         }
         let Some(t) = self.tasks.get(&id) else { return };
         let env = match end {

@@ -2020,6 +2020,8 @@ fn stored(
         pool: (attempt > 0).then(|| pid("p1")),
         attempt,
         prefix,
+        terminal: None,
+        updated_ms: daemon::now_ms(),
     }
 }
 
@@ -2088,6 +2090,87 @@ fn a_restored_task_whose_pool_does_not_come_back_ends_with_worker_reset() {
     assert!(closed);
     match frames.last() {
         Some(Event::Error(e)) => assert_eq!(e.code, ErrorCode::WorkerReset),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_task_seen_finished_is_reattached_or_ends_with_its_stored_frame() {
+    let mut old = ha_core();
+    let now = Instant::now();
+    register(&mut old, "n1", vec![pool("p1", 2)], now);
+    let a = submit(&mut old, Priority::Interactive, now).unwrap();
+    let b = submit(&mut old, Priority::Interactive, now).unwrap();
+    finish(&mut old, a, now);
+    finish(&mut old, b, now);
+    let frames = |id: TaskId| old.tasks[&id].log.read_from(0).0;
+    let (fa, fb) = (frames(a), frames(b));
+    let row = |id: TaskId, f: &Vec<Event>| {
+        let mut s = stored(
+            old.tasks[&id].v.clone(),
+            TaskState::Completed,
+            1,
+            f[..1].to_vec(),
+        );
+        s.terminal = f.last().cloned();
+        s
+    };
+    let mut core = ha_core();
+    core.restore(vec![row(a, &fa), row(b, &fb)], Duration::from_secs(30), now);
+    register(&mut core, "n1", vec![pool("p1", 2)], now);
+    // Both are asked of the worker, attach only.
+    let mut jobs: Vec<_> = core
+        .effects
+        .dispatched
+        .iter()
+        .map(|j| (j.task, j.attempt, j.reattach_only))
+        .collect();
+    jobs.sort();
+    let mut want = vec![(a, 1, true), (b, 1, true)];
+    want.sort();
+    assert_eq!(jobs, want);
+    // `a`'s worker still has it: the replay rebuilds every frame, with the same ids.
+    finish(&mut core, a, now);
+    assert_eq!(core.tasks[&a].log.read_from(0).0, fa);
+    assert_eq!(core.tasks[&a].state(), TaskState::Completed);
+    // `b`'s does not: its stored `end` follows its stored frames.
+    let refused = RelayEnd::Refused {
+        status: 404,
+        envelope: api::ErrorEnvelope::new(ErrorCode::NotFound, "not known"),
+    };
+    core.on_relay_ended(b, 1, refused, now);
+    let (got, closed) = core.tasks[&b].log.read_from(0);
+    assert!(closed);
+    assert_eq!(got, vec![fb[0].clone(), fb.last().unwrap().clone()]);
+    assert_eq!(core.tasks[&b].state(), TaskState::Completed);
+}
+
+#[test]
+fn a_reattach_refused_after_the_grace_period_ends_the_task_instead_of_rerunning_it() {
+    let mut old = ha_core();
+    let now = Instant::now();
+    register(&mut old, "n1", vec![pool("p1", 1)], now);
+    let a = submit(&mut old, Priority::Interactive, now).unwrap();
+    let prefix = old.tasks[&a].log.read_from(0).0;
+    let mut core = ha_core();
+    let row = stored(old.tasks[&a].v.clone(), TaskState::Running, 1, prefix);
+    core.restore(vec![row], Duration::from_secs(30), now);
+    register(&mut core, "n1", vec![pool("p1", 1)], now);
+    let expired =
+        api::ErrorEnvelope::new(ErrorCode::WorkerReset, "grace expired").with_retriable(false);
+    core.on_relay_ended(
+        a,
+        1,
+        RelayEnd::Refused {
+            status: 410,
+            envelope: expired,
+        },
+        now,
+    );
+    assert_eq!(core.tasks[&a].state(), TaskState::Failed);
+    assert_eq!(core.effects.dispatched.len(), 1, "never dispatched again");
+    match core.tasks[&a].log.read_from(0).0.last() {
+        Some(Event::Error(e)) => assert_eq!((e.code, e.retriable), (ErrorCode::WorkerReset, false)),
         other => panic!("{other:?}"),
     }
 }

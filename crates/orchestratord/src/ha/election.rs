@@ -145,7 +145,10 @@ fn follow(
                     .query_opt(
                         "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted
                            AND objsubid = 1
-                           AND ((classid::bigint << 32) | objid::bigint) = $1",
+                           AND database = (SELECT oid FROM pg_database
+                                           WHERE datname = current_database())
+                           AND ((classid::bigint << 32) | objid::bigint) = $1
+                         LIMIT 1",
                         &[&LEADER_LOCK],
                     )?
                     .map(|r| r.get(0));

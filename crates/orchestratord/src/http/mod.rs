@@ -41,6 +41,8 @@ pub struct AppState {
     pub tokens: std::sync::RwLock<Arc<crate::config::Tokens>>,
     /// HA: this leader's epoch.
     pub epoch: Option<u64>,
+    /// HA: cancelled at shutdown, ending task streams so clients resume on the next leader.
+    pub closing: Option<tokio_util::sync::CancellationToken>,
 }
 
 impl AppState {

@@ -206,6 +206,7 @@ pub async fn events(
     let sub = Subscription::new(log, app.core.clone(), id, !observe);
     let stream = futures::stream::unfold((sub, from, false), move |(sub, mut next, done)| {
         let keepalive = app.cfg.keepalive;
+        let closing = app.closing.clone();
         async move {
             if done {
                 return None;
@@ -231,7 +232,17 @@ pub async fn events(
                 if closed {
                     return None;
                 }
-                match tokio::time::timeout(keepalive, watch.changed()).await {
+                let changed = tokio::time::timeout(keepalive, watch.changed());
+                let changed = match &closing {
+                    // An HA leader that shuts down ends its streams so clients resume on the
+                    // next leader with `Last-Event-ID`.
+                    Some(c) => tokio::select! {
+                        r = changed => r,
+                        _ = c.cancelled() => return None,
+                    },
+                    None => changed.await,
+                };
+                match changed {
                     Ok(Ok(())) => continue,
                     Ok(Err(_)) => return None,
                     Err(_) => {
