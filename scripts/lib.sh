@@ -85,3 +85,14 @@ ensure_browser() {
   export LLORCH_CHROMIUM
   export LLORCH_NODE_PATH="$dir/node_modules"
 }
+
+# A local PostgreSQL server and the `llorch` role for the HA tests (state.backend = "postgres");
+# exports LLORCH_TEST_PG_URL. scripts/postgres.sh does the work (`llorch up --ha` runs the same
+# file): apt-get install postgresql when missing, start Debian's cluster as the postgres user.
+ensure_postgres() {
+  local vars
+  vars="$(bash scripts/postgres.sh)"
+  set -a
+  eval "$vars"
+  set +a
+}

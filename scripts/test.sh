@@ -18,6 +18,8 @@ ensure_openai_client
 ensure_anthropic_client
 ensure_schemathesis
 ensure_browser
+# The HA tests' Postgres (never skipped: under REQUIRE_REAL_LLAMA=1 a missing URL fails them).
+ensure_postgres
 cargo build --bins
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 # Builds llama-server on the first run (about 10 minutes on 2 cores), then answers from the cache.

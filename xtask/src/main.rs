@@ -3,6 +3,7 @@
 //! and p90 time-to-first-token and tokens/s for both, and the ratios.
 
 mod chaos;
+mod failover;
 mod fairness;
 mod fetch;
 mod layout;
@@ -50,6 +51,8 @@ enum Bench {
     Chaos(chaos::Args),
     /// Cache-aware versus least-loaded placement on three real pools: multi-turn and control.
     Prefix(prefix::Args),
+    /// HA: the leader killed mid-stream and with a queue, looped: failover time, streams, losses.
+    Failover(failover::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -66,6 +69,7 @@ fn main() -> anyhow::Result<()> {
                 Bench::Fairness(a) => rt.block_on(fairness::run(a)),
                 Bench::Chaos(a) => rt.block_on(chaos::run(a)),
                 Bench::Prefix(a) => rt.block_on(prefix::run(a)),
+                Bench::Failover(a) => rt.block_on(failover::run(a)),
             }
         }
     }

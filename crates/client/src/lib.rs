@@ -1,6 +1,9 @@
 //! The llama-orch Rust SDK: typed calls over orchestratord's v2 API, the error envelope mapped to
 //! [`Error`], and an async stream of typed SSE events. Every call sends the client's correlation id.
+//! Several base URLs (an HA group) are followed to the leader ([`leader`]); [`Client::follow`] reads
+//! a task's stream across a failover, resuming with `Last-Event-ID`.
 
+pub mod leader;
 pub mod sse;
 
 use std::time::Duration;
@@ -13,7 +16,8 @@ use api::task::{AdmissionResponse, TaskRecord, TaskRequest};
 use api::{ErrorEnvelope, TaskId};
 use reqwest::header::HeaderMap;
 
-pub use sse::{EventStream, Frame};
+pub use leader::Leader;
+pub use sse::{EventStream, Follow, Frame};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -52,26 +56,54 @@ pub struct Exchange<T> {
 
 #[derive(Clone)]
 pub struct Client {
-    base: String,
+    leader: Leader,
     token: Option<String>,
     correlation_id: String,
     http: reqwest::Client,
+    failover_timeout: Duration,
 }
 
+/// How long a call keeps looking for a leader (refused connections, `NOT_LEADER`) by default:
+/// longer than a takeover after a crash (the lease, then a poll).
+pub const DEFAULT_FAILOVER_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// With several base URLs, how long one attempt of a plain (non-stream) call may take before a
+/// replayable call (GET, a submit with an idempotency key) moves on: a paused (SIGSTOPped)
+/// orchestratord accepts connections and never answers.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl Client {
-    /// A client for `base_url` (e.g. `http://127.0.0.1:8080`) with an optional client token.
-    /// Fails only when the HTTP client cannot be built; a default one would drop its settings.
+    /// A client for `base_url` (e.g. `http://127.0.0.1:8080`, or several comma-separated base
+    /// URLs of an HA group) with an optional client token. Fails only when the HTTP client cannot
+    /// be built; a default one would drop its settings.
     pub fn new(base_url: impl Into<String>, token: Option<String>) -> Result<Self, Error> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .build()
             .map_err(|e| Error::Setup(e.to_string()))?;
         Ok(Self {
-            base: base_url.into().trim_end_matches('/').to_string(),
+            leader: Leader::new(&base_url.into()),
             token,
             correlation_id: uuid::Uuid::new_v4().to_string(),
             http,
+            failover_timeout: DEFAULT_FAILOVER_TIMEOUT,
         })
+    }
+
+    /// How long a call (and a [`Follow`] reconnect) keeps looking for a leader before it gives the
+    /// last refusal to the caller.
+    pub fn with_failover_timeout(mut self, t: Duration) -> Self {
+        self.failover_timeout = t;
+        self
+    }
+
+    pub fn failover_timeout(&self) -> Duration {
+        self.failover_timeout
+    }
+
+    /// The base URLs given and the current leader.
+    pub fn leader(&self) -> &Leader {
+        &self.leader
     }
 
     /// Uses `id` as the `X-Correlation-Id` of every following call.
@@ -84,14 +116,15 @@ impl Client {
         &self.correlation_id
     }
 
-    pub fn base_url(&self) -> &str {
-        &self.base
+    /// The base URL calls go to now (the leader, as far as this client knows).
+    pub fn base_url(&self) -> String {
+        self.leader.current()
     }
 
     fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         let mut r = self
             .http
-            .request(method, format!("{}{}", self.base, path))
+            .request(method, format!("{}{}", self.leader.current(), path))
             .header(api::CORRELATION_HEADER, &self.correlation_id);
         if let Some(t) = &self.token {
             r = r.bearer_auth(t);
@@ -99,27 +132,92 @@ impl Client {
         r
     }
 
+    /// Sends a plain call (one JSON answer): with several base URLs, each attempt is bounded.
     async fn send(&self, rb: reqwest::RequestBuilder) -> Result<reqwest::Response, Error> {
-        let resp = rb
-            .send()
-            .await
-            .map_err(|e| Error::Transport(e.to_string()))?;
-        if resp.status().is_success() {
-            return Ok(resp);
-        }
-        let status = resp.status().as_u16();
-        let headers = Box::new(resp.headers().clone());
-        let text = resp.text().await.unwrap_or_default();
-        match serde_json::from_str::<ErrorEnvelope>(&text) {
-            Ok(envelope) => Err(Error::Api {
-                status,
-                envelope,
-                headers,
-            }),
-            Err(_) => Err(Error::Protocol(format!(
-                "HTTP {status} without an error envelope: {}",
-                text.chars().take(200).collect::<String>()
-            ))),
+        let rb = if self.leader.urls().len() > 1 {
+            rb.timeout(ATTEMPT_TIMEOUT)
+        } else {
+            rb
+        };
+        self.send_following(rb).await
+    }
+
+    /// Sends `rb` to the leader: a follower's `NOT_LEADER` sends it again to the leader it names
+    /// (or the next URL), a refused connection to the next URL, until one answers or
+    /// `failover_timeout` has passed. Every other answer is the caller's.
+    async fn send_following(
+        &self,
+        rb: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, Error> {
+        let req = rb.build().map_err(|e| Error::Setup(e.to_string()))?;
+        let first = self.leader.current();
+        let suffix = req
+            .url()
+            .as_str()
+            .strip_prefix(first.as_str())
+            .map(str::to_string)
+            .unwrap_or_else(|| {
+                let u = req.url();
+                match u.query() {
+                    Some(q) => format!("{}?{q}", u.path()),
+                    None => u.path().to_string(),
+                }
+            });
+        let replayable = req.method() == reqwest::Method::GET
+            || req.headers().contains_key(api::IDEMPOTENCY_HEADER);
+        let until = std::time::Instant::now() + self.failover_timeout;
+        let mut base = first;
+        let mut hops = 0usize;
+        loop {
+            let mut attempt = req
+                .try_clone()
+                .ok_or_else(|| Error::Setup("a streaming request body cannot be re-sent".into()))?;
+            *attempt.url_mut() = reqwest::Url::parse(&format!("{base}{suffix}"))
+                .map_err(|e| Error::Setup(format!("bad base URL {base:?}: {e}")))?;
+            let decision = match self.http.execute(attempt).await {
+                Err(e) => {
+                    let retry = self.leader.on_transport(&base, e.is_connect(), replayable);
+                    if retry == leader::Retry::No || std::time::Instant::now() >= until {
+                        return Err(Error::Transport(transport_message(&e)));
+                    }
+                    retry
+                }
+                Ok(resp) if resp.status().is_success() => {
+                    self.leader.set(&base);
+                    return Ok(resp);
+                }
+                Ok(resp) => {
+                    let err = error_of(resp).await;
+                    let Error::Api {
+                        envelope, headers, ..
+                    } = &err
+                    else {
+                        return Err(err);
+                    };
+                    if envelope.code != api::ErrorCode::NotLeader
+                        || std::time::Instant::now() >= until
+                    {
+                        if envelope.code != api::ErrorCode::NotLeader {
+                            self.leader.set(&base);
+                        }
+                        return Err(err);
+                    }
+                    let named = headers
+                        .get(api::LEADER_HEADER)
+                        .and_then(|v| v.to_str().ok());
+                    self.leader.on_not_leader(&base, named)
+                }
+            };
+            hops += 1;
+            base = match decision {
+                leader::Retry::Follow(url) => url,
+                _ => self.leader.next_after(&base),
+            };
+            // Every URL tried once in a row: the group is between leaders; pause before the next
+            // round instead of spinning.
+            if hops.is_multiple_of(self.leader.urls().len().max(1)) {
+                tokio::time::sleep(leader::ROUND_PAUSE).await;
+            }
         }
     }
 
@@ -139,6 +237,21 @@ impl Client {
             headers,
             body,
         })
+    }
+
+    /// `POST /v2/tasks` with an `Idempotency-Key`: retried with the same key (by this client
+    /// across a failover, or by the caller), it answers with the task the first one created.
+    pub async fn submit_idempotent(
+        &self,
+        req: &TaskRequest,
+        key: &str,
+    ) -> Result<Exchange<AdmissionResponse>, Error> {
+        self.json(
+            self.req(reqwest::Method::POST, "/v2/tasks")
+                .header(api::IDEMPOTENCY_HEADER, key)
+                .json(req),
+        )
+        .await
     }
 
     /// `POST /v2/tasks`.
@@ -203,13 +316,26 @@ impl Client {
 
     /// Opens a task's event stream (`path` is `streams.sse` or `streams.sse_verbose` of the 202).
     pub async fn events(&self, path: &str) -> Result<EventStream, Error> {
-        let resp = self
-            .send(
-                self.req(reqwest::Method::GET, path)
-                    .header("accept", "text/event-stream"),
-            )
-            .await?;
+        self.events_after(path, None).await
+    }
+
+    /// Opens a task's event stream with `Last-Event-ID: after` (only frames with a greater id).
+    pub async fn events_after(&self, path: &str, after: Option<u64>) -> Result<EventStream, Error> {
+        let mut rb = self
+            .req(reqwest::Method::GET, path)
+            .header("accept", "text/event-stream");
+        if let Some(id) = after {
+            rb = rb.header("last-event-id", id.to_string());
+        }
+        let resp = self.send_following(rb).await?;
         Ok(EventStream::new(resp))
+    }
+
+    /// A task's stream that survives a failover: when the connection breaks or closes before the
+    /// terminal frame, it reconnects (to the leader, as any call) with `Last-Event-ID` set to the
+    /// last frame it returned, for up to `failover_timeout` per outage.
+    pub fn follow(&self, path: &str) -> Follow {
+        Follow::new(self.clone(), path)
     }
 
     /// `GET /metrics` as raw Prometheus text, with the response headers.
@@ -421,6 +547,35 @@ impl Client {
         self.send(self.req(reqwest::Method::GET, "/health"))
             .await
             .map(|_| ())
+    }
+}
+
+/// A transport error with its causes ("error sending request" alone says nothing).
+fn transport_message(e: &reqwest::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        msg.push_str(&format!(": {s}"));
+        src = s.source();
+    }
+    msg
+}
+
+/// The typed error of a non-success answer.
+async fn error_of(resp: reqwest::Response) -> Error {
+    let status = resp.status().as_u16();
+    let headers = Box::new(resp.headers().clone());
+    let text = resp.text().await.unwrap_or_default();
+    match serde_json::from_str::<ErrorEnvelope>(&text) {
+        Ok(envelope) => Error::Api {
+            status,
+            envelope,
+            headers,
+        },
+        Err(_) => Error::Protocol(format!(
+            "HTTP {status} without an error envelope: {}",
+            text.chars().take(200).collect::<String>()
+        )),
     }
 }
 

@@ -7,6 +7,8 @@ use clap::{Args, Subcommand};
 /// Where orchestratord is and how output is printed; shared by every client subcommand.
 #[derive(Args)]
 pub struct Conn {
+    /// orchestratord's base URL; several, comma-separated, for an HA group (calls follow the
+    /// leader).
     #[arg(
         long,
         env = "LLORCH_URL",

@@ -24,6 +24,8 @@ pub struct RunArgs {
     temperature: Option<f64>,
     #[arg(long)]
     seed: Option<u64>,
+    /// orchestratord's base URL; several, comma-separated, for an HA group (the run follows the
+    /// leader and resumes its stream across a failover).
     #[arg(long, env = "LLORCH_URL", default_value = "http://127.0.0.1:8080")]
     url: String,
     #[arg(long, env = "LLORCH_TOKEN", hide_env_values = true)]
@@ -45,7 +47,10 @@ pub async fn run(a: RunArgs) -> anyhow::Result<u8> {
     // anew in each loop turn misses a Ctrl-C that lands between two turns (tokens arriving fast),
     // and the run would stream on to its last token.
     let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    let adm = match client.submit(&req).await {
+    // An idempotency key makes the submit safe to send again to another orchestratord of an HA
+    // group when the first one went away before answering.
+    let key = uuid::Uuid::new_v4().to_string();
+    let adm = match client.submit_idempotent(&req, &key).await {
         Ok(a) => a.body,
         Err(e) => return Ok(refusal(&e)),
     };
@@ -69,10 +74,8 @@ pub async fn run(a: RunArgs) -> anyhow::Result<u8> {
     } else {
         &adm.streams.sse
     };
-    let mut stream = match client.events(path).await {
-        Ok(s) => s,
-        Err(e) => return Ok(refusal(&e)),
-    };
+    // Followed across a failover: a broken stream is opened again with Last-Event-ID.
+    let mut stream = client.follow(path);
     let mut out = std::io::stdout();
     let spinner = Spinner::start(adm.queue_position, adm.predicted_start_ms);
     let mut spinner = Some(spinner);
@@ -91,8 +94,8 @@ pub async fn run(a: RunArgs) -> anyhow::Result<u8> {
                 return Ok(1);
             }
             Some(Err(e)) => {
-                eprintln!("\n[run] {e}");
-                return Ok(1);
+                eprintln!();
+                return Ok(refusal(&e));
             }
             Some(Ok(f)) => match f.event {
                 Event::Token(t) => {

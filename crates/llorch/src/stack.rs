@@ -1,5 +1,7 @@
 //! A whole llama-orch stack on one machine: orchestratord and one pool-managerd as child processes
-//! on loopback, with JSON logs in files. `llorch up` and the cluster tests both use it.
+//! on loopback, with JSON logs in files. `llorch up` and the cluster tests both use it. In HA mode
+//! ([`HaSpec`]) several orchestratord share one Postgres database (`[state] backend = "postgres"`),
+//! pool-managerd knows them all (`orchestrator.urls`), and [`Stack::leader`] finds the leader.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -38,21 +40,147 @@ pub struct StackSpec {
     pub pm_extra: String,
     /// The registration token pool-managerd presents (when orchestratord requires one).
     pub registration_token: Option<String>,
+    /// HA mode: several orchestratord on one Postgres database instead of one on SQLite.
+    pub ha: Option<HaSpec>,
 }
 
-/// The two daemons of a stack.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// An HA group on one machine: `replicas` orchestratord processes with the same `[state]`.
+#[derive(Debug, Clone)]
+pub struct HaSpec {
+    pub replicas: usize,
+    /// `[state] url`: the database the group shares.
+    pub state_url: String,
+    /// `[state] lease_ms`: a paused leader is superseded after this long.
+    pub lease_ms: u64,
+    /// The replicas' ports (a missing entry or 0 picks a free port).
+    pub ports: Vec<u16>,
+    /// Set by [`HaSpec::fresh`]: the server's admin URL and the database to drop at shutdown.
+    pub drop_on_shutdown: Option<(String, String)>,
+}
+
+impl HaSpec {
+    /// `replicas` orchestratord on a new, empty database `ha_<random>` on the server of
+    /// `admin_url` (a URL with a role that may create databases, such as `LLORCH_TEST_PG_URL`);
+    /// the database is dropped when the stack shuts down.
+    pub fn fresh(admin_url: &str, replicas: usize) -> anyhow::Result<Self> {
+        let name = format!("ha_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        psql(admin_url, &format!("CREATE DATABASE {name}"))?;
+        Ok(Self {
+            replicas,
+            state_url: with_database(admin_url, &name)?,
+            lease_ms: 1500,
+            ports: vec![],
+            drop_on_shutdown: Some((admin_url.to_string(), name)),
+        })
+    }
+}
+
+/// Creates database `name` on the server of `admin_url` unless it exists; returns its URL.
+pub fn ensure_database(admin_url: &str, name: &str) -> anyhow::Result<String> {
+    anyhow::ensure!(
+        !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+        "database name {name:?}: use lowercase letters, digits and _"
+    );
+    let exists = psql(
+        admin_url,
+        &format!("SELECT 1 FROM pg_database WHERE datname = '{name}'"),
+    )?;
+    if exists.trim() != "1" {
+        psql(admin_url, &format!("CREATE DATABASE {name}"))?;
+    }
+    with_database(admin_url, name)
+}
+
+/// `url` with its database (the path) replaced by `db`.
+pub fn with_database(url: &str, db: &str) -> anyhow::Result<String> {
+    let scheme_end = url
+        .find("://")
+        .with_context(|| format!("{url:?} is not a postgres:// URL"))?
+        + 3;
+    let (head, query) = match url.find('?') {
+        Some(q) => (&url[..q], &url[q..]),
+        None => (url, ""),
+    };
+    let host_end = head[scheme_end..]
+        .find('/')
+        .map(|i| scheme_end + i)
+        .unwrap_or(head.len());
+    Ok(format!("{}/{db}{query}", &head[..host_end]))
+}
+
+/// Runs one SQL statement with `psql` (installed with the server) and returns its unaligned
+/// output.
+fn psql(url: &str, sql: &str) -> anyhow::Result<String> {
+    let out = std::process::Command::new("psql")
+        .arg("-X")
+        .arg("-q")
+        .arg("-tA")
+        .arg("-v")
+        .arg("ON_ERROR_STOP=1")
+        .arg("-d")
+        .arg(url)
+        .arg("-c")
+        .arg(sql)
+        .output()
+        .context("cannot run psql (install postgresql: scripts/postgres.sh does)")?;
+    if !out.status.success() {
+        bail!(
+            "psql {sql:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Ensures the local Postgres server and role of scripts/postgres.sh (the same file, built into
+/// this binary) and returns its admin URL (`postgres://llorch:llorch@127.0.0.1:PORT/postgres`).
+pub fn ensure_postgres() -> anyhow::Result<String> {
+    const SCRIPT: &str = include_str!("../../../scripts/postgres.sh");
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(SCRIPT)
+        .stderr(Stdio::inherit())
+        .output()
+        .context("cannot run bash")?;
+    if !out.status.success() {
+        bail!("setting up Postgres failed ({})", out.status);
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("LLORCH_TEST_PG_URL="))
+        .map(str::to_string)
+        .context("scripts/postgres.sh printed no URL")
+}
+
+/// One orchestratord of an HA group.
+pub struct Replica {
+    pub url: String,
+    pub child: Option<Child>,
+    pub log: PathBuf,
+    pub config: PathBuf,
+    /// Stopped with SIGSTOP (and not yet continued).
+    pub paused: bool,
+}
+
+/// The daemons of a stack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Daemon {
     Orchestratord,
     PoolManagerd,
+    /// Orchestratord `i` of an HA group.
+    Replica(usize),
 }
 
 impl std::fmt::Display for Daemon {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Daemon::Orchestratord => "orchestratord",
-            Daemon::PoolManagerd => "pool-managerd",
-        })
+        match self {
+            Daemon::Orchestratord => f.write_str("orchestratord"),
+            Daemon::PoolManagerd => f.write_str("pool-managerd"),
+            Daemon::Replica(i) => write!(f, "orchestratord-{i}"),
+        }
     }
 }
 
@@ -91,6 +219,7 @@ impl StackSpec {
             orchd_extra: String::new(),
             pm_extra: String::new(),
             registration_token: None,
+            ha: None,
         }
     }
 }
@@ -127,10 +256,15 @@ pub struct NodeProc {
 
 pub struct Stack {
     pub spec: StackSpec,
+    /// The orchestratord (None in HA mode: see `replicas`).
     pub orchd: Option<Child>,
+    /// HA mode: the group's orchestratord, in the order of their ports.
+    pub replicas: Vec<Replica>,
     pub pool_managerd: Option<Child>,
     /// Nodes added with [`Stack::add_node`].
     pub nodes: Vec<NodeProc>,
+    /// orchestratord's base URL; in HA mode every replica's, comma-separated (what
+    /// `client::Client::new` and `LLORCH_URL` take).
     pub orchd_url: String,
     pub worker_url: String,
     pub orchd_log: PathBuf,
@@ -158,7 +292,7 @@ pub fn free_port() -> anyhow::Result<u16> {
 }
 
 impl Stack {
-    /// Writes both configs and starts orchestratord, then pool-managerd.
+    /// Writes the configs and starts orchestratord (HA: every replica), then pool-managerd.
     pub async fn start(mut spec: StackSpec) -> anyhow::Result<Stack> {
         std::fs::create_dir_all(&spec.dir)
             .with_context(|| format!("cannot create {}", spec.dir.display()))?;
@@ -168,28 +302,80 @@ impl Stack {
         if spec.worker_port == 0 {
             spec.worker_port = free_port()?;
         }
-        let orchd_url = format!("http://127.0.0.1:{}", spec.orchd_port);
         let worker_url = format!("http://127.0.0.1:{}", spec.worker_port);
+        let mut replicas = vec![];
+        if let Some(mut ha) = spec.ha.take() {
+            anyhow::ensure!(
+                ha.replicas >= 1,
+                "an HA group needs at least one orchestratord"
+            );
+            ha.ports.resize(ha.replicas, 0);
+            if ha.ports[0] == 0 {
+                ha.ports[0] = spec.orchd_port;
+            }
+            for p in ha.ports.iter_mut().filter(|p| **p == 0) {
+                *p = free_port()?;
+            }
+            for (i, port) in ha.ports.iter().enumerate() {
+                let url = format!("http://127.0.0.1:{port}");
+                let config = spec.dir.join(format!("orchestratord-{i}.toml"));
+                let state = format!(
+                    "[state]\nbackend = \"postgres\"\nurl = {url_db:?}\nadvertise_url = {url:?}\nlease_ms = {lease}\n",
+                    url_db = ha.state_url,
+                    lease = ha.lease_ms
+                );
+                std::fs::write(
+                    &config,
+                    orchd_toml(&spec, &spec.dir.join(format!("state-{i}")), *port, &state),
+                )?;
+                replicas.push(Replica {
+                    url,
+                    child: None,
+                    log: spec.dir.join(format!("orchestratord-{i}.log")),
+                    config,
+                    paused: false,
+                });
+            }
+            spec.ha = Some(ha);
+        }
+        let orchd_url = if replicas.is_empty() {
+            format!("http://127.0.0.1:{}", spec.orchd_port)
+        } else {
+            replicas
+                .iter()
+                .map(|r| r.url.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
         let orchd_cfg = spec.dir.join("orchestratord.toml");
-        std::fs::write(
-            &orchd_cfg,
-            format!(
-                "state_dir = {dir:?}\n[server]\nbind = \"127.0.0.1:{port}\"\n[nodes]\nheartbeat_interval_ms = {hi}\nheartbeat_timeout_ms = {ht}\n{extra}\n",
-                dir = spec.dir.join("state"),
-                port = spec.orchd_port,
-                hi = spec.heartbeat_interval_ms,
-                ht = spec.heartbeat_timeout_ms,
-                extra = spec.orchd_extra
-            ),
-        )?;
+        let orchd_log = match replicas.first() {
+            Some(r) => r.log.clone(),
+            None => spec.dir.join("orchestratord.log"),
+        };
+        let urls: Vec<String> = match replicas.is_empty() {
+            true => vec![orchd_url.clone()],
+            false => replicas.iter().map(|r| r.url.clone()).collect(),
+        };
         let pm_cfg = spec.dir.join("pool-managerd.toml");
-        std::fs::write(&pm_cfg, pool_managerd_toml(&spec, &orchd_url))?;
-        let orchd_log = spec.dir.join("orchestratord.log");
+        std::fs::write(&pm_cfg, pool_managerd_toml(&spec, &urls))?;
         let pm_log = spec.dir.join("pool-managerd.log");
-        let orchd = spawn(&spec.bin_dir.join("orchestratord"), &orchd_cfg, &orchd_log)?;
+        let orchd = if replicas.is_empty() {
+            std::fs::write(
+                &orchd_cfg,
+                orchd_toml(&spec, &spec.dir.join("state"), spec.orchd_port, ""),
+            )?;
+            Some(spawn(
+                &spec.bin_dir.join("orchestratord"),
+                &orchd_cfg,
+                &orchd_log,
+            )?)
+        } else {
+            None
+        };
         let mut stack = Stack {
             spec,
-            orchd: Some(orchd),
+            orchd,
+            replicas,
             pool_managerd: None,
             nodes: vec![],
             orchd_url,
@@ -198,16 +384,172 @@ impl Stack {
             pm_log,
             pm_config: pm_cfg,
         };
-        stack
-            .wait_http(
-                &format!("{}/health", stack.orchd_url),
-                Duration::from_secs(20),
-            )
-            .await?;
+        if stack.replicas.is_empty() {
+            stack
+                .wait_http(
+                    &format!("{}/health", stack.orchd_url),
+                    Duration::from_secs(20),
+                )
+                .await?;
+        } else {
+            for i in 0..stack.replicas.len() {
+                stack.start_replica(i).await?;
+            }
+        }
         if !stack.spec.pool_id.is_empty() {
             stack.start_pool_managerd()?;
         }
         Ok(stack)
+    }
+
+    /// The `[orchestrator]` lines of a pool-managerd config: `url` for one orchestratord, `urls`
+    /// for an HA group.
+    fn orchestrator_toml(&self) -> String {
+        orchestrator_toml(&self.orchestratord_urls())
+    }
+
+    /// Every orchestratord's base URL (one outside HA mode).
+    pub fn orchestratord_urls(&self) -> Vec<String> {
+        if self.replicas.is_empty() {
+            vec![self.orchd_url.clone()]
+        } else {
+            self.replicas.iter().map(|r| r.url.clone()).collect()
+        }
+    }
+
+    /// Starts HA replica `i` (again) on its config and waits for its `GET /health`.
+    pub async fn start_replica(&mut self, i: usize) -> anyhow::Result<()> {
+        let bin = self.spec.bin_dir.join("orchestratord");
+        let r = self.replicas.get_mut(i).context("no such replica")?;
+        r.child = Some(spawn(&bin, &r.config, &r.log)?);
+        r.paused = false;
+        let url = format!("{}/health", r.url);
+        self.wait_health(&url, Some(i), Duration::from_secs(20))
+            .await
+    }
+
+    /// The pid of HA replica `i` while it runs.
+    pub fn replica_pid(&self, i: usize) -> Option<i32> {
+        self.replicas.get(i)?.child.as_ref()?.id().map(|p| p as i32)
+    }
+
+    /// Sends `signal` to HA replica `i`.
+    pub fn signal_replica(
+        &mut self,
+        i: usize,
+        signal: nix::sys::signal::Signal,
+    ) -> anyhow::Result<()> {
+        use nix::sys::signal::Signal;
+        let pid = self
+            .replica_pid(i)
+            .with_context(|| format!("orchestratord-{i} is not running"))?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)?;
+        match signal {
+            Signal::SIGSTOP => self.replicas[i].paused = true,
+            Signal::SIGCONT => self.replicas[i].paused = false,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// `kill -9` of HA replica `i`; waits until it is gone.
+    pub async fn kill_replica(&mut self, i: usize) -> anyhow::Result<()> {
+        let r = self.replicas.get_mut(i).context("no such replica")?;
+        let mut c = r
+            .child
+            .take()
+            .with_context(|| format!("orchestratord-{i} is not running"))?;
+        c.kill().await?;
+        r.paused = false;
+        Ok(())
+    }
+
+    /// SIGTERM to HA replica `i`; returns its exit status.
+    pub async fn terminate_replica(
+        &mut self,
+        i: usize,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        let r = self.replicas.get_mut(i).context("no such replica")?;
+        let mut c = r
+            .child
+            .take()
+            .with_context(|| format!("orchestratord-{i} is not running"))?;
+        if r.paused {
+            r.paused = false;
+            if let Some(pid) = c.id() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGCONT,
+                );
+            }
+        }
+        terminate(&mut c).await
+    }
+
+    /// Waits up to `timeout` for HA replica `i` to exit on its own (e.g. after stepping down) and
+    /// returns its status.
+    pub async fn wait_replica_exit(
+        &mut self,
+        i: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        let r = self.replicas.get_mut(i).context("no such replica")?;
+        let c = r
+            .child
+            .as_mut()
+            .with_context(|| format!("orchestratord-{i} is not running"))?;
+        let status = tokio::time::timeout(timeout, c.wait())
+            .await
+            .with_context(|| format!("orchestratord-{i} did not exit within {timeout:?}"))??;
+        r.child = None;
+        r.paused = false;
+        Ok(status)
+    }
+
+    /// What replica `i` says it is: `Some(true)` leader, `Some(false)` follower, `None` no answer
+    /// (down, paused, or not answering within a second). Its `GET /health` body's `role`
+    /// decides; without one, a non-503 answer on an authenticated route means leader.
+    pub async fn replica_is_leader(&self, i: usize) -> Option<bool> {
+        let r = self.replicas.get(i)?;
+        if r.child.is_none() || r.paused {
+            return None;
+        }
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(1))
+            .build()
+            .ok()?;
+        let health = http.get(format!("{}/health", r.url)).send().await.ok()?;
+        if !health.status().is_success() {
+            return None;
+        }
+        let body: serde_json::Value = health.json().await.unwrap_or_default();
+        if let Some(role) = body.get("role").and_then(|v| v.as_str()) {
+            return Some(role == "leader");
+        }
+        let pools = http.get(format!("{}/v2/pools", r.url)).send().await.ok()?;
+        Some(pools.status().as_u16() != 503)
+    }
+
+    /// The index of the leader of the HA group, once exactly one replica says it leads (polls
+    /// every 50 ms up to `timeout`).
+    pub async fn leader(&self, timeout: Duration) -> anyhow::Result<usize> {
+        anyhow::ensure!(!self.replicas.is_empty(), "this stack is not an HA group");
+        let until = Instant::now() + timeout;
+        loop {
+            let mut leaders = vec![];
+            for i in 0..self.replicas.len() {
+                if self.replica_is_leader(i).await == Some(true) {
+                    leaders.push(i);
+                }
+            }
+            if leaders.len() == 1 {
+                return Ok(leaders[0]);
+            }
+            if Instant::now() > until {
+                bail!("no single leader within {timeout:?} (leaders: {leaders:?})");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Starts another pool-managerd with its own pools; returns its index in `nodes`.
@@ -224,14 +566,14 @@ impl Stack {
             .join(format!("pool-managerd-{}.log", node.node_id));
         let engine = engine_toml(&node.engine);
         let mut text = format!(
-            "[node]\nid = {id:?}\nmachine_id = {id:?}\n[server]\nbind = \"127.0.0.1:{port}\"\n[orchestrator]\nurl = {url:?}\n[heartbeat]\ninterval_ms = {hi}\n\
+            "[node]\nid = {id:?}\nmachine_id = {id:?}\n[server]\nbind = \"127.0.0.1:{port}\"\n[orchestrator]\n{orch}[heartbeat]\ninterval_ms = {hi}\n\
              [cache]\nengines_dir = {engines:?}\nmodels_dir = {models:?}\nrun_dir = {run:?}\n[handoff]\ndir = {handoff:?}\n[engine]\nstart_timeout_ms = 60000\n{keys}[engines.default]\n{engine}\n",
             models = self.spec.dir.join("models").display().to_string(),
             handoff = self.spec.dir.join(format!("handoff-{}", node.node_id)).display().to_string(),
             run = self.spec.dir.join("run").display().to_string(),
             keys = node.engine_keys,
             id = node.node_id,
-            url = self.orchd_url,
+            orch = self.orchestrator_toml(),
             hi = self.spec.heartbeat_interval_ms,
             engines = self.spec.engines_dir.display().to_string(),
         );
@@ -314,6 +656,16 @@ impl Stack {
     }
 
     async fn wait_http(&mut self, url: &str, timeout: Duration) -> anyhow::Result<()> {
+        self.wait_health(url, None, timeout).await
+    }
+
+    /// Waits for `url` to answer 2xx while the orchestratord (HA: replica `replica`) runs.
+    async fn wait_health(
+        &mut self,
+        url: &str,
+        replica: Option<usize>,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
         let until = Instant::now() + timeout;
         let http = reqwest::Client::new();
         loop {
@@ -325,12 +677,16 @@ impl Stack {
             {
                 return Ok(());
             }
-            if let Some(c) = self.orchd.as_mut() {
+            let (child, log) = match replica {
+                Some(i) => {
+                    let r = &mut self.replicas[i];
+                    (r.child.as_mut(), &r.log)
+                }
+                None => (self.orchd.as_mut(), &self.orchd_log),
+            };
+            if let Some(c) = child {
                 if let Ok(Some(status)) = c.try_wait() {
-                    bail!(
-                        "orchestratord exited ({status}); see {}",
-                        self.orchd_log.display()
-                    );
+                    bail!("orchestratord exited ({status}):\n{}", tail(log, 15));
                 }
             }
             if Instant::now() > until {
@@ -415,6 +771,13 @@ impl Stack {
             self.orchd = None;
             return Some((Daemon::Orchestratord, status));
         }
+        for (i, r) in self.replicas.iter_mut().enumerate() {
+            if let Some(Ok(Some(status))) = r.child.as_mut().map(|c| c.try_wait()) {
+                r.child = None;
+                r.paused = false;
+                return Some((Daemon::Replica(i), status));
+            }
+        }
         if let Some(Ok(Some(status))) = self.pool_managerd.as_mut().map(|c| c.try_wait()) {
             self.pool_managerd = None;
             return Some((Daemon::PoolManagerd, status));
@@ -439,6 +802,7 @@ impl Stack {
                 .await
             }
             Daemon::PoolManagerd => self.start_pool_managerd(),
+            Daemon::Replica(i) => self.start_replica(i).await,
         }
     }
 
@@ -447,6 +811,11 @@ impl Stack {
         match daemon {
             Daemon::Orchestratord => &self.orchd_log,
             Daemon::PoolManagerd => &self.pm_log,
+            Daemon::Replica(i) => self
+                .replicas
+                .get(i)
+                .map(|r| r.log.as_path())
+                .unwrap_or(&self.orchd_log),
         }
     }
 
@@ -471,11 +840,28 @@ impl Stack {
         if let Some(mut c) = self.orchd.take() {
             terminate(&mut c).await?;
         }
+        for i in 0..self.replicas.len() {
+            if self.replicas[i].child.is_some() {
+                self.terminate_replica(i).await?;
+            }
+        }
+        if let Some((admin, db)) = self
+            .spec
+            .ha
+            .as_mut()
+            .and_then(|h| h.drop_on_shutdown.take())
+        {
+            psql(
+                &admin,
+                &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
+            )?;
+        }
         Ok(())
     }
 
     pub fn log_files(&self) -> Vec<PathBuf> {
         let mut v = vec![self.orchd_log.clone(), self.pm_log.clone()];
+        v.extend(self.replicas.iter().skip(1).map(|r| r.log.clone()));
         v.extend(self.nodes.iter().map(|n| n.log.clone()));
         v
     }
@@ -493,20 +879,47 @@ fn engine_toml(e: &EngineChoice) -> String {
     }
 }
 
-fn pool_managerd_toml(spec: &StackSpec, orchd_url: &str) -> String {
+/// orchestratord's config: its state folder, bind, heartbeats, `state` (the HA `[state]` table or
+/// nothing) and the spec's extra TOML.
+fn orchd_toml(spec: &StackSpec, state_dir: &Path, port: u16, state: &str) -> String {
+    format!(
+        "state_dir = {dir:?}\n[server]\nbind = \"127.0.0.1:{port}\"\n[nodes]\nheartbeat_interval_ms = {hi}\nheartbeat_timeout_ms = {ht}\n{state}{extra}\n",
+        dir = state_dir,
+        hi = spec.heartbeat_interval_ms,
+        ht = spec.heartbeat_timeout_ms,
+        extra = spec.orchd_extra
+    )
+}
+
+/// The keys of pool-managerd's `[orchestrator]` table for these orchestratord URLs.
+fn orchestrator_toml(urls: &[String]) -> String {
+    match urls {
+        [one] => format!("url = {one:?}\n"),
+        many => format!(
+            "urls = [{}]\n",
+            many.iter()
+                .map(|u| format!("{u:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+fn pool_managerd_toml(spec: &StackSpec, orchd_urls: &[String]) -> String {
     let engine = engine_toml(&spec.engine);
     let threads = spec
         .threads
         .map(|t| format!("threads = {t}\n"))
         .unwrap_or_default();
     format!(
-        "[node]\nid = {node:?}\n[server]\nbind = \"127.0.0.1:{wport}\"\n[orchestrator]\nurl = {orchd_url:?}\n{reg}[heartbeat]\ninterval_ms = {hi}\n\
+        "[node]\nid = {node:?}\n[server]\nbind = \"127.0.0.1:{wport}\"\n[orchestrator]\n{orch}{reg}[heartbeat]\ninterval_ms = {hi}\n\
          [cache]\nengines_dir = {engines:?}\nrun_dir = {run:?}\n[engine]\n{threads}[engines.default]\n{engine}\n\
          [handoff]\ndir = {handoff:?}\n\
          [[pools]]\nid = {pool:?}\nmodel_ref = {mref:?}\nmodel_id = {mid:?}\nctx = {ctx}\nslots = {slots}\ndevices = {devices:?}\ngpu_policy = {policy:?}\n{extra}\n",
         handoff = spec.dir.join("handoff").display().to_string(),
         run = spec.dir.join("run").display().to_string(),
         node = spec.node_id,
+        orch = orchestrator_toml(orchd_urls),
         reg = spec.registration_token.as_ref().map(|t| format!("registration_token = {t:?}\n")).unwrap_or_default(),
         wport = spec.worker_port,
         hi = spec.heartbeat_interval_ms,
@@ -571,4 +984,38 @@ pub fn tail(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_url_gets_its_database_replaced() {
+        let u = "postgres://llorch:llorch@127.0.0.1:5432/postgres";
+        assert_eq!(
+            with_database(u, "ha_1").ok().as_deref(),
+            Some("postgres://llorch:llorch@127.0.0.1:5432/ha_1")
+        );
+        assert_eq!(
+            with_database("postgres://h:1?sslmode=disable", "x")
+                .ok()
+                .as_deref(),
+            Some("postgres://h:1/x?sslmode=disable")
+        );
+        assert!(with_database("not a url", "x").is_err());
+        assert!(ensure_database(u, "Robert'); DROP").is_err());
+    }
+
+    #[test]
+    fn pool_managerd_names_one_orchestratord_or_the_group() {
+        assert_eq!(
+            orchestrator_toml(&["http://a:1".into()]),
+            "url = \"http://a:1\"\n"
+        );
+        assert_eq!(
+            orchestrator_toml(&["http://a:1".into(), "http://b:2".into()]),
+            "urls = [\"http://a:1\", \"http://b:2\"]\n"
+        );
+    }
 }

@@ -1,5 +1,7 @@
 //! `llorch up`: the whole stack on this machine with the default small model, a first haiku
-//! streamed to the terminal, then serving until Ctrl-C.
+//! streamed to the terminal, then serving until Ctrl-C. `--ha` runs an HA group instead of one
+//! orchestratord: Postgres (set up as scripts/postgres.sh does, or `--state-url`) and `--replicas`
+//! orchestratord on consecutive ports, every one supervised.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -8,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use llorch::haiku::{self, HaikuOptions};
-use llorch::stack::{EngineChoice, Stack, StackSpec};
+use llorch::stack::{Daemon, EngineChoice, HaSpec, Stack, StackSpec};
 
 #[derive(Args)]
 pub struct UpArgs {
@@ -35,6 +37,22 @@ pub struct UpArgs {
     /// Skip the first haiku.
     #[arg(long)]
     no_haiku: bool,
+    /// High availability: several orchestratord (ports --port, --port+1, ...) sharing one Postgres
+    /// database, pool-managerd following the leader; kill one and the others take over.
+    #[arg(long)]
+    ha: bool,
+    /// With --ha: how many orchestratord.
+    #[arg(long, default_value_t = 2, requires = "ha")]
+    replicas: usize,
+    /// With --ha: the Postgres database to share (default: a local server set up like
+    /// scripts/postgres.sh, database `llorch_up`).
+    #[arg(
+        long,
+        env = "LLORCH_STATE_URL",
+        hide_env_values = true,
+        requires = "ha"
+    )]
+    state_url: Option<String>,
 }
 
 pub async fn run(a: UpArgs) -> anyhow::Result<()> {
@@ -90,14 +108,50 @@ pub async fn run(a: UpArgs) -> anyhow::Result<()> {
     spec.threads = a.threads;
     spec.heartbeat_interval_ms = 2000;
     spec.heartbeat_timeout_ms = 10_000;
+    if a.ha {
+        anyhow::ensure!(a.replicas >= 1, "--replicas must be at least 1");
+        let state_url = match a.state_url.clone() {
+            Some(u) => u,
+            None => {
+                eprintln!("[up] setting up Postgres (as scripts/postgres.sh does)");
+                let admin = tokio::task::spawn_blocking(llorch::stack::ensure_postgres).await??;
+                llorch::stack::ensure_database(&admin, "llorch_up")?
+            }
+        };
+        spec.ha = Some(HaSpec {
+            replicas: a.replicas,
+            state_url,
+            lease_ms: 1500,
+            ports: (0..a.replicas as u16).map(|k| a.port + k).collect(),
+            drop_on_shutdown: None,
+        });
+    }
     let mut stack = Stack::start(spec).await.context("starting the stack")?;
-    eprintln!(
-        "[up] orchestratord at {} (log {}), pool-managerd at {} (log {})",
-        stack.orchd_url,
-        stack.orchd_log.display(),
-        stack.worker_url,
-        stack.pm_log.display()
-    );
+    if stack.replicas.is_empty() {
+        eprintln!(
+            "[up] orchestratord at {} (log {}), pool-managerd at {} (log {})",
+            stack.orchd_url,
+            stack.orchd_log.display(),
+            stack.worker_url,
+            stack.pm_log.display()
+        );
+    } else {
+        for (i, r) in stack.replicas.iter().enumerate() {
+            eprintln!(
+                "[up] orchestratord-{i} at {} (log {})",
+                r.url,
+                r.log.display()
+            );
+        }
+        if let Ok(i) = stack.leader(Duration::from_secs(20)).await {
+            eprintln!("[up] orchestratord-{i} leads");
+        }
+        eprintln!(
+            "[up] pool-managerd at {} (log {})",
+            stack.worker_url,
+            stack.pm_log.display()
+        );
+    }
     let ready = stack
         .wait_ready(Duration::from_secs(900), &mut |s| eprintln!("[up] {s}"))
         .await;
@@ -108,16 +162,23 @@ pub async fn run(a: UpArgs) -> anyhow::Result<()> {
     if !a.no_haiku {
         first_haiku(&stack, &a.model_id, &dir).await;
     }
+    // The first URL of an HA group for the examples; any of them answers or names the leader.
+    let url = stack.orchestratord_urls()[0].clone();
     println!();
     println!("llama-orch is serving at {}", stack.orchd_url);
-    println!("Dashboard: {}/ui/", stack.orchd_url);
+    if !stack.replicas.is_empty() {
+        println!(
+            "HA group: a follower answers 503 NOT_LEADER naming the leader; llorch follows it with\n  export LLORCH_URL={}",
+            stack.orchd_url
+        );
+    }
+    println!("Dashboard: {url}/ui/");
     println!("Try it:");
     println!(
         "  curl -s -X POST {url}/v2/tasks -H 'content-type: application/json' \\\n    -d '{{\"model_ref\":\"{m}\",\"messages\":[{{\"role\":\"user\",\"content\":\"Write a haiku about the sea.\"}}],\"max_tokens\":64}}'",
-        url = stack.orchd_url,
         m = a.model_id
     );
-    println!("  curl -sN {}/v2/tasks/<task_id>/events", stack.orchd_url);
+    println!("  curl -sN {url}/v2/tasks/<task_id>/events");
     println!("Press Ctrl-C to stop.");
     supervise(&mut stack).await;
     eprintln!("\n[up] stopping pool-managerd and orchestratord");
@@ -150,13 +211,17 @@ async fn first_haiku(stack: &Stack, model: &str, dir: &std::path::Path) {
     }
 }
 
+/// orchestratord's exit status after it stepped down (HA: it found its lease taken after a pause).
+const STEPPED_DOWN: i32 = 3;
+
 /// Serves until Ctrl-C or SIGTERM. A daemon that exits is reported (which one, its exit status,
 /// the last lines of its log) and started again after a backoff that doubles for each exit
-/// within a minute of the last restart (1 s up to 30 s).
+/// within a minute of the last restart (1 s up to 30 s). An HA orchestratord that stepped down
+/// (exit status 3) is started again at once, as a follower.
 async fn supervise(stack: &mut Stack) {
     let mut signal = std::pin::pin!(wait_for_signal());
-    let mut backoff = [Duration::from_secs(1); 2];
-    let mut last_restart = [None::<std::time::Instant>; 2];
+    let mut backoff = std::collections::HashMap::<Daemon, Duration>::new();
+    let mut last_restart = std::collections::HashMap::<Daemon, std::time::Instant>::new();
     loop {
         tokio::select! {
             _ = &mut signal => return,
@@ -165,26 +230,38 @@ async fn supervise(stack: &mut Stack) {
         let Some((daemon, status)) = stack.exited() else {
             continue;
         };
-        let k = daemon as usize;
-        eprintln!(
-            "[up] {daemon} exited ({status}); last lines of {}:\n{}",
-            stack.log_of(daemon).display(),
-            llorch::stack::tail(stack.log_of(daemon), 10)
-        );
-        if last_restart[k]
-            .is_some_and(|t: std::time::Instant| t.elapsed() < Duration::from_secs(60))
-        {
-            backoff[k] = (backoff[k] * 2).min(Duration::from_secs(30));
+        let stepped_down =
+            matches!(daemon, Daemon::Replica(_)) && status.code() == Some(STEPPED_DOWN);
+        if stepped_down {
+            eprintln!("[up] {daemon} stepped down (another orchestratord leads); restarting it as a follower");
         } else {
-            backoff[k] = Duration::from_secs(1);
+            eprintln!(
+                "[up] {daemon} exited ({status}); last lines of {}:\n{}",
+                stack.log_of(daemon).display(),
+                llorch::stack::tail(stack.log_of(daemon), 10)
+            );
         }
+        let recent = last_restart
+            .get(&daemon)
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(60));
+        let b = backoff.entry(daemon).or_insert(Duration::from_secs(1));
+        *b = if stepped_down {
+            Duration::ZERO
+        } else if recent {
+            (*b * 2).clamp(Duration::from_secs(1), Duration::from_secs(30))
+        } else {
+            Duration::from_secs(1)
+        };
         loop {
-            eprintln!("[up] restarting {daemon} in {} s", backoff[k].as_secs());
+            let wait = backoff[&daemon];
+            if !wait.is_zero() {
+                eprintln!("[up] restarting {daemon} in {} s", wait.as_secs());
+            }
             tokio::select! {
                 _ = &mut signal => return,
-                _ = tokio::time::sleep(backoff[k]) => {}
+                _ = tokio::time::sleep(wait) => {}
             }
-            last_restart[k] = Some(std::time::Instant::now());
+            last_restart.insert(daemon, std::time::Instant::now());
             match stack.respawn(daemon).await {
                 Ok(()) => {
                     eprintln!("[up] {daemon} restarted; serving at {}", stack.orchd_url);
@@ -192,7 +269,8 @@ async fn supervise(stack: &mut Stack) {
                 }
                 Err(e) => {
                     eprintln!("[up] {daemon} did not come back: {e:#}");
-                    backoff[k] = (backoff[k] * 2).min(Duration::from_secs(30));
+                    let b = backoff.entry(daemon).or_default();
+                    *b = (*b * 2).clamp(Duration::from_secs(1), Duration::from_secs(30));
                 }
             }
         }

@@ -9,6 +9,7 @@ mod catalog_cli;
 mod cli;
 mod faults;
 mod fixtures;
+mod ha;
 mod happy;
 mod nodes;
 mod observe;
@@ -192,6 +193,25 @@ fn scenarios() -> Vec<(&'static str, bool, Scenario)> {
         }),
         ("ui_dashboard_in_a_real_browser", true, |a| {
             Box::pin(ui::dashboard(a))
+        }),
+        ("ha_leader_killed_mid_stream", true, |a| {
+            Box::pin(ha::leader_killed_mid_stream(a))
+        }),
+        ("ha_queue_survives", true, |a| {
+            Box::pin(ha::queue_survives(a))
+        }),
+        ("ha_idempotent_submit_across_failover", true, |a| {
+            Box::pin(ha::idempotent_submit_across_failover(a))
+        }),
+        ("ha_paused_leader_is_fenced", true, |a| {
+            Box::pin(ha::paused_leader_is_fenced(a))
+        }),
+        ("ha_full_outage", true, |a| Box::pin(ha::full_outage(a))),
+        ("ha_planned_failover", true, |a| {
+            Box::pin(ha::planned_failover(a))
+        }),
+        ("ha_catalog_survives", true, |a| {
+            Box::pin(ha::catalog_survives(a))
         }),
     ]
 }
