@@ -78,7 +78,7 @@
   }
 
   // Server-sent events over fetch (EventSource cannot send the Authorization header).
-  async function sse(path, { signal, lastId, onEvent }) {
+  async function sse(path, { signal, lastId, onEvent, onOpen }) {
     const headers = authHeaders();
     if (lastId !== null && lastId !== undefined) headers['last-event-id'] = String(lastId);
     const r = await fetch(path, { headers, signal });
@@ -88,6 +88,7 @@
       if (r.status === 401) needToken(env.message);
       throw new ApiError(r.status, env);
     }
+    if (onOpen) onOpen();
     const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
     let buf = '';
     for (;;) {
@@ -166,7 +167,9 @@
     el.className = cls || '';
   }
 
-  async function follow() {
+  // `opened` is called once the first subscription is in place, so lists read after it miss no
+  // change (a change between reading the lists and subscribing would otherwise be lost).
+  async function follow(opened) {
     const ctl = new AbortController();
     S.events = ctl;
     while (!ctl.signal.aborted) {
@@ -174,6 +177,7 @@
         setConn('live', 'live');
         await sse('/v2/events', {
           signal: ctl.signal, lastId: S.lastEventId,
+          onOpen: () => { if (opened) { const f = opened; opened = null; f(); } },
           onEvent: (e) => {
             if (e.id !== null && e.id !== '') S.lastEventId = e.id;
             try { apply(JSON.parse(e.data)); } catch (_) { /* a frame we do not know */ }
@@ -233,13 +237,15 @@
   async function start() {
     document.getElementById('login').classList.add('hidden');
     main().classList.remove('hidden');
+    // Subscribe to the events first, then read the lists (waiting at most 3 s for the stream).
+    const opened = new Promise((resolve) => follow(resolve));
     try {
+      await Promise.race([opened, sleep(3000)]);
       await loadAll();
     } catch (e) {
       if (e instanceof ApiError && e.status === 401) return;
       setConn('error: ' + e.message, 'down');
     }
-    follow();
     route();
   }
 
