@@ -181,6 +181,33 @@ async fn read_all(
     r
 }
 
+/// Submits each request and reads its stream to the end in a task of its own; returns once one
+/// stream has `tokens` token frames (the moment to break something), with the readers.
+async fn start_readers(
+    client: &client::Client,
+    reqs: &[TaskRequest],
+    tokens: usize,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<Read>>> {
+    let started = std::sync::Arc::new(tokio::sync::Notify::new());
+    let mut readers = vec![];
+    for req in reqs {
+        let adm = client.submit(req).await?.body;
+        let (client, started) = (client.clone(), started.clone());
+        readers.push(tokio::spawn(async move {
+            read_all(&client, adm.task_id, &adm.streams.sse_verbose, |n| {
+                if n == tokens {
+                    started.notify_one();
+                }
+            })
+            .await
+        }));
+    }
+    tokio::time::timeout(DEADLINE, started.notified())
+        .await
+        .with_context(|| format!("no stream reached {tokens} tokens"))?;
+    Ok(readers)
+}
+
 /// Submits `req` and reads its verbose stream to the end (no failover expected): the reference.
 async fn reference(client: &client::Client, req: &TaskRequest) -> anyhow::Result<String> {
     let adm = client.submit(req).await?.body;
@@ -223,23 +250,7 @@ pub async fn leader_killed_mid_stream(a: Assets) -> anyhow::Result<()> {
         let model = stack.spec.model_id.clone();
         let leader = stack.leader(DEADLINE).await?;
         let reqs: Vec<TaskRequest> = (0..20).map(|s| counting(&model, 10 * s + 1, 24)).collect();
-        let started = std::sync::Arc::new(tokio::sync::Notify::new());
-        let mut readers = vec![];
-        for req in &reqs {
-            let adm = client.submit(req).await?.body;
-            let (client, started) = (client.clone(), started.clone());
-            readers.push(tokio::spawn(async move {
-                read_all(&client, adm.task_id, &adm.streams.sse_verbose, |n| {
-                    if n == 3 {
-                        started.notify_one();
-                    }
-                })
-                .await
-            }));
-        }
-        tokio::time::timeout(DEADLINE, started.notified())
-            .await
-            .context("no stream reached 3 tokens")?;
+        let readers = start_readers(&client, &reqs, 3).await?;
         let killed = Instant::now();
         stack.kill_replica(leader).await?;
         let (now, took) = new_leader(&stack, killed).await?;
@@ -434,23 +445,7 @@ pub async fn paused_leader_is_fenced(a: Assets) -> anyhow::Result<()> {
         let model = stack.spec.model_id.clone();
         let old = stack.leader(DEADLINE).await?;
         let reqs: Vec<TaskRequest> = (0..3).map(|s| counting(&model, 100 * s + 1, 16)).collect();
-        let started = std::sync::Arc::new(tokio::sync::Notify::new());
-        let mut readers = vec![];
-        for req in &reqs {
-            let adm = client.submit(req).await?.body;
-            let (client, started) = (client.clone(), started.clone());
-            readers.push(tokio::spawn(async move {
-                read_all(&client, adm.task_id, &adm.streams.sse_verbose, |n| {
-                    if n == 2 {
-                        started.notify_one();
-                    }
-                })
-                .await
-            }));
-        }
-        tokio::time::timeout(DEADLINE, started.notified())
-            .await
-            .context("no stream reached 2 tokens")?;
+        let readers = start_readers(&client, &reqs, 2).await?;
         let paused = Instant::now();
         stack.signal_replica(old, Signal::SIGSTOP)?;
         let (now, took) = new_leader(&stack, paused).await?;
@@ -598,23 +593,7 @@ pub async fn planned_failover(a: Assets) -> anyhow::Result<()> {
         let model = stack.spec.model_id.clone();
         let old = stack.leader(DEADLINE).await?;
         let reqs: Vec<TaskRequest> = (0..4).map(|s| counting(&model, 50 * s + 3, 20)).collect();
-        let started = std::sync::Arc::new(tokio::sync::Notify::new());
-        let mut readers = vec![];
-        for req in &reqs {
-            let adm = client.submit(req).await?.body;
-            let (client, started) = (client.clone(), started.clone());
-            readers.push(tokio::spawn(async move {
-                read_all(&client, adm.task_id, &adm.streams.sse_verbose, |n| {
-                    if n == 2 {
-                        started.notify_one();
-                    }
-                })
-                .await
-            }));
-        }
-        tokio::time::timeout(DEADLINE, started.notified())
-            .await
-            .context("no stream reached 2 tokens")?;
+        let readers = start_readers(&client, &reqs, 2).await?;
         let term = Instant::now();
         let status = stack.terminate_replica(old).await?;
         ensure!(status.success(), "the old leader exited with {status}");

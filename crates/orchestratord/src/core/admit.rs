@@ -152,10 +152,7 @@ impl<E: Effects> Core<E> {
             queue_position: position,
             predicted_start_ms: predicted,
             backoff_ms: 0,
-            streams: api::task::Streams {
-                sse: format!("/v2/tasks/{id}/events"),
-                sse_verbose: format!("/v2/tasks/{id}/events?verbose=true"),
-            },
+            streams: streams_of(id),
             preparation: Preparation::default(),
         };
         if let Some(d) = v.deadline_ms {
@@ -232,10 +229,7 @@ impl<E: Effects> Core<E> {
             queue_position: t.announced_position.unwrap_or(0),
             predicted_start_ms: t.admission_predicted_ms,
             backoff_ms: 0,
-            streams: api::task::Streams {
-                sse: format!("/v2/tasks/{id}/events"),
-                sse_verbose: format!("/v2/tasks/{id}/events?verbose=true"),
-            },
+            streams: streams_of(id),
             preparation: Preparation::default(),
         };
         Some((resp, t.log.clone()))
@@ -384,6 +378,14 @@ impl<E: Effects> Core<E> {
                 }));
             }
         }
+    }
+}
+
+/// A task's stream URLs in its 202.
+fn streams_of(id: TaskId) -> api::task::Streams {
+    api::task::Streams {
+        sse: format!("/v2/tasks/{id}/events"),
+        sse_verbose: format!("/v2/tasks/{id}/events?verbose=true"),
     }
 }
 

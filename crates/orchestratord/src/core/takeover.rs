@@ -49,11 +49,7 @@ impl<E: Effects> Core<E> {
                 pool: t.pool.clone(),
                 attempt: t.attempts,
                 prefix: dispatched.then(|| frames_json(&t.log.read_from(0).0)),
-                terminal: state
-                    .is_terminal()
-                    .then(|| t.log.read_from(0).0.pop())
-                    .flatten()
-                    .map(|f| frames_json(&[f])),
+                terminal: t.log.terminal().map(|(_, f)| frames_json(&[f])),
                 updated_ms: now_ms,
             });
         }
@@ -126,12 +122,7 @@ impl<E: Effects> Core<E> {
             if done && attached.is_none() {
                 // It never ran (canceled or failed while queued): its frames are all stored.
                 let Some(last) = s.terminal else { continue };
-                log.append(last.clone());
-                entry.life.run(Stamp::at(now));
-                entry.life.finish(outcome_of(&last), Stamp::at(now));
-                if let api::events::Event::Error(e) = &last {
-                    entry.error = Some(e.clone());
-                }
+                entry.end_with_stored(last, now);
                 self.journal.restored(id, s.state, s.attempt, None);
                 self.tasks.insert(id, entry);
                 self.tasks.finished(id);
@@ -251,14 +242,7 @@ impl<E: Effects> Core<E> {
         let running = t.state() == TaskState::Running;
         match t.restore_final.take() {
             Some(last) => {
-                if !running {
-                    t.life.run(Stamp::at(now));
-                }
-                t.log.append(last.clone());
-                t.life.finish(outcome_of(&last), Stamp::at(now));
-                if let api::events::Event::Error(e) = &last {
-                    t.error = Some(e.clone());
-                }
+                t.end_with_stored(last, now);
                 self.tasks.finished(id);
                 self.bus.mark_task(id);
                 self.journal.touch(id);
@@ -273,6 +257,20 @@ impl<E: Effects> Core<E> {
     /// Restored tasks still waiting for their pool (tests).
     pub fn restoring(&self) -> usize {
         self.restoring.len()
+    }
+}
+
+impl TaskEntry {
+    /// Ends the task with `last`, the terminal frame a previous leader stored.
+    fn end_with_stored(&mut self, last: api::events::Event, now: Instant) {
+        if self.state() != TaskState::Running {
+            self.life.run(Stamp::at(now));
+        }
+        self.life.finish(outcome_of(&last), Stamp::at(now));
+        if let api::events::Event::Error(e) = &last {
+            self.error = Some(e.clone());
+        }
+        self.log.append(last);
     }
 }
 

@@ -61,6 +61,15 @@ impl TaskLog {
         )
     }
 
+    /// When the log is closed: its length and its terminal frame.
+    pub fn terminal(&self) -> Option<(usize, Event)> {
+        let frames = self.frames.lock().unwrap_or_else(|e| e.into_inner());
+        frames
+            .last()
+            .filter(|f| f.is_terminal())
+            .map(|f| (frames.len(), f.clone()))
+    }
+
     pub fn len(&self) -> usize {
         self.frames.lock().unwrap_or_else(|e| e.into_inner()).len()
     }

@@ -206,11 +206,8 @@ pub async fn events(
     // A resume past the end of a finished log still gets the terminal frame, under the next id
     // the client expects: after an HA takeover that could not reattach a task, the new leader's
     // log is shorter than what the client read from its predecessor.
-    let (all, closed) = log.read_from(0);
-    if closed && from >= all.len() {
-        if let Some(last) = all.last() {
-            return Ok(sse_response(Body::from(frame(from, last))));
-        }
+    if let Some((_, last)) = log.terminal().filter(|(len, _)| from >= *len) {
+        return Ok(sse_response(Body::from(frame(from, &last))));
     }
     let sub = Subscription::new(log, app.core.clone(), id, !observe);
     let stream = futures::stream::unfold((sub, from, false), move |(sub, mut next, done)| {
