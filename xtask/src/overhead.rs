@@ -209,7 +209,11 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     };
     let clock = CpuClock::new()?;
     let client = client::Client::new(&stack.orchd_url, None)?;
-    let http = reqwest::Client::new();
+    // A fresh connection per request, as pool-managerd does (ENGINE.md §8.14: the engine may
+    // close a reused keep-alive connection before it answers).
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()?;
     let paths = Paths {
         client: &client,
         http: &http,

@@ -285,7 +285,31 @@ pub fn bin_dir() -> anyhow::Result<PathBuf> {
     bail!("orchestratord and pool-managerd were not found next to {}; build them first (cargo build --bins)", exe.display())
 }
 
+/// A loopback port that nothing listens on now, for a daemon to bind.
+///
+/// The port comes from below the kernel's ephemeral range (`ip_local_port_range`), walked from a
+/// per-process offset: a port that `bind(0)` handed out and that was released again could be
+/// taken as the source port of any outgoing connection before the daemon binds it (seen in CI as
+/// "Address already in use"); ports below the range are never handed out that way, and within
+/// one process no port is handed out twice.
 pub fn free_port() -> anyhow::Result<u16> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 10_000;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    if ephemeral_low > LOW + 1_000 {
+        let span = ephemeral_low - LOW;
+        let offset = std::process::id().wrapping_mul(7_919) % span;
+        for _ in 0..span {
+            let port = LOW + (offset + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+            if std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+                return Ok(port as u16);
+            }
+        }
+    }
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
