@@ -348,6 +348,7 @@ fn decision_latency(nodes: usize, streams: usize) -> anyhow::Result<()> {
         fn abort_dispatch(&mut self, _: api::TaskId) {}
         fn cancel_on_worker(&mut self, _: CancelJob) {}
         fn timer(&mut self, _: Duration, _: Timer) {}
+        fn tokenize(&mut self, _: orchestratord::core::TokenizeJob) {}
     }
     let mut cfg = orchestratord::config::RawConfig::default()
         .validate(std::path::Path::new("/tmp"))
@@ -419,6 +420,7 @@ fn prefix_decision_latency(nodes: usize, streams: usize) -> anyhow::Result<()> {
         fn abort_dispatch(&mut self, _: api::TaskId) {}
         fn cancel_on_worker(&mut self, _: CancelJob) {}
         fn timer(&mut self, _: Duration, _: Timer) {}
+        fn tokenize(&mut self, _: orchestratord::core::TokenizeJob) {}
     }
     let mut cfg = orchestratord::config::RawConfig::default()
         .validate(std::path::Path::new("/tmp"))

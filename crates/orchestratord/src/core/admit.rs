@@ -182,11 +182,7 @@ impl<E: Effects> Core<E> {
                 deadline,
             ),
         );
-        if self.cfg.strategy == crate::config::Strategy::CacheAware {
-            if let Some(t) = self.tasks.get_mut(&id) {
-                t.prefix_key = super::prefix::key(&super::prefix::request_text(&t.v.input));
-            }
-        }
+        self.ask_prompt_ids(id);
         self.metrics.inc(
             m::TASKS_ENQUEUED,
             labels(&[
@@ -455,10 +451,10 @@ impl TaskEntry {
             resume_from: None,
             migrated_from: None,
             carried_first_token: None,
+            prompt_ids: super::tokenize::PromptIds::None,
             prefix_key: Vec::new(),
             predicted_cached: 0,
             predicted_slot: None,
-            gen_text: String::new(),
             tokens_cached: None,
             restore_pool: None,
             restored_attempt: None,

@@ -30,6 +30,7 @@ pub mod task_table;
 pub mod tasklog;
 pub mod tasks;
 pub mod tenants;
+pub mod tokenize;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -60,6 +61,20 @@ pub trait Effects {
     fn cancel_on_worker(&mut self, job: CancelJob);
     /// Call back with `timer` after `after`.
     fn timer(&mut self, after: Duration, timer: Timer);
+    /// Ask a worker for a task's prompt token ids; the answer comes back as
+    /// [`Core::on_tokenized`].
+    fn tokenize(&mut self, job: TokenizeJob);
+}
+
+/// A worker's tokenize route, called for one queued task (cache-aware placement).
+#[derive(Debug, Clone)]
+pub struct TokenizeJob {
+    pub task: TaskId,
+    pub address: String,
+    pub token: Secret,
+    pub pool_id: PoolId,
+    pub correlation_id: CorrelationId,
+    pub body: api::worker::TokenizeRequest,
 }
 
 #[derive(Debug, Clone)]
@@ -124,6 +139,8 @@ impl std::fmt::Display for RelayEnd {
 pub enum Timer {
     Deadline(TaskId),
     DisconnectCheck(TaskId),
+    /// The task's prompt ids did not come within `placement.tokenize_timeout_ms`: place it by load.
+    TokenizeBound(TaskId),
 }
 
 /// Per-pool measurements for predictions (EWMA, α = 0.2).
@@ -187,13 +204,13 @@ pub struct TaskEntry {
     migrated_from: Option<(PoolId, &'static str)>,
     /// The first token's moment, kept across a migration's return to the queue.
     carried_first_token: Option<lifecycle::Stamp>,
-    /// The request's chained block hashes (cache-aware placement; empty under least-loaded).
+    /// The prompt's engine token ids (cache-aware placement).
+    prompt_ids: tokenize::PromptIds,
+    /// The chained block hashes of the known prompt ids (empty otherwise).
     prefix_key: Vec<u64>,
     /// Prompt tokens placement predicted the current attempt's engine holds, and its slot.
     predicted_cached: u64,
     predicted_slot: Option<u32>,
-    /// The generated text over all attempts (what the engine holds after the prompt).
-    gen_text: String,
     /// Prompt tokens the engine reused, from the worker's `end`.
     tokens_cached: Option<u64>,
     /// A task a new HA leader restored while its attempt ran: it is dispatched again, with the
@@ -393,10 +410,12 @@ impl<E: Effects> Core<E> {
             && t.deadline.is_none_or(|d| {
                 d.saturating_duration_since(now) > d.saturating_duration_since(t.admitted.at) / 2
             });
-        let saved: Vec<(PoolId, prefix::Match)> = if t.prefix_key.is_empty() {
-            Vec::new()
-        } else {
-            self.prefix.lookup(&t.prefix_key)
+        if self.tokenize_pending(t, now) {
+            return None;
+        }
+        let saved: Vec<(PoolId, prefix::Match)> = match (&t.prompt_ids, t.prefix_key.is_empty()) {
+            (tokenize::PromptIds::Known(ids), false) => self.prefix.lookup(&t.prefix_key, ids),
+            _ => Vec::new(),
         };
         let saved_tokens: Vec<(PoolId, u64)> =
             saved.iter().map(|(p, m)| (p.clone(), m.tokens)).collect();
@@ -432,14 +451,10 @@ impl<E: Effects> Core<E> {
             cache_aware.then_some(&hints),
         );
         let pool = choice.pool?;
-        let predicted = saved.iter().find(|(p, _)| p == pool).map_or(
-            prefix::Match {
-                bytes: 0,
-                tokens: 0,
-                slot: None,
-            },
-            |(_, m)| *m,
-        );
+        let predicted = saved
+            .iter()
+            .find(|(p, _)| p == pool)
+            .map_or(prefix::Match::default(), |(_, m)| *m);
         self.metrics.set(
             crate::metrics::PLACEMENT_CANDIDATES,
             vec![],

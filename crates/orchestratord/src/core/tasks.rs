@@ -480,9 +480,6 @@ impl<E: Effects> Core<E> {
                 if text.is_empty() {
                     return;
                 }
-                if !t.prefix_key.is_empty() {
-                    t.gen_text.push_str(&text);
-                }
                 t.ids_sent = t.gen_ids.len();
                 if t.life.first_token(Stamp::at(now)) {
                     self.bus.mark_task(id);
@@ -543,7 +540,7 @@ impl<E: Effects> Core<E> {
                 tokens_cached,
                 slot,
             } => {
-                self.cache_feedback(id, tokens_in, tokens_out, tokens_cached, slot);
+                self.cache_feedback(id, tokens_in, tokens_cached, slot);
                 let Some(t) = self.tasks.get_mut(&id) else {
                     return;
                 };
@@ -600,7 +597,6 @@ impl<E: Effects> Core<E> {
         &mut self,
         id: TaskId,
         tokens_in: u64,
-        tokens_out: u64,
         tokens_cached: Option<u64>,
         slot: Option<u32>,
     ) {
@@ -612,15 +608,22 @@ impl<E: Effects> Core<E> {
         if let Some(c) = tokens_cached {
             self.metrics.inc(m::PROMPT_TOKENS_CACHED, pl, c as f64);
         }
-        if t.prefix_key.is_empty() || t.resume_from.is_some() {
+        // A continuation's engine ran more than its prompt; it is not indexed.
+        let super::tokenize::PromptIds::Known(prompt) = &t.prompt_ids else {
+            return;
+        };
+        if t.resume_from.is_some() {
             return;
         }
+        let prompt = prompt.clone();
         if let Some(c) = tokens_cached {
             self.prefix
-                .correct(&pool, &t.prefix_key, t.predicted_cached, c);
+                .correct(&pool, &t.prefix_key, &prompt, t.predicted_cached, c);
         }
-        let request = super::prefix::request_text(&t.v.input);
-        let text = super::prefix::sequence_text(&t.v.input, &t.gen_text);
+        // The engine's slot holds the prompt and the generated ids (less the last); when some
+        // generated ids are unknown, the prompt alone is what is known to be there.
+        let generated: &[u32] = if t.resumable { &t.gen_ids } else { &[] };
+        let seq = super::prefix::sequence(&prompt, generated);
         if let Some(p) = self.registry.pool(&pool) {
             let cap = u64::from(p.status.slots_total.max(1)) * p.status.ctx_per_slot.max(1);
             self.prefix.set_capacity(
@@ -630,14 +633,7 @@ impl<E: Effects> Core<E> {
                 },
             );
         }
-        self.prefix.insert(
-            &pool,
-            slot,
-            &text,
-            tokens_in + tokens_out,
-            request.len(),
-            tokens_in,
-        );
+        self.prefix.insert(&pool, slot, seq);
     }
 
     /// The dispatch stream ended without a terminal line, or could not be opened.
@@ -1112,6 +1108,7 @@ impl<E: Effects> Core<E> {
     pub fn on_timer(&mut self, timer: Timer, now: Instant) {
         match timer {
             Timer::Deadline(id) => self.on_deadline(id, now),
+            Timer::TokenizeBound(id) => self.on_tokenize_bound(id, now),
             Timer::DisconnectCheck(id) => {
                 let Some(t) = self.tasks.get(&id) else { return };
                 if t.state() == TaskState::Running
