@@ -322,6 +322,11 @@ impl<E: Effects> Core<E> {
         self.prefix.len()
     }
 
+    /// Prompt tokens placement predicted a task's current attempt finds cached (benchmarks).
+    pub fn predicted_cached(&self, id: TaskId) -> u64 {
+        self.tasks.get(&id).map_or(0, |t| t.predicted_cached)
+    }
+
     /// The effects recorder or performer (tests read what the core asked for).
     pub fn effects(&self) -> &E {
         &self.effects
