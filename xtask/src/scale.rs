@@ -522,6 +522,7 @@ fn prefix_decision_latency(nodes: usize, streams: usize) -> anyhow::Result<()> {
     let held = core.prefix_sequences();
     let mut lat = Vec::with_capacity(streams);
     let mut hits = 0usize;
+    let mut lat_ids = Vec::with_capacity(streams);
     for i in 0..streams {
         let v = validate(None)?;
         let mut ids = question(i);
@@ -532,8 +533,10 @@ fn prefix_decision_latency(nodes: usize, streams: usize) -> anyhow::Result<()> {
             Ok((a, _)) => a.task_id,
             Err(e) => anyhow::bail!("submit {i} was refused: {e:?}"),
         };
+        let t1 = Instant::now();
         core.on_tokenized(task, Ok(ids), now);
         lat.push(t0.elapsed().as_secs_f64() * 1e6);
+        lat_ids.push(t1.elapsed().as_secs_f64() * 1e6);
         anyhow::ensure!(
             core.effects().dispatched.map(|d| d.0) == Some(task),
             "task {i} was not placed once its ids came"
@@ -544,6 +547,7 @@ fn prefix_decision_latency(nodes: usize, streams: usize) -> anyhow::Result<()> {
     }
     lat.sort_by(f64::total_cmp);
     let p = |q: f64| lat[((lat.len() - 1) as f64 * q) as usize];
-    println!("cache-aware decision latency (core::submit + on_tokenized, placement.strategy = \"cache-aware\", {nodes} pools, prefix index holding {held} sequences of token ids, up to {streams} running, {hits} of {streams} placed with a predicted prefix): median {:.1} µs, p99 {:.1} µs (target: median < 100 µs)", p(0.5), p(0.99));
+    lat_ids.sort_by(f64::total_cmp);
+    println!("cache-aware decision latency (core::submit + on_tokenized, placement.strategy = \"cache-aware\", {nodes} pools, prefix index holding {held} sequences of token ids, up to {streams} running, {hits} of {streams} placed with a predicted prefix): median {:.1} µs, p99 {:.1} µs (target: median < 100 µs); on_tokenized alone median {:.1} µs", p(0.5), p(0.99), lat_ids[lat_ids.len() / 2]);
     Ok(())
 }

@@ -95,7 +95,9 @@ pub async fn prompt_ids(
             client.apply_template(&msgs).await?
         }
         DispatchInput::Embed { .. } => {
-            return Err(EngineError::Protocol("embeddings have no prompt ids".into()))
+            return Err(EngineError::Protocol(
+                "embeddings have no prompt ids".into(),
+            ))
         }
     };
     client.tokenize(&text).await
@@ -113,5 +115,159 @@ fn engine_error(e: EngineError, pool: &api::PoolId) -> ErrorEnvelope {
         )
         .with_pool(pool)
         .with_retriable(true),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pools::{ModelInfo, PoolView};
+    use api::task::{Message, Role};
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use tower::ServiceExt;
+
+    const TOKEN: &str = "dispatch-token-dispatch-token-0123";
+
+    fn node(pools: &[Arc<crate::pools::Pool>]) -> Arc<Node> {
+        let set = crate::pools::PoolSet::default();
+        for p in pools {
+            set.insert(p.clone());
+        }
+        Arc::new(Node {
+            node_id: "n1".parse().unwrap(),
+            dispatch_token: daemon::secret::Secret::new(TOKEN),
+            idle_timeout: std::time::Duration::from_secs(5),
+            cancel_confirm: std::time::Duration::from_millis(200),
+            pools: Arc::new(set),
+            book: Default::default(),
+            frames: Arc::new(crate::frames::Frames::new(Default::default())),
+            tracker: Default::default(),
+            closing: Default::default(),
+        })
+    }
+
+    fn body(model: &str, input: DispatchInput, edit: impl FnOnce(&mut TokenizeRequest)) -> Vec<u8> {
+        let mut req = TokenizeRequest {
+            protocol_version: api::PROTOCOL_VERSION,
+            model: api::worker::DispatchModel {
+                id: model.parse().unwrap(),
+                digest: None,
+            },
+            input,
+        };
+        edit(&mut req);
+        serde_json::to_vec(&req).unwrap()
+    }
+
+    fn prompt() -> DispatchInput {
+        DispatchInput::Prompt {
+            prompt: "hi".into(),
+        }
+    }
+
+    async fn send(app: &Arc<Node>, pool: &str, body: Vec<u8>) -> (u16, ErrorEnvelope) {
+        let req = Request::builder()
+            .method("POST")
+            .uri(format!("/v2/pools/{pool}/tokenize"))
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .body(Body::from(body))
+            .unwrap();
+        let resp = crate::http::router(app.clone()).oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        assert_ne!(status, StatusCode::OK);
+        (status.as_u16(), serde_json::from_slice(&bytes).unwrap())
+    }
+
+    /// Every refusal is typed; none reaches an engine. (The answer of a real engine is checked in
+    /// the cluster scenario `cache_aware_worker_tokenize_matches_the_engine`.)
+    #[tokio::test]
+    async fn tokenize_refusals_are_typed() {
+        let (pool, _rx, view) = crate::pools::detached(crate::pools::test_spec("p1", 1));
+        let app = node(&[pool]);
+        let tools: api::tools::Tools = serde_json::from_value(serde_json::json!({
+            "tools": [{"type": "function", "function": {"name": "f"}}]
+        }))
+        .unwrap();
+        let cases = [
+            (
+                body("m1", prompt(), |r| r.protocol_version = 9),
+                "p1",
+                400,
+                ErrorCode::InvalidParams,
+                Some("protocol_version"),
+            ),
+            (
+                body(
+                    "m1",
+                    DispatchInput::Messages {
+                        messages: vec![Message::text(Role::User, "x")],
+                        tools: Some(tools),
+                    },
+                    |_| {},
+                ),
+                "p1",
+                400,
+                ErrorCode::InvalidParams,
+                Some("input"),
+            ),
+            (
+                body("m1", DispatchInput::Embed { input: vec![] }, |_| {}),
+                "p1",
+                400,
+                ErrorCode::InvalidParams,
+                Some("input"),
+            ),
+            (b"{".to_vec(), "p1", 400, ErrorCode::InvalidParams, None),
+            (
+                body("m1", prompt(), |_| {}),
+                "nope",
+                404,
+                ErrorCode::NotFound,
+                None,
+            ),
+            (
+                body("m1", prompt(), |_| {}),
+                "p1",
+                503,
+                ErrorCode::PoolUnready,
+                None,
+            ),
+        ];
+        for (b, pool, status, code, field) in cases {
+            let (s, env) = send(&app, pool, b).await;
+            assert_eq!(
+                (s, env.code, env.field.as_deref()),
+                (status, code, field),
+                "{}",
+                env.message
+            );
+        }
+        // Ready, serving m1, with an engine that is not there.
+        let mut snapshot = crate::pools::Snapshot::empty(1);
+        snapshot.state = api::node::PoolState::Ready;
+        snapshot.model = Some(ModelInfo {
+            id: "m1".parse().unwrap(),
+            model_ref: "file:/m1.gguf".into(),
+            path: "/m1.gguf".into(),
+            digest: None,
+            size_bytes: None,
+            metadata: None,
+        });
+        let client = EngineClient::new("http://127.0.0.1:9", engine::ApiKey::random()).unwrap();
+        view.send_replace(PoolView {
+            snapshot,
+            client: Some(client),
+        });
+        let (s, env) = send(&app, "p1", body("m2", prompt(), |_| {})).await;
+        assert_eq!((s, env.code), (404, ErrorCode::ModelNotAvailable));
+        let (s, env) = send(&app, "p1", body("m1", prompt(), |_| {})).await;
+        assert_eq!(
+            (s, env.code, env.retriable),
+            (503, ErrorCode::PoolUnavailable, true)
+        );
     }
 }

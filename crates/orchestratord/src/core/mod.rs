@@ -261,7 +261,7 @@ pub struct Core<E: Effects> {
     /// Nodes and their pools.
     registry: registry::Registry,
     /// Per-pool measurements for predictions.
-    stats: HashMap<PoolId, PoolStats>,
+    stats: HashMap<PoolId, PoolStats, placement::Fnv>,
     tasks: task_table::TaskTable,
     queues: queue::Queues,
     sessions: sessions::Sessions,
@@ -271,6 +271,8 @@ pub struct Core<E: Effects> {
     loads: provision::Loads,
     /// What each pool's engine holds, for cache-aware placement.
     prefix: prefix::PrefixIndex,
+    /// The pool last asked to tokenize (round robin).
+    tokenize_cursor: Option<PoolId>,
     /// Tenants' policies and usage.
     tenants: tenants::Tenants,
     /// The cluster event bus (`GET /v2/events`).
@@ -298,7 +300,7 @@ impl<E: Effects> Core<E> {
             effects,
             metrics,
             registry: registry::Registry::default(),
-            stats: HashMap::new(),
+            stats: HashMap::default(),
             tasks: task_table::TaskTable::default(),
             queues: queue::Queues::new(cfg.fair_queuing),
             tenants: tenants::Tenants::new(cfg.tenant_policies()),
@@ -309,6 +311,7 @@ impl<E: Effects> Core<E> {
             prefix: prefix::PrefixIndex::new(prefix::Limits {
                 max_sequences: cfg.prefix_max_sequences,
             }),
+            tokenize_cursor: None,
             journal: journal::Journal::new(cfg.ha().is_some()),
             idempotency: HashMap::new(),
             restoring: Default::default(),
@@ -418,12 +421,12 @@ impl<E: Effects> Core<E> {
         if self.tokenize_pending(t, now) {
             return None;
         }
-        let saved: Vec<(PoolId, prefix::Match)> = match (&t.prompt_ids, t.prefix_key.is_empty()) {
-            (tokenize::PromptIds::Known(ids), false) => self.prefix.lookup(&t.prefix_key, ids),
-            _ => Vec::new(),
+        let ids = match &t.prompt_ids {
+            tokenize::PromptIds::Known(ids) if !t.prefix_key.is_empty() => Some(ids),
+            _ => None,
         };
         let saved_tokens: Vec<(PoolId, u64)> =
-            saved.iter().map(|(p, m)| (p.clone(), m.tokens)).collect();
+            ids.map_or_else(Vec::new, |ids| self.prefix.lookup(&t.prefix_key, ids.len()));
         let hints = placement::CacheHints {
             saved: &saved_tokens,
             balance_abs: self.cfg.balance_abs,
@@ -456,10 +459,13 @@ impl<E: Effects> Core<E> {
             cache_aware.then_some(&hints),
         );
         let pool = choice.pool?;
-        let predicted = saved
-            .iter()
-            .find(|(p, _)| p == pool)
-            .map_or(prefix::Match::default(), |(_, m)| *m);
+        // Ranking used whole shared blocks; the chosen pool's prediction is exact.
+        let predicted = match ids {
+            Some(ids) if saved_tokens.iter().any(|(p, _)| p == pool) => {
+                self.prefix.best(pool, &t.prefix_key, ids)
+            }
+            _ => prefix::Match::default(),
+        };
         self.metrics.set(
             crate::metrics::PLACEMENT_CANDIDATES,
             vec![],

@@ -16,8 +16,31 @@
 //! feedback (`cache_n`) cuts a prediction the engine did not honour to what it reused.
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::BuildHasherDefault;
 
 use api::PoolId;
+
+/// Block hashes and sequence ids are already well-spread (or small and distinct): hashing them
+/// again would only cost time on every lookup.
+#[derive(Default)]
+struct Mix(u64);
+
+impl std::hash::Hasher for Mix {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        // Spread small sequence ids over the high bits the table's control bytes use.
+        self.0 = (self.0 ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<Mix>>;
 
 /// Token ids per block.
 pub const BLOCK: usize = 16;
@@ -114,12 +137,12 @@ pub struct Match {
 /// The prefix index.
 pub struct PrefixIndex {
     limits: Limits,
-    pool_ix: HashMap<PoolId, u32>,
+    pool_ix: HashMap<PoolId, u32, super::placement::Fnv>,
     pool_ids: Vec<PoolId>,
     pools: Vec<PoolSeqs>,
-    seqs: HashMap<SeqId, Seq>,
+    seqs: FastMap<SeqId, Seq>,
     /// Block hash → (pool index, number of that pool's sequences holding it).
-    blocks: HashMap<u64, Vec<(u32, u32)>>,
+    blocks: FastMap<u64, Vec<(u32, u32)>>,
     /// Least recently used first.
     lru: BTreeMap<u64, SeqId>,
     next_seq: SeqId,
@@ -132,11 +155,11 @@ impl PrefixIndex {
     pub fn new(limits: Limits) -> Self {
         PrefixIndex {
             limits,
-            pool_ix: HashMap::new(),
+            pool_ix: HashMap::default(),
             pool_ids: Vec::new(),
             pools: Vec::new(),
-            seqs: HashMap::new(),
-            blocks: HashMap::new(),
+            seqs: FastMap::default(),
+            blocks: FastMap::default(),
             lru: BTreeMap::new(),
             next_seq: 0,
             tick: 0,
@@ -293,10 +316,12 @@ impl PrefixIndex {
         }
     }
 
-    /// Every pool holding a prefix of the request `ids` (whose [`key`] is `key`), with its match,
-    /// longest first. Cost: the pool lists of the depths where the set of matching pools grows,
-    /// then one block of ids compared per sequence of a matching pool that shares its depth.
-    pub fn lookup(&self, key: &[u64], ids: &[u32]) -> Vec<(PoolId, Match)> {
+    /// Every pool holding a prefix of a request of `prompt_len` ids whose [`key`] is `key`, with
+    /// the tokens it shares in whole blocks (capped at `prompt_len − 1`: the engine evaluates the
+    /// prompt's last token itself), longest first. Cost: the pool lists of the depths where the
+    /// set of matching pools grows; no sequence is read, so ranking many holders stays cheap.
+    /// [`PrefixIndex::best`] then gives the chosen pool's exact match.
+    pub fn lookup(&self, key: &[u64], prompt_len: usize) -> Vec<(PoolId, u64)> {
         // The deepest block any pool holds (pool sets only grow toward shallow depths).
         let (mut lo, mut hi) = (0usize, key.len());
         while lo < hi {
@@ -325,30 +350,39 @@ impl PrefixIndex {
             }
             seen = v.len();
         }
-        // The engine always evaluates the prompt's last token itself.
-        let cap = ids.len().saturating_sub(1);
-        let mut out = Vec::with_capacity(found.len());
-        for p in found {
-            let depth = scratch[p as usize] as usize;
-            scratch[p as usize] = 0;
-            let best = self.pools[p as usize]
-                .seqs
-                .iter()
-                .map(|id| &self.seqs[id])
-                .filter(|s| s.hashes.len() >= depth && s.hashes[depth - 1] == key[depth - 1])
-                .map(|s| (s.common(depth, ids), s.slot))
-                .max_by_key(|(n, _)| *n);
-            let Some((common, slot)) = best else { continue };
-            out.push((
-                self.pool_ids[p as usize].clone(),
-                Match {
-                    tokens: common.min(cap) as u64,
-                    slot,
-                },
-            ));
-        }
-        out.sort_by(|a, b| b.1.tokens.cmp(&a.1.tokens));
+        let cap = prompt_len.saturating_sub(1);
+        let out = found
+            .into_iter()
+            .map(|p| {
+                let depth = std::mem::take(&mut scratch[p as usize]) as usize;
+                (
+                    self.pool_ids[p as usize].clone(),
+                    (depth * BLOCK).min(cap) as u64,
+                )
+            })
+            .collect();
+        // Deepest first already: `found` is filled from the deepest depth up.
         out
+    }
+
+    /// `pool`'s exact match for the request `ids` (whose [`key`] is `key`): the ids its best
+    /// sequence shares with the request, compared one by one past the last shared block, capped
+    /// at `ids.len() − 1`; and that sequence's slot.
+    pub fn best(&self, pool: &PoolId, key: &[u64], ids: &[u32]) -> Match {
+        let Some(p) = self.pool_ix.get(pool) else {
+            return Match::default();
+        };
+        let best = self.pools[*p as usize]
+            .seqs
+            .iter()
+            .map(|id| &self.seqs[id])
+            .map(|s| (s.common(s.depth(key), ids), s.slot))
+            .filter(|(n, _)| *n >= BLOCK)
+            .max_by_key(|(n, _)| *n);
+        best.map_or(Match::default(), |(n, slot)| Match {
+            tokens: n.min(ids.len().saturating_sub(1)) as u64,
+            slot,
+        })
     }
 
     /// Marks the sequences of `pool` matching `key` as just used.
@@ -427,7 +461,9 @@ mod tests {
 
     /// `len` synthetic token ids, different per seed.
     fn ids(seed: u32, len: usize) -> Vec<u32> {
-        (0..len as u32).map(|i| seed * 100_000 + i * 7 + 1).collect()
+        (0..len as u32)
+            .map(|i| seed * 100_000 + i * 7 + 1)
+            .collect()
     }
 
     fn cat(a: &[u32], b: &[u32]) -> Vec<u32> {
@@ -438,8 +474,16 @@ mod tests {
         PrefixIndex::new(Limits { max_sequences: 100 })
     }
 
+    /// Each matching pool's exact match, in the order of `lookup`.
     fn look(ix: &PrefixIndex, req: &[u32]) -> Vec<(PoolId, Match)> {
-        ix.lookup(&key(req), req)
+        let k = key(req);
+        ix.lookup(&k, req.len())
+            .into_iter()
+            .map(|(p, _)| {
+                let m = ix.best(&p, &k, req);
+                (p, m)
+            })
+            .collect()
     }
 
     #[test]
@@ -479,12 +523,17 @@ mod tests {
         assert_eq!(m[0].1.slot, Some(1));
         assert_eq!(m[1].0, pid("a"));
         assert_eq!(m[1].1.tokens, sys.len() as u64);
+        // Lookup ranks by whole blocks; `best` is exact.
+        assert_eq!(
+            ix.lookup(&key(&req), req.len()),
+            vec![(pid("b"), 4 * BLOCK as u64), (pid("a"), 2 * BLOCK as u64)]
+        );
         // Diverging in the middle of a block: exactly the shared ids.
         let mut fork = long.clone();
         fork[2 * BLOCK + 9] += 1;
         let m = look(&ix, &fork);
-        assert_eq!(m[0].0, pid("b"));
-        assert_eq!(m[0].1.tokens, (2 * BLOCK + 9) as u64);
+        let b = m.iter().find(|(p, _)| *p == pid("b")).unwrap();
+        assert_eq!(b.1.tokens, (2 * BLOCK + 9) as u64);
         // The same prompt again: the engine evaluates its last token itself.
         assert_eq!(look(&ix, &long)[0].1.tokens, long.len() as u64 - 1);
         // A request sharing nothing matches nothing.

@@ -259,33 +259,11 @@ impl<E: Effects> Core<E> {
     }
 
     fn mean_duration_ms(&self, model: &ModelId, max_tokens: u64) -> u64 {
-        let ds: Vec<f64> = self
-            .registry
-            .pools()
-            .iter()
-            .filter(|(_, p)| p.model_id() == Some(model))
-            .filter_map(|(id, _)| self.stats.get(id))
-            .filter_map(|s| {
-                Some(s.tokens_out? / s.decode_tps?.max(0.001) * 1000.0 + s.ttft_ms.unwrap_or(0.0))
-            })
-            .collect();
-        if ds.is_empty() {
-            1000 + 50 * max_tokens
-        } else {
-            (ds.iter().sum::<f64>() / ds.len() as f64) as u64
-        }
+        mean_duration_ms(&self.registry, &self.stats, model, max_tokens)
     }
 
     pub(super) fn retry_after_ms(&self, model: &ModelId, max_tokens: u64) -> u64 {
-        let slots: u64 = self
-            .registry
-            .pools()
-            .values()
-            .filter(|p| p.model_id() == Some(model))
-            .map(|p| p.status.slots_total as u64)
-            .sum::<u64>()
-            .max(1);
-        (self.mean_duration_ms(model, max_tokens) / slots).max(1000)
+        retry_after_ms(&self.registry, &self.stats, model, max_tokens)
     }
 
     /// Binds a task to `pool_id` and opens a dispatch attempt. `fallback` is true when
@@ -1265,4 +1243,46 @@ impl<E: Effects> Core<E> {
         self.registry.clear_slots_on(node_id);
         self.pump(now);
     }
+}
+
+type Stats = std::collections::HashMap<PoolId, super::PoolStats, super::placement::Fnv>;
+
+/// The mean run time of a task of `max_tokens` on `model`'s pools, from their measurements.
+fn mean_duration_ms(
+    registry: &super::registry::Registry,
+    stats: &Stats,
+    model: &ModelId,
+    max_tokens: u64,
+) -> u64 {
+    let ds: Vec<f64> = registry
+        .pools()
+        .iter()
+        .filter(|(_, p)| p.model_id() == Some(model))
+        .filter_map(|(id, _)| stats.get(id))
+        .filter_map(|s| {
+            Some(s.tokens_out? / s.decode_tps?.max(0.001) * 1000.0 + s.ttft_ms.unwrap_or(0.0))
+        })
+        .collect();
+    if ds.is_empty() {
+        1000 + 50 * max_tokens
+    } else {
+        (ds.iter().sum::<f64>() / ds.len() as f64) as u64
+    }
+}
+
+/// The wait advised before trying `model` again: one task's run time over its slots (at least 1 s).
+pub(super) fn retry_after_ms(
+    registry: &super::registry::Registry,
+    stats: &Stats,
+    model: &ModelId,
+    max_tokens: u64,
+) -> u64 {
+    let slots: u64 = registry
+        .pools()
+        .values()
+        .filter(|p| p.model_id() == Some(model))
+        .map(|p| p.status.slots_total as u64)
+        .sum::<u64>()
+        .max(1);
+    (mean_duration_ms(registry, stats, model, max_tokens) / slots).max(1000)
 }

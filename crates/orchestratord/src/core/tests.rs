@@ -1718,9 +1718,9 @@ fn a_refused_continuation_waits_without_spending_a_migration() {
 fn word_ids(text: &str) -> Vec<u32> {
     text.split_whitespace()
         .map(|w| {
-            let h = w
-                .bytes()
-                .fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
+            let h = w.bytes().fold(0x811c_9dc5u32, |h, b| {
+                (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+            });
             100 + h % 40_000
         })
         .collect()

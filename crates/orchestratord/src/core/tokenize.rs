@@ -1,6 +1,6 @@
 //! Cache-aware placement's tokenize step (decision 69). On admission, under
 //! `placement.strategy = "cache-aware"`, the core asks one Ready pool serving the task's model
-//! (the least loaded, on any node) for the prompt's engine token ids through the worker's
+//! (round robin, on any node) for the prompt's engine token ids through the worker's
 //! tokenize route, in a spawned call whose answer comes back as a message; the 202 never waits
 //! for it. While the ids are pending the task stays queued (skipped, not blocking later tasks) for
 //! at most `placement.tokenize_timeout_ms` after admission; past that bound, or when the worker
@@ -41,19 +41,24 @@ impl<E: Effects> Core<E> {
         if !t.v.input.tokenizable() {
             return;
         }
-        let Some((pool_id, p)) = self
-            .registry
-            .pools()
-            .iter()
-            .filter(|(_, p)| {
-                p.status.state == PoolState::Ready
-                    && !p.unready
-                    && p.node_online
-                    && p.status.workload == t.v.workload
-                    && p.model_id() == Some(&t.model)
-            })
-            .min_by_key(|(_, p)| p.holding.len())
-        else {
+        // Round robin over the Ready pools serving the model (the call takes no slot, so load
+        // does not matter, and a scan that stops at the first fit keeps admission O(1) in pools).
+        let fits = |p: &super::PoolEntry| {
+            p.status.state == PoolState::Ready
+                && !p.unready
+                && p.node_online
+                && p.status.workload == t.v.workload
+                && p.model_id() == Some(&t.model)
+        };
+        let pools = self.registry.pools();
+        let after = match &self.tokenize_cursor {
+            Some(c) => pools.range::<api::PoolId, _>((
+                std::ops::Bound::Excluded(c),
+                std::ops::Bound::Unbounded,
+            )),
+            None => pools.range::<api::PoolId, _>(..),
+        };
+        let Some((pool_id, p)) = after.chain(pools.iter()).find(|(_, p)| fits(p)) else {
             return;
         };
         let Some(node) = self.registry.node(&p.node_id) else {
@@ -74,6 +79,7 @@ impl<E: Effects> Core<E> {
                 input: t.v.input.clone(),
             },
         };
+        self.tokenize_cursor = Some(job.pool_id.clone());
         if let Some(t) = self.tasks.get_mut(&id) {
             t.prompt_ids = PromptIds::Pending;
         }
