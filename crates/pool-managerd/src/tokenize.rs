@@ -173,7 +173,14 @@ mod tests {
             .header("authorization", format!("Bearer {TOKEN}"))
             .body(Body::from(body))
             .unwrap();
-        let resp = crate::http::router(app.clone()).oneshot(req).await.unwrap();
+        // The route alone (its auth layer is `http`'s and tested there).
+        let router = axum::Router::new()
+            .route(
+                "/v2/pools/{pool_id}/tokenize",
+                axum::routing::post(tokenize),
+            )
+            .with_state(app.clone());
+        let resp = router.oneshot(req).await.unwrap();
         let status = resp.status();
         let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
             .await
@@ -182,7 +189,8 @@ mod tests {
         (status.as_u16(), serde_json::from_slice(&bytes).unwrap())
     }
 
-    /// Every refusal is typed; none reaches an engine. (The answer of a real engine is checked in
+    /// Every refusal is typed; none reaches an engine (the route's token check is `http`'s, the
+    /// same layer as dispatch's). (The answer of a real engine is checked in
     /// the cluster scenario `cache_aware_worker_tokenize_matches_the_engine`.)
     #[tokio::test]
     async fn tokenize_refusals_are_typed() {
@@ -221,7 +229,7 @@ mod tests {
                 ErrorCode::InvalidParams,
                 Some("input"),
             ),
-            (b"{".to_vec(), "p1", 400, ErrorCode::InvalidParams, None),
+            (b"{".to_vec(), "p1", 400, ErrorCode::InvalidParams, Some("")),
             (
                 body("m1", prompt(), |_| {}),
                 "nope",
