@@ -6,6 +6,7 @@ mod chaos;
 mod failover;
 mod fairness;
 mod fetch;
+mod floor;
 mod layout;
 mod openapi;
 mod overhead;
@@ -31,6 +32,9 @@ enum Cmd {
     Bench(Bench),
     /// Writes contracts/openapi/orchestratord.json from the wire types (`--check`: exit 1 on drift).
     Openapi(openapi::Args),
+    /// The minimal relay `bench relay` measures its one-stream floor with (started by the bench).
+    #[command(hide = true)]
+    RelayFloor(floor::Args),
 }
 
 #[derive(Subcommand)]
@@ -58,6 +62,7 @@ enum Bench {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Openapi(a) => openapi::run(a),
+        Cmd::RelayFloor(a) => floor::run(a),
         Cmd::Bench(b) => {
             let rt = tokio::runtime::Runtime::new()?;
             match b {

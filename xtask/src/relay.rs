@@ -33,9 +33,18 @@ pub struct Args {
     /// Tokens per second, all streams together, of the paced run that measures added latency.
     #[arg(long, default_value_t = 2000)]
     paced_rate: u64,
-    /// Concurrent one-token requests for the fixed-cost figure (0 skips it).
-    #[arg(long, default_value_t = 8)]
-    fixed_concurrency: usize,
+    /// Concurrent clients of one-token requests for the fixed-cost figures (each level is one
+    /// figure; 0 skips them).
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 8])]
+    fixed_concurrency: Vec<usize>,
+    /// The one-stream figure: one stream whose engine emits a token every this many ms (a real
+    /// engine's pace), through the stack and through two minimal relays (the floor); 0 skips it.
+    #[arg(long, default_value_t = 10)]
+    one_stream_delay_ms: u64,
+    /// Seconds measured for the one-stream figure (longer than `seconds`: one stream makes few
+    /// clock ticks of CPU).
+    #[arg(long, default_value_t = 30)]
+    one_stream_seconds: u64,
     /// Use the orchestratord, pool-managerd and fake-engine binaries in this folder instead of
     /// building them.
     #[arg(long)]
@@ -109,15 +118,19 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         eprintln!("[bench] warning: the open-files limit is {nofile}; {need} may be needed");
     }
     let clock = CpuClock::new()?;
-    let mut fixed = None;
-    if a.fixed_concurrency > 0 {
-        fixed = Some(fixed_cost(&a, &bin, &root, &clock).await?);
+    let mut one = None;
+    if a.one_stream_delay_ms > 0 {
+        one = Some(one_stream_figure(&a, &bin, &root, &clock).await?);
+    }
+    let mut fixed = vec![];
+    for &c in a.fixed_concurrency.iter().filter(|c| **c > 0) {
+        fixed.push((c, fixed_cost(&a, &bin, &root, &clock, c).await?));
     }
     let mut levels = vec![];
     for &n in &a.levels {
         levels.push(level(&a, &bin, &root, &clock, n).await?);
     }
-    print_report(&a, nofile, fixed.as_ref(), &levels, clock.hz());
+    print_report(&a, nofile, one.as_ref(), &fixed, &levels, clock.hz());
     Ok(())
 }
 
@@ -159,6 +172,9 @@ async fn stack(
             ("FAKE_TOKENS".into(), "1000000".into()),
             ("FAKE_TOKEN_DELAY_MS".into(), delay_ms.to_string()),
             ("FAKE_TOKEN_STAMP".into(), "1".into()),
+            // Every stream sends its first token, then waits for the bench's SIGUSR1: opening
+            // thousands of streams does not compete with the ones already streaming.
+            ("FAKE_HOLD_UNTIL_SIGUSR1".into(), "1".into()),
         ],
         engine_keys: String::new(),
         extra_toml: String::new(),
@@ -177,6 +193,16 @@ async fn stack(
         .and_then(|c| c.id())
         .context("pool-managerd pid")?;
     Ok((stack, Daemons { orchd, pm }))
+}
+
+/// Releases the fake-engine (pool-managerd's child) from `FAKE_HOLD_UNTIL_SIGUSR1`.
+fn release_engine(pm: u32) {
+    for pid in children(pm) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGUSR1,
+        );
+    }
 }
 
 /// Stops every process of the stack at once (SIGKILL, engines included): a graceful drain of
@@ -234,9 +260,9 @@ async fn level(
     clock: &CpuClock,
     n: usize,
 ) -> anyhow::Result<Level> {
-    let fast = run_level(a, bin, root, clock, n, 0).await?;
+    let fast = run_level(a.seconds, bin, root, clock, n, 0).await?;
     let delay_ms = (n as u64 * 1000 / a.paced_rate.max(1)).max(1);
-    let paced = run_level(a, bin, root, clock, n, delay_ms).await?;
+    let paced = run_level(a.seconds, bin, root, clock, n, delay_ms).await?;
     Ok(Level {
         streams: n,
         fast,
@@ -248,7 +274,7 @@ async fn level(
 /// One run of `n` streams on a fresh stack whose engine waits `delay_ms` before each token;
 /// paced runs (`delay_ms` > 0) time every token.
 async fn run_level(
-    a: &Args,
+    seconds: u64,
     bin: &std::path::Path,
     root: &std::path::Path,
     clock: &CpuClock,
@@ -288,10 +314,11 @@ async fn run_level(
         "[bench] {} streams running after {:.1} s; measuring {} s",
         sh.started.load(Ordering::Relaxed),
         t_open.elapsed().as_secs_f64(),
-        a.seconds
+        seconds
     );
+    release_engine(d.pm);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let w = window(clock, d, &sh, a.seconds).await?;
+    let w = window(clock, d, &sh, seconds).await?;
     let rss_kib = (rss_kib(d.orchd), rss_kib(d.pm));
     let _ = stop_tx.send(true);
     let mut lat_us = vec![];
@@ -321,6 +348,7 @@ async fn one_stream(
     timed: bool,
 ) -> Vec<f64> {
     let mut permit = Some(permit);
+    let mut first_seen = false;
     let mut samples = vec![];
     let mut req = TaskRequest::new(MODEL);
     req.prompt = Some("relay".into());
@@ -343,8 +371,13 @@ async fn one_stream(
             return samples;
         };
         match f.event {
+            // The worker runs it: the next stream may open (a paced engine's first token may be
+            // seconds away).
+            Event::Started(_) => drop(permit.take()),
             Event::Token(t) => {
-                if permit.take().is_some() {
+                if !first_seen {
+                    first_seen = true;
+                    drop(permit.take());
                     sh.started.fetch_add(1, Ordering::Relaxed);
                 }
                 sh.count.fetch_add(1, Ordering::Relaxed);
@@ -374,17 +407,134 @@ fn added_us(text: &str) -> Option<f64> {
     Some(now.saturating_sub(stamp) as f64)
 }
 
-/// CPU per request with one token per request: `fixed_concurrency` clients submitting one-token
+/// One stream at a real engine's pace: through the stack, and through two minimal relays in
+/// front of the same fake-engine (the floor a hop cannot go below; `floor.rs`).
+struct OneStream {
+    delay_ms: u64,
+    stack: Run,
+    floor: Run,
+}
+
+async fn one_stream_figure(
+    a: &Args,
+    bin: &std::path::Path,
+    root: &std::path::Path,
+    clock: &CpuClock,
+) -> anyhow::Result<OneStream> {
+    let d = a.one_stream_delay_ms;
+    eprintln!("[bench] one stream, a token every {d} ms: two minimal relays (the floor)");
+    let floor = {
+        let engine =
+            crate::floor::FakeEngine::start(bin, &root.join("target/bench-relay/floor"), d).await?;
+        let hop_engine = crate::floor::FloorRelay::start(&engine.url)?;
+        let hop_client = crate::floor::FloorRelay::start(&hop_engine.url)?;
+        let daemons = Daemons {
+            orchd: hop_client.pid(),
+            pm: hop_engine.pid(),
+        };
+        let sh = Arc::new(Shared::default());
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let reader = tokio::spawn(floor_stream(hop_client.url.clone(), sh.clone(), stop_rx));
+        let t0 = Instant::now();
+        while sh.started.load(Ordering::Relaxed) == 0 && t0.elapsed() < Duration::from_secs(30) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        anyhow::ensure!(
+            sh.started.load(Ordering::Relaxed) == 1,
+            "no token through the floor relays"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let w = window(clock, daemons, &sh, a.one_stream_seconds).await?;
+        let rss = (rss_kib(daemons.orchd), rss_kib(daemons.pm));
+        let _ = stop_tx.send(true);
+        let mut lat_us = reader.await.unwrap_or_default();
+        lat_us.sort_by(f64::total_cmp);
+        Run {
+            started: 1,
+            failed: sh.failed.load(Ordering::Relaxed),
+            w,
+            lat_us,
+            rss_kib: rss,
+        }
+    };
+    eprintln!("[bench] one stream, a token every {d} ms: the stack");
+    let stack = run_level(a.one_stream_seconds, bin, root, clock, 1, d).await?;
+    Ok(OneStream {
+        delay_ms: d,
+        stack,
+        floor,
+    })
+}
+
+/// One long completion streamed straight from the floor relays (engine SSE, no task API):
+/// counts its tokens and times each one in the measured window against the engine's stamp.
+async fn floor_stream(url: String, sh: Arc<Shared>, mut stop: watch::Receiver<bool>) -> Vec<f64> {
+    use futures::StreamExt;
+    let mut samples = vec![];
+    let body = serde_json::json!({"prompt": "relay", "n_predict": LONG_TASK, "stream": true});
+    let resp = reqwest::Client::new()
+        .post(format!("{url}/completion"))
+        .json(&body)
+        .send()
+        .await;
+    let Ok(resp) = resp else {
+        sh.failed.fetch_add(1, Ordering::Relaxed);
+        return samples;
+    };
+    let mut chunks = resp.bytes_stream();
+    let mut buf: Vec<u8> = vec![];
+    loop {
+        let c = tokio::select! {
+            c = chunks.next() => c,
+            _ = stop.changed() => return samples,
+        };
+        let Some(Ok(c)) = c else {
+            sh.failed.fetch_add(1, Ordering::Relaxed);
+            return samples;
+        };
+        buf.extend_from_slice(&c);
+        while let Some(pos) = buf.windows(2).position(|w| w == b"\n\n") {
+            let event: Vec<u8> = buf.drain(..pos + 2).collect();
+            let Some(data) = std::str::from_utf8(&event)
+                .ok()
+                .and_then(|e| e.trim().strip_prefix("data: "))
+            else {
+                continue;
+            };
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(data) else {
+                continue;
+            };
+            let Some(text) = v["content"].as_str().filter(|t| !t.is_empty()) else {
+                continue;
+            };
+            sh.started.store(1, Ordering::Relaxed);
+            sh.count.fetch_add(1, Ordering::Relaxed);
+            if sh.measuring.load(Ordering::Relaxed) {
+                if let Some(us) = added_us(text) {
+                    samples.push(us);
+                }
+            }
+        }
+    }
+}
+
+/// CPU per request with one token per request: `c` clients submitting one-token
 /// tasks back to back.
 async fn fixed_cost(
     a: &Args,
     bin: &std::path::Path,
     root: &std::path::Path,
     clock: &CpuClock,
+    c: usize,
 ) -> anyhow::Result<Window> {
-    let c = a.fixed_concurrency;
     eprintln!("[bench] fixed cost: {c} clients of one-token requests");
-    let (stack, d) = stack(bin, root.join("target/bench-relay/fixed"), c, 0).await?;
+    let (stack, d) = stack(
+        bin,
+        root.join(format!("target/bench-relay/fixed-{c}")),
+        c,
+        0,
+    )
+    .await?;
     let client = client::Client::new(&stack.orchd_url, None)?;
     let sh = Arc::new(Shared::default());
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -401,6 +551,7 @@ async fn fixed_cost(
             }
         }));
     }
+    release_engine(d.pm);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let w = window(clock, d, &sh, a.seconds).await?;
     let _ = stop_tx.send(true);
@@ -444,7 +595,14 @@ fn pct(v: &[f64], p: f64) -> f64 {
     v[((v.len() - 1) as f64 * p).round() as usize]
 }
 
-fn print_report(a: &Args, nofile: u64, fixed: Option<&Window>, levels: &[Level], hz: f64) {
+fn print_report(
+    a: &Args,
+    nofile: u64,
+    one: Option<&OneStream>,
+    fixed: &[(usize, Window)],
+    levels: &[Level],
+    hz: f64,
+) {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let streams = |n: usize, r: &Run| {
         let mut s = r.started.to_string();
@@ -489,18 +647,44 @@ fn print_report(a: &Args, nofile: u64, fixed: Option<&Window>, levels: &[Level],
             per(r, r.w.cpu.1),
         );
     }
-    if let Some(f) = fixed {
-        let per = |cpu: f64| cpu * 1e3 / f.count.max(1) as f64;
-        println!("\n| fixed cost (one-token requests, {} clients back to back) | requests/s | orchestratord CPU per request | pool-managerd CPU per request |", a.fixed_concurrency);
-        println!("|---|---|---|---|");
+    if let Some(o) = one {
+        let (s, f) = (&o.stack, &o.floor);
+        println!("\nOne stream, one token every {} ms (a real engine's pace), {} s window; the floor is two minimal relays (axum + reqwest, copying each chunk through, nothing else) in front of the same fake-engine:\n", o.delay_ms, a.one_stream_seconds);
+        println!("| path | tokens/s | client-side hop CPU per token | engine-side hop CPU per token | added latency per token p50 / p99 |");
+        println!("|---|---|---|---|---|");
+        for (name, r) in [
+            ("llama-orch (orchestratord / pool-managerd)", s),
+            ("floor (two minimal relays)", f),
+        ] {
+            println!(
+                "| {name} | {:.0} | {:.1} µs | {:.1} µs | {:.2} / {:.2} ms |",
+                r.w.count as f64 / r.w.secs,
+                per(r, r.w.cpu.0),
+                per(r, r.w.cpu.1),
+                pct(&r.lat_us, 0.5) / 1000.0,
+                pct(&r.lat_us, 0.99) / 1000.0,
+            );
+        }
         println!(
-            "| {} requests in {:.1} s | {:.0} | {:.3} ms | {:.3} ms |",
-            f.count,
-            f.secs,
-            f.count as f64 / f.secs,
-            per(f.cpu.0),
-            per(f.cpu.1)
+            "| ratio llama-orch / floor | | {:.2} | {:.2} | |",
+            per(s, s.w.cpu.0) / per(f, f.w.cpu.0).max(f64::MIN_POSITIVE),
+            per(s, s.w.cpu.1) / per(f, f.w.cpu.1).max(f64::MIN_POSITIVE),
         );
+    }
+    if !fixed.is_empty() {
+        println!("\n| fixed cost (one-token requests, clients back to back) | requests/s | orchestratord CPU per request | pool-managerd CPU per request |");
+        println!("|---|---|---|---|");
+        for (c, f) in fixed {
+            let per = |cpu: f64| cpu * 1e3 / f.count.max(1) as f64;
+            println!(
+                "| {c} client(s): {} requests in {:.1} s | {:.0} | {:.3} ms | {:.3} ms |",
+                f.count,
+                f.secs,
+                f.count as f64 / f.secs,
+                per(f.cpu.0),
+                per(f.cpu.1)
+            );
+        }
     }
     println!("\nCPU: utime + stime deltas of each daemon from /proc/<pid>/stat over the window ({hz} ticks/s), divided by the tokens (requests) the clients received in it. Latency: client receipt time minus the wall-clock stamp fake-engine puts in each token's text (FAKE_TOKEN_STAMP=1). RSS: VmRSS at the end of the window. Targets: ≤ 10 µs CPU per token and ≤ 1 ms CPU per request per daemon.");
 }

@@ -176,6 +176,9 @@ pub struct EngineClient {
     /// For completions: never reuses idle connections (ENGINE.md §8.14: a reused keep-alive
     /// connection can be closed by the engine before it answers).
     streaming: reqwest::Client,
+    /// Completion stream chunks received from this engine, over every clone of this client: a
+    /// supervisor reads it as evidence that the engine is alive while its `/health` is slow.
+    received: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl EngineClient {
@@ -196,12 +199,18 @@ impl EngineClient {
             key,
             control,
             streaming,
+            received: Default::default(),
         })
     }
 
     /// The engine's API key (for a test's direct calls to its own twin engine).
     pub fn api_key(&self) -> &ApiKey {
         &self.key
+    }
+
+    /// Completion stream chunks received so far from this engine (all clones of this client).
+    pub fn chunks_received(&self) -> u64 {
+        self.received.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn base_url(&self) -> &str {
@@ -220,7 +229,7 @@ impl EngineClient {
             .timeout(Duration::from_secs(2))
             .send()
             .await
-            .map_err(|e| EngineError::Connect(e.to_string()))?;
+            .map_err(|e| EngineError::Connect(chain(&e)))?;
         Ok(r.status().is_success())
     }
 
@@ -249,7 +258,7 @@ impl EngineClient {
             .bearer_auth(self.key.expose())
             .send()
             .await
-            .map_err(|e| EngineError::Connect(e.to_string()))?;
+            .map_err(|e| EngineError::Connect(chain(&e)))?;
         check_status(r)
             .await?
             .json()
@@ -270,7 +279,7 @@ impl EngineClient {
             .json(&serde_json::json!({ "messages": messages }))
             .send()
             .await
-            .map_err(|e| EngineError::Connect(e.to_string()))?;
+            .map_err(|e| EngineError::Connect(chain(&e)))?;
         let body: Rendered = check_status(r)
             .await?
             .json()
@@ -297,13 +306,13 @@ impl EngineClient {
             .json(body)
             .send()
             .await
-            .map_err(|e| EngineError::Connect(e.to_string()))?;
+            .map_err(|e| EngineError::Connect(chain(&e)))?;
         let resp = check_status(resp).await?;
         let mut decoder = SseDecoder::default();
         let mut chunks = crate::sse::ChatFrames::default();
         let frames = resp.bytes_stream().flat_map(move |chunk| {
             let items: Vec<FrameResult> = match chunk {
-                Err(e) => vec![Err(EngineError::Connect(e.to_string()))],
+                Err(e) => vec![Err(EngineError::Connect(chain(&e)))],
                 Ok(bytes) => decoder
                     .push(&bytes)
                     .into_iter()
@@ -330,7 +339,7 @@ impl EngineClient {
             .json(body)
             .send()
             .await
-            .map_err(|e| EngineError::Connect(e.to_string()))?;
+            .map_err(|e| EngineError::Connect(chain(&e)))?;
         check_status(resp)
             .await?
             .json()
@@ -352,7 +361,7 @@ impl EngineClient {
             .json(&serde_json::json!({ "content": content, "add_special": true, "parse_special": true }))
             .send()
             .await
-            .map_err(|e| EngineError::Connect(e.to_string()))?;
+            .map_err(|e| EngineError::Connect(chain(&e)))?;
         let body: Tokens = check_status(r)
             .await?
             .json()
@@ -378,27 +387,45 @@ impl EngineClient {
             .json(req)
             .send()
             .await
-            .map_err(|e| EngineError::Connect(e.to_string()))?;
+            .map_err(|e| EngineError::Connect(chain(&e)))?;
         let resp = check_status(resp).await?;
         let mut decoder = SseDecoder::default();
+        let received = self.received.clone();
         let frames = resp.bytes_stream().flat_map(move |chunk| {
             let items: Vec<FrameResult> = match chunk {
-                Err(e) => vec![Err(EngineError::Connect(e.to_string()))],
-                Ok(bytes) => decoder
-                    .push(&bytes)
-                    .into_iter()
-                    .map(|item| match item {
-                        SseItem::Data(d) => {
-                            CompletionFrame::parse(&d).map_err(EngineError::Protocol)
-                        }
-                        SseItem::Garbage(g) => Err(EngineError::Protocol(g)),
-                    })
-                    .collect(),
+                Err(e) => vec![Err(EngineError::Connect(chain(&e)))],
+                Ok(bytes) => {
+                    received.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    decoder
+                        .push(&bytes)
+                        .into_iter()
+                        .map(|item| match item {
+                            SseItem::Data(d) => {
+                                CompletionFrame::parse(&d).map_err(EngineError::Protocol)
+                            }
+                            SseItem::Garbage(g) => Err(EngineError::Protocol(g)),
+                        })
+                        .collect()
+                }
             };
             futures::stream::iter(items)
         });
         Ok(frames)
     }
+}
+
+/// The error and its sources, joined: reqwest's own message ("error decoding response body")
+/// hides the cause, such as a reset connection.
+fn chain(e: &reqwest::Error) -> String {
+    use std::error::Error as _;
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 async fn check_status(r: reqwest::Response) -> Result<reqwest::Response, EngineError> {

@@ -129,6 +129,13 @@ async fn generate(st: Arc<AppState>, plan: Plan, tx: mpsc::Sender<Bytes>) {
                 }
             }
         }
+        if k > 0 && !*st.released.borrow() {
+            let mut released = st.released.clone();
+            tokio::select! {
+                _ = released.wait_for(|r| *r) => {}
+                _ = tx.closed() => return,
+            }
+        }
         if !st.knobs.token_delay.is_zero() {
             tokio::select! {
                 _ = tokio::time::sleep(st.knobs.token_delay) => {}

@@ -23,6 +23,10 @@ pub struct Knobs {
     /// produced, `tok<k>@<µs since the Unix epoch> `, so a benchmark can measure the latency the
     /// relay adds to each token (`bench relay`).
     pub token_stamp: bool,
+    /// `FAKE_HOLD_UNTIL_SIGUSR1` (default 0): 1 = no request sends a token after its first until
+    /// the process receives SIGUSR1 (once; from then on nothing is held). A benchmark opens
+    /// thousands of streams first and then releases them all at once, without polling a file.
+    pub hold_until_sigusr1: bool,
 }
 
 impl Default for Knobs {
@@ -35,6 +39,7 @@ impl Default for Knobs {
             fail_status: None,
             hold_file: None,
             token_stamp: false,
+            hold_until_sigusr1: false,
         }
     }
 }
@@ -73,8 +78,14 @@ impl Knobs {
             Some(1) => true,
             Some(v) => return Err(format!("FAKE_TOKEN_STAMP={v} must be 0 or 1")),
         };
+        let hold_until_sigusr1 = match var("FAKE_HOLD_UNTIL_SIGUSR1")? {
+            None | Some(0) => false,
+            Some(1) => true,
+            Some(v) => return Err(format!("FAKE_HOLD_UNTIL_SIGUSR1={v} must be 0 or 1")),
+        };
         Ok(Self {
             token_stamp,
+            hold_until_sigusr1,
             load: var("FAKE_LOAD_MS")?.map_or(d.load, Duration::from_millis),
             tokens: var("FAKE_TOKENS")?.unwrap_or(d.tokens),
             token_delay: var("FAKE_TOKEN_DELAY_MS")?.map_or(d.token_delay, Duration::from_millis),
@@ -111,6 +122,7 @@ mod tests {
             ("FAKE_FAIL_STATUS", "503"),
             ("FAKE_HOLD_FILE", "/tmp/hold"),
             ("FAKE_TOKEN_STAMP", "1"),
+            ("FAKE_HOLD_UNTIL_SIGUSR1", "1"),
         ])
         .unwrap();
         assert_eq!(k.load, Duration::from_millis(250));
@@ -120,6 +132,8 @@ mod tests {
         assert_eq!(k.fail_status, Some(503));
         assert_eq!(k.hold_file, Some(PathBuf::from("/tmp/hold")));
         assert!(k.token_stamp);
+        assert!(k.hold_until_sigusr1);
+        assert!(knobs(&[("FAKE_HOLD_UNTIL_SIGUSR1", "2")]).is_err());
         assert_eq!(
             knobs(&[("FAKE_CRASH_AFTER_TOKENS", " ")])
                 .unwrap()

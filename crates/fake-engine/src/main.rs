@@ -77,7 +77,11 @@ async fn serve(args: args::Args, keys: Vec<String>, knobs: knobs::Knobs) -> Resu
         !keys.is_empty(),
         args.ignored
     );
-    let state = server::AppState::new(&args, keys, knobs);
+    let (release, released) = tokio::sync::watch::channel(!knobs.hold_until_sigusr1);
+    if knobs.hold_until_sigusr1 {
+        tokio::spawn(release_on_sigusr1(release));
+    }
+    let state = server::AppState::new(&args, keys, knobs, released);
     let app = server::router(state);
     let host = if args.host.contains(':') {
         format!("[{}]", args.host)
@@ -89,6 +93,16 @@ async fn serve(args: args::Args, keys: Vec<String>, knobs: knobs::Knobs) -> Resu
     axum::serve(listener, app)
         .await
         .map_err(|e| format!("server: {e}"))
+}
+
+/// `FAKE_HOLD_UNTIL_SIGUSR1`: the first SIGUSR1 releases every held request.
+async fn release_on_sigusr1(release: tokio::sync::watch::Sender<bool>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    if let Ok(mut usr1) = signal(SignalKind::user_defined1()) {
+        usr1.recv().await;
+        eprintln!("fake-engine: SIGUSR1, releasing every held request");
+        let _ = release.send(true);
+    }
 }
 
 /// SIGTERM / SIGINT: exit 0 at once (open streams just end), as an orderly engine stop.

@@ -34,11 +34,19 @@ pub struct AppState {
     pub prompt_tokens: AtomicU64,
     /// Set once a crash is under way, so no other stream emits anything more.
     pub crashing: AtomicBool,
+    /// False while `FAKE_HOLD_UNTIL_SIGUSR1` holds every request after its first token.
+    pub released: tokio::sync::watch::Receiver<bool>,
 }
 
 impl AppState {
-    pub fn new(args: &Args, keys: Vec<String>, knobs: Knobs) -> Arc<Self> {
+    pub fn new(
+        args: &Args,
+        keys: Vec<String>,
+        knobs: Knobs,
+        released: tokio::sync::watch::Receiver<bool>,
+    ) -> Arc<Self> {
         Arc::new(Self {
+            released,
             model_path: args.model.clone(),
             model_alias: args.model_alias(),
             ctx_per_slot: args.ctx_per_slot(),
@@ -247,7 +255,12 @@ mod tests {
     #[test]
     fn auth_accepts_bearer_and_x_api_key() {
         let args = crate::args::parse(["--parallel", "2"]).unwrap();
-        let st = AppState::new(&args, vec!["k".into()], Knobs::default());
+        let st = AppState::new(
+            &args,
+            vec!["k".into()],
+            Knobs::default(),
+            tokio::sync::watch::channel(true).1,
+        );
         let mut h = HeaderMap::new();
         assert!(!st.authorized(&h));
         h.insert(header::AUTHORIZATION, "Bearer nope".parse().unwrap());
@@ -257,7 +270,12 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-api-key", "k".parse().unwrap());
         assert!(st.authorized(&h));
-        let open = AppState::new(&args, vec![], Knobs::default());
+        let open = AppState::new(
+            &args,
+            vec![],
+            Knobs::default(),
+            tokio::sync::watch::channel(true).1,
+        );
         assert!(open.authorized(&HeaderMap::new()));
         assert_eq!(open.n_slots(), 2);
     }

@@ -531,11 +531,13 @@ impl EngineJob {
         let _ = self.msgs.send(Msg::EngineExited { generation, why });
     }
 
-    /// Watches a Ready engine until it dies, fails three health checks in a row, or is stopped.
+    /// Watches a Ready engine until it dies, fails three health checks in a row while streaming
+    /// nothing, or is stopped.
     async fn watch(&self, mut running: RunningEngine) -> String {
         let mut failed_checks = 0;
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         tick.tick().await;
+        let mut chunks = running.client.chunks_received();
         loop {
             tokio::select! {
                 status = running.child.wait() => {
@@ -544,14 +546,18 @@ impl EngineJob {
                     return why;
                 }
                 _ = tick.tick() => {
-                    if running.client.health().await.unwrap_or(false) {
-                        failed_checks = 0;
-                    } else {
-                        failed_checks += 1;
-                        if failed_checks >= 3 {
-                            let how = running.stop(self.stop_grace).await;
-                            return format!("3 consecutive failed health checks; stopped ({how})");
-                        }
+                    let healthy = running.client.health().await.unwrap_or(false);
+                    let now = running.client.chunks_received();
+                    let streamed = now != chunks;
+                    chunks = now;
+                    failed_checks = next_failed_checks(failed_checks, healthy, streamed);
+                    if !healthy && streamed {
+                        tracing::warn!(event = "engine.health_slow", pool_id = %self.pool_id, node_id = %self.node_id,
+                            "Engine for pool {} failed a health check but is streaming tokens: not counted as a failure", self.pool_id);
+                    }
+                    if failed_checks >= 3 {
+                        let how = running.stop(self.stop_grace).await;
+                        return format!("3 consecutive failed health checks; stopped ({how})");
                     }
                 }
                 _ = self.stop.cancelled() => {
@@ -561,6 +567,17 @@ impl EngineJob {
                 }
             }
         }
+    }
+}
+
+/// Failed health checks in a row after one more check. An engine that streamed completion
+/// chunks since the previous check is alive whatever its `/health` said (a loaded engine may
+/// answer it late): restarting it would break every stream it is serving.
+fn next_failed_checks(failed: u32, healthy: bool, streamed: bool) -> u32 {
+    if healthy || streamed {
+        0
+    } else {
+        failed + 1
     }
 }
 
@@ -653,5 +670,21 @@ impl FetchJob {
                 })
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod watch_tests {
+    use super::next_failed_checks;
+
+    #[test]
+    fn a_streaming_engine_is_alive_whatever_its_health_check_said() {
+        // Unhealthy and silent: counts, up to the restart at 3.
+        assert_eq!(next_failed_checks(0, false, false), 1);
+        assert_eq!(next_failed_checks(2, false, false), 3);
+        // Unhealthy but streaming since the last check: alive, the count starts again.
+        assert_eq!(next_failed_checks(2, false, true), 0);
+        // Healthy: resets.
+        assert_eq!(next_failed_checks(2, true, false), 0);
     }
 }
