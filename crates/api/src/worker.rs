@@ -33,6 +33,51 @@ pub enum DispatchInput {
     },
 }
 
+/// True for a chat that runs on the engine's own chat endpoint: tools are offered, or an
+/// assistant's calls or a tool's results are in the history. Only that endpoint renders tools
+/// into the template and parses the model's calls; every other chat renders with
+/// `/apply-template` and runs on `/completion`, whose frames carry the slot id and exact stop type.
+pub fn chat_endpoint_needed(messages: &[Message], tools: Option<&crate::tools::Tools>) -> bool {
+    tools.is_some_and(|t| !t.tools.is_empty())
+        || messages
+            .iter()
+            .any(|m| m.role == crate::task::Role::Tool || !m.tool_calls.is_empty())
+}
+
+impl DispatchInput {
+    /// See [`chat_endpoint_needed`].
+    pub fn uses_chat_endpoint(&self) -> bool {
+        match self {
+            DispatchInput::Messages { messages, tools } => {
+                chat_endpoint_needed(messages, tools.as_ref())
+            }
+            _ => false,
+        }
+    }
+
+    /// True when the worker can tell the token ids the engine's `/completion` runs for this input
+    /// (a prompt, or a chat rendered with `/apply-template`): not embeddings, not chats on the
+    /// engine's chat endpoint.
+    pub fn tokenizable(&self) -> bool {
+        !matches!(self, DispatchInput::Embed { .. }) && !self.uses_chat_endpoint()
+    }
+}
+
+/// `POST /v2/pools/{pool_id}/tokenize` (cache-aware placement): the token ids the pool's engine
+/// runs for `input`, rendered and tokenized exactly as a dispatch of it would be.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenizeRequest {
+    pub protocol_version: u32,
+    pub model: DispatchModel,
+    pub input: DispatchInput,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenizeResponse {
+    /// The prompt's token ids, in order (special tokens included, as `/completion` runs them).
+    pub tokens: Vec<u32>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DispatchParams {
     pub max_tokens: u64,

@@ -136,6 +136,7 @@ pub struct RawPlacement {
     pub wait_for_prefix_tokens: Option<u64>,
     pub wait_for_prefix_max_ms: Option<u64>,
     pub prefix_max_sequences: Option<i64>,
+    pub tokenize_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -272,6 +273,9 @@ pub struct Config {
     pub wait_for_prefix_max: Duration,
     /// Sequences the prefix index keeps in all.
     pub prefix_max_sequences: usize,
+    /// Cache-aware: how long after admission a task waits for its prompt token ids before it is
+    /// placed by load (decision 69).
+    pub tokenize_timeout: Duration,
     pub heartbeat_interval: Duration,
     pub heartbeat_timeout: Duration,
     pub worker_connect_timeout: Duration,
@@ -692,6 +696,7 @@ impl RawConfig {
             wait_for_prefix_tokens: self.placement.wait_for_prefix_tokens.unwrap_or(256),
             wait_for_prefix_max: ms(self.placement.wait_for_prefix_max_ms, 30_000),
             prefix_max_sequences: prefix_max as usize,
+            tokenize_timeout: ms(self.placement.tokenize_timeout_ms, 1_000),
             heartbeat_interval,
             heartbeat_timeout,
             worker_connect_timeout: ms(self.worker.connect_timeout_ms, 2_000),

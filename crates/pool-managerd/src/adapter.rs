@@ -481,7 +481,7 @@ fn end_event(
     (event, tps)
 }
 
-fn role_str(r: api::task::Role) -> &'static str {
+pub(crate) fn role_str(r: api::task::Role) -> &'static str {
     match r {
         api::task::Role::System => "system",
         api::task::Role::User => "user",
@@ -494,15 +494,10 @@ type FrameStream = std::pin::Pin<
     Box<dyn futures::Stream<Item = Result<CompletionFrame, EngineError>> + Send + 'static>,
 >;
 
-/// A chat runs on the engine's own chat endpoint when tools are involved: offered tools, an
-/// assistant's calls or a tool's results. Only that endpoint renders tools into the template and
-/// parses the model's calls; every other chat renders with `/apply-template` and runs on
-/// `/completion`, whose frames carry the slot id and exact stop type.
+/// A chat runs on the engine's own chat endpoint when tools are involved (see
+/// [`api::worker::chat_endpoint_needed`]).
 fn needs_chat(messages: &[api::task::Message], tools: Option<&api::tools::Tools>) -> bool {
-    tools.is_some_and(|t| !t.tools.is_empty())
-        || messages
-            .iter()
-            .any(|m| m.role == api::task::Role::Tool || !m.tool_calls.is_empty())
+    api::worker::chat_endpoint_needed(messages, tools)
 }
 
 /// The engine's `/v1/chat/completions` body: always streamed, with usage, and capped.

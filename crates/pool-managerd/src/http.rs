@@ -30,6 +30,10 @@ pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/v2/pools/{pool_id}/dispatch", post(dispatch))
         .route("/v2/pools/{pool_id}/tasks/{task_id}/cancel", post(cancel))
+        .route(
+            "/v2/pools/{pool_id}/tokenize",
+            post(crate::tokenize::tokenize),
+        )
         .route("/v2/pools", get(pools))
         .route("/v2/pools/{pool_id}", get(pool_status))
         .route("/v2/pools/{pool_id}/drain", post(local_drain))

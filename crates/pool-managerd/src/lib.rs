@@ -18,6 +18,7 @@ pub mod node;
 pub mod pools;
 pub mod registration;
 pub mod serve;
+pub mod tokenize;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

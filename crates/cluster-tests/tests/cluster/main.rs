@@ -50,6 +50,11 @@ fn scenarios() -> Vec<(&'static str, bool, Scenario)> {
         ("cache_aware_imbalance_guard_lets_load_win", true, |a| {
             Box::pin(prefix::imbalance_guard_lets_load_win(a))
         }),
+        (
+            "cache_aware_worker_tokenize_matches_the_engine",
+            true,
+            |a| Box::pin(prefix::worker_tokenize_matches_the_engine(a)),
+        ),
         ("engine_apply_template_matches_chat_endpoint", true, |a| {
             Box::pin(template::apply_template_matches_chat(a))
         }),

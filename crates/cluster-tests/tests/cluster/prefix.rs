@@ -1,6 +1,7 @@
 //! Cache-aware placement (issue 17) on two real pools: a conversation's turns follow the engine
-//! that holds its history, the engine's `cache_n` confirms the reuse, the metrics move by the
-//! engine-reported amounts, and a pool restart empties that pool's index entries.
+//! that holds its history, the engine's `cache_n` confirms the reuse and equals the predicted
+//! tokens exactly, the metrics move by the engine-reported amounts, and a pool restart empties
+//! that pool's index entries. The worker's tokenize route gives the ids the engine runs.
 
 use std::time::Duration;
 
@@ -176,6 +177,13 @@ pub async fn conversation_follows_its_history(a: Assets) -> anyhow::Result<()> {
                 after.1 - before.1
             );
             ensure!(after.2 > before.2, "a prediction was counted on turn {turn}");
+            // The index keys the engine's token ids: the prediction is the engine's reuse, exactly
+            // (the previous prompt, then what the engine generated but its last token).
+            ensure!(
+                after.2 - before.2 == cached as f64,
+                "turn {turn}: predicted {} tokens, the engine reused {cached}",
+                after.2 - before.2
+            );
             prev = t;
         }
         // O restarts: its index entries go; the next turn is placed by load and runs cold.
@@ -318,6 +326,159 @@ pub async fn imbalance_guard_lets_load_win(a: Assets) -> anyhow::Result<()> {
             t3.end.tokens_cached,
             t1.end.tokens_in
         );
+        Ok(())
+    }
+    .await;
+    stack.shutdown().await?;
+    result
+}
+
+/// The worker's tokenize route against the real engine: a prompt's ids and a chat's ids (rendered
+/// with the engine's template) are exactly as many as the engine then evaluates for the same
+/// input (`tokens_in`, from `tokens_evaluated`), the chat's ChatML markers are single special
+/// ids, a prompt's ids are a prefix of a longer prompt's; chats with tools, another model, an
+/// unknown pool and a wrong token are refused with typed errors.
+pub async fn worker_tokenize_matches_the_engine(a: Assets) -> anyhow::Result<()> {
+    let mut spec = a.spec("tokenize")?;
+    spec.pm_extra = format!(
+        "[dispatch]\ntoken = \"{}\"\n",
+        fixtures::TEST_DISPATCH_TOKEN
+    );
+    let mut stack = a.stack(spec).await?;
+    let result = async {
+        let pools = fixtures::worker_pools(&stack).await?;
+        let pool = pools.first().context("no pool")?;
+        let served = pool.models.first().context("the pool serves no model")?;
+        let model = api::worker::DispatchModel {
+            id: served.id.clone(),
+            digest: served.digest.clone(),
+        };
+        let http = reqwest::Client::new();
+        let url = format!("{}/v2/pools/{}/tokenize", stack.worker_url, pool.pool_id);
+        let tokenize = |input: api::worker::DispatchInput, model: api::worker::DispatchModel| {
+            let body = api::worker::TokenizeRequest {
+                protocol_version: api::PROTOCOL_VERSION,
+                model,
+                input,
+            };
+            let req = http
+                .post(&url)
+                .bearer_auth(fixtures::TEST_DISPATCH_TOKEN)
+                .json(&body);
+            async move {
+                let r = req.send().await?;
+                let status = r.status().as_u16();
+                let text = r.text().await?;
+                anyhow::Ok((status, text))
+            }
+        };
+        let ids_of = |(status, text): (u16, String)| -> anyhow::Result<Vec<u32>> {
+            ensure!(status == 200, "tokenize answered {status}: {text}");
+            Ok(serde_json::from_str::<api::worker::TokenizeResponse>(&text)?.tokens)
+        };
+        let client = client::Client::new(&stack.orchd_url, None)?;
+        let model_id = stack.spec.model_id.clone();
+        // A prompt.
+        let prompt = "The capital of France is Paris. The capital of Italy is";
+        let p_ids = ids_of(
+            tokenize(
+                api::worker::DispatchInput::Prompt {
+                    prompt: prompt.into(),
+                },
+                model.clone(),
+            )
+            .await?,
+        )?;
+        let mut req = TaskRequest::new(&model_id);
+        req.prompt = Some(prompt.into());
+        req.max_tokens = Some(3);
+        req.temperature = Some(0.0);
+        let t = run(&client, &req).await?;
+        ensure!(
+            t.end.tokens_in == p_ids.len() as u64,
+            "the engine evaluated {} prompt tokens, tokenize gave {}",
+            t.end.tokens_in,
+            p_ids.len()
+        );
+        let longer = ids_of(
+            tokenize(
+                api::worker::DispatchInput::Prompt {
+                    prompt: format!("{prompt} Rome."),
+                },
+                model.clone(),
+            )
+            .await?,
+        )?;
+        ensure!(
+            longer.starts_with(&p_ids) && longer.len() > p_ids.len(),
+            "{p_ids:?} is not a prefix of {longer:?}"
+        );
+        // A chat, rendered by the engine's template.
+        let messages = vec![
+            msg(Role::System, "Answer in one word."),
+            msg(Role::User, "Name a color."),
+        ];
+        let m_ids = ids_of(
+            tokenize(
+                api::worker::DispatchInput::Messages {
+                    messages: messages.clone(),
+                    tools: None,
+                },
+                model.clone(),
+            )
+            .await?,
+        )?;
+        // SmolLM2's ChatML: `<|im_start|>` is id 1 and `<|im_end|>` id 2 (ENGINE.md).
+        ensure!(
+            m_ids.first() == Some(&1) && m_ids.iter().filter(|i| **i == 2).count() == 2,
+            "the chat's special tokens are single ids: {m_ids:?}"
+        );
+        let t = run(&client, &chat(&model_id, &messages)).await?;
+        ensure!(
+            t.end.tokens_in == m_ids.len() as u64,
+            "the engine evaluated {} chat tokens, tokenize gave {}",
+            t.end.tokens_in,
+            m_ids.len()
+        );
+        // Refusals.
+        let tool_chat = api::worker::DispatchInput::Messages {
+            messages: vec![msg(Role::User, "weather?")],
+            tools: Some(serde_json::from_value(serde_json::json!({
+                "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+            }))?),
+        };
+        let (status, text) = tokenize(tool_chat, model.clone()).await?;
+        ensure!(
+            status == 400 && text.contains("INVALID_PARAMS"),
+            "a chat with tools: {status} {text}"
+        );
+        let other = api::worker::DispatchModel {
+            id: "some-other-model".parse()?,
+            digest: None,
+        };
+        let (status, text) = tokenize(
+            api::worker::DispatchInput::Prompt { prompt: "x".into() },
+            other,
+        )
+        .await?;
+        ensure!(
+            status == 404 && text.contains("MODEL_NOT_AVAILABLE"),
+            "another model: {status} {text}"
+        );
+        let r = http
+            .post(format!("{}/v2/pools/no-such-pool/tokenize", stack.worker_url))
+            .bearer_auth(fixtures::TEST_DISPATCH_TOKEN)
+            .json(&serde_json::json!({"protocol_version": 1, "model": model, "input": {"prompt": "x"}}))
+            .send()
+            .await?;
+        ensure!(r.status() == 404, "unknown pool: {}", r.status());
+        let r = http
+            .post(&url)
+            .bearer_auth("not-the-token-0000000000000000000000000000")
+            .json(&serde_json::json!({"protocol_version": 1, "model": model, "input": {"prompt": "x"}}))
+            .send()
+            .await?;
+        ensure!(r.status() == 401, "wrong token: {}", r.status());
         Ok(())
     }
     .await;

@@ -58,8 +58,20 @@ impl<E: Effects> Core<E> {
         }
         // Tenant limits come first: a refused request changes nothing (no model is registered).
         let queued = self.queues.queued_of(&v.tenant);
-        let retry = self.tenant_retry_ms(&v.tenant);
-        if let Err(e) = self.tenants.check(&v.tenant, queued, || retry, now) {
+        // The advised wait is worked out only for a refusal (it reads every pool's measurements).
+        let oldest = self
+            .tenants
+            .running(&v.tenant)
+            .next()
+            .and_then(|id| self.tasks.get(id))
+            .map(|t| (t.model.clone(), t.max_tokens));
+        let (registry, stats) = (&self.registry, &self.stats);
+        let retry = || {
+            oldest.map_or(1000, |(model, max_tokens)| {
+                super::tasks::retry_after_ms(registry, stats, &model, max_tokens)
+            })
+        };
+        if let Err(e) = self.tenants.check(&v.tenant, queued, retry, now) {
             self.count_backpressure_for(&v.tenant, &e);
             return Err(self.reject(&v.tenant, e));
         }
@@ -182,11 +194,7 @@ impl<E: Effects> Core<E> {
                 deadline,
             ),
         );
-        if self.cfg.strategy == crate::config::Strategy::CacheAware {
-            if let Some(t) = self.tasks.get_mut(&id) {
-                t.prefix_key = super::prefix::key(&super::prefix::request_text(&t.v.input));
-            }
-        }
+        self.ask_prompt_ids(id);
         self.metrics.inc(
             m::TASKS_ENQUEUED,
             labels(&[
@@ -245,17 +253,6 @@ impl<E: Effects> Core<E> {
         );
         tracing::info!(event = "tenant.limited", tenant = %tenant, code = %e.code, policy_label = e.policy_label.as_deref().unwrap_or(""),
             retry_after_ms = e.retry_after_ms.unwrap_or(0), "Refused a task of tenant {tenant}: {}", e.message);
-    }
-
-    /// The wait advised when a tenant's queued limit is reached: about one task's run time on
-    /// the model of its oldest queued or running task (at least a second).
-    fn tenant_retry_ms(&self, tenant: &api::TenantId) -> u64 {
-        self.tenants
-            .running(tenant)
-            .next()
-            .and_then(|id| self.tasks.get(id))
-            .map(|t| self.retry_after_ms(&t.model, t.max_tokens))
-            .unwrap_or(1000)
     }
 
     /// `admission_backpressure_events_total{policy}`: every 429 and every eviction (API.md §6.2).
@@ -455,10 +452,10 @@ impl TaskEntry {
             resume_from: None,
             migrated_from: None,
             carried_first_token: None,
+            prompt_ids: super::tokenize::PromptIds::None,
             prefix_key: Vec::new(),
             predicted_cached: 0,
             predicted_slot: None,
-            gen_text: String::new(),
             tokens_cached: None,
             restore_pool: None,
             restored_attempt: None,

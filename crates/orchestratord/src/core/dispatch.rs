@@ -1,5 +1,5 @@
 //! The worker client (API.md §13): opens a dispatch stream to pool-managerd and relays its NDJSON
-//! lines to the core as messages; calls the worker cancel route. orchestratord never speaks an
+//! lines to the core as messages; calls the worker cancel and tokenize routes. orchestratord never speaks an
 //! engine dialect: only these typed worker lines cross this boundary.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 
 use super::runner::Msg;
 use super::store::Durable;
-use super::{CancelJob, DispatchJob, RelayEnd};
+use super::{CancelJob, DispatchJob, RelayEnd, TokenizeJob};
 
 /// An HA leader's fencing token: its epoch, sent on every worker call, and how long its lease is
 /// known to hold by its own clock. A leader whose lease lapsed (it was paused, say) sends nothing:
@@ -192,4 +192,31 @@ pub async fn cancel(http: &reqwest::Client, job: &CancelJob, fence: Option<&Fenc
             false
         }
     }
+}
+
+/// Calls the worker tokenize route: the task's prompt token ids, or why there are none. Not
+/// fenced: it changes nothing on the worker.
+pub async fn tokenize(http: &reqwest::Client, job: &TokenizeJob) -> Result<Vec<u32>, String> {
+    let url = format!("{}/v2/pools/{}/tokenize", job.address, job.pool_id);
+    let resp = http
+        .post(&url)
+        .bearer_auth(job.token.expose())
+        .header(api::CORRELATION_HEADER, job.correlation_id.as_str())
+        .timeout(Duration::from_secs(10))
+        .json(&job.body)
+        .send()
+        .await
+        .map_err(|e| format!("worker unreachable: {e}"))?;
+    let status = resp.status();
+    if !status.is_success() {
+        let text = resp.text().await.unwrap_or_default();
+        return Err(match serde_json::from_str::<ErrorEnvelope>(&text) {
+            Ok(env) => format!("worker answered {status}: {}", env.message),
+            Err(_) => format!("worker answered {status}"),
+        });
+    }
+    resp.json::<api::worker::TokenizeResponse>()
+        .await
+        .map(|r| r.tokens)
+        .map_err(|e| format!("unreadable tokenize answer: {e}"))
 }

@@ -30,6 +30,7 @@ pub mod task_table;
 pub mod tasklog;
 pub mod tasks;
 pub mod tenants;
+pub mod tokenize;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -60,6 +61,20 @@ pub trait Effects {
     fn cancel_on_worker(&mut self, job: CancelJob);
     /// Call back with `timer` after `after`.
     fn timer(&mut self, after: Duration, timer: Timer);
+    /// Ask a worker for a task's prompt token ids; the answer comes back as
+    /// [`Core::on_tokenized`].
+    fn tokenize(&mut self, job: TokenizeJob);
+}
+
+/// A worker's tokenize route, called for one queued task (cache-aware placement).
+#[derive(Debug, Clone)]
+pub struct TokenizeJob {
+    pub task: TaskId,
+    pub address: String,
+    pub token: Secret,
+    pub pool_id: PoolId,
+    pub correlation_id: CorrelationId,
+    pub body: api::worker::TokenizeRequest,
 }
 
 #[derive(Debug, Clone)]
@@ -124,6 +139,8 @@ impl std::fmt::Display for RelayEnd {
 pub enum Timer {
     Deadline(TaskId),
     DisconnectCheck(TaskId),
+    /// The task's prompt ids did not come within `placement.tokenize_timeout_ms`: place it by load.
+    TokenizeBound(TaskId),
 }
 
 /// Per-pool measurements for predictions (EWMA, α = 0.2).
@@ -187,13 +204,13 @@ pub struct TaskEntry {
     migrated_from: Option<(PoolId, &'static str)>,
     /// The first token's moment, kept across a migration's return to the queue.
     carried_first_token: Option<lifecycle::Stamp>,
-    /// The request's chained block hashes (cache-aware placement; empty under least-loaded).
+    /// The prompt's engine token ids (cache-aware placement).
+    prompt_ids: tokenize::PromptIds,
+    /// The chained block hashes of the known prompt ids (empty otherwise).
     prefix_key: Vec<u64>,
     /// Prompt tokens placement predicted the current attempt's engine holds, and its slot.
     predicted_cached: u64,
     predicted_slot: Option<u32>,
-    /// The generated text over all attempts (what the engine holds after the prompt).
-    gen_text: String,
     /// Prompt tokens the engine reused, from the worker's `end`.
     tokens_cached: Option<u64>,
     /// A task a new HA leader restored while its attempt ran: it is dispatched again, with the
@@ -244,7 +261,7 @@ pub struct Core<E: Effects> {
     /// Nodes and their pools.
     registry: registry::Registry,
     /// Per-pool measurements for predictions.
-    stats: HashMap<PoolId, PoolStats>,
+    stats: HashMap<PoolId, PoolStats, placement::Fnv>,
     tasks: task_table::TaskTable,
     queues: queue::Queues,
     sessions: sessions::Sessions,
@@ -254,6 +271,8 @@ pub struct Core<E: Effects> {
     loads: provision::Loads,
     /// What each pool's engine holds, for cache-aware placement.
     prefix: prefix::PrefixIndex,
+    /// The pool last asked to tokenize (round robin).
+    tokenize_cursor: Option<PoolId>,
     /// Tenants' policies and usage.
     tenants: tenants::Tenants,
     /// The cluster event bus (`GET /v2/events`).
@@ -281,7 +300,7 @@ impl<E: Effects> Core<E> {
             effects,
             metrics,
             registry: registry::Registry::default(),
-            stats: HashMap::new(),
+            stats: HashMap::default(),
             tasks: task_table::TaskTable::default(),
             queues: queue::Queues::new(cfg.fair_queuing),
             tenants: tenants::Tenants::new(cfg.tenant_policies()),
@@ -292,6 +311,7 @@ impl<E: Effects> Core<E> {
             prefix: prefix::PrefixIndex::new(prefix::Limits {
                 max_sequences: cfg.prefix_max_sequences,
             }),
+            tokenize_cursor: None,
             journal: journal::Journal::new(cfg.ha().is_some()),
             idempotency: HashMap::new(),
             restoring: Default::default(),
@@ -303,6 +323,11 @@ impl<E: Effects> Core<E> {
     /// Sequences the prefix index holds (benchmarks and tests).
     pub fn prefix_sequences(&self) -> usize {
         self.prefix.len()
+    }
+
+    /// Prompt tokens placement predicted a task's current attempt finds cached (benchmarks).
+    pub fn predicted_cached(&self, id: TaskId) -> u64 {
+        self.tasks.get(&id).map_or(0, |t| t.predicted_cached)
     }
 
     /// The effects recorder or performer (tests read what the core asked for).
@@ -393,13 +418,15 @@ impl<E: Effects> Core<E> {
             && t.deadline.is_none_or(|d| {
                 d.saturating_duration_since(now) > d.saturating_duration_since(t.admitted.at) / 2
             });
-        let saved: Vec<(PoolId, prefix::Match)> = if t.prefix_key.is_empty() {
-            Vec::new()
-        } else {
-            self.prefix.lookup(&t.prefix_key)
+        if self.tokenize_pending(t, now) {
+            return None;
+        }
+        let ids = match &t.prompt_ids {
+            tokenize::PromptIds::Known(ids) if !t.prefix_key.is_empty() => Some(ids),
+            _ => None,
         };
         let saved_tokens: Vec<(PoolId, u64)> =
-            saved.iter().map(|(p, m)| (p.clone(), m.tokens)).collect();
+            ids.map_or_else(Vec::new, |ids| self.prefix.lookup(&t.prefix_key, ids.len()));
         let hints = placement::CacheHints {
             saved: &saved_tokens,
             balance_abs: self.cfg.balance_abs,
@@ -432,14 +459,13 @@ impl<E: Effects> Core<E> {
             cache_aware.then_some(&hints),
         );
         let pool = choice.pool?;
-        let predicted = saved.iter().find(|(p, _)| p == pool).map_or(
-            prefix::Match {
-                bytes: 0,
-                tokens: 0,
-                slot: None,
-            },
-            |(_, m)| *m,
-        );
+        // Ranking used whole shared blocks; the chosen pool's prediction is exact.
+        let predicted = match ids {
+            Some(ids) if saved_tokens.iter().any(|(p, _)| p == pool) => {
+                self.prefix.best(pool, &t.prefix_key, ids)
+            }
+            _ => prefix::Match::default(),
+        };
         self.metrics.set(
             crate::metrics::PLACEMENT_CANDIDATES,
             vec![],

@@ -77,6 +77,32 @@ pub struct CacheHints<'h> {
     pub wait_min_tokens: u64,
 }
 
+/// FNV-1a for maps keyed by pool id that a decision reads once per pool (saved tokens, pool
+/// stats): with a thousand pools SipHash alone would cost tens of microseconds per decision. Pool
+/// ids are operator-chosen names, not attacker input.
+#[derive(Default, Clone, Copy)]
+pub struct Fnv;
+
+impl std::hash::BuildHasher for Fnv {
+    type Hasher = FnvHasher;
+    fn build_hasher(&self) -> FnvHasher {
+        FnvHasher(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+pub struct FnvHasher(u64);
+
+impl std::hash::Hasher for FnvHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
 /// True when the candidates' loads are imbalanced beyond the guard's thresholds.
 pub fn imbalanced(loads: impl Iterator<Item = usize> + Clone, abs: usize, rel: f64) -> bool {
     let (Some(max), Some(min)) = (loads.clone().max(), loads.min()) else {
@@ -154,7 +180,7 @@ pub fn choose<'a>(
     let cache_on = cache.filter(|c| {
         !c.saved.is_empty() && !imbalanced(cand_loads.iter().copied(), c.balance_abs, c.balance_rel)
     });
-    let saved: std::collections::HashMap<&PoolId, u64> = cache_on
+    let saved: std::collections::HashMap<&PoolId, u64, Fnv> = cache_on
         .map(|c| c.saved.iter().map(|(p, n)| (p, *n)).collect())
         .unwrap_or_default();
     let score = |p: &PoolView<'_>| {

@@ -1,31 +1,57 @@
 //! The prefix index (cache-aware placement): which prompt prefixes each pool's engine holds.
 //!
-//! A sequence is what one finished task left in its pool's engine: the request's canonical text
-//! (the prompt, or the messages with their roles) followed by the generated text. It is stored as a
-//! chain of block hashes: block `i` hashes the first `(i + 1) * BLOCK` bytes, so two sequences share
-//! block `i` only when their first `(i + 1) * BLOCK` bytes are equal. Per block hash the index
+//! A sequence is what one finished task left in its pool's engine slot: the engine token ids of
+//! its prompt (as the worker's tokenize route reported them) followed by the ids it generated,
+//! less the last one (the engine samples it but never decodes it into the slot). It is stored with
+//! its chain of block hashes: block `i` hashes the first `(i + 1) * BLOCK` ids, so two sequences
+//! share block `i` only when their first `(i + 1) * BLOCK` ids are equal. Per block hash the index
 //! keeps the pools holding it (with a count), so a lookup walks the request's blocks from the
-//! deepest present one down and costs about one pool list per depth where the set of pools grows.
+//! deepest present one down and costs about one pool list per depth where the set of pools grows;
+//! the ids after the deepest shared block are then compared one by one, so a match is an exact
+//! token count.
 //!
 //! Memory is bounded twice, mirroring the engine: per pool by tokens (slots × context plus the
 //! engine's `--cache-ram` prompt cache, least recently used first) and globally by a sequence
 //! count. A pool's entries are dropped when its engine restarts or it leaves Ready. Engine
-//! feedback (`cache_n`) corrects a prediction the engine did not honour.
+//! feedback (`cache_n`) cuts a prediction the engine did not honour to what it reused.
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::BuildHasherDefault;
 
 use api::PoolId;
 
-/// Bytes per block; a block is about 64 tokens of English text.
-pub const BLOCK: usize = 256;
+/// Block hashes and sequence ids are already well-spread (or small and distinct): hashing them
+/// again would only cost time on every lookup.
+#[derive(Default)]
+struct Mix(u64);
 
-/// The chained block hashes of `text` (full blocks only).
-pub fn key(text: &[u8]) -> Vec<u64> {
-    let mut out = Vec::with_capacity(text.len() / BLOCK);
+impl std::hash::Hasher for Mix {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        // Spread small sequence ids over the high bits the table's control bytes use.
+        self.0 = (self.0 ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<Mix>>;
+
+/// Token ids per block.
+pub const BLOCK: usize = 16;
+
+/// The chained block hashes of `ids` (full blocks only).
+pub fn key(ids: &[u32]) -> Vec<u64> {
+    let mut out = Vec::with_capacity(ids.len() / BLOCK);
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for chunk in text.chunks_exact(BLOCK) {
-        for b in chunk {
-            h ^= u64::from(*b);
+    for chunk in ids.chunks_exact(BLOCK) {
+        for id in chunk {
+            h ^= u64::from(*id);
             h = h.wrapping_mul(0x0100_0000_01b3);
         }
         // Finalize so that consecutive blocks' hashes are well spread.
@@ -37,52 +63,14 @@ pub fn key(text: &[u8]) -> Vec<u64> {
     out
 }
 
-/// The canonical text of a request as placement sees it: the prompt, or each message as
-/// `\x1e role \x1f content`, then (for messages) the opening of the assistant turn the engine
-/// generates, so a conversation's next request extends the previous one's sequence.
-pub fn request_text(input: &api::worker::DispatchInput) -> Vec<u8> {
-    match input {
-        api::worker::DispatchInput::Prompt { prompt } => prompt.as_bytes().to_vec(),
-        // Embeddings leave nothing in a prompt cache placement could reuse.
-        api::worker::DispatchInput::Embed { .. } => Vec::new(),
-        api::worker::DispatchInput::Messages { messages, .. } => {
-            let mut out = Vec::new();
-            for m in messages {
-                push_message(&mut out, role(m.role), &m.content);
-            }
-            out
-        }
-    }
-}
-
-/// The canonical text a finished task leaves: its request's text followed by what it generated
-/// (for messages, as an assistant message).
-pub fn sequence_text(input: &api::worker::DispatchInput, generated: &str) -> Vec<u8> {
-    let mut out = request_text(input);
-    match input {
-        api::worker::DispatchInput::Embed { .. } => {}
-        api::worker::DispatchInput::Prompt { .. } => out.extend_from_slice(generated.as_bytes()),
-        api::worker::DispatchInput::Messages { .. } => {
-            push_message(&mut out, "assistant", generated)
-        }
-    }
+/// What a finished task leaves in its engine slot: the prompt ids, then the generated ids but
+/// the last (measured on b11434: after a stop by limit or end of sequence the slot holds
+/// prompt + generated − 1 tokens, and the end-of-sequence token is among the generated ids).
+pub fn sequence(prompt: &[u32], generated: &[u32]) -> Vec<u32> {
+    let mut out = Vec::with_capacity(prompt.len() + generated.len());
+    out.extend_from_slice(prompt);
+    out.extend_from_slice(&generated[..generated.len().saturating_sub(1)]);
     out
-}
-
-fn push_message(out: &mut Vec<u8>, role: &str, content: &str) {
-    out.push(0x1e);
-    out.extend_from_slice(role.as_bytes());
-    out.push(0x1f);
-    out.extend_from_slice(content.as_bytes());
-}
-
-fn role(r: api::task::Role) -> &'static str {
-    match r {
-        api::task::Role::System => "system",
-        api::task::Role::User => "user",
-        api::task::Role::Assistant => "assistant",
-        api::task::Role::Tool => "tool",
-    }
 }
 
 /// Bounds of the index.
@@ -104,8 +92,29 @@ struct Seq {
     pool: u32,
     slot: Option<u32>,
     hashes: Vec<u64>,
-    tokens: u64,
+    ids: Vec<u32>,
     tick: u64,
+}
+
+impl Seq {
+    /// Ids this sequence shares with a request whose first `depth` blocks it shares.
+    fn common(&self, depth: usize, ids: &[u32]) -> usize {
+        let from = depth * BLOCK;
+        from + self.ids[from.min(self.ids.len())..]
+            .iter()
+            .zip(ids.get(from..).unwrap_or(&[]))
+            .take_while(|(a, b)| a == b)
+            .count()
+    }
+
+    /// Full blocks this sequence shares with `key`.
+    fn depth(&self, key: &[u64]) -> usize {
+        self.hashes
+            .iter()
+            .zip(key)
+            .take_while(|(a, b)| a == b)
+            .count()
+    }
 }
 
 #[derive(Default)]
@@ -113,16 +122,13 @@ struct PoolSeqs {
     seqs: Vec<SeqId>,
     tokens: u64,
     capacity: u64,
-    /// Prompt bytes per token as the engine reported it (EWMA), to turn matched bytes into tokens.
-    bytes_per_token: Option<f64>,
 }
 
 /// One pool's best match for a request.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Match {
-    /// Matched bytes of the request's text.
-    pub bytes: usize,
-    /// The same in engine tokens (estimated from the pool's bytes per token).
+    /// Prompt tokens the engine would take from its cache: the ids shared with the request,
+    /// never all of them (the engine evaluates at least the prompt's last token).
     pub tokens: u64,
     /// The slot that holds it, when known.
     pub slot: Option<u32>,
@@ -131,12 +137,12 @@ pub struct Match {
 /// The prefix index.
 pub struct PrefixIndex {
     limits: Limits,
-    pool_ix: HashMap<PoolId, u32>,
+    pool_ix: HashMap<PoolId, u32, super::placement::Fnv>,
     pool_ids: Vec<PoolId>,
     pools: Vec<PoolSeqs>,
-    seqs: HashMap<SeqId, Seq>,
+    seqs: FastMap<SeqId, Seq>,
     /// Block hash → (pool index, number of that pool's sequences holding it).
-    blocks: HashMap<u64, Vec<(u32, u32)>>,
+    blocks: FastMap<u64, Vec<(u32, u32)>>,
     /// Least recently used first.
     lru: BTreeMap<u64, SeqId>,
     next_seq: SeqId,
@@ -145,18 +151,15 @@ pub struct PrefixIndex {
     scratch: std::cell::RefCell<Vec<u32>>,
 }
 
-/// Default bytes per token before the engine reported any (English text).
-const DEFAULT_BYTES_PER_TOKEN: f64 = 4.0;
-
 impl PrefixIndex {
     pub fn new(limits: Limits) -> Self {
         PrefixIndex {
             limits,
-            pool_ix: HashMap::new(),
+            pool_ix: HashMap::default(),
             pool_ids: Vec::new(),
             pools: Vec::new(),
-            seqs: HashMap::new(),
-            blocks: HashMap::new(),
+            seqs: FastMap::default(),
+            blocks: FastMap::default(),
             lru: BTreeMap::new(),
             next_seq: 0,
             tick: 0,
@@ -199,29 +202,13 @@ impl PrefixIndex {
             .map_or(0, |p| self.pools[*p as usize].seqs.len())
     }
 
-    /// Records what a finished task left in `pool` (and `slot`): `text` is its sequence text,
-    /// `tokens` its length in engine tokens (prompt plus generated), `prompt_bytes`/`prompt_tokens`
-    /// calibrate the pool's bytes per token. Sequences of the pool that the new one extends are
-    /// dropped (the slot now holds the longer one).
-    pub fn insert(
-        &mut self,
-        pool: &PoolId,
-        slot: Option<u32>,
-        text: &[u8],
-        tokens: u64,
-        prompt_bytes: usize,
-        prompt_tokens: u64,
-    ) {
+    /// Records what a finished task left in `pool` (and `slot`): `ids`, its [`sequence`].
+    /// Sequences of the pool that the new one extends are dropped (the slot now holds the longer
+    /// one), and so is the previous one of the same slot. A sequence shorter than a block is not
+    /// kept (no lookup could find it).
+    pub fn insert(&mut self, pool: &PoolId, slot: Option<u32>, ids: Vec<u32>) {
         let p = self.pool_index(pool);
-        if prompt_tokens > 0 && prompt_bytes > 0 {
-            let bpt = prompt_bytes as f64 / prompt_tokens as f64;
-            let ps = &mut self.pools[p as usize];
-            ps.bytes_per_token = Some(match ps.bytes_per_token {
-                Some(old) => old * 0.8 + bpt * 0.2,
-                None => bpt,
-            });
-        }
-        let hashes = key(text);
+        let hashes = key(&ids);
         if hashes.is_empty() {
             return;
         }
@@ -233,8 +220,9 @@ impl PrefixIndex {
             .filter(|id| {
                 let s = &self.seqs[id];
                 (slot.is_some() && s.slot == slot)
-                    || (s.hashes.len() <= hashes.len()
-                        && s.hashes.last() == hashes.get(s.hashes.len() - 1))
+                    || (s.ids.len() <= ids.len()
+                        && s.hashes.last() == hashes.get(s.hashes.len() - 1)
+                        && s.ids[..] == ids[..s.ids.len()])
             })
             .collect();
         for id in subsumed {
@@ -250,13 +238,14 @@ impl PrefixIndex {
                 None => v.push((p, 1)),
             }
         }
+        let tokens = ids.len() as u64;
         self.seqs.insert(
             id,
             Seq {
                 pool: p,
                 slot,
                 hashes,
-                tokens,
+                ids,
                 tick: self.tick,
             },
         );
@@ -289,14 +278,11 @@ impl PrefixIndex {
         }
     }
 
-    fn remove(&mut self, id: SeqId) {
-        let Some(s) = self.seqs.remove(&id) else {
-            return;
-        };
-        self.lru.remove(&s.tick);
-        for h in &s.hashes {
+    /// Forgets the block references of `hashes` held by pool `p`.
+    fn unref(&mut self, p: u32, hashes: &[u64]) {
+        for h in hashes {
             if let Some(v) = self.blocks.get_mut(h) {
-                if let Some(i) = v.iter().position(|(q, _)| *q == s.pool) {
+                if let Some(i) = v.iter().position(|(q, _)| *q == p) {
                     v[i].1 -= 1;
                     if v[i].1 == 0 {
                         v.swap_remove(i);
@@ -307,9 +293,17 @@ impl PrefixIndex {
                 }
             }
         }
+    }
+
+    fn remove(&mut self, id: SeqId) {
+        let Some(s) = self.seqs.remove(&id) else {
+            return;
+        };
+        self.lru.remove(&s.tick);
+        self.unref(s.pool, &s.hashes);
         let ps = &mut self.pools[s.pool as usize];
         ps.seqs.retain(|x| *x != id);
-        ps.tokens = ps.tokens.saturating_sub(s.tokens);
+        ps.tokens = ps.tokens.saturating_sub(s.ids.len() as u64);
     }
 
     /// Drops everything `pool` holds (its engine restarted or it left Ready).
@@ -322,9 +316,12 @@ impl PrefixIndex {
         }
     }
 
-    /// Every pool holding a prefix of `key`, with its match, deepest first. Cost: the pool lists
-    /// of the depths where the set of matching pools grows.
-    pub fn lookup(&self, key: &[u64]) -> Vec<(PoolId, Match)> {
+    /// Every pool holding a prefix of a request of `prompt_len` ids whose [`key`] is `key`, with
+    /// the tokens it shares in whole blocks (capped at `prompt_len − 1`: the engine evaluates the
+    /// prompt's last token itself), longest first. Cost: the pool lists of the depths where the
+    /// set of matching pools grows; no sequence is read, so ranking many holders stays cheap.
+    /// [`PrefixIndex::best`] then gives the chosen pool's exact match.
+    pub fn lookup(&self, key: &[u64], prompt_len: usize) -> Vec<(PoolId, u64)> {
         // The deepest block any pool holds (pool sets only grow toward shallow depths).
         let (mut lo, mut hi) = (0usize, key.len());
         while lo < hi {
@@ -353,29 +350,39 @@ impl PrefixIndex {
             }
             seen = v.len();
         }
-        let mut out = Vec::with_capacity(found.len());
-        for p in found {
-            let depth = scratch[p as usize] as usize;
-            scratch[p as usize] = 0;
-            let bytes = depth * BLOCK;
-            let ps = &self.pools[p as usize];
-            let bpt = ps.bytes_per_token.unwrap_or(DEFAULT_BYTES_PER_TOKEN);
-            let slot = ps
-                .seqs
-                .iter()
-                .map(|id| &self.seqs[id])
-                .find(|s| s.hashes.len() >= depth && s.hashes[depth - 1] == key[depth - 1])
-                .and_then(|s| s.slot);
-            out.push((
-                self.pool_ids[p as usize].clone(),
-                Match {
-                    bytes,
-                    tokens: (bytes as f64 / bpt) as u64,
-                    slot,
-                },
-            ));
-        }
+        let cap = prompt_len.saturating_sub(1);
+        let out = found
+            .into_iter()
+            .map(|p| {
+                let depth = std::mem::take(&mut scratch[p as usize]) as usize;
+                (
+                    self.pool_ids[p as usize].clone(),
+                    (depth * BLOCK).min(cap) as u64,
+                )
+            })
+            .collect();
+        // Deepest first already: `found` is filled from the deepest depth up.
         out
+    }
+
+    /// `pool`'s exact match for the request `ids` (whose [`key`] is `key`): the ids its best
+    /// sequence shares with the request, compared one by one past the last shared block, capped
+    /// at `ids.len() − 1`; and that sequence's slot.
+    pub fn best(&self, pool: &PoolId, key: &[u64], ids: &[u32]) -> Match {
+        let Some(p) = self.pool_ix.get(pool) else {
+            return Match::default();
+        };
+        let best = self.pools[*p as usize]
+            .seqs
+            .iter()
+            .map(|id| &self.seqs[id])
+            .map(|s| (s.common(s.depth(key), ids), s.slot))
+            .filter(|(n, _)| *n >= BLOCK)
+            .max_by_key(|(n, _)| *n);
+        best.map_or(Match::default(), |(n, slot)| Match {
+            tokens: n.min(ids.len().saturating_sub(1)) as u64,
+            slot,
+        })
     }
 
     /// Marks the sequences of `pool` matching `key` as just used.
@@ -398,53 +405,48 @@ impl PrefixIndex {
         }
     }
 
-    /// Engine feedback: the engine reused `cached_tokens` of a request placed on `pool` for
-    /// `predicted` tokens under `key`. When it reused less, the pool's sequences are cut to what
-    /// the engine honoured (dropped when nothing was).
-    pub fn correct(&mut self, pool: &PoolId, key: &[u64], predicted: u64, cached_tokens: u64) {
+    /// Engine feedback: the engine reused `cached_tokens` of a request (`ids`, its [`key`] `key`)
+    /// placed on `pool` for `predicted` tokens. When it reused less, the pool's sequences that
+    /// share more than that with the request are cut to exactly the reused tokens (dropped when
+    /// less than a block is left).
+    pub fn correct(
+        &mut self,
+        pool: &PoolId,
+        key: &[u64],
+        ids: &[u32],
+        predicted: u64,
+        cached_tokens: u64,
+    ) {
         if cached_tokens >= predicted {
             return;
         }
         let Some(p) = self.pool_ix.get(pool).copied() else {
             return;
         };
-        let bpt = self.pools[p as usize]
-            .bytes_per_token
-            .unwrap_or(DEFAULT_BYTES_PER_TOKEN);
-        let keep = ((cached_tokens as f64 * bpt) as usize) / BLOCK;
+        let keep = cached_tokens as usize;
         for id in self.pools[p as usize].seqs.clone() {
             let s = &self.seqs[&id];
-            let common = s.hashes.iter().zip(key).take_while(|(a, b)| a == b).count();
-            if common > keep {
-                // The engine does not hold this sequence beyond `keep` blocks.
-                let mut s = self.seqs.remove(&id).expect("listed");
-                self.lru.remove(&s.tick);
-                self.pools[p as usize].seqs.retain(|x| *x != id);
-                let tokens = s.tokens;
-                self.pools[p as usize].tokens =
-                    self.pools[p as usize].tokens.saturating_sub(tokens);
-                for h in &s.hashes[keep..] {
-                    if let Some(v) = self.blocks.get_mut(h) {
-                        if let Some(i) = v.iter().position(|(q, _)| *q == p) {
-                            v[i].1 -= 1;
-                            if v[i].1 == 0 {
-                                v.swap_remove(i);
-                            }
-                        }
-                        if v.is_empty() {
-                            self.blocks.remove(h);
-                        }
-                    }
-                }
-                if keep > 0 {
-                    s.hashes.truncate(keep);
-                    s.tokens = cached_tokens.min(tokens);
-                    self.pools[p as usize].tokens += s.tokens;
-                    self.pools[p as usize].seqs.push(id);
-                    self.lru.insert(s.tick, id);
-                    self.seqs.insert(id, s);
-                }
+            if s.common(s.depth(key), ids) <= keep {
+                continue;
             }
+            // The engine does not hold this sequence beyond `keep` ids.
+            let mut s = self.seqs.remove(&id).expect("listed");
+            self.lru.remove(&s.tick);
+            self.pools[p as usize].seqs.retain(|x| *x != id);
+            self.pools[p as usize].tokens = self.pools[p as usize]
+                .tokens
+                .saturating_sub(s.ids.len() as u64);
+            let blocks = keep / BLOCK;
+            let cut = s.hashes.split_off(blocks.min(s.hashes.len()));
+            self.unref(p, &cut);
+            if blocks == 0 {
+                continue;
+            }
+            s.ids.truncate(keep);
+            self.pools[p as usize].tokens += s.ids.len() as u64;
+            self.pools[p as usize].seqs.push(id);
+            self.lru.insert(s.tick, id);
+            self.seqs.insert(id, s);
         }
     }
 }
@@ -457,21 +459,38 @@ mod tests {
         s.parse().unwrap()
     }
 
-    fn text(seed: u8, len: usize) -> Vec<u8> {
-        (0..len)
-            .map(|i| b'a' + ((i * 7 + seed as usize) % 26) as u8)
+    /// `len` synthetic token ids, different per seed.
+    fn ids(seed: u32, len: usize) -> Vec<u32> {
+        (0..len as u32)
+            .map(|i| seed * 100_000 + i * 7 + 1)
             .collect()
+    }
+
+    fn cat(a: &[u32], b: &[u32]) -> Vec<u32> {
+        [a, b].concat()
     }
 
     fn index() -> PrefixIndex {
         PrefixIndex::new(Limits { max_sequences: 100 })
     }
 
+    /// Each matching pool's exact match, in the order of `lookup`.
+    fn look(ix: &PrefixIndex, req: &[u32]) -> Vec<(PoolId, Match)> {
+        let k = key(req);
+        ix.lookup(&k, req.len())
+            .into_iter()
+            .map(|(p, _)| {
+                let m = ix.best(&p, &k, req);
+                (p, m)
+            })
+            .collect()
+    }
+
     #[test]
     fn chained_keys_share_exactly_the_common_prefix() {
-        let a = text(1, 4 * BLOCK);
+        let a = ids(1, 4 * BLOCK);
         let mut b = a.clone();
-        b[2 * BLOCK + 5] = b'!';
+        b[2 * BLOCK + 5] = 9;
         let (ka, kb) = (key(&a), key(&b));
         assert_eq!(ka.len(), 4);
         assert_eq!(ka[..2], kb[..2]);
@@ -482,40 +501,66 @@ mod tests {
     }
 
     #[test]
-    fn lookup_finds_the_deepest_match_per_pool() {
+    fn the_sequence_is_the_prompt_and_the_generated_ids_but_the_last() {
+        assert_eq!(sequence(&[1, 2], &[3, 4, 5]), vec![1, 2, 3, 4]);
+        assert_eq!(sequence(&[1, 2], &[3]), vec![1, 2]);
+        assert_eq!(sequence(&[1, 2], &[]), vec![1, 2]);
+    }
+
+    #[test]
+    fn matches_are_exact_token_counts() {
         let mut ix = index();
-        let sys = text(3, 2 * BLOCK);
-        let mut long = sys.clone();
-        long.extend(text(9, 2 * BLOCK));
-        ix.insert(&pid("a"), None, &sys, 128, sys.len(), 128);
-        ix.insert(&pid("b"), Some(1), &long, 256, long.len(), 256);
-        let mut req = long.clone();
-        req.extend(text(4, 3 * BLOCK));
-        let m = ix.lookup(&key(&req));
+        let sys = ids(3, 2 * BLOCK + 5);
+        let long = cat(&sys, &ids(9, 2 * BLOCK + 3));
+        ix.insert(&pid("a"), None, sys.clone());
+        ix.insert(&pid("b"), Some(1), long.clone());
+        // A request extending `long`: all of `long` on b, all of `sys` on a (mid-block ends).
+        let req = cat(&long, &ids(4, 3 * BLOCK));
+        let m = look(&ix, &req);
         assert_eq!(m.len(), 2);
         assert_eq!(m[0].0, pid("b"));
-        assert_eq!(m[0].1.bytes, 4 * BLOCK);
-        assert_eq!(m[0].1.tokens, 256);
+        assert_eq!(m[0].1.tokens, long.len() as u64);
         assert_eq!(m[0].1.slot, Some(1));
         assert_eq!(m[1].0, pid("a"));
-        assert_eq!(m[1].1.bytes, 2 * BLOCK);
+        assert_eq!(m[1].1.tokens, sys.len() as u64);
+        // Lookup ranks by whole blocks; `best` is exact.
+        assert_eq!(
+            ix.lookup(&key(&req), req.len()),
+            vec![(pid("b"), 4 * BLOCK as u64), (pid("a"), 2 * BLOCK as u64)]
+        );
+        // Diverging in the middle of a block: exactly the shared ids.
+        let mut fork = long.clone();
+        fork[2 * BLOCK + 9] += 1;
+        let m = look(&ix, &fork);
+        let b = m.iter().find(|(p, _)| *p == pid("b")).unwrap();
+        assert_eq!(b.1.tokens, (2 * BLOCK + 9) as u64);
+        // The same prompt again: the engine evaluates its last token itself.
+        assert_eq!(look(&ix, &long)[0].1.tokens, long.len() as u64 - 1);
         // A request sharing nothing matches nothing.
-        assert!(ix.lookup(&key(&text(20, 3 * BLOCK))).is_empty());
+        assert!(look(&ix, &ids(20, 3 * BLOCK)).is_empty());
     }
 
     #[test]
     fn a_longer_sequence_replaces_its_prefix_and_the_same_slot() {
         let mut ix = index();
-        let t1 = text(1, 2 * BLOCK);
-        let mut t2 = t1.clone();
-        t2.extend(text(2, BLOCK));
-        ix.insert(&pid("a"), None, &t1, 10, 0, 0);
-        ix.insert(&pid("a"), None, &t2, 15, 0, 0);
+        let t1 = ids(1, 2 * BLOCK + 3);
+        let t2 = cat(&t1, &ids(2, BLOCK));
+        ix.insert(&pid("a"), None, t1.clone());
+        ix.insert(&pid("a"), None, t2);
         assert_eq!(ix.pool_len(&pid("a")), 1);
-        ix.insert(&pid("a"), Some(0), &text(5, BLOCK), 5, 0, 0);
-        ix.insert(&pid("a"), Some(0), &text(6, BLOCK), 5, 0, 0);
+        // Sharing the blocks but not the tail: both stay.
+        let mut other = t1.clone();
+        other.truncate(2 * BLOCK + 1);
+        other.push(0);
+        ix.insert(&pid("a"), None, other);
         assert_eq!(ix.pool_len(&pid("a")), 2);
-        assert!(ix.lookup(&key(&text(5, BLOCK))).is_empty());
+        ix.insert(&pid("a"), Some(0), ids(5, BLOCK));
+        ix.insert(&pid("a"), Some(0), ids(6, BLOCK));
+        assert_eq!(ix.pool_len(&pid("a")), 3);
+        assert!(look(&ix, &ids(5, BLOCK)).is_empty());
+        // Shorter than a block: not kept.
+        ix.insert(&pid("a"), None, ids(7, BLOCK - 1));
+        assert_eq!(ix.pool_len(&pid("a")), 3);
     }
 
     #[test]
@@ -523,72 +568,56 @@ mod tests {
         let mut ix = PrefixIndex::new(Limits { max_sequences: 3 });
         ix.set_capacity(&pid("a"), PoolCapacity { tokens: 100 });
         for i in 0..3 {
-            ix.insert(&pid("a"), None, &text(i, BLOCK), 40, 0, 0);
+            ix.insert(&pid("a"), None, ids(i, 40));
         }
         // 120 tokens > 100: the least recently used went.
         assert_eq!(ix.pool_len(&pid("a")), 2);
-        assert!(ix.lookup(&key(&text(0, BLOCK))).is_empty());
+        assert!(look(&ix, &ids(0, 40)).is_empty());
         for i in 10..13 {
-            ix.insert(&pid("b"), None, &text(i, BLOCK), 1, 0, 0);
+            ix.insert(&pid("b"), None, ids(i, BLOCK));
         }
         assert_eq!(ix.len(), 3);
         assert_eq!(ix.pool_len(&pid("a")), 0);
         // Touching keeps a sequence; the next insert evicts another.
-        ix.touch(&pid("b"), &key(&text(10, BLOCK)));
-        ix.insert(&pid("b"), None, &text(14, BLOCK), 1, 0, 0);
-        assert_eq!(ix.lookup(&key(&text(10, BLOCK))).len(), 1);
-        assert!(ix.lookup(&key(&text(11, BLOCK))).is_empty());
+        ix.touch(&pid("b"), &key(&ids(10, BLOCK)));
+        ix.insert(&pid("b"), None, ids(14, BLOCK));
+        assert_eq!(look(&ix, &ids(10, BLOCK + 1)).len(), 1);
+        assert!(look(&ix, &ids(11, BLOCK + 1)).is_empty());
     }
 
     #[test]
     fn clear_pool_forgets_only_that_pool() {
         let mut ix = index();
-        let t = text(1, 2 * BLOCK);
-        ix.insert(&pid("a"), None, &t, 10, 0, 0);
-        ix.insert(&pid("b"), None, &t, 10, 0, 0);
+        let t = ids(1, 2 * BLOCK);
+        ix.insert(&pid("a"), None, t.clone());
+        ix.insert(&pid("b"), None, t.clone());
         ix.clear_pool(&pid("a"));
-        let m = ix.lookup(&key(&t));
+        let m = look(&ix, &t);
         assert_eq!(m.len(), 1);
         assert_eq!(m[0].0, pid("b"));
         assert!(ix.blocks.values().all(|v| v.iter().all(|(p, _)| *p == 1)));
     }
 
     #[test]
-    fn feedback_cuts_what_the_engine_did_not_reuse() {
+    fn feedback_cuts_to_exactly_what_the_engine_reused() {
         let mut ix = index();
-        let t = text(1, 4 * BLOCK);
-        // 4 bytes per token: 4 blocks = 256 tokens.
-        ix.insert(&pid("a"), None, &t, 256, t.len(), 256);
-        let k = key(&t);
-        assert_eq!(ix.lookup(&k)[0].1.tokens, 256);
-        // The engine reused 130 tokens: two whole blocks stay.
-        ix.correct(&pid("a"), &k, 256, 130);
-        assert_eq!(ix.lookup(&k)[0].1.bytes, 2 * BLOCK);
-        // It reused nothing: the entry is gone.
-        ix.correct(&pid("a"), &k, 128, 0);
-        assert!(ix.lookup(&k).is_empty());
+        let t = ids(1, 4 * BLOCK + 2);
+        ix.insert(&pid("a"), None, t.clone());
+        let req = cat(&t, &ids(2, 5));
+        let k = key(&req);
+        assert_eq!(look(&ix, &req)[0].1.tokens, t.len() as u64);
+        // The engine reused 37 tokens: the sequence is cut to exactly those.
+        ix.correct(&pid("a"), &k, &req, t.len() as u64, 37);
+        assert_eq!(look(&ix, &req)[0].1.tokens, 37);
+        assert_eq!(ix.pools[0].tokens, 37);
+        // It reused what was predicted: nothing changes.
+        ix.correct(&pid("a"), &k, &req, 37, 37);
+        assert_eq!(look(&ix, &req)[0].1.tokens, 37);
+        // Less than a block left: the entry is gone.
+        ix.correct(&pid("a"), &k, &req, 37, 10);
+        assert!(look(&ix, &req).is_empty());
         assert!(ix.blocks.is_empty());
         assert_eq!(ix.pool_len(&pid("a")), 0);
-    }
-
-    #[test]
-    fn messages_extend_into_the_next_turn() {
-        use api::task::{Message, Role};
-        let msg = |role, c: &str| Message::text(role, c);
-        let turn1 = api::worker::DispatchInput::Messages {
-            messages: vec![msg(Role::System, "be brief"), msg(Role::User, "hi")],
-            tools: None,
-        };
-        let turn2 = api::worker::DispatchInput::Messages {
-            messages: vec![
-                msg(Role::System, "be brief"),
-                msg(Role::User, "hi"),
-                msg(Role::Assistant, "hello"),
-                msg(Role::User, "more"),
-            ],
-            tools: None,
-        };
-        let held = sequence_text(&turn1, "hello");
-        assert!(request_text(&turn2).starts_with(&held));
+        assert_eq!(ix.pools[0].tokens, 0);
     }
 }

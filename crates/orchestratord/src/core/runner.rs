@@ -127,6 +127,11 @@ pub enum Msg {
     CancelConfirmed {
         id: TaskId,
     },
+    /// A worker's answer to a tokenize call (cache-aware placement).
+    Tokenized {
+        id: TaskId,
+        answer: Result<Vec<u32>, String>,
+    },
     Timer(Timer),
     Tick,
     CatalogRegister {
@@ -241,6 +246,18 @@ impl Effects for LiveEffects {
             if super::dispatch::cancel(&http, &job, fence.as_deref()).await {
                 let _ = tx.send(Msg::CancelConfirmed { id: job.task });
             }
+        });
+    }
+
+    fn tokenize(&mut self, job: super::TokenizeJob) {
+        let tx = self.tx.clone();
+        let http = self.http.clone();
+        self.tracker.spawn(async move {
+            let answer = super::dispatch::tokenize(&http, &job).await;
+            let _ = tx.send(Msg::Tokenized {
+                id: job.task,
+                answer,
+            });
         });
     }
 
@@ -460,6 +477,7 @@ fn handle(core: &mut Core<LiveEffects>, link: &mut StoreLink, msg: Msg, now: Ins
         Msg::Worker { id, attempt, ev } => core.on_worker(id, attempt, ev, now),
         Msg::RelayEnded { id, attempt, end } => core.on_relay_ended(id, attempt, end, now),
         Msg::CancelConfirmed { id } => core.on_cancel_confirmed(id, now),
+        Msg::Tokenized { id, answer } => core.on_tokenized(id, answer, now),
         Msg::Timer(t) => core.on_timer(t, now),
         Msg::Tick => core.tick(now),
         Msg::CatalogRegister { req, reply } => {

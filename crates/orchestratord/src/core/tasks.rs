@@ -259,33 +259,11 @@ impl<E: Effects> Core<E> {
     }
 
     fn mean_duration_ms(&self, model: &ModelId, max_tokens: u64) -> u64 {
-        let ds: Vec<f64> = self
-            .registry
-            .pools()
-            .iter()
-            .filter(|(_, p)| p.model_id() == Some(model))
-            .filter_map(|(id, _)| self.stats.get(id))
-            .filter_map(|s| {
-                Some(s.tokens_out? / s.decode_tps?.max(0.001) * 1000.0 + s.ttft_ms.unwrap_or(0.0))
-            })
-            .collect();
-        if ds.is_empty() {
-            1000 + 50 * max_tokens
-        } else {
-            (ds.iter().sum::<f64>() / ds.len() as f64) as u64
-        }
+        mean_duration_ms(&self.registry, &self.stats, model, max_tokens)
     }
 
     pub(super) fn retry_after_ms(&self, model: &ModelId, max_tokens: u64) -> u64 {
-        let slots: u64 = self
-            .registry
-            .pools()
-            .values()
-            .filter(|p| p.model_id() == Some(model))
-            .map(|p| p.status.slots_total as u64)
-            .sum::<u64>()
-            .max(1);
-        (self.mean_duration_ms(model, max_tokens) / slots).max(1000)
+        retry_after_ms(&self.registry, &self.stats, model, max_tokens)
     }
 
     /// Binds a task to `pool_id` and opens a dispatch attempt. `fallback` is true when
@@ -480,9 +458,6 @@ impl<E: Effects> Core<E> {
                 if text.is_empty() {
                     return;
                 }
-                if !t.prefix_key.is_empty() {
-                    t.gen_text.push_str(&text);
-                }
                 t.ids_sent = t.gen_ids.len();
                 if t.life.first_token(Stamp::at(now)) {
                     self.bus.mark_task(id);
@@ -543,7 +518,7 @@ impl<E: Effects> Core<E> {
                 tokens_cached,
                 slot,
             } => {
-                self.cache_feedback(id, tokens_in, tokens_out, tokens_cached, slot);
+                self.cache_feedback(id, tokens_in, tokens_cached, slot);
                 let Some(t) = self.tasks.get_mut(&id) else {
                     return;
                 };
@@ -600,7 +575,6 @@ impl<E: Effects> Core<E> {
         &mut self,
         id: TaskId,
         tokens_in: u64,
-        tokens_out: u64,
         tokens_cached: Option<u64>,
         slot: Option<u32>,
     ) {
@@ -612,15 +586,22 @@ impl<E: Effects> Core<E> {
         if let Some(c) = tokens_cached {
             self.metrics.inc(m::PROMPT_TOKENS_CACHED, pl, c as f64);
         }
-        if t.prefix_key.is_empty() || t.resume_from.is_some() {
+        // A continuation's engine ran more than its prompt; it is not indexed.
+        let super::tokenize::PromptIds::Known(prompt) = &t.prompt_ids else {
+            return;
+        };
+        if t.resume_from.is_some() {
             return;
         }
+        let prompt = prompt.clone();
         if let Some(c) = tokens_cached {
             self.prefix
-                .correct(&pool, &t.prefix_key, t.predicted_cached, c);
+                .correct(&pool, &t.prefix_key, &prompt, t.predicted_cached, c);
         }
-        let request = super::prefix::request_text(&t.v.input);
-        let text = super::prefix::sequence_text(&t.v.input, &t.gen_text);
+        // The engine's slot holds the prompt and the generated ids (less the last); when some
+        // generated ids are unknown, the prompt alone is what is known to be there.
+        let generated: &[u32] = if t.resumable { &t.gen_ids } else { &[] };
+        let seq = super::prefix::sequence(&prompt, generated);
         if let Some(p) = self.registry.pool(&pool) {
             let cap = u64::from(p.status.slots_total.max(1)) * p.status.ctx_per_slot.max(1);
             self.prefix.set_capacity(
@@ -630,14 +611,7 @@ impl<E: Effects> Core<E> {
                 },
             );
         }
-        self.prefix.insert(
-            &pool,
-            slot,
-            &text,
-            tokens_in + tokens_out,
-            request.len(),
-            tokens_in,
-        );
+        self.prefix.insert(&pool, slot, seq);
     }
 
     /// The dispatch stream ended without a terminal line, or could not be opened.
@@ -1112,6 +1086,7 @@ impl<E: Effects> Core<E> {
     pub fn on_timer(&mut self, timer: Timer, now: Instant) {
         match timer {
             Timer::Deadline(id) => self.on_deadline(id, now),
+            Timer::TokenizeBound(id) => self.on_tokenize_bound(id, now),
             Timer::DisconnectCheck(id) => {
                 let Some(t) = self.tasks.get(&id) else { return };
                 if t.state() == TaskState::Running
@@ -1268,4 +1243,46 @@ impl<E: Effects> Core<E> {
         self.registry.clear_slots_on(node_id);
         self.pump(now);
     }
+}
+
+type Stats = std::collections::HashMap<PoolId, super::PoolStats, super::placement::Fnv>;
+
+/// The mean run time of a task of `max_tokens` on `model`'s pools, from their measurements.
+fn mean_duration_ms(
+    registry: &super::registry::Registry,
+    stats: &Stats,
+    model: &ModelId,
+    max_tokens: u64,
+) -> u64 {
+    let ds: Vec<f64> = registry
+        .pools()
+        .iter()
+        .filter(|(_, p)| p.model_id() == Some(model))
+        .filter_map(|(id, _)| stats.get(id))
+        .filter_map(|s| {
+            Some(s.tokens_out? / s.decode_tps?.max(0.001) * 1000.0 + s.ttft_ms.unwrap_or(0.0))
+        })
+        .collect();
+    if ds.is_empty() {
+        1000 + 50 * max_tokens
+    } else {
+        (ds.iter().sum::<f64>() / ds.len() as f64) as u64
+    }
+}
+
+/// The wait advised before trying `model` again: one task's run time over its slots (at least 1 s).
+pub(super) fn retry_after_ms(
+    registry: &super::registry::Registry,
+    stats: &Stats,
+    model: &ModelId,
+    max_tokens: u64,
+) -> u64 {
+    let slots: u64 = registry
+        .pools()
+        .values()
+        .filter(|p| p.model_id() == Some(model))
+        .map(|p| p.status.slots_total as u64)
+        .sum::<u64>()
+        .max(1);
+    (mean_duration_ms(registry, stats, model, max_tokens) / slots).max(1000)
 }

@@ -20,6 +20,7 @@ struct Recorded {
     aborted: Vec<TaskId>,
     cancels: Vec<CancelJob>,
     timers: Vec<(Duration, Timer)>,
+    tokenized: Vec<TokenizeJob>,
 }
 
 impl Effects for Recorded {
@@ -34,6 +35,9 @@ impl Effects for Recorded {
     }
     fn timer(&mut self, after: Duration, timer: Timer) {
         self.timers.push((after, timer));
+    }
+    fn tokenize(&mut self, job: TokenizeJob) {
+        self.tokenized.push(job);
     }
 }
 
@@ -1710,8 +1714,48 @@ fn a_refused_continuation_waits_without_spending_a_migration() {
     assert!(matches!(frames(&core, t).last(), Some(Event::End(e)) if e.tokens_out == 2));
 }
 
-/// Finishes `id` as the engine would: `text` generated, `tokens_in` prompt tokens of which the
-/// engine reused `cached`, in `slot`.
+/// One engine token id per word (the tests' stand-in for the engine's tokenizer).
+fn word_ids(text: &str) -> Vec<u32> {
+    text.split_whitespace()
+        .map(|w| {
+            let h = w.bytes().fold(0x811c_9dc5u32, |h, b| {
+                (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+            });
+            100 + h % 40_000
+        })
+        .collect()
+}
+
+/// Answers the core's tokenize call for `id` as a worker would: one id per word of its prompt.
+fn answer_tokenize(core: &mut Core<Recorded>, id: TaskId, now: Instant) -> Vec<u32> {
+    let job = core
+        .effects
+        .tokenized
+        .iter()
+        .rev()
+        .find(|j| j.task == id)
+        .expect("a tokenize call for the task")
+        .clone();
+    let api::worker::DispatchInput::Prompt { prompt } = &job.body.input else {
+        panic!("a prompt");
+    };
+    let ids = word_ids(prompt);
+    core.on_tokenized(id, Ok(ids.clone()), now);
+    ids
+}
+
+/// Submits `prompt` and answers its tokenize call at once.
+fn submit_tokenized(core: &mut Core<Recorded>, prompt: &str, now: Instant) -> TaskId {
+    let id = core
+        .submit(task(|r| r.prompt = Some(prompt.into())), cid("cid"), now)
+        .map(|(a, _)| a.task_id)
+        .expect("admitted");
+    answer_tokenize(core, id, now);
+    id
+}
+
+/// Finishes `id` as the engine would: `text` generated (one id per word, then the end of
+/// sequence), `tokens_in` prompt tokens of which the engine reused `cached`, in `slot`.
 fn finish_cached(
     core: &mut Core<Recorded>,
     id: TaskId,
@@ -1720,23 +1764,14 @@ fn finish_cached(
     now: Instant,
 ) {
     let attempt = core.tasks[&id].attempts;
-    core.on_worker(
-        id,
-        attempt,
-        WorkerEvent::Token {
-            i: 0,
-            t: text.into(),
-            ids: vec![],
-            logprobs: vec![],
-        },
-        now,
-    );
+    token(core, id, attempt, text, &word_ids(text), now);
+    token(core, id, attempt, "", &[2], now);
     core.on_worker(
         id,
         attempt,
         WorkerEvent::End {
             tokens_in,
-            tokens_out: 1,
+            tokens_out: 2,
             stop_reason: StopReason::Eos,
             seed: Some(1),
             engine_ttft_ms: Some(1),
@@ -1757,24 +1792,20 @@ fn cache_aware_placement_follows_the_prefix_and_learns_from_the_engine() {
     });
     register(&mut core, "n1", vec![pool("a", 2), pool("b", 2)], now);
     let history: String = (0..500).map(|i| format!("w{i} ")).collect();
-    let submit_prompt = |core: &mut Core<Recorded>, prompt: String| {
-        core.submit(task(|r| r.prompt = Some(prompt)), cid("cid"), now)
-            .map(|(a, _)| a.task_id)
-            .expect("admitted")
-    };
-    let t1 = submit_prompt(&mut core, history.clone());
+    let t1 = submit_tokenized(&mut core, &history, now);
     assert_eq!(dispatched(&core)[0].1, pid("a"), "tie-break: a");
-    finish_cached(&mut core, t1, " ok", (700, 0, 1), now);
+    finish_cached(&mut core, t1, " ok", (500, 0, 1), now);
     // An unrelated task makes a the busier pool: least-loaded would now pick b.
-    let _busy = submit_prompt(&mut core, "hi".into());
+    let _busy = submit_tokenized(&mut core, "hi", now);
     assert_eq!(dispatched(&core)[1].1, pid("a"));
-    let t2 = submit_prompt(&mut core, format!("{history} ok and more"));
+    let t2 = submit_tokenized(&mut core, &format!("{history} ok and more"), now);
     let job = core.effects.dispatched.last().expect("dispatched").clone();
     assert_eq!(job.body.pool_id, pid("a"), "the pool holding the prefix");
     assert_eq!(job.body.id_slot, Some(1), "the slot holding it");
+    // Exactly the 500 prompt ids and the generated "ok" (the end of sequence is not in the slot).
     let predicted = core.tasks[&t2].predicted_cached;
-    assert!(predicted > 500, "predicted {predicted} tokens");
-    finish_cached(&mut core, t2, " yes", (720, 690, 1), now);
+    assert_eq!(predicted, 501);
+    finish_cached(&mut core, t2, " yes", (503, 501, 1), now);
     let ends: Vec<_> = frames(&core, t2)
         .into_iter()
         .filter_map(|e| match e {
@@ -1782,15 +1813,18 @@ fn cache_aware_placement_follows_the_prefix_and_learns_from_the_engine() {
             _ => None,
         })
         .collect();
-    assert_eq!(ends, vec![Some(690)]);
+    assert_eq!(ends, vec![Some(501)]);
     let text = core.metrics.render(&[]);
     for line in [
-        "prompt_tokens_total{pool_id=\"a\"} 1420".to_string(),
-        "prompt_tokens_cached_total{pool_id=\"a\"} 690".to_string(),
-        format!("placement_prefix_predicted_tokens_total{{pool_id=\"a\"}} {predicted}"),
+        "prompt_tokens_total{pool_id=\"a\"} 1003".to_string(),
+        "prompt_tokens_cached_total{pool_id=\"a\"} 501".to_string(),
+        "placement_prefix_predicted_tokens_total{pool_id=\"a\"} 501".to_string(),
     ] {
         assert!(text.contains(&line), "{line} in\n{text}");
     }
+    // The same prompt again: the engine evaluates its last token itself.
+    let t3 = submit_tokenized(&mut core, &format!("{history} ok and more"), now);
+    assert_eq!(core.tasks[&t3].predicted_cached, 502);
     // The pool restarts: its entries go, and the next request is placed by load (b).
     assert!(core.prefix.pool_len(&pid("a")) > 0);
     let mut starting = pool("a", 2);
@@ -1812,15 +1846,122 @@ fn cache_aware_placement_follows_the_prefix_and_learns_from_the_engine() {
         vec![],
         now,
     );
-    let _t3 = submit_prompt(&mut core, format!("{history} ok and more yes"));
+    let _t4 = submit_tokenized(&mut core, &format!("{history} ok and more yes"), now);
     assert_eq!(
         core.effects.dispatched.last().unwrap().body.pool_id,
         pid("b")
     );
 }
 
+/// A prediction the engine did not honour is cut to exactly the tokens it reused.
 #[test]
-fn least_loaded_ignores_prefixes() {
+fn cache_aware_feedback_cuts_the_index_to_the_reused_tokens() {
+    let now = Instant::now();
+    let mut core = core_with(|c| c.strategy = crate::config::Strategy::CacheAware);
+    register(&mut core, "n1", vec![pool("a", 1), pool("b", 1)], now);
+    let history: String = (0..200).map(|i| format!("w{i} ")).collect();
+    let t1 = submit_tokenized(&mut core, &history, now);
+    finish_cached(&mut core, t1, "ok", (200, 0, 0), now);
+    let t2 = submit_tokenized(&mut core, &format!("{history} ok more"), now);
+    assert_eq!(dispatched(&core)[1], (t2, pid("a")));
+    assert_eq!(core.tasks[&t2].predicted_cached, 201);
+    // The engine reused only 150 of the 201 tokens predicted (another request took the slot).
+    let attempt = core.tasks[&t2].attempts;
+    core.on_worker(
+        t2,
+        attempt,
+        WorkerEvent::End {
+            tokens_in: 202,
+            tokens_out: 0,
+            stop_reason: StopReason::Eos,
+            seed: None,
+            engine_ttft_ms: Some(1),
+            engine_decode_ms: 1,
+            tokens_cached: Some(150),
+            slot: Some(0),
+        },
+        now,
+    );
+    // t2 left its own prompt in slot 0, replacing the longer, unreused entry; a request sharing
+    // only the first 180 words now predicts exactly what the index holds for it.
+    let words: String = (0..180).map(|i| format!("w{i} ")).collect();
+    let t3 = submit_tokenized(&mut core, &format!("{words} other"), now);
+    assert_eq!(core.tasks[&t3].predicted_cached, 180);
+    // A cut with less than a block left drops the entry.
+    let seq = word_ids(&format!("{history} ok more"));
+    let key = super::prefix::key(&seq);
+    core.prefix.correct(&pid("a"), &key, &seq, 180, 3);
+    assert_eq!(core.prefix.pool_len(&pid("a")), 0);
+}
+
+/// A task waits for its prompt ids only within `placement.tokenize_timeout_ms`, without holding
+/// up later tasks; a failed tokenize, or the bound, places it by load; a pin never waits.
+#[test]
+fn cache_aware_pending_prompt_ids_wait_only_within_the_bound() {
+    let now = Instant::now();
+    let mut core = core_with(|c| {
+        c.strategy = crate::config::Strategy::CacheAware;
+        c.tokenize_timeout = Duration::from_millis(800);
+    });
+    register(&mut core, "n1", vec![pool("a", 1), pool("b", 1)], now);
+    let slow = core
+        .submit(task(|r| r.prompt = Some("w1 w2".into())), cid("c"), now)
+        .unwrap()
+        .0
+        .task_id;
+    let job = core.effects.tokenized.last().expect("asked").clone();
+    assert_eq!((job.task, job.pool_id.clone()), (slow, pid("a")));
+    assert!(core
+        .effects
+        .timers
+        .contains(&(Duration::from_millis(800), Timer::TokenizeBound(slow))));
+    assert!(dispatched(&core).is_empty(), "the task waits for its ids");
+    // A later task whose ids came is placed meanwhile.
+    let quick = submit_tokenized(&mut core, "w3 w4", now);
+    assert_eq!(dispatched(&core), vec![(quick, pid("a"))]);
+    // The bound passes: placed by load.
+    core.on_timer(Timer::TokenizeBound(slow), now + Duration::from_millis(800));
+    assert_eq!(dispatched(&core)[1], (slow, pid("b")));
+    // Ids that come late are kept for the index.
+    core.on_tokenized(slow, Ok(vec![7; 20]), now + Duration::from_secs(2));
+    assert!(matches!(
+        core.tasks[&slow].prompt_ids,
+        super::tokenize::PromptIds::Known(_)
+    ));
+    finish(&mut core, quick, now);
+    finish(&mut core, slow, now);
+    // A failed tokenize places the task at once.
+    let failed = core
+        .submit(task(|r| r.prompt = Some("w5".into())), cid("c"), now)
+        .unwrap()
+        .0
+        .task_id;
+    assert_eq!(dispatched(&core).len(), 2);
+    core.on_tokenized(failed, Err("worker unreachable".into()), now);
+    assert_eq!(dispatched(&core)[2].0, failed);
+    finish(&mut core, failed, now);
+    // A pinned task is placed without waiting (its ids still come, for the index).
+    let pinned = core
+        .submit(
+            task(|r| {
+                r.placement = Some(Placement {
+                    mode: PlacementMode::Pin,
+                    pin_pool_id: Some(pid("b")),
+                    ..Default::default()
+                })
+            }),
+            cid("c"),
+            now,
+        )
+        .unwrap()
+        .0
+        .task_id;
+    assert_eq!(dispatched(&core)[3], (pinned, pid("b")));
+    assert_eq!(core.effects.tokenized.last().unwrap().task, pinned);
+}
+
+#[test]
+fn least_loaded_ignores_prefixes_and_never_tokenizes() {
     let now = Instant::now();
     let mut core = core_with(|_| {});
     register(&mut core, "n1", vec![pool("a", 2), pool("b", 2)], now);
@@ -1842,6 +1983,7 @@ fn least_loaded_ignores_prefixes() {
     assert_eq!(job.body.pool_id, pid("b"));
     assert_eq!(job.body.id_slot, None);
     assert!(core.prefix.is_empty());
+    assert!(core.effects.tokenized.is_empty(), "nothing is tokenized");
 }
 
 /// Task events and task lists are scoped like task reads: a tenant sees its own tasks, an admin
@@ -1891,14 +2033,11 @@ fn cache_aware_waits_for_the_busy_prefix_holder_and_only_so_long() {
     });
     register(&mut core, "n1", vec![pool("a", 1), pool("b", 1)], now);
     let history: String = (0..500).map(|i| format!("w{i} ")).collect();
-    let submit_prompt = |core: &mut Core<Recorded>, prompt: String| {
-        core.submit(task(|r| r.prompt = Some(prompt)), cid("cid"), now)
-            .map(|(a, _)| a.task_id)
-            .expect("admitted")
-    };
+    let submit_prompt =
+        |core: &mut Core<Recorded>, prompt: String| submit_tokenized(core, &prompt, now);
     let t1 = submit_prompt(&mut core, history.clone());
     assert_eq!(dispatched(&core)[0].1, pid("a"));
-    finish_cached(&mut core, t1, " ok", (700, 0, 0), now);
+    finish_cached(&mut core, t1, " ok", (500, 0, 0), now);
     // a runs the conversation's next turn; the turn after it waits for a although b is idle.
     let t2 = submit_prompt(&mut core, format!("{history} ok and more"));
     assert_eq!(dispatched(&core)[1], (t2, pid("a")));
@@ -1909,7 +2048,7 @@ fn cache_aware_waits_for_the_busy_prefix_holder_and_only_so_long() {
     let other = submit_prompt(&mut core, "hello there".into());
     assert_eq!(dispatched(&core)[2], (other, pid("b")));
     // a frees its slot: the waiting task goes there, with the prefix predicted.
-    finish_cached(&mut core, t2, " yes", (710, 690, 0), now);
+    finish_cached(&mut core, t2, " yes", (503, 501, 0), now);
     assert_eq!(dispatched(&core)[3], (t3, pid("a")));
     assert!(core.tasks[&t3].predicted_cached > 256);
     // b is idle again, a busy with t3: the next turn waits for a once more...
