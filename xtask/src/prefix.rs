@@ -43,6 +43,10 @@ pub struct Args {
     /// Tokens generated per turn.
     #[arg(long, default_value_t = 12)]
     max_tokens: u64,
+    /// Every pool's `cache_ram_mib` (the engine's host-RAM prompt cache, `--cache-ram`); unset
+    /// keeps the engine's default. `0` turns it off, so an engine holds only what its slot holds.
+    #[arg(long)]
+    cache_ram_mib: Option<u64>,
     /// Use the orchestratord and pool-managerd binaries in this folder instead of building them.
     #[arg(long)]
     bin_dir: Option<std::path::PathBuf>,
@@ -54,6 +58,11 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let mut spec = crate::real_engine_spec(a.bin_dir.as_deref(), "bench-prefix")?;
     spec.threads = Some(1);
     spec.ctx = 4096;
+    let cache_ram = a
+        .cache_ram_mib
+        .map(|n| format!("cache_ram_mib = {n}\n"))
+        .unwrap_or_default();
+    spec.pm_extra = cache_ram.clone();
     spec.orchd_extra = "[placement]\nstrategy = \"least-loaded\"\n".into();
     let mut stack = Stack::start(spec).await?;
     for (i, pool) in POOLS.iter().enumerate().skip(1) {
@@ -69,7 +78,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             }],
             env: vec![],
             engine_keys: "threads = 1\n".into(),
-            extra_toml: String::new(),
+            extra_toml: cache_ram.clone(),
         })?;
     }
     let result = bench(&mut stack, &a).await;
@@ -139,8 +148,9 @@ async fn bench(stack: &mut Stack, a: &Args) -> anyhow::Result<()> {
         }
     }
     println!(
-        "\n{} conversations × {} turns in {} groups (system prompts of {} words), control {} prompts, {} in flight, 3 one-slot pools, {} round(s) per strategy\n",
-        a.conversations, a.turns, a.groups, a.system_words, a.control, a.concurrency, a.rounds
+        "\n{} conversations × {} turns in {} groups (system prompts of {} words), control {} prompts, {} in flight, 3 one-slot pools, {} round(s) per strategy, engine host-RAM prompt cache {}\n",
+        a.conversations, a.turns, a.groups, a.system_words, a.control, a.concurrency, a.rounds,
+        a.cache_ram_mib.map_or("at the engine's default size".to_string(), |n| if n == 0 { "off (--cache-ram 0)".into() } else { format!("{n} MiB") })
     );
     println!("| workload | strategy | TTFT p50 ms | TTFT p90 ms | prompt tokens evaluated | cache hit ratio | total time s |");
     println!("|---|---|---|---|---|---|---|");
