@@ -8,6 +8,9 @@
     nodes: new Map(), pools: new Map(), tasks: new Map(), models: new Map(),
     queues: null, commands: new Map(), poolCmd: new Map(), poolModel: new Map(),
     lastEventId: null, events: null, auth: 'open',
+    // Events received while loadAll reads the lists: applied again on top of those lists, which
+    // may have been read before the change (a node registering meanwhile would vanish).
+    loading: null,
   };
   const main = () => document.getElementById('main');
   let current = null; // { name, update(), cleanup() }
@@ -119,15 +122,25 @@
 
   // ---- state from the API --------------------------------------------------------------------------
   async function loadAll() {
-    const [nodes, pools, tasks, models] = await Promise.all([
-      api('/v2/nodes'), api('/v2/pools'), api('/v2/tasks?limit=1000'), api('/v2/catalog/models'),
-    ]);
+    const seen = [];
+    S.loading = seen;
+    let lists;
+    try {
+      lists = await Promise.all([
+        api('/v2/nodes'), api('/v2/pools'), api('/v2/tasks?limit=1000'), api('/v2/catalog/models'),
+      ]);
+    } finally {
+      if (S.loading === seen) S.loading = null;
+    }
+    const [nodes, pools, tasks, models] = lists;
     S.nodes = new Map(nodes.nodes.map((n) => [n.node_id, n]));
     S.pools = new Map(pools.pools.map((p) => [p.pool_id, p]));
     pools.pools.forEach(notePoolModel);
     S.tasks = new Map(tasks.tasks.map((t) => [t.task_id, t]));
     S.models = new Map(models.models.map((m) => [m.id, m]));
     S.queues = null;
+    // In their order, so the latest state of each object wins (a gap's reset is this very load).
+    seen.filter((e) => e.type !== 'reset').forEach(applyOne);
     render();
   }
 
@@ -137,6 +150,12 @@
   }
 
   function apply(ev) {
+    if (S.loading) S.loading.push(ev);
+    applyOne(ev);
+    render();
+  }
+
+  function applyOne(ev) {
     switch (ev.type) {
       case 'node': S.nodes.set(ev.node.node_id, ev.node); break;
       case 'node_removed': S.nodes.delete(ev.node_id); break;
@@ -154,11 +173,10 @@
         if (ev.command.pool_id) S.poolCmd.set(ev.command.pool_id, ev.command.command_id);
         break;
       case 'reset':
-        if (ev.reason === 'gap') loadAll().catch(() => {});
+        if (ev.reason === 'gap' && !S.loading) loadAll().catch(() => {});
         break;
       default: break;
     }
-    render();
   }
 
   function setConn(text, cls) {
