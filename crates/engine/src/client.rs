@@ -310,19 +310,23 @@ impl EngineClient {
         let resp = check_status(resp).await?;
         let mut decoder = SseDecoder::default();
         let mut chunks = crate::sse::ChatFrames::default();
+        let received = self.received.clone();
         let frames = resp.bytes_stream().flat_map(move |chunk| {
             let items: Vec<FrameResult> = match chunk {
                 Err(e) => vec![Err(EngineError::Connect(chain(&e)))],
-                Ok(bytes) => decoder
-                    .push(&bytes)
-                    .into_iter()
-                    .filter_map(|item| match item {
-                        SseItem::Data(d) => {
-                            chunks.frame(&d).map_err(EngineError::Protocol).transpose()
-                        }
-                        SseItem::Garbage(g) => Some(Err(EngineError::Protocol(g))),
-                    })
-                    .collect(),
+                Ok(bytes) => {
+                    received.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    decoder
+                        .push(&bytes)
+                        .into_iter()
+                        .filter_map(|item| match item {
+                            SseItem::Data(d) => {
+                                chunks.frame(&d).map_err(EngineError::Protocol).transpose()
+                            }
+                            SseItem::Garbage(g) => Some(Err(EngineError::Protocol(g))),
+                        })
+                        .collect()
+                }
             };
             futures::stream::iter(items)
         });

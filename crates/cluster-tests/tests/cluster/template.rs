@@ -135,10 +135,16 @@ impl Twin {
             temperature: Some(0.0),
             ..Default::default()
         };
+        let before = self.client.chunks_received();
         let mut frames = Box::pin(self.client.complete(&req).await?);
         while let Some(f) = futures::StreamExt::next(&mut frames).await {
             f?;
         }
+        // pool-managerd's supervisor reads this count as the engine's sign of life (decision 73).
+        anyhow::ensure!(
+            self.client.clone().chunks_received() > before,
+            "the engine client counted no completion chunks of a streamed completion"
+        );
         Ok(rendered)
     }
 
