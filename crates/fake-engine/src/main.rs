@@ -19,6 +19,8 @@
 //!   first (tests hold tasks running by creating it and release them by removing it).
 //! - `FAKE_TOKEN_STAMP` (0): 1 = token texts carry the time they were produced (`tok3@<µs> `), for
 //!   `bench relay`'s added-latency figure.
+//! - `FAKE_HOLD_UNTIL_SIGUSR1` (0): 1 = no request sends a token after its first until the process
+//!   receives SIGUSR1 (`bench relay` opens thousands of streams, then releases them together).
 //!
 //! Endpoints: `GET /health`, `GET /props`, `GET /slots`, `POST /apply-template`,
 //! `POST /completion` (streaming only), `GET /metrics` (with `--metrics`), and `GET /fake/stats`
