@@ -64,6 +64,10 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         .unwrap_or_default();
     spec.pm_extra = cache_ram.clone();
     spec.orchd_extra = "[placement]\nstrategy = \"least-loaded\"\n".into();
+    if a.cache_ram_mib == Some(0) {
+        // orchestratord's index must not expect the engines to keep what their slots give up.
+        spec.orchd_extra.push_str("engine_prompt_cache = false\n");
+    }
     let mut stack = Stack::start(spec).await?;
     for (i, pool) in POOLS.iter().enumerate().skip(1) {
         stack.add_node(NodeSpec {

@@ -137,6 +137,7 @@ pub struct RawPlacement {
     pub wait_for_prefix_max_ms: Option<u64>,
     pub prefix_max_sequences: Option<i64>,
     pub tokenize_timeout_ms: Option<u64>,
+    pub engine_prompt_cache: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -276,6 +277,10 @@ pub struct Config {
     /// Cache-aware: how long after admission a task waits for its prompt token ids before it is
     /// placed by load (decision 69).
     pub tokenize_timeout: Duration,
+    /// Cache-aware: the engines keep evaluated prompts in host RAM beyond their slots
+    /// (llama.cpp's `--cache-ram`, on by default), so a sequence its slot gives up stays
+    /// reusable on that pool (decision 69).
+    pub engine_prompt_cache: bool,
     pub heartbeat_interval: Duration,
     pub heartbeat_timeout: Duration,
     pub worker_connect_timeout: Duration,
@@ -697,6 +702,7 @@ impl RawConfig {
             wait_for_prefix_max: ms(self.placement.wait_for_prefix_max_ms, 30_000),
             prefix_max_sequences: prefix_max as usize,
             tokenize_timeout: ms(self.placement.tokenize_timeout_ms, 1_000),
+            engine_prompt_cache: self.placement.engine_prompt_cache.unwrap_or(true),
             heartbeat_interval,
             heartbeat_timeout,
             worker_connect_timeout: ms(self.worker.connect_timeout_ms, 2_000),

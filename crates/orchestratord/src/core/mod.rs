@@ -310,6 +310,7 @@ impl<E: Effects> Core<E> {
             bus: bus::Bus::default(),
             prefix: prefix::PrefixIndex::new(prefix::Limits {
                 max_sequences: cfg.prefix_max_sequences,
+                keep_replaced: cfg.engine_prompt_cache,
             }),
             tokenize_cursor: None,
             journal: journal::Journal::new(cfg.ha().is_some()),

@@ -78,6 +78,10 @@ pub fn sequence(prompt: &[u32], generated: &[u32]) -> Vec<u32> {
 pub struct Limits {
     /// Sequences kept in all (least recently used dropped first).
     pub max_sequences: usize,
+    /// The engines keep a sequence their slot gives up in a host-RAM prompt cache (llama.cpp's
+    /// `--cache-ram`): it stays in the index, no longer tied to the slot, until the pool's token
+    /// bound evicts it. False: a slot's new sequence replaces its previous one.
+    pub keep_replaced: bool,
 }
 
 /// How many tokens one pool's engine can hold: its slots' contexts plus its host-RAM prompt cache.
@@ -204,29 +208,39 @@ impl PrefixIndex {
 
     /// Records what a finished task left in `pool` (and `slot`): `ids`, its [`sequence`].
     /// Sequences of the pool that the new one extends are dropped (the slot now holds the longer
-    /// one), and so is the previous one of the same slot. A sequence shorter than a block is not
-    /// kept (no lookup could find it).
+    /// one), and so is the previous one of the same slot, unless the engine keeps it in its
+    /// host-RAM cache ([`Limits::keep_replaced`]: then it only leaves the slot). A sequence
+    /// shorter than a block is not kept (no lookup could find it).
     pub fn insert(&mut self, pool: &PoolId, slot: Option<u32>, ids: Vec<u32>) {
         let p = self.pool_index(pool);
         let hashes = key(&ids);
         if hashes.is_empty() {
             return;
         }
-        // Drop the pool's sequences that are prefixes of this one, or that lived in the same slot.
-        let subsumed: Vec<SeqId> = self.pools[p as usize]
-            .seqs
-            .iter()
-            .copied()
-            .filter(|id| {
-                let s = &self.seqs[id];
-                (slot.is_some() && s.slot == slot)
-                    || (s.ids.len() <= ids.len()
-                        && s.hashes.last() == hashes.get(s.hashes.len() - 1)
-                        && s.ids[..] == ids[..s.ids.len()])
-            })
-            .collect();
+        // Drop the pool's sequences that are prefixes of this one, or that lived in the same slot
+        // (unless the engine keeps those in its host-RAM cache: then they only leave the slot).
+        let keep_replaced = self.limits.keep_replaced;
+        let mut subsumed: Vec<SeqId> = Vec::new();
+        let mut unslotted: Vec<SeqId> = Vec::new();
+        for id in self.pools[p as usize].seqs.iter().copied() {
+            let s = &self.seqs[&id];
+            let extended = s.ids.len() <= ids.len()
+                && s.hashes.last() == hashes.get(s.hashes.len() - 1)
+                && s.ids[..] == ids[..s.ids.len()];
+            let same_slot = slot.is_some() && s.slot == slot;
+            if extended || (same_slot && !keep_replaced) {
+                subsumed.push(id);
+            } else if same_slot {
+                unslotted.push(id);
+            }
+        }
         for id in subsumed {
             self.remove(id);
+        }
+        for id in unslotted {
+            if let Some(s) = self.seqs.get_mut(&id) {
+                s.slot = None;
+            }
         }
         self.tick += 1;
         let id = self.next_seq;
@@ -471,7 +485,10 @@ mod tests {
     }
 
     fn index() -> PrefixIndex {
-        PrefixIndex::new(Limits { max_sequences: 100 })
+        PrefixIndex::new(Limits {
+            max_sequences: 100,
+            keep_replaced: false,
+        })
     }
 
     /// Each matching pool's exact match, in the order of `lookup`.
@@ -564,8 +581,30 @@ mod tests {
     }
 
     #[test]
+    fn with_a_host_prompt_cache_a_replaced_slot_sequence_stays_findable() {
+        let mut ix = PrefixIndex::new(Limits {
+            max_sequences: 100,
+            keep_replaced: true,
+        });
+        ix.insert(&pid("a"), Some(0), ids(5, BLOCK));
+        ix.insert(&pid("a"), Some(0), ids(6, BLOCK));
+        // Both stay: the first left the slot for the engine's RAM cache.
+        assert_eq!(ix.pool_len(&pid("a")), 2);
+        let found = look(&ix, &ids(5, BLOCK));
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].1.slot, None, "no longer in its slot");
+        assert_eq!(look(&ix, &ids(6, BLOCK))[0].1.slot, Some(0));
+        // A sequence it extends is still replaced.
+        ix.insert(&pid("a"), Some(0), cat(&ids(6, BLOCK), &ids(7, BLOCK)));
+        assert_eq!(ix.pool_len(&pid("a")), 2);
+    }
+
+    #[test]
     fn memory_is_bounded_per_pool_and_globally() {
-        let mut ix = PrefixIndex::new(Limits { max_sequences: 3 });
+        let mut ix = PrefixIndex::new(Limits {
+            max_sequences: 3,
+            keep_replaced: false,
+        });
         ix.set_capacity(&pid("a"), PoolCapacity { tokens: 100 });
         for i in 0..3 {
             ix.insert(&pid("a"), None, ids(i, 40));
