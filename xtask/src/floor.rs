@@ -142,9 +142,7 @@ impl FakeEngine {
         std::fs::create_dir_all(dir)?;
         let model = dir.join("floor-model.gguf");
         std::fs::write(&model, fake_engine::placeholder_gguf())?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let port = llorch::stack::free_port()?;
         let child = std::process::Command::new(bin.join("fake-engine"))
             .arg("-m")
             .arg(&model)

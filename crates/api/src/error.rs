@@ -134,6 +134,19 @@ pub struct ErrorEnvelope {
     pub field: Option<String>,
 }
 
+/// An error and its sources, joined with `: ` (an HTTP client's own message, such as reqwest's
+/// "error decoding response body", hides the cause: a reset connection, an engine that exited).
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
 impl ErrorEnvelope {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
@@ -153,6 +166,21 @@ impl ErrorEnvelope {
             field: Some(field.into()),
             ..Self::new(ErrorCode::InvalidParams, message)
         }
+    }
+
+    /// INVALID_PARAMS on `protocol_version` unless `v` is [`crate::PROTOCOL_VERSION`] (node and
+    /// worker bodies, §12, §13).
+    pub fn check_protocol(v: u32) -> Result<(), Self> {
+        if v == crate::PROTOCOL_VERSION {
+            return Ok(());
+        }
+        Err(Self::invalid(
+            "protocol_version",
+            format!(
+                "unsupported protocol_version {v}; supported: [{}]",
+                crate::PROTOCOL_VERSION
+            ),
+        ))
     }
 
     pub fn with_retriable(mut self, retriable: bool) -> Self {
@@ -194,6 +222,31 @@ impl ErrorEnvelope {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chain_names_every_cause() {
+        #[derive(Debug)]
+        struct E(&'static str, Option<Box<E>>);
+        impl std::fmt::Display for E {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.0)
+            }
+        }
+        impl std::error::Error for E {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                self.1.as_deref().map(|e| e as _)
+            }
+        }
+        let e = E(
+            "error decoding response body",
+            Some(Box::new(E("unexpected EOF during chunk size line", None))),
+        );
+        assert_eq!(
+            chain(&e),
+            "error decoding response body: unexpected EOF during chunk size line"
+        );
+        assert_eq!(chain(&E("alone", None)), "alone");
+    }
 
     #[test]
     fn codes_serialize_as_in_the_spec() {

@@ -229,7 +229,7 @@ impl EngineClient {
             .timeout(Duration::from_secs(2))
             .send()
             .await
-            .map_err(|e| EngineError::Connect(chain(&e)))?;
+            .map_err(|e| EngineError::Connect(api::error::chain(&e)))?;
         Ok(r.status().is_success())
     }
 
@@ -258,7 +258,7 @@ impl EngineClient {
             .bearer_auth(self.key.expose())
             .send()
             .await
-            .map_err(|e| EngineError::Connect(chain(&e)))?;
+            .map_err(|e| EngineError::Connect(api::error::chain(&e)))?;
         check_status(r)
             .await?
             .json()
@@ -279,7 +279,7 @@ impl EngineClient {
             .json(&serde_json::json!({ "messages": messages }))
             .send()
             .await
-            .map_err(|e| EngineError::Connect(chain(&e)))?;
+            .map_err(|e| EngineError::Connect(api::error::chain(&e)))?;
         let body: Rendered = check_status(r)
             .await?
             .json()
@@ -306,31 +306,12 @@ impl EngineClient {
             .json(body)
             .send()
             .await
-            .map_err(|e| EngineError::Connect(chain(&e)))?;
+            .map_err(|e| EngineError::Connect(api::error::chain(&e)))?;
         let resp = check_status(resp).await?;
-        let mut decoder = SseDecoder::default();
         let mut chunks = crate::sse::ChatFrames::default();
-        let received = self.received.clone();
-        let frames = resp.bytes_stream().flat_map(move |chunk| {
-            let items: Vec<FrameResult> = match chunk {
-                Err(e) => vec![Err(EngineError::Connect(chain(&e)))],
-                Ok(bytes) => {
-                    received.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    decoder
-                        .push(&bytes)
-                        .into_iter()
-                        .filter_map(|item| match item {
-                            SseItem::Data(d) => {
-                                chunks.frame(&d).map_err(EngineError::Protocol).transpose()
-                            }
-                            SseItem::Garbage(g) => Some(Err(EngineError::Protocol(g))),
-                        })
-                        .collect()
-                }
-            };
-            futures::stream::iter(items)
-        });
-        Ok(frames)
+        Ok(sse_frames(resp, self.received.clone(), move |d| {
+            chunks.frame(d).map_err(EngineError::Protocol).transpose()
+        }))
     }
 
     /// `POST /v1/embeddings` (engines started with `--embedding`). Not streamed: the answer is one
@@ -343,7 +324,7 @@ impl EngineClient {
             .json(body)
             .send()
             .await
-            .map_err(|e| EngineError::Connect(chain(&e)))?;
+            .map_err(|e| EngineError::Connect(api::error::chain(&e)))?;
         check_status(resp)
             .await?
             .json()
@@ -365,7 +346,7 @@ impl EngineClient {
             .json(&serde_json::json!({ "content": content, "add_special": true, "parse_special": true }))
             .send()
             .await
-            .map_err(|e| EngineError::Connect(chain(&e)))?;
+            .map_err(|e| EngineError::Connect(api::error::chain(&e)))?;
         let body: Tokens = check_status(r)
             .await?
             .json()
@@ -391,45 +372,43 @@ impl EngineClient {
             .json(req)
             .send()
             .await
-            .map_err(|e| EngineError::Connect(chain(&e)))?;
+            .map_err(|e| EngineError::Connect(api::error::chain(&e)))?;
         let resp = check_status(resp).await?;
-        let mut decoder = SseDecoder::default();
-        let received = self.received.clone();
-        let frames = resp.bytes_stream().flat_map(move |chunk| {
-            let items: Vec<FrameResult> = match chunk {
-                Err(e) => vec![Err(EngineError::Connect(chain(&e)))],
-                Ok(bytes) => {
-                    received.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    decoder
-                        .push(&bytes)
-                        .into_iter()
-                        .map(|item| match item {
-                            SseItem::Data(d) => {
-                                CompletionFrame::parse(&d).map_err(EngineError::Protocol)
-                            }
-                            SseItem::Garbage(g) => Err(EngineError::Protocol(g)),
-                        })
-                        .collect()
-                }
-            };
-            futures::stream::iter(items)
-        });
-        Ok(frames)
+        Ok(sse_frames(resp, self.received.clone(), |d| {
+            Some(CompletionFrame::parse(d).map_err(EngineError::Protocol))
+        }))
     }
 }
 
-/// The error and its sources, joined: reqwest's own message ("error decoding response body")
-/// hides the cause, such as a reset connection.
-fn chain(e: &reqwest::Error) -> String {
-    use std::error::Error as _;
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
+/// A streamed engine answer as frames: each SSE data line through `data` (None: nothing to
+/// emit), a garbled line or a broken body as an error. Every chunk received counts in
+/// `received`, the engine's sign of life for its supervisor.
+fn sse_frames<F>(
+    resp: reqwest::Response,
+    received: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    mut data: F,
+) -> impl futures::Stream<Item = FrameResult> + Send + 'static
+where
+    F: FnMut(&str) -> Option<FrameResult> + Send + 'static,
+{
+    let mut decoder = SseDecoder::default();
+    resp.bytes_stream().flat_map(move |chunk| {
+        let items: Vec<FrameResult> = match chunk {
+            Err(e) => vec![Err(EngineError::Connect(api::error::chain(&e)))],
+            Ok(bytes) => {
+                received.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                decoder
+                    .push(&bytes)
+                    .into_iter()
+                    .filter_map(|item| match item {
+                        SseItem::Data(d) => data(&d),
+                        SseItem::Garbage(g) => Some(Err(EngineError::Protocol(g))),
+                    })
+                    .collect()
+            }
+        };
+        futures::stream::iter(items)
+    })
 }
 
 async fn check_status(r: reqwest::Response) -> Result<reqwest::Response, EngineError> {

@@ -4,7 +4,6 @@
 //! the server ignores the range), up to [`MAX_ATTEMPTS`] with doubling backoff, and throttled
 //! progress reports. It knows nothing of the cache layout, digests or locks.
 
-use std::error::Error as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -122,12 +121,12 @@ pub(crate) async fn download(req: &Request<'_>, part: &Path) -> Result<Downloade
             Ok(r) => r,
             Err(e) if is_trust_error(&e) => {
                 return Err(FetchError::Network {
-                    message: format!("{shown}: {}", chain(&e)),
+                    message: format!("{shown}: {}", api::error::chain(&e)),
                     retriable: false,
                 })
             }
             Err(e) => {
-                last_error = chain(&e);
+                last_error = api::error::chain(&e);
                 continue;
             }
         };
@@ -180,7 +179,7 @@ pub(crate) async fn download(req: &Request<'_>, part: &Path) -> Result<Downloade
                     reporter.report(out.done, total, false);
                 }
                 Err(e) => {
-                    broke = Some(chain(&e));
+                    broke = Some(api::error::chain(&e));
                     break;
                 }
             }
@@ -269,21 +268,9 @@ fn parse_content_range(v: &str) -> Option<(u64, Option<u64>)> {
     Some((start.trim().parse().ok()?, total))
 }
 
-/// The error and its sources, joined (reqwest's own message hides the cause).
-fn chain(e: &reqwest::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
 /// A TLS trust failure: retrying cannot help.
 fn is_trust_error(e: &reqwest::Error) -> bool {
-    let s = chain(e).to_ascii_lowercase();
+    let s = api::error::chain(e).to_ascii_lowercase();
     s.contains("certificate") || s.contains("unknownissuer")
 }
 

@@ -112,7 +112,7 @@ async fn pool_status(
     State(app): State<Arc<App>>,
     Path(pool_id): Path<String>,
 ) -> Result<Json<api::node::PoolStatus>, ApiError> {
-    let pool = find_pool(&app, &pool_id)?;
+    let pool = app.pools.named(&pool_id)?;
     Ok(Json(pool.status()))
 }
 
@@ -146,27 +146,12 @@ async fn local_reload(
     })
 }
 
-/// The pool a request path names; NOT_FOUND when none here has that id (text that is not a valid
-/// pool id names none).
-fn find_pool(app: &App, pool_id: &str) -> Result<Arc<Pool>, ErrorEnvelope> {
-    pool_id
-        .parse::<api::PoolId>()
-        .ok()
-        .and_then(|id| app.pools.get(&id))
-        .ok_or_else(|| {
-            ErrorEnvelope::new(
-                ErrorCode::NotFound,
-                format!("no pool {pool_id} on this node"),
-            )
-        })
-}
-
 fn local_command(
     app: &App,
     pool_id: &str,
     make: impl FnOnce(api::CommandId) -> crate::commands::PoolCommand,
 ) -> Result<(StatusCode, Json<api::node::PoolCommandAccepted>), ApiError> {
-    let pool = find_pool(app, pool_id)?;
+    let pool = app.pools.named(pool_id)?;
     let id = api::CommandId::new();
     app.book.receive(&id);
     pool.command(make(id))
@@ -191,7 +176,7 @@ async fn dispatch(
     let cid = CorrelationId::from_headers(&headers);
     let req: DispatchRequest = serde_json::from_slice(&body)
         .map_err(|e| ErrorEnvelope::invalid("", format!("invalid dispatch body: {e}")))?;
-    let pool = find_pool(&app, &pool_id)?;
+    let pool = app.pools.named(&pool_id)?;
     check_dispatch(&req, &app.node_id, &pool)?;
     let epoch = fence(&app, &headers)?;
     if app.closing.is_cancelled() {
@@ -291,15 +276,7 @@ fn check_dispatch(
     pool: &Pool,
 ) -> Result<(), ErrorEnvelope> {
     let pool_id = &pool.spec.id;
-    if req.protocol_version != api::PROTOCOL_VERSION {
-        return Err(ErrorEnvelope::invalid(
-            "protocol_version",
-            format!(
-                "unsupported protocol_version {}; supported: [1]",
-                req.protocol_version
-            ),
-        ));
-    }
+    ErrorEnvelope::check_protocol(req.protocol_version)?;
     if req.node_id != *node_id || req.pool_id != *pool_id {
         return Err(ErrorEnvelope::invalid(
             "pool_id",
@@ -384,7 +361,7 @@ async fn cancel(
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
     let cid = CorrelationId::from_headers(&headers);
-    let pool = find_pool(&app, &pool_id)?;
+    let pool = app.pools.named(&pool_id)?;
     fence(&app, &headers)?;
     // A task id that is not a UUID names no task here: nothing to cancel, as for an unknown one.
     let Ok(task) = task_id.parse::<api::TaskId>() else {

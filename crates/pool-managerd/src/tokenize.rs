@@ -25,16 +25,7 @@ pub async fn tokenize(
 ) -> Result<Json<TokenizeResponse>, ApiError> {
     let req: TokenizeRequest = serde_json::from_slice(&body)
         .map_err(|e| ErrorEnvelope::invalid("", format!("invalid tokenize body: {e}")))?;
-    if req.protocol_version != api::PROTOCOL_VERSION {
-        return Err(ErrorEnvelope::invalid(
-            "protocol_version",
-            format!(
-                "unsupported protocol_version {}; supported: [1]",
-                req.protocol_version
-            ),
-        )
-        .into());
-    }
+    ErrorEnvelope::check_protocol(req.protocol_version)?;
     if !req.input.tokenizable() {
         return Err(ErrorEnvelope::invalid(
             "input",
@@ -42,16 +33,7 @@ pub async fn tokenize(
         )
         .into());
     }
-    let pool = pool_id
-        .parse::<api::PoolId>()
-        .ok()
-        .and_then(|id| app.pools.get(&id))
-        .ok_or_else(|| {
-            ErrorEnvelope::new(
-                ErrorCode::NotFound,
-                format!("no pool {pool_id} on this node"),
-            )
-        })?;
+    let pool = app.pools.named(&pool_id)?;
     let view = pool.view();
     let state = view.snapshot.state;
     let (Some(client), Some(model), api::node::PoolState::Ready) =

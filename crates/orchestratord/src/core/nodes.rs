@@ -52,15 +52,7 @@ impl<E: Effects> Core<E> {
         caller: NodeCaller,
         now: Instant,
     ) -> Result<RegisterResponse, ErrorEnvelope> {
-        if req.protocol_version != api::PROTOCOL_VERSION {
-            return Err(ErrorEnvelope::invalid(
-                "protocol_version",
-                format!(
-                    "unsupported protocol_version {}; supported: [1]",
-                    req.protocol_version
-                ),
-            ));
-        }
+        ErrorEnvelope::check_protocol(req.protocol_version)?;
         let node_id = req.node_id.clone();
         if req.dispatch_token.len() < 32 {
             return Err(ErrorEnvelope::invalid(

@@ -197,6 +197,21 @@ fn status(spec: &PoolSpec, snap: &Snapshot) -> PoolStatus {
 pub struct PoolSet(std::sync::RwLock<std::collections::BTreeMap<PoolId, Arc<Pool>>>);
 
 impl PoolSet {
+    /// The pool a request path names; NOT_FOUND when none here has that id (text that is not a
+    /// valid pool id names none).
+    pub fn named(&self, pool_id: &str) -> Result<Arc<Pool>, api::ErrorEnvelope> {
+        pool_id
+            .parse::<PoolId>()
+            .ok()
+            .and_then(|id| self.get(&id))
+            .ok_or_else(|| {
+                api::ErrorEnvelope::new(
+                    api::ErrorCode::NotFound,
+                    format!("no pool {pool_id} on this node"),
+                )
+            })
+    }
+
     pub fn get(&self, id: &PoolId) -> Option<Arc<Pool>> {
         self.0
             .read()
