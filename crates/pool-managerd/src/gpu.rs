@@ -128,8 +128,8 @@ pub fn discover_with(backends: &[&dyn GpuBackend]) -> (Vec<Gpu>, Option<&'static
 /// How long a missing `nvidia-smi` is not looked for again.
 const SMI_RECHECK: Duration = Duration::from_secs(60);
 
-/// [`discover`] on the blocking pool: NVML queries and `nvidia-smi` block for milliseconds, and
-/// pool-managerd's runtime has one worker thread by default (decision 74).
+/// [`discover`] on the blocking pool: NVML queries and `nvidia-smi` block for milliseconds, which
+/// would hold up every stream on that runtime thread (`server.worker_threads` may be 1).
 pub async fn discover_off_runtime() -> Vec<Gpu> {
     tokio::task::spawn_blocking(discover)
         .await
