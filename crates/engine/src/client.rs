@@ -299,17 +299,9 @@ impl EngineClient {
             body["stream"] == true && body["max_tokens"].as_u64().is_some_and(|n| n > 0),
             "engine requests must stream and cap max_tokens"
         );
-        let resp = self
-            .streaming
-            .post(self.url("/v1/chat/completions"))
-            .bearer_auth(self.key.expose())
-            .json(body)
-            .send()
-            .await
-            .map_err(|e| EngineError::Connect(api::error::chain(&e)))?;
-        let resp = check_status(resp).await?;
+        let bytes = self.stream("/v1/chat/completions", body).await?;
         let mut chunks = crate::sse::ChatFrames::default();
-        Ok(sse_frames(resp, self.received.clone(), move |d| {
+        Ok(sse_frames(bytes, self.received.clone(), move |d| {
             chunks.frame(d).map_err(EngineError::Protocol).transpose()
         }))
     }
@@ -365,26 +357,54 @@ impl EngineClient {
             req.stream && req.n_predict > 0,
             "engine requests must stream and cap n_predict"
         );
-        let resp = self
-            .streaming
-            .post(self.url("/completion"))
-            .bearer_auth(self.key.expose())
-            .json(req)
-            .send()
-            .await
-            .map_err(|e| EngineError::Connect(api::error::chain(&e)))?;
-        let resp = check_status(resp).await?;
-        Ok(sse_frames(resp, self.received.clone(), |d| {
+        let bytes = self.stream("/completion", req).await?;
+        Ok(sse_frames(bytes, self.received.clone(), |d| {
             Some(CompletionFrame::parse(d).map_err(EngineError::Protocol))
         }))
     }
+
+    /// POSTs `body` to `path` and returns the streamed answer's bytes: on a connection read by
+    /// the caller's task ([`crate::stream`]) for an `http://host:port` engine, else through the
+    /// pooled client.
+    async fn stream(
+        &self,
+        path: &str,
+        body: &impl serde::Serialize,
+    ) -> Result<ByteStream, EngineError> {
+        let Some(authority) = crate::stream::authority(&self.base) else {
+            let resp = self
+                .streaming
+                .post(self.url(path))
+                .bearer_auth(self.key.expose())
+                .json(body)
+                .send()
+                .await
+                .map_err(|e| EngineError::Connect(api::error::chain(&e)))?;
+            let resp = check_status(resp).await?;
+            return Ok(Box::pin(
+                resp.bytes_stream()
+                    .map(|r| r.map_err(|e| api::error::chain(&e))),
+            ));
+        };
+        let json = serde_json::to_vec(body).map_err(|e| EngineError::Setup(e.to_string()))?;
+        match crate::stream::open(authority, path, self.key.expose(), json).await {
+            Ok(s) => Ok(Box::pin(s)),
+            Err(crate::stream::OpenError::Status(status, text)) => Err(status_error(status, &text)),
+            Err(crate::stream::OpenError::Connect(m)) => Err(EngineError::Connect(m)),
+            Err(crate::stream::OpenError::Url(m)) => Err(EngineError::Setup(m)),
+        }
+    }
 }
+
+/// A streamed answer's body chunks; an error is its cause chain as text.
+type ByteStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<bytes::Bytes, String>> + Send>>;
 
 /// A streamed engine answer as frames: each SSE data line through `data` (None: nothing to
 /// emit), a garbled line or a broken body as an error. Every chunk received counts in
 /// `received`, the engine's sign of life for its supervisor.
 fn sse_frames<F>(
-    resp: reqwest::Response,
+    bytes: ByteStream,
     received: std::sync::Arc<std::sync::atomic::AtomicU64>,
     mut data: F,
 ) -> impl futures::Stream<Item = FrameResult> + Send + 'static
@@ -392,9 +412,9 @@ where
     F: FnMut(&str) -> Option<FrameResult> + Send + 'static,
 {
     let mut decoder = SseDecoder::default();
-    resp.bytes_stream().flat_map(move |chunk| {
+    bytes.flat_map(move |chunk| {
         let items: Vec<FrameResult> = match chunk {
-            Err(e) => vec![Err(EngineError::Connect(api::error::chain(&e)))],
+            Err(e) => vec![Err(EngineError::Connect(e))],
             Ok(bytes) => {
                 received.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 decoder
@@ -417,9 +437,14 @@ async fn check_status(r: reqwest::Response) -> Result<reqwest::Response, EngineE
     }
     let status = r.status().as_u16();
     let text = r.text().await.unwrap_or_default();
-    let message = serde_json::from_str::<serde_json::Value>(&text)
+    Err(status_error(status, &text))
+}
+
+/// A refusal: the engine's `error.message`, else the start of its body.
+fn status_error(status: u16, text: &str) -> EngineError {
+    let message = serde_json::from_str::<serde_json::Value>(text)
         .ok()
         .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
         .unwrap_or_else(|| text.chars().take(200).collect());
-    Err(EngineError::Status { status, message })
+    EngineError::Status { status, message }
 }

@@ -8,6 +8,7 @@ pub mod handoff;
 pub mod process;
 pub mod provision;
 pub mod sse;
+pub mod stream;
 pub mod version;
 
 pub use client::{ApiKey, ChatMessage, CompletionRequest, EngineClient, EngineError, Prompt};

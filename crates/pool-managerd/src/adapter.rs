@@ -222,9 +222,13 @@ impl TaskRun {
         let mut ids_whole = true;
         let far = tokio::time::Instant::now() + Duration::from_secs(365 * 24 * 3600);
         let deadline_at = deadline.unwrap_or(far);
-        // One deadline timer for the whole stream, not one per frame.
+        // One deadline timer for the whole stream, not one per frame; likewise one idle timer,
+        // which only moves when it fires before the engine was quiet for the whole timeout.
         let deadline_sleep = tokio::time::sleep_until(deadline_at);
         tokio::pin!(deadline_sleep);
+        let mut last_frame = tokio::time::Instant::now();
+        let idle_sleep = tokio::time::sleep_until(last_frame + self.idle_timeout);
+        tokio::pin!(idle_sleep);
         loop {
             // Checked first on every frame, so a fast engine cannot starve a cancel; the select
             // below is biased towards a frame that is already there, which it then takes without
@@ -240,13 +244,22 @@ impl TaskRun {
             }
             let next = tokio::select! {
                 biased;
-                n = tokio::time::timeout(self.idle_timeout, frames.next()) => n,
+                n = frames.next() => Ok(n),
                 _ = self.cancel.cancelled() => return Outcome::Stopped(StopReason::Canceled),
                 _ = self.lost.cancelled() => return lost(*tokens_out),
                 _ = &mut deadline_sleep => return Outcome::Stopped(StopReason::Deadline),
+                _ = &mut idle_sleep => {
+                    let quiet_until = last_frame + self.idle_timeout;
+                    if tokio::time::Instant::now() < quiet_until {
+                        idle_sleep.as_mut().reset(quiet_until);
+                        continue;
+                    }
+                    Err(())
+                }
             };
+            last_frame = tokio::time::Instant::now();
             let frame = match next {
-                Err(_) => {
+                Err(()) => {
                     drop(frames);
                     self.confirm_free().await;
                     return Outcome::Failed {

@@ -551,20 +551,37 @@ impl Attachment {
 
     /// The NDJSON body: chunks of whole lines until the run's last line (or until a newer
     /// attachment or epoch closes this one), a keepalive line after [`KEEPALIVE`] of silence.
+    /// One keepalive timer serves the whole stream: it moves only when it fires before
+    /// [`KEEPALIVE`] passed since the last chunk (no timer armed and dropped per line).
     pub fn into_stream(self) -> impl futures::Stream<Item = Result<Bytes, Infallible>> + Send {
-        futures::stream::unfold(self, |mut a| async move {
+        let quiet = Box::pin(tokio::time::sleep(KEEPALIVE));
+        let state = (self, quiet, tokio::time::Instant::now());
+        futures::stream::unfold(state, |(mut a, mut quiet, mut last)| async move {
             loop {
                 let frames = a.frames.clone();
                 let notified = frames.wake.notified();
                 tokio::pin!(notified);
                 notified.as_mut().enable();
                 match a.read() {
-                    Read::Chunk(b) => return Some((Ok(b), a)),
+                    Read::Chunk(b) => {
+                        last = tokio::time::Instant::now();
+                        return Some((Ok(b), (a, quiet, last)));
+                    }
                     Read::End => return None,
                     Read::Wait => {}
                 }
-                if tokio::time::timeout(KEEPALIVE, notified).await.is_err() {
-                    frames.keepalive(a.gen);
+                tokio::select! {
+                    _ = notified => {}
+                    _ = quiet.as_mut() => {
+                        let due = last + KEEPALIVE;
+                        if tokio::time::Instant::now() >= due {
+                            frames.keepalive(a.gen);
+                            last = tokio::time::Instant::now();
+                            quiet.as_mut().reset(last + KEEPALIVE);
+                        } else {
+                            quiet.as_mut().reset(due);
+                        }
+                    }
                 }
             }
         })

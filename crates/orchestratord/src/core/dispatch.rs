@@ -121,9 +121,24 @@ pub async fn relay(
     }
     let mut body = resp.bytes_stream();
     let mut buf: Vec<u8> = Vec::new();
+    // One idle timer for the whole stream, moved only when it fires before the worker was quiet
+    // for the whole timeout (not a timer armed and dropped per chunk).
+    let mut last_chunk = tokio::time::Instant::now();
+    let idle_sleep = tokio::time::sleep_until(last_chunk + idle);
+    tokio::pin!(idle_sleep);
     loop {
-        let chunk = match tokio::time::timeout(idle, body.next()).await {
-            Err(_) => {
+        let next = tokio::select! {
+            biased;
+            c = body.next() => Ok(c),
+            _ = &mut idle_sleep => Err(()),
+        };
+        if next.is_err() && tokio::time::Instant::now() < last_chunk + idle {
+            idle_sleep.as_mut().reset(last_chunk + idle);
+            continue;
+        }
+        last_chunk = tokio::time::Instant::now();
+        let chunk = match next {
+            Err(()) => {
                 let _ = tx.send(ended(RelayEnd::Idle(idle)));
                 return;
             }
