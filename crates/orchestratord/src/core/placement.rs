@@ -31,7 +31,8 @@ pub fn is_candidate(
 ) -> bool {
     p.node_status == NodeStatus::Online
         && p.state == PoolState::Ready
-        && p.model_id == Some(model)
+        // The core's views name the task's model itself, so the address usually decides.
+        && p.model_id.is_some_and(|m| std::ptr::eq(m, model) || m == model)
         && ctx.is_none_or(|c| p.ctx_per_slot >= c)
         && placement
             .require_device_mask
@@ -63,7 +64,7 @@ pub struct Choice<'a> {
 #[derive(Debug, Clone, Copy)]
 pub struct CacheHints<'h> {
     /// Pools with a prefix match and the prompt tokens it would save.
-    pub saved: &'h [(PoolId, u64)],
+    pub saved: &'h [(&'h PoolId, u64)],
     /// Load wins when the busiest candidate has more than `balance_abs` tasks beyond the idlest...
     pub balance_abs: usize,
     /// ...and more than `balance_rel` times the idlest's load.
@@ -126,19 +127,17 @@ pub fn choose<'a>(
     tried: &[PoolId],
     cache: Option<&CacheHints<'_>>,
 ) -> Choice<'a> {
+    // One vector of candidates; every later step filters it in place or reads it (a decision
+    // over a thousand pools must not copy their views several times).
     let mut cands: Vec<&PoolView<'a>> = pools
         .iter()
         .filter(|p| is_candidate(p, model, ctx, placement) && !tried.contains(p.pool_id))
         .collect();
     let mut avoid_fallback = false;
     if placement.mode != PlacementMode::Pin && !placement.avoid_pools.is_empty() {
-        let kept: Vec<&PoolView<'a>> = cands
-            .iter()
-            .copied()
-            .filter(|p| !placement.avoid_pools.contains(p.pool_id))
-            .collect();
-        if !kept.is_empty() || !placement.allow_fallback {
-            cands = kept;
+        let avoided = |p: &PoolView<'_>| placement.avoid_pools.contains(p.pool_id);
+        if cands.iter().any(|p| !avoided(p)) || !placement.allow_fallback {
+            cands.retain(|p| !avoided(p));
         } else {
             avoid_fallback = !cands.is_empty();
         }
@@ -147,22 +146,12 @@ pub fn choose<'a>(
     let preferred = |p: &PoolView<'_>| {
         placement.mode == PlacementMode::Prefer && placement.prefer_pools.contains(p.pool_id)
     };
-    let cand_loads: Vec<usize> = cands.iter().map(|p| p.load).collect();
-    let busy: Vec<&PoolView<'a>> = cands
-        .iter()
-        .copied()
-        .filter(|p| p.free_slots == 0)
-        .collect();
-    let free: Vec<&PoolView<'a>> = cands.into_iter().filter(|p| p.free_slots > 0).collect();
     // The best tier: preferred pools with a free slot under `prefer`, else every free candidate
     // (none at all under `prefer` without fallback).
-    let any_preferred = free.iter().any(|p| preferred(p));
-    let only_preferred =
-        placement.mode == PlacementMode::Prefer && (any_preferred || !placement.allow_fallback);
-    let tier: Vec<&PoolView<'a>> = free
-        .into_iter()
-        .filter(|p| !only_preferred || preferred(p))
-        .collect();
+    let only_preferred = placement.mode == PlacementMode::Prefer
+        && (!placement.allow_fallback || cands.iter().any(|p| p.free_slots > 0 && preferred(p)));
+    let tier_of = |p: &PoolView<'_>| !only_preferred || preferred(p);
+    let in_tier = |p: &PoolView<'_>| p.free_slots > 0 && tier_of(p);
     let prefer_fallback = placement.mode == PlacementMode::Prefer
         && !only_preferred
         && !placement.prefer_pools.is_empty();
@@ -172,16 +161,17 @@ pub fn choose<'a>(
         fallback: pool.is_some() && (avoid_fallback || prefer_fallback),
         waiting: false,
     };
-    if let Some(p) = affinity.and_then(|a| tier.iter().find(|p| p.pool_id == a)) {
+    if let Some(p) = affinity.and_then(|a| cands.iter().find(|p| in_tier(p) && p.pool_id == a)) {
         return choice(Some(p.pool_id));
     }
     // Cache-aware: prompt tokens saved minus load, unless the candidates are imbalanced (then
     // load decides, as under least-loaded). Scores are computed once per pool.
     let cache_on = cache.filter(|c| {
-        !c.saved.is_empty() && !imbalanced(cand_loads.iter().copied(), c.balance_abs, c.balance_rel)
+        !c.saved.is_empty()
+            && !imbalanced(cands.iter().map(|p| p.load), c.balance_abs, c.balance_rel)
     });
     let saved: std::collections::HashMap<&PoolId, u64, Fnv> = cache_on
-        .map(|c| c.saved.iter().map(|(p, n)| (p, *n)).collect())
+        .map(|c| c.saved.iter().map(|(p, n)| (*p, *n)).collect())
         .unwrap_or_default();
     let score = |p: &PoolView<'_>| {
         cache_on.map_or(0, |c| {
@@ -189,14 +179,19 @@ pub fn choose<'a>(
                 - (p.load as u64 * c.load_cost_tokens) as i64
         })
     };
-    let scored: Vec<(&PoolView<'a>, i64)> = tier.into_iter().map(|p| (p, score(p))).collect();
+    let scored: Vec<(&PoolView<'a>, i64)> = cands
+        .iter()
+        .copied()
+        .filter(|p| in_tier(p))
+        .map(|p| (p, score(p)))
+        .collect();
     // Waiting for the prefix (decision 69): a busy holder of the same tier whose score beats
     // every free pool keeps the task queued; it is placed when the holder frees a slot.
     if let Some(c) = cache_on.filter(|c| c.wait_min_tokens > 0 && !scored.is_empty()) {
         let best_free = scored.iter().map(|(_, s)| *s).max().unwrap_or(i64::MIN);
-        let holder_wins = busy
+        let holder_wins = cands
             .iter()
-            .filter(|p| !only_preferred || preferred(p))
+            .filter(|p| p.free_slots == 0 && tier_of(p))
             .any(|p| {
                 saved.get(p.pool_id).copied().unwrap_or(0) >= c.wait_min_tokens
                     && score(p) > best_free
@@ -477,7 +472,7 @@ mod tests {
         );
     }
 
-    fn hints(saved: &[(PoolId, u64)]) -> CacheHints<'_> {
+    fn hints<'h>(saved: &'h [(&'h PoolId, u64)]) -> CacheHints<'h> {
         CacheHints {
             saved,
             balance_abs: 2,
@@ -489,10 +484,7 @@ mod tests {
 
     /// Like [`cached`] with waiting on (`wait_min_tokens` 200): the pool, and whether it waits.
     fn waited(pools: &[PoolView<'_>], saved: &[(&str, u64)]) -> (Option<String>, bool) {
-        let saved: Vec<(PoolId, u64)> = saved
-            .iter()
-            .map(|(p, n)| (id::<PoolId>(p).clone(), *n))
-            .collect();
+        let saved: Vec<(&PoolId, u64)> = saved.iter().map(|(p, n)| (id::<PoolId>(p), *n)).collect();
         let h = CacheHints {
             wait_min_tokens: 200,
             ..hints(&saved)
@@ -537,10 +529,7 @@ mod tests {
         saved: &[(&str, u64)],
         affinity: Option<&str>,
     ) -> Option<String> {
-        let saved: Vec<(PoolId, u64)> = saved
-            .iter()
-            .map(|(p, n)| (id::<PoolId>(p).clone(), *n))
-            .collect();
+        let saved: Vec<(&PoolId, u64)> = saved.iter().map(|(p, n)| (id::<PoolId>(p), *n)).collect();
         choose(
             pools,
             id("m"),
