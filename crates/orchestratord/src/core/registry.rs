@@ -332,3 +332,55 @@ impl Registry {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(id: &str) -> PoolStatus {
+        serde_json::from_value(serde_json::json!({
+            "pool_id": id, "state": "Ready", "engine": "llamacpp", "device_mask": "cpu",
+            "slots_total": 1, "slots_free": 1, "ctx_per_slot": 1024, "models": [],
+        }))
+        .expect("pool status")
+    }
+
+    fn ids(r: &Registry, model: &str) -> Vec<String> {
+        r.serving(&model.parse().unwrap())
+            .map(|(id, _)| id.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_models_pools_follow_set_serves_replacement_and_removal() {
+        let mut r = Registry::default();
+        let n: NodeId = "n".parse().unwrap();
+        for p in ["a", "b", "c"] {
+            r.insert_pool(p.parse().unwrap(), PoolEntry::new(n.clone(), status(p)));
+        }
+        assert!(ids(&r, "m").is_empty(), "nothing served before evaluation");
+        for p in ["c", "a"] {
+            r.set_serves(&p.parse().unwrap(), Some("m".parse().unwrap()));
+        }
+        r.set_serves(&"b".parse().unwrap(), Some("o".parse().unwrap()));
+        assert_eq!(ids(&r, "m"), ["a", "c"]);
+        assert_eq!(ids(&r, "o"), ["b"]);
+        assert_eq!(ids(&r, "x"), Vec::<String>::new());
+        // A model change moves the pool; interned keys are kept, never reused.
+        let m_key = r.model_key(&"m".parse().unwrap());
+        r.set_serves(&"a".parse().unwrap(), Some("o".parse().unwrap()));
+        assert_eq!(ids(&r, "m"), ["c"]);
+        assert_eq!(ids(&r, "o"), ["a", "b"]);
+        assert_eq!(r.model_key(&"m".parse().unwrap()), m_key);
+        // A replaced entry (a pool reported anew) serves nothing until evaluated.
+        r.insert_pool("c".parse().unwrap(), PoolEntry::new(n.clone(), status("c")));
+        assert!(ids(&r, "m").is_empty());
+        // A removed pool is gone; `None` serves nothing.
+        r.retain_pools(|id, _| id.as_str() != "b");
+        r.set_serves(&"a".parse().unwrap(), None);
+        assert!(ids(&r, "o").is_empty());
+        // Unknown pools are ignored.
+        r.set_serves(&"zz".parse().unwrap(), Some("m".parse().unwrap()));
+        assert!(ids(&r, "m").is_empty());
+    }
+}
