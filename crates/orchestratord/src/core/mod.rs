@@ -261,7 +261,7 @@ pub struct Core<E: Effects> {
     /// Nodes and their pools.
     registry: registry::Registry,
     /// Per-pool measurements for predictions.
-    stats: HashMap<PoolId, PoolStats, placement::Fnv>,
+    stats: HashMap<PoolId, PoolStats, placement::IdHash>,
     tasks: task_table::TaskTable,
     queues: queue::Queues,
     sessions: sessions::Sessions,
@@ -489,7 +489,7 @@ impl<E: Effects> Core<E> {
         workload: api::task::Workload,
     ) -> Vec<placement::PoolView<'a>> {
         // Pinned tasks wait in per-pool queues; they count towards that pool's load.
-        let pinned: HashMap<&PoolId, usize, placement::Fnv> = self
+        let pinned: HashMap<&PoolId, usize, placement::IdHash> = self
             .queues
             .iter()
             .filter_map(|(k, q)| match k {

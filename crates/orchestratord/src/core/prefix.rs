@@ -141,7 +141,7 @@ pub struct Match {
 /// The prefix index.
 pub struct PrefixIndex {
     limits: Limits,
-    pool_ix: HashMap<PoolId, u32, super::placement::Fnv>,
+    pool_ix: HashMap<PoolId, u32, super::placement::IdHash>,
     pool_ids: Vec<PoolId>,
     pools: Vec<PoolSeqs>,
     seqs: FastMap<SeqId, Seq>,

@@ -1237,7 +1237,7 @@ impl<E: Effects> Core<E> {
     }
 }
 
-type Stats = std::collections::HashMap<PoolId, super::PoolStats, super::placement::Fnv>;
+type Stats = std::collections::HashMap<PoolId, super::PoolStats, super::placement::IdHash>;
 
 /// The mean run time of a task of `max_tokens` on `model`'s pools, from their measurements.
 fn mean_duration_ms(
