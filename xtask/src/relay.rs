@@ -24,7 +24,7 @@ use crate::procstat::{children, raise_nofile, rss_kib, CpuClock};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Concurrent streams per level.
+    /// Concurrent streams per level (0 skips the levels).
     #[arg(long, value_delimiter = ',', default_values_t = [100usize, 1_000, 10_000])]
     levels: Vec<usize>,
     /// Seconds measured per level, once every stream has its first token.
@@ -127,7 +127,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         fixed.push((c, fixed_cost(&a, &bin, &root, &clock, c).await?));
     }
     let mut levels = vec![];
-    for &n in &a.levels {
+    for &n in a.levels.iter().filter(|n| **n > 0) {
         levels.push(level(&a, &bin, &root, &clock, n).await?);
     }
     print_report(&a, nofile, one.as_ref(), &fixed, &levels, clock.hz());

@@ -32,15 +32,46 @@ pub fn validated<T>(
     }
 }
 
+/// The most runtime worker threads `server.worker_threads` accepts.
+pub const MAX_WORKER_THREADS: u64 = 1024;
+
+/// Checks `server.worker_threads` (unset: `default`, where `None` is one per core).
+pub fn worker_threads(
+    raw: Option<u64>,
+    default: Option<usize>,
+    problems: &mut Vec<String>,
+) -> Option<usize> {
+    match raw {
+        None => default,
+        Some(n) if (1..=MAX_WORKER_THREADS).contains(&n) => Some(n as usize),
+        Some(n) => {
+            problems.push(format!(
+                "server.worker_threads: {n} is not between 1 and {MAX_WORKER_THREADS}"
+            ));
+            None
+        }
+    }
+}
+
 /// Binds `bind`, then runs `serve(listener, shutdown)` until it returns; SIGINT or SIGTERM
-/// cancel `shutdown`.
-pub fn serve<F, Fut>(daemon: &str, bind: SocketAddr, serve: F) -> ExitCode
+/// cancel `shutdown`. The runtime has `worker_threads` worker threads (`None`: one per core).
+pub fn serve<F, Fut>(
+    daemon: &str,
+    bind: SocketAddr,
+    worker_threads: Option<usize>,
+    serve: F,
+) -> ExitCode
 where
     F: FnOnce(tokio::net::TcpListener, CancellationToken) -> Fut,
     Fut: Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>,
 {
     raise_nofile();
-    let rt = match tokio::runtime::Runtime::new() {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(n) = worker_threads {
+        builder.worker_threads(n);
+    }
+    let rt = match builder.build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("{daemon}: cannot start the runtime: {e}");

@@ -47,6 +47,7 @@ pub struct RawState {
 pub struct RawServer {
     pub bind: Option<String>,
     pub max_body_bytes: Option<u64>,
+    pub worker_threads: Option<u64>,
     pub metrics_require_auth: Option<bool>,
 }
 
@@ -233,6 +234,8 @@ impl FullPolicy {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub bind: SocketAddr,
+    /// The runtime's worker threads (`server.worker_threads`; `None`: one per core).
+    pub worker_threads: Option<usize>,
     pub max_body_bytes: usize,
     pub metrics_require_auth: bool,
     pub client_tokens: Vec<Secret>,
@@ -649,6 +652,8 @@ impl RawConfig {
                 }
             }
         }
+        let worker_threads =
+            daemon::main_loop::worker_threads(self.server.worker_threads, None, &mut p);
         let max_body = self.server.max_body_bytes.unwrap_or(4 * 1024 * 1024);
         if max_body < 1024 {
             p.push("server.max_body_bytes: must be at least 1024".into());
@@ -673,6 +678,7 @@ impl RawConfig {
         Ok(Config {
             bind: bind.expect("checked"),
             max_body_bytes: max_body as usize,
+            worker_threads,
             metrics_require_auth: self.server.metrics_require_auth.unwrap_or(false),
             client_tokens: client_tokens.into_iter().map(Secret::new).collect(),
             registration_token: registration.map(Secret::new),
@@ -969,6 +975,7 @@ mod tests {
             r#"
             [server]
             bind = "0.0.0.0:8080"
+            worker_threads = 0
             [queue]
             capacity = 0
             full_policy = "yolo"
@@ -980,6 +987,7 @@ mod tests {
             "#,
             &[
                 "server.bind",
+                "server.worker_threads",
                 "queue.capacity",
                 "queue.full_policy",
                 "auth.client_tokens[0]",

@@ -75,11 +75,17 @@ fn main() -> std::process::ExitCode {
             Err(p) => Err([unknown, p].concat()),
         }
     });
-    daemon::main_loop::serve("orchestratord", bind, |listener, shutdown| async move {
-        orchestratord::run(cfg, listener, shutdown, Some(reload))
-            .await
-            .map_err(|e| format!("{e:#}").into())
-    })
+    let threads = cfg.worker_threads;
+    daemon::main_loop::serve(
+        "orchestratord",
+        bind,
+        threads,
+        |listener, shutdown| async move {
+            orchestratord::run(cfg, listener, shutdown, Some(reload))
+                .await
+                .map_err(|e| format!("{e:#}").into())
+        },
+    )
 }
 
 fn refuse(problems: &[String]) -> std::process::ExitCode {

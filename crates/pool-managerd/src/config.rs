@@ -61,6 +61,7 @@ pub struct RawNode {
 pub struct RawServer {
     pub bind: Option<String>,
     pub advertise_url: Option<String>,
+    pub worker_threads: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -267,6 +268,8 @@ pub struct Config {
     pub machine_id: api::MachineId,
     pub bind: SocketAddr,
     pub advertise_url: String,
+    /// The runtime's worker threads (`server.worker_threads`; `None`: one per core).
+    pub worker_threads: Option<usize>,
     /// orchestratord's URLs (`orchestrator.urls`, else `orchestrator.url`): registration follows
     /// the leader among them.
     pub orchestrator_urls: Vec<String>,
@@ -350,6 +353,10 @@ const RESERVED_FLAGS: &[&str] = &[
 ];
 
 pub const DEFAULT_BIND: &str = "127.0.0.1:9200";
+/// `server.worker_threads` when unset: one. A node relays a few thousand tokens a second, which
+/// one thread carries with room to spare, and wakeups between threads cost more than the relay
+/// work itself at a real engine's pace (decision 74).
+pub const DEFAULT_WORKER_THREADS: Option<usize> = Some(1);
 pub const DEFAULT_ORCHESTRATOR_URL: &str = "http://127.0.0.1:8080";
 
 impl RawConfig {
@@ -450,6 +457,11 @@ impl RawConfig {
             None => Secret::random_hex(32),
         };
         let ms = |v: Option<u64>, d: u64| Duration::from_millis(v.unwrap_or(d));
+        let worker_threads = daemon::main_loop::worker_threads(
+            self.server.worker_threads,
+            DEFAULT_WORKER_THREADS,
+            &mut p,
+        );
         let heartbeat_interval = ms(self.heartbeat.interval_ms, 10_000);
         if heartbeat_interval < Duration::from_millis(100) {
             p.push("heartbeat.interval_ms: must be at least 100".into());
@@ -541,6 +553,7 @@ impl RawConfig {
             machine_id: machine_id.expect("checked"),
             bind: bind.expect("checked"),
             advertise_url: advertise_url.expect("checked"),
+            worker_threads,
             orchestrator_urls,
             node_auth,
             dispatch_token,
@@ -1016,6 +1029,23 @@ mod tests {
                 .any(|e| e.starts_with("orchestrator.urls: \"ftp://x\"")),
             "{errs:?}"
         );
+    }
+
+    #[test]
+    fn one_runtime_worker_thread_unless_configured() {
+        let cfg = RawConfig::default().validate(&host()).unwrap();
+        assert_eq!(cfg.worker_threads, Some(1));
+        let raw: RawConfig = toml::from_str("[server]\nworker_threads = 4\n").unwrap();
+        assert_eq!(raw.validate(&host()).unwrap().worker_threads, Some(4));
+        for bad in [0, 5000] {
+            let raw: RawConfig =
+                toml::from_str(&format!("[server]\nworker_threads = {bad}\n")).unwrap();
+            let errs = raw.validate(&host()).unwrap_err();
+            assert!(
+                errs.iter().any(|e| e.contains("server.worker_threads")),
+                "{errs:?}"
+            );
+        }
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! reports no GPUs and runs `cpu` pools.
 
 use std::process::Command;
-use std::sync::{Once, OnceLock};
+use std::sync::{Mutex, Once, OnceLock};
+use std::time::{Duration, Instant};
 
 use api::node::{GpuInfo, GpuStatus};
 use nvml_wrapper::Nvml;
@@ -85,13 +86,25 @@ impl GpuBackend for SmiBackend {
         "nvidia-smi"
     }
     fn gpus(&self) -> Result<Vec<Gpu>, String> {
+        // A node without `nvidia-smi` would search PATH and fork on every heartbeat and scrape;
+        // it is looked for again only a minute after it was found missing.
+        static MISSING_AT: Mutex<Option<Instant>> = Mutex::new(None);
+        let missing = || MISSING_AT.lock().unwrap_or_else(|e| e.into_inner());
+        if missing().is_some_and(|at| at.elapsed() < SMI_RECHECK) {
+            return Err("nvidia-smi: not found".into());
+        }
         let out = Command::new("nvidia-smi")
             .args([
                 "--query-gpu=index,name,memory.total,memory.free,utilization.gpu,compute_cap",
                 "--format=csv,noheader,nounits",
             ])
             .output()
-            .map_err(|e| format!("nvidia-smi: {e}"))?;
+            .map_err(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    *missing() = Some(Instant::now());
+                }
+                format!("nvidia-smi: {e}")
+            })?;
         if !out.status.success() {
             return Err(format!(
                 "nvidia-smi exited with {}: {}",
@@ -110,6 +123,17 @@ pub fn discover_with(backends: &[&dyn GpuBackend]) -> (Vec<Gpu>, Option<&'static
         .iter()
         .find_map(|b| b.gpus().ok().map(|g| (g, Some(b.name()))))
         .unwrap_or((vec![], None))
+}
+
+/// How long a missing `nvidia-smi` is not looked for again.
+const SMI_RECHECK: Duration = Duration::from_secs(60);
+
+/// [`discover`] on the blocking pool: NVML queries and `nvidia-smi` block for milliseconds, and
+/// pool-managerd's runtime has one worker thread by default (decision 74).
+pub async fn discover_off_runtime() -> Vec<Gpu> {
+    tokio::task::spawn_blocking(discover)
+        .await
+        .unwrap_or_default()
 }
 
 /// Every visible GPU, from NVML or else `nvidia-smi`; empty when there is no driver or no device.

@@ -86,7 +86,7 @@ async fn health(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
     let samples: Vec<_> = app.pools.all().iter().map(|p| p.sample()).collect();
-    let gpus = crate::gpu::discover();
+    let gpus = crate::gpu::discover_off_runtime().await;
     let c = app.frames.counters();
     let tasks = crate::metrics::TaskSample {
         detached: c.detached.load(Ordering::Relaxed).max(0) as u64,

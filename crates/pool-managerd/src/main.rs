@@ -60,12 +60,17 @@ fn main() -> std::process::ExitCode {
             config.log_json
         },
     );
-    let bind = config.bind;
-    daemon::main_loop::serve("pool-managerd", bind, |listener, shutdown| async move {
-        pool_managerd::run(config, listener, shutdown)
-            .await
-            .map_err(|e| format!("{e:#}").into())
-    })
+    let (bind, threads) = (config.bind, config.worker_threads);
+    daemon::main_loop::serve(
+        "pool-managerd",
+        bind,
+        threads,
+        |listener, shutdown| async move {
+            pool_managerd::run(config, listener, shutdown)
+                .await
+                .map_err(|e| format!("{e:#}").into())
+        },
+    )
 }
 
 fn refuse(problems: &[String]) -> std::process::ExitCode {

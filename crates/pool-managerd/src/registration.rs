@@ -179,8 +179,7 @@ pub async fn run(app: Arc<App>, shutdown: CancellationToken) {
     }
 }
 
-fn register_body(app: &App) -> RegisterRequest {
-    let gpus = gpu::discover();
+fn register_body(app: &App, gpus: &[gpu::Gpu]) -> RegisterRequest {
     RegisterRequest {
         protocol_version: api::PROTOCOL_VERSION,
         node_id: app.node_id.clone(),
@@ -193,7 +192,7 @@ fn register_body(app: &App) -> RegisterRequest {
                 .map(|n| n.get() as u32)
                 .unwrap_or(1),
             ram_total_bytes: ram_total_bytes(),
-            gpus: gpu::infos(&gpus),
+            gpus: gpu::infos(gpus),
         },
         pools: app.pools.all().iter().map(|p| p.status()).collect(),
     }
@@ -209,7 +208,8 @@ async fn register_with_retry(
     let mut followed_last = false;
     loop {
         let url = format!("{}/v2/nodes/register", target.current);
-        let mut req = http.post(&url).json(&register_body(app));
+        let gpus = gpu::discover_off_runtime().await;
+        let mut req = http.post(&url).json(&register_body(app, &gpus));
         let presented = match &app.node_auth {
             NodeAuth::Registration(t) | NodeAuth::Static(t) => Some(t.clone()),
             NodeAuth::None => None,
@@ -308,7 +308,8 @@ async fn heartbeat(
     seq: u64,
 ) -> Beat {
     let url = format!("{}/v2/nodes/{}/heartbeat", target.current, app.node_id);
-    let body = heartbeat_body(app, seq, daemon::now_ms(), &gpu::discover());
+    let gpus = gpu::discover_off_runtime().await;
+    let body = heartbeat_body(app, seq, daemon::now_ms(), &gpus);
     let mut req = http.post(&url).json(&body);
     if let Some(c) = &session.credential {
         req = req.bearer_auth(c.expose());
@@ -668,7 +669,7 @@ mod tests {
         assert_eq!(p.ctx_per_slot, 1024);
         assert_eq!(beat.gpus.len(), 1);
         assert_eq!(beat.commands[0].status, CommandState::Accepted);
-        let reg = register_body(&app);
+        let reg = register_body(&app, &[]);
         assert_eq!(
             (reg.node_id.as_str(), reg.dispatch_token.as_str()),
             ("n1", "t")
