@@ -154,10 +154,12 @@ pub fn choose<'a>(
 ) -> Choice<'a> {
     // One vector of candidates; every later step filters it in place or reads it (a decision
     // over a thousand pools must not copy their views several times).
-    let mut cands: Vec<&PoolView<'a>> = pools
-        .iter()
-        .filter(|p| is_candidate(p, model, ctx, placement) && !tried.contains(p.pool_id))
-        .collect();
+    let mut cands: Vec<&PoolView<'a>> = Vec::with_capacity(pools.len());
+    cands.extend(
+        pools
+            .iter()
+            .filter(|p| is_candidate(p, model, ctx, placement) && !tried.contains(p.pool_id)),
+    );
     let mut avoid_fallback = false;
     if placement.mode != PlacementMode::Pin && !placement.avoid_pools.is_empty() {
         let avoided = |p: &PoolView<'_>| placement.avoid_pools.contains(p.pool_id);
@@ -204,12 +206,14 @@ pub fn choose<'a>(
                 - (p.load as u64 * c.load_cost_tokens) as i64
         })
     };
-    let scored: Vec<(&PoolView<'a>, i64)> = cands
-        .iter()
-        .copied()
-        .filter(|p| in_tier(p))
-        .map(|p| (p, score(p)))
-        .collect();
+    let mut scored: Vec<(&PoolView<'a>, i64)> = Vec::with_capacity(cands.len());
+    scored.extend(
+        cands
+            .iter()
+            .copied()
+            .filter(|p| in_tier(p))
+            .map(|p| (p, score(p))),
+    );
     // Waiting for the prefix (decision 69): a busy holder of the same tier whose score beats
     // every free pool keeps the task queued; it is placed when the holder frees a slot.
     if let Some(c) = cache_on.filter(|c| c.wait_min_tokens > 0 && !scored.is_empty()) {
