@@ -488,15 +488,6 @@ impl<E: Effects> Core<E> {
         model: &'a ModelId,
         workload: api::task::Workload,
     ) -> Vec<placement::PoolView<'a>> {
-        // Pinned tasks wait in per-pool queues; they count towards that pool's load.
-        let pinned: HashMap<&PoolId, usize, placement::IdHash> = self
-            .queues
-            .iter()
-            .filter_map(|(k, q)| match k {
-                queue::QueueKey::Pool(p) => Some((p, q.len())),
-                queue::QueueKey::Model(_) => None,
-            })
-            .collect();
         // Sized once: growing a vector of a thousand views step by step copies it ten times.
         let mut views = Vec::with_capacity(self.registry.pools().len());
         views.extend(
@@ -519,15 +510,19 @@ impl<E: Effects> Core<E> {
                     ctx_per_slot: p.status.ctx_per_slot,
                     device_mask: &p.status.device_mask,
                     free_slots: p.free_slots(),
-                    load: p.holding.len()
-                        + if pinned.is_empty() {
-                            0
-                        } else {
-                            pinned.get(id).copied().unwrap_or(0)
-                        },
+                    load: p.holding.len(),
                     free_vram: p.free_vram,
                 }),
         );
+        // Pinned tasks wait in per-pool queues; they count towards that pool's load. The views
+        // are in pool id order, so each of the (few) pinned queues finds its pool by bisection.
+        for (key, q) in self.queues.iter() {
+            if let queue::QueueKey::Pool(pool) = key {
+                if let Ok(i) = views.binary_search_by(|v| v.pool_id.cmp(pool)) {
+                    views[i].load += q.len();
+                }
+            }
+        }
         views
     }
 

@@ -2394,3 +2394,45 @@ fn placement_follows_a_pools_model_restart_and_removal() {
     assert_eq!(on(&mut core, "o").as_deref(), Some("p1"));
     assert_eq!(on(&mut core, "m").as_deref(), Some("p2"));
 }
+
+/// Tasks queued for a pinned pool count towards its load: between two pools with as many free
+/// slots and running tasks, the one with a pinned task waiting loses the tie.
+#[test]
+fn pinned_queued_tasks_count_towards_their_pools_load() {
+    use crate::config::NamedToken;
+    let now = Instant::now();
+    let mut core = core_with(|c| {
+        c.named_tokens = vec![NamedToken {
+            tenant: tenant("capped"),
+            role: api::tenant::Role::Client,
+            secret: daemon::secret::Secret::new("capped-token-0123456789".to_string()),
+            weight: 1,
+            limits: api::tenant::TenantLimits {
+                concurrent_tasks: Some(1),
+                ..Default::default()
+            },
+        }];
+    });
+    register(&mut core, "n1", vec![pool("a", 3), pool("b", 3)], now);
+    let pinned_to = |who: &str, pool: &str| crate::admission::ValidatedTask {
+        tenant: tenant(who),
+        ..task(|r| {
+            r.placement = Some(Placement {
+                mode: PlacementMode::Pin,
+                pin_pool_id: Some(pid(pool)),
+                ..Default::default()
+            })
+        })
+    };
+    // One task runs on each pool; the capped tenant's second task waits in a's pinned queue.
+    for (who, p) in [("capped", "a"), ("capped", "a"), ("other", "b")] {
+        core.submit(pinned_to(who, p), cid("c"), now)
+            .expect("admitted");
+    }
+    assert_eq!(dispatched(&core).len(), 2);
+    assert_eq!(core.queued_for_pool(&pid("a"), None), 1);
+    // a: 2 free, load 1 + 1 queued; b: 2 free, load 1. Without the queued task a would win the
+    // tie by its id.
+    let t = submit_as(&mut core, "other", now);
+    assert_eq!(dispatched(&core).last().expect("placed"), &(t, pid("b")));
+}
