@@ -206,18 +206,24 @@ pub fn choose<'a>(
                 - (p.load as u64 * c.load_cost_tokens) as i64
         })
     };
-    let mut scored: Vec<(&PoolView<'a>, i64)> = Vec::with_capacity(cands.len());
-    scored.extend(
-        cands
-            .iter()
-            .copied()
-            .filter(|p| in_tier(p))
-            .map(|p| (p, score(p))),
-    );
+    // One pass with a total order: O(pools) per decision, no sorting, each score computed once.
+    let best = cands
+        .iter()
+        .copied()
+        .filter(|p| in_tier(p))
+        .map(|p| (p, score(p)))
+        .min_by(|(a, sa), (b, sb)| {
+            sb.cmp(sa)
+                .then(b.free_slots.cmp(&a.free_slots))
+                .then(a.load.cmp(&b.load))
+                .then(b.free_vram.cmp(&a.free_vram))
+                .then(a.node_id.cmp(b.node_id))
+                .then(a.pool_id.cmp(b.pool_id))
+        });
     // Waiting for the prefix (decision 69): a busy holder of the same tier whose score beats
-    // every free pool keeps the task queued; it is placed when the holder frees a slot.
-    if let Some(c) = cache_on.filter(|c| c.wait_min_tokens > 0 && !scored.is_empty()) {
-        let best_free = scored.iter().map(|(_, s)| *s).max().unwrap_or(i64::MIN);
+    // every free pool's (the best free pool's score is the highest) keeps the task queued; it is
+    // placed when the holder frees a slot.
+    if let (Some(c), Some((_, best_free))) = (cache_on.filter(|c| c.wait_min_tokens > 0), best) {
         let holder_wins = cands
             .iter()
             .filter(|p| p.free_slots == 0 && tier_of(p))
@@ -234,19 +240,7 @@ pub fn choose<'a>(
             };
         }
     }
-    // One pass with a total order: O(pools) per decision, no sorting.
-    let best = scored
-        .into_iter()
-        .min_by(|(a, sa), (b, sb)| {
-            sb.cmp(sa)
-                .then(b.free_slots.cmp(&a.free_slots))
-                .then(a.load.cmp(&b.load))
-                .then(b.free_vram.cmp(&a.free_vram))
-                .then(a.node_id.cmp(b.node_id))
-                .then(a.pool_id.cmp(b.pool_id))
-        })
-        .map(|(p, _)| p);
-    choice(best.map(|p| p.pool_id))
+    choice(best.map(|(p, _)| p.pool_id))
 }
 
 #[cfg(test)]
