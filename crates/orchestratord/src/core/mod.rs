@@ -261,7 +261,7 @@ pub struct Core<E: Effects> {
     /// Nodes and their pools.
     registry: registry::Registry,
     /// Per-pool measurements for predictions.
-    stats: HashMap<PoolId, PoolStats, placement::Fnv>,
+    stats: HashMap<PoolId, PoolStats, placement::IdHash>,
     tasks: task_table::TaskTable,
     queues: queue::Queues,
     sessions: sessions::Sessions,
@@ -426,7 +426,7 @@ impl<E: Effects> Core<E> {
             tokenize::PromptIds::Known(ids) if !t.prefix_key.is_empty() => Some(ids),
             _ => None,
         };
-        let saved_tokens: Vec<(PoolId, u64)> =
+        let saved_tokens: Vec<(&PoolId, u64)> =
             ids.map_or_else(Vec::new, |ids| self.prefix.lookup(&t.prefix_key, ids.len()));
         let hints = placement::CacheHints {
             saved: &saved_tokens,
@@ -440,11 +440,7 @@ impl<E: Effects> Core<E> {
             },
         };
         let cache_aware = self.cfg.strategy == crate::config::Strategy::CacheAware;
-        let views: Vec<_> = self
-            .pool_views()
-            .into_iter()
-            .filter(|p| p.workload == t.v.workload)
-            .collect();
+        let views = self.candidate_views(&t.model, t.v.workload);
         let affinity = if self.cfg.session_affinity {
             self.sessions.affinity(t.v.session_id, &t.tenant)
         } else {
@@ -462,7 +458,7 @@ impl<E: Effects> Core<E> {
         let pool = choice.pool?;
         // Ranking used whole shared blocks; the chosen pool's prediction is exact.
         let predicted = match ids {
-            Some(ids) if saved_tokens.iter().any(|(p, _)| p == pool) => {
+            Some(ids) if saved_tokens.iter().any(|(p, _)| *p == pool) => {
                 self.prefix.best(pool, &t.prefix_key, ids)
             }
             _ => prefix::Match::default(),
@@ -483,43 +479,51 @@ impl<E: Effects> Core<E> {
         }
     }
 
-    pub fn pool_views(&self) -> Vec<placement::PoolView<'_>> {
-        // Pinned tasks wait in per-pool queues; they count towards that pool's load.
-        let pinned: HashMap<&PoolId, usize> = self
-            .queues
-            .iter()
-            .filter_map(|(k, q)| match k {
-                queue::QueueKey::Pool(p) => Some((p, q.len())),
-                queue::QueueKey::Model(_) => None,
-            })
-            .collect();
-        self.registry
-            .pools()
-            .iter()
-            .map(|(id, p)| placement::PoolView {
-                pool_id: id,
-                node_id: &p.node_id,
-                node_status: if p.node_online {
-                    NodeStatus::Online
-                } else {
-                    NodeStatus::Offline
-                },
-                state: if p.draining && p.status.state == PoolState::Ready {
-                    PoolState::Draining
-                } else if p.unready && p.status.state == PoolState::Ready {
-                    PoolState::Starting
-                } else {
-                    p.status.state
-                },
-                model_id: p.model_id(),
-                workload: p.status.workload,
-                ctx_per_slot: p.status.ctx_per_slot,
-                device_mask: &p.status.device_mask,
-                free_slots: p.free_slots(),
-                load: p.holding.len() + pinned.get(id).copied().unwrap_or(0),
-                free_vram: p.free_vram,
-            })
-            .collect()
+    /// The views of the pools that may run a task for `model` and `workload` (node online, Ready,
+    /// neither draining nor marked unready, serving the model): the only pools
+    /// [`placement::is_candidate`] can accept, so placing among them decides as placing among all.
+    /// Each view names `model` itself, so the candidate check compares it by address.
+    fn candidate_views<'a>(
+        &'a self,
+        model: &'a ModelId,
+        workload: api::task::Workload,
+    ) -> Vec<placement::PoolView<'a>> {
+        // Sized once: growing a vector of a thousand views step by step copies it ten times.
+        let mut views = Vec::with_capacity(self.registry.pools().len());
+        views.extend(
+            self.registry
+                .serving(model)
+                .filter(|(_, p)| {
+                    p.node_online
+                        && !p.draining
+                        && !p.unready
+                        && p.status.state == PoolState::Ready
+                        && p.status.workload == workload
+                })
+                .map(|(id, p)| placement::PoolView {
+                    pool_id: id,
+                    node_id: &p.node_id,
+                    node_status: NodeStatus::Online,
+                    state: PoolState::Ready,
+                    model_id: Some(model),
+                    workload,
+                    ctx_per_slot: p.status.ctx_per_slot,
+                    device_mask: &p.status.device_mask,
+                    free_slots: p.free_slots(),
+                    load: p.holding.len(),
+                    free_vram: p.free_vram,
+                }),
+        );
+        // Pinned tasks wait in per-pool queues; they count towards that pool's load. The views
+        // are in pool id order, so each of the (few) pinned queues finds its pool by bisection.
+        for (key, q) in self.queues.iter() {
+            if let queue::QueueKey::Pool(pool) = key {
+                if let Ok(i) = views.binary_search_by(|v| v.pool_id.cmp(pool)) {
+                    views[i].load += q.len();
+                }
+            }
+        }
+        views
     }
 
     /// Gauges computed when `/metrics` is scraped: Online nodes, Ready pools, heartbeat ages.

@@ -63,8 +63,8 @@ impl<E: Effects> Core<E> {
         };
         let node_id = p.node_id.clone();
         let Some(model) = p.status.models.first().cloned() else {
+            self.registry.set_serves(pool_id, None);
             if let Some(p) = self.registry.pool_mut(pool_id) {
-                p.serves = None;
                 p.reported = None;
             }
             return;
@@ -117,8 +117,9 @@ impl<E: Effects> Core<E> {
                 (Some(_), None) => false,
                 (None, _) => rec.model_ref == model.model_ref,
             });
+        self.registry
+            .set_serves(pool_id, serves.then(|| model.id.clone()));
         if let Some(p) = self.registry.pool_mut(pool_id) {
-            p.serves = serves.then(|| model.id.clone());
             p.reported = Some((model.id.clone(), model.digest.clone()));
             if let Some((why, fail)) = problem {
                 if fail {
@@ -146,7 +147,7 @@ impl<E: Effects> Core<E> {
             p.node_online
                 && !p.draining
                 && p.status.workload == workload
-                && (p.loading.as_ref() == Some(model) || p.serves.as_ref() == Some(model))
+                && (p.loading.as_ref() == Some(model) || p.model_id() == Some(model))
         })
     }
 
@@ -155,7 +156,7 @@ impl<E: Effects> Core<E> {
             p.node_online
                 && !p.draining
                 && (p.loading.as_ref() == Some(model)
-                    || (p.serves.as_ref() == Some(model)
+                    || (p.model_id() == Some(model)
                         && matches!(
                             p.status.state,
                             PoolState::Ready | PoolState::Starting | PoolState::Provisioning
@@ -250,9 +251,12 @@ impl<E: Effects> Core<E> {
         correlation_id: CorrelationId,
     ) -> Result<(), ErrorEnvelope> {
         let rec = self.catalog.get(id).cloned().ok_or_else(|| not_found(id))?;
-        if let Some((pid, _)) = self.registry.pools().iter().find(|(_, p)| {
-            p.serves.as_ref() == Some(&rec.id) || p.loading.as_ref() == Some(&rec.id)
-        }) {
+        if let Some((pid, _)) = self
+            .registry
+            .pools()
+            .iter()
+            .find(|(_, p)| p.model_id() == Some(&rec.id) || p.loading.as_ref() == Some(&rec.id))
+        {
             return Err(ErrorEnvelope::new(
                 ErrorCode::Conflict,
                 format!("pool {pid} serves or is loading {id}; drain or reload it first"),
@@ -316,7 +320,7 @@ impl<E: Effects> Core<E> {
                     .registry
                     .pools()
                     .iter()
-                    .filter(|(_, p)| p.serves.as_ref() == Some(&r.id))
+                    .filter(|(_, p)| p.model_id() == Some(&r.id))
                     .map(|(pid, p)| ServingPool {
                         node_id: p.node_id.clone(),
                         pool_id: pid.clone(),
@@ -338,7 +342,7 @@ impl<E: Effects> Core<E> {
             .filter(|r| {
                 self.registry.pools().values().any(|p| {
                     p.node_online
-                        && p.serves.as_ref() == Some(&r.id)
+                        && p.model_id() == Some(&r.id)
                         && p.status.state == PoolState::Ready
                 }) || (self.cfg.provisioning_on_demand && self.provision_target(r).is_some())
             })

@@ -184,25 +184,8 @@ impl<E: Effects> Core<E> {
                 e.unready = false;
             }
             None => {
-                self.registry.insert_pool(
-                    id.clone(),
-                    PoolEntry {
-                        node_id: node_id.clone(),
-                        status,
-                        holding: Default::default(),
-                        releasing: Default::default(),
-                        exhausted: false,
-                        unready: false,
-                        unready_since: None,
-                        node_online: false,
-                        free_vram: 0,
-                        draining: false,
-                        op: None,
-                        serves: None,
-                        reported: None,
-                        loading: None,
-                    },
-                );
+                self.registry
+                    .insert_pool(id.clone(), PoolEntry::new(node_id.clone(), status));
             }
         }
         if let Some(since) = restarted {

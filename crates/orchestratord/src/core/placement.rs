@@ -31,7 +31,8 @@ pub fn is_candidate(
 ) -> bool {
     p.node_status == NodeStatus::Online
         && p.state == PoolState::Ready
-        && p.model_id == Some(model)
+        // The core's views name the task's model itself, so the address usually decides.
+        && p.model_id.is_some_and(|m| std::ptr::eq(m, model) || m == model)
         && ctx.is_none_or(|c| p.ctx_per_slot >= c)
         && placement
             .require_device_mask
@@ -63,7 +64,7 @@ pub struct Choice<'a> {
 #[derive(Debug, Clone, Copy)]
 pub struct CacheHints<'h> {
     /// Pools with a prefix match and the prompt tokens it would save.
-    pub saved: &'h [(PoolId, u64)],
+    pub saved: &'h [(&'h PoolId, u64)],
     /// Load wins when the busiest candidate has more than `balance_abs` tasks beyond the idlest...
     pub balance_abs: usize,
     /// ...and more than `balance_rel` times the idlest's load.
@@ -77,29 +78,54 @@ pub struct CacheHints<'h> {
     pub wait_min_tokens: u64,
 }
 
-/// FNV-1a for maps keyed by pool id that a decision reads once per pool (saved tokens, pool
-/// stats): with a thousand pools SipHash alone would cost tens of microseconds per decision. Pool
-/// ids are operator-chosen names, not attacker input.
+/// The hasher of maps keyed by pool id that a decision reads once per pool (saved tokens, pool
+/// stats): with a thousand pools SipHash alone would cost tens of microseconds per decision, and
+/// byte-at-a-time FNV a dozen dependent multiplications per id. It takes eight bytes per
+/// multiplication and mixes once at the end (splitmix64's finalizer, so that the table's low and
+/// high bits both depend on every byte). Pool ids are operator-chosen names, not attacker input.
 #[derive(Default, Clone, Copy)]
-pub struct Fnv;
+pub struct IdHash;
 
-impl std::hash::BuildHasher for Fnv {
-    type Hasher = FnvHasher;
-    fn build_hasher(&self) -> FnvHasher {
-        FnvHasher(0xcbf2_9ce4_8422_2325)
+impl std::hash::BuildHasher for IdHash {
+    type Hasher = IdHasher;
+    fn build_hasher(&self) -> IdHasher {
+        IdHasher(0xcbf2_9ce4_8422_2325)
     }
 }
 
-pub struct FnvHasher(u64);
+pub struct IdHasher(u64);
 
-impl std::hash::Hasher for FnvHasher {
-    fn finish(&self) -> u64 {
-        self.0
+impl IdHasher {
+    #[inline]
+    fn mix(&mut self, word: u64) {
+        self.0 = (self.0 ^ word).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     }
+}
+
+impl std::hash::Hasher for IdHasher {
+    #[inline]
+    fn finish(&self) -> u64 {
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    #[inline]
     fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        let mut words = bytes.chunks_exact(8);
+        for w in &mut words {
+            self.mix(w.iter().rev().fold(0, |acc, b| acc << 8 | u64::from(*b)));
         }
+        let tail = words.remainder();
+        if !tail.is_empty() {
+            // The tail's length goes into its top byte, so "a" and "a\0" differ.
+            let word = tail.iter().rev().fold(0, |acc, b| acc << 8 | u64::from(*b));
+            self.mix(word ^ ((tail.len() as u64) << 56));
+        }
+    }
+    #[inline]
+    fn write_u8(&mut self, n: u8) {
+        self.mix(u64::from(n) | 1 << 63);
     }
 }
 
@@ -126,19 +152,19 @@ pub fn choose<'a>(
     tried: &[PoolId],
     cache: Option<&CacheHints<'_>>,
 ) -> Choice<'a> {
-    let mut cands: Vec<&PoolView<'a>> = pools
-        .iter()
-        .filter(|p| is_candidate(p, model, ctx, placement) && !tried.contains(p.pool_id))
-        .collect();
+    // One vector of candidates; every later step filters it in place or reads it (a decision
+    // over a thousand pools must not copy their views several times).
+    let mut cands: Vec<&PoolView<'a>> = Vec::with_capacity(pools.len());
+    cands.extend(
+        pools
+            .iter()
+            .filter(|p| is_candidate(p, model, ctx, placement) && !tried.contains(p.pool_id)),
+    );
     let mut avoid_fallback = false;
     if placement.mode != PlacementMode::Pin && !placement.avoid_pools.is_empty() {
-        let kept: Vec<&PoolView<'a>> = cands
-            .iter()
-            .copied()
-            .filter(|p| !placement.avoid_pools.contains(p.pool_id))
-            .collect();
-        if !kept.is_empty() || !placement.allow_fallback {
-            cands = kept;
+        let avoided = |p: &PoolView<'_>| placement.avoid_pools.contains(p.pool_id);
+        if cands.iter().any(|p| !avoided(p)) || !placement.allow_fallback {
+            cands.retain(|p| !avoided(p));
         } else {
             avoid_fallback = !cands.is_empty();
         }
@@ -147,22 +173,12 @@ pub fn choose<'a>(
     let preferred = |p: &PoolView<'_>| {
         placement.mode == PlacementMode::Prefer && placement.prefer_pools.contains(p.pool_id)
     };
-    let cand_loads: Vec<usize> = cands.iter().map(|p| p.load).collect();
-    let busy: Vec<&PoolView<'a>> = cands
-        .iter()
-        .copied()
-        .filter(|p| p.free_slots == 0)
-        .collect();
-    let free: Vec<&PoolView<'a>> = cands.into_iter().filter(|p| p.free_slots > 0).collect();
     // The best tier: preferred pools with a free slot under `prefer`, else every free candidate
     // (none at all under `prefer` without fallback).
-    let any_preferred = free.iter().any(|p| preferred(p));
-    let only_preferred =
-        placement.mode == PlacementMode::Prefer && (any_preferred || !placement.allow_fallback);
-    let tier: Vec<&PoolView<'a>> = free
-        .into_iter()
-        .filter(|p| !only_preferred || preferred(p))
-        .collect();
+    let only_preferred = placement.mode == PlacementMode::Prefer
+        && (!placement.allow_fallback || cands.iter().any(|p| p.free_slots > 0 && preferred(p)));
+    let tier_of = |p: &PoolView<'_>| !only_preferred || preferred(p);
+    let in_tier = |p: &PoolView<'_>| p.free_slots > 0 && tier_of(p);
     let prefer_fallback = placement.mode == PlacementMode::Prefer
         && !only_preferred
         && !placement.prefer_pools.is_empty();
@@ -172,16 +188,17 @@ pub fn choose<'a>(
         fallback: pool.is_some() && (avoid_fallback || prefer_fallback),
         waiting: false,
     };
-    if let Some(p) = affinity.and_then(|a| tier.iter().find(|p| p.pool_id == a)) {
+    if let Some(p) = affinity.and_then(|a| cands.iter().find(|p| in_tier(p) && p.pool_id == a)) {
         return choice(Some(p.pool_id));
     }
     // Cache-aware: prompt tokens saved minus load, unless the candidates are imbalanced (then
     // load decides, as under least-loaded). Scores are computed once per pool.
     let cache_on = cache.filter(|c| {
-        !c.saved.is_empty() && !imbalanced(cand_loads.iter().copied(), c.balance_abs, c.balance_rel)
+        !c.saved.is_empty()
+            && !imbalanced(cands.iter().map(|p| p.load), c.balance_abs, c.balance_rel)
     });
-    let saved: std::collections::HashMap<&PoolId, u64, Fnv> = cache_on
-        .map(|c| c.saved.iter().map(|(p, n)| (p, *n)).collect())
+    let saved: std::collections::HashMap<&PoolId, u64, IdHash> = cache_on
+        .map(|c| c.saved.iter().map(|(p, n)| (*p, *n)).collect())
         .unwrap_or_default();
     let score = |p: &PoolView<'_>| {
         cache_on.map_or(0, |c| {
@@ -189,14 +206,27 @@ pub fn choose<'a>(
                 - (p.load as u64 * c.load_cost_tokens) as i64
         })
     };
-    let scored: Vec<(&PoolView<'a>, i64)> = tier.into_iter().map(|p| (p, score(p))).collect();
+    // One pass with a total order: O(pools) per decision, no sorting, each score computed once.
+    let best = cands
+        .iter()
+        .copied()
+        .filter(|p| in_tier(p))
+        .map(|p| (p, score(p)))
+        .min_by(|(a, sa), (b, sb)| {
+            sb.cmp(sa)
+                .then(b.free_slots.cmp(&a.free_slots))
+                .then(a.load.cmp(&b.load))
+                .then(b.free_vram.cmp(&a.free_vram))
+                .then(a.node_id.cmp(b.node_id))
+                .then(a.pool_id.cmp(b.pool_id))
+        });
     // Waiting for the prefix (decision 69): a busy holder of the same tier whose score beats
-    // every free pool keeps the task queued; it is placed when the holder frees a slot.
-    if let Some(c) = cache_on.filter(|c| c.wait_min_tokens > 0 && !scored.is_empty()) {
-        let best_free = scored.iter().map(|(_, s)| *s).max().unwrap_or(i64::MIN);
-        let holder_wins = busy
+    // every free pool's (the best free pool's score is the highest) keeps the task queued; it is
+    // placed when the holder frees a slot.
+    if let (Some(c), Some((_, best_free))) = (cache_on.filter(|c| c.wait_min_tokens > 0), best) {
+        let holder_wins = cands
             .iter()
-            .filter(|p| !only_preferred || preferred(p))
+            .filter(|p| p.free_slots == 0 && tier_of(p))
             .any(|p| {
                 saved.get(p.pool_id).copied().unwrap_or(0) >= c.wait_min_tokens
                     && score(p) > best_free
@@ -210,19 +240,7 @@ pub fn choose<'a>(
             };
         }
     }
-    // One pass with a total order: O(pools) per decision, no sorting.
-    let best = scored
-        .into_iter()
-        .min_by(|(a, sa), (b, sb)| {
-            sb.cmp(sa)
-                .then(b.free_slots.cmp(&a.free_slots))
-                .then(a.load.cmp(&b.load))
-                .then(b.free_vram.cmp(&a.free_vram))
-                .then(a.node_id.cmp(b.node_id))
-                .then(a.pool_id.cmp(b.pool_id))
-        })
-        .map(|(p, _)| p);
-    choice(best.map(|p| p.pool_id))
+    choice(best.map(|(p, _)| p.pool_id))
 }
 
 #[cfg(test)]
@@ -477,7 +495,7 @@ mod tests {
         );
     }
 
-    fn hints(saved: &[(PoolId, u64)]) -> CacheHints<'_> {
+    fn hints<'h>(saved: &'h [(&'h PoolId, u64)]) -> CacheHints<'h> {
         CacheHints {
             saved,
             balance_abs: 2,
@@ -489,10 +507,7 @@ mod tests {
 
     /// Like [`cached`] with waiting on (`wait_min_tokens` 200): the pool, and whether it waits.
     fn waited(pools: &[PoolView<'_>], saved: &[(&str, u64)]) -> (Option<String>, bool) {
-        let saved: Vec<(PoolId, u64)> = saved
-            .iter()
-            .map(|(p, n)| (id::<PoolId>(p).clone(), *n))
-            .collect();
+        let saved: Vec<(&PoolId, u64)> = saved.iter().map(|(p, n)| (id::<PoolId>(p), *n)).collect();
         let h = CacheHints {
             wait_min_tokens: 200,
             ..hints(&saved)
@@ -537,10 +552,7 @@ mod tests {
         saved: &[(&str, u64)],
         affinity: Option<&str>,
     ) -> Option<String> {
-        let saved: Vec<(PoolId, u64)> = saved
-            .iter()
-            .map(|(p, n)| (id::<PoolId>(p).clone(), *n))
-            .collect();
+        let saved: Vec<(&PoolId, u64)> = saved.iter().map(|(p, n)| (id::<PoolId>(p), *n)).collect();
         choose(
             pools,
             id("m"),
@@ -581,6 +593,32 @@ mod tests {
         // A pool with no free slot is never chosen.
         let full = [pool("a", "n1", 1, 0), pool("b", "n1", 0, 1)];
         assert_eq!(cached(&full, &[("b", 5000)], None).as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn id_hashes_differ_in_every_byte_and_length() {
+        use std::hash::BuildHasher;
+        let h = |s: &str| IdHash.hash_one(s);
+        let ids = [
+            "a",
+            "a\0",
+            "b",
+            "node-0001-p",
+            "node-0002-p",
+            "node-0001-q",
+            "pool-12345678",
+            "pool-12345679",
+        ];
+        for (i, a) in ids.iter().enumerate() {
+            for b in &ids[i + 1..] {
+                assert_ne!(h(a), h(b), "{a:?} and {b:?}");
+            }
+        }
+        // A thousand sequential ids spread over a table's low bits.
+        let buckets: std::collections::HashSet<u64> = (0..1000)
+            .map(|i| h(&format!("node-{i:04}-p")) & 1023)
+            .collect();
+        assert!(buckets.len() > 550, "{} distinct buckets", buckets.len());
     }
 
     #[test]

@@ -141,7 +141,7 @@ pub struct Match {
 /// The prefix index.
 pub struct PrefixIndex {
     limits: Limits,
-    pool_ix: HashMap<PoolId, u32, super::placement::Fnv>,
+    pool_ix: HashMap<PoolId, u32, super::placement::IdHash>,
     pool_ids: Vec<PoolId>,
     pools: Vec<PoolSeqs>,
     seqs: FastMap<SeqId, Seq>,
@@ -335,7 +335,7 @@ impl PrefixIndex {
     /// prompt's last token itself), longest first. Cost: the pool lists of the depths where the
     /// set of matching pools grows; no sequence is read, so ranking many holders stays cheap.
     /// [`PrefixIndex::best`] then gives the chosen pool's exact match.
-    pub fn lookup(&self, key: &[u64], prompt_len: usize) -> Vec<(PoolId, u64)> {
+    pub fn lookup(&self, key: &[u64], prompt_len: usize) -> Vec<(&PoolId, u64)> {
         // The deepest block any pool holds (pool sets only grow toward shallow depths).
         let (mut lo, mut hi) = (0usize, key.len());
         while lo < hi {
@@ -369,10 +369,7 @@ impl PrefixIndex {
             .into_iter()
             .map(|p| {
                 let depth = std::mem::take(&mut scratch[p as usize]) as usize;
-                (
-                    self.pool_ids[p as usize].clone(),
-                    (depth * BLOCK).min(cap) as u64,
-                )
+                (&self.pool_ids[p as usize], (depth * BLOCK).min(cap) as u64)
             })
             .collect();
         // Deepest first already: `found` is filled from the deepest depth up.
@@ -496,10 +493,7 @@ mod tests {
         let k = key(req);
         ix.lookup(&k, req.len())
             .into_iter()
-            .map(|(p, _)| {
-                let m = ix.best(&p, &k, req);
-                (p, m)
-            })
+            .map(|(p, _)| (p.clone(), ix.best(p, &k, req)))
             .collect()
     }
 
@@ -543,7 +537,7 @@ mod tests {
         // Lookup ranks by whole blocks; `best` is exact.
         assert_eq!(
             ix.lookup(&key(&req), req.len()),
-            vec![(pid("b"), 4 * BLOCK as u64), (pid("a"), 2 * BLOCK as u64)]
+            vec![(&pid("b"), 4 * BLOCK as u64), (&pid("a"), 2 * BLOCK as u64)]
         );
         // Diverging in the middle of a block: exactly the shared ids.
         let mut fork = long.clone();

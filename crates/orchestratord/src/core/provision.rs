@@ -172,7 +172,7 @@ impl<E: Effects> Core<E> {
                 PoolState::Ready => {
                     self.cfg.allow_repurpose_idle
                         && p.holding.is_empty()
-                        && self.queued_for_pool(id, p.serves.as_ref()) == 0
+                        && self.queued_for_pool(id, p.model_id()) == 0
                 }
                 _ => false,
             })

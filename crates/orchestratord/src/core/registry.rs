@@ -1,10 +1,11 @@
 //! The registry part of the core: the nodes that registered and the pools they report. It owns
 //! both maps behind a narrow API; its one invariant is that a pool's copy of its node's facts
 //! (online, free VRAM) is refreshed whenever the node changes ([`Registry::sync_node_facts`]), so
-//! placement reads pools alone.
+//! placement reads pools alone. It also interns the model each pool serves
+//! ([`Registry::set_serves`]), so finding a model's pools compares integers, not names.
 
 use std::borrow::Borrow;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Instant;
 
 use api::node::{NodeStatus, PoolStatus};
@@ -53,15 +54,42 @@ pub struct PoolEntry {
     pub(super) draining: bool,
     /// The pool operation in progress (drain, reload or load-model), by command id.
     pub(super) op: Option<(CommandId, api::node::CommandKind)>,
-    /// The catalog model this pool serves (§9.2: digest or ref matches), re-derived from every report.
-    pub(super) serves: Option<ModelId>,
+    /// The catalog model this pool serves (§9.2: digest or ref matches), re-derived from every
+    /// report; set only through [`Registry::set_serves`], which keeps `serves_key` with it.
+    serves: Option<(ModelId, ModelKey)>,
     /// The (model id, digest) of the last report, so catalog writes happen only on change.
     pub(super) reported: Option<(ModelId, Option<String>)>,
     /// The model a `load-model` in progress is loading into this pool.
     pub(super) loading: Option<ModelId>,
 }
 
+/// A model's interned number in the registry (never reused, never stale: it is set together with
+/// the model id it stands for).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelKey(u32);
+
 impl PoolEntry {
+    /// A newly reported pool: no slot held, out of placement until its node's facts are synced
+    /// and its model is evaluated.
+    pub fn new(node_id: NodeId, status: PoolStatus) -> Self {
+        PoolEntry {
+            node_id,
+            status,
+            holding: Default::default(),
+            releasing: Default::default(),
+            exhausted: false,
+            unready: false,
+            unready_since: None,
+            node_online: false,
+            free_vram: 0,
+            draining: false,
+            op: None,
+            serves: None,
+            reported: None,
+            loading: None,
+        }
+    }
+
     pub fn free_slots(&self) -> u32 {
         if self.exhausted {
             return 0;
@@ -73,7 +101,12 @@ impl PoolEntry {
 
     /// The catalog model the pool serves (None when its report does not match the catalog).
     pub fn model_id(&self) -> Option<&ModelId> {
-        self.serves.as_ref()
+        self.serves.as_ref().map(|(m, _)| m)
+    }
+
+    /// True when the pool serves the model interned as `key`.
+    pub fn serves_key(&self, key: ModelKey) -> bool {
+        self.serves.as_ref().is_some_and(|(_, k)| *k == key)
     }
 }
 
@@ -95,6 +128,8 @@ pub struct Registry {
     /// Nodes and pools changed (or removed) since [`Registry::take_changed`], for the event bus.
     changed_nodes: BTreeSet<NodeId>,
     changed_pools: BTreeSet<PoolId>,
+    /// Every model a pool has served, interned (a handful: the catalog's models).
+    model_keys: HashMap<ModelId, ModelKey>,
 }
 
 impl Registry {
@@ -177,6 +212,35 @@ impl Registry {
     pub fn insert_pool(&mut self, id: PoolId, pool: PoolEntry) {
         self.changed_pools.insert(id.clone());
         self.pools.insert(id, pool);
+    }
+
+    /// Sets the catalog model `pool` serves (None: none), interning it.
+    pub fn set_serves(&mut self, pool: &PoolId, model: Option<ModelId>) {
+        let Some(p) = self.pools.get_mut(pool) else {
+            return;
+        };
+        self.changed_pools.insert(pool.clone());
+        p.serves = model.map(|m| {
+            let next = ModelKey(self.model_keys.len() as u32);
+            let key = *self.model_keys.entry(m.clone()).or_insert(next);
+            (m, key)
+        });
+    }
+
+    /// The interned key of `model`; None when no pool ever served it.
+    pub fn model_key(&self, model: &ModelId) -> Option<ModelKey> {
+        self.model_keys.get(model).copied()
+    }
+
+    /// The pools serving `model`, in pool id order (one integer comparison per pool).
+    pub fn serving<'a>(
+        &'a self,
+        model: &ModelId,
+    ) -> impl Iterator<Item = (&'a PoolId, &'a PoolEntry)> + Clone + 'a {
+        let key = self.model_key(model);
+        self.pools
+            .iter()
+            .filter(move |(_, p)| key.is_some_and(|k| p.serves_key(k)))
     }
 
     /// Keeps only the pools for which `keep` is true.
@@ -266,5 +330,57 @@ impl Registry {
                 p.free_vram = free_vram(node, &p.status.device_mask);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(id: &str) -> PoolStatus {
+        serde_json::from_value(serde_json::json!({
+            "pool_id": id, "state": "Ready", "engine": "llamacpp", "device_mask": "cpu",
+            "slots_total": 1, "slots_free": 1, "ctx_per_slot": 1024, "models": [],
+        }))
+        .expect("pool status")
+    }
+
+    fn ids(r: &Registry, model: &str) -> Vec<String> {
+        r.serving(&model.parse().unwrap())
+            .map(|(id, _)| id.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_models_pools_follow_set_serves_replacement_and_removal() {
+        let mut r = Registry::default();
+        let n: NodeId = "n".parse().unwrap();
+        for p in ["a", "b", "c"] {
+            r.insert_pool(p.parse().unwrap(), PoolEntry::new(n.clone(), status(p)));
+        }
+        assert!(ids(&r, "m").is_empty(), "nothing served before evaluation");
+        for p in ["c", "a"] {
+            r.set_serves(&p.parse().unwrap(), Some("m".parse().unwrap()));
+        }
+        r.set_serves(&"b".parse().unwrap(), Some("o".parse().unwrap()));
+        assert_eq!(ids(&r, "m"), ["a", "c"]);
+        assert_eq!(ids(&r, "o"), ["b"]);
+        assert_eq!(ids(&r, "x"), Vec::<String>::new());
+        // A model change moves the pool; interned keys are kept, never reused.
+        let m_key = r.model_key(&"m".parse().unwrap());
+        r.set_serves(&"a".parse().unwrap(), Some("o".parse().unwrap()));
+        assert_eq!(ids(&r, "m"), ["c"]);
+        assert_eq!(ids(&r, "o"), ["a", "b"]);
+        assert_eq!(r.model_key(&"m".parse().unwrap()), m_key);
+        // A replaced entry (a pool reported anew) serves nothing until evaluated.
+        r.insert_pool("c".parse().unwrap(), PoolEntry::new(n.clone(), status("c")));
+        assert!(ids(&r, "m").is_empty());
+        // A removed pool is gone; `None` serves nothing.
+        r.retain_pools(|id, _| id.as_str() != "b");
+        r.set_serves(&"a".parse().unwrap(), None);
+        assert!(ids(&r, "o").is_empty());
+        // Unknown pools are ignored.
+        r.set_serves(&"zz".parse().unwrap(), Some("m".parse().unwrap()));
+        assert!(ids(&r, "m").is_empty());
     }
 }

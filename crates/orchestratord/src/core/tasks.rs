@@ -110,12 +110,7 @@ impl<E: Effects> Core<E> {
                 ));
             }
         }
-        let serving: Vec<_> = self
-            .registry
-            .pools()
-            .iter()
-            .filter(|(_, e)| e.model_id() == Some(model))
-            .collect();
+        let serving = self.registry.serving(model);
         if p.mode == PlacementMode::Pin {
             let id = p.pin_pool_id.as_ref().map_or("", PoolId::as_str);
             let Some((id, pool)) = self.registry.pools().get_key_value(id) else {
@@ -179,7 +174,9 @@ impl<E: Effects> Core<E> {
             }
         }
         if let Some(c) = v.ctx {
-            if !serving.is_empty() && serving.iter().all(|(_, e)| e.status.ctx_per_slot < c) {
+            if serving.clone().next().is_some()
+                && serving.clone().all(|(_, e)| e.status.ctx_per_slot < c)
+            {
                 return Err(ErrorEnvelope::invalid(
                     "ctx",
                     format!("no pool serving {model} has {c} tokens per slot"),
@@ -189,7 +186,7 @@ impl<E: Effects> Core<E> {
         let max_tokens = v.max_tokens.unwrap_or(self.cfg.default_max_tokens);
         let ctx_limit = v
             .ctx
-            .or_else(|| serving.iter().map(|(_, e)| e.status.ctx_per_slot).max());
+            .or_else(|| serving.map(|(_, e)| e.status.ctx_per_slot).max());
         if let Some(c) = ctx_limit {
             if max_tokens > c {
                 return Err(ErrorEnvelope::invalid(
@@ -202,31 +199,27 @@ impl<E: Effects> Core<E> {
     }
 
     pub(super) fn has_measurements(&self, model: &ModelId) -> bool {
-        self.registry.pools().iter().any(|(id, p)| {
-            p.model_id() == Some(model)
-                && self.stats.get(id).is_some_and(|s| s.decode_tps.is_some())
-        })
+        self.registry
+            .serving(model)
+            .any(|(id, _)| self.stats.get(id).is_some_and(|s| s.decode_tps.is_some()))
     }
 
     /// `(queue_position, predicted_start_ms)` for a task entering `model`'s queue (API.md §6.3).
     pub(super) fn predict(&self, model: &ModelId, ahead: u64, max_tokens: u64) -> (u64, u64) {
-        let cands: Vec<(&PoolId, &super::PoolEntry)> = self
+        let cands = self
             .registry
-            .pools()
-            .iter()
-            .filter(|(_, p)| p.model_id() == Some(model) && p.status.state == PoolState::Ready)
-            .collect();
-        if ahead == 0 && cands.iter().any(|(_, p)| p.free_slots() > 0) {
+            .serving(model)
+            .filter(|(_, p)| p.status.state == PoolState::Ready);
+        if ahead == 0 && cands.clone().any(|(_, p)| p.free_slots() > 0) {
             return (0, 0);
         }
         let d = self.mean_duration_ms(model, max_tokens);
-        if cands.is_empty() {
+        if cands.clone().next().is_none() {
             // No Ready pool: pools on their way back count, after their expected restart time.
             let back: Vec<(&PoolId, &super::PoolEntry)> = self
                 .registry
-                .pools()
-                .iter()
-                .filter(|(_, p)| p.model_id() == Some(model) && p.unready_since.is_some())
+                .serving(model)
+                .filter(|(_, p)| p.unready_since.is_some())
                 .collect();
             if !back.is_empty() {
                 let restart = back
@@ -243,7 +236,6 @@ impl<E: Effects> Core<E> {
             }
         }
         let slots: u64 = cands
-            .iter()
             .map(|(_, p)| p.status.slots_total as u64)
             .sum::<u64>()
             .max(1);
@@ -1245,7 +1237,7 @@ impl<E: Effects> Core<E> {
     }
 }
 
-type Stats = std::collections::HashMap<PoolId, super::PoolStats, super::placement::Fnv>;
+type Stats = std::collections::HashMap<PoolId, super::PoolStats, super::placement::IdHash>;
 
 /// The mean run time of a task of `max_tokens` on `model`'s pools, from their measurements.
 fn mean_duration_ms(
@@ -1255,9 +1247,7 @@ fn mean_duration_ms(
     max_tokens: u64,
 ) -> u64 {
     let ds: Vec<f64> = registry
-        .pools()
-        .iter()
-        .filter(|(_, p)| p.model_id() == Some(model))
+        .serving(model)
         .filter_map(|(id, _)| stats.get(id))
         .filter_map(|s| {
             Some(s.tokens_out? / s.decode_tps?.max(0.001) * 1000.0 + s.ttft_ms.unwrap_or(0.0))
@@ -1278,10 +1268,8 @@ pub(super) fn retry_after_ms(
     max_tokens: u64,
 ) -> u64 {
     let slots: u64 = registry
-        .pools()
-        .values()
-        .filter(|p| p.model_id() == Some(model))
-        .map(|p| p.status.slots_total as u64)
+        .serving(model)
+        .map(|(_, p)| p.status.slots_total as u64)
         .sum::<u64>()
         .max(1);
     (mean_duration_ms(registry, stats, model, max_tokens) / slots).max(1000)

@@ -2313,3 +2313,126 @@ fn a_reattach_refused_after_the_grace_period_ends_the_task_instead_of_rerunning_
         other => panic!("{other:?}"),
     }
 }
+
+/// A pool serving model `m` named `model` instead (its own file).
+fn serving(p: PoolStatus, model: &str) -> PoolStatus {
+    PoolStatus {
+        models: vec![LoadedModel {
+            id: mid(model),
+            model_ref: format!("file:/{model}.gguf"),
+            digest: None,
+            size_bytes: None,
+            metadata: None,
+        }],
+        ..p
+    }
+}
+
+/// Placement reads only the pools serving the task's model (the registry's interned model keys):
+/// a pool that changes models, restarts, or leaves with its node is placed by what it is now.
+#[test]
+fn placement_follows_a_pools_model_restart_and_removal() {
+    let now = Instant::now();
+    let mut core = core_with(|_| {});
+    register(&mut core, "n1", vec![pool("p1", 4)], now);
+    register(&mut core, "n2", vec![pool("p2", 4)], now);
+    let on = |core: &mut Core<Recorded>, model: &str| {
+        let id = core
+            .submit(task(|r| r.model_ref = model.into()), cid("c"), now)
+            .expect("admitted")
+            .0
+            .task_id;
+        let pool = core.tasks[&id].pool.clone();
+        if let Some(p) = &pool {
+            let p = p.clone();
+            finish(core, id, now);
+            assert!(core.registry.pool(&p).is_some_and(|e| e.holding.is_empty()));
+        }
+        pool.map(|p| p.to_string())
+    };
+    assert_eq!(on(&mut core, "m").as_deref(), Some("p1"));
+    // p1 now serves `o`: `m` goes to p2 only, `o` to p1 only.
+    heartbeat(
+        &mut core,
+        "n1",
+        1,
+        vec![serving(pool("p1", 4), "o")],
+        vec![],
+        now,
+    );
+    assert_eq!(core.registry.serving(&mid("m")).count(), 1);
+    assert_eq!(on(&mut core, "m").as_deref(), Some("p2"));
+    assert_eq!(on(&mut core, "o").as_deref(), Some("p1"));
+    // Back to `m`: both pools again (ties go to the first node).
+    heartbeat(&mut core, "n1", 2, vec![pool("p1", 4)], vec![], now);
+    assert!(core.registry.serving(&mid("o")).next().is_none());
+    assert_eq!(on(&mut core, "m").as_deref(), Some("p1"));
+    // A restarting p1 is not placed; Ready again, it is.
+    heartbeat(
+        &mut core,
+        "n1",
+        3,
+        vec![with_state(pool("p1", 4), PoolState::Starting)],
+        vec![],
+        now,
+    );
+    assert_eq!(on(&mut core, "m").as_deref(), Some("p2"));
+    heartbeat(&mut core, "n1", 4, vec![pool("p1", 4)], vec![], now);
+    assert_eq!(on(&mut core, "m").as_deref(), Some("p1"));
+    // n1 leaves: its pool is gone from the model's pools and from placement.
+    assert!(core.deregister("n1", now));
+    assert_eq!(
+        core.registry
+            .serving(&mid("m"))
+            .map(|(id, _)| id.to_string())
+            .collect::<Vec<_>>(),
+        vec!["p2".to_string()]
+    );
+    assert_eq!(on(&mut core, "m").as_deref(), Some("p2"));
+    // The same pool id on another node serves again, by its new report.
+    register(&mut core, "n3", vec![serving(pool("p1", 4), "o")], now);
+    assert_eq!(on(&mut core, "o").as_deref(), Some("p1"));
+    assert_eq!(on(&mut core, "m").as_deref(), Some("p2"));
+}
+
+/// Tasks queued for a pinned pool count towards its load: between two pools with as many free
+/// slots and running tasks, the one with a pinned task waiting loses the tie.
+#[test]
+fn pinned_queued_tasks_count_towards_their_pools_load() {
+    use crate::config::NamedToken;
+    let now = Instant::now();
+    let mut core = core_with(|c| {
+        c.named_tokens = vec![NamedToken {
+            tenant: tenant("capped"),
+            role: api::tenant::Role::Client,
+            secret: daemon::secret::Secret::new("capped-token-0123456789".to_string()),
+            weight: 1,
+            limits: api::tenant::TenantLimits {
+                concurrent_tasks: Some(1),
+                ..Default::default()
+            },
+        }];
+    });
+    register(&mut core, "n1", vec![pool("a", 3), pool("b", 3)], now);
+    let pinned_to = |who: &str, pool: &str| crate::admission::ValidatedTask {
+        tenant: tenant(who),
+        ..task(|r| {
+            r.placement = Some(Placement {
+                mode: PlacementMode::Pin,
+                pin_pool_id: Some(pid(pool)),
+                ..Default::default()
+            })
+        })
+    };
+    // One task runs on each pool; the capped tenant's second task waits in a's pinned queue.
+    for (who, p) in [("capped", "a"), ("capped", "a"), ("other", "b")] {
+        core.submit(pinned_to(who, p), cid("c"), now)
+            .expect("admitted");
+    }
+    assert_eq!(dispatched(&core).len(), 2);
+    assert_eq!(core.queued_for_pool(&pid("a"), None), 1);
+    // a: 2 free, load 1 + 1 queued; b: 2 free, load 1. Without the queued task a would win the
+    // tie by its id.
+    let t = submit_as(&mut core, "other", now);
+    assert_eq!(dispatched(&core).last().expect("placed"), &(t, pid("b")));
+}
