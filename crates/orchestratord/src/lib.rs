@@ -136,7 +136,7 @@ async fn run_ha(
     let ha = cfg.ha().cloned().expect("checked by run");
     let tracker = TaskTracker::new();
     let (leader, won) = ha::election::start(ha.clone(), shutdown.clone());
-    let gate = ha::gate::Gate::new(leader);
+    let gate = ha::gate::Gate::new(leader, shutdown.clone());
     let addr = listener.local_addr()?;
     tracing::info!(event = "orchd.started", url = %ha.url,
         "orchestratord listening on http://{addr} as a member of an HA group (advertised as {})", ha.advertise_url);

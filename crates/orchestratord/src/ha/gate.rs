@@ -1,6 +1,8 @@
 //! What an HA process's listener serves: until it leads, `GET /health` (role `follower`) and a
 //! 503 `NOT_LEADER` for everything else, naming the leader in `x-llorch-leader`; once it leads,
-//! the whole API.
+//! the whole API; once it steps down (shutdown began), a 503 `NOT_LEADER` again, so a client
+//! whose stream the step-down ended resumes on the next leader instead of reaching a core that is
+//! already gone.
 
 use std::sync::{Arc, OnceLock};
 
@@ -15,13 +17,19 @@ use tower::ServiceExt;
 pub struct Gate {
     app: OnceLock<Router>,
     leader: watch::Receiver<Option<String>>,
+    stepping_down: tokio_util::sync::CancellationToken,
 }
 
 impl Gate {
-    pub fn new(leader: watch::Receiver<Option<String>>) -> Arc<Self> {
+    /// `stepping_down` is the process's shutdown: from then on it no longer serves the API.
+    pub fn new(
+        leader: watch::Receiver<Option<String>>,
+        stepping_down: tokio_util::sync::CancellationToken,
+    ) -> Arc<Self> {
         Arc::new(Self {
             app: OnceLock::new(),
             leader,
+            stepping_down,
         })
     }
 
@@ -31,13 +39,17 @@ impl Gate {
     }
 
     async fn handle(self: Arc<Self>, req: Request<Body>) -> Response {
-        if let Some(app) = self.app.get() {
+        let stepping_down = self.stepping_down.is_cancelled();
+        if let Some(app) = self.app.get().filter(|_| !stepping_down) {
             return match app.clone().oneshot(req).await {
                 Ok(r) => r,
                 Err(never) => match never {},
             };
         }
-        let leader = self.leader.borrow().clone();
+        // A leader stepping down no longer knows who leads next.
+        let leader = (!stepping_down)
+            .then(|| self.leader.borrow().clone())
+            .flatten();
         if req.uri().path() == "/health" {
             return Json(api::meta::Health {
                 status: "ok".into(),
@@ -49,6 +61,9 @@ impl Gate {
             .into_response();
         }
         let message = match &leader {
+            None if stepping_down => {
+                "this orchestratord is stepping down; the next leader takes over shortly".into()
+            }
             Some(l) => format!("this orchestratord is a follower; the leader is {l}"),
             None => "this orchestratord is a follower and no leader is known yet".into(),
         };
@@ -67,4 +82,43 @@ impl Gate {
 /// The listener's router: everything goes through the gate.
 pub fn router(gate: Arc<Gate>) -> Router {
     Router::new().fallback(move |req: Request<Body>| gate.clone().handle(req))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn status_of(gate: &Arc<Gate>, path: &str) -> (StatusCode, String) {
+        let req = Request::builder().uri(path).body(Body::empty()).unwrap();
+        let resp = router(gate.clone()).oneshot(req).await.unwrap();
+        let status = resp.status();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn a_leader_stepping_down_answers_not_leader() {
+        let (_tx, rx) = watch::channel(Some("http://10.0.0.9:8080".to_string()));
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let gate = Gate::new(rx, shutdown.clone());
+        let (s, body) = status_of(&gate, "/v2/tasks/x").await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert!(
+            body.contains("NOT_LEADER") && body.contains("10.0.0.9"),
+            "{body}"
+        );
+        gate.lead(Router::new().fallback(|| async { "served" }));
+        let (s, body) = status_of(&gate, "/v2/tasks/x").await;
+        assert_eq!((s, body.as_str()), (StatusCode::OK, "served"));
+        shutdown.cancel();
+        let (s, body) = status_of(&gate, "/v2/tasks/x").await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert!(
+            body.contains("NOT_LEADER") && body.contains("stepping down"),
+            "{body}"
+        );
+        assert!(!body.contains("10.0.0.9"), "{body}");
+    }
 }
