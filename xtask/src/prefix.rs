@@ -47,6 +47,13 @@ pub struct Args {
     /// keeps the engine's default. `0` turns it off, so an engine holds only what its slot holds.
     #[arg(long)]
     cache_ram_mib: Option<u64>,
+    /// Every pool's engine gets `--slot-prompt-similarity` this value. llama.cpp consults its
+    /// host-RAM prompt cache only when a request would keep less than half of what its slot holds
+    /// (or when no slot's prompt matches above this similarity); `0` turns the similarity match
+    /// off, so a one-slot engine saves what its slot holds and restores the request's best match
+    /// from that cache on every request. Unset keeps the engine's default (0.1).
+    #[arg(long)]
+    slot_prompt_similarity: Option<f32>,
     /// Use the orchestratord and pool-managerd binaries in this folder instead of building them.
     #[arg(long)]
     bin_dir: Option<std::path::PathBuf>,
@@ -58,10 +65,15 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let mut spec = crate::real_engine_spec(a.bin_dir.as_deref(), "bench-prefix")?;
     spec.threads = Some(1);
     spec.ctx = 4096;
-    let cache_ram = a
+    let mut cache_ram = a
         .cache_ram_mib
         .map(|n| format!("cache_ram_mib = {n}\n"))
         .unwrap_or_default();
+    if let Some(f) = a.slot_prompt_similarity {
+        cache_ram.push_str(&format!(
+            "extra_args = [\"--slot-prompt-similarity\", \"{f}\"]\n"
+        ));
+    }
     spec.pm_extra = cache_ram.clone();
     spec.orchd_extra = "[placement]\nstrategy = \"least-loaded\"\n".into();
     if a.cache_ram_mib == Some(0) {
@@ -169,9 +181,10 @@ async fn bench(stack: &mut Stack, a: &Args) -> anyhow::Result<()> {
         }
     }
     println!(
-        "\n{} conversations × {} turns in {} groups (system prompts of {} words), control {} prompts, {} in flight, 3 one-slot pools, {} round(s) per strategy, engine host-RAM prompt cache {}\n",
+        "\n{} conversations × {} turns in {} groups (system prompts of {} words), control {} prompts, {} in flight, 3 one-slot pools, {} round(s) per strategy, engine host-RAM prompt cache {}, slot prompt similarity {}\n",
         a.conversations, a.turns, a.groups, a.system_words, a.control, a.concurrency, a.rounds,
-        a.cache_ram_mib.map_or("at the engine's default size".to_string(), |n| if n == 0 { "off (--cache-ram 0)".into() } else { format!("{n} MiB") })
+        a.cache_ram_mib.map_or("at the engine's default size".to_string(), |n| if n == 0 { "off (--cache-ram 0)".into() } else { format!("{n} MiB") }),
+        a.slot_prompt_similarity.map_or("at the engine's default (0.1)".to_string(), |f| f.to_string())
     );
     println!("| workload | strategy | TTFT p50 ms | TTFT p90 ms | prompt tokens evaluated | cache hit ratio | total time s |");
     println!("|---|---|---|---|---|---|---|");

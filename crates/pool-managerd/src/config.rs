@@ -177,6 +177,12 @@ pub struct RawPool {
     /// The engine's host-RAM prompt cache in MiB (`--cache-ram`; 0 turns it off); the engine's
     /// own default when absent.
     pub cache_ram_mib: Option<i64>,
+    /// The engine's `--slot-prompt-similarity` (0.0–1.0). llama.cpp consults its host-RAM prompt
+    /// cache only when a request would keep less than half of what its slot holds, or when no
+    /// slot's prompt matches the request above this similarity; `0` turns the match off, so a
+    /// one-slot engine saves its slot and restores the request's best match from that cache on
+    /// every request (decision 75). The engine's own default (0.1) when absent.
+    pub slot_prompt_similarity: Option<f64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -254,7 +260,8 @@ pub struct PoolSpec {
     pub device_mask: String,
     pub gpu_policy: GpuPolicy,
     pub engine_source: String,
-    /// The engine's extra flags: `cache_ram_mib` first as `--cache-ram N`, then `extra_args`; a
+    /// The engine's extra flags: `cache_ram_mib` first as `--cache-ram N`, then
+    /// `slot_prompt_similarity` as `--slot-prompt-similarity F`, then `extra_args`; a
     /// `chat_template_file` is passed here as `--chat-template-file`, an embedding pool's
     /// `--embedding --pooling …` too.
     pub extra_args: Vec<String>,
@@ -772,6 +779,26 @@ fn validate_pools(
                 "{key}.engine_source: no engine source named {engine_source:?} under [engines]"
             ));
         }
+        let similarity = match rp.slot_prompt_similarity {
+            Some(f) if !(0.0..=1.0).contains(&f) => {
+                p.push(format!(
+                    "{key}.slot_prompt_similarity: must be between 0.0 and 1.0, got {f}"
+                ));
+                None
+            }
+            Some(_)
+                if rp
+                    .extra_args
+                    .iter()
+                    .any(|a| a.starts_with("--slot-prompt-similarity") || a == "-sps") =>
+            {
+                p.push(format!(
+                    "{key}.extra_args: --slot-prompt-similarity repeats {key}.slot_prompt_similarity"
+                ));
+                None
+            }
+            other => other,
+        };
         for a in &rp.extra_args {
             let flag = a.split('=').next().unwrap_or(a);
             if RESERVED_FLAGS.contains(&flag) {
@@ -783,6 +810,9 @@ fn validate_pools(
         let mut extra_args: Vec<String> = cache_ram
             .map(|n| vec!["--cache-ram".to_string(), n.to_string()])
             .unwrap_or_default();
+        if let Some(f) = similarity {
+            extra_args.extend(["--slot-prompt-similarity".to_string(), f.to_string()]);
+        }
         extra_args.extend(rp.extra_args.iter().cloned());
         if let Some(t) = &rp.chat_template_file {
             if !Path::new(t).is_file() {
@@ -951,6 +981,7 @@ mod tests {
             gpu_policy = "cpu"
             provisioning_target = false
             cache_ram_mib = 512
+            slot_prompt_similarity = 0.0
             extra_args = ["--temp", "0"]
             [engines.default]
             kind = "git"
@@ -974,8 +1005,15 @@ mod tests {
         assert!(!cfg.pools[1].provisioning_target);
         assert_eq!(
             cfg.pools[1].extra_args,
-            ["--cache-ram", "512", "--temp", "0"],
-            "cache_ram_mib becomes the engine's --cache-ram"
+            [
+                "--cache-ram",
+                "512",
+                "--slot-prompt-similarity",
+                "0",
+                "--temp",
+                "0"
+            ],
+            "cache_ram_mib and slot_prompt_similarity become the engine's flags"
         );
         assert!(cfg.pools[0].extra_args.is_empty());
         let bad: RawConfig = toml::from_str(
@@ -1063,10 +1101,12 @@ mod tests {
             extra_args = ["--port", "1", "--cache-ram", "8"]
             chat_template_file = "/nonexistent/t.jinja"
             cache_ram_mib = -1
+            slot_prompt_similarity = 1.5
             [[pools]]
             id = "c"
             cache_ram_mib = 8
-            extra_args = ["--cache-ram", "8"]
+            slot_prompt_similarity = 0.5
+            extra_args = ["--cache-ram", "8", "-sps", "0.2"]
             "#,
         )
         .unwrap();
@@ -1081,6 +1121,8 @@ mod tests {
             "--port",
             "pools[0].cache_ram_mib",
             "pools[1].extra_args: --cache-ram repeats",
+            "pools[0].slot_prompt_similarity: must be between 0.0 and 1.0, got 1.5",
+            "pools[1].extra_args: --slot-prompt-similarity repeats",
             "pools[0].chat_template_file: template file /nonexistent/t.jinja does not exist",
         ] {
             assert!(
