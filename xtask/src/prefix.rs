@@ -70,9 +70,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         .map(|n| format!("cache_ram_mib = {n}\n"))
         .unwrap_or_default();
     if let Some(f) = a.slot_prompt_similarity {
-        cache_ram.push_str(&format!(
-            "extra_args = [\"--slot-prompt-similarity\", \"{f}\"]\n"
-        ));
+        cache_ram.push_str(&format!("slot_prompt_similarity = {f:?}\n"));
     }
     spec.pm_extra = cache_ram.clone();
     spec.orchd_extra = "[placement]\nstrategy = \"least-loaded\"\n".into();
