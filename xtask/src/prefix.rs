@@ -54,6 +54,10 @@ pub struct Args {
     /// from that cache on every request. Unset keeps the engine's default (0.1).
     #[arg(long)]
     slot_prompt_similarity: Option<f32>,
+    /// orchestratord's `placement.wait_for_prefix_tokens` (how many more prompt tokens a busy
+    /// holder must save than its load costs for a task to wait for it); unset keeps the default.
+    #[arg(long)]
+    wait_for_prefix_tokens: Option<u64>,
     /// Use the orchestratord and pool-managerd binaries in this folder instead of building them.
     #[arg(long)]
     bin_dir: Option<std::path::PathBuf>,
@@ -74,6 +78,10 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     }
     spec.pm_extra = cache_ram.clone();
     spec.orchd_extra = "[placement]\nstrategy = \"least-loaded\"\n".into();
+    if let Some(n) = a.wait_for_prefix_tokens {
+        spec.orchd_extra
+            .push_str(&format!("wait_for_prefix_tokens = {n}\n"));
+    }
     if a.cache_ram_mib == Some(0) {
         // orchestratord's index must not expect the engines to keep what their slots give up.
         spec.orchd_extra.push_str("engine_prompt_cache = false\n");
@@ -179,10 +187,11 @@ async fn bench(stack: &mut Stack, a: &Args) -> anyhow::Result<()> {
         }
     }
     println!(
-        "\n{} conversations × {} turns in {} groups (system prompts of {} words), control {} prompts, {} in flight, 3 one-slot pools, {} round(s) per strategy, engine host-RAM prompt cache {}, slot prompt similarity {}\n",
+        "\n{} conversations × {} turns in {} groups (system prompts of {} words), control {} prompts, {} in flight, 3 one-slot pools, {} round(s) per strategy, engine host-RAM prompt cache {}, slot prompt similarity {}, wait_for_prefix_tokens {}\n",
         a.conversations, a.turns, a.groups, a.system_words, a.control, a.concurrency, a.rounds,
         a.cache_ram_mib.map_or("at the engine's default size".to_string(), |n| if n == 0 { "off (--cache-ram 0)".into() } else { format!("{n} MiB") }),
-        a.slot_prompt_similarity.map_or("at the engine's default (0.1)".to_string(), |f| f.to_string())
+        a.slot_prompt_similarity.map_or("at the engine's default (0.1)".to_string(), |f| f.to_string()),
+        a.wait_for_prefix_tokens.map_or("at the default".to_string(), |n| n.to_string())
     );
     println!("| workload | strategy | TTFT p50 ms | TTFT p90 ms | prompt tokens evaluated | cache hit ratio | total time s |");
     println!("|---|---|---|---|---|---|---|");
