@@ -6,6 +6,7 @@ pub mod correlation;
 pub mod errors;
 pub mod logging;
 pub mod main_loop;
+pub mod quiet;
 pub mod secret;
 
 /// Resolves when SIGINT or SIGTERM arrives.

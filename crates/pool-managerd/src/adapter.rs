@@ -222,13 +222,10 @@ impl TaskRun {
         let mut ids_whole = true;
         let far = tokio::time::Instant::now() + Duration::from_secs(365 * 24 * 3600);
         let deadline_at = deadline.unwrap_or(far);
-        // One deadline timer for the whole stream, not one per frame; likewise one idle timer,
-        // which only moves when it fires before the engine was quiet for the whole timeout.
+        // One deadline timer and one idle timer for the whole stream, not one per frame.
         let deadline_sleep = tokio::time::sleep_until(deadline_at);
         tokio::pin!(deadline_sleep);
-        let mut last_frame = tokio::time::Instant::now();
-        let idle_sleep = tokio::time::sleep_until(last_frame + self.idle_timeout);
-        tokio::pin!(idle_sleep);
+        let mut quiet = daemon::quiet::Quiet::new(self.idle_timeout);
         loop {
             // Checked first on every frame, so a fast engine cannot starve a cancel; the select
             // below is biased towards a frame that is already there, which it then takes without
@@ -248,16 +245,9 @@ impl TaskRun {
                 _ = self.cancel.cancelled() => return Outcome::Stopped(StopReason::Canceled),
                 _ = self.lost.cancelled() => return lost(*tokens_out),
                 _ = &mut deadline_sleep => return Outcome::Stopped(StopReason::Deadline),
-                _ = &mut idle_sleep => {
-                    let quiet_until = last_frame + self.idle_timeout;
-                    if tokio::time::Instant::now() < quiet_until {
-                        idle_sleep.as_mut().reset(quiet_until);
-                        continue;
-                    }
-                    Err(())
-                }
+                _ = quiet.elapsed() => Err(()),
             };
-            last_frame = tokio::time::Instant::now();
+            quiet.touch();
             let frame = match next {
                 Err(()) => {
                     drop(frames);

@@ -551,12 +551,9 @@ impl Attachment {
 
     /// The NDJSON body: chunks of whole lines until the run's last line (or until a newer
     /// attachment or epoch closes this one), a keepalive line after [`KEEPALIVE`] of silence.
-    /// One keepalive timer serves the whole stream: it moves only when it fires before
-    /// [`KEEPALIVE`] passed since the last chunk (no timer armed and dropped per line).
     pub fn into_stream(self) -> impl futures::Stream<Item = Result<Bytes, Infallible>> + Send {
-        let quiet = Box::pin(tokio::time::sleep(KEEPALIVE));
-        let state = (self, quiet, tokio::time::Instant::now());
-        futures::stream::unfold(state, |(mut a, mut quiet, mut last)| async move {
+        let state = (self, daemon::quiet::Quiet::new(KEEPALIVE));
+        futures::stream::unfold(state, |(mut a, mut quiet)| async move {
             loop {
                 let frames = a.frames.clone();
                 let notified = frames.wake.notified();
@@ -564,24 +561,15 @@ impl Attachment {
                 notified.as_mut().enable();
                 match a.read() {
                     Read::Chunk(b) => {
-                        last = tokio::time::Instant::now();
-                        return Some((Ok(b), (a, quiet, last)));
+                        quiet.touch();
+                        return Some((Ok(b), (a, quiet)));
                     }
                     Read::End => return None,
                     Read::Wait => {}
                 }
                 tokio::select! {
                     _ = notified => {}
-                    _ = quiet.as_mut() => {
-                        let due = last + KEEPALIVE;
-                        if tokio::time::Instant::now() >= due {
-                            frames.keepalive(a.gen);
-                            last = tokio::time::Instant::now();
-                            quiet.as_mut().reset(last + KEEPALIVE);
-                        } else {
-                            quiet.as_mut().reset(due);
-                        }
-                    }
+                    _ = quiet.elapsed() => frames.keepalive(a.gen),
                 }
             }
         })

@@ -121,22 +121,14 @@ pub async fn relay(
     }
     let mut body = resp.bytes_stream();
     let mut buf: Vec<u8> = Vec::new();
-    // One idle timer for the whole stream, moved only when it fires before the worker was quiet
-    // for the whole timeout (not a timer armed and dropped per chunk).
-    let mut last_chunk = tokio::time::Instant::now();
-    let idle_sleep = tokio::time::sleep_until(last_chunk + idle);
-    tokio::pin!(idle_sleep);
+    let mut quiet = daemon::quiet::Quiet::new(idle);
     loop {
         let next = tokio::select! {
             biased;
             c = body.next() => Ok(c),
-            _ = &mut idle_sleep => Err(()),
+            _ = quiet.elapsed() => Err(()),
         };
-        if next.is_err() && tokio::time::Instant::now() < last_chunk + idle {
-            idle_sleep.as_mut().reset(last_chunk + idle);
-            continue;
-        }
-        last_chunk = tokio::time::Instant::now();
+        quiet.touch();
         let chunk = match next {
             Err(()) => {
                 let _ = tx.send(ended(RelayEnd::Idle(idle)));

@@ -210,74 +210,67 @@ pub async fn events(
         return Ok(sse_response(Body::from(frame(from, &last))));
     }
     let sub = Subscription::new(log, app.core.clone(), id, !observe);
-    // One keepalive timer per stream, moved only when it fires before `keepalive` passed since
-    // the last chunk (no timer armed and dropped per frame).
-    let keepalive = app.cfg.keepalive;
-    let quiet = Box::pin(tokio::time::sleep(keepalive));
-    let state = (sub, from, false, quiet, tokio::time::Instant::now());
-    let stream =
-        futures::stream::unfold(state, move |(sub, mut next, done, mut quiet, mut last)| {
-            let closing = app.closing.clone();
-            async move {
-                if done {
+    let state = (
+        sub,
+        from,
+        false,
+        daemon::quiet::Quiet::new(app.cfg.keepalive),
+    );
+    let stream = futures::stream::unfold(state, move |(sub, mut next, done, mut quiet)| {
+        let closing = app.closing.clone();
+        async move {
+            if done {
+                return None;
+            }
+            let mut watch = sub.log.watch();
+            loop {
+                let (frames, closed) = sub.log.read_from(next);
+                if !frames.is_empty() {
+                    let mut chunk = String::new();
+                    for (k, ev) in frames.iter().enumerate() {
+                        if let Some(ev) = ev.for_subscriber(verbose) {
+                            chunk.push_str(&frame(next + k, &ev));
+                        }
+                    }
+                    let n = next + frames.len();
+                    let finished = closed && n >= sub.log.len();
+                    if chunk.is_empty() && !finished {
+                        next = n;
+                        continue;
+                    }
+                    quiet.touch();
+                    return Some((
+                        Ok::<_, Infallible>(Bytes::from(chunk)),
+                        (sub, n, finished, quiet),
+                    ));
+                }
+                if closed {
                     return None;
                 }
-                let mut watch = sub.log.watch();
-                loop {
-                    let (frames, closed) = sub.log.read_from(next);
-                    if !frames.is_empty() {
-                        let mut chunk = String::new();
-                        for (k, ev) in frames.iter().enumerate() {
-                            if let Some(ev) = ev.for_subscriber(verbose) {
-                                chunk.push_str(&frame(next + k, &ev));
-                            }
-                        }
-                        let n = next + frames.len();
-                        let finished = closed && n >= sub.log.len();
-                        if chunk.is_empty() && !finished {
-                            next = n;
-                            continue;
-                        }
-                        last = tokio::time::Instant::now();
+                // An HA leader that shuts down ends its streams so clients resume on the next
+                // leader with `Last-Event-ID`.
+                let closed_down = async {
+                    match &closing {
+                        Some(c) => c.cancelled().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    r = watch.changed() => match r {
+                        Ok(()) => continue,
+                        Err(_) => return None,
+                    },
+                    _ = closed_down => return None,
+                    _ = quiet.elapsed() => {
                         return Some((
-                            Ok::<_, Infallible>(Bytes::from(chunk)),
-                            (sub, n, finished, quiet, last),
+                            Ok(Bytes::from_static(b": keepalive\n\n")),
+                            (sub, next, false, quiet),
                         ));
-                    }
-                    if closed {
-                        return None;
-                    }
-                    // An HA leader that shuts down ends its streams so clients resume on the next
-                    // leader with `Last-Event-ID`.
-                    let closed_down = async {
-                        match &closing {
-                            Some(c) => c.cancelled().await,
-                            None => std::future::pending().await,
-                        }
-                    };
-                    tokio::select! {
-                        r = watch.changed() => match r {
-                            Ok(()) => continue,
-                            Err(_) => return None,
-                        },
-                        _ = closed_down => return None,
-                        _ = quiet.as_mut() => {
-                            let due = last + keepalive;
-                            if tokio::time::Instant::now() < due {
-                                quiet.as_mut().reset(due);
-                                continue;
-                            }
-                            last = tokio::time::Instant::now();
-                            quiet.as_mut().reset(last + keepalive);
-                            return Some((
-                                Ok(Bytes::from_static(b": keepalive\n\n")),
-                                (sub, next, false, quiet, last),
-                            ));
-                        }
                     }
                 }
             }
-        });
+        }
+    });
     Ok(sse_response(Body::from_stream(stream)))
 }
 
