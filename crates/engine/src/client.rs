@@ -170,10 +170,12 @@ pub type FrameResult = Result<CompletionFrame, EngineError>;
 #[derive(Clone)]
 pub struct EngineClient {
     base: String,
+    /// `host:port` of `base`: completions stream on a connection of their own ([`crate::stream`]).
+    authority: String,
     key: ApiKey,
     /// For short control calls (health, slots, props, templates).
     control: reqwest::Client,
-    /// For completions: never reuses idle connections (ENGINE.md §8.14: a reused keep-alive
+    /// For embeddings: never reuses idle connections (ENGINE.md §8.14: a reused keep-alive
     /// connection can be closed by the engine before it answers).
     streaming: reqwest::Client,
     /// Completion stream chunks received from this engine, over every clone of this client: a
@@ -182,9 +184,16 @@ pub struct EngineClient {
 }
 
 impl EngineClient {
-    /// A client for the engine at `base_url`. Fails only when an HTTP client cannot be built; a
-    /// default one would drop the timeout and the no-reuse rule.
+    /// A client for the engine at `base_url`, which must be `http://host:port` (engines listen on
+    /// loopback). Fails for any other URL, or when an HTTP client cannot be built; a default one
+    /// would drop the timeout and the no-reuse rule.
     pub fn new(base_url: impl Into<String>, key: ApiKey) -> Result<Self, EngineError> {
+        let base = base_url.into();
+        let authority = crate::stream::authority(&base)
+            .ok_or_else(|| {
+                EngineError::Setup(format!("engine URL {base} is not http://host:port"))
+            })?
+            .to_string();
         let setup = |e: reqwest::Error| EngineError::Setup(e.to_string());
         let control = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
@@ -195,7 +204,8 @@ impl EngineClient {
             .build()
             .map_err(setup)?;
         Ok(Self {
-            base: base_url.into(),
+            base,
+            authority,
             key,
             control,
             streaming,
@@ -363,32 +373,16 @@ impl EngineClient {
         }))
     }
 
-    /// POSTs `body` to `path` and returns the streamed answer's bytes: on a connection read by
-    /// the caller's task ([`crate::stream`]) for an `http://host:port` engine, else through the
-    /// pooled client.
+    /// POSTs `body` to `path` and returns the streamed answer's bytes, on a connection of its own
+    /// read by the caller's task ([`crate::stream`]).
     async fn stream(
         &self,
         path: &str,
         body: &impl serde::Serialize,
-    ) -> Result<ByteStream, EngineError> {
-        let Some(authority) = crate::stream::authority(&self.base) else {
-            let resp = self
-                .streaming
-                .post(self.url(path))
-                .bearer_auth(self.key.expose())
-                .json(body)
-                .send()
-                .await
-                .map_err(|e| EngineError::Connect(api::error::chain(&e)))?;
-            let resp = check_status(resp).await?;
-            return Ok(Box::pin(
-                resp.bytes_stream()
-                    .map(|r| r.map_err(|e| api::error::chain(&e))),
-            ));
-        };
+    ) -> Result<crate::stream::Streamed, EngineError> {
         let json = serde_json::to_vec(body).map_err(|e| EngineError::Setup(e.to_string()))?;
-        match crate::stream::open(authority, path, self.key.expose(), json).await {
-            Ok(s) => Ok(Box::pin(s)),
+        match crate::stream::open(&self.authority, path, self.key.expose(), json).await {
+            Ok(s) => Ok(s),
             Err(crate::stream::OpenError::Status(status, text)) => Err(status_error(status, &text)),
             Err(crate::stream::OpenError::Connect(m)) => Err(EngineError::Connect(m)),
             Err(crate::stream::OpenError::Url(m)) => Err(EngineError::Setup(m)),
@@ -396,15 +390,11 @@ impl EngineClient {
     }
 }
 
-/// A streamed answer's body chunks; an error is its cause chain as text.
-type ByteStream =
-    std::pin::Pin<Box<dyn futures::Stream<Item = Result<bytes::Bytes, String>> + Send>>;
-
 /// A streamed engine answer as frames: each SSE data line through `data` (None: nothing to
 /// emit), a garbled line or a broken body as an error. Every chunk received counts in
 /// `received`, the engine's sign of life for its supervisor.
 fn sse_frames<F>(
-    bytes: ByteStream,
+    bytes: crate::stream::Streamed,
     received: std::sync::Arc<std::sync::atomic::AtomicU64>,
     mut data: F,
 ) -> impl futures::Stream<Item = FrameResult> + Send + 'static
@@ -447,4 +437,26 @@ fn status_error(status: u16, text: &str) -> EngineError {
         .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
         .unwrap_or_else(|| text.chars().take(200).collect());
     EngineError::Status { status, message }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_http_engines_with_a_port_get_a_client() {
+        let new = |u: &str| EngineClient::new(u, ApiKey::random());
+        assert!(new("http://127.0.0.1:8081").is_ok());
+        for bad in [
+            "https://127.0.0.1:8081",
+            "http://localhost",
+            "127.0.0.1:8081",
+        ] {
+            match new(bad) {
+                Err(EngineError::Setup(m)) => assert!(m.contains(bad), "{m}"),
+                Err(e) => panic!("{bad}: {e}"),
+                Ok(_) => panic!("{bad} got a client"),
+            }
+        }
+    }
 }
