@@ -652,8 +652,7 @@ impl RawConfig {
                 }
             }
         }
-        let worker_threads =
-            daemon::main_loop::worker_threads(self.server.worker_threads, None, &mut p);
+        let worker_threads = daemon::main_loop::worker_threads(self.server.worker_threads, &mut p);
         let max_body = self.server.max_body_bytes.unwrap_or(4 * 1024 * 1024);
         if max_body < 1024 {
             p.push("server.max_body_bytes: must be at least 1024".into());

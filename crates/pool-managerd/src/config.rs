@@ -360,10 +360,6 @@ const RESERVED_FLAGS: &[&str] = &[
 ];
 
 pub const DEFAULT_BIND: &str = "127.0.0.1:9200";
-/// `server.worker_threads` when unset: one per core. One thread halves the CPU per token of a
-/// lone stream (no wakeups between threads) but carries ten times fewer tokens at 10,000 streams
-/// (decision 74).
-pub const DEFAULT_WORKER_THREADS: Option<usize> = None;
 pub const DEFAULT_ORCHESTRATOR_URL: &str = "http://127.0.0.1:8080";
 
 impl RawConfig {
@@ -464,11 +460,7 @@ impl RawConfig {
             None => Secret::random_hex(32),
         };
         let ms = |v: Option<u64>, d: u64| Duration::from_millis(v.unwrap_or(d));
-        let worker_threads = daemon::main_loop::worker_threads(
-            self.server.worker_threads,
-            DEFAULT_WORKER_THREADS,
-            &mut p,
-        );
+        let worker_threads = daemon::main_loop::worker_threads(self.server.worker_threads, &mut p);
         let heartbeat_interval = ms(self.heartbeat.interval_ms, 10_000);
         if heartbeat_interval < Duration::from_millis(100) {
             p.push("heartbeat.interval_ms: must be at least 100".into());
@@ -756,22 +748,22 @@ fn validate_pools(
         let device_mask =
             validate_devices(&key, rp.devices.as_deref().unwrap_or("0"), policy, host, p);
         let engine_source = rp.engine_source.clone().unwrap_or_else(|| "default".into());
+        // A typed key and the same flag in `extra_args` would both reach the engine.
+        let repeated = |long: &str, short: &str, typed: &str, p: &mut Vec<String>| {
+            let named = rp.extra_args.iter().any(|a| {
+                a == long || a == short || a.strip_prefix(long).is_some_and(|r| r.starts_with('='))
+            });
+            if named {
+                p.push(format!("{key}.extra_args: {long} repeats {key}.{typed}"));
+            }
+            named
+        };
         let cache_ram = match rp.cache_ram_mib {
             Some(n) if n < 0 => {
                 p.push(format!("{key}.cache_ram_mib: must be 0 or more, got {n}"));
                 None
             }
-            Some(_)
-                if rp
-                    .extra_args
-                    .iter()
-                    .any(|a| a == "--cache-ram" || a == "-cram") =>
-            {
-                p.push(format!(
-                    "{key}.extra_args: --cache-ram repeats {key}.cache_ram_mib"
-                ));
-                None
-            }
+            Some(_) if repeated("--cache-ram", "-cram", "cache_ram_mib", p) => None,
             other => other,
         };
         if !engines.contains_key(&engine_source) {
@@ -787,14 +779,13 @@ fn validate_pools(
                 None
             }
             Some(_)
-                if rp
-                    .extra_args
-                    .iter()
-                    .any(|a| a.starts_with("--slot-prompt-similarity") || a == "-sps") =>
+                if repeated(
+                    "--slot-prompt-similarity",
+                    "-sps",
+                    "slot_prompt_similarity",
+                    p,
+                ) =>
             {
-                p.push(format!(
-                    "{key}.extra_args: --slot-prompt-similarity repeats {key}.slot_prompt_similarity"
-                ));
                 None
             }
             other => other,
@@ -1106,7 +1097,7 @@ mod tests {
             id = "c"
             cache_ram_mib = 8
             slot_prompt_similarity = 0.5
-            extra_args = ["--cache-ram", "8", "-sps", "0.2"]
+            extra_args = ["--cache-ram=8", "-sps", "0.2"]
             "#,
         )
         .unwrap();
