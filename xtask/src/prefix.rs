@@ -69,14 +69,15 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let mut spec = crate::real_engine_spec(a.bin_dir.as_deref(), "bench-prefix")?;
     spec.threads = Some(1);
     spec.ctx = 4096;
-    let mut cache_ram = a
+    // Every pool's engine settings, in each pool-managerd's config.
+    let mut pool_keys = a
         .cache_ram_mib
         .map(|n| format!("cache_ram_mib = {n}\n"))
         .unwrap_or_default();
     if let Some(f) = a.slot_prompt_similarity {
-        cache_ram.push_str(&format!("slot_prompt_similarity = {f:?}\n"));
+        pool_keys.push_str(&format!("slot_prompt_similarity = {f:?}\n"));
     }
-    spec.pm_extra = cache_ram.clone();
+    spec.pm_extra = pool_keys.clone();
     spec.orchd_extra = "[placement]\nstrategy = \"least-loaded\"\n".into();
     if let Some(n) = a.wait_for_prefix_tokens {
         spec.orchd_extra
@@ -100,7 +101,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             }],
             env: vec![],
             engine_keys: "threads = 1\n".into(),
-            extra_toml: cache_ram.clone(),
+            extra_toml: pool_keys.clone(),
         })?;
     }
     let result = bench(&mut stack, &a).await;
@@ -497,4 +498,44 @@ async fn control_run(stack: &Stack, a: &Args, seed: u64) -> anyhow::Result<Tally
     let mut t = tally.lock().expect("tally").clone();
     t.wall = t0.elapsed();
     Ok(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn turn(tokens_in: u64, tokens_out: u64, tokens_cached: u64) -> Turn {
+        Turn {
+            ttft_ms: 1.0,
+            tokens_in,
+            tokens_out,
+            tokens_cached,
+            pool: "p".into(),
+            text: String::new(),
+        }
+    }
+
+    fn conv(group: usize, first_submitted: usize, turns: Vec<Turn>) -> Conv {
+        Conv {
+            group,
+            messages: vec![],
+            turns_left: 0,
+            busy: false,
+            turns,
+            first_submitted,
+        }
+    }
+
+    #[test]
+    fn the_least_possible_pays_each_system_prompt_once_and_each_turn_its_new_tokens() {
+        let convs = [
+            // Group 0's first: its whole first prompt (1,000), then 1,030 − (1,000 + 12 − 1).
+            conv(0, 0, vec![turn(1000, 12, 0), turn(1030, 12, 1011)]),
+            // Group 0's second: the engines reused 990 of its first prompt, the group's most.
+            conv(0, 1, vec![turn(1005, 12, 990)]),
+            // Group 1 alone: its first prompt whole, whatever the engine reported.
+            conv(1, 0, vec![turn(800, 12, 40)]),
+        ];
+        assert_eq!(oracle(&convs), 1000 + 19 + (1005 - 990) + 800);
+    }
 }

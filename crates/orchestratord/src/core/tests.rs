@@ -84,13 +84,7 @@ fn pool(id: &str, slots: u32) -> PoolStatus {
         slots_free: slots,
         ctx_per_slot: 1024,
         workload: api::task::Workload::Completion,
-        models: vec![LoadedModel {
-            id: mid("m"),
-            model_ref: "file:/m.gguf".into(),
-            digest: None,
-            size_bytes: None,
-            metadata: None,
-        }],
+        models: vec![loaded("m")],
         running: vec![],
         kv_cache_usage_ratio: None,
         decode_tokens_per_s: None,
@@ -2314,16 +2308,21 @@ fn a_reattach_refused_after_the_grace_period_ends_the_task_instead_of_rerunning_
     }
 }
 
-/// A pool serving model `m` named `model` instead (its own file).
+/// `model` loaded from its own file, `file:/<model>.gguf`.
+fn loaded(model: &str) -> LoadedModel {
+    LoadedModel {
+        id: mid(model),
+        model_ref: format!("file:/{model}.gguf"),
+        digest: None,
+        size_bytes: None,
+        metadata: None,
+    }
+}
+
+/// A pool serving `model` instead of `m`.
 fn serving(p: PoolStatus, model: &str) -> PoolStatus {
     PoolStatus {
-        models: vec![LoadedModel {
-            id: mid(model),
-            model_ref: format!("file:/{model}.gguf"),
-            digest: None,
-            size_bytes: None,
-            metadata: None,
-        }],
+        models: vec![loaded(model)],
         ..p
     }
 }
