@@ -112,6 +112,8 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
 #[derive(Default, Clone)]
 struct Tally {
     ttft_ms: Vec<f64>,
+    queued_ms: Vec<f64>,
+    running_ms: Vec<f64>,
     tokens_in: u64,
     tokens_cached: u64,
     wall: Duration,
@@ -128,6 +130,8 @@ struct Tally {
 impl Tally {
     fn add(&mut self, o: &Tally) {
         self.ttft_ms.extend_from_slice(&o.ttft_ms);
+        self.queued_ms.extend_from_slice(&o.queued_ms);
+        self.running_ms.extend_from_slice(&o.running_ms);
         self.tokens_in += o.tokens_in;
         self.tokens_cached += o.tokens_cached;
         self.wall += o.wall;
@@ -139,18 +143,15 @@ impl Tally {
 
     fn record(&mut self, t: &Turn) {
         self.ttft_ms.push(t.ttft_ms);
+        self.queued_ms.push(t.queued_ms);
+        self.running_ms.push(t.running_ms);
         self.tokens_in += t.tokens_in;
         self.tokens_cached += t.tokens_cached;
         self.tasks += 1;
     }
 
     fn pct(&self, q: f64) -> f64 {
-        let mut v = self.ttft_ms.clone();
-        v.sort_by(f64::total_cmp);
-        if v.is_empty() {
-            return f64::NAN;
-        }
-        v[((v.len() - 1) as f64 * q).round() as usize]
+        quantile(&self.ttft_ms, q)
     }
 
     fn evaluated(&self) -> u64 {
@@ -220,6 +221,16 @@ async fn bench(stack: &mut Stack, a: &Args) -> anyhow::Result<()> {
             r(m.evaluated() as f64, m.oracle as f64)
         );
     }
+    for (s, strategy) in strategies.iter().enumerate() {
+        let m = &multi[s];
+        println!(
+            "multi-turn, {strategy}: of the time to first token, admission to dispatch (tokenizing, queueing, waiting for a prefix holder) p50 {:.0} ms / p90 {:.0} ms; dispatch to first token (prefill) p50 {:.0} ms / p90 {:.0} ms",
+            quantile(&m.queued_ms, 0.5),
+            quantile(&m.queued_ms, 0.9),
+            quantile(&m.running_ms, 0.5),
+            quantile(&m.running_ms, 0.9)
+        );
+    }
     println!(
         "multi-turn, least-loaded against that least possible: {:.1}× (the most any strategy could win on prompt tokens here)",
         r(multi[0].evaluated() as f64, multi[0].oracle as f64)
@@ -235,6 +246,16 @@ async fn bench(stack: &mut Stack, a: &Args) -> anyhow::Result<()> {
         (r(control[1].pct(0.5), control[0].pct(0.5)) - 1.0) * 100.0
     );
     Ok(())
+}
+
+/// The `q` quantile of `v` (nearest rank; NaN when empty).
+fn quantile(v: &[f64], q: f64) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[((v.len() - 1) as f64 * q).round() as usize]
 }
 
 /// Rewrites orchestratord's config with `strategy` and restarts it (its prefix index starts empty).
@@ -288,6 +309,10 @@ struct Turn {
     tokens_out: u64,
     /// The engine's `cache_n`.
     tokens_cached: u64,
+    /// orchestratord's record: admission to dispatch (tokenizing and queueing, waits for a
+    /// prefix holder included), and dispatch to the first token (the engine's prefill).
+    queued_ms: f64,
+    running_ms: f64,
     pool: String,
     text: String,
 }
@@ -309,14 +334,21 @@ async fn one(client: &client::Client, req: &TaskRequest) -> anyhow::Result<Turn>
                 text.push_str(&t.t);
             }
             Event::End(e) => {
+                let rec = client.task(adm.task_id).await?.body;
+                let gap = |a: Option<u64>, b: Option<u64>| match (a, b) {
+                    (Some(a), Some(b)) => b.saturating_sub(a) as f64,
+                    _ => f64::NAN,
+                };
                 return Ok(Turn {
                     ttft_ms: ttft.unwrap_or(f64::NAN),
                     tokens_in: e.tokens_in,
                     tokens_out: e.tokens_out,
                     tokens_cached: e.tokens_cached.unwrap_or(0),
+                    queued_ms: gap(rec.created_at_ms, rec.started_at_ms),
+                    running_ms: gap(rec.started_at_ms, rec.first_token_at_ms),
                     pool,
                     text,
-                })
+                });
             }
             Event::Error(e) => bail!("task failed: {e:?}"),
             _ => {}
@@ -510,6 +542,8 @@ mod tests {
             tokens_in,
             tokens_out,
             tokens_cached,
+            queued_ms: 0.0,
+            running_ms: 1.0,
             pool: "p".into(),
             text: String::new(),
         }

@@ -149,8 +149,26 @@ pub struct PoolStats {
     tokens_out: Option<f64>,
     decode_tps: Option<f64>,
     ttft_ms: Option<f64>,
+    /// Engine time per evaluated prompt token (prefill), ms.
+    prefill_ms_per_token: Option<f64>,
     /// How long the pool took to come back to Ready after leaving it.
     restart_ms: Option<f64>,
+}
+
+impl PoolStats {
+    /// How long a task holds a slot here: its time to first token and its decode, ms.
+    fn service_ms(&self) -> Option<f64> {
+        Some(self.tokens_out? / self.decode_tps?.max(0.001) * 1000.0 + self.ttft_ms.unwrap_or(0.0))
+    }
+
+    /// What cache-aware placement predicts with, once both halves are measured (kept on the
+    /// registry's pool entry, see [`registry::PoolEntry`]).
+    fn speed(&self) -> Option<placement::Speed> {
+        Some(placement::Speed {
+            prefill_ms_per_token: self.prefill_ms_per_token? as f32,
+            service_ms: self.service_ms()? as f32,
+        })
+    }
 }
 
 pub struct TaskEntry {
@@ -430,6 +448,7 @@ impl<E: Effects> Core<E> {
             ids.map_or_else(Vec::new, |ids| self.prefix.lookup(&t.prefix_key, ids.len()));
         let hints = placement::CacheHints {
             saved: &saved_tokens,
+            prompt_tokens: ids.map_or(0, |ids| ids.len() as u64),
             balance_abs: self.cfg.balance_abs,
             balance_rel: self.cfg.balance_rel,
             load_cost_tokens: self.cfg.load_cost_tokens,
@@ -510,8 +529,10 @@ impl<E: Effects> Core<E> {
                     ctx_per_slot: p.status.ctx_per_slot,
                     device_mask: &p.status.device_mask,
                     free_slots: p.free_slots(),
+                    slots: p.status.slots_total,
                     load: p.holding.len(),
                     free_vram: p.free_vram,
+                    speed: p.speed,
                 }),
         );
         // Pinned tasks wait in per-pool queues; they count towards that pool's load. The views

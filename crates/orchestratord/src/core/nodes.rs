@@ -184,8 +184,9 @@ impl<E: Effects> Core<E> {
                 e.unready = false;
             }
             None => {
-                self.registry
-                    .insert_pool(id.clone(), PoolEntry::new(node_id.clone(), status));
+                let mut e = PoolEntry::new(node_id.clone(), status);
+                e.speed = self.stats.get(&id).and_then(super::PoolStats::speed);
+                self.registry.insert_pool(id.clone(), e);
             }
         }
         if let Some(since) = restarted {

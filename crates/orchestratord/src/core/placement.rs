@@ -18,8 +18,22 @@ pub struct PoolView<'a> {
     pub ctx_per_slot: u64,
     pub device_mask: &'a str,
     pub free_slots: u32,
+    pub slots: u32,
     pub load: usize,
     pub free_vram: u64,
+    /// The pool's measured speeds; only cache-aware placement reads them.
+    pub speed: Option<Speed>,
+}
+
+/// A pool's measured speeds (EWMA over its finished tasks), from which cache-aware placement
+/// predicts a task's time to first token there (decision 76). Single precision keeps the view
+/// small: a decision reads a thousand of them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Speed {
+    /// Engine time per evaluated prompt token, ms.
+    pub prefill_ms_per_token: f32,
+    /// How long a task holds a slot, ms.
+    pub service_ms: f32,
 }
 
 /// True when `p` may run a task for `model` needing `ctx` under `placement` (ignoring free slots).
@@ -65,6 +79,8 @@ pub struct Choice<'a> {
 pub struct CacheHints<'h> {
     /// Pools with a prefix match and the prompt tokens it would save.
     pub saved: &'h [(&'h PoolId, u64)],
+    /// The task's prompt length in tokens.
+    pub prompt_tokens: u64,
     /// Load wins when the busiest candidate has more than `balance_abs` tasks beyond the idlest...
     pub balance_abs: usize,
     /// ...and more than `balance_rel` times the idlest's load.
@@ -126,6 +142,34 @@ impl std::hash::Hasher for IdHasher {
     #[inline]
     fn write_u8(&mut self, n: u8) {
         self.mix(u64::from(n) | 1 << 63);
+    }
+}
+
+/// The mean of the candidates' measured speeds, if any is measured.
+fn mean_speed(cands: &[&PoolView<'_>]) -> Option<Speed> {
+    let (mut n, mut prefill, mut service) = (0.0f32, 0.0, 0.0);
+    for s in cands.iter().filter_map(|p| p.speed) {
+        n += 1.0;
+        prefill += s.prefill_ms_per_token;
+        service += s.service_ms;
+    }
+    (n > 0.0).then(|| Speed {
+        prefill_ms_per_token: prefill / n,
+        service_ms: service / n,
+    })
+}
+
+/// A task's predicted time to first token on `p`, ms: the prompt tokens it would evaluate there,
+/// plus, on a busy pool, the wait for a slot (half a task's run for the first, a whole one for
+/// each queued before it, spread over the slots). Tasks running beside it on a pool with a free
+/// slot only break ties; the imbalance guard keeps them from piling up.
+pub fn predicted_ttft_ms(p: &PoolView<'_>, s: Speed, prompt_tokens: u64, saved: u64) -> f64 {
+    let evaluate = prompt_tokens.saturating_sub(saved) as f64 * f64::from(s.prefill_ms_per_token);
+    if p.free_slots > 0 {
+        evaluate
+    } else {
+        let ahead = p.load.saturating_sub(p.slots as usize) as f64 + 0.5;
+        evaluate + ahead * f64::from(s.service_ms) / f64::from(p.slots.max(1))
     }
 }
 
@@ -200,36 +244,48 @@ pub fn choose<'a>(
     let saved: std::collections::HashMap<&PoolId, u64, IdHash> = cache_on
         .map(|c| c.saved.iter().map(|(p, n)| (*p, *n)).collect())
         .unwrap_or_default();
-    let score = |p: &PoolView<'_>| {
-        cache_on.map_or(0, |c| {
-            saved.get(p.pool_id).copied().unwrap_or(0) as i64
-                - (p.load as u64 * c.load_cost_tokens) as i64
+    // With measured speeds a pool's cost is its predicted time to first token, ms (decision
+    // 76); a pool not measured yet is taken to be as fast as the measured ones' mean. Without
+    // any measurement it is in prompt tokens: load × `load_cost_tokens` − saved (decision 69).
+    // (The mean is taken only when an unmeasured pool is met: once every pool is measured a
+    // decision does not read each pool's speed twice.)
+    let fleet = std::cell::OnceCell::new();
+    let cost = |p: &PoolView<'_>| {
+        cache_on.map_or(0.0, |c| {
+            let saved = saved.get(p.pool_id).copied().unwrap_or(0);
+            match p
+                .speed
+                .or_else(|| *fleet.get_or_init(|| mean_speed(&cands)))
+            {
+                Some(s) => predicted_ttft_ms(p, s, c.prompt_tokens, saved),
+                None => (p.load as u64 * c.load_cost_tokens) as f64 - saved as f64,
+            }
         })
     };
-    // One pass with a total order: O(pools) per decision, no sorting, each score computed once.
+    // One pass with a total order: O(pools) per decision, no sorting, each cost computed once.
     let best = cands
         .iter()
         .copied()
         .filter(|p| in_tier(p))
-        .map(|p| (p, score(p)))
-        .min_by(|(a, sa), (b, sb)| {
-            sb.cmp(sa)
+        .map(|p| (p, cost(p)))
+        .min_by(|(a, ca), (b, cb)| {
+            ca.total_cmp(cb)
                 .then(b.free_slots.cmp(&a.free_slots))
                 .then(a.load.cmp(&b.load))
                 .then(b.free_vram.cmp(&a.free_vram))
                 .then(a.node_id.cmp(b.node_id))
                 .then(a.pool_id.cmp(b.pool_id))
         });
-    // Waiting for the prefix (decision 69): a busy holder of the same tier whose score beats
-    // every free pool's (the best free pool's score is the highest) keeps the task queued; it is
-    // placed when the holder frees a slot.
+    // Waiting for the prefix (decision 69): a busy holder of the same tier that costs less than
+    // every free pool (the best free pool costs the least) keeps the task queued; it is placed
+    // when the holder frees a slot.
     if let (Some(c), Some((_, best_free))) = (cache_on.filter(|c| c.wait_min_tokens > 0), best) {
         let holder_wins = cands
             .iter()
             .filter(|p| p.free_slots == 0 && tier_of(p))
             .any(|p| {
                 saved.get(p.pool_id).copied().unwrap_or(0) >= c.wait_min_tokens
-                    && score(p) > best_free
+                    && cost(p) < best_free
             });
         if holder_wins {
             return Choice {
@@ -266,8 +322,10 @@ mod tests {
             ctx_per_slot: 4096,
             device_mask: "cpu",
             free_slots: free,
+            slots: free + load as u32,
             load,
             free_vram: 0,
+            speed: None,
         }
     }
 
@@ -498,6 +556,7 @@ mod tests {
     fn hints<'h>(saved: &'h [(&'h PoolId, u64)]) -> CacheHints<'h> {
         CacheHints {
             saved,
+            prompt_tokens: 6000,
             balance_abs: 2,
             balance_rel: 1.5,
             load_cost_tokens: 100,
@@ -545,6 +604,67 @@ mod tests {
         // With no free pool at all there is nothing to wait instead of: plain queueing.
         let all_busy = [pool("a", "n1", 0, 1), pool("b", "n1", 0, 1)];
         assert_eq!(waited(&all_busy, &[("b", 5000)]), (None, false));
+    }
+
+    fn timed(pool: PoolView<'static>, prefill_ms_per_token: f32) -> PoolView<'static> {
+        PoolView {
+            speed: Some(Speed {
+                prefill_ms_per_token,
+                service_ms: 1500.0,
+            }),
+            ..pool
+        }
+    }
+
+    #[test]
+    fn measured_speeds_decide_whether_a_busy_holder_is_worth_waiting_for() {
+        // The prompt has 6,000 tokens; b runs one task (1.5 s each) and holds 5,000 of them.
+        // At 7 ms a token, a would take 42 s to first token, b 7 s plus half a run: wait for b.
+        let cpu = [
+            timed(pool("a", "n1", 1, 0), 7.0),
+            timed(pool("b", "n1", 0, 1), 7.0),
+        ];
+        assert_eq!(waited(&cpu, &[("b", 5000)]), (None, true));
+        // At 0.05 ms a token, a takes 300 ms and b 50 ms plus 750 ms of waiting: a, although
+        // the token count alone (5,000 − 100) would have waited.
+        let gpu = [
+            timed(pool("a", "n1", 1, 0), 0.05),
+            timed(pool("b", "n1", 0, 1), 0.05),
+        ];
+        assert_eq!(waited(&gpu, &[("b", 5000)]), (Some("a".into()), false));
+        assert_eq!(
+            waited(&gpu.map(|p| PoolView { speed: None, ..p }), &[("b", 5000)]),
+            (None, true)
+        );
+        // A pool not measured yet counts as fast as the measured ones.
+        let half = [pool("a", "n1", 1, 0), timed(pool("b", "n1", 0, 1), 0.05)];
+        assert_eq!(waited(&half, &[("b", 5000)]), (Some("a".into()), false));
+        // Between free pools the faster one wins unless the slower one's match outweighs it:
+        // c (7 ms a token) holds 1,000 tokens, d (1 ms) none: 35 s against 6 s.
+        let mixed = [
+            timed(pool("c", "n1", 1, 0), 7.0),
+            timed(pool("d", "n1", 1, 0), 1.0),
+        ];
+        assert_eq!(cached(&mixed, &[("c", 1000)], None).as_deref(), Some("d"));
+        // Holding 5,900 of the 6,000 tokens, c needs 700 ms: c.
+        assert_eq!(cached(&mixed, &[("c", 5900)], None).as_deref(), Some("c"));
+    }
+
+    #[test]
+    fn predicted_ttft_counts_evaluation_and_the_wait_for_a_slot() {
+        let s = Speed {
+            prefill_ms_per_token: 2.0,
+            service_ms: 1000.0,
+        };
+        // Free: 600 − 100 tokens to evaluate at 2 ms, whatever else runs there.
+        let free = pool("a", "n1", 1, 1);
+        assert_eq!(predicted_ttft_ms(&free, s, 600, 100), 1000.0);
+        // Busy, 2 slots, 2 running and 1 queued: 500 × 2 ms + 1.5 runs over 2 slots.
+        let busy = PoolView {
+            slots: 2,
+            ..pool("b", "n1", 0, 3)
+        };
+        assert_eq!(predicted_ttft_ms(&busy, s, 600, 100), 1000.0 + 750.0);
     }
 
     fn cached(

@@ -61,6 +61,9 @@ pub struct PoolEntry {
     pub(super) reported: Option<(ModelId, Option<String>)>,
     /// The model a `load-model` in progress is loading into this pool.
     pub(super) loading: Option<ModelId>,
+    /// The pool's measured speeds, copied from the core's statistics whenever they change, so
+    /// cache-aware placement never looks them up per pool.
+    pub(super) speed: Option<super::placement::Speed>,
 }
 
 /// A model's interned number in the registry (never reused, never stale: it is set together with
@@ -87,6 +90,7 @@ impl PoolEntry {
             serves: None,
             reported: None,
             loading: None,
+            speed: None,
         }
     }
 

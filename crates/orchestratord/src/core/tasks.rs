@@ -868,8 +868,9 @@ impl<E: Effects> Core<E> {
             self.metrics
                 .observe(m::OVERHEAD, base.clone(), overhead.max(0.0));
         }
+        let evaluated = t.tokens_in.saturating_sub(t.tokens_cached.unwrap_or(0));
         let Some(pool) = t.pool.clone() else { return };
-        let s = self.stats.entry(pool).or_default();
+        let s = self.stats.entry(pool.clone()).or_default();
         let ewma = |old: Option<f64>, new: f64| Some(old.map_or(new, |o| 0.8 * o + 0.2 * new));
         let tokens_out = t.tokens_out();
         s.tokens_out = ewma(s.tokens_out, tokens_out as f64);
@@ -881,6 +882,20 @@ impl<E: Effects> Core<E> {
         }
         if let Some(e) = engine_ttft_ms {
             s.ttft_ms = ewma(s.ttft_ms, e as f64);
+            // Prefill speed: the engine's time to first token less one decode step, over the
+            // prompt tokens it evaluated (not those it reused). Short prompts say more about
+            // the fixed cost than about the speed, so they are not sampled.
+            if evaluated >= PREFILL_SAMPLE_MIN {
+                let step = s.decode_tps.map_or(0.0, |tps| 1000.0 / tps.max(0.001));
+                s.prefill_ms_per_token = ewma(
+                    s.prefill_ms_per_token,
+                    (e as f64 - step).max(0.0) / evaluated as f64,
+                );
+            }
+        }
+        let speed = s.speed();
+        if let Some(p) = self.registry.pool_mut(&pool) {
+            p.speed = speed;
         }
     }
 
@@ -1239,6 +1254,10 @@ impl<E: Effects> Core<E> {
 
 type Stats = std::collections::HashMap<PoolId, super::PoolStats, super::placement::IdHash>;
 
+/// The fewest evaluated prompt tokens a finished task needs to count towards its pool's prefill
+/// speed.
+const PREFILL_SAMPLE_MIN: u64 = 16;
+
 /// The mean run time of a task of `max_tokens` on `model`'s pools, from their measurements.
 fn mean_duration_ms(
     registry: &super::registry::Registry,
@@ -1248,10 +1267,7 @@ fn mean_duration_ms(
 ) -> u64 {
     let ds: Vec<f64> = registry
         .serving(model)
-        .filter_map(|(id, _)| stats.get(id))
-        .filter_map(|s| {
-            Some(s.tokens_out? / s.decode_tps?.max(0.001) * 1000.0 + s.ttft_ms.unwrap_or(0.0))
-        })
+        .filter_map(|(id, _)| stats.get(id)?.service_ms())
         .collect();
     if ds.is_empty() {
         1000 + 50 * max_tokens

@@ -1768,7 +1768,8 @@ fn finish_cached(
             tokens_out: 2,
             stop_reason: StopReason::Eos,
             seed: Some(1),
-            engine_ttft_ms: Some(1),
+            // A CPU engine's prefill: 7 ms a prompt token it evaluates.
+            engine_ttft_ms: Some(7 * (tokens_in - cached) + 1),
             engine_decode_ms: 1,
             tokens_cached: Some(cached),
             slot: Some(slot),
@@ -2054,6 +2055,47 @@ fn cache_aware_waits_for_the_busy_prefix_holder_and_only_so_long() {
     assert_eq!(dispatched(&core).len(), 4, "still within the bound");
     core.tick(now + Duration::from_secs(6));
     assert_eq!(dispatched(&core)[4], (t4, pid("b")));
+}
+
+/// Decision 76: once a pool's speeds are measured, waiting for a busy prefix holder is decided by
+/// predicted time to first token. A fast engine prefills the history sooner than the holder frees.
+#[test]
+fn measured_speeds_decide_the_wait_for_a_prefix_holder() {
+    let now = Instant::now();
+    let mut core = core_with(|c| {
+        c.strategy = crate::config::Strategy::CacheAware;
+        c.load_cost_tokens = 100;
+        c.wait_for_prefix_tokens = 256;
+    });
+    register(&mut core, "n1", vec![pool("a", 1), pool("b", 1)], now);
+    let history: String = (0..500).map(|i| format!("w{i} ")).collect();
+    let t1 = submit_tokenized(&mut core, &history, now);
+    let attempt = core.tasks[&t1].attempts;
+    token(&mut core, t1, attempt, " ok", &word_ids(" ok"), now);
+    // A GPU: 500 prompt tokens in 26 ms to the first token, 200 tokens decoded in 2 s.
+    let end = WorkerEvent::End {
+        tokens_in: 500,
+        tokens_out: 200,
+        stop_reason: StopReason::Eos,
+        seed: Some(1),
+        engine_ttft_ms: Some(26),
+        engine_decode_ms: 2000,
+        tokens_cached: Some(0),
+        slot: Some(0),
+    };
+    core.on_worker(t1, attempt, end, now);
+    let s = core.stats["a"];
+    // (26 ms − one 10 ms decode step) over 500 evaluated tokens; a task holds a slot 2,026 ms.
+    assert_eq!(s.prefill_ms_per_token, Some(0.032));
+    assert_eq!(s.service_ms(), Some(2026.0));
+    let t2 = submit_tokenized(&mut core, &format!("{history} ok and more"), now);
+    assert_eq!(dispatched(&core)[1], (t2, pid("a")));
+    // a holds the history but is busy: half a run (1 s) against 16 ms of prefill on b.
+    let t3 = submit_tokenized(&mut core, &format!("{history} ok and other"), now);
+    assert_eq!(dispatched(&core)[2], (t3, pid("b")));
+    // A short prompt says little about prefill speed: it leaves the measurement alone.
+    finish_cached(&mut core, t2, " yes", (503, 501, 0), now);
+    assert_eq!(core.stats["a"].prefill_ms_per_token, Some(0.032));
 }
 
 fn ha_core() -> Core<Recorded> {
