@@ -1,25 +1,29 @@
 //! The floor of one relay hop, for `bench relay`'s one-stream figure (PERF.md: "report the
-//! one-stream figure with its floor, measured with a minimal relay in the same run").
+//! one-stream figure with its floor, measured with a minimal relay in the same run") and for
+//! `bench overhead`'s CPU per request (`--floor`).
 //!
 //! `xtask relay-floor --upstream URL` is a separate process that does only what every hop of the
 //! stack must do for a streamed token, with the same libraries the daemons use (tokio's default
 //! multi-thread runtime, axum/hyper on the client side, reqwest on the upstream side, no Nagle
-//! delay): it accepts a request, sends its body upstream, and copies each response chunk through
-//! as it arrives. No parsing, no state, no logging. Two of them chained in front of fake-engine
-//! stand for pool-managerd and orchestratord; their CPU per token, read from `/proc/<pid>/stat`
-//! like the daemons', is what a token costs a hop that does nothing else.
+//! delay): it accepts a request, sends its body (with its content type and authorization)
+//! upstream, and copies each response chunk through as it arrives. No parsing, no state, no
+//! logging. Two of them chained in front of an engine (fake-engine, or bench overhead's twin
+//! llama-server) stand for pool-managerd and orchestratord; their CPU per token, read from
+//! `/proc/<pid>/stat` like the daemons', is what a token costs a hop that does nothing else.
 
 use std::time::Duration;
 
 use anyhow::Context;
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
+use axum::http::header;
 use axum::response::Response;
 use futures::StreamExt;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Base URL the relay forwards every request to (path and body kept).
+    /// Base URL the relay forwards every request to (path, body, content type and authorization
+    /// kept).
     #[arg(long)]
     upstream: String,
 }
@@ -53,17 +57,19 @@ pub fn run(a: Args) -> anyhow::Result<()> {
 
 async fn forward(State(up): State<Upstream>, req: Request) -> Response {
     let path = req.uri().path().to_string();
+    let mut post = up.client.post(format!("{}{path}", up.base));
+    // The body's type, and the key a real llama-server is started with (bench overhead's twin):
+    // the only headers every hop must pass on.
+    for name in [header::CONTENT_TYPE, header::AUTHORIZATION] {
+        if let Some(v) = req.headers().get(&name) {
+            post = post.header(name, v.clone());
+        }
+    }
     let body = match axum::body::to_bytes(req.into_body(), 1 << 20).await {
         Ok(b) => b,
         Err(e) => return status(400, e.to_string()),
     };
-    let sent = up
-        .client
-        .post(format!("{}{path}", up.base))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await;
+    let sent = post.body(body).send().await;
     match sent {
         Ok(r) => {
             let code = r.status().as_u16();

@@ -32,7 +32,8 @@ enum Cmd {
     Bench(Bench),
     /// Writes contracts/openapi/orchestratord.json from the wire types (`--check`: exit 1 on drift).
     Openapi(openapi::Args),
-    /// The minimal relay `bench relay` measures its one-stream floor with (started by the bench).
+    /// The minimal relay `bench relay` and `bench overhead` measure their floor with (started by
+    /// the benches).
     #[command(hide = true)]
     RelayFloor(floor::Args),
 }

@@ -4,7 +4,8 @@
 //! alternating, several rounds. Reports time to first token, total time per stream and decode
 //! speed as pairwise deltas, and each daemon's CPU per request read from `/proc/<pid>/stat`. With
 //! `--litellm`, LiteLLM's proxy in front of the same twin runs the `/v1` chat requests too, for a
-//! CPU-per-request comparison.
+//! CPU-per-request comparison; with `--floor` (implied by `--litellm`), so do two minimal relays
+//! chained in front of the twin (`floor.rs`), the least CPU any two-hop relay could use here.
 
 use std::time::{Duration, Instant};
 
@@ -38,6 +39,12 @@ pub struct Args {
     /// into a cached venv, `~/.cache/llama-orch/venv-litellm`, on first use).
     #[arg(long)]
     litellm: bool,
+    /// Also run the `/v1` chat requests through two minimal relays chained in front of the twin
+    /// (`xtask relay-floor`: axum + reqwest copying chunks, standing for orchestratord and
+    /// pool-managerd), the floor of a two-hop relay's CPU per request. Implied by `--litellm`,
+    /// whose CPU ratio means most next to it.
+    #[arg(long)]
+    floor: bool,
 }
 
 const PROMPTS: &[&str] = &[
@@ -50,6 +57,9 @@ const PROMPTS: &[&str] = &[
 
 /// The LiteLLM release the comparison pins.
 const LITELLM_VERSION: &str = "1.108.7";
+
+/// The master key LiteLLM's proxy is started with (it refuses to start without one).
+const LITELLM_KEY: &str = "sk-bench";
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Route {
@@ -90,24 +100,52 @@ struct Timing {
 #[derive(Default)]
 struct Samples {
     pairs: Vec<(Timing, Timing)>,
-    /// CPU seconds summed over the proxied requests: orchestratord, pool-managerd (or the LiteLLM
-    /// proxy in the first place, 0 in the second).
+    /// CPU seconds summed over the proxied requests: orchestratord, pool-managerd (or the floor's
+    /// client-side and engine-side relays; or the LiteLLM proxy in the first place, 0 in the
+    /// second).
     cpu: (f64, f64),
+}
+
+impl Samples {
+    /// CPU milliseconds per proxied request, both processes together.
+    fn cpu_ms_per_request(&self) -> f64 {
+        (self.cpu.0 + self.cpu.1) * 1000.0 / self.pairs.len().max(1) as f64
+    }
 }
 
 /// The processes whose CPU a proxied request is charged with.
 #[derive(Clone, Copy)]
 enum Charged {
-    Stack { orchd: u32, pm: u32 },
+    /// Two hops: orchestratord and pool-managerd, or the floor's client-side and engine-side
+    /// relays.
+    Hops(u32, u32),
     Litellm(u32),
 }
 
 impl Charged {
     fn read(self, clock: &CpuClock) -> anyhow::Result<(f64, f64)> {
         Ok(match self {
-            Charged::Stack { orchd, pm } => (clock.seconds(orchd)?, clock.seconds(pm)?),
+            Charged::Hops(a, b) => (clock.seconds(a)?, clock.seconds(b)?),
             Charged::Litellm(pid) => (clock.seconds(pid)?, 0.0),
         })
+    }
+}
+
+/// Two minimal relays chained in front of the twin: client → `client` → `engine` → twin.
+struct Floor {
+    client: crate::floor::FloorRelay,
+    engine: crate::floor::FloorRelay,
+}
+
+impl Floor {
+    fn start(twin: &engine::EngineClient) -> anyhow::Result<Self> {
+        let engine = crate::floor::FloorRelay::start(twin.base_url())?;
+        let client = crate::floor::FloorRelay::start(&engine.url)?;
+        Ok(Self { client, engine })
+    }
+
+    fn charged(&self) -> Charged {
+        Charged::Hops(self.client.pid(), self.engine.pid())
     }
 }
 
@@ -207,6 +245,12 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     } else {
         None
     };
+    // Both relays are killed when `floor` drops, whichever way this returns.
+    let floor = if a.floor || a.litellm {
+        Some(Floor::start(&direct.client)?)
+    } else {
+        None
+    };
     let clock = CpuClock::new()?;
     let client = client::Client::new(&stack.orchd_url, None)?;
     // A fresh connection per request, as pool-managerd does (ENGINE.md §8.14: the engine may
@@ -221,16 +265,21 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         engine: &direct.client,
         max_tokens: a.max_tokens,
     };
-    let stack_charged = Charged::Stack { orchd, pm };
+    let stack_charged = Charged::Hops(orchd, pm);
+    let twin_key = direct.client.api_key().expose();
     let mut samples: Vec<Samples> = Route::ALL.iter().map(|_| Samples::default()).collect();
     let mut via_litellm = Samples::default();
+    let mut via_floor = Samples::default();
     // Warm every path once.
     for r in Route::ALL {
         paths.proxied(r, PROMPTS[0]).await?;
         paths.direct(r, PROMPTS[0]).await?;
     }
     if let Some(l) = &litellm {
-        paths.litellm(&l.url, PROMPTS[0]).await?;
+        paths.relayed(&l.url, LITELLM_KEY, PROMPTS[0]).await?;
+    }
+    if let Some(f) = &floor {
+        paths.relayed(&f.client.url, twin_key, PROMPTS[0]).await?;
     }
     for round in 0..a.rounds {
         for (k, p) in PROMPTS.iter().enumerate() {
@@ -256,15 +305,29 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
                         &clock,
                         Charged::Litellm(l.pid),
                         &mut via_litellm.cpu,
-                        paths.litellm(&l.url, p),
+                        paths.relayed(&l.url, LITELLM_KEY, p),
                         || paths.direct(Route::V1Chat, p),
                     )
                     .await?;
                 via_litellm.pairs.push(pair);
-                // The LiteLLM pair left a chat in the twin's prompt cache; give the stack's engine
-                // the same last request (not measured), so that the next prompt's pairs start
-                // from equal caches (otherwise the stack's engine alone prefills the chat
-                // template again: +15 ms TTFT on /v1 in one run, an artifact of the order).
+            }
+            if let Some(f) = &floor {
+                let pair = paths
+                    .pair(
+                        proxy_first,
+                        &clock,
+                        f.charged(),
+                        &mut via_floor.cpu,
+                        paths.relayed(&f.client.url, twin_key, p),
+                        || paths.direct(Route::V1Chat, p),
+                    )
+                    .await?;
+                via_floor.pairs.push(pair);
+                // The floor's pair (and LiteLLM's, which never runs without it) left a chat in the
+                // twin's prompt cache; give the stack's engine the same last request (not
+                // measured), so that the next prompt's pairs start from equal caches (otherwise
+                // the stack's engine alone prefills the chat template again: +15 ms TTFT on /v1
+                // in one run, an artifact of the order).
                 paths.proxied(Route::V1Chat, p).await?;
             }
         }
@@ -286,6 +349,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         &a,
         &samples,
         litellm.is_some().then_some(&via_litellm),
+        floor.is_some().then_some(&via_floor),
         clock.hz(),
     );
     report_overhead_histogram(&metrics);
@@ -379,11 +443,12 @@ impl Paths<'_> {
         }
     }
 
-    async fn litellm(&self, url: &str, prompt: &str) -> anyhow::Result<Timing> {
+    /// A chat through a relay in front of the twin (LiteLLM, or the floor), presenting `key`.
+    async fn relayed(&self, url: &str, key: &str, prompt: &str) -> anyhow::Result<Timing> {
         sse_chat(
             self.http
                 .post(format!("{url}/v1/chat/completions"))
-                .bearer_auth("sk-bench"),
+                .bearer_auth(key),
             prompt,
             self.max_tokens,
         )
@@ -578,8 +643,7 @@ impl Litellm {
                 "1",
             ])
             .env("LLORCH_TWIN_KEY", engine.api_key().expose())
-            // The proxy refuses to start without a master key; requests present it.
-            .env("LITELLM_MASTER_KEY", "sk-bench")
+            .env("LITELLM_MASTER_KEY", LITELLM_KEY)
             .env("LITELLM_LOG", "ERROR")
             .env("LITELLM_TELEMETRY", "False")
             .env("NO_DOCS", "True")
@@ -658,7 +722,13 @@ fn med(pairs: &[(Timing, Timing)], f: impl Fn(&(Timing, Timing)) -> f64) -> f64 
     pct(&pairs.iter().map(f).collect::<Vec<_>>(), 0.5)
 }
 
-fn report(a: &Args, routes: &[Samples], litellm: Option<&Samples>, hz: f64) {
+fn report(
+    a: &Args,
+    routes: &[Samples],
+    litellm: Option<&Samples>,
+    floor: Option<&Samples>,
+    hz: f64,
+) {
     let n = a.rounds * PROMPTS.len();
     println!("\nbench overhead: {n} requests per route and path, max_tokens {}, greedy, seed 42, alternating order; deltas are medians of adjacent pairs\n", a.max_tokens);
     println!("| route (twin route) | TTFT direct | TTFT added | total per stream added | decode tok/s direct / proxied | orchestratord CPU per request | pool-managerd CPU per request |");
@@ -678,27 +748,69 @@ fn report(a: &Args, routes: &[Samples], litellm: Option<&Samples>, hz: f64) {
             s.cpu.1 * 1000.0 / k,
         );
     }
-    if let Some(l) = litellm {
-        let k = l.pairs.len().max(1) as f64;
+    if litellm.is_some() || floor.is_some() {
         let ours = &routes[0];
-        let ours_cpu = (ours.cpu.0 + ours.cpu.1) * 1000.0 / ours.pairs.len().max(1) as f64;
-        let theirs = l.cpu.0 * 1000.0 / k;
+        let ours_cpu = ours.cpu_ms_per_request();
         println!("\n| /v1/chat/completions in front of the twin | TTFT added | total per stream added | proxy CPU per request |");
         println!("|---|---|---|---|");
-        println!(
-            "| llama-orch (orchestratord + pool-managerd) | {:+.2} ms | {:+.2} ms | {ours_cpu:.2} ms |",
-            med(&ours.pairs, |(p, d)| p.ttft_ms - d.ttft_ms),
-            med(&ours.pairs, |(p, d)| p.total_ms - d.total_ms),
-        );
-        println!(
-            "| LiteLLM {LITELLM_VERSION} proxy (one worker) | {:+.2} ms | {:+.2} ms | {theirs:.2} ms |",
-            med(&l.pairs, |(p, d)| p.ttft_ms - d.ttft_ms),
-            med(&l.pairs, |(p, d)| p.total_ms - d.total_ms),
-        );
-        println!(
-            "\nLiteLLM uses {:.1}× the CPU per request of llama-orch (target: ≥ 20×)",
-            theirs / ours_cpu
-        );
+        let row = |name: &str, s: &Samples| {
+            println!(
+                "| {name} | {:+.2} ms | {:+.2} ms | {:.2} ms |",
+                med(&s.pairs, |(p, d)| p.ttft_ms - d.ttft_ms),
+                med(&s.pairs, |(p, d)| p.total_ms - d.total_ms),
+                s.cpu_ms_per_request(),
+            );
+        };
+        row("llama-orch (orchestratord + pool-managerd)", ours);
+        if let Some(l) = litellm {
+            row(&format!("LiteLLM {LITELLM_VERSION} proxy (one worker)"), l);
+        }
+        if let Some(f) = floor {
+            row(
+                "two minimal relays (the floor: axum + reqwest copying chunks)",
+                f,
+            );
+        }
+        println!();
+        if let Some(l) = litellm {
+            println!(
+                "LiteLLM uses {:.1}× the CPU per request of llama-orch (target: ≥ 20×)",
+                l.cpu_ms_per_request() / ours_cpu
+            );
+        }
+        if let Some(f) = floor {
+            let floor_cpu = f.cpu_ms_per_request();
+            if let Some(l) = litellm {
+                println!(
+                    "LiteLLM uses {:.1}× the CPU per request of two minimal relays (the most any two-hop relay could reach here)",
+                    l.cpu_ms_per_request() / floor_cpu
+                );
+            }
+            println!(
+                "llama-orch uses {:.1}× the CPU per request of two minimal relays",
+                ours_cpu / floor_cpu
+            );
+        }
     }
     println!("\nCPU: utime + stime of each proxy process from /proc/<pid>/stat ({hz} ticks/s) read before and after each proxied request, summed and divided by the requests. Targets: TTFT added ≤ 1 ms, total per 32-token stream added ≤ 3 ms, ≤ 1 ms CPU per request per daemon.");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_per_request_sums_both_processes_over_the_pairs() {
+        let t = Timing {
+            ttft_ms: 0.0,
+            total_ms: 0.0,
+            tps: 0.0,
+        };
+        let s = Samples {
+            pairs: vec![(t, t); 4],
+            cpu: (0.5, 0.25),
+        };
+        assert_eq!(s.cpu_ms_per_request(), 187.5);
+        assert_eq!(Samples::default().cpu_ms_per_request(), 0.0);
+    }
 }
