@@ -268,10 +268,12 @@ pub struct Config {
     /// beyond the idlest and more than `balance_rel` times its load.
     pub balance_abs: usize,
     pub balance_rel: f64,
-    /// Prompt tokens a queued or running task on a pool is worth when weighed against reuse.
+    /// Prompt tokens a queued or running task on a pool is worth when weighed against reuse,
+    /// until the pools' speeds are measured (then placement weighs in time, decision 76).
     pub load_cost_tokens: u64,
     /// Cache-aware: a task waits for a busy pool holding at least this many of its prompt tokens
-    /// when that pool's score beats every free pool's (decision 69); 0 never waits.
+    /// when that pool's cost (its score, or once measured its predicted time to first token) beats
+    /// every free pool's (decisions 69 and 76); 0 never waits.
     pub wait_for_prefix_tokens: u64,
     /// ...for at most this long after admission (and half its remaining deadline), then any pool.
     pub wait_for_prefix_max: Duration,
