@@ -143,6 +143,10 @@ pub enum Timer {
     TokenizeBound(TaskId),
 }
 
+/// Tasks that chose to wait for a busy prefix holder in one pass over the queues, by pool: they
+/// are ahead of later tasks there, so they count towards its load (decision 76).
+type Waiters = HashMap<PoolId, usize, placement::IdHash>;
+
 /// Per-pool measurements for predictions (EWMA, α = 0.2).
 #[derive(Default, Clone, Copy)]
 pub struct PoolStats {
@@ -392,6 +396,7 @@ impl<E: Effects> Core<E> {
     pub fn pump(&mut self, now: Instant) {
         self.pump_restored(now);
         let keys = self.queues.keys();
+        let mut waiters = Waiters::default();
         for key in keys {
             let order = self
                 .queues
@@ -406,7 +411,7 @@ impl<E: Effects> Core<E> {
                 {
                     continue;
                 }
-                let Some((pool, fallback, predicted)) = self.place(id, now) else {
+                let Some((pool, fallback, predicted)) = self.place(id, now, &mut waiters) else {
                     continue;
                 };
                 self.set_prediction(id, predicted);
@@ -428,7 +433,13 @@ impl<E: Effects> Core<E> {
     }
 
     /// The pool a queued task should go to now, if any, and whether `allow_fallback` decided it.
-    fn place(&self, id: TaskId, now: Instant) -> Option<(PoolId, bool, prefix::Match)> {
+    /// A task that waits for a busy prefix holder is counted in `waiters`.
+    fn place(
+        &self,
+        id: TaskId,
+        now: Instant,
+        waiters: &mut Waiters,
+    ) -> Option<(PoolId, bool, prefix::Match)> {
         let t = self.tasks.get(&id)?;
         // Waiting for a busy prefix holder is bounded (decision 69): by
         // `placement.wait_for_prefix_max_ms` after admission, and by half the deadline's budget.
@@ -459,7 +470,7 @@ impl<E: Effects> Core<E> {
             },
         };
         let cache_aware = self.cfg.strategy == crate::config::Strategy::CacheAware;
-        let views = self.candidate_views(&t.model, t.v.workload);
+        let views = self.candidate_views(&t.model, t.v.workload, waiters);
         let affinity = if self.cfg.session_affinity {
             self.sessions.affinity(t.v.session_id, &t.tenant)
         } else {
@@ -474,6 +485,9 @@ impl<E: Effects> Core<E> {
             &t.tried,
             cache_aware.then_some(&hints),
         );
+        if let Some(holder) = choice.waiting_for {
+            *waiters.entry(holder.clone()).or_default() += 1;
+        }
         let pool = choice.pool?;
         // Ranking used whole shared blocks; the chosen pool's prediction is exact.
         let predicted = match ids {
@@ -506,6 +520,7 @@ impl<E: Effects> Core<E> {
         &'a self,
         model: &'a ModelId,
         workload: api::task::Workload,
+        waiters: &Waiters,
     ) -> Vec<placement::PoolView<'a>> {
         // Sized once: growing a vector of a thousand views step by step copies it ten times.
         let mut views = Vec::with_capacity(self.registry.pools().len());
@@ -542,6 +557,12 @@ impl<E: Effects> Core<E> {
                 if let Ok(i) = views.binary_search_by(|v| v.pool_id.cmp(pool)) {
                     views[i].load += q.len();
                 }
+            }
+        }
+        // So do tasks ahead in the queue that chose to wait for a pool (decision 76).
+        for (pool, n) in waiters {
+            if let Ok(i) = views.binary_search_by(|v| v.pool_id.cmp(pool)) {
+                views[i].load += n;
             }
         }
         views

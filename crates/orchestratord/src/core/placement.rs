@@ -68,9 +68,9 @@ pub struct Choice<'a> {
     /// True when `allow_fallback` decided the winner: an avoided pool was used because no other
     /// candidate existed, or a pool outside `prefer_pools` won under `mode = prefer`.
     pub fallback: bool,
-    /// True when `pool` is `None` because the task waits for a busy pool that holds its prefix
-    /// (cache-aware placement, decision 69) although another candidate has a free slot.
-    pub waiting: bool,
+    /// The busy pool holding the task's prefix that it waits for (cache-aware placement,
+    /// decision 69) although another candidate has a free slot; `pool` is then `None`.
+    pub waiting_for: Option<&'a PoolId>,
 }
 
 /// Cache-aware placement inputs (`placement.strategy = "cache-aware"`): the prompt tokens each
@@ -230,7 +230,7 @@ pub fn choose<'a>(
         pool,
         considered,
         fallback: pool.is_some() && (avoid_fallback || prefer_fallback),
-        waiting: false,
+        waiting_for: None,
     };
     if let Some(p) = affinity.and_then(|a| cands.iter().find(|p| in_tier(p) && p.pool_id == a)) {
         return choice(Some(p.pool_id));
@@ -280,19 +280,22 @@ pub fn choose<'a>(
     // every free pool (the best free pool costs the least) keeps the task queued; it is placed
     // when the holder frees a slot.
     if let (Some(c), Some((_, best_free))) = (cache_on.filter(|c| c.wait_min_tokens > 0), best) {
-        let holder_wins = cands
+        let holder = cands
             .iter()
-            .filter(|p| p.free_slots == 0 && tier_of(p))
-            .any(|p| {
-                saved.get(p.pool_id).copied().unwrap_or(0) >= c.wait_min_tokens
-                    && cost(p) < best_free
-            });
-        if holder_wins {
+            .filter(|p| {
+                p.free_slots == 0
+                    && tier_of(p)
+                    && saved.get(p.pool_id).copied().unwrap_or(0) >= c.wait_min_tokens
+            })
+            .map(|p| (p, cost(p)))
+            .filter(|(_, c)| *c < best_free)
+            .min_by(|(a, ca), (b, cb)| ca.total_cmp(cb).then(a.pool_id.cmp(b.pool_id)));
+        if let Some((p, _)) = holder {
             return Choice {
                 pool: None,
                 considered,
                 fallback: false,
-                waiting: true,
+                waiting_for: Some(p.pool_id),
             };
         }
     }
@@ -580,7 +583,7 @@ mod tests {
             &[],
             Some(&h),
         );
-        (c.pool.map(|p| p.to_string()), c.waiting)
+        (c.pool.map(|p| p.to_string()), c.waiting_for.is_some())
     }
 
     #[test]

@@ -748,7 +748,8 @@ impl<E: Effects> Core<E> {
             self.fail_stranded(id, why, now);
             return;
         }
-        if let Some((pool, fallback, predicted)) = self.place(id, now) {
+        // Alone, not in a pass over the queue: no other task is counted as waiting ahead of it.
+        if let Some((pool, fallback, predicted)) = self.place(id, now, &mut Default::default()) {
             self.set_prediction(id, predicted);
             self.start_attempt(id, &pool, fallback, now);
             return;

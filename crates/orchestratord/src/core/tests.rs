@@ -2098,6 +2098,32 @@ fn measured_speeds_decide_the_wait_for_a_prefix_holder() {
     assert_eq!(core.stats["a"].prefill_ms_per_token, Some(0.032));
 }
 
+/// Decision 76: a task that waits for a busy holder is ahead of later tasks there. With one task
+/// already waiting, the next one's wait is a run and a half, longer than prefilling elsewhere.
+#[test]
+fn a_task_waiting_for_a_holder_counts_against_the_next() {
+    let now = Instant::now();
+    let mut core = core_with(|c| {
+        c.strategy = crate::config::Strategy::CacheAware;
+        c.load_cost_tokens = 100;
+        c.wait_for_prefix_tokens = 256;
+    });
+    register(&mut core, "n1", vec![pool("a", 1), pool("b", 1)], now);
+    let history: String = (0..500).map(|i| format!("w{i} ")).collect();
+    let t1 = submit_tokenized(&mut core, &history, now);
+    // 7 ms a prompt token (3.5 s for these 500), so a run on a takes about 3.5 s.
+    finish_cached(&mut core, t1, " ok", (500, 0, 0), now);
+    let t2 = submit_tokenized(&mut core, &format!("{history} ok and more"), now);
+    assert_eq!(dispatched(&core)[1], (t2, pid("a")));
+    // b would evaluate about 504 tokens (3.5 s); half a run on a is 1.75 s: t3 waits for a.
+    let t3 = submit_tokenized(&mut core, &format!("{history} ok and other"), now);
+    assert_eq!(dispatched(&core).len(), 2, "t3 waits for a");
+    // Behind t3, a run and a half (5.3 s) is longer than prefilling on b: t4 takes b.
+    let t4 = submit_tokenized(&mut core, &format!("{history} ok and a third"), now);
+    assert_eq!(dispatched(&core)[2], (t4, pid("b")));
+    assert_eq!(core.tasks[&t3].state(), TaskState::Queued);
+}
+
 fn ha_core() -> Core<Recorded> {
     let mut core = core_with(|c| {
         c.state = crate::config::StateBackend::Postgres(crate::config::HaConfig {
