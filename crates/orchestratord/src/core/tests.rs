@@ -2015,19 +2015,28 @@ fn task_events_reach_their_tenant_and_admins_only() {
     assert_eq!(core.task_records(10, &Scope::All).len(), 1);
 }
 
+/// Cache-aware placement (a task costs 100 tokens, waits for holders of at least 256) on two
+/// one-slot pools `a` and `b`, with a 500-word history to build prompts on.
+fn waiting_core(
+    now: Instant,
+    cfg: impl FnOnce(&mut crate::config::Config),
+) -> (Core<Recorded>, String) {
+    let mut core = core_with(|c| {
+        c.strategy = crate::config::Strategy::CacheAware;
+        c.load_cost_tokens = 100;
+        c.wait_for_prefix_tokens = 256;
+        cfg(c);
+    });
+    register(&mut core, "n1", vec![pool("a", 1), pool("b", 1)], now);
+    (core, (0..500).map(|i| format!("w{i} ")).collect())
+}
+
 /// Decision 70: a task whose prefix a busy pool holds waits for it instead of prefilling from
 /// scratch on the idle pool, is dispatched there when it frees, and never waits past the bound.
 #[test]
 fn cache_aware_waits_for_the_busy_prefix_holder_and_only_so_long() {
     let now = Instant::now();
-    let mut core = core_with(|c| {
-        c.strategy = crate::config::Strategy::CacheAware;
-        c.load_cost_tokens = 100;
-        c.wait_for_prefix_tokens = 256;
-        c.wait_for_prefix_max = Duration::from_secs(5);
-    });
-    register(&mut core, "n1", vec![pool("a", 1), pool("b", 1)], now);
-    let history: String = (0..500).map(|i| format!("w{i} ")).collect();
+    let (mut core, history) = waiting_core(now, |c| c.wait_for_prefix_max = Duration::from_secs(5));
     let submit_prompt =
         |core: &mut Core<Recorded>, prompt: String| submit_tokenized(core, &prompt, now);
     let t1 = submit_prompt(&mut core, history.clone());
@@ -2062,13 +2071,7 @@ fn cache_aware_waits_for_the_busy_prefix_holder_and_only_so_long() {
 #[test]
 fn measured_speeds_decide_the_wait_for_a_prefix_holder() {
     let now = Instant::now();
-    let mut core = core_with(|c| {
-        c.strategy = crate::config::Strategy::CacheAware;
-        c.load_cost_tokens = 100;
-        c.wait_for_prefix_tokens = 256;
-    });
-    register(&mut core, "n1", vec![pool("a", 1), pool("b", 1)], now);
-    let history: String = (0..500).map(|i| format!("w{i} ")).collect();
+    let (mut core, history) = waiting_core(now, |_| {});
     let t1 = submit_tokenized(&mut core, &history, now);
     let attempt = core.tasks[&t1].attempts;
     token(&mut core, t1, attempt, " ok", &word_ids(" ok"), now);
@@ -2103,13 +2106,7 @@ fn measured_speeds_decide_the_wait_for_a_prefix_holder() {
 #[test]
 fn a_task_waiting_for_a_holder_counts_against_the_next() {
     let now = Instant::now();
-    let mut core = core_with(|c| {
-        c.strategy = crate::config::Strategy::CacheAware;
-        c.load_cost_tokens = 100;
-        c.wait_for_prefix_tokens = 256;
-    });
-    register(&mut core, "n1", vec![pool("a", 1), pool("b", 1)], now);
-    let history: String = (0..500).map(|i| format!("w{i} ")).collect();
+    let (mut core, history) = waiting_core(now, |_| {});
     let t1 = submit_tokenized(&mut core, &history, now);
     // 7 ms a prompt token (3.5 s for these 500), so a run on a takes about 3.5 s.
     finish_cached(&mut core, t1, " ok", (500, 0, 0), now);
