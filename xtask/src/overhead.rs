@@ -15,6 +15,7 @@ use engine::{CompletionRequest, LaunchSpec};
 use futures::StreamExt;
 use llorch::stack::{EngineChoice, Stack, StackSpec};
 
+use crate::overload::pct;
 use crate::procstat::CpuClock;
 
 #[derive(clap::Args)]
@@ -708,13 +709,6 @@ fn report_overhead_histogram(metrics: &str) {
         line.push_str(&format!(" ≤{le} ms: {n}/{count};"));
     }
     println!("orchestrator_overhead_ms (orchestratord's own view, all tasks incl. warm-up): mean {:.2} ms;{line}", if count > 0.0 { sum / count } else { f64::NAN });
-}
-
-fn pct(v: &[f64], p: f64) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.total_cmp(b));
-    let idx = ((s.len() as f64 - 1.0) * p).round() as usize;
-    s.get(idx).copied().unwrap_or(f64::NAN)
 }
 
 /// Median of a per-pair quantity.

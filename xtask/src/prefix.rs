@@ -17,6 +17,8 @@ use llorch::stack::{NodeSpec, PoolSpec, Stack};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
+use crate::overload::pct;
+
 #[derive(clap::Args, Clone)]
 pub struct Args {
     /// Conversations in the multi-turn workload.
@@ -113,7 +115,6 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
 struct Tally {
     ttft_ms: Vec<f64>,
     queued_ms: Vec<f64>,
-    running_ms: Vec<f64>,
     tokens_in: u64,
     tokens_cached: u64,
     wall: Duration,
@@ -121,7 +122,8 @@ struct Tally {
     /// Multi-turn only: the fewest prompt tokens any placement could have had evaluated, per
     /// turn (see [`oracle`]).
     oracle: Vec<u64>,
-    /// Per turn: dispatch to first token, and the prompt tokens the engine evaluated.
+    /// Per turn: dispatch to first token (the engine's prefill and the relay), ms, and the
+    /// prompt tokens the engine evaluated.
     prefill: Vec<(f64, u64)>,
     /// Multi-turn only: turns after a conversation's first, and those that ran on the pool that
     /// ran its previous turn.
@@ -133,7 +135,6 @@ impl Tally {
     fn add(&mut self, o: &Tally) {
         self.ttft_ms.extend_from_slice(&o.ttft_ms);
         self.queued_ms.extend_from_slice(&o.queued_ms);
-        self.running_ms.extend_from_slice(&o.running_ms);
         self.tokens_in += o.tokens_in;
         self.tokens_cached += o.tokens_cached;
         self.wall += o.wall;
@@ -147,7 +148,6 @@ impl Tally {
     fn record(&mut self, t: &Turn) {
         self.ttft_ms.push(t.ttft_ms);
         self.queued_ms.push(t.queued_ms);
-        self.running_ms.push(t.running_ms);
         self.prefill
             .push((t.running_ms, t.tokens_in.saturating_sub(t.tokens_cached)));
         self.tokens_in += t.tokens_in;
@@ -156,7 +156,7 @@ impl Tally {
     }
 
     fn pct(&self, q: f64) -> f64 {
-        quantile(&self.ttft_ms, q)
+        pct(&self.ttft_ms, q)
     }
 
     /// Multi-turn only: the fewest prompt tokens any placement could have had evaluated.
@@ -233,12 +233,13 @@ async fn bench(stack: &mut Stack, a: &Args) -> anyhow::Result<()> {
     }
     for (s, strategy) in strategies.iter().enumerate() {
         let m = &multi[s];
+        let running: Vec<f64> = m.prefill.iter().map(|(ms, _)| *ms).collect();
         println!(
             "multi-turn, {strategy}: of the time to first token, admission to dispatch (tokenizing, queueing, waiting for a prefix holder) p50 {:.0} ms / p90 {:.0} ms; dispatch to first token (prefill) p50 {:.0} ms / p90 {:.0} ms",
-            quantile(&m.queued_ms, 0.5),
-            quantile(&m.queued_ms, 0.9),
-            quantile(&m.running_ms, 0.5),
-            quantile(&m.running_ms, 0.9)
+            pct(&m.queued_ms, 0.5),
+            pct(&m.queued_ms, 0.9),
+            pct(&running, 0.5),
+            pct(&running, 0.9)
         );
     }
     println!(
@@ -247,7 +248,7 @@ async fn bench(stack: &mut Stack, a: &Args) -> anyhow::Result<()> {
     );
     if let Some(rate) = fastest_prefill(multi.iter().flat_map(|m| &m.prefill)) {
         let floor: Vec<f64> = multi[0].oracle.iter().map(|n| *n as f64 * rate).collect();
-        let p50 = quantile(&floor, 0.5);
+        let p50 = pct(&floor, 0.5);
         println!(
             "multi-turn, least-loaded's prompts at the engines' fastest prefill here ({rate:.2} ms a token: the least dispatch-to-first-token time per evaluated token of any turn that evaluated {}–{} tokens, as few as the least possible turns do), each turn evaluating only its least possible tokens, with no queueing and no other cost: TTFT p50 {p50:.0} ms. least-loaded's p50 is {:.1}× that (the most any strategy could win on TTFT p50 here)",
             SHORT_PREFILL.start(),
@@ -268,9 +269,8 @@ async fn bench(stack: &mut Stack, a: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Turns that evaluated fewer prompt tokens say more about fixed costs than about prefill speed.
 /// A returning turn's new tokens are evaluated in one short batch at the end of a long context,
-/// which costs more per token than a long prompt does (15 ms against 7–8 ms a token for the dev
+/// which costs more per token than a long prompt does (15.6 ms against 7–8 ms a token for the dev
 /// model on one thread here), so the speed is taken from turns of that size. Fewer than 16 say
 /// more about fixed costs than about prefill.
 const SHORT_PREFILL: std::ops::RangeInclusive<u64> = 16..=64;
@@ -283,16 +283,6 @@ fn fastest_prefill<'a>(turns: impl Iterator<Item = &'a (f64, u64)>) -> Option<f6
         .filter(|(ms, n)| SHORT_PREFILL.contains(n) && ms.is_finite())
         .map(|(ms, n)| ms / *n as f64)
         .min_by(f64::total_cmp)
-}
-
-/// The `q` quantile of `v` (nearest rank; NaN when empty).
-fn quantile(v: &[f64], q: f64) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v[((v.len() - 1) as f64 * q).round() as usize]
 }
 
 /// Rewrites orchestratord's config with `strategy` and restarts it (its prefix index starts empty).
@@ -406,10 +396,10 @@ struct Conv {
 }
 
 /// The fewest prompt tokens any placement could have had the engines evaluate for each turn of a
-/// multi-turn run, given the prompts and answers it had: every turn on a pool that holds the conversation's
-/// whole history (its previous prompt and every token generated for it), every conversation's
-/// first turn on a pool that holds its group's system prompt unless it was the group's first
-/// submitted, no eviction and no waiting. Optimistic on purpose (it assumes the re-rendered
+/// multi-turn run, given the prompts and answers it had: every turn on a pool that holds the
+/// conversation's whole history (its previous prompt and every token generated for it), every
+/// conversation's first turn on a pool that holds its group's system prompt unless it was the
+/// group's first submitted, no eviction and no waiting. Optimistic on purpose (it assumes the re-rendered
 /// history tokenizes as generated), so a ratio against it bounds what any strategy can reach.
 /// A group's shared prefix is the most the engines reported reusing on one of its first turns.
 fn oracle(convs: &[Conv]) -> Vec<u64> {
